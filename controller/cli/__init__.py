@@ -1,0 +1,1 @@
+"""`modelrollout` and `kubectl-modelrollout`."""

@@ -1,0 +1,95 @@
+"""Command line: the local stack (`dev`), the operator (`operator run`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+from controller.devstack.processes import StackError
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    from controller.devstack.stack import Stack, default_state_dir
+
+    stack = Stack(root=args.state_dir or default_state_dir())
+    stack.up(with_mlflow=not args.no_mlflow, with_prometheus=not args.no_prometheus)
+    for key, value in stack.environment().items():
+        print(f"export {key}={shlex.quote(value)}")
+    timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in stack.timings.items())
+    print(f"# local stack up ({timings}); stop it with: modelrollout dev down", file=sys.stderr)
+    return 0
+
+
+def _dev_down(args: argparse.Namespace) -> int:
+    from controller.devstack.stack import Stack, default_state_dir
+
+    stopped = Stack(root=args.state_dir or default_state_dir()).down()
+    print(f"stopped {len(stopped)} process(es)" if stopped else "no local stack was running", file=sys.stderr)
+    return 0
+
+
+def _dev_env(args: argparse.Namespace) -> int:
+    from controller.devstack.stack import load_state
+
+    for key, value in load_state(args.state_dir).get("env", {}).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def _operator_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from controller.operator.handlers import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    run(kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="modelrollout", description="Safe rollouts of ML models on Kubernetes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="the local stack: kube-apiserver + etcd, MLflow, Prometheus")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+    for name, handler, help_text in (("up", _dev_up, "start the stack and print shell exports"),
+                                     ("down", _dev_down, "stop every process the stack started"),
+                                     ("env", _dev_env, "print the shell exports of the running stack")):
+        sub = dev_commands.add_parser(name, help=help_text)
+        sub.add_argument("--state-dir", type=Path, default=None, help="where the stack keeps its files")
+        sub.set_defaults(handler=handler)
+        if name == "up":
+            sub.add_argument("--no-mlflow", action="store_true", help="skip the MLflow server")
+            sub.add_argument("--no-prometheus", action="store_true", help="skip Prometheus")
+
+    operator = commands.add_parser("operator", help="the controller")
+    operator_commands = operator.add_subparsers(dest="operator_command", required=True)
+    run_parser = operator_commands.add_parser("run", help="run the controller against a cluster")
+    run_parser.add_argument("--kubeconfig", default=None, help="kubeconfig path (default: in-cluster or $KUBECONFIG)")
+    run_parser.add_argument("--namespace", "-n", action="append", default=None,
+                            help="watch only this namespace (repeatable); default: all namespaces")
+    run_parser.add_argument("--liveness", default=None, help="serve a health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run_parser.set_defaults(handler=_operator_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Start, probe and stop local server processes. Every server binds to 127.0.0.1 on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """A local-stack failure, stated in one line that says what to do."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_port_free(port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise StackError(f"{what}: port {LOOPBACK}:{port} is already in use ({exc.strerror})") from None
+
+
+@dataclass
+class ManagedProcess:
+    """A server started in its own session, so that stopping it also stops its children."""
+
+    name: str
+    pid: int
+    log: Path
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid)
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        stop_pid(self.pid, grace_seconds)
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def start(name: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
+          cwd: Path | None = None) -> ManagedProcess:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **(env or {})}
+    with open(log, "ab") as log_file:
+        try:
+            proc = subprocess.Popen(
+                list(argv), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=full_env, cwd=cwd, start_new_session=True)
+        except FileNotFoundError:
+            raise StackError(f"{name}: executable not found: {argv[0]}") from None
+    return ManagedProcess(name=name, pid=proc.pid, log=log)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def stop_pid(pid: int, grace_seconds: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL it after the grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.05)
+
+
+def wait_http_ok(url: str, process: ManagedProcess, timeout: float, token: str | None = None,
+                 insecure_tls: bool = False) -> float:
+    """Poll url until it answers 200; fail fast if the process died. Returns seconds waited."""
+    start_time = time.monotonic()
+    context = ssl._create_unverified_context() if insecure_tls else None  # noqa: S323 - loopback self-signed
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    last_error = "no answer"
+    while time.monotonic() - start_time < timeout:
+        if not process.alive():
+            raise StackError(f"{process.name} exited during start-up: {process.log_tail()}")
+        try:
+            request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback URL we built
+            with urllib.request.urlopen(request, timeout=2, context=context) as response:  # noqa: S310
+                if response.status == 200:
+                    return time.monotonic() - start_time
+        except urllib.error.HTTPError as exc:
+            last_error = f"HTTP {exc.code}"
+        except (OSError, urllib.error.URLError) as exc:
+            last_error = str(getattr(exc, "reason", exc))
+        time.sleep(0.2)
+    raise StackError(f"{process.name} not ready at {url} after {timeout:.0f}s ({last_error}): {process.log_tail()}")

@@ -1,0 +1,1 @@
+"""kopf wiring: read the resource, decide with the engine, act through the adapters, write status."""

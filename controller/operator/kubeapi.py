@@ -1,0 +1,89 @@
+"""The Kubernetes side of the operator: clients, server-side apply of status, Events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+GROUP = "modelrollout.io"
+VERSION = "v1alpha1"
+PLURAL = "modelrollouts"
+KIND = "ModelRollout"
+FIELD_MANAGER = "modelrollout-controller"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+log = logging.getLogger(__name__)
+
+
+def load_client_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster config inside a pod, else the kubeconfig (explicit path, $KUBECONFIG or ~/.kube/config)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class RolloutStore:
+    """Reads ModelRollouts and writes their status with server-side apply, guarded by resourceVersion."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    def get(self, ref: ObjectRef) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, ref.namespace, PLURAL, ref.name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_all(self) -> list[dict[str, Any]]:
+        return list(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", []))
+
+    def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """Apply status as the controller's field manager. The resourceVersion makes a stale write a 409."""
+        meta = obj["metadata"]
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                             "resourceVersion": meta["resourceVersion"]},
+                "status": status}
+        return self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body,
+            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+
+    def post_event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
+        """Best effort: a lost Event must never stop a rollout."""
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"], namespace=meta["namespace"],
+                uid=meta.get("uid"), resource_version=meta.get("resourceVersion")),
+            reason=reason, message=message[:1024], type="Warning" if warning else "Normal",
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component=FIELD_MANAGER), reporting_component=FIELD_MANAGER,
+            reporting_instance=FIELD_MANAGER)
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as exc:
+            log.warning("could not post Event %s for %s/%s: HTTP %s", reason, meta["namespace"], meta["name"],
+                        exc.status)

@@ -1,0 +1,95 @@
+"""Per-rollout wake-ups: one reconcile at a time per object, soonest due first.
+
+kopf's timers and daemons would add a finalizer to every ModelRollout; a plain queue fed by watch events
+keeps the resource free of operator-owned metadata, and status stays the only state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from controller.operator.kubeapi import ObjectRef
+
+log = logging.getLogger(__name__)
+
+ReconcileFn = Callable[[ObjectRef], Awaitable[float | None]]
+
+
+class WakeupQueue:
+    """reconcile(ref) returns seconds until it wants to run again, or None for "only on the next change"."""
+
+    def __init__(self, reconcile: ReconcileFn, error_backoff: float = 5.0) -> None:
+        self._reconcile = reconcile
+        self._error_backoff = error_backoff
+        self._due: dict[ObjectRef, float] = {}
+        self._heap: list[tuple[float, int, ObjectRef]] = []
+        self._counter = itertools.count()
+        self._changed = asyncio.Event()
+        self._running: set[ObjectRef] = set()
+
+    def wake(self, ref: ObjectRef, delay: float = 0.0) -> None:
+        due = time.monotonic() + max(delay, 0.0)
+        if ref in self._due and self._due[ref] <= due:
+            return
+        self._due[ref] = due
+        heapq.heappush(self._heap, (due, next(self._counter), ref))
+        self._changed.set()
+
+    def forget(self, ref: ObjectRef) -> None:
+        self._due.pop(ref, None)
+
+    async def run(self, concurrency: int = 4) -> None:
+        workers = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                ref = await self._next_due()
+                if ref in self._running:
+                    # Never two reconciles of one object at once; look again shortly.
+                    self.wake(ref, 0.2)
+                    continue
+                await workers.acquire()
+                self._running.add(ref)
+                task = asyncio.create_task(self._run_one(ref, workers))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _next_due(self) -> ObjectRef:
+        while True:
+            while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
+                heapq.heappop(self._heap)  # superseded by an earlier wake-up or forgotten
+            if self._heap:
+                due, _, ref = self._heap[0]
+                wait = due - time.monotonic()
+                if wait <= 0:
+                    heapq.heappop(self._heap)
+                    del self._due[ref]
+                    return ref
+            else:
+                wait = None
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=wait)
+
+    async def _run_one(self, ref: ObjectRef, workers: asyncio.Semaphore) -> None:
+        try:
+            again = await self._reconcile(ref)
+        except Exception:
+            log.exception("reconcile of %s failed; retrying in %.0fs", ref, self._error_backoff)
+            again = self._error_backoff
+        finally:
+            self._running.discard(ref)
+            workers.release()
+        if again is not None:
+            self.wake(ref, again)

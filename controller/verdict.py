@@ -1,0 +1,41 @@
+"""The verdict every judge returns: the gate, the live analysis judges and the bake judges alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    PASS = "pass"  # noqa: S105 - an outcome, not a password
+    FAIL = "fail"
+    # Not enough evidence yet (too few samples, no stable traffic, missing data). Never a pass.
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judge's decision with everything that decided it, as plain JSON-able data."""
+
+    name: str
+    outcome: Outcome
+    reason: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "outcome": str(self.outcome), "reason": self.reason,
+                "evidence": dict(self.evidence)}
+
+
+def combine(verdicts: list[Verdict]) -> Outcome:
+    """Any failure fails; otherwise any inconclusive is inconclusive; no verdicts is inconclusive."""
+    if not verdicts:
+        return Outcome.INCONCLUSIVE
+    outcomes = {v.outcome for v in verdicts}
+    if Outcome.FAIL in outcomes:
+        return Outcome.FAIL
+    if Outcome.INCONCLUSIVE in outcomes:
+        return Outcome.INCONCLUSIVE
+    return Outcome.PASS
