@@ -42,11 +42,12 @@ def _dev_env(args: argparse.Namespace) -> int:
 def _operator_run(args: argparse.Namespace) -> int:
     import logging
 
+    if args.kubeconfig:
+        # Before the kubernetes library is imported: it reads $KUBECONFIG once, at import time.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     from controller.operator.handlers import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
     run(kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness)
     return 0
 

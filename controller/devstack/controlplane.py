@@ -12,7 +12,15 @@ from pathlib import Path
 
 import yaml
 
-from controller.devstack.processes import LOOPBACK, ManagedProcess, StackError, free_port, start, wait_http_ok
+from controller.devstack.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    StackError,
+    ensure_port_free,
+    free_port,
+    start,
+    wait_http_ok,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "controlplane" / "build.sh"
@@ -54,7 +62,13 @@ class ControlPlane:
     def admin_kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
 
+    def check_ports(self) -> None:
+        for port, what in ((self.api_port, "kube-apiserver"), (self.etcd_port, "etcd")):
+            if port:
+                ensure_port_free(port, what)
+
     def start(self, timeout: float = 90.0) -> None:
+        self.check_ports()
         binaries = control_plane_binaries()
         if self.root.exists():
             shutil.rmtree(self.root)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from controller.devstack.controlplane import REPO_ROOT, ControlPlane
 from controller.devstack.mlflow_server import MlflowServer
 from controller.devstack.processes import ManagedProcess, StackError, pid_alive, stop_pid
@@ -38,17 +40,54 @@ def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None, check: 
     result = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], input=input_text,
                             capture_output=True, text=True, check=False, timeout=timeout)
     if check and result.returncode != 0:
-        raise StackError(f"kubectl {args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+        detail = (result.stderr.strip() or result.stdout.strip())[:500]
+        raise StackError(f"kubectl {args[0]} failed: {detail}")
     return result
+
+
+def fill_untyped_array_items(schema: Any) -> Any:
+    """Give `items: {}` an explicit open object type.
+
+    Seldon Core v1's generated CRD leaves the recursive `graph.children.items` empty, which the API server
+    refuses as non-structural; Seldon's own release build expands that recursion the same way before
+    installing. Everything else in the upstream schema is applied untouched.
+    """
+    if isinstance(schema, dict):
+        if schema.get("type") == "array" and schema.get("items") == {}:
+            schema["items"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        for value in schema.values():
+            fill_untyped_array_items(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            fill_untyped_array_items(value)
+    return schema
 
 
 def install_crds(kubeconfig: Path) -> list[str]:
     names = []
     for path in crd_files():
-        kubectl(kubeconfig, "apply", "--server-side", "--field-manager=modelrollout-devstack", "-f", str(path))
-        names.append(kubectl(kubeconfig, "get", "-f", str(path), "-o", "name").stdout.strip())
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", *names)
+        crd = fill_untyped_array_items(yaml.safe_load(path.read_text()))
+        kubectl(kubeconfig, "apply", "--server-side", "--field-manager=modelrollout-devstack", "-f", "-",
+                input_text=json.dumps(crd))
+        names.append(f"customresourcedefinition.apiextensions.k8s.io/{crd['metadata']['name']}")
+    wait_established(kubeconfig, names)
     return names
+
+
+def wait_established(kubeconfig: Path, names: list[str], timeout: float = 60.0) -> None:
+    # Polled: `kubectl wait` fails outright while a new CRD has no conditions yet.
+    deadline = time.monotonic() + timeout
+    pending = names
+    while time.monotonic() < deadline:
+        items = json.loads(kubectl(kubeconfig, "get", *names, "-o", "json").stdout)["items"]
+        established = {item["metadata"]["name"] for item in items
+                       if any(c["type"] == "Established" and c["status"] == "True"
+                              for c in (item.get("status") or {}).get("conditions") or [])}
+        pending = [n for n in names if n.rsplit("/", 1)[-1] not in established]
+        if not pending:
+            return
+        time.sleep(0.2)
+    raise StackError(f"CRDs not established after {timeout:.0f}s: {', '.join(pending)}")
 
 
 @dataclass
@@ -66,29 +105,44 @@ class Stack:
     def up(self, with_mlflow: bool = True, with_prometheus: bool = True) -> None:
         if self.state_file.exists() and any(pid_alive(p) for p in self._recorded_pids()):
             raise StackError(f"a stack is already running from {self.root}: run `modelrollout dev down` first")
-        self.root.mkdir(parents=True, exist_ok=True)
         try:
-            self._timed("controlPlane", self._start_control_plane)
+            self.start_control_plane()
             if with_mlflow:
-                self.mlflow = MlflowServer(self.root / "mlflow")
-                self._timed("mlflow", self.mlflow.start)
+                self.start_mlflow()
             if with_prometheus:
-                self.prometheus = PrometheusServer(self.root / "prometheus")
-                self._timed("prometheus", self.prometheus.start)
+                self.start_prometheus()
         except BaseException:
             self.down()
             raise
-        self._save()
 
-    def _start_control_plane(self) -> None:
-        self.control_plane = ControlPlane(self.root / "controlplane")
-        self.control_plane.start()
-        install_crds(self.control_plane.admin_kubeconfig)
+    def start_control_plane(self) -> ControlPlane:
+        if self.control_plane is None:
+            self.control_plane = ControlPlane(self.root / "controlplane")
+            self._timed("controlPlane", self.control_plane.start)
+            self._timed("crds", lambda: install_crds(self.control_plane.admin_kubeconfig))
+        return self.control_plane
+
+    def start_mlflow(self) -> MlflowServer:
+        if self.mlflow is None:
+            self.mlflow = MlflowServer(self.root / "mlflow")
+            self._timed("mlflow", self.mlflow.start)
+        return self.mlflow
+
+    def start_prometheus(self) -> PrometheusServer:
+        if self.prometheus is None:
+            self.prometheus = PrometheusServer(self.root / "prometheus")
+            self._timed("prometheus", self.prometheus.start)
+        return self.prometheus
 
     def _timed(self, name: str, step: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        step()
-        self.timings[name] = round(time.monotonic() - started, 2)
+        try:
+            step()
+        finally:
+            # Saved after every step, so `dev down` can stop whatever did start even if a later step failed.
+            self.timings[name] = round(time.monotonic() - started, 2)
+            self._save()
 
     def processes(self) -> list[ManagedProcess]:
         servers = [s for s in (self.prometheus, self.mlflow, self.control_plane) if s is not None]

@@ -19,6 +19,11 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     state: dict[str, Any] = {}
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In-cluster service account, else $KUBECONFIG, through the official client's own loader.
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def start_queue(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Only event handlers are registered, so kopf adds no annotations, finalizers or status fields:

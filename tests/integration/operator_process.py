@@ -1,0 +1,69 @@
+"""Run `modelrollout operator run` as a real process, and kill it like a node would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import run_kubectl
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.env = {**os.environ, **(extra_env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        with open(self.log, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller.cli.main", "operator", "run", "--kubeconfig", str(self.kubeconfig)],
+                stdout=log_file, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as when a node dies."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> OperatorProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def get_rollout(kubeconfig: Path, namespace: str, name: str) -> dict[str, Any]:
+    result = run_kubectl(kubeconfig, "get", "mro", name, "-n", namespace, "-o", "json", "--show-managed-fields")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for(kubeconfig: Path, namespace: str, name: str, predicate: Callable[[dict[str, Any]], bool],
+             timeout: float = 60.0, log: Path | None = None) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    obj: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        obj = get_rollout(kubeconfig, namespace, name)
+        if predicate(obj):
+            return obj
+        time.sleep(0.2)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out; last status: {json.dumps(obj.get('status'), indent=1)}\n{tail}")

@@ -1,0 +1,184 @@
+"""The API server itself refuses bad ModelRollouts, with a message that names the field."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import run_kubectl
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "modelrollout.io_modelrollouts.yaml"
+SAMPLE = REPO / "examples" / "nsfw-classifier.yaml"
+
+Spec = dict[str, Any]
+
+
+def sample() -> dict[str, Any]:
+    return yaml.safe_load(SAMPLE.read_text())
+
+
+def _set(path: str, value: Any) -> Callable[[Spec], None]:
+    def mutate(spec: Spec) -> None:
+        *parents, leaf = path.split(".")
+        node: Any = spec
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        if isinstance(node, list):
+            node[int(leaf)] = value
+        else:
+            node[leaf] = value
+    return mutate
+
+
+def _delete(path: str) -> Callable[[Spec], None]:
+    def mutate(spec: Spec) -> None:
+        *parents, leaf = path.split(".")
+        node: Any = spec
+        for key in parents:
+            node = node[key]
+        del node[leaf]
+    return mutate
+
+
+def _both(*mutations: Callable[[Spec], None]) -> Callable[[Spec], None]:
+    def mutate(spec: Spec) -> None:
+        for mutation in mutations:
+            mutation(spec)
+    return mutate
+
+
+PROPORTION = {"events": "sum(x{ {{selector}} })", "total": "sum(y{ {{selector}} })"}
+
+INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
+    ("version-and-alias", _set("model.alias", "challenger"), "spec.model"),
+    ("neither-version-nor-alias", _delete("model.version"), "spec.model"),
+    ("version-not-a-number", _set("model.version", "seven"), "spec.model.version"),
+    ("alias-latest", _both(_delete("model.version"), _set("model.alias", "latest")), "spec.model.alias"),
+    ("stable-alias-reserved", _set("model.stableAlias", "v3"), "spec.model.stableAlias"),
+    ("alias-equals-stable-alias", _both(_delete("model.version"), _set("model.alias", "production")),
+     "spec.model.alias"),
+    ("model-name-missing", _delete("model.name"), "spec.model.name"),
+    ("two-targets", _set("target.seldonExperiment", {"name": "nsfw"}), "spec.target"),
+    ("no-target-kind", _set("target", {}), "spec.target"),
+    ("target-namespace", _set("target.kserve.namespace", "other"), "spec.target.kserve"),
+    ("seldon-same-predictors",
+     _set("target", {"seldonDeployment": {"name": "nsfw", "stablePredictor": "main", "canaryPredictor": "main"}}),
+     "spec.target.seldonDeployment.canaryPredictor"),
+    ("bad-inference-service-name", _set("target.kserve.inferenceService", "Bad_Name"),
+     "spec.target.kserve.inferenceService"),
+    ("sha256-too-short", _set("goldenDataset.sha256", "3f7c"), "spec.goldenDataset.sha256"),
+    ("sha256-not-hex", _set("goldenDataset.sha256", "z" * 64), "spec.goldenDataset.sha256"),
+    ("sha256-missing", _delete("goldenDataset.sha256"), "spec.goldenDataset.sha256"),
+    ("dataset-plain-http", _set("goldenDataset.uri", "http://example.com/golden.jsonl"), "spec.goldenDataset.uri"),
+    ("min-accuracy-above-one", _set("goldenDataset.thresholds.minAccuracy", 1.5),
+     "spec.goldenDataset.thresholds.minAccuracy"),
+    ("class-recall-negative", _set("goldenDataset.thresholds.classes.nsfw.minRecall", -0.1),
+     "spec.goldenDataset.thresholds.classes.nsfw.minRecall"),
+    ("weight-above-100", _set("canary.steps.0", {"setWeight": 150}), "spec.canary.steps[0].setWeight"),
+    ("weights-decrease", _set("canary.steps.2", {"setWeight": 0}), "spec.canary.steps"),
+    ("step-two-kinds", _set("canary.steps.0", {"setWeight": 1, "pause": {}}), "spec.canary.steps[0]"),
+    ("duration-unparsable", _set("canary.steps.1", {"analysis": {"duration": "10 minutes"}}),
+     "spec.canary.steps[1].analysis.duration"),
+    ("no-steps", _set("canary.steps", []), "spec.canary.steps"),
+    ("only-zero-weights", _set("canary.steps", [{"setWeight": 0}, {"pause": {}}]), "spec.canary.steps"),
+    ("analysis-step-without-metrics", _delete("analysis.metrics"), "spec.analysis"),
+    ("metric-two-judges", _set("analysis.metrics.0.threshold", {"query": "up", "max": 1}),
+     "spec.analysis.metrics[0]"),
+    ("threshold-without-bounds", _set("analysis.metrics", [{"name": "errors", "threshold": {"query": "up"}}]),
+     "spec.analysis.metrics[0].threshold"),
+    ("threshold-min-above-max",
+     _set("analysis.metrics", [{"name": "errors", "threshold": {"query": "up", "min": 2, "max": 1}}]),
+     "spec.analysis.metrics[0].threshold"),
+    ("unknown-template-variable",
+     _set("analysis.metrics.0.proportion.events", 'sum(x{class="{{ evil }}"})'),
+     "spec.analysis.metrics[0].proportion.events"),
+    ("duplicate-metric-names",
+     _set("analysis.metrics", [{"name": "a", "proportion": PROPORTION}, {"name": "a", "proportion": PROPORTION}]),
+     "spec.analysis.metrics[1]"),
+    ("confidence-above-one", _set("analysis.metrics.0.proportion.confidence", 1.5),
+     "spec.analysis.metrics[0].proportion.confidence"),
+    ("min-samples-zero", _set("analysis.metrics.0.proportion.minSamples", 0),
+     "spec.analysis.metrics[0].proportion.minSamples"),
+    ("on-inconclusive-unknown", _set("analysis.onInconclusive", "ignore"), "spec.analysis.onInconclusive"),
+    ("prometheus-missing", _delete("analysis.prometheus"), "spec.analysis"),
+    ("secret-ref-namespace", _set("registry", {"credentialsSecretRef": {"name": "tok", "namespace": "kube-system"}}),
+     "spec.registry.credentialsSecretRef"),
+    ("tracking-uri-not-http", _set("registry", {"trackingUri": "ftp://mlflow"}), "spec.registry.trackingUri"),
+    ("progress-deadline-unparsable", _set("progressDeadline", "soon"), "spec.progressDeadline"),
+    ("bake-without-metrics", _both(_set("canary.steps", [{"setWeight": 10}]), _delete("analysis")), "spec.bake"),
+    ("unknown-field", _set("rollbackk", {"automatic": True}), "spec.rollbackk"),
+    ("golden-dataset-missing", _delete("goldenDataset"), "spec.goldenDataset"),
+]
+
+
+def apply(kubeconfig: Path, namespace: str, manifest: dict[str, Any]) -> tuple[int, str]:
+    result = run_kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", input_text=json.dumps(manifest))
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_invalid_cases_are_distinct() -> None:
+    names = [name for name, _, _ in INVALID]
+    assert len(names) >= 20 and len(set(names)) == len(names)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("case", "mutate", "field"), INVALID, ids=[name for name, _, _ in INVALID])
+def test_invalid_spec_is_refused_naming_the_field(kubeconfig: Path, namespace: str, case: str,
+                                                  mutate: Callable[[Spec], None], field: str) -> None:
+    manifest = sample()
+    mutate(manifest["spec"])
+    manifest["metadata"]["name"] = case
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code != 0, f"{case} was accepted:\n{output}"
+    assert field in output, f"{case}: the message does not name {field}:\n{output}"
+
+
+@pytest.mark.integration
+def test_sample_is_accepted_with_defaults_and_printer_columns(kubeconfig: Path, namespace: str) -> None:
+    manifest = sample()
+    del manifest["spec"]["progressDeadline"]
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code == 0, output
+    stored = json.loads(run_kubectl(kubeconfig, "get", "mro", "nsfw-classifier", "-n", namespace, "-o", "json").stdout)
+    assert stored["spec"]["progressDeadline"] == "30m"
+    assert stored["spec"]["analysis"]["metrics"][0]["proportion"]["minSamples"] == 200
+    header = run_kubectl(kubeconfig, "get", "mro", "-n", namespace).stdout.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "STEP", "WEIGHT", "CANDIDATE", "STABLE", "AGE"]
+
+
+@pytest.mark.integration
+def test_all_three_target_kinds_are_accepted(kubeconfig: Path, namespace: str) -> None:
+    targets = {"kserve": {"kserve": {"inferenceService": "nsfw"}},
+               "seldon-v1": {"seldonDeployment": {"name": "nsfw", "stablePredictor": "main",
+                                                  "canaryPredictor": "canary"}},
+               "seldon-v2": {"seldonExperiment": {"name": "nsfw"}}}
+    for name, target in targets.items():
+        manifest = copy.deepcopy(sample())
+        manifest["metadata"]["name"] = name
+        manifest["spec"]["target"] = target
+        code, output = apply(kubeconfig, namespace, manifest)
+        assert code == 0, output
+
+
+def _walk(schema: dict[str, Any], path: str) -> list[str]:
+    missing = [] if "description" in schema or path.endswith(".metadata") else [path]
+    for key, child in (schema.get("properties") or {}).items():
+        missing += _walk(child, f"{path}.{key}")
+    if isinstance(schema.get("items"), dict):
+        missing += _walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        missing += _walk(schema["additionalProperties"], f"{path}{{}}")
+    return missing
+
+
+def test_every_field_has_a_description() -> None:
+    crd = yaml.safe_load(CRD.read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert _walk(schema, "") == []
