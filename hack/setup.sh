@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything the stack and the tests need on a fresh Debian machine:
+# Debian's Prometheus, the Python package in .venv, and kube-apiserver + etcd built from pinned Go modules.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+if ((${#need_apt[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "error: missing ${need_apt[*]}: run as root or install them with apt-get" >&2; exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+# Reinstalled whenever pyproject.toml changes.
+stamp=".venv/.pyproject-$(sha256sum pyproject.toml | cut -c1-16)"
+if [[ ! -f "$stamp" ]]; then
+  if ! (.venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]') >.venv/pip.log 2>&1; then
+    echo "error: pip install failed: $(grep -m1 -i error .venv/pip.log || tail -n1 .venv/pip.log) (log: .venv/pip.log)" >&2
+    exit 1
+  fi
+  rm -f .venv/.pyproject-* && touch "$stamp"
+fi
+
+# Prints the directory of kube-apiserver and etcd (cached by version outside the repo).
+hack/controlplane/build.sh >/dev/null
