@@ -52,6 +52,18 @@ def _operator_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exporter_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from controller.exporter.events import DecodeOptions
+    from controller.exporter.server import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = tuple(n.strip() for n in args.class_names.split(",") if n.strip()) if args.class_names else ()
+    run(args.host, args.port, DecodeOptions(class_names=names, v2_output=args.v2_output))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
@@ -78,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="watch only this namespace (repeatable); default: all namespaces")
     run_parser.add_argument("--liveness", default=None, help="serve a health endpoint, e.g. http://0.0.0.0:8080/healthz")
     run_parser.set_defaults(handler=_operator_run)
+
+    exporter = commands.add_parser("exporter", help="the prediction exporter (logger CloudEvents -> Prometheus)")
+    exporter_commands = exporter.add_subparsers(dest="exporter_command", required=True)
+    exporter_run = exporter_commands.add_parser("run", help="receive logger events and serve /metrics")
+    exporter_run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    exporter_run.add_argument("--port", type=int, default=9102)
+    exporter_run.add_argument("--class-names", default="",
+                              help="comma-separated class names, for outputs that are indexes or probabilities")
+    exporter_run.add_argument("--v2-output", default=None, help="V2 output holding the prediction (default: first)")
+    exporter_run.set_defaults(handler=_exporter_run)
     return parser
 
 

@@ -1,0 +1,81 @@
+"""PromQL templates filled only with escaped values: user data never reaches a query raw."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TEMPLATE_VARIABLE = re.compile(r"\{\{([^{}]*)\}\}")
+KNOWN_VARIABLES = ("selector", "window", "namespace", "target", "variant")
+# Prometheus' own duration syntax; anything else is refused rather than pasted.
+PROMQL_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+class TemplateError(ValueError):
+    """A query template or a value that cannot be rendered safely."""
+
+
+def promql_string(value: str) -> str:
+    """A double-quoted PromQL string literal (Go escaping) that always holds exactly `value`."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+               .replace("\r", "\\r").replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+def promql_duration(seconds: float) -> str:
+    """A PromQL range from seconds, rounded up to whole seconds (at least 1s)."""
+    return f"{max(1, int(-(-seconds // 1)))}s"
+
+
+@dataclass(frozen=True)
+class QueryScope:
+    """What a query is about: one variant of one served model, over one window."""
+
+    namespace: str
+    target: str
+    variant: str
+    window: str
+    # Label names of the series being queried (the exporter's by default).
+    namespace_label: str = "namespace"
+    target_label: str = "inference_service"
+    variant_label: str = "variant"
+    extra_matchers: tuple[tuple[str, str], ...] = ()
+
+    def selector(self) -> str:
+        matchers = [(self.namespace_label, self.namespace), (self.target_label, self.target),
+                    (self.variant_label, self.variant), *self.extra_matchers]
+        for name, _ in matchers:
+            if not LABEL_NAME.match(name):
+                raise TemplateError(f"invalid label name {name!r}")
+        return ", ".join(f"{name}={promql_string(value)}" for name, value in matchers)
+
+
+def template_variables(template: str) -> list[str]:
+    return [match.strip() for match in TEMPLATE_VARIABLE.findall(template)]
+
+
+def render(template: str, scope: QueryScope) -> str:
+    """Fill {{selector}}, {{window}}, {{namespace}}, {{target}} and {{variant}}.
+
+    {{selector}} becomes label matchers, {{window}} a validated duration, the others quoted string
+    literals. Unknown variables are refused (the CRD refuses them too; this guards other callers).
+    """
+    if not PROMQL_DURATION.match(scope.window):
+        raise TemplateError(f"window {scope.window!r} is not a PromQL duration")
+    values = {
+        "selector": scope.selector(),
+        "window": scope.window,
+        "namespace": promql_string(scope.namespace),
+        "target": promql_string(scope.target),
+        "variant": promql_string(scope.variant),
+    }
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        if name not in values:
+            raise TemplateError(f"unknown template variable {{{{{name}}}}}; allowed: "
+                                + ", ".join(f"{{{{{v}}}}}" for v in KNOWN_VARIABLES))
+        return values[name]
+
+    return TEMPLATE_VARIABLE.sub(substitute, template)

@@ -1,0 +1,1 @@
+"""Prediction exporter: inference-logger CloudEvents in, per-class Prometheus counters out."""

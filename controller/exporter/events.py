@@ -1,0 +1,183 @@
+"""Read the predicted classes out of one logged inference event. Pure: no I/O.
+
+KServe's logger agent posts each request and response as a binary-mode CloudEvent (`ce-*` headers,
+the payload as body); Seldon Core's request logger does the same with its own event types. Structured
+mode (`application/cloudevents+json`) is accepted too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+RESPONSE_TYPES = frozenset({"org.kubeflow.serving.inference.response", "io.seldon.serving.inference.response"})
+REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.serving.inference.request"})
+VARIANTS = frozenset({"stable", "canary"})
+
+
+class MalformedEvent(ValueError):
+    """The event cannot be counted; `reason` is a stable label value for the malformed-events counter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to read a prediction: class names for index or probability outputs, and which V2 output."""
+
+    class_names: tuple[str, ...] = ()
+    v2_output: str | None = None  # default: the first output
+
+
+@dataclass(frozen=True)
+class Prediction:
+    namespace: str
+    inference_service: str
+    variant: str
+    model_version: str
+    classes: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class CloudEvent:
+    id: str
+    type: str
+    attributes: Mapping[str, str]
+    data: Any
+
+
+def parse_cloudevent(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        payload = json.loads(body) if body else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedEvent("NotJSON", f"body is not JSON ({exc.__class__.__name__})") from None
+    if lowered.get("content-type", "").startswith("application/cloudevents+json"):
+        if not isinstance(payload, dict):
+            raise MalformedEvent("NotCloudEvent", "structured event is not a JSON object")
+        attributes = {k.lower(): str(v) for k, v in payload.items() if k not in ("data", "data_base64")}
+        data = payload.get("data")
+    else:
+        attributes = {k[3:]: v for k, v in lowered.items() if k.startswith("ce-")}
+        data = payload
+    for required in ("id", "type", "specversion"):
+        if not attributes.get(required):
+            raise MalformedEvent("NotCloudEvent", f"missing CloudEvent attribute {required!r}")
+    return CloudEvent(attributes["id"], attributes["type"], attributes, data)
+
+
+def predicted_classes(data: Any, options: DecodeOptions) -> tuple[str, ...]:
+    """Classes predicted in a V1, V2 (Open Inference Protocol) or Seldon v1 response body."""
+    if not isinstance(data, dict):
+        raise MalformedEvent("UnknownPayload", "response body is not a JSON object")
+    if "predictions" in data:
+        return _rows_to_classes(data["predictions"], options)
+    if "outputs" in data:
+        return _v2_classes(data["outputs"], options)
+    if isinstance(data.get("data"), dict):
+        seldon = data["data"]
+        if "ndarray" in seldon:
+            return _rows_to_classes(seldon["ndarray"], _with_names(options, seldon.get("names")))
+        if isinstance(seldon.get("tensor"), dict):
+            tensor = seldon["tensor"]
+            return _tensor_classes(tensor.get("values"), tensor.get("shape"), _with_names(options, seldon.get("names")))
+    raise MalformedEvent("UnknownPayload", "no predictions, outputs or data in the response")
+
+
+def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
+    if options.class_names or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return options
+    return DecodeOptions(tuple(names), options.v2_output)
+
+
+def _v2_classes(outputs: Any, options: DecodeOptions) -> tuple[str, ...]:
+    if not isinstance(outputs, list) or not outputs:
+        raise MalformedEvent("BadV2Output", "outputs is not a non-empty list")
+    chosen = outputs[0]
+    if options.v2_output is not None:
+        chosen = next((o for o in outputs if isinstance(o, dict) and o.get("name") == options.v2_output), None)
+        if chosen is None:
+            raise MalformedEvent("BadV2Output", f"no output named {options.v2_output!r}")
+    if not isinstance(chosen, dict):
+        raise MalformedEvent("BadV2Output", "output is not an object")
+    if chosen.get("datatype") == "BYTES":
+        return _rows_to_classes(chosen.get("data"), options)
+    return _tensor_classes(chosen.get("data"), chosen.get("shape"), options)
+
+
+def _tensor_classes(values: Any, shape: Any, options: DecodeOptions) -> tuple[str, ...]:
+    if not isinstance(values, list) or not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+        raise MalformedEvent("BadTensor", "tensor needs a data list and an integer shape")
+    flat = _flatten(values)
+    if len(shape) == 2:
+        rows, width = shape
+        if rows * width != len(flat):
+            raise MalformedEvent("BadTensor", f"shape {shape} does not match {len(flat)} values")
+        return _rows_to_classes([flat[i * width:(i + 1) * width] for i in range(rows)], options)
+    if len(shape) == 1 and shape[0] == len(flat):
+        return _rows_to_classes(flat, options)
+    raise MalformedEvent("BadTensor", f"shape {shape} is neither [n] nor [n, classes]")
+
+
+def _flatten(values: list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    for value in values:
+        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    return flat
+
+
+def _rows_to_classes(rows: Any, options: DecodeOptions) -> tuple[str, ...]:
+    if not isinstance(rows, list):
+        raise MalformedEvent("BadPredictions", "predictions is not a list")
+    return tuple(_row_to_class(row, options) for row in rows)
+
+
+def _row_to_class(row: Any, options: DecodeOptions) -> str:
+    if isinstance(row, str):
+        return row
+    if isinstance(row, bool):
+        raise MalformedEvent("BadPredictions", "a boolean is not a class")
+    if isinstance(row, int):
+        return _class_at(row, options)
+    if isinstance(row, float) and row.is_integer():
+        return _class_at(int(row), options)
+    if isinstance(row, Sequence) and row and all(isinstance(p, int | float) and not isinstance(p, bool) for p in row):
+        best = max(range(len(row)), key=lambda i: row[i])
+        return _class_at(best, options)
+    if isinstance(row, dict) and isinstance(row.get("label"), str):
+        return str(row["label"])
+    raise MalformedEvent("BadPredictions", f"cannot read a class from {str(row)[:80]}")
+
+
+def _class_at(index: int, options: DecodeOptions) -> str:
+    if options.class_names:
+        if not 0 <= index < len(options.class_names):
+            raise MalformedEvent("UnknownClass", f"class index {index} outside the {len(options.class_names)} names")
+        return options.class_names[index]
+    return str(index)
+
+
+def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
+                          request: CloudEvent | None = None) -> Prediction:
+    """Who made the prediction: from the logger URL's query (?variant=&model_version=), then the event's
+    extensions, then the paired request's, then the V2 response's own model_version."""
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    extensions = {**(request.attributes if request else {}), **event.attributes}
+    data = event.data if isinstance(event.data, dict) else {}
+    namespace = params.get("namespace") or extensions.get("namespace", "")
+    service = (params.get("inference_service") or extensions.get("inferenceservicename")
+               or extensions.get("modelid", ""))
+    variant = params.get("variant") or extensions.get("endpoint", "")
+    if variant == "default":
+        variant = "stable"
+    version = params.get("model_version") or extensions.get("modelversion") or str(data.get("model_version") or "")
+    if not namespace or not service:
+        raise MalformedEvent("MissingIdentity", "the event names no namespace or inference service")
+    if variant not in VARIANTS:
+        raise MalformedEvent("UnknownVariant", f"variant {variant[:40]!r} is neither stable nor canary")
+    return Prediction(namespace, service, variant, version or "unknown", predicted_classes(event.data, options))

@@ -1,0 +1,118 @@
+"""HTTP side of the exporter: POST logger events anywhere, GET /metrics, GET /healthz."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from controller.exporter.events import (
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    CloudEvent,
+    DecodeOptions,
+    MalformedEvent,
+    parse_cloudevent,
+    prediction_from_event,
+)
+
+log = logging.getLogger(__name__)
+OTHER_CLASS = "__other__"
+
+
+@dataclass
+class ExporterMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.predictions = Counter(
+            "modelrollout_predictions", "Predictions by predicted class, per served model and variant.",
+            ["namespace", "inference_service", "variant", "model_version", "class"], registry=self.registry)
+        self.events = Counter("modelrollout_exporter_events", "Logger events received, by outcome.",
+                              ["outcome"], registry=self.registry)
+        self.malformed = Counter("modelrollout_exporter_malformed_events", "Events dropped, by reason.",
+                                 ["reason"], registry=self.registry)
+
+
+class PredictionExporter:
+    """Counts predictions; a malformed event is counted and dropped, never raised."""
+
+    def __init__(self, options: DecodeOptions | None = None, max_classes: int = 64,
+                 max_pending_requests: int = 10_000) -> None:
+        self.options = options or DecodeOptions()
+        self.metrics = ExporterMetrics()
+        self.max_classes = max_classes
+        self._known_classes: set[str] = set(self.options.class_names)
+        self._seen: set[tuple[str, str, str, str]] = set()
+        # Requests kept briefly so a response without identity headers can borrow its request's.
+        self._requests: OrderedDict[str, CloudEvent] = OrderedDict()
+        self._max_pending = max_pending_requests
+
+    def handle(self, headers: dict[str, str], body: bytes, query: str) -> str:
+        try:
+            event = parse_cloudevent(headers, body)
+            if event.type in REQUEST_TYPES:
+                self._remember(event)
+                self.metrics.events.labels("request").inc()
+                return "request"
+            if event.type not in RESPONSE_TYPES:
+                raise MalformedEvent("UnknownEventType", f"event type {event.type[:80]!r}")
+            prediction = prediction_from_event(event, query, self.options, self._requests.pop(event.id, None))
+        except MalformedEvent as exc:
+            self.metrics.events.labels("malformed").inc()
+            self.metrics.malformed.labels(exc.reason).inc()
+            log.debug("dropped event: %s", exc)
+            return "malformed"
+        identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
+        if identity not in self._seen:
+            # Series that exist at zero before their first prediction let increase() count that prediction.
+            self._seen.add(identity)
+            for name in self.options.class_names:
+                self.metrics.predictions.labels(*identity, name)
+        for predicted in prediction.classes:
+            label = self._bounded_class(predicted)
+            self.metrics.predictions.labels(prediction.namespace, prediction.inference_service, prediction.variant,
+                                            prediction.model_version, label).inc()
+        self.metrics.events.labels("counted").inc()
+        return "counted"
+
+    def _bounded_class(self, name: str) -> str:
+        # A model that emits free text must not explode the series count.
+        if name in self._known_classes:
+            return name
+        if len(self._known_classes) < self.max_classes:
+            self._known_classes.add(name)
+            return name
+        return OTHER_CLASS
+
+    def _remember(self, event: CloudEvent) -> None:
+        self._requests[event.id] = event
+        while len(self._requests) > self._max_pending:
+            self._requests.popitem(last=False)
+
+    def app(self) -> web.Application:
+        async def receive(request: web.Request) -> web.Response:
+            body = await request.read()
+            outcome = self.handle(dict(request.headers), body, request.query_string)
+            return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
+
+        async def metrics(_: web.Request) -> web.Response:
+            response = web.Response(body=generate_latest(self.metrics.registry))
+            response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+            return response
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_post("/{tail:.*}", receive)
+        return app
+
+
+def run(host: str, port: int, options: DecodeOptions) -> None:
+    web.run_app(PredictionExporter(options).app(), host=host, port=port, print=None, access_log=None)

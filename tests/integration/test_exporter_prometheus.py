@@ -1,0 +1,115 @@
+"""Exporter scraped by the real Prometheus, read back through the provider; each query problem explained."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.analysis.prometheus import PrometheusProvider, QueryProblem
+from controller.analysis.queries import QueryScope, render
+from controller.devstack.processes import LOOPBACK, free_port
+from controller.devstack.prometheus_server import PrometheusServer
+
+EVENTS = 'sum(increase(modelrollout_predictions_total{class="nsfw", {{selector}}}[{{window}}]))'
+TOTAL = "sum(increase(modelrollout_predictions_total{{{selector}}}[{{window}}]))"
+
+
+@pytest.fixture
+def exporter(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log = open(tmp_path / "exporter.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli.main", "exporter", "run", "--port", str(port),
+                             "--class-names", "safe,nsfw"], stdout=log, stderr=subprocess.STDOUT)
+    address = f"{LOOPBACK}:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://{address}/healthz", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    try:
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def post_response(address: str, query: str, predictions: list[int], event_id: str) -> int:
+    headers = {"Ce-Id": event_id, "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
+               "Ce-Source": "test", "Ce-Namespace": "moderation", "Ce-Inferenceservicename": "nsfw",
+               "Content-Type": "application/json"}
+    body = json.dumps({"predictions": predictions}).encode()
+    request = urllib.request.Request(f"http://{address}/?{query}", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def wait_until_scraped(provider: PrometheusProvider, series: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if provider.scalar(f"count({series})").ok:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"Prometheus never scraped {series}")
+
+
+@pytest.mark.integration
+def test_counts_scraped_by_prometheus_are_read_per_variant(prometheus: PrometheusServer, exporter: str) -> None:
+    prometheus.add_scrape_target("exporter-test", exporter)
+    provider = PrometheusProvider(prometheus.url)
+    canary = QueryScope("moderation", "nsfw", "canary", "5m")
+    # The first scrape must see the series (the exporter creates every named class at zero on first sight),
+    # or increase() has no earlier sample to count from.
+    assert post_response(exporter, "variant=canary&model_version=7", [0], "warmup") == 202
+    assert post_response(exporter, "variant=stable&model_version=6", [0], "warmup2") == 202
+    wait_until_scraped(provider, 'modelrollout_predictions_total{namespace="moderation", variant="stable"}')
+    for i in range(10):
+        post_response(exporter, "variant=canary&model_version=7", [1, 1, 0], f"c{i}")
+        post_response(exporter, "variant=stable&model_version=6", [0, 0, 0, 0, 1], f"s{i}")
+    assert post_response(exporter, "variant=canary", [1], "bad") == 202  # no version: counted as unknown
+    assert post_response(exporter, "variant=purple", [1], "bad2") == 400
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = provider.scalar(render(EVENTS, canary))
+        total = provider.scalar(render(TOTAL, canary))
+        if events.ok and total.ok and total.value and total.value >= 31:
+            break
+        time.sleep(0.5)
+    # increase() extrapolates to the window edges, so the counts are close to, not exactly, the posted ones.
+    assert total.value == pytest.approx(32, rel=0.35), total
+    assert events.value / total.value == pytest.approx(21 / 32, rel=0.1)
+    stable_nsfw = provider.scalar(render(EVENTS, QueryScope("moderation", "nsfw", "stable", "5m")))
+    stable_total = provider.scalar(render(TOTAL, QueryScope("moderation", "nsfw", "stable", "5m")))
+    assert stable_nsfw.ok and stable_total.ok
+    assert stable_nsfw.value / stable_total.value == pytest.approx(0.2, rel=0.15)
+
+
+@pytest.mark.integration
+def test_each_query_problem_has_its_own_explanation(prometheus: PrometheusServer) -> None:
+    provider = PrometheusProvider(prometheus.url)
+    assert provider.scalar("vector(3)").value == 3
+    empty = provider.scalar('modelrollout_predictions_total{namespace="nowhere"}')
+    assert empty.problem is QueryProblem.EMPTY and "no series" in empty.detail
+    nan = provider.scalar("vector(0) / vector(0)")
+    assert nan.problem is QueryProblem.NOT_A_NUMBER
+    rejected = provider.scalar("sum(rate(x[5m]")
+    assert rejected.problem is QueryProblem.REJECTED and "parse error" in rejected.detail
+    two_series = 'label_replace(vector(1), "a", "1", "", "") or label_replace(vector(2), "a", "2", "", "")'
+    several = provider.scalar(two_series)
+    assert several.problem is QueryProblem.AMBIGUOUS and "sum()" in several.detail
+    unreachable = PrometheusProvider(f"http://{LOOPBACK}:{free_port()}", timeout_seconds=1, retries=0)
+    down = unreachable.scalar("vector(1)")
+    assert down.problem is QueryProblem.UNREACHABLE and "did not answer" in down.detail

@@ -1,0 +1,100 @@
+"""Reading predicted classes from KServe V1/V2 and Seldon logger events; garbage is refused by reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controller.exporter.events import DecodeOptions, MalformedEvent, predicted_classes
+from controller.exporter.server import OTHER_CLASS, PredictionExporter
+
+NAMES = DecodeOptions(class_names=("safe", "nsfw"))
+
+
+def kserve_headers(event_type: str = "org.kubeflow.serving.inference.response", event_id: str = "e1",
+                   **extensions: str) -> dict[str, str]:
+    headers = {"Ce-Id": event_id, "Ce-Type": event_type, "Ce-Specversion": "1.0",
+               "Ce-Source": "http://localhost:9081/", "Content-Type": "application/json",
+               "Ce-Inferenceservicename": "nsfw", "Ce-Namespace": "moderation"}
+    headers.update({f"Ce-{k.capitalize()}": v for k, v in extensions.items()})
+    return headers
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"predictions": ["nsfw", "safe"]}, ("nsfw", "safe")),
+    ({"predictions": [1, 0, 1]}, ("nsfw", "safe", "nsfw")),
+    ({"predictions": [[0.9, 0.1], [0.2, 0.8]]}, ("safe", "nsfw")),
+    ({"model_name": "nsfw", "model_version": "7",
+      "outputs": [{"name": "probabilities", "shape": [2, 2], "datatype": "FP32", "data": [0.1, 0.9, 0.7, 0.3]}]},
+     ("nsfw", "safe")),
+    ({"outputs": [{"name": "label", "shape": [2], "datatype": "BYTES", "data": ["safe", "nsfw"]}]}, ("safe", "nsfw")),
+    ({"outputs": [{"name": "cls", "shape": [3], "datatype": "INT64", "data": [1, 1, 0]}]}, ("nsfw", "nsfw", "safe")),
+    ({"data": {"names": ["safe", "nsfw"], "ndarray": [[0.3, 0.7]]}}, ("nsfw",)),
+    ({"data": {"tensor": {"shape": [1, 2], "values": [0.8, 0.2]}}}, ("safe",)),
+])
+def test_classes_from_v1_v2_and_seldon(body: dict, expected: tuple[str, ...]) -> None:
+    assert predicted_classes(body, NAMES) == expected
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ([1, 2], "UnknownPayload"),
+    ({"nothing": 1}, "UnknownPayload"),
+    ({"predictions": "nsfw"}, "BadPredictions"),
+    ({"predictions": [True]}, "BadPredictions"),
+    ({"predictions": [5]}, "UnknownClass"),
+    ({"outputs": []}, "BadV2Output"),
+    ({"outputs": [{"shape": [2, 2], "datatype": "FP32", "data": [0.1, 0.9, 0.7]}]}, "BadTensor"),
+    ({"outputs": [{"shape": [2, 2, 2], "datatype": "FP32", "data": [0.0] * 8}]}, "BadTensor"),
+])
+def test_garbage_payloads_are_refused_with_a_reason(body: object, reason: str) -> None:
+    with pytest.raises(MalformedEvent) as caught:
+        predicted_classes(body, NAMES)
+    assert caught.value.reason == reason
+
+
+def test_exporter_counts_by_variant_and_version_and_drops_malformed() -> None:
+    exporter = PredictionExporter(NAMES)
+    body = json.dumps({"predictions": [1, 0, 1]}).encode()
+    assert exporter.handle(kserve_headers(), body, "variant=canary&model_version=7") == "counted"
+    assert exporter.handle(kserve_headers(endpoint="default"), body, "model_version=6") == "counted"
+    assert exporter.handle(kserve_headers(), b"{not json", "variant=canary") == "malformed"
+    assert exporter.handle({"Content-Type": "application/json"}, body, "variant=canary") == "malformed"
+    assert exporter.handle(kserve_headers(), body, "variant=blue") == "malformed"
+    registry = exporter.metrics.registry
+
+    def count(variant: str, version: str, cls: str) -> float | None:
+        return registry.get_sample_value("modelrollout_predictions_total", {
+            "namespace": "moderation", "inference_service": "nsfw", "variant": variant,
+            "model_version": version, "class": cls})
+
+    assert count("canary", "7", "nsfw") == 2 and count("canary", "7", "safe") == 1
+    assert count("stable", "6", "nsfw") == 2
+    assert registry.get_sample_value("modelrollout_exporter_malformed_events_total", {"reason": "NotJSON"}) == 1
+    assert registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                     {"reason": "NotCloudEvent"}) == 1
+    assert registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                     {"reason": "UnknownVariant"}) == 1
+
+
+def test_response_borrows_identity_from_its_request_and_structured_mode_works() -> None:
+    exporter = PredictionExporter(NAMES)
+    request_headers = kserve_headers("org.kubeflow.serving.inference.request", "r1", endpoint="canary")
+    assert exporter.handle(request_headers, b'{"instances": [[1, 2]]}', "") == "request"
+    structured = {"specversion": "1.0", "id": "r1", "type": "org.kubeflow.serving.inference.response",
+                  "source": "x", "data": {"model_version": "7", "predictions": ["nsfw"]}}
+    outcome = exporter.handle({"Content-Type": "application/cloudevents+json"}, json.dumps(structured).encode(), "")
+    assert outcome == "counted"
+    assert exporter.metrics.registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "canary", "model_version": "7",
+        "class": "nsfw"}) == 1
+
+
+def test_class_cardinality_is_bounded() -> None:
+    exporter = PredictionExporter(DecodeOptions(), max_classes=2)
+    body = json.dumps({"predictions": ["a", "b", "c", "d"]}).encode()
+    exporter.handle(kserve_headers(), body, "variant=stable&model_version=1")
+    other = exporter.metrics.registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "stable", "model_version": "1",
+        "class": OTHER_CLASS})
+    assert other == 2
