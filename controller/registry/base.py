@@ -1,0 +1,317 @@
+"""The registry interface and the rules of promotion and rollback, written once over a few primitives.
+
+Concrete registries (MLflow over REST, an in-memory fake for tests) implement only the primitives:
+read a model's aliases, read a version, read a run's lineage, set/delete an alias, set a version tag.
+Everything the operator relies on (idempotency, write order, bounded tag values) lives here, so the
+fake behaves exactly as the real adapter does.
+
+Write order makes every operation safe to repeat after a crash at any point:
+- promote records the previous version on the candidate *before* moving the alias, so "alias points at the
+  candidate" always comes with the record of what it pointed at before;
+- rollback restores the alias first (safety first), then writes the rejection tags with
+  `modelrollout.rejected` last, so that tag's presence means all the others are there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.registry.errors import RegistryConfigError, VersionNotFound
+from controller.registry.types import (
+    PREVIOUS_VERSION_TAG,
+    PROMOTED_ROLLOUT_TAG,
+    PROMOTED_TIME_TAG,
+    REJECTED_BY_TAG,
+    REJECTED_EVIDENCE_TAG,
+    REJECTED_REASON_TAG,
+    REJECTED_ROLLOUT_TAG,
+    REJECTED_TAG,
+    REJECTED_TIME_TAG,
+    PromotionResult,
+    ResolvedVersion,
+    RollbackResult,
+)
+
+# Older MLflow servers cap version tag values at 5000 characters; stay below that everywhere.
+MAX_REASON_CHARS = 1000
+MAX_EVIDENCE_CHARS = 4000
+MAX_LINEAGE_ENTRIES = 64
+MAX_LINEAGE_VALUE_CHARS = 512
+TRUNCATION_MARK = "...(truncated)"
+
+LINEAGE_TAG_PREFIXES = ("lineage.", "dataset.", "data.")
+LINEAGE_TAG_KEYS = frozenset({"mlflow.source.name", "mlflow.source.git.commit", "mlflow.source.git.repoURL",
+                              "mlflow.source.git.branch"})
+
+# MLflow's own rules, checked before any write so a bad name fails with a clear message and no side effect.
+_ALIAS_PATTERN = re.compile(r"^[\w\-]{1,255}$")
+_RESERVED_ALIAS_PATTERN = re.compile(r"^(latest|[vV]\d+)$", re.IGNORECASE)
+_VERSION_PATTERN = re.compile(r"^[1-9]\d*$")
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A model version as a primitive read returns it."""
+
+    name: str
+    version: str
+    run_id: str | None = None
+    source: str | None = None
+    status: str = "READY"
+    tags: Mapping[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    name: str = ""
+    digest: str = ""
+    source_type: str = ""
+    source: str = ""
+    context: str = ""  # MLflow's mlflow.data.context input tag: training, validation, ...
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The parts of the version's run that say where its data came from."""
+
+    tags: Mapping[str, str] = field(default_factory=dict)
+    dataset_inputs: tuple[DatasetInput, ...] = ()
+
+
+class ModelRegistry(ABC):
+    """What the operator needs from a model registry. Synchronous; the operator calls it in a thread.
+
+    Every method is idempotent. Failures raise controller.registry.errors: VersionNotFound (the model,
+    version or alias does not exist), RegistryUnavailable (retry later), RegistryAccessDenied,
+    RegistryRequestError, RegistryConfigError.
+    """
+
+    # promote() also points `<stableAlias><suffix>` at the previous version, for one-command rollback.
+    previous_alias_suffix: str | None = "-previous"
+
+    # --- the interface -----------------------------------------------------------------------------
+
+    def resolve(self, model_name: str, version: str | None = None, alias: str | None = None) -> ResolvedVersion:
+        """The version named by exactly one of `version` or `alias`, with its run, source and lineage."""
+        if (version is None) == (alias is None):
+            raise RegistryConfigError("resolve needs exactly one of version or alias")
+        if alias is not None:
+            _check_alias(alias)
+            target = self._aliases(model_name).get(alias)
+            if target is None:
+                raise VersionNotFound(f"registered model {model_name!r} has no alias @{alias}",
+                                      model_name=model_name, reference=f"alias @{alias}")
+            return self._resolved(self._existing_version(model_name, target))
+        assert version is not None  # narrowed by the exactly-one check above
+        _check_version_format(model_name, version)
+        return self._resolved(self._existing_version(model_name, version))
+
+    def resolve_stable(self, model_name: str, stable_alias: str) -> ResolvedVersion | None:
+        """The version the stable alias names, or None when the alias is not set (a first rollout)."""
+        _check_alias(stable_alias)
+        target = self._aliases(model_name).get(stable_alias)
+        return None if target is None else self._resolved(self._existing_version(model_name, target))
+
+    def verify_alias(self, model_name: str, alias: str) -> str | None:
+        """The version the alias points at now, read from the registry (None: not set)."""
+        _check_alias(alias)
+        return self._aliases(model_name).get(alias)
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Point an alias at a version (the engine's SetAlias action when promote/rollback do not fit)."""
+        _check_alias(alias)
+        _check_version_format(model_name, version)
+        self._set_alias(model_name, alias, version)
+
+    def promote(self, model_name: str, stable_alias: str, candidate_version: str, rollout: str, *,
+                promoted_at: datetime | None = None) -> PromotionResult:
+        """Move the stable alias to the candidate, recording the version it named before.
+
+        The record is the candidate's `modelrollout.previous_version` tag (empty when there was none) and
+        the `<stableAlias>-previous` alias. Calling again once the alias points at the candidate changes
+        nothing and returns the same previous version.
+        """
+        _check_alias(stable_alias)
+        _check_version_format(model_name, candidate_version)
+        candidate = self._existing_version(model_name, candidate_version)
+        current = self._aliases(model_name).get(stable_alias)
+        if current == candidate_version:
+            return PromotionResult(alias=stable_alias, version=candidate_version,
+                                   previous_version=candidate.tags.get(PREVIOUS_VERSION_TAG) or None,
+                                   alias_moved=False)
+        self._set_version_tags(model_name, candidate_version, {
+            PREVIOUS_VERSION_TAG: current or "",
+            PROMOTED_ROLLOUT_TAG: rollout,
+            PROMOTED_TIME_TAG: _timestamp(promoted_at),
+        })
+        previous_alias = self.previous_alias(stable_alias)
+        if previous_alias is not None:
+            if current is None:
+                self._delete_alias(model_name, previous_alias)  # a stale one would name a wrong way back
+            else:
+                self._set_alias(model_name, previous_alias, current)
+        self._set_alias(model_name, stable_alias, candidate_version)
+        return PromotionResult(alias=stable_alias, version=candidate_version, previous_version=current,
+                               alias_moved=True)
+
+    def rollback(self, model_name: str, stable_alias: str, candidate_version: str, stable_version: str | None,
+                 reason: str, evidence_summary: str | Mapping[str, Any], rollout: str, *,
+                 rejected_at: datetime | None = None, actor: str | None = None) -> RollbackResult:
+        """Keep or restore the stable alias on `stable_version`, then tag the candidate rejected."""
+        alias_version, restored = self.restore_alias(model_name, stable_alias, stable_version, candidate_version)
+        tagged = self.tag_rejected(model_name, candidate_version, reason, evidence_summary, rollout,
+                                   rejected_at=rejected_at, actor=actor)
+        return RollbackResult(alias=stable_alias, alias_version=alias_version, alias_restored=restored,
+                              tagged=tagged)
+
+    def restore_alias(self, model_name: str, stable_alias: str, stable_version: str | None,
+                      candidate_version: str) -> tuple[str | None, bool]:
+        """Make the stable alias name `stable_version` again; returns (where it points, whether it changed).
+
+        With no stable version (a first rollout) the alias is removed only if it names the candidate:
+        a rejected version must not stay stable, and an alias someone set elsewhere is not ours to touch.
+        """
+        _check_alias(stable_alias)
+        current = self._aliases(model_name).get(stable_alias)
+        if stable_version is None:
+            if current is not None and current == candidate_version:
+                self._delete_alias(model_name, stable_alias)
+                return None, True
+            return current, False
+        _check_version_format(model_name, stable_version)
+        if current == stable_version:
+            return current, False
+        self._set_alias(model_name, stable_alias, stable_version)
+        return stable_version, True
+
+    def tag_rejected(self, model_name: str, version: str, reason: str, evidence_summary: str | Mapping[str, Any],
+                     rollout: str, *, rejected_at: datetime | None = None, actor: str | None = None) -> bool:
+        """Tag the version rejected with bounded reason and evidence; False when this rollout already did."""
+        _check_version_format(model_name, version)
+        record = self._existing_version(model_name, version)
+        if record.tags.get(REJECTED_TAG) == "true" and record.tags.get(REJECTED_ROLLOUT_TAG) == rollout:
+            return False  # keep the first reason and time: they describe the actual rejection
+        tags = {
+            REJECTED_REASON_TAG: bounded(reason, MAX_REASON_CHARS),
+            REJECTED_EVIDENCE_TAG: bounded(_evidence_text(evidence_summary), MAX_EVIDENCE_CHARS),
+            REJECTED_ROLLOUT_TAG: rollout,
+            REJECTED_TIME_TAG: _timestamp(rejected_at),
+        }
+        if actor:
+            tags[REJECTED_BY_TAG] = actor
+        tags[REJECTED_TAG] = "true"  # last: its presence means the others are written
+        self._set_version_tags(model_name, version, tags)
+        return True
+
+    def previous_alias(self, stable_alias: str) -> str | None:
+        """The alias promote() points at the previous stable version, or None when disabled or too long."""
+        if not self.previous_alias_suffix:
+            return None
+        name = f"{stable_alias}{self.previous_alias_suffix}"
+        return name if _ALIAS_PATTERN.match(name) else None
+
+    # --- primitives --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def _aliases(self, model_name: str) -> dict[str, str]:
+        """alias -> version of the registered model; VersionNotFound when the model does not exist."""
+
+    @abstractmethod
+    def _version(self, model_name: str, version: str) -> VersionRecord | None:
+        """The version, or None when it (or the model) does not exist."""
+
+    @abstractmethod
+    def _storage_uri(self, record: VersionRecord) -> str | None:
+        """Where the version's files are, as the registry reports for downloads."""
+
+    @abstractmethod
+    def _run(self, run_id: str) -> RunRecord | None:
+        """The version's run, or None when it is gone."""
+
+    @abstractmethod
+    def _set_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Point the alias at the version; VersionNotFound when the version does not exist."""
+
+    @abstractmethod
+    def _delete_alias(self, model_name: str, alias: str) -> None:
+        """Remove the alias; no error when it is not set."""
+
+    @abstractmethod
+    def _set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Set the tags in the given order; VersionNotFound when the version does not exist."""
+
+    # --- shared helpers ----------------------------------------------------------------------------
+
+    def _existing_version(self, model_name: str, version: str) -> VersionRecord:
+        record = self._version(model_name, version)
+        if record is None:
+            self._aliases(model_name)  # raises the clearer "model does not exist" when that is the cause
+            raise VersionNotFound(f"registered model {model_name!r} has no version {version}",
+                                  model_name=model_name, reference=f"version {version}")
+        return record
+
+    def _resolved(self, record: VersionRecord) -> ResolvedVersion:
+        run = self._run(record.run_id) if record.run_id else None
+        return ResolvedVersion(
+            name=record.name, version=record.version, run_id=record.run_id or None, source=record.source or None,
+            storage_uri=self._storage_uri(record) or record.source or None, status=record.status,
+            tags=dict(record.tags), lineage=lineage_of(record, run), aliases=tuple(record.aliases))
+
+
+def lineage_of(record: VersionRecord, run: RunRecord | None) -> dict[str, str]:
+    """Dataset lineage, flat and bounded: the run's dataset inputs and lineage tags, then the version's.
+
+    A version tag wins over a run tag of the same key: it was set on what is actually being rolled out.
+    """
+    entries: dict[str, str] = {}
+    if run is not None:
+        for index, dataset in enumerate(run.dataset_inputs):
+            for key, value in (("name", dataset.name), ("digest", dataset.digest),
+                               ("source_type", dataset.source_type), ("source", dataset.source),
+                               ("context", dataset.context)):
+                if value:
+                    entries[f"input.{index}.{key}"] = value
+        entries.update(_lineage_tags(run.tags))
+    entries.update(_lineage_tags(record.tags))
+    return {key: bounded(value, MAX_LINEAGE_VALUE_CHARS) for key, value in list(entries.items())[:MAX_LINEAGE_ENTRIES]}
+
+
+def _lineage_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in sorted(tags.items())
+            if key in LINEAGE_TAG_KEYS or key.startswith(LINEAGE_TAG_PREFIXES)}
+
+
+def bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - len(TRUNCATION_MARK)] + TRUNCATION_MARK
+
+
+def _evidence_text(evidence: str | Mapping[str, Any]) -> str:
+    if isinstance(evidence, str):
+        return evidence
+    return json.dumps(evidence, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _timestamp(moment: datetime | None) -> str:
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _check_alias(alias: str) -> None:
+    if not _ALIAS_PATTERN.match(alias or ""):
+        raise RegistryConfigError(f"invalid alias name {alias!r}: MLflow allows 1-255 letters, digits, '_' and '-'")
+    if _RESERVED_ALIAS_PATTERN.match(alias):
+        raise RegistryConfigError(f"alias name {alias!r} is reserved by MLflow ('latest' and v<number>)")
+
+
+def _check_version_format(model_name: str, version: str) -> None:
+    if not _VERSION_PATTERN.match(version or ""):
+        raise VersionNotFound(f"{version!r} is not an MLflow version number (1, 2, ...), so registered "
+                              f"model {model_name!r} has no such version",
+                              model_name=model_name, reference=f"version {version}")

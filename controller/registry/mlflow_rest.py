@@ -1,0 +1,309 @@
+"""The MLflow model registry over its REST API, with per-rollout credentials and short timeouts.
+
+Why not MlflowClient / RestStore: they read the tracking URI, credentials, timeout (120 s) and retries
+(7, exponential) from process-wide environment variables, and one operator process serves rollouts with
+different registries and Secrets. mlflow-skinny's `http_request` takes all of them per call, so each
+adapter carries its own MlflowHostCreds and RequestPolicy and nothing global is touched. The endpoints are
+MLflow's documented REST API 2.0 (aliases and version tags only; stages are deprecated).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from mlflow.exceptions import MlflowException
+from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+from controller.registry.base import DatasetInput, ModelRegistry, RunRecord, VersionRecord, bounded
+from controller.registry.errors import (
+    RegistryAccessDenied,
+    RegistryConfigError,
+    RegistryError,
+    RegistryRequestError,
+    RegistryUnavailable,
+    VersionNotFound,
+)
+from controller.registry.types import Credentials
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/2.0/mlflow"
+MAX_SERVER_MESSAGE_CHARS = 300
+_DATASET_CONTEXT_TAG = "mlflow.data.context"
+# Statuses worth retrying: the server is overloaded, restarting or behind a struggling proxy.
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """Per-call limits. The operator backs off across reconciles, so a call gives up fast.
+
+    Worst case per HTTP request: (1 + max_retries) * timeout_seconds plus the backoff sleeps.
+    """
+
+    timeout_seconds: float = 5.0
+    max_retries: int = 1
+    backoff_seconds: float = 0.2
+    server_cert_path: str | None = None  # CA bundle for an https registry with a private CA
+
+    def __post_init__(self) -> None:
+        if self.timeout_seconds <= 0 or not 0 <= self.max_retries <= 5 or self.backoff_seconds < 0:
+            raise RegistryConfigError("registry request policy needs timeout > 0, 0-5 retries, backoff >= 0")
+
+
+class _Missing(RegistryError):
+    """MLflow said RESOURCE_DOES_NOT_EXIST; each primitive turns it into its own answer."""
+
+
+class MlflowRegistry(ModelRegistry):
+    """One registry endpoint with one set of credentials; cheap to create per rollout and reconcile."""
+
+    def __init__(self, tracking_uri: str, credentials: Credentials | None = None, *,
+                 policy: RequestPolicy | None = None, previous_alias_suffix: str | None = "-previous") -> None:
+        self.tracking_uri = validated_tracking_uri(tracking_uri)
+        self.policy = policy or RequestPolicy()
+        self.previous_alias_suffix = previous_alias_suffix
+        self._credentials = credentials or Credentials()
+        self._host_creds = MlflowHostCreds(
+            host=self.tracking_uri,
+            token=self._credentials.token,
+            username=None if self._credentials.token else self._credentials.username,
+            password=None if self._credentials.token else self._credentials.password,
+            server_cert_path=self.policy.server_cert_path,
+        )
+
+    def __repr__(self) -> str:
+        return f"MlflowRegistry(tracking_uri={self.tracking_uri!r}, auth={self._credentials.kind!r})"
+
+    __str__ = __repr__
+
+    # --- primitives --------------------------------------------------------------------------------
+
+    def _aliases(self, model_name: str) -> dict[str, str]:
+        try:
+            body = self._call("GET", "registered-models/get", {"name": model_name})
+        except _Missing:
+            raise VersionNotFound(f"registered model {model_name!r} does not exist in MLflow at {self.tracking_uri}",
+                                  model_name=model_name) from None
+        model = _object(body, "registered_model")
+        return {str(entry["alias"]): str(entry["version"]) for entry in _list(model, "aliases")
+                if isinstance(entry, Mapping) and "alias" in entry and "version" in entry}
+
+    def _version(self, model_name: str, version: str) -> VersionRecord | None:
+        try:
+            body = self._call("GET", "model-versions/get", {"name": model_name, "version": version})
+        except _Missing:
+            return None
+        found = _object(body, "model_version")
+        return VersionRecord(
+            name=str(found.get("name", model_name)), version=str(found.get("version", version)),
+            run_id=found.get("run_id") or None, source=found.get("source") or None,
+            status=str(found.get("status") or "READY"), tags=_tags(found),
+            aliases=tuple(str(alias) for alias in _list(found, "aliases")))
+
+    def _storage_uri(self, record: VersionRecord) -> str | None:
+        try:
+            body = self._call("GET", "model-versions/get-download-uri",
+                              {"name": record.name, "version": record.version})
+        except _Missing:
+            return None
+        uri = body.get("artifact_uri")
+        return str(uri) if uri else None
+
+    def _run(self, run_id: str) -> RunRecord | None:
+        try:
+            body = self._call("GET", "runs/get", {"run_id": run_id})
+        except _Missing:
+            return None
+        except RegistryAccessDenied:
+            # Registry and experiment permissions are separate in MLflow: lineage is a record, not a reason
+            # to block the rollout.
+            logger.warning("no read access to run %s on %s: resolving without its lineage", run_id, self.tracking_uri)
+            return None
+        run = _object(body, "run")
+        data = run.get("data") if isinstance(run.get("data"), Mapping) else {}
+        inputs = run.get("inputs") if isinstance(run.get("inputs"), Mapping) else {}
+        datasets = []
+        for entry in _list(inputs, "dataset_inputs"):
+            dataset = entry.get("dataset") if isinstance(entry, Mapping) else None
+            if not isinstance(dataset, Mapping):
+                continue
+            datasets.append(DatasetInput(
+                name=str(dataset.get("name", "")), digest=str(dataset.get("digest", "")),
+                source_type=str(dataset.get("source_type", "")), source=str(dataset.get("source", "")),
+                context=_tags(entry).get(_DATASET_CONTEXT_TAG, "")))
+        return RunRecord(tags=_tags(data), dataset_inputs=tuple(datasets))
+
+    def _set_alias(self, model_name: str, alias: str, version: str) -> None:
+        try:
+            self._call("POST", "registered-models/alias", {"name": model_name, "alias": alias, "version": version})
+        except _Missing:
+            raise self._version_missing(model_name, version) from None
+
+    def _delete_alias(self, model_name: str, alias: str) -> None:
+        try:
+            self._call("DELETE", "registered-models/alias", {"name": model_name, "alias": alias})
+        except _Missing:
+            return  # nothing to delete
+
+    def _set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
+        # One request per tag: MLflow has no batch endpoint for version tags. The caller orders them.
+        for key, value in tags.items():
+            try:
+                self._call("POST", "model-versions/set-tag",
+                           {"name": model_name, "version": version, "key": key, "value": value})
+            except _Missing:
+                raise self._version_missing(model_name, version) from None
+
+    # --- HTTP --------------------------------------------------------------------------------------
+
+    def _call(self, method: str, endpoint: str, payload: Mapping[str, str]) -> dict[str, Any]:
+        location = "params" if method == "GET" else "json"
+        policy = self.policy
+        try:
+            response = http_request(
+                self._host_creds, f"{API_PREFIX}/{endpoint}", method,
+                max_retries=policy.max_retries, backoff_factor=policy.backoff_seconds, backoff_jitter=0.0,
+                timeout=policy.timeout_seconds, raise_on_status=False, respect_retry_after_header=False,
+                **{location: dict(payload)})
+        except (MlflowException, requests.RequestException) as error:
+            # `from None`: the chained requests exception holds the prepared request, Authorization and all.
+            raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: "
+                                      f"{self._transport_cause(error)}") from None
+        return self._answer(response, method, endpoint)
+
+    def _answer(self, response: requests.Response, method: str, endpoint: str) -> dict[str, Any]:
+        status = response.status_code
+        body = _json_object(response.text)
+        if status == 200:
+            if body is None:
+                raise RegistryRequestError(f"{method} {endpoint} on {self.tracking_uri} answered HTTP 200 with a "
+                                           "body that is not MLflow's JSON: is this an MLflow tracking server?")
+            return body
+        error_code = str(body.get("error_code", "")) if body else ""
+        detail = self._server_message(body)
+        if status in (401, 403):
+            raise RegistryAccessDenied(f"MLflow at {self.tracking_uri} refused {method} {endpoint} with HTTP {status} "
+                                       f"(credentials: {self._credentials.kind}){detail}")
+        if status in _TRANSIENT_STATUSES or status >= 500:
+            raise RegistryUnavailable(f"MLflow at {self.tracking_uri} answered HTTP {status} to "
+                                      f"{method} {endpoint}{detail}")
+        if error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise _Missing(detail)
+        if status == 404:
+            raise RegistryRequestError(f"{method} {endpoint} on {self.tracking_uri} answered HTTP 404 without an "
+                                       "MLflow error: is this an MLflow tracking server (check the URI's path)?")
+        raise RegistryRequestError(f"MLflow at {self.tracking_uri} refused {method} {endpoint} with HTTP {status}"
+                                   f"{' ' + error_code if error_code else ''}{detail}")
+
+    def _server_message(self, body: Mapping[str, Any] | None) -> str:
+        message = str(body.get("message", "")) if body else ""
+        return f": {bounded(self._redacted(message), MAX_SERVER_MESSAGE_CHARS)}" if message else ""
+
+    def _transport_cause(self, error: BaseException) -> str:
+        """A short, secret-free reason: the exception chain's most specific known failure."""
+        timeout = f"{self.policy.timeout_seconds:g}s"
+        chain = list(_exception_chain(error))
+
+        def found(*kinds: type[BaseException]) -> bool:
+            return any(isinstance(link, kinds) for link in chain)
+
+        # requests reports urllib3's exhausted retries as a plain ConnectionError: look at the reasons.
+        # Order matters: urllib3's NewConnectionError is also a ConnectTimeoutError.
+        if found(requests.exceptions.SSLError, urllib3.exceptions.SSLError):
+            return "TLS handshake failed"
+        if found(ConnectionRefusedError) or any("Connection refused" in str(link) for link in chain):
+            return "connection refused"
+        if found(urllib3.exceptions.NameResolutionError):
+            return "host name does not resolve"
+        if found(urllib3.exceptions.NewConnectionError):
+            return "connection failed"
+        if found(requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError):
+            return f"no connection within {timeout}"
+        if found(requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+            return f"no answer within {timeout}"
+        if found(requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError):
+            return "connection failed"
+        return f"request failed ({type(chain[-1]).__name__})"
+
+    def _redacted(self, text: str) -> str:
+        secrets = list(self._credentials.secrets())
+        if self._credentials.username and self._credentials.password:
+            # What a server echoing the Authorization header would show of a basic-auth password.
+            pair = f"{self._credentials.username}:{self._credentials.password}".encode()
+            secrets.append(base64.standard_b64encode(pair).decode())
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _version_missing(self, model_name: str, version: str) -> VersionNotFound:
+        return VersionNotFound(f"registered model {model_name!r} has no version {version} "
+                               f"(or the model does not exist) in MLflow at {self.tracking_uri}",
+                               model_name=model_name, reference=f"version {version}")
+
+
+def validated_tracking_uri(uri: str) -> str:
+    """An http(s) URI with a host and nothing that could carry a secret (no user info, query or fragment)."""
+    try:
+        parts = urlsplit(uri.strip())
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        raise RegistryConfigError("the registry tracking URI is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        # Echo only the scheme: a malformed URI may still embed a password.
+        raise RegistryConfigError(f"the registry tracking URI must be http:// or https:// with a host "
+                                  f"(got scheme {parts.scheme or 'none'!r})")
+    if parts.username is not None or parts.password is not None:
+        raise RegistryConfigError("the registry tracking URI must not contain credentials: "
+                                  "put them in the credentials Secret")
+    if parts.query or parts.fragment:
+        raise RegistryConfigError("the registry tracking URI must not have a query or fragment")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _exception_chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        # urllib3's MaxRetryError keeps the real failure in `.reason`, requests' errors in args.
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(link for link in linked if isinstance(link, BaseException))
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(text) if text.strip() else {}
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _object(body: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = body.get(key)
+    if not isinstance(value, Mapping):
+        raise RegistryRequestError(f"MLflow's answer has no {key!r} object: is this an MLflow tracking server?")
+    return value
+
+
+def _list(body: Mapping[str, Any], key: str) -> list[Any]:
+    value = body.get(key)
+    return value if isinstance(value, list) else []
+
+
+def _tags(body: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow's JSON tag list [{key, value}] as a dict (a missing value is an empty string)."""
+    return {str(tag["key"]): str(tag.get("value", "")) for tag in _list(body, "tags")
+            if isinstance(tag, Mapping) and "key" in tag}

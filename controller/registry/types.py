@@ -1,0 +1,152 @@
+"""Plain data the registry adapter takes and returns, and the tag names it writes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.registry.errors import RegistryConfigError
+
+# Version tags written by the operator. REJECTED_TAG is the one the engine looks for.
+REJECTED_TAG = "modelrollout.rejected"
+REJECTED_REASON_TAG = "modelrollout.rejected.reason"
+REJECTED_EVIDENCE_TAG = "modelrollout.rejected.evidence"
+REJECTED_ROLLOUT_TAG = "modelrollout.rejected.rollout"
+REJECTED_TIME_TAG = "modelrollout.rejected.time"
+REJECTED_BY_TAG = "modelrollout.rejected.by"
+PREVIOUS_VERSION_TAG = "modelrollout.previous_version"  # on a promoted version: what the alias named before
+PROMOTED_ROLLOUT_TAG = "modelrollout.promoted.rollout"
+PROMOTED_TIME_TAG = "modelrollout.promoted.time"
+
+# Secret keys accepted for credentials: short names, or the names MLflow's own client reads from the env.
+_TOKEN_KEYS = ("token", "MLFLOW_TRACKING_TOKEN")
+_USERNAME_KEYS = ("username", "MLFLOW_TRACKING_USERNAME")
+_PASSWORD_KEYS = ("password", "MLFLOW_TRACKING_PASSWORD")
+
+
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    """Per-rollout registry credentials: a bearer token, or a username and password (HTTP basic).
+
+    Held only by the adapter that uses them; never put in the environment, never printed.
+    """
+
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.token is None and (self.username is None) != (self.password is None):
+            raise RegistryConfigError("registry credentials need both a username and a password")
+
+    @property
+    def kind(self) -> str:
+        """How the credentials authenticate, for messages: 'bearer token', 'basic' or 'none'."""
+        if self.token:
+            return "bearer token"
+        if self.username and self.password:
+            return "basic"
+        return "none"
+
+    def secrets(self) -> tuple[str, ...]:
+        """The values that must never appear in output (the username is not a secret)."""
+        return tuple(value for value in (self.token, self.password) if value)
+
+    def __repr__(self) -> str:
+        return f"Credentials(kind={self.kind!r})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_secret_data(cls, data: Mapping[str, str | bytes], *, base64_encoded: bool = True) -> Credentials:
+        """Read a Kubernetes Secret's `data` (base64, the default) or `stringData` (plain) mapping.
+
+        Keys: `token`, or `username` + `password` (MLFLOW_TRACKING_TOKEN / _USERNAME / _PASSWORD also work).
+        Errors name the keys, never the values.
+        """
+
+        def first(keys: tuple[str, ...]) -> str | None:
+            for key in keys:
+                if key in data:
+                    return _decode(key, data[key], base64_encoded)
+            return None
+
+        token = first(_TOKEN_KEYS)
+        username = first(_USERNAME_KEYS)
+        password = first(_PASSWORD_KEYS)
+        if not token and not (username and password):
+            raise RegistryConfigError(
+                "the registry credentials Secret needs a non-empty 'token', or 'username' and 'password' "
+                f"(keys present: {', '.join(sorted(data)) or 'none'})")
+        return cls(token=token or None, username=username if not token else None,
+                   password=password if not token else None)
+
+
+def _decode(key: str, raw: str | bytes, base64_encoded: bool) -> str:
+    try:
+        value = base64.b64decode(raw, validate=True) if base64_encoded else raw
+        text = value.decode() if isinstance(value, bytes) else value
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise RegistryConfigError(f"the registry credentials Secret key {key!r} is not valid base64 text") from None
+    # Secrets written with `echo` carry a trailing newline that would break the Authorization header.
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class ResolvedVersion:
+    """A registered model version as the registry reports it now.
+
+    source: the version's source as registered (e.g. mlflow-artifacts:/..., s3://..., models:/m-...).
+    storage_uri: where the model's files are (MLflow's download URI), for the serving system.
+    lineage: dataset lineage of the version and its run: lineage/dataset tags, git source, run inputs.
+    status: MLflow's registration status; only READY versions can be served.
+    """
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str | None
+    storage_uri: str | None
+    status: str = "READY"
+    tags: Mapping[str, str] = field(default_factory=dict)
+    lineage: Mapping[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "READY"
+
+    @property
+    def rejected(self) -> bool:
+        return self.tags.get(REJECTED_TAG) == "true"
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """What promote() left in place.
+
+    previous_version: what the stable alias named before this promotion (None on a first rollout).
+    alias_moved: True when this call moved the alias; False when it already pointed at the candidate.
+    """
+
+    alias: str
+    version: str
+    previous_version: str | None
+    alias_moved: bool
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """What rollback() left in place.
+
+    alias_version: where the stable alias points now (None: it is not set, as on a first rollout).
+    alias_restored: True when this call moved or removed the alias.
+    tagged: True when this call wrote the rejection tags; False when they were already there.
+    """
+
+    alias: str
+    alias_version: str | None
+    alias_restored: bool
+    tagged: bool

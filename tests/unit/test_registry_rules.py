@@ -1,0 +1,348 @@
+"""Registry rules (resolve, promote, roll back, idempotency) on the in-memory registry.
+
+`RegistryContract` is the behaviour every registry must have; tests/integration/test_registry.py runs the
+same class against a real `mlflow server`. A harness fixture gives each test the registry under test and an
+independent way to set up and observe the registry's state.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from controller.registry import (
+    PREVIOUS_VERSION_TAG,
+    PROMOTED_ROLLOUT_TAG,
+    REJECTED_BY_TAG,
+    REJECTED_EVIDENCE_TAG,
+    REJECTED_REASON_TAG,
+    REJECTED_ROLLOUT_TAG,
+    REJECTED_TAG,
+    REJECTED_TIME_TAG,
+    Credentials,
+    InMemoryRegistry,
+    ModelRegistry,
+    RegistryConfigError,
+    RegistryUnavailable,
+    VersionNotFound,
+)
+from controller.registry.base import MAX_EVIDENCE_CHARS, DatasetInput
+
+ROLLOUT = "moderation/nsfw-classifier"
+STABLE = "production"
+
+
+class RegistryHarness(Protocol):
+    registry: ModelRegistry
+
+    def new_model(self, versions: int, *, version_tags: Mapping[str, str] | None = None) -> str:
+        """A fresh registered model with versions 1..versions; returns its name."""
+        ...
+
+    def point_alias(self, model: str, alias: str, version: str) -> None: ...
+
+    def alias_target(self, model: str, alias: str) -> str | None: ...
+
+    def version_tags(self, model: str, version: str) -> dict[str, str]: ...
+
+
+class RegistryContract:
+    """Behaviour shared by every ModelRegistry; subclasses provide the `harness` fixture."""
+
+    # --- resolve -----------------------------------------------------------------------------------
+
+    def test_resolve_by_version(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2, version_tags={"dataset.sha256": "abc123", "owner": "moderation"})
+        resolved = harness.registry.resolve(model, version="2")
+        assert (resolved.name, resolved.version, resolved.status, resolved.ready) == (model, "2", "READY", True)
+        assert resolved.source and resolved.storage_uri
+        assert resolved.tags["owner"] == "moderation"
+        assert resolved.lineage["dataset.sha256"] == "abc123"
+        assert "owner" not in resolved.lineage
+        assert not resolved.rejected
+
+    def test_resolve_by_alias(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(3)
+        harness.point_alias(model, "challenger", "3")
+        resolved = harness.registry.resolve(model, alias="challenger")
+        assert resolved.version == "3"
+        assert "challenger" in resolved.aliases
+
+    @pytest.mark.parametrize("version", ["9", "abc", "0"])
+    def test_missing_version_is_version_not_found(self, harness: RegistryHarness, version: str) -> None:
+        model = harness.new_model(1)
+        with pytest.raises(VersionNotFound) as caught:
+            harness.registry.resolve(model, version=version)
+        assert model in str(caught.value) and version in str(caught.value)
+        assert caught.value.kind == "NotFound" and not caught.value.retryable
+
+    def test_missing_model_and_alias_are_version_not_found(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(1)
+        with pytest.raises(VersionNotFound, match="no alias @nope"):
+            harness.registry.resolve(model, alias="nope")
+        missing = f"missing-{uuid.uuid4().hex[:8]}"
+        with pytest.raises(VersionNotFound, match=f"{missing}.*does not exist"):
+            harness.registry.resolve(missing, version="1")
+        with pytest.raises(VersionNotFound, match=f"{missing}.*does not exist"):
+            harness.registry.resolve(missing, alias=STABLE)
+
+    def test_resolve_needs_exactly_one_reference(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(1)
+        with pytest.raises(RegistryConfigError):
+            harness.registry.resolve(model)
+        with pytest.raises(RegistryConfigError):
+            harness.registry.resolve(model, version="1", alias=STABLE)
+
+    def test_resolve_stable_is_none_before_the_first_rollout(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        assert harness.registry.resolve_stable(model, STABLE) is None
+        assert harness.registry.verify_alias(model, STABLE) is None
+        harness.point_alias(model, STABLE, "1")
+        stable = harness.registry.resolve_stable(model, STABLE)
+        assert stable is not None and stable.version == "1"
+        assert harness.registry.verify_alias(model, STABLE) == "1"
+
+    # --- promote -----------------------------------------------------------------------------------
+
+    def test_promote_moves_alias_and_records_previous(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        result = harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        assert (result.version, result.previous_version, result.alias_moved) == ("2", "1", True)
+        assert harness.alias_target(model, STABLE) == "2"
+        assert harness.alias_target(model, f"{STABLE}-previous") == "1"
+        tags = harness.version_tags(model, "2")
+        assert tags[PREVIOUS_VERSION_TAG] == "1"
+        assert tags[PROMOTED_ROLLOUT_TAG] == ROLLOUT
+
+    def test_promote_twice_is_idempotent(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        first = harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        tags_after_first = harness.version_tags(model, "2")
+        second = harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        assert second.previous_version == first.previous_version == "1"
+        assert not second.alias_moved
+        assert harness.version_tags(model, "2") == tags_after_first
+        assert harness.alias_target(model, STABLE) == "2"
+        assert harness.alias_target(model, f"{STABLE}-previous") == "1"
+
+    def test_first_promotion_has_no_previous(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(1)
+        result = harness.registry.promote(model, STABLE, "1", ROLLOUT)
+        assert result.previous_version is None and result.alias_moved
+        assert harness.alias_target(model, STABLE) == "1"
+        assert harness.alias_target(model, f"{STABLE}-previous") is None
+        assert harness.registry.promote(model, STABLE, "1", ROLLOUT).previous_version is None
+
+    def test_promote_missing_candidate_changes_nothing(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(1)
+        harness.point_alias(model, STABLE, "1")
+        with pytest.raises(VersionNotFound):
+            harness.registry.promote(model, STABLE, "5", ROLLOUT)
+        assert harness.alias_target(model, STABLE) == "1"
+
+    def test_bad_alias_is_refused_before_any_write(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        for alias in ("prod/main", "latest", "v2", ""):
+            with pytest.raises(RegistryConfigError):
+                harness.registry.promote(model, alias, "2", ROLLOUT)
+        assert PREVIOUS_VERSION_TAG not in harness.version_tags(model, "2")
+
+    # --- rollback ----------------------------------------------------------------------------------
+
+    def test_rollback_before_promotion_keeps_alias_and_tags_candidate(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        when = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+        result = harness.registry.rollback(model, STABLE, "2", "1", "nsfw-rate 6.2% vs 0.2%",
+                                           {"canary": {"events": 31, "total": 500}}, ROLLOUT,
+                                           rejected_at=when, actor="controller")
+        assert (result.alias_version, result.alias_restored, result.tagged) == ("1", False, True)
+        assert harness.alias_target(model, STABLE) == "1"
+        tags = harness.version_tags(model, "2")
+        assert tags[REJECTED_TAG] == "true"
+        assert tags[REJECTED_REASON_TAG] == "nsfw-rate 6.2% vs 0.2%"
+        assert json.loads(tags[REJECTED_EVIDENCE_TAG]) == {"canary": {"events": 31, "total": 500}}
+        assert tags[REJECTED_ROLLOUT_TAG] == ROLLOUT
+        assert tags[REJECTED_TIME_TAG] == "2026-03-04T05:06:07Z"
+        assert tags[REJECTED_BY_TAG] == "controller"
+        assert harness.registry.resolve(model, version="2").rejected
+
+    def test_rollback_after_promotion_restores_alias(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        result = harness.registry.rollback(model, STABLE, "2", "1", "bake failed", "nsfw-rate 4x", ROLLOUT)
+        assert (result.alias_version, result.alias_restored) == ("1", True)
+        assert harness.alias_target(model, STABLE) == "1"
+        assert harness.registry.verify_alias(model, STABLE) == "1"
+
+    def test_rollback_twice_is_idempotent(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        harness.registry.rollback(model, STABLE, "2", "1", "bake failed", "first evidence", ROLLOUT)
+        tags_after_first = harness.version_tags(model, "2")
+        again = harness.registry.rollback(model, STABLE, "2", "1", "bake failed", "later evidence", ROLLOUT)
+        assert (again.alias_version, again.alias_restored, again.tagged) == ("1", False, False)
+        assert harness.version_tags(model, "2") == tags_after_first
+        assert harness.alias_target(model, STABLE) == "1"
+
+    def test_rollback_of_a_first_rollout_removes_alias_from_the_candidate(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(1)
+        harness.registry.promote(model, STABLE, "1", ROLLOUT)
+        result = harness.registry.rollback(model, STABLE, "1", None, "aborted", "", ROLLOUT)
+        assert (result.alias_version, result.alias_restored) == (None, True)
+        assert harness.alias_target(model, STABLE) is None
+
+    def test_rollback_without_stable_leaves_someone_elses_alias(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        result = harness.registry.rollback(model, STABLE, "2", None, "aborted", "", ROLLOUT)
+        assert (result.alias_version, result.alias_restored) == ("1", False)
+
+    def test_evidence_is_bounded(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        harness.registry.rollback(model, STABLE, "2", None, "r" * 5000, "e" * 50_000, ROLLOUT)
+        tags = harness.version_tags(model, "2")
+        assert len(tags[REJECTED_EVIDENCE_TAG]) == MAX_EVIDENCE_CHARS
+        assert tags[REJECTED_EVIDENCE_TAG].endswith("(truncated)")
+        assert len(tags[REJECTED_REASON_TAG]) <= 1000
+
+    def test_a_later_rollout_records_its_own_rejection(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        harness.registry.tag_rejected(model, "2", "first", "", ROLLOUT)
+        assert harness.registry.tag_rejected(model, "2", "second", "", "moderation/other")
+        tags = harness.version_tags(model, "2")
+        assert (tags[REJECTED_REASON_TAG], tags[REJECTED_ROLLOUT_TAG]) == ("second", "moderation/other")
+
+
+# --- the in-memory registry --------------------------------------------------------------------------
+
+
+@dataclass
+class MemoryHarness:
+    registry: InMemoryRegistry
+
+    def new_model(self, versions: int, *, version_tags: Mapping[str, str] | None = None) -> str:
+        model = f"model-{uuid.uuid4().hex[:8]}"
+        for _ in range(versions):
+            self.registry.add_version(model, tags=version_tags)
+        return model
+
+    def point_alias(self, model: str, alias: str, version: str) -> None:
+        self.registry.set_alias(model, alias, version)
+
+    def alias_target(self, model: str, alias: str) -> str | None:
+        return self.registry.verify_alias(model, alias)
+
+    def version_tags(self, model: str, version: str) -> dict[str, str]:
+        return dict(self.registry.resolve(model, version=version).tags)
+
+
+class TestInMemoryRegistry(RegistryContract):
+    @pytest.fixture
+    def harness(self) -> MemoryHarness:
+        return MemoryHarness(InMemoryRegistry())
+
+    def test_repeated_promotion_and_rollback_write_nothing(self, harness: MemoryHarness) -> None:
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        harness.registry.rollback(model, STABLE, "2", "1", "bake failed", "", ROLLOUT)
+        writes = harness.registry.writes
+        harness.registry.promote(model, STABLE, "1", ROLLOUT)  # alias already there: nothing to do
+        harness.registry.rollback(model, STABLE, "2", "1", "bake failed", "", ROLLOUT)
+        assert harness.registry.writes == writes
+
+    def test_unavailable(self, harness: MemoryHarness) -> None:
+        model = harness.new_model(1)
+        harness.registry.unavailable = True
+        with pytest.raises(RegistryUnavailable) as caught:
+            harness.registry.resolve(model, version="1")
+        assert caught.value.retryable and caught.value.kind == "Unavailable"
+
+    def test_lineage_from_run_inputs_and_tags(self, harness: MemoryHarness) -> None:
+        registry = harness.registry
+        registry.add_run("run-1", tags={"mlflow.source.git.commit": "deadbeef", "dataset.version": "v3", "x": "y"},
+                         dataset_inputs=(DatasetInput(name="train", digest="300830b9", source_type="s3",
+                                                      source="s3://bucket/train.csv", context="training"),))
+        model = "lineage-model"
+        registry.add_version(model, run_id="run-1", tags={"dataset.version": "v4"})
+        lineage = registry.resolve(model, version="1").lineage
+        assert lineage == {"input.0.name": "train", "input.0.digest": "300830b9", "input.0.source_type": "s3",
+                           "input.0.source": "s3://bucket/train.csv", "input.0.context": "training",
+                           "mlflow.source.git.commit": "deadbeef", "dataset.version": "v4"}
+
+
+# --- credentials -------------------------------------------------------------------------------------
+
+
+def test_credentials_from_secret_data_never_show_values() -> None:
+    import base64
+
+    encoded = {"token": base64.b64encode(b"s3cr3t-token\n").decode()}
+    credentials = Credentials.from_secret_data(encoded)
+    assert credentials.token == "s3cr3t-token"
+    assert "s3cr3t" not in repr(credentials) and "s3cr3t" not in str(credentials)
+    basic = Credentials.from_secret_data({"MLFLOW_TRACKING_USERNAME": "ops", "MLFLOW_TRACKING_PASSWORD": "pw-123"},
+                                         base64_encoded=False)
+    assert (basic.kind, basic.username, basic.password) == ("basic", "ops", "pw-123")
+    assert "pw-123" not in repr(basic)
+    with pytest.raises(RegistryConfigError) as caught:
+        Credentials.from_secret_data({"tokn": "dmFsdWU="})
+    assert "tokn" in str(caught.value) and "dmFsdWU=" not in str(caught.value)
+    with pytest.raises(RegistryConfigError) as caught:
+        Credentials.from_secret_data({"token": "not base64 !!"})
+    assert "not base64" not in str(caught.value)
+    with pytest.raises(RegistryConfigError):
+        Credentials(username="ops")
+
+
+def _requirements(distribution: str) -> set[str]:
+    """Names of a distribution's unconditional requirements, normalised."""
+    names = set()
+    for requirement in importlib.metadata.requires(distribution) or []:
+        if "extra ==" not in requirement:
+            names.add(re.split(r"[ <>=!~;\[(]", requirement, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+_SKINNY_PROBE = """
+import json, socket, sys
+for module in json.loads(sys.argv[1]):
+    sys.modules[module] = None  # as if not installed: import fails, importlib.util.find_spec returns None
+import controller.registry as registry
+with socket.socket() as probe_socket:
+    probe_socket.bind(("127.0.0.1", 0))
+    port = probe_socket.getsockname()[1]
+adapter = registry.MlflowRegistry(f"http://127.0.0.1:{port}", registry.Credentials(token="t"))
+try:
+    adapter.resolve("model", version="1")
+except registry.RegistryUnavailable as error:
+    print(error)
+"""
+
+
+def test_registry_works_with_mlflow_skinny_alone() -> None:
+    """The operator image has mlflow-skinny only: hide what full mlflow adds, then import and make a call."""
+    full_only = _requirements("mlflow") - _requirements("mlflow-skinny") - {"mlflow-skinny", "mlflow-tracing"}
+    hidden = sorted({module for module, owners in importlib.metadata.packages_distributions().items()
+                     if any(owner.lower().replace("_", "-") in full_only for owner in owners)})
+    assert {"flask", "sqlalchemy", "pandas"} <= set(hidden)
+    result = subprocess.run([sys.executable, "-c", _SKINNY_PROBE, json.dumps(hidden)], capture_output=True,
+                            text=True, check=False, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "unreachable: connection refused" in result.stdout
