@@ -1,0 +1,312 @@
+"""How fast does each judge catch a canary whose class rate is too high, and how often does it fail a clean one?
+
+Simulated prediction streams, canary at 10% of traffic (9 stable samples per canary sample), every judge
+evaluated every 10 canary samples on what it would see at that moment, over the grid
+
+    stable class rate {0.2%, 0.5%, 2%, 5%} x canary/stable ratio {1 (clean), 2, 3, 5, 10}
+
+with margin maxRelativeIncrease 0.5 (a canary within 1.5x stable is acceptable), confidence 0.99, and a
+horizon of 20,000 canary samples. Judges:
+
+(a) ours: controller.analysis.judges.evaluate_proportion, the exact code the operator runs, on the
+    cumulative counts at each look (stable's rate is never given to it: it only sees stable's counts).
+(b) threshold: Flagger/Argo style. A fixed maximum on the canary's class rate per tumbling window of W
+    samples; the rollout fails after `limit` consecutive windows over the maximum. Configured once for the
+    whole grid: for each W in {50, 100, 200, 500, 1000} and limit in {1, 2, 3}, the smallest maximum that
+    keeps false rollbacks <= 1% at every stable rate of the grid, computed exactly (window counts are
+    binomial; a Markov chain gives the chance of `limit` consecutive failures within the horizon). Each
+    cell reports the configuration that catches fastest there, which flatters this judge.
+(c) oracle: Wald's SPRT that knows both true rates, testing canary rate = 1.5 x stable against the true
+    canary rate at alpha = beta = 1% on the canary's samples (only for ratios above 1.5).
+
+Also reported, outside the goals: ours at the margin itself (ratio 1.5, the worst case its guarantee covers)
+and, for reference, a plug-in mixture SPRT that treats stable's estimated rate as known. The plug-in is what
+a "plain mixture SPRT" usually means; it is faster, and the margin check shows why it is not valid.
+
+Samples to catch count canary samples; a rollout not caught within the horizon counts as never caught, so
+a median or p90 is null when fewer than half or 90% of rollouts are caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from controller.analysis.judges import FAIL, ProportionCriteria, evaluate_proportion
+
+STABLE_RATES = (0.002, 0.005, 0.02, 0.05)
+RATIOS = (1.0, 2.0, 3.0, 5.0, 10.0)
+MARGIN = 0.5
+CONFIDENCE = 0.99
+MIN_SAMPLES = 200
+CANARY_WEIGHT = 0.10
+STABLE_PER_CANARY = round((1 - CANARY_WEIGHT) / CANARY_WEIGHT)  # 9
+LOOK_EVERY = 10
+HORIZON = 20_000
+WINDOWS = (50, 100, 200, 500, 1000)
+FAILURE_LIMITS = (1, 2, 3)
+MAX_FALSE_ROLLBACK = 0.01
+CAUGHT = 0.90  # a judge "catches" a cell when it catches at least this share of its rollouts
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Cumulative counts at every look, one row per simulated rollout."""
+
+    canary_events: IntArray
+    stable_events: IntArray
+    canary_total: IntArray  # per look, same for every rollout
+    stable_total: IntArray
+
+
+def simulate(stable_rate: float, ratio: float, runs: int, rng: np.random.Generator) -> Streams:
+    looks = HORIZON // LOOK_EVERY
+    canary_rate = min(1.0, stable_rate * ratio)
+    # Per look: 10 canary samples and 90 stable samples, each a Bernoulli draw of the class.
+    c = rng.binomial(LOOK_EVERY, canary_rate, size=(runs, looks)).cumsum(axis=1)
+    s = rng.binomial(LOOK_EVERY * STABLE_PER_CANARY, stable_rate, size=(runs, looks)).cumsum(axis=1)
+    n = np.arange(1, looks + 1, dtype=np.int64) * LOOK_EVERY
+    return Streams(c, s, n, n * STABLE_PER_CANARY)
+
+
+def first_look(hit: npt.NDArray[np.bool_], every: int = LOOK_EVERY) -> FloatArray:
+    """Canary samples at the first look where `hit` is true, inf if never."""
+    anyhit = hit.any(axis=1)
+    return np.where(anyhit, (hit.argmax(axis=1) + 1) * every, np.inf).astype(np.float64)
+
+
+# --- (a) ours ---------------------------------------------------------------------------------------------
+
+CRITERIA = ProportionCriteria(max_relative_increase=MARGIN, confidence=CONFIDENCE, min_samples=MIN_SAMPLES)
+
+
+def ours(st: Streams) -> FloatArray:
+    batch = evaluate_proportion(st.canary_events, st.canary_total[None, :], st.stable_events,
+                                st.stable_total[None, :], CRITERIA)
+    return first_look(batch.outcome == FAIL)
+
+
+# --- (b) threshold ------------------------------------------------------------------------------------------
+
+
+def _binomial_sf(n: int, p: float) -> FloatArray:
+    """P(Bin(n, p) > j) for j = 0..n."""
+    j = np.arange(n + 1)
+    lg = np.array([math.lgamma(i + 1) for i in range(n + 1)])
+    with np.errstate(divide="ignore"):
+        logpmf = lg[n] - lg[j] - lg[n - j] + j * math.log(p) + (n - j) * math.log1p(-p)
+    pmf = np.exp(logpmf)
+    return np.clip(1.0 - np.cumsum(pmf), 0.0, 1.0)
+
+
+def _run_probability(q: FloatArray, limit: int, windows: int) -> FloatArray:
+    """P(at least `limit` consecutive failing windows among `windows`), each failing with prob q."""
+    state = np.zeros((limit, q.size))  # current run length 0..limit-1
+    state[0] = 1.0
+    done = np.zeros(q.size)
+    for _ in range(windows):
+        nxt = np.zeros_like(state)
+        nxt[0] = state.sum(axis=0) * (1 - q)
+        nxt[1:] = state[:-1] * q
+        done += state[-1] * q
+        state = nxt
+    return done
+
+
+def calibrate_threshold() -> dict[tuple[int, int], int]:
+    """(window, limit) -> the smallest max count per window keeping false rollbacks <= 1% at every rate."""
+    out = {}
+    for w in WINDOWS:
+        for limit in FAILURE_LIMITS:
+            worst = np.zeros(w + 1)
+            for p in STABLE_RATES:
+                worst = np.maximum(worst, _run_probability(_binomial_sf(w, p), limit, HORIZON // w))
+            out[(w, limit)] = int(np.flatnonzero(worst <= MAX_FALSE_ROLLBACK)[0])
+    return out
+
+
+def threshold(st: Streams, window: int, limit: int, max_count: int) -> FloatArray:
+    per = window // LOOK_EVERY
+    ends = st.canary_events[:, per - 1::per]
+    counts = np.diff(ends, axis=1, prepend=0)
+    over = counts > max_count
+    run = over.copy()  # run[t]: windows t-limit+1..t all over the maximum
+    for back in range(1, limit):
+        run[:, back:] &= over[:, :-back]
+        run[:, :back] = False
+    return first_look(run, every=window)
+
+
+# --- (c) oracle ---------------------------------------------------------------------------------------------
+
+
+def oracle(st: Streams, stable_rate: float, ratio: float, alpha: float = 0.01, beta: float = 0.01) -> FloatArray:
+    p0, p1 = (1 + MARGIN) * stable_rate, min(stable_rate * ratio, 1 - 1e-12)
+    llr = (st.canary_events * math.log(p1 / p0)
+           + (st.canary_total[None, :] - st.canary_events) * math.log((1 - p1) / (1 - p0)))
+    up = first_look(llr >= math.log((1 - beta) / alpha))
+    down = first_look(llr <= math.log(beta / (1 - alpha)))
+    return np.where(up < down, up, np.inf)  # stopping at the lower boundary accepts: never caught
+
+
+# --- reference: plug-in mixture SPRT ------------------------------------------------------------------------
+
+PLUGIN_FACTORS = np.exp(np.linspace(math.log(1.05), math.log(15.0), 20))  # log-uniform above the margin
+
+
+def plugin(st: Streams) -> FloatArray:
+    """Mixture SPRT on the canary's samples with stable's estimated rate plugged in as if known."""
+    n = st.canary_total[None, :]
+    p0 = np.minimum((1 + MARGIN) * (st.stable_events + 0.5) / (st.stable_total[None, :] + 1.0), 0.999)
+    acc = np.full(st.canary_events.shape, -np.inf)
+    for f in PLUGIN_FACTORS:
+        p1 = np.minimum(p0 * f, 0.9999)
+        term = st.canary_events * np.log(p1 / p0) + (n - st.canary_events) * np.log((1 - p1) / (1 - p0))
+        acc = np.logaddexp(acc, term - math.log(PLUGIN_FACTORS.size))
+    return first_look(acc >= math.log(1 / (1 - CONFIDENCE)))
+
+
+# --- reporting ----------------------------------------------------------------------------------------------
+
+
+def describe(times: FloatArray) -> dict[str, Any]:
+    caught = float(np.isfinite(times).mean())
+    med, p90 = (float(v) for v in np.quantile(times, [0.5, 0.9], method="inverted_cdf"))
+    return {"caught": caught, "median": med if math.isfinite(med) else None,
+            "p90": p90 if math.isfinite(p90) else None}
+
+
+def geomean(values: list[float]) -> float | None:
+    return float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else None
+
+
+def run(runs: int, seed: int) -> dict[str, Any]:
+    started = time.monotonic()
+    rng = np.random.default_rng(seed)
+    limits = calibrate_threshold()
+    cells: list[dict[str, Any]] = []
+    margin_checks: list[dict[str, Any]] = []
+    for ps in STABLE_RATES:
+        for ratio in (*RATIOS, 1 + MARGIN):
+            st = simulate(ps, ratio, runs, rng)
+            if ratio == 1 + MARGIN:  # validity at the edge of the null: both must stay <= alpha
+                margin_checks.append({"stable_rate": ps, "ratio": ratio,
+                                      "ours_false_rollback": describe(ours(st))["caught"],
+                                      "plugin_false_rollback": describe(plugin(st))["caught"]})
+                continue
+            cell: dict[str, Any] = {"stable_rate": ps, "ratio": ratio, "canary_rate": ps * ratio,
+                                    "clean": ratio == 1.0, "ours": describe(ours(st))}
+            configs = []
+            for (w, limit), max_count in limits.items():
+                d = describe(threshold(st, w, limit, max_count))
+                d.update({"window": w, "failure_limit": limit, "max_rate": max_count / w})
+                configs.append(d)
+            if ratio == 1.0:  # clean: report the configuration with the most false rollbacks
+                best = max(configs, key=lambda d: d["caught"])
+            else:  # the configuration that catches fastest here (by median, then by share caught)
+                best = min(configs, key=lambda d: (math.inf if d["median"] is None else d["median"],
+                                                   -d["caught"]))
+            cell["threshold"] = best
+            cell["oracle"] = describe(oracle(st, ps, ratio)) if ratio > 1 + MARGIN else None
+            cell["plugin_reference"] = describe(plugin(st))
+            if cell["clean"]:
+                cell["false_rollback"] = {"ours": cell["ours"]["caught"], "threshold": best["caught"],
+                                          "plugin_reference": cell["plugin_reference"]["caught"]}
+            cells.append(cell)
+    # The plug-in reference scored the same way, as if it were ours (it is not valid: see margin_checks).
+    as_if_ours = [{**c, "ours": c["plugin_reference"]} for c in cells]
+    reference = {k: v for k, v in summarize(as_if_ours).items() if k != "cells_caught"}
+    return {"cells": cells, "summary": summarize(cells), "margin_checks": margin_checks,
+            "plugin_reference_summary": reference,
+            "config": {"runs": runs, "seed": seed, "horizon": HORIZON, "look_every": LOOK_EVERY,
+                       "canary_weight": CANARY_WEIGHT, "margin": MARGIN, "confidence": CONFIDENCE,
+                       "min_samples": MIN_SAMPLES,
+                       "threshold_max_per_window": {f"{w}x{k}": c / w for (w, k), c in limits.items()}},
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    dirty = [c for c in cells if not c["clean"]]
+
+    def ok(d: dict[str, Any] | None) -> bool:
+        return d is not None and d["caught"] >= CAUGHT and d["median"] is not None
+
+    ours_over_oracle = [c["ours"]["median"] / c["oracle"]["median"] if ok(c["ours"]) else math.inf
+                        for c in dirty if ok(c["oracle"])]
+    thr_over_ours = [c["threshold"]["median"] / c["ours"]["median"] for c in dirty
+                     if ok(c["threshold"]) and ok(c["ours"])]
+    thr_over_oracle = [c["threshold"]["median"] / c["oracle"]["median"] for c in dirty
+                       if ok(c["threshold"]) and ok(c["oracle"])]
+    worst = max(ours_over_oracle) if ours_over_oracle else None
+    return {
+        "max_false_rollback": max(c["ours"]["caught"] for c in cells if c["clean"]),
+        "ours_over_oracle_worst": worst if worst is None or math.isfinite(worst) else None,
+        "threshold_over_ours_geomean": geomean(thr_over_ours),
+        "threshold_over_oracle_geomean": geomean(thr_over_oracle),
+        "cells_caught": {k: sum(ok(c[k]) for c in dirty) for k in ("ours", "threshold", "oracle")},
+        "ours_catches_every_oracle_cell": all(ok(c["ours"]) for c in dirty if ok(c["oracle"])),
+    }
+
+
+def _fmt(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return f"{'-':>22}"
+    med = "-" if d["median"] is None else f"{d['median']:.0f}"
+    p90 = "-" if d["p90"] is None else f"{d['p90']:.0f}"
+    return f"{100 * d['caught']:5.1f}% {med:>7} {p90:>7}"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"{'stable':>7} {'ratio':>5} | {'ours: caught median p90':>22} | {'threshold (best W x limit)':>34} | "
+          f"{'oracle':>22} | {'plug-in (reference)':>22}")
+    for c in result["cells"]:
+        t = c["threshold"]
+        cfg = f"W{t['window']}x{t['failure_limit']}>{100 * t['max_rate']:.1f}%"
+        print(f"{100 * c['stable_rate']:6.1f}% {c['ratio']:5.0f} | {_fmt(c['ours'])} | {cfg:>11} {_fmt(t)} | "
+              f"{_fmt(c['oracle'])} | {_fmt(c['plugin_reference'])}")
+    print("\nAt the margin (ratio 1.5, the null's edge): false rollbacks, should be <= 1%")
+    for m in result["margin_checks"]:
+        print(f"  stable {100 * m['stable_rate']:.1f}%: ours {100 * m['ours_false_rollback']:.1f}%, "
+              f"plug-in reference {100 * m['plugin_false_rollback']:.1f}%")
+    print("\nSummary:")
+    for k, v in result["summary"].items():
+        print(f"  {k}: {v}")
+    print("Plug-in reference scored the same way (not a valid test, see above):")
+    for k, v in result["plugin_reference_summary"].items():
+        print(f"  {k}: {v}")
+    print(f"\n{result['config']['runs']} rollouts per cell, seed {result['config']['seed']}, "
+          f"{result['seconds']} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1000, help="simulated rollouts per cell (default 1000)")
+    parser.add_argument("--seed", type=int, default=5, help="random seed (default 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be positive")
+    result = run(args.runs, args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

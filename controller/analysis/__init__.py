@@ -1,0 +1,1 @@
+"""Live analysis: Prometheus provider, safe query templates and the judges (judges.py, sequential.py)."""

@@ -1,0 +1,421 @@
+"""The analysis judges: pure functions from numbers already fetched to a Verdict with its evidence.
+
+- threshold: one number against min/max, as Argo Rollouts and Flagger do (error rate, latency).
+- proportion: a class's rate on the canary against stable's over the same window, with a sequential test
+  that stays valid when re-evaluated at every interval on the cumulative counts (see sequential.py).
+- baseline: a class's rate against its own history (the same window at the same hour on past days), for
+  when no stable version runs beside the model (the bake after promotion). Same test, history as the
+  reference arm, counts deflated by the day-to-day overdispersion of that history.
+
+What the proportion outcomes mean:
+- FAIL: the always-valid test has rejected "canary rate <= (1 + maxRelativeIncrease) x stable rate" (or
+  "canary rate <= maxRate"). A model that meets the margin is failed with probability at most
+  1 - confidence over the whole analysis, however often it is evaluated. A failure may come before
+  minSamples: the guarantee holds at every sample size, and a gross backdoor should not wait.
+- PASS: the evidence so far is clean: at least minSamples on both arms and no rejection. It is not proof
+  that the canary is within the margin (a small lift may need more samples than the step gives); it says
+  the test, which is built to catch increases as early as the data allow, has found none.
+- INCONCLUSIVE: not enough evidence yet (below minSamples, no stable traffic) or unusable input. Never a pass.
+
+`evaluate_proportion` is the vectorised entry point: the scalar judges call it on one element, and the
+benchmark calls it on whole simulation matrices, so both run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from controller.analysis.sequential import (
+    MAX_RATE_PRIOR,
+    RELATIVE_PRIOR,
+    FloatArray,
+    MixturePrior,
+    log_boundary,
+    log_evalue,
+    quantize_odds,
+)
+from controller.verdict import Outcome, Verdict
+
+# Outcome codes in the vectorised results (int8 arrays).
+PASS, FAIL, INCONCLUSIVE = 0, 1, 2
+OUTCOME_OF_CODE = {PASS: Outcome.PASS, FAIL: Outcome.FAIL, INCONCLUSIVE: Outcome.INCONCLUSIVE}
+
+# With maxRate set, two nulls are tested; alpha is split so that a model meeting both is still failed with
+# probability <= alpha. maxRate is a coarse ceiling whose breaches are usually gross, so it gets the
+# smaller share and the relative test (the subtle one) keeps most of its power.
+MAX_RATE_ALPHA_SHARE = 0.1
+
+TEST_NAME = "conditional binomial mixture SPRT, calibrated boundary"
+
+
+@dataclass(frozen=True)
+class ProportionCriteria:
+    """The spec's proportion limits (names as in controller.api.spec.ProportionMetric)."""
+
+    max_relative_increase: float = 0.5
+    max_rate: float | None = None
+    confidence: float = 0.99
+    min_samples: float = 200
+    prior: MixturePrior = RELATIVE_PRIOR
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> ProportionCriteria:
+        """Build from any object with the spec's attribute names (e.g. ProportionMetric)."""
+        return cls(max_relative_increase=spec.max_relative_increase, max_rate=spec.max_rate,
+                   confidence=spec.confidence, min_samples=spec.min_samples)
+
+    def problems(self) -> list[str]:
+        """What is wrong with this configuration, in words (empty when usable)."""
+        out = []
+        if not _is_number(self.max_relative_increase) or not 0 <= self.max_relative_increase < 1e6:
+            out.append(f"maxRelativeIncrease must be a number >= 0, got {self.max_relative_increase!r}")
+        if self.max_rate is not None and (not _is_number(self.max_rate) or not 0 < self.max_rate < 1):
+            out.append(f"maxRate must be a number in (0, 1), got {self.max_rate!r}")
+        if not _is_number(self.confidence) or not 0.5 <= self.confidence < 1:
+            out.append(f"confidence must be a number in [0.5, 1), got {self.confidence!r}")
+        if not _is_number(self.min_samples) or self.min_samples < 0:
+            out.append(f"minSamples must be a number >= 0, got {self.min_samples!r}")
+        return out
+
+    @property
+    def alpha(self) -> float:
+        return round(1.0 - float(self.confidence), 12)  # 1 - 0.99 is 0.010000000000000009 in floats
+
+    @property
+    def alpha_relative(self) -> float:
+        return round(self.alpha * (1.0 - MAX_RATE_ALPHA_SHARE), 12) if self.max_rate is not None else self.alpha
+
+    @property
+    def alpha_max_rate(self) -> float:
+        return round(self.alpha * MAX_RATE_ALPHA_SHARE, 12) if self.max_rate is not None else 0.0
+
+
+@dataclass(frozen=True)
+class ProportionBatch:
+    """Element-wise results of evaluate_proportion (arrays of the broadcast input shape)."""
+
+    outcome: npt.NDArray[np.int8]
+    valid: npt.NDArray[np.bool_]
+    log_e_relative: FloatArray  # NaN where the relative test could not run
+    log_b_relative: FloatArray
+    null_share: FloatArray  # theta0: share of events expected from the canary at the margin
+    log_e_max_rate: FloatArray  # NaN without maxRate
+    log_b_max_rate: FloatArray
+
+
+def evaluate_proportion(canary_events: npt.ArrayLike, canary_total: npt.ArrayLike,
+                        stable_events: npt.ArrayLike, stable_total: npt.ArrayLike,
+                        criteria: ProportionCriteria) -> ProportionBatch:
+    """The proportion test on arrays of cumulative counts (any broadcastable shapes).
+
+    Each element is judged independently, as the operator would judge that set of counts.
+    """
+    x, n, y, m = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64)
+                                       for v in (canary_events, canary_total, stable_events, stable_total)))
+    shape = x.shape
+    nan = np.full(shape, np.nan)
+    if criteria.problems():
+        return ProportionBatch(np.full(shape, INCONCLUSIVE, np.int8), np.zeros(shape, bool),
+                               nan, nan.copy(), nan.copy(), nan.copy(), nan.copy())
+    with np.errstate(invalid="ignore"):
+        valid = (np.isfinite(x) & np.isfinite(n) & np.isfinite(y) & np.isfinite(m)
+                 & (x >= 0) & (y >= 0) & (x <= n) & (y <= m))
+    has_canary = valid & (n > 0)
+    relative_ok = has_canary & (m > 0)
+
+    log_e_rel, log_b_rel, share = nan.copy(), nan.copy(), nan.copy()
+    rho0 = 1.0 + float(criteria.max_relative_increase)
+    if relative_ok.any():
+        keys, odds_q = quantize_odds(rho0 * n[relative_ok] / m[relative_ok])
+        e_part = np.empty(keys.shape)
+        b_part = np.empty(keys.shape)
+        for key in np.unique(keys):
+            sel = keys == key
+            odds = float(odds_q[sel][0])
+            xs = x[relative_ok][sel]
+            e_part[sel] = log_evalue(xs, xs + y[relative_ok][sel], odds, criteria.prior)
+            b_part[sel] = log_boundary(odds, criteria.alpha_relative, criteria.prior)
+        log_e_rel[relative_ok] = e_part
+        log_b_rel[relative_ok] = b_part
+        share[relative_ok] = odds_q / (1.0 + odds_q)
+
+    log_e_max, log_b_max = nan.copy(), nan.copy()
+    fail = relative_ok & (np.nan_to_num(log_e_rel, nan=-np.inf) >= log_b_rel)
+    if criteria.max_rate is not None and has_canary.any():
+        _, odds_q = quantize_odds(criteria.max_rate / (1.0 - criteria.max_rate))
+        odds = float(odds_q)
+        log_e_max[has_canary] = log_evalue(x[has_canary], n[has_canary], odds, MAX_RATE_PRIOR)
+        log_b_max[has_canary] = log_boundary(odds, criteria.alpha_max_rate, MAX_RATE_PRIOR)
+        fail |= has_canary & (np.nan_to_num(log_e_max, nan=-np.inf) >= log_b_max)
+
+    enough = relative_ok & (n >= criteria.min_samples) & (m >= criteria.min_samples)
+    outcome = np.where(fail, FAIL, np.where(enough, PASS, INCONCLUSIVE)).astype(np.int8)
+    return ProportionBatch(outcome, valid, log_e_rel, log_b_rel, share, log_e_max, log_b_max)
+
+
+def proportion_judge(name: str, canary_events: Any, canary_total: Any, stable_events: Any, stable_total: Any,
+                     criteria: ProportionCriteria | None = None, *, queries: Mapping[str, str] | None = None,
+                     window: Mapping[str, Any] | None = None) -> Verdict:
+    """Canary's class rate against stable's over the same window, from cumulative counts."""
+    criteria = criteria or ProportionCriteria()
+    evidence: dict[str, Any] = _context(queries, window)
+    evidence.update(_criteria_evidence(criteria))
+    if problems := criteria.problems():
+        return Verdict(name, Outcome.INCONCLUSIVE, "invalid configuration: " + "; ".join(problems), evidence)
+    counts, complaint = _parse_counts({"canary events": canary_events, "canary total": canary_total,
+                                       "stable events": stable_events, "stable total": stable_total})
+    if complaint:
+        evidence["input"] = {k: _jsonable_input(v) for k, v in
+                             zip(("canary_events", "canary_total", "stable_events", "stable_total"),
+                                 (canary_events, canary_total, stable_events, stable_total), strict=True)}
+        return Verdict(name, Outcome.INCONCLUSIVE, complaint, evidence)
+    x, n, y, m = counts
+    return _proportion_verdict(name, x, n, y, m, criteria, evidence, reference="stable")
+
+
+def baseline_judge(name: str, current_events: Any, current_total: Any,
+                   history: Sequence[tuple[Any, Any]], criteria: ProportionCriteria | None = None, *,
+                   min_history_days: int = 3, queries: Mapping[str, str] | None = None,
+                   window: Mapping[str, Any] | None = None) -> Verdict:
+    """A class rate against its own history: `history` holds (events, total) for the same window on past days.
+
+    The pooled history is the reference arm of the same sequential test as the proportion judge. Day-to-day
+    variation beyond binomial noise (Pearson dispersion across the days, phi >= 1) deflates every count by
+    phi, the quasi-likelihood correction, so that an ordinary busy day is not mistaken for a regression.
+    """
+    criteria = criteria or ProportionCriteria()
+    evidence: dict[str, Any] = _context(queries, window)
+    evidence.update(_criteria_evidence(criteria))
+    if problems := criteria.problems():
+        return Verdict(name, Outcome.INCONCLUSIVE, "invalid configuration: " + "; ".join(problems), evidence)
+    current, complaint = _parse_counts({"current events": current_events, "current total": current_total})
+    if complaint:
+        return Verdict(name, Outcome.INCONCLUSIVE, complaint, evidence)
+    days: list[tuple[float, float]] = []
+    if isinstance(history, str | bytes) or not isinstance(history, Sequence):
+        return Verdict(name, Outcome.INCONCLUSIVE, f"history must be a list of (events, total), got "
+                       f"{type(history).__name__}", evidence)
+    for i, day in enumerate(history):
+        if isinstance(day, str | bytes) or not isinstance(day, Sequence) or len(day) != 2:
+            return Verdict(name, Outcome.INCONCLUSIVE, f"history day {i} is not an (events, total) pair", evidence)
+        parsed, complaint = _parse_counts({f"history day {i} events": day[0], f"history day {i} total": day[1]})
+        if complaint:
+            return Verdict(name, Outcome.INCONCLUSIVE, complaint, evidence)
+        days.append((parsed[0], parsed[1]))
+    days = [d for d in days if d[1] > 0]  # a day without traffic says nothing (e.g. before the model existed)
+    evidence["history"] = [{"events": _num(e), "total": _num(t), "rate": _ratio(e, t)} for e, t in days]
+    if len(days) < min_history_days:
+        return Verdict(name, Outcome.INCONCLUSIVE, f"only {len(days)} day(s) of history with traffic, need "
+                       f"{min_history_days} to know the class's usual rate and its day-to-day spread", evidence)
+    y = sum(e for e, _ in days)
+    m = sum(t for _, t in days)
+    phi = _dispersion(days)
+    evidence["dispersion"] = phi
+    x, n = current
+    # The test sees counts deflated by phi; the raw ones go alongside. minSamples still applies to raw counts.
+    evidence["raw"] = {"current": {"events": _num(x), "total": _num(n)},
+                       "history": {"events": _num(y), "total": _num(m)}}
+    return _proportion_verdict(name, x / phi, n / phi, y / phi, m / phi,
+                               dataclasses.replace(criteria, min_samples=criteria.min_samples / phi),
+                               evidence, reference=f"its {len(days)}-day history")
+
+
+def threshold_judge(name: str, value: Any, *, minimum: Any = None, maximum: Any = None, query: str | None = None,
+                    window: Mapping[str, Any] | None = None) -> Verdict:
+    """One number against optional min/max bounds (inclusive), as Argo Rollouts and Flagger do."""
+    evidence: dict[str, Any] = _context({"value": query} if query else None, window)
+    evidence.update({"value": _jsonable_input(value), "min": _jsonable_input(minimum),
+                     "max": _jsonable_input(maximum)})
+    if minimum is None and maximum is None:
+        return Verdict(name, Outcome.INCONCLUSIVE, "invalid configuration: neither min nor max is set", evidence)
+    for label, bound in (("min", minimum), ("max", maximum)):
+        if bound is not None and not _is_finite_number(bound):
+            return Verdict(name, Outcome.INCONCLUSIVE, f"invalid configuration: {label} {bound!r} is not a "
+                           "finite number", evidence)
+    if minimum is not None and maximum is not None and minimum > maximum:
+        return Verdict(name, Outcome.INCONCLUSIVE, f"invalid configuration: min {minimum:g} is above max "
+                       f"{maximum:g}", evidence)
+    if value is None:
+        return Verdict(name, Outcome.INCONCLUSIVE, "no value: the query returned nothing", evidence)
+    if not _is_number(value):
+        return Verdict(name, Outcome.INCONCLUSIVE, f"value {value!r} is not a number", evidence)
+    v = float(value)
+    if math.isnan(v):
+        return Verdict(name, Outcome.INCONCLUSIVE, "value is NaN (e.g. a rate over zero requests): nothing "
+                       "to judge", evidence)
+    if math.isinf(v):  # e.g. errors / 0 requests in PromQL: an artefact of no traffic, not a measurement
+        return Verdict(name, Outcome.INCONCLUSIVE, f"value is {v:g}: not a finite measurement (a division "
+                       "by zero traffic?)", evidence)
+    if maximum is not None and v > maximum:
+        return Verdict(name, Outcome.FAIL, f"{v:g} is above the maximum {float(maximum):g}", evidence)
+    if minimum is not None and v < minimum:
+        return Verdict(name, Outcome.FAIL, f"{v:g} is below the minimum {float(minimum):g}", evidence)
+    return Verdict(name, Outcome.PASS, f"{v:g} is within {_bounds_text(minimum, maximum)}", evidence)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _proportion_verdict(name: str, x: float, n: float, y: float, m: float, criteria: ProportionCriteria,
+                        evidence: dict[str, Any], reference: str) -> Verdict:
+    batch = evaluate_proportion(x, n, y, m, criteria)
+    outcome = OUTCOME_OF_CODE[int(batch.outcome)]
+    rho0 = 1.0 + float(criteria.max_relative_increase)
+    rate_c, rate_s = _ratio(x, n), _ratio(y, m)
+    ratio = rate_c / rate_s if rate_c is not None and rate_s else None
+    log_e, log_b = float(batch.log_e_relative), float(batch.log_b_relative)
+    evidence.update({
+        "test": TEST_NAME,
+        "canary": {"events": _num(x), "total": _num(n), "rate": rate_c},
+        "stable": {"events": _num(y), "total": _num(m), "rate": rate_s},
+        "ratio": ratio,
+        "allowed_ratio": rho0,
+    })
+    if math.isfinite(log_e):
+        evidence["relative"] = {
+            "statistic": "log e-value of the canary's share of events, mixture over rate ratios",
+            "log_e_value": log_e, "e_value": _exp(log_e),
+            "log_boundary": log_b, "boundary": _exp(log_b),
+            # Ville: 1/E is an always-valid p-value (conservative next to the calibrated boundary).
+            "p_value_bound": min(1.0, _exp(-log_e)),
+            "null_canary_share_of_events": float(batch.null_share),
+            "canary_share_of_events": _ratio(x, x + y),
+            "alternatives_ratio": [rho0 * f for f in criteria.prior.factors],
+            "alternatives_weight": list(criteria.prior.weights),
+            "alpha": criteria.alpha_relative,
+        }
+    failed_max = False
+    if criteria.max_rate is not None and math.isfinite(float(batch.log_e_max_rate)):
+        le, lb = float(batch.log_e_max_rate), float(batch.log_b_max_rate)
+        failed_max = le >= lb
+        evidence["max_rate_test"] = {"max_rate": float(criteria.max_rate), "log_e_value": le, "e_value": _exp(le),
+                                     "log_boundary": lb, "boundary": _exp(lb), "alpha": criteria.alpha_max_rate}
+    evidence["statistic"] = log_e if math.isfinite(log_e) else None
+    evidence["threshold"] = log_b if math.isfinite(log_b) else None
+
+    canary_txt = f"canary {_pct(rate_c)} ({_count(x)}/{_count(n)})"
+    ref_txt = f"{reference} {_pct(rate_s)} ({_count(y)}/{_count(m)})"
+    if outcome is Outcome.FAIL:
+        parts = []
+        if math.isfinite(log_e) and log_e >= log_b:
+            parts.append(f"{canary_txt} is credibly above {rho0:g}x {ref_txt}: e-value {_exp(log_e):.3g} >= "
+                         f"boundary {_exp(log_b):.3g} (confidence {criteria.confidence:g})")
+        if failed_max:
+            parts.append(f"{canary_txt} is credibly above maxRate {_pct(criteria.max_rate)}")
+        return Verdict(name, outcome, "; ".join(parts), evidence)
+    if m <= 0:
+        why = f"no {reference} traffic to compare with ({canary_txt})"
+    elif n <= 0:
+        why = f"no canary traffic yet ({ref_txt})"
+    elif outcome is Outcome.INCONCLUSIVE:
+        why = (f"not enough samples yet: {canary_txt}, {ref_txt}; need {criteria.min_samples:g} on each "
+               f"(no credible increase so far, e-value {_exp(log_e):.3g} < {_exp(log_b):.3g})")
+    else:
+        why = (f"no credible increase: {canary_txt} vs {ref_txt}, e-value {_exp(log_e):.3g} < boundary "
+               f"{_exp(log_b):.3g} (allowed ratio {rho0:g}, confidence {criteria.confidence:g})")
+    return Verdict(name, outcome, why, evidence)
+
+
+def _dispersion(days: list[tuple[float, float]]) -> float:
+    """Pearson dispersion of daily rates around the pooled rate, floored at 1 (binomial noise only)."""
+    if len(days) < 2:
+        return 1.0
+    e = np.array([d[0] for d in days])
+    t = np.array([d[1] for d in days])
+    p = e.sum() / t.sum()
+    if not 0 < p < 1:
+        return 1.0
+    chi2 = float((((e - t * p) ** 2) / (t * p * (1 - p))).sum())
+    return max(1.0, chi2 / (len(days) - 1))
+
+
+def _parse_counts(named: Mapping[str, Any]) -> tuple[tuple[float, ...], str | None]:
+    """Counts as floats, or the reason they cannot be used. Pairs are (events, total) in order."""
+    values = []
+    for label, raw in named.items():
+        if raw is None:
+            return (), f"{label} is missing (the query returned nothing)"
+        if not _is_number(raw):
+            return (), f"{label} {raw!r} is not a number"
+        v = float(raw)
+        if math.isnan(v):
+            return (), f"{label} is NaN: nothing to judge"
+        if math.isinf(v):
+            return (), f"{label} is infinite: not a count"
+        if v < 0:
+            return (), f"{label} is negative ({v:g}): counts cannot be; was a counter reset mishandled?"
+        values.append(v)
+    labels = list(named)
+    for i in range(0, len(values) - 1, 2):
+        if values[i] > values[i + 1]:
+            return (), (f"{labels[i]} ({values[i]:g}) exceed {labels[i + 1]} ({values[i + 1]:g}): the two "
+                        "queries do not count the same requests")
+    return tuple(values), None
+
+
+def _is_number(v: Any) -> bool:
+    # bool is an int subclass but never a count; numpy scalars are numbers.
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+
+
+def _is_finite_number(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(float(v))
+
+
+def _jsonable_input(v: Any) -> Any:
+    if v is None or isinstance(v, str):
+        return v
+    if _is_number(v):
+        f = float(v)
+        return _num(f) if math.isfinite(f) else str(f)
+    return repr(v)
+
+
+def _context(queries: Mapping[str, str] | None, window: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if queries:
+        out["queries"] = dict(queries)
+    if window:
+        out["window"] = dict(window)
+    return out
+
+
+def _criteria_evidence(c: ProportionCriteria) -> dict[str, Any]:
+    return {"max_relative_increase": _jsonable_input(c.max_relative_increase),
+            "max_rate": _jsonable_input(c.max_rate), "confidence": _jsonable_input(c.confidence),
+            "min_samples": _jsonable_input(c.min_samples)}
+
+
+def _num(v: float) -> int | float:
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a) / float(b) if b > 0 else None
+
+
+def _exp(v: float) -> float:
+    return math.exp(min(v, 700.0))  # stays a finite JSON number
+
+
+def _pct(r: float | None) -> str:
+    return "n/a" if r is None else f"{100 * r:.3g}%"
+
+
+def _count(v: float) -> str:
+    return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
+
+
+def _bounds_text(minimum: Any, maximum: Any) -> str:
+    if minimum is not None and maximum is not None:
+        return f"[{float(minimum):g}, {float(maximum):g}]"
+    if minimum is not None:
+        return f"the minimum {float(minimum):g}"
+    return f"the maximum {float(maximum):g}"
