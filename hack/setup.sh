@@ -31,3 +31,5 @@ fi
 
 # Prints the directory of kube-apiserver and etcd (cached by version outside the repo).
 hack/controlplane/build.sh >/dev/null
+# Pinned Helm and kustomize for the deploy tests, cached outside the repo by version.
+hack/install-tools.sh >/dev/null

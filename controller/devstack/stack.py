@@ -79,7 +79,8 @@ def wait_established(kubeconfig: Path, names: list[str], timeout: float = 60.0) 
     deadline = time.monotonic() + timeout
     pending = names
     while time.monotonic() < deadline:
-        items = json.loads(kubectl(kubeconfig, "get", *names, "-o", "json").stdout)["items"]
+        listing = json.loads(kubectl(kubeconfig, "get", *names, "-o", "json").stdout)
+        items = listing.get("items", [listing])  # one name gives the object itself, not a List
         established = {item["metadata"]["name"] for item in items
                        if any(c["type"] == "Established" and c["status"] == "True"
                               for c in (item.get("status") or {}).get("conditions") or [])}

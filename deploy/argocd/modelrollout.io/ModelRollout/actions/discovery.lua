@@ -1,0 +1,30 @@
+-- Argo CD resource actions for modelrollout.io/ModelRollout: which on-call commands make sense now.
+-- Mirrors what the controller accepts (controller/engine/decide.py): a command sent in the wrong phase
+-- is harmless (the controller records it as ignored), so this only spares people useless clicks.
+local actions = {}
+local phase = nil
+local pauseReason = nil
+local stable = nil
+if obj.status ~= nil then
+  phase = obj.status.phase
+  stable = obj.status.stable
+  if obj.status.pause ~= nil then
+    pauseReason = obj.status.pause.reason
+  end
+end
+
+local inFlight = phase == "Pending" or phase == "Gating" or phase == "Progressing" or phase == "Paused"
+  or phase == "Promoting" or phase == "Baking"
+local canPromote = phase == "Progressing" or phase == "Paused" or phase == "Baking"
+-- Retry starts a finished-but-failed rollout again, or re-runs whatever paused it (not a plain pause step).
+local canRetry = phase == "RolledBack" or phase == "Failed" or (phase == "Paused" and pauseReason ~= "PauseStep")
+-- Rollback also works after success, as long as there is a previous version to return to.
+local canRollback = inFlight or (phase == "Succeeded" and stable ~= nil and stable.version ~= nil)
+
+actions["abort"] = {["disabled"] = not inFlight, ["iconClass"] = "fa fa-fw fa-stop-circle"}
+actions["promote"] = {["disabled"] = not canPromote, ["iconClass"] = "fa fa-fw fa-forward"}
+actions["promote-full"] = {["disabled"] = not canPromote, ["iconClass"] = "fa fa-fw fa-fast-forward",
+  ["displayName"] = "Promote full"}
+actions["retry"] = {["disabled"] = not canRetry, ["iconClass"] = "fa fa-fw fa-redo-alt"}
+actions["rollback"] = {["disabled"] = not canRollback, ["iconClass"] = "fa fa-fw fa-undo"}
+return actions

@@ -1,0 +1,62 @@
+-- Argo CD health check for modelrollout.io/ModelRollout.
+-- Runs in Argo CD's Lua 5.1 VM (gopher-lua) with only the base, table and a safe os library:
+-- no string library, so only the .. operator and tostring/tonumber are used.
+local hs = {}
+
+local function message(default)
+  if obj.status ~= nil and obj.status.message ~= nil and obj.status.message ~= "" then
+    return obj.status.message
+  end
+  return default
+end
+
+if obj.status == nil or obj.status.observedGeneration == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the controller to observe the rollout"
+  return hs
+end
+
+-- Until the controller has seen the latest spec, its status describes an older one.
+local generation = tonumber(obj.metadata.generation)
+local observed = tonumber(obj.status.observedGeneration)
+if generation ~= nil and observed ~= nil and observed < generation then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the controller to observe generation " .. tostring(generation)
+    .. " (observed " .. tostring(observed) .. ")"
+  return hs
+end
+
+local phase = obj.status.phase
+local inFlight = {
+  Pending = "Resolving the candidate model",
+  Gating = "Testing the candidate on the golden dataset",
+  Progressing = "Shifting traffic to the candidate",
+  Promoting = "Promoting the candidate",
+  Baking = "Promoted; watching the new version during the bake",
+  RollingBack = "Rolling back to the stable version",
+}
+
+if phase == "Succeeded" then
+  hs.status = "Healthy"
+  hs.message = message("The candidate was promoted")
+elseif phase == "Paused" then
+  -- Waiting for a human (a pause step, or an inconclusive or failed judgement set to pause).
+  hs.status = "Suspended"
+  hs.message = message("Paused: waiting for promote, retry or abort")
+elseif phase == "RolledBack" then
+  hs.status = "Degraded"
+  hs.message = message("Rolled back to the stable version")
+elseif phase == "Failed" then
+  hs.status = "Degraded"
+  hs.message = message("The rollout failed")
+elseif phase == nil then
+  hs.status = "Progressing"
+  hs.message = message("Waiting for the controller to set a phase")
+elseif inFlight[phase] ~= nil then
+  hs.status = "Progressing"
+  hs.message = message(inFlight[phase])
+else
+  hs.status = "Unknown"
+  hs.message = "Unknown phase " .. tostring(phase)
+end
+return hs

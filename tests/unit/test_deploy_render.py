@@ -1,0 +1,178 @@
+"""The Helm chart and the Kustomize tree render, lint, and describe the same objects.
+
+Helm and kustomize are the real binaries, pinned and cached by hack/install-tools.sh. The same renders are
+validated against the real API server in tests/integration/test_deploy_apply.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "modelrollout"
+DEPLOY = REPO / "deploy"
+CRD = REPO / "crds" / "modelrollout.io_modelrollouts.yaml"
+RELEASE = "modelrollout"
+NAMESPACE = "modelrollout-system"
+# The chart's switches that are off by default, on: then it renders everything deploy/ holds.
+ALL_ON = ("--set", "namespace.create=true", "--set", "monitoring.serviceMonitor.enabled=true",
+          "--set", "monitoring.prometheusRule.enabled=true", "--set", "monitoring.dashboard.enabled=true")
+HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
+
+Obj = dict[str, Any]
+Key = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
+
+
+@functools.cache
+def tools_dir() -> Path:
+    """Pinned helm and kustomize; installed on first use (minutes), then a cache hit."""
+    result = subprocess.run([str(REPO / "hack" / "install-tools.sh")], capture_output=True, text=True,
+                            timeout=1800, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"hack/install-tools.sh failed: {result.stderr.strip()}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(tools_dir() / tool), *args], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def _documents(text: str) -> list[Obj]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def helm_template(*args: str, release: str = RELEASE, namespace: str = NAMESPACE) -> list[Obj]:
+    result = run_tool("helm", "template", release, str(CHART), "--namespace", namespace, "--include-crds", *args)
+    assert result.returncode == 0, result.stderr
+    return _documents(result.stdout)
+
+
+def kustomize_build(path: Path) -> list[Obj]:
+    result = run_tool("kustomize", "build", str(path))
+    if result.returncode != 0 and not (REPO / "crds" / "kustomization.yml").exists():
+        pytest.fail("crds/kustomization.yml is missing: deploy/base takes the CRD from ../../crds as a "
+                    "kustomization (see deploy/README.md)")
+    assert result.returncode == 0, result.stderr
+    return _documents(result.stdout)
+
+
+def key(obj: Obj) -> Key:
+    meta = obj["metadata"]
+    return obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"]
+
+
+def by_key(objs: list[Obj]) -> dict[Key, Obj]:
+    keyed = {key(obj): obj for obj in objs}
+    assert len(keyed) == len(objs), "two objects with the same kind and name"
+    return keyed
+
+
+def _without_helm_labels(obj: Obj) -> Obj:
+    """Drop the labels only Helm adds, wherever labels are (object and pod template)."""
+    clean = copy.deepcopy(obj)
+    for meta in (clean.get("metadata", {}), clean.get("spec", {}).get("template", {}).get("metadata", {})):
+        labels = meta.get("labels", {})
+        for label in HELM_ONLY_LABELS:
+            labels.pop(label, None)
+    return clean
+
+
+def test_helm_lint() -> None:
+    for args in ((), ALL_ON):
+        result = run_tool("helm", "lint", "--strict", str(CHART), *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chart_renders_the_same_objects_as_kustomize() -> None:
+    """Same kinds, names, RBAC rules, pod specs, monitoring: everything but the labels Helm adds."""
+    for kustomize_root, chart_args in ((DEPLOY / "base", ("--set", "namespace.create=true")), (DEPLOY, ALL_ON)):
+        from_kustomize = by_key(kustomize_build(kustomize_root))
+        from_chart = by_key(helm_template(*chart_args))
+        assert sorted(from_chart) == sorted(from_kustomize), kustomize_root
+        for object_key, obj in from_kustomize.items():
+            assert _without_helm_labels(from_chart[object_key]) == obj, object_key
+
+
+def test_chart_defaults_leave_out_namespace_and_monitoring() -> None:
+    kinds = {obj["kind"] for obj in helm_template()}
+    assert "Namespace" not in kinds
+    assert not kinds & {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    assert {"CustomResourceDefinition", "Deployment", "Service", "ClusterRole"} <= kinds
+
+
+def test_chart_crd_is_the_repository_crd() -> None:
+    """The chart's crds/ holds a symlink to crds/: Helm follows it (and `helm package` stores the content)."""
+    chart_crd = CHART / "crds" / CRD.name
+    assert chart_crd.is_symlink() and chart_crd.resolve() == CRD.resolve()
+    assert chart_crd.read_bytes() == CRD.read_bytes()
+    rendered = [obj for obj in helm_template() if obj["kind"] == "CustomResourceDefinition"]
+    assert rendered == [yaml.safe_load(CRD.read_text())]
+
+
+def test_chart_loads_the_shipped_rules_and_dashboard() -> None:
+    """The PrometheusRule and dashboard come from deploy/monitoring through symlinks, not copies."""
+    for name, target in (("prometheusrule.yaml", DEPLOY / "monitoring" / "prometheusrule.yaml"),
+                         ("modelrollout.json", DEPLOY / "monitoring" / "dashboards" / "modelrollout.json")):
+        link = CHART / "files" / name
+        assert link.is_symlink() and link.resolve() == target.resolve()
+    rendered = {obj["kind"]: obj for obj in helm_template(*ALL_ON)}
+    shipped = yaml.safe_load((DEPLOY / "monitoring" / "prometheusrule.yaml").read_text())
+    assert rendered["PrometheusRule"]["spec"] == shipped["spec"]
+    dashboard = rendered["ConfigMap"]["data"]["modelrollout.json"]
+    assert json.loads(dashboard) == json.loads((DEPLOY / "monitoring" / "dashboards" / "modelrollout.json").read_text())
+
+
+def test_chart_values_change_what_they_say() -> None:
+    objs = helm_template("--set", "image.digest=sha256:" + "a" * 64, "--set", "exporter.classNames={safe,nsfw}",
+                         "--set", "controller.extraArgs={--namespace,moderation}", "--set", "exporter.port=9200",
+                         release="mr", namespace="ml-platform")
+    deployments = {obj["metadata"]["name"]: obj for obj in objs if obj["kind"] == "Deployment"}
+    assert set(deployments) == {"mr-modelrollout-controller", "mr-modelrollout-exporter"}
+    controller = deployments["mr-modelrollout-controller"]["spec"]["template"]["spec"]["containers"][0]
+    exporter = deployments["mr-modelrollout-exporter"]["spec"]["template"]["spec"]["containers"][0]
+    assert controller["image"] == "ghcr.io/modelrollout/modelrollout@sha256:" + "a" * 64
+    assert controller["args"][-2:] == ["--namespace", "moderation"]
+    assert exporter["args"] == ["exporter", "run", "--host", "0.0.0.0",  # noqa: S104 - the pod address
+                                "--port", "9200", "--class-names", "safe,nsfw"]
+    binding = next(obj for obj in objs if obj["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mr-modelrollout-controller",
+                                    "namespace": "ml-platform"}]
+    assert all(obj["metadata"].get("namespace") in (None, "ml-platform") for obj in objs)
+
+
+@pytest.mark.parametrize(("args", "complaint"), [
+    (("--set", "controller.replicas=2"), "/controller/replicas"),
+    (("--set", "exporter.port=http"), "/exporter/port"),
+    (("--set", "image.pullPolicy=Sometimes"), "/image/pullPolicy"),
+    (("--set", "image.digest=latest"), "/image/digest"),
+    (("--set", "runAsUser=0"), "/runAsUser"),
+    (("--set", "monitoring.serviceMonitor.enable=true"), "'enable'"),
+    (("--set", "controler.replicas=1"), "'controler'"),
+])
+def test_values_schema_refuses_bad_values(args: tuple[str, ...], complaint: str) -> None:
+    result = run_tool("helm", "template", RELEASE, str(CHART), *args)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert complaint in result.stderr, result.stderr
+
+
+def test_kustomize_trees_build() -> None:
+    base = by_key(kustomize_build(DEPLOY / "base"))
+    monitoring = by_key(kustomize_build(DEPLOY / "monitoring"))
+    everything = by_key(kustomize_build(DEPLOY))
+    assert everything == base | monitoring
+    assert {k[1] for k in monitoring} == {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    crds = [obj for obj in base.values() if obj["kind"] == "CustomResourceDefinition"]
+    assert crds == [yaml.safe_load(CRD.read_text())]
+    images = {c["image"] for obj in base.values() if obj["kind"] == "Deployment"
+              for c in obj["spec"]["template"]["spec"]["containers"]}
+    assert images == {"ghcr.io/modelrollout/modelrollout:0.1.0"}
