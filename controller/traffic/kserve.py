@@ -1,0 +1,601 @@
+"""KServe InferenceService: Knative (Serverless) canaries by canaryTrafficPercent, Standard ones by spec.canary[].
+
+The deployment mode is read from the InferenceService on every call, as KServe resolves it:
+status.deploymentMode first, then the serving.kserve.io/deploymentMode annotation (legacy values
+Serverless / RawDeployment mean Knative / Standard), then the operator's configured default.
+
+Knative mode (KServe's documented canary rollout):
+  stage     spec.predictor.<model>.storageUri = candidate, canaryTrafficPercent = 0. KServe creates a new
+            revision; the latest ready revision gets N%, latestRolledoutRevision the rest. The
+            enable-tag-routing annotation is set in the same write so the candidate has its own
+            `latest-` URL while it takes no traffic.
+  set_weight  canaryTrafficPercent = N.
+  promote   canaryTrafficPercent removed: the latest revision takes 100% and becomes
+            latestRolledoutRevision (the old one moves to previousRolledoutRevision).
+  rollback  (before promotion) first canaryTrafficPercent = 0 alone, at once: all traffic goes to
+            latestRolledoutRevision (stable). Once KServe reports it, the stable storageUri is written
+            back (with canaryTrafficPercent 0 kept), so the spec no longer names the rejected model; that
+            makes a new revision, a copy of stable, which stays at 0%.
+  restore   (after promotion) the same two writes: canaryTrafficPercent = 0 on the rolled-out candidate is
+            KServe's documented "pin the previous model" (traffic to previousRolledoutRevision), then the
+            stable storageUri. Writing the URI first would leave the rejected revision rolled out at 100%:
+            KServe only moves latestRolledoutRevision back when the latest revision is the rolled-out one.
+
+Standard mode (KServe after v0.20, spec.canary[]):
+  stage     spec.canary = [{trafficPercent: 0, predictor: <copy of spec.predictor with the candidate's
+            storageUri, named v<version>>}]; KServe runs it as Deployment <isvc>-<name>-predictor.
+  set_weight  spec.canary[0].trafficPercent = N.
+  promote   spec.predictor takes the canary's name and storageUri and spec.canary is removed: KServe keeps
+            the canary's Deployment, so promotion restarts no pod.
+  rollback  spec.canary removed; stable was never touched.
+  restore   (after promotion) the previous predictor name and storageUri back, which needs a new
+            Deployment to become ready: not instant.
+
+What the router must remember (the stable version and its storage URI, for rollback) is written on the
+object in the same write that changes the model, never on its own: in Knative mode every annotation
+change makes a new revision, and in Standard mode it would restart pods.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+
+from controller.traffic.base import (
+    ANNOTATION_PREFIX,
+    CandidateModel,
+    DeploymentMode,
+    TargetState,
+    TargetStateError,
+    check_percent,
+)
+from controller.traffic.kube import (
+    INFERENCE_SERVICE,
+    Obj,
+    ObjectClient,
+    annotations_of,
+    condition,
+    condition_true,
+    observed_generation,
+    retry_on_conflict,
+)
+
+ANN_VERSION = ANNOTATION_PREFIX + "model-version"  # registry version of the model the spec points at
+ANN_STABLE_VERSION = ANNOTATION_PREFIX + "stable-version"  # what served all traffic when staging began
+ANN_STABLE_URI = ANNOTATION_PREFIX + "stable-storage-uri"
+ANN_STABLE_REVISION = ANNOTATION_PREFIX + "stable-revision"  # Knative: latestRolledoutRevision at staging
+ANN_STABLE_PREDICTOR = ANNOTATION_PREFIX + "stable-predictor-name"  # Standard: spec.predictor.name at staging
+OWNED_ANNOTATIONS = (ANN_VERSION, ANN_STABLE_VERSION, ANN_STABLE_URI, ANN_STABLE_REVISION, ANN_STABLE_PREDICTOR)
+
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+KSERVE_CONTAINER = "kserve-container"  # KServe's default model container name
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+
+# Keys of spec.predictor that carry a storageUri: the new `model` schema first, then the old per-framework one.
+MODEL_KEYS = ("model", "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "pmml", "lightgbm",
+              "paddle", "huggingface")
+
+_MODES = {"knative": DeploymentMode.KNATIVE, "serverless": DeploymentMode.KNATIVE,
+          "standard": DeploymentMode.STANDARD, "rawdeployment": DeploymentMode.STANDARD}
+
+
+def parse_mode(value: str | DeploymentMode | None) -> DeploymentMode | None:
+    if not value:
+        return None
+    if str(value).lower() == "modelmesh":
+        raise TargetStateError("ModelMesh InferenceServices have no canary support in KServe")
+    return _MODES.get(str(value).lower())
+
+
+def deployment_mode(obj: Obj, default: DeploymentMode | None = None) -> DeploymentMode:
+    """KServe's own precedence: status, then annotation, then the configured default."""
+    status = obj.get("status") or {}
+    mode = parse_mode(status.get("deploymentMode")) or parse_mode(annotations_of(obj).get(DEPLOYMENT_MODE_ANNOTATION))
+    if mode is None:
+        mode = default
+    if mode is None and (status.get("components") or {}).get("predictor", {}).get("latestCreatedRevision"):
+        mode = DeploymentMode.KNATIVE  # only Knative mode has revisions
+    if mode is None:
+        name = obj["metadata"]["name"]
+        raise TargetStateError(
+            f"cannot tell the deployment mode of InferenceService {name}: KServe has not reported "
+            f"status.deploymentMode yet and it has no {DEPLOYMENT_MODE_ANNOTATION} annotation", reason="Unavailable")
+    return mode
+
+
+def model_key(predictor: Obj, what: str) -> str:
+    for key in MODEL_KEYS:
+        if isinstance(predictor.get(key), dict):
+            return key
+    raise TargetStateError(f"{what}: spec.predictor has no model with a storageUri "
+                           f"(one of {', '.join(MODEL_KEYS)}); custom containers are not supported")
+
+
+def dns_label(text: str) -> str:
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return label or "x"
+
+
+def _none_if_empty(value: str | None) -> str | None:
+    return value or None
+
+
+# --- Knative mode ------------------------------------------------------------------------------------
+
+
+@dataclass
+class KnativeView:
+    """The facts every Knative decision needs, read from one copy of the object."""
+
+    obj: Obj
+    key: str
+    spec_uri: str | None
+    canary_percent: int | None
+    annotations: dict[str, str]
+    synced: bool
+    rolled_out: str  # status.components.predictor.latestRolledoutRevision
+    latest_created: str
+    latest_ready: str
+    traffic: list[Obj] = field(default_factory=list)
+
+    @property
+    def stable_uri(self) -> str | None:
+        return _none_if_empty(self.annotations.get(ANN_STABLE_URI))
+
+    @property
+    def candidate_in_spec(self) -> bool:
+        """The spec names a model other than the stable one recorded at staging."""
+        return self.stable_uri is not None and self.spec_uri != self.stable_uri
+
+    @property
+    def promoted(self) -> bool:
+        """The spec's model is the rolled-out revision and it is not the recorded stable."""
+        return (self.candidate_in_spec and bool(self.rolled_out) and self.synced
+                and self.rolled_out == self.latest_created)
+
+
+def knative_view(obj: Obj, what: str) -> KnativeView:
+    predictor = obj["spec"]["predictor"]
+    key = model_key(predictor, what)
+    component = ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
+    generation, observed = observed_generation(obj)
+    percent = predictor.get("canaryTrafficPercent")
+    return KnativeView(
+        obj=obj, key=key, spec_uri=predictor[key].get("storageUri"),
+        canary_percent=None if percent is None else int(percent), annotations=annotations_of(obj),
+        synced=observed is not None and observed >= generation,
+        rolled_out=component.get("latestRolledoutRevision") or "",
+        latest_created=component.get("latestCreatedRevision") or "",
+        latest_ready=component.get("latestReadyRevision") or "",
+        traffic=list(component.get("traffic") or []))
+
+
+def knative_state(target: str, view: KnativeView) -> TargetState:
+    status = view.obj.get("status") or {}
+    ann = view.annotations
+    problems: list[str] = []
+    generation, observed = observed_generation(view.obj)
+    if not view.synced:
+        problems.append(f"KServe has not processed generation {generation} yet (observed {observed})")
+
+    def version_of(revision: str) -> str | None:
+        if revision and revision == ann.get(ANN_STABLE_REVISION):
+            return _none_if_empty(ann.get(ANN_STABLE_VERSION))
+        if revision and view.synced and revision == view.latest_created:
+            return _none_if_empty(ann.get(ANN_VERSION))
+        return None
+
+    def percent_on(revision: str) -> int:
+        return sum(int(t.get("percent") or 0) for t in view.traffic if t.get("revisionName") == revision)
+
+    def url_of(revision: str, tag: str) -> str | None:
+        urls = {t.get("tag"): t["url"] for t in view.traffic if t.get("revisionName") == revision and t.get("url")}
+        return urls.get(tag) or next(iter(urls.values()), None)
+
+    stable = view.rolled_out
+    if not stable:
+        problems.append("no revision has been rolled out yet")
+    canary = view.latest_created if view.latest_created and view.latest_created != stable else ""
+    if canary and view.stable_uri is not None and view.spec_uri == view.stable_uri and view.synced:
+        canary = ""  # the latest revision is a copy of stable made by a rollback: not a candidate
+    canary_ready = bool(canary) and view.synced and canary == view.latest_ready
+    canary_weight: int | None = percent_on(canary) if canary else None
+    elsewhere = sum(int(t.get("percent") or 0) for t in view.traffic
+                    if t.get("revisionName") not in (stable, canary))
+    if elsewhere:
+        problems.append(f"{elsewhere}% of traffic goes to revisions that are neither stable nor the candidate")
+        canary_weight = (canary_weight or 0) + elsewhere  # never let stray traffic read as "back on stable"
+    if canary and not canary_ready and view.synced:
+        found = condition(status, "PredictorConfigurationReady") or condition(status, "PredictorReady") or {}
+        problems.append(f"candidate revision {canary} is not ready"
+                        + (f": {found['message']}" if found.get("message") else ""))
+    # Ready means stable serves: a failing candidate turns KServe's Ready False while stable still serves.
+    ready = bool(stable) and condition_true(status, "PredictorRouteReady") is not False \
+        and condition_true(status, "IngressReady") is not False
+    # With a candidate beside it, stable is reached alone through its `prev` tag URL; otherwise the
+    # predictor's own URL sends everything to stable.
+    stable_url = url_of(stable, "prev") if canary else \
+        ((status.get("components") or {}).get("predictor") or {}).get("url") or status.get("url")
+    return TargetState(
+        target=target, exists=True, mode=DeploymentMode.KNATIVE, synced=view.synced, ready=ready,
+        stable_version=version_of(stable), stable_name=stable or None, stable_url=stable_url,
+        canary_version=version_of(canary) if canary else None, canary_name=canary or None,
+        canary_ready=canary_ready, canary_weight=canary_weight, canary_url=url_of(canary, "latest") if canary else None,
+        message="; ".join(problems))
+
+
+def _knative_body(oc: ObjectClient, view: KnativeView, *, uri: str | None,
+                  annotations: Mapping[str, str | None], canary_percent: int | None) -> Obj:
+    """Every field the router owns, with the values wanted: a field left out would be removed."""
+    body = oc.skeleton(view.obj["metadata"]["resourceVersion"])
+    body["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
+    predictor: Obj = {view.key: {"storageUri": uri}}
+    if canary_percent is not None:
+        predictor["canaryTrafficPercent"] = canary_percent
+    body["spec"] = {"predictor": predictor}
+    return body
+
+
+def _owned_annotations(view: KnativeView) -> dict[str, str | None]:
+    owned: dict[str, str | None] = {k: view.annotations[k] for k in OWNED_ANNOTATIONS if k in view.annotations}
+    if TAG_ROUTING in view.annotations:
+        owned[TAG_ROUTING] = view.annotations[TAG_ROUTING]
+    return owned
+
+
+# --- Standard mode -----------------------------------------------------------------------------------
+
+
+@dataclass
+class StandardView:
+    obj: Obj
+    key: str
+    predictor: Obj
+    ours: Obj | None  # the spec.canary entry this router staged
+    foreign: list[Obj]  # spec.canary entries someone else made
+    synced: bool
+
+    @property
+    def stable_annotations(self) -> dict[str, str]:
+        return dict(self.predictor.get("annotations") or {})
+
+    @property
+    def canary_annotations(self) -> dict[str, str]:
+        return dict(((self.ours or {}).get("predictor") or {}).get("annotations") or {})
+
+
+def standard_view(obj: Obj, what: str) -> StandardView:
+    predictor = obj["spec"]["predictor"]
+    entries = list(obj["spec"].get("canary") or [])
+    ours = [e for e in entries if ANN_VERSION in ((e.get("predictor") or {}).get("annotations") or {})]
+    generation, observed = observed_generation(obj)
+    return StandardView(obj=obj, key=model_key(predictor, what), predictor=predictor,
+                        ours=ours[0] if ours else None, foreign=[e for e in entries if e not in ours],
+                        synced=observed is not None and observed >= generation)
+
+
+def standard_state(target: str, view: StandardView) -> TargetState:
+    status = view.obj.get("status") or {}
+    meta = view.obj["metadata"]
+    generation, observed = observed_generation(view.obj)
+    problems: list[str] = []
+    if not view.synced:
+        problems.append(f"KServe has not processed generation {generation} yet (observed {observed})")
+    ready = condition_true(status, "PredictorReady") is True
+    if not ready:
+        found = condition(status, "PredictorReady") or {}
+        problems.append("stable predictor is not ready" + (f": {found['message']}" if found.get("message") else ""))
+    stable_version = _none_if_empty(view.stable_annotations.get(ANN_VERSION)) or \
+        _none_if_empty(view.canary_annotations.get(ANN_STABLE_VERSION))
+    canary_name = canary_version = canary_url = None
+    canary_ready = False
+    canary_weight: int | None = None
+    if view.ours is not None:
+        canary_name = view.ours["predictor"]["name"]
+        canary_version = _none_if_empty(view.canary_annotations.get(ANN_VERSION))
+        reported = next((c for c in status.get("canaryStatuses") or [] if c.get("name") == canary_name), None)
+        canary_ready = bool(view.synced and reported and reported.get("ready"))
+        canary_weight = int(reported.get("trafficPercent") or 0) if reported else 0
+        canary_url = f"http://{_deployment_name(meta['name'], canary_name)}.{meta['namespace']}.svc.cluster.local"
+        if not canary_ready and view.synced:
+            found = condition(status, "CanaryPredictorReady") or {}
+            problems.append(f"canary predictor {canary_name} is not ready"
+                            + (f": {found['message']}" if found.get("message") else ""))
+    if view.foreign:
+        problems.append(f"spec.canary holds {len(view.foreign)} entries ModelRollout did not create")
+        foreign_names = {(e.get("predictor") or {}).get("name") for e in view.foreign}
+        stray = sum(int(c.get("trafficPercent") or 0) for c in status.get("canaryStatuses") or []
+                    if c.get("name") in foreign_names)
+        if stray:
+            canary_weight = (canary_weight or 0) + stray
+    component = (status.get("components") or {}).get("predictor") or {}
+    return TargetState(
+        target=target, exists=True, mode=DeploymentMode.STANDARD, synced=view.synced, ready=ready,
+        stable_version=stable_version, stable_name=_deployment_name(meta["name"], view.predictor.get("name")),
+        stable_url=component.get("url") or status.get("url"), canary_version=canary_version,
+        canary_name=_deployment_name(meta["name"], canary_name) if canary_name else None, canary_ready=canary_ready,
+        canary_weight=canary_weight, canary_url=canary_url, message="; ".join(problems))
+
+
+def _deployment_name(isvc: str, predictor_name: str | None) -> str:
+    """KServe Standard mode runs a predictor named n as Deployment <isvc>-<n>-predictor."""
+    return f"{isvc}-{predictor_name}-predictor" if predictor_name else f"{isvc}-predictor"
+
+
+def _standard_body(oc: ObjectClient, view: StandardView, *, predictor_name: str | None, uri: str | None,
+                   annotations: dict[str, str], canary: list[Obj] | None) -> Obj:
+    """Every field the router owns: the stable predictor's name and storageUri (shared with whoever set
+    them until a promotion changes them), our annotations on it, and the whole atomic spec.canary."""
+    body = oc.skeleton(view.obj["metadata"]["resourceVersion"])
+    predictor: Obj = {view.key: {"storageUri": uri}}
+    if predictor_name:
+        predictor["name"] = predictor_name
+    if annotations:
+        predictor["annotations"] = annotations
+    spec: Obj = {"predictor": predictor}
+    if canary:
+        spec["canary"] = canary
+    body["spec"] = spec
+    return body
+
+
+def _stable_owned(view: StandardView) -> dict[str, Any]:
+    return {"predictor_name": view.predictor.get("name"), "uri": view.predictor[view.key].get("storageUri"),
+            "annotations": {k: v for k, v in view.stable_annotations.items() if k in OWNED_ANNOTATIONS}}
+
+
+# --- the router --------------------------------------------------------------------------------------
+
+
+class KServeRouter:
+    """One InferenceService. `default_mode` is the cluster's KServe default, used only when neither
+    status.deploymentMode nor the annotation says (KServe's own fallback).
+
+    settle_timeout bounds how long rollback()/restore() wait for KServe between the two writes of a
+    Knative rollback after a rollout (the traffic is already safe after the first one).
+    """
+
+    def __init__(self, api_client: client.ApiClient, namespace: str, name: str, *,
+                 default_mode: DeploymentMode | str | None = None, settle_timeout: float = 10.0,
+                 poll_interval: float = 0.1) -> None:
+        self.client = ObjectClient(api_client, INFERENCE_SERVICE, namespace, name)
+        self.default_mode = parse_mode(default_mode)
+        self.settle_timeout = settle_timeout
+        self.poll_interval = poll_interval
+
+    @property
+    def target(self) -> str:
+        return self.client.description
+
+    def observe(self) -> TargetState:
+        obj = self.client.get_or_none()
+        if obj is None:
+            return TargetState(target=self.target, exists=False, message=f"{self.target} not found")
+        try:
+            mode = deployment_mode(obj, self.default_mode)
+            if mode is DeploymentMode.KNATIVE:
+                return knative_state(self.target, knative_view(obj, self.target))
+            return standard_state(self.target, standard_view(obj, self.target))
+        except TargetStateError as exc:
+            return TargetState(target=self.target, exists=True, message=str(exc))
+
+    def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
+        def build(obj: Obj, mode: DeploymentMode) -> Obj:
+            if mode is DeploymentMode.KNATIVE:
+                return self._knative_stage(knative_view(obj, self.target), candidate, stable_version)
+            return self._standard_stage(standard_view(obj, self.target), candidate, stable_version)
+        self._apply_with(build, "staging")
+
+    def set_weight(self, percent: int) -> None:
+        check_percent(percent)
+
+        def build(obj: Obj, mode: DeploymentMode) -> Obj:
+            if mode is DeploymentMode.KNATIVE:
+                view = knative_view(obj, self.target)
+                if not view.candidate_in_spec:
+                    raise TargetStateError(f"no candidate is staged on {self.target}")
+                return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
+                                     canary_percent=percent)
+            sview = standard_view(obj, self.target)
+            if sview.ours is None:
+                raise TargetStateError(f"no candidate is staged on {self.target}")
+            entry = copy.deepcopy(sview.ours)
+            entry["trafficPercent"] = percent
+            return _standard_body(self.client, sview, **_stable_owned(sview), canary=[entry])
+        self._apply_with(build, "setting the weight")
+
+    def promote(self) -> None:
+        def build(obj: Obj, mode: DeploymentMode) -> Obj | None:
+            if mode is DeploymentMode.KNATIVE:
+                view = knative_view(obj, self.target)
+                if not view.candidate_in_spec:
+                    raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
+                # No canaryTrafficPercent: KServe rolls the latest revision out to 100%.
+                return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
+                                     canary_percent=None)
+            return self._standard_promote(standard_view(obj, self.target))
+        self._apply_with(build, "promoting")
+
+    def rollback(self) -> None:
+        """Before promotion: the candidate out, stable at 100%. Nothing staged: nothing to do."""
+        obj = self.client.get()
+        if deployment_mode(obj, self.default_mode) is DeploymentMode.STANDARD:
+            self._apply_with(lambda o, _: self._standard_rollback(standard_view(o, self.target)), "rolling back")
+            return
+        view = knative_view(obj, self.target)
+        if not view.candidate_in_spec or view.canary_percent is None:
+            return  # nothing staged (after a promotion, restore() puts a given version back)
+        # First write, at once and whatever KServe has processed so far: canaryTrafficPercent 0 sends all
+        # traffic to latestRolledoutRevision (or, if a 100% weight rolled the candidate out, back to the
+        # previous revision). Only then does the spec stop naming the candidate.
+        if not self._pin_previous():
+            return  # traffic moves as soon as KServe acts; the next rollback() restores the storageUri
+        self._apply_with(lambda o, _: self._knative_restore(knative_view(o, self.target), None), "rolling back")
+
+    def restore(self, stable: CandidateModel) -> None:
+        """After promotion: put `stable` (the version that served before) back on all traffic."""
+        obj = self.client.get()
+        if deployment_mode(obj, self.default_mode) is DeploymentMode.STANDARD:
+            self._apply_with(lambda o, _: self._standard_restore(standard_view(o, self.target), stable), "restoring")
+            return
+        view = knative_view(obj, self.target)
+        if view.candidate_in_spec and view.stable_uri == stable.storage_uri:
+            # The stable this candidate was staged against: KServe's documented rollback,
+            # canaryTrafficPercent 0, pins the previous rolled-out revision (that stable) at once.
+            if not self._pin_previous():
+                return  # traffic moves as soon as KServe acts; call again to restore the storageUri
+            view = knative_view(self.client.get(), self.target)
+            if view.rolled_out == view.annotations.get(ANN_STABLE_REVISION):
+                self._apply_with(lambda o, _: self._knative_restore(knative_view(o, self.target), stable),
+                                 "restoring")
+                return
+        view = self._wait_for(lambda v: v.synced, "KServe to process the latest generation")
+        if view.spec_uri == stable.storage_uri and view.rolled_out != view.latest_created:
+            return  # the spec names stable and the older stable revision serves: restored already
+        # No revision known to hold this model: roll it out as a new revision. Traffic stays where it is
+        # until that revision is ready (no restore is instant without a revision to go back to).
+        def build(o: Obj, _: DeploymentMode) -> Obj:
+            v = knative_view(o, self.target)
+            annotations = _owned_annotations(v)
+            annotations.update({ANN_VERSION: stable.version, ANN_STABLE_VERSION: stable.version,
+                                ANN_STABLE_URI: stable.storage_uri, ANN_STABLE_REVISION: None})
+            return _knative_body(self.client, v, uri=stable.storage_uri, annotations=annotations, canary_percent=None)
+        self._apply_with(build, "restoring")
+
+    # -- plumbing --
+
+    def _apply_with(self, build: Callable[[Obj, DeploymentMode], Obj | None], what: str) -> None:
+        """Read, build the body from what was read (None: nothing to do), apply; again on a 409."""
+        def once() -> None:
+            obj = self.client.get()
+            body = build(obj, deployment_mode(obj, self.default_mode))
+            if body is not None:
+                self.client.apply(body)
+        retry_on_conflict(once, f"{what} on {self.target}")
+
+    def _wait_for(self, done: Callable[[KnativeView], bool], what: str) -> KnativeView:
+        deadline = time.monotonic() + self.settle_timeout
+        while True:
+            view = knative_view(self.client.get(), self.target)
+            if done(view):
+                return view
+            if time.monotonic() >= deadline:
+                raise TargetStateError(f"{self.target}: timed out after {self.settle_timeout:g}s waiting for {what}",
+                                       reason="Unavailable")
+            time.sleep(self.poll_interval)
+
+    def _pin_previous(self) -> bool:
+        """canaryTrafficPercent 0: all traffic to latestRolledoutRevision, or, when the latest revision is
+        the rolled-out one, to previousRolledoutRevision. True once KServe reports the latest revision
+        no longer rolled out."""
+        def build(obj: Obj, _: DeploymentMode) -> Obj:
+            view = knative_view(obj, self.target)
+            return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
+                                 canary_percent=0)
+        self._apply_with(build, "pinning the previous revision")
+        try:
+            self._wait_for(lambda v: v.synced and bool(v.rolled_out) and v.rolled_out != v.latest_created,
+                           "KServe to route traffic back to the previous revision")
+        except TargetStateError:
+            return False
+        return True
+
+    # -- Knative details --
+
+    def _knative_stage(self, view: KnativeView, candidate: CandidateModel, stable_hint: str | None) -> Obj:
+        if not view.synced:
+            raise TargetStateError(f"{self.target}: KServe has not processed the latest generation yet",
+                                   reason="Unavailable")
+        if not view.rolled_out:
+            # canaryTrafficPercent applies only once a revision is rolled out; the candidate would get 100%.
+            raise TargetStateError(f"{self.target} has no rolled-out revision yet, so the candidate cannot be "
+                                   f"held at 0%", reason="Unavailable")
+        ann = view.annotations
+        if view.rolled_out == view.latest_created:  # the spec's own model is what serves
+            stable_uri, stable_version = view.spec_uri, ann.get(ANN_VERSION)
+        elif view.rolled_out == ann.get(ANN_STABLE_REVISION):  # staged already, or rolled back: recorded stable
+            stable_uri, stable_version = view.stable_uri, ann.get(ANN_STABLE_VERSION)
+        else:
+            raise TargetStateError(f"{self.target} is in the middle of a canary ModelRollout did not start "
+                                   f"(revision {view.latest_created} beside {view.rolled_out})")
+        if candidate.storage_uri == stable_uri:
+            raise TargetStateError(f"candidate {candidate.version} has the stable model's storage URI {stable_uri}")
+        annotations = {ANN_VERSION: candidate.version, ANN_STABLE_VERSION: stable_version or stable_hint,
+                       ANN_STABLE_URI: stable_uri, ANN_STABLE_REVISION: view.rolled_out, TAG_ROUTING: "true"}
+        return _knative_body(self.client, view, uri=candidate.storage_uri, annotations=annotations,
+                             canary_percent=0)
+
+    def _knative_restore(self, view: KnativeView, stable: CandidateModel | None) -> Obj:
+        """canaryTrafficPercent 0 with the stable storageUri: the spec stops naming the candidate while
+        latestRolledoutRevision (stable) keeps all traffic; the copy of stable it creates stays at 0%."""
+        if not view.synced or view.rolled_out == view.latest_created:
+            # KServe has not pinned the previous revision yet: changing the model now would leave the
+            # candidate's revision rolled out with 100%. Keep it pinned; the next call restores the URI.
+            return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
+                                 canary_percent=0)
+        annotations = _owned_annotations(view)
+        annotations[ANN_VERSION] = stable.version if stable else view.annotations.get(ANN_STABLE_VERSION)
+        uri = stable.storage_uri if stable else view.stable_uri
+        return _knative_body(self.client, view, uri=uri, annotations=annotations, canary_percent=0)
+
+    # -- Standard details --
+
+    def _standard_stage(self, view: StandardView, candidate: CandidateModel, stable_hint: str | None) -> Obj:
+        if view.foreign:
+            raise TargetStateError(f"{self.target} already has canaries ModelRollout did not create")
+        stable_uri = view.predictor[view.key].get("storageUri")
+        if candidate.storage_uri == stable_uri:
+            raise TargetStateError(f"candidate {candidate.version} has the stable model's storage URI {stable_uri}")
+        stable_name = view.predictor.get("name") or ""
+        name = "v" + dns_label(candidate.version)
+        if name == stable_name:
+            name += "-canary"
+        budget = 63 - len(view.obj["metadata"]["name"]) - len("--predictor")  # Deployment <isvc>-<name>-predictor
+        name = name[:max(budget, 1)].rstrip("-")
+        stable_version = view.stable_annotations.get(ANN_VERSION) or stable_hint
+        canary_predictor = copy.deepcopy(view.predictor)
+        canary_predictor.pop("canaryTrafficPercent", None)
+        canary_predictor["name"] = name
+        canary_predictor[view.key]["storageUri"] = candidate.storage_uri
+        # The canary schema requires the container name that KServe defaults on spec.predictor.
+        canary_predictor[view.key].setdefault("name", KSERVE_CONTAINER)
+        canary_predictor["annotations"] = {
+            **{k: v for k, v in view.stable_annotations.items() if k not in OWNED_ANNOTATIONS},
+            ANN_VERSION: candidate.version, ANN_STABLE_URI: stable_uri or "", ANN_STABLE_PREDICTOR: stable_name,
+            **({ANN_STABLE_VERSION: stable_version} if stable_version else {})}
+        entry = {"trafficPercent": 0, "predictor": canary_predictor}
+        return _standard_body(self.client, view, **_stable_owned(view), canary=[entry])
+
+    def _standard_promote(self, view: StandardView) -> Obj | None:
+        if view.ours is None:
+            if ANN_VERSION in view.stable_annotations:
+                return None  # promoted already
+            raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
+        promoted = view.ours["predictor"]
+        annotations = {k: v for k, v in (promoted.get("annotations") or {}).items() if k in OWNED_ANNOTATIONS}
+        return _standard_body(self.client, view, predictor_name=promoted["name"],
+                              uri=promoted[view.key]["storageUri"], annotations=annotations, canary=None)
+
+    def _standard_rollback(self, view: StandardView) -> Obj | None:
+        if view.ours is None:
+            return None  # nothing staged: stable has all traffic
+        return _standard_body(self.client, view, **_stable_owned(view), canary=None)  # stable was never touched
+
+    def _standard_restore(self, view: StandardView, stable: CandidateModel) -> Obj | None:
+        owned = _stable_owned(view)
+        ann = view.stable_annotations
+        if owned["uri"] == stable.storage_uri:
+            return self._standard_rollback(view)
+        # The previous predictor back under its old name when this is the model it had; a new
+        # Deployment must become ready before it takes the traffic.
+        same_model = ann.get(ANN_STABLE_URI) == stable.storage_uri
+        name = ann.get(ANN_STABLE_PREDICTOR) if same_model else owned["predictor_name"]
+        annotations = {**owned["annotations"], ANN_VERSION: stable.version}
+        return _standard_body(self.client, view, predictor_name=name or None, uri=stable.storage_uri,
+                              annotations=annotations, canary=None)

@@ -1,0 +1,431 @@
+"""Seldon Core v1 SeldonDeployment (stable + canary predictors) and Seldon Core v2 Experiment (weighted candidates).
+
+Both keep their split in an atomic list (spec.predictors, spec.candidates): server-side apply can only
+replace such a list whole, so the router owns the whole list. Each write re-reads the object, changes
+only its own entries, and carries the resourceVersion it read, so a concurrent edit is never overwritten
+blindly: it turns into a 409 and the operation is redone on fresh state.
+
+Neither Seldon reports the traffic split in status. The weight reported by observe() is the one in the
+spec, taken as in effect once Seldon reports the object ready for this generation (Seldon Core v1 does not
+set status.observedGeneration at all, so there the spec weight is all there is).
+
+Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one shadow):
+  stage     a canary predictor, a copy of the stable one with the candidate's modelUri, traffic 0.
+  set_weight  stable 100-N, canary N.
+  promote   the stable predictor takes the canary's graph and component specs (Seldon rolls its pods) and
+            the canary predictor is removed: the names in the ModelRollout stay valid for the next rollout.
+  rollback  the canary predictor removed, stable back to 100.
+  restore   (after a promotion) the stable predictor's modelUri set to the given version (a rolling update).
+  Versions are recorded in the SeldonDeployment's metadata.annotations: Seldon copies spec.annotations and
+  predictor annotations into the pod templates, so writing there would restart pods.
+
+Seldon Core v2 (share of a candidate = its weight / sum of weights; weight 0 is allowed, and Seldon
+requires the experiment's `default` model to stay among the candidates):
+  stage     the candidate's Model added as a candidate with weight 0, stable's weight 100. The Model
+            resource itself (storageUri, requirements) is deployed by whoever builds the model; the
+            router refers to it by CandidateModel.serving_name, default "<model name>-v<version>".
+  set_weight  stable 100-N, candidate N.
+  promote   candidate 100; the old stable leaves the candidates (kept at weight 0 if it is the default).
+  rollback  the candidate removed (kept at 0 if it is the default), stable 100.
+  restore   (after a promotion) the given version's Model back at 100, the others out.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+
+from kubernetes import client
+
+from controller.traffic.base import (
+    ANNOTATION_PREFIX,
+    CandidateModel,
+    DeploymentMode,
+    TargetState,
+    TargetStateError,
+    check_percent,
+)
+from controller.traffic.kserve import ANN_VERSION, dns_label
+from controller.traffic.kube import (
+    SELDON_DEPLOYMENT,
+    SELDON_EXPERIMENT,
+    Obj,
+    ObjectClient,
+    annotations_of,
+    condition,
+    condition_true,
+    observed_generation,
+    retry_on_conflict,
+)
+
+
+def _synced(obj: Obj) -> bool:
+    generation, observed = observed_generation(obj)
+    return observed is None or observed >= generation  # unknown when the controller does not report it
+
+
+def _apply_with(oc: ObjectClient, build: Callable[[Obj], Obj | None], what: str) -> None:
+    """Read, build the body on what was read (None: nothing to do), apply; again on a 409."""
+    def once() -> None:
+        body = build(oc.get())
+        if body is not None:
+            oc.apply(body)
+    retry_on_conflict(once, what)
+
+
+# --- Seldon Core v1 ----------------------------------------------------------------------------------
+
+
+def _model_node(graph: Obj) -> Obj | None:
+    """The first graph node (root first, then children depth first) that loads a model from a URI."""
+    if graph.get("modelUri"):
+        return graph
+    for child in graph.get("children") or []:
+        found = _model_node(child)
+        if found is not None:
+            return found
+    return None
+
+
+ANN_CANDIDATE_VERSION = ANNOTATION_PREFIX + "candidate-version"
+
+
+class SeldonDeploymentRouter:
+    def __init__(self, api_client: client.ApiClient, namespace: str, name: str, stable_predictor: str,
+                 canary_predictor: str) -> None:
+        if stable_predictor == canary_predictor:
+            raise ValueError("the canary predictor must differ from the stable predictor")
+        self.client = ObjectClient(api_client, SELDON_DEPLOYMENT, namespace, name)
+        self.stable_predictor = stable_predictor
+        self.canary_predictor = canary_predictor
+
+    @property
+    def target(self) -> str:
+        return self.client.description
+
+    def _find(self, obj: Obj, name: str) -> Obj | None:
+        return next((p for p in obj["spec"].get("predictors") or [] if p.get("name") == name), None)
+
+    def _stable(self, obj: Obj) -> Obj:
+        stable = self._find(obj, self.stable_predictor)
+        if stable is None:
+            raise TargetStateError(f"{self.target} has no predictor named {self.stable_predictor}")
+        return stable
+
+    def observe(self) -> TargetState:
+        obj = self.client.get_or_none()
+        if obj is None:
+            return TargetState(target=self.target, exists=False, message=f"{self.target} not found")
+        status = obj.get("status") or {}
+        ann = annotations_of(obj)
+        stable = self._find(obj, self.stable_predictor)
+        canary = self._find(obj, self.canary_predictor)
+        synced = _synced(obj)
+        ready = status.get("state") == "Available" and stable is not None
+        problems = []
+        if status.get("state") != "Available":
+            problems.append(f"state {status.get('state') or 'unknown'}"
+                            + (f": {status['description']}" if status.get("description") else ""))
+        if stable is None:
+            problems.append(f"no predictor named {self.stable_predictor}")
+        canary_ready = canary is not None and synced and ready and self._deployments_available(obj, status)
+        if canary is not None and not canary_ready:
+            problems.append(f"canary predictor {self.canary_predictor} is not available yet")
+        return TargetState(
+            target=self.target, exists=True, mode=DeploymentMode.SELDON_DEPLOYMENT, synced=synced, ready=ready,
+            stable_version=ann.get(ANN_VERSION) or None, stable_name=self.stable_predictor,
+            stable_url=self._url(obj, self.stable_predictor),
+            canary_version=(ann.get(ANN_CANDIDATE_VERSION) or None) if canary else None,
+            canary_name=self.canary_predictor if canary else None, canary_ready=canary_ready,
+            canary_weight=int(canary.get("traffic") or 0) if canary else None,
+            canary_url=self._url(obj, self.canary_predictor) if canary else None, message="; ".join(problems))
+
+    def _deployments_available(self, obj: Obj, status: Obj) -> bool:
+        # Seldon names a predictor's Deployments <sdep>-<predictor>-<component index>-<containers>.
+        pattern = re.compile(rf"^{re.escape(obj['metadata']['name'])}-{re.escape(self.canary_predictor)}-\d+-")
+        mine = [d for name, d in (status.get("deploymentStatus") or {}).items() if pattern.match(name)]
+        return bool(mine) and all(int(d.get("availableReplicas") or 0) >= max(int(d.get("replicas") or 0), 1)
+                                  for d in mine)
+
+    def _url(self, obj: Obj, predictor: str) -> str | None:
+        service = ((obj.get("status") or {}).get("serviceStatus") or {}).get(f"{obj['metadata']['name']}-{predictor}")
+        endpoint = (service or {}).get("httpEndpoint")
+        return f"http://{endpoint}" if endpoint else None
+
+    def _body(self, obj: Obj, stable: Obj, canary: Obj | None, annotations: dict[str, str | None]) -> Obj:
+        """The whole predictor list (stable and canary replaced in place, the canary right after stable)
+        and the router's annotations."""
+        predictors: list[Obj] = []
+        for predictor in obj["spec"].get("predictors") or []:
+            if predictor.get("name") == self.stable_predictor:
+                predictors.append(stable)
+                if canary is not None:
+                    predictors.append(canary)
+            elif predictor.get("name") != self.canary_predictor:
+                predictors.append(predictor)
+        body = self.client.skeleton(obj["metadata"]["resourceVersion"])
+        body["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
+        body["spec"] = {"predictors": predictors}
+        return body
+
+    @staticmethod
+    def _owned(obj: Obj) -> dict[str, str | None]:
+        ann = annotations_of(obj)
+        return {k: ann.get(k) for k in (ANN_VERSION, ANN_CANDIDATE_VERSION)}
+
+    def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
+        def build(obj: Obj) -> Obj:
+            stable = copy.deepcopy(self._stable(obj))
+            others = [p for p in obj["spec"].get("predictors") or []
+                      if p.get("name") not in (self.stable_predictor, self.canary_predictor)
+                      and not p.get("shadow") and int(p.get("traffic") or 0) > 0]
+            if others:
+                raise TargetStateError(f"{self.target} splits traffic with predictors ModelRollout does not manage: "
+                                       + ", ".join(p["name"] for p in others))
+            node = _model_node(stable["graph"])
+            if node is None:
+                raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
+            if node["modelUri"] == candidate.storage_uri:
+                raise TargetStateError(f"candidate {candidate.version} has the stable model's URI {node['modelUri']}")
+            canary = copy.deepcopy(stable)
+            for key in ("shadow", "explainer"):
+                canary.pop(key, None)
+            canary["name"] = self.canary_predictor
+            canary["traffic"] = 0
+            canary_node = _model_node(canary["graph"])
+            assert canary_node is not None  # a copy of stable's graph, which has one
+            canary_node["modelUri"] = candidate.storage_uri
+            stable["traffic"] = 100
+            annotations = self._owned(obj)
+            annotations[ANN_VERSION] = annotations[ANN_VERSION] or stable_version
+            annotations[ANN_CANDIDATE_VERSION] = candidate.version
+            return self._body(obj, stable, canary, annotations)
+        _apply_with(self.client, build, f"staging on {self.target}")
+
+    def set_weight(self, percent: int) -> None:
+        check_percent(percent)
+
+        def build(obj: Obj) -> Obj:
+            canary = self._find(obj, self.canary_predictor)
+            if canary is None:
+                raise TargetStateError(f"no candidate is staged on {self.target}")
+            stable, canary = copy.deepcopy(self._stable(obj)), copy.deepcopy(canary)
+            stable["traffic"], canary["traffic"] = 100 - percent, percent
+            return self._body(obj, stable, canary, self._owned(obj))
+        _apply_with(self.client, build, f"setting the weight on {self.target}")
+
+    def promote(self) -> None:
+        def build(obj: Obj) -> Obj | None:
+            canary = self._find(obj, self.canary_predictor)
+            annotations = self._owned(obj)
+            if canary is None:
+                if annotations[ANN_VERSION]:
+                    return None  # promoted already
+                raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
+            stable = copy.deepcopy(canary)
+            stable["name"], stable["traffic"] = self.stable_predictor, 100
+            annotations.update({ANN_VERSION: annotations[ANN_CANDIDATE_VERSION], ANN_CANDIDATE_VERSION: None})
+            return self._body(obj, stable, None, annotations)
+        _apply_with(self.client, build, f"promoting on {self.target}")
+
+    def rollback(self) -> None:
+        def build(obj: Obj) -> Obj | None:
+            if self._find(obj, self.canary_predictor) is None:
+                return None  # nothing staged: stable has all traffic
+            stable = copy.deepcopy(self._stable(obj))
+            stable["traffic"] = 100
+            annotations = self._owned(obj)
+            annotations[ANN_CANDIDATE_VERSION] = None
+            return self._body(obj, stable, None, annotations)
+        _apply_with(self.client, build, f"rolling back on {self.target}")
+
+    def restore(self, stable_model: CandidateModel) -> None:
+        def build(obj: Obj) -> Obj:
+            stable = copy.deepcopy(self._stable(obj))
+            node = _model_node(stable["graph"])
+            if node is None:
+                raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
+            node["modelUri"] = stable_model.storage_uri
+            stable["traffic"] = 100
+            return self._body(obj, stable, None, {ANN_VERSION: stable_model.version, ANN_CANDIDATE_VERSION: None})
+        _apply_with(self.client, build, f"restoring on {self.target}")
+
+
+# --- Seldon Core v2 ----------------------------------------------------------------------------------
+
+ANN_STABLE_MODEL = ANNOTATION_PREFIX + "stable-model"
+ANN_CANDIDATE_MODEL = ANNOTATION_PREFIX + "candidate-model"
+ANN_MODEL_VERSIONS = ANNOTATION_PREFIX + "model-versions"  # JSON: Seldon Model name -> registry version
+EXPERIMENT_ANNOTATIONS = (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL, ANN_MODEL_VERSIONS)
+
+
+def default_serving_name(candidate: CandidateModel) -> str:
+    return candidate.serving_name or f"{dns_label(candidate.name)}-v{dns_label(candidate.version)}"
+
+
+class SeldonExperimentRouter:
+    def __init__(self, api_client: client.ApiClient, namespace: str, name: str) -> None:
+        self.client = ObjectClient(api_client, SELDON_EXPERIMENT, namespace, name)
+
+    @property
+    def target(self) -> str:
+        return self.client.description
+
+    @staticmethod
+    def _weights(obj: Obj) -> dict[str, int]:
+        return {c["name"]: int(c.get("weight") or 0) for c in obj["spec"].get("candidates") or []}
+
+    def _roles(self, obj: Obj) -> tuple[str, str | None]:
+        """(stable model, candidate model) as recorded, falling back to the experiment's own default."""
+        weights = self._weights(obj)
+        if not weights:
+            raise TargetStateError(f"{self.target} has no candidates")
+        ann = annotations_of(obj)
+        stable = ann.get(ANN_STABLE_MODEL)
+        if stable not in weights:
+            default = obj["spec"].get("default")
+            stable = default if default in weights else max(weights, key=lambda n: weights[n])
+        candidate = ann.get(ANN_CANDIDATE_MODEL)
+        return stable, candidate if candidate in weights and candidate != stable else None
+
+    @staticmethod
+    def _versions(obj: Obj) -> dict[str, str]:
+        try:
+            versions = json.loads(annotations_of(obj).get(ANN_MODEL_VERSIONS) or "{}")
+        except ValueError:
+            return {}
+        return {str(k): str(v) for k, v in versions.items()} if isinstance(versions, dict) else {}
+
+    def observe(self) -> TargetState:
+        obj = self.client.get_or_none()
+        if obj is None:
+            return TargetState(target=self.target, exists=False, message=f"{self.target} not found")
+        try:
+            stable, candidate = self._roles(obj)
+        except TargetStateError as exc:
+            return TargetState(target=self.target, exists=True, message=str(exc))
+        status = obj.get("status") or {}
+        synced = _synced(obj)
+        ready = condition_true(status, "Ready") is True
+        weights, versions = self._weights(obj), self._versions(obj)
+        total = sum(weights.values())
+        problems = []
+        if not ready:
+            found = condition(status, "Ready") or {}
+            problems.append("experiment is not ready" + (f": {found['message']}" if found.get("message") else ""))
+        canary_ready = bool(candidate) and synced and ready and condition_true(status, "CandidatesReady") is True
+        canary_weight = None
+        if candidate is not None:
+            canary_weight = round(100 * weights[candidate] / total) if total else 0
+        stray = sum(w for n, w in weights.items() if n not in (stable, candidate))
+        if stray:
+            problems.append(f"models other than stable and the candidate carry weight {stray}")
+            canary_weight = (canary_weight or 0) + (round(100 * stray / total) if total else 0)
+        return TargetState(
+            target=self.target, exists=True, mode=DeploymentMode.SELDON_EXPERIMENT, synced=synced, ready=ready,
+            stable_version=versions.get(stable), stable_name=stable, canary_version=versions.get(candidate or ""),
+            canary_name=candidate, canary_ready=canary_ready, canary_weight=canary_weight,
+            message="; ".join(problems))
+
+    def _body(self, obj: Obj, weights: dict[str, int], annotations: dict[str, str | None]) -> Obj:
+        body = self.client.skeleton(obj["metadata"]["resourceVersion"])
+        body["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
+        body["spec"] = {"candidates": [{"name": name, "weight": weight} for name, weight in weights.items()]}
+        return body
+
+    def _keep(self, obj: Obj, weights: dict[str, int], model: str) -> None:
+        """Drop a model from the candidates, or keep it at 0 when it is the experiment's default."""
+        if model == obj["spec"].get("default"):
+            weights[model] = 0
+        else:
+            weights.pop(model, None)
+
+    def _owned(self, obj: Obj) -> dict[str, str | None]:
+        ann = annotations_of(obj)
+        return {k: ann.get(k) for k in EXPERIMENT_ANNOTATIONS}
+
+    def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
+        model = default_serving_name(candidate)
+
+        def build(obj: Obj) -> Obj:
+            stable, previous_candidate = self._roles(obj)
+            if model == stable:
+                raise TargetStateError(f"candidate model {model} is the stable model of {self.target}")
+            weights = self._weights(obj)
+            foreign = [n for n, w in weights.items() if w and n not in (stable, previous_candidate)]
+            if foreign:
+                raise TargetStateError(f"{self.target} splits traffic with models ModelRollout does not manage: "
+                                       + ", ".join(foreign))
+            if previous_candidate and previous_candidate != model:
+                self._keep(obj, weights, previous_candidate)
+            weights[stable] = 100
+            weights[model] = 0
+            versions = self._versions(obj)
+            if stable not in versions and stable_version:
+                versions[stable] = stable_version
+            versions[model] = candidate.version
+            annotations = self._owned(obj)
+            annotations.update({ANN_STABLE_MODEL: stable, ANN_CANDIDATE_MODEL: model,
+                                ANN_MODEL_VERSIONS: json.dumps(versions, sort_keys=True)})
+            return self._body(obj, weights, annotations)
+        _apply_with(self.client, build, f"staging on {self.target}")
+
+    def set_weight(self, percent: int) -> None:
+        check_percent(percent)
+
+        def build(obj: Obj) -> Obj:
+            stable, candidate = self._roles(obj)
+            if candidate is None:
+                raise TargetStateError(f"no candidate is staged on {self.target}")
+            weights = self._weights(obj)
+            weights[stable], weights[candidate] = 100 - percent, percent
+            return self._body(obj, weights, self._owned(obj))
+        _apply_with(self.client, build, f"setting the weight on {self.target}")
+
+    def promote(self) -> None:
+        def build(obj: Obj) -> Obj | None:
+            stable, candidate = self._roles(obj)
+            if candidate is None:
+                if annotations_of(obj).get(ANN_STABLE_MODEL):
+                    return None  # promoted already
+                raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
+            weights = self._weights(obj)
+            weights[candidate] = 100
+            self._keep(obj, weights, stable)
+            annotations = self._owned(obj)
+            annotations.update({ANN_STABLE_MODEL: candidate, ANN_CANDIDATE_MODEL: None})
+            return self._body(obj, weights, annotations)
+        _apply_with(self.client, build, f"promoting on {self.target}")
+
+    def rollback(self) -> None:
+        def build(obj: Obj) -> Obj | None:
+            stable, candidate = self._roles(obj)
+            if candidate is None:
+                return None  # nothing staged: stable has all traffic
+            weights = self._weights(obj)
+            self._keep(obj, weights, candidate)
+            weights[stable] = 100
+            annotations = self._owned(obj)
+            annotations[ANN_CANDIDATE_MODEL] = None
+            return self._body(obj, weights, annotations)
+        _apply_with(self.client, build, f"rolling back on {self.target}")
+
+    def restore(self, stable_model: CandidateModel) -> None:
+        def build(obj: Obj) -> Obj:
+            versions = self._versions(obj)
+            model = stable_model.serving_name or next(
+                (name for name, version in versions.items() if version == stable_model.version),
+                default_serving_name(stable_model))
+            weights = self._weights(obj)
+            for name in list(weights):
+                if name != model:
+                    self._keep(obj, weights, name)
+            weights[model] = 100
+            versions[model] = stable_model.version
+            annotations = self._owned(obj)
+            annotations.update({ANN_STABLE_MODEL: model, ANN_CANDIDATE_MODEL: None,
+                                ANN_MODEL_VERSIONS: json.dumps(versions, sort_keys=True)})
+            return self._body(obj, weights, annotations)
+        _apply_with(self.client, build, f"restoring on {self.target}")

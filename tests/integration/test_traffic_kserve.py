@@ -1,0 +1,381 @@
+"""The KServe router on the real API server with the real upstream InferenceService CRD and the KServe
+stand-in playing KServe's controller: every write is validated by KServe's own schema, every effect is
+read back from status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from controller.devstack.kserve_standin import KServeStandIn
+from controller.operator.kubeapi import APPLY_PATCH, FIELD_MANAGER, load_client_config
+from controller.traffic import (
+    CandidateModel,
+    DeploymentMode,
+    KServeRouter,
+    PatchRejected,
+    TargetNotFound,
+    TargetState,
+    TargetStateError,
+    router_for,
+)
+from controller.traffic.kserve import deployment_mode
+from tests.conftest import run_kubectl
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+NAME = "nsfw-classifier"
+GITOPS = "argocd-controller"  # the manager that created the InferenceService, as Argo CD would with SSA
+V6, V7, V8 = ("mlflow-artifacts:/1/models/m-6/artifacts", "mlflow-artifacts:/1/models/m-7/artifacts",
+              "mlflow-artifacts:/1/models/m-8/artifacts")
+CANDIDATE_7 = CandidateModel("nsfw-classifier", "7", V7)
+CANDIDATE_8 = CandidateModel("nsfw-classifier", "8", V8)
+STABLE_6 = CandidateModel("nsfw-classifier", "6", V6)
+
+Obj = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def api(kubeconfig: Path) -> client.ApiClient:
+    return load_client_config(str(kubeconfig))
+
+
+@pytest.fixture
+def standin(kubeconfig: Path, namespace: str) -> Iterator[KServeStandIn]:
+    with KServeStandIn(load_client_config(str(kubeconfig)), namespace=namespace) as running:
+        yield running
+
+
+def apply_isvc(api: client.ApiClient, namespace: str, mode: str = "Serverless", name: str = NAME,
+               predictor_extra: Obj | None = None, model_format: bool = True) -> None:
+    """The InferenceService as a team's GitOps tool applies it."""
+    model: Obj = {"storageUri": V6, "resources": {"requests": {"cpu": "100m"}}}
+    if model_format:
+        model["modelFormat"] = {"name": "sklearn"}
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"team": "moderation"},
+                         "annotations": {"serving.kserve.io/deploymentMode": mode}},
+            "spec": {"predictor": {"minReplicas": 1, "model": model, **(predictor_extra or {})}}}
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, body, field_manager=GITOPS, _content_type=APPLY_PATCH)
+
+
+def get(api: client.ApiClient, namespace: str, name: str = NAME) -> Obj:
+    obj: Obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return obj
+
+
+def wait_state(router: KServeRouter, check: Callable[[TargetState], bool], timeout: float = 10.0) -> TargetState:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = router.observe()
+        if state.synced and check(state):
+            return state
+        assert time.monotonic() < deadline, f"target never reached the expected state: {state}"
+        time.sleep(0.05)
+
+
+def managed_by(obj: Obj, manager: str) -> list[Obj]:
+    return [m for m in obj["metadata"]["managedFields"] if m["manager"] == manager and not m.get("subresource")]
+
+
+def split(obj: Obj) -> dict[str, int]:
+    """Percent per revision (two targets may resolve to the same revision)."""
+    shares: dict[str, int] = {}
+    for target in obj["status"]["components"]["predictor"]["traffic"]:
+        shares[target["revisionName"]] = shares.get(target["revisionName"], 0) + target["percent"]
+    return {revision: percent for revision, percent in shares.items() if percent}
+
+
+@pytest.mark.integration
+def test_knative_stage_step_rollback_stage_promote(api: client.ApiClient, namespace: str,
+                                                   standin: KServeStandIn) -> None:
+    apply_isvc(api, namespace)
+    router = router_for({"kserve": {"inferenceService": NAME}}, namespace, api)
+    assert isinstance(router, KServeRouter)
+    stable = wait_state(router, lambda s: s.ready)
+    assert stable.mode is DeploymentMode.KNATIVE and not stable.canary_staged
+
+    router.stage(CANDIDATE_7, stable_version="6")
+    state = wait_state(router, lambda s: s.canary_ready)
+    assert (state.stable_version, state.canary_version, state.canary_weight) == ("6", "7", 0)
+    assert state.canary_url == f"http://latest-{NAME}-predictor.{namespace}.example.com"
+    assert state.stable_url == f"http://prev-{NAME}-predictor.{namespace}.example.com"
+    predictor = get(api, namespace)["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == V7 and predictor["canaryTrafficPercent"] == 0
+
+    router.set_weight(10)
+    state = wait_state(router, lambda s: s.canary_weight == 10)
+    obj = get(api, namespace)
+    assert split(obj) == {state.canary_name: 10, state.stable_name: 90}
+
+    started = time.monotonic()
+    router.rollback()
+    state = wait_state(router, lambda s: not s.canary_weight and not s.canary_staged)
+    assert time.monotonic() - started < 2.0  # traffic back on stable within the MTTR budget
+    obj = get(api, namespace)
+    assert split(obj) == {state.stable_name: 100}
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == V6  # the spec no longer names the rejected model
+    assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert state.stable_version == "6"
+
+    router.stage(CANDIDATE_8)
+    state = wait_state(router, lambda s: s.canary_ready)
+    assert (state.stable_version, state.canary_version) == ("6", "8")
+    router.set_weight(50)
+    wait_state(router, lambda s: s.canary_weight == 50)
+    router.promote()
+    state = wait_state(router, lambda s: s.stable_version == "8" and not s.canary_staged)
+    obj = get(api, namespace)
+    component = obj["status"]["components"]["predictor"]
+    assert "canaryTrafficPercent" not in obj["spec"]["predictor"]
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == V8
+    assert component["latestRolledoutRevision"] == component["latestCreatedRevision"] == state.stable_name
+    assert component["previousRolledoutRevision"] == f"{NAME}-predictor-00001"
+    assert split(obj) == {state.stable_name: 100}
+
+
+@pytest.mark.integration
+def test_restore_after_promotion_pins_the_previous_revision(api: client.ApiClient, namespace: str,
+                                                            standin: KServeStandIn) -> None:
+    apply_isvc(api, namespace)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    router.promote()
+    wait_state(router, lambda s: s.stable_version == "7" and not s.canary_staged)
+    router.rollback()  # after a promotion rollback() has nothing staged to withdraw
+    assert router.observe().stable_version == "7"
+
+    started = time.monotonic()
+    router.restore(STABLE_6)
+    state = wait_state(router, lambda s: s.stable_version == "6" and not s.canary_weight)
+    assert time.monotonic() - started < 2.0
+    obj = get(api, namespace)
+    assert state.stable_name == f"{NAME}-predictor-00001"  # the original revision, not a new copy
+    assert split(obj) == {state.stable_name: 100}
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == V6
+    generation = obj["metadata"]["generation"]
+    router.restore(STABLE_6)
+    assert get(api, namespace)["metadata"]["generation"] == generation
+
+
+@pytest.mark.integration
+def test_every_operation_is_idempotent(api: client.ApiClient, namespace: str, standin: KServeStandIn) -> None:
+    apply_isvc(api, namespace)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    steps: list[tuple[str, Callable[[], None], Callable[[TargetState], bool]]] = [
+        ("stage", lambda: router.stage(CANDIDATE_7, "6"), lambda s: s.canary_ready),
+        ("set_weight", lambda: router.set_weight(20), lambda s: s.canary_weight == 20),
+        ("rollback", router.rollback, lambda s: not s.canary_staged),
+        ("stage again", lambda: router.stage(CANDIDATE_7, "6"), lambda s: s.canary_ready),
+        ("promote", router.promote, lambda s: s.stable_version == "7"),
+    ]
+    for what, operation, done in steps:
+        operation()
+        wait_state(router, done)
+        before = get(api, namespace)
+        operation()
+        after = get(api, namespace)
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], what
+        assert after["spec"] == before["spec"], what
+
+
+@pytest.mark.integration
+def test_router_owns_only_its_fields(api: client.ApiClient, namespace: str, kubeconfig: Path,
+                                     standin: KServeStandIn) -> None:
+    apply_isvc(api, namespace)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+
+    obj = get(api, namespace)
+    [ours] = managed_by(obj, FIELD_MANAGER)
+    assert ours["operation"] == "Apply"
+    assert set(ours["fieldsV1"]) == {"f:metadata", "f:spec"}
+    assert set(ours["fieldsV1"]["f:metadata"]) == {"f:annotations"}
+    assert all(key.startswith(("f:modelrollout.io/", "f:serving.kserve.io/enable-tag-routing"))
+               for key in ours["fieldsV1"]["f:metadata"]["f:annotations"])
+    assert ours["fieldsV1"]["f:spec"] == {"f:predictor": {"f:canaryTrafficPercent": {},
+                                                          "f:model": {"f:storageUri": {}}}}
+    [theirs] = managed_by(obj, GITOPS)
+    model = theirs["fieldsV1"]["f:spec"]["f:predictor"]["f:model"]
+    assert "f:modelFormat" in model and "f:resources" in model
+    assert "f:storageUri" not in model  # taken over while the rollout runs (force: the router's to move)
+
+    # Another manager edits a field the router does not own: the router's next write leaves it alone.
+    patched = run_kubectl(kubeconfig, "label", "isvc", NAME, "-n", namespace, "owner=oncall")
+    assert patched.returncode == 0, patched.stderr
+    router.set_weight(10)
+    router.promote()
+    obj = get(api, namespace)
+    assert obj["metadata"]["labels"] == {"team": "moderation", "owner": "oncall"}
+    assert obj["spec"]["predictor"]["minReplicas"] == 1
+    assert obj["spec"]["predictor"]["model"]["resources"] == {"requests": {"cpu": "100m"}}
+    [ours] = managed_by(obj, FIELD_MANAGER)
+    assert "f:canaryTrafficPercent" not in ours["fieldsV1"]["f:spec"]["f:predictor"]  # promoted: field removed
+
+
+@pytest.mark.integration
+def test_schema_refusal_is_a_clear_error(api: client.ApiClient, namespace: str, standin: KServeStandIn) -> None:
+    # KServe's canary schema requires model.modelFormat, which spec.predictor may leave to a runtime
+    # default: staging such an InferenceService in Standard mode is refused by the API server itself.
+    apply_isvc(api, namespace, mode="Standard", model_format=False)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    with pytest.raises(PatchRejected) as refused:
+        router.stage(CANDIDATE_7)
+    assert "spec.canary[0].predictor.model.modelFormat: Required value" in refused.value.api_message
+    assert f"InferenceService {namespace}/{NAME}" in str(refused.value)
+    assert refused.value.reason == "Invalid"
+
+    # And any write the schema refuses surfaces the API server's own words.
+    body = router.client.skeleton()
+    body["spec"] = {"canary": [{"trafficPercent": 150, "predictor": {"name": "Bad_Name"}}]}
+    with pytest.raises(PatchRejected) as refused:
+        router.client.apply(body)
+    assert "should be less than or equal to 100" in refused.value.api_message
+    assert "should match '^[a-z]([-a-z0-9]*[a-z0-9])?$'" in refused.value.api_message
+    assert "canary" not in get(api, namespace)["spec"]
+
+
+@pytest.mark.integration
+def test_missing_target_is_target_not_found(api: client.ApiClient, namespace: str) -> None:
+    router = router_for({"kserve": {"inferenceService": "absent"}}, namespace, api)
+    state = router.observe()
+    assert not state.exists and "absent" in state.message
+    operations: list[Callable[[], None]] = [lambda: router.stage(CANDIDATE_7), lambda: router.set_weight(5),
+                                            router.promote, router.rollback, lambda: router.restore(STABLE_6)]
+    for operation in operations:
+        with pytest.raises(TargetNotFound, match=f"InferenceService {namespace}/absent not found"):
+            operation()
+
+
+@pytest.mark.integration
+def test_router_never_touches_another_namespace(api: client.ApiClient, namespace: str, kubeconfig: Path,
+                                                standin: KServeStandIn) -> None:
+    other = f"{namespace}-other"
+    created = run_kubectl(kubeconfig, "create", "namespace", other)
+    assert created.returncode == 0, created.stderr
+    apply_isvc(api, namespace)
+    apply_isvc(api, other)
+    untouched = get(api, other)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7)
+    wait_state(router, lambda s: s.canary_ready)
+    router.set_weight(30)
+    router.rollback()
+    # Even a body naming the other namespace is written to the router's own.
+    body = router.client.skeleton()
+    body["metadata"]["namespace"] = other
+    body["metadata"]["labels"] = {"stray": "no"}
+    router.client.apply(body)
+    assert get(api, other) == untouched
+    assert get(api, namespace)["metadata"]["labels"]["stray"] == "no"
+
+
+@pytest.mark.integration
+def test_never_ready_candidate_gets_no_traffic_and_is_withdrawn(api: client.ApiClient, namespace: str,
+                                                               standin: KServeStandIn) -> None:
+    apply_isvc(api, namespace)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CandidateModel("nsfw-classifier", "9", "s3://models/never-ready/9"), stable_version="6")
+    state = wait_state(router, lambda s: s.canary_staged)
+    assert not state.canary_ready and state.canary_weight == 0 and state.ready
+    assert "never became ready" in state.message
+    router.set_weight(25)
+    state = wait_state(router, lambda s: get(api, namespace)["spec"]["predictor"]["canaryTrafficPercent"] == 25)
+    assert state.canary_weight == 0  # KServe routes the canary share to the latest *ready* revision: stable
+    router.rollback()
+    state = wait_state(router, lambda s: not s.canary_staged)
+    assert state.ready and state.stable_version == "6" and not state.message
+    assert get(api, namespace)["spec"]["predictor"]["model"]["storageUri"] == V6
+
+
+@pytest.mark.integration
+def test_conflicting_write_is_retried_on_fresh_state(api: client.ApiClient, namespace: str, kubeconfig: Path,
+                                                     standin: KServeStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    apply_isvc(api, namespace)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    read = router.client.get
+    reads: list[str] = []
+
+    def read_then_someone_writes() -> Obj:
+        obj = read()
+        if not reads:  # between the router's first read and its write, another client changes the object
+            patched = run_kubectl(kubeconfig, "label", "isvc", NAME, "-n", namespace, "edited=meanwhile")
+            assert patched.returncode == 0, patched.stderr
+        reads.append(obj["metadata"]["resourceVersion"])
+        return obj
+
+    monkeypatch.setattr(router.client, "get", read_then_someone_writes)
+    router.stage(CANDIDATE_7)
+    assert len(reads) >= 2 and reads[0] != reads[-1]
+    obj = get(api, namespace)
+    assert obj["metadata"]["labels"]["edited"] == "meanwhile"
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == V7
+
+
+@pytest.mark.integration
+def test_standard_mode_stage_step_rollback_stage_promote(api: client.ApiClient, namespace: str,
+                                                         standin: KServeStandIn) -> None:
+    apply_isvc(api, namespace, mode="Standard")
+    router = KServeRouter(api, namespace, NAME)
+    state = wait_state(router, lambda s: s.ready)
+    assert state.mode is DeploymentMode.STANDARD
+
+    router.stage(CANDIDATE_7, stable_version="6")
+    state = wait_state(router, lambda s: s.canary_ready)
+    assert (state.stable_version, state.canary_version, state.canary_weight) == ("6", "7", 0)
+    assert state.canary_name == f"{NAME}-v7-predictor"
+    [entry] = get(api, namespace)["spec"]["canary"]
+    assert entry["trafficPercent"] == 0 and entry["predictor"]["name"] == "v7"
+    assert entry["predictor"]["model"]["storageUri"] == V7
+    assert entry["predictor"]["model"]["resources"] == {"requests": {"cpu": "100m"}}  # a copy of stable
+
+    router.set_weight(10)
+    wait_state(router, lambda s: s.canary_weight == 10)
+    assert get(api, namespace)["status"]["canaryStatuses"][0]["trafficPercent"] == 10
+    router.rollback()
+    state = wait_state(router, lambda s: not s.canary_staged)
+    obj = get(api, namespace)
+    assert "canary" not in obj["spec"] and obj["spec"]["predictor"]["model"]["storageUri"] == V6
+
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    router.promote()
+    state = wait_state(router, lambda s: s.stable_version == "7" and not s.canary_staged)
+    predictor = get(api, namespace)["spec"]["predictor"]
+    # The canary's name moves to spec.predictor, so KServe keeps the canary's Deployment: no restart.
+    assert predictor["name"] == "v7" and predictor["model"]["storageUri"] == V7
+    assert state.stable_name == f"{NAME}-v7-predictor"
+    router.restore(STABLE_6)
+    state = wait_state(router, lambda s: s.stable_version == "6")
+    predictor = get(api, namespace)["spec"]["predictor"]
+    assert "name" not in predictor and predictor["model"]["storageUri"] == V6
+
+
+def test_deployment_mode_follows_kserve_precedence() -> None:
+    def isvc(annotation: str | None = None, status: str | None = None) -> Obj:
+        annotations = {"serving.kserve.io/deploymentMode": annotation} if annotation else {}
+        return {"metadata": {"name": "m", "annotations": annotations},
+                "status": {"deploymentMode": status} if status else {}}
+
+    assert deployment_mode(isvc("Serverless")) is DeploymentMode.KNATIVE
+    assert deployment_mode(isvc("RawDeployment")) is DeploymentMode.STANDARD
+    assert deployment_mode(isvc("Knative", status="Standard")) is DeploymentMode.STANDARD  # status wins
+    assert deployment_mode(isvc(), DeploymentMode.STANDARD) is DeploymentMode.STANDARD  # configured default
+    with pytest.raises(TargetStateError, match="cannot tell the deployment mode"):
+        deployment_mode(isvc())
+    with pytest.raises(TargetStateError, match="ModelMesh"):
+        deployment_mode(isvc("ModelMesh"))

@@ -1,0 +1,355 @@
+"""The Seldon Core v1 and v2 routers on the real API server with the real upstream CRDs (Seldon Core v1.17.1
+SeldonDeployment, Seldon Core v2.6.0 Experiment). Seldon's controllers cannot run here, so each test plays
+their part by writing status the way they do (state/deploymentStatus/serviceStatus for v1, conditions
+for v2) after each change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from controller.operator.kubeapi import APPLY_PATCH, FIELD_MANAGER, load_client_config
+from controller.traffic import (
+    CandidateModel,
+    DeploymentMode,
+    PatchRejected,
+    SeldonDeploymentRouter,
+    SeldonExperimentRouter,
+    TargetNotFound,
+    TargetStateError,
+    router_for,
+)
+from controller.traffic.kube import SELDON_DEPLOYMENT, SELDON_EXPERIMENT, ObjectClient, Resource
+from tests.conftest import run_kubectl
+
+NAME = "nsfw"
+CREATOR = "argocd-controller"
+V6, V7, V8 = "s3://models/nsfw/6", "s3://models/nsfw/7", "s3://models/nsfw/8"
+CANDIDATE_7 = CandidateModel("nsfw", "7", V7)
+CANDIDATE_8 = CandidateModel("nsfw", "8", V8)
+STABLE_6 = CandidateModel("nsfw", "6", V6, serving_name="nsfw")
+
+Obj = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def api(kubeconfig: Path) -> client.ApiClient:
+    return load_client_config(str(kubeconfig))
+
+
+def custom(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+def get(api: client.ApiClient, resource: Resource, namespace: str) -> Obj:
+    obj: Obj = custom(api).get_namespaced_custom_object(resource.group, resource.version, namespace,
+                                                        resource.plural, NAME)
+    return obj
+
+
+def create(api: client.ApiClient, resource: Resource, namespace: str, spec: Obj) -> None:
+    body = {"apiVersion": resource.api_version, "kind": resource.kind,
+            "metadata": {"name": NAME, "namespace": namespace, "labels": {"team": "moderation"}}, "spec": spec}
+    custom(api).patch_namespaced_custom_object(resource.group, resource.version, namespace, resource.plural, NAME,
+                                               body, field_manager=CREATOR, _content_type=APPLY_PATCH)
+
+
+def write_status(api: client.ApiClient, resource: Resource, namespace: str, status: Obj) -> None:
+    """The whole status, replacing what the same controller wrote before (entries it drops disappear)."""
+    body = {"apiVersion": resource.api_version, "kind": resource.kind,
+            "metadata": {"name": NAME, "namespace": namespace}, "status": status}
+    custom(api).patch_namespaced_custom_object_status(
+        resource.group, resource.version, namespace, resource.plural, NAME, body, field_manager="seldon-manager",
+        force=True, _content_type=APPLY_PATCH)
+
+
+def managed_by(obj: Obj, manager: str) -> Obj:
+    [entry] = [m for m in obj["metadata"]["managedFields"] if m["manager"] == manager and not m.get("subresource")]
+    return entry
+
+
+def twice_is_once(api: client.ApiClient, resource: Resource, namespace: str, operation: Callable[[], None]) -> None:
+    operation()
+    before = get(api, resource, namespace)
+    operation()
+    after = get(api, resource, namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+# --- Seldon Core v1 ----------------------------------------------------------------------------------
+
+PREDICTOR = {"name": "main", "replicas": 2,
+             "graph": {"name": "classifier", "implementation": "MLFLOW_SERVER", "modelUri": V6},
+             "componentSpecs": [{"spec": {"containers": [{"name": "classifier",
+                                                          "resources": {"requests": {"cpu": "100m"}}}]}}]}
+
+
+def seldon_v1_reports(api: client.ApiClient, namespace: str, available: bool = True) -> None:
+    """Play Seldon Core v1's controller: one Deployment and one Service per predictor, all available."""
+    obj = get(api, SELDON_DEPLOYMENT, namespace)
+    deployments, services = {}, {}
+    for predictor in obj["spec"]["predictors"]:
+        key = f"{NAME}-{predictor['name']}"
+        deployments[f"{key}-0-classifier"] = {"name": f"{key}-0-classifier", "status": "Available",
+                                              "replicas": 2, "availableReplicas": 2 if available else 0}
+        services[key] = {"svcName": key, "httpEndpoint": f"{key}.{namespace}:8000"}
+    write_status(api, SELDON_DEPLOYMENT, namespace, {
+        "state": "Available" if available else "Creating", "deploymentStatus": deployments,
+        "serviceStatus": services, "address": {"url": f"http://{NAME}-main.{namespace}.svc.cluster.local:8000"}})
+
+
+def traffic(obj: Obj) -> dict[str, int]:
+    return {p["name"]: p.get("traffic", 0) for p in obj["spec"]["predictors"] if not p.get("shadow")}
+
+
+@pytest.mark.integration
+def test_seldon_deployment_stage_step_rollback_stage_promote(api: client.ApiClient, namespace: str) -> None:
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [PREDICTOR]})
+    seldon_v1_reports(api, namespace)
+    router = router_for({"seldonDeployment": {"name": NAME, "stablePredictor": "main", "canaryPredictor": "canary"}},
+                        namespace, api)
+    assert isinstance(router, SeldonDeploymentRouter)
+    state = router.observe()
+    assert state.ready and state.mode is DeploymentMode.SELDON_DEPLOYMENT and not state.canary_staged
+
+    router.stage(CANDIDATE_7, stable_version="6")
+    obj = get(api, SELDON_DEPLOYMENT, namespace)
+    assert traffic(obj) == {"main": 100, "canary": 0}
+    canary = obj["spec"]["predictors"][1]
+    assert canary["graph"]["modelUri"] == V7 and canary["componentSpecs"] == PREDICTOR["componentSpecs"]
+    assert not router.observe().canary_ready  # Seldon has not created its Deployment yet
+    seldon_v1_reports(api, namespace)
+    state = router.observe()
+    assert state.canary_ready and (state.stable_version, state.canary_version, state.canary_weight) == ("6", "7", 0)
+    assert state.canary_url == f"http://{NAME}-canary.{namespace}:8000"
+
+    router.set_weight(10)
+    assert traffic(get(api, SELDON_DEPLOYMENT, namespace)) == {"main": 90, "canary": 10}
+    assert router.observe().canary_weight == 10
+
+    router.rollback()
+    obj = get(api, SELDON_DEPLOYMENT, namespace)
+    assert traffic(obj) == {"main": 100}
+    assert obj["spec"]["predictors"][0]["graph"]["modelUri"] == V6
+    seldon_v1_reports(api, namespace)
+    state = router.observe()
+    assert not state.canary_staged and state.canary_weight is None and state.stable_version == "6"
+
+    router.stage(CANDIDATE_8)
+    seldon_v1_reports(api, namespace)
+    router.set_weight(50)
+    router.promote()
+    obj = get(api, SELDON_DEPLOYMENT, namespace)
+    assert traffic(obj) == {"main": 100}
+    assert obj["spec"]["predictors"][0]["graph"]["modelUri"] == V8
+    state = router.observe()
+    assert state.stable_version == "8" and not state.canary_staged
+
+    router.restore(STABLE_6)  # a failed bake: the previous model back (Seldon rolls the pods)
+    obj = get(api, SELDON_DEPLOYMENT, namespace)
+    assert obj["spec"]["predictors"][0]["graph"]["modelUri"] == V6 and router.observe().stable_version == "6"
+
+
+@pytest.mark.integration
+def test_seldon_deployment_idempotence_and_ownership(api: client.ApiClient, namespace: str) -> None:
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [PREDICTOR]})
+    seldon_v1_reports(api, namespace)
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, lambda: router.stage(CANDIDATE_7, "6"))
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, lambda: router.set_weight(25))
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, router.rollback)
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, lambda: router.stage(CANDIDATE_7, "6"))
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, router.promote)
+
+    obj = get(api, SELDON_DEPLOYMENT, namespace)
+    ours = managed_by(obj, FIELD_MANAGER)["fieldsV1"]
+    # spec.predictors is an atomic list in Seldon's schema: owning it whole is the only way to change it.
+    assert ours["f:spec"] == {"f:predictors": {}}
+    assert set(ours["f:metadata"]["f:annotations"]) == {"f:modelrollout.io/model-version"}
+    theirs = managed_by(obj, CREATOR)["fieldsV1"]
+    assert "f:protocol" in theirs["f:spec"] and "f:labels" in theirs["f:metadata"]
+    assert obj["spec"]["protocol"] == "v2" and obj["metadata"]["labels"] == {"team": "moderation"}
+
+
+@pytest.mark.integration
+def test_seldon_deployment_concurrent_edit_is_not_overwritten(api: client.ApiClient, namespace: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    create(api, SELDON_DEPLOYMENT, namespace, {"predictors": [PREDICTOR]})
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
+    read = router.client.get
+    reads: list[str] = []
+
+    def read_then_someone_scales() -> Obj:
+        obj = read()
+        if not reads:  # another client edits the same atomic list between the router's read and write
+            scaled = {**PREDICTOR, "replicas": 5}
+            create(api, SELDON_DEPLOYMENT, namespace, {"predictors": [scaled]})
+        reads.append(obj["metadata"]["resourceVersion"])
+        return obj
+
+    monkeypatch.setattr(router.client, "get", read_then_someone_scales)
+    router.stage(CANDIDATE_7)
+    assert len(reads) == 2
+    predictors = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]
+    assert [(p["name"], p["replicas"]) for p in predictors] == [("main", 5), ("canary", 5)]
+
+
+@pytest.mark.integration
+def test_seldon_deployment_refusals(api: client.ApiClient, namespace: str) -> None:
+    missing = SeldonDeploymentRouter(api, namespace, "absent", "main", "canary")
+    assert not missing.observe().exists
+    with pytest.raises(TargetNotFound, match=f"SeldonDeployment {namespace}/absent not found"):
+        missing.stage(CANDIDATE_7)
+    create(api, SELDON_DEPLOYMENT, namespace, {"predictors": [PREDICTOR]})
+    wrong = SeldonDeploymentRouter(api, namespace, NAME, "primary", "canary")
+    with pytest.raises(TargetStateError, match="no predictor named primary"):
+        wrong.stage(CANDIDATE_7)
+    with pytest.raises(TargetStateError, match="no candidate is staged"):
+        SeldonDeploymentRouter(api, namespace, NAME, "main", "canary").set_weight(10)
+    with pytest.raises(ValueError, match="0 to 100"):
+        SeldonDeploymentRouter(api, namespace, NAME, "main", "canary").set_weight(101)
+    # A write the schema refuses carries the API server's words: a missing required field (422) ...
+    oc = ObjectClient(api, SELDON_DEPLOYMENT, namespace, NAME)
+    body = oc.skeleton()
+    body["spec"] = {"predictors": [{"name": "main", "traffic": 100}]}
+    with pytest.raises(PatchRejected) as refused:
+        oc.apply(body)
+    assert "spec.predictors[0].graph: Required value" in refused.value.api_message
+    # ... and a value of the wrong type, which server-side apply reports as a 500, is just as final.
+    body["spec"] = {"predictors": [{**PREDICTOR, "traffic": "all"}]}
+    with pytest.raises(PatchRejected) as refused:
+        oc.apply(body)
+    assert ".spec.predictors[0].traffic: expected numeric (int or float), got string" in refused.value.api_message
+    assert get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"] == [PREDICTOR]
+
+
+# --- Seldon Core v2 ----------------------------------------------------------------------------------
+
+
+def seldon_v2_reports(api: client.ApiClient, namespace: str, candidates_ready: bool = True) -> None:
+    """Play Seldon Core v2's controller: the experiment is active once its candidate models are available."""
+    generation = get(api, SELDON_EXPERIMENT, namespace)["metadata"]["generation"]
+    flag = "True" if candidates_ready else "False"
+    write_status(api, SELDON_EXPERIMENT, namespace, {"observedGeneration": generation, "conditions": [
+        {"type": "CandidatesReady", "status": flag, "reason": "candidates ready" if candidates_ready else "waiting"},
+        {"type": "ExperimentReady", "status": flag},
+        {"type": "MirrorReady", "status": "True"},
+        {"type": "Ready", "status": flag, "message": "" if candidates_ready else "candidate models not available"}]})
+
+
+def weights(obj: Obj) -> dict[str, int]:
+    return {c["name"]: c["weight"] for c in obj["spec"]["candidates"]}
+
+
+@pytest.mark.integration
+def test_seldon_experiment_stage_step_rollback_stage_promote(api: client.ApiClient, namespace: str) -> None:
+    create(api, SELDON_EXPERIMENT, namespace, {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]})
+    seldon_v2_reports(api, namespace)
+    router = router_for({"seldonExperiment": {"name": NAME}}, namespace, api)
+    assert isinstance(router, SeldonExperimentRouter)
+    assert router.observe().ready
+
+    router.stage(CANDIDATE_7, stable_version="6")
+    obj = get(api, SELDON_EXPERIMENT, namespace)
+    assert weights(obj) == {"nsfw": 100, "nsfw-v7": 0}  # weight 0: share = 0 / 100
+    assert obj["spec"]["default"] == "nsfw"
+    state = router.observe()
+    assert not state.synced and not state.canary_ready  # Seldon has not seen the new generation
+    seldon_v2_reports(api, namespace)
+    state = router.observe()
+    assert state.canary_ready and (state.stable_version, state.canary_version, state.canary_weight) == ("6", "7", 0)
+    assert (state.stable_name, state.canary_name) == ("nsfw", "nsfw-v7")
+
+    router.set_weight(10)
+    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 90, "nsfw-v7": 10}
+    seldon_v2_reports(api, namespace)
+    assert router.observe().canary_weight == 10
+
+    router.rollback()
+    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 100}
+    seldon_v2_reports(api, namespace)
+    state = router.observe()
+    assert not state.canary_staged and state.stable_version == "6"
+
+    router.stage(CandidateModel("nsfw", "8", V8, serving_name="nsfw-challenger"))
+    seldon_v2_reports(api, namespace)
+    router.set_weight(50)
+    router.promote()
+    obj = get(api, SELDON_EXPERIMENT, namespace)
+    assert weights(obj) == {"nsfw": 0, "nsfw-challenger": 100}  # the default model must stay a candidate
+    seldon_v2_reports(api, namespace)
+    state = router.observe()
+    assert state.stable_version == "8" and state.stable_name == "nsfw-challenger" and not state.canary_staged
+
+    router.restore(STABLE_6)
+    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 100}
+    seldon_v2_reports(api, namespace)
+    assert router.observe().stable_version == "6"
+
+
+@pytest.mark.integration
+def test_seldon_experiment_share_is_weight_over_sum(api: client.ApiClient, namespace: str) -> None:
+    create(api, SELDON_EXPERIMENT, namespace, {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]})
+    router = SeldonExperimentRouter(api, namespace, NAME)
+    router.stage(CANDIDATE_7)
+    # Someone scales the weights by hand (3:1): the router reads the share, not the raw number.
+    oc = ObjectClient(api, SELDON_EXPERIMENT, namespace, NAME, field_manager="kubectl-edit")
+    body = oc.skeleton()
+    body["spec"] = {"candidates": [{"name": "nsfw", "weight": 3}, {"name": "nsfw-v7", "weight": 1}]}
+    oc.apply(body)
+    seldon_v2_reports(api, namespace)
+    assert router.observe().canary_weight == 25
+
+
+@pytest.mark.integration
+def test_seldon_experiment_idempotence_ownership_and_refusals(api: client.ApiClient, namespace: str) -> None:
+    create(api, SELDON_EXPERIMENT, namespace, {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]})
+    router = SeldonExperimentRouter(api, namespace, NAME)
+    with pytest.raises(TargetStateError, match="no candidate is staged"):
+        router.set_weight(10)
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, lambda: router.stage(CANDIDATE_7, "6"))
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, lambda: router.set_weight(30))
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, router.rollback)
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, lambda: router.stage(CANDIDATE_7, "6"))
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, router.promote)
+
+    obj = get(api, SELDON_EXPERIMENT, namespace)
+    ours = managed_by(obj, FIELD_MANAGER)["fieldsV1"]
+    assert ours["f:spec"] == {"f:candidates": {}}
+    assert set(ours["f:metadata"]["f:annotations"]) == {"f:modelrollout.io/stable-model",
+                                                        "f:modelrollout.io/model-versions"}
+    assert "f:default" in managed_by(obj, CREATOR)["fieldsV1"]["f:spec"]
+
+    missing = SeldonExperimentRouter(api, namespace, "absent")
+    assert not missing.observe().exists
+    with pytest.raises(TargetNotFound, match=f"Experiment {namespace}/absent not found"):
+        missing.promote()
+    oc = ObjectClient(api, SELDON_EXPERIMENT, namespace, NAME)
+    body = oc.skeleton()
+    body["spec"] = {"candidates": [{"name": "nsfw"}]}
+    with pytest.raises(PatchRejected, match=r"spec.candidates\[0\].weight: Required value"):
+        oc.apply(body)
+
+
+@pytest.mark.integration
+def test_seldon_routers_never_touch_another_namespace(api: client.ApiClient, namespace: str,
+                                                      kubeconfig: Path) -> None:
+    other = f"{namespace}-other"
+    created = run_kubectl(kubeconfig, "create", "namespace", other)
+    assert created.returncode == 0, created.stderr
+    for ns in (namespace, other):
+        create(api, SELDON_DEPLOYMENT, ns, {"predictors": [PREDICTOR]})
+        create(api, SELDON_EXPERIMENT, ns, {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]})
+    untouched = (get(api, SELDON_DEPLOYMENT, other), get(api, SELDON_EXPERIMENT, other))
+    for router in (SeldonDeploymentRouter(api, namespace, NAME, "main", "canary"),
+                   SeldonExperimentRouter(api, namespace, NAME)):
+        router.stage(CANDIDATE_7)
+        router.set_weight(40)
+        router.promote()
+    assert (get(api, SELDON_DEPLOYMENT, other), get(api, SELDON_EXPERIMENT, other)) == untouched
+    assert get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"][0]["graph"]["modelUri"] == V7
+    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 0, "nsfw-v7": 100}
