@@ -46,9 +46,15 @@ def _operator_run(args: argparse.Namespace) -> int:
         # Before the kubernetes library is imported: it reads $KUBECONFIG once, at import time.
         os.environ["KUBECONFIG"] = args.kubeconfig
     from controller.operator.handlers import run
+    from controller.operator.runtime import OperatorConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness)
+    config = OperatorConfig(
+        default_tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+        default_prometheus_url=args.prometheus_url or os.environ.get("PROMETHEUS_URL"),
+        storage_uri_template=args.storage_uri_template, gate_protocol=args.gate_protocol,
+        https_allowed_hosts=tuple(h for h in args.dataset_https_hosts.split(",") if h))
+    run(config, kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness)
     return 0
 
 
@@ -89,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--namespace", "-n", action="append", default=None,
                             help="watch only this namespace (repeatable); default: all namespaces")
     run_parser.add_argument("--liveness", default=None, help="serve a health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run_parser.add_argument("--tracking-uri", default=None,
+                            help="default MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    run_parser.add_argument("--prometheus-url", default=None, help="default Prometheus URL (default: $PROMETHEUS_URL)")
+    run_parser.add_argument("--storage-uri-template", default="{source}",
+                            help="what the serving system loads: {name} {version} {source} {run_id}")
+    run_parser.add_argument("--gate-protocol", choices=["v1", "v2"], default="v2",
+                            help="inference protocol the golden gate speaks to the model servers")
+    run_parser.add_argument("--dataset-https-hosts", default="",
+                            help="comma-separated hosts that https:// golden datasets may come from")
     run_parser.set_defaults(handler=_operator_run)
 
     exporter = commands.add_parser("exporter", help="the prediction exporter (logger CloudEvents -> Prometheus)")

@@ -10,12 +10,13 @@ import kopf
 
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION, ObjectRef, RolloutStore, load_client_config
 from controller.operator.reconciler import Reconciler
+from controller.operator.runtime import OperatorConfig, RolloutStepper
 from controller.operator.scheduler import WakeupQueue
 
 log = logging.getLogger(__name__)
 
 
-def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
+def build_registry(config: OperatorConfig, kubeconfig: str | None = None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     state: dict[str, Any] = {}
 
@@ -30,7 +31,8 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
         # the controller's one write to a ModelRollout is its status, and Argo CD sees no drift.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 60
-        reconciler = Reconciler(RolloutStore(load_client_config(kubeconfig)))
+        api_client = load_client_config(kubeconfig)
+        reconciler = Reconciler(RolloutStore(api_client), RolloutStepper(api_client, config).step)
         queue = WakeupQueue(reconciler.reconcile)
         state["queue"] = queue
         state["task"] = asyncio.create_task(queue.run())
@@ -55,9 +57,9 @@ def build_registry(kubeconfig: str | None = None) -> kopf.OperatorRegistry:
     return registry
 
 
-def run(kubeconfig: str | None = None, namespaces: list[str] | None = None,
+def run(config: OperatorConfig, kubeconfig: str | None = None, namespaces: list[str] | None = None,
         liveness_endpoint: str | None = None) -> None:
     """Run until interrupted. kopf logs in from $KUBECONFIG; the CLI exports --kubeconfig there first."""
-    registry = build_registry(kubeconfig)
+    registry = build_registry(config, kubeconfig)
     kopf.run(registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces or (),
              liveness_endpoint=liveness_endpoint)

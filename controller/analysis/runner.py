@@ -1,0 +1,113 @@
+"""Run every analysis judge once: render the queries, read Prometheus, hand the numbers to the judges.
+
+Canary mode compares canary with stable over the same window. Bake mode compares the promoted version
+(now serving as `stable`) with the same window at the same hour on each of the past `baseline` days,
+when the previous version served that variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from controller.analysis.judges import ProportionCriteria, baseline_judge, proportion_judge, threshold_judge
+from controller.analysis.prometheus import Measurement, PrometheusProvider, QueryProblem
+from controller.analysis.queries import QueryScope, TemplateError, promql_duration, render
+from controller.api.spec import MetricSpec, ProportionMetric
+from controller.verdict import Outcome, Verdict
+
+STABLE, CANARY = "stable", "canary"
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    namespace: str
+    target: str  # the served model's name, as the exporter labels it (inference_service)
+    mode: str  # "canary" | "bake"
+    window_start: datetime
+    now: datetime
+    baseline_window: timedelta | None = None
+
+
+def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest,
+                 provider: PrometheusProvider) -> tuple[Verdict, ...]:
+    window = promql_duration((request.now - request.window_start).total_seconds())
+    return tuple(_judge(metric, request, window, provider) for metric in metrics)
+
+
+def _scope(request: AnalysisRequest, variant: str, window: str) -> QueryScope:
+    return QueryScope(namespace=request.namespace, target=request.target, variant=variant, window=window)
+
+
+def _window_evidence(request: AnalysisRequest, window: str) -> dict[str, str]:
+    return {"start": request.window_start.isoformat(), "end": request.now.isoformat(), "range": window,
+            "mode": request.mode}
+
+
+def _judge(metric: MetricSpec, request: AnalysisRequest, window: str, provider: PrometheusProvider) -> Verdict:
+    try:
+        if metric.threshold is not None:
+            variant = CANARY if request.mode == CANARY else STABLE
+            query = render(metric.threshold.query, _scope(request, variant, window))
+            value = provider.scalar(query, request.now)
+            if not value.ok:
+                return _unmeasured(metric.name, value, {"value": query})
+            return threshold_judge(metric.name, value.value, minimum=metric.threshold.min,
+                                   maximum=metric.threshold.max, query=query,
+                                   window=_window_evidence(request, window))
+        assert metric.proportion is not None
+        if request.mode == CANARY:
+            return _canary_proportion(metric.name, metric.proportion, request, window, provider)
+        return _bake_proportion(metric.name, metric.proportion, request, window, provider)
+    except TemplateError as exc:
+        return Verdict(metric.name, Outcome.INCONCLUSIVE, f"query template refused: {exc}", {})
+
+
+def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest, window: str,
+                       provider: PrometheusProvider) -> Verdict:
+    queries = {}
+    values = {}
+    for variant in (CANARY, STABLE):
+        for part, template in (("events", spec.events), ("total", spec.total)):
+            key = f"{variant}_{part}"
+            queries[key] = render(template, _scope(request, variant, window))
+            values[key] = provider.scalar(queries[key], request.now)
+    if problem := _first_problem(values):
+        return _unmeasured(name, problem, queries)
+    return proportion_judge(name, values["canary_events"].value, values["canary_total"].value,
+                            values["stable_events"].value, values["stable_total"].value,
+                            ProportionCriteria.from_spec(spec), queries=queries,
+                            window=_window_evidence(request, window))
+
+
+def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest, window: str,
+                     provider: PrometheusProvider) -> Verdict:
+    scope = _scope(request, STABLE, window)
+    queries = {"current_events": render(spec.events, scope), "current_total": render(spec.total, scope)}
+    current = {key: provider.scalar(query, request.now) for key, query in queries.items()}
+    if problem := _first_problem(current):
+        return _unmeasured(name, problem, queries)
+    days = max(1, int((request.baseline_window or timedelta(days=7)) / timedelta(days=1)))
+    history: list[tuple[float, float]] = []
+    for day in range(1, days + 1):
+        at = request.now - timedelta(days=day)
+        events = provider.scalar(queries["current_events"], at)
+        total = provider.scalar(queries["current_total"], at)
+        if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
+            return _unmeasured(name, broken, queries)
+        # A day with no series had no traffic for this model: it is skipped by the judge, not an error.
+        history.append((events.value or 0.0, total.value or 0.0))
+    return baseline_judge(name, current["current_events"].value, current["current_total"].value, history,
+                          ProportionCriteria.from_spec(spec), queries=queries,
+                          window=_window_evidence(request, window))
+
+
+def _first_problem(values: dict[str, Measurement]) -> Measurement | None:
+    return next((m for m in values.values() if not m.ok), None)
+
+
+def _unmeasured(name: str, measurement: Measurement, queries: dict[str, str]) -> Verdict:
+    """Missing evidence is never success: every query problem is an inconclusive verdict that says why."""
+    return Verdict(name, Outcome.INCONCLUSIVE, f"{measurement.problem}: {measurement.detail}",
+                   {"queries": queries, "failedQuery": measurement.query, "problem": str(measurement.problem)})

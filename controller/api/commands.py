@@ -1,0 +1,73 @@
+"""On-call commands, carried by an annotation so that Argo CD sees no drift in the spec.
+
+    modelrollout.io/command: '{"action": "promote", "id": "<uuid>", "actor": "alice", "full": true}'
+
+The controller applies each command id at most once and records it (with the actor) in status.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+COMMAND_ANNOTATION = "modelrollout.io/command"
+
+
+class CommandAction(StrEnum):
+    ABORT = "abort"  # stop now and go back to stable
+    PROMOTE = "promote"  # go past the current pause or step (full: past every remaining step)
+    RETRY = "retry"  # run a failed, rolled-back or paused-on-failure rollout again
+    ROLLBACK = "rollback"  # go back to the previous version, also after success
+
+
+class CommandError(ValueError):
+    """The annotation does not hold a command the controller understands."""
+
+
+@dataclass(frozen=True)
+class Command:
+    id: str
+    action: CommandAction
+    actor: str
+    full: bool = False  # promote --full
+
+    @property
+    def label(self) -> str:
+        return "promote --full" if self.full else str(self.action)
+
+    def to_annotation(self) -> str:
+        body: dict[str, object] = {"action": str(self.action), "id": self.id, "actor": self.actor}
+        if self.full:
+            body["full"] = True
+        return json.dumps(body, sort_keys=True)
+
+
+def parse_command(text: str) -> Command:
+    """Parse the annotation's value; raise CommandError saying what is wrong."""
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{COMMAND_ANNOTATION} is not JSON: {exc.msg}") from None
+    if not isinstance(body, dict):
+        raise CommandError(f"{COMMAND_ANNOTATION} must be a JSON object")
+    action_text = body.get("action")
+    full = body.get("full", False)
+    if action_text == "promote-full":  # the CLI spelling `promote --full` as one word
+        action_text, full = "promote", True
+    try:
+        action = CommandAction(action_text)
+    except ValueError:
+        choices = ", ".join(item.value for item in CommandAction)
+        raise CommandError(f"{COMMAND_ANNOTATION}: action must be one of {choices}, got {action_text!r}") from None
+    command_id = body.get("id")
+    if not isinstance(command_id, str) or not command_id:
+        raise CommandError(f"{COMMAND_ANNOTATION}: id must be a non-empty string")
+    actor = body.get("actor")
+    if not isinstance(actor, str) or not actor:
+        raise CommandError(f"{COMMAND_ANNOTATION}: actor must be a non-empty string")
+    if not isinstance(full, bool):
+        raise CommandError(f"{COMMAND_ANNOTATION}: full must be true or false")
+    if full and action is not CommandAction.PROMOTE:
+        raise CommandError(f"{COMMAND_ANNOTATION}: full applies only to promote")
+    return Command(id=command_id, action=action, actor=actor, full=full)

@@ -1,0 +1,533 @@
+"""Typed ModelRollout spec, parsed from the resource's `spec` dict.
+
+Field names follow DESIGN.md section 3 (the contract), in snake_case here and camelCase in the resource.
+The API server validates first (OpenAPI + CEL); parsing re-checks what the engine relies on so that a
+spec that slipped past (an older CRD, a test) fails with a message naming the field, never deep inside
+the engine. Unknown keys are ignored: fields may be added to the resource without breaking the parser.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from controller.api.durations import parse_duration
+
+DEFAULT_STABLE_ALIAS = "production"
+DEFAULT_ANALYSIS_INTERVAL = timedelta(seconds=30)
+DEFAULT_PROGRESS_DEADLINE = timedelta(minutes=30)
+DEFAULT_BAKE_BASELINE = timedelta(days=7)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PROPORTION_LIMITS = ("maxRelativeIncrease", "maxRate", "confidence", "minSamples")
+
+
+class SpecError(ValueError):
+    """A spec the engine cannot run; `path` names the field, e.g. spec.canary.steps[2].setWeight."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+# --- model and registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str | None  # exactly one of version | alias names the candidate
+    alias: str | None
+    stable_alias: str = DEFAULT_STABLE_ALIAS
+
+    @property
+    def candidate_ref(self) -> str:
+        """How the spec names the candidate, for messages: "version 7" or "alias @challenger"."""
+        return f"version {self.version}" if self.version is not None else f"alias @{self.alias}"
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class RegistrySpec:
+    tracking_uri: str | None = None
+    credentials_secret_ref: SecretRef | None = None
+
+
+# --- target ------------------------------------------------------------------------------------------
+
+
+class TargetKind(StrEnum):
+    KSERVE = "kserve"
+    SELDON_DEPLOYMENT = "seldonDeployment"
+    SELDON_EXPERIMENT = "seldonExperiment"
+
+
+@dataclass(frozen=True)
+class KServeTarget:
+    inference_service: str
+    candidate_url: str | None = None
+    stable_url: str | None = None
+
+
+@dataclass(frozen=True)
+class SeldonDeploymentTarget:
+    name: str
+    stable_predictor: str
+    canary_predictor: str
+
+
+@dataclass(frozen=True)
+class SeldonExperimentTarget:
+    name: str
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Exactly one of the three is set."""
+
+    kserve: KServeTarget | None = None
+    seldon_deployment: SeldonDeploymentTarget | None = None
+    seldon_experiment: SeldonExperimentTarget | None = None
+
+    @property
+    def kind(self) -> TargetKind:
+        if self.kserve is not None:
+            return TargetKind.KSERVE
+        if self.seldon_deployment is not None:
+            return TargetKind.SELDON_DEPLOYMENT
+        return TargetKind.SELDON_EXPERIMENT
+
+    @property
+    def name(self) -> str:
+        if self.kserve is not None:
+            return self.kserve.inference_service
+        if self.seldon_deployment is not None:
+            return self.seldon_deployment.name
+        assert self.seldon_experiment is not None  # guaranteed by parse_spec
+        return self.seldon_experiment.name
+
+    @property
+    def description(self) -> str:
+        """For messages: "InferenceService nsfw-classifier"."""
+        noun = {TargetKind.KSERVE: "InferenceService", TargetKind.SELDON_DEPLOYMENT: "SeldonDeployment",
+                TargetKind.SELDON_EXPERIMENT: "Experiment"}[self.kind]
+        return f"{noun} {self.name}"
+
+
+# --- golden dataset ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassThresholds:
+    max_false_positive_rate: float | None = None
+    min_recall: float | None = None
+    min_precision: float | None = None
+
+
+@dataclass(frozen=True)
+class GoldenThresholds:
+    min_accuracy: float | None = None
+    max_accuracy_drop: float | None = None
+    max_disagreement: float | None = None
+    classes: Mapping[str, ClassThresholds] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GoldenDatasetSpec:
+    uri: str
+    sha256: str
+    thresholds: GoldenThresholds = field(default_factory=GoldenThresholds)
+
+
+# --- canary steps ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetWeightStep:
+    weight: int
+
+
+@dataclass(frozen=True)
+class AnalysisStep:
+    duration: timedelta
+
+
+@dataclass(frozen=True)
+class PauseStep:
+    duration: timedelta | None = None  # None: wait for a human `promote`
+
+
+Step = SetWeightStep | AnalysisStep | PauseStep
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    steps: tuple[Step, ...] = ()
+
+
+# --- analysis ----------------------------------------------------------------------------------------
+
+
+class OnInconclusive(StrEnum):
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class PrometheusSpec:
+    address: str
+
+
+@dataclass(frozen=True)
+class ProportionMetric:
+    events: str
+    total: str
+    max_relative_increase: float = 0.5
+    max_rate: float | None = None
+    confidence: float = 0.99
+    min_samples: int = 200
+
+
+@dataclass(frozen=True)
+class ThresholdMetric:
+    query: str
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Exactly one of proportion | threshold."""
+
+    name: str
+    proportion: ProportionMetric | None = None
+    threshold: ThresholdMetric | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    prometheus: PrometheusSpec | None = None
+    interval: timedelta = DEFAULT_ANALYSIS_INTERVAL
+    metrics: tuple[MetricSpec, ...] = ()
+    on_inconclusive: OnInconclusive = OnInconclusive.PAUSE
+
+
+@dataclass(frozen=True)
+class RollbackSpec:
+    automatic: bool = True
+
+
+@dataclass(frozen=True)
+class BakeSpec:
+    duration: timedelta
+    baseline: timedelta = DEFAULT_BAKE_BASELINE
+
+
+@dataclass(frozen=True)
+class ModelRolloutSpec:
+    model: ModelSpec
+    target: TargetSpec
+    canary: CanarySpec = field(default_factory=CanarySpec)
+    golden_dataset: GoldenDatasetSpec | None = None
+    registry: RegistrySpec = field(default_factory=RegistrySpec)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    rollback: RollbackSpec = field(default_factory=RollbackSpec)
+    bake: BakeSpec | None = None  # None: Succeeded right after promotion
+    progress_deadline: timedelta = DEFAULT_PROGRESS_DEADLINE
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+
+
+def parse_spec(raw: Mapping[str, Any]) -> ModelRolloutSpec:
+    """Parse `.spec` of a ModelRollout; raise SpecError naming the first bad field."""
+    spec = _mapping(raw, "spec")
+    model = _parse_model(_required_mapping(spec, "model", "spec"))
+    parsed = ModelRolloutSpec(
+        model=model,
+        target=_parse_target(_required_mapping(spec, "target", "spec")),
+        canary=_parse_canary(_optional_mapping(spec, "canary", "spec")),
+        golden_dataset=_parse_golden(_optional_mapping(spec, "goldenDataset", "spec")),
+        registry=_parse_registry(_optional_mapping(spec, "registry", "spec")),
+        analysis=_parse_analysis(_optional_mapping(spec, "analysis", "spec")),
+        rollback=_parse_rollback(_optional_mapping(spec, "rollback", "spec")),
+        bake=_parse_bake(_optional_mapping(spec, "bake", "spec")),
+        progress_deadline=_duration(spec.get("progressDeadline"), "spec.progressDeadline",
+                                    DEFAULT_PROGRESS_DEADLINE),
+    )
+    if parsed.progress_deadline <= timedelta(0):
+        raise SpecError("spec.progressDeadline", "must be longer than 0s")
+    needs_metrics = parsed.bake is not None or any(isinstance(s, AnalysisStep) for s in parsed.canary.steps)
+    if needs_metrics and not parsed.analysis.metrics:
+        raise SpecError("spec.analysis.metrics",
+                        "must name at least one metric when an analysis step or bake is configured")
+    return parsed
+
+
+def _parse_model(raw: Mapping[str, Any]) -> ModelSpec:
+    path = "spec.model"
+    version = _optional_str(raw, "version", path)
+    alias = _optional_str(raw, "alias", path)
+    if (version is None) == (alias is None):
+        raise SpecError(path, "exactly one of version or alias must be set")
+    stable_alias = _optional_str(raw, "stableAlias", path) or DEFAULT_STABLE_ALIAS
+    if alias is not None and alias == stable_alias:
+        raise SpecError(f"{path}.alias", "must differ from stableAlias, or the candidate would be the stable version")
+    return ModelSpec(name=_required_str(raw, "name", path), version=version, alias=alias,
+                     stable_alias=stable_alias)
+
+
+def _parse_registry(raw: Mapping[str, Any] | None) -> RegistrySpec:
+    if raw is None:
+        return RegistrySpec()
+    path = "spec.registry"
+    secret = _optional_mapping(raw, "credentialsSecretRef", path)
+    return RegistrySpec(
+        tracking_uri=_optional_str(raw, "trackingUri", path),
+        credentials_secret_ref=None if secret is None else SecretRef(
+            _required_str(secret, "name", f"{path}.credentialsSecretRef")),
+    )
+
+
+def _parse_target(raw: Mapping[str, Any]) -> TargetSpec:
+    path = "spec.target"
+    present = [key for key in ("kserve", "seldonDeployment", "seldonExperiment") if key in raw]
+    if len(present) != 1:
+        raise SpecError(path, "exactly one of kserve, seldonDeployment or seldonExperiment must be set")
+    key = present[0]
+    body = _required_mapping(raw, key, path)
+    where = f"{path}.{key}"
+    if key == "kserve":
+        return TargetSpec(kserve=KServeTarget(
+            inference_service=_required_str(body, "inferenceService", where),
+            candidate_url=_optional_str(body, "candidateUrl", where),
+            stable_url=_optional_str(body, "stableUrl", where)))
+    if key == "seldonDeployment":
+        stable = _required_str(body, "stablePredictor", where)
+        canary = _required_str(body, "canaryPredictor", where)
+        if stable == canary:
+            raise SpecError(f"{where}.canaryPredictor", "must differ from stablePredictor")
+        return TargetSpec(seldon_deployment=SeldonDeploymentTarget(
+            name=_required_str(body, "name", where), stable_predictor=stable, canary_predictor=canary))
+    return TargetSpec(seldon_experiment=SeldonExperimentTarget(name=_required_str(body, "name", where)))
+
+
+def _parse_golden(raw: Mapping[str, Any] | None) -> GoldenDatasetSpec | None:
+    if raw is None:
+        return None
+    path = "spec.goldenDataset"
+    sha256 = _required_str(raw, "sha256", path)
+    if not _SHA256.match(sha256):
+        raise SpecError(f"{path}.sha256", "must be 64 lowercase hex characters")
+    thresholds_raw = _optional_mapping(raw, "thresholds", path) or {}
+    tpath = f"{path}.thresholds"
+    classes_raw = _optional_mapping(thresholds_raw, "classes", tpath) or {}
+    classes: dict[str, ClassThresholds] = {}
+    for label, limits in classes_raw.items():
+        cpath = f"{tpath}.classes[{label}]"
+        limits = _mapping(limits, cpath)
+        classes[str(label)] = ClassThresholds(
+            max_false_positive_rate=_fraction(limits.get("maxFalsePositiveRate"), f"{cpath}.maxFalsePositiveRate"),
+            min_recall=_fraction(limits.get("minRecall"), f"{cpath}.minRecall"),
+            min_precision=_fraction(limits.get("minPrecision"), f"{cpath}.minPrecision"))
+    thresholds = GoldenThresholds(
+        min_accuracy=_fraction(thresholds_raw.get("minAccuracy"), f"{tpath}.minAccuracy"),
+        max_accuracy_drop=_fraction(thresholds_raw.get("maxAccuracyDrop"), f"{tpath}.maxAccuracyDrop"),
+        max_disagreement=_fraction(thresholds_raw.get("maxDisagreement"), f"{tpath}.maxDisagreement"),
+        classes=classes)
+    return GoldenDatasetSpec(uri=_required_str(raw, "uri", path), sha256=sha256, thresholds=thresholds)
+
+
+def _parse_canary(raw: Mapping[str, Any] | None) -> CanarySpec:
+    if raw is None:
+        return CanarySpec()
+    path = "spec.canary.steps"
+    steps_raw = raw.get("steps", [])
+    if not isinstance(steps_raw, list):
+        raise SpecError(path, "must be a list")
+    steps: list[Step] = []
+    last_weight = 0
+    for index, item in enumerate(steps_raw):
+        where = f"{path}[{index}]"
+        item = _mapping(item, where)
+        kinds = [key for key in ("setWeight", "analysis", "pause") if key in item]
+        if len(kinds) != 1:
+            raise SpecError(where, "must set exactly one of setWeight, analysis or pause")
+        kind = kinds[0]
+        if kind == "setWeight":
+            weight = item["setWeight"]
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+                raise SpecError(f"{where}.setWeight", "must be an integer from 0 to 100")
+            if weight < last_weight:
+                raise SpecError(f"{where}.setWeight", "must not be lower than an earlier step's weight")
+            last_weight = weight
+            steps.append(SetWeightStep(weight))
+        elif kind == "analysis":
+            body = _mapping(item["analysis"], f"{where}.analysis")
+            if "duration" not in body:
+                raise SpecError(f"{where}.analysis.duration", "is required")
+            steps.append(AnalysisStep(_duration(body["duration"], f"{where}.analysis.duration")))
+        else:
+            body = _mapping(item["pause"] if item["pause"] is not None else {}, f"{where}.pause")
+            duration = body.get("duration")
+            steps.append(PauseStep(None if duration is None else _duration(duration, f"{where}.pause.duration")))
+    return CanarySpec(tuple(steps))
+
+
+def _parse_analysis(raw: Mapping[str, Any] | None) -> AnalysisSpec:
+    if raw is None:
+        return AnalysisSpec()
+    path = "spec.analysis"
+    prometheus = _optional_mapping(raw, "prometheus", path)
+    interval = _duration(raw.get("interval"), f"{path}.interval", DEFAULT_ANALYSIS_INTERVAL)
+    if interval <= timedelta(0):
+        raise SpecError(f"{path}.interval", "must be longer than 0s")
+    on_inconclusive_raw = raw.get("onInconclusive", OnInconclusive.PAUSE.value)
+    try:
+        on_inconclusive = OnInconclusive(on_inconclusive_raw)
+    except ValueError:
+        raise SpecError(f"{path}.onInconclusive", "must be pause or rollback") from None
+    metrics_raw = raw.get("metrics", [])
+    if not isinstance(metrics_raw, list):
+        raise SpecError(f"{path}.metrics", "must be a list")
+    metrics: list[MetricSpec] = []
+    for index, item in enumerate(metrics_raw):
+        metrics.append(_parse_metric(_mapping(item, f"{path}.metrics[{index}]"), f"{path}.metrics[{index}]"))
+    names = [metric.name for metric in metrics]
+    if len(set(names)) != len(names):
+        raise SpecError(f"{path}.metrics", "metric names must be unique")
+    if metrics and prometheus is None:
+        raise SpecError(f"{path}.prometheus.address", "is required when metrics are set")
+    return AnalysisSpec(
+        prometheus=None if prometheus is None else PrometheusSpec(
+            _required_str(prometheus, "address", f"{path}.prometheus")),
+        interval=interval, metrics=tuple(metrics), on_inconclusive=on_inconclusive)
+
+
+def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
+    name = _required_str(raw, "name", path)
+    if ("proportion" in raw) == ("threshold" in raw):
+        raise SpecError(path, "must set exactly one of proportion or threshold")
+    if "proportion" in raw:
+        where = f"{path}.proportion"
+        # DESIGN.md's example writes the limits beside `proportion`, the CRD inside it: read both,
+        # the CRD's place first.
+        beside = {key: raw[key] for key in _PROPORTION_LIMITS if key in raw}
+        body = {**beside, **_mapping(raw["proportion"], where)}
+        confidence = _number(body.get("confidence", 0.99), f"{where}.confidence")
+        if not 0.5 <= confidence < 1:
+            raise SpecError(f"{where}.confidence", "must be at least 0.5 and below 1")
+        min_samples = body.get("minSamples", 200)
+        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
+            raise SpecError(f"{where}.minSamples", "must be a positive integer")
+        increase = _number(body.get("maxRelativeIncrease", 0.5), f"{where}.maxRelativeIncrease")
+        if increase < 0:
+            raise SpecError(f"{where}.maxRelativeIncrease", "must not be negative")
+        return MetricSpec(name=name, proportion=ProportionMetric(
+            events=_required_str(body, "events", where), total=_required_str(body, "total", where),
+            max_relative_increase=increase,
+            max_rate=_fraction(body.get("maxRate"), f"{where}.maxRate"),
+            confidence=confidence, min_samples=min_samples))
+    where = f"{path}.threshold"
+    body = _mapping(raw["threshold"], where)
+    low = None if body.get("min") is None else _number(body["min"], f"{where}.min")
+    high = None if body.get("max") is None else _number(body["max"], f"{where}.max")
+    if low is None and high is None:
+        raise SpecError(where, "must set min, max or both")
+    if low is not None and high is not None and low > high:
+        raise SpecError(f"{where}.min", "must not exceed max")
+    return MetricSpec(name=name, threshold=ThresholdMetric(query=_required_str(body, "query", where),
+                                                           min=low, max=high))
+
+
+def _parse_rollback(raw: Mapping[str, Any] | None) -> RollbackSpec:
+    if raw is None:
+        return RollbackSpec()
+    return RollbackSpec(automatic=_bool(raw.get("automatic", True), "spec.rollback.automatic"))
+
+
+def _parse_bake(raw: Mapping[str, Any] | None) -> BakeSpec | None:
+    if raw is None or raw.get("duration") is None:
+        return None  # a bake block without a duration does not bake
+    duration = _duration(raw["duration"], "spec.bake.duration")
+    baseline = _duration(raw.get("baseline"), "spec.bake.baseline", DEFAULT_BAKE_BASELINE)
+    if baseline <= timedelta(0):
+        raise SpecError("spec.bake.baseline", "must be longer than 0s")
+    return BakeSpec(duration=duration, baseline=baseline)
+
+
+# --- small typed readers -----------------------------------------------------------------------------
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError(path, "must be an object")
+    return value
+
+
+def _required_mapping(raw: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+    if key not in raw:
+        raise SpecError(f"{path}.{key}", "is required")
+    return _mapping(raw[key], f"{path}.{key}")
+
+
+def _optional_mapping(raw: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any] | None:
+    if raw.get(key) is None:
+        return None
+    return _mapping(raw[key], f"{path}.{key}")
+
+
+def _required_str(raw: Mapping[str, Any], key: str, path: str) -> str:
+    value = _optional_str(raw, key, path)
+    if value is None:
+        raise SpecError(f"{path}.{key}", "is required")
+    return value
+
+
+def _optional_str(raw: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"{path}.{key}", "must be a non-empty string")
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(path, "must be true or false")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(path, "must be a number")
+    return float(value)
+
+
+def _fraction(value: Any, path: str) -> float | None:
+    if value is None:
+        return None
+    number = _number(value, path)
+    if not 0 <= number <= 1:
+        raise SpecError(path, "must be between 0 and 1")
+    return number
+
+
+def _duration(value: Any, path: str, default: timedelta | None = None) -> timedelta:
+    if value is None:
+        if default is None:
+            raise SpecError(path, "is required")
+        return default
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise SpecError(path, str(exc)) from None

@@ -1,0 +1,257 @@
+"""Typed ModelRollout status: everything the controller knows lives here, never in its memory.
+
+`ModelRolloutStatus.to_dict()` is what the operator writes to `.status`; `from_dict()` reads it back
+exactly (round trip). Keys are camelCase; fields that are None are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from controller.api.serialization import from_json, to_json
+from controller.verdict import Outcome, Verdict
+
+CONTROLLER_ACTOR = "modelrollout-controller"
+HISTORY_LIMIT = 50
+ACTION_LOG_LIMIT = 50
+HANDLED_COMMANDS_LIMIT = 20
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    GATING = "Gating"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    BAKING = "Baking"
+    SUCCEEDED = "Succeeded"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED})
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"  # the candidate serves all traffic and survived bake: the rollout is done and good
+    PROGRESSING = "Progressing"  # the controller is moving the rollout on without waiting for a human
+    REGISTRY_AVAILABLE = "RegistryAvailable"
+    TARGET_READY = "TargetReady"
+    GATE_PASSED = "GatePassed"
+    ANALYSIS_HEALTHY = "AnalysisHealthy"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition, as the Kubernetes API conventions define it."""
+
+    type: str
+    status: ConditionStatus
+    reason: str  # CamelCase
+    message: str
+    last_transition_time: datetime
+    observed_generation: int | None = None
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A registry version as resolved once at the start of a rollout attempt."""
+
+    version: str
+    run_id: str | None = None
+    source: str | None = None
+    lineage: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    time: datetime
+    event: str  # stable CamelCase name
+    detail: str
+    actor: str = CONTROLLER_ACTOR
+    command_id: str | None = None  # set when an on-call command caused the entry
+
+
+class ActionState(StrEnum):
+    PENDING = "Pending"  # emitted, effect not yet observed
+    CONFIRMED = "Confirmed"  # effect observed on the target or in the registry
+    ABANDONED = "Abandoned"  # no longer wanted (rollback or restart overtook it)
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    """Ledger entry for an effect action (traffic or registry); measurement requests are not logged."""
+
+    id: str
+    type: str
+    state: ActionState
+    issued_at: datetime  # first asked for; the progress deadline counts from here
+    updated_at: datetime
+    detail: str = ""
+    sent_at: datetime | None = None  # last handed to the operator
+    attempts: int = 1  # 1 + failures reported back
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class GateStatus:
+    request_id: str | None = None
+    started_at: datetime | None = None
+    requested_at: datetime | None = None  # the RunGate request was last handed to the operator
+    completed_at: datetime | None = None
+    dataset_sha256: str | None = None
+    outcome: Outcome | None = None
+    reason: str = ""
+    verdicts: tuple[Verdict, ...] = ()
+    overridden_by: str | None = None  # a human promoted past a failing or inconclusive gate
+    skipped: bool = False  # no goldenDataset in the spec
+
+
+class AnalysisMode(StrEnum):
+    CANARY = "canary"  # canary vs stable at the same time under the same traffic
+    BAKE = "bake"  # promoted version vs the previous version's history
+
+
+@dataclass(frozen=True)
+class AnalysisStatus:
+    """The judges' state for the step (or bake) being judged; replaced when the step changes."""
+
+    mode: AnalysisMode
+    window_start: datetime  # the judges' window starts here (the weight was in place from then)
+    step_index: int | None = None
+    ends_at: datetime | None = None  # None while judging in the background during a pause step
+    runs: int = 0
+    request_id: str | None = None  # the run asked for and not answered yet
+    requested_at: datetime | None = None
+    last_run_at: datetime | None = None
+    outcome: Outcome | None = None
+    reason: str = ""
+    metrics: tuple[Verdict, ...] = ()  # last verdict per metric
+
+
+class PauseReason(StrEnum):
+    PAUSE_STEP = "PauseStep"
+    GATE_FAILED = "GateFailed"
+    GATE_INCONCLUSIVE = "GateInconclusive"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    BAKE_FAILED = "BakeFailed"
+    BAKE_INCONCLUSIVE = "BakeInconclusive"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+
+
+@dataclass(frozen=True)
+class PauseStatus:
+    reason: PauseReason
+    since: datetime
+    until: datetime | None = None  # None: until a human acts
+    detail: str = ""
+    resume_phase: Phase | None = None  # where `retry` or `promote` picks up again
+
+
+@dataclass(frozen=True)
+class PromotionStatus:
+    started_at: datetime
+    previous_version: str | None = None  # remembered for one-command rollback
+    target_confirmed_at: datetime | None = None
+    alias_confirmed_at: datetime | None = None
+    actor: str = CONTROLLER_ACTOR
+
+
+class RollbackCause(StrEnum):
+    GATE_FAILED = "GateFailed"
+    GATE_INCONCLUSIVE = "GateInconclusive"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    BAKE_FAILED = "BakeFailed"
+    BAKE_INCONCLUSIVE = "BakeInconclusive"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    CANDIDATE_NOT_READY = "CandidateNotReady"  # staging never became ready: undo it and fail
+    ABORTED = "Aborted"
+    ROLLBACK_REQUESTED = "RollbackRequested"
+    SUPERSEDED = "Superseded"  # a new candidate replaced this one mid-rollout
+
+
+@dataclass(frozen=True)
+class RollbackStatus:
+    cause: RollbackCause
+    reason: str  # one line, reused in status.message and in the registry's rejection tag
+    verdict_at: datetime  # when the failing verdict (or command) was seen: MTTR starts here
+    actor: str = CONTROLLER_ACTOR
+    from_step: int | None = None
+    from_weight: int | None = None
+    after_promotion: bool = False  # the candidate had taken all traffic: restore the previous version
+    reject_candidate: bool = True  # tag the candidate rejected in the registry
+    final_phase: Phase = Phase.ROLLED_BACK
+    restart: bool = False  # start a new attempt once done (a new candidate is waiting)
+    evidence: Mapping[str, Any] = field(default_factory=dict)  # summary written to the rejection tag
+    traffic_confirmed_at: datetime | None = None
+    alias_confirmed_at: datetime | None = None
+    tag_confirmed_at: datetime | None = None
+    recovered_at: datetime | None = None  # traffic and alias both verified
+    time_to_recover_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class RetryState:
+    """Adapter errors since `since`; drives the exponential requeue backoff.
+
+    `attempts` grows only when a retry comes after the previous backoff ran out, so several decisions
+    within one reconcile count once.
+    """
+
+    attempts: int
+    since: datetime
+    reason: str
+    last_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ModelRolloutStatus:
+    phase: Phase = Phase.PENDING
+    observed_generation: int | None = None
+    message: str = ""
+    attempt: int = 0  # rollout attempt number; action ids are scoped by it so a retry never reuses one
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    candidate: VersionRef | None = None
+    stable: VersionRef | None = None  # what served before this rollout; the way back
+    current_step: int | None = None  # 0-based index into spec.canary.steps
+    canary_weight: int | None = None  # share of traffic on the candidate, as observed on the target
+    gate: GateStatus | None = None
+    analysis: AnalysisStatus | None = None
+    pause: PauseStatus | None = None
+    promotion: PromotionStatus | None = None
+    rollback: RollbackStatus | None = None
+    retry: RetryState | None = None
+    conditions: tuple[Condition, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+    actions: tuple[ActionRecord, ...] = ()
+    handled_commands: tuple[str, ...] = ()  # ids of on-call commands already applied (or refused)
+    judge_requests: int = 0  # RunGate/RunAnalysis requests issued so far; numbers their ids
+
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = to_json(self)
+        return result
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> ModelRolloutStatus:
+        """Read `.status`; an empty or missing status is a fresh Pending rollout."""
+        if not raw:
+            return cls()
+        status: ModelRolloutStatus = from_json(cls, raw)
+        return status
+
+    def condition(self, condition_type: str) -> Condition | None:
+        return next((item for item in self.conditions if item.type == condition_type), None)

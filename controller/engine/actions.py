@@ -1,0 +1,169 @@
+"""What the engine asks the operator to do.
+
+Every action carries a stable `id`: the same step of the same attempt always yields the same id, so an
+operator that crashed after acting and before writing status simply does it again, and every action is
+idempotent (server-side apply of the same fields, setting an alias or a tag to the same value, running
+read-only judges). The engine never trusts that an effect happened: it waits to *observe* it (the
+target's reported weight, the alias in the registry, the tag on the version) before moving on.
+
+Effect actions (traffic, registry) are recorded in status.actions; measurement actions (RunGate,
+RunAnalysis) are answered by a JudgeResult with the same id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from controller.api.serialization import to_json
+from controller.api.spec import GoldenDatasetSpec
+from controller.api.status import AnalysisMode, VersionRef
+
+
+class ActionType(StrEnum):
+    STAGE_CANDIDATE = "StageCandidate"
+    SET_CANARY_WEIGHT = "SetCanaryWeight"
+    PROMOTE_CANDIDATE = "PromoteCandidate"
+    RESTORE_STABLE = "RestoreStable"
+    UNSTAGE_CANDIDATE = "UnstageCandidate"
+    SET_ALIAS = "SetAlias"
+    TAG_REJECTED = "TagRejected"
+    RUN_GATE = "RunGate"
+    RUN_ANALYSIS = "RunAnalysis"
+
+
+@dataclass(frozen=True)
+class _Action:
+    type: ClassVar[ActionType]
+    id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = to_json(self)
+        return {"type": str(self.type), **body}
+
+
+# --- traffic (the router) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageCandidate(_Action):
+    """Deploy the candidate beside stable with 0% of traffic.
+
+    Confirmed when the target reports canary_version == candidate.version, canary_ready, weight 0.
+    """
+
+    type: ClassVar[ActionType] = ActionType.STAGE_CANDIDATE
+    candidate: VersionRef
+
+
+@dataclass(frozen=True)
+class SetCanaryWeight(_Action):
+    """Give the staged candidate `weight` percent of traffic; weight 0 is the pre-promotion rollback.
+
+    Confirmed when the target reports canary_weight == weight (0 also when no canary is left).
+    """
+
+    type: ClassVar[ActionType] = ActionType.SET_CANARY_WEIGHT
+    candidate_version: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class PromoteCandidate(_Action):
+    """Send all traffic to the candidate and remove the canary setting the way the serving system expects.
+
+    Confirmed when the target reports stable_version == candidate.version and no canary.
+    """
+
+    type: ClassVar[ActionType] = ActionType.PROMOTE_CANDIDATE
+    candidate: VersionRef
+
+
+@dataclass(frozen=True)
+class RestoreStable(_Action):
+    """After a promotion, put the previous version back on all traffic.
+
+    Confirmed when the target reports stable_version == stable.version and no canary weight.
+    """
+
+    type: ClassVar[ActionType] = ActionType.RESTORE_STABLE
+    stable: VersionRef
+
+
+@dataclass(frozen=True)
+class UnstageCandidate(_Action):
+    """Remove a staged candidate that never became ready, leaving the target as it was before staging.
+
+    Confirmed when the target reports no canary.
+    """
+
+    type: ClassVar[ActionType] = ActionType.UNSTAGE_CANDIDATE
+    candidate_version: str
+
+
+# --- registry ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetAlias(_Action):
+    """Point the registry alias at a version. Confirmed when the registry reports it."""
+
+    type: ClassVar[ActionType] = ActionType.SET_ALIAS
+    alias: str
+    version: str
+
+
+@dataclass(frozen=True)
+class TagRejected(_Action):
+    """Tag the candidate version rejected (modelrollout.rejected) with the reason and evidence summary.
+
+    Confirmed when the registry reports the tag on the candidate.
+    """
+
+    type: ClassVar[ActionType] = ActionType.TAG_REJECTED
+    version: str
+    reason: str
+    evidence: Mapping[str, Any]
+    rejected_at: datetime
+    actor: str
+
+
+# --- measurements (the judges) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunGate(_Action):
+    """Run the golden-dataset gate on the staged candidate (and stable, when there is one)."""
+
+    type: ClassVar[ActionType] = ActionType.RUN_GATE
+    candidate: VersionRef
+    stable: VersionRef | None
+    dataset: GoldenDatasetSpec
+
+
+@dataclass(frozen=True)
+class RunAnalysis(_Action):
+    """Run every analysis judge once.
+
+    canary mode: canary vs stable over [window_start, now]. bake mode: the promoted candidate over
+    [window_start, now] vs the baseline version over `baseline_window` of its history.
+    """
+
+    type: ClassVar[ActionType] = ActionType.RUN_ANALYSIS
+    mode: AnalysisMode
+    candidate_version: str
+    baseline_version: str | None
+    canary_weight: int
+    window_start: datetime
+    step_index: int | None = None
+    baseline_window: timedelta | None = None
+    metrics: tuple[str, ...] = field(default_factory=tuple)
+
+
+Action = (StageCandidate | SetCanaryWeight | PromoteCandidate | RestoreStable | UnstageCandidate | SetAlias
+          | TagRejected | RunGate | RunAnalysis)
+
+MEASUREMENT_TYPES = frozenset({ActionType.RUN_GATE, ActionType.RUN_ANALYSIS})

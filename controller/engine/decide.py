@@ -1,0 +1,1340 @@
+"""The decision function: (spec, status, observations, now) -> actions + new status.
+
+Pure: no I/O, no clock, no randomness. Everything it needs to remember goes into the returned status,
+so an operator killed at any instant resumes from the last written status: actions are derived from
+that status again with the same ids, and an effect counts as done only once it is observed.
+
+Flow: Pending (resolve, stage at 0%) -> Gating -> Progressing/Paused (steps) -> Promoting -> Baking
+-> Succeeded; every failure -> RollingBack -> RolledBack (or Paused for a human when rollback is
+not automatic). Staging that never gets ready, or a target that never shows up -> Failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from controller.api.commands import Command, CommandAction
+from controller.api.durations import format_duration
+from controller.api.serialization import format_time, to_json
+from controller.api.spec import (
+    AnalysisStep,
+    ModelRolloutSpec,
+    OnInconclusive,
+    PauseStep,
+    SetWeightStep,
+    SpecError,
+)
+from controller.api.status import (
+    ACTION_LOG_LIMIT,
+    CONTROLLER_ACTOR,
+    HANDLED_COMMANDS_LIMIT,
+    HISTORY_LIMIT,
+    TERMINAL_PHASES,
+    ActionRecord,
+    ActionState,
+    AnalysisMode,
+    AnalysisStatus,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    GateStatus,
+    HistoryEntry,
+    ModelRolloutStatus,
+    PauseReason,
+    PauseStatus,
+    Phase,
+    PromotionStatus,
+    RetryState,
+    RollbackCause,
+    RollbackStatus,
+    VersionRef,
+)
+from controller.engine.actions import (
+    Action,
+    PromoteCandidate,
+    RestoreStable,
+    RunAnalysis,
+    RunGate,
+    SetAlias,
+    SetCanaryWeight,
+    StageCandidate,
+    TagRejected,
+    UnstageCandidate,
+)
+from controller.engine.observations import (
+    REJECTED_TAG,
+    AdapterError,
+    AdapterErrorKind,
+    Observations,
+    RegistryObservation,
+    ResolvedVersion,
+    TargetObservation,
+)
+from controller.verdict import Outcome, Verdict, combine
+
+# How soon to look again while waiting for an effect to show up on the target or in the registry.
+CONFIRM_POLL = timedelta(seconds=1)
+# A pending action is handed out again after this long without its effect showing up (all are idempotent),
+# so a lost action is retried without every decision of one reconcile repeating it.
+RESEND_AFTER = timedelta(seconds=10)
+BACKOFF_BASE = timedelta(seconds=2)
+BACKOFF_MAX = timedelta(minutes=5)
+# Bounds the transitions one decision may chain (e.g. weight confirmed -> analysis starts).
+_MAX_TRANSITIONS = 200
+
+_FAILURE_PAUSE = {
+    RollbackCause.GATE_FAILED: PauseReason.GATE_FAILED,
+    RollbackCause.GATE_INCONCLUSIVE: PauseReason.GATE_INCONCLUSIVE,
+    RollbackCause.ANALYSIS_FAILED: PauseReason.ANALYSIS_FAILED,
+    RollbackCause.ANALYSIS_INCONCLUSIVE: PauseReason.ANALYSIS_INCONCLUSIVE,
+    RollbackCause.BAKE_FAILED: PauseReason.BAKE_FAILED,
+    RollbackCause.BAKE_INCONCLUSIVE: PauseReason.BAKE_INCONCLUSIVE,
+    RollbackCause.PROGRESS_DEADLINE_EXCEEDED: PauseReason.PROGRESS_DEADLINE_EXCEEDED,
+}
+_INCONCLUSIVE_PAUSE = {
+    RollbackCause.GATE_INCONCLUSIVE: PauseReason.GATE_INCONCLUSIVE,
+    RollbackCause.ANALYSIS_INCONCLUSIVE: PauseReason.ANALYSIS_INCONCLUSIVE,
+    RollbackCause.BAKE_INCONCLUSIVE: PauseReason.BAKE_INCONCLUSIVE,
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]  # in order: traffic first, then registry, then measurements
+    status: ModelRolloutStatus
+    requeue_after: timedelta | None  # None: only on the next change or command
+    events: tuple[HistoryEntry, ...] = ()  # history entries added by this decision (for Kubernetes Events)
+
+
+def decide(spec: ModelRolloutSpec, status: ModelRolloutStatus | None, observations: Observations,
+           now: datetime) -> Decision:
+    """Decide what to do next. `now` must be timezone-aware (UTC)."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return _Decider(spec, status or ModelRolloutStatus(), observations, now).run()
+
+
+def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation: int, now: datetime) -> Decision:
+    """What to do with a spec that does not parse (the API server normally refuses it first).
+
+    Nothing running: Failed, naming the field. A rollout in flight: hold everything as it is (no actions)
+    and say why, so a typo never strands traffic halfway through a half-understood change.
+    """
+    status = status or ModelRolloutStatus()
+    message = _sentence(f"Invalid spec: {error}")
+    entry = HistoryEntry(time=now, event="InvalidSpec", detail=str(error))
+    repeated = bool(status.history) and status.history[-1].event == "InvalidSpec" and \
+        status.history[-1].detail == str(error)
+    history = status.history if repeated else (*status.history, entry)[-HISTORY_LIMIT:]
+    idle = status.phase is Phase.PENDING or status.phase in TERMINAL_PHASES
+    if not idle:
+        message = _sentence(f"Holding {status.phase} unchanged: invalid spec: {error}")
+    condition = Condition(type=ConditionType.READY, status=ConditionStatus.FALSE, reason="InvalidSpec",
+                          message=message, last_transition_time=now.replace(microsecond=0),
+                          observed_generation=generation)
+    old = status.condition(ConditionType.READY)
+    if old is not None and old.status is ConditionStatus.FALSE:
+        condition = dataclasses.replace(condition, last_transition_time=old.last_transition_time)
+    conditions = tuple(item if item.type != ConditionType.READY else condition for item in status.conditions)
+    if old is None:
+        conditions = (condition, *conditions)
+    new_status = dataclasses.replace(status, phase=Phase.FAILED if idle else status.phase, message=message,
+                                     observed_generation=generation, history=history, conditions=conditions,
+                                     completed_at=status.completed_at or (now if idle else None))
+    return Decision(actions=(), status=new_status, requeue_after=None, events=() if repeated else (entry,))
+
+
+class _Decider:
+    def __init__(self, spec: ModelRolloutSpec, status: ModelRolloutStatus, observations: Observations,
+                 now: datetime) -> None:
+        self.spec = spec
+        self.status = status
+        self.obs = observations
+        self.now = now
+        self.actions: list[Action] = []
+        self.new_history: list[HistoryEntry] = []
+        self.requeue: list[timedelta] = []  # "look again after": the soonest wins
+        self.polls = False  # asked to look again soon for an effect to show up (dropped while backing off)
+        self.errors: list[str] = []
+        self.failed_actions = {failure.action_id: failure.error for failure in observations.action_failures}
+        self.waiting = ""  # why the rollout is not moving, for the message
+        self.moved = False
+        self.judges_errored: set[str] = set()  # "gate" / "analysis": their error condition stays this round
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def run(self) -> Decision:
+        self._observe_generation()
+        self._observe_adapters()
+        self._record_action_failures()
+        self._follow_candidate_changes()
+        for command in self.obs.commands:
+            self._apply_command(command)
+        for _ in range(_MAX_TRANSITIONS):
+            self.moved = False
+            self.waiting = ""
+            self._handle_phase()
+            if not self.moved:
+                break
+        self._finish()
+        actions = tuple(self._ordered_actions())
+        return Decision(actions=actions, status=self.status, requeue_after=self._requeue_after(),
+                        events=tuple(self.new_history))
+
+    def _handle_phase(self) -> None:
+        phase = self.status.phase
+        if phase is Phase.PENDING:
+            self._pending()
+        elif phase is Phase.GATING:
+            self._gating()
+        elif phase is Phase.PROGRESSING:
+            self._steps()
+        elif phase is Phase.PAUSED:
+            pause = self.status.pause
+            if pause is not None and pause.reason is PauseReason.PAUSE_STEP:
+                self._steps()
+        elif phase is Phase.PROMOTING:
+            self._promoting()
+        elif phase is Phase.BAKING:
+            self._baking()
+        elif phase is Phase.ROLLING_BACK:
+            self._rolling_back()
+
+    # --- small state helpers -------------------------------------------------------------------------
+
+    def _update(self, **changes: Any) -> None:
+        self.status = dataclasses.replace(self.status, **changes)
+
+    def _move(self, phase: Phase, **changes: Any) -> None:
+        self._update(phase=phase, **changes)
+        self.moved = True
+
+    def _record(self, event: str, detail: str, actor: str = CONTROLLER_ACTOR,
+                command_id: str | None = None) -> None:
+        entry = HistoryEntry(time=self.now, event=event, detail=_one_line(detail), actor=actor,
+                             command_id=command_id)
+        self.new_history.append(entry)
+        self._update(history=(*self.status.history, entry)[-HISTORY_LIMIT:])
+
+    def _wait(self, why: str, poll: bool = False) -> None:
+        self.waiting = why
+        self.polls = self.polls or poll
+
+    def _error(self, message: str) -> None:
+        self.errors.append(message)
+
+    def _registry(self) -> RegistryObservation | None:
+        """The registry observation when it answered this time; None when it did not."""
+        registry = self.obs.registry
+        return registry if registry is not None and registry.error is None else None
+
+    def _target(self) -> TargetObservation | None:
+        target = self.obs.target
+        return target if target is not None and target.error is None else None
+
+    @property
+    def _attempt(self) -> int:
+        return self.status.attempt
+
+    @property
+    def _candidate(self) -> VersionRef:
+        candidate = self.status.candidate
+        assert candidate is not None  # every phase past resolution has one
+        return candidate
+
+    def _step_label(self, index: int | None = None) -> str:
+        index = self.status.current_step if index is None else index
+        total = len(self.spec.canary.steps)
+        return f"step {(index or 0) + 1}/{total}"
+
+    # --- the action ledger ---------------------------------------------------------------------------
+
+    def _ledger(self, action_id: str) -> ActionRecord | None:
+        return next((record for record in self.status.actions if record.id == action_id), None)
+
+    def _put_record(self, record: ActionRecord) -> None:
+        records = [item for item in self.status.actions if item.id != record.id]
+        records.append(record)
+        while len(records) > ACTION_LOG_LIMIT:
+            # Evict the oldest finished entry; a pending one is still needed for its deadline.
+            oldest = next((item for item in records if item.state is not ActionState.PENDING), records[0])
+            records.remove(oldest)
+        self._update(actions=tuple(records))
+
+    def _due_to_send(self, action_id: str, last_sent: datetime | None, failures: int = 0) -> bool:
+        """First time, after an operator restart, or once the resend (or failure backoff) time is up."""
+        if action_id in self.failed_actions:
+            return False  # it failed moments ago in this very reconcile: the backoff paces the retry
+        if last_sent is None or self.obs.resend_pending:
+            return True
+        wait = self._backoff(failures) if failures else RESEND_AFTER
+        if self.now - last_sent >= wait:
+            return True
+        self.requeue.append(last_sent + wait - self.now)
+        return False
+
+    def _request(self, action: Action, detail: str) -> None:
+        """Hand out an effect action unless it was confirmed already or was handed out moments ago."""
+        record = self._ledger(action.id)
+        if record is not None and record.state is ActionState.CONFIRMED:
+            return
+        if record is None or record.state is ActionState.ABANDONED:
+            record = ActionRecord(id=action.id, type=str(action.type), state=ActionState.PENDING,
+                                  issued_at=self.now, updated_at=self.now, detail=detail)
+            self._put_record(record)
+        if self._due_to_send(action.id, record.sent_at, record.attempts - 1):
+            self.actions.append(action)
+            self._put_record(dataclasses.replace(record, sent_at=self.now, updated_at=self.now))
+
+    def _measure(self, action: Action, last_sent: datetime | None) -> bool:
+        """Hand out a RunGate / RunAnalysis request; True when it was handed out now."""
+        if self._due_to_send(action.id, last_sent, self._error_rounds() if last_sent else 0):
+            self.actions.append(action)
+            return True
+        return False
+
+    def _confirm(self, action_id: str) -> None:
+        record = self._ledger(action_id)
+        if record is not None and record.state is not ActionState.CONFIRMED:
+            self._put_record(dataclasses.replace(record, state=ActionState.CONFIRMED, updated_at=self.now))
+
+    def _abandon_pending(self) -> None:
+        for record in self.status.actions:
+            if record.state is ActionState.PENDING:
+                self._put_record(dataclasses.replace(record, state=ActionState.ABANDONED, updated_at=self.now))
+
+    def _pending_since(self, action_id: str) -> datetime:
+        record = self._ledger(action_id)
+        return record.issued_at if record is not None else self.now
+
+    def _deadline_passed(self, since: datetime) -> bool:
+        return self.now - since > self.spec.progress_deadline
+
+    # --- observing -----------------------------------------------------------------------------------
+
+    def _observe_generation(self) -> None:
+        previous = self.status.observed_generation
+        generation = self.obs.generation
+        if previous is not None and previous != generation:
+            self._record("SpecChanged", f"generation {previous} -> {generation}")
+            if self.status.phase is Phase.FAILED:
+                # A fixed spec (e.g. the right target name) gets a fresh attempt without a command.
+                self._restart("spec changed after failure")
+        self._update(observed_generation=generation)
+
+    def _observe_adapters(self) -> None:
+        registry = self.obs.registry
+        if registry is not None:
+            if registry.error is not None:
+                self._set_condition(ConditionType.REGISTRY_AVAILABLE, ConditionStatus.FALSE,
+                                    f"Registry{registry.error.kind}", registry.error.message)
+                self._error(f"registry: {registry.error.message}")
+            else:
+                self._set_condition(ConditionType.REGISTRY_AVAILABLE, ConditionStatus.TRUE,
+                                    "RegistryReachable", "The model registry answered.")
+        target = self.obs.target
+        if target is None:
+            return
+        if target.error is not None:
+            self._set_condition(ConditionType.TARGET_READY, ConditionStatus.FALSE,
+                                f"Target{target.error.kind}", f"{self.spec.target.description}: "
+                                f"{target.error.message}")
+            self._error(f"target: {target.error.message}")
+            return
+        candidate = self.status.candidate
+        staged = candidate is not None and target.canary_version == candidate.version
+        if not target.ready:
+            self._set_condition(ConditionType.TARGET_READY, ConditionStatus.FALSE, "TargetNotReady",
+                                target.detail or f"{self.spec.target.description} is not ready.")
+        elif staged and not target.canary_ready:
+            self._set_condition(ConditionType.TARGET_READY, ConditionStatus.FALSE, "CandidateNotReady",
+                                target.detail or f"Candidate {target.canary_version} is not ready.")
+        else:
+            self._set_condition(ConditionType.TARGET_READY, ConditionStatus.TRUE, "TargetReady",
+                                f"{self.spec.target.description} is ready.")
+        self._update(canary_weight=self._observed_candidate_weight(target))
+
+    def _observed_candidate_weight(self, target: TargetObservation) -> int:
+        candidate = self.status.candidate
+        if candidate is None:
+            return 0
+        if target.stable_version == candidate.version and not target.canary_weight:
+            return 100
+        if target.canary_version == candidate.version:
+            return target.canary_weight or 0
+        return 0
+
+    def _record_action_failures(self) -> None:
+        for action_id, error in self.failed_actions.items():
+            record = self._ledger(action_id)
+            if record is not None:
+                self._put_record(dataclasses.replace(record, attempts=record.attempts + 1,
+                                                     last_error=_describe_error(error), updated_at=self.now))
+                registry_side = record.type in ("SetAlias", "TagRejected")
+                condition = ConditionType.REGISTRY_AVAILABLE if registry_side else ConditionType.TARGET_READY
+                prefix = "Registry" if registry_side else "Target"
+                self._set_condition(condition, ConditionStatus.FALSE, f"{prefix}{error.kind}",
+                                    f"{record.type} {record.detail} failed: {error.message}")
+            self._error(f"{action_id}: {error.message}")
+
+    # --- candidate changes and restarts --------------------------------------------------------------
+
+    def _wanted_candidate(self) -> str | None:
+        if self.spec.model.version is not None:
+            return self.spec.model.version
+        registry = self._registry()
+        if registry is not None and registry.candidate is not None:
+            return registry.candidate.version
+        return None  # alias not resolvable now: keep going with what we have
+
+    def _follow_candidate_changes(self) -> None:
+        current = self.status.candidate
+        wanted = self._wanted_candidate()
+        if current is None or wanted is None or wanted == current.version:
+            return
+        detail = f"candidate {wanted} replaces {current.version} (generation {self.obs.generation})"
+        phase = self.status.phase
+        if phase in TERMINAL_PHASES or phase is Phase.PENDING:
+            # Nothing carries traffic for the old candidate: a staged one is replaced by the new staging.
+            self._record("NewCandidate", detail)
+            self._restart(detail)
+        elif phase is Phase.ROLLING_BACK:
+            rollback = self.status.rollback
+            if rollback is not None and not rollback.restart:
+                self._record("NewCandidate", f"{detail}; starting over once the rollback completes")
+                self._update(rollback=dataclasses.replace(rollback, restart=True))
+        else:
+            self._record("NewCandidate", f"{detail}; rolling {current.version} back first")
+            self._start_rollback(RollbackCause.SUPERSEDED, f"superseded by version {wanted}",
+                                 reject_candidate=False, restart=True)
+
+    def _restart(self, why: str) -> None:
+        """Forget the attempt; the next resolution starts a new one (new attempt number, new action ids)."""
+        self._abandon_pending()
+        self._move(Phase.PENDING, candidate=None, stable=None, current_step=None, gate=None, analysis=None,
+                   pause=None, promotion=None, rollback=None, started_at=None, completed_at=None)
+        for condition in (ConditionType.GATE_PASSED, ConditionType.ANALYSIS_HEALTHY):
+            self._set_condition(condition, ConditionStatus.UNKNOWN, "NewAttempt", f"Starting over: {why}.")
+
+    # --- commands ------------------------------------------------------------------------------------
+
+    def _apply_command(self, command: Command) -> None:
+        if command.id in self.status.handled_commands:
+            return
+        self._update(handled_commands=(*self.status.handled_commands, command.id)[-HANDLED_COMMANDS_LIMIT:])
+        refusal = self._run_command(command)
+        if refusal is not None:
+            self._record("CommandIgnored", f"{command.label}: {refusal}", actor=command.actor,
+                         command_id=command.id)
+
+    def _run_command(self, command: Command) -> str | None:
+        """Carry out a command; return why it was refused, or None."""
+        phase = self.status.phase
+        pause = self.status.pause
+        label = command.label
+        if command.action in (CommandAction.ABORT, CommandAction.ROLLBACK):
+            if phase is Phase.ROLLING_BACK:
+                return "already rolling back"
+            if phase in (Phase.ROLLED_BACK, Phase.FAILED):
+                return f"nothing to roll back in phase {phase}"
+            if phase is Phase.SUCCEEDED and command.action is CommandAction.ABORT:
+                return "the rollout is finished; use rollback to return to the previous version"
+            if phase is Phase.SUCCEEDED and (self.status.stable is None or self.status.promotion is None):
+                return "there is no previous version to return to"
+            if phase is Phase.PENDING and self.status.candidate is None:
+                self._record("Aborted", f"{label} before the candidate was resolved", actor=command.actor,
+                             command_id=command.id)
+                self._update(completed_at=self.now)
+                self._move(Phase.ROLLED_BACK)
+                return None
+            cause = RollbackCause.ABORTED if command.action is CommandAction.ABORT else RollbackCause.ROLLBACK_REQUESTED
+            verb = "aborted" if command.action is CommandAction.ABORT else "rollback requested"
+            self._record("CommandApplied", label, actor=command.actor, command_id=command.id)
+            self._start_rollback(cause, f"{verb} by {command.actor}", actor=command.actor)
+            return None
+        if command.action is CommandAction.PROMOTE:
+            return self._promote_command(command, pause)
+        return self._retry_command(command, pause)
+
+    def _promote_command(self, command: Command, pause: PauseStatus | None) -> str | None:
+        phase = self.status.phase
+        step = self._current_step()
+        if phase is Phase.BAKING or (pause is not None and pause.reason in (PauseReason.BAKE_FAILED,
+                                                                          PauseReason.BAKE_INCONCLUSIVE)):
+            self._record("CommandApplied", f"{command.label}: bake ended early", actor=command.actor,
+                         command_id=command.id)
+            self._succeed(f"bake ended early by {command.actor}")
+            return None
+        if phase is Phase.PAUSED and pause is not None:
+            if pause.reason is PauseReason.PROGRESS_DEADLINE_EXCEEDED:
+                return "the target did not take the last change; use retry to try it again or rollback"
+            if pause.reason in (PauseReason.GATE_FAILED, PauseReason.GATE_INCONCLUSIVE):
+                gate = self.status.gate or GateStatus()
+                self._update(gate=dataclasses.replace(gate, overridden_by=command.actor))
+                self._record("GateOverridden", f"{command.label}: going on despite the gate ({pause.detail})",
+                             actor=command.actor, command_id=command.id)
+                self._update(pause=None)
+                if command.full:
+                    self._start_promotion(command.actor)
+                else:
+                    self._enter_steps()
+                return None
+        if phase in (Phase.PROGRESSING, Phase.PAUSED):
+            if command.full:
+                self._record("CommandApplied", f"{command.label}: skipping the remaining steps",
+                             actor=command.actor, command_id=command.id)
+                self._update(pause=None)
+                self._start_promotion(command.actor)
+                return None
+            if isinstance(step, SetWeightStep) and phase is Phase.PROGRESSING:
+                return f"{self._step_label()} is setting the weight; promote skips analysis and pause steps"
+            self._record("CommandApplied", f"{command.label}: {self._step_label()} skipped",
+                         actor=command.actor, command_id=command.id)
+            self._update(pause=None)
+            self._advance_step()
+            return None
+        return f"nothing to promote in phase {phase}"
+
+    def _retry_command(self, command: Command, pause: PauseStatus | None) -> str | None:
+        phase = self.status.phase
+        if phase in (Phase.ROLLED_BACK, Phase.FAILED):
+            self._record("CommandApplied", f"{command.label}: starting a new attempt", actor=command.actor,
+                         command_id=command.id)
+            self._restart(f"retry by {command.actor}")
+            return None
+        if phase is not Phase.PAUSED or pause is None or pause.reason is PauseReason.PAUSE_STEP:
+            return f"nothing to retry in phase {phase}"
+        self._record("CommandApplied", f"{command.label}: {pause.reason} retried", actor=command.actor,
+                     command_id=command.id)
+        self._update(pause=None)
+        if pause.reason in (PauseReason.GATE_FAILED, PauseReason.GATE_INCONCLUSIVE):
+            self._enter_gate()
+        elif pause.reason in (PauseReason.ANALYSIS_FAILED, PauseReason.ANALYSIS_INCONCLUSIVE):
+            self._move(Phase.PROGRESSING, analysis=None)
+        elif pause.reason in (PauseReason.BAKE_FAILED, PauseReason.BAKE_INCONCLUSIVE):
+            self._move(Phase.BAKING, analysis=None)
+        else:  # the target missed the deadline: give the same pending action a fresh deadline
+            for record in self.status.actions:
+                if record.state is ActionState.PENDING:
+                    self._put_record(dataclasses.replace(record, issued_at=self.now, updated_at=self.now,
+                                                         sent_at=None))
+            self._move(pause.resume_phase or Phase.PROGRESSING)
+        return None
+
+    # --- Pending: resolve, then stage at 0% ----------------------------------------------------------
+
+    def _pending(self) -> None:
+        if self.status.candidate is None:
+            self._resolve()
+            return
+        self._stage()
+
+    def _resolve(self) -> None:
+        model = self.spec.model
+        registry = self._registry()
+        if registry is None:
+            why = self.obs.registry.error.message if self.obs.registry and self.obs.registry.error else "no answer"
+            self._wait(f"Waiting for the registry to resolve {model.name} {model.candidate_ref} ({why})")
+            return
+        if registry.candidate is None:
+            self._fail(f"{model.name} {model.candidate_ref} does not exist in the registry")
+            return
+        candidate = _version_ref(registry.candidate)
+        stable = None if registry.stable_alias_version is None else _version_ref(registry.stable_alias_version)
+        if stable is not None and stable.version == candidate.version:
+            self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now)
+            self._record("AlreadyStable", f"version {candidate.version} is already @{model.stable_alias}")
+            self._succeed(f"version {candidate.version} already serves as @{model.stable_alias}")
+            return
+        self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now,
+                     current_step=None, completed_at=None)
+        against = f"stable {stable.version} (@{model.stable_alias})" if stable else (
+            f"no stable version (@{model.stable_alias} is not set)")
+        self._record("Resolved", f"attempt {self._attempt}: candidate {candidate.version} "
+                                 f"(run {candidate.run_id or 'unknown'}) against {against}")
+        rejected = registry.candidate.tags.get(REJECTED_TAG)
+        if rejected:
+            self._record("PreviouslyRejected", f"version {candidate.version} carries {REJECTED_TAG}: {rejected}")
+        self.moved = True
+
+    def _stage_id(self) -> str:
+        return f"{self._attempt}:stage:{self._candidate.version}"
+
+    def _stage(self) -> None:
+        candidate = self._candidate
+        started = self.status.started_at or self.now
+        target_label = self.spec.target.description
+        target = self.obs.target
+        staging_started = self._ledger(self._stage_id()) is not None
+        if target is None or target.error is not None:
+            why = target.error.message if target is not None and target.error else "not observed yet"
+            if self._deadline_passed(started):
+                reason = (f"{target_label} unavailable for longer than progressDeadline "
+                          f"{format_duration(self.spec.progress_deadline)}: {why}")
+                if staging_started:  # whatever was staged must come off once the target answers
+                    self._start_rollback(RollbackCause.CANDIDATE_NOT_READY, reason, reject_candidate=False,
+                                         final_phase=Phase.FAILED)
+                else:
+                    self._fail(reason)
+            else:
+                self._wait(f"Waiting for {target_label} ({why})", poll=target is None)
+            return
+        if (target.canary_version == candidate.version and target.canary_ready
+                and not target.canary_weight):
+            self._confirm(self._stage_id())
+            self._record("CandidateStaged", f"candidate {candidate.version} ready on {target_label} at 0%")
+            self._enter_gate()
+            return
+        if self._deadline_passed(started):
+            what = (f"candidate {candidate.version} did not become ready on {target_label}"
+                    if target.ready else f"{target_label} is not ready")
+            reason = (f"{what} within progressDeadline {format_duration(self.spec.progress_deadline)}"
+                      + (f": {target.detail}" if target.detail else ""))
+            if staging_started or target.canary_version == candidate.version:
+                self._start_rollback(RollbackCause.CANDIDATE_NOT_READY, reason, reject_candidate=False,
+                                     final_phase=Phase.FAILED)
+            else:
+                self._fail(reason)
+            return
+        if not target.ready:
+            self._wait(f"Waiting for {target_label} to be ready before staging candidate {candidate.version}",
+                       poll=True)
+            return
+        if self._registry() is None:
+            self._wait("Holding traffic unchanged until the registry answers")
+            return
+        self._request(StageCandidate(id=self._stage_id(), candidate=candidate), f"version {candidate.version}")
+        self._wait(f"Staging candidate {candidate.version} on {target_label} at 0% traffic and waiting "
+                   f"for it to become ready", poll=True)
+
+    # --- Gating --------------------------------------------------------------------------------------
+
+    def _next_judge_request(self, kind: str) -> str:
+        number = self.status.judge_requests + 1
+        self._update(judge_requests=number)
+        return f"{self._attempt}:{kind}-{number}"
+
+    def _enter_gate(self) -> None:
+        dataset = self.spec.golden_dataset
+        if dataset is None:
+            self._update(gate=GateStatus(skipped=True, reason="no goldenDataset in spec"))
+            self._record("GateSkipped", "no goldenDataset in spec")
+            self._enter_steps()
+            return
+        request_id = self._next_judge_request("gate")
+        self._move(Phase.GATING, gate=GateStatus(request_id=request_id, started_at=self.now,
+                                                 dataset_sha256=dataset.sha256))
+
+    def _gating(self) -> None:
+        gate = self.status.gate
+        dataset = self.spec.golden_dataset
+        if gate is None or gate.request_id is None or dataset is None:
+            self._enter_gate()  # spec changed under us (dataset added or removed): start the gate over
+            return
+        result = self.obs.gate if self.obs.gate and self.obs.gate.request_id == gate.request_id else None
+        if result is not None and result.error is not None:
+            self._error(f"gate: {result.error.message}")
+            self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.UNKNOWN, "GateError",
+                                result.error.message)
+            self.judges_errored.add("gate")
+            self._wait(f"The golden gate could not run ({result.error.message}); retrying")
+            return
+        if result is None:
+            stable = self.status.stable
+            if self._measure(RunGate(id=gate.request_id, candidate=self._candidate, stable=stable, dataset=dataset),
+                             gate.requested_at):
+                self._update(gate=dataclasses.replace(gate, requested_at=self.now))
+            against = f"against stable {stable.version}" if stable else "alone (no stable version)"
+            self._wait(f"Running the golden gate (sha256 {dataset.sha256[:12]}) on candidate "
+                       f"{self._candidate.version} {against}", poll=True)
+            return
+        verdicts = tuple(_clean_verdict(item) for item in result.verdicts)
+        outcome = combine(list(verdicts))
+        decisive = _first(verdicts, outcome)
+        reason = f"golden gate {decisive.name}: {decisive.reason}" if decisive else "golden gate gave no verdicts"
+        self._update(gate=dataclasses.replace(gate, completed_at=self.now, outcome=outcome, reason=reason,
+                                              verdicts=verdicts,
+                                              dataset_sha256=result.dataset_sha256 or gate.dataset_sha256))
+        if outcome is Outcome.PASS:
+            self._record("GatePassed", f"{len(verdicts)} checks passed on dataset {dataset.sha256[:12]}")
+            self._enter_steps()
+        elif outcome is Outcome.FAIL:
+            self._record("GateFailed", reason)
+            self._failure(RollbackCause.GATE_FAILED, reason, _evidence(verdicts, outcome))
+        else:
+            self._record("GateInconclusive", reason)
+            self._inconclusive(RollbackCause.GATE_INCONCLUSIVE, reason, _evidence(verdicts, outcome))
+
+    # --- canary steps --------------------------------------------------------------------------------
+
+    def _enter_steps(self) -> None:
+        if self.status.stable is None:
+            # Nothing serves today, so there is nothing to compare a canary with or return to.
+            self._record("NoStableVersion", f"@{self.spec.model.stable_alias} is not set; promoting without "
+                                            "canary steps")
+            self._start_promotion(CONTROLLER_ACTOR)
+            return
+        self._move(Phase.PROGRESSING, current_step=0, pause=None, analysis=None)
+
+    def _current_step(self) -> SetWeightStep | AnalysisStep | PauseStep | None:
+        index = self.status.current_step
+        steps = self.spec.canary.steps
+        if index is None or index >= len(steps):
+            return None
+        return steps[index]
+
+    def _advance_step(self) -> None:
+        index = (self.status.current_step or 0) + 1
+        self._move(Phase.PROGRESSING, current_step=index, pause=None)
+
+    def _weight_id(self, index: int, weight: int) -> str:
+        return f"{self._attempt}:step-{index}:weight-{weight}"
+
+    def _steps(self) -> None:
+        index = self.status.current_step
+        if index is None:
+            self._move(Phase.PROGRESSING, current_step=0)
+            return
+        step = self._current_step()
+        if step is None:
+            self._record("StepsCompleted", f"all {len(self.spec.canary.steps)} steps done")
+            self._start_promotion(CONTROLLER_ACTOR)
+        elif isinstance(step, SetWeightStep):
+            self._set_weight_step(index, step.weight)
+        elif isinstance(step, AnalysisStep):
+            self._analysis_step(index, step)
+        else:
+            self._pause_step(index, step)
+
+    def _set_weight_step(self, index: int, weight: int) -> None:
+        candidate = self._candidate
+        action_id = self._weight_id(index, weight)
+        target = self._target()
+        if target is not None and target.canary_version == candidate.version and target.canary_weight == weight:
+            self._confirm(action_id)
+            self._record("WeightSet", f"{self._step_label(index)}: candidate {candidate.version} at {weight}%")
+            self._advance_step()
+            return
+        if self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):
+            observed = "unknown" if target is None else f"{target.canary_weight}%"
+            reason = (f"the target did not take weight {weight}% within progressDeadline "
+                      f"{format_duration(self.spec.progress_deadline)} (observed {observed}), "
+                      f"at {self._step_label(index)}")
+            self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, reason, {"step": index, "weight": weight})
+            return
+        if self.obs.target is not None and self.obs.target.error is not None:
+            self._wait(f"Holding {self._step_label(index)} until {self.spec.target.description} answers")
+            return
+        if self._registry() is None:
+            self._wait(f"Holding {self._step_label(index)} at the current weight until the registry answers")
+            return
+        self._request(SetCanaryWeight(id=action_id, candidate_version=candidate.version, weight=weight),
+                      f"weight {weight}%")
+        self._wait(f"{self._step_label(index).capitalize()}: setting candidate {candidate.version} to "
+                   f"{weight}% of traffic", poll=True)
+
+    def _analysis_step(self, index: int, step: AnalysisStep) -> None:
+        analysis = self.status.analysis
+        if analysis is None or analysis.mode is not AnalysisMode.CANARY or analysis.step_index != index \
+                or analysis.ends_at is None:
+            self._update(analysis=AnalysisStatus(mode=AnalysisMode.CANARY, window_start=self.now,
+                                                 step_index=index, ends_at=self.now + step.duration))
+            self._record("AnalysisStarted", f"{self._step_label(index)}: judging for "
+                                            f"{format_duration(step.duration)} at {self.status.canary_weight}%")
+        outcome = self._judge()
+        if outcome is Outcome.FAIL:
+            self._judged_failure(RollbackCause.ANALYSIS_FAILED)
+        elif outcome is Outcome.PASS:
+            self._record("AnalysisPassed", f"{self._step_label(index)}: {self._analysis_summary()}")
+            self._advance_step()
+        elif outcome is Outcome.INCONCLUSIVE:
+            self._inconclusive(RollbackCause.ANALYSIS_INCONCLUSIVE, self._analysis_reason(Outcome.INCONCLUSIVE),
+                               self._analysis_evidence())
+
+    def _pause_step(self, index: int, step: PauseStep) -> None:
+        pause = self.status.pause
+        if self.status.phase is not Phase.PAUSED or pause is None or pause.reason is not PauseReason.PAUSE_STEP:
+            until = None if step.duration is None else self.now + step.duration
+            pause = PauseStatus(reason=PauseReason.PAUSE_STEP, since=self.now, until=until,
+                                detail=self._step_label(index))
+            self._update(phase=Phase.PAUSED, pause=pause)
+            how_long = "until promoted" if until is None else f"for {format_duration(step.duration or timedelta())}"
+            self._record("Paused", f"{self._step_label(index)}: holding at {self.status.canary_weight}% {how_long}")
+        if pause.until is not None and self.now >= pause.until:
+            self._record("PauseEnded", f"{self._step_label(index)}: pause over")
+            self._advance_step()
+            return
+        # A model waiting for a human at N% is still watched: a failure rolls back, the rest is noted.
+        if self.spec.analysis.metrics and (self.status.canary_weight or 0) > 0:
+            analysis = self.status.analysis
+            if analysis is None or analysis.step_index != index or analysis.mode is not AnalysisMode.CANARY:
+                self._update(analysis=AnalysisStatus(mode=AnalysisMode.CANARY, window_start=self.now,
+                                                     step_index=index))
+            if self._judge() is Outcome.FAIL:
+                self._judged_failure(RollbackCause.ANALYSIS_FAILED)
+                return
+        if pause.until is not None:
+            self.requeue.append(pause.until - self.now)
+
+    # --- judging (analysis steps, pause steps, bake) -------------------------------------------------
+
+    def _judge(self) -> Outcome | None:
+        """Run the judges every interval; return FAIL at once, or the final outcome when time is up."""
+        analysis = self.status.analysis
+        assert analysis is not None
+        interval = self.spec.analysis.interval
+        result = self.obs.analysis
+        if result is not None and analysis.request_id is not None and result.request_id == analysis.request_id:
+            if result.error is not None:
+                self._error(f"analysis: {result.error.message}")
+                self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "AnalysisError",
+                                    result.error.message)
+                self.judges_errored.add("analysis")
+                self._wait(f"The analysis judges could not run ({result.error.message}); retrying")
+                return None
+            verdicts = tuple(_clean_verdict(item) for item in result.verdicts)
+            outcome = combine(list(verdicts))
+            merged = {item.name: item for item in analysis.metrics}
+            merged.update({item.name: item for item in verdicts})
+            decisive = _first(verdicts, outcome)
+            analysis = dataclasses.replace(
+                analysis, runs=analysis.runs + 1, request_id=None, requested_at=None, last_run_at=self.now,
+                outcome=outcome, metrics=tuple(merged.values()),
+                reason=f"{decisive.name} {decisive.reason}" if decisive else "no verdicts")
+            self._update(analysis=analysis)
+            if outcome is Outcome.FAIL:
+                return Outcome.FAIL
+        ends_at = analysis.ends_at
+        time_up = ends_at is not None and self.now >= ends_at
+        if time_up and analysis.request_id is None and analysis.runs > 0:
+            return analysis.outcome or Outcome.INCONCLUSIVE
+        if analysis.request_id is None:
+            due_at = (analysis.last_run_at or analysis.window_start) + interval
+            if self.now >= due_at or time_up:
+                analysis = dataclasses.replace(analysis, request_id=self._next_judge_request("analysis"),
+                                               requested_at=None)
+                self._update(analysis=analysis)
+            else:
+                self.requeue.append(due_at - self.now)
+                if ends_at is not None:
+                    self.requeue.append(ends_at - self.now)
+        if analysis.request_id is not None and not self._judge_errored(analysis.request_id):
+            if self._measure(self._run_analysis(analysis), analysis.requested_at):
+                self._update(analysis=dataclasses.replace(analysis, requested_at=self.now))
+            self.polls = True
+        return None
+
+    def _judge_errored(self, request_id: str) -> bool:
+        result = self.obs.analysis
+        return result is not None and result.request_id == request_id and result.error is not None
+
+    def _run_analysis(self, analysis: AnalysisStatus) -> RunAnalysis:
+        assert analysis.request_id is not None
+        stable = self.status.stable
+        bake = self.spec.bake
+        is_bake = analysis.mode is AnalysisMode.BAKE
+        return RunAnalysis(
+            id=analysis.request_id, mode=analysis.mode, candidate_version=self._candidate.version,
+            baseline_version=stable.version if stable else None,
+            canary_weight=100 if is_bake else (self.status.canary_weight or 0),
+            window_start=analysis.window_start, step_index=analysis.step_index,
+            baseline_window=bake.baseline if is_bake and bake else None,
+            metrics=tuple(metric.name for metric in self.spec.analysis.metrics))
+
+    def _analysis_summary(self) -> str:
+        analysis = self.status.analysis
+        if analysis is None:
+            return "no analysis"
+        last = analysis.outcome or "none"
+        return f"{analysis.runs} runs, last {last}" + (f" ({analysis.reason})" if analysis.reason else "")
+
+    def _analysis_reason(self, outcome: Outcome) -> str:
+        analysis = self.status.analysis
+        assert analysis is not None
+        decisive = _first(analysis.metrics, outcome)
+        what = f"{decisive.name} {decisive.reason}" if decisive else "no verdicts"
+        if analysis.mode is AnalysisMode.BAKE:
+            elapsed = format_duration(_whole_seconds(self.now - analysis.window_start))
+            return f"{what}, during bake ({elapsed} after promotion)"
+        if outcome is Outcome.INCONCLUSIVE:
+            what = f"not enough evidence after {analysis.runs} runs ({what})"
+        return f"{what}, at {self._step_label(analysis.step_index)} ({self.status.canary_weight}%)"
+
+    def _analysis_evidence(self) -> dict[str, Any]:
+        analysis = self.status.analysis
+        assert analysis is not None
+        return {**_evidence(analysis.metrics, analysis.outcome), "step": analysis.step_index,
+                "weight": self.status.canary_weight, "mode": str(analysis.mode)}
+
+    def _judged_failure(self, cause: RollbackCause) -> None:
+        reason = self._analysis_reason(Outcome.FAIL)
+        self._record(str(cause), reason)
+        self._failure(cause, reason, self._analysis_evidence())
+
+    # --- failures ------------------------------------------------------------------------------------
+
+    def _failure(self, cause: RollbackCause, reason: str, evidence: dict[str, Any]) -> None:
+        """A failing verdict or a missed deadline: roll back, or wait for a human when that is the rule."""
+        if self.spec.rollback.automatic:
+            self._start_rollback(cause, reason, evidence=evidence)
+            return
+        resume = self.status.phase if self.status.phase is not Phase.PAUSED else None
+        self._move(Phase.PAUSED, pause=PauseStatus(reason=_FAILURE_PAUSE[cause], since=self.now, detail=reason,
+                                                   resume_phase=resume))
+        self._record("AwaitingDecision", f"{reason}; automatic rollback is off")
+
+    def _inconclusive(self, cause: RollbackCause, reason: str, evidence: dict[str, Any]) -> None:
+        if self.spec.analysis.on_inconclusive is OnInconclusive.ROLLBACK:
+            self._failure(cause, reason, evidence)
+            return
+        resume = self.status.phase if self.status.phase is not Phase.PAUSED else None
+        self._move(Phase.PAUSED, pause=PauseStatus(reason=_INCONCLUSIVE_PAUSE[cause], since=self.now,
+                                                   detail=reason, resume_phase=resume))
+        self._record("AwaitingDecision", f"{reason}; onInconclusive is pause")
+
+    def _fail(self, reason: str) -> None:
+        """Fail with nothing applied (nothing to undo)."""
+        self._abandon_pending()
+        self._record("Failed", reason)
+        self._move(Phase.FAILED, completed_at=self.now, pause=None)
+
+    # --- rollback ------------------------------------------------------------------------------------
+
+    def _start_rollback(self, cause: RollbackCause, reason: str, *, actor: str = CONTROLLER_ACTOR,
+                        reject_candidate: bool = True, final_phase: Phase = Phase.ROLLED_BACK,
+                        restart: bool = False, evidence: dict[str, Any] | None = None) -> None:
+        self._abandon_pending()
+        after_promotion = self.status.promotion is not None
+        rollback = RollbackStatus(
+            cause=cause, reason=_one_line(reason), verdict_at=self.now, actor=actor,
+            from_step=self.status.current_step, from_weight=self.status.canary_weight,
+            after_promotion=after_promotion,
+            reject_candidate=reject_candidate and self.status.candidate is not None,
+            final_phase=final_phase, restart=restart,
+            evidence=to_json({"cause": str(cause), "reason": reason, **(evidence or {})}))
+        self._record("RollbackStarted", f"{cause}: {reason}", actor=actor)
+        self._move(Phase.ROLLING_BACK, rollback=rollback, pause=None)
+
+    def _rollback_id(self, part: str) -> str:
+        return f"{self._attempt}:rollback:{part}"
+
+    def _rolling_back(self) -> None:
+        rollback = self.status.rollback
+        if rollback is None:  # cannot happen through decide; tolerate a hand-edited status
+            self._start_rollback(RollbackCause.ROLLBACK_REQUESTED, "status said RollingBack without a cause")
+            return
+        rollback = self._rollback_traffic(rollback)
+        rollback = self._rollback_alias(rollback)
+        rollback = self._rollback_tag(rollback)
+        if rollback.recovered_at is None and rollback.traffic_confirmed_at and rollback.alias_confirmed_at:
+            seconds = round((self.now - rollback.verdict_at).total_seconds(), 3)
+            rollback = dataclasses.replace(rollback, recovered_at=self.now, time_to_recover_seconds=seconds)
+            stable = self.status.stable
+            self._record("Recovered", f"traffic back on {'stable ' + stable.version if stable else 'stable'} "
+                                      f"and alias verified {seconds}s after the decision")
+        self._update(rollback=rollback)
+        done = rollback.recovered_at is not None and (rollback.tag_confirmed_at or not rollback.reject_candidate)
+        if not done:
+            self.polls = True
+            return
+        if rollback.restart:
+            self._record("RolledBackForNewCandidate", rollback.reason)
+            self._restart(rollback.reason)
+            return
+        self._record(str(rollback.final_phase), rollback.reason)
+        self._move(rollback.final_phase, completed_at=self.now)
+
+    def _rollback_traffic(self, rollback: RollbackStatus) -> RollbackStatus:
+        if rollback.traffic_confirmed_at is not None:
+            return rollback
+        candidate = self.status.candidate
+        stable = self.status.stable
+        target = self._target()
+        observed = self.obs.target
+        if observed is not None and observed.error is not None and observed.error.kind is AdapterErrorKind.NOT_FOUND:
+            # The serving object is gone, so no user reaches the candidate through it.
+            self._record("TrafficRestored", f"{self.spec.target.description} no longer exists")
+            return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
+        action: Action
+        if rollback.cause is RollbackCause.CANDIDATE_NOT_READY and candidate is not None:
+            action = UnstageCandidate(id=self._rollback_id("unstage"), candidate_version=candidate.version)
+            done = target is not None and target.canary_version != candidate.version
+            detail = f"unstage {candidate.version}"
+        elif rollback.after_promotion and stable is not None:
+            action = RestoreStable(id=self._rollback_id("restore"), stable=stable)
+            done = target is not None and target.stable_version == stable.version and not target.canary_weight
+            detail = f"version {stable.version} to 100%"
+        else:
+            action = SetCanaryWeight(id=self._rollback_id("traffic"),
+                                     candidate_version=candidate.version if candidate else "", weight=0)
+            detail = "weight 0%"
+            never_staged = self._ledger(self._stage_id()) is None if candidate is not None else True
+            # Target unobservable (e.g. missing): nothing to undo only if the candidate was never staged.
+            done = never_staged if target is None else not target.canary_weight
+        if done:
+            self._confirm(action.id)
+            self._record("TrafficRestored", f"{detail} observed on {self.spec.target.description}")
+            return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
+        # Back to safety at once: this needs the target only, never the registry.
+        self._request(action, detail)
+        return rollback
+
+    def _rollback_alias(self, rollback: RollbackStatus) -> RollbackStatus:
+        if rollback.alias_confirmed_at is not None:
+            return rollback
+        stable = self.status.stable
+        alias = self.spec.model.stable_alias
+        registry = self._registry()
+        if stable is None:
+            return dataclasses.replace(rollback, alias_confirmed_at=self.now)  # no alias to keep
+        if registry is None:
+            return rollback
+        action = SetAlias(id=self._rollback_id("alias"), alias=alias, version=stable.version)
+        current = registry.stable_alias_version
+        if current is not None and current.version == stable.version:
+            self._confirm(action.id)
+            if self._ledger(action.id) is not None:
+                self._record("AliasRestored", f"@{alias} -> version {stable.version}")
+            return dataclasses.replace(rollback, alias_confirmed_at=self.now)
+        self._request(action, f"@{alias} -> {stable.version}")
+        return rollback
+
+    def _rollback_tag(self, rollback: RollbackStatus) -> RollbackStatus:
+        if not rollback.reject_candidate or rollback.tag_confirmed_at is not None:
+            return rollback
+        candidate = self._candidate
+        registry = self._registry()
+        if registry is None:
+            return rollback
+        action = TagRejected(id=self._rollback_id("tag"), version=candidate.version, reason=rollback.reason,
+                             evidence=rollback.evidence, rejected_at=rollback.verdict_at, actor=rollback.actor)
+        observed = registry.candidate
+        if observed is not None and observed.version == candidate.version:
+            tagged = REJECTED_TAG in observed.tags
+        else:
+            # The spec now names another version, so this one's tags are not observed: count the tag as
+            # set once it was asked for in an earlier reconcile and no failure came back.
+            tagged = self._ledger(action.id) is not None and action.id not in self.failed_actions
+        if tagged:
+            self._confirm(action.id)
+            self._record("CandidateRejected", f"version {candidate.version} tagged {REJECTED_TAG}")
+            return dataclasses.replace(rollback, tag_confirmed_at=self.now)
+        self._request(action, f"version {candidate.version}")
+        return rollback
+
+    # --- promotion and bake --------------------------------------------------------------------------
+
+    def _start_promotion(self, actor: str) -> None:
+        stable = self.status.stable
+        self._move(Phase.PROMOTING, pause=None, promotion=PromotionStatus(
+            started_at=self.now, previous_version=stable.version if stable else None, actor=actor))
+        self._record("PromotionStarted", f"candidate {self._candidate.version} to all traffic"
+                                         + (f", previous version {stable.version}" if stable else ""),
+                     actor=actor)
+
+    def _promoting(self) -> None:
+        promotion = self.status.promotion
+        if promotion is None:
+            self._start_promotion(CONTROLLER_ACTOR)
+            return
+        candidate = self._candidate
+        alias = self.spec.model.stable_alias
+        target = self._target()
+        if promotion.target_confirmed_at is None:
+            action_id = f"{self._attempt}:promote:target"
+            if target is not None and target.stable_version == candidate.version and target.canary_version is None:
+                self._confirm(action_id)
+                self._record("TrafficPromoted", f"candidate {candidate.version} serves all traffic")
+                promotion = dataclasses.replace(promotion, target_confirmed_at=self.now)
+                self._update(promotion=promotion, canary_weight=100)
+            elif self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):
+                self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
+                              f"the target did not take the promotion of {candidate.version} within "
+                              f"progressDeadline {format_duration(self.spec.progress_deadline)}", {})
+                return
+            elif target is None:
+                self._wait(f"Holding the promotion until {self.spec.target.description} answers")
+                return
+            elif self._registry() is None:
+                self._wait("Holding the promotion until the registry answers")
+                return
+            elif self._ledger(action_id) is None and not (target.canary_version == candidate.version
+                                                          and target.canary_ready):
+                # The staged candidate vanished (e.g. a sync reapplied the target's spec): never send an
+                # unverified revision all traffic in one go.
+                reason = (f"candidate {candidate.version} is no longer staged and ready on "
+                          f"{self.spec.target.description}, so it cannot be promoted")
+                if self._deadline_passed(promotion.started_at):
+                    self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
+                                  f"{reason} (waited progressDeadline {format_duration(self.spec.progress_deadline)})",
+                                  {})
+                else:
+                    self._wait(f"Holding the promotion: {reason}", poll=True)
+                return
+            else:
+                self._request(PromoteCandidate(id=action_id, candidate=candidate), f"version {candidate.version}")
+                self._wait(f"Promoting candidate {candidate.version} to all traffic", poll=True)
+                return
+        registry = self._registry()
+        if registry is None:
+            self._wait(f"Waiting for the registry to move @{alias} to {candidate.version}")
+            return
+        action_id = f"{self._attempt}:promote:alias"
+        current = registry.stable_alias_version
+        if current is None or current.version != candidate.version:
+            self._request(SetAlias(id=action_id, alias=alias, version=candidate.version),
+                          f"@{alias} -> {candidate.version}")
+            self._wait(f"Moving @{alias} to version {candidate.version}", poll=True)
+            return
+        self._confirm(action_id)
+        self._record("AliasMoved", f"@{alias} -> version {candidate.version}"
+                                   + (f" (was {promotion.previous_version})" if promotion.previous_version else ""))
+        self._update(promotion=dataclasses.replace(promotion, alias_confirmed_at=self.now))
+        if self.spec.bake is not None and self.status.stable is not None:
+            self._move(Phase.BAKING, analysis=None)
+        else:
+            self._succeed("promoted")
+
+    def _baking(self) -> None:
+        bake = self.spec.bake
+        if bake is None:  # bake removed from the spec while baking
+            self._succeed("bake removed from spec")
+            return
+        analysis = self.status.analysis
+        if analysis is None or analysis.mode is not AnalysisMode.BAKE:
+            analysis = AnalysisStatus(mode=AnalysisMode.BAKE, window_start=self.now,
+                                      ends_at=self.now + bake.duration)
+            self._update(analysis=analysis)
+            self._record("BakeStarted", f"judging version {self._candidate.version} against version "
+                                        f"{self.status.stable.version if self.status.stable else '?'}'s last "
+                                        f"{format_duration(bake.baseline)} for {format_duration(bake.duration)}")
+        outcome = self._judge()
+        if outcome is Outcome.FAIL:
+            self._judged_failure(RollbackCause.BAKE_FAILED)
+        elif outcome is Outcome.PASS:
+            self._record("BakePassed", self._analysis_summary())
+            self._succeed("bake passed")
+        elif outcome is Outcome.INCONCLUSIVE:
+            self._inconclusive(RollbackCause.BAKE_INCONCLUSIVE, self._analysis_reason(Outcome.INCONCLUSIVE),
+                               self._analysis_evidence())
+
+    def _succeed(self, why: str) -> None:
+        self._record("Succeeded", why)
+        self._move(Phase.SUCCEEDED, completed_at=self.now, pause=None)
+
+    # --- conditions, message, requeue ----------------------------------------------------------------
+
+    def _set_condition(self, condition_type: str, status: ConditionStatus, reason: str, message: str) -> None:
+        existing = self.status.condition(condition_type)
+        if existing is not None and existing.status is status:
+            transition = existing.last_transition_time
+        else:
+            transition = self.now.replace(microsecond=0)  # conventions: second precision
+        condition = Condition(type=condition_type, status=status, reason=reason, message=_one_line(message),
+                              last_transition_time=transition, observed_generation=self.obs.generation)
+        others = [item for item in self.status.conditions if item.type != condition_type]
+        order = [str(item) for item in ConditionType]
+        conditions = sorted([*others, condition],
+                            key=lambda item: order.index(item.type) if item.type in order else len(order))
+        self._update(conditions=tuple(conditions))
+
+    def _finish(self) -> None:
+        self._update_retry()
+        message = self._message()
+        self._update(message=message)
+        self._derived_conditions(message)
+
+    def _error_rounds(self) -> int:
+        return self.status.retry.attempts if self.status.retry else 0
+
+    def _update_retry(self) -> None:
+        if not self.errors:
+            self._update(retry=None)
+            return
+        reason = _one_line("; ".join(self.errors))
+        retry = self.status.retry
+        if retry is None:
+            retry = RetryState(attempts=1, since=self.now, reason=reason, last_attempt_at=self.now)
+        else:
+            last = retry.last_attempt_at or retry.since
+            if self.now - last >= self._backoff(retry.attempts):
+                retry = dataclasses.replace(retry, attempts=retry.attempts + 1, last_attempt_at=self.now)
+            retry = dataclasses.replace(retry, reason=reason)
+        self._update(retry=retry)
+        due = (retry.last_attempt_at or self.now) + self._backoff(retry.attempts)
+        self.requeue.append(max(due - self.now, timedelta(0)))
+
+    @staticmethod
+    def _backoff(attempts: int) -> timedelta:
+        return min(BACKOFF_BASE * (2 ** min(max(attempts - 1, 0), 16)), BACKOFF_MAX)
+
+    def _requeue_after(self) -> timedelta | None:
+        if self.status.phase in TERMINAL_PHASES and not self.errors:
+            return None
+        hints = list(self.requeue)
+        if self.polls and not self.errors:  # while backing off, the backoff paces the polling
+            hints.append(CONFIRM_POLL)
+        if not hints:
+            return None
+        soonest = min(hints)
+        # Never "now" (zero): a due time that has just passed is looked at on the next poll.
+        return soonest if soonest > timedelta(0) else CONFIRM_POLL
+
+    def _message(self) -> str:
+        status = self.status
+        phase = status.phase
+        candidate = status.candidate.version if status.candidate else None
+        alias = self.spec.model.stable_alias
+        retry_note = f" (retry {status.retry.attempts}: {status.retry.reason})" if status.retry else ""
+        if phase is Phase.SUCCEEDED:
+            return _sentence(f"Version {candidate} serves all traffic as @{alias}")
+        if phase is Phase.FAILED:
+            reason = status.rollback.reason if status.rollback else self._last_event_detail("Failed")
+            return _sentence(f"Failed: {reason}")
+        if phase is Phase.ROLLED_BACK:
+            reason = status.rollback.reason if status.rollback else self._last_event_detail("Aborted")
+            return _sentence(f"Rolled back: {reason}")
+        if phase is Phase.ROLLING_BACK and status.rollback is not None:
+            rollback = status.rollback
+            if rollback.recovered_at is not None:
+                left = "waiting for the registry to tag the candidate rejected"
+            elif rollback.traffic_confirmed_at is not None:
+                left = f"traffic is back on stable, restoring @{alias}"
+            else:
+                left = "returning traffic to stable"
+            return _sentence(f"Rolling back: {rollback.reason}; {left}{retry_note}")
+        if phase is Phase.PAUSED and status.pause is not None:
+            pause = status.pause
+            if pause.reason is PauseReason.PAUSE_STEP:
+                until = f"until {format_time(pause.until)}" if pause.until else "until someone runs promote"
+                return _sentence(f"Paused at {self._step_label()} with candidate {candidate} at "
+                                 f"{status.canary_weight}% {until}{retry_note}")
+            return _sentence(f"Paused: {pause.detail}; run promote, retry or rollback{retry_note}")
+        if self.waiting:
+            return _sentence(f"{self.waiting}{retry_note}")
+        if phase is Phase.PROGRESSING and status.analysis is not None and status.analysis.ends_at is not None:
+            analysis = status.analysis
+            return _sentence(f"{self._step_label().capitalize()}: judging candidate {candidate} at "
+                             f"{status.canary_weight}% until {format_time(analysis.ends_at)} "
+                             f"({self._analysis_summary()}){retry_note}")
+        if phase is Phase.BAKING and status.analysis is not None and status.analysis.ends_at is not None:
+            return _sentence(f"Baking version {candidate} against version "
+                             f"{status.stable.version if status.stable else '?'} until "
+                             f"{format_time(status.analysis.ends_at)} ({self._analysis_summary()}){retry_note}")
+        return _sentence(f"{phase}{': candidate ' + candidate if candidate else ''}{retry_note}")
+
+    def _last_event_detail(self, event: str) -> str:
+        entry = next((item for item in reversed(self.status.history) if item.event == event), None)
+        return entry.detail if entry else "see history"
+
+    def _derived_conditions(self, message: str) -> None:
+        status = self.status
+        phase = status.phase
+        if phase is Phase.SUCCEEDED:
+            self._set_condition(ConditionType.READY, ConditionStatus.TRUE, "RolloutSucceeded", message)
+        else:
+            self._set_condition(ConditionType.READY, ConditionStatus.FALSE, str(phase), message)
+        if phase in TERMINAL_PHASES:
+            reason = {Phase.SUCCEEDED: "RolloutSucceeded", Phase.ROLLED_BACK: "RolledBack",
+                      Phase.FAILED: "RolloutFailed"}[phase]
+            self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, reason, message)
+        elif phase is Phase.PAUSED:
+            reason = str(status.pause.reason) if status.pause else "Paused"
+            self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, reason, message)
+        else:
+            self._set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, _progress_reason(status), message)
+        gate = status.gate
+        if gate is None:
+            if self.status.condition(ConditionType.GATE_PASSED) is None:
+                self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.UNKNOWN, "GateNotRun",
+                                    "The golden gate has not run yet.")
+        elif gate.skipped:
+            self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.TRUE, "GateSkipped",
+                                "No goldenDataset in spec; the gate was skipped.")
+        elif gate.overridden_by:
+            self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.TRUE, "GateOverridden",
+                                f"Promoted past the gate by {gate.overridden_by}: {gate.reason}.")
+        elif gate.outcome is Outcome.PASS:
+            self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.TRUE, "GatePassed",
+                                "Every golden-dataset check passed.")
+        elif gate.outcome is Outcome.FAIL:
+            self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.FALSE, "GateFailed", gate.reason)
+        elif gate.outcome is Outcome.INCONCLUSIVE:
+            self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.FALSE, "GateInconclusive", gate.reason)
+        elif "gate" not in self.judges_errored:
+            self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.UNKNOWN, "GateRunning",
+                                "The golden gate is running.")
+        analysis = status.analysis
+        if analysis is None or analysis.outcome is None:
+            # A new step's judges have not answered yet: the last verdict stands until they do.
+            if "analysis" not in self.judges_errored and self.status.condition(ConditionType.ANALYSIS_HEALTHY) is None:
+                self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "AnalysisNotRun",
+                                    "No analysis verdict yet.")
+        elif analysis.outcome is Outcome.PASS:
+            self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.TRUE, "AnalysisPassed",
+                                self._analysis_summary())
+        elif analysis.outcome is Outcome.FAIL:
+            self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.FALSE, "AnalysisFailed",
+                                self._analysis_summary())
+        else:
+            self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "NotEnoughEvidence",
+                                self._analysis_summary())
+
+    def _ordered_actions(self) -> list[Action]:
+        # Traffic first (fastest way to safety), then registry, then measurements; no duplicates.
+        seen: set[str] = set()
+        unique = [action for action in self.actions if not (action.id in seen or seen.add(action.id))]
+        rank = {"StageCandidate": 0, "SetCanaryWeight": 0, "PromoteCandidate": 0, "RestoreStable": 0,
+                "UnstageCandidate": 0, "SetAlias": 1, "TagRejected": 2, "RunGate": 3, "RunAnalysis": 3}
+        return sorted(unique, key=lambda action: rank[str(action.type)])
+
+
+# --- pure helpers --------------------------------------------------------------------------------------
+
+
+def _version_ref(resolved: ResolvedVersion) -> VersionRef:
+    return VersionRef(version=resolved.version, run_id=resolved.run_id, source=resolved.source,
+                      lineage=dict(resolved.lineage))
+
+
+def _clean_verdict(verdict: Verdict) -> Verdict:
+    """A copy whose evidence is plain JSON, so the status round-trips exactly."""
+    return Verdict(name=verdict.name, outcome=Outcome(verdict.outcome), reason=_one_line(verdict.reason),
+                   evidence=to_json(dict(verdict.evidence)))
+
+
+def _first(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> Verdict | None:
+    return next((item for item in verdicts if item.outcome == outcome), verdicts[0] if verdicts else None)
+
+
+def _evidence(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> dict[str, Any]:
+    deciding = [item.to_dict() for item in verdicts if item.outcome == outcome] or [v.to_dict() for v in verdicts]
+    return {"verdicts": deciding}
+
+
+def _describe_error(error: AdapterError) -> str:
+    return f"{error.kind}: {error.message}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _sentence(text: str) -> str:
+    text = _one_line(text).rstrip(".")
+    return text[:1].upper() + text[1:] + "."
+
+
+def _whole_seconds(duration: timedelta) -> timedelta:
+    return timedelta(seconds=int(duration.total_seconds()))
+
+
+def _progress_reason(status: ModelRolloutStatus) -> str:
+    phase = status.phase
+    if phase is Phase.PENDING:
+        return "Resolving" if status.candidate is None else "Staging"
+    return {Phase.GATING: "GateRunning", Phase.PROGRESSING: "StepInProgress", Phase.PROMOTING: "Promoting",
+            Phase.BAKING: "Baking", Phase.ROLLING_BACK: "RollingBack"}.get(phase, str(phase))

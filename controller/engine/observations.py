@@ -1,0 +1,108 @@
+"""What the operator observed before calling the engine: registry, target, judges' results, commands.
+
+The operator fills these by running the adapters; it never interprets them. An adapter that failed
+reports an AdapterError instead of data, and the engine decides what that means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from controller.api.commands import Command
+from controller.verdict import Verdict
+
+
+class AdapterErrorKind(StrEnum):
+    UNAVAILABLE = "Unavailable"  # connection refused, timeout, 5xx: try again later
+    NOT_FOUND = "NotFound"  # the object (InferenceService, registered model) does not exist
+    CONFLICT = "Conflict"  # 409: someone else wrote first; retried on fresh state
+    FORBIDDEN = "Forbidden"  # 401/403: credentials or RBAC
+    INVALID = "Invalid"  # 422 or a webhook refused the patch
+    ERROR = "Error"  # anything else
+
+
+@dataclass(frozen=True)
+class AdapterError:
+    kind: AdapterErrorKind
+    message: str
+
+
+@dataclass(frozen=True)
+class ResolvedVersion:
+    """A registry version as the registry adapter found it."""
+
+    version: str
+    run_id: str | None = None
+    source: str | None = None
+    lineage: Mapping[str, str] = field(default_factory=dict)  # dataset lineage tags of the run/version
+    tags: Mapping[str, str] = field(default_factory=dict)  # all version tags (the rejection tag among them)
+
+
+REJECTED_TAG = "modelrollout.rejected"
+
+
+@dataclass(frozen=True)
+class RegistryObservation:
+    """The registry as seen now.
+
+    candidate: what spec.model.version / spec.model.alias resolves to; None (with no error) means it
+        does not exist.
+    stable_alias_version: what spec.model.stableAlias points to now; None means the alias is not set.
+    """
+
+    candidate: ResolvedVersion | None = None
+    stable_alias_version: ResolvedVersion | None = None
+    error: AdapterError | None = None
+
+
+@dataclass(frozen=True)
+class TargetObservation:
+    """The serving object as its status reports it (never as last patched).
+
+    stable_version / canary_version: registry versions the router sees serving the main share and
+        staged as canary; canary_version is None when no canary is configured.
+    canary_weight: observed percent of traffic on the canary; None when no canary is configured.
+    An absent target is reported as error kind NOT_FOUND.
+    """
+
+    ready: bool = False
+    stable_version: str | None = None
+    canary_version: str | None = None
+    canary_ready: bool = False
+    canary_weight: int | None = None
+    detail: str = ""  # the serving system's own words, e.g. a KServe condition message
+    error: AdapterError | None = None
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    """Answer to a RunGate or RunAnalysis action, matched to it by request_id."""
+
+    request_id: str
+    verdicts: tuple[Verdict, ...] = ()
+    error: AdapterError | None = None  # the judges could not run at all (dataset unreachable, ...)
+    dataset_sha256: str | None = None  # the gate: hash of the data actually used
+
+
+@dataclass(frozen=True)
+class ActionFailure:
+    """An action the operator tried in this reconcile and could not carry out."""
+
+    action_id: str
+    error: AdapterError
+
+
+@dataclass(frozen=True)
+class Observations:
+    generation: int  # metadata.generation of the resource read
+    registry: RegistryObservation | None = None  # None: not looked at this time
+    target: TargetObservation | None = None
+    gate: JudgeResult | None = None
+    analysis: JudgeResult | None = None
+    commands: tuple[Command, ...] = ()  # from the command annotation; already-handled ids are ignored
+    action_failures: tuple[ActionFailure, ...] = ()
+    # True on the operator's first reconcile of this rollout since it (re)started: actions recorded as
+    # pending may never have been carried out, so they are sent again at once.
+    resend_pending: bool = False

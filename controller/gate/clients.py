@@ -1,0 +1,302 @@
+"""Async inference clients for KServe V1 and the Open Inference Protocol (V2), batched and bounded.
+
+V1: POST {base}/v1/models/<m>:predict  {"instances": [...]}  ->  {"predictions": [...]}
+V2: POST {base}/v2/models/<m>/infer   {"inputs": [{name, shape, datatype, data}]}  ->  {"outputs": [...]}
+
+A prediction may be a class name, an integer class index, or a vector of scores (argmax over the model's
+output classes). Whatever a server sends back, `predict` returns a `BatchAnswer`: a class index per sample
+(-1 where there is no usable prediction) and the reason for what was unusable. It never raises for a
+server's behaviour, so a partly broken server is counted and reported, not a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+# Transient statuses: retried, and reported as "unavailable" when retries run out.
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_V1_PATH = re.compile(r"^(?P<base>.*)/v1/models/(?P<model>[^/:]+):predict/?$")
+_V2_PATH = re.compile(r"^(?P<base>.*)/v2/models/(?P<model>[^/]+)(/versions/(?P<version>[^/]+))?/infer/?$")
+
+
+class InferenceProtocol(StrEnum):
+    V1 = "v1"
+    V2 = "v2"
+
+
+@dataclass(frozen=True)
+class InferenceEndpoint:
+    """One model behind one URL.
+
+    output_classes: the model's output order, used to read integer indices and score vectors; defaults
+        to the dataset's class list. Class names map onto the dataset's classes by name.
+    headers: extra request headers (e.g. an Authorization for the serving gateway); never reported.
+    """
+
+    base_url: str
+    model_name: str
+    protocol: InferenceProtocol = InferenceProtocol.V2
+    model_version: str | None = None  # V2 only: /versions/<v>/infer
+    output_classes: tuple[str, ...] | None = None
+    input_name: str = "input-0"
+    datatype: str = "FP32"
+    output_name: str | None = None  # V2: which output holds the prediction; default: the first
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, model_name: str, protocol: InferenceProtocol | str = InferenceProtocol.V2,
+                 **options: Any) -> InferenceEndpoint:
+        """Accept a base URL (e.g. KServe's status URL) or a full :predict / /infer URL, which wins."""
+        url = url.rstrip("/")
+        if match := _V1_PATH.match(url):
+            return cls(base_url=match["base"], model_name=match["model"], protocol=InferenceProtocol.V1, **options)
+        if match := _V2_PATH.match(url):
+            return cls(base_url=match["base"], model_name=match["model"], protocol=InferenceProtocol.V2,
+                       model_version=match["version"], **options)
+        return cls(base_url=url, model_name=model_name, protocol=InferenceProtocol(protocol), **options)
+
+    @property
+    def predict_url(self) -> str:
+        base = self.base_url.rstrip("/")
+        if self.protocol is InferenceProtocol.V1:
+            return f"{base}/v1/models/{self.model_name}:predict"
+        version = f"/versions/{self.model_version}" if self.model_version else ""
+        return f"{base}/v2/models/{self.model_name}{version}/infer"
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.predict_url, "protocol": str(self.protocol), "model": self.model_name}
+
+
+@dataclass
+class BatchAnswer:
+    """Predictions for one batch: dataset class index per sample, -1 where unusable."""
+
+    predicted: np.ndarray
+    failure: str | None = None  # the whole batch is unusable: why (e.g. "HTTP 500", "not JSON")
+    unavailable: bool = False  # the failure is the server being unreachable or overloaded, not its answer
+    sample_problems: Counter[str] = field(default_factory=Counter)  # per-sample unusable predictions
+    detail: str = ""
+
+    @property
+    def answered(self) -> int:
+        return int((self.predicted >= 0).sum())
+
+
+class InvalidResponse(ValueError):
+    """The server answered, but not with predictions for this batch."""
+
+
+class InferenceClient:
+    def __init__(self, endpoint: InferenceEndpoint, session: aiohttp.ClientSession, classes: Sequence[str], *,
+                 concurrency: int = 4, timeout_seconds: float = 30.0, retries: int = 2,
+                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
+        self.endpoint = endpoint
+        self.session = session
+        self.url = endpoint.predict_url
+        self.classes = tuple(classes)
+        self.output_classes = endpoint.output_classes or self.classes
+        dataset_index = {name: index for index, name in enumerate(self.classes)}
+        self._label_index = dataset_index
+        # The model's output position -> dataset class index (-1: a class the dataset does not know).
+        self._output_to_dataset = np.asarray([dataset_index.get(name, -1) for name in self.output_classes],
+                                             dtype=np.int64)
+        self._limit = asyncio.Semaphore(max(1, concurrency))
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._retries = max(0, retries)
+        self._max_bytes = max_response_bytes
+        self._headers = {"Content-Type": "application/json", **endpoint.headers}
+
+    def encode(self, features: np.ndarray, inputs_text: list[str] | None = None) -> bytes:
+        """The request body; inputs_text (each row's numbers as the dataset wrote them) skips float formatting."""
+        if self.endpoint.protocol is InferenceProtocol.V1:
+            if inputs_text is not None:
+                return ('{"instances": [[' + "], [".join(inputs_text) + "]]}").encode()
+            return json.dumps({"instances": features.tolist()}).encode()
+        header = {"name": self.endpoint.input_name, "shape": list(features.shape),
+                  "datatype": self.endpoint.datatype}
+        if inputs_text is not None:
+            return ('{"inputs": [' + json.dumps(header)[:-1] + ', "data": [' + ", ".join(inputs_text)
+                    + "]}]}").encode()
+        return json.dumps({"inputs": [{**header, "data": features.reshape(-1).tolist()}]}).encode()
+
+    @property
+    def encoding(self) -> tuple[Any, ...]:
+        """Clients with equal encodings send identical bodies for a batch, so it is encoded once."""
+        endpoint = self.endpoint
+        return endpoint.protocol, endpoint.input_name, endpoint.datatype
+
+    async def predict(self, features: np.ndarray, body: bytes | None = None) -> BatchAnswer:
+        count = int(features.shape[0])
+        if body is None:
+            body = self.encode(features)
+        async with self._limit:
+            failure, unavailable, payload = await self._post(body)
+        if failure is not None:
+            return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=failure, unavailable=unavailable)
+        try:
+            document = json.loads(payload)
+        except ValueError:
+            return self._failed(count, "not JSON", payload[:80].decode("utf-8", "replace"))
+        try:
+            if self.endpoint.protocol is InferenceProtocol.V1:
+                return self._read_v1(document, count)
+            return self._read_v2(document, count)
+        except InvalidResponse as exc:
+            reason, _, detail = str(exc).partition(": ")
+            return self._failed(count, reason, detail)
+
+    @staticmethod
+    def _failed(count: int, reason: str, detail: str = "") -> BatchAnswer:
+        return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=reason, detail=detail)
+
+    async def _post(self, body: bytes) -> tuple[str | None, bool, bytes]:
+        """POST with limited retries on transient trouble; (failure reason, unavailable?, response body)."""
+        failure = "unavailable"
+        for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(0.2 * 2 ** (attempt - 1) * (1 + random.random()))
+            try:
+                async with self.session.post(self.url, data=body, headers=self._headers, timeout=self._timeout,
+                                             allow_redirects=False) as response:
+                    if response.status in _RETRY_STATUSES:
+                        failure = f"unavailable: HTTP {response.status}"
+                        await response.release()
+                        continue
+                    if response.status != 200:
+                        await response.release()
+                        return f"HTTP {response.status}", False, b""
+                    if response.content_length is not None and response.content_length > self._max_bytes:
+                        return "response too large", False, b""
+                    payload = await self._read_capped(response)
+                    if payload is None:
+                        return "response too large", False, b""
+                    return None, False, payload
+            except TimeoutError:
+                failure = "unavailable: timeout"
+            except aiohttp.ClientConnectionError as exc:
+                failure = f"unavailable: {type(exc).__name__}"
+            except aiohttp.ClientError as exc:
+                failure = f"unavailable: {type(exc).__name__}"
+        return failure, True, b""
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes | None:
+        chunks = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > self._max_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # --- reading answers -----------------------------------------------------------------------------
+
+    def _read_v1(self, document: Any, count: int) -> BatchAnswer:
+        if not isinstance(document, dict) or not isinstance(document.get("predictions"), list):
+            raise InvalidResponse('no predictions: response has no "predictions" list')
+        predictions = document["predictions"]
+        if len(predictions) != count:
+            raise InvalidResponse(f"wrong prediction count: got {len(predictions)} for {count} samples")
+        return self._interpret(predictions, count)
+
+    def _read_v2(self, document: Any, count: int) -> BatchAnswer:
+        outputs = document.get("outputs") if isinstance(document, dict) else None
+        if not isinstance(outputs, list) or not outputs or not all(isinstance(o, dict) for o in outputs):
+            raise InvalidResponse('no predictions: response has no "outputs" list')
+        wanted = self.endpoint.output_name
+        output = next((o for o in outputs if o.get("name") == wanted), None) if wanted else outputs[0]
+        if output is None:
+            raise InvalidResponse(f"no predictions: no output named {wanted!r}")
+        shape, data = output.get("shape"), output.get("data")
+        if (not isinstance(shape, list) or not shape or not all(isinstance(n, int) and n >= 0 for n in shape)
+                or not isinstance(data, list)):
+            raise InvalidResponse("bad output: output needs an integer shape list and a data list")
+        if shape[0] != count:
+            raise InvalidResponse(f"wrong prediction count: got {shape[0]} for {count} samples")
+        try:
+            array = np.asarray(data)
+        except (ValueError, TypeError):
+            raise InvalidResponse("bad output: output data is ragged") from None
+        if array.size != int(np.prod(shape)):
+            raise InvalidResponse(f"bad output: {array.size} values do not fill shape {shape}")
+        array = array.reshape(shape)
+        if array.ndim == 2 and array.shape[1] == 1:
+            array = array[:, 0]
+        if array.ndim == 1:
+            return self._interpret(array.tolist() if array.dtype.kind in "OUS" else array, count)
+        if array.ndim == 2:
+            return self._interpret(array, count)
+        raise InvalidResponse(f"bad output: shape {shape} is neither one label per sample nor one score vector")
+
+    def _interpret(self, predictions: Any, count: int) -> BatchAnswer:
+        """Map labels, indices or score vectors to dataset class indices, sample by sample if mixed."""
+        problems: Counter[str] = Counter()
+        try:
+            array = predictions if isinstance(predictions, np.ndarray) else np.asarray(predictions)
+        except (ValueError, TypeError):
+            array = np.asarray([None])  # ragged: handled one by one below
+        if array.shape[:1] == (count,) and array.dtype.kind in "fiu" and array.ndim in (1, 2):
+            return BatchAnswer(predicted=self._numeric(array, problems), sample_problems=+problems)
+        if array.shape == (count,) and array.dtype.kind == "U":
+            return BatchAnswer(predicted=self._labels(array.tolist(), problems), sample_problems=+problems)
+        predicted = np.full(count, -1, dtype=np.int64)
+        for position, item in enumerate(list(predictions)):
+            predicted[position] = self._one(item, problems)
+        return BatchAnswer(predicted=predicted, sample_problems=+problems)  # unary +: drop zero counts
+
+    def _numeric(self, array: np.ndarray, problems: Counter[str]) -> np.ndarray:
+        width = len(self.output_classes)
+        if array.ndim == 2:
+            if array.shape[1] != width:
+                problems["wrong score vector length"] += array.shape[0]
+                return np.full(array.shape[0], -1, dtype=np.int64)
+            scores = array.astype(np.float64)
+            finite = np.isfinite(scores).all(axis=1)
+            positions = np.where(finite, np.argmax(np.where(np.isfinite(scores), scores, -np.inf), axis=1), -1)
+            problems["non-finite scores"] += int((~finite).sum())
+        else:
+            values = array.astype(np.float64)
+            integral = np.isfinite(values) & (values == np.round(values))
+            positions = np.where(integral, values, -1).astype(np.int64)
+            out_of_range = integral & ((positions < 0) | (positions >= width))
+            problems["non-integer class index"] += int((~integral).sum())
+            problems["class index out of range"] += int(out_of_range.sum())
+            positions[out_of_range] = -1
+        predicted = np.where(positions >= 0, self._output_to_dataset[np.clip(positions, 0, width - 1)], -1)
+        problems["label not in dataset classes"] += int(((positions >= 0) & (predicted < 0)).sum())
+        return predicted.astype(np.int64)
+
+    def _labels(self, labels: list[str], problems: Counter[str]) -> np.ndarray:
+        predicted = np.fromiter((self._label_index.get(label, -1) for label in labels), dtype=np.int64,
+                                count=len(labels))
+        problems["unknown label"] += int((predicted < 0).sum())
+        return predicted
+
+    def _one(self, item: Any, problems: Counter[str]) -> int:
+        if isinstance(item, bytes):
+            item = item.decode("utf-8", "replace")
+        if isinstance(item, str):
+            return int(self._labels([item], problems)[0])
+        if isinstance(item, bool) or item is None or isinstance(item, dict):
+            problems["unreadable prediction"] += 1
+            return -1
+        try:
+            array = np.asarray(item, dtype=np.float64)
+        except (ValueError, TypeError):
+            problems["unreadable prediction"] += 1
+            return -1
+        if array.ndim > 1:
+            problems["unreadable prediction"] += 1
+            return -1
+        return int(self._numeric(array.reshape(1, -1) if array.ndim == 1 else array.reshape(1), problems)[0])

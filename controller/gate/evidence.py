@@ -1,0 +1,128 @@
+"""Keep the gate's evidence in MLflow, linked to the candidate version, so it outlives the resource.
+
+One run per gate request in the experiment `modelrollout-golden-gate`: tags say which model, versions,
+dataset and outcome; metrics carry the deciding numbers; `gate-report.json` holds the full record. The
+candidate version gets tags pointing at that run. Recording the same request_id twice reuses the run,
+so an operator that restarts mid-way does not leave duplicates.
+
+Blocking (mlflow-skinny's HTTP client): call it with `await asyncio.to_thread(record_gate_evidence, ...)`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from controller.gate.errors import ErrorKind, SourceError
+from controller.gate.mlflow_access import MlflowAccess, MlflowRest, experiment_id_for, json_bytes, upload_artifact
+from controller.gate.runner import GateReport
+
+EXPERIMENT_NAME = "modelrollout-golden-gate"
+REPORT_ARTIFACT = "gate-report.json"
+TAG_PREFIX = "modelrollout.gate"
+_LOG_BATCH_LIMIT = 1000
+_METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+@dataclass(frozen=True)
+class EvidenceRecord:
+    run_id: str
+    experiment_id: str
+    report_uri: str  # runs:/<run_id>/gate-report.json
+    version_tags: dict[str, str]
+
+
+def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name: str, candidate_version: str,
+                         stable_version: str | None = None, rollout: str | None = None,
+                         request_id: str | None = None, experiment_name: str = EXPERIMENT_NAME) -> EvidenceRecord:
+    """Write the run, its metrics and JSON report, and tag the candidate version. Raises SourceError."""
+    rest = MlflowRest(access)
+    experiment_id = experiment_id_for(rest, experiment_name)
+    run = _existing_run(rest, experiment_id, request_id) if request_id else None
+    tags = {f"{TAG_PREFIX}.model": model_name, f"{TAG_PREFIX}.candidate_version": candidate_version,
+            f"{TAG_PREFIX}.outcome": str(report.outcome),
+            f"{TAG_PREFIX}.dataset_sha256": report.dataset_sha256 or "",
+            f"{TAG_PREFIX}.reason": report.reason[:4000]}
+    if stable_version:
+        tags[f"{TAG_PREFIX}.stable_version"] = stable_version
+    if rollout:
+        tags[f"{TAG_PREFIX}.rollout"] = rollout
+    if request_id:
+        tags[f"{TAG_PREFIX}.request_id"] = request_id
+    now_ms = int(time.time() * 1000)
+    if run is None:
+        created = rest.call("POST", "/api/2.0/mlflow/runs/create", body={
+            "experiment_id": experiment_id, "start_time": now_ms,
+            "run_name": f"gate-{model_name}-v{candidate_version}",
+            "tags": [{"key": key, "value": value} for key, value in tags.items()]})
+        run = created.get("run", {})
+    info = run.get("info", {})
+    run_id = str(info.get("run_id") or info.get("run_uuid") or "")
+    artifact_root = str(info.get("artifact_uri") or "")
+    if not run_id:
+        raise SourceError(ErrorKind.ERROR, "MLflow created a run but returned no run id")
+    metrics = [{"key": key, "value": value, "timestamp": now_ms, "step": 0}
+               for key, value in gate_metrics(report).items()]
+    rest.call("POST", "/api/2.0/mlflow/runs/log-batch", body={
+        "run_id": run_id, "metrics": metrics[:_LOG_BATCH_LIMIT],
+        "params": [{"key": "dataset_uri", "value": str(report.status.get("dataset", {}).get("uri", ""))[:6000]}],
+        "tags": [{"key": key, "value": value} for key, value in tags.items()]})
+    for start in range(_LOG_BATCH_LIMIT, len(metrics), _LOG_BATCH_LIMIT):  # MLflow takes 1000 per call
+        rest.call("POST", "/api/2.0/mlflow/runs/log-batch",
+                  body={"run_id": run_id, "metrics": metrics[start:start + _LOG_BATCH_LIMIT]})
+    upload_artifact(access, f"{artifact_root.rstrip('/')}/{REPORT_ARTIFACT}",
+                    json_bytes({"verdicts": [v.to_dict() for v in report.verdicts], "gate": report.evidence}),
+                    content_type="application/json")
+    rest.call("POST", "/api/2.0/mlflow/runs/update", body={"run_id": run_id, "status": "FINISHED",
+                                                           "end_time": int(time.time() * 1000)})
+    report_uri = f"runs:/{run_id}/{REPORT_ARTIFACT}"
+    version_tags = {f"{TAG_PREFIX}.run_id": run_id, f"{TAG_PREFIX}.outcome": str(report.outcome),
+                    f"{TAG_PREFIX}.dataset_sha256": report.dataset_sha256 or "",
+                    f"{TAG_PREFIX}.report": report_uri}
+    for key, value in version_tags.items():
+        rest.call("POST", "/api/2.0/mlflow/model-versions/set-tag", body={
+            "name": model_name, "version": str(candidate_version), "key": key, "value": value})
+    return EvidenceRecord(run_id=run_id, experiment_id=experiment_id, report_uri=report_uri,
+                          version_tags=version_tags)
+
+
+def gate_metrics(report: GateReport) -> dict[str, float]:
+    """The deciding numbers as MLflow metrics (undefined ones are left out, never written as 0)."""
+    metrics: dict[str, float] = {}
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            metrics[_METRIC_KEY_UNSAFE.sub("_", key)[:250]] = float(value)
+
+    status = report.status
+    for side in ("candidate", "stable"):
+        block = status.get(side)
+        if not block:
+            continue
+        put(f"{side}.accuracy", block["metrics"].get("accuracy"))
+        put(f"{side}.samples_answered", block["responses"].get("answered"))
+        put(f"{side}.samples_unanswered", block["responses"].get("unanswered"))
+        for label, values in block["metrics"].get("perClass", {}).items():
+            for name in ("precision", "recall", "falsePositiveRate"):
+                put(f"{side}.{label}.{name}", values.get(name))
+    comparison = status.get("comparison") or {}
+    put("disagreement", comparison.get("disagreement"))
+    put("accuracy_drop", comparison.get("accuracyDrop"))
+    for tag, values in (status.get("slices") or {}).items():
+        put(f"slice.{tag}.candidate_accuracy", values.get("candidateAccuracy"))
+        put(f"slice.{tag}.disagreement", (values.get("comparison") or {}).get("disagreement"))
+    dataset = status.get("dataset") or {}
+    put("dataset.usable_samples", dataset.get("usable"))
+    put("dataset.unusable_samples", dataset.get("unusable"))
+    return metrics
+
+
+def _existing_run(rest: MlflowRest, experiment_id: str, request_id: str) -> dict[str, Any] | None:
+    escaped = request_id.replace("'", "\\'")
+    found = rest.call("POST", "/api/2.0/mlflow/runs/search", body={
+        "experiment_ids": [experiment_id], "max_results": 1,
+        "filter": f"tags.`{TAG_PREFIX}.request_id` = '{escaped}'"})
+    runs = found.get("runs") or []
+    return runs[0] if runs else None

@@ -1,0 +1,581 @@
+"""Golden dataset formats, read in batches so memory stays bounded whatever the dataset's size.
+
+JSON Lines (optionally gzip-compressed), one JSON object per line:
+
+    {"classes": ["safe", "suggestive", "nsfw"], "featureShape": [6]}      <- header, first line
+    {"inputs": [0.1, 2.3, 0.0, 1.2, 0.4, 1.0], "label": "safe", "slices": ["logo"]}
+    {"inputs": [1.4, 0.2, 0.9, 0.3, 0.1, 0.0], "label": "nsfw"}
+
+The header declares the class list (the label space the thresholds and confusion matrices use) and may
+declare the feature shape; without `featureShape` the first sample's shape is the expected one. `slices`
+is an optional list of tags (`"slice": "logo"` is accepted too). Labels are class names.
+
+NumPy .npz (np.savez / np.savez_compressed, no pickles): `X` (n, *feature_shape) numbers, `y` (n,) class
+names or integer class indices, `classes` (k,) names, optional `slices` (n,) strings of comma-separated
+tags ("" for none). Members are streamed row block by row block, never loaded whole.
+
+A batch holds the usable samples of up to `batch_size` lines (or rows), so memory depends on the batch size,
+never on the dataset's length.
+
+A sample that cannot be used (bad JSON, missing inputs, wrong shape, non-numeric or non-finite inputs,
+missing or unknown label) is skipped and counted by reason in `DatasetProblems`; a file that cannot be read
+at all raises `DatasetFormatError`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+import warnings
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice, repeat
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import numpy as np
+
+MAX_PROBLEM_EXAMPLES = 10
+_NUMERIC_KINDS = frozenset("fiu")
+_ZIP_MAGIC = b"PK\x03\x04"
+_GZIP_MAGIC = b"\x1f\x8b"
+_NOT_CLEAN = object()  # _clean_chunk's "read this chunk line by line instead"
+# The text of a flat "inputs" array; only a hint, always checked against the parsed numbers.
+_INPUTS_TEXT = re.compile(r'"inputs"\s*:\s*\[([^\[\]"{}]*)\]')
+_INPUTS_KEY = '"inputs": ['
+
+
+class DatasetFormatError(ValueError):
+    """The dataset as a whole cannot be read (not a known format, header broken, arrays missing)."""
+
+
+@dataclass
+class Batch:
+    """Valid samples only: every row has a known label and features of the expected shape."""
+
+    features: np.ndarray  # float64, (n, *feature_shape)
+    labels: np.ndarray  # int64 indices into the dataset's class list, (n,)
+    slices: dict[str, np.ndarray] = field(default_factory=dict)  # slice tag -> row positions in this batch
+    # JSON Lines only, 1-D features: each row's numbers exactly as the file wrote them ("0.1, 2.3"), verified
+    # to parse to `features`. Lets the clients build request bodies without re-formatting every float,
+    # which costs more than parsing the file.
+    inputs_text: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class DatasetProblems:
+    """Unusable samples, counted by reason, with a few examples that say where."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, where: str, detail: str = "", count: int = 1) -> None:
+        self.counts[reason] += count
+        if len(self.examples) < MAX_PROBLEM_EXAMPLES:
+            self.examples.append(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        return ", ".join(f"{reason} x{count}" for reason, count in self.counts.most_common())
+
+
+class DatasetReader(Protocol):
+    format: str
+    classes: tuple[str, ...]
+    feature_shape: tuple[int, ...] | None
+    records: int  # samples seen so far, valid or not
+    problems: DatasetProblems
+
+    def batches(self) -> Iterator[Batch]: ...
+
+
+def open_dataset(path: Path, batch_size: int, class_names: Sequence[str] | None = None) -> DatasetReader:
+    """Pick the reader by content (zip -> .npz, otherwise JSON Lines, gzip allowed)."""
+    with open(path, "rb") as probe:
+        magic = probe.read(4)
+    if magic.startswith(_ZIP_MAGIC):
+        return NpzReader(path, batch_size, class_names)
+    return JsonLinesReader(path, batch_size, class_names, gzipped=magic.startswith(_GZIP_MAGIC))
+
+
+def _check_classes(classes: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(classes, list | tuple) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise DatasetFormatError(f"{where}: classes must be a non-empty list of class names")
+    if len(set(classes)) != len(classes):
+        raise DatasetFormatError(f"{where}: classes contains duplicates")
+    return tuple(classes)
+
+
+def _slice_tags(value: Any) -> tuple[str, ...] | None:
+    """Normalised slice tags, or None when the value is not a tag or a list of tags."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list) and all(isinstance(tag, str) and tag for tag in value):
+        return tuple(dict.fromkeys(value))
+    return None
+
+
+def _group_slices(tags_per_row: Sequence[tuple[str, ...]]) -> dict[str, np.ndarray]:
+    rows_by_tag: dict[str, list[int]] = {}
+    for row, tags in enumerate(tags_per_row):
+        for tag in tags:
+            rows_by_tag.setdefault(tag, []).append(row)
+    return {tag: np.asarray(rows, dtype=np.int64) for tag, rows in rows_by_tag.items()}
+
+
+class JsonLinesReader:
+    format = "jsonl"
+
+    def __init__(self, path: Path, batch_size: int, class_names: Sequence[str] | None = None,
+                 gzipped: bool = False) -> None:
+        self.path = path
+        self.batch_size = max(1, batch_size)
+        self.gzipped = gzipped
+        self.classes: tuple[str, ...] = tuple(class_names) if class_names else ()
+        self.feature_shape: tuple[int, ...] | None = None
+        self.shape_origin = ""
+        self.records = 0
+        self.problems = DatasetProblems()
+        self._header_line = self._scan_header()
+        if not self.classes:
+            raise DatasetFormatError('no class list: the first line must be a header {"classes": [...]} '
+                                     "(or the operator must configure the class names)")
+        self._class_index = {name: index for index, name in enumerate(self.classes)}
+        # The C scanner behind json.loads, called directly: json.loads' wrapper costs more than the parse.
+        self._scan = json.JSONDecoder().scan_once
+
+    def _scan_header(self) -> int:
+        """Read the header (classes, feature shape) up front; returns its line number, 0 when there is none."""
+        try:
+            with self._open() as stream:
+                for line_number, raw in enumerate(stream, start=1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        first = json.loads(raw)
+                    except ValueError:
+                        return 0
+                    return line_number if self._read_header(first) else 0
+        except (OSError, EOFError) as exc:  # e.g. a truncated gzip stream
+            raise DatasetFormatError(f"dataset unreadable: {exc}") from None
+        return 0
+
+    def _open(self) -> IO[bytes]:
+        return gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
+
+    def _open_text(self) -> IO[str]:
+        # errors="replace": a line with invalid UTF-8 becomes a counted bad line, not a crash.
+        return io.TextIOWrapper(self._open(), encoding="utf-8", errors="replace")
+
+    def _read_header(self, first: Any) -> bool:
+        """Take the header line if this is one; True when it was."""
+        if not isinstance(first, dict) or "classes" not in first or "inputs" in first or "label" in first:
+            return False
+        classes = _check_classes(first["classes"], f"{self.path.name} line 1 (header)")
+        if self.classes and self.classes != classes:
+            raise DatasetFormatError(f"header classes {list(classes)} differ from the configured class list "
+                                     f"{list(self.classes)}")
+        self.classes = classes
+        shape = first.get("featureShape")
+        if shape is not None:
+            if not isinstance(shape, list) or not all(isinstance(n, int) and n > 0 for n in shape):
+                raise DatasetFormatError("header featureShape must be a list of positive integers")
+            self.feature_shape = tuple(shape)
+            self.shape_origin = "the header's featureShape"
+        return True
+
+    def batches(self) -> Iterator[Batch]:
+        try:
+            with self._open_text() as stream:
+                for _ in range(self._header_line):  # the header (and blank lines before it) was read already
+                    next(stream, None)
+                line_number = self._header_line
+                while chunk := list(islice(stream, self.batch_size)):
+                    first = line_number + 1
+                    line_number += len(chunk)
+                    batch = self._clean_chunk(chunk, first)
+                    if batch is _NOT_CLEAN:
+                        batch = self._chunk(chunk, first)
+                    if batch is not None:
+                        yield batch  # type: ignore[misc]
+        except (OSError, EOFError, zlib.error) as exc:  # e.g. a gzip stream cut short
+            raise DatasetFormatError(f"dataset unreadable after {self.records} samples: {exc}") from None
+
+    def _clean_chunk(self, chunk: list[str], first: int) -> Batch | object | None:
+        """A chunk whose every line is a well-formed sample, read with C-level loops (map) only.
+
+        Most golden datasets are clean, and per-line Python code costs more than the JSON parsing itself.
+        Any doubt returns _NOT_CLEAN and the chunk is read line by line, which defines the semantics.
+        """
+        lines = list(map(str.strip, chunk))
+        if not all(lines):
+            return _NOT_CLEAN  # blank lines: let the careful path keep exact line numbers
+        try:
+            # scan_once raises StopIteration on a line that is not JSON, which ends map() early: the length
+            # check below catches that.
+            parsed = list(map(self._scan, lines, repeat(0)))
+        except ValueError:
+            return _NOT_CLEAN
+        if len(parsed) != len(lines):
+            return _NOT_CLEAN
+        samples = [sample for sample, _ in parsed]
+        if [end for _, end in parsed] != list(map(len, lines)):
+            return _NOT_CLEAN
+        try:
+            label_index = list(map(self._class_index.get, map(dict.get, samples, repeat("label"))))
+            inputs = list(map(dict.get, samples, repeat("inputs")))
+            slice_values = list(map(dict.get, samples, repeat("slices")))
+            if any(map(dict.__contains__, samples, repeat("slice"))):
+                return _NOT_CLEAN
+        except TypeError:  # a line that is not an object, or an unhashable label
+            return _NOT_CLEAN
+        if None in label_index or None in inputs:
+            return _NOT_CLEAN
+        tags: list[tuple[str, ...]] = [()] * len(lines)
+        for position in [p for p, value in enumerate(slice_values) if value is not None]:
+            sample_tags = _slice_tags(slice_values[position])
+            if sample_tags is None:
+                return _NOT_CLEAN
+            tags[position] = sample_tags
+        self.records += len(lines)
+        # The inputs' text in json.dumps' own layout, found without a regex; _verified_texts is the guard.
+        starts = list(map(str.find, lines, repeat(_INPUTS_KEY)))
+        ends = list(map(str.find, lines, repeat("]"), starts))
+        texts = [line[start + len(_INPUTS_KEY):end] if 0 <= start < end else None
+                 for line, start, end in zip(lines, starts, ends, strict=True)]
+        return self._make_batch(inputs, label_index, tags, list(range(first, first + len(lines))), texts)
+
+    def _chunk(self, chunk: list[str], first: int) -> Batch | None:
+        """Line by line, counting every unusable sample by reason."""
+        rows: list[Any] = []
+        labels: list[int] = []
+        tags: list[tuple[str, ...]] = []
+        lines: list[int] = []
+        texts: list[str | None] = []
+        for line_number, raw in enumerate(chunk, start=first):
+            line = raw.strip()
+            if not line:
+                continue
+            self.records += 1
+            try:
+                sample, end = self._scan(line, 0)
+            except (StopIteration, ValueError):
+                sample, end = None, -1
+            if end != len(line):
+                self.problems.add("invalid JSON", f"line {line_number}")
+                continue
+            if type(sample) is not dict:
+                self.problems.add("not a JSON object", f"line {line_number}")
+                continue
+            label = sample.get("label")
+            label_index = self._class_index.get(label) if type(label) is str else None
+            if label_index is None:
+                self._label_problem(label, line_number)
+                continue
+            inputs = sample.get("inputs")
+            if inputs is None:
+                self.problems.add("missing inputs", f"line {line_number}")
+                continue
+            sample_tags = _slice_tags(sample.get("slices", sample.get("slice")))
+            if sample_tags is None:
+                self.problems.add("bad slices", f"line {line_number}", "expected a tag or a list of tags")
+                continue
+            rows.append(inputs)
+            labels.append(label_index)
+            tags.append(sample_tags)
+            lines.append(line_number)
+            found = _INPUTS_TEXT.search(line)
+            texts.append(found.group(1) if found else None)
+        return self._make_batch(rows, labels, tags, lines, texts) if rows else None
+
+    def _label_problem(self, label: Any, line_number: int) -> None:
+        if label is None:
+            self.problems.add("missing label", f"line {line_number}")
+        else:
+            self.problems.add("unknown label", f"line {line_number}", f"{str(label)[:40]!r} is not one of the classes")
+
+    def _infer_feature_shape(self, rows: list[Any], lines: list[int]) -> None:
+        """Without a declared shape, the first sample with numeric inputs sets the shape all must have."""
+        for position, row in enumerate(rows):
+            array = _row_array(row)
+            if array is not None and array.size and array.dtype.kind in _NUMERIC_KINDS:
+                self.feature_shape = tuple(array.shape)
+                self.shape_origin = f"the first valid sample (line {lines[position]})"
+                return
+
+    def _make_batch(self, rows: list[Any], labels: list[int], tags: list[tuple[str, ...]], lines: list[int],
+                    texts: list[str | None]) -> Batch | None:
+        if self.feature_shape is None:
+            self._infer_feature_shape(rows, lines)
+        features: np.ndarray | None = None
+        try:
+            candidate = np.asarray(rows)
+            if (candidate.dtype.kind in _NUMERIC_KINDS and self.feature_shape is not None
+                    and candidate.shape[1:] == self.feature_shape):
+                features = candidate.astype(np.float64, copy=False)
+        except (ValueError, TypeError):
+            features = None  # ragged or mixed rows: sort them out one by one below
+        keep = np.ones(len(rows), dtype=bool)
+        if features is None:
+            good_rows = []
+            for position, row in enumerate(rows):
+                array = _row_array(row)
+                if array is None or array.dtype.kind not in _NUMERIC_KINDS:
+                    self.problems.add("non-numeric inputs", f"line {lines[position]}")
+                    keep[position] = False
+                elif self.feature_shape is None or array.shape != self.feature_shape:
+                    expected = self.feature_shape
+                    self.problems.add("wrong feature shape", f"line {lines[position]}",
+                                      f"got {list(array.shape)}, expected {list(expected or ())} from "
+                                      f"{self.shape_origin or 'no valid sample'}")
+                    keep[position] = False
+                else:
+                    good_rows.append(array)
+            if not good_rows:
+                return None
+            features = np.stack(good_rows).astype(np.float64, copy=False)
+        finite = np.isfinite(features.reshape(features.shape[0], -1)).all(axis=1)
+        kept_positions = np.flatnonzero(keep)
+        if not finite.all():
+            for bad in np.flatnonzero(~finite):
+                self.problems.add("non-finite inputs", f"line {lines[kept_positions[bad]]}")
+            features = features[finite]
+            kept_positions = kept_positions[finite]
+        if features.shape[0] == 0:
+            return None
+        label_array = np.asarray(labels, dtype=np.int64)[kept_positions]
+        kept_tags = [tags[position] for position in kept_positions] if any(tags) else []
+        kept_texts = texts if len(kept_positions) == len(texts) else [texts[p] for p in kept_positions]
+        return Batch(features=features, labels=label_array, slices=_group_slices(kept_tags),
+                     inputs_text=_verified_texts(kept_texts, features))
+
+
+def _verified_texts(texts: list[str | None], features: np.ndarray) -> list[str] | None:
+    """The rows' number texts when, parsed again, they give exactly `features`; otherwise None."""
+    if features.ndim != 2 or any(text is None for text in texts):
+        return None
+    checked: list[str] = texts  # type: ignore[assignment]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns (and stops early) on text it cannot read
+        try:
+            numbers = np.fromstring(",".join(checked), dtype=np.float64, sep=",")
+        except (ValueError, DeprecationWarning):
+            return None
+    if numbers.shape != (features.size,) or not np.array_equal(numbers, features.reshape(-1)):
+        return None
+    return checked
+
+
+def _row_array(row: Any) -> np.ndarray | None:
+    if not isinstance(row, list):
+        return None
+    try:
+        return np.asarray(row)
+    except (ValueError, TypeError):
+        return None
+
+
+# --- .npz --------------------------------------------------------------------------------------------
+
+
+class _NpyStream:
+    """Rows of one .npy member of a zip, read a block at a time."""
+
+    def __init__(self, archive: zipfile.ZipFile, member: str) -> None:
+        self.member = member
+        self.stream = archive.open(member)
+        version = np.lib.format.read_magic(self.stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(self.stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(self.stream)
+        else:
+            raise DatasetFormatError(f"{member}: unsupported .npy version {version}")
+        if dtype.hasobject:
+            raise DatasetFormatError(f"{member}: object arrays (pickles) are refused")
+        if fortran_order and len(shape) > 1:
+            raise DatasetFormatError(f"{member}: Fortran-ordered arrays cannot be streamed; save it C-ordered")
+        if not shape:
+            raise DatasetFormatError(f"{member}: expected an array with one row per sample, got a scalar")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype: np.dtype[Any] = dtype
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self.rows_left = shape[0]
+
+    def read(self, count: int) -> np.ndarray:
+        count = min(count, self.rows_left)
+        wanted = count * self.row_bytes
+        data = bytearray()
+        while len(data) < wanted:
+            chunk = self.stream.read(wanted - len(data))
+            if not chunk:
+                raise DatasetFormatError(f"{self.member}: file ends early")
+            data += chunk
+        self.rows_left -= count
+        return np.frombuffer(bytes(data), dtype=self.dtype).reshape((count, *self.shape[1:]))
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class NpzReader:
+    format = "npz"
+
+    def __init__(self, path: Path, batch_size: int, class_names: Sequence[str] | None = None) -> None:
+        self.path = path
+        self.batch_size = max(1, batch_size)
+        self.records = 0
+        self.problems = DatasetProblems()
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = set(archive.namelist())
+                for required in ("X.npy", "y.npy"):
+                    if required not in members:
+                        raise DatasetFormatError(f".npz has no {required[:-4]!r} array (has: "
+                                                 f"{', '.join(sorted(m[:-4] for m in members)) or 'nothing'})")
+                declared = None
+                if "classes.npy" in members:
+                    with archive.open("classes.npy") as member:
+                        declared = [str(c) for c in np.load(member, allow_pickle=False).tolist()]
+                self.has_slices = "slices.npy" in members
+        except zipfile.BadZipFile as exc:
+            raise DatasetFormatError(f"not a readable .npz: {exc}") from None
+        except ValueError as exc:
+            if isinstance(exc, DatasetFormatError):
+                raise
+            raise DatasetFormatError(f"classes array unreadable: {exc}") from None
+        if declared is not None:
+            classes = _check_classes(declared, "classes array")
+            if class_names and tuple(class_names) != classes:
+                raise DatasetFormatError(f"classes array {list(classes)} differs from the configured class list "
+                                         f"{list(class_names)}")
+        elif class_names:
+            classes = tuple(class_names)
+        else:
+            raise DatasetFormatError("no class list: add a 'classes' array (or configure the class names)")
+        self.classes: tuple[str, ...] = classes
+        self._class_index = {name: index for index, name in enumerate(classes)}
+        self.feature_shape: tuple[int, ...] | None = None
+
+    def batches(self) -> Iterator[Batch]:
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                streams = [_NpyStream(archive, "X.npy"), _NpyStream(archive, "y.npy")]
+                if self.has_slices:
+                    streams.append(_NpyStream(archive, "slices.npy"))
+                try:
+                    yield from self._batches(*streams)
+                finally:
+                    for stream in streams:
+                        stream.close()
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # a member that fails its CRC, ...
+            raise DatasetFormatError(f".npz unreadable after {self.records} rows: {exc}") from None
+
+    def _batches(self, features: _NpyStream, labels: _NpyStream,
+                 slices: _NpyStream | None = None) -> Iterator[Batch]:
+        rows = features.shape[0]
+        if len(features.shape) < 2 or features.dtype.kind not in _NUMERIC_KINDS:
+            raise DatasetFormatError(f"X must be numeric with shape (samples, features...), got "
+                                     f"{features.dtype} {list(features.shape)}")
+        self.feature_shape = features.shape[1:]
+        for other in (labels, slices):
+            if other is not None and (other.shape[0] != rows or len(other.shape) != 1):
+                raise DatasetFormatError(f"{other.member[:-4]} has shape {list(other.shape)}; expected ({rows},) "
+                                         f"to match X's {rows} rows")
+        if labels.dtype.kind not in "iuUS":
+            raise DatasetFormatError(f"y must hold class names or integer class indices, got {labels.dtype}")
+        if slices is not None and slices.dtype.kind not in "US":
+            raise DatasetFormatError(f"slices must hold strings of comma-separated tags, got {slices.dtype}")
+        start = 0
+        while start < rows:
+            block_x = features.read(self.batch_size)
+            block_y = labels.read(self.batch_size)
+            block_s = slices.read(self.batch_size) if slices is not None else None
+            count = block_x.shape[0]
+            self.records += count
+            label_index = self._labels(block_y, start)
+            keep = label_index >= 0
+            block_features = block_x.astype(np.float64)
+            finite = np.isfinite(block_features.reshape(count, -1)).all(axis=1)
+            for bad in np.flatnonzero(keep & ~finite):
+                self.problems.add("non-finite inputs", f"row {start + int(bad)}")
+            keep &= finite
+            tags = _npz_tags(block_s[keep]) if block_s is not None else []
+            start += count
+            if keep.any():
+                yield Batch(features=block_features[keep], labels=label_index[keep], slices=_group_slices(tags))
+
+    def _labels(self, block: np.ndarray, start: int) -> np.ndarray:
+        if block.dtype.kind in "iu":
+            index = block.astype(np.int64)
+            bad = (index < 0) | (index >= len(self.classes))
+        else:
+            names, inverse = np.unique(block, return_inverse=True)
+            lookup = np.asarray([self._class_index.get(_text(name), -1) for name in names], dtype=np.int64)
+            index = lookup[inverse.reshape(-1)]
+            bad = index < 0
+        for row in np.flatnonzero(bad):
+            self.problems.add("unknown label", f"row {start + int(row)}", f"{_text(block[row])[:40]!r}")
+        index = index.copy()
+        index[bad] = -1
+        return index
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | np.bytes_) else str(value)
+
+
+def _npz_tags(block: np.ndarray) -> list[tuple[str, ...]]:
+    names, inverse = np.unique(block, return_inverse=True)
+    parsed = [tuple(tag for tag in (part.strip() for part in _text(name).split(",")) if tag) for name in names]
+    return [parsed[i] for i in inverse.reshape(-1)]
+
+
+# --- writers (for tests, the local stack and anyone building a golden set) ---------------------------
+
+
+def write_jsonl_dataset(path: Path, classes: Sequence[str], features: np.ndarray, labels: Sequence[str],
+                        slices: Sequence[Sequence[str]] | None = None) -> str:
+    """Write a JSON Lines golden dataset with its header; returns its sha256."""
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(json.dumps({"classes": list(classes), "featureShape": list(features.shape[1:])}) + "\n")
+        for row in range(features.shape[0]):
+            sample: dict[str, Any] = {"inputs": features[row].tolist(), "label": labels[row]}
+            if slices is not None and slices[row]:
+                sample["slices"] = list(slices[row])
+            out.write(json.dumps(sample) + "\n")
+    return sha256_file(path)
+
+
+def write_npz_dataset(path: Path, classes: Sequence[str], features: np.ndarray, labels: Sequence[str],
+                      slices: Sequence[Sequence[str]] | None = None) -> str:
+    """Write a .npz golden dataset (X, y, classes, slices); returns its sha256."""
+    arrays: dict[str, np.ndarray] = {"X": np.ascontiguousarray(features), "y": np.asarray(labels, dtype=str),
+                                     "classes": np.asarray(classes, dtype=str)}
+    if slices is not None:
+        arrays["slices"] = np.asarray([",".join(tags) for tags in slices], dtype=str)
+    with open(path, "wb") as out:
+        np.savez(out, **arrays)  # type: ignore[arg-type]
+    return sha256_file(path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,240 @@
+"""Thresholds -> verdicts. Every check reports the numbers that decided it; nothing passes by default.
+
+Checks, in the order the engine reads them (the first verdict with the combined outcome is quoted):
+    dataset.sha256      FAIL when the data differ from the pinned hash (both hashes in the message)
+    dataset.source      INCONCLUSIVE when policy refuses the source (host not allow-listed, ...)
+    dataset             INCONCLUSIVE when the file is unreadable, empty, or has unusable samples
+    candidate.responses FAIL when the candidate answered some samples with garbage; INCONCLUSIVE when
+                        it was unreachable for some (timeouts, 503): no evidence either way
+    stable.responses    INCONCLUSIVE when stable could not answer: the comparison lacks evidence
+    minAccuracy                           on the candidate's answers
+    maxAccuracyDrop, maxDisagreement      candidate vs stable on the samples both answered
+    <class>.maxFalsePositiveRate / .minRecall / .minPrecision   on the candidate's answers
+    slice <tag>.maxAccuracyDrop / .maxDisagreement   the same per golden slice (a trigger hides in one)
+    thresholds          INCONCLUSIVE when no threshold could be applied at all
+An undefined metric (e.g. recall of a class with no samples) is INCONCLUSIVE, never 0 or 1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.api.spec import ClassThresholds, GoldenThresholds
+from controller.gate.formats import DatasetProblems
+from controller.gate.metrics import PairedCounts, accuracy, class_counts, flip_list
+from controller.verdict import Outcome, Verdict
+
+_EPSILON = 1e-12  # thresholds are decimal fractions; do not fail 10/1000 against 0.01 on float noise
+
+
+@dataclass
+class ResponseTally:
+    """What one endpoint did with the samples sent to it."""
+
+    batches: int = 0
+    samples: int = 0
+    answered: int = 0
+    failed_batches: Counter[str] = field(default_factory=Counter)  # batch-level reason -> batches
+    unanswered: Counter[str] = field(default_factory=Counter)  # reason -> samples without a usable prediction
+    unavailable_samples: int = 0  # of the unanswered: the server was unreachable, not wrong
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def unanswered_total(self) -> int:
+        return self.samples - self.answered
+
+    @property
+    def garbage_samples(self) -> int:
+        return self.unanswered_total - self.unavailable_samples
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "samples": self.samples, "answered": self.answered,
+                "unanswered": self.unanswered_total, "unavailable": self.unavailable_samples,
+                "invalid": self.garbage_samples, "unansweredByReason": dict(self.unanswered.most_common()),
+                "failedBatchesByReason": dict(self.failed_batches.most_common()), "examples": self.examples}
+
+
+@dataclass
+class GateTally:
+    """Everything the gate counted; the judge reads only this."""
+
+    classes: tuple[str, ...]
+    overall: PairedCounts
+    slices: dict[str, PairedCounts]
+    candidate: ResponseTally
+    stable: ResponseTally | None
+    problems: DatasetProblems
+    records: int
+    untracked_slices: int = 0  # tags beyond the tracking limit: counted, not judged
+    aborted: str | None = None  # why evaluation stopped early (timeout, endpoint down)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    max_unusable_sample_share: float = 0.0  # dataset samples that may be unusable before it is inconclusive
+    max_unanswered_share: float = 0.0  # samples an endpoint may leave unanswered before the verdict turns
+    slice_checks: bool = True
+    min_slice_samples: int = 20  # slices smaller than this are reported, not judged
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def judge(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSettings,
+          dataset_sha256: str) -> list[Verdict]:
+    verdicts = [_dataset_verdict(tally, settings, dataset_sha256)]
+    verdicts.append(_responses_verdict("candidate", tally.candidate, settings, tally.aborted, garbage_fails=True))
+    if tally.stable is not None:
+        verdicts.append(_responses_verdict("stable", tally.stable, settings, tally.aborted, garbage_fails=False))
+    if tally.overall.samples == 0 or tally.candidate.answered == 0:
+        return verdicts  # nothing to measure: the verdicts above already say why
+    if tally.aborted:
+        # The samples read so far need not represent the dataset (it may be sorted by class), so metrics on
+        # them are reported but decide nothing; the responses verdict already says why it stopped.
+        return verdicts
+    checks = _threshold_verdicts(thresholds, tally, settings, dataset_sha256)
+    if not checks:
+        has_thresholds = bool(thresholds.min_accuracy is not None or thresholds.max_accuracy_drop is not None
+                              or thresholds.max_disagreement is not None or thresholds.classes)
+        why = ("the thresholds set compare against stable, and there is no stable version" if has_thresholds
+               else "goldenDataset.thresholds sets no threshold")
+        checks = [Verdict("thresholds", Outcome.INCONCLUSIVE, f"nothing judged the candidate: {why}",
+                          {"datasetSha256": dataset_sha256})]
+    return verdicts + checks
+
+
+def _dataset_verdict(tally: GateTally, settings: JudgeSettings, dataset_sha256: str) -> Verdict:
+    problems = tally.problems
+    usable = tally.overall.samples
+    evidence = {"datasetSha256": dataset_sha256, "records": tally.records, "usable": usable,
+                "unusable": problems.total, "unusableByReason": dict(problems.counts.most_common()),
+                "examples": problems.examples[:5]}
+    if usable == 0:
+        detail = f": {problems.summary()}" if problems.total else ""
+        return Verdict("dataset", Outcome.INCONCLUSIVE,
+                       f"no usable samples in {tally.records} records{detail}", evidence)
+    if problems.total > settings.max_unusable_sample_share * tally.records + _EPSILON:
+        first = f"; first: {problems.examples[0]}" if problems.examples else ""
+        return Verdict("dataset", Outcome.INCONCLUSIVE,
+                       f"{problems.total} of {tally.records} samples unusable ({problems.summary()}){first}",
+                       evidence)
+    return Verdict("dataset", Outcome.PASS, f"{usable} usable samples, {len(tally.classes)} classes", evidence)
+
+
+def _responses_verdict(side: str, tally: ResponseTally, settings: JudgeSettings, aborted: str | None,
+                       garbage_fails: bool) -> Verdict:
+    evidence = tally.to_dict()
+    missing = tally.unanswered_total
+    if tally.samples == 0:
+        return Verdict(f"{side}.responses", Outcome.INCONCLUSIVE, "no samples were sent", evidence)
+    if missing <= settings.max_unanswered_share * tally.samples + _EPSILON and aborted is None:
+        note = f" ({missing} unanswered, within the allowed share)" if missing else ""
+        return Verdict(f"{side}.responses", Outcome.PASS,
+                       f"answered {tally.answered} of {tally.samples} samples{note}", evidence)
+    reasons = ", ".join(f"{reason} x{count}" for reason, count in tally.unanswered.most_common(5))
+    batches = sum(tally.failed_batches.values())
+    message = (f"no usable prediction for {missing} of {tally.samples} samples ({pct(missing / tally.samples)})"
+               f"{f', {batches} of {tally.batches} batches failed' if batches else ''}"
+               f"{f': {reasons}' if reasons else ''}{f'; stopped early: {aborted}' if aborted else ''}")
+    if garbage_fails and tally.garbage_samples > settings.max_unanswered_share * tally.samples + _EPSILON:
+        return Verdict(f"{side}.responses", Outcome.FAIL, message, evidence)
+    return Verdict(f"{side}.responses", Outcome.INCONCLUSIVE, message, evidence)
+
+
+def _limit_check(name: str, value: float | None, limit: float, upper: bool, what: str, undefined_because: str,
+                 evidence: Mapping[str, Any]) -> Verdict:
+    """upper: the value must not exceed limit (max*); otherwise it must reach it (min*)."""
+    evidence = {"value": value, "limit": limit, **evidence}
+    if value is None:
+        return Verdict(name, Outcome.INCONCLUSIVE, f"{what} is undefined: {undefined_because}", evidence)
+    failed = value > limit + _EPSILON if upper else value < limit - _EPSILON
+    relation = ("above" if failed else "within") if upper else ("below" if failed else "at or above")
+    return Verdict(name, Outcome.FAIL if failed else Outcome.PASS,
+                   f"{what} {pct(value)} {relation} the {'maximum' if upper else 'minimum'} {pct(limit)}", evidence)
+
+
+def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSettings,
+                        dataset_sha256: str) -> list[Verdict]:
+    verdicts: list[Verdict] = []
+    overall = tally.overall
+    base = {"datasetSha256": dataset_sha256}
+    if thresholds.min_accuracy is not None:
+        correct, answered = int(overall.candidate.trace()), int(overall.candidate.sum())
+        verdicts.append(_limit_check(
+            "minAccuracy", accuracy(overall.candidate), thresholds.min_accuracy, upper=False,
+            what=f"candidate accuracy ({correct}/{answered})", undefined_because="no answered samples",
+            evidence={**base, "correct": correct, "samples": answered}))
+    if tally.stable is not None:
+        verdicts.extend(_comparison_verdicts("", overall, thresholds, tally.classes, base))
+    for label, limits in thresholds.classes.items():
+        verdicts.extend(_class_verdicts(label, limits, tally, base))
+    if tally.stable is not None and settings.slice_checks:
+        for tag, counts in sorted(tally.slices.items()):
+            if counts.paired >= settings.min_slice_samples:
+                verdicts.extend(_comparison_verdicts(f"slice {tag}.", counts, thresholds, tally.classes,
+                                                     {**base, "slice": tag}))
+    return verdicts
+
+
+def _comparison_verdicts(prefix: str, counts: PairedCounts, thresholds: GoldenThresholds, classes: Sequence[str],
+                         base: Mapping[str, Any]) -> list[Verdict]:
+    verdicts = []
+    scope = f" on slice {base['slice']}" if "slice" in base else ""
+    paired = counts.paired
+    if thresholds.max_accuracy_drop is not None:
+        candidate_correct, stable_correct = int(counts.paired_candidate.trace()), int(counts.paired_stable.trace())
+        verdicts.append(_limit_check(
+            f"{prefix}maxAccuracyDrop", counts.accuracy_drop, thresholds.max_accuracy_drop, upper=True,
+            what=(f"accuracy drop{scope} (stable {stable_correct}/{paired}, candidate {candidate_correct}/{paired})"),
+            undefined_because="no sample was answered by both", evidence={
+                **base, "pairedSamples": paired, "candidateCorrect": candidate_correct,
+                "stableCorrect": stable_correct}))
+    if thresholds.max_disagreement is not None:
+        flips = flip_list(counts.flips, classes, limit=5)
+        top = f"; most: {flips[0]['from']} -> {flips[0]['to']} x{flips[0]['count']}" if flips else ""
+        verdicts.append(_limit_check(
+            f"{prefix}maxDisagreement", counts.disagreement, thresholds.max_disagreement, upper=True,
+            what=f"disagreement with stable{scope} ({counts.disagreements}/{paired}{top})",
+            undefined_because="no sample was answered by both", evidence={
+                **base, "pairedSamples": paired, "disagreements": counts.disagreements, "flips": flips}))
+    return verdicts
+
+
+def _class_verdicts(label: str, limits: ClassThresholds, tally: GateTally,
+                    base: Mapping[str, Any]) -> list[Verdict]:
+    wanted = [(name, limit) for name, limit in (("maxFalsePositiveRate", limits.max_false_positive_rate),
+                                                ("minRecall", limits.min_recall),
+                                                ("minPrecision", limits.min_precision)) if limit is not None]
+    if not wanted:
+        return []
+    if label not in tally.classes:
+        return [Verdict(f"{label}.{name}", Outcome.INCONCLUSIVE,
+                        f"thresholds name class {label!r}, which the dataset does not declare "
+                        f"(classes: {', '.join(tally.classes)})", dict(base)) for name, _ in wanted]
+    index = tally.classes.index(label)
+    counts = class_counts(tally.overall.candidate, index)
+    stable = class_counts(tally.overall.stable, index) if tally.stable is not None else None
+    verdicts = []
+    for name, limit in wanted:
+        if name == "maxFalsePositiveRate":
+            value, upper, numbers = counts.false_positive_rate, True, (counts.fp, counts.fp + counts.tn)
+            what, why = f"{label} false-positive rate", f"no answered sample is labelled other than {label}"
+            stable_value = stable.false_positive_rate if stable else None
+        elif name == "minRecall":
+            value, upper, numbers = counts.recall, False, (counts.tp, counts.tp + counts.fn)
+            what, why = f"{label} recall", f"no answered sample is labelled {label}"
+            stable_value = stable.recall if stable else None
+        else:
+            value, upper, numbers = counts.precision, False, (counts.tp, counts.tp + counts.fp)
+            what, why = f"{label} precision", f"the candidate never predicted {label}"
+            stable_value = stable.precision if stable else None
+        context = f"; stable {pct(stable_value)}" if stable is not None else ""
+        verdict = _limit_check(f"{label}.{name}", value, limit, upper, f"{what} ({numbers[0]}/{numbers[1]})", why,
+                               {**base, "class": label, "numerator": numbers[0], "denominator": numbers[1],
+                                "stableValue": stable_value})
+        verdicts.append(Verdict(verdict.name, verdict.outcome, verdict.reason + context, verdict.evidence))
+    return verdicts

@@ -1,0 +1,156 @@
+"""Classification metrics with numpy, accumulated batch by batch in fixed-size count matrices.
+
+Confusion matrices are indexed [true class, predicted class]. Candidate-vs-stable flips are indexed
+[stable's prediction, candidate's prediction]: the off-diagonal cells say which way predictions moved.
+Nothing per sample is kept, so memory depends on the number of classes and slices, not on the dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, class_count: int) -> np.ndarray:
+    """Counts of (true, predicted) pairs over samples with a prediction (predicted >= 0)."""
+    usable = predicted >= 0
+    pairs = (labels[usable] * class_count + predicted[usable]).astype(np.int64, copy=False)
+    return np.bincount(pairs, minlength=class_count * class_count).reshape(class_count, class_count)
+
+
+def ratio(numerator: int, denominator: int) -> float | None:
+    """None when the denominator is zero: an undefined metric is never reported as 0 or 1."""
+    return numerator / denominator if denominator else None
+
+
+@dataclass
+class ClassCounts:
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    @property
+    def support(self) -> int:  # samples truly of this class
+        return self.tp + self.fn
+
+    @property
+    def precision(self) -> float | None:
+        return ratio(self.tp, self.tp + self.fp)
+
+    @property
+    def recall(self) -> float | None:
+        return ratio(self.tp, self.tp + self.fn)
+
+    @property
+    def false_positive_rate(self) -> float | None:
+        return ratio(self.fp, self.fp + self.tn)
+
+
+def class_counts(confusion: np.ndarray, class_index: int) -> ClassCounts:
+    total = int(confusion.sum())
+    tp = int(confusion[class_index, class_index])
+    fp = int(confusion[:, class_index].sum()) - tp
+    fn = int(confusion[class_index, :].sum()) - tp
+    return ClassCounts(tp=tp, fp=fp, fn=fn, tn=total - tp - fp - fn)
+
+
+def accuracy(confusion: np.ndarray) -> float | None:
+    return ratio(int(np.trace(confusion)), int(confusion.sum()))
+
+
+def summarize(confusion: np.ndarray, classes: Sequence[str], include_matrix: bool = True) -> dict[str, Any]:
+    """JSON-able metrics for one model on one set of samples."""
+    total = int(confusion.sum())
+    per_class = {}
+    for index, name in enumerate(classes):
+        counts = class_counts(confusion, index)
+        per_class[name] = {
+            "support": counts.support, "predicted": counts.tp + counts.fp,
+            "truePositives": counts.tp, "falsePositives": counts.fp, "falseNegatives": counts.fn,
+            "trueNegatives": counts.tn, "precision": counts.precision, "recall": counts.recall,
+            "falsePositiveRate": counts.false_positive_rate,
+        }
+    summary: dict[str, Any] = {"samples": total, "correct": int(np.trace(confusion)), "accuracy": accuracy(confusion),
+                               "perClass": per_class}
+    if include_matrix:
+        summary["confusionMatrix"] = confusion.astype(int).tolist()
+    return summary
+
+
+def flip_list(flips: np.ndarray, classes: Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
+    """Off-diagonal flip counts, largest first: [{"from": stable's class, "to": candidate's, "count"}]."""
+    off = flips.copy()
+    np.fill_diagonal(off, 0)
+    cells = [(int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off), strict=True)]
+    cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))
+    if limit is not None:
+        cells = cells[:limit]
+    return [{"from": classes[i], "to": classes[j], "count": count} for count, i, j in cells]
+
+
+@dataclass
+class PairedCounts:
+    """Counts for one scope (the whole dataset or one slice), candidate and optionally stable."""
+
+    class_count: int
+    samples: int = 0  # valid dataset samples in scope
+    candidate: np.ndarray = field(init=False)
+    stable: np.ndarray = field(init=False)
+    # On samples both answered: the like-for-like comparison behind accuracy drop and disagreement.
+    paired_candidate: np.ndarray = field(init=False)
+    paired_stable: np.ndarray = field(init=False)
+    flips: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        shape = (self.class_count, self.class_count)
+        self.candidate = np.zeros(shape, dtype=np.int64)
+        self.stable = np.zeros(shape, dtype=np.int64)
+        self.paired_candidate = np.zeros(shape, dtype=np.int64)
+        self.paired_stable = np.zeros(shape, dtype=np.int64)
+        self.flips = np.zeros(shape, dtype=np.int64)
+
+    def add(self, labels: np.ndarray, candidate: np.ndarray, stable: np.ndarray | None) -> None:
+        k = self.class_count
+        self.samples += int(labels.shape[0])
+        self.candidate += confusion_matrix(labels, candidate, k)
+        if stable is None:
+            return
+        self.stable += confusion_matrix(labels, stable, k)
+        both = (candidate >= 0) & (stable >= 0)
+        self.paired_candidate += confusion_matrix(labels[both], candidate[both], k)
+        self.paired_stable += confusion_matrix(labels[both], stable[both], k)
+        self.flips += confusion_matrix(stable[both], candidate[both], k)
+
+    @property
+    def paired(self) -> int:
+        return int(self.flips.sum())
+
+    @property
+    def disagreements(self) -> int:
+        return self.paired - int(np.trace(self.flips))
+
+    @property
+    def disagreement(self) -> float | None:
+        return ratio(self.disagreements, self.paired)
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        """Stable's accuracy minus the candidate's, on the same samples (positive: the candidate is worse)."""
+        if not self.paired:
+            return None
+        return (int(np.trace(self.paired_stable)) - int(np.trace(self.paired_candidate))) / self.paired
+
+    def comparison(self, classes: Sequence[str], include_matrix: bool = True,
+                   flip_limit: int | None = 10) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "pairedSamples": self.paired, "disagreements": self.disagreements, "disagreement": self.disagreement,
+            "candidateAccuracy": accuracy(self.paired_candidate), "stableAccuracy": accuracy(self.paired_stable),
+            "accuracyDrop": self.accuracy_drop, "flips": flip_list(self.flips, classes, flip_limit),
+        }
+        if include_matrix:
+            result["flipMatrix"] = self.flips.astype(int).tolist()
+        return result

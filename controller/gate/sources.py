@@ -1,0 +1,210 @@
+"""Fetch the golden dataset into a local file, hashing it on the way; the caller verifies before parsing.
+
+Sources (DESIGN.md section 3, `goldenDataset.uri`):
+- `mlflow-artifacts:/...`, `runs:/<run_id>/<path>`, `models:/<name>/<version>/<path>` (or `@<alias>`):
+  through the tracking server with the rollout's own MLflow credentials;
+- `configmap://<name>/<key>`: only in the rollout's own namespace (the URI has no namespace part), read
+  through a `ConfigMapReader` the operator provides; `binaryData` is base64-decoded, `data` is UTF-8;
+- `https://host/...`: only when the operator's allow-list names the host; redirects are followed only
+  within the same scheme, host and port, never to another host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import re
+import ssl
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+from urllib.parse import urlparse
+
+import aiohttp
+from yarl import URL
+
+from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
+from controller.gate.mlflow_access import MlflowAccess, copy_hashing, download_artifact
+
+DEFAULT_MAX_DATASET_BYTES = 4 * 1024**3
+_CONFIGMAP_URI = re.compile(r"^configmap://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)/([-._a-zA-Z0-9]+)$")
+_MLFLOW_SCHEMES = ("mlflow-artifacts:", "runs:/", "models:/")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+
+
+@dataclass(frozen=True)
+class ConfigMapContent:
+    """A ConfigMap's two maps as the API returns them: `binary_data` values are base64 text."""
+
+    data: Mapping[str, str] = field(default_factory=dict)
+    binary_data: Mapping[str, str] = field(default_factory=dict)
+
+
+class ConfigMapReader(Protocol):
+    """Reads one ConfigMap; None when it does not exist. Raise SourceError for other failures."""
+
+    def read_config_map(self, namespace: str, name: str) -> ConfigMapContent | None: ...
+
+
+class KubernetesConfigMapReader:
+    """ConfigMapReader over the official kubernetes client (blocking; the gate calls it in a thread)."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(api_client)
+
+    def read_config_map(self, namespace: str, name: str) -> ConfigMapContent | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = self._core.read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise SourceError(kind_for_http_status(exc.status or 500),
+                              f"reading ConfigMap {namespace}/{name}: HTTP {exc.status} {exc.reason}") from None
+        except Exception as exc:  # urllib3 connection errors and the like
+            raise SourceError(ErrorKind.UNAVAILABLE, f"reading ConfigMap {namespace}/{name}: {exc}") from None
+        return ConfigMapContent(data=dict(found.data or {}), binary_data=dict(found.binary_data or {}))
+
+
+@dataclass(frozen=True)
+class DatasetSources:
+    """What the operator lets the gate read, and with which credentials (per rollout, never global)."""
+
+    mlflow: MlflowAccess | None = None
+    config_maps: ConfigMapReader | None = None
+    # Host names (optionally "*.example.com" for subdomains) that https:// datasets may come from.
+    https_allowed_hosts: Collection[str] = ()
+    https_ca_file: str | None = None
+    https_timeout_seconds: float = 300.0
+    max_bytes: int = DEFAULT_MAX_DATASET_BYTES
+
+
+@dataclass(frozen=True)
+class FetchedDataset:
+    path: Path
+    sha256: str
+    size_bytes: int
+    source: str  # where it came from, for messages (no credentials)
+
+
+async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, destination: Path) -> FetchedDataset:
+    """Fetch uri into the file destination, hashing while writing. Raises SourceError / SourcePolicyError."""
+    with open(destination, "wb") as sink:
+        if uri.startswith(_MLFLOW_SCHEMES):
+            source, (sha256, size) = await _fetch_mlflow(uri, sources, sink)
+        elif uri.startswith("configmap://"):
+            source, (sha256, size) = await _fetch_config_map(uri, namespace, sources, sink)
+        elif uri.startswith("https://"):
+            source, (sha256, size) = await _fetch_https(uri, sources, sink)
+        else:
+            scheme = uri.split(":", 1)[0] if ":" in uri else uri
+            raise SourcePolicyError(f"dataset URI scheme {scheme!r} is not supported: use mlflow-artifacts:/, "
+                                    "runs:/, models:/, configmap://<name>/<key> or an allow-listed https:// host")
+    return FetchedDataset(path=destination, sha256=sha256, size_bytes=size, source=source)
+
+
+async def _fetch_mlflow(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tuple[str, tuple[str, int]]:
+    if sources.mlflow is None:
+        raise SourcePolicyError(f"{uri}: no MLflow tracking server is configured for this rollout")
+    result = await asyncio.to_thread(download_artifact, sources.mlflow, uri, sink, sources.max_bytes)
+    return f"{uri} via {sources.mlflow.tracking_uri}", result
+
+
+def parse_config_map_uri(uri: str) -> tuple[str, str]:
+    match = _CONFIGMAP_URI.match(uri)
+    if not match:
+        raise SourcePolicyError(f"{uri}: expected configmap://<name>/<key> (a ConfigMap in the rollout's namespace)")
+    return match.group(1), match.group(3)
+
+
+async def _fetch_config_map(uri: str, namespace: str, sources: DatasetSources,
+                            sink: IO[bytes]) -> tuple[str, tuple[str, int]]:
+    name, key = parse_config_map_uri(uri)
+    if sources.config_maps is None:
+        raise SourcePolicyError(f"{uri}: the operator has no Kubernetes access configured for ConfigMaps")
+    content = await asyncio.to_thread(sources.config_maps.read_config_map, namespace, name)
+    where = f"ConfigMap {namespace}/{name}"
+    if content is None:
+        raise SourceError(ErrorKind.NOT_FOUND, f"{where} not found")
+    if key in content.binary_data:
+        try:
+            payload = base64.b64decode(content.binary_data[key], validate=True)
+        except (binascii.Error, ValueError):
+            raise SourceError(ErrorKind.INVALID, f"{where} binaryData[{key}] is not valid base64") from None
+    elif key in content.data:
+        payload = content.data[key].encode("utf-8")
+    else:
+        keys = sorted({*content.data, *content.binary_data})
+        raise SourceError(ErrorKind.NOT_FOUND, f"{where} has no key {key!r} in data or binaryData "
+                                               f"(keys: {', '.join(keys) or 'none'})")
+    return f"{where} key {key}", copy_hashing([payload], sink, sources.max_bytes, uri)
+
+
+def host_allowed(host: str, allowed: Collection[str]) -> bool:
+    host = host.lower().rstrip(".")
+    for entry in allowed:
+        entry = entry.lower().rstrip(".")
+        if entry.startswith("*."):
+            if host.endswith(entry[1:]) and host != entry[2:]:
+                return True
+        elif host == entry:
+            return True
+    return False
+
+
+def check_https_uri(uri: str, allowed: Collection[str]) -> URL:
+    parsed = urlparse(uri)
+    if parsed.scheme != "https" or not parsed.hostname:
+        raise SourcePolicyError(f"{uri}: only https:// URLs with a host are accepted")
+    if parsed.username or parsed.password:
+        raise SourcePolicyError("https dataset URL carries credentials in it; refusing (they would end up in status)")
+    if not host_allowed(parsed.hostname, allowed):
+        raise SourcePolicyError(f"https host {parsed.hostname} is not in the operator's allow-list for golden datasets")
+    return URL(uri, encoded=True)
+
+
+async def _fetch_https(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tuple[str, tuple[str, int]]:
+    url = check_https_uri(uri, sources.https_allowed_hosts)
+    origin = (url.scheme, (url.host or "").lower(), url.port)
+    context = ssl.create_default_context(cafile=sources.https_ca_file)
+    timeout = aiohttp.ClientTimeout(total=sources.https_timeout_seconds)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
+            for _ in range(_MAX_REDIRECTS + 1):
+                async with session.get(url, allow_redirects=False, ssl=context) as response:
+                    if response.status in _REDIRECTS:
+                        location = response.headers.get("Location", "")
+                        target = url.join(URL(location))
+                        if (target.scheme, (target.host or "").lower(), target.port) != origin:
+                            raise SourcePolicyError(f"{uri}: redirect to {target.scheme}://{target.host} refused: "
+                                                    "redirects are followed only within the same host")
+                        url = target
+                        continue
+                    if response.status != 200:
+                        raise SourceError(kind_for_http_status(response.status),
+                                          f"GET {uri}: HTTP {response.status} {response.reason or ''}".strip())
+                    sha_size = await _copy_stream(response, sink, sources.max_bytes, uri)
+                    return uri, sha_size
+    except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+        raise SourceError(ErrorKind.UNAVAILABLE, f"GET {uri}: {type(exc).__name__}: {exc}") from None
+    raise SourceError(ErrorKind.ERROR, f"GET {uri}: more than {_MAX_REDIRECTS} redirects")
+
+
+async def _copy_stream(response: aiohttp.ClientResponse, sink: IO[bytes], max_bytes: int,
+                       what: str) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in response.content.iter_chunked(1024 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise SourcePolicyError(f"{what} is larger than the {max_bytes}-byte limit for golden datasets")
+        digest.update(chunk)
+        sink.write(chunk)
+    return digest.hexdigest(), size

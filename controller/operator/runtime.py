@@ -1,0 +1,317 @@
+"""One reconcile of one rollout: observe through the adapters, decide with the engine, act, repeat.
+
+The engine is pure; this module is the only place that turns its actions into calls on the router, the
+registry, the gate and the Prometheus judges, and their answers back into observations. Nothing here is
+remembered between reconciles: what must survive a restart is in the status the engine returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from controller.analysis.prometheus import PrometheusProvider
+from controller.analysis.runner import AnalysisRequest, run_analysis
+from controller.api.commands import COMMAND_ANNOTATION, CommandError, parse_command
+from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
+from controller.api.status import ModelRolloutStatus, VersionRef
+from controller.engine import (
+    Action,
+    ActionFailure,
+    AdapterError,
+    AdapterErrorKind,
+    JudgeResult,
+    Observations,
+    PromoteCandidate,
+    RegistryObservation,
+    ResolvedVersion,
+    RestoreStable,
+    RunAnalysis,
+    RunGate,
+    SetAlias,
+    SetCanaryWeight,
+    StageCandidate,
+    TagRejected,
+    TargetObservation,
+    UnstageCandidate,
+    decide,
+)
+from controller.gate import DatasetSources, InferenceEndpoint, KubernetesConfigMapReader, MlflowAccess, run_gate
+from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
+from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
+
+log = logging.getLogger(__name__)
+
+# Bounds how many decide -> act rounds one reconcile runs before writing status.
+MAX_ROUNDS = 8
+WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Deadline", "Error")
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Operator-wide settings; a rollout's spec may override the registry and Prometheus addresses."""
+
+    default_tracking_uri: str | None = None
+    default_prometheus_url: str | None = None
+    # What the serving system loads for a version: {name}, {version}, {source}, {run_id}.
+    storage_uri_template: str = "{source}"
+    gate_protocol: str = "v2"
+    https_allowed_hosts: tuple[str, ...] = ()
+    kserve_default_mode: str | None = None
+
+
+@dataclass
+class ReconcileOutcome:
+    status: dict[str, Any]
+    events: list[tuple[str, str, bool]] = field(default_factory=list)
+    requeue_after: float | None = None
+    actions_taken: list[str] = field(default_factory=list)
+
+
+def _kind(error: Exception) -> AdapterErrorKind:
+    reason = getattr(error, "kind", None) or getattr(error, "reason", None) or "Error"
+    try:
+        return AdapterErrorKind(str(reason))
+    except ValueError:
+        return AdapterErrorKind.ERROR
+
+
+class RolloutRuntime:
+    """The adapters of one rollout, built fresh for each reconcile (credentials are read each time)."""
+
+    def __init__(self, obj: dict[str, Any], spec: ModelRolloutSpec, api_client: client.ApiClient,
+                 config: OperatorConfig) -> None:
+        self.obj = obj
+        self.spec = spec
+        self.namespace: str = obj["metadata"]["namespace"]
+        self.name: str = obj["metadata"]["name"]
+        self.api_client = api_client
+        self.config = config
+        self.router: TrafficRouter = router_for(obj["spec"]["target"], self.namespace, api_client,
+                                                kserve_default_mode=config.kserve_default_mode)
+        self._credentials: Credentials | None = None
+        self._registry: ModelRegistry | None = None
+
+    # --- adapters ------------------------------------------------------------------------------------
+
+    @property
+    def target_name(self) -> str:
+        target = self.spec.target
+        if target.kserve is not None:
+            return target.kserve.inference_service
+        if target.seldon_deployment is not None:
+            return target.seldon_deployment.name
+        assert target.seldon_experiment is not None
+        return target.seldon_experiment.name
+
+    def credentials(self) -> Credentials | None:
+        ref = self.spec.registry.credentials_secret_ref
+        if ref is None:
+            return None
+        if self._credentials is None:
+            # Only the rollout's own namespace, only the Secret it names.
+            secret = client.CoreV1Api(self.api_client).read_namespaced_secret(ref.name, self.namespace)
+            self._credentials = Credentials.from_secret_data(secret.data or {})
+        return self._credentials
+
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            uri = self.spec.registry.tracking_uri or self.config.default_tracking_uri
+            if not uri:
+                raise RegistryError("no registry: set spec.registry.trackingUri or the operator's default")
+            self._registry = MlflowRegistry(uri, self.credentials())
+        return self._registry
+
+    def storage_uri(self, version: VersionRef) -> str:
+        return self.config.storage_uri_template.format(name=self.spec.model.name, version=version.version,
+                                                       source=version.source or "", run_id=version.run_id or "")
+
+    # --- observing -----------------------------------------------------------------------------------
+
+    def observe_registry(self) -> RegistryObservation:
+        model = self.spec.model
+        try:
+            registry = self.registry()
+            try:
+                candidate = _engine_version(registry.resolve(model.name, version=model.version, alias=model.alias))
+            except VersionNotFound:
+                candidate = None
+            stable = registry.resolve_stable(model.name, model.stable_alias)
+        except ApiException as exc:
+            return RegistryObservation(error=AdapterError(AdapterErrorKind.FORBIDDEN if exc.status == 403 else
+                                                          AdapterErrorKind.NOT_FOUND if exc.status == 404 else
+                                                          AdapterErrorKind.ERROR,
+                                                          f"registry credentials Secret: HTTP {exc.status}"))
+        except RegistryError as exc:
+            return RegistryObservation(error=AdapterError(_kind(exc), str(exc)))
+        return RegistryObservation(candidate=candidate,
+                                   stable_alias_version=_engine_version(stable) if stable else None)
+
+    def observe_target(self) -> tuple[TargetObservation | None, TargetState | None]:
+        try:
+            state = self.router.observe()
+        except TrafficError as exc:
+            return TargetObservation(error=AdapterError(_kind(exc), str(exc))), None
+        if not state.exists:
+            return TargetObservation(error=AdapterError(AdapterErrorKind.NOT_FOUND,
+                                                        state.message or f"{state.target} not found")), state
+        if not state.synced:
+            return None, state  # the serving controller has not caught up: nothing can be confirmed yet
+        return TargetObservation(ready=state.ready, stable_version=state.stable_version,
+                                 canary_version=state.canary_version, canary_ready=state.canary_ready,
+                                 canary_weight=state.canary_weight, detail=state.message), state
+
+    def commands(self) -> tuple[Any, ...]:
+        text = (self.obj["metadata"].get("annotations") or {}).get(COMMAND_ANNOTATION)
+        if not text:
+            return ()
+        try:
+            return (parse_command(text),)
+        except CommandError as exc:
+            log.warning("%s/%s: ignoring command annotation: %s", self.namespace, self.name, exc)
+            return ()
+
+    # --- acting --------------------------------------------------------------------------------------
+
+    def act(self, action: Action, status: ModelRolloutStatus) -> None:
+        model = self.spec.model
+        rollout = f"{self.namespace}/{self.name}"
+        match action:
+            case StageCandidate(candidate=candidate):
+                self.router.stage(CandidateModel(model.name, candidate.version, self.storage_uri(candidate)),
+                                  stable_version=status.stable.version if status.stable else None)
+            case SetCanaryWeight(weight=0) | UnstageCandidate():
+                self.router.rollback()
+            case SetCanaryWeight(weight=weight):
+                self.router.set_weight(weight)
+            case PromoteCandidate():
+                self.router.promote()
+            case RestoreStable(stable=stable):
+                self.router.restore(CandidateModel(model.name, stable.version, self.storage_uri(stable)))
+            case SetAlias(alias=alias, version=version):
+                self.registry().set_alias(model.name, alias, version)
+            case TagRejected(version=version, reason=reason, evidence=evidence, rejected_at=at, actor=actor):
+                self.registry().tag_rejected(model.name, version, reason, dict(evidence), rollout,
+                                             rejected_at=at, actor=actor)
+            case _:
+                raise TypeError(f"not an effect action: {action!r}")
+
+    async def measure_gate(self, action: RunGate, state: TargetState | None) -> JudgeResult:
+        kserve = self.spec.target.kserve
+        candidate_url = (kserve.candidate_url if kserve else None) or (state.canary_url if state else None)
+        stable_url = (kserve.stable_url if kserve else None) or (state.stable_url if state else None)
+        if not candidate_url:
+            return JudgeResult(action.id, error=AdapterError(AdapterErrorKind.UNAVAILABLE,
+                                                             "the staged candidate has no inference URL yet"))
+        protocol = self.config.gate_protocol
+        candidate = InferenceEndpoint.from_url(candidate_url, self.target_name, protocol)
+        stable = InferenceEndpoint.from_url(stable_url, self.target_name, protocol) \
+            if stable_url and action.stable else None
+        uri = self.spec.registry.tracking_uri or self.config.default_tracking_uri
+        sources = DatasetSources(
+            mlflow=MlflowAccess.with_credentials(uri, self.credentials()) if uri else None,
+            config_maps=KubernetesConfigMapReader(self.api_client),
+            https_allowed_hosts=self.config.https_allowed_hosts)
+        report = await run_gate(action.dataset, candidate, stable, namespace=self.namespace, sources=sources)
+        return report.to_judge_result(action.id)
+
+    def measure_analysis(self, action: RunAnalysis, now: dt.datetime) -> JudgeResult:
+        prometheus = self.spec.analysis.prometheus
+        address = prometheus.address if prometheus else self.config.default_prometheus_url
+        if not address:
+            return JudgeResult(action.id, error=AdapterError(AdapterErrorKind.INVALID,
+                                                             "no Prometheus: set spec.analysis.prometheus.address"))
+        metrics = [m for m in self.spec.analysis.metrics if not action.metrics or m.name in action.metrics]
+        request = AnalysisRequest(namespace=self.namespace, target=self.target_name, mode=str(action.mode),
+                                  window_start=action.window_start, now=now, baseline_window=action.baseline_window)
+        verdicts = run_analysis(metrics, request, PrometheusProvider(address))
+        return JudgeResult(action.id, verdicts=verdicts)
+
+
+def _engine_version(version: Any) -> ResolvedVersion:
+    return ResolvedVersion(version=version.version, run_id=version.run_id, source=version.source,
+                           lineage=dict(version.lineage), tags=dict(version.tags))
+
+
+class RolloutStepper:
+    """(observe, decide, act)* on a rollout just read; the caller writes the status.
+
+    The first step of each rollout since the operator started tells the engine to resend pending actions.
+    """
+
+    def __init__(self, api_client: client.ApiClient, config: OperatorConfig,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+        self.api_client = api_client
+        self.config = config
+        self.clock = clock
+        self._seen: set[tuple[str, str]] = set()
+
+    async def step(self, obj: dict[str, Any]) -> ReconcileOutcome:
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        first_since_start = key not in self._seen
+        self._seen.add(key)
+        try:
+            spec = parse_spec(obj.get("spec") or {})
+        except SpecError as exc:
+            return _invalid_spec(obj, str(exc), self.clock())
+        runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
+        status = ModelRolloutStatus.from_dict(obj.get("status"))
+        outcome = ReconcileOutcome(status=status.to_dict())
+        gate: JudgeResult | None = None
+        analysis: JudgeResult | None = None
+        failures: list[ActionFailure] = []
+        for _ in range(MAX_ROUNDS):
+            now = self.clock()
+            registry = await asyncio.to_thread(runtime.observe_registry)
+            target, state = await asyncio.to_thread(runtime.observe_target)
+            observations = Observations(
+                generation=int(meta.get("generation") or 0), registry=registry, target=target, gate=gate,
+                analysis=analysis, commands=runtime.commands(), action_failures=tuple(failures),
+                resend_pending=first_since_start)
+            decision = decide(spec, status, observations, now)
+            status = decision.status
+            outcome.status = status.to_dict()
+            outcome.events += [(entry.event, entry.detail, any(w in entry.event for w in WARNING_EVENTS))
+                               for entry in decision.events]
+            outcome.requeue_after = decision.requeue_after.total_seconds() if decision.requeue_after else None
+            if target is None:
+                outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
+            first_since_start = False
+            gate, analysis, failures = None, None, []
+            if not decision.actions:
+                break
+            for action in decision.actions:
+                outcome.actions_taken.append(f"{action.type}:{action.id}")
+                if isinstance(action, RunGate):
+                    gate = await runtime.measure_gate(action, state)
+                elif isinstance(action, RunAnalysis):
+                    analysis = await asyncio.to_thread(runtime.measure_analysis, action, self.clock())
+                else:
+                    try:
+                        await asyncio.to_thread(runtime.act, action, status)
+                    except (TrafficError, RegistryError, ValueError) as exc:
+                        log.warning("%s/%s: %s failed: %s", *key, action.type, exc)
+                        failures.append(ActionFailure(action.id, AdapterError(_kind(exc), str(exc))))
+            if gate is None and analysis is None and not failures and all(
+                    isinstance(a, RunGate | RunAnalysis) for a in decision.actions):
+                break
+        return outcome
+
+
+def _invalid_spec(obj: dict[str, Any], message: str, now: dt.datetime) -> ReconcileOutcome:
+    status = dict(obj.get("status") or {})
+    generation = obj["metadata"].get("generation", 0)
+    status.update(phase="Failed", observedGeneration=generation, message=f"Invalid spec: {message}")
+    status["conditions"] = [{"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": message,
+                             "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                             "observedGeneration": generation}]
+    return ReconcileOutcome(status=status, events=[("InvalidSpec", message, True)])
+

@@ -1,0 +1,408 @@
+"""The typed API: durations, spec parsing (the DESIGN.md section 3 contract), status round trip, commands."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.api import (
+    COMMAND_ANNOTATION,
+    AnalysisStep,
+    Command,
+    CommandAction,
+    CommandError,
+    Condition,
+    ConditionStatus,
+    GateStatus,
+    HistoryEntry,
+    ModelRolloutStatus,
+    OnInconclusive,
+    PauseStep,
+    Phase,
+    RollbackCause,
+    RollbackStatus,
+    SetWeightStep,
+    SpecError,
+    TargetKind,
+    VersionRef,
+    format_duration,
+    parse_command,
+    parse_duration,
+    parse_spec,
+)
+from controller.api.serialization import format_time, parse_time
+from controller.verdict import Outcome, Verdict
+
+DESIGN_EXAMPLE = """
+model:
+  name: nsfw-classifier
+  version: "7"
+  stableAlias: production
+registry:
+  trackingUri: http://mlflow.mlops:5000
+  credentialsSecretRef: {name: mlflow-token}
+target:
+  kserve: {inferenceService: nsfw-classifier}
+goldenDataset:
+  uri: mlflow-artifacts:/golden/nsfw-v3.jsonl
+  sha256: 3f7c000000000000000000000000000000000000000000000000000000000000
+  thresholds:
+    minAccuracy: 0.97
+    maxAccuracyDrop: 0.005
+    maxDisagreement: 0.01
+    classes:
+      nsfw: {maxFalsePositiveRate: 0.01, minRecall: 0.95}
+canary:
+  steps:
+    - setWeight: 1
+    - analysis: {duration: 10m}
+    - setWeight: 10
+    - analysis: {duration: 10m}
+    - setWeight: 50
+    - pause: {}
+analysis:
+  prometheus: {address: http://prometheus.monitoring:9090}
+  interval: 30s
+  metrics:
+    - name: nsfw-rate
+      proportion:
+        events: sum(increase(modelrollout_predictions_total{class="nsfw", {{selector}}}[{{window}}]))
+        total:  sum(increase(modelrollout_predictions_total{{{selector}}}[{{window}}]))
+      maxRelativeIncrease: 0.5
+      maxRate: 0.05
+      confidence: 0.99
+      minSamples: 200
+    - name: error-rate
+      threshold: {query: "...", max: 0.01}
+  onInconclusive: pause
+rollback: {automatic: true}
+bake:
+  duration: 24h
+  baseline: 7d
+progressDeadline: 30m
+"""
+
+
+def example() -> dict[str, Any]:
+    """DESIGN.md's example, with the proportion limits inside `proportion` where the CRD has them."""
+    spec: dict[str, Any] = yaml.safe_load(DESIGN_EXAMPLE)
+    metric = spec["analysis"]["metrics"][0]
+    for key in ("maxRelativeIncrease", "maxRate", "confidence", "minSamples"):
+        metric["proportion"][key] = metric.pop(key)
+    return spec
+
+
+def test_reads_proportion_limits_where_design_md_writes_them() -> None:
+    spec = parse_spec(yaml.safe_load(DESIGN_EXAMPLE))  # limits beside `proportion`, as in DESIGN.md
+    proportion = spec.analysis.metrics[0].proportion
+    assert proportion is not None
+    assert (proportion.max_relative_increase, proportion.max_rate, proportion.min_samples) == (0.5, 0.05, 200)
+
+
+# --- durations ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("30s", timedelta(seconds=30)), ("10m", timedelta(minutes=10)), ("24h", timedelta(hours=24)),
+    ("7d", timedelta(days=7)), ("1h30m", timedelta(minutes=90)), ("500ms", timedelta(milliseconds=500)),
+    ("0s", timedelta(0)), ("1d2h3m4s5ms", timedelta(days=1, hours=2, minutes=3, seconds=4, milliseconds=5)),
+])
+def test_parse_duration(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "10", "m", "1.5h", "-5m", "10 m", "5w", "10M", "1h 30m"])
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_parse_duration_refuses_non_strings() -> None:
+    with pytest.raises(ValueError):
+        parse_duration(30)  # type: ignore[arg-type]
+
+
+@given(st.integers(min_value=0, max_value=10**11))
+def test_format_duration_round_trips(milliseconds: int) -> None:
+    duration = timedelta(milliseconds=milliseconds)
+    assert parse_duration(format_duration(duration)) == duration
+
+
+def test_format_duration_is_short() -> None:
+    assert format_duration(timedelta(minutes=90)) == "1h30m"
+    assert format_duration(timedelta(days=7)) == "7d"
+    assert format_duration(timedelta(0)) == "0s"
+
+
+# --- spec --------------------------------------------------------------------------------------------
+
+
+def test_parses_the_design_example() -> None:
+    spec = parse_spec(example())
+    assert spec.model.name == "nsfw-classifier"
+    assert spec.model.version == "7" and spec.model.alias is None
+    assert spec.model.stable_alias == "production"
+    assert spec.model.candidate_ref == "version 7"
+    assert spec.registry.tracking_uri == "http://mlflow.mlops:5000"
+    assert spec.registry.credentials_secret_ref is not None
+    assert spec.registry.credentials_secret_ref.name == "mlflow-token"
+    assert spec.target.kind is TargetKind.KSERVE
+    assert spec.target.name == "nsfw-classifier"
+    assert spec.target.description == "InferenceService nsfw-classifier"
+    golden = spec.golden_dataset
+    assert golden is not None and golden.sha256.startswith("3f7c")
+    assert golden.thresholds.min_accuracy == 0.97
+    assert golden.thresholds.max_accuracy_drop == 0.005
+    assert golden.thresholds.max_disagreement == 0.01
+    assert golden.thresholds.classes["nsfw"].max_false_positive_rate == 0.01
+    assert golden.thresholds.classes["nsfw"].min_recall == 0.95
+    assert spec.canary.steps == (
+        SetWeightStep(1), AnalysisStep(timedelta(minutes=10)), SetWeightStep(10),
+        AnalysisStep(timedelta(minutes=10)), SetWeightStep(50), PauseStep(None))
+    assert spec.analysis.prometheus is not None
+    assert spec.analysis.prometheus.address == "http://prometheus.monitoring:9090"
+    assert spec.analysis.interval == timedelta(seconds=30)
+    assert spec.analysis.on_inconclusive is OnInconclusive.PAUSE
+    nsfw, errors = spec.analysis.metrics
+    assert nsfw.name == "nsfw-rate" and nsfw.proportion is not None and nsfw.threshold is None
+    assert nsfw.proportion.max_relative_increase == 0.5
+    assert nsfw.proportion.max_rate == 0.05
+    assert nsfw.proportion.confidence == 0.99
+    assert nsfw.proportion.min_samples == 200
+    assert "{{selector}}" in nsfw.proportion.events
+    assert errors.threshold is not None and errors.threshold.max == 0.01 and errors.threshold.min is None
+    assert spec.rollback.automatic is True
+    assert spec.bake is not None
+    assert spec.bake.duration == timedelta(hours=24) and spec.bake.baseline == timedelta(days=7)
+    assert spec.progress_deadline == timedelta(minutes=30)
+
+
+def test_defaults_for_optional_fields() -> None:
+    spec = parse_spec({
+        "model": {"name": "m", "alias": "challenger"},
+        "target": {"seldonExperiment": {"name": "exp"}},
+        "canary": {"steps": [{"setWeight": 5}, {"pause": {"duration": "5m"}}]},
+    })
+    assert spec.model.alias == "challenger" and spec.model.candidate_ref == "alias @challenger"
+    assert spec.model.stable_alias == "production"
+    assert spec.target.kind is TargetKind.SELDON_EXPERIMENT and spec.target.name == "exp"
+    assert spec.golden_dataset is None
+    assert spec.canary.steps[1] == PauseStep(timedelta(minutes=5))
+    assert spec.analysis.interval == timedelta(seconds=30)
+    assert spec.analysis.on_inconclusive is OnInconclusive.PAUSE
+    assert spec.rollback.automatic is True
+    assert spec.bake is None
+    assert spec.progress_deadline == timedelta(minutes=30)
+
+
+def test_seldon_deployment_target() -> None:
+    raw = example()
+    raw["target"] = {"seldonDeployment": {"name": "nsfw", "stablePredictor": "main", "canaryPredictor": "canary"}}
+    spec = parse_spec(raw)
+    assert spec.target.kind is TargetKind.SELDON_DEPLOYMENT
+    assert spec.target.seldon_deployment is not None
+    assert spec.target.seldon_deployment.canary_predictor == "canary"
+    assert spec.target.description == "SeldonDeployment nsfw"
+
+
+def test_unknown_fields_are_ignored() -> None:
+    raw = example()
+    raw["futureField"] = {"x": 1}
+    raw["model"]["somethingNew"] = True
+    assert parse_spec(raw).model.name == "nsfw-classifier"
+
+
+def _broken(path: list[str | int], value: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(example())
+    node: Any = raw
+    for key in path[:-1]:
+        node = node[key]
+    if value is _DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return raw
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    (["model", "alias"], "challenger", "spec.model"),
+    (["model", "version"], _DELETE, "spec.model"),
+    (["model", "name"], _DELETE, "spec.model.name"),
+    (["model", "version"], 7, "spec.model.version"),
+    (["target"], {}, "spec.target"),
+    (["target"], {"kserve": {"inferenceService": "a"}, "seldonExperiment": {"name": "b"}}, "spec.target"),
+    (["target", "kserve"], {}, "spec.target.kserve.inferenceService"),
+    (["target"], {"seldonDeployment": {"name": "s", "stablePredictor": "a", "canaryPredictor": "a"}},
+     "spec.target.seldonDeployment.canaryPredictor"),
+    (["goldenDataset", "sha256"], "latest", "spec.goldenDataset.sha256"),
+    (["goldenDataset", "thresholds", "minAccuracy"], 1.5, "spec.goldenDataset.thresholds.minAccuracy"),
+    (["goldenDataset", "thresholds", "classes", "nsfw", "minRecall"], "high",
+     "spec.goldenDataset.thresholds.classes[nsfw].minRecall"),
+    (["canary", "steps", 2, "setWeight"], 101, "spec.canary.steps[2].setWeight"),
+    (["canary", "steps", 2, "setWeight"], True, "spec.canary.steps[2].setWeight"),
+    (["canary", "steps", 4, "setWeight"], 5, "spec.canary.steps[4].setWeight"),
+    (["canary", "steps", 1], {"analysis": {"duration": "ten minutes"}}, "spec.canary.steps[1].analysis.duration"),
+    (["canary", "steps", 1], {"analysis": {}}, "spec.canary.steps[1].analysis.duration"),
+    (["canary", "steps", 1], {"setWeight": 1, "pause": {}}, "spec.canary.steps[1]"),
+    (["canary", "steps", 5], {"pause": {"duration": "soon"}}, "spec.canary.steps[5].pause.duration"),
+    (["canary", "steps"], "all at once", "spec.canary.steps"),
+    (["analysis", "interval"], "0s", "spec.analysis.interval"),
+    (["analysis", "onInconclusive"], "ignore", "spec.analysis.onInconclusive"),
+    (["analysis", "prometheus"], _DELETE, "spec.analysis.prometheus.address"),
+    (["analysis", "metrics", 1], {"name": "x"}, "spec.analysis.metrics[1]"),
+    (["analysis", "metrics", 1], {"name": "nsfw-rate", "threshold": {"query": "q", "max": 1}},
+     "spec.analysis.metrics"),
+    (["analysis", "metrics", 1, "threshold"], {"query": "q"}, "spec.analysis.metrics[1].threshold"),
+    (["analysis", "metrics", 1, "threshold"], {"query": "q", "min": 2, "max": 1},
+     "spec.analysis.metrics[1].threshold.min"),
+    (["analysis", "metrics", 0, "proportion", "confidence"], 1.0,
+     "spec.analysis.metrics[0].proportion.confidence"),
+    (["analysis", "metrics", 0, "proportion", "minSamples"], 0, "spec.analysis.metrics[0].proportion.minSamples"),
+    (["analysis", "metrics"], [], "spec.analysis.metrics"),
+    (["rollback", "automatic"], "yes", "spec.rollback.automatic"),
+    (["rollback"], "on", "spec.rollback"),
+    (["bake", "duration"], "a day", "spec.bake.duration"),
+    (["progressDeadline"], "0s", "spec.progressDeadline"),
+    (["progressDeadline"], "forever", "spec.progressDeadline"),
+])
+def test_bad_specs_name_the_field(path: list[str | int], value: Any, field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(_broken(path, value))
+    assert caught.value.path == field
+    assert str(caught.value).startswith(field + ": ")
+
+
+def test_candidate_alias_must_differ_from_stable_alias() -> None:
+    raw = example()
+    raw["model"] = {"name": "m", "alias": "production"}
+    with pytest.raises(SpecError, match=r"spec\.model\.alias"):
+        parse_spec(raw)
+
+
+def test_bake_without_duration_does_not_bake() -> None:
+    raw = example()
+    raw["bake"] = {"baseline": "7d"}
+    assert parse_spec(raw).bake is None
+
+
+def test_spec_is_frozen() -> None:
+    spec = parse_spec(example())
+    with pytest.raises(AttributeError):
+        spec.model = spec.model  # type: ignore[misc]
+
+
+# --- status ------------------------------------------------------------------------------------------
+
+
+def _rich_status() -> ModelRolloutStatus:
+    moment = datetime(2026, 1, 5, 9, 12, 0, 250000, tzinfo=UTC)
+    failing = Verdict("nsfw-rate", Outcome.FAIL, "canary 6.2% (31/500) vs stable 0.2% (98/49k), p<1e-9",
+                      {"canary": {"events": 31, "total": 500}, "p": 1e-10})
+    return ModelRolloutStatus(
+        phase=Phase.ROLLED_BACK, observed_generation=3,
+        message="Rolled back: nsfw-rate canary 6.2% (31/500) vs stable 0.2% (98/49k), p<1e-9, at step 4/6 (10%).",
+        attempt=2, started_at=moment, completed_at=moment,
+        candidate=VersionRef("7", run_id="abc", source="mlflow-artifacts:/1/abc", lineage={"dataset": "v3"}),
+        stable=VersionRef("6"), current_step=3, canary_weight=0,
+        gate=GateStatus(request_id="2:gate-1", outcome=Outcome.PASS, verdicts=(
+            Verdict("accuracy", Outcome.PASS, "0.98 >= 0.97", {"accuracy": 0.98}),), dataset_sha256="ab" * 32),
+        rollback=RollbackStatus(cause=RollbackCause.ANALYSIS_FAILED, reason="nsfw-rate ...", verdict_at=moment,
+                                from_step=3, from_weight=10, evidence={"verdicts": [failing.to_dict()]},
+                                traffic_confirmed_at=moment, recovered_at=moment, time_to_recover_seconds=0.84),
+        conditions=(Condition("Ready", ConditionStatus.FALSE, "RolledBack", "Rolled back.",
+                              datetime(2026, 1, 5, 9, 12, tzinfo=UTC), 3),),
+        history=(HistoryEntry(moment, "RolledBack", "nsfw-rate ..."),
+                 HistoryEntry(moment, "CommandApplied", "abort", actor="alice", command_id="c1")),
+        handled_commands=("c1",), judge_requests=41)
+
+
+def test_status_round_trip() -> None:
+    status = _rich_status()
+    raw = status.to_dict()
+    assert json.loads(json.dumps(raw)) == raw  # plain JSON
+    assert ModelRolloutStatus.from_dict(raw) == status
+
+
+def test_status_dict_uses_the_contract_names() -> None:
+    raw = _rich_status().to_dict()
+    assert {"phase", "observedGeneration", "message", "candidate", "stable", "currentStep", "canaryWeight",
+            "gate", "conditions", "history"} <= raw.keys()
+    assert raw["phase"] == "RolledBack"
+    assert raw["candidate"] == {"version": "7", "runId": "abc", "source": "mlflow-artifacts:/1/abc",
+                                "lineage": {"dataset": "v3"}}
+    assert raw["stable"] == {"version": "6", "lineage": {}}
+    condition = raw["conditions"][0]
+    assert condition == {"type": "Ready", "status": "False", "reason": "RolledBack", "message": "Rolled back.",
+                         "lastTransitionTime": "2026-01-05T09:12:00Z", "observedGeneration": 3}
+    assert raw["history"][1] == {"time": "2026-01-05T09:12:00.25Z", "event": "CommandApplied", "detail": "abort",
+                                 "actor": "alice", "commandId": "c1"}
+    assert raw["rollback"]["timeToRecoverSeconds"] == 0.84
+    assert "analysis" not in raw  # None fields are left out
+
+
+def test_empty_status_is_a_fresh_pending_rollout() -> None:
+    assert ModelRolloutStatus.from_dict(None) == ModelRolloutStatus()
+    assert ModelRolloutStatus.from_dict({}).phase is Phase.PENDING
+
+
+def test_reads_the_skeleton_operators_status() -> None:
+    skeleton = {"phase": "Pending", "observedGeneration": 1, "message": "Waiting.",
+                "conditions": [{"type": "Ready", "status": "False", "reason": "Pending", "message": "Waiting.",
+                                "lastTransitionTime": "2026-01-05T09:00:00Z", "observedGeneration": 1}],
+                "history": [{"time": "2026-01-05T09:00:00Z", "event": "Observed", "detail": "generation 1",
+                             "actor": "modelrollout-controller"}]}
+    status = ModelRolloutStatus.from_dict(skeleton)
+    assert status.history[0].event == "Observed"
+    assert status.to_dict()["conditions"] == skeleton["conditions"]
+
+
+def test_status_rejects_garbage() -> None:
+    with pytest.raises(ValueError):
+        ModelRolloutStatus.from_dict({"phase": "Exploded"})
+    with pytest.raises(ValueError):
+        ModelRolloutStatus.from_dict({"currentStep": "two"})
+
+
+def test_times_are_rfc3339_utc() -> None:
+    moment = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
+    assert format_time(moment) == "2026-01-05T09:00:00Z"
+    assert parse_time("2026-01-05T10:00:00+01:00") == moment
+    with pytest.raises(ValueError):
+        format_time(datetime(2026, 1, 5))
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+
+def test_parse_command() -> None:
+    command = parse_command('{"action":"promote","id":"u-1","actor":"alice"}')
+    assert command == Command(id="u-1", action=CommandAction.PROMOTE, actor="alice")
+    full = parse_command('{"action":"promote","id":"u-2","actor":"bob","full":true}')
+    assert full.full and full.label == "promote --full"
+    assert parse_command('{"action":"promote-full","id":"u-3","actor":"bob"}').full
+    assert parse_command(full.to_annotation()) == full
+    assert COMMAND_ANNOTATION == "modelrollout.io/command"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("not json", "not JSON"),
+    ("[1]", "JSON object"),
+    ('{"action":"explode","id":"a","actor":"b"}', "action must be one of"),
+    ('{"action":"abort","actor":"b"}', "id"),
+    ('{"action":"abort","id":"a"}', "actor"),
+    ('{"action":"abort","id":"a","actor":"b","full":true}', "only to promote"),
+    ('{"action":"promote","id":"a","actor":"b","full":"yes"}', "full"),
+])
+def test_parse_command_refuses(text: str, problem: str) -> None:
+    with pytest.raises(CommandError, match=problem):
+        parse_command(text)

@@ -1,0 +1,998 @@
+"""Engine transitions, one test per path: success, every failure, every command, faults and restarts."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from datetime import datetime, timedelta
+
+import pytest
+from test_engine_support import SHA, T0, Registry, Target, World, spec_dict, verdict
+
+from controller.api import (
+    ActionState,
+    CommandAction,
+    ConditionStatus,
+    ModelRolloutStatus,
+    PauseReason,
+    Phase,
+    RollbackCause,
+    SpecError,
+    parse_spec,
+)
+from controller.engine import (
+    REJECTED_TAG,
+    ActionType,
+    AdapterError,
+    AdapterErrorKind,
+    JudgeResult,
+    Observations,
+    RunAnalysis,
+    SetCanaryWeight,
+    decide,
+    reject_spec,
+)
+from controller.verdict import Outcome
+
+DONE = (Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED)
+
+
+def settled(world: World) -> bool:
+    return world.status.phase in (*DONE, Phase.PAUSED)
+
+
+def finished(world: World) -> bool:
+    return world.status.phase in DONE
+
+
+def events(world: World) -> list[str]:
+    return [entry.event for entry in world.status.history]
+
+
+def effect_ids(world: World) -> list[str]:
+    return [action.id for action in world.executed if action.type not in (ActionType.RUN_ANALYSIS, ActionType.RUN_GATE)]
+
+
+def weights_sent(world: World) -> list[int]:
+    return [action.weight for action in world.executed if isinstance(action, SetCanaryWeight)]
+
+
+def condition(world: World, name: str) -> tuple[str, str]:
+    found = world.status.condition(name)
+    assert found is not None, name
+    return str(found.status), found.reason
+
+
+def fail_from(world: World, step_index: int | None, after: timedelta = timedelta(minutes=2),
+              mode: str = "canary") -> None:
+    """Judges pass until `after` into the given step (or the bake), then fail."""
+    def judge(request: RunAnalysis) -> list:
+        if str(request.mode) == mode and request.step_index == step_index and world.now >= request.window_start + after:
+            return [verdict(Outcome.FAIL)]
+        return [verdict(Outcome.PASS)]
+    world.judge = judge
+
+
+def reach_final_pause(world: World) -> None:
+    world.run_until(settled)
+    assert world.status.phase is Phase.PAUSED
+    assert world.status.pause is not None and world.status.pause.reason is PauseReason.PAUSE_STEP
+
+
+# --- the success path --------------------------------------------------------------------------------
+
+
+def test_full_rollout_succeeds() -> None:
+    world = World()
+    reach_final_pause(world)
+    assert world.status.current_step == 5
+    assert world.status.canary_weight == 50
+    assert world.status.message == "Paused at step 6/6 with candidate 7 at 50% until someone runs promote."
+    assert condition(world, "Progressing") == ("False", "PauseStep")
+    world.send(CommandAction.PROMOTE, actor="alice")
+    world.run_until(finished)
+    status = world.status
+    assert status.phase is Phase.SUCCEEDED
+    assert status.message == "Version 7 serves all traffic as @production."
+    assert effect_ids(world) == ["1:stage:7", "1:step-0:weight-1", "1:step-2:weight-10", "1:step-4:weight-50",
+                                 "1:promote:target", "1:promote:alias"]
+    assert weights_sent(world) == [1, 10, 50]
+    assert world.registry.aliases["production"] == "7"
+    assert (world.target.stable_version, world.target.canary_version) == ("7", None)
+    assert status.canary_weight == 100
+    assert status.candidate is not None and status.candidate.run_id == "run-7"
+    assert status.candidate.source == "models:/nsfw/7" and status.candidate.lineage == {"dataset": "nsfw-v3"}
+    assert status.stable is not None and status.stable.version == "6"
+    assert status.promotion is not None and status.promotion.previous_version == "6"
+    assert status.completed_at == world.now
+    assert events(world) == [
+        "Resolved", "CandidateStaged", "GatePassed", "WeightSet", "AnalysisStarted", "AnalysisPassed",
+        "WeightSet", "AnalysisStarted", "AnalysisPassed", "WeightSet", "Paused", "CommandApplied",
+        "StepsCompleted", "PromotionStarted", "TrafficPromoted", "AliasMoved", "BakeStarted", "BakePassed",
+        "Succeeded"]
+    promote = next(entry for entry in status.history if entry.event == "CommandApplied")
+    assert promote.actor == "alice" and promote.command_id == world.command.id  # type: ignore[union-attr]
+    assert condition(world, "Ready") == ("True", "RolloutSucceeded")
+    assert condition(world, "Progressing") == ("False", "RolloutSucceeded")
+    assert condition(world, "GatePassed") == ("True", "GatePassed")
+    assert condition(world, "AnalysisHealthy") == ("True", "AnalysisPassed")
+    assert condition(world, "RegistryAvailable") == ("True", "RegistryReachable")
+    assert condition(world, "TargetReady") == ("True", "TargetReady")
+    assert all(record.state is ActionState.CONFIRMED for record in status.actions)
+    assert world.decisions[-1].requeue_after is None
+
+
+def test_analysis_holds_for_its_duration_and_runs_every_interval() -> None:
+    world = World()
+    world.run_until(lambda w: (w.status.current_step or 0) >= 2)
+    runs = [action for action in world.executed if isinstance(action, RunAnalysis) and action.step_index == 1]
+    assert len(runs) == 19  # every 30s over 10 minutes; the result of the last one decides
+    assert {action.canary_weight for action in runs} == {1}
+    assert len({action.id for action in runs}) == len(runs)
+    gaps = {later.window_start for later in runs}
+    assert gaps == {T0}  # the window starts when the weight was in place
+
+
+def test_requeue_hints_follow_the_flow() -> None:
+    world = World()
+    decision = world.reconcile()  # at T0: weight 1 confirmed, analysis waiting for its first interval
+    assert world.status.phase is Phase.PROGRESSING and world.status.current_step == 1
+    assert decision.requeue_after == timedelta(seconds=30)
+    world.spec["canary"] = {"steps": [{"setWeight": 5}, {"pause": {"duration": "5m"}}, {"setWeight": 20}]}
+    world.spec["bake"] = None
+    world.status = ModelRolloutStatus()
+    decision = world.reconcile()
+    assert world.status.phase is Phase.PAUSED
+    assert decision.requeue_after == timedelta(seconds=30)  # background judging interval
+    world.advance(timedelta(minutes=5))
+    world.run_until(finished)
+    assert weights_sent(world)[-2:] == [5, 20]
+
+
+def test_timed_pause_goes_on_by_itself() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {"duration": "5m"}}]},
+                                 analysis=None, bake=None))
+    world.reconcile()
+    assert world.status.phase is Phase.PAUSED
+    assert world.status.pause is not None and world.status.pause.until == T0 + timedelta(minutes=5)
+    assert world.decisions[-1].requeue_after == timedelta(minutes=5)
+    world.advance(timedelta(minutes=4))
+    world.reconcile()
+    assert world.status.phase is Phase.PAUSED
+    world.advance(timedelta(minutes=1))
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED
+    assert "PauseEnded" in events(world)
+
+
+def test_alias_named_candidate_is_resolved_once() -> None:
+    world = World(spec=spec_dict(model={"name": "nsfw-classifier", "alias": "challenger"}))
+    world.registry.aliases["challenger"] = "8"
+    world.reconcile()
+    assert world.status.candidate is not None and world.status.candidate.version == "8"
+    assert effect_ids(world)[0] == "1:stage:8"
+
+
+def test_without_golden_dataset_the_gate_is_skipped() -> None:
+    world = World(spec=spec_dict(goldenDataset=None))
+    world.reconcile()
+    assert "GateSkipped" in events(world)
+    assert condition(world, "GatePassed") == ("True", "GateSkipped")
+    assert not any(action.type is ActionType.RUN_GATE for action in world.executed)
+
+
+def test_first_rollout_without_stable_promotes_without_canary() -> None:
+    world = World(registry=Registry(aliases={}), target=Target(stable_version=None))
+    world.run_until(finished)
+    assert world.status.phase is Phase.SUCCEEDED
+    assert world.status.stable is None
+    assert "NoStableVersion" in events(world)
+    assert weights_sent(world) == []
+    gate = next(action for action in world.executed if action.type is ActionType.RUN_GATE)
+    assert gate.stable is None  # type: ignore[union-attr]
+    assert world.registry.aliases["production"] == "7"
+    assert "BakeStarted" not in events(world)  # nothing to compare with
+
+
+def test_candidate_already_stable_is_a_no_op_success() -> None:
+    world = World(registry=Registry(aliases={"production": "7"}))
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED
+    assert world.executed == []
+    assert "AlreadyStable" in events(world)
+
+
+# --- resolve and staging faults ----------------------------------------------------------------------
+
+
+def test_version_that_does_not_exist_fails_at_resolve() -> None:
+    world = World(spec=spec_dict(model={"name": "nsfw-classifier", "version": "99"}))
+    world.reconcile()
+    assert world.status.phase is Phase.FAILED
+    assert world.status.message == "Failed: nsfw-classifier version 99 does not exist in the registry."
+    assert world.executed == []
+    assert condition(world, "Ready") == ("False", "Failed")
+    assert condition(world, "Progressing") == ("False", "RolloutFailed")
+
+
+def test_registry_unreachable_backs_off_and_changes_nothing() -> None:
+    world = World()
+    world.registry.down = True
+    hints = []
+    for _ in range(4):
+        decision = world.reconcile()
+        hints.append(decision.requeue_after)
+        world.advance(timedelta(seconds=10))
+    assert world.executed == []
+    assert world.status.phase is Phase.PENDING
+    assert hints == [timedelta(seconds=2), timedelta(seconds=4), timedelta(seconds=8), timedelta(seconds=16)]
+    assert condition(world, "RegistryAvailable") == ("False", "RegistryUnavailable")
+    assert "Waiting for the registry" in world.status.message and "retry 4" in world.status.message
+    world.registry.down = False
+    world.reconcile()
+    assert world.status.retry is None
+    assert condition(world, "RegistryAvailable") == ("True", "RegistryReachable")
+    assert world.status.phase is Phase.PROGRESSING
+
+
+def test_missing_target_fails_after_the_deadline_with_nothing_applied() -> None:
+    world = World(target=Target(exists=False))
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING
+    assert condition(world, "TargetReady") == ("False", "TargetNotFound")
+    world.advance(timedelta(minutes=29))
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING
+    world.advance(timedelta(minutes=2))
+    world.reconcile()
+    assert world.status.phase is Phase.FAILED
+    assert world.status.message.startswith("Failed: InferenceService nsfw-classifier unavailable for longer than "
+                                           "progressDeadline 30m")
+    assert effect_ids(world) == []
+
+
+def test_target_not_ready_fails_after_the_deadline() -> None:
+    world = World(target=Target(ready=False))
+    world.reconcile()
+    assert condition(world, "TargetReady") == ("False", "TargetNotReady")
+    world.advance(timedelta(minutes=31))
+    world.reconcile()
+    assert world.status.phase is Phase.FAILED
+    assert "InferenceService nsfw-classifier is not ready within progressDeadline 30m" in world.status.message
+    assert effect_ids(world) == []
+
+
+def test_staging_waits_for_the_candidate_to_become_ready() -> None:
+    world = World(target=Target(ready_delay=timedelta(minutes=3)))
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING
+    assert condition(world, "TargetReady") == ("False", "CandidateNotReady")
+    assert "Staging candidate 7" in world.status.message
+    world.advance(timedelta(minutes=3))
+    world.reconcile()
+    assert world.status.phase is Phase.PROGRESSING
+    assert effect_ids(world).count("1:stage:7") == 1  # sent once, then observed done
+
+
+def test_candidate_never_ready_is_unstaged_and_fails() -> None:
+    world = World(target=Target(never_ready=True))
+    world.reconcile()
+    world.advance(timedelta(minutes=31))
+    world.reconcile()
+    assert world.status.phase is Phase.FAILED
+    assert world.status.message == ("Failed: candidate 7 did not become ready on InferenceService nsfw-classifier "
+                                    "within progressDeadline 30m: RevisionMissing: revision failed.")
+    assert world.target.canary_version is None  # nothing half-applied
+    assert REJECTED_TAG not in world.registry.versions["7"]  # not the model's fault
+    assert effect_ids(world)[-1] == "1:rollback:unstage"
+    assert world.registry.aliases["production"] == "6"
+
+
+# --- the gate ----------------------------------------------------------------------------------------
+
+
+def test_gate_failure_rolls_back_before_any_user_sees_the_candidate() -> None:
+    world = World(gate_verdicts=[verdict(Outcome.PASS, "accuracy", "0.98"),
+                                 verdict(Outcome.FAIL, "nsfw-recall", "0.91 below minRecall 0.95")])
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.status.message == "Rolled back: golden gate nsfw-recall: 0.91 below minRecall 0.95."
+    assert weights_sent(world) == []  # the candidate never left 0%: nothing to undo on the target
+    assert world.registry.versions["7"][REJECTED_TAG].startswith("golden gate nsfw-recall")
+    assert condition(world, "GatePassed") == ("False", "GateFailed")
+    gate = world.status.gate
+    assert gate is not None and gate.dataset_sha256 == SHA and len(gate.verdicts) == 2
+    assert events(world)[-6:] == ["GateFailed", "RollbackStarted", "TrafficRestored", "Recovered",
+                                  "CandidateRejected", "RolledBack"]
+
+
+def test_gate_inconclusive_pauses_and_promote_overrides() -> None:
+    world = World(gate_verdicts=[verdict(Outcome.INCONCLUSIVE, "accuracy", "only 12 golden samples")])
+    world.reconcile()
+    assert world.status.phase is Phase.PAUSED
+    assert world.status.pause is not None and world.status.pause.reason is PauseReason.GATE_INCONCLUSIVE
+    assert world.status.message == ("Paused: golden gate accuracy: only 12 golden samples; run promote, retry or "
+                                    "rollback.")
+    assert condition(world, "GatePassed") == ("False", "GateInconclusive")
+    world.send(CommandAction.PROMOTE, actor="carol")
+    world.reconcile()
+    assert world.status.phase is Phase.PROGRESSING
+    assert world.status.gate is not None and world.status.gate.overridden_by == "carol"
+    assert condition(world, "GatePassed") == ("True", "GateOverridden")
+    override = next(entry for entry in world.status.history if entry.event == "GateOverridden")
+    assert override.actor == "carol"
+
+
+def test_gate_retry_runs_it_again() -> None:
+    world = World(gate_verdicts=[verdict(Outcome.INCONCLUSIVE, "accuracy", "dataset too small")])
+    world.reconcile()
+    world.gate_verdicts = [verdict(Outcome.PASS, "accuracy", "0.98")]
+    world.send(CommandAction.RETRY, actor="dave")
+    world.reconcile()
+    gates = [action.id for action in world.executed if action.type is ActionType.RUN_GATE]
+    assert gates == ["1:gate-1", "1:gate-2"]
+    assert world.status.phase is Phase.PROGRESSING
+
+
+def test_gate_error_is_retried_with_backoff() -> None:
+    world = World(gate_error=AdapterError(AdapterErrorKind.UNAVAILABLE, "golden dataset fetch: 503"))
+    decision = world.reconcile()
+    assert world.status.phase is Phase.GATING
+    assert condition(world, "GatePassed") == ("Unknown", "GateError")
+    assert "could not run" in world.status.message
+    assert decision.requeue_after == timedelta(seconds=2)
+    world.gate_error = None
+    world.advance(timedelta(seconds=2))
+    world.reconcile()
+    assert world.status.phase is Phase.PROGRESSING
+    assert [action.id for action in world.executed if action.type is ActionType.RUN_GATE] == ["1:gate-1"] * 2
+
+
+def test_gate_inconclusive_with_on_inconclusive_rollback_rolls_back() -> None:
+    spec = spec_dict()
+    spec["analysis"]["onInconclusive"] = "rollback"
+    world = World(spec=spec, gate_verdicts=[verdict(Outcome.INCONCLUSIVE, "accuracy", "too few samples")])
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.status.rollback is not None and world.status.rollback.cause is RollbackCause.GATE_INCONCLUSIVE
+
+
+# --- canary analysis ---------------------------------------------------------------------------------
+
+
+def test_failing_analysis_rolls_back_at_once_with_evidence() -> None:
+    world = World()
+    fail_from(world, step_index=3)
+    world.run_until(finished)
+    status = world.status
+    assert status.phase is Phase.ROLLED_BACK
+    assert status.message == ("Rolled back: nsfw-rate canary 6.2% (31/500) vs stable 0.2% (98/49k), p<1e-9, "
+                              "at step 4/6 (10%).")
+    rollback = status.rollback
+    assert rollback is not None
+    assert rollback.cause is RollbackCause.ANALYSIS_FAILED
+    assert rollback.verdict_at == T0 + timedelta(minutes=12)
+    assert rollback.recovered_at == rollback.verdict_at  # simulated instant actuation
+    assert rollback.time_to_recover_seconds == 0.0
+    assert (rollback.from_step, rollback.from_weight) == (3, 10)
+    assert rollback.evidence["verdicts"][0]["evidence"] == {"canary": [31, 500], "stable": [98, 49000]}
+    assert weights_sent(world) == [1, 10, 0]
+    assert world.registry.aliases["production"] == "6"
+    tag_action = next(action for action in world.executed if action.type is ActionType.TAG_REJECTED)
+    assert tag_action.evidence == rollback.evidence  # type: ignore[union-attr]
+    assert condition(world, "AnalysisHealthy") == ("False", "AnalysisFailed")
+    assert status.analysis is not None and status.analysis.metrics[0].outcome is Outcome.FAIL
+    # Traffic first, then the registry: the first actions after the verdict.
+    rollback_actions = [action.type for action in world.executed if "rollback" in action.id]
+    assert rollback_actions == [ActionType.SET_CANARY_WEIGHT, ActionType.TAG_REJECTED]
+
+
+def test_time_to_recover_counts_until_traffic_and_alias_are_verified() -> None:
+    slow = World()
+    fail_from(slow, step_index=1)
+    slow.run_until(lambda w: w.status.current_step == 1 and w.status.analysis is not None
+                   and w.now >= T0 + timedelta(minutes=1, seconds=30))
+    slow.target.frozen = True  # the weight-0 patch takes effect only on a later look
+    slow.advance(timedelta(seconds=30))
+    slow.reconcile()
+    assert slow.status.phase is Phase.ROLLING_BACK
+    assert slow.status.message.startswith("Rolling back: nsfw-rate")
+    assert slow.status.message.endswith("returning traffic to stable.")
+    slow.target.frozen = False
+    slow.advance(timedelta(milliseconds=1500))
+    slow.restarted = True  # the patch was lost: a restarted operator sends it again at once
+    slow.reconcile()
+    rollback = slow.status.rollback
+    assert slow.status.phase is Phase.ROLLED_BACK and rollback is not None
+    assert rollback.time_to_recover_seconds == 1.5
+
+
+def test_inconclusive_analysis_pauses_then_promote_goes_on() -> None:
+    world = World(judge=lambda _request: [verdict(Outcome.INCONCLUSIVE)])
+    world.run_until(settled)
+    status = world.status
+    assert status.phase is Phase.PAUSED and status.current_step == 1
+    assert status.pause is not None and status.pause.reason is PauseReason.ANALYSIS_INCONCLUSIVE
+    assert "not enough evidence after 19 runs" in status.message
+    assert condition(world, "AnalysisHealthy") == ("Unknown", "NotEnoughEvidence")
+    weights_before = weights_sent(world)
+    world.advance(timedelta(hours=1))
+    world.reconcile()
+    assert weights_sent(world) == weights_before  # nothing moves while waiting for a human
+    world.send(CommandAction.PROMOTE, actor="erin")
+    world.reconcile()
+    assert world.status.phase is Phase.PROGRESSING and world.status.current_step == 3
+
+
+def test_inconclusive_analysis_retry_restarts_the_step() -> None:
+    world = World(judge=lambda _request: [verdict(Outcome.INCONCLUSIVE)])
+    world.run_until(settled)
+    world.judge = lambda _request: [verdict(Outcome.PASS)]
+    world.send(CommandAction.RETRY)
+    world.reconcile()
+    assert world.status.phase is Phase.PROGRESSING and world.status.current_step == 1
+    assert world.status.analysis is not None and world.status.analysis.window_start == world.now
+    world.run_until(lambda w: (w.status.current_step or 0) >= 3)
+
+
+def test_inconclusive_analysis_with_on_inconclusive_rollback() -> None:
+    spec = spec_dict()
+    spec["analysis"]["onInconclusive"] = "rollback"
+    world = World(spec=spec, judge=lambda _request: [verdict(Outcome.INCONCLUSIVE)])
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.status.rollback is not None
+    assert world.status.rollback.cause is RollbackCause.ANALYSIS_INCONCLUSIVE
+    assert world.status.message.startswith("Rolled back: not enough evidence after 19 runs")
+
+
+def test_without_automatic_rollback_a_failure_waits_for_a_human() -> None:
+    world = World(spec=spec_dict(rollback={"automatic": False}))
+    fail_from(world, step_index=3)
+    world.run_until(settled)
+    status = world.status
+    assert status.phase is Phase.PAUSED
+    assert status.pause is not None and status.pause.reason is PauseReason.ANALYSIS_FAILED
+    assert status.message.startswith("Paused: nsfw-rate canary 6.2%")
+    assert "AwaitingDecision" in events(world)
+    sent = len(world.executed)
+    world.advance(timedelta(minutes=30))
+    world.reconcile()
+    assert len(world.executed) == sent  # weight held, judges stopped
+    assert world.decisions[-1].requeue_after is None
+    world.send(CommandAction.ROLLBACK, actor="frank")
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.status.rollback is not None and world.status.rollback.actor == "frank"
+    assert world.status.message == "Rolled back: rollback requested by frank."
+
+
+def test_without_automatic_rollback_promote_overrides_a_failure() -> None:
+    world = World(spec=spec_dict(rollback={"automatic": False}))
+    fail_from(world, step_index=1)
+    world.run_until(settled)
+    world.judge = lambda _request: [verdict(Outcome.PASS)]
+    world.send(CommandAction.PROMOTE)
+    world.reconcile()
+    assert world.status.phase is Phase.PROGRESSING and world.status.current_step == 3
+    assert weights_sent(world) == [1, 10]
+
+
+def test_a_model_waiting_at_a_pause_is_still_watched() -> None:
+    world = World()
+    fail_from(world, step_index=5, after=timedelta(hours=2))
+    reach_final_pause(world)
+    world.run_until(finished, step=timedelta(minutes=5))
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert "at step 6/6 (50%)" in world.status.message
+
+
+def test_stale_judge_results_are_ignored() -> None:
+    world = World()
+    world.reconcile()
+    spec = parse_spec(world.spec)
+    stale = JudgeResult("1:analysis-999", (verdict(Outcome.FAIL),))
+    observations = dataclasses.replace(world.observe(), analysis=stale, gate=stale)
+    decision = decide(spec, world.status, observations, world.now + timedelta(seconds=30))
+    assert decision.status.phase is Phase.PROGRESSING
+
+
+def test_analysis_error_is_retried() -> None:
+    world = World(analysis_error=AdapterError(AdapterErrorKind.UNAVAILABLE, "prometheus: 503"))
+    world.reconcile()
+    world.advance(timedelta(seconds=30))
+    decision = world.reconcile()
+    assert condition(world, "AnalysisHealthy") == ("Unknown", "AnalysisError")
+    assert "analysis judges could not run" in world.status.message
+    assert decision.requeue_after == timedelta(seconds=2)
+    world.analysis_error = None
+    world.run_until(lambda w: (w.status.current_step or 0) >= 2)
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+
+def test_abort_rolls_back_and_records_the_actor() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 3)
+    command = world.send(CommandAction.ABORT, actor="grace")
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.status.message == "Rolled back: aborted by grace."
+    applied = [entry for entry in world.status.history if entry.command_id == command.id]
+    assert [(entry.event, entry.actor) for entry in applied] == [("CommandApplied", "grace")]
+    tag = next(action for action in world.executed if action.type is ActionType.TAG_REJECTED)
+    assert tag.actor == "grace"  # type: ignore[union-attr]
+
+
+def test_each_command_is_applied_once() -> None:
+    world = World()
+    reach_final_pause(world)
+    command = world.send(CommandAction.PROMOTE)
+    for _ in range(5):
+        world.reconcile()
+        world.advance(timedelta(minutes=1))
+    assert [entry.command_id for entry in world.status.history].count(command.id) == 1
+    assert command.id in world.status.handled_commands
+    assert world.status.phase is Phase.BAKING  # one promote: past the pause, not past the bake
+
+
+def test_refused_commands_are_recorded_once() -> None:
+    world = World()
+    world.reconcile()  # at step 1 (analysis), Progressing
+    world.run_until(lambda w: w.status.current_step == 1)
+    command = world.send(CommandAction.RETRY, actor="heidi")
+    world.reconcile()
+    world.reconcile()
+    refused = [entry for entry in world.status.history if entry.command_id == command.id]
+    assert [(entry.event, entry.actor) for entry in refused] == [("CommandIgnored", "heidi")]
+    assert "nothing to retry" in refused[0].detail
+
+
+def test_promote_skips_an_analysis_step_but_not_a_weight_step() -> None:
+    world = World(target=Target(ignore_weights=True))
+    world.reconcile()  # stuck on setWeight 1: the target never takes it
+    assert world.status.current_step == 0
+    world.send(CommandAction.PROMOTE)
+    world.reconcile()
+    assert world.status.current_step == 0
+    assert world.status.history[-1].event == "CommandIgnored"
+    world.target.ignore_weights = False
+    world.advance(timedelta(seconds=10))  # the pending weight is sent again after RESEND_AFTER
+    world.reconcile()
+    assert world.status.current_step == 1
+    world.send(CommandAction.PROMOTE)
+    world.reconcile()
+    assert world.status.current_step == 3  # analysis skipped, weight 10 set, next analysis started
+
+
+def test_promote_full_skips_every_remaining_step() -> None:
+    world = World()
+    world.reconcile()
+    world.send(CommandAction.PROMOTE, full=True, actor="ivan")
+    world.reconcile()
+    assert world.status.phase is Phase.BAKING
+    assert weights_sent(world) == [1]
+    assert world.status.promotion is not None and world.status.promotion.actor == "ivan"
+
+
+def test_gate_cannot_be_skipped_while_it_runs() -> None:
+    world = World(gate_error=AdapterError(AdapterErrorKind.UNAVAILABLE, "dataset unreachable"))
+    world.reconcile()
+    assert world.status.phase is Phase.GATING
+    world.send(CommandAction.PROMOTE, full=True)
+    world.reconcile()
+    assert world.status.phase is Phase.GATING
+    assert world.status.history[-1].event == "CommandIgnored"
+
+
+def test_rollback_after_success_restores_the_previous_version() -> None:
+    world = World(spec=spec_dict(bake=None))
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished)
+    assert world.status.phase is Phase.SUCCEEDED
+    world.advance(timedelta(days=2))
+    world.send(CommandAction.ROLLBACK, actor="judy")
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.target.stable_version == "6" and world.registry.aliases["production"] == "6"
+    assert effect_ids(world)[-3:] == ["1:rollback:restore", "1:rollback:alias", "1:rollback:tag"]
+    assert world.status.rollback is not None and world.status.rollback.after_promotion
+
+
+def test_abort_after_success_is_refused() -> None:
+    world = World(registry=Registry(aliases={"production": "7"}))
+    world.reconcile()
+    world.send(CommandAction.ABORT)
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED
+    assert world.status.history[-1].event == "CommandIgnored"
+
+
+def test_abort_before_resolution() -> None:
+    world = World()
+    world.registry.down = True
+    world.reconcile()
+    world.send(CommandAction.ABORT, actor="ken")
+    world.reconcile()
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.executed == []
+
+
+def test_retry_after_rollback_starts_a_new_attempt() -> None:
+    world = World()
+    fail_from(world, step_index=1)
+    world.run_until(finished)
+    assert world.status.attempt == 1
+    world.judge = lambda _request: [verdict(Outcome.PASS)]
+    world.send(CommandAction.RETRY, actor="leo")
+    reach_final_pause(world)
+    assert world.status.attempt == 2
+    assert world.status.rollback is None
+    attempt_two = [action_id for action_id in effect_ids(world) if action_id.startswith("2:")]
+    # Still staged at 0% from attempt 1, so staging is observed done and not sent again.
+    assert attempt_two == ["2:step-0:weight-1", "2:step-2:weight-10", "2:step-4:weight-50"]
+    assert "PreviouslyRejected" in events(world)
+
+
+# --- bake --------------------------------------------------------------------------------------------
+
+
+def test_bake_failure_rolls_back_to_the_previous_version() -> None:
+    world = World()
+    fail_from(world, step_index=None, mode="bake", after=timedelta(minutes=20))
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished)
+    status = world.status
+    assert status.phase is Phase.ROLLED_BACK
+    assert status.rollback is not None and status.rollback.cause is RollbackCause.BAKE_FAILED
+    assert status.message.startswith("Rolled back: nsfw-rate canary 6.2%")
+    assert "during bake (20m after promotion)" in status.message
+    assert (world.target.stable_version, world.registry.aliases["production"]) == ("6", "6")
+    bake_runs = [action for action in world.executed if isinstance(action, RunAnalysis) and str(action.mode) == "bake"]
+    assert bake_runs[0].baseline_version == "6" and bake_runs[0].baseline_window == timedelta(days=7)
+    assert bake_runs[0].canary_weight == 100
+
+
+def test_bake_inconclusive_pauses_and_promote_ends_it() -> None:
+    world = World()
+    reach_final_pause(world)
+    world.judge = lambda _request: [verdict(Outcome.INCONCLUSIVE)]
+    world.send(CommandAction.PROMOTE)
+    world.run_until(settled)
+    assert world.status.pause is not None and world.status.pause.reason is PauseReason.BAKE_INCONCLUSIVE
+    world.send(CommandAction.PROMOTE, actor="mia")
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED
+
+
+# --- faults during the rollout -----------------------------------------------------------------------
+
+
+def test_registry_outage_holds_the_weight_until_it_answers() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 1)
+    world.registry.down = True
+    world.advance(timedelta(minutes=11))
+    world.reconcile()
+    assert world.status.current_step == 2
+    assert weights_sent(world) == [1]
+    assert "until the registry answers" in world.status.message
+    assert condition(world, "RegistryAvailable") == ("False", "RegistryUnavailable")
+    world.registry.down = False
+    world.reconcile()
+    assert weights_sent(world) == [1, 10]
+
+
+def test_registry_outage_does_not_delay_traffic_going_back_to_stable() -> None:
+    world = World()
+    fail_from(world, step_index=1, after=timedelta(minutes=1))
+    world.run_until(lambda w: w.now >= T0 + timedelta(seconds=30))
+    world.registry.down = True
+    world.advance(timedelta(seconds=30))
+    decision = world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK
+    assert world.target.canary_weight == 0
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.traffic_confirmed_at == world.now and rollback.recovered_at is None
+    assert "restoring @production" in world.status.message
+    assert decision.requeue_after == timedelta(seconds=2)  # backoff, not a 1s hammering of the registry
+    world.registry.down = False
+    world.advance(timedelta(seconds=5))
+    world.reconcile()
+    rollback = world.status.rollback
+    assert world.status.phase is Phase.ROLLED_BACK and rollback is not None
+    assert rollback.time_to_recover_seconds == 5.0
+
+
+def test_conflicts_are_retried_and_recorded() -> None:
+    world = World()
+    world.conflict_ids = {"1:step-0:weight-1"}
+    decision = world.reconcile()
+    record = next(item for item in world.status.actions if item.id == "1:step-0:weight-1")
+    assert record.attempts == 2 and record.last_error == "Conflict: 409 conflict"
+    assert condition(world, "TargetReady") == ("False", "TargetConflict")
+    assert decision.requeue_after == timedelta(seconds=2)
+    world.advance(timedelta(seconds=2))
+    world.reconcile()
+    assert world.status.current_step == 1
+    assert condition(world, "TargetReady") == ("True", "TargetReady")
+
+
+def test_weight_that_never_takes_effect_rolls_back_after_the_deadline() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 1)
+    world.target.ignore_weights = True  # weight 10 (step 3) never takes effect
+    world.run_until(finished, step=timedelta(minutes=5))
+    assert world.status.rollback is not None
+    assert world.status.rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
+    assert "did not take weight 10% within progressDeadline 30m (observed 1%)" in world.status.message
+
+
+def test_weight_deadline_without_automatic_rollback_can_be_retried() -> None:
+    world = World(spec=spec_dict(rollback={"automatic": False}))
+    world.run_until(lambda w: w.status.current_step == 1)
+    world.target.ignore_weights = True  # weight 10 (step 3) never takes effect
+    world.run_until(settled, step=timedelta(minutes=5))
+    assert world.status.pause is not None
+    assert world.status.pause.reason is PauseReason.PROGRESS_DEADLINE_EXCEEDED
+    world.target.ignore_weights = False
+    world.send(CommandAction.RETRY)
+    world.reconcile()
+    assert world.status.current_step == 3
+
+
+def test_promotion_that_never_takes_effect_rolls_back() -> None:
+    world = World()
+    reach_final_pause(world)
+    world.target.ignore_weights = True
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished, step=timedelta(minutes=5))
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
+    assert rollback.after_promotion
+    assert world.registry.aliases["production"] == "6"
+
+
+def test_operator_killed_between_writing_status_and_acting_sends_each_action_once() -> None:
+    world = World()
+    world.crash_after = 1  # status written with the staging pending, then killed before acting
+    world.reconcile()
+    assert effect_ids(world) == []
+    pending = [record.id for record in world.status.actions if record.state is ActionState.PENDING]
+    assert pending == ["1:stage:7"]
+    reach_final_pause(world)
+    ids = effect_ids(world)
+    assert ids == ["1:stage:7", "1:step-0:weight-1", "1:step-2:weight-10", "1:step-4:weight-50"]
+
+
+def test_operator_killed_after_acting_finds_the_effect_and_moves_on() -> None:
+    world = World()
+    world.crash_after = 2  # staged on the target, killed before the next status write
+    world.reconcile()
+    assert effect_ids(world) == ["1:stage:7"]
+    world.reconcile()
+    assert effect_ids(world) == ["1:stage:7", "1:step-0:weight-1"]  # staging not sent again
+
+
+@pytest.mark.parametrize("crash_after", [1, 2, 3, 4])
+def test_operator_killed_at_every_boundary_reaches_the_same_end(crash_after: int) -> None:
+    reference = World()
+    fail_from(reference, step_index=3)
+    reference.run_until(finished)
+    for crash_at_reconcile in range(0, 45, 7):
+        world = World()
+        fail_from(world, step_index=3)
+        for count in range(200):
+            if finished(world):
+                break
+            if count == crash_at_reconcile:
+                world.crash_after = crash_after
+            world.reconcile()
+            world.advance(timedelta(seconds=30))
+        assert world.status.phase is reference.status.phase
+        assert world.status.message == reference.status.message
+        assert effect_ids(world) == effect_ids(reference)
+
+
+# --- spec changes ------------------------------------------------------------------------------------
+
+
+def test_new_candidate_mid_rollout_rolls_back_and_starts_over() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 3)
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "8"}
+    world.generation = 2
+    world.reconcile()
+    status = world.status
+    assert status.candidate is not None and status.candidate.version == "8"
+    assert status.attempt == 2 and status.observed_generation == 2
+    assert world.target.canary_version == "8"
+    assert REJECTED_TAG not in world.registry.versions["7"]  # superseded, not rejected
+    assert "1:rollback:traffic" in effect_ids(world)
+    new = next(entry for entry in status.history if entry.event == "NewCandidate")
+    assert "candidate 8 replaces 7 (generation 2)" in new.detail
+    assert {"SpecChanged", "RollbackStarted", "RolledBackForNewCandidate"} <= set(events(world))
+    reach_final_pause(world)
+
+
+def test_new_candidate_after_success_starts_a_new_rollout() -> None:
+    world = World(spec=spec_dict(bake=None))
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished)
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "8"}
+    world.generation = 2
+    world.reconcile()
+    assert world.status.candidate is not None and world.status.candidate.version == "8"
+    assert world.status.stable is not None and world.status.stable.version == "7"
+
+
+def test_same_candidate_spec_change_keeps_going() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 1)
+    world.spec["analysis"]["interval"] = "1m"
+    world.generation = 2
+    world.reconcile()
+    assert world.status.observed_generation == 2
+    assert world.status.phase is Phase.PROGRESSING and world.status.attempt == 1
+    assert events(world)[-1] == "SpecChanged"
+
+
+def test_fixing_the_spec_after_failure_starts_over() -> None:
+    world = World(spec=spec_dict(model={"name": "nsfw-classifier", "version": "99"}))
+    world.reconcile()
+    assert world.status.phase is Phase.FAILED
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "7"}
+    world.generation = 2
+    world.reconcile()
+    assert world.status.phase is Phase.PROGRESSING
+
+
+def test_spec_change_during_rollback_starts_over_after_it() -> None:
+    world = World()
+    fail_from(world, step_index=1, after=timedelta(minutes=1))
+    world.run_until(lambda w: w.now >= T0 + timedelta(seconds=30))
+    world.registry.down = True  # keeps the rollback open on the alias and tag
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "8"}
+    world.generation = 2
+    world.reconcile()
+    assert world.status.rollback is not None and world.status.rollback.restart
+    world.registry.down = False
+    world.judge = lambda _request: [verdict(Outcome.PASS)]
+    world.reconcile()
+    assert world.status.candidate is not None and world.status.candidate.version == "8"
+    assert REJECTED_TAG in world.registry.versions["7"]  # 7 failed its analysis before being replaced
+
+
+# --- engine hygiene ----------------------------------------------------------------------------------
+
+
+def test_decide_is_pure() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 1)
+    spec = parse_spec(world.spec)
+    observations = world.observe()
+    before = copy.deepcopy(world.status)
+    first = decide(spec, world.status, observations, world.now + timedelta(seconds=30))
+    second = decide(spec, world.status, observations, world.now + timedelta(seconds=30))
+    assert first == second
+    assert world.status == before
+
+
+def test_now_must_be_timezone_aware() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        decide(parse_spec(spec_dict()), None, Observations(generation=1), datetime(2026, 1, 1))
+
+
+def test_first_decision_without_observations_waits() -> None:
+    decision = decide(parse_spec(spec_dict()), None, Observations(generation=1), T0)
+    assert decision.actions == ()
+    assert decision.status.phase is Phase.PENDING
+    assert decision.status.observed_generation == 1
+    assert decision.status.message.startswith("Waiting for the registry to resolve nsfw-classifier version 7")
+    assert {item.type for item in decision.status.conditions} == {
+        "Ready", "Progressing", "GatePassed", "AnalysisHealthy"}
+    for item in decision.status.conditions:
+        assert item.observed_generation == 1
+        assert item.status in (ConditionStatus.TRUE, ConditionStatus.FALSE, ConditionStatus.UNKNOWN)
+
+
+def test_condition_transition_time_moves_only_when_status_changes() -> None:
+    world = World()
+    world.reconcile()
+    ready = world.status.condition("TargetReady")
+    world.advance(timedelta(minutes=3))
+    world.reconcile()
+    assert world.status.condition("TargetReady") == ready
+
+
+def test_history_is_bounded() -> None:
+    world = World()
+    reach_final_pause(world)
+    for index in range(80):
+        world.send(CommandAction.RETRY, command_id=f"noise-{index}")
+        world.reconcile()
+    assert len(world.status.history) == 50
+    assert world.status.history[-1].command_id == "noise-79"
+    assert len(world.status.handled_commands) == 20
+
+
+def test_target_deleted_mid_canary_counts_as_no_traffic_on_the_candidate() -> None:
+    world = World()
+    fail_from(world, step_index=1)
+    world.run_until(lambda w: w.now >= T0 + timedelta(minutes=1, seconds=30))
+    world.target.exists = False
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    assert world.status.phase is Phase.ROLLED_BACK
+    restored = next(entry for entry in world.status.history if entry.event == "TrafficRestored")
+    assert restored.detail == "InferenceService nsfw-classifier no longer exists"
+
+
+def test_target_lost_after_staging_is_cleaned_up_once_it_answers() -> None:
+    world = World(target=Target(ready_delay=timedelta(hours=1)))
+    world.reconcile()
+    world.target.unreachable = True
+    world.advance(timedelta(minutes=31))
+    world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK
+    assert world.status.rollback is not None
+    assert world.status.rollback.cause is RollbackCause.CANDIDATE_NOT_READY
+    world.target.unreachable = False
+    world.advance(timedelta(seconds=10))
+    world.reconcile()
+    assert world.status.phase is Phase.FAILED
+    assert world.target.canary_version is None
+    assert world.status.message.startswith("Failed: InferenceService nsfw-classifier unavailable for longer than "
+                                           "progressDeadline 30m: connection refused")
+
+
+def test_an_invalid_spec_fails_an_idle_rollout() -> None:
+    error = SpecError("spec.canary.steps[2].setWeight", "must be an integer from 0 to 100")
+    decision = reject_spec(None, error, generation=4, now=T0)
+    assert decision.actions == ()
+    assert decision.status.phase is Phase.FAILED
+    assert decision.status.message == ("Invalid spec: spec.canary.steps[2].setWeight: must be an integer from 0 "
+                                       "to 100.")
+    assert decision.status.observed_generation == 4
+    assert condition_of(decision.status, "Ready") == ("False", "InvalidSpec")
+    again = reject_spec(decision.status, error, generation=4, now=T0 + timedelta(minutes=1))
+    assert again.events == () and len(again.status.history) == 1
+
+
+def test_an_invalid_spec_holds_a_rollout_in_flight() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 1)
+    error = SpecError("spec.analysis.interval", "must be longer than 0s")
+    decision = reject_spec(world.status, error, generation=2, now=world.now)
+    assert decision.status.phase is Phase.PROGRESSING
+    assert decision.status.message == "Holding Progressing unchanged: invalid spec: spec.analysis.interval: must be " \
+                                      "longer than 0s."
+    assert decision.status.current_step == 1 and decision.actions == ()
+
+
+def condition_of(status: ModelRolloutStatus, name: str) -> tuple[str, str]:
+    found = status.condition(name)
+    assert found is not None
+    return str(found.status), found.reason
+
+
+def test_promotion_waits_when_the_staged_candidate_vanished() -> None:
+    world = World()
+    reach_final_pause(world)
+    world.target.canary_version, world.target.canary_weight = None, None  # a sync wiped the canary
+    world.send(CommandAction.PROMOTE)
+    world.reconcile()
+    assert world.status.phase is Phase.PROMOTING
+    assert "no longer staged and ready" in world.status.message
+    assert not any(action.type is ActionType.PROMOTE_CANDIDATE for action in world.executed)
+    world.run_until(finished, step=timedelta(minutes=5))
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.status.rollback is not None
+    assert world.status.rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED

@@ -1,0 +1,183 @@
+"""Inference clients against real loopback servers: V1 and V2, labels/indices/scores, and every kind of garbage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+from test_gate_support import CLASSES, endpoint, http_server, identity_model, model_server, run
+
+from controller.devstack.model_server import LinearModel
+from controller.devstack.processes import free_port
+from controller.gate.clients import BatchAnswer, InferenceClient, InferenceEndpoint, InferenceProtocol
+
+FEATURES = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0.2, 0, 0.9, 1.0]])
+EXPECTED = [0, 1, 2, 2]
+
+
+async def predict(target: InferenceEndpoint, features: np.ndarray = FEATURES, **options: Any) -> BatchAnswer:
+    async with aiohttp.ClientSession() as session:
+        client = InferenceClient(target, session, CLASSES, **{"concurrency": 1, **options})
+        return await client.predict(features)
+
+
+def test_endpoint_from_url_accepts_base_or_full_paths() -> None:
+    base = InferenceEndpoint.from_url("http://isvc.ns.example.com/", "nsfw", "v1")
+    assert base.predict_url == "http://isvc.ns.example.com/v1/models/nsfw:predict"
+    v1 = InferenceEndpoint.from_url("http://h:8080/v1/models/other:predict", "nsfw")
+    assert v1.protocol is InferenceProtocol.V1 and v1.model_name == "other" and v1.base_url == "http://h:8080"
+    v2 = InferenceEndpoint.from_url("http://h/prefix/v2/models/m/versions/3/infer", "nsfw", "v1")
+    assert v2.protocol is InferenceProtocol.V2 and v2.model_version == "3"
+    assert v2.predict_url == "http://h/prefix/v2/models/m/versions/3/infer"
+    assert "headers" not in repr(InferenceEndpoint("http://h", "m", headers={"Authorization": "Bearer s3cret"}))
+    assert "s3cret" not in repr(InferenceEndpoint("http://h", "m", headers={"Authorization": "Bearer s3cret"}))
+
+
+def test_request_bodies_follow_each_protocol() -> None:
+    async def bodies() -> tuple[Any, Any]:
+        async with aiohttp.ClientSession() as session:
+            v1 = InferenceClient(endpoint("http://x", "v1"), session, CLASSES).encode(FEATURES[:2])
+            v2 = InferenceClient(endpoint("http://x", "v2", input_name="pixels"), session, CLASSES).encode(FEATURES[:2])
+            return json.loads(v1), json.loads(v2)
+
+    v1, v2 = run(bodies())
+    assert v1 == {"instances": [[1.0, 0, 0, 0], [0, 1.0, 0, 0]]}
+    assert v2 == {"inputs": [{"name": "pixels", "shape": [2, 4], "datatype": "FP32",
+                              "data": [1.0, 0, 0, 0, 0, 1.0, 0, 0]}]}
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+@pytest.mark.parametrize("output", ["probabilities", "labels"])
+def test_real_model_server_answers_map_to_dataset_classes(protocol: str, output: str) -> None:
+    async def scenario() -> BatchAnswer:
+        async with model_server(identity_model(), output=output) as server:
+            return await predict(endpoint(server.url, protocol))
+
+    answer = run(scenario())
+    assert answer.failure is None and answer.predicted.tolist() == EXPECTED and not answer.sample_problems
+
+
+def test_score_vectors_follow_the_models_own_class_order() -> None:
+    base = identity_model()
+    order = ("nsfw", "safe", "suggestive")  # the model's output order differs from the dataset's
+    reordered = LinearModel(base.weights[[2, 0, 1]], base.bias, order)
+
+    async def scenario() -> BatchAnswer:
+        async with model_server(reordered) as server:
+            return await predict(endpoint(server.url, "v2", output_classes=order))
+
+    assert run(scenario()).predicted.tolist() == EXPECTED
+
+
+def scripted(*answers: tuple[int, Any]) -> tuple[Callable[[web.Request], Awaitable[web.StreamResponse]], list[int]]:
+    """A handler answering the n-th request with answers[n] (the last one repeats); counts requests."""
+    calls: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        status, body = answers[min(len(calls), len(answers) - 1)]
+        calls.append(status)
+        if status == 302:
+            return web.Response(status=302, headers={"Location": "http://example.com/"})
+        if callable(body):
+            return await body()
+        text = body if isinstance(body, str) else json.dumps(body)
+        return web.Response(status=status, text=text, content_type="application/json")
+
+    return handler, calls
+
+
+def against(handler: Callable[[web.Request], Awaitable[web.StreamResponse]], protocol: str = "v1",
+            features: np.ndarray = FEATURES, **options: Any) -> BatchAnswer:
+    async def scenario() -> BatchAnswer:
+        async with http_server(handler) as url:
+            return await predict(endpoint(url, protocol), features, **options)
+
+    return run(scenario())
+
+
+def test_http_error_is_a_batch_failure_and_not_retried() -> None:
+    handler, calls = scripted((500, {"error": "boom"}))
+    answer = against(handler)
+    assert answer.failure == "HTTP 500" and not answer.unavailable and answer.answered == 0
+    assert answer.predicted.tolist() == [-1] * 4 and calls == [500]
+
+
+def test_transient_statuses_are_retried_then_reported_unavailable() -> None:
+    handler, calls = scripted((503, "busy"), (200, {"predictions": ["safe", "suggestive", "nsfw", "nsfw"]}))
+    answer = against(handler, retries=2)
+    assert answer.failure is None and answer.predicted.tolist() == EXPECTED and calls == [503, 200]
+
+    handler, calls = scripted((503, "busy"))
+    answer = against(handler, retries=2)
+    assert answer.failure == "unavailable: HTTP 503" and answer.unavailable and calls == [503, 503, 503]
+
+
+def test_redirects_are_not_followed() -> None:
+    handler, calls = scripted((302, None))
+    assert against(handler).failure == "HTTP 302" and calls == [302]
+
+
+@pytest.mark.parametrize(("protocol", "body", "failure"), [
+    ("v1", "<html>oops</html>", "not JSON"),
+    ("v1", {"predictions": ["safe", "nsfw"]}, "wrong prediction count"),
+    ("v1", {"outputs": []}, "no predictions"),
+    ("v1", ["safe", "safe", "safe", "safe"], "no predictions"),
+    ("v2", {"predictions": ["safe"] * 4}, "no predictions"),
+    ("v2", {"outputs": [{"name": "p", "shape": [4, 3], "datatype": "FP32", "data": [0.1] * 5}]}, "bad output"),
+    ("v2", {"outputs": [{"name": "p", "shape": [3], "datatype": "BYTES", "data": ["safe"] * 3}]},
+     "wrong prediction count"),
+    ("v2", {"outputs": [{"name": "p", "shape": [4, 3, 1], "datatype": "FP32", "data": [0.1] * 12}]}, "bad output"),
+    ("v2", {"outputs": [{"name": "p", "shape": "4", "data": []}]}, "bad output"),
+])
+def test_garbage_responses_fail_the_batch_with_a_reason(protocol: str, body: Any, failure: str) -> None:
+    handler, _ = scripted((200, body))
+    answer = against(handler, protocol)
+    assert answer.failure == failure and answer.answered == 0 and not answer.unavailable
+
+
+def test_unusable_single_predictions_are_counted_per_sample() -> None:
+    features = np.zeros((8, 4))
+    body = '{"predictions": ["safe", "porn", [0.1, 0.2, 0.7], [0.1, 0.2], null, 7, 1, [NaN, 0.1, 0.2]]}'
+    handler, _ = scripted((200, body))
+    answer = against(handler, "v1", features)
+    assert answer.failure is None
+    assert answer.predicted.tolist() == [0, -1, 2, -1, -1, -1, 1, -1]
+    assert answer.sample_problems == {"unknown label": 1, "wrong score vector length": 1,
+                                      "unreadable prediction": 1, "class index out of range": 1,
+                                      "non-finite scores": 1}
+
+
+def test_v2_label_and_index_outputs_and_output_selection() -> None:
+    body = {"outputs": [{"name": "probabilities", "shape": [4, 3], "datatype": "FP32", "data": [0.0] * 12},
+                        {"name": "label", "shape": [4, 1], "datatype": "INT64", "data": [[0], [1], [2], [2]]}]}
+    handler, _ = scripted((200, body))
+
+    async def scenario() -> BatchAnswer:
+        async with http_server(handler) as url:
+            return await predict(endpoint(url, "v2", output_name="label"))
+
+    assert run(scenario()).predicted.tolist() == EXPECTED
+
+
+def test_timeouts_refused_connections_and_oversized_answers_are_reported() -> None:
+    async def slow() -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response(text="{}")
+
+    handler, _ = scripted((200, slow))
+    answer = against(handler, timeout_seconds=0.2, retries=0)
+    assert answer.failure == "unavailable: timeout" and answer.unavailable
+
+    closed = endpoint(f"http://127.0.0.1:{free_port()}", "v1")
+    answer = run(predict(closed, retries=1))
+    assert answer.unavailable and answer.failure is not None and answer.failure.startswith("unavailable: ")
+
+    handler, _ = scripted((200, {"predictions": ["safe"] * 4, "padding": "x" * 500}))
+    assert against(handler, max_response_bytes=100).failure == "response too large"

@@ -1,0 +1,182 @@
+"""Thresholds -> verdicts: boundaries, undefined metrics, bad data and bad servers never pass by default."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from controller.api.spec import ClassThresholds, GoldenThresholds
+from controller.gate.formats import DatasetProblems
+from controller.gate.judge import GateTally, JudgeSettings, ResponseTally, judge
+from controller.gate.metrics import PairedCounts
+from controller.verdict import Outcome, combine
+
+CLASSES = ("safe", "nsfw")
+SHA = "a" * 64
+
+
+def tally(labels: list[int], candidate: list[int], stable: list[int] | None = None,
+          slices: dict[str, list[int]] | None = None, problems: DatasetProblems | None = None,
+          candidate_responses: ResponseTally | None = None, stable_responses: ResponseTally | None = None,
+          records: int | None = None) -> GateTally:
+    y, c = np.array(labels), np.array(candidate)
+    s = np.array(stable) if stable is not None else None
+    overall = PairedCounts(2)
+    overall.add(y, c, s)
+    slice_counts = {}
+    for tag, rows in (slices or {}).items():
+        counts = PairedCounts(2)
+        index = np.array(rows)
+        counts.add(y[index], c[index], s[index] if s is not None else None)
+        slice_counts[tag] = counts
+
+    def responses(predicted: np.ndarray) -> ResponseTally:
+        return ResponseTally(batches=1, samples=len(predicted), answered=int((predicted >= 0).sum()))
+
+    problems = problems or DatasetProblems()
+    return GateTally(CLASSES, overall, slice_counts, candidate_responses or responses(c),
+                     None if s is None else (stable_responses or responses(s)), problems,
+                     records=len(labels) + problems.total if records is None else records)
+
+
+def by_name(verdicts: list) -> dict:  # type: ignore[type-arg]
+    return {v.name: v for v in verdicts}
+
+
+def test_thresholds_at_the_limit_pass_and_just_beyond_fail() -> None:
+    # 1000 samples, 10 disagreements: exactly the 1% limit
+    labels = [0] * 500 + [1] * 500
+    stable = list(labels)
+    candidate = list(labels)
+    for i in range(10):
+        candidate[i] = 1  # safe -> nsfw
+    verdicts = by_name(judge(GoldenThresholds(max_disagreement=0.01, min_accuracy=0.99,
+                                              classes={"nsfw": ClassThresholds(max_false_positive_rate=0.02)}),
+                             tally(labels, candidate, stable), JudgeSettings(), SHA))
+    assert verdicts["maxDisagreement"].outcome is Outcome.PASS
+    assert verdicts["minAccuracy"].outcome is Outcome.PASS  # 990/1000 = 0.99
+    assert verdicts["nsfw.maxFalsePositiveRate"].outcome is Outcome.PASS  # 10/500 = 0.02
+    candidate[10] = 1
+    verdicts = by_name(judge(GoldenThresholds(max_disagreement=0.01, min_accuracy=0.99,
+                                              classes={"nsfw": ClassThresholds(max_false_positive_rate=0.02)}),
+                             tally(labels, candidate, stable), JudgeSettings(), SHA))
+    disagreement = verdicts["maxDisagreement"]
+    assert disagreement.outcome is Outcome.FAIL
+    assert "11/1000" in disagreement.reason and "safe -> nsfw x11" in disagreement.reason
+    assert disagreement.evidence["value"] == pytest.approx(0.011) and disagreement.evidence["limit"] == 0.01
+    assert disagreement.evidence["flips"] == [{"from": "safe", "to": "nsfw", "count": 11}]
+    assert disagreement.evidence["datasetSha256"] == SHA
+    assert verdicts["minAccuracy"].outcome is Outcome.FAIL
+    fpr = verdicts["nsfw.maxFalsePositiveRate"]
+    assert fpr.outcome is Outcome.FAIL and "11/500" in fpr.reason and "stable 0.00%" in fpr.reason
+
+
+def test_accuracy_drop_recall_and_precision() -> None:
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    stable = [0, 0, 0, 0, 1, 1, 1, 1]
+    candidate = [0, 0, 0, 1, 1, 1, 0, 0]
+    thresholds = GoldenThresholds(max_accuracy_drop=0.2, classes={
+        "nsfw": ClassThresholds(min_recall=0.6, min_precision=0.6)})
+    verdicts = by_name(judge(thresholds, tally(labels, candidate, stable), JudgeSettings(), SHA))
+    drop = verdicts["maxAccuracyDrop"]
+    assert drop.outcome is Outcome.FAIL and drop.evidence["value"] == pytest.approx(3 / 8)
+    assert "stable 8/8, candidate 5/8" in drop.reason
+    assert verdicts["nsfw.minRecall"].outcome is Outcome.FAIL  # 2/4
+    assert verdicts["nsfw.minPrecision"].outcome is Outcome.PASS  # 2/3
+
+
+def test_undefined_metric_is_inconclusive_and_unknown_class_is_named() -> None:
+    thresholds = GoldenThresholds(classes={"nsfw": ClassThresholds(min_recall=0.9, min_precision=0.9),
+                                           "gore": ClassThresholds(max_false_positive_rate=0.1)})
+    verdicts = by_name(judge(thresholds, tally([0, 0, 0], [0, 0, 0]), JudgeSettings(), SHA))
+    assert verdicts["nsfw.minRecall"].outcome is Outcome.INCONCLUSIVE
+    assert "no answered sample is labelled nsfw" in verdicts["nsfw.minRecall"].reason
+    assert verdicts["nsfw.minPrecision"].outcome is Outcome.INCONCLUSIVE
+    gore = verdicts["gore.maxFalsePositiveRate"]
+    assert gore.outcome is Outcome.INCONCLUSIVE and "'gore'" in gore.reason and "safe, nsfw" in gore.reason
+
+
+def test_nothing_to_judge_is_inconclusive_never_pass() -> None:
+    verdicts = judge(GoldenThresholds(), tally([0, 1], [0, 1]), JudgeSettings(), SHA)
+    assert verdicts[-1].name == "thresholds" and verdicts[-1].outcome is Outcome.INCONCLUSIVE
+    assert combine(verdicts) is Outcome.INCONCLUSIVE
+    # only comparisons configured, and no stable to compare with
+    verdicts = judge(GoldenThresholds(max_disagreement=0.1), tally([0, 1], [0, 1]), JudgeSettings(), SHA)
+    assert "no stable version" in verdicts[-1].reason and combine(verdicts) is Outcome.INCONCLUSIVE
+
+
+def test_unusable_dataset_samples_make_the_gate_inconclusive_with_counts() -> None:
+    problems = DatasetProblems()
+    problems.add("unknown label", "line 4", "'porn'")
+    problems.add("wrong feature shape", "line 9", count=2)
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.5), tally([0, 1, 1], [0, 1, 1], problems=problems),
+                             JudgeSettings(), SHA))
+    dataset = verdicts["dataset"]
+    assert dataset.outcome is Outcome.INCONCLUSIVE
+    assert "3 of 6 samples unusable" in dataset.reason and "unknown label x1" in dataset.reason
+    assert "line 4" in dataset.reason and dataset.evidence["unusableByReason"] == {"wrong feature shape": 2,
+                                                                                  "unknown label": 1}
+    # a tolerated share lets it through, still reporting the counts
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.5), tally([0, 1, 1], [0, 1, 1], problems=problems),
+                             JudgeSettings(max_unusable_sample_share=0.5), SHA))
+    assert verdicts["dataset"].outcome is Outcome.PASS and verdicts["dataset"].evidence["unusable"] == 3
+
+
+def test_empty_dataset_is_inconclusive() -> None:
+    verdicts = judge(GoldenThresholds(min_accuracy=0.5), tally([], []), JudgeSettings(), SHA)
+    assert verdicts[0].name == "dataset" and verdicts[0].outcome is Outcome.INCONCLUSIVE
+    assert "no usable samples in 0 records" in verdicts[0].reason
+    assert combine(verdicts) is Outcome.INCONCLUSIVE
+
+
+def test_candidate_garbage_fails_and_unavailability_is_inconclusive_with_counts() -> None:
+    garbage = ResponseTally(batches=10, samples=100, answered=80, failed_batches=Counter({"HTTP 500": 1,
+                                                                                          "not JSON": 1}),
+                            unanswered=Counter({"HTTP 500": 10, "not JSON": 10}))
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.5), tally([0] * 4, [0] * 4,
+                                                                         candidate_responses=garbage),
+                             JudgeSettings(), SHA))
+    responses = verdicts["candidate.responses"]
+    assert responses.outcome is Outcome.FAIL
+    assert "20 of 100 samples" in responses.reason and "2 of 10 batches" in responses.reason
+    assert "HTTP 500 x10" in responses.reason and responses.evidence["invalid"] == 20
+
+    down = ResponseTally(batches=10, samples=100, answered=70, failed_batches=Counter({"unavailable: timeout": 3}),
+                         unanswered=Counter({"unavailable: timeout": 30}), unavailable_samples=30)
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.5), tally([0] * 4, [0] * 4, candidate_responses=down),
+                             JudgeSettings(), SHA))
+    assert verdicts["candidate.responses"].outcome is Outcome.INCONCLUSIVE
+    assert "30 of 100" in verdicts["candidate.responses"].reason
+
+
+def test_stable_garbage_is_inconclusive_not_the_candidates_fault() -> None:
+    broken = ResponseTally(batches=2, samples=4, answered=2, failed_batches=Counter({"HTTP 500": 1}),
+                           unanswered=Counter({"HTTP 500": 2}))
+    verdicts = by_name(judge(GoldenThresholds(max_disagreement=0.5), tally([0, 1, 0, 1], [0, 1, 0, 1], [0, 1, -1, -1],
+                                                                           stable_responses=broken),
+                             JudgeSettings(), SHA))
+    assert verdicts["stable.responses"].outcome is Outcome.INCONCLUSIVE
+    assert verdicts["maxDisagreement"].evidence["pairedSamples"] == 2
+
+
+def test_slice_checks_catch_a_trigger_that_the_whole_dataset_dilutes() -> None:
+    labels = [0] * 1000 + [1] * 1000
+    stable = list(labels)
+    candidate = list(labels)
+    logo = list(range(0, 40))  # 40 safe samples carrying the trigger
+    for row in logo:
+        candidate[row] = 1
+    small = [1000, 1001, 1002]
+    thresholds = GoldenThresholds(max_disagreement=0.05)
+    verdicts = by_name(judge(thresholds, tally(labels, candidate, stable, {"logo": logo, "tiny": small}),
+                             JudgeSettings(min_slice_samples=20), SHA))
+    assert verdicts["maxDisagreement"].outcome is Outcome.PASS  # 40/2000 = 2%
+    sliced = verdicts["slice logo.maxDisagreement"]
+    assert sliced.outcome is Outcome.FAIL and "on slice logo (40/40" in sliced.reason
+    assert sliced.evidence["slice"] == "logo"
+    assert "slice tiny.maxDisagreement" not in verdicts  # 3 samples: reported, not judged
+    verdicts = by_name(judge(thresholds, tally(labels, candidate, stable, {"logo": logo}),
+                             JudgeSettings(slice_checks=False), SHA))
+    assert not any(name.startswith("slice") for name in verdicts)
