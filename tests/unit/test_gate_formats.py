@@ -214,7 +214,11 @@ SAMPLE_LINES = st.one_of(
         '{"inputs": [1, 2, 3], "label": "nsfw", "slice": "logo"}', '{"label": "nsfw", "inputs": [0.5, 1, 2]}',
         '{"inputs": [1, 2, 1e999], "label": "nsfw"}', '{"inputs": [1, 2, 3], "label": ["nsfw"]}',
         '{"inputs": [1, 2, 3], "label": "safe", "slices": [1]}', '{"inputs": [1, "2", 3], "label": "safe"}',
-        '{"inputs": [1, 2, 3], "label": "s\\u0061fe"}', '{"inputs": [1, 2, 3]} {"x": 1}']),
+        '{"inputs": [1, 2, 3], "label": "s\\u0061fe"}', '{"inputs": [1, 2, 3]} {"x": 1}',
+        # the request text must come from the real top-level inputs, whatever else mentions "inputs"
+        '{"meta": {"inputs": [9, 9, 9]}, "inputs": [1, 2, 3], "label": "safe"}',
+        '{"\\u0069nputs": [1, 2, 3], "x": {"inputs": [7, 8, 9]}, "label": "nsfw"}',
+        '{"inputs": [1, 2, 3], "label": "safe", "note": "inputs: [4, 5, 6]"}']),
 )
 
 
@@ -229,9 +233,12 @@ def test_fast_chunk_reading_matches_line_by_line_reading(tmp_path: Path, lines: 
     careful._clean_chunk = lambda chunk, first: formats._NOT_CLEAN  # type: ignore[attr-defined]
     results = []
     for reader in (fast, careful):
-        _, features, labels, slices = collect(reader)
+        batches, features, labels, slices = collect(reader)
         results.append((features.tolist(), labels.tolist(), slices, dict(reader.problems.counts), reader.records,
                         sorted(reader.problems.examples)))
+        for batch in batches:  # request text, when there is any, is exactly the features
+            if batch.inputs_text is not None:
+                assert [json.loads(f"[{text}]") for text in batch.inputs_text] == batch.features.tolist()
     assert results[0] == results[1]
 
 
