@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--tracking-uri", default=None,
                             help="default MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     run_parser.add_argument("--prometheus-url", default=None, help="default Prometheus URL (default: $PROMETHEUS_URL)")
-    run_parser.add_argument("--storage-uri-template", default="{source}",
+    run_parser.add_argument("--storage-uri-template",
+                            default=os.environ.get("MODELROLLOUT_STORAGE_URI_TEMPLATE", "{source}"),
                             help="what the serving system loads: {name} {version} {source} {run_id}")
     run_parser.add_argument("--gate-protocol", choices=["v1", "v2"], default="v2",
                             help="inference protocol the golden gate speaks to the model servers")

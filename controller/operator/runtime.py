@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 # Bounds how many decide -> act rounds one reconcile runs before writing status.
 MAX_ROUNDS = 8
+# Phases after which the candidate must not be left in the target's spec.
+WITHDRAWN_PHASES = ("RolledBack", "Failed")
 WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Deadline", "Error")
 
 
@@ -203,6 +205,25 @@ class RolloutRuntime:
             case _:
                 raise TypeError(f"not an effect action: {action!r}")
 
+    def finish_withdrawal(self, status: ModelRolloutStatus) -> bool:
+        """After a rollback, keep calling the router until the spec no longer names the rejected candidate.
+
+        Traffic leaves the candidate with the first call (that is what the engine confirms); some serving
+        systems need a second write once their controller has moved the traffic (KServe Knative: the stable
+        storageUri goes back only after canaryTrafficPercent 0 took effect). True while that is unfinished.
+        """
+        if str(status.phase) not in WITHDRAWN_PHASES:
+            return False
+        try:
+            state = self.router.observe()
+            if not state.exists or not state.canary_staged:
+                return False
+            self.router.rollback()
+            return self.router.observe().canary_staged
+        except TrafficError as exc:
+            log.warning("%s/%s: finishing the rollback: %s", self.namespace, self.name, exc)
+            return True
+
     async def measure_gate(self, action: RunGate, state: TargetState | None) -> JudgeResult:
         kserve = self.spec.target.kserve
         candidate_url = (kserve.candidate_url if kserve else None) or (state.canary_url if state else None)
@@ -303,6 +324,8 @@ class RolloutStepper:
             if gate is None and analysis is None and not failures and all(
                     isinstance(a, RunGate | RunAnalysis) for a in decision.actions):
                 break
+        if await asyncio.to_thread(runtime.finish_withdrawal, status):
+            outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
         return outcome
 
 
