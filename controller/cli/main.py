@@ -39,6 +39,14 @@ def _dev_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_demo(args: argparse.Namespace) -> int:
+    from controller.devstack.demo import run_demo
+    from controller.devstack.stack import default_state_dir, load_state
+
+    root = args.state_dir or default_state_dir()
+    return run_demo(load_state(root), root / "demo")
+
+
 def _operator_run(args: argparse.Namespace) -> int:
     import logging
 
@@ -80,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     for name, handler, help_text in (("up", _dev_up, "start the stack and print shell exports"),
                                      ("down", _dev_down, "stop every process the stack started"),
-                                     ("env", _dev_env, "print the shell exports of the running stack")):
+                                     ("env", _dev_env, "print the shell exports of the running stack"),
+                                     ("demo", _dev_demo, "run the content-moderation rollouts on the stack")):
         sub = dev_commands.add_parser(name, help=help_text)
         sub.add_argument("--state-dir", type=Path, default=None, help="where the stack keeps its files")
         sub.set_defaults(handler=handler)

@@ -52,6 +52,10 @@ class Scenario:
     def access(self) -> MlflowAccess:
         return MlflowAccess(self.tracking_uri)
 
+    @property
+    def golden_config_map(self) -> str:
+        return f"{self.model_name}-golden"
+
     def storage_uri(self, version: str) -> str:
         return STORAGE_URI_TEMPLATE.format(name=self.model_name, version=version)
 
@@ -83,7 +87,7 @@ class Scenario:
         with tempfile.TemporaryDirectory() as scratch:
             path, self.dataset_sha256 = write_demo_dataset(Path(scratch), demo_golden_samples(self.golden_samples))
             core.create_namespaced_config_map(self.namespace, client.V1ConfigMap(
-                metadata=client.V1ObjectMeta(name="nsfw-golden"), data={"golden.jsonl": path.read_text()}))
+                metadata=client.V1ObjectMeta(name=self.golden_config_map), data={"golden.jsonl": path.read_text()}))
         client.CustomObjectsApi(self.api_client).create_namespaced_custom_object(
             "serving.kserve.io", "v1beta1", self.namespace, "inferenceservices", {
                 "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
@@ -98,7 +102,7 @@ class Scenario:
             "registry": {"trackingUri": self.tracking_uri},
             "target": {"kserve": {"inferenceService": self.model_name}},
             "goldenDataset": {
-                "uri": "configmap://nsfw-golden/golden.jsonl", "sha256": self.dataset_sha256,
+                "uri": f"configmap://{self.golden_config_map}/golden.jsonl", "sha256": self.dataset_sha256,
                 "thresholds": {"minAccuracy": 0.9, "maxAccuracyDrop": 0.02, "maxDisagreement": 0.05,
                                "classes": {"nsfw": {"maxFalsePositiveRate": 0.02, "minRecall": 0.9}}}},
             "canary": {"steps": steps or [{"setWeight": 10}, {"pause": {"duration": "1s"}},
