@@ -8,6 +8,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from controller.cli.oncall import CliError
 from controller.devstack.processes import StackError
 
 
@@ -78,6 +79,37 @@ def _exporter_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _oncall(args: argparse.Namespace) -> int:
+    from controller.api.commands import CommandAction
+    from controller.cli.oncall import OnCall, dump
+
+    oncall = OnCall(args.kubeconfig, args.namespace)
+    output = getattr(args, "output", None)
+    if args.command == "list":
+        items = oncall.list(args.all_namespaces)
+        if output:
+            dump({"items": items}, output, sys.stdout)
+        else:
+            oncall.print_list(items, args.all_namespaces)
+        return 0
+    if args.command in ("abort", "promote", "retry", "rollback"):
+        command = oncall.send(args.name, CommandAction(args.command), full=getattr(args, "full", False))
+        print(f"{command.label} sent to {oncall.namespace}/{args.name} as {command.actor} (id {command.id})")
+        return 0
+    obj = oncall.get(args.name)
+    if output:
+        dump(obj if args.command == "get" else (obj.get("status") or {}).get("history", []), output, sys.stdout)
+    elif args.command == "get" and args.watch:
+        oncall.watch(args.name)
+    elif args.command == "get":
+        oncall.print_rollout(obj)
+    elif args.command == "history":
+        oncall.print_history(obj)
+    else:
+        print(oncall.explain(obj))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
@@ -116,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
                             help="comma-separated hosts that https:// golden datasets may come from")
     run_parser.set_defaults(handler=_operator_run)
 
+    for name, help_text in (("list", "list ModelRollouts"), ("get", "show one rollout (--watch: live)"),
+                            ("history", "the timeline, with who did what"),
+                            ("explain", "the last decision in plain words"),
+                            ("abort", "stop and go back to stable"), ("promote", "go past the current pause or step"),
+                            ("retry", "run a failed or rolled-back rollout again"),
+                            ("rollback", "go back to the previous version, also after success")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--kubeconfig", default=None)
+        sub.add_argument("-n", "--namespace", default=None)
+        if name == "list":
+            sub.add_argument("-A", "--all-namespaces", action="store_true")
+        else:
+            sub.add_argument("name")
+        if name in ("list", "get", "history"):
+            sub.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+        if name == "get":
+            sub.add_argument("-w", "--watch", action="store_true")
+        if name == "promote":
+            sub.add_argument("--full", action="store_true", help="skip every remaining step")
+        sub.set_defaults(handler=_oncall)
+
     exporter = commands.add_parser("exporter", help="the prediction exporter (logger CloudEvents -> Prometheus)")
     exporter_commands = exporter.add_subparsers(dest="exporter_command", required=True)
     exporter_run = exporter_commands.add_parser("run", help="receive logger events and serve /metrics")
@@ -133,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

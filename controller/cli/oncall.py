@@ -1,0 +1,233 @@
+"""On-call commands: list, get, history, explain, and abort / promote / retry / rollback.
+
+Commands reach the controller through the `modelrollout.io/command` annotation, never the spec, so
+Argo CD sees no drift; the actor is the caller's identity as the API server knows it (SelfSubjectReview).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction
+from controller.operator.kubeapi import GROUP, PLURAL, VERSION
+
+TERMINAL = ("Succeeded", "RolledBack", "Failed")
+PHASE_COLOURS = {"Succeeded": "32", "Promoting": "32", "Baking": "36", "Progressing": "36", "Gating": "36",
+                 "Paused": "33", "Pending": "33", "RollingBack": "31", "RolledBack": "31", "Failed": "31"}
+OUTCOME_SYMBOLS = {"pass": "✔", "fail": "✖", "inconclusive": "?"}
+
+
+class CliError(Exception):
+    """One line for the user; exit code 1."""
+
+
+class Style:
+    """Colour and symbols on a terminal, plain text when piped (or NO_COLOR is set)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.enabled = stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def phase(self, phase: str) -> str:
+        code = PHASE_COLOURS.get(phase)
+        return f"\033[{code}m{phase}\033[0m" if self.enabled and code else phase
+
+    def outcome(self, outcome: str) -> str:
+        if not self.enabled:
+            return outcome
+        return f"{OUTCOME_SYMBOLS.get(outcome, '')} {outcome}"
+
+
+class OnCall:
+    def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO = sys.stdout) -> None:
+        try:
+            config.load_kube_config(config_file=kubeconfig)
+            _, context = config.list_kube_config_contexts(config_file=kubeconfig)
+        except (config.ConfigException, OSError, TypeError) as exc:
+            raise CliError(f"no cluster: cannot load a kubeconfig ({exc})") from None
+        self.namespace = namespace or (context or {}).get("context", {}).get("namespace") or "default"
+        self.custom = client.CustomObjectsApi()
+        self.out = out
+        self.style = Style(out)
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise CliError(f"{what}: not found") from None
+            if exc.status in (401, 403):
+                reason = _api_message(exc) or "permission denied"
+                raise CliError(f"{what}: no permission ({reason})") from None
+            raise CliError(f"{what}: the API server answered HTTP {exc.status}: {_api_message(exc)}") from None
+        except (Urllib3Error, OSError) as exc:
+            raise CliError(f"no cluster: cannot reach the API server ({type(exc).__name__})") from None
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self._call(f"ModelRollout {self.namespace}/{name}", self.custom.get_namespaced_custom_object,
+                          GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def list(self, all_namespaces: bool) -> list[dict[str, Any]]:
+        if all_namespaces:
+            found = self._call("ModelRollouts", self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        else:
+            found = self._call(f"ModelRollouts in {self.namespace}", self.custom.list_namespaced_custom_object,
+                               GROUP, VERSION, self.namespace, PLURAL)
+        return list(found.get("items", []))
+
+    # --- commands ------------------------------------------------------------------------------------
+
+    def actor(self) -> str:
+        """Who the API server says we are; the annotation records it for the history."""
+        try:
+            review = client.AuthenticationV1Api().create_self_subject_review(
+                client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview"))
+            return str(review.status.user_info.username)
+        except (ApiException, Urllib3Error, OSError, AttributeError):
+            return os.environ.get("USER", "unknown")
+
+    def send(self, name: str, action: CommandAction, full: bool = False) -> Command:
+        self.get(name)  # a clear "not found" before anything is written
+        command = Command(id=uuid.uuid4().hex, action=action, actor=self.actor(), full=full)
+        patch = {"metadata": {"annotations": {COMMAND_ANNOTATION: command.to_annotation()}}}
+        self._call(f"ModelRollout {self.namespace}/{name}", self.custom.patch_namespaced_custom_object,
+                   GROUP, VERSION, self.namespace, PLURAL, name, patch)
+        return command
+
+    # --- output --------------------------------------------------------------------------------------
+
+    def print_list(self, items: Sequence[dict[str, Any]], all_namespaces: bool) -> None:
+        rows = [["NAMESPACE"] if all_namespaces else []]
+        rows[0] += ["NAME", "PHASE", "STEP", "WEIGHT", "CANDIDATE", "STABLE", "MESSAGE"]
+        for obj in items:
+            status = obj.get("status") or {}
+            row = [obj["metadata"]["namespace"]] if all_namespaces else []
+            row += [obj["metadata"]["name"], status.get("phase", ""), _step(obj), _percent(status.get("canaryWeight")),
+                    (status.get("candidate") or {}).get("version", ""), (status.get("stable") or {}).get("version", ""),
+                    status.get("message", "")]
+            rows.append([str(cell) for cell in row])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=self.out)
+
+    def print_rollout(self, obj: dict[str, Any]) -> None:
+        status = obj.get("status") or {}
+        spec = obj.get("spec") or {}
+        s = self.style
+        print(f"Name:       {obj['metadata']['namespace']}/{obj['metadata']['name']}", file=self.out)
+        print(f"Phase:      {s.phase(status.get('phase', 'Pending'))}", file=self.out)
+        print(f"Message:    {status.get('message', '')}", file=self.out)
+        print(f"Step:       {_step(obj)}", file=self.out)
+        print(f"Weight:     {_percent(status.get('canaryWeight'))} (set by the last step: {_set_weight(spec, status)})",
+              file=self.out)
+        print(f"Candidate:  {(status.get('candidate') or {}).get('version', '-')}    "
+              f"Stable: {(status.get('stable') or {}).get('version', '-')}", file=self.out)
+        gate = status.get("gate") or {}
+        if gate:
+            print(f"Gate:       {s.outcome(str(gate.get('outcome', '-')))}  dataset sha256 "
+                  f"{gate.get('datasetSha256', '-')}", file=self.out)
+            for verdict in gate.get("verdicts", [])[:10]:
+                print(f"  {s.outcome(verdict['outcome']):<14} {verdict['name']}: {verdict['reason']}", file=self.out)
+        verdicts = (status.get("analysis") or {}).get("verdicts") or []
+        if verdicts:
+            print("Analysis:", file=self.out)
+            for verdict in verdicts:
+                print(f"  {s.outcome(verdict['outcome']):<14} {verdict['name']}: {verdict['reason']}", file=self.out)
+        for condition in status.get("conditions", []):
+            print(f"  condition {condition['type']}={condition['status']} ({condition.get('reason', '')})",
+                  file=self.out)
+
+    def print_history(self, obj: dict[str, Any]) -> None:
+        for entry in (obj.get("status") or {}).get("history", []):
+            print(f"{entry['time']}  {entry['event']:<18} {entry.get('actor', ''):<24} {entry['detail']}",
+                  file=self.out)
+
+    def explain(self, obj: dict[str, Any]) -> str:
+        status = obj.get("status") or {}
+        name = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        lines = [f"{name} is {status.get('phase', 'Pending')}: {status.get('message', '')}"]
+        candidate = (status.get("candidate") or {}).get("version")
+        stable = (status.get("stable") or {}).get("version")
+        if candidate:
+            lines.append(f"It rolls out version {candidate} of {obj['spec']['model']['name']}"
+                         + (f" in place of version {stable}." if stable else " (no stable version before it)."))
+        gate = status.get("gate") or {}
+        if gate.get("outcome"):
+            lines.append(f"The golden gate said {gate['outcome']} on the dataset with sha256 "
+                         f"{gate.get('datasetSha256', '?')}: {gate.get('reason', '')}")
+        for verdict in (status.get("analysis") or {}).get("verdicts") or []:
+            evidence = verdict.get("evidence") or {}
+            counts = {k: v for k, v in evidence.items() if k in ("canary", "stable", "statistic", "threshold")}
+            lines.append(f"Metric {verdict['name']} said {verdict['outcome']}: {verdict['reason']}"
+                         + (f" (evidence: {json.dumps(counts, default=str)})" if counts else ""))
+        rollback = status.get("rollback") or {}
+        if rollback:
+            seconds = rollback.get("timeToRecoverSeconds")
+            lines.append(f"It was rolled back by {rollback.get('actor', 'the controller')} because "
+                         f"{rollback.get('reason', '?')}; traffic went back to version {stable or '-'}"
+                         + (f" and recovery took {seconds:.2f} s." if isinstance(seconds, int | float) else "."))
+        last = (status.get("history") or [])[-1:] or []
+        for entry in last:
+            lines.append(f"Last event: {entry['event']} at {entry['time']} by {entry.get('actor', '?')}: "
+                         f"{entry['detail']}")
+        return "\n".join(lines)
+
+    def watch(self, name: str, interval: float = 1.0, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + timeout if timeout else None
+        last = None
+        while True:
+            obj = self.get(name)
+            status = obj.get("status") or {}
+            line = (status.get("phase"), status.get("currentStep"), status.get("canaryWeight"), status.get("message"))
+            if line != last:
+                print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(str(line[0]))}  step {_step(obj)}  "
+                      f"weight {_percent(line[2])}  {line[3]}", file=self.out, flush=True)
+                last = line
+            if status.get("phase") in TERMINAL or (deadline and time.monotonic() > deadline):
+                return
+            time.sleep(interval)
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _step(obj: dict[str, Any]) -> str:
+    total = len(((obj.get("spec") or {}).get("canary") or {}).get("steps") or [])
+    current = (obj.get("status") or {}).get("currentStep")
+    return f"{min(current + 1, total)}/{total}" if isinstance(current, int) else f"-/{total}"
+
+
+def _percent(value: Any) -> str:
+    return f"{value}%" if isinstance(value, int) else "-"
+
+
+def _set_weight(spec: dict[str, Any], status: dict[str, Any]) -> str:
+    steps = (spec.get("canary") or {}).get("steps") or []
+    current = status.get("currentStep")
+    if not isinstance(current, int):
+        return "-"
+    weights = [s["setWeight"] for s in steps[: current + 1] if "setWeight" in s]
+    return f"{weights[-1]}%" if weights else "0%"
+
+
+def dump(obj: Any, fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        print(json.dumps(obj, indent=2, default=str), file=out)
+    else:
+        print(yaml.safe_dump(obj, sort_keys=False), file=out, end="")

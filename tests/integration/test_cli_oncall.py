@@ -1,0 +1,103 @@
+"""The on-call CLI against the real API server: reading, commands with the caller's identity, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.api.commands import COMMAND_ANNOTATION, parse_command
+from controller.devstack.controlplane import ControlPlane
+from controller.devstack.processes import free_port
+from tests.conftest import run_kubectl
+
+pytestmark = pytest.mark.integration
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nsfw-classifier.yaml"
+STATUS = {
+    "phase": "RolledBack", "observedGeneration": 1, "currentStep": 2, "canaryWeight": 0,
+    "message": "Rolled back: nsfw-rate canary 6.2% (31/500) vs stable 0.2% (98/49000) at step 3/6 (10%).",
+    "candidate": {"version": "7"}, "stable": {"version": "6"},
+    "gate": {"outcome": "pass", "datasetSha256": "ab" * 32, "reason": "9 checks passed",
+             "verdicts": [{"name": "accuracy", "outcome": "pass", "reason": "0.981 >= 0.97", "evidence": {}}]},
+    "analysis": {"verdicts": [{"name": "nsfw-rate", "outcome": "fail", "reason": "canary 6.2% vs stable 0.2%",
+                               "evidence": {"canary": {"events": 31, "total": 500}, "statistic": 23.1}}]},
+    "rollback": {"actor": "modelrollout-controller", "reason": "nsfw-rate failed", "timeToRecoverSeconds": 0.41},
+    "history": [{"time": "2026-11-27T03:00:00Z", "event": "WeightSet", "detail": "step 3/6: candidate 7 at 10%",
+                 "actor": "modelrollout-controller"},
+                {"time": "2026-11-27T03:02:00Z", "event": "RolledBack", "detail": "nsfw-rate failed",
+                 "actor": "modelrollout-controller"}],
+}
+
+
+def cli(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "controller.cli.main", *args, "--kubeconfig", str(kubeconfig)],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def rollout(kubeconfig: Path, namespace: str) -> str:
+    manifest = yaml.safe_load(SAMPLE.read_text())
+    assert run_kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", input_text=json.dumps(manifest)).returncode == 0
+    patched = run_kubectl(kubeconfig, "patch", "mro", "nsfw-classifier", "-n", namespace, "--subresource=status",
+                          "--type=merge", "-p", json.dumps({"status": STATUS}))
+    assert patched.returncode == 0, patched.stderr
+    return "nsfw-classifier"
+
+
+def annotation(kubeconfig: Path, namespace: str, name: str) -> Any:
+    obj = json.loads(run_kubectl(kubeconfig, "get", "mro", name, "-n", namespace, "-o", "json").stdout)
+    return obj["metadata"].get("annotations", {}).get(COMMAND_ANNOTATION)
+
+
+def test_list_get_history_explain_are_plain_when_piped(kubeconfig: Path, namespace: str, rollout: str) -> None:
+    listed = cli(kubeconfig, "list", "-n", namespace)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split("\n")[1].split()[:6] == ["nsfw-classifier", "RolledBack", "3/6", "0%", "7", "6"]
+    got = cli(kubeconfig, "get", rollout, "-n", namespace)
+    assert "Phase:      RolledBack" in got.stdout and "\033[" not in got.stdout
+    assert "fail" in got.stdout and "nsfw-rate" in got.stdout and "ab" * 32 in got.stdout
+    history = cli(kubeconfig, "history", rollout, "-n", namespace).stdout.splitlines()
+    assert [line.split()[1] for line in history] == ["WeightSet", "RolledBack"]
+    explained = cli(kubeconfig, "explain", rollout, "-n", namespace).stdout
+    assert "rolls out version 7" in explained and "in place of version 6" in explained
+    assert "recovery took 0.41 s" in explained and '"statistic": 23.1' in explained
+
+
+def test_machine_readable_output(kubeconfig: Path, namespace: str, rollout: str) -> None:
+    as_json = json.loads(cli(kubeconfig, "get", rollout, "-n", namespace, "-o", "json").stdout)
+    assert as_json["status"]["phase"] == "RolledBack"
+    as_yaml = yaml.safe_load(cli(kubeconfig, "list", "-A", "-o", "yaml").stdout)
+    assert any(item["metadata"]["namespace"] == namespace for item in as_yaml["items"])
+
+
+@pytest.mark.parametrize(("args", "action", "full"), [
+    (("abort",), "abort", False), (("promote",), "promote", False), (("promote", "--full"), "promote", True),
+    (("retry",), "retry", False), (("rollback",), "rollback", False)])
+def test_commands_set_the_annotation_with_the_callers_identity(kubeconfig: Path, namespace: str, rollout: str,
+                                                               args: tuple[str, ...], action: str,
+                                                               full: bool) -> None:
+    before = json.loads(run_kubectl(kubeconfig, "get", "mro", rollout, "-n", namespace, "-o", "json").stdout)
+    sent = cli(kubeconfig, args[0], rollout, *args[1:], "-n", namespace)
+    assert sent.returncode == 0, sent.stderr
+    command = parse_command(annotation(kubeconfig, namespace, rollout))
+    assert (str(command.action), command.full, command.actor) == (action, full, "modelrollout-admin")
+    after = json.loads(run_kubectl(kubeconfig, "get", "mro", rollout, "-n", namespace, "-o", "json").stdout)
+    assert after["spec"] == before["spec"] and after["metadata"]["generation"] == before["metadata"]["generation"]
+
+
+def test_clear_errors(kubeconfig: Path, namespace: str, control_plane: ControlPlane, tmp_path: Path) -> None:
+    missing = cli(kubeconfig, "get", "nothing-here", "-n", namespace)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"error: ModelRollout {namespace}/nothing-here: not found"
+    alice = control_plane.write_kubeconfig(tmp_path / "alice", "alice", control_plane.tokens["alice"], namespace)
+    denied = cli(alice, "abort", "nsfw-classifier", "-n", namespace)
+    assert denied.returncode == 1 and "no permission" in denied.stderr and "Traceback" not in denied.stderr
+    nowhere = tmp_path / "nowhere"
+    nowhere.write_text(alice.read_text().replace(control_plane.url, f"https://127.0.0.1:{free_port()}"))
+    unreachable = cli(nowhere, "list", "-n", namespace)
+    assert unreachable.returncode == 1 and unreachable.stderr.startswith("error: no cluster")
