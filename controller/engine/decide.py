@@ -839,10 +839,15 @@ class _Decider:
         return RunAnalysis(
             id=analysis.request_id, mode=analysis.mode, candidate_version=self._candidate.version,
             baseline_version=stable.version if stable else None,
-            canary_weight=100 if is_bake else (self.status.canary_weight or 0),
+            canary_weight=100 if is_bake else self._set_weight_before(analysis.step_index),
             window_start=analysis.window_start, step_index=analysis.step_index,
             baseline_window=bake.baseline if is_bake and bake else None,
             metrics=tuple(metric.name for metric in self.spec.analysis.metrics))
+
+    def _set_weight_before(self, index: int | None) -> int:
+        """The weight the spec has put in place by step `index` (what the judges judge), not the observed one."""
+        steps = self.spec.canary.steps[: (index or 0)]
+        return next((step.weight for step in reversed(steps) if isinstance(step, SetWeightStep)), 0)
 
     def _analysis_summary(self) -> str:
         analysis = self.status.analysis
@@ -1061,13 +1066,14 @@ class _Decider:
             elif self._registry() is None:
                 self._wait("Holding the promotion until the registry answers")
                 return
-            elif self._ledger(action_id) is None and not (target.canary_version == candidate.version
-                                                          and target.canary_ready):
+            elif not ((target.canary_version == candidate.version and target.canary_ready)
+                      or target.stable_version == candidate.version):
                 # The staged candidate vanished (e.g. a sync reapplied the target's spec): never send an
-                # unverified revision all traffic in one go.
+                # unverified revision all traffic in one go, nor send the promotion again.
                 reason = (f"candidate {candidate.version} is no longer staged and ready on "
                           f"{self.spec.target.description}, so it cannot be promoted")
-                if self._deadline_passed(promotion.started_at):
+                if self._deadline_passed(self._pending_since(action_id) if self._ledger(action_id)
+                                         else promotion.started_at):
                     self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
                                   f"{reason} (waited progressDeadline {format_duration(self.spec.progress_deadline)})",
                                   {})
