@@ -8,7 +8,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from controller.cli.oncall import CliError
+from controller.cli.errors import CliError
 from controller.devstack.processes import StackError
 
 
@@ -51,9 +51,6 @@ def _dev_demo(args: argparse.Namespace) -> int:
 def _operator_run(args: argparse.Namespace) -> int:
     import logging
 
-    if args.kubeconfig:
-        # Before the kubernetes library is imported: it reads $KUBECONFIG once, at import time.
-        os.environ["KUBECONFIG"] = args.kubeconfig
     from controller.operator.handlers import run
     from controller.operator.runtime import OperatorConfig
 
@@ -63,7 +60,8 @@ def _operator_run(args: argparse.Namespace) -> int:
         default_prometheus_url=args.prometheus_url or os.environ.get("PROMETHEUS_URL"),
         storage_uri_template=args.storage_uri_template, gate_protocol=args.gate_protocol,
         https_allowed_hosts=tuple(h for h in args.dataset_https_hosts.split(",") if h))
-    run(config, kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness)
+    run(config, kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness,
+        metrics_address=args.metrics_address, metrics_port=None if args.metrics_port < 0 else args.metrics_port)
     return 0
 
 
@@ -136,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--namespace", "-n", action="append", default=None,
                             help="watch only this namespace (repeatable); default: all namespaces")
     run_parser.add_argument("--liveness", default=None, help="serve a health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run_parser.add_argument("--metrics-address", default="127.0.0.1",
+                            help="address /metrics binds to (default 127.0.0.1; 0.0.0.0 in a pod)")
+    run_parser.add_argument("--metrics-port", type=int, default=9100,
+                            help="port of /metrics (default 9100; 0: any free port, logged; -1: no metrics)")
     run_parser.add_argument("--tracking-uri", default=None,
                             help="default MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     run_parser.add_argument("--prometheus-url", default=None, help="default Prometheus URL (default: $PROMETHEUS_URL)")

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION, ObjectRef, RolloutStore, load_client_config
+from controller.operator.metrics import OperatorMetrics, serve
 from controller.operator.reconciler import Reconciler
 from controller.operator.runtime import OperatorConfig, RolloutStepper
 from controller.operator.scheduler import WakeupQueue
@@ -16,14 +17,17 @@ from controller.operator.scheduler import WakeupQueue
 log = logging.getLogger(__name__)
 
 
-def build_registry(config: OperatorConfig, kubeconfig: str | None = None) -> kopf.OperatorRegistry:
+def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
+                   metrics: OperatorMetrics | None = None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    metrics = metrics or OperatorMetrics()
     state: dict[str, Any] = {}
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In-cluster service account, else $KUBECONFIG, through the official client's own loader.
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # The same credentials as the operator's own client (in-cluster, else the given kubeconfig), so both
+        # always talk to one cluster as one identity, whatever $KUBECONFIG said at import time.
+        return connection_info(load_client_config(kubeconfig).configuration)
 
     @kopf.on.startup(registry=registry)
     async def start_queue(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -31,8 +35,11 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None) -> kop
         # the controller's one write to a ModelRollout is its status, and Argo CD sees no drift.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 60
+        # The CRD is installed before the operator starts and discovered once; RBAC grants no CRD or
+        # Namespace watch (deploy/base/rbac.yaml), so kopf must not try one.
+        settings.scanning.disabled = True
         api_client = load_client_config(kubeconfig)
-        reconciler = Reconciler(RolloutStore(api_client), RolloutStepper(api_client, config).step)
+        reconciler = Reconciler(RolloutStore(api_client), RolloutStepper(api_client, config).step, metrics)
         queue = WakeupQueue(reconciler.reconcile)
         state["queue"] = queue
         state["task"] = asyncio.create_task(queue.run())
@@ -51,15 +58,33 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None) -> kop
         ref = ObjectRef(namespace, name)
         if event.get("type") == "DELETED":
             queue.forget(ref)
+            metrics.forget(namespace, name)
         else:
             queue.wake(ref)
 
     return registry
 
 
+def connection_info(configuration: Any) -> kopf.ConnectionInfo:
+    token = (configuration.api_key or {}).get("authorization") or (configuration.api_key or {}).get("BearerToken")
+    if token and token.lower().startswith("bearer "):
+        token = token[7:]
+    return kopf.ConnectionInfo(
+        server=configuration.host, ca_path=configuration.ssl_ca_cert, insecure=not configuration.verify_ssl,
+        token=token or None, certificate_path=configuration.cert_file, private_key_path=configuration.key_file,
+        username=configuration.username or None, password=configuration.password or None)
+
+
 def run(config: OperatorConfig, kubeconfig: str | None = None, namespaces: list[str] | None = None,
-        liveness_endpoint: str | None = None) -> None:
-    """Run until interrupted. kopf logs in from $KUBECONFIG; the CLI exports --kubeconfig there first."""
-    registry = build_registry(config, kubeconfig)
+        liveness_endpoint: str | None = None, metrics_address: str = "127.0.0.1",
+        metrics_port: int | None = 9100) -> None:
+    """Run until interrupted. kopf logs in from $KUBECONFIG; the CLI exports --kubeconfig there first.
+
+    /metrics is served on metrics_address:metrics_port (port 0: any free port, logged; None: not served).
+    """
+    metrics = OperatorMetrics()
+    if metrics_port is not None:
+        serve(metrics, metrics_address, metrics_port)
+    registry = build_registry(config, kubeconfig, metrics)
     kopf.run(registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces or (),
              liveness_endpoint=liveness_endpoint)
