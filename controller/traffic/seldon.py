@@ -5,9 +5,10 @@ replace such a list whole, so the router owns the whole list. Each write re-read
 only its own entries, and carries the resourceVersion it read, so a concurrent edit is never overwritten
 blindly: it turns into a 409 and the operation is redone on fresh state.
 
-Neither Seldon reports the traffic split in status. The weight reported by observe() is the one in the
-spec, taken as in effect once Seldon reports the object ready for this generation (Seldon Core v1 does not
-set status.observedGeneration at all, so there the spec weight is all there is).
+Neither Seldon reports the traffic split in status, and neither sets status.observedGeneration (Seldon
+Core v1's operator never writes it; Seldon Core v2's writes conditions only, dropping scheduler events
+for an older generation). The weight reported by observe() is the one in the spec, taken as in effect
+once Seldon reports the object ready; when a status does carry observedGeneration it is honoured.
 
 Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one shadow):
   stage     a canary predictor, a copy of the stable one with the candidate's modelUri, traffic 0.
@@ -18,6 +19,13 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
   restore   (after a promotion) the stable predictor's modelUri set to the given version (a rolling update).
   Versions are recorded in the SeldonDeployment's metadata.annotations: Seldon copies spec.annotations and
   predictor annotations into the pod templates, so writing there would restart pods.
+  Readiness: status.state "Available" for the whole object; the canary predictor's own Deployments
+  (status.deploymentStatus, named <sdep>-<predictor>-<index>-<containers>) all available.
+  Inference URLs: each predictor's Service as Seldon reports it in status.serviceStatus (key
+  <sdep>-<predictor>, or the predictor's seldon.io/svc-name annotation; httpEndpoint "host:port"), with
+  the path of the SeldonDeployment's protocol, as Seldon builds status.address.url for the first
+  predictor: v2 (and kfserving) /v2/models/<graph root name>/infer, tensorflow /v1/models/<name>:predict.
+  For the Seldon protocol (/api/v1.0/predictions), which the gate does not speak, the bare service URL.
 
 Seldon Core v2 (share of a candidate = its weight / sum of weights; weight 0 is allowed, and Seldon
 requires the experiment's `default` model to stay among the candidates):
@@ -28,16 +36,28 @@ requires the experiment's `default` model to stay among the candidates):
   promote   candidate 100; the old stable leaves the candidates (kept at weight 0 if it is the default).
   rollback  the candidate removed (kept at 0 if it is the default), stable 100.
   restore   (after a promotion) the given version's Model back at 100, the others out.
+  Readiness: the conditions Ready and CandidatesReady.
+  Inference URLs: every Model is served through one Service, seldon-mesh, in the namespace of the
+  Seldon runtime (the Experiment's own), which routes /v2/models/<model>/infer by model name (its envoy
+  sets the seldon-model header from the path). The address is the Service's load balancer ingress, as
+  Seldon's docs read it, else its cluster DNS name; when the Service cannot be read (the controller's
+  role does not grant Services) the cluster DNS name with Seldon's port 80. While the candidate is at 0%
+  the stable Model's URL reaches the stable Model alone; once the candidate has weight, requests for the
+  experiment's default model are split by the experiment.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable
 
+import urllib3
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from controller.traffic.base import (
     ANNOTATION_PREFIX,
@@ -59,6 +79,8 @@ from controller.traffic.kube import (
     observed_generation,
     retry_on_conflict,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _synced(obj: Obj) -> bool:
@@ -90,6 +112,18 @@ def _model_node(graph: Obj) -> Obj | None:
 
 
 ANN_CANDIDATE_VERSION = ANNOTATION_PREFIX + "candidate-version"
+ANN_SERVICE_NAME = "seldon.io/svc-name"  # a predictor annotation that names its Service
+
+
+def seldon_name(name: str) -> str:
+    """Seldon Core v1's rule for generated names: longer than 63 characters, "seldon-" + md5 of it."""
+    return name if len(name) <= 63 else "seldon-" + hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
+
+
+def predictor_service(deployment: str, predictor: Obj) -> str:
+    """The Service Seldon Core v1 makes for a predictor (GetPredictorKey): the key in status.serviceStatus."""
+    custom = (predictor.get("annotations") or {}).get(ANN_SERVICE_NAME)
+    return custom or seldon_name(f"{deployment}-{predictor['name']}")
 
 
 class SeldonDeploymentRouter:
@@ -136,11 +170,11 @@ class SeldonDeploymentRouter:
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_DEPLOYMENT, synced=synced, ready=ready,
             stable_version=ann.get(ANN_VERSION) or None, stable_name=self.stable_predictor,
-            stable_url=self._url(obj, self.stable_predictor),
+            stable_url=self._url(obj, stable) if stable else None,
             canary_version=(ann.get(ANN_CANDIDATE_VERSION) or None) if canary else None,
             canary_name=self.canary_predictor if canary else None, canary_ready=canary_ready,
             canary_weight=int(canary.get("traffic") or 0) if canary else None,
-            canary_url=self._url(obj, self.canary_predictor) if canary else None, message="; ".join(problems))
+            canary_url=self._url(obj, canary) if canary else None, message="; ".join(problems))
 
     def _deployments_available(self, obj: Obj, status: Obj) -> bool:
         # Seldon names a predictor's Deployments <sdep>-<predictor>-<component index>-<containers>.
@@ -149,10 +183,20 @@ class SeldonDeploymentRouter:
         return bool(mine) and all(int(d.get("availableReplicas") or 0) >= max(int(d.get("replicas") or 0), 1)
                                   for d in mine)
 
-    def _url(self, obj: Obj, predictor: str) -> str | None:
-        service = ((obj.get("status") or {}).get("serviceStatus") or {}).get(f"{obj['metadata']['name']}-{predictor}")
-        endpoint = (service or {}).get("httpEndpoint")
-        return f"http://{endpoint}" if endpoint else None
+    @staticmethod
+    def _url(obj: Obj, predictor: Obj) -> str | None:
+        """The predictor's inference URL: its Service from status.serviceStatus, the protocol's path."""
+        services = (obj.get("status") or {}).get("serviceStatus") or {}
+        endpoint = (services.get(predictor_service(obj["metadata"]["name"], predictor)) or {}).get("httpEndpoint")
+        if not endpoint:
+            return None
+        graph_name = (predictor.get("graph") or {}).get("name")
+        protocol = obj["spec"].get("protocol") or "seldon"
+        if graph_name and protocol in ("v2", "kfserving"):
+            return f"http://{endpoint}/v2/models/{graph_name}/infer"
+        if graph_name and protocol == "tensorflow":
+            return f"http://{endpoint}/v1/models/{graph_name}:predict"
+        return f"http://{endpoint}"
 
     def _body(self, obj: Obj, stable: Obj, canary: Obj | None, annotations: dict[str, str | None]) -> Obj:
         """The whole predictor list (stable and canary replaced in place, the canary right after stable)
@@ -265,9 +309,31 @@ def default_serving_name(candidate: CandidateModel) -> str:
     return candidate.serving_name or f"{dns_label(candidate.name)}-v{dns_label(candidate.version)}"
 
 
+MESH_SERVICE = "seldon-mesh"  # Seldon Core v2's one inference Service per runtime namespace
+MESH_PORT = 80
+MESH_PORT_NAMES = ("data", "http")
+
+
+def mesh_url(service: client.V1Service | None, namespace: str) -> str:
+    """The base URL of seldon-mesh: its load balancer ingress, else its cluster DNS name."""
+    port = MESH_PORT
+    host = f"{MESH_SERVICE}.{namespace}.svc.cluster.local"
+    if service is not None:
+        ports = (service.spec.ports if service.spec else None) or []
+        named = [p for p in ports if p.name in MESH_PORT_NAMES]
+        if named or ports:
+            port = int((named or ports)[0].port)
+        balancer = service.status.load_balancer if service.status else None
+        ingress = [i for i in (balancer.ingress if balancer else None) or [] if i.ip or i.hostname]
+        if ingress:
+            host = ingress[0].ip or ingress[0].hostname
+    return f"http://{host}" + ("" if port == MESH_PORT else f":{port}")
+
+
 class SeldonExperimentRouter:
     def __init__(self, api_client: client.ApiClient, namespace: str, name: str) -> None:
         self.client = ObjectClient(api_client, SELDON_EXPERIMENT, namespace, name)
+        self.core = client.CoreV1Api(api_client)
 
     @property
     def target(self) -> str:
@@ -314,7 +380,8 @@ class SeldonExperimentRouter:
         problems = []
         if not ready:
             found = condition(status, "Ready") or {}
-            problems.append("experiment is not ready" + (f": {found['message']}" if found.get("message") else ""))
+            why = found.get("message") or found.get("reason")  # Seldon Core v2 gives a reason and no message
+            problems.append("experiment is not ready" + (f": {why}" if why else ""))
         canary_ready = bool(candidate) and synced and ready and condition_true(status, "CandidatesReady") is True
         canary_weight = None
         if candidate is not None:
@@ -323,11 +390,27 @@ class SeldonExperimentRouter:
         if stray:
             problems.append(f"models other than stable and the candidate carry weight {stray}")
             canary_weight = (canary_weight or 0) + (round(100 * stray / total) if total else 0)
+        mesh = self._mesh_url() if candidate is not None else None  # the URLs matter to the gate only
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_EXPERIMENT, synced=synced, ready=ready,
-            stable_version=versions.get(stable), stable_name=stable, canary_version=versions.get(candidate or ""),
-            canary_name=candidate, canary_ready=canary_ready, canary_weight=canary_weight,
+            stable_version=versions.get(stable), stable_name=stable,
+            stable_url=f"{mesh}/v2/models/{stable}/infer" if mesh else None,
+            canary_version=versions.get(candidate or ""), canary_name=candidate, canary_ready=canary_ready,
+            canary_weight=canary_weight, canary_url=f"{mesh}/v2/models/{candidate}/infer" if mesh else None,
             message="; ".join(problems))
+
+    def _mesh_url(self) -> str:
+        namespace = self.client.namespace
+        try:
+            service = self.core.read_namespaced_service(MESH_SERVICE, namespace)
+        except ApiException as exc:
+            log.debug("cannot read Service %s/%s (HTTP %s): using its cluster DNS name", namespace, MESH_SERVICE,
+                      exc.status)
+            service = None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.debug("cannot read Service %s/%s (%s): using its cluster DNS name", namespace, MESH_SERVICE, exc)
+            service = None
+        return mesh_url(service, namespace)
 
     def _body(self, obj: Obj, weights: dict[str, int], annotations: dict[str, str | None]) -> Obj:
         body = self.client.skeleton(obj["metadata"]["resourceVersion"])

@@ -125,7 +125,8 @@ def test_seldon_deployment_stage_step_rollback_stage_promote(api: client.ApiClie
     seldon_v1_reports(api, namespace)
     state = router.observe()
     assert state.canary_ready and (state.stable_version, state.canary_version, state.canary_weight) == ("6", "7", 0)
-    assert state.canary_url == f"http://{NAME}-canary.{namespace}:8000"
+    # Seldon's predictor Service, with the path of the v2 protocol for the graph's root (as status.address.url)
+    assert state.canary_url == f"http://{NAME}-canary.{namespace}:8000/v2/models/classifier/infer"
 
     router.set_weight(10)
     assert traffic(get(api, SELDON_DEPLOYMENT, namespace)) == {"main": 90, "canary": 10}
@@ -353,3 +354,43 @@ def test_seldon_routers_never_touch_another_namespace(api: client.ApiClient, nam
     assert (get(api, SELDON_DEPLOYMENT, other), get(api, SELDON_EXPERIMENT, other)) == untouched
     assert get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"][0]["graph"]["modelUri"] == V7
     assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 0, "nsfw-v7": 100}
+
+
+@pytest.mark.integration
+def test_seldon_experiment_urls_come_from_seldon_mesh(api: client.ApiClient, namespace: str) -> None:
+    """Seldon Core v2 reports no address on an Experiment: every Model is reached through the namespace's
+    seldon-mesh Service, by model name in the path, at its load balancer when it has one."""
+    create(api, SELDON_EXPERIMENT, namespace, {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]})
+    router = SeldonExperimentRouter(api, namespace, NAME)
+    assert router.observe().canary_url is None  # nothing staged: nothing for the gate to reach
+    router.stage(CANDIDATE_7, "6")
+    cluster = f"http://seldon-mesh.{namespace}.svc.cluster.local"
+    state = router.observe()  # no Service readable: Seldon's own name and port
+    assert (state.stable_url, state.canary_url) == (f"{cluster}/v2/models/nsfw/infer",
+                                                    f"{cluster}/v2/models/nsfw-v7/infer")
+    core = client.CoreV1Api(api)
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "seldon-mesh", "namespace": namespace},
+               "spec": {"type": "LoadBalancer", "selector": {"app": "seldon-envoy"},
+                        "ports": [{"name": "data", "port": 80, "targetPort": 9000}]}}
+    core.patch_namespaced_service("seldon-mesh", namespace, service, field_manager="seldon-manager",
+                                  _content_type=APPLY_PATCH)
+    assert router.observe().canary_url == f"{cluster}/v2/models/nsfw-v7/infer"  # no ingress yet
+    status = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "seldon-mesh", "namespace": namespace},
+              "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}
+    core.patch_namespaced_service_status("seldon-mesh", namespace, status, field_manager="cloud-lb",
+                                         _content_type=APPLY_PATCH)
+    assert router.observe().canary_url == "http://203.0.113.7/v2/models/nsfw-v7/infer"
+
+
+@pytest.mark.integration
+def test_seldon_deployment_urls_follow_the_service_name_and_protocol(api: client.ApiClient, namespace: str) -> None:
+    """The Service comes from status.serviceStatus under Seldon's key (the seldon.io/svc-name annotation when
+    set), the path from spec.protocol, as Seldon builds status.address.url."""
+    predictor = {**PREDICTOR, "annotations": {"seldon.io/svc-name": "nsfw-svc"}}
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "tensorflow", "predictors": [predictor]})
+    write_status(api, SELDON_DEPLOYMENT, namespace, {"state": "Available", "serviceStatus": {
+        "nsfw-svc": {"svcName": "nsfw-svc", "httpEndpoint": f"nsfw-svc.{namespace}:8000"}}})
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
+    assert router.observe().stable_url == f"http://nsfw-svc.{namespace}:8000/v1/models/classifier:predict"
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "seldon", "predictors": [predictor]})
+    assert router.observe().stable_url == f"http://nsfw-svc.{namespace}:8000"  # /api/v1.0: not for the gate
