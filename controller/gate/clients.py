@@ -23,11 +23,16 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import orjson
 
 # Transient statuses: retried, and reported as "unavailable" when retries run out.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _V1_PATH = re.compile(r"^(?P<base>.*)/v1/models/(?P<model>[^/:]+):predict/?$")
 _V2_PATH = re.compile(r"^(?P<base>.*)/v2/models/(?P<model>[^/]+)(/versions/(?P<version>[^/]+))?/infer/?$")
+# Digits to "0", "." kept, every other byte to " ": " " + 19 zeros marks 19 digits in a row that are not a
+# fraction's (which follow a "."), the only way to write an integer beyond 64 bits.
+_DIGIT_MASK = bytes(0x30 if 0x30 <= byte <= 0x39 else byte if byte == 0x2E else 0x20 for byte in range(256))
+_LONG_INTEGER = b" " + b"0" * 19
 
 
 class InferenceProtocol(StrEnum):
@@ -117,18 +122,15 @@ class InferenceClient:
         self._max_bytes = max_response_bytes
         self._headers = {"Content-Type": "application/json", **endpoint.headers}
 
-    def encode(self, features: np.ndarray, inputs_text: list[str] | None = None) -> bytes:
-        """The request body; inputs_text (each row's numbers as the dataset wrote them) skips float formatting."""
+    def encode(self, features: np.ndarray) -> bytes:
+        """The request body. orjson writes the numpy array directly, each float in its shortest round-trip
+        form (the values the dataset holds), without a Python float object per number."""
+        values = np.ascontiguousarray(features, dtype=np.float64)
         if self.endpoint.protocol is InferenceProtocol.V1:
-            if inputs_text is not None:
-                return ('{"instances": [[' + "], [".join(inputs_text) + "]]}").encode()
-            return json.dumps({"instances": features.tolist()}).encode()
-        header = {"name": self.endpoint.input_name, "shape": list(features.shape),
+            return orjson.dumps({"instances": values}, option=orjson.OPT_SERIALIZE_NUMPY)
+        header = {"name": self.endpoint.input_name, "shape": list(values.shape),
                   "datatype": self.endpoint.datatype}
-        if inputs_text is not None:
-            return ('{"inputs": [' + json.dumps(header)[:-1] + ', "data": [' + ", ".join(inputs_text)
-                    + "]}]}").encode()
-        return json.dumps({"inputs": [{**header, "data": features.reshape(-1).tolist()}]}).encode()
+        return orjson.dumps({"inputs": [{**header, "data": values.reshape(-1)}]}, option=orjson.OPT_SERIALIZE_NUMPY)
 
     @property
     def encoding(self) -> tuple[Any, ...]:
@@ -145,8 +147,8 @@ class InferenceClient:
         if failure is not None:
             return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=failure, unavailable=unavailable)
         try:
-            document = json.loads(payload)
-        except ValueError:
+            document = decode_json(payload)
+        except (ValueError, RecursionError):  # RecursionError: nested too deep for the standard library
             return self._failed(count, "not JSON", payload[:80].decode("utf-8", "replace"))
         try:
             if self.endpoint.protocol is InferenceProtocol.V1:
@@ -300,3 +302,19 @@ class InferenceClient:
             problems["unreadable prediction"] += 1
             return -1
         return int(self._numeric(array.reshape(1, -1) if array.ndim == 1 else array.reshape(1), problems)[0])
+
+
+def decode_json(payload: bytes) -> Any:
+    """json.loads(payload), to the same result, mostly by orjson (several times faster on arrays of numbers).
+
+    orjson reads a subset of what the standard library reads (no NaN/Infinity, no lone surrogates, no BOM,
+    no numbers that overflow a double, no nesting beyond 1024) to the same values, except integers beyond
+    64 bits, which it makes floats: a payload with an integer part of 19 digits or more, or one orjson
+    refuses, is left to the standard library, whose answer (or error) stands.
+    """
+    if _LONG_INTEGER not in b" " + payload.translate(_DIGIT_MASK):
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(payload)

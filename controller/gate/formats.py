@@ -20,6 +20,9 @@ never on the dataset's length.
 A sample that cannot be used (bad JSON, missing inputs, wrong shape, non-numeric or non-finite inputs,
 missing or unknown label) is skipped and counted by reason in `DatasetProblems`; a file that cannot be read
 at all raises `DatasetFormatError`.
+
+JSON Lines are parsed with orjson where that is certain to give what the standard library's parser gives
+(the careful, line-by-line path, which defines the semantics); see `JsonLinesReader._clean_chunk`.
 """
 
 from __future__ import annotations
@@ -28,8 +31,6 @@ import gzip
 import hashlib
 import io
 import json
-import re
-import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -40,15 +41,16 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import numpy as np
+import orjson
 
 MAX_PROBLEM_EXAMPLES = 10
 _NUMERIC_KINDS = frozenset("fiu")
 _ZIP_MAGIC = b"PK\x03\x04"
 _GZIP_MAGIC = b"\x1f\x8b"
 _NOT_CLEAN = object()  # _clean_chunk's "read this chunk line by line instead"
-# The text of a flat "inputs" array; only a hint, always checked against the parsed numbers.
-_INPUTS_TEXT = re.compile(r'"inputs"\s*:\s*\[([^\[\]"{}]*)\]')
-_INPUTS_KEY = '"inputs": ['
+# Integers of 2**63 and beyond may be read differently by orjson (a float) and the standard library (an int,
+# which numpy then takes as non-numeric); the fast path leaves chunks with inputs that large to the careful one.
+_INT64_LIMIT = float(2**63)
 
 
 class DatasetFormatError(ValueError):
@@ -62,10 +64,6 @@ class Batch:
     features: np.ndarray  # float64, (n, *feature_shape)
     labels: np.ndarray  # int64 indices into the dataset's class list, (n,)
     slices: dict[str, np.ndarray] = field(default_factory=dict)  # slice tag -> row positions in this batch
-    # JSON Lines only, 1-D features: each row's numbers exactly as the file wrote them ("0.1, 2.3"), verified
-    # to parse to `features`. Lets the clients build request bodies without re-formatting every float,
-    # which costs more than parsing the file.
-    inputs_text: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -155,7 +153,7 @@ class JsonLinesReader:
             raise DatasetFormatError('no class list: the first line must be a header {"classes": [...]} '
                                      "(or the operator must configure the class names)")
         self._class_index = {name: index for index, name in enumerate(self.classes)}
-        # The C scanner behind json.loads, called directly: json.loads' wrapper costs more than the parse.
+        # The careful path's parser: the C scanner behind json.loads, called directly.
         self._scan = json.JSONDecoder().scan_once
 
     def _scan_header(self) -> int:
@@ -167,7 +165,7 @@ class JsonLinesReader:
                         continue
                     try:
                         first = json.loads(raw)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         return 0
                     return line_number if self._read_header(first) else 0
         except (OSError, EOFError) as exc:  # e.g. a truncated gzip stream
@@ -216,24 +214,22 @@ class JsonLinesReader:
             raise DatasetFormatError(f"dataset unreadable after {self.records} samples: {exc}") from None
 
     def _clean_chunk(self, chunk: list[str], first: int) -> Batch | object | None:
-        """A chunk whose every line is a well-formed sample, read with C-level loops (map) only.
+        """A chunk whose every line is a well-formed sample, parsed by orjson and checked with C-level loops.
 
-        Most golden datasets are clean, and per-line Python code costs more than the JSON parsing itself.
-        Any doubt returns _NOT_CLEAN and the chunk is read line by line, which defines the semantics.
+        Most golden datasets are clean, and per-line Python code costs more than the parsing itself. orjson
+        accepts a subset of what the standard library does (no NaN/Infinity, no lone surrogates, no numbers
+        that overflow a double, no BOM) and reads it to the same values, except integers beyond 64 bits
+        (floats for orjson, exact ints for the standard library): inputs of 2**63 or more in magnitude send the
+        chunk away, and such numbers elsewhere in a sample are never used or already send it away (a label or
+        slice tag that is not a string). Any doubt returns _NOT_CLEAN and the chunk is read line by line with
+        the standard library, which defines the semantics, problems and their line numbers.
         """
         lines = list(map(str.strip, chunk))
         if not all(lines):
             return _NOT_CLEAN  # blank lines: let the careful path keep exact line numbers
         try:
-            # scan_once raises StopIteration on a line that is not JSON, which ends map() early: the length
-            # check below catches that.
-            parsed = list(map(self._scan, lines, repeat(0)))
-        except ValueError:
-            return _NOT_CLEAN
-        if len(parsed) != len(lines):
-            return _NOT_CLEAN
-        samples = [sample for sample, _ in parsed]
-        if [end for _, end in parsed] != list(map(len, lines)):
+            samples = list(map(orjson.loads, lines))  # one JSON document per line, or JSONDecodeError
+        except orjson.JSONDecodeError:
             return _NOT_CLEAN
         try:
             label_index = list(map(self._class_index.get, map(dict.get, samples, repeat("label"))))
@@ -251,13 +247,22 @@ class JsonLinesReader:
             if sample_tags is None:
                 return _NOT_CLEAN
             tags[position] = sample_tags
+        try:
+            features = np.asarray(inputs)
+        except (ValueError, TypeError):  # ragged
+            return _NOT_CLEAN
+        if features.dtype.kind not in _NUMERIC_KINDS or not features.size:
+            return _NOT_CLEAN
+        features = features.astype(np.float64, copy=False)
+        if not (np.abs(features) < _INT64_LIMIT).all():  # also false for NaN and infinities
+            return _NOT_CLEAN
+        if self.feature_shape is None:  # the inputs are as the standard library reads them: infer as it would
+            self._infer_feature_shape(inputs, list(range(first, first + len(lines))))
+        if features.shape[1:] != self.feature_shape:
+            return _NOT_CLEAN
         self.records += len(lines)
-        # The inputs' text in json.dumps' own layout, found without a regex; _verified_texts is the guard.
-        starts = list(map(str.find, lines, repeat(_INPUTS_KEY)))
-        ends = list(map(str.find, lines, repeat("]"), starts))
-        texts = [line[start + len(_INPUTS_KEY):end] if 0 <= start < end else None
-                 for line, start, end in zip(lines, starts, ends, strict=True)]
-        return self._make_batch(inputs, label_index, tags, list(range(first, first + len(lines))), texts)
+        return Batch(features=features, labels=np.asarray(label_index, dtype=np.int64),
+                     slices=_group_slices(tags) if any(tags) else {})
 
     def _chunk(self, chunk: list[str], first: int) -> Batch | None:
         """Line by line, counting every unusable sample by reason."""
@@ -265,7 +270,6 @@ class JsonLinesReader:
         labels: list[int] = []
         tags: list[tuple[str, ...]] = []
         lines: list[int] = []
-        texts: list[str | None] = []
         for line_number, raw in enumerate(chunk, start=first):
             line = raw.strip()
             if not line:
@@ -273,7 +277,7 @@ class JsonLinesReader:
             self.records += 1
             try:
                 sample, end = self._scan(line, 0)
-            except (StopIteration, ValueError):
+            except (StopIteration, ValueError, RecursionError):  # RecursionError: nested too deep
                 sample, end = None, -1
             if end != len(line):
                 self.problems.add("invalid JSON", f"line {line_number}")
@@ -298,9 +302,7 @@ class JsonLinesReader:
             labels.append(label_index)
             tags.append(sample_tags)
             lines.append(line_number)
-            found = _INPUTS_TEXT.search(line)
-            texts.append(found.group(1) if found else None)
-        return self._make_batch(rows, labels, tags, lines, texts) if rows else None
+        return self._make_batch(rows, labels, tags, lines) if rows else None
 
     def _label_problem(self, label: Any, line_number: int) -> None:
         if label is None:
@@ -317,8 +319,8 @@ class JsonLinesReader:
                 self.shape_origin = f"the first valid sample (line {lines[position]})"
                 return
 
-    def _make_batch(self, rows: list[Any], labels: list[int], tags: list[tuple[str, ...]], lines: list[int],
-                    texts: list[str | None]) -> Batch | None:
+    def _make_batch(self, rows: list[Any], labels: list[int], tags: list[tuple[str, ...]],
+                    lines: list[int]) -> Batch | None:
         if self.feature_shape is None:
             self._infer_feature_shape(rows, lines)
         features: np.ndarray | None = None
@@ -359,25 +361,7 @@ class JsonLinesReader:
             return None
         label_array = np.asarray(labels, dtype=np.int64)[kept_positions]
         kept_tags = [tags[position] for position in kept_positions] if any(tags) else []
-        kept_texts = texts if len(kept_positions) == len(texts) else [texts[p] for p in kept_positions]
-        return Batch(features=features, labels=label_array, slices=_group_slices(kept_tags),
-                     inputs_text=_verified_texts(kept_texts, features))
-
-
-def _verified_texts(texts: list[str | None], features: np.ndarray) -> list[str] | None:
-    """The rows' number texts when, parsed again, they give exactly `features`; otherwise None."""
-    if features.ndim != 2 or any(text is None for text in texts):
-        return None
-    checked: list[str] = texts  # type: ignore[assignment]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # numpy warns (and stops early) on text it cannot read
-        try:
-            numbers = np.fromstring(",".join(checked), dtype=np.float64, sep=",")
-        except (ValueError, DeprecationWarning):
-            return None
-    if numbers.shape != (features.size,) or not np.array_equal(numbers, features.reshape(-1)):
-        return None
-    return checked
+        return Batch(features=features, labels=label_array, slices=_group_slices(kept_tags))
 
 
 def _row_array(row: Any) -> np.ndarray | None:

@@ -241,7 +241,7 @@ class _Evaluation:
         bodies: dict[Any, bytes] = {}
         for client in clients:
             if client.encoding not in bodies:
-                bodies[client.encoding] = client.encode(batch.features, batch.inputs_text)
+                bodies[client.encoding] = client.encode(batch.features)
         answers = await asyncio.gather(*(client.predict(batch.features, bodies[client.encoding])
                                          for client in clients))
         self._fold(batch, answers[0], answers[1] if len(answers) > 1 else None)

@@ -11,11 +11,13 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_gate_support import CLASSES, endpoint, http_server, identity_model, model_server, run
 
 from controller.devstack.model_server import LinearModel
 from controller.devstack.processes import free_port
-from controller.gate.clients import BatchAnswer, InferenceClient, InferenceEndpoint, InferenceProtocol
+from controller.gate.clients import BatchAnswer, InferenceClient, InferenceEndpoint, InferenceProtocol, decode_json
 
 FEATURES = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0.2, 0, 0.9, 1.0]])
 EXPECTED = [0, 1, 2, 2]
@@ -50,6 +52,24 @@ def test_request_bodies_follow_each_protocol() -> None:
     assert v1 == {"instances": [[1.0, 0, 0, 0], [0, 1.0, 0, 0]]}
     assert v2 == {"inputs": [{"name": "pixels", "shape": [2, 4], "datatype": "FP32",
                               "data": [1.0, 0, 0, 0, 0, 1.0, 0, 0]}]}
+
+
+def test_request_bodies_carry_every_float_exactly() -> None:
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(40, 3)) * 10.0 ** rng.integers(-300, 300, size=(40, 3))
+    features[0] = [0.1, -0.0, 5e-324]
+    features[1] = [1.7976931348623157e308, 1.0, 123456789.123456789]
+
+    async def bodies() -> tuple[Any, Any]:
+        async with aiohttp.ClientSession() as session:
+            v1 = InferenceClient(endpoint("http://x", "v1"), session, CLASSES).encode(features)
+            v2 = InferenceClient(endpoint("http://x", "v2"), session, CLASSES).encode(features[:, :2])
+            return json.loads(v1), json.loads(v2)
+
+    v1, v2 = run(bodies())
+    np.testing.assert_array_equal(np.asarray(v1["instances"]), features)
+    assert v2["inputs"][0]["shape"] == [40, 2]
+    np.testing.assert_array_equal(np.asarray(v2["inputs"][0]["data"]), features[:, :2].reshape(-1))
 
 
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
@@ -135,11 +155,44 @@ def test_redirects_are_not_followed() -> None:
      "wrong prediction count"),
     ("v2", {"outputs": [{"name": "p", "shape": [4, 3, 1], "datatype": "FP32", "data": [0.1] * 12}]}, "bad output"),
     ("v2", {"outputs": [{"name": "p", "shape": "4", "data": []}]}, "bad output"),
+    ("v1", "[" * 100_000 + "]" * 100_000, "not JSON"),  # too deep for any parser: a reason, not a crash
+    # read as the standard library reads it: an integer (a count that does not match), not a float
+    ("v2", '{"outputs": [{"name": "p", "shape": [123456789012345678901234567890], "data": []}]}',
+     "wrong prediction count"),
 ])
 def test_garbage_responses_fail_the_batch_with_a_reason(protocol: str, body: Any, failure: str) -> None:
     handler, _ = scripted((200, body))
     answer = against(handler, protocol)
     assert answer.failure == failure and answer.answered == 0 and not answer.unavailable
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.floats(), st.integers(-2**80, 2**80), st.text(max_size=5),
+              st.integers(-2**70, 2**70).map(lambda n: n * 10**19)),
+    lambda children: st.one_of(st.lists(children, max_size=5),
+                               st.dictionaries(st.text(max_size=3), children, max_size=4)),
+    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.sampled_from(["", " ", "\n"]))
+def test_response_decoding_gives_what_the_standard_library_gives(value: Any, space: str) -> None:
+    payload = (space + json.dumps(value) + space).encode()
+    assert repr(decode_json(payload)) == repr(json.loads(payload))
+
+
+@pytest.mark.parametrize("payload", [
+    b"[NaN, -Infinity]", b"[1e400]", b"123456789012345678901234567890", b"[-9223372036854775809]",
+    b"[18446744073709551616, 0.1234567890123456789012]", b'["\\ud800"]', b"\xef\xbb\xbf[1]",
+    '{"a": [1]}'.encode("utf-16"), b'{"a": 1, "a": 2}', b"[" * 2000 + b"]" * 2000, b"[1] x", b"\xff",
+])
+def test_response_decoding_edge_cases_match_the_standard_library(payload: bytes) -> None:
+    def outcome(decode: Callable[[bytes], Any]) -> str:
+        try:
+            return repr(decode(payload))
+        except (ValueError, RecursionError) as exc:
+            return type(exc).__name__
+    assert outcome(decode_json) == outcome(json.loads)
 
 
 def test_unusable_single_predictions_are_counted_per_sample() -> None:

@@ -215,10 +215,21 @@ SAMPLE_LINES = st.one_of(
         '{"inputs": [1, 2, 1e999], "label": "nsfw"}', '{"inputs": [1, 2, 3], "label": ["nsfw"]}',
         '{"inputs": [1, 2, 3], "label": "safe", "slices": [1]}', '{"inputs": [1, "2", 3], "label": "safe"}',
         '{"inputs": [1, 2, 3], "label": "s\\u0061fe"}', '{"inputs": [1, 2, 3]} {"x": 1}',
-        # the request text must come from the real top-level inputs, whatever else mentions "inputs"
+        # the features must come from the real top-level inputs, whatever else mentions "inputs"
         '{"meta": {"inputs": [9, 9, 9]}, "inputs": [1, 2, 3], "label": "safe"}',
         '{"\\u0069nputs": [1, 2, 3], "x": {"inputs": [7, 8, 9]}, "label": "nsfw"}',
-        '{"inputs": [1, 2, 3], "label": "safe", "note": "inputs: [4, 5, 6]"}']),
+        '{"inputs": [1, 2, 3], "label": "safe", "note": "inputs: [4, 5, 6]"}',
+        # where orjson (the fast path) and the standard library (the careful path) differ
+        '{"inputs": [1, 2, NaN], "label": "safe"}', '{"inputs": [1, 2, -Infinity], "label": "safe"}',
+        '{"inputs": [1, 2, 123456789012345678901234567890], "label": "safe"}',
+        '{"inputs": [1, 2, -9223372036854775809], "label": "nsfw"}',
+        '{"inputs": [1, 2, 18446744073709551615], "label": "nsfw"}',
+        '{"inputs": [1, 2, 0.12345678901234567890123], "label": "nsfw"}',
+        '{"inputs": [1, 2, 3], "label": "safe", "slices": ["\\ud800"]}',
+        '{"inputs": [1, 2, 3], "label": "\\udfff"}', '\ufeff{"inputs": [1, 2, 3], "label": "safe"}',
+        '{"inputs": [9, 9], "inputs": [1, 2, 3], "label": "safe"}', '{"inputs": [1, 2, 3], "label": "safe",}',
+        '{"inputs": [1, 2, 3], "label": "safe", "deep": ' + "[" * 3000 + "]" * 3000 + "}",
+        '{"inputs": [1, 2, 3], "label": "nsfw", "slices": ["é", "logo"]}']),
 )
 
 
@@ -233,24 +244,47 @@ def test_fast_chunk_reading_matches_line_by_line_reading(tmp_path: Path, lines: 
     careful._clean_chunk = lambda chunk, first: formats._NOT_CLEAN  # type: ignore[attr-defined]
     results = []
     for reader in (fast, careful):
-        batches, features, labels, slices = collect(reader)
+        _, features, labels, slices = collect(reader)
         results.append((features.tolist(), labels.tolist(), slices, dict(reader.problems.counts), reader.records,
                         sorted(reader.problems.examples)))
-        for batch in batches:  # request text, when there is any, is exactly the features
-            if batch.inputs_text is not None:
-                assert [json.loads(f"[{text}]") for text in batch.inputs_text] == batch.features.tolist()
     assert results[0] == results[1]
 
 
-def test_request_text_of_a_batch_parses_back_to_its_features(tmp_path: Path) -> None:
+def test_clean_datasets_take_the_fast_path_and_read_exactly_the_written_numbers(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(3)
-    features = rng.normal(size=(50, 4)) * 10.0 ** rng.integers(-5, 5, size=(50, 4))
+    features = rng.normal(size=(50, 4)) * 10.0 ** rng.integers(-300, 18, size=(50, 4))
+    features[0] = [5e-324, -0.0, 9.2e18, -1.7976931348623157e-308]  # below 2**63: no doubt about integers
     path = tmp_path / "d.jsonl"
-    write_jsonl_dataset(path, CLASSES, features, [CLASSES[i % 3] for i in range(50)])
-    for batch in open_dataset(path, batch_size=16).batches():
-        assert batch.inputs_text is not None
-        again = np.asarray([json.loads(f"[{text}]") for text in batch.inputs_text])
-        np.testing.assert_array_equal(again, batch.features)
+    write_jsonl_dataset(path, CLASSES, features, [CLASSES[i % 3] for i in range(50)],
+                        [("logo",) if i % 7 == 0 else () for i in range(50)])
+    monkeypatch.setattr(JsonLinesReader, "_chunk", lambda *_: pytest.fail("a clean chunk took the careful path"))
+    reader = open_dataset(path, batch_size=16)
+    _, got, labels, slices = collect(reader)
+    np.testing.assert_array_equal(got, features)
+    assert labels.tolist() == [i % 3 for i in range(50)] and slices == {"logo": list(range(0, 50, 7))}
+    assert reader.records == 50 and reader.problems.total == 0
+
+
+def test_lines_orjson_cannot_read_are_judged_by_the_standard_library(tmp_path: Path) -> None:
+    """NaN, 1e999, huge integers, lone surrogates, deep nesting: counted as the careful path counts them."""
+    lines = [
+        '{"inputs": [1, 2, NaN], "label": "safe"}',  # non-finite (stdlib reads NaN; orjson refuses)
+        '{"inputs": [1, 2, 1e999], "label": "safe"}',  # non-finite
+        '{"inputs": [1, 2, 123456789012345678901234567890], "label": "safe"}',  # beyond int64: non-numeric
+        '{"inputs": [1, 2, 3], "label": "\\ud800"}',  # a lone surrogate: an unknown label, not a crash
+        '{"inputs": [1, 2, 3], "label": "safe", "deep": ' + "[" * 100_000 + "]" * 100_000 + "}",  # too deep
+        '{"inputs": [1, 2, 3], "label": "nsfw"}',
+        '{"inputs": [1e300, -9223372036854775808, 3], "label": "safe"}',  # usable, read by the careful path
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"classes": list(CLASSES), "featureShape": [3]}) + "\n" + "\n".join(lines) + "\n")
+    reader = open_dataset(path, batch_size=100)
+    _, features, labels, _ = collect(reader)
+    assert features.tolist() == [[1.0, 2.0, 3.0], [1e300, -2.0**63, 3.0]] and labels.tolist() == [2, 0]
+    assert dict(reader.problems.counts) == {"non-finite inputs": 2, "non-numeric inputs": 1, "unknown label": 1,
+                                            "invalid JSON": 1}
+    assert reader.records == 7
 
 
 def test_truncated_compressed_files_are_format_errors_not_crashes(tmp_path: Path) -> None:
