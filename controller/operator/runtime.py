@@ -44,6 +44,7 @@ from controller.engine import (
     decide,
 )
 from controller.gate import DatasetSources, InferenceEndpoint, KubernetesConfigMapReader, MlflowAccess, run_gate
+from controller.operator.kubeapi import RolloutStore
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
 from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
 
@@ -262,16 +263,24 @@ def _engine_version(version: Any) -> ResolvedVersion:
 
 
 class RolloutStepper:
-    """(observe, decide, act)* on a rollout just read; the caller writes the status.
+    """(observe, decide, act)* on a rollout just read; the caller writes the final status.
 
     The first step of each rollout since the operator started tells the engine to resend pending actions.
+
+    Write-ahead: before carrying out a decision's actions (effects or a judge run), the status that decision
+    returned is stored when it differs from what is stored. Every phase change, step, ledger entry and
+    history entry is thus in the resource before the work it leads to starts: on-call sees Gating while the
+    gate runs and RollingBack while traffic moves, and an operator killed mid-reconcile resumes from the
+    last boundary, not from whatever was stored when the reconcile began.
     """
 
     def __init__(self, api_client: client.ApiClient, config: OperatorConfig,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                 write_ahead: bool = True) -> None:
         self.api_client = api_client
         self.config = config
         self.clock = clock
+        self.store: RolloutStore | None = RolloutStore(api_client) if write_ahead else None
         self._seen: set[tuple[str, str]] = set()
 
     async def step(self, obj: dict[str, Any]) -> ReconcileOutcome:
@@ -289,6 +298,7 @@ class RolloutStepper:
         gate: JudgeResult | None = None
         analysis: JudgeResult | None = None
         failures: list[ActionFailure] = []
+        stored = outcome.status
         for _ in range(MAX_ROUNDS):
             now = self.clock()
             registry = await asyncio.to_thread(runtime.observe_registry)
@@ -305,10 +315,25 @@ class RolloutStepper:
             outcome.requeue_after = decision.requeue_after.total_seconds() if decision.requeue_after else None
             if target is None:
                 outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
+            resend = first_since_start
             first_since_start = False
             gate, analysis, failures = None, None, []
             if not decision.actions:
                 break
+            if self.store is not None and outcome.status != stored:
+                try:
+                    written = await asyncio.to_thread(self.store.apply_status, obj, outcome.status)
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+                    # Changed underneath (a command, a new spec): act on nothing, decide again on fresh state.
+                    log.info("%s/%s: status changed underneath; deciding again on fresh state", *key)
+                    if resend:
+                        self._seen.discard(key)  # nothing was resent yet: the next step must still resend
+                    outcome.requeue_after = 0.0
+                    return outcome
+                meta["resourceVersion"] = written["metadata"]["resourceVersion"]  # for the caller's final write
+                stored = outcome.status
             for action in decision.actions:
                 outcome.actions_taken.append(f"{action.type}:{action.id}")
                 if isinstance(action, RunGate):

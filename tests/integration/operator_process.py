@@ -67,3 +67,20 @@ def wait_for(kubeconfig: Path, namespace: str, name: str, predicate: Callable[[d
         time.sleep(0.2)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
     raise AssertionError(f"timed out; last status: {json.dumps(obj.get('status'), indent=1)}\n{tail}")
+
+
+def send_command(kubeconfig: Path, namespace: str, name: str, action: str, actor: str, command_id: str,
+                 full: bool = False, extra_annotations: dict[str, str] | None = None) -> str:
+    """What on-call runs: the command annotation (never the spec), so Argo CD sees no drift.
+
+    Returns the annotation's value, so a test can write the very same value again.
+    """
+    body: dict[str, Any] = {"action": action, "id": command_id, "actor": actor}
+    if full:
+        body["full"] = True
+    value = json.dumps(body, sort_keys=True)
+    extra = [f"{key}={text}" for key, text in (extra_annotations or {}).items()]
+    result = run_kubectl(kubeconfig, "annotate", "--overwrite", "mro", name, "-n", namespace,
+                         f"modelrollout.io/command={value}", *extra)
+    assert result.returncode == 0, result.stderr
+    return value

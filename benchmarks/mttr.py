@@ -1,0 +1,213 @@
+"""Mean time to recover on the local stack: failing decision -> target at 0% canary AND stable alias verified.
+
+    .venv/bin/python benchmarks/mttr.py [--runs 5] [--json] [--keep-dir DIR]
+
+What runs, all on 127.0.0.1: a fresh local stack (kube-apiserver + etcd, MLflow), the content-moderation
+scenario (stable and a clean candidate registered in MLflow, served by real model servers, the KServe
+stand-in playing KServe's part on a Knative-mode InferenceService, a golden dataset in a ConfigMap) and
+the operator as its own process. One ModelRollout with steps [setWeight 10, pause {}] goes round:
+
+  attempt -> paused at 10%  -> abort     (recovery A: canary 10% -> 0%, @production kept)
+  retry   -> paused at 10%  -> promote   -> Succeeded
+          -> rollback       (recovery B: previous version back on 100% and @production moved back)
+  retry   -> ...
+
+Each recovery is measured twice:
+- status: the operator's own figure, status.rollback.timeToRecoverSeconds = recoveredAt - verdictAt,
+  where verdictAt is when the engine saw the command and recoveredAt when it observed both the target's
+  traffic (from the InferenceService's status) and the alias (read back from MLflow);
+- outside: from just before the command annotation is written until this script itself reads, from the
+  InferenceService's status, no traffic off the stable revision, and from MLflow the alias on stable
+  (so it also counts the watch delivering the annotation change to the operator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kubernetes import client  # noqa: E402
+
+from controller.devstack.kserve_standin import REVISIONS_KEY  # noqa: E402
+from controller.devstack.processes import start, stop_pid  # noqa: E402
+from controller.devstack.scenario import STABLE_ALIAS, STORAGE_URI_TEMPLATE, Scenario  # noqa: E402
+from controller.devstack.stack import Stack  # noqa: E402
+from controller.operator.kubeapi import load_client_config  # noqa: E402
+from controller.registry import MlflowRegistry  # noqa: E402
+
+TARGET_SECONDS = 2.0
+MRO = ("modelrollout.io", "v1alpha1", "modelrollouts")
+ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
+
+
+class Bench:
+    def __init__(self, api: client.ApiClient, namespace: str, scenario: Scenario, registry: MlflowRegistry) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.scenario = scenario
+        self.name = scenario.model_name
+        self.registry = registry
+
+    def status(self) -> dict[str, Any]:
+        obj = self.custom.get_namespaced_custom_object(MRO[0], MRO[1], self.namespace, MRO[2], self.name)
+        return obj.get("status") or {}
+
+    def isvc(self) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(ISVC[0], ISVC[1], self.namespace, ISVC[2],
+                                                                       self.name)
+        return obj
+
+    def wait(self, predicate: Any, what: str, timeout: float = 180.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.status()
+            if predicate(status):
+                return status
+            time.sleep(0.1)
+        raise RuntimeError(f"timed out waiting for {what}: {status.get('phase')}: {status.get('message')}")
+
+    def command(self, action: str) -> float:
+        """Write the command annotation; returns the monotonic time just before the write."""
+        body = json.dumps({"action": action, "id": f"{action}-{uuid.uuid4().hex[:8]}", "actor": "mttr-bench"})
+        started = time.monotonic()
+        self.custom.patch_namespaced_custom_object(MRO[0], MRO[1], self.namespace, MRO[2], self.name,
+                                                   {"metadata": {"annotations": {"modelrollout.io/command": body}}})
+        return started
+
+    def off_stable(self) -> int:
+        """Percent of traffic KServe reports on revisions that do not load the stable model."""
+        status = self.isvc().get("status") or {}
+        table = json.loads((status.get("annotations") or {}).get(REVISIONS_KEY, "[]"))
+        uri_of = {revision["name"]: revision["storage_uri"] for revision in table}
+        stable_uri = self.scenario.storage_uri(self.scenario.stable_version)
+        traffic = ((status.get("components") or {}).get("predictor") or {}).get("traffic") or []
+        return sum(int(t.get("percent") or 0) for t in traffic if uri_of.get(t.get("revisionName")) != stable_uri)
+
+    def recovered_from_outside(self, started: float, timeout: float = 60.0) -> float:
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if self.off_stable() == 0 \
+                    and self.registry.verify_alias(self.name, STABLE_ALIAS) == self.scenario.stable_version:
+                return time.monotonic() - started
+            time.sleep(0.02)
+        raise RuntimeError("the target and the alias did not recover within 60 s")
+
+    def measure(self, action: str) -> dict[str, Any]:
+        before = (self.status().get("rollback") or {}).get("verdictAt")
+        assert self.off_stable() > 0, "nothing to recover from"
+        started = self.command(action)
+        outside = self.recovered_from_outside(started)
+        status = self.wait(lambda s: s.get("phase") == "RolledBack"
+                           and (s.get("rollback") or {}).get("verdictAt") != before, f"RolledBack after {action}")
+        rollback = status["rollback"]
+        verdict = _time(rollback["verdictAt"])
+        return {"kind": action, "statusSeconds": rollback["timeToRecoverSeconds"],
+                "trafficSeconds": round((_time(rollback["trafficConfirmedAt"]) - verdict).total_seconds(), 3),
+                "aliasSeconds": round((_time(rollback["aliasConfirmedAt"]) - verdict).total_seconds(), 3),
+                "outsideSeconds": round(outside, 3), "fromWeight": rollback.get("fromWeight")}
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"mean": round(statistics.fmean(values), 3), "median": round(statistics.median(values), 3),
+            "max": round(max(values), 3), "min": round(min(values), 3)}
+
+
+def run(runs: int, root: Path) -> dict[str, Any]:
+    stack = Stack(root=root / "stack")
+    operator = None
+    scenario = None
+    try:
+        control_plane = stack.start_control_plane()
+        mlflow = stack.start_mlflow()
+        api = load_client_config(str(control_plane.admin_kubeconfig))
+        namespace = f"mttr-{uuid.uuid4().hex[:6]}"
+        client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        scenario = Scenario(api, mlflow.url, namespace, root / "scenario", model_name="nsfw-mttr").setup()
+        bench = Bench(api, namespace, scenario, MlflowRegistry(mlflow.url))
+        kubeconfig = str(control_plane.admin_kubeconfig)
+        operator = start("operator", [sys.executable, "-m", "controller.cli.main", "operator", "run",
+                                      "--kubeconfig", kubeconfig], root / "operator.log",
+                         env={"KUBECONFIG": kubeconfig, "MODELROLLOUT_STORAGE_URI_TEMPLATE": STORAGE_URI_TEMPLATE},
+                         cwd=REPO)
+        manifest = scenario.rollout(steps=[{"setWeight": 10}, {"pause": {}}])
+        bench.custom.create_namespaced_custom_object(MRO[0], MRO[1], namespace, MRO[2], manifest)
+        results: list[dict[str, Any]] = []
+        for _ in range(runs):
+            attempt = int(bench.status().get("attempt") or 0) + 1
+            bench.wait(lambda s, a=attempt: s.get("phase") == "Paused" and s.get("canaryWeight") == 10
+                       and s.get("attempt") == a, "the pause at 10%")
+            results.append(bench.measure("abort"))
+            bench.command("retry")
+            bench.wait(lambda s, a=attempt + 1: s.get("phase") == "Paused" and s.get("canaryWeight") == 10
+                       and s.get("attempt") == a, "the pause at 10% after retry")
+            bench.command("promote")
+            bench.wait(lambda s: s.get("phase") == "Succeeded", "the promotion")
+            results.append(bench.measure("rollback"))
+            bench.command("retry")
+        kinds: dict[str, Any] = {}
+        for kind, label in (("abort", "abortAtCanary"), ("rollback", "rollbackAfterPromotion")):
+            rows = [r for r in results if r["kind"] == kind]
+            kinds[label] = {"runs": len(rows), "status": summary([r["statusSeconds"] for r in rows]),
+                            "outside": summary([r["outsideSeconds"] for r in rows])}
+        every = [r["statusSeconds"] for r in results]
+        outside = [r["outsideSeconds"] for r in results]
+        return {
+            "targetSeconds": TARGET_SECONDS,
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "status": summary(every), "outside": summary(outside), "byKind": kinds,
+            "underTarget": max(every) < TARGET_SECONDS and max(outside) < TARGET_SECONDS,
+            "runs": results,
+        }
+    finally:
+        if operator is not None:
+            stop_pid(operator.pid)
+        if scenario is not None:
+            scenario.stop()
+        stack.down()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="cycles; each gives one abort and one rollback")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--keep-dir", type=Path, default=None, help="keep the stack's files and logs here")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    if args.keep_dir:
+        args.keep_dir.mkdir(parents=True, exist_ok=True)
+        result = run(args.runs, args.keep_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mttr-") as scratch:
+            result = run(args.runs, Path(scratch))
+    result["wallSeconds"] = round(time.perf_counter() - started, 1)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for label, block in (("all", result), *result["byKind"].items()):
+        s, o = block["status"], block["outside"]
+        print(f"{label:>24}: status mean {s['mean']}s median {s['median']}s max {s['max']}s | "
+              f"outside mean {o['mean']}s median {o['median']}s max {o['max']}s")
+    print(f"target {TARGET_SECONDS}s: {'met' if result['underTarget'] else 'MISSED'}; "
+          f"{len(result['runs'])} recoveries, wall time {result['wallSeconds']}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
