@@ -311,7 +311,12 @@ class _Decider:
         return record.issued_at if record is not None else self.now
 
     def _deadline_passed(self, since: datetime) -> bool:
-        return self.now - since > self.spec.progress_deadline
+        left = since + self.spec.progress_deadline - self.now
+        if left >= timedelta(0):
+            # Look again just after the deadline, even while an error backoff would wait longer.
+            self.requeue.append(left + timedelta(milliseconds=100))
+            return False
+        return True
 
     # --- observing -----------------------------------------------------------------------------------
 
