@@ -43,7 +43,16 @@ from controller.engine import (
     UnstageCandidate,
     decide,
 )
-from controller.gate import DatasetSources, InferenceEndpoint, KubernetesConfigMapReader, MlflowAccess, run_gate
+from controller.gate import (
+    DatasetSources,
+    GateReport,
+    InferenceEndpoint,
+    KubernetesConfigMapReader,
+    MlflowAccess,
+    SourceError,
+    record_gate_evidence,
+    run_gate,
+)
 from controller.operator.kubeapi import RolloutStore
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
 from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
@@ -242,7 +251,20 @@ class RolloutRuntime:
             config_maps=KubernetesConfigMapReader(self.api_client),
             https_allowed_hosts=self.config.https_allowed_hosts)
         report = await run_gate(action.dataset, candidate, stable, namespace=self.namespace, sources=sources)
+        if sources.mlflow is not None and report.error is None:
+            await asyncio.to_thread(self.record_gate_evidence, sources.mlflow, report, action)
         return report.to_judge_result(action.id)
+
+    def record_gate_evidence(self, access: MlflowAccess, report: GateReport, action: RunGate) -> None:
+        """The full gate report as an MLflow run linked to the candidate version: it outlives the resource."""
+        try:
+            record_gate_evidence(access, report, model_name=self.spec.model.name,
+                                 candidate_version=action.candidate.version,
+                                 stable_version=action.stable.version if action.stable else None,
+                                 rollout=f"{self.namespace}/{self.name}", request_id=action.id)
+        except SourceError as exc:
+            # The verdict stands on its own; a lost evidence run must not block or flip it.
+            log.warning("%s/%s: could not record gate evidence in MLflow: %s", self.namespace, self.name, exc)
 
     def measure_analysis(self, action: RunAnalysis, now: dt.datetime) -> JudgeResult:
         prometheus = self.spec.analysis.prometheus

@@ -78,6 +78,11 @@ def test_clean_candidate_is_gated_stepped_and_promoted(kubeconfig: Path, namespa
     assert registry.verify_alias(scenario.model_name, STABLE_ALIAS) == scenario.candidate_version
     predictor = isvc(kubeconfig, namespace, scenario.model_name)["spec"]["predictor"]
     assert predictor["model"]["storageUri"] == scenario.storage_uri(scenario.candidate_version)
+    # The gate's evidence outlives the resource: an MLflow run linked from the candidate version.
+    tags = registry.resolve(scenario.model_name, version=scenario.candidate_version).tags
+    assert tags["modelrollout.gate.outcome"] == "pass"
+    assert tags["modelrollout.gate.dataset_sha256"] == scenario.dataset_sha256
+    assert tags["modelrollout.gate.run_id"]
     assert "canaryTrafficPercent" not in predictor
 
 
