@@ -42,6 +42,7 @@ from controller.engine import (
     TargetObservation,
     UnstageCandidate,
     decide,
+    reject_spec,
 )
 from controller.gate import (
     DatasetSources,
@@ -313,7 +314,11 @@ class RolloutStepper:
         try:
             spec = parse_spec(obj.get("spec") or {})
         except SpecError as exc:
-            return _invalid_spec(obj, str(exc), self.clock())
+            # The API server refuses bad specs first; this covers what its schema cannot say.
+            decision = reject_spec(ModelRolloutStatus.from_dict(obj.get("status")), exc,
+                                   int(meta.get("generation") or 0), self.clock())
+            return ReconcileOutcome(status=decision.status.to_dict(),
+                                    events=[(e.event, e.detail, True) for e in decision.events])
         runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
         status = ModelRolloutStatus.from_dict(obj.get("status"))
         outcome = ReconcileOutcome(status=status.to_dict())
@@ -374,14 +379,3 @@ class RolloutStepper:
         if await asyncio.to_thread(runtime.finish_withdrawal, status):
             outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
         return outcome
-
-
-def _invalid_spec(obj: dict[str, Any], message: str, now: dt.datetime) -> ReconcileOutcome:
-    status = dict(obj.get("status") or {})
-    generation = obj["metadata"].get("generation", 0)
-    status.update(phase="Failed", observedGeneration=generation, message=f"Invalid spec: {message}")
-    status["conditions"] = [{"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": message,
-                             "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                             "observedGeneration": generation}]
-    return ReconcileOutcome(status=status, events=[("InvalidSpec", message, True)])
-
