@@ -8,6 +8,8 @@ need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+# Headless Chromium renders `explain --html` in the tests.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "error: missing ${need_apt[*]}: run as root or install them with apt-get" >&2; exit 1

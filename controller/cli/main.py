@@ -103,6 +103,11 @@ def _oncall(args: argparse.Namespace) -> int:
         oncall.print_rollout(obj)
     elif args.command == "history":
         oncall.print_history(obj)
+    elif getattr(args, "html", None):
+        from controller.cli.report import write_html
+
+        path = write_html(obj, args.html, oncall.explain(obj))
+        print(f"wrote {path}: the timeline of {oncall.namespace}/{args.name} as a self-contained page")
     else:
         print(oncall.explain(obj))
     return 0
@@ -167,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
         if name == "get":
             sub.add_argument("-w", "--watch", action="store_true")
+        if name == "explain":
+            sub.add_argument("--html", type=Path, default=None, metavar="FILE",
+                             help="also write a self-contained page: weight and class rates over time, decisions")
         if name == "promote":
             sub.add_argument("--full", action="store_true", help="skip every remaining step")
         sub.set_defaults(handler=_oncall)

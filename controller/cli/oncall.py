@@ -20,16 +20,13 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction
+from controller.cli.errors import CliError
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
 PHASE_COLOURS = {"Succeeded": "32", "Promoting": "32", "Baking": "36", "Progressing": "36", "Gating": "36",
                  "Paused": "33", "Pending": "33", "RollingBack": "31", "RolledBack": "31", "Failed": "31"}
 OUTCOME_SYMBOLS = {"pass": "✔", "fail": "✖", "inconclusive": "?"}
-
-
-class CliError(Exception):
-    """One line for the user; exit code 1."""
 
 
 class Style:
@@ -140,7 +137,7 @@ class OnCall:
                   f"{gate.get('datasetSha256', '-')}", file=self.out)
             for verdict in gate.get("verdicts", [])[:10]:
                 print(f"  {s.outcome(verdict['outcome']):<14} {verdict['name']}: {verdict['reason']}", file=self.out)
-        verdicts = (status.get("analysis") or {}).get("verdicts") or []
+        verdicts = analysis_verdicts(status)
         if verdicts:
             print("Analysis:", file=self.out)
             for verdict in verdicts:
@@ -167,7 +164,7 @@ class OnCall:
         if gate.get("outcome"):
             lines.append(f"The golden gate said {gate['outcome']} on the dataset with sha256 "
                          f"{gate.get('datasetSha256', '?')}: {gate.get('reason', '')}")
-        for verdict in (status.get("analysis") or {}).get("verdicts") or []:
+        for verdict in analysis_verdicts(status):
             evidence = verdict.get("evidence") or {}
             counts = {k: v for k, v in evidence.items() if k in ("canary", "stable", "statistic", "threshold")}
             lines.append(f"Metric {verdict['name']} said {verdict['outcome']}: {verdict['reason']}"
@@ -198,6 +195,12 @@ class OnCall:
             if status.get("phase") in TERMINAL or (deadline and time.monotonic() > deadline):
                 return
             time.sleep(interval)
+
+
+def analysis_verdicts(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The last verdict of each metric: `status.analysis.metrics` (older writers used `verdicts`)."""
+    analysis = status.get("analysis") or {}
+    return list(analysis.get("metrics") or analysis.get("verdicts") or [])
 
 
 def _api_message(exc: ApiException) -> str:

@@ -78,7 +78,7 @@ def connection_info(configuration: Any) -> kopf.ConnectionInfo:
 def run(config: OperatorConfig, kubeconfig: str | None = None, namespaces: list[str] | None = None,
         liveness_endpoint: str | None = None, metrics_address: str = "127.0.0.1",
         metrics_port: int | None = 9100) -> None:
-    """Run until interrupted. kopf logs in from $KUBECONFIG; the CLI exports --kubeconfig there first.
+    """Run until interrupted; kopf logs in with the operator's own client configuration (see login).
 
     /metrics is served on metrics_address:metrics_port (port 0: any free port, logged; None: not served).
     """

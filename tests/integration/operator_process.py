@@ -25,7 +25,8 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         with open(self.log, "ab") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli.main", "operator", "run", "--kubeconfig", str(self.kubeconfig)],
+                [sys.executable, "-m", "controller.cli.main", "operator", "run", "--kubeconfig", str(self.kubeconfig),
+                 "--metrics-port", "0"],
                 stdout=log_file, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         return self
 

@@ -145,7 +145,9 @@ def test_controller_runs_one_replica_with_the_liveness_endpoint() -> None:
                       if d["metadata"]["name"] == "modelrollout-controller")
     assert controller["spec"]["replicas"] == 1 and controller["spec"]["strategy"] == {"type": "Recreate"}
     container = controller["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz"]
+    assert container["args"] == ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz",
+                                 "--metrics-address", "0.0.0.0", "--metrics-port", "9100"]  # noqa: S104
+    assert {"name": "metrics", "containerPort": 9100} in container["ports"]
     assert {"name": "healthz", "containerPort": 8080} in container["ports"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 

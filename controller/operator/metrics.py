@@ -1,0 +1,215 @@
+"""The operator's Prometheus metrics, served on /metrics.
+
+deploy/monitoring (alerts, recording rules, dashboard) queries these names and labels:
+
+| series | type | labels |
+| --- | --- | --- |
+| modelrollout_rollouts | gauge: rollouts per phase | phase |
+| modelrollout_canary_weight | gauge: share of traffic on the candidate, as observed | namespace, rollout |
+| modelrollout_rollbacks_total | counter: rollbacks started | namespace, rollout |
+| modelrollout_time_to_recover_seconds | histogram: failing verdict -> traffic and alias back | - |
+| modelrollout_verdicts_total | counter: judge verdicts | metric, result (pass, fail, inconclusive) |
+| modelrollout_steps_total | counter: canary steps entered | namespace, rollout |
+| modelrollout_reconcile_errors_total | counter: reconciles that raised | - |
+| modelrollout_events_total | counter: Events posted | reason |
+| modelrollout_actions_total | counter: actions handed to the adapters | type |
+| modelrollout_reconcile_duration_seconds | histogram | - |
+
+Everything is derived from the status a reconcile wrote, never from the operator's own guesses, and each
+fact is counted once: a verdict is keyed by the time its run finished (`analysis.lastRunAt`,
+`gate.completedAt`), a rollback by the time of its verdict (`rollback.verdictAt`); steps and Events are
+counted from the history entries a reconcile added (each posted once, as an Event). The status of a
+rollout seen for the first time since the process started is a baseline, not news: a restart must not
+count again what the previous process already counted (that would look like a fresh rollback to
+`increase()`). Series with labels exist at 0 before their first event, so `increase()` sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from controller.api.status import Phase
+from controller.verdict import Outcome
+
+log = logging.getLogger(__name__)
+
+GATE_METRIC = "golden-gate"  # the gate's combined verdict, one per gate run
+RESULTS = tuple(str(outcome) for outcome in Outcome)
+# The history events that enter a canary step: a weight in place, an analysis step begun, a pause step begun.
+# Several steps can pass within one reconcile, so steps are counted from these, not from status.currentStep.
+STEP_EVENTS = frozenset({"WeightSet", "AnalysisStarted", "Paused"})
+# From a rollback that is over in a second (the engine acts within one reconcile) to one waiting on a
+# serving controller for many minutes.
+RECOVERY_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+RECONCILE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class _Seen:
+    """What has been counted for one rollout; only the latest key of each kind is needed."""
+
+    phase: str = str(Phase.PENDING)
+    gate: str | None = None
+    analysis_run: str | None = None
+    rollback: str | None = None  # verdictAt of the last counted rollback
+    recovered: str | None = None  # verdictAt of the last rollback whose recovery time was observed
+
+
+def _keys(status: Mapping[str, Any]) -> _Seen:
+    """The keys of what a status records: the facts the counters count."""
+    seen = _Seen(phase=str(status.get("phase") or Phase.PENDING))
+    gate = status.get("gate") or {}
+    if gate.get("completedAt") and gate.get("outcome"):
+        seen.gate = f"{gate.get('requestId')}@{gate['completedAt']}"
+    analysis = status.get("analysis") or {}
+    if analysis.get("lastRunAt"):
+        seen.analysis_run = f"{analysis.get('mode')}/{analysis.get('windowStart')}@{analysis['lastRunAt']}"
+    rollback = status.get("rollback") or {}
+    if rollback.get("verdictAt"):
+        seen.rollback = str(rollback["verdictAt"])
+        if isinstance(rollback.get("timeToRecoverSeconds"), int | float):
+            seen.recovered = seen.rollback
+    return seen
+
+
+class OperatorMetrics:
+    """The operator's registry; `observe()` after each reconcile whose status is in the API server."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rollouts = Gauge("modelrollout_rollouts", "ModelRollouts by phase (as last written by this operator).",
+                              ["phase"], registry=r)
+        self.canary_weight = Gauge("modelrollout_canary_weight",
+                                   "Percent of traffic on the candidate, as observed on the serving system.",
+                                   ["namespace", "rollout"], registry=r)
+        self.rollbacks = Counter("modelrollout_rollbacks", "Rollbacks started, whatever the cause.",
+                                 ["namespace", "rollout"], registry=r)
+        self.time_to_recover = Histogram(
+            "modelrollout_time_to_recover_seconds",
+            "From the failing verdict (or rollback command) to traffic and stable alias verified back.",
+            buckets=RECOVERY_BUCKETS, registry=r)
+        self.verdicts = Counter("modelrollout_verdicts", "Judge verdicts by analysis metric (or golden-gate).",
+                                ["metric", "result"], registry=r)
+        self.steps = Counter("modelrollout_steps", "Canary steps entered.", ["namespace", "rollout"], registry=r)
+        self.reconcile_errors = Counter("modelrollout_reconcile_errors",
+                                        "Reconciles that failed with an error (retried with backoff).", registry=r)
+        self.events = Counter("modelrollout_events", "History entries posted as Kubernetes Events (best effort).",
+                              ["reason"], registry=r)
+        self.actions = Counter("modelrollout_actions", "Actions handed to the adapters, by type.", ["type"],
+                               registry=r)
+        self.reconcile_duration = Histogram("modelrollout_reconcile_duration_seconds",
+                                            "Time one reconcile took (read, decide and act, write status).",
+                                            buckets=RECONCILE_BUCKETS, registry=r)
+        for phase in Phase:
+            self.rollouts.labels(str(phase)).set(0)
+        for result in RESULTS:
+            self.verdicts.labels(GATE_METRIC, result)
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], _Seen] = {}
+
+    # --- per reconcile -------------------------------------------------------------------------------
+
+    def count_actions(self, actions: Iterable[str]) -> None:
+        """Actions as the runtime lists them, "Type:id"."""
+        for action in actions:
+            self.actions.labels(action.split(":", 1)[0]).inc()
+
+    def observe(self, obj: Mapping[str, Any], status: Mapping[str, Any],
+                events: Iterable[tuple[str, str, bool]] = ()) -> None:
+        """Count what `status` (now stored for `obj`) records that was not counted yet.
+
+        `obj` is the rollout as read before the reconcile: the first time a rollout is seen, its stored
+        status is the baseline.
+        """
+        meta = obj["metadata"]
+        key = (str(meta["namespace"]), str(meta["name"]))
+        judged = self._metric_names(obj)
+        for name in judged:
+            for result in RESULTS:
+                self.verdicts.labels(name, result)
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is None:
+                seen = _keys(obj.get("status") or {})
+                self._seen[key] = seen
+                # At 0 before the first event, so that increase() sees it.
+                self.rollbacks.labels(*key)
+                self.steps.labels(*key)
+            now = _keys(status)
+            self._count(key, seen, now, status, judged)
+            seen.phase = now.phase
+            self._set_phases()
+        weight = status.get("canaryWeight")
+        self.canary_weight.labels(*key).set(weight if isinstance(weight, int | float) else 0)
+        for reason, _message, _warning in events:
+            self.events.labels(reason).inc()
+            if reason in STEP_EVENTS:
+                self.steps.labels(*key).inc()
+
+    def _count(self, key: tuple[str, str], seen: _Seen, now: _Seen, status: Mapping[str, Any],
+               judged: list[str]) -> None:
+        if now.gate and now.gate != seen.gate:
+            outcome = str((status.get("gate") or {}).get("outcome"))
+            if outcome in RESULTS:
+                self.verdicts.labels(GATE_METRIC, outcome).inc()
+            seen.gate = now.gate
+        if now.analysis_run and now.analysis_run != seen.analysis_run:
+            # A new run (lastRunAt) judged every metric of the spec; the status keeps the last verdict of each.
+            for item in (status.get("analysis") or {}).get("metrics") or []:
+                outcome = str(item.get("outcome"))
+                if item.get("name") in judged and outcome in RESULTS:
+                    self.verdicts.labels(str(item["name"]), outcome).inc()
+            seen.analysis_run = now.analysis_run
+        if now.rollback and now.rollback != seen.rollback:
+            self.rollbacks.labels(*key).inc()
+            seen.rollback = now.rollback
+        if now.recovered and now.recovered != seen.recovered:
+            seconds = (status.get("rollback") or {}).get("timeToRecoverSeconds")
+            self.time_to_recover.observe(max(float(seconds), 0.0))
+            seen.recovered = now.recovered
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The rollout is gone: its per-rollout series go too, and it no longer counts in a phase."""
+        key = (namespace, name)
+        with self._lock:
+            if self._seen.pop(key, None) is None:
+                return
+            self._set_phases()
+        for metric in (self.canary_weight, self.rollbacks, self.steps):
+            with contextlib.suppress(KeyError):
+                metric.remove(*key)
+
+    def _set_phases(self) -> None:
+        counts = Tally(seen.phase for seen in self._seen.values())
+        for phase in {str(p) for p in Phase} | set(counts):
+            self.rollouts.labels(phase).set(counts.get(phase, 0))
+
+    @staticmethod
+    def _metric_names(obj: Mapping[str, Any]) -> list[str]:
+        metrics = (((obj.get("spec") or {}).get("analysis") or {}).get("metrics")) or []
+        return [str(m["name"]) for m in metrics if isinstance(m, Mapping) and m.get("name")]
+
+
+def serve(metrics: OperatorMetrics, address: str, port: int) -> int | None:
+    """Serve /metrics on a daemon thread; port 0 picks a free one. Returns the port, or None if it cannot bind.
+
+    A metrics port that cannot be bound is logged, not fatal: rollouts and rollbacks must go on without
+    metrics, and Prometheus' `up == 0` (ModelRolloutTargetDown) reports the missing target.
+    """
+    try:
+        server, _thread = start_http_server(port, addr=address, registry=metrics.registry)
+    except OSError as exc:
+        log.error("cannot serve metrics on %s:%s: %s; running without /metrics", address, port, exc)
+        return None
+    bound = int(server.server_port)
+    log.info("serving metrics on http://%s:%d/metrics", address, bound)
+    return bound

@@ -1,0 +1,109 @@
+"""`explain --html`: the page from a rollout the real engine and the real analysis judge went through.
+
+Rendering in a browser is checked in tests/integration/test_explain_html.py (headless Chromium).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from html.parser import HTMLParser
+from typing import Any
+
+from test_engine_support import World
+
+from controller.analysis.judges import ProportionCriteria, proportion_judge
+from controller.api.status import Phase
+from controller.cli.report import decisions, rate_points, render_html, weight_series
+
+
+def judged_rollout() -> dict[str, Any]:
+    """A canary that looks fine for a while at 1%, then predicts nsfw far more often than stable."""
+    runs = {"n": 0}
+
+    def judge(_request: Any) -> list[Any]:
+        runs["n"] += 1
+        n = 400 * runs["n"]
+        events = n // 500 if runs["n"] <= 3 else n // 12
+        return [proportion_judge("nsfw-rate", events, n, 40 * runs["n"], 20000 * runs["n"],
+                                 ProportionCriteria(max_rate=0.05))]
+
+    world = World(judge=judge)
+    world.run_until(lambda w: w.status.phase == Phase.ROLLED_BACK)
+    return {"apiVersion": "modelrollout.io/v1alpha1", "kind": "ModelRollout",
+            "metadata": {"name": "nsfw-classifier", "namespace": "moderation", "resourceVersion": "7"},
+            "spec": world.spec, "status": world.status.to_dict()}
+
+
+class Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def parsed(page: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = Tags()
+    parser.feed(page)
+    return parser.tags
+
+
+def test_weight_rates_and_decisions_come_from_the_status() -> None:
+    obj = judged_rollout()
+    status = obj["status"]
+    marks = decisions(status)
+    assert [m.event for m in marks][:4] == ["Resolved", "CandidateStaged", "GatePassed", "WeightSet"]
+    assert {m.kind for m in marks if m.event in ("AnalysisFailed", "RollbackStarted", "RolledBack")} == {"fail"}
+    weights = [w for _, w in weight_series(status, marks[-1].time)]
+    assert weights[0] == 0 and 1 in weights and weights[-1] == 0  # staged at 0, 1% at step 1, back to 0
+    points = rate_points(status)
+    failing = [p for p in points if p.outcome == "fail"]
+    assert failing and failing[0].metric == "nsfw-rate"
+    assert failing[0].canary is not None and failing[0].stable is not None
+    assert failing[0].canary > 5 * failing[0].stable  # 8.3% against 0.2%
+    assert re.fullmatch(r"\d+/\d+", failing[0].canary_counts)
+
+
+def test_page_is_self_contained_and_draws_every_decision() -> None:
+    obj = judged_rollout()
+    page = render_html(obj, "moderation/nsfw-classifier is RolledBack")
+    tags = parsed(page)
+    names = [tag for tag, _ in tags]
+    # Nothing to fetch: no scripts, stylesheets, images or frames; no URL anywhere but the SVG namespace.
+    assert not {"script", "link", "img", "iframe", "object", "embed", "audio", "video", "base"} & set(names)
+    assert not [attrs for _, attrs in tags if {"src", "href", "srcset", "action"} & set(attrs)]
+    assert "url(" not in page and "@import" not in page
+    assert re.findall(r"https?://[^\s\"'<]+", page) == ["http://www.w3.org/2000/svg"]
+    history = obj["status"]["history"]
+    groups = [attrs for tag, attrs in tags if tag == "g" and "decision" in (attrs.get("class") or "")]
+    assert [g["data-event"] for g in groups] == [h["event"] for h in history]
+    assert any(tag == "path" and attrs.get("class") == "weight-line" for tag, attrs in tags)
+    canary = [a for t, a in tags if t == "g" and a.get("class") == "rate-point canary"]
+    stable = [a for t, a in tags if t == "g" and a.get("class") == "rate-point stable"]
+    assert canary and len(canary) == len(stable)
+    assert "Decision points" in page and "The verdicts the rollback was decided on" in page
+
+
+def test_text_from_the_cluster_is_escaped() -> None:
+    obj = judged_rollout()
+    obj["status"]["history"][-1]["detail"] = '<script>alert("x")</script>'
+    obj["status"]["message"] = "<img src=x onerror=alert(1)>"
+    page = render_html(obj)
+    assert "<script>" not in page and "<img" not in page
+    assert "&lt;script&gt;" in page
+
+
+def test_a_rollout_without_history_still_renders() -> None:
+    page = render_html({"metadata": {"name": "new", "namespace": "ns"}, "spec": {}, "status": {}})
+    assert "<svg" in page and "Pending" in page and "No class rates" in page
+
+
+def test_a_long_rollout_gets_readable_time_ticks() -> None:
+    obj = judged_rollout()
+    status = obj["status"]
+    start = decisions(status)[0].time
+    status["completedAt"] = (start + timedelta(hours=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ticks = re.findall(r'text-anchor="middle">(\d\d:\d\d:\d\d)</text>', render_html(obj))
+    assert 3 <= len(ticks) <= 8

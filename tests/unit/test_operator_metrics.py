@@ -1,0 +1,208 @@
+"""The operator's /metrics: the names deploy/monitoring queries, each fact counted once, over the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import urllib.request
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import generate_latest
+from test_deploy_monitoring import OPERATOR_METRICS
+from test_engine_support import World, spec_dict, verdict
+
+from controller.api.status import Phase
+from controller.operator.kubeapi import ObjectRef
+from controller.operator.metrics import GATE_METRIC, OperatorMetrics, serve
+from controller.operator.reconciler import Reconciler
+from controller.operator.runtime import ReconcileOutcome
+from controller.verdict import Outcome
+
+NS, NAME = "moderation", "nsfw-classifier"
+
+
+def obj(status: dict[str, Any] | None, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"metadata": {"namespace": NS, "name": NAME, "resourceVersion": "1"}, "spec": spec or spec_dict(),
+            "status": status or {}}
+
+
+def value(metrics: OperatorMetrics, name: str, **labels: str) -> float:
+    found = metrics.registry.get_sample_value(name, labels)
+    assert found is not None, (name, labels, generate_latest(metrics.registry).decode())
+    return found
+
+
+def exposed(metrics: OperatorMetrics) -> str:
+    return generate_latest(metrics.registry).decode()
+
+
+def run_world(world: World, metrics: OperatorMetrics, done: Any, step: timedelta = timedelta(seconds=30),
+              limit: int = 400) -> list[dict[str, Any]]:
+    """Each reconcile's stored status goes to the metrics, as the Reconciler does after a successful write."""
+    statuses = []
+    before: dict[str, Any] = {}
+    for _ in range(limit):
+        first = len(world.decisions)
+        world.reconcile()
+        after = world.status.to_dict()
+        # The runtime hands over the history entries of every decision the reconcile made.
+        events = [(e.event, e.detail, False) for d in world.decisions[first:] for e in d.events]
+        metrics.observe(obj(before), after, events)
+        statuses.append(after)
+        before = after
+        if done(world):
+            return statuses
+        world.advance(step)
+    raise AssertionError(f"not done; phase {world.status.phase}")
+
+
+def test_every_series_the_rules_and_dashboard_query_exists_before_any_event() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe(obj({}), {"phase": "Pending"})
+    text = exposed(metrics)
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    assert names >= OPERATOR_METRICS
+    for phase in Phase:
+        assert value(metrics, "modelrollout_rollouts", phase=str(phase)) == (1 if phase is Phase.PENDING else 0)
+    # Counters at 0 before their first event (so increase() sees the first one), with the labels they are
+    # queried by: the spec's analysis metrics and the gate, the rollout's rollbacks.
+    for result in ("pass", "fail", "inconclusive"):
+        assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result=result) == 0
+        assert value(metrics, "modelrollout_verdicts_total", metric=GATE_METRIC, result=result) == 0
+    assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 0
+    assert value(metrics, "modelrollout_canary_weight", namespace=NS, rollout=NAME) == 0
+    assert value(metrics, "modelrollout_reconcile_errors_total") == 0
+    assert value(metrics, "modelrollout_time_to_recover_seconds_count") == 0
+
+
+def failing_after(passes: int) -> Any:
+    calls = {"n": 0}
+
+    def judge(_request: Any) -> list[Any]:
+        calls["n"] += 1
+        return [verdict(Outcome.PASS if calls["n"] <= passes else Outcome.FAIL)]
+
+    return judge
+
+
+def test_a_rollback_through_the_engine_is_counted_once_however_often_its_status_is_read() -> None:
+    metrics = OperatorMetrics()
+    world = World(judge=failing_after(5))
+    statuses = run_world(world, metrics, lambda w: w.status.phase == Phase.ROLLED_BACK)
+    final = statuses[-1]
+    runs = {(s["analysis"]["windowStart"], s["analysis"]["lastRunAt"]) for s in statuses
+            if (s.get("analysis") or {}).get("lastRunAt")}
+    assert len(runs) == 6  # five passes, then the failure
+    assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result="pass") == 5
+    assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result="fail") == 1
+    assert value(metrics, "modelrollout_verdicts_total", metric=GATE_METRIC, result="pass") == 1
+    assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 1
+    assert value(metrics, "modelrollout_time_to_recover_seconds_count") == 1
+    assert value(metrics, "modelrollout_time_to_recover_seconds_sum") == pytest.approx(
+        final["rollback"]["timeToRecoverSeconds"])
+    entered = [h["event"] for h in final["history"] if h["event"] in ("WeightSet", "AnalysisStarted", "Paused")]
+    assert entered == ["WeightSet", "AnalysisStarted"]  # 1%, then judged there until the failure
+    assert value(metrics, "modelrollout_steps_total", namespace=NS, rollout=NAME) == len(entered)
+    assert value(metrics, "modelrollout_events_total", reason="RollbackStarted") == 1
+    assert value(metrics, "modelrollout_rollouts", phase="RolledBack") == 1
+    assert value(metrics, "modelrollout_rollouts", phase="Progressing") == 0
+    assert value(metrics, "modelrollout_canary_weight", namespace=NS, rollout=NAME) == 0
+
+    # The next reconciles read the same status again (requeues, watch events): nothing new is counted.
+    before = exposed(metrics)
+    for _ in range(3):
+        metrics.observe(obj(final), final)
+    assert exposed(metrics) == before
+
+
+def test_a_restarted_operator_takes_the_stored_status_as_its_baseline() -> None:
+    world = World(judge=failing_after(2))
+    run_world(world, OperatorMetrics(), lambda w: w.status.phase == Phase.ROLLED_BACK)
+    final = world.status.to_dict()
+    fresh = OperatorMetrics()  # a new process: its counters start at 0 and the old rollback is not news
+    fresh.observe(obj(final), final)
+    assert value(fresh, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 0
+    assert value(fresh, "modelrollout_time_to_recover_seconds_count") == 0
+    assert value(fresh, "modelrollout_verdicts_total", metric="nsfw-rate", result="fail") == 0
+    assert value(fresh, "modelrollout_rollouts", phase="RolledBack") == 1
+
+
+def test_weight_follows_the_observed_weight_and_a_deleted_rollout_leaves_no_series() -> None:
+    metrics = OperatorMetrics()
+    metrics.observe(obj({}), {"phase": "Progressing", "canaryWeight": 10, "currentStep": 0})
+    assert value(metrics, "modelrollout_canary_weight", namespace=NS, rollout=NAME) == 10
+    assert value(metrics, "modelrollout_rollouts", phase="Progressing") == 1
+    metrics.forget(NS, NAME)
+    assert f'rollout="{NAME}"' not in exposed(metrics)
+    assert value(metrics, "modelrollout_rollouts", phase="Progressing") == 0
+
+
+class FakeStore:
+    def __init__(self, stored: dict[str, Any] | None = None, get_error: int | None = None,
+                 apply_error: int | None = None) -> None:
+        self.stored, self.get_error, self.apply_error = stored, get_error, apply_error
+        self.events: list[str] = []
+
+    def get(self, _ref: ObjectRef) -> dict[str, Any] | None:
+        if self.get_error:
+            raise ApiException(status=self.get_error, reason="Forbidden")
+        return self.stored
+
+    def apply_status(self, _obj: dict[str, Any], _status: dict[str, Any]) -> dict[str, Any]:
+        if self.apply_error:
+            raise ApiException(status=self.apply_error)
+        return {}
+
+    def post_event(self, _obj: dict[str, Any], reason: str, _message: str, _warning: bool = False) -> None:
+        self.events.append(reason)
+
+
+def reconcile(store: FakeStore, outcome: ReconcileOutcome, metrics: OperatorMetrics) -> float | None:
+    async def step(_obj: dict[str, Any]) -> ReconcileOutcome:
+        return outcome
+
+    return asyncio.run(Reconciler(store, step, metrics).reconcile(ObjectRef(NS, NAME)))  # type: ignore[arg-type]
+
+
+def test_reconciler_counts_errors_and_only_what_it_stored() -> None:
+    metrics = OperatorMetrics()
+    rolled_back = {"phase": "RolledBack", "rollback": {"verdictAt": "2026-01-05T09:00:00Z", "cause": "Aborted",
+                                                       "reason": "x", "timeToRecoverSeconds": 1.5}}
+    outcome = ReconcileOutcome(status=rolled_back, events=[("RollbackStarted", "x", True)],
+                               actions_taken=["RestoreStable:a1-restore"])
+    with pytest.raises(ApiException):
+        reconcile(FakeStore(get_error=403), outcome, metrics)
+    assert value(metrics, "modelrollout_reconcile_errors_total") == 1
+    # A lost write (409) is decided again on fresh state: nothing it would have recorded is counted yet.
+    assert reconcile(FakeStore(obj({"phase": "Progressing"}), apply_error=409), outcome, metrics) == 0.0
+    assert value(metrics, "modelrollout_reconcile_errors_total") == 1
+    assert metrics.registry.get_sample_value("modelrollout_rollbacks_total",
+                                             {"namespace": NS, "rollout": NAME}) is None
+    assert value(metrics, "modelrollout_actions_total", type="RestoreStable") == 1
+    store = FakeStore(obj({"phase": "Progressing"}))
+    reconcile(store, outcome, metrics)
+    assert store.events == ["RollbackStarted"]
+    assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 1
+    assert value(metrics, "modelrollout_time_to_recover_seconds_count") == 1
+    assert value(metrics, "modelrollout_reconcile_duration_seconds_count") == 3
+    reconcile(FakeStore(None), outcome, metrics)  # gone: its series go too
+    assert f'rollout="{NAME}"' not in exposed(metrics)
+
+
+def test_metrics_are_served_on_a_free_port_and_a_taken_port_is_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = OperatorMetrics()
+    port = serve(metrics, "127.0.0.1", 0)
+    assert port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    assert 'modelrollout_rollouts{phase="Succeeded"} 0.0' in body
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with caplog.at_level(logging.ERROR):
+            assert serve(OperatorMetrics(), "127.0.0.1", taken.getsockname()[1]) is None
+    assert "running without /metrics" in caplog.text
