@@ -102,10 +102,10 @@ def weight_series(status: Mapping[str, Any], end: dt.datetime) -> list[tuple[dt.
     points: list[tuple[dt.datetime, float]] = []
     for decision in decisions(status):
         weight: float | None = None
-        if decision.event in ("CandidateStaged", "WeightSet"):
+        if decision.event in ("CandidateStaged", "WeightChanged"):
             match = WEIGHT_IN_TEXT.search(decision.detail)
             weight = float(match.group(1)) if match else (0.0 if decision.event == "CandidateStaged" else None)
-        elif decision.event in ("TrafficPromoted", "Succeeded"):
+        elif decision.event in ("Promoted", "Succeeded"):
             weight = 100.0
         elif decision.event in ("TrafficRestored", "Recovered", "RolledBack", "Failed", "RolledBackForNewCandidate"):
             weight = 0.0

@@ -720,7 +720,7 @@ class _Decider:
         target = self._target()
         if target is not None and target.canary_version == candidate.version and target.canary_weight == weight:
             self._confirm(action_id)
-            self._record("WeightSet", f"{self._step_label(index)}: candidate {candidate.version} at {weight}%")
+            self._record("WeightChanged", f"{self._step_label(index)}: candidate {candidate.version} at {weight}%")
             self._advance_step()
             return
         if self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):
@@ -1057,7 +1057,7 @@ class _Decider:
             action_id = f"{self._attempt}:promote:target"
             if target is not None and target.stable_version == candidate.version and target.canary_version is None:
                 self._confirm(action_id)
-                self._record("TrafficPromoted", f"candidate {candidate.version} serves all traffic")
+                self._record("Promoted", f"candidate {candidate.version} serves all traffic")
                 promotion = dataclasses.replace(promotion, target_confirmed_at=self.now)
                 self._update(promotion=promotion, canary_weight=100)
             elif self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):

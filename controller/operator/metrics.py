@@ -45,7 +45,7 @@ GATE_METRIC = "golden-gate"  # the gate's combined verdict, one per gate run
 RESULTS = tuple(str(outcome) for outcome in Outcome)
 # The history events that enter a canary step: a weight in place, an analysis step begun, a pause step begun.
 # Several steps can pass within one reconcile, so steps are counted from these, not from status.currentStep.
-STEP_EVENTS = frozenset({"WeightSet", "AnalysisStarted", "Paused"})
+STEP_EVENTS = frozenset({"WeightChanged", "AnalysisStarted", "Paused"})
 # From a rollback that is over in a second (the engine acts within one reconcile) to one waiting on a
 # serving controller for many minutes.
 RECOVERY_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)

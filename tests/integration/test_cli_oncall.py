@@ -27,7 +27,7 @@ STATUS = {
     "analysis": {"verdicts": [{"name": "nsfw-rate", "outcome": "fail", "reason": "canary 6.2% vs stable 0.2%",
                                "evidence": {"canary": {"events": 31, "total": 500}, "statistic": 23.1}}]},
     "rollback": {"actor": "modelrollout-controller", "reason": "nsfw-rate failed", "timeToRecoverSeconds": 0.41},
-    "history": [{"time": "2026-11-27T03:00:00Z", "event": "WeightSet", "detail": "step 3/6: candidate 7 at 10%",
+    "history": [{"time": "2026-11-27T03:00:00Z", "event": "WeightChanged", "detail": "step 3/6: candidate 7 at 10%",
                  "actor": "modelrollout-controller"},
                 {"time": "2026-11-27T03:02:00Z", "event": "RolledBack", "detail": "nsfw-rate failed",
                  "actor": "modelrollout-controller"}],
@@ -62,7 +62,7 @@ def test_list_get_history_explain_are_plain_when_piped(kubeconfig: Path, namespa
     assert "Phase:      RolledBack" in got.stdout and "\033[" not in got.stdout
     assert "fail" in got.stdout and "nsfw-rate" in got.stdout and "ab" * 32 in got.stdout
     history = cli(kubeconfig, "history", rollout, "-n", namespace).stdout.splitlines()
-    assert [line.split()[1] for line in history] == ["WeightSet", "RolledBack"]
+    assert [line.split()[1] for line in history] == ["WeightChanged", "RolledBack"]
     explained = cli(kubeconfig, "explain", rollout, "-n", namespace).stdout
     assert "rolls out version 7" in explained and "in place of version 6" in explained
     assert "recovery took 0.41 s" in explained and '"statistic": 23.1' in explained

@@ -44,11 +44,11 @@ HISTORY = [
     (0, 0, "Resolved", "attempt 1: candidate 7 (stable 6)"),
     (0, 20, "CandidateStaged", "candidate 7 ready on InferenceService nsfw-classifier at 0%"),
     (1, 0, "GatePassed", "9 checks passed on dataset abababababab"),
-    (1, 1, "WeightSet", "step 1/6: candidate 7 at 1%"),
+    (1, 1, "WeightChanged", "step 1/6: candidate 7 at 1%"),
     (1, 2, "AnalysisStarted", "step 2/6: judging for 10m at 1%"),
     (11, 2, "AnalysisPassed", "step 2/6: 20 runs, last pass (nsfw-rate no credible increase: canary 0.21% "
                               "(3/1400) vs stable 0.2% (280/140000), e-value 0.3 < boundary 82.3)"),
-    (11, 3, "WeightSet", "step 3/6: candidate 7 at 10%"),
+    (11, 3, "WeightChanged", "step 3/6: candidate 7 at 10%"),
     (11, 4, "AnalysisStarted", "step 4/6: judging for 10m at 10%"),
     (14, 0, "AnalysisFailed", "nsfw-rate " + FAILED["reason"] + ", at step 4/6 (10%)"),
     (14, 0, "RollbackStarted", "AnalysisFailed: nsfw-rate " + FAILED["reason"]),

@@ -73,7 +73,7 @@ def test_clean_candidate_is_gated_stepped_and_promoted(kubeconfig: Path, namespa
     assert status["gate"]["outcome"] == "pass"
     assert status["gate"]["datasetSha256"] == scenario.dataset_sha256
     events = [h["event"] for h in status["history"]]
-    assert events.index("GatePassed") < events.index("WeightSet") < events.index("TrafficPromoted")
+    assert events.index("GatePassed") < events.index("WeightChanged") < events.index("Promoted")
     registry = MlflowRegistry(mlflow_server.url)
     assert registry.verify_alias(scenario.model_name, STABLE_ALIAS) == scenario.candidate_version
     predictor = isvc(kubeconfig, namespace, scenario.model_name)["spec"]["predictor"]
@@ -100,7 +100,7 @@ def test_worse_candidate_fails_the_gate_and_never_takes_traffic(kubeconfig: Path
     status = obj["status"]
     assert status["phase"] == "RolledBack", status["message"]
     assert status["gate"]["outcome"] == "fail"
-    assert not any(h["event"] == "WeightSet" for h in status["history"])
+    assert not any(h["event"] == "WeightChanged" for h in status["history"])
     registry = MlflowRegistry(mlflow_server.url)
     assert registry.verify_alias(scenario.model_name, STABLE_ALIAS) == scenario.stable_version
     tags = registry.resolve(scenario.model_name, version=scenario.candidate_version).tags

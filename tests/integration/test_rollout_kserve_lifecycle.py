@@ -420,7 +420,7 @@ def test_promote_steps_past_a_pause_and_promote_full_skips_the_rest(rig: Rig,
     assert status["phase"] == "Succeeded", status["message"]
     assert [(e["event"], e["actor"], e["detail"]) for e in by_command(status, "f-1")] == \
         [("CommandApplied", "frank", "promote --full: skipping the remaining steps")]
-    weights = [e["detail"] for e in status["history"] if e["event"] == "WeightSet"]
+    weights = [e["detail"] for e in status["history"] if e["event"] == "WeightChanged"]
     assert len(weights) == 2 and "10%" in weights[0] and "30%" in weights[1], weights
     started = [e for e in status["history"] if e["event"] == "PromotionStarted"]
     assert len(started) == 1 and started[0]["actor"] == "frank"
@@ -470,9 +470,9 @@ def test_operator_killed_at_every_step_boundary_repeats_nothing(rig: Rig, scenar
     assert status["attempt"] == 1
     counts = Counter(events(status))
     for event in ("Resolved", "CandidateStaged", "GatePassed", "StepsCompleted", "PromotionStarted",
-                  "TrafficPromoted", "AliasMoved", "Succeeded"):
+                  "Promoted", "AliasMoved", "Succeeded"):
         assert counts[event] == 1, (event, events(status))
-    weights = [e["detail"] for e in status["history"] if e["event"] == "WeightSet"]
+    weights = [e["detail"] for e in status["history"] if e["event"] == "WeightChanged"]
     assert len(weights) == 2 and "10%" in weights[0] and "50%" in weights[1], weights
     assert counts["Paused"] == 2 and counts["PauseEnded"] == 2, events(status)
     assert not {"RollbackStarted", "Failed", "NewCandidate"} & set(counts)
@@ -524,7 +524,7 @@ def test_new_candidate_mid_rollout_rolls_back_and_starts_over(rig: Rig, scenario
                                          "RolledBackForNewCandidate")]
     assert order == sorted(order), timeline
     after = timeline[order[-1]:]
-    assert after.index("Resolved") < after.index("GatePassed") < after.index("WeightSet") < after.index("Succeeded")
+    assert after.index("Resolved") < after.index("GatePassed") < after.index("WeightChanged") < after.index("Succeeded")
     detail = status["history"][timeline.index("NewCandidate")]["detail"]
     assert f"candidate {second} replaces {first}" in detail
     started = status["history"][timeline.index("RollbackStarted")]["detail"]

@@ -143,9 +143,9 @@ def test_clean_candidate_is_gated_stepped_and_promoted(kubeconfig: Path, tmp_pat
     assert status["gate"]["outcome"] == "pass"
     assert status["gate"]["datasetSha256"] == scenario.dataset_sha256
     history = events(status)
-    assert history.index("CandidateStaged") < history.index("GatePassed") < history.index("WeightSet") \
-        < history.index("TrafficPromoted") < history.index("AliasMoved")
-    weights = [entry["detail"] for entry in status["history"] if entry["event"] == "WeightSet"]
+    assert history.index("CandidateStaged") < history.index("GatePassed") < history.index("WeightChanged") \
+        < history.index("Promoted") < history.index("AliasMoved")
+    weights = [entry["detail"] for entry in status["history"] if entry["event"] == "WeightChanged"]
     assert len(weights) == 2 and "10" in weights[0] and "50" in weights[1]
     assert (status["candidate"]["version"], status["stable"]["version"]) == \
         (scenario.candidate_version, scenario.stable_version)
@@ -167,7 +167,7 @@ def test_worse_candidate_fails_the_gate_and_is_rolled_back(kubeconfig: Path, tmp
     assert status["phase"] == "RolledBack", status["message"]
     assert status["gate"]["outcome"] == "fail"
     history = events(status)
-    assert "WeightSet" not in history and "TrafficPromoted" not in history
+    assert "WeightChanged" not in history and "Promoted" not in history
     assert history.index("CandidateStaged") < history.index("GateFailed") < history.index("RollbackStarted")
     assert "CandidateRejected" in history
 

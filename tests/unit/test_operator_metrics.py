@@ -104,8 +104,8 @@ def test_a_rollback_through_the_engine_is_counted_once_however_often_its_status_
     assert value(metrics, "modelrollout_time_to_recover_seconds_count") == 1
     assert value(metrics, "modelrollout_time_to_recover_seconds_sum") == pytest.approx(
         final["rollback"]["timeToRecoverSeconds"])
-    entered = [h["event"] for h in final["history"] if h["event"] in ("WeightSet", "AnalysisStarted", "Paused")]
-    assert entered == ["WeightSet", "AnalysisStarted"]  # 1%, then judged there until the failure
+    entered = [h["event"] for h in final["history"] if h["event"] in ("WeightChanged", "AnalysisStarted", "Paused")]
+    assert entered == ["WeightChanged", "AnalysisStarted"]  # 1%, then judged there until the failure
     assert value(metrics, "modelrollout_steps_total", namespace=NS, rollout=NAME) == len(entered)
     assert value(metrics, "modelrollout_events_total", reason="RollbackStarted") == 1
     assert value(metrics, "modelrollout_rollouts", phase="RolledBack") == 1
