@@ -72,6 +72,7 @@ class Scenario:
     stable_version: str = ""
     candidate_version: str = ""
     dataset_sha256: str = ""
+    extra_versions: list[str] = field(default_factory=list)
 
     @property
     def access(self) -> MlflowAccess:
@@ -88,6 +89,20 @@ class Scenario:
         if self.target_kind not in TARGET_KINDS:
             raise ValueError(f"target_kind must be one of {', '.join(TARGET_KINDS)}, not {self.target_kind!r}")
 
+    @property
+    def versions(self) -> list[str]:
+        return [self.stable_version, self.candidate_version, *self.extra_versions]
+
+    def add_version(self, kind: str = "clean") -> str:
+        """Register one more demo model version and serve it (a newer candidate for the same target)."""
+        version = register_linear_model(self.access, self.model_name, demo_models()[kind], f"{kind}-extra")
+        server = ModelServerProcess.launch(self.storage_uri(version), self.tracking_uri,
+                                           self.workdir / f"model-server-{version}.log", model_name=self.model_name)
+        server.wait_ready()
+        self.servers[self.storage_uri(version)] = server
+        self.extra_versions.append(version)
+        return version
+
     def serving_name(self, version: str) -> str:
         """The Seldon Core v2 Model that serves `version` (the router's default name)."""
         return default_serving_name(CandidateModel(self.model_name, version, self.storage_uri(version)))
@@ -101,7 +116,7 @@ class Scenario:
         # The Seldon v2 Models deployed for this scenario: one per registered version, on its own server.
         if namespace != self.namespace:
             return None
-        for version in (self.stable_version, self.candidate_version):
+        for version in self.versions:
             server = self.servers.get(self.storage_uri(version))
             if version and name == self.serving_name(version) and server is not None:
                 return ModelEndpoint(url=server.url, served_name=server.model_name)

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller.devstack.controlplane import ControlPlane
 from controller.devstack.mlflow_server import MlflowServer
 from controller.devstack.scenario import CANARY_PREDICTOR, STABLE_ALIAS, STABLE_PREDICTOR, Scenario
 from controller.devstack.seldon_standin import SeldonExperimentStandIn
-from controller.operator.kubeapi import load_client_config
 from controller.registry import MlflowRegistry
 from controller.traffic import router_for
 from controller.traffic.base import ANNOTATION_PREFIX
@@ -38,25 +34,6 @@ ANN_STABLE_MODEL = ANNOTATION_PREFIX + "stable-model"
 ANN_CANDIDATE_MODEL = ANNOTATION_PREFIX + "candidate-model"
 ANN_MODEL_VERSIONS = ANNOTATION_PREFIX + "model-versions"
 FINAL = ("Succeeded", "RolledBack", "Failed")
-
-
-@pytest.fixture
-def seldon_scenario(control_plane: ControlPlane, mlflow_server: MlflowServer, namespace: str,
-                    tmp_path: Path) -> Iterator[Any]:
-    made: list[Scenario] = []
-
-    def make(target_kind: str, candidate_kind: str) -> Scenario:
-        api_client = load_client_config(str(control_plane.admin_kubeconfig))
-        # ready_delay: Seldon v1 reports "Creating" while a predictor's pods start or roll.
-        scenario = Scenario(api_client, mlflow_server.url, namespace, tmp_path / "scenario",
-                            model_name=f"nsfw-{uuid.uuid4().hex[:6]}", candidate_kind=candidate_kind,
-                            target_kind=target_kind, ready_delay=0.5)
-        made.append(scenario)
-        return scenario.setup()
-
-    yield make
-    for scenario in made:
-        scenario.stop()
 
 
 def run_rollout(kubeconfig: Path, tmp_path: Path, scenario: Scenario) -> dict[str, Any]:

@@ -1,0 +1,103 @@
+"""The on-call and failure lifecycle on both Seldon targets: the operator SIGKILLed at every step boundary,
+abort, retry, promote past a `pause: {}`, and a new candidate applied mid-rollout, against the real API server
+with the upstream Seldon CRDs, real MLflow and real model servers (Seldon's controllers played by stand-ins)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.devstack.scenario import STABLE_ALIAS, Scenario
+from controller.registry import MlflowRegistry
+from tests.integration.operator_process import OperatorProcess, get_rollout, send_command
+from tests.integration.test_rollout_kserve import apply, start_operator
+from tests.integration.test_rollout_seldon import TARGETS, assert_serving, events, settled
+
+pytestmark = pytest.mark.integration
+STEPS = [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}, {"pause": {"duration": "1s"}}]
+
+
+def status_of(kubeconfig: Path, scenario: Scenario) -> dict[str, Any]:
+    return get_rollout(kubeconfig, scenario.namespace, scenario.model_name).get("status") or {}
+
+
+def paused_on_promote(attempt: int) -> Any:
+    return lambda s: s.get("phase") == "Paused" and s.get("currentStep") == 1 and s.get("attempt") == attempt
+
+
+def drive(kubeconfig: Path, tmp_path: Path, scenario: Scenario, operator: OperatorProcess, until: Any,
+          kill_at_boundaries: bool = False, timeout: float = 150) -> tuple[OperatorProcess, dict[str, Any], int]:
+    """Wait for `until`; optionally SIGKILL and restart the operator each time phase or step changes."""
+    deadline = time.monotonic() + timeout
+    seen: set[tuple[Any, ...]] = set()
+    kills = 0
+    while time.monotonic() < deadline:
+        status = status_of(kubeconfig, scenario)
+        if until(status):
+            return operator, status, kills
+        boundary = (status.get("phase"), status.get("currentStep"), status.get("attempt"))
+        if kill_at_boundaries and status and boundary not in seen:
+            seen.add(boundary)
+            operator.kill()
+            kills += 1
+            operator = start_operator(kubeconfig, tmp_path)
+        time.sleep(0.2)
+    raise AssertionError(f"timed out; last status: {status}\n{operator.log.read_text()[-3000:]}")
+
+
+@pytest.mark.parametrize("target_kind", TARGETS)
+def test_restarts_abort_retry_new_candidate_and_promote(target_kind: str, kubeconfig: Path, tmp_path: Path,
+                                                        seldon_scenario: Any, mlflow_server: Any) -> None:
+    scenario: Scenario = seldon_scenario(target_kind, "clean")
+    registry = MlflowRegistry(mlflow_server.url)
+    operator = start_operator(kubeconfig, tmp_path)
+    try:
+        apply(kubeconfig, scenario.rollout(steps=STEPS))
+        operator, status, kills = drive(kubeconfig, tmp_path, scenario, operator, paused_on_promote(1),
+                                        kill_at_boundaries=True)
+        assert kills >= 2  # each boundary seen before the pause: a SIGKILL and a fresh operator
+        assert status["canaryWeight"] == 10
+        # Nothing was done twice across the restarts: one confirmed record per action, one event per step.
+        assert all(a["state"] == "Confirmed" and a.get("attempts", 1) == 1 for a in status["actions"]), status
+        assert Counter(events(status))["WeightChanged"] == 1 and Counter(events(status))["GatePassed"] == 1
+
+        abort_id = uuid.uuid4().hex
+        send_command(kubeconfig, scenario.namespace, scenario.model_name, "abort", "alice", abort_id)
+        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, lambda s: s.get("phase") == "RolledBack")
+        assert status["rollback"]["actor"] == "alice" and status["rollback"]["timeToRecoverSeconds"] < 2
+        settled(kubeconfig, scenario)
+        assert_serving(kubeconfig, scenario, scenario.stable_version)
+        assert registry.verify_alias(scenario.model_name, STABLE_ALIAS) == scenario.stable_version
+        assert registry.resolve(scenario.model_name, version=scenario.candidate_version).tags[
+            "modelrollout.rejected"] == "true"
+
+        send_command(kubeconfig, scenario.namespace, scenario.model_name, "retry", "bob", uuid.uuid4().hex)
+        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, paused_on_promote(2))
+
+        # A newer candidate applied while attempt 2 waits at 10%: rolled back, started over with it.
+        newer = scenario.add_version("clean")
+        manifest = scenario.rollout(steps=STEPS)
+        manifest["spec"]["model"]["version"] = newer
+        apply(kubeconfig, manifest)
+        def on_newer(s: dict[str, Any]) -> bool:
+            return paused_on_promote(s.get("attempt") or 0)(s) and (s.get("candidate") or {}).get("version") == newer
+
+        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, on_newer)
+        assert {"SpecChanged", "NewCandidate", "RolledBackForNewCandidate"} <= set(events(status))
+
+        promote_id = uuid.uuid4().hex
+        send_command(kubeconfig, scenario.namespace, scenario.model_name, "promote", "carol", promote_id)
+        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, lambda s: s.get("phase") == "Succeeded")
+    finally:
+        operator.stop()
+    applied = [h for h in status["history"] if h.get("commandId") in (abort_id, promote_id)]
+    assert [(h["event"], h["actor"]) for h in applied if h["event"] == "CommandApplied"] == [
+        ("CommandApplied", "alice"), ("CommandApplied", "carol")]
+    settled(kubeconfig, scenario)
+    assert_serving(kubeconfig, scenario, newer)
+    assert registry.verify_alias(scenario.model_name, STABLE_ALIAS) == newer
