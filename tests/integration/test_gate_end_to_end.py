@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_kubectl
 from kubernetes import config as kube_config
 
 from controller.devstack.mlflow_server import MlflowServer
@@ -39,6 +38,7 @@ from controller.gate import (
 )
 from controller.gate.mlflow_access import MlflowRest, download_artifact, experiment_id_for, upload_artifact
 from controller.verdict import Outcome
+from tests.conftest import run_kubectl
 
 pytestmark = pytest.mark.integration
 
