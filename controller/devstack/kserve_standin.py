@@ -37,16 +37,14 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
 
-from controller.operator.kubeapi import APPLY_PATCH
+from controller.devstack.standin import Kind, WatchingStandIn
 
 log = logging.getLogger(__name__)
 
@@ -180,115 +178,36 @@ def _keep_transition_times(new: list[Obj], old: list[Obj]) -> list[Obj]:
     return sorted(new, key=lambda c: c["type"])
 
 
-class KServeStandIn:
+class KServeStandIn(WatchingStandIn):
     """Run with `start()` / `stop()` (or as a context manager); `reconcile()` does one pass synchronously."""
+
+    kind = Kind(GROUP, VERSION, PLURAL, KIND)
+    thread_name = "kserve-standin"
 
     def __init__(self, api_client: client.ApiClient, *, namespace: str | None = None,
                  url_for: UrlFor = example_url, never_ready_marker: str = NEVER_READY_MARKER,
                  ready_delay: float = 0.0, default_mode: str = "Knative", field_manager: str = FIELD_MANAGER,
                  watch_timeout: int = 1) -> None:
-        self.custom = client.CustomObjectsApi(api_client)
-        self.namespace = namespace
+        super().__init__(api_client, namespace, field_manager, watch_timeout)
         self.url_for = url_for
         self.never_ready_marker = never_ready_marker
         self.ready_delay = ready_delay
         self.default_mode = default_mode
-        self.field_manager = field_manager
-        self.watch_timeout = watch_timeout
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pending: set[tuple[str, str]] = set()  # revisions waiting out ready_delay
-
-    # -- running --
-
-    def start(self) -> KServeStandIn:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="kserve-standin", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.watch_timeout + 10)
-            self._thread = None
-
-    def __enter__(self) -> KServeStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _list(self, **kwargs: Any) -> Obj:
-        if self.namespace:
-            return self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, **kwargs)
-        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs)
-
-    def _run(self) -> None:
-        resource_version: str | None = None
-        while not self._stop.is_set():
-            try:
-                if resource_version is None:
-                    listing = self._list()
-                    for item in listing.get("items", []):
-                        self._reconcile_quietly(item["metadata"]["namespace"], item["metadata"]["name"])
-                    resource_version = listing["metadata"]["resourceVersion"]
-                stream = watch.Watch().stream(self._list, resource_version=resource_version,
-                                              timeout_seconds=self.watch_timeout)
-                for event in stream:
-                    obj = event["object"]
-                    if event["type"] == "ERROR":
-                        resource_version = None  # e.g. 410 Gone: list again
-                        break
-                    resource_version = obj["metadata"]["resourceVersion"]
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._reconcile_quietly(obj["metadata"]["namespace"], obj["metadata"]["name"])
-                    if self._stop.is_set():
-                        break
-                for namespace, name in list(self._pending):
-                    self._reconcile_quietly(namespace, name)
-            except ApiException as exc:
-                if exc.status != 410:
-                    log.warning("KServe stand-in watch failed: HTTP %s", exc.status)
-                    self._stop.wait(0.5)
-                resource_version = None
-            except Exception:  # the stand-in must outlive one bad object or a dropped connection
-                log.exception("KServe stand-in loop failed; listing again")
-                self._stop.wait(0.5)
-                resource_version = None
-
-    def _reconcile_quietly(self, namespace: str, name: str) -> None:
-        try:
-            self.reconcile(namespace, name)
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                log.warning("KServe stand-in could not reconcile %s/%s: HTTP %s", namespace, name, exc.status)
+        # _pending: revisions waiting out ready_delay
 
     # -- one pass --
 
     def reconcile(self, namespace: str, name: str) -> Obj | None:
         """Compute and write the status of one InferenceService; the status written, or None if it is gone."""
         with self._lock:
-            try:
-                obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            except ApiException as exc:
-                if exc.status == 404:
-                    self._pending.discard((namespace, name))
-                    return None
-                raise
-            if obj["metadata"].get("deletionTimestamp"):
+            obj = self._get(namespace, name)
+            if obj is None:
                 return None
             existing = obj.get("status") or {}
             status = self._standard_status(obj) if self._mode(obj) == "Standard" else self._knative_status(obj)
             status["conditions"] = _keep_transition_times(status["conditions"], existing.get("conditions") or [])
             if status != existing:
-                body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
-                        "metadata": {"name": name, "namespace": namespace}, "status": status}
-                self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, PLURAL, name, body, field_manager=self.field_manager, force=True,
-                    _content_type=APPLY_PATCH)
+                self._write_status(obj, status)
             return status
 
     def _mode(self, obj: Obj) -> str:
