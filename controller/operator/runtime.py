@@ -262,7 +262,9 @@ class RolloutRuntime:
             record_gate_evidence(access, report, model_name=self.spec.model.name,
                                  candidate_version=action.candidate.version,
                                  stable_version=action.stable.version if action.stable else None,
-                                 rollout=f"{self.namespace}/{self.name}", request_id=action.id)
+                                 rollout=f"{self.namespace}/{self.name}",
+                                 # Judge ids are unique within one rollout only; the run must be this one's.
+                                 request_id=f"{self.obj['metadata'].get('uid', '')}/{action.id}")
         except SourceError as exc:
             # The verdict stands on its own; a lost evidence run must not block or flip it.
             log.warning("%s/%s: could not record gate evidence in MLflow: %s", self.namespace, self.name, exc)
