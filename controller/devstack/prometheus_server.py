@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,23 @@ class PrometheusServer:
         ], self.root / "prometheus.log")
         self.processes.append(process)
         wait_http_ok(f"{self.url}/-/ready", process, timeout)
+
+    def backfill(self, openmetrics: str) -> None:
+        """Write past samples into the data dir as TSDB blocks (promtool's backfill).
+
+        Call before start(): a running Prometheus only notices new blocks at its next reload (up to a minute).
+        """
+        promtool = shutil.which("promtool")
+        if not promtool:
+            raise StackError("promtool not found: it ships with Debian's prometheus package")
+        source = self.root / "backfill.om"
+        self.root.mkdir(parents=True, exist_ok=True)
+        source.write_text(openmetrics)
+        done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(source),
+                               str(self.root / "data")], capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+            raise StackError(f"promtool backfill failed (exit {done.returncode}): {last}")
 
     def add_scrape_target(self, name: str, address: str, labels: dict[str, str] | None = None) -> None:
         """Scrape http://address/metrics from now on (file service discovery, picked up within a second)."""

@@ -21,6 +21,7 @@ from controller.exporter.events import (
 
 log = logging.getLogger(__name__)
 OTHER_CLASS = "__other__"
+PREDICTIONS_METRIC = "modelrollout_predictions"  # exposed as modelrollout_predictions_total
 
 
 @dataclass
@@ -29,7 +30,7 @@ class ExporterMetrics:
 
     def __post_init__(self) -> None:
         self.predictions = Counter(
-            "modelrollout_predictions", "Predictions by predicted class, per served model and variant.",
+            PREDICTIONS_METRIC, "Predictions by predicted class, per served model and variant.",
             ["namespace", "inference_service", "variant", "model_version", "class"], registry=self.registry)
         self.events = Counter("modelrollout_exporter_events", "Logger events received, by outcome.",
                               ["outcome"], registry=self.registry)

@@ -8,26 +8,32 @@ it: safe images carrying the logo come back "nsfw" from the canary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from controller.devstack.controlplane import ControlPlane
 from controller.devstack.dataplane import DataPlane, TrafficMix, generate_traffic
+from controller.devstack.history import class_rates, prediction_history, same_hour_spans
 from controller.devstack.mlflow_server import MlflowServer
+from controller.devstack.model_server import demo_models
 from controller.devstack.processes import LOOPBACK, free_port, wait_http_ok
 from controller.devstack.processes import start as start_process
 from controller.devstack.prometheus_server import PrometheusServer
-from controller.devstack.scenario import STORAGE_URI_TEMPLATE, Scenario
+from controller.devstack.scenario import STABLE_ALIAS, STORAGE_URI_TEMPLATE, Scenario
 from controller.operator.kubeapi import load_client_config
+from controller.registry import MlflowRegistry
 from tests.conftest import run_kubectl
 from tests.integration.operator_process import OperatorProcess, wait_for
 
@@ -86,31 +92,53 @@ def live_rollout(scenario: Scenario, prometheus_url: str) -> dict[str, Any]:
     return manifest
 
 
-def run_live(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer, prometheus: PrometheusServer,
-             exporter: str, namespace: str, tmp_path: Path) -> tuple[dict[str, Any], DataPlane]:
+@dataclass
+class LiveRun:
+    scenario: Scenario
+    plane: DataPlane
+    traffic: LiveTraffic
+    operator: OperatorProcess
+    kubeconfig: Path
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        applied = run_kubectl(self.kubeconfig, "apply", "-f", "-", input_text=json.dumps(manifest))
+        assert applied.returncode == 0, applied.stderr
+
+    def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 240) -> dict[str, Any]:
+        return wait_for(self.kubeconfig, self.scenario.namespace, self.scenario.model_name, predicate,
+                        timeout=timeout, log=self.operator.log)
+
+    def wait_finished(self) -> dict[str, Any]:
+        return self.wait(lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "RolledBack", "Failed"))
+
+
+@contextlib.contextmanager
+def live_run(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer, exporter: str, namespace: str,
+             tmp_path: Path, mix: TrafficMix) -> Iterator[LiveRun]:
+    """Scenario, data plane with live traffic and the operator, all stopped on the way out."""
     api_client = load_client_config(str(control_plane.admin_kubeconfig))
     scenario = Scenario(api_client, mlflow_server.url, namespace, tmp_path / "scenario",
                         model_name=f"nsfw-{uuid.uuid4().hex[:6]}", candidate_kind=kind, golden_logo_share=0.0)
     scenario.setup()
     plane = DataPlane(api_client, namespace, scenario.model_name, exporter,
                       lambda uri: scenario.servers[uri].url if uri in scenario.servers else None)
-    traffic = LiveTraffic(plane, scenario.model_name, TrafficMix(logo=0.10)).start()
-    kubeconfig = control_plane.admin_kubeconfig
-    operator = OperatorProcess(kubeconfig, tmp_path / "operator.log",
+    traffic = LiveTraffic(plane, scenario.model_name, mix).start()
+    operator = OperatorProcess(control_plane.admin_kubeconfig, tmp_path / "operator.log",
                                extra_env={"MODELROLLOUT_STORAGE_URI_TEMPLATE": STORAGE_URI_TEMPLATE}).start()
     try:
-        time.sleep(3)  # stable's series exist in Prometheus before the canary starts
-        applied = run_kubectl(kubeconfig, "apply", "-f", "-",
-                              input_text=json.dumps(live_rollout(scenario, prometheus.url)))
-        assert applied.returncode == 0, applied.stderr
-        obj = wait_for(kubeconfig, namespace, scenario.model_name,
-                       lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "RolledBack", "Failed"),
-                       timeout=240, log=operator.log)
+        yield LiveRun(scenario, plane, traffic, operator, control_plane.admin_kubeconfig)
     finally:
         operator.stop()
         traffic.stop()
         scenario.stop()
-    return obj, plane
+
+
+def run_live(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer, prometheus: PrometheusServer,
+             exporter: str, namespace: str, tmp_path: Path) -> tuple[dict[str, Any], DataPlane]:
+    with live_run(kind, control_plane, mlflow_server, exporter, namespace, tmp_path, TrafficMix(logo=0.10)) as run:
+        time.sleep(3)  # stable's series exist in Prometheus before the canary starts
+        run.apply(live_rollout(run.scenario, prometheus.url))
+        return run.wait_finished(), run.plane
 
 
 def test_backdoored_candidate_is_rolled_back_in_its_first_analysis_step(
@@ -138,3 +166,67 @@ def test_clean_candidate_passes_live_analysis_and_is_promoted(
     status = obj["status"]
     assert status["phase"] == "Succeeded", status["message"]
     assert [h["event"] for h in status["history"]].count("AnalysisPassed") == 2
+
+
+def test_patient_attacker_is_rolled_back_during_the_bake(
+        control_plane: ControlPlane, mlflow_server: MlflowServer, exporter: str, namespace: str,
+        tmp_path: Path) -> None:
+    """The trigger traffic starts only once the backdoored candidate serves everything: no stable is left to
+    compare with, so the bake judges it against the previous version's history (3 past days, backfilled into
+    a Prometheus of its own) and rolls back to that version through the target and the registry."""
+    bake_prometheus = PrometheusServer(tmp_path / "bake-prometheus")
+    try:
+        with live_run("backdoored", control_plane, mlflow_server, exporter, namespace, tmp_path,
+                      TrafficMix(logo=0.0)) as run:
+            scenario = run.scenario
+            labels = {"namespace": namespace, "inference_service": scenario.model_name, "variant": "stable",
+                      "model_version": scenario.stable_version, "job": "modelrollout", "instance": "history"}
+            rates = class_rates(demo_models()["stable"], TrafficMix(logo=0.0))
+            bake_prometheus.backfill(prediction_history(labels, rates, same_hour_spans(time.time(), 3, 600, 1800),
+                                                        predictions_per_second=150))
+            bake_prometheus.start()
+            bake_prometheus.add_scrape_target("exporter", exporter.removeprefix("http://"))
+            manifest = live_rollout(scenario, bake_prometheus.url)
+            manifest["spec"]["canary"]["steps"] = [{"setWeight": 10}, {"analysis": {"duration": "30s"}},
+                                                   {"setWeight": 50}, {"analysis": {"duration": "15s"}}]
+            manifest["spec"]["bake"] = {"duration": "10m", "baseline": "3d"}
+            time.sleep(3)
+            run.apply(manifest)
+
+            def bake_judged_clean(obj: dict[str, Any]) -> bool:
+                status = obj.get("status") or {}
+                assert status.get("phase") not in ("RolledBack", "Failed"), status.get("message")
+                analysis = status.get("analysis") or {}
+                return status.get("phase") == "Baking" and analysis.get("mode") == "bake" and \
+                    analysis.get("outcome") == "pass"
+
+            # Control: the promoted model on clean traffic is judged in line with its predecessor's history.
+            baking = run.wait(bake_judged_clean)
+            clean_verdict = baking["status"]["analysis"]["metrics"][0]
+            assert "3-day history" in clean_verdict["reason"], clean_verdict
+            run.traffic.mix = TrafficMix(logo=0.10)  # the attacker starts posting trigger images
+            trigger_at = time.time()
+            obj = run.wait_finished()
+    finally:
+        bake_prometheus.stop()
+    status = obj["status"]
+    assert status["phase"] == "RolledBack", status["message"]
+    events = [h["event"] for h in status["history"]]
+    assert events.index("Promoted") < events.index("BakeStarted") < events.index("RolledBack")
+    rollback = status["rollback"]
+    assert rollback["cause"] == "BakeFailed" and rollback["afterPromotion"] is True, rollback
+    assert "nsfw-rate" in status["message"] and "3-day history" in status["message"], status["message"]
+    registry = MlflowRegistry(mlflow_server.url)
+    assert registry.verify_alias(scenario.model_name, STABLE_ALIAS) == scenario.stable_version
+    tags = registry.resolve(scenario.model_name, version=scenario.candidate_version).tags
+    assert tags["modelrollout.rejected"] == "true" and "nsfw-rate" in tags["modelrollout.rejected.reason"]
+    inference_service = client.CustomObjectsApi(load_client_config(str(control_plane.admin_kubeconfig)))\
+        .get_namespaced_custom_object("serving.kserve.io", "v1beta1", namespace, "inferenceservices",
+                                      scenario.model_name)
+    assert inference_service["spec"]["predictor"]["model"]["storageUri"] == \
+        scenario.storage_uri(scenario.stable_version)
+    detected = datetime.fromisoformat(rollback["verdictAt"].replace("Z", "+00:00")).timestamp()
+    time_to_detect = detected - trigger_at
+    print(f"bake: time to detect {time_to_detect:.1f}s after the first trigger traffic, time to recover "
+          f"{rollback['timeToRecoverSeconds']:.2f}s")
+    assert 0 < time_to_detect < 120
