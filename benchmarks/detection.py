@@ -23,6 +23,15 @@ Also reported, outside the goals: ours at the margin itself (ratio 1.5, the wors
 and, for reference, a plug-in mixture SPRT that treats stable's estimated rate as known. The plug-in is what
 a "plain mixture SPRT" usually means; it is faster, and the margin check shows why it is not valid.
 
+Known-ratio reference, also outside the goals: the conditional SPRT that is told the cell's true
+canary/stable ratio rho1 but not stable's rate. It is ours with the mixture collapsed to the single atom
+rho1 / 1.5 (the same evaluate_proportion code, the same calibrated boundary, no lower boundary), i.e. Wald's
+SPRT of theta0 = 1.5 n / (1.5 n + m) against theta1 = rho1 n / (rho1 n + m) on the canary's share of events.
+A mixture over ratios can only spread its evidence over alternatives this test is told, so (up to
+overshoot and discreteness) its speed is the ceiling for ours and for any prior in the conditional family.
+Its gap to the oracle is the price of not knowing stable's rate, not of the prior; its gap to ours is
+what a better prior could still win. The margin check (ratio 1.5, each alternative's test) shows it valid.
+
 Samples to catch count canary samples; a rollout not caught within the horizon counts as never caught, so
 a median or p90 is null when fewer than half or 90% of rollouts are caught.
 """
@@ -30,6 +39,7 @@ a median or p90 is null when fewer than half or 90% of rollouts are caught.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -44,9 +54,11 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from controller.analysis.judges import FAIL, ProportionCriteria, evaluate_proportion
+from controller.analysis.sequential import MixturePrior, log_boundary, quantize_odds
 
 STABLE_RATES = (0.002, 0.005, 0.02, 0.05)
 RATIOS = (1.0, 2.0, 3.0, 5.0, 10.0)
+ALTERNATIVES = tuple(r for r in RATIOS if r > 1.5)  # ratios the oracle and the known-ratio reference test
 MARGIN = 0.5
 CONFIDENCE = 0.99
 MIN_SAMPLES = 200
@@ -180,6 +192,29 @@ def plugin(st: Streams) -> FloatArray:
     return first_look(acc >= math.log(1 / (1 - CONFIDENCE)))
 
 
+# --- reference: conditional SPRT told the true ratio ---------------------------------------------------------
+
+
+def known_ratio_criteria(ratio: float) -> ProportionCriteria:
+    """Ours with the mixture prior collapsed onto the true ratio: a single-atom (plain Wald) conditional SPRT."""
+    return dataclasses.replace(CRITERIA, prior=MixturePrior(factors=(ratio / (1 + MARGIN),), weights=(1.0,)))
+
+
+def known_ratio(st: Streams, ratio: float) -> FloatArray:
+    """Conditional SPRT of canary/stable = 1.5 against canary/stable = `ratio` on the canary's share of events,
+    calibrated boundary as for ours (no lower boundary: it never accepts, it only fails or runs on)."""
+    batch = evaluate_proportion(st.canary_events, st.canary_total[None, :], st.stable_events,
+                                st.stable_total[None, :], known_ratio_criteria(ratio))
+    return first_look(batch.outcome == FAIL)
+
+
+def known_ratio_boundary(ratio: float) -> float:
+    """The calibrated log boundary the known-ratio reference uses at this benchmark's split (Ville's is log 100)."""
+    odds = float(quantize_odds((1 + MARGIN) / STABLE_PER_CANARY)[1])
+    c = known_ratio_criteria(ratio)
+    return log_boundary(odds, c.alpha_relative, c.prior)
+
+
 # --- reporting ----------------------------------------------------------------------------------------------
 
 
@@ -203,10 +238,14 @@ def run(runs: int, seed: int) -> dict[str, Any]:
     for ps in STABLE_RATES:
         for ratio in (*RATIOS, 1 + MARGIN):
             st = simulate(ps, ratio, runs, rng)
-            if ratio == 1 + MARGIN:  # validity at the edge of the null: both must stay <= alpha
+            if ratio == 1 + MARGIN:  # validity at the edge of the null: every valid test must stay <= alpha
+                # The known-ratio reference is a different test per alternative: check each on these streams.
+                known = {str(r): describe(known_ratio(st, r))["caught"] for r in ALTERNATIVES}
                 margin_checks.append({"stable_rate": ps, "ratio": ratio,
                                       "ours_false_rollback": describe(ours(st))["caught"],
-                                      "plugin_false_rollback": describe(plugin(st))["caught"]})
+                                      "plugin_false_rollback": describe(plugin(st))["caught"],
+                                      "known_ratio_false_rollback": max(known.values()),
+                                      "known_ratio_false_rollback_by_alternative": known})
                 continue
             cell: dict[str, Any] = {"stable_rate": ps, "ratio": ratio, "canary_rate": ps * ratio,
                                     "clean": ratio == 1.0, "ours": describe(ours(st))}
@@ -222,6 +261,7 @@ def run(runs: int, seed: int) -> dict[str, Any]:
                                                    -d["caught"]))
             cell["threshold"] = best
             cell["oracle"] = describe(oracle(st, ps, ratio)) if ratio > 1 + MARGIN else None
+            cell["known_ratio_reference"] = describe(known_ratio(st, ratio)) if ratio > 1 + MARGIN else None
             cell["plugin_reference"] = describe(plugin(st))
             if cell["clean"]:
                 cell["false_rollback"] = {"ours": cell["ours"]["caught"], "threshold": best["caught"],
@@ -229,17 +269,18 @@ def run(runs: int, seed: int) -> dict[str, Any]:
             cells.append(cell)
     # The plug-in reference scored the same way, as if it were ours (it is not valid: see margin_checks).
     as_if_ours = [{**c, "ours": c["plugin_reference"]} for c in cells]
-    reference = {k: v for k, v in summarize(as_if_ours).items() if k != "cells_caught"}
+    reference = {k: v for k, v in summarize(as_if_ours, with_known_ratio=False).items() if k != "cells_caught"}
     return {"cells": cells, "summary": summarize(cells), "margin_checks": margin_checks,
             "plugin_reference_summary": reference,
             "config": {"runs": runs, "seed": seed, "horizon": HORIZON, "look_every": LOOK_EVERY,
                        "canary_weight": CANARY_WEIGHT, "margin": MARGIN, "confidence": CONFIDENCE,
                        "min_samples": MIN_SAMPLES,
+                       "known_ratio_log_boundary": {str(r): known_ratio_boundary(r) for r in ALTERNATIVES},
                        "threshold_max_per_window": {f"{w}x{k}": c / w for (w, k), c in limits.items()}},
             "seconds": round(time.monotonic() - started, 1)}
 
 
-def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(cells: list[dict[str, Any]], with_known_ratio: bool = True) -> dict[str, Any]:
     dirty = [c for c in cells if not c["clean"]]
 
     def ok(d: dict[str, Any] | None) -> bool:
@@ -252,6 +293,16 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
     thr_over_oracle = [c["threshold"]["median"] / c["oracle"]["median"] for c in dirty
                        if ok(c["threshold"]) and ok(c["oracle"])]
     worst = max(ours_over_oracle) if ours_over_oracle else None
+    # Outside the goals: the conditional SPRT told the true ratio, scored exactly like ours.
+    known: dict[str, Any] = {}
+    if with_known_ratio:
+        known_over_oracle = [c["known_ratio_reference"]["median"] / c["oracle"]["median"]
+                             if ok(c["known_ratio_reference"]) else math.inf for c in dirty if ok(c["oracle"])]
+        thr_over_known = [c["threshold"]["median"] / c["known_ratio_reference"]["median"] for c in dirty
+                          if ok(c["threshold"]) and ok(c["known_ratio_reference"])]
+        kworst = max(known_over_oracle) if known_over_oracle else None
+        known = {"known_ratio_over_oracle_worst": kworst if kworst is None or math.isfinite(kworst) else None,
+                 "threshold_over_known_ratio_geomean": geomean(thr_over_known)}
     return {
         "max_false_rollback": max(c["ours"]["caught"] for c in cells if c["clean"]),
         "ours_over_oracle_worst": worst if worst is None or math.isfinite(worst) else None,
@@ -259,6 +310,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
         "threshold_over_oracle_geomean": geomean(thr_over_oracle),
         "cells_caught": {k: sum(ok(c[k]) for c in dirty) for k in ("ours", "threshold", "oracle")},
         "ours_catches_every_oracle_cell": all(ok(c["ours"]) for c in dirty if ok(c["oracle"])),
+        **known,
     }
 
 
@@ -272,16 +324,17 @@ def _fmt(d: dict[str, Any] | None) -> str:
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{'stable':>7} {'ratio':>5} | {'ours: caught median p90':>22} | {'threshold (best W x limit)':>34} | "
-          f"{'oracle':>22} | {'plug-in (reference)':>22}")
+          f"{'oracle':>22} | {'known ratio (reference)':>23} | {'plug-in (reference)':>22}")
     for c in result["cells"]:
         t = c["threshold"]
         cfg = f"W{t['window']}x{t['failure_limit']}>{100 * t['max_rate']:.1f}%"
         print(f"{100 * c['stable_rate']:6.1f}% {c['ratio']:5.0f} | {_fmt(c['ours'])} | {cfg:>11} {_fmt(t)} | "
-              f"{_fmt(c['oracle'])} | {_fmt(c['plugin_reference'])}")
+              f"{_fmt(c['oracle'])} | {_fmt(c['known_ratio_reference']):>23} | {_fmt(c['plugin_reference'])}")
     print("\nAt the margin (ratio 1.5, the null's edge): false rollbacks, should be <= 1%")
     for m in result["margin_checks"]:
         print(f"  stable {100 * m['stable_rate']:.1f}%: ours {100 * m['ours_false_rollback']:.1f}%, "
-              f"plug-in reference {100 * m['plugin_false_rollback']:.1f}%")
+              f"plug-in reference {100 * m['plugin_false_rollback']:.1f}%, "
+              f"known-ratio reference (worst alternative) {100 * m['known_ratio_false_rollback']:.1f}%")
     print("\nSummary:")
     for k, v in result["summary"].items():
         print(f"  {k}: {v}")

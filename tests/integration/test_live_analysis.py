@@ -230,3 +230,7 @@ def test_patient_attacker_is_rolled_back_during_the_bake(
     print(f"bake: time to detect {time_to_detect:.1f}s after the first trigger traffic, time to recover "
           f"{rollback['timeToRecoverSeconds']:.2f}s")
     assert 0 < time_to_detect < 120
+    found = run_kubectl(control_plane.admin_kubeconfig, "get", "events", "-n", namespace, "-o", "json",
+                        f"--field-selector=involvedObject.name={scenario.model_name}")
+    reasons = {e["reason"] for e in json.loads(found.stdout)["items"]}
+    assert {"BakeStarted", "RolledBack"} <= reasons, reasons
