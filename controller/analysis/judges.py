@@ -41,6 +41,7 @@ from controller.analysis.sequential import (
     log_evalue,
     quantize_odds,
 )
+from controller.api.spec import MIN_BAKE_BASELINE_DAYS
 from controller.verdict import Outcome, Verdict
 
 # Outcome codes in the vectorised results (int8 arrays).
@@ -182,7 +183,7 @@ def proportion_judge(name: str, canary_events: Any, canary_total: Any, stable_ev
 
 def baseline_judge(name: str, current_events: Any, current_total: Any,
                    history: Sequence[tuple[Any, Any]], criteria: ProportionCriteria | None = None, *,
-                   min_history_days: int = 3, queries: Mapping[str, str] | None = None,
+                   min_history_days: int = MIN_BAKE_BASELINE_DAYS, queries: Mapping[str, str] | None = None,
                    window: Mapping[str, Any] | None = None) -> Verdict:
     """A class rate against its own history: `history` holds (events, total) for the same window on past days.
 

@@ -21,6 +21,7 @@ DEFAULT_STABLE_ALIAS = "production"
 DEFAULT_ANALYSIS_INTERVAL = timedelta(seconds=30)
 DEFAULT_PROGRESS_DEADLINE = timedelta(minutes=30)
 DEFAULT_BAKE_BASELINE = timedelta(days=7)
+MIN_BAKE_BASELINE_DAYS = 3  # the baseline judge needs this many days of history (see analysis.judges)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PROPORTION_LIMITS = ("maxRelativeIncrease", "maxRate", "confidence", "minSamples")
 
@@ -459,8 +460,9 @@ def _parse_bake(raw: Mapping[str, Any] | None) -> BakeSpec | None:
         return None  # a bake block without a duration does not bake
     duration = _duration(raw["duration"], "spec.bake.duration")
     baseline = _duration(raw.get("baseline"), "spec.bake.baseline", DEFAULT_BAKE_BASELINE)
-    if baseline <= timedelta(0):
-        raise SpecError("spec.bake.baseline", "must be longer than 0s")
+    if baseline % timedelta(days=1) or baseline < timedelta(days=MIN_BAKE_BASELINE_DAYS):
+        raise SpecError("spec.bake.baseline", f"must be whole days, at least {MIN_BAKE_BASELINE_DAYS}d, so that the "
+                        "bake knows the class's usual rate and its day-to-day spread")
     return BakeSpec(duration=duration, baseline=baseline)
 
 

@@ -8,6 +8,8 @@ with ordinary day-to-day wobble in the class rates.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +37,13 @@ def class_rates(model: LinearModel, mix: TrafficMix, samples: int = 50_000, seed
 
 
 def same_hour_spans(now: float, days: int, before: float, after: float) -> list[HistorySpan]:
-    """The stretch around `now` on each of the past `days` days (what a bake's baseline queries read)."""
+    """The stretch [now - before, now + after] shifted back by 1..`days` days, oldest first.
+
+    A bake that starts at or after `now` reads [bake start, t] shifted back by each baseline day, so `after` must
+    cover the time until the bake starts plus its duration, and `days` the baseline's days.
+    """
+    if days < 1 or before < 0 or after <= 0 or before + after >= DAY_SECONDS:
+        raise ValueError("need days >= 1 and a stretch shorter than a day, so that the spans do not overlap")
     return [HistorySpan(now - day * DAY_SECONDS - before, now - day * DAY_SECONDS + after)
             for day in range(days, 0, -1)]
 
@@ -51,15 +59,20 @@ def prediction_history(labels: Mapping[str, str], rates: Mapping[str, float], sp
     rng = np.random.default_rng(seed)
     names = list(rates)
     base = np.array([rates[name] for name in names], dtype=float)
-    if base.sum() <= 0:
-        raise ValueError("class rates must not all be zero")
+    if not np.all(np.isfinite(base)) or np.any(base < 0) or base.sum() <= 0:
+        raise ValueError("class rates must be finite, not negative, and not all zero")
+    if predictions_per_second <= 0 or step_seconds <= 0:
+        raise ValueError("predictions_per_second and step_seconds must be positive")
+    if any(later.start < earlier.end for earlier, later in itertools.pairwise(spans)):
+        raise ValueError("spans must be in time order without overlaps (samples of a series must rise in time)")
     per_step = max(1, round(predictions_per_second * step_seconds))
     totals = np.zeros(len(names), dtype=np.int64)
     rows: dict[str, list[str]] = {name: [] for name in names}
     for span in spans:
         day = base * rng.lognormal(0.0, daily_wobble, len(names))
         day /= day.sum()
-        for at in np.arange(span.start, span.end, step_seconds):
+        for step in range(math.ceil((span.end - span.start) / step_seconds)):
+            at = span.start + step * step_seconds
             totals += rng.multinomial(per_step, day)
             for name, value in zip(names, totals, strict=True):
                 rows[name].append(f"{_series(labels, name)} {int(value)} {at:.3f}")

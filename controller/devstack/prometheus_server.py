@@ -51,18 +51,23 @@ class PrometheusServer:
         wait_http_ok(f"{self.url}/-/ready", process, timeout)
 
     def backfill(self, openmetrics: str) -> None:
-        """Write past samples into the data dir as TSDB blocks (promtool's backfill).
+        """Write past samples into the data dir as TSDB blocks (promtool's backfill), before start().
 
-        Call before start(): a running Prometheus only notices new blocks at its next reload (up to a minute).
+        A running Prometheus would only notice new blocks at its next reload (up to a minute later).
         """
+        if self.processes:
+            raise StackError("backfill before starting Prometheus: a running one picks new blocks up only later")
         promtool = shutil.which("promtool")
         if not promtool:
             raise StackError("promtool not found: it ships with Debian's prometheus package")
-        source = self.root / "backfill.om"
         self.root.mkdir(parents=True, exist_ok=True)
+        source = self.root / "backfill.om"
         source.write_text(openmetrics)
-        done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(source),
-                               str(self.root / "data")], capture_output=True, text=True, timeout=300, check=False)
+        try:
+            done = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(source),
+                                   str(self.root / "data")], capture_output=True, text=True, timeout=300, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(f"promtool backfill did not finish within {exc.timeout:g}s") from None
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
             raise StackError(f"promtool backfill failed (exit {done.returncode}): {last}")

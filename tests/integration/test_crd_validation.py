@@ -112,6 +112,8 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
      "spec.registry.credentialsSecretRef"),
     ("tracking-uri-not-http", _set("registry", {"trackingUri": "ftp://mlflow"}), "spec.registry.trackingUri"),
     ("progress-deadline-unparsable", _set("progressDeadline", "soon"), "spec.progressDeadline"),
+    ("bake-baseline-in-hours", _set("bake.baseline", "72h"), "spec.bake.baseline"),
+    ("bake-baseline-too-short", _set("bake.baseline", "2d"), "spec.bake.baseline"),
     ("bake-without-metrics", _both(_set("canary.steps", [{"setWeight": 10}]), _delete("analysis")), "spec.bake"),
     ("unknown-field", _set("rollbackk", {"automatic": True}), "spec.rollbackk"),
     ("golden-dataset-missing", _delete("goldenDataset"), "spec.goldenDataset"),

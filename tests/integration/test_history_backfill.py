@@ -9,19 +9,24 @@ from pathlib import Path
 import pytest
 
 from controller.analysis.prometheus import Measurement, PrometheusProvider, QueryProblem
-from controller.devstack.history import prediction_history, same_hour_spans
+from controller.analysis.queries import QueryScope, render
+from controller.devstack.history import DAY_SECONDS, prediction_history, same_hour_spans
 from controller.devstack.processes import StackError
 from controller.devstack.prometheus_server import PrometheusServer
 
 pytestmark = pytest.mark.integration
 RATES = {"safe": 0.87, "suggestive": 0.095, "nsfw": 0.035}
+NSFW = 'sum(increase(modelrollout_predictions_total{class="nsfw", {{selector}}}[{{window}}]))'
+ALL = "sum(increase(modelrollout_predictions_total{{{selector}}}[{{window}}]))"
 
 
-def count(prometheus: PrometheusServer, promql: str, at: float) -> Measurement:
-    return PrometheusProvider(prometheus.url).scalar(promql, datetime.fromtimestamp(at, UTC))
+def count(prometheus: PrometheusServer, template: str, window: str, at: float) -> Measurement:
+    """The query a bake runs at `at` (the bake's own templates and selector, the stable variant)."""
+    scope = QueryScope(namespace="moderation", target="nsfw", variant="stable", window=window)
+    return PrometheusProvider(prometheus.url).scalar(render(template, scope), datetime.fromtimestamp(at, UTC))
 
 
-def test_backfilled_days_answer_the_same_hour_queries_and_nothing_else(tmp_path: Path) -> None:
+def test_backfilled_days_answer_the_bakes_queries_and_nothing_else(tmp_path: Path) -> None:
     now = time.time()
     labels = {"namespace": "moderation", "inference_service": "nsfw", "variant": "stable", "model_version": "6"}
     server = PrometheusServer(tmp_path)
@@ -29,17 +34,28 @@ def test_backfilled_days_answer_the_same_hour_queries_and_nothing_else(tmp_path:
                                        predictions_per_second=150))
     server.start()
     try:
-        selector = 'namespace="moderation", inference_service="nsfw", variant="stable"'
         for day in (1, 2, 3):
-            at = now - day * 86_400 + 300
-            nsfw = count(server, f'sum(increase(modelrollout_predictions_total{{class="nsfw", {selector}}}[5m]))', at)
-            total = count(server, f"sum(increase(modelrollout_predictions_total{{{selector}}}[5m]))", at)
-            assert nsfw.ok and total.ok, (nsfw, total)
-            assert 0.025 < nsfw.value / total.value < 0.045, (day, nsfw.value, total.value)
-            assert 40_000 < total.value < 50_000  # 150 predictions/s for 300 s
-        # Outside the backfilled stretches there is no history: not zeros, nothing.
-        before = count(server, f"sum(increase(modelrollout_predictions_total{{{selector}}}[5m]))", now - 4 * 86_400)
-        assert before.problem is QueryProblem.EMPTY, before
+            # Early in a bake the window is short; later it is minutes long.
+            for window, seconds in (("30s", 30), ("5m", 300)):
+                at = now - day * DAY_SECONDS + 300
+                nsfw, total = count(server, NSFW, window, at), count(server, ALL, window, at)
+                assert nsfw.ok and total.ok, (nsfw, total)
+                assert 0.02 < nsfw.value / total.value < 0.05, (day, window, nsfw.value, total.value)
+                assert 0.8 * 150 * seconds < total.value < 1.2 * 150 * seconds
+        # Outside the backfilled stretches there is no history: not zeros, nothing (between days, before them).
+        for at in (now - DAY_SECONDS - 7200, now - 4 * DAY_SECONDS):
+            gap = count(server, ALL, "5m", at)
+            assert gap.problem is QueryProblem.EMPTY, gap
+    finally:
+        server.stop()
+
+
+def test_backfill_after_start_is_refused(tmp_path: Path) -> None:
+    server = PrometheusServer(tmp_path)
+    server.start()
+    try:
+        with pytest.raises(StackError, match="before starting Prometheus"):
+            server.backfill("# EOF\n")
     finally:
         server.stop()
 

@@ -16,13 +16,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from controller.api.serialization import parse_time
+from controller.api.status import TERMINAL_PHASES
 from controller.devstack.controlplane import ControlPlane
 from controller.devstack.dataplane import DataPlane, TrafficMix, generate_traffic
 from controller.devstack.history import class_rates, prediction_history, same_hour_spans
@@ -109,7 +110,19 @@ class LiveRun:
                         timeout=timeout, log=self.operator.log)
 
     def wait_finished(self) -> dict[str, Any]:
-        return self.wait(lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "RolledBack", "Failed"))
+        return self.wait(lambda o: (o.get("status") or {}).get("phase") in TERMINAL_PHASES)
+
+    def event_reasons(self, expected: set[str], timeout: float = 30) -> set[str]:
+        """The operator's Events for the rollout, once `expected` are among them (they follow the status)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = run_kubectl(self.kubeconfig, "get", "events", "-n", self.scenario.namespace, "-o", "json",
+                                f"--field-selector=involvedObject.name={self.scenario.model_name}")
+            assert found.returncode == 0, found.stderr
+            reasons = {e["reason"] for e in json.loads(found.stdout)["items"]}
+            if expected <= reasons or time.monotonic() > deadline:
+                return reasons
+            time.sleep(0.5)
 
 
 @contextlib.contextmanager
@@ -119,18 +132,19 @@ def live_run(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer
     api_client = load_client_config(str(control_plane.admin_kubeconfig))
     scenario = Scenario(api_client, mlflow_server.url, namespace, tmp_path / "scenario",
                         model_name=f"nsfw-{uuid.uuid4().hex[:6]}", candidate_kind=kind, golden_logo_share=0.0)
-    scenario.setup()
     plane = DataPlane(api_client, namespace, scenario.model_name, exporter,
                       lambda uri: scenario.servers[uri].url if uri in scenario.servers else None)
-    traffic = LiveTraffic(plane, scenario.model_name, mix).start()
+    traffic = LiveTraffic(plane, scenario.model_name, mix)
     operator = OperatorProcess(control_plane.admin_kubeconfig, tmp_path / "operator.log",
-                               extra_env={"MODELROLLOUT_STORAGE_URI_TEMPLATE": STORAGE_URI_TEMPLATE}).start()
-    try:
+                               extra_env={"MODELROLLOUT_STORAGE_URI_TEMPLATE": STORAGE_URI_TEMPLATE})
+    with contextlib.ExitStack() as running:
+        running.callback(scenario.stop)
+        scenario.setup()
+        traffic.start()
+        running.callback(traffic.stop)
+        operator.start()
+        running.callback(operator.stop)
         yield LiveRun(scenario, plane, traffic, operator, control_plane.admin_kubeconfig)
-    finally:
-        operator.stop()
-        traffic.stop()
-        scenario.stop()
 
 
 def run_live(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer, prometheus: PrometheusServer,
@@ -151,7 +165,7 @@ def test_backdoored_candidate_is_rolled_back_in_its_first_analysis_step(
     rollback = status["rollback"]
     assert rollback["cause"] == "AnalysisFailed" and rollback["fromWeight"] == 10
     assert "nsfw-rate" in status["message"]
-    detected = datetime.fromisoformat(rollback["verdictAt"].replace("Z", "+00:00")).timestamp()
+    detected = parse_time(rollback["verdictAt"]).timestamp()
     assert plane.first_canary_at is not None
     time_to_detect = detected - plane.first_canary_at
     print(f"time to detect {time_to_detect:.1f}s, time to recover {rollback['timeToRecoverSeconds']:.2f}s, "
@@ -193,22 +207,24 @@ def test_patient_attacker_is_rolled_back_during_the_bake(
             time.sleep(3)
             run.apply(manifest)
 
-            def bake_judged_clean(obj: dict[str, Any]) -> bool:
+            def judged_clean_in_bake(obj: dict[str, Any]) -> bool:
                 status = obj.get("status") or {}
-                assert status.get("phase") not in ("RolledBack", "Failed"), status.get("message")
+                assert status.get("phase") not in TERMINAL_PHASES, status.get("message")
                 analysis = status.get("analysis") or {}
                 return status.get("phase") == "Baking" and analysis.get("mode") == "bake" and \
-                    analysis.get("outcome") == "pass"
+                    analysis.get("runs", 0) >= 3 and analysis.get("outcome") == "pass"
 
-            # Control: the promoted model on clean traffic is judged in line with its predecessor's history.
-            baking = run.wait(bake_judged_clean)
+            # Control: on clean traffic the promoted model is read against the history and not failed.
+            baking = run.wait(judged_clean_in_bake)
             clean_verdict = baking["status"]["analysis"]["metrics"][0]
             assert "3-day history" in clean_verdict["reason"], clean_verdict
-            run.traffic.mix = TrafficMix(logo=0.10)  # the attacker starts posting trigger images
             trigger_at = time.time()
+            run.traffic.mix = TrafficMix(logo=0.10)  # the attacker starts posting trigger images
             obj = run.wait_finished()
+            reasons = run.event_reasons({"BakeStarted", "RolledBack"})
     finally:
         bake_prometheus.stop()
+    assert {"BakeStarted", "RolledBack"} <= reasons, reasons
     status = obj["status"]
     assert status["phase"] == "RolledBack", status["message"]
     events = [h["event"] for h in status["history"]]
@@ -225,12 +241,7 @@ def test_patient_attacker_is_rolled_back_during_the_bake(
                                       scenario.model_name)
     assert inference_service["spec"]["predictor"]["model"]["storageUri"] == \
         scenario.storage_uri(scenario.stable_version)
-    detected = datetime.fromisoformat(rollback["verdictAt"].replace("Z", "+00:00")).timestamp()
-    time_to_detect = detected - trigger_at
+    time_to_detect = parse_time(rollback["verdictAt"]).timestamp() - trigger_at
     print(f"bake: time to detect {time_to_detect:.1f}s after the first trigger traffic, time to recover "
           f"{rollback['timeToRecoverSeconds']:.2f}s")
     assert 0 < time_to_detect < 120
-    found = run_kubectl(control_plane.admin_kubeconfig, "get", "events", "-n", namespace, "-o", "json",
-                        f"--field-selector=involvedObject.name={scenario.model_name}")
-    reasons = {e["reason"] for e in json.loads(found.stdout)["items"]}
-    assert {"BakeStarted", "RolledBack"} <= reasons, reasons

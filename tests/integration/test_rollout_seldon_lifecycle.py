@@ -4,6 +4,9 @@ with the upstream Seldon CRDs, real MLflow and real model servers (Seldon's cont
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
 import uuid
 from collections import Counter
@@ -11,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client, watch
 
 from controller.devstack.scenario import STABLE_ALIAS, Scenario
+from controller.operator.kubeapi import GROUP, PLURAL, VERSION, load_client_config
 from controller.registry import MlflowRegistry
 from tests.integration.operator_process import OperatorProcess, get_rollout, send_command
 from tests.integration.test_rollout_kserve import apply, start_operator
@@ -30,23 +35,56 @@ def paused_on_promote(attempt: int) -> Any:
     return lambda s: s.get("phase") == "Paused" and s.get("currentStep") == 1 and s.get("attempt") == attempt
 
 
+class StatusWatch:
+    """Every status the API server stores for one rollout, in order (a watch, so no write is missed)."""
+
+    def __init__(self, kubeconfig: Path, scenario: Scenario) -> None:
+        self.custom = client.CustomObjectsApi(load_client_config(str(kubeconfig)))
+        self.scenario = scenario
+        self.statuses: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.watch = watch.Watch()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):  # ended by stop(), or by the API server going away at teardown
+            for event in self.watch.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION,
+                                           self.scenario.namespace, PLURAL,
+                                           field_selector=f"metadata.name={self.scenario.model_name}"):
+                self.statuses.put(event["object"].get("status") or {})
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self.statuses.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        self.watch.stop()
+
+
 def drive(kubeconfig: Path, tmp_path: Path, scenario: Scenario, operator: OperatorProcess, until: Any,
           kill_at_boundaries: bool = False, timeout: float = 150) -> tuple[OperatorProcess, dict[str, Any], int]:
-    """Wait for `until`; optionally SIGKILL and restart the operator each time phase or step changes."""
+    """Wait for `until`; optionally SIGKILL and restart the operator at every status write that changes the
+    phase, the step or an action's state (seen through a watch, so even fast steps are caught)."""
     deadline = time.monotonic() + timeout
     seen: set[tuple[Any, ...]] = set()
     kills = 0
-    while time.monotonic() < deadline:
-        status = status_of(kubeconfig, scenario)
-        if until(status):
-            return operator, status, kills
-        boundary = (status.get("phase"), status.get("currentStep"), status.get("attempt"))
-        if kill_at_boundaries and status and boundary not in seen:
-            seen.add(boundary)
-            operator.kill()
-            kills += 1
-            operator = start_operator(kubeconfig, tmp_path)
-        time.sleep(0.2)
+    statuses = StatusWatch(kubeconfig, scenario)
+    status = status_of(kubeconfig, scenario)
+    try:
+        while time.monotonic() < deadline:
+            if until(status):
+                return operator, status, kills
+            boundary = (status.get("phase"), status.get("currentStep"), status.get("attempt"),
+                        tuple((a["id"], a["state"]) for a in status.get("actions") or []))
+            if kill_at_boundaries and status and boundary not in seen:
+                seen.add(boundary)
+                operator.kill()
+                kills += 1
+                operator = start_operator(kubeconfig, tmp_path)
+            status = statuses.next(timeout=1.0) or status_of(kubeconfig, scenario)
+    finally:
+        statuses.stop()
     raise AssertionError(f"timed out; last status: {status}\n{operator.log.read_text()[-3000:]}")
 
 
@@ -60,7 +98,7 @@ def test_restarts_abort_retry_new_candidate_and_promote(target_kind: str, kubeco
         apply(kubeconfig, scenario.rollout(steps=STEPS))
         operator, status, kills = drive(kubeconfig, tmp_path, scenario, operator, paused_on_promote(1),
                                         kill_at_boundaries=True)
-        assert kills >= 2  # each boundary seen before the pause: a SIGKILL and a fresh operator
+        assert kills >= 3, kills  # each status change before the pause: a SIGKILL and a fresh operator
         assert status["canaryWeight"] == 10
         # Nothing was done twice across the restarts: one confirmed record per action, one event per step.
         assert all(a["state"] == "Confirmed" and a.get("attempts", 1) == 1 for a in status["actions"]), status

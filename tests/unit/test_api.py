@@ -272,6 +272,8 @@ _DELETE = object()
     (["rollback", "automatic"], "yes", "spec.rollback.automatic"),
     (["rollback"], "on", "spec.rollback"),
     (["bake", "duration"], "a day", "spec.bake.duration"),
+    (["bake", "baseline"], "2d", "spec.bake.baseline"),
+    (["bake", "baseline"], "3d12h", "spec.bake.baseline"),
     (["progressDeadline"], "0s", "spec.progressDeadline"),
     (["progressDeadline"], "forever", "spec.progressDeadline"),
 ])

@@ -59,7 +59,7 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
     spec = spec_dict(
         canary={"steps": steps},
         rollback={"automatic": draw(st.booleans())},
-        bake={"duration": "10m", "baseline": "1d"} if draw(st.booleans()) else None,
+        bake={"duration": "10m", "baseline": "3d"} if draw(st.booleans()) else None,
         progressDeadline=f"{draw(st.integers(2, 8))}m",
     )
     if draw(st.booleans()):
