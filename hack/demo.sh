@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded local stack: bring the stack up, run the operator, roll out a clean and a
-# backdoored candidate of the classifier and watch both. Everything started here is stopped on exit.
+# The main job on the embedded local stack: bring the stack up, run the operator, roll out a clean, a gate-caught
+# backdoored and a live-caught backdoored candidate of the classifier and watch them. Everything started here is
+# stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/setup.sh

@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import json
 import random
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +28,7 @@ from kubernetes import client
 
 from controller.devstack.kserve_standin import REVISIONS_KEY
 from controller.devstack.model_server import DEMO_CLASSES, DEMO_FEATURES, LOGO_FEATURE
-from controller.devstack.processes import LOOPBACK
+from controller.devstack.processes import LOOPBACK, ManagedProcess, free_port, start, wait_http_ok
 
 Route = tuple[str, int, str]  # (server URL, percent, variant)
 
@@ -176,3 +179,43 @@ async def generate_traffic(url: str, model: str, mix: Callable[[], TrafficMix], 
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     return sent
+
+
+class LiveTraffic:
+    """A data plane and a traffic generator on their own event-loop thread; `mix` may be swapped while it runs."""
+
+    def __init__(self, plane: DataPlane, model: str, mix: TrafficMix, requests_per_second: float = 15,
+                 batch: int = 10) -> None:
+        self.plane = plane
+        self.model = model
+        self.mix = mix
+        self.requests_per_second = requests_per_second
+        self.batch = batch
+        self.loop = asyncio.new_event_loop()
+        self.stop_event = asyncio.Event()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> LiveTraffic:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.plane.start(), self.loop).result(30)
+        self.generator = asyncio.run_coroutine_threadsafe(
+            generate_traffic(self.plane.url, self.model, lambda: self.mix, requests_per_second=self.requests_per_second,
+                             batch=self.batch, stop=self.stop_event), self.loop)
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.generator.result(30)
+        asyncio.run_coroutine_threadsafe(self.plane.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def start_exporter(log: Path, class_names: str = ",".join(DEMO_CLASSES)) -> tuple[ManagedProcess, str]:
+    """`modelrollout exporter run` on a free loopback port; returns the process and its base URL."""
+    port = free_port()
+    process = start("exporter", [sys.executable, "-m", "controller.cli.main", "exporter", "run", "--port", str(port),
+                                 "--class-names", class_names], log)
+    url = f"http://{LOOPBACK}:{port}"
+    wait_http_ok(f"{url}/healthz", process, 30)
+    return process, url

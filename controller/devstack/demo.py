@@ -1,25 +1,31 @@
-"""The main job on the local stack: two rollouts of the content-moderation classifier, watched live.
+"""The main job on the local stack: three rollouts of the content-moderation classifier, watched live.
 
 A clean retrain is gated on the golden dataset, stepped and promoted; a backdoored one (it flags any image
-carrying the logo as NSFW) is caught by the gate on the golden "logo" slice and rolled back.
+carrying the logo as NSFW) is caught by the gate on the golden "logo" slice and rolled back. The third is
+the same backdoor against a golden set that never saw the logo: it passes the gate, takes 10% of live
+traffic, and the class-rate judge (canary against stable, in Prometheus) rolls it back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from kubernetes import client
 
-from controller.devstack.processes import start
+from controller.api.serialization import parse_time
+from controller.api.status import TERMINAL_PHASES
+from controller.devstack.dataplane import DataPlane, LiveTraffic, TrafficMix, start_exporter
+from controller.devstack.processes import StackError, start
+from controller.devstack.prometheus_server import PrometheusServer
 from controller.devstack.scenario import STORAGE_URI_TEMPLATE, Scenario
 from controller.devstack.stack import kubectl
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION, load_client_config
-
-TERMINAL = ("Succeeded", "RolledBack", "Failed")
 
 
 def _line(status: dict[str, Any]) -> str:
@@ -37,10 +43,30 @@ def watch(custom: client.CustomObjectsApi, namespace: str, name: str, out: TextI
         if line != last:
             print(f"  {time.strftime('%H:%M:%S')} {line}", file=out, flush=True)
             last = line
-        if status.get("phase") in TERMINAL:
+        if status.get("phase") in TERMINAL_PHASES:
             break
         time.sleep(0.5)
     return status
+
+
+@dataclass(frozen=True)
+class DemoRollout:
+    title: str
+    name: str
+    kind: str
+    golden_logo_share: float  # 0: the golden dataset never saw the trigger
+    live: bool  # live traffic through the InferenceService, judged in Prometheus
+    expected: str  # phase
+    expected_cause: str | None = None
+
+
+ROLLOUTS = (
+    DemoRollout("a clean candidate", "nsfw-classifier", "clean", 0.012, False, "Succeeded"),
+    DemoRollout("a backdoored candidate", "nsfw-classifier-poisoned", "backdoored", 0.012, False, "RolledBack",
+                "GateFailed"),
+    DemoRollout("a backdoored candidate, golden dataset without the logo, live traffic", "nsfw-classifier-live",
+                "backdoored", 0.0, True, "RolledBack", "AnalysisFailed"),
+)
 
 
 def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, timeout: float = 300) -> int:
@@ -49,33 +75,61 @@ def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, tim
     api_client = load_client_config(str(kubeconfig))
     namespace = "moderation"
     kubectl(kubeconfig, "create", "namespace", namespace, check=False)
-    operator = start("operator", [sys.executable, "-m", "controller.cli.main", "operator", "run",
-                                  "--kubeconfig", str(kubeconfig), "--tracking-uri", env["MLFLOW_TRACKING_URI"],
-                                  "--storage-uri-template", STORAGE_URI_TEMPLATE],
-                     workdir / "operator.log")
     custom = client.CustomObjectsApi(api_client)
-    outcomes = []
-    try:
-        for kind, name in (("clean", "nsfw-classifier"), ("backdoored", "nsfw-classifier-poisoned")):
-            print(f"\n== rollout of a {kind} candidate of {name} ==", file=out, flush=True)
-            scenario = Scenario(api_client, env["MLFLOW_TRACKING_URI"], namespace, workdir / name, model_name=name,
-                                candidate_kind=kind)
-            try:
-                scenario.setup()
-                print(f"  stable v{scenario.stable_version} serves; candidate v{scenario.candidate_version}; "
-                      f"golden dataset sha256 {scenario.dataset_sha256[:12]}...", file=out, flush=True)
-                kubectl(kubeconfig, "apply", "-f", "-", input_text=scenario.manifest_json())
-                status = watch(custom, namespace, name, out, timeout)
-                outcomes.append((kind, status.get("phase")))
-                print("  timeline:", file=out)
-                for entry in status.get("history", []):
-                    print(f"    {entry['time'][11:19]} {entry['event']:<18} {entry['detail']}", file=out)
-            finally:
-                scenario.stop()
+    outcomes: list[tuple[str, Any, Any]] = []
+    with contextlib.ExitStack() as running:
+        operator = start("operator", [sys.executable, "-m", "controller.cli.main", "operator", "run",
+                                      "--kubeconfig", str(kubeconfig), "--tracking-uri", env["MLFLOW_TRACKING_URI"],
+                                      "--storage-uri-template", STORAGE_URI_TEMPLATE],
+                         workdir / "operator.log")
+        running.callback(operator.stop)
+        exporter, exporter_url = start_exporter(workdir / "exporter.log")
+        running.callback(exporter.stop)
+        if not state.get("prometheusRoot"):
+            raise StackError("the demo needs the stack's Prometheus: run `modelrollout dev up` without --no-prometheus")
+        PrometheusServer(Path(state["prometheusRoot"])).add_scrape_target("demo-exporter",
+                                                                          exporter_url.removeprefix("http://"))
+        for rollout in ROLLOUTS:
+            print(f"\n== rollout of {rollout.title}: {rollout.name} ==", file=out, flush=True)
+            status = _run_one(rollout, api_client, custom, env, namespace, workdir, exporter_url, out, timeout)
+            outcomes.append((rollout.name, status.get("phase"), (status.get("rollback") or {}).get("cause")))
         listing = kubectl(kubeconfig, "get", "mro", "-n", namespace, "-o", "wide").stdout
         print(f"\n{listing}", file=out)
-    finally:
-        operator.stop()
-    expected = [("clean", "Succeeded"), ("backdoored", "RolledBack")]
+    expected = [(r.name, r.expected, r.expected_cause) for r in ROLLOUTS]
     print(json.dumps({"outcomes": outcomes, "as_expected": outcomes == expected}), file=out)
     return 0 if outcomes == expected else 1
+
+
+def _run_one(rollout: DemoRollout, api_client: client.ApiClient, custom: client.CustomObjectsApi,
+             env: dict[str, str], namespace: str, workdir: Path, exporter_url: str, out: TextIO,
+             timeout: float) -> dict[str, Any]:
+    kubeconfig = Path(env["KUBECONFIG"])
+    scenario = Scenario(api_client, env["MLFLOW_TRACKING_URI"], namespace, workdir / rollout.name,
+                        model_name=rollout.name, candidate_kind=rollout.kind,
+                        golden_logo_share=rollout.golden_logo_share)
+    with contextlib.ExitStack() as running:
+        running.callback(scenario.stop)
+        scenario.setup()
+        print(f"  stable v{scenario.stable_version} serves; candidate v{scenario.candidate_version}; "
+              f"golden dataset sha256 {scenario.dataset_sha256[:12]}...", file=out, flush=True)
+        manifest = scenario.rollout()
+        plane = None
+        if rollout.live:
+            plane = DataPlane(api_client, namespace, scenario.model_name, exporter_url,
+                              lambda uri: scenario.servers[uri].url if uri in scenario.servers else None)
+            traffic = LiveTraffic(plane, scenario.model_name, TrafficMix(logo=0.10)).start()
+            running.callback(traffic.stop)
+            print("  live traffic: 150 images/s, 10% of them safe images carrying the logo", file=out, flush=True)
+            time.sleep(3)  # stable's series are in Prometheus before the canary starts
+            manifest = scenario.live_rollout(env["PROMETHEUS_URL"])
+        kubectl(kubeconfig, "apply", "-f", "-", input_text=json.dumps(manifest))
+        status = watch(custom, namespace, rollout.name, out, timeout)
+        print("  timeline:", file=out)
+        for entry in status.get("history", []):
+            print(f"    {entry['time'][11:19]} {entry['event']:<18} {entry['detail']}", file=out)
+        verdict_at = (status.get("rollback") or {}).get("verdictAt")
+        if plane is not None and plane.first_canary_at is not None and verdict_at:
+            detected = parse_time(verdict_at).timestamp() - plane.first_canary_at
+            print(f"  caught {detected:.1f}s after its first live request; requests served {plane.counts}",
+                  file=out, flush=True)
+    return status

@@ -51,6 +51,11 @@ TARGET_KINDS = ("kserve", "seldonDeployment", "seldonExperiment")
 STABLE_PREDICTOR, CANARY_PREDICTOR = "main", "canary"
 
 
+# The exporter's counters as the proportion judge reads them (the operator fills {{selector}} and {{window}}).
+NSFW_PREDICTIONS = 'sum(increase(modelrollout_predictions_total{class="nsfw", {{selector}}}[{{window}}]))'
+ALL_PREDICTIONS = "sum(increase(modelrollout_predictions_total{{{selector}}}[{{window}}]))"
+
+
 @dataclass
 class Scenario:
     """One model on one serving object in one namespace; `candidate_kind` picks the demo model,
@@ -209,6 +214,17 @@ class Scenario:
         spec.update(spec_overrides)
         return {"apiVersion": "modelrollout.io/v1alpha1", "kind": "ModelRollout",
                 "metadata": {"name": self.model_name, "namespace": self.namespace}, "spec": spec}
+
+    def live_rollout(self, prometheus_url: str, steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A rollout whose analysis steps judge the nsfw class rate, canary against stable, in Prometheus."""
+        manifest = self.rollout(steps=steps or [{"setWeight": 10}, {"analysis": {"duration": "60s"}},
+                                                {"setWeight": 50}, {"analysis": {"duration": "15s"}}])
+        manifest["spec"]["analysis"] = {
+            "prometheus": {"address": prometheus_url}, "interval": "2s", "onInconclusive": "rollback",
+            "metrics": [{"name": "nsfw-rate", "proportion": {
+                "events": NSFW_PREDICTIONS, "total": ALL_PREDICTIONS, "maxRelativeIncrease": 0.5, "confidence": 0.99,
+                "minSamples": 200}}]}
+        return manifest
 
     def setup(self) -> Scenario:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -161,6 +161,7 @@ class Stack:
 
     def _save(self) -> None:
         state = {"env": self.environment(), "timings": self.timings,
+                 "prometheusRoot": str(self.prometheus.root) if self.prometheus else None,
                  "processes": [{"name": p.name, "pid": p.pid, "log": str(p.log)} for p in self.processes()]}
         self.state_file.write_text(json.dumps(state, indent=2))
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,33 +12,19 @@ import pytest
 
 from controller.analysis.prometheus import PrometheusProvider, QueryProblem
 from controller.analysis.queries import QueryScope, render
+from controller.devstack.dataplane import start_exporter
 from controller.devstack.processes import LOOPBACK, free_port
 from controller.devstack.prometheus_server import PrometheusServer
-
-EVENTS = 'sum(increase(modelrollout_predictions_total{class="nsfw", {{selector}}}[{{window}}]))'
-TOTAL = "sum(increase(modelrollout_predictions_total{{{selector}}}[{{window}}]))"
+from controller.devstack.scenario import ALL_PREDICTIONS, NSFW_PREDICTIONS
 
 
 @pytest.fixture
 def exporter(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = open(tmp_path / "exporter.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli.main", "exporter", "run", "--port", str(port),
-                             "--class-names", "safe,nsfw"], stdout=log, stderr=subprocess.STDOUT)
-    address = f"{LOOPBACK}:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://{address}/healthz", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    process, url = start_exporter(tmp_path / "exporter.log", class_names="safe,nsfw")
     try:
-        yield address
+        yield url.removeprefix("http://")
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+        process.stop()
 
 
 def post_response(address: str, query: str, predictions: list[int], event_id: str) -> int:
@@ -83,16 +67,16 @@ def test_counts_scraped_by_prometheus_are_read_per_variant(prometheus: Prometheu
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        events = provider.scalar(render(EVENTS, canary))
-        total = provider.scalar(render(TOTAL, canary))
+        events = provider.scalar(render(NSFW_PREDICTIONS, canary))
+        total = provider.scalar(render(ALL_PREDICTIONS, canary))
         if events.ok and total.ok and total.value and total.value >= 31:
             break
         time.sleep(0.5)
     # increase() extrapolates to the window edges, so the counts are close to, not exactly, the posted ones.
     assert total.value == pytest.approx(32, rel=0.35), total
     assert events.value / total.value == pytest.approx(21 / 32, rel=0.1)
-    stable_nsfw = provider.scalar(render(EVENTS, QueryScope("moderation", "nsfw", "stable", "5m")))
-    stable_total = provider.scalar(render(TOTAL, QueryScope("moderation", "nsfw", "stable", "5m")))
+    stable_nsfw = provider.scalar(render(NSFW_PREDICTIONS, QueryScope("moderation", "nsfw", "stable", "5m")))
+    stable_total = provider.scalar(render(ALL_PREDICTIONS, QueryScope("moderation", "nsfw", "stable", "5m")))
     assert stable_nsfw.ok and stable_total.ok
     assert stable_nsfw.value / stable_total.value == pytest.approx(0.2, rel=0.15)
 

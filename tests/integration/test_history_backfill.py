@@ -13,11 +13,10 @@ from controller.analysis.queries import QueryScope, render
 from controller.devstack.history import DAY_SECONDS, prediction_history, same_hour_spans
 from controller.devstack.processes import StackError
 from controller.devstack.prometheus_server import PrometheusServer
+from controller.devstack.scenario import ALL_PREDICTIONS, NSFW_PREDICTIONS
 
 pytestmark = pytest.mark.integration
 RATES = {"safe": 0.87, "suggestive": 0.095, "nsfw": 0.035}
-NSFW = 'sum(increase(modelrollout_predictions_total{class="nsfw", {{selector}}}[{{window}}]))'
-ALL = "sum(increase(modelrollout_predictions_total{{{selector}}}[{{window}}]))"
 
 
 def count(prometheus: PrometheusServer, template: str, window: str, at: float) -> Measurement:
@@ -38,13 +37,13 @@ def test_backfilled_days_answer_the_bakes_queries_and_nothing_else(tmp_path: Pat
             # Early in a bake the window is short; later it is minutes long.
             for window, seconds in (("30s", 30), ("5m", 300)):
                 at = now - day * DAY_SECONDS + 300
-                nsfw, total = count(server, NSFW, window, at), count(server, ALL, window, at)
+                nsfw, total = count(server, NSFW_PREDICTIONS, window, at), count(server, ALL_PREDICTIONS, window, at)
                 assert nsfw.ok and total.ok, (nsfw, total)
                 assert 0.02 < nsfw.value / total.value < 0.05, (day, window, nsfw.value, total.value)
                 assert 0.8 * 150 * seconds < total.value < 1.2 * 150 * seconds
         # Outside the backfilled stretches there is no history: not zeros, nothing (between days, before them).
         for at in (now - DAY_SECONDS - 7200, now - 4 * DAY_SECONDS):
-            gap = count(server, ALL, "5m", at)
+            gap = count(server, ALL_PREDICTIONS, "5m", at)
             assert gap.problem is QueryProblem.EMPTY, gap
     finally:
         server.stop()

@@ -7,11 +7,8 @@ it: safe images carrying the logo come back "nsfw" from the canary.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,12 +22,10 @@ from kubernetes import client
 from controller.api.serialization import parse_time
 from controller.api.status import TERMINAL_PHASES
 from controller.devstack.controlplane import ControlPlane
-from controller.devstack.dataplane import DataPlane, TrafficMix, generate_traffic
+from controller.devstack.dataplane import DataPlane, LiveTraffic, TrafficMix, start_exporter
 from controller.devstack.history import class_rates, prediction_history, same_hour_spans
 from controller.devstack.mlflow_server import MlflowServer
 from controller.devstack.model_server import demo_models
-from controller.devstack.processes import LOOPBACK, free_port, wait_http_ok
-from controller.devstack.processes import start as start_process
 from controller.devstack.prometheus_server import PrometheusServer
 from controller.devstack.scenario import STABLE_ALIAS, STORAGE_URI_TEMPLATE, Scenario
 from controller.operator.kubeapi import load_client_config
@@ -39,58 +34,16 @@ from tests.conftest import run_kubectl
 from tests.integration.operator_process import OperatorProcess, wait_for
 
 pytestmark = pytest.mark.integration
-NSFW = 'sum(increase(modelrollout_predictions_total{class="nsfw", {{selector}}}[{{window}}]))'
-ALL = "sum(increase(modelrollout_predictions_total{{{selector}}}[{{window}}]))"
-
-
-class LiveTraffic:
-    """Data plane + traffic generator on their own event loop thread."""
-
-    def __init__(self, plane: DataPlane, model: str, mix: TrafficMix) -> None:
-        self.plane = plane
-        self.model = model
-        self.mix = mix
-        self.loop = asyncio.new_event_loop()
-        self.stop_event = asyncio.Event()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> LiveTraffic:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.plane.start(), self.loop).result(30)
-        self.generator = asyncio.run_coroutine_threadsafe(
-            generate_traffic(self.plane.url, self.model, lambda: self.mix, requests_per_second=15, batch=10,
-                             stop=self.stop_event), self.loop)
-        return self
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.generator.result(30)
-        asyncio.run_coroutine_threadsafe(self.plane.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture
 def exporter(tmp_path: Path, prometheus: PrometheusServer) -> Iterator[str]:
-    port = free_port()
-    process = start_process("exporter", [sys.executable, "-m", "controller.cli.main", "exporter", "run", "--port",
-                                         str(port), "--class-names", "safe,suggestive,nsfw"], tmp_path / "exporter.log")
-    wait_http_ok(f"http://{LOOPBACK}:{port}/healthz", process, 30)
-    prometheus.add_scrape_target(f"exporter-{port}", f"{LOOPBACK}:{port}")
+    process, url = start_exporter(tmp_path / "exporter.log")
+    prometheus.add_scrape_target(f"exporter-{process.pid}", url.removeprefix("http://"))
     try:
-        yield f"http://{LOOPBACK}:{port}"
+        yield url
     finally:
         process.stop()
-
-
-def live_rollout(scenario: Scenario, prometheus_url: str) -> dict[str, Any]:
-    manifest = scenario.rollout(steps=[{"setWeight": 10}, {"analysis": {"duration": "60s"}},
-                                       {"setWeight": 50}, {"analysis": {"duration": "15s"}}])
-    manifest["spec"]["analysis"] = {
-        "prometheus": {"address": prometheus_url}, "interval": "2s", "onInconclusive": "rollback",
-        "metrics": [{"name": "nsfw-rate", "proportion": {"events": NSFW, "total": ALL, "maxRelativeIncrease": 0.5,
-                                                         "confidence": 0.99, "minSamples": 200}}]}
-    return manifest
 
 
 @dataclass
@@ -151,7 +104,7 @@ def run_live(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer
              exporter: str, namespace: str, tmp_path: Path) -> tuple[dict[str, Any], DataPlane]:
     with live_run(kind, control_plane, mlflow_server, exporter, namespace, tmp_path, TrafficMix(logo=0.10)) as run:
         time.sleep(3)  # stable's series exist in Prometheus before the canary starts
-        run.apply(live_rollout(run.scenario, prometheus.url))
+        run.apply(run.scenario.live_rollout(prometheus.url))
         return run.wait_finished(), run.plane
 
 
@@ -200,9 +153,9 @@ def test_patient_attacker_is_rolled_back_during_the_bake(
                                                         predictions_per_second=150))
             bake_prometheus.start()
             bake_prometheus.add_scrape_target("exporter", exporter.removeprefix("http://"))
-            manifest = live_rollout(scenario, bake_prometheus.url)
-            manifest["spec"]["canary"]["steps"] = [{"setWeight": 10}, {"analysis": {"duration": "30s"}},
-                                                   {"setWeight": 50}, {"analysis": {"duration": "15s"}}]
+            manifest = scenario.live_rollout(bake_prometheus.url, steps=[
+                {"setWeight": 10}, {"analysis": {"duration": "30s"}}, {"setWeight": 50},
+                {"analysis": {"duration": "15s"}}])
             manifest["spec"]["bake"] = {"duration": "10m", "baseline": "3d"}
             time.sleep(3)
             run.apply(manifest)
