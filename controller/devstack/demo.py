@@ -115,8 +115,7 @@ def _run_one(rollout: DemoRollout, api_client: client.ApiClient, custom: client.
         manifest = scenario.rollout()
         plane = None
         if rollout.live:
-            plane = DataPlane(api_client, namespace, scenario.model_name, exporter_url,
-                              lambda uri: scenario.servers[uri].url if uri in scenario.servers else None)
+            plane = DataPlane(api_client, namespace, scenario.model_name, exporter_url, scenario.server_url)
             traffic = LiveTraffic(plane, scenario.model_name, TrafficMix(logo=0.10)).start()
             running.callback(traffic.stop)
             print("  live traffic: 150 images/s, 10% of them safe images carrying the logo", file=out, flush=True)

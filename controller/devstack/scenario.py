@@ -108,6 +108,11 @@ class Scenario:
         self.extra_versions.append(version)
         return version
 
+    def server_url(self, storage_uri: str) -> str | None:
+        """The real model server behind a storage URI (what the data plane routes a revision to)."""
+        server = self.servers.get(storage_uri)
+        return server.url if server is not None else None
+
     def serving_name(self, version: str) -> str:
         """The Seldon Core v2 Model that serves `version` (the router's default name)."""
         return default_serving_name(CandidateModel(self.model_name, version, self.storage_uri(version)))

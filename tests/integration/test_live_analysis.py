@@ -85,8 +85,7 @@ def live_run(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer
     api_client = load_client_config(str(control_plane.admin_kubeconfig))
     scenario = Scenario(api_client, mlflow_server.url, namespace, tmp_path / "scenario",
                         model_name=f"nsfw-{uuid.uuid4().hex[:6]}", candidate_kind=kind, golden_logo_share=0.0)
-    plane = DataPlane(api_client, namespace, scenario.model_name, exporter,
-                      lambda uri: scenario.servers[uri].url if uri in scenario.servers else None)
+    plane = DataPlane(api_client, namespace, scenario.model_name, exporter, scenario.server_url)
     traffic = LiveTraffic(plane, scenario.model_name, mix)
     operator = OperatorProcess(control_plane.admin_kubeconfig, tmp_path / "operator.log",
                                extra_env={"MODELROLLOUT_STORAGE_URI_TEMPLATE": STORAGE_URI_TEMPLATE})
