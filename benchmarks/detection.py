@@ -32,6 +32,16 @@ overshoot and discreteness) its speed is the ceiling for ours and for any prior 
 Its gap to the oracle is the price of not knowing stable's rate, not of the prior; its gap to ours is
 what a better prior could still win. The margin check (ratio 1.5, each alternative's test) shows it valid.
 
+Information floor, the theoretical bound, also outside the goals. Wald's inequality: any sequential test
+that fails a model at the margin with probability <= alpha and catches a bad one with probability >= 1 - beta
+needs on average at least kl(1 - beta, alpha) / K canary samples, where K is the information one canary
+sample (with its 9 stable samples) carries against the hardest null the test must guard against. For the
+oracle the null is a single point (it is told stable's rate): K = KL(Bern(rho p) || Bern(1.5 p)). A test that
+must keep false rollbacks <= alpha at the margin *for every stable rate* faces the closest null of all,
+K = min over q of KL(Bern(rho p) || Bern(1.5 q)) + 9 KL(Bern(p) || Bern(q)): stable's own noise costs it
+samples that no prior, boundary or cleverness can win back. The ratio of the two floors is what not knowing
+stable's rate costs at best. It bounds means, asymptotically; medians at a handful of looks can beat it.
+
 Samples to catch count canary samples; a rollout not caught within the horizon counts as never caught, so
 a median or p90 is null when fewer than half or 90% of rollouts are caught.
 """
@@ -177,6 +187,47 @@ def oracle(st: Streams, stable_rate: float, ratio: float, alpha: float = 0.01, b
     return np.where(up < down, up, np.inf)  # stopping at the lower boundary accepts: never caught
 
 
+# --- the theoretical bound: Wald's information floor ---------------------------------------------------------
+
+
+def bernoulli_kl(a: float, b: float) -> float:
+    """KL(Bern(a) || Bern(b)) in nats."""
+    out = 0.0
+    if a > 0:
+        out += a * math.log(a / b)
+    if a < 1:
+        out += (1 - a) * math.log((1 - a) / (1 - b))
+    return out
+
+
+def margin_valid_information(stable_rate: float, ratio: float) -> float:
+    """Information per canary sample (and its stable samples) against the closest null a margin-valid test
+    must guard against: min over stable rates q of the pair's KL to (canary 1.5 q, stable q)."""
+    canary_rate = min(stable_rate * ratio, 1 - 1e-12)
+
+    def kl_to(q: float) -> float:
+        return bernoulli_kl(canary_rate, (1 + MARGIN) * q) + STABLE_PER_CANARY * bernoulli_kl(stable_rate, q)
+
+    # Convex in q (KL is convex in its second argument): golden-section search over the null's stable rates.
+    lo, hi = 1e-12, 1 / (1 + MARGIN) - 1e-12
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(200):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        if kl_to(a) <= kl_to(b):
+            hi = b
+        else:
+            lo = a
+    return kl_to((lo + hi) / 2)
+
+
+def information_floor(stable_rate: float, ratio: float, alpha: float = 0.01, beta: float = 0.01) -> dict[str, float]:
+    """Least mean canary samples: for the oracle (told stable's rate) and for any test valid at the margin."""
+    work = bernoulli_kl(1 - beta, alpha)
+    oracle_kl = bernoulli_kl(min(stable_rate * ratio, 1 - 1e-12), (1 + MARGIN) * stable_rate)
+    valid_kl = margin_valid_information(stable_rate, ratio)
+    return {"oracle": work / oracle_kl, "margin_valid": work / valid_kl, "ratio": oracle_kl / valid_kl}
+
+
 # --- reference: plug-in mixture SPRT ------------------------------------------------------------------------
 
 PLUGIN_FACTORS = np.exp(np.linspace(math.log(1.05), math.log(15.0), 20))  # log-uniform above the margin
@@ -265,6 +316,7 @@ def run(runs: int, seed: int) -> dict[str, Any]:
             cell["threshold"] = best
             cell["oracle"] = describe(oracle(st, ps, ratio)) if ratio > 1 + MARGIN else None
             cell["known_ratio_reference"] = describe(known_ratio(st, ratio)) if ratio > 1 + MARGIN else None
+            cell["information_floor"] = information_floor(ps, ratio) if ratio > 1 + MARGIN else None
             cell["plugin_reference"] = describe(plugin(st))
             if cell["clean"]:
                 cell["false_rollback"] = {"ours": cell["ours"]["caught"], "threshold": best["caught"],
@@ -272,7 +324,7 @@ def run(runs: int, seed: int) -> dict[str, Any]:
             cells.append(cell)
     # The plug-in reference scored the same way, as if it were ours (it is not valid: see margin_checks).
     as_if_ours = [{**c, "ours": c["plugin_reference"]} for c in cells]
-    reference = {k: v for k, v in summarize(as_if_ours, with_known_ratio=False).items() if k != "cells_caught"}
+    reference = {k: v for k, v in summarize(as_if_ours, with_references=False).items() if k != "cells_caught"}
     return {"cells": cells, "summary": summarize(cells), "margin_checks": margin_checks,
             "plugin_reference_summary": reference,
             "config": {"runs": runs, "seed": seed, "horizon": HORIZON, "look_every": LOOK_EVERY,
@@ -283,7 +335,7 @@ def run(runs: int, seed: int) -> dict[str, Any]:
             "seconds": round(time.monotonic() - started, 1)}
 
 
-def summarize(cells: list[dict[str, Any]], with_known_ratio: bool = True) -> dict[str, Any]:
+def summarize(cells: list[dict[str, Any]], with_references: bool = True) -> dict[str, Any]:
     dirty = [c for c in cells if not c["clean"]]
 
     def ok(d: dict[str, Any] | None) -> bool:
@@ -298,7 +350,7 @@ def summarize(cells: list[dict[str, Any]], with_known_ratio: bool = True) -> dic
     worst = max(ours_over_oracle) if ours_over_oracle else None
     # Outside the goals: the conditional SPRT told the true ratio, scored exactly like ours.
     known: dict[str, Any] = {}
-    if with_known_ratio:
+    if with_references:
         known_over_oracle = [c["known_ratio_reference"]["median"] / c["oracle"]["median"]
                              if ok(c["known_ratio_reference"]) else math.inf for c in dirty if ok(c["oracle"])]
         thr_over_known = [c["threshold"]["median"] / c["known_ratio_reference"]["median"] for c in dirty
@@ -306,6 +358,16 @@ def summarize(cells: list[dict[str, Any]], with_known_ratio: bool = True) -> dic
         kworst = max(known_over_oracle) if known_over_oracle else None
         known = {"known_ratio_over_oracle_worst": kworst if kworst is None or math.isfinite(kworst) else None,
                  "threshold_over_known_ratio_geomean": geomean(thr_over_known)}
+    # Outside the goals: the theoretical bound. Not knowing stable's rate costs every margin-valid test at
+    # least this factor over the oracle; divided out of the threshold's lead it caps threshold_over_ours.
+    floor: dict[str, Any] = {}
+    if with_references and all(c.get("information_floor") for c in dirty):
+        on_oracle = [c["information_floor"]["ratio"] for c in dirty if ok(c["oracle"])]
+        on_shared = [c["information_floor"]["ratio"] for c in dirty if ok(c["threshold"]) and ok(c["oracle"])]
+        floor_geo, thr_geo = geomean(on_shared), geomean(thr_over_oracle)
+        floor = {"margin_valid_floor_over_oracle_worst": max(on_oracle) if on_oracle else None,
+                 "margin_valid_floor_over_oracle_geomean": floor_geo,
+                 "threshold_over_ours_ceiling": thr_geo / floor_geo if thr_geo and floor_geo else None}
     return {
         "max_false_rollback": max(c["ours"]["caught"] for c in cells if c["clean"]),
         "ours_over_oracle_worst": worst if worst is None or math.isfinite(worst) else None,
@@ -314,6 +376,7 @@ def summarize(cells: list[dict[str, Any]], with_known_ratio: bool = True) -> dic
         "cells_caught": {k: sum(ok(c[k]) for c in dirty) for k in ("ours", "threshold", "oracle")},
         "ours_catches_every_oracle_cell": all(ok(c["ours"]) for c in dirty if ok(c["oracle"])),
         **known,
+        **floor,
     }
 
 
@@ -327,12 +390,13 @@ def _fmt(d: dict[str, Any] | None) -> str:
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{'stable':>7} {'ratio':>5} | {'ours: caught median p90':>22} | {'threshold (best W x limit)':>34} | "
-          f"{'oracle':>22} | {'known ratio (reference)':>23} | {'plug-in (reference)':>22}")
+          f"{'oracle':>22} | {'known ratio (reference)':>23} | {'plug-in (reference)':>22} | floor")
     for c in result["cells"]:
         t = c["threshold"]
         cfg = f"W{t['window']}x{t['failure_limit']}>{100 * t['max_rate']:.1f}%"
         print(f"{100 * c['stable_rate']:6.1f}% {c['ratio']:5.0f} | {_fmt(c['ours'])} | {cfg:>11} {_fmt(t)} | "
-              f"{_fmt(c['oracle'])} | {_fmt(c['known_ratio_reference']):>23} | {_fmt(c['plugin_reference'])}")
+              f"{_fmt(c['oracle'])} | {_fmt(c['known_ratio_reference']):>23} | {_fmt(c['plugin_reference'])} | "
+              f"{'-' if c['information_floor'] is None else format(c['information_floor']['ratio'], '.2f')}")
     print("\nAt the margin (ratio 1.5, the null's edge): false rollbacks, should be <= 1%")
     for m in result["margin_checks"]:
         print(f"  stable {100 * m['stable_rate']:.1f}%: ours {100 * m['ours_false_rollback']:.1f}%, "

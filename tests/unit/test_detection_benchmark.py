@@ -75,4 +75,56 @@ def test_summary_scores_known_ratio_like_ours(detection: ModuleType) -> None:
     assert s["known_ratio_over_oracle_worst"] == 2.0
     assert s["threshold_over_ours_geomean"] == pytest.approx(160 / 60)
     assert s["threshold_over_known_ratio_geomean"] == pytest.approx(4.0)
-    assert "known_ratio_over_oracle_worst" not in detection.summarize(cells, with_known_ratio=False)
+    assert "known_ratio_over_oracle_worst" not in detection.summarize(cells, with_references=False)
+
+
+def test_bernoulli_kl(detection: ModuleType) -> None:
+    assert detection.bernoulli_kl(0.3, 0.3) == 0.0
+    assert detection.bernoulli_kl(0.0, 0.5) == pytest.approx(math.log(2))
+    assert detection.bernoulli_kl(0.2, 0.1) == pytest.approx(0.2 * math.log(2) + 0.8 * math.log(0.8 / 0.9))
+
+
+def test_margin_valid_information_is_the_closest_null(detection: ModuleType) -> None:
+    for p, ratio in ((0.002, 10.0), (0.05, 2.0), (0.05, 10.0)):
+        pc = p * ratio
+        found = detection.margin_valid_information(p, ratio)
+        grid = [detection.bernoulli_kl(pc, 1.5 * q) + 9 * detection.bernoulli_kl(p, q)
+                for q in np.geomspace(p / 4, min(4 * p, 0.66), 4001)]
+        assert found <= min(grid) + 1e-12
+        assert found >= min(grid) - 1e-3 * min(grid)
+        # The oracle's null (stable's true rate) is one of the nulls, so it is never closer.
+        assert found < detection.bernoulli_kl(pc, 1.5 * p)
+
+
+def test_information_floor_matches_the_conditional_test_for_rare_classes(detection: ModuleType) -> None:
+    # For a rare class the closest null is the Poisson one, where the canary's share of events is all the
+    # evidence: per canary sample, (rho p + 9 p) KL(theta1 || theta0) with theta = rho / (rho + 9).
+    p, ratio = 1e-4, 10.0
+    theta1, theta0 = ratio / (ratio + 9), 1.5 / 10.5
+    conditional = (ratio * p + 9 * p) * detection.bernoulli_kl(theta1, theta0)
+    assert detection.margin_valid_information(p, ratio) == pytest.approx(conditional, rel=2e-3)
+    floor = detection.information_floor(p, ratio)
+    assert floor["ratio"] == pytest.approx(floor["margin_valid"] / floor["oracle"])
+    assert 1.3 < floor["ratio"] < 1.4
+
+
+def test_information_floor_bounds_a_valid_test_and_the_oracle(detection: ModuleType) -> None:
+    # Wald's bound on mean samples holds for the known-ratio reference (valid at the margin) and the oracle.
+    st = detection.simulate(0.005, 5.0, 300, np.random.default_rng(1))
+    floor = detection.information_floor(0.005, 5.0)
+    known, oracle = detection.known_ratio(st, 5.0), detection.oracle(st, 0.005, 5.0)
+    assert np.isfinite(known).all()
+    assert known.mean() >= floor["margin_valid"]
+    assert oracle[np.isfinite(oracle)].mean() >= floor["oracle"]
+
+
+def test_summary_caps_threshold_over_ours_by_the_floor(detection: ModuleType) -> None:
+    cells = [_cell(1.0, 0, None, None, None), _cell(2.0, 300, 200, 100, None), _cell(5.0, 60, 40, 40, 160)]
+    cells[0]["information_floor"] = None
+    cells[1]["information_floor"] = {"ratio": 1.2}
+    cells[2]["information_floor"] = {"ratio": 1.25}
+    s = detection.summarize(cells)
+    assert s["margin_valid_floor_over_oracle_worst"] == 1.25
+    assert s["margin_valid_floor_over_oracle_geomean"] == 1.25  # only the cell the threshold catches
+    assert s["threshold_over_ours_ceiling"] == pytest.approx(4.0 / 1.25)
+    assert "threshold_over_ours_ceiling" not in detection.summarize(cells, with_references=False)
