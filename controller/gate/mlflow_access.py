@@ -111,19 +111,33 @@ class MlflowRest:
                               f"MLflow PUT {endpoint}: HTTP {response.status_code}: {_error_text(response)}")
 
 
+class HashingWriter:
+    """Writes byte chunks to a sink while hashing them; refuses (and stops) past max_bytes."""
+
+    def __init__(self, sink: IO[bytes], max_bytes: int, what: str) -> None:
+        self._sink, self._max_bytes, self._what = sink, max_bytes, what
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self._max_bytes:
+            raise SourcePolicyError(f"{self._what} is larger than the {self._max_bytes}-byte limit for golden datasets")
+        self._digest.update(chunk)
+        self._sink.write(chunk)
+
+    def result(self) -> tuple[str, int]:
+        """(sha256 hex digest, size in bytes) of everything written."""
+        return self._digest.hexdigest(), self.size
+
+
 def copy_hashing(chunks: Any, sink: IO[bytes], max_bytes: int, what: str) -> tuple[str, int]:
     """Write byte chunks to sink while hashing them; stop (and refuse) past max_bytes."""
-    digest = hashlib.sha256()
-    size = 0
+    writer = HashingWriter(sink, max_bytes, what)
     for chunk in chunks:
-        if not chunk:
-            continue
-        size += len(chunk)
-        if size > max_bytes:
-            raise SourcePolicyError(f"{what} is larger than the {max_bytes}-byte limit for golden datasets")
-        digest.update(chunk)
-        sink.write(chunk)
-    return digest.hexdigest(), size
+        if chunk:
+            writer.write(chunk)
+    return writer.result()
 
 
 def _error_text(response: Any) -> str:

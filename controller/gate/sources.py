@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import re
 import ssl
 from collections.abc import Collection, Mapping
@@ -27,7 +26,7 @@ import aiohttp
 from yarl import URL
 
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
-from controller.gate.mlflow_access import MlflowAccess, copy_hashing, download_artifact
+from controller.gate.mlflow_access import HashingWriter, MlflowAccess, copy_hashing, download_artifact
 
 DEFAULT_MAX_DATASET_BYTES = 4 * 1024**3
 _CONFIGMAP_URI = re.compile(r"^configmap://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)/([-._a-zA-Z0-9]+)$")
@@ -199,12 +198,7 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tu
 
 async def _copy_stream(response: aiohttp.ClientResponse, sink: IO[bytes], max_bytes: int,
                        what: str) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
+    writer = HashingWriter(sink, max_bytes, what)
     async for chunk in response.content.iter_chunked(1024 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            raise SourcePolicyError(f"{what} is larger than the {max_bytes}-byte limit for golden datasets")
-        digest.update(chunk)
-        sink.write(chunk)
-    return digest.hexdigest(), size
+        writer.write(chunk)
+    return writer.result()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,7 @@ from aiohttp import web
 from test_gate_support import run
 
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError
-from controller.gate.mlflow_access import MlflowAccess, artifact_endpoint
+from controller.gate.mlflow_access import MlflowAccess, artifact_endpoint, copy_hashing
 from controller.gate.sources import (
     ConfigMapContent,
     DatasetSources,
@@ -207,3 +208,13 @@ def test_unreachable_mlflow_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(SourceError) as down:
         fetch("mlflow-artifacts:/golden/x.jsonl", DatasetSources(mlflow=access), tmp_path)
     assert down.value.kind is ErrorKind.UNAVAILABLE
+
+
+def test_copy_hashing_writes_exactly_up_to_the_limit_and_refuses_one_byte_more() -> None:
+    sink = io.BytesIO()
+    assert copy_hashing([b"abc", b"", b"de"], sink, 5, "x") == (hashlib.sha256(b"abcde").hexdigest(), 5)
+    assert sink.getvalue() == b"abcde"
+    sink = io.BytesIO()
+    with pytest.raises(SourcePolicyError, match=r"dataset\.bin is larger than the 5-byte limit"):
+        copy_hashing([b"abc", b"def"], sink, 5, "dataset.bin")
+    assert sink.getvalue() == b"abc"  # the chunk that crosses the limit is never written
