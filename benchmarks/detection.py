@@ -329,7 +329,8 @@ def run(runs: int, seed: int) -> dict[str, Any]:
     # The plug-in reference scored the same way, as if it were ours (it is not valid: see margin_checks).
     as_if_ours = [{**c, "ours": c["plugin_reference"]} for c in cells]
     reference = {k: v for k, v in summarize(as_if_ours, with_references=False).items() if k != "cells_caught"}
-    return {"cells": cells, "summary": summarize(cells), "margin_checks": margin_checks,
+    summary = {**summarize(cells), **margin_summary(margin_checks)}
+    return {"cells": cells, "summary": summary, "margin_checks": margin_checks,
             "plugin_reference_summary": reference,
             "config": {"runs": runs, "seed": seed, "horizon": HORIZON, "look_every": LOOK_EVERY,
                        "canary_weight": CANARY_WEIGHT, "margin": MARGIN, "confidence": CONFIDENCE,
@@ -387,6 +388,14 @@ def summarize(cells: list[dict[str, Any]], with_references: bool = True) -> dict
         **known,
         **floor,
     }
+
+
+def margin_summary(margin_checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Outside the goals: false rollbacks at the margin itself, where validity is tested (clean cells cannot
+    show an over-rejecting test)."""
+    return {"max_false_rollback_at_margin": max((m["ours_false_rollback"] for m in margin_checks), default=None),
+            "plugin_max_false_rollback_at_margin": max((m["plugin_false_rollback"] for m in margin_checks),
+                                                       default=None)}
 
 
 def _fmt(d: dict[str, Any] | None) -> str:

@@ -135,3 +135,10 @@ def test_summary_scores_the_floor_as_a_judge(detection: ModuleType) -> None:
     assert s["ours_over_floor_geomean"] == pytest.approx(math.sqrt(2.5 * 1.2))
     assert s["threshold_over_floor_geomean"] == pytest.approx(160 / 50)  # only where both catch
     assert "threshold_over_floor_geomean" not in detection.summarize(cells, with_references=False)
+
+
+def test_margin_summary_reports_the_worst_stable_rate(detection: ModuleType) -> None:
+    checks = [{"ours_false_rollback": 0.006, "plugin_false_rollback": 0.016},
+              {"ours_false_rollback": 0.008, "plugin_false_rollback": 0.011}]
+    assert detection.margin_summary(checks) == {"max_false_rollback_at_margin": 0.008,
+                                                "plugin_max_false_rollback_at_margin": 0.016}
