@@ -142,3 +142,30 @@ def test_margin_summary_reports_the_worst_stable_rate(detection: ModuleType) -> 
               {"ours_false_rollback": 0.008, "plugin_false_rollback": 0.011}]
     assert detection.margin_summary(checks) == {"max_false_rollback_at_margin": 0.008,
                                                 "plugin_max_false_rollback_at_margin": 0.016}
+
+
+def test_threshold_judge_slides_its_window_at_the_common_cadence(detection: ModuleType) -> None:
+    # Looks every 10 canary samples; the window of 30 samples is the last three looks' counts.
+    per_look = np.array([[1, 2, 0, 4, 4, 0, 0]])
+    counts = detection.window_counts(per_look.cumsum(axis=1), 30)
+    assert counts.tolist() == [[3, 6, 8, 8, 4]]  # from the first full window (look 3) on
+    assert detection.sustained(counts, 2).tolist() == [[3, 6, 8, 4]]
+    streams = detection.Streams(per_look.cumsum(axis=1), per_look.cumsum(axis=1), np.arange(1, 8) * 10,
+                                np.arange(1, 8) * 90)
+    # Over 5 twice in a row first at looks 4 and 5 (6 and 8 events): caught at 50 samples.
+    assert detection.threshold(streams, 30, 2, 5).tolist() == [50.0]
+    assert detection.threshold(streams, 30, 1, 7).tolist() == [50.0]  # 8 > 7 first at look 5
+    assert detection.threshold(streams, 30, 1, 8).tolist() == [math.inf]
+
+
+def test_threshold_calibration_matches_the_exact_answer_for_a_single_window(
+        detection: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a horizon of one window there is one evaluation: false rollbacks are P(Bin(W, p) > max) exactly.
+    monkeypatch.setattr(detection, "HORIZON", 100)
+    monkeypatch.setattr(detection, "WINDOWS", (100,))
+    monkeypatch.setattr(detection, "FAILURE_LIMITS", (1,))
+    monkeypatch.setattr(detection, "STABLE_RATES", (0.005, 0.02))  # the higher rate sets the maximum
+    exact = int(np.flatnonzero(binom.sf(np.arange(101), 100, 0.02) <= detection.MAX_FALSE_ROLLBACK)[0])
+    # Both neighbours are many standard errors (0.07%) from 1%, so the estimate cannot land elsewhere.
+    assert binom.sf(exact, 100, 0.02) < 0.005 and binom.sf(exact - 1, 100, 0.02) > 0.015
+    assert detection.calibrate_threshold(np.random.default_rng(3)) == {(100, 1): exact}
