@@ -11,13 +11,16 @@ horizon of 20,000 canary samples. Judges:
 (a) ours: controller.analysis.judges.evaluate_proportion, the exact code the operator runs, on the
     cumulative counts at each look (stable's rate is never given to it: it only sees stable's counts).
 (b) threshold: Flagger/Argo style. A fixed maximum on the canary's class rate over the last W samples,
-    evaluated at the same cadence as every other judge (every 10 canary samples, once W samples exist, as
-    Flagger's first check comes one interval in); the rollout fails after `limit` consecutive failed
-    evaluations. Configured once for the whole grid: for each W in {50, 100, 200, 500, 1000} and limit in
-    {1, 2, 3}, the smallest maximum that keeps false rollbacks <= 1% at every stable rate of the grid,
-    estimated on clean rollouts of its own (overlapping windows are not independent, so there is no
-    closed form). Each cell reports the configuration that catches fastest there, which flatters this
-    judge.
+    evaluated at the same cadence as every other judge (every 10 canary samples, i.e. Flagger's interval with a
+    query range of W samples), once a full window exists (a rate over fewer samples would be a noisier judge
+    needing a higher maximum); the rollout fails after `limit` consecutive failed evaluations (Flagger and
+    Argo count failed checks in total; overlapping windows fail in runs, so the two hardly differ, and limit 1,
+    the same under both, wins almost every cell). Configured once for the whole grid: for each W in {50, 100,
+    200, 500, 1000} and limit in {1, 2, 3}, the smallest maximum that keeps false rollbacks <= 1% at every
+    stable rate of the grid. Overlapping windows are not independent, so there is no closed form: the share
+    is estimated on clean rollouts of its own (standard error about 0.07% at 1%, so a maximum whose share
+    lies that close to 1% can come out one count off). Each cell reports the configuration that catches
+    fastest there, which flatters this judge.
 (c) oracle: Wald's SPRT that knows both true rates, testing canary rate = 1.5 x stable against the true
     canary rate at alpha = beta = 1% on the canary's samples (only for ratios above 1.5).
 
@@ -110,10 +113,10 @@ def simulate(stable_rate: float, ratio: float, runs: int, rng: np.random.Generat
     return Streams(c, s, n, n * STABLE_PER_CANARY)
 
 
-def first_look(hit: npt.NDArray[np.bool_], every: int = LOOK_EVERY) -> FloatArray:
+def first_look(hit: npt.NDArray[np.bool_]) -> FloatArray:
     """Canary samples at the first look where `hit` is true, inf if never."""
     anyhit = hit.any(axis=1)
-    return np.where(anyhit, (hit.argmax(axis=1) + 1) * every, np.inf).astype(np.float64)
+    return np.where(anyhit, (hit.argmax(axis=1) + 1) * LOOK_EVERY, np.inf).astype(np.float64)
 
 
 # --- (a) ours ---------------------------------------------------------------------------------------------

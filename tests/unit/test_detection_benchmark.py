@@ -1,5 +1,6 @@
-"""benchmarks/detection.py's known-ratio reference: what it is, that it is valid at its first look, and how
-the summary scores it (the full benchmark is too slow for a unit test)."""
+"""benchmarks/detection.py's parts (the full benchmark is too slow for a unit test): the known-ratio reference
+and the information floor, how the summary scores them, and the threshold judge's sliding window and
+calibration."""
 
 from __future__ import annotations
 
@@ -169,3 +170,21 @@ def test_threshold_calibration_matches_the_exact_answer_for_a_single_window(
     # Both neighbours are many standard errors (0.07%) from 1%, so the estimate cannot land elsewhere.
     assert binom.sf(exact, 100, 0.02) < 0.005 and binom.sf(exact - 1, 100, 0.02) > 0.015
     assert detection.calibrate_threshold(np.random.default_rng(3)) == {(100, 1): exact}
+
+
+def test_threshold_calibration_over_overlapping_windows_matches_enumeration(
+        detection: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three looks, a window of two looks (two overlapping evaluations), two consecutive failures needed: a clean
+    # rollout fails when min(a + b, b + c) > max for its per-look counts a, b, c. Enumerate them all.
+    monkeypatch.setattr(detection, "HORIZON", 30)
+    monkeypatch.setattr(detection, "WINDOWS", (20,))
+    monkeypatch.setattr(detection, "FAILURE_LIMITS", (2,))
+    monkeypatch.setattr(detection, "STABLE_RATES", (0.02, 0.05))  # the higher rate sets the maximum
+    pmf = binom.pmf(np.arange(11), 10, 0.05)
+    a, b, c = np.meshgrid(*(np.arange(11),) * 3, indexing="ij")
+    prob = pmf[a] * pmf[b] * pmf[c]
+    sustained = np.minimum(a + b, b + c)
+    false_rollback = np.array([prob[sustained > k].sum() for k in range(21)])
+    exact = int(np.flatnonzero(false_rollback <= detection.MAX_FALSE_ROLLBACK)[0])
+    assert false_rollback[exact] < 0.005 and false_rollback[exact - 1] > 0.02  # clear of Monte Carlo noise
+    assert detection.calibrate_threshold(np.random.default_rng(4)) == {(20, 2): exact}
