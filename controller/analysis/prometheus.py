@@ -1,16 +1,25 @@
-"""Prometheus metric provider: instant queries with timeouts and retries, each result explained."""
+"""Prometheus metric provider: instant and range queries with timeouts and retries, each result explained."""
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.util.retry import Retry
+
+# An instant query that finds nothing is asked again over this much history: data there means the series
+# went stale (its source stopped reporting), none means nothing was ever counted.
+STALE_LOOKBACK = timedelta(hours=1)
+STALE_STEP = "60s"
+UNAVAILABLE = (502, 503, 504)
 
 
 class QueryProblem(StrEnum):
@@ -18,7 +27,8 @@ class QueryProblem(StrEnum):
 
     UNREACHABLE = "PrometheusUnreachable"
     REJECTED = "QueryRejected"  # Prometheus answered with an error: bad syntax, timeout, too many samples
-    EMPTY = "NoData"  # no series matched: nothing was counted, or the series went stale
+    EMPTY = "NoData"  # no series matched, now or in the hour before: nothing was counted
+    STALE = "StaleSeries"  # no value now, but there was within the hour: the source stopped reporting
     NOT_A_NUMBER = "NotANumber"  # NaN or infinite, e.g. 0/0
     AMBIGUOUS = "MultipleSeries"  # more than one series where one number was expected
     MALFORMED = "MalformedResponse"
@@ -49,48 +59,115 @@ class Measurement:
 class PrometheusProvider:
     def __init__(self, address: str, timeout_seconds: float = 5.0, retries: int = 2,
                  headers: dict[str, str] | None = None) -> None:
-        retry = Retry(total=retries, backoff_factor=0.2, status_forcelist=(502, 503, 504),
-                      allowed_methods=frozenset({"GET", "POST"}))
-        self.address = address.rstrip("/")
+        # Not raising on the last 5xx lets Prometheus' own error text (e.g. a query timeout) reach the verdict.
+        retry = Retry(total=retries, backoff_factor=0.2, status_forcelist=UNAVAILABLE,
+                      allowed_methods=frozenset({"GET", "POST"}), raise_on_status=False)
+        self.address = _without_credentials(address.rstrip("/"))  # what messages show
         self.timeout_seconds = timeout_seconds
-        # POST keeps long queries out of URLs (and out of proxies' access logs).
-        self._client = PrometheusConnect(url=self.address, headers=headers, retry=retry,
+        # POST keeps long queries out of proxies' access logs (the library still puts the query in the URL).
+        self._client = PrometheusConnect(url=address.rstrip("/"), headers=headers, retry=retry,
                                          timeout=timeout_seconds, method="POST")
 
     def __repr__(self) -> str:
         return f"PrometheusProvider({self.address!r})"
 
-    def scalar(self, query: str, at: datetime | None = None) -> Measurement:
-        """Evaluate `query` at `at` (default: now) and expect exactly one number."""
+    def scalar(self, query: str, at: datetime | None = None, *, check_stale: bool = True) -> Measurement:
+        """Evaluate `query` at `at` (default: now) and expect exactly one number.
+
+        An empty answer is told apart from a stale one by a range query over the hour before, unless
+        `check_stale` is false (e.g. for history, where a gap just means no traffic then).
+        """
         params = {"time": f"{at.timestamp():.3f}"} if at else None
+        answer = self._ask(query, at, lambda: self._client.custom_query(query, params=params))
+        if isinstance(answer, Measurement):
+            return answer
+        measured = _one_number(query, answer, at)
+        if measured.problem is QueryProblem.EMPTY and check_stale:
+            return self._empty_or_stale(measured)
+        return measured
+
+    def last_seen(self, query: str, start: datetime, end: datetime, step: str = STALE_STEP) -> datetime | Measurement:
+        """Range query: the newest time in [start, end] at which `query` had a value (a Measurement saying
+        why when there was none, or the query failed)."""
+        answer = self._ask(query, end, lambda: self._client.custom_query_range(query, start, end, step))
+        if isinstance(answer, Measurement):
+            return answer
+        newest = _newest_timestamp(answer)
+        if newest is None:
+            return Measurement(query, None, QueryProblem.EMPTY,
+                               f"no series matched between {start.isoformat()} and {end.isoformat()}", end)
+        return datetime.fromtimestamp(newest, UTC)
+
+    def _empty_or_stale(self, empty: Measurement) -> Measurement:
+        end = empty.at or datetime.now(UTC)
+        seen = self.last_seen(empty.query, end - STALE_LOOKBACK, end)
+        if isinstance(seen, Measurement):
+            return seen if seen.problem is not QueryProblem.EMPTY else empty
+        return Measurement(empty.query, None, QueryProblem.STALE,
+                           f"no value now, but there was one until {seen.isoformat()} "
+                           f"({(end - seen).total_seconds():.0f} s earlier): its source stopped reporting "
+                           "(exporter down or no longer scraped)", empty.at)
+
+    def _ask(self, query: str, at: datetime | None, send: Callable[[], Any]) -> Any:
+        """The library's answer, or a Measurement that explains why there is none."""
+        def problem(kind: QueryProblem, detail: str) -> Measurement:
+            return Measurement(query, None, kind, detail, at)
+
         try:
-            result = self._client.custom_query(query, params=params)
+            return send()
+        except requests.exceptions.JSONDecodeError:  # also a RequestException: must come first
+            return problem(QueryProblem.MALFORMED, f"{self.address} answered, but not with JSON")
         except (requests.ConnectionError, requests.Timeout) as exc:
-            return Measurement(query, None, QueryProblem.UNREACHABLE,
-                               f"{self.address} did not answer ({type(exc).__name__})", at)
+            return problem(QueryProblem.UNREACHABLE, f"{self.address} did not answer ({type(exc).__name__})")
         except requests.RequestException as exc:
-            return Measurement(query, None, QueryProblem.UNREACHABLE, f"{self.address}: {type(exc).__name__}", at)
+            return problem(QueryProblem.UNREACHABLE, f"{self.address}: {type(exc).__name__}")
         except PrometheusApiClientException as exc:
-            return Measurement(query, None, QueryProblem.REJECTED, _prometheus_error(exc), at)
-        except ValueError as exc:
-            return Measurement(query, None, QueryProblem.MALFORMED, f"response is not JSON: {exc}", at)
-        return _one_number(query, result, at)
+            status, text = _prometheus_error(exc)
+            if status in UNAVAILABLE and '"status":"error"' not in text:  # a proxy or load balancer, not Prometheus
+                return problem(QueryProblem.UNREACHABLE, f"{self.address} answered HTTP {status} on every attempt")
+            return problem(QueryProblem.REJECTED, text)
+        except (KeyError, TypeError, ValueError) as exc:  # JSON, but not Prometheus' {"data": {"result": ...}}
+            return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without data.result "
+                                                   f"({type(exc).__name__})")
 
 
-def _prometheus_error(exc: PrometheusApiClientException) -> str:
+def _without_credentials(address: str) -> str:
+    """The address with any user:password@ removed, for messages (they reach statuses and Events)."""
+    parts = urlsplit(address)
+    if "@" not in parts.netloc:
+        return address
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _prometheus_error(exc: PrometheusApiClientException) -> tuple[int | None, str]:
+    """(HTTP status, the first 300 characters of the message with Prometheus' error text)."""
     text = str(exc)
-    return text[:300]
+    status = re.match(r"HTTP Status Code (\d+)", text)
+    return (int(status.group(1)) if status else None), text[:300]
+
+
+def _newest_timestamp(result: Any) -> float | None:
+    """Newest sample time in a range-query result (a matrix), None when it holds no readable sample."""
+    newest = None
+    for series in result if isinstance(result, list) else ():
+        values = series.get("values") if isinstance(series, dict) else None
+        for sample in values if isinstance(values, list) else ():
+            if isinstance(sample, list) and sample and isinstance(sample[0], int | float):
+                newest = max(float(sample[0]), newest if newest is not None else -math.inf)
+    return newest
 
 
 def _one_number(query: str, result: Any, at: datetime | None) -> Measurement:
-    if isinstance(result, dict) and "value" in result:  # a scalar result
+    if _is_sample(result):  # a scalar or string result: [time, "value"]
+        samples = [{"value": result}]
+    elif isinstance(result, dict) and "value" in result:
         samples = [result]
     elif isinstance(result, list):
         samples = result
     else:
         return Measurement(query, None, QueryProblem.MALFORMED, f"unexpected result type {type(result).__name__}", at)
     if not samples:
-        return Measurement(query, None, QueryProblem.EMPTY, "no series matched (nothing counted yet, or stale)", at)
+        return Measurement(query, None, QueryProblem.EMPTY, "no series matched (nothing counted)", at)
     if len(samples) > 1:
         labels = [s.get("metric", {}) for s in samples[:3] if isinstance(s, dict)]
         return Measurement(query, None, QueryProblem.AMBIGUOUS,
@@ -103,3 +180,8 @@ def _one_number(query: str, result: Any, at: datetime | None) -> Measurement:
     if not math.isfinite(value):
         return Measurement(query, None, QueryProblem.NOT_A_NUMBER, f"value is {value}", at)
     return Measurement(query, value, None, "", at)
+
+
+def _is_sample(result: Any) -> bool:
+    return (isinstance(result, list) and len(result) == 2 and isinstance(result[0], int | float)
+            and not isinstance(result[0], bool) and isinstance(result[1], str))

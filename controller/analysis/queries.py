@@ -46,7 +46,7 @@ class QueryScope:
         matchers = [(self.namespace_label, self.namespace), (self.target_label, self.target),
                     (self.variant_label, self.variant), *self.extra_matchers]
         for name, _ in matchers:
-            if not LABEL_NAME.match(name):
+            if not LABEL_NAME.fullmatch(name):
                 raise TemplateError(f"invalid label name {name!r}")
         return ", ".join(f"{name}={promql_string(value)}" for name, value in matchers)
 
@@ -61,7 +61,7 @@ def render(template: str, scope: QueryScope) -> str:
     {{selector}} becomes label matchers, {{window}} a validated duration, the others quoted string
     literals. Unknown variables are refused (the CRD refuses them too; this guards other callers).
     """
-    if not PROMQL_DURATION.match(scope.window):
+    if not PROMQL_DURATION.fullmatch(scope.window):
         raise TemplateError(f"window {scope.window!r} is not a PromQL duration")
     values = {
         "selector": scope.selector(),

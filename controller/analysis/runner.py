@@ -72,9 +72,10 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
         for part, template in (("events", spec.events), ("total", spec.total)):
             key = f"{variant}_{part}"
             queries[key] = render(template, _scope(request, variant, window))
-            values[key] = provider.scalar(queries[key], request.now)
-    if problem := _first_problem(values):
-        return _unmeasured(name, problem, queries)
+    for key, query in queries.items():
+        values[key] = provider.scalar(query, request.now)
+        if not values[key].ok:  # one unanswered query already makes the verdict: do not wait on the rest
+            return _unmeasured(name, values[key], queries)
     return proportion_judge(name, values["canary_events"].value, values["canary_total"].value,
                             values["stable_events"].value, values["stable_total"].value,
                             ProportionCriteria.from_spec(spec), queries=queries,
@@ -92,11 +93,11 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     history: list[tuple[float, float]] = []
     for day in range(1, days + 1):
         at = request.now - timedelta(days=day)
-        events = provider.scalar(queries["current_events"], at)
-        total = provider.scalar(queries["current_total"], at)
+        # A day with no series then had no traffic for this model: a gap, not a stale source.
+        events = provider.scalar(queries["current_events"], at, check_stale=False)
+        total = provider.scalar(queries["current_total"], at, check_stale=False)
         if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
             return _unmeasured(name, broken, queries)
-        # A day with no series had no traffic for this model: it is skipped by the judge, not an error.
         history.append((events.value or 0.0, total.value or 0.0))
     return baseline_judge(name, current["current_events"].value, current["current_total"].value, history,
                           ProportionCriteria.from_spec(spec), queries=queries,

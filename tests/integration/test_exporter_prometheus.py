@@ -85,6 +85,7 @@ def test_counts_scraped_by_prometheus_are_read_per_variant(prometheus: Prometheu
 def test_each_query_problem_has_its_own_explanation(prometheus: PrometheusServer) -> None:
     provider = PrometheusProvider(prometheus.url)
     assert provider.scalar("vector(3)").value == 3
+    assert provider.scalar("scalar(vector(0.25))").value == 0.25  # a scalar result, not a vector
     empty = provider.scalar('modelrollout_predictions_total{namespace="nowhere"}')
     assert empty.problem is QueryProblem.EMPTY and "no series" in empty.detail
     nan = provider.scalar("vector(0) / vector(0)")

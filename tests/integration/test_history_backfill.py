@@ -45,6 +45,16 @@ def test_backfilled_days_answer_the_bakes_queries_and_nothing_else(tmp_path: Pat
         for at in (now - DAY_SECONDS - 7200, now - 4 * DAY_SECONDS):
             gap = count(server, ALL_PREDICTIONS, "5m", at)
             assert gap.problem is QueryProblem.EMPTY, gap
+        # Twenty minutes after a stretch ends, the series are stale: nothing now, but there was within the hour.
+        stretch_end = now - DAY_SECONDS + 1800
+        stale = count(server, ALL_PREDICTIONS, "5m", stretch_end + 1200)
+        assert stale.problem is QueryProblem.STALE, stale
+        assert "stopped reporting" in stale.detail and "s earlier" in stale.detail, stale
+        # History reads ask for no staleness check: a gap there only means no traffic then.
+        scope = QueryScope(namespace="moderation", target="nsfw", variant="stable", window="5m")
+        gap = PrometheusProvider(server.url).scalar(render(ALL_PREDICTIONS, scope),
+                                                    datetime.fromtimestamp(stretch_end + 1200, UTC), check_stale=False)
+        assert gap.problem is QueryProblem.EMPTY, gap
     finally:
         server.stop()
 

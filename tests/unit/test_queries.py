@@ -46,7 +46,7 @@ def test_any_string_round_trips_through_the_literal(value: str) -> None:
         assert decoded == value
 
 
-@pytest.mark.parametrize("window", ["5 m", "1m) or vector(1", "", "-5m"])
+@pytest.mark.parametrize("window", ["5 m", "1m) or vector(1", "", "-5m", "5m\n"])
 def test_bad_window_is_refused(window: str) -> None:
     with pytest.raises(TemplateError, match="not a PromQL duration"):
         render("m[{{window}}]", QueryScope("n", "t", "canary", window))

@@ -1,0 +1,111 @@
+"""What the Prometheus provider makes of answers real Prometheus never gives but a proxy, a wrong address or a
+broken server can: each becomes an explained problem, never an exception. (Real Prometheus' own answers are
+tested in tests/integration/test_exporter_prometheus.py and test_history_backfill.py.)"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from controller.analysis.prometheus import PrometheusProvider, QueryProblem
+from controller.analysis.runner import AnalysisRequest, run_analysis
+from controller.api.spec import MetricSpec, ProportionMetric
+from controller.verdict import Outcome
+
+
+class Garbage:
+    """A local HTTP server that answers every request with the status and body it is set to."""
+
+    def __init__(self) -> None:
+        self.status, self.body, self.requests = 200, b"", 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                owner.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(owner.status)
+                self.send_header("Content-Length", str(len(owner.body)))
+                self.end_headers()
+                self.wfile.write(owner.body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, status: int, body: bytes) -> None:
+        self.status, self.body = status, body
+
+
+@pytest.fixture()
+def garbage() -> Iterator[Garbage]:
+    g = Garbage()
+    thread = threading.Thread(target=g.server.serve_forever, daemon=True)
+    thread.start()
+    yield g
+    g.server.shutdown()
+    g.server.server_close()
+
+
+@pytest.mark.parametrize(("body", "detail"), [
+    (b"[]", "without data.result"),
+    (b'{"status": "success"}', "without data.result"),
+    (b'{"data": null}', "without data.result"),
+    (b"<html>hello</html>", "not with JSON"),
+])
+def test_a_200_that_is_not_a_prometheus_answer_is_malformed(garbage: Garbage, body: bytes, detail: str) -> None:
+    garbage.answer(200, body)
+    m = PrometheusProvider(garbage.url, retries=0).scalar("vector(1)")
+    assert m.problem is QueryProblem.MALFORMED and detail in m.detail, m
+
+
+def test_a_proxy_without_a_backend_is_unreachable_after_the_retries(garbage: Garbage) -> None:
+    garbage.answer(503, b"no healthy upstream")
+    m = PrometheusProvider(garbage.url, retries=2).scalar("vector(1)")
+    assert m.problem is QueryProblem.UNREACHABLE and "HTTP 503 on every attempt" in m.detail, m
+    assert garbage.requests == 3  # the first attempt and two retries
+
+
+def test_prometheus_own_timeout_keeps_its_explanation(garbage: Garbage) -> None:
+    garbage.answer(503, b'{"status":"error","errorType":"timeout","error":"query timed out in expression evaluation"}')
+    m = PrometheusProvider(garbage.url, retries=1).scalar("vector(1)")
+    assert m.problem is QueryProblem.REJECTED and "query timed out" in m.detail, m
+
+
+def test_a_scalar_result_is_one_number(garbage: Garbage) -> None:
+    garbage.answer(200, b'{"status":"success","data":{"resultType":"scalar","result":[1700000000.5,"0.25"]}}')
+    assert PrometheusProvider(garbage.url, retries=0).scalar("scalar(x)").value == 0.25
+
+
+def test_credentials_in_the_address_never_reach_a_message(garbage: Garbage) -> None:
+    host = garbage.url.removeprefix("http://")
+    garbage.answer(503, b"down")
+    provider = PrometheusProvider(f"http://admin:s3cret@{host}", retries=0)
+    m = provider.scalar("vector(1)")
+    assert m.problem is QueryProblem.UNREACHABLE
+    assert "s3cret" not in m.detail and "admin" not in m.detail and "s3cret" not in repr(provider)
+    assert host in m.detail
+
+
+def test_an_empty_answer_with_no_history_is_no_data(garbage: Garbage) -> None:
+    garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[]}}')
+    m = PrometheusProvider(garbage.url, retries=0).scalar("x", datetime(2026, 1, 1, tzinfo=UTC))
+    assert m.problem is QueryProblem.EMPTY
+    assert garbage.requests == 2  # the instant query, then the range query that looks for a stale series
+
+
+def test_canary_analysis_stops_asking_once_a_query_fails(garbage: Garbage) -> None:
+    garbage.answer(503, b"down")
+    metric = MetricSpec("nsfw-rate", ProportionMetric(events='sum(increase(p{ {{selector}}, c="nsfw"}[{{window}}]))',
+                                                      total="sum(increase(p{ {{selector}} }[{{window}}]))"))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    request = AnalysisRequest("ns", "model", "canary", now.replace(hour=0, minute=0), now.replace(minute=5))
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE and "PrometheusUnreachable" in verdict.reason
+    assert garbage.requests == 1  # not four
