@@ -8,6 +8,7 @@ mode (`application/cloudevents+json`) is accepted too.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,14 +54,19 @@ class CloudEvent:
 
 def parse_cloudevent(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     lowered = {k.lower(): v for k, v in headers.items()}
+    structured = lowered.get("content-type", "").startswith("application/cloudevents+json")
+    if not structured and lowered.get("ce-type") in REQUEST_TYPES:
+        body = b""  # a request is kept for its attributes only; its payload may be binary (images, V2 tensors)
     try:
         payload = json.loads(body) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd nesting, integers past Python's limit
         raise MalformedEvent("NotJSON", f"body is not JSON ({exc.__class__.__name__})") from None
-    if lowered.get("content-type", "").startswith("application/cloudevents+json"):
+    if structured:
         if not isinstance(payload, dict):
             raise MalformedEvent("NotCloudEvent", "structured event is not a JSON object")
-        attributes = {k.lower(): str(v) for k, v in payload.items() if k not in ("data", "data_base64")}
+        # A null attribute is an absent one (str(None) would make "None" an id).
+        attributes = {k.lower(): str(v) for k, v in payload.items()
+                      if k not in ("data", "data_base64") and v is not None}
         data = payload.get("data")
     else:
         attributes = {k[3:]: v for k, v in lowered.items() if k.startswith("ce-")}
@@ -111,8 +117,9 @@ def _v2_classes(outputs: Any, options: DecodeOptions) -> tuple[str, ...]:
 
 
 def _tensor_classes(values: Any, shape: Any, options: DecodeOptions) -> tuple[str, ...]:
-    if not isinstance(values, list) or not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
-        raise MalformedEvent("BadTensor", "tensor needs a data list and an integer shape")
+    if (not isinstance(values, list) or not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise MalformedEvent("BadTensor", "tensor needs a data list and a shape of non-negative integers")
     flat = _flatten(values)
     if len(shape) == 2:
         rows, width = shape
@@ -147,6 +154,8 @@ def _row_to_class(row: Any, options: DecodeOptions) -> str:
     if isinstance(row, float) and row.is_integer():
         return _class_at(int(row), options)
     if isinstance(row, Sequence) and row and all(isinstance(p, int | float) and not isinstance(p, bool) for p in row):
+        if not all(math.isfinite(p) for p in row):  # NaN compares false with everything: argmax would guess
+            raise MalformedEvent("BadPredictions", "a score is NaN or infinite")
         best = max(range(len(row)), key=lambda i: row[i])
         return _class_at(best, options)
     if isinstance(row, dict) and isinstance(row.get("label"), str):

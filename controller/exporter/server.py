@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -15,6 +18,7 @@ from controller.exporter.events import (
     CloudEvent,
     DecodeOptions,
     MalformedEvent,
+    Prediction,
     parse_cloudevent,
     prediction_from_event,
 )
@@ -42,15 +46,20 @@ class PredictionExporter:
     """Counts predictions; a malformed event is counted and dropped, never raised."""
 
     def __init__(self, options: DecodeOptions | None = None, max_classes: int = 64,
-                 max_pending_requests: int = 10_000) -> None:
+                 max_pending_requests: int = 10_000, pending_seconds: float = 60.0,
+                 max_models: int = 1_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options or DecodeOptions()
         self.metrics = ExporterMetrics()
         self.max_classes = max_classes
         self._known_classes: set[str] = set(self.options.class_names)
         self._seen: set[tuple[str, str, str, str]] = set()
-        # Requests kept briefly so a response without identity headers can borrow its request's.
-        self._requests: OrderedDict[str, CloudEvent] = OrderedDict()
+        self._max_models = max_models
+        # Requests' attributes (never their payloads) kept briefly so that a response without identity headers
+        # can borrow its request's; a response that never comes must not keep its request forever.
+        self._requests: OrderedDict[str, tuple[float, CloudEvent]] = OrderedDict()
         self._max_pending = max_pending_requests
+        self._pending_seconds = pending_seconds
+        self._clock = clock
 
     def handle(self, headers: dict[str, str], body: bytes, query: str) -> str:
         try:
@@ -61,7 +70,9 @@ class PredictionExporter:
                 return "request"
             if event.type not in RESPONSE_TYPES:
                 raise MalformedEvent("UnknownEventType", f"event type {event.type[:80]!r}")
-            prediction = prediction_from_event(event, query, self.options, self._requests.pop(event.id, None))
+            request = self._requests.pop(event.id, None)
+            prediction = prediction_from_event(event, query, self.options, request[1] if request else None)
+            self._admit(prediction)
         except MalformedEvent as exc:
             self.metrics.events.labels("malformed").inc()
             self.metrics.malformed.labels(exc.reason).inc()
@@ -89,9 +100,18 @@ class PredictionExporter:
             return name
         return OTHER_CLASS
 
+    def _admit(self, prediction: Prediction) -> None:
+        # Identity labels come from callers: a bound on them bounds the series count.
+        identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
+        if identity not in self._seen and len(self._seen) >= self._max_models:
+            raise MalformedEvent("TooManyModels", f"already counting {self._max_models} model versions")
+
     def _remember(self, event: CloudEvent) -> None:
-        self._requests[event.id] = event
-        while len(self._requests) > self._max_pending:
+        now = self._clock()
+        self._requests.pop(event.id, None)  # a repeated id moves to the back with its new time
+        self._requests[event.id] = (now, dataclasses.replace(event, data=None))
+        while self._requests and (len(self._requests) > self._max_pending
+                                  or next(iter(self._requests.values()))[0] < now - self._pending_seconds):
             self._requests.popitem(last=False)
 
     def app(self) -> web.Application:

@@ -46,6 +46,9 @@ def test_classes_from_v1_v2_and_seldon(body: dict, expected: tuple[str, ...]) ->
     ({"outputs": []}, "BadV2Output"),
     ({"outputs": [{"shape": [2, 2], "datatype": "FP32", "data": [0.1, 0.9, 0.7]}]}, "BadTensor"),
     ({"outputs": [{"shape": [2, 2, 2], "datatype": "FP32", "data": [0.0] * 8}]}, "BadTensor"),
+    ({"outputs": [{"shape": [-2, -1], "datatype": "FP32", "data": [0.1, 0.9]}]}, "BadTensor"),
+    ({"predictions": [[float("nan"), 0.9]]}, "BadPredictions"),  # argmax over NaN would depend on its place
+    ({"predictions": [[float("inf"), float("inf")]]}, "BadPredictions"),
 ])
 def test_garbage_payloads_are_refused_with_a_reason(body: object, reason: str) -> None:
     with pytest.raises(MalformedEvent) as caught:
@@ -98,3 +101,51 @@ def test_class_cardinality_is_bounded() -> None:
         "namespace": "moderation", "inference_service": "nsfw", "variant": "stable", "model_version": "1",
         "class": OTHER_CLASS})
     assert other == 2
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"[" * 100_000, "NotJSON"),  # deeper than the parser recurses
+    (b'{"predictions": [' + b"9" * 5_000 + b"]}", "NotJSON"),  # an integer past Python's conversion limit
+    (b"\xff\xfe", "NotJSON"),
+])
+def test_bodies_the_parser_cannot_take_are_counted_and_dropped(body: bytes, reason: str) -> None:
+    exporter = PredictionExporter(NAMES)
+    assert exporter.handle(kserve_headers(), body, "variant=canary") == "malformed"
+    assert exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                                      {"reason": reason}) == 1
+
+
+def test_a_null_id_is_a_missing_id() -> None:
+    structured = {"specversion": "1.0", "id": None, "type": "org.kubeflow.serving.inference.response",
+                  "source": "x", "data": {"predictions": ["nsfw"]}}
+    exporter = PredictionExporter(NAMES)
+    assert exporter.handle({"Content-Type": "application/cloudevents+json"}, json.dumps(structured).encode(),
+                           "namespace=moderation&inference_service=nsfw&variant=canary") == "malformed"
+    assert exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                                      {"reason": "NotCloudEvent"}) == 1
+
+
+def test_pending_requests_keep_no_payload_and_expire() -> None:
+    now = [0.0]
+    exporter = PredictionExporter(NAMES, pending_seconds=60, max_pending_requests=3, clock=lambda: now[0])
+    request = kserve_headers("org.kubeflow.serving.inference.request", "r1", endpoint="canary")
+    request["Content-Type"] = "application/octet-stream"
+    assert exporter.handle(request, b"\x89PNG" + b"\0" * 1_000_000, "") == "request"  # a binary body is fine
+    assert all(event.data is None for _, event in exporter._requests.values())
+    now[0] = 61.0  # r1 is now too old to wait for its response
+    exporter.handle(kserve_headers("org.kubeflow.serving.inference.request", "r2"), b"{}", "")
+    assert list(exporter._requests) == ["r2"]
+    for i in range(3, 8):  # and never more than the cap
+        exporter.handle(kserve_headers("org.kubeflow.serving.inference.request", f"r{i}"), b"{}", "")
+    assert list(exporter._requests) == ["r5", "r6", "r7"]
+
+
+def test_model_identities_are_bounded() -> None:
+    exporter = PredictionExporter(NAMES, max_models=2)
+    body = json.dumps({"predictions": [1]}).encode()
+    for version in ("1", "2"):
+        assert exporter.handle(kserve_headers(), body, f"variant=canary&model_version={version}") == "counted"
+    assert exporter.handle(kserve_headers(), body, "variant=canary&model_version=3") == "malformed"
+    assert exporter.handle(kserve_headers(), body, "variant=canary&model_version=1") == "counted"  # known: fine
+    assert exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                                      {"reason": "TooManyModels"}) == 1
