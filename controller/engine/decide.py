@@ -768,19 +768,27 @@ class _Decider:
             self._update(phase=Phase.PAUSED, pause=pause)
             how_long = "until promoted" if until is None else f"for {format_duration(step.duration or timedelta())}"
             self._record("Paused", f"{self._step_label(index)}: holding at {self.status.canary_weight}% {how_long}")
-        if pause.until is not None and self.now >= pause.until:
-            self._record("PauseEnded", f"{self._step_label(index)}: pause over")
-            self._advance_step()
-            return
-        # A model waiting for a human at N% is still watched: a failure rolls back, the rest is noted.
+        # A model waiting at N% is still watched: a failure rolls back, the rest is noted. A timed pause ends
+        # only after one last run that covers it, so a failure judged late (a slow Prometheus, an operator
+        # that was down) is never skipped.
+        judged: Outcome | None = None
         if self.spec.analysis.metrics and (self.status.canary_weight or 0) > 0:
             analysis = self.status.analysis
             if analysis is None or analysis.step_index != index or analysis.mode is not AnalysisMode.CANARY:
                 self._update(analysis=AnalysisStatus(mode=AnalysisMode.CANARY, window_start=self.now,
-                                                     step_index=index))
-            if self._judge() is Outcome.FAIL:
+                                                     step_index=index, ends_at=pause.until))
+            elif analysis.ends_at != pause.until:
+                self._update(analysis=dataclasses.replace(analysis, ends_at=pause.until))
+            judged = self._judge()
+            if judged is Outcome.FAIL:
                 self._judged_failure(RollbackCause.ANALYSIS_FAILED)
                 return
+            if judged is None and pause.until is not None and self.now >= pause.until:
+                return  # the last run is still out
+        if pause.until is not None and self.now >= pause.until:
+            self._record("PauseEnded", f"{self._step_label(index)}: pause over")
+            self._advance_step()
+            return
         if pause.until is not None:
             self.requeue.append(pause.until - self.now)
 
@@ -814,7 +822,10 @@ class _Decider:
                 return Outcome.FAIL
         ends_at = analysis.ends_at
         time_up = ends_at is not None and self.now >= ends_at
-        if time_up and analysis.request_id is None and analysis.runs > 0:
+        # Time is up only with a run taken at or after the end: after downtime, an old outcome says nothing
+        # about the time since (the judges count from the window start, so one run covers it all).
+        if time_up and analysis.request_id is None and analysis.runs > 0 and analysis.last_run_at is not None \
+                and ends_at is not None and analysis.last_run_at >= ends_at:
             return analysis.outcome or Outcome.INCONCLUSIVE
         if analysis.request_id is None:
             due_at = (analysis.last_run_at or analysis.window_start) + interval

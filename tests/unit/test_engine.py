@@ -32,7 +32,7 @@ from controller.engine import (
     decide,
     reject_spec,
 )
-from controller.verdict import Outcome
+from controller.verdict import Outcome, Verdict
 
 DONE = (Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED)
 
@@ -126,7 +126,8 @@ def test_analysis_holds_for_its_duration_and_runs_every_interval() -> None:
     world = World()
     world.run_until(lambda w: (w.status.current_step or 0) >= 2)
     runs = [action for action in world.executed if isinstance(action, RunAnalysis) and action.step_index == 1]
-    assert len(runs) == 19  # every 30s over 10 minutes; the result of the last one decides
+    # Every 30s over 10 minutes, the last at the end itself: its result, which covers the whole window, decides.
+    assert len(runs) == 20
     assert {action.canary_weight for action in runs} == {1}
     assert len({action.id for action in runs}) == len(runs)
     gaps = {later.window_start for later in runs}
@@ -163,6 +164,50 @@ def test_timed_pause_goes_on_by_itself() -> None:
     world.reconcile()
     assert world.status.phase is Phase.SUCCEEDED
     assert "PauseEnded" in events(world)
+
+
+def test_a_timed_pause_ends_only_after_a_last_run_and_a_late_failure_rolls_back() -> None:
+    # The operator is down across the end of a watched pause; the candidate went bad meanwhile. The judges'
+    # last word before the downtime was a pass, but the pause may not end on it.
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {"duration": "5m"}}]}, bake=None))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED and w.status.analysis is not None
+                    and w.status.analysis.runs > 0)
+    world.judge = lambda _request: [verdict(Outcome.FAIL)]
+    world.advance(timedelta(minutes=10))
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK, world.status.message
+    assert world.status.rollback is not None and world.status.rollback.cause is RollbackCause.ANALYSIS_FAILED
+    assert "PauseEnded" not in events(world)
+
+
+def test_a_watched_timed_pause_that_stays_clean_goes_on() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {"duration": "5m"}}]}, bake=None))
+    run_times: list[datetime] = []
+
+    def judge(_request: RunAnalysis) -> list[Verdict]:
+        run_times.append(world.now)
+        return [verdict(Outcome.PASS)]
+
+    world.judge = judge
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    assert world.status.pause is not None and world.status.pause.until is not None
+    until = world.status.pause.until
+    world.run_until(finished)
+    assert world.status.phase is Phase.SUCCEEDED
+    assert run_times and max(run_times) >= until  # the last run covers the whole pause
+
+
+def test_after_downtime_the_bake_ends_on_a_fresh_run_not_an_old_pass() -> None:
+    world = World()
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.status.phase is Phase.BAKING and w.status.analysis is not None
+                    and w.status.analysis.runs > 0)
+    world.judge = lambda _request: [verdict(Outcome.FAIL)]
+    world.advance(timedelta(hours=3))  # the bake (1h) ended two hours ago, with no run since its start
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK, world.status.message
+    assert world.status.rollback is not None and world.status.rollback.cause is RollbackCause.BAKE_FAILED
 
 
 def test_alias_named_candidate_is_resolved_once() -> None:
@@ -413,7 +458,7 @@ def test_inconclusive_analysis_pauses_then_promote_goes_on() -> None:
     status = world.status
     assert status.phase is Phase.PAUSED and status.current_step == 1
     assert status.pause is not None and status.pause.reason is PauseReason.ANALYSIS_INCONCLUSIVE
-    assert "not enough evidence after 19 runs" in status.message
+    assert "not enough evidence after 20 runs" in status.message
     assert condition(world, "AnalysisHealthy") == ("Unknown", "NotEnoughEvidence")
     weights_before = weights_sent(world)
     world.advance(timedelta(hours=1))
@@ -443,7 +488,7 @@ def test_inconclusive_analysis_with_on_inconclusive_rollback() -> None:
     assert world.status.phase is Phase.ROLLED_BACK
     assert world.status.rollback is not None
     assert world.status.rollback.cause is RollbackCause.ANALYSIS_INCONCLUSIVE
-    assert world.status.message.startswith("Rolled back: not enough evidence after 19 runs")
+    assert world.status.message.startswith("Rolled back: not enough evidence after 20 runs")
 
 
 def test_without_automatic_rollback_a_failure_waits_for_a_human() -> None:
