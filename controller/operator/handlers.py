@@ -38,7 +38,7 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
         # The CRD is installed before the operator starts and discovered once; RBAC grants no CRD or
         # Namespace watch (deploy/base/rbac.yaml), so kopf must not try one.
         settings.scanning.disabled = True
-        api_client = load_client_config(kubeconfig)
+        api_client = load_client_config(kubeconfig, bounded=True)
         reconciler = Reconciler(RolloutStore(api_client), RolloutStepper(api_client, config).step, metrics)
         queue = WakeupQueue(reconciler.reconcile)
         state["queue"] = queue

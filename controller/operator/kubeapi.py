@@ -21,14 +21,40 @@ APPLY_PATCH = "application/apply-patch+yaml"
 log = logging.getLogger(__name__)
 
 
-def load_client_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster config inside a pod, else the kubeconfig (explicit path, $KUBECONFIG or ~/.kube/config)."""
+# (connect, read) seconds for each of the operator's API calls.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
+
+class BoundedApiClient(client.ApiClient):
+    """An ApiClient whose calls time out unless they set their own timeout.
+
+    The client waits forever by default: one half-open connection would hold a reconcile worker, and with it
+    that rollout, for good, while the operator still looks alive. Watches are not bounded (a watch waits by
+    design); the operator's watches go through kopf, not this client.
+    """
+
+    def __init__(self, configuration: client.Configuration, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
+        super().__init__(configuration)
+        self.request_timeout = timeout
+
+    def call_api(self, method: str, url: str, header_params: Any = None, body: Any = None, post_params: Any = None,
+                 _request_timeout: Any = None) -> Any:
+        if _request_timeout is None and "watch=true" not in url.lower():
+            _request_timeout = self.request_timeout
+        return super().call_api(method, url, header_params, body, post_params, _request_timeout=_request_timeout)
+
+
+def load_client_config(kubeconfig: str | None = None, *, bounded: bool = False) -> client.ApiClient:
+    """In-cluster config inside a pod, else the kubeconfig (explicit path, $KUBECONFIG or ~/.kube/config).
+
+    `bounded`: every call times out (BoundedApiClient), as the operator needs.
+    """
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    return client.ApiClient(configuration)
+    return BoundedApiClient(configuration) if bounded else client.ApiClient(configuration)
 
 
 @dataclass(frozen=True)
