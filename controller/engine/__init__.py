@@ -24,6 +24,7 @@ from controller.engine.decide import (
 )
 from controller.engine.observations import (
     REJECTED_TAG,
+    REJECTED_TIME_TAG,
     ActionFailure,
     AdapterError,
     AdapterErrorKind,
@@ -32,13 +33,14 @@ from controller.engine.observations import (
     RegistryObservation,
     ResolvedVersion,
     TargetObservation,
+    rejection_time,
 )
 
 __all__ = [
-    "BACKOFF_BASE", "BACKOFF_MAX", "CONFIRM_POLL", "REJECTED_TAG", "RESEND_AFTER",
+    "BACKOFF_BASE", "BACKOFF_MAX", "CONFIRM_POLL", "REJECTED_TAG", "REJECTED_TIME_TAG", "RESEND_AFTER",
     "Action", "ActionFailure", "ActionType",
     "AdapterError", "AdapterErrorKind", "Decision", "JudgeResult", "Observations", "PromoteCandidate",
     "RegistryObservation", "ResolvedVersion", "RestoreStable", "RunAnalysis", "RunGate", "SetAlias",
     "SetCanaryWeight", "StageCandidate", "TagRejected", "TargetObservation", "UnstageCandidate", "decide",
-    "reject_spec",
+    "reject_spec", "rejection_time",
 ]

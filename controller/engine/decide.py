@@ -66,12 +66,14 @@ from controller.engine.actions import (
 )
 from controller.engine.observations import (
     REJECTED_TAG,
+    REJECTED_TIME_TAG,
     AdapterError,
     AdapterErrorKind,
     Observations,
     RegistryObservation,
     ResolvedVersion,
     TargetObservation,
+    rejection_time,
 )
 from controller.verdict import Outcome, Verdict, combine
 
@@ -1034,7 +1036,9 @@ class _Decider:
                              evidence=rollback.evidence, rejected_at=rollback.verdict_at, actor=rollback.actor)
         observed = registry.candidate
         if observed is not None and observed.version == candidate.version:
-            tagged = REJECTED_TAG in observed.tags
+            # This rejection's tags, not an earlier attempt's: each rejection is recorded with its own reason.
+            tagged = (REJECTED_TAG in observed.tags
+                      and observed.tags.get(REJECTED_TIME_TAG) == rejection_time(rollback.verdict_at))
         else:
             # The spec now names another version, so this one's tags are not observed: count the tag as
             # set once it was asked for in an earlier reconcile and no failure came back.

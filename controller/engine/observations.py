@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from controller.api.commands import Command
@@ -41,6 +42,12 @@ class ResolvedVersion:
 
 
 REJECTED_TAG = "modelrollout.rejected"
+REJECTED_TIME_TAG = "modelrollout.rejected.time"  # which rejection the tags describe
+
+
+def rejection_time(moment: datetime) -> str:
+    """REJECTED_TIME_TAG's value: the failing verdict's time, to the second, in UTC."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from controller.engine.observations import rejection_time
 from controller.registry.errors import RegistryConfigError, VersionNotFound
 from controller.registry.types import (
     PREVIOUS_VERSION_TAG,
@@ -193,16 +194,20 @@ class ModelRegistry(ABC):
 
     def tag_rejected(self, model_name: str, version: str, reason: str, evidence_summary: str | Mapping[str, Any],
                      rollout: str, *, rejected_at: datetime | None = None, actor: str | None = None) -> bool:
-        """Tag the version rejected with bounded reason and evidence; False when this rollout already did."""
+        """Tag the version rejected with bounded reason and evidence; False when this rejection is already
+        recorded (same rollout, same verdict time). A later rejection of the same version (a retry that failed
+        again) replaces the tags: they describe the newest one."""
         _check_version_format(model_name, version)
         record = self._existing_version(model_name, version)
-        if record.tags.get(REJECTED_TAG) == "true" and record.tags.get(REJECTED_ROLLOUT_TAG) == rollout:
-            return False  # keep the first reason and time: they describe the actual rejection
+        when = _timestamp(rejected_at)
+        if (record.tags.get(REJECTED_TAG) == "true" and record.tags.get(REJECTED_ROLLOUT_TAG) == rollout
+                and record.tags.get(REJECTED_TIME_TAG) == when):
+            return False  # a re-sent action: keep what it wrote
         tags = {
             REJECTED_REASON_TAG: bounded(reason, MAX_REASON_CHARS),
             REJECTED_EVIDENCE_TAG: bounded(_evidence_text(evidence_summary), MAX_EVIDENCE_CHARS),
             REJECTED_ROLLOUT_TAG: rollout,
-            REJECTED_TIME_TAG: _timestamp(rejected_at),
+            REJECTED_TIME_TAG: when,
         }
         if actor:
             tags[REJECTED_BY_TAG] = actor
@@ -299,8 +304,7 @@ def _evidence_text(evidence: str | Mapping[str, Any]) -> str:
 
 
 def _timestamp(moment: datetime | None) -> str:
-    moment = (moment or datetime.now(UTC)).astimezone(UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return rejection_time(moment or datetime.now(UTC))  # the engine compares it with its verdict's time
 
 
 def _check_alias(alias: str) -> None:

@@ -22,6 +22,7 @@ from controller.api import (
 )
 from controller.engine import (
     REJECTED_TAG,
+    REJECTED_TIME_TAG,
     ActionType,
     AdapterError,
     AdapterErrorKind,
@@ -29,6 +30,7 @@ from controller.engine import (
     Observations,
     RunAnalysis,
     SetCanaryWeight,
+    TagRejected,
     decide,
     reject_spec,
 )
@@ -679,6 +681,21 @@ def test_retry_after_rollback_starts_a_new_attempt() -> None:
     # Still staged at 0% from attempt 1, so staging is observed done and not sent again.
     assert attempt_two == ["2:step-0:weight-1", "2:step-2:weight-10", "2:step-4:weight-50"]
     assert "PreviouslyRejected" in events(world)
+
+
+def test_a_second_rejection_of_the_same_version_is_recorded_with_its_own_reason() -> None:
+    world = World()
+    fail_from(world, step_index=1)
+    world.run_until(finished)
+    first = world.registry.versions["7"][REJECTED_TIME_TAG]
+    world.advance(timedelta(hours=1))
+    world.send(CommandAction.RETRY, actor="leo")
+    world.judge = lambda _request: [verdict(Outcome.FAIL, reason="canary 9.9% (50/505) vs stable 0.2%")]
+    world.run_until(lambda w: finished(w) and w.status.attempt == 2)
+    tags = [action for action in world.executed if isinstance(action, TagRejected)]
+    assert [action.id.split(":")[0] for action in tags] == ["1", "2"]
+    assert world.registry.versions["7"][REJECTED_TIME_TAG] > first
+    assert "9.9%" in world.registry.versions["7"][REJECTED_TAG]
 
 
 # --- bake --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from controller.api import Command, CommandAction, ModelRolloutSpec, ModelRolloutStatus, parse_spec
 from controller.engine import (
     REJECTED_TAG,
+    REJECTED_TIME_TAG,
     Action,
     ActionFailure,
     AdapterError,
@@ -35,6 +36,7 @@ from controller.engine import (
     TargetObservation,
     UnstageCandidate,
     decide,
+    rejection_time,
 )
 from controller.verdict import Outcome, Verdict
 
@@ -208,6 +210,7 @@ class World:
             self.registry.aliases[action.alias] = action.version
         elif isinstance(action, TagRejected):
             self.registry.versions[action.version][REJECTED_TAG] = action.reason
+            self.registry.versions[action.version][REJECTED_TIME_TAG] = rejection_time(action.rejected_at)
         elif isinstance(action, RunGate):
             if self.gate_error:
                 return JudgeResult(action.id, error=self.gate_error), None, None

@@ -228,6 +228,21 @@ class RegistryContract:
         tags = harness.version_tags(model, "2")
         assert (tags[REJECTED_REASON_TAG], tags[REJECTED_ROLLOUT_TAG]) == ("second", "moderation/other")
 
+    def test_a_resent_rejection_keeps_what_it_wrote(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+        assert harness.registry.tag_rejected(model, "2", "first", "", ROLLOUT, rejected_at=at)
+        assert not harness.registry.tag_rejected(model, "2", "first, sent again", "", ROLLOUT, rejected_at=at)
+        assert harness.version_tags(model, "2")[REJECTED_REASON_TAG] == "first"
+
+    def test_the_same_rollout_rejecting_again_later_records_the_new_rejection(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)  # e.g. a retry that failed again
+        harness.registry.tag_rejected(model, "2", "first", "", ROLLOUT, rejected_at=datetime(2026, 3, 4, 5, tzinfo=UTC))
+        assert harness.registry.tag_rejected(model, "2", "second", "", ROLLOUT,
+                                             rejected_at=datetime(2026, 3, 4, 6, tzinfo=UTC))
+        tags = harness.version_tags(model, "2")
+        assert (tags[REJECTED_REASON_TAG], tags[REJECTED_TIME_TAG]) == ("second", "2026-03-04T06:00:00Z")
+
 
 # --- the in-memory registry --------------------------------------------------------------------------
 
