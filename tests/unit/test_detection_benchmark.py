@@ -159,13 +159,19 @@ def test_threshold_judge_slides_its_window_at_the_common_cadence(detection: Modu
     assert detection.threshold(streams, 30, 1, 8).tolist() == [math.inf]
 
 
+def small_grid(detection: ModuleType, monkeypatch: pytest.MonkeyPatch, *, horizon: int, window: int, limit: int,
+               rates: tuple[float, ...]) -> None:
+    """Calibrate over one window size, one failure limit and a few stable rates (the highest sets the maximum)."""
+    monkeypatch.setattr(detection, "HORIZON", horizon)
+    monkeypatch.setattr(detection, "WINDOWS", (window,))
+    monkeypatch.setattr(detection, "FAILURE_LIMITS", (limit,))
+    monkeypatch.setattr(detection, "STABLE_RATES", rates)
+
+
 def test_threshold_calibration_matches_the_exact_answer_for_a_single_window(
         detection: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     # With a horizon of one window there is one evaluation: false rollbacks are P(Bin(W, p) > max) exactly.
-    monkeypatch.setattr(detection, "HORIZON", 100)
-    monkeypatch.setattr(detection, "WINDOWS", (100,))
-    monkeypatch.setattr(detection, "FAILURE_LIMITS", (1,))
-    monkeypatch.setattr(detection, "STABLE_RATES", (0.005, 0.02))  # the higher rate sets the maximum
+    small_grid(detection, monkeypatch, horizon=100, window=100, limit=1, rates=(0.005, 0.02))
     exact = int(np.flatnonzero(binom.sf(np.arange(101), 100, 0.02) <= detection.MAX_FALSE_ROLLBACK)[0])
     # Both neighbours are many standard errors (0.07%) from 1%, so the estimate cannot land elsewhere.
     assert binom.sf(exact, 100, 0.02) < 0.005 and binom.sf(exact - 1, 100, 0.02) > 0.015
@@ -176,10 +182,7 @@ def test_threshold_calibration_over_overlapping_windows_matches_enumeration(
         detection: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     # Three looks, a window of two looks (two overlapping evaluations), two consecutive failures needed: a clean
     # rollout fails when min(a + b, b + c) > max for its per-look counts a, b, c. Enumerate them all.
-    monkeypatch.setattr(detection, "HORIZON", 30)
-    monkeypatch.setattr(detection, "WINDOWS", (20,))
-    monkeypatch.setattr(detection, "FAILURE_LIMITS", (2,))
-    monkeypatch.setattr(detection, "STABLE_RATES", (0.02, 0.05))  # the higher rate sets the maximum
+    small_grid(detection, monkeypatch, horizon=30, window=20, limit=2, rates=(0.02, 0.05))
     pmf = binom.pmf(np.arange(11), 10, 0.05)
     a, b, c = np.meshgrid(*(np.arange(11),) * 3, indexing="ij")
     prob = pmf[a] * pmf[b] * pmf[c]
