@@ -773,7 +773,6 @@ class _Decider:
         # A model waiting at N% is still watched: a failure rolls back, the rest is noted. A timed pause ends
         # only after one last run that covers it, so a failure judged late (a slow Prometheus, an operator
         # that was down) is never skipped.
-        judged: Outcome | None = None
         if self.spec.analysis.metrics and (self.status.canary_weight or 0) > 0:
             analysis = self.status.analysis
             if analysis is None or analysis.step_index != index or analysis.mode is not AnalysisMode.CANARY:
@@ -826,8 +825,8 @@ class _Decider:
         time_up = ends_at is not None and self.now >= ends_at
         # Time is up only with a run taken at or after the end: after downtime, an old outcome says nothing
         # about the time since (the judges count from the window start, so one run covers it all).
-        if time_up and analysis.request_id is None and analysis.runs > 0 and analysis.last_run_at is not None \
-                and ends_at is not None and analysis.last_run_at >= ends_at:
+        if time_up and analysis.request_id is None and ends_at is not None \
+                and analysis.last_run_at is not None and analysis.last_run_at >= ends_at:
             return analysis.outcome or Outcome.INCONCLUSIVE
         if analysis.request_id is None:
             due_at = (analysis.last_run_at or analysis.window_start) + interval

@@ -7,14 +7,15 @@ import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from controller.engine.observations import REJECTED_TAG as REJECTED_TAG
+from controller.engine.observations import REJECTED_TIME_TAG as REJECTED_TIME_TAG
 from controller.registry.errors import RegistryConfigError
 
-# Version tags written by the operator. REJECTED_TAG is the one the engine looks for.
-REJECTED_TAG = "modelrollout.rejected"
+# Version tags written by the operator. The engine reads REJECTED_TAG and REJECTED_TIME_TAG: their names
+# (and the time's format, engine.observations.rejection_time) are defined there, once.
 REJECTED_REASON_TAG = "modelrollout.rejected.reason"
 REJECTED_EVIDENCE_TAG = "modelrollout.rejected.evidence"
 REJECTED_ROLLOUT_TAG = "modelrollout.rejected.rollout"
-REJECTED_TIME_TAG = "modelrollout.rejected.time"
 REJECTED_BY_TAG = "modelrollout.rejected.by"
 PREVIOUS_VERSION_TAG = "modelrollout.previous_version"  # on a promoted version: what the alias named before
 PROMOTED_ROLLOUT_TAG = "modelrollout.promoted.rollout"
