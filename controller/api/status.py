@@ -240,6 +240,7 @@ class ModelRolloutStatus:
     actions: tuple[ActionRecord, ...] = ()
     handled_commands: tuple[str, ...] = ()  # ids of on-call commands already applied (or refused)
     judge_requests: int = 0  # RunGate/RunAnalysis requests issued so far; numbers their ids
+    events_posted_through: str | None = None  # key of the newest history entry posted as an Event (operator)
 
     def to_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = to_json(self)

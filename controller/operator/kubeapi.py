@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from controller.operator.events import PostResult, event_name, is_warning
 
 GROUP = "modelrollout.io"
 VERSION = "v1alpha1"
@@ -95,21 +98,33 @@ class RolloutStore:
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body,
             field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
 
-    def post_event(self, obj: dict[str, Any], reason: str, message: str, warning: bool = False) -> None:
-        """Best effort: a lost Event must never stop a rollout."""
+    def post_event(self, obj: dict[str, Any], entry: Mapping[str, Any]) -> PostResult:
+        """Post one history entry as an Event named after it. Never raises: a lost Event must not stop a rollout."""
         meta = obj["metadata"]
+        reason = str(entry.get("event") or "Unknown")
         now = dt.datetime.now(dt.UTC)
         event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]),
+            metadata=client.V1ObjectMeta(name=event_name(meta["name"], meta.get("uid"), entry),
+                                         namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"], namespace=meta["namespace"],
                 uid=meta.get("uid"), resource_version=meta.get("resourceVersion")),
-            reason=reason, message=message[:1024], type="Warning" if warning else "Normal",
+            reason=reason, message=str(entry.get("detail") or "")[:1024],
+            type="Warning" if is_warning(reason) else "Normal",
             first_timestamp=now, last_timestamp=now, count=1,
             source=client.V1EventSource(component=FIELD_MANAGER), reporting_component=FIELD_MANAGER,
             reporting_instance=FIELD_MANAGER)
         try:
             self.core.create_namespaced_event(meta["namespace"], event)
         except ApiException as exc:
-            log.warning("could not post Event %s for %s/%s: HTTP %s", reason, meta["namespace"], meta["name"],
-                        exc.status)
+            if exc.status == 409:
+                return PostResult.ALREADY_POSTED
+            transient = exc.status is None or exc.status == 429 or exc.status >= 500
+            log.warning("could not post Event %s for %s/%s: HTTP %s%s", reason, meta["namespace"], meta["name"],
+                        exc.status, "; trying again later" if transient else "")
+            return PostResult.DEFERRED if transient else PostResult.REFUSED
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            log.warning("could not post Event %s for %s/%s: %s; trying again later", reason, meta["namespace"],
+                        meta["name"], type(exc).__name__)
+            return PostResult.DEFERRED
+        return PostResult.POSTED

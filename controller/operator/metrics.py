@@ -18,8 +18,8 @@ deploy/monitoring (alerts, recording rules, dashboard) queries these names and l
 Everything is derived from the status a reconcile wrote, never from the operator's own guesses, and each
 fact is counted once: a verdict is keyed by the time its run finished (`analysis.lastRunAt`,
 `gate.completedAt`), a rollback by the time of its verdict (`rollback.verdictAt`); steps and Events are
-counted from the history entries a reconcile added (each posted once, as an Event). The status of a
-rollout seen for the first time since the process started is a baseline, not news: a restart must not
+counted from the history entries as they are posted (each once, as an Event: controller.operator.events).
+The status of a rollout seen for the first time since the process started is a baseline, not news: a restart must not
 count again what the previous process already counted (that would look like a fresh rollback to
 `increase()`). Series with labels exist at 0 before their first event, so `increase()` sees it.
 """
@@ -123,8 +123,7 @@ class OperatorMetrics:
         for action in actions:
             self.actions.labels(action.split(":", 1)[0]).inc()
 
-    def observe(self, obj: Mapping[str, Any], status: Mapping[str, Any],
-                events: Iterable[tuple[str, str, bool]] = ()) -> None:
+    def observe(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Count what `status` (now stored for `obj`) records that was not counted yet.
 
         `obj` is the rollout as read before the reconcile: the first time a rollout is seen, its stored
@@ -150,10 +149,13 @@ class OperatorMetrics:
             self._set_phases()
         weight = status.get("canaryWeight")
         self.canary_weight.labels(*key).set(weight if isinstance(weight, int | float) else 0)
-        for reason, _message, _warning in events:
-            self.events.labels(reason).inc()
-            if reason in STEP_EVENTS:
-                self.steps.labels(*key).inc()
+
+    def count_entry(self, namespace: str, name: str, event: str, posted: bool) -> None:
+        """A history entry handed to Kubernetes as an Event (`posted` False: the API server refused it)."""
+        if posted:
+            self.events.labels(event).inc()
+        if event in STEP_EVENTS:
+            self.steps.labels(namespace, name).inc()
 
     def _count(self, key: tuple[str, str], seen: _Seen, now: _Seen, status: Mapping[str, Any],
                judged: list[str]) -> None:

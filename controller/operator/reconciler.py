@@ -1,4 +1,4 @@
-"""One reconcile: read the rollout fresh, step it, write status with server-side apply, post Events."""
+"""One reconcile: read the rollout fresh, step it, write status with server-side apply, post its new Events."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from controller.operator.events import POSTED_THROUGH, PostResult, entry_key, unposted
 from controller.operator.kubeapi import ObjectRef, RolloutStore
 from controller.operator.metrics import OperatorMetrics
 from controller.operator.runtime import ReconcileOutcome
 
 log = logging.getLogger(__name__)
+
+# How soon Events that the API server could not take are tried again.
+EVENT_RETRY_SECONDS = 5.0
 
 StepFn = Callable[[dict[str, Any]], Awaitable[ReconcileOutcome]]
 
@@ -42,9 +46,10 @@ class Reconciler:
             return None
         result = await self.step(obj)
         self.metrics.count_actions(result.actions_taken)  # taken whether or not the status write below wins
+        stored = obj
         if result.status != (obj.get("status") or {}):
             try:
-                await asyncio.to_thread(self.store.apply_status, obj, result.status)
+                stored = await asyncio.to_thread(self.store.apply_status, obj, result.status)
             except ApiException as exc:
                 if exc.status == 409:
                     # Someone wrote first (or an older decision of ours did): decide again on fresh state.
@@ -52,7 +57,36 @@ class Reconciler:
                     return 0.0
                 raise
         # Counted once the status that records it is stored: a lost write is decided (and counted) again.
-        self.metrics.observe(obj, result.status, result.events)
-        for reason, message, warning in result.events:
-            await asyncio.to_thread(self.store.post_event, obj, reason, message, warning)
+        self.metrics.observe(obj, result.status)
+        if not await self._post_events(stored, result.status):
+            return min(result.requeue_after or EVENT_RETRY_SECONDS, EVENT_RETRY_SECONDS)
         return result.requeue_after
+
+    async def _post_events(self, stored: dict[str, Any], status: dict[str, Any]) -> bool:
+        """Post the stored history entries not posted yet, then record how far it got.
+
+        Returns False when some must wait for the API server. Entries stored by a reconcile that was killed or
+        lost its last write are posted by the next one, and those already posted are not posted again.
+        """
+        meta = stored["metadata"]
+        mark = status.get(POSTED_THROUGH)
+        complete = True
+        for entry in unposted(status):
+            posted = await asyncio.to_thread(self.store.post_event, stored, entry)
+            if posted is PostResult.DEFERRED:
+                complete = False
+                break
+            if posted is not PostResult.ALREADY_POSTED:
+                self.metrics.count_entry(meta["namespace"], meta["name"], str(entry.get("event")),
+                                         posted=posted is PostResult.POSTED)
+            mark = entry_key(entry)
+        if mark != status.get(POSTED_THROUGH):
+            try:
+                await asyncio.to_thread(self.store.apply_status, stored, {**status, POSTED_THROUGH: mark})
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                # Changed underneath: the next reconcile finds these entries AlreadyPosted and records the mark.
+                log.info("status of %s/%s changed underneath; Events recorded next time", meta["namespace"],
+                         meta["name"])
+        return complete

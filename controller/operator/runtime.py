@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 MAX_ROUNDS = 8
 # Phases after which the candidate must not be left in the target's spec.
 WITHDRAWN_PHASES = ("RolledBack", "Failed")
-WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Deadline", "Error")
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,6 @@ class OperatorConfig:
 @dataclass
 class ReconcileOutcome:
     status: dict[str, Any]
-    events: list[tuple[str, str, bool]] = field(default_factory=list)
     requeue_after: float | None = None
     actions_taken: list[str] = field(default_factory=list)
 
@@ -319,8 +317,7 @@ class RolloutStepper:
             # The API server refuses bad specs first; this covers what its schema cannot say.
             decision = reject_spec(ModelRolloutStatus.from_dict(obj.get("status")), exc,
                                    int(meta.get("generation") or 0), self.clock())
-            return ReconcileOutcome(status=decision.status.to_dict(),
-                                    events=[(e.event, e.detail, True) for e in decision.events])
+            return ReconcileOutcome(status=decision.status.to_dict())
         runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
         status = ModelRolloutStatus.from_dict(obj.get("status"))
         outcome = ReconcileOutcome(status=status.to_dict())
@@ -339,8 +336,6 @@ class RolloutStepper:
             decision = decide(spec, status, observations, now)
             status = decision.status
             outcome.status = status.to_dict()
-            outcome.events += [(entry.event, entry.detail, any(w in entry.event for w in WARNING_EVENTS))
-                               for entry in decision.events]
             outcome.requeue_after = decision.requeue_after.total_seconds() if decision.requeue_after else None
             if target is None:
                 outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)

@@ -36,6 +36,7 @@ from controller.devstack.mlflow_server import MlflowServer
 from controller.devstack.model_server import ModelServerProcess, demo_models, register_linear_model
 from controller.devstack.processes import LOOPBACK, free_port
 from controller.devstack.scenario import STABLE_ALIAS, STORAGE_URI_TEMPLATE, Scenario
+from controller.operator.events import unposted
 from controller.operator.kubeapi import load_client_config
 from controller.registry import MlflowRegistry
 from tests.conftest import run_kubectl
@@ -158,6 +159,12 @@ class Rig:
 
     def status(self, name: str) -> dict[str, Any]:
         return self.rollout(name).get("status") or {}
+
+    def event_reasons(self, name: str) -> list[str]:
+        """The reasons of the Kubernetes Events about the rollout, oldest first."""
+        found = client.CoreV1Api(self.api).list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}")
+        return [e.reason for e in sorted(found.items, key=lambda e: e.first_timestamp)]
 
     def isvc(self, name: str) -> dict[str, Any]:
         obj: dict[str, Any] = self.custom.get_namespaced_custom_object(ISVC[0], ISVC[1], self.namespace, ISVC[2],
@@ -458,11 +465,15 @@ def test_operator_killed_at_every_step_boundary_repeats_nothing(rig: Rig, scenar
                 seen = key
                 operator = rig.start_operator()
             time.sleep(0.05)
+        # Events follow the history: once the last is out, each entry has been posted exactly once, kills or not.
+        status = rig.wait(name, lambda s: not unposted(s),
+                          timeout=30, what="the last Events")
         operator.stop()
     finally:
         proxy.stop()
 
     (rig.tmp_path / "status.json").write_text(json.dumps(status, indent=1))
+    assert Counter(rig.event_reasons(name)) == Counter(events(status)), (rig.event_reasons(name), events(status))
     phases = {b[0] for b in boundaries}
     assert {"Pending", "Gating", "Progressing", "Paused", "Promoting"} <= phases, boundaries
     assert len(boundaries) >= 8, boundaries

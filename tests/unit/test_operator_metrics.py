@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import urllib.request
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from test_deploy_monitoring import OPERATOR_METRICS
 from test_engine_support import World, spec_dict, verdict
 
 from controller.api.status import Phase
+from controller.operator.events import PostResult
 from controller.operator.kubeapi import ObjectRef
 from controller.operator.metrics import GATE_METRIC, OperatorMetrics, serve
 from controller.operator.reconciler import Reconciler
@@ -49,9 +51,10 @@ def run_world(world: World, metrics: OperatorMetrics, done: Any, step: timedelta
         first = len(world.decisions)
         world.reconcile()
         after = world.status.to_dict()
-        # The runtime hands over the history entries of every decision the reconcile made.
-        events = [(e.event, e.detail, False) for d in world.decisions[first:] for e in d.events]
-        metrics.observe(obj(before), after, events)
+        metrics.observe(obj(before), after)
+        # The Reconciler then posts the history entries of every decision the reconcile made.
+        for entry in (e for d in world.decisions[first:] for e in d.events):
+            metrics.count_entry(NS, NAME, entry.event, posted=True)
         statuses.append(after)
         before = after
         if done(world):
@@ -146,19 +149,22 @@ class FakeStore:
                  apply_error: int | None = None) -> None:
         self.stored, self.get_error, self.apply_error = stored, get_error, apply_error
         self.events: list[str] = []
+        self.written: list[dict[str, Any]] = []
 
     def get(self, _ref: ObjectRef) -> dict[str, Any] | None:
         if self.get_error:
             raise ApiException(status=self.get_error, reason="Forbidden")
         return self.stored
 
-    def apply_status(self, _obj: dict[str, Any], _status: dict[str, Any]) -> dict[str, Any]:
+    def apply_status(self, stored: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         if self.apply_error:
             raise ApiException(status=self.apply_error)
-        return {}
+        self.written.append(status)
+        return {**stored, "status": status}
 
-    def post_event(self, _obj: dict[str, Any], reason: str, _message: str, _warning: bool = False) -> None:
-        self.events.append(reason)
+    def post_event(self, _obj: dict[str, Any], entry: Mapping[str, Any]) -> PostResult:
+        self.events.append(entry["event"])
+        return PostResult.POSTED
 
 
 def reconcile(store: FakeStore, outcome: ReconcileOutcome, metrics: OperatorMetrics) -> float | None:
@@ -171,9 +177,9 @@ def reconcile(store: FakeStore, outcome: ReconcileOutcome, metrics: OperatorMetr
 def test_reconciler_counts_errors_and_only_what_it_stored() -> None:
     metrics = OperatorMetrics()
     rolled_back = {"phase": "RolledBack", "rollback": {"verdictAt": "2026-01-05T09:00:00Z", "cause": "Aborted",
-                                                       "reason": "x", "timeToRecoverSeconds": 1.5}}
-    outcome = ReconcileOutcome(status=rolled_back, events=[("RollbackStarted", "x", True)],
-                               actions_taken=["RestoreStable:a1-restore"])
+                                                       "reason": "x", "timeToRecoverSeconds": 1.5},
+                   "history": [{"time": "2026-01-05T09:00:00Z", "event": "RollbackStarted", "detail": "x"}]}
+    outcome = ReconcileOutcome(status=rolled_back, actions_taken=["RestoreStable:a1-restore"])
     with pytest.raises(ApiException):
         reconcile(FakeStore(get_error=403), outcome, metrics)
     assert value(metrics, "modelrollout_reconcile_errors_total") == 1
@@ -186,6 +192,7 @@ def test_reconciler_counts_errors_and_only_what_it_stored() -> None:
     store = FakeStore(obj({"phase": "Progressing"}))
     reconcile(store, outcome, metrics)
     assert store.events == ["RollbackStarted"]
+    assert value(metrics, "modelrollout_events_total", reason="RollbackStarted") == 1
     assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 1
     assert value(metrics, "modelrollout_time_to_recover_seconds_count") == 1
     assert value(metrics, "modelrollout_reconcile_duration_seconds_count") == 3
