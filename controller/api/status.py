@@ -6,6 +6,7 @@ exactly (round trip). Keys are camelCase; fields that are None are left out.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,6 +82,13 @@ class HistoryEntry:
     detail: str
     actor: str = CONTROLLER_ACTOR
     command_id: str | None = None  # set when an on-call command caused the entry
+    seq: int | None = None  # 1, 2, 3... in the order recorded (None: recorded before entries were numbered)
+
+
+def append_history(history: tuple[HistoryEntry, ...], entry: HistoryEntry) -> tuple[HistoryEntry, ...]:
+    """`history` with `entry` numbered next and appended, the oldest entries dropped beyond HISTORY_LIMIT."""
+    last = history[-1].seq if history else None
+    return (*history, dataclasses.replace(entry, seq=(last or 0) + 1))[-HISTORY_LIMIT:]
 
 
 class ActionState(StrEnum):
@@ -240,7 +248,7 @@ class ModelRolloutStatus:
     actions: tuple[ActionRecord, ...] = ()
     handled_commands: tuple[str, ...] = ()  # ids of on-call commands already applied (or refused)
     judge_requests: int = 0  # RunGate/RunAnalysis requests issued so far; numbers their ids
-    events_posted_through: str | None = None  # key of the newest history entry posted as an Event (operator)
+    events_posted_through: int = 0  # seq of the newest history entry posted as a Kubernetes Event (operator)
 
     def to_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = to_json(self)

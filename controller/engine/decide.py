@@ -31,7 +31,6 @@ from controller.api.status import (
     ACTION_LOG_LIMIT,
     CONTROLLER_ACTOR,
     HANDLED_COMMANDS_LIMIT,
-    HISTORY_LIMIT,
     TERMINAL_PHASES,
     ActionRecord,
     ActionState,
@@ -51,6 +50,7 @@ from controller.api.status import (
     RollbackCause,
     RollbackStatus,
     VersionRef,
+    append_history,
 )
 from controller.engine.actions import (
     Action,
@@ -108,7 +108,7 @@ class Decision:
     actions: tuple[Action, ...]  # in order: traffic first, then registry, then measurements
     status: ModelRolloutStatus
     requeue_after: timedelta | None  # None: only on the next change or command
-    events: tuple[HistoryEntry, ...] = ()  # history entries added by this decision (for Kubernetes Events)
+    events: tuple[HistoryEntry, ...] = ()  # history entries added by this decision
 
 
 def decide(spec: ModelRolloutSpec, status: ModelRolloutStatus | None, observations: Observations,
@@ -130,7 +130,7 @@ def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation:
     entry = HistoryEntry(time=now, event="InvalidSpec", detail=str(error))
     repeated = bool(status.history) and status.history[-1].event == "InvalidSpec" and \
         status.history[-1].detail == str(error)
-    history = status.history if repeated else (*status.history, entry)[-HISTORY_LIMIT:]
+    history = status.history if repeated else append_history(status.history, entry)
     idle = status.phase is Phase.PENDING or status.phase in TERMINAL_PHASES
     if not idle:
         message = _sentence(f"Holding {status.phase} unchanged: invalid spec: {error}")
@@ -146,7 +146,7 @@ def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation:
     new_status = dataclasses.replace(status, phase=Phase.FAILED if idle else status.phase, message=message,
                                      observed_generation=generation, history=history, conditions=conditions,
                                      completed_at=status.completed_at or (now if idle else None))
-    return Decision(actions=(), status=new_status, requeue_after=None, events=() if repeated else (entry,))
+    return Decision(actions=(), status=new_status, requeue_after=None, events=() if repeated else (history[-1],))
 
 
 class _Decider:
@@ -218,8 +218,9 @@ class _Decider:
                 command_id: str | None = None) -> None:
         entry = HistoryEntry(time=self.now, event=event, detail=_one_line(detail), actor=actor,
                              command_id=command_id)
-        self.new_history.append(entry)
-        self._update(history=(*self.status.history, entry)[-HISTORY_LIMIT:])
+        history = append_history(self.status.history, entry)
+        self.new_history.append(history[-1])
+        self._update(history=history)
 
     def _wait(self, why: str, poll: bool = False) -> None:
         self.waiting = why

@@ -1,8 +1,9 @@
 """Kubernetes Events from the status history: each entry is posted once, even when the operator is killed.
 
-The history is the trail and is stored first; Events follow it. An Event's name is derived from its entry, so
-posting it again after a kill is refused as AlreadyExists instead of making a duplicate, and
-`status.eventsPostedThrough` (the key of the newest entry posted) keeps later reconciles from trying again.
+The history is the trail and is stored first; Events follow it. The engine numbers entries (`seq`), and
+`status.eventsPostedThrough` is the seq of the newest entry posted, so the entries to post are those above
+it. An Event is named after its entry's seq, so posting it again after a kill (before the mark was stored) is
+refused as AlreadyExists instead of making a duplicate.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from controller.api.serialization import parse_time
 
 POSTED_THROUGH = "eventsPostedThrough"
 # Entries whose event name contains one of these are Warning Events; the rest are Normal.
 WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Deadline", "Error", "Invalid")
+# The API server's default --event-ttl: an entry older than this would be deleted as soon as it was posted.
+EVENT_TTL = timedelta(hours=1)
 
 
 class PostResult(StrEnum):
@@ -25,33 +31,29 @@ class PostResult(StrEnum):
     DEFERRED = "Deferred"  # the API server is unreachable or busy: this entry and the rest wait
 
 
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def entry_key(entry: Mapping[str, Any]) -> str:
-    return _digest(entry)
-
-
-def event_name(rollout: str, uid: str | None, entry: Mapping[str, Any]) -> str:
+def event_name(rollout: str, uid: str | None, seq: int) -> str:
     """Stable per entry and per object (the uid tells apart a rollout deleted and created again)."""
-    return f"{rollout[:200]}.{_digest([uid, entry_key(entry)])}"
+    digest = hashlib.sha256(json.dumps([uid, seq]).encode()).hexdigest()[:16]
+    return f"{rollout[:200].rstrip('.-')}.{digest}"
 
 
-def is_warning(event: str) -> bool:
-    return any(word in event for word in WARNING_EVENTS)
+def event_reason(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("event") or "Unknown")
+
+
+def is_warning(reason: str) -> bool:
+    return any(word in reason for word in WARNING_EVENTS)
+
+
+def entry_time(entry: Mapping[str, Any]) -> datetime | None:
+    try:
+        return parse_time(str(entry["time"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def unposted(status: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
-    """The history entries after the newest one posted.
-
-    When the mark is no longer in the bounded history (more entries than it holds went by unposted), all of
-    it is posted: the entries still in the API server are refused as AlreadyPosted.
-    """
-    history: list[Mapping[str, Any]] = list(status.get("history") or [])
-    mark = status.get(POSTED_THROUGH)
-    if mark:
-        for index in range(len(history) - 1, -1, -1):
-            if entry_key(history[index]) == mark:
-                return history[index + 1:]
-    return history
+    """The history entries numbered above the mark (entries recorded before numbering are never posted)."""
+    mark = status.get(POSTED_THROUGH) or 0
+    return [entry for entry in status.get("history") or []
+            if isinstance(entry.get("seq"), int) and entry["seq"] > mark]

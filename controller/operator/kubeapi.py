@@ -12,7 +12,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from controller.operator.events import PostResult, event_name, is_warning
+from controller.operator.events import PostResult, entry_time, event_name, event_reason, is_warning
 
 GROUP = "modelrollout.io"
 VERSION = "v1alpha1"
@@ -99,19 +99,22 @@ class RolloutStore:
             field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
 
     def post_event(self, obj: dict[str, Any], entry: Mapping[str, Any]) -> PostResult:
-        """Post one history entry as an Event named after it. Never raises: a lost Event must not stop a rollout."""
+        """Post one numbered history entry as an Event named after it, timed when the entry was recorded.
+
+        Never raises: a lost Event must not stop a rollout.
+        """
         meta = obj["metadata"]
-        reason = str(entry.get("event") or "Unknown")
-        now = dt.datetime.now(dt.UTC)
+        reason = event_reason(entry)
+        when = entry_time(entry) or dt.datetime.now(dt.UTC)
         event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=event_name(meta["name"], meta.get("uid"), entry),
+            metadata=client.V1ObjectMeta(name=event_name(meta["name"], meta.get("uid"), int(entry["seq"])),
                                          namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"], namespace=meta["namespace"],
                 uid=meta.get("uid"), resource_version=meta.get("resourceVersion")),
             reason=reason, message=str(entry.get("detail") or "")[:1024],
             type="Warning" if is_warning(reason) else "Normal",
-            first_timestamp=now, last_timestamp=now, count=1,
+            first_timestamp=when, last_timestamp=when, count=1,
             source=client.V1EventSource(component=FIELD_MANAGER), reporting_component=FIELD_MANAGER,
             reporting_instance=FIELD_MANAGER)
         try:
@@ -119,7 +122,8 @@ class RolloutStore:
         except ApiException as exc:
             if exc.status == 409:
                 return PostResult.ALREADY_POSTED
-            transient = exc.status is None or exc.status == 429 or exc.status >= 500
+            # Status 0: the client failed before any answer (TLS, a dropped connection).
+            transient = not exc.status or exc.status in (408, 429) or exc.status >= 500
             log.warning("could not post Event %s for %s/%s: HTTP %s%s", reason, meta["namespace"], meta["name"],
                         exc.status, "; trying again later" if transient else "")
             return PostResult.DEFERRED if transient else PostResult.REFUSED

@@ -17,10 +17,10 @@ deploy/monitoring (alerts, recording rules, dashboard) queries these names and l
 
 Everything is derived from the status a reconcile wrote, never from the operator's own guesses, and each
 fact is counted once: a verdict is keyed by the time its run finished (`analysis.lastRunAt`,
-`gate.completedAt`), a rollback by the time of its verdict (`rollback.verdictAt`); steps and Events are
-counted from the history entries as they are posted (each once, as an Event: controller.operator.events).
-The status of a rollout seen for the first time since the process started is a baseline, not news: a restart must not
-count again what the previous process already counted (that would look like a fresh rollback to
+`gate.completedAt`), a rollback by the time of its verdict (`rollback.verdictAt`), a step entered by the
+number of its history entry (`seq`); Events are counted as they are posted (controller.operator.events). The
+status of a rollout seen for the first time since the process started is a baseline, not news: a restart
+must not count again what the previous process already counted (that would look like a fresh rollback to
 `increase()`). Series with labels exist at 0 before their first event, so `increase()` sees it.
 """
 
@@ -30,7 +30,7 @@ import contextlib
 import logging
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ class _Seen:
     analysis_run: str | None = None
     rollback: str | None = None  # verdictAt of the last counted rollback
     recovered: str | None = None  # verdictAt of the last rollback whose recovery time was observed
+    history_seq: int = 0  # seq of the newest history entry counted
 
 
 def _keys(status: Mapping[str, Any]) -> _Seen:
@@ -72,12 +73,19 @@ def _keys(status: Mapping[str, Any]) -> _Seen:
     analysis = status.get("analysis") or {}
     if analysis.get("lastRunAt"):
         seen.analysis_run = f"{analysis.get('mode')}/{analysis.get('windowStart')}@{analysis['lastRunAt']}"
+    seen.history_seq = max((seq for seq, _entry in _numbered(status)), default=0)
     rollback = status.get("rollback") or {}
     if rollback.get("verdictAt"):
         seen.rollback = str(rollback["verdictAt"])
         if isinstance(rollback.get("timeToRecoverSeconds"), int | float):
             seen.recovered = seen.rollback
     return seen
+
+
+def _numbered(status: Mapping[str, Any]) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    for entry in status.get("history") or []:
+        if isinstance(entry.get("seq"), int):
+            yield entry["seq"], entry
 
 
 class OperatorMetrics:
@@ -150,12 +158,9 @@ class OperatorMetrics:
         weight = status.get("canaryWeight")
         self.canary_weight.labels(*key).set(weight if isinstance(weight, int | float) else 0)
 
-    def count_entry(self, namespace: str, name: str, event: str, posted: bool) -> None:
-        """A history entry handed to Kubernetes as an Event (`posted` False: the API server refused it)."""
-        if posted:
-            self.events.labels(event).inc()
-        if event in STEP_EVENTS:
-            self.steps.labels(namespace, name).inc()
+    def count_event(self, reason: str) -> None:
+        """A history entry posted as a Kubernetes Event."""
+        self.events.labels(reason).inc()
 
     def _count(self, key: tuple[str, str], seen: _Seen, now: _Seen, status: Mapping[str, Any],
                judged: list[str]) -> None:
@@ -171,6 +176,10 @@ class OperatorMetrics:
                 if item.get("name") in judged and outcome in RESULTS:
                     self.verdicts.labels(str(item["name"]), outcome).inc()
             seen.analysis_run = now.analysis_run
+        for seq, entry in _numbered(status):
+            if seq > seen.history_seq and entry.get("event") in STEP_EVENTS:
+                self.steps.labels(*key).inc()
+        seen.history_seq = max(seen.history_seq, now.history_seq)
         if now.rollback and now.rollback != seen.rollback:
             self.rollbacks.labels(*key).inc()
             seen.rollback = now.rollback

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -10,24 +11,27 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from controller.operator.events import POSTED_THROUGH, PostResult, entry_key, unposted
+from controller.operator.events import EVENT_TTL, POSTED_THROUGH, PostResult, entry_time, event_reason, unposted
 from controller.operator.kubeapi import ObjectRef, RolloutStore
 from controller.operator.metrics import OperatorMetrics
 from controller.operator.runtime import ReconcileOutcome
 
 log = logging.getLogger(__name__)
 
-# How soon Events that the API server could not take are tried again.
+# How soon Events that the API server could not take are tried again, at first and at the longest.
 EVENT_RETRY_SECONDS = 5.0
+EVENT_RETRY_MAX_SECONDS = 300.0
 
 StepFn = Callable[[dict[str, Any]], Awaitable[ReconcileOutcome]]
 
 
 class Reconciler:
-    def __init__(self, store: RolloutStore, step: StepFn, metrics: OperatorMetrics | None = None) -> None:
+    def __init__(self, store: RolloutStore, step: StepFn, metrics: OperatorMetrics | None = None,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.store = store
         self.step = step
         self.metrics = metrics or OperatorMetrics()
+        self.clock = clock
 
     async def reconcile(self, ref: ObjectRef) -> float | None:
         started = time.monotonic()
@@ -58,29 +62,35 @@ class Reconciler:
                 raise
         # Counted once the status that records it is stored: a lost write is decided (and counted) again.
         self.metrics.observe(obj, result.status)
-        if not await self._post_events(stored, result.status):
-            return min(result.requeue_after or EVENT_RETRY_SECONDS, EVENT_RETRY_SECONDS)
+        retry_events = await self._post_events(stored, result.status)
+        if retry_events is not None:
+            return min(result.requeue_after or retry_events, retry_events)
         return result.requeue_after
 
-    async def _post_events(self, stored: dict[str, Any], status: dict[str, Any]) -> bool:
+    async def _post_events(self, stored: dict[str, Any], status: dict[str, Any]) -> float | None:
         """Post the stored history entries not posted yet, then record how far it got.
 
-        Returns False when some must wait for the API server. Entries stored by a reconcile that was killed or
-        lost its last write are posted by the next one, and those already posted are not posted again.
+        Entries stored by a reconcile that was killed or lost its last write are posted by the next one, and
+        those already posted are not posted again. Returns when to try again if the API server could not
+        take some: soon at first, less often as they age; past the Events' lifetime they are given up.
         """
         meta = stored["metadata"]
-        mark = status.get(POSTED_THROUGH)
-        complete = True
+        mark = status.get(POSTED_THROUGH) or 0
+        retry_after = None
         for entry in unposted(status):
-            posted = await asyncio.to_thread(self.store.post_event, stored, entry)
-            if posted is PostResult.DEFERRED:
-                complete = False
-                break
-            if posted is not PostResult.ALREADY_POSTED:
-                self.metrics.count_entry(meta["namespace"], meta["name"], str(entry.get("event")),
-                                         posted=posted is PostResult.POSTED)
-            mark = entry_key(entry)
-        if mark != status.get(POSTED_THROUGH):
+            age = self.clock() - (entry_time(entry) or self.clock())
+            if age > EVENT_TTL:
+                log.warning("not posting Event %s for %s/%s: recorded %.0f s ago, past the Events' lifetime",
+                            event_reason(entry), meta["namespace"], meta["name"], age.total_seconds())
+            else:
+                posted = await asyncio.to_thread(self.store.post_event, stored, entry)
+                if posted is PostResult.DEFERRED:
+                    retry_after = min(max(age.total_seconds() / 2, EVENT_RETRY_SECONDS), EVENT_RETRY_MAX_SECONDS)
+                    break
+                if posted is PostResult.POSTED:
+                    self.metrics.count_event(event_reason(entry))
+            mark = entry["seq"]
+        if mark != (status.get(POSTED_THROUGH) or 0):
             try:
                 await asyncio.to_thread(self.store.apply_status, stored, {**status, POSTED_THROUGH: mark})
             except ApiException as exc:
@@ -89,4 +99,4 @@ class Reconciler:
                 # Changed underneath: the next reconcile finds these entries AlreadyPosted and records the mark.
                 log.info("status of %s/%s changed underneath; Events recorded next time", meta["namespace"],
                          meta["name"])
-        return complete
+        return retry_after

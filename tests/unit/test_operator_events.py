@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import urllib3
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from test_engine_support import World
 
-from controller.operator.events import (
-    POSTED_THROUGH,
-    PostResult,
-    entry_key,
-    event_name,
-    is_warning,
-    unposted,
-)
-from controller.operator.kubeapi import ObjectRef
+from controller.api.status import HISTORY_LIMIT, HistoryEntry, ModelRolloutStatus, append_history
+from controller.operator.events import POSTED_THROUGH, PostResult, event_name, is_warning, unposted
+from controller.operator.kubeapi import ObjectRef, RolloutStore
 from controller.operator.metrics import OperatorMetrics
-from controller.operator.reconciler import EVENT_RETRY_SECONDS, Reconciler
+from controller.operator.reconciler import EVENT_RETRY_MAX_SECONDS, EVENT_RETRY_SECONDS, Reconciler
 from controller.operator.runtime import ReconcileOutcome
 
 NS, NAME = "moderation", "nsfw-classifier"
+NOW = datetime(2026, 1, 5, 9, 1, tzinfo=UTC)
 
 
-def entry(event: str, second: int) -> dict[str, Any]:
-    return {"time": f"2026-01-05T09:00:{second:02d}Z", "event": event, "detail": f"{event} detail"}
+def entry(event: str, seq: int | None, age: timedelta = timedelta(seconds=30)) -> dict[str, Any]:
+    found = {"time": (NOW - age).strftime("%Y-%m-%dT%H:%M:%SZ"), "event": event, "detail": f"{event} detail"}
+    return found if seq is None else {**found, "seq": seq}
 
 
 class ApiServer:
@@ -35,7 +35,7 @@ class ApiServer:
     def __init__(self, status: dict[str, Any]) -> None:
         self.obj = {"metadata": {"namespace": NS, "name": NAME, "uid": "u-1", "resourceVersion": "1"},
                     "spec": {}, "status": status}
-        self.events: dict[str, str] = {}
+        self.events: dict[str, tuple[str, str]] = {}
         self.answers: list[PostResult] = []  # scripted answers for the next posts, then the real behaviour
         self.conflict_on_write: int | None = None  # 1-based index of the status write that gets a 409
         self.writes = 0
@@ -57,11 +57,14 @@ class ApiServer:
             answer = self.answers.pop(0)
             if answer is not PostResult.POSTED:
                 return answer
-        name = event_name(obj["metadata"]["name"], obj["metadata"]["uid"], item)
+        name = event_name(obj["metadata"]["name"], obj["metadata"]["uid"], item["seq"])
         if name in self.events:
             return PostResult.ALREADY_POSTED
-        self.events[name] = str(item["event"])
+        self.events[name] = (str(item["event"]), str(item["detail"]))
         return PostResult.POSTED
+
+    def reasons(self) -> list[str]:
+        return sorted(reason for reason, _detail in self.events.values())
 
 
 def reconcile(server: ApiServer, new_status: dict[str, Any] | None = None,
@@ -69,25 +72,37 @@ def reconcile(server: ApiServer, new_status: dict[str, Any] | None = None,
     async def step(obj: dict[str, Any]) -> ReconcileOutcome:
         return ReconcileOutcome(status=new_status if new_status is not None else obj["status"])
 
-    reconciler = Reconciler(server, step, metrics or OperatorMetrics())  # type: ignore[arg-type]
+    reconciler = Reconciler(server, step, metrics or OperatorMetrics(), clock=lambda: NOW)  # type: ignore[arg-type]
     return asyncio.run(reconciler.reconcile(ObjectRef(NS, NAME)))
 
 
-def test_unposted_is_what_follows_the_mark_or_everything_when_the_mark_is_gone() -> None:
-    history = [entry("Resolved", 1), entry("GatePassed", 2), entry("WeightChanged", 3)]
-    assert unposted({"history": history}) == history
-    assert unposted({"history": history, POSTED_THROUGH: entry_key(history[1])}) == history[2:]
-    assert unposted({"history": history, POSTED_THROUGH: entry_key(history[2])}) == []
-    assert unposted({"history": history, POSTED_THROUGH: "truncated-away"}) == history
+def test_the_engine_numbers_entries_in_order_across_the_history_bound() -> None:
+    history: tuple[HistoryEntry, ...] = (HistoryEntry(NOW, "Resolved", "before numbering"),)
+    for n in range(HISTORY_LIMIT + 5):
+        history = append_history(history, HistoryEntry(NOW, "WeightChanged", "same every time"))
+        assert history[-1].seq == n + 1
+    assert len(history) == HISTORY_LIMIT and [e.seq for e in history] == list(range(6, HISTORY_LIMIT + 6))
+    # The real engine, through a whole rollout: every entry numbered, 1, 2, 3..., and the mark carried along.
+    world = World()
+    world.status = ModelRolloutStatus(events_posted_through=7)
+    world.reconcile()
+    assert [e.seq for e in world.status.history] == list(range(1, len(world.status.history) + 1))
+    assert world.status.events_posted_through == 7 and world.status.to_dict()[POSTED_THROUGH] == 7
+
+
+def test_unposted_is_what_is_numbered_above_the_mark() -> None:
+    history = [entry("Resolved", None), entry("GatePassed", 1), entry("WeightChanged", 2), entry("WeightChanged", 3)]
+    assert unposted({"history": history}) == history[1:]  # an entry recorded before numbering is never posted
+    assert unposted({"history": history, POSTED_THROUGH: 2}) == history[3:]
+    assert unposted({"history": history, POSTED_THROUGH: 3}) == []
     assert unposted({}) == []
 
 
-def test_event_names_are_stable_per_entry_and_differ_per_object() -> None:
-    first, second = entry("Resolved", 1), entry("Resolved", 2)
-    assert event_name(NAME, "u-1", first) == event_name(NAME, "u-1", dict(reversed(first.items())))
-    assert len({event_name(NAME, "u-1", first), event_name(NAME, "u-1", second),
-                event_name(NAME, "u-2", first)}) == 3
-    assert len(event_name("x" * 253, "u-1", first)) <= 253
+def test_event_names_are_stable_per_entry_and_differ_per_object_and_are_valid() -> None:
+    assert event_name(NAME, "u-1", 1) == event_name(NAME, "u-1", 1)
+    assert len({event_name(NAME, "u-1", 1), event_name(NAME, "u-1", 2), event_name(NAME, "u-2", 1)}) == 3
+    long_name = event_name("a" * 199 + "-b" * 27, "u-1", 1)
+    assert len(long_name) <= 253 and "-." not in long_name
 
 
 def test_warning_events() -> None:
@@ -96,34 +111,35 @@ def test_warning_events() -> None:
         ["RolledBack", "GateFailed", "GateInconclusive", "Aborted", "InvalidSpec"]
 
 
-def test_new_entries_are_posted_once_and_the_mark_is_stored() -> None:
+def test_new_entries_are_posted_once_each_even_when_identical_and_the_mark_is_stored() -> None:
     server = ApiServer({"phase": "Pending", "history": []})
     metrics = OperatorMetrics()
-    first = {"phase": "Progressing", "history": [entry("Resolved", 1), entry("WeightChanged", 2)]}
+    first = {"phase": "Progressing", "history": [entry("Resolved", 1), entry("WeightChanged", 2),
+                                                 entry("WeightChanged", 3)]}
+    first["history"][2]["time"] = first["history"][1]["time"]  # same moment, same detail: still two entries
     reconcile(server, first, metrics)
-    assert sorted(server.events.values()) == ["Resolved", "WeightChanged"]
-    assert server.obj["status"][POSTED_THROUGH] == entry_key(first["history"][-1])
+    assert server.reasons() == ["Resolved", "WeightChanged", "WeightChanged"]
+    assert server.obj["status"][POSTED_THROUGH] == 3
     # Reconciles that add nothing post nothing and write nothing.
     writes = server.writes
     for _ in range(3):
         reconcile(server)
-    assert len(server.events) == 2 and server.writes == writes
-    second = {**server.obj["status"], "history": [*first["history"], entry("AnalysisStarted", 3)]}
+    assert len(server.events) == 3 and server.writes == writes
+    second = {**server.obj["status"], "history": [*first["history"], entry("AnalysisStarted", 4)]}
     reconcile(server, second, metrics)
-    assert sorted(server.events.values()) == ["AnalysisStarted", "Resolved", "WeightChanged"]
-    assert metrics.registry.get_sample_value("modelrollout_steps_total", {"namespace": NS, "rollout": NAME}) == 2
-    assert metrics.registry.get_sample_value("modelrollout_events_total", {"reason": "Resolved"}) == 1
+    assert server.reasons() == ["AnalysisStarted", "Resolved", "WeightChanged", "WeightChanged"]
+    assert metrics.registry.get_sample_value("modelrollout_events_total", {"reason": "WeightChanged"}) == 2
 
 
 def test_entries_stored_by_a_reconcile_that_died_are_posted_by_the_next_without_duplicates() -> None:
     history = [entry("Resolved", 1), entry("GatePassed", 2), entry("WeightChanged", 3)]
     # Killed after posting the first Event, before recording the mark: the status holds no mark.
     server = ApiServer({"phase": "Progressing", "history": history})
-    server.events[event_name(NAME, "u-1", history[0])] = "Resolved"
+    server.events[event_name(NAME, "u-1", 1)] = ("Resolved", "Resolved detail")
     metrics = OperatorMetrics()
     reconcile(server, metrics=metrics)
-    assert sorted(server.events.values()) == ["GatePassed", "Resolved", "WeightChanged"]
-    assert server.obj["status"][POSTED_THROUGH] == entry_key(history[-1])
+    assert server.reasons() == ["GatePassed", "Resolved", "WeightChanged"]
+    assert server.obj["status"][POSTED_THROUGH] == 3
     # The Event another process posted is not counted again here.
     assert metrics.registry.get_sample_value("modelrollout_events_total", {"reason": "Resolved"}) is None
     assert metrics.registry.get_sample_value("modelrollout_events_total", {"reason": "GatePassed"}) == 1
@@ -136,31 +152,84 @@ def test_a_lost_mark_write_is_made_good_by_the_next_reconcile() -> None:
     reconcile(server, {"phase": "Progressing", "history": history})
     assert len(server.events) == 2 and POSTED_THROUGH not in server.obj["status"]
     reconcile(server)
-    assert len(server.events) == 2 and server.obj["status"][POSTED_THROUGH] == entry_key(history[-1])
+    assert len(server.events) == 2 and server.obj["status"][POSTED_THROUGH] == 2
 
 
-def test_a_lost_status_write_posts_nothing() -> None:
+def test_a_decision_whose_status_was_not_stored_posts_nothing() -> None:
     server = ApiServer({"phase": "Pending", "history": []})
     server.conflict_on_write = 1
     assert reconcile(server, {"phase": "Progressing", "history": [entry("Resolved", 1)]}) == 0.0
     assert server.events == {}
 
 
+def test_entries_past_the_events_lifetime_and_unnumbered_ones_are_not_posted() -> None:
+    # An operator upgraded under a finished rollout, or down for hours: no flood of stale Events.
+    history = [entry("Resolved", None, age=timedelta(days=2)), entry("Succeeded", 1, age=timedelta(hours=2)),
+               entry("AliasMoved", 2)]
+    server = ApiServer({"phase": "Succeeded", "history": history})
+    reconcile(server)
+    assert server.reasons() == ["AliasMoved"] and server.obj["status"][POSTED_THROUGH] == 2
+
+
 @pytest.mark.parametrize("trouble", [PostResult.DEFERRED, PostResult.REFUSED])
 def test_api_trouble_defers_the_rest_and_a_refusal_is_skipped(trouble: PostResult) -> None:
-    history = [entry("Resolved", 1), entry("GatePassed", 2), entry("WeightChanged", 3)]
+    fresh = timedelta(seconds=4)
+    history = [entry("Resolved", 1, fresh), entry("GatePassed", 2, fresh), entry("WeightChanged", 3, fresh)]
     server = ApiServer({"phase": "Pending", "history": []})
     server.answers = [PostResult.POSTED, trouble]
     requeue = reconcile(server, {"phase": "Progressing", "history": history})
     if trouble is PostResult.DEFERRED:
-        # Unreachable or busy: the rest waits for the next reconcile, which comes soon.
+        # Unreachable or busy: the rest waits for the next reconcile, which comes soon (5 s at the least).
         assert requeue == EVENT_RETRY_SECONDS
-        assert list(server.events.values()) == ["Resolved"]
-        assert server.obj["status"][POSTED_THROUGH] == entry_key(history[0])
+        assert server.reasons() == ["Resolved"]
+        assert server.obj["status"][POSTED_THROUGH] == 1
         reconcile(server)
-        assert sorted(server.events.values()) == ["GatePassed", "Resolved", "WeightChanged"]
+        assert server.reasons() == ["GatePassed", "Resolved", "WeightChanged"]
     else:
         # Never to be taken (forbidden, invalid): skipped, so it cannot hold back the Events after it.
         assert requeue is None
-        assert sorted(server.events.values()) == ["Resolved", "WeightChanged"]
-    assert server.obj["status"][POSTED_THROUGH] == entry_key(history[-1])
+        assert server.reasons() == ["Resolved", "WeightChanged"]
+    assert server.obj["status"][POSTED_THROUGH] == 3
+
+
+def test_retries_slow_down_as_the_waiting_entry_ages() -> None:
+    server = ApiServer({"phase": "Succeeded", "history": [entry("Succeeded", 1, age=timedelta(minutes=8))]})
+    server.answers = [PostResult.DEFERRED]
+    assert reconcile(server) == 240.0  # half its age
+    server.answers = [PostResult.DEFERRED]
+    server.obj["status"]["history"] = [entry("Succeeded", 1, age=timedelta(minutes=50))]
+    assert reconcile(server) == EVENT_RETRY_MAX_SECONDS
+
+
+class RaisingEvents:
+    def __init__(self, error: Exception | None) -> None:
+        self.error, self.created = error, []
+
+    def create_namespaced_event(self, namespace: str, body: client.CoreV1Event) -> None:
+        if self.error:
+            raise self.error
+        self.created.append(body)
+
+
+@pytest.mark.parametrize(("error", "result"), [
+    (None, PostResult.POSTED),
+    (ApiException(status=409), PostResult.ALREADY_POSTED),
+    (ApiException(status=403), PostResult.REFUSED),
+    (ApiException(status=422), PostResult.REFUSED),
+    (ApiException(status=429), PostResult.DEFERRED),
+    (ApiException(status=503), PostResult.DEFERRED),
+    (ApiException(status=0, reason="SSLError"), PostResult.DEFERRED),
+    (urllib3.exceptions.ReadTimeoutError(None, "/api", "read timed out"), PostResult.DEFERRED),
+    (urllib3.exceptions.MaxRetryError(None, "/api"), PostResult.DEFERRED),
+    (ConnectionResetError(), PostResult.DEFERRED),
+])
+def test_post_event_says_what_became_of_the_event(error: Exception | None, result: PostResult) -> None:
+    store = RolloutStore(client.ApiClient())
+    store.core = RaisingEvents(error)  # type: ignore[assignment]
+    obj = {"metadata": {"namespace": NS, "name": NAME, "uid": "u-1", "resourceVersion": "4"}}
+    assert store.post_event(obj, entry("RolledBack", 7)) is result
+    if error is None:
+        (event,) = store.core.created  # type: ignore[attr-defined]
+        assert event.metadata.name == event_name(NAME, "u-1", 7) and event.type == "Warning"
+        assert event.reason == "RolledBack" and event.message == "RolledBack detail"
+        assert event.first_timestamp == NOW - timedelta(seconds=30)  # when it happened, not when it was posted

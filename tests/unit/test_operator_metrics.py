@@ -7,7 +7,7 @@ import logging
 import socket
 import urllib.request
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -52,9 +52,8 @@ def run_world(world: World, metrics: OperatorMetrics, done: Any, step: timedelta
         world.reconcile()
         after = world.status.to_dict()
         metrics.observe(obj(before), after)
-        # The Reconciler then posts the history entries of every decision the reconcile made.
         for entry in (e for d in world.decisions[first:] for e in d.events):
-            metrics.count_entry(NS, NAME, entry.event, posted=True)
+            metrics.count_event(entry.event)  # as the Reconciler does for each entry it posts
         statuses.append(after)
         before = after
         if done(world):
@@ -171,14 +170,15 @@ def reconcile(store: FakeStore, outcome: ReconcileOutcome, metrics: OperatorMetr
     async def step(_obj: dict[str, Any]) -> ReconcileOutcome:
         return outcome
 
-    return asyncio.run(Reconciler(store, step, metrics).reconcile(ObjectRef(NS, NAME)))  # type: ignore[arg-type]
+    reconciler = Reconciler(store, step, metrics, clock=lambda: datetime(2026, 1, 5, 9, 0, 5, tzinfo=UTC))
+    return asyncio.run(reconciler.reconcile(ObjectRef(NS, NAME)))  # type: ignore[arg-type]
 
 
 def test_reconciler_counts_errors_and_only_what_it_stored() -> None:
     metrics = OperatorMetrics()
     rolled_back = {"phase": "RolledBack", "rollback": {"verdictAt": "2026-01-05T09:00:00Z", "cause": "Aborted",
                                                        "reason": "x", "timeToRecoverSeconds": 1.5},
-                   "history": [{"time": "2026-01-05T09:00:00Z", "event": "RollbackStarted", "detail": "x"}]}
+                   "history": [{"time": "2026-01-05T09:00:00Z", "event": "RollbackStarted", "detail": "x", "seq": 1}]}
     outcome = ReconcileOutcome(status=rolled_back, actions_taken=["RestoreStable:a1-restore"])
     with pytest.raises(ApiException):
         reconcile(FakeStore(get_error=403), outcome, metrics)
