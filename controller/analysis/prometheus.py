@@ -19,7 +19,6 @@ from urllib3.util.retry import Retry
 # went stale (its source stopped reporting), none means nothing was ever counted.
 STALE_LOOKBACK = timedelta(hours=1)
 STALE_STEP = "60s"
-DAY_SECONDS = 86_400
 UNAVAILABLE = (502, 503, 504)
 
 
@@ -98,32 +97,6 @@ class PrometheusProvider:
             return Measurement(query, None, QueryProblem.EMPTY,
                                f"no series matched between {start.isoformat()} and {end.isoformat()}", end)
         return datetime.fromtimestamp(newest, UTC)
-
-    def daily(self, query: str, at: datetime, days: int) -> list[Measurement] | Measurement:
-        """`query` at the time of day of `at` on each of the `days` days before it (day 1 first), in one range
-        query with a one-day step.
-
-        A day without a value had no series then (no traffic): its Measurement is NoData, and no staleness
-        check is made. A problem with the query as a whole (unreachable, rejected, several series) is returned
-        as one Measurement. Times are whole seconds, as the range API takes them.
-        """
-        base = round(at.timestamp())
-        times = [datetime.fromtimestamp(base - day * DAY_SECONDS, UTC) for day in range(1, days + 1)]
-        answer = self._ask(query, times[0], lambda: self._client.custom_query_range(
-            query, times[-1], times[0], f"{DAY_SECONDS}s"))
-        if isinstance(answer, Measurement):
-            return answer
-        if isinstance(answer, list) and len(answer) > 1:
-            return _one_number(query, answer, times[0])  # says MultipleSeries, naming them
-        series = (answer or [{"values": []}])[0] if isinstance(answer, list) else None
-        values = series.get("values") if isinstance(series, dict) else None
-        if not isinstance(values, list) or not all(_is_sample(sample) for sample in values):
-            return Measurement(query, None, QueryProblem.MALFORMED, f"not a range-query matrix: {str(answer)[:200]}",
-                               times[0])
-        by_time = {round(sample[0]): sample for sample in values}
-        return [_one_number(query, by_time[round(when.timestamp())], when) if round(when.timestamp()) in by_time
-                else Measurement(query, None, QueryProblem.EMPTY, "no series matched (no traffic then)", when)
-                for when in times]
 
     def _empty_or_stale(self, empty: Measurement) -> Measurement:
         end = empty.at or datetime.now(UTC)

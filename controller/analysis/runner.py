@@ -90,15 +90,15 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     if problem := _first_problem(current):
         return _unmeasured(name, problem, queries)
     days = max(1, int((request.baseline_window or timedelta(days=7)) / timedelta(days=1)))
-    # The same window at the same time of day on each past day; a day with no series had no traffic.
-    daily = {key: provider.daily(query, request.now, days) for key, query in queries.items()}
-    for measured in daily.values():
-        if isinstance(measured, Measurement):
-            return _unmeasured(name, measured, queries)
-        if broken := next((m for m in measured if m.problem not in (None, QueryProblem.EMPTY)), None):
+    history: list[tuple[float, float]] = []
+    for day in range(1, days + 1):
+        at = request.now - timedelta(days=day)
+        # A day with no series then had no traffic for this model: a gap, not a stale source.
+        events = provider.scalar(queries["current_events"], at, check_stale=False)
+        total = provider.scalar(queries["current_total"], at, check_stale=False)
+        if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
             return _unmeasured(name, broken, queries)
-    history = [(events.value or 0.0, total.value or 0.0)
-               for events, total in zip(daily["current_events"], daily["current_total"], strict=True)]
+        history.append((events.value or 0.0, total.value or 0.0))
     return baseline_judge(name, current["current_events"].value, current["current_total"].value, history,
                           ProportionCriteria.from_spec(spec), queries=queries,
                           window=_window_evidence(request, window))

@@ -4,10 +4,9 @@ tested in tests/integration/test_exporter_prometheus.py and test_history_backfil
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -23,19 +22,16 @@ class Garbage:
 
     def __init__(self) -> None:
         self.status, self.body, self.requests = 200, b"", 0
-        self.range_body: bytes | None = None  # what /api/v1/query_range gets, when it differs
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 owner.requests += 1
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                ranged = self.path.startswith("/api/v1/query_range") and owner.range_body is not None
-                body = owner.range_body if ranged and owner.range_body is not None else owner.body
                 self.send_response(owner.status)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(owner.body)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(owner.body)
 
             def log_message(self, *_: object) -> None:
                 pass
@@ -45,10 +41,6 @@ class Garbage:
 
     def answer(self, status: int, body: bytes) -> None:
         self.status, self.body = status, body
-
-
-NSFW_RATE = MetricSpec("nsfw-rate", ProportionMetric(events='sum(increase(p{ {{selector}}, c="nsfw"}[{{window}}]))',
-                                                    total="sum(increase(p{ {{selector}} }[{{window}}]))"))
 
 
 @pytest.fixture()
@@ -110,53 +102,10 @@ def test_an_empty_answer_with_no_history_is_no_data(garbage: Garbage) -> None:
 
 def test_canary_analysis_stops_asking_once_a_query_fails(garbage: Garbage) -> None:
     garbage.answer(503, b"down")
+    metric = MetricSpec("nsfw-rate", ProportionMetric(events='sum(increase(p{ {{selector}}, c="nsfw"}[{{window}}]))',
+                                                      total="sum(increase(p{ {{selector}} }[{{window}}]))"))
     now = datetime(2026, 1, 1, tzinfo=UTC)
     request = AnalysisRequest("ns", "model", "canary", now.replace(hour=0, minute=0), now.replace(minute=5))
-    (verdict,) = run_analysis([NSFW_RATE], request, PrometheusProvider(garbage.url, retries=0))
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
     assert verdict.outcome is Outcome.INCONCLUSIVE and "PrometheusUnreachable" in verdict.reason
     assert garbage.requests == 1  # not four
-
-
-DAY = 86_400
-AT = datetime(2026, 1, 8, 12, 0, 0, 400_000, tzinfo=UTC)  # evaluated at whole seconds: 12:00:00
-BASE = int(datetime(2026, 1, 8, 12, tzinfo=UTC).timestamp())
-
-
-def matrix(*series: list[list[object]]) -> bytes:
-    result = [{"metric": {"variant": "stable", "n": str(i)}, "values": values} for i, values in enumerate(series)]
-    return json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
-
-
-def test_daily_reads_each_past_day_at_the_same_time_from_one_range_query(garbage: Garbage) -> None:
-    garbage.answer(200, matrix([[BASE - 3 * DAY, "40"], [BASE - DAY, "12.5"]]))
-    days = PrometheusProvider(garbage.url, retries=0).daily("x", AT, 3)
-    assert isinstance(days, list) and garbage.requests == 1
-    assert [(m.value, m.problem) for m in days] == [(12.5, None), (None, QueryProblem.EMPTY), (40.0, None)]
-    assert [m.at for m in days] == [datetime.fromtimestamp(BASE - d * DAY, UTC) for d in (1, 2, 3)]
-
-
-@pytest.mark.parametrize(("body", "problem", "detail"), [
-    (matrix([[BASE - DAY, "1"]], [[BASE - DAY, "2"]]), QueryProblem.AMBIGUOUS, "2 series"),
-    (b'{"status":"success","data":{"resultType":"vector","result":{"value":[1,"2"]}}}', QueryProblem.MALFORMED,
-     "range-query matrix"),
-    (matrix([[BASE - DAY, 2]]), QueryProblem.MALFORMED, "range-query matrix"),
-])
-def test_daily_refuses_answers_it_cannot_read_as_one_series(garbage: Garbage, body: bytes, problem: QueryProblem,
-                                                           detail: str) -> None:
-    garbage.answer(200, body)
-    m = PrometheusProvider(garbage.url, retries=0).daily("x", AT, 3)
-    assert not isinstance(m, list) and m.problem is problem and detail in m.detail, m
-
-
-def test_a_bake_reads_its_history_in_one_query_per_expression_and_a_nan_day_is_inconclusive(
-        garbage: Garbage) -> None:
-    request = AnalysisRequest("ns", "model", "bake", AT - timedelta(minutes=5), AT, baseline_window=timedelta(days=7))
-    garbage.answer(200, json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-        {"metric": {}, "value": [1, "900"]}]}}).encode())
-    garbage.range_body = matrix([[BASE - d * DAY, "900"] for d in range(7, 0, -1)])
-    (verdict,) = run_analysis([NSFW_RATE], request, PrometheusProvider(garbage.url, retries=0))
-    assert verdict.outcome is Outcome.PASS and "7-day history 100% (6300/6300)" in verdict.reason, verdict.reason
-    assert garbage.requests == 4  # now: events and total; the 7 past days: one range query each
-    garbage.range_body = matrix([[BASE - 2 * DAY, "NaN"], [BASE - DAY, "900"]])
-    (verdict,) = run_analysis([NSFW_RATE], request, PrometheusProvider(garbage.url, retries=0))
-    assert verdict.outcome is Outcome.INCONCLUSIVE and "NotANumber" in verdict.reason, verdict.reason
