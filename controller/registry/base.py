@@ -196,12 +196,13 @@ class ModelRegistry(ABC):
                      rollout: str, *, rejected_at: datetime | None = None, actor: str | None = None) -> bool:
         """Tag the version rejected with bounded reason and evidence; False when this rejection is already
         recorded (same rollout, same verdict time). A later rejection of the same version (a retry that failed
-        again) replaces the tags: they describe the newest one."""
+        again) replaces the tags: they describe the newest one. Without `rejected_at` there is no verdict time
+        to tell rejections apart, so one already recorded for the rollout counts as this one."""
         _check_version_format(model_name, version)
         record = self._existing_version(model_name, version)
         when = _timestamp(rejected_at)
         if (record.tags.get(REJECTED_TAG) == "true" and record.tags.get(REJECTED_ROLLOUT_TAG) == rollout
-                and record.tags.get(REJECTED_TIME_TAG) == when):
+                and (rejected_at is None or record.tags.get(REJECTED_TIME_TAG) == when)):
             return False  # a re-sent action: keep what it wrote
         tags = {
             REJECTED_REASON_TAG: bounded(reason, MAX_REASON_CHARS),

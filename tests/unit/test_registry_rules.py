@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -234,6 +235,14 @@ class RegistryContract:
         assert harness.registry.tag_rejected(model, "2", "first", "", ROLLOUT, rejected_at=at)
         assert not harness.registry.tag_rejected(model, "2", "first, sent again", "", ROLLOUT, rejected_at=at)
         assert harness.version_tags(model, "2")[REJECTED_REASON_TAG] == "first"
+
+    def test_a_rejection_without_a_verdict_time_is_not_told_apart_by_the_clock(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        assert harness.registry.tag_rejected(model, "2", "first", "", ROLLOUT)
+        written = harness.version_tags(model, "2")
+        time.sleep(1.1 - datetime.now(UTC).microsecond / 1e6)  # into the next second: a different "now"
+        assert not harness.registry.tag_rejected(model, "2", "first, sent again", "", ROLLOUT)
+        assert harness.version_tags(model, "2") == written
 
     def test_the_same_rollout_rejecting_again_later_records_the_new_rejection(self, harness: RegistryHarness) -> None:
         model = harness.new_model(2)  # e.g. a retry that failed again
