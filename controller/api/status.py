@@ -85,10 +85,15 @@ class HistoryEntry:
     seq: int | None = None  # 1, 2, 3... in the order recorded (None: recorded before entries were numbered)
 
 
-def append_history(history: tuple[HistoryEntry, ...], entry: HistoryEntry) -> tuple[HistoryEntry, ...]:
-    """`history` with `entry` numbered next and appended, the oldest entries dropped beyond HISTORY_LIMIT."""
-    last = history[-1].seq if history else None
-    return (*history, dataclasses.replace(entry, seq=(last or 0) + 1))[-HISTORY_LIMIT:]
+def append_history(history: tuple[HistoryEntry, ...], entry: HistoryEntry,
+                   floor: int = 0) -> tuple[HistoryEntry, ...]:
+    """`history` with `entry` numbered next and appended, the oldest entries dropped beyond HISTORY_LIMIT.
+
+    Numbers only go up: above every number in `history` and above `floor` (the newest number already
+    posted as an Event), even when a status written without numbers has cleared them.
+    """
+    last = max((item.seq for item in history if item.seq is not None), default=0)
+    return (*history, dataclasses.replace(entry, seq=max(last, floor) + 1))[-HISTORY_LIMIT:]
 
 
 class ActionState(StrEnum):

@@ -130,7 +130,7 @@ def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation:
     entry = HistoryEntry(time=now, event="InvalidSpec", detail=str(error))
     repeated = bool(status.history) and status.history[-1].event == "InvalidSpec" and \
         status.history[-1].detail == str(error)
-    history = status.history if repeated else append_history(status.history, entry)
+    history = status.history if repeated else append_history(status.history, entry, status.events_posted_through)
     idle = status.phase is Phase.PENDING or status.phase in TERMINAL_PHASES
     if not idle:
         message = _sentence(f"Holding {status.phase} unchanged: invalid spec: {error}")
@@ -218,7 +218,7 @@ class _Decider:
                 command_id: str | None = None) -> None:
         entry = HistoryEntry(time=self.now, event=event, detail=_one_line(detail), actor=actor,
                              command_id=command_id)
-        history = append_history(self.status.history, entry)
+        history = append_history(self.status.history, entry, self.status.events_posted_through)
         self.new_history.append(history[-1])
         self._update(history=history)
 

@@ -20,7 +20,8 @@ from controller.api.serialization import parse_time
 POSTED_THROUGH = "eventsPostedThrough"
 # Entries whose event name contains one of these are Warning Events; the rest are Normal.
 WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Deadline", "Error", "Invalid")
-# The API server's default --event-ttl: an entry older than this would be deleted as soon as it was posted.
+# The API server's default --event-ttl. An Event posted for an entry this old may have expired since, so
+# posting it again could not be told apart from a duplicate: such entries are not posted.
 EVENT_TTL = timedelta(hours=1)
 
 
@@ -31,9 +32,10 @@ class PostResult(StrEnum):
     DEFERRED = "Deferred"  # the API server is unreachable or busy: this entry and the rest wait
 
 
-def event_name(rollout: str, uid: str | None, seq: int) -> str:
-    """Stable per entry and per object (the uid tells apart a rollout deleted and created again)."""
-    digest = hashlib.sha256(json.dumps([uid, seq]).encode()).hexdigest()[:16]
+def event_name(rollout: str, uid: str | None, entry: Mapping[str, Any]) -> str:
+    """Stable per entry and per object: the uid tells apart a rollout deleted and created again, the time an
+    entry numbered again (after an older operator rewrote the status without numbers)."""
+    digest = hashlib.sha256(json.dumps([uid, entry.get("seq"), entry.get("time")]).encode()).hexdigest()[:16]
     return f"{rollout[:200].rstrip('.-')}.{digest}"
 
 

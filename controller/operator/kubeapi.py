@@ -107,7 +107,7 @@ class RolloutStore:
         reason = event_reason(entry)
         when = entry_time(entry) or dt.datetime.now(dt.UTC)
         event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=event_name(meta["name"], meta.get("uid"), int(entry["seq"])),
+            metadata=client.V1ObjectMeta(name=event_name(meta["name"], meta.get("uid"), entry),
                                          namespace=meta["namespace"]),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"], namespace=meta["namespace"],
@@ -122,8 +122,9 @@ class RolloutStore:
         except ApiException as exc:
             if exc.status == 409:
                 return PostResult.ALREADY_POSTED
-            # Status 0: the client failed before any answer (TLS, a dropped connection).
-            transient = not exc.status or exc.status in (408, 429) or exc.status >= 500
+            # Status 0: the client failed before any answer (TLS, a dropped connection). 401: a token being
+            # rotated. Neither says the Event itself is unwelcome.
+            transient = not exc.status or exc.status in (401, 408, 429) or exc.status >= 500
             log.warning("could not post Event %s for %s/%s: HTTP %s%s", reason, meta["namespace"], meta["name"],
                         exc.status, "; trying again later" if transient else "")
             return PostResult.DEFERRED if transient else PostResult.REFUSED

@@ -176,6 +176,8 @@ class OperatorMetrics:
                 if item.get("name") in judged and outcome in RESULTS:
                     self.verdicts.labels(str(item["name"]), outcome).inc()
             seen.analysis_run = now.analysis_run
+        if now.history_seq < seen.history_seq:
+            seen.history_seq = 0  # numbers went down: another object of the same name (its DELETED was missed)
         for seq, entry in _numbered(status):
             if seq > seen.history_seq and entry.get("event") in STEP_EVENTS:
                 self.steps.labels(*key).inc()

@@ -63,9 +63,9 @@ class Reconciler:
         # Counted once the status that records it is stored: a lost write is decided (and counted) again.
         self.metrics.observe(obj, result.status)
         retry_events = await self._post_events(stored, result.status)
-        if retry_events is not None:
-            return min(result.requeue_after or retry_events, retry_events)
-        return result.requeue_after
+        if retry_events is not None and result.requeue_after is not None:
+            return min(result.requeue_after, retry_events)
+        return retry_events if retry_events is not None else result.requeue_after
 
     async def _post_events(self, stored: dict[str, Any], status: dict[str, Any]) -> float | None:
         """Post the stored history entries not posted yet, then record how far it got.
@@ -77,7 +77,11 @@ class Reconciler:
         meta = stored["metadata"]
         mark = status.get(POSTED_THROUGH) or 0
         retry_after = None
-        for entry in unposted(status):
+        pending = unposted(status)
+        if pending and pending[0]["seq"] > mark + 1:
+            log.warning("%s/%s: history entries %d to %d left the bounded history before they were posted as Events",
+                        meta["namespace"], meta["name"], mark + 1, pending[0]["seq"] - 1)
+        for entry in pending:
             age = self.clock() - (entry_time(entry) or self.clock())
             if age > EVENT_TTL:
                 log.warning("not posting Event %s for %s/%s: recorded %.0f s ago, past the Events' lifetime",

@@ -57,7 +57,7 @@ class ApiServer:
             answer = self.answers.pop(0)
             if answer is not PostResult.POSTED:
                 return answer
-        name = event_name(obj["metadata"]["name"], obj["metadata"]["uid"], item["seq"])
+        name = event_name(obj["metadata"]["name"], obj["metadata"]["uid"], item)
         if name in self.events:
             return PostResult.ALREADY_POSTED
         self.events[name] = (str(item["event"]), str(item["detail"]))
@@ -82,11 +82,14 @@ def test_the_engine_numbers_entries_in_order_across_the_history_bound() -> None:
         history = append_history(history, HistoryEntry(NOW, "WeightChanged", "same every time"))
         assert history[-1].seq == n + 1
     assert len(history) == HISTORY_LIMIT and [e.seq for e in history] == list(range(6, HISTORY_LIMIT + 6))
+    # Above the newest number posted, even when a status written without numbers has lost them.
+    assert append_history((HistoryEntry(NOW, "Resolved", "unnumbered"),), HistoryEntry(NOW, "Paused", "x"),
+                          floor=12)[-1].seq == 13
     # The real engine, through a whole rollout: every entry numbered, 1, 2, 3..., and the mark carried along.
     world = World()
     world.status = ModelRolloutStatus(events_posted_through=7)
     world.reconcile()
-    assert [e.seq for e in world.status.history] == list(range(1, len(world.status.history) + 1))
+    assert [e.seq for e in world.status.history] == list(range(8, len(world.status.history) + 8))
     assert world.status.events_posted_through == 7 and world.status.to_dict()[POSTED_THROUGH] == 7
 
 
@@ -99,9 +102,12 @@ def test_unposted_is_what_is_numbered_above_the_mark() -> None:
 
 
 def test_event_names_are_stable_per_entry_and_differ_per_object_and_are_valid() -> None:
-    assert event_name(NAME, "u-1", 1) == event_name(NAME, "u-1", 1)
-    assert len({event_name(NAME, "u-1", 1), event_name(NAME, "u-1", 2), event_name(NAME, "u-2", 1)}) == 3
-    long_name = event_name("a" * 199 + "-b" * 27, "u-1", 1)
+    first = entry("Resolved", 1)
+    assert event_name(NAME, "u-1", first) == event_name(NAME, "u-1", dict(reversed(first.items())))
+    renumbered = {**entry("Paused", 1), "time": "2026-01-05T10:00:00Z"}  # 1 again, after an older operator
+    assert len({event_name(NAME, "u-1", first), event_name(NAME, "u-1", entry("Resolved", 2)),
+                event_name(NAME, "u-2", first), event_name(NAME, "u-1", renumbered)}) == 4
+    long_name = event_name("a" * 199 + "-b" * 27, "u-1", first)
     assert len(long_name) <= 253 and "-." not in long_name
 
 
@@ -135,7 +141,7 @@ def test_entries_stored_by_a_reconcile_that_died_are_posted_by_the_next_without_
     history = [entry("Resolved", 1), entry("GatePassed", 2), entry("WeightChanged", 3)]
     # Killed after posting the first Event, before recording the mark: the status holds no mark.
     server = ApiServer({"phase": "Progressing", "history": history})
-    server.events[event_name(NAME, "u-1", 1)] = ("Resolved", "Resolved detail")
+    server.events[event_name(NAME, "u-1", history[0])] = ("Resolved", "Resolved detail")
     metrics = OperatorMetrics()
     reconcile(server, metrics=metrics)
     assert server.reasons() == ["GatePassed", "Resolved", "WeightChanged"]
@@ -169,6 +175,12 @@ def test_entries_past_the_events_lifetime_and_unnumbered_ones_are_not_posted() -
     server = ApiServer({"phase": "Succeeded", "history": history})
     reconcile(server)
     assert server.reasons() == ["AliasMoved"] and server.obj["status"][POSTED_THROUGH] == 2
+
+
+def test_entries_that_left_the_history_unposted_are_reported(caplog: pytest.LogCaptureFixture) -> None:
+    server = ApiServer({"phase": "Progressing", "history": [entry("Paused", 9)], POSTED_THROUGH: 5})
+    reconcile(server)
+    assert server.reasons() == ["Paused"] and "entries 6 to 8 left the bounded history" in caplog.text
 
 
 @pytest.mark.parametrize("trouble", [PostResult.DEFERRED, PostResult.REFUSED])
@@ -215,6 +227,7 @@ class RaisingEvents:
     (None, PostResult.POSTED),
     (ApiException(status=409), PostResult.ALREADY_POSTED),
     (ApiException(status=403), PostResult.REFUSED),
+    (ApiException(status=401), PostResult.DEFERRED),
     (ApiException(status=422), PostResult.REFUSED),
     (ApiException(status=429), PostResult.DEFERRED),
     (ApiException(status=503), PostResult.DEFERRED),
@@ -230,6 +243,6 @@ def test_post_event_says_what_became_of_the_event(error: Exception | None, resul
     assert store.post_event(obj, entry("RolledBack", 7)) is result
     if error is None:
         (event,) = store.core.created  # type: ignore[attr-defined]
-        assert event.metadata.name == event_name(NAME, "u-1", 7) and event.type == "Warning"
+        assert event.metadata.name == event_name(NAME, "u-1", entry("RolledBack", 7)) and event.type == "Warning"
         assert event.reason == "RolledBack" and event.message == "RolledBack detail"
         assert event.first_timestamp == NOW - timedelta(seconds=30)  # when it happened, not when it was posted

@@ -213,3 +213,24 @@ def test_metrics_are_served_on_a_free_port_and_a_taken_port_is_not_fatal(caplog:
         with caplog.at_level(logging.ERROR):
             assert serve(OperatorMetrics(), "127.0.0.1", taken.getsockname()[1]) is None
     assert "running without /metrics" in caplog.text
+
+
+def test_steps_are_counted_by_entry_number_once_and_again_for_an_object_made_anew() -> None:
+    metrics = OperatorMetrics()
+
+    def steps() -> float:
+        return value(metrics, "modelrollout_steps_total", namespace=NS, rollout=NAME)
+
+    def history(*events: str) -> list[dict[str, Any]]:
+        return [{"time": "2026-01-05T09:00:00Z", "event": e, "detail": "", "seq": n} for n, e in enumerate(events, 1)]
+
+    old = {"phase": "Progressing", "history": history("Resolved", "WeightChanged")}
+    metrics.observe(obj(old), old)  # first sight: the baseline, not news
+    newer = {"phase": "Paused", "history": history("Resolved", "WeightChanged", "Paused", "WeightChanged")}
+    metrics.observe(obj(old), newer)
+    metrics.observe(obj(newer), newer)
+    assert steps() == 2
+    # Deleted and created again under the same name, the deletion unseen: its numbers start over.
+    anew = {"phase": "Progressing", "history": history("WeightChanged")}
+    metrics.observe(obj(newer), anew)
+    assert steps() == 3
