@@ -2,8 +2,8 @@
 
 The history is the trail and is stored first; Events follow it. The engine numbers entries (`seq`), and
 `status.eventsPostedThrough` is the seq of the newest entry posted, so the entries to post are those above
-it. An Event is named after its entry's seq, so posting it again after a kill (before the mark was stored) is
-refused as AlreadyExists instead of making a duplicate.
+it. An Event is named after its entry (seq and time), so posting it again after a kill (before the mark was
+stored) is refused as AlreadyExists instead of making a duplicate.
 """
 
 from __future__ import annotations

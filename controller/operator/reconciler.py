@@ -63,9 +63,7 @@ class Reconciler:
         # Counted once the status that records it is stored: a lost write is decided (and counted) again.
         self.metrics.observe(obj, result.status)
         retry_events = await self._post_events(stored, result.status)
-        if retry_events is not None and result.requeue_after is not None:
-            return min(result.requeue_after, retry_events)
-        return retry_events if retry_events is not None else result.requeue_after
+        return min((t for t in (result.requeue_after, retry_events) if t is not None), default=None)
 
     async def _post_events(self, stored: dict[str, Any], status: dict[str, Any]) -> float | None:
         """Post the stored history entries not posted yet, then record how far it got.
@@ -81,8 +79,9 @@ class Reconciler:
         if pending and pending[0]["seq"] > mark + 1:
             log.warning("%s/%s: history entries %d to %d left the bounded history before they were posted as Events",
                         meta["namespace"], meta["name"], mark + 1, pending[0]["seq"] - 1)
+        now = self.clock()
         for entry in pending:
-            age = self.clock() - (entry_time(entry) or self.clock())
+            age = now - (entry_time(entry) or now)
             if age > EVENT_TTL:
                 log.warning("not posting Event %s for %s/%s: recorded %.0f s ago, past the Events' lifetime",
                             event_reason(entry), meta["namespace"], meta["name"], age.total_seconds())
