@@ -635,6 +635,9 @@ class _Decider:
         request_id = self._next_judge_request("gate")
         self._move(Phase.GATING, gate=GateStatus(request_id=request_id, started_at=self.now,
                                                  dataset_sha256=dataset.sha256))
+        stable = self.status.stable
+        self._record("GateStarted", f"golden dataset {dataset.sha256[:12]}: candidate {self._candidate.version} "
+                                    + (f"against stable {stable.version}" if stable else "alone (no stable version)"))
 
     def _gating(self) -> None:
         gate = self.status.gate

@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 
+from controller.operator.event_poster import EventPoster
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION, ObjectRef, RolloutStore, load_client_config
 from controller.operator.metrics import OperatorMetrics, serve
 from controller.operator.reconciler import Reconciler
@@ -39,7 +40,9 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
         # Namespace watch (deploy/base/rbac.yaml), so kopf must not try one.
         settings.scanning.disabled = True
         api_client = load_client_config(kubeconfig, bounded=True)
-        reconciler = Reconciler(RolloutStore(api_client), RolloutStepper(api_client, config).step, metrics)
+        store = RolloutStore(api_client)
+        events = EventPoster(store, metrics)
+        reconciler = Reconciler(store, RolloutStepper(api_client, config, events=events).step, metrics, events=events)
         queue = WakeupQueue(reconciler.reconcile)
         state["queue"] = queue
         state["task"] = asyncio.create_task(queue.run())

@@ -8,6 +8,7 @@ remembered between reconciles: what must survive a restart is in the status the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -54,6 +55,7 @@ from controller.gate import (
     record_gate_evidence,
     run_gate,
 )
+from controller.operator.event_poster import EventPoster
 from controller.operator.kubeapi import RolloutStore
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
 from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
@@ -294,16 +296,18 @@ class RolloutStepper:
     returned is stored when it differs from what is stored. Every phase change, step, ledger entry and
     history entry is thus in the resource before the work it leads to starts: on-call sees Gating while the
     gate runs and RollingBack while traffic moves, and an operator killed mid-reconcile resumes from the
-    last boundary, not from whatever was stored when the reconcile began.
+    last boundary, not from whatever was stored when the reconcile began. The history entries of each such
+    write are posted as Events right after it (with `events`).
     """
 
     def __init__(self, api_client: client.ApiClient, config: OperatorConfig,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-                 write_ahead: bool = True) -> None:
+                 write_ahead: bool = True, events: EventPoster | None = None) -> None:
         self.api_client = api_client
         self.config = config
         self.clock = clock
         self.store: RolloutStore | None = RolloutStore(api_client) if write_ahead else None
+        self.events = events
         self._seen: set[tuple[str, str]] = set()
 
     async def step(self, obj: dict[str, Any]) -> ReconcileOutcome:
@@ -358,6 +362,12 @@ class RolloutStepper:
                     return outcome
                 meta["resourceVersion"] = written["metadata"]["resourceVersion"]  # for the caller's final write
                 stored = outcome.status
+                if self.events is not None:
+                    # Now, not when the reconcile ends: a gate may run for minutes. The mark goes out with
+                    # the next write; until then a re-post is refused by name.
+                    posted = await self.events.post(written, outcome.status)
+                    status = dataclasses.replace(status, events_posted_through=posted.mark)
+                    outcome.status = status.to_dict()
             for action in decision.actions:
                 outcome.actions_taken.append(f"{action.type}:{action.id}")
                 if isinstance(action, RunGate):

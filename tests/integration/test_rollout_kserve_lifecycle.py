@@ -51,19 +51,23 @@ MRO = ("modelrollout.io", "v1alpha1", "modelrollouts")
 MTTR_TARGET_SECONDS = 2.0
 
 
-# --- a recording proxy in front of MLflow ----------------------------------------------------------------
+# --- a recording proxy in front of MLflow or a model server ----------------------------------------------
 
 
 class RecordingProxy:
     """Forwards the operator's registry calls to MLflow and records every write (alias moves, tags).
 
     Bound to a port chosen up front, so a rollout can name it before it listens (MLflow unreachable).
+    While `open` is cleared, requests wait in the proxy (a slow upstream); `waiting` counts them.
     """
 
     def __init__(self, upstream: str, port: int | None = None) -> None:
         self.upstream = upstream.rstrip("/")
         self.port = port or free_port()
         self.writes: list[tuple[str, str, dict[str, Any]]] = []
+        self.open = threading.Event()
+        self.open.set()
+        self.waiting = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -79,6 +83,11 @@ class RecordingProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
+                with proxy._lock:
+                    proxy.waiting += 1
+                proxy.open.wait(timeout=120)
+                with proxy._lock:
+                    proxy.waiting -= 1
                 try:
                     answer = requests.request(self.command, proxy.upstream + self.path, data=body,
                                               headers=headers, timeout=30)
@@ -506,6 +515,43 @@ def test_operator_killed_at_every_step_boundary_repeats_nothing(rig: Rig, scenar
     assert proxy.recorded("model-versions/set-tag") == []
     assert MlflowRegistry(mlflow_server.url).verify_alias(name, STABLE_ALIAS) == candidate
     print(f"\n{len(boundaries)} kills at {boundaries}; alias writes {len(alias_writes)}")
+
+
+def test_events_are_posted_as_their_entries_are_stored_not_when_the_reconcile_ends(
+        rig: Rig, scenario_factory: Callable[..., Scenario]) -> None:
+    """A golden gate can run for minutes inside one reconcile: on-call must see GateStarted meanwhile."""
+    scenario = scenario_factory("clean")
+    name, candidate = scenario.model_name, scenario.candidate_version
+    slow_candidate = RecordingProxy(scenario.servers[scenario.storage_uri(candidate)].url)
+    slow_candidate.open.clear()  # the gate's requests wait in the proxy until the test lets them through
+    slow_candidate.start()
+    try:
+        rig.start_operator()
+        manifest = scenario.rollout()
+        manifest["spec"]["target"]["kserve"]["candidateUrl"] = slow_candidate.url
+        rig.apply(manifest)
+        rig.wait(name, lambda s: s.get("phase") == "Gating" and slow_candidate.waiting > 0, timeout=60,
+                 what="the gate's requests held in the proxy")
+        deadline = time.monotonic() + 15
+        while True:
+            status = rig.status(name)
+            stored = Counter((e["event"], e["detail"][:1024]) for e in status["history"])
+            if rig.posted_events(name) == stored or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert slow_candidate.waiting > 0 and status["phase"] == "Gating"  # the gate is still running
+        assert rig.posted_events(name) == stored, status["history"]
+        assert "GateStarted" in events(status), events(status)
+    finally:
+        slow_candidate.open.set()
+    try:
+        status = rig.wait(name, phase_in(*TERMINAL), what="the end of the rollout")
+        assert status["phase"] == "Succeeded", status["message"]
+        status = rig.wait(name, lambda s: not unposted(s), timeout=30, what="the last Events")
+        # Posted early and again at the end of the reconcile: still once each (refused by name the second time).
+        assert rig.posted_events(name) == Counter((e["event"], e["detail"][:1024]) for e in status["history"])
+    finally:
+        slow_candidate.stop()
 
 
 # --- 3. a new candidate mid-rollout -------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_weight_rates_and_decisions_come_from_the_status() -> None:
     obj = judged_rollout()
     status = obj["status"]
     marks = decisions(status)
-    assert [m.event for m in marks][:4] == ["Resolved", "CandidateStaged", "GatePassed", "WeightChanged"]
+    assert [m.event for m in marks][:4] == ["Resolved", "CandidateStaged", "GateStarted", "GatePassed"]
     assert {m.kind for m in marks if m.event in ("AnalysisFailed", "RollbackStarted", "RolledBack")} == {"fail"}
     weights = [w for _, w in weight_series(status, marks[-1].time)]
     assert weights[0] == 0 and 1 in weights and weights[-1] == 0  # staged at 0, 1% at step 1, back to 0

@@ -108,9 +108,9 @@ def test_full_rollout_succeeds() -> None:
     assert status.promotion is not None and status.promotion.previous_version == "6"
     assert status.completed_at == world.now
     assert events(world) == [
-        "Resolved", "CandidateStaged", "GatePassed", "WeightChanged", "AnalysisStarted", "AnalysisPassed",
-        "WeightChanged", "AnalysisStarted", "AnalysisPassed", "WeightChanged", "Paused", "CommandApplied",
-        "StepsCompleted", "PromotionStarted", "Promoted", "AliasMoved", "BakeStarted", "BakePassed",
+        "Resolved", "CandidateStaged", "GateStarted", "GatePassed", "WeightChanged", "AnalysisStarted",
+        "AnalysisPassed", "WeightChanged", "AnalysisStarted", "AnalysisPassed", "WeightChanged", "Paused",
+        "CommandApplied", "StepsCompleted", "PromotionStarted", "Promoted", "AliasMoved", "BakeStarted", "BakePassed",
         "Succeeded"]
     promote = next(entry for entry in status.history if entry.event == "CommandApplied")
     assert promote.actor == "alice" and promote.command_id == world.command.id  # type: ignore[union-attr]

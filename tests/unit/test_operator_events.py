@@ -14,10 +14,11 @@ from kubernetes.client.exceptions import ApiException
 from test_engine_support import World
 
 from controller.api.status import HISTORY_LIMIT, HistoryEntry, ModelRolloutStatus, append_history
+from controller.operator.event_poster import EVENT_RETRY_MAX_SECONDS, EVENT_RETRY_SECONDS
 from controller.operator.events import POSTED_THROUGH, PostResult, event_name, is_warning, unposted
 from controller.operator.kubeapi import ObjectRef, RolloutStore
 from controller.operator.metrics import OperatorMetrics
-from controller.operator.reconciler import EVENT_RETRY_MAX_SECONDS, EVENT_RETRY_SECONDS, Reconciler
+from controller.operator.reconciler import Reconciler
 from controller.operator.runtime import ReconcileOutcome
 
 NS, NAME = "moderation", "nsfw-classifier"
