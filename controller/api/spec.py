@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from controller.api.durations import parse_duration
 
@@ -309,8 +310,7 @@ def _parse_target(raw: Mapping[str, Any]) -> TargetSpec:
     if key == "kserve":
         return TargetSpec(kserve=KServeTarget(
             inference_service=_required_str(body, "inferenceService", where),
-            candidate_url=_optional_str(body, "candidateUrl", where),
-            stable_url=_optional_str(body, "stableUrl", where)))
+            candidate_url=_gate_url(body, "candidateUrl", where), stable_url=_gate_url(body, "stableUrl", where)))
     if key == "seldonDeployment":
         stable = _required_str(body, "stablePredictor", where)
         canary = _required_str(body, "canaryPredictor", where)
@@ -375,7 +375,10 @@ def _parse_canary(raw: Mapping[str, Any] | None) -> CanarySpec:
             body = _mapping(item["analysis"], f"{where}.analysis")
             if "duration" not in body:
                 raise SpecError(f"{where}.analysis.duration", "is required")
-            steps.append(AnalysisStep(_duration(body["duration"], f"{where}.analysis.duration")))
+            duration = _duration(body["duration"], f"{where}.analysis.duration")
+            if duration <= timedelta(0):
+                raise SpecError(f"{where}.analysis.duration", "must be longer than zero")
+            steps.append(AnalysisStep(duration))
         else:
             body = _mapping(item["pause"] if item["pause"] is not None else {}, f"{where}.pause")
             duration = body.get("duration")
@@ -417,12 +420,15 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
     name = _required_str(raw, "name", path)
     if ("proportion" in raw) == ("threshold" in raw):
         raise SpecError(path, "must set exactly one of proportion or threshold")
+    beside = {key: raw[key] for key in _PROPORTION_LIMITS if key in raw}
     if "proportion" in raw:
         where = f"{path}.proportion"
-        # DESIGN.md's example writes the limits beside `proportion`, the CRD inside it: read both,
-        # the CRD's place first.
-        beside = {key: raw[key] for key in _PROPORTION_LIMITS if key in raw}
-        body = {**beside, **_mapping(raw["proportion"], where)}
+        # DESIGN.md's example writes the limits beside `proportion`; inside it is accepted too, not both.
+        inside = _mapping(raw["proportion"], where)
+        for key in beside:
+            if key in inside:
+                raise SpecError(f"{path}.{key}", "is set both beside and inside proportion; keep one")
+        body = {**beside, **inside}
         confidence = _number(body.get("confidence", 0.99), f"{where}.confidence")
         if not 0.5 <= confidence < 1:
             raise SpecError(f"{where}.confidence", "must be at least 0.5 and below 1")
@@ -432,11 +438,15 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
         increase = _number(body.get("maxRelativeIncrease", 0.5), f"{where}.maxRelativeIncrease")
         if increase < 0:
             raise SpecError(f"{where}.maxRelativeIncrease", "must not be negative")
+        max_rate = _fraction(body.get("maxRate"), f"{where}.maxRate")
+        if max_rate is not None and not 0 < max_rate < 1:
+            raise SpecError(f"{where}.maxRate", "must be above 0 and below 1 (a rate of 0 or 1 cannot be exceeded "
+                            "credibly, so the judge could never fail)")
         return MetricSpec(name=name, proportion=ProportionMetric(
             events=_required_str(body, "events", where), total=_required_str(body, "total", where),
-            max_relative_increase=increase,
-            max_rate=_fraction(body.get("maxRate"), f"{where}.maxRate"),
-            confidence=confidence, min_samples=min_samples))
+            max_relative_increase=increase, max_rate=max_rate, confidence=confidence, min_samples=min_samples))
+    if beside:
+        raise SpecError(f"{path}.{next(iter(beside))}", "belongs to a proportion metric, not a threshold")
     where = f"{path}.threshold"
     body = _mapping(raw["threshold"], where)
     low = None if body.get("min") is None else _number(body["min"], f"{where}.min")
@@ -456,9 +466,11 @@ def _parse_rollback(raw: Mapping[str, Any] | None) -> RollbackSpec:
 
 
 def _parse_bake(raw: Mapping[str, Any] | None) -> BakeSpec | None:
-    if raw is None or raw.get("duration") is None:
-        return None  # a bake block without a duration does not bake
-    duration = _duration(raw["duration"], "spec.bake.duration")
+    if raw is None:
+        return None
+    duration = _duration(raw.get("duration"), "spec.bake.duration")
+    if duration <= timedelta(0):
+        raise SpecError("spec.bake.duration", "must be longer than zero")
     baseline = _duration(raw.get("baseline"), "spec.bake.baseline", DEFAULT_BAKE_BASELINE)
     if baseline % timedelta(days=1) or baseline < timedelta(days=MIN_BAKE_BASELINE_DAYS):
         raise SpecError("spec.bake.baseline", f"must be whole days, at least {MIN_BAKE_BASELINE_DAYS}d, so that the "
@@ -501,6 +513,14 @@ def _optional_str(raw: Mapping[str, Any], key: str, path: str) -> str | None:
     if not isinstance(value, str) or not value:
         raise SpecError(f"{path}.{key}", "must be a non-empty string")
     return value
+
+
+def _gate_url(raw: Mapping[str, Any], key: str, path: str) -> str | None:
+    """An inference URL for the golden gate; it is recorded in status and in MLflow, so it carries no secret."""
+    url = _optional_str(raw, key, path)
+    if url is not None and "@" in urlsplit(url).netloc:
+        raise SpecError(f"{path}.{key}", "must not carry user:password@ (it is recorded in status and in MLflow)")
+    return url
 
 
 def _bool(value: Any, path: str) -> bool:

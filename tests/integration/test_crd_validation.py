@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.api.spec import parse_spec
 from tests.conftest import run_kubectl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,6 +118,22 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("bake-without-metrics", _both(_set("canary.steps", [{"setWeight": 10}]), _delete("analysis")), "spec.bake"),
     ("unknown-field", _set("rollbackk", {"automatic": True}), "spec.rollbackk"),
     ("golden-dataset-missing", _delete("goldenDataset"), "spec.goldenDataset"),
+    # Zero durations match the duration syntax but mean nothing: refused here, not Failed at run time.
+    ("analysis-interval-zero", _set("analysis.interval", "0s"), "spec.analysis.interval"),
+    ("progress-deadline-zero", _set("progressDeadline", "0m"), "spec.progressDeadline"),
+    ("analysis-duration-zero", _set("canary.steps.1", {"analysis": {"duration": "0s"}}),
+     "spec.canary.steps[1].analysis.duration"),
+    ("bake-duration-zero", _set("bake.duration", "0h"), "spec.bake.duration"),
+    ("bake-without-duration", _set("bake", {"baseline": "7d"}), "spec.bake.duration"),
+    # A rate of 0 or 1 cannot be exceeded credibly: the judge could never fail.
+    ("max-rate-zero", _set("analysis.metrics.0.proportion.maxRate", 0), "spec.analysis.metrics[0].proportion.maxRate"),
+    ("max-rate-one", _set("analysis.metrics.0.proportion.maxRate", 1), "spec.analysis.metrics[0].proportion.maxRate"),
+    ("limit-beside-and-inside", _set("analysis.metrics.0.maxRate", 0.1), "spec.analysis.metrics[0].maxRate"),
+    ("limit-on-a-threshold",
+     _set("analysis.metrics", [{"name": "errors", "threshold": {"query": "up", "max": 1}, "minSamples": 5}]),
+     "spec.analysis.metrics[0]"),
+    ("gate-url-with-credentials", _set("target.kserve.candidateUrl", "http://gate:s3cret@gate.example:8080"),
+     "spec.target.kserve.candidateUrl"),
 ]
 
 
@@ -150,9 +167,25 @@ def test_sample_is_accepted_with_defaults_and_printer_columns(kubeconfig: Path, 
     assert code == 0, output
     stored = json.loads(run_kubectl(kubeconfig, "get", "mro", "nsfw-classifier", "-n", namespace, "-o", "json").stdout)
     assert stored["spec"]["progressDeadline"] == "30m"
-    assert stored["spec"]["analysis"]["metrics"][0]["proportion"]["minSamples"] == 200
     header = run_kubectl(kubeconfig, "get", "mro", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "STEP", "WEIGHT", "CANDIDATE", "STABLE", "AGE"]
+
+
+@pytest.mark.integration
+def test_design_md_layout_with_the_limits_beside_proportion_is_accepted_and_read(kubeconfig: Path,
+                                                                                  namespace: str) -> None:
+    manifest = sample()
+    manifest["metadata"]["name"] = "design-layout"
+    metric = manifest["spec"]["analysis"]["metrics"][0]
+    for key in ("maxRelativeIncrease", "maxRate", "confidence", "minSamples"):
+        metric[key] = metric["proportion"].pop(key)
+    metric["maxRate"], metric["minSamples"] = 0.07, 300  # not the defaults: a default must not shadow them
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code == 0, output
+    stored = json.loads(run_kubectl(kubeconfig, "get", "mro", "design-layout", "-n", namespace, "-o", "json").stdout)
+    proportion = parse_spec(stored["spec"]).analysis.metrics[0].proportion
+    assert proportion is not None
+    assert (proportion.max_rate, proportion.min_samples, proportion.max_relative_increase) == (0.07, 300, 0.5)
 
 
 @pytest.mark.integration

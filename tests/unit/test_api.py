@@ -272,6 +272,11 @@ _DELETE = object()
     (["rollback", "automatic"], "yes", "spec.rollback.automatic"),
     (["rollback"], "on", "spec.rollback"),
     (["bake", "duration"], "a day", "spec.bake.duration"),
+    (["bake", "duration"], "0s", "spec.bake.duration"),
+    (["target", "kserve", "stableUrl"], "http://u:p@stable.example", "spec.target.kserve.stableUrl"),
+    (["canary", "steps", 1], {"analysis": {"duration": "0m"}}, "spec.canary.steps[1].analysis.duration"),
+    (["analysis", "metrics", 0, "proportion", "maxRate"], 0, "spec.analysis.metrics[0].proportion.maxRate"),
+    (["analysis", "metrics", 0, "proportion", "maxRate"], 1, "spec.analysis.metrics[0].proportion.maxRate"),
     (["bake", "baseline"], "2d", "spec.bake.baseline"),
     (["bake", "baseline"], "3d12h", "spec.bake.baseline"),
     (["progressDeadline"], "0s", "spec.progressDeadline"),
@@ -291,10 +296,24 @@ def test_candidate_alias_must_differ_from_stable_alias() -> None:
         parse_spec(raw)
 
 
-def test_bake_without_duration_does_not_bake() -> None:
+def test_bake_without_duration_is_refused_not_silently_skipped() -> None:
     raw = example()
     raw["bake"] = {"baseline": "7d"}
-    assert parse_spec(raw).bake is None
+    with pytest.raises(SpecError, match=r"^spec\.bake\.duration: is required"):
+        parse_spec(raw)
+
+
+def test_proportion_limits_are_written_in_one_place_and_only_for_a_proportion() -> None:
+    both = yaml.safe_load(DESIGN_EXAMPLE)
+    both["analysis"]["metrics"][0]["proportion"]["maxRate"] = 0.1  # and beside it: 0.05
+    with pytest.raises(SpecError) as caught:
+        parse_spec(both)
+    assert caught.value.path == "spec.analysis.metrics[0].maxRate"
+    on_threshold = example()
+    on_threshold["analysis"]["metrics"][1]["minSamples"] = 50
+    with pytest.raises(SpecError) as caught:
+        parse_spec(on_threshold)
+    assert caught.value.path == "spec.analysis.metrics[1].minSamples"
 
 
 def test_spec_is_frozen() -> None:

@@ -51,7 +51,7 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         steps.append({"setWeight": weight})
         follow = draw(st.sampled_from(["analysis", "analysis", "pause", "timed-pause", "none"]))
         if follow == "analysis":
-            steps.append({"analysis": {"duration": f"{draw(st.integers(0, 4))}m"}})
+            steps.append({"analysis": {"duration": f"{draw(st.integers(1, 4))}m"}})
         elif follow == "pause":
             steps.append({"pause": {}})
         elif follow == "timed-pause":
