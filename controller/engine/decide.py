@@ -65,6 +65,8 @@ from controller.engine.actions import (
     UnstageCandidate,
 )
 from controller.engine.observations import (
+    PENDING_REGISTRATION,
+    READY,
     REJECTED_TAG,
     REJECTED_TIME_TAG,
     AdapterError,
@@ -550,7 +552,17 @@ class _Decider:
         if registry.candidate is None:
             self._fail(f"{model.name} {model.candidate_ref} does not exist in the registry")
             return
-        candidate = _version_ref(registry.candidate)
+        found = registry.candidate
+        if found.status == PENDING_REGISTRATION:
+            self._wait(f"Waiting for {model.name} version {found.version} to finish registering in the registry")
+            return
+        if found.status != READY or not found.source:
+            # Staged as it is, the serving system would get no model (or a broken one) and the rollout would
+            # only fail at the progress deadline, blaming the target.
+            why = f"its registration status is {found.status}" if found.status != READY else "it has no source"
+            self._fail(f"{model.name} version {found.version} cannot be served: {why}")
+            return
+        candidate = _version_ref(found)
         stable = None if registry.stable_alias_version is None else _version_ref(registry.stable_alias_version)
         if stable is not None and stable.version == candidate.version:
             self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now)

@@ -39,9 +39,13 @@ class ResolvedVersion:
     source: str | None = None
     lineage: Mapping[str, str] = field(default_factory=dict)  # dataset lineage tags of the run/version
     tags: Mapping[str, str] = field(default_factory=dict)  # all version tags (the rejection tag among them)
+    status: str = "READY"  # MLflow's registration status: PENDING_REGISTRATION, FAILED_REGISTRATION or READY
 
 
 REJECTED_TAG = "modelrollout.rejected"
+# MLflow's model version registration statuses (only a READY version can be served).
+READY = "READY"
+PENDING_REGISTRATION = "PENDING_REGISTRATION"
 REJECTED_TIME_TAG = "modelrollout.rejected.time"  # which rejection the tags describe
 
 

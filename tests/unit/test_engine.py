@@ -252,6 +252,29 @@ def test_candidate_already_stable_is_a_no_op_success() -> None:
 # --- resolve and staging faults ----------------------------------------------------------------------
 
 
+def test_a_version_mlflow_could_not_register_or_that_has_no_source_fails_at_resolve_not_at_the_deadline() -> None:
+    for registry, why in ((Registry(statuses={"7": "FAILED_REGISTRATION"}), "its registration status is "
+                                                                             "FAILED_REGISTRATION"),
+                          (Registry(sourceless={"7"}), "it has no source")):
+        world = World(registry=registry)
+        world.reconcile()
+        assert world.status.phase is Phase.FAILED
+        assert world.status.message == f"Failed: nsfw-classifier version 7 cannot be served: {why}."
+        assert world.executed == []  # nothing staged
+
+
+def test_a_version_still_registering_is_waited_for_then_rolled_out() -> None:
+    world = World(registry=Registry(statuses={"7": "PENDING_REGISTRATION"}))
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING and world.status.candidate is None
+    assert "to finish registering" in (world.status.message or "")
+    assert world.executed == []
+    world.registry.statuses.clear()
+    world.reconcile()
+    assert world.status.candidate is not None and world.status.candidate.version == "7"
+    assert world.executed and world.executed[0].id == "1:stage:7"
+
+
 def test_version_that_does_not_exist_fails_at_resolve() -> None:
     world = World(spec=spec_dict(model={"name": "nsfw-classifier", "version": "99"}))
     world.reconcile()

@@ -84,12 +84,16 @@ class Registry:
     versions: dict[str, dict[str, str]] = field(default_factory=lambda: {"6": {}, "7": {}, "8": {}})
     aliases: dict[str, str] = field(default_factory=lambda: {"production": "6"})
     down: bool = False
+    statuses: dict[str, str] = field(default_factory=dict)  # MLflow registration status, READY if not given
+    sourceless: set[str] = field(default_factory=set)
 
     def resolve(self, version: str | None) -> ResolvedVersion | None:
         if version is None or version not in self.versions:
             return None
-        return ResolvedVersion(version=version, run_id=f"run-{version}", source=f"models:/nsfw/{version}",
-                               lineage={"dataset": "nsfw-v3"}, tags=dict(self.versions[version]))
+        return ResolvedVersion(version=version, run_id=f"run-{version}",
+                               source=None if version in self.sourceless else f"models:/nsfw/{version}",
+                               lineage={"dataset": "nsfw-v3"}, tags=dict(self.versions[version]),
+                               status=self.statuses.get(version, "READY"))
 
 
 @dataclass
