@@ -174,11 +174,20 @@ def _class_at(index: int, options: DecodeOptions) -> str:
 def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
                           request: CloudEvent | None = None) -> Prediction:
     """Who made the prediction: from the logger URL's query (?variant=&model_version=), then the event's
-    extensions, then the paired request's, then the V2 response's own model_version."""
+    extensions, then the paired request's, then the V2 response's own model_version.
+
+    The namespace is the one exception: KServe's agent sets the `namespace` extension from its pod, while
+    the logger URL is whatever the InferenceService's owner wrote. A query naming another namespace than
+    the event comes from would let one team count predictions for another team's rollout: refused.
+    """
     params = {k: v[-1] for k, v in parse_qs(query).items()}
     extensions = {**(request.attributes if request else {}), **event.attributes}
     data = event.data if isinstance(event.data, dict) else {}
-    namespace = params.get("namespace") or extensions.get("namespace", "")
+    sent_from, claimed = extensions.get("namespace", ""), params.get("namespace", "")
+    if sent_from and claimed and claimed != sent_from:
+        raise MalformedEvent("NamespaceMismatch", f"the logger URL names namespace {claimed[:63]!r} but the event "
+                                                  f"comes from {sent_from[:63]!r}")
+    namespace = sent_from or claimed
     service = (params.get("inference_service") or extensions.get("inferenceservicename")
                or extensions.get("modelid", ""))
     variant = params.get("variant") or extensions.get("endpoint", "")

@@ -80,6 +80,20 @@ def test_exporter_counts_by_variant_and_version_and_drops_malformed() -> None:
                                      {"reason": "UnknownVariant"}) == 1
 
 
+def test_a_logger_url_cannot_count_predictions_for_another_namespace() -> None:
+    exporter = PredictionExporter(NAMES)
+    body = json.dumps({"predictions": [1, 1, 1]}).encode()
+    forged = "namespace=payments&inference_service=nsfw&variant=stable&model_version=6"
+    assert exporter.handle(kserve_headers(), body, forged) == "malformed"  # the event comes from moderation
+    assert exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                                      {"reason": "NamespaceMismatch"}) == 1
+    assert exporter.metrics.registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "payments", "inference_service": "nsfw", "variant": "stable", "model_version": "6",
+        "class": "nsfw"}) is None
+    # The same namespace in both places is fine.
+    assert exporter.handle(kserve_headers(), body, forged.replace("payments", "moderation")) == "counted"
+
+
 def test_response_borrows_identity_from_its_request_and_structured_mode_works() -> None:
     exporter = PredictionExporter(NAMES)
     request_headers = kserve_headers("org.kubeflow.serving.inference.request", "r1", endpoint="canary")
