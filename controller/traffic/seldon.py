@@ -54,6 +54,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from urllib.parse import quote
 
 import urllib3
 from kubernetes import client
@@ -191,6 +192,8 @@ class SeldonDeploymentRouter:
         if not endpoint:
             return None
         graph_name = (predictor.get("graph") or {}).get("name")
+        if graph_name:
+            graph_name = quote(str(graph_name), safe="")  # a path segment, whatever the spec holds
         protocol = obj["spec"].get("protocol") or "seldon"
         if graph_name and protocol in ("v2", "kfserving"):
             return f"http://{endpoint}/v2/models/{graph_name}/infer"
