@@ -129,6 +129,9 @@ class GateStatus:
     verdicts: tuple[Verdict, ...] = ()
     overridden_by: str | None = None  # a human promoted past a failing or inconclusive gate
     skipped: bool = False  # no goldenDataset in the spec
+    # What the gate measured: the dataset, per-class metrics (and confusion matrices, up to a dozen classes) of
+    # candidate and stable, their comparison, the largest slices. The full record is the MLflow evidence run.
+    report: Mapping[str, Any] = field(default_factory=dict)
 
 
 class AnalysisMode(StrEnum):

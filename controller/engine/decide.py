@@ -680,7 +680,8 @@ class _Decider:
         reason = f"golden gate {decisive.name}: {decisive.reason}" if decisive else "golden gate gave no verdicts"
         self._update(gate=dataclasses.replace(gate, completed_at=self.now, outcome=outcome, reason=reason,
                                               verdicts=verdicts,
-                                              dataset_sha256=result.dataset_sha256 or gate.dataset_sha256))
+                                              dataset_sha256=result.dataset_sha256 or gate.dataset_sha256,
+                                              report=to_json(dict(result.report))))
         if outcome is Outcome.PASS:
             self._record("GatePassed", f"{len(verdicts)} checks passed on dataset {dataset.sha256[:12]}")
             self._enter_steps()

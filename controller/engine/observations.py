@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from controller.api.commands import Command
 from controller.verdict import Verdict
@@ -95,6 +96,9 @@ class JudgeResult:
     verdicts: tuple[Verdict, ...] = ()
     error: AdapterError | None = None  # the judges could not run at all (dataset unreachable, ...)
     dataset_sha256: str | None = None  # the gate: hash of the data actually used
+    # The gate: its compact record for status.gate.report (dataset, per-class metrics and confusion matrices of
+    # candidate and stable, their comparison, slices); plain JSON.
+    report: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,8 @@ class GateReport:
         if self.error is not None:
             return JudgeResult(request_id=request_id, error=AdapterError(AdapterErrorKind(self.error.kind),
                                                                          self.error.message))
-        return JudgeResult(request_id=request_id, verdicts=self.verdicts, dataset_sha256=self.dataset_sha256)
+        return JudgeResult(request_id=request_id, verdicts=self.verdicts, dataset_sha256=self.dataset_sha256,
+                           report=self.status)
 
 
 def golden_dataset_from(raw: GoldenDatasetSpec | Mapping[str, Any]) -> GoldenDatasetSpec:

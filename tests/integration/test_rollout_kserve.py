@@ -72,6 +72,11 @@ def test_clean_candidate_is_gated_stepped_and_promoted(kubeconfig: Path, namespa
     assert status["phase"] == "Succeeded", status["message"]
     assert status["gate"]["outcome"] == "pass"
     assert status["gate"]["datasetSha256"] == scenario.dataset_sha256
+    report = status["gate"]["report"]  # what the gate measured, for on-call without MLflow at hand
+    assert report["dataset"]["sha256"] == scenario.dataset_sha256
+    for side in ("candidate", "stable"):
+        assert "nsfw" in report[side]["metrics"]["perClass"], report[side]
+    assert "disagreement" in json.dumps(report["comparison"]), report["comparison"]
     events = [h["event"] for h in status["history"]]
     assert events.index("GatePassed") < events.index("WeightChanged") < events.index("Promoted")
     registry = MlflowRegistry(mlflow_server.url)

@@ -7,7 +7,7 @@ import dataclasses
 from datetime import datetime, timedelta
 
 import pytest
-from test_engine_support import SHA, T0, Registry, Target, World, spec_dict, verdict
+from test_engine_support import GATE_REPORT, SHA, T0, Registry, Target, World, spec_dict, verdict
 
 from controller.api import (
     ActionState,
@@ -96,6 +96,9 @@ def test_full_rollout_succeeds() -> None:
     status = world.status
     assert status.phase is Phase.SUCCEEDED
     assert status.message == "Version 7 serves all traffic as @production."
+    # What the gate measured stays in status (per-class metrics of both versions), and survives a round trip.
+    assert status.gate is not None and status.gate.report == GATE_REPORT
+    assert ModelRolloutStatus.from_dict(status.to_dict()).gate == status.gate
     assert effect_ids(world) == ["1:stage:7", "1:step-0:weight-1", "1:step-2:weight-10", "1:step-4:weight-50",
                                  "1:promote:target", "1:promote:alias"]
     assert weights_sent(world) == [1, 10, 50]

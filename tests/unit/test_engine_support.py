@@ -42,6 +42,11 @@ from controller.verdict import Outcome, Verdict
 
 T0 = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
 SHA = "3f7c" + "0" * 60
+# What a real gate reports for status.gate.report (controller/gate/runner.py), trimmed.
+GATE_REPORT = {"dataset": {"sha256": SHA, "records": 1000, "classes": ["safe", "nsfw"]},
+               "candidate": {"metrics": {"accuracy": 0.98, "perClass": {"nsfw": {"recall": 0.97, "fpr": 0.004}}}},
+               "stable": {"metrics": {"accuracy": 0.975, "perClass": {"nsfw": {"recall": 0.96, "fpr": 0.005}}}},
+               "comparison": {"disagreement": 0.012}}
 
 
 def spec_dict(**overrides: Any) -> dict[str, Any]:
@@ -218,7 +223,8 @@ class World:
         elif isinstance(action, RunGate):
             if self.gate_error:
                 return JudgeResult(action.id, error=self.gate_error), None, None
-            return JudgeResult(action.id, tuple(self.gate_verdicts), dataset_sha256=SHA), None, None
+            return JudgeResult(action.id, tuple(self.gate_verdicts), dataset_sha256=SHA,
+                               report=GATE_REPORT), None, None
         elif isinstance(action, RunAnalysis):
             if self.analysis_error:
                 return None, JudgeResult(action.id, error=self.analysis_error), None
