@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 _CHUNK_BYTES = 1024 * 1024
+_MAX_SERVER_TEXT_CHARS = 300
 _LOGGED_MODEL_URI = re.compile(r"^models:/(m-[0-9a-f]+)/?(.*)$")
 
 
@@ -50,6 +51,12 @@ class MlflowAccess:
         token = getattr(credentials, "token", None)
         return cls(tracking_uri, token=token, username=None if token else getattr(credentials, "username", None),
                    password=None if token else getattr(credentials, "password", None), **options)
+
+    def redacted(self, text: str) -> str:
+        """text without the token, the password or the basic-auth pair (a server may echo them back)."""
+        from controller.registry.mlflow_rest import redact_credentials
+
+        return redact_credentials(text, token=self.token, username=self.username, password=self.password)
 
     def host_creds(self) -> MlflowHostCreds:
         from mlflow.utils.rest_utils import MlflowHostCreds
@@ -75,7 +82,8 @@ class MlflowRest:
                                 **kwargs)
         except MlflowException as exc:
             # Connection refused, DNS failure, timeout, or retries used up: all "try again later".
-            raise SourceError(ErrorKind.UNAVAILABLE, f"MLflow at {self.access.tracking_uri}: {exc.message}") from None
+            raise SourceError(ErrorKind.UNAVAILABLE,
+                              f"MLflow at {self.access.tracking_uri}: {self.access.redacted(exc.message)}") from None
 
     def call(self, method: str, endpoint: str, *, params: Mapping[str, str] | None = None,
              body: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -87,28 +95,56 @@ class MlflowRest:
             kwargs["json"] = dict(body)
         response = self._request(method, endpoint, **kwargs)
         if response.status_code != 200:
-            raise SourceError(kind_for_http_status(response.status_code),
-                              f"MLflow {method} {endpoint}: HTTP {response.status_code}: {_error_text(response)}")
+            raise SourceError(kind_for_http_status(response.status_code), f"MLflow {method} {endpoint}: "
+                              f"HTTP {response.status_code}: {_error_text(response, self.access)}")
         try:
             parsed = response.json() if response.content else {}
         except ValueError:
             raise SourceError(ErrorKind.ERROR, f"MLflow {method} {endpoint}: response is not JSON") from None
-        return parsed if isinstance(parsed, dict) else {}
+        if not isinstance(parsed, dict):
+            raise SourceError(ErrorKind.ERROR, f"MLflow {method} {endpoint}: response is JSON but not an object")
+        return parsed
 
     def stream_to(self, endpoint: str, sink: IO[bytes], max_bytes: int) -> tuple[str, int]:
         """GET endpoint into sink, hashing as it goes; returns (sha256 hex, size in bytes)."""
+        import requests
+        import urllib3
+
+        from controller.registry.mlflow_rest import transport_cause
+
+        def broke_off(exc: BaseException) -> SourceError:
+            # The body broke off (closed early, reset, stalled): retry on a later reconcile. Raised `from None`:
+            # requests' exceptions carry the prepared request, Authorization header and all.
+            return SourceError(ErrorKind.UNAVAILABLE, f"MLflow GET {endpoint}: the download broke off: "
+                               f"{transport_cause(exc, self.access.timeout_seconds)}")
+
+        body_failures = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
         response = self._request("GET", endpoint, stream=True)
         with response:
             if response.status_code != 200:
+                try:
+                    detail = _error_text(response, self.access)
+                except body_failures as exc:
+                    raise broke_off(exc) from None
                 raise SourceError(kind_for_http_status(response.status_code),
-                                  f"MLflow GET {endpoint}: HTTP {response.status_code}: {_error_text(response)}")
-            return copy_hashing(response.iter_content(chunk_size=_CHUNK_BYTES), sink, max_bytes, endpoint)
+                                  f"MLflow GET {endpoint}: HTTP {response.status_code}: {detail}")
+            writer = HashingWriter(sink, max_bytes, endpoint)
+            chunks = response.iter_content(chunk_size=_CHUNK_BYTES)
+            while True:
+                try:  # only reading is guarded: a sink that fails to write is not the server's fault
+                    chunk = next(chunks, None)
+                except body_failures as exc:
+                    raise broke_off(exc) from None
+                if chunk is None:
+                    return writer.result()
+                if chunk:
+                    writer.write(chunk)
 
     def upload(self, endpoint: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         response = self._request("PUT", endpoint, data=data, extra_headers={"Content-Type": content_type})
         if response.status_code not in (200, 201, 204):
-            raise SourceError(kind_for_http_status(response.status_code),
-                              f"MLflow PUT {endpoint}: HTTP {response.status_code}: {_error_text(response)}")
+            raise SourceError(kind_for_http_status(response.status_code), f"MLflow PUT {endpoint}: "
+                              f"HTTP {response.status_code}: {_error_text(response, self.access)}")
 
 
 class HashingWriter:
@@ -140,14 +176,17 @@ def copy_hashing(chunks: Any, sink: IO[bytes], max_bytes: int, what: str) -> tup
     return writer.result()
 
 
-def _error_text(response: Any) -> str:
+def _error_text(response: Any, access: MlflowAccess) -> str:
+    """The server's own explanation, redacted before it is cut short (a cut could leave half a secret)."""
+    text = ""
     try:
         body = response.json()
         if isinstance(body, dict) and body.get("message"):
-            return str(body.get("error_code", "")) + ": " + str(body["message"])[:300]
+            text = str(body.get("error_code", "")) + ": " + str(body["message"])
     except ValueError:
         pass
-    return (response.text or "")[:300].strip() or response.reason or "no detail"
+    text = text or (response.text or "").strip() or response.reason or "no detail"
+    return access.redacted(text)[:_MAX_SERVER_TEXT_CHARS]
 
 
 # --- resolving artifact URIs -------------------------------------------------------------------------
@@ -160,7 +199,7 @@ def resolve_artifact_uri(rest: MlflowRest, uri: str) -> str:
         if not run_id:
             raise SourcePolicyError(f"{uri}: expected runs:/<run_id>/<path>")
         run = rest.call("GET", "/api/2.0/mlflow/runs/get", params={"run_id": run_id})
-        root = run.get("run", {}).get("info", {}).get("artifact_uri")
+        root = _text_at(run, "run.info.artifact_uri", f"{uri}: MLflow's answer for run {run_id}")
         if not root:
             raise SourceError(ErrorKind.ERROR, f"{uri}: MLflow returned no artifact_uri for run {run_id}")
         return _join(root, path)
@@ -179,9 +218,12 @@ def _resolve_model_uri(rest: MlflowRest, uri: str) -> str:
         name, _, alias = head.partition("@")
         path = tail
         found = rest.call("GET", "/api/2.0/mlflow/registered-models/alias", params={"name": name, "alias": alias})
-        version = str(found.get("model_version", {}).get("version", ""))
+        version = _text_at(found, "model_version.version", f"{uri}: MLflow's answer for alias @{alias} of {name}",
+                           numbers=True)
         if not version:
-            raise SourceError(ErrorKind.NOT_FOUND, f"{uri}: alias @{alias} of model {name} names no version")
+            # A missing alias is an HTTP 404 (raised by call); a 200 without a version is a malformed answer.
+            raise SourceError(ErrorKind.ERROR, f"{uri}: MLflow's answer for alias @{alias} of model {name} "
+                              "names no version")
     else:  # models:/<name>/<version>/<path>
         name = head
         version, _, path = tail.partition("/")
@@ -189,7 +231,7 @@ def _resolve_model_uri(rest: MlflowRest, uri: str) -> str:
             raise SourcePolicyError(f"{uri}: expected models:/<name>/<version>/<path> or models:/<name>@<alias>/<path>")
     found = rest.call("GET", "/api/2.0/mlflow/model-versions/get-download-uri",
                       params={"name": name, "version": version})
-    root = found.get("artifact_uri")
+    root = _text_at(found, "artifact_uri", f"{uri}: MLflow's download URI answer for {name} version {version}")
     if not root:
         raise SourceError(ErrorKind.ERROR, f"{uri}: MLflow returned no download URI for {name} version {version}")
     logged = _LOGGED_MODEL_URI.match(root)
@@ -200,10 +242,34 @@ def _resolve_model_uri(rest: MlflowRest, uri: str) -> str:
 
 def _logged_model_root(rest: MlflowRest, model_id: str) -> str:
     found = rest.call("GET", f"/api/2.0/mlflow/logged-models/{quote(model_id)}")
-    root = found.get("model", {}).get("info", {}).get("artifact_uri")
+    root = _text_at(found, "model.info.artifact_uri", f"MLflow's answer for logged model {model_id}")
     if not root:
         raise SourceError(ErrorKind.ERROR, f"MLflow returned no artifact location for logged model {model_id}")
-    return str(root)
+    return root
+
+
+def _text_at(answer: Mapping[str, Any], path: str, what: str, *, numbers: bool = False) -> str | None:
+    """The string at a dotted path of an MLflow answer; None when a level is missing or null.
+
+    Any other shape (a level that is not an object, a value that is not a string) is a malformed answer,
+    reported as such: a raw AttributeError or KeyError would escape the reconcile and crash-loop it.
+    """
+    from controller.registry.mlflow_rest import json_type
+
+    value: Any = answer
+    walked: list[str] = []
+    for key in path.split("."):
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise SourceError(ErrorKind.ERROR, f"{what}: {'.'.join(walked)} is {json_type(value)}, not an object")
+        value = value.get(key)
+        walked.append(key)
+    if value is None or isinstance(value, str):
+        return value
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise SourceError(ErrorKind.ERROR, f"{what}: {path} is {json_type(value)}, not a string")
 
 
 def _join(root: str, path: str) -> str:
@@ -256,16 +322,26 @@ def json_bytes(value: Any) -> bytes:
 
 def experiment_id_for(rest: MlflowRest, name: str) -> str:
     """The id of the experiment called name, created if missing (safe against a concurrent creator)."""
+    get_by_name = "/api/2.0/mlflow/experiments/get-by-name"
     try:
-        found = rest.call("GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name})
-        return str(found["experiment"]["experiment_id"])
+        found = rest.call("GET", get_by_name, params={"experiment_name": name})
     except SourceError as exc:
         if exc.kind is not ErrorKind.NOT_FOUND:
             raise
+    else:
+        return _experiment_id(found, "experiment.experiment_id", f"MLflow GET {get_by_name} for {name!r}")
     try:
-        return str(rest.call("POST", "/api/2.0/mlflow/experiments/create", body={"name": name})["experiment_id"])
+        created = rest.call("POST", "/api/2.0/mlflow/experiments/create", body={"name": name})
+        return _experiment_id(created, "experiment_id", f"MLflow POST /api/2.0/mlflow/experiments/create for {name!r}")
     except SourceError as exc:
         if "RESOURCE_ALREADY_EXISTS" not in exc.message:
             raise
-    found = rest.call("GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name})
-    return str(found["experiment"]["experiment_id"])
+    found = rest.call("GET", get_by_name, params={"experiment_name": name})
+    return _experiment_id(found, "experiment.experiment_id", f"MLflow GET {get_by_name} for {name!r}")
+
+
+def _experiment_id(answer: Mapping[str, Any], path: str, what: str) -> str:
+    experiment_id = _text_at(answer, path, what, numbers=True)
+    if not experiment_id:
+        raise SourceError(ErrorKind.ERROR, f"{what}: the answer has no {path}")
+    return experiment_id

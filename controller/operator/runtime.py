@@ -267,7 +267,13 @@ class RolloutRuntime:
                                  request_id=f"{self.obj['metadata'].get('uid', '')}/{action.id}")
         except SourceError as exc:
             # The verdict stands on its own; a lost evidence run must not block or flip it.
-            log.warning("%s/%s: could not record gate evidence in MLflow: %s", self.namespace, self.name, exc)
+            log.warning("%s/%s: could not record gate evidence in MLflow: %s", self.namespace, self.name,
+                        access.redacted(exc.message))
+        except Exception as exc:
+            # Whatever MLflow answered, the verdict must still reach the engine. No traceback in the log:
+            # chained HTTP-library exceptions can carry the request, Authorization header and all.
+            log.warning("%s/%s: could not record gate evidence in MLflow (%s): %s", self.namespace, self.name,
+                        type(exc).__name__, access.redacted(str(exc))[:500])
 
     def measure_analysis(self, action: RunAnalysis, now: dt.datetime) -> JudgeResult:
         prometheus = self.spec.analysis.prometheus
@@ -284,7 +290,7 @@ class RolloutRuntime:
 
 def _engine_version(version: Any) -> ResolvedVersion:
     return ResolvedVersion(version=version.version, run_id=version.run_id, source=version.source,
-                           lineage=dict(version.lineage), tags=dict(version.tags))
+                           lineage=dict(version.lineage), tags=dict(version.tags), status=version.status)
 
 
 class RolloutStepper:

@@ -10,6 +10,7 @@ MLflow's documented REST API 2.0 (aliases and version tags only; stages are depr
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -103,10 +104,13 @@ class MlflowRegistry(ModelRegistry):
         except _Missing:
             return None
         found = _object(body, "model_version")
+        # Each field lands in the rollout's status, where the CRD wants strings: a server answering other
+        # types would make every status write fail, so the answer is refused here, naming the field.
+        what = f"model_version of {model_name!r} version {version}"
         return VersionRecord(
-            name=str(found.get("name", model_name)), version=str(found.get("version", version)),
-            run_id=found.get("run_id") or None, source=found.get("source") or None,
-            status=str(found.get("status") or "READY"), tags=_tags(found),
+            name=str(found.get("name", model_name)), version=_string(found, "version", what) or version,
+            run_id=_string(found, "run_id", what) or None, source=_string(found, "source", what) or None,
+            status=_string(found, "status", what) or "READY", tags=_string_tags(found, what),
             aliases=tuple(str(alias) for alias in _list(found, "aliases")))
 
     def _storage_uri(self, record: VersionRecord) -> str | None:
@@ -115,8 +119,7 @@ class MlflowRegistry(ModelRegistry):
                               {"name": record.name, "version": record.version})
         except _Missing:
             return None
-        uri = body.get("artifact_uri")
-        return str(uri) if uri else None
+        return _string(body, "artifact_uri", f"download URI of {record.name!r} version {record.version}") or None
 
     def _run(self, run_id: str) -> RunRecord | None:
         try:
@@ -209,45 +212,62 @@ class MlflowRegistry(ModelRegistry):
         return f": {bounded(self._redacted(message), MAX_SERVER_MESSAGE_CHARS)}" if message else ""
 
     def _transport_cause(self, error: BaseException) -> str:
-        """A short, secret-free reason: the exception chain's most specific known failure."""
-        timeout = f"{self.policy.timeout_seconds:g}s"
-        chain = list(_exception_chain(error))
-
-        def found(*kinds: type[BaseException]) -> bool:
-            return any(isinstance(link, kinds) for link in chain)
-
-        # requests reports urllib3's exhausted retries as a plain ConnectionError: look at the reasons.
-        # Order matters: urllib3's NewConnectionError is also a ConnectTimeoutError.
-        if found(requests.exceptions.SSLError, urllib3.exceptions.SSLError):
-            return "TLS handshake failed"
-        if found(ConnectionRefusedError) or any("Connection refused" in str(link) for link in chain):
-            return "connection refused"
-        if found(urllib3.exceptions.NameResolutionError):
-            return "host name does not resolve"
-        if found(urllib3.exceptions.NewConnectionError):
-            return "connection failed"
-        if found(requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError):
-            return f"no connection within {timeout}"
-        if found(requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
-            return f"no answer within {timeout}"
-        if found(requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError):
-            return "connection failed"
-        return f"request failed ({type(chain[-1]).__name__})"
+        return transport_cause(error, self.policy.timeout_seconds)
 
     def _redacted(self, text: str) -> str:
-        secrets = list(self._credentials.secrets())
-        if self._credentials.username and self._credentials.password:
-            # What a server echoing the Authorization header would show of a basic-auth password.
-            pair = f"{self._credentials.username}:{self._credentials.password}".encode()
-            secrets.append(base64.standard_b64encode(pair).decode())
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
+        credentials = self._credentials
+        return redact_credentials(text, token=credentials.token, username=credentials.username,
+                                  password=credentials.password)
 
     def _version_missing(self, model_name: str, version: str) -> VersionNotFound:
         return VersionNotFound(f"registered model {model_name!r} has no version {version} "
                                f"(or the model does not exist) in MLflow at {self.tracking_uri}",
                                model_name=model_name, reference=f"version {version}")
+
+
+def redact_credentials(text: str, *, token: str | None = None, username: str | None = None,
+                       password: str | None = None) -> str:
+    """text with the token, the password and the base64 basic-auth pair replaced by ***.
+
+    For anything a server sends back (error messages echo the Authorization header, proxies echo the
+    request): shared by the registry adapter and the gate's MLflow client. The username is not a secret.
+    """
+    secrets = [value for value in (token, password) if value]
+    if username and password:
+        # What a server echoing the Authorization header would show of a basic-auth password.
+        secrets.append(base64.standard_b64encode(f"{username}:{password}".encode()).decode())
+    for secret in sorted(secrets, key=len, reverse=True):  # longest first: no partial leftovers
+        text = text.replace(secret, "***")
+    return text
+
+
+def transport_cause(error: BaseException, timeout_seconds: float) -> str:
+    """A short, secret-free reason for a failed HTTP exchange: the exception chain's most specific failure."""
+    timeout = f"{timeout_seconds:g}s"
+    chain = list(_exception_chain(error))
+
+    def found(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(link, kinds) for link in chain)
+
+    # requests reports urllib3's exhausted retries as a plain ConnectionError: look at the reasons.
+    # Order matters: urllib3's NewConnectionError is also a ConnectTimeoutError.
+    if found(requests.exceptions.SSLError, urllib3.exceptions.SSLError):
+        return "TLS handshake failed"
+    if found(ConnectionRefusedError) or any("Connection refused" in str(link) for link in chain):
+        return "connection refused"
+    if found(urllib3.exceptions.NameResolutionError):
+        return "host name does not resolve"
+    if found(urllib3.exceptions.NewConnectionError):
+        return "connection failed"
+    if found(requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError):
+        return f"no connection within {timeout}"
+    if found(requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+        return f"no answer within {timeout}"
+    if found(requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead):
+        return "the connection closed before the answer was complete"
+    if found(requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError):
+        return "connection failed"
+    return f"request failed ({type(chain[-1]).__name__})"
 
 
 def validated_tracking_uri(uri: str) -> str:
@@ -296,6 +316,47 @@ def _object(body: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise RegistryRequestError(f"MLflow's answer has no {key!r} object: is this an MLflow tracking server?")
     return value
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages (the value itself is not echoed)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return "a string" if isinstance(value, str) else "null"
+
+
+def _string(body: Mapping[str, Any], key: str, what: str) -> str | None:
+    """body[key] when it is a string, None when absent or null; any other type is a malformed answer."""
+    value = body.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise RegistryRequestError(f"MLflow's {what} has {key!r} as {json_type(value)}, not a string: "
+                               "is this an MLflow tracking server?")
+
+
+def _string_tags(body: Mapping[str, Any], what: str) -> dict[str, str]:
+    """Like _tags, but a tag list that is not [{key: string, value: string}] is a malformed answer."""
+    tags = body.get("tags")
+    if tags is None:
+        return {}
+    if not isinstance(tags, list):
+        raise RegistryRequestError(f"MLflow's {what} has 'tags' as {json_type(tags)}, not an array: "
+                                   "is this an MLflow tracking server?")
+    found: dict[str, str] = {}
+    for tag in tags:
+        value = tag.get("value") if isinstance(tag, Mapping) else None
+        if not isinstance(tag, Mapping) or not isinstance(tag.get("key"), str) \
+                or not (value is None or isinstance(value, str)):
+            raise RegistryRequestError(f"MLflow's {what} has 'tags' with an entry that is not "
+                                       "{key: string, value: string}: is this an MLflow tracking server?")
+        found[tag["key"]] = value or ""  # MLflow leaves out an empty value
+    return found
 
 
 def _list(body: Mapping[str, Any], key: str) -> list[Any]:

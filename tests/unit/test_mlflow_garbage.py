@@ -1,0 +1,261 @@
+"""What the gate's MLflow client and the registry adapter make of answers a real MLflow never gives but a proxy,
+a broken server or another implementation can: each becomes an explained error (a condition or an inconclusive
+gate), never an exception escaping the reconcile, never a secret in a message or a log line."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from kubernetes import client
+from test_gate_support import CLASSES, identity_model, model_server, run
+
+from controller.api.spec import parse_spec
+from controller.api.status import VersionRef
+from controller.engine.actions import RunGate
+from controller.gate import DatasetSources, GateReport, InferenceEndpoint, MlflowAccess, run_gate
+from controller.gate.errors import ErrorKind, SourceError
+from controller.gate.formats import write_jsonl_dataset
+from controller.gate.mlflow_access import MlflowRest, experiment_id_for
+from controller.operator.runtime import OperatorConfig, RolloutRuntime
+from controller.registry import Credentials, MlflowRegistry, RegistryRequestError, RequestPolicy
+from controller.verdict import Outcome
+
+TOKEN = "s3cr3t-TOKEN-value"
+USERNAME, PASSWORD = "ops", "pa55-w0rd-very-secret"
+BASIC_PAIR = base64.standard_b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
+API = "/api/2.0/mlflow"
+NOT_FOUND = {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "not found"}
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any  # JSON-encoded unless bytes; "{authorization}" in it becomes the request's Authorization header
+    declared_length: int | None = None  # a Content-Length larger than the body: the connection closes early
+
+
+class FakeMlflow:
+    """A real HTTP server on 127.0.0.1 answering each path (the longest matching prefix) as scripted."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Answer] = {}
+        self.authorizations: list[str] = []  # the Authorization header of each request, in order
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.authorizations.append(self.headers.get("Authorization", ""))
+                path = urlsplit(self.path).path
+                matches = [prefix for prefix in owner.routes if path.startswith(prefix)]
+                answer = owner.routes[max(matches, key=len)] if matches else Answer(404, NOT_FOUND)
+                body = answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body).encode()
+                body = body.replace(b"{authorization}", self.headers.get("Authorization", "").encode())
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(answer.declared_length or len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            do_GET = do_POST = do_PUT = _answer
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, path: str, status: int, body: Any, declared_length: int | None = None) -> None:
+        self.routes[path] = Answer(status, body, declared_length)
+
+
+@pytest.fixture()
+def mlflow() -> Iterator[FakeMlflow]:
+    fake = FakeMlflow()
+    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+    thread.join(timeout=5)
+
+
+def access(fake: FakeMlflow, **credentials: str) -> MlflowAccess:
+    return MlflowAccess(fake.url, timeout_seconds=3, max_retries=0, **(credentials or {"token": TOKEN}))
+
+
+def gate_on(fake: FakeMlflow, uri: str, **credentials: str) -> GateReport:
+    """The gate with its dataset at uri; no inference server: these datasets must never get that far."""
+    unreachable = InferenceEndpoint.from_url("http://127.0.0.1:9/", "m")
+    return run(run_gate({"uri": uri, "sha256": "0" * 64}, unreachable, None, namespace="team-a",
+                        sources=DatasetSources(mlflow=access(fake, **credentials))))
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in (TOKEN, PASSWORD, BASIC_PAIR, TOKEN[:8], BASIC_PAIR[:8]):
+            assert secret not in text, text
+
+
+# --- the golden gate reading its dataset -------------------------------------------------------------
+
+
+def test_an_artifact_download_that_breaks_off_is_unavailable_not_a_crash(mlflow: FakeMlflow) -> None:
+    mlflow.answer(f"{ARTIFACTS}/golden/", 200, b'{"classes": ["safe"]}\n', declared_length=100_000)
+    report = gate_on(mlflow, "mlflow-artifacts:/golden/set.jsonl")
+    assert report.outcome is Outcome.INCONCLUSIVE and report.error is not None
+    assert report.error.kind == ErrorKind.UNAVAILABLE  # a later reconcile may well get the whole file
+    assert "download broke off" in report.error.message
+    assert "closed before the answer was complete" in report.error.message
+    assert report.status["error"]["message"] == report.error.message
+
+
+@pytest.mark.parametrize(("uri", "path", "body", "detail"), [
+    ("runs:/abc123/golden.jsonl", f"{API}/runs/get", {"run": None}, "no artifact_uri for run abc123"),
+    ("runs:/abc123/golden.jsonl", f"{API}/runs/get", {"run": ["x"]}, "run is an array, not an object"),
+    ("runs:/abc123/golden.jsonl", f"{API}/runs/get", {"run": {"info": {"artifact_uri": 7}}},
+     "run.info.artifact_uri is a number, not a string"),
+    ("models:/m@golden/set.jsonl", f"{API}/registered-models/alias", {"model_version": None},
+     "alias @golden of model m names no version"),
+    ("models:/m@golden/set.jsonl", f"{API}/registered-models/alias", {"model_version": {"version": {"v": 1}}},
+     "model_version.version is an object, not a string"),
+    ("models:/m/3/set.jsonl", f"{API}/model-versions/get-download-uri", {"artifact_uri": {"uri": "s3://b/k"}},
+     "artifact_uri is an object, not a string"),
+    ("models:/m/3/set.jsonl", f"{API}/model-versions/get-download-uri", [], "JSON but not an object"),
+    ("models:/m-0abc/set.jsonl", f"{API}/logged-models/", {"model": None},
+     "no artifact location for logged model m-0abc"),
+])
+def test_malformed_answers_while_resolving_a_dataset_uri_are_errors_that_say_what_was_wrong(
+        mlflow: FakeMlflow, uri: str, path: str, body: Any, detail: str) -> None:
+    mlflow.answer(path, 200, body)
+    report = gate_on(mlflow, uri)
+    assert report.outcome is Outcome.INCONCLUSIVE and report.error is not None
+    assert report.error.kind == ErrorKind.ERROR and detail in report.error.message, report.error
+
+
+@pytest.mark.parametrize("credentials", [{"token": TOKEN}, {"username": USERNAME, "password": PASSWORD}],
+                         ids=["bearer", "basic"])
+@pytest.mark.parametrize("padding", [0, 262], ids=["short", "secret-across-the-length-limit"])
+def test_server_text_echoing_the_credentials_never_reaches_the_gate_report(
+        mlflow: FakeMlflow, credentials: dict[str, str], padding: int) -> None:
+    # The Authorization header as sent (token, or base64 user:password), and the password itself when used.
+    echoed = "invalid credentials: {authorization}" + (f" (password {PASSWORD})" if "password" in credentials else "")
+    echo = {"error_code": "UNAUTHENTICATED", "message": "x" * padding + echoed}
+    mlflow.answer(f"{ARTIFACTS}/golden/", 401, echo)
+    report = gate_on(mlflow, "mlflow-artifacts:/golden/set.jsonl", **credentials)
+    assert mlflow.authorizations[-1] in (f"Bearer {TOKEN}", f"Basic {BASIC_PAIR}")  # the echo holds a secret
+    assert report.error is not None and report.error.kind == ErrorKind.FORBIDDEN
+    if not padding:
+        assert "invalid credentials: " in report.error.message and "***" in report.error.message
+    assert_no_secret(report.error.message, report.reason, json.dumps(report.status))
+    mlflow.answer(f"{ARTIFACTS}/golden/", 500, b"proxy says: " + b"y" * padding + b"{authorization}")
+    report = gate_on(mlflow, "mlflow-artifacts:/golden/set.jsonl", **credentials)
+    assert report.error is not None and report.error.kind == ErrorKind.UNAVAILABLE
+    assert_no_secret(report.error.message, report.reason, json.dumps(report.status))
+
+
+# --- the gate's evidence run -------------------------------------------------------------------------
+
+
+def test_an_experiment_lookup_answer_without_the_experiment_is_malformed(mlflow: FakeMlflow) -> None:
+    mlflow.answer(f"{API}/experiments/get-by-name", 200, {})
+    with pytest.raises(SourceError) as caught:
+        experiment_id_for(MlflowRest(access(mlflow)), "modelrollout-golden-gate")
+    assert caught.value.kind is ErrorKind.ERROR
+    assert "no experiment.experiment_id" in caught.value.message and "get-by-name" in caught.value.message
+
+
+def golden_file(tmp_path: Path) -> tuple[bytes, str]:
+    """30 samples the identity model gets all wrong: a gate that runs must FAIL."""
+    count = 30
+    features = np.zeros((count, 4))
+    features[np.arange(count), np.arange(count) % 3] = 1.0
+    labels = [CLASSES[(i + 1) % 3] for i in range(count)]
+    path = tmp_path / "golden.jsonl"
+    sha = write_jsonl_dataset(path, CLASSES, features, labels, [()] * count)
+    return path.read_bytes(), sha
+
+
+@pytest.mark.parametrize(("path", "status", "body", "logged"), [
+    (f"{API}/experiments/get-by-name", 200, {}, "no experiment.experiment_id"),
+    (f"{API}/experiments/get-by-name", 401, {"error_code": "UNAUTHENTICATED", "message": "no: {authorization}"},
+     "HTTP 401"),
+    (f"{API}/runs/create", 200, {"run": None}, "could not record gate evidence"),
+], ids=["experiment-missing", "credentials-echoed", "run-null"])
+def test_a_failed_evidence_run_is_logged_without_secrets_and_the_verdict_stands(
+        mlflow: FakeMlflow, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        path: str, status: int, body: Any, logged: str) -> None:
+    data, sha = golden_file(tmp_path)
+    mlflow.answer(f"{ARTIFACTS}/golden/", 200, data)
+    mlflow.answer(f"{API}/experiments/get-by-name", 200, {"experiment": {"experiment_id": "1"}})
+    mlflow.answer(f"{API}/runs/search", 200, {})
+    mlflow.answer(path, status, body)
+
+    async def scenario() -> Any:
+        async with model_server(identity_model()) as candidate:
+            raw = {"model": {"name": "m", "version": "2"},
+                   "registry": {"trackingUri": mlflow.url, "credentialsSecretRef": {"name": "mlflow-token"}},
+                   "target": {"kserve": {"inferenceService": "m", "candidateUrl": candidate.url}},
+                   "goldenDataset": {"uri": "mlflow-artifacts:/golden/set.jsonl", "sha256": sha,
+                                     "thresholds": {"minAccuracy": 0.9}}}
+            spec = parse_spec(raw)
+            runtime = RolloutRuntime({"metadata": {"namespace": "team-a", "name": "r", "uid": "u"}, "spec": raw},
+                                     spec, client.ApiClient(), OperatorConfig())
+            runtime._credentials = Credentials(token=TOKEN)  # as if read from the rollout's Secret
+            action = RunGate(id="gate-1", candidate=VersionRef(version="2"), stable=None, dataset=spec.golden_dataset)
+            return await runtime.measure_gate(action, None)
+
+    with caplog.at_level(logging.WARNING, logger="controller.operator.runtime"):
+        result = run(scenario())
+    assert mlflow.authorizations and set(mlflow.authorizations) == {f"Bearer {TOKEN}"}
+    assert result.error is None and result.request_id == "gate-1"
+    assert Outcome.FAIL in {verdict.outcome for verdict in result.verdicts}
+    assert "could not record gate evidence" in caplog.text and logged in caplog.text
+    assert_no_secret(caplog.text)
+
+
+# --- the registry adapter ----------------------------------------------------------------------------
+
+
+GOOD_VERSION = {"name": "m", "version": "2", "status": "READY", "run_id": "abc", "source": "s3://b/m",
+                "tags": [{"key": "owner", "value": "moderation"}, {"key": "empty"}]}
+
+
+@pytest.mark.parametrize(("field", "value", "detail"), [
+    ("run_id", 12345, "'run_id' as a number"),
+    ("source", {"uri": "s3://b/m"}, "'source' as an object"),
+    ("version", ["2"], "'version' as an array"),
+    ("status", True, "'status' as a boolean"),
+    ("tags", {"owner": "moderation"}, "'tags' as an object"),
+    ("tags", [{"key": 1, "value": "x"}], "'tags' with an entry"),
+    ("tags", [{"key": "owner", "value": {"team": "x"}}], "'tags' with an entry"),
+    ("tags", ["owner"], "'tags' with an entry"),
+])
+def test_a_model_version_with_wrongly_typed_fields_is_refused_naming_the_field(
+        mlflow: FakeMlflow, field: str, value: Any, detail: str) -> None:
+    registry = MlflowRegistry(mlflow.url, Credentials(token=TOKEN), policy=RequestPolicy(timeout_seconds=3,
+                                                                                          max_retries=0))
+    mlflow.answer(f"{API}/model-versions/get-download-uri", 200, {"artifact_uri": "s3://b/m"})
+    mlflow.answer(f"{API}/runs/get", 200, {"run": {"data": {}, "inputs": {}}})
+    mlflow.answer(f"{API}/model-versions/get", 200, {"model_version": GOOD_VERSION})
+    good = registry.resolve("m", version="2")  # the well-typed answer, for contrast
+    assert (good.run_id, good.source, good.tags) == ("abc", "s3://b/m", {"owner": "moderation", "empty": ""})
+    mlflow.answer(f"{API}/model-versions/get", 200, {"model_version": {**GOOD_VERSION, field: value}})
+    with pytest.raises(RegistryRequestError) as caught:
+        registry.resolve("m", version="2")
+    assert detail in caught.value.message and "version 2" in caught.value.message, caught.value
+    assert caught.value.kind == "Error" and not caught.value.retryable
