@@ -3,6 +3,15 @@
     modelrollout.io/command: '{"action": "promote", "id": "<uuid>", "actor": "alice", "full": true}'
 
 The controller applies each command id at most once and records it (with the actor) in status.
+
+The actor is only as true as the writer: the admission policy in deploy/base/command-policy.yaml (also in the
+chart) refuses a new or changed annotation unless its text contains `"actor": "<requester>"` (or the compact
+`"actor":"<requester>"`). A substring test on JSON text is sound only if that text can mean nothing else, so
+parse_command refuses what could hide a second actor: duplicate keys (`{"actor": "bob", "actor": "alice"}`,
+where the last one wins), keys other than action/id/actor/full, and values that are objects or arrays
+(`{"actor": "alice", "x": {"actor": "bob"}}`). A string value cannot hide the substring: a quote inside a
+JSON string is escaped (`\\"`). The policy also refuses requesters whose name holds a quote or a backslash, which
+JSON escapes (and an escape sequence in the actor could spell someone else's name).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 COMMAND_ANNOTATION = "modelrollout.io/command"
+COMMAND_KEYS = ("action", "id", "actor", "full")
 
 
 class CommandAction(StrEnum):
@@ -40,17 +50,37 @@ class Command:
         body: dict[str, object] = {"action": str(self.action), "id": self.id, "actor": self.actor}
         if self.full:
             body["full"] = True
-        return json.dumps(body, sort_keys=True)
+        # ensure_ascii=False: a non-ASCII name is written as itself, so the admission policy's substring test
+        # (against the requester's name as the API server has it) finds it.
+        return json.dumps(body, sort_keys=True, ensure_ascii=False)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json.loads' object_pairs_hook: a key given twice is refused, not silently overwritten by the last one."""
+    body: dict[str, object] = {}
+    for name, value in pairs:
+        if name in body:
+            raise CommandError(f"{COMMAND_ANNOTATION}: key {name!r} appears more than once")
+        body[name] = value
+    return body
 
 
 def parse_command(text: str) -> Command:
     """Parse the annotation's value; raise CommandError saying what is wrong."""
     try:
-        body = json.loads(text)
+        body = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise CommandError(f"{COMMAND_ANNOTATION} is not JSON: {exc.msg}") from None
     if not isinstance(body, dict):
         raise CommandError(f"{COMMAND_ANNOTATION} must be a JSON object")
+    unknown = sorted(set(body) - set(COMMAND_KEYS))
+    if unknown:
+        raise CommandError(f"{COMMAND_ANNOTATION}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                           f"a command has only {', '.join(COMMAND_KEYS)}")
+    nested = sorted(name for name, value in body.items() if isinstance(value, dict | list))
+    if nested:
+        raise CommandError(f"{COMMAND_ANNOTATION}: {', '.join(map(repr, nested))} must be a string or boolean, "
+                           "not an object or array")
     action_text = body.get("action")
     full = body.get("full", False)
     if action_text == "promote-full":  # the CLI spelling `promote --full` as one word

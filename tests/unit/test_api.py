@@ -423,7 +423,43 @@ def test_parse_command() -> None:
     ('{"action":"abort","id":"a"}', "actor"),
     ('{"action":"abort","id":"a","actor":"b","full":true}', "only to promote"),
     ('{"action":"promote","id":"a","actor":"b","full":"yes"}', "full"),
+    ('{"action":"abort","id":"a","actor":"b","id":"c"}', "'id' appears more than once"),
+    ('{"action":"abort","action":"abort","id":"a","actor":"b"}', "'action' appears more than once"),
+    ('{"action":"abort","id":"a","actor":"b","reason":"x"}', r"unknown key\(s\) 'reason'"),
+    ('{"action":"abort","id":"a","actor":"b","Actor":"c"}', r"unknown key\(s\) 'Actor'"),
+    ('{"action":"abort","id":"a","actor":{"name":"b"}}', "'actor' must be a string or boolean, not an object"),
+    ('{"action":"abort","id":["a"],"actor":"b"}', "'id' must be a string or boolean, not an object or array"),
+    ('{"action":"promote","id":"a","actor":"b","full":[true]}', "'full' must be a string or boolean"),
 ])
 def test_parse_command_refuses(text: str, problem: str) -> None:
     with pytest.raises(CommandError, match=problem):
         parse_command(text)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    # json.loads alone keeps the last one, alice, while the text holds `"actor": "bob"` for the policy to find.
+    ('{"actor": "bob", "actor": "alice"}', "'actor' appears more than once"),
+    ('{"action": "abort", "id": "a", "actor": "bob", "actor": "alice"}', "'actor' appears more than once"),
+    # The policy would find bob's `"actor": "bob"` in the nested object; the command's actor would be alice.
+    ('{"actor": "alice", "x": {"actor": "bob"}}', "unknown key"),
+    ('{"action": "abort", "id": "a", "actor": "alice", "x": {"actor": "bob"}}', "unknown key"),
+    ('{"action": "abort", "id": {"actor": "bob"}, "actor": "alice"}', "'id' must be a string or boolean"),
+    # A key that merely ends in actor: its text holds `"actor": "bob"` too (the escaped quote starts it).
+    ('{"action": "abort", "id": "a", "actor": "alice", "x\\"actor": "bob"}', "unknown key"),
+])
+def test_parse_command_refuses_a_second_actor_the_admission_policy_could_match(text: str, problem: str) -> None:
+    """The admission policy checks the text for `"actor": "<requester>"`: bob must not be able to pass it while
+    the controller records alice."""
+    assert '"actor": "bob"' in text
+    with pytest.raises(CommandError, match=problem):
+        parse_command(text)
+
+
+def test_command_annotation_is_what_the_admission_policy_looks_for() -> None:
+    """json.dumps' separator, and a non-ASCII name written as itself (not \\u-escaped), as the API server has it."""
+    for actor in ("alice", "system:serviceaccount:ops:pager", "zoë", "渡辺"):
+        command = Command(id="u-1", action=CommandAction.ABORT, actor=actor)
+        text = command.to_annotation()
+        assert f'"actor": "{actor}"' in text
+        assert parse_command(text) == command
+    assert parse_command('{"action":"abort","id":"u-1","actor":"zo\\u00eb"}').actor == "zoë"  # still read

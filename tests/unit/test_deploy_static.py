@@ -108,7 +108,7 @@ def test_exporter_has_no_api_token() -> None:
     deployment = next(o for o in of_kind(objs, "Deployment") if o["metadata"]["name"] == "modelrollout-exporter")
     assert account["automountServiceAccountToken"] is False
     assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    bound = {s["name"] for o in objs if o["kind"].endswith("Binding") for s in o["subjects"]}
+    bound = {s["name"] for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding") for s in o["subjects"]}
     assert "modelrollout-exporter" not in bound
 
 
