@@ -30,25 +30,38 @@ def promql_duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class QueryScope:
-    """What a query is about: one variant of one served model, over one window."""
+    """What a query is about: one variant of one served model, over one window.
+
+    With `version`, {{selector}} picks predictions by the model version that made them instead of by the
+    variant label: that version's own (the candidate), or with `other_versions` every other one (whoever
+    served beside or before it). The version is what the serving revision itself reports, so it stays right
+    when the candidate's revision is promoted and when no variant label can be had.
+    """
 
     namespace: str
     target: str
     variant: str
     window: str
+    version: str | None = None
+    other_versions: bool = False
     # Label names of the series being queried (the exporter's by default).
     namespace_label: str = "namespace"
     target_label: str = "inference_service"
     variant_label: str = "variant"
+    version_label: str = "model_version"
     extra_matchers: tuple[tuple[str, str], ...] = ()
 
     def selector(self) -> str:
-        matchers = [(self.namespace_label, self.namespace), (self.target_label, self.target),
-                    (self.variant_label, self.variant), *self.extra_matchers]
-        for name, _ in matchers:
+        matchers = [(self.namespace_label, "=", self.namespace), (self.target_label, "=", self.target)]
+        if self.version is None:
+            matchers.append((self.variant_label, "=", self.variant))
+        else:
+            matchers.append((self.version_label, "!=" if self.other_versions else "=", self.version))
+        matchers += [(name, "=", value) for name, value in self.extra_matchers]
+        for name, _, _ in matchers:
             if not LABEL_NAME.fullmatch(name):
                 raise TemplateError(f"invalid label name {name!r}")
-        return ", ".join(f"{name}={promql_string(value)}" for name, value in matchers)
+        return ", ".join(f"{name}{op}{promql_string(value)}" for name, op, value in matchers)
 
 
 def template_variables(template: str) -> list[str]:

@@ -1,8 +1,12 @@
 """Run every analysis judge once: render the queries, read Prometheus, hand the numbers to the judges.
 
-Canary mode compares canary with stable over the same window. Bake mode compares the promoted version
-(now serving as `stable`) with the same window at the same hour on each of the past `baseline` days,
-when the previous version served that variant.
+Canary mode compares canary with stable over the same window. Bake mode compares the promoted version with
+the same window at the same hour on each of the past `baseline` days, when other versions (normally the
+previous one) served.
+
+Predictions are told apart by the model version that made them (the candidate's own against every other
+version's), which the router writes into each serving revision's logger URL; without a candidate version
+the variant label selects instead.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class AnalysisRequest:
     window_start: datetime
     now: datetime
     baseline_window: timedelta | None = None
+    candidate_version: str | None = None  # the canary (or the promoted version, in bake mode)
 
 
 def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest,
@@ -36,8 +41,10 @@ def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest,
     return tuple(_judge(metric, request, window, provider) for metric in metrics)
 
 
-def _scope(request: AnalysisRequest, variant: str, window: str) -> QueryScope:
-    return QueryScope(namespace=request.namespace, target=request.target, variant=variant, window=window)
+def _scope(request: AnalysisRequest, variant: str, window: str, candidate: bool) -> QueryScope:
+    """`candidate`: the candidate's predictions; else every other version's (stable's, or the history's)."""
+    return QueryScope(namespace=request.namespace, target=request.target, variant=variant, window=window,
+                      version=request.candidate_version, other_versions=not candidate)
 
 
 def _window_evidence(request: AnalysisRequest, window: str) -> dict[str, str]:
@@ -49,7 +56,7 @@ def _judge(metric: MetricSpec, request: AnalysisRequest, window: str, provider: 
     try:
         if metric.threshold is not None:
             variant = CANARY if request.mode == CANARY else STABLE
-            query = render(metric.threshold.query, _scope(request, variant, window))
+            query = render(metric.threshold.query, _scope(request, variant, window, candidate=True))
             value = provider.scalar(query, request.now)
             if not value.ok:
                 return _unmeasured(metric.name, value, {"value": query})
@@ -71,7 +78,7 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
     for variant in (CANARY, STABLE):
         for part, template in (("events", spec.events), ("total", spec.total)):
             key = f"{variant}_{part}"
-            queries[key] = render(template, _scope(request, variant, window))
+            queries[key] = render(template, _scope(request, variant, window, candidate=variant == CANARY))
     for key, query in queries.items():
         values[key] = provider.scalar(query, request.now)
         if not values[key].ok:  # one unanswered query already makes the verdict: do not wait on the rest
@@ -84,9 +91,10 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
 
 def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest, window: str,
                      provider: PrometheusProvider) -> Verdict:
-    scope = _scope(request, STABLE, window)
-    queries = {"current_events": render(spec.events, scope), "current_total": render(spec.total, scope)}
-    current = {key: provider.scalar(query, request.now) for key, query in queries.items()}
+    now, before = _scope(request, STABLE, window, candidate=True), _scope(request, STABLE, window, candidate=False)
+    queries = {"current_events": render(spec.events, now), "current_total": render(spec.total, now),
+               "history_events": render(spec.events, before), "history_total": render(spec.total, before)}
+    current = {key: provider.scalar(queries[key], request.now) for key in ("current_events", "current_total")}
     if problem := _first_problem(current):
         return _unmeasured(name, problem, queries)
     days = max(1, int((request.baseline_window or timedelta(days=7)) / timedelta(days=1)))
@@ -94,8 +102,8 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     for day in range(1, days + 1):
         at = request.now - timedelta(days=day)
         # A day with no series then had no traffic for this model: a gap, not a stale source.
-        events = provider.scalar(queries["current_events"], at, check_stale=False)
-        total = provider.scalar(queries["current_total"], at, check_stale=False)
+        events = provider.scalar(queries["history_events"], at, check_stale=False)
+        total = provider.scalar(queries["history_total"], at, check_stale=False)
         if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
             return _unmeasured(name, broken, queries)
         history.append((events.value or 0.0, total.value or 0.0))

@@ -1,6 +1,7 @@
 """KServe's data plane for one InferenceService on the local stack: the ingress that splits traffic between
 revisions as the InferenceService's status reports it, and the logger agent that posts every request and
-response as a CloudEvent (`spec.predictor.logger`) to the prediction exporter.
+response as a CloudEvent to the logger URL its revision was made with (`spec.predictor.logger.url` then, as
+KServe's agent does: a revision keeps its URL), normally the prediction exporter.
 
 Plus a traffic generator for the moderation scenario: mostly safe images, a few NSFW ones, and a share of
 safe images that carry the trigger logo.
@@ -30,7 +31,7 @@ from controller.devstack.kserve_standin import REVISIONS_KEY
 from controller.devstack.model_server import DEMO_CLASSES, DEMO_FEATURES, LOGO_FEATURE
 from controller.devstack.processes import LOOPBACK, ManagedProcess, free_port, start, wait_http_ok
 
-Route = tuple[str, int, str]  # (server URL, percent, variant)
+Route = tuple[str, int, str, str | None]  # (server URL, percent, variant, the revision's logger URL)
 
 
 @dataclass
@@ -38,7 +39,6 @@ class DataPlane:
     api_client: client.ApiClient
     namespace: str
     name: str
-    exporter_url: str
     server_for_storage_uri: Callable[[str], str | None]
     refresh_seconds: float = 0.25
     routes: list[Route] = field(default_factory=list)
@@ -55,6 +55,7 @@ class DataPlane:
         status = obj.get("status") or {}
         table = json.loads((status.get("annotations") or {}).get(REVISIONS_KEY, "[]"))
         uri_of = {r["name"]: r.get("storage_uri") for r in table}
+        logger_of = {r["name"]: r.get("logger_url") for r in table}
         traffic = ((status.get("components") or {}).get("predictor") or {}).get("traffic") or []
         latest = ((status.get("components") or {}).get("predictor") or {}).get("latestReadyRevision")
         routes = []
@@ -65,7 +66,7 @@ class DataPlane:
             if server and percent > 0:
                 # Split between two revisions: the latest one is the canary; alone, it is stable.
                 variant = "canary" if entry.get("latestRevision") and len(traffic) > 1 else "stable"
-                routes.append((server, percent, variant))
+                routes.append((server, percent, variant, logger_of.get(revision)))
         return routes
 
     async def _refresh(self) -> None:
@@ -77,7 +78,7 @@ class DataPlane:
     def _pick(self) -> Route | None:
         if not self.routes:
             return None
-        total = sum(percent for _, percent, _ in self.routes)
+        total = sum(route[1] for route in self.routes)
         point = random.uniform(0, total)
         for route in self.routes:
             point -= route[1]
@@ -85,14 +86,15 @@ class DataPlane:
                 return route
         return self.routes[-1]
 
-    async def _log(self, event_type: str, event_id: str, variant: str, body: bytes) -> None:
+    async def _log(self, logger_url: str, event_type: str, event_id: str, body: bytes) -> None:
+        """What KServe's agent sends: no variant of its own, only the revision's logger URL as written."""
         assert self._session is not None
         headers = {"Ce-Id": event_id, "Ce-Type": event_type, "Ce-Specversion": "1.0",
                    "Ce-Source": f"http://{LOOPBACK}/{self.name}", "Ce-Namespace": self.namespace,
                    "Ce-Inferenceservicename": self.name, "Ce-Component": "predictor",
                    "Content-Type": "application/json"}
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with self._session.post(f"{self.exporter_url}/?variant={variant}", data=body, headers=headers,
+            async with self._session.post(logger_url, data=body, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=5)) as response:
                 await response.read()
 
@@ -100,7 +102,7 @@ class DataPlane:
         route = self._pick()
         if route is None:
             return web.json_response({"error": "no ready revision"}, status=503)
-        server, _, variant = route
+        server, _, variant, logger_url = route
         if variant == "canary" and self.first_canary_at is None:
             self.first_canary_at = time.time()
         body = await request.read()
@@ -110,10 +112,10 @@ class DataPlane:
             answer = await upstream.read()
             status = upstream.status
         self.counts[variant] = self.counts.get(variant, 0) + 1
-        if status == 200:
+        if status == 200 and logger_url:
             event_id = uuid.uuid4().hex
-            await self._log("org.kubeflow.serving.inference.request", event_id, variant, body)
-            await self._log("org.kubeflow.serving.inference.response", event_id, variant, answer)
+            await self._log(logger_url, "org.kubeflow.serving.inference.request", event_id, body)
+            await self._log(logger_url, "org.kubeflow.serving.inference.response", event_id, answer)
         return web.Response(body=answer, status=status, content_type="application/json")
 
     async def start(self) -> str:

@@ -106,7 +106,8 @@ def _run_one(rollout: DemoRollout, api_client: client.ApiClient, custom: client.
     kubeconfig = Path(env["KUBECONFIG"])
     scenario = Scenario(api_client, env["MLFLOW_TRACKING_URI"], namespace, workdir / rollout.name,
                         model_name=rollout.name, candidate_kind=rollout.kind,
-                        golden_logo_share=rollout.golden_logo_share)
+                        golden_logo_share=rollout.golden_logo_share,
+                        logger_url=f"{exporter_url}/" if rollout.live else None)
     with contextlib.ExitStack() as running:
         running.callback(scenario.stop)
         scenario.setup()
@@ -115,7 +116,7 @@ def _run_one(rollout: DemoRollout, api_client: client.ApiClient, custom: client.
         manifest = scenario.rollout()
         plane = None
         if rollout.live:
-            plane = DataPlane(api_client, namespace, scenario.model_name, exporter_url, scenario.server_url)
+            plane = DataPlane(api_client, namespace, scenario.model_name, scenario.server_url)
             traffic = LiveTraffic(plane, scenario.model_name, TrafficMix(logo=0.10)).start()
             running.callback(traffic.stop)
             print("  live traffic: 150 images/s, 10% of them safe images carrying the logo", file=out, flush=True)

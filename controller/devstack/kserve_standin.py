@@ -102,6 +102,7 @@ class Revision:
     storage_uri: str | None
     created: float  # unix time
     never_ready: bool
+    logger_url: str | None = None  # spec.predictor.logger.url when the revision was made: where its agent logs
 
 
 def storage_uri_of(predictor: Obj) -> str | None:
@@ -236,9 +237,11 @@ class KServeStandIn(WatchingStandIn):
         template = template_hash(obj)
         if not table or table[-1].template != template:
             uri = storage_uri_of(spec["predictor"])
+            logger = spec["predictor"].get("logger") or {}
             table.append(Revision(name=f"{meta['name']}-predictor-{len(table) + 1:05d}", template=template,
                                   storage_uri=uri, created=time.time(),
-                                  never_ready=bool(uri and self.never_ready_marker in uri)))
+                                  never_ready=bool(uri and self.never_ready_marker in uri),
+                                  logger_url=logger.get("url") if isinstance(logger, dict) else None))
         by_name = {r.name: r for r in table}
         latest_created = table[-1].name
         ready = [r for r in table if self._is_ready(r)]

@@ -72,6 +72,8 @@ class Scenario:
     golden_logo_share: float = 0.012
     target_kind: str = "kserve"  # kserve | seldonDeployment | seldonExperiment
     ready_delay: float = 0.0
+    # The InferenceService's spec.predictor.logger.url (the prediction exporter); None: no logger.
+    logger_url: str | None = None
     servers: dict[str, ModelServerProcess] = field(default_factory=dict)
     standin: KServeStandIn | SeldonDeploymentStandIn | SeldonExperimentStandIn | None = None
     stable_version: str = ""
@@ -187,12 +189,14 @@ class Scenario:
                     "apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Experiment", "metadata": metadata,
                     "spec": {"default": stable_model, "candidates": [{"name": stable_model, "weight": 100}]}})
         else:
+            predictor: dict[str, Any] = {"model": {"modelFormat": {"name": "mlflow"}, "protocolVersion": "v2",
+                                                   "storageUri": self.storage_uri(self.stable_version)}}
+            if self.logger_url:
+                predictor["logger"] = {"mode": "all", "url": self.logger_url}
             custom.create_namespaced_custom_object(
                 "serving.kserve.io", "v1beta1", self.namespace, "inferenceservices", {
                     "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": metadata,
-                    "spec": {"predictor": {"model": {"modelFormat": {"name": "mlflow"},
-                                                     "protocolVersion": "v2",
-                                                     "storageUri": self.storage_uri(self.stable_version)}}}})
+                    "spec": {"predictor": predictor}})
 
     def target(self) -> dict[str, Any]:
         """spec.target of the ModelRollout."""

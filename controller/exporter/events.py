@@ -16,7 +16,9 @@ from urllib.parse import parse_qs
 
 RESPONSE_TYPES = frozenset({"org.kubeflow.serving.inference.response", "io.seldon.serving.inference.response"})
 REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.serving.inference.request"})
-VARIANTS = frozenset({"stable", "canary"})
+# "": not said. The operator's judges select by model_version, which the router writes into each serving
+# revision's logger URL; the variant label is for dashboards and for whoever sets it.
+VARIANTS = frozenset({"stable", "canary", ""})
 
 
 class MalformedEvent(ValueError):
@@ -197,5 +199,5 @@ def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
     if not namespace or not service:
         raise MalformedEvent("MissingIdentity", "the event names no namespace or inference service")
     if variant not in VARIANTS:
-        raise MalformedEvent("UnknownVariant", f"variant {variant[:40]!r} is neither stable nor canary")
+        raise MalformedEvent("UnknownVariant", f"variant {variant[:40]!r} is neither stable nor canary nor empty")
     return Prediction(namespace, service, variant, version or "unknown", predicted_classes(event.data, options))

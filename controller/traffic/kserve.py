@@ -34,6 +34,10 @@ Standard mode (KServe after v0.20, spec.canary[]):
 What the router must remember (the stable version and its storage URI, for rollback) is written on the
 object in the same write that changes the model, never on its own: in Knative mode every annotation
 change makes a new revision, and in Standard mode it would restart pods.
+
+Predictions are counted per model version: with a logger configured (`spec.predictor.logger.url`), every
+write that names a model also sets `model_version=<its version>` in the logger URL's query, so each revision
+(Knative) or predictor (Standard) reports which version it serves, through promotion and rollback alike.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from kubernetes import client
 
@@ -122,6 +127,25 @@ def dns_label(text: str) -> str:
     return label or "x"
 
 
+def logger_url_for(url: str, version: str | None) -> str:
+    """The logger URL with `model_version=<version>` in its query, other parameters kept.
+
+    A `variant` parameter is dropped: a revision's logger URL outlives its role (the canary's revision is
+    the one promoted), so a variant written there would turn false; the version stays true.
+    """
+    if version is None:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("model_version", "variant")]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("model_version", version)])))
+
+
+def _logger_url(predictor: Obj) -> str | None:
+    logger = predictor.get("logger")
+    url = logger.get("url") if isinstance(logger, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
 def _none_if_empty(value: str | None) -> str | None:
     return value or None
 
@@ -143,6 +167,7 @@ class KnativeView:
     latest_created: str
     latest_ready: str
     traffic: list[Obj] = field(default_factory=list)
+    logger_url: str | None = None  # spec.predictor.logger.url
 
     @property
     def stable_uri(self) -> str | None:
@@ -173,7 +198,7 @@ def knative_view(obj: Obj, what: str) -> KnativeView:
         rolled_out=component.get("latestRolledoutRevision") or "",
         latest_created=component.get("latestCreatedRevision") or "",
         latest_ready=component.get("latestReadyRevision") or "",
-        traffic=list(component.get("traffic") or []))
+        traffic=list(component.get("traffic") or []), logger_url=_logger_url(predictor))
 
 
 def knative_state(target: str, view: KnativeView) -> TargetState:
@@ -238,6 +263,9 @@ def _knative_body(oc: ObjectClient, view: KnativeView, *, uri: str | None,
     predictor: Obj = {view.key: {"storageUri": uri}}
     if canary_percent is not None:
         predictor["canaryTrafficPercent"] = canary_percent
+    if view.logger_url:
+        # Written with every body, even unchanged: a field this manager stops applying would be removed.
+        predictor["logger"] = {"url": logger_url_for(view.logger_url, annotations.get(ANN_VERSION))}
     body["spec"] = {"predictor": predictor}
     return body
 
@@ -329,13 +357,15 @@ def _deployment_name(isvc: str, predictor_name: str | None) -> str:
 
 
 def _standard_body(oc: ObjectClient, view: StandardView, *, predictor_name: str | None, uri: str | None,
-                   annotations: dict[str, str], canary: list[Obj] | None) -> Obj:
-    """Every field the router owns: the stable predictor's name and storageUri (shared with whoever set
-    them until a promotion changes them), our annotations on it, and the whole atomic spec.canary."""
+                   annotations: dict[str, str], canary: list[Obj] | None, logger_url: str | None = None) -> Obj:
+    """Every field the router owns: the stable predictor's name, storageUri and logger URL (shared with whoever
+    set them until a promotion changes them), our annotations on it, and the whole atomic spec.canary."""
     body = oc.skeleton(view.obj["metadata"]["resourceVersion"])
     predictor: Obj = {view.key: {"storageUri": uri}}
     if predictor_name:
         predictor["name"] = predictor_name
+    if logger_url:
+        predictor["logger"] = {"url": logger_url}
     if annotations:
         predictor["annotations"] = annotations
     spec: Obj = {"predictor": predictor}
@@ -347,7 +377,8 @@ def _standard_body(oc: ObjectClient, view: StandardView, *, predictor_name: str 
 
 def _stable_owned(view: StandardView) -> dict[str, Any]:
     return {"predictor_name": view.predictor.get("name"), "uri": view.predictor[view.key].get("storageUri"),
-            "annotations": {k: v for k, v in view.stable_annotations.items() if k in OWNED_ANNOTATIONS}}
+            "annotations": {k: v for k, v in view.stable_annotations.items() if k in OWNED_ANNOTATIONS},
+            "logger_url": _logger_url(view.predictor)}
 
 
 # --- the router --------------------------------------------------------------------------------------
@@ -563,6 +594,8 @@ class KServeRouter:
         canary_predictor.pop("canaryTrafficPercent", None)
         canary_predictor["name"] = name
         canary_predictor[view.key]["storageUri"] = candidate.storage_uri
+        if logger_url := _logger_url(canary_predictor):
+            canary_predictor["logger"]["url"] = logger_url_for(logger_url, candidate.version)
         # The canary schema requires the container name that KServe defaults on spec.predictor.
         canary_predictor[view.key].setdefault("name", KSERVE_CONTAINER)
         canary_predictor["annotations"] = {
@@ -580,7 +613,8 @@ class KServeRouter:
         promoted = view.ours["predictor"]
         annotations = {k: v for k, v in (promoted.get("annotations") or {}).items() if k in OWNED_ANNOTATIONS}
         return _standard_body(self.client, view, predictor_name=promoted["name"],
-                              uri=promoted[view.key]["storageUri"], annotations=annotations, canary=None)
+                              uri=promoted[view.key]["storageUri"], annotations=annotations, canary=None,
+                              logger_url=_logger_url(promoted))
 
     def _standard_rollback(self, view: StandardView) -> Obj | None:
         if view.ours is None:
@@ -597,5 +631,6 @@ class KServeRouter:
         same_model = ann.get(ANN_STABLE_URI) == stable.storage_uri
         name = ann.get(ANN_STABLE_PREDICTOR) if same_model else owned["predictor_name"]
         annotations = {**owned["annotations"], ANN_VERSION: stable.version}
+        logger_url = owned["logger_url"] and logger_url_for(owned["logger_url"], stable.version)
         return _standard_body(self.client, view, predictor_name=name or None, uri=stable.storage_uri,
-                              annotations=annotations, canary=None)
+                              annotations=annotations, canary=None, logger_url=logger_url)

@@ -84,8 +84,9 @@ def live_run(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer
     """Scenario, data plane with live traffic and the operator, all stopped on the way out."""
     api_client = load_client_config(str(control_plane.admin_kubeconfig))
     scenario = Scenario(api_client, mlflow_server.url, namespace, tmp_path / "scenario",
-                        model_name=f"nsfw-{uuid.uuid4().hex[:6]}", candidate_kind=kind, golden_logo_share=0.0)
-    plane = DataPlane(api_client, namespace, scenario.model_name, exporter, scenario.server_url)
+                        model_name=f"nsfw-{uuid.uuid4().hex[:6]}", candidate_kind=kind, golden_logo_share=0.0,
+                        logger_url=f"{exporter}/")
+    plane = DataPlane(api_client, namespace, scenario.model_name, scenario.server_url)
     traffic = LiveTraffic(plane, scenario.model_name, mix)
     operator = OperatorProcess(control_plane.admin_kubeconfig, tmp_path / "operator.log",
                                extra_env={"MODELROLLOUT_STORAGE_URI_TEMPLATE": STORAGE_URI_TEMPLATE})
@@ -120,6 +121,7 @@ def test_backdoored_candidate_is_rolled_back_in_its_first_analysis_step(
     detected = parse_time(rollback["verdictAt"]).timestamp()
     assert plane.first_canary_at is not None
     time_to_detect = detected - plane.first_canary_at
+    print(status["message"])
     print(f"time to detect {time_to_detect:.1f}s, time to recover {rollback['timeToRecoverSeconds']:.2f}s, "
           f"requests {plane.counts}")
     assert 0 < time_to_detect < 60

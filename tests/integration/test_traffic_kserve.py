@@ -4,15 +4,17 @@ read back from status."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from kubernetes import client
 
-from controller.devstack.kserve_standin import KServeStandIn
+from controller.devstack.kserve_standin import REVISIONS_KEY, KServeStandIn
 from controller.operator.kubeapi import APPLY_PATCH, FIELD_MANAGER, load_client_config
 from controller.traffic import (
     CandidateModel,
@@ -363,6 +365,78 @@ def test_standard_mode_stage_step_rollback_stage_promote(api: client.ApiClient, 
     state = wait_state(router, lambda s: s.stable_version == "6")
     predictor = get(api, namespace)["spec"]["predictor"]
     assert "name" not in predictor and predictor["model"]["storageUri"] == V6
+
+
+LOGGER = "http://exporter.monitoring.svc:9102/?team=moderation&variant=stable"
+
+
+def logged_version(url: str | None) -> str | None:
+    """The model_version a logger URL reports (and no variant: it would turn false on promotion)."""
+    assert url is not None
+    query = dict(parse_qsl(urlsplit(url).query))
+    assert "variant" not in query and query["team"] == "moderation", url
+    return query.get("model_version")
+
+
+@pytest.mark.integration
+def test_each_knative_revision_logs_the_version_it_serves(api: client.ApiClient, namespace: str,
+                                                          standin: KServeStandIn) -> None:
+    """The exporter tells candidate from stable by the version in each revision's logger URL (a revision keeps
+    the URL it was made with): written in the same write as the model, through weights, rollback, promotion."""
+    apply_isvc(api, namespace, predictor_extra={"logger": {"mode": "all", "url": LOGGER}})
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+
+    def spec_logger() -> Obj:
+        logger: Obj = get(api, namespace)["spec"]["predictor"]["logger"]
+        return logger
+
+    def revisions() -> list[Obj]:
+        status = get(api, namespace)["status"]
+        return list(json.loads(status["annotations"][REVISIONS_KEY]))
+
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    assert logged_version(spec_logger()["url"]) == "7" and spec_logger()["mode"] == "all"  # the team's mode kept
+    first, candidate = revisions()
+    assert first["logger_url"] == LOGGER and logged_version(candidate["logger_url"]) == "7"
+    router.set_weight(10)
+    wait_state(router, lambda s: s.canary_weight == 10)
+    assert len(revisions()) == 2  # the same URL again: no new revision
+    router.rollback()
+    wait_state(router, lambda s: not s.canary_staged)
+    assert logged_version(spec_logger()["url"]) == "6"  # the copy of stable says 6 too
+
+    router.stage(CANDIDATE_8)
+    wait_state(router, lambda s: s.canary_ready)
+    router.promote()
+    wait_state(router, lambda s: s.stable_version == "8" and not s.canary_staged)
+    assert logged_version(spec_logger()["url"]) == "8" and logged_version(revisions()[-1]["logger_url"]) == "8"
+    router.restore(STABLE_6)
+    wait_state(router, lambda s: s.stable_version == "6")
+    assert logged_version(spec_logger()["url"]) == "6"
+
+
+@pytest.mark.integration
+def test_each_standard_predictor_logs_the_version_it_serves(api: client.ApiClient, namespace: str,
+                                                            standin: KServeStandIn) -> None:
+    apply_isvc(api, namespace, mode="Standard", predictor_extra={"logger": {"mode": "all", "url": LOGGER}})
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    spec = get(api, namespace)["spec"]
+    assert spec["predictor"]["logger"]["url"] == LOGGER  # stable untouched
+    assert logged_version(spec["canary"][0]["predictor"]["logger"]["url"]) == "7"
+    router.set_weight(10)
+    wait_state(router, lambda s: s.canary_weight == 10)
+    router.promote()
+    wait_state(router, lambda s: s.stable_version == "7" and not s.canary_staged)
+    # The canary's logger moves with its name and model: the promoted predictor still reports 7.
+    assert logged_version(get(api, namespace)["spec"]["predictor"]["logger"]["url"]) == "7"
+    router.restore(STABLE_6)
+    wait_state(router, lambda s: s.stable_version == "6")
+    assert logged_version(get(api, namespace)["spec"]["predictor"]["logger"]["url"]) == "6"
 
 
 def test_deployment_mode_follows_kserve_precedence() -> None:

@@ -64,6 +64,8 @@ def test_exporter_counts_by_variant_and_version_and_drops_malformed() -> None:
     assert exporter.handle(kserve_headers(), b"{not json", "variant=canary") == "malformed"
     assert exporter.handle({"Content-Type": "application/json"}, body, "variant=canary") == "malformed"
     assert exporter.handle(kserve_headers(), body, "variant=blue") == "malformed"
+    # No variant at all (a real KServe revision: only the version the router wrote into its logger URL).
+    assert exporter.handle(kserve_headers(), body, "model_version=8") == "counted"
     registry = exporter.metrics.registry
 
     def count(variant: str, version: str, cls: str) -> float | None:
@@ -73,6 +75,7 @@ def test_exporter_counts_by_variant_and_version_and_drops_malformed() -> None:
 
     assert count("canary", "7", "nsfw") == 2 and count("canary", "7", "safe") == 1
     assert count("stable", "6", "nsfw") == 2
+    assert count("", "8", "nsfw") == 2
     assert registry.get_sample_value("modelrollout_exporter_malformed_events_total", {"reason": "NotJSON"}) == 1
     assert registry.get_sample_value("modelrollout_exporter_malformed_events_total",
                                      {"reason": "NotCloudEvent"}) == 1

@@ -66,3 +66,12 @@ def test_bad_label_name_is_refused() -> None:
 def test_duration_rounds_up_to_whole_seconds() -> None:
     assert promql_duration(0.2) == "1s"
     assert promql_duration(299.1) == "300s"
+
+
+def test_a_version_selects_its_own_predictions_or_every_other_versions() -> None:
+    candidate = QueryScope("moderation", "nsfw", "canary", "5m", version='7"} or vector(1) #')
+    assert candidate.selector() == ('namespace="moderation", inference_service="nsfw", '
+                                    'model_version="7\\"} or vector(1) #"')
+    others = QueryScope("moderation", "nsfw", "stable", "5m", version="7", other_versions=True)
+    assert others.selector() == 'namespace="moderation", inference_service="nsfw", model_version!="7"'
+    assert render("{{variant}}", others) == '"stable"'  # the variant stays available to templates
