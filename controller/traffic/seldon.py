@@ -18,7 +18,9 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
   rollback  the canary predictor removed, stable back to 100.
   restore   (after a promotion) the stable predictor's modelUri set to the given version (a rolling update).
   Versions are recorded in the SeldonDeployment's metadata.annotations: Seldon copies spec.annotations and
-  predictor annotations into the pod templates, so writing there would restart pods.
+  predictor annotations into the pod templates, so writing there would restart pods. The model node's
+  request logger URL (graph logger.url), when set, gets model_version=<version> wherever the router writes a
+  modelUri, so the prediction exporter counts each predictor under the version it serves.
   Readiness: status.state "Available" for the whole object; the canary predictor's own Deployments
   (status.deploymentStatus, named <sdep>-<predictor>-<index>-<containers>) all available.
   Inference URLs: each predictor's Service as Seldon reports it in status.serviceStatus (key
@@ -68,7 +70,7 @@ from controller.traffic.base import (
     TargetStateError,
     check_percent,
 )
-from controller.traffic.kserve import ANN_VERSION, dns_label
+from controller.traffic.kserve import ANN_VERSION, dns_label, logger_url_for
 from controller.traffic.kube import (
     SELDON_DEPLOYMENT,
     SELDON_EXPERIMENT,
@@ -99,6 +101,14 @@ def _apply_with(oc: ObjectClient, build: Callable[[Obj], Obj | None], what: str)
 
 
 # --- Seldon Core v1 ----------------------------------------------------------------------------------
+
+
+def _set_model(node: Obj, model: CandidateModel) -> None:
+    """The node loads `model`, and its request logger (if any) says which version it serves."""
+    node["modelUri"] = model.storage_uri
+    logger = node.get("logger")
+    if isinstance(logger, dict) and isinstance(logger.get("url"), str) and logger["url"]:
+        logger["url"] = logger_url_for(logger["url"], model.version)
 
 
 def _model_node(graph: Obj) -> Obj | None:
@@ -243,7 +253,7 @@ class SeldonDeploymentRouter:
             canary["traffic"] = 0
             canary_node = _model_node(canary["graph"])
             assert canary_node is not None  # a copy of stable's graph, which has one
-            canary_node["modelUri"] = candidate.storage_uri
+            _set_model(canary_node, candidate)
             stable["traffic"] = 100
             annotations = self._owned(obj)
             annotations[ANN_VERSION] = annotations[ANN_VERSION] or stable_version
@@ -294,7 +304,7 @@ class SeldonDeploymentRouter:
             node = _model_node(stable["graph"])
             if node is None:
                 raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
-            node["modelUri"] = stable_model.storage_uri
+            _set_model(node, stable_model)
             stable["traffic"] = 100
             return self._body(obj, stable, None, {ANN_VERSION: stable_model.version, ANN_CANDIDATE_VERSION: None})
         _apply_with(self.client, build, f"restoring on {self.target}")

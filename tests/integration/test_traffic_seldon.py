@@ -5,9 +5,11 @@ for v2) after each change."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from kubernetes import client
@@ -153,6 +155,31 @@ def test_seldon_deployment_stage_step_rollback_stage_promote(api: client.ApiClie
     router.restore(STABLE_6)  # a failed bake: the previous model back (Seldon rolls the pods)
     obj = get(api, SELDON_DEPLOYMENT, namespace)
     assert obj["spec"]["predictors"][0]["graph"]["modelUri"] == V6 and router.observe().stable_version == "6"
+
+
+@pytest.mark.integration
+def test_seldon_deployment_predictors_log_the_version_they_serve(api: client.ApiClient, namespace: str) -> None:
+    """The exporter counts each predictor's predictions under the version in its graph logger URL."""
+    logger = "http://exporter.monitoring.svc:9102/?team=moderation"
+    predictor = copy.deepcopy(PREDICTOR)
+    predictor["graph"]["logger"] = {"mode": "all", "url": logger}
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [predictor]})
+    seldon_v1_reports(api, namespace)
+    router = SeldonDeploymentRouter(api, namespace, NAME, stable_predictor="main", canary_predictor="canary")
+
+    def logged_versions() -> dict[str, str | None]:
+        found = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]
+        return {p["name"]: dict(parse_qsl(urlsplit(p["graph"]["logger"]["url"]).query)).get("model_version")
+                for p in found}
+
+    router.stage(CANDIDATE_7, stable_version="6")
+    assert logged_versions() == {"main": None, "canary": "7"}  # stable untouched, the canary says 7
+    seldon_v1_reports(api, namespace)
+    router.promote()
+    assert logged_versions() == {"main": "7"}  # the canary's graph, logger included, became stable's
+    router.restore(STABLE_6)
+    assert logged_versions() == {"main": "6"}
+    assert get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"][0]["graph"]["logger"]["mode"] == "all"
 
 
 @pytest.mark.integration
