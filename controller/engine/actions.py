@@ -114,6 +114,9 @@ class SetAlias(_Action):
     type: ClassVar[ActionType] = ActionType.SET_ALIAS
     alias: str
     version: str
+    # The promotion's move: the registry also records on the version what the alias named before (and the
+    # `<alias>-previous` alias), so the way back outlives the resource.
+    promotion: bool = False
 
 
 @dataclass(frozen=True)

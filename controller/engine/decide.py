@@ -1127,7 +1127,7 @@ class _Decider:
         action_id = f"{self._attempt}:promote:alias"
         current = registry.stable_alias_version
         if current is None or current.version != candidate.version:
-            self._request(SetAlias(id=action_id, alias=alias, version=candidate.version),
+            self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
                           f"@{alias} -> {candidate.version}")
             self._wait(f"Moving @{alias} to version {candidate.version}", poll=True)
             return

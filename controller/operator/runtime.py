@@ -208,6 +208,9 @@ class RolloutRuntime:
                 self.router.promote()
             case RestoreStable(stable=stable):
                 self.router.restore(CandidateModel(model.name, stable.version, self.storage_uri(stable)))
+            case SetAlias(alias=alias, version=version, promotion=True):
+                self.registry().promote(model.name, alias, version, rollout,
+                                        promoted_at=status.promotion.started_at if status.promotion else None)
             case SetAlias(alias=alias, version=version):
                 self.registry().set_alias(model.name, alias, version)
             case TagRejected(version=version, reason=reason, evidence=evidence, rejected_at=at, actor=actor):

@@ -88,6 +88,10 @@ def test_clean_candidate_is_gated_stepped_and_promoted(kubeconfig: Path, namespa
     assert tags["modelrollout.gate.outcome"] == "pass"
     assert tags["modelrollout.gate.dataset_sha256"] == scenario.dataset_sha256
     assert tags["modelrollout.gate.run_id"]
+    # So does the way back: the promoted version names the one it replaced, and @<alias>-previous points there.
+    assert tags["modelrollout.previous_version"] == scenario.stable_version
+    assert tags["modelrollout.promoted.rollout"] == f"{namespace}/{scenario.model_name}"
+    assert registry.verify_alias(scenario.model_name, f"{STABLE_ALIAS}-previous") == scenario.stable_version
     assert "canaryTrafficPercent" not in predictor
 
 

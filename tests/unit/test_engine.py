@@ -29,6 +29,7 @@ from controller.engine import (
     JudgeResult,
     Observations,
     RunAnalysis,
+    SetAlias,
     SetCanaryWeight,
     TagRejected,
     decide,
@@ -99,6 +100,9 @@ def test_full_rollout_succeeds() -> None:
     # What the gate measured stays in status (per-class metrics of both versions), and survives a round trip.
     assert status.gate is not None and status.gate.report == GATE_REPORT
     assert ModelRolloutStatus.from_dict(status.to_dict()).gate == status.gate
+    # The promotion's alias move asks the registry to record the way back (the previous version) too.
+    [alias_move] = [a for a in world.executed if a.id == "1:promote:alias"]
+    assert isinstance(alias_move, SetAlias) and alias_move.promotion and alias_move.version == "7"
     assert effect_ids(world) == ["1:stage:7", "1:step-0:weight-1", "1:step-2:weight-10", "1:step-4:weight-50",
                                  "1:promote:target", "1:promote:alias"]
     assert weights_sent(world) == [1, 10, 50]
