@@ -1004,7 +1004,10 @@ class _Decider:
             detail = f"unstage {candidate.version}"
         elif rollback.after_promotion and stable is not None:
             action = RestoreStable(id=self._rollback_id("restore"), stable=stable)
-            done = target is not None and target.stable_version == stable.version and not target.canary_weight
+            # Ready too: putting a version back may need new pods (KServe Standard mode, Seldon), and until
+            # they serve, the rejected version may still answer.
+            done = target is not None and target.stable_version == stable.version and not target.canary_weight \
+                and target.ready
             detail = f"version {stable.version} to 100%"
         else:
             action = SetCanaryWeight(id=self._rollback_id("traffic"),

@@ -26,8 +26,10 @@ from controller.engine import (
     ActionType,
     AdapterError,
     AdapterErrorKind,
+    Decision,
     JudgeResult,
     Observations,
+    RestoreStable,
     RunAnalysis,
     SetAlias,
     SetCanaryWeight,
@@ -746,6 +748,29 @@ def test_bake_failure_rolls_back_to_the_previous_version() -> None:
     bake_runs = [action for action in world.executed if isinstance(action, RunAnalysis) and str(action.mode) == "bake"]
     assert bake_runs[0].baseline_version == "6" and bake_runs[0].baseline_window == timedelta(days=7)
     assert bake_runs[0].canary_weight == 100
+
+
+def test_a_restore_after_promotion_is_confirmed_only_once_the_restored_version_serves() -> None:
+    world = World()
+    fail_from(world, step_index=None, mode="bake", after=timedelta(minutes=20))
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+
+    def not_ready_once_restored(_status: object, _observations: object, decision: Decision) -> None:
+        if any(isinstance(action, RestoreStable) for action in decision.actions):
+            world.target.ready = False  # the version put back needs new pods: KServe Standard mode, Seldon
+
+    world.on_decision = not_ready_once_restored
+    world.run_until(lambda w: w.status.rollback is not None)
+    world.on_decision = None
+    for _ in range(5):
+        world.advance(timedelta(seconds=1))
+        world.reconcile()
+    assert world.target.stable_version == "6"  # written back, not serving yet
+    assert world.status.phase is Phase.ROLLING_BACK and "TrafficRestored" not in events(world)
+    world.target.ready = True
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK and "TrafficRestored" in events(world)
 
 
 def test_bake_inconclusive_pauses_and_promote_ends_it() -> None:
