@@ -23,6 +23,11 @@ def promql_string(value: str) -> str:
     return f'"{escaped}"'
 
 
+def re2_literal(value: str) -> str:
+    """`value` as a regular expression (RE2, which Prometheus uses) matching exactly itself."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", value)
+
+
 def promql_duration(seconds: float) -> str:
     """A PromQL range from seconds, rounded up to whole seconds (at least 1s)."""
     return f"{max(1, int(-(-seconds // 1)))}s"
@@ -32,17 +37,17 @@ def promql_duration(seconds: float) -> str:
 class QueryScope:
     """What a query is about: one variant of one served model, over one window.
 
-    With `version`, {{selector}} picks predictions by the model version that made them instead of by the
-    variant label: that version's own (the candidate), or with `other_versions` every other one (whoever
-    served beside or before it). The version is what the serving revision itself reports, so it stays right
-    when the candidate's revision is promoted and when no variant label can be had.
+    With `versions`, {{selector}} picks predictions by the model version that made them instead of by the
+    variant label: those versions' own (the candidate; the bake's baseline), or with `other_versions` every
+    other one (whoever served beside the candidate). The version is what the serving revision itself reports,
+    so it stays right when the candidate's revision is promoted and when no variant label can be had.
     """
 
     namespace: str
     target: str
     variant: str
     window: str
-    version: str | None = None
+    versions: tuple[str, ...] = ()
     other_versions: bool = False
     # Label names of the series being queried (the exporter's by default).
     namespace_label: str = "namespace"
@@ -53,10 +58,13 @@ class QueryScope:
 
     def selector(self) -> str:
         matchers = [(self.namespace_label, "=", self.namespace), (self.target_label, "=", self.target)]
-        if self.version is None:
+        if not self.versions:
             matchers.append((self.variant_label, "=", self.variant))
+        elif len(self.versions) == 1:
+            matchers.append((self.version_label, "!=" if self.other_versions else "=", self.versions[0]))
         else:
-            matchers.append((self.version_label, "!=" if self.other_versions else "=", self.version))
+            alternatives = "|".join(re2_literal(version) for version in self.versions)
+            matchers.append((self.version_label, "!~" if self.other_versions else "=~", alternatives))
         matchers += [(name, "=", value) for name, value in self.extra_matchers]
         for name, _, _ in matchers:
             if not LABEL_NAME.fullmatch(name):

@@ -1,12 +1,12 @@
 """Run every analysis judge once: render the queries, read Prometheus, hand the numbers to the judges.
 
 Canary mode compares canary with stable over the same window. Bake mode compares the promoted version with
-the same window at the same hour on each of the past `baseline` days, when other versions (normally the
-previous one) served.
+the same window at the same hour on each of the past `baseline` days, when the previous version served.
 
-Predictions are told apart by the model version that made them (the candidate's own against every other
-version's), which the router writes into each serving revision's logger URL; without a candidate version
-the variant label selects instead.
+Predictions are told apart by the model version that made them, which the router writes into each serving
+revision's logger URL: the candidate's own against every other version's (canary mode), or against the
+previous version's and unlabelled traffic's (the bake's history: not a canary rejected on one of those days).
+Without a candidate version the variant label selects instead.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from controller.analysis.judges import ProportionCriteria, baseline_judge, propo
 from controller.analysis.prometheus import Measurement, PrometheusProvider, QueryProblem
 from controller.analysis.queries import QueryScope, TemplateError, promql_duration, render
 from controller.api.spec import MetricSpec, ProportionMetric
+from controller.exporter.events import UNLABELLED_VERSION
 from controller.verdict import Outcome, Verdict
 
 STABLE, CANARY = "stable", "canary"
@@ -33,6 +34,7 @@ class AnalysisRequest:
     now: datetime
     baseline_window: timedelta | None = None
     candidate_version: str | None = None  # the canary (or the promoted version, in bake mode)
+    baseline_version: str | None = None  # bake mode: the version whose history is the reference
 
 
 def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest,
@@ -42,9 +44,19 @@ def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest,
 
 
 def _scope(request: AnalysisRequest, variant: str, window: str, candidate: bool) -> QueryScope:
-    """`candidate`: the candidate's predictions; else every other version's (stable's, or the history's)."""
+    """`candidate`: the candidate's predictions; else every other version's (stable's)."""
+    versions = (request.candidate_version,) if request.candidate_version else ()
     return QueryScope(namespace=request.namespace, target=request.target, variant=variant, window=window,
-                      version=request.candidate_version, other_versions=not candidate)
+                      versions=versions, other_versions=not candidate)
+
+
+def _history_scope(request: AnalysisRequest, window: str) -> QueryScope:
+    """The baseline version's predictions, and those no revision labelled (served before the operator
+    labelled any): a canary rejected on one of those days is not the reference."""
+    if not request.baseline_version:
+        return _scope(request, STABLE, window, candidate=False)
+    return QueryScope(namespace=request.namespace, target=request.target, variant=STABLE, window=window,
+                      versions=(request.baseline_version, UNLABELLED_VERSION))
 
 
 def _window_evidence(request: AnalysisRequest, window: str) -> dict[str, str]:
@@ -91,7 +103,7 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
 
 def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest, window: str,
                      provider: PrometheusProvider) -> Verdict:
-    now, before = _scope(request, STABLE, window, candidate=True), _scope(request, STABLE, window, candidate=False)
+    now, before = _scope(request, STABLE, window, candidate=True), _history_scope(request, window)
     queries = {"current_events": render(spec.events, now), "current_total": render(spec.total, now),
                "history_events": render(spec.events, before), "history_total": render(spec.total, before)}
     current = {key: provider.scalar(queries[key], request.now) for key in ("current_events", "current_total")}

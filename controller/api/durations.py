@@ -21,7 +21,10 @@ def parse_duration(text: str) -> timedelta:
     """Parse a duration string; raise ValueError with the offending text when it does not match."""
     if not isinstance(text, str) or not _WHOLE.match(text):
         raise ValueError(f"{text!r} is not a duration like 30s, 10m, 24h or 7d")
-    return sum((int(amount) * _UNITS[unit] for amount, unit in _PART.findall(text)), timedelta())
+    try:
+        return sum((int(amount) * _UNITS[unit] for amount, unit in _PART.findall(text)), timedelta())
+    except OverflowError:
+        raise ValueError(f"{text!r} is longer than any duration can be") from None
 
 
 def format_duration(duration: timedelta) -> str:

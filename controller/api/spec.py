@@ -25,6 +25,8 @@ DEFAULT_BAKE_BASELINE = timedelta(days=7)
 MIN_BAKE_BASELINE_DAYS = 3  # the baseline judge needs this many days of history (see analysis.judges)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PROPORTION_LIMITS = ("maxRelativeIncrease", "maxRate", "confidence", "minSamples")
+# Ten years: longer would only overflow the clock arithmetic (a bake's end, a deadline) later.
+MAX_DURATION = timedelta(days=3650)
 
 
 class SpecError(ValueError):
@@ -436,8 +438,8 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
         if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
             raise SpecError(f"{where}.minSamples", "must be a positive integer")
         increase = _number(body.get("maxRelativeIncrease", 0.5), f"{where}.maxRelativeIncrease")
-        if increase < 0:
-            raise SpecError(f"{where}.maxRelativeIncrease", "must not be negative")
+        if not 0 <= increase <= 100:
+            raise SpecError(f"{where}.maxRelativeIncrease", "must be from 0 to 100 (as the CRD says)")
         max_rate = _fraction(body.get("maxRate"), f"{where}.maxRate")
         if max_rate is not None and not 0 < max_rate < 1:
             raise SpecError(f"{where}.maxRate", "must be above 0 and below 1 (a rate of 0 or 1 cannot be exceeded "
@@ -550,6 +552,9 @@ def _duration(value: Any, path: str, default: timedelta | None = None) -> timede
             raise SpecError(path, "is required")
         return default
     try:
-        return parse_duration(value)
+        duration = parse_duration(value)
     except ValueError as exc:
         raise SpecError(path, str(exc)) from None
+    if duration > MAX_DURATION:
+        raise SpecError(path, f"must be at most {MAX_DURATION.days}d")
+    return duration

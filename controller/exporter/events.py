@@ -19,6 +19,7 @@ REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.
 # "": not said. The operator's judges select by model_version, which the router writes into each serving
 # revision's logger URL; the variant label is for dashboards and for whoever sets it.
 VARIANTS = frozenset({"stable", "canary", ""})
+UNLABELLED_VERSION = "unknown"  # the model_version of predictions whose logger URL names none
 
 
 class MalformedEvent(ValueError):
@@ -176,7 +177,7 @@ def _class_at(index: int, options: DecodeOptions) -> str:
 def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
                           request: CloudEvent | None = None) -> Prediction:
     """Who made the prediction: from the logger URL's query (?variant=&model_version=), then the event's
-    extensions, then the paired request's, then the V2 response's own model_version.
+    extensions, then the paired request's.
 
     The namespace is the one exception: KServe's agent sets the `namespace` extension from its pod, while
     the logger URL is whatever the InferenceService's owner wrote. A query naming another namespace than
@@ -184,7 +185,6 @@ def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
     """
     params = {k: v[-1] for k, v in parse_qs(query).items()}
     extensions = {**(request.attributes if request else {}), **event.attributes}
-    data = event.data if isinstance(event.data, dict) else {}
     sent_from, claimed = extensions.get("namespace", ""), params.get("namespace", "")
     if sent_from and claimed and claimed != sent_from:
         raise MalformedEvent("NamespaceMismatch", f"the logger URL names namespace {claimed[:63]!r} but the event "
@@ -195,9 +195,12 @@ def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
     variant = params.get("variant") or extensions.get("endpoint", "")
     if variant == "default":
         variant = "stable"
-    version = params.get("model_version") or extensions.get("modelversion") or str(data.get("model_version") or "")
+    # Not the response's own model_version: that is the model server's numbering (Triton says "1"), not the
+    # registry's, and would put stable's predictions in a candidate's bucket.
+    version = params.get("model_version") or extensions.get("modelversion") or ""
     if not namespace or not service:
         raise MalformedEvent("MissingIdentity", "the event names no namespace or inference service")
     if variant not in VARIANTS:
         raise MalformedEvent("UnknownVariant", f"variant {variant[:40]!r} is neither stable nor canary nor empty")
-    return Prediction(namespace, service, variant, version or "unknown", predicted_classes(event.data, options))
+    return Prediction(namespace, service, variant, version or UNLABELLED_VERSION,
+                      predicted_classes(event.data, options))

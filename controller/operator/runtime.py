@@ -287,7 +287,8 @@ class RolloutRuntime:
         metrics = [m for m in self.spec.analysis.metrics if not action.metrics or m.name in action.metrics]
         request = AnalysisRequest(namespace=self.namespace, target=self.target_name, mode=str(action.mode),
                                   window_start=action.window_start, now=now, baseline_window=action.baseline_window,
-                                  candidate_version=action.candidate_version)
+                                  candidate_version=action.candidate_version,
+                                  baseline_version=action.baseline_version)
         verdicts = run_analysis(metrics, request, PrometheusProvider(address))
         return JudgeResult(action.id, verdicts=verdicts)
 

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
 from kubernetes import client
 
@@ -128,16 +128,20 @@ def dns_label(text: str) -> str:
 
 
 def logger_url_for(url: str, version: str | None) -> str:
-    """The logger URL with `model_version=<version>` in its query, other parameters kept.
+    """The logger URL with `model_version=<version>` in its query (None: the version is not known, so none),
+    every other parameter kept exactly as written.
 
     A `variant` parameter is dropped: a revision's logger URL outlives its role (the canary's revision is
     the one promoted), so a variant written there would turn false; the version stays true.
     """
-    if version is None:
-        return url
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("model_version", "variant")]
-    return urlunsplit(parts._replace(query=urlencode([*query, ("model_version", version)])))
+    segments = [s for s in parts.query.split("&") if s] if parts.query else []
+    kept = [s for s in segments if unquote_plus(s.split("=", 1)[0]) not in ("model_version", "variant")]
+    if version is None and kept == segments:
+        return url  # nothing to say and nothing to take back: not a character changed
+    if version is not None:
+        kept.append(f"model_version={quote(version, safe='')}")
+    return urlunsplit(parts._replace(query="&".join(kept)))
 
 
 def _logger_url(predictor: Obj) -> str | None:
@@ -256,8 +260,12 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
 
 
 def _knative_body(oc: ObjectClient, view: KnativeView, *, uri: str | None,
-                  annotations: Mapping[str, str | None], canary_percent: int | None) -> Obj:
-    """Every field the router owns, with the values wanted: a field left out would be removed."""
+                  annotations: Mapping[str, str | None], canary_percent: int | None,
+                  logger_url: str | None = None) -> Obj:
+    """Every field the router owns, with the values wanted: a field left out would be removed.
+
+    logger_url: the logger URL for a write that names another model (its version in the query); other
+    writes keep the URL as it is, so that they make no revision of their own."""
     body = oc.skeleton(view.obj["metadata"]["resourceVersion"])
     body["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
     predictor: Obj = {view.key: {"storageUri": uri}}
@@ -265,7 +273,7 @@ def _knative_body(oc: ObjectClient, view: KnativeView, *, uri: str | None,
         predictor["canaryTrafficPercent"] = canary_percent
     if view.logger_url:
         # Written with every body, even unchanged: a field this manager stops applying would be removed.
-        predictor["logger"] = {"url": logger_url_for(view.logger_url, annotations.get(ANN_VERSION))}
+        predictor["logger"] = {"url": logger_url or view.logger_url}
     body["spec"] = {"predictor": predictor}
     return body
 
@@ -496,7 +504,8 @@ class KServeRouter:
             annotations = _owned_annotations(v)
             annotations.update({ANN_VERSION: stable.version, ANN_STABLE_VERSION: stable.version,
                                 ANN_STABLE_URI: stable.storage_uri, ANN_STABLE_REVISION: None})
-            return _knative_body(self.client, v, uri=stable.storage_uri, annotations=annotations, canary_percent=None)
+            return _knative_body(self.client, v, uri=stable.storage_uri, annotations=annotations, canary_percent=None,
+                                 logger_url=v.logger_url and logger_url_for(v.logger_url, stable.version))
         self._apply_with(build, "restoring")
 
     # -- plumbing --
@@ -560,7 +569,8 @@ class KServeRouter:
         annotations = {ANN_VERSION: candidate.version, ANN_STABLE_VERSION: stable_version or stable_hint,
                        ANN_STABLE_URI: stable_uri, ANN_STABLE_REVISION: view.rolled_out, TAG_ROUTING: "true"}
         return _knative_body(self.client, view, uri=candidate.storage_uri, annotations=annotations,
-                             canary_percent=0)
+                             canary_percent=0,
+                             logger_url=view.logger_url and logger_url_for(view.logger_url, candidate.version))
 
     def _knative_restore(self, view: KnativeView, stable: CandidateModel | None) -> Obj:
         """canaryTrafficPercent 0 with the stable storageUri: the spec stops naming the candidate while
@@ -573,7 +583,10 @@ class KServeRouter:
         annotations = _owned_annotations(view)
         annotations[ANN_VERSION] = stable.version if stable else view.annotations.get(ANN_STABLE_VERSION)
         uri = stable.storage_uri if stable else view.stable_uri
-        return _knative_body(self.client, view, uri=uri, annotations=annotations, canary_percent=0)
+        # The copy of stable reports stable's version, or none when it is not known (a first rollout): never
+        # the rejected candidate's, which the URL still names.
+        return _knative_body(self.client, view, uri=uri, annotations=annotations, canary_percent=0,
+                             logger_url=view.logger_url and logger_url_for(view.logger_url, annotations[ANN_VERSION]))
 
     # -- Standard details --
 

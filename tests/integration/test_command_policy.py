@@ -163,6 +163,9 @@ def test_the_actor_must_be_the_requester(kubeconfig: Path, namespace: str, polic
     assert code != 0 and COMMAND_ANNOTATION in refusal, refusal
     code, refusal = annotate(kubeconfig, namespace, "nsfw", "bob", action.replace("promote-", "promote-b"))
     assert code != 0 and COMMAND_ANNOTATION in refusal, refusal
+    syncing = "system:serviceaccount:argocd:argocd-application-controller"  # a command committed to Git
+    code, refusal = annotate(kubeconfig, namespace, "nsfw", syncing, action.replace("promote-", "promote-g"))
+    assert code != 0 and COMMAND_ANNOTATION in refusal, refusal
 
     # Creating a rollout that already carries a forged command is refused too; removing a command is not a command.
     code, refusal = create(kubeconfig, namespace, rollout("forged", {COMMAND_ANNOTATION: command("alice")}), "bob")

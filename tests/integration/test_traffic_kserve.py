@@ -418,6 +418,25 @@ def test_each_knative_revision_logs_the_version_it_serves(api: client.ApiClient,
 
 
 @pytest.mark.integration
+def test_a_first_rollouts_rollback_does_not_label_stable_with_the_rejected_version(
+        api: client.ApiClient, namespace: str, standin: KServeStandIn) -> None:
+    """No stable version known: the copy of stable the rollback makes names no version (it counts as stable),
+    never the rejected candidate's; and a weight change leaves the logger URL alone (no revision of its own)."""
+    apply_isvc(api, namespace, predictor_extra={"logger": {"mode": "all", "url": LOGGER}})
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7)  # no stable_version: a first rollout
+    wait_state(router, lambda s: s.canary_ready)
+    router.set_weight(10)
+    state = wait_state(router, lambda s: s.canary_weight == 10)
+    assert state.canary_name == get(api, namespace)["status"]["components"]["predictor"]["latestCreatedRevision"]
+    router.rollback()
+    wait_state(router, lambda s: not s.canary_staged)
+    url = get(api, namespace)["spec"]["predictor"]["logger"]["url"]
+    assert logged_version(url) is None and url == "http://exporter.monitoring.svc:9102/?team=moderation", url
+
+
+@pytest.mark.integration
 def test_each_standard_predictor_logs_the_version_it_serves(api: client.ApiClient, namespace: str,
                                                             standin: KServeStandIn) -> None:
     apply_isvc(api, namespace, mode="Standard", predictor_extra={"logger": {"mode": "all", "url": LOGGER}})

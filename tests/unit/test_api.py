@@ -273,6 +273,10 @@ _DELETE = object()
     (["rollback"], "on", "spec.rollback"),
     (["bake", "duration"], "a day", "spec.bake.duration"),
     (["bake", "duration"], "0s", "spec.bake.duration"),
+    (["bake", "duration"], "9999999999d", "spec.bake.duration"),  # overflowed the clock arithmetic
+    (["progressDeadline"], "3651d", "spec.progressDeadline"),
+    (["analysis", "metrics", 0, "proportion", "maxRelativeIncrease"], 101,
+     "spec.analysis.metrics[0].proportion.maxRelativeIncrease"),
     (["target", "kserve", "stableUrl"], "http://u:p@stable.example", "spec.target.kserve.stableUrl"),
     (["canary", "steps", 1], {"analysis": {"duration": "0m"}}, "spec.canary.steps[1].analysis.duration"),
     (["analysis", "metrics", 0, "proportion", "maxRate"], 0, "spec.analysis.metrics[0].proportion.maxRate"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -109,3 +109,19 @@ def test_canary_analysis_stops_asking_once_a_query_fails(garbage: Garbage) -> No
     (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
     assert verdict.outcome is Outcome.INCONCLUSIVE and "PrometheusUnreachable" in verdict.reason
     assert garbage.requests == 1  # not four
+
+
+def test_the_bake_reads_the_promoted_version_against_the_previous_versions_history(garbage: Garbage) -> None:
+    """Not every other version's: a canary rejected on one of the past days is not the reference."""
+    garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},'
+                        b'"value":[1767225600,"40"]}]}}')
+    metric = MetricSpec("nsfw-rate", ProportionMetric(events='sum(increase(p{ {{selector}}, c="nsfw"}[{{window}}]))',
+                                                      total="sum(increase(p{ {{selector}} }[{{window}}]))"))
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    request = AnalysisRequest("ns", "model", "bake", now.replace(hour=11), now, baseline_window=timedelta(days=3),
+                              candidate_version="7", baseline_version="6")
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    queries = verdict.evidence["queries"]
+    assert 'model_version="7"' in queries["current_events"] and 'model_version="7"' in queries["current_total"]
+    assert 'model_version=~"6|unknown"' in queries["history_events"]
+    assert 'model_version=~"6|unknown"' in queries["history_total"]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.analysis.queries import QueryScope, TemplateError, promql_duration, promql_string, render
+from controller.analysis.queries import (
+    QueryScope,
+    TemplateError,
+    promql_duration,
+    promql_string,
+    re2_literal,
+    render,
+)
 
 SCOPE = QueryScope(namespace="moderation", target="nsfw", variant="canary", window="300s")
 
@@ -69,9 +78,12 @@ def test_duration_rounds_up_to_whole_seconds() -> None:
 
 
 def test_a_version_selects_its_own_predictions_or_every_other_versions() -> None:
-    candidate = QueryScope("moderation", "nsfw", "canary", "5m", version='7"} or vector(1) #')
+    candidate = QueryScope("moderation", "nsfw", "canary", "5m", versions=('7"} or vector(1) #',))
     assert candidate.selector() == ('namespace="moderation", inference_service="nsfw", '
                                     'model_version="7\\"} or vector(1) #"')
-    others = QueryScope("moderation", "nsfw", "stable", "5m", version="7", other_versions=True)
+    others = QueryScope("moderation", "nsfw", "stable", "5m", versions=("7",), other_versions=True)
     assert others.selector() == 'namespace="moderation", inference_service="nsfw", model_version!="7"'
     assert render("{{variant}}", others) == '"stable"'  # the variant stays available to templates
+    baseline = QueryScope("moderation", "nsfw", "stable", "5m", versions=("6", "un.known|x"))
+    assert baseline.selector().endswith(r'model_version=~"6|un\\.known\\|x"')  # RE2-escaped, then quoted
+    assert re.fullmatch(re2_literal("a.b|c(d)"), "a.b|c(d)") and not re.fullmatch(re2_literal("a.b"), "axb")
