@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
+import requests
+import urllib3
+
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
+from controller.registry.mlflow_rest import json_type, redact_credentials, transport_cause
 
 if TYPE_CHECKING:
     from mlflow.utils.rest_utils import MlflowHostCreds
@@ -54,8 +58,6 @@ class MlflowAccess:
 
     def redacted(self, text: str) -> str:
         """text without the token, the password or the basic-auth pair (a server may echo them back)."""
-        from controller.registry.mlflow_rest import redact_credentials
-
         return redact_credentials(text, token=self.token, username=self.username, password=self.password)
 
     def host_creds(self) -> MlflowHostCreds:
@@ -107,11 +109,6 @@ class MlflowRest:
 
     def stream_to(self, endpoint: str, sink: IO[bytes], max_bytes: int) -> tuple[str, int]:
         """GET endpoint into sink, hashing as it goes; returns (sha256 hex, size in bytes)."""
-        import requests
-        import urllib3
-
-        from controller.registry.mlflow_rest import transport_cause
-
         def broke_off(exc: BaseException) -> SourceError:
             # The body broke off (closed early, reset, stalled): retry on a later reconcile. Raised `from None`:
             # requests' exceptions carry the prepared request, Authorization header and all.
@@ -254,8 +251,6 @@ def _text_at(answer: Mapping[str, Any], path: str, what: str, *, numbers: bool =
     Any other shape (a level that is not an object, a value that is not a string) is a malformed answer,
     reported as such: a raw AttributeError or KeyError would escape the reconcile and crash-loop it.
     """
-    from controller.registry.mlflow_rest import json_type
-
     value: Any = answer
     walked: list[str] = []
     for key in path.split("."):

@@ -144,6 +144,11 @@ def logger_url_for(url: str, version: str | None) -> str:
     return urlunsplit(parts._replace(query="&".join(kept)))
 
 
+def _relabelled(url: str | None, version: str | None) -> str | None:
+    """logger_url_for, for a logger that may not be configured (None stays None)."""
+    return logger_url_for(url, version) if url else None
+
+
 def _logger_url(predictor: Obj) -> str | None:
     logger = predictor.get("logger")
     url = logger.get("url") if isinstance(logger, dict) else None
@@ -505,7 +510,7 @@ class KServeRouter:
             annotations.update({ANN_VERSION: stable.version, ANN_STABLE_VERSION: stable.version,
                                 ANN_STABLE_URI: stable.storage_uri, ANN_STABLE_REVISION: None})
             return _knative_body(self.client, v, uri=stable.storage_uri, annotations=annotations, canary_percent=None,
-                                 logger_url=v.logger_url and logger_url_for(v.logger_url, stable.version))
+                                 logger_url=_relabelled(v.logger_url, stable.version))
         self._apply_with(build, "restoring")
 
     # -- plumbing --
@@ -570,7 +575,7 @@ class KServeRouter:
                        ANN_STABLE_URI: stable_uri, ANN_STABLE_REVISION: view.rolled_out, TAG_ROUTING: "true"}
         return _knative_body(self.client, view, uri=candidate.storage_uri, annotations=annotations,
                              canary_percent=0,
-                             logger_url=view.logger_url and logger_url_for(view.logger_url, candidate.version))
+                             logger_url=_relabelled(view.logger_url, candidate.version))
 
     def _knative_restore(self, view: KnativeView, stable: CandidateModel | None) -> Obj:
         """canaryTrafficPercent 0 with the stable storageUri: the spec stops naming the candidate while
@@ -586,7 +591,7 @@ class KServeRouter:
         # The copy of stable reports stable's version, or none when it is not known (a first rollout): never
         # the rejected candidate's, which the URL still names.
         return _knative_body(self.client, view, uri=uri, annotations=annotations, canary_percent=0,
-                             logger_url=view.logger_url and logger_url_for(view.logger_url, annotations[ANN_VERSION]))
+                             logger_url=_relabelled(view.logger_url, annotations[ANN_VERSION]))
 
     # -- Standard details --
 
@@ -644,6 +649,6 @@ class KServeRouter:
         same_model = ann.get(ANN_STABLE_URI) == stable.storage_uri
         name = ann.get(ANN_STABLE_PREDICTOR) if same_model else owned["predictor_name"]
         annotations = {**owned["annotations"], ANN_VERSION: stable.version}
-        logger_url = owned["logger_url"] and logger_url_for(owned["logger_url"], stable.version)
+        logger_url = _relabelled(owned["logger_url"], stable.version)
         return _standard_body(self.client, view, predictor_name=name or None, uri=stable.storage_uri,
                               annotations=annotations, canary=None, logger_url=logger_url)
