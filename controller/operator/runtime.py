@@ -226,11 +226,12 @@ class RolloutRuntime:
         systems need a second write once their controller has moved the traffic (KServe Knative: the stable
         storageUri goes back only after canaryTrafficPercent 0 took effect). True while that is unfinished.
         """
-        if str(status.phase) not in WITHDRAWN_PHASES:
+        if str(status.phase) not in WITHDRAWN_PHASES or status.candidate is None:
             return False
         try:
             state = self.router.observe()
-            if not state.exists or not state.canary_staged:
+            # Only this rollout's own candidate: a canary of another version belongs to another rollout.
+            if not state.exists or not state.canary_staged or state.canary_version != status.candidate.version:
                 return False
             self.router.rollback()
             return self.router.observe().canary_staged

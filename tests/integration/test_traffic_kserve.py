@@ -14,8 +14,11 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from kubernetes import client
 
+from controller.api.spec import parse_spec
+from controller.api.status import ModelRolloutStatus, Phase, VersionRef
 from controller.devstack.kserve_standin import REVISIONS_KEY, KServeStandIn
 from controller.operator.kubeapi import APPLY_PATCH, FIELD_MANAGER, load_client_config
+from controller.operator.runtime import OperatorConfig, RolloutRuntime
 from controller.traffic import (
     CandidateModel,
     DeploymentMode,
@@ -28,6 +31,7 @@ from controller.traffic import (
 )
 from controller.traffic.kserve import deployment_mode
 from tests.conftest import run_kubectl
+from tests.unit.test_api import example
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 NAME = "nsfw-classifier"
@@ -301,6 +305,32 @@ def test_never_ready_candidate_gets_no_traffic_and_is_withdrawn(api: client.ApiC
     state = wait_state(router, lambda s: not s.canary_staged)
     assert state.ready and state.stable_version == "6" and not state.message
     assert get(api, namespace)["spec"]["predictor"]["model"]["storageUri"] == V6
+
+
+@pytest.mark.integration
+def test_a_finished_rollout_withdraws_only_its_own_candidate(api: client.ApiClient, namespace: str,
+                                                             standin: KServeStandIn) -> None:
+    """A Failed or RolledBack rollout finishes withdrawing its candidate on each reconcile: never a canary of
+    another version, which another rollout (or a later attempt) staged on the same InferenceService."""
+    apply_isvc(api, namespace)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_8, stable_version="6")
+    wait_state(router, lambda s: s.canary_staged)
+    spec = example()
+    spec["target"] = {"kserve": {"inferenceService": NAME}}
+    obj = {"metadata": {"name": "nsfw-v7", "namespace": namespace}, "spec": spec}
+    runtime = RolloutRuntime(obj, parse_spec(spec), api, OperatorConfig())
+    for status in (ModelRolloutStatus(phase=Phase.FAILED),  # failed before it staged anything
+                   ModelRolloutStatus(phase=Phase.ROLLED_BACK, candidate=VersionRef(version="7"))):
+        assert runtime.finish_withdrawal(status) is False
+        assert router.observe().canary_version == "8"
+    own = ModelRolloutStatus(phase=Phase.ROLLED_BACK, candidate=VersionRef(version="8"))
+    deadline = time.monotonic() + 10
+    while runtime.finish_withdrawal(own):  # KServe Knative takes two writes
+        assert time.monotonic() < deadline, "the rollout's own candidate was never withdrawn"
+        time.sleep(0.2)
+    assert not wait_state(router, lambda s: not s.canary_staged).canary_staged
 
 
 @pytest.mark.integration
