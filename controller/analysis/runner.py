@@ -91,6 +91,10 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
         for part, template in (("events", spec.events), ("total", spec.total)):
             key = f"{variant}_{part}"
             queries[key] = render(template, _scope(request, variant, window, candidate=variant == CANARY))
+    if (queries["canary_events"], queries["canary_total"]) == (queries["stable_events"], queries["stable_total"]):
+        # The canary would be compared with itself and could never fail (the spec parser refuses this too).
+        return Verdict(name, Outcome.INCONCLUSIVE, "the canary and stable queries are identical: the events and "
+                       "total templates must use {{selector}} to tell them apart", {"queries": queries})
     for key, query in queries.items():
         values[key] = provider.scalar(query, request.now)
         if not values[key].ok:  # one unanswered query already makes the verdict: do not wait on the rest

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from controller.api.durations import parse_duration
 
 DEFAULT_STABLE_ALIAS = "production"
+MIN_ANALYSIS_INTERVAL = timedelta(seconds=1)
 DEFAULT_ANALYSIS_INTERVAL = timedelta(seconds=30)
 DEFAULT_PROGRESS_DEADLINE = timedelta(minutes=30)
 DEFAULT_BAKE_BASELINE = timedelta(days=7)
@@ -295,7 +296,7 @@ def _parse_registry(raw: Mapping[str, Any] | None) -> RegistrySpec:
     path = "spec.registry"
     secret = _optional_mapping(raw, "credentialsSecretRef", path)
     return RegistrySpec(
-        tracking_uri=_optional_str(raw, "trackingUri", path),
+        tracking_uri=_recorded_url(_optional_str(raw, "trackingUri", path), f"{path}.trackingUri"),
         credentials_secret_ref=None if secret is None else SecretRef(
             _required_str(secret, "name", f"{path}.credentialsSecretRef")),
     )
@@ -346,7 +347,8 @@ def _parse_golden(raw: Mapping[str, Any] | None) -> GoldenDatasetSpec | None:
         max_accuracy_drop=_fraction(thresholds_raw.get("maxAccuracyDrop"), f"{tpath}.maxAccuracyDrop"),
         max_disagreement=_fraction(thresholds_raw.get("maxDisagreement"), f"{tpath}.maxDisagreement"),
         classes=classes)
-    return GoldenDatasetSpec(uri=_required_str(raw, "uri", path), sha256=sha256, thresholds=thresholds)
+    uri = _recorded_url(_required_str(raw, "uri", path), f"{path}.uri")
+    return GoldenDatasetSpec(uri=uri, sha256=sha256, thresholds=thresholds)
 
 
 def _parse_canary(raw: Mapping[str, Any] | None) -> CanarySpec:
@@ -394,8 +396,9 @@ def _parse_analysis(raw: Mapping[str, Any] | None) -> AnalysisSpec:
     path = "spec.analysis"
     prometheus = _optional_mapping(raw, "prometheus", path)
     interval = _duration(raw.get("interval"), f"{path}.interval", DEFAULT_ANALYSIS_INTERVAL)
-    if interval <= timedelta(0):
-        raise SpecError(f"{path}.interval", "must be longer than 0s")
+    if interval < MIN_ANALYSIS_INTERVAL:
+        # Each interval runs every metric's queries and writes status.
+        raise SpecError(f"{path}.interval", f"must be at least {MIN_ANALYSIS_INTERVAL.total_seconds():g}s")
     on_inconclusive_raw = raw.get("onInconclusive", OnInconclusive.PAUSE.value)
     try:
         on_inconclusive = OnInconclusive(on_inconclusive_raw)
@@ -414,7 +417,7 @@ def _parse_analysis(raw: Mapping[str, Any] | None) -> AnalysisSpec:
         raise SpecError(f"{path}.prometheus.address", "is required when metrics are set")
     return AnalysisSpec(
         prometheus=None if prometheus is None else PrometheusSpec(
-            _required_str(prometheus, "address", f"{path}.prometheus")),
+            _recorded_url(_required_str(prometheus, "address", f"{path}.prometheus"), f"{path}.prometheus.address")),
         interval=interval, metrics=tuple(metrics), on_inconclusive=on_inconclusive)
 
 
@@ -444,8 +447,13 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
         if max_rate is not None and not 0 < max_rate < 1:
             raise SpecError(f"{where}.maxRate", "must be above 0 and below 1 (a rate of 0 or 1 cannot be exceeded "
                             "credibly, so the judge could never fail)")
+        events, total = _required_str(body, "events", where), _required_str(body, "total", where)
+        for key, query in (("events", events), ("total", total)):
+            if "{{selector}}" not in query and "{{variant}}" not in query:
+                raise SpecError(f"{where}.{key}", "must use {{selector}} (or {{variant}}), or canary and stable "
+                                "would be the same query and the canary would be compared with itself")
         return MetricSpec(name=name, proportion=ProportionMetric(
-            events=_required_str(body, "events", where), total=_required_str(body, "total", where),
+            events=events, total=total,
             max_relative_increase=increase, max_rate=max_rate, confidence=confidence, min_samples=min_samples))
     if beside:
         raise SpecError(f"{path}.{next(iter(beside))}", "belongs to a proportion metric, not a threshold")
@@ -517,12 +525,27 @@ def _optional_str(raw: Mapping[str, Any], key: str, path: str) -> str | None:
     return value
 
 
-def _gate_url(raw: Mapping[str, Any], key: str, path: str) -> str | None:
-    """An inference URL for the golden gate; it is recorded in status and in MLflow, so it carries no secret."""
-    url = _optional_str(raw, key, path)
-    if url is not None and "@" in urlsplit(url).netloc:
-        raise SpecError(f"{path}.{key}", "must not carry user:password@ (it is recorded in status and in MLflow)")
+def _recorded_url(url: str | None, path: str) -> str | None:
+    """A URL the operator calls and records (status, Events, MLflow): well formed, and without a secret in it
+    (user:password@, or a query that may hold a token or a signature; credentials belong in a Secret)."""
+    if url is None or url.startswith("configmap://"):
+        return url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise SpecError(path, f"is not a valid URL: {exc}") from None
+    if "@" in parts.netloc:
+        raise SpecError(path, "must not carry user:password@ (it is recorded in status and in MLflow)")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise SpecError(path, "must not carry a query or a fragment (it is recorded in status and in MLflow, and a "
+                        "query may hold a token; credentials belong in a Secret)")
     return url
+
+
+def _gate_url(raw: Mapping[str, Any], key: str, path: str) -> str | None:
+    """An inference URL for the golden gate."""
+    return _recorded_url(_optional_str(raw, key, path), f"{path}.{key}")
 
 
 def _bool(value: Any, path: str) -> bool:

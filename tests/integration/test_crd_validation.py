@@ -134,6 +134,20 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
      "spec.analysis.metrics[0]"),
     ("gate-url-with-credentials", _set("target.kserve.candidateUrl", "http://gate:s3cret@gate.example:8080"),
      "spec.target.kserve.candidateUrl"),
+    # Without {{selector}} the canary and stable queries are the same text: the canary is judged against itself.
+    ("proportion-without-selector", _set("analysis.metrics.0.proportion.events", 'sum(x{class="nsfw"})'),
+     "spec.analysis.metrics[0].proportion.events"),
+    ("analysis-interval-sub-second", _set("analysis.interval", "500ms"), "spec.analysis.interval"),
+    # URLs the operator could not parse (a reconcile error loop with no status) or would record with a secret.
+    ("tracking-uri-broken-ipv6", _set("registry", {"trackingUri": "http://[::1"}), "spec.registry.trackingUri"),
+    ("tracking-uri-with-credentials", _set("registry", {"trackingUri": "http://bob:s3cret@mlflow:5000"}),
+     "spec.registry.trackingUri"),
+    ("prometheus-address-with-query", _set("analysis.prometheus.address", "http://prom:9090/?token=s3cret"),
+     "spec.analysis.prometheus.address"),
+    ("gate-url-port-not-a-number", _set("target.kserve.stableUrl", "http://gate:abc/v2"),
+     "spec.target.kserve.stableUrl"),
+    ("dataset-presigned-url", _set("goldenDataset.uri", "https://bucket.example/golden.jsonl?X-Amz-Signature=s3cret"),
+     "spec.goldenDataset.uri"),
 ]
 
 

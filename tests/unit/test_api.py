@@ -285,6 +285,15 @@ _DELETE = object()
     (["bake", "baseline"], "3d12h", "spec.bake.baseline"),
     (["progressDeadline"], "0s", "spec.progressDeadline"),
     (["progressDeadline"], "forever", "spec.progressDeadline"),
+    (["analysis", "metrics", 0, "proportion", "total"], "sum(x)", "spec.analysis.metrics[0].proportion.total"),
+    (["analysis", "interval"], "999ms", "spec.analysis.interval"),
+    (["registry"], {"trackingUri": "http://[::1"}, "spec.registry.trackingUri"),
+    (["registry"], {"trackingUri": "http://u:p@mlflow:5000"}, "spec.registry.trackingUri"),
+    (["analysis", "prometheus", "address"], "http://prom:9090/?token=t", "spec.analysis.prometheus.address"),
+    (["analysis", "prometheus", "address"], "http://prom:99999", "spec.analysis.prometheus.address"),
+    (["target", "kserve", "candidateUrl"], "http://gate:abc/v2", "spec.target.kserve.candidateUrl"),
+    (["goldenDataset", "uri"], "https://b.example/g.jsonl?X-Amz-Signature=s", "spec.goldenDataset.uri"),
+    (["goldenDataset", "uri"], "mlflow-artifacts://[::1/x", "spec.goldenDataset.uri"),
 ])
 def test_bad_specs_name_the_field(path: list[str | int], value: Any, field: str) -> None:
     with pytest.raises(SpecError) as caught:

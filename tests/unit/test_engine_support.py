@@ -64,7 +64,8 @@ def spec_dict(**overrides: Any) -> dict[str, Any]:
         "analysis": {
             "prometheus": {"address": "http://prometheus.monitoring:9090"},
             "interval": "30s",
-            "metrics": [{"name": "nsfw-rate", "proportion": {"events": "e", "total": "t", "maxRate": 0.05}}],
+            "metrics": [{"name": "nsfw-rate",
+                         "proportion": {"events": "e{{selector}}", "total": "t{{selector}}", "maxRate": 0.05}}],
             "onInconclusive": "pause",
         },
         "rollback": {"automatic": True},

@@ -111,6 +111,20 @@ def test_canary_analysis_stops_asking_once_a_query_fails(garbage: Garbage) -> No
     assert garbage.requests == 1  # not four
 
 
+def test_queries_that_cannot_tell_canary_from_stable_are_inconclusive_not_a_pass(garbage: Garbage) -> None:
+    # Both would answer the same number, so the canary would be judged against itself and pass.
+    garbage.answer(200, b'{"status": "success", "data": {"resultType": "vector", "result": '
+                        b'[{"metric": {}, "value": [1767225900, "500"]}]}}')
+    metric = MetricSpec("nsfw-rate", ProportionMetric(events='sum(increase(p{c="nsfw"}[{{window}}]))',
+                                                      total="sum(increase(p[{{window}}]))"))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    request = AnalysisRequest("ns", "model", "canary", now.replace(hour=0, minute=0), now.replace(minute=5),
+                              candidate_version="7")
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE and "identical" in verdict.reason
+    assert garbage.requests == 0
+
+
 def test_the_bake_reads_the_promoted_version_against_the_previous_versions_history(garbage: Garbage) -> None:
     """Not every other version's: a canary rejected on one of the past days is not the reference."""
     garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},'
