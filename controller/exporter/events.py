@@ -19,6 +19,7 @@ REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.
 # "": not said. The operator's judges select by model_version, which the router writes into each serving
 # revision's logger URL; the variant label is for dashboards and for whoever sets it.
 VARIANTS = frozenset({"stable", "canary", ""})
+ENDPOINT_VARIANTS = {"default": "stable", "stable": "stable", "canary": "canary"}
 UNLABELLED_VERSION = "unknown"  # the model_version of predictions whose logger URL names none
 
 
@@ -192,9 +193,13 @@ def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
     namespace = sent_from or claimed
     service = (params.get("inference_service") or extensions.get("inferenceservicename")
                or extensions.get("modelid", ""))
-    variant = params.get("variant") or extensions.get("endpoint", "")
-    if variant == "default":
-        variant = "stable"
+    # A transformer or explainer logs its own view of the same request: one user request, one prediction.
+    component = extensions.get("component", "")
+    if component and component != "predictor":
+        raise MalformedEvent("NotPredictor", f"logged by the {component[:40]!r} component, not the predictor")
+    # The query's variant is the InferenceService owner's word and must be one we know. The endpoint is
+    # KServe's default/canary or, from Seldon, a predictor's own name, which says nothing about its role.
+    variant = params.get("variant") or ENDPOINT_VARIANTS.get(extensions.get("endpoint", ""), "")
     # Not the response's own model_version: that is the model server's numbering (Triton says "1"), not the
     # registry's, and would put stable's predictions in a candidate's bucket.
     version = params.get("model_version") or extensions.get("modelversion") or ""

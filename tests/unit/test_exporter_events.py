@@ -83,6 +83,26 @@ def test_exporter_counts_by_variant_and_version_and_drops_malformed() -> None:
                                      {"reason": "UnknownVariant"}) == 1
 
 
+def test_a_seldon_predictor_name_is_no_variant_and_only_the_predictor_is_counted() -> None:
+    exporter = PredictionExporter(NAMES)
+    body = json.dumps({"predictions": [1, 1]}).encode()
+    # Seldon v1 puts the predictor's own name in the endpoint: counted, with no variant (the version selects).
+    assert exporter.handle(kserve_headers(endpoint="main"), body, "model_version=6") == "counted"
+    # A transformer logs the same request again: counting it would double one user request.
+    assert exporter.handle({**kserve_headers(endpoint="default"), "Ce-Component": "transformer"}, body,
+                           "model_version=6") == "malformed"
+    assert exporter.handle({**kserve_headers(endpoint="default"), "Ce-Component": "predictor"}, body,
+                           "model_version=6") == "counted"
+    registry = exporter.metrics.registry
+    assert registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "", "model_version": "6",
+        "class": "nsfw"}) == 2
+    assert registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "stable", "model_version": "6",
+        "class": "nsfw"}) == 2
+    assert registry.get_sample_value("modelrollout_exporter_malformed_events_total", {"reason": "NotPredictor"}) == 1
+
+
 def test_a_logger_url_cannot_count_predictions_for_another_namespace() -> None:
     exporter = PredictionExporter(NAMES)
     body = json.dumps({"predictions": [1, 1, 1]}).encode()
