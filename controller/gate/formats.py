@@ -99,6 +99,9 @@ class DatasetReader(Protocol):
     def batches(self) -> Iterator[Batch]: ...
 
 
+MAX_CLASSES = 1000
+
+
 def open_dataset(path: Path, batch_size: int, class_names: Sequence[str] | None = None) -> DatasetReader:
     """Pick the reader by content (zip -> .npz, otherwise JSON Lines, gzip allowed)."""
     with open(path, "rb") as probe:
@@ -111,6 +114,9 @@ def open_dataset(path: Path, batch_size: int, class_names: Sequence[str] | None 
 def _check_classes(classes: Any, where: str) -> tuple[str, ...]:
     if not isinstance(classes, list | tuple) or not classes or not all(isinstance(c, str) and c for c in classes):
         raise DatasetFormatError(f"{where}: classes must be a non-empty list of class names")
+    if len(classes) > MAX_CLASSES:
+        # Every scope keeps class x class matrices: a small file must not be able to exhaust the operator.
+        raise DatasetFormatError(f"{where}: {len(classes)} classes, at most {MAX_CLASSES} are supported")
     if len(set(classes)) != len(classes):
         raise DatasetFormatError(f"{where}: classes contains duplicates")
     return tuple(classes)

@@ -113,6 +113,11 @@ class PairedCounts:
         self.paired_stable = np.zeros(shape, dtype=np.int64)
         self.flips = np.zeros(shape, dtype=np.int64)
 
+    @staticmethod
+    def bytes_for(class_count: int) -> int:
+        """Memory the counts of one scope take: five class x class int64 matrices."""
+        return 5 * 8 * class_count * class_count
+
     def add(self, labels: np.ndarray, candidate: np.ndarray, stable: np.ndarray | None) -> None:
         k = self.class_count
         self.samples += int(labels.shape[0])

@@ -51,6 +51,8 @@ class GateOptions:
     max_consecutive_unavailable: int = 20
     class_names: tuple[str, ...] | None = None  # only for datasets that declare no class list
     max_tracked_slices: int = 64
+    # Slices tracked beyond the whole dataset are fewer when many classes make each one's matrices large.
+    max_count_bytes: int = 256 * 1024 * 1024
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     # status.gate lives in etcd: beyond these, matrices and slices go only to the MLflow evidence.
     status_matrix_max_classes: int = 12
@@ -190,6 +192,8 @@ class _Evaluation:
         self.options = options
         k = len(classes)
         self.overall = PairedCounts(k)
+        self.slice_limit = min(options.max_tracked_slices,
+                               max(0, options.max_count_bytes // PairedCounts.bytes_for(k) - 1))
         self.slices: dict[str, PairedCounts] = {}
         self.untracked_slices = 0
         self.candidate = ResponseTally()
@@ -256,7 +260,7 @@ class _Evaluation:
         for tag, rows in batch.slices.items():
             counts = self.slices.get(tag)
             if counts is None:
-                if len(self.slices) >= self.options.max_tracked_slices:
+                if len(self.slices) >= self.slice_limit:
                     self.untracked_slices += len(rows)
                     continue
                 counts = self.slices[tag] = PairedCounts(len(self.classes))

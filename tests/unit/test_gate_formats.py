@@ -115,6 +115,15 @@ def test_jsonl_header_with_duplicate_or_conflicting_classes_is_refused(tmp_path:
         open_dataset(jsonl(tmp_path / "b.jsonl", [], classes=("a", "b")), 2, class_names=("b", "a"))
 
 
+def test_a_dataset_with_more_classes_than_the_operator_can_count_is_refused(tmp_path: Path) -> None:
+    # Every scope keeps class x class matrices: a 35 KB header of 4,000 names took over a GiB.
+    many = tuple(f"c{i}" for i in range(formats.MAX_CLASSES + 1))
+    with pytest.raises(DatasetFormatError, match=f"{formats.MAX_CLASSES + 1} classes, at most"):
+        open_dataset(jsonl(tmp_path / "d.jsonl", [{"inputs": [1], "label": "c0", "slice": "logo"}], classes=many), 2)
+    reader = open_dataset(jsonl(tmp_path / "ok.jsonl", [], classes=many[:-1]), 2)
+    assert len(reader.classes) == formats.MAX_CLASSES
+
+
 def test_header_only_dataset_has_no_samples(tmp_path: Path) -> None:
     reader = open_dataset(jsonl(tmp_path / "d.jsonl", []), batch_size=2)
     assert list(reader.batches()) == [] and reader.records == 0

@@ -231,3 +231,16 @@ def test_mlflow_metrics_carry_the_deciding_numbers_and_leave_undefined_ones_out(
     assert metrics["disagreement"] == 0.0 and metrics["dataset.usable_samples"] == 120
     assert metrics["candidate.nsfw.falsePositiveRate"] == 0.0
     assert all(isinstance(value, float) for value in metrics.values())
+
+
+def test_fewer_slices_are_tracked_when_many_classes_make_each_ones_counts_large() -> None:
+    from controller.gate.metrics import PairedCounts
+    from controller.gate.runner import _Evaluation
+
+    options = GateOptions()
+    assert _Evaluation(("safe", "nsfw"), True, options).slice_limit == options.max_tracked_slices
+    many = tuple(f"c{i}" for i in range(1000))
+    evaluation = _Evaluation(many, True, options)
+    # The whole dataset's counts plus every tracked slice's stay within the budget.
+    assert 0 < evaluation.slice_limit < options.max_tracked_slices
+    assert (1 + evaluation.slice_limit) * PairedCounts.bytes_for(len(many)) <= options.max_count_bytes
