@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.exceptions import LocationValueError
 from urllib3.util.retry import Retry
 
 # An instant query that finds nothing is asked again over this much history: data there means the series
@@ -126,6 +127,9 @@ class PrometheusProvider:
             if status in UNAVAILABLE and '"status":"error"' not in text:  # a proxy or load balancer, not Prometheus
                 return problem(QueryProblem.UNREACHABLE, f"{self.address} answered HTTP {status} on every attempt")
             return problem(QueryProblem.REJECTED, text)
+        except LocationValueError as exc:  # e.g. an empty label in the host name: nothing was asked
+            return problem(QueryProblem.UNREACHABLE, f"{self.address} is not a usable address "
+                                                     f"({type(exc).__name__})")
         except (KeyError, TypeError, ValueError) as exc:  # JSON, but not Prometheus' {"data": {"result": ...}}
             return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without data.result "
                                                    f"({type(exc).__name__})")

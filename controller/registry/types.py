@@ -92,7 +92,12 @@ def _decode(key: str, raw: str | bytes, base64_encoded: bool) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise RegistryConfigError(f"the registry credentials Secret key {key!r} is not valid base64 text") from None
     # Secrets written with `echo` carry a trailing newline that would break the Authorization header.
-    return text.strip()
+    text = text.strip()
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        # A header with a control character is refused by the HTTP client with the header, secret and all,
+        # in its message.
+        raise RegistryConfigError(f"the registry credentials Secret key {key!r} holds a control character")
+    return text
 
 
 @dataclass(frozen=True)

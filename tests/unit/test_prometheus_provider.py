@@ -93,6 +93,11 @@ def test_credentials_in_the_address_never_reach_a_message(garbage: Garbage) -> N
     assert host in m.detail
 
 
+def test_an_address_that_cannot_be_asked_is_unreachable_not_a_malformed_answer() -> None:
+    m = PrometheusProvider("http://a..b:9090", retries=0).scalar("vector(1)")
+    assert m.problem is QueryProblem.UNREACHABLE and "not a usable address" in m.detail
+
+
 def test_an_empty_answer_with_no_history_is_no_data(garbage: Garbage) -> None:
     garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[]}}')
     m = PrometheusProvider(garbage.url, retries=0).scalar("x", datetime(2026, 1, 1, tzinfo=UTC))

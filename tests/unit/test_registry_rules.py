@@ -333,6 +333,10 @@ def test_credentials_from_secret_data_never_show_values() -> None:
     assert "not base64" not in str(caught.value)
     with pytest.raises(RegistryConfigError):
         Credentials(username="ops")
+    # A control character would make the HTTP client refuse the header, quoting it secret and all.
+    with pytest.raises(RegistryConfigError) as caught:
+        Credentials.from_secret_data({"token": "SECRETTOKEN\r\nX-Injected: 1"}, base64_encoded=False)
+    assert "token" in str(caught.value) and "SECRETTOKEN" not in str(caught.value)
 
 
 def _requirements(distribution: str) -> set[str]:
