@@ -208,11 +208,13 @@ class ModelRegistry(ABC):
             REJECTED_REASON_TAG: bounded(reason, MAX_REASON_CHARS),
             REJECTED_EVIDENCE_TAG: bounded(_evidence_text(evidence_summary), MAX_EVIDENCE_CHARS),
             REJECTED_ROLLOUT_TAG: rollout,
-            REJECTED_TIME_TAG: when,
+            # Never left over from an earlier rejection of the same version.
+            REJECTED_BY_TAG: actor or "unknown",
         }
-        if actor:
-            tags[REJECTED_BY_TAG] = actor
-        tags[REJECTED_TAG] = "true"  # last: its presence means the others are written
+        # The time, then the flag, last: after an earlier rejection the flag is already there, and the engine
+        # takes this rejection's time as proof that all of its tags are written.
+        tags[REJECTED_TIME_TAG] = when
+        tags[REJECTED_TAG] = "true"
         self._set_version_tags(model_name, version, tags)
         return True
 

@@ -7,6 +7,7 @@ independent way to set up and observe the registry's state.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import re
@@ -16,7 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -374,3 +375,38 @@ def test_registry_works_with_mlflow_skinny_alone() -> None:
                             text=True, check=False, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "unreachable: connection refused" in result.stdout
+
+
+def test_a_second_rejection_killed_partway_is_not_taken_as_written() -> None:
+    """The engine takes a rejection's time tag (with the flag) as proof that all its tags are written: a kill
+    between the tag writes must never leave that proof beside an earlier rejection's tags."""
+    from controller.engine import REJECTED_TIME_TAG, rejection_time
+    from controller.registry.memory import InMemoryRegistry
+    from controller.registry.types import REJECTED_BY_TAG, REJECTED_TAG
+
+    class Killed(Exception):
+        pass
+
+    class KilledAfterEachTag(InMemoryRegistry):
+        kill_after: int | None = None
+
+        def _set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
+            for written, (key, value) in enumerate(tags.items(), start=1):
+                super()._set_version_tags(model_name, version, {key: value})
+                if written == self.kill_after:
+                    raise Killed
+
+    first = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    second = first + timedelta(hours=1)
+    for kill_after in range(1, 7):
+        registry = KilledAfterEachTag()
+        registry.add_version("nsfw", source="s")
+        registry.tag_rejected("nsfw", "1", "aborted", {}, "ns/r", rejected_at=first, actor="alice")
+        registry.kill_after = kill_after
+        with contextlib.suppress(Killed):
+            registry.tag_rejected("nsfw", "1", "nsfw-rate failed", {}, "ns/r", rejected_at=second,
+                                  actor="modelrollout-controller")
+        tags = registry.resolve("nsfw", version="1").tags
+        if REJECTED_TAG in tags and tags.get(REJECTED_TIME_TAG) == rejection_time(second):
+            assert tags[REJECTED_BY_TAG] == "modelrollout-controller", kill_after
+            assert tags["modelrollout.rejected.reason"] == "nsfw-rate failed", kill_after
