@@ -1053,15 +1053,18 @@ class _Decider:
             return rollback
         action = TagRejected(id=self._rollback_id("tag"), version=candidate.version, reason=rollback.reason,
                              evidence=rollback.evidence, rejected_at=rollback.verdict_at, actor=rollback.actor)
-        observed = registry.candidate
-        if observed is not None and observed.version == candidate.version:
-            # This rejection's tags, not an earlier attempt's: each rejection is recorded with its own reason.
-            tagged = (REJECTED_TAG in observed.tags
-                      and observed.tags.get(REJECTED_TIME_TAG) == rejection_time(rollback.verdict_at))
-        else:
-            # The spec now names another version, so this one's tags are not observed: count the tag as
-            # set once it was asked for in an earlier reconcile and no failure came back.
-            tagged = self._ledger(action.id) is not None and action.id not in self.failed_actions
+        # The rejected version's own tags, also when the spec has moved on to another version: an entry in
+        # the ledger only says the tag was asked for (a kill or a failed call leaves the same entry).
+        observed = next((v for v in (registry.candidate, registry.rolled_back)
+                         if v is not None and v.version == candidate.version), None)
+        if observed is None and registry.rolled_back_gone:
+            self._confirm(action.id)
+            self._record("CandidateRejected", f"version {candidate.version} no longer exists in the registry: "
+                                              f"no {REJECTED_TAG} tag to write")
+            return dataclasses.replace(rollback, tag_confirmed_at=self.now)
+        # This rejection's tags, not an earlier attempt's: each rejection is recorded with its own reason.
+        tagged = observed is not None and (REJECTED_TAG in observed.tags and
+                                           observed.tags.get(REJECTED_TIME_TAG) == rejection_time(rollback.verdict_at))
         if tagged:
             self._confirm(action.id)
             self._record("CandidateRejected", f"version {candidate.version} tagged {REJECTED_TAG}")

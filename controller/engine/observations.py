@@ -62,11 +62,15 @@ class RegistryObservation:
     candidate: what spec.model.version / spec.model.alias resolves to; None (with no error) means it
         does not exist.
     stable_alias_version: what spec.model.stableAlias points to now; None means the alias is not set.
+    rolled_back: while rolling back, the version being rolled back (status.candidate) when the spec no longer
+        resolves to it, so that its rejection tags are observed too; rolled_back_gone: it no longer exists.
     """
 
     candidate: ResolvedVersion | None = None
     stable_alias_version: ResolvedVersion | None = None
     error: AdapterError | None = None
+    rolled_back: ResolvedVersion | None = None
+    rolled_back_gone: bool = False
 
 
 @dataclass(frozen=True)

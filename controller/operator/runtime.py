@@ -148,8 +148,9 @@ class RolloutRuntime:
 
     # --- observing -----------------------------------------------------------------------------------
 
-    def observe_registry(self) -> RegistryObservation:
+    def observe_registry(self, status: ModelRolloutStatus | None = None) -> RegistryObservation:
         model = self.spec.model
+        rolled_back, rolled_back_gone = None, False
         try:
             registry = self.registry()
             try:
@@ -157,6 +158,13 @@ class RolloutRuntime:
             except VersionNotFound:
                 candidate = None
             stable = registry.resolve_stable(model.name, model.stable_alias)
+            rejecting = status.candidate.version if status and status.candidate and \
+                str(status.phase) == "RollingBack" else None
+            if rejecting and (candidate is None or candidate.version != rejecting):
+                try:  # the spec moved on: its rejection tags are still to be seen
+                    rolled_back = _engine_version(registry.resolve(model.name, version=rejecting))
+                except VersionNotFound:
+                    rolled_back_gone = True
         except ApiException as exc:
             return RegistryObservation(error=AdapterError(AdapterErrorKind.FORBIDDEN if exc.status == 403 else
                                                           AdapterErrorKind.NOT_FOUND if exc.status == 404 else
@@ -165,7 +173,8 @@ class RolloutRuntime:
         except RegistryError as exc:
             return RegistryObservation(error=AdapterError(_kind(exc), str(exc)))
         return RegistryObservation(candidate=candidate,
-                                   stable_alias_version=_engine_version(stable) if stable else None)
+                                   stable_alias_version=_engine_version(stable) if stable else None,
+                                   rolled_back=rolled_back, rolled_back_gone=rolled_back_gone)
 
     def observe_target(self) -> tuple[TargetObservation | None, TargetState | None]:
         try:
@@ -343,7 +352,7 @@ class RolloutStepper:
         stored = outcome.status
         for _ in range(MAX_ROUNDS):
             now = self.clock()
-            registry = await asyncio.to_thread(runtime.observe_registry)
+            registry = await asyncio.to_thread(runtime.observe_registry, status)
             target, state = await asyncio.to_thread(runtime.observe_target)
             observations = Observations(
                 generation=int(meta.get("generation") or 0), registry=registry, target=target, gate=gate,

@@ -987,6 +987,30 @@ def test_spec_change_during_rollback_starts_over_after_it() -> None:
     assert REJECTED_TAG in world.registry.versions["7"]  # 7 failed its analysis before being replaced
 
 
+@pytest.mark.parametrize("deleted", [False, True])
+def test_a_rejection_tag_that_failed_is_written_after_the_spec_moved_on(deleted: bool) -> None:
+    """The ledger says the tag was asked for, not that it was written: the rejected version's own tags are
+    observed even when the spec names another version by then."""
+    world = World()
+    world.gate_verdicts = [verdict(Outcome.FAIL, "accuracy", "0.80 < 0.97")]
+    world.conflict_ids.add("1:rollback:tag")  # MLflow refuses the tag write once
+    world.run_until(lambda w: any(r.id == "1:rollback:tag" for r in w.status.actions), step=timedelta(seconds=1))
+    assert REJECTED_TAG not in world.registry.versions["7"] and world.status.phase is Phase.ROLLING_BACK
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "8", "stableAlias": "production"}
+    world.generation = 2
+    if deleted:
+        del world.registry.versions["7"]
+    world.gate_verdicts = [verdict(Outcome.PASS)]
+    world.advance(timedelta(seconds=5))
+    world.reconcile()
+    assert world.status.candidate is not None and world.status.candidate.version == "8"
+    rejected = [h.detail for h in world.status.history if h.event == "CandidateRejected"]
+    if deleted:
+        assert rejected == [f"version 7 no longer exists in the registry: no {REJECTED_TAG} tag to write"]
+    else:
+        assert REJECTED_TAG in world.registry.versions["7"] and rejected == [f"version 7 tagged {REJECTED_TAG}"]
+
+
 # --- engine hygiene ----------------------------------------------------------------------------------
 
 

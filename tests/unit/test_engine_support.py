@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controller.api import Command, CommandAction, ModelRolloutSpec, ModelRolloutStatus, parse_spec
+from controller.api.status import Phase
 from controller.engine import (
     REJECTED_TAG,
     REJECTED_TIME_TAG,
@@ -178,9 +179,16 @@ class World:
             registry = RegistryObservation(error=down)
         else:
             wanted = spec.model.version if spec.model.version else self.registry.aliases.get(spec.model.alias or "")
+            candidate = self.registry.resolve(wanted)
+            # As the operator does: while rolling back a version the spec no longer names, that one too.
+            rejecting = self.status.candidate.version if self.status.candidate and \
+                self.status.phase is Phase.ROLLING_BACK else None
+            moved_on = rejecting is not None and (candidate is None or candidate.version != rejecting)
+            rolled_back = self.registry.resolve(rejecting) if moved_on else None
             registry = RegistryObservation(
-                candidate=self.registry.resolve(wanted),
-                stable_alias_version=self.registry.resolve(self.registry.aliases.get(spec.model.stable_alias)))
+                candidate=candidate,
+                stable_alias_version=self.registry.resolve(self.registry.aliases.get(spec.model.stable_alias)),
+                rolled_back=rolled_back, rolled_back_gone=moved_on and rolled_back is None)
         return Observations(generation=self.generation, registry=registry, target=self.target.observe(self.now),
                             gate=gate, analysis=analysis,
                             commands=(self.command,) if self.command else (), action_failures=failures,
