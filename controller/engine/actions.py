@@ -30,6 +30,7 @@ class ActionType(StrEnum):
     RESTORE_STABLE = "RestoreStable"
     UNSTAGE_CANDIDATE = "UnstageCandidate"
     SET_ALIAS = "SetAlias"
+    REMOVE_ALIAS = "RemoveAlias"
     TAG_REJECTED = "TagRejected"
     RUN_GATE = "RunGate"
     RUN_ANALYSIS = "RunAnalysis"
@@ -120,6 +121,16 @@ class SetAlias(_Action):
 
 
 @dataclass(frozen=True)
+class RemoveAlias(_Action):
+    """Remove the alias, but only while it names `version`: a first rollout's rejected version must not stay
+    stable, and an alias someone pointed elsewhere meanwhile is not ours. Confirmed when it names another."""
+
+    type: ClassVar[ActionType] = ActionType.REMOVE_ALIAS
+    alias: str
+    version: str
+
+
+@dataclass(frozen=True)
 class TagRejected(_Action):
     """Tag the candidate version rejected (modelrollout.rejected) with the reason and evidence summary.
 
@@ -167,6 +178,6 @@ class RunAnalysis(_Action):
 
 
 Action = (StageCandidate | SetCanaryWeight | PromoteCandidate | RestoreStable | UnstageCandidate | SetAlias
-          | TagRejected | RunGate | RunAnalysis)
+          | RemoveAlias | TagRejected | RunGate | RunAnalysis)
 
 MEASUREMENT_TYPES = frozenset({ActionType.RUN_GATE, ActionType.RUN_ANALYSIS})

@@ -55,6 +55,7 @@ from controller.api.status import (
 from controller.engine.actions import (
     Action,
     PromoteCandidate,
+    RemoveAlias,
     RestoreStable,
     RunAnalysis,
     RunGate,
@@ -383,7 +384,7 @@ class _Decider:
             if record is not None:
                 self._put_record(dataclasses.replace(record, attempts=record.attempts + 1,
                                                      last_error=_describe_error(error), updated_at=self.now))
-                registry_side = record.type in ("SetAlias", "TagRejected")
+                registry_side = record.type in ("SetAlias", "RemoveAlias", "TagRejected")
                 condition = ConditionType.REGISTRY_AVAILABLE if registry_side else ConditionType.TARGET_READY
                 prefix = "Registry" if registry_side else "Target"
                 self._set_condition(condition, ConditionStatus.FALSE, f"{prefix}{error.kind}",
@@ -947,6 +948,8 @@ class _Decider:
                         restart: bool = False, evidence: dict[str, Any] | None = None) -> None:
         self._abandon_pending()
         after_promotion = self.status.promotion is not None
+        if after_promotion and self.status.stable is None and not restart:
+            final_phase = Phase.FAILED  # a first rollout, promoted: no earlier version to put back
         rollback = RollbackStatus(
             cause=cause, reason=_one_line(reason), verdict_at=self.now, actor=actor,
             from_step=self.status.current_step, from_weight=self.status.canary_weight,
@@ -968,7 +971,10 @@ class _Decider:
         rollback = self._rollback_traffic(rollback)
         rollback = self._rollback_alias(rollback)
         rollback = self._rollback_tag(rollback)
-        if rollback.recovered_at is None and rollback.traffic_confirmed_at and rollback.alias_confirmed_at:
+        if rollback.recovered_at is None and rollback.traffic_confirmed_at and rollback.alias_confirmed_at \
+                and self._nothing_to_restore(rollback):
+            rollback = dataclasses.replace(rollback, recovered_at=self.now)  # nothing was put back: no MTTR
+        elif rollback.recovered_at is None and rollback.traffic_confirmed_at and rollback.alias_confirmed_at:
             seconds = round((self.now - rollback.verdict_at).total_seconds(), 3)
             rollback = dataclasses.replace(rollback, recovered_at=self.now, time_to_recover_seconds=seconds)
             stable = self.status.stable
@@ -986,9 +992,19 @@ class _Decider:
         self._record(str(rollback.final_phase), rollback.reason)
         self._move(rollback.final_phase, completed_at=self.now)
 
+    def _nothing_to_restore(self, rollback: RollbackStatus) -> bool:
+        """A first rollout's candidate took all traffic: there is no earlier version to give it back to."""
+        return rollback.after_promotion and self.status.stable is None
+
     def _rollback_traffic(self, rollback: RollbackStatus) -> RollbackStatus:
         if rollback.traffic_confirmed_at is not None:
             return rollback
+        if self._nothing_to_restore(rollback):
+            candidate = self.status.candidate
+            self._record("TrafficNotRestored", f"no earlier version to put back: "
+                                               f"{'version ' + candidate.version if candidate else 'the candidate'} "
+                                               f"keeps all traffic on {self.spec.target.description}")
+            return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
         candidate = self.status.candidate
         stable = self.status.stable
         target = self._target()
@@ -1031,7 +1047,7 @@ class _Decider:
         alias = self.spec.model.stable_alias
         registry = self._registry()
         if stable is None:
-            return dataclasses.replace(rollback, alias_confirmed_at=self.now)  # no alias to keep
+            return self._remove_candidate_alias(rollback, alias)
         if registry is None:
             return rollback
         action = SetAlias(id=self._rollback_id("alias"), alias=alias, version=stable.version)
@@ -1042,6 +1058,24 @@ class _Decider:
                 self._record("AliasRestored", f"@{alias} -> version {stable.version}")
             return dataclasses.replace(rollback, alias_confirmed_at=self.now)
         self._request(action, f"@{alias} -> {stable.version}")
+        return rollback
+
+    def _remove_candidate_alias(self, rollback: RollbackStatus, alias: str) -> RollbackStatus:
+        """No stable version to point the alias back at: it must at least not name the rejected candidate."""
+        candidate = self.status.candidate
+        registry = self._registry()
+        if candidate is None:
+            return dataclasses.replace(rollback, alias_confirmed_at=self.now)
+        if registry is None:
+            return rollback
+        action = RemoveAlias(id=self._rollback_id("alias"), alias=alias, version=candidate.version)
+        current = registry.stable_alias_version
+        if current is None or current.version != candidate.version:
+            self._confirm(action.id)
+            if self._ledger(action.id) is not None:
+                self._record("AliasRemoved", f"@{alias} no longer names version {candidate.version}")
+            return dataclasses.replace(rollback, alias_confirmed_at=self.now)
+        self._request(action, f"@{alias} off {candidate.version}")
         return rollback
 
     def _rollback_tag(self, rollback: RollbackStatus) -> RollbackStatus:
@@ -1336,7 +1370,8 @@ class _Decider:
         seen: set[str] = set()
         unique = [action for action in self.actions if not (action.id in seen or seen.add(action.id))]
         rank = {"StageCandidate": 0, "SetCanaryWeight": 0, "PromoteCandidate": 0, "RestoreStable": 0,
-                "UnstageCandidate": 0, "SetAlias": 1, "TagRejected": 2, "RunGate": 3, "RunAnalysis": 3}
+                "UnstageCandidate": 0, "SetAlias": 1, "RemoveAlias": 1, "TagRejected": 2, "RunGate": 3,
+                "RunAnalysis": 3}
         return sorted(unique, key=lambda action: rank[str(action.type)])
 
 

@@ -18,8 +18,11 @@ from typing import Any
 from controller.api.serialization import parse_time
 
 POSTED_THROUGH = "eventsPostedThrough"
-# Entries whose event name contains one of these are Warning Events; the rest are Normal.
+# Entries whose event name contains one of these are Warning Events, and so are WARNING_REASONS; the rest
+# (progress, and RollbackStarted, whose cause has its own Warning just before it) are Normal.
 WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Deadline", "Error", "Invalid")
+WARNING_REASONS = frozenset({"TrafficNotRestored", "GateOverridden", "CommandIgnored", "CandidateRejected",
+                             "CandidateNotReady", "PreviouslyRejected", "AwaitingDecision"})
 # The API server's default --event-ttl. An Event posted for an entry this old may have expired since, so
 # posting it again could not be told apart from a duplicate: such entries are not posted.
 EVENT_TTL = timedelta(hours=1)
@@ -44,7 +47,7 @@ def event_reason(entry: Mapping[str, Any]) -> str:
 
 
 def is_warning(reason: str) -> bool:
-    return any(word in reason for word in WARNING_EVENTS)
+    return reason in WARNING_REASONS or any(word in reason for word in WARNING_EVENTS)
 
 
 def entry_time(entry: Mapping[str, Any]) -> datetime | None:

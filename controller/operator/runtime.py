@@ -32,6 +32,7 @@ from controller.engine import (
     Observations,
     PromoteCandidate,
     RegistryObservation,
+    RemoveAlias,
     ResolvedVersion,
     RestoreStable,
     RunAnalysis,
@@ -222,6 +223,8 @@ class RolloutRuntime:
                                         promoted_at=status.promotion.started_at if status.promotion else None)
             case SetAlias(alias=alias, version=version):
                 self.registry().set_alias(model.name, alias, version)
+            case RemoveAlias(alias=alias, version=version):
+                self.registry().restore_alias(model.name, alias, None, version)
             case TagRejected(version=version, reason=reason, evidence=evidence, rejected_at=at, actor=actor):
                 self.registry().tag_rejected(model.name, version, reason, dict(evidence), rollout,
                                              rejected_at=at, actor=actor)

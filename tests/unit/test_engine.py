@@ -1011,6 +1011,34 @@ def test_a_rejection_tag_that_failed_is_written_after_the_spec_moved_on(deleted:
         assert REJECTED_TAG in world.registry.versions["7"] and rejected == [f"version 7 tagged {REJECTED_TAG}"]
 
 
+def test_a_first_rollout_rejected_after_its_alias_moved_fails_and_does_not_stay_stable() -> None:
+    """No earlier version to put back: the candidate keeps the traffic, which the rollout must say instead of
+    RolledBack, and the stable alias must not go on naming the rejected version."""
+    base = World(registry=Registry(aliases={}))
+    del base.spec["bake"]
+    killed = None
+    while killed is None and base.status.phase is not Phase.SUCCEEDED:
+        for budget in range(1, 12):  # kill the operator right after the promotion moved the alias
+            world = copy.deepcopy(base)
+            world.crash_after = budget
+            world.reconcile()
+            if world.registry.aliases.get("production") == "7" and world.status.phase is Phase.PROMOTING:
+                killed = world
+                break
+        base.reconcile()
+        base.advance(timedelta(seconds=30))
+    assert killed is not None, "no point between the alias move and the end of the promotion"
+    world = killed
+    world.advance(timedelta(seconds=5))
+    world.send(CommandAction.ABORT)
+    world.run_until(lambda w: w.status.phase in (Phase.ROLLED_BACK, Phase.FAILED), step=timedelta(seconds=2))
+    events = [h.event for h in world.status.history]
+    assert world.status.phase is Phase.FAILED and "Recovered" not in events and "TrafficRestored" not in events
+    assert "TrafficNotRestored" in events and "AliasRemoved" in events
+    assert "production" not in world.registry.aliases and REJECTED_TAG in world.registry.versions["7"]
+    assert world.status.rollback is not None and world.status.rollback.time_to_recover_seconds is None
+
+
 # --- engine hygiene ----------------------------------------------------------------------------------
 
 

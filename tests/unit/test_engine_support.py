@@ -26,6 +26,7 @@ from controller.engine import (
     Observations,
     PromoteCandidate,
     RegistryObservation,
+    RemoveAlias,
     ResolvedVersion,
     RestoreStable,
     RunAnalysis,
@@ -206,7 +207,7 @@ class World:
             return None, None, ActionFailure(action.id, AdapterError(AdapterErrorKind.NOT_FOUND, "no target"))
         if isinstance(action, traffic) and target.frozen:
             return None, None, None
-        if isinstance(action, SetAlias | TagRejected) and self.registry.down:
+        if isinstance(action, SetAlias | RemoveAlias | TagRejected) and self.registry.down:
             return None, None, ActionFailure(action.id, AdapterError(AdapterErrorKind.UNAVAILABLE, "mlflow down"))
         if isinstance(action, StageCandidate):
             if target.canary_version != action.candidate.version:
@@ -226,6 +227,9 @@ class World:
             target.canary_version, target.canary_weight, target.canary_ready_at = None, None, None
         elif isinstance(action, SetAlias):
             self.registry.aliases[action.alias] = action.version
+        elif isinstance(action, RemoveAlias):
+            if self.registry.aliases.get(action.alias) == action.version:
+                del self.registry.aliases[action.alias]
         elif isinstance(action, TagRejected):
             self.registry.versions[action.version][REJECTED_TAG] = action.reason
             self.registry.versions[action.version][REJECTED_TIME_TAG] = rejection_time(action.rejected_at)

@@ -114,8 +114,10 @@ def test_event_names_are_stable_per_entry_and_differ_per_object_and_are_valid() 
 
 def test_warning_events() -> None:
     assert [e for e in ("RollbackStarted", "RolledBack", "GateFailed", "GateInconclusive", "Aborted",
-                        "InvalidSpec", "Promoted", "WeightChanged", "GatePassed") if is_warning(e)] == \
-        ["RolledBack", "GateFailed", "GateInconclusive", "Aborted", "InvalidSpec"]
+                        "InvalidSpec", "Promoted", "WeightChanged", "GatePassed", "TrafficNotRestored",
+                        "GateOverridden", "AliasRemoved") if is_warning(e)] == \
+        ["RolledBack", "GateFailed", "GateInconclusive", "Aborted", "InvalidSpec", "TrafficNotRestored",
+         "GateOverridden"]
 
 
 def test_new_entries_are_posted_once_each_even_when_identical_and_the_mark_is_stored() -> None:
