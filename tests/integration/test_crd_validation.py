@@ -186,6 +186,31 @@ def test_sample_is_accepted_with_defaults_and_printer_columns(kubeconfig: Path, 
 
 
 @pytest.mark.integration
+def test_the_target_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path, namespace: str) -> None:
+    manifest = sample()
+    manifest["metadata"]["name"] = "target-change"
+    assert apply(kubeconfig, namespace, manifest)[0] == 0
+    moved = copy.deepcopy(manifest)
+    moved["spec"]["target"] = {"kserve": {"inferenceService": "nsfw-classifier-v2"}}
+    for phase, allowed in (("Progressing", False), ("RollingBack", False), ("Succeeded", True)):
+        patch = json.dumps({"status": {"phase": phase}})
+        result = run_kubectl(kubeconfig, "patch", "mro", "target-change", "-n", namespace, "--subresource=status",
+                             "--type=merge", "-p", patch)
+        assert result.returncode == 0, result.stderr
+        code, output = apply(kubeconfig, namespace, moved)
+        assert (code == 0) == allowed, f"{phase}: {output}"
+        if not allowed:
+            assert "spec.target" in output and "in flight" in output, output
+    # Other fields may change mid-rollout.
+    patch = json.dumps({"status": {"phase": "Progressing"}})
+    run_kubectl(kubeconfig, "patch", "mro", "target-change", "-n", namespace, "--subresource=status", "--type=merge",
+                "-p", patch)
+    moved["spec"]["progressDeadline"] = "45m"
+    code, output = apply(kubeconfig, namespace, moved)
+    assert code == 0, output
+
+
+@pytest.mark.integration
 def test_design_md_layout_with_the_limits_beside_proportion_is_accepted_and_read(kubeconfig: Path,
                                                                                   namespace: str) -> None:
     manifest = sample()
