@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import urllib3
 from kubernetes import client, config
@@ -133,3 +133,32 @@ class RolloutStore:
                         meta["name"], type(exc).__name__)
             return PostResult.DEFERRED
         return PostResult.POSTED
+
+
+class StatusStore(Protocol):
+    def get(self, ref: ObjectRef) -> dict[str, Any] | None: ...
+    def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def apply_decided_status(store: StatusStore, obj: dict[str, Any], status: dict[str, Any],
+                         decided_on: Mapping[str, Any]) -> dict[str, Any]:
+    """store.apply_status for a status decided on `obj` whose stored status was `decided_on`.
+
+    On a 409 caused only by metadata (a label, an annotation a GitOps tool or a command writes), the
+    decision still stands: it is applied again on the fresh resourceVersion, so that a measurement it
+    carries (a golden gate that ran for minutes) is not thrown away. A new command is seen next reconcile.
+    A change to spec or status is still a 409: the caller decides again.
+    """
+    try:
+        return store.apply_status(obj, status)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        meta = obj["metadata"]
+        fresh = store.get(ObjectRef(meta["namespace"], meta["name"]))
+        if fresh is None or fresh["metadata"].get("uid") != meta.get("uid") \
+                or fresh["metadata"].get("generation") != meta.get("generation") \
+                or (fresh.get("status") or {}) != dict(decided_on):
+            raise
+        meta["resourceVersion"] = fresh["metadata"]["resourceVersion"]
+        return store.apply_status(obj, status)

@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.operator.event_poster import EventPoster
 from controller.operator.events import POSTED_THROUGH
-from controller.operator.kubeapi import ObjectRef, RolloutStore
+from controller.operator.kubeapi import ObjectRef, RolloutStore, apply_decided_status
 from controller.operator.metrics import OperatorMetrics
 from controller.operator.runtime import ReconcileOutcome
 
@@ -51,8 +51,9 @@ class Reconciler:
         self.metrics.count_actions(result.actions_taken)  # taken whether or not the status write below wins
         stored = obj
         if result.status != (obj.get("status") or {}):
+            decided_on = result.stored_status if result.stored_status is not None else obj.get("status") or {}
             try:
-                stored = await asyncio.to_thread(self.store.apply_status, obj, result.status)
+                stored = await asyncio.to_thread(apply_decided_status, self.store, obj, result.status, decided_on)
             except ApiException as exc:
                 if exc.status == 409:
                     # Someone wrote first (or an older decision of ours did): decide again on fresh state.

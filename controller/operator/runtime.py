@@ -57,7 +57,7 @@ from controller.gate import (
     run_gate,
 )
 from controller.operator.event_poster import EventPoster
-from controller.operator.kubeapi import RolloutStore
+from controller.operator.kubeapi import RolloutStore, apply_decided_status
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
 from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
 
@@ -87,6 +87,7 @@ class ReconcileOutcome:
     status: dict[str, Any]
     requeue_after: float | None = None
     actions_taken: list[str] = field(default_factory=list)
+    stored_status: dict[str, Any] | None = None  # the status this step last wrote, as the API server stored it
 
 
 def _kind(error: Exception) -> AdapterErrorKind:
@@ -373,8 +374,10 @@ class RolloutStepper:
             if not decision.actions:
                 break
             if self.store is not None and outcome.status != stored:
+                decided_on = outcome.stored_status if outcome.stored_status is not None else obj.get("status") or {}
                 try:
-                    written = await asyncio.to_thread(self.store.apply_status, obj, outcome.status)
+                    written = await asyncio.to_thread(apply_decided_status, self.store, obj, outcome.status,
+                                                      decided_on)
                 except ApiException as exc:
                     if exc.status != 409:
                         raise
@@ -386,6 +389,7 @@ class RolloutStepper:
                     return outcome
                 meta["resourceVersion"] = written["metadata"]["resourceVersion"]  # for the caller's final write
                 stored = outcome.status
+                outcome.stored_status = written.get("status") or {}
                 if self.events is not None:
                     # Now, not when the reconcile ends: a gate may run for minutes. The mark goes out with
                     # the next write; until then a re-post is refused by name.

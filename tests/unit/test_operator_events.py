@@ -39,6 +39,7 @@ class ApiServer:
         self.events: dict[str, tuple[str, str]] = {}
         self.answers: list[PostResult] = []  # scripted answers for the next posts, then the real behaviour
         self.conflict_on_write: int | None = None  # 1-based index of the status write that gets a 409
+        self.conflict_in_metadata_only = False  # that 409 comes from a label written meanwhile, not a status
         self.writes = 0
 
     def get(self, _ref: ObjectRef) -> dict[str, Any]:
@@ -48,6 +49,12 @@ class ApiServer:
         assert stored["metadata"]["resourceVersion"] == self.obj["metadata"]["resourceVersion"]
         self.writes += 1
         if self.writes == self.conflict_on_write:
+            # Someone else wrote first: the object moved on to a new resourceVersion.
+            moved = {**self.obj["metadata"], "resourceVersion": str(int(self.obj["metadata"]["resourceVersion"]) + 1)}
+            if self.conflict_in_metadata_only:
+                self.obj = {**self.obj, "metadata": {**moved, "labels": {"team": "moderation"}}}
+            else:
+                self.obj = {**self.obj, "metadata": moved, "status": {**self.obj["status"], "message": "theirs"}}
             raise ApiException(status=409)
         version = str(int(self.obj["metadata"]["resourceVersion"]) + 1)
         self.obj = {**self.obj, "metadata": {**self.obj["metadata"], "resourceVersion": version}, "status": status}
@@ -169,6 +176,16 @@ def test_a_decision_whose_status_was_not_stored_posts_nothing() -> None:
     server.conflict_on_write = 1
     assert reconcile(server, {"phase": "Progressing", "history": [entry("Resolved", 1)]}) == 0.0
     assert server.events == {}
+
+
+def test_a_conflict_from_metadata_alone_keeps_the_decision() -> None:
+    """A label or annotation written meanwhile (a GitOps tool) must not throw away what the decision carries,
+    e.g. a golden gate's verdict after minutes of inference: it is applied again on the fresh version."""
+    server = ApiServer({"phase": "Pending", "history": []})
+    server.conflict_on_write, server.conflict_in_metadata_only = 1, True
+    reconcile(server, {"phase": "Progressing", "history": [entry("Resolved", 1)]})
+    assert server.obj["status"]["phase"] == "Progressing" and server.reasons() == ["Resolved"]
+    assert server.obj["metadata"]["labels"] == {"team": "moderation"}
 
 
 def test_entries_past_the_events_lifetime_and_unnumbered_ones_are_not_posted() -> None:
