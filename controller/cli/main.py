@@ -98,7 +98,8 @@ def _oncall(args: argparse.Namespace) -> int:
     if output:
         dump(obj if args.command == "get" else (obj.get("status") or {}).get("history", []), output, sys.stdout)
     elif args.command == "get" and args.watch:
-        oncall.watch(args.name)
+        # Like `kubectl rollout status`: scripts and CI read the outcome from the exit code.
+        return 0 if oncall.watch(args.name) == "Succeeded" else 1
     elif args.command == "get":
         oncall.print_rollout(obj)
     elif args.command == "history":

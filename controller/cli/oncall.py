@@ -24,16 +24,17 @@ from controller.cli.errors import CliError
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
+CLI_FIELD_MANAGER = "kubectl-modelrollout"  # who wrote the command annotation, in managedFields
 PHASE_COLOURS = {"Succeeded": "32", "Promoting": "32", "Baking": "36", "Progressing": "36", "Gating": "36",
                  "Paused": "33", "Pending": "33", "RollingBack": "31", "RolledBack": "31", "Failed": "31"}
 OUTCOME_SYMBOLS = {"pass": "✔", "fail": "✖", "inconclusive": "?"}
 
 
 class Style:
-    """Colour and symbols on a terminal, plain text when piped (or NO_COLOR is set)."""
+    """Colour and symbols on a terminal, plain text when piped (or NO_COLOR is set, or TERM=dumb)."""
 
     def __init__(self, stream: TextIO) -> None:
-        self.enabled = stream.isatty() and not os.environ.get("NO_COLOR")
+        self.enabled = stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
     def phase(self, phase: str) -> str:
         code = PHASE_COLOURS.get(phase)
@@ -100,7 +101,7 @@ class OnCall:
         command = Command(id=uuid.uuid4().hex, action=action, actor=self.actor(), full=full)
         patch = {"metadata": {"annotations": {COMMAND_ANNOTATION: command.to_annotation()}}}
         self._call(f"ModelRollout {self.namespace}/{name}", self.custom.patch_namespaced_custom_object,
-                   GROUP, VERSION, self.namespace, PLURAL, name, patch)
+                   GROUP, VERSION, self.namespace, PLURAL, name, patch, field_manager=CLI_FIELD_MANAGER)
         return command
 
     # --- output --------------------------------------------------------------------------------------
@@ -181,7 +182,8 @@ class OnCall:
                          f"{entry['detail']}")
         return "\n".join(lines)
 
-    def watch(self, name: str, interval: float = 1.0, timeout: float | None = None) -> None:
+    def watch(self, name: str, interval: float = 1.0, timeout: float | None = None) -> str | None:
+        """Print each change until the rollout ends; its final phase (None when the timeout came first)."""
         deadline = time.monotonic() + timeout if timeout else None
         last = None
         while True:
@@ -192,8 +194,10 @@ class OnCall:
                 print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(str(line[0]))}  step {_step(obj)}  "
                       f"weight {_percent(line[2])}  {line[3]}", file=self.out, flush=True)
                 last = line
-            if status.get("phase") in TERMINAL or (deadline and time.monotonic() > deadline):
-                return
+            if status.get("phase") in TERMINAL:
+                return str(status["phase"])
+            if deadline and time.monotonic() > deadline:
+                return None
             time.sleep(interval)
 
 

@@ -68,6 +68,25 @@ def test_list_get_history_explain_are_plain_when_piped(kubeconfig: Path, namespa
     assert "recovery took 0.41 s" in explained and '"statistic": 23.1' in explained
 
 
+def test_watch_ends_with_the_outcome_in_the_exit_code(kubeconfig: Path, namespace: str, rollout: str) -> None:
+    watched = cli(kubeconfig, "get", rollout, "--watch", "-n", namespace)
+    assert watched.returncode == 1 and "RolledBack" in watched.stdout  # like `kubectl rollout status`
+    patched = run_kubectl(kubeconfig, "patch", "mro", rollout, "-n", namespace, "--subresource=status",
+                          "--type=merge", "-p", json.dumps({"status": {"phase": "Succeeded"}}))
+    assert patched.returncode == 0, patched.stderr
+    assert cli(kubeconfig, "get", rollout, "--watch", "-n", namespace).returncode == 0
+
+
+def test_the_command_annotation_is_owned_by_the_cli_in_managed_fields(kubeconfig: Path, namespace: str,
+                                                                       rollout: str) -> None:
+    assert cli(kubeconfig, "abort", rollout, "-n", namespace).returncode == 0
+    obj = json.loads(run_kubectl(kubeconfig, "get", "mro", rollout, "-n", namespace, "-o", "json",
+                                 "--show-managed-fields").stdout)
+    owners = [m["manager"] for m in obj["metadata"]["managedFields"]
+              if COMMAND_ANNOTATION in json.dumps(m.get("fieldsV1", {}))]
+    assert owners == ["kubectl-modelrollout"]
+
+
 def test_machine_readable_output(kubeconfig: Path, namespace: str, rollout: str) -> None:
     as_json = json.loads(cli(kubeconfig, "get", rollout, "-n", namespace, "-o", "json").stdout)
     assert as_json["status"]["phase"] == "RolledBack"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from controller.cli.main import build_parser
@@ -40,3 +41,23 @@ def test_explain_takes_an_html_file(tmp_path: Path) -> None:
     args = build_parser().parse_args(["explain", "nsfw-classifier", "--html", str(tmp_path / "page.html")])
     assert args.html == tmp_path / "page.html"
     assert build_parser().parse_args(["explain", "nsfw-classifier"]).html is None
+
+
+def test_colour_only_on_a_terminal_that_can_show_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from controller.cli.oncall import Style
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert Style(Terminal()).phase("RolledBack") == "\033[31mRolledBack\033[0m"
+    assert Style(io.StringIO()).phase("RolledBack") == "RolledBack"  # piped
+    monkeypatch.setenv("TERM", "dumb")
+    assert Style(Terminal()).phase("RolledBack") == "RolledBack"
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert Style(Terminal()).phase("RolledBack") == "RolledBack"
