@@ -26,7 +26,20 @@ if generation ~= nil and observed ~= nil and observed < generation then
   return hs
 end
 
+-- A spec the controller cannot run holds the rollout where it is: nothing moves until someone fixes it.
+if obj.status.conditions ~= nil then
+  for _, condition in ipairs(obj.status.conditions) do
+    if condition.type == "Ready" and condition.status == "False" and condition.reason == "InvalidSpec" then
+      hs.status = "Degraded"
+      hs.message = message(condition.message or "The spec is invalid")
+      return hs
+    end
+  end
+end
+
 local phase = obj.status.phase
+-- Paused after a failed check (automatic rollback off): the candidate is known bad, not merely waiting.
+local failedPause = {GateFailed = true, AnalysisFailed = true, BakeFailed = true, ProgressDeadlineExceeded = true}
 local inFlight = {
   Pending = "Resolving the candidate model",
   Gating = "Testing the candidate on the golden dataset",
@@ -39,8 +52,11 @@ local inFlight = {
 if phase == "Succeeded" then
   hs.status = "Healthy"
   hs.message = message("The candidate was promoted")
+elseif phase == "Paused" and obj.status.pause ~= nil and failedPause[obj.status.pause.reason] then
+  hs.status = "Degraded"
+  hs.message = message("Paused after a failed check: waiting for abort or promote")
 elseif phase == "Paused" then
-  -- Waiting for a human (a pause step, or an inconclusive or failed judgement set to pause).
+  -- Waiting for a human (a pause step, or an inconclusive judgement set to pause).
   hs.status = "Suspended"
   hs.message = message("Paused: waiting for promote, retry or abort")
 elseif phase == "RolledBack" then

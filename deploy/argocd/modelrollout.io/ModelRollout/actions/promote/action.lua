@@ -1,12 +1,11 @@
 -- Promote: go past the current pause or analysis step (or end the bake early).
 -- The command travels in the annotation modelrollout.io/command, never in the spec, so Argo CD (which
 -- syncs the spec from Git) sees no drift. The id makes each click a new command: the controller applies
--- an id at most once. os.time() alone could repeat within a second; the resourceVersion changes with
--- every write, including the previous click's.
-local os = require("os")
+-- an id at most once, and the resourceVersion changes with every write, the previous click's included.
+-- (No clock: the id, and so the action's tests, stay deterministic.)
 if obj.metadata.annotations == nil then
   obj.metadata.annotations = {}
 end
-local id = "argocd-promote-" .. os.time() .. "-" .. (obj.metadata.resourceVersion or "0")
+local id = "argocd-promote-" .. (obj.metadata.resourceVersion or "0")
 obj.metadata.annotations["modelrollout.io/command"] = '{"action":"promote","actor":"argocd","id":"' .. id .. '"}'
 return obj
