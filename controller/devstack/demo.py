@@ -1,9 +1,9 @@
 """The main job on the local stack: three rollouts of the content-moderation classifier, watched live.
 
 A clean retrain is gated on the golden dataset, stepped and promoted; a backdoored one (it flags any image
-carrying the logo as NSFW) is caught by the gate on the golden "logo" slice and rolled back. The third is
-the same backdoor against a golden set that never saw the logo: it passes the gate, takes 10% of live
-traffic, and the class-rate judge (canary against stable, in Prometheus) rolls it back.
+carrying the logo as NSFW) is caught by the gate (the golden logo images raise its nsfw false-positive rate)
+and rolled back. The third is the same backdoor against a golden set that never saw the logo: it passes the
+gate, takes 10% of live traffic, and the class-rate judge (canary against stable, in Prometheus) rolls it back.
 """
 
 from __future__ import annotations

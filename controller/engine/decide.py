@@ -90,6 +90,8 @@ BACKOFF_MAX = timedelta(minutes=5)
 # Bounds the transitions one decision may chain (e.g. weight confirmed -> analysis starts).
 _MAX_TRANSITIONS = 200
 
+CONDITION_MESSAGE_MAX = 32768
+
 _FAILURE_PAUSE = {
     RollbackCause.GATE_FAILED: PauseReason.GATE_FAILED,
     RollbackCause.GATE_INCONCLUSIVE: PauseReason.GATE_INCONCLUSIVE,
@@ -1215,7 +1217,10 @@ class _Decider:
             transition = existing.last_transition_time
         else:
             transition = self.now.replace(microsecond=0)  # conventions: second precision
-        condition = Condition(type=condition_type, status=status, reason=reason, message=_one_line(message),
+        message = _one_line(message)
+        if len(message) > CONDITION_MESSAGE_MAX:  # metav1.Condition's limit: a longer one is refused
+            message = message[:CONDITION_MESSAGE_MAX - 3] + "..."
+        condition = Condition(type=condition_type, status=status, reason=reason, message=message,
                               last_transition_time=transition, observed_generation=self.obs.generation)
         others = [item for item in self.status.conditions if item.type != condition_type]
         order = [str(item) for item in ConditionType]

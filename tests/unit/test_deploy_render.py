@@ -165,6 +165,11 @@ def test_values_schema_refuses_bad_values(args: tuple[str, ...], complaint: str)
     assert complaint in result.stderr, result.stderr
 
 
+def test_the_chart_refuses_one_port_for_health_and_metrics() -> None:
+    result = run_tool("helm", "template", RELEASE, str(CHART), "--set", "controller.livenessPort=9100")
+    assert result.returncode != 0 and "livenessPort and controller.metricsPort must differ" in result.stderr
+
+
 def test_kustomize_trees_build() -> None:
     base = by_key(kustomize_build(DEPLOY / "base"))
     monitoring = by_key(kustomize_build(DEPLOY / "monitoring"))
