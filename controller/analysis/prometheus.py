@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 import re
 from collections.abc import Callable
@@ -123,8 +125,8 @@ class PrometheusProvider:
         except requests.RequestException as exc:
             return problem(QueryProblem.UNREACHABLE, f"{self.address}: {type(exc).__name__}")
         except PrometheusApiClientException as exc:
-            status, text = _prometheus_error(exc)
-            if status in UNAVAILABLE and '"status":"error"' not in text:  # a proxy or load balancer, not Prometheus
+            status, text, from_prometheus = _prometheus_error(exc)
+            if status in UNAVAILABLE and not from_prometheus:  # a proxy or load balancer, not Prometheus
                 return problem(QueryProblem.UNREACHABLE, f"{self.address} answered HTTP {status} on every attempt")
             return problem(QueryProblem.REJECTED, text)
         except LocationValueError as exc:  # e.g. an empty label in the host name: nothing was asked
@@ -143,11 +145,21 @@ def _without_credentials(address: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-def _prometheus_error(exc: PrometheusApiClientException) -> tuple[int | None, str]:
-    """(HTTP status, the first 300 characters of the message with Prometheus' error text)."""
+def _prometheus_error(exc: PrometheusApiClientException) -> tuple[int | None, str, bool]:
+    """(HTTP status, what went wrong, whether Prometheus itself said so). Only an answer shaped like Prometheus'
+    error is quoted: the address is the user's, and another server's body must not be read back into a status."""
     text = str(exc)
     status = re.match(r"HTTP Status Code (\d+)", text)
-    return (int(status.group(1)) if status else None), text[:300]
+    code = int(status.group(1)) if status else None
+    body = re.search(r"\((b(?:'.*'|\".*\"))\)\s*$", text, re.DOTALL)
+    try:
+        answer = json.loads(ast.literal_eval(body.group(1))) if body else None
+    except (ValueError, SyntaxError):
+        answer = None
+    if isinstance(answer, dict) and answer.get("status") == "error" and isinstance(answer.get("error"), str):
+        kind = answer.get("errorType") if isinstance(answer.get("errorType"), str) else "error"
+        return code, f"HTTP {code}, Prometheus says {kind[:40]}: {answer['error'][:300]}", True
+    return code, f"HTTP {code}" if code is not None else type(exc).__name__, False
 
 
 def _newest_timestamp(result: Any) -> float | None:

@@ -149,7 +149,8 @@ class InferenceClient:
         try:
             document = decode_json(payload)
         except (ValueError, RecursionError):  # RecursionError: nested too deep for the standard library
-            return self._failed(count, "not JSON", payload[:80].decode("utf-8", "replace"))
+            # Its size only: the URL may be any server, whose answer must not be read back into a status.
+            return self._failed(count, "not JSON", f"{len(payload)} bytes")
         try:
             if self.endpoint.protocol is InferenceProtocol.V1:
                 return self._read_v1(document, count)

@@ -166,6 +166,12 @@ def test_garbage_responses_fail_the_batch_with_a_reason(protocol: str, body: Any
     assert answer.failure == failure and answer.answered == 0 and not answer.unavailable
 
 
+def test_a_non_json_answer_is_not_read_back() -> None:
+    handler, _ = scripted((200, "internal-only: db_password=hunter2"))
+    answer = against(handler)
+    assert answer.failure == "not JSON" and "hunter2" not in answer.detail and answer.detail == "34 bytes"
+
+
 JSON_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.floats(), st.integers(-2**80, 2**80), st.text(max_size=5),
               st.integers(-2**70, 2**70).map(lambda n: n * 10**19)),

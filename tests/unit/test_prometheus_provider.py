@@ -72,6 +72,12 @@ def test_a_proxy_without_a_backend_is_unreachable_after_the_retries(garbage: Gar
     assert garbage.requests == 3  # the first attempt and two retries
 
 
+def test_another_servers_error_page_is_not_read_back(garbage: Garbage) -> None:
+    garbage.answer(400, b"internal-only: db_password=hunter2")
+    m = PrometheusProvider(garbage.url, retries=0).scalar("vector(1)")
+    assert m.problem is QueryProblem.REJECTED and "hunter2" not in m.detail and "HTTP 400" in m.detail, m
+
+
 def test_prometheus_own_timeout_keeps_its_explanation(garbage: Garbage) -> None:
     garbage.answer(503, b'{"status":"error","errorType":"timeout","error":"query timed out in expression evaluation"}')
     m = PrometheusProvider(garbage.url, retries=1).scalar("vector(1)")
