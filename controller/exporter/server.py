@@ -47,13 +47,17 @@ class PredictionExporter:
 
     def __init__(self, options: DecodeOptions | None = None, max_classes: int = 64,
                  max_pending_requests: int = 10_000, pending_seconds: float = 60.0,
-                 max_models: int = 1_000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_models: int = 200, max_namespaces: int = 100,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options or DecodeOptions()
         self.metrics = ExporterMetrics()
+        # Every bound is per namespace (and namespaces are bounded too): one team's flood of classes or
+        # model versions, forged or not, cannot crowd out another team's series.
         self.max_classes = max_classes
-        self._known_classes: set[str] = set(self.options.class_names)
-        self._seen: set[tuple[str, str, str, str]] = set()
+        self._known_classes: dict[str, set[str]] = {}
+        self._seen: dict[str, set[tuple[str, str, str, str]]] = {}
         self._max_models = max_models
+        self._max_namespaces = max_namespaces
         # Requests' attributes (never their payloads) kept briefly so that a response without identity headers
         # can borrow its request's; a response that never comes must not keep its request forever.
         self._requests: OrderedDict[str, tuple[float, CloudEvent]] = OrderedDict()
@@ -79,32 +83,38 @@ class PredictionExporter:
             log.debug("dropped event: %s", exc)
             return "malformed"
         identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
-        if identity not in self._seen:
+        seen = self._seen.setdefault(prediction.namespace, set())
+        if identity not in seen:
             # Series that exist at zero before their first prediction let increase() count that prediction.
-            self._seen.add(identity)
+            seen.add(identity)
             for name in self.options.class_names:
                 self.metrics.predictions.labels(*identity, name)
         for predicted in prediction.classes:
-            label = self._bounded_class(predicted)
+            label = self._bounded_class(prediction.namespace, predicted)
             self.metrics.predictions.labels(prediction.namespace, prediction.inference_service, prediction.variant,
                                             prediction.model_version, label).inc()
         self.metrics.events.labels("counted").inc()
         return "counted"
 
-    def _bounded_class(self, name: str) -> str:
+    def _bounded_class(self, namespace: str, name: str) -> str:
         # A model that emits free text must not explode the series count.
-        if name in self._known_classes:
+        known = self._known_classes.setdefault(namespace, set(self.options.class_names))
+        if name in known:
             return name
-        if len(self._known_classes) < self.max_classes:
-            self._known_classes.add(name)
+        if len(known) < self.max_classes:
+            known.add(name)
             return name
         return OTHER_CLASS
 
     def _admit(self, prediction: Prediction) -> None:
         # Identity labels come from callers: a bound on them bounds the series count.
         identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
-        if identity not in self._seen and len(self._seen) >= self._max_models:
-            raise MalformedEvent("TooManyModels", f"already counting {self._max_models} model versions")
+        seen = self._seen.get(prediction.namespace)
+        if seen is None and len(self._seen) >= self._max_namespaces:
+            raise MalformedEvent("TooManyNamespaces", f"already counting {self._max_namespaces} namespaces")
+        if seen is not None and identity not in seen and len(seen) >= self._max_models:
+            raise MalformedEvent("TooManyModels", f"already counting {self._max_models} model versions in "
+                                                  f"namespace {prediction.namespace[:63]!r}")
 
     def _remember(self, event: CloudEvent) -> None:
         now = self._clock()

@@ -187,3 +187,22 @@ def test_model_identities_are_bounded() -> None:
     assert exporter.handle(kserve_headers(), body, "variant=canary&model_version=1") == "counted"  # known: fine
     assert exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
                                                       {"reason": "TooManyModels"}) == 1
+    # The bound is per namespace: another team still gets its series.
+    other = {**kserve_headers(), "Ce-Namespace": "payments"}
+    assert exporter.handle(other, body, "variant=canary&model_version=3") == "counted"
+
+
+def test_one_namespaces_classes_do_not_crowd_out_another_and_namespaces_are_bounded() -> None:
+    exporter = PredictionExporter(DecodeOptions(), max_classes=2, max_namespaces=2)
+    flood = json.dumps({"predictions": ["a", "b", "c"]}).encode()
+    exporter.handle({**kserve_headers(), "Ce-Namespace": "noisy"}, flood, "model_version=1")
+    honest = json.dumps({"predictions": ["safe", "nsfw"]}).encode()
+    assert exporter.handle(kserve_headers(), honest, "model_version=6") == "counted"
+    registry = exporter.metrics.registry
+    for cls in ("safe", "nsfw"):
+        assert registry.get_sample_value("modelrollout_predictions_total", {
+            "namespace": "moderation", "inference_service": "nsfw", "variant": "", "model_version": "6",
+            "class": cls}) == 1
+    assert exporter.handle({**kserve_headers(), "Ce-Namespace": "third"}, honest, "model_version=1") == "malformed"
+    assert registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                     {"reason": "TooManyNamespaces"}) == 1
