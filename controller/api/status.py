@@ -244,6 +244,7 @@ class ModelRolloutStatus:
     candidate: VersionRef | None = None
     stable: VersionRef | None = None  # what served before this rollout; the way back
     current_step: int | None = None  # 0-based index into spec.canary.steps
+    step: str | None = None  # "n/m", 1-based as every message says it (the printer column)
     canary_weight: int | None = None  # share of traffic on the candidate, as observed on the target
     gate: GateStatus | None = None
     analysis: AnalysisStatus | None = None

@@ -215,8 +215,11 @@ def _api_message(exc: ApiException) -> str:
 
 
 def _step(obj: dict[str, Any]) -> str:
+    status = obj.get("status") or {}
+    if isinstance(status.get("step"), str):
+        return str(status["step"])
     total = len(((obj.get("spec") or {}).get("canary") or {}).get("steps") or [])
-    current = (obj.get("status") or {}).get("currentStep")
+    current = status.get("currentStep")  # a status written before `step` existed
     return f"{min(current + 1, total)}/{total}" if isinstance(current, int) else f"-/{total}"
 
 

@@ -1231,7 +1231,8 @@ class _Decider:
     def _finish(self) -> None:
         self._update_retry()
         message = self._message()
-        self._update(message=message)
+        index, total = self.status.current_step, len(self.spec.canary.steps)
+        self._update(message=message, step=None if index is None else f"{min(index + 1, total)}/{total}")
         self._derived_conditions(message)
 
     def _error_rounds(self) -> int:

@@ -1039,6 +1039,14 @@ def test_a_first_rollout_rejected_after_its_alias_moved_fails_and_does_not_stay_
     assert world.status.rollback is not None and world.status.rollback.time_to_recover_seconds is None
 
 
+def test_the_step_is_published_counted_from_one_as_messages_say_it() -> None:
+    world = World()
+    total = len(world.spec["canary"]["steps"])
+    world.run_until(lambda w: w.status.current_step == 1)
+    assert world.status.step == f"2/{total}" and f"step 2/{total}" in world.status.message.lower()
+    assert world.status.to_dict()["step"] == f"2/{total}"
+
+
 # --- engine hygiene ----------------------------------------------------------------------------------
 
 
