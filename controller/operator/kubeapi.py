@@ -12,6 +12,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from controller.api.commands import COMMAND_ANNOTATION
 from controller.operator.events import PostResult, entry_time, event_name, event_reason, is_warning
 
 GROUP = "modelrollout.io"
@@ -144,10 +145,11 @@ def apply_decided_status(store: StatusStore, obj: dict[str, Any], status: dict[s
                          decided_on: Mapping[str, Any]) -> dict[str, Any]:
     """store.apply_status for a status decided on `obj` whose stored status was `decided_on`.
 
-    On a 409 caused only by metadata (a label, an annotation a GitOps tool or a command writes), the
-    decision still stands: it is applied again on the fresh resourceVersion, so that a measurement it
-    carries (a golden gate that ran for minutes) is not thrown away. A new command is seen next reconcile.
-    A change to spec or status is still a 409: the caller decides again.
+    On a 409 caused only by metadata the decision did not read (a label, an annotation a GitOps tool
+    writes), the decision still stands: it is applied again on the fresh resourceVersion, so that a
+    measurement it carries (a golden gate that ran for minutes) is not thrown away. A change to spec, to
+    status, to the command annotation (an on-call abort must be decided on, not acted past) or a deletion
+    is still a 409: the caller decides again.
     """
     try:
         return store.apply_status(obj, status)
@@ -156,8 +158,10 @@ def apply_decided_status(store: StatusStore, obj: dict[str, Any], status: dict[s
             raise
         meta = obj["metadata"]
         fresh = store.get(ObjectRef(meta["namespace"], meta["name"]))
-        if fresh is None or fresh["metadata"].get("uid") != meta.get("uid") \
-                or fresh["metadata"].get("generation") != meta.get("generation") \
+        now = fresh["metadata"] if fresh is not None else {}
+        if fresh is None or any(now.get(key) != meta.get(key) for key in ("uid", "generation", "deletionTimestamp")) \
+                or (now.get("annotations") or {}).get(COMMAND_ANNOTATION) != \
+                (meta.get("annotations") or {}).get(COMMAND_ANNOTATION) \
                 or (fresh.get("status") or {}) != dict(decided_on):
             raise
         meta["resourceVersion"] = fresh["metadata"]["resourceVersion"]

@@ -385,6 +385,7 @@ class RolloutStepper:
                     log.info("%s/%s: status changed underneath; deciding again on fresh state", *key)
                     if resend:
                         self._seen.discard(key)  # nothing was resent yet: the next step must still resend
+                    outcome.status = stored  # not this decision: nothing of it was acted on
                     outcome.requeue_after = 0.0
                     return outcome
                 meta["resourceVersion"] = written["metadata"]["resourceVersion"]  # for the caller's final write

@@ -13,6 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from test_engine_support import World
 
+from controller.api.commands import COMMAND_ANNOTATION
 from controller.api.status import HISTORY_LIMIT, HistoryEntry, ModelRolloutStatus, append_history
 from controller.operator.event_poster import EVENT_RETRY_MAX_SECONDS, EVENT_RETRY_SECONDS
 from controller.operator.events import POSTED_THROUGH, PostResult, event_name, is_warning, unposted
@@ -40,6 +41,7 @@ class ApiServer:
         self.answers: list[PostResult] = []  # scripted answers for the next posts, then the real behaviour
         self.conflict_on_write: int | None = None  # 1-based index of the status write that gets a 409
         self.conflict_in_metadata_only = False  # that 409 comes from a label written meanwhile, not a status
+        self.conflict_annotations: dict[str, str] = {"team": "moderation"}  # what that metadata write set
         self.writes = 0
 
     def get(self, _ref: ObjectRef) -> dict[str, Any]:
@@ -52,7 +54,7 @@ class ApiServer:
             # Someone else wrote first: the object moved on to a new resourceVersion.
             moved = {**self.obj["metadata"], "resourceVersion": str(int(self.obj["metadata"]["resourceVersion"]) + 1)}
             if self.conflict_in_metadata_only:
-                self.obj = {**self.obj, "metadata": {**moved, "labels": {"team": "moderation"}}}
+                self.obj = {**self.obj, "metadata": {**moved, "annotations": self.conflict_annotations}}
             else:
                 self.obj = {**self.obj, "metadata": moved, "status": {**self.obj["status"], "message": "theirs"}}
             raise ApiException(status=409)
@@ -185,7 +187,15 @@ def test_a_conflict_from_metadata_alone_keeps_the_decision() -> None:
     server.conflict_on_write, server.conflict_in_metadata_only = 1, True
     reconcile(server, {"phase": "Progressing", "history": [entry("Resolved", 1)]})
     assert server.obj["status"]["phase"] == "Progressing" and server.reasons() == ["Resolved"]
-    assert server.obj["metadata"]["labels"] == {"team": "moderation"}
+    assert server.obj["metadata"]["annotations"] == {"team": "moderation"}
+
+
+def test_a_command_written_meanwhile_is_decided_on_not_acted_past() -> None:
+    server = ApiServer({"phase": "Pending", "history": []})
+    server.conflict_on_write, server.conflict_in_metadata_only = 1, True
+    server.conflict_annotations = {COMMAND_ANNOTATION: '{"action":"abort","actor":"alice","id":"c1"}'}
+    assert reconcile(server, {"phase": "Progressing", "history": [entry("Resolved", 1)]}) == 0.0
+    assert server.obj["status"]["phase"] == "Pending" and server.events == {}
 
 
 def test_entries_past_the_events_lifetime_and_unnumbered_ones_are_not_posted() -> None:
