@@ -216,6 +216,8 @@ class RollbackStatus:
     alias_confirmed_at: datetime | None = None
     tag_confirmed_at: datetime | None = None
     recovered_at: datetime | None = None  # traffic and alias both verified
+    # A first rollout's candidate had taken all traffic: there was no earlier version to put back.
+    traffic_kept: bool = False
     time_to_recover_seconds: float | None = None
 
 

@@ -950,8 +950,6 @@ class _Decider:
                         restart: bool = False, evidence: dict[str, Any] | None = None) -> None:
         self._abandon_pending()
         after_promotion = self.status.promotion is not None
-        if after_promotion and self.status.stable is None and not restart:
-            final_phase = Phase.FAILED  # a first rollout, promoted: no earlier version to put back
         rollback = RollbackStatus(
             cause=cause, reason=_one_line(reason), verdict_at=self.now, actor=actor,
             from_step=self.status.current_step, from_weight=self.status.canary_weight,
@@ -974,7 +972,7 @@ class _Decider:
         rollback = self._rollback_alias(rollback)
         rollback = self._rollback_tag(rollback)
         if rollback.recovered_at is None and rollback.traffic_confirmed_at and rollback.alias_confirmed_at \
-                and self._nothing_to_restore(rollback):
+                and rollback.traffic_kept:
             rollback = dataclasses.replace(rollback, recovered_at=self.now)  # nothing was put back: no MTTR
         elif rollback.recovered_at is None and rollback.traffic_confirmed_at and rollback.alias_confirmed_at:
             seconds = round((self.now - rollback.verdict_at).total_seconds(), 3)
@@ -994,22 +992,21 @@ class _Decider:
         self._record(str(rollback.final_phase), rollback.reason)
         self._move(rollback.final_phase, completed_at=self.now)
 
-    def _nothing_to_restore(self, rollback: RollbackStatus) -> bool:
-        """A first rollout's candidate took all traffic: there is no earlier version to give it back to."""
-        return rollback.after_promotion and self.status.stable is None
-
     def _rollback_traffic(self, rollback: RollbackStatus) -> RollbackStatus:
         if rollback.traffic_confirmed_at is not None:
             return rollback
-        if self._nothing_to_restore(rollback):
-            candidate = self.status.candidate
-            self._record("TrafficNotRestored", f"no earlier version to put back: "
-                                               f"{'version ' + candidate.version if candidate else 'the candidate'} "
-                                               f"keeps all traffic on {self.spec.target.description}")
-            return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
         candidate = self.status.candidate
         stable = self.status.stable
         target = self._target()
+        if stable is None and candidate is not None and not rollback.restart and target is not None \
+                and target.stable_version == candidate.version:
+            # A first rollout's candidate took all traffic (seen on the target, not assumed from the promotion
+            # having started): there is no earlier version to give it back to. A superseded one (restart)
+            # stays stable for its successor, as any promoted version does.
+            self._record("TrafficNotRestored", f"no earlier version to put back: version {candidate.version} "
+                                               f"keeps all traffic on {self.spec.target.description}")
+            return dataclasses.replace(rollback, traffic_confirmed_at=self.now, traffic_kept=True,
+                                       final_phase=Phase.FAILED)
         observed = self.obs.target
         if observed is not None and observed.error is not None and observed.error.kind is AdapterErrorKind.NOT_FOUND:
             # The serving object is gone, so no user reaches the candidate through it.
@@ -1049,7 +1046,9 @@ class _Decider:
         alias = self.spec.model.stable_alias
         registry = self._registry()
         if stable is None:
-            return self._remove_candidate_alias(rollback, alias)
+            if rollback.reject_candidate and not rollback.restart:
+                return self._remove_candidate_alias(rollback, alias)
+            return dataclasses.replace(rollback, alias_confirmed_at=self.now)  # no alias to keep
         if registry is None:
             return rollback
         action = SetAlias(id=self._rollback_id("alias"), alias=alias, version=stable.version)

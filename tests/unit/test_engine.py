@@ -1011,25 +1011,27 @@ def test_a_rejection_tag_that_failed_is_written_after_the_spec_moved_on(deleted:
         assert REJECTED_TAG in world.registry.versions["7"] and rejected == [f"version 7 tagged {REJECTED_TAG}"]
 
 
-def test_a_first_rollout_rejected_after_its_alias_moved_fails_and_does_not_stay_stable() -> None:
-    """No earlier version to put back: the candidate keeps the traffic, which the rollout must say instead of
-    RolledBack, and the stable alias must not go on naming the rejected version."""
+def _first_rollout_killed_after_its_alias_moved() -> World:
+    """A first rollout (no stable version) whose operator was killed right after the promotion moved the alias."""
     base = World(registry=Registry(aliases={}))
     del base.spec["bake"]
-    killed = None
-    while killed is None and base.status.phase is not Phase.SUCCEEDED:
-        for budget in range(1, 12):  # kill the operator right after the promotion moved the alias
+    while base.status.phase is not Phase.SUCCEEDED:
+        for budget in range(1, 12):
             world = copy.deepcopy(base)
             world.crash_after = budget
             world.reconcile()
             if world.registry.aliases.get("production") == "7" and world.status.phase is Phase.PROMOTING:
-                killed = world
-                break
+                world.advance(timedelta(seconds=5))
+                return world
         base.reconcile()
         base.advance(timedelta(seconds=30))
-    assert killed is not None, "no point between the alias move and the end of the promotion"
-    world = killed
-    world.advance(timedelta(seconds=5))
+    raise AssertionError("no point between the alias move and the end of the promotion")
+
+
+def test_a_first_rollout_rejected_after_its_alias_moved_fails_and_does_not_stay_stable() -> None:
+    """No earlier version to put back: the candidate keeps the traffic, which the rollout must say instead of
+    RolledBack, and the stable alias must not go on naming the rejected version."""
+    world = _first_rollout_killed_after_its_alias_moved()
     world.send(CommandAction.ABORT)
     world.run_until(lambda w: w.status.phase in (Phase.ROLLED_BACK, Phase.FAILED), step=timedelta(seconds=2))
     events = [h.event for h in world.status.history]
@@ -1037,6 +1039,34 @@ def test_a_first_rollout_rejected_after_its_alias_moved_fails_and_does_not_stay_
     assert "TrafficNotRestored" in events and "AliasRemoved" in events
     assert "production" not in world.registry.aliases and REJECTED_TAG in world.registry.versions["7"]
     assert world.status.rollback is not None and world.status.rollback.time_to_recover_seconds is None
+
+
+def test_a_promoted_first_rollout_superseded_stays_stable_for_its_successor() -> None:
+    """Not rejected, only replaced: the next candidate is canaried against it, as against any stable."""
+    world = _first_rollout_killed_after_its_alias_moved()
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "8", "stableAlias": "production"}
+    world.generation = 2
+    world.run_until(lambda w: w.status.attempt == 2 and w.status.current_step is not None, step=timedelta(seconds=2))
+    events = [h.event for h in world.status.history]
+    after = events[events.index("RolledBackForNewCandidate"):]
+    assert "TrafficNotRestored" not in events and "AliasRemoved" not in events and "NoStableVersion" not in after
+    assert world.status.stable is not None and world.status.stable.version == "7"
+    assert world.registry.aliases.get("production") == "7"
+
+
+def test_a_first_rollout_aborted_before_the_target_took_it_rolls_back() -> None:
+    """The promotion had started, but stable still served: the candidate's share goes back as usual."""
+    world = World(registry=Registry(aliases={}))
+    del world.spec["bake"]
+    world.target.ignore_weights = True  # the target accepts the writes but never moves traffic
+    world.reconcile()
+    world.advance(timedelta(seconds=5))
+    world.send(CommandAction.ABORT)
+    world.target.ignore_weights = False
+    world.run_until(lambda w: w.status.phase in (Phase.ROLLED_BACK, Phase.FAILED), step=timedelta(seconds=2))
+    events = [h.event for h in world.status.history]
+    assert world.status.phase is Phase.ROLLED_BACK and "TrafficNotRestored" not in events
+    assert "TrafficRestored" in events and world.target.stable_version != "7"
 
 
 def test_the_step_is_published_counted_from_one_as_messages_say_it() -> None:
