@@ -235,6 +235,11 @@ class RetryState:
     last_attempt_at: datetime | None = None
 
 
+def step_fraction(index: int, total: int) -> str:
+    """Step `index` (from 0) of `total`, as people count it: "n/m" from 1 (past the last step: the last)."""
+    return f"{min(index + 1, total)}/{total}"
+
+
 @dataclass(frozen=True)
 class ModelRolloutStatus:
     phase: Phase = Phase.PENDING

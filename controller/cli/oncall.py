@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction
+from controller.api.status import step_fraction
 from controller.cli.errors import CliError
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION
 
@@ -194,7 +195,9 @@ class OnCall:
                 print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(str(line[0]))}  step {_step(obj)}  "
                       f"weight {_percent(line[2])}  {line[3]}", file=self.out, flush=True)
                 last = line
-            if status.get("phase") in TERMINAL:
+            generation = (obj.get("metadata") or {}).get("generation")
+            current = status.get("observedGeneration") == generation  # not a finished earlier spec's phase
+            if status.get("phase") in TERMINAL and current:
                 return str(status["phase"])
             if deadline and time.monotonic() > deadline:
                 return None
@@ -220,7 +223,7 @@ def _step(obj: dict[str, Any]) -> str:
         return str(status["step"])
     total = len(((obj.get("spec") or {}).get("canary") or {}).get("steps") or [])
     current = status.get("currentStep")  # a status written before `step` existed
-    return f"{min(current + 1, total)}/{total}" if isinstance(current, int) else f"-/{total}"
+    return step_fraction(current, total) if isinstance(current, int) else f"-/{total}"
 
 
 def _percent(value: Any) -> str:

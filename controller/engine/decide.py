@@ -51,6 +51,7 @@ from controller.api.status import (
     RollbackStatus,
     VersionRef,
     append_history,
+    step_fraction,
 )
 from controller.engine.actions import (
     Action,
@@ -255,8 +256,7 @@ class _Decider:
 
     def _step_label(self, index: int | None = None) -> str:
         index = self.status.current_step if index is None else index
-        total = len(self.spec.canary.steps)
-        return f"step {(index or 0) + 1}/{total}"
+        return "step " + step_fraction(index or 0, len(self.spec.canary.steps))
 
     # --- the action ledger ---------------------------------------------------------------------------
 
@@ -1230,8 +1230,8 @@ class _Decider:
     def _finish(self) -> None:
         self._update_retry()
         message = self._message()
-        index, total = self.status.current_step, len(self.spec.canary.steps)
-        self._update(message=message, step=None if index is None else f"{min(index + 1, total)}/{total}")
+        index = self.status.current_step
+        self._update(message=message, step=None if index is None else step_fraction(index, len(self.spec.canary.steps)))
         self._derived_conditions(message)
 
     def _error_rounds(self) -> int:

@@ -100,6 +100,22 @@ class DatasetReader(Protocol):
 
 
 MAX_CLASSES = 1000
+MAX_CLASS_ARRAY_BYTES = 1 << 20  # a class list is names; a compressed member must not unpack into gigabytes
+
+
+def _small_array(member: IO[bytes], what: str) -> np.ndarray:
+    """np.load of an .npy member, refused from its header when it would hold too many items or bytes."""
+    version = np.lib.format.read_magic(member)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = reader(member)
+    items = int(np.prod(shape)) if shape else 1
+    if items > MAX_CLASSES or items * dtype.itemsize > MAX_CLASS_ARRAY_BYTES:
+        raise DatasetFormatError(f"{what}: {items} entries of {dtype.itemsize} bytes, at most {MAX_CLASSES} "
+                                 f"entries and {MAX_CLASS_ARRAY_BYTES} bytes are supported")
+    if dtype.hasobject:
+        raise DatasetFormatError(f"{what}: object arrays are not supported")
+    data = np.frombuffer(member.read(items * dtype.itemsize), dtype=dtype, count=items)
+    return data.reshape(shape, order="F" if fortran else "C")
 
 
 def open_dataset(path: Path, batch_size: int, class_names: Sequence[str] | None = None) -> DatasetReader:
@@ -440,7 +456,7 @@ class NpzReader:
                 declared = None
                 if "classes.npy" in members:
                     with archive.open("classes.npy") as member:
-                        declared = [str(c) for c in np.load(member, allow_pickle=False).tolist()]
+                        declared = [str(c) for c in _small_array(member, "classes array").tolist()]
                 self.has_slices = "slices.npy" in members
         except zipfile.BadZipFile as exc:
             raise DatasetFormatError(f"not a readable .npz: {exc}") from None

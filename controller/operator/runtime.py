@@ -243,8 +243,12 @@ class RolloutRuntime:
             return False
         try:
             state = self.router.observe()
+            if not state.exists or not state.canary_staged:
+                return False
+            if not state.synced:
+                return True  # the serving controller has not caught up: whose canary it is shows after
             # Only this rollout's own candidate: a canary of another version belongs to another rollout.
-            if not state.exists or not state.canary_staged or state.canary_version != status.candidate.version:
+            if state.canary_version != status.candidate.version:
                 return False
             self.router.rollback()
             return self.router.observe().canary_staged

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,25 @@ def test_watch_ends_with_the_outcome_in_the_exit_code(kubeconfig: Path, namespac
                           "--type=merge", "-p", json.dumps({"status": {"phase": "Succeeded"}}))
     assert patched.returncode == 0, patched.stderr
     assert cli(kubeconfig, "get", rollout, "--watch", "-n", namespace).returncode == 0
+
+
+def test_watch_waits_past_a_finished_earlier_spec(kubeconfig: Path, namespace: str, rollout: str) -> None:
+    """`kubectl apply` of a new version, then `get --watch`: the old RolledBack is not this rollout's end."""
+    manifest = yaml.safe_load(SAMPLE.read_text())
+    manifest["spec"]["model"]["version"] = "8"
+    assert run_kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", input_text=json.dumps(manifest)).returncode == 0
+    watcher = subprocess.Popen([sys.executable, "-m", "controller.cli.main", "get", rollout, "--watch", "-n",
+                                namespace, "--kubeconfig", str(kubeconfig)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        assert watcher.poll() is None, "the watch ended on the previous spec's phase"
+        patched = run_kubectl(kubeconfig, "patch", "mro", rollout, "-n", namespace, "--subresource=status",
+                              "--type=merge", "-p", json.dumps({"status": {"phase": "Succeeded",
+                                                                           "observedGeneration": 2}}))
+        assert patched.returncode == 0, patched.stderr
+        assert watcher.wait(timeout=30) == 0
+    finally:
+        watcher.kill()
 
 
 def test_the_command_annotation_is_owned_by_the_cli_in_managed_fields(kubeconfig: Path, namespace: str,

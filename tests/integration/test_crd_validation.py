@@ -193,7 +193,7 @@ def test_the_target_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path,
     moved = copy.deepcopy(manifest)
     moved["spec"]["target"] = {"kserve": {"inferenceService": "nsfw-classifier-v2"}}
     for phase, allowed in (("Progressing", False), ("RollingBack", False), ("Succeeded", True)):
-        patch = json.dumps({"status": {"phase": phase}})
+        patch = json.dumps({"status": {"phase": phase, "candidate": {"version": "7"}}})
         result = run_kubectl(kubeconfig, "patch", "mro", "target-change", "-n", namespace, "--subresource=status",
                              "--type=merge", "-p", patch)
         assert result.returncode == 0, result.stderr
@@ -201,13 +201,20 @@ def test_the_target_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path,
         assert (code == 0) == allowed, f"{phase}: {output}"
         if not allowed:
             assert "spec.target" in output and "in flight" in output, output
-    # Other fields may change mid-rollout.
+    # Other fields may change mid-rollout, the gate's URLs in the target too (a typo must be fixable).
     patch = json.dumps({"status": {"phase": "Progressing"}})
     run_kubectl(kubeconfig, "patch", "mro", "target-change", "-n", namespace, "--subresource=status", "--type=merge",
                 "-p", patch)
     moved["spec"]["progressDeadline"] = "45m"
+    moved["spec"]["target"]["kserve"]["candidateUrl"] = "http://nsfw-classifier-v2-canary.moderation"
     code, output = apply(kubeconfig, namespace, moved)
     assert code == 0, output
+    # Staging happens in Pending once the candidate is resolved: from then on the target is held as well.
+    run_kubectl(kubeconfig, "patch", "mro", "target-change", "-n", namespace, "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": {"phase": "Pending"}}))
+    moved["spec"]["target"] = {"seldonDeployment": {"name": "nsfw", "stablePredictor": "main", "canaryPredictor": "c"}}
+    code, output = apply(kubeconfig, namespace, moved)
+    assert code != 0 and "spec.target" in output, output
 
 
 @pytest.mark.integration

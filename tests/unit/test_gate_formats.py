@@ -124,6 +124,20 @@ def test_a_dataset_with_more_classes_than_the_operator_can_count_is_refused(tmp_
     assert len(reader.classes) == formats.MAX_CLASSES
 
 
+def test_an_npz_class_list_is_checked_from_its_header_before_it_is_read(tmp_path: Path) -> None:
+    # Compressed, a list of long names is tiny on disk and huge in memory: refused before it is unpacked.
+    path = tmp_path / "big.npz"
+    np.savez_compressed(path, X=np.ones((1, 2)), y=np.asarray([0]), classes=np.asarray(["x" * 4000] * 300))
+    with pytest.raises(DatasetFormatError, match="classes array: 300 entries of 16000 bytes"):
+        open_dataset(path, 2)
+    many = tmp_path / "many.npz"
+    np.savez_compressed(many, X=np.ones((1, 2)), y=np.asarray([0]),
+                        classes=np.asarray([f"c{i}" for i in range(formats.MAX_CLASSES + 1)]))
+    with pytest.raises(DatasetFormatError, match=f"{formats.MAX_CLASSES + 1} entries"):
+        open_dataset(many, 2)
+    assert path.stat().st_size < 50_000
+
+
 def test_header_only_dataset_has_no_samples(tmp_path: Path) -> None:
     reader = open_dataset(jsonl(tmp_path / "d.jsonl", []), batch_size=2)
     assert list(reader.batches()) == [] and reader.records == 0
