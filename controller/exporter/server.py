@@ -47,17 +47,19 @@ class PredictionExporter:
 
     def __init__(self, options: DecodeOptions | None = None, max_classes: int = 64,
                  max_pending_requests: int = 10_000, pending_seconds: float = 60.0,
-                 max_models: int = 200, max_namespaces: int = 100,
+                 max_models: int = 200, max_namespaces: int = 100, max_total_models: int = 1_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options or DecodeOptions()
         self.metrics = ExporterMetrics()
         # Every bound is per namespace (and namespaces are bounded too): one team's flood of classes or
-        # model versions, forged or not, cannot crowd out another team's series.
+        # model versions cannot crowd out another team's series. The total stays bounded as well, so the
+        # series count (and the exporter's memory) has a ceiling whatever senders claim.
         self.max_classes = max_classes
         self._known_classes: dict[str, set[str]] = {}
         self._seen: dict[str, set[tuple[str, str, str, str]]] = {}
         self._max_models = max_models
         self._max_namespaces = max_namespaces
+        self._max_total_models = max_total_models
         # Requests' attributes (never their payloads) kept briefly so that a response without identity headers
         # can borrow its request's; a response that never comes must not keep its request forever.
         self._requests: OrderedDict[str, tuple[float, CloudEvent]] = OrderedDict()
@@ -112,9 +114,13 @@ class PredictionExporter:
         seen = self._seen.get(prediction.namespace)
         if seen is None and len(self._seen) >= self._max_namespaces:
             raise MalformedEvent("TooManyNamespaces", f"already counting {self._max_namespaces} namespaces")
-        if seen is not None and identity not in seen and len(seen) >= self._max_models:
+        if seen is not None and identity in seen:
+            return
+        if seen is not None and len(seen) >= self._max_models:
             raise MalformedEvent("TooManyModels", f"already counting {self._max_models} model versions in "
                                                   f"namespace {prediction.namespace[:63]!r}")
+        if sum(len(models) for models in self._seen.values()) >= self._max_total_models:
+            raise MalformedEvent("TooManyModels", f"already counting {self._max_total_models} model versions")
 
     def _remember(self, event: CloudEvent) -> None:
         now = self._clock()

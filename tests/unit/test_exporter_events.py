@@ -206,3 +206,11 @@ def test_one_namespaces_classes_do_not_crowd_out_another_and_namespaces_are_boun
     assert exporter.handle({**kserve_headers(), "Ce-Namespace": "third"}, honest, "model_version=1") == "malformed"
     assert registry.get_sample_value("modelrollout_exporter_malformed_events_total",
                                      {"reason": "TooManyNamespaces"}) == 1
+
+
+def test_the_total_is_bounded_whatever_namespaces_senders_claim() -> None:
+    exporter = PredictionExporter(NAMES, max_models=2, max_total_models=3)
+    body = json.dumps({"predictions": [1]}).encode()
+    outcomes = [exporter.handle({**kserve_headers(), "Ce-Namespace": f"ns-{i}"}, body, f"model_version={v}")
+                for i in range(2) for v in (1, 2)]
+    assert outcomes == ["counted", "counted", "counted", "malformed"]
