@@ -92,6 +92,8 @@ BACKOFF_MAX = timedelta(minutes=5)
 _MAX_TRANSITIONS = 200
 
 CONDITION_MESSAGE_MAX = 32768
+# Phases only reached once the candidate is resolved (a rollback may come before resolution).
+_PHASES_WITH_A_CANDIDATE = frozenset({Phase.GATING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.BAKING})
 
 _FAILURE_PAUSE = {
     RollbackCause.GATE_FAILED: PauseReason.GATE_FAILED,
@@ -178,6 +180,7 @@ class _Decider:
         self._observe_generation()
         self._observe_adapters()
         self._record_action_failures()
+        self._repair_status()
         self._follow_candidate_changes()
         for command in self.obs.commands:
             self._apply_command(command)
@@ -423,6 +426,14 @@ class _Decider:
             self._record("NewCandidate", f"{detail}; rolling {current.version} back first")
             self._start_rollback(RollbackCause.SUPERSEDED, f"superseded by version {wanted}",
                                  reject_candidate=False, restart=True)
+
+    def _repair_status(self) -> None:
+        """A status that cannot be (a phase past resolution without its candidate: edited by hand or by another
+        tool) starts the rollout over, instead of failing every reconcile on it."""
+        phase = self.status.phase
+        if self.status.candidate is None and phase in _PHASES_WITH_A_CANDIDATE:
+            self._record("StatusReset", f"status said {phase} without a candidate version; starting over")
+            self._restart(f"the status said {phase} without a candidate version")
 
     def _restart(self, why: str) -> None:
         """Forget the attempt; the next resolution starts a new one (new attempt number, new action ids)."""

@@ -22,7 +22,7 @@ POSTED_THROUGH = "eventsPostedThrough"
 # (progress, and RollbackStarted, whose cause has its own Warning just before it) are Normal.
 WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Deadline", "Error", "Invalid")
 WARNING_REASONS = frozenset({"TrafficNotRestored", "GateOverridden", "CommandIgnored", "CandidateRejected",
-                             "CandidateNotReady", "PreviouslyRejected", "AwaitingDecision"})
+                             "CandidateNotReady", "PreviouslyRejected", "AwaitingDecision", "StatusReset"})
 # The API server's default --event-ttl. An Event posted for an entry this old may have expired since, so
 # posting it again could not be told apart from a duplicate: such entries are not posted.
 EVENT_TTL = timedelta(hours=1)

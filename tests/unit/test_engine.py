@@ -1069,6 +1069,15 @@ def test_a_first_rollout_aborted_before_the_target_took_it_rolls_back() -> None:
     assert "TrafficRestored" in events and world.target.stable_version != "7"
 
 
+@pytest.mark.parametrize("phase", [Phase.GATING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.BAKING])
+def test_a_status_edited_into_a_phase_without_its_candidate_starts_over(phase: Phase) -> None:
+    world = World()
+    world.status = ModelRolloutStatus(phase=phase, current_step=1)  # written by hand: no candidate
+    world.reconcile()
+    assert world.status.candidate is not None and world.status.candidate.version == "7"
+    assert [h.event for h in world.status.history][:2] == ["StatusReset", "Resolved"]
+
+
 def test_the_step_is_published_counted_from_one_as_messages_say_it() -> None:
     world = World()
     total = len(world.spec["canary"]["steps"])
