@@ -116,6 +116,34 @@ class TestMlflowRegistry(RegistryContract):
         harness.client.delete_run(run_id)  # soft delete: still readable
         assert harness.registry.resolve(model, version="1").run_id == run_id
 
+    def test_the_operator_observes_the_version_it_rolls_back_after_the_spec_moved_on(
+            self, harness: MlflowHarness, mlflow_server: MlflowServer) -> None:
+        """While rolling back version 1 with the spec already naming 2, the rejection tags of 1 are read
+        from the registry (the engine confirms the tag from them), and a deleted 1 is reported as gone."""
+        from controller.api.spec import parse_spec
+        from controller.api.status import ModelRolloutStatus, Phase, VersionRef
+        from controller.operator.runtime import OperatorConfig, RolloutRuntime
+        from tests.unit.test_api import example
+
+        model = harness.new_model(2)
+        harness.registry.tag_rejected(model, "1", "nsfw-rate failed", {}, "ns/r")
+        spec = example()
+        spec["model"] = {"name": model, "version": "2", "stableAlias": "production"}
+        spec["registry"] = {"trackingUri": mlflow_server.url}
+        obj = {"metadata": {"name": "r", "namespace": "ns"}, "spec": spec}
+        runtime = RolloutRuntime(obj, parse_spec(spec), None, OperatorConfig())  # type: ignore[arg-type]
+        rolling_back = ModelRolloutStatus(phase=Phase.ROLLING_BACK, candidate=VersionRef(version="1"))
+        seen = runtime.observe_registry(rolling_back)
+        assert seen.error is None and seen.candidate is not None and seen.candidate.version == "2"
+        assert seen.rolled_back is not None and seen.rolled_back.version == "1" and not seen.rolled_back_gone
+        assert seen.rolled_back.tags.get("modelrollout.rejected") == "true"
+        # Not rolling back, or rolling back the version the spec names: nothing more is read.
+        assert runtime.observe_registry(ModelRolloutStatus(phase=Phase.PROGRESSING,
+                                                           candidate=VersionRef(version="1"))).rolled_back is None
+        harness.client.delete_model_version(model, "1")
+        gone = runtime.observe_registry(rolling_back)
+        assert gone.rolled_back is None and gone.rolled_back_gone
+
     def test_per_call_policy_ignores_mlflow_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         # MLflow's defaults (7 retries, 120 s) would hold a reconcile for minutes; the policy is per adapter.
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "10")
