@@ -1062,15 +1062,11 @@ class _Decider:
             return dataclasses.replace(rollback, alias_confirmed_at=self.now)  # no alias to keep
         if registry is None:
             return rollback
-        action = SetAlias(id=self._rollback_id("alias"), alias=alias, version=stable.version)
         current = registry.stable_alias_version
-        if current is not None and current.version == stable.version:
-            self._confirm(action.id)
-            if self._ledger(action.id) is not None:
-                self._record("AliasRestored", f"@{alias} -> version {stable.version}")
-            return dataclasses.replace(rollback, alias_confirmed_at=self.now)
-        self._request(action, f"@{alias} -> {stable.version}")
-        return rollback
+        action = SetAlias(id=self._rollback_id("alias"), alias=alias, version=stable.version)
+        return self._settle_alias(rollback, action, current is not None and current.version == stable.version,
+                                  "AliasRestored", f"@{alias} -> version {stable.version}",
+                                  f"@{alias} -> {stable.version}")
 
     def _remove_candidate_alias(self, rollback: RollbackStatus, alias: str) -> RollbackStatus:
         """No stable version to point the alias back at: it must at least not name the rejected candidate."""
@@ -1080,14 +1076,21 @@ class _Decider:
             return dataclasses.replace(rollback, alias_confirmed_at=self.now)
         if registry is None:
             return rollback
-        action = RemoveAlias(id=self._rollback_id("alias"), alias=alias, version=candidate.version)
         current = registry.stable_alias_version
-        if current is None or current.version != candidate.version:
+        action = RemoveAlias(id=self._rollback_id("alias"), alias=alias, version=candidate.version)
+        return self._settle_alias(rollback, action, current is None or current.version != candidate.version,
+                                  "AliasRemoved", f"@{alias} no longer names version {candidate.version}",
+                                  f"@{alias} off {candidate.version}")
+
+    def _settle_alias(self, rollback: RollbackStatus, action: SetAlias | RemoveAlias, observed: bool, event: str,
+                      detail: str, asked: str) -> RollbackStatus:
+        """Confirm the alias step once the registry shows it (recorded if this rollback moved it), else ask."""
+        if observed:
             self._confirm(action.id)
             if self._ledger(action.id) is not None:
-                self._record("AliasRemoved", f"@{alias} no longer names version {candidate.version}")
+                self._record(event, detail)
             return dataclasses.replace(rollback, alias_confirmed_at=self.now)
-        self._request(action, f"@{alias} off {candidate.version}")
+        self._request(action, asked)
         return rollback
 
     def _rollback_tag(self, rollback: RollbackStatus) -> RollbackStatus:
