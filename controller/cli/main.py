@@ -59,10 +59,20 @@ def _operator_run(args: argparse.Namespace) -> int:
         default_tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         default_prometheus_url=args.prometheus_url or os.environ.get("PROMETHEUS_URL"),
         storage_uri_template=args.storage_uri_template, gate_protocol=args.gate_protocol,
-        https_allowed_hosts=tuple(h for h in args.dataset_https_hosts.split(",") if h))
+        https_allowed_hosts=tuple(h for h in args.dataset_https_hosts.split(",") if h),
+        gate_hosts=args.gate_hosts)
     run(config, kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness,
         metrics_address=args.metrics_address, metrics_port=None if args.metrics_port < 0 else args.metrics_port)
     return 0
+
+
+def _host_patterns(text: str) -> tuple[str, ...]:
+    from controller.api.reach import parse_host_patterns
+
+    try:
+        return parse_host_patterns(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _exporter_run(args: argparse.Namespace) -> int:
@@ -154,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="inference protocol the golden gate speaks to the model servers")
     run_parser.add_argument("--dataset-https-hosts", default="",
                             help="comma-separated hosts that https:// golden datasets may come from")
+    run_parser.add_argument("--gate-hosts", type=_host_patterns, default=(),
+                            help="comma-separated hosts a gate URL override may name besides the rollout's "
+                                 "namespace's Services; {namespace} and a leading *. allowed")
     run_parser.set_defaults(handler=_operator_run)
 
     for name, help_text in (("list", "list ModelRollouts"), ("get", "show one rollout (--watch: live)"),

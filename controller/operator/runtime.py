@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from controller.analysis.prometheus import PrometheusProvider
 from controller.analysis.runner import AnalysisRequest, run_analysis
 from controller.api.commands import COMMAND_ANNOTATION, CommandError, parse_command
+from controller.api.reach import check_gate_hosts
 from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
 from controller.api.status import ModelRolloutStatus, VersionRef
 from controller.engine import (
@@ -79,6 +80,8 @@ class OperatorConfig:
     storage_uri_template: str = "{source}"
     gate_protocol: str = "v2"
     https_allowed_hosts: tuple[str, ...] = ()
+    # Host patterns a gate URL override may name besides the rollout's own namespace's Services (api.reach).
+    gate_hosts: tuple[str, ...] = ()
     kserve_default_mode: str | None = None
 
 
@@ -346,6 +349,7 @@ class RolloutStepper:
         self._seen.add(key)
         try:
             spec = parse_spec(obj.get("spec") or {})
+            check_gate_hosts(spec, meta["namespace"], self.config.gate_hosts)
         except SpecError as exc:
             # The API server refuses bad specs first; this covers what its schema cannot say.
             decision = reject_spec(ModelRolloutStatus.from_dict(obj.get("status")), exc,

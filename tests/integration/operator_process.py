@@ -26,7 +26,8 @@ class OperatorProcess:
         with open(self.log, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller.cli.main", "operator", "run", "--kubeconfig", str(self.kubeconfig),
-                 "--metrics-port", "0"],
+                 # The local stack's model servers listen on loopback; a cluster admin allows such hosts the same way.
+                 "--metrics-port", "0", "--gate-hosts", "127.0.0.1"],
                 stdout=log_file, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         return self
 

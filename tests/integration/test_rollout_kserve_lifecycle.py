@@ -558,6 +558,38 @@ def test_events_are_posted_as_their_entries_are_stored_not_when_the_reconcile_en
         slow_candidate.stop()
 
 
+def test_a_gate_url_outside_the_namespace_fails_the_rollout_before_anything_is_called(
+        rig: Rig, scenario_factory: Callable[..., Scenario]) -> None:
+    """The test operator allows 127.0.0.1 besides the namespace's Services; `localhost` reaches the same
+    listener but is not allowed, so the URL is refused by name, and neither it nor the target is touched."""
+    scenario = scenario_factory("clean", light=True)
+    name = scenario.model_name
+    make_isvc(rig, name, scenario.storage_uri(scenario.stable_version))
+    generation = rig.wait_isvc(name, lambda o: bool(predictor_status(o).get("latestRolledoutRevision")))[
+        "metadata"]["generation"]
+    listener = RecordingProxy("http://127.0.0.1:9")  # records and holds every request that reaches it
+    listener.open.clear()
+    listener.start()
+    try:
+        rig.start_operator()
+        manifest = scenario.rollout()
+        manifest["spec"]["target"]["kserve"]["candidateUrl"] = f"http://localhost:{listener.port}/v2"
+        manifest["spec"]["goldenDataset"]["sha256"] = "0" * 64  # never read: the refusal comes first
+        rig.apply(manifest)
+        status = rig.wait(name, phase_in(*TERMINAL), 60, "the refusal")
+        assert status["phase"] == "Failed", status
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "InvalidSpec", ready
+        assert "spec.target.kserve.candidateUrl" in ready["message"] and "'localhost'" in ready["message"], ready
+        assert "InvalidSpec" in events(status) and "Resolved" not in events(status), events(status)
+        time.sleep(2)  # anything started would have reached the listener or the InferenceService by now
+        assert listener.waiting == 0 and not listener.writes
+        assert rig.isvc(name)["metadata"]["generation"] == generation
+    finally:
+        listener.open.set()
+        listener.stop()
+
+
 # --- 3. a new candidate mid-rollout -------------------------------------------------------------------------
 
 

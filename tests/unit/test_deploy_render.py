@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.cli.main import build_parser
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelrollout"
 DEPLOY = REPO / "deploy"
@@ -134,13 +136,16 @@ def test_chart_loads_the_shipped_rules_and_dashboard() -> None:
 def test_chart_values_change_what_they_say() -> None:
     objs = helm_template("--set", "image.digest=sha256:" + "a" * 64, "--set", "exporter.classNames={safe,nsfw}",
                          "--set", "controller.extraArgs={--namespace,moderation}", "--set", "exporter.port=9200",
+                         "--set-json", 'controller.gateHosts=["127.0.0.1","*.{namespace}.models.example.com"]',
                          release="mr", namespace="ml-platform")
     deployments = {obj["metadata"]["name"]: obj for obj in objs if obj["kind"] == "Deployment"}
     assert set(deployments) == {"mr-modelrollout-controller", "mr-modelrollout-exporter"}
     controller = deployments["mr-modelrollout-controller"]["spec"]["template"]["spec"]["containers"][0]
     exporter = deployments["mr-modelrollout-exporter"]["spec"]["template"]["spec"]["containers"][0]
     assert controller["image"] == "ghcr.io/modelrollout/modelrollout@sha256:" + "a" * 64
-    assert controller["args"][-2:] == ["--namespace", "moderation"]
+    assert controller["args"][-4:] == ["--gate-hosts", "127.0.0.1,*.{namespace}.models.example.com",
+                                       "--namespace", "moderation"]
+    assert build_parser().parse_args(controller["args"]).gate_hosts == ("127.0.0.1", "*.{namespace}.models.example.com")
     assert exporter["args"] == ["exporter", "run", "--host", "0.0.0.0",  # noqa: S104 - the pod address
                                 "--port", "9200", "--class-names", "safe,nsfw"]
     binding = next(obj for obj in objs if obj["kind"] == "ClusterRoleBinding")
@@ -157,6 +162,7 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set", "runAsUser=0"), "/runAsUser"),
     (("--set", "monitoring.serviceMonitor.enable=true"), "'enable'"),
     (("--set", "controler.replicas=1"), "'controler'"),
+    (("--set-json", 'controller.gateHosts=["http://gate.example"]'), "/controller/gateHosts/0"),
 ])
 def test_values_schema_refuses_bad_values(args: tuple[str, ...], complaint: str) -> None:
     result = run_tool("helm", "template", RELEASE, str(CHART), *args)

@@ -1,0 +1,73 @@
+"""Which hosts a rollout's golden gate may call.
+
+A gate URL override (spec.target.kserve.candidateUrl / stableUrl) is user input. Without a rule, a rollout
+could aim the operator's requests, golden dataset included, at a Service in another namespace, or at any pod
+by its IP, and read the answers back as metrics. So an override must name a Service of the rollout's own
+namespace, or a host the cluster admin allows with `operator run --gate-hosts`. URLs the operator reads from
+the target's own status are not overrides and are not checked here.
+
+Patterns are host names, with `{namespace}` standing for the rollout's namespace and a leading `*.` for
+exactly one DNS label (as in a TLS wildcard). An IP address matches only a pattern that spells it out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from controller.api.spec import ModelRolloutSpec, SpecError
+
+# A Service of the rollout's namespace, by each name cluster DNS gives it.
+DEFAULT_GATE_HOSTS = ("*.{namespace}", "*.{namespace}.svc", "*.{namespace}.svc.cluster.local")
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_PATTERN = re.compile(rf"^(\*\.)?({_LABEL}|\{{namespace\}})(\.({_LABEL}|\{{namespace\}}))*$|^\[[0-9a-f:.]+\]$")
+
+
+def parse_host_patterns(text: str) -> tuple[str, ...]:
+    """Comma-separated host patterns (the --gate-hosts flag), checked so that a typo fails at start-up."""
+    patterns = tuple(p.strip().lower().rstrip(".") for p in text.split(",") if p.strip())
+    for pattern in patterns:
+        if not _PATTERN.match(pattern) and not _is_ip(pattern):
+            raise ValueError(f"{pattern!r} is not a host pattern: host names of letters, digits and '-', "
+                             "'{namespace}' for the rollout's namespace, and '*.' only as the first label")
+    return patterns
+
+
+def host_allowed(host: str, namespace: str, patterns: Iterable[str]) -> bool:
+    host = host.lower().rstrip(".")
+    literal = _is_ip(host) or host.rsplit(".", 1)[-1].isdigit()  # 10.1 or 0.5 resolve as addresses too
+    for pattern in patterns:
+        expected = pattern.replace("{namespace}", namespace).lower().rstrip(".")
+        if expected.startswith("["):
+            expected = expected[1:-1]
+        if host == expected:
+            return True
+        if expected.startswith("*.") and not literal:
+            first, _, rest = host.partition(".")
+            if first and rest == expected[2:]:
+                return True
+    return False
+
+
+def check_gate_hosts(spec: ModelRolloutSpec, namespace: str, allowed: Iterable[str] = ()) -> None:
+    """Raise SpecError naming the field when a gate URL override leaves the rollout's namespace."""
+    kserve = spec.target.kserve
+    if kserve is None:
+        return
+    patterns = (*DEFAULT_GATE_HOSTS, *allowed)
+    for key, url in (("candidateUrl", kserve.candidate_url), ("stableUrl", kserve.stable_url)):
+        host = urlsplit(url).hostname if url else None
+        if url and not host_allowed(host or "", namespace, patterns):
+            raise SpecError(f"spec.target.kserve.{key}",
+                            f"host {host!r} is not a Service of namespace {namespace} (name.{namespace}.svc) "
+                            "and not among the hosts the operator allows (operator run --gate-hosts)")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,93 @@
+"""A gate URL override may name only a Service of the rollout's namespace or a host the cluster admin allows."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+
+from controller.api import parse_spec
+from controller.api.reach import DEFAULT_GATE_HOSTS, check_gate_hosts, host_allowed, parse_host_patterns
+from controller.cli.main import build_parser
+from controller.operator.runtime import OperatorConfig, RolloutStepper
+
+RAW: dict[str, Any] = {"model": {"name": "nsfw", "version": "2"},
+                       "target": {"kserve": {"inferenceService": "nsfw"}}}
+
+
+def spec_with(**urls: str) -> Any:
+    raw = copy.deepcopy(RAW)
+    raw["target"]["kserve"].update(urls)
+    return parse_spec(raw)
+
+
+@pytest.mark.parametrize(("host", "allowed"), [
+    ("nsfw-predictor.team-a", True),
+    ("nsfw-predictor.team-a.svc", True),
+    ("NSFW-Predictor.team-a.svc.cluster.local.", True),  # case and the root dot do not matter to DNS
+    ("nsfw-predictor.team-b.svc.cluster.local", False),  # another namespace
+    ("nsfw-predictor", False),  # resolves in the operator's own namespace, not the rollout's
+    ("a.nsfw-predictor.team-a.svc", False),  # '*' is one label
+    ("team-a.svc", False),
+    ("10.0.0.7", False),  # any pod, in any namespace
+    ("0.7", False),  # a short form of 0.0.0.7
+    ("::1", False),
+    ("evil.example", False),
+])
+def test_only_services_of_the_rollouts_namespace_by_default(host: str, allowed: bool) -> None:
+    assert host_allowed(host, "team-a", DEFAULT_GATE_HOSTS) is allowed
+
+
+def test_a_namespace_named_like_a_number_does_not_open_addresses() -> None:
+    assert not host_allowed("10.0.0.7", "7", DEFAULT_GATE_HOSTS)
+    assert not host_allowed("0.7", "7", DEFAULT_GATE_HOSTS)
+    assert host_allowed("svc.7.svc", "7", DEFAULT_GATE_HOSTS)
+
+
+def test_admin_patterns_add_hosts_with_the_namespace_filled_in() -> None:
+    patterns = parse_host_patterns(" *.{namespace}.models.example.com , 127.0.0.1,[::1],")
+    assert patterns == ("*.{namespace}.models.example.com", "127.0.0.1", "[::1]")
+    assert host_allowed("nsfw.team-a.models.example.com", "team-a", patterns)
+    assert not host_allowed("nsfw.team-b.models.example.com", "team-a", patterns)
+    assert host_allowed("127.0.0.1", "team-a", patterns) and host_allowed("::1", "team-a", patterns)
+    assert not host_allowed("127.0.0.2", "team-a", patterns)
+
+
+@pytest.mark.parametrize("text", ["a_b", "*", "a.*.b", "**.x", "http://x", "x:80", "{ns}.svc"])
+def test_a_pattern_that_is_not_one_is_refused_at_start_up(text: str) -> None:
+    with pytest.raises(ValueError, match="not a host pattern"):
+        parse_host_patterns(text)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["operator", "run", "--gate-hosts", text])
+
+
+def test_operator_run_takes_gate_hosts() -> None:
+    args = build_parser().parse_args(["operator", "run", "--gate-hosts", "127.0.0.1,*.{namespace}.example.com"])
+    assert args.gate_hosts == ("127.0.0.1", "*.{namespace}.example.com")
+    assert build_parser().parse_args(["operator", "run"]).gate_hosts == ()
+
+
+def test_the_refusal_names_the_field_and_the_host() -> None:
+    check_gate_hosts(spec_with(candidateUrl="http://nsfw-canary.team-a.svc:8080/v2",
+                               stableUrl="http://nsfw.team-a:80"), "team-a")
+    with pytest.raises(ValueError) as refused:
+        check_gate_hosts(spec_with(candidateUrl="http://nsfw-canary.team-a.svc",
+                                   stableUrl="http://nsfw.team-b.svc/v2"), "team-a")
+    assert refused.value.path == "spec.target.kserve.stableUrl"  # type: ignore[attr-defined]
+    assert "'nsfw.team-b.svc'" in str(refused.value) and "--gate-hosts" in str(refused.value)
+    check_gate_hosts(spec_with(candidateUrl="http://127.0.0.1:9000"), "team-a", ("127.0.0.1",))
+
+
+def test_the_operator_fails_such_a_rollout_naming_the_field_and_calls_nothing() -> None:
+    """Refused before any adapter is built: the stepper has no API client to call anything with."""
+    raw = copy.deepcopy(RAW)
+    raw["target"]["kserve"]["candidateUrl"] = "http://10.0.0.7:8080"
+    obj = {"metadata": {"namespace": "team-a", "name": "nsfw", "generation": 1}, "spec": raw}
+    stepper = RolloutStepper(None, OperatorConfig(gate_hosts=("127.0.0.1",)), write_ahead=False)  # type: ignore[arg-type]
+    outcome = asyncio.run(stepper.step(obj))
+    assert outcome.status["phase"] == "Failed" and not outcome.actions_taken
+    ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec"
+    assert "spec.target.kserve.candidateUrl" in ready["message"] and "'10.0.0.7'" in ready["message"]
