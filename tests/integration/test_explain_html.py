@@ -76,7 +76,7 @@ STATUS = {
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip("chromium is not installed: hack/setup.sh installs Debian's package "
+        pytest.fail("chromium is not installed: hack/setup.sh installs Debian's package "
                     "(apt-get install -y --no-install-recommends chromium)")
     return path
 

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
@@ -153,6 +154,73 @@ class TestMlflowRegistry(RegistryContract):
         with pytest.raises(RegistryUnavailable):
             MlflowRegistry(f"http://127.0.0.1:{_free_port()}", policy=FAST).resolve("model", version="1")
         assert time.monotonic() - started < 3
+
+
+# --- credentials, against MLflow's own basic-auth app --------------------------------------------------
+
+ADMIN = ("admin", "admin-" + uuid.uuid4().hex)
+READER = ("reader", "reader-" + uuid.uuid4().hex)
+
+
+@pytest.fixture(scope="module")
+def authenticating_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """`mlflow server --app-name basic-auth`: refuses anonymous requests, default permission READ, and one
+    non-admin user who may therefore read everything and change nothing."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-auth"), admin=ADMIN)
+    server.start()
+    try:
+        api = f"{server.url}/api/2.0/mlflow"
+        created = requests.post(f"{api}/users/create", json={"username": READER[0], "password": READER[1]},
+                                auth=ADMIN, timeout=30)
+        assert created.status_code == 200, created.text
+        yield server
+    finally:
+        server.stop()
+
+
+def _admin_model(server: MlflowServer) -> str:
+    """A model with version 1, registered by the admin."""
+    api, model = f"{server.url}/api/2.0/mlflow", f"auth-{uuid.uuid4().hex[:8]}"
+    for path, body in (("registered-models/create", {"name": model}),
+                       ("model-versions/create", {"name": model, "source": "s3://models/auth/1"})):
+        answer = requests.post(f"{api}/{path}", json=body, auth=ADMIN, timeout=30)
+        assert answer.status_code == 200, answer.text
+    return model
+
+
+def test_basic_credentials_are_accepted_by_a_real_authenticating_mlflow(authenticating_mlflow: MlflowServer) -> None:
+    model = _admin_model(authenticating_mlflow)
+    registry = MlflowRegistry(authenticating_mlflow.url, Credentials(username=ADMIN[0], password=ADMIN[1]),
+                              policy=FAST)
+    assert registry.resolve(model, version="1").version == "1"
+    registry.promote(model, STABLE, "1", "moderation/nsfw")
+    assert registry.verify_alias(model, STABLE) == "1"
+
+
+@pytest.mark.parametrize("credentials", [Credentials(username=ADMIN[0], password="wrong-" + PASSWORD), None,
+                                         Credentials(token=TOKEN)],
+                         ids=["wrong-password", "anonymous", "bearer-token-it-does-not-accept"])
+def test_credentials_a_real_mlflow_refuses_are_access_denied(authenticating_mlflow: MlflowServer,
+                                                             credentials: Credentials | None) -> None:
+    model = _admin_model(authenticating_mlflow)
+    registry = MlflowRegistry(authenticating_mlflow.url, credentials, policy=FAST)
+    with pytest.raises(RegistryAccessDenied, match="HTTP 401") as caught:
+        registry.resolve(model, version="1")
+    assert caught.value.kind == "Forbidden" and not caught.value.retryable
+    _assert_no_secret(caught.value)
+
+
+def test_a_user_who_may_only_read_resolves_but_moving_the_alias_is_access_denied(
+        authenticating_mlflow: MlflowServer) -> None:
+    model = _admin_model(authenticating_mlflow)
+    reader = MlflowRegistry(authenticating_mlflow.url, Credentials(username=READER[0], password=READER[1]),
+                            policy=FAST)
+    assert reader.resolve(model, version="1").version == "1"
+    with pytest.raises(RegistryAccessDenied, match="HTTP 403") as caught:
+        reader.promote(model, STABLE, "1", "moderation/nsfw")
+    assert READER[1] not in str(caught.value) and READER[1] not in repr(caught.value)
+    admin = MlflowRegistry(authenticating_mlflow.url, Credentials(username=ADMIN[0], password=ADMIN[1]), policy=FAST)
+    assert admin.verify_alias(model, STABLE) is None  # nothing half-written
 
 
 # --- faults and credentials, on small real HTTP servers ----------------------------------------------
