@@ -113,7 +113,7 @@ class Checker:
     # -- invariants --
 
     def _status_is_well_formed(self, status: ModelRolloutStatus) -> None:
-        assert status.phase in Phase
+        assert isinstance(status.phase, Phase)
         assert status.to_dict()["phase"] in {item.value for item in Phase}
         assert len(status.history) <= HISTORY_LIMIT
         assert len(status.actions) <= ACTION_LOG_LIMIT
