@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from datetime import datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from test_engine_support import GATE_REPORT, SHA, T0, Registry, Target, World, spec_dict, verdict
@@ -135,14 +136,33 @@ def test_full_rollout_succeeds() -> None:
 
 def test_analysis_holds_for_its_duration_and_runs_every_interval() -> None:
     world = World()
-    world.run_until(lambda w: (w.status.current_step or 0) >= 2)
+    interval, duration = timedelta(seconds=30), timedelta(minutes=10)
+    run_times: list[datetime] = []
+    steps_seen: list[tuple[datetime, int | None]] = []
+
+    def judge(request: RunAnalysis) -> list[Verdict]:
+        if request.step_index == 1:
+            run_times.append(world.now)
+        return [verdict(Outcome.PASS)]
+
+    def past_the_analysis(w: World) -> bool:
+        steps_seen.append((w.now, w.status.current_step))
+        return (w.status.current_step or 0) >= 2
+
+    world.judge = judge
+    # Reconciles every 10s, a third of the interval: the judges still run only once an interval.
+    world.run_until(past_the_analysis, step=timedelta(seconds=10))
     runs = [action for action in world.executed if isinstance(action, RunAnalysis) and action.step_index == 1]
     # Every 30s over 10 minutes, the last at the end itself: its result, which covers the whole window, decides.
-    assert len(runs) == 20
+    assert len(runs) == len(run_times) == 20
+    assert [later - earlier for earlier, later in pairwise(run_times)] == [interval] * 19
+    assert (run_times[0], run_times[-1]) == (T0 + interval, T0 + duration)
+    # The step holds for the whole duration and moves on at its end, right after the last run.
+    assert {step for now, step in steps_seen if now < T0 + duration} == {1}
+    assert next(now for now, step in steps_seen if step != 1) == T0 + duration
     assert {action.canary_weight for action in runs} == {1}
     assert len({action.id for action in runs}) == len(runs)
-    gaps = {later.window_start for later in runs}
-    assert gaps == {T0}  # the window starts when the weight was in place
+    assert {action.window_start for action in runs} == {T0}  # the window starts when the weight was in place
 
 
 def test_requeue_hints_follow_the_flow() -> None:
@@ -896,10 +916,24 @@ def test_operator_killed_after_acting_finds_the_effect_and_moves_on() -> None:
 
 @pytest.mark.parametrize("crash_after", [1, 2, 3, 4])
 def test_operator_killed_at_every_boundary_reaches_the_same_end(crash_after: int) -> None:
+    # The uncrashed run, reconcile by reconcile: what each left behind, and whether it made more than
+    # `crash_after` status writes and action batches (a write per decision, a batch between two), so that a
+    # kill after that many lands inside it.
     reference = World()
     fail_from(reference, step_index=3)
-    reference.run_until(finished)
-    for crash_at_reconcile in range(0, 45, 7):
+    left_behind: list[tuple[dict, int]] = []
+    crash_points: list[int] = []
+    while not finished(reference):
+        assert len(left_behind) < 200, reference.status.message
+        decided = len(reference.decisions)
+        reference.reconcile()
+        if 2 * (len(reference.decisions) - decided) - 1 > crash_after:
+            crash_points.append(len(left_behind))
+        left_behind.append((reference.status.to_dict(), len(reference.executed)))
+        reference.advance(timedelta(seconds=30))
+    # Every reconcile a kill can land in, from the first to the one that finishes the rollout.
+    assert crash_points[0] == 0 and crash_points[-1] == len(left_behind) - 1, crash_points
+    for crash_at_reconcile in crash_points:
         world = World()
         fail_from(world, step_index=3)
         for count in range(200):
@@ -908,8 +942,10 @@ def test_operator_killed_at_every_boundary_reaches_the_same_end(crash_after: int
             if count == crash_at_reconcile:
                 world.crash_after = crash_after
             world.reconcile()
+            if count == crash_at_reconcile:  # the kill happened: the reconcile left less behind than uncrashed
+                assert (world.status.to_dict(), len(world.executed)) != left_behind[count], count
             world.advance(timedelta(seconds=30))
-        assert world.status.phase is reference.status.phase
+        assert world.status.phase is reference.status.phase, crash_at_reconcile
         assert world.status.message == reference.status.message
         assert effect_ids(world) == effect_ids(reference)
 
