@@ -16,10 +16,15 @@ class TemplateError(ValueError):
     """A query template or a value that cannot be rendered safely."""
 
 
+# Besides the quote and the backslash: control characters, and U+FFFD, which Prometheus' lexer refuses raw in
+# a string ("invalid UTF-8 rune": it cannot tell it from a decoding error) but takes as \ufffd.
+_ESCAPED = re.compile(r'[\\"\x00-\x1f\x7f-\x9f\ufffd]')
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def promql_string(value: str) -> str:
     """A double-quoted PromQL string literal (Go escaping) that always holds exactly `value`."""
-    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-               .replace("\r", "\\r").replace("\t", "\\t"))
+    escaped = _ESCAPED.sub(lambda m: _SHORT_ESCAPES.get(m.group(), f"\\u{ord(m.group()):04x}"), value)
     return f'"{escaped}"'
 
 

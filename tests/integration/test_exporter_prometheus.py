@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller.analysis.prometheus import PrometheusProvider, QueryProblem
-from controller.analysis.queries import QueryScope, render
+from controller.analysis.queries import QueryScope, promql_string, render
 from controller.devstack.dataplane import start_exporter
 from controller.devstack.processes import LOOPBACK, free_port
 from controller.devstack.prometheus_server import PrometheusServer
@@ -98,3 +99,16 @@ def test_each_query_problem_has_its_own_explanation(prometheus: PrometheusServer
     unreachable = PrometheusProvider(f"http://{LOOPBACK}:{free_port()}", timeout_seconds=1, retries=0)
     down = unreachable.scalar("vector(1)")
     assert down.problem is QueryProblem.UNREACHABLE and "did not answer" in down.detail
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("value", ['a"b\\c', "line\nbreak\ttab\r", "nul\x00bell\x07del\x7fnel\x85",
+                                   "replacement \ufffd char", "é ü 😀 \u2028", "\\u0041 \\x41 \\101", "'single'"])
+def test_prometheus_reads_back_exactly_the_string_a_literal_holds(prometheus: PrometheusServer, value: str) -> None:
+    """The escaping is proven by Prometheus' own parser: the label it sets holds the value itself."""
+    query = f'label_replace(vector(1), "held", {promql_string(value)}, "", "")'
+    url = f"{prometheus.url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - the test Prometheus, http on loopback
+        body = json.load(answer)
+    assert body["status"] == "success", body
+    assert [series["metric"]["held"] for series in body["data"]["result"]] == [value]

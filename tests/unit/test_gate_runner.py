@@ -232,6 +232,31 @@ def test_mlflow_metrics_carry_the_deciding_numbers_and_leave_undefined_ones_out(
     assert metrics["candidate.nsfw.falsePositiveRate"] == 0.0
     assert all(isinstance(value, float) for value in metrics.values())
 
+    # Half safe, half suggestive, nsfw never labelled, and every sample looks safe to the identity model:
+    # nothing is predicted suggestive or nsfw (precision 0/0) and nothing is truly nsfw (recall 0/0).
+    count = 120
+    labels = [CLASSES[i % 2] for i in range(count)]
+    features = np.zeros((count, 4))
+    features[:, 0] = 1.0
+    path = tmp_path / "undefined.jsonl"
+    sha = write_jsonl_dataset(path, CLASSES, features, labels, [()] * count)
+    report = gate_with_servers(path, spec(sha))
+    per_class = report.status["candidate"]["metrics"]["perClass"]
+    assert per_class["nsfw"]["precision"] is None and per_class["nsfw"]["recall"] is None
+    assert per_class["suggestive"]["precision"] is None
+    metrics = gate_metrics(report)
+    for side in ("candidate", "stable"):
+        for undefined in ("suggestive.precision", "nsfw.precision", "nsfw.recall"):
+            assert f"{side}.{undefined}" not in metrics
+        assert metrics[f"{side}.accuracy"] == 0.5
+        assert metrics[f"{side}.safe.precision"] == 0.5 and metrics[f"{side}.safe.recall"] == 1.0
+        assert metrics[f"{side}.safe.falsePositiveRate"] == 1.0
+        assert metrics[f"{side}.suggestive.recall"] == 0.0  # defined, and really zero: kept
+        assert metrics[f"{side}.suggestive.falsePositiveRate"] == 0.0
+        assert metrics[f"{side}.nsfw.falsePositiveRate"] == 0.0
+    assert metrics["disagreement"] == 0.0 and metrics["dataset.usable_samples"] == 120
+    assert all(isinstance(value, float) for value in metrics.values())
+
 
 def test_fewer_slices_are_tracked_when_many_classes_make_each_ones_counts_large() -> None:
     from controller.gate.metrics import PairedCounts

@@ -37,22 +37,75 @@ def test_injection_through_a_value_stays_inside_the_string() -> None:
     assert query == 'sum(m{namespace="a\\"} or vector(1) #", inference_service="t\\\\", variant="v\\nx"})'
 
 
-@given(st.text())
-def test_any_string_round_trips_through_the_literal(value: str) -> None:
-    literal = promql_string(value)
-    assert literal.startswith('"') and literal.endswith('"')
-    inner = literal[1:-1]
-    # No unescaped quote can end the literal early.
-    index = 0
+GO_SIMPLE_ESCAPES = {"a": b"\a", "b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t", "v": b"\v",
+                     "\\": b"\\", '"': b'"'}
+
+
+def go_unquote(literal: str) -> str:
+    r"""Decode a double-quoted Go/PromQL string literal the way strconv.Unquote does; ValueError if invalid.
+
+    \xNN and \NNN (octal) give raw bytes, \uNNNN and \UNNNNNNNN give code points (no surrogates), \' is
+    refused in a double-quoted literal, and a raw quote or newline cannot appear inside. The bytes must be UTF-8.
+    """
+    if len(literal) < 2 or literal[0] != '"' or literal[-1] != '"':
+        raise ValueError(f"not a double-quoted literal: {literal!r}")
+    inner, out, index = literal[1:-1], bytearray(), 0
     while index < len(inner):
-        if inner[index] == "\\":
-            index += 2
+        char = inner[index]
+        if char in '"\n':
+            raise ValueError(f"raw {char!r} inside the literal at {index}")
+        if char != "\\":
+            out += char.encode("utf-8")
+            index += 1
             continue
-        assert inner[index] not in '"\n'
-        index += 1
-    decoded = inner.encode().decode("unicode_escape").encode("latin-1").decode("utf-8") if value.isascii() else None
-    if decoded is not None:
-        assert decoded == value
+        if index + 1 >= len(inner):
+            raise ValueError("escape sequence not terminated")
+        kind = inner[index + 1]
+        if kind in GO_SIMPLE_ESCAPES:
+            out += GO_SIMPLE_ESCAPES[kind]
+            index += 2
+        elif kind in "01234567":
+            digits = inner[index + 1:index + 4]
+            if not re.fullmatch(r"[0-7]{3}", digits) or int(digits, 8) > 255:
+                raise ValueError(f"bad octal escape {digits!r}")
+            out.append(int(digits, 8))
+            index += 4
+        elif kind in "xuU":
+            width = {"x": 2, "u": 4, "U": 8}[kind]
+            digits = inner[index + 2:index + 2 + width]
+            if not re.fullmatch(rf"[0-9a-fA-F]{{{width}}}", digits):
+                raise ValueError(f"bad \\{kind} escape {digits!r}")
+            code = int(digits, 16)
+            if kind == "x":
+                out.append(code)
+            elif code > 0x10FFFF or 0xD800 <= code < 0xE000:
+                raise ValueError(f"escape {digits!r} is not a valid code point")
+            else:
+                out += chr(code).encode("utf-8")
+            index += 2 + width
+        else:
+            raise ValueError(f"unknown escape sequence \\{kind}")
+    return out.decode("utf-8")  # strict: a literal spelling invalid UTF-8 does not hold a string
+
+
+@pytest.mark.parametrize(("literal", "value"), [
+    (r'"a\"b\\c"', 'a"b\\c'), (r'"\a\b\f\n\r\t\v"', "\a\b\f\n\r\t\v"), (r'"\x41\101\u00e9\U0001F600"', "AAé😀"),
+    (r'"\xc3\xa9"', "é"), ('"ü\x01"', "ü\x01"),
+])
+def test_the_go_literal_decoder_follows_strconv_unquote(literal: str, value: str) -> None:
+    assert go_unquote(literal) == value
+
+
+@pytest.mark.parametrize("literal", ['"a"b"', '"a\nb"', r'"\q"', r'"\'"', r'"\x4"', r'"\400"', r'"\ud800"',
+                                     r'"\xff"', '"a\\"', "'a'"])
+def test_the_go_literal_decoder_refuses_what_strconv_unquote_refuses(literal: str) -> None:
+    with pytest.raises(ValueError):
+        go_unquote(literal)
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"])) | st.text(alphabet='"\\\n\r\t\x00\x07\x0b\x7fé\'x'))
+def test_any_string_round_trips_through_the_literal(value: str) -> None:
+    assert go_unquote(promql_string(value)) == value
 
 
 @pytest.mark.parametrize("window", ["5 m", "1m) or vector(1", "", "-5m", "5m\n"])
