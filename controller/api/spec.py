@@ -413,8 +413,6 @@ def _parse_analysis(raw: Mapping[str, Any] | None) -> AnalysisSpec:
     names = [metric.name for metric in metrics]
     if len(set(names)) != len(names):
         raise SpecError(f"{path}.metrics", "metric names must be unique")
-    if metrics and prometheus is None:
-        raise SpecError(f"{path}.prometheus.address", "is required when metrics are set")
     return AnalysisSpec(
         prometheus=None if prometheus is None else PrometheusSpec(
             _recorded_url(_required_str(prometheus, "address", f"{path}.prometheus"), f"{path}.prometheus.address")),

@@ -319,6 +319,14 @@ def _engine_version(version: Any) -> ResolvedVersion:
                            lineage=dict(version.lineage), tags=dict(version.tags), status=version.status)
 
 
+def check_operator_settings(spec: ModelRolloutSpec, namespace: str, config: OperatorConfig) -> None:
+    """What the spec needs from this operator's settings, refused with the field named (SpecError)."""
+    check_gate_hosts(spec, namespace, config.gate_hosts)
+    if spec.analysis.metrics and spec.analysis.prometheus is None and not config.default_prometheus_url:
+        raise SpecError("spec.analysis.prometheus.address",
+                        "is required: the metrics need a Prometheus and the operator has no default (--prometheus-url)")
+
+
 class RolloutStepper:
     """(observe, decide, act)* on a rollout just read; the caller writes the final status.
 
@@ -349,7 +357,7 @@ class RolloutStepper:
         self._seen.add(key)
         try:
             spec = parse_spec(obj.get("spec") or {})
-            check_gate_hosts(spec, meta["namespace"], self.config.gate_hosts)
+            check_operator_settings(spec, meta["namespace"], self.config)
         except SpecError as exc:
             # The API server refuses bad specs first; this covers what its schema cannot say.
             decision = reject_spec(ModelRolloutStatus.from_dict(obj.get("status")), exc,

@@ -80,7 +80,7 @@ class LiveRun:
 
 @contextlib.contextmanager
 def live_run(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer, exporter: str, namespace: str,
-             tmp_path: Path, mix: TrafficMix) -> Iterator[LiveRun]:
+             tmp_path: Path, mix: TrafficMix, operator_env: dict[str, str] | None = None) -> Iterator[LiveRun]:
     """Scenario, data plane with live traffic and the operator, all stopped on the way out."""
     api_client = load_client_config(str(control_plane.admin_kubeconfig))
     scenario = Scenario(api_client, mlflow_server.url, namespace, tmp_path / "scenario",
@@ -89,7 +89,8 @@ def live_run(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer
     plane = DataPlane(api_client, namespace, scenario.model_name, scenario.server_url)
     traffic = LiveTraffic(plane, scenario.model_name, mix)
     operator = OperatorProcess(control_plane.admin_kubeconfig, tmp_path / "operator.log",
-                               extra_env={"MODELROLLOUT_STORAGE_URI_TEMPLATE": STORAGE_URI_TEMPLATE})
+                               extra_env={"MODELROLLOUT_STORAGE_URI_TEMPLATE": STORAGE_URI_TEMPLATE,
+                                          **(operator_env or {})})
     with contextlib.ExitStack() as running:
         running.callback(scenario.stop)
         scenario.setup()
@@ -101,10 +102,17 @@ def live_run(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer
 
 
 def run_live(kind: str, control_plane: ControlPlane, mlflow_server: MlflowServer, prometheus: PrometheusServer,
-             exporter: str, namespace: str, tmp_path: Path) -> tuple[dict[str, Any], DataPlane]:
-    with live_run(kind, control_plane, mlflow_server, exporter, namespace, tmp_path, TrafficMix(logo=0.10)) as run:
+             exporter: str, namespace: str, tmp_path: Path,
+             operators_prometheus: bool = False) -> tuple[dict[str, Any], DataPlane]:
+    """operators_prometheus: the spec names no Prometheus; the operator's default ($PROMETHEUS_URL) serves."""
+    env = {"PROMETHEUS_URL": prometheus.url} if operators_prometheus else None
+    with live_run(kind, control_plane, mlflow_server, exporter, namespace, tmp_path, TrafficMix(logo=0.10),
+                  env) as run:
         time.sleep(3)  # stable's series exist in Prometheus before the canary starts
-        run.apply(run.scenario.live_rollout(prometheus.url))
+        manifest = run.scenario.live_rollout(prometheus.url)
+        if operators_prometheus:
+            del manifest["spec"]["analysis"]["prometheus"]
+        run.apply(manifest)
         return run.wait_finished(), run.plane
 
 
@@ -130,7 +138,10 @@ def test_backdoored_candidate_is_rolled_back_in_its_first_analysis_step(
 def test_clean_candidate_passes_live_analysis_and_is_promoted(
         control_plane: ControlPlane, mlflow_server: MlflowServer, prometheus: PrometheusServer, exporter: str,
         namespace: str, tmp_path: Path) -> None:
-    obj, _ = run_live("clean", control_plane, mlflow_server, prometheus, exporter, namespace, tmp_path)
+    # Judged in the operator's default Prometheus: the spec names none (without one, every verdict would be
+    # inconclusive, and the rollout's onInconclusive: rollback would end it RolledBack).
+    obj, _ = run_live("clean", control_plane, mlflow_server, prometheus, exporter, namespace, tmp_path,
+                      operators_prometheus=True)
     status = obj["status"]
     assert status["phase"] == "Succeeded", status["message"]
     assert [h["event"] for h in status["history"]].count("AnalysisPassed") == 2

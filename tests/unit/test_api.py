@@ -258,7 +258,6 @@ _DELETE = object()
     (["canary", "steps"], "all at once", "spec.canary.steps"),
     (["analysis", "interval"], "0s", "spec.analysis.interval"),
     (["analysis", "onInconclusive"], "ignore", "spec.analysis.onInconclusive"),
-    (["analysis", "prometheus"], _DELETE, "spec.analysis.prometheus.address"),
     (["analysis", "metrics", 1], {"name": "x"}, "spec.analysis.metrics[1]"),
     (["analysis", "metrics", 1], {"name": "nsfw-rate", "threshold": {"query": "q", "max": 1}},
      "spec.analysis.metrics"),

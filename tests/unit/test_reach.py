@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from typing import Any
 
@@ -11,7 +10,6 @@ import pytest
 from controller.api import parse_spec
 from controller.api.reach import DEFAULT_GATE_HOSTS, check_gate_hosts, host_allowed, parse_host_patterns
 from controller.cli.main import build_parser
-from controller.operator.runtime import OperatorConfig, RolloutStepper
 
 RAW: dict[str, Any] = {"model": {"name": "nsfw", "version": "2"},
                        "target": {"kserve": {"inferenceService": "nsfw"}}}
@@ -78,16 +76,3 @@ def test_the_refusal_names_the_field_and_the_host() -> None:
     assert refused.value.path == "spec.target.kserve.stableUrl"  # type: ignore[attr-defined]
     assert "'nsfw.team-b.svc'" in str(refused.value) and "--gate-hosts" in str(refused.value)
     check_gate_hosts(spec_with(candidateUrl="http://127.0.0.1:9000"), "team-a", ("127.0.0.1",))
-
-
-def test_the_operator_fails_such_a_rollout_naming_the_field_and_calls_nothing() -> None:
-    """Refused before any adapter is built: the stepper has no API client to call anything with."""
-    raw = copy.deepcopy(RAW)
-    raw["target"]["kserve"]["candidateUrl"] = "http://10.0.0.7:8080"
-    obj = {"metadata": {"namespace": "team-a", "name": "nsfw", "generation": 1}, "spec": raw}
-    stepper = RolloutStepper(None, OperatorConfig(gate_hosts=("127.0.0.1",)), write_ahead=False)  # type: ignore[arg-type]
-    outcome = asyncio.run(stepper.step(obj))
-    assert outcome.status["phase"] == "Failed" and not outcome.actions_taken
-    ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
-    assert ready["reason"] == "InvalidSpec"
-    assert "spec.target.kserve.candidateUrl" in ready["message"] and "'10.0.0.7'" in ready["message"]
