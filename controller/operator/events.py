@@ -19,10 +19,11 @@ from controller.api.serialization import parse_time
 
 POSTED_THROUGH = "eventsPostedThrough"
 # Entries whose event name contains one of these are Warning Events, and so are WARNING_REASONS; the rest
-# (progress, and RollbackStarted, whose cause has its own Warning just before it) are Normal.
-WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Deadline", "Error", "Invalid")
-WARNING_REASONS = frozenset({"TrafficNotRestored", "GateOverridden", "CommandIgnored", "CandidateRejected",
-                             "CandidateNotReady", "PreviouslyRejected", "AwaitingDecision", "StatusReset"})
+# (progress) are Normal. RollbackStarted is a Warning whatever its cause: a missed progress deadline, an
+# on-call abort or a superseded candidate have no failed check of their own before it.
+WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Error", "Invalid")
+WARNING_REASONS = frozenset({"RollbackStarted", "TrafficNotRestored", "GateOverridden", "CommandIgnored",
+                             "CandidateRejected", "PreviouslyRejected", "AwaitingDecision", "StatusReset"})
 # The API server's default --event-ttl. An Event posted for an entry this old may have expired since, so
 # posting it again could not be told apart from a duplicate: such entries are not posted.
 EVENT_TTL = timedelta(hours=1)

@@ -125,8 +125,8 @@ def test_warning_events() -> None:
     assert [e for e in ("RollbackStarted", "RolledBack", "GateFailed", "GateInconclusive", "Aborted",
                         "InvalidSpec", "Promoted", "WeightChanged", "GatePassed", "TrafficNotRestored",
                         "GateOverridden", "AliasRemoved") if is_warning(e)] == \
-        ["RolledBack", "GateFailed", "GateInconclusive", "Aborted", "InvalidSpec", "TrafficNotRestored",
-         "GateOverridden"]
+        ["RollbackStarted", "RolledBack", "GateFailed", "GateInconclusive", "Aborted", "InvalidSpec",
+         "TrafficNotRestored", "GateOverridden"]
 
 
 def test_new_entries_are_posted_once_each_even_when_identical_and_the_mark_is_stored() -> None:
