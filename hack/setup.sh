@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the stack and the tests need on a fresh Debian machine:
-# Debian's Prometheus, the Python package in .venv, and kube-apiserver + etcd built from pinned Go modules.
+# Installs everything the stack and the tests need on a fresh Debian machine: Debian's Prometheus (and openssl,
+# chromium, python3-venv, kubectl when missing), the Python package in .venv, kube-apiserver + etcd built from
+# pinned Go modules, and pinned Helm and kustomize.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 # Headless Chromium renders `explain --html` in the tests.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# Debian's own python3 makes virtual environments only with python3-venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "error: missing ${need_apt[*]}: run as root or install them with apt-get" >&2; exit 1

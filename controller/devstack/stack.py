@@ -20,7 +20,6 @@ from controller.devstack.prometheus_server import PrometheusServer
 PROJECT_CRDS = REPO_ROOT / "crds"
 # The real serving-system CRDs, read from the shared folder beside the checkout (never copied in).
 UPSTREAM_CRDS = Path(os.environ.get("MODELROLLOUT_UPSTREAM_CRDS", REPO_ROOT.parent / "shared" / "upstream-crds"))
-FALLBACK_CRDS = REPO_ROOT / "crds" / "devstack"
 
 
 def default_state_dir() -> Path:
@@ -28,11 +27,13 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("MODELROLLOUT_STATE_DIR", Path(base) / "modelrollout" / "devstack"))
 
 
-def crd_files() -> list[Path]:
-    """The project's CRD, then the upstream serving CRDs when present, else the project's minimal stand-ins."""
-    files = sorted(PROJECT_CRDS.glob("*.yaml"))
-    upstream = sorted(UPSTREAM_CRDS.glob("*.yaml")) if UPSTREAM_CRDS.is_dir() else []
-    return files + (upstream or sorted(FALLBACK_CRDS.glob("*.yaml")))
+def crd_files(upstream_dir: Path = UPSTREAM_CRDS) -> list[Path]:
+    """The project's CRD, then the real KServe and Seldon CRDs: every patch is checked by their schemas."""
+    upstream = sorted(upstream_dir.glob("*.yaml")) if upstream_dir.is_dir() else []
+    if not upstream:
+        raise StackError(f"no KServe/Seldon CRDs in {upstream_dir}: the repository is checked out beside shared/ "
+                         "(its upstream-crds/), or MODELROLLOUT_UPSTREAM_CRDS names a directory of them")
+    return sorted(PROJECT_CRDS.glob("*.yaml")) + upstream
 
 
 def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None, check: bool = True,
