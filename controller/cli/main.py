@@ -182,10 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("-A", "--all-namespaces", action="store_true")
         else:
             sub.add_argument("name")
+        # One or the other: a watch prints progress until the end, -o one document now.
+        shown = sub.add_mutually_exclusive_group() if name == "get" else sub
         if name in ("list", "get", "history"):
-            sub.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
+            shown.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
         if name == "get":
-            sub.add_argument("-w", "--watch", action="store_true")
+            shown.add_argument("-w", "--watch", action="store_true")
         if name == "explain":
             sub.add_argument("--html", type=Path, default=None, metavar="FILE",
                              help="also write a self-contained page: weight and class rates over time, decisions")

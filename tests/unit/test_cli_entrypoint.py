@@ -37,6 +37,14 @@ def test_the_deployments_arguments_are_flags_of_operator_run() -> None:
     assert ports["metrics"] == args.metrics_port
 
 
+def test_get_takes_watch_or_an_output_format_not_both(capsys: pytest.CaptureFixture[str]) -> None:
+    assert build_parser().parse_args(["get", "r", "--watch"]).watch
+    assert build_parser().parse_args(["get", "r", "-o", "yaml"]).output == "yaml"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["get", "r", "--watch", "-o", "json"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_explain_takes_an_html_file(tmp_path: Path) -> None:
     args = build_parser().parse_args(["explain", "nsfw-classifier", "--html", str(tmp_path / "page.html")])
     assert args.html == tmp_path / "page.html"
