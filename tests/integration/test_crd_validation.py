@@ -108,7 +108,7 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("min-samples-zero", _set("analysis.metrics.0.proportion.minSamples", 0),
      "spec.analysis.metrics[0].proportion.minSamples"),
     ("on-inconclusive-unknown", _set("analysis.onInconclusive", "ignore"), "spec.analysis.onInconclusive"),
-    ("prometheus-missing", _delete("analysis.prometheus"), "spec.analysis"),
+    ("prometheus-without-address", _set("analysis.prometheus", {}), "spec.analysis.prometheus.address"),
     ("secret-ref-namespace", _set("registry", {"credentialsSecretRef": {"name": "tok", "namespace": "kube-system"}}),
      "spec.registry.credentialsSecretRef"),
     ("tracking-uri-not-http", _set("registry", {"trackingUri": "ftp://mlflow"}), "spec.registry.trackingUri"),
@@ -232,6 +232,16 @@ def test_design_md_layout_with_the_limits_beside_proportion_is_accepted_and_read
     proportion = parse_spec(stored["spec"]).analysis.metrics[0].proportion
     assert proportion is not None
     assert (proportion.max_rate, proportion.min_samples, proportion.max_relative_increase) == (0.07, 300, 0.5)
+
+
+@pytest.mark.integration
+def test_metrics_without_a_prometheus_are_accepted_for_the_operators_default(kubeconfig: Path,
+                                                                           namespace: str) -> None:
+    manifest = sample()
+    manifest["metadata"]["name"] = "operators-prometheus"
+    del manifest["spec"]["analysis"]["prometheus"]
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code == 0, output
 
 
 @pytest.mark.integration
