@@ -131,7 +131,9 @@ def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation:
     """What to do with a spec that does not parse (the API server normally refuses it first).
 
     Nothing running: Failed, naming the field. A rollout in flight: hold everything as it is (no actions)
-    and say why, so a typo never strands traffic halfway through a half-understood change.
+    and say why, so a typo never strands traffic halfway through a half-understood change. A finished
+    rollout whose spec has not changed since (the spec became invalid under a newer operator or its
+    settings) keeps its outcome: the refusal says only that it cannot run again.
     """
     status = status or ModelRolloutStatus()
     message = _sentence(f"Invalid spec: {error}")
@@ -139,8 +141,11 @@ def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation:
     repeated = bool(status.history) and status.history[-1].event == "InvalidSpec" and \
         status.history[-1].detail == str(error)
     history = status.history if repeated else append_history(status.history, entry, status.events_posted_through)
-    idle = status.phase is Phase.PENDING or status.phase in TERMINAL_PHASES
-    if not idle:
+    finished = status.phase in TERMINAL_PHASES and status.observed_generation == generation
+    idle = status.phase is Phase.PENDING or (status.phase in TERMINAL_PHASES and not finished)
+    if finished:
+        message = status.message if repeated else _sentence(f"{status.phase}; its spec cannot run again: {error}")
+    elif not idle:
         message = _sentence(f"Holding {status.phase} unchanged: invalid spec: {error}")
     condition = Condition(type=ConditionType.READY, status=ConditionStatus.FALSE, reason="InvalidSpec",
                           message=message, last_transition_time=now.replace(microsecond=0),

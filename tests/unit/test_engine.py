@@ -1229,6 +1229,32 @@ def test_an_invalid_spec_holds_a_rollout_in_flight() -> None:
     assert decision.status.current_step == 1 and decision.actions == ()
 
 
+@pytest.mark.parametrize("outcome", [Phase.SUCCEEDED, Phase.ROLLED_BACK])
+def test_a_finished_rollout_whose_unchanged_spec_became_invalid_keeps_its_outcome(outcome: Phase) -> None:
+    """A newer operator, or its settings, may refuse a spec it ran: the outcome stands, it cannot run again."""
+    world = World()
+    if outcome is Phase.ROLLED_BACK:
+        fail_from(world, step_index=1)
+    else:
+        reach_final_pause(world)
+        world.send(CommandAction.PROMOTE, actor="alice")
+    world.run_until(finished)
+    assert world.status.phase is outcome
+    done = world.status
+    error = SpecError("spec.target.kserve.candidateUrl", "host '10.0.0.7' is not a Service of namespace team-a")
+    decision = reject_spec(done, error, generation=done.observed_generation or 0, now=world.now)
+    assert decision.status.phase is outcome and decision.actions == ()
+    assert decision.status.completed_at == done.completed_at
+    assert decision.status.message == f"{outcome}; its spec cannot run again: {error}."
+    assert condition_of(decision.status, "Ready") == ("False", "InvalidSpec")
+    assert [e.event for e in decision.events] == ["InvalidSpec"]
+    again = reject_spec(decision.status, error, generation=done.observed_generation or 0, now=world.now)
+    assert again.status == decision.status and again.events == ()
+    # A new spec that is invalid has nothing running: Failed, as for any idle rollout.
+    edited = reject_spec(done, error, generation=(done.observed_generation or 0) + 1, now=world.now)
+    assert edited.status.phase is Phase.FAILED
+
+
 def condition_of(status: ModelRolloutStatus, name: str) -> tuple[str, str]:
     found = status.condition(name)
     assert found is not None
