@@ -7,21 +7,26 @@ namespace, or a host the cluster admin allows with `operator run --gate-hosts`. 
 the target's own status are not overrides and are not checked here.
 
 Patterns are host names, with `{namespace}` standing for the rollout's namespace and a leading `*.` for
-exactly one DNS label (as in a TLS wildcard). An IP address matches only a pattern that spells it out.
+exactly one DNS label (as in a TLS wildcard). An IP address, in any form the resolver takes (127.1, 0x7f.1,
+2130706433), matches only a pattern that spells it out. Hosts must be ASCII: the HTTP client maps some
+Unicode dots to "." (IDNA), so a Unicode host is not the host it looks like.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from controller.api.spec import ModelRolloutSpec, SpecError
 
-# A Service of the rollout's namespace, by each name cluster DNS gives it.
-DEFAULT_GATE_HOSTS = ("*.{namespace}", "*.{namespace}.svc", "*.{namespace}.svc.cluster.local")
+# A Service of the rollout's namespace, by the names cluster DNS gives it. Not the bare "name.namespace": for
+# a namespace named like a top-level domain (ml, ai, dev) a missing Service falls through to public DNS.
+DEFAULT_GATE_HOSTS = ("*.{namespace}.svc", "*.{namespace}.svc.cluster.local")
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_HOST = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _PATTERN = re.compile(rf"^(\*\.)?({_LABEL}|\{{namespace\}})(\.({_LABEL}|\{{namespace\}}))*$|^\[[0-9a-f:.]+\]$")
 
 
@@ -37,7 +42,9 @@ def parse_host_patterns(text: str) -> tuple[str, ...]:
 
 def host_allowed(host: str, namespace: str, patterns: Iterable[str]) -> bool:
     host = host.lower().rstrip(".")
-    literal = _is_ip(host) or host.rsplit(".", 1)[-1].isdigit()  # 10.1 or 0.5 resolve as addresses too
+    if not host.isascii():
+        return False
+    literal = _is_ip(host) or not _HOST.match(host)
     for pattern in patterns:
         expected = pattern.replace("{namespace}", namespace).lower().rstrip(".")
         if expected.startswith("["):
@@ -66,8 +73,14 @@ def check_gate_hosts(spec: ModelRolloutSpec, namespace: str, allowed: Iterable[s
 
 
 def _is_ip(host: str) -> bool:
+    """An address, also in the short and hex forms the resolver accepts (inet_aton), never a name."""
     try:
         ipaddress.ip_address(host.strip("[]"))
+        return True
     except ValueError:
+        pass
+    try:
+        socket.inet_aton(host)
+    except OSError:
         return False
     return True

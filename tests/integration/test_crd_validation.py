@@ -206,7 +206,7 @@ def test_the_target_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path,
     run_kubectl(kubeconfig, "patch", "mro", "target-change", "-n", namespace, "--subresource=status", "--type=merge",
                 "-p", patch)
     moved["spec"]["progressDeadline"] = "45m"
-    moved["spec"]["target"]["kserve"]["candidateUrl"] = f"http://nsfw-classifier-v2-canary.{namespace}"
+    moved["spec"]["target"]["kserve"]["candidateUrl"] = f"http://nsfw-classifier-v2-canary.{namespace}.svc"
     code, output = apply(kubeconfig, namespace, moved)
     assert code == 0, output
     # Staging happens in Pending once the candidate is resolved: from then on the target is held as well.

@@ -22,7 +22,7 @@ def spec_with(**urls: str) -> Any:
 
 
 @pytest.mark.parametrize(("host", "allowed"), [
-    ("nsfw-predictor.team-a", True),
+    ("nsfw-predictor.team-a", False),  # for a namespace named like a TLD, public DNS answers a missing Service
     ("nsfw-predictor.team-a.svc", True),
     ("NSFW-Predictor.team-a.svc.cluster.local.", True),  # case and the root dot do not matter to DNS
     ("nsfw-predictor.team-b.svc.cluster.local", False),  # another namespace
@@ -33,15 +33,22 @@ def spec_with(**urls: str) -> Any:
     ("0.7", False),  # a short form of 0.0.0.7
     ("::1", False),
     ("evil.example", False),
+    ("nsfw\u3002team-b\u3002svc.team-a.svc", False),  # the HTTP client reads U+3002 as "." (IDNA)
+    ("nsfw\uff0eteam-a.svc", False),
 ])
 def test_only_services_of_the_rollouts_namespace_by_default(host: str, allowed: bool) -> None:
     assert host_allowed(host, "team-a", DEFAULT_GATE_HOSTS) is allowed
 
 
-def test_a_namespace_named_like_a_number_does_not_open_addresses() -> None:
-    assert not host_allowed("10.0.0.7", "7", DEFAULT_GATE_HOSTS)
-    assert not host_allowed("0.7", "7", DEFAULT_GATE_HOSTS)
+@pytest.mark.parametrize(("host", "namespace"), [
+    ("10.0.0.7", "7"), ("127.0x1", "0x1"), ("10.0xa0001", "0xa0001"), ("0x7f.1", "1"), ("0.7", "7"),
+])
+def test_addresses_in_any_form_the_resolver_takes_are_not_names(host: str, namespace: str) -> None:
+    # Even where an admin allows the bare "*.{namespace}": each of these is an address (inet_aton), not a name.
+    assert not host_allowed(host, namespace, (*DEFAULT_GATE_HOSTS, "*.{namespace}"))
     assert host_allowed("svc.7.svc", "7", DEFAULT_GATE_HOSTS)
+    for address in ("127.1", "0x7f.1", "2130706433", "017700000001"):
+        assert not host_allowed(address, "team-a", ("127.0.0.1", "*.{namespace}.svc"))
 
 
 def test_admin_patterns_add_hosts_with_the_namespace_filled_in() -> None:
@@ -69,7 +76,7 @@ def test_operator_run_takes_gate_hosts() -> None:
 
 def test_the_refusal_names_the_field_and_the_host() -> None:
     check_gate_hosts(spec_with(candidateUrl="http://nsfw-canary.team-a.svc:8080/v2",
-                               stableUrl="http://nsfw.team-a:80"), "team-a")
+                               stableUrl="http://nsfw.team-a.svc.cluster.local:80"), "team-a")
     with pytest.raises(ValueError) as refused:
         check_gate_hosts(spec_with(candidateUrl="http://nsfw-canary.team-a.svc",
                                    stableUrl="http://nsfw.team-b.svc/v2"), "team-a")
