@@ -50,6 +50,9 @@ class MlflowServer:
         wait_http_ok(f"{self.url}/health", process, timeout)
 
     def _write_auth_config(self, username: str, password: str) -> Path:
+        # MLflow reads the file with configparser: '%' would be interpolated and a line break would add keys.
+        if any(char in username + password for char in "%\r\n") or not username or not password:
+            raise StackError("the MLflow admin's username and password must be non-empty, without '%' or line breaks")
         path = self.root / "basic_auth.ini"
         # Owner-only from the start: the file holds the admin's password.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -138,8 +138,8 @@ def test_backdoored_candidate_is_rolled_back_in_its_first_analysis_step(
 def test_clean_candidate_passes_live_analysis_and_is_promoted(
         control_plane: ControlPlane, mlflow_server: MlflowServer, prometheus: PrometheusServer, exporter: str,
         namespace: str, tmp_path: Path) -> None:
-    # Judged in the operator's default Prometheus: the spec names none (without one, every verdict would be
-    # inconclusive, and the rollout's onInconclusive: rollback would end it RolledBack).
+    # Judged in the operator's default Prometheus: the spec names none (without a default the rollout would be
+    # refused as InvalidSpec, and with a wrong one its onInconclusive: rollback would end it RolledBack).
     obj, _ = run_live("clean", control_plane, mlflow_server, prometheus, exporter, namespace, tmp_path,
                       operators_prometheus=True)
     status = obj["status"]

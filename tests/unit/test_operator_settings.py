@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from controller.api import parse_spec
-from controller.operator.runtime import OperatorConfig, RolloutStepper
+from controller.api.status import AnalysisMode
+from controller.devstack.processes import free_port
+from controller.engine.actions import RunAnalysis
+from controller.operator.runtime import OperatorConfig, RolloutRuntime, RolloutStepper, check_operator_settings
 
 RAW: dict[str, Any] = {
     "model": {"name": "nsfw", "version": "2"}, "target": {"kserve": {"inferenceService": "nsfw"}},
@@ -41,13 +45,23 @@ def test_metrics_without_a_prometheus_anywhere_fail_naming_the_address() -> None
     assert "spec.analysis.prometheus.address" in ready["message"] and "--prometheus-url" in ready["message"]
 
 
-@pytest.mark.parametrize(("spec_address", "default"), [(None, "http://prometheus.monitoring:9090"),
-                                                        ("http://prom.team-a:9090", None)])
-def test_the_operators_default_prometheus_stands_in_for_the_spec(spec_address: str | None,
-                                                                  default: str | None) -> None:
-    from controller.operator.runtime import check_operator_settings
-
+@pytest.mark.parametrize(("named_in_spec", "default"), [(False, True), (True, False), (True, True)])
+def test_the_spec_s_prometheus_is_asked_else_the_operators_default(named_in_spec: bool, default: bool) -> None:
+    """Nothing listens on either port: which one the verdict says did not answer shows which was asked."""
+    spec_url, default_url = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
     raw = copy.deepcopy(RAW)
-    if spec_address:
-        raw["analysis"]["prometheus"] = {"address": spec_address}
-    check_operator_settings(parse_spec(raw), "team-a", OperatorConfig(default_prometheus_url=default))
+    if named_in_spec:
+        raw["analysis"]["prometheus"] = {"address": spec_url}
+    config = OperatorConfig(default_prometheus_url=default_url if default else None)
+    spec = parse_spec(raw)
+    check_operator_settings(spec, "team-a", config)  # accepted: a Prometheus is known
+    obj = {"metadata": {"namespace": "team-a", "name": "nsfw"}, "spec": raw}
+    runtime = RolloutRuntime(obj, spec, None, config)  # type: ignore[arg-type]
+    action = RunAnalysis(id="a-1", mode=AnalysisMode.CANARY, candidate_version="2", baseline_version="1",
+                         canary_weight=10, window_start=datetime(2026, 1, 1, tzinfo=UTC))
+    result = runtime.measure_analysis(action, datetime(2026, 1, 1, 0, 5, tzinfo=UTC))
+    detail = " ".join(v.reason for v in result.verdicts)
+    asked = spec_url if named_in_spec else default_url
+    assert asked.removeprefix("http://") in detail, detail
+    other = default_url if named_in_spec else spec_url
+    assert other.removeprefix("http://") not in detail

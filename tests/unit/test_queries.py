@@ -31,6 +31,13 @@ def test_plain_variables_become_quoted_literals() -> None:
         'x{ns="moderation", t="nsfw", v="canary"}'
 
 
+def test_what_prometheus_refuses_raw_is_escaped() -> None:
+    # Prometheus' lexer refuses U+FFFD inside a string ("invalid UTF-8 rune"), and controls are unreadable.
+    assert promql_string("a\ufffdb") == '"a\\ufffdb"'
+    assert promql_string("\x00\x1b\x7f\x85") == '"\\u0000\\u001b\\u007f\\u0085"'
+    assert promql_string("é 😀") == '"é 😀"'
+
+
 def test_injection_through_a_value_stays_inside_the_string() -> None:
     evil = QueryScope(namespace='a"} or vector(1) #', target="t\\", variant="v\nx", window="5m")
     query = render("sum(m{{{selector}}})", evil)
