@@ -228,6 +228,9 @@ class AnalysisSpec:
 @dataclass(frozen=True)
 class RollbackSpec:
     automatic: bool = True
+    # Deleting the ModelRollout before it ends rolls it back first (a finalizer holds the delete), as Flagger's
+    # revertOnDeletion. Off by default: a stuck operator must not block deletes unless a team asks for it.
+    revert_on_deletion: bool = False
 
 
 @dataclass(frozen=True)
@@ -470,7 +473,8 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
 def _parse_rollback(raw: Mapping[str, Any] | None) -> RollbackSpec:
     if raw is None:
         return RollbackSpec()
-    return RollbackSpec(automatic=_bool(raw.get("automatic", True), "spec.rollback.automatic"))
+    return RollbackSpec(automatic=_bool(raw.get("automatic", True), "spec.rollback.automatic"),
+                        revert_on_deletion=_bool(raw.get("revertOnDeletion", False), "spec.rollback.revertOnDeletion"))
 
 
 def _parse_bake(raw: Mapping[str, Any] | None) -> BakeSpec | None:

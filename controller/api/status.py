@@ -197,6 +197,7 @@ class RollbackCause(StrEnum):
     ABORTED = "Aborted"
     ROLLBACK_REQUESTED = "RollbackRequested"
     SUPERSEDED = "Superseded"  # a new candidate replaced this one mid-rollout
+    DELETED = "Deleted"  # the ModelRollout was deleted before it ended (spec.rollback.revertOnDeletion)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from controller.engine.decide import (
     RESEND_AFTER,
     Decision,
     decide,
+    holds_deletion,
     reject_spec,
 )
 from controller.engine.observations import (
@@ -66,6 +67,7 @@ __all__ = [
     "TargetObservation",
     "UnstageCandidate",
     "decide",
+    "holds_deletion",
     "reject_spec",
     "rejection_time",
 ]

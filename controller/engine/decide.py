@@ -127,6 +127,15 @@ def decide(spec: ModelRolloutSpec, status: ModelRolloutStatus | None, observatio
     return _Decider(spec, status or ModelRolloutStatus(), observations, now).run()
 
 
+def holds_deletion(spec: ModelRolloutSpec, status: ModelRolloutStatus | None, deletion_requested: bool) -> bool:
+    """Whether the rollout's finalizer must stay on (revertOnDeletion): always while the rollout lives, and once
+    it is deleted, until it has ended (rolled back, or finished before the delete)."""
+    if not spec.rollback.revert_on_deletion:
+        return False
+    phase = status.phase if status is not None else Phase.PENDING
+    return not deletion_requested or phase not in TERMINAL_PHASES
+
+
 def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation: int, now: datetime) -> Decision:
     """What to do with a spec that does not parse (the API server normally refuses it first).
 
@@ -189,6 +198,7 @@ class _Decider:
         self._follow_candidate_changes()
         for command in self.obs.commands:
             self._apply_command(command)
+        self._follow_deletion()
         for _ in range(_MAX_TRANSITIONS):
             self.moved = False
             self.waiting = ""
@@ -251,6 +261,11 @@ class _Decider:
     def _target(self) -> TargetObservation | None:
         target = self.obs.target
         return target if target is not None and target.error is None else None
+
+    @property
+    def _deleting(self) -> bool:
+        """Deleted with revertOnDeletion: roll back what runs, start nothing new."""
+        return self.obs.deletion_requested and self.spec.rollback.revert_on_deletion
 
     @property
     def _attempt(self) -> int:
@@ -341,7 +356,7 @@ class _Decider:
         generation = self.obs.generation
         if previous is not None and previous != generation:
             self._record("SpecChanged", f"generation {previous} -> {generation}")
-            if self.status.phase is Phase.FAILED:
+            if self.status.phase is Phase.FAILED and not self._deleting:
                 # A fixed spec (e.g. the right target name) gets a fresh attempt without a command.
                 self._restart("spec changed after failure")
         self._update(observed_generation=generation)
@@ -414,7 +429,7 @@ class _Decider:
     def _follow_candidate_changes(self) -> None:
         current = self.status.candidate
         wanted = self._wanted_candidate()
-        if current is None or wanted is None or wanted == current.version:
+        if current is None or wanted is None or wanted == current.version or self._deleting:
             return
         detail = f"candidate {wanted} replaces {current.version} (generation {self.obs.generation})"
         phase = self.status.phase
@@ -431,6 +446,24 @@ class _Decider:
             self._record("NewCandidate", f"{detail}; rolling {current.version} back first")
             self._start_rollback(RollbackCause.SUPERSEDED, f"superseded by version {wanted}",
                                  reject_candidate=False, restart=True)
+
+    def _follow_deletion(self) -> None:
+        """Deleted before it ended, with revertOnDeletion: roll back as an abort would, then end (the operator
+        releases the finalizer once the ended status is stored). The candidate is not judged, so not rejected."""
+        if not self._deleting:
+            return
+        phase = self.status.phase
+        reason = "the ModelRollout was deleted (spec.rollback.revertOnDeletion)"
+        if phase is Phase.ROLLING_BACK:
+            rollback = self.status.rollback
+            if rollback is not None and rollback.restart:  # superseded: end once rolled back, never start over
+                self._record("Deleted", f"{reason}; no new attempt once the rollback completes")
+                self._update(rollback=dataclasses.replace(rollback, restart=False))
+        elif phase is Phase.PENDING and self.status.candidate is None:
+            self._record("Deleted", f"{reason} before the candidate was resolved")
+            self._move(Phase.ROLLED_BACK, completed_at=self.now)
+        elif phase not in TERMINAL_PHASES:
+            self._start_rollback(RollbackCause.DELETED, reason, reject_candidate=False)
 
     def _repair_status(self) -> None:
         """A status that cannot be (a phase past resolution without its candidate: edited by hand or by another
@@ -454,7 +487,7 @@ class _Decider:
         if command.id in self.status.handled_commands:
             return
         self._update(handled_commands=(*self.status.handled_commands, command.id)[-HANDLED_COMMANDS_LIMIT:])
-        refusal = self._run_command(command)
+        refusal = "the ModelRollout is being deleted" if self._deleting else self._run_command(command)
         if refusal is not None:
             self._record("CommandIgnored", f"{command.label}: {refusal}", actor=command.actor,
                          command_id=command.id)

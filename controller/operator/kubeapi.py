@@ -21,6 +21,8 @@ PLURAL = "modelrollouts"
 KIND = "ModelRollout"
 FIELD_MANAGER = "modelrollout-controller"
 APPLY_PATCH = "application/apply-patch+yaml"
+# Held while a rollout with spec.rollback.revertOnDeletion lives, so that a delete waits for its rollback.
+FINALIZER = "modelrollout.io/revert-on-deletion"
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,24 @@ class RolloutStore:
         return self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body,
             field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+
+    def apply_finalizer(self, obj: dict[str, Any], hold: bool) -> dict[str, Any] | None:
+        """Hold or release the controller's finalizer: a server-side apply of metadata.finalizers alone, so the
+        controller's field manager owns that one entry of the object and nothing else. The uid makes an apply
+        to a ModelRollout deleted and created again under the same name a 409. None: the object is gone."""
+        meta = obj["metadata"]
+        metadata: dict[str, Any] = {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]}
+        if hold:
+            metadata["finalizers"] = [FINALIZER]
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": metadata}
+        try:
+            return self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body,
+                field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def post_event(self, obj: dict[str, Any], entry: Mapping[str, Any]) -> PostResult:
         """Post one numbered history entry as an Event named after it, timed when the entry was recorded.

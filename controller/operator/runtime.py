@@ -23,7 +23,7 @@ from controller.analysis.runner import AnalysisRequest, run_analysis
 from controller.api.commands import COMMAND_ANNOTATION, CommandError, parse_command
 from controller.api.reach import check_gate_hosts
 from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
-from controller.api.status import ModelRolloutStatus, VersionRef
+from controller.api.status import TERMINAL_PHASES, ModelRolloutStatus, VersionRef
 from controller.engine import (
     Action,
     ActionFailure,
@@ -45,6 +45,7 @@ from controller.engine import (
     TargetObservation,
     UnstageCandidate,
     decide,
+    holds_deletion,
     reject_spec,
 )
 from controller.gate import (
@@ -58,7 +59,7 @@ from controller.gate import (
     run_gate,
 )
 from controller.operator.event_poster import EventPoster
-from controller.operator.kubeapi import RolloutStore, apply_decided_status
+from controller.operator.kubeapi import FINALIZER, RolloutStore, apply_decided_status
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
 from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
 
@@ -355,17 +356,27 @@ class RolloutStepper:
         key = (meta["namespace"], meta["name"])
         first_since_start = key not in self._seen
         self._seen.add(key)
+        deleting = bool(meta.get("deletionTimestamp"))
+        status = ModelRolloutStatus.from_dict(obj.get("status"))
         try:
             spec = parse_spec(obj.get("spec") or {})
             check_operator_settings(spec, meta["namespace"], self.config)
         except SpecError as exc:
             # The API server refuses bad specs first; this covers what its schema cannot say.
-            decision = reject_spec(ModelRolloutStatus.from_dict(obj.get("status")), exc,
-                                   int(meta.get("generation") or 0), self.clock())
+            if deleting and status.phase in TERMINAL_PHASES:
+                await self._hold_deletion(obj, False)  # nothing runs: a spec it cannot read must not block it
+            decision = reject_spec(status, exc, int(meta.get("generation") or 0), self.clock())
             return ReconcileOutcome(status=decision.status.to_dict())
         runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
-        status = ModelRolloutStatus.from_dict(obj.get("status"))
         outcome = ReconcileOutcome(status=status.to_dict())
+        if not holds_deletion(spec, status, deleting) and deleting and FINALIZER in (meta.get("finalizers") or ()):
+            # Ended and stored (with its Events) by an earlier reconcile: let the delete complete.
+            if await asyncio.to_thread(runtime.finish_withdrawal, status):
+                outcome.requeue_after = 1.0
+            else:
+                await self._hold_deletion(obj, False)
+            return outcome
+        await self._hold_deletion(obj, holds_deletion(spec, status, deleting))
         gate: JudgeResult | None = None
         analysis: JudgeResult | None = None
         failures: list[ActionFailure] = []
@@ -377,7 +388,7 @@ class RolloutStepper:
             observations = Observations(
                 generation=int(meta.get("generation") or 0), registry=registry, target=target, gate=gate,
                 analysis=analysis, commands=runtime.commands(), action_failures=tuple(failures),
-                resend_pending=first_since_start)
+                resend_pending=first_since_start, deletion_requested=deleting)
             decision = decide(spec, status, observations, now)
             status = decision.status
             outcome.status = status.to_dict()
@@ -431,3 +442,18 @@ class RolloutStepper:
         if await asyncio.to_thread(runtime.finish_withdrawal, status):
             outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
         return outcome
+
+    async def _hold_deletion(self, obj: dict[str, Any], hold: bool) -> None:
+        """Put the finalizer on (before anything is acted on) or take it off, when it is not so already.
+
+        It is never added to a rollout being deleted (the API server refuses that): one deleted before the
+        operator first saw it had nothing running.
+        """
+        meta = obj["metadata"]
+        held = FINALIZER in (meta.get("finalizers") or ())
+        if self.store is None or hold == held or (hold and meta.get("deletionTimestamp")):
+            return
+        written = await asyncio.to_thread(self.store.apply_finalizer, obj, hold)
+        if written is not None:
+            meta["resourceVersion"] = written["metadata"]["resourceVersion"]
+            meta["finalizers"] = written["metadata"].get("finalizers") or []

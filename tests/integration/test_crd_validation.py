@@ -117,6 +117,7 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("bake-baseline-too-short", _set("bake.baseline", "2d"), "spec.bake.baseline"),
     ("bake-without-metrics", _both(_set("canary.steps", [{"setWeight": 10}]), _delete("analysis")), "spec.bake"),
     ("unknown-field", _set("rollbackk", {"automatic": True}), "spec.rollbackk"),
+    ("revert-on-deletion-not-boolean", _set("rollback", {"revertOnDeletion": "yes"}), "spec.rollback.revertOnDeletion"),
     ("golden-dataset-missing", _delete("goldenDataset"), "spec.goldenDataset"),
     # Zero durations match the duration syntax but mean nothing: refused here, not Failed at run time.
     ("analysis-interval-zero", _set("analysis.interval", "0s"), "spec.analysis.interval"),

@@ -40,7 +40,7 @@ from controller.devstack.controlplane import ControlPlane
 from controller.devstack.mlflow_server import MlflowServer
 from controller.devstack.processes import free_port
 from controller.devstack.scenario import STORAGE_URI_TEMPLATE, Scenario
-from controller.operator.kubeapi import FIELD_MANAGER, load_client_config
+from controller.operator.kubeapi import FIELD_MANAGER, FINALIZER, load_client_config
 from controller.traffic.kube import SELDON_DEPLOYMENT, SELDON_EXPERIMENT
 from tests.conftest import run_kubectl
 from tests.integration.operator_process import OperatorProcess, get_rollout
@@ -65,6 +65,7 @@ CHECKED: tuple[Verb, ...] = (
     ("modelrollout.io", "modelrollouts", "list"),
     ("modelrollout.io", "modelrollouts", "watch"),
     ("modelrollout.io", "modelrollouts", "get"),
+    ("modelrollout.io", "modelrollouts", "patch"),
     ("modelrollout.io", "modelrollouts/status", "patch"),
     ("serving.kserve.io", "inferenceservices", "get"),
     ("serving.kserve.io", "inferenceservices", "patch"),
@@ -214,6 +215,10 @@ class ControllerProcess(OperatorProcess):
 
 def status_of(kubeconfig: Path, namespace: str, name: str) -> Obj:
     return get_rollout(kubeconfig, namespace, name).get("status") or {}
+
+
+def finalizers(kubeconfig: Path, namespace: str, name: str) -> list[str]:
+    return list(get_rollout(kubeconfig, namespace, name)["metadata"].get("finalizers") or [])
 
 
 def condition(status: Obj, kind: str) -> Obj:
@@ -430,7 +435,28 @@ def test_controller_rbac_is_sufficient_and_every_verb_is_needed(
                               else None)(condition(status_of(admin, ns, "names-another-secret"), "RegistryAvailable")))
         assert "403" in registry["message"]
 
-        # 9-12. The Seldon routers, on a SeldonDeployment and an Experiment (their controllers played here).
+        # 9. patch: a rollout with revertOnDeletion is held by the finalizer before anything is done for it;
+        # without patch the finalizer cannot be put on, so nothing is done (not even a status).
+        verb = ("modelrollout.io", "modelrollouts", "patch")
+        since = operator.mark()
+        identity.grant(without=verb)
+        held = sample_rollout(scratch, "held")
+        held["spec"]["rollback"] = {"automatic": True, "revertOnDeletion": True}
+        apply(admin, held)
+        line = operator.wait_log(r'cannot patch resource \\?"modelrollouts\\?"', since)
+        assert not status_of(admin, scratch, "held") and not finalizers(admin, scratch, "held")
+        proof.record(verb, f"no finalizer, no status; log: {line}")
+        identity.grant()
+        touch(admin, scratch, "held")
+        eventually("the held rollout's finalizer and status", lambda: FINALIZER in finalizers(admin, scratch, "held")
+                   and status_of(admin, scratch, "held").get("phase"))
+        # Deleted, it ends (never resolved: its registry is not reachable from here) and the controller lets
+        # the delete complete under the same grant.
+        kubectl(admin, "delete", "mro", "held", "-n", scratch, "--wait=false")
+        eventually("the held rollout gone", lambda: run_kubectl(admin, "get", "mro", "held", "-n", scratch)
+                   .returncode != 0, context=lambda: operator.text()[-4000:])
+
+        # 10-13. The Seldon routers, on a SeldonDeployment and an Experiment (their controllers played here).
         api = load_client_config(str(admin))
         for kind, resource, make, target in (
                 ("seldondeployments", SELDON_DEPLOYMENT,

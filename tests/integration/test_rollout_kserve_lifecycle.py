@@ -38,7 +38,7 @@ from controller.devstack.model_server import ModelServerProcess, demo_models, re
 from controller.devstack.processes import LOOPBACK, free_port
 from controller.devstack.scenario import STABLE_ALIAS, STORAGE_URI_TEMPLATE, Scenario
 from controller.operator.events import unposted
-from controller.operator.kubeapi import load_client_config
+from controller.operator.kubeapi import FIELD_MANAGER, FINALIZER, load_client_config
 from controller.registry import MlflowRegistry
 from tests.conftest import run_kubectl
 from tests.integration.operator_process import OperatorProcess, send_command
@@ -416,6 +416,49 @@ def test_abort_retry_promote_and_rollback_commands(rig: Rig, scenario_factory: C
     assert share_off(obj, promoted_revision) == 100
     print(f"\nMTTR abort at 10%: status {abort_mttr:.3f}s, outside {outside:.3f}s; "
           f"rollback after promotion: status {rollback_mttr:.3f}s, outside {outside_after_promotion:.3f}s")
+    assert "Traceback" not in rig.log.read_text()
+
+
+def test_a_rollout_deleted_mid_flight_with_revert_on_deletion_rolls_back_before_the_delete_completes(
+        rig: Rig, scenario_factory: Callable[..., Scenario], mlflow_server: MlflowServer) -> None:
+    scenario = scenario_factory("clean")
+    name, stable, candidate = scenario.model_name, scenario.stable_version, scenario.candidate_version
+    registry = MlflowRegistry(mlflow_server.url)
+    stable_revision = rig.wait_isvc(name, lambda o: bool(predictor_status(o).get("latestRolledoutRevision")))
+    stable_revision_name = predictor_status(stable_revision)["latestRolledoutRevision"]
+    rig.start_operator()
+    rig.apply(scenario.rollout(steps=[{"setWeight": 10}, {"pause": {}}],
+                               rollback={"automatic": True, "revertOnDeletion": True}))
+    rig.wait(name, paused_at(1, 10), 180, "the pause step at 10%")
+    assert share_off(rig.isvc(name), stable_revision_name) == 10
+    meta = rig.rollout(name)["metadata"]
+    assert meta["finalizers"] == [FINALIZER]
+    # The controller's field manager owns that one entry of the object itself, and nothing else of it.
+    owned = [m["fieldsV1"] for m in meta["managedFields"] if m["manager"] == FIELD_MANAGER and not m.get("subresource")]
+    assert owned == [{"f:metadata": {"f:finalizers": {f'v:"{FINALIZER}"': {}}}}], owned
+
+    deleted = run_kubectl(rig.kubeconfig, "delete", "mro", name, "-n", rig.namespace, "--wait=false")
+    assert deleted.returncode == 0, deleted.stderr
+    outside = measure_recovery(rig, name, stable_revision_name, registry, name, stable, time.monotonic())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            rig.rollout(name)
+        except ApiException as exc:
+            assert exc.status == 404, exc
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the rollout was not deleted after its rollback\n{rig.log.read_text()[-3000:]}")
+    rig.wait_isvc(name, lambda o: o["spec"]["predictor"]["model"]["storageUri"] == scenario.storage_uri(stable)
+                  and serves_only(o, scenario.storage_uri(stable)))
+    assert registry.verify_alias(name, STABLE_ALIAS) == stable
+    assert "modelrollout.rejected" not in registry.resolve(name, version=candidate).tags  # deleted, not judged
+    posted = rig.posted_events(name)
+    started = [message for (reason, message) in posted if reason == "RollbackStarted"]
+    assert len(started) == 1 and started[0].startswith("Deleted: the ModelRollout was deleted"), posted
+    assert any(reason == "RolledBack" for reason, _ in posted), posted
+    print(f"\nrevert on deletion: traffic and alias back on stable {outside:.3f}s after the delete")
     assert "Traceback" not in rig.log.read_text()
 
 

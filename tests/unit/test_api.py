@@ -197,7 +197,7 @@ def test_defaults_for_optional_fields() -> None:
     assert spec.canary.steps[1] == PauseStep(timedelta(minutes=5))
     assert spec.analysis.interval == timedelta(seconds=30)
     assert spec.analysis.on_inconclusive is OnInconclusive.PAUSE
-    assert spec.rollback.automatic is True
+    assert spec.rollback.automatic is True and spec.rollback.revert_on_deletion is False
     assert spec.bake is None
     assert spec.progress_deadline == timedelta(minutes=30)
 
@@ -269,6 +269,7 @@ _DELETE = object()
     (["analysis", "metrics", 0, "proportion", "minSamples"], 0, "spec.analysis.metrics[0].proportion.minSamples"),
     (["analysis", "metrics"], [], "spec.analysis.metrics"),
     (["rollback", "automatic"], "yes", "spec.rollback.automatic"),
+    (["rollback", "revertOnDeletion"], "true", "spec.rollback.revertOnDeletion"),
     (["rollback"], "on", "spec.rollback"),
     (["bake", "duration"], "a day", "spec.bake.duration"),
     (["bake", "duration"], "0s", "spec.bake.duration"),

@@ -62,7 +62,7 @@ def test_controller_cluster_role_grants_no_secrets_and_only_what_it_uses() -> No
     # The whole grant, spelled out: a new permission has to be added here on purpose, with its reason
     # in deploy/base/rbac.yaml (and survive the live RBAC proof).
     assert granted == {
-        ("modelrollout.io", "modelrollouts"): {"get", "list", "watch"},
+        ("modelrollout.io", "modelrollouts"): {"get", "list", "watch", "patch"},
         ("modelrollout.io", "modelrollouts/status"): {"patch"},
         ("", "events"): {"create"},
         ("serving.kserve.io", "inferenceservices"): {"get", "patch"},

@@ -36,6 +36,7 @@ from controller.engine import (
     SetCanaryWeight,
     TagRejected,
     decide,
+    holds_deletion,
     reject_spec,
 )
 from controller.verdict import Outcome, Verdict
@@ -622,6 +623,94 @@ def test_abort_rolls_back_and_records_the_actor() -> None:
     assert [(entry.event, entry.actor) for entry in applied] == [("CommandApplied", "grace")]
     tag = next(action for action in world.executed if action.type is ActionType.TAG_REJECTED)
     assert tag.actor == "grace"  # type: ignore[union-attr]
+
+
+def reverting(world: World) -> World:
+    world.spec["rollback"] = {"automatic": True, "revertOnDeletion": True}
+    return world
+
+
+def test_a_rollout_deleted_mid_flight_with_revert_on_deletion_rolls_back_without_rejecting_then_lets_go() -> None:
+    world = reverting(World())
+    world.run_until(lambda w: w.status.current_step == 3)
+    assert world.target.canary_weight == 10
+    assert holds_deletion(world.parsed_spec, world.status, deletion_requested=False)
+    world.deleting = True
+    assert holds_deletion(world.parsed_spec, world.status, deletion_requested=True)  # not ended: still held
+    world.run_until(finished)
+    status = world.status
+    assert status.phase is Phase.ROLLED_BACK
+    assert status.rollback is not None and status.rollback.cause is RollbackCause.DELETED
+    assert world.target.canary_weight == 0 and world.registry.aliases["production"] == "6"
+    assert REJECTED_TAG not in world.registry.versions["7"]  # deleted, not judged
+    assert not any(a.type is ActionType.TAG_REJECTED for a in world.executed)
+    assert "deleted" in status.message
+    assert not holds_deletion(world.parsed_spec, status, deletion_requested=True)  # ended: the delete may finish
+
+
+def test_a_deletion_without_revert_on_deletion_changes_nothing() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 3)
+    world.deleting = True
+    world.reconcile()
+    assert world.status.phase is Phase.PROGRESSING and world.target.canary_weight == 10
+    assert not holds_deletion(world.parsed_spec, world.status, deletion_requested=False)
+
+
+def test_a_deleted_rollout_in_its_bake_goes_back_to_the_previous_version_as_an_abort_would() -> None:
+    world = reverting(World())
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.status.phase is Phase.BAKING)
+    world.deleting = True
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.target.stable_version == "6" and world.registry.aliases["production"] == "6"
+
+
+def test_a_deleted_rollout_that_had_ended_stays_as_it_was_and_starts_nothing() -> None:
+    world = reverting(World(spec=spec_dict(bake=None)))
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished)
+    assert world.status.phase is Phase.SUCCEEDED
+    executed = len(world.executed)
+    world.deleting = True
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "8", "stableAlias": "production"}
+    world.generation = 2
+    world.send(CommandAction.ROLLBACK, actor="mia")
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED and len(world.executed) == executed  # no new attempt, no rollback
+    assert world.status.history[-1].event == "CommandIgnored"
+    assert "being deleted" in world.status.history[-1].detail
+    assert not holds_deletion(world.parsed_spec, world.status, deletion_requested=True)
+
+
+def test_a_rollout_deleted_before_resolution_ends_at_once() -> None:
+    world = reverting(World())
+    world.registry.down = True
+    world.reconcile()
+    world.deleting = True
+    world.reconcile()
+    assert world.status.phase is Phase.ROLLED_BACK and world.executed == []
+    assert world.status.history[-1].event == "Deleted"
+
+
+def test_a_deleted_rollout_rolling_back_for_a_new_candidate_ends_instead_of_starting_over() -> None:
+    world = reverting(World())
+    world.run_until(lambda w: w.status.current_step == 3)
+    world.target.frozen = True  # traffic writes take no effect: the rollback stays in flight
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "8", "stableAlias": "production"}
+    world.generation = 2
+    world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK and world.status.rollback is not None
+    assert world.status.rollback.restart
+    world.deleting = True
+    world.target.frozen = False
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.status.candidate is not None and world.status.candidate.version == "7"  # never started 8
+    assert "Deleted" in events(world) and "RolledBackForNewCandidate" not in events(world)
 
 
 def test_each_command_is_applied_once() -> None:

@@ -162,6 +162,7 @@ class World:
     on_decision: Callable[[ModelRolloutStatus, Observations, Decision], None] | None = None
     crash_after: int | None = None  # kill the operator mid-reconcile (see reconcile)
     restarted: bool = False  # the operator process started anew since the last reconcile
+    deleting: bool = False  # metadata.deletionTimestamp is set
 
     @property
     def parsed_spec(self) -> ModelRolloutSpec:
@@ -193,7 +194,7 @@ class World:
         return Observations(generation=self.generation, registry=registry, target=self.target.observe(self.now),
                             gate=gate, analysis=analysis,
                             commands=(self.command,) if self.command else (), action_failures=failures,
-                            resend_pending=self.restarted)
+                            resend_pending=self.restarted, deletion_requested=self.deleting)
 
     def execute(self, action: Action) -> tuple[JudgeResult | None, JudgeResult | None, ActionFailure | None]:
         """Carry out one action the way an idempotent adapter would."""
