@@ -331,6 +331,16 @@ def check_status_mttr(rollback: dict[str, Any]) -> float:
     return seconds
 
 
+def paused_at_ten_percent(rig: Rig, scenario: Scenario, **spec_overrides: Any) -> str:
+    """Start the operator and a rollout that waits at 10% for a human; the stable revision's name."""
+    name = scenario.model_name
+    stable_revision = rig.wait_isvc(name, lambda o: bool(predictor_status(o).get("latestRolledoutRevision")))
+    rig.start_operator()
+    rig.apply(scenario.rollout(steps=[{"setWeight": 10}, {"pause": {}}], **spec_overrides))
+    rig.wait(name, paused_at(1, 10), 180, "the pause step at 10%")
+    return str(predictor_status(stable_revision)["latestRolledoutRevision"])
+
+
 # --- 1. on-call commands -------------------------------------------------------------------------------------
 
 
@@ -339,11 +349,7 @@ def test_abort_retry_promote_and_rollback_commands(rig: Rig, scenario_factory: C
     scenario = scenario_factory("clean")
     name, stable, candidate = scenario.model_name, scenario.stable_version, scenario.candidate_version
     registry = MlflowRegistry(mlflow_server.url)
-    stable_revision = rig.wait_isvc(name, lambda o: bool(predictor_status(o).get("latestRolledoutRevision")))
-    stable_revision_name = predictor_status(stable_revision)["latestRolledoutRevision"]
-    rig.start_operator()
-    rig.apply(scenario.rollout(steps=[{"setWeight": 10}, {"pause": {}}]))
-    rig.wait(name, paused_at(1, 10), 180, "the pause step at 10%")
+    stable_revision_name = paused_at_ten_percent(rig, scenario)
     assert share_off(rig.isvc(name), stable_revision_name) == 10
 
     # abort at 10%: traffic back on stable, alias kept, candidate tagged rejected, actor recorded.
@@ -424,12 +430,8 @@ def test_a_rollout_deleted_mid_flight_with_revert_on_deletion_rolls_back_before_
     scenario = scenario_factory("clean")
     name, stable, candidate = scenario.model_name, scenario.stable_version, scenario.candidate_version
     registry = MlflowRegistry(mlflow_server.url)
-    stable_revision = rig.wait_isvc(name, lambda o: bool(predictor_status(o).get("latestRolledoutRevision")))
-    stable_revision_name = predictor_status(stable_revision)["latestRolledoutRevision"]
-    rig.start_operator()
-    rig.apply(scenario.rollout(steps=[{"setWeight": 10}, {"pause": {}}],
-                               rollback={"automatic": True, "revertOnDeletion": True}))
-    rig.wait(name, paused_at(1, 10), 180, "the pause step at 10%")
+    stable_revision_name = paused_at_ten_percent(rig, scenario, rollback={"automatic": True,
+                                                                          "revertOnDeletion": True})
     assert share_off(rig.isvc(name), stable_revision_name) == 10
     meta = rig.rollout(name)["metadata"]
     assert meta["finalizers"] == [FINALIZER]
