@@ -22,7 +22,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction
 from controller.api.status import step_fraction
 from controller.cli.errors import CliError
-from controller.operator.kubeapi import GROUP, PLURAL, VERSION
+from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
 CLI_FIELD_MANAGER = "kubectl-modelrollout"  # who wrote the command annotation, in managedFields
@@ -127,6 +127,12 @@ class OnCall:
         s = self.style
         print(f"Name:       {obj['metadata']['namespace']}/{obj['metadata']['name']}", file=self.out)
         print(f"Phase:      {s.phase(status.get('phase', 'Pending'))}", file=self.out)
+        deleting = obj["metadata"].get("deletionTimestamp")
+        if deleting:
+            held = FINALIZER in (obj["metadata"].get("finalizers") or ())
+            print(f"Deleting:   since {deleting}" + ("; held by the controller until it has rolled back "
+                                                      "(spec.rollback.revertOnDeletion)" if held else ""),
+                  file=self.out)
         print(f"Message:    {status.get('message', '')}", file=self.out)
         print(f"Step:       {_step(obj)}", file=self.out)
         print(f"Weight:     {_percent(status.get('canaryWeight'))} (set by the last step: {_set_weight(spec, status)})",

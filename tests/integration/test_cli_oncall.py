@@ -15,6 +15,7 @@ import yaml
 from controller.api.commands import COMMAND_ANNOTATION, parse_command
 from controller.devstack.controlplane import ControlPlane
 from controller.devstack.processes import free_port
+from controller.operator.kubeapi import FINALIZER
 from tests.conftest import run_kubectl
 
 pytestmark = pytest.mark.integration
@@ -67,6 +68,27 @@ def test_list_get_history_explain_are_plain_when_piped(kubeconfig: Path, namespa
     explained = cli(kubeconfig, "explain", rollout, "-n", namespace).stdout
     assert "rolls out version 7" in explained and "in place of version 6" in explained
     assert "recovery took 0.41 s" in explained and '"statistic": 23.1' in explained
+
+
+def test_get_says_a_rollout_is_being_deleted_and_whether_the_controller_holds_it(kubeconfig: Path, namespace: str,
+                                                                                 rollout: str) -> None:
+    def set_finalizers(finalizers: list[str] | None) -> None:
+        patched = run_kubectl(kubeconfig, "patch", "mro", rollout, "-n", namespace, "--type=merge", "-p",
+                              json.dumps({"metadata": {"finalizers": finalizers}}))
+        assert patched.returncode == 0, patched.stderr
+
+    # No operator runs here: the finalizers alone keep the deleted object readable (and none can be added
+    # once it is deleted, so both go on first).
+    set_finalizers(["test.modelrollout.io/hold", FINALIZER])
+    assert "Deleting:" not in cli(kubeconfig, "get", rollout, "-n", namespace).stdout
+    deleted = run_kubectl(kubeconfig, "delete", "mro", rollout, "-n", namespace, "--wait=false")
+    assert deleted.returncode == 0, deleted.stderr
+    got = cli(kubeconfig, "get", rollout, "-n", namespace).stdout
+    assert "Deleting:   since 20" in got and "held by the controller until it has rolled back" in got, got
+    set_finalizers(["test.modelrollout.io/hold"])
+    got = cli(kubeconfig, "get", rollout, "-n", namespace).stdout
+    assert "Deleting:   since 20" in got and "held by the controller" not in got, got
+    set_finalizers(None)
 
 
 def test_watch_ends_with_the_outcome_in_the_exit_code(kubeconfig: Path, namespace: str, rollout: str) -> None:
