@@ -127,13 +127,12 @@ def decide(spec: ModelRolloutSpec, status: ModelRolloutStatus | None, observatio
     return _Decider(spec, status or ModelRolloutStatus(), observations, now).run()
 
 
-def holds_deletion(spec: ModelRolloutSpec, status: ModelRolloutStatus | None, deletion_requested: bool) -> bool:
-    """Whether the rollout's finalizer must stay on (revertOnDeletion): always while the rollout lives, and once
-    it is deleted, until it has ended (rolled back, or finished before the delete)."""
-    if not spec.rollback.revert_on_deletion:
-        return False
+def holds_deletion(spec: ModelRolloutSpec, status: ModelRolloutStatus | None) -> bool:
+    """Whether a delete must wait (revertOnDeletion): while the rollout has not ended. An ended one holds
+    nothing, so an operator uninstalled since never blocks deleting it (or its namespace); a new attempt is
+    held again before it acts."""
     phase = status.phase if status is not None else Phase.PENDING
-    return not deletion_requested or phase not in TERMINAL_PHASES
+    return spec.rollback.revert_on_deletion and phase not in TERMINAL_PHASES
 
 
 def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation: int, now: datetime) -> Decision:
@@ -1031,6 +1030,19 @@ class _Decider:
                                       f"and alias verified {seconds}s after the decision")
         self._update(rollback=rollback)
         done = rollback.recovered_at is not None and (rollback.tag_confirmed_at or not rollback.reject_candidate)
+        if not done and self._deleting and self._deadline_passed(rollback.verdict_at):
+            # The delete waits for this; past the deadline it would wait for good (a namespace being deleted
+            # takes the target or the registry Secret with it): end, and say what was not put back.
+            missing = [what for what, confirmed in (("traffic", rollback.traffic_confirmed_at),
+                                                    ("stable alias", rollback.alias_confirmed_at))
+                       if confirmed is None]
+            self._record("Failed", f"deleted rollout: gave up rolling back after progressDeadline "
+                                   f"{format_duration(self.spec.progress_deadline)}; not confirmed: "
+                                   f"{', '.join(missing) or 'the rollback'}")
+            self._abandon_pending()
+            self._update(rollback=dataclasses.replace(rollback, final_phase=Phase.FAILED))
+            self._move(Phase.FAILED, completed_at=self.now)
+            return
         if not done:
             self.polls = True
             return

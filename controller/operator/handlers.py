@@ -32,8 +32,9 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
 
     @kopf.on.startup(registry=registry)
     async def start_queue(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # Only event handlers are registered, so kopf adds no annotations, finalizers or status fields:
-        # the controller's one write to a ModelRollout is its status, and Argo CD sees no drift.
+        # Only event handlers are registered, so kopf adds no annotations, finalizers or status fields: the
+        # controller writes a ModelRollout's status and, with revertOnDeletion, its own finalizer; Argo CD sees
+        # no drift.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 60
         # The CRD is installed before the operator starts and discovered once; RBAC grants no CRD or

@@ -103,8 +103,9 @@ class RolloutStore:
 
     def apply_finalizer(self, obj: dict[str, Any], hold: bool) -> dict[str, Any] | None:
         """Hold or release the controller's finalizer: a server-side apply of metadata.finalizers alone, so the
-        controller's field manager owns that one entry of the object and nothing else. The uid makes an apply
-        to a ModelRollout deleted and created again under the same name a 409. None: the object is gone."""
+        controller's field manager owns that one entry of the object and nothing else. The uid keeps the apply
+        to the object that was read: gone, it is a 409 (an apply would otherwise create it); created again
+        under the same name, a 422. None: not found."""
         meta = obj["metadata"]
         metadata: dict[str, Any] = {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]}
         if hold:

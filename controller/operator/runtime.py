@@ -59,6 +59,7 @@ from controller.gate import (
     run_gate,
 )
 from controller.operator.event_poster import EventPoster
+from controller.operator.events import unposted
 from controller.operator.kubeapi import FINALIZER, RolloutStore, apply_decided_status
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
 from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
@@ -357,26 +358,24 @@ class RolloutStepper:
         first_since_start = key not in self._seen
         self._seen.add(key)
         deleting = bool(meta.get("deletionTimestamp"))
+        held = FINALIZER in (meta.get("finalizers") or ())
         status = ModelRolloutStatus.from_dict(obj.get("status"))
         try:
             spec = parse_spec(obj.get("spec") or {})
-            check_operator_settings(spec, meta["namespace"], self.config)
+            if not deleting:  # the rollback a delete starts runs no gate and no analysis
+                check_operator_settings(spec, meta["namespace"], self.config)
         except SpecError as exc:
             # The API server refuses bad specs first; this covers what its schema cannot say.
-            if deleting and status.phase in TERMINAL_PHASES:
-                await self._hold_deletion(obj, False)  # nothing runs: a spec it cannot read must not block it
+            if held and status.phase in TERMINAL_PHASES:
+                return await self._let_go(obj, status, None)  # nothing runs: an unreadable spec holds nothing
             decision = reject_spec(status, exc, int(meta.get("generation") or 0), self.clock())
             return ReconcileOutcome(status=decision.status.to_dict())
         runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
+        if held and not holds_deletion(spec, status):
+            return await self._let_go(obj, status, runtime)
+        if not held and not deleting and holds_deletion(spec, status):
+            return await self._hold(obj)
         outcome = ReconcileOutcome(status=status.to_dict())
-        if not holds_deletion(spec, status, deleting) and deleting and FINALIZER in (meta.get("finalizers") or ()):
-            # Ended and stored (with its Events) by an earlier reconcile: let the delete complete.
-            if await asyncio.to_thread(runtime.finish_withdrawal, status):
-                outcome.requeue_after = 1.0
-            else:
-                await self._hold_deletion(obj, False)
-            return outcome
-        await self._hold_deletion(obj, holds_deletion(spec, status, deleting))
         gate: JudgeResult | None = None
         analysis: JudgeResult | None = None
         failures: list[ActionFailure] = []
@@ -400,6 +399,13 @@ class RolloutStepper:
             gate, analysis, failures = None, None, []
             if not decision.actions:
                 break
+            if self.store is not None and not deleting and holds_deletion(spec, status) and \
+                    FINALIZER not in (meta.get("finalizers") or ()):
+                # A new attempt after an ended one (which held nothing): held before it acts. Nothing was
+                # written or done yet in this reconcile; the next one decides again on a fresh read.
+                if resend:
+                    self._seen.discard(key)
+                return await self._hold(obj)
             if self.store is not None and outcome.status != stored:
                 decided_on = outcome.stored_status if outcome.stored_status is not None else obj.get("status") or {}
                 try:
@@ -443,17 +449,44 @@ class RolloutStepper:
             outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
         return outcome
 
-    async def _hold_deletion(self, obj: dict[str, Any], hold: bool) -> None:
-        """Put the finalizer on (before anything is acted on) or take it off, when it is not so already.
+    # --- the revertOnDeletion finalizer -------------------------------------------------------------------
+    # Each change to it is the whole reconcile: the apply moves the resourceVersion past what was read, so
+    # acting on in the same reconcile could act past a command or a spec change written meanwhile. The next
+    # reconcile (the apply's own watch event) decides on a fresh read.
 
-        It is never added to a rollout being deleted (the API server refuses that): one deleted before the
-        operator first saw it had nothing running.
-        """
-        meta = obj["metadata"]
-        held = FINALIZER in (meta.get("finalizers") or ())
-        if self.store is None or hold == held or (hold and meta.get("deletionTimestamp")):
+    async def _hold(self, obj: dict[str, Any]) -> ReconcileOutcome:
+        """Put the finalizer on before anything is done (never on a rollout being deleted: the API server
+        refuses a new finalizer then, and one deleted before the operator first saw it had nothing running)."""
+        await self._apply_finalizer(obj, hold=True)
+        return ReconcileOutcome(status=dict(obj.get("status") or {}), requeue_after=0.0)  # nothing to write
+
+    async def _let_go(self, obj: dict[str, Any], status: ModelRolloutStatus,
+                      runtime: RolloutRuntime | None) -> ReconcileOutcome:
+        """Take the finalizer off an ended rollout, once its Events are posted (the caller posts what is
+        left and stores the mark; the Events outlive the object) and the candidate is withdrawn from the
+        target."""
+        outcome = ReconcileOutcome(status=dict(obj.get("status") or {}), requeue_after=0.0)  # nothing to write
+        if unposted(outcome.status) or (runtime is not None and
+                                        await asyncio.to_thread(runtime.finish_withdrawal, status)):
+            outcome.requeue_after = 1.0
+            return outcome
+        await self._apply_finalizer(obj, hold=False)
+        return outcome
+
+    async def _apply_finalizer(self, obj: dict[str, Any], hold: bool) -> None:
+        if self.store is None:
             return
-        written = await asyncio.to_thread(self.store.apply_finalizer, obj, hold)
-        if written is not None:
-            meta["resourceVersion"] = written["metadata"]["resourceVersion"]
-            meta["finalizers"] = written["metadata"].get("finalizers") or []
+        meta = obj["metadata"]
+        try:
+            written = await asyncio.to_thread(self.store.apply_finalizer, obj, hold)
+        except ApiException as exc:
+            if exc.status not in (409, 422):
+                raise
+            # 409: gone, or another object under the name; 422: being deleted (no new finalizer). Read again.
+            log.info("%s/%s: finalizer not %s (HTTP %s); looking again", meta["namespace"], meta["name"],
+                     "added" if hold else "removed", exc.status)
+            return
+        if not hold and written is not None and FINALIZER in (written["metadata"].get("finalizers") or ()):
+            # Another field manager owns the entry too (a dumped object applied server-side, kubectl edit).
+            log.warning("%s/%s: finalizer %s is also owned by another field manager; remove it by hand",
+                        meta["namespace"], meta["name"], FINALIZER)

@@ -1,7 +1,8 @@
 """Per-rollout wake-ups: one reconcile at a time per object, soonest due first.
 
 kopf's timers and daemons would add a finalizer to every ModelRollout; a plain queue fed by watch events
-keeps the resource free of operator-owned metadata, and status stays the only state.
+keeps the resource free of kopf's metadata (the controller's own finalizer is opt-in: revertOnDeletion), and
+status stays the only state.
 """
 
 from __future__ import annotations

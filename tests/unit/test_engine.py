@@ -634,9 +634,8 @@ def test_a_rollout_deleted_mid_flight_with_revert_on_deletion_rolls_back_without
     world = reverting(World())
     world.run_until(lambda w: w.status.current_step == 3)
     assert world.target.canary_weight == 10
-    assert holds_deletion(world.parsed_spec, world.status, deletion_requested=False)
+    assert holds_deletion(world.parsed_spec, world.status)
     world.deleting = True
-    assert holds_deletion(world.parsed_spec, world.status, deletion_requested=True)  # not ended: still held
     world.run_until(finished)
     status = world.status
     assert status.phase is Phase.ROLLED_BACK
@@ -645,16 +644,16 @@ def test_a_rollout_deleted_mid_flight_with_revert_on_deletion_rolls_back_without
     assert REJECTED_TAG not in world.registry.versions["7"]  # deleted, not judged
     assert not any(a.type is ActionType.TAG_REJECTED for a in world.executed)
     assert "deleted" in status.message
-    assert not holds_deletion(world.parsed_spec, status, deletion_requested=True)  # ended: the delete may finish
+    assert not holds_deletion(world.parsed_spec, status)  # ended: the delete may complete
 
 
 def test_a_deletion_without_revert_on_deletion_changes_nothing() -> None:
     world = World()
     world.run_until(lambda w: w.status.current_step == 3)
+    assert not holds_deletion(world.parsed_spec, world.status)  # in flight, but nothing asked to hold it
     world.deleting = True
     world.reconcile()
     assert world.status.phase is Phase.PROGRESSING and world.target.canary_weight == 10
-    assert not holds_deletion(world.parsed_spec, world.status, deletion_requested=False)
 
 
 def test_a_deleted_rollout_in_its_bake_goes_back_to_the_previous_version_as_an_abort_would() -> None:
@@ -683,7 +682,37 @@ def test_a_deleted_rollout_that_had_ended_stays_as_it_was_and_starts_nothing() -
     assert world.status.phase is Phase.SUCCEEDED and len(world.executed) == executed  # no new attempt, no rollback
     assert world.status.history[-1].event == "CommandIgnored"
     assert "being deleted" in world.status.history[-1].detail
-    assert not holds_deletion(world.parsed_spec, world.status, deletion_requested=True)
+    assert not holds_deletion(world.parsed_spec, world.status)
+
+
+def test_a_deleted_rollout_that_had_failed_is_not_started_again_by_a_spec_change() -> None:
+    world = reverting(World())
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "9", "stableAlias": "production"}  # not there
+    world.reconcile()
+    assert world.status.phase is Phase.FAILED
+    world.deleting = True
+    world.spec["model"] = {"name": "nsfw-classifier", "version": "8", "stableAlias": "production"}
+    world.generation = 2
+    world.reconcile()
+    assert world.status.phase is Phase.FAILED and world.executed == []
+    assert "Resolved" not in events(world)
+
+
+def test_a_deleted_rollout_whose_rollback_cannot_finish_gives_up_at_the_progress_deadline() -> None:
+    """A namespace being deleted can take the registry Secret with it: the delete must not wait for good."""
+    world = reverting(World())
+    world.run_until(lambda w: w.status.current_step == 3)
+    world.registry.down = True  # the stable alias can never be confirmed
+    world.deleting = True
+    world.run_until(finished)
+    status = world.status
+    assert status.phase is Phase.FAILED
+    assert world.target.canary_weight == 0  # traffic went back at once; only the alias is unconfirmed
+    failed = status.history[-1]
+    assert failed.event == "Failed" and "gave up rolling back after progressDeadline 30m" in failed.detail
+    assert failed.detail.endswith("not confirmed: stable alias"), failed.detail
+    assert status.rollback is not None and status.completed_at - status.rollback.verdict_at >= timedelta(minutes=30)
+    assert not holds_deletion(world.parsed_spec, status)
 
 
 def test_a_rollout_deleted_before_resolution_ends_at_once() -> None:

@@ -1,0 +1,125 @@
+"""The revertOnDeletion finalizer in the stepper: held before anything is done, let go only once the ended
+status and its Events are stored, each change the whole reconcile (nothing acted past a fresh read)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from controller.api.status import ModelRolloutStatus, Phase, VersionRef
+from controller.engine import RegistryObservation, ResolvedVersion, TargetObservation
+from controller.operator.kubeapi import FINALIZER
+from controller.operator.runtime import OperatorConfig, ReconcileOutcome, RolloutRuntime, RolloutStepper
+
+RAW: dict[str, Any] = {
+    "model": {"name": "nsfw", "version": "8", "stableAlias": "production"},
+    "target": {"kserve": {"inferenceService": "nsfw"}},
+    "canary": {"steps": [{"setWeight": 10}, {"pause": {}}]},
+    "rollback": {"revertOnDeletion": True},
+}
+SUCCEEDED = ModelRolloutStatus(phase=Phase.SUCCEEDED, candidate=VersionRef("7"), stable=VersionRef("6"),
+                               observed_generation=1, attempt=1).to_dict()
+
+
+class Store:
+    """Records finalizer applies; answers as the API server would, or with an error status."""
+
+    def __init__(self, error: int | None = None) -> None:
+        self.applied: list[bool] = []
+        self.error = error
+
+    def apply_finalizer(self, obj: dict[str, Any], hold: bool) -> dict[str, Any]:
+        self.applied.append(hold)
+        if self.error:
+            raise ApiException(status=self.error)
+        return {"metadata": {**obj["metadata"], "resourceVersion": "2", "finalizers": [FINALIZER] if hold else []}}
+
+
+def rollout(status: dict[str, Any] | None, held: bool, deleting: bool = False,
+            raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"namespace": "team-a", "name": "nsfw", "uid": "u-1", "generation": 1,
+                            "resourceVersion": "1", "finalizers": [FINALIZER] if held else []}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-03T03:00:00Z"
+    return {"metadata": meta, "spec": copy.deepcopy(raw or RAW), **({"status": status} if status else {})}
+
+
+def step(obj: dict[str, Any], store: Store) -> ReconcileOutcome:
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    stepper.store = store  # type: ignore[assignment]
+    return asyncio.run(stepper.step(obj))
+
+
+def test_a_new_rollout_is_held_before_anything_is_done_and_decided_on_a_fresh_read() -> None:
+    store = Store()
+    outcome = step(rollout(None, held=False), store)
+    assert store.applied == [True]
+    assert (outcome.status, outcome.requeue_after, outcome.actions_taken) == ({}, 0.0, [])
+
+
+def test_an_ended_deleted_rollout_is_let_go_only_once_its_events_are_posted() -> None:
+    ended = {**SUCCEEDED, "history": [{"seq": 1, "time": "2026-12-03T02:59:00Z", "event": "Succeeded",
+                                       "detail": "promoted"}], "eventsPostedThrough": 0}
+    store = Store()
+    waiting = step(rollout(ended, held=True, deleting=True), store)
+    assert store.applied == [] and waiting.requeue_after == 1.0 and waiting.status == ended  # the caller posts
+    let_go = step(rollout({**ended, "eventsPostedThrough": 1}, held=True, deleting=True), store)
+    assert store.applied == [False] and let_go.requeue_after == 0.0
+
+
+@pytest.mark.parametrize("deleting", [False, True])
+def test_an_ended_rollout_holds_nothing(deleting: bool) -> None:
+    """So an operator uninstalled since never blocks deleting it, or its namespace."""
+    store = Store()
+    step(rollout(SUCCEEDED, held=True, deleting=deleting), store)
+    assert store.applied == [False]
+
+
+def test_turning_revert_on_deletion_off_lets_go() -> None:
+    store = Store()
+    in_flight = {**SUCCEEDED, "phase": "Paused"}
+    raw = {**RAW, "rollback": {"revertOnDeletion": False}}
+    step(rollout(in_flight, held=True, raw=raw), store)
+    assert store.applied == [False]
+
+
+def test_an_ended_rollout_whose_spec_this_operator_refuses_is_let_go_without_a_status_write() -> None:
+    store = Store()
+    raw = {**RAW, "target": {"kserve": {"inferenceService": "nsfw", "candidateUrl": "http://10.0.0.7"}}}
+    outcome = step(rollout(SUCCEEDED, held=True, deleting=True, raw=raw), store)
+    assert store.applied == [False] and outcome.status == SUCCEEDED
+
+
+@pytest.mark.parametrize("error", [409, 422])
+def test_a_finalizer_apply_refused_for_a_gone_or_deleted_object_means_read_again(error: int) -> None:
+    store = Store(error=error)
+    outcome = step(rollout(None, held=False), store)
+    assert store.applied == [True] and outcome.requeue_after == 0.0 and outcome.status == {}
+
+
+def test_any_other_refusal_is_a_reconcile_error() -> None:
+    with pytest.raises(ApiException):
+        step(rollout(None, held=False), Store(error=403))
+
+
+def test_a_new_attempt_after_an_ended_one_is_held_before_it_acts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Succeeded with 7, the spec now names 8: the decision stages 8, and the finalizer goes on first."""
+    def registry(self: RolloutRuntime, status: ModelRolloutStatus | None = None) -> RegistryObservation:
+        return RegistryObservation(candidate=ResolvedVersion("8", source="s3://m/8"),
+                                   stable_alias_version=ResolvedVersion("7", source="s3://m/7"))
+
+    monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
+    monkeypatch.setattr(RolloutRuntime, "observe_target",
+                        lambda self: (TargetObservation(ready=True, stable_version="7"), None))
+    monkeypatch.setattr(RolloutRuntime, "act", lambda self, action, status: pytest.fail(f"acted: {action}"))
+    store = Store()
+    raw = {**RAW, "model": {"name": "nsfw", "version": "8", "stableAlias": "production"}}
+    obj = rollout(SUCCEEDED, held=False, raw=raw)
+    obj["metadata"]["generation"] = 2
+    outcome = step(obj, store)
+    assert store.applied == [True]
+    assert outcome.status == SUCCEEDED and outcome.actions_taken == [] and outcome.requeue_after == 0.0
