@@ -264,7 +264,7 @@ class _Decider:
     @property
     def _deleting(self) -> bool:
         """Deleted with revertOnDeletion: roll back what runs, start nothing new."""
-        return self.obs.deletion_requested and self.spec.rollback.revert_on_deletion
+        return self.obs.deleted_at is not None and self.spec.rollback.revert_on_deletion
 
     @property
     def _attempt(self) -> int:
@@ -1030,18 +1030,12 @@ class _Decider:
                                       f"and alias verified {seconds}s after the decision")
         self._update(rollback=rollback)
         done = rollback.recovered_at is not None and (rollback.tag_confirmed_at or not rollback.reject_candidate)
-        if not done and self._deleting and self._deadline_passed(rollback.verdict_at):
+        deleted_at = self.obs.deleted_at
+        if not done and self._deleting and deleted_at is not None and \
+                self._deadline_passed(max(rollback.verdict_at, deleted_at)):
             # The delete waits for this; past the deadline it would wait for good (a namespace being deleted
-            # takes the target or the registry Secret with it): end, and say what was not put back.
-            missing = [what for what, confirmed in (("traffic", rollback.traffic_confirmed_at),
-                                                    ("stable alias", rollback.alias_confirmed_at))
-                       if confirmed is None]
-            self._record("Failed", f"deleted rollout: gave up rolling back after progressDeadline "
-                                   f"{format_duration(self.spec.progress_deadline)}; not confirmed: "
-                                   f"{', '.join(missing) or 'the rollback'}")
-            self._abandon_pending()
-            self._update(rollback=dataclasses.replace(rollback, final_phase=Phase.FAILED))
-            self._move(Phase.FAILED, completed_at=self.now)
+            # takes the target or the registry Secret with it): end, and say what was not done.
+            self._give_up_deleted(rollback)
             return
         if not done:
             self.polls = True
@@ -1052,6 +1046,19 @@ class _Decider:
             return
         self._record(str(rollback.final_phase), rollback.reason)
         self._move(rollback.final_phase, completed_at=self.now)
+
+    def _give_up_deleted(self, rollback: RollbackStatus) -> None:
+        steps = (("traffic to stable", rollback.traffic_confirmed_at), ("stable alias", rollback.alias_confirmed_at),
+                 (f"{REJECTED_TAG} tag", rollback.tag_confirmed_at if rollback.reject_candidate else self.now))
+        missing = ", ".join(what for what, confirmed in steps if confirmed is None)
+        detail = (f"deleted rollout: gave up after progressDeadline {format_duration(self.spec.progress_deadline)}; "
+                  f"not confirmed: {missing}")
+        self._abandon_pending()
+        # Traffic and alias back (only a tag missing): rolled back all the same, as far as users are concerned.
+        phase = rollback.final_phase if rollback.recovered_at is not None else Phase.FAILED
+        self._record(str(phase), detail)
+        self._update(rollback=dataclasses.replace(rollback, final_phase=phase))
+        self._move(phase, completed_at=self.now)
 
     def _rollback_traffic(self, rollback: RollbackStatus) -> RollbackStatus:
         if rollback.traffic_confirmed_at is not None:

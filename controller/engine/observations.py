@@ -125,6 +125,5 @@ class Observations:
     # True on the operator's first reconcile of this rollout since it (re)started: actions recorded as
     # pending may never have been carried out, so they are sent again at once.
     resend_pending: bool = False
-    # metadata.deletionTimestamp is set: the ModelRollout is being deleted (it still exists while a finalizer
-    # holds it).
-    deletion_requested: bool = False
+    # metadata.deletionTimestamp: when the ModelRollout was deleted (it still exists while a finalizer holds it).
+    deleted_at: datetime | None = None

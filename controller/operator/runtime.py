@@ -22,6 +22,7 @@ from controller.analysis.prometheus import PrometheusProvider
 from controller.analysis.runner import AnalysisRequest, run_analysis
 from controller.api.commands import COMMAND_ANNOTATION, CommandError, parse_command
 from controller.api.reach import check_gate_hosts
+from controller.api.serialization import parse_time
 from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
 from controller.api.status import TERMINAL_PHASES, ModelRolloutStatus, VersionRef
 from controller.engine import (
@@ -70,6 +71,8 @@ log = logging.getLogger(__name__)
 MAX_ROUNDS = 8
 # Phases after which the candidate must not be left in the target's spec.
 WITHDRAWN_PHASES = ("RolledBack", "Failed")
+# How long a deleted rollout that has ended waits for that withdrawal before the delete may complete.
+WITHDRAWAL_GRACE = dt.timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -355,9 +358,8 @@ class RolloutStepper:
     async def step(self, obj: dict[str, Any]) -> ReconcileOutcome:
         meta = obj["metadata"]
         key = (meta["namespace"], meta["name"])
-        first_since_start = key not in self._seen
-        self._seen.add(key)
-        deleting = bool(meta.get("deletionTimestamp"))
+        deleted_at = parse_time(meta["deletionTimestamp"]) if meta.get("deletionTimestamp") else None
+        deleting = deleted_at is not None
         held = FINALIZER in (meta.get("finalizers") or ())
         status = ModelRolloutStatus.from_dict(obj.get("status"))
         try:
@@ -366,15 +368,18 @@ class RolloutStepper:
                 check_operator_settings(spec, meta["namespace"], self.config)
         except SpecError as exc:
             # The API server refuses bad specs first; this covers what its schema cannot say.
-            if held and status.phase in TERMINAL_PHASES:
+            if held and self.store is not None and status.phase in TERMINAL_PHASES:
                 return await self._let_go(obj, status, None)  # nothing runs: an unreadable spec holds nothing
             decision = reject_spec(status, exc, int(meta.get("generation") or 0), self.clock())
             return ReconcileOutcome(status=decision.status.to_dict())
         runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
-        if held and not holds_deletion(spec, status):
-            return await self._let_go(obj, status, runtime)
-        if not held and not deleting and holds_deletion(spec, status):
+        if self.store is not None and held and not holds_deletion(spec, status):
+            return await self._let_go(obj, status, runtime if deleting else None)
+        if self.store is not None and not held and not deleting and holds_deletion(spec, status):
             return await self._hold(obj)
+        # Only now: a reconcile that only changed the finalizer resent nothing.
+        first_since_start = key not in self._seen
+        self._seen.add(key)
         outcome = ReconcileOutcome(status=status.to_dict())
         gate: JudgeResult | None = None
         analysis: JudgeResult | None = None
@@ -387,7 +392,7 @@ class RolloutStepper:
             observations = Observations(
                 generation=int(meta.get("generation") or 0), registry=registry, target=target, gate=gate,
                 analysis=analysis, commands=runtime.commands(), action_failures=tuple(failures),
-                resend_pending=first_since_start, deletion_requested=deleting)
+                resend_pending=first_since_start, deleted_at=deleted_at)
             decision = decide(spec, status, observations, now)
             status = decision.status
             outcome.status = status.to_dict()
@@ -401,11 +406,13 @@ class RolloutStepper:
                 break
             if self.store is not None and not deleting and holds_deletion(spec, status) and \
                     FINALIZER not in (meta.get("finalizers") or ()):
-                # A new attempt after an ended one (which held nothing): held before it acts. Nothing was
-                # written or done yet in this reconcile; the next one decides again on a fresh read.
-                if resend:
-                    self._seen.discard(key)
-                return await self._hold(obj)
+                # A new attempt after an ended one (which held nothing): held before it acts. This decision's
+                # status is written (by the caller, on a fresh resourceVersion) but none of its actions are
+                # carried out: the next reconcile sends them at once, on a fresh read.
+                self._seen.discard(key)
+                held_now = await self._hold(obj)
+                outcome.requeue_after = held_now.requeue_after
+                return outcome
             if self.store is not None and outcome.status != stored:
                 decided_on = outcome.stored_status if outcome.stored_status is not None else obj.get("status") or {}
                 try:
@@ -457,25 +464,34 @@ class RolloutStepper:
     async def _hold(self, obj: dict[str, Any]) -> ReconcileOutcome:
         """Put the finalizer on before anything is done (never on a rollout being deleted: the API server
         refuses a new finalizer then, and one deleted before the operator first saw it had nothing running)."""
-        await self._apply_finalizer(obj, hold=True)
-        return ReconcileOutcome(status=dict(obj.get("status") or {}), requeue_after=0.0)  # nothing to write
+        requeue = await self._apply_finalizer(obj, hold=True)
+        return ReconcileOutcome(status=dict(obj.get("status") or {}), requeue_after=requeue)  # nothing to write
 
     async def _let_go(self, obj: dict[str, Any], status: ModelRolloutStatus,
-                      runtime: RolloutRuntime | None) -> ReconcileOutcome:
-        """Take the finalizer off an ended rollout, once its Events are posted (the caller posts what is
-        left and stores the mark; the Events outlive the object) and the candidate is withdrawn from the
-        target."""
-        outcome = ReconcileOutcome(status=dict(obj.get("status") or {}), requeue_after=0.0)  # nothing to write
-        if unposted(outcome.status) or (runtime is not None and
-                                        await asyncio.to_thread(runtime.finish_withdrawal, status)):
-            outcome.requeue_after = 1.0
+                      withdrawing: RolloutRuntime | None) -> ReconcileOutcome:
+        """Take the finalizer off an ended rollout once its Events are posted (the caller posts what is left,
+        on its own retry schedule, and stores the mark; the Events outlive the object).
+
+        `withdrawing`, for a deleted one: its candidate is also withdrawn from the target's spec first, which
+        no later reconcile would finish, for at most WITHDRAWAL_GRACE after it ended.
+        """
+        outcome = ReconcileOutcome(status=dict(obj.get("status") or {}))  # nothing to write
+        if unposted(outcome.status):
             return outcome
-        await self._apply_finalizer(obj, hold=False)
+        if withdrawing is not None and await asyncio.to_thread(withdrawing.finish_withdrawal, status):
+            ended = status.completed_at or self.clock()
+            if self.clock() - ended < WITHDRAWAL_GRACE:
+                outcome.requeue_after = 1.0
+                return outcome
+            log.warning("%s/%s: the candidate is still in %s's spec %s after the rollback; letting the delete "
+                        "complete", obj["metadata"]["namespace"], obj["metadata"]["name"],
+                        withdrawing.spec.target.description, WITHDRAWAL_GRACE)
+        outcome.requeue_after = await self._apply_finalizer(obj, hold=False)
         return outcome
 
-    async def _apply_finalizer(self, obj: dict[str, Any], hold: bool) -> None:
-        if self.store is None:
-            return
+    async def _apply_finalizer(self, obj: dict[str, Any], hold: bool) -> float | None:
+        """Apply; when to look again: at once (on a fresh read), or None when only a person can help."""
+        assert self.store is not None
         meta = obj["metadata"]
         try:
             written = await asyncio.to_thread(self.store.apply_finalizer, obj, hold)
@@ -485,8 +501,10 @@ class RolloutStepper:
             # 409: gone, or another object under the name; 422: being deleted (no new finalizer). Read again.
             log.info("%s/%s: finalizer not %s (HTTP %s); looking again", meta["namespace"], meta["name"],
                      "added" if hold else "removed", exc.status)
-            return
+            return 0.0
         if not hold and written is not None and FINALIZER in (written["metadata"].get("finalizers") or ()):
             # Another field manager owns the entry too (a dumped object applied server-side, kubectl edit).
             log.warning("%s/%s: finalizer %s is also owned by another field manager; remove it by hand",
                         meta["namespace"], meta["name"], FINALIZER)
+            return None
+        return 0.0

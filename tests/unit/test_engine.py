@@ -709,10 +709,41 @@ def test_a_deleted_rollout_whose_rollback_cannot_finish_gives_up_at_the_progress
     assert status.phase is Phase.FAILED
     assert world.target.canary_weight == 0  # traffic went back at once; only the alias is unconfirmed
     failed = status.history[-1]
-    assert failed.event == "Failed" and "gave up rolling back after progressDeadline 30m" in failed.detail
+    assert failed.event == "Failed" and "gave up after progressDeadline 30m" in failed.detail
     assert failed.detail.endswith("not confirmed: stable alias"), failed.detail
     assert status.rollback is not None and status.completed_at - status.rollback.verdict_at >= timedelta(minutes=30)
     assert not holds_deletion(world.parsed_spec, status)
+
+
+def test_a_rollback_that_is_not_for_a_delete_never_gives_up() -> None:
+    world = reverting(World())
+    world.run_until(lambda w: w.status.current_step == 3)
+    world.registry.down = True
+    world.send(CommandAction.ABORT)
+    for _ in range(12):
+        world.reconcile()
+        world.advance(timedelta(minutes=10))
+    assert world.status.phase is Phase.ROLLING_BACK  # two hours on: still trying, as before revertOnDeletion
+
+
+def test_a_deleted_rollout_rolled_back_but_for_its_rejection_tag_ends_rolled_back_saying_so() -> None:
+    """Deleted during a judged rollback whose traffic and alias are back: only the tag was left to write."""
+    world = reverting(World())
+    fail_from(world, step_index=3)
+    for _ in range(200):
+        world.conflict_ids.add("1:rollback:tag")  # the registry refuses this one write, every time
+        world.reconcile()
+        if world.status.phase is Phase.ROLLING_BACK and not world.deleting:
+            assert world.status.rollback is not None and world.status.rollback.recovered_at is not None
+            world.deleting = True
+        if finished(world):
+            break
+        world.advance(timedelta(minutes=1))
+    status = world.status
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    assert status.history[-1].event == "RolledBack"
+    assert status.history[-1].detail.endswith(f"not confirmed: {REJECTED_TAG} tag"), status.history[-1].detail
+    assert world.target.canary_weight == 0 and world.registry.aliases["production"] == "6"
 
 
 def test_a_rollout_deleted_before_resolution_ends_at_once() -> None:

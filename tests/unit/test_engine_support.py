@@ -162,7 +162,8 @@ class World:
     on_decision: Callable[[ModelRolloutStatus, Observations, Decision], None] | None = None
     crash_after: int | None = None  # kill the operator mid-reconcile (see reconcile)
     restarted: bool = False  # the operator process started anew since the last reconcile
-    deleting: bool = False  # metadata.deletionTimestamp is set
+    deleting: bool = False  # metadata.deletionTimestamp is set (to the time deleting was first seen)
+    deleted_at: datetime | None = None
 
     @property
     def parsed_spec(self) -> ModelRolloutSpec:
@@ -194,7 +195,12 @@ class World:
         return Observations(generation=self.generation, registry=registry, target=self.target.observe(self.now),
                             gate=gate, analysis=analysis,
                             commands=(self.command,) if self.command else (), action_failures=failures,
-                            resend_pending=self.restarted, deletion_requested=self.deleting)
+                            resend_pending=self.restarted, deleted_at=self._deleted_at())
+
+    def _deleted_at(self) -> datetime | None:
+        if self.deleting and self.deleted_at is None:
+            self.deleted_at = self.now
+        return self.deleted_at if self.deleting else None
 
     def execute(self, action: Action) -> tuple[JudgeResult | None, JudgeResult | None, ActionFailure | None]:
         """Carry out one action the way an idempotent adapter would."""

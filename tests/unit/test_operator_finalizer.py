@@ -26,17 +26,25 @@ SUCCEEDED = ModelRolloutStatus(phase=Phase.SUCCEEDED, candidate=VersionRef("7"),
 
 
 class Store:
-    """Records finalizer applies; answers as the API server would, or with an error status."""
+    """Records finalizer applies and status writes; answers as the API server would, or with an error status.
+    `shared`: another field manager owns the finalizer too, so a release leaves it on."""
 
-    def __init__(self, error: int | None = None) -> None:
+    def __init__(self, error: int | None = None, shared: bool = False) -> None:
         self.applied: list[bool] = []
+        self.statuses: list[dict[str, Any]] = []
         self.error = error
+        self.shared = shared
 
     def apply_finalizer(self, obj: dict[str, Any], hold: bool) -> dict[str, Any]:
         self.applied.append(hold)
         if self.error:
             raise ApiException(status=self.error)
-        return {"metadata": {**obj["metadata"], "resourceVersion": "2", "finalizers": [FINALIZER] if hold else []}}
+        kept = hold or self.shared
+        return {"metadata": {**obj["metadata"], "resourceVersion": "2", "finalizers": [FINALIZER] if kept else []}}
+
+    def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        self.statuses.append(status)
+        return {"metadata": {**obj["metadata"], "resourceVersion": "3"}, "status": status}
 
 
 def rollout(status: dict[str, Any] | None, held: bool, deleting: bool = False,
@@ -48,8 +56,8 @@ def rollout(status: dict[str, Any] | None, held: bool, deleting: bool = False,
     return {"metadata": meta, "spec": copy.deepcopy(raw or RAW), **({"status": status} if status else {})}
 
 
-def step(obj: dict[str, Any], store: Store) -> ReconcileOutcome:
-    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+def step(obj: dict[str, Any], store: Store, stepper: RolloutStepper | None = None) -> ReconcileOutcome:
+    stepper = stepper or RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
     stepper.store = store  # type: ignore[assignment]
     return asyncio.run(stepper.step(obj))
 
@@ -66,7 +74,8 @@ def test_an_ended_deleted_rollout_is_let_go_only_once_its_events_are_posted() ->
                                        "detail": "promoted"}], "eventsPostedThrough": 0}
     store = Store()
     waiting = step(rollout(ended, held=True, deleting=True), store)
-    assert store.applied == [] and waiting.requeue_after == 1.0 and waiting.status == ended  # the caller posts
+    # The caller posts them on its own retry schedule; storing the mark wakes the rollout again.
+    assert store.applied == [] and waiting.requeue_after is None and waiting.status == ended
     let_go = step(rollout({**ended, "eventsPostedThrough": 1}, held=True, deleting=True), store)
     assert store.applied == [False] and let_go.requeue_after == 0.0
 
@@ -87,11 +96,20 @@ def test_turning_revert_on_deletion_off_lets_go() -> None:
     assert store.applied == [False]
 
 
-def test_an_ended_rollout_whose_spec_this_operator_refuses_is_let_go_without_a_status_write() -> None:
+def test_an_ended_rollout_whose_spec_does_not_parse_is_let_go_without_a_status_write() -> None:
     store = Store()
-    raw = {**RAW, "target": {"kserve": {"inferenceService": "nsfw", "candidateUrl": "http://10.0.0.7"}}}
+    raw = {**RAW, "canary": {"steps": [{"setWeight": 150}]}}  # refused by the API server too, normally
     outcome = step(rollout(SUCCEEDED, held=True, deleting=True, raw=raw), store)
     assert store.applied == [False] and outcome.status == SUCCEEDED
+    in_flight = step(rollout({**SUCCEEDED, "phase": "Paused"}, held=True, deleting=True, raw=raw), store)
+    assert store.applied == [False] and in_flight.status["phase"] == "Paused"  # held: it cannot be rolled back
+    assert "InvalidSpec" in [c["reason"] for c in in_flight.status["conditions"]]
+
+
+def test_a_finalizer_another_field_manager_also_owns_is_not_applied_again_and_again() -> None:
+    store = Store(shared=True)
+    outcome = step(rollout(SUCCEEDED, held=True), store)
+    assert store.applied == [False] and outcome.requeue_after is None
 
 
 @pytest.mark.parametrize("error", [409, 422])
@@ -106,20 +124,29 @@ def test_any_other_refusal_is_a_reconcile_error() -> None:
         step(rollout(None, held=False), Store(error=403))
 
 
-def test_a_new_attempt_after_an_ended_one_is_held_before_it_acts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Succeeded with 7, the spec now names 8: the decision stages 8, and the finalizer goes on first."""
+def test_a_new_attempt_after_an_ended_one_is_held_before_it_acts_then_acts_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Succeeded with 7, the spec now names 8: the decision stages 8, the finalizer goes on first, the new
+    attempt's status is stored, and the next reconcile sends the staging at once (and keeps the finalizer)."""
     def registry(self: RolloutRuntime, status: ModelRolloutStatus | None = None) -> RegistryObservation:
         return RegistryObservation(candidate=ResolvedVersion("8", source="s3://m/8"),
                                    stable_alias_version=ResolvedVersion("7", source="s3://m/7"))
 
+    acted: list[str] = []
     monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
     monkeypatch.setattr(RolloutRuntime, "observe_target",
                         lambda self: (TargetObservation(ready=True, stable_version="7"), None))
-    monkeypatch.setattr(RolloutRuntime, "act", lambda self, action, status: pytest.fail(f"acted: {action}"))
+    monkeypatch.setattr(RolloutRuntime, "act", lambda self, action, status: acted.append(action.id))
     store = Store()
-    raw = {**RAW, "model": {"name": "nsfw", "version": "8", "stableAlias": "production"}}
-    obj = rollout(SUCCEEDED, held=False, raw=raw)
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    obj = rollout(SUCCEEDED, held=False)
     obj["metadata"]["generation"] = 2
-    outcome = step(obj, store)
-    assert store.applied == [True]
-    assert outcome.status == SUCCEEDED and outcome.actions_taken == [] and outcome.requeue_after == 0.0
+    first = step(obj, store, stepper)
+    assert store.applied == [True] and acted == [] and first.actions_taken == []
+    assert first.status["phase"] == "Pending" and first.status["candidate"]["version"] == "8"  # to be stored
+    assert any(a["state"] == "Pending" for a in first.status["actions"])  # asked for, not sent
+    second = step({**rollout(first.status, held=True), "metadata": {**obj["metadata"], "finalizers": [FINALIZER]}},
+                  store, stepper)
+    assert store.applied == [True]  # kept on: the attempt has not ended
+    assert acted and acted[0].endswith(":stage:8"), acted  # sent at once, not after the resend delay
+    assert second.status["phase"] != "Succeeded"
