@@ -1054,6 +1054,7 @@ class _Decider:
         detail = (f"deleted rollout: gave up after progressDeadline {format_duration(self.spec.progress_deadline)}; "
                   f"not confirmed: {missing}")
         self._abandon_pending()
+        self.actions.clear()  # this decision's requests too: the rollback ends here
         # Traffic and alias back (only a tag missing): rolled back all the same, as far as users are concerned.
         phase = rollback.final_phase if rollback.recovered_at is not None else Phase.FAILED
         self._record(str(phase), detail)

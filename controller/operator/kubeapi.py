@@ -72,6 +72,15 @@ class ObjectRef:
         return f"{self.namespace}/{self.name}"
 
 
+def owns_finalizer(meta: Mapping[str, Any]) -> bool:
+    """Whether the controller's field manager (on the object itself, not its status) owns FINALIZER: only
+    then can its apply take the finalizer off."""
+    entry = f'v:"{FINALIZER}"'
+    return any(m.get("manager") == FIELD_MANAGER and not m.get("subresource")
+               and entry in ((m.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:finalizers", {})
+               for m in meta.get("managedFields") or ())
+
+
 class RolloutStore:
     """Reads ModelRollouts and writes their status with server-side apply, guarded by resourceVersion."""
 

@@ -61,7 +61,7 @@ from controller.gate import (
 )
 from controller.operator.event_poster import EventPoster
 from controller.operator.events import unposted
-from controller.operator.kubeapi import FINALIZER, RolloutStore, apply_decided_status
+from controller.operator.kubeapi import FINALIZER, RolloutStore, apply_decided_status, owns_finalizer
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
 from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
 
@@ -361,6 +361,7 @@ class RolloutStepper:
         deleted_at = parse_time(meta["deletionTimestamp"]) if meta.get("deletionTimestamp") else None
         deleting = deleted_at is not None
         held = FINALIZER in (meta.get("finalizers") or ())
+        ours = held and owns_finalizer(meta)  # another manager's entry is not ours to take off
         status = ModelRolloutStatus.from_dict(obj.get("status"))
         try:
             spec = parse_spec(obj.get("spec") or {})
@@ -368,13 +369,13 @@ class RolloutStepper:
                 check_operator_settings(spec, meta["namespace"], self.config)
         except SpecError as exc:
             # The API server refuses bad specs first; this covers what its schema cannot say.
-            if held and self.store is not None and status.phase in TERMINAL_PHASES:
-                return await self._let_go(obj, status, None)  # nothing runs: an unreadable spec holds nothing
+            if ours and self.store is not None and status.phase in TERMINAL_PHASES:
+                return await self._let_go(obj, status, None, deleting)  # an unreadable spec holds nothing
             decision = reject_spec(status, exc, int(meta.get("generation") or 0), self.clock())
             return ReconcileOutcome(status=decision.status.to_dict())
         runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
-        if self.store is not None and held and not holds_deletion(spec, status):
-            return await self._let_go(obj, status, runtime if deleting else None)
+        if self.store is not None and ours and not holds_deletion(spec, status):
+            return await self._let_go(obj, status, runtime, deleting)
         if self.store is not None and not held and not deleting and holds_deletion(spec, status):
             return await self._hold(obj)
         # Only now: a reconcile that only changed the finalizer resent nothing.
@@ -467,30 +468,28 @@ class RolloutStepper:
         requeue = await self._apply_finalizer(obj, hold=True)
         return ReconcileOutcome(status=dict(obj.get("status") or {}), requeue_after=requeue)  # nothing to write
 
-    async def _let_go(self, obj: dict[str, Any], status: ModelRolloutStatus,
-                      withdrawing: RolloutRuntime | None) -> ReconcileOutcome:
-        """Take the finalizer off an ended rollout once its Events are posted (the caller posts what is left,
-        on its own retry schedule, and stores the mark; the Events outlive the object).
-
-        `withdrawing`, for a deleted one: its candidate is also withdrawn from the target's spec first, which
-        no later reconcile would finish, for at most WITHDRAWAL_GRACE after it ended.
-        """
+    async def _let_go(self, obj: dict[str, Any], status: ModelRolloutStatus, runtime: RolloutRuntime | None,
+                      deleting: bool) -> ReconcileOutcome:
+        """Take the finalizer off an ended rollout. A deleted one is gone after that, so first its Events are
+        posted (the caller posts what is left, on its own retry schedule, and stores the mark; the Events
+        outlive the object) and its candidate is withdrawn from the target's spec, for at most
+        WITHDRAWAL_GRACE after it ended: no later reconcile would finish either."""
         outcome = ReconcileOutcome(status=dict(obj.get("status") or {}))  # nothing to write
-        if unposted(outcome.status):
+        if deleting and unposted(outcome.status):
             return outcome
-        if withdrawing is not None and await asyncio.to_thread(withdrawing.finish_withdrawal, status):
-            ended = status.completed_at or self.clock()
-            if self.clock() - ended < WITHDRAWAL_GRACE:
+        if deleting and runtime is not None and await asyncio.to_thread(runtime.finish_withdrawal, status):
+            ended = status.completed_at
+            if ended is not None and self.clock() - ended < WITHDRAWAL_GRACE:
                 outcome.requeue_after = 1.0
                 return outcome
-            log.warning("%s/%s: the candidate is still in %s's spec %s after the rollback; letting the delete "
+            log.warning("%s/%s: the candidate is still in the spec of %s after the rollback; letting the delete "
                         "complete", obj["metadata"]["namespace"], obj["metadata"]["name"],
-                        withdrawing.spec.target.description, WITHDRAWAL_GRACE)
+                        runtime.spec.target.description)
         outcome.requeue_after = await self._apply_finalizer(obj, hold=False)
         return outcome
 
-    async def _apply_finalizer(self, obj: dict[str, Any], hold: bool) -> float | None:
-        """Apply; when to look again: at once (on a fresh read), or None when only a person can help."""
+    async def _apply_finalizer(self, obj: dict[str, Any], hold: bool) -> float:
+        """Apply; look again at once, on a fresh read."""
         assert self.store is not None
         meta = obj["metadata"]
         try:
@@ -503,8 +502,8 @@ class RolloutStepper:
                      "added" if hold else "removed", exc.status)
             return 0.0
         if not hold and written is not None and FINALIZER in (written["metadata"].get("finalizers") or ()):
-            # Another field manager owns the entry too (a dumped object applied server-side, kubectl edit).
-            log.warning("%s/%s: finalizer %s is also owned by another field manager; remove it by hand",
-                        meta["namespace"], meta["name"], FINALIZER)
-            return None
+            # Another field manager owns the entry too (a dumped object applied server-side, kubectl edit):
+            # from now on it is theirs, and reconciles go on as if it were not there.
+            log.warning("%s/%s: finalizer %s is also owned by another field manager; it stays until they "
+                        "remove it", meta["namespace"], meta["name"], FINALIZER)
         return 0.0

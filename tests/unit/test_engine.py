@@ -710,6 +710,15 @@ def test_a_deleted_rollout_whose_rollback_cannot_finish_gives_up_at_the_progress
     assert world.target.canary_weight == 0  # traffic went back at once; only the alias is unconfirmed
     failed = status.history[-1]
     assert failed.event == "Failed" and "gave up after progressDeadline 30m" in failed.detail
+
+    stuck = reverting(World())  # the target never takes the weight back: its write is asked for every time
+    stuck.run_until(lambda w: w.status.current_step == 3)
+    stuck.target.frozen = True
+    stuck.deleting = True
+    stuck.run_until(finished, step=timedelta(minutes=1))
+    ending = next(d for d in stuck.decisions if d.status.phase is Phase.FAILED)
+    assert ending.actions == ()  # nothing more is sent once it has given up
+    assert stuck.status.history[-1].detail.endswith("not confirmed: traffic to stable")
     assert failed.detail.endswith("not confirmed: stable alias"), failed.detail
     assert status.rollback is not None and status.completed_at - status.rollback.verdict_at >= timedelta(minutes=30)
     assert not holds_deletion(world.parsed_spec, status)

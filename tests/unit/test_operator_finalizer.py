@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.api.status import ModelRolloutStatus, Phase, VersionRef
 from controller.engine import RegistryObservation, ResolvedVersion, TargetObservation
-from controller.operator.kubeapi import FINALIZER
+from controller.operator.kubeapi import FIELD_MANAGER, FINALIZER
 from controller.operator.runtime import OperatorConfig, ReconcileOutcome, RolloutRuntime, RolloutStepper
 
 RAW: dict[str, Any] = {
@@ -23,6 +24,10 @@ RAW: dict[str, Any] = {
 }
 SUCCEEDED = ModelRolloutStatus(phase=Phase.SUCCEEDED, candidate=VersionRef("7"), stable=VersionRef("6"),
                                observed_generation=1, attempt=1).to_dict()
+
+
+OURS = {"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": {"f:metadata": {"f:finalizers": {
+    f'v:"{FINALIZER}"': {}}}}}
 
 
 class Store:
@@ -50,7 +55,8 @@ class Store:
 def rollout(status: dict[str, Any] | None, held: bool, deleting: bool = False,
             raw: dict[str, Any] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"namespace": "team-a", "name": "nsfw", "uid": "u-1", "generation": 1,
-                            "resourceVersion": "1", "finalizers": [FINALIZER] if held else []}
+                            "resourceVersion": "1", "finalizers": [FINALIZER] if held else [],
+                            "managedFields": [OURS] if held else []}
     if deleting:
         meta["deletionTimestamp"] = "2026-12-03T03:00:00Z"
     return {"metadata": meta, "spec": copy.deepcopy(raw or RAW), **({"status": status} if status else {})}
@@ -106,10 +112,45 @@ def test_an_ended_rollout_whose_spec_does_not_parse_is_let_go_without_a_status_w
     assert "InvalidSpec" in [c["reason"] for c in in_flight.status["conditions"]]
 
 
-def test_a_finalizer_another_field_manager_also_owns_is_not_applied_again_and_again() -> None:
+def observed(monkeypatch: pytest.MonkeyPatch, candidate: str, stable: str) -> list[str]:
+    """The adapters' answers, canned: the registry resolves `candidate`, the target serves `stable`."""
+    def registry(self: RolloutRuntime, status: ModelRolloutStatus | None = None) -> RegistryObservation:
+        return RegistryObservation(candidate=ResolvedVersion(candidate, source=f"s3://m/{candidate}"),
+                                   stable_alias_version=ResolvedVersion(stable, source=f"s3://m/{stable}"))
+
+    acted: list[str] = []
+    monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
+    monkeypatch.setattr(RolloutRuntime, "observe_target",
+                        lambda self: (TargetObservation(ready=True, stable_version=stable), None))
+    monkeypatch.setattr(RolloutRuntime, "act", lambda self, action, status: acted.append(action.id))
+    return acted
+
+
+def test_a_finalizer_another_field_manager_also_owns_is_theirs_and_the_rollout_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    observed(monkeypatch, candidate="7", stable="7")
     store = Store(shared=True)
-    outcome = step(rollout(SUCCEEDED, held=True), store)
-    assert store.applied == [False] and outcome.requeue_after is None
+    step(rollout(SUCCEEDED, held=True), store)
+    assert store.applied == [False]  # ours released; theirs stays on the object
+    theirs = rollout(SUCCEEDED, held=True)
+    theirs["metadata"]["managedFields"] = [{**OURS, "manager": "kubectl-edit", "operation": "Update"}]
+    outcome = step(theirs, store)
+    assert store.applied == [False] and outcome.status["phase"] == "Succeeded"  # decided on, not applied again
+
+
+@pytest.mark.parametrize(("completed", "released"), [("2026-12-03T02:59:30Z", False), ("2026-12-03T02:50:00Z", True),
+                                                     (None, True)])
+def test_a_deleted_rollout_waits_for_the_withdrawal_at_most_the_grace(monkeypatch: pytest.MonkeyPatch,
+                                                                      completed: str | None, released: bool) -> None:
+    """Without completedAt (a hand-edited status) the grace counts as over: the delete never waits for good."""
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status: True)  # never finishes
+    rolled_back = {**SUCCEEDED, "phase": "RolledBack", **({"completedAt": completed} if completed else {})}
+    store = Store()
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False,  # type: ignore[arg-type]
+                             clock=lambda: datetime(2026, 12, 3, 3, 0, 0, tzinfo=UTC))
+    outcome = step(rollout(rolled_back, held=True, deleting=True), store, stepper)
+    assert store.applied == ([False] if released else [])
+    assert outcome.requeue_after == (0.0 if released else 1.0)
 
 
 @pytest.mark.parametrize("error", [409, 422])
@@ -128,15 +169,7 @@ def test_a_new_attempt_after_an_ended_one_is_held_before_it_acts_then_acts_at_on
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Succeeded with 7, the spec now names 8: the decision stages 8, the finalizer goes on first, the new
     attempt's status is stored, and the next reconcile sends the staging at once (and keeps the finalizer)."""
-    def registry(self: RolloutRuntime, status: ModelRolloutStatus | None = None) -> RegistryObservation:
-        return RegistryObservation(candidate=ResolvedVersion("8", source="s3://m/8"),
-                                   stable_alias_version=ResolvedVersion("7", source="s3://m/7"))
-
-    acted: list[str] = []
-    monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
-    monkeypatch.setattr(RolloutRuntime, "observe_target",
-                        lambda self: (TargetObservation(ready=True, stable_version="7"), None))
-    monkeypatch.setattr(RolloutRuntime, "act", lambda self, action, status: acted.append(action.id))
+    acted = observed(monkeypatch, candidate="8", stable="7")
     store = Store()
     stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
     obj = rollout(SUCCEEDED, held=False)
@@ -145,8 +178,9 @@ def test_a_new_attempt_after_an_ended_one_is_held_before_it_acts_then_acts_at_on
     assert store.applied == [True] and acted == [] and first.actions_taken == []
     assert first.status["phase"] == "Pending" and first.status["candidate"]["version"] == "8"  # to be stored
     assert any(a["state"] == "Pending" for a in first.status["actions"])  # asked for, not sent
-    second = step({**rollout(first.status, held=True), "metadata": {**obj["metadata"], "finalizers": [FINALIZER]}},
-                  store, stepper)
+    again = rollout(first.status, held=True)
+    again["metadata"]["generation"] = 2
+    second = step(again, store, stepper)
     assert store.applied == [True]  # kept on: the attempt has not ended
     assert acted and acted[0].endswith(":stage:8"), acted  # sent at once, not after the resend delay
     assert second.status["phase"] != "Succeeded"
