@@ -1,5 +1,6 @@
-"""The shipped admission policy (deploy/base/command-policy.yaml) on the real API server: a new or changed
-command annotation must name the requester as its actor.
+"""The shipped admission policies on the real API server: a new or changed command annotation must name the
+requester as its actor (deploy/base/command-policy.yaml), and the controller may change only its own finalizer
+on a ModelRollout (deploy/base/controller-policy.yaml).
 
 The requester is set by impersonation (`kubectl --as=bob --as-group=system:masters`, from the admin
 kubeconfig): the API server's request.userInfo.username is then bob. The policy and its binding are
@@ -10,6 +11,7 @@ it), under names of its own, and both are deleted at the end.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -22,12 +24,15 @@ import pytest
 import yaml
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, parse_command
+from controller.operator.kubeapi import FIELD_MANAGER, FINALIZER
 from tests.conftest import run_kubectl
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY = REPO / "deploy" / "base" / "command-policy.yaml"
+CONTROLLER_POLICY = REPO / "deploy" / "base" / "controller-policy.yaml"
+CONTROLLER = "system:serviceaccount:modelrollout-system:modelrollout-controller"  # as deploy/base names it
 SAMPLE = REPO / "examples" / "nsfw-classifier.yaml"
 SCOPE_LABEL = "test.modelrollout.io/command-policy"
 ACTIVE_WITHIN = 30.0  # seconds: a new policy reaches the admission chain after a short delay
@@ -77,8 +82,14 @@ def create(kubeconfig: Path, namespace: str, obj: Obj, user: str | None = None) 
 
 @pytest.fixture
 def policy_in_namespace(kubeconfig: Path, namespace: str) -> Iterator[str]:
-    """The shipped policy and binding, the binding limited to `namespace`; deleted afterwards, whatever happens."""
-    shipped = {doc["kind"]: doc for doc in yaml.safe_load_all(POLICY.read_text()) if doc}
+    with shipped_policy_in(kubeconfig, namespace, POLICY) as name:
+        yield name
+
+
+@contextlib.contextmanager
+def shipped_policy_in(kubeconfig: Path, namespace: str, path: Path) -> Iterator[str]:
+    """A shipped policy and binding, the binding limited to `namespace`; deleted afterwards, whatever happens."""
+    shipped = {doc["kind"]: doc for doc in yaml.safe_load_all(path.read_text()) if doc}
     assert set(shipped) == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     policy = copy.deepcopy(shipped["ValidatingAdmissionPolicy"])
     binding = copy.deepcopy(shipped["ValidatingAdmissionPolicyBinding"])
@@ -186,3 +197,54 @@ def test_a_name_json_would_escape_is_refused(kubeconfig: Path, namespace: str, p
     assert parse_command(value).actor == "alice"  # what the controller would have recorded
     code, refusal = annotate(kubeconfig, namespace, "nsfw", escaped, value)
     assert code != 0 and "quote or a backslash" in refusal, refusal
+
+
+def test_the_controller_may_change_only_its_own_finalizer(kubeconfig: Path, namespace: str) -> None:
+    """RBAC grants the controller `patch` on the whole ModelRollout; the policy narrows it to the finalizer."""
+    def as_controller(*args: str, input_text: str | None = None) -> tuple[int, str]:
+        result = run_kubectl(kubeconfig, *as_user(CONTROLLER), *args, input_text=input_text)
+        return result.returncode, result.stderr
+
+    def apply_finalizers(finalizers: list[str] | None) -> tuple[int, str]:
+        """The controller's own write (RolloutStore.apply_finalizer): server-side apply of metadata.finalizers."""
+        meta: Obj = {"name": "nsfw", "namespace": namespace, **({"finalizers": finalizers} if finalizers else {})}
+        body = {"apiVersion": "modelrollout.io/v1alpha1", "kind": "ModelRollout", "metadata": meta}
+        return as_controller("apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+                             input_text=json.dumps(body))
+
+    with shipped_policy_in(kubeconfig, namespace, CONTROLLER_POLICY) as name:
+        assert create(kubeconfig, namespace, rollout("nsfw"))[0] == 0
+        deadline = time.monotonic() + ACTIVE_WITHIN
+        for minutes in range(31, 10_000):  # a new value each time: a change until the policy refuses it
+            code, refusal = as_controller("patch", "mro", "nsfw", "-n", namespace, "--type=merge", "-p",
+                                          json.dumps({"spec": {"progressDeadline": f"{minutes}m"}}))
+            if code != 0:
+                break
+            assert time.monotonic() < deadline, f"the policy did not refuse within {ACTIVE_WITHIN:.0f}s"
+            time.sleep(0.5)
+        assert name in refusal and "may change only its finalizer on a ModelRollout, not its spec" in refusal, refusal
+
+        # Its own finalizer, put on and taken off by the apply the controller makes: accepted.
+        assert apply_finalizers([FINALIZER]) == (0, "")
+        assert stored(kubeconfig, namespace, "nsfw")["metadata"]["finalizers"] == [FINALIZER]
+        assert apply_finalizers(None) == (0, "")
+        assert not stored(kubeconfig, namespace, "nsfw")["metadata"].get("finalizers")
+
+        # Anything else on the object: refused, whatever the verb.
+        for args, why in (
+                (("annotate", "mro", "nsfw", "-n", namespace, f"{COMMAND_ANNOTATION}={command(CONTROLLER)}"),
+                 "not its labels or annotations"),
+                (("label", "mro", "nsfw", "-n", namespace, "team=other"), "not its labels or annotations"),
+                (("patch", "mro", "nsfw", "-n", namespace, "--type=merge", "-p",
+                  json.dumps({"metadata": {"finalizers": ["example.com/other"]}})), "only its own finalizer")):
+            code, refusal = as_controller(*args)
+            assert code != 0 and why in refusal, (args, refusal)
+        code, refusal = apply_finalizers([FINALIZER, "example.com/other"])
+        assert code != 0 and "only its own finalizer" in refusal, refusal
+
+        # Its status is another resource, and anyone else is not the controller: neither is matched.
+        assert as_controller("patch", "mro", "nsfw", "-n", namespace, "--subresource=status", "--type=merge",
+                             "-p", json.dumps({"status": {"message": "written by the controller"}})) == (0, "")
+        result = run_kubectl(kubeconfig, *as_user("bob"), "patch", "mro", "nsfw", "-n", namespace, "--type=merge",
+                             "-p", json.dumps({"spec": {"progressDeadline": "45m"}}))
+        assert result.returncode == 0, result.stderr

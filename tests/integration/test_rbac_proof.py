@@ -162,13 +162,19 @@ class ControllerIdentity:
         return result.stdout.strip() == "yes"
 
 
+WRITES_POLICY = "modelrollout-controller-writes"  # what the controller may change on a ModelRollout itself
+
+
 def rendered_controller_rbac() -> list[Obj]:
-    """Namespace, ServiceAccount, ClusterRole and ClusterRoleBinding of the controller from deploy/base."""
+    """Namespace, ServiceAccount, ClusterRole and ClusterRoleBinding of the controller from deploy/base, and the
+    admission policy that narrows its patch on ModelRollouts to its finalizer (the proof runs under it)."""
     objs = kustomize_build(DEPLOY / "base")
     wanted = [o for o in objs if (o["kind"] == "Namespace" and o["metadata"]["name"] == SA_NAMESPACE)
               or (o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
-                  and o["metadata"]["name"] == SA_NAME)]
-    assert sorted(o["kind"] for o in wanted) == ["ClusterRole", "ClusterRoleBinding", "Namespace", "ServiceAccount"]
+                  and o["metadata"]["name"] == SA_NAME)
+              or (o["kind"].startswith("ValidatingAdmissionPolicy") and o["metadata"]["name"] == WRITES_POLICY)]
+    assert sorted(o["kind"] for o in wanted) == ["ClusterRole", "ClusterRoleBinding", "Namespace", "ServiceAccount",
+                                                 "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     return wanted
 
 
@@ -262,6 +268,8 @@ def identity(control_plane: ControlPlane, kubeconfig: Path, tmp_path: Path) -> I
     ident.install(control_plane, tmp_path)
     yield ident
     ident.grant()
+    for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+        run_kubectl(kubeconfig, "delete", kind, WRITES_POLICY, "--ignore-not-found")
 
 
 @pytest.fixture
