@@ -405,14 +405,12 @@ class RolloutStepper:
             gate, analysis, failures = None, None, []
             if not decision.actions:
                 break
-            if self.store is not None and not deleting and holds_deletion(spec, status) and \
-                    FINALIZER not in (meta.get("finalizers") or ()):
+            if self.store is not None and not held and not deleting and holds_deletion(spec, status):
                 # A new attempt after an ended one (which held nothing): held before it acts. This decision's
                 # status is written (by the caller, on a fresh resourceVersion) but none of its actions are
                 # carried out: the next reconcile sends them at once, on a fresh read.
                 self._seen.discard(key)
-                held_now = await self._hold(obj)
-                outcome.requeue_after = held_now.requeue_after
+                outcome.requeue_after = await self._apply_finalizer(obj, hold=True)
                 return outcome
             if self.store is not None and outcome.status != stored:
                 decided_on = outcome.stored_status if outcome.stored_status is not None else obj.get("status") or {}
