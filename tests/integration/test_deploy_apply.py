@@ -23,6 +23,12 @@ from tests.unit.test_deploy_render import ALL_ON, DEPLOY, NAMESPACE, helm_templa
 pytestmark = pytest.mark.integration
 
 EXAMPLE_ROLE = DEPLOY / "examples" / "registry-credentials-role.yaml"
+NETWORK_POLICY_LOGGERS = ('networkPolicy.loggers=[{"namespaceSelector": {"matchLabels": '
+                          '{"kubernetes.io/metadata.name": "moderation"}}, "podSelector": {"matchExpressions": '
+                          '[{"key": "serving.kserve.io/inferenceservice", "operator": "Exists"}]}}]')
+CONTROLLER_EGRESS = ('networkPolicy.controllerEgress=[{"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], '
+                     '"ports": [{"port": 6443, "protocol": "TCP"}]}, {"to": [{"namespaceSelector": {}}], '
+                     '"ports": [{"port": 5000}, {"port": 9090}, {"port": 8080, "endPort": 8090}]}]')
 Obj = dict[str, Any]
 
 
@@ -92,8 +98,9 @@ def test_kustomize_output_is_accepted(kubeconfig: Path, restricted_namespace: st
 
 @pytest.mark.parametrize("args", [(), ALL_ON, ("--set", "image.digest=sha256:" + "0" * 64,
                                               "--set", "exporter.classNames={safe,nsfw}",
-                                              "--set", "controller.tolerations[0].operator=Exists")],
-                         ids=["defaults", "everything", "options"])
+                                              "--set", "controller.tolerations[0].operator=Exists"),
+                                  (*ALL_ON, "--set-json", NETWORK_POLICY_LOGGERS, "--set-json", CONTROLLER_EGRESS)],
+                         ids=["defaults", "everything", "options", "network-policy-options"])
 def test_helm_output_is_accepted(kubeconfig: Path, restricted_namespace: str, args: tuple[str, ...]) -> None:
     objs, skipped = into_namespace(helm_template(*args), kubeconfig, restricted_namespace)
     assert skipped <= {"ServiceMonitor", "PrometheusRule"}

@@ -25,7 +25,8 @@ CRD = REPO / "crds" / "modelrollout.io_modelrollouts.yaml"
 RELEASE = "modelrollout"
 NAMESPACE = "modelrollout-system"
 # The chart's switches that are off by default, on: then it renders everything deploy/ holds.
-ALL_ON = ("--set", "namespace.create=true", "--set", "monitoring.serviceMonitor.enabled=true",
+ALL_ON = ("--set", "namespace.create=true", "--set", "networkPolicy.enabled=true",
+          "--set", "monitoring.serviceMonitor.enabled=true",
           "--set", "monitoring.prometheusRule.enabled=true", "--set", "monitoring.dashboard.enabled=true")
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 
@@ -104,9 +105,9 @@ def test_chart_renders_the_same_objects_as_kustomize() -> None:
             assert _without_helm_labels(from_chart[object_key]) == obj, object_key
 
 
-def test_chart_defaults_leave_out_namespace_and_monitoring() -> None:
+def test_chart_defaults_leave_out_namespace_monitoring_and_network_policies() -> None:
     kinds = {obj["kind"] for obj in helm_template()}
-    assert "Namespace" not in kinds
+    assert not kinds & {"Namespace", "NetworkPolicy"}
     assert not kinds & {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
     assert {"CustomResourceDefinition", "Deployment", "Service", "ClusterRole"} <= kinds
 
@@ -179,9 +180,11 @@ def test_the_chart_refuses_one_port_for_health_and_metrics() -> None:
 def test_kustomize_trees_build() -> None:
     base = by_key(kustomize_build(DEPLOY / "base"))
     monitoring = by_key(kustomize_build(DEPLOY / "monitoring"))
+    network_policy = by_key(kustomize_build(DEPLOY / "network-policy"))
     everything = by_key(kustomize_build(DEPLOY))
-    assert everything == base | monitoring
+    assert everything == base | monitoring | network_policy
     assert {k[1] for k in monitoring} == {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    assert {k[1] for k in network_policy} == {"NetworkPolicy"}
     crds = [obj for obj in base.values() if obj["kind"] == "CustomResourceDefinition"]
     assert crds == [yaml.safe_load(CRD.read_text())]
     images = {c["image"] for obj in base.values() if obj["kind"] == "Deployment"
