@@ -21,6 +21,11 @@ REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.
 VARIANTS = frozenset({"stable", "canary", ""})
 ENDPOINT_VARIANTS = {"default": "stable", "stable": "stable", "canary": "canary"}
 UNLABELLED_VERSION = "unknown"  # the model_version of predictions whose logger URL names none
+# Attributes a request is remembered by, for its response to borrow: everything else it carried is dropped.
+IDENTITY_ATTRIBUTES = ("namespace", "inferenceservicename", "modelid", "endpoint", "component", "modelversion")
+# Longest label value counted (a Kubernetes object name is at most 253): a longer one, or one that is not
+# valid text, would grow memory and /metrics without bound or make /metrics unencodable for every namespace.
+MAX_LABEL_LENGTH = 253
 
 
 class MalformedEvent(ValueError):
@@ -127,6 +132,8 @@ def _tensor_classes(values: Any, shape: Any, options: DecodeOptions) -> tuple[st
     flat = _flatten(values)
     if len(shape) == 2:
         rows, width = shape
+        if width == 0 and rows:  # [n, 0] matches no data for any n: refused before n empty rows are built
+            raise MalformedEvent("BadTensor", f"shape {shape[:2]} has rows but no values per row")
         if rows * width != len(flat):
             raise MalformedEvent("BadTensor", f"shape {shape} does not match {len(flat)} values")
         return _rows_to_classes([flat[i * width:(i + 1) * width] for i in range(rows)], options)
@@ -136,9 +143,17 @@ def _tensor_classes(values: Any, shape: Any, options: DecodeOptions) -> tuple[st
 
 
 def _flatten(values: list[Any]) -> list[Any]:
+    """Row-major values of a nested list, in time linear in its size however deep it nests."""
     flat: list[Any] = []
-    for value in values:
-        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    stack = [iter(values)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            flat.append(value)
+        else:
+            stack.pop()
     return flat
 
 
@@ -149,6 +164,8 @@ def _rows_to_classes(rows: Any, options: DecodeOptions) -> tuple[str, ...]:
 
 
 def _row_to_class(row: Any, options: DecodeOptions) -> str:
+    if isinstance(row, list) and len(row) == 1:
+        row = row[0]  # a one-column output ([n, 1]: MLServer's NumpyCodec, a sigmoid) is its one value
     if isinstance(row, str):
         return row
     if isinstance(row, bool):
@@ -157,6 +174,8 @@ def _row_to_class(row: Any, options: DecodeOptions) -> str:
         return _class_at(row, options)
     if isinstance(row, float) and row.is_integer():
         return _class_at(int(row), options)
+    if isinstance(row, float):
+        return _single_score_class(row, options)
     if isinstance(row, Sequence) and row and all(isinstance(p, int | float) and not isinstance(p, bool) for p in row):
         if not all(math.isfinite(p) for p in row):  # NaN compares false with everything: argmax would guess
             raise MalformedEvent("BadPredictions", "a score is NaN or infinite")
@@ -165,6 +184,14 @@ def _row_to_class(row: Any, options: DecodeOptions) -> str:
     if isinstance(row, dict) and isinstance(row.get("label"), str):
         return str(row["label"])
     raise MalformedEvent("BadPredictions", f"cannot read a class from {str(row)[:80]}")
+
+
+def _single_score_class(score: float, options: DecodeOptions) -> str:
+    """One probability per row is a binary classifier's score for its second class (a sigmoid)."""
+    if len(options.class_names) != 2 or not 0.0 <= score <= 1.0:
+        raise MalformedEvent("AmbiguousScore", f"one score {str(score)[:20]} per row needs exactly two class names "
+                                               "(the score is the second's probability)")
+    return options.class_names[1 if score >= 0.5 else 0]
 
 
 def _class_at(index: int, options: DecodeOptions) -> str:
@@ -207,5 +234,18 @@ def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
         raise MalformedEvent("MissingIdentity", "the event names no namespace or inference service")
     if variant not in VARIANTS:
         raise MalformedEvent("UnknownVariant", f"variant {variant[:40]!r} is neither stable nor canary nor empty")
-    return Prediction(namespace, service, variant, version or UNLABELLED_VERSION,
-                      predicted_classes(event.data, options))
+    classes = predicted_classes(event.data, options)
+    for what, value in (("namespace", namespace), ("inference service", service), ("model version", version),
+                        *(("class", c) for c in classes)):
+        check_label(what, value)
+    return Prediction(namespace, service, variant, version or UNLABELLED_VERSION, classes)
+
+
+def check_label(what: str, value: str) -> None:
+    """A value that may become a label: valid text, and not longer than MAX_LABEL_LENGTH."""
+    if len(value) > MAX_LABEL_LENGTH:
+        raise MalformedEvent("BadLabel", f"the {what} is {len(value)} characters, more than {MAX_LABEL_LENGTH}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from JSON, or raw bytes in a header (surrogateescape)
+        raise MalformedEvent("BadLabel", f"the {what} is not valid UTF-8 text") from None

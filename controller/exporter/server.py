@@ -13,12 +13,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from controller.exporter.events import (
+    IDENTITY_ATTRIBUTES,
     REQUEST_TYPES,
     RESPONSE_TYPES,
     CloudEvent,
     DecodeOptions,
     MalformedEvent,
     Prediction,
+    check_label,
     parse_cloudevent,
     prediction_from_event,
 )
@@ -123,9 +125,15 @@ class PredictionExporter:
             raise MalformedEvent("TooManyModels", f"already counting {self._max_total_models} model versions")
 
     def _remember(self, event: CloudEvent) -> None:
+        # Only what a response may borrow is kept, each value checked like a label: the bound on pending
+        # requests is then a bound on their memory too.
+        check_label("event id", event.id)
+        attributes = {k: event.attributes[k] for k in IDENTITY_ATTRIBUTES if k in event.attributes}
+        for name, value in attributes.items():
+            check_label(f"{name} attribute", value)
         now = self._clock()
         self._requests.pop(event.id, None)  # a repeated id moves to the back with its new time
-        self._requests[event.id] = (now, dataclasses.replace(event, data=None))
+        self._requests[event.id] = (now, dataclasses.replace(event, attributes=attributes, data=None))
         while self._requests and (len(self._requests) > self._max_pending
                                   or next(iter(self._requests.values()))[0] < now - self._pending_seconds):
             self._requests.popitem(last=False)

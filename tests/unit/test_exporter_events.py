@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from prometheus_client import generate_latest
 
 from controller.exporter.events import DecodeOptions, MalformedEvent, predicted_classes
 from controller.exporter.server import OTHER_CLASS, PredictionExporter
@@ -214,3 +215,70 @@ def test_the_total_is_bounded_whatever_namespaces_senders_claim() -> None:
     outcomes = [exporter.handle({**kserve_headers(), "Ce-Namespace": f"ns-{i}"}, body, f"model_version={v}")
                 for i in range(2) for v in (1, 2)]
     assert outcomes == ["counted", "counted", "counted", "malformed"]
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    # One column per row ([n, 1]: MLServer's NumpyCodec, Triton dims [1], a sigmoid): the row's one value.
+    ({"outputs": [{"name": "cls", "shape": [3, 1], "datatype": "INT64", "data": [1, 1, 0]}]}, ("nsfw", "nsfw", "safe")),
+    ({"outputs": [{"name": "p", "shape": [3, 1], "datatype": "FP32", "data": [0.97, 0.91, 0.02]}]},
+     ("nsfw", "nsfw", "safe")),
+    ({"predictions": [[0.97], [0.5], [0.02]]}, ("nsfw", "nsfw", "safe")),
+    ({"predictions": [0.97, 0.02]}, ("nsfw", "safe")),
+    ({"predictions": [[1], [0]]}, ("nsfw", "safe")),
+])
+def test_one_score_or_index_per_row_is_read_as_that_value(body: dict, expected: tuple[str, ...]) -> None:
+    assert predicted_classes(body, NAMES) == expected
+
+
+@pytest.mark.parametrize(("body", "options", "reason"), [
+    ({"predictions": [[0.97]]}, DecodeOptions(class_names=("safe", "suggestive", "nsfw")), "AmbiguousScore"),
+    ({"predictions": [0.97]}, DecodeOptions(), "AmbiguousScore"),
+    ({"predictions": [[1.7]]}, NAMES, "AmbiguousScore"),  # not a probability
+    ({"outputs": [{"shape": [1000, 0], "datatype": "FP32", "data": []}]}, NAMES, "BadTensor"),
+])
+def test_a_score_that_names_no_class_is_refused(body: dict, options: DecodeOptions, reason: str) -> None:
+    with pytest.raises(MalformedEvent) as caught:
+        predicted_classes(body, options)
+    assert caught.value.reason == reason
+
+
+def test_a_deeply_nested_tensor_is_read_without_recursion() -> None:
+    data: list = [0.1, 0.9]
+    for _ in range(5_000):
+        data = [data]
+    body = {"outputs": [{"name": "p", "shape": [1, 2], "datatype": "FP32", "data": data}]}
+    assert predicted_classes(body, NAMES) == ("nsfw",)
+
+
+@pytest.mark.parametrize(("headers", "body"), [
+    (kserve_headers(inferenceservicename="nsfw\udcff"), {"predictions": [1]}),  # raw byte in a header
+    (kserve_headers(), {"predictions": ["\ud800"]}),  # a lone surrogate from JSON
+    (kserve_headers(), {"predictions": ["n" * 254]}),
+    (kserve_headers(namespace="m" * 254), {"predictions": [1]}),
+])
+def test_a_label_that_is_not_short_valid_text_is_dropped_and_metrics_still_render(headers: dict, body: dict) -> None:
+    exporter = PredictionExporter(NAMES)
+    assert exporter.handle(kserve_headers(), json.dumps({"predictions": [0]}).encode(), "variant=stable") == "counted"
+    raw = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    assert exporter.handle(headers, raw, "variant=canary") == "malformed"
+    assert exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                                      {"reason": "BadLabel"}) == 1
+    exposition = generate_latest(exporter.metrics.registry).decode()
+    assert 'class="safe"' in exposition and 'variant="canary"' not in exposition
+
+
+def test_a_pending_request_keeps_only_the_attributes_a_response_borrows() -> None:
+    exporter = PredictionExporter(NAMES)
+    request = kserve_headers("org.kubeflow.serving.inference.request", "r1", endpoint="canary", modelversion="7")
+    request["Ce-Pad"] = "A" * 1_000_000
+    assert exporter.handle(request, b"{}", "") == "request"
+    (_, kept), = exporter._requests.values()
+    assert set(kept.attributes) == {"namespace", "inferenceservicename", "endpoint", "modelversion"}
+    oversized = kserve_headers("org.kubeflow.serving.inference.request", "r2", modelversion="7" * 1_000)
+    assert exporter.handle(oversized, b"{}", "") == "malformed"
+    assert list(exporter._requests) == ["r1"]
+    response = {"Ce-Id": "r1", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0"}
+    assert exporter.handle(response, json.dumps({"predictions": [1]}).encode(), "") == "counted"
+    assert exporter.metrics.registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "canary", "model_version": "7",
+        "class": "nsfw"}) == 1
