@@ -54,6 +54,8 @@ OUTCOME_OF_CODE = {PASS: Outcome.PASS, FAIL: Outcome.FAIL, INCONCLUSIVE: Outcome
 MAX_RATE_ALPHA_SHARE = 0.1
 
 TEST_NAME = "conditional binomial mixture SPRT, calibrated boundary"
+# Canary/stable sample ratios the test reads; beyond, the null's odds under- or overflow (garbage counts).
+SPLIT_LIMITS = (1e-9, 1e9)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,9 @@ def evaluate_proportion(canary_events: npt.ArrayLike, canary_total: npt.ArrayLik
         valid = (np.isfinite(x) & np.isfinite(n) & np.isfinite(y) & np.isfinite(m)
                  & (x >= 0) & (y >= 0) & (x <= n) & (y <= m))
     has_canary = valid & (n > 0)
-    relative_ok = has_canary & (m > 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        split = n / np.where(m > 0, m, 1.0)
+    relative_ok = has_canary & (m > 0) & (split >= SPLIT_LIMITS[0]) & (split <= SPLIT_LIMITS[1])
 
     log_e_rel, log_b_rel, share = nan.copy(), nan.copy(), nan.copy()
     rho0 = 1.0 + float(criteria.max_relative_increase)
@@ -315,6 +319,9 @@ def _proportion_verdict(name: str, x: float, n: float, y: float, m: float, crite
         why = f"no {reference} traffic to compare with ({canary_txt})"
     elif n <= 0:
         why = f"no canary traffic yet ({ref_txt})"
+    elif not SPLIT_LIMITS[0] <= n / m <= SPLIT_LIMITS[1]:
+        why = (f"the canary's and {reference}'s totals differ by more than a factor of {SPLIT_LIMITS[1]:g} "
+               f"({canary_txt}, {ref_txt}): not a traffic split the test can read")
     elif outcome is Outcome.INCONCLUSIVE:
         why = (f"not enough samples yet: {canary_txt}, {ref_txt}; need {criteria.min_samples:g} on each "
                f"(no credible increase so far, e-value {_exp(log_e):.3g} < {_exp(log_b):.3g})")
@@ -330,7 +337,8 @@ def _dispersion(days: list[tuple[float, float]]) -> float:
         return 1.0
     e = np.array([d[0] for d in days])
     t = np.array([d[1] for d in days])
-    p = e.sum() / t.sum()
+    with np.errstate(over="ignore"):  # garbage-sized totals: p comes out 0 and the floor applies
+        p = e.sum() / t.sum()
     if not 0 < p < 1:
         return 1.0
     chi2 = float((((e - t * p) ** 2) / (t * p * (1 - p))).sum())

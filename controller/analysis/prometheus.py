@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -68,8 +67,12 @@ class PrometheusProvider:
         self.address = _without_credentials(address.rstrip("/"))  # what messages show
         self.timeout_seconds = timeout_seconds
         # POST keeps long queries out of proxies' access logs (the library still puts the query in the URL).
+        # The library reads data.result from any 200 and drops its status: an answer that says it failed
+        # must not be read as data.
+        session = requests.Session()
+        session.hooks["response"].append(_require_success)
         self._client = PrometheusConnect(url=address.rstrip("/"), headers=headers, retry=retry,
-                                         timeout=timeout_seconds, method="POST")
+                                         timeout=timeout_seconds, method="POST", session=session)
 
     def __repr__(self) -> str:
         return f"PrometheusProvider({self.address!r})"
@@ -95,6 +98,9 @@ class PrometheusProvider:
         answer = self._ask(query, end, lambda: self._client.custom_query_range(query, start, end, step))
         if isinstance(answer, Measurement):
             return answer
+        if not _is_matrix(answer):
+            return Measurement(query, None, QueryProblem.MALFORMED,
+                               f"{self.address} answered a range query without a matrix of samples", end)
         newest = _newest_timestamp(answer)
         if newest is None:
             return Measurement(query, None, QueryProblem.EMPTY,
@@ -132,17 +138,50 @@ class PrometheusProvider:
         except LocationValueError as exc:  # e.g. an empty label in the host name: nothing was asked
             return problem(QueryProblem.UNREACHABLE, f"{self.address} is not a usable address "
                                                      f"({type(exc).__name__})")
+        except NotSuccess as exc:
+            if exc.status is None:
+                return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without Prometheus' status "
+                                                       "(not an answer of its HTTP API)")
+            return problem(QueryProblem.REJECTED, f"{self.address} answered HTTP 200 with status {exc}, "
+                                                  "not success")
+        except RecursionError:  # JSON nested deeper than the parser recurses
+            return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON nested too deep to read")
         except (KeyError, TypeError, ValueError) as exc:  # JSON, but not Prometheus' {"data": {"result": ...}}
             return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without data.result "
                                                    f"({type(exc).__name__})")
 
 
+class NotSuccess(Exception):
+    """A 200 answer, a JSON object, whose status is not "success" (None: it has none)."""
+
+    def __init__(self, status: Any) -> None:
+        super().__init__(repr(status)[:40])
+        self.status = status
+
+
+def _require_success(response: requests.Response, *_: Any, **__: Any) -> requests.Response:
+    if response.status_code == 200:
+        try:
+            answer = response.json()
+        except (ValueError, RecursionError):
+            return response  # not JSON: the library's own read reports it
+        if isinstance(answer, dict) and answer.get("status") != "success":
+            raise NotSuccess(answer.get("status"))
+    return response
+
+
 def _without_credentials(address: str) -> str:
-    """The address with any user:password@ removed, for messages (they reach statuses and Events)."""
-    parts = urlsplit(address)
-    if "@" not in parts.netloc:
+    """The address with any user:password@ removed, for messages (they reach statuses and Events).
+
+    Everything up to the last "@" goes: a password holding "#", "/" or "?" unencoded ends the URL's
+    authority early for urlsplit, which would leave it in place. An "@" in a path costs the message its host.
+    """
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "", address
+    if "@" not in rest:
         return address
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 def _prometheus_error(exc: PrometheusApiClientException) -> tuple[int | None, str, bool]:
@@ -154,7 +193,7 @@ def _prometheus_error(exc: PrometheusApiClientException) -> tuple[int | None, st
     body = re.search(r"\((b(?:'.*'|\".*\"))\)\s*$", text, re.DOTALL)
     try:
         answer = json.loads(ast.literal_eval(body.group(1))) if body else None
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
         answer = None
     if isinstance(answer, dict) and answer.get("status") == "error" and isinstance(answer.get("error"), str):
         kind = answer.get("errorType") if isinstance(answer.get("errorType"), str) else "error"
@@ -162,22 +201,14 @@ def _prometheus_error(exc: PrometheusApiClientException) -> tuple[int | None, st
     return code, f"HTTP {code}" if code is not None else type(exc).__name__, False
 
 
-def _newest_timestamp(result: Any) -> float | None:
-    """Newest sample time in a range-query result (a matrix), None when it holds no readable sample."""
-    newest = None
-    for series in result if isinstance(result, list) else ():
-        values = series.get("values") if isinstance(series, dict) else None
-        for sample in values if isinstance(values, list) else ():
-            if isinstance(sample, list) and sample and isinstance(sample[0], int | float):
-                newest = max(float(sample[0]), newest if newest is not None else -math.inf)
-    return newest
+def _newest_timestamp(result: list[dict[str, Any]]) -> float | None:
+    """Newest sample time in a range-query matrix (shape checked by _is_matrix), None when it holds none."""
+    return max((float(sample[0]) for series in result for sample in series["values"]), default=None)
 
 
 def _one_number(query: str, result: Any, at: datetime | None) -> Measurement:
     if _is_sample(result):  # a scalar or string result: [time, "value"]
         samples = [{"value": result}]
-    elif isinstance(result, dict) and "value" in result:
-        samples = [result]
     elif isinstance(result, list):
         samples = result
     else:
@@ -189,13 +220,22 @@ def _one_number(query: str, result: Any, at: datetime | None) -> Measurement:
         return Measurement(query, None, QueryProblem.AMBIGUOUS,
                            f"{len(samples)} series returned where one number was expected (wrap it in sum()); "
                            f"first: {labels}", at)
+    sample = samples[0].get("value") if isinstance(samples[0], dict) else None
     try:
-        value = float(samples[0]["value"][1])
-    except (KeyError, IndexError, TypeError, ValueError):
+        if not _is_sample(sample):  # Prometheus sends [time, "value"]: a bare number or true is not its answer
+            raise ValueError
+        value = float(sample[1])
+    except ValueError:
         return Measurement(query, None, QueryProblem.MALFORMED, f"unreadable sample {str(samples[0])[:200]}", at)
     if not math.isfinite(value):
         return Measurement(query, None, QueryProblem.NOT_A_NUMBER, f"value is {value}", at)
     return Measurement(query, value, None, "", at)
+
+
+def _is_matrix(result: Any) -> bool:
+    return isinstance(result, list) and all(
+        isinstance(series, dict) and isinstance(series.get("values"), list)
+        and all(_is_sample(sample) for sample in series["values"]) for series in result)
 
 
 def _is_sample(result: Any) -> bool:

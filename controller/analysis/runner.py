@@ -11,6 +11,7 @@ Without a candidate version the variant label selects instead.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from controller.exporter.events import UNLABELLED_VERSION
 from controller.verdict import Outcome, Verdict
 
 STABLE, CANARY = "stable", "canary"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,22 +67,34 @@ def _window_evidence(request: AnalysisRequest, window: str) -> dict[str, str]:
 
 
 def _judge(metric: MetricSpec, request: AnalysisRequest, window: str, provider: PrometheusProvider) -> Verdict:
+    """One metric's verdict; whatever goes wrong is an inconclusive verdict, never an exception that would
+    stop the reconcile (and be retried for ever)."""
     try:
-        if metric.threshold is not None:
-            variant = CANARY if request.mode == CANARY else STABLE
-            query = render(metric.threshold.query, _scope(request, variant, window, candidate=True))
-            value = provider.scalar(query, request.now)
-            if not value.ok:
-                return _unmeasured(metric.name, value, {"value": query})
-            return threshold_judge(metric.name, value.value, minimum=metric.threshold.min,
-                                   maximum=metric.threshold.max, query=query,
-                                   window=_window_evidence(request, window))
-        assert metric.proportion is not None
-        if request.mode == CANARY:
-            return _canary_proportion(metric.name, metric.proportion, request, window, provider)
-        return _bake_proportion(metric.name, metric.proportion, request, window, provider)
+        return _judge_metric(metric, request, window, provider)
     except TemplateError as exc:
-        return Verdict(metric.name, Outcome.INCONCLUSIVE, f"query template refused: {exc}", {})
+        return Verdict(metric.name, Outcome.INCONCLUSIVE, f"query template refused: {exc}",
+                       {"window": _window_evidence(request, window)})
+    except Exception as exc:  # the last resort; only the type is shown (a message may hold a URL)
+        log.error("analysis of metric %s failed: %s", metric.name, type(exc).__name__)
+        return Verdict(metric.name, Outcome.INCONCLUSIVE, f"the analysis could not run: {type(exc).__name__}",
+                       {"window": _window_evidence(request, window)})
+
+
+def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
+                  provider: PrometheusProvider) -> Verdict:
+    if metric.threshold is not None:
+        variant = CANARY if request.mode == CANARY else STABLE
+        query = render(metric.threshold.query, _scope(request, variant, window, candidate=True))
+        value = provider.scalar(query, request.now)
+        if not value.ok:
+            return _unmeasured(metric.name, value, {"value": query}, _window_evidence(request, window))
+        return threshold_judge(metric.name, value.value, minimum=metric.threshold.min,
+                               maximum=metric.threshold.max, query=query,
+                               window=_window_evidence(request, window))
+    assert metric.proportion is not None
+    if request.mode == CANARY:
+        return _canary_proportion(metric.name, metric.proportion, request, window, provider)
+    return _bake_proportion(metric.name, metric.proportion, request, window, provider)
 
 
 def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest, window: str,
@@ -98,7 +112,7 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
     for key, query in queries.items():
         values[key] = provider.scalar(query, request.now)
         if not values[key].ok:  # one unanswered query already makes the verdict: do not wait on the rest
-            return _unmeasured(name, values[key], queries)
+            return _unmeasured(name, values[key], queries, _window_evidence(request, window))
     return proportion_judge(name, values["canary_events"].value, values["canary_total"].value,
                             values["stable_events"].value, values["stable_total"].value,
                             ProportionCriteria.from_spec(spec), queries=queries,
@@ -112,7 +126,7 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
                "history_events": render(spec.events, before), "history_total": render(spec.total, before)}
     current = {key: provider.scalar(queries[key], request.now) for key in ("current_events", "current_total")}
     if problem := _first_problem(current):
-        return _unmeasured(name, problem, queries)
+        return _unmeasured(name, problem, queries, _window_evidence(request, window))
     days = max(1, int((request.baseline_window or timedelta(days=7)) / timedelta(days=1)))
     history: list[tuple[float, float]] = []
     for day in range(1, days + 1):
@@ -121,7 +135,7 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
         events = provider.scalar(queries["history_events"], at, check_stale=False)
         total = provider.scalar(queries["history_total"], at, check_stale=False)
         if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
-            return _unmeasured(name, broken, queries)
+            return _unmeasured(name, broken, queries, _window_evidence(request, window))
         history.append((events.value or 0.0, total.value or 0.0))
     return baseline_judge(name, current["current_events"].value, current["current_total"].value, history,
                           ProportionCriteria.from_spec(spec), queries=queries,
@@ -132,7 +146,8 @@ def _first_problem(values: dict[str, Measurement]) -> Measurement | None:
     return next((m for m in values.values() if not m.ok), None)
 
 
-def _unmeasured(name: str, measurement: Measurement, queries: dict[str, str]) -> Verdict:
+def _unmeasured(name: str, measurement: Measurement, queries: dict[str, str], window: dict[str, str]) -> Verdict:
     """Missing evidence is never success: every query problem is an inconclusive verdict that says why."""
     return Verdict(name, Outcome.INCONCLUSIVE, f"{measurement.problem}: {measurement.detail}",
-                   {"queries": queries, "failedQuery": measurement.query, "problem": str(measurement.problem)})
+                   {"queries": queries, "failedQuery": measurement.query, "problem": str(measurement.problem),
+                    "window": window})

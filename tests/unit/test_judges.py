@@ -374,3 +374,12 @@ def test_overdispersed_history_weakens_the_evidence() -> None:
 
 def test_outcome_codes_cover_every_outcome() -> None:
     assert {OUTCOME_OF_CODE[c] for c in (PASS, FAIL, INCONCLUSIVE)} == set(Outcome)
+
+
+@pytest.mark.parametrize(("canary_total", "stable_total"), [(1e-320, 1e10), (1.0, 1e308), (1e300, 1e-300)])
+def test_a_traffic_split_too_extreme_to_read_is_inconclusive_not_a_crash(canary_total: float,
+                                                                          stable_total: float) -> None:
+    verdict = proportion_judge("nsfw", 0, canary_total, 0, stable_total)
+    assert verdict.outcome is Outcome.INCONCLUSIVE and "not a traffic split the test can read" in verdict.reason
+    baseline = baseline_judge("nsfw", 0, canary_total, [(0, stable_total)] * 3)
+    assert baseline.outcome is Outcome.INCONCLUSIVE

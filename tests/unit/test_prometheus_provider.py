@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from controller.analysis.prometheus import PrometheusProvider, QueryProblem
+from controller.analysis.prometheus import Measurement, PrometheusProvider, QueryProblem
 from controller.analysis.runner import AnalysisRequest, run_analysis
 from controller.api.spec import MetricSpec, ProportionMetric
 from controller.verdict import Outcome
@@ -22,16 +22,18 @@ class Garbage:
 
     def __init__(self) -> None:
         self.status, self.body, self.requests = 200, b"", 0
+        self.bodies: dict[str, bytes] = {}  # by path, e.g. /api/v1/query_range: instead of `body`
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 owner.requests += 1
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = owner.bodies.get(self.path.split("?")[0], owner.body)
                 self.send_response(owner.status)
-                self.send_header("Content-Length", str(len(owner.body)))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(owner.body)
+                self.wfile.write(body)
 
             def log_message(self, *_: object) -> None:
                 pass
@@ -56,7 +58,10 @@ def garbage() -> Iterator[Garbage]:
 @pytest.mark.parametrize(("body", "detail"), [
     (b"[]", "without data.result"),
     (b'{"status": "success"}', "without data.result"),
-    (b'{"data": null}', "without data.result"),
+    (b'{"data": null}', "without Prometheus' status"),
+    (b'{"data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "0"]}]}}',
+     "without Prometheus' status"),
+    (b"[" * 100_000, "nested too deep"),
     (b"<html>hello</html>", "not with JSON"),
 ])
 def test_a_200_that_is_not_a_prometheus_answer_is_malformed(garbage: Garbage, body: bytes, detail: str) -> None:
@@ -150,3 +155,66 @@ def test_the_bake_reads_the_promoted_version_against_the_previous_versions_histo
     assert 'model_version="7"' in queries["current_events"] and 'model_version="7"' in queries["current_total"]
     assert 'model_version=~"6|unknown"' in queries["history_events"]
     assert 'model_version=~"6|unknown"' in queries["history_total"]
+
+
+@pytest.mark.parametrize("result", [
+    b'[{"metric": {}, "value": [1, false]}]',  # a boolean read as 0 would pass a maximum
+    b'[{"metric": {}, "value": [1, 0.5]}]',  # Prometheus sends values as strings
+    b'{"metric": {}, "value": [1, "0"]}',  # one series, not in a vector
+    b'[{"metric": {}, "value": [1, "0", "extra"]}]',
+    b'["0"]',
+])
+def test_a_sample_not_shaped_like_prometheus_is_malformed_not_a_number(garbage: Garbage, result: bytes) -> None:
+    garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":' + result + b"}}")
+    m = PrometheusProvider(garbage.url, retries=0).scalar("x")
+    assert m.problem is QueryProblem.MALFORMED and m.value is None, m
+
+
+def test_an_answer_that_says_it_failed_is_not_read_as_data(garbage: Garbage) -> None:
+    garbage.answer(200, b'{"status":"error","errorType":"timeout","error":"query timed out",'
+                        b'"data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0"]}]}}')
+    m = PrometheusProvider(garbage.url, retries=0).scalar("x")
+    assert m.problem is QueryProblem.REJECTED and "'error'" in m.detail and m.value is None, m
+
+
+def test_a_malformed_range_answer_is_malformed_not_no_data(garbage: Garbage) -> None:
+    garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[]}}')
+    garbage.bodies["/api/v1/query_range"] = b'{"status":"success","data":{"resultType":"matrix","result":"zzz"}}'
+    m = PrometheusProvider(garbage.url, retries=0).scalar("x", datetime(2026, 1, 1, tzinfo=UTC))
+    assert m.problem is QueryProblem.MALFORMED and "range query" in m.detail, m
+
+
+@pytest.mark.parametrize("password", ["s3cr#t", "s3/cret", "s3?cret", "s3@cr:et"])
+def test_a_password_the_url_parser_splits_early_never_reaches_a_message(garbage: Garbage, password: str) -> None:
+    host = garbage.url.removeprefix("http://")
+    garbage.answer(503, b"down")
+    provider = PrometheusProvider(f"http://admin:{password}@{host}", retries=0)
+    m = provider.scalar("vector(1)")
+    assert not m.ok
+    for secret in (password, "admin"):
+        assert secret not in m.detail and secret not in repr(provider), (m.detail, repr(provider))
+
+
+def test_an_unexpected_failure_is_an_inconclusive_verdict_that_shows_only_its_type(garbage: Garbage) -> None:
+    class Exploding(PrometheusProvider):
+        def scalar(self, *_: object, **__: object) -> Measurement:
+            raise RuntimeError("http://admin:s3cret@prometheus:9090 blew up")
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    metric = MetricSpec("nsfw", ProportionMetric(events="sum(e{{selector}})", total="sum(t{{selector}})"))
+    request = AnalysisRequest("ns", "svc", "canary", now - timedelta(minutes=5), now, candidate_version="2")
+    (verdict,) = run_analysis([metric], request, Exploding(garbage.url))
+    assert verdict.outcome is Outcome.INCONCLUSIVE and "RuntimeError" in verdict.reason
+    assert "s3cret" not in verdict.reason and "s3cret" not in str(verdict.evidence)
+    assert verdict.evidence["window"]["range"] == "300s"
+
+
+def test_a_failed_query_verdict_carries_its_window(garbage: Garbage) -> None:
+    garbage.answer(503, b"down")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    metric = MetricSpec("nsfw", ProportionMetric(events="sum(e{{selector}})", total="sum(t{{selector}})"))
+    request = AnalysisRequest("ns", "svc", "canary", now - timedelta(minutes=5), now, candidate_version="2")
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE
+    assert verdict.evidence["window"] == {"start": (now - timedelta(minutes=5)).isoformat(), "end": now.isoformat(),
+                                          "range": "300s", "mode": "canary"}
