@@ -1,8 +1,5 @@
-"""The CLI's one error type, in a module of its own: the entry point must not import the kubernetes library.
-
-`operator run --kubeconfig` exports the path as $KUBECONFIG before anything imports kubernetes, which reads
-it once, at import time (kopf's login goes through that default).
-"""
+"""The CLI's one error type, in a module of its own: the entry point must not import the kubernetes library
+(it is slow to import, and `dev` and `exporter` commands do not need it)."""
 
 from __future__ import annotations
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
 
 from controller.cli.errors import CliError
 from controller.devstack.processes import StackError
+
+OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def _dev_up(args: argparse.Namespace) -> int:
@@ -51,9 +54,15 @@ def _dev_demo(args: argparse.Namespace) -> int:
 def _operator_run(args: argparse.Namespace) -> int:
     import logging
 
+    from controller.cli.oncall import KUBECONFIG_ERRORS, no_cluster
     from controller.operator.handlers import run
+    from controller.operator.kubeapi import load_client_config
     from controller.operator.runtime import OperatorConfig
 
+    try:  # kopf would retry a login that cannot work, every minute, for ever
+        load_client_config(args.kubeconfig)
+    except KUBECONFIG_ERRORS as exc:
+        raise no_cluster(exc) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = OperatorConfig(
         default_tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
@@ -75,6 +84,14 @@ def _host_patterns(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _object_name(text: str) -> str:
+    # An empty name would ask for the list; a slash for another path.
+    if len(text) > 253 or not OBJECT_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Kubernetes object name (lowercase letters, digits, "
+                                         "'-' and '.', starting and ending with a letter or digit)")
+    return text
+
+
 def _exporter_run(args: argparse.Namespace) -> int:
     import logging
 
@@ -83,13 +100,16 @@ def _exporter_run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = tuple(n.strip() for n in args.class_names.split(",") if n.strip()) if args.class_names else ()
-    run(args.host, args.port, DecodeOptions(class_names=names, v2_output=args.v2_output))
+    try:
+        run(args.host, args.port, DecodeOptions(class_names=names, v2_output=args.v2_output))
+    except OSError as exc:  # the port is taken, or the address is not this host's
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or type(exc).__name__}") from None
     return 0
 
 
 def _oncall(args: argparse.Namespace) -> int:
     from controller.api.commands import CommandAction
-    from controller.cli.oncall import OnCall, dump
+    from controller.cli.oncall import OnCall, dump, printable
 
     oncall = OnCall(args.kubeconfig, args.namespace)
     output = getattr(args, "output", None)
@@ -102,7 +122,8 @@ def _oncall(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("abort", "promote", "retry", "rollback"):
         command = oncall.send(args.name, CommandAction(args.command), full=getattr(args, "full", False))
-        print(f"{command.label} sent to {oncall.namespace}/{args.name} as {command.actor} (id {command.id})")
+        print(printable(f"{command.label} sent to {oncall.namespace}/{args.name} as {command.actor} "
+                        f"(id {command.id})"))
         return 0
     obj = oncall.get(args.name)
     if output:
@@ -117,7 +138,10 @@ def _oncall(args: argparse.Namespace) -> int:
     elif getattr(args, "html", None):
         from controller.cli.report import write_html
 
-        path = write_html(obj, args.html, oncall.explain(obj))
+        try:
+            path = write_html(obj, args.html, oncall.explain(obj))
+        except OSError as exc:
+            raise CliError(f"cannot write {args.html}: {exc.strerror or type(exc).__name__}") from None
         print(f"wrote {path}: the timeline of {oncall.namespace}/{args.name} as a self-contained page")
     else:
         print(oncall.explain(obj))
@@ -181,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "list":
             sub.add_argument("-A", "--all-namespaces", action="store_true")
         else:
-            sub.add_argument("name")
+            sub.add_argument("name", type=_object_name)
         # One or the other: a watch prints progress until the end, -o one document now.
         shown = sub.add_mutually_exclusive_group() if name == "get" else sub
         if name in ("list", "get", "history"):
@@ -210,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -219,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a killed pipe writer would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush too
+        return 141
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -47,13 +48,36 @@ class Style:
         return f"{OUTCOME_SYMBOLS.get(outcome, '')} {outcome}"
 
 
+# What loading a kubeconfig raises besides its own ConfigException: a missing file, bad YAML, bad base64.
+KUBECONFIG_ERRORS = (config.ConfigException, OSError, TypeError, ValueError, yaml.YAMLError)
+# Control characters (ESC can clear or retitle a terminal) and bidi overrides, as status text may hold them.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def no_cluster(exc: BaseException) -> CliError:
+    # A YAML or base64 error may quote the file (a token in it): only its type is shown.
+    detail = str(exc) if isinstance(exc, config.ConfigException | OSError) else type(exc).__name__
+    return CliError(f"no cluster: cannot load a kubeconfig ({detail})")
+
+
+def printable(value: Any) -> Any:
+    """Strings from the API server as a terminal may show them: unprintable characters escaped (\\x1b)."""
+    if isinstance(value, str):
+        return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], value)
+    if isinstance(value, dict):
+        return {k: printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
+
+
 class OnCall:
     def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO = sys.stdout) -> None:
         try:
             config.load_kube_config(config_file=kubeconfig)
             _, context = config.list_kube_config_contexts(config_file=kubeconfig)
-        except (config.ConfigException, OSError, TypeError) as exc:
-            raise CliError(f"no cluster: cannot load a kubeconfig ({exc})") from None
+        except KUBECONFIG_ERRORS as exc:
+            raise no_cluster(exc) from None
         self.namespace = namespace or (context or {}).get("context", {}).get("namespace") or "default"
         self.custom = client.CustomObjectsApi()
         self.out = out
@@ -108,6 +132,7 @@ class OnCall:
     # --- output --------------------------------------------------------------------------------------
 
     def print_list(self, items: Sequence[dict[str, Any]], all_namespaces: bool) -> None:
+        items = printable(list(items))
         rows = [["NAMESPACE"] if all_namespaces else []]
         rows[0] += ["NAME", "PHASE", "STEP", "WEIGHT", "CANDIDATE", "STABLE", "MESSAGE"]
         for obj in items:
@@ -122,6 +147,7 @@ class OnCall:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=self.out)
 
     def print_rollout(self, obj: dict[str, Any]) -> None:
+        obj = printable(obj)
         status = obj.get("status") or {}
         spec = obj.get("spec") or {}
         s = self.style
@@ -155,11 +181,13 @@ class OnCall:
                   file=self.out)
 
     def print_history(self, obj: dict[str, Any]) -> None:
+        obj = printable(obj)
         for entry in (obj.get("status") or {}).get("history", []):
             print(f"{entry['time']}  {entry['event']:<18} {entry.get('actor', ''):<24} {entry['detail']}",
                   file=self.out)
 
     def explain(self, obj: dict[str, Any]) -> str:
+        obj = printable(obj)
         status = obj.get("status") or {}
         name = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
         lines = [f"{name} is {status.get('phase', 'Pending')}: {status.get('message', '')}"]
@@ -194,7 +222,7 @@ class OnCall:
         deadline = time.monotonic() + timeout if timeout else None
         last = None
         while True:
-            obj = self.get(name)
+            obj = printable(self.get(name))
             status = obj.get("status") or {}
             line = (status.get("phase"), status.get("currentStep"), status.get("canaryWeight"), status.get("message"))
             if line != last:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -162,3 +163,19 @@ def test_clear_errors(kubeconfig: Path, namespace: str, control_plane: ControlPl
     nowhere.write_text(alice.read_text().replace(control_plane.url, f"https://127.0.0.1:{free_port()}"))
     unreachable = cli(nowhere, "list", "-n", namespace)
     assert unreachable.returncode == 1 and unreachable.stderr.startswith("error: no cluster")
+
+
+def test_an_unwritable_html_path_and_a_closed_pipe_are_plain_errors(kubeconfig: Path, namespace: str, rollout: str,
+                                                                      tmp_path: Path) -> None:
+    for target, reason in ((tmp_path / "no-such-dir" / "page.html", "No such file or directory"),
+                           (tmp_path, "Is a directory")):
+        result = cli(kubeconfig, "explain", rollout, "-n", namespace, "--html", str(target))
+        assert result.returncode == 1 and result.stderr.strip() == f"error: cannot write {target}: {reason}"
+    # The reader has gone before the first byte (`| head -c0`): no traceback, the shell's SIGPIPE status.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed = subprocess.run([sys.executable, "-m", "controller.cli.main", "get", rollout, "-n", namespace, "-o", "json",
+                             "--kubeconfig", str(kubeconfig)], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                            timeout=60, check=False)
+    os.close(write_end)
+    assert closed.returncode == 141 and closed.stderr == "", closed.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_entry_point_does_not_import_the_kubernetes_library() -> None:
-    """`operator run --kubeconfig` exports $KUBECONFIG, which the library reads once, when first imported."""
+    """`dev` and `exporter` do not need it, and it is slow to import."""
     probe = "import sys, controller.cli.main; print('kubernetes' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "False"
@@ -69,3 +71,70 @@ def test_colour_only_on_a_terminal_that_can_show_it(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("TERM", "xterm")
     monkeypatch.setenv("NO_COLOR", "1")
     assert Style(Terminal()).phase("RolledBack") == "RolledBack"
+
+
+@pytest.mark.parametrize("name", ["", "../other", "Upper", "a/b", "x-", "x" * 254])
+def test_a_name_that_is_no_object_name_is_refused_before_any_call(name: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["get", name])
+    assert exited.value.code == 2 and "is not a Kubernetes object name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kubeconfig", [
+    "garbage: [\n",  # not YAML
+    "apiVersion: v1\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', "
+    "certificate-authority-data: '!!notb64'}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    "current-context: c\nusers: [{name: u, user: {token: s3cret-token}}]\n",  # CA data that is not base64
+])
+def test_a_broken_kubeconfig_is_one_line_without_its_content(tmp_path: Path, kubeconfig: str) -> None:
+    path = tmp_path / "config"
+    path.write_text(kubeconfig)
+    for args in (["list"], ["operator", "run", "--metrics-port", "-1"]):
+        result = subprocess.run([sys.executable, "-m", "controller.cli.main", *args, "--kubeconfig", str(path)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.startswith("error: no cluster: cannot load a kubeconfig"), result.stderr
+        assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
+
+
+def test_operator_run_without_any_kubeconfig_exits_instead_of_retrying(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "controller.cli.main", "operator", "run", "--metrics-port", "-1",
+                             "--kubeconfig", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60,
+                            check=False, env={**os.environ, "HOME": str(tmp_path)})
+    assert result.returncode == 1 and result.stderr.startswith("error: no cluster"), result.stderr
+
+
+def test_exporter_on_a_port_in_use_says_so() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "controller.cli.main", "exporter", "run", "--port", str(port)],
+                                capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1 and f"error: cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_text_from_the_server_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    import io
+
+    from controller.cli.oncall import OnCall
+
+    config = {"apiVersion": "v1", "current-context": "c",
+              "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+              "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}]}
+    (tmp_path / "config").write_text(yaml.safe_dump(config))
+    out = io.StringIO()
+    oncall = OnCall(str(tmp_path / "config"), None, out=out)
+    hostile = "\x1b[2J\x1b]0;owned\x07mallory\u202e"
+    obj = {"metadata": {"namespace": "ns", "name": "r"}, "spec": {"model": {"name": "m"}},
+           "status": {"phase": "Paused", "message": hostile, "candidate": {"version": "7"},
+                      "history": [{"time": "t", "event": "CommandReceived", "actor": hostile, "detail": hostile}]}}
+    oncall.print_list([obj], all_namespaces=False)
+    oncall.print_rollout(obj)
+    oncall.print_history(obj)
+    shown = out.getvalue() + oncall.explain(obj)
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "\\x1b[2J\\x1b]0;owned\\x07mallory\\u202e" in shown
