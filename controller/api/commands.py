@@ -22,6 +22,7 @@ from enum import StrEnum
 
 COMMAND_ANNOTATION = "modelrollout.io/command"
 COMMAND_KEYS = ("action", "id", "actor", "full")
+MAX_TEXT = 512  # longest id or actor: a ServiceAccount user name can reach about 340 characters
 
 
 class CommandAction(StrEnum):
@@ -96,6 +97,11 @@ def parse_command(text: str) -> Command:
     actor = body.get("actor")
     if not isinstance(actor, str) or not actor:
         raise CommandError(f"{COMMAND_ANNOTATION}: actor must be a non-empty string")
+    # Both are recorded in status.history, which on-call engineers read in a terminal.
+    for key, value in (("id", command_id), ("actor", actor)):
+        if len(value) > MAX_TEXT or not value.isprintable():
+            raise CommandError(f"{COMMAND_ANNOTATION}: {key} must be printable text of at most {MAX_TEXT} "
+                               "characters (no control characters)")
     if not isinstance(full, bool):
         raise CommandError(f"{COMMAND_ANNOTATION}: full must be true or false")
     if full and action is not CommandAction.PROMOTE:

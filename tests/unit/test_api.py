@@ -443,6 +443,11 @@ def test_parse_command() -> None:
     ('{"action":"abort","id":"a","actor":{"name":"b"}}', "'actor' must be a string or boolean, not an object"),
     ('{"action":"abort","id":["a"],"actor":"b"}', "'id' must be a string or boolean, not an object or array"),
     ('{"action":"promote","id":"a","actor":"b","full":[true]}', "'full' must be a string or boolean"),
+    # Recorded in status.history and shown in a terminal: no escape sequences, no bidi overrides.
+    ('{"action":"abort","id":"a","actor":"\\u001b[2Jmallory"}', "actor must be printable text"),
+    ('{"action":"abort","id":"a","actor":"alice\\u202e"}', "actor must be printable text"),
+    ('{"action":"abort","id":"a\\nb","actor":"alice"}', "id must be printable text"),
+    ('{"action":"abort","id":"a","actor":"' + "x" * 513 + '"}', "at most 512"),
 ])
 def test_parse_command_refuses(text: str, problem: str) -> None:
     with pytest.raises(CommandError, match=problem):
