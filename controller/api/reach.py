@@ -25,7 +25,7 @@ from controller.api.spec import ModelRolloutSpec, SpecError
 # A Service of the rollout's namespace, by the names cluster DNS gives it. Not the bare "name.namespace": for
 # a namespace named like a top-level domain (ml, ai, dev) a missing Service falls through to public DNS.
 DEFAULT_GATE_HOSTS = ("*.{namespace}.svc", "*.{namespace}.svc.cluster.local")
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"  # 1 to 63 characters: IDNA refuses longer ones
 _HOST = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _PATTERN = re.compile(rf"^(\*\.)?({_LABEL}|\{{namespace\}})(\.({_LABEL}|\{{namespace\}}))*$|^\[[0-9a-f:.]+\]$")
 
@@ -40,11 +40,16 @@ def parse_host_patterns(text: str) -> tuple[str, ...]:
     return patterns
 
 
+def is_dns_name(host: str) -> bool:
+    """A lowercase DNS name a resolver takes: labels of 1 to 63 characters, at most 253 in all."""
+    return len(host) <= 253 and _HOST.match(host) is not None
+
+
 def host_allowed(host: str, namespace: str, patterns: Iterable[str]) -> bool:
     host = host.lower().rstrip(".")
     if not host.isascii():
         return False
-    literal = _is_ip(host) or not _HOST.match(host)
+    literal = _is_ip(host) or not is_dns_name(host)
     for pattern in patterns:
         expected = pattern.replace("{namespace}", namespace).lower().rstrip(".")
         if expected.startswith("["):

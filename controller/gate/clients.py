@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import re
 from collections import Counter
@@ -158,6 +159,8 @@ class InferenceClient:
         except InvalidResponse as exc:
             reason, _, detail = str(exc).partition(": ")
             return self._failed(count, reason, detail)
+        except (ArithmeticError, ValueError, TypeError, MemoryError) as exc:  # an answer no check above foresaw
+            return self._failed(count, "unreadable response", type(exc).__name__)
 
     @staticmethod
     def _failed(count: int, reason: str, detail: str = "") -> BatchAnswer:
@@ -191,6 +194,8 @@ class InferenceClient:
                 failure = f"unavailable: {type(exc).__name__}"
             except aiohttp.ClientError as exc:
                 failure = f"unavailable: {type(exc).__name__}"
+            except (ValueError, UnicodeError) as exc:  # a URL aiohttp or IDNA cannot use: no retry helps
+                return f"unusable URL ({type(exc).__name__})", False, b""
         return failure, True, b""
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes | None:
@@ -222,7 +227,7 @@ class InferenceClient:
         if output is None:
             raise InvalidResponse(f"no predictions: no output named {wanted!r}")
         shape, data = output.get("shape"), output.get("data")
-        if (not isinstance(shape, list) or not shape or not all(isinstance(n, int) and n >= 0 for n in shape)
+        if (not isinstance(shape, list) or not shape or not all(type(n) is int and n >= 0 for n in shape)
                 or not isinstance(data, list)):
             raise InvalidResponse("bad output: output needs an integer shape list and a data list")
         if shape[0] != count:
@@ -231,8 +236,10 @@ class InferenceClient:
             array = np.asarray(data)
         except (ValueError, TypeError):
             raise InvalidResponse("bad output: output data is ragged") from None
-        if array.size != int(np.prod(shape)):
-            raise InvalidResponse(f"bad output: {array.size} values do not fill shape {shape}")
+        if array.size != math.prod(shape):  # Python ints: np.prod wraps at 64 bits
+            raise InvalidResponse(f"bad output: {array.size} values do not fill shape {shape[:8]}")
+        if array.dtype.kind == "b":
+            raise InvalidResponse("bad output: booleans are not classes")
         array = array.reshape(shape)
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
@@ -296,7 +303,7 @@ class InferenceClient:
             return -1
         try:
             array = np.asarray(item, dtype=np.float64)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):  # OverflowError: an integer past any float
             problems["unreadable prediction"] += 1
             return -1
         if array.ndim > 1:

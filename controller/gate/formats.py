@@ -31,6 +31,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import zipfile
 import zlib
 from collections import Counter
@@ -100,6 +101,11 @@ class DatasetReader(Protocol):
 
 
 MAX_CLASSES = 1000
+# One sample's line; a longer one is read through in pieces, counted and skipped, never held whole (a gzip
+# stream can unpack one line into gigabytes). A batch stops early past MAX_BATCH_CHARS of lines.
+MAX_LINE_CHARS = 16 << 20
+MAX_BATCH_CHARS = 64 << 20
+TOO_LONG = "\x00 line too long"  # stands for a skipped line; never valid JSON
 MAX_CLASS_ARRAY_BYTES = 1 << 20  # a class list is names; a compressed member must not unpack into gigabytes
 
 
@@ -181,8 +187,8 @@ class JsonLinesReader:
     def _scan_header(self) -> int:
         """Read the header (classes, feature shape) up front; returns its line number, 0 when there is none."""
         try:
-            with self._open() as stream:
-                for line_number, raw in enumerate(stream, start=1):
+            with self._open_text() as stream:
+                for line_number, raw in enumerate(_bounded_lines(stream), start=1):
                     if not raw.strip():
                         continue
                     try:
@@ -190,7 +196,7 @@ class JsonLinesReader:
                     except (ValueError, RecursionError):
                         return 0
                     return line_number if self._read_header(first) else 0
-        except (OSError, EOFError) as exc:  # e.g. a truncated gzip stream
+        except (OSError, EOFError, zlib.error) as exc:  # e.g. a truncated gzip stream
             raise DatasetFormatError(f"dataset unreadable: {exc}") from None
         return 0
 
@@ -224,7 +230,8 @@ class JsonLinesReader:
                 for _ in range(self._header_line):  # the header (and blank lines before it) was read already
                     next(stream, None)
                 line_number = self._header_line
-                while chunk := list(islice(stream, self.batch_size)):
+                lines = _bounded_lines(stream)
+                while chunk := _take(lines, self.batch_size):
                     first = line_number + 1
                     line_number += len(chunk)
                     batch = self._clean_chunk(chunk, first)
@@ -297,6 +304,9 @@ class JsonLinesReader:
             if not line:
                 continue
             self.records += 1
+            if raw is TOO_LONG:
+                self.problems.add("line too long", f"line {line_number}", f"over {MAX_LINE_CHARS} characters")
+                continue
             try:
                 sample, end = self._scan(line, 0)
             except (StopIteration, ValueError, RecursionError):  # RecursionError: nested too deep
@@ -395,6 +405,29 @@ def _row_array(row: Any) -> np.ndarray | None:
         return None
 
 
+def _bounded_lines(stream: IO[str]) -> Iterator[str]:
+    """The stream's lines, each TOO_LONG instead when longer than MAX_LINE_CHARS."""
+    while line := stream.readline(MAX_LINE_CHARS + 1):
+        if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+            while (rest := stream.readline(MAX_LINE_CHARS)) and not rest.endswith("\n"):
+                pass
+            yield TOO_LONG
+        else:
+            yield line
+
+
+def _take(lines: Iterator[str], count: int) -> list[str]:
+    """Up to `count` lines, fewer once they hold MAX_BATCH_CHARS."""
+    chunk: list[str] = []
+    size = 0
+    for line in islice(lines, count):
+        chunk.append(line)
+        size += len(line)
+        if size >= MAX_BATCH_CHARS:
+            break
+    return chunk
+
+
 # --- .npz --------------------------------------------------------------------------------------------
 
 
@@ -419,7 +452,7 @@ class _NpyStream:
             raise DatasetFormatError(f"{member}: expected an array with one row per sample, got a scalar")
         self.shape: tuple[int, ...] = tuple(shape)
         self.dtype: np.dtype[Any] = dtype
-        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self.row_bytes = math.prod(shape[1:]) * dtype.itemsize  # Python ints: np.prod wraps at 64 bits
         self.rows_left = shape[0]
 
     def read(self, count: int) -> np.ndarray:
@@ -488,7 +521,9 @@ class NpzReader:
                 finally:
                     for stream in streams:
                         stream.close()
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # a member that fails its CRC, ...
+        except DatasetFormatError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as exc:  # a bad CRC, a bad header, ...
             raise DatasetFormatError(f".npz unreadable after {self.records} rows: {exc}") from None
 
     def _batches(self, features: _NpyStream, labels: _NpyStream,

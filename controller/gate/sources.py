@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import aiohttp
 from yarl import URL
 
+from controller.api.reach import is_dns_name
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
 from controller.gate.mlflow_access import HashingWriter, MlflowAccess, copy_hashing, download_artifact
 
@@ -151,7 +152,7 @@ def host_allowed(host: str, allowed: Collection[str]) -> bool:
     for entry in allowed:
         entry = entry.lower().rstrip(".")
         if entry.startswith("*."):
-            if host.endswith(entry[1:]) and host != entry[2:]:
+            if is_dns_name(host) and host.endswith(entry[1:]) and host != entry[2:]:
                 return True
         elif host == entry:
             return True
@@ -159,14 +160,23 @@ def host_allowed(host: str, allowed: Collection[str]) -> bool:
 
 
 def check_https_uri(uri: str, allowed: Collection[str]) -> URL:
-    parsed = urlparse(uri)
-    if parsed.scheme != "https" or not parsed.hostname:
+    try:
+        parsed = urlparse(uri)
+        hostname, port = parsed.hostname, parsed.port  # port: ValueError when out of range
+    except ValueError:
+        raise SourcePolicyError("the https dataset URL cannot be parsed") from None
+    if parsed.scheme != "https" or not hostname:
         raise SourcePolicyError(f"{uri}: only https:// URLs with a host are accepted")
     if parsed.username or parsed.password:
         raise SourcePolicyError("https dataset URL carries credentials in it; refusing (they would end up in status)")
-    if not host_allowed(parsed.hostname, allowed):
-        raise SourcePolicyError(f"https host {parsed.hostname} is not in the operator's allow-list for golden datasets")
-    return URL(uri, encoded=True)
+    if not host_allowed(hostname, allowed):
+        raise SourcePolicyError(f"https host {hostname} is not in the operator's allow-list for golden datasets")
+    try:
+        url = URL(uri, encoded=True)
+        url.raw_host  # noqa: B018 - parsed now, not later inside the request
+    except (ValueError, UnicodeError):
+        raise SourcePolicyError(f"{uri}: not a usable URL (port {port})") from None
+    return url
 
 
 async def _fetch_https(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tuple[str, tuple[str, int]]:
@@ -179,9 +189,13 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tu
             for _ in range(_MAX_REDIRECTS + 1):
                 async with session.get(url, allow_redirects=False, ssl=context) as response:
                     if response.status in _REDIRECTS:
-                        location = response.headers.get("Location", "")
-                        target = url.join(URL(location))
-                        if (target.scheme, (target.host or "").lower(), target.port) != origin:
+                        try:
+                            target = url.join(URL(response.headers.get("Location", "")))
+                            where = (target.scheme, (target.host or "").lower(), target.port)
+                        except (ValueError, UnicodeError):  # e.g. a port past 65535
+                            raise SourceError(ErrorKind.INVALID, f"GET {uri}: the redirect's Location is not "
+                                                                 "a usable URL") from None
+                        if where != origin:
                             raise SourcePolicyError(f"{uri}: redirect to {target.scheme}://{target.host} refused: "
                                                     "redirects are followed only within the same host")
                         url = target
@@ -193,6 +207,8 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tu
                     return uri, sha_size
     except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
         raise SourceError(ErrorKind.UNAVAILABLE, f"GET {uri}: {type(exc).__name__}: {exc}") from None
+    except (ValueError, UnicodeError) as exc:  # what aiohttp could not use of a URL
+        raise SourceError(ErrorKind.INVALID, f"GET {uri}: {type(exc).__name__}") from None
     raise SourceError(ErrorKind.ERROR, f"GET {uri}: more than {_MAX_REDIRECTS} redirects")
 
 

@@ -271,6 +271,12 @@ class RolloutRuntime:
         if not candidate_url:
             return JudgeResult(action.id, error=AdapterError(AdapterErrorKind.UNAVAILABLE,
                                                              "the staged candidate has no inference URL yet"))
+        thresholds = action.dataset.thresholds
+        compares = thresholds.max_accuracy_drop is not None or thresholds.max_disagreement is not None
+        if action.stable and compares and not stable_url:  # judged alone, the comparisons would be skipped
+            return JudgeResult(action.id, error=AdapterError(
+                AdapterErrorKind.UNAVAILABLE, f"stable version {action.stable.version} has no inference URL yet: "
+                                              "maxAccuracyDrop and maxDisagreement compare the candidate with it"))
         protocol = self.config.gate_protocol
         candidate = InferenceEndpoint.from_url(candidate_url, self.target_name, protocol)
         stable = InferenceEndpoint.from_url(stable_url, self.target_name, protocol) \

@@ -159,6 +159,11 @@ def test_redirects_are_not_followed() -> None:
     # read as the standard library reads it: an integer (a count that does not match), not a float
     ("v2", '{"outputs": [{"name": "p", "shape": [123456789012345678901234567890], "data": []}]}',
      "wrong prediction count"),
+    # a shape whose product wraps to 0 in 64 bits, a boolean dimension, booleans as classes
+    ("v2", {"outputs": [{"name": "p", "shape": [4, 2**62, 4], "datatype": "FP32", "data": []}]}, "bad output"),
+    ("v2", {"outputs": [{"name": "p", "shape": [4, True], "datatype": "FP32", "data": [0.1] * 4}]}, "bad output"),
+    ("v2", {"outputs": [{"name": "p", "shape": [4], "datatype": "BOOL", "data": [False, True, False, True]}]},
+     "bad output"),
 ])
 def test_garbage_responses_fail_the_batch_with_a_reason(protocol: str, body: Any, failure: str) -> None:
     handler, _ = scripted((200, body))
@@ -202,14 +207,15 @@ def test_response_decoding_edge_cases_match_the_standard_library(payload: bytes)
 
 
 def test_unusable_single_predictions_are_counted_per_sample() -> None:
-    features = np.zeros((8, 4))
-    body = '{"predictions": ["safe", "porn", [0.1, 0.2, 0.7], [0.1, 0.2], null, 7, 1, [NaN, 0.1, 0.2]]}'
+    features = np.zeros((9, 4))
+    body = ('{"predictions": ["safe", "porn", [0.1, 0.2, 0.7], [0.1, 0.2], null, 7, 1, [NaN, 0.1, 0.2], '
+            + "1" * 400 + "]}")  # the last: an integer past any float
     handler, _ = scripted((200, body))
     answer = against(handler, "v1", features)
     assert answer.failure is None
-    assert answer.predicted.tolist() == [0, -1, 2, -1, -1, -1, 1, -1]
+    assert answer.predicted.tolist() == [0, -1, 2, -1, -1, -1, 1, -1, -1]
     assert answer.sample_problems == {"unknown label": 1, "wrong score vector length": 1,
-                                      "unreadable prediction": 1, "class index out of range": 1,
+                                      "unreadable prediction": 2, "class index out of range": 1,
                                       "non-finite scores": 1}
 
 

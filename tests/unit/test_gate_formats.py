@@ -326,3 +326,42 @@ def test_truncated_compressed_files_are_format_errors_not_crashes(tmp_path: Path
     npz.write_bytes(bytes(data))
     with pytest.raises(DatasetFormatError):
         list(open_dataset(npz, 100).batches())
+
+
+def test_a_line_longer_than_the_limit_is_counted_and_never_held_whole(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(formats, "MAX_LINE_CHARS", 200)
+    monkeypatch.setattr(formats, "MAX_BATCH_CHARS", 50)
+    good = {"inputs": [1.0, 2.0], "label": "safe"}
+    huge = {"inputs": [1.0] * 300, "label": "nsfw"}  # about 1,500 characters: read through 200 at a time
+    path = tmp_path / "d.jsonl.gz"
+    text = json.dumps({"classes": list(CLASSES)}) + "\n" + "".join(json.dumps(x) + "\n" for x in (good, huge, good))
+    path.write_bytes(gzip.compress(text.encode()))
+    reader = open_dataset(path, batch_size=10)
+    batches, features, labels, _ = collect(reader)
+    assert features.shape == (2, 2) and labels.tolist() == [0, 0]
+    assert dict(reader.problems.counts) == {"line too long": 1} and reader.records == 3
+    assert "line 3: line too long" in reader.problems.examples[0]
+    assert len(batches) == 2  # a batch stops once its lines hold MAX_BATCH_CHARS
+
+
+def _npz_with_x_header(path: Path, header: bytes) -> Path:
+    labels, classes = io.BytesIO(), io.BytesIO()
+    np.lib.format.write_array(labels, np.zeros(2, dtype=np.int64))
+    np.lib.format.write_array(classes, np.asarray(CLASSES))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("X.npy", header)
+        archive.writestr("y.npy", labels.getvalue())
+        archive.writestr("classes.npy", classes.getvalue())
+    return path
+
+
+def test_npz_headers_that_cannot_describe_rows_are_format_errors(tmp_path: Path) -> None:
+    huge = io.BytesIO()  # rows of 2**62 x 4 doubles: 64-bit arithmetic would make them 0 bytes long
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<f8", "fortran_order": False, "shape": (2, 2**62, 4)})
+    with pytest.raises(DatasetFormatError):
+        list(open_dataset(_npz_with_x_header(tmp_path / "a.npz", huge.getvalue()), 2).batches())
+    text = b"{'descr': '<f8'}".ljust(117) + b"\n"  # no shape, no fortran_order
+    broken = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+    with pytest.raises(DatasetFormatError, match="unreadable"):
+        list(open_dataset(_npz_with_x_header(tmp_path / "b.npz", broken), 2).batches())

@@ -100,6 +100,18 @@ def test_https_allow_list() -> None:
         check_https_uri("http://data.example.com/x.jsonl", ["data.example.com"])
 
 
+@pytest.mark.parametrize("uri", [
+    "https://x\\.data.example.com/golden.jsonl",  # a backslash: yarl refuses it
+    "https://x..data.example.com/golden.jsonl",  # an empty label: IDNA refuses it
+    "https://" + "a" * 64 + ".data.example.com/golden.jsonl",  # a label over 63 characters
+    "https://data.example.com:99999/golden.jsonl",
+    "https://[::1/golden.jsonl",
+])
+def test_a_url_that_cannot_be_fetched_is_a_policy_refusal_not_a_crash(uri: str) -> None:
+    with pytest.raises(SourcePolicyError):
+        check_https_uri(uri, ["*.data.example.com", "data.example.com"])
+
+
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     directory = tmp_path_factory.mktemp("tls")
@@ -127,11 +139,15 @@ async def https_server(cert: Path, key: Path) -> AsyncIterator[int]:
     async def missing(request: web.Request) -> web.Response:
         return web.Response(status=404)
 
+    async def nowhere(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "https://127.0.0.1:99999/data.jsonl"})
+
     app = web.Application()
     app.router.add_get("/data.jsonl", data)
     app.router.add_get("/moved", moved)
     app.router.add_get("/elsewhere", elsewhere)
     app.router.add_get("/missing", missing)
+    app.router.add_get("/nowhere", nowhere)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     runner = web.AppRunner(app, access_log=None)
@@ -162,6 +178,9 @@ def test_https_fetch_streams_follows_same_host_redirects_and_refuses_others(tls_
             with pytest.raises(SourceError) as missing:
                 await fetch_dataset(f"{base}/missing", "ns", sources, tmp_path / "d")
             assert missing.value.kind is ErrorKind.NOT_FOUND
+            with pytest.raises(SourceError, match="redirect's Location is not a usable URL") as nowhere:
+                await fetch_dataset(f"{base}/nowhere", "ns", sources, tmp_path / "g")
+            assert nowhere.value.kind is ErrorKind.INVALID
             with pytest.raises(SourcePolicyError, match="limit"):
                 await fetch_dataset(f"{base}/data.jsonl", "ns", DatasetSources(
                     https_allowed_hosts=["127.0.0.1"], https_ca_file=str(cert), max_bytes=1000), tmp_path / "e")

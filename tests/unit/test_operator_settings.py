@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from controller.api import parse_spec
-from controller.api.status import AnalysisMode
+from controller.api.status import AnalysisMode, VersionRef
 from controller.devstack.processes import free_port
-from controller.engine.actions import RunAnalysis
+from controller.engine.actions import RunAnalysis, RunGate
+from controller.engine.observations import AdapterErrorKind
 from controller.operator.runtime import OperatorConfig, RolloutRuntime, RolloutStepper, check_operator_settings
+from controller.traffic.base import TargetState
 
 RAW: dict[str, Any] = {
     "model": {"name": "nsfw", "version": "2"}, "target": {"kserve": {"inferenceService": "nsfw"}},
@@ -65,3 +67,18 @@ def test_the_spec_s_prometheus_is_asked_else_the_operators_default(named_in_spec
     assert asked.removeprefix("http://") in detail, detail
     other = default_url if named_in_spec else spec_url
     assert other.removeprefix("http://") not in detail
+
+
+def test_a_gate_that_compares_with_stable_waits_for_stables_url_instead_of_skipping_the_comparison() -> None:
+    raw = copy.deepcopy(RAW)
+    raw["goldenDataset"] = {"uri": "configmap://golden/set.jsonl", "sha256": "ab" * 32,
+                            "thresholds": {"minAccuracy": 0.8, "maxAccuracyDrop": 0.01}}
+    spec = parse_spec(raw)
+    obj = {"metadata": {"namespace": "team-a", "name": "nsfw"}, "spec": raw}
+    runtime = RolloutRuntime(obj, spec, None, OperatorConfig())  # type: ignore[arg-type]
+    state = TargetState(target="nsfw", exists=True, stable_version="1", stable_url=None, canary_version="2",
+                        canary_url="http://nsfw-latest.team-a.svc")
+    action = RunGate(id="gate-1", candidate=VersionRef("2"), stable=VersionRef("1"), dataset=spec.golden_dataset)
+    result = asyncio.run(runtime.measure_gate(action, state))  # nothing is fetched or called: no client here
+    assert result.error is not None and result.error.kind is AdapterErrorKind.UNAVAILABLE
+    assert "stable version 1 has no inference URL yet" in result.error.message and not result.verdicts

@@ -35,6 +35,8 @@ def spec_with(**urls: str) -> Any:
     ("evil.example", False),
     ("nsfw\u3002team-b\u3002svc.team-a.svc", False),  # the HTTP client reads U+3002 as "." (IDNA)
     ("nsfw\uff0eteam-a.svc", False),
+    ("a" * 63 + ".team-a.svc", True),
+    ("a" * 64 + ".team-a.svc", False),  # over 63 characters: IDNA refuses it when the gate calls
 ])
 def test_only_services_of_the_rollouts_namespace_by_default(host: str, allowed: bool) -> None:
     assert host_allowed(host, "team-a", DEFAULT_GATE_HOSTS) is allowed
