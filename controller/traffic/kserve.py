@@ -238,7 +238,11 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
     canary = view.latest_created if view.latest_created and view.latest_created != stable else ""
     if canary and view.stable_uri is not None and view.spec_uri == view.stable_uri and view.synced:
         canary = ""  # the latest revision is a copy of stable made by a rollback: not a candidate
-    canary_ready = bool(canary) and view.synced and canary == view.latest_ready
+    # observedGeneration comes from the Knative Service, which moves before its Configuration has made the new
+    # revision: until then latestCreated/Ready still name the previous one (after a rollback, a copy of stable)
+    # and KServe says PredictorConfigurationReady Unknown. That revision is not the candidate.
+    configured = (condition(status, "PredictorConfigurationReady") or {}).get("status", "True") == "True"
+    canary_ready = bool(canary) and view.synced and configured and canary == view.latest_ready
     canary_weight: int | None = percent_on(canary) if canary else None
     elsewhere = sum(int(t.get("percent") or 0) for t in view.traffic
                     if t.get("revisionName") not in (stable, canary))

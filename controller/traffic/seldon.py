@@ -11,10 +11,13 @@ for an older generation). The weight reported by observe() is the one in the spe
 once Seldon reports the object ready; when a status does carry observedGeneration it is honoured.
 
 Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one shadow):
-  stage     a canary predictor, a copy of the stable one with the candidate's modelUri, traffic 0.
+  stage     a canary predictor, a copy of the stable one with the candidate's modelUri, traffic 0, without the
+            names stable chose (the seldon.io/svc-name annotation, component specs' metadata.name), which
+            would make both predictors share one Service or Deployment.
   set_weight  stable 100-N, canary N.
-  promote   the stable predictor takes the canary's graph and component specs (Seldon rolls its pods) and
-            the canary predictor is removed: the names in the ModelRollout stay valid for the next rollout.
+  promote   the stable predictor takes the canary's graph and component specs (Seldon rolls its pods), keeping
+            the rest of its own (explainer, replicas, annotations, its component specs' names), and the canary
+            predictor is removed: the names in the ModelRollout stay valid for the next rollout.
   rollback  the canary predictor removed, stable back to 100.
   restore   (after a promotion) the stable predictor's modelUri set to the given version (a rolling update).
   Versions are recorded in the SeldonDeployment's metadata.annotations: Seldon copies spec.annotations and
@@ -131,6 +134,26 @@ def seldon_name(name: str) -> str:
     return name if len(name) <= 63 else "seldon-" + hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
 
 
+def deployment_names(deployment: str, predictor: Obj) -> list[str]:
+    """The names Seldon Core v1 builds for a predictor's Deployments, before the 63-character rule: one per
+    component spec with containers, then one per prepackaged server (a graph unit with an implementation and
+    no container of its name)."""
+    components = [c for c in predictor.get("componentSpecs") or [] if isinstance(c, dict)]
+    containers = [((c.get("spec") or {}).get("containers") or []) for c in components]
+    names = [f"{deployment}-{predictor['name']}-{index}-"
+             + ((c.get("metadata") or {}).get("name") or "-".join(str(k.get("name")) for k in own))
+             for index, (c, own) in enumerate(zip(components, containers, strict=True)) if own]
+    declared = {k.get("name") for own in containers for k in own}
+    servers = [u for u in _units(predictor.get("graph") or {})
+               if u.get("implementation") not in (None, "", "UNKNOWN_IMPLEMENTATION") and u.get("name") not in declared]
+    names += [f"{deployment}-{predictor['name']}-{len(components) + i}-{u.get('name')}" for i, u in enumerate(servers)]
+    return names
+
+
+def _units(graph: Obj) -> list[Obj]:
+    return [graph, *(u for child in graph.get("children") or [] if isinstance(child, dict) for u in _units(child))]
+
+
 def predictor_service(deployment: str, predictor: Obj) -> str:
     """The Service Seldon Core v1 makes for a predictor (GetPredictorKey): the key in status.serviceStatus."""
     custom = (predictor.get("annotations") or {}).get(ANN_SERVICE_NAME)
@@ -188,9 +211,14 @@ class SeldonDeploymentRouter:
             canary_url=self._url(obj, canary) if canary else None, message="; ".join(problems))
 
     def _deployments_available(self, obj: Obj, status: Obj) -> bool:
-        # Seldon names a predictor's Deployments <sdep>-<predictor>-<component index>-<containers>.
-        pattern = re.compile(rf"^{re.escape(obj['metadata']['name'])}-{re.escape(self.canary_predictor)}-\d+-")
-        mine = [d for name, d in (status.get("deploymentStatus") or {}).items() if pattern.match(name)]
+        # Seldon names a predictor's Deployments <sdep>-<predictor>-<component index>-<containers>, and one
+        # longer than 63 characters "seldon-" + its md5.
+        sdep = obj["metadata"]["name"]
+        pattern = re.compile(rf"^{re.escape(sdep)}-{re.escape(self.canary_predictor)}-\d+-")
+        canary = self._find(obj, self.canary_predictor) or {}
+        hashed = {seldon_name(name) for name in deployment_names(sdep, canary)} - set(deployment_names(sdep, canary))
+        mine = [d for name, d in (status.get("deploymentStatus") or {}).items()
+                if pattern.match(name) or name in hashed]
         return bool(mine) and all(int(d.get("availableReplicas") or 0) >= max(int(d.get("replicas") or 0), 1)
                                   for d in mine)
 
@@ -249,6 +277,10 @@ class SeldonDeploymentRouter:
             canary = copy.deepcopy(stable)
             for key in ("shadow", "explainer"):
                 canary.pop(key, None)
+            # Names stable chose for its Service and Deployments would be the canary's too: they would share them.
+            (canary.get("annotations") or {}).pop(ANN_SERVICE_NAME, None)
+            for component in canary.get("componentSpecs") or []:
+                (component.get("metadata") or {}).pop("name", None)
             canary["name"] = self.canary_predictor
             canary["traffic"] = 0
             canary_node = _model_node(canary["graph"])
@@ -281,8 +313,16 @@ class SeldonDeploymentRouter:
                 if annotations[ANN_VERSION]:
                     return None  # promoted already
                 raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
-            stable = copy.deepcopy(canary)
-            stable["name"], stable["traffic"] = self.stable_predictor, 100
+            # Stable keeps what is its own (explainer, replicas, annotations, its Deployments' names, edits made
+            # during the canary) and takes the model the canary served: its graph and component specs.
+            stable = copy.deepcopy(self._stable(obj))
+            stable["graph"], stable["traffic"] = copy.deepcopy(canary["graph"]), 100
+            if canary.get("componentSpecs") is not None:
+                names = [(c.get("metadata") or {}).get("name") for c in stable.get("componentSpecs") or []]
+                stable["componentSpecs"] = copy.deepcopy(canary["componentSpecs"])
+                for component, name in zip(stable["componentSpecs"], names, strict=False):
+                    if name:
+                        component.setdefault("metadata", {})["name"] = name
             annotations.update({ANN_VERSION: annotations[ANN_CANDIDATE_VERSION], ANN_CANDIDATE_VERSION: None})
             return self._body(obj, stable, None, annotations)
         _apply_with(self.client, build, f"promoting on {self.target}")

@@ -6,6 +6,7 @@ for v2) after each change."""
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -421,3 +422,43 @@ def test_seldon_deployment_urls_follow_the_service_name_and_protocol(api: client
     assert router.observe().stable_url == f"http://nsfw-svc.{namespace}:8000/v1/models/classifier:predict"
     create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "seldon", "predictors": [predictor]})
     assert router.observe().stable_url == f"http://nsfw-svc.{namespace}:8000"  # /api/v1.0: not for the gate
+
+
+@pytest.mark.integration
+def test_seldon_deployment_canary_names_its_own_objects_and_promotion_keeps_stables(api: client.ApiClient,
+                                                                                   namespace: str) -> None:
+    """A canary copied from stable must not take the Service and Deployment names stable chose (both would
+    resolve to one Service, and the gate would compare stable with itself); promotion hands stable the
+    canary's model and keeps the rest of stable (its explainer, names, replicas)."""
+    long_canary = "candidate-" + "c" * 50  # <sdep>-<predictor>-0-classifier is over 63 characters
+    stable = {**PREDICTOR, "annotations": {"seldon.io/svc-name": "nsfw-svc"},
+              "explainer": {"type": "AnchorTabular", "modelUri": "s3://explainers/nsfw"},
+              "componentSpecs": [{"metadata": {"name": "nsfw-main"}, **PREDICTOR["componentSpecs"][0]}]}
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [stable]})
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", long_canary)
+    router.stage(CANDIDATE_7, stable_version="6")
+    canary = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"][1]
+    assert "seldon.io/svc-name" not in (canary.get("annotations") or {})
+    assert "metadata" not in canary["componentSpecs"][0] or "name" not in canary["componentSpecs"][0]["metadata"]
+
+    # Seldon's names for the canary: its Service <sdep>-<predictor>, its Deployment hashed past 63 characters.
+    def hashed(name: str) -> str:
+        return "seldon-" + hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
+
+    service, deployment = hashed(f"{NAME}-{long_canary}"), hashed(f"{NAME}-{long_canary}-0-classifier")
+    write_status(api, SELDON_DEPLOYMENT, namespace, {
+        "state": "Available",
+        "deploymentStatus": {"nsfw-main": {"replicas": 2, "availableReplicas": 2},
+                             deployment: {"replicas": 2, "availableReplicas": 2}},
+        "serviceStatus": {"nsfw-svc": {"svcName": "nsfw-svc", "httpEndpoint": f"nsfw-svc.{namespace}:8000"},
+                          service: {"svcName": service, "httpEndpoint": f"{service}.{namespace}:8000"}}})
+    state = router.observe()
+    assert state.canary_ready, state.message
+    assert state.stable_url == f"http://nsfw-svc.{namespace}:8000/v2/models/classifier/infer"
+    assert state.canary_url == f"http://{service}.{namespace}:8000/v2/models/classifier/infer"
+
+    router.promote()
+    [promoted] = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]
+    assert promoted["graph"]["modelUri"] == V7 and promoted["traffic"] == 100
+    assert promoted["explainer"] == stable["explainer"] and promoted["annotations"] == stable["annotations"]
+    assert promoted["replicas"] == 2 and promoted["componentSpecs"][0]["metadata"]["name"] == "nsfw-main"
