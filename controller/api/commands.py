@@ -72,6 +72,10 @@ def parse_command(text: str) -> Command:
         body = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise CommandError(f"{COMMAND_ANNOTATION} is not JSON: {exc.msg}") from None
+    except CommandError:  # a duplicate key, from the hook
+        raise
+    except (ValueError, RecursionError) as exc:  # an integer past Python's digit limit, nesting past recursion
+        raise CommandError(f"{COMMAND_ANNOTATION} cannot be read ({type(exc).__name__})") from None
     if not isinstance(body, dict):
         raise CommandError(f"{COMMAND_ANNOTATION} must be a JSON object")
     unknown = sorted(set(body) - set(COMMAND_KEYS))

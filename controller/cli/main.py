@@ -57,12 +57,16 @@ def _operator_run(args: argparse.Namespace) -> int:
     from controller.cli.oncall import KUBECONFIG_ERRORS, no_cluster
     from controller.operator.handlers import run
     from controller.operator.kubeapi import load_client_config
-    from controller.operator.runtime import OperatorConfig
+    from controller.operator.runtime import OperatorConfig, fill_storage_uri
 
     try:  # kopf would retry a login that cannot work, every minute, for ever
         load_client_config(args.kubeconfig)
     except KUBECONFIG_ERRORS as exc:
         raise no_cluster(exc) from None
+    try:  # a typo here would fail every staging and restore
+        fill_storage_uri(args.storage_uri_template, name="m", version="1", source="s3://b/m", run_id="r")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = OperatorConfig(
         default_tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),

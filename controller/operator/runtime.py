@@ -106,6 +106,24 @@ def _kind(error: Exception) -> AdapterErrorKind:
         return AdapterErrorKind.ERROR
 
 
+def fill_storage_uri(template: str, **fields: str) -> str:
+    """What the serving system loads, from --storage-uri-template ({name} {version} {source} {run_id})."""
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:  # an unknown placeholder, "{0}", a stray brace
+        raise ValueError(f"the operator's --storage-uri-template {template!r} cannot be filled "
+                         f"({type(exc).__name__}: {exc}); it may use {{name}} {{version}} {{source}} "
+                         "{run_id}") from None
+
+
+def _credentials_error(exc: ApiException | RegistryError) -> AdapterError:
+    if isinstance(exc, RegistryError):
+        return AdapterError(_kind(exc), str(exc))
+    kind = {403: AdapterErrorKind.FORBIDDEN, 404: AdapterErrorKind.NOT_FOUND}.get(exc.status or 0,
+                                                                                  AdapterErrorKind.ERROR)
+    return AdapterError(kind, f"registry credentials Secret: HTTP {exc.status}")
+
+
 class RolloutRuntime:
     """The adapters of one rollout, built fresh for each reconcile (credentials are read each time)."""
 
@@ -153,8 +171,8 @@ class RolloutRuntime:
         return self._registry
 
     def storage_uri(self, version: VersionRef) -> str:
-        return self.config.storage_uri_template.format(name=self.spec.model.name, version=version.version,
-                                                       source=version.source or "", run_id=version.run_id or "")
+        return fill_storage_uri(self.config.storage_uri_template, name=self.spec.model.name, version=version.version,
+                                source=version.source or "", run_id=version.run_id or "")
 
     # --- observing -----------------------------------------------------------------------------------
 
@@ -175,13 +193,8 @@ class RolloutRuntime:
                     rolled_back = _engine_version(registry.resolve(model.name, version=rejecting))
                 except VersionNotFound:
                     rolled_back_gone = True
-        except ApiException as exc:
-            return RegistryObservation(error=AdapterError(AdapterErrorKind.FORBIDDEN if exc.status == 403 else
-                                                          AdapterErrorKind.NOT_FOUND if exc.status == 404 else
-                                                          AdapterErrorKind.ERROR,
-                                                          f"registry credentials Secret: HTTP {exc.status}"))
-        except RegistryError as exc:
-            return RegistryObservation(error=AdapterError(_kind(exc), str(exc)))
+        except (ApiException, RegistryError) as exc:
+            return RegistryObservation(error=_credentials_error(exc))
         return RegistryObservation(candidate=candidate,
                                    stable_alias_version=_engine_version(stable) if stable else None,
                                    rolled_back=rolled_back, rolled_back_gone=rolled_back_gone)
@@ -282,8 +295,12 @@ class RolloutRuntime:
         stable = InferenceEndpoint.from_url(stable_url, self.target_name, protocol) \
             if stable_url and action.stable else None
         uri = self.spec.registry.tracking_uri or self.config.default_tracking_uri
+        try:
+            credentials = self.credentials() if uri else None
+        except (ApiException, RegistryError) as exc:  # the Secret is missing, forbidden or incomplete
+            return JudgeResult(action.id, error=_credentials_error(exc))
         sources = DatasetSources(
-            mlflow=MlflowAccess.with_credentials(uri, self.credentials()) if uri else None,
+            mlflow=MlflowAccess.with_credentials(uri, credentials) if uri else None,
             config_maps=KubernetesConfigMapReader(self.api_client),
             https_allowed_hosts=self.config.https_allowed_hosts)
         report = await run_gate(action.dataset, candidate, stable, namespace=self.namespace, sources=sources)

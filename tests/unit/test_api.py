@@ -481,3 +481,13 @@ def test_command_annotation_is_what_the_admission_policy_looks_for() -> None:
         assert f'"actor": "{actor}"' in text
         assert parse_command(text) == command
     assert parse_command('{"action":"abort","id":"u-1","actor":"zo\\u00eb"}').actor == "zoë"  # still read
+
+
+ALICE_ABORTS = '{"action": "abort", "id": "a", "actor": "alice", '
+
+
+@pytest.mark.parametrize("text", [ALICE_ABORTS + '"x": ' + "[" * 100_000 + "]" * 100_000 + "}",  # past recursion
+                                  ALICE_ABORTS + '"n": ' + "9" * 5_000 + "}"])  # past Python's digit limit
+def test_a_command_the_parser_cannot_read_is_a_command_error_not_an_exception(text: str) -> None:
+    with pytest.raises(CommandError, match="cannot be read"):
+        parse_command(text)

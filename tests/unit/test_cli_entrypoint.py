@@ -138,3 +138,16 @@ def test_text_from_the_server_cannot_drive_the_terminal(tmp_path: Path) -> None:
     shown = out.getvalue() + oncall.explain(obj)
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "\\x1b[2J\\x1b]0;owned\\x07mallory\\u202e" in shown
+
+
+def test_operator_run_refuses_a_storage_uri_template_it_cannot_fill(tmp_path: Path) -> None:
+    config = {"apiVersion": "v1", "current-context": "c",
+              "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+              "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}]}
+    (tmp_path / "config").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "controller.cli.main", "operator", "run", "--metrics-port", "-1",
+                             "--kubeconfig", str(tmp_path / "config"), "--storage-uri-template", "s3://m/{model}"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1 and "--storage-uri-template 's3://m/{model}' cannot be filled" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -8,13 +8,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from controller.api import parse_spec
 from controller.api.status import AnalysisMode, VersionRef
 from controller.devstack.processes import free_port
 from controller.engine.actions import RunAnalysis, RunGate
 from controller.engine.observations import AdapterErrorKind
-from controller.operator.runtime import OperatorConfig, RolloutRuntime, RolloutStepper, check_operator_settings
+from controller.operator.runtime import (
+    OperatorConfig,
+    RolloutRuntime,
+    RolloutStepper,
+    check_operator_settings,
+    fill_storage_uri,
+)
 from controller.traffic.base import TargetState
 
 RAW: dict[str, Any] = {
@@ -82,3 +89,31 @@ def test_a_gate_that_compares_with_stable_waits_for_stables_url_instead_of_skipp
     result = asyncio.run(runtime.measure_gate(action, state))  # nothing is fetched or called: no client here
     assert result.error is not None and result.error.kind is AdapterErrorKind.UNAVAILABLE
     assert "stable version 1 has no inference URL yet" in result.error.message and not result.verdicts
+
+
+def test_a_registry_secret_the_gate_cannot_read_is_an_explained_gate_error_not_an_exception() -> None:
+    raw = copy.deepcopy(RAW)
+    raw["registry"] = {"trackingUri": "http://mlflow.team-a.svc:5000", "credentialsSecretRef": {"name": "mlflow"}}
+    raw["goldenDataset"] = {"uri": "configmap://golden/set.jsonl", "sha256": "ab" * 32,
+                            "thresholds": {"minAccuracy": 0.8}}
+    spec = parse_spec(raw)
+    runtime = RolloutRuntime({"metadata": {"namespace": "team-a", "name": "nsfw"}, "spec": raw}, spec,
+                             None, OperatorConfig())  # type: ignore[arg-type]
+
+    def missing_secret() -> None:  # what the API server answers for a Secret that does not exist
+        raise ApiException(status=404, reason="Not Found")
+
+    runtime.credentials = missing_secret  # type: ignore[method-assign]
+    state = TargetState(target="nsfw", exists=True, canary_version="2", canary_url="http://nsfw-latest.team-a.svc")
+    action = RunGate(id="gate-1", candidate=VersionRef("2"), stable=None, dataset=spec.golden_dataset)
+    result = asyncio.run(runtime.measure_gate(action, state))
+    assert result.error is not None and result.error.kind is AdapterErrorKind.NOT_FOUND
+    assert result.error.message == "registry credentials Secret: HTTP 404"
+
+
+def test_a_storage_uri_template_that_cannot_be_filled_says_so() -> None:
+    assert fill_storage_uri("s3://models/{name}/{version}", name="nsfw", version="2", source="", run_id="") \
+        == "s3://models/nsfw/2"
+    for template in ("s3://models/{model}/{version}", "s3://models/{0}", "s3://models/{name"):
+        with pytest.raises(ValueError, match=r"--storage-uri-template .* cannot be filled"):
+            fill_storage_uri(template, name="nsfw", version="2", source="", run_id="")
