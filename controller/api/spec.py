@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from controller.api.durations import parse_duration
 
 DEFAULT_STABLE_ALIAS = "production"
+# Alias names MLflow keeps for itself: "latest" (in any case) and "v<number>" (a version by number).
+RESERVED_ALIAS = re.compile(r"^(latest|[vV]\d+)$", re.IGNORECASE)
 MIN_ANALYSIS_INTERVAL = timedelta(seconds=1)
 DEFAULT_ANALYSIS_INTERVAL = timedelta(seconds=30)
 DEFAULT_PROGRESS_DEADLINE = timedelta(minutes=30)
@@ -287,6 +289,9 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelSpec:
     if (version is None) == (alias is None):
         raise SpecError(path, "exactly one of version or alias must be set")
     stable_alias = _optional_str(raw, "stableAlias", path) or DEFAULT_STABLE_ALIAS
+    for key, value in (("alias", alias), ("stableAlias", stable_alias)):
+        if value is not None and RESERVED_ALIAS.match(value):
+            raise SpecError(f"{path}.{key}", f"{value!r} is reserved by MLflow ('latest' in any case, v<number>)")
     if alias is not None and alias == stable_alias:
         raise SpecError(f"{path}.alias", "must differ from stableAlias, or the candidate would be the stable version")
     return ModelSpec(name=_required_str(raw, "name", path), version=version, alias=alias,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from controller.api.spec import RESERVED_ALIAS
 from controller.engine.observations import rejection_time
 from controller.registry.errors import RegistryConfigError, VersionNotFound
 from controller.registry.types import (
@@ -52,7 +53,6 @@ LINEAGE_TAG_KEYS = frozenset({"mlflow.source.name", "mlflow.source.git.commit", 
 
 # MLflow's own rules, checked before any write so a bad name fails with a clear message and no side effect.
 _ALIAS_PATTERN = re.compile(r"^[\w\-]{1,255}$")
-_RESERVED_ALIAS_PATTERN = re.compile(r"^(latest|[vV]\d+)$", re.IGNORECASE)
 _VERSION_PATTERN = re.compile(r"^[1-9]\d*$")
 
 
@@ -313,7 +313,7 @@ def _timestamp(moment: datetime | None) -> str:
 def _check_alias(alias: str) -> None:
     if not _ALIAS_PATTERN.match(alias or ""):
         raise RegistryConfigError(f"invalid alias name {alias!r}: MLflow allows 1-255 letters, digits, '_' and '-'")
-    if _RESERVED_ALIAS_PATTERN.match(alias):
+    if RESERVED_ALIAS.match(alias):
         raise RegistryConfigError(f"alias name {alias!r} is reserved by MLflow ('latest' and v<number>)")
 
 

@@ -149,6 +149,16 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
      "spec.target.kserve.stableUrl"),
     ("dataset-presigned-url", _set("goldenDataset.uri", "https://bucket.example/golden.jsonl?X-Amz-Signature=s3cret"),
      "spec.goldenDataset.uri"),
+    ("dataset-port-not-a-number", _set("goldenDataset.uri", "https://data.example:abc/golden.jsonl"),
+     "spec.goldenDataset.uri"),
+    ("dataset-port-out-of-range", _set("goldenDataset.uri", "https://data.example:99999/golden.jsonl"),
+     "spec.goldenDataset.uri"),
+    ("dataset-broken-ipv6", _set("goldenDataset.uri", "https://[::1/golden.jsonl"), "spec.goldenDataset.uri"),
+    # MLflow reserves "latest" in any case: the registry would refuse it for ever, with the rollout Pending.
+    ("alias-latest-capitalised", _both(_delete("model.version"), _set("model.alias", "Latest")), "spec.model.alias"),
+    ("stable-alias-latest-upper-case", _set("model.stableAlias", "LATEST"), "spec.model.stableAlias"),
+    ("bake-with-an-empty-metric-list", _both(_set("canary.steps", [{"setWeight": 10}]), _set("analysis.metrics", [])),
+     "spec.bake"),
 ]
 
 
@@ -172,6 +182,15 @@ def test_invalid_spec_is_refused_naming_the_field(kubeconfig: Path, namespace: s
     code, output = apply(kubeconfig, namespace, manifest)
     assert code != 0, f"{case} was accepted:\n{output}"
     assert field in output, f"{case}: the message does not name {field}:\n{output}"
+
+
+@pytest.mark.integration
+def test_a_limit_set_twice_is_refused_with_the_reason_not_just_the_field(kubeconfig: Path, namespace: str) -> None:
+    """A Duplicate-reason rule would print only 'Duplicate value: "object"'; the message must say what to do."""
+    manifest = sample()
+    manifest["spec"]["analysis"]["metrics"][0]["maxRate"] = 0.1
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code != 0 and "maxRate is set both beside and inside proportion; keep one" in output, output
 
 
 @pytest.mark.integration

@@ -294,6 +294,8 @@ _DELETE = object()
     (["target", "kserve", "candidateUrl"], "http://gate:abc/v2", "spec.target.kserve.candidateUrl"),
     (["goldenDataset", "uri"], "https://b.example/g.jsonl?X-Amz-Signature=s", "spec.goldenDataset.uri"),
     (["goldenDataset", "uri"], "mlflow-artifacts://[::1/x", "spec.goldenDataset.uri"),
+    (["model", "stableAlias"], "LATEST", "spec.model.stableAlias"),  # MLflow reserves it in any case
+    (["model", "stableAlias"], "V3", "spec.model.stableAlias"),
 ])
 def test_bad_specs_name_the_field(path: list[str | int], value: Any, field: str) -> None:
     with pytest.raises(SpecError) as caught:

@@ -5,9 +5,11 @@ local actions = {}
 local phase = nil
 local pauseReason = nil
 local stable = nil
+local promotion = nil
 if obj.status ~= nil then
   phase = obj.status.phase
   stable = obj.status.stable
+  promotion = obj.status.promotion
   if obj.status.pause ~= nil then
     pauseReason = obj.status.pause.reason
   end
@@ -15,11 +17,14 @@ end
 
 local inFlight = phase == "Pending" or phase == "Gating" or phase == "Progressing" or phase == "Paused"
   or phase == "Promoting" or phase == "Baking"
-local canPromote = phase == "Progressing" or phase == "Paused" or phase == "Baking"
+-- A missed progress deadline is retried or rolled back, not promoted past.
+local canPromote = phase == "Progressing" or phase == "Baking"
+  or (phase == "Paused" and pauseReason ~= "ProgressDeadlineExceeded")
 -- Retry starts a finished-but-failed rollout again, or re-runs whatever paused it (not a plain pause step).
 local canRetry = phase == "RolledBack" or phase == "Failed" or (phase == "Paused" and pauseReason ~= "PauseStep")
--- Rollback also works after success, as long as there is a previous version to return to.
-local canRollback = inFlight or (phase == "Succeeded" and stable ~= nil and stable.version ~= nil)
+-- Rollback also works after success, as long as a promotion left a previous version to return to.
+local canRollback = inFlight or (phase == "Succeeded" and stable ~= nil and stable.version ~= nil
+  and promotion ~= nil)
 
 actions["abort"] = {["disabled"] = not inFlight, ["iconClass"] = "fa fa-fw fa-stop-circle"}
 actions["promote"] = {["disabled"] = not canPromote, ["iconClass"] = "fa fa-fw fa-forward"}
