@@ -215,10 +215,9 @@ class SeldonDeploymentRouter:
         # longer than 63 characters "seldon-" + its md5.
         sdep = obj["metadata"]["name"]
         pattern = re.compile(rf"^{re.escape(sdep)}-{re.escape(self.canary_predictor)}-\d+-")
-        canary = self._find(obj, self.canary_predictor) or {}
-        hashed = {seldon_name(name) for name in deployment_names(sdep, canary)} - set(deployment_names(sdep, canary))
+        expected = {seldon_name(name) for name in deployment_names(sdep, self._find(obj, self.canary_predictor) or {})}
         mine = [d for name, d in (status.get("deploymentStatus") or {}).items()
-                if pattern.match(name) or name in hashed]
+                if pattern.match(name) or name in expected]
         return bool(mine) and all(int(d.get("availableReplicas") or 0) >= max(int(d.get("replicas") or 0), 1)
                                   for d in mine)
 
