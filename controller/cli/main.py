@@ -8,9 +8,13 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from controller.cli.errors import CliError
 from controller.devstack.processes import StackError
+
+if TYPE_CHECKING:
+    from controller.cli.oncall import OnCall
 
 OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
@@ -130,6 +134,17 @@ def _oncall(args: argparse.Namespace) -> int:
                         f"(id {command.id})"))
         return 0
     obj = oncall.get(args.name)
+    try:
+        return _show(oncall, args, obj, output)
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
+        # A status no view foresaw (hand-edited, or from another writer): one line, and -o json still works.
+        raise CliError(f"cannot show {oncall.namespace}/{args.name}: its status has an unexpected shape "
+                       f"({type(exc).__name__}); `-o json` shows it as stored") from None
+
+
+def _show(oncall: OnCall, args: argparse.Namespace, obj: dict[str, Any], output: str | None) -> int:
+    from controller.cli.oncall import dump
+
     if output:
         dump(obj if args.command == "get" else (obj.get("status") or {}).get("history", []), output, sys.stdout)
     elif args.command == "get" and args.watch:
@@ -139,16 +154,17 @@ def _oncall(args: argparse.Namespace) -> int:
         oncall.print_rollout(obj)
     elif args.command == "history":
         oncall.print_history(obj)
-    elif getattr(args, "html", None):
-        from controller.cli.report import write_html
-
-        try:
-            path = write_html(obj, args.html, oncall.explain(obj))
-        except OSError as exc:
-            raise CliError(f"cannot write {args.html}: {exc.strerror or type(exc).__name__}") from None
-        print(f"wrote {path}: the timeline of {oncall.namespace}/{args.name} as a self-contained page")
     else:
-        print(oncall.explain(obj))
+        explanation = oncall.explain(obj)
+        print(explanation)
+        if getattr(args, "html", None):
+            from controller.cli.report import write_html
+
+            try:
+                path = write_html(obj, args.html, explanation)
+            except OSError as exc:
+                raise CliError(f"cannot write {args.html}: {exc.strerror or type(exc).__name__}") from None
+            print(f"wrote {path}: the timeline of {oncall.namespace}/{args.name} as a self-contained page")
     return 0
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 import uuid
@@ -23,6 +22,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction
 from controller.api.status import step_fraction
 from controller.cli.errors import CliError
+from controller.cli.shape import mapping, printable, text, well_formed
 from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
@@ -50,25 +50,12 @@ class Style:
 
 # What loading a kubeconfig raises besides its own ConfigException: a missing file, bad YAML, bad base64.
 KUBECONFIG_ERRORS = (config.ConfigException, OSError, TypeError, ValueError, yaml.YAMLError)
-# Control characters (ESC can clear or retitle a terminal) and bidi overrides, as status text may hold them.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def no_cluster(exc: BaseException) -> CliError:
     # A YAML or base64 error may quote the file (a token in it): only its type is shown.
     detail = str(exc) if isinstance(exc, config.ConfigException | OSError) else type(exc).__name__
     return CliError(f"no cluster: cannot load a kubeconfig ({detail})")
-
-
-def printable(value: Any) -> Any:
-    """Strings from the API server as a terminal may show them: unprintable characters escaped (\\x1b)."""
-    if isinstance(value, str):
-        return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], value)
-    if isinstance(value, dict):
-        return {k: printable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [printable(v) for v in value]
-    return value
 
 
 class OnCall:
@@ -132,7 +119,7 @@ class OnCall:
     # --- output --------------------------------------------------------------------------------------
 
     def print_list(self, items: Sequence[dict[str, Any]], all_namespaces: bool) -> None:
-        items = printable(list(items))
+        items = [well_formed(printable(item)) for item in items]
         rows = [["NAMESPACE"] if all_namespaces else []]
         rows[0] += ["NAME", "PHASE", "STEP", "WEIGHT", "CANDIDATE", "STABLE", "MESSAGE"]
         for obj in items:
@@ -147,7 +134,7 @@ class OnCall:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=self.out)
 
     def print_rollout(self, obj: dict[str, Any]) -> None:
-        obj = printable(obj)
+        obj = well_formed(printable(obj))
         status = obj.get("status") or {}
         spec = obj.get("spec") or {}
         s = self.style
@@ -181,39 +168,44 @@ class OnCall:
                   file=self.out)
 
     def print_history(self, obj: dict[str, Any]) -> None:
-        obj = printable(obj)
-        for entry in (obj.get("status") or {}).get("history", []):
+        obj = well_formed(printable(obj))
+        for entry in obj["status"]["history"]:
             print(f"{entry['time']}  {entry['event']:<18} {entry.get('actor', ''):<24} {entry['detail']}",
                   file=self.out)
 
     def explain(self, obj: dict[str, Any]) -> str:
-        obj = printable(obj)
-        status = obj.get("status") or {}
+        obj = well_formed(printable(obj))
+        status = obj["status"]
         name = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-        lines = [f"{name} is {status.get('phase', 'Pending')}: {status.get('message', '')}"]
-        candidate = (status.get("candidate") or {}).get("version")
-        stable = (status.get("stable") or {}).get("version")
+        phase = text(status.get("phase"), "Pending")
+        lines = [f"{name} is {phase}: {text(status.get('message'))}"]
+        candidate = _version(status, "candidate")
+        stable = _version(status, "stable")
         if candidate:
-            lines.append(f"It rolls out version {candidate} of {obj['spec']['model']['name']}"
+            lines.append(f"It rolls out version {candidate} of {text(obj['spec']['model'].get('name'), '?')}"
                          + (f" in place of version {stable}." if stable else " (no stable version before it)."))
-        gate = status.get("gate") or {}
+        gate = mapping(status.get("gate"))
         if gate.get("outcome"):
-            lines.append(f"The golden gate said {gate['outcome']} on the dataset with sha256 "
-                         f"{gate.get('datasetSha256', '?')}: {gate.get('reason', '')}")
+            lines.append(f"The golden gate said {text(gate['outcome'])} on the dataset with sha256 "
+                         f"{text(gate.get('datasetSha256'), '?')}: {text(gate.get('reason'))}")
         for verdict in analysis_verdicts(status):
-            evidence = verdict.get("evidence") or {}
-            counts = {k: v for k, v in evidence.items() if k in ("canary", "stable", "statistic", "threshold")}
+            evidence = verdict["evidence"]
+            counts = {k: v for k, v in evidence.items() if k in ("canary", "stable", "value", "min", "max")}
+            relative = mapping(evidence.get("relative"))
+            if "e_value" in relative and "boundary" in relative:
+                counts["e_value"], counts["boundary"] = relative["e_value"], relative["boundary"]
             lines.append(f"Metric {verdict['name']} said {verdict['outcome']}: {verdict['reason']}"
                          + (f" (evidence: {json.dumps(counts, default=str)})" if counts else ""))
-        rollback = status.get("rollback") or {}
-        if rollback:
-            seconds = rollback.get("timeToRecoverSeconds")
-            lines.append(f"It was rolled back by {rollback.get('actor', 'the controller')} because "
-                         f"{rollback.get('reason', '?')}; traffic went back to version {stable or '-'}"
-                         + (f" and recovery took {seconds:.2f} s." if isinstance(seconds, int | float) else "."))
-        last = (status.get("history") or [])[-1:] or []
+            window = mapping(evidence.get("window"))
+            if window:
+                lines.append(f"  window {text(window.get('start'), '?')} to {text(window.get('end'), '?')}"
+                             + (f" (range {text(window['range'])})" if window.get("range") else ""))
+            for role, query in mapping(evidence.get("queries")).items():
+                lines.append(f"  query {role}: {text(query)}")
+        lines += _rollback_account(obj, candidate, stable)
+        last = status["history"][-1:]
         for entry in last:
-            lines.append(f"Last event: {entry['event']} at {entry['time']} by {entry.get('actor', '?')}: "
+            lines.append(f"Last event: {entry['event']} at {entry['time']} by {entry['actor'] or '?'}: "
                          f"{entry['detail']}")
         return "\n".join(lines)
 
@@ -242,6 +234,45 @@ def analysis_verdicts(status: dict[str, Any]) -> list[dict[str, Any]]:
     """The last verdict of each metric: `status.analysis.metrics` (older writers used `verdicts`)."""
     analysis = status.get("analysis") or {}
     return list(analysis.get("metrics") or analysis.get("verdicts") or [])
+
+
+def _version(status: dict[str, Any], which: str) -> str | None:
+    version = mapping(status.get(which)).get("version")
+    return text(version) if version not in (None, "") else None
+
+
+def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | None) -> list[str]:
+    """What the rollback did and what it has not confirmed yet: only confirmed steps are told as done."""
+    status = obj["status"]
+    rollback = mapping(status.get("rollback"))
+    if not rollback:
+        return []
+    who = text(rollback.get("actor"), "the controller")
+    why = text(rollback.get("reason"), "?")
+    if rollback.get("trafficKept"):
+        return [f"It was stopped by {who} because {why}. Version {candidate or '?'} still serves all traffic: "
+                "there was no earlier version to put back. Next: deploy a fixed version."]
+    done = bool(rollback.get("recoveredAt"))
+    lines = [f"It {'was' if done else 'is being'} rolled back by {who} because {why}."]
+    back_to = f"version {stable}" if stable else "stable"
+    if rollback.get("trafficConfirmedAt"):
+        lines.append(f"Traffic is back on {back_to} (confirmed at {text(rollback['trafficConfirmedAt'])}).")
+    else:
+        lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve some of it.")
+    alias = text(obj["spec"]["model"].get("stableAlias"), "the stable alias")
+    alias = f"@{alias}" if obj["spec"]["model"].get("stableAlias") else alias
+    if rollback.get("aliasConfirmedAt"):
+        where = f"on version {stable}" if stable else f"off version {candidate or '?'}"
+        lines.append(f"{alias} is confirmed {where} in the registry.")
+    else:
+        lines.append(f"{alias} is not yet confirmed in the registry.")
+    if rollback.get("rejectCandidate", True):
+        tagged = "is tagged" if rollback.get("tagConfirmedAt") else "is not yet tagged"
+        lines.append(f"Version {candidate or '?'} {tagged} rejected in the registry.")
+    seconds = rollback.get("timeToRecoverSeconds")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        lines.append(f"Recovery took {seconds:.2f} s from the decision.")
+    return lines
 
 
 def _api_message(exc: ApiException) -> str:

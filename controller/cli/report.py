@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.cli.shape import mapping, objects, printable, well_formed
+from controller.operator.events import is_warning
+
 CONTROLLER = "modelrollout-controller"
 # Chart geometry (SVG user units; the SVG scales to the page width).
 WIDTH, HEIGHT = 1000, 440
@@ -67,7 +70,7 @@ def _time(text: Any) -> dt.datetime | None:
         return None
     try:
         return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a time, or one whose UTC falls outside years 1-9999
         return None
 
 
@@ -75,10 +78,10 @@ def _kind(event: str, actor: str) -> str:
     if actor and actor != CONTROLLER:
         return "command"
     if any(word in event for word in ("Fail", "Rollback", "RolledBack", "Rejected", "Abort", "Deadline",
-                                      "InvalidSpec")):
+                                      "InvalidSpec", "NotRestored")):
         return "fail"
-    if any(word in event for word in ("Inconclusive", "AwaitingDecision", "Ignored", "Paused", "Overridden")):
-        return "warn"
+    if is_warning(event) or any(word in event for word in ("Paused", "Overridden")):
+        return "warn"  # the same Warning Events as the cluster's (StatusReset, CommandIgnored ...)
     if any(word in event for word in ("Passed", "Succeeded", "Promoted", "Recovered", "Restored", "AliasMoved")):
         return "pass"
     return "info"
@@ -86,7 +89,7 @@ def _kind(event: str, actor: str) -> str:
 
 def decisions(status: Mapping[str, Any]) -> list[Decision]:
     found = []
-    for entry in status.get("history") or []:
+    for entry in objects(status.get("history")):
         moment = _time(entry.get("time"))
         if moment is None:
             continue
@@ -100,6 +103,7 @@ def decisions(status: Mapping[str, Any]) -> list[Decision]:
 def weight_series(status: Mapping[str, Any], end: dt.datetime) -> list[tuple[dt.datetime, float]]:
     """The candidate's share of traffic after each decision that changed it; held until the next one."""
     points: list[tuple[dt.datetime, float]] = []
+    kept = bool(mapping(status.get("rollback")).get("trafficKept"))
     for decision in decisions(status):
         weight: float | None = None
         if decision.event in ("CandidateStaged", "WeightChanged"):
@@ -108,7 +112,7 @@ def weight_series(status: Mapping[str, Any], end: dt.datetime) -> list[tuple[dt.
         elif decision.event in ("Promoted", "Succeeded"):
             weight = 100.0
         elif decision.event in ("TrafficRestored", "Recovered", "RolledBack", "Failed", "RolledBackForNewCandidate"):
-            weight = 0.0
+            weight = None if kept else 0.0  # a first rollout's candidate kept all traffic: nothing went back
         if weight is not None:
             points.append((decision.time, weight))
     if points:
@@ -123,7 +127,12 @@ def _rate(part: Any) -> tuple[float | None, str]:
         return None, ""
     rate = part.get("rate")
     counts = f"{_num(part.get('events'))}/{_num(part.get('total'))}" if "events" in part else ""
-    return (100.0 * float(rate) if isinstance(rate, int | float) and math.isfinite(rate) else None), counts
+    return (_percent(100.0 * rate) if isinstance(rate, int | float) and math.isfinite(rate) else None), counts
+
+
+def _percent(value: float) -> float | None:
+    """A class rate in percent, or None when it is not one (garbage evidence stays off the chart)."""
+    return value if math.isfinite(value) and 0.0 <= value <= 100.0 else None
 
 
 def _num(value: Any) -> str:
@@ -133,7 +142,7 @@ def _num(value: Any) -> str:
 
 
 def _from_verdict(verdict: Mapping[str, Any], moment: dt.datetime, source: str) -> RatePoint | None:
-    evidence = verdict.get("evidence") or {}
+    evidence = mapping(verdict.get("evidence"))
     canary, canary_counts = _rate(evidence.get("canary"))
     stable, stable_counts = _rate(evidence.get("stable"))
     if canary is None and stable is None:
@@ -145,17 +154,17 @@ def _from_verdict(verdict: Mapping[str, Any], moment: dt.datetime, source: str) 
 def rate_points(status: Mapping[str, Any]) -> list[RatePoint]:
     """Canary and stable class rates, from structured evidence first, then from the decisions' words."""
     points: dict[tuple[dt.datetime, str], RatePoint] = {}
-    analysis = status.get("analysis") or {}
+    analysis = mapping(status.get("analysis"))
     at = _time(analysis.get("lastRunAt"))
     if at is not None:
-        for verdict in analysis.get("metrics") or analysis.get("verdicts") or []:
+        for verdict in objects(analysis.get("metrics") or analysis.get("verdicts")):
             point = _from_verdict(verdict, at, "analysis")
             if point:
                 points[(at, point.metric)] = point
-    rollback = status.get("rollback") or {}
+    rollback = mapping(status.get("rollback"))
     at = _time(rollback.get("verdictAt"))
     if at is not None:
-        for verdict in (rollback.get("evidence") or {}).get("verdicts") or []:
+        for verdict in objects(mapping(rollback.get("evidence")).get("verdicts")):
             point = _from_verdict(verdict, at, "rollback")
             if point:
                 points.setdefault((at, point.metric), point)
@@ -168,8 +177,11 @@ def rate_points(status: Mapping[str, Any]) -> list[RatePoint]:
             if counts in seen:
                 continue  # the same judgement, quoted again by a later decision
             seen.add(counts)
+            canary, stable = _percent(float(match.group("c"))), _percent(float(match.group("s")))
+            if canary is None or stable is None:
+                continue
             points.setdefault(key, RatePoint(
-                decision.time, match.group("metric"), float(match.group("c")), float(match.group("s")),
+                decision.time, match.group("metric"), canary, stable,
                 f"{match.group('cn')}/{match.group('ct')}", f"{match.group('sn')}/{match.group('st')}",
                 "fail" if decision.kind == "fail" else "", decision.event))
     return sorted(points.values(), key=lambda p: (p.time, p.metric))
@@ -183,7 +195,10 @@ class _Scale:
         if end <= start:
             end = start + dt.timedelta(seconds=60)
         pad = (end - start) * 0.03
-        self.start, self.end = start - pad, end + pad
+        try:
+            self.start, self.end = start - pad, end + pad
+        except OverflowError:  # times at the ends of the calendar: no padding
+            self.start, self.end = start, end
         self.rate_max = rate_max
 
     def x(self, moment: dt.datetime) -> float:
@@ -217,13 +232,17 @@ def _time_ticks(scale: _Scale, count: int = 6) -> list[dt.datetime]:
     ticks = []
     moment = first
     while moment <= scale.end.timestamp():
-        ticks.append(dt.datetime.fromtimestamp(moment, dt.UTC))
+        try:
+            ticks.append(dt.datetime.fromtimestamp(moment, dt.UTC))
+        except (OverflowError, ValueError, OSError):
+            break
         moment += step
     return ticks
 
 
 def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    """Escaped for HTML, with control and bidi characters shown as escapes, as on the terminal."""
+    return html.escape(printable(str(text)), quote=True)
 
 
 def chart_svg(status: Mapping[str, Any], now: dt.datetime) -> str:
@@ -369,10 +388,14 @@ def _facts(obj: Mapping[str, Any], status: Mapping[str, Any]) -> list[tuple[str,
     gate = status.get("gate") or {}
     if gate.get("outcome"):
         facts.append(("Golden gate", f"{gate['outcome']} (dataset sha256 {str(gate.get('datasetSha256', '?'))[:12]}…)"))
-    rollback = status.get("rollback") or {}
-    if rollback:
+    rollback = mapping(status.get("rollback"))
+    if rollback.get("trafficKept"):
+        facts.append(("Stopped", f"{rollback.get('cause', '?')} by {rollback.get('actor', CONTROLLER)}; the "
+                                 "candidate kept all traffic (no earlier version to put back)"))
+    elif rollback:
         seconds = rollback.get("timeToRecoverSeconds")
-        facts.append(("Rolled back", f"{rollback.get('cause', '?')} by {rollback.get('actor', CONTROLLER)}"
+        state = "rolled back" if rollback.get("recoveredAt") else "rolling back, traffic and alias not yet confirmed"
+        facts.append(("Rollback", f"{rollback.get('cause', '?')} by {rollback.get('actor', CONTROLLER)}, {state}"
                       + (f", recovered in {seconds:.2f} s" if isinstance(seconds, int | float) else "")))
     return facts
 
@@ -388,15 +411,42 @@ def _verdict_rows(verdicts: Iterable[Mapping[str, Any]]) -> str:
         evidence = verdict.get("evidence") or {}
         canary, canary_counts = _rate(evidence.get("canary"))
         stable, stable_counts = _rate(evidence.get("stable"))
-        statistic, threshold = evidence.get("statistic"), evidence.get("threshold")
         rows.append(
             f"<tr><td>{_e(verdict.get('name', '?'))}</td><td>{_outcome(verdict.get('outcome'))}</td>"
             f"<td class=num>{'' if canary is None else f'{canary:.3g}% ({_e(canary_counts)})'}</td>"
             f"<td class=num>{'' if stable is None else f'{stable:.3g}% ({_e(stable_counts)})'}</td>"
-            f"<td class=num>{'' if not isinstance(statistic, int | float) else f'{statistic:.4g}'}"
-            f"{'' if not isinstance(threshold, int | float) else f' vs {threshold:.4g}'}</td>"
-            f"<td>{_e(verdict.get('reason', ''))}</td></tr>")
+            f"<td class=num>{_e(_statistic(evidence))}</td>"
+            f"<td>{_e(verdict.get('reason', ''))}{_queries(evidence)}</td></tr>")
     return "".join(rows)
+
+
+def _statistic(evidence: Mapping[str, Any]) -> str:
+    """The test's own numbers: the e-value against its boundary, or a value against its limits."""
+    relative = mapping(evidence.get("relative"))
+    e_value, boundary = relative.get("e_value"), relative.get("boundary")
+    if _is_number(e_value) and _is_number(boundary):
+        return f"e-value {e_value:.4g} vs boundary {boundary:.4g}"
+    value = evidence.get("value")
+    if _is_number(value):
+        limits = [f"{name} {evidence[name]:.4g}" for name in ("min", "max") if _is_number(evidence.get(name))]
+        return f"value {value:.4g}" + (f" ({', '.join(limits)})" if limits else "")
+    return ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _queries(evidence: Mapping[str, Any]) -> str:
+    """The window and the PromQL behind a verdict, so that it can be run again by hand."""
+    window = mapping(evidence.get("window"))
+    out = ""
+    if window:
+        out += (f"<br><small>window {_e(window.get('start', '?'))} to {_e(window.get('end', '?'))}"
+                + (f" (range {_e(window['range'])})" if window.get("range") else "") + "</small>")
+    for role, query in mapping(evidence.get("queries")).items():
+        out += f"<br><small>{_e(role)}:</small> <code>{_e(query)}</code>"
+    return out
 
 
 def _verdict_table(title: str, verdicts: Sequence[Mapping[str, Any]], note: str = "") -> str:
@@ -404,15 +454,16 @@ def _verdict_table(title: str, verdicts: Sequence[Mapping[str, Any]], note: str 
         return ""
     return (f"<h2>{_e(title)}</h2>" + (f"<p>{note}</p>" if note else "")
             + "<table><thead><tr><th>check / metric</th><th>verdict</th><th>canary</th><th>stable</th>"
-              "<th>statistic vs threshold</th><th>why</th></tr></thead><tbody>"
+              "<th>statistic</th><th>why (window, queries)</th></tr></thead><tbody>"
             + _verdict_rows(verdicts) + "</tbody></table>")
 
 
 def render_html(obj: Mapping[str, Any], explanation: str = "", now: dt.datetime | None = None) -> str:
     """The page for one ModelRollout as read from the API server (`explanation`: the plain-text account)."""
     now = now or dt.datetime.now(dt.UTC)
-    meta = obj.get("metadata") or {}
-    status = obj.get("status") or {}
+    obj = well_formed(obj)
+    meta = obj["metadata"]
+    status = obj["status"]
     name = f"{meta.get('namespace', '?')}/{meta.get('name', '?')}"
     phase = str(status.get("phase") or "Pending")
     marks = decisions(status)

@@ -1,0 +1,155 @@
+"""`explain`, `get`, `history` and the HTML page: true to the status, and never a traceback on an odd one.
+
+The statuses come from the real engine (the engine tests' World), so each account is checked against what
+the controller actually writes, including the rollbacks that have not (or could not) put traffic back.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from test_engine import _first_rollout_killed_after_its_alias_moved
+from test_engine_support import World, verdict
+
+from controller.analysis.judges import ProportionCriteria, proportion_judge
+from controller.api import CommandAction
+from controller.api.status import Phase
+from controller.cli.oncall import OnCall
+from controller.cli.report import _kind, render_html, weight_series
+from controller.verdict import Outcome
+
+
+@pytest.fixture()
+def oncall(tmp_path: Path) -> OnCall:
+    config = {"apiVersion": "v1", "current-context": "c",
+              "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+              "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}]}
+    (tmp_path / "config").write_text(yaml.safe_dump(config))
+    return OnCall(str(tmp_path / "config"), None, out=io.StringIO())
+
+
+def wrapped(world: World) -> dict[str, Any]:
+    return {"metadata": {"name": "nsfw-classifier", "namespace": "moderation", "resourceVersion": "7"},
+            "spec": world.spec, "status": world.status.to_dict()}
+
+
+def test_a_rollback_that_has_not_put_traffic_back_does_not_say_it_has(oncall: OnCall) -> None:
+    world = World(judge=lambda _r: [verdict(Outcome.FAIL)])
+    world.run_until(lambda w: bool(w.status.canary_weight))
+    world.target.frozen = True  # the target stops taking patches: traffic cannot be confirmed back
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK)
+    for _ in range(3):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    text = oncall.explain(wrapped(world))
+    assert "is being rolled back" in text
+    assert "Traffic is NOT yet confirmed back on version 6" in text
+    assert "went back" not in text and "Traffic is back" not in text
+
+
+def test_a_first_rollout_that_kept_all_traffic_says_so(oncall: OnCall) -> None:
+    world = _first_rollout_killed_after_its_alias_moved()
+    world.send(CommandAction.ABORT)
+    world.run_until(lambda w: w.status.phase in (Phase.ROLLED_BACK, Phase.FAILED), step=timedelta(seconds=2))
+    obj = wrapped(world)
+    assert obj["status"]["rollback"]["trafficKept"] is True
+    text = oncall.explain(obj)
+    assert "still serves all traffic" in text and "Next: deploy a fixed version" in text
+    assert "went back" not in text and "Traffic is back" not in text
+    status = obj["status"]
+    assert weight_series(status, world.now)[-1][1] == 100  # the chart does not draw a return to 0%
+    page = render_html(obj)
+    assert 'class="decision fail" data-event="TrafficNotRestored"' in page
+    assert "Stopped" in page and "kept all traffic" in page
+
+
+def test_a_completed_rollback_names_each_confirmed_step_and_the_evidence(oncall: OnCall) -> None:
+    runs = {"n": 0}
+
+    def judge(_request: Any) -> list[Any]:
+        runs["n"] += 1
+        n = 400 * runs["n"]
+        return [proportion_judge("nsfw-rate", n // 12, n, 40 * runs["n"], 20000 * runs["n"],
+                                 ProportionCriteria(max_rate=0.05),
+                                 queries={"canary_events": 'sum(increase(x{class="nsfw"}[2m]))'},
+                                 window={"start": "2026-12-03T10:00:00+00:00", "end": "2026-12-03T10:02:00+00:00",
+                                         "range": "2m"})]
+
+    world = World(judge=judge)
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
+    obj = wrapped(world)
+    text = oncall.explain(obj)
+    assert "It was rolled back by modelrollout-controller because nsfw-rate canary" in text
+    assert "Traffic is back on version 6" in text
+    assert "@production is confirmed on version 6" in text
+    assert "Version 7 is tagged rejected" in text
+    assert 'query canary_events: sum(increase(x{class="nsfw"}[2m]))' in text
+    assert "window 2026-12-03T10:00:00+00:00 to 2026-12-03T10:02:00+00:00 (range 2m)" in text
+    assert '"e_value"' in text and '"boundary"' in text  # not the logarithms, unlabelled
+    page = render_html(obj)
+    assert "sum(increase(x{class=&quot;nsfw&quot;}[2m]))" in page and "(range 2m)" in page
+    assert "e-value " in page and " vs boundary " in page
+
+
+def test_warning_events_are_not_drawn_as_recoveries() -> None:
+    assert _kind("TrafficNotRestored", "modelrollout-controller") == "fail"
+    assert _kind("StatusReset", "modelrollout-controller") == "warn"
+    assert _kind("TrafficRestored", "modelrollout-controller") == "pass"
+
+
+GARBAGE: list[tuple[str, Any]] = [
+    ("metrics", [{"outcome": "fail"}]),  # a verdict without name, reason or evidence
+    ("metrics", "nsfw"),
+    ("metrics", [{"name": "x", "outcome": "fail", "reason": "r", "evidence": ["a"]}]),
+    ("gate", "passed"),
+    ("rollback", ["x"]),
+    ("candidate", "7"),
+    ("history", [{"event": "X"}, "junk", {"time": "0001-01-01T00:00:00+01:00", "event": "Y", "detail": None}]),
+    ("history", [{"time": "9999-12-31T23:59:59Z", "event": "Z"}, {"time": "0001-01-01T00:00:01Z", "event": "A"}]),
+    ("rates", {"canary": {"rate": 1e307, "events": 1, "total": 2}, "stable": {"rate": float("inf")}}),
+    ("rates_text", "nsfw-rate canary 1e999% (1/2) x stable 5% (1/20)"),
+    ("rollback_evidence", ["x"]),
+    ("conditions", [{"type": "Ready"}, 3]),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), GARBAGE, ids=[f"{f}-{i}" for i, (f, _) in enumerate(GARBAGE)])
+def test_a_status_of_an_unexpected_shape_is_still_shown(oncall: OnCall, field: str, value: Any) -> None:
+    world = World(judge=lambda _r: [verdict(Outcome.FAIL)])
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
+    obj = copy.deepcopy(wrapped(world))
+    status = obj["status"]
+    if field == "metrics":
+        status["analysis"] = {"lastRunAt": "2026-12-03T10:00:00Z", "metrics": value}
+    elif field == "rates":
+        status["analysis"] = {"lastRunAt": "2026-12-03T10:00:00Z",
+                              "metrics": [{"name": "m", "outcome": "fail", "reason": "r", "evidence": value}]}
+    elif field == "rates_text":
+        status["history"].append({"time": "2026-12-03T10:00:00Z", "event": "AnalysisFailed", "detail": value})
+    elif field == "rollback_evidence":
+        status["rollback"]["evidence"] = value
+    else:
+        status[field] = value
+    oncall.print_list([obj], all_namespaces=True)
+    oncall.print_rollout(obj)
+    oncall.print_history(obj)
+    assert "nsfw-classifier" in oncall.explain(obj)
+    assert "<svg" in render_html(obj, oncall.explain(obj))
+
+
+def test_the_page_escapes_bidi_overrides_as_the_terminal_does() -> None:
+    world = World(judge=lambda _r: [verdict(Outcome.FAIL)])
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
+    obj = wrapped(world)
+    obj["status"]["message"] = "evil\u202etxt.exe"
+    obj["status"]["history"][-1]["actor"] = "mallory\u2066"
+    page = render_html(obj)
+    assert "\u202e" not in page and "\u2066" not in page
+    assert "evil\\u202etxt.exe" in page
