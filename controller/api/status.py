@@ -129,6 +129,10 @@ class GateStatus:
     verdicts: tuple[Verdict, ...] = ()
     overridden_by: str | None = None  # a human promoted past a failing or inconclusive gate
     skipped: bool = False  # no goldenDataset in the spec
+    # Runs that ended in an error (not a verdict) in a row: they pace the next run and, past the progress
+    # deadline, end the gate as inconclusive.
+    errors: int = 0
+    erroring_since: datetime | None = None
     # What the gate measured: the dataset, per-class metrics (and confusion matrices, up to a dozen classes) of
     # candidate and stable, their comparison, the largest slices. The full record is the MLflow evidence run.
     report: Mapping[str, Any] = field(default_factory=dict)
@@ -154,6 +158,8 @@ class AnalysisStatus:
     outcome: Outcome | None = None
     reason: str = ""
     metrics: tuple[Verdict, ...] = ()  # last verdict per metric
+    errors: int = 0  # runs in a row that ended in an error, as for the gate
+    erroring_since: datetime | None = None
 
 
 class PauseReason(StrEnum):
@@ -252,6 +258,7 @@ class ModelRolloutStatus:
     candidate: VersionRef | None = None
     stable: VersionRef | None = None  # what served before this rollout; the way back
     current_step: int | None = None  # 0-based index into spec.canary.steps
+    steps_signature: str | None = None  # of the spec.canary.steps current_step indexes (Argo's currentStepHash)
     step: str | None = None  # "n/m", 1-based as every message says it (the printer column)
     canary_weight: int | None = None  # share of traffic on the candidate, as observed on the target
     gate: GateStatus | None = None

@@ -12,6 +12,8 @@ not automatic). Staging that never gets ready, or a target that never shows up -
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -195,6 +197,7 @@ class _Decider:
         self._record_action_failures()
         self._repair_status()
         self._follow_candidate_changes()
+        self._follow_step_changes()
         for command in self.obs.commands:
             self._apply_command(command)
         self._follow_deletion()
@@ -289,8 +292,11 @@ class _Decider:
         records = [item for item in self.status.actions if item.id != record.id]
         records.append(record)
         while len(records) > ACTION_LOG_LIMIT:
-            # Evict the oldest finished entry; a pending one is still needed for its deadline.
-            oldest = next((item for item in records if item.state is not ActionState.PENDING), records[0])
+            # Evict the oldest finished entry; a pending one is still needed for its deadline, and the stage
+            # record says whether a rollback has a canary to withdraw.
+            stage = f"{self._attempt}:stage:"
+            oldest = next((item for item in records if item.state is not ActionState.PENDING
+                           and not item.id.startswith(stage)), records[0])
             records.remove(oldest)
         self._update(actions=tuple(records))
 
@@ -319,9 +325,12 @@ class _Decider:
             self.actions.append(action)
             self._put_record(dataclasses.replace(record, sent_at=self.now, updated_at=self.now))
 
-    def _measure(self, action: Action, last_sent: datetime | None) -> bool:
-        """Hand out a RunGate / RunAnalysis request; True when it was handed out now."""
-        if self._due_to_send(action.id, last_sent, self._error_rounds() if last_sent else 0):
+    def _measure(self, action: Action, last_sent: datetime | None, errors: int) -> bool:
+        """Hand out a RunGate / RunAnalysis request; True when it was handed out now.
+
+        `errors`: the judge's errors in a row, kept in its own status (the retry state is cleared by a
+        decision that has no result to look at, so it cannot pace a judge)."""
+        if self._due_to_send(action.id, last_sent, errors if last_sent else 0):
             self.actions.append(action)
             return True
         return False
@@ -359,6 +368,30 @@ class _Decider:
                 # A fixed spec (e.g. the right target name) gets a fresh attempt without a command.
                 self._restart("spec changed after failure")
         self._update(observed_generation=generation)
+
+    def _follow_step_changes(self) -> None:
+        """The step index means nothing in another list of steps: a changed list starts again from its first
+        step, as Argo Rollouts does (never "past the end, so promote", never judge one weight as another)."""
+        signature = steps_signature(self.spec.canary.steps)
+        previous = self.status.steps_signature
+        if previous == signature:
+            return
+        self._update(steps_signature=signature)
+        index = self.status.current_step
+        if previous is None or index is None or self.status.phase not in (Phase.PROGRESSING, Phase.PAUSED):
+            return
+        first = step_fraction(0, len(self.spec.canary.steps))
+        for record in self.status.actions:  # the new steps' weights are sent again, even one set before
+            if record.id.startswith(f"{self._attempt}:step-"):
+                self._put_record(dataclasses.replace(record, state=ActionState.ABANDONED, updated_at=self.now))
+        pause = self.status.pause
+        if self.status.phase is Phase.PROGRESSING or (pause is not None and pause.reason is PauseReason.PAUSE_STEP):
+            self._record("StepsChanged", f"spec.canary.steps changed at step {index + 1}: starting again from {first}")
+            self._move(Phase.PROGRESSING, current_step=0, pause=None, analysis=None)
+        else:  # waiting for a human: still waiting, and a resume starts the new steps from the first
+            self._record("StepsChanged", f"spec.canary.steps changed at step {index + 1}: once resumed, the steps "
+                                         f"start again from {first}")
+            self._update(current_step=0)
 
     def _observe_adapters(self) -> None:
         registry = self.obs.registry
@@ -714,12 +747,22 @@ class _Decider:
             self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.UNKNOWN, "GateError",
                                 result.error.message)
             self.judges_errored.add("gate")
+            gate = dataclasses.replace(gate, errors=gate.errors + 1, erroring_since=gate.erroring_since or self.now)
+            self._update(gate=gate)
+            if gate.erroring_since is not None and self._deadline_passed(gate.erroring_since):
+                reason = (f"the golden gate could not run for {format_duration(self.spec.progress_deadline)} "
+                          f"({gate.errors} attempts): {result.error.message}")
+                self._update(gate=dataclasses.replace(gate, completed_at=self.now, outcome=Outcome.INCONCLUSIVE,
+                                                      reason=reason))
+                self._record("GateInconclusive", reason)
+                self._inconclusive(RollbackCause.GATE_INCONCLUSIVE, reason, {"gate_error": result.error.message})
+                return
             self._wait(f"The golden gate could not run ({result.error.message}); retrying")
             return
         if result is None:
             stable = self.status.stable
             if self._measure(RunGate(id=gate.request_id, candidate=self._candidate, stable=stable, dataset=dataset),
-                             gate.requested_at):
+                             gate.requested_at, gate.errors):
                 self._update(gate=dataclasses.replace(gate, requested_at=self.now))
             against = f"against stable {stable.version}" if stable else "alone (no stable version)"
             self._wait(f"Running the golden gate (sha256 {dataset.sha256[:12]}) on candidate "
@@ -875,6 +918,17 @@ class _Decider:
                 self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "AnalysisError",
                                     result.error.message)
                 self.judges_errored.add("analysis")
+                since = analysis.erroring_since or self.now
+                analysis = dataclasses.replace(analysis, errors=analysis.errors + 1, erroring_since=since)
+                self._update(analysis=analysis)
+                if self._deadline_passed(since):
+                    # No verdict for that long is missing evidence, never a pass: the step ends inconclusive.
+                    reason = (f"the analysis judges could not run for "
+                              f"{format_duration(self.spec.progress_deadline)} ({analysis.errors} attempts): "
+                              f"{result.error.message}")
+                    self._update(analysis=dataclasses.replace(analysis, request_id=None, requested_at=None,
+                                                              outcome=Outcome.INCONCLUSIVE, reason=reason))
+                    return Outcome.INCONCLUSIVE
                 self._wait(f"The analysis judges could not run ({result.error.message}); retrying")
                 return None
             verdicts = tuple(_clean_verdict(item) for item in result.verdicts)
@@ -884,7 +938,7 @@ class _Decider:
             decisive = _first(verdicts, outcome)
             analysis = dataclasses.replace(
                 analysis, runs=analysis.runs + 1, request_id=None, requested_at=None, last_run_at=self.now,
-                outcome=outcome, metrics=tuple(merged.values()),
+                outcome=outcome, metrics=tuple(merged.values()), errors=0, erroring_since=None,
                 reason=f"{decisive.name} {decisive.reason}" if decisive else "no verdicts")
             self._update(analysis=analysis)
             if outcome is Outcome.FAIL:
@@ -907,7 +961,7 @@ class _Decider:
                 if ends_at is not None:
                     self.requeue.append(ends_at - self.now)
         if analysis.request_id is not None and not self._judge_errored(analysis.request_id):
-            if self._measure(self._run_analysis(analysis), analysis.requested_at):
+            if self._measure(self._run_analysis(analysis), analysis.requested_at, analysis.errors):
                 self._update(analysis=dataclasses.replace(analysis, requested_at=self.now))
             self.polls = True
         return None
@@ -946,10 +1000,13 @@ class _Decider:
         assert analysis is not None
         decisive = _first(analysis.metrics, outcome)
         what = f"{decisive.name} {decisive.reason}" if decisive else "no verdicts"
+        if outcome is Outcome.INCONCLUSIVE and analysis.errors:
+            what = analysis.reason  # the judges kept failing: that, not the verdicts, is why
         if analysis.mode is AnalysisMode.BAKE:
-            elapsed = format_duration(_whole_seconds(self.now - analysis.window_start))
+            # Never negative: a node whose clock is behind the one that started the bake may decide this.
+            elapsed = format_duration(_whole_seconds(max(self.now - analysis.window_start, timedelta(0))))
             return f"{what}, during bake ({elapsed} after promotion)"
-        if outcome is Outcome.INCONCLUSIVE:
+        if outcome is Outcome.INCONCLUSIVE and not analysis.errors:
             what = f"not enough evidence after {analysis.runs} runs ({what})"
         return f"{what}, at {self._step_label(analysis.step_index)} ({self.status.canary_weight}%)"
 
@@ -1102,7 +1159,8 @@ class _Decider:
             done = never_staged if target is None else not target.canary_weight
         if done:
             self._confirm(action.id)
-            self._record("TrafficRestored", f"{detail} observed on {self.spec.target.description}")
+            seen = "the candidate was never staged on" if target is None else f"{detail} observed on"
+            self._record("TrafficRestored", f"{seen} {self.spec.target.description}")
             return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
         # Back to safety at once: this needs the target only, never the registry.
         self._request(action, detail)
@@ -1234,12 +1292,20 @@ class _Decider:
                 self._wait(f"Promoting candidate {candidate.version} to all traffic", poll=True)
                 return
         registry = self._registry()
-        if registry is None:
-            self._wait(f"Waiting for the registry to move @{alias} to {candidate.version}")
-            return
         action_id = f"{self._attempt}:promote:alias"
-        current = registry.stable_alias_version
+        current = registry.stable_alias_version if registry is not None else None
         if current is None or current.version != candidate.version:
+            # The candidate serves all traffic and no judge watches it until the alias has moved (the bake
+            # starts after): a registry that refuses or stays away is a missed deadline, rolled back.
+            since = self._pending_since(action_id) if self._ledger(action_id) else promotion.target_confirmed_at
+            if since is not None and self._deadline_passed(since):
+                self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
+                              f"the registry did not move @{alias} to {candidate.version} within progressDeadline "
+                              f"{format_duration(self.spec.progress_deadline)}", {})
+                return
+            if registry is None:
+                self._wait(f"Waiting for the registry to move @{alias} to {candidate.version}")
+                return
             self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
                           f"@{alias} -> {candidate.version}")
             self._wait(f"Moving @{alias} to version {candidate.version}", poll=True)
@@ -1305,9 +1371,6 @@ class _Decider:
         index = self.status.current_step
         self._update(message=message, step=None if index is None else step_fraction(index, len(self.spec.canary.steps)))
         self._derived_conditions(message)
-
-    def _error_rounds(self) -> int:
-        return self.status.retry.attempts if self.status.retry else 0
 
     def _update_retry(self) -> None:
         if not self.errors:
@@ -1498,3 +1561,9 @@ def _progress_reason(status: ModelRolloutStatus) -> str:
         return "Resolving" if status.candidate is None else "Staging"
     return {Phase.GATING: "GateRunning", Phase.PROGRESSING: "StepInProgress", Phase.PROMOTING: "Promoting",
             Phase.BAKING: "Baking", Phase.ROLLING_BACK: "RollingBack"}.get(phase, str(phase))
+
+
+def steps_signature(steps: Any) -> str:
+    """A short digest of the canary steps as parsed (so formatting and key order do not count)."""
+    encoded = json.dumps(to_json(list(steps)), sort_keys=True, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
