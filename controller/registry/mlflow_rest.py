@@ -13,6 +13,7 @@ import base64
 import http.client
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 API_PREFIX = "/api/2.0/mlflow"
 MAX_SERVER_MESSAGE_CHARS = 300
 _DATASET_CONTEXT_TAG = "mlflow.data.context"
+# An MLflow answer is a few KiB; a body past this is not one (and would be held in memory whole).
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 # Statuses worth retrying: the server is overloaded, restarting or behind a struggling proxy.
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -47,7 +50,9 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 class RequestPolicy:
     """Per-call limits. The operator backs off across reconciles, so a call gives up fast.
 
-    Worst case per HTTP request: (1 + max_retries) * timeout_seconds plus the backoff sleeps.
+    Worst case per HTTP request: (1 + max_retries) * timeout_seconds plus the backoff sleeps. requests' timeout
+    bounds each wait for bytes only, so the body is read against that total as a deadline (a server sending a
+    byte a second would otherwise hold a worker for ever).
     """
 
     timeout_seconds: float = 5.0
@@ -95,8 +100,17 @@ class MlflowRegistry(ModelRegistry):
             raise VersionNotFound(f"registered model {model_name!r} does not exist in MLflow at {self.tracking_uri}",
                                   model_name=model_name) from None
         model = _object(body, "registered_model")
-        return {str(entry["alias"]): str(entry["version"]) for entry in _list(model, "aliases")
-                if isinstance(entry, Mapping) and "alias" in entry and "version" in entry}
+        aliases = model.get("aliases")
+        if aliases is None:
+            return {}  # MLflow leaves the list out when no alias is set
+        entries = aliases if isinstance(aliases, list) else [aliases]
+        if not all(isinstance(e, Mapping) and isinstance(e.get("alias"), str) and isinstance(e.get("version"), str)
+                   for e in entries):
+            # Read leniently, a broken list would say "no stable alias" and send the rollout down the
+            # first-rollout path (no comparison, no way back).
+            raise RegistryRequestError(f"MLflow's registered_model {model_name!r} has aliases that are not "
+                                       "[{alias: string, version: string}]: is this an MLflow tracking server?")
+        return {entry["alias"]: entry["version"] for entry in entries}
 
     def _version(self, model_name: str, version: str) -> VersionRecord | None:
         try:
@@ -110,7 +124,7 @@ class MlflowRegistry(ModelRegistry):
         return VersionRecord(
             name=str(found.get("name", model_name)), version=_string(found, "version", what) or version,
             run_id=_string(found, "run_id", what) or None, source=_string(found, "source", what) or None,
-            status=_string(found, "status", what) or "READY", tags=_string_tags(found, what),
+            status=_required_string(found, "status", what), tags=_string_tags(found, what),
             aliases=tuple(str(alias) for alias in _list(found, "aliases")))
 
     def _storage_uri(self, record: VersionRecord) -> str | None:
@@ -171,21 +185,39 @@ class MlflowRegistry(ModelRegistry):
     def _call(self, method: str, endpoint: str, payload: Mapping[str, str]) -> dict[str, Any]:
         location = "params" if method == "GET" else "json"
         policy = self.policy
+        deadline = time.monotonic() + policy.timeout_seconds * (1 + policy.max_retries)
         try:
             response = http_request(
                 self._host_creds, f"{API_PREFIX}/{endpoint}", method,
                 max_retries=policy.max_retries, backoff_factor=policy.backoff_seconds, backoff_jitter=0.0,
                 timeout=policy.timeout_seconds, raise_on_status=False, respect_retry_after_header=False,
-                **{location: dict(payload)})
-        except (MlflowException, requests.RequestException) as error:
+                stream=True, **{location: dict(payload)})
+            text = self._bounded_text(response, deadline)
+        except (MlflowException, requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             # `from None`: the chained requests exception holds the prepared request, Authorization and all.
             raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: "
                                       f"{self._transport_cause(error)}") from None
-        return self._answer(response, method, endpoint)
+        return self._answer(response.status_code, text, method, endpoint)
 
-    def _answer(self, response: requests.Response, method: str, endpoint: str) -> dict[str, Any]:
-        status = response.status_code
-        body = _json_object(response.text)
+    def _bounded_text(self, response: requests.Response, deadline: float) -> str:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while chunk := response.raw.read1(65536, decode_content=True):
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise RegistryRequestError(f"MLflow at {self.tracking_uri} sent an answer over "
+                                               f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not an MLflow answer")
+                if time.monotonic() > deadline:
+                    raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: its answer took over "
+                                              f"{self.policy.timeout_seconds * (1 + self.policy.max_retries):g}s")
+                chunks.append(chunk)
+        finally:
+            response.close()
+        return b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
+
+    def _answer(self, status: int, text: str, method: str, endpoint: str) -> dict[str, Any]:
+        body = _json_object(text)
         if status == 200:
             if body is None:
                 raise RegistryRequestError(f"{method} {endpoint} on {self.tracking_uri} answered HTTP 200 with a "
@@ -306,7 +338,7 @@ def _exception_chain(error: BaseException) -> Iterator[BaseException]:
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
         parsed = json.loads(text) if text.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
     return parsed if isinstance(parsed, dict) else None
 
@@ -338,6 +370,13 @@ def _string(body: Mapping[str, Any], key: str, what: str) -> str | None:
         return value
     raise RegistryRequestError(f"MLflow's {what} has {key!r} as {json_type(value)}, not a string: "
                                "is this an MLflow tracking server?")
+
+
+def _required_string(body: Mapping[str, Any], key: str, what: str) -> str:
+    value = _string(body, key, what)
+    if not value:  # e.g. a version's status: absent is not READY
+        raise RegistryRequestError(f"MLflow's {what} has no {key!r}: is this an MLflow tracking server?")
+    return value
 
 
 def _string_tags(body: Mapping[str, Any], what: str) -> dict[str, str]:

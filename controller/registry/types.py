@@ -97,6 +97,11 @@ def _decode(key: str, raw: str | bytes, base64_encoded: bool) -> str:
         # A header with a control character is refused by the HTTP client with the header, secret and all,
         # in its message.
         raise RegistryConfigError(f"the registry credentials Secret key {key!r} holds a control character")
+    try:
+        text.encode("latin-1")  # what an HTTP header (Bearer or Basic) can carry
+    except UnicodeEncodeError:
+        raise RegistryConfigError(f"the registry credentials Secret key {key!r} holds a character an HTTP header "
+                                  "cannot carry") from None
     return text
 
 

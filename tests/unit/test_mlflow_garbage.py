@@ -259,3 +259,84 @@ def test_a_model_version_with_wrongly_typed_fields_is_refused_naming_the_field(
         registry.resolve("m", version="2")
     assert detail in caught.value.message and "version 2" in caught.value.message, caught.value
     assert caught.value.kind == "Error" and not caught.value.retryable
+
+
+def test_a_model_version_without_a_status_is_not_read_as_ready(mlflow: FakeMlflow) -> None:
+    registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    mlflow.answer(f"{API}/model-versions/get", 200,
+                  {"model_version": {k: v for k, v in GOOD_VERSION.items() if k != "status"}})
+    with pytest.raises(RegistryRequestError, match="has no 'status'"):
+        registry.resolve("m", version="2")
+
+
+@pytest.mark.parametrize("aliases", ["production", [{"alias": "production", "version": None}],
+                                     [{"alias": "production"}], [["production", "2"]]])
+def test_an_alias_list_of_the_wrong_shape_is_not_read_as_no_alias(mlflow: FakeMlflow, aliases: Any) -> None:
+    registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    mlflow.answer(f"{API}/registered-models/get", 200, {"registered_model": {"name": "m", "aliases": aliases}})
+    with pytest.raises(RegistryRequestError, match="aliases that are not"):
+        registry.resolve_stable("m", "production")
+    mlflow.answer(f"{API}/registered-models/get", 200, {"registered_model": {"name": "m"}})
+    assert registry.resolve_stable("m", "production") is None  # no list at all: no alias set
+
+
+def test_json_nested_past_the_parsers_depth_is_a_malformed_answer(mlflow: FakeMlflow) -> None:
+    registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    mlflow.answer(f"{API}/registered-models/get", 200, b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(RegistryRequestError, match="not MLflow's JSON"):
+        registry.verify_alias("m", "production")
+
+
+def test_an_answer_too_large_is_refused_without_holding_it(mlflow: FakeMlflow) -> None:
+    registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    mlflow.answer(f"{API}/registered-models/get", 200, b'{"registered_model": "' + b"x" * (5 * 1024 * 1024) + b'"}')
+    with pytest.raises(RegistryRequestError, match="over 4 MiB"):
+        registry.verify_alias("m", "production")
+
+
+def test_a_server_that_drips_its_answer_is_cut_off_at_the_call_deadline() -> None:
+    import socket
+    import time
+
+    from controller.registry import RegistryUnavailable
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        body = json.dumps({"registered_model": {"name": "m", "aliases": []}}).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        for byte in body:  # one byte every 0.3 s: each wait is short, the whole answer takes 20 s
+            if stop.is_set():
+                break
+            conn.sendall(bytes([byte]))
+            time.sleep(0.3)
+        conn.close()
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    registry = MlflowRegistry(f"http://127.0.0.1:{listener.getsockname()[1]}",
+                              policy=RequestPolicy(timeout_seconds=1, max_retries=0))
+    started = time.monotonic()
+    try:
+        with pytest.raises(RegistryUnavailable, match="its answer took over 1s"):
+            registry.verify_alias("m", "production")
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_a_token_no_http_header_can_carry_is_a_configuration_error() -> None:
+    from controller.registry import RegistryConfigError
+
+    data = {"token": base64.b64encode("s3cr3t€tok".encode()).decode()}
+    with pytest.raises(RegistryConfigError, match="'token' holds a character an HTTP header cannot carry") as caught:
+        Credentials.from_secret_data(data)
+    assert "s3cr3t" not in str(caught.value)
