@@ -77,7 +77,7 @@ def _operator_run(args: argparse.Namespace) -> int:
         default_prometheus_url=args.prometheus_url or os.environ.get("PROMETHEUS_URL"),
         storage_uri_template=args.storage_uri_template, gate_protocol=args.gate_protocol,
         https_allowed_hosts=tuple(h for h in args.dataset_https_hosts.split(",") if h),
-        gate_hosts=args.gate_hosts)
+        gate_hosts=args.gate_hosts, max_dataset_bytes=args.max_dataset_bytes)
     run(config, kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness,
         metrics_address=args.metrics_address, metrics_port=None if args.metrics_port < 0 else args.metrics_port)
     return 0
@@ -211,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--gate-hosts", type=_host_patterns, default=(),
                             help="comma-separated hosts a gate URL override may name besides the rollout's "
                                  "namespace's Services; {namespace} and a leading *. allowed")
+
+    def byte_size(text: str) -> int:  # a size as Kubernetes writes quantities (768Mi), for the chart's values
+        match = re.fullmatch(r"([0-9]{1,15})(Ki|Mi|Gi|Ti)?", text.strip())
+        if not match or not int(match.group(1)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive size: bytes, or a number with Ki, Mi, "
+                                             "Gi or Ti")
+        return int(match.group(1)) * 1024 ** ("", "Ki", "Mi", "Gi", "Ti").index(match.group(2) or "")
+
+    # Below the pod's /tmp volume: the kubelet evicts a pod whose emptyDir outgrows its sizeLimit.
+    run_parser.add_argument("--max-dataset-bytes", type=byte_size,
+                            default=os.environ.get("MODELROLLOUT_MAX_DATASET_BYTES", "4Gi"),
+                            help="golden-dataset bytes the gate keeps on its scratch disk, one dataset and all gates "
+                                 "in flight together (e.g. 768Mi; default $MODELROLLOUT_MAX_DATASET_BYTES or 4Gi)")
     run_parser.set_defaults(handler=_operator_run)
 
     for name, help_text in (("list", "list ModelRollouts"), ("get", "show one rollout (--watch: live)"),

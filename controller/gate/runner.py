@@ -13,6 +13,11 @@ What the operator calls (DESIGN.md section 4, step 3):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -26,7 +31,7 @@ import numpy as np
 
 from controller.api.spec import ClassThresholds, GoldenDatasetSpec, GoldenThresholds
 from controller.gate.clients import BatchAnswer, InferenceClient, InferenceEndpoint
-from controller.gate.errors import SourceError, SourcePolicyError
+from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError
 from controller.gate.formats import MAX_PROBLEM_EXAMPLES, Batch, DatasetFormatError, open_dataset, sha256_file
 from controller.gate.judge import GateTally, JudgeSettings, ResponseTally, judge, pct
 from controller.gate.metrics import PairedCounts, accuracy, summarize
@@ -105,7 +110,16 @@ async def run_gate(dataset: GoldenDatasetSpec | Mapping[str, Any], candidate: In
     """Fetch, pin, evaluate and judge. Never raises for bad data or bad servers; see GateReport.error."""
     spec = golden_dataset_from(dataset)
     options = options or GateOptions()
-    with tempfile.TemporaryDirectory(prefix="modelrollout-gate-", dir=options.work_dir) as scratch:
+    work_dir = options.work_dir or tempfile.gettempdir()
+    try:
+        _sweep_dead_scratch(work_dir)
+        scratch_dir = tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=work_dir)
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return _fetch_error(spec, SourceError(ErrorKind.UNAVAILABLE if full else ErrorKind.ERROR,
+                                              f"cannot make the gate's scratch directory in {work_dir}: "
+                                              f"{exc.strerror or type(exc).__name__}"))
+    with scratch_dir as scratch, _in_use(Path(scratch)):
         started = time.monotonic()
         try:
             fetched = await fetch_dataset(spec.uri, namespace, sources, Path(scratch) / "dataset")
@@ -113,14 +127,48 @@ async def run_gate(dataset: GoldenDatasetSpec | Mapping[str, Any], candidate: In
             verdict = Verdict("dataset.source", Outcome.INCONCLUSIVE, exc.message, {"uri": spec.uri})
             return _report_without_data(spec, (verdict,))
         except SourceError as exc:
-            error = GateError(kind=str(exc.kind), message=exc.message)
-            status = {"outcome": str(Outcome.INCONCLUSIVE), "error": {"kind": error.kind, "message": error.message},
-                      "dataset": {"uri": spec.uri, "expectedSha256": spec.sha256}}
-            return GateReport(Outcome.INCONCLUSIVE, f"dataset not fetched: {exc.message}", (), None, status,
-                              status, error)
+            return _fetch_error(spec, exc)
         return await evaluate_dataset_file(fetched.path, spec, candidate, stable, options=options,
                                            actual_sha256=fetched.sha256, source=fetched.source,
                                            fetch_seconds=time.monotonic() - started)
+
+
+SCRATCH_PREFIX = "modelrollout-gate-"
+_IN_USE = ".in-use"  # locked (flock) by the gate that owns the scratch directory, for as long as it runs
+
+
+@contextlib.contextmanager
+def _in_use(scratch: Path) -> Iterator[None]:
+    """Hold the scratch directory's lock; the kernel drops it when the process dies, however it dies."""
+    with contextlib.ExitStack() as stack:
+        try:
+            lock = stack.enter_context(open(scratch / (_IN_USE + ".new"), "wb"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # Named once locked, so that a sweep never finds it unlocked while this gate lives.
+            os.rename(scratch / (_IN_USE + ".new"), scratch / _IN_USE)
+        except OSError:
+            pass  # the gate runs without it (a sweep leaves an unlocked directory alone); the fetch says why
+        yield
+
+
+def _sweep_dead_scratch(work_dir: str) -> None:
+    """Remove what gates of dead processes left: a killed operator leaves its dataset behind, and a restarted
+    container keeps its emptyDir, where the leftovers would count against the volume's sizeLimit."""
+    for entry in Path(work_dir).glob(SCRATCH_PREFIX + "*"):
+        try:
+            with open(entry / _IN_USE, "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: its gate is dead
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue  # locked (a gate in flight), no lock yet (one being made), or not a gate's directory
+
+
+def _fetch_error(spec: GoldenDatasetSpec, exc: SourceError) -> GateReport:
+    """The dataset could not be fetched now: an error the operator reports and retries, not a verdict."""
+    error = GateError(kind=str(exc.kind), message=exc.message)
+    status = {"outcome": str(Outcome.INCONCLUSIVE), "error": {"kind": error.kind, "message": error.message},
+              "dataset": {"uri": spec.uri, "expectedSha256": spec.sha256}}
+    return GateReport(Outcome.INCONCLUSIVE, f"dataset not fetched: {exc.message}", (), None, status, status, error)
 
 
 def _report_without_data(spec: GoldenDatasetSpec, verdicts: tuple[Verdict, ...],

@@ -7,6 +7,11 @@ Sources (DESIGN.md section 3, `goldenDataset.uri`):
   through a `ConfigMapReader` the operator provides; `binaryData` is base64-decoded, `data` is UTF-8;
 - `https://host/...`: only when the operator's allow-list names the host; redirects are followed only
   within the same scheme, host and port, never to another host.
+
+The file lands on the operator's scratch disk (in a pod, the /tmp emptyDir, which the kubelet evicts the pod
+for outgrowing). `max_bytes` (`operator run --max-dataset-bytes`) bounds one dataset and, with a shared
+`ScratchLedger`, all the datasets of the gates in flight together; the filesystem's free space is checked
+before the fetch and before each write, so a full disk is an explained, retried gate error.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
+import io
 import re
+import shutil
 import ssl
+import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 from urllib.parse import urlparse
 
 import aiohttp
@@ -30,6 +39,8 @@ from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, ki
 from controller.gate.mlflow_access import HashingWriter, MlflowAccess, copy_hashing, download_artifact
 
 DEFAULT_MAX_DATASET_BYTES = 4 * 1024**3
+# Left free on the scratch filesystem: the operator and its libraries write a little there too.
+DEFAULT_MIN_FREE_BYTES = 16 * 1024**2
 _CONFIGMAP_URI = re.compile(r"^configmap://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)/([-._a-zA-Z0-9]+)$")
 _MLFLOW_SCHEMES = ("mlflow-artifacts:", "runs:/", "models:/")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -73,6 +84,35 @@ class KubernetesConfigMapReader:
         return ConfigMapContent(data=dict(found.data or {}), binary_data=dict(found.binary_data or {}))
 
 
+class ScratchLedger:
+    """The dataset files on the scratch disk, by path, with the bytes written to each: the gates in flight share
+    one budget, because they share one volume. A file counts until it is deleted (the gate's scratch directory
+    goes when the gate ends), so an entry needs no explicit release."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # MLflow downloads write from worker threads
+        self._held: dict[Path, int] = {}
+
+    def start(self, path: Path) -> None:
+        with self._lock:
+            self._held[path] = 0  # opened for writing: truncated
+
+    def claim(self, path: Path, size: int, limit: int) -> int | None:
+        """Count `size` more bytes for `path` if every file together stays within `limit`; otherwise count
+        nothing and return the bytes the other files hold."""
+        with self._lock:
+            self._held = {p: n for p, n in self._held.items() if p == path or p.exists()}
+            others = sum(n for p, n in self._held.items() if p != path)
+            if others + self._held.get(path, 0) + size > limit:
+                return others
+            self._held[path] = self._held.get(path, 0) + size
+            return None
+
+
+# One per operator process: every gate's DatasetSources names it, so concurrent gates share the budget.
+GATE_SCRATCH = ScratchLedger()
+
+
 @dataclass(frozen=True)
 class DatasetSources:
     """What the operator lets the gate read, and with which credentials (per rollout, never global)."""
@@ -83,7 +123,10 @@ class DatasetSources:
     https_allowed_hosts: Collection[str] = ()
     https_ca_file: str | None = None
     https_timeout_seconds: float = 300.0
+    # One dataset's limit and, with `scratch`, the limit of all datasets on the scratch disk at once.
     max_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    scratch: ScratchLedger | None = None
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
 
 
 @dataclass(frozen=True)
@@ -96,7 +139,14 @@ class FetchedDataset:
 
 async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, destination: Path) -> FetchedDataset:
     """Fetch uri into the file destination, hashing while writing. Raises SourceError / SourcePolicyError."""
-    with open(destination, "wb") as sink:
+    _check_free_space(destination.parent, 0, 0, sources, uri)  # a full disk fails before anything is fetched
+    try:
+        # Unbuffered: a full disk fails the write that meets it, never a flush in close() that would hide why.
+        file = open(destination, "wb", buffering=0)  # noqa: SIM115 - closed below, after the fetch
+    except OSError as exc:
+        raise _write_error(exc, destination, uri) from None
+    with file:
+        sink = cast(IO[bytes], _ScratchSink(file, destination, sources, uri))
         if uri.startswith(_MLFLOW_SCHEMES):
             source, (sha256, size) = await _fetch_mlflow(uri, sources, sink)
         elif uri.startswith("configmap://"):
@@ -108,6 +158,65 @@ async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, desti
             raise SourcePolicyError(f"dataset URI scheme {scheme!r} is not supported: use mlflow-artifacts:/, "
                                     "runs:/, models:/, configmap://<name>/<key> or an allow-listed https:// host")
     return FetchedDataset(path=destination, sha256=sha256, size_bytes=size, source=source)
+
+
+class _ScratchSink:
+    """The dataset file, checked before each write: the filesystem keeps `min_free_bytes` free, and all datasets
+    on the scratch disk stay within `max_bytes` (the pod's volume is sized for that, and the kubelet evicts a
+    pod whose emptyDir outgrows its sizeLimit: a statfs of a disk-backed emptyDir shows the node's disk, not
+    that limit, so the budget is what keeps the volume within it)."""
+
+    def __init__(self, file: io.FileIO, path: Path, sources: DatasetSources, uri: str) -> None:
+        self._file, self._path, self._sources, self._uri = file, path, sources, uri
+        self._written = 0
+        if sources.scratch is not None:
+            sources.scratch.start(path)
+
+    def write(self, chunk: bytes) -> int:
+        sources = self._sources
+        _check_free_space(self._path.parent, len(chunk), self._written, sources, self._uri)
+        if sources.scratch is not None:
+            others = sources.scratch.claim(self._path, len(chunk), sources.max_bytes)
+            if others is not None:
+                # Not this dataset's fault (HashingWriter refuses one past the limit on its own): retried later.
+                raise SourceError(ErrorKind.UNAVAILABLE, f"{self._uri}: the golden datasets of other gates in "
+                                  f"flight hold {_mib(others)} of the {_mib(sources.max_bytes)} the operator keeps "
+                                  "for datasets on its scratch disk (--max-dataset-bytes); retrying once they end")
+        view = memoryview(chunk)
+        try:
+            while view:  # a raw write may take part of the chunk
+                done = self._file.write(view)
+                if not done:  # nothing taken, no error: a full disk, rather than a loop for ever
+                    raise OSError(errno.ENOSPC, "no byte written")
+                view = view[done:]
+        except OSError as exc:
+            raise _write_error(exc, self._path, self._uri) from None
+        self._written += len(chunk)
+        return len(chunk)
+
+
+def _check_free_space(directory: Path, size: int, written: int, sources: DatasetSources, uri: str) -> None:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError as exc:
+        raise _write_error(exc, directory, uri) from None
+    if free - size < sources.min_free_bytes:
+        raise SourceError(ErrorKind.UNAVAILABLE, f"{uri}: the gate's scratch disk ({directory}) has {_mib(free)} "
+                          f"free after {_mib(written)} of the dataset, and the gate leaves "
+                          f"{_mib(sources.min_free_bytes)} free; free space there (in a pod: its /tmp volume) "
+                          "and the gate retries")
+
+
+def _write_error(exc: OSError, path: Path, uri: str) -> SourceError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return SourceError(ErrorKind.UNAVAILABLE, f"{uri}: the gate's scratch disk is full ({path.parent}: "
+                                                  f"{exc.strerror}); the gate retries")
+    return SourceError(ErrorKind.ERROR, f"{uri}: cannot write the dataset to {path}: "
+                                        f"{exc.strerror or type(exc).__name__}")
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:.1f} MiB"
 
 
 async def _fetch_mlflow(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tuple[str, tuple[str, int]]:

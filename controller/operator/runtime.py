@@ -59,6 +59,7 @@ from controller.gate import (
     record_gate_evidence,
     run_gate,
 )
+from controller.gate.sources import DEFAULT_MAX_DATASET_BYTES, GATE_SCRATCH
 from controller.operator.event_poster import EventPoster
 from controller.operator.events import unposted
 from controller.operator.kubeapi import FINALIZER, RolloutStore, apply_decided_status, owns_finalizer
@@ -88,6 +89,8 @@ class OperatorConfig:
     # Host patterns a gate URL override may name besides the rollout's own namespace's Services (api.reach).
     gate_hosts: tuple[str, ...] = ()
     kserve_default_mode: str | None = None
+    # Golden-dataset bytes on the scratch disk, one dataset and all gates in flight together (--max-dataset-bytes).
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
 
 
 @dataclass
@@ -185,7 +188,15 @@ class RolloutRuntime:
                 candidate = _engine_version(registry.resolve(model.name, version=model.version, alias=model.alias))
             except VersionNotFound:
                 candidate = None
-            stable = registry.resolve_stable(model.name, model.stable_alias)
+            try:
+                stable = registry.resolve_stable(model.name, model.stable_alias)
+            except VersionNotFound as exc:
+                pending = status is None or str(status.phase) == "Pending"
+                if exc.reference is not None or candidate is not None or not pending:
+                    raise
+                # No such registered model (a typo?): nothing resolves, which fails the rollout with that
+                # reason, instead of waiting in Pending for a registry that answers the same way for ever.
+                return RegistryObservation(candidate=None)
             rejecting = status.candidate.version if status and status.candidate and \
                 str(status.phase) == "RollingBack" else None
             if rejecting and (candidate is None or candidate.version != rejecting):
@@ -302,7 +313,8 @@ class RolloutRuntime:
         sources = DatasetSources(
             mlflow=MlflowAccess.with_credentials(uri, credentials) if uri else None,
             config_maps=KubernetesConfigMapReader(self.api_client),
-            https_allowed_hosts=self.config.https_allowed_hosts)
+            https_allowed_hosts=self.config.https_allowed_hosts, max_bytes=self.config.max_dataset_bytes,
+            scratch=GATE_SCRATCH)
         report = await run_gate(action.dataset, candidate, stable, namespace=self.namespace, sources=sources)
         if sources.mlflow is not None and report.error is None:
             await asyncio.to_thread(self.record_gate_evidence, sources.mlflow, report, action)

@@ -236,7 +236,12 @@ def test_the_controller_may_change_only_its_own_finalizer(kubeconfig: Path, name
                  "not its labels or annotations"),
                 (("label", "mro", "nsfw", "-n", namespace, "team=other"), "not its labels or annotations"),
                 (("patch", "mro", "nsfw", "-n", namespace, "--type=merge", "-p",
-                  json.dumps({"metadata": {"finalizers": ["example.com/other"]}})), "only its own finalizer")):
+                  json.dumps({"metadata": {"finalizers": ["example.com/other"]}})), "only its own finalizer"),
+                # A made-up owner: the garbage collector would delete the rollout, its owner being missing.
+                (("patch", "mro", "nsfw", "-n", namespace, "--type=merge", "-p", json.dumps({"metadata": {
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "gone",
+                                         "uid": "00000000-0000-0000-0000-000000000000"}]}})),
+                 "not its owner references")):
             code, refusal = as_controller(*args)
             assert code != 0 and why in refusal, (args, refusal)
         code, refusal = apply_finalizers([FINALIZER, "example.com/other"])

@@ -29,6 +29,12 @@ NETWORK_POLICY_LOGGERS = ('networkPolicy.loggers=[{"namespaceSelector": {"matchL
 CONTROLLER_EGRESS = ('networkPolicy.controllerEgress=[{"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], '
                      '"ports": [{"port": 6443, "protocol": "TCP"}]}, {"to": [{"namespaceSelector": {}}], '
                      '"ports": [{"port": 5000}, {"port": 9090}, {"port": 8080, "endPort": 8090}]}]')
+# What values.schema.json lets through for EnvVars, Tolerations and the /tmp sizes, the API server accepts too.
+POD_OPTIONS = ("--set-json", 'controller.extraEnv=[{"name": "A", "value": "1"}, {"name": "POD", "valueFrom": '
+               '{"fieldRef": {"fieldPath": "metadata.name"}}}]',
+               "--set-json", 'exporter.tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", '
+               '"effect": "NoSchedule"}, {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]',
+               "--set", "controller.tmpSizeLimit=2Gi", "--set", "controller.maxDatasetBytes=1536Mi")
 Obj = dict[str, Any]
 
 
@@ -99,8 +105,9 @@ def test_kustomize_output_is_accepted(kubeconfig: Path, restricted_namespace: st
 @pytest.mark.parametrize("args", [(), ALL_ON, ("--set", "image.digest=sha256:" + "0" * 64,
                                               "--set", "exporter.classNames={safe,nsfw}",
                                               "--set", "controller.tolerations[0].operator=Exists"),
-                                  (*ALL_ON, "--set-json", NETWORK_POLICY_LOGGERS, "--set-json", CONTROLLER_EGRESS)],
-                         ids=["defaults", "everything", "options", "network-policy-options"])
+                                  (*ALL_ON, "--set-json", NETWORK_POLICY_LOGGERS, "--set-json", CONTROLLER_EGRESS),
+                                  POD_OPTIONS],
+                         ids=["defaults", "everything", "options", "network-policy-options", "pod-options"])
 def test_helm_output_is_accepted(kubeconfig: Path, restricted_namespace: str, args: tuple[str, ...]) -> None:
     objs, skipped = into_namespace(helm_template(*args), kubeconfig, restricted_namespace)
     assert skipped <= {"ServiceMonitor", "PrometheusRule"}

@@ -164,12 +164,78 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set", "monitoring.serviceMonitor.enable=true"), "'enable'"),
     (("--set", "controler.replicas=1"), "'controler'"),
     (("--set-json", 'controller.gateHosts=["http://gate.example"]'), "/controller/gateHosts/0"),
+    # The exporter pairs a logger's request and response events in memory: a second replica would miscount.
+    (("--set", "exporter.replicas=2"), "/exporter/replicas"),
+    # EnvVars: a name, and a string value or a valueFrom (not both); refused here, not by the API server later.
+    (("--set-json", 'controller.extraEnv=[{"value":"x"}]'), "/controller/extraEnv/0': missing property 'name'"),
+    (("--set-json", 'controller.extraEnv=[{"name":"A","value":1}]'), "/controller/extraEnv/0/value"),
+    (("--set-json", 'exporter.extraEnv=[{"name":"A","value":"1","valueFrom":{"fieldRef":{"fieldPath":"x"}}}]'),
+     "/exporter/extraEnv/0"),
+    (("--set-json", 'exporter.extraEnv=[{"name":"A","valueFrom":{"secretRef":{"name":"s"}}}]'),
+     "/exporter/extraEnv/0/valueFrom"),
+    # Tolerations: the Toleration fields only, so a misspelt key is not silently dropped.
+    (("--set-json", 'controller.tolerations=[{"key":"a","efect":"NoSchedule"}]'), "'efect' not allowed"),
+    (("--set-json", 'exporter.tolerations=[{"operator":"Maybe"}]'), "/exporter/tolerations/0/operator"),
+    (("--set-json", 'controller.tolerations=[{"key":"a","tolerationSeconds":"60"}]'),
+     "/controller/tolerations/0/tolerationSeconds"),
+    # Sizes the chart can compare: <n>Mi or <n>Gi.
+    (("--set", "controller.tmpSizeLimit=1G"), "/controller/tmpSizeLimit"),
+    (("--set", "controller.maxDatasetBytes=4GiB"), "/controller/maxDatasetBytes"),
+    (("--set", "controller.maxDatasetBytes=805306368"), "/controller/maxDatasetBytes"),
 ])
 def test_values_schema_refuses_bad_values(args: tuple[str, ...], complaint: str) -> None:
     result = run_tool("helm", "template", RELEASE, str(CHART), *args)
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert complaint in result.stderr, result.stderr
+
+
+def test_chart_accepts_env_vars_and_tolerations_of_the_kubernetes_shape() -> None:
+    env = [{"name": "A", "value": "1"}, {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    tolerations = [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+                   {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]
+    objs = helm_template("--set-json", f"controller.extraEnv={json.dumps(env)}",
+                         "--set-json", f"exporter.tolerations={json.dumps(tolerations)}")
+    pods = {obj["metadata"]["name"]: obj["spec"]["template"]["spec"] for obj in objs if obj["kind"] == "Deployment"}
+    assert pods["modelrollout-controller"]["containers"][0]["env"][-2:] == env
+    assert pods["modelrollout-exporter"]["tolerations"] == tolerations
+
+
+def controller_pod(objs: list[Obj]) -> Obj:
+    return next(obj["spec"]["template"]["spec"] for obj in objs
+                if obj["kind"] == "Deployment" and obj["metadata"]["name"].endswith("-controller"))
+
+
+def dataset_budget(pod: Obj) -> int:
+    """What `operator run` reads from the pod's environment as --max-dataset-bytes."""
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "value" in e}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MODELROLLOUT_MAX_DATASET_BYTES", env["MODELROLLOUT_MAX_DATASET_BYTES"])
+        budget: int = build_parser().parse_args(pod["containers"][0]["args"]).max_dataset_bytes
+    return budget
+
+
+def test_the_dataset_budget_stays_below_the_tmp_volume_in_chart_and_kustomize() -> None:
+    """The gate downloads golden datasets into /tmp, an emptyDir the kubelet evicts the pod for outgrowing:
+    the operator's budget for them (--max-dataset-bytes, from the environment) leaves 256Mi of it free."""
+    mib = 1024**2
+    for pod in (controller_pod(helm_template()), controller_pod(kustomize_build(DEPLOY / "base"))):
+        tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
+        assert tmp["emptyDir"] == {"sizeLimit": "1Gi"}
+        assert dataset_budget(pod) == 768 * mib
+    pod = controller_pod(helm_template("--set", "controller.tmpSizeLimit=3Gi",
+                                       "--set", "controller.maxDatasetBytes=2816Mi"))
+    assert next(v for v in pod["volumes"] if v["name"] == "tmp")["emptyDir"] == {"sizeLimit": "3Gi"}
+    assert dataset_budget(pod) == (3 * 1024 - 256) * mib
+
+
+@pytest.mark.parametrize(("tmp", "datasets"), [("1Gi", "769Mi"), ("1Gi", "1Gi"), ("512Mi", "2Gi")])
+def test_the_chart_refuses_a_dataset_budget_the_tmp_volume_cannot_hold(tmp: str, datasets: str) -> None:
+    result = run_tool("helm", "template", RELEASE, str(CHART), "--set", f"controller.tmpSizeLimit={tmp}",
+                      "--set", f"controller.maxDatasetBytes={datasets}")
+    assert result.returncode != 0
+    assert f"controller.maxDatasetBytes ({datasets}) must stay at least 256Mi below controller.tmpSizeLimit " \
+           f"({tmp})" in result.stderr, result.stderr
 
 
 def test_the_chart_refuses_one_port_for_health_and_metrics() -> None:

@@ -276,3 +276,25 @@ def test_build_context_holds_what_the_build_copies() -> None:
     for source in [*sources, readme]:
         assert source.rstrip("/") in allowed, source
         assert (REPO / source).exists(), source
+
+
+# --- admission policies ----------------------------------------------------------------------------------
+
+
+def test_controller_writes_policy_compares_every_metadata_field_it_guards() -> None:
+    """The controller may change only its own finalizer (tests/integration/test_command_policy.py shows the
+    policy on the real API server). Each guarded metadata field is compared with its old value, and guarded by
+    has() on both sides: a field that appears or disappears is a change too. ownerReferences among them: an
+    owner the controller made up would have the garbage collector delete the rollout."""
+    policy = next(obj for obj in of_kind(base_objects(), "ValidatingAdmissionPolicy")
+                  if obj["metadata"]["name"] == "modelrollout-controller-writes")
+    expressions = [" ".join(v["expression"].split()) for v in policy["spec"]["validations"]]
+    assert "object.spec == oldObject.spec" in expressions
+    for field in ("labels", "annotations", "ownerReferences"):
+        guarded = [e for e in expressions
+                   if f"has(object.metadata.{field}) == has(oldObject.metadata.{field})" in e
+                   and f"object.metadata.{field} == oldObject.metadata.{field}" in e
+                   and f"!has(object.metadata.{field}) ||" in e]
+        assert len(guarded) == 1, field
+    owners = next(v for v in policy["spec"]["validations"] if "ownerReferences" in v["expression"])
+    assert owners["reason"] == "Forbidden" and "not its owner references" in owners["message"]

@@ -65,3 +65,13 @@ privileged: false
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/* A size as values.schema.json allows it (<n>Mi or <n>Gi), in MiB: the chart compares the volume with the
+dataset budget. */}}
+{{- define "modelrollout.mebibytes" -}}
+{{- if hasSuffix "Gi" . -}}
+{{- mul (trimSuffix "Gi" . | atoi) 1024 -}}
+{{- else -}}
+{{- trimSuffix "Mi" . | atoi -}}
+{{- end -}}
+{{- end -}}
