@@ -1,18 +1,26 @@
 """Golden gate throughput against a local V2 model server, side by side with a plain load client.
 
-    .venv/bin/python benchmarks/gate_throughput.py [--json] [--samples 100000] [--big 1000000] [--small 10000]
+    .venv/bin/python benchmarks/gate_throughput.py [--json] [--samples 200000] [--rounds 3] [--big 1000000]
+                                                   [--small 10000]
 
 What runs, all on 127.0.0.1:
 - one model server process (controller.devstack.model_server's app, demo linear model) speaking V2;
 - throughput: the same dataset, as JSON Lines and as .npz, evaluated by the gate (verify sha256, parse,
   send each batch to candidate and stable, validate answers, count metrics, judge) and pushed by a plain
-  aiohttp loop that posts the same batches to the same two endpoints with the same concurrency and only
-  decodes the answers (its batches are already in memory: no file, no validation, no metrics). The loop
-  runs twice: encoding each batch as it goes (the ratio), and with bodies encoded before the clock starts
-  (the stricter ratioVsPreEncoded). Rounds alternate, so machine noise hits every client alike; medians.
+  aiohttp loop that posts the same batches to the same two endpoints with the same concurrency, checks
+  each answer's HTTP status and output shape, and does nothing else (its batches are already in memory:
+  no file, no validation beyond that, no metrics). The plain loop runs twice:
+    plain         the baseline of the ratios: the gate's exact request bytes (the gate's own
+                  InferenceClient.encode), encoded before the clock starts, answers decoded with the
+                  gate's own decode_json: HTTP and decoding only;
+    naive client  a simple client's way, for reference: json.dumps per batch as it goes, json.loads answers.
+  Rounds alternate, so machine noise hits every client alike. Reported: medians with the min-max of the
+  rounds, and gate / plain throughput (above 1: the gate is faster) per round, median and min-max.
+  Rates count samples answered by both endpoints; no ratio is reported (exit status 1) unless every
+  gate verdict is pass and every sample sent was answered by both endpoints, on both sides.
 - memory: the gate evaluating a 1,000,000-sample and a small dataset, each in a fresh subprocess, with the
-  peak RSS (getrusage ru_maxrss) and the RSS just before evaluation started: memory must not grow with
-  the dataset's size.
+  peak RSS (VmHWM in /proc/self/status) and the RSS just before evaluation started (VmRSS): memory must
+  not grow with the dataset's size.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +54,7 @@ from controller.devstack.model_server import (  # noqa: E402
 )
 from controller.devstack.processes import LOOPBACK, free_port, start, wait_http_ok  # noqa: E402
 from controller.gate import GateOptions, InferenceEndpoint, evaluate_dataset_file  # noqa: E402
+from controller.gate.clients import InferenceClient, decode_json  # noqa: E402
 from controller.gate.formats import open_dataset  # noqa: E402
 
 THRESHOLDS = {"minAccuracy": 0.93, "maxAccuracyDrop": 0.02, "maxDisagreement": 0.01,
@@ -92,6 +103,10 @@ def endpoints(url: str) -> tuple[InferenceEndpoint, InferenceEndpoint]:
 # --- the two clients ---------------------------------------------------------------------------------
 
 
+class Refused(RuntimeError):
+    """A run whose requests were not all answered, or whose gate verdict is not pass: no rate means anything."""
+
+
 async def gate_run(path: Path, sha256: str, url: str, batch_size: int, concurrency: int) -> dict[str, Any]:
     candidate, stable = endpoints(url)
     started = time.perf_counter()
@@ -99,46 +114,124 @@ async def gate_run(path: Path, sha256: str, url: str, batch_size: int, concurren
                                          candidate, stable, options=GateOptions(batch_size=batch_size,
                                                                                 concurrency=concurrency))
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "samples": report.status["dataset"]["usable"], "outcome": str(report.outcome),
-            "reason": report.reason}
+    status = report.status
+    arms = {arm: (status.get(arm) or {}).get("responses") or {} for arm in ("candidate", "stable")}
+    return {"seconds": seconds,
+            # samples both endpoints answered with a usable prediction: the rate's numerator, as the plain loop's
+            "samples": int((status.get("comparison") or {}).get("pairedSamples") or 0),
+            "sent": {arm: int(responses.get("samples") or 0) for arm, responses in arms.items()},
+            "answered": {arm: int(responses.get("answered") or 0) for arm, responses in arms.items()},
+            "outcome": str(report.outcome), "reason": report.reason}
+
+
+async def gate_bodies(batches: list[np.ndarray], url: str) -> list[bytes]:
+    """The exact request bodies the gate sends for these batches: its own client's encoder, one body per
+    batch for both endpoints (as the gate's runner shares it between clients of equal encoding)."""
+    async with aiohttp.ClientSession() as session:
+        clients = [InferenceClient(endpoint, session, DEMO_CLASSES) for endpoint in endpoints(url)]
+        if clients[0].encoding != clients[1].encoding:
+            raise RuntimeError("candidate and stable clients encode differently; the gate would send two bodies")
+        return [clients[0].encode(batch) for batch in batches]
+
+
+def naive_body(batch: np.ndarray) -> bytes:
+    """What a simple client writes: the standard library's json.dumps of the batch as Python floats."""
+    return json.dumps({"inputs": [{"name": "input-0", "shape": list(batch.shape), "datatype": "FP32",
+                                   "data": batch.reshape(-1).tolist()}]}).encode()
 
 
 def encode_bodies(batches: list[np.ndarray]) -> list[bytes]:
-    return [json.dumps({"inputs": [{"name": "input-0", "shape": list(batch.shape), "datatype": "FP32",
-                                    "data": batch.reshape(-1).tolist()}]}).encode() for batch in batches]
+    """The naive client's bodies for all batches at once (for scripts that compare encoders)."""
+    return [naive_body(batch) for batch in batches]
 
 
-async def plain_run(batches: list[np.ndarray], url: str, concurrency: int,
-                    bodies: list[bytes] | None = None) -> dict[str, Any]:
-    """The baseline: the same batches to the same two endpoints with the same concurrency, answers decoded;
-    no file, no checks, no metrics. With `bodies` the requests are encoded before the clock starts."""
-    targets = [f"{url}/v2/models/candidate/infer", f"{url}/v2/models/stable/infer"]
-    answered = 0
+def answered_rows(payload: bytes, rows: int, decode: Callable[[bytes], Any]) -> str | None:
+    """None when the answer is a V2 output of one score vector per sample; else what is wrong with it."""
+    try:
+        document = decode(payload)
+    except ValueError:
+        return "not JSON"
+    outputs = document.get("outputs") if isinstance(document, dict) else None
+    if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
+        return "no outputs"
+    data = outputs[0].get("data")
+    width = len(DEMO_CLASSES)
+    if outputs[0].get("shape") != [rows, width] or not isinstance(data, list) or len(data) != rows * width:
+        return "wrong output shape"
+    return None
+
+
+async def plain_run(batches: list[np.ndarray], url: str, concurrency: int, bodies: list[bytes] | None = None,
+                    decode: Callable[[bytes], Any] = decode_json) -> dict[str, Any]:
+    """The baseline: the same batches to the same two endpoints with the same concurrency; only HTTP 200
+    answers of the right output shape count. No file, no metrics. With `bodies` the requests were encoded
+    before the clock started; without, each batch is encoded as it goes (naive_body)."""
+    arms = ("candidate", "stable")
+    targets = {arm: f"{url}/v2/models/{arm}/infer" for arm in arms}
+    sent = dict.fromkeys(arms, 0)
+    answered = dict.fromkeys(arms, 0)
+    both = 0
+    problems: Counter[str] = Counter()
     work = iter(range(len(batches)))
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal answered
+        nonlocal both
         for index in work:
             batch = batches[index]
-            body = bodies[index] if bodies is not None else json.dumps({"inputs": [{
-                "name": "input-0", "shape": list(batch.shape), "datatype": "FP32",
-                "data": batch.reshape(-1).tolist()}]}).encode()
+            rows = int(batch.shape[0])
+            body = bodies[index] if bodies is not None else naive_body(batch)
 
-            async def post(target: str, body: bytes = body) -> None:
-                async with session.post(target, data=body, headers={"Content-Type": "application/json"}) as response:
-                    json.loads(await response.read())
+            async def post(arm: str, body: bytes = body, rows: int = rows) -> bool:
+                sent[arm] += rows
+                try:
+                    async with session.post(targets[arm], data=body,
+                                            headers={"Content-Type": "application/json"}) as response:
+                        payload = await response.read()
+                        status = response.status
+                except aiohttp.ClientError as exc:
+                    status, payload = 0, type(exc).__name__.encode()
+                problem = (f"HTTP {status}" if status else payload.decode()) if status != 200 else \
+                    answered_rows(payload, rows, decode)
+                if problem is not None:
+                    problems[f"{arm}: {problem}"] += rows
+                    return False
+                answered[arm] += rows
+                return True
 
-            await asyncio.gather(*(post(target) for target in targets))
-            answered += batch.shape[0]
+            if all(await asyncio.gather(*(post(arm) for arm in arms))):
+                both += rows
 
     started = time.perf_counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2 * concurrency + 2)) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    return {"seconds": time.perf_counter() - started, "samples": answered}
+    return {"seconds": time.perf_counter() - started, "samples": both, "sent": sent, "answered": answered,
+            "problems": dict(problems)}
+
+
+def check_complete(name: str, result: dict[str, Any], expected: int) -> None:
+    """Refuse a run unless both endpoints answered every one of the `expected` samples (and the gate passed)."""
+    faults = []
+    if "outcome" in result and result["outcome"] != "pass":
+        faults.append(f"gate verdict {result['outcome']}: {result['reason'][:300]}")
+    for arm in ("candidate", "stable"):
+        sent, answered = result["sent"][arm], result["answered"][arm]
+        if not sent == answered == expected:
+            faults.append(f"{arm}: {answered} answered of {sent} sent, of {expected} samples")
+    if result["samples"] != expected:
+        faults.append(f"{result['samples']} of {expected} samples answered by both endpoints")
+    if result.get("problems"):
+        faults.append(f"unanswered: {result['problems']}")
+    if faults:
+        raise Refused(f"{name}: " + "; ".join(faults))
 
 
 def load_batches(path: Path, batch_size: int) -> list[np.ndarray]:
     return [batch.features for batch in open_dataset(path, batch_size).batches()]
+
+
+def spread(values: list[float], digits: int) -> dict[str, float]:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
 
 
 def throughput(url: str, work: Path, samples: int, batch_size: int, concurrency: int,
@@ -146,31 +239,36 @@ def throughput(url: str, work: Path, samples: int, batch_size: int, concurrency:
     data = demo_golden_samples(samples, seed=5)
     files = {data_format: write_demo_dataset(work, data, data_format) for data_format in ("jsonl", "npz")}
     batches = load_batches(files["npz"][0], batch_size)
-    bodies = encode_bodies(batches)
-    asyncio.run(plain_run(batches[:20], url, concurrency))  # warm up connections and the server
-    rates: dict[str, list[float]] = {"plainPreEncoded": [], "plainEncoding": [], "gateJsonl": [], "gateNpz": []}
+    bodies = asyncio.run(gate_bodies(batches, url))
+    warm = batches[:20]  # warm up connections and the server; a server that does not answer stops here
+    check_complete("warm-up", asyncio.run(plain_run(warm, url, concurrency, bodies[:20])),
+                   sum(int(batch.shape[0]) for batch in warm))
+    rates: dict[str, list[float]] = {"plain": [], "naiveClient": [], "gateJsonl": [], "gateNpz": []}
     outcomes = set()
     for _ in range(rounds):  # alternate, so machine noise hits every client alike
         for name in rates:
-            if name == "plainPreEncoded":
-                result = asyncio.run(plain_run(batches, url, concurrency, bodies))
-            elif name == "plainEncoding":
-                result = asyncio.run(plain_run(batches, url, concurrency))
+            if name == "plain":
+                result = asyncio.run(plain_run(batches, url, concurrency, bodies, decode_json))
+            elif name == "naiveClient":
+                result = asyncio.run(plain_run(batches, url, concurrency, None, json.loads))
             else:
                 path, sha256 = files["jsonl" if name == "gateJsonl" else "npz"]
                 result = asyncio.run(gate_run(path, sha256, url, batch_size, concurrency))
                 outcomes.add(result["outcome"])
+            check_complete(name, result, samples)
             rates[name].append(result["samples"] / result["seconds"])
-    median = {name: statistics.median(values) for name, values in rates.items()}
+
+    def per_round(gate: str, baseline: str) -> dict[str, float]:  # rounds alternate: round i against round i
+        return spread([g / p for g, p in zip(rates[gate], rates[baseline], strict=True)], 3)
+
     return {"samples": samples, "batchSize": batch_size, "concurrency": concurrency, "rounds": rounds,
-            "endpointsPerBatch": 2, "gateOutcomes": sorted(outcomes),
-            "samplesPerSecond": {name: round(value) for name, value in median.items()},
-            # gate / plain loop (which encodes each batch, as a simple client does)
-            "ratio": {"jsonl": round(median["gateJsonl"] / median["plainEncoding"], 3),
-                      "npz": round(median["gateNpz"] / median["plainEncoding"], 3)},
-            # gate / plain loop posting bodies encoded before the clock started: HTTP and decoding only
-            "ratioVsPreEncoded": {"jsonl": round(median["gateJsonl"] / median["plainPreEncoded"], 3),
-                                  "npz": round(median["gateNpz"] / median["plainPreEncoded"], 3)},
+            "endpointsPerBatch": 2, "gateOutcomes": sorted(outcomes), "allAnswered": True,
+            "samplesPerSecond": {name: spread(values, 0) for name, values in rates.items()},
+            # gate / plain throughput, above 1 the gate is faster; plain sends the gate's exact bytes
+            "gateOverPlain": {"jsonl": per_round("gateJsonl", "plain"), "npz": per_round("gateNpz", "plain")},
+            # gate / naive client throughput (json.dumps per batch, json.loads answers), for reference
+            "gateOverNaiveClient": {"jsonl": per_round("gateJsonl", "naiveClient"),
+                                    "npz": per_round("gateNpz", "naiveClient")},
             "allRates": {name: [round(value) for value in values] for name, values in rates.items()}}
 
 
@@ -220,6 +318,7 @@ def memory(url: str, work: Path, sizes: list[int], batch_size: int, concurrency:
                                 "--batch-size", str(batch_size), "--concurrency", str(concurrency)],
                                capture_output=True, text=True, check=True, cwd=REPO, timeout=1200)
         measured = json.loads(child.stdout.strip().splitlines()[-1])
+        check_complete(f"memory run on {samples} samples", measured, samples)
         measured["datasetMiB"] = round(path.stat().st_size / 2**20, 1)
         measured["samplesPerSecond"] = round(measured["samples"] / measured["seconds"])
         measured["seconds"] = round(measured["seconds"], 2)
@@ -251,31 +350,46 @@ def main() -> int:
         return 0
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="gate-bench-") as scratch:
-        work = Path(scratch)
-        process, url = start_server(work)
-        try:
-            result: dict[str, Any] = {
-                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-                "throughput": throughput(url, work, args.samples, args.batch_size, args.concurrency, args.rounds),
-                "memory": memory(url, work, [args.small, args.big], args.memory_batch_size, args.concurrency),
-            }
-        finally:
-            process.stop()
+    try:
+        with tempfile.TemporaryDirectory(prefix="gate-bench-") as scratch:
+            work = Path(scratch)
+            process, url = start_server(work)
+            try:
+                result: dict[str, Any] = {
+                    "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                    "throughput": throughput(url, work, args.samples, args.batch_size, args.concurrency,
+                                             args.rounds),
+                    "memory": memory(url, work, [args.small, args.big], args.memory_batch_size, args.concurrency),
+                }
+            finally:
+                process.stop()
+    except Refused as exc:
+        print(f"gate_throughput: no rate or ratio reported, a run was not fully answered or did not pass: {exc}",
+              file=sys.stderr)
+        return 1
     result["wallSeconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps(result))
         return 0
     t = result["throughput"]
     rates = t["samplesPerSecond"]
+
+    def rate(name: str) -> str:
+        return f"{rates[name]['median']:.0f}/s [{rates[name]['min']:.0f}-{rates[name]['max']:.0f}]"
+
+    def ratio(block: dict[str, float]) -> str:
+        return f"{block['median']:.3f} [{block['min']:.3f}-{block['max']:.3f}]"
+
     print(f"throughput ({t['samples']} samples, batch {t['batchSize']}, concurrency {t['concurrency']}, each batch to "
-          f"candidate and stable, median of {t['rounds']} alternating rounds, gate verdicts {t['gateOutcomes']}):")
-    print(f"  plain loop encoding each batch {rates['plainEncoding']}/s; posting pre-encoded bodies "
-          f"{rates['plainPreEncoded']}/s")
-    print(f"  gate on JSON Lines {rates['gateJsonl']}/s: ratio {t['ratio']['jsonl']} "
-          f"({t['ratioVsPreEncoded']['jsonl']} against pre-encoded bodies)")
-    print(f"  gate on .npz {rates['gateNpz']}/s: ratio {t['ratio']['npz']} "
-          f"({t['ratioVsPreEncoded']['npz']} against pre-encoded bodies)")
+          f"candidate and stable, every sample answered by both, gate verdicts {t['gateOutcomes']}; "
+          f"median [min-max] of {t['rounds']} alternating rounds):")
+    print(f"  plain client, the gate's own request bytes encoded before the clock, gate's decode_json: {rate('plain')}")
+    print(f"  naive client, json.dumps per batch and json.loads (reference only): {rate('naiveClient')}")
+    for data_format, label in (("jsonl", "JSON Lines"), ("npz", ".npz")):
+        name = "gateJsonl" if data_format == "jsonl" else "gateNpz"
+        print(f"  gate on {label}: {rate(name)}; gate/plain throughput {ratio(t['gateOverPlain'][data_format])}, "
+              f"gate/naive client {ratio(t['gateOverNaiveClient'][data_format])}")
+    print("  (ratios are gate throughput / baseline throughput per round: above 1 the gate is faster)")
     for size, m in result["memory"].items():
         print(f"memory {int(size):>9} samples ({m['datasetMiB']} MiB file): peak RSS {m['peakRssMiB']} MiB "
               f"(+{m['growthMiB']} MiB over {m['baselineRssMiB']} MiB before evaluating), {m['seconds']}s, "

@@ -1,6 +1,10 @@
-"""Mean time to recover on the local stack: failing decision -> target at 0% canary AND stable alias verified.
+"""Time to recover after an on-call abort or rollback command, side by side with the same recovery done directly.
 
     .venv/bin/python benchmarks/mttr.py [--runs 5] [--json] [--keep-dir DIR]
+
+Recovery here means: the target at 0% canary (no traffic off the stable model) AND the stable alias verified.
+Only the two on-call commands are measured (abort at the canary, rollback after promotion), not automatic
+rollbacks on a failing gate or analysis verdict.
 
 What runs, all on 127.0.0.1: a fresh local stack (kube-apiserver + etcd, MLflow), the content-moderation
 scenario (stable and a clean candidate registered in MLflow, served by real model servers, the KServe
@@ -19,6 +23,16 @@ Each recovery is measured twice:
 - outside: from just before the command annotation is written until this script itself reads, from the
   InferenceService's status, no traffic off the stable revision, and from MLflow the alias on stable
   (so it also counts the watch delivering the annotation change to the operator).
+
+The baseline, in the same run: right before each operator recovery, a plain client does the same recovery
+directly on a second InferenceService beside the rollout's (same models, same KServe stand-in, no
+ModelRollout), brought first (untimed) to the state the operator's recovery starts from: the candidate at a
+10% canary, or rolled out to 100% with the alias on it. Timed as `outside` is: from just before the client's
+merge patch canaryTrafficPercent 0 (the operator's KServe router's first rollback write, KServe's documented
+rollback) and its MLflow alias write (alias `mttr-direct` on the same registered model, so the rollout's
+@production is left alone; written even where the operator finds it in place already), until the same
+readers see no traffic off the stable revision and the alias on stable. Reported: operator outside / direct
+per recovery (above 1: the operator takes longer), median and min-max.
 """
 
 from __future__ import annotations
@@ -47,7 +61,8 @@ from controller.devstack.stack import Stack  # noqa: E402
 from controller.operator.kubeapi import load_client_config  # noqa: E402
 from controller.registry import MlflowRegistry  # noqa: E402
 
-TARGET_SECONDS = 2.0
+TARGET_SECONDS = 2.0  # the project's design target, reported for information only: nothing here judges a time
+DIRECT_ALIAS = "mttr-direct"  # the baseline's alias: the same registered model, not the rollout's @production
 MRO = ("modelrollout.io", "v1alpha1", "modelrollouts")
 ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
 
@@ -64,9 +79,14 @@ class Bench:
         obj = self.custom.get_namespaced_custom_object(MRO[0], MRO[1], self.namespace, MRO[2], self.name)
         return obj.get("status") or {}
 
-    def isvc(self) -> dict[str, Any]:
+    @property
+    def direct_name(self) -> str:
+        """The baseline's InferenceService: beside the rollout's, on the same models, targeted by no rollout."""
+        return f"{self.name}-direct"
+
+    def isvc(self, name: str | None = None) -> dict[str, Any]:
         obj: dict[str, Any] = self.custom.get_namespaced_custom_object(ISVC[0], ISVC[1], self.namespace, ISVC[2],
-                                                                       self.name)
+                                                                       name or self.name)
         return obj
 
     def wait(self, predicate: Any, what: str, timeout: float = 180.0) -> dict[str, Any]:
@@ -87,23 +107,70 @@ class Bench:
                                                    {"metadata": {"annotations": {"modelrollout.io/command": body}}})
         return started
 
-    def off_stable(self) -> int:
-        """Percent of traffic KServe reports on revisions that do not load the stable model."""
-        status = self.isvc().get("status") or {}
+    def split(self, name: str | None = None) -> tuple[int, int]:
+        """Percent of traffic KServe reports on revisions that do not load the stable model, and in all."""
+        status = self.isvc(name).get("status") or {}
         table = json.loads((status.get("annotations") or {}).get(REVISIONS_KEY, "[]"))
         uri_of = {revision["name"]: revision["storage_uri"] for revision in table}
         stable_uri = self.scenario.storage_uri(self.scenario.stable_version)
         traffic = ((status.get("components") or {}).get("predictor") or {}).get("traffic") or []
-        return sum(int(t.get("percent") or 0) for t in traffic if uri_of.get(t.get("revisionName")) != stable_uri)
+        off = sum(int(t.get("percent") or 0) for t in traffic if uri_of.get(t.get("revisionName")) != stable_uri)
+        return off, sum(int(t.get("percent") or 0) for t in traffic)
 
-    def recovered_from_outside(self, started: float, timeout: float = 60.0) -> float:
+    def off_stable(self, name: str | None = None) -> int:
+        """Percent of traffic KServe reports on revisions that do not load the stable model."""
+        return self.split(name)[0]
+
+    def recovered_from_outside(self, started: float, timeout: float = 60.0, name: str | None = None,
+                               alias: str = STABLE_ALIAS) -> float:
         deadline = started + timeout
         while time.monotonic() < deadline:
-            if self.off_stable() == 0 \
-                    and self.registry.verify_alias(self.name, STABLE_ALIAS) == self.scenario.stable_version:
+            if self.off_stable(name) == 0 \
+                    and self.registry.verify_alias(self.name, alias) == self.scenario.stable_version:
                 return time.monotonic() - started
             time.sleep(0.02)
-        raise RuntimeError("the target and the alias did not recover within 60 s")
+        raise RuntimeError(f"{name or self.name} and @{alias} did not recover within {timeout:g} s")
+
+    # --- the baseline: the same recovery, done directly by a plain client ----------------------------
+
+    def create_direct_target(self) -> None:
+        """A copy of the rollout's InferenceService as the scenario made it (stable on all traffic)."""
+        spec = self.isvc()["spec"]
+        self.custom.create_namespaced_custom_object(ISVC[0], ISVC[1], self.namespace, ISVC[2], {
+            "apiVersion": f"{ISVC[0]}/{ISVC[1]}", "kind": "InferenceService",
+            "metadata": {"name": self.direct_name, "namespace": self.namespace}, "spec": spec})
+        self.wait_off_stable(0)
+
+    def patch_direct(self, predictor: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(ISVC[0], ISVC[1], self.namespace, ISVC[2], self.direct_name,
+                                                   {"spec": {"predictor": predictor}},
+                                                   _content_type="application/merge-patch+json")
+
+    def wait_off_stable(self, percent: int, timeout: float = 60.0) -> None:
+        """Until the stand-in reports all traffic routed, `percent` of it off stable (untimed set-up)."""
+        deadline = time.monotonic() + timeout
+        while self.split(self.direct_name) != (percent, 100):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.direct_name} did not reach {percent}% off stable within {timeout:g} s")
+            time.sleep(0.05)
+
+    def direct(self, kind: str) -> float:
+        """The recovery the operator does for `kind`, done directly: seconds, timed as measure()'s outside."""
+        candidate_uri = self.scenario.storage_uri(self.scenario.candidate_version)
+        # Untimed: the state the operator's recovery starts from.
+        if kind == "abort":  # candidate at a 10% canary, the alias still on stable
+            self.patch_direct({"canaryTrafficPercent": 10, "model": {"storageUri": candidate_uri}})
+            self.registry.set_alias(self.name, DIRECT_ALIAS, self.scenario.stable_version)
+            self.wait_off_stable(10)
+        else:  # promoted: no canaryTrafficPercent, the candidate rolled out to 100%, the alias on it
+            self.patch_direct({"canaryTrafficPercent": None, "model": {"storageUri": candidate_uri}})
+            self.registry.set_alias(self.name, DIRECT_ALIAS, self.scenario.candidate_version)
+            self.wait_off_stable(100)
+        started = time.monotonic()
+        # canaryTrafficPercent 0: traffic back to the previous rolled-out revision (stable), as the router does.
+        self.patch_direct({"canaryTrafficPercent": 0})
+        self.registry.set_alias(self.name, DIRECT_ALIAS, self.scenario.stable_version)
+        return round(self.recovered_from_outside(started, name=self.direct_name, alias=DIRECT_ALIAS), 3)
 
     def measure(self, action: str) -> dict[str, Any]:
         before = (self.status().get("rollback") or {}).get("verdictAt")
@@ -129,6 +196,14 @@ def summary(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 3), "min": round(min(values), 3)}
 
 
+def blocks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summaries of the rows; the ratio is per recovery, each operator recovery over its own direct one."""
+    return {"recoveries": len(rows), "status": summary([r["statusSeconds"] for r in rows]),
+            "outside": summary([r["outsideSeconds"] for r in rows]),
+            "direct": summary([r["directSeconds"] for r in rows]),
+            "operatorOverDirect": summary([r["outsideSeconds"] / r["directSeconds"] for r in rows])}
+
+
 def run(runs: int, root: Path) -> dict[str, Any]:
     stack = Stack(root=root / "stack")
     operator = None
@@ -141,6 +216,7 @@ def run(runs: int, root: Path) -> dict[str, Any]:
         client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
         scenario = Scenario(api, mlflow.url, namespace, root / "scenario", model_name="nsfw-mttr").setup()
         bench = Bench(api, namespace, scenario, MlflowRegistry(mlflow.url))
+        bench.create_direct_target()
         kubeconfig = str(control_plane.admin_kubeconfig)
         operator = start("operator", [sys.executable, "-m", "controller.cli.main", "operator", "run",
                                       "--kubeconfig", kubeconfig], root / "operator.log",
@@ -153,27 +229,24 @@ def run(runs: int, root: Path) -> dict[str, Any]:
             attempt = int(bench.status().get("attempt") or 0) + 1
             bench.wait(lambda s, a=attempt: s.get("phase") == "Paused" and s.get("canaryWeight") == 10
                        and s.get("attempt") == a, "the pause at 10%")
-            results.append(bench.measure("abort"))
+            direct = bench.direct("abort")  # the baseline first, while the operator waits at the pause
+            results.append({**bench.measure("abort"), "directSeconds": direct})
             bench.command("retry")
             bench.wait(lambda s, a=attempt + 1: s.get("phase") == "Paused" and s.get("canaryWeight") == 10
                        and s.get("attempt") == a, "the pause at 10% after retry")
             bench.command("promote")
             bench.wait(lambda s: s.get("phase") == "Succeeded", "the promotion")
-            results.append(bench.measure("rollback"))
+            direct = bench.direct("rollback")
+            results.append({**bench.measure("rollback"), "directSeconds": direct})
             bench.command("retry")
         kinds: dict[str, Any] = {}
         for kind, label in (("abort", "abortAtCanary"), ("rollback", "rollbackAfterPromotion")):
             rows = [r for r in results if r["kind"] == kind]
-            kinds[label] = {"runs": len(rows), "status": summary([r["statusSeconds"] for r in rows]),
-                            "outside": summary([r["outsideSeconds"] for r in rows])}
-        every = [r["statusSeconds"] for r in results]
-        outside = [r["outsideSeconds"] for r in results]
+            kinds[label] = blocks(rows)
         return {
-            "targetSeconds": TARGET_SECONDS,
+            "targetSecondsForInformation": TARGET_SECONDS,
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-            "status": summary(every), "outside": summary(outside), "byKind": kinds,
-            "underTarget": max(every) < TARGET_SECONDS and max(outside) < TARGET_SECONDS,
-            "runs": results,
+            **blocks(results), "byKind": kinds, "runs": results,
         }
     finally:
         if operator is not None:
@@ -201,11 +274,14 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     for label, block in (("all", result), *result["byKind"].items()):
-        s, o = block["status"], block["outside"]
+        s, o, d, r = block["status"], block["outside"], block["direct"], block["operatorOverDirect"]
         print(f"{label:>24}: status mean {s['mean']}s median {s['median']}s max {s['max']}s | "
-              f"outside mean {o['mean']}s median {o['median']}s max {o['max']}s")
-    print(f"target {TARGET_SECONDS}s: {'met' if result['underTarget'] else 'MISSED'}; "
-          f"{len(result['runs'])} recoveries, wall time {result['wallSeconds']}s")
+              f"outside mean {o['mean']}s median {o['median']}s max {o['max']}s | "
+              f"direct median {d['median']}s [{d['min']}-{d['max']}]")
+        print(f"{'':>24}  operator outside / direct: median {r['median']} [{r['min']}-{r['max']}] "
+              f"(per recovery; above 1 the operator takes longer)")
+    print(f"{len(result['runs'])} recoveries, wall time {result['wallSeconds']}s "
+          f"(the project's design target is {TARGET_SECONDS}s, for information; nothing here judges a time)")
     return 0
 
 
