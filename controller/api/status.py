@@ -180,6 +180,7 @@ class PauseStatus:
     until: datetime | None = None  # None: until a human acts
     detail: str = ""
     resume_phase: Phase | None = None  # where `retry` or `promote` picks up again
+    steps_changed: bool = False  # spec.canary.steps changed during the wait: resume at the first step
 
 
 @dataclass(frozen=True)

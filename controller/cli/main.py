@@ -215,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     def byte_size(text: str) -> int:  # a size as Kubernetes writes quantities (768Mi), for the chart's values
         match = re.fullmatch(r"([0-9]{1,15})(Ki|Mi|Gi|Ti)?", text.strip())
         if not match or not int(match.group(1)):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a positive size: bytes, or a number with Ki, Mi, "
-                                             "Gi or Ti")
+            # The value may come from the environment (as in the shipped manifests), not the flag: say both.
+            raise argparse.ArgumentTypeError(f"{text!r} (the flag, or $MODELROLLOUT_MAX_DATASET_BYTES) is not a "
+                                             "positive size: bytes, or a number with Ki, Mi, Gi or Ti")
         return int(match.group(1)) * 1024 ** ("", "Ki", "Mi", "Gi", "Ti").index(match.group(2) or "")
 
     # Below the pod's /tmp volume: the kubelet evicts a pod whose emptyDir outgrows its sizeLimit.

@@ -22,6 +22,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction
 from controller.api.status import step_fraction
 from controller.cli.errors import CliError
+from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, printable, text, well_formed
 from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION
 
@@ -191,9 +192,9 @@ class OnCall:
         for verdict in analysis_verdicts(status):
             evidence = verdict["evidence"]
             counts = {k: v for k, v in evidence.items() if k in ("canary", "stable", "value", "min", "max")}
-            relative = mapping(evidence.get("relative"))
-            if "e_value" in relative and "boundary" in relative:
-                counts["e_value"], counts["boundary"] = relative["e_value"], relative["boundary"]
+            test = deciding_test(evidence)
+            if test:
+                counts["e_value"], counts["boundary"] = test["e_value"], test["boundary"]
             lines.append(f"Metric {verdict['name']} said {verdict['outcome']}: {verdict['reason']}"
                          + (f" (evidence: {json.dumps(counts, default=str)})" if counts else ""))
             window = mapping(evidence.get("window"))

@@ -422,15 +422,23 @@ def _verdict_rows(verdicts: Iterable[Mapping[str, Any]]) -> str:
 
 def _statistic(evidence: Mapping[str, Any]) -> str:
     """The test's own numbers: the e-value against its boundary, or a value against its limits."""
-    relative = mapping(evidence.get("relative"))
-    e_value, boundary = relative.get("e_value"), relative.get("boundary")
-    if _is_number(e_value) and _is_number(boundary):
-        return f"e-value {e_value:.4g} vs boundary {boundary:.4g}"
+    test = deciding_test(evidence)
+    if test:
+        return f"e-value {test['e_value']:.4g} vs boundary {test['boundary']:.4g}"
     value = evidence.get("value")
     if _is_number(value):
         limits = [f"{name} {evidence[name]:.4g}" for name in ("min", "max") if _is_number(evidence.get(name))]
         return f"value {value:.4g}" + (f" ({', '.join(limits)})" if limits else "")
     return ""
+
+
+def deciding_test(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    """The proportion judge's test behind the verdict: the maxRate test when it crossed its boundary, else the
+    relative one (an empty dict when neither has numbers)."""
+    tests = [mapping(evidence.get(key)) for key in ("max_rate_test", "relative")]
+    usable = [t for t in tests if _is_number(t.get("e_value")) and _is_number(t.get("boundary"))]
+    crossed = [t for t in usable if t["e_value"] >= t["boundary"]]
+    return (crossed or usable or [{}])[0]
 
 
 def _is_number(value: Any) -> bool:

@@ -312,8 +312,11 @@ class _Decider:
         self.requeue.append(last_sent + wait - self.now)
         return False
 
-    def _request(self, action: Action, detail: str) -> None:
-        """Hand out an effect action unless it was confirmed already or was handed out moments ago."""
+    def _request(self, action: Action, detail: str, *, send: bool = True) -> None:
+        """Hand out an effect action unless it was confirmed already or was handed out moments ago.
+
+        send=False only records it as pending: its deadline runs (and `retry` renews it) before it can be sent.
+        """
         record = self._ledger(action.id)
         if record is not None and record.state is ActionState.CONFIRMED:
             return
@@ -321,7 +324,7 @@ class _Decider:
             record = ActionRecord(id=action.id, type=str(action.type), state=ActionState.PENDING,
                                   issued_at=self.now, updated_at=self.now, detail=detail)
             self._put_record(record)
-        if self._due_to_send(action.id, record.sent_at, record.attempts - 1):
+        if send and self._due_to_send(action.id, record.sent_at, record.attempts - 1):
             self.actions.append(action)
             self._put_record(dataclasses.replace(record, sent_at=self.now, updated_at=self.now))
 
@@ -378,20 +381,22 @@ class _Decider:
             return
         self._update(steps_signature=signature)
         index = self.status.current_step
-        if previous is None or index is None or self.status.phase not in (Phase.PROGRESSING, Phase.PAUSED):
-            return
+        pause = self.status.pause
+        if previous is None or index is None or self.status.phase not in (Phase.PROGRESSING, Phase.PAUSED) \
+                or self.status.promotion is not None \
+                or (pause is not None and pause.resume_phase not in (None, Phase.PROGRESSING)):
+            return  # no step is running (the steps are over, or not begun): nothing to start again
         first = step_fraction(0, len(self.spec.canary.steps))
         for record in self.status.actions:  # the new steps' weights are sent again, even one set before
             if record.id.startswith(f"{self._attempt}:step-"):
                 self._put_record(dataclasses.replace(record, state=ActionState.ABANDONED, updated_at=self.now))
-        pause = self.status.pause
         if self.status.phase is Phase.PROGRESSING or (pause is not None and pause.reason is PauseReason.PAUSE_STEP):
             self._record("StepsChanged", f"spec.canary.steps changed at step {index + 1}: starting again from {first}")
             self._move(Phase.PROGRESSING, current_step=0, pause=None, analysis=None)
         else:  # waiting for a human: still waiting, and a resume starts the new steps from the first
             self._record("StepsChanged", f"spec.canary.steps changed at step {index + 1}: once resumed, the steps "
                                          f"start again from {first}")
-            self._update(current_step=0)
+            self._update(current_step=0, pause=dataclasses.replace(pause, steps_changed=True) if pause else None)
 
     def _observe_adapters(self) -> None:
         registry = self.obs.registry
@@ -585,6 +590,11 @@ class _Decider:
                 return None
             if isinstance(step, SetWeightStep) and phase is Phase.PROGRESSING:
                 return f"{self._step_label()} is setting the weight; promote skips analysis and pause steps"
+            if pause is not None and pause.steps_changed:  # the old step is gone: nothing to skip
+                self._record("CommandApplied", f"{command.label}: resuming at the first of the new steps",
+                             actor=command.actor, command_id=command.id)
+                self._move(Phase.PROGRESSING, pause=None, current_step=0, analysis=None)
+                return None
             self._record("CommandApplied", f"{command.label}: {self._step_label()} skipped",
                          actor=command.actor, command_id=command.id)
             self._update(pause=None)
@@ -773,7 +783,7 @@ class _Decider:
         decisive = _first(verdicts, outcome)
         reason = f"golden gate {decisive.name}: {decisive.reason}" if decisive else "golden gate gave no verdicts"
         self._update(gate=dataclasses.replace(gate, completed_at=self.now, outcome=outcome, reason=reason,
-                                              verdicts=verdicts,
+                                              verdicts=verdicts, errors=0, erroring_since=None,
                                               dataset_sha256=result.dataset_sha256 or gate.dataset_sha256,
                                               report=to_json(dict(result.report))))
         if outcome is Outcome.PASS:
@@ -926,8 +936,9 @@ class _Decider:
                     reason = (f"the analysis judges could not run for "
                               f"{format_duration(self.spec.progress_deadline)} ({analysis.errors} attempts): "
                               f"{result.error.message}")
-                    self._update(analysis=dataclasses.replace(analysis, request_id=None, requested_at=None,
-                                                              outcome=Outcome.INCONCLUSIVE, reason=reason))
+                    # The request stays, paced by the error count: a pause step judging in the background
+                    # ignores this outcome and keeps asking, no faster than the backoff.
+                    self._update(analysis=dataclasses.replace(analysis, outcome=Outcome.INCONCLUSIVE, reason=reason))
                     return Outcome.INCONCLUSIVE
                 self._wait(f"The analysis judges could not run ({result.error.message}); retrying")
                 return None
@@ -1296,9 +1307,11 @@ class _Decider:
         current = registry.stable_alias_version if registry is not None else None
         if current is None or current.version != candidate.version:
             # The candidate serves all traffic and no judge watches it until the alias has moved (the bake
-            # starts after): a registry that refuses or stays away is a missed deadline, rolled back.
-            since = self._pending_since(action_id) if self._ledger(action_id) else promotion.target_confirmed_at
-            if since is not None and self._deadline_passed(since):
+            # starts after): a registry that refuses or stays away is a missed deadline, rolled back. The
+            # wait is a pending record from its start, so that `retry` gives it a fresh deadline.
+            self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
+                          f"@{alias} -> {candidate.version}", send=registry is not None)
+            if self._deadline_passed(self._pending_since(action_id)):
                 self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
                               f"the registry did not move @{alias} to {candidate.version} within progressDeadline "
                               f"{format_duration(self.spec.progress_deadline)}", {})
@@ -1306,8 +1319,6 @@ class _Decider:
             if registry is None:
                 self._wait(f"Waiting for the registry to move @{alias} to {candidate.version}")
                 return
-            self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
-                          f"@{alias} -> {candidate.version}")
             self._wait(f"Moving @{alias} to version {candidate.version}", poll=True)
             return
         self._confirm(action_id)
@@ -1565,5 +1576,6 @@ def _progress_reason(status: ModelRolloutStatus) -> str:
 
 def steps_signature(steps: Any) -> str:
     """A short digest of the canary steps as parsed (so formatting and key order do not count)."""
-    encoded = json.dumps(to_json(list(steps)), sort_keys=True, default=str).encode()
+    typed = [{type(step).__name__: to_json(step)} for step in steps]  # an analysis and a pause may look alike
+    encoded = json.dumps(typed, sort_keys=True, default=str).encode()
     return hashlib.sha256(encoded).hexdigest()[:16]

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections import Counter
@@ -156,11 +157,20 @@ def _sweep_dead_scratch(work_dir: str) -> None:
     container keeps its emptyDir, where the leftovers would count against the volume's sizeLimit."""
     for entry in Path(work_dir).glob(SCRATCH_PREFIX + "*"):
         try:
-            with open(entry / _IN_USE, "rb") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: its gate is dead
-                shutil.rmtree(entry, ignore_errors=True)
+            # Never blocks (a FIFO planted in a shared /tmp would hang the event loop) and never follows a link.
+            fd = os.open(entry / _IN_USE, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError:
-            continue  # locked (a gate in flight), no lock yet (one being made), or not a gate's directory
+            continue  # no lock yet (a gate being made), or not a gate's directory
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                continue  # not a lock this operator made
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: its gate is dead
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue  # locked: a gate in flight
+        finally:
+            os.close(fd)
 
 
 def _fetch_error(spec: GoldenDatasetSpec, exc: SourceError) -> GateReport:

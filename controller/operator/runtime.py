@@ -191,7 +191,7 @@ class RolloutRuntime:
             try:
                 stable = registry.resolve_stable(model.name, model.stable_alias)
             except VersionNotFound as exc:
-                pending = status is None or str(status.phase) == "Pending"
+                pending = status is None or (str(status.phase) == "Pending" and status.candidate is None)
                 if exc.reference is not None or candidate is not None or not pending:
                     raise
                 # No such registered model (a typo?): nothing resolves, which fails the rollout with that

@@ -214,7 +214,11 @@ class MlflowRegistry(ModelRegistry):
                 chunks.append(chunk)
         finally:
             response.close()
-        return b"".join(chunks).decode(response.encoding or "utf-8", errors="replace")
+        data = b"".join(chunks)
+        try:
+            return data.decode(response.encoding or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know (utf8mb4): MLflow's JSON is UTF-8 anyway
+            return data.decode("utf-8", errors="replace")
 
     def _answer(self, status: int, text: str, method: str, endpoint: str) -> dict[str, Any]:
         body = _json_object(text)

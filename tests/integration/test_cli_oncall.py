@@ -68,7 +68,7 @@ def test_list_get_history_explain_are_plain_when_piped(kubeconfig: Path, namespa
     assert [line.split()[1] for line in history] == ["WeightChanged", "RolledBack"]
     explained = cli(kubeconfig, "explain", rollout, "-n", namespace).stdout
     assert "rolls out version 7" in explained and "in place of version 6" in explained
-    assert "recovery took 0.41 s" in explained and '"statistic": 23.1' in explained
+    assert "Recovery took 0.41 s" in explained and '"events": 31' in explained
 
 
 def test_get_says_a_rollout_is_being_deleted_and_whether_the_controller_holds_it(kubeconfig: Path, namespace: str,

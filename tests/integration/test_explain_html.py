@@ -146,7 +146,7 @@ def test_explain_html_renders_in_headless_chromium(kubeconfig: Path, namespace: 
                              "--kubeconfig", str(kubeconfig), "--html", str(page)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"wrote {page}")
+    assert f"wrote {page}" in result.stdout and "It rolls out version 7" in result.stdout
     assert "<svg" in page.read_text()
 
     shot = tmp_path / "explain.png"

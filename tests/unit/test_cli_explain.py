@@ -153,3 +153,15 @@ def test_the_page_escapes_bidi_overrides_as_the_terminal_does() -> None:
     page = render_html(obj)
     assert "\u202e" not in page and "\u2066" not in page
     assert "evil\\u202etxt.exe" in page
+
+
+def test_a_max_rate_failure_shows_the_max_rate_tests_numbers(oncall: OnCall) -> None:
+    judged = proportion_judge("nsfw-rate", 3000, 10000, 2900, 10000, ProportionCriteria(max_rate=0.05))
+    assert judged.outcome is Outcome.FAIL and "maxRate" in judged.reason
+    world = World(judge=lambda _r: [judged])
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
+    obj = wrapped(world)
+    deciding = judged.evidence["max_rate_test"]
+    text = oncall.explain(obj)
+    assert f'"e_value": {deciding["e_value"]}' in text and f'"boundary": {deciding["boundary"]}' in text
+    assert f"e-value {deciding['e_value']:.4g} vs boundary {deciding['boundary']:.4g}" in render_html(obj)

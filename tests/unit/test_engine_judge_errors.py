@@ -36,14 +36,6 @@ def test_a_gate_that_keeps_erroring_backs_off_and_ends_inconclusive_at_the_deadl
     assert [e.event for e in world.status.history][-2:] == ["GateInconclusive", "AwaitingDecision"]
 
 
-def test_a_gate_error_then_a_verdict_starts_the_count_again() -> None:
-    world = World(gate_error=AdapterError(AdapterErrorKind.UNAVAILABLE, "503"))
-    world.run_until(lambda w: w.status.gate is not None and w.status.gate.errors >= 3, step=timedelta(seconds=5))
-    world.gate_error = None
-    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING, step=timedelta(seconds=5))
-    assert world.status.gate is not None and world.status.gate.outcome is Outcome.PASS
-
-
 def test_analysis_judges_that_keep_erroring_back_off_and_end_the_step_inconclusive() -> None:
     spec = spec_dict()
     spec["analysis"]["onInconclusive"] = "rollback"
@@ -77,3 +69,26 @@ def test_a_bake_verdict_read_on_a_clock_behind_the_bake_start_is_decided() -> No
     decision = decide(world.parsed_spec, world.status, observed, behind)
     assert decision.status.phase is Phase.ROLLING_BACK
     assert decision.status.rollback is not None and "0s after promotion" in decision.status.rollback.reason
+
+
+def test_a_pause_step_judging_a_failing_prometheus_stays_paced_past_the_deadline() -> None:
+    world = World()  # the default steps end with an untimed pause at 50%, judged in the background
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED and w.status.pause is not None
+                    and w.status.pause.reason is PauseReason.PAUSE_STEP and w.status.analysis is not None
+                    and w.status.analysis.runs >= 1)
+    world.analysis_error = AdapterError(AdapterErrorKind.UNAVAILABLE, "prometheus: connection refused")
+    before = runs(world, ActionType.RUN_ANALYSIS)
+    for _ in range(1800):  # an hour of reconciles every 2 s
+        world.advance(timedelta(seconds=2))
+        world.reconcile()
+    assert world.status.phase is Phase.PAUSED  # the pause waits for a human, whatever the judges say
+    assert runs(world, ActionType.RUN_ANALYSIS) - before < 30  # at most one run per 5 min once backed off
+
+
+def test_a_gate_verdict_clears_the_error_count() -> None:
+    world = World(gate_error=AdapterError(AdapterErrorKind.UNAVAILABLE, "503"))
+    world.run_until(lambda w: w.status.gate is not None and w.status.gate.errors >= 3, step=timedelta(seconds=5))
+    world.gate_error = None
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING, step=timedelta(seconds=5))
+    gate = world.status.gate
+    assert gate is not None and (gate.errors, gate.erroring_since) == (0, None)

@@ -3,6 +3,7 @@ shorter list never reads as "all steps done" and promotes, and no weight is judg
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from test_engine_support import World, spec_dict, verdict
@@ -60,6 +61,61 @@ def test_steps_changed_while_waiting_for_a_human_keep_waiting() -> None:
     edit_steps(world, [{"setWeight": 5}, {"analysis": {"duration": "10m"}}])
     world.advance(timedelta(seconds=5))
     world.reconcile()
-    assert world.status.phase is Phase.PAUSED and world.status.pause == pause
+    assert world.status.phase is Phase.PAUSED and pause is not None
+    assert world.status.pause == dataclasses.replace(pause, steps_changed=True)
     assert world.status.current_step == 0
     assert world.status.history[-1].event == "StepsChanged"
+
+
+def test_promote_after_a_steps_change_in_a_human_wait_runs_the_new_first_step() -> None:
+    from controller.api import CommandAction
+    from controller.engine import RunAnalysis
+
+    world = World(judge=lambda r: [verdict(Outcome.INCONCLUSIVE if r.step_index == 3 else Outcome.PASS)])
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    assert world.target.canary_weight == 10
+    edit_steps(world, [{"setWeight": 2}, {"analysis": {"duration": "10m"}}, {"setWeight": 20}, {"pause": {}}])
+    world.advance(timedelta(seconds=5))
+    world.reconcile()
+    sent = len(world.executed)
+    world.send(CommandAction.PROMOTE)
+    world.advance(timedelta(seconds=5))
+    world.reconcile()
+    world.advance(timedelta(seconds=31))
+    world.reconcile()
+    assert world.target.canary_weight == 2  # the new first step ran; nothing was skipped
+    judged = [a for a in world.executed[sent:] if isinstance(a, RunAnalysis)]
+    assert judged and all(a.canary_weight == world.target.canary_weight for a in judged)
+
+
+def test_steps_edited_after_promotion_change_nothing() -> None:
+    from controller.api import PauseReason
+
+    spec = spec_dict(rollback={"automatic": False}, canary={"steps": [{"setWeight": 10},
+                                                                      {"analysis": {"duration": "2m"}}]})
+    world = World(spec=spec, judge=lambda r: [verdict(Outcome.FAIL if r.mode.value == "bake" else Outcome.PASS)])
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED and w.status.pause is not None
+                    and w.status.pause.reason is PauseReason.BAKE_FAILED)
+    step = world.status.current_step
+    spec = spec_dict(rollback={"automatic": False}, canary={"steps": [{"setWeight": 5},
+                                                                      {"analysis": {"duration": "10m"}}]})
+    world.spec = spec
+    world.generation += 1
+    world.advance(timedelta(seconds=5))
+    world.reconcile()
+    assert world.status.current_step == step
+    assert "StepsChanged" not in [e.event for e in world.status.history]
+
+
+def test_swapping_an_analysis_and_a_pause_of_the_same_length_is_a_change() -> None:
+    from controller.api import parse_spec
+    from controller.engine.decide import steps_signature
+
+    first = [{"setWeight": 10}, {"analysis": {"duration": "10m"}}, {"setWeight": 50}, {"pause": {"duration": "10m"}}]
+    second = [{"setWeight": 10}, {"pause": {"duration": "10m"}}, {"setWeight": 50}, {"analysis": {"duration": "10m"}}]
+
+    def signature(steps: list[dict[str, object]]) -> str:
+        return steps_signature(parse_spec(spec_dict(canary={"steps": steps})).canary.steps)
+
+    assert signature(first) != signature(second)
+    assert signature(first) == signature([dict(reversed(list(s.items()))) for s in first])  # key order: no change

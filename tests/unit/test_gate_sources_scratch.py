@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,12 @@ def test_the_gate_cleans_up_after_dead_gates_and_leaves_live_ones(tmp_path: Path
     (live / "dataset").write_bytes(b"y" * 10)
     other = tmp_path / "modelrollout-gate-unlocked-and-unknown"  # no lock file: not known to be dead
     other.mkdir()
+    planted = tmp_path / "modelrollout-gate-fifo"  # a FIFO as the lock (a shared /tmp): opening it would block
+    planted.mkdir()
+    os.mkfifo(planted / ".in-use")
     with open(live / ".in-use", "wb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # what a gate in flight holds
         report = gate(tmp_path, DatasetSources(config_maps=ConfigMaps()))
     assert report.dataset_sha256 == hashlib.sha256(PAYLOAD).hexdigest()  # fetched beside the live one
-    assert not dead.exists() and (live / "dataset").exists() and other.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, other.name]
+    assert not dead.exists() and (live / "dataset").exists() and other.exists() and planted.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, planted.name])

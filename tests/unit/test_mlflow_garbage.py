@@ -340,3 +340,29 @@ def test_a_token_no_http_header_can_carry_is_a_configuration_error() -> None:
     with pytest.raises(RegistryConfigError, match="'token' holds a character an HTTP header cannot carry") as caught:
         Credentials.from_secret_data(data)
     assert "s3cr3t" not in str(caught.value)
+
+
+def test_a_charset_python_does_not_know_is_read_as_utf8(mlflow: FakeMlflow) -> None:
+    import socket
+
+    body = json.dumps({"registered_model": {"name": "m", "aliases": [{"alias": "production", "version": "6"}]}})
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf8mb4\r\n"
+                     + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}".encode())
+        conn.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    registry = MlflowRegistry(f"http://127.0.0.1:{listener.getsockname()[1]}",
+                              policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    try:
+        assert registry.verify_alias("m", "production") == "6"
+    finally:
+        thread.join(timeout=5)
+        listener.close()

@@ -36,3 +36,16 @@ def test_a_missing_model_or_version_fails_the_rollout_naming_it(model_exists: bo
     status = decide(spec, status, Observations(generation=1, registry=observation), start).status
     assert status.phase is Phase.FAILED
     assert "nsfw-classifier version 7 does not exist in the registry" in status.message
+
+
+def test_a_model_deleted_while_staging_is_a_registry_error_not_a_first_rollout() -> None:
+    from controller.api.status import VersionRef
+
+    obj = yaml.safe_load(EXAMPLE.read_text())
+    obj["metadata"]["namespace"] = "team-a"
+    spec = parse_spec(obj["spec"])
+    runtime = RolloutRuntime(obj, spec, client.ApiClient(), OperatorConfig())
+    runtime._registry = InMemoryRegistry()  # the model is gone
+    staging = ModelRolloutStatus(candidate=VersionRef(version="7"))  # Pending, candidate already resolved
+    observation = runtime.observe_registry(staging)
+    assert observation.error is not None and "does not exist" in observation.error.message
