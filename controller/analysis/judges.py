@@ -41,7 +41,7 @@ from controller.analysis.sequential import (
     log_evalue,
     quantize_odds,
 )
-from controller.api.spec import MIN_BAKE_BASELINE_DAYS
+from controller.api.spec import MAX_RATE_RANGE, MIN_BAKE_BASELINE_DAYS
 from controller.verdict import Outcome, Verdict
 
 # Outcome codes in the vectorised results (int8 arrays).
@@ -79,8 +79,9 @@ class ProportionCriteria:
         out = []
         if not _is_number(self.max_relative_increase) or not 0 <= self.max_relative_increase < 1e6:
             out.append(f"maxRelativeIncrease must be a number >= 0, got {self.max_relative_increase!r}")
-        if self.max_rate is not None and (not _is_number(self.max_rate) or not 0 < self.max_rate < 1):
-            out.append(f"maxRate must be a number in (0, 1), got {self.max_rate!r}")
+        if self.max_rate is not None and (not _is_number(self.max_rate)
+                                          or not MAX_RATE_RANGE[0] <= self.max_rate <= MAX_RATE_RANGE[1]):
+            out.append(f"maxRate must be a number from 0.000001 to 0.999999, got {self.max_rate!r}")
         if not _is_number(self.confidence) or not 0.5 <= self.confidence < 1:
             out.append(f"confidence must be a number in [0.5, 1), got {self.confidence!r}")
         if not _is_number(self.min_samples) or self.min_samples < 0:

@@ -32,6 +32,9 @@ _PROPORTION_LIMITS = ("maxRelativeIncrease", "maxRate", "confidence", "minSample
 MAX_DURATION = timedelta(days=3650)
 
 
+# maxRate's range (as the CRD says): the sequential test's null odds must stay finite and calibratable.
+MAX_RATE_RANGE = (0.000001, 0.999999)
+
 class SpecError(ValueError):
     """A spec the engine cannot run; `path` names the field, e.g. spec.canary.steps[2].setWeight."""
 
@@ -450,9 +453,9 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
         if not 0 <= increase <= 100:
             raise SpecError(f"{where}.maxRelativeIncrease", "must be from 0 to 100 (as the CRD says)")
         max_rate = _fraction(body.get("maxRate"), f"{where}.maxRate")
-        if max_rate is not None and not 0 < max_rate < 1:
-            raise SpecError(f"{where}.maxRate", "must be above 0 and below 1 (a rate of 0 or 1 cannot be exceeded "
-                            "credibly, so the judge could never fail)")
+        if max_rate is not None and not MAX_RATE_RANGE[0] <= max_rate <= MAX_RATE_RANGE[1]:
+            raise SpecError(f"{where}.maxRate", "must be from 0.000001 to 0.999999 (a rate of 0 or 1 cannot be "
+                            "exceeded credibly, and the test cannot be calibrated closer to either)")
         events, total = _required_str(body, "events", where), _required_str(body, "total", where)
         for key, query in (("events", events), ("total", total)):
             if "{{selector}}" not in query and "{{variant}}" not in query:

@@ -46,7 +46,9 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
         reconciler = Reconciler(store, RolloutStepper(api_client, config, events=events).step, metrics, events=events)
         queue = WakeupQueue(reconciler.reconcile)
         state["queue"] = queue
-        state["task"] = asyncio.create_task(queue.run())
+        task = asyncio.create_task(queue.run())
+        task.add_done_callback(_queue_ended)
+        state["task"] = task
 
     @kopf.on.cleanup(registry=registry)
     async def stop_queue(**_: Any) -> None:
@@ -54,19 +56,27 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
         if task:
             task.cancel()
 
+    # async: kopf runs a sync handler in a worker thread, and the queue belongs to the event loop (a wake-up from
+    # another thread could lose a rollout's entry for good).
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def wake_on_change(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
+    async def wake_on_change(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
         queue: WakeupQueue | None = state.get("queue")
         if queue is None:
             return
-        ref = ObjectRef(namespace, name)
-        if event.get("type") == "DELETED":
-            queue.forget(ref)
-            metrics.forget(namespace, name)
-        else:
-            queue.wake(ref)
+        # A deletion is reconciled too, after any reconcile in flight: the store then finds nothing, and the
+        # reconciler forgets the rollout's metrics (forgetting them here, a reconcile in flight put them back).
+        queue.wake(ObjectRef(namespace, name))
 
     return registry
+
+
+def _queue_ended(task: asyncio.Task[None]) -> None:
+    """The queue runs until cleanup; anything else would leave every rollout unreconciled behind a live probe."""
+    if task.cancelled():
+        return
+    log.critical("the reconcile queue stopped (%s): exiting so that the pod restarts",
+                 type(task.exception()).__name__)
+    raise SystemExit(1)
 
 
 def connection_info(configuration: Any) -> kopf.ConnectionInfo:

@@ -42,9 +42,6 @@ class WakeupQueue:
         heapq.heappush(self._heap, (due, next(self._counter), ref))
         self._changed.set()
 
-    def forget(self, ref: ObjectRef) -> None:
-        self._due.pop(ref, None)
-
     async def run(self, concurrency: int = 4) -> None:
         workers = asyncio.Semaphore(concurrency)
         tasks: set[asyncio.Task[None]] = set()
@@ -75,7 +72,7 @@ class WakeupQueue:
                 wait = due - time.monotonic()
                 if wait <= 0:
                     heapq.heappop(self._heap)
-                    del self._due[ref]
+                    self._due.pop(ref, None)
                     return ref
             else:
                 wait = None

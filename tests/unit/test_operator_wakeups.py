@@ -1,0 +1,61 @@
+"""The wake-up queue belongs to the event loop: kopf must call the watch handler there (a sync handler runs in
+a worker thread, whose wake-ups raced the queue and could lose a rollout's entry for good), and a deletion is
+reconciled like any change, after the reconcile in flight, so that nothing it records outlives the rollout."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from kopf._core.actions import invocation
+
+from controller.operator import handlers
+from controller.operator.kubeapi import ObjectRef
+from controller.operator.runtime import OperatorConfig
+from controller.operator.scheduler import WakeupQueue
+
+
+def wake_handler() -> Any:
+    registry = handlers.build_registry(OperatorConfig())
+    return next(h.fn for h in registry._watching.get_all_handlers() if h.fn.__name__ == "wake_on_change")
+
+
+def test_the_watch_handler_wakes_the_queue_on_the_loop_thread_for_every_event_type() -> None:
+    handler = wake_handler()
+    assert invocation.is_async_fn(handler)
+    state = next(c.cell_contents for c in handler.__closure__ if isinstance(c.cell_contents, dict))
+    woken: list[tuple[ObjectRef, str]] = []
+
+    class Spy(WakeupQueue):
+        def wake(self, ref: ObjectRef, delay: float = 0.0) -> None:
+            woken.append((ref, threading.current_thread().name))
+
+    async def main() -> None:
+        state["queue"] = Spy(lambda _ref: asyncio.sleep(0))
+        for kind in ("ADDED", "MODIFIED", "DELETED"):
+            await invocation.invoke(handler, kwargs={"event": {"type": kind}, "namespace": "ns", "name": "r"})
+
+    asyncio.run(main())
+    assert woken == [(ObjectRef("ns", "r"), threading.current_thread().name)] * 3
+
+
+def test_a_due_rollout_is_run_once_and_the_queue_goes_on() -> None:
+    ran: list[ObjectRef] = []
+
+    async def reconcile(ref: ObjectRef) -> float | None:
+        ran.append(ref)
+        return None
+
+    async def main() -> None:
+        queue = WakeupQueue(reconcile)
+        task = asyncio.create_task(queue.run())
+        for name in ("a", "b", "a"):
+            queue.wake(ObjectRef("ns", name))
+        await asyncio.sleep(0.2)
+        queue.wake(ObjectRef("ns", "c"))
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    asyncio.run(main())
+    assert sorted(ref.name for ref in ran) == ["a", "b", "c"]
