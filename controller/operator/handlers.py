@@ -43,7 +43,8 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
         api_client = load_client_config(kubeconfig, bounded=True)
         store = RolloutStore(api_client)
         events = EventPoster(store, metrics)
-        reconciler = Reconciler(store, RolloutStepper(api_client, config, events=events).step, metrics, events=events)
+        stepper = RolloutStepper(api_client, config, events=events)
+        reconciler = Reconciler(store, stepper.step, metrics, events=events, forget=stepper.forget)
         queue = WakeupQueue(reconciler.reconcile)
         state["queue"] = queue
         task = asyncio.create_task(queue.run())

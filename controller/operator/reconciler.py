@@ -20,14 +20,16 @@ from controller.operator.runtime import ReconcileOutcome
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[dict[str, Any]], Awaitable[ReconcileOutcome]]
+ForgetFn = Callable[[str, str], None]
 
 
 class Reconciler:
     def __init__(self, store: RolloutStore, step: StepFn, metrics: OperatorMetrics | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-                 events: EventPoster | None = None) -> None:
+                 events: EventPoster | None = None, forget: ForgetFn | None = None) -> None:
         self.store = store
         self.step = step
+        self.forget = forget  # the stepper's own memory of the rollout, dropped with its metrics
         self.metrics = metrics or OperatorMetrics()
         # Shared with the stepper, which posts the entries of each write-ahead as soon as it is stored.
         self.events = events or EventPoster(store, self.metrics, clock)
@@ -46,6 +48,8 @@ class Reconciler:
         obj = await asyncio.to_thread(self.store.get, ref)
         if obj is None:
             self.metrics.forget(ref.namespace, ref.name)
+            if self.forget is not None:
+                self.forget(ref.namespace, ref.name)
             return None
         result = await self.step(obj)
         self.metrics.count_actions(result.actions_taken)  # taken whether or not the status write below wins
@@ -58,6 +62,10 @@ class Reconciler:
                 if exc.status == 409:
                     # Someone wrote first (or an older decision of ours did): decide again on fresh state.
                     log.info("status of %s changed underneath; deciding again on fresh state", ref)
+                    if result.stored_status is not None:
+                        # What the stepper stored on the way is counted now: read back first thing after a
+                        # restart, it would be the baseline, and a rollback in it never counted.
+                        self.metrics.observe(obj, result.stored_status)
                     return 0.0
                 raise
         # Counted once the status that records it is stored: a lost write is decided (and counted) again.

@@ -63,6 +63,7 @@ from controller.gate.sources import DEFAULT_MAX_DATASET_BYTES, GATE_SCRATCH
 from controller.operator.event_poster import EventPoster
 from controller.operator.events import unposted
 from controller.operator.kubeapi import FINALIZER, RolloutStore, apply_decided_status, owns_finalizer
+from controller.operator.scheduler import reconcile_slot_lent
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
 from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
 
@@ -70,6 +71,8 @@ log = logging.getLogger(__name__)
 
 # Bounds how many decide -> act rounds one reconcile runs before writing status.
 MAX_ROUNDS = 8
+# Gates run beside the reconcile workers (which they lend out while they wait), at most this many at once.
+MAX_CONCURRENT_GATES = 4
 # Phases after which the candidate must not be left in the target's spec.
 WITHDRAWN_PHASES = ("RolledBack", "Failed")
 # How long a deleted rollout that has ended waits for that withdrawal before the delete may complete.
@@ -389,6 +392,11 @@ class RolloutStepper:
         self.store: RolloutStore | None = RolloutStore(api_client) if write_ahead else None
         self.events = events
         self._seen: set[tuple[str, str]] = set()
+        self._gates = asyncio.Semaphore(MAX_CONCURRENT_GATES)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The rollout is gone: a new one of the same name is a first sight again."""
+        self._seen.discard((namespace, name))
 
     async def step(self, obj: dict[str, Any]) -> ReconcileOutcome:
         meta = obj["metadata"]
@@ -474,7 +482,8 @@ class RolloutStepper:
             for action in decision.actions:
                 outcome.actions_taken.append(f"{action.type}:{action.id}")
                 if isinstance(action, RunGate):
-                    gate = await runtime.measure_gate(action, state)
+                    async with reconcile_slot_lent(), self._gates:
+                        gate = await runtime.measure_gate(action, state)
                 elif isinstance(action, RunAnalysis):
                     analysis = await asyncio.to_thread(runtime.measure_analysis, action, self.clock())
                 else:

@@ -9,17 +9,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from controller.operator.kubeapi import ObjectRef
 
 log = logging.getLogger(__name__)
 
 ReconcileFn = Callable[[ObjectRef], Awaitable[float | None]]
+
+
+class _Slot:
+    """One reconcile's claim on the queue's workers, which it may lend out while it only waits."""
+
+    def __init__(self, workers: asyncio.Semaphore) -> None:
+        self.workers = workers
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.workers.release()
+
+
+_current_slot: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar("reconcile_slot", default=None)
+
+
+@contextlib.asynccontextmanager
+async def reconcile_slot_lent() -> AsyncIterator[None]:
+    """Wait (a gate runs for minutes) without holding one of the queue's workers, so that other rollouts,
+    a rollback among them, are reconciled meanwhile. The object itself stays marked running: no second
+    reconcile of it starts. Outside the queue (tests, one-off calls) this does nothing."""
+    slot = _current_slot.get()
+    if slot is None or not slot.held:
+        yield
+        return
+    slot.release()
+    try:
+        yield
+    finally:
+        await slot.workers.acquire()  # if cancelled here the slot stays released: nothing to give back
+        slot.held = True
 
 
 class WakeupQueue:
@@ -81,6 +115,8 @@ class WakeupQueue:
                 await asyncio.wait_for(self._changed.wait(), timeout=wait)
 
     async def _run_one(self, ref: ObjectRef, workers: asyncio.Semaphore) -> None:
+        slot = _Slot(workers)
+        _current_slot.set(slot)  # this task's own context
         try:
             again = await self._reconcile(ref)
         except Exception:
@@ -88,6 +124,6 @@ class WakeupQueue:
             again = self._error_backoff
         finally:
             self._running.discard(ref)
-            workers.release()
+            slot.release()
         if again is not None:
             self.wake(ref, again)

@@ -234,3 +234,28 @@ def test_steps_are_counted_by_entry_number_once_and_again_for_an_object_made_ane
     anew = {"phase": "Progressing", "history": history("WeightChanged")}
     metrics.observe(obj(newer), anew)
     assert steps() == 3
+
+
+def test_a_rollback_stored_on_the_way_is_counted_when_the_final_write_loses() -> None:
+    # First reconcile since a restart: the stepper stored the rollback (write-ahead), then the final write lost a
+    # 409. The next read has the rollback in it and would be taken as the baseline: it must be counted now.
+    metrics = OperatorMetrics()
+    rolled_back = {"phase": "RollingBack", "rollback": {"verdictAt": "2026-01-05T09:00:00Z", "cause": "Aborted",
+                                                        "reason": "x"}}
+    outcome = ReconcileOutcome(status={**rolled_back, "phase": "RolledBack"}, stored_status=rolled_back)
+    assert reconcile(FakeStore(obj({"phase": "Progressing"}), apply_error=409), outcome, metrics) == 0.0
+    assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 1
+    reconcile(FakeStore(obj(rolled_back)), outcome, metrics)  # read back and decided again: not counted twice
+    assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 1
+
+
+def test_a_deleted_rollout_is_forgotten_by_the_stepper_too() -> None:
+    forgotten: list[tuple[str, str]] = []
+
+    async def step(_obj: dict[str, Any]) -> ReconcileOutcome:
+        raise AssertionError("nothing to step: the rollout is gone")
+
+    reconciler = Reconciler(FakeStore(None), step, OperatorMetrics(),  # type: ignore[arg-type]
+                            forget=lambda ns, name: forgotten.append((ns, name)))
+    assert asyncio.run(reconciler.reconcile(ObjectRef(NS, NAME))) is None
+    assert forgotten == [(NS, NAME)]

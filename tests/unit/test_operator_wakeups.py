@@ -13,7 +13,7 @@ from kopf._core.actions import invocation
 from controller.operator import handlers
 from controller.operator.kubeapi import ObjectRef
 from controller.operator.runtime import OperatorConfig
-from controller.operator.scheduler import WakeupQueue
+from controller.operator.scheduler import WakeupQueue, reconcile_slot_lent
 
 
 def wake_handler() -> Any:
@@ -59,3 +59,59 @@ def test_a_due_rollout_is_run_once_and_the_queue_goes_on() -> None:
 
     asyncio.run(main())
     assert sorted(ref.name for ref in ran) == ["a", "b", "c"]
+
+
+def test_a_long_gate_lends_its_worker_so_other_rollouts_are_reconciled_meanwhile() -> None:
+    # One worker: without lending, a rollback of "b" would wait for "a"'s gate to end.
+    ran: list[str] = []
+
+    async def main() -> None:
+        gate_may_end = asyncio.Event()
+
+        async def reconcile(ref: ObjectRef) -> float | None:
+            if ref.name == "a":
+                async with reconcile_slot_lent():
+                    ran.append("a gate started")
+                    await gate_may_end.wait()
+                ran.append("a after its gate")
+            else:
+                ran.append(ref.name)
+                gate_may_end.set()
+            return None
+
+        queue = WakeupQueue(reconcile)
+        task = asyncio.create_task(queue.run(concurrency=1))
+        queue.wake(ObjectRef("ns", "a"))
+        await asyncio.sleep(0.05)
+        queue.wake(ObjectRef("ns", "b"))
+        queue.wake(ObjectRef("ns", "a"))  # "a" is still running: not started a second time meanwhile
+        await asyncio.sleep(0.15)
+        task.cancel()
+
+    asyncio.run(main())
+    assert ran[:3] == ["a gate started", "b", "a after its gate"]
+
+
+def test_a_lent_worker_is_given_back_once_even_when_cancelled_while_waiting_for_it() -> None:
+    async def main() -> int:
+        workers = asyncio.Semaphore(1)
+        await workers.acquire()  # as the queue does before it starts a reconcile
+        lent = asyncio.Event()
+
+        async def reconcile(_ref: ObjectRef) -> float | None:
+            async with reconcile_slot_lent():
+                lent.set()
+                await asyncio.sleep(0.02)  # meanwhile another reconcile takes the worker and keeps it
+            return None
+
+        queue = WakeupQueue(reconcile)
+        task = asyncio.create_task(queue._run_one(ObjectRef("ns", "a"), workers))
+        await lent.wait()
+        await workers.acquire()
+        await asyncio.sleep(0.05)  # the gate is over: waiting for the worker back
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return workers._value
+
+    # Only the other reconcile holds the worker; the cancelled one gave back nothing it did not hold.
+    assert asyncio.run(main()) == 0
