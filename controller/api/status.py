@@ -226,6 +226,8 @@ class RollbackStatus:
     recovered_at: datetime | None = None  # traffic and alias both verified
     # A first rollout's candidate had taken all traffic: there was no earlier version to put back.
     traffic_kept: bool = False
+    # The stable alias named another version, set outside this rollout while it ran: left there, not put back.
+    alias_left_on: str | None = None
     time_to_recover_seconds: float | None = None
 
 

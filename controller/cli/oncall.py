@@ -262,7 +262,10 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
         lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve some of it.")
     alias = text(obj["spec"]["model"].get("stableAlias"), "the stable alias")
     alias = f"@{alias}" if obj["spec"]["model"].get("stableAlias") else alias
-    if rollback.get("aliasConfirmedAt"):
+    if rollback.get("aliasLeftOn"):
+        lines.append(f"{alias} was left on version {text(rollback['aliasLeftOn'])}, where it was moved outside this "
+                     "rollout while it ran.")
+    elif rollback.get("aliasConfirmedAt"):
         where = f"on version {stable}" if stable else f"off version {candidate or '?'}"
         lines.append(f"{alias} is confirmed {where} in the registry.")
     else:

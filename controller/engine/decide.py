@@ -1191,6 +1191,15 @@ class _Decider:
             return rollback
         current = registry.stable_alias_version
         action = SetAlias(id=self._rollback_id("alias"), alias=alias, version=stable.version)
+        candidate = self.status.candidate
+        moved_by_hand = current is not None and current.version not in (
+            stable.version, candidate.version if candidate else None)
+        if moved_by_hand and self._ledger(action.id) is None:
+            # Someone moved the alias to a third version while the rollout ran: undo only what this rollout
+            # did (the alias never named the candidate), not their decision.
+            self._record("AliasLeft", f"@{alias} names version {current.version}, set outside this rollout: "
+                                      f"left there, not put back to {stable.version}")
+            return dataclasses.replace(rollback, alias_confirmed_at=self.now, alias_left_on=current.version)
         return self._settle_alias(rollback, action, current is not None and current.version == stable.version,
                                   "AliasRestored", f"@{alias} -> version {stable.version}",
                                   f"@{alias} -> {stable.version}")

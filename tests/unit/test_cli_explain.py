@@ -165,3 +165,14 @@ def test_a_max_rate_failure_shows_the_max_rate_tests_numbers(oncall: OnCall) -> 
     text = oncall.explain(obj)
     assert f'"e_value": {deciding["e_value"]}' in text and f'"boundary": {deciding["boundary"]}' in text
     assert f"e-value {deciding['e_value']:.4g} vs boundary {deciding['boundary']:.4g}" in render_html(obj)
+
+
+def test_an_alias_left_where_a_human_moved_it_is_told_as_such(oncall: OnCall) -> None:
+    world = World(judge=lambda _r: [verdict(Outcome.FAIL)])
+    world.registry.versions["5"] = {}
+    world.run_until(lambda w: bool(w.status.canary_weight))
+    world.registry.aliases["production"] = "5"
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
+    text = oncall.explain(wrapped(world))
+    assert "@production was left on version 5, where it was moved outside this rollout" in text
+    assert "confirmed on version 6" not in text and "Traffic is back on version 6" in text
