@@ -669,6 +669,13 @@ class _Decider:
             f"no stable version (@{model.stable_alias} is not set)")
         self._record("Resolved", f"attempt {self._attempt}: candidate {candidate.version} "
                                  f"(run {candidate.run_id or 'unknown'}) against {against}")
+        target = self._target()
+        if stable is not None and target is not None and target.stable_version not in (
+                None, stable.version, candidate.version):
+            # The registry and the serving system disagree on what is stable: the canary is compared with what
+            # serves, and a rollback returns traffic there and the alias to where it was.
+            self._record("StableMismatch", f"{self.spec.target.description} serves version {target.stable_version} "
+                                           f"as stable while @{model.stable_alias} names {stable.version}")
         rejected = registry.candidate.tags.get(REJECTED_TAG)
         if rejected:
             self._record("PreviouslyRejected", f"version {candidate.version} carries {REJECTED_TAG}: {rejected}")

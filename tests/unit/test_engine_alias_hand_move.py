@@ -42,3 +42,15 @@ def test_an_alias_the_rollout_moved_is_put_back_by_a_bake_rollback() -> None:
     assert rollback is not None and rollback.after_promotion
     assert world.registry.aliases["production"] == "6" and rollback.alias_left_on is None
     assert len(rollback_alias_actions(world)) == 1 and "AliasRestored" in events(world)
+
+
+def test_a_target_serving_another_stable_than_the_alias_names_is_reported_at_the_start() -> None:
+    world = World()
+    world.registry.versions["5"] = {}
+    world.target.stable_version = "5"  # @production names 6
+    world.reconcile()
+    mismatch = [h.detail for h in world.status.history if h.event == "StableMismatch"]
+    assert mismatch == ["InferenceService nsfw-classifier serves version 5 as stable while @production names 6"]
+    clean = World()
+    clean.reconcile()
+    assert "StableMismatch" not in events(clean)
