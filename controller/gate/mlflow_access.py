@@ -125,6 +125,12 @@ class MlflowRest:
                     raise broke_off(exc) from None
                 raise SourceError(kind_for_http_status(response.status_code),
                                   f"MLflow GET {endpoint}: HTTP {response.status_code}: {detail}")
+            declare = getattr(sink, "declare", None)  # the scratch sink: a size past the limit is refused now
+            length = response.headers.get("Content-Length", "")
+            # requests decodes a Content-Encoding: then the length sent is not the dataset's size.
+            if declare is not None and length.isdigit() and \
+                    response.headers.get("Content-Encoding", "identity").lower() == "identity":
+                declare(int(length))
             writer = HashingWriter(sink, max_bytes, endpoint)
             chunks = response.iter_content(chunk_size=_CHUNK_BYTES)
             while True:

@@ -10,8 +10,10 @@ Sources (DESIGN.md section 3, `goldenDataset.uri`):
 
 The file lands on the operator's scratch disk (in a pod, the /tmp emptyDir, which the kubelet evicts the pod
 for outgrowing). `max_bytes` (`operator run --max-dataset-bytes`) bounds one dataset and, with a shared
-`ScratchLedger`, all the datasets of the gates in flight together; the filesystem's free space is checked
-before the fetch and before each write, so a full disk is an explained, retried gate error.
+`ScratchLedger`, all the datasets of the gates in flight together: a dataset larger than `max_bytes` is refused
+by policy even while other gates hold part of it, and only one that fits it but not what is free now is
+retried. The filesystem's free space is checked before the fetch and before each write, so a full disk is an
+explained, retried gate error.
 """
 
 from __future__ import annotations
@@ -146,17 +148,20 @@ async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, desti
     except OSError as exc:
         raise _write_error(exc, destination, uri) from None
     with file:
-        sink = cast(IO[bytes], _ScratchSink(file, destination, sources, uri))
+        scratch_sink = _ScratchSink(file, destination, sources, uri)
+        sink = cast(IO[bytes], scratch_sink)
         if uri.startswith(_MLFLOW_SCHEMES):
             source, (sha256, size) = await _fetch_mlflow(uri, sources, sink)
         elif uri.startswith("configmap://"):
             source, (sha256, size) = await _fetch_config_map(uri, namespace, sources, sink)
         elif uri.startswith("https://"):
-            source, (sha256, size) = await _fetch_https(uri, sources, sink)
+            source, (sha256, size) = await _fetch_https(uri, sources, scratch_sink)
         else:
             scheme = uri.split(":", 1)[0] if ":" in uri else uri
             raise SourcePolicyError(f"dataset URI scheme {scheme!r} is not supported: use mlflow-artifacts:/, "
                                     "runs:/, models:/, configmap://<name>/<key> or an allow-listed https:// host")
+    if scratch_sink.crowded is not None:  # read to the end within max_bytes: it fits the budget, just not now
+        raise SourceError(ErrorKind.UNAVAILABLE, scratch_sink.crowded)
     return FetchedDataset(path=destination, sha256=sha256, size_bytes=size, source=source)
 
 
@@ -169,19 +174,41 @@ class _ScratchSink:
     def __init__(self, file: io.FileIO, path: Path, sources: DatasetSources, uri: str) -> None:
         self._file, self._path, self._sources, self._uri = file, path, sources, uri
         self._written = 0
+        self._fits = False  # the source declared a size within max_bytes
+        self.crowded: str | None = None  # why the dataset is not kept, once other gates left it no room
         if sources.scratch is not None:
             sources.scratch.start(path)
 
+    def declare(self, size: int) -> None:
+        """The size the source announces before sending: past max_bytes it can never fit, so it is refused
+        now, with HashingWriter's words, rather than retried while other gates hold part of the budget."""
+        if size > self._sources.max_bytes:
+            raise SourcePolicyError(f"{self._uri} is larger than the {self._sources.max_bytes}-byte limit for "
+                                    "golden datasets")
+        self._fits = True
+
     def write(self, chunk: bytes) -> int:
+        if self.crowded is not None:
+            return len(chunk)  # only counted, by HashingWriter, which refuses a dataset past max_bytes
         sources = self._sources
         _check_free_space(self._path.parent, len(chunk), self._written, sources, self._uri)
         if sources.scratch is not None:
             others = sources.scratch.claim(self._path, len(chunk), sources.max_bytes)
             if others is not None:
-                # Not this dataset's fault (HashingWriter refuses one past the limit on its own): retried later.
-                raise SourceError(ErrorKind.UNAVAILABLE, f"{self._uri}: the golden datasets of other gates in "
-                                  f"flight hold {_mib(others)} of the {_mib(sources.max_bytes)} the operator keeps "
-                                  "for datasets on its scratch disk (--max-dataset-bytes); retrying once they end")
+                crowded = (f"{self._uri}: the golden datasets of other gates in flight hold {_mib(others)} of the "
+                           f"{_mib(sources.max_bytes)} the operator keeps for datasets on its scratch disk "
+                           "(--max-dataset-bytes); retrying once they end")
+                if self._fits:
+                    raise SourceError(ErrorKind.UNAVAILABLE, crowded)
+                # Its size is unknown: read on without keeping it, so that one larger than the whole budget
+                # is refused by policy (it never fits) and only one that fits alone is retried (fetch_dataset).
+                self.crowded = crowded
+                try:
+                    self._file.truncate(0)  # the part written no longer holds budget the other gates need
+                except OSError as exc:
+                    raise _write_error(exc, self._path, self._uri) from None
+                sources.scratch.start(self._path)
+                return len(chunk)
         view = memoryview(chunk)
         try:
             while view:  # a raw write may take part of the chunk
@@ -286,7 +313,7 @@ def check_https_uri(uri: str, allowed: Collection[str]) -> URL:
         raise SourcePolicyError(f"{uri}: not a usable URL") from None
 
 
-async def _fetch_https(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tuple[str, tuple[str, int]]:
+async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink) -> tuple[str, tuple[str, int]]:
     url = check_https_uri(uri, sources.https_allowed_hosts)
     origin = (url.scheme, (url.host or "").lower(), url.port)
     context = ssl.create_default_context(cafile=sources.https_ca_file)
@@ -310,7 +337,11 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tu
                     if response.status != 200:
                         raise SourceError(kind_for_http_status(response.status),
                                           f"GET {uri}: HTTP {response.status} {response.reason or ''}".strip())
-                    sha_size = await _copy_stream(response, sink, sources.max_bytes, uri)
+                    # aiohttp decodes a Content-Encoding: then the length sent is not the dataset's size.
+                    if response.content_length is not None and \
+                            response.headers.get("Content-Encoding", "identity").lower() == "identity":
+                        sink.declare(response.content_length)
+                    sha_size = await _copy_stream(response, cast(IO[bytes], sink), sources.max_bytes, uri)
                     return uri, sha_size
     except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
         raise SourceError(ErrorKind.UNAVAILABLE, f"GET {uri}: {type(exc).__name__}: {exc}") from None

@@ -178,6 +178,29 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set-json", 'exporter.tolerations=[{"operator":"Maybe"}]'), "/exporter/tolerations/0/operator"),
     (("--set-json", 'controller.tolerations=[{"key":"a","tolerationSeconds":"60"}]'),
      "/controller/tolerations/0/tolerationSeconds"),
+    # ...and what the API server refuses of one (ValidateTolerations), so that it fails here, not at install.
+    (("--set-json", 'controller.tolerations=[{"key":"a","effect":"NoSchedule","tolerationSeconds":60}]'),
+     "/controller/tolerations/0/effect': value must be 'NoExecute'"),
+    (("--set-json", 'exporter.tolerations=[{"key":"a","tolerationSeconds":60}]'),
+     "/exporter/tolerations/0': missing property 'effect'"),
+    (("--set-json", 'controller.tolerations=[{"key":"a","operator":"Exists","value":"ml"}]'),
+     "/controller/tolerations/0/value': maxLength: got 2, want 0"),
+    (("--set-json", 'exporter.tolerations=[{"effect":"NoSchedule"}]'),
+     "/exporter/tolerations/0': missing property 'operator'"),
+    (("--set-json", 'controller.tolerations=[{"key":"","operator":"Equal","value":"ml"}]'),
+     "/controller/tolerations/0/operator': value must be 'Exists'"),
+    (("--set-json", 'controller.tolerations=[{"key":"a","effect":"NoRun"}]'), "/controller/tolerations/0/effect"),
+    (("--set-json", 'controller.tolerations=[{"key":"dedicated node","operator":"Exists"}]'),
+     "/controller/tolerations/0/key"),
+    (("--set-json", 'controller.tolerations=[{"key":"Example.com/gpu","operator":"Exists"}]'),
+     "/controller/tolerations/0/key"),
+    (("--set-json", f'controller.tolerations=[{{"key":"{"k" * 64}","operator":"Exists"}}]'),
+     "/controller/tolerations/0/key"),
+    (("--set-json", f'controller.tolerations=[{{"key":"{"p" * 254}/gpu","operator":"Exists"}}]'),
+     "/controller/tolerations/0/key"),
+    (("--set-json", 'controller.tolerations=[{"key":"a","value":"-ml"}]'), "/controller/tolerations/0/value"),
+    (("--set-json", f'controller.tolerations=[{{"key":"a","value":"{"v" * 64}"}}]'),
+     "/controller/tolerations/0/value': maxLength: got 64, want 63"),
     # Sizes the chart can compare: <n>Mi or <n>Gi.
     (("--set", "controller.tmpSizeLimit=1G"), "/controller/tmpSizeLimit"),
     (("--set", "controller.maxDatasetBytes=4GiB"), "/controller/maxDatasetBytes"),
@@ -193,7 +216,12 @@ def test_values_schema_refuses_bad_values(args: tuple[str, ...], complaint: str)
 def test_chart_accepts_env_vars_and_tolerations_of_the_kubernetes_shape() -> None:
     env = [{"name": "A", "value": "1"}, {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     tolerations = [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
-                   {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]
+                   {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60},
+                   # What the API server accepts at the edges: an empty operator is Equal, an empty value with
+                   # Exists, a prefixed key at the length limits, a value of 63 characters.
+                   {"key": "example.com/gpu", "operator": "Exists", "value": "", "effect": ""},
+                   {"key": "p" * 253 + "/" + "n" * 63, "operator": "", "value": "A" + "b.c_d-" * 10 + "yz",
+                    "effect": "PreferNoSchedule"}]
     objs = helm_template("--set-json", f"controller.extraEnv={json.dumps(env)}",
                          "--set-json", f"exporter.tolerations={json.dumps(tolerations)}")
     pods = {obj["metadata"]["name"]: obj["spec"]["template"]["spec"] for obj in objs if obj["kind"] == "Deployment"}

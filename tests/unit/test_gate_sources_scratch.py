@@ -8,15 +8,21 @@ import collections
 import fcntl
 import hashlib
 import os
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_gate_sources
+from aiohttp import web
 from test_gate_support import run
 
 from controller.gate import GateOptions, InferenceEndpoint, run_gate
 from controller.gate import sources as sources_module
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError
+from controller.gate.mlflow_access import MlflowAccess
 from controller.gate.sources import ConfigMapContent, DatasetSources, ScratchLedger, fetch_dataset
 
 PAYLOAD = b'{"classes": ["safe", "nsfw"]}\n' + b'{"features": [0.0, 1.0], "label": "nsfw"}\n' * 14  # 624 bytes
@@ -138,3 +144,130 @@ def test_the_gate_cleans_up_after_dead_gates_and_leaves_live_ones(tmp_path: Path
     assert report.dataset_sha256 == hashlib.sha256(PAYLOAD).hexdigest()  # fetched beside the live one
     assert not dead.exists() and (live / "dataset").exists() and other.exists() and planted.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, planted.name])
+
+
+MIB = 1024**2
+tls_files = test_gate_sources.tls_files  # the fixture: a self-signed certificate for 127.0.0.1
+
+
+@asynccontextmanager
+async def artifact_server(size: int, *, declared: bool = True,
+                          tls: tuple[Path, Path] | None = None) -> AsyncIterator[str]:
+    """Serves `size` bytes at every GET path, with a Content-Length or (declared=False) chunked, in 256 KiB
+    pieces; plain HTTP as an MLflow tracking server, or https with tls=(cert, key). Yields its base URL."""
+    body = b"x" * size
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if declared:
+            return web.Response(body=body)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, size, 256 * 1024):
+            await response.write(body[start:start + 256 * 1024])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+def crowded_fetch(tmp_path: Path, size: int, *, declared: bool = True, tls: tuple[Path, Path] | None = None,
+                  alone: bool = False) -> Any:
+    """Fetch a dataset of `size` bytes with a 2 MiB budget, of which another gate in flight holds 1 MiB
+    (unless alone); returns the exception raised, or the FetchedDataset."""
+    ledger = ScratchLedger()
+    if not alone:
+        other = tmp_path / "gate-1" / "dataset"
+        other.parent.mkdir(parents=True)
+        other.write_bytes(b"y" * MIB)
+        assert ledger.claim(other, MIB, 2 * MIB) is None
+    destination = tmp_path / "gate-2" / "dataset"
+    destination.parent.mkdir(parents=True)
+
+    async def scenario() -> Any:
+        async with artifact_server(size, declared=declared, tls=tls) as base:
+            if tls is None:
+                uri = "mlflow-artifacts:/golden/big.jsonl"
+                wanted = DatasetSources(mlflow=MlflowAccess(base, max_retries=0, timeout_seconds=30),
+                                        max_bytes=2 * MIB, scratch=ledger)
+            else:
+                uri = f"{base}/big.jsonl"
+                wanted = DatasetSources(https_allowed_hosts=["127.0.0.1"], https_ca_file=str(tls[0]),
+                                        max_bytes=2 * MIB, scratch=ledger)
+            try:
+                return await fetch_dataset(uri, "team-a", wanted, destination)
+            except SourceError as exc:
+                return exc
+
+    outcome = run(scenario())
+    # Whatever happened, what this gate left on the disk is what the ledger counts for it.
+    assert ledger.claim(destination, 0, 2 * MIB) is None
+    return outcome
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_mlflow_dataset_larger_than_the_whole_budget_is_refused_even_while_other_gates_hold_part(
+        tmp_path: Path, declared: bool) -> None:
+    # Declared (Content-Length) or not (chunked), the dataset (3 MiB) would not fit a budget of 2 MiB however
+    # long it waited, though only 1 MiB is taken by another gate: refused, not retried.
+    refused = crowded_fetch(tmp_path, 3 * MIB, declared=declared)
+    alone = crowded_fetch(tmp_path / "alone", 3 * MIB, declared=declared, alone=True)
+    assert isinstance(refused, SourcePolicyError) and isinstance(alone, SourcePolicyError)
+    assert refused.kind is alone.kind is ErrorKind.INVALID
+    assert refused.message == alone.message
+    assert "is larger than the 2097152-byte limit for golden datasets" in refused.message
+    assert (tmp_path / "gate-2" / "dataset").stat().st_size == 0  # what it had written no longer holds budget
+
+
+def test_an_mlflow_dataset_declared_larger_than_the_budget_is_refused_before_it_is_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = free_space(monkeypatch, 1024**3)
+    refused = crowded_fetch(tmp_path, 3 * MIB, declared=True)
+    assert isinstance(refused, SourcePolicyError) and "is larger than the 2097152-byte limit" in refused.message
+    assert asked.count(tmp_path / "gate-2") == 1  # the check before the fetch; no write was attempted
+
+
+def test_an_mlflow_dataset_that_fits_the_budget_but_not_what_is_free_is_retried(tmp_path: Path) -> None:
+    crowded = crowded_fetch(tmp_path, 2 * MIB, declared=False)
+    assert isinstance(crowded, SourceError) and not isinstance(crowded, SourcePolicyError)
+    assert crowded.kind is ErrorKind.UNAVAILABLE
+    assert "other gates in flight hold 1.0 MiB of the 2.0 MiB" in crowded.message
+    assert "retrying once they end" in crowded.message
+    assert (tmp_path / "gate-2" / "dataset").stat().st_size == 0
+    fetched = crowded_fetch(tmp_path / "alone", 2 * MIB, declared=False, alone=True)
+    assert fetched.size_bytes == 2 * MIB and fetched.path.stat().st_size == 2 * MIB
+
+
+def test_an_https_dataset_declared_larger_than_the_budget_is_refused_before_it_is_read(
+        tls_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = free_space(monkeypatch, 1024**3)
+    refused = crowded_fetch(tmp_path, 3 * MIB, tls=tls_files)
+    assert asked.count(tmp_path / "gate-2") == 1  # the check before the fetch; no write was attempted
+    alone = crowded_fetch(tmp_path / "alone", 3 * MIB, tls=tls_files, alone=True)
+    assert isinstance(refused, SourcePolicyError) and isinstance(alone, SourcePolicyError)
+    for error in (refused, alone):  # the same words, from servers on different ports
+        assert error.message.endswith("/big.jsonl is larger than the 2097152-byte limit for golden datasets")
+    assert (tmp_path / "gate-2" / "dataset").stat().st_size == 0  # refused on its Content-Length: nothing kept
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_https_dataset_that_fits_the_budget_but_not_what_is_free_is_retried(
+        tls_files: tuple[Path, Path], tmp_path: Path, declared: bool) -> None:
+    crowded = crowded_fetch(tmp_path, 2 * MIB, declared=declared, tls=tls_files)
+    assert isinstance(crowded, SourceError) and not isinstance(crowded, SourcePolicyError)
+    assert crowded.kind is ErrorKind.UNAVAILABLE and "other gates in flight hold" in crowded.message
+    refused = crowded_fetch(tmp_path / "chunked", 3 * MIB, declared=False, tls=tls_files)
+    assert isinstance(refused, SourcePolicyError) and "is larger than the 2097152-byte limit" in refused.message
