@@ -260,6 +260,15 @@ class _Decider:
         registry = self.obs.registry
         return registry if registry is not None and registry.error is None else None
 
+    @property
+    def _deadline(self) -> str:
+        """How messages name the deadline: "progressDeadline 30m"."""
+        return f"progressDeadline {format_duration(self.spec.progress_deadline)}"
+
+    def _deadline_failure(self, what: str) -> None:
+        """`what` did not happen in time: a failure like any other (rolled back, or paused for a human)."""
+        self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{what} within {self._deadline}", {})
+
     def _target(self) -> TargetObservation | None:
         target = self.obs.target
         return target if target is not None and target.error is None else None
@@ -693,8 +702,7 @@ class _Decider:
         if target is None or target.error is not None:
             why = target.error.message if target is not None and target.error else "not observed yet"
             if self._deadline_passed(started):
-                reason = (f"{target_label} unavailable for longer than progressDeadline "
-                          f"{format_duration(self.spec.progress_deadline)}: {why}")
+                reason = f"{target_label} unavailable for longer than {self._deadline}: {why}"
                 if staging_started:  # whatever was staged must come off once the target answers
                     self._start_rollback(RollbackCause.CANDIDATE_NOT_READY, reason, reject_candidate=False,
                                          final_phase=Phase.FAILED)
@@ -712,7 +720,7 @@ class _Decider:
         if self._deadline_passed(started):
             what = (f"candidate {candidate.version} did not become ready on {target_label}"
                     if target.ready else f"{target_label} is not ready")
-            reason = (f"{what} within progressDeadline {format_duration(self.spec.progress_deadline)}"
+            reason = (f"{what} within {self._deadline}"
                       + (f": {target.detail}" if target.detail else ""))
             if staging_started or target.canary_version == candidate.version:
                 self._start_rollback(RollbackCause.CANDIDATE_NOT_READY, reason, reject_candidate=False,
@@ -855,8 +863,7 @@ class _Decider:
             return
         if self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):
             observed = "unknown" if target is None else f"{target.canary_weight}%"
-            reason = (f"the target did not take weight {weight}% within progressDeadline "
-                      f"{format_duration(self.spec.progress_deadline)} (observed {observed}), "
+            reason = (f"the target did not take weight {weight}% within {self._deadline} (observed {observed}), "
                       f"at {self._step_label(index)}")
             self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, reason, {"step": index, "weight": weight})
             return
@@ -1126,7 +1133,7 @@ class _Decider:
         steps = (("traffic to stable", rollback.traffic_confirmed_at), ("stable alias", rollback.alias_confirmed_at),
                  (f"{REJECTED_TAG} tag", rollback.tag_confirmed_at if rollback.reject_candidate else self.now))
         missing = ", ".join(what for what, confirmed in steps if confirmed is None)
-        detail = (f"deleted rollout: gave up after progressDeadline {format_duration(self.spec.progress_deadline)}; "
+        detail = (f"deleted rollout: gave up after {self._deadline}; "
                   f"not confirmed: {missing}")
         self._abandon_pending()
         self.actions.clear()  # this decision's requests too: the rollback ends here
@@ -1290,9 +1297,7 @@ class _Decider:
                 promotion = dataclasses.replace(promotion, target_confirmed_at=self.now)
                 self._update(promotion=promotion, canary_weight=100)
             elif self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):
-                self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
-                              f"the target did not take the promotion of {candidate.version} within "
-                              f"progressDeadline {format_duration(self.spec.progress_deadline)}", {})
+                self._deadline_failure(f"the target did not take the promotion of {candidate.version}")
                 return
             elif target is None:
                 self._wait(f"Holding the promotion until {self.spec.target.description} answers")
@@ -1309,7 +1314,7 @@ class _Decider:
                 if self._deadline_passed(self._pending_since(action_id) if self._ledger(action_id)
                                          else promotion.started_at):
                     self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
-                                  f"{reason} (waited progressDeadline {format_duration(self.spec.progress_deadline)})",
+                                  f"{reason} (waited {self._deadline})",
                                   {})
                 else:
                     self._wait(f"Holding the promotion: {reason}", poll=True)
@@ -1328,9 +1333,7 @@ class _Decider:
             self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
                           f"@{alias} -> {candidate.version}", send=registry is not None)
             if self._deadline_passed(self._pending_since(action_id)):
-                self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
-                              f"the registry did not move @{alias} to {candidate.version} within progressDeadline "
-                              f"{format_duration(self.spec.progress_deadline)}", {})
+                self._deadline_failure(f"the registry did not move @{alias} to {candidate.version}")
                 return
             if registry is None:
                 self._wait(f"Waiting for the registry to move @{alias} to {candidate.version}")
