@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller.devstack.controlplane import ControlPlane
 from controller.devstack.mlflow_server import MlflowServer
@@ -57,3 +58,16 @@ def namespace(kubeconfig: Path) -> str:
     result = run_kubectl(kubeconfig, "create", "namespace", name)
     assert result.returncode == 0, result.stderr
     return name
+
+
+@pytest.fixture
+def offline_kubeconfig(tmp_path: Path) -> Path:
+    """A kubeconfig for an API server that is not there (127.0.0.1:1), namespace "ns": for code that must not
+    need one."""
+    config = {"apiVersion": "v1", "current-context": "c",
+              "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+              "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}]}
+    path = tmp_path / "offline-kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path

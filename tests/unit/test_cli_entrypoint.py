@@ -116,18 +116,13 @@ def test_exporter_on_a_port_in_use_says_so() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_text_from_the_server_cannot_drive_the_terminal(tmp_path: Path) -> None:
+def test_text_from_the_server_cannot_drive_the_terminal(offline_kubeconfig: Path) -> None:
     import io
 
     from controller.cli.oncall import OnCall
 
-    config = {"apiVersion": "v1", "current-context": "c",
-              "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-              "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
-              "users": [{"name": "u", "user": {"token": "t"}}]}
-    (tmp_path / "config").write_text(yaml.safe_dump(config))
     out = io.StringIO()
-    oncall = OnCall(str(tmp_path / "config"), None, out=out)
+    oncall = OnCall(str(offline_kubeconfig), None, out=out)
     hostile = "\x1b[2J\x1b]0;owned\x07mallory\u202e"
     obj = {"metadata": {"namespace": "ns", "name": "r"}, "spec": {"model": {"name": "m"}},
            "status": {"phase": "Paused", "message": hostile, "candidate": {"version": "7"},
@@ -140,14 +135,9 @@ def test_text_from_the_server_cannot_drive_the_terminal(tmp_path: Path) -> None:
     assert "\\x1b[2J\\x1b]0;owned\\x07mallory\\u202e" in shown
 
 
-def test_operator_run_refuses_a_storage_uri_template_it_cannot_fill(tmp_path: Path) -> None:
-    config = {"apiVersion": "v1", "current-context": "c",
-              "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-              "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-              "users": [{"name": "u", "user": {"token": "t"}}]}
-    (tmp_path / "config").write_text(yaml.safe_dump(config))
+def test_operator_run_refuses_a_storage_uri_template_it_cannot_fill(offline_kubeconfig: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "controller.cli.main", "operator", "run", "--metrics-port", "-1",
-                             "--kubeconfig", str(tmp_path / "config"), "--storage-uri-template", "s3://m/{model}"],
+                             "--kubeconfig", str(offline_kubeconfig), "--storage-uri-template", "s3://m/{model}"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1 and "--storage-uri-template 's3://m/{model}' cannot be filled" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from test_engine import _first_rollout_killed_after_its_alias_moved
 from test_engine_support import World, verdict
 
@@ -26,13 +25,8 @@ from controller.verdict import Outcome
 
 
 @pytest.fixture()
-def oncall(tmp_path: Path) -> OnCall:
-    config = {"apiVersion": "v1", "current-context": "c",
-              "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-              "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
-              "users": [{"name": "u", "user": {"token": "t"}}]}
-    (tmp_path / "config").write_text(yaml.safe_dump(config))
-    return OnCall(str(tmp_path / "config"), None, out=io.StringIO())
+def oncall(offline_kubeconfig: Path) -> OnCall:
+    return OnCall(str(offline_kubeconfig), None, out=io.StringIO())
 
 
 def wrapped(world: World) -> dict[str, Any]:
