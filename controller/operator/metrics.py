@@ -62,6 +62,7 @@ class _Seen:
     rollback: str | None = None  # verdictAt of the last counted rollback
     recovered: str | None = None  # verdictAt of the last rollback whose recovery time was observed
     history_seq: int = 0  # seq of the newest history entry counted
+    metric_names: tuple[str, ...] = ()  # the analysis metrics its spec names: their verdict series
 
 
 def _keys(status: Mapping[str, Any]) -> _Seen:
@@ -154,6 +155,7 @@ class OperatorMetrics:
             now = _keys(status)
             self._count(key, seen, now, status, judged)
             seen.phase = now.phase
+            seen.metric_names = tuple(judged)
             self._set_phases()
         weight = status.get("canaryWeight")
         self.canary_weight.labels(*key).set(weight if isinstance(weight, int | float) else 0)
@@ -194,12 +196,21 @@ class OperatorMetrics:
         """The rollout is gone: its per-rollout series go too, and it no longer counts in a phase."""
         key = (namespace, name)
         with self._lock:
-            if self._seen.pop(key, None) is None:
+            gone = self._seen.pop(key, None)
+            if gone is None:
                 return
             self._set_phases()
+            # A metric name's verdict series go with the last rollout that names it: names are user strings,
+            # and the registry would otherwise keep every name ever used.
+            in_use = {name for seen in self._seen.values() for name in seen.metric_names}
+            unused = set(gone.metric_names) - in_use - {GATE_METRIC}
         for metric in (self.canary_weight, self.rollbacks, self.steps):
             with contextlib.suppress(KeyError):
                 metric.remove(*key)
+        for name in unused:
+            for result in RESULTS:
+                with contextlib.suppress(KeyError):
+                    self.verdicts.remove(name, result)
 
     def _set_phases(self) -> None:
         counts = Tally(seen.phase for seen in self._seen.values())

@@ -259,3 +259,18 @@ def test_a_deleted_rollout_is_forgotten_by_the_stepper_too() -> None:
                             forget=lambda ns, name: forgotten.append((ns, name)))
     assert asyncio.run(reconciler.reconcile(ObjectRef(NS, NAME))) is None
     assert forgotten == [(NS, NAME)]
+
+
+def test_a_metric_names_verdict_series_go_with_the_last_rollout_that_names_it() -> None:
+    metrics = OperatorMetrics()
+    shared = spec_dict()
+    other = obj({}, spec_dict())
+    other["metadata"] = {**other["metadata"], "name": "other"}
+    metrics.observe(obj({}, shared), {"phase": "Progressing"})
+    metrics.observe(other, {"phase": "Progressing"})
+    assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result="fail") == 0
+    metrics.forget(NS, NAME)
+    assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result="fail") == 0  # still named
+    metrics.forget(NS, "other")
+    assert 'metric="nsfw-rate"' not in exposed(metrics)
+    assert value(metrics, "modelrollout_verdicts_total", metric=GATE_METRIC, result="fail") == 0
