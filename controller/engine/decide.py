@@ -94,6 +94,9 @@ BACKOFF_MAX = timedelta(minutes=5)
 _MAX_TRANSITIONS = 200
 
 CONDITION_MESSAGE_MAX = 32768
+# How a success that moved nothing ends its detail: the stable alias already named the candidate, but the
+# target said it served another version.
+NOTHING_ROLLED_OUT = "nothing was rolled out"
 # Phases only reached once the candidate is resolved (a rollback may come before resolution).
 _PHASES_WITH_A_CANDIDATE = frozenset({Phase.GATING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.BAKING})
 
@@ -670,7 +673,10 @@ class _Decider:
         if stable is not None and stable.version == candidate.version:
             self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now)
             self._record("AlreadyStable", f"version {candidate.version} is already @{model.stable_alias}")
-            self._succeed(f"version {candidate.version} already serves as @{model.stable_alias}")
+            served = self._stable_mismatch(stable)
+            self._succeed(f"version {candidate.version} already serves as @{model.stable_alias}" if served is None
+                          else f"version {candidate.version} is already @{model.stable_alias}, but "
+                               f"{self.spec.target.description} serves version {served}: {NOTHING_ROLLED_OUT}")
             return
         self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now,
                      current_step=None, completed_at=None)
@@ -678,17 +684,24 @@ class _Decider:
             f"no stable version (@{model.stable_alias} is not set)")
         self._record("Resolved", f"attempt {self._attempt}: candidate {candidate.version} "
                                  f"(run {candidate.run_id or 'unknown'}) against {against}")
-        target = self._target()
-        if stable is not None and target is not None and target.stable_version not in (
-                None, stable.version, candidate.version):
-            # The registry and the serving system disagree on what is stable: the canary is compared with what
-            # serves, and a rollback returns traffic there and the alias to where it was.
-            self._record("StableMismatch", f"{self.spec.target.description} serves version {target.stable_version} "
-                                           f"as stable while @{model.stable_alias} names {stable.version}")
+        if stable is not None:
+            self._stable_mismatch(stable)
         rejected = registry.candidate.tags.get(REJECTED_TAG)
         if rejected:
             self._record("PreviouslyRejected", f"version {candidate.version} carries {REJECTED_TAG}: {rejected}")
         self.moved = True
+
+    def _stable_mismatch(self, stable: VersionRef) -> str | None:
+        """The version the target says it serves as stable when the stable alias names another (recorded as a
+        Warning): the canary is then compared with what serves, while the evidence names the alias's version."""
+        target = self._target()
+        served = target.stable_version if target is not None else None
+        candidate = self.status.candidate.version if self.status.candidate else None
+        if served is None or served in (stable.version, candidate):
+            return None
+        self._record("StableMismatch", f"{self.spec.target.description} serves version {served} as stable while "
+                                       f"@{self.spec.model.stable_alias} names {stable.version}")
+        return served
 
     def _stage_id(self) -> str:
         return f"{self._attempt}:stage:{self._candidate.version}"
@@ -1206,11 +1219,12 @@ class _Decider:
         current = registry.stable_alias_version
         action = SetAlias(id=self._rollback_id("alias"), alias=alias, version=stable.version)
         candidate = self.status.candidate
-        moved_by_hand = current is not None and current.version not in (
+        # Before promotion this rollout has not touched the alias: a third version there was set by someone
+        # else while it ran. Undo only what this rollout did, not their decision. (After promotion it moved
+        # the alias itself, and a rollback puts back what it found.)
+        moved_by_hand = self.status.promotion is None and current is not None and current.version not in (
             stable.version, candidate.version if candidate else None)
         if moved_by_hand and self._ledger(action.id) is None:
-            # Someone moved the alias to a third version while the rollout ran: undo only what this rollout
-            # did (the alias never named the candidate), not their decision.
             self._record("AliasLeft", f"@{alias} names version {current.version}, set outside this rollout: "
                                       f"left there, not put back to {stable.version}")
             return dataclasses.replace(rollback, alias_confirmed_at=self.now, alias_left_on=current.version)
@@ -1442,6 +1456,9 @@ class _Decider:
         alias = self.spec.model.stable_alias
         retry_note = f" (retry {status.retry.attempts}: {status.retry.reason})" if status.retry else ""
         if phase is Phase.SUCCEEDED:
+            succeeded = self._last_event_detail("Succeeded")
+            if succeeded.endswith(NOTHING_ROLLED_OUT):  # no claim on what serves: the target disagreed
+                return _sentence(succeeded[:1].upper() + succeeded[1:])
             return _sentence(f"Version {candidate} serves all traffic as @{alias}")
         if phase is Phase.FAILED:
             reason = status.rollback.reason if status.rollback else self._last_event_detail("Failed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from test_engine import events, fail_from, finished
-from test_engine_support import World
+from test_engine_support import World, spec_dict
 
 from controller.api.commands import CommandAction
 from controller.api.status import Phase
@@ -54,3 +54,33 @@ def test_a_target_serving_another_stable_than_the_alias_names_is_reported_at_the
     clean = World()
     clean.reconcile()
     assert "StableMismatch" not in events(clean)
+
+
+def test_an_alias_already_on_the_candidate_while_the_target_serves_another_is_no_claim_of_serving() -> None:
+    world = World()
+    world.registry.aliases["production"] = "7"  # the candidate; the target serves 6
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED
+    assert "StableMismatch" in events(world)
+    assert world.status.message == ("Version 7 is already @production, but InferenceService nsfw-classifier serves "
+                                    "version 6: nothing was rolled out.")
+    agreed = World()
+    agreed.registry.aliases["production"] = "7"
+    agreed.target.stable_version = "7"
+    agreed.reconcile()
+    assert agreed.status.message == "Version 7 serves all traffic as @production."
+    assert "StableMismatch" not in events(agreed)
+
+
+def test_a_rollback_after_success_puts_back_the_alias_the_rollout_moved_even_if_it_moved_on() -> None:
+    world = World(spec=spec_dict(bake=None))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished)
+    assert world.status.phase is Phase.SUCCEEDED and world.registry.aliases["production"] == "7"
+    world.registry.aliases["production"] = "8"  # moved on later
+    world.advance(timedelta(days=3))
+    world.send(CommandAction.ROLLBACK)
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
+    assert world.registry.aliases["production"] == "6" and world.target.stable_version == "6"
+    assert world.status.rollback is not None and world.status.rollback.alias_left_on is None
