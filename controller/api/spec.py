@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from controller.analysis.queries import KNOWN_VARIABLES, TEMPLATE_VARIABLE
 from controller.api.durations import parse_duration
 
 DEFAULT_STABLE_ALIAS = "production"
@@ -27,6 +28,16 @@ DEFAULT_PROGRESS_DEADLINE = timedelta(minutes=30)
 DEFAULT_BAKE_BASELINE = timedelta(days=7)
 MIN_BAKE_BASELINE_DAYS = 3  # the baseline judge needs this many days of history (see analysis.judges)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# The CRD's patterns: a registry version number, and an alias MLflow takes (its own rule, ASCII only).
+_VERSION = re.compile(r"[1-9][0-9]{0,9}")
+_ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
+MAX_MODEL_NAME_LENGTH = 256  # the CRD's maxLength (MLflow's column)
+_HTTP_SCHEMES = ("http://", "https://")
+_DATASET_SCHEMES = ("mlflow-artifacts:/", "runs:/", "models:/", "https://", "configmap://")
+MAX_STEPS = 50  # the CRD's maxItems
+MAX_METRICS = 20
+MAX_MIN_SAMPLES = 100_000_000
+MAX_CONFIDENCE = 0.9999
 _PROPORTION_LIMITS = ("maxRelativeIncrease", "maxRate", "confidence", "minSamples")
 # Ten years: longer would only overflow the clock arithmetic (a bake's end, a deadline) later.
 MAX_DURATION = timedelta(days=3650)
@@ -267,8 +278,9 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelRolloutSpec:
     parsed = ModelRolloutSpec(
         model=model,
         target=_parse_target(_required_mapping(spec, "target", "spec")),
-        canary=_parse_canary(_optional_mapping(spec, "canary", "spec")),
-        golden_dataset=_parse_golden(_optional_mapping(spec, "goldenDataset", "spec")),
+        canary=_parse_canary(_required_mapping(spec, "canary", "spec")),
+        # Required, as in the CRD: without it the engine skips the gate.
+        golden_dataset=_parse_golden(_required_mapping(spec, "goldenDataset", "spec")),
         registry=_parse_registry(_optional_mapping(spec, "registry", "spec")),
         analysis=_parse_analysis(_optional_mapping(spec, "analysis", "spec")),
         rollback=_parse_rollback(_optional_mapping(spec, "rollback", "spec")),
@@ -291,14 +303,29 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelSpec:
     alias = _optional_str(raw, "alias", path)
     if (version is None) == (alias is None):
         raise SpecError(path, "exactly one of version or alias must be set")
+    if version is not None and not _VERSION.fullmatch(version):
+        raise SpecError(f"{path}.version", "must be a registry version number (1 to 10 digits, no leading 0)")
     stable_alias = _optional_str(raw, "stableAlias", path) or DEFAULT_STABLE_ALIAS
     for key, value in (("alias", alias), ("stableAlias", stable_alias)):
+        if value is not None and not _ALIAS.fullmatch(value):
+            raise SpecError(f"{path}.{key}", "must be 1 to 255 letters, digits, '_' or '-' (MLflow refuses others)")
         if value is not None and RESERVED_ALIAS.match(value):
             raise SpecError(f"{path}.{key}", f"{value!r} is reserved by MLflow ('latest' in any case, v<number>)")
     if alias is not None and alias == stable_alias:
         raise SpecError(f"{path}.alias", "must differ from stableAlias, or the candidate would be the stable version")
-    return ModelSpec(name=_required_str(raw, "name", path), version=version, alias=alias,
-                     stable_alias=stable_alias)
+    return ModelSpec(name=_model_name(raw, path), version=version, alias=alias, stable_alias=stable_alias)
+
+
+def _model_name(raw: Mapping[str, Any], path: str) -> str:
+    """A name MLflow can register, or the registry refuses every call and the rollout waits in Pending."""
+    name = _required_str(raw, "name", path)
+    # mlflow.utils.validation._validate_model_name (every store): not blank, no '/' or ':', and not a path that
+    # resolves to another ('.', '..' and anything starting with '..'). The CRD's rule on spec.model.name is the same.
+    if (not name.strip() or "/" in name or ":" in name or name == "." or name.startswith("..")
+            or len(name) > MAX_MODEL_NAME_LENGTH):
+        raise SpecError(f"{path}.name", f"must be a registered model name MLflow accepts: not blank, at most "
+                        f"{MAX_MODEL_NAME_LENGTH} characters, no '/' or ':', not '.' and not starting with '..'")
+    return name
 
 
 def _parse_registry(raw: Mapping[str, Any] | None) -> RegistrySpec:
@@ -306,8 +333,10 @@ def _parse_registry(raw: Mapping[str, Any] | None) -> RegistrySpec:
         return RegistrySpec()
     path = "spec.registry"
     secret = _optional_mapping(raw, "credentialsSecretRef", path)
+    if secret is not None:
+        _no_namespace(secret, f"{path}.credentialsSecretRef", "Secrets are read only from the rollout's own namespace")
     return RegistrySpec(
-        tracking_uri=_recorded_url(_optional_str(raw, "trackingUri", path), f"{path}.trackingUri"),
+        tracking_uri=_http_url(_optional_str(raw, "trackingUri", path), f"{path}.trackingUri"),
         credentials_secret_ref=None if secret is None else SecretRef(
             _required_str(secret, "name", f"{path}.credentialsSecretRef")),
     )
@@ -321,6 +350,8 @@ def _parse_target(raw: Mapping[str, Any]) -> TargetSpec:
     key = present[0]
     body = _required_mapping(raw, key, path)
     where = f"{path}.{key}"
+    # Ignored, it would aim the rollout at the same name in the rollout's namespace: refused, as the CRD does.
+    _no_namespace(body, where, "the target is always in the rollout's namespace")
     if key == "kserve":
         return TargetSpec(kserve=KServeTarget(
             inference_service=_required_str(body, "inferenceService", where),
@@ -335,9 +366,7 @@ def _parse_target(raw: Mapping[str, Any]) -> TargetSpec:
     return TargetSpec(seldon_experiment=SeldonExperimentTarget(name=_required_str(body, "name", where)))
 
 
-def _parse_golden(raw: Mapping[str, Any] | None) -> GoldenDatasetSpec | None:
-    if raw is None:
-        return None
+def _parse_golden(raw: Mapping[str, Any]) -> GoldenDatasetSpec:
     path = "spec.goldenDataset"
     sha256 = _required_str(raw, "sha256", path)
     if not _SHA256.match(sha256):
@@ -358,17 +387,23 @@ def _parse_golden(raw: Mapping[str, Any] | None) -> GoldenDatasetSpec | None:
         max_accuracy_drop=_fraction(thresholds_raw.get("maxAccuracyDrop"), f"{tpath}.maxAccuracyDrop"),
         max_disagreement=_fraction(thresholds_raw.get("maxDisagreement"), f"{tpath}.maxDisagreement"),
         classes=classes)
-    uri = _recorded_url(_required_str(raw, "uri", path), f"{path}.uri")
+    uri = _required_str(raw, "uri", path)
+    if not uri.startswith(_DATASET_SCHEMES):
+        raise SpecError(f"{path}.uri", "must start with mlflow-artifacts:/, runs:/, models:/, https:// or "
+                        "configmap://")
+    _recorded_url(uri, f"{path}.uri")
     return GoldenDatasetSpec(uri=uri, sha256=sha256, thresholds=thresholds)
 
 
-def _parse_canary(raw: Mapping[str, Any] | None) -> CanarySpec:
-    if raw is None:
-        return CanarySpec()
+def _parse_canary(raw: Mapping[str, Any]) -> CanarySpec:
     path = "spec.canary.steps"
-    steps_raw = raw.get("steps", [])
+    steps_raw = raw.get("steps")
+    if steps_raw is None:
+        raise SpecError(path, "is required")
     if not isinstance(steps_raw, list):
         raise SpecError(path, "must be a list")
+    if len(steps_raw) > MAX_STEPS:
+        raise SpecError(path, f"must have at most {MAX_STEPS} steps")
     steps: list[Step] = []
     last_weight = 0
     for index, item in enumerate(steps_raw):
@@ -398,6 +433,10 @@ def _parse_canary(raw: Mapping[str, Any] | None) -> CanarySpec:
             body = _mapping(item["pause"] if item["pause"] is not None else {}, f"{where}.pause")
             duration = body.get("duration")
             steps.append(PauseStep(None if duration is None else _duration(duration, f"{where}.pause.duration")))
+    if last_weight == 0:
+        # Weights never decrease, so the last is the highest: without one above 0 the candidate is promoted
+        # without any live traffic having been judged.
+        raise SpecError(path, "must contain at least one setWeight above 0")
     return CanarySpec(tuple(steps))
 
 
@@ -418,6 +457,8 @@ def _parse_analysis(raw: Mapping[str, Any] | None) -> AnalysisSpec:
     metrics_raw = raw.get("metrics", [])
     if not isinstance(metrics_raw, list):
         raise SpecError(f"{path}.metrics", "must be a list")
+    if len(metrics_raw) > MAX_METRICS:
+        raise SpecError(f"{path}.metrics", f"must have at most {MAX_METRICS} metrics")
     metrics: list[MetricSpec] = []
     for index, item in enumerate(metrics_raw):
         metrics.append(_parse_metric(_mapping(item, f"{path}.metrics[{index}]"), f"{path}.metrics[{index}]"))
@@ -426,7 +467,7 @@ def _parse_analysis(raw: Mapping[str, Any] | None) -> AnalysisSpec:
         raise SpecError(f"{path}.metrics", "metric names must be unique")
     return AnalysisSpec(
         prometheus=None if prometheus is None else PrometheusSpec(
-            _recorded_url(_required_str(prometheus, "address", f"{path}.prometheus"), f"{path}.prometheus.address")),
+            _http_url(_required_str(prometheus, "address", f"{path}.prometheus"), f"{path}.prometheus.address")),
         interval=interval, metrics=tuple(metrics), on_inconclusive=on_inconclusive)
 
 
@@ -444,11 +485,11 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
                 raise SpecError(f"{path}.{key}", "is set both beside and inside proportion; keep one")
         body = {**beside, **inside}
         confidence = _number(body.get("confidence", 0.99), f"{where}.confidence")
-        if not 0.5 <= confidence < 1:
-            raise SpecError(f"{where}.confidence", "must be at least 0.5 and below 1")
+        if not 0.5 <= confidence <= MAX_CONFIDENCE:
+            raise SpecError(f"{where}.confidence", f"must be from 0.5 to {MAX_CONFIDENCE}")
         min_samples = body.get("minSamples", 200)
-        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
-            raise SpecError(f"{where}.minSamples", "must be a positive integer")
+        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or not 1 <= min_samples <= MAX_MIN_SAMPLES:
+            raise SpecError(f"{where}.minSamples", f"must be an integer from 1 to {MAX_MIN_SAMPLES}")
         increase = _number(body.get("maxRelativeIncrease", 0.5), f"{where}.maxRelativeIncrease")
         if not 0 <= increase <= 100:
             raise SpecError(f"{where}.maxRelativeIncrease", "must be from 0 to 100 (as the CRD says)")
@@ -456,7 +497,8 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
         if max_rate is not None and not MAX_RATE_RANGE[0] <= max_rate <= MAX_RATE_RANGE[1]:
             raise SpecError(f"{where}.maxRate", "must be from 0.000001 to 0.999999 (a rate of 0 or 1 cannot be "
                             "exceeded credibly, and the test cannot be calibrated closer to either)")
-        events, total = _required_str(body, "events", where), _required_str(body, "total", where)
+        events = _query(_required_str(body, "events", where), f"{where}.events")
+        total = _query(_required_str(body, "total", where), f"{where}.total")
         for key, query in (("events", events), ("total", total)):
             if "{{selector}}" not in query and "{{variant}}" not in query:
                 raise SpecError(f"{where}.{key}", "must use {{selector}} (or {{variant}}), or canary and stable "
@@ -474,8 +516,8 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
         raise SpecError(where, "must set min, max or both")
     if low is not None and high is not None and low > high:
         raise SpecError(f"{where}.min", "must not exceed max")
-    return MetricSpec(name=name, threshold=ThresholdMetric(query=_required_str(body, "query", where),
-                                                           min=low, max=high))
+    return MetricSpec(name=name, threshold=ThresholdMetric(query=_query(_required_str(body, "query", where),
+                                                                        f"{where}.query"), min=low, max=high))
 
 
 def _parse_rollback(raw: Mapping[str, Any] | None) -> RollbackSpec:
@@ -553,9 +595,31 @@ def _recorded_url(url: str | None, path: str) -> str | None:
     return url
 
 
+def _http_url(url: str | None, path: str) -> str | None:
+    """A recorded URL the operator sends HTTP requests to."""
+    if url is not None and not url.startswith(_HTTP_SCHEMES):
+        raise SpecError(path, "must be an http:// or https:// URL")
+    return _recorded_url(url, path)
+
+
 def _gate_url(raw: Mapping[str, Any], key: str, path: str) -> str | None:
     """An inference URL for the golden gate."""
-    return _recorded_url(_optional_str(raw, key, path), f"{path}.{key}")
+    return _http_url(_optional_str(raw, key, path), f"{path}.{key}")
+
+
+def _no_namespace(raw: Mapping[str, Any], path: str, why: str) -> None:
+    if raw.get("namespace") is not None:
+        raise SpecError(f"{path}.namespace", f"must not be set: {why}")
+
+
+def _query(query: str, path: str) -> str:
+    """A PromQL template using only the known variables, spelled exactly (as the CRD's rule); an unknown one
+    would fail every analysis run instead."""
+    for variable in TEMPLATE_VARIABLE.findall(query):
+        if variable not in KNOWN_VARIABLES:
+            raise SpecError(path, f"unknown template variable {{{{{variable}}}}}; allowed: "
+                            + ", ".join(f"{{{{{known}}}}}" for known in KNOWN_VARIABLES))
+    return query
 
 
 def _bool(value: Any, path: str) -> bool:

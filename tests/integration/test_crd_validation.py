@@ -159,6 +159,16 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("stable-alias-latest-upper-case", _set("model.stableAlias", "LATEST"), "spec.model.stableAlias"),
     ("bake-with-an-empty-metric-list", _both(_set("canary.steps", [{"setWeight": 10}]), _set("analysis.metrics", [])),
      "spec.bake"),
+    # Names MLflow refuses for a registered model (mlflow.utils.validation._validate_model_name): such a rollout
+    # could never find its model and waited in Pending for ever.
+    ("model-name-with-slash", _set("model.name", "team/nsfw"), "spec.model.name"),
+    ("model-name-with-colon", _set("model.name", "nsfw:7"), "spec.model.name"),
+    ("model-name-dot", _set("model.name", "."), "spec.model.name"),
+    ("model-name-dot-dot", _set("model.name", ".."), "spec.model.name"),
+    ("model-name-starting-with-dot-dot", _set("model.name", "..nsfw"), "spec.model.name"),
+    ("model-name-blank", _set("model.name", " \t"), "spec.model.name"),
+    ("model-name-ideographic-space", _set("model.name", "\u3000"), "spec.model.name"),
+    ("model-name-file-separator", _set("model.name", "\x1c"), "spec.model.name"),
 ]
 
 
@@ -276,6 +286,16 @@ def test_all_three_target_kinds_are_accepted(kubeconfig: Path, namespace: str) -
         manifest["spec"]["target"] = target
         code, output = apply(kubeconfig, namespace, manifest)
         assert code == 0, output
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["a.b", ".a", "a..", "my model", "caf\u00e9", "a%b", " nsfw "])
+def test_model_names_mlflow_accepts_are_accepted(kubeconfig: Path, namespace: str, name: str) -> None:
+    manifest = sample()
+    manifest["metadata"]["name"] = f"name-{sum(map(ord, name))}"
+    manifest["spec"]["model"]["name"] = name
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code == 0, f"{name!r} was refused:\n{output}"
 
 
 def _walk(schema: dict[str, Any], path: str) -> list[str]:

@@ -189,11 +189,12 @@ def test_defaults_for_optional_fields() -> None:
         "model": {"name": "m", "alias": "challenger"},
         "target": {"seldonExperiment": {"name": "exp"}},
         "canary": {"steps": [{"setWeight": 5}, {"pause": {"duration": "5m"}}]},
+        "goldenDataset": {"uri": "configmap://golden/set.jsonl", "sha256": "ab" * 32},
     })
     assert spec.model.alias == "challenger" and spec.model.candidate_ref == "alias @challenger"
     assert spec.model.stable_alias == "production"
     assert spec.target.kind is TargetKind.SELDON_EXPERIMENT and spec.target.name == "exp"
-    assert spec.golden_dataset is None
+    assert spec.golden_dataset is not None and spec.golden_dataset.thresholds.min_accuracy is None
     assert spec.canary.steps[1] == PauseStep(timedelta(minutes=5))
     assert spec.analysis.interval == timedelta(seconds=30)
     assert spec.analysis.on_inconclusive is OnInconclusive.PAUSE

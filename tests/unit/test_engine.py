@@ -250,12 +250,10 @@ def test_alias_named_candidate_is_resolved_once() -> None:
     assert effect_ids(world)[0] == "1:stage:8"
 
 
-def test_without_golden_dataset_the_gate_is_skipped() -> None:
-    world = World(spec=spec_dict(goldenDataset=None))
-    world.reconcile()
-    assert "GateSkipped" in events(world)
-    assert condition(world, "GatePassed") == ("True", "GateSkipped")
-    assert not any(action.type is ActionType.RUN_GATE for action in world.executed)
+def test_without_golden_dataset_the_gate_is_not_skipped_the_spec_is_refused() -> None:
+    # Required by the CRD; a spec written under an older CRD must not be promoted with the gate skipped.
+    with pytest.raises(SpecError, match=r"spec\.goldenDataset"):
+        parse_spec(spec_dict(goldenDataset=None))
 
 
 def test_first_rollout_without_stable_promotes_without_canary() -> None:

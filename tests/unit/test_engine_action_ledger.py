@@ -10,13 +10,17 @@ from test_engine_support import World, spec_dict
 
 from controller.api import CommandAction, Phase
 from controller.api.commands import Command
+from controller.api.status import ACTION_LOG_LIMIT
 from controller.engine import ActionType, decide
 
 
 def test_a_rollback_blind_to_the_target_does_not_confirm_traffic_after_fifty_steps() -> None:
     steps = [{"setWeight": weight} for weight in range(1, 51)]
-    world = World(spec=spec_dict(canary={"steps": steps}, bake=None, goldenDataset=None))
-    world.run_until(lambda w: w.status.current_step == 49, step=timedelta(seconds=1))
+    world = World(spec=spec_dict(canary={"steps": steps}, bake=None))
+    # Steps advance several per reconcile; by step 48 the ledger is full and early records were evicted.
+    world.run_until(lambda w: (w.status.current_step or 0) >= 45, step=timedelta(seconds=1))
+    assert world.status.phase is Phase.PROGRESSING
+    assert len(world.status.actions) == ACTION_LOG_LIMIT
     world.target.frozen = True
     world.advance(timedelta(seconds=1))
     world.reconcile()

@@ -53,7 +53,7 @@ def test_analysis_judges_that_keep_erroring_back_off_and_end_the_step_inconclusi
 
 
 def test_a_bake_verdict_read_on_a_clock_behind_the_bake_start_is_decided() -> None:
-    world = World(spec=spec_dict(goldenDataset=None, canary={"steps": [{"setWeight": 10},
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10},
                                                                        {"analysis": {"duration": "1m"}}]}))
     world.run_until(lambda w: w.status.phase is Phase.BAKING and w.status.analysis is not None
                     and w.status.analysis.mode.value == "bake", step=timedelta(seconds=10))

@@ -56,14 +56,14 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
             steps.append({"pause": {}})
         elif follow == "timed-pause":
             steps.append({"pause": {"duration": f"{draw(st.integers(1, 3))}m"}})
+    if weight == 0:  # the CRD and the parser refuse steps that never send the candidate any traffic
+        steps.append({"setWeight": draw(st.integers(1, 100))})
     spec = spec_dict(
         canary={"steps": steps},
         rollback={"automatic": draw(st.booleans())},
         bake={"duration": "10m", "baseline": "3d"} if draw(st.booleans()) else None,
         progressDeadline=f"{draw(st.integers(2, 8))}m",
     )
-    if draw(st.booleans()):
-        spec["goldenDataset"] = None
     spec["analysis"]["onInconclusive"] = draw(st.sampled_from(["pause", "rollback"]))
     spec["analysis"]["interval"] = draw(st.sampled_from(["20s", "30s", "1m"]))
     return spec

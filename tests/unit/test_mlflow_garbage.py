@@ -210,6 +210,7 @@ def test_a_failed_evidence_run_is_logged_without_secrets_and_the_verdict_stands(
             raw = {"model": {"name": "m", "version": "2"},
                    "registry": {"trackingUri": mlflow.url, "credentialsSecretRef": {"name": "mlflow-token"}},
                    "target": {"kserve": {"inferenceService": "m", "candidateUrl": candidate.url}},
+                   "canary": {"steps": [{"setWeight": 10}]},
                    "goldenDataset": {"uri": "mlflow-artifacts:/golden/set.jsonl", "sha256": sha,
                                      "thresholds": {"minAccuracy": 0.9}}}
             spec = parse_spec(raw)

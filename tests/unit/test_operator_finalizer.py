@@ -21,6 +21,7 @@ RAW: dict[str, Any] = {
     "target": {"kserve": {"inferenceService": "nsfw"}},
     "canary": {"steps": [{"setWeight": 10}, {"pause": {}}]},
     "rollback": {"revertOnDeletion": True},
+    "goldenDataset": {"uri": "configmap://golden/set.jsonl", "sha256": "ab" * 32},
 }
 SUCCEEDED = ModelRolloutStatus(phase=Phase.SUCCEEDED, candidate=VersionRef("7"), stable=VersionRef("6"),
                                observed_generation=1, attempt=1).to_dict()

@@ -28,6 +28,7 @@ RAW: dict[str, Any] = {
     "model": {"name": "nsfw", "version": "2"}, "target": {"kserve": {"inferenceService": "nsfw"}},
     "canary": {"steps": [{"setWeight": 10}, {"analysis": {"duration": "5m"}}]},
     "analysis": {"metrics": [{"name": "errors", "threshold": {"query": "vector(0)", "max": 1}}]},
+    "goldenDataset": {"uri": "configmap://golden/set.jsonl", "sha256": "ab" * 32},
 }
 
 

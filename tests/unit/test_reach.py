@@ -12,7 +12,9 @@ from controller.api.reach import DEFAULT_GATE_HOSTS, check_gate_hosts, host_allo
 from controller.cli.main import build_parser
 
 RAW: dict[str, Any] = {"model": {"name": "nsfw", "version": "2"},
-                       "target": {"kserve": {"inferenceService": "nsfw"}}}
+                       "target": {"kserve": {"inferenceService": "nsfw"}},
+                       "canary": {"steps": [{"setWeight": 10}]},
+                       "goldenDataset": {"uri": "configmap://golden/set.jsonl", "sha256": "ab" * 32}}
 
 
 def spec_with(**urls: str) -> Any:

@@ -1,0 +1,215 @@
+"""parse_spec refuses what the CRD refuses where it changes behaviour, so a spec written under an older CRD (or
+one that skipped validation) cannot run differently from what the API server enforces; and a model name MLflow
+refuses is refused by both, with a message naming spec.model.name."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import _validate_model_name
+
+from controller.api import SpecError, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "modelrollout.io_modelrollouts.yaml"
+SAMPLE = REPO / "examples" / "nsfw-classifier.yaml"
+
+Spec = dict[str, Any]
+
+
+def sample() -> Spec:
+    spec: Spec = yaml.safe_load(SAMPLE.read_text())["spec"]
+    return spec
+
+
+def _set(*path: str | int, value: Any) -> Callable[[Spec], None]:
+    def mutate(spec: Spec) -> None:
+        node: Any = spec
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return mutate
+
+
+def _delete(*path: str | int) -> Callable[[Spec], None]:
+    def mutate(spec: Spec) -> None:
+        node: Any = spec
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+    return mutate
+
+
+PROPORTION = {"events": "e{{selector}}", "total": "t{{selector}}"}
+
+REFUSED: list[tuple[str, Callable[[Spec], None], str]] = [
+    # required: [model, target, goldenDataset, canary]; without goldenDataset the gate was skipped.
+    ("golden-dataset-missing", _delete("goldenDataset"), "spec.goldenDataset"),
+    ("canary-missing", _delete("canary"), "spec.canary"),
+    ("canary-steps-missing", _set("canary", value={}), "spec.canary.steps"),
+    # minItems 1, maxItems 50, and a setWeight above 0: else promoted without live traffic being judged.
+    ("no-steps", _set("canary", "steps", value=[]), "spec.canary.steps"),
+    ("only-zero-weights", _set("canary", "steps", value=[{"setWeight": 0}, {"pause": {}}]), "spec.canary.steps"),
+    ("no-weight-at-all", _set("canary", "steps", value=[{"pause": {"duration": "5m"}}]), "spec.canary.steps"),
+    ("fifty-one-steps", _set("canary", "steps", value=[{"setWeight": 1 + i // 2} for i in range(51)]),
+     "spec.canary.steps"),
+    # patterns on the candidate and the aliases: MLflow would refuse them on every call.
+    ("version-not-a-number", _set("model", "version", value="seven"), "spec.model.version"),
+    ("version-leading-zero", _set("model", "version", value="07"), "spec.model.version"),
+    ("version-zero", _set("model", "version", value="0"), "spec.model.version"),
+    ("alias-with-a-dot", _set("model", value={"name": "m", "alias": "champion.v2"}), "spec.model.alias"),
+    ("alias-too-long", _set("model", value={"name": "m", "alias": "a" * 256}), "spec.model.alias"),
+    ("stable-alias-with-a-space", _set("model", "stableAlias", value="prod uction"), "spec.model.stableAlias"),
+    # the target and the Secret are always in the rollout's namespace: a namespace would be ignored silently.
+    ("target-namespace", _set("target", "kserve", "namespace", value="other"), "spec.target.kserve.namespace"),
+    ("experiment-namespace", _set("target", value={"seldonExperiment": {"name": "e", "namespace": "other"}}),
+     "spec.target.seldonExperiment.namespace"),
+    ("secret-ref-namespace", _set("registry", value={"credentialsSecretRef": {"name": "t", "namespace": "x"}}),
+     "spec.registry.credentialsSecretRef.namespace"),
+    # URL patterns: http(s) only where the operator sends HTTP requests; the dataset's sources.
+    ("tracking-uri-not-http", _set("registry", value={"trackingUri": "ftp://mlflow"}), "spec.registry.trackingUri"),
+    ("tracking-uri-configmap", _set("registry", value={"trackingUri": "configmap://a/b"}),
+     "spec.registry.trackingUri"),
+    ("prometheus-not-http", _set("analysis", "prometheus", "address", value="prom:9090"),
+     "spec.analysis.prometheus.address"),
+    ("gate-url-not-http", _set("target", "kserve", "candidateUrl", value="grpc://gate:8081"),
+     "spec.target.kserve.candidateUrl"),
+    ("dataset-plain-http", _set("goldenDataset", "uri", value="http://example.com/golden.jsonl"),
+     "spec.goldenDataset.uri"),
+    ("dataset-s3", _set("goldenDataset", "uri", value="s3://bucket/golden.jsonl"), "spec.goldenDataset.uri"),
+    # minimum/maximum of the judges' limits.
+    ("confidence-above-crd-maximum", _set("analysis", "metrics", 0, "proportion", "confidence", value=0.99995),
+     "spec.analysis.metrics[0].proportion.confidence"),
+    ("min-samples-above-crd-maximum", _set("analysis", "metrics", 0, "proportion", "minSamples", value=10**8 + 1),
+     "spec.analysis.metrics[0].proportion.minSamples"),
+    ("twenty-one-metrics",
+     _set("analysis", "metrics", value=[{"name": f"m{i}", "proportion": PROPORTION} for i in range(21)]),
+     "spec.analysis.metrics"),
+    # template variables: an unknown one would fail every analysis run.
+    ("unknown-variable-in-events", _set("analysis", "metrics", 0, "proportion", "events",
+                                        value='sum(x{ {{selector}}, class="{{ evil }}" })'),
+     "spec.analysis.metrics[0].proportion.events"),
+    ("unknown-variable-in-threshold",
+     _set("analysis", "metrics", value=[{"name": "errors", "threshold": {"query": "up{{{job}}}", "max": 1}}]),
+     "spec.analysis.metrics[0].threshold.query"),
+    # MLflow's rule for a registered model name: such a rollout waited in Pending for ever.
+    ("model-name-with-slash", _set("model", "name", value="team/nsfw"), "spec.model.name"),
+    ("model-name-with-colon", _set("model", "name", value="nsfw:7"), "spec.model.name"),
+    ("model-name-dot", _set("model", "name", value="."), "spec.model.name"),
+    ("model-name-dot-dot", _set("model", "name", value=".."), "spec.model.name"),
+    ("model-name-starting-with-dot-dot", _set("model", "name", value="..nsfw"), "spec.model.name"),
+    ("model-name-blank", _set("model", "name", value=" \t"), "spec.model.name"),
+    ("model-name-too-long", _set("model", "name", value="m" * 257), "spec.model.name"),
+]
+
+
+def test_the_sample_parses() -> None:
+    spec = parse_spec(sample())
+    assert spec.golden_dataset is not None and spec.canary.steps
+
+
+@pytest.mark.parametrize(("case", "mutate", "field"), REFUSED, ids=[case for case, _, _ in REFUSED])
+def test_what_the_crd_refuses_the_parser_refuses_naming_the_field(case: str, mutate: Callable[[Spec], None],
+                                                                  field: str) -> None:
+    raw = copy.deepcopy(sample())
+    mutate(raw)
+    with pytest.raises(SpecError) as caught:
+        parse_spec(raw)
+    assert caught.value.path == field, f"{case}: {caught.value}"
+    assert str(caught.value).startswith(field + ": ")
+
+
+@pytest.mark.parametrize("mutate", [
+    _set("canary", "steps", value=[{"setWeight": 0}, {"setWeight": 100}]),
+    _set("canary", "steps", value=[{"setWeight": 1 + i // 2} for i in range(50)]),
+    _set("model", value={"name": "m", "alias": "Challenger_2-b"}),
+    _set("model", "version", value="1234567890"),
+    _set("analysis", "metrics", 0, "proportion", "confidence", value=0.9999),
+    _set("analysis", "metrics", 0, "proportion", "minSamples", value=10**8),
+    _set("analysis", "metrics", 0, "proportion", "events", value="e{ {{selector}} }[{{window}}] {{namespace}} "
+                                                                 "{{target}} {{variant}}"),
+    _set("target", "kserve", "candidateUrl", value="https://gate.team-a.svc/v2"),
+    _set("goldenDataset", "uri", value="runs:/abc/golden.jsonl"),
+    _set("goldenDataset", "uri", value="models:/nsfw/3/golden.jsonl"),
+    _set("goldenDataset", "uri", value="mlflow-artifacts:/golden/set.jsonl"),
+    _set("goldenDataset", "uri", value="https://data.example/golden.jsonl"),
+])
+def test_what_the_crd_accepts_still_parses(mutate: Callable[[Spec], None]) -> None:
+    raw = copy.deepcopy(sample())
+    mutate(raw)
+    parse_spec(raw)
+
+
+# --- the model name: MLflow's own rule, in the parser and in the CRD ---------------------------------------
+
+# Names around each part of the rule. Whitespace-only is Python's str.strip() (the \x1c separators too).
+NAMES = ["nsfw-classifier", "a.b", ".a", "a.", "a..", "...", "..", ".", "..a", "a/b", "/", "a:b", "models:/x",
+         "", " ", "\t\n", "\x1c", "\u3000", "\u00a0 ", " a ", "my model", "café", "a%b", "a\\b", "a\x00b",
+         "ümlaut_1", "x" * 256]
+
+
+def _mlflow_refuses(name: str) -> bool:
+    """The rule every registry store applies (the file store also refuses '%', a SQL store does not)."""
+    try:
+        _validate_model_name(name)
+    except MlflowException:
+        return True
+    return False
+
+
+def _parser_refuses(name: str) -> bool:
+    raw = sample()
+    raw["model"]["name"] = name
+    try:
+        parse_spec(raw)
+    except SpecError as error:
+        assert error.path == "spec.model.name", error
+        return True
+    return False
+
+
+def _model_name_rule() -> tuple[str, str]:
+    crd = yaml.safe_load(CRD.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    name = spec["properties"]["model"]["properties"]["name"]
+    [rule] = name["x-kubernetes-validations"]
+    return rule["rule"], rule["message"]
+
+
+def _crd_refuses(name: str) -> bool:
+    """Evaluate the CEL rule in Python. It uses only self.matches, self.startsWith, ==, !=, ! and && on
+    single-quoted literals whose escapes (\\t, \\uXXXX) mean the same in Python; RE2 and `re` agree on it."""
+    rule, _ = _model_name_rule()
+    assert set(re.findall(r"self\.(\w+)", rule)) <= {"matches", "startsWith"}, rule
+    expression = (rule.replace("!=", "\0").replace("!", " not ").replace("\0", "!=").replace("&&", " and ")
+                  .replace("self.matches(", "_matches(self, ").replace("self.startsWith(", "self.startswith("))
+    allowed = eval(expression, {"__builtins__": {}},  # noqa: S307 - the CRD's own text, translated above
+                   {"self": name, "_matches": lambda text, pattern: re.search(pattern, text) is not None})
+    return not allowed
+
+
+@pytest.mark.parametrize("name", NAMES, ids=repr)
+def test_model_names_are_refused_exactly_as_mlflow_refuses_them(name: str) -> None:
+    refused = _mlflow_refuses(name)
+    assert _parser_refuses(name) == refused
+    assert _crd_refuses(name) == refused
+
+
+def test_the_crd_rule_names_the_field_and_the_length_is_bounded_by_both() -> None:
+    _, message = _model_name_rule()
+    assert message.startswith("spec.model.name ")
+    crd = yaml.safe_load(CRD.read_text())
+    model = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["model"]
+    assert model["properties"]["name"]["maxLength"] == 256
+    assert _parser_refuses("x" * 257) and not _parser_refuses("x" * 256)
+
+
+def test_the_chart_installs_the_same_crd() -> None:
+    assert (REPO / "charts" / "modelrollout" / "crds" / CRD.name).read_bytes() == CRD.read_bytes()
