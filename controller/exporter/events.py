@@ -177,8 +177,12 @@ def _row_to_class(row: Any, options: DecodeOptions) -> str:
     if isinstance(row, float):
         return _single_score_class(row, options)
     if isinstance(row, Sequence) and row and all(isinstance(p, int | float) and not isinstance(p, bool) for p in row):
-        if not all(math.isfinite(p) for p in row):  # NaN compares false with everything: argmax would guess
-            raise MalformedEvent("BadPredictions", "a score is NaN or infinite")
+        try:
+            finite = all(math.isfinite(p) for p in row)  # NaN compares false with everything: argmax would guess
+        except OverflowError:  # JSON allows integers past any float's range: no score either
+            finite = False
+        if not finite:
+            raise MalformedEvent("BadPredictions", "a score is NaN, infinite or out of range")
         best = max(range(len(row)), key=lambda i: row[i])
         return _class_at(best, options)
     if isinstance(row, dict) and isinstance(row.get("label"), str):
@@ -236,7 +240,7 @@ def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
         raise MalformedEvent("UnknownVariant", f"variant {variant[:40]!r} is neither stable nor canary nor empty")
     classes = predicted_classes(event.data, options)
     for what, value in (("namespace", namespace), ("inference service", service), ("model version", version),
-                        *(("class", c) for c in classes)):
+                        *(("class", c) for c in dict.fromkeys(classes))):  # each distinct class once
         check_label(what, value)
     return Prediction(namespace, service, variant, version or UNLABELLED_VERSION, classes)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from controller.exporter.events import (
     CloudEvent,
     DecodeOptions,
     MalformedEvent,
-    Prediction,
     check_label,
     parse_cloudevent,
     prediction_from_event,
@@ -28,6 +28,11 @@ from controller.exporter.events import (
 log = logging.getLogger(__name__)
 OTHER_CLASS = "__other__"
 PREDICTIONS_METRIC = "modelrollout_predictions"  # exposed as modelrollout_predictions_total
+INTERNAL_REASON = "Internal"  # an event the exporter failed on for a reason of its own: a bug, not the sender's
+# A model identity silent this long gives up its place when a bound is reached: well above the longest analysis
+# window, and its history stays in Prometheus (a series that comes back starts from 0, a counter reset).
+MODEL_IDLE_SECONDS = 24 * 3600.0
+Identity = tuple[str, str, str, str]  # namespace, inference service, variant, model version
 
 
 @dataclass
@@ -50,18 +55,21 @@ class PredictionExporter:
     def __init__(self, options: DecodeOptions | None = None, max_classes: int = 64,
                  max_pending_requests: int = 10_000, pending_seconds: float = 60.0,
                  max_models: int = 200, max_namespaces: int = 100, max_total_models: int = 1_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 model_idle_seconds: float = MODEL_IDLE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options or DecodeOptions()
         self.metrics = ExporterMetrics()
         # Every bound is per namespace (and namespaces are bounded too): one team's flood of classes or
         # model versions cannot crowd out another team's series. The total stays bounded as well, so the
-        # series count (and the exporter's memory) has a ceiling whatever senders claim.
+        # series count (and the exporter's memory) has a ceiling whatever senders claim. The model bounds are
+        # on identities counted lately, not a lifetime quota: a bound reached first evicts those idle longer than
+        # model_idle_seconds, with their series, else every service's 201st version would go uncounted for good.
         self.max_classes = max_classes
         self._known_classes: dict[str, set[str]] = {}
-        self._seen: dict[str, set[tuple[str, str, str, str]]] = {}
+        self._seen: dict[str, OrderedDict[Identity, float]] = {}  # last counted at, least recent first
         self._max_models = max_models
         self._max_namespaces = max_namespaces
         self._max_total_models = max_total_models
+        self._model_idle_seconds = model_idle_seconds
         # Requests' attributes (never their payloads) kept briefly so that a response without identity headers
         # can borrow its request's; a response that never comes must not keep its request forever.
         self._requests: OrderedDict[str, tuple[float, CloudEvent]] = OrderedDict()
@@ -71,32 +79,35 @@ class PredictionExporter:
 
     def handle(self, headers: dict[str, str], body: bytes, query: str) -> str:
         try:
-            event = parse_cloudevent(headers, body)
-            if event.type in REQUEST_TYPES:
-                self._remember(event)
-                self.metrics.events.labels("request").inc()
-                return "request"
-            if event.type not in RESPONSE_TYPES:
-                raise MalformedEvent("UnknownEventType", f"event type {event.type[:80]!r}")
-            request = self._requests.pop(event.id, None)
-            prediction = prediction_from_event(event, query, self.options, request[1] if request else None)
-            self._admit(prediction)
+            return self._count(headers, body, query)
         except MalformedEvent as exc:
-            self.metrics.events.labels("malformed").inc()
-            self.metrics.malformed.labels(exc.reason).inc()
+            reason = exc.reason
             log.debug("dropped event: %s", exc)
-            return "malformed"
+        except Exception as exc:  # one event must never take the exporter down; its message may quote the payload
+            reason = INTERNAL_REASON
+            log.error("dropped event: unexpected %s", type(exc).__name__)
+        self.metrics.events.labels("malformed").inc()
+        self.metrics.malformed.labels(reason).inc()
+        return "malformed"
+
+    def _count(self, headers: dict[str, str], body: bytes, query: str) -> str:
+        event = parse_cloudevent(headers, body)
+        if event.type in REQUEST_TYPES:
+            self._remember(event)
+            self.metrics.events.labels("request").inc()
+            return "request"
+        if event.type not in RESPONSE_TYPES:
+            raise MalformedEvent("UnknownEventType", f"event type {event.type[:80]!r}")
+        request = self._requests.pop(event.id, None)
+        prediction = prediction_from_event(event, query, self.options, request[1] if request else None)
         identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
-        seen = self._seen.setdefault(prediction.namespace, set())
-        if identity not in seen:
+        if self._admit(identity):
             # Series that exist at zero before their first prediction let increase() count that prediction.
-            seen.add(identity)
             for name in self.options.class_names:
                 self.metrics.predictions.labels(*identity, name)
-        for predicted in prediction.classes:
-            label = self._bounded_class(prediction.namespace, predicted)
-            self.metrics.predictions.labels(prediction.namespace, prediction.inference_service, prediction.variant,
-                                            prediction.model_version, label).inc()
+        # One increment per class, not per prediction: a large batch must not hold the event loop for seconds.
+        for predicted, n in Tally(prediction.classes).items():
+            self.metrics.predictions.labels(*identity, self._bounded_class(prediction.namespace, predicted)).inc(n)
         self.metrics.events.labels("counted").inc()
         return "counted"
 
@@ -110,19 +121,46 @@ class PredictionExporter:
             return name
         return OTHER_CLASS
 
-    def _admit(self, prediction: Prediction) -> None:
+    def _admit(self, identity: Identity) -> bool:
+        """Whether the identity is new; it is now the most recently counted. Refused past a bound."""
         # Identity labels come from callers: a bound on them bounds the series count.
-        identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
-        seen = self._seen.get(prediction.namespace)
-        if seen is None and len(self._seen) >= self._max_namespaces:
-            raise MalformedEvent("TooManyNamespaces", f"already counting {self._max_namespaces} namespaces")
+        now = self._clock()
+        namespace = identity[0]
+        seen = self._seen.get(namespace)
         if seen is not None and identity in seen:
-            return
+            seen[identity] = now
+            seen.move_to_end(identity)
+            return False
+        refused = self._refusal(namespace)
+        if refused is not None:
+            self._evict_idle(now)
+            refused = self._refusal(namespace)
+            if refused is not None:
+                raise refused
+        self._seen.setdefault(namespace, OrderedDict())[identity] = now
+        return True
+
+    def _refusal(self, namespace: str) -> MalformedEvent | None:
+        seen = self._seen.get(namespace)
+        if seen is None and len(self._seen) >= self._max_namespaces:
+            return MalformedEvent("TooManyNamespaces", f"already counting {self._max_namespaces} namespaces")
         if seen is not None and len(seen) >= self._max_models:
-            raise MalformedEvent("TooManyModels", f"already counting {self._max_models} model versions in "
-                                                  f"namespace {prediction.namespace[:63]!r}")
+            return MalformedEvent("TooManyModels", f"already counting {self._max_models} model versions in "
+                                                   f"namespace {namespace[:63]!r}")
         if sum(len(models) for models in self._seen.values()) >= self._max_total_models:
-            raise MalformedEvent("TooManyModels", f"already counting {self._max_total_models} model versions")
+            return MalformedEvent("TooManyModels", f"already counting {self._max_total_models} model versions")
+        return None
+
+    def _evict_idle(self, now: float) -> None:
+        # Their series go too, so that /metrics stays as bounded as the identities; Prometheus keeps the history.
+        for namespace, seen in list(self._seen.items()):
+            while seen and next(iter(seen.values())) < now - self._model_idle_seconds:
+                identity, _ = seen.popitem(last=False)
+                for name in {*self.options.class_names, *self._known_classes.get(namespace, ()), OTHER_CLASS}:
+                    self.metrics.predictions.remove(*identity, name)
+            if not seen:  # the namespace's place and class budget are free again
+                del self._seen[namespace]
+                self._known_classes.pop(namespace, None)
 
     def _remember(self, event: CloudEvent) -> None:
         # Only what a response may borrow is kept, each value checked like a label: the bound on pending

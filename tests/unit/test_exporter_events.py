@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
+from controller.exporter import events, server
 from controller.exporter.events import DecodeOptions, MalformedEvent, predicted_classes
 from controller.exporter.server import OTHER_CLASS, PredictionExporter
 
@@ -50,6 +54,8 @@ def test_classes_from_v1_v2_and_seldon(body: dict, expected: tuple[str, ...]) ->
     ({"outputs": [{"shape": [-2, -1], "datatype": "FP32", "data": [0.1, 0.9]}]}, "BadTensor"),
     ({"predictions": [[float("nan"), 0.9]]}, "BadPredictions"),  # argmax over NaN would depend on its place
     ({"predictions": [[float("inf"), float("inf")]]}, "BadPredictions"),
+    ({"predictions": [[10**400, 0.5]]}, "BadPredictions"),  # JSON allows an integer past any float
+    ({"outputs": [{"shape": [1, 2], "datatype": "FP32", "data": [0.5, 10**400]}]}, "BadPredictions"),
 ])
 def test_garbage_payloads_are_refused_with_a_reason(body: object, reason: str) -> None:
     with pytest.raises(MalformedEvent) as caught:
@@ -282,3 +288,96 @@ def test_a_pending_request_keeps_only_the_attributes_a_response_borrows() -> Non
     assert exporter.metrics.registry.get_sample_value("modelrollout_predictions_total", {
         "namespace": "moderation", "inference_service": "nsfw", "variant": "canary", "model_version": "7",
         "class": "nsfw"}) == 1
+
+
+def malformed(exporter: PredictionExporter, reason: str) -> float | None:
+    return exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                                      {"reason": reason})
+
+
+def test_a_score_past_any_float_is_answered_as_malformed_over_http() -> None:
+    exporter = PredictionExporter(NAMES)
+    huge = b'{"predictions": [[1, ' + b"9" * 400 + b"]]}"
+
+    async def post() -> tuple[int, dict]:
+        async with TestClient(TestServer(exporter.app(), host="127.0.0.1")) as client:
+            response = await client.post("/?model_version=1", data=huge, headers=kserve_headers())
+            return response.status, await response.json()
+
+    assert asyncio.run(post()) == (400, {"outcome": "malformed"})
+    assert malformed(exporter, "BadPredictions") == 1
+
+
+def test_an_unexpected_failure_costs_one_event_and_logs_no_content(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    exporter = PredictionExporter(NAMES)
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("secret-payload-text")
+
+    monkeypatch.setattr(server, "prediction_from_event", broken)
+    with caplog.at_level(logging.DEBUG, logger=server.__name__):
+        assert exporter.handle(kserve_headers(), b'{"predictions": [1]}', "model_version=1") == "malformed"
+    assert malformed(exporter, "Internal") == 1
+    assert exporter.metrics.registry.get_sample_value("modelrollout_exporter_events_total",
+                                                      {"outcome": "malformed"}) == 1
+    assert "RuntimeError" in caplog.text and "secret-payload-text" not in caplog.text
+    monkeypatch.undo()  # the exporter carries on
+    assert exporter.handle(kserve_headers(), b'{"predictions": [1]}', "model_version=1") == "counted"
+
+
+def test_idle_model_identities_give_up_their_place_and_their_series() -> None:
+    now = [0.0]
+    exporter = PredictionExporter(NAMES, max_models=2, model_idle_seconds=100, clock=lambda: now[0])
+    body = json.dumps({"predictions": [1]}).encode()
+
+    def send(version: str) -> str:
+        return exporter.handle(kserve_headers(), body, f"model_version={version}")
+
+    def count(version: str, cls: str = "nsfw") -> float | None:
+        return exporter.metrics.registry.get_sample_value("modelrollout_predictions_total", {
+            "namespace": "moderation", "inference_service": "nsfw", "variant": "", "model_version": version,
+            "class": cls})
+
+    assert [send("1"), send("2"), send("2")] == ["counted"] * 3
+    now[0] = 50.0
+    assert send("1") == "counted"
+    assert send("3") == "malformed"  # nothing idle long enough: new identities are still refused
+    now[0] = 120.0  # 2 is idle for 120 s, 1 for 70 s
+    assert send("3") == "counted"
+    assert count("2") is None and count("2", "safe") is None  # its series are gone from /metrics
+    assert count("1") == 2 and count("3") == 1
+    assert send("4") == "malformed"
+    assert malformed(exporter, "TooManyModels") == 2
+    now[0] = 300.0
+    assert send("2") == "counted"
+    assert count("2") == 1  # a series that comes back starts again (a counter reset to increase())
+
+
+def test_an_idle_namespace_frees_its_place_and_its_class_budget() -> None:
+    now = [0.0]
+    exporter = PredictionExporter(DecodeOptions(), max_classes=2, max_namespaces=1, model_idle_seconds=100,
+                                  clock=lambda: now[0])
+    body = json.dumps({"predictions": ["a", "b"]}).encode()
+    assert exporter.handle(kserve_headers(), body, "model_version=1") == "counted"
+    assert exporter.handle({**kserve_headers(), "Ce-Namespace": "payments"}, body, "model_version=1") == "malformed"
+    now[0] = 101.0
+    assert exporter.handle({**kserve_headers(), "Ce-Namespace": "payments"}, body, "model_version=1") == "counted"
+    exposition = generate_latest(exporter.metrics.registry).decode()
+    assert 'namespace="payments"' in exposition and 'namespace="moderation"' not in exposition
+    assert set(exporter._known_classes) == {"payments"}
+
+
+def test_a_large_event_is_counted_once_per_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = PredictionExporter(NAMES)
+    checked: list[str] = []
+    labelled: list[tuple[str, ...]] = []
+    check, labels = events.check_label, exporter.metrics.predictions.labels
+    monkeypatch.setattr(events, "check_label", lambda what, value: (checked.append(value), check(what, value))[1])
+    monkeypatch.setattr(exporter.metrics.predictions, "labels", lambda *v: (labelled.append(v), labels(*v))[1])
+    body = json.dumps({"predictions": [0, 1, 1] * 100_000}).encode()
+    assert exporter.handle(kserve_headers(), body, "model_version=1") == "counted"
+    assert exporter.metrics.registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "", "model_version": "1",
+        "class": "nsfw"}) == 200_000
+    assert len(checked) <= 5 and len(labelled) <= 4  # identity labels, then each class once (and its zero series)
