@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -21,7 +22,14 @@ from urllib3.util.retry import Retry
 # went stale (its source stopped reporting), none means nothing was ever counted.
 STALE_LOOKBACK = timedelta(hours=1)
 STALE_STEP = "60s"
+LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC).timestamp()  # a sample time beyond is none (datetime ends there)
 UNAVAILABLE = (502, 503, 504)
+# The result types each endpoint may answer with: anything else is not the number or samples asked for.
+RESULT_TYPES = {"/api/v1/query": frozenset({"vector", "scalar"}), "/api/v1/query_range": frozenset({"matrix"})}
+# Before Prometheus 2.50, and in Thanos, PromQL's info annotations came in `warnings` too: hints about the
+# query (e.g. a counter not named *_total), not missing data.
+PROMQL_INFO = "PromQL info:"
+WARNING_TEXT_LIMIT = 300
 
 
 class QueryProblem(StrEnum):
@@ -34,6 +42,7 @@ class QueryProblem(StrEnum):
     NOT_A_NUMBER = "NotANumber"  # NaN or infinite, e.g. 0/0
     AMBIGUOUS = "MultipleSeries"  # more than one series where one number was expected
     MALFORMED = "MalformedResponse"
+    PARTIAL = "PartialData"  # an answer that warns its data may be incomplete (a store or remote read failed)
 
 
 @dataclass(frozen=True)
@@ -101,11 +110,15 @@ class PrometheusProvider:
         if not _is_matrix(answer):
             return Measurement(query, None, QueryProblem.MALFORMED,
                                f"{self.address} answered a range query without a matrix of samples", end)
-        newest = _newest_timestamp(answer)
+        try:
+            newest = _newest_time(answer)
+        except (ValueError, OverflowError, OSError):
+            return Measurement(query, None, QueryProblem.MALFORMED,
+                               f"{self.address} answered a range query with a sample time that is not a time", end)
         if newest is None:
             return Measurement(query, None, QueryProblem.EMPTY,
                                f"no series matched between {start.isoformat()} and {end.isoformat()}", end)
-        return datetime.fromtimestamp(newest, UTC)
+        return newest
 
     def _empty_or_stale(self, empty: Measurement) -> Measurement:
         end = empty.at or datetime.now(UTC)
@@ -138,6 +151,11 @@ class PrometheusProvider:
         except LocationValueError as exc:  # e.g. an empty label in the host name: nothing was asked
             return problem(QueryProblem.UNREACHABLE, f"{self.address} is not a usable address "
                                                      f"({type(exc).__name__})")
+        except Incomplete as exc:
+            return problem(QueryProblem.PARTIAL, f"{self.address} answered, but warns that the data may be "
+                                                 f"incomplete: {exc}")
+        except WrongResultType as exc:
+            return problem(QueryProblem.MALFORMED, f"{self.address} answered with {exc}")
         except NotSuccess as exc:
             if exc.status is None:
                 return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without Prometheus' status "
@@ -159,15 +177,46 @@ class NotSuccess(Exception):
         self.status = status
 
 
+class Incomplete(Exception):
+    """A success answer whose warnings (or Thanos' partialResponse) say data may be missing: its text."""
+
+
+class WrongResultType(Exception):
+    """A success answer whose resultType is not one the endpoint asked answers with."""
+
+
 def _require_success(response: requests.Response, *_: Any, **__: Any) -> requests.Response:
+    """Refuses what the library would read as data but is not: it keeps only data.result of any 200."""
     if response.status_code == 200:
         try:
             answer = response.json()
         except (ValueError, RecursionError):
             return response  # not JSON: the library's own read reports it
-        if isinstance(answer, dict) and answer.get("status") != "success":
+        if not isinstance(answer, dict):
+            return response  # the library's own read reports it
+        if answer.get("status") != "success":
             raise NotSuccess(answer.get("status"))
+        data = answer.get("data")
+        expected = next((kinds for path, kinds in RESULT_TYPES.items() if urlsplit(response.url).path.endswith(path)),
+                        None)
+        if expected and isinstance(data, dict) and "resultType" in data and data["resultType"] not in expected:
+            raise WrongResultType(f"result type {str(data['resultType'])[:40]!r} where {'/'.join(sorted(expected))} "
+                                  "was asked for")
+        if warnings := _incompleteness(answer):
+            raise Incomplete(warnings)
     return response
+
+
+def _incompleteness(answer: dict[str, Any]) -> str:
+    """The answer's warnings, on one bounded line ("" when none says data may be missing). `infos` is not
+    read: PromQL info annotations are about the query, not the data."""
+    warnings = answer.get("warnings")
+    listed = warnings if isinstance(warnings, list) else [warnings] if warnings else []
+    real = [str(w)[:WARNING_TEXT_LIMIT] for w in listed if not (isinstance(w, str) and w.startswith(PROMQL_INFO))]
+    if not real and answer.get("partialResponse") is True:
+        real = ["partialResponse is true"]
+    text = " ".join("; ".join(real[:5]).split())  # one line: it reaches a status and an Event
+    return text if len(text) <= WARNING_TEXT_LIMIT else text[:WARNING_TEXT_LIMIT - 3] + "..."
 
 
 def _without_credentials(address: str) -> str:
@@ -201,13 +250,17 @@ def _prometheus_error(exc: PrometheusApiClientException) -> tuple[int | None, st
     return code, f"HTTP {code}" if code is not None else type(exc).__name__, False
 
 
-def _newest_timestamp(result: list[dict[str, Any]]) -> float | None:
-    """Newest sample time in a range-query matrix (shape checked by _is_matrix), None when it holds none."""
-    return max((float(sample[0]) for series in result for sample in series["values"]), default=None)
+def _newest_time(result: list[dict[str, Any]]) -> datetime | None:
+    """Newest sample time in a range-query matrix (shape checked by _is_matrix), None when it holds none.
+    ValueError when a time is NaN, infinite or outside datetime's range."""
+    times = [float(sample[0]) for series in result for sample in series["values"]]
+    if not all(0 <= t <= LATEST_TIME for t in times):  # false for NaN too, which max() skips or not by position
+        raise ValueError("a sample time is not a time")
+    return datetime.fromtimestamp(max(times), UTC) if times else None
 
 
 def _one_number(query: str, result: Any, at: datetime | None) -> Measurement:
-    if _is_sample(result):  # a scalar or string result: [time, "value"]
+    if _is_sample(result):  # a scalar result: [time, "value"]
         samples = [{"value": result}]
     elif isinstance(result, list):
         samples = result

@@ -73,7 +73,7 @@ def _judge(metric: MetricSpec, request: AnalysisRequest, window: str, provider: 
         return _judge_metric(metric, request, window, provider)
     except TemplateError as exc:
         return Verdict(metric.name, Outcome.INCONCLUSIVE, f"query template refused: {exc}",
-                       {"window": _window_evidence(request, window)})
+                       {"queries": _templates(metric), "window": _window_evidence(request, window)})
     except Exception as exc:  # the last resort; only the type is shown (a message may hold a URL)
         log.error("analysis of metric %s failed: %s", metric.name, type(exc).__name__)
         return Verdict(metric.name, Outcome.INCONCLUSIVE, f"the analysis could not run: {type(exc).__name__}",
@@ -108,7 +108,8 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
     if (queries["canary_events"], queries["canary_total"]) == (queries["stable_events"], queries["stable_total"]):
         # The canary would be compared with itself and could never fail (the spec parser refuses this too).
         return Verdict(name, Outcome.INCONCLUSIVE, "the canary and stable queries are identical: the events and "
-                       "total templates must use {{selector}} to tell them apart", {"queries": queries})
+                       "total templates must use {{selector}} to tell them apart",
+                       {"queries": queries, "window": _window_evidence(request, window)})
     for key, query in queries.items():
         values[key] = provider.scalar(query, request.now)
         if not values[key].ok:  # one unanswered query already makes the verdict: do not wait on the rest
@@ -142,6 +143,13 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
                           window=_window_evidence(request, window))
 
 
+def _templates(metric: MetricSpec) -> dict[str, str]:
+    """The metric's templates, unrendered: what a verdict can show when rendering them failed."""
+    if metric.threshold is not None:
+        return {"value": metric.threshold.query}
+    return {"events": metric.proportion.events, "total": metric.proportion.total} if metric.proportion else {}
+
+
 def _first_problem(values: dict[str, Measurement]) -> Measurement | None:
     return next((m for m in values.values() if not m.ok), None)
 
@@ -150,4 +158,4 @@ def _unmeasured(name: str, measurement: Measurement, queries: dict[str, str], wi
     """Missing evidence is never success: every query problem is an inconclusive verdict that says why."""
     return Verdict(name, Outcome.INCONCLUSIVE, f"{measurement.problem}: {measurement.detail}",
                    {"queries": queries, "failedQuery": measurement.query, "problem": str(measurement.problem),
-                    "window": window})
+                    "detail": measurement.detail, "window": window})

@@ -111,6 +111,7 @@ def test_an_address_that_cannot_be_asked_is_unreachable_not_a_malformed_answer()
 
 def test_an_empty_answer_with_no_history_is_no_data(garbage: Garbage) -> None:
     garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[]}}')
+    garbage.bodies["/api/v1/query_range"] = b'{"status":"success","data":{"resultType":"matrix","result":[]}}'
     m = PrometheusProvider(garbage.url, retries=0).scalar("x", datetime(2026, 1, 1, tzinfo=UTC))
     assert m.problem is QueryProblem.EMPTY
     assert garbage.requests == 2  # the instant query, then the range query that looks for a stale series
@@ -139,6 +140,7 @@ def test_queries_that_cannot_tell_canary_from_stable_are_inconclusive_not_a_pass
     (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
     assert verdict.outcome is Outcome.INCONCLUSIVE and "identical" in verdict.reason
     assert garbage.requests == 0
+    assert verdict.evidence["window"]["range"] == "300s" and verdict.evidence["queries"]
 
 
 def test_the_bake_reads_the_promoted_version_against_the_previous_versions_history(garbage: Garbage) -> None:
@@ -218,3 +220,82 @@ def test_a_failed_query_verdict_carries_its_window(garbage: Garbage) -> None:
     assert verdict.outcome is Outcome.INCONCLUSIVE
     assert verdict.evidence["window"] == {"start": (now - timedelta(minutes=5)).isoformat(), "end": now.isoformat(),
                                           "range": "300s", "mode": "canary"}
+
+
+VECTOR_ZERO = b'"data":{"resultType":"vector","result":[{"metric":{},"value":[1767225600,"0"]}]}'
+
+
+@pytest.mark.parametrize(("extra", "text"), [
+    (b'"warnings":["remote store unreachable:\\n results may be incomplete"]',
+     "remote store unreachable: results may be incomplete"),
+    (b'"partialResponse":true,"warnings":["store eu-1 down"]', "store eu-1 down"),  # Thanos
+    (b'"partialResponse":true', "partialResponse is true"),
+    (b'"warnings":["PromQL info: metric might not be a counter","' + b"x" * 5000 + b'"]', "xxx"),
+])
+def test_an_answer_that_warns_of_missing_data_is_partial_not_a_number(garbage: Garbage, extra: bytes,
+                                                                       text: str) -> None:
+    # A 0 read from what a failed store left out would pass any maximum.
+    garbage.answer(200, b'{"status":"success",' + extra + b"," + VECTOR_ZERO + b"}")
+    m = PrometheusProvider(garbage.url, retries=0).scalar("x")
+    assert m.problem is QueryProblem.PARTIAL and m.value is None and text in m.detail, m
+    assert "\n" not in m.detail and len(m.detail) < 400 and "PromQL info" not in m.detail, m
+
+
+def test_a_range_answer_that_warns_of_missing_data_is_partial_not_no_data(garbage: Garbage) -> None:
+    garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[]}}')
+    garbage.bodies["/api/v1/query_range"] = (b'{"status":"success","warnings":["store eu-1 down"],'
+                                             b'"data":{"resultType":"matrix","result":[]}}')
+    m = PrometheusProvider(garbage.url, retries=0).scalar("x", datetime(2026, 1, 1, tzinfo=UTC))
+    assert m.problem is QueryProblem.PARTIAL and "store eu-1 down" in m.detail, m
+
+
+@pytest.mark.parametrize("extra", [
+    b'"infos":["PromQL info: metric might not be a counter, name does not end in _total"]',  # Prometheus >= 2.50
+    b'"warnings":["PromQL info: metric might not be a counter, name does not end in _total"]',  # older, Thanos
+    b'"warnings":[],"partialResponse":false',
+])
+def test_info_annotations_are_not_missing_data(garbage: Garbage, extra: bytes) -> None:
+    garbage.answer(200, b'{"status":"success",' + extra + b"," + VECTOR_ZERO + b"}")
+    assert PrometheusProvider(garbage.url, retries=0).scalar("x").value == 0
+
+
+def test_a_canary_on_partial_data_is_inconclusive_with_the_warning_and_the_query(garbage: Garbage) -> None:
+    garbage.answer(200, b'{"status":"success","warnings":["remote store unreachable"],' + VECTOR_ZERO + b"}")
+    metric = MetricSpec("nsfw", ProportionMetric(events="sum(e{{selector}})", total="sum(t{{selector}})"))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    request = AnalysisRequest("ns", "svc", "canary", now - timedelta(minutes=5), now, candidate_version="2")
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE and "PartialData" in verdict.reason
+    assert verdict.evidence["problem"] == "PartialData" and "remote store unreachable" in verdict.evidence["detail"]
+    assert verdict.evidence["failedQuery"] == verdict.evidence["queries"]["canary_events"]
+
+
+@pytest.mark.parametrize("time", [b"NaN", b"Infinity", b"-Infinity", b"1e20", b"-1e20"])
+def test_a_range_answer_whose_sample_time_is_not_a_time_is_malformed(garbage: Garbage, time: bytes) -> None:
+    garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[]}}')
+    garbage.bodies["/api/v1/query_range"] = (b'{"status":"success","data":{"resultType":"matrix","result":'
+                                             b'[{"metric":{},"values":[[1767225600,"1"],[' + time + b',"1"]]}]}}')
+    m = PrometheusProvider(garbage.url, retries=0).scalar("x", datetime(2026, 1, 1, tzinfo=UTC))
+    assert m.problem is QueryProblem.MALFORMED and "not a time" in m.detail, m
+
+
+@pytest.mark.parametrize(("path", "data"), [
+    ("/api/v1/query", b'{"resultType":"string","result":[1767225600,"0.5"]}'),
+    ("/api/v1/query", b'{"resultType":"matrix","result":[{"metric":{},"values":[[1767225600,"1"]]}]}'),
+    ("/api/v1/query_range", b'{"resultType":"vector","result":[{"metric":{},"value":[1767225600,"1"]}]}'),
+])
+def test_a_result_type_the_query_does_not_answer_with_is_malformed(garbage: Garbage, path: str, data: bytes) -> None:
+    garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[]}}')
+    garbage.bodies[path] = b'{"status":"success","data":' + data + b"}"
+    m = PrometheusProvider(garbage.url, retries=0).scalar("x", datetime(2026, 1, 1, tzinfo=UTC))
+    assert m.problem is QueryProblem.MALFORMED and "result type" in m.detail, m
+
+
+def test_a_refused_template_verdict_shows_the_templates(garbage: Garbage) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    metric = MetricSpec("nsfw", ProportionMetric(events="sum(e{{nope}})", total="sum(t{{selector}})"))
+    request = AnalysisRequest("ns", "svc", "canary", now - timedelta(minutes=5), now, candidate_version="2")
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE and "template" in verdict.reason
+    assert verdict.evidence["queries"] == {"events": "sum(e{{nope}})", "total": "sum(t{{selector}})"}
+    assert verdict.evidence["window"]["range"] == "300s" and garbage.requests == 0
