@@ -122,6 +122,28 @@ def model_key(predictor: Obj, what: str) -> str:
                            f"(one of {', '.join(MODEL_KEYS)}); custom containers are not supported")
 
 
+def _check_stable_uri(target: str, stable_uri: str | None, candidate: CandidateModel) -> None:
+    """Staging needs the stable model's storageUri: it is how the router tells its candidate from stable later
+    (a model given by `storage` alone would leave a candidate no later call could find or withdraw)."""
+    if not stable_uri:
+        raise TargetStateError(f"{target}: the stable model has no storageUri (models given by `storage` or "
+                               "`storageUris` are not supported)")
+    if candidate.storage_uri == stable_uri:
+        raise TargetStateError(f"candidate {candidate.version} has the stable model's storage URI {stable_uri}")
+
+
+def _canary_predictor_name(isvc: str, version: str, stable_name: str) -> str:
+    """The canary predictor's name: its Deployment, <isvc>-<name>-predictor, must fit 63 characters, and it
+    must never be the stable predictor's name once cut to fit (the canary would take over stable's Deployment)."""
+    budget = 63 - len(isvc) - len("--predictor")
+    if budget < 3:
+        raise TargetStateError(f"InferenceService {isvc} has too long a name for a canary predictor: its "
+                               "Deployment name would pass 63 characters")
+    base = ("v" + dns_label(version))[:budget].rstrip("-")
+    short = base[:budget - 2].rstrip("-")
+    return next(name for name in (base, f"{short}-c", f"{short}-d") if name != stable_name)
+
+
 def dns_label(text: str) -> str:
     label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return label or "x"
@@ -573,8 +595,7 @@ class KServeRouter:
         else:
             raise TargetStateError(f"{self.target} is in the middle of a canary ModelRollout did not start "
                                    f"(revision {view.latest_created} beside {view.rolled_out})")
-        if candidate.storage_uri == stable_uri:
-            raise TargetStateError(f"candidate {candidate.version} has the stable model's storage URI {stable_uri}")
+        _check_stable_uri(self.target, stable_uri, candidate)
         annotations = {ANN_VERSION: candidate.version, ANN_STABLE_VERSION: stable_version or stable_hint,
                        ANN_STABLE_URI: stable_uri, ANN_STABLE_REVISION: view.rolled_out, TAG_ROUTING: "true"}
         return _knative_body(self.client, view, uri=candidate.storage_uri, annotations=annotations,
@@ -603,14 +624,9 @@ class KServeRouter:
         if view.foreign:
             raise TargetStateError(f"{self.target} already has canaries ModelRollout did not create")
         stable_uri = view.predictor[view.key].get("storageUri")
-        if candidate.storage_uri == stable_uri:
-            raise TargetStateError(f"candidate {candidate.version} has the stable model's storage URI {stable_uri}")
+        _check_stable_uri(self.target, stable_uri, candidate)
         stable_name = view.predictor.get("name") or ""
-        name = "v" + dns_label(candidate.version)
-        if name == stable_name:
-            name += "-canary"
-        budget = 63 - len(view.obj["metadata"]["name"]) - len("--predictor")  # Deployment <isvc>-<name>-predictor
-        name = name[:max(budget, 1)].rstrip("-")
+        name = _canary_predictor_name(view.obj["metadata"]["name"], candidate.version, stable_name)
         stable_version = view.stable_annotations.get(ANN_VERSION) or stable_hint
         canary_predictor = copy.deepcopy(view.predictor)
         canary_predictor.pop("canaryTrafficPercent", None)
