@@ -72,11 +72,15 @@ from controller.traffic.kube import (
 )
 
 ANN_VERSION = ANNOTATION_PREFIX + "model-version"  # registry version of the model the spec points at
+# The storageUri ANN_VERSION was written for: a spec edited outside the router keeps the version annotation
+# but not the model, so a version whose URI differs from the spec's is unknown (absent: written before this).
+ANN_VERSION_URI = ANNOTATION_PREFIX + "model-storage-uri"
 ANN_STABLE_VERSION = ANNOTATION_PREFIX + "stable-version"  # what served all traffic when staging began
 ANN_STABLE_URI = ANNOTATION_PREFIX + "stable-storage-uri"
 ANN_STABLE_REVISION = ANNOTATION_PREFIX + "stable-revision"  # Knative: latestRolledoutRevision at staging
 ANN_STABLE_PREDICTOR = ANNOTATION_PREFIX + "stable-predictor-name"  # Standard: spec.predictor.name at staging
-OWNED_ANNOTATIONS = (ANN_VERSION, ANN_STABLE_VERSION, ANN_STABLE_URI, ANN_STABLE_REVISION, ANN_STABLE_PREDICTOR)
+OWNED_ANNOTATIONS = (ANN_VERSION, ANN_VERSION_URI, ANN_STABLE_VERSION, ANN_STABLE_URI, ANN_STABLE_REVISION,
+                     ANN_STABLE_PREDICTOR)
 
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 KSERVE_CONTAINER = "kserve-container"  # KServe's default model container name
@@ -181,6 +185,19 @@ def _none_if_empty(value: str | None) -> str | None:
     return value or None
 
 
+def _version_for(annotations: Mapping[str, str], uri: str | None, where: str, version_key: str = ANN_VERSION,
+                 uri_key: str = ANN_VERSION_URI) -> tuple[str | None, str | None]:
+    """The version annotation as the version of the model at `uri`, and what is wrong with it: a version
+    recorded for another storageUri is unknown (None), for the model was replaced outside ModelRollout.
+    Annotations written before the URI was recorded are trusted as before."""
+    version = _none_if_empty(annotations.get(version_key))
+    recorded = _none_if_empty(annotations.get(uri_key))
+    if version is None or recorded is None or recorded == uri:
+        return version, None
+    return None, (f"storageUri changed outside ModelRollout: {where} names {uri}, not {recorded} (version "
+                  f"{version}), so the version it serves is unknown")
+
+
 # --- Knative mode ------------------------------------------------------------------------------------
 
 
@@ -239,12 +256,15 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
     generation, observed = observed_generation(view.obj)
     if not view.synced:
         problems.append(f"KServe has not processed generation {generation} yet (observed {observed})")
+    latest_version, changed = _version_for(ann, view.spec_uri, "spec.predictor")
+    if changed:
+        problems.append(changed)
 
     def version_of(revision: str) -> str | None:
         if revision and revision == ann.get(ANN_STABLE_REVISION):
             return _none_if_empty(ann.get(ANN_STABLE_VERSION))
         if revision and view.synced and revision == view.latest_created:
-            return _none_if_empty(ann.get(ANN_VERSION))
+            return latest_version
         return None
 
     def percent_on(revision: str) -> int:
@@ -255,6 +275,13 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
         return urls.get(tag) or next(iter(urls.values()), None)
 
     stable = view.rolled_out
+    recorded = ann.get(ANN_STABLE_REVISION) or ""
+    if (view.canary_percent is not None and view.candidate_in_spec and recorded and stable
+            and stable != recorded and stable == view.latest_created):
+        # KServe rolls a latest revision at 100% out (PropagateStatus), but while canaryTrafficPercent is set
+        # our candidate is still a canary at that weight: the stable recorded at staging stays stable (at 0%),
+        # so a weight of 100 is not a promotion and a rollback from it is seen as traffic really moves.
+        stable = recorded
     if not stable:
         problems.append("no revision has been rolled out yet")
     canary = view.latest_created if view.latest_created and view.latest_created != stable else ""
@@ -358,14 +385,23 @@ def standard_state(target: str, view: StandardView) -> TargetState:
     if not ready:
         found = condition(status, "PredictorReady") or {}
         problems.append("stable predictor is not ready" + (f": {found['message']}" if found.get("message") else ""))
-    stable_version = _none_if_empty(view.stable_annotations.get(ANN_VERSION)) or \
-        _none_if_empty(view.canary_annotations.get(ANN_STABLE_VERSION))
+    stable_uri = view.predictor[view.key].get("storageUri")
+    stable_version, changed = _version_for(view.stable_annotations, stable_uri, "spec.predictor")
+    if stable_version is None and changed is None:  # none on stable (a first rollout): the one recorded at staging
+        stable_version, changed = _version_for(view.canary_annotations, stable_uri, "spec.predictor",
+                                               ANN_STABLE_VERSION, ANN_STABLE_URI)
+    if changed:
+        problems.append(changed)
     canary_name = canary_version = canary_url = None
     canary_ready = False
     canary_weight: int | None = None
     if view.ours is not None:
         canary_name = view.ours["predictor"]["name"]
-        canary_version = _none_if_empty(view.canary_annotations.get(ANN_VERSION))
+        canary_version, changed = _version_for(view.canary_annotations,
+                                               (view.ours["predictor"].get(view.key) or {}).get("storageUri"),
+                                               f"canary predictor {canary_name}")
+        if changed:
+            problems.append(changed)
         reported = next((c for c in status.get("canaryStatuses") or [] if c.get("name") == canary_name), None)
         canary_ready = bool(view.synced and reported and reported.get("ready"))
         canary_weight = int(reported.get("trafficPercent") or 0) if reported else 0
@@ -533,8 +569,9 @@ class KServeRouter:
         def build(o: Obj, _: DeploymentMode) -> Obj:
             v = knative_view(o, self.target)
             annotations = _owned_annotations(v)
-            annotations.update({ANN_VERSION: stable.version, ANN_STABLE_VERSION: stable.version,
-                                ANN_STABLE_URI: stable.storage_uri, ANN_STABLE_REVISION: None})
+            annotations.update({ANN_VERSION: stable.version, ANN_VERSION_URI: stable.storage_uri,
+                                ANN_STABLE_VERSION: stable.version, ANN_STABLE_URI: stable.storage_uri,
+                                ANN_STABLE_REVISION: None})
             return _knative_body(self.client, v, uri=stable.storage_uri, annotations=annotations, canary_percent=None,
                                  logger_url=_relabelled(v.logger_url, stable.version))
         self._apply_with(build, "restoring")
@@ -589,15 +626,17 @@ class KServeRouter:
                                    f"held at 0%", reason="Unavailable")
         ann = view.annotations
         if view.rolled_out == view.latest_created:  # the spec's own model is what serves
-            stable_uri, stable_version = view.spec_uri, ann.get(ANN_VERSION)
+            # A version recorded for another storageUri is unknown: the engine's hint is better than it.
+            stable_uri, stable_version = view.spec_uri, _version_for(ann, view.spec_uri, "spec.predictor")[0]
         elif view.rolled_out == ann.get(ANN_STABLE_REVISION):  # staged already, or rolled back: recorded stable
             stable_uri, stable_version = view.stable_uri, ann.get(ANN_STABLE_VERSION)
         else:
             raise TargetStateError(f"{self.target} is in the middle of a canary ModelRollout did not start "
                                    f"(revision {view.latest_created} beside {view.rolled_out})")
         _check_stable_uri(self.target, stable_uri, candidate)
-        annotations = {ANN_VERSION: candidate.version, ANN_STABLE_VERSION: stable_version or stable_hint,
-                       ANN_STABLE_URI: stable_uri, ANN_STABLE_REVISION: view.rolled_out, TAG_ROUTING: "true"}
+        annotations = {ANN_VERSION: candidate.version, ANN_VERSION_URI: candidate.storage_uri,
+                       ANN_STABLE_VERSION: stable_version or stable_hint, ANN_STABLE_URI: stable_uri,
+                       ANN_STABLE_REVISION: view.rolled_out, TAG_ROUTING: "true"}
         return _knative_body(self.client, view, uri=candidate.storage_uri, annotations=annotations,
                              canary_percent=0,
                              logger_url=_relabelled(view.logger_url, candidate.version))
@@ -613,6 +652,7 @@ class KServeRouter:
         annotations = _owned_annotations(view)
         annotations[ANN_VERSION] = stable.version if stable else view.annotations.get(ANN_STABLE_VERSION)
         uri = stable.storage_uri if stable else view.stable_uri
+        annotations[ANN_VERSION_URI] = uri if annotations[ANN_VERSION] else None
         # The copy of stable reports stable's version, or none when it is not known (a first rollout): never
         # the rejected candidate's, which the URL still names.
         return _knative_body(self.client, view, uri=uri, annotations=annotations, canary_percent=0,
@@ -627,7 +667,7 @@ class KServeRouter:
         _check_stable_uri(self.target, stable_uri, candidate)
         stable_name = view.predictor.get("name") or ""
         name = _canary_predictor_name(view.obj["metadata"]["name"], candidate.version, stable_name)
-        stable_version = view.stable_annotations.get(ANN_VERSION) or stable_hint
+        stable_version = _version_for(view.stable_annotations, stable_uri, "spec.predictor")[0] or stable_hint
         canary_predictor = copy.deepcopy(view.predictor)
         canary_predictor.pop("canaryTrafficPercent", None)
         canary_predictor["name"] = name
@@ -638,7 +678,8 @@ class KServeRouter:
         canary_predictor[view.key].setdefault("name", KSERVE_CONTAINER)
         canary_predictor["annotations"] = {
             **{k: v for k, v in view.stable_annotations.items() if k not in OWNED_ANNOTATIONS},
-            ANN_VERSION: candidate.version, ANN_STABLE_URI: stable_uri or "", ANN_STABLE_PREDICTOR: stable_name,
+            ANN_VERSION: candidate.version, ANN_VERSION_URI: candidate.storage_uri,
+            ANN_STABLE_URI: stable_uri or "", ANN_STABLE_PREDICTOR: stable_name,
             **({ANN_STABLE_VERSION: stable_version} if stable_version else {})}
         entry = {"trafficPercent": 0, "predictor": canary_predictor}
         return _standard_body(self.client, view, **_stable_owned(view), canary=[entry])
@@ -668,7 +709,7 @@ class KServeRouter:
         # Deployment must become ready before it takes the traffic.
         same_model = ann.get(ANN_STABLE_URI) == stable.storage_uri
         name = ann.get(ANN_STABLE_PREDICTOR) if same_model else owned["predictor_name"]
-        annotations = {**owned["annotations"], ANN_VERSION: stable.version}
+        annotations = {**owned["annotations"], ANN_VERSION: stable.version, ANN_VERSION_URI: stable.storage_uri}
         logger_url = _relabelled(owned["logger_url"], stable.version)
         return _standard_body(self.client, view, predictor_name=name or None, uri=stable.storage_uri,
                               annotations=annotations, canary=None, logger_url=logger_url)

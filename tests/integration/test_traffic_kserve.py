@@ -134,6 +134,10 @@ def test_knative_stage_step_rollback_stage_promote(api: client.ApiClient, namesp
     assert (state.stable_version, state.canary_version) == ("6", "8")
     router.set_weight(50)
     wait_state(router, lambda s: s.canary_weight == 50)
+    # At 100% KServe rolls the candidate's revision out itself; until promoted it is still the canary.
+    router.set_weight(100)
+    state = wait_state(router, lambda s: s.canary_weight == 100)
+    assert (state.stable_version, state.canary_version, state.canary_staged) == ("6", "8", True)
     router.promote()
     state = wait_state(router, lambda s: s.stable_version == "8" and not s.canary_staged)
     obj = get(api, namespace)
