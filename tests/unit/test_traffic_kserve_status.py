@@ -103,18 +103,17 @@ def test_knative_rollback_from_weight_100_is_not_back_on_stable_until_the_status
     assert written.canary_staged and written.canary_weight == 100
     # KServe's first pass: the ksvc asks for latest 0% and prev (still rev 2, rolled out) 100%, so
     # PropagateStatus moves latestRolledoutRevision back to rev 1 before any traffic does.
-    pinning = [{"revisionName": "m-predictor-00002", "latestRevision": True, "percent": 0, "tag": "latest",
-                "url": "http://latest-m"},
-               {"revisionName": "m-predictor-00002", "latestRevision": False, "percent": 100, "tag": "prev",
-                "url": "http://prev-m"}]
-    moving = knative_state("m", knative_view(knative_weight(0, rolled_out="m-predictor-00001", traffic=pinning), "m"))
+    def pinned(prev: str) -> list[dict[str, Any]]:  # the ksvc's traffic once it pins `prev` to 100%
+        return [{"revisionName": "m-predictor-00002", "latestRevision": True, "percent": 0, "tag": "latest",
+                 "url": "http://latest-m"},
+                {"revisionName": prev, "latestRevision": False, "percent": 100, "tag": "prev", "url": "http://prev-m"}]
+
+    moving = knative_state("m", knative_view(knative_weight(0, rolled_out="m-predictor-00001",
+                                                            traffic=pinned("m-predictor-00002")), "m"))
     assert (moving.canary_version, moving.canary_weight, moving.stable_version) == ("8", 100, "6")
     # Next pass: prev names rev 1, which now has all traffic.
-    back = [{"revisionName": "m-predictor-00002", "latestRevision": True, "percent": 0, "tag": "latest",
-             "url": "http://latest-m"},
-            {"revisionName": "m-predictor-00001", "latestRevision": False, "percent": 100, "tag": "prev",
-             "url": "http://prev-m"}]
-    done = knative_state("m", knative_view(knative_weight(0, rolled_out="m-predictor-00001", traffic=back), "m"))
+    done = knative_state("m", knative_view(knative_weight(0, rolled_out="m-predictor-00001",
+                                                          traffic=pinned("m-predictor-00001")), "m"))
     assert (done.canary_version, done.canary_weight, done.stable_version) == ("8", 0, "6")
     assert done.stable_url == "http://prev-m"
 
