@@ -187,14 +187,24 @@ def _row_to_class(row: Any, options: DecodeOptions) -> str:
         return _class_at(best, options)
     if isinstance(row, dict) and isinstance(row.get("label"), str):
         return str(row["label"])
-    raise MalformedEvent("BadPredictions", f"cannot read a class from {str(row)[:80]}")
+    # Named by its shape, never quoted: a prediction row is payload, and payloads stay out of logs.
+    raise MalformedEvent("BadPredictions", f"cannot read a class from {_shape_of(row)}")
+
+
+def _shape_of(row: Any) -> str:
+    if isinstance(row, dict):
+        return "an object without a string label"
+    if isinstance(row, list):
+        return "an empty list" if not row else "a list that is not all numbers"
+    return f"a JSON {'null' if row is None else type(row).__name__}"
 
 
 def _single_score_class(score: float, options: DecodeOptions) -> str:
     """One probability per row is a binary classifier's score for its second class (a sigmoid)."""
     if len(options.class_names) != 2 or not 0.0 <= score <= 1.0:
-        raise MalformedEvent("AmbiguousScore", f"one score {str(score)[:20]} per row needs exactly two class names "
-                                               "(the score is the second's probability)")
+        where = "in" if 0.0 <= score <= 1.0 else "outside"
+        raise MalformedEvent("AmbiguousScore", f"one score per row ({where} [0, 1]) needs exactly two class names "
+                                               "and a probability (the score is the second's)")
     return options.class_names[1 if score >= 0.5 else 0]
 
 

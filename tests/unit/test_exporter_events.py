@@ -381,3 +381,17 @@ def test_a_large_event_is_counted_once_per_class(monkeypatch: pytest.MonkeyPatch
         "namespace": "moderation", "inference_service": "nsfw", "variant": "", "model_version": "1",
         "class": "nsfw"}) == 200_000
     assert len(checked) <= 5 and len(labelled) <= 4  # identity labels, then each class once (and its zero series)
+
+
+@pytest.mark.parametrize("body", [
+    {"predictions": [{"text": "secret-payload-text"}]},
+    {"predictions": [["secret-payload-text", "x"]]},
+    {"predictions": [None]},
+    {"predictions": [1.75]},
+])
+def test_a_malformed_row_is_named_by_its_shape_never_quoted(body: object) -> None:
+    """Rows are user payload: the reason and message (logged at debug) say what was wrong, not what it held."""
+    with pytest.raises(MalformedEvent) as caught:
+        predicted_classes(body, NAMES)
+    assert "secret-payload-text" not in str(caught.value) and "1.75" not in str(caught.value)
+    assert caught.value.reason in {"BadPredictions", "AmbiguousScore"}
