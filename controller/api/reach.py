@@ -3,8 +3,9 @@
 A gate URL override (spec.target.kserve.candidateUrl / stableUrl) is user input. Without a rule, a rollout
 could aim the operator's requests, golden dataset included, at a Service in another namespace, or at any pod
 by its IP, and read the answers back as metrics. So an override must name a Service of the rollout's own
-namespace, or a host the cluster admin allows with `operator run --gate-hosts`. URLs the operator reads from
-the target's own status are not overrides and are not checked here.
+namespace by its full name (name.<namespace>.svc.cluster.local), or a host the cluster admin allows with
+`operator run --gate-hosts`. URLs the operator reads from the target's own status are not overrides and are not
+checked here.
 
 Patterns are host names, with `{namespace}` standing for the rollout's namespace and a leading `*.` for
 exactly one DNS label (as in a TLS wildcard). An IP address, in any form the resolver takes (127.1, 0x7f.1,
@@ -22,9 +23,12 @@ from urllib.parse import urlsplit
 
 from controller.api.spec import ModelRolloutSpec, SpecError
 
-# A Service of the rollout's namespace, by the names cluster DNS gives it. Not the bare "name.namespace": for
-# a namespace named like a top-level domain (ml, ai, dev) a missing Service falls through to public DNS.
-DEFAULT_GATE_HOSTS = ("*.{namespace}.svc", "*.{namespace}.svc.cluster.local")
+# A Service of the rollout's namespace, by its full cluster DNS name only. Not the bare "name.namespace": for
+# a namespace named like a top-level domain (ml, ai, dev) a missing Service falls through to public DNS. Not
+# "name.namespace.svc" either: it has fewer dots than ndots:5, so the search list is tried first, and
+# "name.namespace.svc.svc.cluster.local" is pod "name" of Service "namespace" in a namespace named "svc".
+# Another cluster domain is added with --gate-hosts.
+DEFAULT_GATE_HOSTS = ("*.{namespace}.svc.cluster.local",)
 _LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"  # 1 to 63 characters: IDNA refuses longer ones
 _HOST = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _PATTERN = re.compile(rf"^(\*\.)?({_LABEL}|\{{namespace\}})(\.({_LABEL}|\{{namespace\}}))*$|^\[[0-9a-f:.]+\]$")
@@ -73,7 +77,9 @@ def check_gate_hosts(spec: ModelRolloutSpec, namespace: str, allowed: Iterable[s
         host = urlsplit(url).hostname if url else None
         if url and not host_allowed(host or "", namespace, patterns):
             raise SpecError(f"spec.target.kserve.{key}",
-                            f"host {host!r} is not a Service of namespace {namespace} (name.{namespace}.svc) "
+                            f"host {host!r} is not a Service of namespace {namespace} "
+                            f"(name.{namespace}.svc.cluster.local; a short name.{namespace}.svc is refused: it is "
+                            "resolved through the search list, where another namespace can answer it) "
                             "and not among the hosts the operator allows (operator run --gate-hosts)")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.api.reach import parse_host_patterns
 from controller.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,6 +166,8 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set", "monitoring.serviceMonitor.enable=true"), "'enable'"),
     (("--set", "controler.replicas=1"), "'controler'"),
     (("--set-json", 'controller.gateHosts=["http://gate.example"]'), "/controller/gateHosts/0"),
+    # A label over 63 characters: `operator run --gate-hosts` refuses it, so the chart must not install it.
+    (("--set-json", f'controller.gateHosts=["{"a" * 64}.{{namespace}}.example.com"]'), "/controller/gateHosts/0"),
     # The exporter pairs a logger's request and response events in memory: a second replica would miscount.
     (("--set", "exporter.replicas=2"), "/exporter/replicas"),
     # EnvVars: a name, and a string value or a valueFrom (not both); refused here, not by the API server later.
@@ -211,6 +215,32 @@ def test_values_schema_refuses_bad_values(args: tuple[str, ...], complaint: str)
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert complaint in result.stderr, result.stderr
+
+
+# Patterns around the edges of both rules. The controller also takes forms the schema does not (uppercase, a
+# root dot, an unbracketed IPv6 address): it normalises them, so refusing them at install only is harmless.
+GATE_HOST_CANDIDATES = ["a" * 63 + ".example.com", "a" * 64 + ".example.com", "*.{namespace}." + "b" * 63,
+                        "*.{namespace}." + "b" * 64, "x.{namespace}.svc.cluster.local", "{namespace}", "127.0.0.1",
+                        "[::1]", "[fe80::1]", "-a.example", "a-.example", "a_b", "a..b", "*", "a.*.b", "**.x",
+                        "x:80", "{ns}.svc", "http://gate.example"]
+
+
+def test_the_gate_hosts_schema_admits_only_what_the_controller_accepts() -> None:
+    """Else helm installs a value and the controller exits at start-up on it."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = re.compile(schema["properties"]["controller"]["properties"]["gateHosts"]["items"]["pattern"])
+
+    def controller_accepts(candidate: str) -> bool:
+        try:
+            return parse_host_patterns(candidate) == (candidate,)
+        except ValueError:
+            return False
+
+    verdicts = {c: (pattern.search(c) is not None, controller_accepts(c)) for c in GATE_HOST_CANDIDATES}
+    assert all(schema == controller for schema, controller in verdicts.values()), verdicts
+    admitted = [c for c, (schema, _) in verdicts.items() if schema]
+    controller = controller_pod(helm_template("--set-json", f"controller.gateHosts={json.dumps(admitted)}"))
+    assert build_parser().parse_args(controller["containers"][0]["args"]).gate_hosts == tuple(admitted)
 
 
 def test_chart_accepts_env_vars_and_tolerations_of_the_kubernetes_shape() -> None:

@@ -85,7 +85,7 @@ def test_a_gate_that_compares_with_stable_waits_for_stables_url_instead_of_skipp
     obj = {"metadata": {"namespace": "team-a", "name": "nsfw"}, "spec": raw}
     runtime = RolloutRuntime(obj, spec, None, OperatorConfig())  # type: ignore[arg-type]
     state = TargetState(target="nsfw", exists=True, stable_version="1", stable_url=None, canary_version="2",
-                        canary_url="http://nsfw-latest.team-a.svc")
+                        canary_url="http://nsfw-latest.team-a.svc.cluster.local")
     action = RunGate(id="gate-1", candidate=VersionRef("2"), stable=VersionRef("1"), dataset=spec.golden_dataset)
     result = asyncio.run(runtime.measure_gate(action, state))  # nothing is fetched or called: no client here
     assert result.error is not None and result.error.kind is AdapterErrorKind.UNAVAILABLE
@@ -105,7 +105,8 @@ def test_a_registry_secret_the_gate_cannot_read_is_an_explained_gate_error_not_a
         raise ApiException(status=404, reason="Not Found")
 
     runtime.credentials = missing_secret  # type: ignore[method-assign]
-    state = TargetState(target="nsfw", exists=True, canary_version="2", canary_url="http://nsfw-latest.team-a.svc")
+    state = TargetState(target="nsfw", exists=True, canary_version="2",
+                        canary_url="http://nsfw-latest.team-a.svc.cluster.local")
     action = RunGate(id="gate-1", candidate=VersionRef("2"), stable=None, dataset=spec.golden_dataset)
     result = asyncio.run(runtime.measure_gate(action, state))
     assert result.error is not None and result.error.kind is AdapterErrorKind.NOT_FOUND
