@@ -158,19 +158,23 @@ class RolloutRuntime:
         assert target.seldon_experiment is not None
         return target.seldon_experiment.name
 
+    @property
+    def tracking_uri(self) -> str | None:
+        return self.spec.registry.tracking_uri or self.config.default_tracking_uri
+
     def credentials(self) -> Credentials | None:
         ref = self.spec.registry.credentials_secret_ref
         if ref is None:
             return None
         if self._credentials is None:
-            # Only the rollout's own namespace, only the Secret it names.
+            # Only the rollout's own namespace, only the Secret it names, only for the registry it names.
             secret = client.CoreV1Api(self.api_client).read_namespaced_secret(ref.name, self.namespace)
-            self._credentials = Credentials.from_secret_data(secret.data or {})
+            self._credentials = Credentials.from_secret_data(secret.data or {}, tracking_uri=self.tracking_uri or "")
         return self._credentials
 
     def registry(self) -> ModelRegistry:
         if self._registry is None:
-            uri = self.spec.registry.tracking_uri or self.config.default_tracking_uri
+            uri = self.tracking_uri
             if not uri:
                 raise RegistryError("no registry: set spec.registry.trackingUri or the operator's default")
             self._registry = MlflowRegistry(uri, self.credentials())
@@ -308,7 +312,7 @@ class RolloutRuntime:
         candidate = InferenceEndpoint.from_url(candidate_url, self.target_name, protocol)
         stable = InferenceEndpoint.from_url(stable_url, self.target_name, protocol) \
             if stable_url and action.stable else None
-        uri = self.spec.registry.tracking_uri or self.config.default_tracking_uri
+        uri = self.tracking_uri
         try:
             credentials = self.credentials() if uri else None
         except (ApiException, RegistryError) as exc:  # the Secret is missing, forbidden or incomplete

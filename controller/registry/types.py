@@ -6,6 +6,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from controller.engine.observations import REJECTED_TAG as REJECTED_TAG
 from controller.engine.observations import REJECTED_TIME_TAG as REJECTED_TIME_TAG
@@ -25,6 +26,9 @@ PROMOTED_TIME_TAG = "modelrollout.promoted.time"
 _TOKEN_KEYS = ("token", "MLFLOW_TRACKING_TOKEN")
 _USERNAME_KEYS = ("username", "MLFLOW_TRACKING_USERNAME")
 _PASSWORD_KEYS = ("password", "MLFLOW_TRACKING_PASSWORD")
+# The registry the credentials are for (as Argo CD's repository Secrets carry their `url`): they are sent to
+# no other, so whoever may edit a rollout's trackingUri cannot have the operator send them elsewhere.
+_URI_KEYS = ("trackingUri", "MLFLOW_TRACKING_URI")
 
 
 @dataclass(frozen=True, repr=False)
@@ -61,11 +65,13 @@ class Credentials:
     __str__ = __repr__
 
     @classmethod
-    def from_secret_data(cls, data: Mapping[str, str | bytes], *, base64_encoded: bool = True) -> Credentials:
+    def from_secret_data(cls, data: Mapping[str, str | bytes], *, base64_encoded: bool = True,
+                         tracking_uri: str | None = None) -> Credentials:
         """Read a Kubernetes Secret's `data` (base64, the default) or `stringData` (plain) mapping.
 
         Keys: `token`, or `username` + `password` (MLFLOW_TRACKING_TOKEN / _USERNAME / _PASSWORD also work).
-        Errors name the keys, never the values.
+        With `tracking_uri` (the operator always passes the one it will call), the Secret must also name that
+        registry in `trackingUri` (or MLFLOW_TRACKING_URI). Errors name the keys, never the values.
         """
 
         def first(keys: tuple[str, ...]) -> str | None:
@@ -74,6 +80,19 @@ class Credentials:
                     return _decode(key, data[key], base64_encoded)
             return None
 
+        if tracking_uri is not None:
+            scope = first(_URI_KEYS)
+            if scope is None:
+                raise RegistryConfigError(
+                    "the registry credentials Secret has no 'trackingUri' key: name the MLflow tracking URI these "
+                    "credentials are for (they are sent to no other)")
+            if _endpoint(scope) is None:
+                raise RegistryConfigError("the registry credentials Secret key 'trackingUri' is not an http(s) URL")
+            if _endpoint(scope) != _endpoint(tracking_uri):
+                raise RegistryConfigError(
+                    "the registry credentials Secret is for another registry: its 'trackingUri' differs from the "
+                    "tracking URI in use (spec.registry.trackingUri or the operator's default), and credentials "
+                    "are sent only to the registry their Secret names")
         token = first(_TOKEN_KEYS)
         username = first(_USERNAME_KEYS)
         password = first(_PASSWORD_KEYS)
@@ -83,6 +102,18 @@ class Credentials:
                 f"(keys present: {', '.join(sorted(data)) or 'none'})")
         return cls(token=token or None, username=username if not token else None,
                    password=password if not token else None)
+
+
+def _endpoint(uri: str) -> tuple[str, str, int | None, str] | None:
+    """What makes two tracking URIs the same registry: scheme, host, port (default filled in) and path."""
+    try:
+        parts = urlsplit(uri.strip())
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme.lower(), parts.hostname.lower().rstrip("."), port, parts.path.rstrip("/")
 
 
 def _decode(key: str, raw: str | bytes, base64_encoded: bool) -> str:

@@ -248,9 +248,10 @@ def sample_rollout(namespace: str, name: str) -> Obj:
     return manifest
 
 
-def secret(namespace: str, name: str) -> Obj:
+def secret(namespace: str, name: str, tracking_uri: str) -> Obj:
+    data = {"token": "local-mlflow-needs-no-token", "trackingUri": tracking_uri}  # credentials go only there
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-            "data": {"token": base64.b64encode(b"local-mlflow-needs-no-token").decode()}}
+            "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}}
 
 
 def new_namespace(kubeconfig: Path, prefix: str) -> str:
@@ -309,7 +310,8 @@ def test_controller_rbac_is_sufficient_and_every_verb_is_needed(
     other = new_namespace(admin, "rbac-other")
 
     # Registry credentials: granted by name in the rollout's namespace, with the team's Role from deploy/.
-    apply(admin, secret(ns, GRANTED_SECRET), secret(ns, "unrelated"), secret(other, GRANTED_SECRET))
+    uri = scenario.tracking_uri
+    apply(admin, secret(ns, GRANTED_SECRET, uri), secret(ns, "unrelated", uri), secret(other, GRANTED_SECRET, uri))
     team_role = [doc for doc in yaml.safe_load_all(EXAMPLE_ROLE.read_text()) if doc]
     for obj in team_role:
         obj["metadata"]["namespace"] = ns

@@ -410,3 +410,30 @@ def test_a_second_rejection_killed_partway_is_not_taken_as_written() -> None:
         if REJECTED_TAG in tags and tags.get(REJECTED_TIME_TAG) == rejection_time(second):
             assert tags[REJECTED_BY_TAG] == "modelrollout-controller", kill_after
             assert tags["modelrollout.rejected.reason"] == "nsfw-rate failed", kill_after
+
+
+@pytest.mark.parametrize(("scope", "tracking_uri", "ok"), [
+    ("https://mlflow.example.com", "https://MLflow.example.com:443/", True),  # same registry, spelled otherwise
+    ("http://mlflow.team-a.svc.cluster.local:5000/mlflow", "http://mlflow.team-a.svc.cluster.local:5000/mlflow/",
+     True),
+    ("https://mlflow.example.com", "http://mlflow.example.com", False),  # another scheme: a cleartext token
+    ("https://mlflow.example.com", "https://mlflow.example.com.evil.test", False),
+    ("https://mlflow.example.com", "https://mlflow.example.com:8443", False),
+    ("https://mlflow.example.com/a", "https://mlflow.example.com/b", False),
+    ("mlflow.example.com", "https://mlflow.example.com", False),  # not a URL: never matches
+])
+def test_credentials_are_for_the_registry_their_secret_names(scope: str, tracking_uri: str, ok: bool) -> None:
+    data = {"token": "s3cr3t-token", "trackingUri": scope}
+    if ok:
+        assert Credentials.from_secret_data(data, base64_encoded=False, tracking_uri=tracking_uri).token
+        return
+    with pytest.raises(RegistryConfigError) as caught:
+        Credentials.from_secret_data(data, base64_encoded=False, tracking_uri=tracking_uri)
+    assert "s3cr3t" not in str(caught.value) and "evil" not in str(caught.value)
+
+
+def test_credentials_without_a_registry_are_refused_when_one_is_in_use() -> None:
+    with pytest.raises(RegistryConfigError, match="no 'trackingUri' key"):
+        Credentials.from_secret_data({"token": "s3cr3t-token"}, base64_encoded=False, tracking_uri="https://m.x")
+    assert Credentials.from_secret_data({"MLFLOW_TRACKING_TOKEN": "t", "MLFLOW_TRACKING_URI": "https://m.x"},
+                                        base64_encoded=False, tracking_uri="https://m.x").token == "t"
