@@ -5,7 +5,8 @@
   that stays valid when re-evaluated at every interval on the cumulative counts (see sequential.py).
 - baseline: a class's rate against its own history (the same window at the same hour on past days), for
   when no stable version runs beside the model (the bake after promotion). Same test, history as the
-  reference arm, counts deflated by the day-to-day overdispersion of that history.
+  reference arm; the relative test's counts are deflated by the day-to-day overdispersion of that history,
+  while maxRate and minSamples read the raw counts.
 
 What the proportion outcomes mean:
 - FAIL: the always-valid test has rejected "canary rate <= (1 + maxRelativeIncrease) x stable rate" (or
@@ -23,7 +24,6 @@ benchmark calls it on whole simulation matrices, so both run exactly the same co
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -116,13 +116,15 @@ class ProportionBatch:
 
 def evaluate_proportion(canary_events: npt.ArrayLike, canary_total: npt.ArrayLike,
                         stable_events: npt.ArrayLike, stable_total: npt.ArrayLike,
-                        criteria: ProportionCriteria) -> ProportionBatch:
+                        criteria: ProportionCriteria, deflation: npt.ArrayLike = 1.0) -> ProportionBatch:
     """The proportion test on arrays of cumulative counts (any broadcastable shapes).
 
     Each element is judged independently, as the operator would judge that set of counts.
+    `deflation` (phi >= 1, the baseline's day-to-day overdispersion) divides the counts the relative test
+    reads, and only those: maxRate caps the canary's own rate and minSamples counts real predictions.
     """
-    x, n, y, m = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64)
-                                       for v in (canary_events, canary_total, stable_events, stable_total)))
+    x, n, y, m, phi = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in
+                                            (canary_events, canary_total, stable_events, stable_total, deflation)))
     shape = x.shape
     nan = np.full(shape, np.nan)
     if criteria.problems():
@@ -130,7 +132,8 @@ def evaluate_proportion(canary_events: npt.ArrayLike, canary_total: npt.ArrayLik
                                nan, nan.copy(), nan.copy(), nan.copy(), nan.copy())
     with np.errstate(invalid="ignore"):
         valid = (np.isfinite(x) & np.isfinite(n) & np.isfinite(y) & np.isfinite(m)
-                 & (x >= 0) & (y >= 0) & (x <= n) & (y <= m))
+                 & (x >= 0) & (y >= 0) & (x <= n) & (y <= m)
+                 & np.isfinite(phi) & (phi >= 1))  # phi < 1 would inflate the evidence
     has_canary = valid & (n > 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         split = n / np.where(m > 0, m, 1.0)
@@ -139,14 +142,16 @@ def evaluate_proportion(canary_events: npt.ArrayLike, canary_total: npt.ArrayLik
     log_e_rel, log_b_rel, share = nan.copy(), nan.copy(), nan.copy()
     rho0 = 1.0 + float(criteria.max_relative_increase)
     if relative_ok.any():
-        keys, odds_q = quantize_odds(rho0 * n[relative_ok] / m[relative_ok])
+        keys, odds_q = quantize_odds(rho0 * n[relative_ok] / m[relative_ok])  # n / m: phi cancels
+        x_rel = x[relative_ok] / phi[relative_ok]
+        y_rel = y[relative_ok] / phi[relative_ok]
         e_part = np.empty(keys.shape)
         b_part = np.empty(keys.shape)
         for key in np.unique(keys):
             sel = keys == key
             odds = float(odds_q[sel][0])
-            xs = x[relative_ok][sel]
-            e_part[sel] = log_evalue(xs, xs + y[relative_ok][sel], odds, criteria.prior)
+            xs = x_rel[sel]
+            e_part[sel] = log_evalue(xs, xs + y_rel[sel], odds, criteria.prior)
             b_part[sel] = log_boundary(odds, criteria.alpha_relative, criteria.prior)
         log_e_rel[relative_ok] = e_part
         log_b_rel[relative_ok] = b_part
@@ -193,8 +198,9 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
     """A class rate against its own history: `history` holds (events, total) for the same window on past days.
 
     The pooled history is the reference arm of the same sequential test as the proportion judge. Day-to-day
-    variation beyond binomial noise (Pearson dispersion across the days, phi >= 1) deflates every count by
-    phi, the quasi-likelihood correction, so that an ordinary busy day is not mistaken for a regression.
+    variation beyond binomial noise (Pearson dispersion across the days, phi >= 1) deflates the relative
+    test's counts by phi, the quasi-likelihood correction, so that an ordinary busy day is not mistaken for a
+    regression. maxRate and minSamples read the raw counts: the history's spread says nothing about them.
     """
     criteria = criteria or ProportionCriteria()
     evidence: dict[str, Any] = _context(queries, window)
@@ -222,15 +228,17 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
                        f"{min_history_days} to know the class's usual rate and its day-to-day spread", evidence)
     y = sum(e for e, _ in days)
     m = sum(t for _, t in days)
-    phi = _dispersion(days)
+    phi, phi_days = _dispersion(days)
     evidence["dispersion"] = phi
+    evidence["dispersion_days"] = phi_days
     x, n = current
-    # The test sees counts deflated by phi; the raw ones go alongside. minSamples still applies to raw counts.
+    # "canary"/"stable" (read by the report) and "raw" hold the real counts; "deflated" what the relative test reads.
     evidence["raw"] = {"current": {"events": _num(x), "total": _num(n)},
                        "history": {"events": _num(y), "total": _num(m)}}
-    return _proportion_verdict(name, x / phi, n / phi, y / phi, m / phi,
-                               dataclasses.replace(criteria, min_samples=criteria.min_samples / phi),
-                               evidence, reference=f"its {len(days)}-day history")
+    evidence["deflated"] = {"current": {"events": x / phi, "total": n / phi},
+                            "history": {"events": y / phi, "total": m / phi}}
+    return _proportion_verdict(name, x, n, y, m, criteria, evidence, reference=f"its {len(days)}-day history",
+                               arm="new version", phi=phi)
 
 
 def threshold_judge(name: str, value: Any, *, minimum: Any = None, maximum: Any = None, query: str | None = None,
@@ -270,8 +278,8 @@ def threshold_judge(name: str, value: Any, *, minimum: Any = None, maximum: Any 
 
 
 def _proportion_verdict(name: str, x: float, n: float, y: float, m: float, criteria: ProportionCriteria,
-                        evidence: dict[str, Any], reference: str) -> Verdict:
-    batch = evaluate_proportion(x, n, y, m, criteria)
+                        evidence: dict[str, Any], reference: str, arm: str = "canary", phi: float = 1.0) -> Verdict:
+    batch = evaluate_proportion(x, n, y, m, criteria, deflation=phi)
     outcome = OUTCOME_OF_CODE[int(batch.outcome)]
     rho0 = 1.0 + float(criteria.max_relative_increase)
     rate_c, rate_s = _ratio(x, n), _ratio(y, m)
@@ -306,44 +314,59 @@ def _proportion_verdict(name: str, x: float, n: float, y: float, m: float, crite
     evidence["statistic"] = log_e if math.isfinite(log_e) else None
     evidence["threshold"] = log_b if math.isfinite(log_b) else None
 
-    canary_txt = f"canary {_pct(rate_c)} ({_count(x)}/{_count(n)})"
+    canary_txt = f"{arm} {_pct(rate_c)} ({_count(x)}/{_count(n)})"
     ref_txt = f"{reference} {_pct(rate_s)} ({_count(y)}/{_count(m)})"
+    # The relative test's counts were divided by phi: say so, or its e-value looks too small for the counts.
+    spread = (f"; {reference} varies day to day beyond chance (phi={phi:.3g}), so the comparison with it is "
+              f"widened accordingly" if phi > 1 else "")
     if outcome is Outcome.FAIL:
         parts = []
         if math.isfinite(log_e) and log_e >= log_b:
             parts.append(f"{canary_txt} is credibly above {rho0:g}x {ref_txt}: e-value {_exp(log_e):.3g} >= "
-                         f"boundary {_exp(log_b):.3g} (confidence {criteria.confidence:g})")
+                         f"boundary {_exp(log_b):.3g} (confidence {criteria.confidence:g}{spread})")
         if failed_max:
             parts.append(f"{canary_txt} is credibly above maxRate {_pct(criteria.max_rate)}")
         return Verdict(name, outcome, "; ".join(parts), evidence)
     if m <= 0:
         why = f"no {reference} traffic to compare with ({canary_txt})"
     elif n <= 0:
-        why = f"no canary traffic yet ({ref_txt})"
+        why = f"no {arm} traffic yet ({ref_txt})"
     elif not SPLIT_LIMITS[0] <= n / m <= SPLIT_LIMITS[1]:
-        why = (f"the canary's and {reference}'s totals differ by more than a factor of {SPLIT_LIMITS[1]:g} "
+        why = (f"the {arm}'s and {reference}'s totals differ by more than a factor of {SPLIT_LIMITS[1]:g} "
                f"({canary_txt}, {ref_txt}): not a traffic split the test can read")
     elif outcome is Outcome.INCONCLUSIVE:
         why = (f"not enough samples yet: {canary_txt}, {ref_txt}; need {criteria.min_samples:g} on each "
-               f"(no credible increase so far, e-value {_exp(log_e):.3g} < {_exp(log_b):.3g})")
+               f"(no credible increase so far, e-value {_exp(log_e):.3g} < {_exp(log_b):.3g}{spread})")
     else:
         why = (f"no credible increase: {canary_txt} vs {ref_txt}, e-value {_exp(log_e):.3g} < boundary "
-               f"{_exp(log_b):.3g} (allowed ratio {rho0:g}, confidence {criteria.confidence:g})")
+               f"{_exp(log_b):.3g} (allowed ratio {rho0:g}, confidence {criteria.confidence:g}{spread})")
     return Verdict(name, outcome, why, evidence)
 
 
-def _dispersion(days: list[tuple[float, float]]) -> float:
-    """Pearson dispersion of daily rates around the pooled rate, floored at 1 (binomial noise only)."""
-    if len(days) < 2:
-        return 1.0
-    e = np.array([d[0] for d in days])
-    t = np.array([d[1] for d in days])
-    with np.errstate(over="ignore"):  # garbage-sized totals: p comes out 0 and the floor applies
-        p = e.sum() / t.sum()
-    if not 0 < p < 1:
-        return 1.0
+def _dispersion(days: list[tuple[float, float]]) -> tuple[float, int]:
+    """Pearson dispersion of daily rates around the pooled rate, floored at 1 (binomial noise only), and the
+    number of days it was estimated from.
+
+    Only days expecting at least 5 events and 5 non-events count (the usual rule for Pearson's chi-square): a
+    near-empty day (1 of 1) adds about (1 - p) / p to the sum alone, and a phi that high would hide a real
+    regression. The usable days still give phi from what is left; fewer than 2 leave it at 1. Too low errs
+    towards failing (a rollback to the known previous version), too high towards missing a regression, so the
+    unknown spread takes the low side; and at under 5 expected events a day binomial noise outweighs all but
+    wild swings of the rate (phi ~ 1 + t * p * cv^2), so 1 is not far off.
+    """
+    e = np.array([d[0] for d in days], dtype=np.float64)
+    t = np.array([d[1] for d in days], dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # garbage-sized totals: p comes out 0 and the floor applies
+        p = e.sum() / t.sum() if len(t) else 0.0
+        if not 0 < p < 1:
+            return 1.0, 0  # no events (or nothing else): no spread to measure
+        keep = t * min(p, 1 - p) >= 5
+        e, t = e[keep], t[keep]
+        p = e.sum() / t.sum() if len(t) else 0.0  # pooled over the days tested against it
+    if len(t) < 2 or not 0 < p < 1:
+        return 1.0, len(t)
     chi2 = float((((e - t * p) ** 2) / (t * p * (1 - p))).sum())
-    return max(1.0, chi2 / (len(days) - 1))
+    return max(1.0, chi2 / (len(t) - 1)), len(t)
 
 
 def _parse_counts(named: Mapping[str, Any]) -> tuple[tuple[float, ...], str | None]:

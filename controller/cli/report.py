@@ -38,7 +38,7 @@ _COUNTS = rf"\((?P<{{p}}n>{_NUMBER})/(?P<{{p}}t>{_NUMBER})\)"
 # samples yet: ]canary 6.2% (31/500) ... stable 0.2% (98/49000)" (or "its 7-day history" in bake).
 RATES_IN_TEXT = re.compile(
     rf"(?P<metric>[A-Za-z0-9][\w.-]*) (?:no credible increase: |not enough samples yet: )?"
-    rf"canary (?P<c>{_NUMBER})% {_COUNTS.format(p='c')}[^;]*?"
+    rf"(?:canary|new version) (?P<c>{_NUMBER})% {_COUNTS.format(p='c')}[^;]*?"
     rf"(?:stable|its \d+-day history) (?P<s>{_NUMBER})% {_COUNTS.format(p='s')}")
 WEIGHT_IN_TEXT = re.compile(r"\bat (\d{1,3})%")
 

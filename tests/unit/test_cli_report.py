@@ -107,3 +107,15 @@ def test_a_long_rollout_gets_readable_time_ticks() -> None:
     status["completedAt"] = (start + timedelta(hours=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
     ticks = re.findall(r'text-anchor="middle">(\d\d:\d\d:\d\d)</text>', render_html(obj))
     assert 3 <= len(ticks) <= 8
+
+
+def test_a_bake_reason_names_its_rates_in_the_text_fallback() -> None:
+    """A bake's verdict speaks of the new version and its history; the report still reads its two rates."""
+    from controller.analysis.judges import baseline_judge
+    from controller.cli.report import RATES_IN_TEXT
+
+    verdict = baseline_judge("nsfw-rate", 90, 1000, [(30, 1000)] * 7)
+    match = RATES_IN_TEXT.search(f"{verdict.name} {verdict.reason}")
+    assert match is not None, verdict.reason
+    assert (match.group("c"), match.group("cn"), match.group("ct")) == ("9", "90", "1000")
+    assert (match.group("sn"), match.group("st")) == ("210", "7000")
