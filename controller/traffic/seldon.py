@@ -12,20 +12,25 @@ once Seldon reports the object ready; when a status does carry observedGeneratio
 
 Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one shadow):
   stage     a canary predictor, a copy of the stable one with the candidate's modelUri, traffic 0, without the
-            names stable chose (the seldon.io/svc-name annotation, component specs' metadata.name), which
-            would make both predictors share one Service or Deployment.
+            seldon.io/svc-name annotation stable chose (both would share one Service), its component specs'
+            metadata.name set after the candidate's version ("<containers>-v<version>"; a prepackaged server
+            gets a component spec for it), so each candidate has Deployments of its own: under one name a
+            rolling update keeps the previous candidate's pods available, read as the new candidate's.
   set_weight  stable 100-N, canary N.
   promote   the stable predictor takes the canary's graph and component specs (Seldon rolls its pods), keeping
-            the rest of its own (explainer, replicas, annotations, its component specs' names), and the canary
+            the rest of its own (explainer, replicas, annotations, its component specs' names; the canary's
+            versioned names are dropped, so stable's Deployments keep their names), and the canary
             predictor is removed: the names in the ModelRollout stay valid for the next rollout.
   rollback  the canary predictor removed, stable back to 100.
   restore   (after a promotion) the stable predictor's modelUri set to the given version (a rolling update).
   Versions are recorded in the SeldonDeployment's metadata.annotations: Seldon copies spec.annotations and
-  predictor annotations into the pod templates, so writing there would restart pods. The model node's
-  request logger URL (graph logger.url), when set, gets model_version=<version> wherever the router writes a
-  modelUri, so the prediction exporter counts each predictor under the version it serves.
+  predictor annotations into the pod templates, so writing there would restart pods. Each with the modelUri
+  it was written for: a predictor whose model node loads another modelUri serves an unknown version. The
+  model node's request logger URL (graph logger.url), when set, gets model_version=<version> wherever the
+  router writes a modelUri, so the prediction exporter counts each predictor under the version it serves.
   Readiness: status.state "Available" for the whole object; the canary predictor's own Deployments
-  (status.deploymentStatus, named <sdep>-<predictor>-<index>-<containers>) all available.
+  (status.deploymentStatus, exactly the names <sdep>-<predictor>-<index>-<metadata.name or containers>) all
+  reported and available.
   Inference URLs: each predictor's Service as Seldon reports it in status.serviceStatus (key
   <sdep>-<predictor>, or the predictor's seldon.io/svc-name annotation; httpEndpoint "host:port"), with
   the path of the SeldonDeployment's protocol, as Seldon builds status.address.url for the first
@@ -39,8 +44,12 @@ requires the experiment's `default` model to stay among the candidates):
             router refers to it by CandidateModel.serving_name, default "<model name>-v<version>".
   set_weight  stable 100-N, candidate N.
   promote   candidate 100; the old stable leaves the candidates (kept at weight 0 if it is the default).
-  rollback  the candidate removed (kept at 0 if it is the default), stable 100.
+  rollback  the candidate removed (kept at 0 if it is the default), stable 100; so is any other model the
+            router wrote (named in its model-versions annotation) that still carries weight. Like stage, it
+            refuses while a model it never wrote carries weight.
   restore   (after a promotion) the given version's Model back at 100, the others out.
+  Only Experiments between Models are driven (spec.resourceType unset or "model"); one over pipelines, or one
+  without a spec, is reported by observe and refused by every operation.
   Readiness: the conditions Ready and CandidatesReady.
   Inference URLs: every Model is served through one Service, seldon-mesh, in the namespace of the
   Seldon runtime (the Experiment's own), which routes /v2/models/<model>/infer by model name (its envoy
@@ -57,7 +66,6 @@ import copy
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -73,7 +81,7 @@ from controller.traffic.base import (
     TargetStateError,
     check_percent,
 )
-from controller.traffic.kserve import ANN_VERSION, dns_label, logger_url_for
+from controller.traffic.kserve import ANN_VERSION, ANN_VERSION_URI, dns_label, logger_url_for
 from controller.traffic.kube import (
     SELDON_DEPLOYMENT,
     SELDON_EXPERIMENT,
@@ -126,6 +134,9 @@ def _model_node(graph: Obj) -> Obj | None:
 
 
 ANN_CANDIDATE_VERSION = ANNOTATION_PREFIX + "candidate-version"
+# The modelUri each version annotation was written for (ANN_VERSION's is ANN_VERSION_URI, as for KServe): a
+# predictor edited outside the router keeps the annotation but not the model. Absent: written before this.
+ANN_CANDIDATE_URI = ANNOTATION_PREFIX + "candidate-model-uri"
 ANN_SERVICE_NAME = "seldon.io/svc-name"  # a predictor annotation that names its Service
 
 
@@ -154,6 +165,41 @@ def _units(graph: Obj) -> list[Obj]:
     return [graph, *(u for child in graph.get("children") or [] if isinstance(child, dict) for u in _units(child))]
 
 
+def _version_components(predictor: Obj, version: str) -> None:
+    """Name the predictor's Deployments after `version` (<sdep>-<predictor>-<index>-<metadata.name>), so each
+    candidate gets new Deployments: under one name a rolling update keeps the previous candidate's pods
+    available, and its status would read as the new candidate's. A prepackaged server without a component
+    spec gets one (a container of its unit's name is where Seldon puts the server), to carry the name."""
+    label = dns_label(version)
+    if label != version:  # "1.2" and "1-2" would share a label
+        label += "-" + hashlib.md5(version.encode(), usedforsecurity=False).hexdigest()[:8]
+    components = [c for c in predictor.get("componentSpecs") or [] if isinstance(c, dict)]
+    declared = {k.get("name") for c in components for k in (c.get("spec") or {}).get("containers") or []}
+    servers = [u for u in _units(predictor.get("graph") or {})
+               if u.get("implementation") not in (None, "", "UNKNOWN_IMPLEMENTATION") and u.get("name") not in declared]
+    if servers:
+        added = [{"spec": {"containers": [{"name": u.get("name")}]}} for u in servers]
+        predictor["componentSpecs"] = [*(predictor.get("componentSpecs") or []), *added]
+        components += added
+    for component in components:
+        containers = (component.get("spec") or {}).get("containers") or []
+        if containers:
+            own = "-".join(str(k.get("name")) for k in containers)
+            component["metadata"] = {**(component.get("metadata") or {}), "name": f"{own}-v{label}"}
+
+
+def _version_for(ann: dict[str, str], predictor: Obj | None, version_key: str, uri_key: str) -> tuple[str | None, str]:
+    """The version annotation as the version `predictor` serves, and what is wrong with it: one recorded for
+    another modelUri is unknown (None). KServe's rule (kserve._version_for), in Seldon's words."""
+    version, recorded = ann.get(version_key) or None, ann.get(uri_key) or None
+    node = _model_node((predictor or {}).get("graph") or {}) if predictor else None
+    uri = node.get("modelUri") if node else None
+    if predictor is None or version is None or recorded is None or recorded == uri:
+        return version, ""
+    return None, (f"modelUri changed outside ModelRollout: predictor {predictor.get('name')} loads {uri}, not "
+                  f"{recorded} (version {version}), so the version it serves is unknown")
+
+
 def predictor_service(deployment: str, predictor: Obj) -> str:
     """The Service Seldon Core v1 makes for a predictor (GetPredictorKey): the key in status.serviceStatus."""
     custom = (predictor.get("annotations") or {}).get(ANN_SERVICE_NAME)
@@ -173,8 +219,14 @@ class SeldonDeploymentRouter:
     def target(self) -> str:
         return self.client.description
 
+    def _spec(self, obj: Obj) -> Obj:
+        spec: Obj = obj.get("spec") or {}
+        if not spec:  # the CRD does not require one; a KeyError would escape the runtime and be retried for ever
+            raise TargetStateError(f"{self.target} has no spec")
+        return spec
+
     def _find(self, obj: Obj, name: str) -> Obj | None:
-        return next((p for p in obj["spec"].get("predictors") or [] if p.get("name") == name), None)
+        return next((p for p in self._spec(obj).get("predictors") or [] if p.get("name") == name), None)
 
     def _stable(self, obj: Obj) -> Obj:
         stable = self._find(obj, self.stable_predictor)
@@ -198,28 +250,33 @@ class SeldonDeploymentRouter:
                             + (f": {status['description']}" if status.get("description") else ""))
         if stable is None:
             problems.append(f"no predictor named {self.stable_predictor}")
-        canary_ready = canary is not None and synced and ready and self._deployments_available(obj, status)
+        canary_ready = canary is not None and synced and ready and self._deployments_available(obj, canary)
         if canary is not None and not canary_ready:
             problems.append(f"canary predictor {self.canary_predictor} is not available yet")
+        stable_version, changed = _version_for(ann, stable, ANN_VERSION, ANN_VERSION_URI)
+        canary_version, canary_changed = _version_for(ann, canary, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)
+        problems += [p for p in (changed, canary_changed) if p]
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_DEPLOYMENT, synced=synced, ready=ready,
-            stable_version=ann.get(ANN_VERSION) or None, stable_name=self.stable_predictor,
+            stable_version=stable_version, stable_name=self.stable_predictor,
             stable_url=self._url(obj, stable) if stable else None,
-            canary_version=(ann.get(ANN_CANDIDATE_VERSION) or None) if canary else None,
+            canary_version=canary_version if canary else None,
             canary_name=self.canary_predictor if canary else None, canary_ready=canary_ready,
             canary_weight=int(canary.get("traffic") or 0) if canary else None,
             canary_url=self._url(obj, canary) if canary else None, message="; ".join(problems))
 
-    def _deployments_available(self, obj: Obj, status: Obj) -> bool:
-        # Seldon names a predictor's Deployments <sdep>-<predictor>-<component index>-<containers>, and one
-        # longer than 63 characters "seldon-" + its md5.
+    @staticmethod
+    def _deployments_available(obj: Obj, canary: Obj) -> bool:
+        # Exactly the Deployments Seldon makes for the canary as specified (named after its candidate's version
+        # by stage), each reported available: a name prefix would take in another predictor's, and an older
+        # candidate's Deployments are not this one's.
         sdep = obj["metadata"]["name"]
-        pattern = re.compile(rf"^{re.escape(sdep)}-{re.escape(self.canary_predictor)}-\d+-")
-        expected = {seldon_name(name) for name in deployment_names(sdep, self._find(obj, self.canary_predictor) or {})}
-        mine = [d for name, d in (status.get("deploymentStatus") or {}).items()
-                if pattern.match(name) or name in expected]
-        return bool(mine) and all(int(d.get("availableReplicas") or 0) >= max(int(d.get("replicas") or 0), 1)
-                                  for d in mine)
+        reported = (obj.get("status") or {}).get("deploymentStatus") or {}
+        expected = {seldon_name(name) for name in deployment_names(sdep, canary)}
+        found = [reported.get(name) for name in expected]
+        return bool(expected) and all(
+            isinstance(d, dict) and int(d.get("availableReplicas") or 0) >= max(int(d.get("replicas") or 0), 1)
+            for d in found)
 
     @staticmethod
     def _url(obj: Obj, predictor: Obj) -> str | None:
@@ -257,12 +314,12 @@ class SeldonDeploymentRouter:
     @staticmethod
     def _owned(obj: Obj) -> dict[str, str | None]:
         ann = annotations_of(obj)
-        return {k: ann.get(k) for k in (ANN_VERSION, ANN_CANDIDATE_VERSION)}
+        return {k: ann.get(k) for k in (ANN_VERSION, ANN_VERSION_URI, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)}
 
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         def build(obj: Obj) -> Obj:
             stable = copy.deepcopy(self._stable(obj))
-            others = [p for p in obj["spec"].get("predictors") or []
+            others = [p for p in self._spec(obj).get("predictors") or []
                       if p.get("name") not in (self.stable_predictor, self.canary_predictor)
                       and not p.get("shadow") and int(p.get("traffic") or 0) > 0]
             if others:
@@ -276,10 +333,10 @@ class SeldonDeploymentRouter:
             canary = copy.deepcopy(stable)
             for key in ("shadow", "explainer"):
                 canary.pop(key, None)
-            # Names stable chose for its Service and Deployments would be the canary's too: they would share them.
+            # A name stable chose for its Service would be the canary's too: they would share it. Its Deployments
+            # are named after the candidate instead (which also replaces names stable chose for them).
             (canary.get("annotations") or {}).pop(ANN_SERVICE_NAME, None)
-            for component in canary.get("componentSpecs") or []:
-                (component.get("metadata") or {}).pop("name", None)
+            _version_components(canary, candidate.version)
             canary["name"] = self.canary_predictor
             canary["traffic"] = 0
             canary_node = _model_node(canary["graph"])
@@ -287,8 +344,12 @@ class SeldonDeploymentRouter:
             _set_model(canary_node, candidate)
             stable["traffic"] = 100
             annotations = self._owned(obj)
-            annotations[ANN_VERSION] = annotations[ANN_VERSION] or stable_version
+            # A version recorded for another modelUri is unknown: the engine's hint is better than it.
+            annotations[ANN_VERSION] = _version_for(annotations_of(obj), stable, ANN_VERSION, ANN_VERSION_URI)[0] \
+                or stable_version
+            annotations[ANN_VERSION_URI] = node["modelUri"] if annotations[ANN_VERSION] else None
             annotations[ANN_CANDIDATE_VERSION] = candidate.version
+            annotations[ANN_CANDIDATE_URI] = candidate.storage_uri
             return self._body(obj, stable, canary, annotations)
         _apply_with(self.client, build, f"staging on {self.target}")
 
@@ -319,10 +380,17 @@ class SeldonDeploymentRouter:
             if canary.get("componentSpecs") is not None:
                 names = [(c.get("metadata") or {}).get("name") for c in stable.get("componentSpecs") or []]
                 stable["componentSpecs"] = copy.deepcopy(canary["componentSpecs"])
-                for component, name in zip(stable["componentSpecs"], names, strict=False):
-                    if name:
-                        component.setdefault("metadata", {})["name"] = name
-            annotations.update({ANN_VERSION: annotations[ANN_CANDIDATE_VERSION], ANN_CANDIDATE_VERSION: None})
+                # The canary's names (after its version) go: stable's Deployments keep the names they had, and
+                # Seldon rolls them in place instead of making new ones.
+                for index, component in enumerate(stable["componentSpecs"]):
+                    name = names[index] if index < len(names) else None
+                    if isinstance(component, dict) and name:
+                        component["metadata"] = {**(component.get("metadata") or {}), "name": name}
+                    elif isinstance(component, dict):
+                        (component.get("metadata") or {}).pop("name", None)
+            annotations.update({ANN_VERSION: annotations[ANN_CANDIDATE_VERSION],
+                                ANN_VERSION_URI: annotations[ANN_CANDIDATE_URI], ANN_CANDIDATE_VERSION: None,
+                                ANN_CANDIDATE_URI: None})
             return self._body(obj, stable, None, annotations)
         _apply_with(self.client, build, f"promoting on {self.target}")
 
@@ -333,7 +401,7 @@ class SeldonDeploymentRouter:
             stable = copy.deepcopy(self._stable(obj))
             stable["traffic"] = 100
             annotations = self._owned(obj)
-            annotations[ANN_CANDIDATE_VERSION] = None
+            annotations[ANN_CANDIDATE_VERSION] = annotations[ANN_CANDIDATE_URI] = None
             return self._body(obj, stable, None, annotations)
         _apply_with(self.client, build, f"rolling back on {self.target}")
 
@@ -345,7 +413,8 @@ class SeldonDeploymentRouter:
                 raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
             _set_model(node, stable_model)
             stable["traffic"] = 100
-            return self._body(obj, stable, None, {ANN_VERSION: stable_model.version, ANN_CANDIDATE_VERSION: None})
+            return self._body(obj, stable, None, {ANN_VERSION: stable_model.version,
+                                                  ANN_VERSION_URI: stable_model.storage_uri})
         _apply_with(self.client, build, f"restoring on {self.target}")
 
 
@@ -391,9 +460,20 @@ class SeldonExperimentRouter:
     def target(self) -> str:
         return self.client.description
 
-    @staticmethod
-    def _weights(obj: Obj) -> dict[str, int]:
-        return {c["name"]: int(c.get("weight") or 0) for c in obj["spec"].get("candidates") or []}
+    def _spec(self, obj: Obj) -> Obj:
+        """The spec of an Experiment this router can drive: one that exists and splits traffic between Models."""
+        spec: Obj = obj.get("spec") or {}
+        if not spec:
+            raise TargetStateError(f"{self.target} has no spec")
+        # Seldon's values are "model" (also when unset) and "pipeline"; candidates of any other type are no Models.
+        resource_type = spec.get("resourceType")
+        if resource_type and resource_type != "model":
+            raise TargetStateError(f"{self.target} has spec.resourceType {resource_type}: ModelRollout drives "
+                                   "experiments between Models only (resourceType model)")
+        return spec
+
+    def _weights(self, obj: Obj) -> dict[str, int]:
+        return {c["name"]: int(c.get("weight") or 0) for c in self._spec(obj).get("candidates") or []}
 
     def _roles(self, obj: Obj) -> tuple[str, str | None]:
         """(stable model, candidate model) as recorded, falling back to the experiment's own default."""
@@ -403,7 +483,7 @@ class SeldonExperimentRouter:
         ann = annotations_of(obj)
         stable = ann.get(ANN_STABLE_MODEL)
         if stable not in weights:
-            default = obj["spec"].get("default")
+            default = self._spec(obj).get("default")
             stable = default if default in weights else max(weights, key=lambda n: weights[n])
         candidate = ann.get(ANN_CANDIDATE_MODEL)
         return stable, candidate if candidate in weights and candidate != stable else None
@@ -423,7 +503,9 @@ class SeldonExperimentRouter:
         try:
             stable, candidate = self._roles(obj)
         except TargetStateError as exc:
-            return TargetState(target=self.target, exists=True, message=str(exc))
+            # Not ready, but synced as far as known: the engine shows why instead of polling for a catch-up.
+            return TargetState(target=self.target, exists=True, mode=DeploymentMode.SELDON_EXPERIMENT,
+                               synced=_synced(obj), message=str(exc))
         status = obj.get("status") or {}
         synced = _synced(obj)
         ready = condition_true(status, "Ready") is True
@@ -446,10 +528,15 @@ class SeldonExperimentRouter:
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_EXPERIMENT, synced=synced, ready=ready,
             stable_version=versions.get(stable), stable_name=stable,
-            stable_url=f"{mesh}/v2/models/{stable}/infer" if mesh else None,
+            stable_url=self._infer_url(mesh, stable) if mesh else None,
             canary_version=versions.get(candidate or ""), canary_name=candidate, canary_ready=canary_ready,
-            canary_weight=canary_weight, canary_url=f"{mesh}/v2/models/{candidate}/infer" if mesh else None,
+            canary_weight=canary_weight, canary_url=self._infer_url(mesh, candidate) if mesh and candidate else None,
             message="; ".join(problems))
+
+    @staticmethod
+    def _infer_url(mesh: str, model: str) -> str:
+        # A path segment, whatever the spec holds: the CRD puts no pattern on candidates[].name.
+        return f"{mesh}/v2/models/{quote(model, safe='')}/infer"
 
     def _mesh_url(self) -> str:
         namespace = self.client.namespace
@@ -472,7 +559,7 @@ class SeldonExperimentRouter:
 
     def _keep(self, obj: Obj, weights: dict[str, int], model: str) -> None:
         """Drop a model from the candidates, or keep it at 0 when it is the experiment's default."""
-        if model == obj["spec"].get("default"):
+        if model == self._spec(obj).get("default"):
             weights[model] = 0
         else:
             weights.pop(model, None)
@@ -537,10 +624,20 @@ class SeldonExperimentRouter:
     def rollback(self) -> None:
         def build(obj: Obj) -> Obj | None:
             stable, candidate = self._roles(obj)
-            if candidate is None:
-                return None  # nothing staged: stable has all traffic
             weights = self._weights(obj)
-            self._keep(obj, weights, candidate)
+            # Not only the recorded candidate: any model this router wrote (its candidate annotation may
+            # have been removed by hand) that still carries weight goes; one it never wrote is not its to move.
+            ours = {*self._versions(obj), candidate}
+            weighted = [n for n, w in weights.items() if w and n != stable]
+            foreign = [n for n in weighted if n not in ours]
+            if foreign:
+                raise TargetStateError(f"{self.target} splits traffic with models ModelRollout does not manage: "
+                                       + ", ".join(foreign))
+            leaving = [*weighted, candidate] if candidate is not None and candidate not in weighted else weighted
+            if not leaving:
+                return None  # nothing staged: stable has all traffic
+            for model in leaving:
+                self._keep(obj, weights, model)
             weights[stable] = 100
             annotations = self._owned(obj)
             annotations[ANN_CANDIDATE_MODEL] = None

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from kubernetes import client
 
+from controller.devstack.seldon_standin import planned_deployments
 from controller.operator.kubeapi import APPLY_PATCH, FIELD_MANAGER, load_client_config
 from controller.traffic import (
     CandidateModel,
@@ -94,11 +95,12 @@ PREDICTOR = {"name": "main", "replicas": 2,
 def seldon_v1_reports(api: client.ApiClient, namespace: str, available: bool = True) -> None:
     """Play Seldon Core v1's controller: one Deployment and one Service per predictor, all available."""
     obj = get(api, SELDON_DEPLOYMENT, namespace)
-    deployments, services = {}, {}
+    # Deployment names by Seldon's own rule (GetDeploymentName), as the stand-in computes them.
+    deployments = {d.name: {"name": d.name, "status": "Available", "replicas": d.replicas,
+                            "availableReplicas": d.replicas if available else 0} for d in planned_deployments(obj)}
+    services = {}
     for predictor in obj["spec"]["predictors"]:
         key = f"{NAME}-{predictor['name']}"
-        deployments[f"{key}-0-classifier"] = {"name": f"{key}-0-classifier", "status": "Available",
-                                              "replicas": 2, "availableReplicas": 2 if available else 0}
         services[key] = {"svcName": key, "httpEndpoint": f"{key}.{namespace}:8000"}
     write_status(api, SELDON_DEPLOYMENT, namespace, {
         "state": "Available" if available else "Creating", "deploymentStatus": deployments,
@@ -123,7 +125,11 @@ def test_seldon_deployment_stage_step_rollback_stage_promote(api: client.ApiClie
     obj = get(api, SELDON_DEPLOYMENT, namespace)
     assert traffic(obj) == {"main": 100, "canary": 0}
     canary = obj["spec"]["predictors"][1]
-    assert canary["graph"]["modelUri"] == V7 and canary["componentSpecs"] == PREDICTOR["componentSpecs"]
+    assert canary["graph"]["modelUri"] == V7
+    assert [c["spec"] for c in canary["componentSpecs"]] == [c["spec"] for c in PREDICTOR["componentSpecs"]]
+    # Named after the candidate: Seldon gives each candidate a Deployment of its own, never a rolling update of
+    # the previous candidate's (whose old pods would read as this one's, available).
+    assert canary["componentSpecs"][0]["metadata"]["name"] == "classifier-v7"
     assert not router.observe().canary_ready  # Seldon has not created its Deployment yet
     seldon_v1_reports(api, namespace)
     state = router.observe()
@@ -198,7 +204,9 @@ def test_seldon_deployment_idempotence_and_ownership(api: client.ApiClient, name
     ours = managed_by(obj, FIELD_MANAGER)["fieldsV1"]
     # spec.predictors is an atomic list in Seldon's schema: owning it whole is the only way to change it.
     assert ours["f:spec"] == {"f:predictors": {}}
-    assert set(ours["f:metadata"]["f:annotations"]) == {"f:modelrollout.io/model-version"}
+    # The version, and the modelUri it was written for (a model replaced by hand reads as unknown).
+    assert set(ours["f:metadata"]["f:annotations"]) == {"f:modelrollout.io/model-version",
+                                                         "f:modelrollout.io/model-storage-uri"}
     theirs = managed_by(obj, CREATOR)["fieldsV1"]
     assert "f:protocol" in theirs["f:spec"] and "f:labels" in theirs["f:metadata"]
     assert obj["spec"]["protocol"] == "v2" and obj["metadata"]["labels"] == {"team": "moderation"}
@@ -439,16 +447,16 @@ def test_seldon_deployment_canary_names_its_own_objects_and_promotion_keeps_stab
     router.stage(CANDIDATE_7, stable_version="6")
     canary = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"][1]
     assert "seldon.io/svc-name" not in (canary.get("annotations") or {})
-    assert "metadata" not in canary["componentSpecs"][0] or "name" not in canary["componentSpecs"][0]["metadata"]
+    assert canary["componentSpecs"][0]["metadata"]["name"] == "classifier-v7"  # not stable's nsfw-main
 
     # Seldon's names for the canary: its Service <sdep>-<predictor>, its Deployment hashed past 63 characters.
     def hashed(name: str) -> str:
         return "seldon-" + hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
 
-    service, deployment = hashed(f"{NAME}-{long_canary}"), hashed(f"{NAME}-{long_canary}-0-classifier")
+    service, deployment = hashed(f"{NAME}-{long_canary}"), hashed(f"{NAME}-{long_canary}-0-classifier-v7")
     write_status(api, SELDON_DEPLOYMENT, namespace, {
         "state": "Available",
-        "deploymentStatus": {"nsfw-main": {"replicas": 2, "availableReplicas": 2},
+        "deploymentStatus": {f"{NAME}-main-0-nsfw-main": {"replicas": 2, "availableReplicas": 2},
                              deployment: {"replicas": 2, "availableReplicas": 2}},
         "serviceStatus": {"nsfw-svc": {"svcName": "nsfw-svc", "httpEndpoint": f"nsfw-svc.{namespace}:8000"},
                           service: {"svcName": service, "httpEndpoint": f"{service}.{namespace}:8000"}}})
