@@ -109,6 +109,10 @@ _FAILURE_PAUSE = {
     RollbackCause.BAKE_INCONCLUSIVE: PauseReason.BAKE_INCONCLUSIVE,
     RollbackCause.PROGRESS_DEADLINE_EXCEEDED: PauseReason.PROGRESS_DEADLINE_EXCEEDED,
 }
+# Effect actions carried out by the registry (the rest by the target).
+_REGISTRY_ACTIONS = frozenset({"SetAlias", "RemoveAlias", "TagRejected"})
+# The target or registry refused the request itself (403, 422): a missed deadline then says nothing of the model.
+_REFUSALS = frozenset({AdapterErrorKind.FORBIDDEN, AdapterErrorKind.INVALID})
 _INCONCLUSIVE_PAUSE = {
     RollbackCause.GATE_INCONCLUSIVE: PauseReason.GATE_INCONCLUSIVE,
     RollbackCause.ANALYSIS_INCONCLUSIVE: PauseReason.ANALYSIS_INCONCLUSIVE,
@@ -191,6 +195,8 @@ class _Decider:
         self.waiting = ""  # why the rollout is not moving, for the message
         self.moved = False
         self.judges_errored: set[str] = set()  # "gate" / "analysis": their error condition stays this round
+        # As read: a condition set twice in one decision (observed healthy, then a failed action) keeps its time.
+        self.conditions_before = {item.type: item for item in self.status.conditions}
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -268,9 +274,20 @@ class _Decider:
         """How messages name the deadline: "progressDeadline 30m"."""
         return f"progressDeadline {format_duration(self.spec.progress_deadline)}"
 
-    def _deadline_failure(self, what: str) -> None:
-        """`what` did not happen in time: a failure like any other (rolled back, or paused for a human)."""
-        self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{what} within {self._deadline}", {})
+    def _deadline_failure(self, what: str, action_id: str, context: str = "",
+                          evidence: dict[str, Any] | None = None) -> None:
+        """`what` did not happen in time: a failure like any other (rolled back, or paused for a human).
+
+        The reason quotes the last error of the action waited on. When the target or registry refused that
+        request itself (403, 422), the model was never judged on it, so it is not tagged rejected."""
+        error = _ledger_error(self._ledger(action_id))
+        reason = f"{what} within {self._deadline}{context}{self._last_error_note(action_id)}"
+        refused = error is not None and error.kind in _REFUSALS
+        self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, reason, evidence or {}, reject_candidate=not refused)
+
+    def _last_error_note(self, action_id: str) -> str:
+        record = self._ledger(action_id)
+        return f"; last error: {record.last_error}" if record is not None and record.last_error else ""
 
     def _target(self) -> TargetObservation | None:
         target = self.obs.target
@@ -458,12 +475,30 @@ class _Decider:
             if record is not None:
                 self._put_record(dataclasses.replace(record, attempts=record.attempts + 1,
                                                      last_error=_describe_error(error), updated_at=self.now))
-                registry_side = record.type in ("SetAlias", "RemoveAlias", "TagRejected")
-                condition = ConditionType.REGISTRY_AVAILABLE if registry_side else ConditionType.TARGET_READY
-                prefix = "Registry" if registry_side else "Target"
-                self._set_condition(condition, ConditionStatus.FALSE, f"{prefix}{error.kind}",
-                                    f"{record.type} {record.detail} failed: {error.message}")
+                self._action_condition(record, error)
             self._error(f"{action_id}: {error.message}")
+
+    def _action_condition(self, record: ActionRecord, error: AdapterError) -> None:
+        """TargetReady or RegistryAvailable False with the words of whoever refused the action."""
+        registry_side = record.type in _REGISTRY_ACTIONS
+        condition = ConditionType.REGISTRY_AVAILABLE if registry_side else ConditionType.TARGET_READY
+        prefix = "Registry" if registry_side else "Target"
+        self._set_condition(condition, ConditionStatus.FALSE, f"{prefix}{error.kind}",
+                            f"{record.type} {record.detail} failed: {error.message}")
+
+    def _failed_pending(self) -> list[ActionRecord]:
+        """Pending actions that have failed at least once, the most recently updated last."""
+        failed = [item for item in self.status.actions if item.state is ActionState.PENDING and item.last_error]
+        return sorted(failed, key=lambda item: item.updated_at)
+
+    def _ledger_conditions(self) -> None:
+        """Keep a failed action's condition False until it is confirmed: the failure reaches only the decision
+        right after it, and the next one (woken by that very status write) sees a healthy observation."""
+        for record in self._failed_pending():
+            adapter = self.obs.registry if record.type in _REGISTRY_ACTIONS else self.obs.target
+            error = _ledger_error(record)
+            if error is not None and (adapter is None or adapter.error is None):  # an adapter error is newer
+                self._action_condition(record, error)
 
     # --- candidate changes and restarts --------------------------------------------------------------
 
@@ -734,7 +769,7 @@ class _Decider:
             what = (f"candidate {candidate.version} did not become ready on {target_label}"
                     if target.ready else f"{target_label} is not ready")
             reason = (f"{what} within {self._deadline}"
-                      + (f": {target.detail}" if target.detail else ""))
+                      + (f": {target.detail}" if target.detail else "") + self._last_error_note(self._stage_id()))
             if staging_started or target.canary_version == candidate.version:
                 self._start_rollback(RollbackCause.CANDIDATE_NOT_READY, reason, reject_candidate=False,
                                      final_phase=Phase.FAILED)
@@ -876,9 +911,9 @@ class _Decider:
             return
         if self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):
             observed = "unknown" if target is None else f"{target.canary_weight}%"
-            reason = (f"the target did not take weight {weight}% within {self._deadline} (observed {observed}), "
-                      f"at {self._step_label(index)}")
-            self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, reason, {"step": index, "weight": weight})
+            self._deadline_failure(f"the target did not take weight {weight}%", action_id,
+                                   f" (observed {observed}), at {self._step_label(index)}",
+                                   {"step": index, "weight": weight})
             return
         if self.obs.target is not None and self.obs.target.error is not None:
             self._wait(f"Holding {self._step_label(index)} until {self.spec.target.description} answers")
@@ -1061,10 +1096,11 @@ class _Decider:
 
     # --- failures ------------------------------------------------------------------------------------
 
-    def _failure(self, cause: RollbackCause, reason: str, evidence: dict[str, Any]) -> None:
+    def _failure(self, cause: RollbackCause, reason: str, evidence: dict[str, Any], *,
+                 reject_candidate: bool = True) -> None:
         """A failing verdict or a missed deadline: roll back, or wait for a human when that is the rule."""
         if self.spec.rollback.automatic:
-            self._start_rollback(cause, reason, evidence=evidence)
+            self._start_rollback(cause, reason, evidence=evidence, reject_candidate=reject_candidate)
             return
         resume = self.status.phase if self.status.phase is not Phase.PAUSED else None
         self._move(Phase.PAUSED, pause=PauseStatus(reason=_FAILURE_PAUSE[cause], since=self.now, detail=reason,
@@ -1311,7 +1347,7 @@ class _Decider:
                 promotion = dataclasses.replace(promotion, target_confirmed_at=self.now)
                 self._update(promotion=promotion, canary_weight=100)
             elif self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):
-                self._deadline_failure(f"the target did not take the promotion of {candidate.version}")
+                self._deadline_failure(f"the target did not take the promotion of {candidate.version}", action_id)
                 return
             elif target is None:
                 self._wait(f"Holding the promotion until {self.spec.target.description} answers")
@@ -1347,7 +1383,7 @@ class _Decider:
             self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
                           f"@{alias} -> {candidate.version}", send=registry is not None)
             if self._deadline_passed(self._pending_since(action_id)):
-                self._deadline_failure(f"the registry did not move @{alias} to {candidate.version}")
+                self._deadline_failure(f"the registry did not move @{alias} to {candidate.version}", action_id)
                 return
             if registry is None:
                 self._wait(f"Waiting for the registry to move @{alias} to {candidate.version}")
@@ -1393,7 +1429,7 @@ class _Decider:
     # --- conditions, message, requeue ----------------------------------------------------------------
 
     def _set_condition(self, condition_type: str, status: ConditionStatus, reason: str, message: str) -> None:
-        existing = self.status.condition(condition_type)
+        existing = self.conditions_before.get(condition_type)
         if existing is not None and existing.status is status:
             transition = existing.last_transition_time
         else:
@@ -1411,6 +1447,7 @@ class _Decider:
 
     def _finish(self) -> None:
         self._update_retry()
+        self._ledger_conditions()
         message = self._message()
         index = self.status.current_step
         self._update(message=message, step=None if index is None else step_fraction(index, len(self.spec.canary.steps)))
@@ -1454,7 +1491,7 @@ class _Decider:
         phase = status.phase
         candidate = status.candidate.version if status.candidate else None
         alias = self.spec.model.stable_alias
-        retry_note = f" (retry {status.retry.attempts}: {status.retry.reason})" if status.retry else ""
+        retry_note = self._retry_note()
         if phase is Phase.SUCCEEDED:
             succeeded = self._last_event_detail("Succeeded")
             if succeeded.endswith(NOTHING_ROLLED_OUT):  # no claim on what serves: the target disagreed
@@ -1494,6 +1531,24 @@ class _Decider:
                              f"{status.stable.version if status.stable else '?'} until "
                              f"{format_time(status.analysis.ends_at)} ({self._analysis_summary()}){retry_note}")
         return _sentence(f"{phase}{': candidate ' + candidate if candidate else ''}{retry_note}")
+
+    def _retry_note(self) -> str:
+        """The retry state, or else the latest failed pending action with its failure count: a failure is seen
+        by one decision only, and the user must see it until the action is confirmed."""
+        retry = self.status.retry
+        current = f" (retry {retry.attempts}: {retry.reason})" if retry else ""
+        failed = self._failed_pending()
+        error = _ledger_error(failed[-1]) if failed else None
+        if error is None:
+            return current
+        record = failed[-1]
+        own = _one_line(f"{record.id}: {error.message}")  # as _record_action_failures words it
+        note = f"retry {record.attempts - 1}: {own}"
+        if retry is None or retry.reason == own:  # the same words whether the failure is new or not
+            return f" ({note})"
+        if record.id in retry.reason:
+            return current
+        return f" (retry {retry.attempts}: {retry.reason}; {note})"
 
     def _last_event_detail(self, event: str) -> str:
         entry = next((item for item in reversed(self.status.history) if item.event == event), None)
@@ -1587,6 +1642,17 @@ def _evidence(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> dict[st
 
 def _describe_error(error: AdapterError) -> str:
     return f"{error.kind}: {error.message}"
+
+
+def _ledger_error(record: ActionRecord | None) -> AdapterError | None:
+    """A ledger entry's last error (written by _describe_error) read back; an unknown kind reads as Error."""
+    if record is None or not record.last_error:
+        return None
+    kind, _, message = record.last_error.partition(": ")
+    try:
+        return AdapterError(AdapterErrorKind(kind), message or record.last_error)
+    except ValueError:
+        return AdapterError(AdapterErrorKind.ERROR, record.last_error)
 
 
 def _one_line(text: str) -> str:

@@ -1,17 +1,30 @@
 """The action ledger is bounded (ACTION_LOG_LIMIT); the record that a candidate was staged is never evicted,
-because a rollback that cannot see the target reads it to tell "nothing to withdraw" from "not confirmed"."""
+because a rollback that cannot see the target reads it to tell "nothing to withdraw" from "not confirmed".
+
+A pending action's last error (status.actions[].lastError) keeps its condition False and shows in the message
+until the action is confirmed, and a missed deadline quotes it."""
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from typing import Any
 
 from test_engine_support import World, spec_dict
 
-from controller.api import CommandAction, Phase
+from controller.api import CommandAction, Phase, RollbackCause
 from controller.api.commands import Command
-from controller.api.status import ACTION_LOG_LIMIT
-from controller.engine import ActionType, decide
+from controller.api.status import ACTION_LOG_LIMIT, ConditionStatus
+from controller.engine import (
+    REJECTED_TAG,
+    ActionFailure,
+    ActionType,
+    AdapterError,
+    AdapterErrorKind,
+    SetCanaryWeight,
+    TagRejected,
+    decide,
+)
 
 
 def test_a_rollback_blind_to_the_target_does_not_confirm_traffic_after_fifty_steps() -> None:
@@ -34,3 +47,85 @@ def test_a_rollback_blind_to_the_target_does_not_confirm_traffic_after_fifty_ste
     assert "TrafficRestored" not in [event.event for event in decision.events]
     assert any(action.type is ActionType.SET_CANARY_WEIGHT and getattr(action, "weight", None) == 0
                for action in decision.actions)
+
+
+_WEBHOOK = 'admission webhook "validator.kserve" denied the request: canaryTrafficPercent is not allowed'
+
+
+def _refusing_weight(world: World, weight: int, kind: AdapterErrorKind, message: str) -> list[bool]:
+    """The target refuses the patch that sets `weight` while the returned switch is on (a webhook, RBAC)."""
+    execute = world.execute
+    refusing = [True]
+
+    def refuse(action: Any) -> Any:
+        if refusing[0] and isinstance(action, SetCanaryWeight) and action.weight == weight:
+            world.executed.append(action)
+            return None, None, ActionFailure(action.id, AdapterError(kind, message))
+        return execute(action)
+
+    world.execute = refuse  # type: ignore[method-assign]
+    return refusing
+
+
+def test_a_refused_weight_stays_visible_in_the_conditions_and_message_until_it_is_confirmed() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None,
+                                 progressDeadline="10m"))
+    refusing = _refusing_weight(world, 10, AdapterErrorKind.INVALID, _WEBHOOK)
+    world.run_until(lambda w: any(record.last_error for record in w.status.actions), step=timedelta(seconds=1))
+    failed_at = world.status.condition("TargetReady")
+    assert failed_at is not None and failed_at.reason == "TargetInvalid"
+    # The write of the failure wakes the rollout at once: that decision sees no failure and a healthy target.
+    for _ in range(2):
+        world.advance(timedelta(milliseconds=500))  # within the backoff: nothing is sent again
+        decision = world.reconcile()
+        assert not decision.actions
+        ready = world.status.condition("TargetReady")
+        assert ready is not None and (ready.status, ready.reason) == (ConditionStatus.FALSE, "TargetInvalid")
+        assert _WEBHOOK in ready.message and ready.last_transition_time == failed_at.last_transition_time
+        assert f"(retry 1: 1:step-0:weight-10: {_WEBHOOK})" in world.status.message
+    refusing[0] = False  # the webhook is fixed: the next send takes effect and is confirmed
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED, step=timedelta(seconds=5), limit=20)
+    ready = world.status.condition("TargetReady")
+    assert ready is not None and (ready.status, ready.reason) == (ConditionStatus.TRUE, "TargetReady")
+    assert "retry" not in world.status.message
+
+
+def test_a_weight_the_target_refuses_until_the_deadline_is_rolled_back_quoting_it_and_not_tagged_rejected() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None,
+                                 progressDeadline="10m"))
+    _refusing_weight(world, 10, AdapterErrorKind.FORBIDDEN, "inferenceservices is forbidden: cannot patch")
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=30), limit=100)
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
+    assert rollback.reason.endswith("at step 1/2; last error: Forbidden: inferenceservices is forbidden: cannot patch")
+    assert not rollback.reject_candidate  # the model was never judged: a cluster problem, not a bad model
+    assert not any(isinstance(action, TagRejected) for action in world.executed)
+    assert REJECTED_TAG not in world.registry.versions["7"]
+    assert world.target.canary_weight == 0  # the traffic rollback itself is unchanged
+
+
+def test_a_weight_that_never_takes_effect_without_an_error_still_rejects_the_candidate() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None,
+                                 progressDeadline="10m"))
+    world.target.ignore_weights = True
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=30), limit=100)
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.reject_candidate and "last error" not in rollback.reason
+    assert REJECTED_TAG in world.registry.versions["7"]
+
+
+def test_staging_the_target_refuses_until_the_deadline_fails_quoting_the_refusal() -> None:
+    world = World(spec=spec_dict(progressDeadline="10m"))
+    execute = world.execute
+
+    def refuse_staging(action: Any) -> Any:
+        if action.type is ActionType.STAGE_CANDIDATE:
+            world.executed.append(action)
+            return None, None, ActionFailure(action.id, AdapterError(AdapterErrorKind.INVALID, _WEBHOOK))
+        return execute(action)
+
+    world.execute = refuse_staging  # type: ignore[method-assign]
+    world.run_until(lambda w: w.status.phase is Phase.FAILED, step=timedelta(seconds=30), limit=100)
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.cause is RollbackCause.CANDIDATE_NOT_READY
+    assert rollback.reason.endswith(f"within progressDeadline 10m; last error: Invalid: {_WEBHOOK}")

@@ -9,7 +9,7 @@ from typing import Any
 from test_engine_support import World, spec_dict
 
 from controller.api import Phase, RollbackCause
-from controller.engine import ActionFailure, AdapterError, AdapterErrorKind, SetAlias
+from controller.engine import REJECTED_TAG, ActionFailure, AdapterError, AdapterErrorKind, SetAlias
 
 
 def test_an_alias_the_registry_will_not_move_is_a_missed_deadline_and_rolled_back() -> None:
@@ -59,3 +59,32 @@ def test_retry_after_the_registry_was_away_at_promotion_gives_the_alias_a_fresh_
                     step=timedelta(seconds=5), limit=50)
     assert world.status.phase is Phase.BAKING
     assert world.registry.aliases["production"] == "7"
+
+
+def test_an_alias_move_the_registry_refuses_shows_in_registry_available_and_is_not_blamed_on_the_model() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}))
+    execute = world.execute
+    denied = "PERMISSION_DENIED: user operator cannot set alias production"
+
+    def refusing(action: Any) -> Any:
+        if isinstance(action, SetAlias) and action.promotion:
+            world.executed.append(action)
+            return None, None, ActionFailure(action.id, AdapterError(AdapterErrorKind.FORBIDDEN, denied))
+        return execute(action)
+
+    world.execute = refusing  # type: ignore[method-assign]
+    world.run_until(lambda w: any(record.last_error for record in w.status.actions), step=timedelta(seconds=30))
+    assert world.status.phase is Phase.PROMOTING
+    world.advance(timedelta(milliseconds=500))  # the write's own watch event: no failure in this decision
+    assert not world.reconcile().actions
+    registry = world.status.condition("RegistryAvailable")
+    assert registry is not None and (str(registry.status), registry.reason) == ("False", "RegistryForbidden")
+    assert denied in registry.message and denied in world.status.message
+    world.run_until(lambda w: w.status.phase is not Phase.PROMOTING, step=timedelta(minutes=1), limit=200)
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
+    assert rollback.reason.endswith(f"within progressDeadline 30m; last error: Forbidden: {denied}")
+    assert not rollback.reject_candidate
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=30), limit=200)
+    assert world.target.stable_version == "6" and world.registry.aliases["production"] == "6"
+    assert REJECTED_TAG not in world.registry.versions["7"]
