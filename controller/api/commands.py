@@ -16,6 +16,7 @@ JSON escapes (and an escape sequence in the actor could spell someone else's nam
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -54,6 +55,12 @@ class Command:
         # ensure_ascii=False: a non-ASCII name is written as itself, so the admission policy's substring test
         # (against the requester's name as the API server has it) finds it.
         return json.dumps(body, sort_keys=True, ensure_ascii=False)
+
+
+def unreadable_key(text: str) -> str:
+    """The handledCommands entry of an annotation text parse_command refuses: each distinct text is refused once,
+    also after a restart, and the text itself is not stored."""
+    return "unreadable:" + hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()[:16]
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:

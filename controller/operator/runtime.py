@@ -11,20 +11,40 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from controller.analysis.prometheus import PrometheusProvider
 from controller.analysis.runner import AnalysisRequest, run_analysis
-from controller.api.commands import COMMAND_ANNOTATION, CommandError, parse_command
+from controller.api.commands import (
+    COMMAND_ANNOTATION,
+    Command,
+    CommandAction,
+    CommandError,
+    parse_command,
+    unreadable_key,
+)
 from controller.api.reach import check_gate_hosts
-from controller.api.serialization import parse_time
+from controller.api.serialization import from_json, parse_time, to_json
 from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
-from controller.api.status import TERMINAL_PHASES, ModelRolloutStatus, VersionRef
+from controller.api.status import (
+    CONTROLLER_ACTOR,
+    HANDLED_COMMANDS_LIMIT,
+    TERMINAL_PHASES,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    HistoryEntry,
+    ModelRolloutStatus,
+    Phase,
+    VersionRef,
+    append_history,
+)
 from controller.engine import (
     Action,
     ActionFailure,
@@ -60,9 +80,9 @@ from controller.gate import (
     run_gate,
 )
 from controller.gate.sources import DEFAULT_MAX_DATASET_BYTES, GATE_SCRATCH
-from controller.operator.event_poster import EventPoster
+from controller.operator.event_poster import EventPoster, Posted
 from controller.operator.events import unposted
-from controller.operator.kubeapi import FINALIZER, RolloutStore, apply_decided_status, owns_finalizer
+from controller.operator.kubeapi import FINALIZER, ObjectRef, RolloutStore, apply_decided_status, owns_finalizer
 from controller.operator.scheduler import reconcile_slot_lent
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
 from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
@@ -122,9 +142,16 @@ def fill_storage_uri(template: str, **fields: str) -> str:
                          "{run_id}") from None
 
 
-def _credentials_error(exc: ApiException | RegistryError) -> AdapterError:
+# What reading the credentials Secret can raise: the API server's answer, the Secret's content, or no answer at all.
+_CREDENTIALS_ERRORS = (ApiException, RegistryError, urllib3.exceptions.HTTPError, OSError)
+
+
+def _credentials_error(exc: ApiException | RegistryError | urllib3.exceptions.HTTPError | OSError) -> AdapterError:
     if isinstance(exc, RegistryError):
         return AdapterError(_kind(exc), str(exc))
+    if not isinstance(exc, ApiException):
+        # A timeout or dropped connection: the type only, the message may carry a URL with a token.
+        return AdapterError(AdapterErrorKind.UNAVAILABLE, f"registry credentials Secret: {type(exc).__name__}")
     kind = {403: AdapterErrorKind.FORBIDDEN, 404: AdapterErrorKind.NOT_FOUND}.get(exc.status or 0,
                                                                                   AdapterErrorKind.ERROR)
     return AdapterError(kind, f"registry credentials Secret: HTTP {exc.status}")
@@ -211,7 +238,7 @@ class RolloutRuntime:
                     rolled_back = _engine_version(registry.resolve(model.name, version=rejecting))
                 except VersionNotFound:
                     rolled_back_gone = True
-        except (ApiException, RegistryError) as exc:
+        except _CREDENTIALS_ERRORS as exc:
             return RegistryObservation(error=_credentials_error(exc))
         return RegistryObservation(candidate=candidate,
                                    stable_alias_version=_engine_version(stable) if stable else None,
@@ -231,15 +258,9 @@ class RolloutRuntime:
                                  canary_version=state.canary_version, canary_ready=state.canary_ready,
                                  canary_weight=state.canary_weight, detail=state.message), state
 
-    def commands(self) -> tuple[Any, ...]:
-        text = (self.obj["metadata"].get("annotations") or {}).get(COMMAND_ANNOTATION)
-        if not text:
-            return ()
-        try:
-            return (parse_command(text),)
-        except CommandError as exc:
-            log.warning("%s/%s: ignoring command annotation: %s", self.namespace, self.name, exc)
-            return ()
+    def commands(self) -> tuple[Command, ...]:
+        command = read_command(self.obj)
+        return (command,) if isinstance(command, Command) else ()  # a refusal is recorded by refuse_command
 
     # --- acting --------------------------------------------------------------------------------------
 
@@ -315,7 +336,7 @@ class RolloutRuntime:
         uri = self.tracking_uri
         try:
             credentials = self.credentials() if uri else None
-        except (ApiException, RegistryError) as exc:  # the Secret is missing, forbidden or incomplete
+        except _CREDENTIALS_ERRORS as exc:  # the Secret is missing, forbidden, incomplete or unreachable
             return JudgeResult(action.id, error=_credentials_error(exc))
         sources = DatasetSources(
             mlflow=MlflowAccess.with_credentials(uri, credentials) if uri else None,
@@ -374,6 +395,92 @@ def check_operator_settings(spec: ModelRolloutSpec, namespace: str, config: Oper
                         "is required: the metrics need a Prometheus and the operator has no default (--prometheus-url)")
 
 
+# While the operator's settings refuse the spec, decisions are carried out only in these phases: a rollback's.
+_ROLLBACK_PHASES = frozenset({Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.FAILED})
+# What reading a status back can raise on a value it does not expect.
+_STATUS_ERRORS = (ValueError, TypeError, AttributeError)
+# The Ready condition's reason while the status cannot be read.
+STATUS_UNREADABLE = "StatusUnreadable"
+# A parse error may quote the annotation's values: bounded in the history entry.
+_REFUSAL_MAX = 512
+
+
+def read_command(obj: Mapping[str, Any]) -> Command | CommandError | None:
+    """The command annotation: the command, why it is none, or None when there is no annotation."""
+    text = (obj["metadata"].get("annotations") or {}).get(COMMAND_ANNOTATION)
+    if not text:
+        return None
+    try:
+        return parse_command(text)
+    except CommandError as exc:
+        return exc
+
+
+def refuse_command(obj: Mapping[str, Any], status: ModelRolloutStatus, now: dt.datetime,
+                   why: str | None = None) -> ModelRolloutStatus:
+    """`status` with the command annotation recorded as CommandIgnored once (its key kept in handledCommands, as
+    the engine does) when it cannot be carried out: a text that is no command (keyed by the text's digest, with
+    the parse error) or, given `why`, any command: one kept for a fixed spec could act hours after it was meant."""
+    command = read_command(obj)
+    meta = obj["metadata"]
+    if isinstance(command, CommandError):
+        text = meta["annotations"][COMMAND_ANNOTATION]
+        key, detail, actor, command_id = unreadable_key(text), str(command), CONTROLLER_ACTOR, None
+    elif isinstance(command, Command) and why is not None:
+        key, detail, actor, command_id = command.id, f"{command.label}: {why}", command.actor, command.id
+    else:
+        return status
+    if key in status.handled_commands:
+        return status
+    log.warning("%s/%s: command not carried out: %s", meta["namespace"], meta["name"], detail[:_REFUSAL_MAX])
+    entry = HistoryEntry(time=now, event="CommandIgnored", detail=" ".join(detail.split())[:_REFUSAL_MAX],
+                         actor=actor, command_id=command_id)
+    return dataclasses.replace(status, handled_commands=(*status.handled_commands, key)[-HANDLED_COMMANDS_LIMIT:],
+                               history=append_history(status.history, entry, status.events_posted_through))
+
+
+def _rollback_asked(obj: Mapping[str, Any], status: ModelRolloutStatus) -> bool:
+    """A rollback under way, or an abort or rollback command not handled yet: decisions that run no gate."""
+    command = read_command(obj)
+    return status.phase is Phase.ROLLING_BACK or (
+        isinstance(command, Command) and command.id not in status.handled_commands
+        and command.action in (CommandAction.ABORT, CommandAction.ROLLBACK))
+
+
+def _status_problem(raw: Any, error: Exception) -> str:
+    """Which top-level status field does not read, and the innermost error (a union's says only "matches none")."""
+    where, problem = "status", error
+    for key, value in raw.items() if isinstance(raw, Mapping) else ():
+        try:
+            from_json(ModelRolloutStatus, {key: value})
+        except _STATUS_ERRORS as exc:
+            where, problem = f"status.{key}", exc
+            break
+    while isinstance(problem.__cause__, Exception):
+        problem = problem.__cause__
+    return f"{where}: {str(problem)[:200]}"
+
+
+def _unreadable_status(raw: Any, problem: str, generation: int, now: dt.datetime) -> dict[str, Any]:
+    """`raw` with only its Ready condition changed, to say it cannot be read: the rest is kept as it is for an
+    operator that can read it (the newer one that wrote it)."""
+    status = dict(raw) if isinstance(raw, Mapping) else {}
+    message = (f"This operator cannot read the status ({problem}); it does nothing until the status is fixed or "
+               "an operator that can read it runs.")
+    ready = to_json(Condition(type=ConditionType.READY, status=ConditionStatus.FALSE, reason=STATUS_UNREADABLE,
+                              message=message, last_transition_time=now.replace(microsecond=0),
+                              observed_generation=generation))
+    conditions = list(status.get("conditions") or ()) if isinstance(status.get("conditions"), list) else []
+    old = next((item for item in conditions if isinstance(item, Mapping) and item.get("type") == ready["type"]), None)
+    if old is None:
+        status["conditions"] = [ready, *conditions]
+        return status
+    if old.get("status") == ready["status"] and old.get("lastTransitionTime"):
+        ready["lastTransitionTime"] = old["lastTransitionTime"]  # False already: no transition
+    status["conditions"] = [ready if item is old else item for item in conditions]
+    return status
+
+
 class RolloutStepper:
     """(observe, decide, act)* on a rollout just read; the caller writes the final status.
 
@@ -409,17 +516,27 @@ class RolloutStepper:
         deleting = deleted_at is not None
         held = FINALIZER in (meta.get("finalizers") or ())
         ours = held and owns_finalizer(meta)  # another manager's entry is not ours to take off
-        status = ModelRolloutStatus.from_dict(obj.get("status"))
+        try:
+            status = ModelRolloutStatus.from_dict(obj.get("status"))
+        except _STATUS_ERRORS as exc:
+            return await self._unreadable(obj, exc, deleted_at, ours)
+        spec: ModelRolloutSpec | None = None
+        refused: SpecError | None = None  # the spec parses, the operator's settings refuse it: only rollbacks run
         try:
             spec = parse_spec(obj.get("spec") or {})
             if not deleting:  # the rollback a delete starts runs no gate and no analysis
                 check_operator_settings(spec, meta["namespace"], self.config)
         except SpecError as exc:
+            refused = exc
+        if refused is not None and (spec is None or not _rollback_asked(obj, status)):
             # The API server refuses bad specs first; this covers what its schema cannot say.
             if ours and self.store is not None and status.phase in TERMINAL_PHASES:
                 return await self._let_go(obj, status, None, deleting)  # an unreadable spec holds nothing
-            decision = reject_spec(status, exc, int(meta.get("generation") or 0), self.clock())
-            return ReconcileOutcome(status=decision.status.to_dict())
+            now = self.clock()
+            decision = reject_spec(status, refused, int(meta.get("generation") or 0), now)
+            return ReconcileOutcome(status=refuse_command(obj, decision.status, now, f"spec invalid: {refused.path}")
+                                    .to_dict())
+        assert spec is not None
         runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
         if self.store is not None and ours and not holds_deletion(spec, status):
             return await self._let_go(obj, status, runtime, deleting)
@@ -433,6 +550,7 @@ class RolloutStepper:
         analysis: JudgeResult | None = None
         failures: list[ActionFailure] = []
         stored = outcome.status
+        status = refuse_command(obj, status, self.clock())  # an annotation that is no command: said once
         for _ in range(MAX_ROUNDS):
             now = self.clock()
             registry = await asyncio.to_thread(runtime.observe_registry, status)
@@ -450,7 +568,14 @@ class RolloutStepper:
             resend = first_since_start
             first_since_start = False
             gate, analysis, failures = None, None, []
+            posting: asyncio.Task[Posted] | None = None
             if not decision.actions:
+                break
+            if refused is not None and (status.phase not in _ROLLBACK_PHASES or any(
+                    isinstance(action, RunGate | RunAnalysis) for action in decision.actions)):
+                # Past the rollback (a new attempt): held unacted, as for any refused spec, until it is fixed; the
+                # first reconcile after that sends these actions at once.
+                self._seen.discard(key)
                 break
             if self.store is not None and not held and not deleting and holds_deletion(spec, status):
                 # A new attempt after an ended one (which held nothing): held before it acts. This decision's
@@ -478,24 +603,32 @@ class RolloutStepper:
                 stored = outcome.status
                 outcome.stored_status = written.get("status") or {}
                 if self.events is not None:
-                    # Now, not when the reconcile ends: a gate may run for minutes. The mark goes out with
-                    # the next write; until then a re-post is refused by name.
-                    posted = await self.events.post(written, outcome.status)
-                    status = dataclasses.replace(status, events_posted_through=posted.mark)
-                    outcome.status = status.to_dict()
-            for action in decision.actions:
-                outcome.actions_taken.append(f"{action.type}:{action.id}")
-                if isinstance(action, RunGate):
-                    async with reconcile_slot_lent(), self._gates:
-                        gate = await runtime.measure_gate(action, state)
-                elif isinstance(action, RunAnalysis):
-                    analysis = await asyncio.to_thread(runtime.measure_analysis, action, self.clock())
-                else:
-                    try:
-                        await asyncio.to_thread(runtime.act, action, status)
-                    except (TrafficError, RegistryError, ValueError) as exc:
-                        log.warning("%s/%s: %s failed: %s", *key, action.type, exc)
-                        failures.append(ActionFailure(action.id, AdapterError(_kind(exc), str(exc))))
+                    # Now, not when the reconcile ends: a gate may run for minutes. Beside this round's actions,
+                    # not before them: an Events endpoint that hangs must not hold back a rollback. The mark
+                    # goes out with the next write; until then a re-post is refused by name.
+                    posting = asyncio.create_task(self.events.post(written, outcome.status))
+            try:
+                for action in decision.actions:
+                    outcome.actions_taken.append(f"{action.type}:{action.id}")
+                    if isinstance(action, RunGate):
+                        async with reconcile_slot_lent(), self._gates:
+                            gate = await runtime.measure_gate(action, state)
+                    elif isinstance(action, RunAnalysis):
+                        analysis = await asyncio.to_thread(runtime.measure_analysis, action, self.clock())
+                    else:
+                        try:
+                            await asyncio.to_thread(runtime.act, action, status)
+                        except (TrafficError, RegistryError, ValueError) as exc:
+                            log.warning("%s/%s: %s failed: %s", *key, action.type, exc)
+                            failures.append(ActionFailure(action.id, AdapterError(_kind(exc), str(exc))))
+            except BaseException:
+                if posting is not None:
+                    posting.cancel()  # the caller's next post sends them again, refused by name if they went out
+                raise
+            if posting is not None:
+                # Before the next round: its Events follow these, and its write carries this mark.
+                status = dataclasses.replace(status, events_posted_through=(await posting).mark)
+                outcome.status = status.to_dict()
             if gate is None and analysis is None and not failures and all(
                     isinstance(a, RunGate | RunAnalysis) for a in decision.actions):
                 break
@@ -513,6 +646,28 @@ class RolloutStepper:
         refuses a new finalizer then, and one deleted before the operator first saw it had nothing running)."""
         requeue = await self._apply_finalizer(obj, hold=True)
         return ReconcileOutcome(status=dict(obj.get("status") or {}), requeue_after=requeue)  # nothing to write
+
+    async def _unreadable(self, obj: dict[str, Any], error: Exception, deleted_at: dt.datetime | None,
+                          ours: bool) -> ReconcileOutcome:
+        """A status this operator cannot read (a newer operator's, or edited by hand): nothing is decided or done,
+        and only its Ready condition says why. Deleted, it cannot be rolled back here: the finalizer is let go
+        once WITHDRAWAL_GRACE has passed since the delete (time for an operator that can read it), instead of
+        holding the delete until someone removes the finalizer by hand."""
+        meta = obj["metadata"]
+        problem = _status_problem(obj.get("status"), error)
+        log.warning("%s/%s: cannot read the status: %s", meta["namespace"], meta["name"], problem)
+        now = self.clock()
+        outcome = ReconcileOutcome(status=_unreadable_status(obj.get("status"), problem,
+                                                             int(meta.get("generation") or 0), now))
+        if deleted_at is None or not ours or self.store is None:
+            return outcome
+        left = (deleted_at + WITHDRAWAL_GRACE - now).total_seconds()
+        if left > 0:
+            outcome.requeue_after = left
+            return outcome
+        log.warning("%s/%s: deleted with a status this operator cannot read; letting the delete complete without "
+                    "a rollback", meta["namespace"], meta["name"])
+        return await self._let_go(obj, ModelRolloutStatus(), None, deleting=True)
 
     async def _let_go(self, obj: dict[str, Any], status: ModelRolloutStatus, runtime: RolloutRuntime | None,
                       deleting: bool) -> ReconcileOutcome:
@@ -543,10 +698,18 @@ class RolloutStepper:
         except ApiException as exc:
             if exc.status not in (409, 422):
                 raise
-            # 409: gone, or another object under the name; 422: being deleted (no new finalizer). Read again.
-            log.info("%s/%s: finalizer not %s (HTTP %s); looking again", meta["namespace"], meta["name"],
-                     "added" if hold else "removed", exc.status)
-            return 0.0
+            fresh = await asyncio.to_thread(self.store.get, ObjectRef(meta["namespace"], meta["name"]))
+            current = fresh["metadata"] if fresh is not None else {}
+            # Gone, another object under the name, or being deleted (no new finalizer then): read again.
+            if fresh is None or current.get("uid") != meta.get("uid") or (hold and current.get("deletionTimestamp")):
+                log.info("%s/%s: finalizer not %s (HTTP %s); looking again", meta["namespace"], meta["name"],
+                         "added" if hold else "removed", exc.status)
+                return 0.0
+            # Anything else (an admission policy, a tightened CRD rule) answers the same next time: a reconcile
+            # error, retried on the queue's backoff. Status and reason only: the body may quote the object.
+            log.warning("%s/%s: finalizer not %s: HTTP %s %s", meta["namespace"], meta["name"],
+                        "added" if hold else "removed", exc.status, exc.reason)
+            raise ApiException(status=exc.status, reason=exc.reason) from None
         if not hold and written is not None and FINALIZER in (written["metadata"].get("finalizers") or ()):
             # Another field manager owns the entry too (a dumped object applied server-side, kubectl edit):
             # from now on it is theirs, and reconciles go on as if it were not there.

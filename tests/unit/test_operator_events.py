@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,16 +13,18 @@ import pytest
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from test_engine_support import World
+from test_engine_support import World, spec_dict
 
 from controller.api.commands import COMMAND_ANNOTATION
 from controller.api.status import HISTORY_LIMIT, HistoryEntry, ModelRolloutStatus, append_history
-from controller.operator.event_poster import EVENT_RETRY_MAX_SECONDS, EVENT_RETRY_SECONDS
+from controller.engine import Action, JudgeResult, RegistryObservation, RunGate, TargetObservation
+from controller.operator.event_poster import EVENT_RETRY_MAX_SECONDS, EVENT_RETRY_SECONDS, EventPoster
 from controller.operator.events import POSTED_THROUGH, PostResult, event_name, is_warning, unposted
 from controller.operator.kubeapi import ObjectRef, RolloutStore
 from controller.operator.metrics import OperatorMetrics
 from controller.operator.reconciler import Reconciler
-from controller.operator.runtime import ReconcileOutcome
+from controller.operator.runtime import OperatorConfig, ReconcileOutcome, RolloutRuntime, RolloutStepper
+from controller.traffic import TargetState
 
 NS, NAME = "moderation", "nsfw-classifier"
 NOW = datetime(2026, 1, 5, 9, 1, tzinfo=UTC)
@@ -276,3 +280,82 @@ def test_post_event_says_what_became_of_the_event(error: Exception | None, resul
         assert event.metadata.name == event_name(NAME, "u-1", entry("RolledBack", 7)) and event.type == "Warning"
         assert event.reason == "RolledBack" and event.message == "RolledBack detail"
         assert event.first_timestamp == NOW - timedelta(seconds=30)  # when it happened, not when it was posted
+
+
+class HangingEvents(ApiServer):
+    """Its Events endpoint hangs (as until the client's read timeout) until an effect action has been sent, at
+    most `hang` seconds, once."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.acted = threading.Event()
+        self.hang = 2.0
+        self.timeline: list[str] = []
+
+    def post_event(self, obj: dict[str, Any], item: Mapping[str, Any]) -> PostResult:
+        self.acted.wait(self.hang)
+        self.hang = 0.0
+        self.timeline.append(f"posted {item['event']}")
+        return super().post_event(obj, item)
+
+
+def operator(monkeypatch: pytest.MonkeyPatch, world: World, server: HangingEvents) -> Reconciler:
+    """The real stepper (write-ahead and Events), reconciler and poster; the adapters answer from `world`."""
+    def observe_registry(self: RolloutRuntime, status: ModelRolloutStatus | None = None) -> RegistryObservation:
+        world.status = status if status is not None else ModelRolloutStatus()
+        return world.observe().registry
+
+    def act(self: RolloutRuntime, action: Action, status: ModelRolloutStatus) -> None:
+        world.execute(action)
+        server.timeline.append(f"acted {action.type}")
+        server.acted.set()
+
+    async def measure_gate(self: RolloutRuntime, action: RunGate, state: TargetState | None) -> JudgeResult:
+        # The gate runs for minutes: what the write-ahead stored before it must be out as Events meanwhile.
+        history = [e["event"] for e in server.obj["status"]["history"]]
+        deadline = time.monotonic() + 2.0
+        while server.reasons() != sorted(history) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        server.timeline.append(f"gate ran with {server.reasons() == sorted(history)} Events out")
+        gate, _analysis, _failure = world.execute(action)
+        assert gate is not None
+        return gate
+
+    def observe_target(self: RolloutRuntime) -> tuple[TargetObservation | None, TargetState | None]:
+        return world.target.observe(world.now), None
+
+    monkeypatch.setattr(RolloutRuntime, "observe_registry", observe_registry)
+    monkeypatch.setattr(RolloutRuntime, "observe_target", observe_target)
+    monkeypatch.setattr(RolloutRuntime, "act", act)
+    monkeypatch.setattr(RolloutRuntime, "measure_gate", measure_gate)
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status: False)
+    server.obj = {**server.obj, "spec": world.spec, "metadata": {**server.obj["metadata"], "generation": 1}}
+    metrics = OperatorMetrics()
+    poster = EventPoster(server, metrics, clock=lambda: world.now)
+    stepper = RolloutStepper(None, OperatorConfig(), clock=lambda: world.now,  # type: ignore[arg-type]
+                             write_ahead=False, events=poster)
+    stepper.store = server  # type: ignore[assignment]
+    return Reconciler(server, stepper.step, metrics, clock=lambda: world.now,  # type: ignore[arg-type]
+                      events=poster, forget=stepper.forget)
+
+
+def test_a_rounds_effects_are_not_held_back_by_its_events_which_still_go_out_once_each_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollback decided while the Events endpoint hangs is sent at once, not a request timeout later; the
+    round's Events follow (or go beside) its effects, and a gate's go out while it runs."""
+    world = World()
+    world.spec = spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]})
+    world.spec.pop("bake")
+    server = HangingEvents({})
+    reconciler = operator(monkeypatch, world, server)
+    for _ in range(6):
+        again = asyncio.run(reconciler.reconcile(ObjectRef(NS, NAME)))
+        world.now += timedelta(seconds=again or 30)
+        if server.obj["status"].get("phase") == "Paused":
+            break
+    assert server.timeline[0] == "acted StageCandidate", server.timeline
+    assert "gate ran with True Events out" in server.timeline, server.timeline
+    history = server.obj["status"]["history"]
+    assert server.obj["status"]["phase"] == "Paused" and server.obj["status"][POSTED_THROUGH] == history[-1]["seq"]
+    # Once each (the reconciler's own post after the stepper's finds them posted), in the history's order.
+    assert [reason for reason, _detail in server.events.values()] == [e["event"] for e in history]

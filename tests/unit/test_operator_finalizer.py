@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.api.status import ModelRolloutStatus, Phase, VersionRef
 from controller.engine import RegistryObservation, ResolvedVersion, TargetObservation
-from controller.operator.kubeapi import FIELD_MANAGER, FINALIZER
+from controller.operator.kubeapi import FIELD_MANAGER, FINALIZER, ObjectRef
 from controller.operator.runtime import OperatorConfig, ReconcileOutcome, RolloutRuntime, RolloutStepper
 
 RAW: dict[str, Any] = {
@@ -27,24 +28,32 @@ SUCCEEDED = ModelRolloutStatus(phase=Phase.SUCCEEDED, candidate=VersionRef("7"),
                                observed_generation=1, attempt=1).to_dict()
 
 
+REASONS = {403: "Forbidden", 409: "Conflict", 422: "Unprocessable Entity"}
 OURS = {"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": {"f:metadata": {"f:finalizers": {
     f'v:"{FINALIZER}"': {}}}}}
 
 
 class Store:
     """Records finalizer applies and status writes; answers as the API server would, or with an error status.
-    `shared`: another field manager owns the finalizer too, so a release leaves it on."""
+    `shared`: another field manager owns the finalizer too, so a release leaves it on. `fresh`: what a read
+    finds (None: gone)."""
 
-    def __init__(self, error: int | None = None, shared: bool = False) -> None:
+    def __init__(self, error: int | None = None, shared: bool = False, fresh: dict[str, Any] | None = None) -> None:
         self.applied: list[bool] = []
         self.statuses: list[dict[str, Any]] = []
         self.error = error
         self.shared = shared
+        self.fresh = fresh
+
+    def get(self, ref: ObjectRef) -> dict[str, Any] | None:
+        return copy.deepcopy(self.fresh)
 
     def apply_finalizer(self, obj: dict[str, Any], hold: bool) -> dict[str, Any]:
         self.applied.append(hold)
         if self.error:
-            raise ApiException(status=self.error)
+            refused = ApiException(status=self.error, reason=REASONS.get(self.error))
+            refused.body = '{"message": "denied by policy: annotation token=s3cr3t"}'  # may quote the object
+            raise refused
         kept = hold or self.shared
         return {"metadata": {**obj["metadata"], "resourceVersion": "2", "finalizers": [FINALIZER] if kept else []}}
 
@@ -155,10 +164,33 @@ def test_a_deleted_rollout_waits_for_the_withdrawal_at_most_the_grace(monkeypatc
 
 
 @pytest.mark.parametrize("error", [409, 422])
-def test_a_finalizer_apply_refused_for_a_gone_or_deleted_object_means_read_again(error: int) -> None:
-    store = Store(error=error)
+@pytest.mark.parametrize("found", ["gone", "created-again", "being-deleted"])
+def test_a_finalizer_apply_refused_for_a_gone_or_deleted_object_means_read_again(error: int, found: str) -> None:
+    again = rollout(None, held=False)
+    again["metadata"]["uid"] = "u-2"
+    fresh = {"gone": None, "created-again": again, "being-deleted": rollout(None, held=False, deleting=True)}[found]
+    store = Store(error=error, fresh=fresh)
     outcome = step(rollout(None, held=False), store)
     assert store.applied == [True] and outcome.requeue_after == 0.0 and outcome.status == {}
+
+
+@pytest.mark.parametrize("error", [409, 422])
+@pytest.mark.parametrize("deleting", [False, True])
+def test_a_finalizer_apply_refused_for_an_object_still_there_is_a_reconcile_error_without_the_body(
+        error: int, deleting: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """An admission policy on UPDATE, a tightened CRD rule: refused the same way every time, so retried on the
+    queue's error backoff (and counted as an error), not looked at again at once for ever. A deletion does not
+    explain a refused release: the API server lets a finalizer go from an object being deleted."""
+    status = SUCCEEDED if deleting else None
+    obj = rollout(status, held=deleting, deleting=deleting)
+    store = Store(error=error, fresh=copy.deepcopy(obj))
+    with caplog.at_level(logging.INFO), pytest.raises(ApiException) as raised:
+        step(obj, store)
+    assert store.applied == [not deleting] and raised.value.status == error and raised.value.body is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"team-a/nsfw: finalizer not {'removed' if deleting else 'added'}: HTTP {error} "
+                        f"{REASONS[error]}"]
+    assert "s3cr3t" not in caplog.text and "s3cr3t" not in str(raised.value)
 
 
 def test_any_other_refusal_is_a_reconcile_error() -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from controller.api import parse_spec
@@ -111,6 +112,42 @@ def test_a_registry_secret_the_gate_cannot_read_is_an_explained_gate_error_not_a
     result = asyncio.run(runtime.measure_gate(action, state))
     assert result.error is not None and result.error.kind is AdapterErrorKind.NOT_FOUND
     assert result.error.message == "registry credentials Secret: HTTP 404"
+
+
+LEAKY_URL = "https://kubernetes.default.svc/api/v1/namespaces/team-a/secrets/mlflow?access_token=s3cr3t"
+
+
+@pytest.mark.parametrize("error", [
+    urllib3.exceptions.ReadTimeoutError(None, LEAKY_URL, "Read timed out. (read timeout=30.0)"),
+    urllib3.exceptions.MaxRetryError(None, LEAKY_URL),
+    ConnectionResetError(f"reset while reading {LEAKY_URL}"),
+], ids=["read-timeout", "max-retries", "connection-reset"])
+def test_a_credentials_secret_that_cannot_be_read_is_an_unavailable_registry_and_gate_not_a_crash(
+        monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """No answer from the API server: the reconcile goes on (the target is still observed, RegistryAvailable
+    says why), a gate's result is an error, not lost, and the message names the exception's type only."""
+    raw = copy.deepcopy(RAW)
+    raw["registry"] = {"trackingUri": "http://mlflow.team-a.svc:5000", "credentialsSecretRef": {"name": "mlflow"}}
+
+    class Core:
+        def __init__(self, api_client: Any) -> None:
+            pass
+
+        def read_namespaced_secret(self, name: str, namespace: str) -> None:
+            raise error
+
+    monkeypatch.setattr("controller.operator.runtime.client.CoreV1Api", Core)
+    spec = parse_spec(raw)
+    runtime = RolloutRuntime({"metadata": {"namespace": "team-a", "name": "nsfw"}, "spec": raw}, spec,
+                             None, OperatorConfig())  # type: ignore[arg-type]
+    expected = f"registry credentials Secret: {type(error).__name__}"
+    observed = runtime.observe_registry().error
+    assert observed is not None and (observed.kind, observed.message) == (AdapterErrorKind.UNAVAILABLE, expected)
+    state = TargetState(target="nsfw", exists=True, canary_version="2",
+                        canary_url="http://nsfw-latest.team-a.svc.cluster.local")
+    action = RunGate(id="gate-1", candidate=VersionRef("2"), stable=None, dataset=spec.golden_dataset)
+    gate = asyncio.run(runtime.measure_gate(action, state)).error
+    assert gate is not None and (gate.kind, gate.message) == (AdapterErrorKind.UNAVAILABLE, expected)
 
 
 def test_a_storage_uri_template_that_cannot_be_filled_says_so() -> None:
