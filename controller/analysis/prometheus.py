@@ -22,6 +22,10 @@ from urllib3.util.retry import Retry
 # went stale (its source stopped reporting), none means nothing was ever counted.
 STALE_LOOKBACK = timedelta(hours=1)
 STALE_STEP = "60s"
+# How often Prometheus scrapes is not in the spec: assumed, as kube-prometheus-stack's default (the shipped
+# ServiceMonitor scrapes the exporter every 15s). A series with no sample within twice that of the evaluation
+# time has stopped being scraped, whatever a count over the window still says.
+SCRAPE_INTERVAL = timedelta(seconds=30)
 LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC).timestamp()  # a sample time beyond is none (datetime ends there)
 UNAVAILABLE = (502, 503, 504)
 # The result types each endpoint may answer with: anything else is not the number or samples asked for.
@@ -69,12 +73,13 @@ class Measurement:
 
 class PrometheusProvider:
     def __init__(self, address: str, timeout_seconds: float = 5.0, retries: int = 2,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, scrape_interval: timedelta = SCRAPE_INTERVAL) -> None:
         # Not raising on the last 5xx lets Prometheus' own error text (e.g. a query timeout) reach the verdict.
         retry = Retry(total=retries, backoff_factor=0.2, status_forcelist=UNAVAILABLE,
                       allowed_methods=frozenset({"GET", "POST"}), raise_on_status=False)
         self.address = _without_credentials(address.rstrip("/"))  # what messages show
         self.timeout_seconds = timeout_seconds
+        self.scrape_interval = scrape_interval
         # POST keeps long queries out of proxies' access logs (the library still puts the query in the URL).
         # The library reads data.result from any 200 and drops its status: an answer that says it failed
         # must not be read as data.
@@ -100,6 +105,38 @@ class PrometheusProvider:
         if measured.problem is QueryProblem.EMPTY and check_stale:
             return self._empty_or_stale(measured)
         return measured
+
+    @property
+    def fresh_seconds(self) -> float:
+        """How recent a sample must be for its series to count as still reported: twice the scrape interval."""
+        return 2 * self.scrape_interval.total_seconds()
+
+    @property
+    def fresh_within(self) -> str:
+        """The freshness rule, for evidence."""
+        return (f"{self.fresh_seconds:g}s (twice the assumed scrape interval of "
+                f"{self.scrape_interval.total_seconds():g}s)")
+
+    def freshness(self, query: str, at: datetime) -> Measurement:
+        """Evaluate `query`, which counts an arm's series sampled within `fresh_seconds` before `at`
+        (queries.recent_samples_query): STALE when none was, with when one last was.
+
+        increase() over a window keeps answering from old samples long after the source stopped reporting,
+        so a count cannot tell a whole window from its first minutes.
+        """
+        fresh = self.scalar(query, at, check_stale=False)
+        if fresh.problem is not QueryProblem.EMPTY:
+            return fresh
+        step = f"{max(1, int(self.fresh_seconds // 2))}s"
+        seen = self.last_seen(query, at - STALE_LOOKBACK, at, step)
+        if isinstance(seen, Measurement) and seen.problem is not QueryProblem.EMPTY:
+            return seen
+        last = (f"none in the {STALE_LOOKBACK.total_seconds():.0f} s before" if isinstance(seen, Measurement) else
+                f"the last one between {(seen - timedelta(seconds=self.fresh_seconds)).isoformat()} and "
+                f"{seen.isoformat()}, {(at - seen).total_seconds():.0f} s or more earlier")
+        return Measurement(query, None, QueryProblem.STALE,
+                           f"no sample within {self.fresh_within} of {at.isoformat()}, {last}: its source stopped "
+                           "reporting (exporter down or no longer scraped)", at)
 
     def last_seen(self, query: str, start: datetime, end: datetime, step: str = STALE_STEP) -> datetime | Measurement:
         """Range query: the newest time in [start, end] at which `query` had a value (a Measurement saying

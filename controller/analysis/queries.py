@@ -77,6 +77,13 @@ class QueryScope:
         return ", ".join(f"{name}{op}{promql_string(value)}" for name, op, value in matchers)
 
 
+def recent_samples_query(scope: QueryScope, seconds: float) -> str:
+    """How many of the scope's series have a sample within `seconds` of the evaluation time: whether an arm is
+    still reported, apart from its counts. Built from the escaped selector alone, so no template text reaches
+    it; last_over_time keeps the metric name, so a counter and its _created sibling stay apart."""
+    return f"count(last_over_time({{{scope.selector()}}}[{promql_duration(seconds)}]))"
+
+
 def template_variables(template: str) -> list[str]:
     return [match.strip() for match in TEMPLATE_VARIABLE.findall(template)]
 

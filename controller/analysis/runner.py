@@ -11,14 +11,24 @@ Without a candidate version the variant label selects instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from controller.analysis.judges import ProportionCriteria, baseline_judge, proportion_judge, threshold_judge
 from controller.analysis.prometheus import Measurement, PrometheusProvider, QueryProblem
-from controller.analysis.queries import QueryScope, TemplateError, promql_duration, render
+from controller.analysis.queries import (
+    QueryScope,
+    TemplateError,
+    promql_duration,
+    recent_samples_query,
+    render,
+    template_variables,
+)
 from controller.api.spec import MetricSpec, ProportionMetric
 from controller.exporter.events import UNLABELLED_VERSION
 from controller.verdict import Outcome, Verdict
@@ -61,9 +71,32 @@ def _history_scope(request: AnalysisRequest, window: str) -> QueryScope:
                       versions=(request.baseline_version, UNLABELLED_VERSION))
 
 
-def _window_evidence(request: AnalysisRequest, window: str) -> dict[str, str]:
+def _window_evidence(request: AnalysisRequest, window: str,
+                     freshness: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {"start": request.window_start.isoformat(), "end": request.now.isoformat(), "range": window,
-            "mode": request.mode}
+            "mode": request.mode, **(freshness or {})}
+
+
+def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request: AnalysisRequest,
+               provider: PrometheusProvider,
+               queries: dict[str, str]) -> tuple[dict[str, Any] | None, Measurement | None]:
+    """The freshness evidence (the rule, how many of each arm's series were sampled within it; None: not
+    checked), and the first arm whose series stopped reporting (or whose check failed).
+
+    A count over the window keeps answering from the samples before its source went away: without this, a
+    window seen only in its first minutes would be judged as if seen whole. The arm's series are known only
+    through {{selector}}: templates without it are not checked. Adds each check's query to `queries`."""
+    if not any("selector" in template_variables(template) for template in templates):
+        return None, None
+    sampled: dict[str, float] = {}
+    evidence = {"freshWithin": provider.fresh_within, "freshSeries": sampled}
+    for arm, scope in arms.items():
+        queries[f"{arm}_freshness"] = query = recent_samples_query(scope, provider.fresh_seconds)
+        fresh = provider.freshness(query, request.now)
+        if not fresh.ok:
+            return evidence, dataclasses.replace(fresh, detail=f"the {arm} arm: {fresh.detail}")
+        sampled[arm] = fresh.value or 0.0
+    return evidence, None
 
 
 def _judge(metric: MetricSpec, request: AnalysisRequest, window: str, provider: PrometheusProvider) -> Verdict:
@@ -84,13 +117,18 @@ def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
                   provider: PrometheusProvider) -> Verdict:
     if metric.threshold is not None:
         variant = CANARY if request.mode == CANARY else STABLE
-        query = render(metric.threshold.query, _scope(request, variant, window, candidate=True))
+        scope = _scope(request, variant, window, candidate=True)
+        query = render(metric.threshold.query, scope)
         value = provider.scalar(query, request.now)
         if not value.ok:
             return _unmeasured(metric.name, value, {"value": query}, _window_evidence(request, window))
+        queries = {"value": query}
+        fresh, stale = _stale_arm({variant: scope}, [metric.threshold.query], request, provider, queries)
+        if stale:
+            return _unmeasured(metric.name, stale, queries, _window_evidence(request, window, fresh))
         return threshold_judge(metric.name, value.value, minimum=metric.threshold.min,
                                maximum=metric.threshold.max, query=query,
-                               window=_window_evidence(request, window))
+                               window=_window_evidence(request, window, fresh))
     assert metric.proportion is not None
     if request.mode == CANARY:
         return _canary_proportion(metric.name, metric.proportion, request, window, provider)
@@ -114,10 +152,14 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
         values[key] = provider.scalar(query, request.now)
         if not values[key].ok:  # one unanswered query already makes the verdict: do not wait on the rest
             return _unmeasured(name, values[key], queries, _window_evidence(request, window))
+    arms = {variant: _scope(request, variant, window, candidate=variant == CANARY) for variant in (CANARY, STABLE)}
+    fresh, stale = _stale_arm(arms, [spec.events, spec.total], request, provider, queries)
+    if stale:
+        return _unmeasured(name, stale, queries, _window_evidence(request, window, fresh))
     return proportion_judge(name, values["canary_events"].value, values["canary_total"].value,
                             values["stable_events"].value, values["stable_total"].value,
                             ProportionCriteria.from_spec(spec), queries=queries,
-                            window=_window_evidence(request, window))
+                            window=_window_evidence(request, window, fresh))
 
 
 def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest, window: str,
@@ -128,19 +170,26 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     current = {key: provider.scalar(queries[key], request.now) for key in ("current_events", "current_total")}
     if problem := _first_problem(current):
         return _unmeasured(name, problem, queries, _window_evidence(request, window))
+    fresh, stale = _stale_arm({"current": now}, [spec.events, spec.total], request, provider, queries)
+    if stale:
+        return _unmeasured(name, stale, queries, _window_evidence(request, window, fresh))
     days = max(1, int((request.baseline_window or timedelta(days=7)) / timedelta(days=1)))
+    # Past windows as long as the bake's, a day apart, would overlap each other and the nearest would reach past
+    # promotion into the bake's own: they move by as many whole days as the window spans.
+    every = max(1, math.ceil((request.now - request.window_start) / timedelta(days=1)))
+    history_at = [request.now - timedelta(days=day * every) for day in range(1, days + 1)]
+    evidence = {**_window_evidence(request, window, fresh), "historyEveryDays": every,
+                "historyAt": [at.isoformat() for at in history_at]}
     history: list[tuple[float, float]] = []
-    for day in range(1, days + 1):
-        at = request.now - timedelta(days=day)
+    for at in history_at:
         # A day with no series then had no traffic for this model: a gap, not a stale source.
         events = provider.scalar(queries["history_events"], at, check_stale=False)
         total = provider.scalar(queries["history_total"], at, check_stale=False)
         if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
-            return _unmeasured(name, broken, queries, _window_evidence(request, window))
+            return _unmeasured(name, broken, queries, evidence)
         history.append((events.value or 0.0, total.value or 0.0))
     return baseline_judge(name, current["current_events"].value, current["current_total"].value, history,
-                          ProportionCriteria.from_spec(spec), queries=queries,
-                          window=_window_evidence(request, window))
+                          ProportionCriteria.from_spec(spec), queries=queries, window=evidence)
 
 
 def _templates(metric: MetricSpec) -> dict[str, str]:
@@ -154,7 +203,7 @@ def _first_problem(values: dict[str, Measurement]) -> Measurement | None:
     return next((m for m in values.values() if not m.ok), None)
 
 
-def _unmeasured(name: str, measurement: Measurement, queries: dict[str, str], window: dict[str, str]) -> Verdict:
+def _unmeasured(name: str, measurement: Measurement, queries: dict[str, str], window: dict[str, Any]) -> Verdict:
     """Missing evidence is never success: every query problem is an inconclusive verdict that says why."""
     return Verdict(name, Outcome.INCONCLUSIVE, f"{measurement.problem}: {measurement.detail}",
                    {"queries": queries, "failedQuery": measurement.query, "problem": str(measurement.problem),

@@ -7,16 +7,20 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from controller.analysis.prometheus import PrometheusProvider, QueryProblem
-from controller.analysis.queries import QueryScope, promql_string, render
+from controller.analysis.queries import QueryScope, promql_string, recent_samples_query, render
+from controller.analysis.runner import AnalysisRequest, run_analysis
+from controller.api.spec import MetricSpec, ProportionMetric
 from controller.devstack.dataplane import start_exporter
 from controller.devstack.processes import LOOPBACK, free_port
 from controller.devstack.prometheus_server import PrometheusServer
 from controller.devstack.scenario import ALL_PREDICTIONS, NSFW_PREDICTIONS
+from controller.verdict import Outcome
 
 
 @pytest.fixture
@@ -28,9 +32,9 @@ def exporter(tmp_path: Path) -> Iterator[str]:
         process.stop()
 
 
-def post_response(address: str, query: str, predictions: list[int], event_id: str) -> int:
+def post_response(address: str, query: str, predictions: list[int], event_id: str, service: str = "nsfw") -> int:
     headers = {"Ce-Id": event_id, "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
-               "Ce-Source": "test", "Ce-Namespace": "moderation", "Ce-Inferenceservicename": "nsfw",
+               "Ce-Source": "test", "Ce-Namespace": "moderation", "Ce-Inferenceservicename": service,
                "Content-Type": "application/json"}
     body = json.dumps({"predictions": predictions}).encode()
     request = urllib.request.Request(f"http://{address}/?{query}", data=body, headers=headers, method="POST")
@@ -80,6 +84,53 @@ def test_counts_scraped_by_prometheus_are_read_per_variant(prometheus: Prometheu
     stable_total = provider.scalar(render(ALL_PREDICTIONS, QueryScope("moderation", "nsfw", "stable", "5m")))
     assert stable_nsfw.ok and stable_total.ok
     assert stable_nsfw.value / stable_total.value == pytest.approx(0.2, rel=0.15)
+
+
+@pytest.mark.integration
+def test_a_series_no_longer_scraped_mid_window_is_stale_not_a_pass(prometheus: PrometheusServer,
+                                                                   tmp_path: Path) -> None:
+    """increase() keeps counting the samples from before the exporter died: the verdict must not be a pass."""
+    process, url = start_exporter(tmp_path / "exporter.log", class_names="safe,nsfw")
+    exporter = url.removeprefix("http://")
+    service = "stale-arms"  # its own series: the session's Prometheus also scrapes the other tests' exporters
+    # The local stack scrapes every second; 2 s leaves room for a busy machine (a sample over 4 s old is stale).
+    provider = PrometheusProvider(prometheus.url, scrape_interval=timedelta(seconds=2))
+    metric = MetricSpec("nsfw", ProportionMetric(events=NSFW_PREDICTIONS, total=ALL_PREDICTIONS, min_samples=10))
+    canary = QueryScope("moderation", service, "canary", "5m", versions=("7",))
+    start = datetime.now(UTC)
+    try:
+        prometheus.add_scrape_target("exporter-stale", exporter)
+        for arm, version in (("canary", "7"), ("stable", "6")):
+            assert post_response(exporter, f"variant={arm}&model_version={version}", [0], f"w{arm}", service) == 202
+        wait_until_scraped(provider, f'modelrollout_predictions_total{{inference_service="{service}"}}')
+        for i in range(10):
+            post_response(exporter, "variant=canary&model_version=7", [0, 0, 0, 1], f"c{i}", service)
+            post_response(exporter, "variant=stable&model_version=6", [0, 0, 0, 1], f"s{i}", service)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            total = provider.scalar(render(ALL_PREDICTIONS, canary))
+            if total.ok and total.value and total.value >= 30:
+                break
+            time.sleep(0.5)
+        fresh = provider.freshness(recent_samples_query(canary, provider.fresh_seconds), datetime.now(UTC))
+        assert fresh.ok and fresh.value, fresh  # the counter and its _created sibling, while scraped
+    finally:
+        process.stop()
+        # Gone from discovery too, as the pods of a finished canary are (nor is its port scraped once reused).
+        (prometheus.targets_dir / "exporter-stale.json").unlink(missing_ok=True)
+    # Prometheus marks the series stale (no longer counted as sampled); wait past the 4 s.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and provider.scalar(f"count({{{canary.selector()}}})").ok:
+        time.sleep(0.5)
+    time.sleep(5)
+    now = datetime.now(UTC)
+    counted = provider.scalar(render(ALL_PREDICTIONS, canary), now)
+    assert counted.ok and counted.value and counted.value > 0, counted  # the count alone still answers
+    request = AnalysisRequest("moderation", service, "canary", start, now, candidate_version="7")
+    (verdict,) = run_analysis([metric], request, provider)
+    assert verdict.outcome is Outcome.INCONCLUSIVE, verdict
+    assert verdict.evidence["problem"] == "StaleSeries" and "the canary arm" in verdict.reason, verdict.reason
+    assert verdict.evidence["window"]["freshWithin"] == "4s (twice the assumed scrape interval of 2s)"
 
 
 @pytest.mark.integration

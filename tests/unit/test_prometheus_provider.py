@@ -4,16 +4,18 @@ tested in tests/integration/test_exporter_prometheus.py and test_history_backfil
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 import pytest
 
 from controller.analysis.prometheus import Measurement, PrometheusProvider, QueryProblem
 from controller.analysis.runner import AnalysisRequest, run_analysis
-from controller.api.spec import MetricSpec, ProportionMetric
+from controller.api.spec import MetricSpec, ProportionMetric, ThresholdMetric
 from controller.verdict import Outcome
 
 
@@ -23,13 +25,20 @@ class Garbage:
     def __init__(self) -> None:
         self.status, self.body, self.requests = 200, b"", 0
         self.bodies: dict[str, bytes] = {}  # by path, e.g. /api/v1/query_range: instead of `body`
+        self.routes: dict[tuple[str, str], bytes] = {}  # by path and a text the query holds: before `bodies`
+        self.asked: list[dict[str, str]] = []  # each request's path and parameters
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 owner.requests += 1
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = owner.bodies.get(self.path.split("?")[0], owner.body)
+                path, _, query = self.path.partition("?")
+                params = {name: values[0] for name, values in parse_qs(query).items()}
+                owner.asked.append({"path": path, **params})
+                body = next((body for (where, text), body in owner.routes.items()
+                             if where == path and text in params.get("query", "")),
+                            owner.bodies.get(path, owner.body))
                 self.send_response(owner.status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -299,3 +308,112 @@ def test_a_refused_template_verdict_shows_the_templates(garbage: Garbage) -> Non
     assert verdict.outcome is Outcome.INCONCLUSIVE and "template" in verdict.reason
     assert verdict.evidence["queries"] == {"events": "sum(e{{nope}})", "total": "sum(t{{selector}})"}
     assert verdict.evidence["window"]["range"] == "300s" and garbage.requests == 0
+
+
+def vector(value: float) -> bytes:
+    return b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1767225600,"%s"]}]}}' % (
+        repr(value).encode())
+
+
+EMPTY_VECTOR = b'{"status":"success","data":{"resultType":"vector","result":[]}}'
+FRESHNESS = "count(last_over_time("
+NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
+
+
+def matrix(*times: datetime) -> bytes:
+    values = ",".join(f'[{t.timestamp()}, "2"]' for t in times)
+    return b'{"status":"success","data":{"resultType":"matrix","result":[%s]}}' % (
+        b'{"metric":{},"values":[%s]}' % values.encode() if times else b"")
+
+
+@pytest.mark.parametrize(("last", "detail"), [
+    (NOW - timedelta(seconds=480), "480 s or more earlier"),
+    (None, "none in the 3600 s before"),
+])
+def test_a_count_whose_source_stopped_reporting_is_stale_not_a_pass(garbage: Garbage, last: datetime | None,
+                                                                    detail: str) -> None:
+    """increase() keeps answering from the first minutes of the window after the exporter went away."""
+    garbage.answer(200, vector(400))
+    garbage.routes[("/api/v1/query", 'c="nsfw"')] = vector(4)
+    garbage.routes[("/api/v1/query", FRESHNESS)] = EMPTY_VECTOR
+    garbage.routes[("/api/v1/query_range", FRESHNESS)] = matrix(*([last - timedelta(seconds=30), last] if last else []))
+    metric = MetricSpec("nsfw", ProportionMetric(events='sum(increase(p{ {{selector}}, c="nsfw"}[{{window}}]))',
+                                                 total="sum(increase(p{ {{selector}} }[{{window}}]))"))
+    request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NOW, candidate_version="7")
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE, verdict
+    assert "StaleSeries" in verdict.reason and "the canary arm" in verdict.reason and detail in verdict.reason
+    assert "no sample within 60s (twice the assumed scrape interval of 30s)" in verdict.reason
+    assert verdict.evidence["failedQuery"] == verdict.evidence["queries"]["canary_freshness"]
+    assert verdict.evidence["failedQuery"] == ('count(last_over_time({namespace="ns", inference_service="svc", '
+                                               'model_version="7"}[60s]))')
+    range_query = next(a for a in garbage.asked if a["path"] == "/api/v1/query_range")
+    assert range_query["step"] == "30s" and float(range_query["end"]) == NOW.timestamp()
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_fresh_series_at_zero_is_judged_and_a_silent_one_is_not(garbage: Garbage, fresh: bool) -> None:
+    """The exporter creates series at zero: no traffic on a fresh series is a 0, not missing evidence."""
+    garbage.answer(200, vector(0))
+    garbage.routes[("/api/v1/query", FRESHNESS)] = vector(3) if fresh else EMPTY_VECTOR
+    garbage.bodies["/api/v1/query_range"] = matrix(NOW - timedelta(seconds=90))
+    metric = MetricSpec("errors", threshold=ThresholdMetric("sum(increase(e{ {{selector}} }[{{window}}]))", max=0))
+    request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NOW, candidate_version="7")
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is (Outcome.PASS if fresh else Outcome.INCONCLUSIVE), verdict
+    window = verdict.evidence["window"]
+    assert window["freshWithin"] == "60s (twice the assumed scrape interval of 30s)"
+    assert window["freshSeries"] == ({"canary": 3} if fresh else {})
+    if not fresh:
+        assert "StaleSeries" in verdict.reason and "90 s or more earlier" in verdict.reason
+
+
+def test_the_assumed_scrape_interval_can_be_told(garbage: Garbage) -> None:
+    garbage.answer(200, vector(1))
+    metric = MetricSpec("errors", threshold=ThresholdMetric("sum(increase(e{ {{selector}} }[{{window}}]))", max=1))
+    request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NOW, candidate_version="7")
+    provider = PrometheusProvider(garbage.url, retries=0, scrape_interval=timedelta(seconds=2))
+    (verdict,) = run_analysis([metric], request, provider)
+    assert verdict.evidence["window"]["freshWithin"] == "4s (twice the assumed scrape interval of 2s)"
+    assert next(a["query"] for a in garbage.asked if FRESHNESS in a["query"]).endswith("[4s]))")
+
+
+def test_a_template_without_selector_is_not_checked_for_freshness(garbage: Garbage) -> None:
+    """Its series are not the arm's selector's: a check on those could only refuse a good metric."""
+    garbage.answer(200, vector(0))
+    metric = MetricSpec("errors", threshold=ThresholdMetric("sum(increase(e[{{window}}]))", max=0))
+    request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NOW, candidate_version="7")
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.PASS and garbage.requests == 1
+
+
+BAKE_METRIC = MetricSpec("nsfw", ProportionMetric(events='sum(increase(p{ {{selector}}, c="nsfw"}[{{window}}]))',
+                                                  total="sum(increase(p{ {{selector}} }[{{window}}]))"))
+
+
+def test_a_bake_whose_source_stopped_reporting_is_stale(garbage: Garbage) -> None:
+    garbage.answer(200, vector(40))
+    garbage.routes[("/api/v1/query", FRESHNESS)] = EMPTY_VECTOR
+    garbage.bodies["/api/v1/query_range"] = matrix()
+    request = AnalysisRequest("ns", "svc", "bake", NOW - timedelta(hours=3), NOW, baseline_window=timedelta(days=3),
+                              candidate_version="7", baseline_version="6")
+    (verdict,) = run_analysis([BAKE_METRIC], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE and "StaleSeries" in verdict.reason, verdict
+    assert "the current arm" in verdict.reason and 'model_version="7"' in verdict.evidence["failedQuery"]
+
+
+@pytest.mark.parametrize(("bake", "every"), [(timedelta(hours=1), 1), (timedelta(hours=24), 1),
+                                             (timedelta(hours=24, seconds=1), 2), (timedelta(hours=72), 3)])
+def test_bake_history_windows_never_overlap_nor_reach_the_bake(garbage: Garbage, bake: timedelta, every: int) -> None:
+    """A 72h bake read a day apart would count each past hour up to three times, the nearest ones the bake's own."""
+    garbage.answer(200, vector(40))
+    garbage.routes[("/api/v1/query", FRESHNESS)] = vector(2)
+    request = AnalysisRequest("ns", "svc", "bake", NOW - bake, NOW, baseline_window=timedelta(days=3),
+                              candidate_version="7", baseline_version="6")
+    (verdict,) = run_analysis([BAKE_METRIC], request, PrometheusProvider(garbage.url, retries=0))
+    ends = [NOW - timedelta(days=every * day) for day in (1, 2, 3)]
+    history = [float(a["time"]) for a in garbage.asked if '"6|unknown"' in a["query"]]
+    assert sorted(set(history), reverse=True) == [end.timestamp() for end in ends]
+    assert ends[0] <= request.window_start and all(b <= a - bake for a, b in itertools.pairwise(ends))
+    assert verdict.evidence["window"]["historyAt"] == [end.isoformat() for end in ends]
+    assert verdict.evidence["window"]["historyEveryDays"] == every

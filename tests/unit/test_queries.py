@@ -14,6 +14,7 @@ from controller.analysis.queries import (
     promql_duration,
     promql_string,
     re2_literal,
+    recent_samples_query,
     render,
 )
 
@@ -147,3 +148,9 @@ def test_a_version_selects_its_own_predictions_or_every_other_versions() -> None
     baseline = QueryScope("moderation", "nsfw", "stable", "5m", versions=("6", "un.known|x"))
     assert baseline.selector().endswith(r'model_version=~"6|un\\.known\\|x"')  # RE2-escaped, then quoted
     assert re.fullmatch(re2_literal("a.b|c(d)"), "a.b|c(d)") and not re.fullmatch(re2_literal("a.b"), "axb")
+
+
+def test_the_freshness_query_is_built_from_the_escaped_selector_alone() -> None:
+    evil = QueryScope(namespace='a"} or vector(1) #', target="t", variant="v", window="5m", versions=('7"})',))
+    assert recent_samples_query(evil, 59.5) == ('count(last_over_time({namespace="a\\"} or vector(1) #", '
+                                                'inference_service="t", model_version="7\\"})"}[60s]))')
