@@ -8,6 +8,7 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from controller.cli.errors import CliError
@@ -77,10 +78,22 @@ def _operator_run(args: argparse.Namespace) -> int:
         default_prometheus_url=args.prometheus_url or os.environ.get("PROMETHEUS_URL"),
         storage_uri_template=args.storage_uri_template, gate_protocol=args.gate_protocol,
         https_allowed_hosts=tuple(h for h in args.dataset_https_hosts.split(",") if h),
-        gate_hosts=args.gate_hosts, max_dataset_bytes=args.max_dataset_bytes)
+        gate_hosts=args.gate_hosts, max_dataset_bytes=args.max_dataset_bytes, scrape_interval=args.scrape_interval)
     run(config, kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness,
         metrics_address=args.metrics_address, metrics_port=None if args.metrics_port < 0 else args.metrics_port)
     return 0
+
+
+def _scrape_interval(text: str) -> timedelta:
+    from controller.api.durations import parse_duration
+
+    try:
+        interval = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not timedelta(seconds=1) <= interval <= timedelta(minutes=10):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a scrape interval from 1s to 10m")
+    return interval
 
 
 def _host_patterns(text: str) -> tuple[str, ...]:
@@ -204,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--storage-uri-template",
                             default=os.environ.get("MODELROLLOUT_STORAGE_URI_TEMPLATE", "{source}"),
                             help="what the serving system loads: {name} {version} {source} {run_id}")
+    run_parser.add_argument("--scrape-interval", type=_scrape_interval, default="30s",
+                            help="how often Prometheus scrapes the prediction exporter (default 30s): a judge whose "
+                                 "arm has no sample within twice this is inconclusive (StaleSeries)")
     run_parser.add_argument("--gate-protocol", choices=["v1", "v2"], default="v2",
                             help="inference protocol the golden gate speaks to the model servers")
     run_parser.add_argument("--dataset-https-hosts", default="",

@@ -19,7 +19,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controller.analysis.prometheus import PrometheusProvider
+from controller.analysis.prometheus import SCRAPE_INTERVAL, PrometheusProvider
 from controller.analysis.runner import AnalysisRequest, run_analysis
 from controller.api.commands import (
     COMMAND_ANNOTATION,
@@ -114,6 +114,8 @@ class OperatorConfig:
     kserve_default_mode: str | None = None
     # Golden-dataset bytes on the scratch disk, one dataset and all gates in flight together (--max-dataset-bytes).
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    # How often Prometheus scrapes the exporter: an arm with no sample within twice this is StaleSeries.
+    scrape_interval: dt.timedelta = SCRAPE_INTERVAL
 
 
 @dataclass
@@ -378,7 +380,8 @@ class RolloutRuntime:
                                   window_start=action.window_start, now=now, baseline_window=action.baseline_window,
                                   candidate_version=action.candidate_version,
                                   baseline_version=action.baseline_version)
-        verdicts = run_analysis(metrics, request, PrometheusProvider(address))
+        verdicts = run_analysis(metrics, request,
+                                PrometheusProvider(address, scrape_interval=self.config.scrape_interval))
         return JudgeResult(action.id, verdicts=verdicts)
 
 

@@ -141,3 +141,14 @@ def test_operator_run_refuses_a_storage_uri_template_it_cannot_fill(offline_kube
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1 and "--storage-uri-template 's3://m/{model}' cannot be filled" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_operator_run_takes_the_scrape_interval_the_freshness_check_assumes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert build_parser().parse_args(["operator", "run"]).scrape_interval.total_seconds() == 30
+    assert build_parser().parse_args(["operator", "run", "--scrape-interval", "2m"]).scrape_interval.seconds == 120
+    for bad, said in (("0s", "not a scrape interval from 1s to 10m"), ("11m", "not a scrape interval"),
+                      ("thirty", "not a duration")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["operator", "run", "--scrape-interval", bad])
+        assert said in capsys.readouterr().err

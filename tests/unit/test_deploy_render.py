@@ -314,3 +314,23 @@ def test_kustomize_trees_build() -> None:
     images = {c["image"] for obj in base.values() if obj["kind"] == "Deployment"
               for c in obj["spec"]["template"]["spec"]["containers"]}
     assert images == {"ghcr.io/modelrollout/modelrollout:0.1.0"}
+
+
+def test_the_scrape_interval_schema_admits_only_what_the_controller_accepts() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = re.compile(schema["properties"]["controller"]["properties"]["scrapeInterval"]["pattern"])
+
+    def controller_accepts(candidate: str) -> bool:
+        try:
+            build_parser().parse_args(["operator", "run", "--scrape-interval", candidate])
+            return True
+        except SystemExit:
+            return False
+
+    candidates = ["1s", "15s", "30s", "600s", "0s", "601s", "10m", "1h", "-5s", "30", "1m30s"]
+    verdicts = {c: (pattern.search(c) is not None, controller_accepts(c)) for c in candidates}
+    # The schema may refuse forms the controller takes (minutes): never the other way round.
+    assert all(controller for schema, controller in verdicts.values() if schema), verdicts
+    assert [c for c, (schema, _) in verdicts.items() if schema] == ["1s", "15s", "30s", "600s"]
+    controller = controller_pod(helm_template("--set", "controller.scrapeInterval=15s"))
+    assert build_parser().parse_args(controller["containers"][0]["args"]).scrape_interval.total_seconds() == 15

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+import controller.operator.runtime as runtime_module
 from controller.api import parse_spec
 from controller.api.status import AnalysisMode, VersionRef
 from controller.devstack.processes import free_port
@@ -76,6 +77,27 @@ def test_the_spec_s_prometheus_is_asked_else_the_operators_default(named_in_spec
     assert asked.removeprefix("http://") in detail, detail
     other = default_url if named_in_spec else spec_url
     assert other.removeprefix("http://") not in detail
+
+
+def test_the_operators_scrape_interval_reaches_the_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--scrape-interval sets how fresh an arm's series must be (StaleSeries beyond twice it)."""
+    raw = copy.deepcopy(RAW)
+    raw["analysis"]["prometheus"] = {"address": f"http://127.0.0.1:{free_port()}"}
+    made: list[Any] = []
+    real = runtime_module.PrometheusProvider
+
+    def provider(*args: Any, **kwargs: Any) -> Any:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(runtime_module, "PrometheusProvider", provider)
+    config = OperatorConfig(scrape_interval=timedelta(seconds=5))
+    obj = {"metadata": {"namespace": "team-a", "name": "nsfw"}, "spec": raw}
+    runtime = RolloutRuntime(obj, parse_spec(raw), None, config)  # type: ignore[arg-type]
+    action = RunAnalysis(id="a-1", mode=AnalysisMode.CANARY, candidate_version="2", baseline_version="1",
+                         canary_weight=10, window_start=datetime(2026, 1, 1, tzinfo=UTC))
+    runtime.measure_analysis(action, datetime(2026, 1, 1, 0, 5, tzinfo=UTC))
+    assert [p.scrape_interval for p in made] == [timedelta(seconds=5)]
 
 
 def test_a_gate_that_compares_with_stable_waits_for_stables_url_instead_of_skipping_the_comparison() -> None:
