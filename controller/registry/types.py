@@ -113,7 +113,9 @@ def _endpoint(uri: str) -> tuple[str, str, int | None, str] | None:
         return None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return None
-    return parts.scheme.lower(), parts.hostname.lower().rstrip("."), port, parts.path.rstrip("/")
+    # The host exactly, root dot kept: "mlflow.ml" resolves through the pod's DNS search list (a Service),
+    # "mlflow.ml." is absolute and may leave the cluster (a namespace named like a top-level domain).
+    return parts.scheme.lower(), parts.hostname.lower(), port, parts.path.rstrip("/")
 
 
 def _decode(key: str, raw: str | bytes, base64_encoded: bool) -> str:

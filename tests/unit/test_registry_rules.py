@@ -420,6 +420,8 @@ def test_a_second_rejection_killed_partway_is_not_taken_as_written() -> None:
     ("https://mlflow.example.com", "https://mlflow.example.com.evil.test", False),
     ("https://mlflow.example.com", "https://mlflow.example.com:8443", False),
     ("https://mlflow.example.com/a", "https://mlflow.example.com/b", False),
+    ("http://mlflow.ml:5000", "http://mlflow.ml.:5000", False),  # absolute: public DNS, not the Service
+    ("http://mlflow.ml.:5000", "http://mlflow.ml:5000", False),
     ("mlflow.example.com", "https://mlflow.example.com", False),  # not a URL: never matches
 ])
 def test_credentials_are_for_the_registry_their_secret_names(scope: str, tracking_uri: str, ok: bool) -> None:
