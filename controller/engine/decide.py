@@ -113,6 +113,10 @@ _FAILURE_PAUSE = {
 _REGISTRY_ACTIONS = frozenset({"SetAlias", "RemoveAlias", "TagRejected"})
 # The target or registry refused the request itself (403, 422): a missed deadline then says nothing of the model.
 _REFUSALS = frozenset({AdapterErrorKind.FORBIDDEN, AdapterErrorKind.INVALID})
+# The ledger records (by the id part after the attempt) each phase confirms; a paused rollout counts as the phase
+# it resumes. Gating, baking and the ended phases confirm none.
+_PHASE_ACTIONS = {Phase.PENDING: "stage:", Phase.PROGRESSING: "step-", Phase.PROMOTING: "promote:",
+                  Phase.ROLLING_BACK: "rollback:"}
 _INCONCLUSIVE_PAUSE = {
     RollbackCause.GATE_INCONCLUSIVE: PauseReason.GATE_INCONCLUSIVE,
     RollbackCause.ANALYSIS_INCONCLUSIVE: PauseReason.ANALYSIS_INCONCLUSIVE,
@@ -197,6 +201,9 @@ class _Decider:
         self.judges_errored: set[str] = set()  # "gate" / "analysis": their error condition stays this round
         # As read: a condition set twice in one decision (observed healthy, then a failed action) keeps its time.
         self.conditions_before = {item.type: item for item in self.status.conditions}
+        # Failed actions sent again now: their last error stands until this decision ends (the new send's answer
+        # comes in the next one), then it is cleared, so that only a refused latest send counts as refused.
+        self.resent_failed: set[str] = set()
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -278,8 +285,9 @@ class _Decider:
                           evidence: dict[str, Any] | None = None) -> None:
         """`what` did not happen in time: a failure like any other (rolled back, or paused for a human).
 
-        The reason quotes the last error of the action waited on. When the target or registry refused that
-        request itself (403, 422), the model was never judged on it, so it is not tagged rejected."""
+        The reason quotes the last error of the action waited on, which the ledger holds only while the latest
+        send was refused. When the target or registry refused that request itself (403, 422), the model was
+        never judged on it, so it is not tagged rejected."""
         error = _ledger_error(self._ledger(action_id))
         reason = f"{what} within {self._deadline}{context}{self._last_error_note(action_id)}"
         refused = error is not None and error.kind in _REFUSALS
@@ -356,6 +364,8 @@ class _Decider:
         if send and self._due_to_send(action.id, record.sent_at, record.attempts - 1):
             self.actions.append(action)
             self._put_record(dataclasses.replace(record, sent_at=self.now, updated_at=self.now))
+            if record.last_error:
+                self.resent_failed.add(action.id)
 
     def _measure(self, action: Action, last_sent: datetime | None, errors: int) -> bool:
         """Hand out a RunGate / RunAnalysis request; True when it was handed out now.
@@ -372,9 +382,10 @@ class _Decider:
         if record is not None and record.state is not ActionState.CONFIRMED:
             self._put_record(dataclasses.replace(record, state=ActionState.CONFIRMED, updated_at=self.now))
 
-    def _abandon_pending(self) -> None:
+    def _abandon_pending(self, prefix: str = "") -> None:
+        """Abandon the pending records (those whose id starts with `prefix`): nothing will confirm them."""
         for record in self.status.actions:
-            if record.state is ActionState.PENDING:
+            if record.state is ActionState.PENDING and record.id.startswith(prefix):
                 self._put_record(dataclasses.replace(record, state=ActionState.ABANDONED, updated_at=self.now))
 
     def _pending_since(self, action_id: str) -> datetime:
@@ -487,13 +498,24 @@ class _Decider:
                             f"{record.type} {record.detail} failed: {error.message}")
 
     def _failed_pending(self) -> list[ActionRecord]:
-        """Pending actions that have failed at least once, the most recently updated last."""
-        failed = [item for item in self.status.actions if item.state is ActionState.PENDING and item.last_error]
+        """Pending actions whose latest send failed and that this phase can still confirm, the most recently
+        updated last: another phase's pending record (one a transition left behind) is never confirmed."""
+        phase = self.status.phase
+        if phase is Phase.PAUSED:
+            pause = self.status.pause
+            phase = (pause.resume_phase if pause is not None else None) or Phase.PROGRESSING
+        part = _PHASE_ACTIONS.get(phase)
+        if part is None:
+            return []
+        prefix = f"{self._attempt}:{part}"
+        failed = [item for item in self.status.actions
+                  if item.state is ActionState.PENDING and item.last_error and item.id.startswith(prefix)]
         return sorted(failed, key=lambda item: item.updated_at)
 
     def _ledger_conditions(self) -> None:
-        """Keep a failed action's condition False until it is confirmed: the failure reaches only the decision
-        right after it, and the next one (woken by that very status write) sees a healthy observation."""
+        """Keep a failed action's condition False until it is confirmed or a send of it is accepted: the failure
+        reaches only the decision right after it, and the next one (woken by that very status write) sees a
+        healthy observation."""
         for record in self._failed_pending():
             adapter = self.obs.registry if record.type in _REGISTRY_ACTIONS else self.obs.target
             error = _ledger_error(record)
@@ -1324,6 +1346,8 @@ class _Decider:
     # --- promotion and bake --------------------------------------------------------------------------
 
     def _start_promotion(self, actor: str) -> None:
+        # `promote --full` may skip a step whose weight is pending: nothing will confirm it now.
+        self._abandon_pending(f"{self._attempt}:step-")
         stable = self.status.stable
         self._move(Phase.PROMOTING, pause=None, promotion=PromotionStatus(
             started_at=self.now, previous_version=stable.version if stable else None, actor=actor))
@@ -1452,6 +1476,9 @@ class _Decider:
         index = self.status.current_step
         self._update(message=message, step=None if index is None else step_fraction(index, len(self.spec.canary.steps)))
         self._derived_conditions(message)
+        if self.resent_failed:  # in place: the ledger's order is its eviction order
+            self._update(actions=tuple(dataclasses.replace(item, last_error=None) if item.id in self.resent_failed
+                                       else item for item in self.status.actions))
 
     def _update_retry(self) -> None:
         if not self.errors:

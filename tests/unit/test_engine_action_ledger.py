@@ -10,11 +10,12 @@ import dataclasses
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from test_engine_support import World, spec_dict
 
 from controller.api import CommandAction, Phase, RollbackCause
 from controller.api.commands import Command
-from controller.api.status import ACTION_LOG_LIMIT, ConditionStatus
+from controller.api.status import ACTION_LOG_LIMIT, ActionRecord, ActionState, ConditionStatus
 from controller.engine import (
     REJECTED_TAG,
     ActionFailure,
@@ -129,3 +130,95 @@ def test_staging_the_target_refuses_until_the_deadline_fails_quoting_the_refusal
     rollback = world.status.rollback
     assert rollback is not None and rollback.cause is RollbackCause.CANDIDATE_NOT_READY
     assert rollback.reason.endswith(f"within progressDeadline 10m; last error: Invalid: {_WEBHOOK}")
+
+
+def test_one_early_refusal_then_accepted_sends_that_never_take_effect_still_rejects_the_candidate() -> None:
+    # The refusal stopped happening: the later sends were accepted, so the model failed to take the weight, not the
+    # cluster to accept it; the deadline neither blames the refusal nor spares the candidate its rejected tag.
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None,
+                                 progressDeadline="10m"))
+    refusing = _refusing_weight(world, 10, AdapterErrorKind.FORBIDDEN, "RBAC not propagated yet")
+    world.run_until(lambda w: any(record.last_error for record in w.status.actions), step=timedelta(seconds=1))
+    refusing[0] = False
+    world.target.ignore_weights = True  # accepted from now on, never taking effect
+    for _ in range(6):  # past the 2s backoff: sent again, and accepted
+        world.advance(timedelta(seconds=5))
+        world.reconcile()
+    assert world.status.phase is Phase.PROGRESSING
+    ready = world.status.condition("TargetReady")
+    assert ready is not None and ready.status is ConditionStatus.TRUE  # the accepted send answered the refusal
+    assert "retry" not in world.status.message
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=30), limit=100)
+    sends = [action for action in world.executed if isinstance(action, SetCanaryWeight) and action.weight == 10]
+    assert len(sends) > 2
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
+    assert rollback.reject_candidate and "error" not in rollback.reason
+    assert rollback.reason.endswith("(observed 0%), at step 1/2")
+    assert REJECTED_TAG in world.registry.versions["7"]
+
+
+def test_a_refusal_that_goes_on_stays_false_through_each_resend_with_one_transition_time() -> None:
+    # A resend's answer comes in the next decision: until then the previous refusal stands (no True in between).
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None,
+                                 progressDeadline="10m"))
+    _refusing_weight(world, 10, AdapterErrorKind.INVALID, _WEBHOOK)
+    world.run_until(lambda w: any(record.last_error for record in w.status.actions), step=timedelta(seconds=1))
+    failed_at = world.status.condition("TargetReady")
+    assert failed_at is not None and failed_at.status is ConditionStatus.FALSE
+    first = len(world.decisions)
+    world.run_until(lambda w: w.status.phase is not Phase.PROGRESSING, step=timedelta(seconds=30), limit=100)
+    resends = [decision for decision in world.decisions[first:] if decision.status.phase is Phase.PROGRESSING
+               and any(isinstance(action, SetCanaryWeight) for action in decision.actions)]
+    assert len(resends) > 2
+    for decision in world.decisions[first:]:
+        if decision.status.phase is not Phase.PROGRESSING:
+            continue
+        ready = decision.status.condition("TargetReady")
+        assert ready is not None and (ready.status, ready.reason) == (ConditionStatus.FALSE, "TargetInvalid")
+        assert ready.last_transition_time == failed_at.last_transition_time
+        assert _WEBHOOK in decision.status.message
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.reason.endswith(f"; last error: Invalid: {_WEBHOOK}")
+    assert not rollback.reject_candidate
+
+
+def test_promote_full_during_a_refused_weight_abandons_it_and_the_rollout_ends_target_ready() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None,
+                                 progressDeadline="10m"))
+    refusing = _refusing_weight(world, 10, AdapterErrorKind.CONFLICT, "409 conflict: object was modified")
+    world.run_until(lambda w: any(record.last_error for record in w.status.actions), step=timedelta(seconds=1))
+    assert world.status.phase is Phase.PROGRESSING and world.status.current_step == 0
+    refusing[0] = False
+    first = len(world.decisions)
+    world.send(CommandAction.PROMOTE, full=True)
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED, step=timedelta(seconds=5), limit=50)
+    for _ in range(2):
+        world.advance(timedelta(hours=1))
+        world.reconcile()
+    record = next(record for record in world.status.actions if record.id == "1:step-0:weight-10")
+    assert record.state is ActionState.ABANDONED
+    ready = world.status.condition("TargetReady")
+    assert ready is not None and (ready.status, ready.reason) == (ConditionStatus.TRUE, "TargetReady")
+    assert all("retry" not in decision.status.message for decision in world.decisions[first:])
+
+
+@pytest.mark.parametrize(("bake", "phase"), [(None, Phase.SUCCEEDED), ({"duration": "1h", "baseline": "7d"},
+                                                                          Phase.BAKING)])
+def test_a_failed_record_another_phase_left_pending_is_not_read_as_the_targets_state(
+        bake: dict[str, str] | None, phase: Phase) -> None:
+    # The backstop for a transition that leaves a record pending: only the current phase can confirm its own.
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=bake))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED, step=timedelta(seconds=5))
+    world.send(CommandAction.PROMOTE, full=True)
+    world.run_until(lambda w: w.status.phase is phase, step=timedelta(seconds=5), limit=50)
+    left = ActionRecord(id="1:step-0:weight-10", type="SetCanaryWeight", state=ActionState.PENDING,
+                        issued_at=world.now, updated_at=world.now, detail="weight 10%", sent_at=world.now,
+                        attempts=2, last_error="Conflict: 409 conflict")
+    world.status = dataclasses.replace(world.status, actions=(*world.status.actions, left))
+    world.advance(timedelta(seconds=5))
+    world.reconcile()
+    assert world.status.phase is phase
+    ready = world.status.condition("TargetReady")
+    assert ready is not None and (ready.status, ready.reason) == (ConditionStatus.TRUE, "TargetReady")
+    assert "retry" not in world.status.message
