@@ -17,6 +17,8 @@ from typing import Any
 
 from controller.api.durations import format_duration, parse_duration
 
+SKIP = "serialization.skip"  # dataclass field metadata: a field with no JSON key of its own (its owner writes it)
+
 
 @cache
 def camel_case(snake: str) -> str:
@@ -45,7 +47,13 @@ def _plan(cls: type) -> tuple[tuple[str, str, Any, bool], ...]:
     hints = typing.get_type_hints(cls)
     return tuple((item.name, camel_case(item.name), hints[item.name],
                   item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING)
-                 for item in dataclasses.fields(cls))
+                 for item in dataclasses.fields(cls) if not item.metadata.get(SKIP))
+
+
+@cache
+def json_keys(cls: type) -> frozenset[str]:
+    """The JSON keys dataclass `cls` reads and writes."""
+    return frozenset(key for _name, key, _hint, _required in _plan(cls))
 
 
 def to_json(value: Any) -> Any:

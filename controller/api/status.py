@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from controller.api.serialization import from_json, to_json
+from controller.api.serialization import SKIP, from_json, json_keys, to_json
 from controller.verdict import Outcome, Verdict
 
 CONTROLLER_ACTOR = "modelrollout-controller"
@@ -276,9 +276,14 @@ class ModelRolloutStatus:
     handled_commands: tuple[str, ...] = ()  # ids of on-call commands already applied (or refused)
     judge_requests: int = 0  # RunGate/RunAnalysis requests issued so far; numbers their ids
     events_posted_through: int = 0  # seq of the newest history entry posted as a Kubernetes Event (operator)
+    # Top-level keys this operator does not know (a newer one's, during an upgrade or a downgrade): written back
+    # as read, since the status apply removes what it leaves out. Never decided on; carried across a restart too.
+    preserved: Mapping[str, Any] = field(default_factory=dict, hash=False, metadata={SKIP: True})
 
     def to_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = to_json(self)
+        known = json_keys(type(self))  # a known key always wins, even one left out because it is None
+        result.update((key, to_json(value)) for key, value in self.preserved.items() if key not in known)
         return result
 
     @classmethod
@@ -287,7 +292,9 @@ class ModelRolloutStatus:
         if not raw:
             return cls()
         status: ModelRolloutStatus = from_json(cls, raw)
-        return status
+        known = json_keys(cls)
+        unknown = {str(key): to_json(value) for key, value in raw.items() if key not in known}
+        return dataclasses.replace(status, preserved=unknown) if unknown else status
 
     def condition(self, condition_type: str) -> Condition | None:
         return next((item for item in self.conditions if item.type == condition_type), None)
