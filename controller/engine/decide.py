@@ -201,15 +201,13 @@ class _Decider:
         self.judges_errored: set[str] = set()  # "gate" / "analysis": their error condition stays this round
         # As read: a condition set twice in one decision (observed healthy, then a failed action) keeps its time.
         self.conditions_before = {item.type: item for item in self.status.conditions}
-        # Failed actions sent again now: their last error stands until this decision ends (the new send's answer
-        # comes in the next one), then it is cleared, so that only a refused latest send counts as refused.
-        self.resent_failed: set[str] = set()
 
     # --- the loop ------------------------------------------------------------------------------------
 
     def run(self) -> Decision:
         self._observe_generation()
         self._observe_adapters()
+        self._record_accepted_sends()
         self._record_action_failures()
         self._repair_status()
         self._follow_candidate_changes()
@@ -364,8 +362,6 @@ class _Decider:
         if send and self._due_to_send(action.id, record.sent_at, record.attempts - 1):
             self.actions.append(action)
             self._put_record(dataclasses.replace(record, sent_at=self.now, updated_at=self.now))
-            if record.last_error:
-                self.resent_failed.add(action.id)
 
     def _measure(self, action: Action, last_sent: datetime | None, errors: int) -> bool:
         """Hand out a RunGate / RunAnalysis request; True when it was handed out now.
@@ -479,6 +475,16 @@ class _Decider:
         if target.canary_version == candidate.version:
             return target.canary_weight or 0
         return 0
+
+    def _record_accepted_sends(self) -> None:
+        """A send the operator carried out without an error was accepted: an earlier refusal no longer counts.
+        Cleared only once the answer is known (not when the resend is decided: a kill before it goes out must
+        leave the refusal on record)."""
+        accepted = set(self.obs.actions_done) - set(self.failed_actions)
+        if any(item.id in accepted and item.last_error for item in self.status.actions):
+            # In place: the ledger's order is its eviction order.
+            self._update(actions=tuple(dataclasses.replace(item, last_error=None) if item.id in accepted else item
+                                       for item in self.status.actions))
 
     def _record_action_failures(self) -> None:
         for action_id, error in self.failed_actions.items():
@@ -1476,9 +1482,6 @@ class _Decider:
         index = self.status.current_step
         self._update(message=message, step=None if index is None else step_fraction(index, len(self.spec.canary.steps)))
         self._derived_conditions(message)
-        if self.resent_failed:  # in place: the ledger's order is its eviction order
-            self._update(actions=tuple(dataclasses.replace(item, last_error=None) if item.id in self.resent_failed
-                                       else item for item in self.status.actions))
 
     def _update_retry(self) -> None:
         if not self.errors:

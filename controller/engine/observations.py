@@ -122,6 +122,9 @@ class Observations:
     analysis: JudgeResult | None = None
     commands: tuple[Command, ...] = ()  # from the command annotation; already-handled ids are ignored
     action_failures: tuple[ActionFailure, ...] = ()
+    # Effect actions carried out without an error since the last decision: their latest answer was an
+    # acceptance, so an earlier refusal recorded on them no longer counts.
+    actions_done: tuple[str, ...] = ()
     # True on the operator's first reconcile of this rollout since it (re)started: actions recorded as
     # pending may never have been carried out, so they are sent again at once.
     resend_pending: bool = False

@@ -507,10 +507,12 @@ class RolloutStepper:
         self.events = events
         self._seen: set[tuple[str, str]] = set()
         self._gates = asyncio.Semaphore(MAX_CONCURRENT_GATES)
+        self._unheard: dict[tuple[str, str], tuple[list[ActionFailure], list[str]]] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         """The rollout is gone: a new one of the same name is a first sight again."""
         self._seen.discard((namespace, name))
+        self._unheard.pop((namespace, name), None)
 
     async def step(self, obj: dict[str, Any]) -> ReconcileOutcome:
         meta = obj["metadata"]
@@ -551,7 +553,8 @@ class RolloutStepper:
         outcome = ReconcileOutcome(status=status.to_dict())
         gate: JudgeResult | None = None
         analysis: JudgeResult | None = None
-        failures: list[ActionFailure] = []
+        # Answers to the previous reconcile's last round (nothing decided on them yet), then each round's.
+        failures, done = self._unheard.pop(key, ([], []))
         stored = outcome.status
         status = refuse_command(obj, status, self.clock())  # an annotation that is no command: said once
         for _ in range(MAX_ROUNDS):
@@ -561,7 +564,7 @@ class RolloutStepper:
             observations = Observations(
                 generation=int(meta.get("generation") or 0), registry=registry, target=target, gate=gate,
                 analysis=analysis, commands=runtime.commands(), action_failures=tuple(failures),
-                resend_pending=first_since_start, deleted_at=deleted_at)
+                actions_done=tuple(done), resend_pending=first_since_start, deleted_at=deleted_at)
             decision = decide(spec, status, observations, now)
             status = decision.status
             outcome.status = status.to_dict()
@@ -570,7 +573,7 @@ class RolloutStepper:
                 outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
             resend = first_since_start
             first_since_start = False
-            gate, analysis, failures = None, None, []
+            gate, analysis, failures, done = None, None, [], []
             posting: asyncio.Task[Posted] | None = None
             if not decision.actions:
                 break
@@ -624,6 +627,8 @@ class RolloutStepper:
                         except (TrafficError, RegistryError, ValueError) as exc:
                             log.warning("%s/%s: %s failed: %s", *key, action.type, exc)
                             failures.append(ActionFailure(action.id, AdapterError(_kind(exc), str(exc))))
+                        else:
+                            done.append(action.id)
             except BaseException:
                 if posting is not None:
                     posting.cancel()  # the caller's next post sends them again, refused by name if they went out
@@ -635,6 +640,11 @@ class RolloutStepper:
             if gate is None and analysis is None and not failures and all(
                     isinstance(a, RunGate | RunAnalysis) for a in decision.actions):
                 break
+        if failures or done:
+            # The rounds ran out with answers no decision has read: the next reconcile reads them, soon. (Lost
+            # on a restart, which resends whatever is pending anyway.)
+            self._unheard[key] = (failures, done)
+            outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
         if await asyncio.to_thread(runtime.finish_withdrawal, status):
             outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
         return outcome

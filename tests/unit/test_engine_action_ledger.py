@@ -222,3 +222,30 @@ def test_a_failed_record_another_phase_left_pending_is_not_read_as_the_targets_s
     ready = world.status.condition("TargetReady")
     assert ready is not None and (ready.status, ready.reason) == (ConditionStatus.TRUE, "TargetReady")
     assert "retry" not in world.status.message
+
+
+def test_a_refusal_stays_on_record_when_the_operator_dies_before_its_resend_goes_out() -> None:
+    """The resend is written ahead, then the operator is killed before sending it, and restarts past the
+    deadline: the refusal is still the latest answer, so it is quoted and the model is not tagged rejected."""
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None,
+                                 progressDeadline="10m"))
+    _refusing_weight(world, 10, AdapterErrorKind.FORBIDDEN, "RBAC: patch inferenceservices forbidden")
+    world.run_until(lambda w: any(r.last_error for r in w.status.actions), step=timedelta(seconds=1))
+    for _ in range(20):  # refused for a few minutes
+        world.advance(timedelta(seconds=20))
+        world.reconcile()
+    record = next(r for r in world.status.actions if ":step-0:" in r.id)
+    sends = record.attempts
+    while next(r for r in world.status.actions if ":step-0:" in r.id).attempts == sends:
+        world.advance(timedelta(seconds=5))
+        world.crash_after = 1  # the status is written, then the operator dies before acting
+        world.reconcile()
+        if world.decisions[-1].actions:
+            break
+    assert [a.id for a in world.decisions[-1].actions] == [record.id]  # the resend was decided, never sent
+    assert next(r for r in world.status.actions if r.id == record.id).last_error
+    world.advance(timedelta(minutes=10))  # down past the deadline
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=5), limit=200)
+    assert world.status.rollback is not None and not world.status.rollback.reject_candidate
+    assert "last error: Forbidden" in world.status.rollback.reason
+    assert REJECTED_TAG not in world.registry.versions["7"]

@@ -175,7 +175,7 @@ class World:
         return self.command
 
     def observe(self, gate: JudgeResult | None = None, analysis: JudgeResult | None = None,
-                failures: tuple[ActionFailure, ...] = ()) -> Observations:
+                failures: tuple[ActionFailure, ...] = (), done: tuple[str, ...] = ()) -> Observations:
         spec = self.parsed_spec
         if self.registry.down:
             down = AdapterError(AdapterErrorKind.UNAVAILABLE, "mlflow: connection refused")
@@ -195,6 +195,7 @@ class World:
         return Observations(generation=self.generation, registry=registry, target=self.target.observe(self.now),
                             gate=gate, analysis=analysis,
                             commands=(self.command,) if self.command else (), action_failures=failures,
+                            actions_done=done,
                             resend_pending=self.restarted, deleted_at=self._deleted_at())
 
     def _deleted_at(self) -> datetime | None:
@@ -273,14 +274,17 @@ class World:
                 break
             gate = analysis = None
             failures: list[ActionFailure] = []
+            done: list[str] = []
             for action in decision.actions:
                 gate_result, analysis_result, failure = self.execute(action)
                 gate = gate_result or gate
                 analysis = analysis_result or analysis
                 if failure:
                     failures.append(failure)
+                elif not isinstance(action, RunGate | RunAnalysis):
+                    done.append(action.id)
             budget = None if budget is None else budget - 1
-            decision = self._decide(spec, self.observe(gate, analysis, tuple(failures)))
+            decision = self._decide(spec, self.observe(gate, analysis, tuple(failures), tuple(done)))
             if failures:
                 # Record the failures; the requeue backoff paces the retry.
                 self.decisions.append(decision)
