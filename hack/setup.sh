@@ -20,6 +20,14 @@ if ((${#need_apt[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+# The tests use `kubectl patch --subresource` (1.24+) and `apply --validate=strict` (1.25+); Debian 12's
+# kubernetes-client is 1.20: say so rather than fail later in the tests.
+kubectl_minor=$(kubectl version --client -o json 2>/dev/null \
+  | python3 -c 'import json, sys; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")))' \
+  2>/dev/null || echo 0)
+if ((kubectl_minor < 25)); then
+  echo "error: kubectl 1.25 or newer is needed (found: $(kubectl version --client 2>&1 | head -n1))" >&2; exit 1
+fi
 
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv

@@ -71,6 +71,19 @@ def start(name: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | No
     return ManagedProcess(name=name, pid=proc.pid, log=log)
 
 
+def process_start(pid: int) -> str | None:
+    """When the process with this PID started (clock ticks since boot, /proc/<pid>/stat field 22), or None.
+
+    A PID names a process only together with its start: after a reboot or an exit the number is reused.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -14,7 +14,7 @@ import yaml
 
 from controller.devstack.controlplane import REPO_ROOT, ControlPlane
 from controller.devstack.mlflow_server import MlflowServer
-from controller.devstack.processes import ManagedProcess, StackError, pid_alive, stop_pid
+from controller.devstack.processes import ManagedProcess, StackError, pid_alive, process_start, stop_pid
 from controller.devstack.prometheus_server import PrometheusServer
 
 PROJECT_CRDS = REPO_ROOT / "crds"
@@ -163,14 +163,18 @@ class Stack:
     def _save(self) -> None:
         state = {"env": self.environment(), "timings": self.timings,
                  "prometheusRoot": str(self.prometheus.root) if self.prometheus else None,
-                 "processes": [{"name": p.name, "pid": p.pid, "log": str(p.log)} for p in self.processes()]}
+                 "processes": [{"name": p.name, "pid": p.pid, "started": process_start(p.pid), "log": str(p.log)}
+                               for p in self.processes()]}
         self.state_file.write_text(json.dumps(state, indent=2))
 
     def _recorded_pids(self) -> list[int]:
+        """The recorded processes still running: a PID whose process started at another time is not ours (after
+        a reboot or an exit the number is reused) and is never signalled."""
         try:
-            return [int(p["pid"]) for p in json.loads(self.state_file.read_text())["processes"]]
-        except (OSError, ValueError, KeyError, TypeError):
+            recorded = [(int(p["pid"]), p.get("started")) for p in json.loads(self.state_file.read_text())["processes"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return []
+        return [pid for pid, started in recorded if started is not None and process_start(pid) == started]
 
     def down(self) -> list[int]:
         """Stop what this object started and what the state file records, by PID. Returns the PIDs stopped."""

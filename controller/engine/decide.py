@@ -824,7 +824,7 @@ class _Decider:
 
     def _enter_gate(self) -> None:
         dataset = self.spec.golden_dataset
-        if dataset is None:
+        if dataset is None:  # only for a spec built in code: the CRD and parse_spec require goldenDataset
             self._update(gate=GateStatus(skipped=True, reason="no goldenDataset in spec"))
             self._record("GateSkipped", "no goldenDataset in spec")
             self._enter_steps()
