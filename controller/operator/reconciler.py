@@ -62,6 +62,8 @@ class Reconciler:
                 if exc.status == 409:
                     # Someone wrote first (or an older decision of ours did): decide again on fresh state.
                     log.info("status of %s changed underneath; deciding again on fresh state", ref)
+                    if result.put_back is not None:
+                        result.put_back()  # the answers that decision read: the next decision reads them
                     if result.stored_status is not None:
                         # What the stepper stored on the way is counted now: read back first thing after a
                         # restart, it would be the baseline, and a rollback in it never counted.

@@ -124,6 +124,8 @@ class ReconcileOutcome:
     requeue_after: float | None = None
     actions_taken: list[str] = field(default_factory=list)
     stored_status: dict[str, Any] | None = None  # the status this step last wrote, as the API server stored it
+    # Called when `status` is not stored after all (a 409): the action answers its decision read are read again.
+    put_back: Callable[[], None] | None = None
 
 
 def _kind(error: Exception) -> AdapterErrorKind:
@@ -507,7 +509,8 @@ class RolloutStepper:
         self.events = events
         self._seen: set[tuple[str, str]] = set()
         self._gates = asyncio.Semaphore(MAX_CONCURRENT_GATES)
-        self._unheard: dict[tuple[str, str], tuple[list[ActionFailure], list[str]]] = {}
+        # Answers no stored decision has read yet, per rollout, with the uid of the object they belong to.
+        self._unheard: dict[tuple[str, str], tuple[str, list[ActionFailure], list[str]]] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         """The rollout is gone: a new one of the same name is a first sight again."""
@@ -554,7 +557,12 @@ class RolloutStepper:
         gate: JudgeResult | None = None
         analysis: JudgeResult | None = None
         # Answers to the previous reconcile's last round (nothing decided on them yet), then each round's.
-        failures, done = self._unheard.pop(key, ([], []))
+        uid = str(meta.get("uid") or "")
+        unheard_uid, failures, done = self._unheard.pop(key, (uid, [], []))
+        if unheard_uid != uid:  # deleted and made again under the same name: not this object's answers
+            failures, done = [], []
+        read: tuple[list[ActionFailure], list[str]] = ([], [])
+        read_stored = True
         stored = outcome.status
         status = refuse_command(obj, status, self.clock())  # an annotation that is no command: said once
         for _ in range(MAX_ROUNDS):
@@ -573,6 +581,8 @@ class RolloutStepper:
                 outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
             resend = first_since_start
             first_since_start = False
+            read = (failures, done)  # until a status holding this decision is stored, nobody has read them
+            read_stored = False
             gate, analysis, failures, done = None, None, [], []
             posting: asyncio.Task[Posted] | None = None
             if not decision.actions:
@@ -602,11 +612,14 @@ class RolloutStepper:
                     log.info("%s/%s: status changed underneath; deciding again on fresh state", *key)
                     if resend:
                         self._seen.discard(key)  # nothing was resent yet: the next step must still resend
+                    if read[0] or read[1]:
+                        self._unheard[key] = (uid, *read)  # the decision that read them is thrown away
                     outcome.status = stored  # not this decision: nothing of it was acted on
                     outcome.requeue_after = 0.0
                     return outcome
                 meta["resourceVersion"] = written["metadata"]["resourceVersion"]  # for the caller's final write
                 stored = outcome.status
+                read_stored = True
                 outcome.stored_status = written.get("status") or {}
                 if self.events is not None:
                     # Now, not when the reconcile ends: a gate may run for minutes. Beside this round's actions,
@@ -640,10 +653,16 @@ class RolloutStepper:
             if gate is None and analysis is None and not failures and all(
                     isinstance(a, RunGate | RunAnalysis) for a in decision.actions):
                 break
+        if not read_stored and (read[0] or read[1]):
+            def put_back(answers: tuple[list[ActionFailure], list[str]] = read) -> None:
+                _, failures_later, done_later = self._unheard.get(key, (uid, [], []))
+                self._unheard[key] = (uid, answers[0] + failures_later, answers[1] + done_later)
+
+            outcome.put_back = put_back
         if failures or done:
             # The rounds ran out with answers no decision has read: the next reconcile reads them, soon. (Lost
             # on a restart, which resends whatever is pending anyway.)
-            self._unheard[key] = (failures, done)
+            self._unheard[key] = (uid, failures, done)
             outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
         if await asyncio.to_thread(runtime.finish_withdrawal, status):
             outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
