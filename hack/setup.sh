@@ -24,8 +24,8 @@ fi
 # kubernetes-client is 1.20: say so rather than fail later in the tests.
 kubectl_minor=$(kubectl version --client -o json 2>/dev/null \
   | python3 -c 'import json, sys; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")))' \
-  2>/dev/null || echo 0)
-if ((kubectl_minor < 25)); then
+  2>/dev/null) || kubectl_minor=0
+if [[ ! $kubectl_minor =~ ^[0-9]+$ ]] || ((kubectl_minor < 25)); then
   echo "error: kubectl 1.25 or newer is needed (found: $(kubectl version --client 2>&1 | head -n1))" >&2; exit 1
 fi
 

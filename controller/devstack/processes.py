@@ -84,6 +84,25 @@ def process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+def boot_id() -> str | None:
+    """This boot's id: recorded PIDs and start times mean something only within the boot that recorded them."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process group of this id still has members (Linux does not reuse a PID while it names one)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

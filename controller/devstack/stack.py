@@ -14,7 +14,14 @@ import yaml
 
 from controller.devstack.controlplane import REPO_ROOT, ControlPlane
 from controller.devstack.mlflow_server import MlflowServer
-from controller.devstack.processes import ManagedProcess, StackError, pid_alive, process_start, stop_pid
+from controller.devstack.processes import (
+    ManagedProcess,
+    StackError,
+    boot_id,
+    group_alive,
+    process_start,
+    stop_pid,
+)
 from controller.devstack.prometheus_server import PrometheusServer
 
 PROJECT_CRDS = REPO_ROOT / "crds"
@@ -105,7 +112,7 @@ class Stack:
         return self.root / "state.json"
 
     def up(self, with_mlflow: bool = True, with_prometheus: bool = True) -> None:
-        if self.state_file.exists() and any(pid_alive(p) for p in self._recorded_pids()):
+        if self.state_file.exists() and self._recorded_pids():  # the recorded processes still running
             raise StackError(f"a stack is already running from {self.root}: run `modelrollout dev down` first")
         try:
             self.start_control_plane()
@@ -161,7 +168,7 @@ class Stack:
         return env
 
     def _save(self) -> None:
-        state = {"env": self.environment(), "timings": self.timings,
+        state = {"env": self.environment(), "timings": self.timings, "bootId": boot_id(),
                  "prometheusRoot": str(self.prometheus.root) if self.prometheus else None,
                  "processes": [{"name": p.name, "pid": p.pid, "started": process_start(p.pid), "log": str(p.log)}
                                for p in self.processes()]}
@@ -171,10 +178,15 @@ class Stack:
         """The recorded processes still running: a PID whose process started at another time is not ours (after
         a reboot or an exit the number is reused) and is never signalled."""
         try:
-            recorded = [(int(p["pid"]), p.get("started")) for p in json.loads(self.state_file.read_text())["processes"]]
+            state = json.loads(self.state_file.read_text())
+            recorded = [(int(p["pid"]), p.get("started")) for p in state["processes"]]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return []
-        return [pid for pid, started in recorded if started is not None and process_start(pid) == started]
+        if state.get("bootId") is None or state.get("bootId") != boot_id():
+            return []  # another boot: every number may name another process now
+        # The leader itself, or, when it has exited, the group it led (its children, e.g. MLflow's server).
+        return [pid for pid, started in recorded if started is not None and (
+            process_start(pid) == started or (process_start(pid) is None and group_alive(pid)))]
 
     def down(self) -> list[int]:
         """Stop what this object started and what the state file records, by PID. Returns the PIDs stopped."""
