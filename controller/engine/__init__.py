@@ -22,6 +22,7 @@ from controller.engine.decide import (
     Decision,
     decide,
     holds_deletion,
+    ignore_command,
     reject_spec,
 )
 from controller.engine.observations import (
@@ -68,6 +69,7 @@ __all__ = [
     "UnstageCandidate",
     "decide",
     "holds_deletion",
+    "ignore_command",
     "reject_spec",
     "rejection_time",
 ]

@@ -94,6 +94,7 @@ BACKOFF_MAX = timedelta(minutes=5)
 _MAX_TRANSITIONS = 200
 
 CONDITION_MESSAGE_MAX = 32768
+COMMAND_REFUSAL_MAX = 512  # a refused command's reason, which may quote an annotation of any size
 # How a success that moved nothing ends its detail: the stable alias already named the candidate, but the
 # target said it served another version.
 NOTHING_ROLLED_OUT = "nothing was rolled out"
@@ -146,6 +147,22 @@ def holds_deletion(spec: ModelRolloutSpec, status: ModelRolloutStatus | None) ->
     held again before it acts."""
     phase = status.phase if status is not None else Phase.PENDING
     return spec.rollback.revert_on_deletion and phase not in TERMINAL_PHASES
+
+
+def ignore_command(status: ModelRolloutStatus, key: str, detail: str, now: datetime, actor: str = CONTROLLER_ACTOR,
+                   command_id: str | None = None) -> ModelRolloutStatus:
+    """`status` with a command that will not be carried out recorded once: its key in handledCommands, so it is
+    never carried out later, and a CommandIgnored history entry saying why."""
+    if key in status.handled_commands:
+        return status
+    entry = HistoryEntry(time=now, event="CommandIgnored", detail=_one_line(detail)[:COMMAND_REFUSAL_MAX],
+                         actor=actor, command_id=command_id)
+    return dataclasses.replace(status, handled_commands=_handled(status, key),
+                               history=append_history(status.history, entry, status.events_posted_through))
+
+
+def _handled(status: ModelRolloutStatus, key: str) -> tuple[str, ...]:
+    return (*status.handled_commands, key)[-HANDLED_COMMANDS_LIMIT:]
 
 
 def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation: int, now: datetime) -> Decision:
@@ -598,11 +615,13 @@ class _Decider:
     def _apply_command(self, command: Command) -> None:
         if command.id in self.status.handled_commands:
             return
-        self._update(handled_commands=(*self.status.handled_commands, command.id)[-HANDLED_COMMANDS_LIMIT:])
         refusal = "the ModelRollout is being deleted" if self._deleting else self._run_command(command)
-        if refusal is not None:
-            self._record("CommandIgnored", f"{command.label}: {refusal}", actor=command.actor,
-                         command_id=command.id)
+        if refusal is None:
+            self._update(handled_commands=_handled(self.status, command.id))
+            return
+        self.status = ignore_command(self.status, command.id, f"{command.label}: {refusal}", self.now,
+                                     actor=command.actor, command_id=command.id)
+        self.new_history.append(self.status.history[-1])
 
     def _run_command(self, command: Command) -> str | None:
         """Carry out a command; return why it was refused, or None."""

@@ -34,16 +34,13 @@ from controller.api.serialization import from_json, parse_time, to_json
 from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
 from controller.api.status import (
     CONTROLLER_ACTOR,
-    HANDLED_COMMANDS_LIMIT,
     TERMINAL_PHASES,
     Condition,
     ConditionStatus,
     ConditionType,
-    HistoryEntry,
     ModelRolloutStatus,
     Phase,
     VersionRef,
-    append_history,
 )
 from controller.engine import (
     Action,
@@ -67,6 +64,7 @@ from controller.engine import (
     UnstageCandidate,
     decide,
     holds_deletion,
+    ignore_command,
     reject_spec,
 )
 from controller.gate import (
@@ -406,7 +404,7 @@ _ROLLBACK_PHASES = frozenset({Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.FAILE
 _STATUS_ERRORS = (ValueError, TypeError, AttributeError)
 # The Ready condition's reason while the status cannot be read.
 STATUS_UNREADABLE = "StatusUnreadable"
-# A parse error may quote the annotation's values: bounded in the history entry.
+# A parse error may quote the annotation's values: bounded in the log (the engine bounds the history entry).
 _REFUSAL_MAX = 512
 
 
@@ -437,11 +435,9 @@ def refuse_command(obj: Mapping[str, Any], status: ModelRolloutStatus, now: dt.d
         return status
     if key in status.handled_commands:
         return status
-    log.warning("%s/%s: command not carried out: %s", meta["namespace"], meta["name"], detail[:_REFUSAL_MAX])
-    entry = HistoryEntry(time=now, event="CommandIgnored", detail=" ".join(detail.split())[:_REFUSAL_MAX],
-                         actor=actor, command_id=command_id)
-    return dataclasses.replace(status, handled_commands=(*status.handled_commands, key)[-HANDLED_COMMANDS_LIMIT:],
-                               history=append_history(status.history, entry, status.events_posted_through))
+    log.warning("%s/%s: command not carried out: %s", meta["namespace"], meta["name"],
+                detail[:_REFUSAL_MAX])
+    return ignore_command(status, key, detail, now, actor=actor, command_id=command_id)
 
 
 def _rollback_asked(obj: Mapping[str, Any], status: ModelRolloutStatus) -> bool:

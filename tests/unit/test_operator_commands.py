@@ -21,6 +21,7 @@ from controller.engine import (
     TagRejected,
     TargetObservation,
     UnstageCandidate,
+    ignore_command,
     rejection_time,
 )
 from controller.operator.runtime import OperatorConfig, ReconcileOutcome, RolloutRuntime, RolloutStepper
@@ -184,3 +185,14 @@ def test_while_the_spec_is_refused_nothing_past_the_rollback_is_carried_out(monk
     assert acted == [] and outcome.actions_taken == []
     held = step(rollout(outcome.status, None, raw=raw)).status
     assert held["phase"] == "Failed" and "spec.target.kserve.candidateUrl" in held["message"] and acted == []
+
+
+def test_a_refusal_is_one_bounded_line_recorded_once_by_the_engine_and_the_operator_alike() -> None:
+    status = ModelRolloutStatus.from_dict(AT_HALF)
+    detail = "promote: " + "x\n" * 2000
+    once = ignore_command(status, "c1", detail, NOW, actor="alice", command_id="c1")
+    entry = once.history[-1]
+    assert (entry.event, entry.actor, entry.command_id) == ("CommandIgnored", "alice", "c1")
+    assert "\n" not in entry.detail and len(entry.detail) <= 512
+    assert once.handled_commands[-1] == "c1"
+    assert ignore_command(once, "c1", "again", NOW) == once
