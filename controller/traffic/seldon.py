@@ -568,6 +568,17 @@ class SeldonExperimentRouter:
         ann = annotations_of(obj)
         return {k: ann.get(k) for k in EXPERIMENT_ANNOTATIONS}
 
+    def _refuse_foreign(self, obj: Obj, weights: dict[str, int], keep: str) -> set[str]:
+        """The models this router wrote or recorded; refused when a model it never wrote carries weight (another
+        team's A/B split is not its to end). A foreign model at weight 0 takes no users and is left in place."""
+        ann = annotations_of(obj)
+        ours = {*self._versions(obj), *(ann.get(k) for k in (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL))} - {None}
+        foreign = [n for n, w in weights.items() if w and n != keep and n not in ours]
+        if foreign:
+            raise TargetStateError(f"{self.target} splits traffic with models ModelRollout does not manage: "
+                                   + ", ".join(foreign))
+        return {n for n in ours if n is not None}
+
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         model = default_serving_name(candidate)
 
@@ -627,12 +638,8 @@ class SeldonExperimentRouter:
             weights = self._weights(obj)
             # Not only the recorded candidate: any model this router wrote (its candidate annotation may
             # have been removed by hand) that still carries weight goes; one it never wrote is not its to move.
-            ours = {*self._versions(obj), candidate}
+            self._refuse_foreign(obj, weights, keep=stable)
             weighted = [n for n, w in weights.items() if w and n != stable]
-            foreign = [n for n in weighted if n not in ours]
-            if foreign:
-                raise TargetStateError(f"{self.target} splits traffic with models ModelRollout does not manage: "
-                                       + ", ".join(foreign))
             leaving = [*weighted, candidate] if candidate is not None and candidate not in weighted else weighted
             if not leaving:
                 return None  # nothing staged: stable has all traffic
@@ -651,8 +658,9 @@ class SeldonExperimentRouter:
                 (name for name, version in versions.items() if version == stable_model.version),
                 default_serving_name(stable_model))
             weights = self._weights(obj)
+            ours = self._refuse_foreign(obj, weights, keep=model)
             for name in list(weights):
-                if name != model:
+                if name != model and name in ours:
                     self._keep(obj, weights, name)
             weights[model] = 100
             versions[model] = stable_model.version

@@ -105,3 +105,29 @@ def test_rollback_without_the_candidate_annotation_and_beside_a_foreign_model(ap
     with pytest.raises(TargetStateError, match="models ModelRollout does not manage: fraud-ab"):
         router.rollback()
     assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 50, "nsfw-v7": 40, "fraud-ab": 10}
+
+
+@pytest.mark.integration
+def test_restore_refuses_beside_a_weighted_foreign_model_and_keeps_an_idle_one(api: client.ApiClient,
+                                                                              namespace: str) -> None:
+    create(api, SELDON_EXPERIMENT, namespace, {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]})
+    router = SeldonExperimentRouter(api, namespace, NAME)
+    router.stage(CANDIDATE_7, "6")
+    router.promote()
+    # Another team splits the promoted model's traffic with its own A/B model, by hand.
+    edit = ObjectClient(api, SELDON_EXPERIMENT, namespace, NAME, field_manager="kubectl-edit")
+    body = edit.skeleton()
+    body["spec"] = {"candidates": [{"name": "nsfw", "weight": 0}, {"name": "nsfw-v7", "weight": 80},
+                                   {"name": "fraud-ab", "weight": 20}]}
+    edit.apply(body)
+    # A failed bake's restore does not end their split: it refuses, as rollback and stage do, and moves nothing.
+    with pytest.raises(TargetStateError, match="models ModelRollout does not manage: fraud-ab"):
+        router.restore(STABLE_6)
+    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 0, "nsfw-v7": 80, "fraud-ab": 20}
+
+    # At weight 0 the foreign model takes no users: restore takes out only the model it promoted.
+    body["spec"] = {"candidates": [{"name": "nsfw", "weight": 0}, {"name": "nsfw-v7", "weight": 100},
+                                   {"name": "fraud-ab", "weight": 0}]}
+    edit.apply(body)
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, lambda: router.restore(STABLE_6))
+    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 100, "fraud-ab": 0}
