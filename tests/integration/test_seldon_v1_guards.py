@@ -30,7 +30,7 @@ from tests.integration.test_traffic_seldon import (
     create,
     custom,
     get,
-    write_status,
+    seldon_v1_reports,
 )
 
 Obj = dict[str, Any]
@@ -43,25 +43,6 @@ SERVER_PREDICTOR = {"name": "main", "replicas": 1,
 @pytest.fixture(scope="module")
 def api(kubeconfig: Path) -> client.ApiClient:
     return load_client_config(str(kubeconfig))
-
-
-def seldon_reports(api: client.ApiClient, namespace: str, available: Callable[[str], bool] = lambda _: True,
-                   kept: Obj | None = None) -> Obj:
-    """Play Seldon Core v1's controller for the spec as it is now: its Deployments (`available` says which
-    have their pods up), `kept` the entries of older Deployments it has not deleted yet. Returns the
-    deploymentStatus written."""
-    obj = get(api, SELDON_DEPLOYMENT, namespace)
-    deployments = dict(kept or {})
-    for planned in planned_deployments(obj):
-        deployments[planned.name] = {"name": planned.name, "replicas": planned.replicas,
-                                     "availableReplicas": planned.replicas if available(planned.name) else 0}
-    up = all(int(d["availableReplicas"]) >= int(d["replicas"]) for d in deployments.values())
-    services = {f"{NAME}-{p['name']}": {"svcName": f"{NAME}-{p['name']}",
-                                        "httpEndpoint": f"{NAME}-{p['name']}.{namespace}:8000"}
-                for p in obj["spec"]["predictors"]}
-    write_status(api, SELDON_DEPLOYMENT, namespace, {"state": "Available" if up else "Creating",
-                                                     "deploymentStatus": deployments, "serviceStatus": services})
-    return deployments
 
 
 def deployments_of(api: client.ApiClient, namespace: str, predictor: str) -> list[str]:
@@ -86,7 +67,7 @@ def test_canary_is_ready_on_its_own_candidates_deployments_only(api: client.ApiC
     the previous candidate's, still available (a rolling update keeps old pods serving, and Seldon v1 reports
     no observedGeneration), never read as the new candidate's. Stable's Deployments keep their names."""
     create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [copy.deepcopy(stable)]})
-    seldon_reports(api, namespace)
+    seldon_v1_reports(api, namespace)
     stable_deployments = deployments_of(api, namespace, "main")
     router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
 
@@ -95,7 +76,7 @@ def test_canary_is_ready_on_its_own_candidates_deployments_only(api: client.ApiC
     assert main == {**stable, "traffic": 100}  # stable's spec, its component names included, untouched
     assert canary["graph"]["modelUri"] == V7 and canary["traffic"] == 0
     seven = deployments_of(api, namespace, "canary")
-    status_for_7 = seldon_reports(api, namespace)
+    status_for_7 = seldon_v1_reports(api, namespace)
     state = router.observe()
     assert state.canary_ready and state.canary_version == "7", state.message
 
@@ -105,9 +86,9 @@ def test_canary_is_ready_on_its_own_candidates_deployments_only(api: client.ApiC
     eight = deployments_of(api, namespace, "canary")
     assert all("v7" in name for name in seven) and all("v8" in name for name in eight)
     assert eight and not set(eight) & set(seven)
-    seldon_reports(api, namespace, available=lambda name: name not in eight, kept=status_for_7)
+    seldon_v1_reports(api, namespace, available=lambda name: name not in eight, kept=status_for_7)
     assert not router.observe().canary_ready  # 8's pods are starting, 7's still serve
-    seldon_reports(api, namespace)
+    seldon_v1_reports(api, namespace)
     state = router.observe()
     assert state.canary_ready and state.canary_version == "8", state.message
 
@@ -115,7 +96,7 @@ def test_canary_is_ready_on_its_own_candidates_deployments_only(api: client.ApiC
     [promoted] = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]
     assert promoted["graph"]["modelUri"] == V8
     assert deployments_of(api, namespace, "main") == stable_deployments  # rolled in place, not new ones
-    seldon_reports(api, namespace)
+    seldon_v1_reports(api, namespace)
     assert router.observe().stable_version == "8"
 
 
@@ -127,12 +108,12 @@ def test_version_is_unknown_when_the_predictor_loads_another_model_uri(api: clie
     create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [PREDICTOR]})
     router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
     router.stage(CANDIDATE_7, stable_version="6")
-    seldon_reports(api, namespace)
+    seldon_v1_reports(api, namespace)
     state = router.observe()
     assert (state.stable_version, state.canary_version) == ("6", "7") and state.canary_ready, state.message
 
     edit_by_hand(api, namespace, {"main": "s3://models/nsfw/5", "canary": "s3://models/nsfw/99"})
-    seldon_reports(api, namespace)
+    seldon_v1_reports(api, namespace)
     state = router.observe()
     assert state.canary_staged and (state.stable_version, state.canary_version) == (None, None)
     assert "predictor main loads s3://models/nsfw/5, not s3://models/nsfw/6 (version 6)" in state.message
@@ -165,12 +146,12 @@ def test_another_predictors_deployments_are_not_the_canarys(api: client.ApiClien
     canary's nsfw-model-<digits>-, and is still not the canary's."""
     create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [{**PREDICTOR, "name": "model-2"}]})
     router = SeldonDeploymentRouter(api, namespace, NAME, "model-2", "model")
-    assert list(seldon_reports(api, namespace)) == [f"{NAME}-model-2-0-classifier"]
+    assert list(seldon_v1_reports(api, namespace)) == [f"{NAME}-model-2-0-classifier"]
     router.stage(CANDIDATE_7, stable_version="6")
     state = router.observe()  # Seldon has not made the canary's Deployment yet: "Available" is stable's alone
     assert state.ready and state.canary_staged and not state.canary_ready
     assert "canary predictor model is not available yet" in state.message
-    seldon_reports(api, namespace)
+    seldon_v1_reports(api, namespace)
     assert router.observe().canary_ready
 
 

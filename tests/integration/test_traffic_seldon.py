@@ -92,19 +92,28 @@ PREDICTOR = {"name": "main", "replicas": 2,
                                                           "resources": {"requests": {"cpu": "100m"}}}]}}]}
 
 
-def seldon_v1_reports(api: client.ApiClient, namespace: str, available: bool = True) -> None:
-    """Play Seldon Core v1's controller: one Deployment and one Service per predictor, all available."""
+def seldon_v1_reports(api: client.ApiClient, namespace: str, available: bool | Callable[[str], bool] = True,
+                      kept: Obj | None = None) -> Obj:
+    """Play Seldon Core v1's controller for the spec as it is now: one Deployment per component, named by Seldon's
+    own rule (GetDeploymentName) as the stand-in computes it, and one Service per predictor. `available` says
+    whether (or which) Deployments have their pods up; `kept` holds the entries of older Deployments Seldon has
+    not deleted yet. Returns the deploymentStatus written."""
     obj = get(api, SELDON_DEPLOYMENT, namespace)
-    # Deployment names by Seldon's own rule (GetDeploymentName), as the stand-in computes them.
-    deployments = {d.name: {"name": d.name, "status": "Available", "replicas": d.replicas,
-                            "availableReplicas": d.replicas if available else 0} for d in planned_deployments(obj)}
+    is_up = available if callable(available) else lambda _: available
+    deployments = dict(kept or {})
+    for planned in planned_deployments(obj):
+        up = is_up(planned.name)
+        deployments[planned.name] = {"name": planned.name, "status": "Available" if up else "Creating",
+                                     "replicas": planned.replicas, "availableReplicas": planned.replicas if up else 0}
+    all_up = all(int(d["availableReplicas"]) >= int(d["replicas"]) for d in deployments.values())
     services = {}
     for predictor in obj["spec"]["predictors"]:
         key = f"{NAME}-{predictor['name']}"
         services[key] = {"svcName": key, "httpEndpoint": f"{key}.{namespace}:8000"}
     write_status(api, SELDON_DEPLOYMENT, namespace, {
-        "state": "Available" if available else "Creating", "deploymentStatus": deployments,
+        "state": "Available" if all_up else "Creating", "deploymentStatus": deployments,
         "serviceStatus": services, "address": {"url": f"http://{NAME}-main.{namespace}.svc.cluster.local:8000"}})
+    return deployments
 
 
 def traffic(obj: Obj) -> dict[str, int]:
