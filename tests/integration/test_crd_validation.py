@@ -112,6 +112,11 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("secret-ref-namespace", _set("registry", {"credentialsSecretRef": {"name": "tok", "namespace": "kube-system"}}),
      "spec.registry.credentialsSecretRef"),
     ("tracking-uri-not-http", _set("registry", {"trackingUri": "ftp://mlflow"}), "spec.registry.trackingUri"),
+    # Hosts urlsplit refuses (an IPv4 address in brackets, a fullwidth slash): refused here, not at run time.
+    ("tracking-uri-bracketed-ipv4", _set("registry", {"trackingUri": "http://[1.2.3.4]/"}),
+     "spec.registry.trackingUri"),
+    ("prometheus-fullwidth-slash", _set("analysis.prometheus", {"address": "http://a\uff0fb/"}),
+     "spec.analysis.prometheus.address"),
     ("progress-deadline-unparsable", _set("progressDeadline", "soon"), "spec.progressDeadline"),
     ("bake-baseline-in-hours", _set("bake.baseline", "72h"), "spec.bake.baseline"),
     ("bake-baseline-too-short", _set("bake.baseline", "2d"), "spec.bake.baseline"),
@@ -139,6 +144,15 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("proportion-without-selector", _set("analysis.metrics.0.proportion.events", 'sum(x{class="nsfw"})'),
      "spec.analysis.metrics[0].proportion.events"),
     ("analysis-interval-sub-second", _set("analysis.interval", "500ms"), "spec.analysis.interval"),
+    # Past the operator's 3650d ceiling: refused here, not Failed (or a rollout held) at run time.
+    ("progress-deadline-over-ceiling", _set("progressDeadline", "3651d"), "spec.progressDeadline"),
+    ("bake-duration-over-ceiling", _set("bake.duration", "99999d"), "spec.bake.duration"),
+    ("pause-duration-over-ceiling", _set("canary.steps.1", {"pause": {"duration": "87601h"}}),
+     "spec.canary.steps[].pause.duration"),
+    ("analysis-duration-over-ceiling", _set("canary.steps.1", {"analysis": {"duration": "3650d1ms"}}),
+     "spec.canary.steps[].analysis.duration"),
+    ("analysis-interval-over-ceiling", _set("analysis.interval", "99999999999999999999999999999d"),
+     "spec.analysis.interval"),
     # URLs the operator could not parse (a reconcile error loop with no status) or would record with a secret.
     ("tracking-uri-broken-ipv6", _set("registry", {"trackingUri": "http://[::1"}), "spec.registry.trackingUri"),
     ("tracking-uri-with-credentials", _set("registry", {"trackingUri": "http://bob:s3cret@mlflow:5000"}),
@@ -262,6 +276,24 @@ def test_design_md_layout_with_the_limits_beside_proportion_is_accepted_and_read
     proportion = parse_spec(stored["spec"]).analysis.metrics[0].proportion
     assert proportion is not None
     assert (proportion.max_rate, proportion.min_samples, proportion.max_relative_increase) == (0.07, 300, 0.5)
+
+
+@pytest.mark.integration
+def test_durations_up_to_the_operators_ceiling_are_accepted_and_run(kubeconfig: Path, namespace: str) -> None:
+    """The CRD's bounds are the operator's: what the API server takes, parse_spec takes (3650d at most, an
+    interval of at least 1s however it is spelled)."""
+    manifest = sample()
+    manifest["metadata"]["name"] = "long-durations"
+    spec = manifest["spec"]
+    spec["progressDeadline"] = "3650d"
+    spec["analysis"]["interval"] = "0d1000ms"
+    spec["canary"]["steps"][1] = {"pause": {"duration": "87599h59m60s"}}
+    spec["registry"] = {"trackingUri": "http://[::1]:5000"}
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code == 0, output
+    stored = json.loads(run_kubectl(kubeconfig, "get", "mro", "long-durations", "-n", namespace, "-o", "json").stdout)
+    parsed = parse_spec(stored["spec"])
+    assert parsed.progress_deadline.days == 3650 and parsed.analysis.interval.total_seconds() == 1
 
 
 @pytest.mark.integration
