@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# The gate's check of the golden dataset against its pinned sha256. Its failure stops the rollout, but it says
+# nothing about the model: the engine rolls back without rejecting the candidate.
+DATASET_INTEGRITY = "dataset.sha256"
+
 
 class Outcome(StrEnum):
     PASS = "pass"  # noqa: S105 - an outcome, not a password

@@ -81,7 +81,7 @@ from controller.engine.observations import (
     TargetObservation,
     rejection_time,
 )
-from controller.verdict import Outcome, Verdict, combine
+from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict, combine
 
 # How soon to look again while waiting for an effect to show up on the target or in the registry.
 CONFIRM_POLL = timedelta(seconds=1)
@@ -901,7 +901,10 @@ class _Decider:
             self._enter_steps()
         elif outcome is Outcome.FAIL:
             self._record("GateFailed", reason)
-            self._failure(RollbackCause.GATE_FAILED, reason, _evidence(verdicts, outcome))
+            # A dataset that is not the pinned one says nothing about the model: stop, but do not reject it.
+            integrity_only = {item.name for item in verdicts if item.outcome is Outcome.FAIL} == {DATASET_INTEGRITY}
+            self._failure(RollbackCause.GATE_FAILED, reason, _evidence(verdicts, outcome),
+                          reject_candidate=not integrity_only)
         else:
             self._record("GateInconclusive", reason)
             self._inconclusive(RollbackCause.GATE_INCONCLUSIVE, reason, _evidence(verdicts, outcome))
@@ -1156,7 +1159,8 @@ class _Decider:
 
     def _inconclusive(self, cause: RollbackCause, reason: str, evidence: dict[str, Any]) -> None:
         if self.spec.analysis.on_inconclusive is OnInconclusive.ROLLBACK:
-            self._failure(cause, reason, evidence)
+            # Not enough evidence either way judges nothing: rolled back by policy, never tagged rejected.
+            self._failure(cause, reason, evidence, reject_candidate=False)
             return
         resume = self.status.phase if self.status.phase is not Phase.PAUSED else None
         self._move(Phase.PAUSED, pause=PauseStatus(reason=_INCONCLUSIVE_PAUSE[cause], since=self.now,

@@ -28,6 +28,24 @@ import orjson
 
 # Transient statuses: retried, and reported as "unavailable" when retries run out.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Statuses that say the request never reached the model (a wrong URL, model name or protocol, the gateway's
+# auth, a model still loading): nothing about its answers, so treated like the transient ones, never as the
+# model's answer. 400, 422 and 500 stay the model's answer: its server refused or failed on the golden input.
+_SETUP_STATUSES = {
+    401: "not authorized: check the endpoint's credentials",
+    403: "forbidden: check the endpoint's credentials",
+    404: "not found: check the model name and protocol, or the model is not loaded yet",
+    405: "method not allowed: check the protocol",
+    407: "proxy authentication required",
+    408: "the server timed the request out",
+    410: "gone: check the model name",
+    413: "request too large for the server: lower the batch size",
+    415: "media type refused: check the protocol",
+    421: "misdirected: check the URL",
+    426: "upgrade required: check the URL's scheme",
+    501: "not implemented: check the protocol",
+    511: "network authentication required",
+}
 _V1_PATH = re.compile(r"^(?P<base>.*)/v1/models/(?P<model>[^/:]+):predict/?$")
 _V2_PATH = re.compile(r"^(?P<base>.*)/v2/models/(?P<model>[^/]+)(/versions/(?P<version>[^/]+))?/infer/?$")
 # Digits to "0", "." kept, every other byte to " ": " " + 19 zeros marks 19 digits in a row that are not a
@@ -90,7 +108,7 @@ class BatchAnswer:
 
     predicted: np.ndarray
     failure: str | None = None  # the whole batch is unusable: why (e.g. "HTTP 500", "not JSON")
-    unavailable: bool = False  # the failure is the server being unreachable or overloaded, not its answer
+    unavailable: bool = False  # the model was not reached (down, overloaded, misconfigured): not its answer
     sample_problems: Counter[str] = field(default_factory=Counter)  # per-sample unusable predictions
     detail: str = ""
 
@@ -177,6 +195,10 @@ class InferenceClient:
                                              allow_redirects=False) as response:
                     if response.status in _RETRY_STATUSES:
                         failure = f"unavailable: HTTP {response.status}"
+                        await response.release()
+                        continue
+                    if setup := _setup_problem(response.status):
+                        failure = f"unavailable: HTTP {response.status} ({setup})"  # the status only, never the body
                         await response.release()
                         continue
                     if response.status != 200:
@@ -310,6 +332,13 @@ class InferenceClient:
             problems["unreadable prediction"] += 1
             return -1
         return int(self._numeric(array.reshape(1, -1) if array.ndim == 1 else array.reshape(1), problems)[0])
+
+
+def _setup_problem(status: int) -> str | None:
+    """Why a status means the model was not reached (see _SETUP_STATUSES); None when it is the model's answer."""
+    if 300 <= status < 400:
+        return "redirected, not followed: check the URL"
+    return _SETUP_STATUSES.get(status)
 
 
 def decode_json(payload: bytes) -> Any:

@@ -1,11 +1,13 @@
 """Thresholds -> verdicts. Every check reports the numbers that decided it; nothing passes by default.
 
 Checks, in the order the engine reads them (the first verdict with the combined outcome is quoted):
-    dataset.sha256      FAIL when the data differ from the pinned hash (both hashes in the message)
+    dataset.sha256      FAIL when the data differ from the pinned hash (both hashes in the message); the
+                        engine rolls back without rejecting the candidate (verdict.DATASET_INTEGRITY)
     dataset.source      INCONCLUSIVE when policy refuses the source (host not allow-listed, ...)
     dataset             INCONCLUSIVE when the file is unreadable, empty, or has unusable samples
     candidate.responses FAIL when the candidate answered some samples with garbage; INCONCLUSIVE when
-                        it was unreachable for some (timeouts, 503): no evidence either way
+                        it was unreachable for some (timeouts, 503, or a status that says the model was not
+                        reached: 3xx, 401, 403, 404, ...): no evidence either way
     stable.responses    INCONCLUSIVE when stable could not answer: the comparison lacks evidence
     minAccuracy                           on the candidate's answers
     maxAccuracyDrop, maxDisagreement      candidate vs stable on the samples both answered

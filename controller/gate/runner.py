@@ -37,7 +37,7 @@ from controller.gate.formats import MAX_PROBLEM_EXAMPLES, Batch, DatasetFormatEr
 from controller.gate.judge import GateTally, JudgeSettings, ResponseTally, judge, pct
 from controller.gate.metrics import PairedCounts, accuracy, summarize
 from controller.gate.sources import DatasetSources, fetch_dataset
-from controller.verdict import Outcome, Verdict, combine
+from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict, combine
 
 if TYPE_CHECKING:
     from controller.engine.observations import JudgeResult
@@ -203,12 +203,12 @@ async def evaluate_dataset_file(path: Path, dataset: GoldenDatasetSpec | Mapping
     started = time.monotonic()
     actual = actual_sha256 or await asyncio.to_thread(sha256_file, path)
     if actual != spec.sha256:
-        verdict = Verdict("dataset.sha256", Outcome.FAIL,
+        verdict = Verdict(DATASET_INTEGRITY, Outcome.FAIL,
                           f"dataset sha256 mismatch: pinned {spec.sha256}, fetched {actual}; the data were changed "
                           "or the pin is wrong", {"expectedSha256": spec.sha256, "actualSha256": actual,
                                                   "uri": spec.uri})
         return _report_without_data(spec, (verdict,), actual)
-    integrity = Verdict("dataset.sha256", Outcome.PASS, f"matches the pinned {actual[:12]}...",
+    integrity = Verdict(DATASET_INTEGRITY, Outcome.PASS, f"matches the pinned {actual[:12]}...",
                         {"expectedSha256": spec.sha256, "actualSha256": actual})
     try:
         reader = open_dataset(path, options.batch_size, options.class_names)

@@ -139,9 +139,37 @@ def test_transient_statuses_are_retried_then_reported_unavailable() -> None:
     assert answer.failure == "unavailable: HTTP 503" and answer.unavailable and calls == [503, 503, 503]
 
 
-def test_redirects_are_not_followed() -> None:
+def test_redirects_are_not_followed_and_say_nothing_about_the_model() -> None:
     handler, calls = scripted((302, None))
-    assert against(handler).failure == "HTTP 302" and calls == [302]
+    answer = against(handler, retries=1)
+    assert answer.unavailable and calls == [302, 302]
+    assert answer.failure == "unavailable: HTTP 302 (redirected, not followed: check the URL)"
+
+
+@pytest.mark.parametrize(("status", "hint"), [
+    (404, "check the model name and protocol"), (401, "credentials"), (403, "credentials"),
+    (405, "check the protocol"), (407, "proxy"), (408, "timed the request out"), (307, "redirected"),
+])
+def test_statuses_that_never_reached_the_model_are_unavailable_not_its_answer(status: int, hint: str) -> None:
+    # A wrong model name, protocol or gateway credential says nothing about the model: retried like a 503 and
+    # reported as unavailable (the gate is inconclusive, never failed), naming the status, never the body.
+    handler, calls = scripted((status, {"error": "model m not found: secret-token-xyz"}))
+    answer = against(handler, retries=2)
+    assert answer.unavailable and answer.answered == 0 and calls == [status] * 3
+    assert answer.failure is not None and answer.failure.startswith(f"unavailable: HTTP {status} (")
+    assert hint in answer.failure and "secret" not in answer.failure and "secret" not in answer.detail
+
+    loaded = {"predictions": ["safe", "suggestive", "nsfw", "nsfw"]}
+    handler, calls = scripted((status, "not loaded yet"), (200, loaded))  # e.g. the model finished loading
+    answer = against(handler, retries=2)
+    assert answer.failure is None and answer.predicted.tolist() == EXPECTED and calls == [status, 200]
+
+
+@pytest.mark.parametrize("status", [400, 422, 500])
+def test_the_model_servers_refusal_of_the_golden_input_is_its_answer(status: int) -> None:
+    handler, calls = scripted((status, {"error": "bad input"}))
+    answer = against(handler, retries=2)
+    assert answer.failure == f"HTTP {status}" and not answer.unavailable and calls == [status]
 
 
 @pytest.mark.parametrize(("protocol", "body", "failure"), [
