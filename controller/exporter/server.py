@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Metric, generate_latest
 
 from controller.exporter.events import (
     IDENTITY_ATTRIBUTES,
@@ -33,6 +34,8 @@ INTERNAL_REASON = "Internal"  # an event the exporter failed on for a reason of 
 # window, and its history stays in Prometheus (a series that comes back starts from 0, a counter reset).
 MODEL_IDLE_SECONDS = 24 * 3600.0
 Identity = tuple[str, str, str, str]  # namespace, inference service, variant, model version
+PREDICTION_LABELS = ("namespace", "inference_service", "variant", "model_version", "class")
+Series = tuple[str, ...]  # an identity and a class: the values of PREDICTION_LABELS
 
 
 @dataclass
@@ -42,11 +45,21 @@ class ExporterMetrics:
     def __post_init__(self) -> None:
         self.predictions = Counter(
             PREDICTIONS_METRIC, "Predictions by predicted class, per served model and variant.",
-            ["namespace", "inference_service", "variant", "model_version", "class"], registry=self.registry)
+            PREDICTION_LABELS, registry=self.registry)
         self.events = Counter("modelrollout_exporter_events", "Logger events received, by outcome.",
                               ["outcome"], registry=self.registry)
         self.malformed = Counter("modelrollout_exporter_malformed_events", "Events dropped, by reason.",
                                  ["reason"], registry=self.registry)
+
+
+@dataclass
+class _Families:
+    """Metric families already collected, for generate_latest to render."""
+
+    families: list[Metric]
+
+    def collect(self) -> list[Metric]:
+        return self.families
 
 
 class PredictionExporter:
@@ -70,6 +83,9 @@ class PredictionExporter:
         self._max_namespaces = max_namespaces
         self._max_total_models = max_total_models
         self._model_idle_seconds = model_idle_seconds
+        # Prediction series /metrics has shown: one it has not is shown at 0 whatever it counted (see render()).
+        # Bounded like the series, and forgotten with them.
+        self._scraped: set[Series] = set()
         # Requests' attributes (never their payloads) kept briefly so that a response without identity headers
         # can borrow its request's; a response that never comes must not keep its request forever.
         self._requests: OrderedDict[str, tuple[float, CloudEvent]] = OrderedDict()
@@ -102,8 +118,9 @@ class PredictionExporter:
         prediction = prediction_from_event(event, query, self.options, request[1] if request else None)
         identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
         if self._admit(identity):
-            # Series that exist at zero before their first prediction let increase() count that prediction.
-            for name in self.options.class_names:
+            # Every class its namespace has seen, at zero: its first prediction of one then shows at the next
+            # scrape, not one later (a new series is first shown at 0, see render()).
+            for name in self._classes(prediction.namespace):
                 self.metrics.predictions.labels(*identity, name)
         # One increment per class, not per prediction: a large batch must not hold the event loop for seconds.
         for predicted, n in Tally(prediction.classes).items():
@@ -111,15 +128,23 @@ class PredictionExporter:
         self.metrics.events.labels("counted").inc()
         return "counted"
 
+    def _classes(self, namespace: str) -> set[str]:
+        return self._known_classes.setdefault(namespace, set(self.options.class_names))
+
     def _bounded_class(self, namespace: str, name: str) -> str:
         # A model that emits free text must not explode the series count.
-        known = self._known_classes.setdefault(namespace, set(self.options.class_names))
+        known = self._classes(namespace)
         if name in known:
             return name
-        if len(known) < self.max_classes:
-            known.add(name)
-            return name
-        return OTHER_CLASS
+        if len(known) >= self.max_classes:
+            name = OTHER_CLASS  # kept in `known` once used: past the cap, it takes no class's place
+            if name in known:
+                return name
+        known.add(name)
+        # A class one model version predicts first (stable's, usually) is created at zero for the others too.
+        for identity in self._seen.get(namespace, ()):
+            self.metrics.predictions.labels(*identity, name)
+        return name
 
     def _admit(self, identity: Identity) -> bool:
         """Whether the identity is new; it is now the most recently counted. Refused past a bound."""
@@ -158,6 +183,7 @@ class PredictionExporter:
                 identity, _ = seen.popitem(last=False)
                 for name in {*self.options.class_names, *self._known_classes.get(namespace, ()), OTHER_CLASS}:
                     self.metrics.predictions.remove(*identity, name)
+                    self._scraped.discard((*identity, name))  # one that comes back is shown at 0 first again
             if not seen:  # the namespace's place and class budget are free again
                 del self._seen[namespace]
                 self._known_classes.pop(namespace, None)
@@ -176,6 +202,36 @@ class PredictionExporter:
                                   or next(iter(self._requests.values()))[0] < now - self._pending_seconds):
             self._requests.popitem(last=False)
 
+    def render(self) -> bytes:
+        """The /metrics exposition, in which a prediction series shows 0 on the first scrape that sees it.
+
+        increase() and rate() never count a series' first sample: a series first scraped at n would lose its
+        first n predictions (a canary's first `nsfw`, exactly what the judges measure). Its counts are held back
+        one scrape, never lost: the registry keeps them, and the next render shows them. A render that fails
+        marks nothing; two renders at once both show 0. Another Prometheus scraping the same exporter (an HA
+        pair) may still see a series first at n, after this one's scrape showed it at 0.
+        """
+        shown: set[Series] = set()
+        predictions_total = f"{PREDICTIONS_METRIC}_total"
+
+        def first_at_zero(family: Metric) -> Metric:
+            held = copy.copy(family)  # the registry's own families are left as they are
+            held.samples = []
+            for sample in family.samples:
+                if sample.name == predictions_total:
+                    series = tuple(sample.labels[n] for n in PREDICTION_LABELS)
+                    shown.add(series)
+                    if series not in self._scraped:
+                        sample = sample._replace(value=0.0)
+                held.samples.append(sample)
+            return held
+
+        body = generate_latest(_Families([first_at_zero(family) if family.name == PREDICTIONS_METRIC else family
+                                          for family in self.metrics.registry.collect()]))
+        # After the render, with no await in between: no event or other scrape runs in the event loop meanwhile.
+        self._scraped |= shown
+        return body
+
     def app(self) -> web.Application:
         async def receive(request: web.Request) -> web.Response:
             body = await request.read()
@@ -183,7 +239,7 @@ class PredictionExporter:
             return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
 
         async def metrics(_: web.Request) -> web.Response:
-            response = web.Response(body=generate_latest(self.metrics.registry))
+            response = web.Response(body=self.render())
             response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
             return response
 
