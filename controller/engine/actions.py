@@ -62,7 +62,8 @@ class StageCandidate(_Action):
 
 @dataclass(frozen=True)
 class SetCanaryWeight(_Action):
-    """Give the staged candidate `weight` percent of traffic; weight 0 is the pre-promotion rollback.
+    """Give the staged candidate `weight` percent of traffic: a canary step (0 is a valid step weight), or,
+    with `withdraw`, the pre-promotion rollback (weight 0, all traffic back to stable, the candidate withdrawn).
 
     Confirmed when the target reports canary_weight == weight (0 also when no canary is left).
     """
@@ -70,6 +71,7 @@ class SetCanaryWeight(_Action):
     type: ClassVar[ActionType] = ActionType.SET_CANARY_WEIGHT
     candidate_version: str
     weight: int
+    withdraw: bool = False  # the rollback's action, not a step's: a step at 0% must never withdraw
 
 
 @dataclass(frozen=True)

@@ -1277,7 +1277,7 @@ class _Decider:
             detail = f"version {stable.version} to 100%"
         else:
             action = SetCanaryWeight(id=self._rollback_id("traffic"),
-                                     candidate_version=candidate.version if candidate else "", weight=0)
+                                     candidate_version=candidate.version if candidate else "", weight=0, withdraw=True)
             detail = "weight 0%"
             never_staged = self._ledger(self._stage_id()) is None if candidate is not None else True
             # Target unobservable (e.g. missing): nothing to undo only if the candidate was never staged.

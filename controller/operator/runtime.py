@@ -83,7 +83,7 @@ from controller.operator.events import unposted
 from controller.operator.kubeapi import FINALIZER, ObjectRef, RolloutStore, apply_decided_status, owns_finalizer
 from controller.operator.scheduler import reconcile_slot_lent
 from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
-from controller.traffic import CandidateModel, TargetState, TrafficError, TrafficRouter, router_for
+from controller.traffic import CandidateModel, TargetState, TargetStateError, TrafficError, TrafficRouter, router_for
 
 log = logging.getLogger(__name__)
 
@@ -273,10 +273,13 @@ class RolloutRuntime:
             case StageCandidate(candidate=candidate):
                 self.router.stage(CandidateModel(model.name, candidate.version, self.storage_uri(candidate)),
                                   stable_version=status.stable.version if status.stable else None)
-            case SetCanaryWeight(weight=0) | UnstageCandidate():
+            case SetCanaryWeight() if action.withdraw:
                 self.router.rollback()
-            case SetCanaryWeight(weight=weight):
-                self.router.set_weight(weight)
+            case UnstageCandidate():
+                self.router.rollback()
+            case SetCanaryWeight(weight=weight, candidate_version=version):
+                # A step, 0% included: only this rollout's candidate takes it (the router checks the version).
+                self.router.set_weight(weight, version)
             case PromoteCandidate():
                 self.router.promote()
             case RestoreStable(stable=stable):
@@ -316,7 +319,8 @@ class RolloutRuntime:
             return self.router.observe().canary_staged
         except TrafficError as exc:
             log.warning("%s/%s: finishing the rollback: %s", self.namespace, self.name, exc)
-            return True
+            # A target this router can never drive (e.g. ModelMesh) is not retried every second.
+            return not (isinstance(exc, TargetStateError) and exc.reason == "Invalid")
 
     async def measure_gate(self, action: RunGate, state: TargetState | None) -> JudgeResult:
         kserve = self.spec.target.kserve

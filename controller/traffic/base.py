@@ -7,7 +7,9 @@ idempotent: calling it twice leaves the object exactly as calling it once.
 
 Reading the state: `observe()` reports what the serving system's *status* says, never what was last
 patched. When `synced` is False the serving controller has not yet processed the latest spec, so
-nothing in the state may be taken as confirmation of a patch: poll again.
+nothing in the state may be taken as confirmation of a patch: poll again. An object the router can never
+drive as it stands (e.g. a KServe ModelMesh or custom-container predictor) is a TargetStateError instead,
+so the reason reaches the rollout's status rather than a wait for a catch-up that will not come.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class TrafficRouter(Protocol):
         ...
 
     def observe(self) -> TargetState:
-        """Read-only: what the serving system reports now."""
+        """Read-only: what the serving system reports now. Raises TargetStateError (reason "Invalid") when
+        the object cannot be driven as it is; a missing object is reported (exists False), not raised."""
         ...
 
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
@@ -98,8 +101,14 @@ class TrafficRouter(Protocol):
         """
         ...
 
-    def set_weight(self, percent: int) -> None:
-        """Give the staged candidate `percent` of traffic (0..100), stable the rest."""
+    def set_weight(self, percent: int, candidate_version: str | None = None) -> None:
+        """Give the staged candidate `percent` of traffic (0..100), stable the rest.
+
+        candidate_version: the registry version the caller staged. When given, the router refuses
+        (TargetStateError) unless the staged candidate is recorded as that version: two rollouts on one
+        target would otherwise give one's weight to the other's ungated candidate. None skips the check
+        (a person driving the router by hand).
+        """
         ...
 
     def promote(self) -> None:
@@ -173,6 +182,18 @@ class TargetStateError(TrafficError):
     def __init__(self, message: str, reason: str = "Invalid") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def check_candidate_version(target: str, staged: str | None, wanted: str | None, unknown_why: str = "") -> None:
+    """set_weight's guard: the staged candidate must be the caller's (`wanted`; None: not checked)."""
+    if wanted is None:
+        return
+    if staged is None:
+        raise TargetStateError(f"{target}: the staged candidate's version is unknown ({unknown_why or 'none recorded'})"
+                               f", so it is not given the traffic meant for version {wanted}")
+    if staged != wanted:
+        raise TargetStateError(f"{target} has candidate version {staged} staged, not {wanted} (another rollout on "
+                               f"the same target?): its traffic is left as it is")
 
 
 def check_percent(percent: int) -> int:

@@ -58,6 +58,7 @@ from controller.traffic.base import (
     DeploymentMode,
     TargetState,
     TargetStateError,
+    check_candidate_version,
     check_percent,
 )
 from controller.traffic.kube import (
@@ -489,7 +490,9 @@ class KServeRouter:
                 return knative_state(self.target, knative_view(obj, self.target))
             return standard_state(self.target, standard_view(obj, self.target))
         except TargetStateError as exc:
-            return TargetState(target=self.target, exists=True, message=str(exc))
+            if exc.reason != "Unavailable":
+                raise  # never drivable as it is (ModelMesh, a custom container): no catch-up will change that
+            return TargetState(target=self.target, exists=True, message=str(exc))  # KServe has not said yet
 
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         def build(obj: Obj, mode: DeploymentMode) -> Obj:
@@ -498,7 +501,7 @@ class KServeRouter:
             return self._standard_stage(standard_view(obj, self.target), candidate, stable_version)
         self._apply_with(build, "staging")
 
-    def set_weight(self, percent: int) -> None:
+    def set_weight(self, percent: int, candidate_version: str | None = None) -> None:
         check_percent(percent)
 
         def build(obj: Obj, mode: DeploymentMode) -> Obj:
@@ -506,11 +509,17 @@ class KServeRouter:
                 view = knative_view(obj, self.target)
                 if not view.candidate_in_spec:
                     raise TargetStateError(f"no candidate is staged on {self.target}")
+                staged, unknown_why = _version_for(view.annotations, view.spec_uri, "spec.predictor")
+                check_candidate_version(self.target, staged, candidate_version, unknown_why or "")
                 return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
                                      canary_percent=percent)
             sview = standard_view(obj, self.target)
             if sview.ours is None:
                 raise TargetStateError(f"no candidate is staged on {self.target}")
+            staged, unknown_why = _version_for(sview.canary_annotations,
+                                               (sview.ours["predictor"].get(sview.key) or {}).get("storageUri"),
+                                               f"canary predictor {sview.ours['predictor'].get('name')}")
+            check_candidate_version(self.target, staged, candidate_version, unknown_why or "")
             entry = copy.deepcopy(sview.ours)
             entry["trafficPercent"] = percent
             return _standard_body(self.client, sview, **_stable_owned(sview), canary=[entry])

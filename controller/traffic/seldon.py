@@ -79,6 +79,7 @@ from controller.traffic.base import (
     DeploymentMode,
     TargetState,
     TargetStateError,
+    check_candidate_version,
     check_percent,
 )
 from controller.traffic.kserve import ANN_VERSION, ANN_VERSION_URI, dns_label, logger_url_for
@@ -353,13 +354,15 @@ class SeldonDeploymentRouter:
             return self._body(obj, stable, canary, annotations)
         _apply_with(self.client, build, f"staging on {self.target}")
 
-    def set_weight(self, percent: int) -> None:
+    def set_weight(self, percent: int, candidate_version: str | None = None) -> None:
         check_percent(percent)
 
         def build(obj: Obj) -> Obj:
             canary = self._find(obj, self.canary_predictor)
             if canary is None:
                 raise TargetStateError(f"no candidate is staged on {self.target}")
+            staged, unknown_why = _version_for(annotations_of(obj), canary, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)
+            check_candidate_version(self.target, staged, candidate_version, unknown_why)
             stable, canary = copy.deepcopy(self._stable(obj)), copy.deepcopy(canary)
             stable["traffic"], canary["traffic"] = 100 - percent, percent
             return self._body(obj, stable, canary, self._owned(obj))
@@ -605,13 +608,15 @@ class SeldonExperimentRouter:
             return self._body(obj, weights, annotations)
         _apply_with(self.client, build, f"staging on {self.target}")
 
-    def set_weight(self, percent: int) -> None:
+    def set_weight(self, percent: int, candidate_version: str | None = None) -> None:
         check_percent(percent)
 
         def build(obj: Obj) -> Obj:
             stable, candidate = self._roles(obj)
             if candidate is None:
                 raise TargetStateError(f"no candidate is staged on {self.target}")
+            check_candidate_version(self.target, self._versions(obj).get(candidate), candidate_version,
+                                    f"model {candidate} is not in the {ANN_MODEL_VERSIONS} annotation")
             weights = self._weights(obj)
             weights[stable], weights[candidate] = 100 - percent, percent
             return self._body(obj, weights, self._owned(obj))
