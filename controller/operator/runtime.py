@@ -77,7 +77,7 @@ from controller.gate import (
     record_gate_evidence,
     run_gate,
 )
-from controller.gate.sources import DEFAULT_MAX_DATASET_BYTES, GATE_SCRATCH
+from controller.gate.sources import DEFAULT_MAX_DATASET_BYTES, GATE_SCRATCH, check_https_uri
 from controller.operator.event_poster import EventPoster, Posted
 from controller.operator.events import unposted
 from controller.operator.kubeapi import FINALIZER, ObjectRef, RolloutStore, apply_decided_status, owns_finalizer
@@ -400,6 +400,14 @@ def check_operator_settings(spec: ModelRolloutSpec, namespace: str, config: Oper
     if spec.analysis.metrics and spec.analysis.prometheus is None and not config.default_prometheus_url:
         raise SpecError("spec.analysis.prometheus.address",
                         "is required: the metrics need a Prometheus and the operator has no default (--prometheus-url)")
+    # The gate's own check, now: else the refusal comes only at gate time, after the candidate is staged.
+    dataset = spec.golden_dataset
+    if dataset is not None and dataset.uri.startswith("https://"):
+        try:
+            check_https_uri(dataset.uri, config.https_allowed_hosts)
+        except SourceError as exc:  # a SourcePolicyError: the allow-list, credentials, an unusable URL
+            raise SpecError("spec.goldenDataset.uri", f"{exc.message} (hosts allowed: operator run "
+                            "--dataset-https-hosts, chart value controller.datasetHttpsHosts)") from None
 
 
 # While the operator's settings refuse the spec, decisions are carried out only in these phases: a rollback's.

@@ -177,6 +177,9 @@ def test_the_actor_must_be_the_requester(kubeconfig: Path, namespace: str, polic
     syncing = "system:serviceaccount:argocd:argocd-application-controller"  # a command committed to Git
     code, refusal = annotate(kubeconfig, namespace, "nsfw", syncing, action.replace("promote-", "promote-g"))
     assert code != 0 and COMMAND_ANNOTATION in refusal, refusal
+    # Not even under its own name: the account that syncs from Git writes no command at all.
+    code, refusal = annotate(kubeconfig, namespace, "nsfw", syncing, command(syncing))
+    assert code != 0 and "Argo CD syncing from Git" in refusal, refusal
 
     # Creating a rollout that already carries a forged command is refused too; removing a command is not a command.
     code, refusal = create(kubeconfig, namespace, rollout("forged", {COMMAND_ANNOTATION: command("alice")}), "bob")

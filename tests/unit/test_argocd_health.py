@@ -12,6 +12,7 @@ fails here too.
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,18 @@ def test_action(case: dict[str, Any]) -> None:
     after = _clean_returned(run_lua(ACTIONS / case["action"] / "action.lua", copy.deepcopy(before), FROZEN_CLOCK),
                             before)
     assert after == _load(ACTIONS / case["expectedOutputPath"])
+
+
+def test_action_test_header_states_the_id_the_expected_outputs_hold() -> None:
+    """The header is how a reader of action_test.yaml learns what the ids in the expected outputs are made of."""
+    lines = (ACTIONS / "action_test.yaml").read_text().splitlines()
+    header = " ".join(" ".join(line.lstrip("#") for line in itertools.takewhile(lambda x: x.startswith("#"), lines))
+                      .split()).lower()
+    assert "the command id is argocd-<action>-<resourceversion>" in header and "<time>" not in header, header
+    for case in ACTION_TESTS["actionTests"]:
+        version = _load(ACTIONS / case["inputPath"])["metadata"]["resourceVersion"]
+        written = _load(ACTIONS / case["expectedOutputPath"])["metadata"]["annotations"][COMMAND_ANNOTATION]
+        assert parse_command(written).id == f"argocd-{case['action']}-{version}", case
 
 
 @pytest.mark.parametrize("action", ACTION_NAMES)

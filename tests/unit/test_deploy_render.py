@@ -19,6 +19,7 @@ import yaml
 
 from controller.api.reach import parse_host_patterns
 from controller.cli.main import build_parser
+from controller.gate.sources import check_https_uri
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelrollout"
@@ -205,6 +206,18 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set-json", 'controller.tolerations=[{"key":"a","value":"-ml"}]'), "/controller/tolerations/0/value"),
     (("--set-json", f'controller.tolerations=[{{"key":"a","value":"{"v" * 64}"}}]'),
      "/controller/tolerations/0/value': maxLength: got 64, want 63"),
+    # --dataset-https-hosts is a comma-separated list of host names compared with the URL's host: no URL, port
+    # or comma in an entry.
+    (("--set-json", 'controller.datasetHttpsHosts=["https://data.example.com"]'), "/controller/datasetHttpsHosts/0"),
+    (("--set-json", 'controller.datasetHttpsHosts=["data.example.com:443"]'), "/controller/datasetHttpsHosts/0"),
+    (("--set-json", 'controller.datasetHttpsHosts=["a.example.com,b.example.com"]'),
+     "/controller/datasetHttpsHosts/0"),
+    (("--set", "commandPolicy.argocdApplicationController=argocd-application-controller"),
+     "/commandPolicy/argocdApplicationController"),
+    # Object names are <base>-<suffix>: a longer base would make <base>-controller-metrics no Service name.
+    (("--set", f"fullnameOverride={'f' * 45}"), "/fullnameOverride"),
+    (("--set", "fullnameOverride=My.Release"), "/fullnameOverride"),
+    (("--set", f"nameOverride={'n' * 64}"), "/nameOverride"),
     # Sizes the chart can compare: <n>Mi or <n>Gi.
     (("--set", "controller.tmpSizeLimit=1G"), "/controller/tmpSizeLimit"),
     (("--set", "controller.maxDatasetBytes=4GiB"), "/controller/maxDatasetBytes"),
@@ -334,3 +347,62 @@ def test_the_scrape_interval_schema_admits_only_what_the_controller_accepts() ->
     assert [c for c, (schema, _) in verdicts.items() if schema] == ["1s", "15s", "30s", "600s"]
     controller = controller_pod(helm_template("--set", "controller.scrapeInterval=15s"))
     assert build_parser().parse_args(controller["containers"][0]["args"]).scrape_interval.total_seconds() == 15
+
+
+def test_the_exporter_is_scraped_as_often_as_the_controller_is_told() -> None:
+    """--scrape-interval tells the freshness check how often the exporter's ServiceMonitor scrapes it: an arm with
+    no sample within twice that is StaleSeries, so a slower scrape than the flag says makes verdicts stale."""
+
+    def agree(objs: list[Obj]) -> tuple[float, str]:
+        monitor = next(obj for obj in objs if obj["kind"] == "ServiceMonitor"
+                       and obj["metadata"]["name"].endswith("-exporter"))
+        told = build_parser().parse_args(controller_pod(objs)["containers"][0]["args"]).scrape_interval
+        return told.total_seconds(), monitor["spec"]["endpoints"][0]["interval"]
+
+    assert agree(helm_template("--set", "monitoring.serviceMonitor.enabled=true",
+                               "--set", "controller.scrapeInterval=5s")) == (5, "5s")
+    assert agree(helm_template("--set", "monitoring.serviceMonitor.enabled=true")) == (30, "30s")
+    assert agree(kustomize_build(DEPLOY)) == (30, "30s")  # deploy/base's flag, deploy/monitoring's interval
+
+
+def test_the_dataset_https_hosts_reach_the_controller() -> None:
+    hosts = ["data.example.com", "*.datasets.example.com", "10.0.0.7"]
+    args = controller_pod(helm_template("--set-json", f"controller.datasetHttpsHosts={json.dumps(hosts)}"))[
+        "containers"][0]["args"]
+    assert args[-2:] == ["--dataset-https-hosts", ",".join(hosts)]
+    # `operator run` splits the flag at commas into OperatorConfig.https_allowed_hosts, the gate's allow-list.
+    allowed = tuple(h for h in build_parser().parse_args(args).dataset_https_hosts.split(",") if h)
+    for uri in ("https://data.example.com/golden.jsonl", "https://eu.datasets.example.com/g.jsonl",
+                "https://10.0.0.7/g.jsonl"):
+        check_https_uri(uri, allowed)
+    assert "--dataset-https-hosts" not in controller_pod(helm_template())["containers"][0]["args"]
+
+
+def test_the_command_policy_names_the_configured_argocd_application_controller() -> None:
+    def sync_variable(objs: list[Obj]) -> str:
+        policy = next(obj for obj in objs if obj["kind"] == "ValidatingAdmissionPolicy"
+                      and obj["metadata"]["name"].endswith("-command-actor"))
+        return next(" ".join(v["expression"].split()) for v in policy["spec"]["variables"] if v["name"] == "argocdSync")
+
+    assert sync_variable(helm_template()) == \
+        "variables.requester == 'system:serviceaccount:argocd:argocd-application-controller'"
+    remote = "system:serviceaccount:kube-system:argocd-manager"
+    assert sync_variable(helm_template("--set", f"commandPolicy.argocdApplicationController={remote}")) == \
+        f"variables.requester == '{remote}'"
+
+
+DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+@pytest.mark.parametrize("args", [(), ("--set", "nameOverride=" + "n" * 63), ("--set", "fullnameOverride=" + "f" * 44)])
+def test_a_long_release_name_still_renders_names_kubernetes_accepts(args: tuple[str, ...]) -> None:
+    """Helm allows 53 characters; <release>-modelrollout-controller-metrics would be 84. Services need a DNS-1035
+    label (63 at most), Deployments' names go into their pods' hostnames: both are cut to fit, not refused."""
+    release = "r" * 53
+    objs = by_key(helm_template(*ALL_ON, *args, release=release))
+    for kind, name in ((k[1], k[3]) for k in objs if k[1] != "CustomResourceDefinition"):
+        assert len(name) <= 63, (kind, name)
+        if kind in ("Service", "Deployment", "ServiceAccount"):
+            assert DNS_1035_LABEL.fullmatch(name), (kind, name)
+    services = {k[3] for k in objs if k[1] == "Service"}
+    assert len(services) == 2 and any(name.endswith("-controller-metrics") for name in services)

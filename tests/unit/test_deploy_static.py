@@ -299,3 +299,22 @@ def test_controller_writes_policy_compares_every_metadata_field_it_guards() -> N
         assert len(guarded) == 1, field
     owners = next(v for v in policy["spec"]["validations"] if "ownerReferences" in v["expression"])
     assert owners["reason"] == "Forbidden" and "not its owner references" in owners["message"]
+
+
+def test_command_policy_refuses_every_new_command_from_argo_cds_application_controller() -> None:
+    """A command committed to Git and synced is not an on-call action, whatever actor it names: the account Argo CD
+    syncs as may write no new command (the actor check alone admitted one naming that account itself). The
+    validations are ANDed, so this one refuses it whatever the others say; tests/integration/test_command_policy.py
+    runs the policy on the real API server."""
+    policy = next(obj for obj in of_kind(base_objects(), "ValidatingAdmissionPolicy")
+                  if obj["metadata"]["name"] == "modelrollout-command-actor")
+    variables = {v["name"]: " ".join(v["expression"].split()) for v in policy["spec"]["variables"]}
+    assert variables["argocdSync"] == \
+        "variables.requester == 'system:serviceaccount:argocd:argocd-application-controller'"
+    assert variables["isNewCommand"] == "variables.command != '' && variables.command != variables.previous"
+    refusal = [v for v in policy["spec"]["validations"]
+               if " ".join(v["expression"].split()) == "!variables.isNewCommand || !variables.argocdSync"]
+    assert len(refusal) == 1 and refusal[0]["reason"] == "Forbidden"
+    assert "committed to Git is refused" in refusal[0]["messageExpression"]
+    # argocd-server's exception (Argo CD's actions) names argocd-server's account only.
+    assert "argocd-application-controller" not in variables["argocdAction"]

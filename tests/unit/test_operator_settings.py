@@ -12,7 +12,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 import controller.operator.runtime as runtime_module
-from controller.api import parse_spec
+from controller.api import SpecError, parse_spec
 from controller.api.status import AnalysisMode, VersionRef
 from controller.devstack.processes import free_port
 from controller.engine.actions import RunAnalysis, RunGate
@@ -55,6 +55,23 @@ def test_a_gate_url_outside_the_namespace_fails_the_rollout_naming_the_field() -
 def test_metrics_without_a_prometheus_anywhere_fail_naming_the_address() -> None:
     ready = refusal(copy.deepcopy(RAW), OperatorConfig())
     assert "spec.analysis.prometheus.address" in ready["message"] and "--prometheus-url" in ready["message"]
+
+
+def test_an_https_dataset_host_outside_the_operators_allow_list_fails_before_anything_is_staged() -> None:
+    """The gate refuses it (gate.sources.check_https_uri): the first reconcile says so, not the gate later."""
+    raw = copy.deepcopy(RAW)
+    raw["goldenDataset"]["uri"] = "https://data.example.com/golden.jsonl"
+    for hosts in ((), ("other.example.com",), ("*.data.example.com",)):
+        config = OperatorConfig(https_allowed_hosts=hosts, default_prometheus_url="http://prom:9090")
+        with pytest.raises(SpecError) as refused:
+            check_operator_settings(parse_spec(raw), "team-a", config)
+        assert refused.value.path == "spec.goldenDataset.uri"
+        assert "data.example.com" in refused.value.problem and "--dataset-https-hosts" in refused.value.problem
+        ready = refusal(raw, config)
+        assert "spec.goldenDataset.uri" in ready["message"] and "--dataset-https-hosts" in ready["message"]
+    for hosts in (("data.example.com",), ("*.example.com",), ("DATA.example.com.",)):
+        config = OperatorConfig(https_allowed_hosts=hosts, default_prometheus_url="http://prom:9090")
+        check_operator_settings(parse_spec(raw), "team-a", config)  # the gate would fetch it: accepted
 
 
 @pytest.mark.parametrize(("named_in_spec", "default"), [(False, True), (True, False), (True, True)])
