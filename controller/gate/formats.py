@@ -14,8 +14,12 @@ NumPy .npz (np.savez / np.savez_compressed, no pickles): `X` (n, *feature_shape)
 names or integer class indices, `classes` (k,) names, optional `slices` (n,) strings of comma-separated
 tags ("" for none). Members are streamed row block by row block, never loaded whole.
 
-A batch holds the usable samples of up to `batch_size` lines (or rows), so memory depends on the batch size,
-never on the dataset's length.
+A batch holds the usable samples of up to `batch_size` lines (or rows), fewer when they would hold more than
+MAX_LINE_VALUES (JSON Lines) or MAX_BATCH_VALUES (.npz) values, so memory depends on neither the dataset's length
+nor what its headers declare; a larger sample is skipped (a line) or refused (an .npz row).
+
+An empty batch means "still reading": a reader that has produced nothing for PAUSE_SECONDS yields one, so that
+its caller can hand the event loop back (see runner._cooperative).
 
 A sample that cannot be used (bad JSON, missing inputs, wrong shape, non-numeric or non-finite inputs,
 missing or unknown label) is skipped and counted by reason in `DatasetProblems`; a file that cannot be read
@@ -32,12 +36,13 @@ import hashlib
 import io
 import json
 import math
+import time
 import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -102,10 +107,30 @@ class DatasetReader(Protocol):
 
 MAX_CLASSES = 1000
 # One sample's line; a longer one is read through in pieces, counted and skipped, never held whole (a gzip
-# stream can unpack one line into gigabytes). A batch stops early past MAX_BATCH_CHARS of lines.
+# stream can unpack one line into gigabytes). A batch stops early past MAX_BATCH_CHARS of lines (held twice while
+# parsed: as read and stripped) or MAX_LINE_VALUES values.
 MAX_LINE_CHARS = 16 << 20
-MAX_BATCH_CHARS = 64 << 20
+MAX_BATCH_CHARS = 32 << 20
+# JSON values (commas + 1, counted before parsing) in one line and in one batch of lines: the parser's Python
+# objects and the arrays made of them take ~70 bytes a value, so a batch of lines peaks near 100 MiB. A line of real
+# features (floats of 10-20 characters) reaches MAX_LINE_CHARS first; a 224x224x3 image goes 6 to a batch.
+MAX_LINE_VALUES = 1 << 20
 TOO_LONG = "\x00 line too long"  # stands for a skipped line; never valid JSON
+TOO_MANY_VALUES = "\x00 too many values"  # stands for a line of more than MAX_LINE_VALUES values, never parsed
+_READING = "\x00 reading"  # _bounded_lines is reading through a long line: not a line, a chance to pause
+# The header must come first: blank lines before it are tolerated, but only this many (open_dataset runs on
+# the event loop, outside the gate's time limit).
+MAX_HEADER_SCAN_LINES = 1000
+# An .npz row and block, in values of its features (float64 once read). A block of 8 MiB as float64 peaks near
+# 20 MiB while read (raw block, float64 conversion, the copy without the bad rows), and its JSON request body
+# near 25 MB: with the gate's 4 batches in flight, well within the operator's 1 GiB beside other gates. A
+# 224x224x3 image (150,528 values) goes 6 to a batch; one sample may be larger (up to 4M values, one a batch),
+# a larger one is refused.
+MAX_SAMPLE_VALUES = 4 << 20
+MAX_BATCH_VALUES = 1 << 20
+# The longest a reader parses without yielding anything: then it yields an empty batch, so that the gate's time
+# limit and everything else on the event loop get their turn even while lines or rows are all unusable.
+PAUSE_SECONDS = 0.05
 MAX_CLASS_ARRAY_BYTES = 1 << 20  # a class list is names; a compressed member must not unpack into gigabytes
 
 
@@ -188,7 +213,11 @@ class JsonLinesReader:
         """Read the header (classes, feature shape) up front; returns its line number, 0 when there is none."""
         try:
             with self._open_text() as stream:
+                scanned = 0
                 for line_number, raw in enumerate(_bounded_lines(stream), start=1):
+                    scanned += len(raw)
+                    if raw is _READING or line_number > MAX_HEADER_SCAN_LINES or scanned > MAX_LINE_CHARS:
+                        return 0  # a line too long for a header, or too far down: read as samples, cooperatively
                     if not raw.strip():
                         continue
                     try:
@@ -220,6 +249,9 @@ class JsonLinesReader:
         if shape is not None:
             if not isinstance(shape, list) or not all(isinstance(n, int) and n > 0 for n in shape):
                 raise DatasetFormatError("header featureShape must be a list of positive integers")
+            if math.prod(shape) > MAX_LINE_VALUES:
+                raise DatasetFormatError(f"header featureShape {shape} declares {math.prod(shape)} values per "
+                                         f"sample; at most {MAX_LINE_VALUES} are supported in JSON Lines")
             self.feature_shape = tuple(shape)
             self.shape_origin = "the header's featureShape"
         return True
@@ -230,15 +262,22 @@ class JsonLinesReader:
                 for _ in range(self._header_line):  # the header (and blank lines before it) was read already
                     next(stream, None)
                 line_number = self._header_line
-                lines = _bounded_lines(stream)
-                while chunk := _take(lines, self.batch_size):
-                    first = line_number + 1
-                    line_number += len(chunk)
-                    batch = self._clean_chunk(chunk, first)
-                    if batch is _NOT_CLEAN:
-                        batch = self._chunk(chunk, first)
+                paused = time.monotonic()
+                for chunk in _chunks(_bounded_lines(stream), self.batch_size):
+                    batch = None
+                    if chunk:
+                        first = line_number + 1
+                        line_number += len(chunk)
+                        batch = self._clean_chunk(chunk, first)
+                        if batch is _NOT_CLEAN:
+                            batch = self._chunk(chunk, first)
                     if batch is not None:
                         yield batch  # type: ignore[misc]
+                    elif time.monotonic() - paused < PAUSE_SECONDS:
+                        continue
+                    else:
+                        yield _pause()
+                    paused = time.monotonic()
         except (OSError, EOFError, zlib.error) as exc:  # e.g. a gzip stream cut short
             raise DatasetFormatError(f"dataset unreadable after {self.records} samples: {exc}") from None
 
@@ -306,6 +345,10 @@ class JsonLinesReader:
             self.records += 1
             if raw is TOO_LONG:
                 self.problems.add("line too long", f"line {line_number}", f"over {MAX_LINE_CHARS} characters")
+                continue
+            if raw is TOO_MANY_VALUES:
+                self.problems.add("too many values", f"line {line_number}",
+                                  f"over {MAX_LINE_VALUES} comma-separated values")
                 continue
             try:
                 sample, end = self._scan(line, 0)
@@ -406,26 +449,49 @@ def _row_array(row: Any) -> np.ndarray | None:
 
 
 def _bounded_lines(stream: IO[str]) -> Iterator[str]:
-    """The stream's lines, each TOO_LONG instead when longer than MAX_LINE_CHARS."""
+    """The stream's lines, each TOO_LONG instead when longer than MAX_LINE_CHARS. A long line is read through
+    piece by piece, with _READING after each piece: a gzip stream can unpack one line into terabytes."""
     while line := stream.readline(MAX_LINE_CHARS + 1):
         if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+            del line
+            yield _READING
             while (rest := stream.readline(MAX_LINE_CHARS)) and not rest.endswith("\n"):
-                pass
+                yield _READING
             yield TOO_LONG
         else:
             yield line
 
 
-def _take(lines: Iterator[str], count: int) -> list[str]:
-    """Up to `count` lines, fewer once they hold MAX_BATCH_CHARS."""
+def _chunks(lines: Iterator[str], count: int) -> Iterator[list[str]]:
+    """Chunks of up to `count` lines, fewer once they hold MAX_BATCH_CHARS or could hold more than
+    MAX_LINE_VALUES values: a line holds at most its commas + 1 numbers (or other JSON values), a bound taken
+    before parsing; a line past it is TOO_MANY_VALUES (like TOO_LONG: counted, never parsed). An empty chunk:
+    nothing yet, a long line is being read through."""
     chunk: list[str] = []
-    size = 0
-    for line in islice(lines, count):
+    size = values = 0
+    for line in lines:
+        if line is _READING:
+            yield []
+            continue
+        line_values = line.count(",") + 1
+        if line_values > MAX_LINE_VALUES:
+            line, line_values = TOO_MANY_VALUES, 1
+        if chunk and values + line_values > MAX_LINE_VALUES:
+            yield chunk
+            chunk, size, values = [], 0, 0
         chunk.append(line)
         size += len(line)
-        if size >= MAX_BATCH_CHARS:
-            break
-    return chunk
+        values += line_values
+        if len(chunk) >= count or size >= MAX_BATCH_CHARS:
+            yield chunk
+            chunk, size, values = [], 0, 0
+    if chunk:
+        yield chunk
+
+
+def _pause() -> Batch:
+    """The empty batch a reader yields to say it is still reading."""
+    return Batch(features=np.zeros((0, 0)), labels=np.zeros(0, dtype=np.int64))
 
 
 # --- .npz --------------------------------------------------------------------------------------------
@@ -453,19 +519,27 @@ class _NpyStream:
         self.shape: tuple[int, ...] = tuple(shape)
         self.dtype: np.dtype[Any] = dtype
         self.row_bytes = math.prod(shape[1:]) * dtype.itemsize  # Python ints: np.prod wraps at 64 bits
+        # A row's size as the batch holds it, in float64 values; a string (a label, tags) counts its bytes.
+        self.row_values = max(math.prod(shape[1:]), -(-self.row_bytes // 8))
+        if self.row_values > MAX_SAMPLE_VALUES:
+            raise DatasetFormatError(f"{member}: one row is declared {list(shape[1:])} {dtype}, "
+                                     f"{self.row_values} values ({self.row_values * 8 >> 20} MiB as float64); at "
+                                     f"most {MAX_SAMPLE_VALUES} values ({MAX_SAMPLE_VALUES * 8 >> 20} MiB) per "
+                                     "sample are supported")
         self.rows_left = shape[0]
 
     def read(self, count: int) -> np.ndarray:
         count = min(count, self.rows_left)
-        wanted = count * self.row_bytes
-        data = bytearray()
-        while len(data) < wanted:
-            chunk = self.stream.read(wanted - len(data))
-            if not chunk:
+        data = bytearray(count * self.row_bytes)  # filled in place: no second copy of the block
+        view = memoryview(data)
+        filled = 0
+        while filled < len(data):
+            got = self.stream.readinto(view[filled:filled + (1 << 20)])  # the zip reader copies through a temporary
+            if not got:
                 raise DatasetFormatError(f"{self.member}: file ends early")
-            data += chunk
+            filled += got
         self.rows_left -= count
-        return np.frombuffer(bytes(data), dtype=self.dtype).reshape((count, *self.shape[1:]))
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
 
     def close(self) -> None:
         self.stream.close()
@@ -541,16 +615,20 @@ class NpzReader:
             raise DatasetFormatError(f"y must hold class names or integer class indices, got {labels.dtype}")
         if slices is not None and slices.dtype.kind not in "US":
             raise DatasetFormatError(f"slices must hold strings of comma-separated tags, got {slices.dtype}")
+        streams = [stream for stream in (features, labels, slices) if stream is not None]
+        block = min(self.batch_size, *(max(1, MAX_BATCH_VALUES // max(1, s.row_values)) for s in streams))
         start = 0
+        paused = time.monotonic()
         while start < rows:
-            block_x = features.read(self.batch_size)
-            block_y = labels.read(self.batch_size)
-            block_s = slices.read(self.batch_size) if slices is not None else None
+            block_x = features.read(block)
+            block_y = labels.read(block)
+            block_s = slices.read(block) if slices is not None else None
             count = block_x.shape[0]
             self.records += count
             label_index = self._labels(block_y, start)
             keep = label_index >= 0
-            block_features = block_x.astype(np.float64)
+            block_features = block_x.astype(np.float64, copy=False)
+            del block_x
             finite = np.isfinite(block_features.reshape(count, -1)).all(axis=1)
             for bad in np.flatnonzero(keep & ~finite):
                 self.problems.add("non-finite inputs", f"row {start + int(bad)}")
@@ -558,7 +636,13 @@ class NpzReader:
             tags = _npz_tags(block_s[keep]) if block_s is not None else []
             start += count
             if keep.any():
-                yield Batch(features=block_features[keep], labels=label_index[keep], slices=_group_slices(tags))
+                kept = block_features if keep.all() else block_features[keep]
+                yield Batch(features=kept, labels=label_index[keep], slices=_group_slices(tags))
+            elif time.monotonic() - paused < PAUSE_SECONDS:
+                continue
+            else:
+                yield _pause()
+            paused = time.monotonic()
 
     def _labels(self, block: np.ndarray, start: int) -> np.ndarray:
         if block.dtype.kind in "iu":

@@ -349,10 +349,12 @@ async def _cooperative(batches: Iterator[Batch]) -> AsyncIterator[Batch]:
     """Yield to the event loop between batches, so answers are read while the file is parsed.
 
     Parsing stays on the event loop's thread on purpose: a read-ahead thread measured slower (the
-    parser and the loop fight over the GIL), and a batch parses in a few milliseconds.
+    parser and the loop fight over the GIL), and a batch parses in a few milliseconds. An empty batch is the
+    reader's pause while nothing usable turns up (blank or bad lines): only a chance to yield, never sent.
     """
     for batch in batches:
-        yield batch
+        if len(batch):
+            yield batch
         await asyncio.sleep(0)
 
 

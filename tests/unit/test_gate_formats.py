@@ -28,7 +28,7 @@ from controller.gate.formats import (
 
 
 def collect(reader):  # type: ignore[no-untyped-def]
-    batches = list(reader.batches())
+    batches = [batch for batch in reader.batches() if len(batch)]  # an empty batch is only a pause
     features = np.concatenate([b.features for b in batches]) if batches else np.zeros((0,))
     labels = np.concatenate([b.labels for b in batches]) if batches else np.zeros((0,), dtype=np.int64)
     slices: dict[str, list[int]] = {}
