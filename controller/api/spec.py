@@ -20,6 +20,8 @@ from controller.analysis.queries import KNOWN_VARIABLES, TEMPLATE_VARIABLE
 from controller.api.durations import parse_duration
 
 DEFAULT_STABLE_ALIAS = "production"
+# promote() points <stableAlias><suffix> at the version it replaces: a one-command way back.
+PREVIOUS_ALIAS_SUFFIX = "-previous"
 # Alias names MLflow keeps for itself: "latest" (in any case) and "v<number>" (a version by number).
 RESERVED_ALIAS = re.compile(r"^(latest|[vV]\d+)$", re.IGNORECASE)
 MIN_ANALYSIS_INTERVAL = timedelta(seconds=1)
@@ -313,6 +315,9 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelSpec:
             raise SpecError(f"{path}.{key}", f"{value!r} is reserved by MLflow ('latest' in any case, v<number>)")
     if alias is not None and alias == stable_alias:
         raise SpecError(f"{path}.alias", "must differ from stableAlias, or the candidate would be the stable version")
+    if alias is not None and alias == stable_alias + PREVIOUS_ALIAS_SUFFIX:
+        raise SpecError(f"{path}.alias", f"must differ from {alias!r}: promotion points that alias at the version "
+                        "it replaces, which would undo the promotion")
     return ModelSpec(name=_model_name(raw, path), version=version, alias=alias, stable_alias=stable_alias)
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import posixpath
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -25,7 +26,16 @@ import requests
 import urllib3
 
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
-from controller.registry.mlflow_rest import json_type, redact_credentials, transport_cause
+from controller.registry.mlflow_rest import (
+    MAX_ANSWER_BYTES,
+    AnswerTooLarge,
+    AnswerTooSlow,
+    body_chunks,
+    bounded_text,
+    json_type,
+    redact_credentials,
+    transport_cause,
+)
 
 if TYPE_CHECKING:
     from mlflow.utils.rest_utils import MlflowHostCreds
@@ -34,6 +44,8 @@ ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 _CHUNK_BYTES = 1024 * 1024
 _MAX_SERVER_TEXT_CHARS = 300
 _LOGGED_MODEL_URI = re.compile(r"^models:/(m-[0-9a-f]+)/?(.*)$")
+# What reading a body may raise once the headers are in: the server broke off, reset or stalled.
+_BODY_FAILURES = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,9 @@ class MlflowAccess:
     ca_bundle: str | None = None
     timeout_seconds: float = 30.0
     max_retries: int = 2
+    # A whole artifact download, as DatasetSources.https_timeout_seconds bounds an https one: timeout_seconds
+    # bounds each wait for bytes only, and a server dripping a byte at a time would hold a gate slot for ever.
+    download_timeout_seconds: float = 300.0
 
     @classmethod
     def with_credentials(cls, tracking_uri: str, credentials: Any | None, **options: Any) -> MlflowAccess:
@@ -74,6 +89,24 @@ class MlflowRest:
     def __init__(self, access: MlflowAccess) -> None:
         self.access = access
 
+    def _call_seconds(self) -> float:
+        """A JSON call's total time, as the registry adapter's: every attempt's timeout."""
+        return self.access.timeout_seconds * (1 + self.access.max_retries)
+
+    def _read_answer(self, response: requests.Response, deadline: float, what: str) -> str:
+        """The body of a JSON call's answer (or error), within MAX_ANSWER_BYTES and the deadline."""
+        try:
+            return bounded_text(response, deadline)
+        except AnswerTooLarge:
+            raise SourceError(ErrorKind.ERROR, f"MLflow {what}: the answer is over "
+                              f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not an MLflow answer") from None
+        except AnswerTooSlow:
+            raise SourceError(ErrorKind.UNAVAILABLE,
+                              f"MLflow {what}: the answer took over {self._call_seconds():g}s") from None
+        except _BODY_FAILURES as exc:  # `from None`: requests' exceptions carry the Authorization header
+            raise SourceError(ErrorKind.UNAVAILABLE, f"MLflow {what}: the answer broke off: "
+                              f"{transport_cause(exc, self.access.timeout_seconds)}") from None
+
     def _request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
         from mlflow.exceptions import MlflowException
         from mlflow.utils.rest_utils import http_request
@@ -95,13 +128,16 @@ class MlflowRest:
             kwargs["params"] = dict(params)
         if body is not None:
             kwargs["json"] = dict(body)
-        response = self._request(method, endpoint, **kwargs)
+        deadline = time.monotonic() + self._call_seconds()
+        # Streamed and read bounded: the tracking URI is the tenant's, and so is what answers it.
+        response = self._request(method, endpoint, stream=True, **kwargs)
+        text = self._read_answer(response, deadline, f"{method} {endpoint}")
         if response.status_code != 200:
             raise SourceError(kind_for_http_status(response.status_code), f"MLflow {method} {endpoint}: "
-                              f"HTTP {response.status_code}: {_error_text(response, self.access)}")
+                              f"HTTP {response.status_code}: {_error_text(text, response.reason, self.access)}")
         try:
-            parsed = response.json() if response.content else {}
-        except ValueError:
+            parsed = json.loads(text) if text.strip() else {}
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             raise SourceError(ErrorKind.ERROR, f"MLflow {method} {endpoint}: response is not JSON") from None
         if not isinstance(parsed, dict):
             raise SourceError(ErrorKind.ERROR, f"MLflow {method} {endpoint}: response is JSON but not an object")
@@ -115,16 +151,13 @@ class MlflowRest:
             return SourceError(ErrorKind.UNAVAILABLE, f"MLflow GET {endpoint}: the download broke off: "
                                f"{transport_cause(exc, self.access.timeout_seconds)}")
 
-        body_failures = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+        started = time.monotonic()
         response = self._request("GET", endpoint, stream=True)
         with response:
             if response.status_code != 200:
-                try:
-                    detail = _error_text(response, self.access)
-                except body_failures as exc:
-                    raise broke_off(exc) from None
-                raise SourceError(kind_for_http_status(response.status_code),
-                                  f"MLflow GET {endpoint}: HTTP {response.status_code}: {detail}")
+                text = self._read_answer(response, started + self._call_seconds(), f"GET {endpoint}")
+                raise SourceError(kind_for_http_status(response.status_code), f"MLflow GET {endpoint}: "
+                                  f"HTTP {response.status_code}: {_error_text(text, response.reason, self.access)}")
             declare = getattr(sink, "declare", None)  # the scratch sink: a size past the limit is refused now
             length = response.headers.get("Content-Length", "")
             # requests decodes a Content-Encoding: then the length sent is not the dataset's size.
@@ -132,11 +165,15 @@ class MlflowRest:
                     response.headers.get("Content-Encoding", "identity").lower() == "identity":
                 declare(int(length))
             writer = HashingWriter(sink, max_bytes, endpoint)
-            chunks = response.iter_content(chunk_size=_CHUNK_BYTES)
+            # Read as it arrives (iter_content would wait for a whole chunk), against the download's deadline.
+            chunks = body_chunks(response, started + self.access.download_timeout_seconds, _CHUNK_BYTES)
             while True:
                 try:  # only reading is guarded: a sink that fails to write is not the server's fault
                     chunk = next(chunks, None)
-                except body_failures as exc:
+                except AnswerTooSlow:
+                    raise SourceError(ErrorKind.UNAVAILABLE, f"MLflow GET {endpoint}: the download took over "
+                                      f"{self.access.download_timeout_seconds:g}s") from None
+                except _BODY_FAILURES as exc:
                     raise broke_off(exc) from None
                 if chunk is None:
                     return writer.result()
@@ -144,10 +181,13 @@ class MlflowRest:
                     writer.write(chunk)
 
     def upload(self, endpoint: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        response = self._request("PUT", endpoint, data=data, extra_headers={"Content-Type": content_type})
+        deadline = time.monotonic() + self._call_seconds()
+        response = self._request("PUT", endpoint, data=data, extra_headers={"Content-Type": content_type},
+                                 stream=True)
+        text = self._read_answer(response, deadline, f"PUT {endpoint}")
         if response.status_code not in (200, 201, 204):
             raise SourceError(kind_for_http_status(response.status_code), f"MLflow PUT {endpoint}: "
-                              f"HTTP {response.status_code}: {_error_text(response, self.access)}")
+                              f"HTTP {response.status_code}: {_error_text(text, response.reason, self.access)}")
 
 
 class HashingWriter:
@@ -179,16 +219,16 @@ def copy_hashing(chunks: Any, sink: IO[bytes], max_bytes: int, what: str) -> tup
     return writer.result()
 
 
-def _error_text(response: Any, access: MlflowAccess) -> str:
+def _error_text(body_text: str, reason: str | None, access: MlflowAccess) -> str:
     """The server's own explanation, redacted before it is cut short (a cut could leave half a secret)."""
     text = ""
     try:
-        body = response.json()
+        body = json.loads(body_text)
         if isinstance(body, dict) and body.get("message"):
             text = str(body.get("error_code", "")) + ": " + str(body["message"])
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
-    text = text or (response.text or "").strip() or response.reason or "no detail"
+    text = text or body_text.strip() or reason or "no detail"
     return access.redacted(text)[:_MAX_SERVER_TEXT_CHARS]
 
 
@@ -330,7 +370,7 @@ def experiment_id_for(rest: MlflowRest, name: str) -> str:
         if exc.kind is not ErrorKind.NOT_FOUND:
             raise
     else:
-        return _experiment_id(found, "experiment.experiment_id", f"MLflow GET {get_by_name} for {name!r}")
+        return _live_experiment_id(found, name, f"MLflow GET {get_by_name} for {name!r}")
     try:
         created = rest.call("POST", "/api/2.0/mlflow/experiments/create", body={"name": name})
         return _experiment_id(created, "experiment_id", f"MLflow POST /api/2.0/mlflow/experiments/create for {name!r}")
@@ -338,7 +378,19 @@ def experiment_id_for(rest: MlflowRest, name: str) -> str:
         if "RESOURCE_ALREADY_EXISTS" not in exc.message:
             raise
     found = rest.call("GET", get_by_name, params={"experiment_name": name})
-    return _experiment_id(found, "experiment.experiment_id", f"MLflow GET {get_by_name} for {name!r}")
+    return _live_experiment_id(found, name, f"MLflow GET {get_by_name} for {name!r}")
+
+
+def _live_experiment_id(answer: Mapping[str, Any], name: str, what: str) -> str:
+    """The experiment's id, unless it is deleted: MLflow finds deleted experiments by name, but creates no run
+    in them. Refused rather than restored: someone deleted it on purpose, and may be about to purge it."""
+    experiment_id = _experiment_id(answer, "experiment.experiment_id", what)
+    if _text_at(answer, "experiment.lifecycle_stage", what) == "deleted":
+        raise SourceError(ErrorKind.INVALID, f"MLflow experiment {name!r} (id {experiment_id}) is deleted, so gate "
+                          f"evidence cannot be recorded in it: restore it (mlflow experiments restore "
+                          f"--experiment-id {experiment_id}), or purge it (mlflow gc --experiment-ids "
+                          f"{experiment_id}) for the operator to create it afresh")
+    return experiment_id
 
 
 def _experiment_id(answer: Mapping[str, Any], path: str, what: str) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.api.spec import RESERVED_ALIAS
+from controller.api.spec import PREVIOUS_ALIAS_SUFFIX, RESERVED_ALIAS
 from controller.engine.observations import rejection_time
 from controller.registry.errors import RegistryConfigError, VersionNotFound
 from controller.registry.types import (
@@ -95,7 +95,7 @@ class ModelRegistry(ABC):
     """
 
     # promote() also points `<stableAlias><suffix>` at the previous version, for one-command rollback.
-    previous_alias_suffix: str | None = "-previous"
+    previous_alias_suffix: str | None = PREVIOUS_ALIAS_SUFFIX
 
     # --- the interface -----------------------------------------------------------------------------
 

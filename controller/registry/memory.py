@@ -10,6 +10,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from controller.api.spec import PREVIOUS_ALIAS_SUFFIX
 from controller.registry.base import DatasetInput, ModelRegistry, RunRecord, VersionRecord
 from controller.registry.errors import RegistryUnavailable, VersionNotFound
 
@@ -21,7 +22,7 @@ class _Model:
 
 
 class InMemoryRegistry(ModelRegistry):
-    def __init__(self, *, previous_alias_suffix: str | None = "-previous") -> None:
+    def __init__(self, *, previous_alias_suffix: str | None = PREVIOUS_ALIAS_SUFFIX) -> None:
         self.previous_alias_suffix = previous_alias_suffix
         self.unavailable = False
         self.calls = 0  # primitive calls made, to check that an idempotent repeat writes nothing new

@@ -24,6 +24,7 @@ import urllib3
 from mlflow.exceptions import MlflowException
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
+from controller.api.spec import PREVIOUS_ALIAS_SUFFIX
 from controller.registry.base import DatasetInput, ModelRegistry, RunRecord, VersionRecord, bounded
 from controller.registry.errors import (
     RegistryAccessDenied,
@@ -73,7 +74,8 @@ class MlflowRegistry(ModelRegistry):
     """One registry endpoint with one set of credentials; cheap to create per rollout and reconcile."""
 
     def __init__(self, tracking_uri: str, credentials: Credentials | None = None, *,
-                 policy: RequestPolicy | None = None, previous_alias_suffix: str | None = "-previous") -> None:
+                 policy: RequestPolicy | None = None,
+                 previous_alias_suffix: str | None = PREVIOUS_ALIAS_SUFFIX) -> None:
         self.tracking_uri = validated_tracking_uri(tracking_uri)
         self.policy = policy or RequestPolicy()
         self.previous_alias_suffix = previous_alias_suffix
@@ -200,25 +202,14 @@ class MlflowRegistry(ModelRegistry):
         return self._answer(response.status_code, text, method, endpoint)
 
     def _bounded_text(self, response: requests.Response, deadline: float) -> str:
-        chunks: list[bytes] = []
-        size = 0
         try:
-            while chunk := response.raw.read1(65536, decode_content=True):
-                size += len(chunk)
-                if size > MAX_ANSWER_BYTES:
-                    raise RegistryRequestError(f"MLflow at {self.tracking_uri} sent an answer over "
-                                               f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not an MLflow answer")
-                if time.monotonic() > deadline:
-                    raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: its answer took over "
-                                              f"{self.policy.timeout_seconds * (1 + self.policy.max_retries):g}s")
-                chunks.append(chunk)
-        finally:
-            response.close()
-        data = b"".join(chunks)
-        try:
-            return data.decode(response.encoding or "utf-8", errors="replace")
-        except LookupError:  # a charset Python does not know (utf8mb4): MLflow's JSON is UTF-8 anyway
-            return data.decode("utf-8", errors="replace")
+            return bounded_text(response, deadline)
+        except AnswerTooLarge:
+            raise RegistryRequestError(f"MLflow at {self.tracking_uri} sent an answer over "
+                                       f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not an MLflow answer") from None
+        except AnswerTooSlow:
+            raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: its answer took over "
+                                      f"{self.policy.timeout_seconds * (1 + self.policy.max_retries):g}s") from None
 
     def _answer(self, status: int, text: str, method: str, endpoint: str) -> dict[str, Any]:
         body = _json_object(text)
@@ -259,6 +250,45 @@ class MlflowRegistry(ModelRegistry):
         return VersionNotFound(f"registered model {model_name!r} has no version {version} "
                                f"(or the model does not exist) in MLflow at {self.tracking_uri}",
                                model_name=model_name, reference=f"version {version}")
+
+
+class AnswerTooLarge(Exception):
+    """A body past its byte limit (counted after any Content-Encoding is undone)."""
+
+
+class AnswerTooSlow(Exception):
+    """A body still arriving at its deadline."""
+
+
+def body_chunks(response: requests.Response, deadline: float, chunk_bytes: int = 65536) -> Iterator[bytes]:
+    """A stream=True response's body as it arrives, decoded a chunk at a time (a gzip bomb is never inflated
+    whole); AnswerTooSlow once a chunk arrives past `deadline` (time.monotonic()). requests' timeout bounds each
+    wait for bytes only: a server sending a byte a second would otherwise hold the caller for ever. Reading
+    errors (requests, urllib3, OSError) pass through for the caller to explain."""
+    while chunk := response.raw.read1(chunk_bytes, decode_content=True):
+        yield chunk
+        if time.monotonic() > deadline:
+            raise AnswerTooSlow
+
+
+def bounded_text(response: requests.Response, deadline: float, max_bytes: int = MAX_ANSWER_BYTES) -> str:
+    """A stream=True response's whole body as text, within max_bytes and the deadline (AnswerTooLarge,
+    AnswerTooSlow otherwise); closes the response. Shared by the registry adapter and the gate's MLflow client."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in body_chunks(response, deadline):
+            size += len(chunk)
+            if size > max_bytes:
+                raise AnswerTooLarge
+            chunks.append(chunk)
+    finally:
+        response.close()
+    data = b"".join(chunks)
+    try:
+        return data.decode(response.encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know (utf8mb4): MLflow's JSON is UTF-8 anyway
+        return data.decode("utf-8", errors="replace")
 
 
 def redact_credentials(text: str, *, token: str | None = None, username: str | None = None,

@@ -87,7 +87,11 @@ class Credentials:
                     "the registry credentials Secret has no 'trackingUri' key: name the MLflow tracking URI these "
                     "credentials are for (they are sent to no other)")
             if _endpoint(scope) is None:
-                raise RegistryConfigError("the registry credentials Secret key 'trackingUri' is not an http(s) URL")
+                raise RegistryConfigError("the registry credentials Secret key 'trackingUri' is not an http(s) URL "
+                                          "without user info")
+            if _endpoint(tracking_uri) is None:  # not echoed: it may hold a password
+                raise RegistryConfigError("the tracking URI in use is not an http(s) URL without user info or "
+                                          "backslashes: the registry credentials are sent to no such URL")
             if _endpoint(scope) != _endpoint(tracking_uri):
                 raise RegistryConfigError(
                     "the registry credentials Secret is for another registry: its 'trackingUri' differs from the "
@@ -105,13 +109,20 @@ class Credentials:
 
 
 def _endpoint(uri: str) -> tuple[str, str, int | None, str] | None:
-    """What makes two tracking URIs the same registry: scheme, host, port (default filled in) and path."""
+    """What makes two tracking URIs the same registry: scheme, host, port (default filled in) and path.
+
+    None for a URI with user info or a backslash: urlsplit and requests disagree on its host
+    ("http://evil.com\\@mlflow.ml" is mlflow.ml to one and evil.com to the other), and the gate's MLflow client
+    sends the credentials to whatever host requests connects to.
+    """
+    if "\\" in uri:
+        return None
     try:
         parts = urlsplit(uri.strip())
         port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
     except ValueError:
         return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
         return None
     # The host exactly, root dot kept: "mlflow.ml" resolves through the pod's DNS search list (a Service),
     # "mlflow.ml." is absolute and may leave the cluster (a namespace named like a top-level domain).

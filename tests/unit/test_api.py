@@ -494,3 +494,19 @@ ALICE_ABORTS = '{"action": "abort", "id": "a", "actor": "alice", '
 def test_a_command_the_parser_cannot_read_is_a_command_error_not_an_exception(text: str) -> None:
     with pytest.raises(CommandError, match="cannot be read"):
         parse_command(text)
+
+
+
+def _with_model(**model: str) -> dict[str, Any]:
+    raw = example()
+    raw["model"] = {"name": "nsfw", **model}
+    return raw
+
+
+def test_a_candidate_alias_that_promotion_would_move_is_refused() -> None:
+    with pytest.raises(SpecError, match="undo the promotion") as refused:
+        parse_spec(_with_model(alias="production-previous"))
+    assert refused.value.path == "spec.model.alias"
+    with pytest.raises(SpecError, match="undo the promotion"):
+        parse_spec(_with_model(alias="gold-previous", stableAlias="gold"))
+    assert parse_spec(_with_model(alias="gold-previous")).model.alias == "gold-previous"

@@ -439,3 +439,20 @@ def test_credentials_without_a_registry_are_refused_when_one_is_in_use() -> None
         Credentials.from_secret_data({"token": "s3cr3t-token"}, base64_encoded=False, tracking_uri="https://m.x")
     assert Credentials.from_secret_data({"MLFLOW_TRACKING_TOKEN": "t", "MLFLOW_TRACKING_URI": "https://m.x"},
                                         base64_encoded=False, tracking_uri="https://m.x").token == "t"
+
+
+@pytest.mark.parametrize("tracking_uri", [
+    "http://evil.com\\@mlflow.ml:5000",  # urlsplit sees mlflow.ml, requests connects to evil.com
+    "http://a@evil@mlflow.ml:5000",
+    "http://ops@mlflow.ml:5000",
+    "http://mlflow.ml:5000\\@evil.com",
+])
+def test_a_tracking_uri_with_user_info_or_a_backslash_gets_no_credentials(tracking_uri: str) -> None:
+    data = {"token": "s3cr3t-token", "trackingUri": "http://mlflow.ml:5000"}
+    with pytest.raises(RegistryConfigError, match="not an http\\(s\\) URL without user info") as caught:
+        Credentials.from_secret_data(data, base64_encoded=False, tracking_uri=tracking_uri)
+    assert "s3cr3t" not in str(caught.value) and "evil" not in str(caught.value)
+    with pytest.raises(RegistryConfigError, match="'trackingUri' is not an http\\(s\\) URL") as caught:
+        Credentials.from_secret_data({**data, "trackingUri": tracking_uri}, base64_encoded=False,
+                                     tracking_uri="http://mlflow.ml:5000")
+    assert "s3cr3t" not in str(caught.value)
