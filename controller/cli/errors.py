@@ -5,4 +5,8 @@ from __future__ import annotations
 
 
 class CliError(Exception):
-    """One line for the user; exit code 1."""
+    """One line for the user; exit code 1 unless `code` says otherwise."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from controller.cli.oncall import OnCall
 
 OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+WATCH_ERROR = 2  # `get --watch` exits 1 for a rollout that failed: an error must not read as one
 
 
 def _dev_up(args: argparse.Namespace) -> int:
@@ -129,36 +130,48 @@ def _exporter_run(args: argparse.Namespace) -> int:
 
 
 def _oncall(args: argparse.Namespace) -> int:
+    try:
+        return _oncall_command(args)
+    except CliError as exc:
+        if getattr(args, "watch", False):
+            raise CliError(str(exc), code=WATCH_ERROR) from None
+        raise
+
+
+def _oncall_command(args: argparse.Namespace) -> int:
     from controller.api.commands import CommandAction
-    from controller.cli.oncall import OnCall, dump, printable
+    from controller.cli.oncall import OnCall, printable
 
     oncall = OnCall(args.kubeconfig, args.namespace)
     output = getattr(args, "output", None)
-    if args.command == "list":
-        items = oncall.list(args.all_namespaces)
-        if output:
-            dump({"items": items}, output, sys.stdout)
-        else:
-            oncall.print_list(items, args.all_namespaces)
-        return 0
     if args.command in ("abort", "promote", "retry", "rollback"):
         command = oncall.send(args.name, CommandAction(args.command), full=getattr(args, "full", False))
         print(printable(f"{command.label} sent to {oncall.namespace}/{args.name} as {command.actor} "
                         f"(id {command.id})"))
         return 0
-    obj = oncall.get(args.name)
+    if args.command == "list":
+        found: Any = oncall.list(args.all_namespaces)
+        what = "ModelRollouts: a status"
+    else:
+        found = oncall.get(args.name)
+        what = f"{oncall.namespace}/{args.name}: its status"
     try:
-        return _show(oncall, args, obj, output)
+        return _show(oncall, args, found, output)
     except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
         # A status no view foresaw (hand-edited, or from another writer): one line, and -o json still works.
-        raise CliError(f"cannot show {oncall.namespace}/{args.name}: its status has an unexpected shape "
-                       f"({type(exc).__name__}); `-o json` shows it as stored") from None
+        raise CliError(f"cannot show {what} has an unexpected shape ({type(exc).__name__}); "
+                       "`-o json` shows it as stored") from None
 
 
-def _show(oncall: OnCall, args: argparse.Namespace, obj: dict[str, Any], output: str | None) -> int:
+def _show(oncall: OnCall, args: argparse.Namespace, obj: Any, output: str | None) -> int:
+    """`obj`: the rollout, or for `list` the list of them."""
     from controller.cli.oncall import dump
 
-    if output:
+    if args.command == "list" and output:
+        dump({"items": obj}, output, sys.stdout)
+    elif args.command == "list":
+        oncall.print_list(obj, args.all_namespaces)
+    elif output:
         dump(obj if args.command == "get" else (obj.get("status") or {}).get("history", []), output, sys.stdout)
     elif args.command == "get" and args.watch:
         # Like `kubectl rollout status`: scripts and CI read the outcome from the exit code.
@@ -261,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("list", "get", "history"):
             shown.add_argument("-o", "--output", choices=["json", "yaml"], default=None)
         if name == "get":
-            shown.add_argument("-w", "--watch", action="store_true")
+            shown.add_argument("-w", "--watch", action="store_true",
+                               help="print each change until the rollout ends; exit 0 on Succeeded, 1 on RolledBack "
+                                    f"or Failed, {WATCH_ERROR} on an error (it could not be read)")
         if name == "explain":
             sub.add_argument("--html", type=Path, default=None, metavar="FILE",
                              help="also write a self-contained page: weight and class rates over time, decisions")
@@ -292,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a killed pipe writer would

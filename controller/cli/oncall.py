@@ -19,11 +19,11 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction
+from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, CommandError, parse_command
 from controller.api.status import step_fraction
 from controller.cli.errors import CliError
 from controller.cli.report import deciding_test
-from controller.cli.shape import mapping, printable, text, well_formed
+from controller.cli.shape import mapping, objects, printable, text, well_formed
 from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
@@ -31,6 +31,8 @@ CLI_FIELD_MANAGER = "kubectl-modelrollout"  # who wrote the command annotation, 
 PHASE_COLOURS = {"Succeeded": "32", "Promoting": "32", "Baking": "36", "Progressing": "36", "Gating": "36",
                  "Paused": "33", "Pending": "33", "RollingBack": "31", "RolledBack": "31", "Failed": "31"}
 OUTCOME_SYMBOLS = {"pass": "✔", "fail": "✖", "inconclusive": "?"}
+GATE_VERDICTS_SHOWN = 10
+SEND_ATTEMPTS = 3  # a conflict is most often the operator's own status write: read again and retry
 
 
 class Style:
@@ -60,7 +62,7 @@ def no_cluster(exc: BaseException) -> CliError:
 
 
 class OnCall:
-    def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO = sys.stdout) -> None:
+    def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO | None = None) -> None:
         try:
             config.load_kube_config(config_file=kubeconfig)
             _, context = config.list_kube_config_contexts(config_file=kubeconfig)
@@ -68,8 +70,8 @@ class OnCall:
             raise no_cluster(exc) from None
         self.namespace = namespace or (context or {}).get("context", {}).get("namespace") or "default"
         self.custom = client.CustomObjectsApi()
-        self.out = out
-        self.style = Style(out)
+        self.out = out or sys.stdout  # the stream of the moment, not the one at import
+        self.style = Style(self.out)
 
     # --- reading -------------------------------------------------------------------------------------
 
@@ -87,16 +89,19 @@ class OnCall:
             raise CliError(f"no cluster: cannot reach the API server ({type(exc).__name__})") from None
 
     def get(self, name: str) -> dict[str, Any]:
-        return self._call(f"ModelRollout {self.namespace}/{name}", self.custom.get_namespaced_custom_object,
-                          GROUP, VERSION, self.namespace, PLURAL, name)
+        what = f"ModelRollout {self.namespace}/{name}"
+        return _kubernetes_answer(what, self._call(what, self.custom.get_namespaced_custom_object,
+                                                   GROUP, VERSION, self.namespace, PLURAL, name), "ModelRollout")
 
     def list(self, all_namespaces: bool) -> list[dict[str, Any]]:
         if all_namespaces:
-            found = self._call("ModelRollouts", self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+            what = "ModelRollouts"
+            found = self._call(what, self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
         else:
-            found = self._call(f"ModelRollouts in {self.namespace}", self.custom.list_namespaced_custom_object,
+            what = f"ModelRollouts in {self.namespace}"
+            found = self._call(what, self.custom.list_namespaced_custom_object,
                                GROUP, VERSION, self.namespace, PLURAL)
-        return list(found.get("items", []))
+        return objects(_kubernetes_answer(what, found, "ModelRolloutList").get("items"))
 
     # --- commands ------------------------------------------------------------------------------------
 
@@ -106,16 +111,41 @@ class OnCall:
             review = client.AuthenticationV1Api().create_self_subject_review(
                 client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview"))
             return str(review.status.user_info.username)
-        except (ApiException, Urllib3Error, OSError, AttributeError):
+        # ValueError: pydantic's, for an answer that is no SelfSubjectReview (a proxy's login page)
+        except (ApiException, Urllib3Error, OSError, AttributeError, ValueError):
             return os.environ.get("USER", "unknown")
 
     def send(self, name: str, action: CommandAction, full: bool = False) -> Command:
-        self.get(name)  # a clear "not found" before anything is written
-        command = Command(id=uuid.uuid4().hex, action=action, actor=self.actor(), full=full)
-        patch = {"metadata": {"annotations": {COMMAND_ANNOTATION: command.to_annotation()}}}
-        self._call(f"ModelRollout {self.namespace}/{name}", self.custom.patch_namespaced_custom_object,
-                   GROUP, VERSION, self.namespace, PLURAL, name, patch, field_manager=CLI_FIELD_MANAGER)
-        return command
+        """Write the command, unless the annotation holds one the operator has not handled: one annotation carries
+        one command, so writing over it would drop the other silently."""
+        what = f"ModelRollout {self.namespace}/{name}"
+        command = None
+        for _ in range(SEND_ATTEMPTS):
+            obj = self.get(name)  # also a clear "not found" before anything is written
+            pending = pending_command(obj)
+            if pending is not None:
+                raise CliError(printable(f"command {pending.label} by {pending.actor} (id {pending.id}) is still "
+                                         f"pending on {self.namespace}/{name}; wait for the operator to handle it"))
+            command = command or Command(id=uuid.uuid4().hex, action=action, actor=self.actor(), full=full)
+            # The resourceVersion read makes the merge patch conditional: the API server answers 409 to it
+            # when anyone wrote the object since, so another command cannot be written over unseen.
+            patch = {"metadata": {"resourceVersion": mapping(obj.get("metadata")).get("resourceVersion"),
+                                  "annotations": {COMMAND_ANNOTATION: command.to_annotation()}}}
+            if self._call(what, self._patch_unless_changed, name, patch):
+                return command
+        raise CliError(f"{what} kept changing while the command was written ({SEND_ATTEMPTS} attempts); "
+                       "nothing was sent, try again")
+
+    def _patch_unless_changed(self, name: str, patch: dict[str, Any]) -> bool:
+        """False when the object changed since it was read (409 Conflict)."""
+        try:
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, patch,
+                                                       field_manager=CLI_FIELD_MANAGER)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
     # --- output --------------------------------------------------------------------------------------
 
@@ -157,8 +187,15 @@ class OnCall:
         if gate:
             print(f"Gate:       {s.outcome(str(gate.get('outcome', '-')))}  dataset sha256 "
                   f"{gate.get('datasetSha256', '-')}", file=self.out)
-            for verdict in gate.get("verdicts", [])[:10]:
+            if gate.get("reason"):
+                print(f"            {text(gate['reason'])}", file=self.out)
+            # What did not pass first: the check behind a failed gate must not hide among passes.
+            gate_verdicts = sorted(gate.get("verdicts", []), key=lambda v: v["outcome"] == "pass")
+            for verdict in gate_verdicts[:GATE_VERDICTS_SHOWN]:
                 print(f"  {s.outcome(verdict['outcome']):<14} {verdict['name']}: {verdict['reason']}", file=self.out)
+            if len(gate_verdicts) > GATE_VERDICTS_SHOWN:
+                print(f"  … and {len(gate_verdicts) - GATE_VERDICTS_SHOWN} more (`-o yaml` shows them all)",
+                      file=self.out)
         verdicts = analysis_verdicts(status)
         if verdicts:
             print("Analysis:", file=self.out)
@@ -194,7 +231,7 @@ class OnCall:
             counts = {k: v for k, v in evidence.items() if k in ("canary", "stable", "value", "min", "max")}
             test = deciding_test(evidence)
             if test:
-                counts["e_value"], counts["boundary"] = test["e_value"], test["boundary"]
+                counts.update({key: test[key] for key in ("test", "e_value", "boundary")})
             lines.append(f"Metric {verdict['name']} said {verdict['outcome']}: {verdict['reason']}"
                          + (f" (evidence: {json.dumps(counts, default=str)})" if counts else ""))
             window = mapping(evidence.get("window"))
@@ -215,20 +252,49 @@ class OnCall:
         deadline = time.monotonic() + timeout if timeout else None
         last = None
         while True:
-            obj = printable(self.get(name))
+            raw = self.get(name)
+            # A command the operator has not taken (retry, rollback) may end the phase shown: it is not final yet.
+            # Read from the object as stored: escaping for the terminal could change the annotation's JSON.
+            pending = pending_command(raw)
+            obj = printable(raw)
             status = obj.get("status") or {}
-            line = (status.get("phase"), status.get("currentStep"), status.get("canaryWeight"), status.get("message"))
+            line = (status.get("phase"), status.get("currentStep"), status.get("canaryWeight"), status.get("message"),
+                    pending)
             if line != last:
+                waiting = printable(f"  (waiting for the operator to take {pending.label} by {pending.actor}, id "
+                                    f"{pending.id})") if pending else ""
                 print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(str(line[0]))}  step {_step(obj)}  "
-                      f"weight {_percent(line[2])}  {line[3]}", file=self.out, flush=True)
+                      f"weight {_percent(line[2])}  {line[3]}{waiting}", file=self.out, flush=True)
                 last = line
             generation = (obj.get("metadata") or {}).get("generation")
             current = status.get("observedGeneration") == generation  # not a finished earlier spec's phase
-            if status.get("phase") in TERMINAL and current:
+            if status.get("phase") in TERMINAL and current and pending is None:
                 return str(status["phase"])
             if deadline and time.monotonic() > deadline:
                 return None
             time.sleep(interval)
+
+
+def pending_command(obj: dict[str, Any]) -> Command | None:
+    """The annotation's command when its id is not in status.handledCommands yet. An annotation that does not
+    parse is no command: the operator refuses it once, and it holds nothing up."""
+    annotation = mapping(mapping(obj.get("metadata")).get("annotations")).get(COMMAND_ANNOTATION)
+    if not isinstance(annotation, str):
+        return None
+    try:
+        command = parse_command(annotation)
+    except CommandError:
+        return None
+    handled = mapping(obj.get("status")).get("handledCommands")
+    return None if isinstance(handled, list) and command.id in handled else command
+
+
+def _kubernetes_answer(what: str, answer: Any, kind: str) -> dict[str, Any]:
+    """`answer` when it is what the API server sends; a proxy's login page (HTTP 200, HTML) is refused."""
+    if not isinstance(answer, dict) or answer.get("kind") != kind:
+        raise CliError(f"{what}: the server did not answer as a Kubernetes API server (no {kind} in its answer; "
+                       "a proxy's login page?)")
+    return answer
 
 
 def analysis_verdicts(status: dict[str, Any]) -> list[dict[str, Any]]:

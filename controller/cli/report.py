@@ -424,7 +424,7 @@ def _statistic(evidence: Mapping[str, Any]) -> str:
     """The test's own numbers: the e-value against its boundary, or a value against its limits."""
     test = deciding_test(evidence)
     if test:
-        return f"e-value {test['e_value']:.4g} vs boundary {test['boundary']:.4g}"
+        return f"{test['test']}: e-value {test['e_value']:.4g} vs boundary {test['boundary']:.4g}"
     value = evidence.get("value")
     if _is_number(value):
         limits = [f"{name} {evidence[name]:.4g}" for name in ("min", "max") if _is_number(evidence.get(name))]
@@ -433,9 +433,11 @@ def _statistic(evidence: Mapping[str, Any]) -> str:
 
 
 def deciding_test(evidence: Mapping[str, Any]) -> dict[str, Any]:
-    """The proportion judge's test behind the verdict: the maxRate test when it crossed its boundary, else the
-    relative one (an empty dict when neither has numbers)."""
-    tests = [mapping(evidence.get(key)) for key in ("max_rate_test", "relative")]
+    """The proportion judge's test behind the verdict, named under "test": the first that crossed its boundary,
+    the relative test before the maxRate one as the reason tells them; when none crossed, the relative test, which
+    the reason of a pass quotes (an empty dict when neither has numbers)."""
+    tests = [{**mapping(evidence.get(key)), "test": name}
+             for key, name in (("relative", "relative test"), ("max_rate_test", "maxRate test"))]
     usable = [t for t in tests if _is_number(t.get("e_value")) and _is_number(t.get("boundary"))]
     crossed = [t for t in usable if t["e_value"] >= t["boundary"]]
     return (crossed or usable or [{}])[0]

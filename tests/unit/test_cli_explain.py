@@ -158,7 +158,37 @@ def test_a_max_rate_failure_shows_the_max_rate_tests_numbers(oncall: OnCall) -> 
     deciding = judged.evidence["max_rate_test"]
     text = oncall.explain(obj)
     assert f'"e_value": {deciding["e_value"]}' in text and f'"boundary": {deciding["boundary"]}' in text
-    assert f"e-value {deciding['e_value']:.4g} vs boundary {deciding['boundary']:.4g}" in render_html(obj)
+    assert '"test": "maxRate test"' in text
+    assert (f"maxRate test: e-value {deciding['e_value']:.4g} vs boundary {deciding['boundary']:.4g}"
+            in render_html(obj))
+
+
+def test_a_pass_shows_the_relative_test_its_reason_quotes(oncall: OnCall) -> None:
+    """Neither test crossed: the reason quotes the relative test's e-value, so the numbers beside it are its own."""
+    judged = proportion_judge("nsfw-rate", 20, 1000, 2000, 100000, ProportionCriteria(max_rate=0.05))
+    assert judged.outcome is Outcome.PASS and "max_rate_test" in judged.evidence
+    relative = judged.evidence["relative"]
+    obj = {"metadata": {"name": "r", "namespace": "ns"}, "spec": {"model": {"name": "m"}},
+           "status": {"phase": "Progressing", "analysis": {"metrics": [
+               {"name": judged.name, "outcome": "pass", "reason": judged.reason, "evidence": judged.evidence}]}}}
+    assert f"e-value {relative['e_value']:.3g} < boundary {relative['boundary']:.3g}" in judged.reason
+    text = oncall.explain(obj)
+    assert f'"test": "relative test", "e_value": {relative["e_value"]}, "boundary": {relative["boundary"]}' in text
+    assert (f"relative test: e-value {relative['e_value']:.4g} vs boundary {relative['boundary']:.4g}"
+            in render_html(obj))
+
+
+def test_get_shows_a_failing_gate_check_first_however_many_passed(oncall: OnCall) -> None:
+    verdicts = [{"name": f"recall-class-{i}", "outcome": "pass", "reason": "ok"} for i in range(12)]
+    verdicts.append({"name": "recall-blue-sparrow", "outcome": "fail", "reason": "0.12 < 0.9"})
+    oncall.print_rollout({"metadata": {"name": "r", "namespace": "ns"}, "spec": {}, "status": {
+        "phase": "Failed", "gate": {"outcome": "fail", "reason": "1 of 13 checks failed", "verdicts": verdicts}}})
+    lines = oncall.out.getvalue().splitlines()
+    gate = lines.index(next(line for line in lines if line.startswith("Gate:")))
+    assert lines[gate + 1].strip() == "1 of 13 checks failed"
+    assert lines[gate + 2].split() == ["fail", "recall-blue-sparrow:", "0.12", "<", "0.9"]
+    assert lines[gate + 3].split()[:2] == ["pass", "recall-class-0:"]
+    assert lines[gate + 12].strip() == "… and 3 more (`-o yaml` shows them all)"
 
 
 def test_an_alias_left_where_a_human_moved_it_is_told_as_such(oncall: OnCall) -> None:

@@ -1,0 +1,242 @@
+"""The on-call commands against a local stand-in for the API server (127.0.0.1): commands that cannot overwrite
+each other, `get --watch` that waits for the command it was run after, and answers that are no API server's."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.api.commands import COMMAND_ANNOTATION
+from controller.cli import oncall as oncall_module
+from controller.cli.main import main
+from controller.cli.oncall import OnCall
+
+ROLLOUT_PATH = "/apis/modelrollout.io/v1alpha1/namespaces/ns/modelrollouts/r"
+LIST_PATH = "/apis/modelrollout.io/v1alpha1/namespaces/ns/modelrollouts"
+REVIEW_PATH = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+
+
+def rollout(phase: str, annotation: str | None = None, handled: tuple[str, ...] = ()) -> dict[str, Any]:
+    annotations = {COMMAND_ANNOTATION: annotation} if annotation is not None else {}
+    return {"apiVersion": "modelrollout.io/v1alpha1", "kind": "ModelRollout",
+            "metadata": {"name": "r", "namespace": "ns", "generation": 3, "resourceVersion": "100",
+                         "annotations": annotations},
+            "spec": {"model": {"name": "m"}, "canary": {"steps": [{"setWeight": 10}]}},
+            "status": {"phase": phase, "observedGeneration": 3, "message": f"{phase} message",
+                       "handledCommands": list(handled)}}
+
+
+def command(action: str, command_id: str, actor: str = "bob") -> str:
+    return json.dumps({"action": action, "id": command_id, "actor": actor})
+
+
+class FakeApi:
+    """Answers GET and merge PATCH of one ModelRollout (409 when the patch's resourceVersion is not the stored
+    one, as the API server does), its list, and SelfSubjectReview; or, with `html`, a login page to everything."""
+
+    def __init__(self) -> None:
+        self.obj = rollout("Progressing")
+        self.script: list[dict[str, Any] | int] = []  # what the next GETs answer (an int: that HTTP error)
+        self.after_get: Callable[[FakeApi], None] | None = None  # another writer, between a read and a patch
+        self.html = False
+        self.gets = 0
+        self.patches: list[dict[str, Any]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, status: int, body: Any) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html" if isinstance(body, bytes) else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if owner.html:
+                    return self._answer(200, b"<html><body>Please log in</body></html>")
+                if self.path.split("?")[0] == LIST_PATH:
+                    return self._answer(200, {"kind": "ModelRolloutList", "items": [owner.obj]})
+                owner.gets += 1
+                answer = owner.script.pop(0) if owner.script else owner.obj
+                if isinstance(answer, int):
+                    return self._answer(answer, {"kind": "Status", "message": "etcdserver: request timed out"})
+                owner.obj = copy.deepcopy(answer)
+                self._answer(200, answer)
+                if owner.after_get:
+                    owner.after_get(owner)
+
+            def do_PATCH(self) -> None:
+                patch = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                if owner.html:
+                    return self._answer(200, b"<html><body>Please log in</body></html>")
+                owner.patches.append(patch)
+                meta = owner.obj["metadata"]
+                wanted = patch["metadata"].get("resourceVersion")
+                if wanted is not None and wanted != meta["resourceVersion"]:
+                    return self._answer(409, {"kind": "Status", "reason": "Conflict", "code": 409,
+                                              "message": "the object has been modified"})
+                meta["annotations"].update(patch["metadata"].get("annotations", {}))
+                meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+                self._answer(200, owner.obj)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if owner.html:
+                    return self._answer(200, b"<html><body>Please log in</body></html>")
+                self._answer(201, {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+                                   "status": {"userInfo": {"username": "alice"}}})
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def kubeconfig(self, tmp_path: Path) -> str:
+        config = {"apiVersion": "v1", "current-context": "c",
+                  "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
+                  "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
+                  "users": [{"name": "u", "user": {"token": "t"}}]}
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        return str(path)
+
+
+@pytest.fixture()
+def api() -> Iterator[FakeApi]:
+    fake = FakeApi()
+    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+
+
+@pytest.fixture()
+def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`get --watch` polls every second: not in a unit test."""
+    monkeypatch.setattr(oncall_module, "time", types.SimpleNamespace(
+        sleep=lambda _s: None, monotonic=time.monotonic, strftime=time.strftime))
+
+
+# --- get --watch -------------------------------------------------------------------------------------------
+
+
+def test_watch_after_retry_waits_for_the_operator_to_take_the_command(
+        api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str]) -> None:
+    retry = command("retry", "new", actor="me")
+    before = rollout("RolledBack", retry, handled=("old",))  # the operator has not read the annotation yet
+    api.script = [before, before, rollout("Progressing", retry, ("old", "new")), rollout("Succeeded", retry,
+                                                                                         ("old", "new"))]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "waiting for the operator to take retry by me, id new" in out
+    assert "Progressing" in out and "Succeeded" in out and api.gets == 4
+
+
+def test_watch_after_rollback_of_a_success_does_not_exit_0(api: FakeApi, tmp_path: Path, no_wait: None) -> None:
+    rollback = command("rollback", "rb")
+    done = rollout("Succeeded", rollback, handled=("x",))
+    api.script = [done, done, done, rollout("RollingBack", rollback, ("x", "rb")),
+                  rollout("RolledBack", rollback, ("x", "rb"))]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1  # as documented
+
+
+def test_watch_is_not_held_up_by_an_annotation_that_is_no_command(api: FakeApi, tmp_path: Path) -> None:
+    api.obj = rollout("Succeeded", "{not json")
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0 and api.gets == 2
+
+
+def test_an_api_error_during_watch_is_not_read_as_a_failed_rollout(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    api.script = [rollout("Progressing"), 500]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 2
+    assert "HTTP 500" in capsys.readouterr().err
+
+
+# --- commands ------------------------------------------------------------------------------------------------
+
+
+def test_a_command_is_refused_while_another_is_pending(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    api.obj = rollout("Progressing", command("abort", "first", actor="alice"), handled=("older",))
+    assert main(["promote", "r", "--full", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    assert ("error: command abort by alice (id first) is still pending on ns/r; wait for the operator to handle it"
+            in capsys.readouterr().err)
+    assert api.patches == [] and json.loads(api.obj["metadata"]["annotations"][COMMAND_ANNOTATION])["id"] == "first"
+
+
+@pytest.mark.parametrize("annotation", [None, command("abort", "first"), "{not a command"])
+def test_a_command_is_written_conditionally_once_the_last_one_is_handled(
+        api: FakeApi, tmp_path: Path, annotation: str | None) -> None:
+    api.obj = rollout("Progressing", annotation, handled=("first",))
+    assert main(["abort", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    assert [p["metadata"]["resourceVersion"] for p in api.patches] == ["100"]
+    written = json.loads(api.obj["metadata"]["annotations"][COMMAND_ANNOTATION])
+    assert (written["action"], written["actor"]) == ("abort", "alice")
+
+
+def test_a_command_written_between_the_read_and_the_patch_is_not_overwritten(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def alice_is_faster(fake: FakeApi) -> None:
+        fake.after_get = None
+        fake.obj["metadata"]["annotations"][COMMAND_ANNOTATION] = command("abort", "alices", actor="alice")
+        fake.obj["metadata"]["resourceVersion"] = "101"
+
+    api.after_get = alice_is_faster
+    assert main(["promote", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    assert "command abort by alice (id alices) is still pending" in capsys.readouterr().err
+    assert json.loads(api.obj["metadata"]["annotations"][COMMAND_ANNOTATION])["id"] == "alices"
+
+
+def test_a_status_write_between_the_read_and_the_patch_only_costs_a_second_try(api: FakeApi, tmp_path: Path) -> None:
+    def operator_writes_status(fake: FakeApi) -> None:
+        fake.after_get = None
+        fake.obj["metadata"]["resourceVersion"] = "101"
+
+    api.after_get = operator_writes_status
+    assert main(["abort", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    assert [p["metadata"]["resourceVersion"] for p in api.patches] == ["100", "101"]
+    assert json.loads(api.obj["metadata"]["annotations"][COMMAND_ANNOTATION])["action"] == "abort"
+
+
+# --- answers that are no API server's -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["list"], ["list", "-o", "json"], ["get", "r"], ["get", "r", "-o", "json"],
+                                  ["history", "r"], ["explain", "r"], ["abort", "r"]])
+def test_a_login_page_is_an_error_not_a_rollout(api: FakeApi, tmp_path: Path, args: list[str],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    api.html = True
+    assert main([*args, "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "did not answer as a Kubernetes API server" in captured.err and "Traceback" not in captured.err
+    assert captured.out == "" and api.patches == []
+
+
+def test_a_login_page_answering_who_am_i_falls_back_to_user(api: FakeApi, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USER", "carol")
+    api.html = True
+    assert OnCall(api.kubeconfig(tmp_path), None).actor() == "carol"
+
+
+def test_a_list_with_a_status_no_view_foresaw_is_one_line(api: FakeApi, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*_: object) -> None:
+        raise TypeError("unforeseen")
+
+    monkeypatch.setattr(OnCall, "print_list", broken)
+    assert main(["list", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    assert "has an unexpected shape (TypeError)" in capsys.readouterr().err
