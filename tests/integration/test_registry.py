@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -35,6 +34,7 @@ from controller.registry import (
     RequestPolicy,
     VersionNotFound,
 )
+from tests.http_stub import serving
 from tests.unit.test_registry_rules import STABLE, RegistryContract
 
 pytestmark = pytest.mark.integration
@@ -276,14 +276,8 @@ def fake_mlflow() -> Iterator[FakeMlflow]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
     server.daemon_threads = True
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_unreachable_registry_is_unavailable_quickly() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from controller.api.commands import COMMAND_ANNOTATION
 from controller.cli import oncall as oncall_module
 from controller.cli.main import main
 from controller.cli.oncall import OnCall
+from tests.http_stub import serving
 
 ROLLOUT_PATH = "/apis/modelrollout.io/v1alpha1/namespaces/ns/modelrollouts/r"
 LIST_PATH = "/apis/modelrollout.io/v1alpha1/namespaces/ns/modelrollouts"
@@ -115,11 +115,8 @@ class FakeApi:
 @pytest.fixture()
 def api() -> Iterator[FakeApi]:
     fake = FakeApi()
-    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    with serving(fake.server):
+        yield fake
 
 
 @pytest.fixture()

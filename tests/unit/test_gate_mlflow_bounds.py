@@ -20,6 +20,7 @@ import pytest
 
 from controller.gate.errors import ErrorKind, SourceError
 from controller.gate.mlflow_access import MlflowAccess, MlflowRest, experiment_id_for, resolve_artifact_uri
+from tests.http_stub import serving
 
 TOKEN = "s3cr3t-TOKEN-bounds"
 API = "/api/2.0/mlflow"
@@ -90,13 +91,9 @@ class Stub:
 @pytest.fixture()
 def stub() -> Iterator[Stub]:
     fake = Stub()
-    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield fake
-    fake.stop.set()
-    fake.server.shutdown()
-    fake.server.server_close()
-    thread.join(timeout=5)
+    with serving(fake.server):
+        yield fake
+        fake.stop.set()
 
 
 def raised(call: Callable[[], object]) -> tuple[SourceError, float, int]:

@@ -30,6 +30,7 @@ from controller.gate.mlflow_access import MlflowRest, experiment_id_for
 from controller.operator.runtime import OperatorConfig, RolloutRuntime
 from controller.registry import Credentials, MlflowRegistry, RegistryRequestError, RequestPolicy
 from controller.verdict import Outcome
+from tests.http_stub import serving
 
 TOKEN = "s3cr3t-TOKEN-value"
 USERNAME, PASSWORD = "ops", "pa55-w0rd-very-secret"
@@ -86,12 +87,8 @@ class FakeMlflow:
 @pytest.fixture()
 def mlflow() -> Iterator[FakeMlflow]:
     fake = FakeMlflow()
-    thread = threading.Thread(target=fake.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
-    thread.join(timeout=5)
+    with serving(fake.server):
+        yield fake
 
 
 def access(fake: FakeMlflow, **credentials: str) -> MlflowAccess:

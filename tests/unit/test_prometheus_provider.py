@@ -5,7 +5,6 @@ tested in tests/integration/test_exporter_prometheus.py and test_history_backfil
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ from controller.analysis.prometheus import Measurement, PrometheusProvider, Quer
 from controller.analysis.runner import AnalysisRequest, run_analysis
 from controller.api.spec import MetricSpec, ProportionMetric, ThresholdMetric
 from controller.verdict import Outcome
+from tests.http_stub import serving
 
 
 class Garbage:
@@ -57,11 +57,8 @@ class Garbage:
 @pytest.fixture()
 def garbage() -> Iterator[Garbage]:
     g = Garbage()
-    thread = threading.Thread(target=g.server.serve_forever, daemon=True)
-    thread.start()
-    yield g
-    g.server.shutdown()
-    g.server.server_close()
+    with serving(g.server):
+        yield g
 
 
 @pytest.mark.parametrize(("body", "detail"), [
