@@ -302,12 +302,16 @@ class RolloutRuntime:
 
         Traffic leaves the candidate with the first call (that is what the engine confirms); some serving
         systems need a second write once their controller has moved the traffic (KServe Knative: the stable
-        storageUri goes back only after canaryTrafficPercent 0 took effect). True while that is unfinished.
+        storageUri goes back only after canaryTrafficPercent 0 took effect, and that pin comes off once the copy
+        of stable it made is ready: `pinned`, whatever version was withdrawn). True while that is unfinished.
         """
         if str(status.phase) not in WITHDRAWN_PHASES or status.candidate is None:
             return False
         try:
             state = self.router.observe()
+            if state.exists and state.pinned:
+                self.router.rollback()  # unpins once the serving system is ready for it, else nothing
+                return self.router.observe().pinned
             if not state.exists or not state.canary_staged:
                 return False
             if not state.synced:

@@ -56,6 +56,8 @@ class TargetState:
     canary_weight: percent of traffic the candidate receives as the serving system reports it; None when
         no candidate is staged.
     stable_name / canary_name: the serving system's own names (revision, predictor, Seldon Model).
+    pinned: a rollback left traffic held on the previous deployment by a setting only the router removes
+        (KServe Knative: canaryTrafficPercent on a spec naming stable); call rollback() until it is False.
     message: what is wrong or pending, in one sentence; empty when all is well.
     """
 
@@ -72,6 +74,7 @@ class TargetState:
     canary_ready: bool = False
     canary_weight: int | None = None
     canary_url: str | None = None
+    pinned: bool = False
     message: str = ""
 
     @property

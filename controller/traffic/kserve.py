@@ -15,11 +15,18 @@ Knative mode (KServe's documented canary rollout):
   rollback  (before promotion) first canaryTrafficPercent = 0 alone, at once: all traffic goes to
             latestRolledoutRevision (stable). Once KServe reports it, the stable storageUri is written
             back (with canaryTrafficPercent 0 kept), so the spec no longer names the rejected model; that
-            makes a new revision, a copy of stable, which stays at 0%.
+            makes a new revision, a copy of stable, which stays at 0% while it starts ("pinned").
   restore   (after promotion) the same two writes: canaryTrafficPercent = 0 on the rolled-out candidate is
             KServe's documented "pin the previous model" (traffic to previousRolledoutRevision), then the
             stable storageUri. Writing the URI first would leave the rejected revision rolled out at 100%:
             KServe only moves latestRolledoutRevision back when the latest revision is the rolled-out one.
+  unpin     after either, a third write, by later rollback()/restore() calls (the operator keeps calling while
+            observe() says `pinned`): once KServe has processed the spec and the copy of stable is the latest
+            ready revision, canaryTrafficPercent is removed, so that revision (the same model) takes 100% and
+            is rolled out. Left in place, the pin would hold every later revision made outside ModelRollout
+            (resources, image, a Git sync) at 0%, silently. Until the copy is ready the pin stays: without it
+            KServe would send all traffic to the latest *ready* revision, the rejected one. Only a pin this
+            router's field manager applied is removed (a canaryTrafficPercent someone else also sets stays).
 
 Standard mode (KServe after v0.20, spec.canary[]):
   stage     spec.canary = [{trafficPercent: 0, predictor: <copy of spec.predictor with the candidate's
@@ -62,6 +69,7 @@ from controller.traffic.base import (
     check_percent,
 )
 from controller.traffic.kube import (
+    FIELD_MANAGER,
     INFERENCE_SERVICE,
     Obj,
     ObjectClient,
@@ -228,10 +236,46 @@ class KnativeView:
         return self.stable_uri is not None and self.spec_uri != self.stable_uri
 
     @property
+    def pinned(self) -> bool:
+        """canaryTrafficPercent applied by this router on a spec naming the recorded stable: what a rollback or
+        restore leaves while the copy of stable it made starts."""
+        return (self.canary_percent is not None and self.stable_uri is not None and self.spec_uri == self.stable_uri
+                and _applied_by_us(self.obj, ("spec", "predictor", "canaryTrafficPercent")))
+
+    @property
+    def unpin_ready(self) -> bool:
+        """Pinned, and the latest revision (the copy of stable) ready to take all traffic once unpinned."""
+        return (self.pinned and self.synced and _configured(self.obj) and bool(self.latest_created)
+                and self.latest_ready == self.latest_created)
+
+    @property
     def promoted(self) -> bool:
         """The spec's model is the rolled-out revision and it is not the recorded stable."""
         return (self.candidate_in_spec and bool(self.rolled_out) and self.synced
                 and self.rolled_out == self.latest_created)
+
+
+def _configured(obj: Obj) -> bool:
+    """KServe's PredictorConfigurationReady: Unknown while Knative has not made (or readied) the revision of the
+    current spec, when latestCreated/Ready may still name the previous one."""
+    return (condition(obj.get("status") or {}, "PredictorConfigurationReady") or {}).get("status", "True") == "True"
+
+
+def _applied_by_us(obj: Obj, path: tuple[str, ...]) -> bool:
+    """Whether this operator's apply owns the field at `path` (an object without managedFields, never one
+    read from the API server, counts as ours)."""
+    entries = obj["metadata"].get("managedFields")
+    if not entries:
+        return True
+    for entry in entries:
+        if entry.get("manager") != FIELD_MANAGER or entry.get("operation") != "Apply" or entry.get("subresource"):
+            continue
+        fields: Any = entry.get("fieldsV1") or {}
+        for key in path:
+            fields = fields.get(f"f:{key}") if isinstance(fields, dict) else None
+        if fields is not None:
+            return True
+    return False
 
 
 def knative_view(obj: Obj, what: str) -> KnativeView:
@@ -291,8 +335,7 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
     # observedGeneration comes from the Knative Service, which moves before its Configuration has made the new
     # revision: until then latestCreated/Ready still name the previous one (after a rollback, a copy of stable)
     # and KServe says PredictorConfigurationReady Unknown. That revision is not the candidate.
-    configured = (condition(status, "PredictorConfigurationReady") or {}).get("status", "True") == "True"
-    canary_ready = bool(canary) and view.synced and configured and canary == view.latest_ready
+    canary_ready = bool(canary) and view.synced and _configured(view.obj) and canary == view.latest_ready
     canary_weight: int | None = percent_on(canary) if canary else None
     elsewhere = sum(int(t.get("percent") or 0) for t in view.traffic
                     if t.get("revisionName") not in (stable, canary))
@@ -315,7 +358,7 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
         stable_version=version_of(stable), stable_name=stable or None, stable_url=stable_url,
         canary_version=version_of(canary) if canary else None, canary_name=canary or None,
         canary_ready=canary_ready, canary_weight=canary_weight, canary_url=url_of(canary, "latest") if canary else None,
-        message="; ".join(problems))
+        pinned=view.pinned, message="; ".join(problems))
 
 
 def _knative_body(oc: ObjectClient, view: KnativeView, *, uri: str | None,
@@ -538,12 +581,16 @@ class KServeRouter:
         self._apply_with(build, "promoting")
 
     def rollback(self) -> None:
-        """Before promotion: the candidate out, stable at 100%. Nothing staged: nothing to do."""
+        """Before promotion: the candidate out, stable at 100%. Nothing staged: nothing to do. Knative: left
+        pinned, the pin is removed once the copy of stable is ready (call again while observe() says pinned)."""
         obj = self.client.get()
         if deployment_mode(obj, self.default_mode) is DeploymentMode.STANDARD:
             self._apply_with(lambda o, _: self._standard_rollback(standard_view(o, self.target)), "rolling back")
             return
         view = knative_view(obj, self.target)
+        if view.pinned:
+            self._unpin()
+            return
         if not view.candidate_in_spec or view.canary_percent is None:
             return  # nothing staged (after a promotion, restore() puts a given version back)
         # First write, at once and whatever KServe has processed so far: canaryTrafficPercent 0 sends all
@@ -572,7 +619,12 @@ class KServeRouter:
                 return
         view = self._wait_for(lambda v: v.synced, "KServe to process the latest generation")
         if view.spec_uri == stable.storage_uri and view.rolled_out != view.latest_created:
+            if view.pinned:
+                self._unpin()  # once the copy of stable is ready
             return  # the spec names stable and the older stable revision serves: restored already
+        if (view.spec_uri == stable.storage_uri and view.canary_percent is None and view.rolled_out
+                and _version_for(view.annotations, view.spec_uri, "spec.predictor")[0] == stable.version):
+            return  # stable's model, recorded as that version, rolled out (e.g. a copy of stable, unpinned)
         # No revision known to hold this model: roll it out as a new revision. Traffic stays where it is
         # until that revision is ready (no restore is instant without a revision to go back to).
         def build(o: Obj, _: DeploymentMode) -> Obj:
@@ -622,6 +674,17 @@ class KServeRouter:
         except TargetStateError:
             return False
         return True
+
+    def _unpin(self) -> None:
+        """canaryTrafficPercent removed (the rest of the body as last applied, so no revision is made) once the
+        copy of stable is ready: it takes 100%. Until then, nothing."""
+        def build(obj: Obj, mode: DeploymentMode) -> Obj | None:
+            view = knative_view(obj, self.target) if mode is DeploymentMode.KNATIVE else None
+            if view is None or not view.unpin_ready:
+                return None
+            return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
+                                 canary_percent=None)
+        self._apply_with(build, "unpinning the copy of stable")
 
     # -- Knative details --
 

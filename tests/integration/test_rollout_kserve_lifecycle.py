@@ -307,13 +307,21 @@ def make_isvc(rig: Rig, name: str, storage_uri: str) -> None:
                                          "storageUri": storage_uri}}}})
 
 
-def measure_recovery(rig: Rig, isvc_name: str, stable_revision: str, registry: MlflowRegistry, model: str,
+def traffic_only_on(isvc: dict[str, Any], storage_uri: str) -> bool:
+    """Every share of traffic KServe reports goes to revisions that load `storage_uri` (the revision that
+    served before, or, once a rollback's pin is off, its copy)."""
+    uri_of = {r["name"]: r["storage_uri"] for r in revisions(isvc)}
+    traffic = [t for t in predictor_status(isvc).get("traffic") or [] if int(t.get("percent") or 0) > 0]
+    return bool(traffic) and all(uri_of.get(t["revisionName"]) == storage_uri for t in traffic)
+
+
+def measure_recovery(rig: Rig, isvc_name: str, stable_uri: str, registry: MlflowRegistry, model: str,
                      stable_version: str, started: float, timeout: float = 30.0) -> float:
-    """From outside: seconds from `started` until KServe reports no traffic off the stable revision AND
-    the stable alias reads back as the stable version from MLflow."""
+    """From outside: seconds from `started` until KServe reports all traffic on revisions loading the stable
+    model AND the stable alias reads back as the stable version from MLflow."""
     deadline = started + timeout
     while time.monotonic() < deadline:
-        if share_off(rig.isvc(isvc_name), stable_revision) == 0 \
+        if traffic_only_on(rig.isvc(isvc_name), stable_uri) \
                 and registry.verify_alias(model, STABLE_ALIAS) == stable_version:
             return time.monotonic() - started
         time.sleep(0.02)
@@ -355,7 +363,7 @@ def test_abort_retry_promote_and_rollback_commands(rig: Rig, scenario_factory: C
     # abort at 10%: traffic back on stable, alias kept, candidate tagged rejected, actor recorded.
     started = time.monotonic()
     abort = rig.command(name, "abort", "alice", "abort-1")
-    outside = measure_recovery(rig, name, stable_revision_name, registry, name, stable, started)
+    outside = measure_recovery(rig, name, scenario.storage_uri(stable), registry, name, stable, started)
     status = rig.wait(name, phase_in("RolledBack"), 60)
     assert status["message"].startswith("Rolled back: aborted by alice"), status["message"]
     rollback = status["rollback"]
@@ -371,7 +379,9 @@ def test_abort_retry_promote_and_rollback_commands(rig: Rig, scenario_factory: C
     assert "aborted by alice" in tags["modelrollout.rejected.reason"]
     obj = rig.wait_isvc(name, lambda o: o["spec"]["predictor"]["model"]["storageUri"] == scenario.storage_uri(stable)
                         and serves_only(o, scenario.storage_uri(stable)))
-    assert share_off(obj, stable_revision_name) == 0
+    # The pin on the revision that served before comes off once its copy (the same model) is ready.
+    rig.wait_isvc(name, lambda o: "canaryTrafficPercent" not in o["spec"]["predictor"] and serves_only(
+        o, scenario.storage_uri(stable)))
 
     # The same command again (same annotation value, another annotation touched): nothing happens.
     history_length = len(status["history"])
@@ -409,7 +419,8 @@ def test_abort_retry_promote_and_rollback_commands(rig: Rig, scenario_factory: C
     # rollback after success: the previous version back on all traffic and back behind the alias.
     started = time.monotonic()
     rig.command(name, "rollback", "dave", "rollback-1")
-    outside_after_promotion = measure_recovery(rig, name, stable_revision_name, registry, name, stable, started)
+    outside_after_promotion = measure_recovery(rig, name, scenario.storage_uri(stable), registry, name, stable,
+                                               started)
     status = rig.wait(name, phase_in("RolledBack"), 60)
     rollback = status["rollback"]
     assert (rollback["cause"], rollback["actor"], rollback["afterPromotion"]) == ("RollbackRequested", "dave", True)
@@ -441,7 +452,7 @@ def test_a_rollout_deleted_mid_flight_with_revert_on_deletion_rolls_back_before_
 
     deleted = run_kubectl(rig.kubeconfig, "delete", "mro", name, "-n", rig.namespace, "--wait=false")
     assert deleted.returncode == 0, deleted.stderr
-    outside = measure_recovery(rig, name, stable_revision_name, registry, name, stable, time.monotonic())
+    outside = measure_recovery(rig, name, scenario.storage_uri(stable), registry, name, stable, time.monotonic())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

@@ -149,6 +149,17 @@ def test_knative_stage_step_rollback_stage_promote(api: client.ApiClient, namesp
     assert split(obj) == {state.stable_name: 100}
 
 
+def unpin(router: KServeRouter, operation: Callable[[], None], timeout: float = 10.0) -> None:
+    """Call a rollback or restore until its pin is off (once the copy of stable is ready), as the operator does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        operation()
+        if not router.observe().pinned:
+            return
+        assert time.monotonic() < deadline, "the pin did not come off"
+        time.sleep(0.1)
+
+
 @pytest.mark.integration
 def test_restore_after_promotion_pins_the_previous_revision(api: client.ApiClient, namespace: str,
                                                             standin: KServeStandIn) -> None:
@@ -170,6 +181,11 @@ def test_restore_after_promotion_pins_the_previous_revision(api: client.ApiClien
     assert state.stable_name == f"{NAME}-predictor-00001"  # the original revision, not a new copy
     assert split(obj) == {state.stable_name: 100}
     assert obj["spec"]["predictor"]["model"]["storageUri"] == V6
+    # The copy of stable (the same model) is ready at once here: the next call takes the pin off, then nothing.
+    unpin(router, lambda: router.restore(STABLE_6))
+    obj = get(api, namespace)
+    assert "canaryTrafficPercent" not in obj["spec"]["predictor"]
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == V6
     generation = obj["metadata"]["generation"]
     router.restore(STABLE_6)
     assert get(api, namespace)["metadata"]["generation"] == generation
@@ -183,7 +199,7 @@ def test_every_operation_is_idempotent(api: client.ApiClient, namespace: str, st
     steps: list[tuple[str, Callable[[], None], Callable[[TargetState], bool]]] = [
         ("stage", lambda: router.stage(CANDIDATE_7, "6"), lambda s: s.canary_ready),
         ("set_weight", lambda: router.set_weight(20), lambda s: s.canary_weight == 20),
-        ("rollback", router.rollback, lambda s: not s.canary_staged),
+        ("rollback", lambda: unpin(router, router.rollback), lambda s: not s.canary_staged and not s.pinned),
         ("stage again", lambda: router.stage(CANDIDATE_7, "6"), lambda s: s.canary_ready),
         ("promote", router.promote, lambda s: s.stable_version == "7"),
     ]
@@ -335,6 +351,50 @@ def test_a_finished_rollout_withdraws_only_its_own_candidate(api: client.ApiClie
         assert time.monotonic() < deadline, "the rollout's own candidate was never withdrawn"
         time.sleep(0.2)
     assert not wait_state(router, lambda s: not s.canary_staged).canary_staged
+
+
+@pytest.mark.integration
+def test_a_rollbacks_pin_comes_off_once_the_copy_of_stable_is_ready(api: client.ApiClient, namespace: str,
+                                                                    standin: KServeStandIn) -> None:
+    """canaryTrafficPercent 0, left on, would hold every later revision at 0%: a change made outside
+    ModelRollout (here the GitOps tool's) would never serve. The finished rollout removes it, but only once
+    the copy of stable the rollback made is ready (before that KServe would route to the rejected revision)."""
+    apply_isvc(api, namespace)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    router.set_weight(10)
+    wait_state(router, lambda s: s.canary_weight == 10)
+    standin.ready_delay = 3.0  # the copy of stable takes a while to start, as a real revision does
+    router.rollback()
+    state = wait_state(router, lambda s: not s.canary_staged)
+    assert state.pinned and state.stable_version == "6" and state.canary_weight is None
+    spec = example()
+    spec["target"] = {"kserve": {"inferenceService": NAME}}
+    runtime = RolloutRuntime({"metadata": {"name": "nsfw-v7", "namespace": namespace}, "spec": spec},
+                             parse_spec(spec), api, OperatorConfig())
+    own = ModelRolloutStatus(phase=Phase.ROLLED_BACK, candidate=VersionRef(version="7"))
+    assert runtime.finish_withdrawal(own) is True  # the copy is not ready: pinned still
+    assert get(api, namespace)["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert split(get(api, namespace)) == {f"{NAME}-predictor-00001": 100}
+    deadline = time.monotonic() + 15
+    while runtime.finish_withdrawal(own):
+        assert time.monotonic() < deadline, "the pin never came off"
+        time.sleep(0.2)
+    state = wait_state(router, lambda s: s.stable_name == f"{NAME}-predictor-00003")
+    assert not state.pinned and state.stable_version == "6" and not state.canary_staged and not state.message
+    obj = get(api, namespace)
+    assert "canaryTrafficPercent" not in obj["spec"]["predictor"]
+    assert "f:canaryTrafficPercent" not in managed_by(obj, FIELD_MANAGER)[0]["fieldsV1"]["f:spec"]["f:predictor"]
+    assert split(obj) == {f"{NAME}-predictor-00003": 100}  # the copy of stable: the same model
+    generation = obj["metadata"]["generation"]
+    assert runtime.finish_withdrawal(own) is False and get(api, namespace)["metadata"]["generation"] == generation
+
+    standin.ready_delay = 0.0
+    apply_isvc(api, namespace, predictor_extra={"maxReplicas": 3})  # a later change made outside ModelRollout
+    state = wait_state(router, lambda s: s.stable_name == f"{NAME}-predictor-00004")
+    assert split(get(api, namespace)) == {f"{NAME}-predictor-00004": 100} and state.stable_version == "6"
 
 
 @pytest.mark.integration

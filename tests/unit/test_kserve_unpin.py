@@ -1,0 +1,174 @@
+"""KServe Knative: the canaryTrafficPercent 0 a rollback or restore pins comes off once the copy of stable is ready.
+
+Left in place, only the router's field manager owns it, so every later revision made outside ModelRollout
+(resources, image, a Git sync) would stay at 0% of traffic, silently. The object here is kept in memory, its
+status written by the repo's KServe stand-in, and applies follow server-side apply for the router's own fields:
+a field the router owned and leaves out of its next body is removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from kubernetes import client
+from test_runtime_actions import runtime_with
+
+from controller.api.status import ModelRolloutStatus, Phase, VersionRef
+from controller.devstack.kserve_standin import KServeStandIn, Revision, _keep_transition_times
+from controller.traffic.base import CandidateModel
+from controller.traffic.kserve import KServeRouter, knative_view
+
+Obj = dict[str, Any]
+V6, V7 = "s3://m/6", "s3://m/7"
+
+
+def _leaves(d: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[tuple[str, ...], Any] = {}
+    for k, v in d.items():
+        out.update(_leaves(v, (*prefix, k)))
+    return out
+
+
+class Kserve:
+    """One InferenceService in Knative mode; `slow` names revisions that are not ready yet."""
+
+    def __init__(self) -> None:
+        self.obj: Obj = {"metadata": {"name": "m", "namespace": "ns", "generation": 1, "resourceVersion": "1",
+                                      "annotations": {}},
+                         "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": V6}}}}
+        self.slow: set[str] = set()
+        self.standin = KServeStandIn(client.ApiClient())
+        self.standin._is_ready = lambda r: r.name not in self.slow  # type: ignore[method-assign]
+        self.owned: set[tuple[str, ...]] = set()
+        self.applied: list[Obj] = []
+
+    def get(self) -> Obj:
+        status = self.standin._knative_status(self.obj)
+        status["conditions"] = _keep_transition_times(status["conditions"], [])
+        self.obj["status"] = status
+        return copy.deepcopy(self.obj)
+
+    def apply(self, body: Obj, force: bool = True) -> Obj:
+        body = copy.deepcopy(body)
+        self.applied.append(body)
+        for key in ("name", "namespace", "resourceVersion"):
+            body["metadata"].pop(key, None)
+        new = _leaves({"metadata": body["metadata"], "spec": body["spec"]})
+        before = copy.deepcopy(self.obj["spec"])
+        for path in self.owned - set(new):  # no other manager in these tests: what the router drops goes
+            parent = self.obj
+            for key in path[:-1]:
+                parent = parent.get(key, {})
+            parent.pop(path[-1], None)
+        for path, value in new.items():
+            parent = self.obj
+            for key in path[:-1]:
+                parent = parent.setdefault(key, {})
+            parent[path[-1]] = value
+        self.owned = set(new)
+        if self.obj["spec"] != before:
+            self.obj["metadata"]["generation"] += 1
+        self.obj["metadata"]["resourceVersion"] = str(int(self.obj["metadata"]["resourceVersion"]) + 1)
+        return copy.deepcopy(self.obj)
+
+    def revisions(self) -> list[Revision]:
+        return [Revision(**r) for r in json.loads(self.get()["status"]["annotations"][
+            "standin.modelrollout.io/revisions"])]
+
+    def router(self) -> KServeRouter:
+        router = KServeRouter(client.ApiClient(), "ns", "m", settle_timeout=0.2, poll_interval=0.01)
+        router.client.get = router.client.get_or_none = self.get  # type: ignore[method-assign]
+        router.client.apply = self.apply  # type: ignore[method-assign]
+        return router
+
+
+def rolled_back(after_promotion: bool) -> tuple[Kserve, KServeRouter]:
+    """Candidate 7 staged against stable 6 and withdrawn (rollback at 10%, or restore after promotion): the
+    pin is on and the copy of stable, rev 3, is not ready yet."""
+    kserve = Kserve()
+    router = kserve.router()
+    router.stage(CandidateModel("m", "7", V7), stable_version="6")
+    kserve.slow.add("m-predictor-00003")
+    if after_promotion:
+        router.set_weight(100)
+        router.promote()
+        router.restore(CandidateModel("m", "6", V6))
+    else:
+        router.set_weight(10)
+        router.rollback()
+    obj = kserve.get()
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == V6
+    assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert obj["status"]["components"]["predictor"]["latestCreatedRevision"] == "m-predictor-00003"
+    return kserve, router
+
+
+def withdraw(router: KServeRouter, after_promotion: bool) -> None:
+    if after_promotion:
+        router.restore(CandidateModel("m", "6", V6))
+    else:
+        router.rollback()
+
+
+@pytest.mark.parametrize("after_promotion", [False, True], ids=["rollback", "restore"])
+def test_the_pin_stays_until_the_copy_of_stable_is_ready_then_one_call_removes_it(after_promotion: bool) -> None:
+    kserve, router = rolled_back(after_promotion)
+    state = router.observe()
+    # Pinned, stable at 100%; no canary or weight the engine could misread.
+    assert state.pinned and state.synced and state.stable_version == "6"
+    assert (state.canary_name, state.canary_weight) == (None, None)
+    written = len(kserve.applied)
+    withdraw(router, after_promotion)
+    assert len(kserve.applied) == written  # rev 3 not ready: unpinning would send users to the rejected revision
+    assert kserve.get()["spec"]["predictor"]["canaryTrafficPercent"] == 0 and router.observe().pinned
+
+    kserve.slow.clear()
+    withdraw(router, after_promotion)
+    assert len(kserve.applied) == written + 1
+    assert "canaryTrafficPercent" not in kserve.applied[-1]["spec"]["predictor"]
+    obj = kserve.get()
+    assert "canaryTrafficPercent" not in obj["spec"]["predictor"]
+    assert obj["status"]["components"]["predictor"]["latestRolledoutRevision"] == "m-predictor-00003"
+    assert len(kserve.revisions()) == 3  # the unpin made no revision of its own
+    state = router.observe()
+    assert not state.pinned and state.stable_version == "6" and state.canary_weight is None and not state.message
+
+    withdraw(router, after_promotion)
+    assert len(kserve.applied) == written + 1  # nothing more to write
+
+    # A later change made outside ModelRollout now gets the traffic.
+    kserve.obj["spec"]["predictor"]["resources"] = {"limits": {"memory": "4Gi"}}
+    kserve.obj["metadata"]["generation"] += 1
+    traffic = kserve.get()["status"]["components"]["predictor"]["traffic"]
+    assert [(t["revisionName"], t["percent"]) for t in traffic] == [("m-predictor-00004", 100)]
+
+
+def test_finish_withdrawal_keeps_calling_while_pinned() -> None:
+    kserve, router = rolled_back(after_promotion=False)
+    runtime = runtime_with(router)
+    status = ModelRolloutStatus(phase=Phase.ROLLED_BACK, candidate=VersionRef(version="7"))
+    assert runtime.finish_withdrawal(status) is True
+    assert runtime.finish_withdrawal(status) is True
+    assert kserve.get()["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    kserve.slow.clear()
+    assert runtime.finish_withdrawal(status) is False
+    assert "canaryTrafficPercent" not in kserve.get()["spec"]["predictor"]
+    written = len(kserve.applied)
+    assert runtime.finish_withdrawal(status) is False and len(kserve.applied) == written
+
+
+def test_a_canary_traffic_percent_another_manager_also_sets_is_not_ours_to_remove() -> None:
+    kserve, _ = rolled_back(after_promotion=False)
+    obj = kserve.get()
+    ctp = {"f:spec": {"f:predictor": {"f:canaryTrafficPercent": {}}}}
+    obj["metadata"]["managedFields"] = [{"manager": "modelrollout-controller", "operation": "Apply",
+                                         "fieldsV1": {"f:spec": {"f:predictor": {"f:model": {}}}}},
+                                        {"manager": "argocd-controller", "operation": "Apply", "fieldsV1": ctp}]
+    assert not knative_view(obj, "m").pinned  # our apply without it left it to Argo CD: nothing to wait for
+    obj["metadata"]["managedFields"][0]["fieldsV1"] = ctp
+    assert knative_view(obj, "m").pinned
