@@ -67,6 +67,7 @@ from controller.engine import (
     ignore_command,
     reject_spec,
 )
+from controller.engine.decide import COMMAND_REFUSAL_MAX
 from controller.gate import (
     DatasetSources,
     GateReport,
@@ -398,15 +399,19 @@ def _engine_version(version: Any) -> ResolvedVersion:
                            lineage=dict(version.lineage), tags=dict(version.tags), status=version.status)
 
 
-def check_operator_settings(spec: ModelRolloutSpec, namespace: str, config: OperatorConfig) -> None:
-    """What the spec needs from this operator's settings, refused with the field named (SpecError)."""
+def check_operator_settings(spec: ModelRolloutSpec, namespace: str, config: OperatorConfig,
+                            gate_ahead: bool = True) -> None:
+    """What the spec needs from this operator's settings, refused with the field named (SpecError).
+
+    gate_ahead: the attempt's gate has not finished. Only then does the golden dataset's source matter: a
+    rollout past its gate is not frozen because the dataset's host left the allow-list since."""
     check_gate_hosts(spec, namespace, config.gate_hosts)
     if spec.analysis.metrics and spec.analysis.prometheus is None and not config.default_prometheus_url:
         raise SpecError("spec.analysis.prometheus.address",
                         "is required: the metrics need a Prometheus and the operator has no default (--prometheus-url)")
     # The gate's own check, now: else the refusal comes only at gate time, after the candidate is staged.
     dataset = spec.golden_dataset
-    if dataset is not None and dataset.uri.startswith("https://"):
+    if gate_ahead and dataset is not None and dataset.uri.startswith("https://"):
         try:
             check_https_uri(dataset.uri, config.https_allowed_hosts)
         except SourceError as exc:  # a SourcePolicyError: the allow-list, credentials, an unusable URL
@@ -420,8 +425,6 @@ _ROLLBACK_PHASES = frozenset({Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.FAILE
 _STATUS_ERRORS = (ValueError, TypeError, AttributeError)
 # The Ready condition's reason while the status cannot be read.
 STATUS_UNREADABLE = "StatusUnreadable"
-# A parse error may quote the annotation's values: bounded in the log (the engine bounds the history entry).
-_REFUSAL_MAX = 512
 
 
 def read_command(obj: Mapping[str, Any]) -> Command | CommandError | None:
@@ -452,7 +455,7 @@ def refuse_command(obj: Mapping[str, Any], status: ModelRolloutStatus, now: dt.d
     if key in status.handled_commands:
         return status
     log.warning("%s/%s: command not carried out: %s", meta["namespace"], meta["name"],
-                detail[:_REFUSAL_MAX])
+                detail[:COMMAND_REFUSAL_MAX])
     return ignore_command(status, key, detail, now, actor=actor, command_id=command_id)
 
 
@@ -545,7 +548,8 @@ class RolloutStepper:
         try:
             spec = parse_spec(obj.get("spec") or {})
             if not deleting:  # the rollback a delete starts runs no gate and no analysis
-                check_operator_settings(spec, meta["namespace"], self.config)
+                check_operator_settings(spec, meta["namespace"], self.config,
+                                        gate_ahead=status.gate is None or status.gate.completed_at is None)
         except SpecError as exc:
             refused = exc
         if refused is not None and (spec is None or not _rollback_asked(obj, status)):

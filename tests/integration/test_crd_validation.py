@@ -115,6 +115,8 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     # Hosts urlsplit refuses (an IPv4 address in brackets, a fullwidth slash): refused here, not at run time.
     ("tracking-uri-bracketed-ipv4", _set("registry", {"trackingUri": "http://[1.2.3.4]/"}),
      "spec.registry.trackingUri"),
+    ("golden-uri-bracketed-ipv4", _set("goldenDataset.uri", "https://[1.2.3.4]/golden.jsonl"),
+     "spec.goldenDataset.uri"),
     ("prometheus-fullwidth-slash", _set("analysis.prometheus", {"address": "http://a\uff0fb/"}),
      "spec.analysis.prometheus.address"),
     ("progress-deadline-unparsable", _set("progressDeadline", "soon"), "spec.progressDeadline"),

@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 import controller.operator.runtime as runtime_module
 from controller.api import SpecError, parse_spec
-from controller.api.status import AnalysisMode, VersionRef
+from controller.api.status import AnalysisMode, GateStatus, ModelRolloutStatus, Phase, VersionRef
 from controller.devstack.processes import free_port
 from controller.engine.actions import RunAnalysis, RunGate
 from controller.engine.observations import AdapterErrorKind
@@ -25,7 +25,9 @@ from controller.operator.runtime import (
     fill_storage_uri,
 )
 from controller.traffic.base import TargetState
+from controller.verdict import Outcome
 
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 RAW: dict[str, Any] = {
     "model": {"name": "nsfw", "version": "2"}, "target": {"kserve": {"inferenceService": "nsfw"}},
     "canary": {"steps": [{"setWeight": 10}, {"analysis": {"duration": "5m"}}]},
@@ -72,6 +74,35 @@ def test_an_https_dataset_host_outside_the_operators_allow_list_fails_before_any
     for hosts in (("data.example.com",), ("*.example.com",), ("DATA.example.com.",)):
         config = OperatorConfig(https_allowed_hosts=hosts, default_prometheus_url="http://prom:9090")
         check_operator_settings(parse_spec(raw), "team-a", config)  # the gate would fetch it: accepted
+
+
+@pytest.mark.parametrize(("gate", "gate_ahead"), [
+    (None, True),
+    (GateStatus(request_id="1:gate", started_at=T0), True),
+    (GateStatus(request_id="1:gate", started_at=T0, completed_at=T0, outcome=Outcome.PASS), False),
+])
+def test_the_dataset_host_matters_only_until_the_gate_has_run(monkeypatch: pytest.MonkeyPatch,
+                                                               gate: GateStatus | None, gate_ahead: bool) -> None:
+    """Past its gate a rollout is not frozen because the dataset's host has left the allow-list since."""
+    raw = copy.deepcopy(RAW)
+    raw["goldenDataset"]["uri"] = "https://data.example.com/golden.jsonl"
+    config = OperatorConfig(default_prometheus_url="http://prom:9090")
+    check_operator_settings(parse_spec(raw), "team-a", config, gate_ahead=False)  # the gate will not run again
+    with pytest.raises(SpecError, match=r"data\.example\.com"):
+        check_operator_settings(parse_spec(raw), "team-a", config, gate_ahead=True)
+    asked: list[bool] = []
+
+    def record(*_: Any, gate_ahead: bool = True) -> None:
+        asked.append(gate_ahead)
+        raise SpecError("spec.goldenDataset.uri", "stop here")  # no further call: the stepper has no client
+
+    monkeypatch.setattr(runtime_module, "check_operator_settings", record)
+    status = ModelRolloutStatus(phase=Phase.PROGRESSING if gate_ahead is False else Phase.GATING, attempt=1,
+                                observed_generation=1, candidate=VersionRef("2"), gate=gate, started_at=T0)
+    obj = {"metadata": {"namespace": "team-a", "name": "nsfw", "generation": 1}, "spec": raw,
+           "status": status.to_dict()}
+    asyncio.run(RolloutStepper(None, config, write_ahead=False).step(obj))  # type: ignore[arg-type]
+    assert asked == [gate_ahead]
 
 
 @pytest.mark.parametrize(("named_in_spec", "default"), [(False, True), (True, False), (True, True)])
