@@ -264,6 +264,33 @@ def test_the_target_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path,
 
 
 @pytest.mark.integration
+def test_the_model_and_its_stable_alias_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path,
+                                                                                   namespace: str) -> None:
+    manifest = sample()
+    manifest["metadata"]["name"] = "model-change"
+    assert apply(kubeconfig, namespace, manifest)[0] == 0
+    for change in ({"name": "other-model"}, {"stableAlias": "gold"}):
+        moved = copy.deepcopy(manifest)
+        moved["spec"]["model"].update(change)
+        for phase, allowed in (("Progressing", False), ("Baking", False), ("RolledBack", True)):
+            patch = json.dumps({"status": {"phase": phase, "candidate": {"version": "7"}}})
+            result = run_kubectl(kubeconfig, "patch", "mro", "model-change", "-n", namespace, "--subresource=status",
+                                 "--type=merge", "-p", patch)
+            assert result.returncode == 0, result.stderr
+            code, output = apply(kubeconfig, namespace, moved)
+            assert (code == 0) == allowed, f"{change} in {phase}: {output}"
+            if not allowed:
+                assert "spec.model.name and spec.model.stableAlias" in output, output
+        assert apply(kubeconfig, namespace, manifest)[0] == 0  # back, while the phase allows it
+    # A new version is a new candidate, not another model: allowed mid-rollout.
+    run_kubectl(kubeconfig, "patch", "mro", "model-change", "-n", namespace, "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": {"phase": "Progressing"}}))
+    bumped = copy.deepcopy(manifest)
+    bumped["spec"]["model"]["version"] = "8"
+    assert apply(kubeconfig, namespace, bumped)[0] == 0
+
+
+@pytest.mark.integration
 def test_design_md_layout_with_the_limits_beside_proportion_is_accepted_and_read(kubeconfig: Path,
                                                                                   namespace: str) -> None:
     manifest = sample()
