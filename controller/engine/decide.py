@@ -118,6 +118,8 @@ _REFUSALS = frozenset({AdapterErrorKind.FORBIDDEN, AdapterErrorKind.INVALID})
 # it resumes. Gating, baking and the ended phases confirm none.
 _PHASE_ACTIONS = {Phase.PENDING: "stage:", Phase.PROGRESSING: "step-", Phase.PROMOTING: "promote:",
                   Phase.ROLLING_BACK: "rollback:"}
+# The rollback evidence's key for the new candidate an abort kept from starting (None: not known then).
+_NOT_STARTED = "not_started"
 _INCONCLUSIVE_PAUSE = {
     RollbackCause.GATE_INCONCLUSIVE: PauseReason.GATE_INCONCLUSIVE,
     RollbackCause.ANALYSIS_INCONCLUSIVE: PauseReason.ANALYSIS_INCONCLUSIVE,
@@ -227,10 +229,17 @@ class _Decider:
         self._record_accepted_sends()
         self._record_action_failures()
         self._repair_status()
+        # An abort or rollback names the versions the human saw: applied before a new candidate restarts the
+        # attempt (which would leave it nothing to roll back); the new candidate then starts once it is done.
+        rollbacks = (CommandAction.ABORT, CommandAction.ROLLBACK)
+        for command in self.obs.commands:
+            if command.action in rollbacks:
+                self._apply_command(command)
         self._follow_candidate_changes()
         self._follow_step_changes()
         for command in self.obs.commands:
-            self._apply_command(command)
+            if command.action not in rollbacks:
+                self._apply_command(command)
         self._follow_deletion()
         for _ in range(_MAX_TRANSITIONS):
             self.moved = False
@@ -301,11 +310,15 @@ class _Decider:
         """`what` did not happen in time: a failure like any other (rolled back, or paused for a human).
 
         The reason quotes the last error of the action waited on, which the ledger holds only while the latest
-        send was refused. When the target or registry refused that request itself (403, 422), the model was
-        never judged on it, so it is not tagged rejected."""
-        error = _ledger_error(self._ledger(action_id))
-        reason = f"{what} within {self._deadline}{context}{self._last_error_note(action_id)}"
-        refused = error is not None and error.kind in _REFUSALS
+        send was refused. When the target or registry refused that request itself (403, 422), or it was never
+        sent, the model was never judged on it, so it is not tagged rejected."""
+        record = self._ledger(action_id)
+        error = _ledger_error(record)
+        # Held from the first send all along (the target or registry did not answer): nothing was asked either.
+        unsent = record is not None and record.sent_at is None
+        held = f"; never sent ({'; '.join(self.errors)})" if unsent and self.errors else ""
+        reason = f"{what} within {self._deadline}{context}{held}{self._last_error_note(action_id)}"
+        refused = unsent or (error is not None and error.kind in _REFUSALS)
         self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, reason, evidence or {}, reject_candidate=not refused)
 
     def _last_error_note(self, action_id: str) -> str:
@@ -562,12 +575,15 @@ class _Decider:
             return
         detail = f"candidate {wanted} replaces {current.version} (generation {self.obs.generation})"
         phase = self.status.phase
+        rollback = self.status.rollback
+        held = rollback.evidence.get(_NOT_STARTED, "") if rollback is not None else ""
+        if held is None or held == wanted:
+            return  # on-call aborted the rollback that was to start it: only retry (or another version) does
         if phase in TERMINAL_PHASES or phase is Phase.PENDING:
             # Nothing carries traffic for the old candidate: a staged one is replaced by the new staging.
             self._record("NewCandidate", detail)
             self._restart(detail)
         elif phase is Phase.ROLLING_BACK:
-            rollback = self.status.rollback
             if rollback is not None and not rollback.restart:
                 self._record("NewCandidate", f"{detail}; starting over once the rollback completes")
                 self._update(rollback=dataclasses.replace(rollback, restart=True))
@@ -629,6 +645,11 @@ class _Decider:
         pause = self.status.pause
         label = command.label
         if command.action in (CommandAction.ABORT, CommandAction.ROLLBACK):
+            rollback = self.status.rollback
+            if phase is Phase.ROLLING_BACK and command.action is CommandAction.ABORT and rollback is not None \
+                    and rollback.restart:
+                self._abort_restart(command, rollback)
+                return None
             if phase is Phase.ROLLING_BACK:
                 return "already rolling back"
             if phase in (Phase.ROLLED_BACK, Phase.FAILED):
@@ -651,6 +672,19 @@ class _Decider:
         if command.action is CommandAction.PROMOTE:
             return self._promote_command(command, pause)
         return self._retry_command(command, pause)
+
+    def _abort_restart(self, command: Command, rollback: RollbackStatus) -> None:
+        """Abort while a rollback makes way for a new candidate: the rollback goes on and ends the rollout; the
+        new candidate is not started (until retry, or another version)."""
+        wanted = self._wanted_candidate()
+        what = f"version {wanted}" if wanted else "the new candidate"
+        self._record("CommandApplied", f"{command.label}: the rollback goes on and {what} is not started",
+                     actor=command.actor, command_id=command.id)
+        reason = f"{rollback.reason}; aborted by {command.actor}: {what} is not started (run retry to start it)"
+        # Kept with the rollback, so that the ended rollout does not start it either (None: whatever is waiting).
+        evidence = to_json({**rollback.evidence, _NOT_STARTED: wanted})
+        self._update(rollback=dataclasses.replace(rollback, restart=False, reason=_one_line(reason),
+                                                  evidence=evidence))
 
     def _promote_command(self, command: Command, pause: PauseStatus | None) -> str | None:
         phase = self.status.phase
@@ -808,6 +842,10 @@ class _Decider:
             return
         if (target.canary_version == candidate.version and target.canary_ready
                 and not target.canary_weight):
+            # Recorded also when only observed (staged before this attempt asked): a rollback must know the
+            # candidate reached the target.
+            self._request(StageCandidate(id=self._stage_id(), candidate=candidate), f"version {candidate.version}",
+                          send=False)
             self._confirm(self._stage_id())
             self._record("CandidateStaged", f"candidate {candidate.version} ready on {target_label} at 0%")
             self._enter_gate()
@@ -959,7 +997,11 @@ class _Decider:
             self._record("WeightChanged", f"{self._step_label(index)}: candidate {candidate.version} at {weight}%")
             self._advance_step()
             return
-        if self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):
+        action = SetCanaryWeight(id=action_id, candidate_version=candidate.version, weight=weight)
+        # Pending from the step's start, not its first send: a target or registry away before it still meets
+        # the deadline (and `retry` renews it).
+        self._request(action, f"weight {weight}%", send=False)
+        if self._deadline_passed(self._pending_since(action_id)):
             observed = "unknown" if target is None else f"{target.canary_weight}%"
             self._deadline_failure(f"the target did not take weight {weight}%", action_id,
                                    f" (observed {observed}), at {self._step_label(index)}",
@@ -971,8 +1013,7 @@ class _Decider:
         if self._registry() is None:
             self._wait(f"Holding {self._step_label(index)} at the current weight until the registry answers")
             return
-        self._request(SetCanaryWeight(id=action_id, candidate_version=candidate.version, weight=weight),
-                      f"weight {weight}%")
+        self._request(action, f"weight {weight}%")
         self._wait(f"{self._step_label(index).capitalize()}: setting candidate {candidate.version} to "
                    f"{weight}% of traffic", poll=True)
 
@@ -1279,9 +1320,8 @@ class _Decider:
             action = SetCanaryWeight(id=self._rollback_id("traffic"),
                                      candidate_version=candidate.version if candidate else "", weight=0, withdraw=True)
             detail = "weight 0%"
-            never_staged = self._ledger(self._stage_id()) is None if candidate is not None else True
-            # Target unobservable (e.g. missing): nothing to undo only if the candidate was never staged.
-            done = never_staged if target is None else not target.canary_weight
+            # Target unobservable (unreachable, not synced): nothing to undo only if the candidate never reached it.
+            done = not self._maybe_staged() if target is None else not target.canary_weight
         if done:
             self._confirm(action.id)
             seen = "the candidate was never staged on" if target is None else f"{detail} observed on"
@@ -1290,6 +1330,17 @@ class _Decider:
         # Back to safety at once: this needs the target only, never the registry.
         self._request(action, detail)
         return rollback
+
+    def _maybe_staged(self) -> bool:
+        """Whether this attempt's candidate may be on the target: staging was asked for or seen, or the attempt
+        got past staging (a status written before a staging seen only on the target was recorded)."""
+        status = self.status
+        if status.candidate is None:
+            return False
+        if status.gate is not None or status.current_step is not None or status.promotion is not None:
+            return True
+        prefix = f"{self._attempt}:stage:"
+        return any(record.id.startswith(prefix) for record in status.actions)
 
     def _rollback_alias(self, rollback: RollbackStatus) -> RollbackStatus:
         if rollback.alias_confirmed_at is not None:
@@ -1399,32 +1450,34 @@ class _Decider:
                 self._record("Promoted", f"candidate {candidate.version} serves all traffic")
                 promotion = dataclasses.replace(promotion, target_confirmed_at=self.now)
                 self._update(promotion=promotion, canary_weight=100)
-            elif self._ledger(action_id) is not None and self._deadline_passed(self._pending_since(action_id)):
-                self._deadline_failure(f"the target did not take the promotion of {candidate.version}", action_id)
-                return
-            elif target is None:
-                self._wait(f"Holding the promotion until {self.spec.target.description} answers")
-                return
-            elif self._registry() is None:
-                self._wait("Holding the promotion until the registry answers")
-                return
-            elif not ((target.canary_version == candidate.version and target.canary_ready)
-                      or target.stable_version == candidate.version):
+            else:
+                action = PromoteCandidate(id=action_id, candidate=candidate)
+                # Pending from the promotion's start, not its first send: a target or registry away before it
+                # still meets the deadline (and `retry` renews it).
+                self._request(action, f"version {candidate.version}", send=False)
                 # The staged candidate vanished (e.g. a sync reapplied the target's spec): never send an
                 # unverified revision all traffic in one go, nor send the promotion again.
+                vanished = target is not None and not (
+                    (target.canary_version == candidate.version and target.canary_ready)
+                    or target.stable_version == candidate.version)
                 reason = (f"candidate {candidate.version} is no longer staged and ready on "
                           f"{self.spec.target.description}, so it cannot be promoted")
-                if self._deadline_passed(self._pending_since(action_id) if self._ledger(action_id)
-                                         else promotion.started_at):
-                    self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
-                                  f"{reason} (waited {self._deadline})",
-                                  {})
-                else:
+                if self._deadline_passed(self._pending_since(action_id)):
+                    if vanished:
+                        self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{reason} (waited {self._deadline})",
+                                      {})
+                    else:
+                        self._deadline_failure(f"the target did not take the promotion of {candidate.version}",
+                                               action_id)
+                elif target is None:
+                    self._wait(f"Holding the promotion until {self.spec.target.description} answers")
+                elif self._registry() is None:
+                    self._wait("Holding the promotion until the registry answers")
+                elif vanished:
                     self._wait(f"Holding the promotion: {reason}", poll=True)
-                return
-            else:
-                self._request(PromoteCandidate(id=action_id, candidate=candidate), f"version {candidate.version}")
-                self._wait(f"Promoting candidate {candidate.version} to all traffic", poll=True)
+                else:
+                    self._request(action, f"version {candidate.version}")
+                    self._wait(f"Promoting candidate {candidate.version} to all traffic", poll=True)
                 return
         registry = self._registry()
         action_id = f"{self._attempt}:promote:alias"
@@ -1571,7 +1624,10 @@ class _Decider:
                 until = f"until {format_time(pause.until)}" if pause.until else "until someone runs promote"
                 return _sentence(f"Paused at {self._step_label()} with candidate {candidate} at "
                                  f"{status.canary_weight}% {until}{retry_note}")
-            return _sentence(f"Paused: {pause.detail}; run promote, retry or rollback{retry_note}")
+            # Only the commands that work: promote cannot skip a change the target has not taken.
+            commands = "retry or rollback" if pause.reason is PauseReason.PROGRESS_DEADLINE_EXCEEDED \
+                else "promote, retry or rollback"
+            return _sentence(f"Paused: {pause.detail}; run {commands}{retry_note}")
         if self.waiting:
             return _sentence(f"{self.waiting}{retry_note}")
         if phase is Phase.PROGRESSING and status.analysis is not None and status.analysis.ends_at is not None:
