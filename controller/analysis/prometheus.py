@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
 from urllib3.exceptions import LocationValueError
 from urllib3.util.retry import Retry
+
+from controller.redaction import redact_credentials
 
 # An instant query that finds nothing is asked again over this much history: data there means the series
 # went stale (its source stopped reporting), none means nothing was ever counted.
@@ -78,6 +80,13 @@ class PrometheusProvider:
         retry = Retry(total=retries, backoff_factor=0.2, status_forcelist=UNAVAILABLE,
                       allowed_methods=frozenset({"GET", "POST"}), raise_on_status=False)
         self.address = _without_credentials(address.rstrip("/"))  # what messages show
+        # What a server or proxy echoing the request could send back of the credentials: never quoted.
+        parts = urlsplit(address)
+        self._username, self._password = unquote(parts.username or "") or None, unquote(parts.password or "") or None
+        # A header's whole value and its credentials alone ("Bearer abc" and "abc").
+        self._tokens = [token for key, value in (headers or {}).items()
+                        if key.lower() in ("authorization", "proxy-authorization")
+                        for token in (value, value.partition(" ")[2]) if token]
         self.timeout_seconds = timeout_seconds
         self.scrape_interval = scrape_interval
         # POST keeps long queries out of proxies' access logs (the library still puts the query in the URL).
@@ -90,6 +99,12 @@ class PrometheusProvider:
 
     def __repr__(self) -> str:
         return f"PrometheusProvider({self.address!r})"
+
+    def _redacted(self, text: str) -> str:
+        text = redact_credentials(text, username=self._username, password=self._password)
+        for token in sorted(self._tokens, key=len, reverse=True):  # the whole header value first
+            text = redact_credentials(text, token=token)
+        return text
 
     def scalar(self, query: str, at: datetime | None = None, *, check_stale: bool = True) -> Measurement:
         """Evaluate `query` at `at` (default: now) and expect exactly one number.
@@ -182,6 +197,7 @@ class PrometheusProvider:
             return problem(QueryProblem.UNREACHABLE, f"{self.address}: {type(exc).__name__}")
         except PrometheusApiClientException as exc:
             status, text, from_prometheus = _prometheus_error(exc)
+            text = self._redacted(text)
             if status in UNAVAILABLE and not from_prometheus:  # a proxy or load balancer, not Prometheus
                 return problem(QueryProblem.UNREACHABLE, f"{self.address} answered HTTP {status} on every attempt")
             return problem(QueryProblem.REJECTED, text)
@@ -190,7 +206,7 @@ class PrometheusProvider:
                                                      f"({type(exc).__name__})")
         except Incomplete as exc:
             return problem(QueryProblem.PARTIAL, f"{self.address} answered, but warns that the data may be "
-                                                 f"incomplete: {exc}")
+                                                 f"incomplete: {self._redacted(str(exc))}")
         except WrongResultType as exc:
             return problem(QueryProblem.MALFORMED, f"{self.address} answered with {exc}")
         except NotSuccess as exc:

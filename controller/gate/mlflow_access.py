@@ -26,6 +26,7 @@ import requests
 import urllib3
 
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
+from controller.redaction import redact_credentials
 from controller.registry.mlflow_rest import (
     MAX_ANSWER_BYTES,
     AnswerTooLarge,
@@ -33,7 +34,6 @@ from controller.registry.mlflow_rest import (
     body_chunks,
     bounded_text,
     json_type,
-    redact_credentials,
     transport_cause,
 )
 

@@ -9,10 +9,10 @@ MLflow's documented REST API 2.0 (aliases and version tags only; stages are depr
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX
+from controller.redaction import redact_credentials
 from controller.registry.base import DatasetInput, ModelRegistry, RunRecord, VersionRecord, bounded
 from controller.registry.errors import (
     RegistryAccessDenied,
@@ -45,6 +46,8 @@ _DATASET_CONTEXT_TAG = "mlflow.data.context"
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 # Statuses worth retrying: the server is overloaded, restarting or behind a struggling proxy.
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# MLflow's error codes are names (RESOURCE_DOES_NOT_EXIST); any other error_code is a server's text.
+_ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,7 @@ class MlflowRegistry(ModelRegistry):
                                            "body that is not MLflow's JSON: is this an MLflow tracking server?")
             return body
         error_code = str(body.get("error_code", "")) if body else ""
+        error_code = error_code if _ERROR_CODE.fullmatch(error_code) else ""  # never quote a server's text
         detail = self._server_message(body)
         if status in (401, 403):
             raise RegistryAccessDenied(f"MLflow at {self.tracking_uri} refused {method} {endpoint} with HTTP {status} "
@@ -289,22 +293,6 @@ def bounded_text(response: requests.Response, deadline: float, max_bytes: int = 
         return data.decode(response.encoding or "utf-8", errors="replace")
     except LookupError:  # a charset Python does not know (utf8mb4): MLflow's JSON is UTF-8 anyway
         return data.decode("utf-8", errors="replace")
-
-
-def redact_credentials(text: str, *, token: str | None = None, username: str | None = None,
-                       password: str | None = None) -> str:
-    """text with the token, the password and the base64 basic-auth pair replaced by ***.
-
-    For anything a server sends back (error messages echo the Authorization header, proxies echo the
-    request): shared by the registry adapter and the gate's MLflow client. The username is not a secret.
-    """
-    secrets = [value for value in (token, password) if value]
-    if username and password:
-        # What a server echoing the Authorization header would show of a basic-auth password.
-        secrets.append(base64.standard_b64encode(f"{username}:{password}".encode()).decode())
-    for secret in sorted(secrets, key=len, reverse=True):  # longest first: no partial leftovers
-        text = text.replace(secret, "***")
-    return text
 
 
 def transport_cause(error: BaseException, timeout_seconds: float) -> str:

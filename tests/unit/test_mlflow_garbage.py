@@ -259,6 +259,22 @@ def test_a_model_version_with_wrongly_typed_fields_is_refused_naming_the_field(
     assert caught.value.kind == "Error" and not caught.value.retryable
 
 
+@pytest.mark.parametrize("credentials", [Credentials(token=TOKEN), Credentials(username=USERNAME, password=PASSWORD)],
+                         ids=["bearer", "basic"])
+def test_an_error_code_that_is_no_mlflow_code_is_not_quoted(mlflow: FakeMlflow, credentials: Credentials) -> None:
+    """A proxy echoing the request in error_code: only MLflow's own code names are quoted, and bounded."""
+    registry = MlflowRegistry(mlflow.url, credentials, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    for code in ("{authorization}", "BAD {authorization}", "X" * 1_000_000):
+        mlflow.answer(f"{API}/model-versions/get", 400, {"error_code": code, "message": "denied"})
+        with pytest.raises(RegistryRequestError) as caught:
+            registry.resolve("m", version="2")
+        assert "HTTP 400: denied" in caught.value.message and len(caught.value.message) < 400, caught.value
+        assert_no_secret(caught.value.message)
+    mlflow.answer(f"{API}/model-versions/get", 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"})
+    with pytest.raises(RegistryRequestError, match="HTTP 400 INVALID_PARAMETER_VALUE: bad"):
+        registry.resolve("m", version="2")
+
+
 def test_a_model_version_without_a_status_is_not_read_as_ready(mlflow: FakeMlflow) -> None:
     registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
     mlflow.answer(f"{API}/model-versions/get", 200,

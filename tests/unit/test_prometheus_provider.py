@@ -4,7 +4,9 @@ tested in tests/integration/test_exporter_prometheus.py and test_history_backfil
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,6 +110,20 @@ def test_credentials_in_the_address_never_reach_a_message(garbage: Garbage) -> N
     assert m.problem is QueryProblem.UNREACHABLE
     assert "s3cret" not in m.detail and "admin" not in m.detail and "s3cret" not in repr(provider)
     assert host in m.detail
+
+
+def test_credentials_a_server_echoes_in_an_error_never_reach_a_message(garbage: Garbage) -> None:
+    host = garbage.url.removeprefix("http://")
+    pair = base64.standard_b64encode(b"admin:s3cret").decode()
+    in_address = PrometheusProvider(f"http://admin:s3cret@{host}", retries=0)
+    in_header = PrometheusProvider(garbage.url, retries=0, headers={"Authorization": "Bearer tok-123"})
+    for provider, echoes in ((in_address, (f"Basic {pair}", "s3cret")), (in_header, ("Bearer tok-123", "tok-123"))):
+        for echoed in echoes:
+            garbage.answer(400, json.dumps({"status": "error", "errorType": "bad_data",
+                                            "error": f"you sent {echoed}"}).encode())
+            m = provider.scalar("vector(1)")
+            assert m.problem is QueryProblem.REJECTED and "Prometheus says bad_data: you sent" in m.detail
+            assert m.detail.endswith("***") and not any(s in m.detail for s in ("s3cret", pair, "tok-123")), m.detail
 
 
 def test_an_address_that_cannot_be_asked_is_unreachable_not_a_malformed_answer() -> None:
