@@ -120,6 +120,8 @@ _PHASE_ACTIONS = {Phase.PENDING: "stage:", Phase.PROGRESSING: "step-", Phase.PRO
                   Phase.ROLLING_BACK: "rollback:"}
 # The rollback evidence's key for the new candidate an abort kept from starting (None: not known then).
 _NOT_STARTED = "not_started"
+# ... and the new candidate a rollback makes way for, as known when it started (the registry may be down later).
+_SUPERSEDED_BY = "superseded_by"
 _INCONCLUSIVE_PAUSE = {
     RollbackCause.GATE_INCONCLUSIVE: PauseReason.GATE_INCONCLUSIVE,
     RollbackCause.ANALYSIS_INCONCLUSIVE: PauseReason.ANALYSIS_INCONCLUSIVE,
@@ -316,7 +318,7 @@ class _Decider:
         error = _ledger_error(record)
         # Held from the first send all along (the target or registry did not answer): nothing was asked either.
         unsent = record is not None and record.sent_at is None
-        held = f"; never sent ({'; '.join(self.errors)})" if unsent and self.errors else ""
+        held = f"; held unsent ({'; '.join(self.errors)})" if unsent and self.errors else ""
         reason = f"{what} within {self._deadline}{context}{held}{self._last_error_note(action_id)}"
         refused = unsent or (error is not None and error.kind in _REFUSALS)
         self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, reason, evidence or {}, reject_candidate=not refused)
@@ -586,11 +588,12 @@ class _Decider:
         elif phase is Phase.ROLLING_BACK:
             if rollback is not None and not rollback.restart:
                 self._record("NewCandidate", f"{detail}; starting over once the rollback completes")
-                self._update(rollback=dataclasses.replace(rollback, restart=True))
+                self._update(rollback=dataclasses.replace(
+                    rollback, restart=True, evidence=to_json({**rollback.evidence, _SUPERSEDED_BY: wanted})))
         else:
             self._record("NewCandidate", f"{detail}; rolling {current.version} back first")
             self._start_rollback(RollbackCause.SUPERSEDED, f"superseded by version {wanted}",
-                                 reject_candidate=False, restart=True)
+                                 evidence={_SUPERSEDED_BY: wanted}, reject_candidate=False, restart=True)
 
     def _follow_deletion(self) -> None:
         """Deleted before it ended, with revertOnDeletion: roll back as an abort would, then end (the operator
@@ -676,7 +679,7 @@ class _Decider:
     def _abort_restart(self, command: Command, rollback: RollbackStatus) -> None:
         """Abort while a rollback makes way for a new candidate: the rollback goes on and ends the rollout; the
         new candidate is not started (until retry, or another version)."""
-        wanted = self._wanted_candidate()
+        wanted = self._wanted_candidate() or rollback.evidence.get(_SUPERSEDED_BY)
         what = f"version {wanted}" if wanted else "the new candidate"
         self._record("CommandApplied", f"{command.label}: the rollback goes on and {what} is not started",
                      actor=command.actor, command_id=command.id)

@@ -96,6 +96,10 @@ MAX_CONCURRENT_GATES = 4
 WITHDRAWN_PHASES = ("RolledBack", "Failed")
 # How long a deleted rollout that has ended waits for that withdrawal before the delete may complete.
 WITHDRAWAL_GRACE = dt.timedelta(minutes=2)
+# How soon finish_withdrawal is called again: a second write follows the first within seconds; a pin waits for
+# a new revision's pods, which may take minutes or never come, so it is looked at less often.
+WITHDRAWAL_RECHECK_SECONDS = 1.0
+PIN_RECHECK_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,7 @@ class RolloutRuntime:
                                                 kserve_default_mode=config.kserve_default_mode)
         self._credentials: Credentials | None = None
         self._registry: ModelRegistry | None = None
+        self.withdrawal_recheck = WITHDRAWAL_RECHECK_SECONDS  # set by finish_withdrawal
 
     # --- adapters ------------------------------------------------------------------------------------
 
@@ -312,6 +317,7 @@ class RolloutRuntime:
             state = self.router.observe()
             if state.exists and state.pinned:
                 self.router.rollback()  # unpins once the serving system is ready for it, else nothing
+                self.withdrawal_recheck = PIN_RECHECK_SECONDS
                 return self.router.observe().pinned
             if not state.exists or not state.canary_staged:
                 return False
@@ -681,7 +687,8 @@ class RolloutStepper:
             self._unheard[key] = (uid, failures, done)
             outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
         if await asyncio.to_thread(runtime.finish_withdrawal, status):
-            outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
+            recheck = runtime.withdrawal_recheck
+            outcome.requeue_after = min(outcome.requeue_after or recheck, recheck)
         return outcome
 
     # --- the revertOnDeletion finalizer -------------------------------------------------------------------

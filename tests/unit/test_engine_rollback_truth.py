@@ -127,7 +127,7 @@ def test_a_weight_step_held_before_its_first_send_meets_the_progress_deadline(fa
     assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
     assert world.now - entered <= timedelta(minutes=41)  # the analysis step's 10m, then 30m
     assert "did not take weight 10% within progressDeadline 30m" in rollback.reason
-    assert "never sent" in rollback.reason and not rollback.reject_candidate  # nothing was asked of the model
+    assert "held unsent" in rollback.reason and not rollback.reject_candidate  # nothing was asked of the model
 
 
 def test_a_promotion_held_before_its_first_send_meets_the_progress_deadline() -> None:
@@ -191,3 +191,28 @@ def test_an_abort_during_a_rollback_for_a_new_candidate_ends_the_rollout_without
     world.send(CommandAction.RETRY)  # on-call changes their mind: retry starts it
     world.run_until(lambda w: w.status.phase is Phase.PROGRESSING, step=timedelta(seconds=5))
     assert world.status.candidate is not None and world.status.candidate.version == "8"
+
+
+def test_an_abort_while_the_registry_is_down_holds_back_only_the_version_the_rollback_made_way_for() -> None:
+    spec = spec_dict(bake=None, model={"name": "nsfw-classifier", "alias": "challenger", "stableAlias": "production"})
+    world = World(spec=spec)
+    world.registry.versions["9"] = {}
+    world.registry.aliases["challenger"] = "7"
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING and w.status.current_step == 1)
+    world.target.frozen = True
+    world.registry.aliases["challenger"] = "8"  # a new candidate: 7 is rolled back first
+    world.reconcile()
+    assert world.status.rollback is not None and world.status.rollback.restart
+    world.registry.down = True  # on-call aborts while the registry cannot say what the alias names
+    world.send(CommandAction.ABORT, command_id="abort-1")
+    world.reconcile()
+    assert world.status.rollback is not None and world.status.rollback.evidence["not_started"] == "8"
+    world.registry.down = False
+    world.target.frozen = False
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=30))
+    assert "version 8 is not started" in world.status.message
+    world.registry.aliases["challenger"] = "9"  # another version is not the one held back: it starts
+    for _ in range(5):
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    assert world.status.candidate is not None and world.status.candidate.version == "9"

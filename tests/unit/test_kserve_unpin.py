@@ -18,6 +18,7 @@ from test_runtime_actions import runtime_with
 
 from controller.api.status import ModelRolloutStatus, Phase, VersionRef
 from controller.devstack.kserve_standin import KServeStandIn, Revision, _keep_transition_times
+from controller.operator.runtime import PIN_RECHECK_SECONDS
 from controller.traffic.base import CandidateModel
 from controller.traffic.kserve import KServeRouter, knative_view
 
@@ -155,6 +156,8 @@ def test_finish_withdrawal_keeps_calling_while_pinned() -> None:
     assert runtime.finish_withdrawal(status) is True
     assert runtime.finish_withdrawal(status) is True
     assert kserve.get()["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    # Waiting for pods that may take minutes (or never come) is not polled every second.
+    assert runtime.withdrawal_recheck == PIN_RECHECK_SECONDS > 1
     kserve.slow.clear()
     assert runtime.finish_withdrawal(status) is False
     assert "canaryTrafficPercent" not in kserve.get()["spec"]["predictor"]
