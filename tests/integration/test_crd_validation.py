@@ -231,6 +231,15 @@ def test_sample_is_accepted_with_defaults_and_printer_columns(kubeconfig: Path, 
     assert header == ["NAME", "PHASE", "STEP", "WEIGHT", "CANDIDATE", "STABLE", "AGE"]
 
 
+def apply_in_phase(kubeconfig: Path, namespace: str, name: str, phase: str, manifest: Spec) -> tuple[int, str]:
+    """Write status.phase (with a candidate) as the operator would, then apply `manifest` over it."""
+    patch = json.dumps({"status": {"phase": phase, "candidate": {"version": "7"}}})
+    result = run_kubectl(kubeconfig, "patch", "mro", name, "-n", namespace, "--subresource=status", "--type=merge",
+                         "-p", patch)
+    assert result.returncode == 0, result.stderr
+    return apply(kubeconfig, namespace, manifest)
+
+
 @pytest.mark.integration
 def test_the_target_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path, namespace: str) -> None:
     manifest = sample()
@@ -239,11 +248,7 @@ def test_the_target_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path,
     moved = copy.deepcopy(manifest)
     moved["spec"]["target"] = {"kserve": {"inferenceService": "nsfw-classifier-v2"}}
     for phase, allowed in (("Progressing", False), ("RollingBack", False), ("Succeeded", True)):
-        patch = json.dumps({"status": {"phase": phase, "candidate": {"version": "7"}}})
-        result = run_kubectl(kubeconfig, "patch", "mro", "target-change", "-n", namespace, "--subresource=status",
-                             "--type=merge", "-p", patch)
-        assert result.returncode == 0, result.stderr
-        code, output = apply(kubeconfig, namespace, moved)
+        code, output = apply_in_phase(kubeconfig, namespace, "target-change", phase, moved)
         assert (code == 0) == allowed, f"{phase}: {output}"
         if not allowed:
             assert "spec.target" in output and "in flight" in output, output
@@ -273,21 +278,15 @@ def test_the_model_and_its_stable_alias_cannot_change_while_a_rollout_is_in_flig
         moved = copy.deepcopy(manifest)
         moved["spec"]["model"].update(change)
         for phase, allowed in (("Progressing", False), ("Baking", False), ("RolledBack", True)):
-            patch = json.dumps({"status": {"phase": phase, "candidate": {"version": "7"}}})
-            result = run_kubectl(kubeconfig, "patch", "mro", "model-change", "-n", namespace, "--subresource=status",
-                                 "--type=merge", "-p", patch)
-            assert result.returncode == 0, result.stderr
-            code, output = apply(kubeconfig, namespace, moved)
+            code, output = apply_in_phase(kubeconfig, namespace, "model-change", phase, moved)
             assert (code == 0) == allowed, f"{change} in {phase}: {output}"
             if not allowed:
                 assert "spec.model.name and spec.model.stableAlias" in output, output
         assert apply(kubeconfig, namespace, manifest)[0] == 0  # back, while the phase allows it
     # A new version is a new candidate, not another model: allowed mid-rollout.
-    run_kubectl(kubeconfig, "patch", "mro", "model-change", "-n", namespace, "--subresource=status", "--type=merge",
-                "-p", json.dumps({"status": {"phase": "Progressing"}}))
     bumped = copy.deepcopy(manifest)
     bumped["spec"]["model"]["version"] = "8"
-    assert apply(kubeconfig, namespace, bumped)[0] == 0
+    assert apply_in_phase(kubeconfig, namespace, "model-change", "Progressing", bumped)[0] == 0
 
 
 @pytest.mark.integration
