@@ -554,8 +554,9 @@ class RolloutStepper:
         try:
             spec = parse_spec(obj.get("spec") or {})
             if not deleting:  # the rollback a delete starts runs no gate and no analysis
-                check_operator_settings(spec, meta["namespace"], self.config,
-                                        gate_ahead=status.gate is None or status.gate.completed_at is None)
+                # An ended rollout may start a new attempt (a new version, retry) in this very decision.
+                gate_ahead = status.gate is None or status.gate.completed_at is None or status.phase in TERMINAL_PHASES
+                check_operator_settings(spec, meta["namespace"], self.config, gate_ahead=gate_ahead)
         except SpecError as exc:
             refused = exc
         if refused is not None and (spec is None or not _rollback_asked(obj, status)):

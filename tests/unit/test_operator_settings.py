@@ -76,12 +76,18 @@ def test_an_https_dataset_host_outside_the_operators_allow_list_fails_before_any
         check_operator_settings(parse_spec(raw), "team-a", config)  # the gate would fetch it: accepted
 
 
-@pytest.mark.parametrize(("gate", "gate_ahead"), [
-    (None, True),
-    (GateStatus(request_id="1:gate", started_at=T0), True),
-    (GateStatus(request_id="1:gate", started_at=T0, completed_at=T0, outcome=Outcome.PASS), False),
+PASSED_GATE = GateStatus(request_id="1:gate", started_at=T0, completed_at=T0, outcome=Outcome.PASS)
+
+
+@pytest.mark.parametrize(("phase", "gate", "gate_ahead"), [
+    (Phase.GATING, None, True),
+    (Phase.GATING, GateStatus(request_id="1:gate", started_at=T0), True),
+    (Phase.PROGRESSING, PASSED_GATE, False),
+    # Ended: a new version or a retry starts a new attempt, and stages it, in this very decision.
+    (Phase.SUCCEEDED, PASSED_GATE, True),
+    (Phase.ROLLED_BACK, PASSED_GATE, True),
 ])
-def test_the_dataset_host_matters_only_until_the_gate_has_run(monkeypatch: pytest.MonkeyPatch,
+def test_the_dataset_host_matters_only_until_the_gate_has_run(monkeypatch: pytest.MonkeyPatch, phase: Phase,
                                                                gate: GateStatus | None, gate_ahead: bool) -> None:
     """Past its gate a rollout is not frozen because the dataset's host has left the allow-list since."""
     raw = copy.deepcopy(RAW)
@@ -97,7 +103,7 @@ def test_the_dataset_host_matters_only_until_the_gate_has_run(monkeypatch: pytes
         raise SpecError("spec.goldenDataset.uri", "stop here")  # no further call: the stepper has no client
 
     monkeypatch.setattr(runtime_module, "check_operator_settings", record)
-    status = ModelRolloutStatus(phase=Phase.PROGRESSING if gate_ahead is False else Phase.GATING, attempt=1,
+    status = ModelRolloutStatus(phase=phase, attempt=1,
                                 observed_generation=1, candidate=VersionRef("2"), gate=gate, started_at=T0)
     obj = {"metadata": {"namespace": "team-a", "name": "nsfw", "generation": 1}, "spec": raw,
            "status": status.to_dict()}
