@@ -575,12 +575,12 @@ class SeldonExperimentRouter:
         """The models this router wrote or recorded; refused when a model it never wrote carries weight (another
         team's A/B split is not its to end). A foreign model at weight 0 takes no users and is left in place."""
         ann = annotations_of(obj)
-        ours = {*self._versions(obj), *(ann.get(k) for k in (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL))} - {None}
+        ours = {*self._versions(obj), *(name for k in (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL) if (name := ann.get(k)))}
         foreign = [n for n, w in weights.items() if w and n != keep and n not in ours]
         if foreign:
             raise TargetStateError(f"{self.target} splits traffic with models ModelRollout does not manage: "
                                    + ", ".join(foreign))
-        return {n for n in ours if n is not None}
+        return ours
 
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         model = default_serving_name(candidate)
