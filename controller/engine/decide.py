@@ -68,6 +68,7 @@ from controller.engine.actions import (
     TagRejected,
     UnstageCandidate,
 )
+from controller.engine.claims import TargetClaim
 from controller.engine.observations import (
     PENDING_REGISTRATION,
     READY,
@@ -177,19 +178,42 @@ def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation:
     rollout whose spec has not changed since (the spec became invalid under a newer operator or its
     settings) keeps its outcome: the refusal says only that it cannot run again.
     """
+    return _refuse_to_run(status, "InvalidSpec", str(error), generation, now, fail_idle=True)
+
+
+# How often a rollout waiting for its target looks again: the rollout that holds it gives no sign when it goes.
+TARGET_CONFLICT_RECHECK = timedelta(seconds=30)
+
+
+def wait_for_target(status: ModelRolloutStatus | None, claim: TargetClaim, holder: str, generation: int,
+                    now: datetime) -> Decision:
+    """Another ModelRollout, created first, names the same target: this one does nothing until that one is
+    deleted (one rollout per target, as Flagger has one Canary per Deployment). Unlike an invalid spec it
+    does not fail: it starts where it is once the target is its own."""
+    detail = f"{claim.path}: {claim} is rolled out by ModelRollout {holder!r}, created first (one per target)"
+    decision = _refuse_to_run(status, "TargetConflict", detail, generation, now, fail_idle=False)
+    return dataclasses.replace(decision, requeue_after=TARGET_CONFLICT_RECHECK)
+
+
+def _refuse_to_run(status: ModelRolloutStatus | None, reason: str, detail: str, generation: int, now: datetime, *,
+                   fail_idle: bool) -> Decision:
+    """Ready=False with `reason`, one history entry (not repeated while the detail holds), no actions.
+
+    fail_idle: a rollout that is not running fails (an invalid spec); else it keeps its phase and waits."""
     status = status or ModelRolloutStatus()
-    message = _sentence(f"Invalid spec: {error}")
-    entry = HistoryEntry(time=now, event="InvalidSpec", detail=str(error))
-    repeated = bool(status.history) and status.history[-1].event == "InvalidSpec" and \
-        status.history[-1].detail == str(error)
+    why = f"invalid spec: {detail}" if fail_idle else f"waiting for the target: {detail}"
+    message = _sentence(f"Invalid spec: {detail}" if fail_idle else f"Waiting for the target: {detail}")
+    entry = HistoryEntry(time=now, event=reason, detail=detail)
+    repeated = bool(status.history) and status.history[-1].event == reason and status.history[-1].detail == detail
     history = status.history if repeated else append_history(status.history, entry, status.events_posted_through)
     finished = status.phase in TERMINAL_PHASES and status.observed_generation == generation
     idle = status.phase is Phase.PENDING or (status.phase in TERMINAL_PHASES and not finished)
     if finished:
-        message = status.message if repeated else _sentence(f"{status.phase}; its spec cannot run again: {error}")
+        ends = "its spec cannot run again" if fail_idle else "nothing new starts"
+        message = status.message if repeated else _sentence(f"{status.phase}; {ends}: {detail}")
     elif not idle:
-        message = _sentence(f"Holding {status.phase} unchanged: invalid spec: {error}")
-    condition = Condition(type=ConditionType.READY, status=ConditionStatus.FALSE, reason="InvalidSpec",
+        message = _sentence(f"Holding {status.phase} unchanged: {why}")
+    condition = Condition(type=ConditionType.READY, status=ConditionStatus.FALSE, reason=reason,
                           message=message, last_transition_time=now.replace(microsecond=0),
                           observed_generation=generation)
     old = status.condition(ConditionType.READY)
@@ -198,9 +222,10 @@ def reject_spec(status: ModelRolloutStatus | None, error: SpecError, generation:
     conditions = tuple(item if item.type != ConditionType.READY else condition for item in status.conditions)
     if old is None:
         conditions = (condition, *conditions)
-    new_status = dataclasses.replace(status, phase=Phase.FAILED if idle else status.phase, message=message,
+    fail = idle and fail_idle
+    new_status = dataclasses.replace(status, phase=Phase.FAILED if fail else status.phase, message=message,
                                      observed_generation=generation, history=history, conditions=conditions,
-                                     completed_at=status.completed_at or (now if idle else None))
+                                     completed_at=status.completed_at or (now if fail else None))
     return Decision(actions=(), status=new_status, requeue_after=None, events=() if repeated else (history[-1],))
 
 

@@ -96,8 +96,8 @@ class RolloutStore:
                 return None
             raise
 
-    def list_all(self) -> list[dict[str, Any]]:
-        return list(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", []))
+    def list_in(self, namespace: str) -> list[dict[str, Any]]:
+        return list(self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL).get("items", []))
 
     def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         """Apply status as the controller's field manager. The resourceVersion makes a stale write a 409."""

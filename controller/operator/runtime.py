@@ -67,7 +67,8 @@ from controller.engine import (
     ignore_command,
     reject_spec,
 )
-from controller.engine.decide import COMMAND_REFUSAL_MAX
+from controller.engine.claims import target_claim, target_holder
+from controller.engine.decide import COMMAND_REFUSAL_MAX, TARGET_CONFLICT_RECHECK, wait_for_target
 from controller.gate import (
     DatasetSources,
     GateReport,
@@ -573,6 +574,15 @@ class RolloutStepper:
             return await self._let_go(obj, status, runtime, deleting)
         if self.store is not None and not held and not deleting and holds_deletion(spec, status):
             return await self._hold(obj)
+        if self.store is not None and not deleting:  # a delete's rollback withdraws only what this one staged
+            claim = target_claim(obj)
+            holder = await asyncio.to_thread(self._target_holder, obj)
+            if claim is not None and holder is not None:
+                now = self.clock()
+                decision = wait_for_target(status, claim, holder, int(meta.get("generation") or 0), now)
+                waiting = refuse_command(obj, decision.status, now, f"waiting for the target, which {holder!r} has")
+                return ReconcileOutcome(status=waiting.to_dict(),
+                                        requeue_after=TARGET_CONFLICT_RECHECK.total_seconds())
         # Only now: a reconcile that only changed the finalizer resent nothing.
         first_since_start = key not in self._seen
         self._seen.add(key)
@@ -691,6 +701,11 @@ class RolloutStepper:
             recheck = runtime.withdrawal_recheck
             outcome.requeue_after = min(outcome.requeue_after or recheck, recheck)
         return outcome
+
+    def _target_holder(self, obj: dict[str, Any]) -> str | None:
+        """The ModelRollout created first that names obj's target too: it has the target, obj waits."""
+        assert self.store is not None
+        return target_holder(obj, self.store.list_in(obj["metadata"]["namespace"]))
 
     # --- the revertOnDeletion finalizer -------------------------------------------------------------------
     # Each change to it is the whole reconcile: the apply moves the resourceVersion past what was read, so

@@ -646,6 +646,50 @@ def test_a_gate_url_outside_the_namespace_fails_the_rollout_before_anything_is_c
         listener.stop()
 
 
+def test_a_second_rollout_on_the_same_inference_service_waits_until_the_first_is_deleted(
+        rig: Rig, scenario_factory: Callable[..., Scenario]) -> None:
+    """One ModelRollout per target: the later one touches nothing, says which one has the target, takes no
+    command, and starts where it is once that one is deleted."""
+    scenario = scenario_factory("clean")
+    name = scenario.model_name
+    stable_revision_name = paused_at_ten_percent(rig, scenario)
+    predictor = rig.isvc(name)["spec"]["predictor"]
+    second = f"{name}-again"
+    manifest = scenario.rollout(steps=[{"setWeight": 10}, {"pause": {}}])
+    manifest["metadata"]["name"] = second
+    rig.apply(manifest)
+
+    def conflicted(status: dict[str, Any]) -> bool:
+        return any(c.get("reason") == "TargetConflict" for c in status.get("conditions") or ())
+
+    status = rig.wait(second, conflicted, 60, "the conflict")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False", ready
+    assert ready["message"] == (f"Waiting for the target: spec.target.kserve.inferenceService: InferenceService "
+                                f"'{name}' is rolled out by ModelRollout '{name}', created first (one per "
+                                "target)."), ready
+    assert status["phase"] == "Pending" and events(status) == ["TargetConflict"], status
+    rig.command(second, "abort", "alice", "abort-while-waiting")
+    status = rig.wait(second, lambda s: "CommandIgnored" in events(s), 30, "the refused command")
+    ignored = by_command(status, "abort-while-waiting")
+    assert [e["event"] for e in ignored] == ["CommandIgnored"], ignored
+    assert "waiting for the target" in ignored[0]["detail"], ignored
+    detail = next(e["detail"] for e in status["history"] if e["event"] == "TargetConflict")
+    assert ready["message"].endswith(f"{detail}."), (ready, detail)
+    assert ("TargetConflict", detail) in rig.posted_events(second)
+    assert rig.isvc(name)["spec"]["predictor"] == predictor  # the first one's canary, untouched
+    assert share_off(rig.isvc(name), stable_revision_name) == 10
+    assert rig.status(name)["phase"] == "Paused"
+
+    deleted = run_kubectl(rig.kubeconfig, "delete", "mro", name, "-n", rig.namespace)
+    assert deleted.returncode == 0, deleted.stderr
+    # Its next look (within 30 s) finds the target its own: it runs from Pending, up to its own pause at 10%.
+    status = rig.wait(second, paused_at(1, 10), 180, "the second rollout's pause at 10%")
+    assert not conflicted(status), status["conditions"]
+    assert share_off(rig.isvc(name), stable_revision_name) == 10
+    assert "Traceback" not in rig.log.read_text()
+
+
 # --- 3. a new candidate mid-rollout -------------------------------------------------------------------------
 
 

@@ -51,6 +51,9 @@ class ApiServer:
     def get(self, _ref: ObjectRef) -> dict[str, Any]:
         return self.obj
 
+    def list_in(self, namespace: str) -> list[dict[str, Any]]:
+        return []  # the only ModelRollout of its namespace
+
     def apply_status(self, stored: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         assert stored["metadata"]["resourceVersion"] == self.obj["metadata"]["resourceVersion"]
         self.writes += 1

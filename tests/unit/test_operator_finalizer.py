@@ -57,6 +57,9 @@ class Store:
         kept = hold or self.shared
         return {"metadata": {**obj["metadata"], "resourceVersion": "2", "finalizers": [FINALIZER] if kept else []}}
 
+    def list_in(self, namespace: str) -> list[dict[str, Any]]:
+        return []  # the only ModelRollout of its namespace
+
     def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         self.statuses.append(status)
         return {"metadata": {**obj["metadata"], "resourceVersion": "3"}, "status": status}

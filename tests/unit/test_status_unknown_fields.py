@@ -79,6 +79,9 @@ class Store:
     def __init__(self) -> None:
         self.applied: list[dict[str, Any]] = []
 
+    def list_in(self, namespace: str) -> list[dict[str, Any]]:
+        return []  # the only ModelRollout of its namespace
+
     def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         self.applied.append(copy.deepcopy(status))
         return {"metadata": {**obj["metadata"], "resourceVersion": str(len(self.applied) + 1)}, "status": status}

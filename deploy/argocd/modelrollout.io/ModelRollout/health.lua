@@ -26,12 +26,14 @@ if generation ~= nil and observed ~= nil and observed < generation then
   return hs
 end
 
--- A spec the controller cannot run holds the rollout where it is: nothing moves until someone fixes it.
+-- A spec the controller cannot run, or a target another ModelRollout has, holds the rollout where it is: nothing
+-- moves until someone fixes it.
+local held = {InvalidSpec = "The spec is invalid", TargetConflict = "Another ModelRollout has the target"}
 if obj.status.conditions ~= nil then
   for _, condition in ipairs(obj.status.conditions) do
-    if condition.type == "Ready" and condition.status == "False" and condition.reason == "InvalidSpec" then
+    if condition.type == "Ready" and condition.status == "False" and held[condition.reason] ~= nil then
       hs.status = "Degraded"
-      hs.message = message(condition.message or "The spec is invalid")
+      hs.message = message(condition.message or held[condition.reason])
       return hs
     end
   end
