@@ -57,18 +57,34 @@ async def reconcile_slot_lent() -> AsyncIterator[None]:
 
 
 class WakeupQueue:
-    """reconcile(ref) returns seconds until it wants to run again, or None for "only on the next change"."""
+    """reconcile(ref) returns seconds until it wants to run again, or None for "only on the next change".
 
-    def __init__(self, reconcile: ReconcileFn, error_backoff: float = 5.0) -> None:
+    A failed reconcile is retried after error_backoff seconds, doubled with each failure in a row of that object
+    up to max_error_backoff (an error that repeats, such as a policy refusing a write, answers the same next time),
+    until a reconcile succeeds or the object changes."""
+
+    def __init__(self, reconcile: ReconcileFn, error_backoff: float = 5.0, max_error_backoff: float = 300.0) -> None:
         self._reconcile = reconcile
         self._error_backoff = error_backoff
+        self._max_error_backoff = max_error_backoff
         self._due: dict[ObjectRef, float] = {}
         self._heap: list[tuple[float, int, ObjectRef]] = []
         self._counter = itertools.count()
         self._changed = asyncio.Event()
         self._running: set[ObjectRef] = set()
+        self._failures: dict[ObjectRef, int] = {}  # failed reconciles in a row
+        self._woken_while_running: set[ObjectRef] = set()
 
     def wake(self, ref: ObjectRef, delay: float = 0.0) -> None:
+        """The object changed (a watch event): reconcile it then, and a failing one from the shortest backoff on,
+        so that a human's edit is acted on promptly."""
+        if ref in self._running:
+            self._woken_while_running.add(ref)  # the reconcile in flight may have read it before the change
+        else:
+            self._failures.pop(ref, None)
+        self._schedule(ref, delay)
+
+    def _schedule(self, ref: ObjectRef, delay: float) -> None:
         due = time.monotonic() + max(delay, 0.0)
         if ref in self._due and self._due[ref] <= due:
             return
@@ -84,7 +100,7 @@ class WakeupQueue:
                 ref = await self._next_due()
                 if ref in self._running:
                     # Never two reconciles of one object at once; look again shortly.
-                    self.wake(ref, 0.2)
+                    self._schedule(ref, 0.2)
                     continue
                 await workers.acquire()
                 self._running.add(ref)
@@ -119,11 +135,25 @@ class WakeupQueue:
         _current_slot.set(slot)  # this task's own context
         try:
             again = await self._reconcile(ref)
-        except Exception:
-            log.exception("reconcile of %s failed; retrying in %.0fs", ref, self._error_backoff)
-            again = self._error_backoff
+        except Exception as exc:
+            failures = self._failures.get(ref, 0) + 1
+            self._failures[ref] = failures
+            # The exponent is bounded: days of failures would overflow a float.
+            again = min(self._error_backoff * 2.0 ** min(failures - 1, 32), self._max_error_backoff)
+            if failures == 1:
+                log.exception("reconcile of %s failed; retrying in %.0fs", ref, again)
+            else:
+                # The traceback was logged with the first failure; the body of an ApiException may quote the object.
+                log.error("reconcile of %s failed again (%s, %d in a row); retrying in %.0fs", ref,
+                          type(exc).__name__, failures, again)
+        else:
+            self._failures.pop(ref, None)
         finally:
             self._running.discard(ref)
+            if ref in self._woken_while_running:
+                # Changed meanwhile: the next reconcile reads the change, and starts from the shortest backoff.
+                self._woken_while_running.discard(ref)
+                self._failures.pop(ref, None)
             slot.release()
         if again is not None:
-            self.wake(ref, again)
+            self._schedule(ref, again)
