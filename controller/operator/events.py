@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -28,6 +29,10 @@ WARNING_REASONS = frozenset({"RollbackStarted", "TrafficNotRestored", "GateOverr
 # The API server's default --event-ttl. An Event posted for an entry this old may have expired since, so
 # posting it again could not be told apart from a duplicate: such entries are not posted.
 EVENT_TTL = timedelta(hours=1)
+# What an entry's event must look like to be an Event reason (and a metric label): a CamelCase word, as the engine
+# writes them. Anything else (a status edited by hand) is posted as UNKNOWN_REASON: reasons are never data.
+REASON = re.compile(r"[A-Z][A-Za-z]{1,63}")
+UNKNOWN_REASON = "Unknown"
 
 
 class PostResult(StrEnum):
@@ -45,7 +50,8 @@ def event_name(rollout: str, uid: str | None, entry: Mapping[str, Any]) -> str:
 
 
 def event_reason(entry: Mapping[str, Any]) -> str:
-    return str(entry.get("event") or "Unknown")
+    reason = entry.get("event")
+    return reason if isinstance(reason, str) and REASON.fullmatch(reason) else UNKNOWN_REASON
 
 
 def is_warning(reason: str) -> bool:

@@ -37,6 +37,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from controller.api.status import Phase
+from controller.cli.shape import mapping, objects
 from controller.verdict import Outcome
 
 log = logging.getLogger(__name__)
@@ -65,17 +66,22 @@ class _Seen:
     metric_names: tuple[str, ...] = ()  # the analysis metrics its spec names: their verdict series
 
 
-def _keys(status: Mapping[str, Any]) -> _Seen:
-    """The keys of what a status records: the facts the counters count."""
+def _keys(status: Any) -> _Seen:
+    """The keys of what a status records: the facts the counters count.
+
+    The CRD leaves rollback, pause, actions... free-form, and a status edited by hand is still observed (with
+    Ready False StatusUnreadable): a field of the wrong type counts as empty.
+    """
+    status = mapping(status)
     seen = _Seen(phase=str(status.get("phase") or Phase.PENDING))
-    gate = status.get("gate") or {}
+    gate = mapping(status.get("gate"))
     if gate.get("completedAt") and gate.get("outcome"):
         seen.gate = f"{gate.get('requestId')}@{gate['completedAt']}"
-    analysis = status.get("analysis") or {}
+    analysis = mapping(status.get("analysis"))
     if analysis.get("lastRunAt"):
         seen.analysis_run = f"{analysis.get('mode')}/{analysis.get('windowStart')}@{analysis['lastRunAt']}"
     seen.history_seq = max((seq for seq, _entry in _numbered(status)), default=0)
-    rollback = status.get("rollback") or {}
+    rollback = mapping(status.get("rollback"))
     if rollback.get("verdictAt"):
         seen.rollback = str(rollback["verdictAt"])
         if isinstance(rollback.get("timeToRecoverSeconds"), int | float):
@@ -83,8 +89,8 @@ def _keys(status: Mapping[str, Any]) -> _Seen:
     return seen
 
 
-def _numbered(status: Mapping[str, Any]) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    for entry in status.get("history") or []:
+def _numbered(status: Any) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    for entry in objects(mapping(status).get("history")):
         if isinstance(entry.get("seq"), int):
             yield entry["seq"], entry
 
@@ -132,33 +138,46 @@ class OperatorMetrics:
         for action in actions:
             self.actions.labels(action.split(":", 1)[0]).inc()
 
+    def baseline(self, obj: Mapping[str, Any]) -> None:
+        """The rollout as just read, before the reconcile acts: the first time it is seen, its stored status is
+        the baseline. Taken at once, so that what the reconcile stores is counted later even if it then fails."""
+        with self._lock:
+            self._baseline(_key(obj), obj)
+
     def observe(self, obj: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Count what `status` (now stored for `obj`) records that was not counted yet.
 
         `obj` is the rollout as read before the reconcile: the first time a rollout is seen, its stored
         status is the baseline.
         """
-        meta = obj["metadata"]
-        key = (str(meta["namespace"]), str(meta["name"]))
+        key = _key(obj)
+        status = mapping(status)
         judged = self._metric_names(obj)
-        for name in judged:
-            for result in RESULTS:
-                self.verdicts.labels(name, result)
         with self._lock:
-            seen = self._seen.get(key)
-            if seen is None:
-                seen = _keys(obj.get("status") or {})
-                self._seen[key] = seen
-                # At 0 before the first event, so that increase() sees it.
-                self.rollbacks.labels(*key)
-                self.steps.labels(*key)
+            seen = self._baseline(key, obj)
+            for name in judged:
+                for result in RESULTS:
+                    self.verdicts.labels(name, result)
             now = _keys(status)
             self._count(key, seen, now, status, judged)
             seen.phase = now.phase
+            # A renamed metric's series go as a deleted rollout's do (forget).
+            renamed = set(seen.metric_names) - set(judged)
             seen.metric_names = tuple(judged)
+            self._drop_verdicts(renamed)
             self._set_phases()
         weight = status.get("canaryWeight")
         self.canary_weight.labels(*key).set(weight if isinstance(weight, int | float) else 0)
+
+    def _baseline(self, key: tuple[str, str], obj: Mapping[str, Any]) -> _Seen:
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = _keys(obj.get("status"))
+            self._seen[key] = seen
+            # At 0 before the first event, so that increase() sees it.
+            self.rollbacks.labels(*key)
+            self.steps.labels(*key)
+        return seen
 
     def count_event(self, reason: str) -> None:
         """A history entry posted as a Kubernetes Event."""
@@ -167,13 +186,13 @@ class OperatorMetrics:
     def _count(self, key: tuple[str, str], seen: _Seen, now: _Seen, status: Mapping[str, Any],
                judged: list[str]) -> None:
         if now.gate and now.gate != seen.gate:
-            outcome = str((status.get("gate") or {}).get("outcome"))
+            outcome = str(mapping(status.get("gate")).get("outcome"))
             if outcome in RESULTS:
                 self.verdicts.labels(GATE_METRIC, outcome).inc()
             seen.gate = now.gate
         if now.analysis_run and now.analysis_run != seen.analysis_run:
             # A new run (lastRunAt) judged every metric of the spec; the status keeps the last verdict of each.
-            for item in (status.get("analysis") or {}).get("metrics") or []:
+            for item in objects(mapping(status.get("analysis")).get("metrics")):
                 outcome = str(item.get("outcome"))
                 if item.get("name") in judged and outcome in RESULTS:
                     self.verdicts.labels(str(item["name"]), outcome).inc()
@@ -188,7 +207,7 @@ class OperatorMetrics:
             self.rollbacks.labels(*key).inc()
             seen.rollback = now.rollback
         if now.recovered and now.recovered != seen.recovered:
-            seconds = (status.get("rollback") or {}).get("timeToRecoverSeconds")
+            seconds = mapping(status.get("rollback")).get("timeToRecoverSeconds")
             self.time_to_recover.observe(max(float(seconds), 0.0))
             seen.recovered = now.recovered
 
@@ -200,14 +219,16 @@ class OperatorMetrics:
             if gone is None:
                 return
             self._set_phases()
-            # A metric name's verdict series go with the last rollout that names it: names are user strings,
-            # and the registry would otherwise keep every name ever used.
-            in_use = {name for seen in self._seen.values() for name in seen.metric_names}
-            unused = set(gone.metric_names) - in_use - {GATE_METRIC}
+            self._drop_verdicts(set(gone.metric_names))
         for metric in (self.canary_weight, self.rollbacks, self.steps):
             with contextlib.suppress(KeyError):
                 metric.remove(*key)
-        for name in unused:
+
+    def _drop_verdicts(self, names: set[str]) -> None:
+        """A metric name's verdict series go with the last rollout that names it: names are user strings, and the
+        registry would otherwise keep every name ever used. Called with the lock held."""
+        in_use = {name for seen in self._seen.values() for name in seen.metric_names}
+        for name in names - in_use - {GATE_METRIC}:
             for result in RESULTS:
                 with contextlib.suppress(KeyError):
                     self.verdicts.remove(name, result)
@@ -219,8 +240,13 @@ class OperatorMetrics:
 
     @staticmethod
     def _metric_names(obj: Mapping[str, Any]) -> list[str]:
-        metrics = (((obj.get("spec") or {}).get("analysis") or {}).get("metrics")) or []
-        return [str(m["name"]) for m in metrics if isinstance(m, Mapping) and m.get("name")]
+        metrics = objects(mapping(mapping(obj.get("spec")).get("analysis")).get("metrics"))
+        return [str(m["name"]) for m in metrics if m.get("name")]
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj["metadata"]
+    return str(meta["namespace"]), str(meta["name"])
 
 
 def serve(metrics: OperatorMetrics, address: str, port: int) -> int | None:

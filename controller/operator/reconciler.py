@@ -51,6 +51,8 @@ class Reconciler:
             if self.forget is not None:
                 self.forget(ref.namespace, ref.name)
             return None
+        # Before anything is stored: a rollback written ahead and then a failed write is counted next time.
+        self._metrics(self.metrics.baseline, obj)
         result = await self.step(obj)
         self.metrics.count_actions(result.actions_taken)  # taken whether or not the status write below wins
         stored = obj
@@ -67,13 +69,23 @@ class Reconciler:
                     if result.stored_status is not None:
                         # What the stepper stored on the way is counted now: read back first thing after a
                         # restart, it would be the baseline, and a rollback in it never counted.
-                        self.metrics.observe(obj, result.stored_status)
+                        self._metrics(self.metrics.observe, obj, result.stored_status)
                     return 0.0
                 raise
         # Counted once the status that records it is stored: a lost write is decided (and counted) again.
-        self.metrics.observe(obj, result.status)
+        self._metrics(self.metrics.observe, obj, result.status)
         retry_events = await self._post_events(stored, result.status)
         return min((t for t in (result.requeue_after, retry_events) if t is not None), default=None)
+
+    @staticmethod
+    def _metrics(count: Callable[..., None], obj: dict[str, Any], *args: Any) -> None:
+        """Metrics are a view of what was stored: one that fails (a status it cannot make sense of) is logged,
+        never a failed reconcile, which would retry for ever and post no Events."""
+        try:
+            count(obj, *args)
+        except Exception:
+            meta = obj["metadata"]
+            log.exception("%s/%s: metrics not updated", meta.get("namespace"), meta.get("name"))
 
     async def _post_events(self, stored: dict[str, Any], status: dict[str, Any]) -> float | None:
         """Post the stored entries not posted yet, then record how far it got; when to try again, if ever."""

@@ -362,3 +362,31 @@ def test_a_rounds_effects_are_not_held_back_by_its_events_which_still_go_out_onc
     assert server.obj["status"]["phase"] == "Paused" and server.obj["status"][POSTED_THROUGH] == history[-1]["seq"]
     # Once each (the reconciler's own post after the stepper's finds them posted), in the history's order.
     assert [reason for reason, _detail in server.events.values()] == [e["event"] for e in history]
+
+
+@pytest.mark.parametrize(("event", "reason"), [
+    ("RolledBackForNewCandidate", "RolledBackForNewCandidate"),
+    ("SomethingNewer", "SomethingNewer"),  # a newer operator's word is still a word
+    ("any text at all, even spaces", "Unknown"),
+    ("rolledBack", "Unknown"),
+    ("Rolled-Back", "Unknown"),
+    ("A" + "b" * 64, "Unknown"),
+    ("", "Unknown"),
+    (7, "Unknown"),
+    (None, "Unknown"),
+])
+def test_an_event_reason_is_a_fixed_word_never_the_entrys_text(event: Any, reason: str) -> None:
+    """A status edited by hand (or one this operator cannot read) may hold any text where the event name goes."""
+    server = ApiServer({"phase": "Pending", "history": []})
+    metrics = OperatorMetrics()
+    store = RolloutStore(client.ApiClient())
+    store.core = RaisingEvents(None)  # type: ignore[assignment]
+    item = {**entry("Resolved", 1), "event": event}
+    reconcile(server, {"phase": "Pending", "history": [item]}, metrics)
+    assert store.post_event(server.obj, item) is PostResult.POSTED
+    (posted,) = store.core.created  # type: ignore[attr-defined]
+    assert posted.reason == reason
+    assert metrics.registry.get_sample_value("modelrollout_events_total", {"reason": reason}) == 1
+    # The text is in no label either: the posted entry is counted under the fixed word alone.
+    assert [s.labels["reason"] for m in metrics.events.collect() for s in m.samples if s.name.endswith("_total")] \
+        == [reason]

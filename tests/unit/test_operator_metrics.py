@@ -186,8 +186,7 @@ def test_reconciler_counts_errors_and_only_what_it_stored() -> None:
     # A lost write (409) is decided again on fresh state: nothing it would have recorded is counted yet.
     assert reconcile(FakeStore(obj({"phase": "Progressing"}), apply_error=409), outcome, metrics) == 0.0
     assert value(metrics, "modelrollout_reconcile_errors_total") == 1
-    assert metrics.registry.get_sample_value("modelrollout_rollbacks_total",
-                                             {"namespace": NS, "rollout": NAME}) is None
+    assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 0  # the baseline, read
     assert value(metrics, "modelrollout_actions_total", type="RestoreStable") == 1
     store = FakeStore(obj({"phase": "Progressing"}))
     reconcile(store, outcome, metrics)
@@ -274,3 +273,45 @@ def test_a_metric_names_verdict_series_go_with_the_last_rollout_that_names_it() 
     metrics.forget(NS, "other")
     assert 'metric="nsfw-rate"' not in exposed(metrics)
     assert value(metrics, "modelrollout_verdicts_total", metric=GATE_METRIC, result="fail") == 0
+
+
+def test_a_rollback_stored_on_the_way_is_counted_when_the_reconcile_then_fails() -> None:
+    # First reconcile since a restart: the stepper stored the rollback (write-ahead), then a later write failed
+    # with a 500 and the reconcile raised. The next reconcile reads the rollback back: it is news, not baseline.
+    metrics = OperatorMetrics()
+    rolled_back = {"phase": "RollingBack", "rollback": {"verdictAt": "2026-01-05T09:00:00Z", "cause": "Aborted",
+                                                        "reason": "x"}}
+    store = FakeStore(obj({"phase": "Progressing"}))
+
+    async def write_ahead_then_fail(_obj: dict[str, Any]) -> ReconcileOutcome:
+        store.stored = obj(rolled_back)
+        raise ApiException(status=500)
+
+    reconciler = Reconciler(store, write_ahead_then_fail, metrics)  # type: ignore[arg-type]
+    with pytest.raises(ApiException):
+        asyncio.run(reconciler.reconcile(ObjectRef(NS, NAME)))
+    reconcile(store, ReconcileOutcome(status=rolled_back), metrics)  # read back: nothing new to write
+    assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 1
+    reconcile(store, ReconcileOutcome(status=rolled_back), metrics)
+    assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 1
+
+
+def test_a_renamed_metrics_verdict_series_go_unless_another_rollout_names_it() -> None:
+    metrics = OperatorMetrics()
+
+    def named(*names: str, rollout: str = NAME) -> dict[str, Any]:
+        found = obj({"phase": "Progressing"}, spec_dict(analysis={"metrics": [{"name": n} for n in names]}))
+        found["metadata"] = {**found["metadata"], "name": rollout}
+        return found
+
+    for version in range(3):
+        metrics.observe(named(f"error-rate-v{version}"), {"phase": "Progressing"})
+    assert 'metric="error-rate-v0"' not in exposed(metrics) and 'metric="error-rate-v1"' not in exposed(metrics)
+    assert value(metrics, "modelrollout_verdicts_total", metric="error-rate-v2", result="fail") == 0
+    metrics.observe(named("shared", rollout="other"), {"phase": "Progressing"})
+    metrics.observe(named("error-rate-v2", "shared"), {"phase": "Progressing"})
+    metrics.observe(named("error-rate-v2"), {"phase": "Progressing"})  # "other" still judges "shared"
+    assert value(metrics, "modelrollout_verdicts_total", metric="shared", result="fail") == 0
+    metrics.forget(NS, NAME)
+    metrics.forget(NS, "other")
+    assert 'metric="' not in exposed(metrics).replace(f'metric="{GATE_METRIC}"', "")

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from controller.api.status import ModelRolloutStatus
-from controller.operator.kubeapi import FIELD_MANAGER, FINALIZER
+from controller.operator.kubeapi import FIELD_MANAGER, FINALIZER, ObjectRef
+from controller.operator.metrics import OperatorMetrics
+from controller.operator.reconciler import Reconciler
 from controller.operator.runtime import WITHDRAWAL_GRACE, OperatorConfig, ReconcileOutcome, RolloutStepper
 
 DELETED = datetime(2026, 1, 5, 9, 1, tzinfo=UTC)
@@ -109,3 +111,41 @@ def test_an_unreadable_status_with_unposted_history_is_let_go_once_its_events_ar
     assert store.applied == [] and waiting.requeue_after is None  # the caller posts them and stores the mark
     step(rollout(NEWER, deleting=True), store, DELETED + WITHDRAWAL_GRACE)
     assert store.applied == [False]
+
+
+class ApiServer:
+    """One rollout; status writes stored; no history to post."""
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = obj
+        self.writes = 0
+
+    def get(self, _ref: ObjectRef) -> dict[str, Any]:
+        return copy.deepcopy(self.obj)
+
+    def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        self.writes += 1
+        self.obj = {**self.obj, "metadata": {**self.obj["metadata"], "resourceVersion": str(self.writes + 1)},
+                    "status": copy.deepcopy(status)}
+        return copy.deepcopy(self.obj)
+
+
+@pytest.mark.parametrize("edit", [
+    {"rollback": "edited by hand"},
+    {"pause": ["x"], "promotion": 3, "retry": "x", "actions": "x"},
+    {"rollback": {"verdictAt": "2026-01-05T09:00:00Z", "cause": "SomeNewCause"}, "gate": "x", "analysis": [1]},
+])
+def test_a_free_form_field_of_the_wrong_type_is_said_once_not_a_crash_every_reconcile(edit: dict[str, Any]) -> None:
+    """The CRD leaves these fields open, so a hand edit reaches the operator: the Ready condition says so, and the
+    metrics (which read the same status) take the field as empty instead of failing every reconcile for ever."""
+    server = ApiServer(rollout({"phase": "Progressing", **edit}))
+    metrics = OperatorMetrics()
+    stepper = RolloutStepper(None, OperatorConfig(), clock=lambda: DELETED, write_ahead=False)  # type: ignore[arg-type]
+    reconciler = Reconciler(server, stepper.step, metrics, clock=lambda: DELETED)  # type: ignore[arg-type]
+    for _ in range(3):
+        assert asyncio.run(reconciler.reconcile(ObjectRef("team-a", "nsfw"))) is None
+    assert server.writes == 1 and ready(server.obj["status"])["reason"] == "StatusUnreadable"
+    assert metrics.registry.get_sample_value("modelrollout_reconcile_errors_total") == 0
+    assert metrics.registry.get_sample_value("modelrollout_rollouts", {"phase": "Progressing"}) == 1
+    assert metrics.registry.get_sample_value("modelrollout_rollbacks_total",
+                                             {"namespace": "team-a", "rollout": "nsfw"}) == 0
