@@ -16,12 +16,13 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
             metadata.name set after the candidate's version ("<containers>-v<version>"; a prepackaged server
             gets a component spec for it), so each candidate has Deployments of its own: under one name a
             rolling update keeps the previous candidate's pods available, read as the new candidate's.
-  set_weight  stable 100-N, canary N.
-  promote   the stable predictor takes the canary's graph and component specs (Seldon rolls its pods), keeping
-            the rest of its own (explainer, replicas, annotations, its component specs' names; the canary's
-            versioned names are dropped, so stable's Deployments keep their names), and the canary
-            predictor is removed: the names in the ModelRollout stay valid for the next rollout.
-  rollback  the canary predictor removed, stable back to 100.
+  set_weight  stable 100-N, canary N; refused while another non-shadow predictor carries traffic (as stage is).
+  promote   the stable predictor takes the canary's graph and component specs, named after the candidate's
+            version as the canary's are, so Seldon makes new Deployments for it (and deletes the old ones only
+            once those are available), keeping the rest of its own (explainer, replicas, annotations), and the
+            canary predictor is removed: the names in the ModelRollout stay valid for the next rollout.
+  rollback  the canary predictor removed, stable back to 100 less the traffic of any other non-shadow predictor
+            (never refused for one: users must get off the candidate; only when theirs exceeds 100).
   restore   (after a promotion) the stable predictor's modelUri set to the given version (a rolling update).
   Versions are recorded in the SeldonDeployment's metadata.annotations: Seldon copies spec.annotations and
   predictor annotations into the pod templates, so writing there would restart pods. Each with the modelUri
@@ -30,7 +31,10 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
   router writes a modelUri, so the prediction exporter counts each predictor under the version it serves.
   Readiness: status.state "Available" for the whole object; the canary predictor's own Deployments
   (status.deploymentStatus, exactly the names <sdep>-<predictor>-<index>-<metadata.name or containers>) all
-  reported and available.
+  reported and available. So must stable's be while they are named after its version (a promotion's): until
+  then the previous version's pods serve, and the state may be the one Seldon wrote before the promotion, so
+  stable's version reads as unknown and it is not ready. A restore keeps those names for another version:
+  its readiness is the state's alone.
   Inference URLs: each predictor's Service as Seldon reports it in status.serviceStatus (key
   <sdep>-<predictor>, or the predictor's seldon.io/svc-name annotation; httpEndpoint "host:port"), with
   the path of the SeldonDeployment's protocol, as Seldon builds status.address.url for the first
@@ -45,9 +49,13 @@ requires the experiment's `default` model to stay among the candidates):
   set_weight  stable 100-N, candidate N.
   promote   candidate 100; the old stable leaves the candidates (kept at weight 0 if it is the default).
   rollback  the candidate removed (kept at 0 if it is the default), stable 100; so is any other model the
-            router wrote (named in its model-versions annotation) that still carries weight. Like stage, it
-            refuses while a model it never wrote carries weight.
-  restore   (after a promotion) the given version's Model back at 100, the others out.
+            router wrote (named in its model-versions annotation) that still carries weight.
+  restore   (after a promotion) the given version's Model back at 100, the router's others out.
+  A model the router never wrote (another team's A/B split) is refused by stage; rollback and restore leave
+  its entry as it is, the kept model taking the weight of all the router's (not 100), so its share stays,
+  and observe counts only the router's models in the canary's share.
+  The model-versions annotation (Model name -> version) keeps only the models in the candidates written, the
+  default, and on promotion the old stable (which a restore may bring back).
   Only Experiments between Models are driven (spec.resourceType unset or "model"); one over pipelines, or one
   without a spec, is reported by observe and refused by every operation.
   Readiness: the conditions Ready and CandidatesReady.
@@ -244,27 +252,40 @@ class SeldonDeploymentRouter:
         stable = self._find(obj, self.stable_predictor)
         canary = self._find(obj, self.canary_predictor)
         synced = _synced(obj)
-        ready = status.get("state") == "Available" and stable is not None
+        stable_version, changed = _version_for(ann, stable, ANN_VERSION, ANN_VERSION_URI)
+        rolling = stable is not None and stable_version is not None and self._rolling_out(obj, stable, stable_version)
+        ready = status.get("state") == "Available" and stable is not None and not rolling
         problems = []
         if status.get("state") != "Available":
             problems.append(f"state {status.get('state') or 'unknown'}"
                             + (f": {status['description']}" if status.get("description") else ""))
         if stable is None:
             problems.append(f"no predictor named {self.stable_predictor}")
+        if rolling:
+            problems.append(f"stable predictor {self.stable_predictor}: the Deployments of version {stable_version} "
+                            "are not available yet (the previous version's pods still serve)")
         canary_ready = canary is not None and synced and ready and self._deployments_available(obj, canary)
         if canary is not None and not canary_ready:
             problems.append(f"canary predictor {self.canary_predictor} is not available yet")
-        stable_version, changed = _version_for(ann, stable, ANN_VERSION, ANN_VERSION_URI)
         canary_version, canary_changed = _version_for(ann, canary, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)
         problems += [p for p in (changed, canary_changed) if p]
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_DEPLOYMENT, synced=synced, ready=ready,
-            stable_version=stable_version, stable_name=self.stable_predictor,
+            stable_version=None if rolling else stable_version, stable_name=self.stable_predictor,
             stable_url=self._url(obj, stable) if stable else None,
             canary_version=canary_version if canary else None,
             canary_name=self.canary_predictor if canary else None, canary_ready=canary_ready,
             canary_weight=int(canary.get("traffic") or 0) if canary else None,
             canary_url=self._url(obj, canary) if canary else None, message="; ".join(problems))
+
+    def _rolling_out(self, obj: Obj, stable: Obj, version: str) -> bool:
+        """Stable's Deployments are named after `version` (promote names them so) and not all available yet.
+        Only new names tell: a Deployment rolled in place keeps reporting its old pods available."""
+        sdep = obj["metadata"]["name"]
+        named = copy.deepcopy(stable)
+        _version_components(named, version)  # names from the containers: the same as promote's
+        names = deployment_names(sdep, stable)
+        return bool(names) and names == deployment_names(sdep, named) and not self._deployments_available(obj, stable)
 
     @staticmethod
     def _deployments_available(obj: Obj, canary: Obj) -> bool:
@@ -354,6 +375,12 @@ class SeldonDeploymentRouter:
             return self._body(obj, stable, canary, annotations)
         _apply_with(self.client, build, f"staging on {self.target}")
 
+    def _unmanaged_traffic(self, obj: Obj) -> dict[str, int]:
+        """Traffic of the non-shadow predictors other than stable and canary, by name (those carrying any)."""
+        others = {p.get("name"): int(p.get("traffic") or 0) for p in self._spec(obj).get("predictors") or []
+                  if p.get("name") not in (self.stable_predictor, self.canary_predictor) and not p.get("shadow")}
+        return {str(name): traffic for name, traffic in others.items() if traffic > 0}
+
     def set_weight(self, percent: int, candidate_version: str | None = None) -> None:
         check_percent(percent)
 
@@ -363,6 +390,11 @@ class SeldonDeploymentRouter:
                 raise TargetStateError(f"no candidate is staged on {self.target}")
             staged, unknown_why = _version_for(annotations_of(obj), canary, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)
             check_candidate_version(self.target, staged, candidate_version, unknown_why)
+            # Stable 100-N and canary N beside another predictor's traffic would not sum to 100.
+            if others := self._unmanaged_traffic(obj):
+                raise TargetStateError(f"cannot set the canary to {percent}%: {self.target} splits traffic with "
+                                       "predictors ModelRollout does not manage: "
+                                       + ", ".join(f"{n} ({t}%)" for n, t in others.items()))
             stable, canary = copy.deepcopy(self._stable(obj)), copy.deepcopy(canary)
             stable["traffic"], canary["traffic"] = 100 - percent, percent
             return self._body(obj, stable, canary, self._owned(obj))
@@ -376,21 +408,17 @@ class SeldonDeploymentRouter:
                 if annotations[ANN_VERSION]:
                     return None  # promoted already
                 raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
-            # Stable keeps what is its own (explainer, replicas, annotations, its Deployments' names, edits made
-            # during the canary) and takes the model the canary served: its graph and component specs.
+            # Stable keeps what is its own (explainer, replicas, annotations, edits made during the canary) and
+            # takes the model the canary served: its graph and component specs, named after the candidate's version.
+            # New names make new Deployments, reported on their own, with the old pods serving until they are
+            # available (observe waits for them); under stable's old names Seldon would roll the pods in place and
+            # report the old ones available, read as the new version's.
             stable = copy.deepcopy(self._stable(obj))
             stable["graph"], stable["traffic"] = copy.deepcopy(canary["graph"]), 100
             if canary.get("componentSpecs") is not None:
-                names = [(c.get("metadata") or {}).get("name") for c in stable.get("componentSpecs") or []]
                 stable["componentSpecs"] = copy.deepcopy(canary["componentSpecs"])
-                # The canary's names (after its version) go: stable's Deployments keep the names they had, and
-                # Seldon rolls them in place instead of making new ones.
-                for index, component in enumerate(stable["componentSpecs"]):
-                    name = names[index] if index < len(names) else None
-                    if isinstance(component, dict) and name:
-                        component["metadata"] = {**(component.get("metadata") or {}), "name": name}
-                    elif isinstance(component, dict):
-                        (component.get("metadata") or {}).pop("name", None)
+            if annotations[ANN_CANDIDATE_VERSION]:
+                _version_components(stable, annotations[ANN_CANDIDATE_VERSION])  # as stage named the canary's
             annotations.update({ANN_VERSION: annotations[ANN_CANDIDATE_VERSION],
                                 ANN_VERSION_URI: annotations[ANN_CANDIDATE_URI], ANN_CANDIDATE_VERSION: None,
                                 ANN_CANDIDATE_URI: None})
@@ -402,7 +430,16 @@ class SeldonDeploymentRouter:
             if self._find(obj, self.canary_predictor) is None:
                 return None  # nothing staged: stable has all traffic
             stable = copy.deepcopy(self._stable(obj))
-            stable["traffic"] = 100
+            # Not refused beside another predictor (users must get off the candidate): stable takes the
+            # canary's share and theirs stays, so the non-shadow traffic still sums to 100.
+            others = self._unmanaged_traffic(obj)
+            if sum(others.values()) > 100:
+                raise TargetStateError(
+                    f"cannot roll back on {self.target}: predictors ModelRollout does not manage carry "
+                    f"{sum(others.values())}% traffic (" + ", ".join(f"{n} {t}%" for n, t in others.items())
+                    + "), more than 100, so no split without the canary sums to 100; the canary predictor "
+                    f"{self.canary_predictor} stays until their traffic is fixed")
+            stable["traffic"] = 100 - sum(others.values())
             annotations = self._owned(obj)
             annotations[ANN_CANDIDATE_VERSION] = annotations[ANN_CANDIDATE_URI] = None
             return self._body(obj, stable, None, annotations)
@@ -492,12 +529,30 @@ class SeldonExperimentRouter:
         return stable, candidate if candidate in weights and candidate != stable else None
 
     @staticmethod
-    def _versions(obj: Obj) -> dict[str, str]:
+    def _parse_versions(raw: str | None) -> dict[str, str] | None:
+        """The model-versions annotation's mapping; None when it is not one (edited by hand)."""
         try:
-            versions = json.loads(annotations_of(obj).get(ANN_MODEL_VERSIONS) or "{}")
+            versions = json.loads(raw or "{}")
         except ValueError:
-            return {}
-        return {str(k): str(v) for k, v in versions.items()} if isinstance(versions, dict) else {}
+            return None
+        return {str(k): str(v) for k, v in versions.items()} if isinstance(versions, dict) else None
+
+    @staticmethod
+    def _versions(obj: Obj) -> dict[str, str]:
+        return SeldonExperimentRouter._parse_versions(annotations_of(obj).get(ANN_MODEL_VERSIONS)) or {}
+
+    def _ours(self, obj: Obj) -> set[str]:
+        """The models this router wrote or recorded (its annotations name them)."""
+        ann = annotations_of(obj)
+        return {*self._versions(obj), *(name for k in (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL) if (name := ann.get(k)))}
+
+    @staticmethod
+    def _full_weight(weights: dict[str, int], ours: set[str]) -> int:
+        """The weight the one model of ours left serving gets: 100, or beside a weighted model this router never
+        wrote (another team's A/B split) the sum of our models' weights, so the other model's share stays."""
+        if any(w for n, w in weights.items() if n not in ours):
+            return sum(w for n, w in weights.items() if n in ours)
+        return 100
 
     def observe(self) -> TargetState:
         obj = self.client.get_or_none()
@@ -523,10 +578,17 @@ class SeldonExperimentRouter:
         canary_weight = None
         if candidate is not None:
             canary_weight = round(100 * weights[candidate] / total) if total else 0
-        stray = sum(w for n, w in weights.items() if n not in (stable, candidate))
+        # A model this router wrote that still has weight counts as the canary's (rollback takes it out); one it
+        # never wrote is another team's split, which no operation here moves: counting it, no rollback would
+        # ever read as done.
+        ours = self._ours(obj)
+        others = {n: w for n, w in weights.items() if w and n not in (stable, candidate)}
+        stray = sum(w for n, w in others.items() if n in ours)
         if stray:
             problems.append(f"models other than stable and the candidate carry weight {stray}")
             canary_weight = (canary_weight or 0) + (round(100 * stray / total) if total else 0)
+        if foreign := [n for n in others if n not in ours]:
+            problems.append("models ModelRollout does not manage carry weight: " + ", ".join(foreign))
         mesh = self._mesh_url() if candidate is not None else None  # the URLs matter to the gate only
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_EXPERIMENT, synced=synced, ready=ready,
@@ -554,7 +616,15 @@ class SeldonExperimentRouter:
             service = None
         return mesh_url(service, namespace)
 
-    def _body(self, obj: Obj, weights: dict[str, int], annotations: dict[str, str | None]) -> Obj:
+    def _body(self, obj: Obj, weights: dict[str, int], annotations: dict[str, str | None],
+              keep: str | None = None) -> Obj:
+        """The candidates and the router's annotations; model-versions only for the models written, the default
+        and `keep` (the one a restore may bring back), so it does not grow with every rollout."""
+        versions = self._parse_versions(annotations.get(ANN_MODEL_VERSIONS))
+        if annotations.get(ANN_MODEL_VERSIONS) is not None and versions is not None:
+            kept = {*weights, self._spec(obj).get("default"), keep}
+            annotations = {**annotations, ANN_MODEL_VERSIONS: json.dumps(
+                {n: v for n, v in versions.items() if n in kept}, sort_keys=True)}
         body = self.client.skeleton(obj["metadata"]["resourceVersion"])
         body["metadata"]["annotations"] = {k: v for k, v in annotations.items() if v is not None}
         body["spec"] = {"candidates": [{"name": name, "weight": weight} for name, weight in weights.items()]}
@@ -570,17 +640,6 @@ class SeldonExperimentRouter:
     def _owned(self, obj: Obj) -> dict[str, str | None]:
         ann = annotations_of(obj)
         return {k: ann.get(k) for k in EXPERIMENT_ANNOTATIONS}
-
-    def _refuse_foreign(self, obj: Obj, weights: dict[str, int], keep: str) -> set[str]:
-        """The models this router wrote or recorded; refused when a model it never wrote carries weight (another
-        team's A/B split is not its to end). A foreign model at weight 0 takes no users and is left in place."""
-        ann = annotations_of(obj)
-        ours = {*self._versions(obj), *(name for k in (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL) if (name := ann.get(k)))}
-        foreign = [n for n, w in weights.items() if w and n != keep and n not in ours]
-        if foreign:
-            raise TargetStateError(f"{self.target} splits traffic with models ModelRollout does not manage: "
-                                   + ", ".join(foreign))
-        return ours
 
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         model = default_serving_name(candidate)
@@ -634,7 +693,7 @@ class SeldonExperimentRouter:
             self._keep(obj, weights, stable)
             annotations = self._owned(obj)
             annotations.update({ANN_STABLE_MODEL: candidate, ANN_CANDIDATE_MODEL: None})
-            return self._body(obj, weights, annotations)
+            return self._body(obj, weights, annotations, keep=stable)
         _apply_with(self.client, build, f"promoting on {self.target}")
 
     def rollback(self) -> None:
@@ -642,15 +701,17 @@ class SeldonExperimentRouter:
             stable, candidate = self._roles(obj)
             weights = self._weights(obj)
             # Not only the recorded candidate: any model this router wrote (its candidate annotation may
-            # have been removed by hand) that still carries weight goes; one it never wrote is not its to move.
-            self._refuse_foreign(obj, weights, keep=stable)
-            weighted = [n for n, w in weights.items() if w and n != stable]
+            # have been removed by hand) that still carries weight goes; one it never wrote is not its to move
+            # and keeps its weight, and its share: stable takes all of ours.
+            ours = self._ours(obj) | {stable}
+            weighted = [n for n, w in weights.items() if w and n != stable and n in ours]
             leaving = [*weighted, candidate] if candidate is not None and candidate not in weighted else weighted
             if not leaving:
-                return None  # nothing staged: stable has all traffic
+                return None  # nothing staged: stable has all of our traffic
+            full = self._full_weight(weights, ours)
             for model in leaving:
                 self._keep(obj, weights, model)
-            weights[stable] = 100
+            weights[stable] = full
             annotations = self._owned(obj)
             annotations[ANN_CANDIDATE_MODEL] = None
             return self._body(obj, weights, annotations)
@@ -663,11 +724,13 @@ class SeldonExperimentRouter:
                 (name for name, version in versions.items() if version == stable_model.version),
                 default_serving_name(stable_model))
             weights = self._weights(obj)
-            ours = self._refuse_foreign(obj, weights, keep=model)
+            # Only our models move: one this router never wrote keeps its weight and share (see rollback).
+            ours = self._ours(obj) | {model}
+            full = self._full_weight(weights, ours)
             for name in list(weights):
                 if name != model and name in ours:
                     self._keep(obj, weights, name)
-            weights[model] = 100
+            weights[model] = full
             versions[model] = stable_model.version
             annotations = self._owned(obj)
             annotations.update({ANN_STABLE_MODEL: model, ANN_CANDIDATE_MODEL: None,

@@ -98,8 +98,10 @@ def assert_gate_went_through_seldon(kubeconfig: Path, scenario: Scenario, servin
     if scenario.target_kind == "seldonDeployment":
         # The stable predictor's Service as Seldon reports it, on the server of the version it now runs.
         obj = settled(kubeconfig, scenario)
+        # Its one Deployment: by Seldon's container rule, or named after the version a promotion gave it.
+        promoted = f"-v{serving}" if serving == scenario.candidate_version else ""
         assert set(obj["status"]["deploymentStatus"]) == {f"{scenario.model_name}-{STABLE_PREDICTOR}-0-"
-                                                          f"{scenario.model_name}"}
+                                                          f"{scenario.model_name}{promoted}"}
         server = scenario.servers[scenario.storage_uri(serving)]
         assert router.observe().stable_url == f"{server.url}/v2/models/{scenario.model_name}/infer"
     else:

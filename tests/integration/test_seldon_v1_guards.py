@@ -95,7 +95,10 @@ def test_canary_is_ready_on_its_own_candidates_deployments_only(api: client.ApiC
     router.promote()
     [promoted] = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]
     assert promoted["graph"]["modelUri"] == V8
-    assert deployments_of(api, namespace, "main") == stable_deployments  # rolled in place, not new ones
+    promoted_deployments = deployments_of(api, namespace, "main")  # new ones, named after 8: not rolled in place
+    assert promoted_deployments and all("v8" in name for name in promoted_deployments), promoted_deployments
+    assert not set(promoted_deployments) & set(stable_deployments)
+    assert router.observe().stable_version is None  # Seldon has not reported 8's own Deployments yet
     seldon_v1_reports(api, namespace)
     assert router.observe().stable_version == "8"
 

@@ -1,6 +1,7 @@
 """The Seldon Core v2 router on Experiments it must not drive blindly, on the real API server with the real
-Seldon Core v2.6.0 Experiment CRD: one without a spec, one over pipelines, and a rollback whose candidate
-annotation was removed by hand (or that another model shares traffic with)."""
+Seldon Core v2.6.0 Experiment CRD: one without a spec, one over pipelines, and a rollback or restore whose
+candidate annotation was removed by hand, or that another team's model shares traffic with (its weight and
+share are left as they are)."""
 
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def test_rollback_without_the_candidate_annotation_and_beside_a_foreign_model(ap
     state = router.observe()
     assert state.canary_weight is None and not state.message
 
-    # A model the router never wrote carries weight: rollback refuses, as stage does, and moves nothing.
+    # A model the router never wrote carries weight: rollback still takes the candidate out (users must get off
+    # it), leaves that model's entry as it is, and gives stable all of its own weight, so the other's share stays.
     router.stage(CANDIDATE_7, "6")
     router.set_weight(40)
     edit = ObjectClient(api, SELDON_EXPERIMENT, namespace, NAME, field_manager="kubectl-edit")
@@ -102,32 +104,44 @@ def test_rollback_without_the_candidate_annotation_and_beside_a_foreign_model(ap
     body["spec"] = {"candidates": [{"name": "nsfw", "weight": 50}, {"name": "nsfw-v7", "weight": 40},
                                    {"name": "fraud-ab", "weight": 10}]}
     edit.apply(body)
+    seldon_v2_reports(api, namespace)
+    assert router.observe().canary_weight == 40  # the candidate's own share, fraud-ab's not counted
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, router.rollback)
+    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 90, "fraud-ab": 10}
+    seldon_v2_reports(api, namespace)
+    state = router.observe()
+    assert state.canary_weight is None and "models ModelRollout does not manage carry weight: fraud-ab" in state.message
+    # Staging beside it is still refused: a new canary's steps would not be the shares they say.
     with pytest.raises(TargetStateError, match="models ModelRollout does not manage: fraud-ab"):
-        router.rollback()
-    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 50, "nsfw-v7": 40, "fraud-ab": 10}
+        router.stage(CANDIDATE_7, "6")
 
 
 @pytest.mark.integration
-def test_restore_refuses_beside_a_weighted_foreign_model_and_keeps_an_idle_one(api: client.ApiClient,
-                                                                              namespace: str) -> None:
+def test_restore_beside_a_foreign_model_moves_only_the_routers_models(api: client.ApiClient,
+                                                                       namespace: str) -> None:
     create(api, SELDON_EXPERIMENT, namespace, {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]})
     router = SeldonExperimentRouter(api, namespace, NAME)
     router.stage(CANDIDATE_7, "6")
     router.promote()
-    # Another team splits the promoted model's traffic with its own A/B model, by hand.
+    # Another team adds its A/B model beside the promoted one, by hand, at weight 0: it takes no users, and
+    # restore takes out only the model it promoted.
     edit = ObjectClient(api, SELDON_EXPERIMENT, namespace, NAME, field_manager="kubectl-edit")
     body = edit.skeleton()
-    body["spec"] = {"candidates": [{"name": "nsfw", "weight": 0}, {"name": "nsfw-v7", "weight": 80},
-                                   {"name": "fraud-ab", "weight": 20}]}
-    edit.apply(body)
-    # A failed bake's restore does not end their split: it refuses, as rollback and stage do, and moves nothing.
-    with pytest.raises(TargetStateError, match="models ModelRollout does not manage: fraud-ab"):
-        router.restore(STABLE_6)
-    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 0, "nsfw-v7": 80, "fraud-ab": 20}
-
-    # At weight 0 the foreign model takes no users: restore takes out only the model it promoted.
     body["spec"] = {"candidates": [{"name": "nsfw", "weight": 0}, {"name": "nsfw-v7", "weight": 100},
                                    {"name": "fraud-ab", "weight": 0}]}
     edit.apply(body)
     twice_is_once(api, SELDON_EXPERIMENT, namespace, lambda: router.restore(STABLE_6))
     assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 100, "fraud-ab": 0}
+
+    # With weight, their split is not ended either: a failed bake's restore gives the restored model all of the
+    # router's weight and leaves theirs, so their share stays while the rejected version leaves.
+    router.stage(CANDIDATE_7, "6")
+    router.promote()
+    body["spec"] = {"candidates": [{"name": "nsfw", "weight": 0}, {"name": "nsfw-v7", "weight": 80},
+                                   {"name": "fraud-ab", "weight": 20}]}
+    edit.apply(body)
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, lambda: router.restore(STABLE_6))
+    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 80, "fraud-ab": 20}
+    seldon_v2_reports(api, namespace)
+    state = router.observe()
+    assert state.stable_version == "6" and state.canary_weight is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,14 +160,23 @@ def test_seldon_deployment_stage_step_rollback_stage_promote(api: client.ApiClie
     assert not state.canary_staged and state.canary_weight is None and state.stable_version == "6"
 
     router.stage(CANDIDATE_8)
-    seldon_v1_reports(api, namespace)
+    before = seldon_v1_reports(api, namespace)
     router.set_weight(50)
     router.promote()
     obj = get(api, SELDON_DEPLOYMENT, namespace)
     assert traffic(obj) == {"main": 100}
     assert obj["spec"]["predictors"][0]["graph"]["modelUri"] == V8
+    # Stable's Deployments are named after 8 now, new ones: Seldon's status is still the one from before (the
+    # old pods serve), so the promotion must not read as done until it reports them available.
+    assert obj["spec"]["predictors"][0]["componentSpecs"][0]["metadata"]["name"] == "classifier-v8"
     state = router.observe()
-    assert state.stable_version == "8" and not state.canary_staged
+    assert state.stable_version is None and not state.ready and not state.canary_staged
+    promoted = f"{NAME}-main-0-classifier-v8"
+    seldon_v1_reports(api, namespace, available=lambda name: name != promoted, kept=before)
+    assert router.observe().stable_version is None  # made, its pods not up yet; the old ones still serve
+    seldon_v1_reports(api, namespace)
+    state = router.observe()
+    assert state.stable_version == "8" and state.ready and not state.canary_staged
 
     router.restore(STABLE_6)  # a failed bake: the previous model back (Seldon rolls the pods)
     obj = get(api, SELDON_DEPLOYMENT, namespace)
@@ -273,6 +283,31 @@ def test_seldon_deployment_refusals(api: client.ApiClient, namespace: str) -> No
     assert get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"] == [PREDICTOR]
 
 
+@pytest.mark.integration
+def test_seldon_deployment_beside_an_unmanaged_predictor_keeps_the_sum_at_100(api: client.ApiClient,
+                                                                             namespace: str) -> None:
+    create(api, SELDON_DEPLOYMENT, namespace, {"predictors": [PREDICTOR]})
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
+    router.stage(CANDIDATE_7, "6")
+    router.set_weight(40)
+    # Another team adds an A/B predictor mid-canary, taking 10 from stable so the sum stays 100.
+    predictors = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]
+    predictors[0]["traffic"] = 50
+    predictors.append({**copy.deepcopy(PREDICTOR), "name": "ab", "traffic": 10,
+                       "graph": {**PREDICTOR["graph"], "modelUri": "s3://models/fraud/1"}})
+    edit = ObjectClient(api, SELDON_DEPLOYMENT, namespace, NAME, field_manager="kubectl-edit")
+    body = edit.skeleton()
+    body["spec"] = {"predictors": predictors}
+    edit.apply(body)
+    # A step would make 110: refused, nothing written.
+    with pytest.raises(TargetStateError, match=r"cannot set the canary to 60%: .* does not manage: ab \(10%\)"):
+        router.set_weight(60)
+    assert traffic(get(api, SELDON_DEPLOYMENT, namespace)) == {"main": 50, "canary": 40, "ab": 10}
+    # Rollback is not refused (users must get off the candidate): stable takes the canary's share, ab keeps its own.
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, router.rollback)
+    assert traffic(get(api, SELDON_DEPLOYMENT, namespace)) == {"main": 90, "ab": 10}
+
+
 # --- Seldon Core v2 ----------------------------------------------------------------------------------
 
 
@@ -327,6 +362,9 @@ def test_seldon_experiment_stage_step_rollback_stage_promote(api: client.ApiClie
     router.promote()
     obj = get(api, SELDON_EXPERIMENT, namespace)
     assert weights(obj) == {"nsfw": 0, "nsfw-challenger": 100}  # the default model must stay a candidate
+    # The versions of the Models still named only: the rolled-back nsfw-v7 is gone, so it does not grow.
+    versions = json.loads(obj["metadata"]["annotations"]["modelrollout.io/model-versions"])
+    assert versions == {"nsfw": "6", "nsfw-challenger": "8"}
     seldon_v2_reports(api, namespace)
     state = router.observe()
     assert state.stable_version == "8" and state.stable_name == "nsfw-challenger" and not state.canary_staged
@@ -446,7 +484,8 @@ def test_seldon_deployment_canary_names_its_own_objects_and_promotion_keeps_stab
                                                                                    namespace: str) -> None:
     """A canary copied from stable must not take the Service and Deployment names stable chose (both would
     resolve to one Service, and the gate would compare stable with itself); promotion hands stable the
-    canary's model and keeps the rest of stable (its explainer, names, replicas)."""
+    canary's model under the candidate's Deployment names (new Deployments, whose availability observe waits
+    for) and keeps the rest of stable (its explainer, Service name, replicas)."""
     long_canary = "candidate-" + "c" * 50  # <sdep>-<predictor>-0-classifier is over 63 characters
     stable = {**PREDICTOR, "annotations": {"seldon.io/svc-name": "nsfw-svc"},
               "explainer": {"type": "AnchorTabular", "modelUri": "s3://explainers/nsfw"},
@@ -478,4 +517,5 @@ def test_seldon_deployment_canary_names_its_own_objects_and_promotion_keeps_stab
     [promoted] = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]
     assert promoted["graph"]["modelUri"] == V7 and promoted["traffic"] == 100
     assert promoted["explainer"] == stable["explainer"] and promoted["annotations"] == stable["annotations"]
-    assert promoted["replicas"] == 2 and promoted["componentSpecs"][0]["metadata"]["name"] == "nsfw-main"
+    assert promoted["replicas"] == 2 and promoted["componentSpecs"][0]["metadata"]["name"] == "classifier-v7"
+    assert router.observe().stable_version is None  # Seldon has not made main's Deployment for 7 yet

@@ -1,0 +1,224 @@
+"""The Seldon routers beside traffic they do not manage (a third v1 predictor, a v2 model they never wrote), and
+the size of the v2 model-versions annotation, on an in-memory stand-in for the object client."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from controller.traffic.base import CandidateModel, ConflictError, TargetNotFound, TargetStateError
+from controller.traffic.kube import SELDON_DEPLOYMENT, SELDON_EXPERIMENT, ObjectClient, Resource
+from controller.traffic.seldon import ANN_MODEL_VERSIONS, SeldonDeploymentRouter, SeldonExperimentRouter
+
+Obj = dict[str, Any]
+
+
+class FakeObjectClient(ObjectClient):
+    """One object in memory; apply merges the spec's top-level fields and replaces the annotations it owns, as
+    server-side apply does for one field manager, and refuses a stale resourceVersion with a 409."""
+
+    def __init__(self, resource: Resource, obj: Obj) -> None:
+        self.resource, self.namespace, self.name, self.field_manager = resource, "ns", "nsfw", "test"
+        obj.setdefault("metadata", {}).update({"name": self.name, "namespace": self.namespace,
+                                               "resourceVersion": "1", "generation": 1})
+        self.obj = obj
+        self.owned: set[str] = set()
+        self.applies: list[Obj] = []
+
+    def get(self) -> Obj:
+        if self.obj is None:
+            raise TargetNotFound("not found")
+        return copy.deepcopy(self.obj)
+
+    def apply(self, body: Obj, force: bool = True) -> Obj:
+        body = copy.deepcopy(body)
+        self.applies.append(body)
+        metadata = self.obj["metadata"]
+        if body["metadata"].get("resourceVersion") not in (None, metadata["resourceVersion"]):
+            raise ConflictError("409")
+        annotations = metadata.setdefault("annotations", {})
+        new = body["metadata"].get("annotations") or {}
+        for key in self.owned - set(new):
+            annotations.pop(key, None)
+        annotations.update(new)
+        self.owned = set(new)
+        self.obj.setdefault("spec", {}).update(body.get("spec") or {})
+        metadata["resourceVersion"] = str(int(metadata["resourceVersion"]) + 1)
+        return copy.deepcopy(self.obj)
+
+
+CANDIDATE_7 = CandidateModel("nsfw", "7", "s3://models/nsfw/7")
+
+
+def experiment_router(candidates: list[Obj], default: str = "nsfw") -> tuple[SeldonExperimentRouter,
+                                                                               FakeObjectClient]:
+    router = SeldonExperimentRouter(client.ApiClient(), "ns", "nsfw")
+    fake = FakeObjectClient(SELDON_EXPERIMENT, {"spec": {"default": default, "candidates": candidates}})
+    router.client = fake
+    router._mesh_url = lambda: "http://seldon-mesh.ns.svc.cluster.local"  # type: ignore[method-assign]
+    return router, fake
+
+
+def weights(fake: FakeObjectClient) -> dict[str, int]:
+    return {c["name"]: c["weight"] for c in fake.obj["spec"]["candidates"]}
+
+
+def share(fake: FakeObjectClient, model: str) -> float:
+    return weights(fake).get(model, 0) / sum(weights(fake).values())
+
+
+def hand_edit(fake: FakeObjectClient, new: dict[str, int]) -> None:
+    fake.obj["spec"]["candidates"] = [{"name": n, "weight": w} for n, w in new.items()]
+    fake.obj["metadata"]["resourceVersion"] = str(int(fake.obj["metadata"]["resourceVersion"]) + 1)
+
+
+# --- Seldon Core v2 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("edited", "after"), [
+    ({"nsfw": 50, "nsfw-v7": 40, "fraud-ab": 10}, {"nsfw": 90, "fraud-ab": 10}),  # stable lowered by hand
+    ({"nsfw": 60, "nsfw-v7": 40, "fraud-ab": 10}, {"nsfw": 100, "fraud-ab": 10}),  # added on top
+])
+def test_v2_rollback_beside_a_foreign_model_takes_the_candidate_out_and_leaves_its_share(
+        edited: dict[str, int], after: dict[str, int]) -> None:
+    router, fake = experiment_router([{"name": "nsfw", "weight": 100}])
+    router.stage(CANDIDATE_7, "6")
+    router.set_weight(40, "7")
+    hand_edit(fake, edited)  # another team's A/B model
+    foreign_share = share(fake, "fraud-ab")
+    router.rollback()
+    assert weights(fake) == after
+    assert share(fake, "fraud-ab") == pytest.approx(foreign_share)
+    state = router.observe()
+    assert not state.canary_staged and not state.canary_weight  # the engine sees the withdrawal done
+    assert "models ModelRollout does not manage carry weight: fraud-ab" in state.message
+    writes = len(fake.applies)
+    router.rollback()
+    assert len(fake.applies) == writes  # done already: nothing written
+
+
+def test_v2_observe_reads_the_candidates_own_weight_beside_a_foreign_model() -> None:
+    router, fake = experiment_router([{"name": "nsfw", "weight": 100}])
+    router.stage(CANDIDATE_7, "6")
+    hand_edit(fake, {"nsfw": 90, "nsfw-v7": 0, "fraud-ab": 10})
+    assert router.observe().canary_weight == 0
+    hand_edit(fake, {"nsfw": 50, "nsfw-v7": 40, "fraud-ab": 10})
+    assert router.observe().canary_weight == 40
+    # A model this router wrote still counts, with its candidate annotation removed by hand: rollback takes it out.
+    del fake.obj["metadata"]["annotations"]["modelrollout.io/candidate-model"]
+    assert router.observe().canary_weight == 40
+    router.rollback()
+    assert weights(fake) == {"nsfw": 90, "fraud-ab": 10}
+
+
+def test_v2_stage_still_refuses_beside_a_weighted_foreign_model() -> None:
+    router, fake = experiment_router([{"name": "nsfw", "weight": 90}, {"name": "fraud-ab", "weight": 10}])
+    with pytest.raises(TargetStateError, match="models ModelRollout does not manage: fraud-ab"):
+        router.stage(CANDIDATE_7, "6")
+    assert fake.applies == []
+
+
+STABLE_6 = CandidateModel("nsfw", "6", "s3://models/nsfw/6", serving_name="nsfw")
+
+
+@pytest.mark.parametrize(("edited", "after"), [
+    ({"nsfw": 0, "nsfw-v7": 80, "fraud-ab": 20}, {"nsfw": 80, "fraud-ab": 20}),
+    ({"nsfw": 0, "nsfw-v7": 100, "fraud-ab": 0}, {"nsfw": 100, "fraud-ab": 0}),  # at 0 it takes no users
+])
+def test_v2_restore_beside_a_foreign_model_moves_only_its_own_models(edited: dict[str, int],
+                                                                     after: dict[str, int]) -> None:
+    router, fake = experiment_router([{"name": "nsfw", "weight": 100}])
+    router.stage(CANDIDATE_7, "6")
+    router.promote()
+    hand_edit(fake, edited)  # another team splits the promoted model's traffic
+    router.restore(STABLE_6)
+    assert weights(fake) == after
+    state = router.observe()
+    assert state.stable_version == "6" and not state.canary_weight
+    spec = copy.deepcopy(fake.obj["spec"])
+    router.restore(STABLE_6)
+    assert fake.obj["spec"] == spec
+
+
+def test_v2_model_versions_keeps_only_the_models_it_may_need() -> None:
+    router, fake = experiment_router([{"name": "nsfw", "weight": 100}])
+    for version in range(7, 40):
+        router.stage(CandidateModel("nsfw", str(version), f"s3://models/nsfw/{version}"), "6")
+        router.set_weight(10, str(version))
+        (router.promote if version % 2 else router.rollback)()
+    versions = json.loads(fake.obj["metadata"]["annotations"][ANN_MODEL_VERSIONS])
+    assert versions == {"nsfw": "6", "nsfw-v37": "37", "nsfw-v39": "39"}  # the default, the old and new stable
+    # The promoted-over stable stays named, so a restore finds the Model it was served by.
+    router.restore(CandidateModel("nsfw", "37", "s3://models/nsfw/37"))
+    assert weights(fake) == {"nsfw": 0, "nsfw-v37": 100}
+    assert json.loads(fake.obj["metadata"]["annotations"][ANN_MODEL_VERSIONS]) == {"nsfw": "6", "nsfw-v37": "37"}
+
+
+def test_v2_a_promoted_over_stable_with_its_own_name_is_restored_by_that_name() -> None:
+    router, fake = experiment_router([{"name": "nsfw", "weight": 0}, {"name": "nsfw-prod", "weight": 100}])
+    fake.obj["metadata"]["annotations"] = {"modelrollout.io/stable-model": "nsfw-prod"}
+    router.stage(CANDIDATE_7, "6")
+    router.promote()
+    assert weights(fake) == {"nsfw": 0, "nsfw-v7": 100}
+    router.restore(CandidateModel("nsfw", "6", "s3://models/nsfw/6"))
+    assert weights(fake) == {"nsfw": 0, "nsfw-prod": 100}
+
+
+# --- Seldon Core v1 ----------------------------------------------------------------------------------
+
+
+def predictor(name: str, traffic: int, uri: str) -> Obj:
+    return {"name": name, "traffic": traffic,
+            "graph": {"name": "classifier", "implementation": "SKLEARN_SERVER", "modelUri": uri}}
+
+
+def deployment_router() -> tuple[SeldonDeploymentRouter, FakeObjectClient]:
+    router = SeldonDeploymentRouter(client.ApiClient(), "ns", "nsfw", "main", "canary")
+    fake = FakeObjectClient(SELDON_DEPLOYMENT, {"spec": {"predictors": [predictor("main", 100, "s3://models/6")]}})
+    router.client = fake
+    router.stage(CandidateModel("nsfw", "7", "s3://models/7"), "6")
+    router.set_weight(40, "7")
+    return router, fake
+
+
+def traffic(fake: FakeObjectClient) -> dict[str, int]:
+    return {p["name"]: p.get("traffic", 0) for p in fake.obj["spec"]["predictors"] if not p.get("shadow")}
+
+
+def add_predictor(fake: FakeObjectClient, main: int, **others: int) -> None:
+    predictors = fake.obj["spec"]["predictors"]
+    predictors[0]["traffic"] = main
+    predictors += [predictor(name, weight, f"s3://other/{name}") for name, weight in others.items()]
+    predictors.append({**predictor("mirror", 0, "s3://other/mirror"), "shadow": True})  # a shadow takes none
+
+
+def test_v1_set_weight_refuses_beside_an_unmanaged_predictor() -> None:
+    router, fake = deployment_router()
+    add_predictor(fake, 50, ab=10)
+    before = copy.deepcopy(fake.obj["spec"])
+    with pytest.raises(TargetStateError, match=r"cannot set the canary to 60%: .* does not manage: ab \(10%\)"):
+        router.set_weight(60, "7")
+    assert fake.obj["spec"] == before
+
+
+def test_v1_rollback_beside_an_unmanaged_predictor_keeps_the_sum_at_100() -> None:
+    router, fake = deployment_router()
+    add_predictor(fake, 50, ab=10)
+    router.rollback()
+    assert traffic(fake) == {"main": 90, "ab": 10}
+    router.rollback()  # nothing staged any more
+    assert traffic(fake) == {"main": 90, "ab": 10}
+
+
+def test_v1_rollback_says_why_when_no_split_can_sum_to_100() -> None:
+    router, fake = deployment_router()
+    add_predictor(fake, 0, ab=70, cd=40)
+    before = copy.deepcopy(fake.obj["spec"])
+    with pytest.raises(TargetStateError, match=r"cannot roll back .* carry 110% traffic \(ab 70%, cd 40%\), more "
+                                               r"than 100.*canary predictor canary stays"):
+        router.rollback()
+    assert fake.obj["spec"] == before
