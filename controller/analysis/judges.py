@@ -56,6 +56,9 @@ MAX_RATE_ALPHA_SHARE = 0.1
 TEST_NAME = "conditional binomial mixture SPRT, calibrated boundary"
 # Canary/stable sample ratios the test reads; beyond, the null's odds under- or overflow (garbage counts).
 SPLIT_LIMITS = (1e-9, 1e9)
+# Totals the test reads: far past any real count, and far enough below float's limit (1.8e308) that its sums
+# and products (e.g. 1.5 x total) stay finite.
+MAX_COUNT = 1e300
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def evaluate_proportion(canary_events: npt.ArrayLike, canary_total: npt.ArrayLik
                                nan, nan.copy(), nan.copy(), nan.copy(), nan.copy())
     with np.errstate(invalid="ignore"):
         valid = (np.isfinite(x) & np.isfinite(n) & np.isfinite(y) & np.isfinite(m)
-                 & (x >= 0) & (y >= 0) & (x <= n) & (y <= m)
+                 & (x >= 0) & (y >= 0) & (x <= n) & (y <= m) & (n <= MAX_COUNT) & (m <= MAX_COUNT)
                  & np.isfinite(phi) & (phi >= 1))  # phi < 1 would inflate the evidence
     has_canary = valid & (n > 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -194,8 +197,9 @@ def proportion_judge(name: str, canary_events: Any, canary_total: Any, stable_ev
 def baseline_judge(name: str, current_events: Any, current_total: Any,
                    history: Sequence[tuple[Any, Any]], criteria: ProportionCriteria | None = None, *,
                    min_history_days: int = MIN_BAKE_BASELINE_DAYS, queries: Mapping[str, str] | None = None,
-                   window: Mapping[str, Any] | None = None) -> Verdict:
-    """A class rate against its own history: `history` holds (events, total) for the same window on past days.
+                   window: Mapping[str, Any] | None = None, history_at: Sequence[str] | None = None) -> Verdict:
+    """A class rate against its own history: `history` holds (events, total) for the same window on past days,
+    `history_at` (optional) when each of those windows ended, for the evidence.
 
     The pooled history is the reference arm of the same sequential test as the proportion judge. Day-to-day
     variation beyond binomial noise (Pearson dispersion across the days, phi >= 1) deflates the relative
@@ -221,8 +225,11 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
         if complaint:
             return Verdict(name, Outcome.INCONCLUSIVE, complaint, evidence)
         days.append((parsed[0], parsed[1]))
+    # Every day, in step with history_at (window.historyAt): one without traffic is kept, marked.
+    ends = list(history_at) if history_at is not None and len(history_at) == len(days) else None
+    evidence["history"] = [{"events": _num(e), "total": _num(t), "rate": _ratio(e, t), "no_traffic": t <= 0,
+                            **({"at": ends[i]} if ends else {})} for i, (e, t) in enumerate(days)]
     days = [d for d in days if d[1] > 0]  # a day without traffic says nothing (e.g. before the model existed)
-    evidence["history"] = [{"events": _num(e), "total": _num(t), "rate": _ratio(e, t)} for e, t in days]
     if len(days) < min_history_days:
         return Verdict(name, Outcome.INCONCLUSIVE, f"only {len(days)} day(s) of history with traffic, need "
                        f"{min_history_days} to know the class's usual rate and its day-to-day spread", evidence)
@@ -232,6 +239,11 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
     evidence["dispersion"] = phi
     evidence["dispersion_days"] = phi_days
     x, n = current
+    if max(n, m) > MAX_COUNT:  # garbage-sized counts (the days' sum may even be infinite): not for the test
+        evidence["raw"] = {"current": {"events": _jsonable_input(x), "total": _jsonable_input(n)},
+                           "history": {"events": _jsonable_input(y), "total": _jsonable_input(m)}}
+        return Verdict(name, Outcome.INCONCLUSIVE, f"the new version's total ({n:g}) or its history's ({m:g}) is "
+                       f"past {MAX_COUNT:g}: not counts the test can read", evidence)
     # "canary"/"stable" (read by the report) and "raw" hold the real counts; "deflated" what the relative test reads.
     evidence["raw"] = {"current": {"events": _num(x), "total": _num(n)},
                        "history": {"events": _num(y), "total": _num(m)}}
@@ -334,6 +346,8 @@ def _proportion_verdict(name: str, x: float, n: float, y: float, m: float, crite
     elif not SPLIT_LIMITS[0] <= n / m <= SPLIT_LIMITS[1]:
         why = (f"the {arm}'s and {reference}'s totals differ by more than a factor of {SPLIT_LIMITS[1]:g} "
                f"({canary_txt}, {ref_txt}): not a traffic split the test can read")
+    elif max(n, m) > MAX_COUNT:
+        why = f"a total is past {MAX_COUNT:g} ({canary_txt}, {ref_txt}): not counts the test can read"
     elif outcome is Outcome.INCONCLUSIVE:
         why = (f"not enough samples yet: {canary_txt}, {ref_txt}; need {criteria.min_samples:g} on each "
                f"(no credible increase so far, e-value {_exp(log_e):.3g} < {_exp(log_b):.3g}{spread})")

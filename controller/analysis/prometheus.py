@@ -6,6 +6,7 @@ import ast
 import json
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,10 +16,11 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
-from urllib3.exceptions import LocationValueError
+from urllib3.exceptions import HTTPError, LocationValueError
 from urllib3.util.retry import Retry
 
 from controller.redaction import redact_credentials
+from controller.registry.mlflow_rest import AnswerTooLarge, AnswerTooSlow, bounded_text
 
 # An instant query that finds nothing is asked again over this much history: data there means the series
 # went stale (its source stopped reporting), none means nothing was ever counted.
@@ -36,6 +38,9 @@ RESULT_TYPES = {"/api/v1/query": frozenset({"vector", "scalar"}), "/api/v1/query
 # query (e.g. a counter not named *_total), not missing data.
 PROMQL_INFO = "PromQL info:"
 WARNING_TEXT_LIMIT = 300
+# An answer here is a number or an hour of samples of a few series: a body past this is not one (and would be
+# held in memory whole).
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
 class QueryProblem(StrEnum):
@@ -49,6 +54,7 @@ class QueryProblem(StrEnum):
     AMBIGUOUS = "MultipleSeries"  # more than one series where one number was expected
     MALFORMED = "MalformedResponse"
     PARTIAL = "PartialData"  # an answer that warns its data may be incomplete (a store or remote read failed)
+    SLOW = "PrometheusTooSlow"  # an answer still arriving at its deadline, or the measurement's time ran out
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,10 @@ class PrometheusProvider:
     def __init__(self, address: str, timeout_seconds: float = 5.0, retries: int = 2,
                  headers: dict[str, str] | None = None, scrape_interval: timedelta = SCRAPE_INTERVAL) -> None:
         # Not raising on the last 5xx lets Prometheus' own error text (e.g. a query timeout) reach the verdict.
+        # Retry-After is not honoured: urllib3 would sleep what the server says (up to 6 h) before each retry.
         retry = Retry(total=retries, backoff_factor=0.2, status_forcelist=UNAVAILABLE,
-                      allowed_methods=frozenset({"GET", "POST"}), raise_on_status=False)
+                      allowed_methods=frozenset({"GET", "POST"}), raise_on_status=False,
+                      respect_retry_after_header=False)
         self.address = _without_credentials(address.rstrip("/"))  # what messages show
         # What a server or proxy echoing the request could send back of the credentials: never quoted.
         parts = urlsplit(address)
@@ -88,12 +96,19 @@ class PrometheusProvider:
                         if key.lower() in ("authorization", "proxy-authorization")
                         for token in (value, value.partition(" ")[2]) if token]
         self.timeout_seconds = timeout_seconds
+        # requests' timeout bounds each wait for bytes only: a query's answer is read against this in all.
+        self.query_seconds = timeout_seconds * (1 + retries)
+        # time.monotonic() past which no query is sent (the caller's limit for a whole measurement).
+        self.deadline: float | None = None
+        self._read_by = math.inf  # the current query's deadline, for the body reader
         self.scrape_interval = scrape_interval
         # POST keeps long queries out of proxies' access logs (the library still puts the query in the URL).
         # The library reads data.result from any 200 and drops its status: an answer that says it failed
         # must not be read as data.
+        # stream=True: the body is read by _read_body, within the query's deadline and MAX_ANSWER_BYTES.
         session = requests.Session()
-        session.hooks["response"].append(_require_success)
+        session.stream = True
+        session.hooks["response"].extend([self._read_body, _require_success])
         self._client = PrometheusConnect(url=address.rstrip("/"), headers=headers, retry=retry,
                                          timeout=timeout_seconds, method="POST", session=session)
 
@@ -106,6 +121,19 @@ class PrometheusProvider:
             text = redact_credentials(text, token=token)
         return text
 
+    def _quoted(self, value: Any, limit: int = 40) -> str:
+        """A server's value for a message: redacted before it is cut (a cut token would not be found)."""
+        return self._redacted(repr(value))[:limit]
+
+    def _read_body(self, response: requests.Response, *_: Any, **__: Any) -> requests.Response:
+        """Reads the streamed body whole, within the query's deadline and MAX_ANSWER_BYTES, where the library and
+        _require_success read it (AnswerTooSlow, AnswerTooLarge otherwise)."""
+        text = bounded_text(response, self._read_by, MAX_ANSWER_BYTES)
+        response._content = text.encode("utf-8")  # what response.content and .json() read
+        response._content_consumed = True
+        response.encoding = "utf-8"
+        return response
+
     def scalar(self, query: str, at: datetime | None = None, *, check_stale: bool = True) -> Measurement:
         """Evaluate `query` at `at` (default: now) and expect exactly one number.
 
@@ -116,7 +144,7 @@ class PrometheusProvider:
         answer = self._ask(query, at, lambda: self._client.custom_query(query, params=params))
         if isinstance(answer, Measurement):
             return answer
-        measured = _one_number(query, answer, at)
+        measured = _one_number(query, answer, at, self._redacted)
         if measured.problem is QueryProblem.EMPTY and check_stale:
             return self._empty_or_stale(measured)
         return measured
@@ -187,8 +215,19 @@ class PrometheusProvider:
         def problem(kind: QueryProblem, detail: str) -> Measurement:
             return Measurement(query, None, kind, detail, at)
 
+        started = time.monotonic()
+        if self.deadline is not None and started >= self.deadline:
+            return problem(QueryProblem.SLOW, f"{self.address} was too slow: this measurement's time limit passed "
+                                              "before the query was sent")
+        self._read_by = min(started + self.query_seconds, math.inf if self.deadline is None else self.deadline)
         try:
             return send()
+        except AnswerTooSlow:
+            return problem(QueryProblem.SLOW, f"{self.address} was too slow: its answer was still arriving "
+                                              f"{self._read_by - started:.3g}s after the query was sent")
+        except AnswerTooLarge:
+            return problem(QueryProblem.MALFORMED, f"{self.address} answered with over "
+                                                   f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not a query's answer")
         except requests.exceptions.JSONDecodeError:  # also a RequestException: must come first
             return problem(QueryProblem.MALFORMED, f"{self.address} answered, but not with JSON")
         except (requests.ConnectionError, requests.Timeout) as exc:
@@ -204,17 +243,21 @@ class PrometheusProvider:
         except LocationValueError as exc:  # e.g. an empty label in the host name: nothing was asked
             return problem(QueryProblem.UNREACHABLE, f"{self.address} is not a usable address "
                                                      f"({type(exc).__name__})")
+        except (HTTPError, OSError) as exc:  # the streamed body broke off (urllib3's own, not requests')
+            return problem(QueryProblem.UNREACHABLE, f"{self.address} did not answer ({type(exc).__name__})")
         except Incomplete as exc:
             return problem(QueryProblem.PARTIAL, f"{self.address} answered, but warns that the data may be "
                                                  f"incomplete: {self._redacted(str(exc))}")
         except WrongResultType as exc:
-            return problem(QueryProblem.MALFORMED, f"{self.address} answered with {exc}")
+            return problem(QueryProblem.MALFORMED, f"{self.address} answered with result type "
+                                                   f"{self._quoted(exc.result_type)} where {exc.expected} was "
+                                                   "asked for")
         except NotSuccess as exc:
             if exc.status is None:
                 return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without Prometheus' status "
                                                        "(not an answer of its HTTP API)")
-            return problem(QueryProblem.REJECTED, f"{self.address} answered HTTP 200 with status {exc}, "
-                                                  "not success")
+            return problem(QueryProblem.REJECTED, f"{self.address} answered HTTP 200 with status "
+                                                  f"{self._quoted(exc.status)}, not success")
         except RecursionError:  # JSON nested deeper than the parser recurses
             return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON nested too deep to read")
         except (KeyError, TypeError, ValueError) as exc:  # JSON, but not Prometheus' {"data": {"result": ...}}
@@ -223,10 +266,10 @@ class PrometheusProvider:
 
 
 class NotSuccess(Exception):
-    """A 200 answer, a JSON object, whose status is not "success" (None: it has none)."""
+    """A 200 answer, a JSON object, whose status is not "success" (None: it has none). Quoted only redacted."""
 
     def __init__(self, status: Any) -> None:
-        super().__init__(repr(status)[:40])
+        super().__init__("status is not success")
         self.status = status
 
 
@@ -235,7 +278,11 @@ class Incomplete(Exception):
 
 
 class WrongResultType(Exception):
-    """A success answer whose resultType is not one the endpoint asked answers with."""
+    """A success answer whose resultType is not one the endpoint asked answers with. Quoted only redacted."""
+
+    def __init__(self, result_type: Any, expected: str) -> None:
+        super().__init__("unexpected result type")
+        self.result_type, self.expected = result_type, expected
 
 
 def _require_success(response: requests.Response, *_: Any, **__: Any) -> requests.Response:
@@ -253,8 +300,7 @@ def _require_success(response: requests.Response, *_: Any, **__: Any) -> request
         expected = next((kinds for path, kinds in RESULT_TYPES.items() if urlsplit(response.url).path.endswith(path)),
                         None)
         if expected and isinstance(data, dict) and "resultType" in data and data["resultType"] not in expected:
-            raise WrongResultType(f"result type {str(data['resultType'])[:40]!r} where {'/'.join(sorted(expected))} "
-                                  "was asked for")
+            raise WrongResultType(str(data["resultType"]), "/".join(sorted(expected)))
         if warnings := _incompleteness(answer):
             raise Incomplete(warnings)
     return response
@@ -268,8 +314,7 @@ def _incompleteness(answer: dict[str, Any]) -> str:
     real = [str(w)[:WARNING_TEXT_LIMIT] for w in listed if not (isinstance(w, str) and w.startswith(PROMQL_INFO))]
     if not real and answer.get("partialResponse") is True:
         real = ["partialResponse is true"]
-    text = " ".join("; ".join(real[:5]).split())  # one line: it reaches a status and an Event
-    return text if len(text) <= WARNING_TEXT_LIMIT else text[:WARNING_TEXT_LIMIT - 3] + "..."
+    return _cut("; ".join(real[:5]), WARNING_TEXT_LIMIT)
 
 
 def _without_credentials(address: str) -> str:
@@ -312,7 +357,8 @@ def _newest_time(result: list[dict[str, Any]]) -> datetime | None:
     return datetime.fromtimestamp(max(times), UTC) if times else None
 
 
-def _one_number(query: str, result: Any, at: datetime | None) -> Measurement:
+def _one_number(query: str, result: Any, at: datetime | None, redacted: Callable[[str], str]) -> Measurement:
+    """One number from an instant query's result; `redacted` takes secrets out of what is quoted from it."""
     if _is_sample(result):  # a scalar result: [time, "value"]
         samples = [{"value": result}]
     elif isinstance(result, list):
@@ -325,17 +371,24 @@ def _one_number(query: str, result: Any, at: datetime | None) -> Measurement:
         labels = [s.get("metric", {}) for s in samples[:3] if isinstance(s, dict)]
         return Measurement(query, None, QueryProblem.AMBIGUOUS,
                            f"{len(samples)} series returned where one number was expected (wrap it in sum()); "
-                           f"first: {labels}", at)
+                           f"first: {_cut(redacted(str(labels)), WARNING_TEXT_LIMIT)}", at)
     sample = samples[0].get("value") if isinstance(samples[0], dict) else None
     try:
         if not _is_sample(sample):  # Prometheus sends [time, "value"]: a bare number or true is not its answer
             raise ValueError
         value = float(sample[1])
     except ValueError:
-        return Measurement(query, None, QueryProblem.MALFORMED, f"unreadable sample {str(samples[0])[:200]}", at)
+        return Measurement(query, None, QueryProblem.MALFORMED,
+                           f"unreadable sample {_cut(redacted(str(samples[0])), 200)}", at)
     if not math.isfinite(value):
         return Measurement(query, None, QueryProblem.NOT_A_NUMBER, f"value is {value}", at)
     return Measurement(query, value, None, "", at)
+
+
+def _cut(text: str, limit: int) -> str:
+    """text on one line of at most `limit` characters: it reaches a status and an Event."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _is_matrix(result: Any) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +35,9 @@ from controller.exporter.events import UNLABELLED_VERSION
 from controller.verdict import Outcome, Verdict
 
 STABLE, CANARY = "stable", "canary"
+# One measurement's time for all its queries: the queue worker running it serves every rollout. Past it, each
+# query left is PrometheusTooSlow (an inconclusive verdict) instead of being sent.
+MEASUREMENT_SECONDS = 60.0
 log = logging.getLogger(__name__)
 
 
@@ -49,10 +53,17 @@ class AnalysisRequest:
     baseline_version: str | None = None  # bake mode: the version whose history is the reference
 
 
-def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest,
-                 provider: PrometheusProvider) -> tuple[Verdict, ...]:
+def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest, provider: PrometheusProvider, *,
+                 deadline_seconds: float = MEASUREMENT_SECONDS) -> tuple[Verdict, ...]:
+    """Every metric's verdict, all their queries within `deadline_seconds` (the provider refuses to send one
+    past it: that metric is inconclusive)."""
     window = promql_duration((request.now - request.window_start).total_seconds())
-    return tuple(_judge(metric, request, window, provider) for metric in metrics)
+    earlier = getattr(provider, "deadline", None)  # a test's stand-in may have none
+    provider.deadline = time.monotonic() + deadline_seconds
+    try:
+        return tuple(_judge(metric, request, window, provider) for metric in metrics)
+    finally:
+        provider.deadline = earlier
 
 
 def _scope(request: AnalysisRequest, variant: str, window: str, candidate: bool) -> QueryScope:
@@ -189,7 +200,8 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
             return _unmeasured(name, broken, queries, evidence)
         history.append((events.value or 0.0, total.value or 0.0))
     return baseline_judge(name, current["current_events"].value, current["current_total"].value, history,
-                          ProportionCriteria.from_spec(spec), queries=queries, window=evidence)
+                          ProportionCriteria.from_spec(spec), queries=queries, window=evidence,
+                          history_at=evidence["historyAt"])
 
 
 def _templates(metric: MetricSpec) -> dict[str, str]:

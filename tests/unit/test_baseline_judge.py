@@ -128,3 +128,17 @@ def test_pass_and_fail_in_a_bake_speak_of_the_new_version() -> None:
     for v in (passed, failed):
         assert "canary" not in v.reason
     assert np.isclose(failed.evidence["canary"]["rate"], 0.03)
+
+
+def test_every_history_day_stays_in_the_evidence_in_step_with_its_end() -> None:
+    """A day without traffic is not judged, but dropping it from the evidence would shift the days after it
+    against window.historyAt."""
+    ends = [f"2026-03-0{d}T12:00:00+00:00" for d in (9, 8, 7, 6)]
+    v = baseline_judge("nsfw", 40, 1_000, [(10, 1_000), (0, 0), (30, 1_000), (12, 1_000)], history_at=ends)
+    history = v.evidence["history"]
+    assert [day["at"] for day in history] == ends
+    assert [day["no_traffic"] for day in history] == [False, True, False, False]
+    assert history[1] == {"events": 0, "total": 0, "rate": None, "no_traffic": True, "at": ends[1]}
+    assert history[2]["rate"] == 0.03 and v.evidence["raw"]["history"] == {"events": 52, "total": 3_000}
+    assert "3-day history" in v.reason
+    strict_json(v)

@@ -383,3 +383,21 @@ def test_a_traffic_split_too_extreme_to_read_is_inconclusive_not_a_crash(canary_
     assert verdict.outcome is Outcome.INCONCLUSIVE and "not a traffic split the test can read" in verdict.reason
     baseline = baseline_judge("nsfw", 0, canary_total, [(0, stable_total)] * 3)
     assert baseline.outcome is Outcome.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("counts", [
+    (1, 1.7e308, 1, 1.7e308),  # 1.5 x total overflowed: the boundary's log raised
+    (1e308, 1e308, 1e308, 1e308),  # events + events overflowed: a NaN statistic read as no increase
+    (8e307, 8e307, 8e307, 1.7e308),
+    (1e301, 1e301, 1e300, 1e301),
+])
+def test_counts_near_float_max_are_inconclusive_not_a_crash_nor_a_pass(counts: tuple[float, ...]) -> None:
+    v = proportion_judge("nsfw", *counts)
+    assert v.outcome is Outcome.INCONCLUSIVE and "not counts the test can read" in v.reason, v.reason
+    assert v.evidence["canary"]["total"] == counts[1] and v.evidence["stable"]["total"] == counts[3]
+    strict_json(v)
+    assert evaluate_proportion(*counts, ProportionCriteria(max_rate=0.05)).outcome == INCONCLUSIVE
+    baseline = baseline_judge("nsfw", counts[0], counts[1], [(counts[2], counts[3])] * 3)
+    assert baseline.outcome is Outcome.INCONCLUSIVE and "not counts the test can read" in baseline.reason
+    assert baseline.evidence["raw"]["history"]["total"] in ("inf", 3 * counts[3])
+    strict_json(baseline)

@@ -430,3 +430,42 @@ def test_bake_history_windows_never_overlap_nor_reach_the_bake(garbage: Garbage,
     assert ends[0] <= request.window_start and all(b <= a - bake for a, b in itertools.pairwise(ends))
     assert verdict.evidence["window"]["historyAt"] == [end.isoformat() for end in ends]
     assert verdict.evidence["window"]["historyEveryDays"] == every
+
+
+def test_a_bake_keeps_every_history_day_in_step_with_history_at(garbage: Garbage) -> None:
+    """A day without traffic stays in evidence.history, marked, so its entries line up with window.historyAt."""
+    garbage.answer(200, vector(40))
+    garbage.routes[("/api/v1/query", FRESHNESS)] = vector(2)
+    garbage.routes[("/api/v1/query", '"6|unknown"')] = EMPTY_VECTOR  # no traffic on any past day
+    request = AnalysisRequest("ns", "svc", "bake", NOW - timedelta(hours=3), NOW, baseline_window=timedelta(days=3),
+                              candidate_version="7", baseline_version="6")
+    (verdict,) = run_analysis([BAKE_METRIC], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE and "only 0 day(s) of history" in verdict.reason, verdict
+    history = verdict.evidence["history"]
+    assert [day["at"] for day in history] == verdict.evidence["window"]["historyAt"]
+    assert all(day["no_traffic"] and day["total"] == 0 and day["rate"] is None for day in history), history
+
+
+TOKEN = "tok-" + "a1b2c3d4" * 8  # longer than the 40 characters a message quotes
+
+
+@pytest.mark.parametrize("body", [
+    b'{"status": "Bearer %s"}' % TOKEN.encode(),
+    b'{"status": "success", "data": {"resultType": "Bearer %s", "result": []}}' % TOKEN.encode(),
+])
+def test_a_status_or_result_type_echoing_the_authorization_header_is_redacted(garbage: Garbage, body: bytes) -> None:
+    """Redacted before it is cut: a token cut at 40 characters would no longer be found whole."""
+    garbage.answer(200, body)
+    m = PrometheusProvider(garbage.url, retries=0, headers={"Authorization": f"Bearer {TOKEN}"}).scalar("x")
+    assert m.problem in (QueryProblem.REJECTED, QueryProblem.MALFORMED) and "***" in m.detail, m
+    assert TOKEN[:12] not in m.detail, m.detail
+
+
+def test_several_series_are_named_briefly_and_redacted(garbage: Garbage) -> None:
+    """Their label sets can be any size: the verdict reaches a status, which etcd caps."""
+    series = [{"metric": {"auth": f"Bearer {TOKEN}", "pod": f"{i}" + "x" * 100_000}, "value": [1, "1"]}
+              for i in range(3)]
+    garbage.answer(200, json.dumps({"status": "success", "data": {"resultType": "vector", "result": series}}).encode())
+    m = PrometheusProvider(garbage.url, retries=0, headers={"Authorization": f"Bearer {TOKEN}"}).scalar("x")
+    assert m.problem is QueryProblem.AMBIGUOUS and "3 series returned" in m.detail and "'pod'" in m.detail, m
+    assert len(m.detail) < 500 and "'auth': '***'" in m.detail and TOKEN[:12] not in m.detail, m.detail
