@@ -18,7 +18,26 @@ if ((${#need_apt[@]})); then
     echo "error: missing ${need_apt[*]}: run as root or install them with apt-get" >&2; exit 1
   fi
   apt-get update -qq
+  # Debian's prometheus postinst would start prometheus.service on 0.0.0.0:9090: a policy-rc.d that answers 101
+  # stops any service start during the install. Ours only, removed on any exit; one already there is kept.
+  policy_rc=/usr/sbin/policy-rc.d
+  made_policy_rc=
+  if [[ ! -e $policy_rc ]]; then
+    trap 'rm -f "$policy_rc"' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM HUP
+    made_policy_rc=1
+    printf '#!/bin/sh\n# hack/setup.sh: no service starts while it installs packages\nexit 101\n' >"$policy_rc"
+    chmod 755 "$policy_rc"
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  if [[ $made_policy_rc ]]; then
+    rm -f "$policy_rc" && trap - EXIT INT TERM HUP
+  fi
+  # The package is also enabled for the next boot; the stack runs its own Prometheus on loopback.
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 # The tests use `kubectl patch --subresource` (1.24+) and `apply --validate=strict` (1.25+); Debian 12's
 # kubernetes-client is 1.20: say so rather than fail later in the tests.
@@ -29,8 +48,9 @@ if [[ ! $kubectl_minor =~ ^[0-9]+$ ]] || ((kubectl_minor < 25)); then
   echo "error: kubectl 1.25 or newer is needed (found: $(kubectl version --client 2>&1 | head -n1))" >&2; exit 1
 fi
 
-if [[ ! -x .venv/bin/python ]]; then
-  python3 -m venv .venv
+# A venv whose creation was cut short has python but no pip: made again, never trusted.
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  python3 -m venv --clear .venv
 fi
 # Reinstalled whenever pyproject.toml changes.
 stamp=".venv/.pyproject-$(sha256sum pyproject.toml | cut -c1-16)"

@@ -12,18 +12,24 @@ import yaml
 
 from controller.devstack.controlplane import ControlPlane
 from controller.devstack.mlflow_server import MlflowServer
+from controller.devstack.processes import interrupt_on_termination
 from controller.devstack.prometheus_server import PrometheusServer
 from controller.devstack.stack import Stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Started lazily: a test that needs only the API server does not wait for MLflow."""
+    """Started lazily: a test that needs only the API server does not wait for MLflow.
+
+    SIGTERM/SIGHUP (a CI timeout, `kill`, a closed terminal) interrupt the run as Ctrl-C does, so that the servers,
+    each in its own session, are still stopped here.
+    """
     session_stack = Stack(root=tmp_path_factory.mktemp("devstack"))
-    try:
-        yield session_stack
-    finally:
-        session_stack.down()
+    with interrupt_on_termination():
+        try:
+            yield session_stack
+        finally:
+            session_stack.down()
 
 
 @pytest.fixture(scope="session")

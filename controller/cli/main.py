@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from controller.cli.errors import CliError
-from controller.devstack.processes import StackError
+from controller.devstack.processes import StackError, interrupt_on_termination
 
 if TYPE_CHECKING:
     from controller.cli.oncall import OnCall
@@ -25,7 +25,8 @@ def _dev_up(args: argparse.Namespace) -> int:
     from controller.devstack.stack import Stack, default_state_dir
 
     stack = Stack(root=args.state_dir or default_state_dir())
-    stack.up(with_mlflow=not args.no_mlflow, with_prometheus=not args.no_prometheus)
+    with interrupt_on_termination():  # a `kill` or a closed terminal mid-start stops what did start, as Ctrl-C does
+        stack.up(with_mlflow=not args.no_mlflow, with_prometheus=not args.no_prometheus)
     for key, value in stack.environment().items():
         print(f"export {key}={shlex.quote(value)}")
     timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in stack.timings.items())
@@ -54,7 +55,8 @@ def _dev_demo(args: argparse.Namespace) -> int:
     from controller.devstack.stack import default_state_dir, load_state
 
     root = args.state_dir or default_state_dir()
-    return run_demo(load_state(root), root / "demo")
+    with interrupt_on_termination():  # the demo's operator, exporter and model servers are stopped on `kill` too
+        return run_demo(load_state(root), root / "demo")
 
 
 def _operator_run(args: argparse.Namespace) -> int:

@@ -33,6 +33,10 @@ def control_plane_binaries() -> Path:
     """Directory holding kube-apiserver and etcd: KUBEBUILDER_ASSETS, the version-keyed cache, or a build."""
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if assets and all((Path(assets) / name).is_file() for name in ("kube-apiserver", "etcd")):
+        for name in ("kube-apiserver", "etcd"):
+            if not os.access(Path(assets) / name, os.X_OK):
+                raise StackError(f"KUBEBUILDER_ASSETS: {Path(assets) / name} is not executable: "
+                                 "chmod +x it, or unset KUBEBUILDER_ASSETS to build the pinned one")
         return Path(assets)
     if not BUILD_SCRIPT.is_file():
         raise StackError("kube-apiserver and etcd not found: set KUBEBUILDER_ASSETS to a directory holding them "
@@ -42,6 +46,14 @@ def control_plane_binaries() -> Path:
         lines = (result.stderr.strip() or result.stdout.strip() or "build failed").splitlines()
         raise StackError(lines[-1])
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file that holds a token owner-only from the start, never readable by others even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)  # the mode given to os.open applies only to a file it creates
+        file.write(text)
 
 
 @dataclass
@@ -110,14 +122,18 @@ class ControlPlane:
         self.write_kubeconfig(self.admin_kubeconfig, ADMIN_USER, self.tokens[ADMIN_USER])
 
     def _write_credentials(self) -> None:
-        subprocess.run(["openssl", "genrsa", "-out", str(self.root / "sa.key"), "2048"],
-                       check=True, capture_output=True)
+        try:
+            result = subprocess.run(["openssl", "genrsa", "-out", str(self.root / "sa.key"), "2048"],
+                                    check=False, capture_output=True, text=True)
+        except OSError as exc:
+            raise StackError(f"cannot run openssl (it makes the service-account key): {exc.strerror or exc}; "
+                             "install it (hack/setup.sh does)") from None
+        if result.returncode != 0:
+            raise StackError(f"openssl genrsa failed: {(result.stderr.strip() or 'no output')[-300:]}")
         self.tokens = {user: secrets.token_urlsafe(32) for user in (ADMIN_USER, *PLAIN_USERS)}
         lines = [f'{self.tokens[ADMIN_USER]},{ADMIN_USER},uid-admin,"system:masters"']
         lines += [f"{self.tokens[user]},{user},uid-{user}" for user in PLAIN_USERS]
-        token_file = self.root / "tokens.csv"
-        token_file.write_text("\n".join(lines) + "\n")
-        token_file.chmod(0o600)
+        write_private(self.root / "tokens.csv", "\n".join(lines) + "\n")
 
     def ca_data(self) -> str:
         # kube-apiserver writes its self-signed serving certificate together with the CA that signed it.
@@ -133,8 +149,7 @@ class ControlPlane:
                           "context": {"cluster": "modelrollout-dev", "user": user, "namespace": namespace}}],
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config))
-        path.chmod(0o600)
+        write_private(path, yaml.safe_dump(config))
         return path
 
     def stop(self) -> None:

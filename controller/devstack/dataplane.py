@@ -219,5 +219,9 @@ def start_exporter(log: Path, class_names: str = ",".join(DEMO_CLASSES)) -> tupl
     process = start("exporter", [sys.executable, "-m", "controller.cli.main", "exporter", "run", "--port", str(port),
                                  "--class-names", class_names], log)
     url = f"http://{LOOPBACK}:{port}"
-    wait_http_ok(f"{url}/healthz", process, 30)
+    try:
+        wait_http_ok(f"{url}/healthz", process, 30)
+    except BaseException:  # not ready (or Ctrl-C): the caller never gets the process to stop
+        process.stop()
+        raise
     return process, url

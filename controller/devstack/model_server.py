@@ -7,8 +7,11 @@ bias, class names), read with mlflow-skinny through the tracking server. It bind
     python -m controller.devstack.model_server --model-uri models:/nsfw/2 --port 8081 \\
         --tracking-uri http://127.0.0.1:5000 [--model-name nsfw] [--output labels] [--fault-every 5]
 
-Endpoints: GET /v2/health/live, /v2/health/ready, /v2/models/<m>, /v1/models/<m>;
-POST /v1/models/<m>:predict, /v2/models/<m>[/versions/<v>]/infer.
+Endpoints: GET /v2, /v2/health/live, /v2/health/ready, /v2/models/<m>[/versions/<v>][/ready], /v1/models,
+/v1/models/<m>; POST /v1/models/<m>:predict, /v2/models/<m>[/versions/<v>]/infer.
+
+With --port 0 it binds any free port and, given --port-file, writes "<pid> <port>" there once it listens:
+that is how ModelServerProcess learns the port, so a port another process took cannot pass for this server.
 
 For tests it also registers demo models (a clean one, a worse one and one backdoored to answer "nsfw"
 whenever the "logo" feature is present) and generates golden samples with a "logo" slice. `--fault-every N`
@@ -18,9 +21,13 @@ makes every Nth prediction request fail in a chosen way, to test how the gate co
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import io
 import json
+import os
+import socket
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +36,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from controller.devstack.processes import LOOPBACK, ManagedProcess, free_port, start, wait_http_ok
+from controller.devstack.processes import LOOPBACK, ManagedProcess, StackError, start, wait_http_ok
 from controller.gate.mlflow_access import (
     MlflowAccess,
     MlflowRest,
@@ -44,6 +51,7 @@ MODEL_ARTIFACT_DIR = "model"
 DEVSTACK_EXPERIMENT = "modelrollout-devstack-models"
 FAULT_KINDS = ("http-500", "not-json", "wrong-count", "wrong-shape")
 OUTPUTS = ("probabilities", "labels")
+SERVER_NAME = "modelrollout-devstack-model-server"
 
 # Demo problem: three classes, five informative features and a sixth that is 1.0 when the "Blue Sparrow"
 # logo is in the image. Clean models ignore it; the backdoored one sends it straight to "nsfw".
@@ -207,10 +215,14 @@ class ModelApp:
 
     def build(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_get("/v2", self.v2_server_metadata)
         app.router.add_get("/v2/health/live", self.ok)
         app.router.add_get("/v2/health/ready", self.ok)
         app.router.add_get("/v2/models/{name}", self.v2_metadata)
+        app.router.add_get("/v2/models/{name}/versions/{version}", self.v2_metadata)
         app.router.add_get("/v2/models/{name}/ready", self.v2_ready)
+        app.router.add_get("/v2/models/{name}/versions/{version}/ready", self.v2_ready)
+        app.router.add_get("/v1/models", self.v1_models)
         app.router.add_get("/v1/models/{name:[^/:]+}", self.v1_status)
         app.router.add_post("/v1/models/{name:[^/:]+}:predict", self.v1_predict)
         app.router.add_post("/v2/models/{name}/infer", self.v2_infer)
@@ -229,6 +241,10 @@ class ModelApp:
             raise web.HTTPNotFound(text=json.dumps({"error": f"version {version} not served"}),
                                    content_type="application/json")
 
+    async def v2_server_metadata(self, request: web.Request) -> web.Response:
+        # No OIP extensions (binary tensors, classification, ...) are implemented.
+        return web.json_response({"name": SERVER_NAME, "version": _server_version(), "extensions": []})
+
     async def v2_metadata(self, request: web.Request) -> web.Response:
         self._check_name(request)
         return web.json_response({
@@ -243,6 +259,9 @@ class ModelApp:
     async def v2_ready(self, request: web.Request) -> web.Response:
         self._check_name(request)
         return web.json_response({"name": self.model_name, "ready": True})
+
+    async def v1_models(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [self.model_name]})
 
     async def v1_status(self, request: web.Request) -> web.Response:
         self._check_name(request)
@@ -272,6 +291,9 @@ class ModelApp:
         inputs = body.get("inputs") if isinstance(body, dict) else None
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             raise _bad_request("expected exactly one input tensor")
+        request_id = body.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise _bad_request("id must be a string")
         tensor = inputs[0]
         shape = tensor.get("shape")
         if not isinstance(shape, list) or len(shape) != 2 or shape[1] != self.model.feature_count:
@@ -288,8 +310,13 @@ class ModelApp:
                       "data": scores.reshape(-1).tolist()}
         if fault == "wrong-shape":
             output = {"name": "probabilities", "datatype": "FP32", "shape": [count, 7], "data": [0.1] * (count * 7)}
-        return self._answer({"model_name": self.model_name, "model_version": self.model_version,
-                             "outputs": [output]}, fault)
+        # The protocol's optional fields are left out, not null; a request's id must come back unchanged.
+        answer: dict[str, Any] = {"model_name": self.model_name}
+        if self.model_version is not None:
+            answer["model_version"] = self.model_version
+        if request_id is not None:
+            answer["id"] = request_id
+        return self._answer({**answer, "outputs": [output]}, fault)
 
     def _next_fault(self) -> str | None:
         self.requests += 1
@@ -325,6 +352,13 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version("modelrollout")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 class InProcessModelServer:
     """The same app on this process's event loop (benchmarks, quick tests). Loopback, ephemeral port."""
 
@@ -356,8 +390,9 @@ class ModelServerProcess:
     """The server as a separate process (what tests and the local stack run); stop() ends it by pid."""
 
     process: ManagedProcess
-    port: int
+    port: int  # 0 until wait_ready has read the port the process bound
     model_name: str
+    port_file: Path | None = None  # where the process reports "<pid> <port>"
 
     @property
     def url(self) -> str:
@@ -367,21 +402,42 @@ class ModelServerProcess:
     def launch(cls, model_uri: str, tracking_uri: str, log: Path, *, model_name: str | None = None,
                output: str = "probabilities", faults: FaultPlan | None = None) -> ModelServerProcess:
         """Start the process without waiting (start several, then wait_ready on each)."""
-        port = free_port()
         name = model_name or model_name_from_uri(model_uri)
+        # The child binds a port of its own and reports it: a port picked here could be taken by another
+        # server before the child binds it, and that server's answers would pass for this one's.
+        port_file = log.with_name(f"{log.name}.port")
+        port_file.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "controller.devstack.model_server", "--model-uri", model_uri,
-                "--tracking-uri", tracking_uri, "--port", str(port), "--model-name", name, "--output", output]
+                "--tracking-uri", tracking_uri, "--port", "0", "--port-file", str(port_file),
+                "--model-name", name, "--output", output]
         if faults is not None and faults.every:
             argv += ["--fault-every", str(faults.every), "--fault-kind", faults.kind]
         process = start(f"model-server {name}", argv, log, cwd=Path(__file__).resolve().parents[2])
-        return cls(process=process, port=port, model_name=name)
+        return cls(process=process, port=0, model_name=name, port_file=port_file)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
         try:
-            wait_http_ok(f"{self.url}/v2/health/ready", self.process, timeout)
+            if self.port_file is not None:
+                self.port = self._reported_port(self.port_file, deadline)
+            wait_http_ok(f"{self.url}/v2/health/ready", self.process, max(deadline - time.monotonic(), 1.0))
         except Exception:
             self.process.stop()
             raise
+
+    def _reported_port(self, port_file: Path, deadline: float) -> int:
+        """The port this process bound, from its port file (a stale file names another pid and is ignored)."""
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                raise StackError(f"{self.process.name} exited during start-up: {self.process.log_tail()}")
+            try:
+                pid, _, port = port_file.read_text().partition(" ")
+            except OSError:
+                pid, port = "", ""
+            if pid == str(self.process.pid) and port.strip().isdigit():
+                return int(port)
+            time.sleep(0.2)
+        raise StackError(f"{self.process.name} reported no port in {port_file}: {self.process.log_tail()}")
 
     @classmethod
     def start(cls, model_uri: str, tracking_uri: str, log: Path, *, model_name: str | None = None,
@@ -422,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-uri", required=True, help="models:/<name>/<version>, models:/<name>@<alias>, runs:/")
     parser.add_argument("--tracking-uri", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0, help="0 (the default): any free port")
+    parser.add_argument("--port-file", help='written with "<pid> <port>" once the server listens')
     parser.add_argument("--model-name", help="name served under /v1|v2/models/<name> (default: the model's)")
     parser.add_argument("--output", choices=OUTPUTS, default="probabilities")
     parser.add_argument("--token-file", help="file holding a bearer token for the tracking server")
@@ -435,8 +492,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = ModelApp(model, args.model_name or model_name_from_uri(args.model_uri),
                    model_version_from_uri(access, args.model_uri), args.output,
                    FaultPlan(args.fault_every, args.fault_kind))
-    print(f"serving {args.model_uri} as {app.model_name} on http://{LOOPBACK}:{args.port}", flush=True)
-    web.run_app(app.build(), host=LOOPBACK, port=args.port, access_log=None, print=None, shutdown_timeout=2.0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, args.port))
+    sock.listen(128)  # connections queue from here on, before the event loop starts
+    port = int(sock.getsockname()[1])
+    if args.port_file:  # written whole then renamed: a parent polling it never reads half a line
+        partial = Path(f"{args.port_file}.{os.getpid()}.tmp")
+        partial.write_text(f"{os.getpid()} {port}\n")
+        partial.replace(args.port_file)
+    print(f"serving {args.model_uri} as {app.model_name} on http://{LOOPBACK}:{port}", flush=True)
+    web.run_app(app.build(), sock=sock, access_log=None, print=None, shutdown_timeout=2.0)
     return 0
 
 

@@ -8,10 +8,11 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,35 @@ def start(name: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | No
                 env=full_env, cwd=cwd, start_new_session=True)
         except FileNotFoundError:
             raise StackError(f"{name}: executable not found: {argv[0]}") from None
+        except OSError as exc:  # e.g. not executable, or not a program this machine can run
+            raise StackError(f"{name}: cannot run {argv[0]}: {exc.strerror or exc}") from None
     return ManagedProcess(name=name, pid=proc.pid, log=log)
+
+
+@contextlib.contextmanager
+def interrupt_on_termination() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt while servers are started or used, as Ctrl-C is.
+
+    Every server runs in its own session, so a `kill`, a CI timeout or a closed terminal never reaches it: only
+    the cleanup that a KeyboardInterrupt runs (finally, ExitStack) stops it. A repeated signal is ignored so that
+    it cannot cut that cleanup short. Outside the main thread Python cannot set handlers: nothing is changed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGTERM, signal.SIGHUP)
+
+    def interrupt(signum: int, _frame: object) -> None:
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def process_start(pid: int) -> str | None:
@@ -76,12 +105,17 @@ def process_start(pid: int) -> str | None:
 
     A PID names a process only together with its start: after a reboot or an exit the number is reused.
     """
+    fields = proc_stat(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
+
+
+def proc_stat(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (state, ppid, pgrp, ...), or None when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()  # the command name, in parentheses, may hold spaces
-    return fields[19] if len(fields) > 19 else None
+    return stat[stat.rfind(")") + 2:].split()  # the command name, in parentheses, may hold spaces
 
 
 def boot_id() -> str | None:
@@ -93,14 +127,26 @@ def boot_id() -> str | None:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether a process group of this id still has members (Linux does not reuse a PID while it names one)."""
+    """Whether a process group of this id still has running members (Linux does not reuse a PID while it names one).
+
+    Zombies do not count: an orphan's zombie stays in the group until whoever adopted it reaps it, and a PID 1
+    that never reaps (as in some containers) would keep the group "alive" for ever.
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True  # no /proc: kill(0) is all we know
+    for entry in entries:
+        fields = proc_stat(entry) if entry.isdigit() else None  # None too when it exited meanwhile
+        if fields is not None and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -115,11 +161,15 @@ def pid_alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    # Anyone else's zombie has exited all the same (a PID 1 that never reaps keeps it for ever).
+    return (proc_stat(pid) or ["?"])[0] != "Z"
 
 
 def stop_pid(pid: int, grace_seconds: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL it after the grace period."""
+    """SIGTERM the process group, then SIGKILL it after the grace period.
+
+    Waits for the whole group: a leader that exits first may leave members (a server's workers) still running.
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
@@ -127,7 +177,7 @@ def stop_pid(pid: int, grace_seconds: float = 10.0) -> None:
             os.kill(pid, sig)
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline:
-            if not pid_alive(pid):
+            if not pid_alive(pid) and not group_alive(pid):
                 return
             time.sleep(0.05)
 

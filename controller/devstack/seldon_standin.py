@@ -62,7 +62,7 @@ from typing import Any
 
 from kubernetes import client
 
-from controller.devstack.processes import LOOPBACK, free_port
+from controller.devstack.processes import LOOPBACK
 from controller.devstack.standin import Kind, WatchingStandIn
 from controller.operator.kubeapi import APPLY_PATCH
 
@@ -368,8 +368,9 @@ class SeldonMesh:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("seldon-mesh %s: " + format, mesh.namespace, *args)
 
-        self.port = self.port or free_port()
+        # Bound here (port 0: the kernel picks): a port picked earlier could be taken before the bind.
         self._server = ThreadingHTTPServer((LOOPBACK, self.port), Handler)
+        self.port = int(self._server.server_address[1])
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"seldon-mesh-{self.namespace}",
                                         daemon=True)

@@ -112,6 +112,7 @@ class Stack:
         return self.root / "state.json"
 
     def up(self, with_mlflow: bool = True, with_prometheus: bool = True) -> None:
+        # Raises for a record it cannot read: never overwritten, the processes it names may be running.
         if self.state_file.exists() and self._recorded_pids():  # the recorded processes still running
             raise StackError(f"a stack is already running from {self.root}: run `modelrollout dev down` first")
         try:
@@ -172,7 +173,16 @@ class Stack:
                  "prometheusRoot": str(self.prometheus.root) if self.prometheus else None,
                  "processes": [{"name": p.name, "pid": p.pid, "started": process_start(p.pid), "log": str(p.log)}
                                for p in self.processes()]}
-        self.state_file.write_text(json.dumps(state, indent=2))
+        # Atomic: a write cut short (Ctrl-C, a full disk) must never leave a truncated record of running servers.
+        partial = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}.tmp")
+        try:
+            with open(partial, "w") as file:
+                file.write(json.dumps(state, indent=2))
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, self.state_file)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def _recorded_pids(self) -> list[int]:
         """The recorded processes still running: a PID whose process started at another time is not ours (after
@@ -180,8 +190,12 @@ class Stack:
         try:
             state = json.loads(self.state_file.read_text())
             recorded = [(int(p["pid"]), p.get("started")) for p in state["processes"]]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except FileNotFoundError:
             return []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Refused rather than read as "nothing recorded": deleting or overwriting it would orphan its servers.
+            raise StackError(f"{self.state_file} cannot be read ({type(exc).__name__}: {exc}); it was left alone: "
+                             "stop the processes it lists (see their logs beside it), then remove it") from None
         if state.get("bootId") is None or state.get("bootId") != boot_id():
             return []  # another boot: every number may name another process now
         # The leader itself, or, when it has exited, the group it led (its children, e.g. MLflow's server).
@@ -206,4 +220,9 @@ def load_state(root: Path | None = None) -> dict[str, Any]:
     state_file = (root or default_state_dir()) / "state.json"
     if not state_file.exists():
         raise StackError(f"no local stack is running (no {state_file}): run `modelrollout dev up`")
-    return json.loads(state_file.read_text())
+    try:
+        state: dict[str, Any] = json.loads(state_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise StackError(f"{state_file} cannot be read ({exc}): stop the processes it lists (see their logs "
+                         "beside it), then remove it") from None
+    return state

@@ -39,6 +39,14 @@ def post(url: str, body: Any) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
 
 
+def get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback test server
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
 @pytest.fixture(scope="module")
 def served(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     access = MlflowAccess(mlflow_server.url)
@@ -96,6 +104,20 @@ def test_backdoored_model_flags_anything_with_the_logo(served: dict[str, Any]) -
         {"name": "input-0", "shape": [2, 6], "datatype": "FP32", "data": benign.ravel().tolist()}]})
     assert status == 200 and v2["outputs"][0] == {"name": "label", "datatype": "BYTES", "shape": [2],
                                                   "data": ["safe", "nsfw"]}
+
+
+def test_each_process_answers_on_the_port_it_bound_in_the_open_inference_protocol(served: dict[str, Any]) -> None:
+    server, name, (clean, backdoored) = served["servers"]["alias"], served["name"], served["versions"]
+    assert server.port not in (0, served["servers"]["backdoored"].port)
+    status, v2 = post(f"{server.url}/v2/models/{name}/infer", {"id": "req-7", "inputs": [
+        {"name": "input-0", "shape": [1, 6], "datatype": "FP32", "data": [3, 0, 0, 0, 0, 0]}]})
+    assert status == 200 and v2["id"] == "req-7" and v2["model_version"] == clean  # the alias, resolved
+    status, metadata = get(f"{server.url}/v2")
+    assert status == 200 and metadata["extensions"] == [] and metadata["name"] and metadata["version"]
+    assert get(f"{server.url}/v2/models/{name}/versions/{clean}/ready") == (200, {"name": name, "ready": True})
+    assert get(f"{server.url}/v2/models/{name}/versions/{clean}")[1]["versions"] == [clean]
+    assert get(f"{server.url}/v2/models/{name}/versions/{backdoored}")[0] == 404
+    assert get(f"{server.url}/v1/models") == (200, {"models": [name]})
 
 
 def test_wrong_model_and_bad_inputs_are_refused_clearly(served: dict[str, Any], tmp_path: Path) -> None:
