@@ -187,10 +187,10 @@ TARGET_CONFLICT_RECHECK = timedelta(seconds=30)
 
 def wait_for_target(status: ModelRolloutStatus | None, claim: TargetClaim, holder: str, generation: int,
                     now: datetime) -> Decision:
-    """Another ModelRollout, created first, names the same target: this one does nothing until that one is
-    deleted (one rollout per target, as Flagger has one Canary per Deployment). Unlike an invalid spec it
-    does not fail: it starts where it is once the target is its own."""
-    detail = f"{claim.path}: {claim} is rolled out by ModelRollout {holder!r}, created first (one per target)"
+    """Another ModelRollout is in flight on the same target (see engine/claims.py): this one does nothing until
+    that one ends. Unlike an invalid spec it does not fail: it goes on from where it is once the target is free."""
+    detail = (f"{claim.path}: ModelRollout {holder!r} is rolling out on {claim} (one rollout at a time per target); "
+              "this one waits until it ends")
     decision = _refuse_to_run(status, "TargetConflict", detail, generation, now, fail_idle=False)
     return dataclasses.replace(decision, requeue_after=TARGET_CONFLICT_RECHECK)
 

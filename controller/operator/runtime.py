@@ -67,7 +67,7 @@ from controller.engine import (
     ignore_command,
     reject_spec,
 )
-from controller.engine.claims import target_claim, target_holder
+from controller.engine.claims import TargetClaim, in_flight, target_claim, target_holder
 from controller.engine.decide import COMMAND_REFUSAL_MAX, TARGET_CONFLICT_RECHECK, wait_for_target
 from controller.gate import (
     DatasetSources,
@@ -574,15 +574,12 @@ class RolloutStepper:
             return await self._let_go(obj, status, runtime, deleting)
         if self.store is not None and not held and not deleting and holds_deletion(spec, status):
             return await self._hold(obj)
-        if self.store is not None and not deleting:  # a delete's rollback withdraws only what this one staged
-            claim = target_claim(obj)
-            holder = await asyncio.to_thread(self._target_holder, obj)
-            if claim is not None and holder is not None:
-                now = self.clock()
-                decision = wait_for_target(status, claim, holder, int(meta.get("generation") or 0), now)
-                waiting = refuse_command(obj, decision.status, now, f"waiting for the target, which {holder!r} has")
-                return ReconcileOutcome(status=waiting.to_dict(),
-                                        requeue_after=TARGET_CONFLICT_RECHECK.total_seconds())
+        # Another rollout in flight on the same target: wait. Never a deletion's rollback, nor a rollback (or an
+        # abort) of one already in flight: taking its candidate off is never held back.
+        if self.store is not None and not deleting and not (in_flight(obj) and _rollback_asked(obj, status)):
+            waiting = await self._wait_for_target(obj, status)
+            if waiting is not None:
+                return waiting
         # Only now: a reconcile that only changed the finalizer resent nothing.
         first_since_start = key not in self._seen
         self._seen.add(key)
@@ -598,6 +595,7 @@ class RolloutStepper:
         read_stored = True
         stored = outcome.status
         status = refuse_command(obj, status, self.clock())  # an annotation that is no command: said once
+        started = in_flight(obj)
         for _ in range(MAX_ROUNDS):
             now = self.clock()
             registry = await asyncio.to_thread(runtime.observe_registry, status)
@@ -654,6 +652,14 @@ class RolloutStepper:
                 stored = outcome.status
                 read_stored = True
                 outcome.stored_status = written.get("status") or {}
+                if not started and in_flight(written):
+                    # Its first write in flight is stored: look again before acting. Two rollouts that started at
+                    # once both see the other's start now, and only the first to have started acts.
+                    started = True
+                    if await self._holder(written) is not None:
+                        self._seen.discard(key)  # the next step, once the target is free, sends these actions
+                        outcome.requeue_after = TARGET_CONFLICT_RECHECK.total_seconds()
+                        return outcome
                 if self.events is not None:
                     # Now, not when the reconcile ends: a gate may run for minutes. Beside this round's actions,
                     # not before them: an Events endpoint that hangs must not hold back a rollback. The mark
@@ -702,10 +708,24 @@ class RolloutStepper:
             outcome.requeue_after = min(outcome.requeue_after or recheck, recheck)
         return outcome
 
-    def _target_holder(self, obj: dict[str, Any]) -> str | None:
-        """The ModelRollout created first that names obj's target too: it has the target, obj waits."""
-        assert self.store is not None
-        return target_holder(obj, self.store.list_in(obj["metadata"]["namespace"]))
+    async def _holder(self, obj: dict[str, Any]) -> tuple[TargetClaim, str] | None:
+        """obj's target and the rollout in flight on it that obj must wait for (engine/claims.py), or None."""
+        claim = target_claim(obj)
+        if claim is None or self.store is None:
+            return None
+        holder = target_holder(obj, await asyncio.to_thread(self.store.list_in, obj["metadata"]["namespace"]))
+        return None if holder is None else (claim, holder)
+
+    async def _wait_for_target(self, obj: dict[str, Any], status: ModelRolloutStatus) -> ReconcileOutcome | None:
+        """The outcome of waiting while another rollout is in flight on obj's target, or None: go on."""
+        held = await self._holder(obj)
+        if held is None:
+            return None
+        claim, holder = held
+        now = self.clock()
+        decision = wait_for_target(status, claim, holder, int(obj["metadata"].get("generation") or 0), now)
+        waiting = refuse_command(obj, decision.status, now, f"waiting for the target: {holder!r} is rolling out on it")
+        return ReconcileOutcome(status=waiting.to_dict(), requeue_after=TARGET_CONFLICT_RECHECK.total_seconds())
 
     # --- the revertOnDeletion finalizer -------------------------------------------------------------------
     # Each change to it is the whole reconcile: the apply moves the resourceVersion past what was read, so

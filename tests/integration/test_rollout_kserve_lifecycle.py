@@ -646,10 +646,10 @@ def test_a_gate_url_outside_the_namespace_fails_the_rollout_before_anything_is_c
         listener.stop()
 
 
-def test_a_second_rollout_on_the_same_inference_service_waits_until_the_first_is_deleted(
+def test_a_second_rollout_on_the_same_inference_service_waits_until_the_first_has_ended(
         rig: Rig, scenario_factory: Callable[..., Scenario]) -> None:
-    """One ModelRollout per target: the later one touches nothing, says which one has the target, takes no
-    command, and starts where it is once that one is deleted."""
+    """One rollout at a time per target: the later one touches nothing while the first is in flight, says which
+    one it waits for, takes no command, and goes on once the first has ended (kept, not deleted)."""
     scenario = scenario_factory("clean")
     name = scenario.model_name
     stable_revision_name = paused_at_ten_percent(rig, scenario)
@@ -665,9 +665,9 @@ def test_a_second_rollout_on_the_same_inference_service_waits_until_the_first_is
     status = rig.wait(second, conflicted, 60, "the conflict")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False", ready
-    assert ready["message"] == (f"Waiting for the target: spec.target.kserve.inferenceService: InferenceService "
-                                f"'{name}' is rolled out by ModelRollout '{name}', created first (one per "
-                                "target)."), ready
+    assert ready["message"] == (f"Waiting for the target: spec.target.kserve.inferenceService: ModelRollout "
+                                f"'{name}' is rolling out on InferenceService '{name}' (one rollout at a time per "
+                                "target); this one waits until it ends."), ready
     assert status["phase"] == "Pending" and events(status) == ["TargetConflict"], status
     rig.command(second, "abort", "alice", "abort-while-waiting")
     status = rig.wait(second, lambda s: "CommandIgnored" in events(s), 30, "the refused command")
@@ -681,12 +681,15 @@ def test_a_second_rollout_on_the_same_inference_service_waits_until_the_first_is
     assert share_off(rig.isvc(name), stable_revision_name) == 10
     assert rig.status(name)["phase"] == "Paused"
 
-    deleted = run_kubectl(rig.kubeconfig, "delete", "mro", name, "-n", rig.namespace)
-    assert deleted.returncode == 0, deleted.stderr
-    # Its next look (within 30 s) finds the target its own: it runs from Pending, up to its own pause at 10%.
+    # The first one ends (rolled back by on-call) and stays: an ended rollout holds nothing. Within the second's
+    # next look (30 s) it goes on from Pending, up to its own pause at 10%.
+    rig.command(name, "abort", "alice", "abort-first")
+    rig.wait(name, phase_in("RolledBack"), 60, "the first rollout's rollback")
     status = rig.wait(second, paused_at(1, 10), 180, "the second rollout's pause at 10%")
     assert not conflicted(status), status["conditions"]
-    assert share_off(rig.isvc(name), stable_revision_name) == 10
+    # (Stable is served by a new revision now: the first one's Knative rollback wrote the stable model back.)
+    assert rig.isvc(name)["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert rig.status(name)["phase"] == "RolledBack"  # and it does not take the target back
     assert "Traceback" not in rig.log.read_text()
 
 

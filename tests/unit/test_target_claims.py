@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from datetime import timedelta
 from typing import Any
 
-from test_engine_support import T0, World
+import pytest
+from test_engine_support import T0, World, spec_dict
 
 from controller.api import Phase
-from controller.engine.claims import TargetClaim, target_claim, target_holder
+from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction
+from controller.api.status import ModelRolloutStatus
+from controller.engine import RegistryObservation, ResolvedVersion, TargetObservation
+from controller.engine.claims import TargetClaim, in_flight, target_claim, target_holder
 from controller.engine.decide import TARGET_CONFLICT_RECHECK, wait_for_target
+from controller.operator.runtime import OperatorConfig, ReconcileOutcome, RolloutRuntime, RolloutStepper
 
 
-def rollout(name: str, created: str, target: dict[str, Any], namespace: str = "team-a") -> dict[str, Any]:
+def rollout(name: str, created: str, target: dict[str, Any], namespace: str = "team-a", phase: str | None = None,
+            started: str | None = None) -> dict[str, Any]:
+    status = {k: v for k, v in (("phase", phase), ("startedAt", started)) if v is not None}
     return {"metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}-{namespace}",
                          "creationTimestamp": created},
-            "spec": {"target": target}}
+            "spec": {"target": target}, "status": status}
 
 
 ISVC = {"kserve": {"inferenceService": "nsfw"}}
@@ -33,31 +42,55 @@ def test_the_claim_names_the_field_kind_and_object_of_each_target() -> None:
     assert target_claim({"metadata": {}, "spec": {"target": ["kserve"]}}) is None
 
 
-def test_the_rollout_created_first_has_the_target() -> None:
-    first = rollout("zeta", "2026-12-01T09:00:00Z", ISVC)
-    second = rollout("alpha", "2026-12-01T09:00:05Z", ISVC)
-    third = rollout("beta", "2026-12-02T00:00:00Z", ISVC)
-    every = [third, second, first]
-    assert target_holder(first, every) is None
-    assert target_holder(second, every) == "zeta"
-    assert target_holder(third, every) == "zeta"  # the first one, not merely an older one
-    assert target_holder(third, [third, second]) == "alpha"  # once the first is deleted
+def test_in_flight_is_every_phase_but_pending_and_the_ended_ones() -> None:
+    for phase in ("Gating", "Progressing", "Paused", "Promoting", "Baking", "RollingBack"):
+        assert in_flight(rollout("a", "", ISVC, phase=phase)), phase
+    for phase in (None, "", "Pending", "Succeeded", "RolledBack", "Failed"):
+        assert not in_flight(rollout("a", "", ISVC, phase=phase)), phase
+    # Pending once its attempt has started (the candidate resolved, staging next); an ended one's start is history.
+    assert in_flight(rollout("a", "", ISVC, phase="Pending", started="2026-12-01T09:00:00Z"))
+    assert not in_flight(rollout("a", "", ISVC, phase="Succeeded", started="2026-12-01T09:00:00Z"))
+    assert not in_flight({"status": "Progressing"}) and not in_flight({})
 
 
-def test_created_in_the_same_second_the_name_decides() -> None:
-    a, b = rollout("a", "2026-12-01T09:00:00Z", ISVC), rollout("b", "2026-12-01T09:00:00Z", ISVC)
-    assert target_holder(a, [a, b]) is None
-    assert target_holder(b, [a, b]) == "a"
+def test_a_rollout_not_in_flight_waits_for_one_in_flight_whatever_their_ages() -> None:
+    older_idle = rollout("old", "2026-12-01T09:00:00Z", ISVC, phase="Succeeded")
+    running = rollout("new", "2026-12-02T09:00:00Z", ISVC, phase="Progressing", started="2026-12-02T09:01:00Z")
+    assert target_holder(older_idle, [older_idle, running]) == "new"  # an ended rollout re-pointed, or a new version
+    assert target_holder(running, [older_idle, running]) is None  # an ended one never takes the target back
+
+
+def test_rollouts_not_in_flight_block_nobody() -> None:
+    """One ModelRollout per release, the old ones kept: a new one is never held by an ended or a pending one."""
+    ended = [rollout(f"r{i}", f"2026-12-0{i}T09:00:00Z", ISVC, phase=p)
+             for i, p in enumerate(("Succeeded", "RolledBack", "Failed", "Pending"), start=1)]
+    new = rollout("new", "2026-12-09T09:00:00Z", ISVC)
+    assert target_holder(new, [*ended, new]) is None
+
+
+def test_of_two_in_flight_the_first_to_have_started_has_the_target() -> None:
+    """Created in the same second, started apart: the start decides, not the name (nor which was created first)."""
+    zeta = rollout("zeta", "2026-12-01T09:00:00Z", ISVC, phase="Gating", started="2026-12-01T09:00:00.250000Z")
+    alpha = rollout("alpha", "2026-12-01T09:00:00Z", ISVC, phase="Gating", started="2026-12-01T09:00:00.900000Z")
+    assert target_holder(alpha, [zeta, alpha]) == "zeta"
+    assert target_holder(zeta, [zeta, alpha]) is None
+    # Started in the same instant: creation, then the name.
+    a = rollout("a", "2026-12-01T09:00:00Z", ISVC, phase="Gating", started="2026-12-01T09:00:01Z")
+    b = rollout("b", "2026-12-01T09:00:00Z", ISVC, phase="Gating", started="2026-12-01T09:00:01Z")
+    assert (target_holder(a, [a, b]), target_holder(b, [a, b])) == (None, "a")
+    # Several in flight: the one that started first, not merely an earlier one.
+    c = rollout("c", "2026-12-01T08:00:00Z", ISVC, phase="Paused", started="2026-12-01T08:00:00Z")
+    assert target_holder(b, [a, b, c]) == "c" and target_holder(a, [a, b, c]) == "c"
 
 
 def test_other_objects_namespaces_and_unreadable_specs_take_nothing() -> None:
     me = rollout("me", "2026-12-02T00:00:00Z", ISVC)
     others = [
-        rollout("other-isvc", "2026-12-01T00:00:00Z", {"kserve": {"inferenceService": "other"}}),
-        rollout("other-ns", "2026-12-01T00:00:00Z", ISVC, namespace="team-b"),
+        rollout("other-isvc", "2026-12-01T00:00:00Z", {"kserve": {"inferenceService": "other"}}, phase="Paused"),
+        rollout("other-ns", "2026-12-01T00:00:00Z", ISVC, namespace="team-b", phase="Paused"),
         # The same name is another object under another kind.
-        rollout("seldon", "2026-12-01T00:00:00Z", {"seldonExperiment": {"name": "nsfw"}}),
-        rollout("broken", "2026-12-01T00:00:00Z", {"kserve": {}}),
+        rollout("seldon", "2026-12-01T00:00:00Z", {"seldonExperiment": {"name": "nsfw"}}, phase="Paused"),
+        rollout("broken", "2026-12-01T00:00:00Z", {"kserve": {}}, phase="Paused"),
         me,
     ]
     assert target_holder(me, others) is None
@@ -74,8 +107,8 @@ def test_a_waiting_rollout_keeps_its_phase_says_who_has_the_target_and_looks_aga
     ready = decision.status.condition("Ready")
     assert ready is not None and (str(ready.status), ready.reason) == ("False", "TargetConflict")
     assert ready.message == decision.status.message == (
-        "Waiting for the target: spec.target.kserve.inferenceService: InferenceService 'nsfw' is rolled out by "
-        "ModelRollout 'a', created first (one per target).")
+        "Waiting for the target: spec.target.kserve.inferenceService: ModelRollout 'a' is rolling out on "
+        "InferenceService 'nsfw' (one rollout at a time per target); this one waits until it ends.")
     assert [e.event for e in decision.events] == ["TargetConflict"]
     again = wait_for_target(decision.status, claim, "a", generation=1, now=T0 + timedelta(seconds=30))
     assert again.events == () and again.status.history == decision.status.history
@@ -98,3 +131,93 @@ def test_a_rollout_in_flight_is_held_where_it_is_and_starts_again_once_the_targe
     ready = world.status.condition("Ready")
     assert ready is not None and ready.reason != "TargetConflict"
     assert world.status.phase is not Phase.FAILED
+
+
+# --- the stepper: waits before it acts, looks again once its start is stored, never holds back a rollback -------
+
+RAW = spec_dict()  # the engine tests' rollout: InferenceService nsfw-classifier, candidate 7 over stable 6
+TARGET = RAW["target"]
+
+
+class Store:
+    """The namespace's other ModelRollouts as list_in answers them, one answer per call (the last one repeats),
+    and the status writes, answered as the API server does (the whole object)."""
+
+    def __init__(self, *answers: list[dict[str, Any]]) -> None:
+        self.answers = list(answers)
+        self.lists = 0
+        self.statuses: list[dict[str, Any]] = []
+
+    def list_in(self, namespace: str) -> list[dict[str, Any]]:
+        self.lists += 1
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        self.statuses.append(status)
+        return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(len(self.statuses) + 1)},
+                "status": status}
+
+
+def me(status: dict[str, Any] | None = None, command: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"namespace": "team-a", "name": "second", "uid": "u-2", "generation": 1,
+                            "resourceVersion": "1", "creationTimestamp": "2026-12-01T09:00:00Z"}
+    if command:
+        meta["annotations"] = {COMMAND_ANNOTATION: command}
+    return {"metadata": meta, "spec": copy.deepcopy(RAW), **({"status": status} if status else {})}
+
+
+FIRST = rollout("first", "2026-12-01T10:00:00Z", TARGET, phase="Paused", started="2026-12-01T10:00:00Z")
+
+
+def stepped(monkeypatch: pytest.MonkeyPatch, obj: dict[str, Any], store: Store) -> tuple[ReconcileOutcome, list[str]]:
+    acted: list[str] = []
+
+    def registry(self: RolloutRuntime, status: ModelRolloutStatus | None = None) -> RegistryObservation:
+        return RegistryObservation(candidate=ResolvedVersion("7", source="s3://m/7"),
+                                   stable_alias_version=ResolvedVersion("6", source="s3://m/6"))
+
+    monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
+    monkeypatch.setattr(RolloutRuntime, "observe_target",
+                        lambda self: (TargetObservation(ready=True, stable_version="6"), None))
+    monkeypatch.setattr(RolloutRuntime, "act", lambda self, action, status: acted.append(action.type))
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    stepper.store = store  # type: ignore[assignment]
+    return asyncio.run(stepper.step(obj)), acted
+
+
+def test_a_new_rollout_waits_while_another_is_in_flight_on_its_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store([FIRST])
+    outcome, acted = stepped(monkeypatch, me(), store)
+    assert acted == [] and outcome.actions_taken == [] and store.statuses == []
+    assert outcome.requeue_after == TARGET_CONFLICT_RECHECK.total_seconds()
+    ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "TargetConflict" and "'first' is rolling out on" in ready["message"]
+    # Once that one has ended, the same rollout goes on.
+    outcome, acted = stepped(monkeypatch, me(), Store([{**FIRST, "status": {"phase": "Succeeded"}}]))
+    assert acted and outcome.status.get("startedAt")
+
+
+def test_a_rollout_that_started_at_the_same_time_as_another_looks_again_before_acting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody in flight when it read; by the time its start is stored, another has started first: it acts on
+    nothing, and its next step resends what this one held back."""
+    earlier = rollout("first", "2026-12-01T10:00:00Z", TARGET, phase="Gating", started="2000-01-01T00:00:00Z")
+    store = Store([], [earlier])
+    outcome, acted = stepped(monkeypatch, me(), store)
+    assert store.lists == 2 and len(store.statuses) == 1
+    assert acted == [] and outcome.actions_taken == []
+    assert outcome.status["startedAt"] and store.statuses[0]["startedAt"]  # its start is stored: the other sees it
+
+
+def test_an_abort_of_a_held_rollout_in_flight_is_carried_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two in flight on one target (e.g. from before this rule): the later one is held, but taking its
+    candidate off never waits."""
+    world = World()
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED or (w.status.current_step or 0) >= 1)
+    status = {**world.status.to_dict(), "startedAt": "2026-12-01T11:00:00Z"}
+    command = Command(id="abort-1", action=CommandAction.ABORT, actor="alice").to_annotation()
+    held, acted = stepped(monkeypatch, me(status), Store([FIRST]))
+    assert acted == [] and "TargetConflict" in [c["reason"] for c in held.status["conditions"]]
+    outcome, acted = stepped(monkeypatch, me(status, command=command), Store([FIRST]))
+    assert outcome.status["phase"] in ("RollingBack", "RolledBack"), outcome.status["message"]
+    assert "TagRejected" in acted  # the abort's own action (the stand-in target shows no canary left to withdraw)

@@ -26,9 +26,9 @@ if generation ~= nil and observed ~= nil and observed < generation then
   return hs
 end
 
--- A spec the controller cannot run, or a target another ModelRollout has, holds the rollout where it is: nothing
--- moves until someone fixes it.
-local held = {InvalidSpec = "The spec is invalid", TargetConflict = "Another ModelRollout has the target"}
+-- A spec the controller cannot run, or a target another ModelRollout is rolling out on, holds the rollout where it
+-- is: nothing moves until that is fixed or the other one ends.
+local held = {InvalidSpec = "The spec is invalid", TargetConflict = "Another ModelRollout is rolling out on the target"}
 if obj.status.conditions ~= nil then
   for _, condition in ipairs(obj.status.conditions) do
     if condition.type == "Ready" and condition.status == "False" and held[condition.reason] ~= nil then
