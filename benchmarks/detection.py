@@ -28,6 +28,14 @@ Also reported, outside the goals: ours at the margin itself (ratio 1.5, the wors
 and, for reference, a plug-in mixture SPRT that treats stable's estimated rate as known. The plug-in is what
 a "plain mixture SPRT" usually means; it is faster, and the margin check shows why it is not valid.
 
+Per-rate threshold reference, also outside the goals: the global maximum is set by the 5% rate, so the
+threshold judge (b) can catch nothing below 2% stable; a team running Flagger on one model would set the
+maximum from that model's own rate. This reference is (b) with the same windows and failure limits, calibrated
+on the same clean rollouts but at the cell's own stable rate only (so never above the global maximum), best
+configuration per cell. The margin check reports both thresholds' false rollbacks (worst configuration): neither
+keeps 1% there; the per-rate one buys its speed by losing that guarantee at every stable rate, the global one
+loses it where its maximum is set (5%) and is slow or blind elsewhere.
+
 Known-ratio reference, also outside the goals: the conditional SPRT that is told the cell's true
 canary/stable ratio rho1 but not stable's rate. It is ours with the mixture collapsed to the single atom
 rho1 / 1.5 (the same evaluate_proportion code, the same calibrated boundary, no lower boundary), i.e. Wald's
@@ -153,14 +161,17 @@ def sustained(counts: IntArray, limit: int) -> IntArray:
     return out
 
 
-def calibrate_threshold(rng: np.random.Generator) -> dict[tuple[int, int], int]:
-    """(window, limit) -> the smallest max count per window keeping false rollbacks <= 1% at every rate.
+Maxima = dict[tuple[int, int], int]  # (window, failure limit) -> max count per window
+
+
+def calibrate_threshold_per_rate(rng: np.random.Generator) -> dict[float, Maxima]:
+    """Stable rate -> (window, limit) -> the smallest max count per window keeping false rollbacks <= 1% there.
 
     A clean rollout is failed by max count c when some run of `limit` evaluations all exceed c, i.e. when the
     largest sustained count exceeds c: one pass over clean rollouts gives the false-rollback share for every c.
     """
     looks = HORIZON // LOOK_EVERY
-    worst: dict[tuple[int, int], FloatArray] = {}
+    maxima: dict[float, Maxima] = {}
     for p in STABLE_RATES:
         peaks: dict[tuple[int, int], list[IntArray]] = {}
         for _ in range(THRESHOLD_CALIBRATION_ROLLOUTS // CALIBRATION_CHUNK):
@@ -169,17 +180,43 @@ def calibrate_threshold(rng: np.random.Generator) -> dict[tuple[int, int], int]:
                 counts = window_counts(cumulative, w)
                 for limit in FAILURE_LIMITS:
                     peaks.setdefault((w, limit), []).append(sustained(counts, limit).max(axis=1))
+        maxima[p] = {}
         for key, chunks in peaks.items():
             peak = np.concatenate(chunks)
             false_rollback = (peak[None, :] > np.arange(key[0] + 1)[:, None]).mean(axis=1)  # index: max count
-            worst[key] = np.maximum(worst.get(key, false_rollback), false_rollback)
-    return {key: int(np.flatnonzero(fr <= MAX_FALSE_ROLLBACK)[0]) for key, fr in worst.items()}
+            maxima[p][key] = int(np.flatnonzero(false_rollback <= MAX_FALSE_ROLLBACK)[0])
+    return maxima
+
+
+def global_maxima(per_rate: dict[float, Maxima]) -> Maxima:
+    """The smallest maxima keeping false rollbacks <= 1% at every rate: each rate's share only falls as the
+    maximum rises, so that is the largest of the per-rate maxima."""
+    keys = next(iter(per_rate.values()))
+    return {key: max(m[key] for m in per_rate.values()) for key in keys}
+
+
+def calibrate_threshold(rng: np.random.Generator) -> Maxima:
+    """(window, limit) -> the smallest max count per window keeping false rollbacks <= 1% at every rate."""
+    return global_maxima(calibrate_threshold_per_rate(rng))
 
 
 def threshold(st: Streams, window: int, limit: int, max_count: int) -> FloatArray:
     over = sustained(window_counts(st.canary_events, window), limit) > max_count
     skipped = window // LOOK_EVERY - 1 + limit - 1  # looks before the first full run of evaluations
     return first_look(over) + skipped * LOOK_EVERY
+
+
+def best_threshold(st: Streams, maxima: Maxima, null: bool) -> dict[str, Any]:
+    """Every configuration on these streams; under the null (clean or at the margin) the one with the most
+    false rollbacks, else the one that catches fastest (by median, then by share caught)."""
+    configs = []
+    for (w, limit), max_count in maxima.items():
+        d = describe(threshold(st, w, limit, max_count))
+        d.update({"window": w, "failure_limit": limit, "max_rate": max_count / w})
+        configs.append(d)
+    if null:
+        return max(configs, key=lambda d: d["caught"])
+    return min(configs, key=lambda d: (math.inf if d["median"] is None else d["median"], -d["caught"]))
 
 
 # --- (c) oracle ---------------------------------------------------------------------------------------------
@@ -295,7 +332,8 @@ def geomean(values: list[float]) -> float | None:
 def run(runs: int, seed: int) -> dict[str, Any]:
     started = time.monotonic()
     rng = np.random.default_rng(seed)
-    limits = calibrate_threshold(np.random.default_rng([seed, 1]))  # streams of its own
+    per_rate = calibrate_threshold_per_rate(np.random.default_rng([seed, 1]))  # streams of its own
+    limits = global_maxima(per_rate)
     cells: list[dict[str, Any]] = []
     margin_checks: list[dict[str, Any]] = []
     for ps in STABLE_RATES:
@@ -309,28 +347,25 @@ def run(runs: int, seed: int) -> dict[str, Any]:
                                       "ours_false_rollback": describe(ours(st))["caught"],
                                       "plugin_false_rollback": describe(plugin(st))["caught"],
                                       "known_ratio_false_rollback": max(known.values()),
-                                      "known_ratio_false_rollback_by_alternative": known})
+                                      "known_ratio_false_rollback_by_alternative": known,
+                                      "threshold_false_rollback": best_threshold(st, limits, True)["caught"],
+                                      "threshold_per_rate_false_rollback":
+                                          best_threshold(st, per_rate[ps], True)["caught"]})
                 continue
             cell: dict[str, Any] = {"stable_rate": ps, "ratio": ratio, "canary_rate": ps * ratio,
                                     "clean": ratio == 1.0, "ours": describe(ours(st))}
-            configs = []
-            for (w, limit), max_count in limits.items():
-                d = describe(threshold(st, w, limit, max_count))
-                d.update({"window": w, "failure_limit": limit, "max_rate": max_count / w})
-                configs.append(d)
-            if ratio == 1.0:  # clean: report the configuration with the most false rollbacks
-                best = max(configs, key=lambda d: d["caught"])
-            else:  # the configuration that catches fastest here (by median, then by share caught)
-                best = min(configs, key=lambda d: (math.inf if d["median"] is None else d["median"],
-                                                   -d["caught"]))
+            best = best_threshold(st, limits, ratio == 1.0)
             cell["threshold"] = best
+            cell["threshold_per_rate_reference"] = best_threshold(st, per_rate[ps], ratio == 1.0)
             cell["oracle"] = describe(oracle(st, ps, ratio)) if ratio > 1 + MARGIN else None
             cell["known_ratio_reference"] = describe(known_ratio(st, ratio)) if ratio > 1 + MARGIN else None
             cell["information_floor"] = information_floor(ps, ratio) if ratio > 1 + MARGIN else None
             cell["plugin_reference"] = describe(plugin(st))
             if cell["clean"]:
                 cell["false_rollback"] = {"ours": cell["ours"]["caught"], "threshold": best["caught"],
-                                          "plugin_reference": cell["plugin_reference"]["caught"]}
+                                          "plugin_reference": cell["plugin_reference"]["caught"],
+                                          "threshold_per_rate_reference":
+                                              cell["threshold_per_rate_reference"]["caught"]}
             cells.append(cell)
     # The plug-in reference scored the same way, as if it were ours (it is not valid: see margin_checks).
     as_if_ours = [{**c, "ours": c["plugin_reference"]} for c in cells]
@@ -338,11 +373,14 @@ def run(runs: int, seed: int) -> dict[str, Any]:
     summary = {**summarize(cells), **margin_summary(margin_checks)}
     return {"cells": cells, "summary": summary, "margin_checks": margin_checks,
             "plugin_reference_summary": reference,
+            "threshold_per_rate_reference_summary": threshold_per_rate_summary(cells, margin_checks),
             "config": {"runs": runs, "seed": seed, "horizon": HORIZON, "look_every": LOOK_EVERY,
                        "canary_weight": CANARY_WEIGHT, "margin": MARGIN, "confidence": CONFIDENCE,
                        "min_samples": MIN_SAMPLES,
                        "known_ratio_log_boundary": {str(r): known_ratio_boundary(r) for r in ALTERNATIVES},
                        "threshold_max_per_window": {f"{w}x{k}": c / w for (w, k), c in limits.items()},
+                       "threshold_per_rate_max_per_window": {str(p): {f"{w}x{k}": c / w for (w, k), c in m.items()}
+                                                             for p, m in per_rate.items()},
                        "threshold_calibration_rollouts": THRESHOLD_CALIBRATION_ROLLOUTS},
             "seconds": round(time.monotonic() - started, 1)}
 
@@ -405,6 +443,22 @@ def margin_summary(margin_checks: list[dict[str, Any]]) -> dict[str, Any]:
                                                        default=None)}
 
 
+def threshold_per_rate_summary(cells: list[dict[str, Any]], margin_checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Outside the goals: the threshold calibrated per stable rate, scored as the threshold judge is, beside the
+    global one, and both thresholds' false rollbacks at the margin (the guarantee the per-rate one gives up)."""
+    scored = summarize([{**c, "threshold": c["threshold_per_rate_reference"]} for c in cells], with_references=False)
+    caught = summarize(cells, with_references=False)["cells_caught"]
+    return {"threshold_per_rate_over_ours_geomean": scored["threshold_over_ours_geomean"],
+            "threshold_per_rate_over_oracle_geomean": scored["threshold_over_oracle_geomean"],
+            "cells_caught": {"threshold_per_rate": scored["cells_caught"]["threshold"], **caught},
+            "threshold_per_rate_max_false_rollback": max(c["threshold_per_rate_reference"]["caught"]
+                                                         for c in cells if c["clean"]),
+            "threshold_max_false_rollback_at_margin": max((m["threshold_false_rollback"] for m in margin_checks),
+                                                          default=None),
+            "threshold_per_rate_max_false_rollback_at_margin": max(
+                (m["threshold_per_rate_false_rollback"] for m in margin_checks), default=None)}
+
+
 def _fmt(d: dict[str, Any] | None) -> str:
     if d is None:
         return f"{'-':>22}"
@@ -414,24 +468,32 @@ def _fmt(d: dict[str, Any] | None) -> str:
 
 
 def print_table(result: dict[str, Any]) -> None:
+    def cfg(t: dict[str, Any]) -> str:
+        return f"W{t['window']}x{t['failure_limit']}>{100 * t['max_rate']:.1f}%"
+
     print(f"{'stable':>7} {'ratio':>5} | {'ours: caught median p90':>22} | {'threshold (best W x limit)':>34} | "
-          f"{'oracle':>22} | {'known ratio (reference)':>23} | {'plug-in (reference)':>22} | floor (mean)")
+          f"{'oracle':>22} | {'known ratio (reference)':>23} | {'plug-in (reference)':>22} | "
+          f"{'threshold per rate (reference)':>35} | floor (mean)")
     for c in result["cells"]:
-        t, floor = c["threshold"], c["information_floor"]
-        cfg = f"W{t['window']}x{t['failure_limit']}>{100 * t['max_rate']:.1f}%"
-        print(f"{100 * c['stable_rate']:6.1f}% {c['ratio']:5.0f} | {_fmt(c['ours'])} | {cfg:>11} {_fmt(t)} | "
+        t, tr, floor = c["threshold"], c["threshold_per_rate_reference"], c["information_floor"]
+        print(f"{100 * c['stable_rate']:6.1f}% {c['ratio']:5.0f} | {_fmt(c['ours'])} | {cfg(t):>11} {_fmt(t)} | "
               f"{_fmt(c['oracle'])} | {_fmt(c['known_ratio_reference']):>23} | {_fmt(c['plugin_reference'])} | "
-              f"{'-' if floor is None else format(floor['margin_valid_samples'], '.0f')}")
+              f"{cfg(tr):>12} {_fmt(tr)} | {'-' if floor is None else format(floor['margin_valid_samples'], '.0f')}")
     print("\nAt the margin (ratio 1.5, the null's edge): false rollbacks, should be <= 1%")
     for m in result["margin_checks"]:
         print(f"  stable {100 * m['stable_rate']:.1f}%: ours {100 * m['ours_false_rollback']:.1f}%, "
               f"plug-in reference {100 * m['plugin_false_rollback']:.1f}%, "
-              f"known-ratio reference (worst alternative) {100 * m['known_ratio_false_rollback']:.1f}%")
+              f"known-ratio reference (worst alternative) {100 * m['known_ratio_false_rollback']:.1f}%, "
+              f"threshold {100 * m['threshold_false_rollback']:.1f}%, "
+              f"threshold per rate (reference) {100 * m['threshold_per_rate_false_rollback']:.1f}%")
     print("\nSummary:")
     for k, v in result["summary"].items():
         print(f"  {k}: {v}")
     print("Plug-in reference scored the same way (not a valid test, see above):")
     for k, v in result["plugin_reference_summary"].items():
+        print(f"  {k}: {v}")
+    print("Threshold calibrated per stable rate (reference; no guarantee at the margin, see above):")
+    for k, v in result["threshold_per_rate_reference_summary"].items():
         print(f"  {k}: {v}")
     print(f"\n{result['config']['runs']} rollouts per cell, seed {result['config']['seed']}, "
           f"{result['seconds']} s")

@@ -191,3 +191,60 @@ def test_threshold_calibration_over_overlapping_windows_matches_enumeration(
     exact = int(np.flatnonzero(false_rollback <= detection.MAX_FALSE_ROLLBACK)[0])
     assert false_rollback[exact] < 0.005 and false_rollback[exact - 1] > 0.02  # clear of Monte Carlo noise
     assert detection.calibrate_threshold(np.random.default_rng(4)) == {(20, 2): exact}
+
+
+def test_threshold_per_rate_keeps_one_percent_at_its_own_rate_and_never_exceeds_the_global_maximum(
+        detection: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small sizes: 200 looks, two windows, two failure limits, a rare and a common stable rate.
+    rates = (0.005, 0.05)
+    monkeypatch.setattr(detection, "HORIZON", 2000)
+    monkeypatch.setattr(detection, "WINDOWS", (100, 500))
+    monkeypatch.setattr(detection, "FAILURE_LIMITS", (1, 2))
+    monkeypatch.setattr(detection, "STABLE_RATES", rates)
+    per_rate = detection.calibrate_threshold_per_rate(np.random.default_rng(6))
+    glob = detection.global_maxima(per_rate)
+    assert glob == detection.calibrate_threshold(np.random.default_rng(6))  # the same calibration, one rate at a time
+    runs = 20_000
+    noise = 3 * math.sqrt(2 * 0.01 * 0.99 / runs)  # both the calibration and this check are estimates
+    for p in rates:
+        st = detection.simulate(p, 1.0, runs, np.random.default_rng([7, int(1000 * p)]))  # clean, streams of its own
+        for (w, limit), max_count in per_rate[p].items():
+            assert max_count <= glob[(w, limit)]
+            share = float(np.isfinite(detection.threshold(st, w, limit, max_count)).mean())
+            assert share <= detection.MAX_FALSE_ROLLBACK + noise, (p, w, limit, share)
+            # The smallest such maximum: one count lower breaks the 1% at this rate.
+            lower = float(np.isfinite(detection.threshold(st, w, limit, max_count - 1)).mean())
+            assert lower > detection.MAX_FALSE_ROLLBACK - noise, (p, w, limit, lower)
+    # Set at stable's own rate: the rare class gets a maximum well below the one the common class forces.
+    assert all(per_rate[0.005][key] < glob[key] for key in glob)
+
+
+def test_best_threshold_reports_the_worst_configuration_under_the_null_and_the_fastest_otherwise(
+        detection: ModuleType) -> None:
+    per_look = np.array([[1, 2, 0, 4, 4, 0, 0]])
+    streams = detection.Streams(per_look.cumsum(axis=1), per_look.cumsum(axis=1), np.arange(1, 8) * 10,
+                                np.arange(1, 8) * 90)
+    maxima = {(30, 2): 5, (30, 1): 5, (20, 1): 8}  # caught at 50, 40 and never
+    fastest = detection.best_threshold(streams, maxima, False)
+    assert (fastest["window"], fastest["failure_limit"], fastest["median"]) == (30, 1, 40.0)
+    assert fastest["max_rate"] == pytest.approx(5 / 30)
+    assert detection.best_threshold(streams, {(20, 1): 8, (30, 2): 5}, True)["window"] == 30  # the one that fails
+
+
+def test_threshold_per_rate_summary_scores_it_like_the_threshold_judge(detection: ModuleType) -> None:
+    cells = [_cell(1.0, 0, None, None, None), _cell(2.0, 300, 200, 100, None), _cell(5.0, 60, 40, 40, 160)]
+    per_rate = [{"caught": 0.012, "median": None, "p90": None}, {"caught": 1.0, "median": 150, "p90": 150},
+                {"caught": 1.0, "median": 30, "p90": 30}]
+    for c, t in zip(cells, per_rate, strict=True):
+        c["threshold_per_rate_reference"] = t
+    checks = [{"threshold_false_rollback": 0.0, "threshold_per_rate_false_rollback": 0.4},
+              {"threshold_false_rollback": 1.0, "threshold_per_rate_false_rollback": 1.0}]
+    s = detection.threshold_per_rate_summary(cells, checks)
+    assert s["threshold_per_rate_over_ours_geomean"] == pytest.approx(0.5)  # 150 / 300 and 30 / 60
+    assert s["threshold_per_rate_over_oracle_geomean"] == pytest.approx(math.sqrt(1.5 * 0.75))
+    assert s["cells_caught"] == {"threshold_per_rate": 2, "ours": 2, "threshold": 1, "oracle": 2}
+    assert s["threshold_per_rate_max_false_rollback"] == 0.012
+    assert s["threshold_max_false_rollback_at_margin"] == 1.0
+    assert s["threshold_per_rate_max_false_rollback_at_margin"] == 1.0
+    # The summary is untouched: the per-rate reference is not the threshold judge.
+    assert detection.summarize(cells)["threshold_over_ours_geomean"] == pytest.approx(160 / 60)
