@@ -23,7 +23,8 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
             canary predictor is removed: the names in the ModelRollout stay valid for the next rollout.
   rollback  the canary predictor removed, stable back to 100 less the traffic of any other non-shadow predictor
             (never refused for one: users must get off the candidate; only when theirs exceeds 100).
-  restore   (after a promotion) the stable predictor's modelUri set to the given version (a rolling update).
+  restore   (after a promotion) the stable predictor's modelUri set to the given version, its component specs
+            named after that version as promote names them, so every version change makes new Deployments.
   Versions are recorded in the SeldonDeployment's metadata.annotations: Seldon copies spec.annotations and
   predictor annotations into the pod templates, so writing there would restart pods. Each with the modelUri
   it was written for: a predictor whose model node loads another modelUri serves an unknown version. The
@@ -31,10 +32,9 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
   router writes a modelUri, so the prediction exporter counts each predictor under the version it serves.
   Readiness: status.state "Available" for the whole object; the canary predictor's own Deployments
   (status.deploymentStatus, exactly the names <sdep>-<predictor>-<index>-<metadata.name or containers>) all
-  reported and available. So must stable's be while they are named after its version (a promotion's): until
-  then the previous version's pods serve, and the state may be the one Seldon wrote before the promotion, so
-  stable's version reads as unknown and it is not ready. A restore keeps those names for another version:
-  its readiness is the state's alone.
+  reported and available. So must stable's be while they are named after its version (a promotion's or a
+  restore's): until then the previous version's pods serve, and the state may be the one Seldon wrote before
+  the change, so stable's version reads as unknown and it is not ready.
   Inference URLs: each predictor's Service as Seldon reports it in status.serviceStatus (key
   <sdep>-<predictor>, or the predictor's seldon.io/svc-name annotation; httpEndpoint "host:port"), with
   the path of the SeldonDeployment's protocol, as Seldon builds status.address.url for the first
@@ -46,14 +46,14 @@ requires the experiment's `default` model to stay among the candidates):
   stage     the candidate's Model added as a candidate with weight 0, stable's weight 100. The Model
             resource itself (storageUri, requirements) is deployed by whoever builds the model; the
             router refers to it by CandidateModel.serving_name, default "<model name>-v<version>".
-  set_weight  stable 100-N, candidate N.
+  set_weight  stable 100-N, candidate N; refused beside a weighted model the router never wrote (as stage is).
   promote   candidate 100; the old stable leaves the candidates (kept at weight 0 if it is the default).
   rollback  the candidate removed (kept at 0 if it is the default), stable 100; so is any other model the
             router wrote (named in its model-versions annotation) that still carries weight.
   restore   (after a promotion) the given version's Model back at 100, the router's others out.
-  A model the router never wrote (another team's A/B split) is refused by stage; rollback and restore leave
-  its entry as it is, the kept model taking the weight of all the router's (not 100), so its share stays,
-  and observe counts only the router's models in the canary's share.
+  A model the router never wrote (another team's A/B split) is refused by stage and set_weight; rollback and
+  restore leave its entry as it is, the kept model taking the weight of all the router's (not 100), so its share
+  stays, and observe counts only the router's models in the canary's share.
   The model-versions annotation (Model name -> version) keeps only the models in the candidates written, the
   default, and on promotion the old stable (which a restore may bring back).
   Only Experiments between Models are driven (spec.resourceType unset or "model"); one over pipelines, or one
@@ -452,6 +452,10 @@ class SeldonDeploymentRouter:
             if node is None:
                 raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
             _set_model(node, stable_model)
+            # New Deployments for the restored version, as promote makes: under the promoted version's names
+            # Seldon would roll them in place, and the old pods would read as the restored (or, promoted again
+            # later under the same names, the next) version's. observe waits for them.
+            _version_components(stable, stable_model.version)
             stable["traffic"] = 100
             return self._body(obj, stable, None, {ANN_VERSION: stable_model.version,
                                                   ANN_VERSION_URI: stable_model.storage_uri})
@@ -677,6 +681,13 @@ class SeldonExperimentRouter:
             check_candidate_version(self.target, self._versions(obj).get(candidate), candidate_version,
                                     f"model {candidate} is not in the {ANN_MODEL_VERSIONS} annotation")
             weights = self._weights(obj)
+            # Beside another team's weighted model (added after staging) the candidate's share would be N/(100+w),
+            # never N: the step would be resent until the deadline. Rollback and restore still work beside it.
+            ours = self._ours(obj)
+            if foreign := {n: w for n, w in weights.items() if w and n not in ours and n not in (stable, candidate)}:
+                raise TargetStateError(f"cannot set the candidate to {percent}%: {self.target} splits traffic with "
+                                       "models ModelRollout does not manage: "
+                                       + ", ".join(f"{n} (weight {w})" for n, w in foreign.items()))
             weights[stable], weights[candidate] = 100 - percent, percent
             return self._body(obj, weights, self._owned(obj))
         _apply_with(self.client, build, f"setting the weight on {self.target}")

@@ -127,6 +127,7 @@ def test_version_is_unknown_when_the_predictor_loads_another_model_uri(api: clie
     assert state.stable_version is None and "not s3://models/nsfw/7 (version 7)" in state.message
 
     router.restore(STABLE_6)  # the router's own write: its version holds again
+    seldon_v1_reports(api, namespace)  # once Seldon reports 6's own (new) Deployments
     state = router.observe()
     assert state.stable_version == "6" and "modelUri changed" not in state.message
     router.stage(CandidateModel("nsfw", "7", V7))

@@ -1,7 +1,7 @@
 """The Seldon Core v2 router on Experiments it must not drive blindly, on the real API server with the real
 Seldon Core v2.6.0 Experiment CRD: one without a spec, one over pipelines, and a rollback or restore whose
 candidate annotation was removed by hand, or that another team's model shares traffic with (its weight and
-share are left as they are)."""
+share are left as they are, and a traffic step beside it is refused)."""
 
 from __future__ import annotations
 
@@ -106,6 +106,13 @@ def test_rollback_without_the_candidate_annotation_and_beside_a_foreign_model(ap
     edit.apply(body)
     seldon_v2_reports(api, namespace)
     assert router.observe().canary_weight == 40  # the candidate's own share, fraud-ab's not counted
+    # A step is refused beside it: 100-N and N beside fraud-ab's 10 would never give the candidate N.
+    before = get(api, SELDON_EXPERIMENT, namespace)
+    with pytest.raises(TargetStateError, match=r"cannot set the candidate to 50%: .* does not manage: "
+                                               r"fraud-ab \(weight 10\)"):
+        router.set_weight(50)
+    after = get(api, SELDON_EXPERIMENT, namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     twice_is_once(api, SELDON_EXPERIMENT, namespace, router.rollback)
     assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 90, "fraud-ab": 10}
     seldon_v2_reports(api, namespace)

@@ -178,9 +178,27 @@ def test_seldon_deployment_stage_step_rollback_stage_promote(api: client.ApiClie
     state = router.observe()
     assert state.stable_version == "8" and state.ready and not state.canary_staged
 
-    router.restore(STABLE_6)  # a failed bake: the previous model back (Seldon rolls the pods)
+    # A failed bake: the previous model back, in new Deployments named after 6 (under 8's names Seldon would roll
+    # the pods in place, the old ones read as 6's), confirmed only once Seldon reports those available.
+    router.restore(STABLE_6)
     obj = get(api, SELDON_DEPLOYMENT, namespace)
-    assert obj["spec"]["predictors"][0]["graph"]["modelUri"] == V6 and router.observe().stable_version == "6"
+    assert obj["spec"]["predictors"][0]["graph"]["modelUri"] == V6
+    assert obj["spec"]["predictors"][0]["componentSpecs"][0]["metadata"]["name"] == "classifier-v6"
+    assert router.observe().stable_version is None  # Seldon's status is still 8's
+    seldon_v1_reports(api, namespace)
+    assert router.observe().stable_version == "6"
+
+    # 8 again: stable's names change once more (from 6's), so Seldon makes new Deployments and the promotion is not
+    # read as done from 6's pods, still reported available.
+    router.stage(CANDIDATE_8)
+    before = seldon_v1_reports(api, namespace)
+    router.set_weight(50)
+    router.promote()
+    assert router.observe().stable_version is None
+    seldon_v1_reports(api, namespace, available=lambda name: name != promoted, kept=before)
+    assert router.observe().stable_version is None
+    seldon_v1_reports(api, namespace)
+    assert router.observe().stable_version == "8"
 
 
 @pytest.mark.integration
@@ -218,6 +236,7 @@ def test_seldon_deployment_idempotence_and_ownership(api: client.ApiClient, name
     twice_is_once(api, SELDON_DEPLOYMENT, namespace, router.rollback)
     twice_is_once(api, SELDON_DEPLOYMENT, namespace, lambda: router.stage(CANDIDATE_7, "6"))
     twice_is_once(api, SELDON_DEPLOYMENT, namespace, router.promote)
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, lambda: router.restore(STABLE_6))
 
     obj = get(api, SELDON_DEPLOYMENT, namespace)
     ours = managed_by(obj, FIELD_MANAGER)["fieldsV1"]

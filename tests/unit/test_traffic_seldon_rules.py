@@ -122,6 +122,31 @@ def test_v2_stage_still_refuses_beside_a_weighted_foreign_model() -> None:
     assert fake.applies == []
 
 
+def test_v2_set_weight_refuses_beside_a_foreign_model_added_after_staging() -> None:
+    # Stable 100-N and candidate N beside fraud-ab's 10 give the candidate N/110, never N: the engine would resend
+    # the step until its deadline.
+    router, fake = experiment_router([{"name": "nsfw", "weight": 100}])
+    router.stage(CANDIDATE_7, "6")
+    router.set_weight(10, "7")
+    hand_edit(fake, {"nsfw": 90, "nsfw-v7": 10, "fraud-ab": 10})
+    before, writes = copy.deepcopy(fake.obj["spec"]), len(fake.applies)
+    with pytest.raises(TargetStateError, match=r"cannot set the candidate to 25%: .* does not manage: "
+                                               r"fraud-ab \(weight 10\)"):
+        router.set_weight(25, "7")
+    assert fake.obj["spec"] == before and len(fake.applies) == writes
+    router.rollback()  # users still get off the candidate, fraud-ab keeps its weight
+    assert weights(fake) == {"nsfw": 100, "fraud-ab": 10}
+
+
+def test_v2_set_weight_beside_a_foreign_model_at_weight_0_goes_ahead() -> None:
+    router, fake = experiment_router([{"name": "nsfw", "weight": 100}])
+    router.stage(CANDIDATE_7, "6")
+    hand_edit(fake, {"nsfw": 100, "nsfw-v7": 0, "fraud-ab": 0})  # it takes no users
+    router.set_weight(25, "7")
+    assert weights(fake) == {"nsfw": 75, "nsfw-v7": 25, "fraud-ab": 0}
+    assert router.observe().canary_weight == 25
+
+
 STABLE_6 = CandidateModel("nsfw", "6", "s3://models/nsfw/6", serving_name="nsfw")
 
 

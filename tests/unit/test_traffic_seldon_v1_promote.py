@@ -1,5 +1,5 @@
-"""Seldon Core v1 promotion: stable takes the candidate's version-named Deployments, and the promotion reads as
-done only once Seldon reports those Deployments available (never from the status written before the change)."""
+"""Seldon Core v1 promotion and restore: stable takes Deployments named after the version it gets, and the change
+reads as done only once Seldon reports those Deployments available (never from the status written before it)."""
 
 from __future__ import annotations
 
@@ -160,10 +160,84 @@ def test_a_stable_never_promoted_here_reads_as_before() -> None:
     assert (state.stable_version, state.ready) == ("6", True)
 
 
-def test_a_restore_after_promotion_is_read_from_the_state_as_the_readme_says() -> None:
+def stable_names(fake: FakeObjectClient) -> list[str]:
+    return [seldon_name(n) for n in deployment_names("x", fake.obj["spec"]["predictors"][0])]
+
+
+def promote_and_confirm(router: SeldonDeploymentRouter, fake: FakeObjectClient, candidate: CandidateModel,
+                        stable_version: str) -> None:
+    """Stage `candidate`, 50%, promote: not confirmed from the status written before, only once stable's new
+    Deployments (new names, none of the old) are reported available."""
+    router.stage(candidate, stable_version)
+    seldon_reports(fake, dict.fromkeys(
+        [seldon_name(n) for p in fake.obj["spec"]["predictors"] for n in deployment_names("x", p)], True))
+    router.set_weight(50, candidate.version)
+    before = set(fake.obj["status"]["deploymentStatus"])
+    router.promote()
+    state = router.observe()
+    assert (state.stable_version, state.ready) == (None, False), "confirmed before any new pod"
+    assert not set(stable_names(fake)) & before
+    seldon_reports(fake, dict.fromkeys(stable_names(fake), True))
+    state = router.observe()
+    assert (state.stable_version, state.ready, state.message) == (candidate.version, True, "")
+
+
+def restore_and_confirm(router: SeldonDeploymentRouter, fake: FakeObjectClient, stable: CandidateModel) -> None:
+    before = set(fake.obj["status"]["deploymentStatus"])
+    router.restore(stable)
+    assert not set(stable_names(fake)) & before  # new Deployments, not the promoted version's rolled in place
+    state = router.observe()
+    assert (state.stable_version, state.ready) == (None, False)
+    assert f"version {stable.version}" in state.message
+    seldon_reports(fake, {**dict.fromkeys(before, True), **dict.fromkeys(stable_names(fake), False)})
+    assert router.observe().stable_version is None
+    seldon_reports(fake, dict.fromkeys(stable_names(fake), True))
+    state = router.observe()
+    assert (state.stable_version, state.ready, state.message) == (stable.version, True, "")
+
+
+def test_a_restore_waits_for_the_restored_versions_own_deployments() -> None:
     router, fake, _, _ = staged_at_50(sdep())
     router.promote()
     seldon_reports(fake, {"x-main-0-clf-v7": True})
-    router.restore(STABLE_6)  # rolls the version-7-named Deployment in place
+    restore_and_confirm(router, fake, STABLE_6)
+    [restored] = fake.obj["spec"]["predictors"]
+    assert restored["graph"]["modelUri"] == V6
+    assert restored["componentSpecs"] == [{"metadata": {"name": "clf-v6"}, "spec": {"containers": [{"name": "clf"}]}}]
+
+
+def test_promoting_a_restored_over_version_again_waits_for_new_deployments() -> None:
+    # promote 7, restore 6, promote 7 again: under the names of the first promotion the restored version's pods
+    # would be rolled in place and read as version 7's.
+    router, fake = router_on(sdep())
+    seldon_reports(fake, {"x-main-0-clf": True})
+    promote_and_confirm(router, fake, CANDIDATE_7, "6")
+    restore_and_confirm(router, fake, STABLE_6)
+    promote_and_confirm(router, fake, CANDIDATE_7, "6")
+    assert stable_names(fake) == ["x-main-0-clf-v7"]
+
+
+def test_promoting_again_after_a_restore_to_the_previous_version_waits_for_new_deployments() -> None:
+    # promote 7, promote 8, restore 7, promote 8 again.
+    candidate_8 = CandidateModel("m", "8", "s3://m/8")
+    router, fake = router_on(sdep())
+    seldon_reports(fake, {"x-main-0-clf": True})
+    promote_and_confirm(router, fake, CANDIDATE_7, "6")
+    promote_and_confirm(router, fake, candidate_8, "7")
+    restore_and_confirm(router, fake, CANDIDATE_7)
+    promote_and_confirm(router, fake, candidate_8, "7")
+
+
+def test_restore_again_after_a_kill_changes_nothing() -> None:
+    router, fake, _, _ = staged_at_50(sdep())
+    router.promote()
+    seldon_reports(fake, {"x-main-0-clf-v7": True})
+    router.restore(STABLE_6)
+    restored = copy.deepcopy(fake.obj)
+    router.restore(STABLE_6)
+    assert fake.obj["spec"] == restored["spec"]
+    assert fake.obj["metadata"]["annotations"] == restored["metadata"]["annotations"]
+    assert router.observe().stable_version is None  # still waiting for version 6's Deployments
+    seldon_reports(fake, {"x-main-0-clf-v6": True})
     state = router.observe()
     assert (state.stable_version, state.ready) == ("6", True)
