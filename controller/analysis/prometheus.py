@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
+import functools
 import json
 import math
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
 from urllib3.exceptions import HTTPError, LocationValueError
 from urllib3.util.retry import Retry
 
@@ -31,7 +38,8 @@ STALE_STEP = "60s"
 # time has stopped being scraped, whatever a count over the window still says.
 SCRAPE_INTERVAL = timedelta(seconds=30)
 LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC).timestamp()  # a sample time beyond is none (datetime ends there)
-UNAVAILABLE = (502, 503, 504)
+UNAVAILABLE = (502, 503, 504)  # retried, as is a failed connection
+RETRY_BACKOFF_SECONDS = 0.2  # before the first retry; doubled before each next one
 # The result types each endpoint may answer with: anything else is not the number or samples asked for.
 RESULT_TYPES = {"/api/v1/query": frozenset({"vector", "scalar"}), "/api/v1/query_range": frozenset({"matrix"})}
 # Before Prometheus 2.50, and in Thanos, PromQL's info annotations came in `warnings` too: hints about the
@@ -54,7 +62,24 @@ class QueryProblem(StrEnum):
     AMBIGUOUS = "MultipleSeries"  # more than one series where one number was expected
     MALFORMED = "MalformedResponse"
     PARTIAL = "PartialData"  # an answer that warns its data may be incomplete (a store or remote read failed)
-    SLOW = "PrometheusTooSlow"  # an answer still arriving at its deadline, or the measurement's time ran out
+    SLOW = "PrometheusTooSlow"  # no whole answer by the query's deadline, or the metric's budget ran out
+
+
+@dataclass
+class Budget:
+    """One metric's time for all its queries (set by the runner): once `ends` (time.monotonic()) passes, no query
+    is sent and the one in flight is cut."""
+
+    seconds: float
+    ends: float
+    sent: int = 0  # the queries asked within it
+
+    @classmethod
+    def starting(cls, seconds: float) -> Budget:
+        return cls(seconds, time.monotonic() + seconds)
+
+    def spent(self) -> str:
+        return f"this metric's measurement budget of {self.seconds:g} s ran out after {self.sent} queries"
 
 
 @dataclass(frozen=True)
@@ -82,11 +107,9 @@ class Measurement:
 class PrometheusProvider:
     def __init__(self, address: str, timeout_seconds: float = 5.0, retries: int = 2,
                  headers: dict[str, str] | None = None, scrape_interval: timedelta = SCRAPE_INTERVAL) -> None:
-        # Not raising on the last 5xx lets Prometheus' own error text (e.g. a query timeout) reach the verdict.
-        # Retry-After is not honoured: urllib3 would sleep what the server says (up to 6 h) before each retry.
-        retry = Retry(total=retries, backoff_factor=0.2, status_forcelist=UNAVAILABLE,
-                      allowed_methods=frozenset({"GET", "POST"}), raise_on_status=False,
-                      respect_retry_after_header=False)
+        # _ask retries, within the query's deadline: urllib3 would drain a retried answer's body unbounded (and
+        # sleep what a Retry-After asks). Retry-After is not honoured.
+        no_retry = Retry(total=0, read=False, redirect=False)
         self.address = _without_credentials(address.rstrip("/"))  # what messages show
         # What a server or proxy echoing the request could send back of the credentials: never quoted.
         parts = urlsplit(address)
@@ -95,22 +118,26 @@ class PrometheusProvider:
         self._tokens = [token for key, value in (headers or {}).items()
                         if key.lower() in ("authorization", "proxy-authorization")
                         for token in (value, value.partition(" ")[2]) if token]
-        self.timeout_seconds = timeout_seconds
-        # requests' timeout bounds each wait for bytes only: a query's answer is read against this in all.
+        self.timeout_seconds, self.retries = timeout_seconds, retries
+        # requests' timeout bounds each wait for bytes only: a query's tries, from sending to the body read and
+        # decoded, are cut at this in all (_Exchange).
         self.query_seconds = timeout_seconds * (1 + retries)
-        # time.monotonic() past which no query is sent (the caller's limit for a whole measurement).
-        self.deadline: float | None = None
+        self.budget: Budget | None = None  # the current metric's (the runner's)
         self._read_by = math.inf  # the current query's deadline, for the body reader
         self.scrape_interval = scrape_interval
         # POST keeps long queries out of proxies' access logs (the library still puts the query in the URL).
         # The library reads data.result from any 200 and drops its status: an answer that says it failed
         # must not be read as data.
         # stream=True: the body is read by _read_body, within the query's deadline and MAX_ANSWER_BYTES.
+        # Prometheus' API never redirects: _refuse_redirect says so before requests would follow one.
         session = requests.Session()
-        session.stream = True
-        session.hooks["response"].extend([self._read_body, _require_success])
-        self._client = PrometheusConnect(url=address.rstrip("/"), headers=headers, retry=retry,
+        session.stream, session.max_redirects = True, 0
+        session.hooks["response"].extend([_refuse_redirect, self._read_body, _require_success])
+        self._client = PrometheusConnect(url=address.rstrip("/"), headers=headers, retry=no_retry,
                                          timeout=timeout_seconds, method="POST", session=session)
+        adapter = _WatchedAdapter(max_retries=no_retry)
+        for prefix in list(session.adapters):  # the library's, for its URL, and requests' own
+            session.mount(prefix, adapter)
 
     def __repr__(self) -> str:
         return f"PrometheusProvider({self.address!r})"
@@ -211,58 +238,199 @@ class PrometheusProvider:
                            "(exporter down or no longer scraped)", empty.at)
 
     def _ask(self, query: str, at: datetime | None, send: Callable[[], Any]) -> Any:
-        """The library's answer, or a Measurement that explains why there is none."""
+        """The library's answer, or a Measurement that explains why there is none. Tries again after a failed
+        connection or a 502/503/504 while the query's deadline (and the metric's budget) allows."""
         def problem(kind: QueryProblem, detail: str) -> Measurement:
             return Measurement(query, None, kind, detail, at)
 
         started = time.monotonic()
-        if self.deadline is not None and started >= self.deadline:
-            return problem(QueryProblem.SLOW, f"{self.address} was too slow: this measurement's time limit passed "
-                                              "before the query was sent")
-        self._read_by = min(started + self.query_seconds, math.inf if self.deadline is None else self.deadline)
-        try:
-            return send()
-        except AnswerTooSlow:
-            return problem(QueryProblem.SLOW, f"{self.address} was too slow: its answer was still arriving "
-                                              f"{self._read_by - started:.3g}s after the query was sent")
-        except AnswerTooLarge:
-            return problem(QueryProblem.MALFORMED, f"{self.address} answered with over "
-                                                   f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not a query's answer")
-        except requests.exceptions.JSONDecodeError:  # also a RequestException: must come first
-            return problem(QueryProblem.MALFORMED, f"{self.address} answered, but not with JSON")
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            return problem(QueryProblem.UNREACHABLE, f"{self.address} did not answer ({type(exc).__name__})")
-        except requests.RequestException as exc:
-            return problem(QueryProblem.UNREACHABLE, f"{self.address}: {type(exc).__name__}")
-        except PrometheusApiClientException as exc:
-            status, text, from_prometheus = _prometheus_error(exc)
-            text = self._redacted(text)
-            if status in UNAVAILABLE and not from_prometheus:  # a proxy or load balancer, not Prometheus
-                return problem(QueryProblem.UNREACHABLE, f"{self.address} answered HTTP {status} on every attempt")
-            return problem(QueryProblem.REJECTED, text)
-        except LocationValueError as exc:  # e.g. an empty label in the host name: nothing was asked
-            return problem(QueryProblem.UNREACHABLE, f"{self.address} is not a usable address "
-                                                     f"({type(exc).__name__})")
-        except (HTTPError, OSError) as exc:  # the streamed body broke off (urllib3's own, not requests')
-            return problem(QueryProblem.UNREACHABLE, f"{self.address} did not answer ({type(exc).__name__})")
-        except Incomplete as exc:
-            return problem(QueryProblem.PARTIAL, f"{self.address} answered, but warns that the data may be "
-                                                 f"incomplete: {self._redacted(str(exc))}")
-        except WrongResultType as exc:
-            return problem(QueryProblem.MALFORMED, f"{self.address} answered with result type "
-                                                   f"{self._quoted(exc.result_type)} where {exc.expected} was "
-                                                   "asked for")
-        except NotSuccess as exc:
-            if exc.status is None:
-                return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without Prometheus' status "
-                                                       "(not an answer of its HTTP API)")
-            return problem(QueryProblem.REJECTED, f"{self.address} answered HTTP 200 with status "
-                                                  f"{self._quoted(exc.status)}, not success")
-        except RecursionError:  # JSON nested deeper than the parser recurses
-            return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON nested too deep to read")
-        except (KeyError, TypeError, ValueError) as exc:  # JSON, but not Prometheus' {"data": {"result": ...}}
-            return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without data.result "
-                                                   f"({type(exc).__name__})")
+        budget = self.budget
+        if budget is not None and started >= budget.ends:
+            return problem(QueryProblem.SLOW, f"{self.address} was too slow: {budget.spent()}, so this query was "
+                                              "not sent")
+        by_budget = budget is not None and budget.ends < started + self.query_seconds
+        self._read_by = budget.ends if budget is not None and by_budget else started + self.query_seconds
+        if budget is not None:
+            budget.sent += 1
+        failed: Measurement | None = None  # the last try's problem, when it may be tried again
+        for attempt in range(1 + self.retries):
+            if attempt:
+                pause = RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1)
+                if time.monotonic() + pause >= self._read_by:
+                    break  # no time for another try: the last one's problem stands
+                time.sleep(pause)
+            try:
+                with _Exchange(self._read_by - time.monotonic()):
+                    return send()
+            except AnswerTooSlow:
+                elapsed = time.monotonic() - started
+                if budget is not None and by_budget:
+                    return problem(QueryProblem.SLOW, f"{self.address} was too slow: {budget.spent()}, the last "
+                                                      f"still unanswered {elapsed:.1f} s after it was sent")
+                return problem(QueryProblem.SLOW, f"{self.address} was too slow: no whole answer {elapsed:.1f} s "
+                                                  f"after the query was sent (its limit is {self.query_seconds:g} s)")
+            except AnswerTooLarge:
+                return problem(QueryProblem.MALFORMED, f"{self.address} answered with over "
+                                                       f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not a query's answer")
+            except Redirected as exc:
+                return problem(QueryProblem.UNREACHABLE, f"{self.address} answered with a redirect (HTTP {exc.status}),"
+                                                         " which Prometheus' API never sends: not followed (set the "
+                                                         "address Prometheus itself serves)")
+            except requests.exceptions.JSONDecodeError:  # also a RequestException: must come first
+                return problem(QueryProblem.MALFORMED, f"{self.address} answered, but not with JSON")
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                failed = problem(QueryProblem.UNREACHABLE, f"{self.address} did not answer ({type(exc).__name__})")
+            except requests.RequestException as exc:
+                return problem(QueryProblem.UNREACHABLE, f"{self.address}: {type(exc).__name__}")
+            except PrometheusApiClientException as exc:
+                status, text, from_prometheus = _prometheus_error(exc, self._redacted)
+                if status not in UNAVAILABLE:
+                    return problem(QueryProblem.REJECTED, text)
+                failed = (problem(QueryProblem.REJECTED, text) if from_prometheus else  # e.g. its query timeout
+                          problem(QueryProblem.UNREACHABLE, f"{self.address} answered HTTP {status} on every attempt"))
+            except LocationValueError as exc:  # e.g. an empty label in the host name: nothing was asked
+                return problem(QueryProblem.UNREACHABLE, f"{self.address} is not a usable address "
+                                                         f"({type(exc).__name__})")
+            except (HTTPError, OSError) as exc:  # the streamed body broke off (urllib3's own, not requests')
+                return problem(QueryProblem.UNREACHABLE, f"{self.address} did not answer ({type(exc).__name__})")
+            except Incomplete as exc:  # redacted before it is cut (a cut token would not be found)
+                warnings = _cut(self._redacted(str(exc)), WARNING_TEXT_LIMIT)
+                return problem(QueryProblem.PARTIAL, f"{self.address} answered, but warns that the data may be "
+                                                     f"incomplete: {warnings}")
+            except WrongResultType as exc:
+                return problem(QueryProblem.MALFORMED, f"{self.address} answered with result type "
+                                                       f"{self._quoted(exc.result_type)} where {exc.expected} was "
+                                                       "asked for")
+            except NotSuccess as exc:
+                if exc.status is None:
+                    return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without Prometheus' "
+                                                           "status (not an answer of its HTTP API)")
+                return problem(QueryProblem.REJECTED, f"{self.address} answered HTTP 200 with status "
+                                                      f"{self._quoted(exc.status)}, not success")
+            except RecursionError:  # JSON nested deeper than the parser recurses
+                return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON nested too deep to read")
+            except (KeyError, TypeError, ValueError) as exc:  # JSON, but not Prometheus' {"data": {"result": ...}}
+                return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without data.result "
+                                                       f"({type(exc).__name__})")
+        return failed
+
+
+# The query try under way in this thread: its connections are the ones its timer may cut.
+_EXCHANGE: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar("prometheus_exchange", default=None)
+
+
+class _Exchange:
+    """One query try, from sending to its body read and decoded, cut when `seconds` are up: a timer shuts its
+    connections' sockets down, wherever the reading is (headers trickled a byte at a time, a decompressor fed
+    bytes that decode to nothing), which requests' timeout (each wait for bytes only) never does. Leaving the
+    block once cut raises AnswerTooSlow, whatever the cut connection raised or returned."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        # The sockets, not their connections: http.client hands a closing answer's socket to the response.
+        self._sockets: list[socket.socket] = []
+        self._expired = self._done = False
+        self._timer = threading.Timer(max(0.0, seconds), self._expire)
+        self._timer.daemon = True
+        self._token: contextvars.Token[_Exchange | None] | None = None
+
+    def __enter__(self) -> _Exchange:
+        self._token = _EXCHANGE.set(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._done = True  # a timer firing now cuts nothing
+        if self._token is not None:
+            _EXCHANGE.reset(self._token)
+        if self._expired:
+            raise AnswerTooSlow
+
+    def watch(self, connection: Any) -> None:
+        sock = getattr(connection, "sock", None)
+        if sock is None:  # not connected yet: watched again once it is
+            return
+        with self._lock:
+            if sock not in self._sockets:
+                self._sockets.append(sock)
+            if self._expired:  # its time ran out while it connected
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: Any) -> None:
+    """Ends a socket's reads and writes at once, from another thread (closing would not wake a read)."""
+    # TLS inside TLS (an https proxy to an https Prometheus): urllib3's SSLTransport wraps the outer socket.
+    while not isinstance(sock, socket.socket) and hasattr(sock, "socket"):
+        sock = sock.socket
+    # The plain socket's: SSLSocket.shutdown would first drop its TLS object under the reading thread. Nothing
+    # may escape: the timer thread must go on to cut the exchange's other sockets.
+    with contextlib.suppress(Exception):  # already closed, or no socket at all
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watched:
+    """Mixed into urllib3's connection classes: the current _Exchange learns each connection it uses."""
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        if (exchange := _EXCHANGE.get()) is not None:
+            exchange.watch(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if (exchange := _EXCHANGE.get()) is not None:  # a kept-alive connection is not connected again
+            exchange.watch(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+@functools.cache
+def _watched_pool(pool: type) -> type:
+    """`pool` (a urllib3 connection pool class), its connections _Watched."""
+    connection = type(f"Watched{pool.ConnectionCls.__name__}", (_Watched, pool.ConnectionCls), {})
+    return type(f"Watched{pool.__name__}", (pool,), {"ConnectionCls": connection})
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter whose connections, direct or through a proxy, a query's _Exchange can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _watch_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _watch_pools(manager)
+        return manager
+
+
+def _watch_pools(manager: PoolManager) -> None:
+    manager.pool_classes_by_scheme = {  # requests hands back the proxy manager it made before: watched already
+        scheme: pool if issubclass(pool.ConnectionCls, _Watched) else _watched_pool(pool)
+        for scheme, pool in manager.pool_classes_by_scheme.items()}
+
+
+class Redirected(Exception):
+    """A redirect, which Prometheus' API never answers with: not followed."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def _refuse_redirect(response: requests.Response, *_: Any, **__: Any) -> requests.Response:
+    if response.is_redirect:
+        response.close()  # its body is not read
+        raise Redirected(response.status_code)
+    return response
 
 
 class NotSuccess(Exception):
@@ -307,14 +475,14 @@ def _require_success(response: requests.Response, *_: Any, **__: Any) -> request
 
 
 def _incompleteness(answer: dict[str, Any]) -> str:
-    """The answer's warnings, on one bounded line ("" when none says data may be missing). `infos` is not
-    read: PromQL info annotations are about the query, not the data."""
+    """The answer's first warnings, whole ("" when none says data may be missing): cut only once redacted (a cut
+    token would not be found). `infos` is not read: PromQL info annotations are about the query, not the data."""
     warnings = answer.get("warnings")
     listed = warnings if isinstance(warnings, list) else [warnings] if warnings else []
-    real = [str(w)[:WARNING_TEXT_LIMIT] for w in listed if not (isinstance(w, str) and w.startswith(PROMQL_INFO))]
+    real = [str(w) for w in listed if not (isinstance(w, str) and w.startswith(PROMQL_INFO))]
     if not real and answer.get("partialResponse") is True:
         real = ["partialResponse is true"]
-    return _cut("; ".join(real[:5]), WARNING_TEXT_LIMIT)
+    return "; ".join(real[:5])
 
 
 def _without_credentials(address: str) -> str:
@@ -331,9 +499,11 @@ def _without_credentials(address: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
-def _prometheus_error(exc: PrometheusApiClientException) -> tuple[int | None, str, bool]:
+def _prometheus_error(exc: PrometheusApiClientException,
+                      redacted: Callable[[str], str]) -> tuple[int | None, str, bool]:
     """(HTTP status, what went wrong, whether Prometheus itself said so). Only an answer shaped like Prometheus'
-    error is quoted: the address is the user's, and another server's body must not be read back into a status."""
+    error is quoted, `redacted` before it is cut: the address is the user's, and another server's body must not
+    be read back into a status."""
     text = str(exc)
     status = re.match(r"HTTP Status Code (\d+)", text)
     code = int(status.group(1)) if status else None
@@ -344,7 +514,8 @@ def _prometheus_error(exc: PrometheusApiClientException) -> tuple[int | None, st
         answer = None
     if isinstance(answer, dict) and answer.get("status") == "error" and isinstance(answer.get("error"), str):
         kind = answer.get("errorType") if isinstance(answer.get("errorType"), str) else "error"
-        return code, f"HTTP {code}, Prometheus says {kind[:40]}: {answer['error'][:300]}", True
+        return code, (f"HTTP {code}, Prometheus says {_cut(redacted(kind), 40)}: "
+                      f"{_cut(redacted(answer['error']), WARNING_TEXT_LIMIT)}"), True
     return code, f"HTTP {code}" if code is not None else type(exc).__name__, False
 
 

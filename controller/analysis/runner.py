@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from controller.analysis.judges import ProportionCriteria, baseline_judge, proportion_judge, threshold_judge
-from controller.analysis.prometheus import Measurement, PrometheusProvider, QueryProblem
+from controller.analysis.prometheus import Budget, Measurement, PrometheusProvider, QueryProblem
 from controller.analysis.queries import (
     QueryScope,
     TemplateError,
@@ -35,9 +35,13 @@ from controller.exporter.events import UNLABELLED_VERSION
 from controller.verdict import Outcome, Verdict
 
 STABLE, CANARY = "stable", "canary"
-# One measurement's time for all its queries: the queue worker running it serves every rollout. Past it, each
+# Each metric's time for all its queries: the queue worker running it serves every rollout. It grows with the
+# queries the metric sends (a bake's two per history day: 28 days at a normal speed must fit); past it, each
 # query left is PrometheusTooSlow (an inconclusive verdict) instead of being sent.
-MEASUREMENT_SECONDS = 60.0
+METRIC_BASE_SECONDS = 30.0
+SECONDS_PER_QUERY = 1.0
+# And every metric's together, whatever their number and baselines: what one rollout may hold a worker for.
+MEASUREMENT_MAX_SECONDS = 300.0
 log = logging.getLogger(__name__)
 
 
@@ -54,16 +58,36 @@ class AnalysisRequest:
 
 
 def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest, provider: PrometheusProvider, *,
-                 deadline_seconds: float = MEASUREMENT_SECONDS) -> tuple[Verdict, ...]:
-    """Every metric's verdict, all their queries within `deadline_seconds` (the provider refuses to send one
-    past it: that metric is inconclusive)."""
+                 base_seconds: float = METRIC_BASE_SECONDS, per_query_seconds: float = SECONDS_PER_QUERY,
+                 max_seconds: float = MEASUREMENT_MAX_SECONDS) -> tuple[Verdict, ...]:
+    """Every metric's verdict, each metric's queries within its own budget: `base_seconds` and
+    `per_query_seconds` for each query it sends, and no more than what is left of `max_seconds` for them all (the
+    provider sends none past it: that metric is inconclusive)."""
     window = promql_duration((request.now - request.window_start).total_seconds())
-    earlier = getattr(provider, "deadline", None)  # a test's stand-in may have none
-    provider.deadline = time.monotonic() + deadline_seconds
+    earlier = getattr(provider, "budget", None)  # a test's stand-in may have none
+    verdicts = []
+    ends = time.monotonic() + max_seconds
     try:
-        return tuple(_judge(metric, request, window, provider) for metric in metrics)
+        for metric in metrics:
+            own = base_seconds + per_query_seconds * _planned_queries(metric, request)
+            provider.budget = Budget.starting(max(0.0, min(own, ends - time.monotonic())))
+            verdicts.append(_judge(metric, request, window, provider))
     finally:
-        provider.deadline = earlier
+        provider.budget = earlier
+    return tuple(verdicts)
+
+
+def _planned_queries(metric: MetricSpec, request: AnalysisRequest) -> int:
+    """The queries a metric sends when each answers with a number: its counts, each arm's freshness check and a
+    bake's two per history day (the follow-up for a missing series ends it inconclusive anyway)."""
+    if metric.threshold is not None:
+        return 2
+    return 6 if request.mode == CANARY else 3 + 2 * _history_days(request)
+
+
+def _history_days(request: AnalysisRequest) -> int:
+    """How many past days a bake compares with."""
+    return max(1, int((request.baseline_window or timedelta(days=7)) / timedelta(days=1)))
 
 
 def _scope(request: AnalysisRequest, variant: str, window: str, candidate: bool) -> QueryScope:
@@ -184,7 +208,7 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     fresh, stale = _stale_arm({"current": now}, [spec.events, spec.total], request, provider, queries)
     if stale:
         return _unmeasured(name, stale, queries, _window_evidence(request, window, fresh))
-    days = max(1, int((request.baseline_window or timedelta(days=7)) / timedelta(days=1)))
+    days = _history_days(request)
     # Past windows as long as the bake's, a day apart, would overlap each other and the nearest would reach past
     # promotion into the bake's own: they move by as many whole days as the window spans.
     every = max(1, math.ceil((request.now - request.window_start) / timedelta(days=1)))

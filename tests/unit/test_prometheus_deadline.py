@@ -3,13 +3,17 @@ server that asks for hours (Retry-After), trickles its answer or sends a flood m
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote_plus
 
 import pytest
 
@@ -28,10 +32,12 @@ REQUEST = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NO
 
 
 class Stub:
-    """Answers every POST with `status`, `headers` and `body`, after `delay` seconds; counts the requests."""
+    """Answers every POST with `status`, `headers` and `body` (or routes[a text its query holds]), after `delay`
+    seconds; counts the requests."""
 
     def __init__(self) -> None:
         self.status, self.headers, self.body, self.delay, self.requests = 200, {}, ONE, 0.0, 0
+        self.routes: dict[str, bytes] = {}
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,12 +45,14 @@ class Stub:
                 owner.requests += 1
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 time.sleep(owner.delay)
+                body = next((body for text, body in owner.routes.items() if text in unquote_plus(self.path)),
+                            owner.body)
                 self.send_response(owner.status)
                 for name, value in owner.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(owner.body)))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(owner.body)
+                self.wfile.write(body)
 
             def log_message(self, *_: object) -> None:
                 pass
@@ -138,32 +146,179 @@ def test_a_body_that_breaks_off_is_unreachable_not_an_exception() -> None:
     assert m.problem is QueryProblem.UNREACHABLE, m
 
 
-def test_a_measurement_sends_no_query_past_its_deadline(stub: tuple[Stub, str]) -> None:
-    """Each query is quick, but together they are not: the one in flight at the deadline is cut, the rest are
-    not sent, and no verdict is a pass."""
+def test_a_metric_sends_no_query_past_its_budget(stub: tuple[Stub, str]) -> None:
+    """Each query is quick, but together they are not: the one in flight when the metric's budget runs out is cut,
+    the rest are not sent, the verdict says the budget ran out, and it is not a pass. The next metric has its own."""
     server, url = stub
     server.delay = 0.5
     provider = PrometheusProvider(url, retries=0)
-    first, second = run_analysis([METRIC, METRIC], REQUEST, provider, deadline_seconds=0.8)
+    first, second = run_analysis([METRIC, METRIC], REQUEST, provider, base_seconds=0.8, per_query_seconds=0)
     for verdict in (first, second):
         assert verdict.outcome is Outcome.INCONCLUSIVE, verdict
         assert verdict.evidence["problem"] == "PrometheusTooSlow" and verdict.evidence["failedQuery"], verdict
-    assert "too slow: its answer was still arriving" in first.reason, first.reason
-    assert "too slow: this measurement's time limit passed before the query was sent" in second.reason
-    assert server.requests == 2  # the first metric's first two counts; of twelve queries in all
-    assert provider.deadline is None  # the measurement's limit does not outlive it
+        assert "this metric's measurement budget of 0.8 s ran out after 2 queries, the last still unanswered" in (
+            verdict.reason), verdict.reason
+    assert server.requests == 4  # each metric's first two counts; of twelve queries in all
+    assert provider.budget is None  # a metric's budget does not outlive the measurement
 
 
-def test_a_measurement_deadline_cuts_a_query_in_flight(trickle: str) -> None:
-    """The provider's own limit (3 x 5 s here) is not waited out once the measurement's is over."""
+def test_a_metric_whose_budget_ran_out_says_so(stub: tuple[Stub, str]) -> None:
+    server, url = stub
+    verdicts = run_analysis([METRIC, METRIC], REQUEST, PrometheusProvider(url, retries=0), base_seconds=0,
+                            per_query_seconds=0)
+    assert [v.outcome for v in verdicts] == [Outcome.INCONCLUSIVE] * 2
+    assert all("measurement budget of 0 s ran out after 0 queries, so this query was not sent" in v.reason
+               for v in verdicts), verdicts
+    assert server.requests == 0
+
+
+def test_a_measurement_budget_cuts_a_query_in_flight(trickle: str) -> None:
+    """The provider's own limit (3 x 5 s here) is not waited out once the metric's budget is over."""
     started = time.monotonic()
-    (verdict,) = run_analysis([METRIC], REQUEST, PrometheusProvider(trickle), deadline_seconds=0.5)
+    (verdict,) = run_analysis([METRIC], REQUEST, PrometheusProvider(trickle), base_seconds=0.5, per_query_seconds=0)
     assert time.monotonic() - started < 3, verdict
     assert verdict.outcome is Outcome.INCONCLUSIVE and verdict.evidence["problem"] == "PrometheusTooSlow", verdict
 
 
-def test_every_metric_after_the_deadline_is_inconclusive_at_once(stub: tuple[Stub, str]) -> None:
+def test_a_long_bake_at_a_normal_speed_is_judged_not_too_slow(stub: tuple[Stub, str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 28-day baseline and 4 metrics send 236 queries: at 0.3 s each (a clock moved on by that per query), one
+    60 s budget for them all left the last metrics inconclusive every time. Each metric's budget grows with its
+    queries."""
     server, url = stub
-    verdicts = run_analysis([METRIC, METRIC], REQUEST, PrometheusProvider(url, retries=0), deadline_seconds=0)
-    assert [v.outcome for v in verdicts] == [Outcome.INCONCLUSIVE] * 2
-    assert server.requests == 0
+    server.body = ONE.replace(b'"1"]', b'"10000"]')
+    server.routes['c="nsfw"'] = ONE.replace(b'"1"]', b'"50"]')
+    real = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: real() + 0.3 * server.requests)
+    request = AnalysisRequest("ns", "svc", "bake", NOW - timedelta(hours=6), NOW, baseline_window=timedelta(days=28),
+                              candidate_version="8", baseline_version="7")
+    verdicts = run_analysis([METRIC] * 4, request, PrometheusProvider(url, retries=0))
+    assert [v.outcome for v in verdicts] == [Outcome.PASS] * 4, [v.reason for v in verdicts]
+    assert server.requests == 4 * (3 + 2 * 28)
+
+
+@contextlib.contextmanager
+def raw_server(answer: Callable[[socket.socket], None]) -> Iterator[tuple[str, list[int]]]:
+    """A stand-in that writes what `answer` sends on each connection (it stops once the client hangs up, an
+    OSError); yields its URL and a list holding its count of connections."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = [0]
+
+    def handle(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            answer(conn)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections[0] += 1
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", connections
+    finally:
+        listener.close()
+
+
+def trickled(conn: socket.socket, head: bytes, each: bytes, tail: bytes, seconds: float = 4.0) -> None:
+    """Sends head, then `each` every 0.1 s for `seconds` (no wait for bytes is long), then tail."""
+    conn.sendall(head)
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        conn.sendall(each)
+        time.sleep(0.1)
+    conn.sendall(tail)
+
+
+def slow_headers(conn: socket.socket) -> None:
+    trickled(conn, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: ", b"a",
+             b"\r\nContent-Length: %d\r\n\r\n" % len(ONE) + ONE)
+
+
+def unavailable_trickled(conn: socket.socket) -> None:
+    """A 503 (tried again) whose chunked body urllib3 would drain, without limit, before each retry."""
+    trickled(conn, b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\nx\r\n",
+             b"0\r\n\r\n")
+
+
+def gzip_of_nothing(conn: socket.socket) -> None:
+    """A gzip body of empty deflate blocks: bytes keep coming, but decode to nothing."""
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    trickled(conn, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+             b"Connection: close\r\n\r\n\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff", b"\x00\x00\x00\xff\xff",
+             deflate.compress(ONE) + deflate.flush() + zlib.crc32(ONE).to_bytes(4, "little")
+             + len(ONE).to_bytes(4, "little"))
+
+
+@pytest.mark.parametrize(("answer", "retries"), [(slow_headers, 0), (unavailable_trickled, 2), (gzip_of_nothing, 0)])
+def test_a_query_is_cut_at_its_deadline_wherever_its_answer_is(answer: Callable[[socket.socket], None],
+                                                               retries: int) -> None:
+    """Headers a byte at a time, a retried answer's body, a body that decodes to nothing: all once past the
+    query's deadline (0.3 s per try here), which the message states as it was."""
+    with raw_server(answer) as (url, _):
+        provider = PrometheusProvider(url, timeout_seconds=0.3, retries=retries)
+        started = time.monotonic()
+        m = provider.scalar("x", NOW, check_stale=False)
+        elapsed = time.monotonic() - started
+    assert elapsed < provider.query_seconds + 1, (elapsed, m)
+    assert m.problem is QueryProblem.SLOW, m
+    took = re.search(r"too slow: no whole answer ([\d.]+) s after the query was sent", m.detail)
+    assert took and provider.query_seconds <= float(took.group(1)) < provider.query_seconds + 1, m.detail
+
+
+def test_a_redirect_is_not_followed() -> None:
+    """Prometheus' API never redirects: requests would follow 30, each its own wait."""
+    def redirect(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /api/v1/query\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+
+    with raw_server(redirect) as (url, connections):
+        m = PrometheusProvider(url, retries=2).scalar("x", NOW, check_stale=False)
+    assert m.problem is QueryProblem.UNREACHABLE and "answered with a redirect (HTTP 307)" in m.detail, m
+    assert connections[0] == 1
+
+
+def test_a_query_through_a_proxy_is_cut_at_its_deadline_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """requests makes a proxy's connections elsewhere, and hands the same proxy manager back for the next query."""
+    with raw_server(slow_headers) as (proxy, connections):
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        provider = PrometheusProvider("http://prometheus.invalid:9090", timeout_seconds=0.3, retries=0)
+        started = time.monotonic()
+        answers = [provider.scalar("x", NOW, check_stale=False) for _ in range(2)]
+        elapsed = time.monotonic() - started
+    assert [m.problem for m in answers] == [QueryProblem.SLOW] * 2, answers
+    assert elapsed < 2 and connections[0] == 2, (elapsed, connections)
+
+
+def test_all_metrics_together_stay_within_the_measurement_cap(stub: tuple[Stub, str]) -> None:
+    """However many metrics and however long their baselines, one rollout holds a worker no longer than the cap:
+    the metrics left when it is spent send nothing and are inconclusive, never a pass."""
+    server, url = stub
+    server.delay = 0.3
+    started = time.monotonic()
+    verdicts = run_analysis([METRIC] * 5, REQUEST, PrometheusProvider(url, retries=0), max_seconds=1.0)
+    assert time.monotonic() - started < 2.5
+    assert verdicts[-1].outcome is Outcome.INCONCLUSIVE and "ran out after 0 queries" in verdicts[-1].reason
+    assert all(v.outcome is not Outcome.PASS for v in verdicts[1:]), [v.reason for v in verdicts]
+
+
+def test_a_cut_reaches_every_socket_even_past_one_that_is_no_socket() -> None:
+    """TLS inside TLS (an https proxy to an https Prometheus) hands urllib3's SSLTransport, whose `socket` is the
+    outer one: unwrapped and shut; and nothing the cut raises stops it before the other sockets."""
+    from controller.analysis.prometheus import _shut  # the one place a cut happens
+
+    left, right = socket.socketpair()
+    with left, right:
+        class Transport:  # the shape of urllib3.util.ssltransport.SSLTransport
+            socket = left
+
+        _shut(Transport())
+        assert left.recv(1) == b""  # shut for reading: a reader wakes with end-of-file
+        _shut(object())  # not a socket and nothing to unwrap: no exception escapes

@@ -469,3 +469,22 @@ def test_several_series_are_named_briefly_and_redacted(garbage: Garbage) -> None
     m = PrometheusProvider(garbage.url, retries=0, headers={"Authorization": f"Bearer {TOKEN}"}).scalar("x")
     assert m.problem is QueryProblem.AMBIGUOUS and "3 series returned" in m.detail and "'pod'" in m.detail, m
     assert len(m.detail) < 500 and "'auth': '***'" in m.detail and TOKEN[:12] not in m.detail, m.detail
+
+
+@pytest.mark.parametrize("shape", ["warning", "error"])
+def test_a_credential_echoed_across_the_cut_is_redacted_whole(garbage: Garbage, shape: str) -> None:
+    """Redacted before it is cut: a message cut 12 characters into the echoed credential kept those 12."""
+    host = garbage.url.removeprefix("http://")
+    pair = base64.standard_b64encode(b"ops:Sup3r-Secret-Prometheus-Pa55word").decode()
+    said = "request header Authorization: Basic "
+    echo = "p" * (300 - len(said) - 12) + said + pair
+    assert echo.index(pair) == 300 - 12
+    if shape == "warning":
+        garbage.answer(200, json.dumps({"status": "success", "warnings": [echo],
+                                        "data": {"resultType": "vector", "result": []}}).encode())
+    else:
+        garbage.answer(422, json.dumps({"status": "error", "errorType": "bad_data", "error": echo}).encode())
+    m = PrometheusProvider(f"http://ops:Sup3r-Secret-Prometheus-Pa55word@{host}", retries=0).scalar("x")
+    assert m.problem in (QueryProblem.PARTIAL, QueryProblem.REJECTED) and "request header Authorization" in m.detail, m
+    assert pair[:8] not in m.detail and "Sup3r" not in m.detail, m.detail
+    assert len(m.detail) < 400, m.detail
