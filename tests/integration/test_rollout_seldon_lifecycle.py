@@ -1,5 +1,5 @@
-"""The on-call and failure lifecycle on both Seldon targets: the operator SIGKILLed at every step boundary,
-abort, retry, promote past a `pause: {}`, and a new candidate applied mid-rollout, against the real API server
+"""The on-call and failure lifecycle on both Seldon targets: the operator SIGKILLed at every step boundary
+(but the abort's, whose time to recover is bounded), abort, retry, promote past a `pause: {}`, and a new candidate applied mid-rollout, against the real API server
 with the upstream Seldon CRDs, real MLflow and real model servers (Seldon's controllers played by stand-ins)."""
 
 from __future__ import annotations
@@ -19,12 +19,30 @@ from kubernetes import client, watch
 from controller.devstack.scenario import STABLE_ALIAS, Scenario
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION, load_client_config
 from controller.registry import MlflowRegistry
+from controller.registry.types import (
+    PREVIOUS_VERSION_TAG,
+    PROMOTED_ROLLOUT_TAG,
+    PROMOTED_TIME_TAG,
+    REJECTED_BY_TAG,
+    REJECTED_EVIDENCE_TAG,
+    REJECTED_REASON_TAG,
+    REJECTED_ROLLOUT_TAG,
+    REJECTED_TAG,
+    REJECTED_TIME_TAG,
+)
 from tests.integration.operator_process import OperatorProcess, get_rollout, send_command
 from tests.integration.test_rollout_kserve import apply, start_operator
-from tests.integration.test_rollout_seldon import TARGETS, assert_serving, events, settled
+from tests.integration.test_rollout_kserve_lifecycle import RecordingProxy
+from tests.integration.test_rollout_seldon import TARGETS, assert_serving, events, settled, target_object
 
 pytestmark = pytest.mark.integration
 STEPS = [{"setWeight": 10}, {"pause": {}}, {"setWeight": 50}, {"pause": {"duration": "1s"}}]
+# Spec writes the flow below needs, from the routers in controller/traffic/seldon.py: stage, set_weight and
+# rollback each rewrite the predictor list (v1) or the candidates (v2) once, promote once. Annotations are
+# metadata and the stand-ins write status only (a status subresource), so neither moves metadata.generation,
+# nor does a resend after a kill (the same spec again). Attempt 1: stage, 10%; abort: rollback; retry: stage,
+# 10%; newer candidate: rollback, stage, 10%; promote: 50%, promote. 10 writes after the creation (generation 1).
+SPEC_WRITES = 10
 
 
 def status_of(kubeconfig: Path, scenario: Scenario) -> dict[str, Any]:
@@ -92,20 +110,27 @@ def drive(kubeconfig: Path, tmp_path: Path, scenario: Scenario, operator: Operat
 def test_restarts_abort_retry_new_candidate_and_promote(target_kind: str, kubeconfig: Path, tmp_path: Path,
                                                         seldon_scenario: Any, mlflow_server: Any) -> None:
     scenario: Scenario = seldon_scenario(target_kind, "clean")
+    stable, candidate = scenario.stable_version, scenario.candidate_version
     registry = MlflowRegistry(mlflow_server.url)
+    # The operator reaches MLflow through the proxy, which records every alias move and tag write.
+    proxy = RecordingProxy(mlflow_server.url).start()
+    via_proxy = {"trackingUri": proxy.url}
     operator = start_operator(kubeconfig, tmp_path)
     try:
-        apply(kubeconfig, scenario.rollout(steps=STEPS))
+        apply(kubeconfig, scenario.rollout(steps=STEPS, registry=via_proxy))
         operator, status, kills = drive(kubeconfig, tmp_path, scenario, operator, paused_on_promote(1),
                                         kill_at_boundaries=True)
         assert kills >= 3, kills  # each status change before the pause: a SIGKILL and a fresh operator
         assert status["canaryWeight"] == 10
-        # Nothing was done twice across the restarts: one confirmed record per action, one event per step.
-        assert all(a["state"] == "Confirmed" and a.get("attempts", 1) == 1 for a in status["actions"]), status
+        # Every action confirmed and one event per step; the target's generation and the proxy's record (at the
+        # end) show that no effect was repeated across the restarts.
+        assert all(a["state"] == "Confirmed" for a in status["actions"]), status
         assert Counter(events(status))["WeightChanged"] == 1 and Counter(events(status))["GatePassed"] == 1
 
         abort_id = uuid.uuid4().hex
         send_command(kubeconfig, scenario.namespace, scenario.model_name, "abort", "alice", abort_id)
+        # The abort alone runs without kills: its time to recover is bounded (a kill between the decision and the
+        # traffic move would put an operator start inside it). Every other part of the flow is killed.
         operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, lambda s: s.get("phase") == "RolledBack")
         assert status["rollback"]["actor"] == "alice" and status["rollback"]["timeToRecoverSeconds"] < 2
         settled(kubeconfig, scenario)
@@ -115,27 +140,57 @@ def test_restarts_abort_retry_new_candidate_and_promote(target_kind: str, kubeco
             "modelrollout.rejected"] == "true"
 
         send_command(kubeconfig, scenario.namespace, scenario.model_name, "retry", "bob", uuid.uuid4().hex)
-        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, paused_on_promote(2))
+        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, paused_on_promote(2),
+                                    kill_at_boundaries=True)
 
         # A newer candidate applied while attempt 2 waits at 10%: rolled back, started over with it.
         newer = scenario.add_version("clean")
-        manifest = scenario.rollout(steps=STEPS)
+        manifest = scenario.rollout(steps=STEPS, registry=via_proxy)
         manifest["spec"]["model"]["version"] = newer
         apply(kubeconfig, manifest)
         def on_newer(s: dict[str, Any]) -> bool:
             return paused_on_promote(s.get("attempt") or 0)(s) and (s.get("candidate") or {}).get("version") == newer
 
-        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, on_newer)
+        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, on_newer, kill_at_boundaries=True)
         assert {"SpecChanged", "NewCandidate", "RolledBackForNewCandidate"} <= set(events(status))
 
         promote_id = uuid.uuid4().hex
         send_command(kubeconfig, scenario.namespace, scenario.model_name, "promote", "carol", promote_id)
-        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, lambda s: s.get("phase") == "Succeeded")
+        operator, status, _ = drive(kubeconfig, tmp_path, scenario, operator, lambda s: s.get("phase") == "Succeeded",
+                                    kill_at_boundaries=True)
     finally:
         operator.stop()
+        proxy.stop()
     applied = [h for h in status["history"] if h.get("commandId") in (abort_id, promote_id)]
     assert [(h["event"], h["actor"]) for h in applied if h["event"] == "CommandApplied"] == [
         ("CommandApplied", "alice"), ("CommandApplied", "carol")]
     settled(kubeconfig, scenario)
     assert_serving(kubeconfig, scenario, newer)
     assert registry.verify_alias(scenario.model_name, STABLE_ALIAS) == newer
+
+    # The target took each change once (see SPEC_WRITES).
+    generation = target_object(kubeconfig, scenario)["metadata"]["generation"]
+    assert generation == 1 + SPEC_WRITES, generation
+    # The registry: no alias touched before the promotion (both rollbacks found @stable where it was), then
+    # the stable alias moved once, to the newer version, its previous version recorded beside it.
+    alias_writes = [(method, payload) for method, path, payload in proxy.writes
+                    if path.endswith("registered-models/alias")]
+    assert {(method, w["alias"], w.get("version")) for method, w in alias_writes} == {
+        ("POST", registry.previous_alias(STABLE_ALIAS), stable), ("POST", STABLE_ALIAS, newer)}, alias_writes
+    assert len([w for _, w in alias_writes if w["alias"] == STABLE_ALIAS]) <= 2, alias_writes  # a resend at most
+    # Tags: attempt 1's rejection on the candidate (attempt 2 was superseded, not judged) and the promotion's
+    # record on the newer version; each written with one value only (a resend writes the same again, a
+    # second rejection or promotion would write its own time), and the rejected flag, written last and
+    # checked before a resend, exactly once.
+    tags = proxy.recorded("model-versions/set-tag")
+    values: dict[tuple[str, str], set[str]] = {}
+    for tag in tags:
+        values.setdefault((tag["version"], tag["key"]), set()).add(tag["value"])
+    rejected = {REJECTED_REASON_TAG, REJECTED_EVIDENCE_TAG, REJECTED_ROLLOUT_TAG, REJECTED_BY_TAG, REJECTED_TIME_TAG,
+                REJECTED_TAG}
+    promoted = {PREVIOUS_VERSION_TAG, PROMOTED_ROLLOUT_TAG, PROMOTED_TIME_TAG}
+    assert set(values) == {(candidate, key) for key in rejected} | {(newer, key) for key in promoted}, tags
+    assert all(len(v) == 1 for v in values.values()), values
+    assert values[(newer, PREVIOUS_VERSION_TAG)] == {stable}, values
+    assert len([t for t in tags if t["key"] == REJECTED_TAG]) == 1, tags
+    print(f"\n{target_kind}: generation {generation}; {len(alias_writes)} alias writes, {len(tags)} tag writes")
