@@ -508,6 +508,29 @@ def _unreadable_status(raw: Any, problem: str, generation: int, now: dt.datetime
     return status
 
 
+class _StartGate:
+    """A per-target lock held from a rollout's look at the others until its own start is stored (or the step ends,
+    whichever is first): released once."""
+
+    def __init__(self, lock: asyncio.Lock | None) -> None:
+        self._lock = lock
+        self._held = False
+
+    async def __aenter__(self) -> _StartGate:
+        if self._lock is not None:
+            await self._lock.acquire()
+            self._held = True
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held and self._lock is not None:
+            self._held = False
+            self._lock.release()
+
+
 class RolloutStepper:
     """(observe, decide, act)* on a rollout just read; the caller writes the final status.
 
@@ -531,6 +554,7 @@ class RolloutStepper:
         self.events = events
         self._seen: set[tuple[str, str]] = set()
         self._gates = asyncio.Semaphore(MAX_CONCURRENT_GATES)
+        self._start_locks: dict[tuple[str, str, str], asyncio.Lock] = {}  # per target: see _start_gate
         # Answers no stored decision has read yet, per rollout, with the uid of the object they belong to.
         self._unheard: dict[tuple[str, str], tuple[str, list[ActionFailure], list[str]]] = {}
 
@@ -541,7 +565,6 @@ class RolloutStepper:
 
     async def step(self, obj: dict[str, Any]) -> ReconcileOutcome:
         meta = obj["metadata"]
-        key = (meta["namespace"], meta["name"])
         deleted_at = parse_time(meta["deletionTimestamp"]) if meta.get("deletionTimestamp") else None
         deleting = deleted_at is not None
         held = FINALIZER in (meta.get("finalizers") or ())
@@ -574,9 +597,24 @@ class RolloutStepper:
             return await self._let_go(obj, status, runtime, deleting)
         if self.store is not None and not held and not deleting and holds_deletion(spec, status):
             return await self._hold(obj)
+        # One start at a time per target (the operator runs as one replica): a rollout about to start looks at the
+        # others only once any start before it is stored, and lets the next one look once its own start is.
+        gate_keeper = self._start_gate(obj)
+        async with gate_keeper:
+            return await self._go_on(obj, status, spec, refused, runtime, deleted_at, held, gate_keeper)
+
+    async def _go_on(self, obj: dict[str, Any], status: ModelRolloutStatus, spec: ModelRolloutSpec,
+                     refused: SpecError | None, runtime: RolloutRuntime, deleted_at: dt.datetime | None, held: bool,
+                     gate_keeper: _StartGate) -> ReconcileOutcome:
+        """The step past its spec and finalizer checks: wait for the target, or (observe, decide, act)*."""
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        deleting = deleted_at is not None
         # Another rollout in flight on the same target: wait. Never a deletion's rollback, nor a rollback (or an
-        # abort) of one already in flight: taking its candidate off is never held back.
-        if self.store is not None and not deleting and not (in_flight(obj) and _rollback_asked(obj, status)):
+        # abort) of one already in flight (taking its candidate off is never held back), nor the abort of one
+        # queued with nothing resolved yet (it ends touching nothing).
+        takes_off = _rollback_asked(obj, status) and (in_flight(obj) or status.candidate is None)
+        if self.store is not None and not deleting and not takes_off:
             waiting = await self._wait_for_target(obj, status)
             if waiting is not None:
                 return waiting
@@ -653,9 +691,10 @@ class RolloutStepper:
                 read_stored = True
                 outcome.stored_status = written.get("status") or {}
                 if not started and in_flight(written):
-                    # Its first write in flight is stored: look again before acting. Two rollouts that started at
-                    # once both see the other's start now, and only the first to have started acts.
+                    # Its start is stored: the next rollout of this target may look now. A belt to the start gate's
+                    # braces: looked at again before acting.
                     started = True
+                    gate_keeper.release()
                     if await self._holder(written) is not None:
                         self._seen.discard(key)  # the next step, once the target is free, sends these actions
                         outcome.requeue_after = TARGET_CONFLICT_RECHECK.total_seconds()
@@ -707,6 +746,14 @@ class RolloutStepper:
             recheck = runtime.withdrawal_recheck
             outcome.requeue_after = min(outcome.requeue_after or recheck, recheck)
         return outcome
+
+    def _start_gate(self, obj: dict[str, Any]) -> _StartGate:
+        """The gate a rollout not in flight passes on its way to a start; an open one for everyone else."""
+        claim = target_claim(obj)
+        if self.store is None or claim is None or in_flight(obj):
+            return _StartGate(None)
+        target = (obj["metadata"]["namespace"], claim.kind, claim.name)
+        return _StartGate(self._start_locks.setdefault(target, asyncio.Lock()))
 
     async def _holder(self, obj: dict[str, Any]) -> tuple[TargetClaim, str] | None:
         """obj's target and the rollout in flight on it that obj must wait for (engine/claims.py), or None."""

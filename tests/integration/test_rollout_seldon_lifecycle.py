@@ -1,6 +1,7 @@
 """The on-call and failure lifecycle on both Seldon targets: the operator SIGKILLed at every step boundary
-(but the abort's, whose time to recover is bounded), abort, retry, promote past a `pause: {}`, and a new candidate applied mid-rollout, against the real API server
-with the upstream Seldon CRDs, real MLflow and real model servers (Seldon's controllers played by stand-ins)."""
+(but the abort's, whose time to recover is bounded), abort, retry, promote past a `pause: {}`, and a new
+candidate applied mid-rollout, against the real API server with the upstream Seldon CRDs, real MLflow and real
+model servers (Seldon's controllers played by stand-ins)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -221,3 +222,59 @@ def test_an_abort_of_a_held_rollout_in_flight_is_carried_out(monkeypatch: pytest
     outcome, acted = stepped(monkeypatch, me(status, command=command), Store([FIRST]))
     assert outcome.status["phase"] in ("RollingBack", "RolledBack"), outcome.status["message"]
     assert "TagRejected" in acted  # the abort's own action (the stand-in target shows no canary left to withdraw)
+
+
+class Namespace:
+    """Two rollouts' objects as the API server holds them: list_in sees each one's stored status."""
+
+    def __init__(self, *objs: dict[str, Any]) -> None:
+        self.objs = {o["metadata"]["name"]: o for o in objs}
+
+    def list_in(self, namespace: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for o in self.objs.values()]
+
+    def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        stored = self.objs[obj["metadata"]["name"]]
+        stored["status"] = copy.deepcopy(status)
+        return copy.deepcopy(stored)
+
+
+def test_two_rollouts_starting_at_once_on_one_target_never_both_act(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slower one to observe decided first (its clock is earlier), but stores its start after the other:
+    the start gate makes the second look only once the first's start is stored, so only one acts."""
+    acted: list[str] = []
+
+    def registry(self: RolloutRuntime, status: ModelRolloutStatus | None = None) -> RegistryObservation:
+        if self.name == "slow" and not acted:
+            time.sleep(0.3)
+        return RegistryObservation(candidate=ResolvedVersion("7", source="s3://m/7"),
+                                   stable_alias_version=ResolvedVersion("6", source="s3://m/6"))
+
+    monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
+    monkeypatch.setattr(RolloutRuntime, "observe_target",
+                        lambda self: (TargetObservation(ready=True, stable_version="6"), None))
+    monkeypatch.setattr(RolloutRuntime, "act", lambda self, action, status: acted.append(self.name))
+    slow, fast = me(), me()
+    slow["metadata"].update(name="slow", uid="u-slow")
+    fast["metadata"].update(name="fast", uid="u-fast")
+    namespace = Namespace(slow, fast)
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    stepper.store = namespace  # type: ignore[assignment]
+
+    async def both() -> list[ReconcileOutcome]:
+        return list(await asyncio.gather(stepper.step(copy.deepcopy(slow)), stepper.step(copy.deepcopy(fast))))
+
+    outcomes = asyncio.run(both())
+    assert len(set(acted)) == 1, acted
+    waiting = [o for o in outcomes if "TargetConflict" in [c["reason"] for c in o.status.get("conditions") or ()]]
+    assert len(waiting) == 1
+
+
+def test_a_queued_rollout_can_be_aborted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing resolved yet: the abort ends it, touching nothing, instead of being refused."""
+    command = Command(id="abort-queued", action=CommandAction.ABORT, actor="alice").to_annotation()
+    outcome, acted = stepped(monkeypatch, me(command=command), Store([FIRST]))
+    assert acted == []
+    assert "TargetConflict" not in [c["reason"] for c in outcome.status.get("conditions") or ()]
+    assert [e["event"] for e in outcome.status["history"] if e.get("commandId") == "abort-queued"] != [
+        "CommandIgnored"], outcome.status["history"]
