@@ -9,46 +9,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from seldon_fake import FakeObjectClient
 
-from controller.traffic.base import CandidateModel, ConflictError, TargetNotFound, TargetStateError
-from controller.traffic.kube import SELDON_DEPLOYMENT, SELDON_EXPERIMENT, ObjectClient, Resource
+from controller.traffic.base import CandidateModel, TargetStateError
+from controller.traffic.kube import SELDON_DEPLOYMENT, SELDON_EXPERIMENT
 from controller.traffic.seldon import ANN_MODEL_VERSIONS, SeldonDeploymentRouter, SeldonExperimentRouter
 
 Obj = dict[str, Any]
-
-
-class FakeObjectClient(ObjectClient):
-    """One object in memory; apply merges the spec's top-level fields and replaces the annotations it owns, as
-    server-side apply does for one field manager, and refuses a stale resourceVersion with a 409."""
-
-    def __init__(self, resource: Resource, obj: Obj) -> None:
-        self.resource, self.namespace, self.name, self.field_manager = resource, "ns", "nsfw", "test"
-        obj.setdefault("metadata", {}).update({"name": self.name, "namespace": self.namespace,
-                                               "resourceVersion": "1", "generation": 1})
-        self.obj = obj
-        self.owned: set[str] = set()
-        self.applies: list[Obj] = []
-
-    def get(self) -> Obj:
-        if self.obj is None:
-            raise TargetNotFound("not found")
-        return copy.deepcopy(self.obj)
-
-    def apply(self, body: Obj, force: bool = True) -> Obj:
-        body = copy.deepcopy(body)
-        self.applies.append(body)
-        metadata = self.obj["metadata"]
-        if body["metadata"].get("resourceVersion") not in (None, metadata["resourceVersion"]):
-            raise ConflictError("409")
-        annotations = metadata.setdefault("annotations", {})
-        new = body["metadata"].get("annotations") or {}
-        for key in self.owned - set(new):
-            annotations.pop(key, None)
-        annotations.update(new)
-        self.owned = set(new)
-        self.obj.setdefault("spec", {}).update(body.get("spec") or {})
-        metadata["resourceVersion"] = str(int(metadata["resourceVersion"]) + 1)
-        return copy.deepcopy(self.obj)
 
 
 CANDIDATE_7 = CandidateModel("nsfw", "7", "s3://models/nsfw/7")

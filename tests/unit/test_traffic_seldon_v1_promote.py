@@ -6,9 +6,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from controller.traffic.base import CandidateModel, ConflictError, TargetNotFound
+from seldon_fake import FakeObjectClient
+
+from controller.traffic.base import CandidateModel
 from controller.traffic.kserve import ANN_VERSION, ANN_VERSION_URI
-from controller.traffic.kube import SELDON_DEPLOYMENT, ObjectClient
+from controller.traffic.kube import SELDON_DEPLOYMENT
 from controller.traffic.seldon import SeldonDeploymentRouter, deployment_names, seldon_name
 
 Obj = dict[str, Any]
@@ -18,42 +20,9 @@ CANDIDATE_7 = CandidateModel("m", "7", V7)
 STABLE_6 = CandidateModel("m", "6", V6)
 
 
-class FakeObjectClient(ObjectClient):
-    """One object in memory; apply merges metadata.annotations (as the router's field manager) and spec."""
-
-    def __init__(self, obj: Obj, name: str = "x") -> None:
-        self.resource, self.namespace, self.name, self.field_manager = SELDON_DEPLOYMENT, "ns", name, "mr"
-        obj.setdefault("metadata", {}).update({"name": name, "namespace": "ns"})
-        obj["metadata"].setdefault("resourceVersion", "1")
-        self.obj = obj
-        self.owned: set[str] = set()
-        self.applies: list[Obj] = []
-
-    def get(self) -> Obj:
-        if self.obj is None:
-            raise TargetNotFound("not found")
-        return copy.deepcopy(self.obj)
-
-    def apply(self, body: Obj, force: bool = True) -> Obj:
-        body = copy.deepcopy(body)
-        self.applies.append(body)
-        meta = body["metadata"]
-        if meta.get("resourceVersion") and meta["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
-            raise ConflictError("409")
-        annotations = self.obj["metadata"].setdefault("annotations", {})
-        written = meta.get("annotations") or {}
-        for key in self.owned - set(written):  # server-side apply drops what the manager no longer sends
-            annotations.pop(key, None)
-        annotations.update(written)
-        self.owned = set(written)
-        self.obj.setdefault("spec", {}).update(body.get("spec") or {})
-        self.obj["metadata"]["resourceVersion"] = str(int(self.obj["metadata"]["resourceVersion"]) + 1)
-        return copy.deepcopy(self.obj)
-
-
 def router_on(obj: Obj, name: str = "x") -> tuple[SeldonDeploymentRouter, FakeObjectClient]:
     router = SeldonDeploymentRouter.__new__(SeldonDeploymentRouter)
-    fake = FakeObjectClient(obj, name)
+    fake = FakeObjectClient(SELDON_DEPLOYMENT, obj, name)
     router.client, router.stable_predictor, router.canary_predictor = fake, "main", "canary"
     return router, fake
 
