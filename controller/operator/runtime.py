@@ -518,9 +518,14 @@ class _StartGate:
 
     async def __aenter__(self) -> _StartGate:
         if self._lock is not None:
-            await self._lock.acquire()
+            async with reconcile_slot_lent():  # waiting here must not keep other targets' rollouts from a worker
+                await self._lock.acquire()
             self._held = True
         return self
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     async def __aexit__(self, *_: object) -> None:
         self.release()
@@ -667,6 +672,7 @@ class RolloutStepper:
                 # status is written (by the caller, on a fresh resourceVersion) but none of its actions are
                 # carried out: the next reconcile sends them at once, on a fresh read.
                 self._seen.discard(key)
+                await self._store_start(obj, outcome, stored, gate_keeper)
                 outcome.requeue_after = await self._apply_finalizer(obj, hold=True)
                 return outcome
             if self.store is not None and outcome.status != stored:
@@ -745,7 +751,29 @@ class RolloutStepper:
         if await asyncio.to_thread(runtime.finish_withdrawal, status):
             recheck = runtime.withdrawal_recheck
             outcome.requeue_after = min(outcome.requeue_after or recheck, recheck)
+        await self._store_start(obj, outcome, stored, gate_keeper)
         return outcome
+
+    async def _store_start(self, obj: dict[str, Any], outcome: ReconcileOutcome, stored: dict[str, Any],
+                           gate_keeper: _StartGate) -> None:
+        """A start decided but not stored (no action to write ahead of, or a finalizer first) is stored now, while
+        the start gate is held: the caller's own write comes after the gate opens, when another rollout of the
+        target could look, find no start and start too."""
+        if self.store is None or not gate_keeper.held or outcome.status == stored or not in_flight(
+                {"status": outcome.status}):
+            return
+        decided_on = outcome.stored_status if outcome.stored_status is not None else obj.get("status") or {}
+        try:
+            written = await asyncio.to_thread(apply_decided_status, self.store, obj, outcome.status, decided_on)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            outcome.status, outcome.requeue_after = stored, 0.0  # changed underneath: decide again, nothing stored
+            if outcome.put_back is not None:
+                outcome.put_back()  # the answers that decision read: the next decision reads them
+            return
+        obj["metadata"]["resourceVersion"] = written["metadata"]["resourceVersion"]
+        outcome.stored_status = written.get("status") or {}
 
     def _start_gate(self, obj: dict[str, Any]) -> _StartGate:
         """The gate a rollout not in flight passes on its way to a start; an open one for everyone else."""

@@ -278,3 +278,22 @@ def test_a_queued_rollout_can_be_aborted(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "TargetConflict" not in [c["reason"] for c in outcome.status.get("conditions") or ()]
     assert [e["event"] for e in outcome.status["history"] if e.get("commandId") == "abort-queued"] != [
         "CommandIgnored"], outcome.status["history"]
+
+
+def test_a_start_with_nothing_to_send_yet_is_stored_before_the_gate_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target cannot be read (not synced yet): the start is decided with no action, so nothing was written
+    ahead. It is stored by the step itself, before the next rollout of the target may look."""
+    def registry(self: RolloutRuntime, status: ModelRolloutStatus | None = None) -> RegistryObservation:
+        return RegistryObservation(candidate=ResolvedVersion("7", source="s3://m/7"),
+                                   stable_alias_version=ResolvedVersion("6", source="s3://m/6"))
+
+    monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
+    monkeypatch.setattr(RolloutRuntime, "observe_target", lambda self: (None, None))
+    monkeypatch.setattr(RolloutRuntime, "act", lambda self, action, status: None)
+    b = me()
+    namespace = Namespace(b)
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    stepper.store = namespace  # type: ignore[assignment]
+    outcome = asyncio.run(stepper.step(copy.deepcopy(b)))
+    assert in_flight({"status": outcome.status}), outcome.status
+    assert in_flight(namespace.objs["second"]), "the start was left for the caller to write, after the gate opened"
