@@ -669,9 +669,10 @@ def test_a_second_rollout_on_the_same_inference_service_waits_until_the_first_ha
                                 f"'{name}' is rolling out on InferenceService '{name}' (one rollout at a time per "
                                 "target); this one waits until it ends."), ready
     assert status["phase"] == "Pending" and events(status) == ["TargetConflict"], status
-    rig.command(second, "abort", "alice", "abort-while-waiting")
+    # A command other than abort (which would end it: nothing is resolved yet) is refused while it waits.
+    rig.command(second, "promote", "alice", "promote-while-waiting")
     status = rig.wait(second, lambda s: "CommandIgnored" in events(s), 30, "the refused command")
-    ignored = by_command(status, "abort-while-waiting")
+    ignored = by_command(status, "promote-while-waiting")
     assert [e["event"] for e in ignored] == ["CommandIgnored"], ignored
     assert "waiting for the target" in ignored[0]["detail"], ignored
     detail = next(e["detail"] for e in status["history"] if e["event"] == "TargetConflict")
@@ -766,7 +767,8 @@ def test_target_and_registry_faults(rig: Rig, scenario_factory: Callable[..., Sc
     rig.apply(rollout("missing-target", "absent"))
     rig.apply(rollout("never-ready", "never-ready"))
     rig.apply(rollout("no-registry", "no-registry", tracking_uri=offline.url))
-    rig.apply(rollout("no-such-version", "never-ready", version="999"))
+    # Its own InferenceService (absent too): one in flight on "never-ready" would hold it (one rollout per target).
+    rig.apply(rollout("no-such-version", "no-such-version", version="999"))
 
     # A version that does not exist: Failed at resolve, at once, nothing asked of the target.
     status = rig.wait("no-such-version", phase_in(*TERMINAL), 30)
