@@ -67,7 +67,7 @@ from controller.engine import (
     ignore_command,
     reject_spec,
 )
-from controller.engine.claims import TargetClaim, in_flight, target_claim, target_holder
+from controller.engine.claims import in_flight, target_claim, target_holder
 from controller.engine.decide import COMMAND_REFUSAL_MAX, TARGET_CONFLICT_RECHECK, wait_for_target
 from controller.gate import (
     DatasetSources,
@@ -697,14 +697,8 @@ class RolloutStepper:
                 read_stored = True
                 outcome.stored_status = written.get("status") or {}
                 if not started and in_flight(written):
-                    # Its start is stored: the next rollout of this target may look now. A belt to the start gate's
-                    # braces: looked at again before acting.
                     started = True
-                    gate_keeper.release()
-                    if await self._holder(written) is not None:
-                        self._seen.discard(key)  # the next step, once the target is free, sends these actions
-                        outcome.requeue_after = TARGET_CONFLICT_RECHECK.total_seconds()
-                        return outcome
+                    gate_keeper.release()  # its start is stored: the next rollout of this target may look now
                 if self.events is not None:
                     # Now, not when the reconcile ends: a gate may run for minutes. Beside this round's actions,
                     # not before them: an Events endpoint that hangs must not hold back a rollback. The mark
@@ -783,20 +777,15 @@ class RolloutStepper:
         target = (obj["metadata"]["namespace"], claim.kind, claim.name)
         return _StartGate(self._start_locks.setdefault(target, asyncio.Lock()))
 
-    async def _holder(self, obj: dict[str, Any]) -> tuple[TargetClaim, str] | None:
-        """obj's target and the rollout in flight on it that obj must wait for (engine/claims.py), or None."""
+    async def _wait_for_target(self, obj: dict[str, Any], status: ModelRolloutStatus) -> ReconcileOutcome | None:
+        """The outcome of waiting while another rollout is in flight on obj's target (engine/claims.py), or None:
+        go on."""
         claim = target_claim(obj)
         if claim is None or self.store is None:
             return None
         holder = target_holder(obj, await asyncio.to_thread(self.store.list_in, obj["metadata"]["namespace"]))
-        return None if holder is None else (claim, holder)
-
-    async def _wait_for_target(self, obj: dict[str, Any], status: ModelRolloutStatus) -> ReconcileOutcome | None:
-        """The outcome of waiting while another rollout is in flight on obj's target, or None: go on."""
-        held = await self._holder(obj)
-        if held is None:
+        if holder is None:
             return None
-        claim, holder = held
         now = self.clock()
         decision = wait_for_target(status, claim, holder, int(obj["metadata"].get("generation") or 0), now)
         waiting = refuse_command(obj, decision.status, now, f"waiting for the target: {holder!r} is rolling out on it")

@@ -198,18 +198,6 @@ def test_a_new_rollout_waits_while_another_is_in_flight_on_its_target(monkeypatc
     assert acted and outcome.status.get("startedAt")
 
 
-def test_a_rollout_that_started_at_the_same_time_as_another_looks_again_before_acting(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nobody in flight when it read; by the time its start is stored, another has started first: it acts on
-    nothing, and its next step resends what this one held back."""
-    earlier = rollout("first", "2026-12-01T10:00:00Z", TARGET, phase="Gating", started="2000-01-01T00:00:00Z")
-    store = Store([], [earlier])
-    outcome, acted = stepped(monkeypatch, me(), store)
-    assert store.lists == 2 and len(store.statuses) == 1
-    assert acted == [] and outcome.actions_taken == []
-    assert outcome.status["startedAt"] and store.statuses[0]["startedAt"]  # its start is stored: the other sees it
-
-
 def test_an_abort_of_a_held_rollout_in_flight_is_carried_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two in flight on one target (e.g. from before this rule): the later one is held, but taking its
     candidate off never waits."""
