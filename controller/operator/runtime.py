@@ -508,18 +508,51 @@ def _unreadable_status(raw: Any, problem: str, generation: int, now: dt.datetime
     return status
 
 
+TargetKey = tuple[str, str, str]  # namespace, kind, name
+
+
+class _StartLocks:
+    """One lock per target, kept only while some rollout holds it or waits for it (targets come and go)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[TargetKey, asyncio.Lock] = {}
+        self._users: dict[TargetKey, int] = {}
+
+    def join(self, target: TargetKey) -> asyncio.Lock:
+        self._users[target] = self._users.get(target, 0) + 1
+        return self._locks.setdefault(target, asyncio.Lock())
+
+    def leave(self, target: TargetKey) -> None:
+        self._users[target] -= 1
+        if not self._users[target]:
+            del self._users[target], self._locks[target]
+
+    def release(self, target: TargetKey) -> None:
+        self._locks[target].release()
+        self.leave(target)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class _StartGate:
     """A per-target lock held from a rollout's look at the others until its own start is stored (or the step ends,
     whichever is first): released once."""
 
-    def __init__(self, lock: asyncio.Lock | None) -> None:
-        self._lock = lock
+    def __init__(self, locks: _StartLocks | None = None, target: TargetKey = ("", "", "")) -> None:
+        self._locks = locks
+        self._target = target
         self._held = False
 
     async def __aenter__(self) -> _StartGate:
-        if self._lock is not None:
-            async with reconcile_slot_lent():  # waiting here must not keep other targets' rollouts from a worker
-                await self._lock.acquire()
+        if self._locks is not None:
+            lock = self._locks.join(self._target)
+            try:
+                async with reconcile_slot_lent():  # waiting here must not keep other targets' rollouts from a worker
+                    await lock.acquire()
+            except BaseException:
+                self._locks.leave(self._target)
+                raise
             self._held = True
         return self
 
@@ -531,9 +564,9 @@ class _StartGate:
         self.release()
 
     def release(self) -> None:
-        if self._held and self._lock is not None:
+        if self._held and self._locks is not None:
             self._held = False
-            self._lock.release()
+            self._locks.release(self._target)
 
 
 class RolloutStepper:
@@ -559,7 +592,7 @@ class RolloutStepper:
         self.events = events
         self._seen: set[tuple[str, str]] = set()
         self._gates = asyncio.Semaphore(MAX_CONCURRENT_GATES)
-        self._start_locks: dict[tuple[str, str, str], asyncio.Lock] = {}  # per target: see _start_gate
+        self._start_locks = _StartLocks()  # per target: see _start_gate
         # Answers no stored decision has read yet, per rollout, with the uid of the object they belong to.
         self._unheard: dict[tuple[str, str], tuple[str, list[ActionFailure], list[str]]] = {}
 
@@ -773,9 +806,8 @@ class RolloutStepper:
         """The gate a rollout not in flight passes on its way to a start; an open one for everyone else."""
         claim = target_claim(obj)
         if self.store is None or claim is None or in_flight(obj):
-            return _StartGate(None)
-        target = (obj["metadata"]["namespace"], claim.kind, claim.name)
-        return _StartGate(self._start_locks.setdefault(target, asyncio.Lock()))
+            return _StartGate()
+        return _StartGate(self._start_locks, (obj["metadata"]["namespace"], claim.kind, claim.name))
 
     async def _wait_for_target(self, obj: dict[str, Any], status: ModelRolloutStatus) -> ReconcileOutcome | None:
         """The outcome of waiting while another rollout is in flight on obj's target (engine/claims.py), or None:

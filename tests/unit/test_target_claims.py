@@ -256,6 +256,7 @@ def test_two_rollouts_starting_at_once_on_one_target_never_both_act(monkeypatch:
     assert len(set(acted)) == 1, acted
     waiting = [o for o in outcomes if "TargetConflict" in [c["reason"] for c in o.status.get("conditions") or ()]]
     assert len(waiting) == 1
+    assert len(stepper._start_locks) == 0, "a target's start lock outlives the rollouts that used it"
 
 
 def test_a_queued_rollout_can_be_aborted(monkeypatch: pytest.MonkeyPatch) -> None:
