@@ -349,7 +349,9 @@ class _Exchange:
             raise AnswerTooSlow
 
     def watch(self, connection: Any) -> None:
-        sock = getattr(connection, "sock", None)
+        self.watch_socket(getattr(connection, "sock", None))
+
+    def watch_socket(self, sock: Any) -> None:
         if sock is None:  # not connected yet: watched again once it is
             return
         with self._lock:
@@ -380,6 +382,14 @@ def _shut(sock: Any) -> None:
 
 class _Watched:
     """Mixed into urllib3's connection classes: the current _Exchange learns each connection it uses."""
+
+    def _new_conn(self) -> Any:
+        # The plain socket, as soon as it is connected: a TLS handshake (or a proxy's CONNECT) after it is cut too.
+        # The name lookup before it is bounded only by the resolver's own timeouts.
+        sock = super()._new_conn()  # type: ignore[misc]
+        if (exchange := _EXCHANGE.get()) is not None:
+            exchange.watch_socket(sock)
+        return sock
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]

@@ -271,6 +271,21 @@ def test_a_query_is_cut_at_its_deadline_wherever_its_answer_is(answer: Callable[
     assert took and provider.query_seconds <= float(took.group(1)) < provider.query_seconds + 1, m.detail
 
 
+def test_a_tunnel_through_a_proxy_is_cut_at_the_query_deadline_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An https Prometheus through a proxy: the proxy's answer to CONNECT is read inside connect(), before the
+    connection was watched, and each wait for its bytes was short (it took the whole 4 s trickle)."""
+    with raw_server(slow_headers) as (proxy, _):
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        provider = PrometheusProvider("https://prometheus.invalid:9090", timeout_seconds=0.3, retries=0)
+        started = time.monotonic()
+        m = provider.scalar("x", NOW, check_stale=False)
+        elapsed = time.monotonic() - started
+    assert elapsed < provider.query_seconds + 1, (elapsed, m)
+    assert m.problem is QueryProblem.SLOW, m
+
+
 def test_a_redirect_is_not_followed() -> None:
     """Prometheus' API never redirects: requests would follow 30, each its own wait."""
     def redirect(conn: socket.socket) -> None:
