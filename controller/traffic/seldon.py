@@ -381,6 +381,18 @@ class SeldonDeploymentRouter:
                   if p.get("name") not in (self.stable_predictor, self.canary_predictor) and not p.get("shadow")}
         return {str(name): traffic for name, traffic in others.items() if traffic > 0}
 
+    def _stable_share(self, obj: Obj, doing: str, until_fixed: str) -> int:
+        """Stable's traffic when the canary's goes to it. Not refused beside another predictor (users must get off
+        the candidate, or onto the promoted model): theirs stays, so the non-shadow traffic still sums to 100."""
+        others = self._unmanaged_traffic(obj)
+        if sum(others.values()) > 100:
+            raise TargetStateError(
+                f"cannot {doing} on {self.target}: predictors ModelRollout does not manage carry "
+                f"{sum(others.values())}% traffic (" + ", ".join(f"{n} {t}%" for n, t in others.items())
+                + f"), more than 100, so no split without the canary sums to 100; {until_fixed} until their "
+                "traffic is fixed")
+        return 100 - sum(others.values())
+
     def set_weight(self, percent: int, candidate_version: str | None = None) -> None:
         check_percent(percent)
 
@@ -414,7 +426,9 @@ class SeldonDeploymentRouter:
             # available (observe waits for them); under stable's old names Seldon would roll the pods in place and
             # report the old ones available, read as the new version's.
             stable = copy.deepcopy(self._stable(obj))
-            stable["graph"], stable["traffic"] = copy.deepcopy(canary["graph"]), 100
+            stable["graph"] = copy.deepcopy(canary["graph"])
+            stable["traffic"] = self._stable_share(obj, "promote", f"the canary predictor {self.canary_predictor} "
+                                                   "stays")
             if canary.get("componentSpecs") is not None:
                 stable["componentSpecs"] = copy.deepcopy(canary["componentSpecs"])
             if annotations[ANN_CANDIDATE_VERSION]:
@@ -430,16 +444,8 @@ class SeldonDeploymentRouter:
             if self._find(obj, self.canary_predictor) is None:
                 return None  # nothing staged: stable has all traffic
             stable = copy.deepcopy(self._stable(obj))
-            # Not refused beside another predictor (users must get off the candidate): stable takes the
-            # canary's share and theirs stays, so the non-shadow traffic still sums to 100.
-            others = self._unmanaged_traffic(obj)
-            if sum(others.values()) > 100:
-                raise TargetStateError(
-                    f"cannot roll back on {self.target}: predictors ModelRollout does not manage carry "
-                    f"{sum(others.values())}% traffic (" + ", ".join(f"{n} {t}%" for n, t in others.items())
-                    + "), more than 100, so no split without the canary sums to 100; the canary predictor "
-                    f"{self.canary_predictor} stays until their traffic is fixed")
-            stable["traffic"] = 100 - sum(others.values())
+            stable["traffic"] = self._stable_share(obj, "roll back", f"the canary predictor {self.canary_predictor} "
+                                                   "stays")
             annotations = self._owned(obj)
             annotations[ANN_CANDIDATE_VERSION] = annotations[ANN_CANDIDATE_URI] = None
             return self._body(obj, stable, None, annotations)
@@ -456,7 +462,7 @@ class SeldonDeploymentRouter:
             # Seldon would roll them in place, and the old pods would read as the restored (or, promoted again
             # later under the same names, the next) version's. observe waits for them.
             _version_components(stable, stable_model.version)
-            stable["traffic"] = 100
+            stable["traffic"] = self._stable_share(obj, "restore", "stable keeps the model it serves")
             return self._body(obj, stable, None, {ANN_VERSION: stable_model.version,
                                                   ANN_VERSION_URI: stable_model.storage_uri})
         _apply_with(self.client, build, f"restoring on {self.target}")

@@ -214,3 +214,18 @@ def test_v1_rollback_says_why_when_no_split_can_sum_to_100() -> None:
                                                r"than 100.*canary predictor canary stays"):
         router.rollback()
     assert fake.obj["spec"] == before
+
+
+def test_v1_promote_and_restore_beside_an_unmanaged_predictor_keep_the_sum_at_100() -> None:
+    """A predictor given traffic by hand mid-rollout keeps its share through a promotion and a bake's restore."""
+    router, fake = deployment_router()
+    add_predictor(fake, 50, ab=10)
+    router.promote()
+    assert traffic(fake) == {"main": 90, "ab": 10}
+    router.restore(CandidateModel("nsfw", "6", "s3://models/6"))
+    assert traffic(fake) == {"main": 90, "ab": 10}
+    fake.obj["spec"]["predictors"][1]["traffic"] = 110
+    before = copy.deepcopy(fake.obj["spec"])
+    with pytest.raises(TargetStateError, match=r"cannot restore .* carry 110% traffic \(ab 110%\).*stable keeps"):
+        router.restore(CandidateModel("nsfw", "5", "s3://models/5"))
+    assert fake.obj["spec"] == before
