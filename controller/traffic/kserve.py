@@ -88,8 +88,12 @@ ANN_STABLE_VERSION = ANNOTATION_PREFIX + "stable-version"  # what served all tra
 ANN_STABLE_URI = ANNOTATION_PREFIX + "stable-storage-uri"
 ANN_STABLE_REVISION = ANNOTATION_PREFIX + "stable-revision"  # Knative: latestRolledoutRevision at staging
 ANN_STABLE_PREDICTOR = ANNOTATION_PREFIX + "stable-predictor-name"  # Standard: spec.predictor.name at staging
+# Knative: the candidate's revision (latestCreatedRevision) when a rollback or restore wrote stable's storageUri
+# back. KServe's status.observedGeneration is its Knative Service's counter, not the InferenceService's generation
+# (kserve/kserve#6081), so it can read as caught up while latestCreated/Ready still name that revision.
+ANN_WITHDRAWN_REVISION = ANNOTATION_PREFIX + "withdrawn-revision"
 OWNED_ANNOTATIONS = (ANN_VERSION, ANN_VERSION_URI, ANN_STABLE_VERSION, ANN_STABLE_URI, ANN_STABLE_REVISION,
-                     ANN_STABLE_PREDICTOR)
+                     ANN_STABLE_PREDICTOR, ANN_WITHDRAWN_REVISION)
 
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 KSERVE_CONTAINER = "kserve-container"  # KServe's default model container name
@@ -244,9 +248,12 @@ class KnativeView:
 
     @property
     def unpin_ready(self) -> bool:
-        """Pinned, and the latest revision (the copy of stable) ready to take all traffic once unpinned."""
+        """Pinned, and the latest revision (the copy of stable) ready to take all traffic once unpinned. Known by
+        its name: neither the withdrawn candidate's revision nor stable's, for a status that only looks caught up
+        (observedGeneration, above) still names the candidate's, which would then take all traffic."""
+        not_the_copy = {self.annotations.get(ANN_WITHDRAWN_REVISION), self.annotations.get(ANN_STABLE_REVISION)}
         return (self.pinned and self.synced and _configured(self.obj) and bool(self.latest_created)
-                and self.latest_ready == self.latest_created)
+                and self.latest_created not in not_the_copy and self.latest_ready == self.latest_created)
 
     @property
     def promoted(self) -> bool:
@@ -632,7 +639,7 @@ class KServeRouter:
             annotations = _owned_annotations(v)
             annotations.update({ANN_VERSION: stable.version, ANN_VERSION_URI: stable.storage_uri,
                                 ANN_STABLE_VERSION: stable.version, ANN_STABLE_URI: stable.storage_uri,
-                                ANN_STABLE_REVISION: None})
+                                ANN_STABLE_REVISION: None, ANN_WITHDRAWN_REVISION: None})
             return _knative_body(self.client, v, uri=stable.storage_uri, annotations=annotations, canary_percent=None,
                                  logger_url=_relabelled(v.logger_url, stable.version))
         self._apply_with(build, "restoring")
@@ -723,6 +730,7 @@ class KServeRouter:
                                  canary_percent=0)
         annotations = _owned_annotations(view)
         annotations[ANN_VERSION] = stable.version if stable else view.annotations.get(ANN_STABLE_VERSION)
+        annotations[ANN_WITHDRAWN_REVISION] = view.latest_created or None
         uri = stable.storage_uri if stable else view.stable_uri
         annotations[ANN_VERSION_URI] = uri if annotations[ANN_VERSION] else None
         # The copy of stable reports stable's version, or none when it is not known (a first rollout): never

@@ -175,3 +175,53 @@ def test_a_canary_traffic_percent_another_manager_also_sets_is_not_ours_to_remov
     assert not knative_view(obj, "m").pinned  # our apply without it left it to Argo CD: nothing to wait for
     obj["metadata"]["managedFields"][0]["fieldsV1"] = ctp
     assert knative_view(obj, "m").pinned
+
+
+class LaggingKserve(Kserve):
+    """KServe as it really reports (kserve/kserve#6081): status.observedGeneration is its Knative Service's
+    counter, which a pin moves twice for one InferenceService generation. So once stable's storageUri is
+    written back, the status can read as caught up while KServe has not reconciled that write yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lagging = False
+
+    def get(self) -> Obj:
+        if not self.lagging:
+            return super().get()
+        self.obj["status"]["observedGeneration"] = self.obj["metadata"]["generation"]
+        return copy.deepcopy(self.obj)
+
+    def apply(self, body: Obj, force: bool = True) -> Obj:
+        out = super().apply(body, force)
+        predictor = body["spec"]["predictor"]
+        if predictor["model"]["storageUri"] == V6 and predictor.get("canaryTrafficPercent") == 0:
+            self.lagging = True
+        return out
+
+
+@pytest.mark.parametrize("after_promotion", [False, True], ids=["rollback", "restore"])
+def test_a_status_that_only_looks_caught_up_never_unpins_onto_the_withdrawn_revision(after_promotion: bool) -> None:
+    kserve = LaggingKserve()
+    router = kserve.router()
+    router.stage(CandidateModel("m", "7", V7), stable_version="6")
+    kserve.slow.add("m-predictor-00003")
+    if after_promotion:
+        router.set_weight(100)
+        router.promote()
+    else:
+        router.set_weight(10)
+    kserve.get()
+    withdraw(router, after_promotion)  # the pin, then stable's storageUri: KServe has not reconciled the latter
+    assert kserve.obj["spec"]["predictor"]["model"]["storageUri"] == V6 and kserve.lagging
+    withdraw(router, after_promotion)  # called again while pinned: latestCreated/Ready still name the candidate's
+    assert kserve.obj["spec"]["predictor"].get("canaryTrafficPercent") == 0, "unpinned onto the rejected revision"
+
+    kserve.lagging = False
+    traffic = kserve.get()["status"]["components"]["predictor"]["traffic"]
+    assert [(t["revisionName"], t["percent"]) for t in traffic if t["percent"]] == [("m-predictor-00001", 100)]
+    kserve.slow.clear()
+    withdraw(router, after_promotion)  # the copy of stable is ready: now the pin comes off
+    status = kserve.get()["status"]["components"]["predictor"]
+    assert "canaryTrafficPercent" not in kserve.obj["spec"]["predictor"]
+    assert status["latestRolledoutRevision"] == "m-predictor-00003"
