@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 OTHER_CLASS = "__other__"
 PREDICTIONS_METRIC = "modelrollout_predictions"  # exposed as modelrollout_predictions_total
 INTERNAL_REASON = "Internal"  # an event the exporter failed on for a reason of its own: a bug, not the sender's
+TOO_LARGE_REASON = "TooLarge"
+# A JSON body decodes to about 13x its size in Python objects: one event past this would take the exporter (256Mi)
+# over its limit, and its restart would reset every namespace's counters. A class-rate response is far smaller.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 # A model identity silent this long gives up its place when a bound is reached: well above the longest analysis
 # window, and its history stays in Prometheus (a series that comes back starts from 0, a counter reset).
 MODEL_IDLE_SECONDS = 24 * 3600.0
@@ -68,8 +72,10 @@ class PredictionExporter:
     def __init__(self, options: DecodeOptions | None = None, max_classes: int = 64,
                  max_pending_requests: int = 10_000, pending_seconds: float = 60.0,
                  max_models: int = 200, max_namespaces: int = 100, max_total_models: int = 1_000,
-                 model_idle_seconds: float = MODEL_IDLE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+                 model_idle_seconds: float = MODEL_IDLE_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.options = options or DecodeOptions()
+        self.max_event_bytes = max_event_bytes
         self.metrics = ExporterMetrics()
         # Every bound is per namespace (and namespaces are bounded too): one team's flood of classes or
         # model versions cannot crowd out another team's series. The total stays bounded as well, so the
@@ -102,6 +108,9 @@ class PredictionExporter:
         except Exception as exc:  # one event must never take the exporter down; its message may quote the payload
             reason = INTERNAL_REASON
             log.error("dropped event: unexpected %s", type(exc).__name__)
+        return self._dropped(reason)
+
+    def _dropped(self, reason: str) -> str:
         self.metrics.events.labels("malformed").inc()
         self.metrics.malformed.labels(reason).inc()
         return "malformed"
@@ -234,7 +243,10 @@ class PredictionExporter:
 
     def app(self) -> web.Application:
         async def receive(request: web.Request) -> web.Response:
-            body = await request.read()
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return web.json_response({"outcome": self._dropped(TOO_LARGE_REASON)}, status=413)
             outcome = self.handle(dict(request.headers), body, request.query_string)
             return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
 
@@ -246,7 +258,7 @@ class PredictionExporter:
         async def healthz(_: web.Request) -> web.Response:
             return web.Response(text="ok")
 
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app = web.Application(client_max_size=self.max_event_bytes)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
         app.router.add_post("/{tail:.*}", receive)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tracemalloc
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -306,6 +307,29 @@ def test_a_score_past_any_float_is_answered_as_malformed_over_http() -> None:
 
     assert asyncio.run(post()) == (400, {"outcome": "malformed"})
     assert malformed(exporter, "BadPredictions") == 1
+
+
+def test_an_event_past_the_size_limit_is_dropped_unread_as_too_large() -> None:
+    """A legal-looking 5 MiB event decodes to ~65 MiB of Python objects; at 16 MiB one event took the exporter over
+    its memory limit, and its restart reset every namespace's counters."""
+    exporter = PredictionExporter(NAMES)
+    rows = b"[0.25, 0.75], " * (5 * 1024 * 1024 // 14)
+    big = b'{"predictions": [' + rows + b'[0.25, 0.75]]}'
+
+    async def post() -> tuple[int, dict]:
+        async with TestClient(TestServer(exporter.app(), host="127.0.0.1")) as client:
+            response = await client.post("/?model_version=1", data=big, headers=kserve_headers())
+            return response.status, await response.json()
+
+    tracemalloc.start()
+    try:
+        answer = asyncio.run(post())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert answer == (413, {"outcome": "malformed"})
+    assert malformed(exporter, "TooLarge") == 1
+    assert peak < 32 * 1024 * 1024, peak
 
 
 def test_an_unexpected_failure_costs_one_event_and_logs_no_content(monkeypatch: pytest.MonkeyPatch,
