@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Installs everything the stack and the tests need on a fresh Debian machine: Debian's Prometheus (and openssl,
-# chromium, python3-venv, kubectl when missing), the Python package in .venv, kube-apiserver + etcd built from
-# pinned Go modules, and pinned Helm and kustomize.
+# chromium, python3-venv when missing; kubectl 1.25+ must be there already), the Python package in .venv,
+# kube-apiserver + etcd built from pinned Go modules, and pinned Helm and kustomize.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The tests use `kubectl patch --subresource` (1.24+) and `apply --validate=strict` (1.25+). Not installed from
+# Debian: its kubernetes-client is 1.20. Checked first, before anything is installed.
+kubectl_minor=$(kubectl version --client -o json 2>/dev/null \
+  | python3 -c 'import json, sys; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")))' \
+  2>/dev/null) || kubectl_minor=0
+if [[ ! $kubectl_minor =~ ^[0-9]+$ ]] || ((kubectl_minor < 25)); then
+  echo "error: kubectl 1.25 or newer is needed (found: $(kubectl version --client 2>&1 | head -n1));" \
+    "install it from https://pkgs.k8s.io (Debian's kubernetes-client is too old)" >&2; exit 1
+fi
 
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 # Headless Chromium renders `explain --html` in the tests.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # Debian's own python3 makes virtual environments only with python3-venv.
@@ -38,14 +47,6 @@ if ((${#need_apt[@]})); then
   if [[ " ${need_apt[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
-fi
-# The tests use `kubectl patch --subresource` (1.24+) and `apply --validate=strict` (1.25+); Debian 12's
-# kubernetes-client is 1.20: say so rather than fail later in the tests.
-kubectl_minor=$(kubectl version --client -o json 2>/dev/null \
-  | python3 -c 'import json, sys; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")))' \
-  2>/dev/null) || kubectl_minor=0
-if [[ ! $kubectl_minor =~ ^[0-9]+$ ]] || ((kubectl_minor < 25)); then
-  echo "error: kubectl 1.25 or newer is needed (found: $(kubectl version --client 2>&1 | head -n1))" >&2; exit 1
 fi
 
 # A venv whose creation was cut short has python but no pip: made again, never trusted.

@@ -30,7 +30,8 @@ def _dev_up(args: argparse.Namespace) -> int:
     for key, value in stack.environment().items():
         print(f"export {key}={shlex.quote(value)}")
     timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in stack.timings.items())
-    print(f"# local stack up ({timings}); stop it with: modelrollout dev down", file=sys.stderr)
+    down = "modelrollout dev down" + (f" --state-dir {shlex.quote(str(args.state_dir))}" if args.state_dir else "")
+    print(f"# local stack up ({timings}); stop it with: {down}", file=sys.stderr)
     return 0
 
 

@@ -50,6 +50,8 @@ def test_dev_up_then_kubectl_get_mro_then_dev_down_leaves_nothing(tmp_path: Path
                         timeout=600, check=False)
     try:
         assert up.returncode == 0, up.stderr
+        # The stop command it prints is the one below: without --state-dir it would find no stack to stop.
+        assert f"stop it with: modelrollout dev down --state-dir {shlex.quote(str(state_dir))}\n" in up.stderr
         exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
         assert set(exports) == {"KUBECONFIG", "MLFLOW_TRACKING_URI", "PROMETHEUS_URL"}
         kubeconfig = shlex.split(exports["KUBECONFIG"])[0]
