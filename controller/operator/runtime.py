@@ -474,6 +474,15 @@ def _rollback_asked(obj: Mapping[str, Any], status: ModelRolloutStatus) -> bool:
         and command.action in (CommandAction.ABORT, CommandAction.ROLLBACK))
 
 
+def _nothing_new(obj: Mapping[str, Any], status: ModelRolloutStatus) -> bool:
+    """Ended, its spec seen and no command waiting: it would start nothing, so another rollout in flight on its
+    target is none of its business (a Succeeded rollout kept beside a newer one stays Ready, Healthy in Argo CD)."""
+    command = read_command(obj)
+    return (status.phase in TERMINAL_PHASES
+            and status.observed_generation == int(obj["metadata"].get("generation") or 0)
+            and not (isinstance(command, Command) and command.id not in status.handled_commands))
+
+
 def _status_problem(raw: Any, error: Exception) -> str:
     """Which top-level status field does not read, and the innermost error (a union's says only "matches none")."""
     where, problem = "status", error
@@ -652,7 +661,7 @@ class RolloutStepper:
         # abort) of one already in flight (taking its candidate off is never held back), nor the abort of one
         # queued with nothing resolved yet (it ends touching nothing).
         takes_off = _rollback_asked(obj, status) and (in_flight(obj) or status.candidate is None)
-        if self.store is not None and not deleting and not takes_off:
+        if self.store is not None and not deleting and not takes_off and not _nothing_new(obj, status):
             waiting = await self._wait_for_target(obj, status)
             if waiting is not None:
                 return waiting

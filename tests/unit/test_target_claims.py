@@ -198,6 +198,23 @@ def test_a_new_rollout_waits_while_another_is_in_flight_on_its_target(monkeypatc
     assert acted and outcome.status.get("startedAt")
 
 
+def test_an_ended_rollout_with_nothing_new_is_left_as_it_is_beside_one_in_flight(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Succeeded rollout kept beside the next one: reconciled (every operator restart does) while the next is in
+    flight, it stays Ready (it turned TargetConflict, Degraded in Argo CD). With a new spec it waits."""
+    ready = {"type": "Ready", "status": "True", "reason": "Succeeded", "message": "Promoted version 7",
+             "lastTransitionTime": "2026-12-01T09:30:00Z", "observedGeneration": 1}
+    ended = {"phase": "Succeeded", "observedGeneration": 1, "startedAt": "2026-12-01T09:00:00Z",
+             "completedAt": "2026-12-01T09:30:00Z", "conditions": [ready]}
+    outcome, acted = stepped(monkeypatch, me(ended), Store([FIRST]))
+    assert acted == [] and outcome.status["phase"] == "Succeeded"
+    assert "TargetConflict" not in [c["reason"] for c in outcome.status["conditions"]], outcome.status
+    changed = me(ended)
+    changed["metadata"]["generation"] = 2
+    outcome, acted = stepped(monkeypatch, changed, Store([FIRST]))
+    assert acted == [] and "TargetConflict" in [c["reason"] for c in outcome.status["conditions"]]
+
+
 def test_an_abort_of_a_held_rollout_in_flight_is_carried_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two in flight on one target (e.g. from before this rule): the later one is held, but taking its
     candidate off never waits."""
