@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import yaml
 from kubernetes import client, config
@@ -61,6 +62,29 @@ def no_cluster(exc: BaseException) -> CliError:
     return CliError(f"no cluster: cannot load a kubeconfig ({detail})")
 
 
+def _server() -> str:
+    """The API server's host and port (never the whole URL: it may carry credentials)."""
+    parts = urlsplit(client.Configuration.get_default_copy().host or "")
+    try:
+        return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    except ValueError:  # a port that is no number
+        return str(parts.hostname)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """What finally failed, as kubectl says it ("connection refused"): an OS error's own text, else the type's name.
+    Never the exception's message, which quotes the URL."""
+    for _ in range(10):
+        reason = getattr(exc, "reason", None)
+        inner = reason if isinstance(reason, BaseException) else exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return type(exc).__name__
+
+
 class OnCall:
     def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO | None = None) -> None:
         try:
@@ -86,7 +110,7 @@ class OnCall:
                 raise CliError(f"{what}: no permission ({reason})") from None
             raise CliError(f"{what}: the API server answered HTTP {exc.status}: {_api_message(exc)}") from None
         except (Urllib3Error, OSError) as exc:
-            raise CliError(f"no cluster: cannot reach the API server ({type(exc).__name__})") from None
+            raise CliError(f"no cluster: cannot reach the API server at {_server()} ({_root_cause(exc)})") from None
 
     def get(self, name: str) -> dict[str, Any]:
         what = f"ModelRollout {self.namespace}/{name}"

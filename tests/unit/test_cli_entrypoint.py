@@ -98,6 +98,21 @@ def test_a_broken_kubeconfig_is_one_line_without_its_content(tmp_path: Path, kub
         assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
 
 
+def test_an_unreachable_api_server_is_named_with_the_cause(tmp_path: Path) -> None:
+    """As kubectl says it: which server, and why (a type name such as MaxRetryError told neither)."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+    path = tmp_path / "config"
+    path.write_text(f"apiVersion: v1\nclusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
+                    "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n"
+                    "users: [{name: u, user: {token: s3cret-token}}]\n")
+    result = subprocess.run([sys.executable, "-m", "controller.cli.main", "list", "--kubeconfig", str(path)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (f"error: no cluster: cannot reach the API server at 127.0.0.1:{port} "
+                                     "(connection refused)"), result.stderr
+
+
 def test_operator_run_without_any_kubeconfig_exits_instead_of_retrying(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "controller.cli.main", "operator", "run", "--metrics-port", "-1",
                              "--kubeconfig", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60,
