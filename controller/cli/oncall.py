@@ -46,6 +46,9 @@ class Style:
         code = PHASE_COLOURS.get(phase)
         return f"\033[{code}m{phase}\033[0m" if self.enabled and code else phase
 
+    def warn(self, words: str) -> str:
+        return f"\033[33m{words}\033[0m" if self.enabled else words
+
     def outcome(self, outcome: str) -> str:
         if not self.enabled:
             return outcome
@@ -60,6 +63,20 @@ def no_cluster(exc: BaseException) -> CliError:
     # A YAML or base64 error may quote the file (a token in it): only its type is shown.
     detail = str(exc) if isinstance(exc, config.ConfigException | OSError) else type(exc).__name__
     return CliError(f"no cluster: cannot load a kubeconfig ({detail})")
+
+
+def _not_current(obj: dict[str, Any]) -> str | None:
+    """Why the status may not describe the spec as it is now (a well_formed object), or None."""
+    status = obj.get("status") or {}
+    generation = obj["metadata"].get("generation")
+    observed = status.get("observedGeneration")
+    if not status.get("phase") and observed is None and not status.get("history"):
+        return (f"no status yet: the operator has not taken this rollout (is it running, and watching namespace "
+                f"{obj['metadata']['namespace']}?)")
+    if isinstance(generation, int) and isinstance(observed, int) and observed < generation:
+        return (f"this status is for generation {observed} of the spec; the operator has not acted on the current "
+                f"one ({generation}) yet")
+    return None
 
 
 def _server() -> str:
@@ -202,6 +219,8 @@ class OnCall:
                                                       "(spec.rollback.revertOnDeletion)" if held else ""),
                   file=self.out)
         print(f"Message:    {status.get('message', '')}", file=self.out)
+        if note := _not_current(obj):
+            print(f"Note:       {s.warn(note)}", file=self.out)
         print(f"Step:       {_step(obj)}", file=self.out)
         print(f"Weight:     {_percent(status.get('canaryWeight'))} (set by the last step: {_set_weight(spec, status)})",
               file=self.out)
@@ -231,6 +250,8 @@ class OnCall:
 
     def print_history(self, obj: dict[str, Any]) -> None:
         obj = well_formed(printable(obj))
+        if not obj["status"]["history"]:
+            print(f"no history yet{'; ' + note if (note := _not_current(obj)) else ''}", file=self.out)
         for entry in obj["status"]["history"]:
             print(f"{entry['time']}  {entry['event']:<18} {entry.get('actor', ''):<24} {entry['detail']}",
                   file=self.out)
@@ -241,6 +262,8 @@ class OnCall:
         name = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
         phase = text(status.get("phase"), "Pending")
         lines = [f"{name} is {phase}: {text(status.get('message'))}"]
+        if note := _not_current(obj):
+            lines.append(note[:1].upper() + note[1:] + ".")
         candidate = _version(status, "candidate")
         stable = _version(status, "stable")
         if candidate:

@@ -200,3 +200,26 @@ def test_an_alias_left_where_a_human_moved_it_is_told_as_such(oncall: OnCall) ->
     text = oncall.explain(wrapped(world))
     assert "@production was left on version 5, where it was moved outside this rollout" in text
     assert "confirmed on version 6" not in text and "Traffic is back on version 6" in text
+
+
+def test_a_status_for_an_older_spec_or_none_at_all_says_so(oncall: OnCall) -> None:
+    """The operator down or behind: the views must not pass an old outcome, or no status, off as the current one."""
+    behind = {"metadata": {"name": "r", "namespace": "ns", "generation": 2}, "spec": {"model": {"name": "m"}},
+              "status": {"phase": "RolledBack", "observedGeneration": 1, "message": "rolled back version 7",
+                         "history": [{"time": "t", "event": "RolledBack", "detail": "d"}]}}
+    oncall.print_rollout(behind)
+    assert ("Note:       this status is for generation 1 of the spec; the operator has not acted on the current one "
+            "(2) yet") in oncall.out.getvalue()
+    assert oncall.explain(behind).splitlines()[1].startswith("This status is for generation 1")
+    fresh = {"metadata": {"name": "r", "namespace": "ns", "generation": 1}, "spec": {"model": {"name": "m"}}}
+    oncall.out = io.StringIO()
+    oncall.print_rollout(fresh)
+    oncall.print_history(fresh)
+    shown = oncall.out.getvalue()
+    assert "Note:       no status yet: the operator has not taken this rollout (is it running, and watching " \
+           "namespace ns?)" in shown
+    assert "no history yet; no status yet" in shown
+    current = {**behind, "status": {**behind["status"], "observedGeneration": 2}}
+    oncall.out = io.StringIO()
+    oncall.print_rollout(current)
+    assert "Note:" not in oncall.out.getvalue()
