@@ -212,6 +212,10 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set-json", 'controller.datasetHttpsHosts=["data.example.com:443"]'), "/controller/datasetHttpsHosts/0"),
     (("--set-json", 'controller.datasetHttpsHosts=["a.example.com,b.example.com"]'),
      "/controller/datasetHttpsHosts/0"),
+    # The exporter takes the class names as one comma-separated list, split and stripped: each name must survive.
+    (("--set-json", 'exporter.classNames=["safe","violence,gore","nsfw"]'), "/exporter/classNames/1"),
+    (("--set-json", 'exporter.classNames=["safe"," ","nsfw"]'), "/exporter/classNames/1"),
+    (("--set-json", 'exporter.classNames=["safe ","nsfw"]'), "/exporter/classNames/0"),
     (("--set", "commandPolicy.argocdApplicationController=argocd-application-controller"),
      "/commandPolicy/argocdApplicationController"),
     # Object names are <base>-<suffix>: a longer base would make <base>-controller-metrics no Service name.
