@@ -66,6 +66,9 @@ REFUSED: list[tuple[str, Callable[[Spec], None], str]] = [
     ("version-zero", _set("model", "version", value="0"), "spec.model.version"),
     ("alias-with-a-dot", _set("model", value={"name": "m", "alias": "champion.v2"}), "spec.model.alias"),
     ("alias-too-long", _set("model", value={"name": "m", "alias": "a" * 256}), "spec.model.alias"),
+    ("alias-is-the-default-stable", _set("model", value={"name": "m", "alias": "production"}), "spec.model.alias"),
+    ("alias-is-the-previous-alias", _set("model", value={"name": "m", "stableAlias": "gold",
+                                                         "alias": "gold-previous"}), "spec.model.alias"),
     ("stable-alias-with-a-space", _set("model", "stableAlias", value="prod uction"), "spec.model.stableAlias"),
     # the target and the Secret are always in the rollout's namespace: a namespace would be ignored silently.
     ("target-namespace", _set("target", "kserve", "namespace", value="other"), "spec.target.kserve.namespace"),
