@@ -52,6 +52,14 @@ _V2_PATH = re.compile(r"^(?P<base>.*)/v2/models/(?P<model>[^/]+)(/versions/(?P<v
 # fraction's (which follow a "."), the only way to write an integer beyond 64 bits.
 _DIGIT_MASK = bytes(0x30 if 0x30 <= byte <= 0x39 else byte if byte == 0x2E else 0x20 for byte in range(256))
 _LONG_INTEGER = b" " + b"0" * 19
+# An answer may be no larger than its batch can need, so a server cannot make the operator decode tens of MiB of
+# numbers. Measured: a 1000-class probability vector per sample is ~23 KB in V1 or V2 (json.dumps, full-precision
+# floats); the longest float is 24 characters, 26 with ", ". Each sample gets 32 KiB, or 32 bytes a class for
+# models with more outputs, and each answer 64 KiB more for its envelope (V2's names, ids, parameters).
+SAMPLE_RESPONSE_BYTES = 32 * 1024
+_CLASS_RESPONSE_BYTES = 32
+_ENVELOPE_RESPONSE_BYTES = 64 * 1024
+_TOO_LARGE = "response too large"
 
 
 class InferenceProtocol(StrEnum):
@@ -124,7 +132,8 @@ class InvalidResponse(ValueError):
 class InferenceClient:
     def __init__(self, endpoint: InferenceEndpoint, session: aiohttp.ClientSession, classes: Sequence[str], *,
                  concurrency: int = 4, timeout_seconds: float = 30.0, retries: int = 2,
-                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_response_bytes: int = 64 * 1024 * 1024,
+                 max_response_bytes_per_sample: int = SAMPLE_RESPONSE_BYTES) -> None:
         self.endpoint = endpoint
         self.session = session
         self.url = endpoint.predict_url
@@ -138,7 +147,8 @@ class InferenceClient:
         self._limit = asyncio.Semaphore(max(1, concurrency))
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._retries = max(0, retries)
-        self._max_bytes = max_response_bytes
+        self._max_bytes = max_response_bytes  # the ceiling, whatever the batch
+        self._sample_bytes = max(max_response_bytes_per_sample, _CLASS_RESPONSE_BYTES * len(self.output_classes))
         self._headers = {"Content-Type": "application/json", **endpoint.headers}
 
     def encode(self, features: np.ndarray) -> bytes:
@@ -157,14 +167,21 @@ class InferenceClient:
         endpoint = self.endpoint
         return endpoint.protocol, endpoint.input_name, endpoint.datatype
 
+    def response_cap(self, count: int) -> int:
+        """The most bytes an answer for `count` samples may have: refused beyond, before it is decoded."""
+        return min(self._max_bytes, _ENVELOPE_RESPONSE_BYTES + count * self._sample_bytes)
+
     async def predict(self, features: np.ndarray, body: bytes | None = None) -> BatchAnswer:
         count = int(features.shape[0])
         if body is None:
             body = self.encode(features)
+        cap = self.response_cap(count)
         async with self._limit:
-            failure, unavailable, payload = await self._post(body)
+            failure, unavailable, payload = await self._post(body, cap)
         if failure is not None:
-            return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=failure, unavailable=unavailable)
+            detail = f"over the {cap:,} bytes allowed for {count} samples" if failure == _TOO_LARGE else ""
+            return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=failure, unavailable=unavailable,
+                               detail=detail)
         try:
             document = decode_json(payload)
         except (ValueError, RecursionError):  # RecursionError: nested too deep for the standard library
@@ -184,8 +201,9 @@ class InferenceClient:
     def _failed(count: int, reason: str, detail: str = "") -> BatchAnswer:
         return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=reason, detail=detail)
 
-    async def _post(self, body: bytes) -> tuple[str | None, bool, bytes]:
-        """POST with limited retries on transient trouble; (failure reason, unavailable?, response body)."""
+    async def _post(self, body: bytes, cap: int) -> tuple[str | None, bool, bytes]:
+        """POST with limited retries on transient trouble; (failure reason, unavailable?, response body).
+        An answer over cap bytes is refused unread, or as soon as its stream passes cap."""
         failure = "unavailable"
         for attempt in range(self._retries + 1):
             if attempt:
@@ -204,11 +222,11 @@ class InferenceClient:
                     if response.status != 200:
                         await response.release()
                         return f"HTTP {response.status}", False, b""
-                    if response.content_length is not None and response.content_length > self._max_bytes:
-                        return "response too large", False, b""
-                    payload = await self._read_capped(response)
+                    if response.content_length is not None and response.content_length > cap:
+                        return _TOO_LARGE, False, b""
+                    payload = await self._read_capped(response, cap)
                     if payload is None:
-                        return "response too large", False, b""
+                        return _TOO_LARGE, False, b""
                     return None, False, payload
             except TimeoutError:
                 failure = "unavailable: timeout"
@@ -220,12 +238,13 @@ class InferenceClient:
                 return f"unusable URL ({type(exc).__name__})", False, b""
         return failure, True, b""
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes | None:
+    @staticmethod
+    async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes | None:
         chunks = []
         size = 0
         async for chunk in response.content.iter_any():
             size += len(chunk)
-            if size > self._max_bytes:
+            if size > cap:
                 return None
             chunks.append(chunk)
         return b"".join(chunks)

@@ -31,7 +31,7 @@ import aiohttp
 import numpy as np
 
 from controller.api.spec import ClassThresholds, GoldenDatasetSpec, GoldenThresholds
-from controller.gate.clients import BatchAnswer, InferenceClient, InferenceEndpoint
+from controller.gate.clients import SAMPLE_RESPONSE_BYTES, BatchAnswer, InferenceClient, InferenceEndpoint
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError
 from controller.gate.formats import MAX_PROBLEM_EXAMPLES, Batch, DatasetFormatError, open_dataset, sha256_file
 from controller.gate.judge import GateTally, JudgeSettings, ResponseTally, judge, pct
@@ -53,6 +53,9 @@ class GateOptions:
     retries: int = 2  # per batch, for connection errors, timeouts, 429/502/503/504
     gate_timeout_seconds: float = 1800.0
     max_response_bytes: int = 64 * 1024 * 1024
+    # A batch's answer may be 64 KiB plus this much a sample (enough for 1000 classes' scores; more for models
+    # with more output classes), never more than max_response_bytes.
+    max_response_bytes_per_sample: int = SAMPLE_RESPONSE_BYTES
     # Stop sending after this many batches in a row found an endpoint unreachable: it is down.
     max_consecutive_unavailable: int = 20
     class_names: tuple[str, ...] | None = None  # only for datasets that declare no class list
@@ -281,7 +284,8 @@ class _Evaluation:
         options = self.options
         return InferenceClient(endpoint, session, self.classes, concurrency=options.concurrency,
                                timeout_seconds=options.request_timeout_seconds, retries=options.retries,
-                               max_response_bytes=options.max_response_bytes)
+                               max_response_bytes=options.max_response_bytes,
+                               max_response_bytes_per_sample=options.max_response_bytes_per_sample)
 
     async def _pump(self, batches: Iterator[Batch], clients: list[InferenceClient]) -> None:
         in_flight: set[asyncio.Task[None]] = set()

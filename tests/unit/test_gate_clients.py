@@ -183,7 +183,7 @@ def test_the_model_servers_refusal_of_the_golden_input_is_its_answer(status: int
      "wrong prediction count"),
     ("v2", {"outputs": [{"name": "p", "shape": [4, 3, 1], "datatype": "FP32", "data": [0.1] * 12}]}, "bad output"),
     ("v2", {"outputs": [{"name": "p", "shape": "4", "data": []}]}, "bad output"),
-    ("v1", "[" * 100_000 + "]" * 100_000, "not JSON"),  # too deep for any parser: a reason, not a crash
+    ("v1", "[" * 50_000 + "]" * 50_000, "not JSON"),  # too deep for any parser, under the cap: a reason, not a crash
     # read as the standard library reads it: an integer (a count that does not match), not a float
     ("v2", '{"outputs": [{"name": "p", "shape": [123456789012345678901234567890], "data": []}]}',
      "wrong prediction count"),
