@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import ast
-import contextlib
-import contextvars
-import functools
 import json
 import math
 import re
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +16,12 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
-from requests.adapters import HTTPAdapter
-from urllib3 import PoolManager
 from urllib3.exceptions import HTTPError, LocationValueError
 from urllib3.util.retry import Retry
 
+from controller.http_deadline import AnswerTooSlow, Exchange, WatchedAdapter
 from controller.redaction import redact_credentials
-from controller.registry.mlflow_rest import AnswerTooLarge, AnswerTooSlow, bounded_text
+from controller.registry.mlflow_rest import AnswerTooLarge, bounded_text
 
 # An instant query that finds nothing is asked again over this much history: data there means the series
 # went stale (its source stopped reporting), none means nothing was ever counted.
@@ -120,7 +114,7 @@ class PrometheusProvider:
                         for token in (value, value.partition(" ")[2]) if token]
         self.timeout_seconds, self.retries = timeout_seconds, retries
         # requests' timeout bounds each wait for bytes only: a query's tries, from sending to the body read and
-        # decoded, are cut at this in all (_Exchange).
+        # decoded, are cut at this in all (Exchange).
         self.query_seconds = timeout_seconds * (1 + retries)
         self.budget: Budget | None = None  # the current metric's (the runner's)
         self._read_by = math.inf  # the current query's deadline, for the body reader
@@ -135,7 +129,7 @@ class PrometheusProvider:
         session.hooks["response"].extend([_refuse_redirect, self._read_body, _require_success])
         self._client = PrometheusConnect(url=address.rstrip("/"), headers=headers, retry=no_retry,
                                          timeout=timeout_seconds, method="POST", session=session)
-        adapter = _WatchedAdapter(max_retries=no_retry)
+        adapter = WatchedAdapter(max_retries=no_retry)
         for prefix in list(session.adapters):  # the library's, for its URL, and requests' own
             session.mount(prefix, adapter)
 
@@ -260,7 +254,7 @@ class PrometheusProvider:
                     break  # no time for another try: the last one's problem stands
                 time.sleep(pause)
             try:
-                with _Exchange(self._read_by - time.monotonic()):
+                with Exchange(self._read_by - time.monotonic()):
                     return send()
             except AnswerTooSlow:
                 elapsed = time.monotonic() - started
@@ -313,119 +307,6 @@ class PrometheusProvider:
                 return problem(QueryProblem.MALFORMED, f"{self.address} answered JSON without data.result "
                                                        f"({type(exc).__name__})")
         return failed
-
-
-# The query try under way in this thread: its connections are the ones its timer may cut.
-_EXCHANGE: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar("prometheus_exchange", default=None)
-
-
-class _Exchange:
-    """One query try, from sending to its body read and decoded, cut when `seconds` are up: a timer shuts its
-    connections' sockets down, wherever the reading is (headers trickled a byte at a time, a decompressor fed
-    bytes that decode to nothing), which requests' timeout (each wait for bytes only) never does. Leaving the
-    block once cut raises AnswerTooSlow, whatever the cut connection raised or returned."""
-
-    def __init__(self, seconds: float) -> None:
-        self._lock = threading.Lock()
-        # The sockets, not their connections: http.client hands a closing answer's socket to the response.
-        self._sockets: list[socket.socket] = []
-        self._expired = self._done = False
-        self._timer = threading.Timer(max(0.0, seconds), self._expire)
-        self._timer.daemon = True
-        self._token: contextvars.Token[_Exchange | None] | None = None
-
-    def __enter__(self) -> _Exchange:
-        self._token = _EXCHANGE.set(self)
-        self._timer.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._timer.cancel()
-        with self._lock:
-            self._done = True  # a timer firing now cuts nothing
-        if self._token is not None:
-            _EXCHANGE.reset(self._token)
-        if self._expired:
-            raise AnswerTooSlow
-
-    def watch(self, connection: Any) -> None:
-        self.watch_socket(getattr(connection, "sock", None))
-
-    def watch_socket(self, sock: Any) -> None:
-        if sock is None:  # not connected yet: watched again once it is
-            return
-        with self._lock:
-            if sock not in self._sockets:
-                self._sockets.append(sock)
-            if self._expired:  # its time ran out while it connected
-                _shut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._expired = True
-            for sock in self._sockets:
-                _shut(sock)
-
-
-def _shut(sock: Any) -> None:
-    """Ends a socket's reads and writes at once, from another thread (closing would not wake a read)."""
-    # TLS inside TLS (an https proxy to an https Prometheus): urllib3's SSLTransport wraps the outer socket.
-    while not isinstance(sock, socket.socket) and hasattr(sock, "socket"):
-        sock = sock.socket
-    # The plain socket's: SSLSocket.shutdown would first drop its TLS object under the reading thread. Nothing
-    # may escape: the timer thread must go on to cut the exchange's other sockets.
-    with contextlib.suppress(Exception):  # already closed, or no socket at all
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-class _Watched:
-    """Mixed into urllib3's connection classes: the current _Exchange learns each connection it uses."""
-
-    def _new_conn(self) -> Any:
-        # The plain socket, as soon as it is connected: a TLS handshake (or a proxy's CONNECT) after it is cut too.
-        # The name lookup before it is bounded only by the resolver's own timeouts.
-        sock = super()._new_conn()  # type: ignore[misc]
-        if (exchange := _EXCHANGE.get()) is not None:
-            exchange.watch_socket(sock)
-        return sock
-
-    def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
-        if (exchange := _EXCHANGE.get()) is not None:
-            exchange.watch(self)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        if (exchange := _EXCHANGE.get()) is not None:  # a kept-alive connection is not connected again
-            exchange.watch(self)
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
-
-@functools.cache
-def _watched_pool(pool: type) -> type:
-    """`pool` (a urllib3 connection pool class), its connections _Watched."""
-    connection = type(f"Watched{pool.ConnectionCls.__name__}", (_Watched, pool.ConnectionCls), {})
-    return type(f"Watched{pool.__name__}", (pool,), {"ConnectionCls": connection})
-
-
-class _WatchedAdapter(HTTPAdapter):
-    """requests' adapter whose connections, direct or through a proxy, a query's _Exchange can cut."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        _watch_pools(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        _watch_pools(manager)
-        return manager
-
-
-def _watch_pools(manager: PoolManager) -> None:
-    manager.pool_classes_by_scheme = {  # requests hands back the proxy manager it made before: watched already
-        scheme: pool if issubclass(pool.ConnectionCls, _Watched) else _watched_pool(pool)
-        for scheme, pool in manager.pool_classes_by_scheme.items()}
 
 
 class Redirected(Exception):

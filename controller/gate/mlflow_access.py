@@ -12,12 +12,13 @@ these credentials (s3:, gs:, file:) is refused with a message that says so.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
@@ -26,6 +27,7 @@ import requests
 import urllib3
 
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
+from controller.http_deadline import Exchange
 from controller.redaction import redact_credentials
 from controller.registry.mlflow_rest import (
     MAX_ANSWER_BYTES,
@@ -34,6 +36,7 @@ from controller.registry.mlflow_rest import (
     body_chunks,
     bounded_text,
     json_type,
+    mlflow_request,
     transport_cause,
 )
 
@@ -46,6 +49,7 @@ _MAX_SERVER_TEXT_CHARS = 300
 _LOGGED_MODEL_URI = re.compile(r"^models:/(m-[0-9a-f]+)/?(.*)$")
 # What reading a body may raise once the headers are in: the server broke off, reset or stalled.
 _BODY_FAILURES = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+_BACKOFF_JITTER_SECONDS = 1.0  # mlflow's default, added at random to each backoff sleep
 
 
 @dataclass(frozen=True)
@@ -107,14 +111,24 @@ class MlflowRest:
             raise SourceError(ErrorKind.UNAVAILABLE, f"MLflow {what}: the answer broke off: "
                               f"{transport_cause(exc, self.access.timeout_seconds)}") from None
 
+    @contextlib.contextmanager
+    def _within(self, seconds: float, too_slow: str) -> Iterator[None]:
+        """Cuts the requests and reads inside at `seconds` (requests' timeout bounds each wait for bytes only: a
+        server trickling its headers would hold a gate slot for ever): SourceError UNAVAILABLE `too_slow`."""
+        try:
+            with Exchange(seconds):
+                yield
+        except AnswerTooSlow:
+            raise SourceError(ErrorKind.UNAVAILABLE, too_slow) from None
+
     def _request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+        """Run inside _within: it bounds the call as a whole."""
         from mlflow.exceptions import MlflowException
-        from mlflow.utils.rest_utils import http_request
 
         try:
-            return http_request(self.access.host_creds(), endpoint, method, max_retries=self.access.max_retries,
-                                backoff_factor=1, timeout=self.access.timeout_seconds, raise_on_status=False,
-                                **kwargs)
+            return mlflow_request(self.access.host_creds(), endpoint, method, max_retries=self.access.max_retries,
+                                  backoff_factor=1, backoff_jitter=_BACKOFF_JITTER_SECONDS,
+                                  timeout=self.access.timeout_seconds, **kwargs)
         except MlflowException as exc:
             # Connection refused, DNS failure, timeout, or retries used up: all "try again later".
             raise SourceError(ErrorKind.UNAVAILABLE,
@@ -130,8 +144,10 @@ class MlflowRest:
             kwargs["json"] = dict(body)
         deadline = time.monotonic() + self._call_seconds()
         # Streamed and read bounded: the tracking URI is the tenant's, and so is what answers it.
-        response = self._request(method, endpoint, stream=True, **kwargs)
-        text = self._read_answer(response, deadline, f"{method} {endpoint}")
+        with self._within(self._call_seconds(), f"MLflow {method} {endpoint}: the answer took over "
+                                                f"{self._call_seconds():g}s"):
+            response = self._request(method, endpoint, stream=True, **kwargs)
+            text = self._read_answer(response, deadline, f"{method} {endpoint}")
         if response.status_code != 200:
             raise SourceError(kind_for_http_status(response.status_code), f"MLflow {method} {endpoint}: "
                               f"HTTP {response.status_code}: {_error_text(text, response.reason, self.access)}")
@@ -152,8 +168,9 @@ class MlflowRest:
                                f"{transport_cause(exc, self.access.timeout_seconds)}")
 
         started = time.monotonic()
-        response = self._request("GET", endpoint, stream=True)
-        with response:
+        took_too_long = f"MLflow GET {endpoint}: the download took over {self.access.download_timeout_seconds:g}s"
+        with self._within(self.access.download_timeout_seconds, took_too_long), \
+                self._request("GET", endpoint, stream=True) as response:
             if response.status_code != 200:
                 text = self._read_answer(response, started + self._call_seconds(), f"GET {endpoint}")
                 raise SourceError(kind_for_http_status(response.status_code), f"MLflow GET {endpoint}: "
@@ -171,8 +188,7 @@ class MlflowRest:
                 try:  # only reading is guarded: a sink that fails to write is not the server's fault
                     chunk = next(chunks, None)
                 except AnswerTooSlow:
-                    raise SourceError(ErrorKind.UNAVAILABLE, f"MLflow GET {endpoint}: the download took over "
-                                      f"{self.access.download_timeout_seconds:g}s") from None
+                    raise SourceError(ErrorKind.UNAVAILABLE, took_too_long) from None
                 except _BODY_FAILURES as exc:
                     raise broke_off(exc) from None
                 if chunk is None:
@@ -182,9 +198,11 @@ class MlflowRest:
 
     def upload(self, endpoint: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         deadline = time.monotonic() + self._call_seconds()
-        response = self._request("PUT", endpoint, data=data, extra_headers={"Content-Type": content_type},
-                                 stream=True)
-        text = self._read_answer(response, deadline, f"PUT {endpoint}")
+        with self._within(self._call_seconds(), f"MLflow PUT {endpoint}: the answer took over "
+                                                f"{self._call_seconds():g}s"):
+            response = self._request("PUT", endpoint, data=data, extra_headers={"Content-Type": content_type},
+                                     stream=True)
+            text = self._read_answer(response, deadline, f"PUT {endpoint}")
         if response.status_code not in (200, 201, 204):
             raise SourceError(kind_for_http_status(response.status_code), f"MLflow PUT {endpoint}: "
                               f"HTTP {response.status_code}: {_error_text(text, response.reason, self.access)}")

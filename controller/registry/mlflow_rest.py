@@ -22,9 +22,11 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from mlflow.exceptions import MlflowException
+from mlflow.utils.request_utils import _get_request_session
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX
+from controller.http_deadline import AnswerTooSlow, Exchange, watch_session
 from controller.redaction import redact_credentials
 from controller.registry.base import DatasetInput, ModelRegistry, RunRecord, VersionRecord, bounded
 from controller.registry.errors import (
@@ -54,9 +56,9 @@ _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")
 class RequestPolicy:
     """Per-call limits. The operator backs off across reconciles, so a call gives up fast.
 
-    Worst case per HTTP request: (1 + max_retries) * timeout_seconds plus the backoff sleeps. requests' timeout
-    bounds each wait for bytes only, so the body is read against that total as a deadline (a server sending a
-    byte a second would otherwise hold a worker for ever).
+    Worst case per HTTP request: (1 + max_retries) * timeout_seconds, backoff sleeps included. requests' timeout
+    bounds each wait for bytes only, so the request (all its tries, from sending to the whole body read) is cut at
+    that total as a deadline (a server sending a byte a second would otherwise hold a worker for ever).
     """
 
     timeout_seconds: float = 5.0
@@ -190,14 +192,18 @@ class MlflowRegistry(ModelRegistry):
     def _call(self, method: str, endpoint: str, payload: Mapping[str, str]) -> dict[str, Any]:
         location = "params" if method == "GET" else "json"
         policy = self.policy
-        deadline = time.monotonic() + policy.timeout_seconds * (1 + policy.max_retries)
+        seconds = policy.timeout_seconds * (1 + policy.max_retries)
+        deadline = time.monotonic() + seconds
         try:
-            response = http_request(
-                self._host_creds, f"{API_PREFIX}/{endpoint}", method,
-                max_retries=policy.max_retries, backoff_factor=policy.backoff_seconds, backoff_jitter=0.0,
-                timeout=policy.timeout_seconds, raise_on_status=False, respect_retry_after_header=False,
-                stream=True, **{location: dict(payload)})
-            text = self._bounded_text(response, deadline)
+            with Exchange(seconds):
+                response = mlflow_request(
+                    self._host_creds, f"{API_PREFIX}/{endpoint}", method,
+                    max_retries=policy.max_retries, backoff_factor=policy.backoff_seconds, backoff_jitter=0.0,
+                    timeout=policy.timeout_seconds, stream=True, **{location: dict(payload)})
+                text = self._bounded_text(response, deadline)
+        except AnswerTooSlow:
+            raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: its answer took over "
+                                      f"{seconds:g}s") from None
         except (MlflowException, requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             # `from None`: the chained requests exception holds the prepared request, Authorization and all.
             raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: "
@@ -210,9 +216,6 @@ class MlflowRegistry(ModelRegistry):
         except AnswerTooLarge:
             raise RegistryRequestError(f"MLflow at {self.tracking_uri} sent an answer over "
                                        f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not an MLflow answer") from None
-        except AnswerTooSlow:
-            raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: its answer took over "
-                                      f"{self.policy.timeout_seconds * (1 + self.policy.max_retries):g}s") from None
 
     def _answer(self, status: int, text: str, method: str, endpoint: str) -> dict[str, Any]:
         body = _json_object(text)
@@ -256,12 +259,21 @@ class MlflowRegistry(ModelRegistry):
                                model_name=model_name, reference=f"version {version}")
 
 
+def mlflow_request(host_creds: MlflowHostCreds, endpoint: str, method: str, *, max_retries: int,
+                   backoff_factor: float, backoff_jitter: float, timeout: float, **kwargs: Any) -> requests.Response:
+    """mlflow's http_request, its connections cut by the current Exchange; an error status is returned after the
+    last try, and a Retry-After (urllib3 would sleep up to 6 h of it) is not honoured. Shared by the registry adapter
+    and the gate's MLflow client."""
+    policy: dict[str, Any] = {"max_retries": max_retries, "backoff_factor": backoff_factor,
+                              "backoff_jitter": backoff_jitter, "retry_codes": _TRANSIENT_STATUSES,
+                              "raise_on_status": False, "respect_retry_after_header": False}
+    # http_request takes no session: it uses the one mlflow keeps per retry policy (the same arguments find it).
+    watch_session(_get_request_session(**policy))
+    return http_request(host_creds, endpoint, method, timeout=timeout, **policy, **kwargs)
+
+
 class AnswerTooLarge(Exception):
     """A body past its byte limit (counted after any Content-Encoding is undone)."""
-
-
-class AnswerTooSlow(Exception):
-    """A body still arriving at its deadline."""
 
 
 def body_chunks(response: requests.Response, deadline: float, chunk_bytes: int = 65536) -> Iterator[bytes]:

@@ -327,7 +327,7 @@ def test_all_metrics_together_stay_within_the_measurement_cap(stub: tuple[Stub, 
 def test_a_cut_reaches_every_socket_even_past_one_that_is_no_socket() -> None:
     """TLS inside TLS (an https proxy to an https Prometheus) hands urllib3's SSLTransport, whose `socket` is the
     outer one: unwrapped and shut; and nothing the cut raises stops it before the other sockets."""
-    from controller.analysis.prometheus import _shut  # the one place a cut happens
+    from controller.http_deadline import shut as _shut  # the one place a cut happens
 
     left, right = socket.socketpair()
     with left, right:

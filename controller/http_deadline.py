@@ -1,0 +1,157 @@
+"""A whole HTTP exchange cut at its deadline, wherever it is: requests' timeout bounds each wait for bytes only, so a
+server sending its headers (or a body that decodes to nothing) a byte at a time is never cut off by it.
+
+Shared by the Prometheus provider and both MLflow clients (the registry adapter and the gate's): each runs its
+exchange inside `Exchange(seconds)` over a session whose adapters are watched (`WatchedAdapter`, `watch_session`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import socket
+import threading
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
+
+
+class AnswerTooSlow(Exception):
+    """An exchange, or a body, still under way at its deadline."""
+
+
+# The exchange under way in this thread: its connections are the ones its timer may cut.
+_EXCHANGE: contextvars.ContextVar[Exchange | None] = contextvars.ContextVar("http_exchange", default=None)
+
+
+class Exchange:
+    """One exchange (all its tries), from sending to its body read and decoded, cut when `seconds` are up: a timer
+    shuts its connections' sockets down, wherever the reading is (headers trickled a byte at a time, a decompressor
+    fed bytes that decode to nothing), which requests' timeout (each wait for bytes only) never does. Leaving the
+    block once cut raises AnswerTooSlow, whatever the cut connection raised or returned; a connection made or used
+    once cut raises it at once (urllib3 would try again, sleeping its backoff first, only to be cut again)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        # The sockets, not their connections: http.client hands a closing answer's socket to the response.
+        self._sockets: list[socket.socket] = []
+        self._expired = self._done = False
+        self._timer = threading.Timer(max(0.0, seconds), self._expire)
+        self._timer.daemon = True
+        self._token: contextvars.Token[Exchange | None] | None = None
+
+    def __enter__(self) -> Exchange:
+        self._token = _EXCHANGE.set(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._done = True  # a timer firing now cuts nothing
+        if self._token is not None:
+            _EXCHANGE.reset(self._token)
+        if self._expired:
+            raise AnswerTooSlow
+
+    def watch(self, connection: Any) -> None:
+        self.watch_socket(getattr(connection, "sock", None))
+
+    def watch_socket(self, sock: Any) -> None:
+        if sock is None:  # not connected yet: watched again once it is
+            return
+        with self._lock:
+            if sock not in self._sockets:
+                self._sockets.append(sock)
+            if self._expired:  # its time ran out while it connected, or before a retry
+                shut(sock)
+                raise AnswerTooSlow
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._expired = True
+            for sock in self._sockets:
+                shut(sock)
+
+
+def shut(sock: Any) -> None:
+    """Ends a socket's reads and writes at once, from another thread (closing would not wake a read)."""
+    # TLS inside TLS (an https proxy to an https server): urllib3's SSLTransport wraps the outer socket.
+    while not isinstance(sock, socket.socket) and hasattr(sock, "socket"):
+        sock = sock.socket
+    # The plain socket's: SSLSocket.shutdown would first drop its TLS object under the reading thread. Nothing
+    # may escape: the timer thread must go on to cut the exchange's other sockets.
+    with contextlib.suppress(Exception):  # already closed, or no socket at all
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watched:
+    """Mixed into urllib3's connection classes: the current Exchange learns each connection it uses."""
+
+    def _new_conn(self) -> Any:
+        # The plain socket, as soon as it is connected: a TLS handshake (or a proxy's CONNECT) after it is cut too.
+        # The name lookup before it is bounded only by the resolver's own timeouts.
+        sock = super()._new_conn()  # type: ignore[misc]
+        if (exchange := _EXCHANGE.get()) is not None:
+            try:
+                exchange.watch_socket(sock)
+            except AnswerTooSlow:
+                sock.close()  # never handed to the connection, which would close it
+                raise
+        return sock
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        if (exchange := _EXCHANGE.get()) is not None:
+            exchange.watch(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if (exchange := _EXCHANGE.get()) is not None:  # a kept-alive connection is not connected again
+            exchange.watch(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+@functools.cache
+def _watched_pool(pool: type) -> type:
+    """`pool` (a urllib3 connection pool class), its connections _Watched."""
+    connection = type(f"Watched{pool.ConnectionCls.__name__}", (_Watched, pool.ConnectionCls), {})
+    return type(f"Watched{pool.__name__}", (pool,), {"ConnectionCls": connection})
+
+
+class WatchedAdapter(HTTPAdapter):
+    """requests' adapter whose connections, direct or through a proxy, an Exchange can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _watch_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _watch_pools(manager)
+        return manager
+
+
+def _watch_pools(manager: PoolManager) -> None:
+    manager.pool_classes_by_scheme = {  # requests hands back the proxy manager it made before: watched already
+        scheme: pool if issubclass(pool.ConnectionCls, _Watched) else _watched_pool(pool)
+        for scheme, pool in manager.pool_classes_by_scheme.items()}
+
+
+@functools.cache
+def _watched_adapter(adapter: type) -> type:
+    """`adapter` (an HTTPAdapter subclass), made a WatchedAdapter with all it does besides."""
+    return type(f"Watched{adapter.__name__}", (WatchedAdapter, adapter), {})
+
+
+def watch_session(session: requests.Session) -> None:
+    """Makes the adapters of a session built elsewhere (mlflow's http_request takes none: it keeps one per retry
+    policy) WatchedAdapters, keeping their own settings (retries, pool sizes, socket options)."""
+    for adapter in list(session.adapters.values()):
+        if isinstance(adapter, HTTPAdapter) and not isinstance(adapter, WatchedAdapter):
+            adapter.__class__ = _watched_adapter(type(adapter))
+            _watch_pools(adapter.poolmanager)  # made already; a proxy's is watched as proxy_manager_for hands it
