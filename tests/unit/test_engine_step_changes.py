@@ -119,3 +119,40 @@ def test_swapping_an_analysis_and_a_pause_of_the_same_length_is_a_change() -> No
 
     assert signature(first) != signature(second)
     assert signature(first) == signature([dict(reversed(list(s.items()))) for s in first])  # key order: no change
+
+
+NEW_SHA = "ab12" + "0" * 60
+
+
+def re_pin(world: World) -> None:
+    spec = dict(world.spec)
+    spec["goldenDataset"] = {**spec["goldenDataset"], "sha256": NEW_SHA}
+    world.spec = spec
+    world.generation += 1
+
+
+def test_a_golden_dataset_re_pinned_mid_canary_is_gated_again_before_the_steps_go_on() -> None:
+    """The pass was on the old data: GatePassed stayed True on a dataset the spec no longer pins, and the rollout
+    promoted without the gate ever seeing the new one."""
+    world = at_step(1)
+    re_pin(world)
+    # Through the steps again, to the last one's pause for a human.
+    world.run_until(lambda w: w.status.pause is not None and w.status.pause.until is None, step=timedelta(seconds=30))
+    gates = [action.dataset.sha256 for action in world.executed if action.type is ActionType.RUN_GATE]
+    assert gates[-1] == NEW_SHA and len(gates) == 2
+    events = [entry.event for entry in world.status.history]
+    changed = events.index("DatasetChanged")
+    assert events[changed + 1:changed + 3] == ["GateStarted", "GatePassed"]
+    weight_steps = [step for step in world.spec["canary"]["steps"] if "setWeight" in step]
+    assert events[changed:].count("WeightChanged") == len(weight_steps)  # every weight step again, from the first
+    assert world.status.gate is not None and world.status.gate.dataset_sha256 == NEW_SHA
+
+
+def test_a_re_pinned_dataset_the_candidate_fails_rolls_it_back() -> None:
+    world = at_step(1)
+    re_pin(world)
+    world.gate_verdicts = [verdict(Outcome.FAIL, "accuracy", "0.61")]
+    world.run_until(lambda w: w.status.phase in (Phase.ROLLED_BACK, Phase.SUCCEEDED), step=timedelta(seconds=30))
+    assert world.status.phase is Phase.ROLLED_BACK and world.status.rollback is not None
+    assert world.status.rollback.cause == "GateFailed" and world.status.rollback.from_weight == 1
+    assert world.target.canary_weight == 0 and world.registry.aliases["production"] == "6"
