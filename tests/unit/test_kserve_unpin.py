@@ -92,21 +92,26 @@ def rolled_back(after_promotion: bool) -> tuple[Kserve, KServeRouter]:
     """Candidate 7 staged against stable 6 and withdrawn (rollback at 10%, or restore after promotion): the
     pin is on and the copy of stable, rev 3, is not ready yet."""
     kserve = Kserve()
+    router = candidate_serving(kserve, after_promotion)
+    withdraw(router, after_promotion)
+    obj = kserve.get()
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == V6
+    assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert obj["status"]["components"]["predictor"]["latestCreatedRevision"] == "m-predictor-00003"
+    return kserve, router
+
+
+def candidate_serving(kserve: Kserve, after_promotion: bool) -> KServeRouter:
+    """Candidate 7 staged against stable 6, at 10% or promoted; the copy of stable a withdrawal makes is slow."""
     router = kserve.router()
     router.stage(CandidateModel("m", "7", V7), stable_version="6")
     kserve.slow.add("m-predictor-00003")
     if after_promotion:
         router.set_weight(100)
         router.promote()
-        router.restore(CandidateModel("m", "6", V6))
     else:
         router.set_weight(10)
-        router.rollback()
-    obj = kserve.get()
-    assert obj["spec"]["predictor"]["model"]["storageUri"] == V6
-    assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 0
-    assert obj["status"]["components"]["predictor"]["latestCreatedRevision"] == "m-predictor-00003"
-    return kserve, router
+    return router
 
 
 def withdraw(router: KServeRouter, after_promotion: bool) -> None:
@@ -203,14 +208,7 @@ class LaggingKserve(Kserve):
 @pytest.mark.parametrize("after_promotion", [False, True], ids=["rollback", "restore"])
 def test_a_status_that_only_looks_caught_up_never_unpins_onto_the_withdrawn_revision(after_promotion: bool) -> None:
     kserve = LaggingKserve()
-    router = kserve.router()
-    router.stage(CandidateModel("m", "7", V7), stable_version="6")
-    kserve.slow.add("m-predictor-00003")
-    if after_promotion:
-        router.set_weight(100)
-        router.promote()
-    else:
-        router.set_weight(10)
+    router = candidate_serving(kserve, after_promotion)
     kserve.get()
     withdraw(router, after_promotion)  # the pin, then stable's storageUri: KServe has not reconciled the latter
     assert kserve.obj["spec"]["predictor"]["model"]["storageUri"] == V6 and kserve.lagging
