@@ -232,7 +232,15 @@ def test_sample_is_accepted_with_defaults_and_printer_columns(kubeconfig: Path, 
     stored = json.loads(run_kubectl(kubeconfig, "get", "mro", "nsfw-classifier", "-n", namespace, "-o", "json").stdout)
     assert stored["spec"]["progressDeadline"] == "30m"
     header = run_kubectl(kubeconfig, "get", "mro", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "STEP", "WEIGHT", "CANDIDATE", "STABLE", "AGE"]
+    assert header == ["NAME", "PHASE", "STEP", "PAUSE", "WEIGHT", "CANDIDATE", "STABLE", "AGE"]
+    # A canary held after a failed analysis must not read like a planned pause.
+    patch = json.dumps({"status": {"phase": "Paused", "step": "2/6", "canaryWeight": 10,
+                                   "pause": {"reason": "AnalysisFailed", "since": "2026-12-04T03:00:00Z"}}})
+    result = run_kubectl(kubeconfig, "patch", "mro", "nsfw-classifier", "-n", namespace, "--subresource=status",
+                         "--type=merge", "-p", patch)
+    assert result.returncode == 0, result.stderr
+    row = run_kubectl(kubeconfig, "get", "mro", "-n", namespace).stdout.splitlines()[1].split()
+    assert row[1:5] == ["Paused", "2/6", "AnalysisFailed", "10"], row
 
 
 def apply_in_phase(kubeconfig: Path, namespace: str, name: str, phase: str, manifest: Spec) -> tuple[int, str]:
