@@ -54,12 +54,14 @@ _DIGIT_MASK = bytes(0x30 if 0x30 <= byte <= 0x39 else byte if byte == 0x2E else 
 _LONG_INTEGER = b" " + b"0" * 19
 # An answer may be no larger than its batch can need, so a server cannot make the operator decode tens of MiB of
 # numbers. Measured: a 1000-class probability vector per sample is ~23 KB in V1 or V2 (json.dumps, full-precision
-# floats); the longest float is 24 characters, 26 with ", ". Each sample gets 32 KiB, or 32 bytes a class for
-# models with more outputs, and each answer 64 KiB more for its envelope (V2's names, ids, parameters).
-SAMPLE_RESPONSE_BYTES = 32 * 1024
-_CLASS_RESPONSE_BYTES = 32
+# floats), probabilities and logits together ~43 KB (float32 as MLServer prints it); the longest float is 24
+# characters, 26 with ", ". Each sample gets 64 KiB, or 64 bytes a class for models with more outputs, and each
+# answer 64 KiB more for its envelope (V2's names, ids, parameters). Past it the batch is not judged (the gate's
+# own limit, not the model's answer): the gate ends inconclusive, never failing a model for a legal answer.
+SAMPLE_RESPONSE_BYTES = 64 * 1024
+_CLASS_RESPONSE_BYTES = 64
 _ENVELOPE_RESPONSE_BYTES = 64 * 1024
-_TOO_LARGE = "response too large"
+TOO_LARGE = "response too large"
 
 
 class InferenceProtocol(StrEnum):
@@ -179,9 +181,10 @@ class InferenceClient:
         async with self._limit:
             failure, unavailable, payload = await self._post(body, cap)
         if failure is not None:
-            detail = f"over the {cap:,} bytes allowed for {count} samples" if failure == _TOO_LARGE else ""
-            return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=failure, unavailable=unavailable,
-                               detail=detail)
+            too_large = failure == TOO_LARGE
+            detail = f"over the {cap:,} bytes allowed for {count} samples: not judged" if too_large else ""
+            return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=failure,
+                               unavailable=unavailable or too_large, detail=detail)
         try:
             document = decode_json(payload)
         except (ValueError, RecursionError):  # RecursionError: nested too deep for the standard library
@@ -223,10 +226,10 @@ class InferenceClient:
                         await response.release()
                         return f"HTTP {response.status}", False, b""
                     if response.content_length is not None and response.content_length > cap:
-                        return _TOO_LARGE, False, b""
+                        return TOO_LARGE, False, b""
                     payload = await self._read_capped(response, cap)
                     if payload is None:
-                        return _TOO_LARGE, False, b""
+                        return TOO_LARGE, False, b""
                     return None, False, payload
             except TimeoutError:
                 failure = "unavailable: timeout"

@@ -31,7 +31,7 @@ import aiohttp
 import numpy as np
 
 from controller.api.spec import ClassThresholds, GoldenDatasetSpec, GoldenThresholds
-from controller.gate.clients import SAMPLE_RESPONSE_BYTES, BatchAnswer, InferenceClient, InferenceEndpoint
+from controller.gate.clients import SAMPLE_RESPONSE_BYTES, TOO_LARGE, BatchAnswer, InferenceClient, InferenceEndpoint
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError
 from controller.gate.formats import MAX_PROBLEM_EXAMPLES, Batch, DatasetFormatError, open_dataset, sha256_file
 from controller.gate.judge import GateTally, JudgeSettings, ResponseTally, judge, pct
@@ -53,8 +53,8 @@ class GateOptions:
     retries: int = 2  # per batch, for connection errors, timeouts, 429/502/503/504
     gate_timeout_seconds: float = 1800.0
     max_response_bytes: int = 64 * 1024 * 1024
-    # A batch's answer may be 64 KiB plus this much a sample (enough for 1000 classes' scores; more for models
-    # with more output classes), never more than max_response_bytes.
+    # A batch's answer may be 64 KiB plus this much a sample (enough for two 1000-class score vectors; more for
+    # models with more output classes), never more than max_response_bytes.
     max_response_bytes_per_sample: int = SAMPLE_RESPONSE_BYTES
     # Stop sending after this many batches in a row found an endpoint unreachable: it is down.
     max_consecutive_unavailable: int = 20
@@ -343,7 +343,8 @@ class _Evaluation:
                 detail = f" ({answer.detail})" if answer.detail else ""
                 tally.examples.append(f"batch {tally.batches}: {answer.failure}{detail}")
         tally.unanswered.update(answer.sample_problems)
-        streak = self._unavailable_streak[side] + 1 if answer.unavailable else 0
+        # An answer past the gate's size limit is no verdict on the model, but the endpoint was reached.
+        streak = self._unavailable_streak[side] + 1 if answer.unavailable and answer.failure != TOO_LARGE else 0
         self._unavailable_streak[side] = streak
         if streak >= self.options.max_consecutive_unavailable and self.aborted is None:
             self.aborted = f"{side} was unreachable for {streak} batches in a row"
