@@ -70,6 +70,13 @@ class Exchange:
                 shut(sock)
                 raise AnswerTooSlow
 
+    def forget(self, sock: Any) -> None:
+        """`sock` went back to its pool: another exchange (another thread) may take it, and this one's deadline
+        must not cut that one's answer."""
+        with self._lock:
+            if sock in self._sockets:
+                self._sockets.remove(sock)
+
     def _expire(self) -> None:
         with self._lock:
             if self._done:
@@ -118,9 +125,20 @@ class _Watched:
 
 @functools.cache
 def _watched_pool(pool: type) -> type:
-    """`pool` (a urllib3 connection pool class), its connections _Watched."""
+    """`pool` (a urllib3 connection pool class), its connections _Watched, each watched only while checked out."""
     connection = type(f"Watched{pool.ConnectionCls.__name__}", (_Watched, pool.ConnectionCls), {})
-    return type(f"Watched{pool.__name__}", (pool,), {"ConnectionCls": connection})
+
+    class Watched(pool):  # type: ignore[valid-type,misc]
+        ConnectionCls = connection
+
+        def _put_conn(self, conn: Any) -> None:
+            # Back in the pool, another exchange (another thread) may take it: this one's deadline must not cut it.
+            if conn is not None and (exchange := _EXCHANGE.get()) is not None:
+                exchange.forget(getattr(conn, "sock", None))
+            super()._put_conn(conn)
+
+    Watched.__name__ = Watched.__qualname__ = f"Watched{pool.__name__}"
+    return Watched
 
 
 class WatchedAdapter(HTTPAdapter):

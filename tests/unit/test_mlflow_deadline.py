@@ -4,11 +4,13 @@ byte at a time, a retried answer's body), and a Retry-After is not slept. Stand-
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from test_prometheus_deadline import raw_server, slow_headers, unavailable_trickled
@@ -82,3 +84,66 @@ def test_the_gates_client_does_not_sleep_what_a_retry_after_asks() -> None:
         error, took = ended(lambda: rest.call("GET", RUNS_GET, params={"run_id": "r"}), 3)
     assert isinstance(error, SourceError) and error.kind is ErrorKind.UNAVAILABLE, error
     assert "HTTP 429" in error.message and connections[0] == 2 and took < 2, (took, connections, error.message)
+
+
+def test_one_calls_deadline_never_cuts_another_calls_answer_on_a_pooled_connection() -> None:
+    """mlflow keeps one session for the process: A's connection, drained of a 503, went back to the pool while A
+    slept its backoff; B took it, and A's deadline then cut B's answer, which urllib3 sent again (two runs made)."""
+    created: list[float] = []
+    gets = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def _send(self, code: int, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            gets[0] += 1
+            if gets[0] <= 2:
+                self._send(503, b'{"error_code": "TEMPORARILY_UNAVAILABLE"}')
+            else:
+                time.sleep(3)
+                self._send(200, b"{}")
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            created.append(time.monotonic())
+            time.sleep(2)
+            with contextlib.suppress(OSError):
+                self._send(200, b'{"run": {"info": {"run_id": "r1"}}}')
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    answers: dict[str, object] = {}
+
+    def call_a() -> None:  # deadline 1.5 s, reached while it sleeps its backoff after two 503s
+        with contextlib.suppress(SourceError):
+            MlflowRest(MlflowAccess(url, timeout_seconds=0.5, max_retries=2)).call("GET", RUNS_GET,
+                                                                                   params={"run_id": "a"})
+
+    def call_b() -> None:
+        answers["b"] = MlflowRest(MlflowAccess(url, timeout_seconds=30.0, max_retries=2)).call(
+            "POST", "/api/2.0/mlflow/runs/create", body={"experiment_id": "1"})
+
+    try:
+        a = threading.Thread(target=call_a)
+        a.start()
+        time.sleep(0.3)
+        b = threading.Thread(target=call_b)
+        b.start()
+        a.join(10)
+        b.join(10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answers.get("b") == {"run": {"info": {"run_id": "r1"}}}
+    assert len(created) == 1, "B's one call made two runs"
