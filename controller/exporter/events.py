@@ -61,11 +61,19 @@ class CloudEvent:
     data: Any
 
 
+def payload_unused(headers: Mapping[str, str]) -> bool:
+    """A request event in binary mode: kept for its attributes (headers) only, its payload (images, V2 tensors,
+    often binary and large) never read."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    structured = lowered.get("content-type", "").startswith("application/cloudevents+json")
+    return not structured and lowered.get("ce-type") in REQUEST_TYPES
+
+
 def parse_cloudevent(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     lowered = {k.lower(): v for k, v in headers.items()}
     structured = lowered.get("content-type", "").startswith("application/cloudevents+json")
-    if not structured and lowered.get("ce-type") in REQUEST_TYPES:
-        body = b""  # a request is kept for its attributes only; its payload may be binary (images, V2 tensors)
+    if payload_unused(headers):
+        body = b""
     try:
         payload = json.loads(body) if body else None
     except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd nesting, integers past Python's limit

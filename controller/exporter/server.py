@@ -23,6 +23,7 @@ from controller.exporter.events import (
     MalformedEvent,
     check_label,
     parse_cloudevent,
+    payload_unused,
     prediction_from_event,
 )
 
@@ -243,11 +244,16 @@ class PredictionExporter:
 
     def app(self) -> web.Application:
         async def receive(request: web.Request) -> web.Response:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return web.json_response({"outcome": self._dropped(TOO_LARGE_REASON)}, status=413)
-            outcome = self.handle(dict(request.headers), body, request.query_string)
+            headers = dict(request.headers)
+            if payload_unused(headers):
+                await request.release()  # drained unread: a request's image or tensor may pass any size limit
+                body = b""
+            else:
+                try:
+                    body = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    return web.json_response({"outcome": self._dropped(TOO_LARGE_REASON)}, status=413)
+            outcome = self.handle(headers, body, request.query_string)
             return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
 
         async def metrics(_: web.Request) -> web.Response:

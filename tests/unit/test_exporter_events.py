@@ -332,6 +332,25 @@ def test_an_event_past_the_size_limit_is_dropped_unread_as_too_large() -> None:
     assert peak < 32 * 1024 * 1024, peak
 
 
+def test_a_large_request_event_is_drained_unread_and_kept_for_its_attributes() -> None:
+    """A request's payload (an image tensor) is never read: past the size limit it is no malformed event."""
+    exporter = PredictionExporter(NAMES)
+    tensor = b'{"instances": [' + b"0.5, " * (6 * 1024 * 1024 // 5) + b"0.5]}"
+
+    async def post() -> list[tuple[int, dict]]:
+        async with TestClient(TestServer(exporter.app(), host="127.0.0.1")) as client:
+            answers = []
+            for event_type, body in (("org.kubeflow.serving.inference.request", tensor),
+                                     ("org.kubeflow.serving.inference.response", b'{"predictions": [1]}')):
+                response = await client.post("/?model_version=1", data=body,
+                                             headers=kserve_headers(event_type=event_type, event_id="big"))
+                answers.append((response.status, await response.json()))
+            return answers
+
+    assert asyncio.run(post()) == [(202, {"outcome": "request"}), (202, {"outcome": "counted"})]
+    assert not malformed(exporter, "TooLarge")
+
+
 def test_an_unexpected_failure_costs_one_event_and_logs_no_content(monkeypatch: pytest.MonkeyPatch,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     exporter = PredictionExporter(NAMES)
