@@ -1011,16 +1011,6 @@ class _Decider:
         return f"{self._attempt}:step-{index}:weight-{weight}"
 
     def _steps(self) -> None:
-        gate, dataset = self.status.gate, self.spec.golden_dataset
-        if (dataset is not None and gate is not None and gate.outcome is Outcome.PASS and not gate.overridden_by
-                and gate.dataset_sha256 != dataset.sha256):
-            # Re-pinned after the gate passed: the pass says nothing of the new data. The gate runs on it (the
-            # canary keeps its share meanwhile), and on a pass the steps start again from the first.
-            self._record("DatasetChanged", f"golden dataset re-pinned ({(gate.dataset_sha256 or '?')[:12]} -> "
-                                           f"{dataset.sha256[:12]}): the gate runs again")
-            self._update(current_step=None, pause=None, analysis=None)
-            self._enter_gate()
-            return
         index = self.status.current_step
         if index is None:
             self._move(Phase.PROGRESSING, current_step=0)

@@ -244,8 +244,7 @@ class World:
         elif isinstance(action, RunGate):
             if self.gate_error:
                 return JudgeResult(action.id, error=self.gate_error), None, None
-            # The hash of the data the gate ran on: the one it was asked for (a real gate fails on another).
-            return JudgeResult(action.id, tuple(self.gate_verdicts), dataset_sha256=action.dataset.sha256 or SHA,
+            return JudgeResult(action.id, tuple(self.gate_verdicts), dataset_sha256=SHA,
                                report=GATE_REPORT), None, None
         elif isinstance(action, RunAnalysis):
             if self.analysis_error:
