@@ -868,16 +868,6 @@ class _Decider:
             else:
                 self._wait(f"Waiting for {target_label} ({why})", poll=target is None)
             return
-        served = target.stable_version
-        if self.status.stable is None and not staging_started and served not in (None, candidate.version):
-            # Not a first rollout: a version this operator rolled out serves users, and only the alias is missing
-            # (misspelt, or removed). Going on would send the candidate to all traffic with no canary steps.
-            alias = self.spec.model.stable_alias
-            self._fail(f"spec.model.stableAlias: @{alias} names no version of {self.spec.model.name}, but "
-                       f"{target_label} serves version {served}; without a stable version the candidate would go "
-                       f"to all traffic with no canary steps. Set @{alias} on the version that serves (or fix "
-                       "stableAlias), then retry")
-            return
         if (target.canary_version == candidate.version and target.canary_ready
                 and not target.canary_weight):
             # Recorded also when only observed (staged before this attempt asked): a rollback must know the

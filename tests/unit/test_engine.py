@@ -269,25 +269,6 @@ def test_first_rollout_without_stable_promotes_without_canary() -> None:
     assert "BakeStarted" not in events(world)  # nothing to compare with
 
 
-@pytest.mark.parametrize("stable_alias", ["prod", "production"], ids=["misspelt", "removed"])
-def test_no_stable_alias_while_the_target_serves_a_known_version_fails_before_staging(stable_alias: str) -> None:
-    """Not a first rollout: version 6 serves users and only the alias is missing. It went to all traffic with no
-    canary step, no analysis and no bake."""
-    spec = spec_dict()
-    spec["model"] = {**spec["model"], "stableAlias": stable_alias}
-    world = World(spec=spec, registry=Registry(aliases={"champion": "6"}))
-    assert world.target.stable_version == "6"
-    world.run_until(finished)
-    assert world.status.phase is Phase.FAILED and world.executed == []
-    assert world.status.message.startswith(f"Failed: spec.model.stableAlias: @{stable_alias} names no version")
-    assert "serves version 6" in world.status.message and "then retry" in world.status.message
-    world.registry.aliases[stable_alias] = "6"  # the fix the message asks for
-    world.send(CommandAction.RETRY)
-    world.run_until(lambda w: w.status.current_step is not None or finished(w), step=timedelta(seconds=2))
-    assert world.status.stable is not None and world.status.stable.version == "6"
-    assert weights_sent(world), "the retry canaries against the version that serves"
-
-
 def test_candidate_already_stable_is_a_no_op_success() -> None:
     world = World(registry=Registry(aliases={"production": "7"}))
     world.reconcile()
@@ -1224,7 +1205,7 @@ def test_a_rejection_tag_that_failed_is_written_after_the_spec_moved_on(deleted:
 
 def _first_rollout_killed_after_its_alias_moved() -> World:
     """A first rollout (no stable version) whose operator was killed right after the promotion moved the alias."""
-    base = World(registry=Registry(aliases={}), target=Target(stable_version=None))
+    base = World(registry=Registry(aliases={}))
     del base.spec["bake"]
     while base.status.phase is not Phase.SUCCEEDED:
         for budget in range(1, 12):
@@ -1267,7 +1248,7 @@ def test_a_promoted_first_rollout_superseded_stays_stable_for_its_successor() ->
 
 def test_a_first_rollout_aborted_before_the_target_took_it_rolls_back() -> None:
     """The promotion had started, but stable still served: the candidate's share goes back as usual."""
-    world = World(registry=Registry(aliases={}), target=Target(stable_version=None))
+    world = World(registry=Registry(aliases={}))
     del world.spec["bake"]
     world.target.ignore_weights = True  # the target accepts the writes but never moves traffic
     world.reconcile()
