@@ -979,9 +979,14 @@ class _Decider:
 
     def _enter_steps(self) -> None:
         if self.status.stable is None:
-            # Nothing serves today, so there is nothing to compare a canary with or return to.
+            # No stable version, so there is nothing to compare a canary with or return to.
+            target = self._target()
+            served = target.stable_version if target is not None else None
+            serving = (f" ({self.spec.target.description} serves version {served}, recorded by an earlier rollout: "
+                       f"if @{self.spec.model.stable_alias} should name it, spec.model.stableAlias may be misspelt)"
+                       if served not in (None, self._candidate.version) else "")
             self._record("NoStableVersion", f"@{self.spec.model.stable_alias} is not set; promoting without "
-                                            "canary steps")
+                                            f"canary steps{serving}")
             self._start_promotion(CONTROLLER_ACTOR)
             return
         self._move(Phase.PROGRESSING, current_step=0, pause=None, analysis=None)

@@ -269,6 +269,16 @@ def test_first_rollout_without_stable_promotes_without_canary() -> None:
     assert "BakeStarted" not in events(world)  # nothing to compare with
 
 
+def test_a_first_rollout_beside_a_version_an_earlier_rollout_recorded_says_so() -> None:
+    """A misspelt stableAlias makes any rollout a first one: the history must name what the target serves."""
+    world = World(registry=Registry(aliases={}))
+    world.run_until(finished)
+    detail = next(entry.detail for entry in world.status.history if entry.event == "NoStableVersion")
+    assert detail == ("@production is not set; promoting without canary steps (InferenceService nsfw-classifier "
+                      "serves version 6, recorded by an earlier rollout: if @production should name it, "
+                      "spec.model.stableAlias may be misspelt)")
+
+
 def test_candidate_already_stable_is_a_no_op_success() -> None:
     world = World(registry=Registry(aliases={"production": "7"}))
     world.reconcile()
