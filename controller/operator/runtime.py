@@ -475,8 +475,7 @@ def _rollback_asked(obj: Mapping[str, Any], status: ModelRolloutStatus) -> bool:
 
 
 def _nothing_new(obj: Mapping[str, Any], status: ModelRolloutStatus) -> bool:
-    """Ended, its spec seen and no command waiting: it would start nothing, so another rollout in flight on its
-    target is none of its business (a Succeeded rollout kept beside a newer one stays Ready, Healthy in Argo CD)."""
+    """Ended, its spec seen and no command waiting: nothing asked of it that waiting would hold back."""
     command = read_command(obj)
     return (status.phase in TERMINAL_PHASES
             and status.observed_generation == int(obj["metadata"].get("generation") or 0)
@@ -556,10 +555,14 @@ class _StartGate:
     async def __aenter__(self) -> _StartGate:
         if self._locks is not None:
             lock = self._locks.join(self._target)
+            acquired = False
             try:
                 async with reconcile_slot_lent():  # waiting here must not keep other targets' rollouts from a worker
                     await lock.acquire()
-            except BaseException:
+                    acquired = True
+            except BaseException:  # cancelled waiting, or taking the worker slot back once it had the lock
+                if acquired:
+                    lock.release()
                 self._locks.leave(self._target)
                 raise
             self._held = True
@@ -661,7 +664,7 @@ class RolloutStepper:
         # abort) of one already in flight (taking its candidate off is never held back), nor the abort of one
         # queued with nothing resolved yet (it ends touching nothing).
         takes_off = _rollback_asked(obj, status) and (in_flight(obj) or status.candidate is None)
-        if self.store is not None and not deleting and not takes_off and not _nothing_new(obj, status):
+        if self.store is not None and not deleting and not takes_off:
             waiting = await self._wait_for_target(obj, status)
             if waiting is not None:
                 return waiting
@@ -827,6 +830,11 @@ class RolloutStepper:
         holder = target_holder(obj, await asyncio.to_thread(self.store.list_in, obj["metadata"]["namespace"]))
         if holder is None:
             return None
+        if _nothing_new(obj, status):
+            # Ended, and asked for nothing new: it waits all the same (a moved alias may start a new attempt, and
+            # an ended one may still withdraw its candidate) but its status is left as it is, Ready and Healthy.
+            return ReconcileOutcome(status=dict(obj.get("status") or {}),
+                                    requeue_after=TARGET_CONFLICT_RECHECK.total_seconds())
         now = self.clock()
         decision = wait_for_target(status, claim, holder, int(obj["metadata"].get("generation") or 0), now)
         waiting = refuse_command(obj, decision.status, now, f"waiting for the target: {holder!r} is rolling out on it")

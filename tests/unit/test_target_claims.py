@@ -17,7 +17,15 @@ from controller.api.status import ModelRolloutStatus
 from controller.engine import RegistryObservation, ResolvedVersion, TargetObservation
 from controller.engine.claims import TargetClaim, in_flight, target_claim, target_holder
 from controller.engine.decide import TARGET_CONFLICT_RECHECK, wait_for_target
-from controller.operator.runtime import OperatorConfig, ReconcileOutcome, RolloutRuntime, RolloutStepper
+from controller.operator import scheduler
+from controller.operator.runtime import (
+    OperatorConfig,
+    ReconcileOutcome,
+    RolloutRuntime,
+    RolloutStepper,
+    _StartGate,
+    _StartLocks,
+)
 
 
 def rollout(name: str, created: str, target: dict[str, Any], namespace: str = "team-a", phase: str | None = None,
@@ -215,6 +223,29 @@ def test_an_ended_rollout_with_nothing_new_is_left_as_it_is_beside_one_in_flight
     assert acted == [] and "TargetConflict" in [c["reason"] for c in outcome.status["conditions"]]
 
 
+def test_an_ended_rollout_whose_alias_moved_still_waits_touching_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ended, spec seen, no command: but its candidate is an alias, which now names version 8 (a new attempt). Beside
+    one in flight it acts on nothing (it staged 8 over the other's canary), and its status stays as it was."""
+    world = World(spec=spec_dict(model={"name": "nsfw-classifier", "alias": "challenger", "stableAlias": "production"}))
+    world.registry.aliases["challenger"] = "7"
+    world.spec["canary"] = {"steps": [{"setWeight": 10}]}
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED, step=timedelta(seconds=30))
+    ended = world.status.to_dict()
+    obj = me(ended)
+    obj["spec"] = copy.deepcopy(world.spec)
+    acted: list[str] = []
+    monkeypatch.setattr(RolloutRuntime, "observe_registry", lambda self, status=None: RegistryObservation(
+        candidate=ResolvedVersion("8", source="s3://m/8"), stable_alias_version=ResolvedVersion("7", source="s3://m/7")))
+    monkeypatch.setattr(RolloutRuntime, "observe_target",
+                        lambda self: (TargetObservation(ready=True, stable_version="7"), None))
+    monkeypatch.setattr(RolloutRuntime, "act", lambda self, action, status: acted.append(action.type))
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    stepper.store = Store([FIRST])  # type: ignore[assignment]
+    outcome = asyncio.run(stepper.step(obj))
+    assert acted == [] and outcome.status == ended
+    assert outcome.requeue_after == TARGET_CONFLICT_RECHECK.total_seconds()
+
+
 def test_an_abort_of_a_held_rollout_in_flight_is_carried_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two in flight on one target (e.g. from before this rule): the later one is held, but taking its
     candidate off never waits."""
@@ -303,3 +334,41 @@ def test_a_start_with_nothing_to_send_yet_is_stored_before_the_gate_opens(monkey
     outcome = asyncio.run(stepper.step(copy.deepcopy(b)))
     assert in_flight({"status": outcome.status}), outcome.status
     assert in_flight(namespace.objs["second"]), "the start was left for the caller to write, after the gate opened"
+
+
+def test_a_start_lock_taken_then_cancelled_while_its_worker_slot_comes_back_is_released() -> None:
+    """Cancelled after the lock was acquired, while taking its lent worker slot back: the lock stayed locked and the
+    next rollout of the target waited for ever."""
+    target = ("team-a", "InferenceService", "nsfw-classifier")
+
+    async def scenario() -> bool:
+        locks, workers = _StartLocks(), asyncio.Semaphore(1)
+        first = await _StartGate(locks, target).__aenter__()
+
+        async def queued() -> None:  # a reconcile in the queue, holding its worker slot
+            await workers.acquire()
+            scheduler._current_slot.set(scheduler._Slot(workers))
+            async with _StartGate(locks, target):
+                pass
+
+        async def hog() -> None:  # another reconcile takes the slot it lent
+            await asyncio.sleep(0)
+            await workers.acquire()
+            await asyncio.sleep(10)
+
+        cancelled, other = asyncio.create_task(queued()), asyncio.create_task(hog())
+        await asyncio.sleep(0.01)
+        next_one = asyncio.create_task(_StartGate(locks, target).__aenter__())  # waiting behind it
+        await asyncio.sleep(0.01)
+        first.release()  # `cancelled` gets the lock, then waits for its worker slot: cancelled there
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        try:
+            await asyncio.wait_for(next_one, 2)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            other.cancel()
+
+    assert asyncio.run(scenario()), "the lock stayed taken"
