@@ -331,7 +331,8 @@ def test_slow_registry_times_out(fake_mlflow: FakeMlflow) -> None:
     fake_mlflow.delay_seconds = 1.0
     policy = RequestPolicy(timeout_seconds=0.2, max_retries=0)
     started = time.monotonic()
-    with pytest.raises(RegistryUnavailable, match=r"no answer within 0.2s"):
+    # The try's own timeout and the call's deadline (one try: the same 0.2 s) end it together: either says so.
+    with pytest.raises(RegistryUnavailable, match=r"no answer within 0.2s|its answer took over 0.2s"):
         MlflowRegistry(fake_mlflow.url, policy=policy).resolve("nsfw-classifier", version="7")
     assert time.monotonic() - started < 1.0
 
