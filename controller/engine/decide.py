@@ -1129,6 +1129,11 @@ class _Decider:
                 self._wait(f"The analysis judges could not run ({result.error.message}); retrying")
                 return None
             verdicts = tuple(_clean_verdict(item) for item in result.verdicts)
+            # Missing evidence is never a pass: a metric of the spec this run gave no verdict for (say, added while
+            # it ran) is inconclusive, not left out of the outcome.
+            judged = {item.name for item in verdicts}
+            verdicts += tuple(Verdict(metric.name, Outcome.INCONCLUSIVE, "no verdict for it in this run")
+                              for metric in self.spec.analysis.metrics if metric.name not in judged)
             outcome = combine(list(verdicts))
             merged = {item.name: item for item in analysis.metrics}
             merged.update({item.name: item for item in verdicts})

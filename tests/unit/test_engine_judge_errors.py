@@ -92,3 +92,18 @@ def test_a_gate_verdict_clears_the_error_count() -> None:
     world.run_until(lambda w: w.status.phase is Phase.PROGRESSING, step=timedelta(seconds=5))
     gate = world.status.gate
     assert gate is not None and (gate.errors, gate.erroring_since) == (0, None)
+
+
+def test_a_run_without_a_verdict_for_every_metric_is_no_pass() -> None:
+    """The judges answered for one metric of two (the second added while the run was under way): the step must not
+    pass on half the evidence."""
+    spec = spec_dict()
+    second = {"name": "violence-rate", "proportion": {"events": "v{{selector}}", "total": "t{{selector}}"}}
+    spec["analysis"] = {**spec["analysis"], "metrics": [*spec["analysis"]["metrics"], second]}
+    world = World(spec=spec, judge=lambda _request: [verdict(Outcome.PASS)])  # nsfw-rate only
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED, step=timedelta(seconds=30))
+    assert world.status.pause is not None and world.status.pause.reason is PauseReason.ANALYSIS_INCONCLUSIVE
+    analysis = world.status.analysis
+    assert analysis is not None and analysis.outcome is Outcome.INCONCLUSIVE
+    missing = next(item for item in analysis.metrics if item.name == "violence-rate")
+    assert missing.reason == "no verdict for it in this run"
