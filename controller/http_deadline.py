@@ -1,8 +1,10 @@
-"""A whole HTTP exchange cut at its deadline, wherever it is: requests' timeout bounds each wait for bytes only, so a
-server sending its headers (or a body that decodes to nothing) a byte at a time is never cut off by it.
+"""Shared HTTP plumbing. A whole exchange cut at its deadline, wherever it is: requests' timeout bounds each wait
+for bytes only, so a server sending its headers (or a body that decodes to nothing) a byte at a time is never cut
+off by it.
 
 Shared by the Prometheus provider and both MLflow clients (the registry adapter and the gate's): each runs its
 exchange inside `Exchange(seconds)` over a session whose adapters are watched (`WatchedAdapter`, `watch_session`).
+`transport_cause` names why an exchange failed without quoting it (the CLI uses it for the API server too).
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import http.client
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3 import PoolManager
 
@@ -173,3 +178,47 @@ def watch_session(session: requests.Session) -> None:
         if isinstance(adapter, HTTPAdapter) and not isinstance(adapter, WatchedAdapter):
             adapter.__class__ = _watched_adapter(type(adapter))
             _watch_pools(adapter.poolmanager)  # made already; a proxy's is watched as proxy_manager_for hands it
+
+
+def transport_cause(error: BaseException, timeout_seconds: float | None = None) -> str:
+    """A short, secret-free reason for a failed HTTP exchange: the exception chain's most specific failure (never
+    its message, which may quote the URL)."""
+    timeout = f"{timeout_seconds:g}s" if timeout_seconds is not None else "its time"
+    chain = list(_exception_chain(error))
+
+    def found(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(link, kinds) for link in chain)
+
+    # requests reports urllib3's exhausted retries as a plain ConnectionError: look at the reasons.
+    # Order matters: urllib3's NewConnectionError is also a ConnectTimeoutError.
+    if found(requests.exceptions.SSLError, urllib3.exceptions.SSLError):
+        return "TLS handshake failed"
+    if found(ConnectionRefusedError) or any("Connection refused" in str(link) for link in chain):
+        return "connection refused"
+    if found(urllib3.exceptions.NameResolutionError):
+        return "host name does not resolve"
+    if found(urllib3.exceptions.NewConnectionError):
+        return "connection failed"
+    if found(requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError):
+        return f"no connection within {timeout}"
+    if found(requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+        return f"no answer within {timeout}"
+    if found(requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead):
+        return "the connection closed before the answer was complete"
+    if found(requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError):
+        return "connection failed"
+    return f"request failed ({type(chain[-1]).__name__})"
+
+
+def _exception_chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        # urllib3's MaxRetryError keeps the real failure in `.reason`, requests' errors in args.
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(link for link in linked if isinstance(link, BaseException))

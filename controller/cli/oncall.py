@@ -25,6 +25,7 @@ from controller.api.status import step_fraction
 from controller.cli.errors import CliError
 from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, objects, printable, text, well_formed
+from controller.http_deadline import transport_cause
 from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
@@ -88,20 +89,6 @@ def _server() -> str:
         return str(parts.hostname)
 
 
-def _root_cause(exc: BaseException) -> str:
-    """What finally failed, as kubectl says it ("connection refused"): an OS error's own text, else the type's name.
-    Never the exception's message, which quotes the URL."""
-    for _ in range(10):
-        reason = getattr(exc, "reason", None)
-        inner = reason if isinstance(reason, BaseException) else exc.__cause__ or exc.__context__
-        if inner is None:
-            break
-        exc = inner
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror[:1].lower() + exc.strerror[1:]
-    return type(exc).__name__
-
-
 class OnCall:
     def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO | None = None) -> None:
         try:
@@ -127,7 +114,7 @@ class OnCall:
                 raise CliError(f"{what}: no permission ({reason})") from None
             raise CliError(f"{what}: the API server answered HTTP {exc.status}: {_api_message(exc)}") from None
         except (Urllib3Error, OSError) as exc:
-            raise CliError(f"no cluster: cannot reach the API server at {_server()} ({_root_cause(exc)})") from None
+            raise CliError(f"no cluster: cannot reach the API server at {_server()} ({transport_cause(exc)})") from None
 
     def get(self, name: str) -> dict[str, Any]:
         what = f"ModelRollout {self.namespace}/{name}"

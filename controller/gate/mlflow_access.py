@@ -27,7 +27,7 @@ import requests
 import urllib3
 
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
-from controller.http_deadline import Exchange
+from controller.http_deadline import Exchange, transport_cause
 from controller.redaction import redact_credentials
 from controller.registry.mlflow_rest import (
     MAX_ANSWER_BYTES,
@@ -37,7 +37,6 @@ from controller.registry.mlflow_rest import (
     bounded_text,
     json_type,
     mlflow_request,
-    transport_cause,
 )
 
 if TYPE_CHECKING:

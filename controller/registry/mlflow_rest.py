@@ -9,7 +9,6 @@ MLflow's documented REST API 2.0 (aliases and version tags only; stages are depr
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import re
@@ -26,7 +25,7 @@ from mlflow.utils.request_utils import _get_request_session
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX
-from controller.http_deadline import AnswerTooSlow, Exchange, watch_session
+from controller.http_deadline import AnswerTooSlow, Exchange, transport_cause, watch_session
 from controller.redaction import redact_credentials
 from controller.registry.base import DatasetInput, ModelRegistry, RunRecord, VersionRecord, bounded
 from controller.registry.errors import (
@@ -307,35 +306,6 @@ def bounded_text(response: requests.Response, deadline: float, max_bytes: int = 
         return data.decode("utf-8", errors="replace")
 
 
-def transport_cause(error: BaseException, timeout_seconds: float) -> str:
-    """A short, secret-free reason for a failed HTTP exchange: the exception chain's most specific failure."""
-    timeout = f"{timeout_seconds:g}s"
-    chain = list(_exception_chain(error))
-
-    def found(*kinds: type[BaseException]) -> bool:
-        return any(isinstance(link, kinds) for link in chain)
-
-    # requests reports urllib3's exhausted retries as a plain ConnectionError: look at the reasons.
-    # Order matters: urllib3's NewConnectionError is also a ConnectTimeoutError.
-    if found(requests.exceptions.SSLError, urllib3.exceptions.SSLError):
-        return "TLS handshake failed"
-    if found(ConnectionRefusedError) or any("Connection refused" in str(link) for link in chain):
-        return "connection refused"
-    if found(urllib3.exceptions.NameResolutionError):
-        return "host name does not resolve"
-    if found(urllib3.exceptions.NewConnectionError):
-        return "connection failed"
-    if found(requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError):
-        return f"no connection within {timeout}"
-    if found(requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
-        return f"no answer within {timeout}"
-    if found(requests.exceptions.ChunkedEncodingError, http.client.IncompleteRead):
-        return "the connection closed before the answer was complete"
-    if found(requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError, ConnectionError):
-        return "connection failed"
-    return f"request failed ({type(chain[-1]).__name__})"
-
-
 def validated_tracking_uri(uri: str) -> str:
     """An http(s) URI with a host and nothing that could carry a secret (no user info, query or fragment)."""
     try:
@@ -353,20 +323,6 @@ def validated_tracking_uri(uri: str) -> str:
     if parts.query or parts.fragment:
         raise RegistryConfigError("the registry tracking URI must not have a query or fragment")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-
-
-def _exception_chain(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        # urllib3's MaxRetryError keeps the real failure in `.reason`, requests' errors in args.
-        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
-        pending.extend(link for link in linked if isinstance(link, BaseException))
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
