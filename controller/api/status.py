@@ -204,6 +204,7 @@ class RollbackCause(StrEnum):
     ABORTED = "Aborted"
     ROLLBACK_REQUESTED = "RollbackRequested"
     SUPERSEDED = "Superseded"  # a new candidate replaced this one mid-rollout
+    DATASET_CHANGED = "DatasetChanged"  # the golden dataset was re-pinned after the gate passed: gated again
     DELETED = "Deleted"  # the ModelRollout was deleted before it ended (spec.rollback.revertOnDeletion)
 
 

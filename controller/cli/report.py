@@ -111,7 +111,8 @@ def weight_series(status: Mapping[str, Any], end: dt.datetime) -> list[tuple[dt.
             weight = float(match.group(1)) if match else (0.0 if decision.event == "CandidateStaged" else None)
         elif decision.event in ("Promoted", "Succeeded"):
             weight = 100.0
-        elif decision.event in ("TrafficRestored", "Recovered", "RolledBack", "Failed", "RolledBackForNewCandidate"):
+        elif decision.event in ("TrafficRestored", "Recovered", "RolledBack", "Failed", "RolledBackForNewCandidate",
+                                "RolledBackToGateAgain"):
             weight = None if kept else 0.0  # a first rollout's candidate kept all traffic: nothing went back
         if weight is not None:
             points.append((decision.time, weight))

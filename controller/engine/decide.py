@@ -263,6 +263,7 @@ class _Decider:
             if command.action in rollbacks:
                 self._apply_command(command)
         self._follow_candidate_changes()
+        self._follow_dataset_changes()
         self._follow_step_changes()
         for command in self.obs.commands:
             if command.action not in rollbacks:
@@ -619,6 +620,27 @@ class _Decider:
             self._record("NewCandidate", f"{detail}; rolling {current.version} back first")
             self._start_rollback(RollbackCause.SUPERSEDED, f"superseded by version {wanted}",
                                  evidence={_SUPERSEDED_BY: wanted}, reject_candidate=False, restart=True)
+
+    def _follow_dataset_changes(self) -> None:
+        """A golden dataset re-pinned before promotion: the candidate is gated again, on the new data, before it
+        takes (more) traffic. A gate under way starts over; a canary the old gate let through is rolled back (not
+        rejected: nothing judged it on the new data) and the rollout starts over, as for a new candidate, so the
+        new attempt's steps and deadlines start fresh. A gate a human overrode, and a promoted version, are left:
+        the next attempt gates on the new data."""
+        gate = self.status.gate
+        dataset = self.spec.golden_dataset
+        if gate is None or dataset is None or gate.dataset_sha256 in (None, dataset.sha256) or self._deleting:
+            return
+        phase = self.status.phase
+        detail = f"golden dataset re-pinned: {gate.dataset_sha256[:12]} -> {dataset.sha256[:12]}"
+        if phase is Phase.GATING:
+            self._record("DatasetChanged", f"{detail}; the gate starts over on the new data")
+            self._enter_gate()
+        elif phase in (Phase.PROGRESSING, Phase.PAUSED) and gate.outcome is Outcome.PASS \
+                and gate.overridden_by is None:
+            self._record("DatasetChanged", f"{detail}; rolling {self._candidate.version} back to gate it again")
+            self._start_rollback(RollbackCause.DATASET_CHANGED, f"{detail} after the gate passed",
+                                 reject_candidate=False, restart=True)
 
     def _follow_deletion(self) -> None:
         """Deleted before it ended, with revertOnDeletion: roll back as an abort would, then end (the operator
@@ -1302,7 +1324,8 @@ class _Decider:
             self.polls = True
             return
         if rollback.restart:
-            self._record("RolledBackForNewCandidate", rollback.reason)
+            again = rollback.cause is RollbackCause.DATASET_CHANGED  # the same candidate, gated again
+            self._record("RolledBackToGateAgain" if again else "RolledBackForNewCandidate", rollback.reason)
             self._restart(rollback.reason)
             return
         self._record(str(rollback.final_phase), rollback.reason)

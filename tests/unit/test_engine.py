@@ -32,6 +32,7 @@ from controller.engine import (
     Observations,
     RestoreStable,
     RunAnalysis,
+    RunGate,
     SetAlias,
     SetCanaryWeight,
     TagRejected,
@@ -1147,6 +1148,100 @@ def test_new_candidate_after_success_starts_a_new_rollout() -> None:
     world.reconcile()
     assert world.status.candidate is not None and world.status.candidate.version == "8"
     assert world.status.stable is not None and world.status.stable.version == "7"
+
+
+NEW_SHA = "9a1e" + "0" * 60
+
+
+def repin(world: World) -> None:
+    world.spec = {**world.spec, "goldenDataset": {**world.spec["goldenDataset"], "sha256": NEW_SHA}}
+    world.generation += 1
+
+
+def gates_run(world: World) -> list[tuple[str, str]]:
+    """(attempt, dataset hash) of every gate run."""
+    return [(action.id.partition(":")[0], action.dataset.sha256) for action in world.executed
+            if isinstance(action, RunGate)]
+
+
+def test_a_dataset_re_pinned_mid_canary_takes_the_canary_out_and_gates_it_again_on_the_new_data() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 3)
+    assert world.target.canary_weight == 10
+    repin(world)
+    world.reconcile()
+    status = world.status
+    assert status.attempt == 2 and status.candidate is not None and status.candidate.version == "7"
+    assert gates_run(world) == [("1", SHA), ("2", NEW_SHA)]
+    assert status.gate is not None and status.gate.dataset_sha256 == NEW_SHA
+    assert REJECTED_TAG not in world.registry.versions["7"]  # nothing judged it on the new data
+    ids = [action.id for action in world.executed]
+    second_gate = next(i for i, action in enumerate(world.executed) if isinstance(action, RunGate)
+                       and action.id.startswith("2:"))
+    assert ids.index("1:rollback:traffic") < second_gate  # the canary is out before the new gate
+    changed = next(entry for entry in status.history if entry.event == "DatasetChanged")
+    assert changed.detail == f"golden dataset re-pinned: {SHA[:12]} -> {NEW_SHA[:12]}; rolling 7 back to gate it again"
+    assert {"RollbackStarted", "RolledBackToGateAgain"} <= set(events(world))
+    assert "RolledBackForNewCandidate" not in events(world)
+    reach_final_pause(world)  # fresh deadlines: no step of the old attempt counts against the new one
+    assert world.status.rollback is None and world.status.attempt == 2
+    assert any(action.id.startswith("2:step-0") for action in world.executed)
+
+
+def test_a_gate_answer_on_data_re_pinned_while_it_ran_is_not_taken_the_gate_starts_over_on_the_new_data() -> None:
+    world = World()
+    world.gate_error = AdapterError(AdapterErrorKind.UNAVAILABLE, "golden dataset store unreachable")
+    world.run_until(lambda w: w.status.phase is Phase.GATING)
+    gate = world.status.gate
+    assert gate is not None and gate.request_id is not None and gate.dataset_sha256 == SHA
+    repin(world)  # while the gate ran on the old data, whose answer the next decision reads
+    answer = JudgeResult(gate.request_id, (verdict(Outcome.PASS, "accuracy", "0.98"),), dataset_sha256=SHA)
+    decision = decide(world.parsed_spec, world.status, world.observe(gate=answer), world.now)
+    assert decision.status.phase is Phase.GATING and decision.status.attempt == 1
+    assert decision.status.gate is not None and decision.status.gate.outcome is None
+    assert decision.status.gate.request_id != gate.request_id and decision.status.gate.dataset_sha256 == NEW_SHA
+    assert [(entry.event, entry.detail) for entry in decision.events][-2:] == [
+        ("DatasetChanged", f"golden dataset re-pinned: {SHA[:12]} -> {NEW_SHA[:12]}; the gate starts over on the "
+                           "new data"),
+        ("GateStarted", f"golden dataset {NEW_SHA[:12]}: candidate 7 against stable 6")]
+    assert [action.dataset.sha256 for action in decision.actions if isinstance(action, RunGate)] == [NEW_SHA]
+
+
+def test_a_dataset_re_pinned_after_promotion_or_past_an_overridden_gate_waits_for_the_next_attempt() -> None:
+    baking = World()
+    reach_final_pause(baking)
+    baking.send(CommandAction.PROMOTE)
+    baking.run_until(lambda w: w.status.phase is Phase.BAKING)
+    repin(baking)
+    baking.reconcile()
+    assert baking.status.phase is Phase.BAKING and "DatasetChanged" not in events(baking)
+
+    overridden = World(gate_verdicts=[verdict(Outcome.INCONCLUSIVE, "accuracy", "only 12 golden samples")])
+    overridden.reconcile()
+    overridden.send(CommandAction.PROMOTE, actor="carol")
+    overridden.reconcile()
+    assert overridden.status.phase is Phase.PROGRESSING
+    repin(overridden)
+    overridden.reconcile()
+    assert overridden.status.phase is Phase.PROGRESSING and "DatasetChanged" not in events(overridden)
+
+
+def test_an_abort_while_a_re_pin_takes_the_canary_out_ends_the_rollout_and_retry_gates_on_the_new_data() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 3)
+    world.target.frozen = True
+    repin(world)
+    world.reconcile()
+    assert world.status.rollback is not None and world.status.rollback.restart
+    world.send(CommandAction.ABORT, command_id="abort-1")
+    world.reconcile()
+    world.target.frozen = False
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK and world.status.attempt == 1
+    assert "RolledBackToGateAgain" not in events(world)
+    world.send(CommandAction.RETRY)
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING, step=timedelta(seconds=5))
+    assert gates_run(world)[-1] == ("2", NEW_SHA)
 
 
 def test_same_candidate_spec_change_keeps_going() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine_support import World, spec_dict, verdict
+from test_engine_support import SHA, World, spec_dict, verdict
 
 from controller.api import (
     ACTION_LOG_LIMIT,
@@ -82,7 +82,9 @@ operations = st.one_of(
     st.tuples(st.just("conflict"), st.booleans()),
     st.tuples(st.just("crash"), st.integers(0, 4)),
     st.tuples(st.just("new-candidate"), st.booleans()),
+    st.tuples(st.just("re-pin"), st.booleans()),
 )
+OTHER_SHA = "9a1e" + "0" * 60
 
 
 @dataclass
@@ -96,6 +98,7 @@ class Checker:
     overridden_attempts: set[int] = field(default_factory=set)
     last_step_outcome: dict[tuple[int, int | None], Outcome] = field(default_factory=dict)
     last_gate_outcome: dict[int, Outcome] = field(default_factory=dict)
+    last_gate_dataset: dict[int, str] = field(default_factory=dict)
     decisions: int = 0
     previous: Decision | None = None  # its actions count as handed out once its status was written
 
@@ -108,6 +111,7 @@ class Checker:
         self._failing_verdicts_are_never_ignored(before, observations, decision)
         self._weight_never_rises_after_a_failure(before, decision)
         self._promotion_only_after_every_step_passed(before, decision)
+        self._traffic_only_after_a_gate_on_the_pinned_data(decision)
         self._terminal_states_are_true(before, decision)
 
     # -- invariants --
@@ -194,6 +198,16 @@ class Checker:
             assert self.world.target.canary_version == action.candidate.version or \
                 self.world.target.stable_version == action.candidate.version
 
+    def _traffic_only_after_a_gate_on_the_pinned_data(self, decision: Decision) -> None:
+        status = decision.status
+        if status.attempt in self.overridden_attempts or status.stable is None:
+            return  # a human went past the gate; a first rollout has no canary
+        pinned = parse_spec(self.world.spec).golden_dataset
+        for action in decision.actions:
+            if isinstance(action, SetCanaryWeight) and action.weight > 0 and pinned is not None:
+                gated_on = self.last_gate_dataset.get(status.attempt)
+                assert gated_on == pinned.sha256, f"weight {action.weight} on a gate of {gated_on}, not {pinned.sha256}"
+
     def _terminal_states_are_true(self, before: ModelRolloutStatus, decision: Decision) -> None:
         status = decision.status
         if status.phase is before.phase:
@@ -214,8 +228,10 @@ class Checker:
         if str(request.mode) == "canary" and request.step_index is not None:
             self.last_step_outcome[(attempt, request.step_index)] = outcome
 
-    def record_gate(self, request_id: str, outcome: Outcome) -> None:
-        self.last_gate_outcome[int(request_id.split(":")[0])] = outcome
+    def record_gate(self, request_id: str, outcome: Outcome, dataset_sha256: str) -> None:
+        attempt = int(request_id.split(":")[0])
+        self.last_gate_outcome[attempt] = outcome
+        self.last_gate_dataset[attempt] = dataset_sha256
 
 
 def apply(world: World, checker: Checker, operation: tuple[str, Any], state: dict[str, Any]) -> None:
@@ -256,6 +272,10 @@ def apply(world: World, checker: Checker, operation: tuple[str, Any], state: dic
         current = world.spec["model"]["version"]
         world.spec["model"] = {**world.spec["model"], "version": "8" if current == "7" else "7"}
         world.generation += 1
+    elif kind == "re-pin" and value:
+        dataset = world.spec["goldenDataset"]
+        world.spec["goldenDataset"] = {**dataset, "sha256": OTHER_SHA if dataset["sha256"] == SHA else SHA}
+        world.generation += 1
     world.reconcile()
 
 
@@ -280,7 +300,7 @@ def test_invariants_hold_for_any_sequence(spec: dict[str, Any], first_outcome: O
     def execute(action: Any) -> Any:
         result = gate_execute(action)
         if action.type is ActionType.RUN_GATE and result[0] is not None and result[0].error is None:
-            checker.record_gate(action.id, combine(list(result[0].verdicts)))
+            checker.record_gate(action.id, combine(list(result[0].verdicts)), action.dataset.sha256)
         return result
 
     world.execute = execute  # type: ignore[method-assign]

@@ -244,7 +244,8 @@ class World:
         elif isinstance(action, RunGate):
             if self.gate_error:
                 return JudgeResult(action.id, error=self.gate_error), None, None
-            return JudgeResult(action.id, tuple(self.gate_verdicts), dataset_sha256=SHA,
+            # The data it was asked for: a real gate reports the hash it read, and fails a mismatch itself.
+            return JudgeResult(action.id, tuple(self.gate_verdicts), dataset_sha256=action.dataset.sha256,
                                report=GATE_REPORT), None, None
         elif isinstance(action, RunAnalysis):
             if self.analysis_error:
