@@ -113,8 +113,13 @@ def predicted_classes(data: Any, options: DecodeOptions) -> tuple[str, ...]:
 
 
 def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
-    if options.class_names or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    """Seldon's `names` say which column is which: the row is read in their order, never --class-names' order."""
+    if not names or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return options
+    if options.class_names and not set(names) <= set(options.class_names):
+        # Another model's classes (the names are one list for every namespace): counting them would mislabel.
+        raise MalformedEvent("ClassNamesMismatch", f"the response names {len(names)} columns, not all of them "
+                                                   f"among the {len(options.class_names)} class names")
     return DecodeOptions(tuple(names), options.v2_output)
 
 
@@ -191,6 +196,9 @@ def _row_to_class(row: Any, options: DecodeOptions) -> str:
             finite = False
         if not finite:
             raise MalformedEvent("BadPredictions", "a score is NaN, infinite or out of range")
+        if options.class_names and len(row) != len(options.class_names):
+            # Another model's scores (e.g. a binary [p_safe, p_nsfw] under three names): no column is known.
+            raise MalformedEvent("ScoreWidth", f"{len(row)} scores in a row for {len(options.class_names)} class names")
         best = max(range(len(row)), key=lambda i: row[i])
         return _class_at(best, options)
     if isinstance(row, dict) and isinstance(row.get("label"), str):

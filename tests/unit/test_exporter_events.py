@@ -249,6 +249,47 @@ def test_a_score_that_names_no_class_is_refused(body: dict, options: DecodeOptio
     assert caught.value.reason == reason
 
 
+THREE = DecodeOptions(class_names=("safe", "suggestive", "nsfw"))
+
+
+@pytest.mark.parametrize(("body", "options", "reason"), [
+    # A binary model's [p_safe, p_nsfw] under three names: its nsfw column is not "suggestive".
+    ({"predictions": [[0.1, 0.9], [0.3, 0.7]]}, THREE, "ScoreWidth"),
+    ({"outputs": [{"name": "p", "shape": [2, 2], "datatype": "FP32", "data": [0.1, 0.9, 0.3, 0.7]}]}, THREE,
+     "ScoreWidth"),
+    ({"predictions": [[0.9, 0.0, 0.1]]}, NAMES, "ScoreWidth"),  # wider than the names, argmax in range
+    ({"data": {"names": ["safe", "porn"], "ndarray": [[0.1, 0.9]]}}, THREE, "ClassNamesMismatch"),
+])
+def test_a_score_row_of_another_width_or_other_names_is_refused(body: dict, options: DecodeOptions,
+                                                                 reason: str) -> None:
+    with pytest.raises(MalformedEvent) as caught:
+        predicted_classes(body, options)
+    assert caught.value.reason == reason
+
+
+def test_a_score_row_of_another_width_is_counted_as_malformed_never_as_a_class() -> None:
+    exporter = PredictionExporter(THREE)
+    for i, body in enumerate([
+            {"predictions": [[0.1, 0.9]]},
+            {"outputs": [{"name": "p", "shape": [1, 2], "datatype": "FP32", "data": [0.1, 0.9]}]}]):
+        assert exporter.handle(kserve_headers(event_id=f"e{i}"), json.dumps(body).encode(), "") == "malformed"
+    assert malformed(exporter, "ScoreWidth") == 2
+    assert 'reason="ScoreWidth"' in generate_latest(exporter.metrics.registry).decode()
+    assert not [s for m in exporter.metrics.registry.collect() for s in m.samples
+                if s.name == "modelrollout_predictions_total" and s.value]
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"data": {"names": ["nsfw", "safe", "suggestive"], "ndarray": [[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]]}},
+     ("nsfw", "safe")),
+    ({"data": {"names": ["nsfw", "safe", "suggestive"], "tensor": {"shape": [1, 3], "values": [0.9, 0.05, 0.05]}}},
+     ("nsfw",)),
+    ({"data": {"names": ["nsfw", "safe"], "ndarray": [[0.9, 0.1]]}}, ("nsfw",)),  # some of the names, by name
+])
+def test_seldon_names_are_read_in_the_responses_order(body: dict, expected: tuple[str, ...]) -> None:
+    assert predicted_classes(body, THREE) == expected
+
+
 def test_a_deeply_nested_tensor_is_read_without_recursion() -> None:
     data: list = [0.1, 0.9]
     for _ in range(5_000):
