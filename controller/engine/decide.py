@@ -1563,6 +1563,9 @@ class _Decider:
         self._update(promotion=dataclasses.replace(promotion, alias_confirmed_at=self.now))
         if self.spec.bake is not None and self.status.stable is not None:
             self._move(Phase.BAKING, analysis=None)
+            # Judged from when the candidate took all traffic, not from now: the alias may have moved late (a
+            # registry away, an operator restarted in between), and what the version served meanwhile counts.
+            self._start_bake(promotion.target_confirmed_at or self.now)
         else:
             self._succeed("promoted")
 
@@ -1573,12 +1576,7 @@ class _Decider:
             return
         analysis = self.status.analysis
         if analysis is None or analysis.mode is not AnalysisMode.BAKE:
-            analysis = AnalysisStatus(mode=AnalysisMode.BAKE, window_start=self.now,
-                                      ends_at=self.now + bake.duration)
-            self._update(analysis=analysis)
-            self._record("BakeStarted", f"judging version {self._candidate.version} against version "
-                                        f"{self.status.stable.version if self.status.stable else '?'}'s last "
-                                        f"{format_duration(bake.baseline)} for {format_duration(bake.duration)}")
+            self._start_bake(self.now)  # a retried bake, or one added to the spec since: a full bake from now
         outcome = self._judge()
         if outcome is Outcome.FAIL:
             self._judged_failure(RollbackCause.BAKE_FAILED)
@@ -1588,6 +1586,16 @@ class _Decider:
         elif outcome is Outcome.INCONCLUSIVE:
             self._inconclusive(RollbackCause.BAKE_INCONCLUSIVE, self._analysis_reason(Outcome.INCONCLUSIVE),
                                self._analysis_evidence())
+
+    def _start_bake(self, since: datetime) -> None:
+        bake = self.spec.bake
+        if bake is None:
+            return
+        self._update(analysis=AnalysisStatus(mode=AnalysisMode.BAKE, window_start=since, ends_at=since + bake.duration))
+        self._record("BakeStarted", f"judging version {self._candidate.version} against version "
+                                    f"{self.status.stable.version if self.status.stable else '?'}'s last "
+                                    f"{format_duration(bake.baseline)} for {format_duration(bake.duration)}"
+                                    + (f" since the promotion at {format_time(since)}" if since != self.now else ""))
 
     def _succeed(self, why: str) -> None:
         self._record("Succeeded", why)

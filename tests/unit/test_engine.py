@@ -960,6 +960,33 @@ def test_a_restore_after_promotion_is_confirmed_only_once_the_restored_version_s
     assert world.status.phase is Phase.ROLLED_BACK and "TrafficRestored" in events(world)
 
 
+def test_the_bake_judges_from_when_the_candidate_took_all_traffic_though_the_alias_moved_later() -> None:
+    world = World()
+    reach_final_pause(world)
+
+    def registry_away_once_promoted(_status: object, _observations: object, decision: Decision) -> None:
+        promotion = decision.status.promotion
+        if promotion is not None and promotion.target_confirmed_at is not None and world.on_decision is not None:
+            world.registry.down = True  # the candidate serves all traffic; the alias cannot move yet
+            world.on_decision = None
+
+    world.on_decision = registry_away_once_promoted
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.registry.down)
+    served_from = world.status.promotion.target_confirmed_at if world.status.promotion else None
+    assert served_from is not None and world.status.phase is Phase.PROMOTING
+    world.advance(timedelta(minutes=5))
+    world.reconcile()
+    world.registry.down = False
+    world.run_until(lambda w: w.status.phase is Phase.BAKING)
+    analysis = world.status.analysis
+    assert analysis is not None and analysis.window_start == served_from  # not when the alias moved
+    assert analysis.ends_at == served_from + timedelta(hours=1)
+    assert world.now - served_from >= timedelta(minutes=5)
+    started = next(entry for entry in world.status.history if entry.event == "BakeStarted")
+    assert started.detail.endswith(f"since the promotion at {served_from.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+
+
 def test_bake_inconclusive_pauses_and_promote_ends_it() -> None:
     world = World()
     reach_final_pause(world)
