@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from controller.single_score import single_score_position
+
 RESPONSE_TYPES = frozenset({"org.kubeflow.serving.inference.response", "io.seldon.serving.inference.response"})
 REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.serving.inference.request"})
 # "": not said. The operator's judges select by model_version, which the router writes into each serving
@@ -217,11 +219,12 @@ def _shape_of(row: Any) -> str:
 
 def _single_score_class(score: float, options: DecodeOptions) -> str:
     """One probability per row is a binary classifier's score for its second class (a sigmoid)."""
-    if len(options.class_names) != 2 or not 0.0 <= score <= 1.0:
+    position = single_score_position(score, len(options.class_names))
+    if position is None:
         where = "in" if 0.0 <= score <= 1.0 else "outside"
         raise MalformedEvent("AmbiguousScore", f"one score per row ({where} [0, 1]) needs exactly two class names "
                                                "and a probability (the score is the second's)")
-    return options.class_names[1 if score >= 0.5 else 0]
+    return options.class_names[position]
 
 
 def _class_at(index: int, options: DecodeOptions) -> str:

@@ -3,10 +3,11 @@
 V1: POST {base}/v1/models/<m>:predict  {"instances": [...]}  ->  {"predictions": [...]}
 V2: POST {base}/v2/models/<m>/infer   {"inputs": [{name, shape, datatype, data}]}  ->  {"outputs": [...]}
 
-A prediction may be a class name, an integer class index, or a vector of scores (argmax over the model's
-output classes). Whatever a server sends back, `predict` returns a `BatchAnswer`: a class index per sample
-(-1 where there is no usable prediction) and the reason for what was unusable. It never raises for a
-server's behaviour, so a partly broken server is counted and reported, not a crash.
+A prediction may be a class name (also as {"label": name}), an integer class index, a vector of scores (argmax
+over the model's output classes) or one score (a sigmoid: the probability of the second of exactly two classes),
+read as the prediction exporter reads them. Whatever a server sends back, `predict` returns a `BatchAnswer`: a
+class index per sample (-1 where there is no usable prediction) and the reason for what was unusable. It never
+raises for a server's behaviour, so a partly broken server is counted and reported, not a crash.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 import orjson
+
+from controller.single_score import single_score_position
 
 # Transient statuses: retried, and reported as "unavailable" when retries run out.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -311,6 +314,8 @@ class InferenceClient:
 
     def _numeric(self, array: np.ndarray, problems: Counter[str]) -> np.ndarray:
         width = len(self.output_classes)
+        if array.ndim == 2 and array.shape[1] == 1:
+            array = array[:, 0]  # a one-column answer ([n, 1]: MLServer's NumpyCodec, a sigmoid) is its one value
         if array.ndim == 2:
             if array.shape[1] != width:
                 problems["wrong score vector length"] += array.shape[0]
@@ -323,8 +328,13 @@ class InferenceClient:
             values = array.astype(np.float64)
             integral = np.isfinite(values) & (values == np.round(values))
             positions = np.where(integral, values, -1).astype(np.int64)
+            # As the exporter reads a value, whatever its datatype: an integral number is a class index, any other
+            # a sigmoid's score (for two classes, 0.0 and 1.0 read either way pick the same class).
+            scores = np.flatnonzero(~integral)
+            positions[scores] = [-1 if (position := single_score_position(score, width)) is None else position
+                                 for score in values[scores].tolist()]
             out_of_range = integral & ((positions < 0) | (positions >= width))
-            problems["non-integer class index"] += int((~integral).sum())
+            problems["ambiguous score"] += int((positions[scores] < 0).sum())
             problems["class index out of range"] += int(out_of_range.sum())
             positions[out_of_range] = -1
         predicted = np.where(positions >= 0, self._output_to_dataset[np.clip(positions, 0, width - 1)], -1)
@@ -338,6 +348,10 @@ class InferenceClient:
         return predicted
 
     def _one(self, item: Any, problems: Counter[str]) -> int:
+        if isinstance(item, list) and len(item) == 1:
+            item = item[0]  # a one-column row is its one value, as in _numeric
+        if isinstance(item, dict) and isinstance(item.get("label"), str):
+            item = item["label"]
         if isinstance(item, bytes):
             item = item.decode("utf-8", "replace")
         if isinstance(item, str):

@@ -17,6 +17,7 @@ from test_gate_support import CLASSES, endpoint, http_server, identity_model, mo
 
 from controller.devstack.model_server import LinearModel
 from controller.devstack.processes import free_port
+from controller.exporter.events import DecodeOptions, predicted_classes
 from controller.gate.clients import BatchAnswer, InferenceClient, InferenceEndpoint, InferenceProtocol, decode_json
 
 FEATURES = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0.2, 0, 0.9, 1.0]])
@@ -274,3 +275,72 @@ def test_timeouts_refused_connections_and_oversized_answers_are_reported() -> No
 
     handler, _ = scripted((200, {"predictions": ["safe"] * 4, "padding": "x" * 500}))
     assert against(handler, max_response_bytes=100).failure == "response too large"
+
+
+BINARY = ("safe", "nsfw")  # a sigmoid's output order: its one score is the probability of "nsfw"
+SCORES = [0.93, 0.12, 0.5, 0.4999, 1.0, 0.0]
+
+
+def against_binary(handler: Callable[[web.Request], Awaitable[web.StreamResponse]], protocol: str,
+                   features: np.ndarray = FEATURES) -> BatchAnswer:
+    async def scenario() -> BatchAnswer:
+        async with http_server(handler) as url:
+            return await predict(endpoint(url, protocol, output_classes=BINARY), features)
+
+    return run(scenario())
+
+
+@pytest.mark.parametrize(("protocol", "body"), [
+    ("v2", {"outputs": [{"name": "p", "shape": [6, 1], "datatype": "FP32", "data": [[s] for s in SCORES]}]}),
+    ("v2", {"outputs": [{"name": "p", "shape": [6, 1], "datatype": "FP32", "data": SCORES}]}),
+    ("v1", {"predictions": [[s] for s in SCORES]}),
+    ("v1", {"predictions": SCORES}),
+])
+def test_one_score_per_row_is_a_binary_classifiers_probability_as_the_exporter_reads_it(
+        protocol: str, body: Any) -> None:
+    handler, _ = scripted((200, body))
+    answer = against_binary(handler, protocol, np.zeros((6, 4)))
+    assert answer.failure is None and not answer.sample_problems
+    read = [CLASSES[i] for i in answer.predicted]
+    assert read == ["nsfw", "safe", "nsfw", "safe", "nsfw", "safe"]
+    assert tuple(read) == predicted_classes(body, DecodeOptions(BINARY))
+
+
+def test_integer_class_indices_stay_indices_beside_one_score_per_row() -> None:
+    handler, _ = scripted((200, {"predictions": [0, 1, 2, 2]}))
+    assert against(handler, "v1").predicted.tolist() == EXPECTED
+    handler, _ = scripted((200, {"outputs": [{"name": "p", "shape": [4, 1], "datatype": "INT64",
+                                              "data": [1, 0, 1, 2]}]}))
+    answer = against_binary(handler, "v2")
+    assert answer.predicted.tolist() == [2, 0, 2, -1] and answer.sample_problems == {"class index out of range": 1}
+
+
+def test_v1_label_objects_are_read_as_labels() -> None:
+    body = {"predictions": [{"label": "safe", "score": 0.9}, {"label": "nsfw"}, [{"label": "suggestive"}],
+                            {"label": "porn"}, {"score": 0.3}, {"label": 1}]}
+    handler, _ = scripted((200, body))
+    answer = against(handler, "v1", np.zeros((6, 4)))
+    assert answer.predicted.tolist() == [0, 2, 1, -1, -1, -1]
+    assert answer.sample_problems == {"unknown label": 1, "unreadable prediction": 2}
+
+
+@pytest.mark.parametrize(("protocol", "body"), [
+    ("v2", {"outputs": [{"name": "p", "shape": [4, 1], "datatype": "FP32", "data": [1.5, -0.2, 0.7, 7.25]}]}),
+    ("v1", '{"predictions": [[1.5], [-0.2], [0.7], [NaN]]}'),
+])
+def test_a_single_score_outside_zero_to_one_is_unusable(protocol: str, body: Any) -> None:
+    handler, _ = scripted((200, body))
+    answer = against_binary(handler, protocol)
+    assert answer.failure is None and answer.predicted.tolist() == [-1, -1, 2, -1]
+    assert answer.sample_problems == {"ambiguous score": 3}
+
+
+@pytest.mark.parametrize(("protocol", "body"), [
+    ("v2", {"outputs": [{"name": "p", "shape": [4, 1], "datatype": "FP32", "data": [0.93, 0.12, 0.5, 2.0]}]}),
+    ("v1", {"predictions": [[0.93], [0.12], [0.5], [2.0]]}),
+])
+def test_one_score_per_row_needs_exactly_two_classes(protocol: str, body: Any) -> None:
+    handler, _ = scripted((200, body))
+    answer = against(handler, protocol)  # the dataset's three classes
+    assert answer.failure is None and answer.predicted.tolist() == [-1, -1, -1, 2]  # 2.0: an integral class index
+    assert answer.sample_problems == {"ambiguous score": 3}
