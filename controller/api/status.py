@@ -133,6 +133,7 @@ class GateStatus:
     # deadline, end the gate as inconclusive.
     errors: int = 0
     erroring_since: datetime | None = None
+    interrupted: int = 0  # runs in a row the operator restarted under (handed out, never answered)
     # What the gate measured: the dataset, per-class metrics (and confusion matrices, up to a dozen classes) of
     # candidate and stable, their comparison, the largest slices. The full record is the MLflow evidence run.
     report: Mapping[str, Any] = field(default_factory=dict)

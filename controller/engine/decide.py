@@ -91,6 +91,9 @@ CONFIRM_POLL = timedelta(seconds=1)
 RESEND_AFTER = timedelta(seconds=10)
 BACKOFF_BASE = timedelta(seconds=2)
 BACKOFF_MAX = timedelta(minutes=5)
+# A gate run the operator restarted under this many times in a row ends inconclusive: it may be what takes the
+# operator down (out of memory), and running it again on every start would crash-loop every rollout.
+GATE_INTERRUPTIONS_LIMIT = 3
 # Bounds the transitions one decision may chain (e.g. weight confirmed -> analysis starts).
 _MAX_TRANSITIONS = 200
 
@@ -955,7 +958,8 @@ class _Decider:
             self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.UNKNOWN, "GateError",
                                 result.error.message)
             self.judges_errored.add("gate")
-            gate = dataclasses.replace(gate, errors=gate.errors + 1, erroring_since=gate.erroring_since or self.now)
+            gate = dataclasses.replace(gate, errors=gate.errors + 1, erroring_since=gate.erroring_since or self.now,
+                                       interrupted=0)
             self._update(gate=gate)
             if gate.erroring_since is not None and self._deadline_passed(gate.erroring_since):
                 reason = (f"the golden gate could not run for {format_duration(self.spec.progress_deadline)} "
@@ -968,6 +972,17 @@ class _Decider:
             self._wait(f"The golden gate could not run ({result.error.message}); retrying")
             return
         if result is None:
+            if self.obs.resend_pending and gate.requested_at is not None:
+                gate = dataclasses.replace(gate, interrupted=gate.interrupted + 1)  # handed out, never answered
+                self._update(gate=gate)
+                if gate.interrupted >= GATE_INTERRUPTIONS_LIMIT:
+                    reason = (f"the golden gate was interrupted {gate.interrupted} times in a row: the operator "
+                              "restarted while it ran (see its last termination reason: out of memory?)")
+                    self._update(gate=dataclasses.replace(gate, completed_at=self.now, outcome=Outcome.INCONCLUSIVE,
+                                                          reason=reason))
+                    self._record("GateInconclusive", reason)
+                    self._inconclusive(RollbackCause.GATE_INCONCLUSIVE, reason, {"gate_interrupted": gate.interrupted})
+                    return
             stable = self.status.stable
             if self._measure(RunGate(id=gate.request_id, candidate=self._candidate, stable=stable, dataset=dataset),
                              gate.requested_at, gate.errors):

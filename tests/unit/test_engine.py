@@ -6,6 +6,7 @@ import copy
 import dataclasses
 from datetime import datetime, timedelta
 from itertools import pairwise
+from typing import Any
 
 import pytest
 from test_engine_support import GATE_REPORT, SHA, T0, Registry, Target, World, spec_dict, verdict
@@ -22,8 +23,10 @@ from controller.api import (
     parse_spec,
 )
 from controller.engine import (
+    GATE_INTERRUPTIONS_LIMIT,
     REJECTED_TAG,
     REJECTED_TIME_TAG,
+    Action,
     ActionType,
     AdapterError,
     AdapterErrorKind,
@@ -441,6 +444,51 @@ def test_gate_retry_runs_it_again() -> None:
     gates = [action.id for action in world.executed if action.type is ActionType.RUN_GATE]
     assert gates == ["1:gate-1", "1:gate-2"]
     assert world.status.phase is Phase.PROGRESSING
+
+
+class OperatorKilled(Exception):
+    pass
+
+
+def test_a_gate_the_operator_keeps_restarting_under_ends_inconclusive_instead_of_crash_looping() -> None:
+    world = World()
+    execute = world.execute
+
+    def killed_by_the_gate(action: Action) -> Any:
+        if isinstance(action, RunGate):
+            raise OperatorKilled  # e.g. out of memory: the status handing the gate out was written first
+        return execute(action)
+
+    world.execute = killed_by_the_gate  # type: ignore[method-assign]
+    for _ in range(GATE_INTERRUPTIONS_LIMIT):
+        with pytest.raises(OperatorKilled):
+            world.reconcile()
+        assert world.status.phase is Phase.GATING
+        world.restarted = True
+        world.advance(timedelta(seconds=40))
+    world.reconcile()  # the next start: the gate is not run again
+    assert not any(isinstance(action, RunGate) for action in world.decisions[-1].actions)
+    gate = world.status.gate
+    assert gate is not None and gate.outcome is Outcome.INCONCLUSIVE and gate.interrupted == GATE_INTERRUPTIONS_LIMIT
+    assert world.status.phase is Phase.PAUSED
+    assert world.status.pause is not None and world.status.pause.reason is PauseReason.GATE_INCONCLUSIVE
+    assert "interrupted 3 times in a row: the operator restarted while it ran" in world.status.message
+    world.execute = execute  # type: ignore[method-assign]
+    world.send(CommandAction.RETRY)  # on-call gave the operator more memory
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING)
+    assert world.status.gate is not None and world.status.gate.interrupted == 0
+
+
+def test_a_gate_that_answers_between_restarts_is_not_counted_as_interrupted() -> None:
+    world = World()
+    world.gate_error = AdapterError(AdapterErrorKind.UNAVAILABLE, "golden dataset store unreachable")
+    world.run_until(lambda w: w.status.phase is Phase.GATING)
+    for _ in range(GATE_INTERRUPTIONS_LIMIT + 1):
+        world.restarted = True  # a restart, after which the gate runs and answers (an error): not an interruption
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    assert world.status.phase is Phase.GATING and world.status.gate is not None
+    assert world.status.gate.interrupted == 0 and world.status.gate.outcome is None
 
 
 def test_gate_error_is_retried_with_backoff() -> None:
