@@ -3,7 +3,8 @@
 One run per gate request in the experiment `modelrollout-golden-gate`: tags say which model, versions,
 dataset and outcome; metrics carry the deciding numbers; `gate-report.json` holds the full record. The
 candidate version gets tags pointing at that run. Recording the same request_id twice reuses the run,
-so an operator that restarts mid-way does not leave duplicates.
+so an operator that restarts mid-way does not leave duplicates; the run is created without blind retries
+(a run created whose answer was lost is looked up before creating another).
 
 Blocking (mlflow-skinny's HTTP client): call it with `await asyncio.to_thread(record_gate_evidence, ...)`.
 """
@@ -11,6 +12,7 @@ Blocking (mlflow-skinny's HTTP client): call it with `await asyncio.to_thread(re
 from __future__ import annotations
 
 import re
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ EXPERIMENT_NAME = "modelrollout-golden-gate"
 REPORT_ARTIFACT = "gate-report.json"
 TAG_PREFIX = "modelrollout.gate"
 _LOG_BATCH_LIMIT = 1000
+_SEARCH_LIMIT = 100  # runs of one request_id looked at: a few at most, left by a create retried past a lost answer
 _METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
@@ -53,11 +56,10 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
         tags[f"{TAG_PREFIX}.request_id"] = request_id
     now_ms = int(time.time() * 1000)
     if run is None:
-        created = rest.call("POST", "/api/2.0/mlflow/runs/create", body={
+        run = _create_run(rest, experiment_id, request_id, {
             "experiment_id": experiment_id, "start_time": now_ms,
             "run_name": f"gate-{model_name}-v{candidate_version}",
             "tags": [{"key": key, "value": value} for key, value in tags.items()]})
-        run = created.get("run", {})
     info = run.get("info", {})
     run_id = str(info.get("run_id") or info.get("run_uuid") or "")
     artifact_root = str(info.get("artifact_uri") or "")
@@ -119,10 +121,35 @@ def gate_metrics(report: GateReport) -> dict[str, float]:
     return metrics
 
 
+def _create_run(rest: MlflowRest, experiment_id: str, request_id: str | None, body: dict[str, Any]) -> Any:
+    """runs/create, never retried blind: a server that created the run but answered late (a read timeout, a proxy's
+    5xx) would create a second one for the same request. Retried by us only, after looking the request's run up."""
+    failures = 0
+    while True:
+        try:
+            return rest.call("POST", "/api/2.0/mlflow/runs/create", body=body, retry=False).get("run", {})
+        except SourceError as exc:
+            failures += 1
+            # Without a request_id a created run cannot be found again: one try only.
+            if exc.kind is not ErrorKind.UNAVAILABLE or request_id is None or failures > rest.access.max_retries:
+                raise
+        if (run := _existing_run(rest, experiment_id, request_id)) is not None:
+            return run
+
+
 def _existing_run(rest: MlflowRest, experiment_id: str, request_id: str) -> dict[str, Any] | None:
+    """The request's run that holds its evidence (a FINISHED one, else the oldest), chosen the same way every time:
+    MLflow's own order (newest first) could pick an empty twin left by a lost create answer."""
     escaped = request_id.replace("'", "\\'")
     found = rest.call("POST", "/api/2.0/mlflow/runs/search", body={
-        "experiment_ids": [experiment_id], "max_results": 1,
+        "experiment_ids": [experiment_id], "max_results": _SEARCH_LIMIT, "order_by": ["attributes.start_time ASC"],
         "filter": f"tags.`{TAG_PREFIX}.request_id` = '{escaped}'"})
-    runs = found.get("runs") or []
-    return runs[0] if runs else None
+    runs = [run for run in found.get("runs") or [] if isinstance(run, dict)]
+    return min(runs, key=_evidence_order, default=None)
+
+
+def _evidence_order(run: dict[str, Any]) -> tuple[bool, int, str]:
+    info = run.get("info") if isinstance(run.get("info"), dict) else {}
+    start = str(info.get("start_time", ""))
+    return (info.get("status") != "FINISHED", int(start) if start.isdigit() else sys.maxsize,
+            str(info.get("run_id") or info.get("run_uuid") or ""))

@@ -92,12 +92,13 @@ class MlflowRest:
     def __init__(self, access: MlflowAccess) -> None:
         self.access = access
 
-    def _call_seconds(self) -> float:
+    def _call_seconds(self, retries: int | None = None) -> float:
         """A JSON call's total time, as the registry adapter's: every attempt's timeout."""
-        return self.access.timeout_seconds * (1 + self.access.max_retries)
+        return self.access.timeout_seconds * (1 + (self.access.max_retries if retries is None else retries))
 
-    def _read_answer(self, response: requests.Response, deadline: float, what: str) -> str:
-        """The body of a JSON call's answer (or error), within MAX_ANSWER_BYTES and the deadline."""
+    def _read_answer(self, response: requests.Response, deadline: float, what: str, seconds: float) -> str:
+        """The body of a JSON call's answer (or error), within MAX_ANSWER_BYTES and the deadline (`seconds` after
+        the call began)."""
         try:
             return bounded_text(response, deadline)
         except AnswerTooLarge:
@@ -105,7 +106,7 @@ class MlflowRest:
                               f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB: not an MLflow answer") from None
         except AnswerTooSlow:
             raise SourceError(ErrorKind.UNAVAILABLE,
-                              f"MLflow {what}: the answer took over {self._call_seconds():g}s") from None
+                              f"MLflow {what}: the answer took over {seconds:g}s") from None
         except _BODY_FAILURES as exc:  # `from None`: requests' exceptions carry the Authorization header
             raise SourceError(ErrorKind.UNAVAILABLE, f"MLflow {what}: the answer broke off: "
                               f"{transport_cause(exc, self.access.timeout_seconds)}") from None
@@ -120,12 +121,13 @@ class MlflowRest:
         except AnswerTooSlow:
             raise SourceError(ErrorKind.UNAVAILABLE, too_slow) from None
 
-    def _request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, endpoint: str, retries: int | None = None, **kwargs: Any) -> Any:
         """Run inside _within: it bounds the call as a whole."""
         from mlflow.exceptions import MlflowException
 
+        retries = self.access.max_retries if retries is None else retries
         try:
-            return mlflow_request(self.access.host_creds(), endpoint, method, max_retries=self.access.max_retries,
+            return mlflow_request(self.access.host_creds(), endpoint, method, max_retries=retries,
                                   backoff_factor=1, backoff_jitter=_BACKOFF_JITTER_SECONDS,
                                   timeout=self.access.timeout_seconds, **kwargs)
         except MlflowException as exc:
@@ -134,19 +136,22 @@ class MlflowRest:
                               f"MLflow at {self.access.tracking_uri}: {self.access.redacted(exc.message)}") from None
 
     def call(self, method: str, endpoint: str, *, params: Mapping[str, str] | None = None,
-             body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """One JSON call; raises SourceError with the server's own error message on failure."""
+             body: Mapping[str, Any] | None = None, retry: bool = True) -> dict[str, Any]:
+        """One JSON call; raises SourceError with the server's own error message on failure. `retry=False` for a
+        call not safe to send twice (runs/create): mlflow's session retries POSTs too, on a timeout or a 5xx, and
+        a server that did it but answered late would do it again. Sent once, within one attempt's time."""
+        retries = None if retry else 0
+        seconds = self._call_seconds(retries)
         kwargs: dict[str, Any] = {}
         if params is not None:
             kwargs["params"] = dict(params)
         if body is not None:
             kwargs["json"] = dict(body)
-        deadline = time.monotonic() + self._call_seconds()
+        deadline = time.monotonic() + seconds
         # Streamed and read bounded: the tracking URI is the tenant's, and so is what answers it.
-        with self._within(self._call_seconds(), f"MLflow {method} {endpoint}: the answer took over "
-                                                f"{self._call_seconds():g}s"):
-            response = self._request(method, endpoint, stream=True, **kwargs)
-            text = self._read_answer(response, deadline, f"{method} {endpoint}")
+        with self._within(seconds, f"MLflow {method} {endpoint}: the answer took over {seconds:g}s"):
+            response = self._request(method, endpoint, retries, stream=True, **kwargs)
+            text = self._read_answer(response, deadline, f"{method} {endpoint}", seconds)
         if response.status_code != 200:
             raise SourceError(kind_for_http_status(response.status_code), f"MLflow {method} {endpoint}: "
                               f"HTTP {response.status_code}: {_error_text(text, response.reason, self.access)}")
@@ -171,7 +176,8 @@ class MlflowRest:
         with self._within(self.access.download_timeout_seconds, took_too_long), \
                 self._request("GET", endpoint, stream=True) as response:
             if response.status_code != 200:
-                text = self._read_answer(response, started + self._call_seconds(), f"GET {endpoint}")
+                text = self._read_answer(response, started + self._call_seconds(), f"GET {endpoint}",
+                                         self._call_seconds())
                 raise SourceError(kind_for_http_status(response.status_code), f"MLflow GET {endpoint}: "
                                   f"HTTP {response.status_code}: {_error_text(text, response.reason, self.access)}")
             declare = getattr(sink, "declare", None)  # the scratch sink: a size past the limit is refused now
@@ -201,7 +207,7 @@ class MlflowRest:
                                                 f"{self._call_seconds():g}s"):
             response = self._request("PUT", endpoint, data=data, extra_headers={"Content-Type": content_type},
                                      stream=True)
-            text = self._read_answer(response, deadline, f"PUT {endpoint}")
+            text = self._read_answer(response, deadline, f"PUT {endpoint}", self._call_seconds())
         if response.status_code not in (200, 201, 204):
             raise SourceError(kind_for_http_status(response.status_code), f"MLflow PUT {endpoint}: "
                               f"HTTP {response.status_code}: {_error_text(text, response.reason, self.access)}")

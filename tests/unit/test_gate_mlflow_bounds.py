@@ -1,9 +1,11 @@
 """The gate's MLflow client against a tracking server the tenant chose: answers are read bounded in size (after
 decompression) and in total time, a download has an overall deadline, and a deleted evidence experiment is an
-explained refusal. Local http.server stubs on 127.0.0.1 only."""
+explained refusal; the evidence run is made once per gate request, even when MLflow answers its creation late.
+Local http.server stubs on 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -14,12 +16,16 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from controller.gate.errors import ErrorKind, SourceError
+from controller.gate.evidence import TAG_PREFIX, record_gate_evidence
 from controller.gate.mlflow_access import MlflowAccess, MlflowRest, experiment_id_for, resolve_artifact_uri
+from controller.gate.runner import GateReport
+from controller.verdict import Outcome, Verdict
 from tests.http_stub import serving
 
 TOKEN = "s3cr3t-TOKEN-bounds"
@@ -174,3 +180,102 @@ def test_a_deleted_evidence_experiment_is_refused_saying_to_restore_it(stub: Stu
     stub.routes[f"{API}/experiments/get-by-name"] = Reply(200, json.dumps(
         {"experiment": {"experiment_id": "5", "lifecycle_stage": "active"}}).encode())
     assert experiment_id_for(MlflowRest(stub.access()), "modelrollout-golden-gate") == "5"
+
+
+class RunStore:
+    """An MLflow that keeps runs: search filters on the request_id tag and honours max_results and a start_time
+    order_by (MLflow's default order is newest first); the first runs/create is made, then answered as `first`."""
+
+    def __init__(self, first: str, runs: list[dict[str, Any]] | None = None) -> None:
+        self.runs = runs or []
+        self.first = first  # "late": after the client's timeout; "proxy-503": a proxy's error instead
+        self.creates = 0
+        self.searches: list[dict[str, Any]] = []
+        self.release = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, status: int, answer: dict[str, Any]) -> None:
+                body = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(OSError):  # the client gave up on a late answer
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._send(200, {"experiment": {"experiment_id": "1", "lifecycle_stage": "active"}})
+
+            def do_PUT(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._send(200, {})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if self.path.endswith("/runs/search"):
+                    owner.searches.append(body)
+                    want = body["filter"].split("= '", 1)[1].rstrip("'")
+                    found = [run for run in owner.runs if run["tags"].get(f"{TAG_PREFIX}.request_id") == want]
+                    ascending = "attributes.start_time ASC" in body.get("order_by", [])
+                    found.sort(key=lambda run: run["info"]["start_time"], reverse=not ascending)
+                    return self._send(200, {"runs": [{"info": run["info"]} for run in found[:body["max_results"]]]})
+                if self.path.endswith("/runs/create"):
+                    owner.creates += 1
+                    run_id = f"run{len(owner.runs) + 1}"
+                    run = {"info": {"run_id": run_id, "artifact_uri": f"mlflow-artifacts:/1/{run_id}/artifacts",
+                                    "status": "RUNNING", "start_time": body["start_time"]},
+                           "tags": {tag["key"]: tag["value"] for tag in body["tags"]}}
+                    owner.runs.append(run)  # committed, whatever the client hears
+                    if owner.creates == 1 and owner.first == "proxy-503":
+                        return self._send(503, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "proxy"})
+                    if owner.creates == 1:
+                        owner.release.wait(5)  # past the client's 0.5 s timeout
+                    return self._send(200, {"run": {"info": run["info"]}})
+                if self.path.endswith("/runs/update"):
+                    next(run for run in owner.runs if run["info"]["run_id"] == body["run_id"])["info"]["status"] = \
+                        body["status"]
+                self._send(200, {})
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+EVIDENCE_REPORT = GateReport(outcome=Outcome.PASS, reason="ok", verdicts=(Verdict("accuracy", Outcome.PASS, "0.98"),),
+                             dataset_sha256="ab" * 32, status={"dataset": {"uri": "configmap://g/s"}}, evidence={})
+
+
+def record(url: str, request_id: str = "uid-1/gate-1") -> str:
+    access = MlflowAccess(url, token=TOKEN, timeout_seconds=0.5, max_retries=2)
+    return record_gate_evidence(access, EVIDENCE_REPORT, model_name="m", candidate_version="8", rollout="ns/ro",
+                                request_id=request_id).run_id
+
+
+@pytest.mark.parametrize("first", ["late", "proxy-503"])
+def test_an_evidence_run_created_but_answered_late_is_not_created_twice(first: str) -> None:
+    # mlflow's session retries POSTs on a read timeout or a 5xx: the old code made a second run for the request,
+    # and left the first RUNNING and empty, which a later re-record then picked.
+    store = RunStore(first)
+    with serving(store.server) as url:
+        try:
+            run_id = record(url)
+        finally:
+            store.release.set()
+        again = record(url)
+    assert store.creates == 1 and [run["info"]["run_id"] for run in store.runs] == ["run1"]
+    assert run_id == again == "run1" and store.runs[0]["info"]["status"] == "FINISHED"
+
+
+def test_a_re_record_takes_the_finished_run_of_its_request_never_mlflows_default_order() -> None:
+    # Twins left by an older operator: the evidence is in the FINISHED one; an empty RUNNING one is older, and
+    # MLflow's default order (newest first) would hand back another FINISHED one.
+    def run(run_id: str, status: str, start: int) -> dict[str, Any]:
+        return {"info": {"run_id": run_id, "artifact_uri": f"mlflow-artifacts:/1/{run_id}/artifacts",
+                         "status": status, "start_time": start}, "tags": {f"{TAG_PREFIX}.request_id": "uid-1/gate-1"}}
+
+    store = RunStore("late", [run("empty", "RUNNING", 1), run("kept", "FINISHED", 2), run("later", "FINISHED", 3)])
+    with serving(store.server) as url:
+        assert record(url) == "kept"
+    assert store.creates == 0 and store.searches[0]["order_by"] == ["attributes.start_time ASC"]
