@@ -32,7 +32,7 @@ STALE_STEP = "60s"
 # time has stopped being scraped, whatever a count over the window still says.
 SCRAPE_INTERVAL = timedelta(seconds=30)
 LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC).timestamp()  # a sample time beyond is none (datetime ends there)
-UNAVAILABLE = (502, 503, 504)  # retried, as is a failed connection
+UNAVAILABLE = (429, 502, 503, 504)  # retried (429: a proxy's rate limit), as is a failed connection
 RETRY_BACKOFF_SECONDS = 0.2  # before the first retry; doubled before each next one
 # The result types each endpoint may answer with: anything else is not the number or samples asked for.
 RESULT_TYPES = {"/api/v1/query": frozenset({"vector", "scalar"}), "/api/v1/query_range": frozenset({"matrix"})}
@@ -189,7 +189,13 @@ class PrometheusProvider:
         so a count cannot tell a whole window from its first minutes.
         """
         fresh = self.scalar(query, at, check_stale=False)
-        if fresh.problem is not QueryProblem.EMPTY:
+        count = fresh.value if fresh.ok else None
+        if count is not None and (count < 0 or not count.is_integer()):  # a count of series is neither
+            return Measurement(query, None, QueryProblem.MALFORMED,
+                               f"{self.address} answered the count of fresh series with {count:g}, not a whole "
+                               "number of at least 0", at)
+        # count() answers nothing rather than 0, but a proxy or an `or vector(0)` may: no series is fresh either way.
+        if fresh.problem is not QueryProblem.EMPTY and count != 0:
             return fresh
         step = f"{max(1, int(self.fresh_seconds // 2))}s"
         seen = self.last_seen(query, at - STALE_LOOKBACK, at, step)
@@ -233,7 +239,7 @@ class PrometheusProvider:
 
     def _ask(self, query: str, at: datetime | None, send: Callable[[], Any]) -> Any:
         """The library's answer, or a Measurement that explains why there is none. Tries again after a failed
-        connection or a 502/503/504 while the query's deadline (and the metric's budget) allows."""
+        connection or a 429/502/503/504 while the query's deadline (and the metric's budget) allows."""
         def problem(kind: QueryProblem, detail: str) -> Measurement:
             return Measurement(query, None, kind, detail, at)
 
@@ -277,7 +283,7 @@ class PrometheusProvider:
             except requests.RequestException as exc:
                 return problem(QueryProblem.UNREACHABLE, f"{self.address}: {type(exc).__name__}")
             except PrometheusApiClientException as exc:
-                status, text, from_prometheus = _prometheus_error(exc, self._redacted)
+                status, text, from_prometheus = _prometheus_error(exc, self._redacted, self.address)
                 if status not in UNAVAILABLE:
                     return problem(QueryProblem.REJECTED, text)
                 failed = (problem(QueryProblem.REJECTED, text) if from_prometheus else  # e.g. its query timeout
@@ -390,11 +396,11 @@ def _without_credentials(address: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
-def _prometheus_error(exc: PrometheusApiClientException,
-                      redacted: Callable[[str], str]) -> tuple[int | None, str, bool]:
+def _prometheus_error(exc: PrometheusApiClientException, redacted: Callable[[str], str],
+                      address: str) -> tuple[int | None, str, bool]:
     """(HTTP status, what went wrong, whether Prometheus itself said so). Only an answer shaped like Prometheus'
     error is quoted, `redacted` before it is cut: the address is the user's, and another server's body must not
-    be read back into a status."""
+    be read back into a status. `address` is the one messages show (without credentials)."""
     text = str(exc)
     status = re.match(r"HTTP Status Code (\d+)", text)
     code = int(status.group(1)) if status else None
@@ -407,7 +413,9 @@ def _prometheus_error(exc: PrometheusApiClientException,
         kind = answer.get("errorType") if isinstance(answer.get("errorType"), str) else "error"
         return code, (f"HTTP {code}, Prometheus says {_cut(redacted(kind), 40)}: "
                       f"{_cut(redacted(answer['error']), WARNING_TEXT_LIMIT)}"), True
-    return code, f"HTTP {code}" if code is not None else type(exc).__name__, False
+    # Not Prometheus' own error (an HTML page, a proxy's "slow down"): say so, and which server answered.
+    what = f"HTTP {code}" if code is not None else type(exc).__name__
+    return code, f"{address} answered {what}, not a Prometheus error (a proxy or another server?)", False
 
 
 def _newest_time(result: list[dict[str, Any]]) -> datetime | None:

@@ -91,6 +91,29 @@ def test_another_servers_error_page_is_not_read_back(garbage: Garbage) -> None:
     assert m.problem is QueryProblem.REJECTED and "hunter2" not in m.detail and "HTTP 400" in m.detail, m
 
 
+@pytest.mark.parametrize("status", [400, 500])
+def test_an_error_page_not_from_prometheus_says_so_and_names_the_server(garbage: Garbage, status: int) -> None:
+    host = garbage.url.removeprefix("http://")
+    garbage.answer(status, b"<html><body>Internal Server Error</body></html>")
+    m = PrometheusProvider(f"http://admin:s3cret@{host}", retries=0).scalar("vector(1)")
+    assert m.problem is QueryProblem.REJECTED, m
+    assert m.detail == f"http://{host} answered HTTP {status}, not a Prometheus error (a proxy or another server?)"
+
+
+def test_a_proxys_rate_limit_is_retried(garbage: Garbage) -> None:
+    garbage.answer(429, b"slow down")
+    m = PrometheusProvider(garbage.url, retries=2).scalar("vector(1)")
+    assert m.problem is QueryProblem.UNREACHABLE and "HTTP 429 on every attempt" in m.detail, m
+    assert garbage.requests == 3  # the first attempt and two retries
+
+
+def test_a_true_promql_rejection_keeps_its_kind_and_explanation(garbage: Garbage) -> None:
+    garbage.answer(400, b'{"status":"error","errorType":"bad_data","error":"parse error: unexpected end of input"}')
+    m = PrometheusProvider(garbage.url, retries=2).scalar("sum(")
+    assert m.problem is QueryProblem.REJECTED and garbage.requests == 1, m
+    assert m.detail == "HTTP 400, Prometheus says bad_data: parse error: unexpected end of input"
+
+
 def test_prometheus_own_timeout_keeps_its_explanation(garbage: Garbage) -> None:
     garbage.answer(503, b'{"status":"error","errorType":"timeout","error":"query timed out in expression evaluation"}')
     m = PrometheusProvider(garbage.url, retries=1).scalar("vector(1)")
@@ -379,6 +402,25 @@ def test_a_fresh_series_at_zero_is_judged_and_a_silent_one_is_not(garbage: Garba
     assert window["freshSeries"] == ({"canary": 3} if fresh else {})
     if not fresh:
         assert "StaleSeries" in verdict.reason and "90 s or more earlier" in verdict.reason
+
+
+@pytest.mark.parametrize(("count", "problem", "detail"), [
+    (0, "StaleSeries", "90 s or more earlier"),
+    (-1, "MalformedResponse", "answered the count of fresh series with -1, not a whole number"),
+    (0.5, "MalformedResponse", "answered the count of fresh series with 0.5, not a whole number"),
+])
+def test_a_freshness_count_below_one_series_is_not_fresh(garbage: Garbage, count: float, problem: str,
+                                                         detail: str) -> None:
+    """Only an empty answer was stale: a proxy's (or an `or vector(0)`'s) 0 passed on missing evidence."""
+    garbage.answer(200, vector(0))
+    garbage.routes[("/api/v1/query", FRESHNESS)] = vector(count)
+    garbage.bodies["/api/v1/query_range"] = matrix(NOW - timedelta(seconds=90))
+    metric = MetricSpec("errors", threshold=ThresholdMetric("sum(increase(e{ {{selector}} }[{{window}}]))", max=0))
+    request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NOW, candidate_version="7")
+    (verdict,) = run_analysis([metric], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE, verdict
+    assert verdict.reason.startswith(f"{problem}: the canary arm") and detail in verdict.reason, verdict.reason
+    assert verdict.evidence["window"]["freshSeries"] == {}
 
 
 def test_the_assumed_scrape_interval_can_be_told(garbage: Garbage) -> None:
