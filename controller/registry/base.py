@@ -53,7 +53,8 @@ LINEAGE_TAG_KEYS = frozenset({"mlflow.source.name", "mlflow.source.git.commit", 
 
 # MLflow's own rules, checked before any write so a bad name fails with a clear message and no side effect.
 _ALIAS_PATTERN = re.compile(r"^[\w\-]{1,255}$")
-_VERSION_PATTERN = re.compile(r"^[1-9]\d*$")
+# Versions are numbered 1, 2, ... and sent as strings: ASCII digits, no leading zero (fullmatch: no newline).
+VERSION_NUMBER = re.compile(r"[1-9][0-9]*")
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ def _check_alias(alias: str) -> None:
 
 
 def _check_version_format(model_name: str, version: str) -> None:
-    if not _VERSION_PATTERN.match(version or ""):
+    if not VERSION_NUMBER.fullmatch(version or ""):
         raise VersionNotFound(f"{version!r} is not an MLflow version number (1, 2, ...), so registered "
                               f"model {model_name!r} has no such version",
                               model_name=model_name, reference=f"version {version}")

@@ -27,7 +27,7 @@ from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX
 from controller.http_deadline import AnswerTooSlow, Exchange, transport_cause, watch_session
 from controller.redaction import redact_credentials
-from controller.registry.base import DatasetInput, ModelRegistry, RunRecord, VersionRecord, bounded
+from controller.registry.base import VERSION_NUMBER, DatasetInput, ModelRegistry, RunRecord, VersionRecord, bounded
 from controller.registry.errors import (
     RegistryAccessDenied,
     RegistryConfigError,
@@ -116,7 +116,19 @@ class MlflowRegistry(ModelRegistry):
             # first-rollout path (no comparison, no way back).
             raise RegistryRequestError(f"MLflow's registered_model {model_name!r} has aliases that are not "
                                        "[{alias: string, version: string}]: is this an MLflow tracking server?")
-        return {entry["alias"]: entry["version"] for entry in entries}
+        found: dict[str, str] = {}
+        for entry in entries:
+            alias, target = entry["alias"], entry["version"]
+            if not VERSION_NUMBER.fullmatch(target):  # e.g. "latest" or "07": it would be asked for as a version
+                raise RegistryRequestError(f"MLflow's registered_model {model_name!r} has alias {self._quoted(alias)} "
+                                           f"naming version {self._quoted(target)}, not a version number (1, 2, ...):"
+                                           " is this an MLflow tracking server?")
+            if found.setdefault(alias, target) != target:  # which one the alias names is unknown
+                raise RegistryRequestError(f"MLflow's registered_model {model_name!r} lists alias "
+                                           f"{self._quoted(alias)} twice, naming versions "
+                                           f"{self._quoted(found[alias])} and {self._quoted(target)}: "
+                                           "is this an MLflow tracking server?")
+        return found
 
     def _version(self, model_name: str, version: str) -> VersionRecord | None:
         try:
@@ -128,7 +140,7 @@ class MlflowRegistry(ModelRegistry):
         # types would make every status write fail, so the answer is refused here, naming the field.
         what = f"model_version of {model_name!r} version {version}"
         return VersionRecord(
-            name=str(found.get("name", model_name)), version=_string(found, "version", what) or version,
+            name=self._asked(found, "name", model_name, what), version=self._asked(found, "version", version, what),
             run_id=_string(found, "run_id", what) or None, source=_string(found, "source", what) or None,
             status=_required_string(found, "status", what), tags=_string_tags(found, what),
             aliases=tuple(str(alias) for alias in _list(found, "aliases")))
@@ -251,6 +263,22 @@ class MlflowRegistry(ModelRegistry):
         credentials = self._credentials
         return redact_credentials(text, token=credentials.token, username=credentials.username,
                                   password=credentials.password)
+
+    def _quoted(self, value: str, limit: int = 40) -> str:
+        """A server's value for a message: redacted before it is cut (a cut token would not be found)."""
+        return bounded(self._redacted(repr(value)), limit)
+
+    def _asked(self, found: Mapping[str, Any], key: str, asked: str, what: str) -> str:
+        """found's name or version: the one asked (also when left out). Another one is refused: the engine would
+        stage, or call stable, a version the spec never named."""
+        value = found.get(key)
+        if key == "version" and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # a JSON number, as some implementations send it
+        answered = _string({key: value}, key, what)  # any other type is refused, naming it
+        if answered is None or answered == asked:
+            return asked
+        raise RegistryRequestError(f"MLflow's {what} answered with {key} {self._quoted(answered)}, not the "
+                                   f"{key} asked: is this an MLflow tracking server?")
 
     def _version_missing(self, model_name: str, version: str) -> VersionNotFound:
         return VersionNotFound(f"registered model {model_name!r} has no version {version} "

@@ -259,6 +259,52 @@ def test_a_model_version_with_wrongly_typed_fields_is_refused_naming_the_field(
     assert caught.value.kind == "Error" and not caught.value.retryable
 
 
+@pytest.mark.parametrize(("field", "value", "detail"), [
+    ("version", "3", "answered with version '3', not the version asked"),
+    ("version", "02", "answered with version '02', not the version asked"),
+    ("version", 3, "answered with version '3', not the version asked"),
+    ("version", True, "'version' as a boolean"),
+    ("name", "other-model", "answered with name 'other-model', not the name asked"),
+    ("name", {"x": 1}, "'name' as an object"),
+    ("name", "{authorization}" + "x" * 10_000, "answered with name 'Bearer ***"),
+])
+def test_a_model_version_answered_for_another_version_or_model_is_refused(
+        mlflow: FakeMlflow, field: str, value: Any, detail: str) -> None:
+    """The engine would stage, or call stable, a version the spec never named."""
+    registry = MlflowRegistry(mlflow.url, Credentials(token=TOKEN), policy=RequestPolicy(timeout_seconds=3,
+                                                                                          max_retries=0))
+    mlflow.answer(f"{API}/model-versions/get-download-uri", 200, {"artifact_uri": "s3://b/m"})
+    mlflow.answer(f"{API}/runs/get", 200, {"run": {"data": {}, "inputs": {}}})
+    mlflow.answer(f"{API}/model-versions/get", 200, {"model_version": {**GOOD_VERSION, "version": 2}})
+    assert registry.resolve("m", version="2").version == "2"  # a JSON number is the same version
+    mlflow.answer(f"{API}/model-versions/get", 200, {"model_version": {**GOOD_VERSION, field: value}})
+    with pytest.raises(RegistryRequestError) as caught:
+        registry.resolve("m", version="2")
+    assert detail in caught.value.message and "'m' version 2" in caught.value.message, caught.value
+    assert len(caught.value.message) < 300 and not caught.value.retryable
+    assert_no_secret(caught.value.message)
+
+
+@pytest.mark.parametrize(("aliases", "detail"), [
+    ([{"alias": "production", "version": "latest"}], "alias 'production' naming version 'latest', not a version"),
+    ([{"alias": "production", "version": "07"}], "alias 'production' naming version '07', not a version"),
+    ([{"alias": "production", "version": "0"}], "naming version '0', not a version number"),
+    ([{"alias": "production", "version": "\u0667"}], "not a version number"),  # an Arabic-Indic 7: not ASCII
+    ([{"alias": "other", "version": " 3"}], "alias 'other' naming version ' 3', not a version"),
+    ([{"alias": "production", "version": "3"}, {"alias": "production", "version": "9"}],
+     "lists alias 'production' twice, naming versions '3' and '9'"),
+])
+def test_an_alias_naming_no_single_version_number_is_refused(mlflow: FakeMlflow, aliases: Any, detail: str) -> None:
+    registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    mlflow.answer(f"{API}/registered-models/get", 200, {"registered_model": {"name": "m", "aliases": aliases}})
+    with pytest.raises(RegistryRequestError) as caught:
+        registry.resolve_stable("m", "production")
+    assert detail in caught.value.message and "registered_model 'm'" in caught.value.message, caught.value
+    twice = [{"alias": "production", "version": "3"}, {"alias": "production", "version": "3"}]
+    mlflow.answer(f"{API}/registered-models/get", 200, {"registered_model": {"name": "m", "aliases": twice}})
+    assert registry.verify_alias("m", "production") == "3"  # the same version twice names one
+
+
 @pytest.mark.parametrize("credentials", [Credentials(token=TOKEN), Credentials(username=USERNAME, password=PASSWORD)],
                          ids=["bearer", "basic"])
 def test_an_error_code_that_is_no_mlflow_code_is_not_quoted(mlflow: FakeMlflow, credentials: Credentials) -> None:
