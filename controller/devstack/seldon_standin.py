@@ -27,6 +27,10 @@ Seldon Core v1, SeldonDeployment (SeldonDeploymentStandIn), as operator/controll
 Seldon Core v2, Experiment (SeldonExperimentStandIn), as its scheduler and operator do it:
   - Model resources are deployed by whoever builds the model; here `models(namespace, name)` says which
     Models are loaded and which server has each (None: no such Model, or not available);
+  - an experiment its scheduler refuses (validate.go: `default` not a candidate, neither candidates nor a
+    mirror, a name twice among the candidates and the mirror) is not started: the one last started keeps
+    serving and its conditions stay, Ready included; the error goes to a ModelReady condition, outside the
+    living set (the operator's updateStatusFromError);
   - the experiment is active when every candidate (and the mirror) is an available Model; conditions
     ExperimentReady (reason "experiment active" or why not), CandidatesReady ("Candidates ready" /
     "Candidates not ready"), MirrorReady and the living set's Ready; no observedGeneration (Seldon Core v2
@@ -448,6 +452,24 @@ class SeldonMesh:
         request.wfile.write(data)
 
 
+def experiment_refusal(name: str, spec: Obj) -> str:
+    """Why Seldon Core v2's scheduler refuses to start an experiment, in its words ("" when it does not): the
+    checks of validate.go (but validateNoExistingDefault, another experiment's default) in its order."""
+    candidates = [c.get("name") for c in spec.get("candidates") or []]
+    default = spec.get("default")
+    if default is not None and default not in candidates:
+        return f"default model/pipeline {default} not found in experiment {name} candidates"
+    mirror = spec.get("mirror")
+    if not candidates and mirror is None:
+        return f"experiment {name} has no candidates or mirror"
+    names = [*candidates, *([mirror.get("name")] if mirror is not None else [])]
+    duplicated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if duplicated is not None:
+        return (f"each candidate and mirror must be unique but found resource {duplicated} duplicated in "
+                f"experiment {name}")
+    return ""
+
+
 class SeldonExperimentStandIn(WatchingStandIn):
     """Seldon Core v2's scheduler and operator for Experiments, with its data plane (seldon-mesh)."""
 
@@ -506,6 +528,15 @@ class SeldonExperimentStandIn(WatchingStandIn):
                 mesh.set_experiment(name, None)
                 return None
             spec = obj["spec"]
+            existing = obj.get("status") or {}
+            if refused := experiment_refusal(name, spec):
+                # The route as last started stays, and so do the conditions (Ready too); only ModelReady changes.
+                kept = [dict(c) for c in existing.get("conditions") or [] if c.get("type") != "ModelReady"]
+                status: Obj = {"conditions": _keep_transition_times([*kept, _condition("ModelReady", False, refused)],
+                                                                    existing.get("conditions") or [])}
+                if status != existing:
+                    self._write_status(obj, status)
+                return status
             candidates = [(c["name"], int(c.get("weight") or 0)) for c in spec.get("candidates") or []]
             missing = [n for n, _ in candidates if self.models(namespace, n) is None]
             mirror = (spec.get("mirror") or {}).get("name")
@@ -522,9 +553,7 @@ class SeldonExperimentStandIn(WatchingStandIn):
                                      "Candidates ready" if not missing else "Candidates not ready"),
                           _condition("MirrorReady", mirror_ready,
                                      "Mirror ready" if mirror_ready else "Mirror not ready")]
-            existing = obj.get("status") or {}
-            status: Obj = {"conditions": _keep_transition_times(_living_set(dependents),
-                                                                existing.get("conditions") or [])}
+            status = {"conditions": _keep_transition_times(_living_set(dependents), existing.get("conditions") or [])}
             # The scheduler keeps serving the experiment as last started until the new one is active.
             if active:
                 mesh.set_experiment(name, _Route(spec.get("default"), candidates, True))

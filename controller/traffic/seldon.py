@@ -25,6 +25,9 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
             (never refused for one: users must get off the candidate; only when theirs exceeds 100).
   restore   (after a promotion) the stable predictor's modelUri set to the given version, its component specs
             named after that version as promote names them, so every version change makes new Deployments.
+  A predictor with the canary's name the router did not write (no candidate-version annotation; for stage also
+  one whose modelUri changed since) is the user's: stage and set_weight refuse it, observe, promote and rollback
+  leave it out.
   Versions are recorded in the SeldonDeployment's metadata.annotations: Seldon copies spec.annotations and
   predictor annotations into the pod templates, so writing there would restart pods. Each with the modelUri
   it was written for: a predictor whose model node loads another modelUri serves an unknown version. The
@@ -56,6 +59,8 @@ requires the experiment's `default` model to stay among the candidates):
   stays, and observe counts only the router's models in the canary's share.
   The model-versions annotation (Model name -> version) keeps only the models in the candidates written, the
   default, and on promotion the old stable (which a restore may bring back).
+  An experiment whose mirror would be among the candidates written is refused by stage, set_weight, promote and
+  restore: Seldon refuses it and keeps serving the previous one with Ready unchanged (rollback is never refused).
   Only Experiments between Models are driven (spec.resourceType unset or "model"); one over pipelines, or one
   without a spec, is reported by observe and refused by every operation.
   Readiness: the conditions Ready and CandidatesReady.
@@ -243,6 +248,26 @@ class SeldonDeploymentRouter:
             raise TargetStateError(f"{self.target} has no predictor named {self.stable_predictor}")
         return stable
 
+    def _own_canary(self, obj: Obj) -> Obj | None:
+        """The canary predictor, if this router wrote it: stage records the candidate's version beside it (and
+        promote, rollback and restore remove both). One of that name without it is the user's (their own canary,
+        a shadow): not the candidate, and not the router's to move or remove."""
+        canary = self._find(obj, self.canary_predictor)
+        return canary if canary is not None and annotations_of(obj).get(ANN_CANDIDATE_VERSION) else None
+
+    def _refuse_foreign_canary(self, obj: Obj, edited: bool = False) -> None:
+        """Writing the canary predictor over one the router did not write would lose the user's model, replicas and
+        shadow. `edited`: also one whose modelUri changed since stage wrote it (which model it is, is unknown)."""
+        canary = self._find(obj, self.canary_predictor)
+        if canary is None:
+            return
+        why = _version_for(annotations_of(obj), canary, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)[1] if edited else ""
+        if self._own_canary(obj) is not None and not why:
+            return
+        raise TargetStateError(f"predictor {self.canary_predictor} of {self.target} exists and was not written by "
+                               "ModelRollout" + (f" as it stands ({why})" if why else "")
+                               + "; choose another spec.target.seldonDeployment.canaryPredictor")
+
     def observe(self) -> TargetState:
         obj = self.client.get_or_none()
         if obj is None:
@@ -250,7 +275,7 @@ class SeldonDeploymentRouter:
         status = obj.get("status") or {}
         ann = annotations_of(obj)
         stable = self._find(obj, self.stable_predictor)
-        canary = self._find(obj, self.canary_predictor)
+        canary = self._own_canary(obj)
         synced = _synced(obj)
         stable_version, changed = _version_for(ann, stable, ANN_VERSION, ANN_VERSION_URI)
         rolling = stable is not None and stable_version is not None and self._rolling_out(obj, stable, stable_version)
@@ -341,6 +366,7 @@ class SeldonDeploymentRouter:
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         def build(obj: Obj) -> Obj:
             stable = copy.deepcopy(self._stable(obj))
+            self._refuse_foreign_canary(obj, edited=True)
             others = [p for p in self._spec(obj).get("predictors") or []
                       if p.get("name") not in (self.stable_predictor, self.canary_predictor)
                       and not p.get("shadow") and int(p.get("traffic") or 0) > 0]
@@ -397,6 +423,7 @@ class SeldonDeploymentRouter:
         check_percent(percent)
 
         def build(obj: Obj) -> Obj:
+            self._refuse_foreign_canary(obj)  # an edited modelUri: check_candidate_version says why
             canary = self._find(obj, self.canary_predictor)
             if canary is None:
                 raise TargetStateError(f"no candidate is staged on {self.target}")
@@ -414,7 +441,7 @@ class SeldonDeploymentRouter:
 
     def promote(self) -> None:
         def build(obj: Obj) -> Obj | None:
-            canary = self._find(obj, self.canary_predictor)
+            canary = self._own_canary(obj)
             annotations = self._owned(obj)
             if canary is None:
                 if annotations[ANN_VERSION]:
@@ -441,8 +468,8 @@ class SeldonDeploymentRouter:
 
     def rollback(self) -> None:
         def build(obj: Obj) -> Obj | None:
-            if self._find(obj, self.canary_predictor) is None:
-                return None  # nothing staged: stable has all traffic
+            if self._own_canary(obj) is None:
+                return None  # nothing of ours staged (a canary predictor the router never wrote is the user's)
             stable = copy.deepcopy(self._stable(obj))
             stable["traffic"] = self._stable_share(obj, "roll back", f"the canary predictor {self.canary_predictor} "
                                                    "stays")
@@ -651,6 +678,16 @@ class SeldonExperimentRouter:
         ann = annotations_of(obj)
         return {k: ann.get(k) for k in EXPERIMENT_ANNOTATIONS}
 
+    def _refuse_mirrored(self, obj: Obj, weights: dict[str, int], candidate: str | None) -> None:
+        """Seldon's scheduler refuses an experiment whose mirror is also a candidate (validateNoDuplicateNames) and
+        keeps serving the one it last started, the error in a condition Ready does not depend on: written, the
+        candidates would read as in effect while users stay where they were."""
+        mirror = (self._spec(obj).get("mirror") or {}).get("name")
+        if mirror and mirror in weights:
+            whose = "the candidate's Model" if mirror == candidate else "a Model among its candidates"
+            raise TargetStateError(f"{self.target} mirrors {mirror}, {whose}: remove the mirror first (Seldon refuses "
+                                   "a model that is both a candidate and the mirror)")
+
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         model = default_serving_name(candidate)
 
@@ -667,6 +704,7 @@ class SeldonExperimentRouter:
                 self._keep(obj, weights, previous_candidate)
             weights[stable] = 100
             weights[model] = 0
+            self._refuse_mirrored(obj, weights, model)
             versions = self._versions(obj)
             if stable not in versions and stable_version:
                 versions[stable] = stable_version
@@ -695,6 +733,7 @@ class SeldonExperimentRouter:
                                        "models ModelRollout does not manage: "
                                        + ", ".join(f"{n} (weight {w})" for n, w in foreign.items()))
             weights[stable], weights[candidate] = 100 - percent, percent
+            self._refuse_mirrored(obj, weights, candidate)
             return self._body(obj, weights, self._owned(obj))
         _apply_with(self.client, build, f"setting the weight on {self.target}")
 
@@ -708,6 +747,7 @@ class SeldonExperimentRouter:
             weights = self._weights(obj)
             weights[candidate] = 100
             self._keep(obj, weights, stable)
+            self._refuse_mirrored(obj, weights, candidate)
             annotations = self._owned(obj)
             annotations.update({ANN_STABLE_MODEL: candidate, ANN_CANDIDATE_MODEL: None})
             return self._body(obj, weights, annotations, keep=stable)
@@ -748,6 +788,7 @@ class SeldonExperimentRouter:
                 if name != model and name in ours:
                     self._keep(obj, weights, name)
             weights[model] = full
+            self._refuse_mirrored(obj, weights, None)
             versions[model] = stable_model.version
             annotations = self._owned(obj)
             annotations.update({ANN_STABLE_MODEL: model, ANN_CANDIDATE_MODEL: None,

@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client
 from seldon_fake import FakeObjectClient
 
+from controller.devstack.seldon_standin import ModelEndpoint, SeldonExperimentStandIn, SeldonMesh
 from controller.traffic.base import CandidateModel, TargetStateError
 from controller.traffic.kube import SELDON_DEPLOYMENT, SELDON_EXPERIMENT
 from controller.traffic.seldon import ANN_MODEL_VERSIONS, SeldonDeploymentRouter, SeldonExperimentRouter
@@ -160,6 +161,77 @@ def test_v2_a_promoted_over_stable_with_its_own_name_is_restored_by_that_name() 
     assert weights(fake) == {"nsfw": 0, "nsfw-prod": 100}
 
 
+MIRRORED = r"mirrors nsfw-v7, the candidate's Model: remove the mirror first \(Seldon refuses a model that is both"
+
+
+def test_v2_stage_refuses_an_experiment_that_mirrors_the_candidate() -> None:
+    # The team shadow-tested nsfw-v7 before rolling version 7 out: Seldon would refuse the experiment and keep the old.
+    router, fake = experiment_router([{"name": "nsfw", "weight": 100}])
+    fake.obj["spec"]["mirror"] = {"name": "nsfw-v7", "percent": 100}
+    before = copy.deepcopy(fake.obj)
+    with pytest.raises(TargetStateError, match=MIRRORED):
+        router.stage(CANDIDATE_7, "6")
+    assert fake.obj == before and fake.applies == []
+
+
+def test_v2_set_weight_promote_and_restore_refuse_a_mirror_among_the_candidates_and_rollback_goes_ahead() -> None:
+    router, fake = experiment_router([{"name": "nsfw", "weight": 100}])
+    router.stage(CANDIDATE_7, "6")
+    fake.obj["spec"]["mirror"] = {"name": "nsfw-v7", "percent": 100}  # added after staging
+    before, writes = copy.deepcopy(fake.obj), len(fake.applies)
+    with pytest.raises(TargetStateError, match=MIRRORED):
+        router.set_weight(25, "7")
+    with pytest.raises(TargetStateError, match=MIRRORED):
+        router.promote()
+    assert fake.obj == before and len(fake.applies) == writes
+    router.rollback()  # users get off the candidate whatever the mirror: the experiment left is valid
+    assert weights(fake) == {"nsfw": 100}
+    # After a promotion, the Model a restore would put back is mirrored.
+    router, fake = experiment_router([{"name": "nsfw", "weight": 0}, {"name": "nsfw-prod", "weight": 100}])
+    fake.obj["metadata"]["annotations"] = {"modelrollout.io/stable-model": "nsfw-prod"}
+    router.stage(CANDIDATE_7, "6")
+    router.promote()
+    fake.obj["spec"]["mirror"] = {"name": "nsfw-prod", "percent": 10}
+    before, writes = copy.deepcopy(fake.obj), len(fake.applies)
+    with pytest.raises(TargetStateError, match="mirrors nsfw-prod, a Model among its candidates: remove the mirror"):
+        router.restore(CandidateModel("nsfw", "6", "s3://models/nsfw/6"))
+    assert fake.obj == before and len(fake.applies) == writes
+
+
+@pytest.mark.parametrize(("spec", "refusal"), [
+    ({"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}, {"name": "nsfw-v7", "weight": 0}],
+      "mirror": {"name": "nsfw-v7", "percent": 100}},
+     "each candidate and mirror must be unique but found resource nsfw-v7 duplicated in experiment nsfw"),
+    ({"default": "nsfw", "candidates": [{"name": "nsfw-v7", "weight": 100}]},
+     "default model/pipeline nsfw not found in experiment nsfw candidates"),
+], ids=["mirror-is-a-candidate", "default-not-a-candidate"])
+def test_v2_standin_refuses_what_seldon_refuses_and_keeps_the_experiment_it_started(spec: Obj, refusal: str) -> None:
+    obj: Obj = {"metadata": {"name": "nsfw", "namespace": "ns"},
+                "spec": {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]}}
+    writes: list[Obj] = []
+
+    def write(_: Obj, status: Obj) -> None:
+        obj["status"] = copy.deepcopy(status)
+        writes.append(status)
+    standin = SeldonExperimentStandIn(client.ApiClient(), models=lambda ns, m: ModelEndpoint("http://127.0.0.1:1", m))
+    mesh = SeldonMesh("ns", standin.models)  # never started: its routes are all the test reads
+    standin.mesh = lambda namespace: mesh  # type: ignore[method-assign]
+    standin._get = lambda namespace, name: copy.deepcopy(obj)  # type: ignore[method-assign]
+    standin._write_status = write  # type: ignore[method-assign]
+    standin.reconcile("ns", "nsfw")
+    started = copy.deepcopy(mesh.experiments["nsfw"])
+    assert started.active and started.candidates == [("nsfw", 100)]
+    ready = {c["type"]: c for c in obj["status"]["conditions"]}
+    obj["spec"] = spec
+    standin.reconcile("ns", "nsfw")
+    conditions = {c["type"]: c for c in obj["status"]["conditions"]}
+    model_ready = conditions.pop("ModelReady")  # where Seldon's operator records the scheduler's error
+    assert (model_ready["status"], model_ready["reason"]) == ("False", refusal)
+    assert conditions == ready and ready["Ready"]["status"] == "True"  # Ready, CandidatesReady... as they were
+    assert mesh.experiments["nsfw"] == started  # still serving the experiment last started
+    assert mesh.choose("nsfw") == "nsfw"
+
+
 # --- Seldon Core v1 ----------------------------------------------------------------------------------
 
 
@@ -229,3 +301,46 @@ def test_v1_promote_and_restore_beside_an_unmanaged_predictor_keep_the_sum_at_10
     with pytest.raises(TargetStateError, match=r"cannot restore .* carry 110% traffic \(ab 110%\).*stable keeps"):
         router.restore(CandidateModel("nsfw", "5", "s3://models/5"))
     assert fake.obj["spec"] == before
+
+
+FOREIGN_CANARY = (r"predictor canary of .* exists and was not written by ModelRollout; choose another "
+                  r"spec\.target\.seldonDeployment\.canaryPredictor")
+
+
+@pytest.mark.parametrize("theirs", [
+    {**predictor("canary", 25, "s3://team/ab-experiment"), "replicas": 3},  # Seldon's own canary example
+    {**predictor("canary", 100, "s3://team/shadow"), "shadow": True},
+], ids=["their-canary", "their-shadow"])
+def test_v1_a_canary_predictor_it_did_not_write_is_refused_and_left_alone(theirs: Obj) -> None:
+    router = SeldonDeploymentRouter(client.ApiClient(), "ns", "nsfw", "main", "canary")
+    main = predictor("main", 100 - (0 if theirs.get("shadow") else theirs["traffic"]), "s3://models/6")
+    fake = FakeObjectClient(SELDON_DEPLOYMENT, {"spec": {"predictors": [main, theirs]}})
+    router.client = fake
+    before = copy.deepcopy(fake.obj)
+    with pytest.raises(TargetStateError, match=FOREIGN_CANARY):
+        router.stage(CandidateModel("nsfw", "7", "s3://models/7"), "6")
+    for version in ("7", None):
+        with pytest.raises(TargetStateError, match=FOREIGN_CANARY):
+            router.set_weight(50, version)
+    with pytest.raises(TargetStateError, match="no candidate is staged"):
+        router.promote()
+    router.rollback()  # not the router's to remove
+    assert fake.obj == before and fake.applies == []
+    state = router.observe()  # nor the candidate's weight
+    assert state.canary_name is None and state.canary_weight is None and not state.canary_staged
+
+
+def test_v1_stage_replaces_its_own_canary_but_not_one_whose_model_changed_by_hand() -> None:
+    router, fake = deployment_router()
+    router.stage(CandidateModel("nsfw", "8", "s3://models/8"), "6")  # its own canary: replaced
+    canary = fake.obj["spec"]["predictors"][1]
+    assert canary["graph"]["modelUri"] == "s3://models/8" and canary["traffic"] == 0
+    canary["graph"]["modelUri"] = "s3://team/hotfix"
+    before = copy.deepcopy(fake.obj)
+    with pytest.raises(TargetStateError, match=r"predictor canary of .* exists and was not written by ModelRollout as "
+                                               r"it stands \(modelUri changed outside ModelRollout: predictor canary "
+                                               r"loads s3://team/hotfix"):
+        router.stage(CandidateModel("nsfw", "9", "s3://models/9"), "6")
+    assert fake.obj == before
+    router.rollback()  # still its canary to take traffic off
+    assert traffic(fake) == {"main": 100}
