@@ -615,7 +615,8 @@ class _Decider:
             self._record("NewCandidate", detail)
             self._restart(detail)
         elif phase is Phase.ROLLING_BACK:
-            if rollback is not None and not rollback.restart:
+            # Also when it restarts already (a re-pin, an earlier new version): the restart is now for this one.
+            if rollback is not None and rollback.evidence.get(_SUPERSEDED_BY) != wanted:
                 self._record("NewCandidate", f"{detail}; starting over once the rollback completes")
                 self._update(rollback=dataclasses.replace(
                     rollback, restart=True, evidence=to_json({**rollback.evidence, _SUPERSEDED_BY: wanted})))
@@ -639,11 +640,19 @@ class _Decider:
         if phase is Phase.GATING:
             self._record("DatasetChanged", f"{detail}; the gate starts over on the new data")
             self._enter_gate()
-        elif phase in (Phase.PROGRESSING, Phase.PAUSED) and gate.outcome is Outcome.PASS \
-                and gate.overridden_by is None:
+        elif (phase is Phase.PROGRESSING or (phase is Phase.PAUSED and self._paused_without_a_verdict())) \
+                and gate.outcome is Outcome.PASS and gate.overridden_by is None:
             self._record("DatasetChanged", f"{detail}; rolling {self._candidate.version} back to gate it again")
             self._start_rollback(RollbackCause.DATASET_CHANGED, f"{detail} after the gate passed",
                                  reject_candidate=False, restart=True)
+
+    def _paused_without_a_verdict(self) -> bool:
+        """Paused before promotion with no failing verdict waiting on a human: a re-pin may start over from here.
+        A failure waits for its human (re-gating would put a failed canary back on traffic unjudged), and a
+        promoted version is left (the pause of a bake, or of an alias move past its deadline)."""
+        pause = self.status.pause
+        return (self.status.promotion is None and pause is not None
+                and pause.reason in (PauseReason.PAUSE_STEP, PauseReason.ANALYSIS_INCONCLUSIVE))
 
     def _follow_deletion(self) -> None:
         """Deleted before it ended, with revertOnDeletion: roll back as an abort would, then end (the operator
@@ -1339,7 +1348,8 @@ class _Decider:
             self.polls = True
             return
         if rollback.restart:
-            again = rollback.cause is RollbackCause.DATASET_CHANGED  # the same candidate, gated again
+            # The same candidate gated again, unless a new one was named meanwhile.
+            again = rollback.cause is RollbackCause.DATASET_CHANGED and _SUPERSEDED_BY not in rollback.evidence
             self._record("RolledBackToGateAgain" if again else "RolledBackForNewCandidate", rollback.reason)
             self._restart(rollback.reason)
             return
@@ -1801,8 +1811,11 @@ class _Decider:
                                 self._analysis_summary())
 
     def _ordered_actions(self) -> list[Action]:
-        # Traffic first (fastest way to safety), then registry, then measurements; no duplicates.
-        seen: set[str] = set()
+        # Traffic first (fastest way to safety), then registry, then measurements; no duplicates. An action handed
+        # out earlier in this decision whose record was then abandoned (a rollback or restart started after it) is
+        # not sent: a promotion's alias move would land after the rollback had verified the alias.
+        abandoned = {record.id for record in self.status.actions if record.state is ActionState.ABANDONED}
+        seen: set[str] = set(abandoned)
         unique = [action for action in self.actions if not (action.id in seen or seen.add(action.id))]
         rank = {"StageCandidate": 0, "SetCanaryWeight": 0, "PromoteCandidate": 0, "RestoreStable": 0,
                 "UnstageCandidate": 0, "SetAlias": 1, "RemoveAlias": 1, "TagRejected": 2, "RunGate": 3,

@@ -1035,6 +1035,21 @@ def test_the_bake_judges_from_when_the_candidate_took_all_traffic_though_the_ali
     assert started.detail.endswith(f"since the promotion at {served_from.strftime('%Y-%m-%dT%H:%M:%SZ')}")
 
 
+def test_a_promotion_past_its_deadline_does_not_send_its_alias_move_beside_the_rollback() -> None:
+    world = World()
+    reach_final_pause(world)
+    world.registry.slow_promotion = True
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.status.promotion is not None and w.status.promotion.target_confirmed_at is not None)
+    world.advance(timedelta(minutes=31))  # the alias move is due again, and past progressDeadline
+    decision = decide(world.parsed_spec, world.status, world.observe(), world.now)
+    assert decision.status.phase is Phase.ROLLING_BACK
+    assert not [action for action in decision.actions if isinstance(action, SetAlias) and action.promotion]
+    world.registry.slow_promotion = False
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK and world.registry.aliases["production"] == "6"
+
+
 def test_bake_inconclusive_pauses_and_promote_ends_it() -> None:
     world = World()
     reach_final_pause(world)
@@ -1299,6 +1314,47 @@ def test_a_dataset_re_pinned_after_promotion_or_past_an_overridden_gate_waits_fo
     repin(overridden)
     overridden.reconcile()
     assert overridden.status.phase is Phase.PROGRESSING and "DatasetChanged" not in events(overridden)
+
+    # A promoted version paused in its bake stays promoted: no alias restored, no canary again.
+    bake_paused = World()
+    reach_final_pause(bake_paused)
+    bake_paused.judge = lambda _request: [verdict(Outcome.INCONCLUSIVE)]
+    bake_paused.send(CommandAction.PROMOTE)
+    bake_paused.run_until(settled)
+    assert bake_paused.status.pause is not None and bake_paused.status.pause.reason is PauseReason.BAKE_INCONCLUSIVE
+    repin(bake_paused)
+    bake_paused.reconcile()
+    assert bake_paused.status.pause is not None and bake_paused.status.pause.reason is PauseReason.BAKE_INCONCLUSIVE
+    assert bake_paused.registry.aliases["production"] == "7" and "DatasetChanged" not in events(bake_paused)
+
+
+def test_a_dataset_re_pinned_while_a_failure_waits_for_a_human_leaves_the_failed_canary_off_traffic() -> None:
+    world = World(spec=spec_dict(rollback={"automatic": False}))
+    fail_from(world, step_index=3)
+    world.run_until(settled)
+    assert world.status.pause is not None and world.status.pause.reason is PauseReason.ANALYSIS_FAILED
+    sent = len(weights_sent(world))
+    repin(world)
+    world.reconcile()
+    assert world.status.pause is not None and world.status.pause.reason is PauseReason.ANALYSIS_FAILED
+    assert world.status.attempt == 1 and len(weights_sent(world)) == sent and "DatasetChanged" not in events(world)
+
+
+def test_a_new_candidate_named_while_a_re_pin_takes_the_canary_out_is_the_one_started() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 3)
+    world.target.frozen = True
+    repin(world)
+    world.reconcile()
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "8"}}
+    world.generation += 1
+    world.reconcile()
+    new = [entry.detail for entry in world.status.history if entry.event == "NewCandidate"]
+    assert new == ["candidate 8 replaces 7 (generation 3); starting over once the rollback completes"]
+    world.target.frozen = False
+    world.run_until(lambda w: w.status.attempt == 2 and w.status.phase is Phase.PROGRESSING)
+    assert world.status.candidate is not None and world.status.candidate.version == "8"
+    assert "RolledBackForNewCandidate" in events(world) and "RolledBackToGateAgain" not in events(world)
 
 
 def test_an_abort_while_a_re_pin_takes_the_canary_out_ends_the_rollout_and_retry_gates_on_the_new_data() -> None:

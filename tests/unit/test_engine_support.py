@@ -94,6 +94,7 @@ class Registry:
     down: bool = False
     statuses: dict[str, str] = field(default_factory=dict)  # MLflow registration status, READY if not given
     sourceless: set[str] = field(default_factory=set)
+    slow_promotion: bool = False  # a promotion's alias move is accepted but does not show (yet)
 
     def resolve(self, version: str | None) -> ResolvedVersion | None:
         if version is None or version not in self.versions:
@@ -234,7 +235,8 @@ class World:
         elif isinstance(action, UnstageCandidate):
             target.canary_version, target.canary_weight, target.canary_ready_at = None, None, None
         elif isinstance(action, SetAlias):
-            self.registry.aliases[action.alias] = action.version
+            if not (action.promotion and self.registry.slow_promotion):
+                self.registry.aliases[action.alias] = action.version
         elif isinstance(action, RemoveAlias):
             if self.registry.aliases.get(action.alias) == action.version:
                 del self.registry.aliases[action.alias]
