@@ -26,8 +26,9 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
   restore   (after a promotion) the stable predictor's modelUri set to the given version, its component specs
             named after that version as promote names them, so every version change makes new Deployments.
   A predictor with the canary's name the router did not write (no candidate-version annotation; for stage also
-  one whose modelUri changed since) is the user's: stage and set_weight refuse it, observe, promote and rollback
-  leave it out.
+  one whose modelUri changed since) is not the candidate: stage and set_weight refuse it and promote does not take
+  it over. Its users' share still counts as the canary's weight, and rollback and restore keep it with no traffic
+  (never deleted: it may be the user's; or the router's own whose annotation was removed by hand).
   Versions are recorded in the SeldonDeployment's metadata.annotations: Seldon copies spec.annotations and
   predictor annotations into the pod templates, so writing there would restart pods. Each with the modelUri
   it was written for: a predictor whose model node loads another modelUri serves an unknown version. The
@@ -255,6 +256,24 @@ class SeldonDeploymentRouter:
         canary = self._find(obj, self.canary_predictor)
         return canary if canary is not None and annotations_of(obj).get(ANN_CANDIDATE_VERSION) else None
 
+    def _foreign_canary_share(self, obj: Obj) -> int:
+        """Users' share on a canary-named predictor the router did not write (a shadow serves none)."""
+        canary = self._find(obj, self.canary_predictor)
+        if canary is None or canary.get("shadow") or self._own_canary(obj) is not None:
+            return 0
+        return int(canary.get("traffic") or 0)
+
+    def _off_foreign_canary(self, obj: Obj) -> Obj | None:
+        """A canary-named predictor the router did not write, with no traffic: kept (it may be the user's, with
+        their model and replicas, or the router's own whose record was removed by hand), but users get off it."""
+        canary = self._find(obj, self.canary_predictor)
+        if canary is None or self._own_canary(obj) is not None:
+            return None
+        kept = copy.deepcopy(canary)
+        if not kept.get("shadow"):
+            kept["traffic"] = 0
+        return kept
+
     def _refuse_foreign_canary(self, obj: Obj, edited: bool = False) -> None:
         """Writing the canary predictor over one the router did not write would lose the user's model, replicas and
         shadow. `edited`: also one whose modelUri changed since stage wrote it (which model it is, is unknown)."""
@@ -276,6 +295,7 @@ class SeldonDeploymentRouter:
         ann = annotations_of(obj)
         stable = self._find(obj, self.stable_predictor)
         canary = self._own_canary(obj)
+        foreign_share = self._foreign_canary_share(obj)
         synced = _synced(obj)
         stable_version, changed = _version_for(ann, stable, ANN_VERSION, ANN_VERSION_URI)
         rolling = stable is not None and stable_version is not None and self._rolling_out(obj, stable, stable_version)
@@ -294,13 +314,17 @@ class SeldonDeploymentRouter:
             problems.append(f"canary predictor {self.canary_predictor} is not available yet")
         canary_version, canary_changed = _version_for(ann, canary, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)
         problems += [p for p in (changed, canary_changed) if p]
+        if foreign_share:
+            problems.append(f"predictor {self.canary_predictor} carries {foreign_share}% of traffic and was not "
+                            "written by ModelRollout (or its record was removed)")
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_DEPLOYMENT, synced=synced, ready=ready,
             stable_version=None if rolling else stable_version, stable_name=self.stable_predictor,
             stable_url=self._url(obj, stable) if stable else None,
             canary_version=canary_version if canary else None,
             canary_name=self.canary_predictor if canary else None, canary_ready=canary_ready,
-            canary_weight=int(canary.get("traffic") or 0) if canary else None,
+            # A canary-named predictor it did not write still counts: users on it are not back on stable.
+            canary_weight=int(canary.get("traffic") or 0) if canary else foreign_share or None,
             canary_url=self._url(obj, canary) if canary else None, message="; ".join(problems))
 
     def _rolling_out(self, obj: Obj, stable: Obj, version: str) -> bool:
@@ -468,14 +492,14 @@ class SeldonDeploymentRouter:
 
     def rollback(self) -> None:
         def build(obj: Obj) -> Obj | None:
-            if self._own_canary(obj) is None:
-                return None  # nothing of ours staged (a canary predictor the router never wrote is the user's)
+            if self._own_canary(obj) is None and not self._foreign_canary_share(obj):
+                return None  # nothing of ours staged, and no user on a canary-named predictor
             stable = copy.deepcopy(self._stable(obj))
             stable["traffic"] = self._stable_share(obj, "roll back", f"the canary predictor {self.canary_predictor} "
                                                    "stays")
             annotations = self._owned(obj)
             annotations[ANN_CANDIDATE_VERSION] = annotations[ANN_CANDIDATE_URI] = None
-            return self._body(obj, stable, None, annotations)
+            return self._body(obj, stable, self._off_foreign_canary(obj), annotations)
         _apply_with(self.client, build, f"rolling back on {self.target}")
 
     def restore(self, stable_model: CandidateModel) -> None:
@@ -490,7 +514,7 @@ class SeldonDeploymentRouter:
             # later under the same names, the next) version's. observe waits for them.
             _version_components(stable, stable_model.version)
             stable["traffic"] = self._stable_share(obj, "restore", "stable keeps the model it serves")
-            return self._body(obj, stable, None, {ANN_VERSION: stable_model.version,
+            return self._body(obj, stable, self._off_foreign_canary(obj), {ANN_VERSION: stable_model.version,
                                                   ANN_VERSION_URI: stable_model.storage_uri})
         _apply_with(self.client, build, f"restoring on {self.target}")
 

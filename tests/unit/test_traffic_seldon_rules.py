@@ -324,10 +324,35 @@ def test_v1_a_canary_predictor_it_did_not_write_is_refused_and_left_alone(theirs
             router.set_weight(50, version)
     with pytest.raises(TargetStateError, match="no candidate is staged"):
         router.promote()
-    router.rollback()  # not the router's to remove
     assert fake.obj == before and fake.applies == []
-    state = router.observe()  # nor the candidate's weight
-    assert state.canary_name is None and state.canary_weight is None and not state.canary_staged
+    state = router.observe()  # not the candidate, but users on it are not on stable
+    assert state.canary_name is None and not state.canary_staged
+    shadow = bool(theirs.get("shadow"))
+    assert state.canary_weight == (None if shadow else 25)
+    router.rollback()  # not the router's to remove: kept, with its users back on stable
+    if shadow:
+        assert fake.obj == before and fake.applies == []
+    else:
+        kept = fake.obj["spec"]["predictors"][1]
+        assert traffic(fake) == {"main": 100, "canary": 0}
+        assert kept["graph"]["modelUri"] == "s3://team/ab-experiment" and kept["replicas"] == 3
+        assert router.observe().canary_weight is None
+
+
+def test_v1_a_rollback_takes_users_off_a_canary_whose_record_was_removed_by_hand() -> None:
+    router, fake = deployment_router()
+    router.stage(CandidateModel("nsfw", "7", "s3://models/7"), "6")
+    router.set_weight(40, "7")
+    annotations = fake.obj["metadata"]["annotations"]
+    for key in [key for key in annotations if "candidate" in key]:
+        del annotations[key]  # a hand edit, or a replace from a manifest without them
+    state = router.observe()
+    assert state.canary_weight == 40 and "was not written by ModelRollout" in state.message
+    router.rollback()
+    assert traffic(fake) == {"main": 100, "canary": 0}
+    assert router.observe().canary_weight is None  # the engine's "traffic back on stable" holds only now
+    router.restore(CandidateModel("nsfw", "6", "s3://models/6"))
+    assert traffic(fake) == {"main": 100, "canary": 0}  # a restore keeps it off too, never deletes it
 
 
 def test_v1_stage_replaces_its_own_canary_but_not_one_whose_model_changed_by_hand() -> None:
