@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ from urllib.parse import parse_qs
 
 from controller.single_score import single_score_position
 
+# Seldon Core v1's Python wrapper names the columns of a model that gives no class_names t:0, t:1, ...
+_SELDON_PLACEHOLDER = re.compile(r"t:[0-9]+")
 RESPONSE_TYPES = frozenset({"org.kubeflow.serving.inference.response", "io.seldon.serving.inference.response"})
 REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.serving.inference.request"})
 # "": not said. The operator's judges select by model_version, which the router writes into each serving
@@ -115,12 +118,17 @@ def predicted_classes(data: Any, options: DecodeOptions) -> tuple[str, ...]:
 
 
 def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
-    """Seldon's `names` say which column is which: the row is read in their order, never --class-names' order."""
+    """Seldon's `names` say which column is which: the row is read in their order, never --class-names' order.
+    Not so for Seldon's placeholders (t:0, t:1, ... for a model that names no classes) or one column (a sigmoid's
+    score, read against the configured classes): those name no class."""
     if not names or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return options
-    if options.class_names and not set(names) <= set(options.class_names):
+    if options.class_names and (len(names) == 1 or all(_SELDON_PLACEHOLDER.fullmatch(n) for n in names)):
+        return options
+    unknown = [name for name in names if name not in options.class_names]
+    if options.class_names and unknown:
         # Another model's classes (the names are one list for every namespace): counting them would mislabel.
-        raise MalformedEvent("ClassNamesMismatch", f"the response names {len(names)} columns, not all of them "
+        raise MalformedEvent("ClassNamesMismatch", f"the response names a column {unknown[0][:32]!r} that is not "
                                                    f"among the {len(options.class_names)} class names")
     return DecodeOptions(tuple(names), options.v2_output)
 

@@ -290,6 +290,23 @@ def test_seldon_names_are_read_in_the_responses_order(body: dict, expected: tupl
     assert predicted_classes(body, THREE) == expected
 
 
+@pytest.mark.parametrize(("body", "options", "expected"), [
+    # Seldon's placeholders for a model without class_names (e.g. SKLEARN_SERVER's predict_proba): --class-names.
+    ({"data": {"names": ["t:0", "t:1", "t:2"], "ndarray": [[0.1, 0.2, 0.7]]}}, THREE, ("nsfw",)),
+    ({"data": {"names": ["t:0", "t:1"], "tensor": {"shape": [1, 2], "values": [0.2, 0.8]}}}, NAMES, ("nsfw",)),
+    ({"data": {"names": ["t:0"], "ndarray": [[0.93]]}}, NAMES, ("nsfw",)),  # a sigmoid's one column
+    ({"data": {"names": ["nsfw"], "ndarray": [[0.93]]}}, NAMES, ("nsfw",)),
+])
+def test_seldon_columns_that_name_no_class_are_read_with_the_class_names(body: dict, options: DecodeOptions,
+                                                                       expected: tuple[str, ...]) -> None:
+    assert predicted_classes(body, options) == expected
+
+
+def test_a_seldon_column_that_is_no_class_is_named_in_the_refusal() -> None:
+    with pytest.raises(MalformedEvent, match="names a column 'porn' that is not among the 3 class names"):
+        predicted_classes({"data": {"names": ["safe", "porn"], "ndarray": [[0.1, 0.9]]}}, THREE)
+
+
 def test_a_deeply_nested_tensor_is_read_without_recursion() -> None:
     data: list = [0.1, 0.9]
     for _ in range(5_000):
