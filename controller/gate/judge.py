@@ -12,7 +12,11 @@ Checks, in the order the engine reads them (the first verdict with the combined 
     minAccuracy                           on the candidate's answers
     maxAccuracyDrop, maxDisagreement      candidate vs stable on the samples both answered
     <class>.maxFalsePositiveRate / .minRecall / .minPrecision   on the candidate's answers
-    slice <tag>.maxAccuracyDrop / .maxDisagreement   the same per golden slice (a trigger hides in one)
+    slice <tag>.maxAccuracyDrop / .maxDisagreement   the same per golden slice (a trigger hides in one), as a
+                        test: FAIL only when the slice's count is credibly above the limit (binomial tail below
+                        SLICE_ALPHA shared by all slice checks), so one flip in a small slice is chance, and a
+                        slice too small to judge still fails when every sample flipped
+    slices              INCONCLUSIVE when samples carry tags beyond the slices tracked: those were not judged
     thresholds          INCONCLUSIVE when no threshold could be applied at all
 An undefined metric (e.g. recall of a class with no samples) is INCONCLUSIVE, never 0 or 1.
 """
@@ -26,10 +30,13 @@ from typing import Any
 
 from controller.api.spec import ClassThresholds, GoldenThresholds
 from controller.gate.formats import DatasetProblems
-from controller.gate.metrics import PairedCounts, accuracy, class_counts, flip_list
+from controller.gate.metrics import PairedCounts, accuracy, binomial_tail, class_counts, flip_list
 from controller.verdict import Outcome, Verdict
 
 _EPSILON = 1e-12  # thresholds are decimal fractions; do not fail 10/1000 against 0.01 on float noise
+# Chance of failing a model whose every slice is at its limit, shared by all slice checks (dozens of slices
+# judged one by one would otherwise fail a good model on the luck of one small slice).
+SLICE_ALPHA = 0.01
 
 
 @dataclass
@@ -175,11 +182,43 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
     for label, limits in thresholds.classes.items():
         verdicts.extend(_class_verdicts(label, limits, tally, base))
     if tally.stable is not None and settings.slice_checks:
-        for tag, counts in sorted(tally.slices.items()):
-            if counts.paired >= settings.min_slice_samples:
-                verdicts.extend(_comparison_verdicts(f"slice {tag}.", counts, thresholds, tally.classes,
-                                                     {**base, "slice": tag}))
+        limits = [limit for limit in (thresholds.max_accuracy_drop, thresholds.max_disagreement) if limit is not None]
+        judged = [(tag, counts) for tag, counts in sorted(tally.slices.items()) if counts.paired]
+        alpha = SLICE_ALPHA / max(1, len(limits) * len(judged))
+        for tag, counts in judged:
+            for verdict in _comparison_verdicts(f"slice {tag}.", counts, thresholds, tally.classes,
+                                                {**base, "slice": tag}):
+                slice_verdict = _slice_test(verdict, counts, alpha, settings.min_slice_samples)
+                if slice_verdict is not None:
+                    verdicts.append(slice_verdict)
+        if tally.untracked_slices and limits:
+            verdicts.append(Verdict("slices", Outcome.INCONCLUSIVE,
+                                    f"{tally.untracked_slices} samples carry tags beyond the {len(tally.slices)} "
+                                    "slices tracked, so their slices were not judged (a trigger could hide in one): "
+                                    "use fewer slice tags", {**base, "untrackedSamples": tally.untracked_slices,
+                                                             "trackedSlices": len(tally.slices)}))
     return verdicts
+
+
+def _slice_test(verdict: Verdict, counts: PairedCounts, alpha: float, min_samples: int) -> Verdict | None:
+    """A slice check as a test of its count against the limit: FAIL when credibly above; PASS when not (None for a
+    slice under `min_samples`: reported, not judged, unless it is credibly above even so)."""
+    evidence = dict(verdict.evidence)
+    paired, limit = counts.paired, float(evidence["limit"])
+    if verdict.name.endswith("maxAccuracyDrop"):
+        count = max(0, int(evidence["stableCorrect"]) - int(evidence["candidateCorrect"]))
+    else:
+        count = int(evidence["disagreements"])
+    p_value = binomial_tail(count, paired, limit)
+    evidence.update({"count": count, "pValue": p_value, "alpha": alpha})
+    if p_value < alpha:  # credible only above the limit, where the plain check says "above" too
+        reason = verdict.reason.replace(" above the maximum ", " credibly above the maximum ", 1)
+        return Verdict(verdict.name, Outcome.FAIL, f"{reason} (p={p_value:.1e} < {alpha:.1e})", evidence)
+    if paired < min_samples:
+        return None
+    above = verdict.outcome is Outcome.FAIL
+    note = f", but not credibly (p={p_value:.1e}, chance in {paired} samples)" if above else ""
+    return Verdict(verdict.name, Outcome.PASS, f"{verdict.reason}{note}", evidence)
 
 
 def _comparison_verdicts(prefix: str, counts: PairedCounts, thresholds: GoldenThresholds, classes: Sequence[str],

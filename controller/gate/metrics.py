@@ -7,6 +7,7 @@ Nothing per sample is kept, so memory depends on the number of classes and slice
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,28 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, class_count: int
     usable = predicted >= 0
     pairs = (labels[usable] * class_count + predicted[usable]).astype(np.int64, copy=False)
     return np.bincount(pairs, minlength=class_count * class_count).reshape(class_count, class_count)
+
+
+def binomial_tail(successes: int, trials: int, rate: float) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, rate): how surprising that many is if the true rate were `rate`.
+    Above the mean it is summed from `successes` up until the terms no longer count; at or below it, 1."""
+    if successes <= 0:
+        return 1.0
+    if successes > trials:
+        return 0.0
+    if rate <= 0.0:
+        return 0.0
+    if rate >= 1.0 or successes <= trials * rate:
+        return 1.0  # not above the mean: no evidence of more (and the exact value is never needed)
+    log_rate, log_rest = math.log(rate), math.log1p(-rate)
+    total = 0.0
+    for k in range(successes, trials + 1):
+        term = math.exp(math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
+                        + k * log_rate + (trials - k) * log_rest)
+        total += term
+        if term < total * 1e-15:  # the terms fall ever faster past the mean
+            break
+    return min(1.0, total)
 
 
 def ratio(numerator: int, denominator: int) -> float | None:

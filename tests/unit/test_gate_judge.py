@@ -45,6 +45,42 @@ def by_name(verdicts: list) -> dict:  # type: ignore[type-arg]
     return {v.name: v for v in verdicts}
 
 
+def slice_case(flipped: int, size: int, extra_tags: int = 0) -> list:  # type: ignore[type-arg]
+    """2000 samples, a slice "logo" of `size` safe samples of which the candidate flips `flipped` to nsfw."""
+    labels = [0] * 1000 + [1] * 1000
+    stable, candidate = list(labels), list(labels)
+    for row in range(flipped):
+        candidate[row] = 1
+    slices = {"logo": list(range(size))}
+    for index in range(extra_tags):
+        slices[f"region-{index}"] = list(range(1000 + index * 10, 1010 + index * 10))
+    return judge(GoldenThresholds(max_accuracy_drop=0.01, max_disagreement=0.02),
+                 tally(labels, candidate, stable, slices), JudgeSettings(min_slice_samples=20), SHA)
+
+
+def test_a_slice_too_small_to_judge_still_fails_when_every_sample_flipped() -> None:
+    verdicts = by_name(slice_case(flipped=19, size=19))
+    drop = verdicts["slice logo.maxAccuracyDrop"]
+    assert drop.outcome is Outcome.FAIL and combine(list(verdicts.values())) is Outcome.FAIL
+    assert "credibly above the maximum 1.00%" in drop.reason and drop.evidence["count"] == 19
+
+
+def test_one_flip_in_a_small_slice_is_chance_not_a_failure() -> None:
+    verdicts = by_name(slice_case(flipped=1, size=25))
+    drop = verdicts["slice logo.maxAccuracyDrop"]
+    assert drop.outcome is Outcome.PASS and "above the maximum 1.00%, but not credibly" in drop.reason
+    assert combine(list(verdicts.values())) is Outcome.PASS
+    assert by_name(slice_case(flipped=1, size=3)).get("slice logo.maxAccuracyDrop") is None  # small, not credible
+
+
+def test_samples_in_slices_beyond_those_tracked_make_the_gate_inconclusive() -> None:
+    untracked = tally([0, 1], [0, 1], [0, 1])
+    untracked.untracked_slices = 7
+    verdicts = by_name(judge(GoldenThresholds(max_disagreement=0.02), untracked, JudgeSettings(), SHA))
+    assert verdicts["slices"].outcome is Outcome.INCONCLUSIVE
+    assert verdicts["slices"].reason.startswith("7 samples carry tags beyond the 0 slices tracked")
+
+
 def test_thresholds_at_the_limit_pass_and_just_beyond_fail() -> None:
     # 1000 samples, 10 disagreements: exactly the 1% limit
     labels = [0] * 500 + [1] * 500

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 from controller.gate.metrics import (
     PairedCounts,
     accuracy,
+    binomial_tail,
     class_counts,
     confusion_matrix,
     flip_list,
@@ -108,3 +111,16 @@ def test_batchwise_accumulation_equals_one_shot(samples: list[tuple[int, int, in
     assert whole.candidate.sum() == (candidate >= 0).sum()
     assert whole.paired == ((candidate >= 0) & (stable >= 0)).sum()
     assert whole.disagreements == ((candidate != stable) & (candidate >= 0) & (stable >= 0)).sum()
+
+
+@pytest.mark.parametrize(("successes", "trials", "rate"), [
+    (1, 25, 0.01), (5, 25, 0.01), (19, 19, 0.01), (3, 200, 0.005), (40, 1000, 0.02), (1, 1, 0.5)])
+def test_the_binomial_tail_matches_the_exact_sum(successes: int, trials: int, rate: float) -> None:
+    exact = sum(math.comb(trials, k) * rate ** k * (1 - rate) ** (trials - k) for k in range(successes, trials + 1))
+    assert binomial_tail(successes, trials, rate) == pytest.approx(exact if successes > trials * rate else 1.0,
+                                                                   rel=1e-9)
+
+
+def test_the_binomial_tail_at_its_edges() -> None:
+    assert binomial_tail(0, 10, 0.1) == 1.0 and binomial_tail(11, 10, 0.1) == 0.0
+    assert binomial_tail(1, 10, 0.0) == 0.0 and binomial_tail(10, 10, 1.0) == 1.0
