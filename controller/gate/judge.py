@@ -18,7 +18,8 @@ Checks, in the order the engine reads them (the first verdict with the combined 
                         slice too small to judge still fails when every sample flipped
     slices              INCONCLUSIVE when samples carry tags beyond the slices tracked: those were not judged
     thresholds          INCONCLUSIVE when no threshold could be applied at all
-An undefined metric (e.g. recall of a class with no samples) is INCONCLUSIVE, never 0 or 1.
+An undefined metric (e.g. recall of a class with no samples) is INCONCLUSIVE, never 0 or 1, and so is a pass on
+fewer samples than JudgeSettings.min_samples (a 3-sample golden set proves nothing of a 1% limit).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class JudgeSettings:
     max_unanswered_share: float = 0.0  # samples an endpoint may leave unanswered before the verdict turns
     slice_checks: bool = True
     min_slice_samples: int = 20  # slices smaller than this are reported, not judged
+    min_samples: int = 20  # a whole-dataset check passes only on this many samples (its denominator) or more
 
 
 def pct(value: float | None) -> str:
@@ -181,6 +183,7 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
         verdicts.extend(_comparison_verdicts("", overall, thresholds, tally.classes, base))
     for label, limits in thresholds.classes.items():
         verdicts.extend(_class_verdicts(label, limits, tally, base))
+    verdicts = [_enough(verdict, settings.min_samples) for verdict in verdicts]
     if tally.stable is not None and settings.slice_checks:
         limits = [limit for limit in (thresholds.max_accuracy_drop, thresholds.max_disagreement) if limit is not None]
         judged = [(tag, counts) for tag, counts in sorted(tally.slices.items()) if counts.paired]
@@ -198,6 +201,17 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
                                     "use fewer slice tags", {**base, "untrackedSamples": tally.untracked_slices,
                                                              "trackedSlices": len(tally.slices)}))
     return verdicts
+
+
+def _enough(verdict: Verdict, min_samples: int) -> Verdict:
+    """A pass on fewer samples than `min_samples` is no evidence: 0 of 2 negatives says nothing of a 1% limit."""
+    evidence = verdict.evidence
+    samples = next((evidence[key] for key in ("denominator", "pairedSamples", "samples") if key in evidence), None)
+    if verdict.outcome is not Outcome.PASS or not isinstance(samples, int) or samples >= min_samples:
+        return verdict
+    return Verdict(verdict.name, Outcome.INCONCLUSIVE,
+                   f"{verdict.reason}, but on only {samples} samples: too few to judge (at least {min_samples})",
+                   {**evidence, "minSamples": min_samples})
 
 
 def _slice_test(verdict: Verdict, counts: PairedCounts, alpha: float, min_samples: int) -> Verdict | None:

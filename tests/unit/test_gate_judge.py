@@ -115,12 +115,25 @@ def test_accuracy_drop_recall_and_precision() -> None:
     candidate = [0, 0, 0, 1, 1, 1, 0, 0]
     thresholds = GoldenThresholds(max_accuracy_drop=0.2, classes={
         "nsfw": ClassThresholds(min_recall=0.6, min_precision=0.6)})
-    verdicts = by_name(judge(thresholds, tally(labels, candidate, stable), JudgeSettings(), SHA))
+    verdicts = by_name(judge(thresholds, tally(labels, candidate, stable), JudgeSettings(min_samples=1), SHA))
     drop = verdicts["maxAccuracyDrop"]
     assert drop.outcome is Outcome.FAIL and drop.evidence["value"] == pytest.approx(3 / 8)
     assert "stable 8/8, candidate 5/8" in drop.reason
     assert verdicts["nsfw.minRecall"].outcome is Outcome.FAIL  # 2/4
     assert verdicts["nsfw.minPrecision"].outcome is Outcome.PASS  # 2/3
+
+
+def test_a_golden_set_too_small_for_its_limits_passes_nothing() -> None:
+    thresholds = GoldenThresholds(min_accuracy=0.97, classes={
+        "nsfw": ClassThresholds(min_recall=0.95, max_false_positive_rate=0.01)})
+    verdicts = judge(thresholds, tally([0, 0, 1], [0, 0, 1]), JudgeSettings(), SHA)
+    checks = by_name(verdicts)
+    for name in ("minAccuracy", "nsfw.minRecall", "nsfw.maxFalsePositiveRate"):
+        assert checks[name].outcome is Outcome.INCONCLUSIVE, name
+    assert checks["nsfw.maxFalsePositiveRate"].reason == (
+        "nsfw false-positive rate (0/2) 0.00% within the maximum 1.00%, but on only 2 samples: too few to judge "
+        "(at least 20)")
+    assert combine(verdicts) is Outcome.INCONCLUSIVE
 
 
 def test_undefined_metric_is_inconclusive_and_unknown_class_is_named() -> None:
