@@ -20,11 +20,13 @@ from typing import Any
 from controller.gate.errors import ErrorKind, SourceError
 from controller.gate.mlflow_access import MlflowAccess, MlflowRest, experiment_id_for, json_bytes, upload_artifact
 from controller.gate.runner import GateReport
+from controller.verdict import DATASET_INTEGRITY, Outcome
 
 EXPERIMENT_NAME = "modelrollout-golden-gate"
 REPORT_ARTIFACT = "gate-report.json"
 TAG_PREFIX = "modelrollout.gate"
 _LOG_BATCH_LIMIT = 1000
+DATASET_MISMATCH = "dataset-mismatch"  # the version tag's outcome when only the dataset's hash failed
 _SEARCH_LIMIT = 100  # runs of one request_id looked at: a few at most, left by a create retried past a lost answer
 _METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -80,7 +82,7 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
     rest.call("POST", "/api/2.0/mlflow/runs/update", body={"run_id": run_id, "status": "FINISHED",
                                                            "end_time": int(time.time() * 1000)})
     report_uri = f"runs:/{run_id}/{REPORT_ARTIFACT}"
-    version_tags = {f"{TAG_PREFIX}.run_id": run_id, f"{TAG_PREFIX}.outcome": str(report.outcome),
+    version_tags = {f"{TAG_PREFIX}.run_id": run_id, f"{TAG_PREFIX}.outcome": _version_outcome(report),
                     f"{TAG_PREFIX}.dataset_sha256": report.dataset_sha256 or "",
                     f"{TAG_PREFIX}.report": report_uri}
     for key, value in version_tags.items():
@@ -88,6 +90,13 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
             "name": model_name, "version": str(candidate_version), "key": key, "value": value})
     return EvidenceRecord(run_id=run_id, experiment_id=experiment_id, report_uri=report_uri,
                           version_tags=version_tags)
+
+
+def _version_outcome(report: GateReport) -> str:
+    """What the candidate version is tagged with: a dataset that is not the pinned one judged nothing of it, so
+    that is no "fail" of the model (the run keeps the gate's own outcome)."""
+    failed = {verdict.name for verdict in report.verdicts if verdict.outcome is Outcome.FAIL}
+    return DATASET_MISMATCH if failed == {DATASET_INTEGRITY} else str(report.outcome)
 
 
 def gate_metrics(report: GateReport) -> dict[str, float]:

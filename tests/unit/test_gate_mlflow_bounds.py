@@ -6,6 +6,7 @@ Local http.server stubs on 127.0.0.1 only."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -25,7 +26,7 @@ from controller.gate.errors import ErrorKind, SourceError
 from controller.gate.evidence import TAG_PREFIX, record_gate_evidence
 from controller.gate.mlflow_access import MlflowAccess, MlflowRest, experiment_id_for, resolve_artifact_uri
 from controller.gate.runner import GateReport
-from controller.verdict import Outcome, Verdict
+from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict
 from tests.http_stub import serving
 
 TOKEN = "s3cr3t-TOKEN-bounds"
@@ -279,3 +280,22 @@ def test_a_re_record_takes_the_finished_run_of_its_request_never_mlflows_default
     with serving(store.server) as url:
         assert record(url) == "kept"
     assert store.creates == 0 and store.searches[0]["order_by"] == ["attributes.start_time ASC"]
+
+
+def test_a_dataset_that_is_not_the_pinned_one_tags_the_version_dataset_mismatch_not_fail() -> None:
+    # The README: a mismatched dataset rolls back without judging the candidate; a version tagged outcome=fail
+    # told registry readers the model had failed its gate.
+    mismatch = dataclasses.replace(EVIDENCE_REPORT, outcome=Outcome.FAIL, verdicts=(
+        Verdict(DATASET_INTEGRITY, Outcome.FAIL, "dataset sha256 mismatch"),))
+    store = RunStore("late")
+    store.release.set()
+    with serving(store.server) as url:
+        access = MlflowAccess(url, token=TOKEN, timeout_seconds=0.5, max_retries=2)
+        tags = record_gate_evidence(access, mismatch, model_name="m", candidate_version="8",
+                                    request_id="uid-1/gate-2").version_tags
+        failed = dataclasses.replace(mismatch, verdicts=(*mismatch.verdicts, Verdict("accuracy", Outcome.FAIL, "0.5")))
+        judged = record_gate_evidence(access, failed, model_name="m", candidate_version="8",
+                                      request_id="uid-1/gate-3").version_tags
+    assert tags[f"{TAG_PREFIX}.outcome"] == "dataset-mismatch"
+    assert judged[f"{TAG_PREFIX}.outcome"] == "fail"
+    assert store.runs[0]["tags"][f"{TAG_PREFIX}.outcome"] == "fail"  # the run keeps the gate's own outcome
