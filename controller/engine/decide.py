@@ -271,6 +271,7 @@ class _Decider:
         for command in self.obs.commands:
             if command.action not in rollbacks:
                 self._apply_command(command)
+        self._follow_dataset_changes()  # again: a retry or promote out of a pause resumes on the old data's gate
         self._follow_deletion()
         for _ in range(_MAX_TRANSITIONS):
             self.moved = False
@@ -1407,15 +1408,27 @@ class _Decider:
                                      candidate_version=candidate.version if candidate else "", weight=0, withdraw=True)
             detail = "weight 0%"
             # Target unobservable (unreachable, not synced): nothing to undo only if the candidate never reached it.
-            done = not self._maybe_staged() if target is None else not target.canary_weight
+            # A share the target does not ascribe to the candidate, on a target it was never seen staged on, is
+            # someone else's canary (Seldon: a predictor of that name the user runs): not this rollback's to undo.
+            foreign = target is not None and target.canary_version is None and not self._stage_seen()
+            done = not self._maybe_staged() if target is None else (not target.canary_weight or foreign)
         if done:
             self._confirm(action.id)
-            seen = "the candidate was never staged on" if target is None else f"{detail} observed on"
+            seen = "the candidate was never staged on" if target is None or target.canary_weight \
+                else f"{detail} observed on"
             self._record("TrafficRestored", f"{seen} {self.spec.target.description}")
             return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
         # Back to safety at once: this needs the target only, never the registry.
         self._request(action, detail)
         return rollback
+
+    def _stage_seen(self) -> bool:
+        """Whether this attempt's candidate was seen staged: the attempt got past staging, or staging confirmed."""
+        status = self.status
+        if status.gate is not None or status.current_step is not None or status.promotion is not None:
+            return True
+        record = self._ledger(self._stage_id()) if status.candidate is not None else None
+        return record is not None and record.state is ActionState.CONFIRMED
 
     def _maybe_staged(self) -> bool:
         """Whether this attempt's candidate may be on the target: staging was asked for or seen, or the attempt

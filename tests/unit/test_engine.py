@@ -1340,6 +1340,39 @@ def test_a_dataset_re_pinned_while_a_failure_waits_for_a_human_leaves_the_failed
     assert world.status.attempt == 1 and len(weights_sent(world)) == sent and "DatasetChanged" not in events(world)
 
 
+def test_a_retry_out_of_a_pause_after_a_re_pin_gates_the_new_data_before_any_traffic() -> None:
+    world = World(spec=spec_dict(rollback={"automatic": False}))
+    world.target.ignore_weights = True  # the target never takes the step: paused past progressDeadline
+    world.run_until(settled)
+    assert world.status.pause is not None and world.status.pause.reason is PauseReason.PROGRESS_DEADLINE_EXCEEDED
+    repin(world)
+    world.reconcile()
+    world.target.ignore_weights = False
+    before = len(world.executed)
+    world.send(CommandAction.RETRY)
+    world.run_until(lambda w: w.status.attempt == 2 and w.status.phase is Phase.PROGRESSING)
+    after = world.executed[before:]
+    new_gate = next(i for i, action in enumerate(after) if isinstance(action, RunGate)
+                    and action.dataset.sha256 == NEW_SHA)
+    raised = [i for i, action in enumerate(after) if isinstance(action, SetCanaryWeight) and action.weight > 0]
+    assert raised and min(raised) > new_gate  # no user saw the candidate on the old data's gate
+    assert "DatasetChanged" in events(world)
+
+
+def test_an_abort_before_staging_leaves_a_canary_share_the_target_does_not_ascribe_to_the_candidate() -> None:
+    world = World()
+    world.target.canary_weight = 25  # e.g. a Seldon predictor named like the canary, the team's own A/B test
+    world.target.frozen = True  # staging does not take (Seldon refuses to stage over that predictor)
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING and world.status.candidate is not None
+    world.send(CommandAction.ABORT)
+    world.reconcile()
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert not [action for action in world.decisions[-1].actions if isinstance(action, SetCanaryWeight)]
+    restored = next(entry for entry in world.status.history if entry.event == "TrafficRestored")
+    assert restored.detail.startswith("the candidate was never staged on")
+
+
 def test_a_new_candidate_named_while_a_re_pin_takes_the_canary_out_is_the_one_started() -> None:
     world = World()
     world.run_until(lambda w: w.status.current_step == 3)
