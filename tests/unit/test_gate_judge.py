@@ -73,6 +73,21 @@ def test_one_flip_in_a_small_slice_is_chance_not_a_failure() -> None:
     assert by_name(slice_case(flipped=1, size=3)).get("slice logo.maxAccuracyDrop") is None  # small, not credible
 
 
+def test_a_partial_trigger_in_a_slice_among_many_fails() -> None:
+    # The demo's thresholds (2% drop, 5% disagreement): 4 of 40 logo samples flipped (10%), beside 40 clean tags
+    # that share the slice checks' chance.
+    labels = [0] * 1000 + [1] * 1000
+    stable, candidate = list(labels), list(labels)
+    for row in range(4):
+        candidate[row] = 1
+    slices = {"logo": list(range(40)), **{f"tag-{i}": list(range(1000 + 10 * i, 1010 + 10 * i)) for i in range(40)}}
+    verdicts = by_name(judge(GoldenThresholds(max_accuracy_drop=0.02, max_disagreement=0.05),
+                             tally(labels, candidate, stable, slices), JudgeSettings(min_slice_samples=20), SHA))
+    drop = verdicts["slice logo.maxAccuracyDrop"]
+    assert drop.outcome is Outcome.FAIL and "more than twice the maximum (4 of 40" in drop.reason
+    assert combine(list(verdicts.values())) is Outcome.FAIL
+
+
 def test_samples_in_slices_beyond_those_tracked_make_the_gate_inconclusive() -> None:
     untracked = tally([0, 1], [0, 1], [0, 1])
     untracked.untracked_slices = 7
