@@ -302,6 +302,11 @@ def test_seldon_columns_that_name_no_class_are_read_with_the_class_names(body: d
     assert predicted_classes(body, options) == expected
 
 
+def test_one_seldon_score_named_after_the_first_class_is_not_counted_inverted() -> None:
+    with pytest.raises(MalformedEvent, match="named after the first class name"):
+        predicted_classes({"data": {"names": ["safe"], "ndarray": [[0.9]]}}, NAMES)
+
+
 def test_a_seldon_column_that_is_no_class_is_named_in_the_refusal() -> None:
     with pytest.raises(MalformedEvent, match="names a column 'porn' that is not among the 3 class names"):
         predicted_classes({"data": {"names": ["safe", "porn"], "ndarray": [[0.1, 0.9]]}}, THREE)
