@@ -14,9 +14,10 @@ Checks, in the order the engine reads them (the first verdict with the combined 
     <class>.maxFalsePositiveRate / .minRecall / .minPrecision   on the candidate's answers
     slice <tag>.maxAccuracyDrop / .maxDisagreement   the same per golden slice (a trigger hides in one), as a
                         test: FAIL only when the slice's count is credibly above the limit (binomial tail below
-                        SLICE_ALPHA shared by all slice checks) or, on a slice of min_slice_samples or more,
-                        wrong on two or more and over twice the limit; so one flip in a small slice is chance, and a
-                        slice too small to judge still fails when (nearly) every sample flipped
+                        SLICE_ALPHA shared by all slice checks), so one flip in a small slice is chance, and a
+                        slice too small to judge still fails when (nearly) every sample flipped. A partial trigger
+                        (a few flips in a mid-sized slice) can pass beside many slices: the price of a clean
+                        retrain not failing on the luck of one of them
     slices              INCONCLUSIVE when samples carry tags beyond the slices tracked: those were not judged
     thresholds          INCONCLUSIVE when no threshold could be applied at all
 An undefined metric (e.g. recall of a class with no samples) is INCONCLUSIVE, never 0 or 1, and so is a pass on
@@ -231,11 +232,6 @@ def _slice_test(verdict: Verdict, counts: PairedCounts, alpha: float, min_sample
         return Verdict(verdict.name, Outcome.FAIL, f"{reason} (p={p_value:.1e} < {alpha:.1e})", evidence)
     if paired < min_samples:
         return None
-    if count >= 2 and count > 2 * limit * paired + _EPSILON:
-        # A slice big enough to judge, wrong on two or more and over twice the limit: a partial trigger. The shared
-        # chance above keeps dozens of slices from failing a good model; it must not hide a slice this far out.
-        return Verdict(verdict.name, Outcome.FAIL, f"{verdict.reason}, more than twice the maximum "
-                                                   f"({count} of {paired}; p={p_value:.1e})", evidence)
     above = verdict.outcome is Outcome.FAIL
     note = f", but not credibly (p={p_value:.1e}, chance in {paired} samples)" if above else ""
     return Verdict(verdict.name, Outcome.PASS, f"{verdict.reason}{note}", evidence)

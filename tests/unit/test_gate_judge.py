@@ -73,19 +73,20 @@ def test_one_flip_in_a_small_slice_is_chance_not_a_failure() -> None:
     assert by_name(slice_case(flipped=1, size=3)).get("slice logo.maxAccuracyDrop") is None  # small, not credible
 
 
-def test_a_partial_trigger_in_a_slice_among_many_fails() -> None:
-    # The demo's thresholds (2% drop, 5% disagreement): 4 of 40 logo samples flipped (10%), beside 40 clean tags
-    # that share the slice checks' chance.
-    labels = [0] * 1000 + [1] * 1000
+def test_a_clean_retrain_does_not_fail_on_the_luck_of_one_slice_among_many() -> None:
+    # 64 slices of 60 samples, DESIGN's thresholds (0.5% drop, 1% disagreement): the candidate differs from stable
+    # on two samples in each, as a clean retrain at about half the limit sometimes does. A rule failing any judged
+    # slice with two flips over twice the limit failed such gates 9 times in 10.
+    labels = [0] * 3840 + [1] * 1000
     stable, candidate = list(labels), list(labels)
-    for row in range(4):
-        candidate[row] = 1
-    slices = {"logo": list(range(40)), **{f"tag-{i}": list(range(1000 + 10 * i, 1010 + 10 * i)) for i in range(40)}}
-    verdicts = by_name(judge(GoldenThresholds(max_accuracy_drop=0.02, max_disagreement=0.05),
+    slices = {f"tag-{i}": list(range(60 * i, 60 * i + 60)) for i in range(64)}
+    for i in range(64):
+        candidate[60 * i] = candidate[60 * i + 1] = 1
+    verdicts = by_name(judge(GoldenThresholds(max_disagreement=0.01),
                              tally(labels, candidate, stable, slices), JudgeSettings(min_slice_samples=20), SHA))
-    drop = verdicts["slice logo.maxAccuracyDrop"]
-    assert drop.outcome is Outcome.FAIL and "more than twice the maximum (4 of 40" in drop.reason
-    assert combine(list(verdicts.values())) is Outcome.FAIL
+    sliced = [v for name, v in verdicts.items() if name.startswith("slice ")]
+    assert len(sliced) == 64 and all(v.outcome is Outcome.PASS for v in sliced)
+    assert "but not credibly" in sliced[0].reason
 
 
 def test_samples_in_slices_beyond_those_tracked_make_the_gate_inconclusive() -> None:
