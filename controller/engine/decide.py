@@ -776,6 +776,12 @@ class _Decider:
             if command.full:
                 self._record("CommandApplied", f"{command.label}: skipping the remaining steps",
                              actor=command.actor, command_id=command.id)
+                gate, dataset = self.status.gate, self.spec.golden_dataset
+                if gate is not None and dataset is not None and gate.dataset_sha256 not in (None, dataset.sha256):
+                    # A human override of everything left: said out loud, never silently on the old data's gate.
+                    self._record("DatasetChanged", f"golden dataset re-pinned: {gate.dataset_sha256[:12]} -> "
+                                                   f"{dataset.sha256[:12]}; promoted by {command.actor} on the "
+                                                   "gate of the old data, not gated again", actor=command.actor)
                 self._update(pause=None)
                 self._start_promotion(command.actor)
                 return None

@@ -123,10 +123,12 @@ def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
     score, read against the configured classes): those name no class."""
     if not names or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return options
-    if options.class_names and len(names) == 1 and names[0] == options.class_names[0]:
-        # One score is read as the second class's probability: a column named the first would count inverted.
-        raise MalformedEvent("AmbiguousScore", "one score per row named after the first class name; it is read as "
-                                               "the second's probability")
+    if options.class_names and len(names) == 1 and names[0] not in options.class_names[1:2] \
+            and not _SELDON_PLACEHOLDER.fullmatch(names[0]):
+        # One score is read as the second class's probability: a column named anything else (the first class,
+        # "p_safe") could be the other one's and would count inverted.
+        raise MalformedEvent("AmbiguousScore", f"one score per row named {names[0][:32]!r}, not the second class "
+                                               "name: it is read as the second's probability")
     if options.class_names and (len(names) == 1 or all(_SELDON_PLACEHOLDER.fullmatch(n) for n in names)):
         return options
     unknown = [name for name in names if name not in options.class_names]

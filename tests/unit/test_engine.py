@@ -1359,6 +1359,19 @@ def test_a_retry_out_of_a_pause_after_a_re_pin_gates_the_new_data_before_any_tra
     assert "DatasetChanged" in events(world)
 
 
+def test_a_full_promote_after_a_re_pin_says_it_goes_on_the_old_data_s_gate() -> None:
+    world = World(spec=spec_dict(rollback={"automatic": False}))
+    fail_from(world, step_index=3)
+    world.run_until(settled)
+    repin(world)
+    world.send(CommandAction.PROMOTE, actor="erin", full=True)
+    world.reconcile()
+    changed = [entry for entry in world.status.history if entry.event == "DatasetChanged"]
+    assert [(entry.actor, entry.detail) for entry in changed] == [
+        ("erin", f"golden dataset re-pinned: {SHA[:12]} -> {NEW_SHA[:12]}; promoted by erin on the gate of the old "
+                 "data, not gated again")]
+
+
 def test_an_abort_before_staging_leaves_a_canary_share_the_target_does_not_ascribe_to_the_candidate() -> None:
     world = World()
     world.target.canary_weight = 25  # e.g. a Seldon predictor named like the canary, the team's own A/B test

@@ -302,9 +302,10 @@ def test_seldon_columns_that_name_no_class_are_read_with_the_class_names(body: d
     assert predicted_classes(body, options) == expected
 
 
-def test_one_seldon_score_named_after_the_first_class_is_not_counted_inverted() -> None:
-    with pytest.raises(MalformedEvent, match="named after the first class name"):
-        predicted_classes({"data": {"names": ["safe"], "ndarray": [[0.9]]}}, NAMES)
+@pytest.mark.parametrize("name", ["safe", "Safe", "p_safe", "cat"])
+def test_one_seldon_score_named_other_than_the_second_class_is_not_counted_inverted(name: str) -> None:
+    with pytest.raises(MalformedEvent, match="not the second class name"):
+        predicted_classes({"data": {"names": [name], "ndarray": [[0.9]]}}, NAMES)
 
 
 def test_a_seldon_column_that_is_no_class_is_named_in_the_refusal() -> None:
