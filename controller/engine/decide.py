@@ -633,11 +633,10 @@ class _Decider:
         new attempt's steps and deadlines start fresh. A gate a human overrode, and a promoted version, are left:
         the next attempt gates on the new data."""
         gate = self.status.gate
-        dataset = self.spec.golden_dataset
-        if gate is None or dataset is None or gate.dataset_sha256 in (None, dataset.sha256) or self._deleting:
+        detail = self._repinned()
+        if gate is None or detail is None or self._deleting:
             return
         phase = self.status.phase
-        detail = f"golden dataset re-pinned: {gate.dataset_sha256[:12]} -> {dataset.sha256[:12]}"
         if phase is Phase.GATING:
             self._record("DatasetChanged", f"{detail}; the gate starts over on the new data")
             self._enter_gate()
@@ -646,6 +645,13 @@ class _Decider:
             self._record("DatasetChanged", f"{detail}; rolling {self._candidate.version} back to gate it again")
             self._start_rollback(RollbackCause.DATASET_CHANGED, f"{detail} after the gate passed",
                                  reject_candidate=False, restart=True)
+
+    def _repinned(self) -> str | None:
+        """How the pinned golden dataset differs from the one this attempt's gate ran on, or None."""
+        gate, dataset = self.status.gate, self.spec.golden_dataset
+        if gate is None or dataset is None or gate.dataset_sha256 in (None, dataset.sha256):
+            return None
+        return f"golden dataset re-pinned: {(gate.dataset_sha256 or '')[:12]} -> {dataset.sha256[:12]}"
 
     def _paused_without_a_verdict(self) -> bool:
         """Paused before promotion with no failing verdict waiting on a human: a re-pin may start over from here.
@@ -776,12 +782,10 @@ class _Decider:
             if command.full:
                 self._record("CommandApplied", f"{command.label}: skipping the remaining steps",
                              actor=command.actor, command_id=command.id)
-                gate, dataset = self.status.gate, self.spec.golden_dataset
-                if gate is not None and dataset is not None and gate.dataset_sha256 not in (None, dataset.sha256):
+                if (repinned := self._repinned()) is not None:
                     # A human override of everything left: said out loud, never silently on the old data's gate.
-                    self._record("DatasetChanged", f"golden dataset re-pinned: {gate.dataset_sha256[:12]} -> "
-                                                   f"{dataset.sha256[:12]}; promoted by {command.actor} on the "
-                                                   "gate of the old data, not gated again", actor=command.actor)
+                    self._record("DatasetChanged", f"{repinned}; promoted by {command.actor} on the gate of the old "
+                                                   "data, not gated again", actor=command.actor)
                 self._update(pause=None)
                 self._start_promotion(command.actor)
                 return None
