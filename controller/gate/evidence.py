@@ -2,9 +2,10 @@
 
 One run per gate request in the experiment `modelrollout-golden-gate`: tags say which model, versions,
 dataset and outcome; metrics carry the deciding numbers; `gate-report.json` holds the full record. The
-candidate version gets tags pointing at that run. Recording the same request_id twice reuses the run,
-so an operator that restarts mid-way does not leave duplicates; the run is created without blind retries
-(a run created whose answer was lost is looked up before creating another).
+candidate version gets tags pointing at that run. Recording the same request_id twice reuses the run and
+logs only the numbers it does not hold yet, so an operator that restarts mid-way leaves no duplicate runs or
+metric points; the run is created without blind retries (a run created whose answer was lost is looked up
+before creating another).
 
 Blocking (mlflow-skinny's HTTP client): call it with `await asyncio.to_thread(record_gate_evidence, ...)`.
 """
@@ -67,8 +68,9 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
     artifact_root = str(info.get("artifact_uri") or "")
     if not run_id:
         raise SourceError(ErrorKind.ERROR, "MLflow created a run but returned no run id")
+    logged = _logged_metrics(run)  # a re-record after a restart: the history keeps one point per number
     metrics = [{"key": key, "value": value, "timestamp": now_ms, "step": 0}
-               for key, value in gate_metrics(report).items()]
+               for key, value in gate_metrics(report).items() if logged.get(key) != value]
     rest.call("POST", "/api/2.0/mlflow/runs/log-batch", body={
         "run_id": run_id, "metrics": metrics[:_LOG_BATCH_LIMIT],
         "params": [{"key": "dataset_uri", "value": str(report.status.get("dataset", {}).get("uri", ""))[:6000]}],
@@ -128,6 +130,13 @@ def gate_metrics(report: GateReport) -> dict[str, float]:
     put("dataset.usable_samples", dataset.get("usable"))
     put("dataset.unusable_samples", dataset.get("unusable"))
     return metrics
+
+
+def _logged_metrics(run: dict[str, Any]) -> dict[str, float]:
+    """The latest value of each metric a found run already holds (runs/search answers with the run's data)."""
+    data = run.get("data") if isinstance(run.get("data"), dict) else {}
+    return {str(metric.get("key")): metric.get("value") for metric in data.get("metrics") or []
+            if isinstance(metric, dict)}
 
 
 def _create_run(rest: MlflowRest, experiment_id: str, request_id: str | None, body: dict[str, Any]) -> Any:

@@ -137,6 +137,9 @@ def test_clean_candidate_passes_and_its_evidence_lands_in_mlflow(world: World) -
     again = record_gate_evidence(world.access, report, model_name=world.model,
                                  candidate_version=world.versions["clean"], request_id=f"gate-{world.uid}-clean")
     assert again.run_id == record.run_id
+    history = rest.call("GET", "/api/2.0/mlflow/metrics/get-history",
+                        params={"run_id": record.run_id, "metric_key": "candidate.accuracy"})["metrics"]
+    assert len(history) == 1, history  # and each number is logged once
 
 
 def test_lower_accuracy_candidate_fails(world: World) -> None:

@@ -220,7 +220,13 @@ class RunStore:
                     found = [run for run in owner.runs if run["tags"].get(f"{TAG_PREFIX}.request_id") == want]
                     ascending = "attributes.start_time ASC" in body.get("order_by", [])
                     found.sort(key=lambda run: run["info"]["start_time"], reverse=not ascending)
-                    return self._send(200, {"runs": [{"info": run["info"]} for run in found[:body["max_results"]]]})
+                    return self._send(200, {"runs": [{"info": run["info"], "data": {"metrics": [
+                        {"key": key, "value": points[-1]} for key, points in run.get("metrics", {}).items()]}}
+                        for run in found[:body["max_results"]]]})
+                if self.path.endswith("/runs/log-batch"):
+                    run = next(run for run in owner.runs if run["info"]["run_id"] == body["run_id"])
+                    for metric in body.get("metrics", []):
+                        run.setdefault("metrics", {}).setdefault(metric["key"], []).append(metric["value"])
                 if self.path.endswith("/runs/create"):
                     owner.creates += 1
                     run_id = f"run{len(owner.runs) + 1}"
@@ -280,6 +286,24 @@ def test_a_re_record_takes_the_finished_run_of_its_request_never_mlflows_default
     with serving(store.server) as url:
         assert record(url) == "kept"
     assert store.creates == 0 and store.searches[0]["order_by"] == ["attributes.start_time ASC"]
+
+
+def test_a_re_record_after_a_restart_logs_each_number_once() -> None:
+    # An operator killed after recording re-records the same request: its metrics were logged again, so the run's
+    # history showed every number twice, as if the gate had run twice. A number that did change is still logged.
+    def report(usable: int) -> GateReport:
+        return dataclasses.replace(EVIDENCE_REPORT, status={"dataset": {
+            "uri": "configmap://g/s", "usable": usable, "unusable": 2}})
+
+    store = RunStore("late")
+    store.release.set()
+    with serving(store.server) as url:
+        access = MlflowAccess(url, token=TOKEN, timeout_seconds=0.5, max_retries=2)
+        for usable in (100, 100, 120):
+            record_gate_evidence(access, report(usable), model_name="m", candidate_version="8",
+                                 request_id="uid-1/gate-1")
+    assert store.creates == 1
+    assert store.runs[0]["metrics"] == {"dataset.usable_samples": [100.0, 120.0], "dataset.unusable_samples": [2.0]}
 
 
 def test_a_dataset_that_is_not_the_pinned_one_tags_the_version_dataset_mismatch_not_fail() -> None:
