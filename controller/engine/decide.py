@@ -663,7 +663,8 @@ class _Decider:
 
     def _follow_deletion(self) -> None:
         """Deleted before it ended, with revertOnDeletion: roll back as an abort would, then end (the operator
-        releases the finalizer once the ended status is stored). The candidate is not judged, so not rejected."""
+        releases the finalizer once the ended status is stored). The candidate is rejected only when a check failed
+        it (paused there, automatic rollback off): the delete itself judges nothing."""
         if not self._deleting:
             return
         phase = self.status.phase
@@ -677,7 +678,16 @@ class _Decider:
             self._record("Deleted", f"{reason} before the candidate was resolved")
             self._move(Phase.ROLLED_BACK, completed_at=self.now)
         elif phase not in TERMINAL_PHASES:
-            self._start_rollback(RollbackCause.DELETED, reason, reject_candidate=False)
+            self._start_rollback(RollbackCause.DELETED, reason, reject_candidate=self._failed_awaiting_decision())
+
+    def _failed_awaiting_decision(self) -> bool:
+        """Paused on a failing verdict with automatic rollback off: a judge did fail the candidate."""
+        pause, gate = self.status.pause, self.status.gate
+        if self.status.phase is not Phase.PAUSED or pause is None:
+            return False
+        if pause.reason is PauseReason.GATE_FAILED:
+            return gate is not None and not _integrity_only(gate.verdicts)
+        return pause.reason in (PauseReason.ANALYSIS_FAILED, PauseReason.BAKE_FAILED)
 
     def _repair_status(self) -> None:
         """A status that cannot be (a phase past resolution without its candidate: edited by hand or by another
@@ -1025,9 +1035,8 @@ class _Decider:
         elif outcome is Outcome.FAIL:
             self._record("GateFailed", reason)
             # A dataset that is not the pinned one says nothing about the model: stop, but do not reject it.
-            integrity_only = {item.name for item in verdicts if item.outcome is Outcome.FAIL} == {DATASET_INTEGRITY}
             self._failure(RollbackCause.GATE_FAILED, reason, _evidence(verdicts, outcome),
-                          reject_candidate=not integrity_only)
+                          reject_candidate=not _integrity_only(verdicts))
         else:
             self._record("GateInconclusive", reason)
             self._inconclusive(RollbackCause.GATE_INCONCLUSIVE, reason, _evidence(verdicts, outcome))
@@ -1862,6 +1871,11 @@ def _clean_verdict(verdict: Verdict) -> Verdict:
 
 def _first(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> Verdict | None:
     return next((item for item in verdicts if item.outcome == outcome), verdicts[0] if verdicts else None)
+
+
+def _integrity_only(verdicts: tuple[Verdict, ...]) -> bool:
+    """Only the dataset's hash failed: that says nothing about the model, so it is not rejected."""
+    return {item.name for item in verdicts if item.outcome is Outcome.FAIL} == {DATASET_INTEGRITY}
 
 
 def _evidence(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> dict[str, Any]:

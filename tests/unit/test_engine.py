@@ -43,7 +43,7 @@ from controller.engine import (
     holds_deletion,
     reject_spec,
 )
-from controller.verdict import Outcome, Verdict
+from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict
 
 DONE = (Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED)
 
@@ -702,6 +702,24 @@ def test_a_rollout_deleted_mid_flight_with_revert_on_deletion_rolls_back_without
     assert not any(a.type is ActionType.TAG_REJECTED for a in world.executed)
     assert "deleted" in status.message
     assert not holds_deletion(world.parsed_spec, status)  # ended: the delete may complete
+
+
+@pytest.mark.parametrize(("failing", "rejected"), [("analysis", True), ("gate", True), ("dataset hash", False)])
+def test_a_rollout_deleted_while_a_failed_check_awaits_a_decision_is_rejected_as_its_rollback_would_be(
+        failing: str, rejected: bool) -> None:
+    # Automatic rollback off, a check failed the candidate, then the rollout was deleted: the rollback left the
+    # version untagged, so the judged-bad version could be rolled out again without PreviouslyRejected.
+    world = World(spec=spec_dict(rollback={"automatic": False, "revertOnDeletion": True}))
+    if failing == "analysis":
+        world.judge = lambda _request: [verdict(Outcome.FAIL)]
+    else:
+        world.gate_verdicts = [verdict(Outcome.FAIL, DATASET_INTEGRITY if failing == "dataset hash" else "accuracy")]
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.deleting = True
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK and world.status.rollback is not None
+    assert world.status.rollback.cause is RollbackCause.DELETED
+    assert (REJECTED_TAG in world.registry.versions["7"]) is rejected
 
 
 def test_a_deletion_without_revert_on_deletion_changes_nothing() -> None:
