@@ -281,7 +281,7 @@ def test_the_target_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path,
 
 
 @pytest.mark.integration
-def test_the_model_and_its_stable_alias_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path,
+def test_the_model_its_stable_alias_and_registry_cannot_change_while_a_rollout_is_in_flight(kubeconfig: Path,
                                                                                    namespace: str) -> None:
     manifest = sample()
     manifest["metadata"]["name"] = "model-change"
@@ -295,6 +295,23 @@ def test_the_model_and_its_stable_alias_cannot_change_while_a_rollout_is_in_flig
             if not allowed:
                 assert "spec.model.name and spec.model.stableAlias" in output, output
         assert apply(kubeconfig, namespace, manifest)[0] == 0  # back, while the phase allows it
+    # Nor the registry the versions in status belong to (set, changed or removed).
+    for registry in ({"trackingUri": "http://mlflow-2:5000"}, None):
+        first = copy.deepcopy(manifest)
+        if registry is None:
+            first["spec"]["registry"] = {"trackingUri": "http://mlflow:5000"}
+        assert apply(kubeconfig, namespace, first)[0] == 0
+        moved = copy.deepcopy(first)
+        if registry is None:
+            del moved["spec"]["registry"]
+        else:
+            moved["spec"]["registry"] = registry
+        for phase, allowed in (("Progressing", False), ("RollingBack", False), ("Failed", True)):
+            code, output = apply_in_phase(kubeconfig, namespace, "model-change", phase, moved)
+            assert (code == 0) == allowed, f"{registry} in {phase}: {output}"
+            if not allowed:
+                assert "spec.registry.trackingUri cannot change" in output, output
+        assert apply(kubeconfig, namespace, manifest)[0] == 0
     # A new version is a new candidate, not another model: allowed mid-rollout.
     bumped = copy.deepcopy(manifest)
     bumped["spec"]["model"]["version"] = "8"
