@@ -124,6 +124,7 @@ class GateStatus:
     requested_at: datetime | None = None  # the RunGate request was last handed to the operator
     completed_at: datetime | None = None
     dataset_sha256: str | None = None
+    thresholds_signature: str | None = None  # digest of goldenDataset.thresholds this gate judges by
     outcome: Outcome | None = None
     reason: str = ""
     verdicts: tuple[Verdict, ...] = ()

@@ -23,6 +23,7 @@ from controller.api.durations import format_duration
 from controller.api.serialization import format_time, to_json
 from controller.api.spec import (
     AnalysisStep,
+    GoldenThresholds,
     ModelRolloutSpec,
     OnInconclusive,
     PauseStep,
@@ -638,7 +639,7 @@ class _Decider:
             return
         phase = self.status.phase
         if phase is Phase.GATING:
-            self._record("DatasetChanged", f"{detail}; the gate starts over on the new data")
+            self._record("DatasetChanged", f"{detail}; the gate starts over")
             self._enter_gate()
         elif (phase is Phase.PROGRESSING or (phase is Phase.PAUSED and self._paused_without_a_verdict())) \
                 and gate.outcome is Outcome.PASS and gate.overridden_by is None:
@@ -647,11 +648,15 @@ class _Decider:
                                  reject_candidate=False, restart=True)
 
     def _repinned(self) -> str | None:
-        """How the pinned golden dataset differs from the one this attempt's gate ran on, or None."""
+        """How the golden dataset or its thresholds differ from what this attempt's gate judged by, or None."""
         gate, dataset = self.status.gate, self.spec.golden_dataset
-        if gate is None or dataset is None or gate.dataset_sha256 in (None, dataset.sha256):
+        if gate is None or dataset is None:
             return None
-        return f"golden dataset re-pinned: {(gate.dataset_sha256 or '')[:12]} -> {dataset.sha256[:12]}"
+        if gate.dataset_sha256 not in (None, dataset.sha256):
+            return f"golden dataset re-pinned: {(gate.dataset_sha256 or '')[:12]} -> {dataset.sha256[:12]}"
+        if gate.thresholds_signature not in (None, thresholds_signature(dataset.thresholds)):
+            return "goldenDataset.thresholds changed since the gate ran"
+        return None
 
     def _paused_without_a_verdict(self) -> bool:
         """Paused before promotion with no failing verdict waiting on a human: a re-pin may start over from here.
@@ -794,8 +799,8 @@ class _Decider:
                              actor=command.actor, command_id=command.id)
                 if (repinned := self._repinned()) is not None:
                     # A human override of everything left: said out loud, never silently on the old data's gate.
-                    self._record("DatasetChanged", f"{repinned}; promoted by {command.actor} on the gate of the old "
-                                                   "data, not gated again", actor=command.actor)
+                    self._record("DatasetChanged", f"{repinned}; promoted by {command.actor} on the earlier gate, "
+                                                   "not gated again", actor=command.actor)
                 self._update(pause=None)
                 self._start_promotion(command.actor)
                 return None
@@ -971,7 +976,8 @@ class _Decider:
             return
         request_id = self._next_judge_request("gate")
         self._move(Phase.GATING, gate=GateStatus(request_id=request_id, started_at=self.now,
-                                                 dataset_sha256=dataset.sha256))
+                                                 dataset_sha256=dataset.sha256,
+                                                 thresholds_signature=thresholds_signature(dataset.thresholds)))
         stable = self.status.stable
         self._record("GateStarted", f"golden dataset {dataset.sha256[:12]}: candidate {self._candidate.version} "
                                     + (f"against stable {stable.version}" if stable else "alone (no stable version)"))
@@ -1921,6 +1927,14 @@ def _progress_reason(status: ModelRolloutStatus) -> str:
 
 def steps_signature(steps: Any) -> str:
     """A short digest of the canary steps as parsed (so formatting and key order do not count)."""
-    typed = [{type(step).__name__: to_json(step)} for step in steps]  # an analysis and a pause may look alike
-    encoded = json.dumps(typed, sort_keys=True, default=str).encode()
-    return hashlib.sha256(encoded).hexdigest()[:16]
+    # Typed: an analysis step and a pause step may look alike.
+    return _signature([{type(step).__name__: to_json(step)} for step in steps])
+
+
+def thresholds_signature(thresholds: GoldenThresholds) -> str:
+    """A short digest of the golden thresholds as parsed."""
+    return _signature(to_json(thresholds))
+
+
+def _signature(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1309,8 +1309,7 @@ def test_a_gate_answer_on_data_re_pinned_while_it_ran_is_not_taken_the_gate_star
     assert decision.status.gate is not None and decision.status.gate.outcome is None
     assert decision.status.gate.request_id != gate.request_id and decision.status.gate.dataset_sha256 == NEW_SHA
     assert [(entry.event, entry.detail) for entry in decision.events][-2:] == [
-        ("DatasetChanged", f"golden dataset re-pinned: {SHA[:12]} -> {NEW_SHA[:12]}; the gate starts over on the "
-                           "new data"),
+        ("DatasetChanged", f"golden dataset re-pinned: {SHA[:12]} -> {NEW_SHA[:12]}; the gate starts over"),
         ("GateStarted", f"golden dataset {NEW_SHA[:12]}: candidate 7 against stable 6")]
     assert [action.dataset.sha256 for action in decision.actions if isinstance(action, RunGate)] == [NEW_SHA]
 
@@ -1386,8 +1385,8 @@ def test_a_full_promote_after_a_re_pin_says_it_goes_on_the_old_data_s_gate() -> 
     world.reconcile()
     changed = [entry for entry in world.status.history if entry.event == "DatasetChanged"]
     assert [(entry.actor, entry.detail) for entry in changed] == [
-        ("erin", f"golden dataset re-pinned: {SHA[:12]} -> {NEW_SHA[:12]}; promoted by erin on the gate of the old "
-                 "data, not gated again")]
+        ("erin", f"golden dataset re-pinned: {SHA[:12]} -> {NEW_SHA[:12]}; promoted by erin on the earlier gate, "
+                 "not gated again")]
 
 
 def test_an_abort_before_staging_leaves_a_canary_share_the_target_does_not_ascribe_to_the_candidate() -> None:
@@ -1402,6 +1401,30 @@ def test_an_abort_before_staging_leaves_a_canary_share_the_target_does_not_ascri
     assert not [action for action in world.decisions[-1].actions if isinstance(action, SetCanaryWeight)]
     restored = next(entry for entry in world.status.history if entry.event == "TrafficRestored")
     assert restored.detail.startswith("the candidate was never staged on")
+
+
+def test_golden_thresholds_changed_mid_canary_gate_the_candidate_again_by_the_new_ones() -> None:
+    # Tightened after the gate passed (minAccuracy 0.97 -> 0.999): the canary went on, judged by the old ones.
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 3)
+    golden = world.spec["goldenDataset"]
+    world.spec = {**world.spec, "goldenDataset": {**golden, "thresholds": {**golden["thresholds"],
+                                                                           "minAccuracy": 0.999}}}
+    world.generation += 1
+    world.gate_verdicts = [verdict(Outcome.FAIL, "minAccuracy", "0.98 < 0.999")]
+    world.run_until(finished)
+    assert [attempt for attempt, _ in gates_run(world)] == ["1", "2"]
+    changed = next(entry for entry in world.status.history if entry.event == "DatasetChanged")
+    assert changed.detail == "goldenDataset.thresholds changed since the gate ran; rolling 7 back to gate it again"
+    assert world.status.phase is Phase.ROLLED_BACK and world.target.canary_weight == 0
+    assert world.status.rollback is not None and world.status.rollback.cause is RollbackCause.GATE_FAILED
+    # Only the thresholds count, as parsed: the same ones written again change nothing.
+    again = World()
+    again.run_until(lambda w: w.status.current_step == 3)
+    again.spec = copy.deepcopy(again.spec)
+    again.generation += 1
+    again.reconcile()
+    assert len(gates_run(again)) == 1 and again.status.current_step == 3
 
 
 def test_a_new_candidate_named_while_a_re_pin_takes_the_canary_out_is_the_one_started() -> None:
