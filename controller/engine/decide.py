@@ -297,6 +297,9 @@ class _Decider:
             pause = self.status.pause
             if pause is not None and pause.reason is PauseReason.PAUSE_STEP:
                 self._steps()
+            elif pause is not None and pause.reason in (PauseReason.ANALYSIS_INCONCLUSIVE,
+                                                        PauseReason.BAKE_INCONCLUSIVE):
+                self._watch_while_paused(pause)
         elif phase is Phase.PROMOTING:
             self._promoting()
         elif phase is Phase.BAKING:
@@ -1173,6 +1176,26 @@ class _Decider:
             self.requeue.append(pause.until - self.now)
 
     # --- judging (analysis steps, pause steps, bake) -------------------------------------------------
+
+    def _watch_while_paused(self, pause: PauseStatus) -> None:
+        """Paused on an inconclusive analysis or bake, the version still serves: it is judged on, from the pause
+        (a trigger may start now), and a failure rolls back as it would have in the step or bake. Any other outcome
+        leaves the decision to the human."""
+        bake = pause.reason is PauseReason.BAKE_INCONCLUSIVE
+        if not self.spec.analysis.metrics or (self.spec.bake is None if bake else not self.status.canary_weight):
+            return
+        mode = AnalysisMode.BAKE if bake else AnalysisMode.CANARY
+        analysis = self.status.analysis
+        if analysis is None or analysis.mode is not mode or analysis.window_start != pause.since \
+                or analysis.ends_at is not None:
+            first_run = pause.since + self.spec.analysis.interval
+            if self.now < first_run:  # until then status.analysis shows why it paused
+                self.requeue.append(first_run - self.now)
+                return
+            self._update(analysis=AnalysisStatus(mode=mode, window_start=pause.since, ends_at=None,
+                                                 step_index=None if bake else self.status.current_step))
+        if self._judge() is Outcome.FAIL:
+            self._judged_failure(RollbackCause.BAKE_FAILED if bake else RollbackCause.ANALYSIS_FAILED)
 
     def _judge(self) -> Outcome | None:
         """Run the judges every interval; return FAIL at once, or the final outcome when time is up."""

@@ -581,6 +581,36 @@ def test_inconclusive_analysis_pauses_then_promote_goes_on() -> None:
     assert world.status.phase is Phase.PROGRESSING and world.status.current_step == 3
 
 
+@pytest.mark.parametrize("where", ["analysis step", "bake"])
+def test_a_version_paused_on_an_inconclusive_verdict_is_still_judged_and_a_failure_rolls_it_back(where: str) -> None:
+    # The canary (or the promoted version) kept serving with no judge at all until a human came: a trigger that
+    # started after the step ended was never caught, while a pause step at the same weight is watched.
+    verdicts = {"now": Outcome.INCONCLUSIVE}
+    world = World(judge=lambda _request: [verdict(verdicts["now"])])
+    if where == "bake":
+        world.judge = lambda _request: [verdict(Outcome.PASS)]
+        reach_final_pause(world)
+        world.judge = lambda _request: [verdict(verdicts["now"])]
+        world.send(CommandAction.PROMOTE)
+    world.run_until(settled)
+    pause = world.status.pause
+    assert pause is not None and pause.reason is (PauseReason.BAKE_INCONCLUSIVE if where == "bake"
+                                                  else PauseReason.ANALYSIS_INCONCLUSIVE)
+    runs = len([action for action in world.executed if isinstance(action, RunAnalysis)])
+    world.advance(timedelta(hours=1))
+    world.reconcile()
+    assert world.status.phase is Phase.PAUSED  # still inconclusive: the human decides
+    watched = [action for action in world.executed if isinstance(action, RunAnalysis)][runs:]
+    assert watched and all(action.window_start == pause.since for action in watched)
+    verdicts["now"] = Outcome.FAIL
+    world.run_until(finished)
+    rollback = world.status.rollback
+    assert world.status.phase is Phase.ROLLED_BACK and rollback is not None
+    assert rollback.cause is (RollbackCause.BAKE_FAILED if where == "bake" else RollbackCause.ANALYSIS_FAILED)
+    assert REJECTED_TAG in world.registry.versions["7"] and world.registry.aliases["production"] == "6"
+    assert not world.target.canary_weight and world.target.stable_version == "6"
+
+
 def test_inconclusive_analysis_retry_restarts_the_step() -> None:
     world = World(judge=lambda _request: [verdict(Outcome.INCONCLUSIVE)])
     world.run_until(settled)
