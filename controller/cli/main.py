@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -107,6 +108,19 @@ def _host_patterns(text: str) -> tuple[str, ...]:
         return parse_host_patterns(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port(text: str, off: int | None = None) -> int:
+    """A TCP port to bind (0: any free one), or `off` where the option has a value for "none": bind() would fail
+    with a traceback on one above 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -2
+    if port != off and not 0 <= port <= 65535:
+        also = f", or {off} for none" if off is not None else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: a number from 0 to 65535{also}")
+    return port
 
 
 def _object_name(text: str) -> str:
@@ -225,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--liveness", default=None, help="serve a health endpoint, e.g. http://0.0.0.0:8080/healthz")
     run_parser.add_argument("--metrics-address", default="127.0.0.1",
                             help="address /metrics binds to (default 127.0.0.1; 0.0.0.0 in a pod)")
-    run_parser.add_argument("--metrics-port", type=int, default=9100,
+    run_parser.add_argument("--metrics-port", type=lambda text: _port(text, off=-1), default=9100,
                             help="port of /metrics (default 9100; 0: any free port, logged; -1: no metrics)")
     run_parser.add_argument("--tracking-uri", default=None,
                             help="default MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
@@ -291,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     exporter_commands = exporter.add_subparsers(dest="exporter_command", required=True)
     exporter_run = exporter_commands.add_parser("run", help="receive logger events and serve /metrics")
     exporter_run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    exporter_run.add_argument("--port", type=int, default=9102)
+    exporter_run.add_argument("--port", type=_port, default=9102)
     exporter_run.add_argument("--class-names", default="",
                               help="comma-separated class names, for outputs that are indexes or probabilities")
     exporter_run.add_argument("--v2-output", default=None, help="V2 output holding the prediction (default: first)")
@@ -314,8 +328,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a killed pipe writer would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush too
+        _stdout_to_devnull()
         return 141
+    except OSError as exc:  # one no handler foresaw, e.g. stdout on a full disk: the OS's words, not the paths
+        _stdout_to_devnull()
+        print(f"error: {exc.strerror or 'input/output failed'} ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the last resort: only the type, as the text may quote a secret (a request's header)
+        print(f"error: unexpected {type(exc).__name__} (its message is not shown: it may hold credentials)",
+              file=sys.stderr)
+        return 1
+
+
+def _stdout_to_devnull() -> None:
+    """What stdout can still take is written, the rest dropped: the interpreter's last flush must not fail with a
+    traceback after the one line already said what went wrong."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: a stdout without a descriptor (in tests)
+        sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

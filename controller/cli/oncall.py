@@ -80,6 +80,15 @@ def _not_current(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def _refused_by_http_client(exc: ValueError) -> bool:
+    """Whether http.client refused to send the request (a header value with a control character), rather than the
+    kubernetes library refusing an argument (pydantic's ValidationError is a ValueError too)."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_globals.get("__name__") == "http.client"
+
+
 def _server() -> str:
     """The API server's host and port (never the whole URL: it may carry credentials)."""
     parts = urlsplit(client.Configuration.get_default_copy().host or "")
@@ -115,6 +124,12 @@ class OnCall:
             raise CliError(f"{what}: the API server answered HTTP {exc.status}: {_api_message(exc)}") from None
         except (Urllib3Error, OSError) as exc:
             raise CliError(f"no cluster: cannot reach the API server at {_server()} ({transport_cause(exc)})") from None
+        except ValueError as exc:
+            if not _refused_by_http_client(exc):
+                raise
+            # Its text quotes the header, token and all. kubectl trims a token file's newline; the library does not.
+            raise CliError(f"{what}: the kubeconfig's credentials cannot be sent (a token ending in a newline or "
+                           "another control character?)") from None
 
     def get(self, name: str) -> dict[str, Any]:
         what = f"ModelRollout {self.namespace}/{name}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -102,11 +104,11 @@ class FakeApi:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
-    def kubeconfig(self, tmp_path: Path) -> str:
+    def kubeconfig(self, tmp_path: Path, user: dict[str, Any] | None = None, namespace: Any = "ns") -> str:
         config = {"apiVersion": "v1", "current-context": "c",
                   "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
-                  "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
-                  "users": [{"name": "u", "user": {"token": "t"}}]}
+                  "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": namespace}}],
+                  "users": [{"name": "u", "user": user or {"token": "t"}}]}
         path = tmp_path / "kubeconfig"
         path.write_text(yaml.safe_dump(config))
         return str(path)
@@ -237,3 +239,54 @@ def test_a_list_with_a_status_no_view_foresaw_is_one_line(api: FakeApi, tmp_path
     monkeypatch.setattr(OnCall, "print_list", broken)
     assert main(["list", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
     assert "has an unexpected shape (TypeError)" in capsys.readouterr().err
+
+
+# --- nothing unforeseen reaches the terminal as a traceback -----------------------------------------------------
+
+ONCALL_COMMANDS = [["list"], ["get", "r"], ["get", "r", "-o", "json"], ["history", "r"], ["explain", "r"],
+                   ["abort", "r"], ["promote", "r"], ["retry", "r"], ["rollback", "r"]]
+
+
+@pytest.mark.parametrize("args", ONCALL_COMMANDS)
+@pytest.mark.parametrize("source", ["tokenFile", "token"])
+def test_a_token_ending_in_a_newline_is_one_line_that_does_not_show_it(
+        api: FakeApi, tmp_path: Path, args: list[str], source: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`echo TOKEN > file` (or an exec plugin's "token\\n"): http.client refuses the header and quotes it whole."""
+    token = "s3cret-bearer-4f9a"
+    (tmp_path / "token").write_text(token + "\n")
+    user = {"tokenFile": str(tmp_path / "token")} if source == "tokenFile" else {"token": token + "\n"}
+    assert main([*args, "--kubeconfig", api.kubeconfig(tmp_path, user)]) == 1
+    captured = capsys.readouterr()
+    assert [line for line in captured.err.splitlines() if line.startswith("error:")] == [captured.err.strip()]
+    assert "the kubeconfig's credentials cannot be sent (a token ending in a newline" in captured.err
+    assert token not in captured.out + captured.err
+    assert api.gets == 0 and api.patches == []
+
+
+def test_an_error_no_handler_foresaw_shows_its_type_not_its_text(
+        api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def fails(*_: object) -> None:
+        raise RuntimeError("Authorization: Bearer s3cret-bearer-4f9a")
+
+    monkeypatch.setattr(OnCall, "get", fails)
+    assert main(["get", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "error: unexpected RuntimeError (its message is not shown: it may hold credentials)\n"
+    assert "s3cret" not in captured.out + captured.err
+
+
+def test_an_argument_the_library_refuses_is_not_taken_for_a_bad_token(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unquoted number as the namespace: the kubernetes library's pydantic check, a ValueError as well."""
+    assert main(["list", "--kubeconfig", api.kubeconfig(tmp_path, namespace=2024)]) == 1
+    assert capsys.readouterr().err.startswith("error: unexpected ValidationError")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["history", "r"], ["get", "r", "-o", "json"]])
+def test_output_to_a_full_disk_is_one_line(api: FakeApi, tmp_path: Path, args: list[str]) -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "controller.cli.main", *args,
+                                 "--kubeconfig", api.kubeconfig(tmp_path)],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    assert result.returncode == 1 and result.stderr == "error: No space left on device (OSError)\n", result.stderr

@@ -167,3 +167,25 @@ def test_operator_run_takes_the_scrape_interval_the_freshness_check_assumes(
         with pytest.raises(SystemExit):
             build_parser().parse_args(["operator", "run", "--scrape-interval", bad])
         assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["exporter", "run", "--port", "99999"], "'99999' is not a port: a number from 0 to 65535"),
+    (["exporter", "run", "--port", "-1"], "'-1' is not a port"),
+    (["exporter", "run", "--port", "http"], "'http' is not a port"),
+    (["operator", "run", "--metrics-port", "70000"], "'70000' is not a port: a number from 0 to 65535, or -1 for none"),
+    (["operator", "run", "--metrics-port", "-2"], "'-2' is not a port"),
+])
+def test_a_port_bind_cannot_take_is_refused_with_the_usage(args: list[str], said: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_the_ports_that_mean_something_are_kept() -> None:
+    """0: any free port; -1: no metrics (operator run only)."""
+    for port in ("0", "65535"):
+        assert build_parser().parse_args(["exporter", "run", "--port", port]).port == int(port)
+    for port in ("-1", "0", "65535"):
+        assert build_parser().parse_args(["operator", "run", "--metrics-port", port]).metrics_port == int(port)
