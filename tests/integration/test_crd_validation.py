@@ -189,6 +189,31 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("model-name-blank", _set("model.name", " \t"), "spec.model.name"),
     ("model-name-ideographic-space", _set("model.name", "\u3000"), "spec.model.name"),
     ("model-name-file-separator", _set("model.name", "\x1c"), "spec.model.name"),
+    # A whole number was checked against the bounds cut to integers (0.5 and 0.9999 read as 0): 0 was taken.
+    ("confidence-zero", _set("analysis.metrics.0.proportion.confidence", 0),
+     "spec.analysis.metrics[0].proportion.confidence"),
+    ("confidence-zero-beside-proportion",
+     _set("analysis.metrics", [{"name": "nsfw", "confidence": 0, "proportion": PROPORTION}]),
+     "spec.analysis.metrics[0].confidence"),
+    # Hosts urlsplit refuses in any scheme (a port out of range, brackets without an IPv6 address in them).
+    ("dataset-mlflow-artifacts-port-out-of-range", _set("goldenDataset.uri", "mlflow-artifacts://mlflow:99999/g.jsonl"),
+     "spec.goldenDataset.uri"),
+    ("dataset-mlflow-artifacts-broken-ipv6", _set("goldenDataset.uri", "mlflow-artifacts://[zz/golden.jsonl"),
+     "spec.goldenDataset.uri"),
+    ("dataset-runs-unclosed-bracket", _set("goldenDataset.uri", "runs://[::1/golden.jsonl"), "spec.goldenDataset.uri"),
+    ("dataset-https-not-an-ipv6-address", _set("goldenDataset.uri", "https://[:]/golden.jsonl"),
+     "spec.goldenDataset.uri"),
+    ("dataset-fullwidth-slash-in-host", _set("goldenDataset.uri", "mlflow-artifacts://a\uff0fb/golden.jsonl"),
+     "spec.goldenDataset.uri"),
+    ("tracking-uri-not-an-ipv6-address", _set("registry", {"trackingUri": "http://[:]/"}), "spec.registry.trackingUri"),
+    ("tracking-uri-ipv6-trailing-colon", _set("registry", {"trackingUri": "http://[fe80::1:]/"}),
+     "spec.registry.trackingUri"),
+    ("gate-url-not-an-ipv6-address", _set("target.kserve.candidateUrl", "http://[1:]"),
+     "spec.target.kserve.candidateUrl"),
+    ("stable-url-two-double-colons", _set("target.kserve.stableUrl", "http://[1::2::3]/v2"),
+     "spec.target.kserve.stableUrl"),
+    ("prometheus-not-an-ipv6-address", _set("analysis.prometheus.address", "http://[1:]"),
+     "spec.analysis.prometheus.address"),
 ]
 
 
@@ -221,6 +246,44 @@ def test_a_limit_set_twice_is_refused_with_the_reason_not_just_the_field(kubecon
     manifest["spec"]["analysis"]["metrics"][0]["maxRate"] = 0.1
     code, output = apply(kubeconfig, namespace, manifest)
     assert code != 0 and "maxRate is set both beside and inside proportion; keep one" in output, output
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_whole_number_confidence_is_refused_with_its_range(kubeconfig: Path, namespace: str, beside: bool) -> None:
+    """Not "should be less than or equal to 0": bounds cut to integers would say that of confidence: 1."""
+    manifest = sample()
+    metric = manifest["spec"]["analysis"]["metrics"][0]
+    del metric["proportion"]["confidence"]
+    (metric if beside else metric["proportion"])["confidence"] = 1
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code != 0 and "confidence must be from 0.5 to 0.9999" in output, output
+    assert "less than or equal to 0" not in output, output
+
+
+# The edges of what parse_spec takes: the API server takes them too.
+ACCEPTED: list[tuple[str, Callable[[Spec], None]]] = [
+    ("confidence-lowest", _set("analysis.metrics.0.proportion.confidence", 0.5)),
+    ("confidence-highest", _set("analysis.metrics.0.proportion.confidence", 0.9999)),
+    ("dataset-mlflow-artifacts-host-and-port", _set("goldenDataset.uri", "mlflow-artifacts://mlflow:5000/g.jsonl")),
+    ("dataset-mlflow-artifacts-ipv6", _set("goldenDataset.uri", "mlflow-artifacts://[::1]:65535/g.jsonl")),
+    ("dataset-https-ipv6", _set("goldenDataset.uri", "https://[2001:db8::7]:8443/golden.jsonl")),
+    ("tracking-uri-ipv4-mapped-ipv6", _set("registry", {"trackingUri": "http://[::ffff:10.0.0.1]:5000"})),
+    ("gate-url-full-ipv6", _set("target.kserve.candidateUrl", "http://[fd00:1:2:3:4:5:6:7]/v2")),
+    ("prometheus-link-local-ipv6", _set("analysis.prometheus.address", "http://[FE80::1]:9090")),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("case", "mutate"), ACCEPTED, ids=[name for name, _ in ACCEPTED])
+def test_edges_the_operator_takes_are_accepted(kubeconfig: Path, namespace: str, case: str,
+                                               mutate: Callable[[Spec], None]) -> None:
+    manifest = sample()
+    mutate(manifest["spec"])
+    manifest["metadata"]["name"] = case
+    parse_spec(manifest["spec"])
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code == 0, f"{case} was refused:\n{output}"
 
 
 @pytest.mark.integration
@@ -396,6 +459,23 @@ def _walk(schema: dict[str, Any], path: str) -> list[str]:
     if isinstance(schema.get("additionalProperties"), dict):
         missing += _walk(schema["additionalProperties"], f"{path}{{}}")
     return missing
+
+
+def _fractional_bounds(schema: dict[str, Any], path: str) -> list[str]:
+    found = [f"{path}.{key}" for key in ("minimum", "maximum") if schema.get(key, 0) != int(schema.get(key, 0))]
+    for key, child in (schema.get("properties") or {}).items():
+        found += _fractional_bounds(child, f"{path}.{key}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            found += _fractional_bounds(schema[key], f"{path}[]")
+    return found
+
+
+def test_no_number_has_a_fractional_minimum_or_maximum() -> None:
+    """The API server checks a whole number (confidence: 0) against the bounds cut to integers (0.5 -> 0): a bound
+    that is not a whole number is written as a CEL rule instead."""
+    crd = yaml.safe_load(CRD.read_text())
+    assert _fractional_bounds(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], "") == []
 
 
 def test_every_field_has_a_description() -> None:

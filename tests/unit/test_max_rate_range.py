@@ -11,7 +11,7 @@ from test_engine_support import spec_dict
 
 from controller.analysis.judges import ProportionCriteria, proportion_judge
 from controller.api import SpecError, parse_spec
-from controller.api.spec import MAX_RATE_RANGE
+from controller.api.spec import MAX_CONFIDENCE, MAX_RATE_RANGE
 from controller.verdict import Outcome
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,3 +41,10 @@ def test_the_crd_states_the_same_range() -> None:
     crd = (REPO / "crds" / "modelrollout.io_modelrollouts.yaml").read_text()
     assert crd.count("rule: self >= 0.000001 && self <= 0.999999") == 2
     assert MAX_RATE_RANGE == (0.000001, 0.999999)
+
+
+def test_the_crd_states_the_parsers_confidence_range() -> None:
+    """In both places, as a CEL rule: minimum/maximum are cut to integers for a whole number (0 was accepted)."""
+    crd = (REPO / "crds" / "modelrollout.io_modelrollouts.yaml").read_text()
+    assert crd.count(f"rule: self >= 0.5 && self <= {MAX_CONFIDENCE}") == 2
+    assert crd.count(f"confidence must be from 0.5 to {MAX_CONFIDENCE}\n") == 2
