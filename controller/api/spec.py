@@ -39,6 +39,7 @@ _DATASET_SCHEMES = ("mlflow-artifacts:/", "runs:/", "models:/", "https://", "con
 MAX_STEPS = 50  # the CRD's maxItems
 MAX_METRICS = 20
 MAX_MIN_SAMPLES = 100_000_000
+MAX_FAILURE_LIMIT = 1000
 MAX_CONFIDENCE = 0.9999
 _PROPORTION_LIMITS = ("maxRelativeIncrease", "maxRate", "confidence", "minSamples")
 # Ten years: longer would only overflow the clock arithmetic (a bake's end, a deadline) later.
@@ -224,6 +225,7 @@ class ThresholdMetric:
     query: str
     min: float | None = None
     max: float | None = None
+    failure_limit: int = 0  # failing runs of a step or bake tolerated before the metric fails it (Argo Rollouts)
 
 
 @dataclass(frozen=True)
@@ -521,8 +523,13 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
         raise SpecError(where, "must set min, max or both")
     if low is not None and high is not None and low > high:
         raise SpecError(f"{where}.min", "must not exceed max")
+    failure_limit = body.get("failureLimit", 0)
+    if isinstance(failure_limit, bool) or not isinstance(failure_limit, int) \
+            or not 0 <= failure_limit <= MAX_FAILURE_LIMIT:
+        raise SpecError(f"{where}.failureLimit", f"must be an integer from 0 to {MAX_FAILURE_LIMIT}")
     return MetricSpec(name=name, threshold=ThresholdMetric(query=_query(_required_str(body, "query", where),
-                                                                        f"{where}.query"), min=low, max=high))
+                                                                        f"{where}.query"), min=low, max=high,
+                                                           failure_limit=failure_limit))
 
 
 def _parse_rollback(raw: Mapping[str, Any] | None) -> RollbackSpec:

@@ -160,6 +160,7 @@ class AnalysisStatus:
     outcome: Outcome | None = None
     reason: str = ""
     metrics: tuple[Verdict, ...] = ()  # last verdict per metric
+    failed_runs: Mapping[str, int] = field(default_factory=dict)  # per threshold metric with a failureLimit
     errors: int = 0  # runs in a row that ended in an error, as for the gate
     erroring_since: datetime | None = None
 

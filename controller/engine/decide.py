@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -1229,13 +1230,15 @@ class _Decider:
             judged = {item.name for item in verdicts}
             verdicts += tuple(Verdict(metric.name, Outcome.INCONCLUSIVE, "no verdict for it in this run")
                               for metric in self.spec.analysis.metrics if metric.name not in judged)
+            verdicts, failed_runs = self._failure_limits(verdicts, analysis.failed_runs)
             outcome = combine(list(verdicts))
             merged = {item.name: item for item in analysis.metrics}
             merged.update({item.name: item for item in verdicts})
             decisive = _first(verdicts, outcome)
             analysis = dataclasses.replace(
                 analysis, runs=analysis.runs + 1, request_id=None, requested_at=None, last_run_at=self.now,
-                outcome=outcome, metrics=tuple(merged.values()), errors=0, erroring_since=None,
+                outcome=outcome, metrics=tuple(merged.values()), failed_runs=failed_runs, errors=0,
+                erroring_since=None,
                 reason=f"{decisive.name} {decisive.reason}" if decisive else "no verdicts")
             self._update(analysis=analysis)
             if outcome is Outcome.FAIL:
@@ -1262,6 +1265,26 @@ class _Decider:
                 self._update(analysis=dataclasses.replace(analysis, requested_at=self.now))
             self.polls = True
         return None
+
+    def _failure_limits(self, verdicts: tuple[Verdict, ...],
+                        failed_runs: Mapping[str, int]) -> tuple[tuple[Verdict, ...], dict[str, int]]:
+        """A threshold metric's failing run within its failureLimit (Argo Rollouts') is counted, not acted on: not
+        enough evidence either way, so never a pass either (a last run failing within it ends the step inconclusive).
+        """
+        limits = {metric.name: metric.threshold.failure_limit for metric in self.spec.analysis.metrics
+                  if metric.threshold is not None and metric.threshold.failure_limit}
+        counts = dict(failed_runs)
+        kept = []
+        for item in verdicts:
+            limit = limits.get(item.name)
+            if limit and item.outcome is Outcome.FAIL:
+                failed = counts[item.name] = counts.get(item.name, 0) + 1
+                within = failed <= limit
+                item = Verdict(item.name, Outcome.INCONCLUSIVE if within else Outcome.FAIL,
+                               f"{item.reason} (failed run {failed}, {'within' if within else 'past'} failureLimit "
+                               f"{limit})", {**item.evidence, "failedRuns": failed, "failureLimit": limit})
+            kept.append(item)
+        return tuple(kept), counts
 
     def _judge_errored(self, request_id: str) -> bool:
         result = self.obs.analysis

@@ -101,6 +101,9 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("threshold-min-above-max",
      _set("analysis.metrics", [{"name": "errors", "threshold": {"query": "up", "min": 2, "max": 1}}]),
      "spec.analysis.metrics[0].threshold"),
+    ("threshold-failure-limit-negative",
+     _set("analysis.metrics", [{"name": "errors", "threshold": {"query": "up", "max": 1, "failureLimit": -1}}]),
+     "spec.analysis.metrics[0].threshold.failureLimit"),
     ("unknown-template-variable",
      _set("analysis.metrics.0.proportion.events", 'sum(x{class="{{ evil }}"})'),
      "spec.analysis.metrics[0].proportion.events"),
@@ -379,6 +382,21 @@ def test_the_model_its_stable_alias_and_registry_cannot_change_while_a_rollout_i
     bumped = copy.deepcopy(manifest)
     bumped["spec"]["model"]["version"] = "8"
     assert apply_in_phase(kubeconfig, namespace, "model-change", "Progressing", bumped)[0] == 0
+
+
+@pytest.mark.integration
+def test_a_threshold_failure_limit_is_accepted_and_read_and_defaults_to_zero(kubeconfig: Path, namespace: str) -> None:
+    manifest = sample()
+    manifest["metadata"]["name"] = "failure-limit"
+    manifest["spec"]["analysis"]["metrics"] += [
+        {"name": "error-rate", "threshold": {"query": "e{{selector}}", "max": 0.01, "failureLimit": 3}},
+        {"name": "latency", "threshold": {"query": "l{{selector}}", "max": 0.5}}]
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code == 0, output
+    stored = json.loads(run_kubectl(kubeconfig, "get", "mro", "failure-limit", "-n", namespace, "-o", "json").stdout)
+    limits = [metric.threshold.failure_limit for metric in parse_spec(stored["spec"]).analysis.metrics
+              if metric.threshold is not None]
+    assert limits == [3, 0]
 
 
 @pytest.mark.integration

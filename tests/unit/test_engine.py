@@ -611,6 +611,45 @@ def test_a_version_paused_on_an_inconclusive_verdict_is_still_judged_and_a_failu
     assert not world.target.canary_weight and world.target.stable_version == "6"
 
 
+def error_rate_world(failing_runs: set[int], failure_limit: int) -> World:
+    """nsfw-rate passes; error-rate, a threshold with a failureLimit, fails on the given runs (counted from 1)."""
+    spec = spec_dict()
+    spec["analysis"]["metrics"].append({"name": "error-rate", "threshold": {
+        "query": "e{{selector}}", "max": 0.01, "failureLimit": failure_limit}})
+    runs = {"n": 0}
+
+    def judge(_request: RunAnalysis) -> list[Verdict]:
+        runs["n"] += 1
+        failed = runs["n"] in failing_runs
+        return [verdict(Outcome.PASS), verdict(Outcome.FAIL if failed else Outcome.PASS, "error-rate",
+                                               "0.2 is above the maximum 0.01" if failed else "0.001 is within")]
+
+    return World(spec=spec, judge=judge)
+
+
+def test_a_threshold_run_failing_within_its_failure_limit_is_counted_not_acted_on() -> None:
+    # Argo Rollouts' failureLimit: one early run on a handful of requests (1 error of 5) must not reject a version.
+    world = error_rate_world({1}, failure_limit=1)
+    world.run_until(lambda w: w.status.current_step == 3)
+    assert world.status.rollback is None and REJECTED_TAG not in world.registry.versions["7"]
+    passed = next(entry for entry in world.status.history if entry.event == "AnalysisPassed")
+    assert passed.detail.startswith("step 2/6")
+    failing = error_rate_world({1, 4}, failure_limit=1)
+    failing.run_until(finished)
+    rollback = failing.status.rollback
+    assert rollback is not None and rollback.cause is RollbackCause.ANALYSIS_FAILED
+    assert "failed run 2, past failureLimit 1" in rollback.reason and rollback.from_step == 1
+    assert REJECTED_TAG in failing.registry.versions["7"]
+
+
+def test_a_last_run_failing_within_the_failure_limit_is_no_pass() -> None:
+    world = error_rate_world(set(range(20, 200)), failure_limit=5)  # the step's last runs fail
+    world.run_until(settled)
+    pause = world.status.pause
+    assert pause is not None and pause.reason is PauseReason.ANALYSIS_INCONCLUSIVE and world.status.current_step == 1
+    assert "within failureLimit 5" in pause.detail
+
+
 def test_inconclusive_analysis_retry_restarts_the_step() -> None:
     world = World(judge=lambda _request: [verdict(Outcome.INCONCLUSIVE)])
     world.run_until(settled)
