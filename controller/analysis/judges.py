@@ -52,6 +52,11 @@ OUTCOME_OF_CODE = {PASS: Outcome.PASS, FAIL: Outcome.FAIL, INCONCLUSIVE: Outcome
 # probability <= alpha. maxRate is a coarse ceiling whose breaches are usually gross, so it gets the
 # smaller share and the relative test (the subtle one) keeps most of its power.
 MAX_RATE_ALPHA_SHARE = 0.1
+# The bake's history leaves out a day that a test flags as an outlier against the other days (see _odd_day). Days
+# whose rates vary normally are wrongly flagged at most this often; a rate's skewed swings more often (~9% of
+# 7-day histories at a 30% lognormal spread), which errs towards failing: in simulation a clean new version's
+# false-fail rate stayed below 1% at 20-30% spreads over 3 to 14 days (it roughly doubles at 60%).
+ODD_DAY_ALPHA = 0.05
 
 TEST_NAME = "conditional binomial mixture SPRT, calibrated boundary"
 # Canary/stable sample ratios the test reads; beyond, the null's odds under- or overflow (garbage counts).
@@ -205,6 +210,8 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
     variation beyond binomial noise (Pearson dispersion across the days, phi >= 1) deflates the relative
     test's counts by phi, the quasi-likelihood correction, so that an ordinary busy day is not mistaken for a
     regression. maxRate and minSamples read the raw counts: the history's spread says nothing about them.
+    Left out first: days with less than their share of minSamples (they do not count towards min_history_days),
+    and one day far out of line with the others (`_odd_day`), which would inflate phi and shift the pooled rate.
     """
     criteria = criteria or ProportionCriteria()
     evidence: dict[str, Any] = _context(queries, window)
@@ -229,10 +236,24 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
     ends = list(history_at) if history_at is not None and len(history_at) == len(days) else None
     evidence["history"] = [{"events": _num(e), "total": _num(t), "rate": _ratio(e, t), "no_traffic": t <= 0,
                             **({"at": ends[i]} if ends else {})} for i, (e, t) in enumerate(days)]
-    days = [d for d in days if d[1] > 0]  # a day without traffic says nothing (e.g. before the model existed)
-    if len(days) < min_history_days:
-        return Verdict(name, Outcome.INCONCLUSIVE, f"only {len(days)} day(s) of history with traffic, need "
-                       f"{min_history_days} to know the class's usual rate and its day-to-day spread", evidence)
+    # A day counts when it saw its share of minSamples (the predictions that make a rate worth judging, spread
+    # over the days required): a window of one prediction, or an increase() extrapolation of 0.4, says nothing
+    # of the class's usual rate and must not make up the history. A day without traffic (e.g. before the model
+    # existed) says nothing either.
+    enough = max(1.0, float(criteria.min_samples) / max(1, min_history_days))
+    for i, (_, t) in enumerate(days):
+        if 0 < t < enough:
+            evidence["history"][i]["left_out"] = "too little traffic"
+    kept = [i for i, (_, t) in enumerate(days) if t >= enough]
+    if len(kept) < min_history_days:
+        return Verdict(name, Outcome.INCONCLUSIVE, f"only {len(kept)} day(s) of history with traffic (at least "
+                       f"{enough:.3g} predictions), need {min_history_days} to know the class's usual rate and its "
+                       "day-to-day spread", evidence)
+    # One unusual day would both inflate phi (a Pearson sum over a handful of days) and shift the pooled rate.
+    if (odd := _odd_day([days[i] for i in kept])) is not None:
+        evidence["history"][kept[odd[0]]].update({"left_out": "outlier", "outlier_p_value": odd[1]})
+        del kept[odd[0]]
+    days = [days[i] for i in kept]
     y = sum(e for e, _ in days)
     m = sum(t for _, t in days)
     phi, phi_days = _dispersion(days)
@@ -249,8 +270,8 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
                        "history": {"events": _num(y), "total": _num(m)}}
     evidence["deflated"] = {"current": {"events": x / phi, "total": n / phi},
                             "history": {"events": y / phi, "total": m / phi}}
-    return _proportion_verdict(name, x, n, y, m, criteria, evidence, reference=f"its {len(days)}-day history",
-                               arm="new version", phi=phi)
+    reference = f"its {len(days)}-day history" + (" (an outlying day left out)" if odd is not None else "")
+    return _proportion_verdict(name, x, n, y, m, criteria, evidence, reference=reference, arm="new version", phi=phi)
 
 
 def threshold_judge(name: str, value: Any, *, minimum: Any = None, maximum: Any = None, query: str | None = None,
@@ -381,6 +402,54 @@ def _dispersion(days: list[tuple[float, float]]) -> tuple[float, int]:
         return 1.0, len(t)
     chi2 = float((((e - t * p) ** 2) / (t * p * (1 - p))).sum())
     return max(1.0, chi2 / (len(t) - 1)), len(t)
+
+
+def _odd_day(days: list[tuple[float, float]]) -> tuple[int, float] | None:
+    """The day that is an outlier against the others (its index, Bonferroni p-value), or None.
+
+    Each day `_dispersion` would use is compared with the pooled rate of the others, in units of the others' own
+    spread: its studentized deleted residual (e - t p)^2 / (phi t p (1 - p) (1 + t / m)), where p, m and phi are
+    the others', is F(1, nu) in a history of ordinary days, nu being phi's degrees of freedom. The most extreme
+    day is an outlier when its p-value times the days tested is below ODD_DAY_ALPHA (Bonferroni); with few days
+    (nu small) only a day far out of line with agreeing others is. At most one day is left out.
+    """
+    e = np.array([d[0] for d in days], dtype=np.float64)
+    t = np.array([d[1] for d in days], dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = e.sum() / t.sum() if len(t) else 0.0
+    if not 0 < p < 1:
+        return None
+    usable = [i for i in range(len(days)) if t[i] * min(p, 1 - p) >= 5]  # as in _dispersion
+    best: tuple[int, float] | None = None
+    for j in usable:
+        others = [i for i in usable if i != j]
+        phi, phi_days = _dispersion([days[i] for i in others])
+        if phi_days < 2:
+            continue  # the others' spread is not measured: nothing to be out of line with
+        with np.errstate(all="ignore"):
+            p_o, m_o = e[others].sum() / t[others].sum(), t[others].sum()
+            d = (e[j] - t[j] * p_o) ** 2 / (phi * t[j] * p_o * (1 - p_o) * (1 + t[j] / m_o))
+        if math.isnan(d):
+            continue
+        p_value = min(1.0, len(usable) * _t_tail(math.sqrt(d), phi_days - 1))
+        if p_value < ODD_DAY_ALPHA and (best is None or p_value < best[1]):
+            best = (j, p_value)
+    return best
+
+
+def _t_tail(s: float, nu: int) -> float:
+    """P(|T| > s) for Student's t with nu >= 1 degrees of freedom, exact (Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan(s / math.sqrt(nu))
+    c2 = math.cos(theta) ** 2
+    term = total = 1.0
+    for j in range(1, nu // 2 if nu % 2 == 0 else (nu - 1) // 2):
+        term *= c2 * ((2 * j - 1) / (2 * j) if nu % 2 == 0 else 2 * j / (2 * j + 1))
+        total += term
+    if nu % 2 == 0:
+        inside = math.sin(theta) * total
+    else:
+        inside = 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if nu > 1 else 0.0))
+    return max(0.0, 1.0 - inside)
 
 
 def _parse_counts(named: Mapping[str, Any]) -> tuple[tuple[float, ...], str | None]:

@@ -11,6 +11,7 @@ from controller.analysis.judges import (
     FAIL,
     INCONCLUSIVE,
     ProportionCriteria,
+    _t_tail,
     baseline_judge,
     evaluate_proportion,
 )
@@ -142,3 +143,71 @@ def test_every_history_day_stays_in_the_evidence_in_step_with_its_end() -> None:
     assert history[2]["rate"] == 0.03 and v.evidence["raw"]["history"] == {"events": 52, "total": 3_000}
     assert "3-day history" in v.reason
     strict_json(v)
+
+
+# --- one unusual day does not blind the comparison --------------------------------------------------------------
+
+
+def test_one_odd_day_in_seven_does_not_hide_a_fivefold_rate() -> None:
+    """One day at 3x the usual rate made phi ~450 and the pooled rate 1.29%: a new version at 5% passed."""
+    history = [(1_000, 100_000)] * 6 + [(3_000, 100_000)]
+    v = baseline_judge("nsfw", 5_000, 100_000, history)
+    assert v.outcome is Outcome.FAIL, v.reason
+    assert "its 6-day history (an outlying day left out) 1% (6000/600000)" in v.reason
+    assert v.evidence["dispersion"] == 1.0 and v.evidence["dispersion_days"] == 6
+    odd = v.evidence["history"][6]
+    assert odd["left_out"] == "outlier" and odd["outlier_p_value"] < 0.05
+    assert all("left_out" not in day for day in v.evidence["history"][:6])
+    strict_json(v)
+
+
+def test_an_odd_low_day_is_left_out_too() -> None:
+    # An outage-like day at a tenth of the usual rate inflated phi just the same.
+    v = baseline_judge("nsfw", 300, 10_000, [(100, 10_000)] * 6 + [(10, 10_000)])
+    assert v.outcome is Outcome.FAIL and v.evidence["history"][6]["left_out"] == "outlier"
+
+
+@pytest.mark.parametrize("history", [SWINGING, ALTERNATING, [(20, 1_000), (35, 1_000), (0, 1_000)]])
+def test_a_history_that_really_varies_keeps_every_day(history: list[tuple[int, int]]) -> None:
+    # Several days at each level, or too few days to tell one out of line: the spread is real, not one day's.
+    v = baseline_judge("nsfw", 300, 10_000, history)
+    assert all("left_out" not in day for day in v.evidence["history"])
+    assert v.evidence["dispersion"] > 5
+
+
+def test_clean_new_versions_rarely_fail_against_histories_that_vary() -> None:
+    """Days at 1% x lognormal(0.3), the new version's window drawn like any day: the false-fail rate stays
+    below 1 - confidence although days out of line are sometimes left out."""
+    rng = np.random.default_rng(18)
+    fails = 0
+    for _ in range(300):
+        events = rng.binomial(10_000, 0.01 * np.exp(rng.normal(0, 0.3, 8)))
+        v = baseline_judge("nsfw", int(events[0]), 10_000, [(int(e), 10_000) for e in events[1:]])
+        fails += v.outcome is Outcome.FAIL
+    assert fails <= 3
+
+
+@pytest.mark.parametrize(("s", "nu", "tail"), [(1.0, 1, 0.5), (2.0, 2, 1 - 2 / 6 ** 0.5), (2.5706, 5, 0.05),
+                                               (2.0423, 30, 0.05), (0.0, 7, 1.0), (float("inf"), 4, 0.0)])
+def test_the_outlier_tests_t_tail(s: float, nu: int, tail: float) -> None:
+    assert _t_tail(s, nu) == pytest.approx(tail, abs=2e-5)
+
+
+# --- a near-empty day is not a day of history -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("third", [(0, 0.4), (0, 1), (1, 1), (0, 60)])
+def test_a_near_empty_day_does_not_make_up_a_three_day_history(third: tuple[float, float]) -> None:
+    v = baseline_judge("nsfw", 100, 10_000, [(100, 10_000), (110, 10_000), third])
+    assert v.outcome is Outcome.INCONCLUSIVE, v.reason
+    assert v.reason.startswith("only 2 day(s) of history with traffic (at least 66.7 predictions), need 3")
+    assert v.evidence["history"][2]["left_out"] == "too little traffic"
+
+
+def test_a_day_with_its_share_of_min_samples_counts() -> None:
+    # minSamples 200 over 3 days: 67 predictions make a day; so does any whole prediction with minSamples 0.
+    assert baseline_judge("nsfw", 100, 10_000, [(100, 10_000), (110, 10_000), (1, 67)]).outcome is Outcome.PASS
+    c = ProportionCriteria(min_samples=0)
+    assert baseline_judge("nsfw", 100, 10_000, [(100, 10_000), (110, 10_000), (0, 1)], c).outcome is Outcome.PASS
+    assert baseline_judge("nsfw", 100, 10_000, [(100, 10_000), (110, 10_000), (0, 0.4)],
+                          c).outcome is Outcome.INCONCLUSIVE
