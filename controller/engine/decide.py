@@ -107,6 +107,8 @@ NOTHING_ROLLED_OUT = "nothing was rolled out"
 # Phases only reached once the candidate is resolved (a rollback may come before resolution).
 _PHASES_WITH_A_CANDIDATE = frozenset({Phase.GATING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.BAKING})
 
+# Paused on an inconclusive verdict with the version still serving: it is judged on (_watch_while_paused).
+_WATCHED_PAUSES = frozenset({PauseReason.ANALYSIS_INCONCLUSIVE, PauseReason.BAKE_INCONCLUSIVE})
 _FAILURE_PAUSE = {
     RollbackCause.GATE_FAILED: PauseReason.GATE_FAILED,
     RollbackCause.GATE_INCONCLUSIVE: PauseReason.GATE_INCONCLUSIVE,
@@ -298,8 +300,7 @@ class _Decider:
             pause = self.status.pause
             if pause is not None and pause.reason is PauseReason.PAUSE_STEP:
                 self._steps()
-            elif pause is not None and pause.reason in (PauseReason.ANALYSIS_INCONCLUSIVE,
-                                                        PauseReason.BAKE_INCONCLUSIVE):
+            elif pause is not None and pause.reason in _WATCHED_PAUSES:
                 self._watch_while_paused(pause)
         elif phase is Phase.PROMOTING:
             self._promoting()
@@ -628,8 +629,8 @@ class _Decider:
                     rollback, restart=True, evidence=to_json({**rollback.evidence, _SUPERSEDED_BY: wanted})))
         else:
             self._record("NewCandidate", f"{detail}; rolling {current.version} back first")
-            self._start_rollback(RollbackCause.SUPERSEDED, f"superseded by version {wanted}",
-                                 evidence={_SUPERSEDED_BY: wanted}, reject_candidate=False, restart=True)
+            self._roll_back_unjudged(RollbackCause.SUPERSEDED, f"superseded by version {wanted}",
+                                     evidence={_SUPERSEDED_BY: wanted}, restart=True)
 
     def _follow_dataset_changes(self) -> None:
         """A golden dataset re-pinned before promotion: the candidate is gated again, on the new data, before it
@@ -637,7 +638,12 @@ class _Decider:
         rejected: nothing judged it on the new data) and the rollout starts over, as for a new candidate, so the
         new attempt's steps and deadlines start fresh. A gate a human overrode, and a promoted version, are left:
         the next attempt gates on the new data."""
-        gate = self.status.gate
+        gate, dataset = self.status.gate, self.spec.golden_dataset
+        if gate is not None and dataset is not None and gate.request_id and gate.thresholds_signature is None \
+                and gate.dataset_sha256 == dataset.sha256:
+            # A gate recorded before thresholds were signed (an older operator): a later change of them is seen.
+            gate = dataclasses.replace(gate, thresholds_signature=thresholds_signature(dataset.thresholds))
+            self._update(gate=gate)
         detail = self._repinned()
         if gate is None or detail is None or self._deleting:
             return
@@ -687,7 +693,23 @@ class _Decider:
             self._record("Deleted", f"{reason} before the candidate was resolved")
             self._move(Phase.ROLLED_BACK, completed_at=self.now)
         elif phase not in TERMINAL_PHASES:
-            self._start_rollback(RollbackCause.DELETED, reason, reject_candidate=self._failed_awaiting_decision())
+            self._roll_back_unjudged(RollbackCause.DELETED, reason)
+
+    def _roll_back_unjudged(self, cause: RollbackCause, reason: str, *, evidence: dict[str, Any] | None = None,
+                            restart: bool = False) -> None:
+        """Roll back for a delete or a new version, which judge nothing: not rejected, unless a check failed the
+        candidate and waits for a human (automatic rollback off). Then it is rejected for that check, with its
+        evidence, as its own rollback would have."""
+        pause = self.status.pause
+        if not self._failed_awaiting_decision() or pause is None:
+            self._start_rollback(cause, reason, evidence=evidence, reject_candidate=False, restart=restart)
+            return
+        gate = self.status.gate
+        failure = (_evidence(gate.verdicts, Outcome.FAIL) if pause.reason is PauseReason.GATE_FAILED and gate
+                   else self._analysis_evidence() if self.status.analysis else {})
+        self._start_rollback(cause, f"{reason}; rejected for the failure awaiting a decision since "
+                                    f"{format_time(pause.since)}: {pause.detail}",
+                             evidence={**failure, **(evidence or {})}, restart=restart)
 
     def _failed_awaiting_decision(self) -> bool:
         """Paused on a failing verdict with automatic rollback off: a judge did fail the candidate."""
@@ -1187,16 +1209,26 @@ class _Decider:
             return
         mode = AnalysisMode.BAKE if bake else AnalysisMode.CANARY
         analysis = self.status.analysis
-        if analysis is None or analysis.mode is not mode or analysis.window_start != pause.since \
-                or analysis.ends_at is not None:
+        if not self._watching():
             first_run = pause.since + self.spec.analysis.interval
             if self.now < first_run:  # until then status.analysis shows why it paused
                 self.requeue.append(first_run - self.now)
                 return
+            # A threshold's failing runs of the step still count against its failureLimit.
+            failed_runs = analysis.failed_runs if analysis is not None and analysis.mode is mode else {}
             self._update(analysis=AnalysisStatus(mode=mode, window_start=pause.since, ends_at=None,
-                                                 step_index=None if bake else self.status.current_step))
+                                                 step_index=None if bake else self.status.current_step,
+                                                 failed_runs=failed_runs))
         if self._judge() is Outcome.FAIL:
             self._judged_failure(RollbackCause.BAKE_FAILED if bake else RollbackCause.ANALYSIS_FAILED)
+
+    def _watching(self) -> bool:
+        """status.analysis is the watch of a version paused on an inconclusive verdict (_watch_while_paused)."""
+        pause, analysis = self.status.pause, self.status.analysis
+        return (self.status.phase is Phase.PAUSED and pause is not None and pause.reason in _WATCHED_PAUSES
+                and analysis is not None and analysis.window_start == pause.since and analysis.ends_at is None
+                and analysis.mode is (AnalysisMode.BAKE if pause.reason is PauseReason.BAKE_INCONCLUSIVE
+                                      else AnalysisMode.CANARY))
 
     def _judge(self) -> Outcome | None:
         """Run the judges every interval; return FAIL at once, or the final outcome when time is up."""
@@ -1324,7 +1356,9 @@ class _Decider:
             what = analysis.reason  # the judges kept failing: that, not the verdicts, is why
         if analysis.mode is AnalysisMode.BAKE:
             # Never negative: a node whose clock is behind the one that started the bake may decide this.
-            elapsed = format_duration(_whole_seconds(max(self.now - analysis.window_start, timedelta(0))))
+            promotion = self.status.promotion
+            since = (promotion.target_confirmed_at if promotion else None) or analysis.window_start
+            elapsed = format_duration(_whole_seconds(max(self.now - since, timedelta(0))))
             return f"{what}, during bake ({elapsed} after promotion)"
         if outcome is Outcome.INCONCLUSIVE and not analysis.errors:
             what = f"not enough evidence after {analysis.runs} runs ({what})"
@@ -1879,7 +1913,13 @@ class _Decider:
             self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.UNKNOWN, "GateRunning",
                                 "The golden gate is running.")
         analysis = status.analysis
-        if analysis is None or analysis.outcome is None:
+        pause = status.pause
+        if self._watching() and pause is not None and analysis is not None and analysis.outcome is not Outcome.FAIL:
+            # The step's own verdict stands: a short watch since the pause says little either way.
+            watched = f"; judged on since the pause: {self._analysis_summary()}" if analysis.outcome else ""
+            self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "NotEnoughEvidence",
+                                f"{pause.detail}{watched}")
+        elif analysis is None or analysis.outcome is None:
             # A new step's judges have not answered yet: the last verdict stands until they do.
             if "analysis" not in self.judges_errored and self.status.condition(ConditionType.ANALYSIS_HEALTHY) is None:
                 self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "AnalysisNotRun",

@@ -22,6 +22,7 @@ from controller.api import (
     SpecError,
     parse_spec,
 )
+from controller.api.durations import format_duration
 from controller.engine import (
     GATE_INTERRUPTIONS_LIMIT,
     REJECTED_TAG,
@@ -650,6 +651,54 @@ def test_a_last_run_failing_within_the_failure_limit_is_no_pass() -> None:
     assert "within failureLimit 5" in pause.detail
 
 
+def test_the_watch_of_a_paused_step_keeps_its_failing_runs_its_verdict_and_its_time_since_promotion() -> None:
+    # A threshold's failing runs within its failureLimit carry into the watch (it got twice its limit).
+    world = error_rate_world(set(range(20, 1000)), failure_limit=2)
+    world.run_until(settled)
+    assert world.status.pause is not None and world.status.pause.reason is PauseReason.ANALYSIS_INCONCLUSIVE
+    world.run_until(finished)
+    assert world.status.rollback is not None and "failed run 3, past failureLimit 2" in world.status.rollback.reason
+    # A short watch that passes does not read as a healthy analysis: the step's inconclusive verdict stands.
+    world = World(judge=lambda _request: [verdict(Outcome.INCONCLUSIVE)])
+    world.run_until(settled)
+    world.judge = lambda _request: [verdict(Outcome.PASS)]
+    world.advance(timedelta(minutes=2))
+    world.reconcile()
+    assert world.status.analysis is not None and world.status.analysis.outcome is Outcome.PASS
+    status, reason = condition(world, "AnalysisHealthy")
+    assert (status, reason) == ("Unknown", "NotEnoughEvidence")
+    # A bake failure caught by the watch counts its time from the promotion, not from the pause.
+    world = World()
+    reach_final_pause(world)
+    world.judge = lambda _request: [verdict(Outcome.INCONCLUSIVE)]
+    world.send(CommandAction.PROMOTE)
+    world.run_until(settled)
+    promotion = world.status.promotion
+    assert promotion is not None and promotion.target_confirmed_at is not None
+    world.advance(timedelta(hours=5))
+    world.judge = lambda _request: [verdict(Outcome.FAIL)]
+    world.run_until(lambda w: w.status.rollback is not None)
+    elapsed = format_duration(world.now - promotion.target_confirmed_at)
+    assert world.status.rollback is not None and f"during bake ({elapsed} after promotion)" in \
+        world.status.rollback.reason
+
+
+def test_thresholds_changed_after_an_upgrade_from_an_operator_that_did_not_sign_them_are_seen() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 3)
+    old = world.status.to_dict()
+    old["gate"].pop("thresholdsSignature")
+    world.status = ModelRolloutStatus.from_dict(old)
+    world.reconcile()  # the new operator's first look: the thresholds it finds are the gate's
+    assert world.status.gate is not None and world.status.gate.thresholds_signature is not None
+    golden = world.spec["goldenDataset"]
+    tightened = {**golden["thresholds"], "minAccuracy": 0.99}
+    world.spec = {**world.spec, "goldenDataset": {**golden, "thresholds": tightened}}
+    world.generation += 1
+    world.reconcile()
+    assert "DatasetChanged" in events(world) and world.status.attempt == 2
+
+
 def test_inconclusive_analysis_retry_restarts_the_step() -> None:
     world = World(judge=lambda _request: [verdict(Outcome.INCONCLUSIVE)])
     world.run_until(settled)
@@ -773,22 +822,39 @@ def test_a_rollout_deleted_mid_flight_with_revert_on_deletion_rolls_back_without
     assert not holds_deletion(world.parsed_spec, status)  # ended: the delete may complete
 
 
+@pytest.mark.parametrize("ending", ["delete", "new version"])
 @pytest.mark.parametrize(("failing", "rejected"), [("analysis", True), ("gate", True), ("dataset hash", False)])
-def test_a_rollout_deleted_while_a_failed_check_awaits_a_decision_is_rejected_as_its_rollback_would_be(
-        failing: str, rejected: bool) -> None:
-    # Automatic rollback off, a check failed the candidate, then the rollout was deleted: the rollback left the
-    # version untagged, so the judged-bad version could be rolled out again without PreviouslyRejected.
+def test_a_candidate_a_check_failed_is_rejected_for_that_check_when_a_delete_or_new_version_ends_the_wait(
+        ending: str, failing: str, rejected: bool) -> None:
+    # Automatic rollback off, a check failed the candidate, then the rollout was deleted or given a new version: the
+    # rollback left the version untagged, so the judged-bad version could be rolled out again without
+    # PreviouslyRejected (and a first fix tagged it "deleted", without the failing check's evidence).
     world = World(spec=spec_dict(rollback={"automatic": False, "revertOnDeletion": True}))
     if failing == "analysis":
         world.judge = lambda _request: [verdict(Outcome.FAIL)]
     else:
         world.gate_verdicts = [verdict(Outcome.FAIL, DATASET_INTEGRITY if failing == "dataset hash" else "accuracy")]
     world.run_until(lambda w: w.status.phase is Phase.PAUSED)
-    world.deleting = True
-    world.run_until(finished)
-    assert world.status.phase is Phase.ROLLED_BACK and world.status.rollback is not None
-    assert world.status.rollback.cause is RollbackCause.DELETED
+    detail = world.status.pause.detail if world.status.pause else ""
+    if ending == "delete":
+        world.deleting = True
+    else:
+        world.spec["model"] = {**world.spec["model"], "version": "8"}
+        world.generation += 1
+    if ending == "delete":
+        world.run_until(finished)
+        assert world.status.rollback is not None and world.status.rollback.cause is RollbackCause.DELETED
+    else:
+        world.run_until(lambda w: w.status.attempt == 2)
+        assert "RolledBackForNewCandidate" in events(world)
     assert (REJECTED_TAG in world.registry.versions["7"]) is rejected
+    tags = [action for action in world.executed if isinstance(action, TagRejected)]
+    if rejected:
+        assert [tag.version for tag in tags] == ["7"]
+        assert detail in tags[0].reason and "awaiting a decision since" in tags[0].reason
+        assert tags[0].evidence["verdicts"][0]["outcome"] == "fail"
+    else:
+        assert tags == []
 
 
 def test_a_deletion_without_revert_on_deletion_changes_nothing() -> None:
