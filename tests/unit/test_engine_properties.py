@@ -23,6 +23,7 @@ from controller.api import (
     ActionState,
     AnalysisStep,
     CommandAction,
+    GoldenDatasetSpec,
     ModelRolloutStatus,
     Phase,
     parse_spec,
@@ -35,6 +36,7 @@ from controller.engine import (
     RunAnalysis,
     SetCanaryWeight,
     StageCandidate,
+    TagRejected,
 )
 from controller.verdict import Outcome, combine
 
@@ -83,6 +85,8 @@ operations = st.one_of(
     st.tuples(st.just("crash"), st.integers(0, 4)),
     st.tuples(st.just("new-candidate"), st.booleans()),
     st.tuples(st.just("re-pin"), st.booleans()),
+    st.tuples(st.just("thresholds"), st.booleans()),
+    st.tuples(st.just("delete"), st.booleans()),
 )
 OTHER_SHA = "9a1e" + "0" * 60
 
@@ -99,6 +103,8 @@ class Checker:
     last_step_outcome: dict[tuple[int, int | None], Outcome] = field(default_factory=dict)
     last_gate_outcome: dict[int, Outcome] = field(default_factory=dict)
     last_gate_dataset: dict[int, str] = field(default_factory=dict)
+    last_gate_thresholds: dict[int, Any] = field(default_factory=dict)
+    judged_attempts: set[int] = field(default_factory=set)  # a check failed them, or a human rolled them back
     decisions: int = 0
     previous: Decision | None = None  # its actions count as handed out once its status was written
 
@@ -113,6 +119,7 @@ class Checker:
         self._promotion_only_after_every_step_passed(before, decision)
         self._traffic_only_after_a_gate_on_the_pinned_data(decision)
         self._terminal_states_are_true(before, decision)
+        self._rejected_only_when_judged(decision)
 
     # -- invariants --
 
@@ -207,6 +214,17 @@ class Checker:
             if isinstance(action, SetCanaryWeight) and action.weight > 0 and pinned is not None:
                 gated_on = self.last_gate_dataset.get(status.attempt)
                 assert gated_on == pinned.sha256, f"weight {action.weight} on a gate of {gated_on}, not {pinned.sha256}"
+                assert self.last_gate_thresholds.get(status.attempt) == pinned.thresholds, "gated by other thresholds"
+
+    def _rejected_only_when_judged(self, decision: Decision) -> None:
+        attempt = decision.status.attempt
+        if any(entry.event in FAILURE_EVENTS or (entry.event == "CommandApplied" and entry.detail.startswith(
+                ("abort", "rollback"))) or (entry.event == "RollbackStarted" and entry.detail.startswith(
+                "ProgressDeadline")) for entry in decision.events):
+            self.judged_attempts.add(attempt)
+        for action in decision.actions:
+            if isinstance(action, TagRejected):
+                assert attempt in self.judged_attempts, f"{action.version} tagged rejected, nothing judged it"
 
     def _terminal_states_are_true(self, before: ModelRolloutStatus, decision: Decision) -> None:
         status = decision.status
@@ -228,10 +246,11 @@ class Checker:
         if str(request.mode) == "canary" and request.step_index is not None:
             self.last_step_outcome[(attempt, request.step_index)] = outcome
 
-    def record_gate(self, request_id: str, outcome: Outcome, dataset_sha256: str) -> None:
+    def record_gate(self, request_id: str, outcome: Outcome, dataset: GoldenDatasetSpec) -> None:
         attempt = int(request_id.split(":")[0])
         self.last_gate_outcome[attempt] = outcome
-        self.last_gate_dataset[attempt] = dataset_sha256
+        self.last_gate_dataset[attempt] = dataset.sha256
+        self.last_gate_thresholds[attempt] = dataset.thresholds
 
 
 def apply(world: World, checker: Checker, operation: tuple[str, Any], state: dict[str, Any]) -> None:
@@ -276,6 +295,15 @@ def apply(world: World, checker: Checker, operation: tuple[str, Any], state: dic
         dataset = world.spec["goldenDataset"]
         world.spec["goldenDataset"] = {**dataset, "sha256": OTHER_SHA if dataset["sha256"] == SHA else SHA}
         world.generation += 1
+    elif kind == "thresholds" and value:
+        dataset = world.spec["goldenDataset"]
+        minimum = 0.96 if dataset["thresholds"].get("minAccuracy") == 0.97 else 0.97
+        world.spec["goldenDataset"] = {**dataset, "thresholds": {**dataset["thresholds"], "minAccuracy": minimum}}
+        world.generation += 1
+    elif kind == "delete" and value:
+        world.spec["rollback"] = {**world.spec["rollback"], "revertOnDeletion": True}
+        world.generation += 1
+        world.deleting = True
     world.reconcile()
 
 
@@ -300,7 +328,7 @@ def test_invariants_hold_for_any_sequence(spec: dict[str, Any], first_outcome: O
     def execute(action: Any) -> Any:
         result = gate_execute(action)
         if action.type is ActionType.RUN_GATE and result[0] is not None and result[0].error is None:
-            checker.record_gate(action.id, combine(list(result[0].verdicts)), action.dataset.sha256)
+            checker.record_gate(action.id, combine(list(result[0].verdicts)), action.dataset)
         return result
 
     world.execute = execute  # type: ignore[method-assign]
@@ -313,13 +341,14 @@ def test_invariants_hold_for_any_sequence(spec: dict[str, Any], first_outcome: O
     world.target.exists = True
     world.conflict_ids = set()
     for _ in range(400):
-        if world.status.phase in TERMINAL_PHASES or (world.status.phase is Phase.PAUSED and (
+        if world.status.phase in TERMINAL_PHASES or (world.status.phase is Phase.PAUSED and not world.deleting and (
                 world.status.pause is None or world.status.pause.until is None)):
             break
         world.advance(timedelta(minutes=1))
         world.reconcile()
     status = world.status
-    assert status.phase in TERMINAL_PHASES or status.phase is Phase.PAUSED, (status.phase, status.message)
+    assert status.phase in TERMINAL_PHASES or (status.phase is Phase.PAUSED and not world.deleting), \
+        (status.phase, status.message)
     if status.phase is Phase.ROLLED_BACK and status.rollback is not None:
         assert status.rollback.recovered_at is not None
         assert status.rollback.time_to_recover_seconds is not None and status.rollback.time_to_recover_seconds >= 0
