@@ -53,9 +53,11 @@ OUTCOME_OF_CODE = {PASS: Outcome.PASS, FAIL: Outcome.FAIL, INCONCLUSIVE: Outcome
 # smaller share and the relative test (the subtle one) keeps most of its power.
 MAX_RATE_ALPHA_SHARE = 0.1
 # The bake's history leaves out a day that a test flags as an outlier against the other days (see _odd_day). Days
-# whose rates vary normally are wrongly flagged at most this often; a rate's skewed swings more often (~9% of
-# 7-day histories at a 30% lognormal spread), which errs towards failing: in simulation a clean new version's
-# false-fail rate stayed below 1% at 20-30% spreads over 3 to 14 days (it roughly doubles at 60%).
+# whose rates vary normally (same volume, symmetric spread) are wrongly flagged about this often; real histories
+# more often (a review's simulation: 13-18% with weekday/weekend volumes or a ramp-up, 55% with traffic growing
+# 1000-fold in a week), which errs towards failing: a clean new version's false-fail rate stayed below 1% at
+# 20-30% spreads over 3 to 14 days and with unequal volumes (it roughly doubles, to 2-4%, at a 60% spread or
+# with 1000-fold growth, where it was already 1-2%).
 ODD_DAY_ALPHA = 0.05
 
 TEST_NAME = "conditional binomial mixture SPRT, calibrated boundary"
@@ -249,8 +251,10 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
         return Verdict(name, Outcome.INCONCLUSIVE, f"only {len(kept)} day(s) of history with traffic (at least "
                        f"{enough:.3g} predictions), need {min_history_days} to know the class's usual rate and its "
                        "day-to-day spread", evidence)
-    # One unusual day would both inflate phi (a Pearson sum over a handful of days) and shift the pooled rate.
-    if (odd := _odd_day([days[i] for i in kept])) is not None:
+    # One unusual day would both inflate phi (a Pearson sum over a handful of days) and shift the pooled rate. Never
+    # below min_history_days: what is left must still show the usual rate and its spread.
+    odd = _odd_day([days[i] for i in kept]) if len(kept) > min_history_days else None
+    if odd is not None:
         evidence["history"][kept[odd[0]]].update({"left_out": "outlier", "outlier_p_value": odd[1]})
         del kept[odd[0]]
     days = [days[i] for i in kept]

@@ -211,3 +211,11 @@ def test_a_day_with_its_share_of_min_samples_counts() -> None:
     assert baseline_judge("nsfw", 100, 10_000, [(100, 10_000), (110, 10_000), (0, 1)], c).outcome is Outcome.PASS
     assert baseline_judge("nsfw", 100, 10_000, [(100, 10_000), (110, 10_000), (0, 0.4)],
                           c).outcome is Outcome.INCONCLUSIVE
+
+
+def test_an_odd_day_is_not_left_out_of_a_history_of_only_the_days_required() -> None:
+    # Three days, one far out of line: leaving it out judged the new version on two days (a spread measured on
+    # one degree of freedom), though fewer than three days is never judged.
+    verdict = baseline_judge("nsfw", 100, 10000, [(100, 10000), (101, 10000), (1000, 10000)])
+    assert not any(day.get("left_out") for day in verdict.evidence["history"])
+    assert "3-day history" in verdict.reason
