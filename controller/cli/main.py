@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import sys
+import traceback
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -335,9 +336,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.strerror or 'input/output failed'} ({type(exc).__name__})", file=sys.stderr)
         return 1
     except Exception as exc:  # the last resort: only the type, as the text may quote a secret (a request's header)
-        print(f"error: unexpected {type(exc).__name__} (its message is not shown: it may hold credentials)",
-              file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}{_raised_at(exc)} (its message is not shown: it may hold "
+              "credentials)", file=sys.stderr)
         return 1
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where in our code it was raised (file and line say nothing secret), for a bug report."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [frame for frame in frames if f"{os.sep}controller{os.sep}" in frame.filename]
+    if not ours:
+        return ""
+    frame = ours[-1]
+    return f" at controller{frame.filename.rsplit(f'{os.sep}controller', 1)[1]}:{frame.lineno}"
 
 
 def _stdout_to_devnull() -> None:

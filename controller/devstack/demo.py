@@ -71,6 +71,11 @@ ROLLOUTS = (
 
 def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, timeout: float = 300) -> int:
     env = state["env"]
+    # Checked before anything starts: what the demo needs of the stack, said in words.
+    if "MLFLOW_TRACKING_URI" not in env:
+        raise StackError("the demo needs the stack's MLflow: run `modelrollout dev up` without --no-mlflow")
+    if not state.get("prometheusRoot"):
+        raise StackError("the demo needs the stack's Prometheus: run `modelrollout dev up` without --no-prometheus")
     kubeconfig = Path(env["KUBECONFIG"])
     api_client = load_client_config(str(kubeconfig))
     namespace = "moderation"
@@ -85,8 +90,6 @@ def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, tim
         running.callback(operator.stop)
         exporter, exporter_url = start_exporter(workdir / "exporter.log")
         running.callback(exporter.stop)
-        if not state.get("prometheusRoot"):
-            raise StackError("the demo needs the stack's Prometheus: run `modelrollout dev up` without --no-prometheus")
         PrometheusServer(Path(state["prometheusRoot"])).add_scrape_target("demo-exporter",
                                                                           exporter_url.removeprefix("http://"))
         for rollout in ROLLOUTS:

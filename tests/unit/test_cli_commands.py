@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,8 @@ from controller.api.commands import COMMAND_ANNOTATION
 from controller.cli import oncall as oncall_module
 from controller.cli.main import main
 from controller.cli.oncall import OnCall
+from controller.devstack.demo import run_demo
+from controller.devstack.processes import StackError
 from tests.http_stub import serving
 
 ROLLOUT_PATH = "/apis/modelrollout.io/v1alpha1/namespaces/ns/modelrollouts/r"
@@ -271,7 +274,8 @@ def test_an_error_no_handler_foresaw_shows_its_type_not_its_text(
     monkeypatch.setattr(OnCall, "get", fails)
     assert main(["get", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
     captured = capsys.readouterr()
-    assert captured.err == "error: unexpected RuntimeError (its message is not shown: it may hold credentials)\n"
+    assert re.fullmatch(r"error: unexpected RuntimeError at controller/cli/\w+\.py:\d+ \(its message is not shown: "
+                        r"it may hold credentials\)\n", captured.err), captured.err
     assert "s3cret" not in captured.out + captured.err
 
 
@@ -290,3 +294,16 @@ def test_output_to_a_full_disk_is_one_line(api: FakeApi, tmp_path: Path, args: l
                                  "--kubeconfig", api.kubeconfig(tmp_path)],
                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
     assert result.returncode == 1 and result.stderr == "error: No space left on device (OSError)\n", result.stderr
+
+
+@pytest.mark.parametrize(("missing", "named"), [("mlflow", "MLflow"), ("prometheus", "Prometheus")])
+def test_the_demo_on_a_stack_without_mlflow_or_prometheus_says_which(tmp_path: Path, missing: str, named: str) -> None:
+    # Without MLflow it was "unexpected KeyError", with nothing started yet: the demo names what it needs first.
+    state: dict[str, Any] = {"env": {"KUBECONFIG": str(tmp_path / "none")}, "prometheusRoot": str(tmp_path)}
+    if missing == "mlflow":
+        state["env"]["PROMETHEUS_URL"] = "http://127.0.0.1:9"
+    else:
+        state["env"]["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"
+        del state["prometheusRoot"]
+    with pytest.raises(StackError, match=f"needs the stack's {named}"):
+        run_demo(state, tmp_path)
