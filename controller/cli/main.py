@@ -102,6 +102,17 @@ def _scrape_interval(text: str) -> timedelta:
     return interval
 
 
+def _wait(text: str) -> timedelta:
+    from controller.api.durations import parse_duration
+
+    if text == "0":
+        return timedelta()
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _host_patterns(text: str) -> tuple[str, ...]:
     from controller.api.reach import parse_host_patterns
 
@@ -163,9 +174,11 @@ def _oncall_command(args: argparse.Namespace) -> int:
     oncall = OnCall(args.kubeconfig, args.namespace)
     output = getattr(args, "output", None)
     if args.command in ("abort", "promote", "retry", "rollback"):
-        command = oncall.send(args.name, CommandAction(args.command), full=getattr(args, "full", False))
+        command, uid = oncall.send(args.name, CommandAction(args.command), full=getattr(args, "full", False))
         print(printable(f"{command.label} sent to {oncall.namespace}/{args.name} as {command.actor} "
-                        f"(id {command.id})"))
+                        f"(id {command.id})"), flush=True)
+        if args.wait:  # the exit code says whether the operator carried it out, not only that it was written
+            oncall.await_handled(args.name, command, uid, args.wait.total_seconds())
         return 0
     if args.command == "list":
         found: Any = oncall.list(args.all_namespaces)
@@ -300,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help="also write a self-contained page: weight and class rates over time, decisions")
         if name == "promote":
             sub.add_argument("--full", action="store_true", help="skip every remaining step")
+        if name in ("abort", "promote", "retry", "rollback"):
+            sub.add_argument("--wait", type=_wait, default="10s", metavar="DURATION",
+                             help="wait this long for the operator to handle the command (default 10s; 0: do not "
+                                  "wait): exit 1 when it refuses it, 0 when it applied it or has not handled it yet")
         sub.set_defaults(handler=_oncall)
 
     exporter = commands.add_parser("exporter", help="the prediction exporter (logger CloudEvents -> Prometheus)")

@@ -35,6 +35,7 @@ PHASE_COLOURS = {"Succeeded": "32", "Promoting": "32", "Baking": "36", "Progress
 OUTCOME_SYMBOLS = {"pass": "✔", "fail": "✖", "inconclusive": "?"}
 GATE_VERDICTS_SHOWN = 10
 SEND_ATTEMPTS = 3  # a conflict is most often the operator's own status write: read again and retry
+HANDLED_POLL = 0.5  # seconds between reads while waiting for the operator to handle a command
 
 
 class Style:
@@ -98,6 +99,10 @@ def _server() -> str:
         return str(parts.hostname)
 
 
+class NotFound(CliError):
+    """The API server answered 404: the object is not there (any more)."""
+
+
 class OnCall:
     def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO | None = None) -> None:
         try:
@@ -117,7 +122,7 @@ class OnCall:
             return fn(*args, **kwargs)
         except ApiException as exc:
             if exc.status == 404:
-                raise CliError(f"{what}: not found") from None
+                raise NotFound(f"{what}: not found") from None
             if exc.status in (401, 403):
                 reason = _api_message(exc) or "permission denied"
                 raise CliError(f"{what}: no permission ({reason})") from None
@@ -158,9 +163,9 @@ class OnCall:
         except (ApiException, Urllib3Error, OSError, AttributeError, ValueError):
             return os.environ.get("USER", "unknown")
 
-    def send(self, name: str, action: CommandAction, full: bool = False) -> Command:
+    def send(self, name: str, action: CommandAction, full: bool = False) -> tuple[Command, Any]:
         """Write the command, unless the annotation holds one the operator has not handled: one annotation carries
-        one command, so writing over it would drop the other silently."""
+        one command, so writing over it would drop the other silently. Also the uid of the object written to."""
         what = f"ModelRollout {self.namespace}/{name}"
         command = None
         for _ in range(SEND_ATTEMPTS):
@@ -175,9 +180,49 @@ class OnCall:
             patch = {"metadata": {"resourceVersion": mapping(obj.get("metadata")).get("resourceVersion"),
                                   "annotations": {COMMAND_ANNOTATION: command.to_annotation()}}}
             if self._call(what, self._patch_unless_changed, name, patch):
-                return command
+                return command, mapping(obj.get("metadata")).get("uid")
         raise CliError(f"{what} kept changing while the command was written ({SEND_ATTEMPTS} attempts); "
                        "nothing was sent, try again")
+
+    def await_handled(self, name: str, command: Command, uid: Any, wait: float) -> None:
+        """Wait up to `wait` seconds for the operator to handle `command` (its id in status.handledCommands), then
+        say how: applied (printed), refused (a CliError), or not yet (printed: it stays pending, handled later)."""
+        what = f"ModelRollout {self.namespace}/{name}"
+        sent = printable(f"{command.label} (id {command.id})")
+        deadline = time.monotonic() + wait
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(HANDLED_POLL, remaining))
+            try:
+                obj = self.get(name)
+            except NotFound:
+                raise CliError(f"{what} was deleted before the operator handled {sent}") from None
+            if mapping(obj.get("metadata")).get("uid") != uid:
+                raise CliError(f"{what} was deleted and created again before the operator handled {sent}; the new "
+                               "one did not get it")
+            status = mapping(obj.get("status"))
+            handled = status.get("handledCommands")
+            if isinstance(handled, list) and command.id in handled:
+                return self._print_handled(name, command, status)
+            pending = pending_command(obj)
+            if pending is None or pending.id != command.id:  # `kubectl annotate` or an Argo CD action wrote over it
+                raise CliError(f"the command annotation of {what} was overwritten before the operator handled {sent}: "
+                               "it will not be carried out")
+        print(self.style.warn(f"{sent} is not handled yet (is the operator running?); it stays pending: follow it "
+                              f"with `modelrollout history -n {self.namespace} {name}`"), file=self.out)
+
+    def _print_handled(self, name: str, command: Command, status: dict[str, Any]) -> None:
+        """What the operator's history says it did with `command`; a refusal is a CliError."""
+        entries = printable([e for e in objects(status.get("history")) if e.get("commandId") == command.id])
+        sent = printable(f"{command.label} (id {command.id})")
+        refused = [e for e in entries if e.get("event") == "CommandIgnored"]
+        if refused:
+            raise CliError(f"{sent} refused by the operator in phase {text(printable(status.get('phase')), '?')}: "
+                           f"{text(refused[0].get('detail'))}")
+        if not entries:  # handled, but its entry is past the kept history (or the status was rewritten)
+            print(f"{sent} handled by the operator; its history has no entry for it: see `modelrollout history -n "
+                  f"{self.namespace} {name}`", file=self.out)
+            return
+        print(f"{sent} applied: {text(entries[0].get('event'))}: {text(entries[0].get('detail'))}", file=self.out)
 
     def _patch_unless_changed(self, name: str, patch: dict[str, Any]) -> bool:
         """False when the object changed since it was read (409 Conflict)."""

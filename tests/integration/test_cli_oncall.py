@@ -122,7 +122,7 @@ def test_watch_waits_past_a_finished_earlier_spec(kubeconfig: Path, namespace: s
 
 def test_the_command_annotation_is_owned_by_the_cli_in_managed_fields(kubeconfig: Path, namespace: str,
                                                                        rollout: str) -> None:
-    assert cli(kubeconfig, "abort", rollout, "-n", namespace).returncode == 0
+    assert cli(kubeconfig, "abort", rollout, "-n", namespace, "--wait", "0").returncode == 0  # no operator here
     obj = json.loads(run_kubectl(kubeconfig, "get", "mro", rollout, "-n", namespace, "-o", "json",
                                  "--show-managed-fields").stdout)
     owners = [m["manager"] for m in obj["metadata"]["managedFields"]
@@ -144,7 +144,7 @@ def test_commands_set_the_annotation_with_the_callers_identity(kubeconfig: Path,
                                                                args: tuple[str, ...], action: str,
                                                                full: bool) -> None:
     before = json.loads(run_kubectl(kubeconfig, "get", "mro", rollout, "-n", namespace, "-o", "json").stdout)
-    sent = cli(kubeconfig, args[0], rollout, *args[1:], "-n", namespace)
+    sent = cli(kubeconfig, args[0], rollout, *args[1:], "-n", namespace, "--wait", "0")  # no operator here
     assert sent.returncode == 0, sent.stderr
     command = parse_command(annotation(kubeconfig, namespace, rollout))
     assert (str(command.action), command.full, command.actor) == (action, full, "modelrollout-admin")

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -45,6 +46,20 @@ def command(action: str, command_id: str, actor: str = "bob") -> str:
     return json.dumps({"action": action, "id": command_id, "actor": actor})
 
 
+OPERATOR_DELAY = 0.3  # seconds from a command's PATCH to the fake operator's status write
+
+
+def records(event: str, detail: str) -> Callable[[FakeApi, str], None]:
+    """An operator that handles the command as the engine does: its id in handledCommands, a history entry."""
+    def handle(fake: FakeApi, command_id: str) -> None:
+        status = fake.obj["status"]
+        status["handledCommands"].append(command_id)
+        status.setdefault("history", []).append({"time": "2025-01-01T00:00:00Z", "event": event, "detail": detail,
+                                                 "actor": "alice", "commandId": command_id, "seq": 7})
+        fake.obj["metadata"]["resourceVersion"] = str(int(fake.obj["metadata"]["resourceVersion"]) + 1)
+    return handle
+
+
 class FakeApi:
     """Answers GET and merge PATCH of one ModelRollout (409 when the patch's resourceVersion is not the stored
     one, as the API server does), its list, and SelfSubjectReview; or, with `html`, a login page to everything."""
@@ -56,6 +71,9 @@ class FakeApi:
         self.html = False
         self.gets = 0
         self.patches: list[dict[str, Any]] = []
+        # "The operator": what it does to the object (None: deletes it), OPERATOR_DELAY after a PATCH writes a command.
+        self.operator: Callable[[FakeApi, str], None] | None = None
+        self.lock = threading.Lock()  # the operator's write is not interleaved with a request's
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,12 +86,18 @@ class FakeApi:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
+                with owner.lock:
+                    self._get()
+
+            def _get(self) -> None:
                 if owner.html:
                     return self._answer(200, b"<html><body>Please log in</body></html>")
                 if self.path.split("?")[0] == LIST_PATH:
                     return self._answer(200, {"kind": "ModelRolloutList", "items": [owner.obj]})
                 owner.gets += 1
                 answer = owner.script.pop(0) if owner.script else owner.obj
+                if answer is None:
+                    return self._answer(404, {"kind": "Status", "reason": "NotFound", "code": 404})
                 if isinstance(answer, int):
                     return self._answer(answer, {"kind": "Status", "message": "etcdserver: request timed out"})
                 owner.obj = copy.deepcopy(answer)
@@ -83,6 +107,10 @@ class FakeApi:
 
             def do_PATCH(self) -> None:
                 patch = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                with owner.lock:
+                    self._patch(patch)
+
+            def _patch(self, patch: dict[str, Any]) -> None:
                 if owner.html:
                     return self._answer(200, b"<html><body>Please log in</body></html>")
                 owner.patches.append(patch)
@@ -94,6 +122,11 @@ class FakeApi:
                 meta["annotations"].update(patch["metadata"].get("annotations", {}))
                 meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
                 self._answer(200, owner.obj)
+                if owner.operator and COMMAND_ANNOTATION in patch["metadata"].get("annotations", {}):
+                    command_id = json.loads(patch["metadata"]["annotations"][COMMAND_ANNOTATION])["id"]
+                    timer = threading.Timer(OPERATOR_DELAY, owner.handle, (command_id,))
+                    timer.daemon = True
+                    timer.start()
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -106,6 +139,11 @@ class FakeApi:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def handle(self, command_id: str) -> None:
+        with self.lock:
+            assert self.operator is not None
+            self.operator(self, command_id)
 
     def kubeconfig(self, tmp_path: Path, user: dict[str, Any] | None = None, namespace: Any = "ns") -> str:
         config = {"apiVersion": "v1", "current-context": "c",
@@ -182,7 +220,7 @@ def test_a_command_is_refused_while_another_is_pending(
 def test_a_command_is_written_conditionally_once_the_last_one_is_handled(
         api: FakeApi, tmp_path: Path, annotation: str | None) -> None:
     api.obj = rollout("Progressing", annotation, handled=("first",))
-    assert main(["abort", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    assert main(["abort", "r", "--wait", "0", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
     assert [p["metadata"]["resourceVersion"] for p in api.patches] == ["100"]
     written = json.loads(api.obj["metadata"]["annotations"][COMMAND_ANNOTATION])
     assert (written["action"], written["actor"]) == ("abort", "alice")
@@ -207,9 +245,78 @@ def test_a_status_write_between_the_read_and_the_patch_only_costs_a_second_try(a
         fake.obj["metadata"]["resourceVersion"] = "101"
 
     api.after_get = operator_writes_status
-    assert main(["abort", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    assert main(["abort", "r", "--wait", "0", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
     assert [p["metadata"]["resourceVersion"] for p in api.patches] == ["100", "101"]
     assert json.loads(api.obj["metadata"]["annotations"][COMMAND_ANNOTATION])["action"] == "abort"
+
+
+# --- --wait: what the operator did with the command ----------------------------------------------------------
+
+
+def test_a_command_the_operator_applies_exits_0_with_its_detail(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    api.obj = rollout("Paused")
+    api.operator = records("GateOverridden", "promote: going on despite the gate (accuracy 0.91 < 0.95)")
+    assert main(["promote", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("promote sent to ns/r as alice (id ") and len(lines) == 2
+    assert re.fullmatch(r"promote \(id \w+\) applied: GateOverridden: promote: going on despite the gate "
+                        r"\(accuracy 0\.91 < 0\.95\)", lines[1]), lines[1]
+
+
+def test_a_command_the_operator_refuses_exits_1_naming_the_phase(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    api.obj = rollout("Succeeded")
+    api.operator = records("CommandIgnored", "abort: the rollout is finished; use rollback to return to the previous "
+                                             "version")
+    assert main(["abort", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "abort sent to ns/r" in captured.out
+    assert re.fullmatch(r"error: abort \(id \w+\) refused by the operator in phase Succeeded: abort: the rollout is "
+                        r"finished; use rollback to return to the previous version\n", captured.err), captured.err
+
+
+def test_a_command_no_operator_handles_exits_0_after_the_wait_saying_how_to_follow_it(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    assert main(["retry", "r", "--wait", "1s", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    assert 1 <= time.monotonic() - started < 5 and api.gets >= 2  # the send's read, then the polls
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 2 and captured.err == "" and "\033" not in captured.out  # piped: no colour
+    assert re.fullmatch(r"retry \(id \w+\) is not handled yet \(is the operator running\?\); it stays pending: "
+                        r"follow it with `modelrollout history -n ns r`", lines[1]), lines[1]
+
+
+def test_wait_0_returns_once_the_command_is_written(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    api.operator = records("CommandApplied", "rollback")
+    started = time.monotonic()
+    assert main(["rollback", "r", "--wait", "0", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    assert time.monotonic() - started < OPERATOR_DELAY and api.gets == 1
+    assert re.fullmatch(r"rollback sent to ns/r as alice \(id \w+\)\n", capsys.readouterr().out)
+
+
+def replaced(fake: FakeApi, _: str) -> None:
+    fake.obj = {**rollout("Pending"), "metadata": {**rollout("Pending")["metadata"], "uid": "second"}}
+
+
+def overwritten(fake: FakeApi, _: str) -> None:
+    fake.obj["metadata"]["annotations"][COMMAND_ANNOTATION] = command("promote", "argocds", actor="argocd")
+
+
+@pytest.mark.parametrize(("operator", "said"), [
+    (lambda fake, _: setattr(fake, "obj", None), "ModelRollout ns/r was deleted before the operator handled abort"),
+    (replaced, "ModelRollout ns/r was deleted and created again before the operator handled abort"),
+    (overwritten, "the command annotation of ModelRollout ns/r was overwritten before the operator handled abort")])
+def test_a_rollout_deleted_replaced_or_overwritten_while_waiting_is_an_error(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        operator: Callable[[FakeApi, str], None], said: str) -> None:
+    api.obj["metadata"]["uid"] = "first"
+    api.operator = operator
+    assert main(["abort", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {said} (id ") and err.count("\n") == 1, err
 
 
 # --- answers that are no API server's -----------------------------------------------------------------------
