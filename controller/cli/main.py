@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.cli.errors import CliError
@@ -226,8 +227,6 @@ def _show(oncall: OnCall, args: argparse.Namespace, obj: Any, output: str | None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pathlib import Path
-
     parser = argparse.ArgumentParser(prog="modelrollout", description="Safe rollouts of ML models on Kubernetes.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -360,12 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _raised_at(exc: BaseException) -> str:
     """Where in our code it was raised (file and line say nothing secret), for a bug report."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    ours = [frame for frame in frames if f"{os.sep}controller{os.sep}" in frame.filename]
-    if not ours:
-        return ""
-    frame = ours[-1]
-    return f" at controller{frame.filename.rsplit(f'{os.sep}controller', 1)[1]}:{frame.lineno}"
+    package = Path(__file__).resolve().parent.parent  # controller/
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(package):
+            return f" at {path.relative_to(package.parent).as_posix()}:{frame.lineno}"
+    return ""
 
 
 def _stdout_to_devnull() -> None:

@@ -190,12 +190,17 @@ class OnCall:
         what = f"ModelRollout {self.namespace}/{name}"
         sent = printable(f"{command.label} (id {command.id})")
         deadline = time.monotonic() + wait
+        unread = ""  # why the last read failed: the command is out, so a failed read says nothing of its fate
         while (remaining := deadline - time.monotonic()) > 0:
             time.sleep(min(HANDLED_POLL, remaining))
             try:
                 obj = self.get(name)
             except NotFound:
                 raise CliError(f"{what} was deleted before the operator handled {sent}") from None
+            except CliError as exc:
+                unread = f" (its status could not be read: {exc})"
+                continue
+            unread = ""
             if mapping(obj.get("metadata")).get("uid") != uid:
                 raise CliError(f"{what} was deleted and created again before the operator handled {sent}; the new "
                                "one did not get it")
@@ -207,8 +212,9 @@ class OnCall:
             if pending is None or pending.id != command.id:  # `kubectl annotate` or an Argo CD action wrote over it
                 raise CliError(f"the command annotation of {what} was overwritten before the operator handled {sent}: "
                                "it will not be carried out")
-        print(self.style.warn(f"{sent} is not handled yet (is the operator running?); it stays pending: follow it "
-                              f"with `modelrollout history -n {self.namespace} {name}`"), file=self.out)
+        print(self.style.warn(f"{sent} is not known to be handled yet{unread or ' (is the operator running?)'}; it "
+                              f"stays pending: follow it with `modelrollout history -n {self.namespace} {name}`"),
+              file=self.out)
 
     def _print_handled(self, name: str, command: Command, status: dict[str, Any]) -> None:
         """What the operator's history says it did with `command`; a refusal is a CliError."""
@@ -216,8 +222,8 @@ class OnCall:
         sent = printable(f"{command.label} (id {command.id})")
         refused = [e for e in entries if e.get("event") == "CommandIgnored"]
         if refused:
-            raise CliError(f"{sent} refused by the operator in phase {text(printable(status.get('phase')), '?')}: "
-                           f"{text(refused[0].get('detail'))}")
+            raise CliError(f"{sent} refused by the operator: {text(refused[0].get('detail'))} (phase now "
+                           f"{text(printable(status.get('phase')), '?')})")
         if not entries:  # handled, but its entry is past the kept history (or the status was rewritten)
             print(f"{sent} handled by the operator; its history has no entry for it: see `modelrollout history -n "
                   f"{self.namespace} {name}`", file=self.out)

@@ -1914,14 +1914,16 @@ class _Decider:
                                 "The golden gate is running.")
         analysis = status.analysis
         pause = status.pause
-        if self._watching() and pause is not None and analysis is not None and analysis.outcome is not Outcome.FAIL:
+        if "analysis" in self.judges_errored:
+            pass  # the judges could not run: that (set by _judge) stands over the last verdict
+        elif self._watching() and pause is not None and analysis is not None and analysis.outcome is not Outcome.FAIL:
             # The step's own verdict stands: a short watch since the pause says little either way.
             watched = f"; judged on since the pause: {self._analysis_summary()}" if analysis.outcome else ""
             self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "NotEnoughEvidence",
                                 f"{pause.detail}{watched}")
         elif analysis is None or analysis.outcome is None:
             # A new step's judges have not answered yet: the last verdict stands until they do.
-            if "analysis" not in self.judges_errored and self.status.condition(ConditionType.ANALYSIS_HEALTHY) is None:
+            if self.status.condition(ConditionType.ANALYSIS_HEALTHY) is None:
                 self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "AnalysisNotRun",
                                     "No analysis verdict yet.")
         elif analysis.outcome is Outcome.PASS:

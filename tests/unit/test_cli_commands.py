@@ -272,8 +272,9 @@ def test_a_command_the_operator_refuses_exits_1_naming_the_phase(
     assert main(["abort", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert "abort sent to ns/r" in captured.out
-    assert re.fullmatch(r"error: abort \(id \w+\) refused by the operator in phase Succeeded: abort: the rollout is "
-                        r"finished; use rollback to return to the previous version\n", captured.err), captured.err
+    assert re.fullmatch(r"error: abort \(id \w+\) refused by the operator: abort: the rollout is finished; use "
+                        r"rollback to return to the previous version \(phase now Succeeded\)\n", captured.err), \
+        captured.err
 
 
 def test_a_command_no_operator_handles_exits_0_after_the_wait_saying_how_to_follow_it(
@@ -284,8 +285,25 @@ def test_a_command_no_operator_handles_exits_0_after_the_wait_saying_how_to_foll
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert len(lines) == 2 and captured.err == "" and "\033" not in captured.out  # piped: no colour
-    assert re.fullmatch(r"retry \(id \w+\) is not handled yet \(is the operator running\?\); it stays pending: "
+    assert re.fullmatch(r"retry \(id \w+\) is not known to be handled yet \(is the operator running\?\); it stays "
+                        r"pending: "
                         r"follow it with `modelrollout history -n ns r`", lines[1]), lines[1]
+
+
+def test_a_read_failing_while_waiting_is_not_taken_for_a_refusal(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One 503 on a poll ended the wait with exit 1, the code for "refused", for a promote the operator had applied:
+    # a script running it again would skip a second step.
+    api.obj = rollout("Paused")
+    applied = records("CommandApplied", "promote: step 2 (pause) skipped")
+
+    def operator(fake: FakeApi, command_id: str) -> None:
+        applied(fake, command_id)
+        fake.script = [503]  # the CLI's next read meets an API server hiccup
+
+    api.operator = operator
+    assert main(["promote", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    assert "applied: CommandApplied: promote: step 2 (pause) skipped" in capsys.readouterr().out
 
 
 def test_wait_0_returns_once_the_command_is_written(

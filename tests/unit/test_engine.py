@@ -667,6 +667,11 @@ def test_the_watch_of_a_paused_step_keeps_its_failing_runs_its_verdict_and_its_t
     assert world.status.analysis is not None and world.status.analysis.outcome is Outcome.PASS
     status, reason = condition(world, "AnalysisHealthy")
     assert (status, reason) == ("Unknown", "NotEnoughEvidence")
+    world.analysis_error = AdapterError(AdapterErrorKind.UNAVAILABLE, "prometheus: connection refused")
+    world.advance(timedelta(minutes=1))
+    world.reconcile()
+    assert condition(world, "AnalysisHealthy") == ("Unknown", "AnalysisError")  # not hidden by the step's verdict
+    world.analysis_error = None
     # A bake failure caught by the watch counts its time from the promotion, not from the pause.
     world = World()
     reach_final_pause(world)
@@ -855,6 +860,19 @@ def test_a_candidate_a_check_failed_is_rejected_for_that_check_when_a_delete_or_
         assert tags[0].evidence["verdicts"][0]["outcome"] == "fail"
     else:
         assert tags == []
+
+
+def test_a_failure_a_human_retried_past_is_no_reason_to_reject_on_a_later_delete() -> None:
+    world = World(spec=spec_dict(rollback={"automatic": False, "revertOnDeletion": True}),
+                  judge=lambda _request: [verdict(Outcome.FAIL)])
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.judge = lambda _request: [verdict(Outcome.PASS)]
+    world.send(CommandAction.RETRY)
+    world.run_until(lambda w: w.status.current_step == 3)
+    world.deleting = True
+    world.run_until(finished)
+    assert world.status.rollback is not None and world.status.rollback.cause is RollbackCause.DELETED
+    assert REJECTED_TAG not in world.registry.versions["7"]
 
 
 def test_a_deletion_without_revert_on_deletion_changes_nothing() -> None:

@@ -218,6 +218,9 @@ class Checker:
 
     def _rejected_only_when_judged(self, decision: Decision) -> None:
         attempt = decision.status.attempt
+        if any(entry.event == "GateOverridden" or (entry.event == "CommandApplied" and entry.detail.startswith(
+                ("retry", "promote"))) for entry in decision.events):
+            self.judged_attempts.discard(attempt)  # a human went on past the failure: it no longer stands
         if any(entry.event in FAILURE_EVENTS or (entry.event == "CommandApplied" and entry.detail.startswith(
                 ("abort", "rollback"))) or (entry.event == "RollbackStarted" and entry.detail.startswith(
                 "ProgressDeadline")) for entry in decision.events):
