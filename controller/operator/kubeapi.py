@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -154,16 +155,27 @@ class RolloutStore:
             if exc.status == 409:
                 return PostResult.ALREADY_POSTED
             # Status 0: the client failed before any answer (TLS, a dropped connection). 401: a token being
-            # rotated. Neither says the Event itself is unwelcome.
-            transient = not exc.status or exc.status in (401, 408, 429) or exc.status >= 500
-            log.warning("could not post Event %s for %s/%s: HTTP %s%s", reason, meta["namespace"], meta["name"],
-                        exc.status, "; trying again later" if transient else "")
+            # rotated. A quota's 403: the namespace's Events are full until old ones expire. None of these says
+            # the Event itself is unwelcome.
+            message = api_message(exc)
+            transient = not exc.status or exc.status in (401, 408, 429) or exc.status >= 500 or (
+                exc.status == 403 and "exceeded quota" in message)
+            log.warning("could not post Event %s for %s/%s: HTTP %s %s%s", reason, meta["namespace"], meta["name"],
+                        exc.status, message[:200], "; trying again later" if transient else "")
             return PostResult.DEFERRED if transient else PostResult.REFUSED
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             log.warning("could not post Event %s for %s/%s: %s; trying again later", reason, meta["namespace"],
                         meta["name"], type(exc).__name__)
             return PostResult.DEFERRED
         return PostResult.POSTED
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own words from a Status body (they name the object, never a credential)."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.body or exc.reason)
 
 
 class StatusStore(Protocol):

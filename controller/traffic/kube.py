@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controller.operator.kubeapi import APPLY_PATCH, FIELD_MANAGER
+from controller.operator.kubeapi import APPLY_PATCH, FIELD_MANAGER, api_message
 from controller.traffic.base import (
     AccessDenied,
     ConflictError,
@@ -46,13 +45,6 @@ class Resource:
 INFERENCE_SERVICE = Resource("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
 SELDON_DEPLOYMENT = Resource("machinelearning.seldon.io", "v1", "seldondeployments", "SeldonDeployment")
 SELDON_EXPERIMENT = Resource("mlops.seldon.io", "v1alpha1", "experiments", "Experiment")
-
-
-def api_message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.body or exc.reason)
 
 
 class ObjectClient:

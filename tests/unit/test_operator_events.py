@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Mapping
@@ -260,10 +261,19 @@ class RaisingEvents:
         self.created.append(body)
 
 
+def quota_exceeded() -> ApiException:
+    exc = ApiException(status=403, reason="Forbidden")
+    exc.body = json.dumps({"kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403, "message":
+                           'events "r.abc" is forbidden: exceeded quota: events, requested: count/events=1, '
+                           'used: count/events=1000, limited: count/events=1000'})
+    return exc
+
+
 @pytest.mark.parametrize(("error", "result"), [
     (None, PostResult.POSTED),
     (ApiException(status=409), PostResult.ALREADY_POSTED),
     (ApiException(status=403), PostResult.REFUSED),
+    (quota_exceeded(), PostResult.DEFERRED),  # the namespace's Events are full until old ones expire
     (ApiException(status=401), PostResult.DEFERRED),
     (ApiException(status=422), PostResult.REFUSED),
     (ApiException(status=429), PostResult.DEFERRED),
