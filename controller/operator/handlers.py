@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -16,6 +18,15 @@ from controller.operator.runtime import OperatorConfig, RolloutStepper
 from controller.operator.scheduler import WakeupQueue
 
 log = logging.getLogger(__name__)
+
+
+class EndlessBackoffs:
+    """kopf's retry delays for an API request; it escalates when they run out, and a watch that escalates stops the
+    whole operator: one namespace whose RoleBinding was revoked must go on retrying (and logging), not take every
+    other namespace's rollouts down with it. kopf iterates this once per request: each gets the sequence afresh."""
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1, 1, 2, 3, 5, 8, 13, 21), itertools.repeat(60))
 
 
 def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
@@ -37,6 +48,7 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
         # no drift.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 60
+        settings.networking.error_backoffs = EndlessBackoffs()
         # The CRD is installed before the operator starts and discovered once; RBAC grants no CRD or
         # Namespace watch (deploy/base/rbac.yaml), so kopf must not try one.
         settings.scanning.disabled = True

@@ -8,6 +8,7 @@ remembered between reconciles: what must survive a restart is in the status the 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import logging
@@ -93,6 +94,9 @@ log = logging.getLogger(__name__)
 MAX_ROUNDS = 8
 # Gates run beside the reconcile workers (which they lend out while they wait), at most this many at once.
 MAX_CONCURRENT_GATES = 4
+# Analyses too (a stalling Prometheus holds one for minutes), in threads of their own: in the default pool,
+# min(32, CPUs + 4) threads, as few as 5, they would hold up every store call and traffic change, rollbacks included.
+MAX_CONCURRENT_ANALYSES = 8
 # Phases after which the candidate must not be left in the target's spec.
 WITHDRAWN_PHASES = ("RolledBack", "Failed")
 # How long a deleted rollout that has ended waits for that withdrawal before the delete may complete.
@@ -604,6 +608,7 @@ class RolloutStepper:
         self.events = events
         self._seen: set[tuple[str, str]] = set()
         self._gates = asyncio.Semaphore(MAX_CONCURRENT_GATES)
+        self._analyses = concurrent.futures.ThreadPoolExecutor(MAX_CONCURRENT_ANALYSES, "analysis")
         self._start_locks = _StartLocks()  # per target: see _start_gate
         # Answers no stored decision has read yet, per rollout, with the uid of the object they belong to.
         self._unheard: dict[tuple[str, str], tuple[str, list[ActionFailure], list[str]]] = {}
@@ -756,7 +761,10 @@ class RolloutStepper:
                         async with reconcile_slot_lent(), self._gates:
                             gate = await runtime.measure_gate(action, state)
                     elif isinstance(action, RunAnalysis):
-                        analysis = await asyncio.to_thread(runtime.measure_analysis, action, self.clock())
+                        async with reconcile_slot_lent():
+                            # The window ends when it is measured, not when it was queued for a thread.
+                            analysis = await asyncio.get_running_loop().run_in_executor(
+                                self._analyses, lambda run=action: runtime.measure_analysis(run, self.clock()))
                     else:
                         try:
                             await asyncio.to_thread(runtime.act, action, status)

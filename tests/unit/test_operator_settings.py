@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import kopf
 import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
@@ -17,6 +20,7 @@ from controller.api.status import AnalysisMode, GateStatus, ModelRolloutStatus, 
 from controller.devstack.processes import free_port
 from controller.engine.actions import RunAnalysis, RunGate
 from controller.engine.observations import AdapterErrorKind
+from controller.operator import handlers
 from controller.operator.runtime import (
     OperatorConfig,
     RolloutRuntime,
@@ -232,3 +236,25 @@ def test_a_storage_uri_template_that_cannot_be_filled_says_so() -> None:
     for template in ("s3://models/{model}/{version}", "s3://models/{0}", "s3://models/{name"):
         with pytest.raises(ValueError, match=r"--storage-uri-template .* cannot be filled"):
             fill_storage_uri(template, name="nsfw", version="2", source="", run_id="")
+
+
+def test_kopf_retries_a_forbidden_watch_for_ever_instead_of_stopping_the_operator(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf escalates a request's error once its backoffs run out, and a watch that escalates (one namespace's
+    RoleBinding revoked) stops the whole operator. Each request iterates them afresh: they must never run out."""
+    monkeypatch.setattr(handlers, "load_client_config", lambda *_args, **_kwargs: None)
+    registry = handlers.build_registry(OperatorConfig())
+    start = next(h.fn for h in registry._activities.get_all_handlers() if h.fn.__name__ == "start_queue")
+    settings = kopf.OperatorSettings()
+
+    async def main() -> None:
+        await start(settings=settings)
+        state = next(c.cell_contents for c in start.__closure__ if isinstance(c.cell_contents, dict))
+        state["task"].cancel()
+
+    asyncio.run(main())
+    backoffs = settings.networking.error_backoffs
+    assert isinstance(backoffs, Iterable) and not isinstance(backoffs, Iterator)
+    for _request in range(2):
+        delays = list(itertools.islice(backoffs, 1000))
+        assert len(delays) == 1000 and delays[0] == 1 and max(delays) == 60
