@@ -51,13 +51,18 @@ class EventPoster:
                         meta["namespace"], meta["name"], mark + 1, pending[0]["seq"] - 1)
         now = self.clock()
         for entry in pending:
-            age = now - (entry_time(entry) or now)
+            recorded = entry_time(entry)
+            age = now - (recorded or now)
             if age > EVENT_TTL:
                 log.warning("not posting Event %s for %s/%s: recorded %.0f s ago, past the Events' lifetime",
                             event_reason(entry), meta["namespace"], meta["name"], age.total_seconds())
             else:
                 posted = await asyncio.to_thread(self.sink.post_event, stored, entry)
-                if posted is PostResult.DEFERRED:
+                if posted is PostResult.DEFERRED and recorded is None:
+                    # Its age is unknown (an entry edited by hand): never aged out, it would be retried for ever.
+                    log.warning("not posting Event %s for %s/%s again: its history entry has no readable time",
+                                event_reason(entry), meta["namespace"], meta["name"])
+                elif posted is PostResult.DEFERRED:
                     retry = min(max(age.total_seconds() / 2, EVENT_RETRY_SECONDS), EVENT_RETRY_MAX_SECONDS)
                     return Posted(mark, retry)
                 if posted is PostResult.POSTED:

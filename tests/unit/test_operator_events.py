@@ -251,6 +251,15 @@ def test_retries_slow_down_as_the_waiting_entry_ages() -> None:
     assert reconcile(server) == EVENT_RETRY_MAX_SECONDS
 
 
+def test_an_entry_without_a_readable_time_is_tried_once_not_retried_for_ever() -> None:
+    # Never older than the Events' lifetime, a hand-edited entry under a full Events quota was retried every 5 s.
+    untimed = {k: v for k, v in entry("Succeeded", 1).items() if k != "time"}
+    server = ApiServer({"phase": "Succeeded", "history": [untimed, entry("Succeeded", 2)]})
+    server.answers = [PostResult.DEFERRED, PostResult.DEFERRED]
+    assert reconcile(server) == 15.0  # the timed one after it waits (half its 30 s); the untimed one is given up
+    assert server.obj["status"][POSTED_THROUGH] == 1
+
+
 class RaisingEvents:
     def __init__(self, error: Exception | None) -> None:
         self.error, self.created = error, []
