@@ -127,7 +127,8 @@ def decode_png(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
     return width, height, pixels
 
 
-def near(colour: str, pixels: Counter[tuple[int, int, int]], tolerance: int = 6) -> int:
+def near(colour: str, pixels: Counter[tuple[int, int, int]], tolerance: int = 1) -> int:
+    """Pixels within `tolerance` of `colour`: 1, because the badge's red is only 2 away from the canary's."""
     target = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
     return sum(count for pixel, count in pixels.items()
                if all(abs(a - b) <= tolerance for a, b in zip(pixel, target, strict=True)))
@@ -150,10 +151,12 @@ def test_explain_html_renders_in_headless_chromium(kubeconfig: Path, namespace: 
     assert "<svg" in page.read_text()
 
     shot = tmp_path / "explain.png"
-    drawn = run_chromium(page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,800")
+    # Tall enough for the whole chart and legend: at 800 px the stable squares on the 0% line sat on the bottom
+    # edge, and a font one pixel taller pushed them out of the shot.
+    drawn = run_chromium(page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,1600")
     assert drawn.returncode == 0 and shot.is_file(), f"{browser}: {drawn.stderr[-2000:]}"
     width, height, pixels = decode_png(shot.read_bytes())
-    assert (width, height) == (1200, 800)
+    assert (width, height) == (1200, 1600)
     colours = Counter(pixels)
     white = colours[(255, 255, 255)]
     assert len(colours) > 100, f"only {len(colours)} colours: a blank page?"
@@ -167,4 +170,5 @@ def test_explain_html_renders_in_headless_chromium(kubeconfig: Path, namespace: 
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count('<g class="decision ') == len(HISTORY)
     assert 'class="weight-line"' in dom.stdout and dom.stdout.count('class="rate-point canary"') >= 2
+    assert dom.stdout.count('class="rate-point stable"') >= 2
     assert "<svg" in dom.stdout and "What happened" in dom.stdout
