@@ -84,6 +84,36 @@ def recent_samples_query(scope: QueryScope, seconds: float) -> str:
     return f"count(last_over_time({{{scope.selector()}}}[{promql_duration(seconds)}]))"
 
 
+def without_comments(query: str) -> str:
+    """The query with its `#` comments cut out; a `#` inside a string literal ("...", '...' with backslash
+    escapes, or `...` raw) is kept, as PromQL's lexer reads it."""
+    kept: list[str] = []
+    quote: str | None = None
+    i = 0
+    while i < len(query):
+        char = query[i]
+        if quote is not None:
+            kept.append(char)
+            if char == "\\" and quote != "`" and i + 1 < len(query):
+                kept.append(query[i + 1])
+                i += 1
+            elif char == quote:
+                quote = None
+        elif char in "\"'`":
+            quote = char
+            kept.append(char)
+        elif char == "#":
+            end = query.find("\n", i)
+            if end < 0:
+                break
+            i = end
+            continue
+        else:
+            kept.append(char)
+        i += 1
+    return "".join(kept)
+
+
 def template_variables(template: str) -> list[str]:
     return [match.strip() for match in TEMPLATE_VARIABLE.findall(template)]
 

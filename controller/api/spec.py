@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from controller.analysis.queries import KNOWN_VARIABLES, TEMPLATE_VARIABLE
+from controller.analysis.queries import KNOWN_VARIABLES, TEMPLATE_VARIABLE, without_comments
 from controller.api.durations import parse_duration
 
 DEFAULT_STABLE_ALIAS = "production"
@@ -507,7 +507,8 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
         events = _query(_required_str(body, "events", where), f"{where}.events")
         total = _query(_required_str(body, "total", where), f"{where}.total")
         for key, query in (("events", events), ("total", total)):
-            if "{{selector}}" not in query and "{{variant}}" not in query:
+            code = without_comments(query)  # one used only in a comment is no selector
+            if "{{selector}}" not in code and "{{variant}}" not in code:
                 raise SpecError(f"{where}.{key}", "must use {{selector}} (or {{variant}}), or canary and stable "
                                 "would be the same query and the canary would be compared with itself")
         return MetricSpec(name=name, proportion=ProportionMetric(

@@ -514,3 +514,17 @@ def test_a_candidate_alias_that_promotion_would_move_is_refused() -> None:
     with pytest.raises(SpecError, match="undo the promotion"):
         parse_spec(_with_model(alias="gold-previous", stableAlias="gold"))
     assert parse_spec(_with_model(alias="gold-previous")).model.alias == "gold-previous"
+
+
+def test_a_selector_only_in_a_promql_comment_is_no_selector() -> None:
+    """The canary would be compared with itself: the CRD's rule cannot tell a comment from a `#` in a label
+    value, so the operator's own reading refuses it (a Spec condition naming the field)."""
+    raw = example()
+    proportion = raw["analysis"]["metrics"][0]["proportion"]
+    proportion["events"] = 'sum(increase(modelrollout_predictions_total{class="nsfw"}[{{window}}])) # {{selector}}'
+    with pytest.raises(SpecError, match=r"must use \{\{selector\}\}") as caught:
+        parse_spec(raw)
+    assert caught.value.path == "spec.analysis.metrics[0].proportion.events"
+    # A `#` inside a label value is no comment: the selector after it is real.
+    proportion["events"] = 'sum(increase(modelrollout_predictions_total{class="#nsfw", {{selector}}}[{{window}}]))'
+    assert parse_spec(raw).analysis.metrics[0].proportion is not None

@@ -16,6 +16,7 @@ from controller.analysis.queries import (
     re2_literal,
     recent_samples_query,
     render,
+    without_comments,
 )
 
 SCOPE = QueryScope(namespace="moderation", target="nsfw", variant="canary", window="300s")
@@ -154,3 +155,17 @@ def test_the_freshness_query_is_built_from_the_escaped_selector_alone() -> None:
     evil = QueryScope(namespace='a"} or vector(1) #', target="t", variant="v", window="5m", versions=('7"})',))
     assert recent_samples_query(evil, 59.5) == ('count(last_over_time({namespace="a\\"} or vector(1) #", '
                                                 'inference_service="t", model_version="7\\"})"}[60s]))')
+
+
+@pytest.mark.parametrize(("query", "code"), [
+    ("up # {{selector}}", "up "),
+    ("up # one\n+ down # two", "up \n+ down "),
+    ('up{a="#"} # c', 'up{a="#"} '),
+    ("up{a='#\\'#'} # c", "up{a='#\\'#'} "),  # an escaped quote does not end the string
+    ('up{a="\\\\"} # c', 'up{a="\\\\"} '),  # an escaped backslash does
+    ("up{a=`#\\`} # c", "up{a=`#\\`} "),  # a raw string has no escapes
+    ('up{a="#', 'up{a="#'),  # unterminated: kept as it is (Prometheus refuses it)
+    ("#", ""),
+])
+def test_comments_are_cut_out_outside_string_literals(query: str, code: str) -> None:
+    assert without_comments(query) == code
