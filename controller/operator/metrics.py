@@ -8,7 +8,7 @@ deploy/monitoring (alerts, recording rules, dashboard) queries these names and l
 | modelrollout_canary_weight | gauge: share of traffic on the candidate, as observed | namespace, rollout |
 | modelrollout_rollbacks_total | counter: rollbacks started | namespace, rollout |
 | modelrollout_time_to_recover_seconds | histogram: failing verdict -> traffic and alias back | - |
-| modelrollout_verdicts_total | counter: judge verdicts | metric, result (pass, fail, inconclusive) |
+| modelrollout_verdicts_total | counter: verdicts | namespace, rollout, metric, result (pass, fail, inconclusive) |
 | modelrollout_steps_total | counter: canary steps entered | namespace, rollout |
 | modelrollout_reconcile_errors_total | counter: reconciles that raised | - |
 | modelrollout_events_total | counter: Events posted | reason |
@@ -112,8 +112,10 @@ class OperatorMetrics:
             "modelrollout_time_to_recover_seconds",
             "From the failing verdict (or rollback command) to traffic and stable alias verified back.",
             buckets=RECOVERY_BUCKETS, registry=r)
-        self.verdicts = Counter("modelrollout_verdicts", "Judge verdicts by analysis metric (or golden-gate).",
-                                ["metric", "result"], registry=r)
+        # Per rollout: rollouts share metric names, and one's passing verdicts must not hide another's.
+        self.verdicts = Counter("modelrollout_verdicts",
+                                "Judge verdicts by rollout and analysis metric (or golden-gate).",
+                                ["namespace", "rollout", "metric", "result"], registry=r)
         self.steps = Counter("modelrollout_steps", "Canary steps entered.", ["namespace", "rollout"], registry=r)
         self.reconcile_errors = Counter("modelrollout_reconcile_errors",
                                         "Reconciles that failed with an error (retried with backoff).", registry=r)
@@ -126,8 +128,6 @@ class OperatorMetrics:
                                             buckets=RECONCILE_BUCKETS, registry=r)
         for phase in Phase:
             self.rollouts.labels(str(phase)).set(0)
-        for result in RESULTS:
-            self.verdicts.labels(GATE_METRIC, result)
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], _Seen] = {}
 
@@ -157,14 +157,14 @@ class OperatorMetrics:
             seen = self._baseline(key, obj)
             for name in judged:
                 for result in RESULTS:
-                    self.verdicts.labels(name, result)
+                    self.verdicts.labels(*key, name, result)
             now = _keys(status)
             self._count(key, seen, now, status, judged)
             seen.phase = now.phase
             # A renamed metric's series go as a deleted rollout's do (forget).
-            renamed = set(seen.metric_names) - set(judged)
+            renamed = set(seen.metric_names) - set(judged) - {GATE_METRIC}
             seen.metric_names = tuple(judged)
-            self._drop_verdicts(renamed)
+            self._drop_verdicts(key, renamed)
             self._set_phases()
         weight = status.get("canaryWeight")
         self.canary_weight.labels(*key).set(weight if isinstance(weight, int | float) else 0)
@@ -177,6 +177,8 @@ class OperatorMetrics:
             # At 0 before the first event, so that increase() sees it.
             self.rollbacks.labels(*key)
             self.steps.labels(*key)
+            for result in RESULTS:
+                self.verdicts.labels(*key, GATE_METRIC, result)
         return seen
 
     def count_event(self, reason: str) -> None:
@@ -188,14 +190,14 @@ class OperatorMetrics:
         if now.gate and now.gate != seen.gate:
             outcome = str(mapping(status.get("gate")).get("outcome"))
             if outcome in RESULTS:
-                self.verdicts.labels(GATE_METRIC, outcome).inc()
+                self.verdicts.labels(*key, GATE_METRIC, outcome).inc()
             seen.gate = now.gate
         if now.analysis_run and now.analysis_run != seen.analysis_run:
             # A new run (lastRunAt) judged every metric of the spec; the status keeps the last verdict of each.
             for item in objects(mapping(status.get("analysis")).get("metrics")):
                 outcome = str(item.get("outcome"))
                 if item.get("name") in judged and outcome in RESULTS:
-                    self.verdicts.labels(str(item["name"]), outcome).inc()
+                    self.verdicts.labels(*key, str(item["name"]), outcome).inc()
             seen.analysis_run = now.analysis_run
         if now.history_seq < seen.history_seq:
             seen.history_seq = 0  # numbers went down: another object of the same name (its DELETED was missed)
@@ -219,19 +221,18 @@ class OperatorMetrics:
             if gone is None:
                 return
             self._set_phases()
-            self._drop_verdicts(set(gone.metric_names))
+            self._drop_verdicts(key, {*gone.metric_names, GATE_METRIC})
         for metric in (self.canary_weight, self.rollbacks, self.steps):
             with contextlib.suppress(KeyError):
                 metric.remove(*key)
 
-    def _drop_verdicts(self, names: set[str]) -> None:
-        """A metric name's verdict series go with the last rollout that names it: names are user strings, and the
-        registry would otherwise keep every name ever used. Called with the lock held."""
-        in_use = {name for seen in self._seen.values() for name in seen.metric_names}
-        for name in names - in_use - {GATE_METRIC}:
+    def _drop_verdicts(self, key: tuple[str, str], names: set[str]) -> None:
+        """The rollout's verdict series of these metric names go: names are user strings, and the registry would
+        otherwise keep every name ever used. Called with the lock held."""
+        for name in names:
             for result in RESULTS:
                 with contextlib.suppress(KeyError):
-                    self.verdicts.remove(name, result)
+                    self.verdicts.remove(*key, name, result)
 
     def _set_phases(self) -> None:
         counts = Tally(seen.phase for seen in self._seen.values())

@@ -519,8 +519,8 @@ def test_controller_rbac_is_sufficient_and_every_verb_is_needed(
             assert response.status == 200
         metrics = operator.metrics()
         assert metrics[("modelrollout_rollouts", frozenset({("phase", "Succeeded")}))] >= 1
-        assert metrics[("modelrollout_verdicts_total", frozenset({("metric", "golden-gate"),
-                                                                  ("result", "pass")}))] == 1
+        assert metrics[("modelrollout_verdicts_total", frozenset({("namespace", ns), ("rollout", name),
+                                                                  ("metric", "golden-gate"), ("result", "pass")}))] == 1
         assert metrics[("modelrollout_steps_total", frozenset({("namespace", ns), ("rollout", name)}))] == 4
         assert metrics[("modelrollout_rollbacks_total", frozenset({("namespace", ns), ("rollout", name)}))] == 0
         assert metrics[("modelrollout_canary_weight", frozenset({("namespace", ns), ("rollout", name)}))] == 100

@@ -21,7 +21,9 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from controller.api.status import Phase
 from controller.exporter.server import ExporterMetrics
+from controller.operator.metrics import RESULTS, OperatorMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "deploy" / "monitoring"
@@ -35,6 +37,16 @@ OPERATOR_METRICS = {"modelrollout_rollouts", "modelrollout_rollbacks_total", "mo
                     "modelrollout_time_to_recover_seconds_bucket", "modelrollout_reconcile_errors_total",
                     "modelrollout_canary_weight"}
 EXPORTER_METRICS = {"modelrollout_predictions_total"}
+# Labels Prometheus puts on every scraped series: job and instance, and the Prometheus Operator's target labels
+# (its `namespace` loses to the series' own where one has it: honorLabels).
+TARGET_LABELS = {"job", "instance", "namespace", "service", "pod", "container", "endpoint"}
+# Labels no query may select or group by, though a series has them.
+UNUSABLE_LABELS = {
+    # Says nothing about which revision is the canary: the controller drops `variant` from the logger URLs it
+    # writes (controller/traffic/kserve.py) and KServe's agent calls every revision "default" (-> "stable").
+    # What a revision serves is its model_version.
+    "variant",
+}
 # Grafana's variables, replaced by plausible values so promtool can parse the dashboard's queries.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "6h", "$__interval": "30s",
                      "$namespace": "moderation", "$inference_service": "nsfw-classifier"}
@@ -80,7 +92,7 @@ def series_names(expr: str) -> set[str]:
     keywords = {"sum", "by", "without", "rate", "increase", "avg_over_time", "stddev_over_time", "count_over_time",
                 "max_over_time", "histogram_quantile", "and", "or", "unless", "on", "ignoring", "group_left",
                 "group_right", "le", "round", "changes", "variant", "class", "namespace", "inference_service",
-                "metric", "result", "phase", "rollout", "m", "h", "d", "s"}
+                "metric", "result", "phase", "rollout", "m", "h", "d", "s", "model_version", "job", "absent", "max"}
     return {word for word in words if word not in keywords and not word.isdigit()}
 
 
@@ -106,6 +118,13 @@ MUTATIONS = [
      "inference_service:modelrollout_predictions:rate5m"),  # 0/0 = NaN would poison the daily mean
     ("increase(modelrollout_rollbacks_total[15m])", "increase(modelrollout_rollbacks_total[30m])"),
     ("for: 30m", "for: 20m"),  # inconclusive "too long"
+    # One rollout's passing verdicts must not hide another's inconclusive ones under the same metric name.
+    ('(sum without (result) (increase(modelrollout_verdicts_total{result=~"pass|fail"}[10m])) > 0)',
+     'on (metric) (sum by (metric) (increase(modelrollout_verdicts_total{result=~"pass|fail"}[10m])) > 0)'),
+    ('or absent(up{job="modelrollout-controller"})', ""),  # a controller with no target at all
+    ('max_over_time(up{job="modelrollout-exporter"}[1d])', 'max_over_time(up{job="modelrollout-exporter"}[1m])'),
+    # An exporter that was never deployed (exporter.enabled=false) is not down.
+    ('max_over_time(up{job="modelrollout-exporter"}[1d])', 'absent(up{job="modelrollout-exporter"})'),
 ]
 
 
@@ -140,6 +159,96 @@ def test_rules_and_dashboard_use_only_series_that_exist() -> None:
     known = OPERATOR_METRICS | EXPORTER_METRICS | recorded | {"up", "ALERTS"}
     for expr in [*expressions(spec), *dashboard_expressions()]:
         assert series_names(expr) <= known, (expr, series_names(expr) - known)
+
+
+def metric_labels() -> dict[str, set[str]]:
+    """Label names of each series, from the exporter's and the operator's real registries."""
+    exporter = ExporterMetrics()
+    exporter.predictions.labels("moderation", "nsfw-classifier", "", "7", "nsfw").inc()
+    operator = OperatorMetrics()
+    operator.observe({"metadata": {"namespace": "moderation", "name": "nsfw-classifier"},
+                      "spec": {"analysis": {"metrics": [{"name": "nsfw-rate"}]}}}, {"phase": "Pending"})
+    labels: dict[str, set[str]] = {}
+    for registry in (exporter.registry, operator.registry):
+        for family in registry.collect():
+            for sample in family.samples:
+                labels.setdefault(sample.name, set()).update(sample.labels)
+    return labels
+
+
+def exposed_labels() -> dict[str, set[str]]:
+    """Label names of each series as Prometheus stores it (with the target labels), and of each recorded one: the
+    `by` labels of its expression, or else those of the series it reads."""
+    labels = {name: found | TARGET_LABELS for name, found in metric_labels().items()}
+    labels["up"] = set(TARGET_LABELS)
+    for group in rule_spec()["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                by = re.search(r"\bby\s*\(([^)]*)\)", rule["expr"])
+                labels[rule["record"]] = (set(re.findall(r"\w+", by.group(1))) if by else
+                                          set().union(*(labels[name] for name in series_names(rule["expr"]))))
+    return labels
+
+
+def known_values() -> dict[str, set[str]]:
+    """The values a label can have, for the labels whose values the product fixes."""
+    monitors = [doc for doc in yaml.safe_load_all((MONITORING / "servicemonitor.yaml").read_text()) if doc]
+    jobs = {r["replacement"] for m in monitors for e in m["spec"]["endpoints"] for r in e["relabelings"]
+            if r["targetLabel"] == "job"}
+    return {"result": set(RESULTS), "phase": {str(phase) for phase in Phase}, "job": jobs}
+
+
+def label_problems(expr: str, labels: dict[str, set[str]], values: dict[str, set[str]]) -> list[str]:
+    """Labels that the series an expression selects do not have, and literal values those labels never take."""
+    problems = []
+    in_expr = set().union(*(labels.get(name, set()) for name in series_names(expr))) - UNUSABLE_LABELS
+    for name, matchers in re.findall(r"([a-zA-Z_:][\w:]*)?\s*\{([^}]*)\}", expr):
+        has = (labels.get(name, set()) if name else in_expr) - UNUSABLE_LABELS
+        for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', matchers):
+            if label not in has:
+                problems.append(f"{name}{{{label}{op}...}}: {name} has no usable label {label}")
+            elif label in values and "$" not in value:
+                unknown = set(value.split("|") if "~" in op else [value]) - values[label]
+                if unknown:
+                    problems.append(f"{label}{op}{value!r}: {label} is never {sorted(unknown)}")
+    for clause, names in re.findall(r"\b(by|without|on|ignoring)\s*\(([^)]*)\)", expr):
+        for label in set(re.findall(r"\w+", names)) - in_expr:
+            problems.append(f"{clause} ({label}): no series of the expression has a usable label {label}")
+    return problems
+
+
+def test_rules_and_dashboard_select_only_labels_and_values_that_exist() -> None:
+    labels, values = exposed_labels(), known_values()
+    board = dashboard()
+    queries = [*expressions(rule_spec()), *dashboard_expressions(),
+               *(v["definition"] for v in board["templating"]["list"] if "definition" in v)]
+    problems = {expr: found for expr in queries if (found := label_problems(expr, labels, values))}
+    assert not problems, problems
+
+
+def test_label_check_refuses_what_no_series_has() -> None:
+    labels, values = exposed_labels(), known_values()
+    for expr in ('sum(rate(modelrollout_predictions_total{variant="canary"}[5m]))',
+                 "sum by (variant) (rate(modelrollout_predictions_total[5m]))",
+                 'modelrollout_verdicts_total{result="unknown"}', 'up{job=~"modelrollout-controller|prometheus"}',
+                 'inference_service_class:modelrollout_predictions:share5m{model_version="7"}'):
+        assert label_problems(expr, labels, values), expr
+    assert not label_problems('sum by (model_version) (modelrollout_predictions_total{model_version="7"})',
+                              labels, values)
+
+
+def test_rule_tests_feed_the_labels_the_metrics_have() -> None:
+    """promtool's input series carry exactly the labels the operator and the exporter give each series (plus
+    Prometheus' target labels): a rule tested on labels the operator does not expose proves nothing."""
+    own = metric_labels()
+    for test in sorted((MONITORING / "tests").glob("*.yaml")):
+        for group in yaml.safe_load(test.read_text())["tests"]:
+            for item in group.get("input_series", []):
+                name, matchers = re.fullmatch(r"([\w:]+)\{(.*)\}", item["series"]).groups()
+                given = set(re.findall(r'(\w+)\s*=\s*"', matchers))
+                if name in own:
+                    assert own[name] <= given and given - TARGET_LABELS == own[name] - TARGET_LABELS, \
+                        (test.name, item["series"], sorted(own[name]))
 
 
 def test_exporter_exposes_the_series_the_rules_count() -> None:
@@ -206,9 +315,10 @@ def test_dashboard_shows_what_the_on_call_needs() -> None:
     assert board["uid"] == "modelrollout"
     assert len({p["id"] for p in panels}) == len(panels)
     titles = {p["title"] for p in panels}
-    assert {"Class rate per variant", "Canary weight", "Rollbacks"} <= titles
+    assert {"Class rate per model version", "Class share per model version", "Canary weight", "Rollbacks"} <= titles
     by_title = {p["title"]: p for p in panels}
-    assert "by (variant, class)" in by_title["Class rate per variant"]["targets"][0]["expr"]
+    for title in ("Class rate per model version", "Class share per model version"):
+        assert "model_version, class)" in by_title[title]["targets"][0]["expr"], title
     assert any("modelrollout_canary_weight" in t["expr"] for t in by_title["Canary weight"]["targets"])
     assert "modelrollout_rollbacks_total" in by_title["Rollbacks"]["targets"][0]["expr"]
     # Every query goes to the datasource the viewer picks, not to a UID from someone's Grafana.

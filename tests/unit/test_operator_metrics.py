@@ -42,6 +42,11 @@ def exposed(metrics: OperatorMetrics) -> str:
     return generate_latest(metrics.registry).decode()
 
 
+def verdicts(metrics: OperatorMetrics, metric: str, result: str, namespace: str = NS, rollout: str = NAME) -> float:
+    return value(metrics, "modelrollout_verdicts_total", namespace=namespace, rollout=rollout, metric=metric,
+                 result=result)
+
+
 def run_world(world: World, metrics: OperatorMetrics, done: Any, step: timedelta = timedelta(seconds=30),
               limit: int = 400) -> list[dict[str, Any]]:
     """Each reconcile's stored status goes to the metrics, as the Reconciler does after a successful write."""
@@ -73,8 +78,8 @@ def test_every_series_the_rules_and_dashboard_query_exists_before_any_event() ->
     # Counters at 0 before their first event (so increase() sees the first one), with the labels they are
     # queried by: the spec's analysis metrics and the gate, the rollout's rollbacks.
     for result in ("pass", "fail", "inconclusive"):
-        assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result=result) == 0
-        assert value(metrics, "modelrollout_verdicts_total", metric=GATE_METRIC, result=result) == 0
+        assert verdicts(metrics, "nsfw-rate", result) == 0
+        assert verdicts(metrics, GATE_METRIC, result) == 0
     assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 0
     assert value(metrics, "modelrollout_canary_weight", namespace=NS, rollout=NAME) == 0
     assert value(metrics, "modelrollout_reconcile_errors_total") == 0
@@ -99,9 +104,9 @@ def test_a_rollback_through_the_engine_is_counted_once_however_often_its_status_
     runs = {(s["analysis"]["windowStart"], s["analysis"]["lastRunAt"]) for s in statuses
             if (s.get("analysis") or {}).get("lastRunAt")}
     assert len(runs) == 6  # five passes, then the failure
-    assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result="pass") == 5
-    assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result="fail") == 1
-    assert value(metrics, "modelrollout_verdicts_total", metric=GATE_METRIC, result="pass") == 1
+    assert verdicts(metrics, "nsfw-rate", "pass") == 5
+    assert verdicts(metrics, "nsfw-rate", "fail") == 1
+    assert verdicts(metrics, GATE_METRIC, "pass") == 1
     assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 1
     assert value(metrics, "modelrollout_time_to_recover_seconds_count") == 1
     assert value(metrics, "modelrollout_time_to_recover_seconds_sum") == pytest.approx(
@@ -129,7 +134,7 @@ def test_a_restarted_operator_takes_the_stored_status_as_its_baseline() -> None:
     fresh.observe(obj(final), final)
     assert value(fresh, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 0
     assert value(fresh, "modelrollout_time_to_recover_seconds_count") == 0
-    assert value(fresh, "modelrollout_verdicts_total", metric="nsfw-rate", result="fail") == 0
+    assert verdicts(fresh, "nsfw-rate", "fail") == 0
     assert value(fresh, "modelrollout_rollouts", phase="RolledBack") == 1
 
 
@@ -260,19 +265,31 @@ def test_a_deleted_rollout_is_forgotten_by_the_stepper_too() -> None:
     assert forgotten == [(NS, NAME)]
 
 
-def test_a_metric_names_verdict_series_go_with_the_last_rollout_that_names_it() -> None:
+def test_two_rollouts_judging_the_same_metric_name_count_apart_and_go_apart() -> None:
+    """Team A's stuck `nsfw-rate` must not be hidden by team B's passing one (ModelRolloutAnalysisInconclusive)."""
     metrics = OperatorMetrics()
-    shared = spec_dict()
-    other = obj({}, spec_dict())
-    other["metadata"] = {**other["metadata"], "name": "other"}
-    metrics.observe(obj({}, shared), {"phase": "Progressing"})
-    metrics.observe(other, {"phase": "Progressing"})
-    assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result="fail") == 0
+    stuck, passing = obj({}), obj({})
+    passing["metadata"] = {**passing["metadata"], "namespace": "team-b"}
+
+    def judged(run: str, outcome: str) -> dict[str, Any]:
+        return {"phase": "Progressing", "analysis": {"mode": "canary", "windowStart": "2026-01-05T09:00:00Z",
+                                                     "lastRunAt": run, "metrics": [{"name": "nsfw-rate",
+                                                                                    "outcome": outcome}]}}
+
+    metrics.observe(stuck, {"phase": "Progressing"})
+    metrics.observe(passing, {"phase": "Progressing"})
+    for minute in range(3):
+        run = f"2026-01-05T09:0{minute}:00Z"
+        metrics.observe(stuck, judged(run, "inconclusive"))
+        metrics.observe(passing, judged(run, "pass"))
+
+    assert (verdicts(metrics, "nsfw-rate", "inconclusive"), verdicts(metrics, "nsfw-rate", "pass")) == (3, 0)
+    assert (verdicts(metrics, "nsfw-rate", "inconclusive", "team-b"),
+            verdicts(metrics, "nsfw-rate", "pass", "team-b")) == (0, 3)
+    assert verdicts(metrics, GATE_METRIC, "fail", "team-b") == 0  # each rollout's gate series exist at 0 too
     metrics.forget(NS, NAME)
-    assert value(metrics, "modelrollout_verdicts_total", metric="nsfw-rate", result="fail") == 0  # still named
-    metrics.forget(NS, "other")
-    assert 'metric="nsfw-rate"' not in exposed(metrics)
-    assert value(metrics, "modelrollout_verdicts_total", metric=GATE_METRIC, result="fail") == 0
+    assert f'namespace="{NS}"' not in exposed(metrics)  # the gate's series go with the rollout too
+    assert verdicts(metrics, "nsfw-rate", "pass", "team-b") == 3
 
 
 def test_a_rollback_stored_on_the_way_is_counted_when_the_reconcile_then_fails() -> None:
@@ -296,7 +313,7 @@ def test_a_rollback_stored_on_the_way_is_counted_when_the_reconcile_then_fails()
     assert value(metrics, "modelrollout_rollbacks_total", namespace=NS, rollout=NAME) == 1
 
 
-def test_a_renamed_metrics_verdict_series_go_unless_another_rollout_names_it() -> None:
+def test_a_renamed_metrics_verdict_series_go_but_not_another_rollouts() -> None:
     metrics = OperatorMetrics()
 
     def named(*names: str, rollout: str = NAME) -> dict[str, Any]:
@@ -307,11 +324,13 @@ def test_a_renamed_metrics_verdict_series_go_unless_another_rollout_names_it() -
     for version in range(3):
         metrics.observe(named(f"error-rate-v{version}"), {"phase": "Progressing"})
     assert 'metric="error-rate-v0"' not in exposed(metrics) and 'metric="error-rate-v1"' not in exposed(metrics)
-    assert value(metrics, "modelrollout_verdicts_total", metric="error-rate-v2", result="fail") == 0
+    assert verdicts(metrics, "error-rate-v2", "fail") == 0
     metrics.observe(named("shared", rollout="other"), {"phase": "Progressing"})
     metrics.observe(named("error-rate-v2", "shared"), {"phase": "Progressing"})
-    metrics.observe(named("error-rate-v2"), {"phase": "Progressing"})  # "other" still judges "shared"
-    assert value(metrics, "modelrollout_verdicts_total", metric="shared", result="fail") == 0
+    metrics.observe(named("error-rate-v2"), {"phase": "Progressing"})  # dropped by this one, still "other"'s
+    assert metrics.registry.get_sample_value("modelrollout_verdicts_total", {
+        "namespace": NS, "rollout": NAME, "metric": "shared", "result": "fail"}) is None
+    assert verdicts(metrics, "shared", "fail", rollout="other") == 0
     metrics.forget(NS, NAME)
     metrics.forget(NS, "other")
-    assert 'metric="' not in exposed(metrics).replace(f'metric="{GATE_METRIC}"', "")
+    assert "modelrollout_verdicts_total{" not in exposed(metrics)

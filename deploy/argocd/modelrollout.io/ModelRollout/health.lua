@@ -10,6 +10,28 @@ local function message(default)
   return default
 end
 
+-- The Ready condition when it is False, else nil.
+local function notReady()
+  if obj.status == nil or type(obj.status.conditions) ~= "table" then
+    return nil
+  end
+  for _, condition in ipairs(obj.status.conditions) do
+    if type(condition) == "table" and condition.type == "Ready" and condition.status == "False" then
+      return condition
+    end
+  end
+  return nil
+end
+local ready = notReady()
+
+-- A status the operator cannot read: it does nothing at all for the rollout. Checked first, because the phase,
+-- message and observedGeneration are the unread status's, kept as they were; only the condition is current.
+if ready ~= nil and ready.reason == "StatusUnreadable" then
+  hs.status = "Degraded"
+  hs.message = ready.message or "The operator cannot read the status"
+  return hs
+end
+
 if obj.status == nil or obj.status.observedGeneration == nil then
   hs.status = "Progressing"
   hs.message = "Waiting for the controller to observe the rollout"
@@ -29,14 +51,10 @@ end
 -- A spec the controller cannot run, or a target another ModelRollout is rolling out on, holds the rollout where it
 -- is: nothing moves until that is fixed or the other one ends.
 local held = {InvalidSpec = "The spec is invalid", TargetConflict = "Another ModelRollout is rolling out on the target"}
-if obj.status.conditions ~= nil then
-  for _, condition in ipairs(obj.status.conditions) do
-    if condition.type == "Ready" and condition.status == "False" and held[condition.reason] ~= nil then
-      hs.status = "Degraded"
-      hs.message = message(condition.message or held[condition.reason])
-      return hs
-    end
-  end
+if ready ~= nil and held[ready.reason] ~= nil then
+  hs.status = "Degraded"
+  hs.message = message(ready.message or held[ready.reason])
+  return hs
 end
 
 local phase = obj.status.phase

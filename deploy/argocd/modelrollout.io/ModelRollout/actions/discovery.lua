@@ -6,10 +6,12 @@ local phase = nil
 local pauseReason = nil
 local stable = nil
 local promotion = nil
+local restart = false
 if obj.status ~= nil then
   phase = obj.status.phase
   stable = obj.status.stable
   promotion = obj.status.promotion
+  restart = obj.status.rollback ~= nil and obj.status.rollback.restart == true
   if obj.status.pause ~= nil then
     pauseReason = obj.status.pause.reason
   end
@@ -26,7 +28,10 @@ local canRetry = phase == "RolledBack" or phase == "Failed" or (phase == "Paused
 local canRollback = inFlight or (phase == "Succeeded" and stable ~= nil and stable.version ~= nil
   and promotion ~= nil)
 
-actions["abort"] = {["disabled"] = not inFlight, ["iconClass"] = "fa fa-fw fa-stop-circle"}
+-- A rollback making way for a new candidate takes an abort: it finishes and the new candidate is not started.
+local canAbort = inFlight or (phase == "RollingBack" and restart)
+
+actions["abort"] = {["disabled"] = not canAbort, ["iconClass"] = "fa fa-fw fa-stop-circle"}
 actions["promote"] = {["disabled"] = not canPromote, ["iconClass"] = "fa fa-fw fa-forward"}
 actions["promote-full"] = {["disabled"] = not canPromote, ["iconClass"] = "fa fa-fw fa-fast-forward",
   ["displayName"] = "Promote full"}
