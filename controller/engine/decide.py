@@ -901,12 +901,7 @@ class _Decider:
         candidate = _version_ref(found)
         stable = None if registry.stable_alias_version is None else _version_ref(registry.stable_alias_version)
         if stable is not None and stable.version == candidate.version:
-            self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now)
-            self._record("AlreadyStable", f"version {candidate.version} is already @{model.stable_alias}")
-            served = self._stable_mismatch(stable)
-            self._succeed(f"version {candidate.version} already serves as @{model.stable_alias}" if served is None
-                          else f"version {candidate.version} is already @{model.stable_alias}, but "
-                               f"{self.spec.target.description} serves version {served}: {NOTHING_ROLLED_OUT}")
+            self._already_stable(candidate, stable)
             return
         self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now,
                      current_step=None, completed_at=None)
@@ -920,6 +915,29 @@ class _Decider:
         if rejected:
             self._record("PreviouslyRejected", f"version {candidate.version} carries {REJECTED_TAG}: {rejected}")
         self.moved = True
+
+    def _already_stable(self, candidate: VersionRef, stable: VersionRef) -> None:
+        """The stable alias names the candidate already: done, but only as far as the target confirms it. The
+        alias is the model's, not this target's: another InferenceService of the same model (a second region), or
+        one that does not exist, may serve something else entirely."""
+        alias, where = self.spec.model.stable_alias, self.spec.target.description
+        target = self._target()
+        if target is None:
+            why = self.obs.target.error.message if self.obs.target and self.obs.target.error else "not synced yet"
+            self._wait(f"Version {candidate.version} is already @{alias}; waiting to read {where} to see what it "
+                       f"serves ({why})")
+            return
+        self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now)
+        self._record("AlreadyStable", f"version {candidate.version} is already @{alias}")
+        served = self._stable_mismatch(stable)
+        if served is not None:
+            self._fail(f"version {candidate.version} is already @{alias}, but {where} serves version {served}: "
+                       f"{NOTHING_ROLLED_OUT} (to roll it out here, point @{alias} back at version {served} first)")
+        elif target.stable_version is None:
+            self._succeed(f"version {candidate.version} is already @{alias}; {where} records no version (it was not "
+                          f"staged by a ModelRollout), so what it serves is not confirmed: {NOTHING_ROLLED_OUT}")
+        else:
+            self._succeed(f"version {candidate.version} already serves as @{alias}")
 
     def _stable_mismatch(self, stable: VersionRef) -> str | None:
         """The version the target says it serves as stable when the stable alias names another (recorded as a

@@ -285,11 +285,45 @@ def test_a_first_rollout_beside_a_version_an_earlier_rollout_recorded_says_so() 
 
 
 def test_candidate_already_stable_is_a_no_op_success() -> None:
-    world = World(registry=Registry(aliases={"production": "7"}))
+    world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version="7"))
     world.reconcile()
     assert world.status.phase is Phase.SUCCEEDED
     assert world.executed == []
     assert "AlreadyStable" in events(world)
+    assert world.status.message == "Version 7 serves all traffic as @production."
+
+
+def test_candidate_already_stable_while_the_target_serves_another_version_fails_saying_nothing_was_done() -> None:
+    """The alias is the model's: a second InferenceService of the same model may still serve version 6."""
+    world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version="6"))
+    world.reconcile()
+    assert world.status.phase is Phase.FAILED and world.executed == []
+    assert world.status.message == ("Failed: version 7 is already @production, but InferenceService nsfw-classifier "
+                                    "serves version 6: nothing was rolled out (to roll it out here, point "
+                                    "@production back at version 6 first).")
+    ready = world.status.condition("Ready")
+    assert ready is not None and ready.status == "False"
+
+
+@pytest.mark.parametrize("target", [Target(exists=False), Target(unreachable=True)])
+def test_candidate_already_stable_on_a_target_that_cannot_be_read_waits_for_it(target: Target) -> None:
+    world = World(registry=Registry(aliases={"production": "7"}), target=target)
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING and world.status.candidate is None and world.executed == []
+    assert "Version 7 is already @production; waiting to read InferenceService nsfw-classifier" in \
+        world.status.message
+    assert "serves all traffic" not in world.status.message
+    target.exists, target.unreachable, target.stable_version = True, False, "7"
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED
+
+
+def test_candidate_already_stable_on_a_target_that_records_no_version_claims_nothing() -> None:
+    world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version=None))
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED and world.executed == []
+    assert "serves all traffic" not in world.status.message
+    assert "records no version" in world.status.message and world.status.message.endswith("nothing was rolled out.")
 
 
 # --- resolve and staging faults ----------------------------------------------------------------------
@@ -1087,7 +1121,7 @@ def test_rollback_after_success_restores_the_previous_version() -> None:
 
 
 def test_abort_after_success_is_refused() -> None:
-    world = World(registry=Registry(aliases={"production": "7"}))
+    world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version="7"))
     world.reconcile()
     world.send(CommandAction.ABORT)
     world.reconcile()

@@ -60,10 +60,11 @@ def test_an_alias_already_on_the_candidate_while_the_target_serves_another_is_no
     world = World()
     world.registry.aliases["production"] = "7"  # the candidate; the target serves 6
     world.reconcile()
-    assert world.status.phase is Phase.SUCCEEDED
+    assert world.status.phase is Phase.FAILED  # nothing was done: never Succeeded and Ready
     assert "StableMismatch" in events(world)
-    assert world.status.message == ("Version 7 is already @production, but InferenceService nsfw-classifier serves "
-                                    "version 6: nothing was rolled out.")
+    assert world.status.message == ("Failed: version 7 is already @production, but InferenceService nsfw-classifier "
+                                    "serves version 6: nothing was rolled out (to roll it out here, point "
+                                    "@production back at version 6 first).")
     agreed = World()
     agreed.registry.aliases["production"] = "7"
     agreed.target.stable_version = "7"
