@@ -158,15 +158,22 @@ def fill_storage_uri(template: str, **fields: str) -> str:
 _CREDENTIALS_ERRORS = (ApiException, RegistryError, urllib3.exceptions.HTTPError, OSError)
 
 
-def _credentials_error(exc: ApiException | RegistryError | urllib3.exceptions.HTTPError | OSError) -> AdapterError:
+def _credentials_error(exc: ApiException | RegistryError | urllib3.exceptions.HTTPError | OSError,
+                       secret: str) -> AdapterError:
+    """`secret`: namespace/name of the Secret spec.registry.credentialsSecretRef names (a name, never its data)."""
     if isinstance(exc, RegistryError):
         return AdapterError(_kind(exc), str(exc))
+    where = f"registry credentials Secret {secret} (spec.registry.credentialsSecretRef)"
     if not isinstance(exc, ApiException):
         # A timeout or dropped connection: the type only, the message may carry a URL with a token.
-        return AdapterError(AdapterErrorKind.UNAVAILABLE, f"registry credentials Secret: {type(exc).__name__}")
-    kind = {403: AdapterErrorKind.FORBIDDEN, 404: AdapterErrorKind.NOT_FOUND}.get(exc.status or 0,
-                                                                                  AdapterErrorKind.ERROR)
-    return AdapterError(kind, f"registry credentials Secret: HTTP {exc.status}")
+        return AdapterError(AdapterErrorKind.UNAVAILABLE, f"{where} could not be read: {type(exc).__name__}")
+    if exc.status == 404:
+        return AdapterError(AdapterErrorKind.NOT_FOUND, f"{where} not found (HTTP 404): create it with 'trackingUri' "
+                                                        "and 'token' (or 'username' and 'password'), or fix the name")
+    if exc.status == 403:
+        return AdapterError(AdapterErrorKind.FORBIDDEN, f"{where} may not be read by the operator (HTTP 403): grant "
+                                                        "it get on this Secret in this namespace")
+    return AdapterError(AdapterErrorKind.ERROR, f"{where} could not be read: HTTP {exc.status}")
 
 
 class RolloutRuntime:
@@ -201,6 +208,11 @@ class RolloutRuntime:
     @property
     def tracking_uri(self) -> str | None:
         return self.spec.registry.tracking_uri or self.config.default_tracking_uri
+
+    @property
+    def credentials_secret(self) -> str:
+        ref = self.spec.registry.credentials_secret_ref
+        return f"{self.namespace}/{ref.name if ref else ''}"
 
     def credentials(self) -> Credentials | None:
         ref = self.spec.registry.credentials_secret_ref
@@ -252,7 +264,7 @@ class RolloutRuntime:
                 except VersionNotFound:
                     rolled_back_gone = True
         except _CREDENTIALS_ERRORS as exc:
-            return RegistryObservation(error=_credentials_error(exc))
+            return RegistryObservation(error=_credentials_error(exc, self.credentials_secret))
         return RegistryObservation(candidate=candidate,
                                    stable_alias_version=_engine_version(stable) if stable else None,
                                    rolled_back=rolled_back, rolled_back_gone=rolled_back_gone)
@@ -359,7 +371,7 @@ class RolloutRuntime:
         try:
             credentials = self.credentials() if uri else None
         except _CREDENTIALS_ERRORS as exc:  # the Secret is missing, forbidden, incomplete or unreachable
-            return JudgeResult(action.id, error=_credentials_error(exc))
+            return JudgeResult(action.id, error=_credentials_error(exc, self.credentials_secret))
         sources = DatasetSources(
             mlflow=MlflowAccess.with_credentials(uri, credentials) if uri else None,
             config_maps=KubernetesConfigMapReader(self.api_client),

@@ -191,7 +191,9 @@ def test_a_registry_secret_the_gate_cannot_read_is_an_explained_gate_error_not_a
     action = RunGate(id="gate-1", candidate=VersionRef("2"), stable=None, dataset=spec.golden_dataset)
     result = asyncio.run(runtime.measure_gate(action, state))
     assert result.error is not None and result.error.kind is AdapterErrorKind.NOT_FOUND
-    assert result.error.message == "registry credentials Secret: HTTP 404"
+    assert result.error.message == (
+        "registry credentials Secret team-a/mlflow (spec.registry.credentialsSecretRef) not found (HTTP 404): "
+        "create it with 'trackingUri' and 'token' (or 'username' and 'password'), or fix the name")
 
 
 LEAKY_URL = "https://kubernetes.default.svc/api/v1/namespaces/team-a/secrets/mlflow?access_token=s3cr3t"
@@ -220,7 +222,8 @@ def test_a_credentials_secret_that_cannot_be_read_is_an_unavailable_registry_and
     spec = parse_spec(raw)
     runtime = RolloutRuntime({"metadata": {"namespace": "team-a", "name": "nsfw"}, "spec": raw}, spec,
                              None, OperatorConfig())  # type: ignore[arg-type]
-    expected = f"registry credentials Secret: {type(error).__name__}"
+    expected = ("registry credentials Secret team-a/mlflow (spec.registry.credentialsSecretRef) could not be read: "
+                f"{type(error).__name__}")
     observed = runtime.observe_registry().error
     assert observed is not None and (observed.kind, observed.message) == (AdapterErrorKind.UNAVAILABLE, expected)
     state = TargetState(target="nsfw", exists=True, canary_version="2",
