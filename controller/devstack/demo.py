@@ -29,7 +29,8 @@ from controller.operator.kubeapi import GROUP, PLURAL, VERSION, load_client_conf
 
 
 def _line(status: dict[str, Any]) -> str:
-    return (f"{status.get('phase', '-'):<11} step={status.get('currentStep', '-')!s:<3} "
+    # status.step ("2/4", 1-based) as kubectl's STEP column shows it, not the 0-based currentStep.
+    return (f"{status.get('phase', '-'):<11} step={status.get('step') or '-'!s:<4} "
             f"weight={status.get('canaryWeight', 0)!s:>3}%  {status.get('message', '')}")
 
 
