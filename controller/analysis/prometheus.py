@@ -20,7 +20,7 @@ from urllib3.exceptions import HTTPError, LocationValueError
 from urllib3.util.retry import Retry
 
 from controller.http_deadline import AnswerTooSlow, Exchange, WatchedAdapter
-from controller.redaction import redact_credentials
+from controller.redaction import redact_credentials, without_userinfo
 from controller.registry.mlflow_rest import AnswerTooLarge, bounded_text
 
 # An instant query that finds nothing is asked again over this much history: data there means the series
@@ -104,7 +104,7 @@ class PrometheusProvider:
         # _ask retries, within the query's deadline: urllib3 would drain a retried answer's body unbounded (and
         # sleep what a Retry-After asks). Retry-After is not honoured.
         no_retry = Retry(total=0, read=False, redirect=False)
-        self.address = _without_credentials(address.rstrip("/"))  # what messages show
+        self.address = without_userinfo(address.rstrip("/"))  # what messages show
         # What a server or proxy echoing the request could send back of the credentials: never quoted.
         parts = urlsplit(address)
         self._username, self._password = unquote(parts.username or "") or None, unquote(parts.password or "") or None
@@ -380,20 +380,6 @@ def _incompleteness(answer: dict[str, Any]) -> str:
     if not real and answer.get("partialResponse") is True:
         real = ["partialResponse is true"]
     return "; ".join(real[:5])
-
-
-def _without_credentials(address: str) -> str:
-    """The address with any user:password@ removed, for messages (they reach statuses and Events).
-
-    Everything up to the last "@" goes: a password holding "#", "/" or "?" unencoded ends the URL's
-    authority early for urlsplit, which would leave it in place. An "@" in a path costs the message its host.
-    """
-    scheme, sep, rest = address.partition("://")
-    if not sep:
-        scheme, rest = "", address
-    if "@" not in rest:
-        return address
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 def _prometheus_error(exc: PrometheusApiClientException, redacted: Callable[[str], str],

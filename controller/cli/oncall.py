@@ -26,7 +26,7 @@ from controller.cli.errors import CliError
 from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, objects, printable, text, well_formed
 from controller.http_deadline import transport_cause
-from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION
+from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION, without_kube_credentials
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
 CLI_FIELD_MANAGER = "kubectl-modelrollout"  # who wrote the command annotation, in managedFields
@@ -446,10 +446,13 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
 
 
 def _api_message(exc: ApiException) -> str:
+    """The Status message, without the kubeconfig's credentials (a proxy in front of the API server may echo the
+    Authorization header): redacted before it is cut (a cut token would not be found)."""
     try:
-        return str(json.loads(exc.body or "{}").get("message", ""))[:300]
+        message = str(json.loads(exc.body or "{}").get("message", ""))
     except (ValueError, AttributeError):
         return ""
+    return without_kube_credentials(message, client.Configuration.get_default_copy())[:300]
 
 
 def _step(obj: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -15,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.api.commands import COMMAND_ANNOTATION
 from controller.operator.events import PostResult, entry_time, event_name, event_reason, is_warning
+from controller.redaction import redact_credentials
 
 GROUP = "modelrollout.io"
 VERSION = "v1alpha1"
@@ -88,6 +90,7 @@ class RolloutStore:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.configuration = self.core.api_client.configuration  # whose credentials API errors must not show
 
     def get(self, ref: ObjectRef) -> dict[str, Any] | None:
         try:
@@ -157,7 +160,7 @@ class RolloutStore:
             # Status 0: the client failed before any answer (TLS, a dropped connection). 401: a token being
             # rotated. A quota's 403: the namespace's Events are full until old ones expire. None of these says
             # the Event itself is unwelcome.
-            message = api_message(exc)
+            message = api_message(exc, self.configuration)
             transient = not exc.status or exc.status in (401, 408, 429) or exc.status >= 500 or (
                 exc.status == 403 and "exceeded quota" in message)
             log.warning("could not post Event %s for %s/%s: HTTP %s %s%s", reason, meta["namespace"], meta["name"],
@@ -170,12 +173,37 @@ class RolloutStore:
         return PostResult.POSTED
 
 
-def api_message(exc: ApiException) -> str:
-    """The API server's own words from a Status body (they name the object, never a credential)."""
+def api_message(exc: ApiException, configuration: client.Configuration) -> str:
+    """The API server's own words from a Status body, without the credentials `configuration` sends: the server
+    names the object, but a proxy in front of it may echo the Authorization header."""
     try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+        text = str(json.loads(exc.body or "{}").get("message") or exc.reason)
     except (ValueError, AttributeError):
-        return str(exc.body or exc.reason)
+        text = str(exc.body or exc.reason)
+    return without_kube_credentials(text, configuration)
+
+
+def without_kube_credentials(text: str, configuration: client.Configuration) -> str:
+    """text without the bearer token or basic-auth pair the client sends (as the whole header value, alone, or
+    decoded from basic auth)."""
+    # A kubeconfig token is stored as "Bearer <token>" (a username/password as "Basic <pair>") under BearerToken,
+    # a hand-made Configuration's under authorization with api_key_prefix; the header value is the same.
+    for value in sorted((str(v) for v in (configuration.api_key or {}).values() if v), key=len, reverse=True):
+        scheme, _, credential = value.partition(" ")
+        text = redact_credentials(text, token=value)
+        if credential:
+            text = redact_credentials(text, token=credential)
+            if scheme.lower() == "basic":
+                username, _, password = _basic_pair(credential).partition(":")
+                text = redact_credentials(text, username=username, password=password)
+    return redact_credentials(text, username=configuration.username, password=configuration.password)
+
+
+def _basic_pair(credential: str) -> str:
+    try:
+        return base64.b64decode(credential, validate=True).decode("latin-1")
+    except ValueError:  # binascii.Error is one
+        return ""
 
 
 class StatusStore(Protocol):

@@ -24,6 +24,7 @@ from typing import Any
 
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX, RESERVED_ALIAS
 from controller.engine.observations import rejection_time
+from controller.redaction import redact_urls
 from controller.registry.errors import RegistryConfigError, VersionNotFound
 from controller.registry.types import (
     PREVIOUS_VERSION_TAG,
@@ -268,6 +269,7 @@ class ModelRegistry(ABC):
 
     def _resolved(self, record: VersionRecord) -> ResolvedVersion:
         run = self._run(record.run_id) if record.run_id else None
+        # The source is kept as it is, though it is recorded in status: it is what the target is given to serve.
         return ResolvedVersion(
             name=record.name, version=record.version, run_id=record.run_id or None, source=record.source or None,
             storage_uri=self._storage_uri(record) or record.source or None, status=record.status,
@@ -278,6 +280,8 @@ def lineage_of(record: VersionRecord, run: RunRecord | None) -> dict[str, str]:
     """Dataset lineage, flat and bounded: the run's dataset inputs and lineage tags, then the version's.
 
     A version tag wins over a run tag of the same key: it was set on what is actually being rolled out.
+    URLs in the values lose user:password@ and their query (a CI token in a git remote, a presigned dataset
+    URL's signature): lineage is recorded in status. Redacted before it is cut (a cut could hide the query).
     """
     entries: dict[str, str] = {}
     if run is not None:
@@ -289,7 +293,8 @@ def lineage_of(record: VersionRecord, run: RunRecord | None) -> dict[str, str]:
                     entries[f"input.{index}.{key}"] = value
         entries.update(_lineage_tags(run.tags))
     entries.update(_lineage_tags(record.tags))
-    return {key: bounded(value, MAX_LINEAGE_VALUE_CHARS) for key, value in list(entries.items())[:MAX_LINEAGE_ENTRIES]}
+    return {key: bounded(redact_urls(value), MAX_LINEAGE_VALUE_CHARS)
+            for key, value in list(entries.items())[:MAX_LINEAGE_ENTRIES]}
 
 
 def _lineage_tags(tags: Mapping[str, str]) -> dict[str, str]:

@@ -141,11 +141,11 @@ def _decode(key: str, raw: str | bytes, base64_encoded: bool) -> str:
         # A header with a control character is refused by the HTTP client with the header, secret and all,
         # in its message.
         raise RegistryConfigError(f"the registry credentials Secret key {key!r} holds a control character")
-    try:
-        text.encode("latin-1")  # what an HTTP header (Bearer or Basic) can carry
-    except UnicodeEncodeError:
+    if not text.isascii():
+        # A header carries Latin-1 at most, and a proxy echoing its raw bytes back is decoded as UTF-8 (a letter
+        # then no longer matches the value redaction looks for): ASCII only.
         raise RegistryConfigError(f"the registry credentials Secret key {key!r} holds a character an HTTP header "
-                                  "cannot carry") from None
+                                  "cannot carry reliably (only ASCII is accepted)")
     return text
 
 

@@ -112,7 +112,7 @@ class ObjectClient:
         return obj
 
     def _error(self, exc: ApiException, verb: str) -> TrafficError:
-        message = api_message(exc)
+        message = api_message(exc, self.custom.api_client.configuration)  # it reaches status and Events
         status = exc.status or 0
         if status == 404:
             return TargetNotFound(f"{self.description} not found")

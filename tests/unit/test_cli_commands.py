@@ -3,6 +3,7 @@ each other, `get --watch` that waits for the command it was run after, and answe
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -69,6 +70,7 @@ class FakeApi:
         self.script: list[dict[str, Any] | int] = []  # what the next GETs answer (an int: that HTTP error)
         self.after_get: Callable[[FakeApi], None] | None = None  # another writer, between a read and a patch
         self.html = False
+        self.echo_auth: int | None = None  # that HTTP error to every GET, quoting the Authorization header (a proxy)
         self.gets = 0
         self.patches: list[dict[str, Any]] = []
         # "The operator": what it does to the object (None: deletes it), OPERATOR_DELAY after a PATCH writes a command.
@@ -92,6 +94,12 @@ class FakeApi:
             def _get(self) -> None:
                 if owner.html:
                     return self._answer(200, b"<html><body>Please log in</body></html>")
+                if owner.echo_auth:
+                    header = self.headers.get("Authorization", "")
+                    scheme, _, credential = header.partition(" ")
+                    decoded = base64.b64decode(credential).decode("latin-1") if scheme == "Basic" else ""
+                    return self._answer(owner.echo_auth, {"kind": "Status", "code": owner.echo_auth, "message":
+                                                          f"invalid credentials in header: {header} ({decoded})"})
                 if self.path.split("?")[0] == LIST_PATH:
                     return self._answer(200, {"kind": "ModelRolloutList", "items": [owner.obj]})
                 owner.gets += 1
@@ -389,6 +397,22 @@ def test_a_token_ending_in_a_newline_is_one_line_that_does_not_show_it(
     assert "the kubeconfig's credentials cannot be sent (a token ending in a newline" in captured.err
     assert token not in captured.out + captured.err
     assert api.gets == 0 and api.patches == []
+
+
+@pytest.mark.parametrize("args", [["get", "r"], ["list"]])
+@pytest.mark.parametrize("status", [401, 403, 500])
+@pytest.mark.parametrize("user", [{"token": "s3cret-bearer-4f9a"}, {"username": "ops", "password": "s3cret-pässwörd"}])
+def test_a_status_message_echoing_the_authorization_header_does_not_show_the_credentials(
+        api: FakeApi, tmp_path: Path, args: list[str], status: int, user: dict[str, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An authenticating proxy in front of the API server whose Status message quotes the request's header."""
+    api.echo_auth = status
+    assert main([*args, "--kubeconfig", api.kubeconfig(tmp_path, user)]) == 1
+    printed = "".join(capsys.readouterr())
+    assert "invalid credentials in header: ***" in printed, printed
+    pair = f"{user.get('username')}:{user.get('password')}"
+    for secret in ("s3cret", base64.b64encode(pair.encode("latin-1")).decode()):
+        assert secret not in printed, printed
 
 
 def test_an_error_no_handler_foresaw_shows_its_type_not_its_text(

@@ -293,7 +293,7 @@ def quota_exceeded() -> ApiException:
     (ConnectionResetError(), PostResult.DEFERRED),
 ])
 def test_post_event_says_what_became_of_the_event(error: Exception | None, result: PostResult) -> None:
-    store = RolloutStore(client.ApiClient())
+    store = RolloutStore(client.ApiClient(client.Configuration()))  # not the default a CLI test loaded
     store.core = RaisingEvents(error)  # type: ignore[assignment]
     obj = {"metadata": {"namespace": NS, "name": NAME, "uid": "u-1", "resourceVersion": "4"}}
     assert store.post_event(obj, entry("RolledBack", 7)) is result
@@ -398,7 +398,7 @@ def test_an_event_reason_is_a_fixed_word_never_the_entrys_text(event: Any, reaso
     """A status edited by hand (or one this operator cannot read) may hold any text where the event name goes."""
     server = ApiServer({"phase": "Pending", "history": []})
     metrics = OperatorMetrics()
-    store = RolloutStore(client.ApiClient())
+    store = RolloutStore(client.ApiClient(client.Configuration()))  # not the default a CLI test loaded
     store.core = RaisingEvents(None)  # type: ignore[assignment]
     item = {**entry("Resolved", 1), "event": event}
     reconcile(server, {"phase": "Pending", "history": [item]}, metrics)

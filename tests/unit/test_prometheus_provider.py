@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
 import pytest
+import requests
 
 from controller.analysis.prometheus import Measurement, PrometheusProvider, QueryProblem
 from controller.analysis.runner import AnalysisRequest, run_analysis
@@ -147,6 +148,17 @@ def test_credentials_a_server_echoes_in_an_error_never_reach_a_message(garbage: 
             m = provider.scalar("vector(1)")
             assert m.problem is QueryProblem.REJECTED and "Prometheus says bad_data: you sent" in m.detail
             assert m.detail.endswith("***") and not any(s in m.detail for s in ("s3cret", pair, "tok-123")), m.detail
+
+
+def test_a_non_ascii_password_echoed_as_requests_sent_it_never_reaches_a_message(garbage: Garbage) -> None:
+    """requests sends a basic-auth pair Latin-1 encoded (_basic_auth_str), not UTF-8: that base64 is redacted too."""
+    host = garbage.url.removeprefix("http://")
+    provider = PrometheusProvider(f"http://bob:p%C3%A4ss-PW@{host}", retries=0)
+    sent = requests.auth._basic_auth_str("bob", "päss-PW")
+    assert sent == "Basic " + base64.standard_b64encode("bob:päss-PW".encode("latin-1")).decode()
+    garbage.answer(400, json.dumps({"status": "error", "errorType": "bad_data", "error": f"rejected {sent}"}).encode())
+    m = provider.scalar("vector(1)", check_stale=False)
+    assert m.problem is QueryProblem.REJECTED and m.detail.endswith("rejected Basic ***"), m.detail
 
 
 def test_an_address_that_cannot_be_asked_is_unreachable_not_a_malformed_answer() -> None:

@@ -340,6 +340,23 @@ def test_credentials_from_secret_data_never_show_values() -> None:
     assert "token" in str(caught.value) and "SECRETTOKEN" not in str(caught.value)
 
 
+@pytest.mark.parametrize("key", ["token", "password", "username"])
+@pytest.mark.parametrize("encoded", [True, False])
+def test_a_non_ascii_credential_is_refused_naming_the_key_not_the_value(key: str, encoded: bool) -> None:
+    """A Latin-1 letter fits in a header, but a proxy echoing the raw header bytes is read back as UTF-8 with a
+    replacement character, which no longer matches the value redaction looks for."""
+    import base64
+
+    value = "séc-SECRET-0123"
+    data = {"username": "ops", "password": "pw-123", key: value} if key != "token" else {"token": value}
+    if encoded:
+        data = {name: base64.b64encode(text.encode()).decode() for name, text in data.items()}
+    with pytest.raises(RegistryConfigError, match=f"key '{key}' holds a character an HTTP header cannot carry "
+                                                  r"reliably \(only ASCII") as caught:
+        Credentials.from_secret_data(data, base64_encoded=encoded)
+    assert "SECRET" not in str(caught.value) and "séc" not in str(caught.value)
+
+
 def _requirements(distribution: str) -> set[str]:
     """Names of a distribution's unconditional requirements, normalised."""
     names = set()

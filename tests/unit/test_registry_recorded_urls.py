@@ -1,0 +1,87 @@
+"""What the registry reports is recorded in status (readable by every `view` user and Argo CD): a run's git remote
+with a CI token, a presigned dataset URL or a version source with user info must not carry its secret there."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controller.api.status import ModelRolloutStatus, VersionRef
+from controller.redaction import REDACTED_QUERY, redact_urls, redacted_url
+from controller.registry import InMemoryRegistry
+from controller.registry.base import DatasetInput
+
+GIT_TOKEN = "glcbt-SECRETTOKEN123"
+SIGNATURE = "SIGSECRET456"
+GIT = f"https://gitlab-ci-token:{GIT_TOKEN}@gitlab.example.com/ml/nsfw.git"
+SIGNED = f"https://bucket.s3.amazonaws.com/train.parquet?X-Amz-Credential=AKIA&X-Amz-Signature={SIGNATURE}"
+
+
+def recorded_candidate(registry: InMemoryRegistry, model: str) -> dict[str, object]:
+    """The candidate as the status the operator writes holds it (VersionRef, serialized)."""
+    resolved = registry.resolve(model, version="1")
+    ref = VersionRef(version=resolved.version, run_id=resolved.run_id, source=resolved.source,
+                     lineage=dict(resolved.lineage))
+    candidate = ModelRolloutStatus(candidate=ref).to_dict()["candidate"]
+    assert isinstance(candidate, dict)
+    return candidate
+
+
+def test_secrets_in_lineage_never_reach_the_status() -> None:
+    registry = InMemoryRegistry()
+    registry.add_run("run-1", tags={"mlflow.source.git.repoURL": GIT, "mlflow.source.name": GIT,
+                                    "dataset.uri": f"see {SIGNED} for the data"},
+                     dataset_inputs=(DatasetInput(name="train", digest="abc", source_type="http",
+                                                  source=json.dumps({"url": SIGNED})),
+                                     # A producer that escapes "/" and "&" in its JSON.
+                                     DatasetInput(name="eval", source_type="http",
+                                                  source=json.dumps({"url": SIGNED}).replace("/", "\\/")
+                                                  .replace("&", "\\u0026")),))
+    registry.add_version("nsfw", run_id="run-1", source="s3://models/nsfw/1", tags={"lineage.data": SIGNED})
+    candidate = recorded_candidate(registry, "nsfw")
+    text = json.dumps(candidate)
+    for secret in (GIT_TOKEN, SIGNATURE, "X-Amz-Credential"):
+        assert secret not in text, text
+    lineage = candidate["lineage"]
+    assert isinstance(lineage, dict)
+    # What is not secret is kept, and a cut query says so.
+    assert lineage["mlflow.source.git.repoURL"] == "https://gitlab.example.com/ml/nsfw.git"
+    assert json.loads(lineage["input.0.source"]) == {"url": f"https://bucket.s3.amazonaws.com/train.parquet"
+                                                            f"{REDACTED_QUERY}"}
+    assert lineage["dataset.uri"] == f"see https://bucket.s3.amazonaws.com/train.parquet{REDACTED_QUERY} for the data"
+    # The source is what the target is given to serve: kept as it is (a cut one would not load).
+    assert candidate["source"] == "s3://models/nsfw/1" == registry.resolve("nsfw", version="1").storage_uri
+
+
+def test_lineage_without_secrets_is_recorded_as_it_is() -> None:
+    registry = InMemoryRegistry()
+    source = json.dumps({"uri": "s3://bucket/train.csv", "note": "models:/m@champion"})
+    registry.add_run("run-1", tags={"mlflow.source.git.repoURL": "git@github.com:org/repo.git"},
+                     dataset_inputs=(DatasetInput(name="train", source_type="s3", source=source),))
+    registry.add_version("m", run_id="run-1", source="models:/m@champion")
+    candidate = recorded_candidate(registry, "m")
+    assert candidate["source"] == "models:/m@champion"
+    assert candidate["lineage"] == {"input.0.name": "train", "input.0.source_type": "s3", "input.0.source": source,
+                                    "mlflow.source.git.repoURL": "git@github.com:org/repo.git"}
+
+
+@pytest.mark.parametrize(("url", "recorded"), [
+    ("https://u:p@h/x", "https://h/x"),
+    ("https://u:p/a@h/x?q", f"https://h/x{REDACTED_QUERY}"),  # a password the URL parser would split early
+    ("https://h/x#token=abc", f"https://h/x{REDACTED_QUERY}"),
+    ("https://u:pa?ss@h/x", "https://<redacted>"),  # a password with "?" or "#", or a query with "@": cannot be told
+    ("https://u:p/a#b@h/x", "https://<redacted>"),
+    ("https://h/x?mail=a@b&sig=abc", "https://<redacted>"),
+    ("mlflow-artifacts:/1/abc", "mlflow-artifacts:/1/abc"),
+    ("runs:/abc/model?x=1", f"runs:/abc/model{REDACTED_QUERY}"),
+])
+def test_a_recorded_url_keeps_neither_user_info_nor_query(url: str, recorded: str) -> None:
+    assert redacted_url(url) == recorded
+    if "://" in url:  # in free text only scheme://... is taken for a URL
+        assert redact_urls(f"from {url} ") == f"from {recorded} "
+
+
+def test_json_nested_past_the_parsers_depth_is_searched_as_text() -> None:
+    text = "[" * 100_000 + f'"{SIGNED}"'
+    assert SIGNATURE not in redact_urls(text)
