@@ -1907,6 +1907,12 @@ class _Decider:
         elif phase is Phase.PAUSED:
             reason = str(status.pause.reason) if status.pause else "Paused"
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, reason, message)
+        elif phase is Phase.PENDING and status.candidate is None and status.retry is not None \
+                and self.now - status.retry.since > self.spec.progress_deadline:
+            # As a Deployment says it: still trying (nothing was done, nothing to undo), but stuck for too long.
+            self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "ProgressDeadlineExceeded",
+                                f"no progress for more than progressDeadline "
+                                f"{format_duration(self.spec.progress_deadline)}: {message}")
         else:
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, _progress_reason(status), message)
         gate = status.gate

@@ -1940,3 +1940,22 @@ def test_promotion_waits_when_the_staged_candidate_vanished() -> None:
     assert world.status.phase is Phase.ROLLED_BACK
     assert world.status.rollback is not None
     assert world.status.rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
+
+
+def test_a_registry_away_past_the_progress_deadline_says_so_while_it_keeps_trying() -> None:
+    """As a Deployment does: Progressing=False (ProgressDeadlineExceeded), not a terminal phase (nothing was done)."""
+    world = World()
+    world.registry.down = True
+    world.reconcile()
+    progressing = world.status.condition("Progressing")
+    assert progressing is not None and (progressing.status, progressing.reason) == ("True", "Resolving")
+    world.now += timedelta(minutes=31)  # progressDeadline 30m
+    world.reconcile()
+    progressing = world.status.condition("Progressing")
+    assert world.status.phase is Phase.PENDING
+    assert progressing is not None and (progressing.status, progressing.reason) == ("False", "ProgressDeadlineExceeded")
+    assert progressing.message.startswith("no progress for more than progressDeadline 30m: Waiting for the registry")
+    world.registry.down = False
+    world.reconcile()
+    progressing = world.status.condition("Progressing")
+    assert progressing is not None and progressing.status == "True" and world.status.candidate is not None

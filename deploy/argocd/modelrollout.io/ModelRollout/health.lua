@@ -57,6 +57,19 @@ if ready ~= nil and held[ready.reason] ~= nil then
   return hs
 end
 
+-- Still trying, but stuck past progressDeadline (the registry away, its credentials Secret missing): Degraded, as
+-- Argo CD shows a Deployment whose Progressing condition is False with this reason.
+if type(obj.status.conditions) == "table" then
+  for _, condition in ipairs(obj.status.conditions) do
+    if type(condition) == "table" and condition.type == "Progressing" and condition.status == "False"
+        and condition.reason == "ProgressDeadlineExceeded" then
+      hs.status = "Degraded"
+      hs.message = message(condition.message or "No progress for longer than progressDeadline")
+      return hs
+    end
+  end
+end
+
 local phase = obj.status.phase
 -- Paused after a failed check (automatic rollback off): the candidate is known bad, not merely waiting.
 local failedPause = {GateFailed = true, AnalysisFailed = true, BakeFailed = true, ProgressDeadlineExceeded = true}
