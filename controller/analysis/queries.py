@@ -102,11 +102,11 @@ def without_comments(query: str) -> str:
         elif char in "\"'`":
             quote = char
             kept.append(char)
-        elif char == "#":
-            end = query.find("\n", i)
-            if end < 0:
+        elif char == "#":  # to the end of the line, which Prometheus' lexer ends at "\r" too
+            ends = [at for at in (query.find("\n", i), query.find("\r", i)) if at >= 0]
+            if not ends:
                 break
-            i = end
+            i = min(ends)
             continue
         else:
             kept.append(char)

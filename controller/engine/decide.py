@@ -922,8 +922,14 @@ class _Decider:
         one that does not exist, may serve something else entirely."""
         alias, where = self.spec.model.stable_alias, self.spec.target.description
         target = self._target()
+        why = None
         if target is None:
             why = self.obs.target.error.message if self.obs.target and self.obs.target.error else "not synced yet"
+        elif target.stable_version is None and target.detail:
+            why = target.detail  # e.g. its storageUri was changed by hand: what it serves is unknown
+        elif not target.ready:
+            why = target.detail or "not ready"
+        if why is not None:
             self._wait(f"Version {candidate.version} is already @{alias}; waiting to read {where} to see what it "
                        f"serves ({why})")
             return

@@ -624,15 +624,15 @@ class RolloutStepper:
         self._start_locks = _StartLocks()  # per target: see _start_gate
         # Answers no stored decision has read yet, per rollout, with the uid of the object they belong to.
         self._unheard: dict[tuple[str, str], tuple[str, list[ActionFailure], list[str]]] = {}
-        # Judge verdicts measured for a request, per rollout, until a stored status no longer asks for it: (uid,
-        # generation, gate, analysis). A gate runs for minutes: a lost status write must not run it again.
-        self._verdicts: dict[tuple[str, str], tuple[str, int, JudgeResult | None, JudgeResult | None]] = {}
+        # Gate verdicts, per rollout, until a stored status no longer asks for them: (uid, verdict). A gate runs for
+        # minutes: a lost status write must not run it again.
+        self._gate_verdicts: dict[tuple[str, str], tuple[str, JudgeResult]] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         """The rollout is gone: a new one of the same name is a first sight again."""
         self._seen.discard((namespace, name))
         self._unheard.pop((namespace, name), None)
-        self._verdicts.pop((namespace, name), None)
+        self._gate_verdicts.pop((namespace, name), None)
 
     async def step(self, obj: dict[str, Any]) -> ReconcileOutcome:
         meta = obj["metadata"]
@@ -693,8 +693,9 @@ class RolloutStepper:
         first_since_start = key not in self._seen
         self._seen.add(key)
         outcome = ReconcileOutcome(status=status.to_dict())
-        uid, generation = str(meta.get("uid") or ""), int(meta.get("generation") or 0)
-        gate, analysis = self._verdicts_asked_for(key, uid, generation, status)
+        uid = str(meta.get("uid") or "")
+        gate = self._gate_verdict_asked_for(key, uid, status)
+        analysis: JudgeResult | None = None
         # Answers to the previous reconcile's last round (nothing decided on them yet), then each round's.
         unheard_uid, failures, done = self._unheard.pop(key, (uid, [], []))
         if unheard_uid != uid:  # deleted and made again under the same name: not this object's answers
@@ -775,13 +776,13 @@ class RolloutStepper:
                     if isinstance(action, RunGate):
                         async with reconcile_slot_lent(), self._gates:
                             gate = await runtime.measure_gate(action, state)
-                        self._keep_verdict(key, uid, generation, gate=gate)
+                        if gate.error is None:  # an error is counted once (its request stays open)
+                            self._gate_verdicts[key] = (uid, gate)
                     elif isinstance(action, RunAnalysis):
                         async with reconcile_slot_lent():
                             # The window ends when it is measured, not when it was queued for a thread.
                             analysis = await asyncio.get_running_loop().run_in_executor(
                                 self._analyses, lambda run=action: runtime.measure_analysis(run, self.clock()))
-                        self._keep_verdict(key, uid, generation, analysis=analysis)
                     else:
                         try:
                             await asyncio.to_thread(runtime.act, action, status)
@@ -818,41 +819,20 @@ class RolloutStepper:
         await self._store_start(obj, outcome, stored, gate_keeper)
         return outcome
 
-    def _keep_verdict(self, key: tuple[str, str], uid: str, generation: int, *, gate: JudgeResult | None = None,
-                      analysis: JudgeResult | None = None) -> None:
-        """Keep a verdict until a stored decision has read it. Not an error: the engine counts each one it reads,
-        and a request it errored stays open, so reading one twice would count it twice."""
-        kept_uid, _, kept_gate, kept_analysis = self._verdicts.get(key, (uid, generation, None, None))
-        if kept_uid != uid:
-            kept_gate = kept_analysis = None
-        if gate is not None and gate.error is None:
-            kept_gate = gate
-        if analysis is not None and analysis.error is None:
-            kept_analysis = analysis
-        if kept_gate is not None or kept_analysis is not None:
-            self._verdicts[key] = (uid, generation, kept_gate, kept_analysis)
-
-    def _verdicts_asked_for(self, key: tuple[str, str], uid: str, generation: int,
-                            status: ModelRolloutStatus) -> tuple[JudgeResult | None, JudgeResult | None]:
-        """The kept verdicts whose request the stored status still has open: the decision that read them was not
-        stored (a 409 from a command or an edit, a 503). Any other is dropped; the engine matches request ids, so a
-        verdict a stored decision read can never be read again (its request is closed, and ids are not reused).
-
-        An analysis measured under an older spec is dropped (its metrics may have been edited; it is cheap to run
-        again). A gate is kept: the engine starts it over with a new request when its dataset or thresholds change."""
-        kept_uid, kept_generation, gate, analysis = self._verdicts.pop(key, (uid, generation, None, None))
-        if kept_uid != uid:  # deleted and made again under the same name: not this object's verdicts
-            return None, None
-        if kept_generation != generation:
-            analysis = None
-        if gate is not None and (status.gate is None or status.gate.request_id != gate.request_id
-                                 or status.gate.completed_at is not None):
-            gate = None
-        if analysis is not None and (status.analysis is None or status.analysis.request_id != analysis.request_id):
-            analysis = None
-        if gate is not None or analysis is not None:
-            self._verdicts[key] = (uid, kept_generation, gate, analysis)
-        return gate, analysis
+    def _gate_verdict_asked_for(self, key: tuple[str, str], uid: str,
+                                status: ModelRolloutStatus) -> JudgeResult | None:
+        """The kept gate verdict when the stored status still has its request open: the decision that read it was
+        not stored (a 409 from a command or an edit, a 503). Otherwise it is dropped: the engine matches request ids,
+        so a verdict a stored decision read is never read again (its gate is complete, and ids are not reused); a
+        re-pin or a thresholds change opens a new request. An analysis verdict is not kept: it is cheap to measure
+        again, and one read late would pass a step on a window that stopped short of its end."""
+        kept_uid, gate = self._gate_verdicts.pop(key, (uid, None))
+        if gate is None or kept_uid != uid:  # deleted and made again under the same name: not this object's
+            return None
+        if status.gate is None or status.gate.request_id != gate.request_id or status.gate.completed_at is not None:
+            return None
+        self._gate_verdicts[key] = (uid, gate)
+        return gate
 
     async def _store_start(self, obj: dict[str, Any], outcome: ReconcileOutcome, stored: dict[str, Any],
                            gate_keeper: _StartGate) -> None:

@@ -1959,3 +1959,15 @@ def test_a_registry_away_past_the_progress_deadline_says_so_while_it_keeps_tryin
     world.reconcile()
     progressing = world.status.condition("Progressing")
     assert progressing is not None and progressing.status == "True" and world.status.candidate is not None
+
+
+@pytest.mark.parametrize("target", [Target(stable_version=None, ready=True),
+                                    Target(stable_version="7", ready=False)])
+def test_candidate_already_stable_on_a_target_in_doubt_waits(target: Target) -> None:
+    """A target whose served model was changed by hand (the router says so, and knows no version), or one that is
+    not ready, is no confirmation of anything."""
+    world = World(registry=Registry(aliases={"production": "7"}), target=target)
+    world.target.never_ready = target.stable_version is None  # the router's own words in the detail
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING and world.executed == []
+    assert "waiting to read InferenceService nsfw-classifier" in world.status.message

@@ -160,6 +160,7 @@ def test_the_freshness_query_is_built_from_the_escaped_selector_alone() -> None:
 @pytest.mark.parametrize(("query", "code"), [
     ("up # {{selector}}", "up "),
     ("up # one\n+ down # two", "up \n+ down "),
+    ("up # a\r+ b", "up \r+ b"),
     ('up{a="#"} # c', 'up{a="#"} '),
     ("up{a='#\\'#'} # c", "up{a='#\\'#'} "),  # an escaped quote does not end the string
     ('up{a="\\\\"} # c', 'up{a="\\\\"} '),  # an escaped backslash does
