@@ -241,6 +241,9 @@ class Checker:
         if status.phase is Phase.SUCCEEDED and status.candidate is not None:
             assert registry.aliases.get("production") == status.candidate.version
             assert target.stable_version == status.candidate.version or status.promotion is None
+            if status.promotion is None:  # AlreadyStable: only what a readable, ready target does not contradict
+                assert target.exists and not target.unreachable and target.ready
+                assert target.stable_version in (status.candidate.version, None)
 
     # -- what the judges answered, for the promotion check --
 
