@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything the stack and the tests need on a fresh Debian machine: Debian's Prometheus (and openssl,
-# chromium, python3-venv when missing; kubectl 1.25+ must be there already), the Python package in .venv,
+# chromium, python3-venv when missing; kubectl 1.27+ must be there already), the Python package in .venv,
 # kube-apiserver + etcd built from pinned Go modules, and pinned Helm and kustomize.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The tests use `kubectl patch --subresource` (1.24+) and `apply --validate=strict` (1.25+). Not installed from
-# Debian: its kubernetes-client is 1.20. Checked first, before anything is installed.
+# The tests use `kubectl patch --subresource` (1.24+), `apply --validate=strict` (1.25+) and `auth whoami` (1.27+).
+# Not installed from Debian: its kubernetes-client is 1.20. Checked first, before anything is installed.
 kubectl_minor=$(kubectl version --client -o json 2>/dev/null \
   | python3 -c 'import json, sys; print(int(json.load(sys.stdin)["clientVersion"]["minor"].rstrip("+")))' \
   2>/dev/null) || kubectl_minor=0
-if [[ ! $kubectl_minor =~ ^[0-9]+$ ]] || ((kubectl_minor < 25)); then
-  echo "error: kubectl 1.25 or newer is needed (found: $(kubectl version --client 2>&1 | head -n1));" \
+if [[ ! $kubectl_minor =~ ^[0-9]+$ ]] || ((kubectl_minor < 27)); then
+  echo "error: kubectl 1.27 or newer is needed (found: $(kubectl version --client 2>&1 | head -n1));" \
     "install it from https://pkgs.k8s.io (Debian's kubernetes-client is too old)" >&2; exit 1
 fi
 
