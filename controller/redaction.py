@@ -10,8 +10,10 @@ from typing import Any
 
 # What replaces a URL's query and fragment (a token, a presigned URL's signature): the reader sees something was cut.
 REDACTED_QUERY = "?<redacted>"
-# A URL with an authority inside free text: up to a space, a quote or an angle bracket.
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]*")
+# A URL with an authority inside free text: up to a space, a quote or an angle bracket. Its scheme starts at the
+# first letter of a run of scheme characters ("1https://" is "https://"); the run is tried from its start only
+# (lookbehind), else every character of a long run is tried as a start: quadratic.
+_URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.-])(?P<lead>[0-9+.-]*)(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]*)")
 
 
 def redact_credentials(text: str, *, token: str | None = None, username: str | None = None,
@@ -23,15 +25,20 @@ def redact_credentials(text: str, *, token: str | None = None, username: str | N
     """
     secrets = [value for value in (token, password) if value]
     if username and password:
-        # What a server echoing the Authorization header would show of a basic-auth password: requests encodes
-        # the pair as Latin-1 when it can (requests.auth._basic_auth_str), other clients as UTF-8.
-        pair = f"{username}:{password}"
-        for encoding in ("utf-8", "latin-1"):
-            with contextlib.suppress(UnicodeEncodeError):  # not Latin-1: requests cannot send it at all
-                secrets.append(base64.standard_b64encode(pair.encode(encoding)).decode())
+        secrets.extend(basic_auth_pairs(username, password))
     for secret in sorted(secrets, key=len, reverse=True):  # longest first: no partial leftovers
         text = text.replace(secret, "***")
     return text
+
+
+def basic_auth_pairs(username: str, password: str) -> list[str]:
+    """What a server echoing the Authorization header would show of a basic-auth password: requests encodes
+    the pair as Latin-1 when it can (requests.auth._basic_auth_str), other clients as UTF-8."""
+    pairs = []
+    for encoding in ("utf-8", "latin-1"):
+        with contextlib.suppress(UnicodeEncodeError):  # not Latin-1: requests cannot send it at all
+            pairs.append(base64.standard_b64encode(f"{username}:{password}".encode(encoding)).decode())
+    return pairs
 
 
 def without_userinfo(address: str) -> str:
@@ -50,17 +57,30 @@ def without_userinfo(address: str) -> str:
 
 def redacted_url(url: str) -> str:
     """A URL fit to record (status, Events): without user:password@, its query and fragment replaced by
-    REDACTED_QUERY. A URI without "://" (models:/m@alias, runs:/...) has no user info to take out."""
+    REDACTED_QUERY. A URI without "://" (models:/m@alias, runs:/...) has no user info to take out.
+
+    Only an "@" before the first "/" after "://" ends user info: one later is the path's (git+https://host/r.git@rev,
+    hf://datasets/o/d@v2/f, s3://b/owner=a@b.com/k)."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    if sep:
+        authority = rest.partition("/")[0]
+        if "@" in authority[_query_start(authority):]:
+            # "user:pa?ss@host" or "host?mail=a@b": which one cannot be told, so nothing after the scheme is kept.
+            return f"{scheme}{sep}<redacted>"
+        userinfo, at, host = authority.rpartition("@")
+        rest = rest[len(userinfo) + len(at):]
+        port = host.rpartition("]")[2].partition(":")[2]
+        if not at and "@" in rest and port and not port.isdigit():
+            # "user:pa/ss@host/x": a password with "/" reads as host "user", port "pa"; no port looks like that.
+            return f"{scheme}{sep}<redacted>"
+    else:
         scheme, rest = "", url
-    cut = min((at for at in (rest.find("?"), rest.find("#")) if at >= 0), default=len(rest))
-    head, tail = rest[:cut], rest[cut:]
-    if sep and "@" in tail and "@" not in head:
-        # "user:pa?ss@host" or "host/p?mail=a@b": which one cannot be told, so nothing after the scheme is kept.
-        return f"{scheme}{sep}<redacted>"
-    kept = without_userinfo(f"{scheme}{sep}{head}") if sep else head
-    return kept + (REDACTED_QUERY if tail else "")
+    cut = _query_start(rest)
+    return f"{scheme}{sep}{rest[:cut]}" + (REDACTED_QUERY if cut < len(rest) else "")
+
+
+def _query_start(text: str) -> int:
+    return min((at for at in (text.find("?"), text.find("#")) if at >= 0), default=len(text))
 
 
 def redact_urls(text: str) -> str:
@@ -68,14 +88,23 @@ def redact_urls(text: str) -> str:
     (an escaped "\\u0026" or "\\/" would hide a URL's parts from a plain search) and written again if changed."""
     stripped = text.strip()
     if stripped[:1] in ("{", "["):
+        duplicated = False
+
+        def as_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            # A duplicate key's earlier value is dropped by the decoder, unseen: the text is then written again.
+            nonlocal duplicated
+            kept = dict(pairs)
+            duplicated = duplicated or len(kept) < len(pairs)
+            return kept
+
         try:
-            decoded = json.loads(stripped)
+            decoded = json.loads(stripped, object_pairs_hook=as_dict)
             redacted = _redact_urls_in(decoded)
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's (or our) depth
             pass
         else:
-            return text if redacted == decoded else json.dumps(redacted, ensure_ascii=False)
-    return _URL_IN_TEXT.sub(lambda found: redacted_url(found.group()), text)
+            return text if redacted == decoded and not duplicated else json.dumps(redacted, ensure_ascii=False)
+    return _URL_IN_TEXT.sub(lambda found: found["lead"] + redacted_url(found["url"]), text)
 
 
 def _redact_urls_in(value: Any) -> Any:

@@ -123,10 +123,11 @@ class OnCall:
         except ApiException as exc:
             if exc.status == 404:
                 raise NotFound(f"{what}: not found") from None
+            # Redacted of what the request was sent with: an exec plugin's refreshed token is there, not in the default.
+            message = _api_message(exc, self.custom.api_client.configuration)
             if exc.status in (401, 403):
-                reason = _api_message(exc) or "permission denied"
-                raise CliError(f"{what}: no permission ({reason})") from None
-            raise CliError(f"{what}: the API server answered HTTP {exc.status}: {_api_message(exc)}") from None
+                raise CliError(f"{what}: no permission ({message or 'permission denied'})") from None
+            raise CliError(f"{what}: the API server answered HTTP {exc.status}: {message}") from None
         except (Urllib3Error, OSError) as exc:
             raise CliError(f"no cluster: cannot reach the API server at {_server()} ({transport_cause(exc)})") from None
         except ValueError as exc:
@@ -445,14 +446,14 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
     return lines
 
 
-def _api_message(exc: ApiException) -> str:
-    """The Status message, without the kubeconfig's credentials (a proxy in front of the API server may echo the
-    Authorization header): redacted before it is cut (a cut token would not be found)."""
+def _api_message(exc: ApiException, configuration: client.Configuration) -> str:
+    """The Status message, without the credentials of `configuration` (a proxy in front of the API server may echo
+    the Authorization header): redacted before it is cut (a cut token would not be found)."""
     try:
         message = str(json.loads(exc.body or "{}").get("message", ""))
     except (ValueError, AttributeError):
         return ""
-    return without_kube_credentials(message, client.Configuration.get_default_copy())[:300]
+    return without_kube_credentials(message, configuration)[:300]
 
 
 def _step(obj: dict[str, Any]) -> str:

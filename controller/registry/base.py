@@ -46,6 +46,9 @@ MAX_REASON_CHARS = 1000
 MAX_EVIDENCE_CHARS = 4000
 MAX_LINEAGE_ENTRIES = 64
 MAX_LINEAGE_VALUE_CHARS = 512
+# What of a lineage value is redacted at most (then cut to MAX_LINEAGE_VALUE_CHARS): bounds the work per value;
+# MLflow's largest dataset source (65,535) is read whole, so its JSON can be decoded.
+MAX_REDACTED_LINEAGE_CHARS = 128 * MAX_LINEAGE_VALUE_CHARS
 TRUNCATION_MARK = "...(truncated)"
 
 LINEAGE_TAG_PREFIXES = ("lineage.", "dataset.", "data.")
@@ -281,7 +284,8 @@ def lineage_of(record: VersionRecord, run: RunRecord | None) -> dict[str, str]:
 
     A version tag wins over a run tag of the same key: it was set on what is actually being rolled out.
     URLs in the values lose user:password@ and their query (a CI token in a git remote, a presigned dataset
-    URL's signature): lineage is recorded in status. Redacted before it is cut (a cut could hide the query).
+    URL's signature): lineage is recorded in status. Redacted before it is cut to its size (a cut could hide the
+    query); a value cut first, to what is redacted at all, loses far more after, so no half secret is kept.
     """
     entries: dict[str, str] = {}
     if run is not None:
@@ -293,7 +297,7 @@ def lineage_of(record: VersionRecord, run: RunRecord | None) -> dict[str, str]:
                     entries[f"input.{index}.{key}"] = value
         entries.update(_lineage_tags(run.tags))
     entries.update(_lineage_tags(record.tags))
-    return {key: bounded(redact_urls(value), MAX_LINEAGE_VALUE_CHARS)
+    return {key: bounded(redact_urls(value[:MAX_REDACTED_LINEAGE_CHARS]), MAX_LINEAGE_VALUE_CHARS)
             for key, value in list(entries.items())[:MAX_LINEAGE_ENTRIES]}
 
 

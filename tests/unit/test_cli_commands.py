@@ -415,6 +415,25 @@ def test_a_status_message_echoing_the_authorization_header_does_not_show_the_cre
         assert secret not in printed, printed
 
 
+def test_a_token_an_exec_plugin_refreshed_is_not_shown_either(api: FakeApi, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An exec plugin's token (EKS, GKE) is refreshed on the client's own configuration, not on the default one."""
+    plugin = tmp_path / "plugin.sh"
+    plugin.write_text(f"""#!/bin/sh
+n=$(cat {tmp_path}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {tmp_path}/n
+echo '{{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+  "status": {{"token": "tok-'$n'-s3cret", "expirationTimestamp": "2020-01-01T00:00:00Z"}}}}'
+""")
+    plugin.chmod(0o755)
+    api.echo_auth = 403
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": str(plugin),
+                     "interactiveMode": "Never"}}
+    assert main(["get", "r", "--kubeconfig", api.kubeconfig(tmp_path, user)]) == 1
+    printed = "".join(capsys.readouterr())
+    assert "invalid credentials in header: ***" in printed and "s3cret" not in printed, printed
+    assert int((tmp_path / "n").read_text()) > 1  # the token sent is not the one of load time
+
+
 def test_an_error_no_handler_foresaw_shows_its_type_not_its_text(
         api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     def fails(*_: object) -> None:

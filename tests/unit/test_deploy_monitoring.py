@@ -92,7 +92,8 @@ def series_names(expr: str) -> set[str]:
     keywords = {"sum", "by", "without", "rate", "increase", "avg_over_time", "stddev_over_time", "count_over_time",
                 "max_over_time", "histogram_quantile", "and", "or", "unless", "on", "ignoring", "group_left",
                 "group_right", "le", "round", "changes", "variant", "class", "namespace", "inference_service",
-                "metric", "result", "phase", "rollout", "m", "h", "d", "s", "model_version", "job", "absent", "max"}
+                "metric", "result", "phase", "rollout", "m", "h", "d", "s", "model_version", "job", "absent", "max",
+                "service"}
     return {word for word in words if word not in keywords and not word.isdigit()}
 
 
@@ -121,7 +122,9 @@ MUTATIONS = [
     # One rollout's passing verdicts must not hide another's inconclusive ones under the same metric name.
     ('(sum without (result) (increase(modelrollout_verdicts_total{result=~"pass|fail"}[10m])) > 0)',
      'on (metric) (sum by (metric) (increase(modelrollout_verdicts_total{result=~"pass|fail"}[10m])) > 0)'),
-    ('or absent(up{job="modelrollout-controller"})', ""),  # a controller with no target at all
+    # One team namespace's exporter gone is not hidden by another's.
+    ('unless on (job, namespace, service)', "unless on (job)"),
+    ("max by (job, namespace, service)", "max by (job)"),
     ('max_over_time(up{job="modelrollout-exporter"}[1d])', 'max_over_time(up{job="modelrollout-exporter"}[1m])'),
     # An exporter that was never deployed (exporter.enabled=false) is not down.
     ('max_over_time(up{job="modelrollout-exporter"}[1d])', 'absent(up{job="modelrollout-exporter"})'),

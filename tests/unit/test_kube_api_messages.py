@@ -99,3 +99,16 @@ def test_a_kubeconfig_basic_auth_pair_is_redacted_encoded_and_decoded() -> None:
     assert text == "saw ***; login ops:*** failed; ***"
     configuration = client.Configuration(username="ops", password="pw-SECRET")
     assert kubeapi.without_kube_credentials("login ops:pw-SECRET", configuration) == "login ops:***"
+
+
+@pytest.mark.parametrize("password", ["a", "admin"])
+def test_a_short_password_leaves_the_message_readable_and_its_header_redacted(password: str) -> None:
+    """A password of a few characters would match all over a message: only its header forms are looked for."""
+    encoded = base64.b64encode(f"admin:{password}".encode("latin-1")).decode()
+    message = f'ModelRollout "team-a/fraud" is forbidden: User "admin" cannot patch; saw Basic {encoded} ({encoded})'
+    expected = 'ModelRollout "team-a/fraud" is forbidden: User "admin" cannot patch; saw {} (***)'
+    from_kubeconfig = client.Configuration()  # as load_kube_config keeps a username/password
+    from_kubeconfig.api_key = {"BearerToken": f"Basic {encoded}"}
+    assert kubeapi.without_kube_credentials(message, from_kubeconfig) == expected.format("***")
+    hand_made = client.Configuration(username="admin", password=password)
+    assert kubeapi.without_kube_credentials(message, hand_made) == expected.format("Basic ***")

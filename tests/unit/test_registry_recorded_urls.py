@@ -4,13 +4,15 @@ with a CI token, a presigned dataset URL or a version source with user info must
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from controller.api.status import ModelRolloutStatus, VersionRef
 from controller.redaction import REDACTED_QUERY, redact_urls, redacted_url
 from controller.registry import InMemoryRegistry
-from controller.registry.base import DatasetInput
+from controller.registry import base as registry_base
+from controller.registry.base import MAX_LINEAGE_VALUE_CHARS, MAX_REDACTED_LINEAGE_CHARS, DatasetInput
 
 GIT_TOKEN = "glcbt-SECRETTOKEN123"
 SIGNATURE = "SIGSECRET456"
@@ -68,11 +70,20 @@ def test_lineage_without_secrets_is_recorded_as_it_is() -> None:
 
 @pytest.mark.parametrize(("url", "recorded"), [
     ("https://u:p@h/x", "https://h/x"),
-    ("https://u:p/a@h/x?q", f"https://h/x{REDACTED_QUERY}"),  # a password the URL parser would split early
+    ("https://u:p@h:8080/x@y?q", f"https://h:8080/x@y{REDACTED_QUERY}"),
     ("https://h/x#token=abc", f"https://h/x{REDACTED_QUERY}"),
     ("https://u:pa?ss@h/x", "https://<redacted>"),  # a password with "?" or "#", or a query with "@": cannot be told
+    ("https://h?mail=a@b", "https://<redacted>"),
+    # A password with "/" reads as host "u", port "p/..." (no port): what is user info cannot be told.
+    ("https://u:p/a@h/x?q", "https://<redacted>"),
     ("https://u:p/a#b@h/x", "https://<redacted>"),
-    ("https://h/x?mail=a@b&sig=abc", "https://<redacted>"),
+    # An "@" after the authority's end is the path's or the query's: the host and path stay.
+    ("https://h/x?mail=a@b&sig=abc", f"https://h/x{REDACTED_QUERY}"),
+    ("git+https://github.com/acme/nsfw-train.git@3f2a9c1", "git+https://github.com/acme/nsfw-train.git@3f2a9c1"),
+    ("hf://datasets/acme/images@v2/train.parquet", "hf://datasets/acme/images@v2/train.parquet"),
+    ("s3://datalake/images@2026-11-30/part-0.parquet", "s3://datalake/images@2026-11-30/part-0.parquet"),
+    ("s3://bucket/owner=alice@acme.com/data.csv", "s3://bucket/owner=alice@acme.com/data.csv"),
+    ("https://[::1]:8080/x@y", "https://[::1]:8080/x@y"),
     ("mlflow-artifacts:/1/abc", "mlflow-artifacts:/1/abc"),
     ("runs:/abc/model?x=1", f"runs:/abc/model{REDACTED_QUERY}"),
 ])
@@ -85,3 +96,42 @@ def test_a_recorded_url_keeps_neither_user_info_nor_query(url: str, recorded: st
 def test_json_nested_past_the_parsers_depth_is_searched_as_text() -> None:
     text = "[" * 100_000 + f'"{SIGNED}"'
     assert SIGNATURE not in redact_urls(text)
+
+
+def test_a_url_after_other_scheme_characters_is_found() -> None:
+    assert redact_urls(f"1{GIT} and -{GIT}") == "1https://gitlab.example.com/ml/nsfw.git and " \
+                                               "-https://gitlab.example.com/ml/nsfw.git"
+
+
+def test_a_long_run_of_scheme_characters_is_searched_in_linear_time() -> None:
+    """MLflow takes a dataset source of 65,535 characters; every start of the run tried as a scheme took seconds
+    (quadratic). The bound is 50 times what it takes."""
+    for text in ("a" * 65_535, "1a" * 32_767, json.dumps({"uri": "s3://bucket/" + "a" * 65_000})[:-2]):
+        started = time.perf_counter()
+        redact_urls(text)
+        assert time.perf_counter() - started < 1.0
+
+
+def test_a_lineage_value_is_redacted_only_as_far_as_it_could_be_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    redacted: list[str] = []
+
+    def spy(text: str) -> str:
+        redacted.append(text)
+        return redact_urls(text)
+
+    monkeypatch.setattr(registry_base, "redact_urls", spy)
+    registry = InMemoryRegistry()
+    registry.add_run("run-1", tags={"data.note": f"{GIT} " + "a " * 5 * MAX_REDACTED_LINEAGE_CHARS})
+    registry.add_version("m", run_id="run-1", source="s3://models/m/1")
+    note = registry.resolve("m", version="1").lineage["data.note"]
+    assert note.startswith("https://gitlab.example.com/ml/nsfw.git a a") and len(note) == MAX_LINEAGE_VALUE_CHARS
+    assert max(map(len, redacted)) == MAX_REDACTED_LINEAGE_CHARS
+
+
+def test_a_duplicate_json_key_keeps_no_secret() -> None:
+    """A JSON reader keeps the last value of a key; the earlier one is in the text all the same."""
+    source = f'{{"uri": "{GIT}", "uri": "s3://bucket/train"}}'
+    assert GIT_TOKEN not in redact_urls(source)
+    assert json.loads(redact_urls(source)) == {"uri": "s3://bucket/train"}
+    nested = f'[{{"a": {{"uri": "{GIT}", "uri": "s3://b/t"}}}}]'
+    assert json.loads(redact_urls(nested)) == [{"a": {"uri": "s3://b/t"}}]
