@@ -69,14 +69,27 @@ def redacted_url(url: str) -> str:
             return f"{scheme}{sep}<redacted>"
         userinfo, at, host = authority.rpartition("@")
         rest = rest[len(userinfo) + len(at):]
-        port = host.rpartition("]")[2].partition(":")[2]
-        if not at and "@" in rest and port and not port.isdigit():
-            # "user:pa/ss@host/x": a password with "/" reads as host "user", port "pa"; no port looks like that.
+        if not at and "@" in rest and not _plausible_host(host, scheme):
+            # "user:pa/ss@host/x": a password with "/" reads as host "user" and port "pa" (or "2024", or "").
             return f"{scheme}{sep}<redacted>"
     else:
         scheme, rest = "", url
     cut = _query_start(rest)
     return f"{scheme}{sep}{rest[:cut]}" + (REDACTED_QUERY if cut < len(rest) else "")
+
+
+def _plausible_host(authority: str, scheme: str) -> bool:
+    """Whether an authority with no "@" reads as a host[:port]. For http(s) (git remotes carry user info) a host is
+    dotted, bracketed IPv6 or localhost; other schemes name buckets and repos (s3://datalake/k@v) and take no user
+    info, so only a non-numeric port is suspect there."""
+    name, colon, port = authority.rpartition(":") if not authority.endswith("]") else (authority, "", "")
+    if not colon:
+        name, port = authority, ""
+    if colon and not port.isdigit():
+        return False
+    if not scheme.lower().endswith(("http", "https")):
+        return True
+    return "." in name or name.startswith("[") or name.lower() == "localhost"
 
 
 def _query_start(text: str) -> int:

@@ -925,8 +925,6 @@ class _Decider:
         why = None
         if target is None:
             why = self.obs.target.error.message if self.obs.target and self.obs.target.error else "not synced yet"
-        elif target.stable_version is None and target.detail:
-            why = target.detail  # e.g. its storageUri was changed by hand: what it serves is unknown
         elif not target.ready:
             why = target.detail or "not ready"
         if why is not None:
@@ -940,8 +938,9 @@ class _Decider:
             self._fail(f"version {candidate.version} is already @{alias}, but {where} serves version {served}: "
                        f"{NOTHING_ROLLED_OUT} (to roll it out here, point @{alias} back at version {served} first)")
         elif target.stable_version is None:
-            self._succeed(f"version {candidate.version} is already @{alias}; {where} records no version (it was not "
-                          f"staged by a ModelRollout), so what it serves is not confirmed: {NOTHING_ROLLED_OUT}")
+            # Not staged by a ModelRollout, or changed by hand since (the router's detail says which).
+            self._succeed(f"version {candidate.version} is already @{alias}; {where} records no version it serves "
+                          f"that can be confirmed, so none is claimed: {NOTHING_ROLLED_OUT}")
         else:
             self._succeed(f"version {candidate.version} already serves as @{alias}")
 

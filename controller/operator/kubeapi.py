@@ -209,7 +209,7 @@ def _without_basic_auth(text: str, username: str | None, password: str | None) -
         return redact_credentials(text, username=username, password=password)
     for pair in basic_auth_pairs(username, password) if username else ():
         text = redact_credentials(text, token=pair)
-    return text
+    return redact_credentials(text, token=f"{username}:{password}") if username else text  # as in a URL
 
 
 def _basic_pair(credential: str) -> str:

@@ -46,9 +46,6 @@ MAX_REASON_CHARS = 1000
 MAX_EVIDENCE_CHARS = 4000
 MAX_LINEAGE_ENTRIES = 64
 MAX_LINEAGE_VALUE_CHARS = 512
-# What of a lineage value is redacted at most (then cut to MAX_LINEAGE_VALUE_CHARS): bounds the work per value;
-# MLflow's largest dataset source (65,535) is read whole, so its JSON can be decoded.
-MAX_REDACTED_LINEAGE_CHARS = 128 * MAX_LINEAGE_VALUE_CHARS
 TRUNCATION_MARK = "...(truncated)"
 
 LINEAGE_TAG_PREFIXES = ("lineage.", "dataset.", "data.")
@@ -297,7 +294,8 @@ def lineage_of(record: VersionRecord, run: RunRecord | None) -> dict[str, str]:
                     entries[f"input.{index}.{key}"] = value
         entries.update(_lineage_tags(run.tags))
     entries.update(_lineage_tags(record.tags))
-    return {key: bounded(redact_urls(value[:MAX_REDACTED_LINEAGE_CHARS]), MAX_LINEAGE_VALUE_CHARS)
+    # Redacted whole, then cut: a cut first could split a secret or a JSON value (the search is linear).
+    return {key: bounded(redact_urls(value), MAX_LINEAGE_VALUE_CHARS)
             for key, value in list(entries.items())[:MAX_LINEAGE_ENTRIES]}
 
 

@@ -1961,13 +1961,19 @@ def test_a_registry_away_past_the_progress_deadline_says_so_while_it_keeps_tryin
     assert progressing is not None and progressing.status == "True" and world.status.candidate is not None
 
 
-@pytest.mark.parametrize("target", [Target(stable_version=None, ready=True),
-                                    Target(stable_version="7", ready=False)])
-def test_candidate_already_stable_on_a_target_in_doubt_waits(target: Target) -> None:
-    """A target whose served model was changed by hand (the router says so, and knows no version), or one that is
-    not ready, is no confirmation of anything."""
-    world = World(registry=Registry(aliases={"production": "7"}), target=target)
-    world.target.never_ready = target.stable_version is None  # the router's own words in the detail
+@pytest.mark.parametrize("version", ["7", None])
+def test_candidate_already_stable_on_a_target_that_is_not_ready_waits(version: str | None) -> None:
+    world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version=version, ready=False))
     world.reconcile()
     assert world.status.phase is Phase.PENDING and world.executed == []
     assert "waiting to read InferenceService nsfw-classifier" in world.status.message
+
+
+def test_candidate_already_stable_beside_traffic_modelrollout_does_not_manage_claims_nothing_but_ends() -> None:
+    """A ready target the router has words about (another team's A/B split, a canary entry it did not create) and
+    no recorded version: a wait there would last until the other team's traffic went."""
+    world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version=None))
+    world.target.never_ready = True  # only for its detail; the target itself reports ready
+    world.target.canary_version = None
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED and "none is claimed" in world.status.message

@@ -112,3 +112,10 @@ def test_a_short_password_leaves_the_message_readable_and_its_header_redacted(pa
     assert kubeapi.without_kube_credentials(message, from_kubeconfig) == expected.format("***")
     hand_made = client.Configuration(username="admin", password=password)
     assert kubeapi.without_kube_credentials(message, hand_made) == expected.format("Basic ***")
+
+
+def test_a_short_password_is_still_redacted_where_it_follows_its_user() -> None:
+    configuration = client.Configuration(username="admin", password="S3cr#t7")
+    message = "proxy: upstream https://admin:S3cr#t7@10.0.0.1:6443/apis refused"
+    redacted = kubeapi.without_kube_credentials(message, configuration)
+    assert redacted == "proxy: upstream https://***@10.0.0.1:6443/apis refused"
