@@ -281,8 +281,8 @@ def lineage_of(record: VersionRecord, run: RunRecord | None) -> dict[str, str]:
 
     A version tag wins over a run tag of the same key: it was set on what is actually being rolled out.
     URLs in the values lose user:password@ and their query (a CI token in a git remote, a presigned dataset
-    URL's signature): lineage is recorded in status. Redacted before it is cut to its size (a cut could hide the
-    query); a value cut first, to what is redacted at all, loses far more after, so no half secret is kept.
+    URL's signature): lineage is recorded in status. Redacted whole, then cut to its size: a cut first could split
+    a secret from what marks it, or a JSON value from its closing brace.
     """
     entries: dict[str, str] = {}
     if run is not None:
@@ -294,7 +294,6 @@ def lineage_of(record: VersionRecord, run: RunRecord | None) -> dict[str, str]:
                     entries[f"input.{index}.{key}"] = value
         entries.update(_lineage_tags(run.tags))
     entries.update(_lineage_tags(record.tags))
-    # Redacted whole, then cut: a cut first could split a secret or a JSON value (the search is linear).
     return {key: bounded(redact_urls(value), MAX_LINEAGE_VALUE_CHARS)
             for key, value in list(entries.items())[:MAX_LINEAGE_ENTRIES]}
 
