@@ -274,6 +274,7 @@ class ModelRolloutStatus:
     promotion: PromotionStatus | None = None
     rollback: RollbackStatus | None = None
     retry: RetryState | None = None
+    resolving_since: datetime | None = None  # Pending without a candidate from then on: progressDeadline counts here
     conditions: tuple[Condition, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
     actions: tuple[ActionRecord, ...] = ()

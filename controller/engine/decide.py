@@ -890,7 +890,8 @@ class _Decider:
             return
         found = registry.candidate
         if found.status == PENDING_REGISTRATION:
-            self._wait(f"Waiting for {model.name} version {found.version} to finish registering in the registry")
+            self._wait(f"Waiting for {model.name} version {found.version} to finish registering in the registry",
+                       poll=True)  # nothing else would look again: the registry sends no change
             return
         if found.status != READY or not found.source:
             # Staged as it is, the serving system would get no model (or a broken one) and the rollout would
@@ -929,7 +930,7 @@ class _Decider:
             why = target.detail or "not ready"
         if why is not None:
             self._wait(f"Version {candidate.version} is already @{alias}; waiting to read {where} to see what it "
-                       f"serves ({why})")
+                       f"serves ({why})", poll=True)
             return
         self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now)
         self._record("AlreadyStable", f"version {candidate.version} is already @{alias}")
@@ -1788,11 +1789,24 @@ class _Decider:
 
     def _finish(self) -> None:
         self._update_retry()
+        resolving = self.status.phase is Phase.PENDING and self.status.candidate is None
+        if resolving != (self.status.resolving_since is not None):
+            self._update(resolving_since=self.now if resolving else None)
         self._ledger_conditions()
         message = self._message()
         index = self.status.current_step
         self._update(message=message, step=None if index is None else step_fraction(index, len(self.spec.canary.steps)))
         self._derived_conditions(message)
+
+    def _resolving_too_long(self) -> bool:
+        """Pending without a candidate for longer than progressDeadline, waiting or failing: a version that never
+        finishes registering is as stuck as a registry that never answers."""
+        status = self.status
+        if status.phase is not Phase.PENDING or status.candidate is not None:
+            return False
+        # The retry's start too: a status written before resolvingSince existed.
+        since = min(t for t in (status.resolving_since, status.retry.since if status.retry else None, self.now) if t)
+        return self.now - since > self.spec.progress_deadline
 
     def _update_retry(self) -> None:
         if not self.errors:
@@ -1912,8 +1926,7 @@ class _Decider:
         elif phase is Phase.PAUSED:
             reason = str(status.pause.reason) if status.pause else "Paused"
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, reason, message)
-        elif phase is Phase.PENDING and status.candidate is None and status.retry is not None \
-                and self.now - status.retry.since > self.spec.progress_deadline:
+        elif self._resolving_too_long():
             # As a Deployment says it: still trying (nothing was done, nothing to undo), but stuck for too long.
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "ProgressDeadlineExceeded",
                                 f"no progress for more than progressDeadline "

@@ -1961,6 +1961,64 @@ def test_a_registry_away_past_the_progress_deadline_says_so_while_it_keeps_tryin
     assert progressing is not None and progressing.status == "True" and world.status.candidate is not None
 
 
+def test_a_version_that_never_finishes_registering_is_polled_and_passes_the_progress_deadline() -> None:
+    """A wait with no failure: the registry sends no change, so the engine must look again itself, and a version
+    stuck registering is as stuck as a registry away."""
+    world = World(registry=Registry(statuses={"7": "PENDING_REGISTRATION"}))
+    decision = world.reconcile()
+    assert decision.requeue_after is not None and decision.requeue_after <= timedelta(seconds=5)
+    assert world.status.resolving_since == world.now
+    world.now += timedelta(minutes=29)
+    world.reconcile()
+    progressing = world.status.condition("Progressing")
+    assert progressing is not None and (progressing.status, progressing.reason) == ("True", "Resolving")
+    world.now += timedelta(minutes=2)  # progressDeadline 30m
+    decision = world.reconcile()
+    progressing = world.status.condition("Progressing")
+    assert world.status.phase is Phase.PENDING and decision.requeue_after is not None
+    assert progressing is not None and (progressing.status, progressing.reason) == ("False", "ProgressDeadlineExceeded")
+    assert "Waiting for nsfw-classifier version 7 to finish registering" in progressing.message
+    world.registry.statuses.clear()
+    world.reconcile()
+    progressing = world.status.condition("Progressing")
+    assert world.status.candidate is not None and world.status.resolving_since is None
+    assert progressing is not None and progressing.status == "True"
+
+
+def test_candidate_already_stable_on_a_target_that_stays_unready_is_polled_past_the_deadline() -> None:
+    """No event comes when the target turns ready (the operator watches ModelRollouts only): the wait polls."""
+    world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version="7", ready=False))
+    decision = world.reconcile()
+    assert decision.requeue_after is not None and decision.requeue_after <= timedelta(seconds=5)
+    world.now += timedelta(minutes=31)
+    world.reconcile()
+    progressing = world.status.condition("Progressing")
+    assert world.status.phase is Phase.PENDING
+    assert progressing is not None and (progressing.status, progressing.reason) == ("False", "ProgressDeadlineExceeded")
+    world.target.ready = True
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED and world.status.resolving_since is None
+
+
+def test_a_restarted_attempt_counts_its_progress_deadline_from_the_restart() -> None:
+    """The deadline of a wait with no failure counts from when resolving began, not from an older attempt."""
+    world = World(registry=Registry(statuses={"7": "PENDING_REGISTRATION"}))
+    world.reconcile()
+    world.registry.statuses.clear()
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished, step=timedelta(minutes=5))
+    assert world.status.phase is Phase.SUCCEEDED and world.status.resolving_since is None
+    world.now += timedelta(hours=5)
+    world.registry.statuses["8"] = "PENDING_REGISTRATION"
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "8"}}
+    world.generation += 1
+    world.reconcile()
+    progressing = world.status.condition("Progressing")
+    assert world.status.phase is Phase.PENDING and world.status.resolving_since == world.now
+    assert progressing is not None and (progressing.status, progressing.reason) == ("True", "Resolving")
+
+
 @pytest.mark.parametrize("version", ["7", None])
 def test_candidate_already_stable_on_a_target_that_is_not_ready_waits(version: str | None) -> None:
     world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version=version, ready=False))
