@@ -10,6 +10,13 @@ from typing import Any
 # The gate's check of the golden dataset against its pinned sha256. Its failure stops the rollout, but it says
 # nothing about the model: the engine rolls back without rejecting the candidate.
 DATASET_INTEGRITY = "dataset.sha256"
+# The query problems (controller.analysis.prometheus.QueryProblem values, in an unmeasured verdict's
+# evidence["problem"]) that say the measuring failed, not what was measured: Prometheus or the exporter away for a
+# moment (a restart, an upgrade). StaleSeries too: the exporter or its scrape stopped reporting, which an exporter
+# restart does. Not QueryRejected: Prometheus answered, refusing the query itself (its syntax, its sample limit,
+# its own timeout on a window that only grows), which the next run asks again.
+MEASUREMENT_OUTAGES = frozenset({"PrometheusUnreachable", "PrometheusTooSlow", "PartialData", "MalformedResponse",
+                                 "StaleSeries"})
 
 
 class Outcome(StrEnum):

@@ -84,7 +84,7 @@ from controller.engine.observations import (
     TargetObservation,
     rejection_time,
 )
-from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict, combine
+from controller.verdict import DATASET_INTEGRITY, MEASUREMENT_OUTAGES, Outcome, Verdict, combine
 
 # How soon to look again while waiting for an effect to show up on the target or in the registry.
 CONFIRM_POLL = timedelta(seconds=1)
@@ -913,7 +913,7 @@ class _Decider:
         if stable is not None:
             self._stable_mismatch(stable)
         rejected = registry.candidate.tags.get(REJECTED_TAG)
-        if rejected:
+        if rejected == "true":  # "false": a rejection a later promotion overruled
             self._record("PreviouslyRejected", f"version {candidate.version} carries {REJECTED_TAG}: {rejected}")
         self.moved = True
 
@@ -1262,24 +1262,9 @@ class _Decider:
         result = self.obs.analysis
         if result is not None and analysis.request_id is not None and result.request_id == analysis.request_id:
             if result.error is not None:
-                self._error(f"analysis: {result.error.message}")
-                self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "AnalysisError",
-                                    result.error.message)
-                self.judges_errored.add("analysis")
-                since = analysis.erroring_since or self.now
-                analysis = dataclasses.replace(analysis, errors=analysis.errors + 1, erroring_since=since)
-                self._update(analysis=analysis)
-                if self._deadline_passed(since):
-                    # No verdict for that long is missing evidence, never a pass: the step ends inconclusive.
-                    reason = (f"the analysis judges could not run for "
-                              f"{format_duration(self.spec.progress_deadline)} ({analysis.errors} attempts): "
-                              f"{result.error.message}")
-                    # The request stays, paced by the error count: a pause step judging in the background
-                    # ignores this outcome and keeps asking, no faster than the backoff.
-                    self._update(analysis=dataclasses.replace(analysis, outcome=Outcome.INCONCLUSIVE, reason=reason))
-                    return Outcome.INCONCLUSIVE
-                self._wait(f"The analysis judges could not run ({result.error.message}); retrying")
-                return None
+                return self._unjudged(analysis, "the analysis judges could not run", result.error.message)
+            # When its queries were evaluated, not when the answer is read: a slow answer covers no more.
+            measured_at = min(result.measured_at or self.now, self.now)
             verdicts = tuple(_clean_verdict(item) for item in result.verdicts)
             # Missing evidence is never a pass: a metric of the spec this run gave no verdict for (say, added while
             # it ran) is inconclusive, not left out of the outcome.
@@ -1288,11 +1273,17 @@ class _Decider:
                               for metric in self.spec.analysis.metrics if metric.name not in judged)
             verdicts, failed_runs = self._failure_limits(verdicts, analysis.failed_runs)
             outcome = combine(list(verdicts))
+            outage = _outage(verdicts) if outcome is Outcome.INCONCLUSIVE else None
+            if outage is not None and analysis.ends_at is not None and measured_at >= analysis.ends_at:
+                # The run that would end the step met a moment's outage (Prometheus or the exporter restarting):
+                # it says nothing of the model, so it is retried as an error is, until progressDeadline.
+                return self._unjudged(analysis, "the end of the analysis window could not be measured",
+                                      f"{outage.name} {outage.reason}")
             merged = {item.name: item for item in analysis.metrics}
             merged.update({item.name: item for item in verdicts})
             decisive = _first(verdicts, outcome)
             analysis = dataclasses.replace(
-                analysis, runs=analysis.runs + 1, request_id=None, requested_at=None, last_run_at=self.now,
+                analysis, runs=analysis.runs + 1, request_id=None, requested_at=None, last_run_at=measured_at,
                 outcome=outcome, metrics=tuple(merged.values()), failed_runs=failed_runs, errors=0,
                 erroring_since=None,
                 reason=f"{decisive.name} {decisive.reason}" if decisive else "no verdicts")
@@ -1320,6 +1311,26 @@ class _Decider:
             if self._measure(self._run_analysis(analysis), analysis.requested_at, analysis.errors):
                 self._update(analysis=dataclasses.replace(analysis, requested_at=self.now))
             self.polls = True
+        return None
+
+    def _unjudged(self, analysis: AnalysisStatus, what: str, message: str) -> Outcome | None:
+        """A run without a verdict (`what`: why, e.g. "the analysis judges could not run"): counted, and its
+        request retried with the backoff; past progressDeadline without one, the step ends inconclusive."""
+        self._error(f"analysis: {message}")
+        self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "AnalysisError", message)
+        self.judges_errored.add("analysis")
+        since = analysis.erroring_since or self.now
+        analysis = dataclasses.replace(analysis, errors=analysis.errors + 1, erroring_since=since)
+        self._update(analysis=analysis)
+        if self._deadline_passed(since):
+            # No verdict for that long is missing evidence, never a pass: the step ends inconclusive.
+            reason = (f"{what} for {format_duration(self.spec.progress_deadline)} ({analysis.errors} attempts): "
+                      f"{message}")
+            # The request stays, paced by the error count: a pause step judging in the background
+            # ignores this outcome and keeps asking, no faster than the backoff.
+            self._update(analysis=dataclasses.replace(analysis, outcome=Outcome.INCONCLUSIVE, reason=reason))
+            return Outcome.INCONCLUSIVE
+        self._wait(f"{what[:1].upper()}{what[1:]} ({message}); retrying")
         return None
 
     def _failure_limits(self, verdicts: tuple[Verdict, ...],
@@ -1642,7 +1653,7 @@ class _Decider:
                                               f"no {REJECTED_TAG} tag to write")
             return dataclasses.replace(rollback, tag_confirmed_at=self.now)
         # This rejection's tags, not an earlier attempt's: each rejection is recorded with its own reason.
-        tagged = observed is not None and (REJECTED_TAG in observed.tags and
+        tagged = observed is not None and (observed.tags.get(REJECTED_TAG) == "true" and
                                            observed.tags.get(REJECTED_TIME_TAG) == rejection_time(rollback.verdict_at))
         if tagged:
             self._confirm(action.id)
@@ -2007,6 +2018,14 @@ def _clean_verdict(verdict: Verdict) -> Verdict:
 
 def _first(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> Verdict | None:
     return next((item for item in verdicts if item.outcome == outcome), verdicts[0] if verdicts else None)
+
+
+def _outage(verdicts: tuple[Verdict, ...]) -> Verdict | None:
+    """The first inconclusive verdict when every one of them is a measurement outage (the runner's unmeasured
+    verdicts name their query problem in evidence["problem"]); None when any says something else."""
+    unmeasured = [item for item in verdicts if item.outcome is Outcome.INCONCLUSIVE]
+    outages = [item for item in unmeasured if str(item.evidence.get("problem")) in MEASUREMENT_OUTAGES]
+    return outages[0] if outages and len(outages) == len(unmeasured) else None
 
 
 def _integrity_only(verdicts: tuple[Verdict, ...]) -> bool:

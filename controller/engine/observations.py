@@ -103,6 +103,9 @@ class JudgeResult:
     # The gate: its compact record for status.gate.report (dataset, per-class metrics and confusion matrices of
     # candidate and stable, their comparison, slices); plain JSON.
     report: Mapping[str, Any] = field(default_factory=dict)
+    # An analysis run: the time its queries were evaluated at (its window's end), which may be long before its
+    # answer is read. None: unknown, taken as the time it is read.
+    measured_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -414,7 +414,7 @@ class RolloutRuntime:
                                   baseline_version=action.baseline_version)
         verdicts = run_analysis(metrics, request,
                                 PrometheusProvider(address, scrape_interval=self.config.scrape_interval))
-        return JudgeResult(action.id, verdicts=verdicts)
+        return JudgeResult(action.id, verdicts=verdicts, measured_at=now)
 
 
 def _engine_version(version: Any) -> ResolvedVersion:
