@@ -149,11 +149,16 @@ class ModelRegistry(ABC):
             return PromotionResult(alias=stable_alias, version=candidate_version,
                                    previous_version=candidate.tags.get(PREVIOUS_VERSION_TAG) or None,
                                    alias_moved=False)
-        self._set_version_tags(model_name, candidate_version, {
+        promoted = {
             PREVIOUS_VERSION_TAG: current or "",
             PROMOTED_ROLLOUT_TAG: rollout,
             PROMOTED_TIME_TAG: _timestamp(promoted_at),
-        })
+        }
+        if candidate.tags.get(REJECTED_TAG) == "true":
+            # Rejected once, promoted since (a retry or a human's promote): the flag says what holds now, or a
+            # guard filtering on it would treat production as bad. The rejected.* tags stay as its history.
+            promoted[REJECTED_TAG] = "false"
+        self._set_version_tags(model_name, candidate_version, promoted)
         previous_alias = self.previous_alias(stable_alias)
         if previous_alias is not None:
             if current is None:

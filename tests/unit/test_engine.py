@@ -43,7 +43,9 @@ from controller.engine import (
     decide,
     holds_deletion,
     reject_spec,
+    rejection_time,
 )
+from controller.registry.types import REJECTED_REASON_TAG
 from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict
 
 DONE = (Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED)
@@ -445,7 +447,7 @@ def test_gate_failure_rolls_back_before_any_user_sees_the_candidate() -> None:
     assert world.status.phase is Phase.ROLLED_BACK
     assert world.status.message == "Rolled back: golden gate nsfw-recall: 0.91 below minRecall 0.95."
     assert weights_sent(world) == []  # the candidate never left 0%: nothing to undo on the target
-    assert world.registry.versions["7"][REJECTED_TAG].startswith("golden gate nsfw-recall")
+    assert world.registry.versions["7"][REJECTED_REASON_TAG].startswith("golden gate nsfw-recall")
     assert condition(world, "GatePassed") == ("False", "GateFailed")
     gate = world.status.gate
     assert gate is not None and gate.dataset_sha256 == SHA and len(gate.verdicts) == 2
@@ -1155,6 +1157,26 @@ def test_retry_after_rollback_starts_a_new_attempt() -> None:
     assert "PreviouslyRejected" in events(world)
 
 
+def test_a_rejection_a_later_promotion_overruled_is_not_reported_or_taken_as_a_new_one() -> None:
+    """modelrollout.rejected=false (a promotion since): no PreviouslyRejected, and a new rejection is confirmed only
+    once the flag is true again, not by its time tag alone (written before the flag: a kill between the two)."""
+    world = World()
+    world.registry.versions["7"].update({REJECTED_TAG: "false", REJECTED_TIME_TAG: "2026-01-01T00:00:00Z"})
+    world.reconcile()
+    assert world.status.candidate is not None and "PreviouslyRejected" not in events(world)
+    fail_from(world, step_index=1)
+    world.conflict_ids.add("1:rollback:tag")  # the tag write fails once: the rollback waits on it
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK)
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.tag_confirmed_at is None
+    # This rejection's time tag is written, the flag not yet (a kill between the two): not confirmed.
+    world.registry.versions["7"].update({REJECTED_TAG: "false",
+                                          REJECTED_TIME_TAG: rejection_time(rollback.verdict_at)})
+    decision = decide(world.parsed_spec, world.status, world.observe(), world.now)
+    assert decision.status.rollback is not None and decision.status.rollback.tag_confirmed_at is None
+    assert "CandidateRejected" not in [entry.event for entry in decision.status.history]
+
+
 def test_a_second_rejection_of_the_same_version_is_recorded_with_its_own_reason() -> None:
     world = World()
     fail_from(world, step_index=1)
@@ -1167,7 +1189,7 @@ def test_a_second_rejection_of_the_same_version_is_recorded_with_its_own_reason(
     tags = [action for action in world.executed if isinstance(action, TagRejected)]
     assert [action.id.split(":")[0] for action in tags] == ["1", "2"]
     assert world.registry.versions["7"][REJECTED_TIME_TAG] > first
-    assert "9.9%" in world.registry.versions["7"][REJECTED_TAG]
+    assert "9.9%" in world.registry.versions["7"][REJECTED_REASON_TAG]
 
 
 # --- bake --------------------------------------------------------------------------------------------

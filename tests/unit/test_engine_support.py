@@ -40,6 +40,7 @@ from controller.engine import (
     decide,
     rejection_time,
 )
+from controller.registry.types import REJECTED_REASON_TAG
 from controller.verdict import Outcome, Verdict
 
 T0 = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
@@ -241,7 +242,8 @@ class World:
             if self.registry.aliases.get(action.alias) == action.version:
                 del self.registry.aliases[action.alias]
         elif isinstance(action, TagRejected):
-            self.registry.versions[action.version][REJECTED_TAG] = action.reason
+            self.registry.versions[action.version][REJECTED_REASON_TAG] = action.reason
+            self.registry.versions[action.version][REJECTED_TAG] = "true"
             self.registry.versions[action.version][REJECTED_TIME_TAG] = rejection_time(action.rejected_at)
         elif isinstance(action, RunGate):
             if self.gate_error:

@@ -19,6 +19,7 @@ from controller.api import Phase
 from controller.engine import REJECTED_TAG, TagRejected
 from controller.gate import GateOptions, GateReport, evaluate_dataset_file
 from controller.gate.formats import write_jsonl_dataset
+from controller.registry.types import REJECTED_REASON_TAG
 from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict
 
 BODY = "model m not found; token=secret-xyz"
@@ -104,7 +105,7 @@ def test_an_ordinary_gate_failure_still_rejects_the_candidate(verdicts: list[Ver
     assert world.status.phase is Phase.ROLLED_BACK
     assert world.status.rollback is not None and world.status.rollback.reject_candidate
     assert [action.version for action in world.executed if isinstance(action, TagRejected)] == ["7"]
-    assert world.registry.versions["7"][REJECTED_TAG].startswith("golden gate ")
+    assert world.registry.versions["7"][REJECTED_REASON_TAG].startswith("golden gate ")
 
 
 def test_an_inconclusive_gate_rolled_back_by_policy_does_not_reject_the_candidate() -> None:

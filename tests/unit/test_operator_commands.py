@@ -71,7 +71,7 @@ def acted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         if isinstance(action, SetCanaryWeight | UnstageCandidate):
             weight["now"] = action.weight if isinstance(action, SetCanaryWeight) else 0
         elif isinstance(action, TagRejected):
-            tags.update({REJECTED_TAG: action.reason, REJECTED_TIME_TAG: rejection_time(action.rejected_at)})
+            tags.update({REJECTED_TAG: "true", REJECTED_TIME_TAG: rejection_time(action.rejected_at)})
 
     monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
     monkeypatch.setattr(RolloutRuntime, "observe_target", target)

@@ -140,6 +140,26 @@ class RegistryContract:
         assert harness.alias_target(model, STABLE) == "2"
         assert harness.alias_target(model, f"{STABLE}-previous") == "1"
 
+    def test_promoting_a_version_rejected_earlier_clears_the_flag_and_keeps_its_history(
+            self, harness: RegistryHarness) -> None:
+        """A bake rollback, then a retry that promotes the same version: production must not stay flagged rejected."""
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        when = datetime(2026, 3, 1, 12, 20, tzinfo=UTC)
+        harness.registry.rollback(model, STABLE, "2", "1", "bake failed", "nsfw-rate 4x", ROLLOUT, rejected_at=when)
+        assert harness.registry.resolve(model, version="2").rejected
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        tags = harness.version_tags(model, "2")
+        assert harness.alias_target(model, STABLE) == "2"
+        assert tags[REJECTED_TAG] == "false" and not harness.registry.resolve(model, version="2").rejected
+        assert (tags[REJECTED_REASON_TAG], tags[REJECTED_TIME_TAG]) == ("bake failed", "2026-03-01T12:20:00Z")
+        # Rejected again later: the flag is set again, with the new time.
+        again = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+        harness.registry.rollback(model, STABLE, "2", "1", "bake failed again", "nsfw-rate 5x", ROLLOUT,
+                                  rejected_at=again)
+        assert harness.version_tags(model, "2")[REJECTED_TAG] == "true"
+
     def test_first_promotion_has_no_previous(self, harness: RegistryHarness) -> None:
         model = harness.new_model(1)
         result = harness.registry.promote(model, STABLE, "1", ROLLOUT)
