@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     exporter_run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     exporter_run.add_argument("--port", type=_port, default=9102)
     exporter_run.add_argument("--class-names", default="",
-                              help="comma-separated class names, for outputs that are indexes or probabilities")
+                              help="comma-separated class names, for outputs that are indexes or probabilities "
+                                   "(without them, such an output is dropped as NoClassNames)")
     exporter_run.add_argument("--v2-output", default=None, help="V2 output holding the prediction (default: first)")
     exporter_run.set_defaults(handler=_exporter_run)
     return parser

@@ -2,7 +2,8 @@
 
 KServe's logger agent posts each request and response as a binary-mode CloudEvent (`ce-*` headers,
 the payload as body); Seldon Core's request logger does the same with its own event types. Structured
-mode (`application/cloudevents+json`) is accepted too.
+mode (`application/cloudevents+json`) is accepted too; an event with a `ce-specversion` header is binary whatever its
+Content-Type (KServe's agent copies the client's, which may be `application/cloudevents+json`).
 """
 
 from __future__ import annotations
@@ -66,17 +67,23 @@ class CloudEvent:
     data: Any
 
 
+def _structured(lowered: Mapping[str, str]) -> bool:
+    """Structured mode: the CloudEvent is the body. Unlike the HTTP binding's rule (Content-Type first), a
+    `ce-specversion` header makes it binary mode: KServe's agent sends binary events with the client's Content-Type."""
+    return ("ce-specversion" not in lowered
+            and lowered.get("content-type", "").startswith("application/cloudevents+json"))
+
+
 def payload_unused(headers: Mapping[str, str]) -> bool:
     """A request event in binary mode: kept for its attributes (headers) only, its payload (images, V2 tensors,
     often binary and large) never read."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    structured = lowered.get("content-type", "").startswith("application/cloudevents+json")
-    return not structured and lowered.get("ce-type") in REQUEST_TYPES
+    return not _structured(lowered) and lowered.get("ce-type") in REQUEST_TYPES
 
 
 def parse_cloudevent(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     lowered = {k.lower(): v for k, v in headers.items()}
-    structured = lowered.get("content-type", "").startswith("application/cloudevents+json")
+    structured = _structured(lowered)
     if payload_unused(headers):
         body = b""
     try:
@@ -93,6 +100,8 @@ def parse_cloudevent(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     else:
         attributes = {k[3:]: v for k, v in lowered.items() if k.startswith("ce-")}
         data = payload
+        if isinstance(payload, dict) and "specversion" in payload and "data" in payload:
+            data = payload["data"]  # the model answered a CloudEvent of its own: the logger's headers say who
     for required in ("id", "type", "specversion"):
         if not attributes.get(required):
             raise MalformedEvent("NotCloudEvent", f"missing CloudEvent attribute {required!r}")
@@ -129,8 +138,8 @@ def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
         # "p_safe") could be the other one's and would count inverted.
         raise MalformedEvent("AmbiguousScore", f"one score per row named {names[0][:32]!r}, not the second class "
                                                "name: it is read as the second's probability")
-    if options.class_names and (len(names) == 1 or all(_SELDON_PLACEHOLDER.fullmatch(n) for n in names)):
-        return options
+    if len(names) == 1 or all(_SELDON_PLACEHOLDER.fullmatch(n) for n in names):
+        return options  # without --class-names, dropped as NoClassNames: "t:1" would be an index as a class
     unknown = [name for name in names if name not in options.class_names]
     if options.class_names and unknown:
         # Another model's classes (the names are one list for every namespace): counting them would mislabel.
@@ -233,6 +242,8 @@ def _shape_of(row: Any) -> str:
 
 def _single_score_class(score: float, options: DecodeOptions) -> str:
     """One probability per row is a binary classifier's score for its second class (a sigmoid)."""
+    if not options.class_names:
+        raise _no_class_names("one score per row")
     position = single_score_position(score, len(options.class_names))
     if position is None:
         where = "in" if 0.0 <= score <= 1.0 else "outside"
@@ -242,11 +253,16 @@ def _single_score_class(score: float, options: DecodeOptions) -> str:
 
 
 def _class_at(index: int, options: DecodeOptions) -> str:
-    if options.class_names:
-        if not 0 <= index < len(options.class_names):
-            raise MalformedEvent("UnknownClass", f"class index {index} outside the {len(options.class_names)} names")
-        return options.class_names[index]
-    return str(index)
+    if not options.class_names:
+        # Never str(index): "1" beside another version's labels ("nsfw") would hide its predictions from the judges.
+        raise _no_class_names("a class index or a row of scores")
+    if not 0 <= index < len(options.class_names):
+        raise MalformedEvent("UnknownClass", f"class index {index} outside the {len(options.class_names)} names")
+    return options.class_names[index]
+
+
+def _no_class_names(what: str) -> MalformedEvent:
+    return MalformedEvent("NoClassNames", f"{what} names no class: set the exporter's --class-names")
 
 
 def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,

@@ -113,7 +113,7 @@ def test_a_series_no_longer_scraped_mid_window_is_stale_not_a_pass(prometheus: P
                 break
             time.sleep(0.5)
         fresh = provider.freshness(recent_samples_query(canary, provider.fresh_seconds), datetime.now(UTC))
-        assert fresh.ok and fresh.value, fresh  # the counter and its _created sibling, while scraped
+        assert fresh.ok and fresh.value, fresh  # the counter, while scraped
     finally:
         process.stop()
         # Gone from discovery too, as the pods of a finished canary are (nor is its port scraped once reused).

@@ -239,7 +239,7 @@ def test_one_score_or_index_per_row_is_read_as_that_value(body: dict, expected: 
 
 @pytest.mark.parametrize(("body", "options", "reason"), [
     ({"predictions": [[0.97]]}, DecodeOptions(class_names=("safe", "suggestive", "nsfw")), "AmbiguousScore"),
-    ({"predictions": [0.97]}, DecodeOptions(), "AmbiguousScore"),
+    ({"predictions": [0.97]}, DecodeOptions(), "NoClassNames"),
     ({"predictions": [[1.7]]}, NAMES, "AmbiguousScore"),  # not a probability
     ({"outputs": [{"shape": [1000, 0], "datatype": "FP32", "data": []}]}, NAMES, "BadTensor"),
 ])
@@ -502,3 +502,73 @@ def test_a_malformed_row_is_named_by_its_shape_never_quoted(body: object) -> Non
         predicted_classes(body, NAMES)
     assert "secret-payload-text" not in str(caught.value) and "1.75" not in str(caught.value)
     assert caught.value.reason in {"BadPredictions", "AmbiguousScore"}
+
+
+@pytest.mark.parametrize("body", [
+    {"predictions": [1, 0]},
+    {"predictions": [[0.1, 0.1, 0.8]]},  # sklearn's predict_proba, MLServer
+    {"outputs": [{"name": "p", "shape": [1, 3], "datatype": "FP32", "data": [0.1, 0.1, 0.8]}]},
+    {"outputs": [{"name": "cls", "shape": [2], "datatype": "INT64", "data": [2, 0]}]},
+    {"data": {"names": ["t:0", "t:1", "t:2"], "ndarray": [[0.1, 0.2, 0.7]]}},  # Seldon's placeholders are indexes
+    {"predictions": [0.97]},
+])
+def test_without_class_names_an_index_or_score_is_no_class(body: dict) -> None:
+    with pytest.raises(MalformedEvent, match="--class-names") as caught:
+        predicted_classes(body, DecodeOptions())
+    assert caught.value.reason == "NoClassNames"
+
+
+def test_without_class_names_a_candidates_scores_never_pass_as_another_class() -> None:
+    """The shipped args (no --class-names): stable answers labels, the candidate scores. Its "2" beside stable's
+    "nsfw" hid every nsfw it predicted: a 60%-nsfw candidate read as 0% nsfw."""
+    exporter = PredictionExporter(DecodeOptions())
+    assert exporter.handle(kserve_headers(event_id="s"), b'{"predictions": ["nsfw", "safe"]}', "model_version=6") \
+        == "counted"
+    scores = json.dumps({"predictions": [[0.1, 0.1, 0.8], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]]}).encode()
+    assert exporter.handle(kserve_headers(event_id="c"), scores, "model_version=7") == "malformed"
+    assert malformed(exporter, "NoClassNames") == 1
+    assert not [s for m in exporter.metrics.registry.collect() for s in m.samples
+                if s.name == "modelrollout_predictions_total" and s.labels["model_version"] == "7"]
+    # Labels are still counted as they are.
+    assert exporter.handle(kserve_headers(event_id="l"), b'{"predictions": ["nsfw"]}', "model_version=7") \
+        == "counted"
+
+
+MODEL_CLOUDEVENT = {"specversion": "1.0", "id": "model-answer", "source": "io.kserve.inference.nsfw",
+                    "type": "io.kserve.inference.response", "datacontenttype": "application/json",
+                    "data": {"predictions": ["nsfw"]}}
+
+
+def test_a_binary_event_with_a_cloudevents_content_type_is_read_by_its_headers() -> None:
+    """KServe's agent sends the response in binary mode with the client's Content-Type: a client that sent a
+    structured CloudEvent gets its answer logged as application/cloudevents+json, with the model's own CloudEvent
+    (another type, no identity) as the body."""
+    exporter = PredictionExporter(NAMES)
+    cloudevents = {"Content-Type": "application/cloudevents+json"}
+    request = {**kserve_headers("org.kubeflow.serving.inference.request", "r1", endpoint="canary"), **cloudevents}
+    assert events.payload_unused(request)  # a request's payload stays unread whatever its Content-Type
+    assert exporter.handle(request, json.dumps({**MODEL_CLOUDEVENT, "data": {"instances": [[1]]}}).encode(),
+                           "") == "request"
+    response = {**kserve_headers(event_id="r1"), **cloudevents}
+    assert not events.payload_unused(response)
+    assert exporter.handle(response, json.dumps(MODEL_CLOUDEVENT).encode(), "model_version=7") == "counted"
+    assert exporter.handle({**kserve_headers(event_id="r2"), **cloudevents},
+                           json.dumps({"predictions": [1]}).encode(), "model_version=7") == "counted"
+    registry = exporter.metrics.registry
+    assert registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "canary", "model_version": "7",
+        "class": "nsfw"}) == 1
+    assert registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "", "model_version": "7",
+        "class": "nsfw"}) == 1
+    assert not malformed(exporter, "UnknownEventType")
+
+
+def test_without_a_specversion_header_a_cloudevents_body_is_still_structured() -> None:
+    structured = {**MODEL_CLOUDEVENT, "type": "org.kubeflow.serving.inference.response", "id": "s1",
+                  "namespace": "moderation", "inferenceservicename": "nsfw"}
+    exporter = PredictionExporter(NAMES)
+    assert exporter.handle({"Content-Type": "application/cloudevents+json"}, json.dumps(structured).encode(),
+                           "model_version=7") == "counted"
+    assert events.payload_unused({"Content-Type": "application/cloudevents+json",
+                                  "Ce-Type": "org.kubeflow.serving.inference.request"}) is False
