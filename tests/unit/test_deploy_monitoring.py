@@ -22,7 +22,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from controller.api.status import Phase
-from controller.exporter.server import ExporterMetrics
+from controller.exporter.server import INTERNAL_REASON, TOO_LARGE_REASON, ExporterMetrics
 from controller.operator.metrics import RESULTS, OperatorMetrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ BASE = REPO / "deploy" / "base"
 OPERATOR_METRICS = {"modelrollout_rollouts", "modelrollout_rollbacks_total", "modelrollout_verdicts_total",
                     "modelrollout_time_to_recover_seconds_bucket", "modelrollout_reconcile_errors_total",
                     "modelrollout_canary_weight"}
-EXPORTER_METRICS = {"modelrollout_predictions_total"}
+EXPORTER_METRICS = {"modelrollout_predictions_total", "modelrollout_exporter_malformed_events_total"}
 # Labels Prometheus puts on every scraped series: job and instance, and the Prometheus Operator's target labels
 # (its `namespace` loses to the series' own where one has it: honorLabels).
 TARGET_LABELS = {"job", "instance", "namespace", "service", "pod", "container", "endpoint"}
@@ -93,7 +93,7 @@ def series_names(expr: str) -> set[str]:
                 "max_over_time", "histogram_quantile", "and", "or", "unless", "on", "ignoring", "group_left",
                 "group_right", "le", "round", "changes", "variant", "class", "namespace", "inference_service",
                 "metric", "result", "phase", "rollout", "m", "h", "d", "s", "model_version", "job", "absent", "max",
-                "service"}
+                "service", "reason"}
     return {word for word in words if word not in keywords and not word.isdigit()}
 
 
@@ -168,6 +168,7 @@ def metric_labels() -> dict[str, set[str]]:
     """Label names of each series, from the exporter's and the operator's real registries."""
     exporter = ExporterMetrics()
     exporter.predictions.labels("moderation", "nsfw-classifier", "", "7", "nsfw").inc()
+    exporter.malformed.labels("NoClassNames").inc()
     operator = OperatorMetrics()
     operator.observe({"metadata": {"namespace": "moderation", "name": "nsfw-classifier"},
                       "spec": {"analysis": {"metrics": [{"name": "nsfw-rate"}]}}}, {"phase": "Pending"})
@@ -198,7 +199,10 @@ def known_values() -> dict[str, set[str]]:
     monitors = [doc for doc in yaml.safe_load_all((MONITORING / "servicemonitor.yaml").read_text()) if doc]
     jobs = {r["replacement"] for m in monitors for e in m["spec"]["endpoints"] for r in e["relabelings"]
             if r["targetLabel"] == "job"}
-    return {"result": set(RESULTS), "phase": {str(phase) for phase in Phase}, "job": jobs}
+    # Every reason the exporter drops an event for, as its code names them.
+    source = "".join(path.read_text() for path in (REPO / "controller" / "exporter").glob("*.py"))
+    reasons = set(re.findall(r'MalformedEvent\(\s*"(\w+)"', source)) | {INTERNAL_REASON, TOO_LARGE_REASON}
+    return {"result": set(RESULTS), "phase": {str(phase) for phase in Phase}, "job": jobs, "reason": reasons}
 
 
 def label_problems(expr: str, labels: dict[str, set[str]], values: dict[str, set[str]]) -> list[str]:
