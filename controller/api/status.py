@@ -156,7 +156,8 @@ class AnalysisStatus:
     runs: int = 0
     request_id: str | None = None  # the run asked for and not answered yet
     requested_at: datetime | None = None
-    last_run_at: datetime | None = None
+    last_run_at: datetime | None = None  # its answer was read (the next run is due an interval later)
+    measured_at: datetime | None = None  # its queries were evaluated (the time it covers up to)
     outcome: Outcome | None = None
     reason: str = ""
     metrics: tuple[Verdict, ...] = ()  # last verdict per metric

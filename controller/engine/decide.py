@@ -88,6 +88,7 @@ from controller.verdict import DATASET_INTEGRITY, MEASUREMENT_OUTAGES, Outcome, 
 
 # How soon to look again while waiting for an effect to show up on the target or in the registry.
 CONFIRM_POLL = timedelta(seconds=1)
+RESOLVING_POLL_MAX = timedelta(seconds=30)
 # A pending action is handed out again after this long without its effect showing up (all are idempotent),
 # so a lost action is retried without every decision of one reconcile repeating it.
 RESEND_AFTER = timedelta(seconds=10)
@@ -232,7 +233,8 @@ def _refuse_to_run(status: ModelRolloutStatus | None, reason: str, detail: str, 
     fail = idle and fail_idle
     new_status = dataclasses.replace(status, phase=Phase.FAILED if fail else status.phase, message=message,
                                      observed_generation=generation, history=history, conditions=conditions,
-                                     completed_at=status.completed_at or (now if fail else None))
+                                     completed_at=status.completed_at or (now if fail else None),
+                                     resolving_since=None if fail else status.resolving_since)
     return Decision(actions=(), status=new_status, requeue_after=None, events=() if repeated else (history[-1],))
 
 
@@ -247,6 +249,7 @@ class _Decider:
         self.new_history: list[HistoryEntry] = []
         self.requeue: list[timedelta] = []  # "look again after": the soonest wins
         self.polls = False  # asked to look again soon for an effect to show up (dropped while backing off)
+        self.slow_poll: timedelta | None = None  # as polls, at this interval (a long wait)
         self.errors: list[str] = []
         self.failed_actions = {failure.action_id: failure.error for failure in observations.action_failures}
         self.waiting = ""  # why the rollout is not moving, for the message
@@ -471,6 +474,7 @@ class _Decider:
         generation = self.obs.generation
         if previous is not None and previous != generation:
             self._record("SpecChanged", f"generation {previous} -> {generation}")
+            self._update(resolving_since=None)  # a human acted: progressDeadline counts afresh, as for a Deployment
             if self.status.phase is Phase.FAILED and not self._deleting:
                 # A fixed spec (e.g. the right target name) gets a fresh attempt without a command.
                 self._restart("spec changed after failure")
@@ -732,7 +736,8 @@ class _Decider:
         """Forget the attempt; the next resolution starts a new one (new attempt number, new action ids)."""
         self._abandon_pending()
         self._move(Phase.PENDING, candidate=None, stable=None, current_step=None, gate=None, analysis=None,
-                   pause=None, promotion=None, rollback=None, started_at=None, completed_at=None)
+                   pause=None, promotion=None, rollback=None, started_at=None, completed_at=None,
+                   resolving_since=None)
         for condition in (ConditionType.GATE_PASSED, ConditionType.ANALYSIS_HEALTHY):
             self._set_condition(condition, ConditionStatus.UNKNOWN, "NewAttempt", f"Starting over: {why}.")
 
@@ -890,8 +895,8 @@ class _Decider:
             return
         found = registry.candidate
         if found.status == PENDING_REGISTRATION:
-            self._wait(f"Waiting for {model.name} version {found.version} to finish registering in the registry",
-                       poll=True)  # nothing else would look again: the registry sends no change
+            self._wait_resolving(f"Waiting for {model.name} version {found.version} to finish registering in the "
+                                 f"registry")
             return
         if found.status != READY or not found.source:
             # Staged as it is, the serving system would get no model (or a broken one) and the rollout would
@@ -929,8 +934,8 @@ class _Decider:
         elif not target.ready:
             why = target.detail or "not ready"
         if why is not None:
-            self._wait(f"Version {candidate.version} is already @{alias}; waiting to read {where} to see what it "
-                       f"serves ({why})", poll=True)
+            self._wait_resolving(f"Version {candidate.version} is already @{alias}; waiting to read {where} to see "
+                                 f"what it serves ({why})")
             return
         self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now)
         self._record("AlreadyStable", f"version {candidate.version} is already @{alias}")
@@ -1273,7 +1278,7 @@ class _Decider:
                               for metric in self.spec.analysis.metrics if metric.name not in judged)
             verdicts, failed_runs = self._failure_limits(verdicts, analysis.failed_runs)
             outcome = combine(list(verdicts))
-            outage = _outage(verdicts) if outcome is Outcome.INCONCLUSIVE else None
+            outage = _outage(verdicts, analysis.metrics) if outcome is Outcome.INCONCLUSIVE else None
             if outage is not None and analysis.ends_at is not None and measured_at >= analysis.ends_at:
                 # The run that would end the step met a moment's outage (Prometheus or the exporter restarting):
                 # it says nothing of the model, so it is retried as an error is, until progressDeadline.
@@ -1283,7 +1288,8 @@ class _Decider:
             merged.update({item.name: item for item in verdicts})
             decisive = _first(verdicts, outcome)
             analysis = dataclasses.replace(
-                analysis, runs=analysis.runs + 1, request_id=None, requested_at=None, last_run_at=measured_at,
+                analysis, runs=analysis.runs + 1, request_id=None, requested_at=None, last_run_at=self.now,
+                measured_at=measured_at,
                 outcome=outcome, metrics=tuple(merged.values()), failed_runs=failed_runs, errors=0,
                 erroring_since=None,
                 reason=f"{decisive.name} {decisive.reason}" if decisive else "no verdicts")
@@ -1294,8 +1300,9 @@ class _Decider:
         time_up = ends_at is not None and self.now >= ends_at
         # Time is up only with a run taken at or after the end: after downtime, an old outcome says nothing
         # about the time since (the judges count from the window start, so one run covers it all).
+        covered = analysis.measured_at or analysis.last_run_at  # a status from before measured_at: the read
         if time_up and analysis.request_id is None and ends_at is not None \
-                and analysis.last_run_at is not None and analysis.last_run_at >= ends_at:
+                and covered is not None and covered >= ends_at:
             return analysis.outcome or Outcome.INCONCLUSIVE
         if analysis.request_id is None:
             due_at = (analysis.last_run_at or analysis.window_start) + interval
@@ -1813,11 +1820,16 @@ class _Decider:
         """Pending without a candidate for longer than progressDeadline, waiting or failing: a version that never
         finishes registering is as stuck as a registry that never answers."""
         status = self.status
-        if status.phase is not Phase.PENDING or status.candidate is not None:
+        if status.phase is not Phase.PENDING or status.candidate is not None or status.resolving_since is None:
             return False
-        # The retry's start too: a status written before resolvingSince existed.
-        since = min(t for t in (status.resolving_since, status.retry.since if status.retry else None, self.now) if t)
-        return self.now - since > self.spec.progress_deadline
+        return self.now - status.resolving_since > self.spec.progress_deadline
+
+    def _wait_resolving(self, why: str) -> None:
+        """A wait no event ends (the registry and the target send none): look again, less often the longer it
+        lasts (1 s at first, 30 s from 5 minutes on), so a version stuck registering costs the registry little."""
+        self._wait(why)
+        since = self.status.resolving_since or self.now
+        self.slow_poll = min(max(CONFIRM_POLL, (self.now - since) / 10), RESOLVING_POLL_MAX)
 
     def _update_retry(self) -> None:
         if not self.errors:
@@ -1846,6 +1858,8 @@ class _Decider:
         hints = list(self.requeue)
         if self.polls and not self.errors:  # while backing off, the backoff paces the polling
             hints.append(CONFIRM_POLL)
+        if self.slow_poll is not None and not self.errors:
+            hints.append(self.slow_poll)
         if not hints:
             return None
         soonest = min(hints)
@@ -2020,11 +2034,15 @@ def _first(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> Verdict | 
     return next((item for item in verdicts if item.outcome == outcome), verdicts[0] if verdicts else None)
 
 
-def _outage(verdicts: tuple[Verdict, ...]) -> Verdict | None:
-    """The first inconclusive verdict when every one of them is a measurement outage (the runner's unmeasured
-    verdicts name their query problem in evidence["problem"]); None when any says something else."""
+def _outage(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...]) -> Verdict | None:
+    """The first inconclusive verdict when every one of them is a moment's measurement outage: a query problem
+    that can pass (the runner's unmeasured verdicts name it in evidence["problem"]) on a metric an earlier run of
+    the same window did measure. A metric never measured there (Prometheus behind a redirect, a query of the wrong
+    type, a baseline too long for its budget) is not waiting for a blip to pass. None when any says otherwise."""
+    measured = {item.name for item in before if not item.evidence.get("problem")}
     unmeasured = [item for item in verdicts if item.outcome is Outcome.INCONCLUSIVE]
-    outages = [item for item in unmeasured if str(item.evidence.get("problem")) in MEASUREMENT_OUTAGES]
+    outages = [item for item in unmeasured
+               if str(item.evidence.get("problem")) in MEASUREMENT_OUTAGES and item.name in measured]
     return outages[0] if outages and len(outages) == len(unmeasured) else None
 
 

@@ -7,9 +7,10 @@ fake behaves exactly as the real adapter does.
 
 Write order makes every operation safe to repeat after a crash at any point:
 - promote records the previous version on the candidate *before* moving the alias, so "alias points at the
-  candidate" always comes with the record of what it pointed at before;
+  candidate" always comes with the record of what it pointed at before; only once the alias has moved does it
+  set an earlier rejection's `modelrollout.rejected` to "false" (a promotion that fails leaves it standing);
 - rollback restores the alias first (safety first), then writes the rejection tags with
-  `modelrollout.rejected` last, so that tag's presence means all the others are there.
+  `modelrollout.rejected` last, so that tag set to "true" means all the others are there.
 """
 
 from __future__ import annotations
@@ -146,19 +147,15 @@ class ModelRegistry(ABC):
         candidate = self._existing_version(model_name, candidate_version)
         current = self._aliases(model_name).get(stable_alias)
         if current == candidate_version:
+            self._overrule_rejection(model_name, candidate)  # a kill after the alias moved, before the flag
             return PromotionResult(alias=stable_alias, version=candidate_version,
                                    previous_version=candidate.tags.get(PREVIOUS_VERSION_TAG) or None,
                                    alias_moved=False)
-        promoted = {
+        self._set_version_tags(model_name, candidate_version, {
             PREVIOUS_VERSION_TAG: current or "",
             PROMOTED_ROLLOUT_TAG: rollout,
             PROMOTED_TIME_TAG: _timestamp(promoted_at),
-        }
-        if candidate.tags.get(REJECTED_TAG) == "true":
-            # Rejected once, promoted since (a retry or a human's promote): the flag says what holds now, or a
-            # guard filtering on it would treat production as bad. The rejected.* tags stay as its history.
-            promoted[REJECTED_TAG] = "false"
-        self._set_version_tags(model_name, candidate_version, promoted)
+        })
         previous_alias = self.previous_alias(stable_alias)
         if previous_alias is not None:
             if current is None:
@@ -166,8 +163,16 @@ class ModelRegistry(ABC):
             else:
                 self._set_alias(model_name, previous_alias, current)
         self._set_alias(model_name, stable_alias, candidate_version)
+        self._overrule_rejection(model_name, candidate)
         return PromotionResult(alias=stable_alias, version=candidate_version, previous_version=current,
                                alias_moved=True)
+
+    def _overrule_rejection(self, model_name: str, version: VersionRecord) -> None:
+        """Rejected once, promoted since (a retry, a human's promote): the flag says what holds now, or a guard
+        filtering on it would treat production as bad. Only once the alias has moved: a promotion that fails before
+        must leave the rejection standing. The rejected.* tags stay as its history."""
+        if version.tags.get(REJECTED_TAG) == "true":
+            self._set_version_tags(model_name, version.version, {REJECTED_TAG: "false"})
 
     def rollback(self, model_name: str, stable_alias: str, candidate_version: str, stable_version: str | None,
                  reason: str, evidence_summary: str | Mapping[str, Any], rollout: str, *,

@@ -2041,6 +2041,59 @@ def test_a_restarted_attempt_counts_its_progress_deadline_from_the_restart() -> 
     assert progressing is not None and (progressing.status, progressing.reason) == ("True", "Resolving")
 
 
+def test_the_deadline_anchor_is_not_an_older_one() -> None:
+    """A registry outage still running from the ended rollout (its retry), a spec refused while resolving, and a
+    spec edit while resolving: each new wait counts its progressDeadline from its own start."""
+    world = World()
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished, step=timedelta(minutes=5))
+    world.target.unreachable = True
+    world.reconcile()  # errors while Succeeded: a retry from now, still running when the new attempt starts
+    assert world.status.retry is not None
+    world.now += timedelta(hours=2)
+    world.registry.statuses["8"] = "PENDING_REGISTRATION"
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "8"}}
+    world.generation += 1
+    world.reconcile()
+    assert world.status.retry is not None and world.status.retry.since < world.now - timedelta(hours=1)
+    assert world.status.phase is Phase.PENDING and condition(world, "Progressing") == ("True", "Resolving")
+    world.target.unreachable = False
+    # Refused while resolving (Failed), then fixed two hours later: a fresh deadline.
+    refused = reject_spec(world.status, SpecError("spec.analysis.interval", "must be longer than 0s"),
+                          generation=world.generation + 1, now=world.now)
+    assert refused.status.phase is Phase.FAILED and refused.status.resolving_since is None
+    world.status, world.generation = refused.status, world.generation + 2
+    world.now += timedelta(hours=2)
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING and condition(world, "Progressing") == ("True", "Resolving")
+    # Edited while resolving, 29 minutes in, then 2 more minutes: not past the edit's deadline.
+    world.now += timedelta(minutes=29)
+    world.reconcile()
+    world.registry.versions["9"] = {}
+    world.registry.statuses["9"] = "PENDING_REGISTRATION"
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "9"}}
+    world.generation += 1
+    world.reconcile()
+    world.now += timedelta(minutes=2)
+    world.reconcile()
+    assert condition(world, "Progressing") == ("True", "Resolving")
+
+
+def test_a_long_resolving_wait_looks_again_less_often() -> None:
+    """1 s at first, 30 s once it has lasted 5 minutes: a version stuck registering must not cost the registry
+    seven calls a second for ever."""
+    world = World(registry=Registry(statuses={"7": "PENDING_REGISTRATION"}))
+    assert world.reconcile().requeue_after == timedelta(seconds=1)
+    world.now += timedelta(minutes=1)
+    assert world.reconcile().requeue_after == timedelta(seconds=6)
+    world.now += timedelta(minutes=40)
+    assert world.reconcile().requeue_after == timedelta(seconds=30)
+    world.registry.down = True  # errors: the backoff paces it, not the poll
+    decision = world.reconcile()
+    assert world.status.retry is not None and decision.requeue_after == timedelta(seconds=2)
+
+
 @pytest.mark.parametrize("version", ["7", None])
 def test_candidate_already_stable_on_a_target_that_is_not_ready_waits(version: str | None) -> None:
     world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version=version, ready=False))

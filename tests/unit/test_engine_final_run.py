@@ -229,7 +229,31 @@ def test_a_run_measured_before_the_end_but_read_after_it_does_not_end_the_bake()
     assert measured[-2] < ends_at <= world.now
     assert world.status.phase is Phase.SUCCEEDED, world.status.message
     assert measured[-1] >= ends_at  # the run that ended the bake covered all of it
-    assert world.status.analysis is not None and world.status.analysis.last_run_at == measured[-1]
+    assert world.status.analysis is not None and world.status.analysis.measured_at == measured[-1]
+
+
+def test_a_slow_answer_does_not_make_the_next_run_due_at_once() -> None:
+    """The next run is due an interval after the answer was read, not after it was measured: a Prometheus slower
+    than the interval is not sent run after run with no pause."""
+    world = MeasuringWorld()
+    slow = {"on": False}
+
+    def judge(request: RunAnalysis) -> list[Verdict]:
+        if request.mode is AnalysisMode.BAKE and slow["on"]:
+            slow["on"] = False
+            world.advance(timedelta(seconds=50))  # read 50 s after it was measured; the interval is 30 s
+        return [verdict(Outcome.PASS)]
+    world.judge = judge
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.status.phase is Phase.BAKING)
+    world.advance(STEP)
+    slow["on"] = True
+    decision = world.reconcile()
+    analysis = world.status.analysis
+    assert analysis is not None and analysis.measured_at == world.now - timedelta(seconds=50)
+    assert analysis.last_run_at == world.now and analysis.request_id is None
+    assert decision.requeue_after is not None and decision.requeue_after >= timedelta(seconds=25)
 
 
 def test_the_operator_answers_with_the_time_it_measured_at_and_an_unreachable_prometheus_is_an_outage() -> None:
@@ -244,3 +268,21 @@ def test_the_operator_answers_with_the_time_it_measured_at_and_an_unreachable_pr
     assert result.measured_at == now
     assert [v.evidence.get("problem") for v in result.verdicts] == ["PrometheusUnreachable"]
     assert {str(problem) for problem in QueryProblem} >= MEASUREMENT_OUTAGES
+
+
+def test_a_metric_never_measured_in_the_window_is_no_blip_and_ends_the_bake_at_once() -> None:
+    """Prometheus behind a redirect, a query of the wrong type, a baseline too long for its budget: unmeasured from
+    the first run on, so nothing says a moment's outage will pass. The end is not put off for progressDeadline."""
+    world = World()
+    switch = judged_by(world, lambda: [outage("PrometheusUnreachable")], "bake")
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    switch["on"] = True  # every bake run, from the first
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.status.phase is Phase.BAKING)
+    analysis = world.status.analysis
+    assert analysis is not None and analysis.ends_at is not None
+    ends_at = analysis.ends_at
+    world.run_until(lambda w: w.status.phase is not Phase.BAKING, step=STEP)
+    assert world.status.phase is Phase.PAUSED and world.status.pause is not None
+    assert world.status.pause.reason is PauseReason.BAKE_INCONCLUSIVE
+    assert world.now - ends_at <= STEP, world.now - ends_at

@@ -312,6 +312,25 @@ class TestInMemoryRegistry(RegistryContract):
         harness.registry.rollback(model, STABLE, "2", "1", "bake failed", "", ROLLOUT)
         assert harness.registry.writes == writes
 
+    def test_a_promotion_that_fails_to_move_the_alias_leaves_an_earlier_rejection_standing(
+            self, harness: MemoryHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        harness.registry.rollback(model, STABLE, "2", "1", "nsfw-rate 4x", "", ROLLOUT)
+        real_set_alias = harness.registry._set_alias
+
+        def refused(*_args: object) -> None:
+            raise RegistryUnavailable("mlflow: 503 on set-alias")
+        monkeypatch.setattr(harness.registry, "_set_alias", refused)
+        with pytest.raises(RegistryUnavailable):
+            harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        assert harness.version_tags(model, "2")[REJECTED_TAG] == "true"  # never promoted: still rejected
+        # The alias moved, then the operator was killed before the flag: promote again clears it.
+        monkeypatch.setattr(harness.registry, "_set_alias", real_set_alias)
+        real_set_alias(model, STABLE, "2")
+        assert not harness.registry.promote(model, STABLE, "2", ROLLOUT).alias_moved
+        assert harness.version_tags(model, "2")[REJECTED_TAG] == "false"
+
     def test_unavailable(self, harness: MemoryHarness) -> None:
         model = harness.new_model(1)
         harness.registry.unavailable = True
