@@ -73,20 +73,33 @@ def test_one_flip_in_a_small_slice_is_chance_not_a_failure() -> None:
     assert by_name(slice_case(flipped=1, size=3)).get("slice logo.maxAccuracyDrop") is None  # small, not credible
 
 
+def sixty_four_slices(flipped_rows: list[int]) -> dict:  # type: ignore[type-arg]
+    """64 slices tag-i of 60 safe samples (rows 60i..60i+59) at a 1% disagreement limit; the candidate flips
+    `flipped_rows` to nsfw."""
+    labels = [0] * 3840 + [1] * 1000
+    stable, candidate = list(labels), list(labels)
+    slices = {f"tag-{i}": list(range(60 * i, 60 * i + 60)) for i in range(64)}
+    for row in flipped_rows:
+        candidate[row] = 1
+    return by_name(judge(GoldenThresholds(max_disagreement=0.01),
+                         tally(labels, candidate, stable, slices), JudgeSettings(min_slice_samples=20), SHA))
+
+
 def test_a_clean_retrain_does_not_fail_on_the_luck_of_one_slice_among_many() -> None:
     # 64 slices of 60 samples, DESIGN's thresholds (0.5% drop, 1% disagreement): the candidate differs from stable
     # on two samples in each, as a clean retrain at about half the limit sometimes does. A rule failing any judged
     # slice with two flips over twice the limit failed such gates 9 times in 10.
-    labels = [0] * 3840 + [1] * 1000
-    stable, candidate = list(labels), list(labels)
-    slices = {f"tag-{i}": list(range(60 * i, 60 * i + 60)) for i in range(64)}
-    for i in range(64):
-        candidate[60 * i] = candidate[60 * i + 1] = 1
-    verdicts = by_name(judge(GoldenThresholds(max_disagreement=0.01),
-                             tally(labels, candidate, stable, slices), JudgeSettings(min_slice_samples=20), SHA))
+    verdicts = sixty_four_slices([row for i in range(64) for row in (60 * i, 60 * i + 1)])
     sliced = [v for name, v in verdicts.items() if name.startswith("slice ")]
     assert len(sliced) == 64 and all(v.outcome is Outcome.PASS for v in sliced)
     assert "but not credibly" in sliced[0].reason
+
+
+def test_slice_checks_share_their_alpha_so_one_unlucky_slice_among_many_is_not_credible() -> None:
+    # Four flips in one slice of 60 (p ~ 0.003 alone) would be credible at the full 1%, not at 1% / 64 slices.
+    unlucky = sixty_four_slices([0, 1, 2, 3])["slice tag-0.maxDisagreement"]
+    assert unlucky.outcome is Outcome.PASS and "but not credibly" in unlucky.reason, unlucky
+    assert unlucky.evidence["alpha"] < 0.01 / 60
 
 
 def test_samples_in_slices_beyond_those_tracked_make_the_gate_inconclusive() -> None:
@@ -150,6 +163,17 @@ def test_a_golden_set_too_small_for_its_limits_passes_nothing() -> None:
         "nsfw false-positive rate (0/2) 0.00% within the maximum 1.00%, but on only 2 samples: too few to judge "
         "(at least 20)")
     assert combine(verdicts) is Outcome.INCONCLUSIVE
+
+
+def test_a_pass_on_one_sample_fewer_than_min_samples_is_inconclusive() -> None:
+    def min_accuracy(samples: int) -> Outcome:
+        labels = [0] * samples
+        verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9), tally(labels, labels),
+                                 JudgeSettings(min_samples=20), SHA))
+        return verdicts["minAccuracy"].outcome
+
+    assert min_accuracy(19) is Outcome.INCONCLUSIVE
+    assert min_accuracy(20) is Outcome.PASS
 
 
 def test_undefined_metric_is_inconclusive_and_unknown_class_is_named() -> None:

@@ -73,6 +73,14 @@ def test_the_integrity_verdict_uses_the_shared_name(tmp_path: Path) -> None:
     assert report.outcome is Outcome.FAIL and [v.name for v in report.verdicts] == [DATASET_INTEGRITY]
 
 
+def test_the_pinned_sha256_is_compared_in_full_down_to_its_last_hex_digit(tmp_path: Path) -> None:
+    path, spec = golden(tmp_path)
+    sha = str(spec["sha256"])
+    near = sha[:-1] + ("1" if sha[-1] == "0" else "0")
+    report = run(evaluate_dataset_file(path, {**spec, "sha256": near}, endpoint("http://127.0.0.1:9"), None))
+    assert report.outcome is Outcome.FAIL and [v.name for v in report.verdicts] == [DATASET_INTEGRITY]
+
+
 # --- the engine -----------------------------------------------------------------------------------------
 
 

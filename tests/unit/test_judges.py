@@ -168,6 +168,14 @@ def test_max_rate_fails_even_without_stable_traffic() -> None:
     assert v.outcome is Outcome.FAIL and "maxRate" in v.reason and "1.5x" not in v.reason
 
 
+def test_with_max_rate_set_the_relative_test_gets_only_its_share_of_alpha() -> None:
+    # 68/1000 against 20/1000: e-value 4.51 nats, above the boundary at the full alpha 0.01 (4.46), below the one at
+    # the relative test's share 0.009 (4.61). Spending the full alpha on both nulls would break the confidence.
+    v = proportion_judge("nsfw-rate", 68, 1_000, 20, 1_000, ProportionCriteria(max_rate=0.5, confidence=0.99))
+    assert v.evidence["relative"]["alpha"] == pytest.approx(0.009)
+    assert v.outcome is Outcome.PASS, v.reason
+
+
 def test_from_spec_reads_the_spec_attribute_names() -> None:
     class Spec:
         max_relative_increase = 1.0

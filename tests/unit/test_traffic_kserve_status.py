@@ -118,6 +118,16 @@ def test_knative_rollback_from_weight_100_is_not_back_on_stable_until_the_status
     assert done.stable_url == "http://prev-m"
 
 
+def test_knative_stray_traffic_counts_as_canary_weight_so_a_rollback_is_not_confirmed() -> None:
+    # The candidate at 0%, but 20% still goes to rev 3, neither stable (rev 1) nor the candidate (rev 2).
+    traffic = [{"revisionName": "m-predictor-00001", "percent": 80, "tag": "prev"},
+               {"revisionName": "m-predictor-00002", "percent": 0, "tag": "latest", "latestRevision": True},
+               {"revisionName": "m-predictor-00003", "percent": 20}]
+    state = knative_state("m", knative_view(knative_weight(0, rolled_out="m-predictor-00001", traffic=traffic), "m"))
+    assert state.canary_weight == 20, state  # not 0: "back on stable" would confirm a rollback
+    assert "20% of traffic goes to revisions that are neither stable nor the candidate" in state.message
+
+
 # --- the storageUri a version annotation was written for ---------------------------------------------
 # A kubectl edit, a Git sync or a hand revert replaces the model and keeps the router's annotations: the
 # version they name must not be read as the version served (the engine would confirm it and move the alias).
@@ -290,3 +300,14 @@ def test_standard_promotion_and_restore_carry_the_uri_of_the_version_they_write(
     assert restored is not None
     written = restored["spec"]["predictor"]["annotations"]
     assert (written[PREFIX + "model-version"], written[PREFIX + "model-storage-uri"]) == ("6", "s3://m/6")
+
+
+def test_standard_a_foreign_canary_entrys_traffic_counts_as_canary_weight() -> None:
+    # No canary of ours, but an entry someone else added takes 15%: stable does not have all the traffic.
+    obj = standard_isvc("s3://m/7")
+    obj["spec"]["canary"] = [{"trafficPercent": 15, "predictor": {
+        "name": "theirs", "model": {"modelFormat": {"name": "sklearn"}, "storageUri": "s3://other/x"}}}]
+    obj["status"]["canaryStatuses"] = [{"name": "theirs", "ready": True, "trafficPercent": 15}]
+    state = standard_state("m", standard_view(obj, "m"))
+    assert state.canary_weight == 15, state
+    assert "spec.canary holds 1 entries ModelRollout did not create" in state.message
