@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import logging
@@ -29,17 +30,34 @@ from controller.exporter.events import (
 )
 
 log = logging.getLogger(__name__)
+# What to do about a drop reason of the exporter's set-up, in its log line.
+DROP_HINTS = {"NoClassNames": ": an index or a row of scores names no class without the exporter's --class-names "
+                              "(integer labels are indexes: list the classes, e.g. 0,1)"}
 OTHER_CLASS = "__other__"
 PREDICTIONS_METRIC = "modelrollout_predictions"  # exposed as modelrollout_predictions_total
 INTERNAL_REASON = "Internal"  # an event the exporter failed on for a reason of its own: a bug, not the sender's
 TOO_LARGE_REASON = "TooLarge"
+BUSY_REASON = "Busy"  # every body-read slot taken for BODY_WAIT_SECONDS: answered 503, which a logger may retry
+TOO_SLOW_REASON = "TooSlow"  # a body not read whole in BODY_READ_SECONDS: answered 408
 # A JSON body decodes to about 13x its size in Python objects: one event past this would take the exporter (256Mi)
 # over its limit, and its restart would reset every namespace's counters. A class-rate response is far smaller.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
+# Bodies read at once: each may hold MAX_EVENT_BYTES until it is whole, and aiohttp has no timeout on a body, so
+# slow senders (60 connections each a byte short of 4 MiB took 283 MiB) would otherwise grow memory without bound.
+# A connection waiting for a slot has only aiohttp's read buffer (~128 KiB) filled; it waits BODY_WAIT_SECONDS at
+# most (then 503), and a read holds its slot BODY_READ_SECONDS at most (a 4 MiB body in a cluster takes
+# milliseconds), so that slow senders cannot keep the slots from everyone else for good.
+BODY_READ_SLOTS = 8
+BODY_WAIT_SECONDS = 5.0
+BODY_READ_SECONDS = 10.0
+# Kept attributes of pending requests, in UTF-8: 10,000 requests of 7 labels of 253 4-byte characters are ~70 MiB
+# (~80 MiB of Python objects) without it. A request past either bound evicts the oldest.
+MAX_PENDING_BYTES = 8 * 1024 * 1024
+DROP_WARNING_SECONDS = 600.0  # a drop reason is logged once in this long: a flood of drops is not a flood of lines
 # A model identity silent this long gives up its place when a bound is reached: well above the longest analysis
 # window, and its history stays in Prometheus (a series that comes back starts from 0, a counter reset).
 MODEL_IDLE_SECONDS = 24 * 3600.0
-# Prediction series in all (each identity times its namespace's classes). One renders in about 1 KiB of /metrics
+# Prediction series in all (each identity times its inference service's classes). One renders in about 1 KiB of /metrics
 # at the longest labels, 4 KiB when their characters take 4 bytes in UTF-8, and a render holds the text about twice
 # (see render()): at most ~50 MiB at any label content, within the exporter's 256Mi.
 MAX_TOTAL_SERIES = 6_144
@@ -47,6 +65,8 @@ MAX_TOTAL_SERIES = 6_144
 MAX_NAMESPACE_SERIES = MAX_TOTAL_SERIES // 4
 RENDER_CHUNK = 1024  # series rendered into text at a time (see render())
 Identity = tuple[str, str, str, str]  # namespace, inference service, variant, model version
+# The judges compare model versions of one inference service only: classes are shared, and made at 0, within one.
+Service = tuple[str, str]  # namespace, inference service
 PREDICTION_LABELS = ("namespace", "inference_service", "variant", "model_version", "class")
 Series = tuple[str, ...]  # an identity and a class: the values of PREDICTION_LABELS
 
@@ -83,7 +103,9 @@ class PredictionExporter:
                  max_models: int = 200, max_namespaces: int = 100, max_total_models: int = 1_000,
                  model_idle_seconds: float = MODEL_IDLE_SECONDS, clock: Callable[[], float] = time.monotonic,
                  max_event_bytes: int = MAX_EVENT_BYTES, max_total_series: int = MAX_TOTAL_SERIES,
-                 max_namespace_series: int = MAX_NAMESPACE_SERIES) -> None:
+                 max_namespace_series: int = MAX_NAMESPACE_SERIES, max_pending_bytes: int = MAX_PENDING_BYTES,
+                 body_read_slots: int = BODY_READ_SLOTS, body_wait_seconds: float = BODY_WAIT_SECONDS,
+                 body_read_seconds: float = BODY_READ_SECONDS) -> None:
         self.options = options or DecodeOptions()
         self.max_event_bytes = max_event_bytes
         self.metrics = ExporterMetrics()
@@ -93,8 +115,8 @@ class PredictionExporter:
         # claim. The model and series bounds are on identities counted lately, not a lifetime quota: a bound
         # reached first evicts those idle longer than model_idle_seconds, with their series, else every
         # service's 201st version would go uncounted for good.
-        self.max_classes = max_classes
-        self._known_classes: dict[str, set[str]] = {}
+        self.max_classes = max_classes  # per inference service
+        self._known_classes: dict[Service, set[str]] = {}
         self._seen: dict[str, OrderedDict[Identity, float]] = {}  # last counted at, least recent first
         self._max_models = max_models
         self._max_namespaces = max_namespaces
@@ -107,10 +129,16 @@ class PredictionExporter:
         self._scraped: set[Series] = set()
         # Requests' attributes (never their payloads) kept briefly so that a response without identity headers
         # can borrow its request's; a response that never comes must not keep its request forever.
-        self._requests: OrderedDict[str, tuple[float, CloudEvent]] = OrderedDict()
+        self._requests: OrderedDict[str, tuple[float, CloudEvent, int]] = OrderedDict()  # and its kept bytes
         self._max_pending = max_pending_requests
+        self._pending_bytes = 0
+        self._max_pending_bytes = max_pending_bytes
         self._pending_seconds = pending_seconds
+        self._body_read_slots = body_read_slots
+        self._body_wait_seconds = body_wait_seconds
+        self._body_read_seconds = body_read_seconds
         self._clock = clock
+        self._warned: dict[str, float] = {}  # drop reason: when it was last logged
 
     def handle(self, headers: dict[str, str], body: bytes, query: str) -> str:
         try:
@@ -126,6 +154,13 @@ class PredictionExporter:
     def _dropped(self, reason: str) -> str:
         self.metrics.events.labels("malformed").inc()
         self.metrics.malformed.labels(reason).inc()
+        # Else a drop is seen only in the counter. The reason alone: an event's detail may quote its payload.
+        now = self._clock()
+        if now - self._warned.get(reason, -DROP_WARNING_SECONDS) >= DROP_WARNING_SECONDS:
+            self._warned[reason] = now
+            log.warning("dropped an event as %s%s (counted in modelrollout_exporter_malformed_events_total; the next "
+                        "for this reason are not logged for %d minutes)", reason,
+                        DROP_HINTS.get(reason, ""), DROP_WARNING_SECONDS // 60)
         return "malformed"
 
     def _count(self, headers: dict[str, str], body: bytes, query: str) -> str:
@@ -136,47 +171,50 @@ class PredictionExporter:
             return "request"
         if event.type not in RESPONSE_TYPES:
             raise MalformedEvent("UnknownEventType", f"event type {event.type[:80]!r}")
-        request = self._requests.pop(event.id, None)
-        prediction = prediction_from_event(event, query, self.options, request[1] if request else None)
+        request = self._forget_request(event.id)
+        prediction = prediction_from_event(event, query, self.options, request)
         identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
+        service = identity[:2]
         if self._admit(identity):
-            # Every class its namespace has seen, at zero: its first prediction of one then shows at the next
+            # Every class its service has seen, at zero: its first prediction of one then shows at the next
             # scrape, not one later (a new series is first shown at 0, see render()).
-            for name in self._classes(prediction.namespace):
+            for name in self._classes(service):
                 self.metrics.predictions.labels(*identity, name)
         # One increment per class, not per prediction: a large batch must not hold the event loop for seconds.
         # Every class is placed before any is counted: an event refused for one (TooManySeries) counts nothing.
-        named = [(self._bounded_class(prediction.namespace, predicted), n)
+        named = [(self._bounded_class(service, predicted), n)
                  for predicted, n in Tally(prediction.classes).items()]
         for name, n in named:
             self.metrics.predictions.labels(*identity, name).inc(n)
         self.metrics.events.labels("counted").inc()
         return "counted"
 
-    def _classes(self, namespace: str) -> set[str]:
-        return self._known_classes.setdefault(namespace, set(self.options.class_names))
+    def _classes(self, service: Service) -> set[str]:
+        return self._known_classes.setdefault(service, set(self.options.class_names))
 
-    def _bounded_class(self, namespace: str, name: str) -> str:
+    def _identities(self, service: Service) -> list[Identity]:
+        return [identity for identity in self._seen.get(service[0], ()) if identity[1] == service[1]]
+
+    def _bounded_class(self, service: Service, name: str) -> str:
         # A model that emits free text must not explode the series count.
-        known = self._classes(namespace)
+        known = self._classes(service)
         if name in known:
             return name
         if len(known) >= self.max_classes:
             name = OTHER_CLASS  # kept in `known` once used: past the cap, it takes no class's place
             if name in known:
                 return name
-        # A series for each of the namespace's model identities. Past the bound on them the event is refused, where
+        # A series for each of the service's model identities. Past the bound on them the event is refused, where
         # the malformed counter shows it, not counted as __other__.
-        needed = len(self._seen.get(namespace, ()))
-        refused = self._series_refusal(namespace, needed)
+        refused = self._series_refusal(service[0], len(self._identities(service)))
         if refused is not None:
             self._evict_idle(self._clock())
-            refused = self._series_refusal(namespace, len(self._seen.get(namespace, ())))
+            refused = self._series_refusal(service[0], len(self._identities(service)))
             if refused is not None:
                 raise refused
         known.add(name)
         # A class one model version predicts first (stable's, usually) is created at zero for the others too.
-        for identity in self._seen.get(namespace, ()):
+        for identity in self._identities(service):
             self.metrics.predictions.labels(*identity, name)
         return name
 
@@ -190,16 +228,17 @@ class PredictionExporter:
             seen[identity] = now
             seen.move_to_end(identity)
             return False
-        refused = self._refusal(namespace)
+        refused = self._refusal(identity)
         if refused is not None:
             self._evict_idle(now)
-            refused = self._refusal(namespace)
+            refused = self._refusal(identity)
             if refused is not None:
                 raise refused
         self._seen.setdefault(namespace, OrderedDict())[identity] = now
         return True
 
-    def _refusal(self, namespace: str) -> MalformedEvent | None:
+    def _refusal(self, identity: Identity) -> MalformedEvent | None:
+        namespace = identity[0]
         seen = self._seen.get(namespace)
         if seen is None and len(self._seen) >= self._max_namespaces:
             return MalformedEvent("TooManyNamespaces", f"already counting {self._max_namespaces} namespaces")
@@ -208,14 +247,19 @@ class PredictionExporter:
                                                    f"namespace {namespace[:63]!r}")
         if sum(len(models) for models in self._seen.values()) >= self._max_total_models:
             return MalformedEvent("TooManyModels", f"already counting {self._max_total_models} model versions")
-        # A new identity gets a series for each class its namespace has seen.
-        return self._series_refusal(namespace, len(self._known_classes.get(namespace, self.options.class_names)))
+        # A new identity gets a series for each class its service has seen.
+        return self._series_refusal(namespace, self._width(identity[:2]))
+
+    def _width(self, service: Service) -> int:
+        """Classes the service has seen: a series for each of its identities."""
+        known = self._known_classes.get(service)
+        return len(known) if known is not None else len(set(self.options.class_names))
 
     def _series(self, namespace: str | None = None) -> int:
-        """Prediction series in all (or in one namespace): every identity has one for each class its namespace
-        has seen."""
-        return sum(len(seen) * len(self._known_classes.get(name, self.options.class_names))
-                   for name, seen in self._seen.items() if namespace is None or name == namespace)
+        """Prediction series in all (or in one namespace): every identity has one for each class its inference
+        service has seen."""
+        return sum(self._width(identity[:2]) for name, seen in self._seen.items()
+                   if namespace is None or name == namespace for identity in seen)
 
     def _series_refusal(self, namespace: str, more: int) -> MalformedEvent | None:
         """TooManySeries when `more` series would pass the namespace's share or the total."""
@@ -231,12 +275,14 @@ class PredictionExporter:
         for namespace, seen in list(self._seen.items()):
             while seen and next(iter(seen.values())) < now - self._model_idle_seconds:
                 identity, _ = seen.popitem(last=False)
-                for name in {*self.options.class_names, *self._known_classes.get(namespace, ()), OTHER_CLASS}:
+                service = identity[:2]
+                for name in {*self.options.class_names, *self._known_classes.get(service, ()), OTHER_CLASS}:
                     self.metrics.predictions.remove(*identity, name)
                     self._scraped.discard((*identity, name))  # one that comes back is shown at 0 first again
-            if not seen:  # the namespace's place and class budget are free again
+                if not any(other[1] == service[1] for other in seen):  # the service's class budget is free again
+                    self._known_classes.pop(service, None)
+            if not seen:  # the namespace's place is free again
                 del self._seen[namespace]
-                self._known_classes.pop(namespace, None)
 
     def _remember(self, event: CloudEvent) -> None:
         # Only what a response may borrow is kept, each value checked like a label: the bound on pending
@@ -245,12 +291,23 @@ class PredictionExporter:
         attributes = {k: event.attributes[k] for k in IDENTITY_ATTRIBUTES if k in event.attributes}
         for name, value in attributes.items():
             check_label(f"{name} attribute", value)
+        size = sum(len(value.encode()) for value in (event.id, *attributes.values()))
         now = self._clock()
-        self._requests.pop(event.id, None)  # a repeated id moves to the back with its new time
-        self._requests[event.id] = (now, dataclasses.replace(event, attributes=attributes, data=None))
+        self._forget_request(event.id)  # a repeated id moves to the back with its new time
+        self._requests[event.id] = (now, dataclasses.replace(event, attributes=attributes, data=None), size)
+        self._pending_bytes += size
         while self._requests and (len(self._requests) > self._max_pending
+                                  or self._pending_bytes > self._max_pending_bytes
                                   or next(iter(self._requests.values()))[0] < now - self._pending_seconds):
-            self._requests.popitem(last=False)
+            self._forget_request(next(iter(self._requests)))
+
+    def _forget_request(self, event_id: str) -> CloudEvent | None:
+        """The pending request of that id, no longer pending."""
+        pending = self._requests.pop(event_id, None)
+        if pending is None:
+            return None
+        self._pending_bytes -= pending[2]
+        return pending[1]
 
     def render(self) -> bytes:
         """The /metrics exposition, in which a prediction series shows 0 on the first scrape that sees it.
@@ -292,16 +349,34 @@ class PredictionExporter:
         return body
 
     def app(self) -> web.Application:
+        reading = asyncio.Semaphore(self._body_read_slots)  # this app's event loop's
+
+        async def read(request: web.Request) -> bytes | web.Response:
+            try:
+                async with asyncio.timeout(self._body_wait_seconds):
+                    await reading.acquire()
+            except TimeoutError:
+                return web.json_response({"outcome": self._dropped(BUSY_REASON)}, status=503)
+            try:
+                async with asyncio.timeout(self._body_read_seconds):
+                    return await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return web.json_response({"outcome": self._dropped(TOO_LARGE_REASON)}, status=413)
+            except TimeoutError:
+                return web.json_response({"outcome": self._dropped(TOO_SLOW_REASON)}, status=408)
+            finally:
+                reading.release()
+
         async def receive(request: web.Request) -> web.Response:
             headers = dict(request.headers)
             if payload_unused(headers):
                 await request.release()  # drained unread: a request's image or tensor may pass any size limit
                 body = b""
             else:
-                try:
-                    body = await request.read()
-                except web.HTTPRequestEntityTooLarge:
-                    return web.json_response({"outcome": self._dropped(TOO_LARGE_REASON)}, status=413)
+                body_or_answer = await read(request)
+                if isinstance(body_or_answer, web.Response):
+                    return body_or_answer
+                body = body_or_answer
             outcome = self.handle(headers, body, request.query_string)
             return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
 
@@ -321,4 +396,7 @@ class PredictionExporter:
 
 
 def run(host: str, port: int, options: DecodeOptions) -> None:
+    if not options.class_names:
+        log.warning("no --class-names: an output that is a class index or a row of scores names no class, and its "
+                    "events are dropped as NoClassNames (integer labels are indexes: list the classes, e.g. 0,1)")
     web.run_app(PredictionExporter(options).app(), host=host, port=port, print=None, access_log=None)

@@ -22,7 +22,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from controller.api.status import Phase
-from controller.exporter.server import INTERNAL_REASON, TOO_LARGE_REASON, ExporterMetrics
+from controller.exporter.server import BUSY_REASON, INTERNAL_REASON, TOO_LARGE_REASON, TOO_SLOW_REASON, ExporterMetrics
 from controller.operator.metrics import RESULTS, OperatorMetrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,7 +201,8 @@ def known_values() -> dict[str, set[str]]:
             if r["targetLabel"] == "job"}
     # Every reason the exporter drops an event for, as its code names them.
     source = "".join(path.read_text() for path in (REPO / "controller" / "exporter").glob("*.py"))
-    reasons = set(re.findall(r'MalformedEvent\(\s*"(\w+)"', source)) | {INTERNAL_REASON, TOO_LARGE_REASON}
+    reasons = set(re.findall(r'MalformedEvent\(\s*"(\w+)"', source))
+    reasons |= {INTERNAL_REASON, TOO_LARGE_REASON, BUSY_REASON, TOO_SLOW_REASON}
     return {"result": set(RESULTS), "phase": {str(phase) for phase in Phase}, "job": jobs, "reason": reasons}
 
 

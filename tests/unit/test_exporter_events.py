@@ -177,7 +177,7 @@ def test_pending_requests_keep_no_payload_and_expire() -> None:
     request = kserve_headers("org.kubeflow.serving.inference.request", "r1", endpoint="canary")
     request["Content-Type"] = "application/octet-stream"
     assert exporter.handle(request, b"\x89PNG" + b"\0" * 1_000_000, "") == "request"  # a binary body is fine
-    assert all(event.data is None for _, event in exporter._requests.values())
+    assert all(event.data is None for _, event, _ in exporter._requests.values())
     now[0] = 61.0  # r1 is now too old to wait for its response
     exporter.handle(kserve_headers("org.kubeflow.serving.inference.request", "r2"), b"{}", "")
     assert list(exporter._requests) == ["r2"]
@@ -343,7 +343,7 @@ def test_a_pending_request_keeps_only_the_attributes_a_response_borrows() -> Non
     request = kserve_headers("org.kubeflow.serving.inference.request", "r1", endpoint="canary", modelversion="7")
     request["Ce-Pad"] = "A" * 1_000_000
     assert exporter.handle(request, b"{}", "") == "request"
-    (_, kept), = exporter._requests.values()
+    (_, kept, _), = exporter._requests.values()
     assert set(kept.attributes) == {"namespace", "inferenceservicename", "endpoint", "modelversion"}
     oversized = kserve_headers("org.kubeflow.serving.inference.request", "r2", modelversion="7" * 1_000)
     assert exporter.handle(oversized, b"{}", "") == "malformed"
@@ -472,7 +472,7 @@ def test_an_idle_namespace_frees_its_place_and_its_class_budget() -> None:
     assert exporter.handle({**kserve_headers(), "Ce-Namespace": "payments"}, body, "model_version=1") == "counted"
     exposition = generate_latest(exporter.metrics.registry).decode()
     assert 'namespace="payments"' in exposition and 'namespace="moderation"' not in exposition
-    assert set(exporter._known_classes) == {"payments"}
+    assert set(exporter._known_classes) == {("payments", "nsfw")}
 
 
 def test_a_large_event_is_counted_once_per_class(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -572,3 +572,38 @@ def test_without_a_specversion_header_a_cloudevents_body_is_still_structured() -
                            "model_version=7") == "counted"
     assert events.payload_unused({"Content-Type": "application/cloudevents+json",
                                   "Ce-Type": "org.kubeflow.serving.inference.request"}) is False
+
+
+def test_without_class_names_the_exporter_warns_at_startup(monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(server.web, "run_app", lambda *_, **__: None)
+    with caplog.at_level(logging.INFO, logger=server.__name__):
+        server.run("127.0.0.1", 0, NAMES)
+        assert not caplog.records
+        server.run("127.0.0.1", 0, DecodeOptions())
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and "NoClassNames" in record.message and "0,1" in record.message
+
+
+def test_each_drop_reason_is_logged_once_in_ten_minutes_without_its_payload(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    exporter = PredictionExporter(DecodeOptions(), clock=lambda: now[0])
+    index = json.dumps({"predictions": [1]}).encode()
+    mismatch = json.dumps({"data": {"names": ["secret-column", "b"], "ndarray": [[0.1, 0.9]]}}).encode()
+
+    def warnings() -> list[str]:
+        return [r.message for r in caplog.records if r.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.INFO, logger=server.__name__):
+        assert [exporter.handle(kserve_headers(), index, "model_version=1") for _ in range(3)] == ["malformed"] * 3
+        now[0] = 599.0
+        exporter.handle(kserve_headers(), index, "model_version=1")
+        assert len(warnings()) == 1 and "NoClassNames" in warnings()[0] and "--class-names" in warnings()[0]
+        now[0] = 600.0
+        exporter.handle(kserve_headers(), index, "model_version=1")
+        assert len(warnings()) == 2
+        options = DecodeOptions(("a", "b"))
+        other = PredictionExporter(options, clock=lambda: now[0])
+        assert other.handle(kserve_headers(), mismatch, "model_version=1") == "malformed"
+    assert "ClassNamesMismatch" in warnings()[2] and "secret-column" not in caplog.text
+    assert malformed(exporter, "NoClassNames") == 5

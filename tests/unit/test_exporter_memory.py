@@ -1,12 +1,16 @@
-"""/metrics at the exporter's bounds fits its memory limit (256Mi): the prediction series are bounded in all, and
-a render holds little more than twice its text."""
+"""The exporter's memory has a ceiling within its limit (256Mi): the prediction series are bounded in all (a render
+holds little more than twice its text), and so are pending requests and the bodies read at once."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import tracemalloc
 
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.exporter.events import MAX_LABEL_LENGTH, DecodeOptions
@@ -94,3 +98,102 @@ def test_one_namespace_cannot_take_every_series() -> None:
     assert send(exporter, 0, 1, ["suggestive"], "svc") == "malformed"  # a class would add one per version
     assert send(exporter, 1, 1, ["nsfw"], "svc") == "counted"
     assert (exporter._series(label("ns0-")), exporter._series()) == (4, 6)
+
+
+def test_classes_are_shared_within_an_inference_service_not_a_namespace() -> None:
+    """48 teams each serving 4 models of their own 8 labels: 1536 series, not 4x as many zero ones for classes the
+    other services predict; a 49th team's stable and canary are still counted."""
+    exporter = PredictionExporter(DecodeOptions())
+    outcomes = [send(exporter, namespace, 3, [f"{service}-label-{c}" for c in range(8)], f"model-{service}")
+                for namespace in range(48) for service in range(4)]
+    assert outcomes == ["counted"] * 192
+    assert exporter._series() == 48 * 4 * 8
+    assert send(exporter, 49, 6, ["safe"], "nsfw") == "counted"
+    assert send(exporter, 49, 7, ["nsfw"], "nsfw") == "counted"  # and safe at 0 for it, nsfw at 0 for 6
+    assert exporter._series(label("ns49-")) == 4
+    assert not exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
+                                                          {"reason": "TooManySeries"})
+    text = exporter.render().decode()
+    assert 'inference_service="model-0",variant="canary",model_version="' + label("v3-") + '",class="1-label-0"' \
+        not in text  # another service's class is not made at 0 for this one
+
+
+def test_an_idle_service_forgets_its_classes_and_the_others_keep_theirs() -> None:
+    now = [0.0]
+    exporter = PredictionExporter(DecodeOptions(), model_idle_seconds=100, clock=lambda: now[0])
+    assert send(exporter, 0, 1, ["a", "b"], "old") == "counted"
+    now[0] = 50.0
+    assert send(exporter, 0, 1, ["safe"], "kept") == "counted"
+    now[0] = 120.0
+    exporter._evict_idle(now[0])
+    assert set(exporter._known_classes) == {(label("ns0-"), "kept")}
+    assert exporter._series() == 1
+    assert "old" not in exporter.render().decode()  # nor its series
+
+
+def test_pending_requests_are_bounded_by_their_kept_bytes() -> None:
+    """10,000 pending requests of the longest 4-byte labels held ~78 MiB; the oldest now make way past 8 MiB."""
+    exporter = PredictionExporter(DecodeOptions())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for i in range(10_000):
+            headers = {"Ce-Id": label(f"{i:06d}-"), "Ce-Type": "org.kubeflow.serving.inference.request",
+                       "Ce-Specversion": "1.0",
+                       **{f"Ce-{name}": label(f"{name[:3]}{i:06d}-") for name in (
+                           "Namespace", "Inferenceservicename", "Modelid", "Endpoint", "Component", "Modelversion")}}
+            assert exporter.handle(headers, b"", "") == "request"
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 16 * 1024 * 1024, held
+    assert label("009999-") in exporter._requests and label("000000-") not in exporter._requests  # oldest went
+    assert exporter._pending_bytes == sum(size for _, _, size in exporter._requests.values()) <= 8 * 1024 * 1024
+    response = {"Ce-Id": label("009999-"), "Ce-Type": "org.kubeflow.serving.inference.response",
+                "Ce-Specversion": "1.0"}
+    exporter.handle(response, b'{"predictions": ["nsfw"]}', "")  # its request is no longer pending
+    assert exporter._pending_bytes == sum(size for _, _, size in exporter._requests.values())
+
+
+def test_concurrent_body_reads_are_bounded_and_slow_ones_give_up_their_place(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six senders each a byte short of their body: two are read at once (each may hold 4 MiB), the others are
+    answered 503 (Busy) once the wait is over, the two read 408 (TooSlow); then an event is counted again."""
+    exporter = PredictionExporter(DecodeOptions(), body_read_slots=2, body_wait_seconds=0.3, body_read_seconds=1.0)
+    reading, most = [0], [0]
+    original = web.BaseRequest.read
+
+    async def read(self: web.BaseRequest) -> bytes:
+        reading[0] += 1
+        most[0] = max(most[0], reading[0])
+        try:
+            return await original(self)
+        finally:
+            reading[0] -= 1
+
+    monkeypatch.setattr(web.BaseRequest, "read", read)
+    head = (b"POST / HTTP/1.1\r\nHost: x\r\nce-id: a\r\nce-type: org.kubeflow.serving.inference.response\r\n"
+            b"ce-specversion: 1.0\r\nContent-Type: application/json\r\nContent-Length: 2048\r\n\r\n")
+
+    async def slow(port: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head + b" " * 2047)
+            status = await asyncio.wait_for(reader.readline(), 5)
+            return int(status.split()[1])
+        finally:
+            writer.close()
+
+    async def steps() -> tuple[list[int], int]:
+        async with TestClient(TestServer(exporter.app(), host="127.0.0.1")) as client:
+            statuses = await asyncio.gather(*(slow(client.port) for _ in range(6)))
+            headers = {"Ce-Id": "b", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
+                       "Ce-Namespace": "moderation", "Ce-Inferenceservicename": "nsfw"}
+            response = await client.post("/", data=b'{"predictions": ["nsfw"]}', headers=headers)
+            return sorted(statuses), response.status
+
+    assert asyncio.run(steps()) == ([408, 408, 503, 503, 503, 503], 202)
+    assert most[0] == 2
+    registry = exporter.metrics.registry
+    for reason, n in (("Busy", 4), ("TooSlow", 2)):
+        assert registry.get_sample_value("modelrollout_exporter_malformed_events_total", {"reason": reason}) == n
