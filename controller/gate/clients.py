@@ -42,7 +42,7 @@ _SETUP_STATUSES = {
     407: "proxy authentication required",
     408: "the server timed the request out",
     410: "gone: check the model name",
-    413: "request too large for the server: lower the batch size",
+    413: "request too large for the server: raise the model server's or its proxy's request body limit",
     415: "media type refused: check the protocol",
     421: "misdirected: check the URL",
     426: "upgrade required: check the URL's scheme",
@@ -65,6 +65,11 @@ SAMPLE_RESPONSE_BYTES = 64 * 1024
 _CLASS_RESPONSE_BYTES = 64
 _ENVELOPE_RESPONSE_BYTES = 64 * 1024
 TOO_LARGE = "response too large"
+# Decoding holds the GIL, and an empty list costs it ~0.5 us: 8 MiB of "[]," stalled the event loop for 1.9 s, thread
+# or not. A usable answer needs a few lists or objects a sample (a row, a {"label"} dict), or one a value for a score
+# vector written as [[p], ...]: more is refused unread, like an answer over its size.
+_SAMPLE_CONTAINERS = 64
+_ENVELOPE_CONTAINERS = 1024
 
 
 class InferenceProtocol(StrEnum):
@@ -176,6 +181,10 @@ class InferenceClient:
         """The most bytes an answer for `count` samples may have: refused beyond, before it is decoded."""
         return min(self._max_bytes, _ENVELOPE_RESPONSE_BYTES + count * self._sample_bytes)
 
+    def container_cap(self, count: int) -> int:
+        """The most lists and objects (counting "[" and "{" bytes) an answer for `count` samples may hold."""
+        return _ENVELOPE_CONTAINERS + count * (_SAMPLE_CONTAINERS + len(self.output_classes))
+
     async def predict(self, features: np.ndarray, body: bytes | None = None) -> BatchAnswer:
         count = int(features.shape[0])
         if body is None:
@@ -188,6 +197,15 @@ class InferenceClient:
             detail = f"over the {cap:,} bytes allowed for {count} samples: not judged" if too_large else ""
             return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=failure,
                                unavailable=unavailable or too_large, detail=detail)
+        # Off the event loop: what is left of decoding and reading an answer can still take a few hundred ms.
+        return await asyncio.to_thread(self.read_answer, payload, count)
+
+    def read_answer(self, payload: bytes, count: int) -> BatchAnswer:
+        containers, allowed = payload.count(b"[") + payload.count(b"{"), self.container_cap(count)
+        if containers > allowed:
+            return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=TOO_LARGE, unavailable=True,
+                               detail=f"{containers:,} lists or objects, over the {allowed:,} allowed for {count} "
+                                      "samples: not judged")
         try:
             document = decode_json(payload)
         except (ValueError, RecursionError):  # RecursionError: nested too deep for the standard library

@@ -21,6 +21,7 @@ from typing import Any
 from controller.gate.errors import ErrorKind, SourceError
 from controller.gate.mlflow_access import MlflowAccess, MlflowRest, experiment_id_for, json_bytes, upload_artifact
 from controller.gate.runner import GateReport
+from controller.redaction import redacted_url
 from controller.verdict import DATASET_INTEGRITY, Outcome
 
 EXPERIMENT_NAME = "modelrollout-golden-gate"
@@ -71,9 +72,10 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
     logged = _logged_metrics(run)  # a re-record after a restart: the history keeps one point per number
     metrics = [{"key": key, "value": value, "timestamp": now_ms, "step": 0}
                for key, value in gate_metrics(report).items() if logged.get(key) != value]
+    dataset_uri = redacted_url(str(report.status.get("dataset", {}).get("uri", "")))  # a presigned URL's query
     rest.call("POST", "/api/2.0/mlflow/runs/log-batch", body={
         "run_id": run_id, "metrics": metrics[:_LOG_BATCH_LIMIT],
-        "params": [{"key": "dataset_uri", "value": str(report.status.get("dataset", {}).get("uri", ""))[:6000]}],
+        "params": [{"key": "dataset_uri", "value": dataset_uri[:6000]}],
         "tags": [{"key": key, "value": value} for key, value in tags.items()]})
     for start in range(_LOG_BATCH_LIMIT, len(metrics), _LOG_BATCH_LIMIT):  # MLflow takes 1000 per call
         rest.call("POST", "/api/2.0/mlflow/runs/log-batch",

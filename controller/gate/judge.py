@@ -7,18 +7,21 @@ Checks, in the order the engine reads them (the first verdict with the combined 
     dataset             INCONCLUSIVE when the file is unreadable, empty, or has unusable samples
     candidate.responses FAIL when the candidate answered some samples with garbage; INCONCLUSIVE when
                         it was unreachable for some (timeouts, 503, or a status that says the model was not
-                        reached: 3xx, 401, 403, 404, ...): no evidence either way
+                        reached: 3xx, 401, 403, 404, ...): no evidence either way, or when stable's answers are
+                        unusable for the same reasons (a setup problem, e.g. classes that do not match the outputs)
     stable.responses    INCONCLUSIVE when stable could not answer: the comparison lacks evidence
     minAccuracy                           on the candidate's answers
     maxAccuracyDrop, maxDisagreement      candidate vs stable on the samples both answered
     <class>.maxFalsePositiveRate / .minRecall / .minPrecision   on the candidate's answers
-    slice <tag>.maxAccuracyDrop / .maxDisagreement   the same per golden slice (a trigger hides in one), as a
-                        test: FAIL only when the slice's count is credibly above the limit (binomial tail below
-                        SLICE_ALPHA shared by all slice checks), so one flip in a small slice is chance, and a
-                        slice too small to judge still fails when (nearly) every sample flipped. A partial trigger
-                        (a few flips in a mid-sized slice) can pass beside many slices: the price of a clean
-                        retrain not failing on the luck of one of them
-    slices              INCONCLUSIVE when samples carry tags beyond the slices tracked: those were not judged
+    slice <tag>.minAccuracy / .maxAccuracyDrop / .maxDisagreement   the same per golden slice (a trigger hides
+                        in one; minAccuracy with or without a stable), as a test: FAIL only when the slice's count
+                        (errors, accuracy lost, flips) is credibly beyond the limit (binomial tail below SLICE_ALPHA
+                        shared by all slice checks), so one error in a small slice is chance, and a slice too small
+                        to judge still fails when (nearly) every sample is wrong. A partial trigger (a few flips in
+                        a mid-sized slice) can pass beside many slices: the price of a clean retrain not failing on
+                        the luck of one of them
+    slices              INCONCLUSIVE when samples carry tags beyond the slices tracked and any slice check applies:
+                        those were not judged
     thresholds          INCONCLUSIVE when no threshold could be applied at all
 An undefined metric (e.g. recall of a class with no samples) is INCONCLUSIVE, never 0 or 1, and so is a pass on
 fewer samples than JudgeSettings.min_samples (a 3-sample golden set proves nothing of a 1% limit).
@@ -100,7 +103,12 @@ def pct(value: float | None) -> str:
 def judge(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSettings,
           dataset_sha256: str) -> list[Verdict]:
     verdicts = [_dataset_verdict(tally, settings, dataset_sha256)]
-    verdicts.append(_responses_verdict("candidate", tally.candidate, settings, tally.aborted, garbage_fails=True))
+    # Unusable the same way as stable's answers: the setup (dataset classes, output classes, protocol), not the model.
+    setup = tally.stable is not None and _unusable_alike(tally.candidate, tally.stable, settings)
+    verdicts.append(_responses_verdict("candidate", tally.candidate, settings, tally.aborted, garbage_fails=not setup,
+                                       note="; stable's answers are unusable the same way: a setup problem (the "
+                                       "dataset's classes, the models' output classes or protocol), not the "
+                                       "candidate's" if setup else ""))
     if tally.stable is not None:
         verdicts.append(_responses_verdict("stable", tally.stable, settings, tally.aborted, garbage_fails=False))
     if tally.overall.samples == 0 or tally.candidate.answered == 0:
@@ -111,10 +119,8 @@ def judge(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSetting
         return verdicts
     checks = _threshold_verdicts(thresholds, tally, settings, dataset_sha256)
     if not checks:
-        has_thresholds = bool(thresholds.min_accuracy is not None or thresholds.max_accuracy_drop is not None
-                              or thresholds.max_disagreement is not None or thresholds.classes)
-        why = ("the thresholds set compare against stable, and there is no stable version" if has_thresholds
-               else "goldenDataset.thresholds sets no threshold")
+        why = ("the thresholds set compare against stable, and there is no stable version"
+               if _any_threshold(thresholds) else "goldenDataset.thresholds sets no threshold")
         checks = [Verdict("thresholds", Outcome.INCONCLUSIVE, f"nothing judged the candidate: {why}",
                           {"datasetSha256": dataset_sha256})]
     return verdicts + checks
@@ -138,8 +144,16 @@ def _dataset_verdict(tally: GateTally, settings: JudgeSettings, dataset_sha256: 
     return Verdict("dataset", Outcome.PASS, f"{usable} usable samples, {len(tally.classes)} classes", evidence)
 
 
+def _unusable_alike(candidate: ResponseTally, stable: ResponseTally, settings: JudgeSettings) -> bool:
+    """Both left more than the allowed share unusable, and stable for every reason the candidate did, at least half
+    as often (the same samples went to both)."""
+    return (stable.garbage_samples > settings.max_unanswered_share * stable.samples + _EPSILON
+            and bool(candidate.unanswered)
+            and all(2 * stable.unanswered[reason] >= count for reason, count in candidate.unanswered.items()))
+
+
 def _responses_verdict(side: str, tally: ResponseTally, settings: JudgeSettings, aborted: str | None,
-                       garbage_fails: bool) -> Verdict:
+                       garbage_fails: bool, note: str = "") -> Verdict:
     evidence = tally.to_dict()
     missing = tally.unanswered_total
     if tally.samples == 0:
@@ -152,7 +166,7 @@ def _responses_verdict(side: str, tally: ResponseTally, settings: JudgeSettings,
     batches = sum(tally.failed_batches.values())
     message = (f"no usable prediction for {missing} of {tally.samples} samples ({pct(missing / tally.samples)})"
                f"{f', {batches} of {tally.batches} batches failed' if batches else ''}"
-               f"{f': {reasons}' if reasons else ''}{f'; stopped early: {aborted}' if aborted else ''}")
+               f"{f': {reasons}' if reasons else ''}{f'; stopped early: {aborted}' if aborted else ''}{note}")
     if garbage_fails and tally.garbage_samples > settings.max_unanswered_share * tally.samples + _EPSILON:
         return Verdict(f"{side}.responses", Outcome.FAIL, message, evidence)
     return Verdict(f"{side}.responses", Outcome.INCONCLUSIVE, message, evidence)
@@ -176,27 +190,31 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
     overall = tally.overall
     base = {"datasetSha256": dataset_sha256}
     if thresholds.min_accuracy is not None:
-        correct, answered = int(overall.candidate.trace()), int(overall.candidate.sum())
-        verdicts.append(_limit_check(
-            "minAccuracy", accuracy(overall.candidate), thresholds.min_accuracy, upper=False,
-            what=f"candidate accuracy ({correct}/{answered})", undefined_because="no answered samples",
-            evidence={**base, "correct": correct, "samples": answered}))
+        verdicts.append(_accuracy_verdict("", overall, thresholds.min_accuracy, base))
     if tally.stable is not None:
         verdicts.extend(_comparison_verdicts("", overall, thresholds, tally.classes, base))
     for label, limits in thresholds.classes.items():
         verdicts.extend(_class_verdicts(label, limits, tally, base))
     verdicts = [_enough(verdict, settings.min_samples) for verdict in verdicts]
-    if tally.stable is not None and settings.slice_checks:
-        limits = [limit for limit in (thresholds.max_accuracy_drop, thresholds.max_disagreement) if limit is not None]
-        judged = [(tag, counts) for tag, counts in sorted(tally.slices.items()) if counts.paired]
-        alpha = SLICE_ALPHA / max(1, len(limits) * len(judged))
+    if settings.slice_checks:
+        # Each slice on its own against minAccuracy (a first rollout has no stable to compare with), and against
+        # stable when there is one; all these tests share one alpha.
+        compared = [limit for limit in (thresholds.max_accuracy_drop, thresholds.max_disagreement)
+                    if limit is not None] if tally.stable is not None else []
+        per_slice = len(compared) + (thresholds.min_accuracy is not None)
+        judged = [(tag, counts) for tag, counts in sorted(tally.slices.items()) if counts.candidate.sum()]
+        alpha = SLICE_ALPHA / max(1, per_slice * len(judged))
         for tag, counts in judged:
-            for verdict in _comparison_verdicts(f"slice {tag}.", counts, thresholds, tally.classes,
-                                                {**base, "slice": tag}):
-                slice_verdict = _slice_test(verdict, counts, alpha, settings.min_slice_samples)
+            scope = {**base, "slice": tag}
+            checks = [_accuracy_verdict(f"slice {tag}.", counts, _slice_floor(thresholds.min_accuracy, counts), scope)
+                      ] if thresholds.min_accuracy is not None else []
+            if compared and counts.paired:
+                checks.extend(_comparison_verdicts(f"slice {tag}.", counts, thresholds, tally.classes, scope))
+            for verdict in checks:
+                slice_verdict = _slice_test(verdict, alpha, settings.min_slice_samples)
                 if slice_verdict is not None:
                     verdicts.append(slice_verdict)
-        if tally.untracked_slices and limits:
+        if tally.untracked_slices and per_slice:
             verdicts.append(Verdict("slices", Outcome.INCONCLUSIVE,
                                     f"{tally.untracked_slices} samples carry tags beyond the {len(tally.slices)} "
                                     "slices tracked, so their slices were not judged (a trigger could hide in one): "
@@ -216,25 +234,52 @@ def _enough(verdict: Verdict, min_samples: int) -> Verdict:
                    {**evidence, "minSamples": min_samples})
 
 
-def _slice_test(verdict: Verdict, counts: PairedCounts, alpha: float, min_samples: int) -> Verdict | None:
-    """A slice check as a test of its count against the limit: FAIL when credibly above; PASS when not (None for a
-    slice under `min_samples`: reported, not judged, unless it is credibly above even so)."""
+def _slice_test(verdict: Verdict, alpha: float, min_samples: int) -> Verdict | None:
+    """A slice check as a test of its count against the limit: FAIL when credibly beyond; PASS when not (None for a
+    slice under `min_samples`: reported, not judged, unless it is credibly beyond even so)."""
     evidence = dict(verdict.evidence)
-    paired, limit = counts.paired, float(evidence["limit"])
-    if verdict.name.endswith("maxAccuracyDrop"):
-        count = max(0, int(evidence["stableCorrect"]) - int(evidence["candidateCorrect"]))
+    limit = float(evidence["limit"])
+    if verdict.name.endswith("minAccuracy"):  # errors against the error rate the limit allows
+        samples = int(evidence["samples"])
+        count, rate, relation = samples - int(evidence["correct"]), 1.0 - limit, " below the minimum "
     else:
-        count = int(evidence["disagreements"])
-    p_value = binomial_tail(count, paired, limit)
+        samples, rate, relation = int(evidence["pairedSamples"]), limit, " above the maximum "
+        if verdict.name.endswith("maxAccuracyDrop"):
+            count = max(0, int(evidence["stableCorrect"]) - int(evidence["candidateCorrect"]))
+        else:
+            count = int(evidence["disagreements"])
+    p_value = binomial_tail(count, samples, rate)
     evidence.update({"count": count, "pValue": p_value, "alpha": alpha})
-    if p_value < alpha:  # credible only above the limit, where the plain check says "above" too
-        reason = verdict.reason.replace(" above the maximum ", " credibly above the maximum ", 1)
+    if p_value < alpha:  # credible only beyond the limit, where the plain check says "above"/"below" too
+        reason = verdict.reason.replace(relation, f" credibly{relation}", 1)
         return Verdict(verdict.name, Outcome.FAIL, f"{reason} (p={p_value:.1e} < {alpha:.1e})", evidence)
-    if paired < min_samples:
+    if samples < min_samples:
         return None
-    above = verdict.outcome is Outcome.FAIL
-    note = f", but not credibly (p={p_value:.1e}, chance in {paired} samples)" if above else ""
+    beyond = verdict.outcome is Outcome.FAIL
+    note = f", but not credibly (p={p_value:.1e}, chance in {samples} samples)" if beyond else ""
     return Verdict(verdict.name, Outcome.PASS, f"{verdict.reason}{note}", evidence)
+
+
+def _any_threshold(thresholds: GoldenThresholds) -> bool:
+    return bool(thresholds.min_accuracy is not None or thresholds.max_accuracy_drop is not None
+                or thresholds.max_disagreement is not None or thresholds.classes)
+
+
+def _slice_floor(min_accuracy: float, counts: PairedCounts) -> float:
+    """A slice's minimum accuracy: minAccuracy, or stable's own accuracy there when lower. A slice that is hard
+    for every model (stable is as weak on it) must not fail each candidate; a trigger slice stable gets right
+    still holds the candidate to minAccuracy."""
+    stable = accuracy(counts.stable) if counts.stable.sum() else None
+    return min_accuracy if stable is None else min(min_accuracy, stable)
+
+
+def _accuracy_verdict(prefix: str, counts: PairedCounts, limit: float, base: Mapping[str, Any]) -> Verdict:
+    scope = f" on slice {base['slice']}" if "slice" in base else ""
+    correct, answered = int(counts.candidate.trace()), int(counts.candidate.sum())
+    return _limit_check(f"{prefix}minAccuracy", accuracy(counts.candidate), limit, upper=False,
+                        what=f"candidate accuracy{scope} ({correct}/{answered})",
+                        undefined_because="no answered samples",
+                        evidence={**base, "correct": correct, "samples": answered})
 
 
 def _comparison_verdicts(prefix: str, counts: PairedCounts, thresholds: GoldenThresholds, classes: Sequence[str],

@@ -37,6 +37,7 @@ from controller.gate.formats import MAX_PROBLEM_EXAMPLES, Batch, DatasetFormatEr
 from controller.gate.judge import GateTally, JudgeSettings, ResponseTally, judge, pct
 from controller.gate.metrics import PairedCounts, accuracy, summarize
 from controller.gate.sources import DatasetSources, fetch_dataset
+from controller.redaction import redacted_url
 from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict, combine
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ async def run_gate(dataset: GoldenDatasetSpec | Mapping[str, Any], candidate: In
         try:
             fetched = await fetch_dataset(spec.uri, namespace, sources, Path(scratch) / "dataset")
         except SourcePolicyError as exc:
-            verdict = Verdict("dataset.source", Outcome.INCONCLUSIVE, exc.message, {"uri": spec.uri})
+            verdict = Verdict("dataset.source", Outcome.INCONCLUSIVE, exc.message, {"uri": redacted_url(spec.uri)})
             return _report_without_data(spec, (verdict,))
         except SourceError as exc:
             return _fetch_error(spec, exc)
@@ -180,7 +181,7 @@ def _fetch_error(spec: GoldenDatasetSpec, exc: SourceError) -> GateReport:
     """The dataset could not be fetched now: an error the operator reports and retries, not a verdict."""
     error = GateError(kind=str(exc.kind), message=exc.message)
     status = {"outcome": str(Outcome.INCONCLUSIVE), "error": {"kind": error.kind, "message": error.message},
-              "dataset": {"uri": spec.uri, "expectedSha256": spec.sha256}}
+              "dataset": {"uri": redacted_url(spec.uri), "expectedSha256": spec.sha256}}
     return GateReport(Outcome.INCONCLUSIVE, f"dataset not fetched: {exc.message}", (), None, status, status, error)
 
 
@@ -190,7 +191,7 @@ def _report_without_data(spec: GoldenDatasetSpec, verdicts: tuple[Verdict, ...],
     decisive = next(v for v in verdicts if v.outcome == outcome)
     reason = f"{decisive.name}: {decisive.reason}"
     status = {"outcome": str(outcome), "reason": reason,
-              "dataset": {"uri": spec.uri, "expectedSha256": spec.sha256, "sha256": actual_sha256},
+              "dataset": {"uri": redacted_url(spec.uri), "expectedSha256": spec.sha256, "sha256": actual_sha256},
               "failedChecks": [v.name for v in verdicts if v.outcome is not Outcome.PASS],
               "checks": [v.to_dict() for v in verdicts]}
     return GateReport(outcome, reason, verdicts, actual_sha256, status, status)
@@ -209,7 +210,7 @@ async def evaluate_dataset_file(path: Path, dataset: GoldenDatasetSpec | Mapping
         verdict = Verdict(DATASET_INTEGRITY, Outcome.FAIL,
                           f"dataset sha256 mismatch: pinned {spec.sha256}, fetched {actual}; the data were changed "
                           "or the pin is wrong", {"expectedSha256": spec.sha256, "actualSha256": actual,
-                                                  "uri": spec.uri})
+                                                  "uri": redacted_url(spec.uri)})
         return _report_without_data(spec, (verdict,), actual)
     integrity = Verdict(DATASET_INTEGRITY, Outcome.PASS, f"matches the pinned {actual[:12]}...",
                         {"expectedSha256": spec.sha256, "actualSha256": actual})
@@ -373,7 +374,7 @@ def _status(spec: GoldenDatasetSpec, sha256: str, source: str | None, data_forma
     problems = tally.problems
     result: dict[str, Any] = {
         "outcome": str(outcome), "reason": reason,
-        "dataset": {"uri": spec.uri, "source": source, "sha256": sha256, "expectedSha256": spec.sha256,
+        "dataset": {"uri": redacted_url(spec.uri), "source": source, "sha256": sha256, "expectedSha256": spec.sha256,
                     "format": data_format, "classes": list(classes), "records": tally.records,
                     "usable": tally.overall.samples, "unusable": problems.total,
                     "unusableByReason": dict(problems.counts.most_common()), "examples": problems.examples},

@@ -39,6 +39,7 @@ from yarl import URL
 from controller.api.reach import is_dns_name
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
 from controller.gate.mlflow_access import HashingWriter, MlflowAccess, copy_hashing, download_artifact
+from controller.redaction import redacted_url
 
 DEFAULT_MAX_DATASET_BYTES = 4 * 1024**3
 # Left free on the scratch filesystem: the operator and its libraries write a little there too.
@@ -141,14 +142,15 @@ class FetchedDataset:
 
 async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, destination: Path) -> FetchedDataset:
     """Fetch uri into the file destination, hashing while writing. Raises SourceError / SourcePolicyError."""
-    _check_free_space(destination.parent, 0, 0, sources, uri)  # a full disk fails before anything is fetched
+    shown = redacted_url(uri)  # for messages: a presigned URL's query is its credential
+    _check_free_space(destination.parent, 0, 0, sources, shown)  # a full disk fails before anything is fetched
     try:
         # Unbuffered: a full disk fails the write that meets it, never a flush in close() that would hide why.
         file = open(destination, "wb", buffering=0)  # noqa: SIM115 - closed below, after the fetch
     except OSError as exc:
-        raise _write_error(exc, destination, uri) from None
+        raise _write_error(exc, destination, shown) from None
     with file:
-        scratch_sink = _ScratchSink(file, destination, sources, uri)
+        scratch_sink = _ScratchSink(file, destination, sources, shown)
         sink = cast(IO[bytes], scratch_sink)
         if uri.startswith(_MLFLOW_SCHEMES):
             source, (sha256, size) = await _fetch_mlflow(uri, sources, sink)
@@ -302,7 +304,7 @@ def check_https_uri(uri: str, allowed: Collection[str]) -> URL:
     except ValueError:
         raise SourcePolicyError("the https dataset URL cannot be parsed") from None
     if parsed.scheme != "https" or not hostname:
-        raise SourcePolicyError(f"{uri}: only https:// URLs with a host are accepted")
+        raise SourcePolicyError(f"{redacted_url(uri)}: only https:// URLs with a host are accepted")
     if parsed.username or parsed.password:
         raise SourcePolicyError("https dataset URL carries credentials in it; refusing (they would end up in status)")
     if not host_allowed(hostname, allowed):
@@ -310,11 +312,12 @@ def check_https_uri(uri: str, allowed: Collection[str]) -> URL:
     try:
         return URL(uri, encoded=True)
     except (ValueError, UnicodeError):
-        raise SourcePolicyError(f"{uri}: not a usable URL") from None
+        raise SourcePolicyError(f"{redacted_url(uri)}: not a usable URL") from None
 
 
 async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink) -> tuple[str, tuple[str, int]]:
     url = check_https_uri(uri, sources.https_allowed_hosts)
+    shown = redacted_url(uri)  # what messages and status name: the query may be a presigned URL's signature
     origin = (url.scheme, (url.host or "").lower(), url.port)
     context = ssl.create_default_context(cafile=sources.https_ca_file)
     timeout = aiohttp.ClientTimeout(total=sources.https_timeout_seconds)
@@ -327,27 +330,34 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink) ->
                             target = url.join(URL(response.headers.get("Location", "")))
                             where = (target.scheme, (target.host or "").lower(), target.port)
                         except (ValueError, UnicodeError):  # e.g. a port past 65535
-                            raise SourceError(ErrorKind.INVALID, f"GET {uri}: the redirect's Location is not "
+                            raise SourceError(ErrorKind.INVALID, f"GET {shown}: the redirect's Location is not "
                                                                  "a usable URL") from None
                         if where != origin:
-                            raise SourcePolicyError(f"{uri}: redirect to {target.scheme}://{target.host} refused: "
+                            raise SourcePolicyError(f"{shown}: redirect to {target.scheme}://{target.host} refused: "
                                                     "redirects are followed only within the same host")
                         url = target
                         continue
                     if response.status != 200:
                         raise SourceError(kind_for_http_status(response.status),
-                                          f"GET {uri}: HTTP {response.status} {response.reason or ''}".strip())
+                                          f"GET {shown}: HTTP {response.status} {response.reason or ''}".strip())
                     # aiohttp decodes a Content-Encoding: then the length sent is not the dataset's size.
                     if response.content_length is not None and \
                             response.headers.get("Content-Encoding", "identity").lower() == "identity":
                         sink.declare(response.content_length)
-                    sha_size = await _copy_stream(response, cast(IO[bytes], sink), sources.max_bytes, uri)
-                    return uri, sha_size
+                    sha_size = await _copy_stream(response, cast(IO[bytes], sink), sources.max_bytes, shown)
+                    return shown, sha_size
     except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
-        raise SourceError(ErrorKind.UNAVAILABLE, f"GET {uri}: {type(exc).__name__}: {exc}") from None
+        raise SourceError(ErrorKind.UNAVAILABLE,
+                          f"GET {shown}: {type(exc).__name__}: {_without(exc, uri, shown)}") from None
     except (ValueError, UnicodeError) as exc:  # what aiohttp could not use of a URL
-        raise SourceError(ErrorKind.INVALID, f"GET {uri}: {type(exc).__name__}") from None
-    raise SourceError(ErrorKind.ERROR, f"GET {uri}: more than {_MAX_REDIRECTS} redirects")
+        raise SourceError(ErrorKind.INVALID, f"GET {shown}: {type(exc).__name__}") from None
+    raise SourceError(ErrorKind.ERROR, f"GET {shown}: more than {_MAX_REDIRECTS} redirects")
+
+
+def _without(exc: BaseException, uri: str, shown: str) -> str:
+    """An error's text without the URL's query (aiohttp's errors may quote the URL, or only its query)."""
+    text, query = str(exc).replace(uri, shown), uri.partition("?")[2]
+    return text.replace(query, "<redacted>") if len(query) >= 8 else text
 
 
 async def _copy_stream(response: aiohttp.ClientResponse, sink: IO[bytes], max_bytes: int,

@@ -184,7 +184,8 @@ def test_the_model_servers_refusal_of_the_golden_input_is_its_answer(status: int
      "wrong prediction count"),
     ("v2", {"outputs": [{"name": "p", "shape": [4, 3, 1], "datatype": "FP32", "data": [0.1] * 12}]}, "bad output"),
     ("v2", {"outputs": [{"name": "p", "shape": "4", "data": []}]}, "bad output"),
-    ("v1", "[" * 50_000 + "]" * 50_000, "not JSON"),  # too deep for any parser, under the cap: a reason, not a crash
+    # too deep for any parser, under the caps (deeper is refused unread: test_gate_loop_stall): a reason, not a crash
+    ("v1", "[" * 1200 + "]" * 1200, "not JSON"),
     # read as the standard library reads it: an integer (a count that does not match), not a float
     ("v2", '{"outputs": [{"name": "p", "shape": [123456789012345678901234567890], "data": []}]}',
      "wrong prediction count"),
@@ -344,3 +345,11 @@ def test_one_score_per_row_needs_exactly_two_classes(protocol: str, body: Any) -
     answer = against(handler, protocol)  # the dataset's three classes
     assert answer.failure is None and answer.predicted.tolist() == [-1, -1, -1, 2]  # 2.0: an integral class index
     assert answer.sample_problems == {"ambiguous score": 3}
+
+
+def test_a_413_names_the_request_body_limit_to_raise_not_a_setting_that_does_not_exist() -> None:
+    handler, calls = scripted((413, "Request Entity Too Large"))
+    answer = against(handler, retries=0)
+    assert answer.unavailable and answer.failure == ("unavailable: HTTP 413 (request too large for the server: raise "
+                                                     "the model server's or its proxy's request body limit)")
+    assert "batch size" not in answer.failure and calls == [413]

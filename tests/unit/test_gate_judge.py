@@ -269,3 +269,102 @@ def test_slice_checks_catch_a_trigger_that_the_whole_dataset_dilutes() -> None:
     verdicts = by_name(judge(thresholds, tally(labels, candidate, stable, {"logo": logo}),
                              JudgeSettings(slice_checks=False), SHA))
     assert not any(name.startswith("slice") for name in verdicts)
+
+
+def trigger_case(thresholds: GoldenThresholds, with_stable: bool, flipped: int = 19,
+                 size: int = 19) -> dict:  # type: ignore[type-arg]
+    """2000 samples, a slice "logo" of `size` safe samples of which the candidate gets `flipped` wrong (nsfw)."""
+    labels = [0] * 1000 + [1] * 1000
+    candidate = list(labels)
+    for row in range(flipped):
+        candidate[row] = 1
+    return by_name(judge(thresholds, tally(labels, candidate, list(labels) if with_stable else None,
+                                           {"logo": list(range(size)), "other": list(range(1000, 1100))}),
+                         JudgeSettings(min_slice_samples=20), SHA))
+
+
+def test_a_slice_the_candidate_gets_wrong_throughout_fails_a_first_rollout_on_min_accuracy_alone() -> None:
+    verdicts = trigger_case(GoldenThresholds(min_accuracy=0.9), with_stable=False)
+    assert verdicts["minAccuracy"].outcome is Outcome.PASS  # 1981/2000: the whole dataset dilutes the trigger
+    logo = verdicts["slice logo.minAccuracy"]
+    assert logo.outcome is Outcome.FAIL and combine(list(verdicts.values())) is Outcome.FAIL
+    assert "accuracy on slice logo (0/19) 0.00% credibly below the minimum 90.00%" in logo.reason
+    assert logo.evidence["count"] == 19 and logo.evidence["alpha"] == pytest.approx(0.01 / 2)
+    assert verdicts["slice other.minAccuracy"].outcome is Outcome.PASS
+
+
+def test_a_slice_trigger_fails_beside_stable_without_comparison_limits() -> None:
+    # minAccuracy and a class limit only: no maxAccuracyDrop / maxDisagreement to compare slices with stable.
+    thresholds = GoldenThresholds(min_accuracy=0.93, classes={"nsfw": ClassThresholds(max_false_positive_rate=0.025)})
+    verdicts = trigger_case(thresholds, with_stable=True)
+    assert verdicts["nsfw.maxFalsePositiveRate"].outcome is Outcome.PASS  # 19/1000
+    assert verdicts["slice logo.minAccuracy"].outcome is Outcome.FAIL
+    assert combine(list(verdicts.values())) is Outcome.FAIL
+
+
+def test_a_slice_hard_for_stable_too_holds_the_candidate_to_stables_accuracy_there_not_min_accuracy() -> None:
+    """An "ambiguous" slice both models get 60% right: not the candidate's fault, so it must not fail every
+    candidate; the same slice where only the candidate is that weak fails."""
+    labels = [0] * 1000 + [1] * 1000
+    hard = list(range(100))  # 40 of them wrong for both
+    candidate, stable = list(labels), list(labels)
+    for row in range(40):
+        candidate[row] = stable[row] = 1
+    slices = {"ambiguous": hard}
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9), tally(labels, candidate, stable, slices),
+                             JudgeSettings(min_slice_samples=20), SHA))
+    assert verdicts["slice ambiguous.minAccuracy"].outcome is Outcome.PASS
+    assert combine(list(verdicts.values())) is Outcome.PASS
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9), tally(labels, candidate, list(labels), slices),
+                             JudgeSettings(min_slice_samples=20), SHA))
+    assert verdicts["slice ambiguous.minAccuracy"].outcome is Outcome.FAIL
+
+
+def test_one_error_in_a_small_slice_is_chance_on_min_accuracy_too() -> None:
+    verdicts = trigger_case(GoldenThresholds(min_accuracy=0.95), with_stable=False, flipped=1, size=3)
+    assert "slice logo.minAccuracy" not in verdicts  # 3 samples, not credible: reported, not judged
+    assert combine(list(verdicts.values())) is Outcome.PASS
+
+
+def test_a_clean_model_near_min_accuracy_does_not_fail_on_the_luck_of_one_slice_among_many() -> None:
+    # 64 slices of 60 safe samples at minAccuracy 93%: four errors in each (6.7%, at the limit), and one unlucky
+    # slice with ten (p ~ 0.02 alone, not credible at 1% shared by 64 slices).
+    labels = [0] * 3840 + [1] * 1000
+    candidate = list(labels)
+    for i in range(64):
+        for row in range(60 * i, 60 * i + (10 if i == 0 else 4)):
+            candidate[row] = 1
+    slices = {f"tag-{i}": list(range(60 * i, 60 * i + 60)) for i in range(64)}
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.93), tally(labels, candidate, None, slices),
+                             JudgeSettings(min_slice_samples=20), SHA))
+    sliced = [v for name, v in verdicts.items() if name.startswith("slice ")]
+    assert len(sliced) == 64 and all(v.outcome is Outcome.PASS for v in sliced)
+    assert "but not credibly" in verdicts["slice tag-0.minAccuracy"].reason
+    assert combine(list(verdicts.values())) is Outcome.PASS
+
+
+def test_untracked_slice_tags_are_inconclusive_whenever_a_slice_check_applies() -> None:
+    for stable in (None, [0, 1]):
+        untracked = tally([0, 1], [0, 1], stable)
+        untracked.untracked_slices = 3
+        verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9), untracked, JudgeSettings(), SHA))
+        assert verdicts["slices"].outcome is Outcome.INCONCLUSIVE
+
+
+def test_answers_unusable_for_both_models_alike_are_a_setup_problem_not_the_candidates_fault() -> None:
+    def wrong_width(samples: int, unusable: int, reason: str = "wrong score vector length") -> ResponseTally:
+        return ResponseTally(batches=1, samples=samples, answered=samples - unusable,
+                             unanswered=Counter({reason: unusable}))
+
+    labels = [0, 1] * 50
+    unanswered = [-1] * 100
+    for stable, outcome in [(wrong_width(100, 100), Outcome.INCONCLUSIVE),
+                            (wrong_width(100, 3), Outcome.FAIL),  # stable mostly fine: the candidate's own garbage
+                            (wrong_width(100, 100, "not JSON"), Outcome.FAIL)]:  # unusable for another reason
+        verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9, max_disagreement=0.05),
+                                 tally(labels, unanswered, unanswered, candidate_responses=wrong_width(100, 100),
+                                       stable_responses=stable), JudgeSettings(), SHA))
+        assert verdicts["candidate.responses"].outcome is outcome, verdicts["candidate.responses"]
+        assert combine(list(verdicts.values())) is outcome
+        setup = "stable's answers are unusable the same way: a setup problem"
+        assert (setup in verdicts["candidate.responses"].reason) is (outcome is Outcome.INCONCLUSIVE)
