@@ -37,7 +37,9 @@ OTHER_CLASS = "__other__"
 PREDICTIONS_METRIC = "modelrollout_predictions"  # exposed as modelrollout_predictions_total
 INTERNAL_REASON = "Internal"  # an event the exporter failed on for a reason of its own: a bug, not the sender's
 TOO_LARGE_REASON = "TooLarge"
-BUSY_REASON = "Busy"  # every body-read slot taken for BODY_WAIT_SECONDS: answered 503, which a logger may retry
+# Every body-read slot taken for BODY_WAIT_SECONDS: answered 503, and lost (KServe's logger does not retry).
+BUSY_REASON = "Busy"
+SMALL_BODY_BYTES = 64 * 1024  # a declared body this small is read without a slot (aiohttp's read buffer)
 TOO_SLOW_REASON = "TooSlow"  # a body not read whole in BODY_READ_SECONDS: answered 408
 # A JSON body decodes to about 13x its size in Python objects: one event past this would take the exporter (256Mi)
 # over its limit, and its restart would reset every namespace's counters. A class-rate response is far smaller.
@@ -352,11 +354,15 @@ class PredictionExporter:
         reading = asyncio.Semaphore(self._body_read_slots)  # this app's event loop's
 
         async def read(request: web.Request) -> bytes | web.Response:
-            try:
-                async with asyncio.timeout(self._body_wait_seconds):
-                    await reading.acquire()
-            except TimeoutError:
-                return web.json_response({"outcome": self._dropped(BUSY_REASON)}, status=503)
+            # A small body takes no slot: it costs no more than the read buffer a waiting connection holds anyway,
+            # and slow senders holding every slot must not stop other teams' ordinary events.
+            small = request.content_length is not None and request.content_length <= SMALL_BODY_BYTES
+            if not small:
+                try:
+                    async with asyncio.timeout(self._body_wait_seconds):
+                        await reading.acquire()
+                except TimeoutError:
+                    return web.json_response({"outcome": self._dropped(BUSY_REASON)}, status=503)
             try:
                 async with asyncio.timeout(self._body_read_seconds):
                     return await request.read()
@@ -365,7 +371,8 @@ class PredictionExporter:
             except TimeoutError:
                 return web.json_response({"outcome": self._dropped(TOO_SLOW_REASON)}, status=408)
             finally:
-                reading.release()
+                if not small:
+                    reading.release()
 
         async def receive(request: web.Request) -> web.Response:
             headers = dict(request.headers)

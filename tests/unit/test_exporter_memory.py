@@ -173,27 +173,31 @@ def test_concurrent_body_reads_are_bounded_and_slow_ones_give_up_their_place(
 
     monkeypatch.setattr(web.BaseRequest, "read", read)
     head = (b"POST / HTTP/1.1\r\nHost: x\r\nce-id: a\r\nce-type: org.kubeflow.serving.inference.response\r\n"
-            b"ce-specversion: 1.0\r\nContent-Type: application/json\r\nContent-Length: 2048\r\n\r\n")
+            b"ce-specversion: 1.0\r\nContent-Type: application/json\r\nContent-Length: 70000\r\n\r\n")
 
     async def slow(port: int) -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            writer.write(head + b" " * 2047)
+            writer.write(head + b" " * 69999)
             status = await asyncio.wait_for(reader.readline(), 5)
             return int(status.split()[1])
         finally:
             writer.close()
 
-    async def steps() -> tuple[list[int], int]:
+    async def steps() -> tuple[list[int], int, int]:
         async with TestClient(TestServer(exporter.app(), host="127.0.0.1")) as client:
-            statuses = await asyncio.gather(*(slow(client.port) for _ in range(6)))
+            senders = asyncio.gather(*(slow(client.port) for _ in range(6)))
+            await asyncio.sleep(0.1)  # every slot taken by a slow sender
             headers = {"Ce-Id": "b", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
                        "Ce-Namespace": "moderation", "Ce-Inferenceservicename": "nsfw"}
-            response = await client.post("/", data=b'{"predictions": ["nsfw"]}', headers=headers)
-            return sorted(statuses), response.status
+            # Another team's small event is read without a slot, at once.
+            meanwhile = await client.post("/", data=b'{"predictions": ["nsfw"]}', headers=headers)
+            statuses = await senders
+            response = await client.post("/", data=b'{"predictions": ["safe"]}', headers={**headers, "Ce-Id": "c"})
+            return sorted(statuses), meanwhile.status, response.status
 
-    assert asyncio.run(steps()) == ([408, 408, 503, 503, 503, 503], 202)
-    assert most[0] == 2
+    assert asyncio.run(steps()) == ([408, 408, 503, 503, 503, 503], 202, 202)
+    assert most[0] == 3  # the two slots, and the small event read beside them
     registry = exporter.metrics.registry
     for reason, n in (("Busy", 4), ("TooSlow", 2)):
         assert registry.get_sample_value("modelrollout_exporter_malformed_events_total", {"reason": reason}) == n
