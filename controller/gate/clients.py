@@ -67,8 +67,9 @@ _ENVELOPE_RESPONSE_BYTES = 64 * 1024
 TOO_LARGE = "response too large"
 # Decoding holds the GIL, and an empty list costs it ~0.5 us: 8 MiB of "[]," stalled the event loop for 1.9 s, thread
 # or not. A usable answer needs a few lists or objects a sample (a row, a {"label"} dict), or one a value for a score
-# vector written as [[p], ...]: more is refused unread, like an answer over its size.
-_SAMPLE_CONTAINERS = 64
+# vector written as [[p], ...], and room for extras (per-row explanations, a second output of [n, 80, 2]): more is
+# refused unread, like an answer over its size. At 1024 a sample a batch of 128 decodes in well under 0.1 s.
+_SAMPLE_CONTAINERS = 1024
 _ENVELOPE_CONTAINERS = 1024
 
 

@@ -29,10 +29,13 @@ fewer samples than JudgeSettings.min_samples (a 3-sample golden set proves nothi
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from controller.api.spec import ClassThresholds, GoldenThresholds
 from controller.gate.formats import DatasetProblems
@@ -145,11 +148,11 @@ def _dataset_verdict(tally: GateTally, settings: JudgeSettings, dataset_sha256: 
 
 
 def _unusable_alike(candidate: ResponseTally, stable: ResponseTally, settings: JudgeSettings) -> bool:
-    """Both left more than the allowed share unusable, and stable for every reason the candidate did, at least half
-    as often (the same samples went to both)."""
+    """Both left more than the allowed share unusable, and stable for every reason the candidate did at least as
+    often (the same samples went to both): a candidate more broken than stable is the candidate's fault."""
     return (stable.garbage_samples > settings.max_unanswered_share * stable.samples + _EPSILON
             and bool(candidate.unanswered)
-            and all(2 * stable.unanswered[reason] >= count for reason, count in candidate.unanswered.items()))
+            and all(stable.unanswered[reason] >= count for reason, count in candidate.unanswered.items()))
 
 
 def _responses_verdict(side: str, tally: ResponseTally, settings: JudgeSettings, aborted: str | None,
@@ -190,31 +193,39 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
     overall = tally.overall
     base = {"datasetSha256": dataset_sha256}
     if thresholds.min_accuracy is not None:
-        verdicts.append(_accuracy_verdict("", overall, thresholds.min_accuracy, base))
+        verdicts.append(_accuracy_verdict("", overall.candidate, thresholds.min_accuracy, base))
     if tally.stable is not None:
         verdicts.extend(_comparison_verdicts("", overall, thresholds, tally.classes, base))
     for label, limits in thresholds.classes.items():
         verdicts.extend(_class_verdicts(label, limits, tally, base))
     verdicts = [_enough(verdict, settings.min_samples) for verdict in verdicts]
     if settings.slice_checks:
-        # Each slice on its own against minAccuracy (a first rollout has no stable to compare with), and against
-        # stable when there is one; all these tests share one alpha.
+        # Against stable when there is one (the comparison limits), and on minAccuracy as a floor each slice must
+        # not credibly fall below: stable's accuracy there when lower (a slice hard for every model), or without a
+        # stable chance (1/classes: a slice the candidate gets worse than a guess, as a trigger makes it). Each
+        # family of tests has its own alpha, shared by its slices, so adding one never weakens the other.
         compared = [limit for limit in (thresholds.max_accuracy_drop, thresholds.max_disagreement)
                     if limit is not None] if tally.stable is not None else []
-        per_slice = len(compared) + (thresholds.min_accuracy is not None)
+        floored = thresholds.min_accuracy is not None
         judged = [(tag, counts) for tag, counts in sorted(tally.slices.items()) if counts.candidate.sum()]
-        alpha = SLICE_ALPHA / max(1, per_slice * len(judged))
+        alpha = SLICE_ALPHA / max(1, len(compared) * len(judged))
+        floor_alpha = SLICE_ALPHA / max(1, len(judged))
         for tag, counts in judged:
             scope = {**base, "slice": tag}
-            checks = [_accuracy_verdict(f"slice {tag}.", counts, _slice_floor(thresholds.min_accuracy, counts), scope)
-                      ] if thresholds.min_accuracy is not None else []
+            checks = []
             if compared and counts.paired:
-                checks.extend(_comparison_verdicts(f"slice {tag}.", counts, thresholds, tally.classes, scope))
-            for verdict in checks:
-                slice_verdict = _slice_test(verdict, alpha, settings.min_slice_samples)
+                checks.extend((verdict, alpha) for verdict in
+                              _comparison_verdicts(f"slice {tag}.", counts, thresholds, tally.classes, scope))
+            floor = _slice_floor(thresholds.min_accuracy, counts, len(tally.classes),
+                                 tally.stable is not None) if floored else None
+            if floor is not None:
+                limit, matrix, note = floor
+                checks.append((_accuracy_verdict(f"slice {tag}.", matrix, limit, scope, note), floor_alpha))
+            for verdict, share in checks:
+                slice_verdict = _slice_test(verdict, share, settings.min_slice_samples)
                 if slice_verdict is not None:
                     verdicts.append(slice_verdict)
-        if tally.untracked_slices and per_slice:
+        if tally.untracked_slices and (compared or floored):
             verdicts.append(Verdict("slices", Outcome.INCONCLUSIVE,
                                     f"{tally.untracked_slices} samples carry tags beyond the {len(tally.slices)} "
                                     "slices tracked, so their slices were not judged (a trigger could hide in one): "
@@ -265,21 +276,35 @@ def _any_threshold(thresholds: GoldenThresholds) -> bool:
                 or thresholds.max_disagreement is not None or thresholds.classes)
 
 
-def _slice_floor(min_accuracy: float, counts: PairedCounts) -> float:
-    """A slice's minimum accuracy: minAccuracy, or stable's own accuracy there when lower. A slice that is hard
-    for every model (stable is as weak on it) must not fail each candidate; a trigger slice stable gets right
-    still holds the candidate to minAccuracy."""
-    stable = accuracy(counts.stable) if counts.stable.sum() else None
-    return min_accuracy if stable is None else min(min_accuracy, stable)
+def _slice_floor(min_accuracy: float, counts: PairedCounts, classes: int,
+                 has_stable: bool) -> tuple[float, np.ndarray, str] | None:
+    """The accuracy a slice must not credibly fall below, the candidate's counts to test, and what the floor is.
+
+    With a stable: minAccuracy, or stable's accuracy on the samples both answered when lower, on those samples
+    (like for like); None when stable answered none of them (stable.responses says why: no pass either).
+    Without: minAccuracy or chance, whichever is lower, so a slice merely hard for the model does not fail it."""
+    if has_stable:
+        if not counts.paired:
+            return None
+        stable = accuracy(counts.paired_stable)
+        if stable is not None and stable < min_accuracy:
+            return stable, counts.paired_candidate, f" (stable's accuracy there; minAccuracy {pct(min_accuracy)})"
+        return min_accuracy, counts.paired_candidate, ""
+    chance = 1.0 / max(1, classes)
+    if chance < min_accuracy:
+        return chance, counts.candidate, f" (chance, 1 in {classes}: there is no stable to compare with)"
+    return min_accuracy, counts.candidate, ""
 
 
-def _accuracy_verdict(prefix: str, counts: PairedCounts, limit: float, base: Mapping[str, Any]) -> Verdict:
+def _accuracy_verdict(prefix: str, matrix: np.ndarray, limit: float, base: Mapping[str, Any],
+                      floor: str = "") -> Verdict:
     scope = f" on slice {base['slice']}" if "slice" in base else ""
-    correct, answered = int(counts.candidate.trace()), int(counts.candidate.sum())
-    return _limit_check(f"{prefix}minAccuracy", accuracy(counts.candidate), limit, upper=False,
-                        what=f"candidate accuracy{scope} ({correct}/{answered})",
-                        undefined_because="no answered samples",
-                        evidence={**base, "correct": correct, "samples": answered})
+    correct, answered = int(matrix.trace()), int(matrix.sum())
+    verdict = _limit_check(f"{prefix}minAccuracy", accuracy(matrix), limit, upper=False,
+                           what=f"candidate accuracy{scope} ({correct}/{answered})",
+                           undefined_because="no answered samples",
+                           evidence={**base, "correct": correct, "samples": answered})
+    return dataclasses.replace(verdict, reason=verdict.reason + floor) if floor else verdict
 
 
 def _comparison_verdicts(prefix: str, counts: PairedCounts, thresholds: GoldenThresholds, classes: Sequence[str],

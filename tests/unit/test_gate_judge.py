@@ -288,7 +288,8 @@ def test_a_slice_the_candidate_gets_wrong_throughout_fails_a_first_rollout_on_mi
     assert verdicts["minAccuracy"].outcome is Outcome.PASS  # 1981/2000: the whole dataset dilutes the trigger
     logo = verdicts["slice logo.minAccuracy"]
     assert logo.outcome is Outcome.FAIL and combine(list(verdicts.values())) is Outcome.FAIL
-    assert "accuracy on slice logo (0/19) 0.00% credibly below the minimum 90.00%" in logo.reason
+    # No stable: the floor is chance (a trigger makes the slice worse than a guess; a hard slice is not).
+    assert "accuracy on slice logo (0/19) 0.00% credibly below the minimum 50.00% (chance, 1 in 2" in logo.reason
     assert logo.evidence["count"] == 19 and logo.evidence["alpha"] == pytest.approx(0.01 / 2)
     assert verdicts["slice other.minAccuracy"].outcome is Outcome.PASS
 
@@ -339,7 +340,7 @@ def test_a_clean_model_near_min_accuracy_does_not_fail_on_the_luck_of_one_slice_
                              JudgeSettings(min_slice_samples=20), SHA))
     sliced = [v for name, v in verdicts.items() if name.startswith("slice ")]
     assert len(sliced) == 64 and all(v.outcome is Outcome.PASS for v in sliced)
-    assert "but not credibly" in verdicts["slice tag-0.minAccuracy"].reason
+    assert "(chance, 1 in 2" in verdicts["slice tag-0.minAccuracy"].reason  # no stable: the floor is chance
     assert combine(list(verdicts.values())) is Outcome.PASS
 
 
@@ -360,6 +361,7 @@ def test_answers_unusable_for_both_models_alike_are_a_setup_problem_not_the_cand
     unanswered = [-1] * 100
     for stable, outcome in [(wrong_width(100, 100), Outcome.INCONCLUSIVE),
                             (wrong_width(100, 3), Outcome.FAIL),  # stable mostly fine: the candidate's own garbage
+                            (wrong_width(100, 50), Outcome.FAIL),  # stable half broken, the candidate twice as much
                             (wrong_width(100, 100, "not JSON"), Outcome.FAIL)]:  # unusable for another reason
         verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9, max_disagreement=0.05),
                                  tally(labels, unanswered, unanswered, candidate_responses=wrong_width(100, 100),
@@ -368,3 +370,39 @@ def test_answers_unusable_for_both_models_alike_are_a_setup_problem_not_the_cand
         assert combine(list(verdicts.values())) is outcome
         setup = "stable's answers are unusable the same way: a setup problem"
         assert (setup in verdicts["candidate.responses"].reason) is (outcome is Outcome.INCONCLUSIVE)
+
+
+def hard_slice(stable: list[int] | None, thresholds: GoldenThresholds) -> dict:  # type: ignore[type-arg]
+    """2000 samples; slice "night" (rows 0..99) the candidate gets 60% right; whole dataset 98%."""
+    labels = [0] * 1000 + [1] * 1000
+    candidate = list(labels)
+    for row in range(40):
+        candidate[row] = 1
+    return by_name(judge(thresholds, tally(labels, candidate, stable, {"night": list(range(100))}),
+                         JudgeSettings(min_slice_samples=20), SHA))
+
+
+def test_a_hard_slice_does_not_fail_a_first_rollout_or_a_candidate_beside_a_stable_that_could_not_answer_it() -> None:
+    """No stable: the floor is chance, not minAccuracy. Stable down on the slice's rows: no slice floor to hold the
+    candidate to (stable.responses says why), never minAccuracy in its place."""
+    first = hard_slice(None, GoldenThresholds(min_accuracy=0.9))
+    assert first["slice night.minAccuracy"].outcome is Outcome.PASS and combine(list(first.values())) is Outcome.PASS
+    labels = [0] * 1000 + [1] * 1000
+    stable_down_on_night = [-1] * 100 + labels[100:]
+    beside = hard_slice(stable_down_on_night, GoldenThresholds(min_accuracy=0.9))
+    assert "slice night.minAccuracy" not in beside or beside["slice night.minAccuracy"].outcome is not Outcome.FAIL
+    assert combine(list(beside.values())) is Outcome.INCONCLUSIVE  # stable did not answer: no pass either
+
+
+def test_the_slice_floor_does_not_weaken_the_comparison_tests() -> None:
+    """4 of 40 "logo" samples flipped at maxDisagreement 2%: p = 0.008, credible at the comparison tests' own 1%,
+    whether minAccuracy is set or not (each family of slice tests has its own alpha)."""
+    labels = [0] * 1000 + [1] * 1000
+    candidate = list(labels)
+    for row in range(4):
+        candidate[row] = 1
+    for thresholds in (GoldenThresholds(max_disagreement=0.02),
+                       GoldenThresholds(max_disagreement=0.02, min_accuracy=0.7)):
+        verdicts = by_name(judge(thresholds, tally(labels, candidate, list(labels), {"logo": list(range(40))}),
+                                 JudgeSettings(min_slice_samples=20), SHA))
+        assert verdicts["slice logo.maxDisagreement"].outcome is Outcome.FAIL, verdicts["slice logo.maxDisagreement"]

@@ -64,7 +64,7 @@ def test_an_answer_of_nested_empty_lists_is_refused_undecoded_and_the_loop_keeps
     assert len(NESTED) <= 64 * 1024 + COUNT * 64 * 1024
     answer, lag = run(scenario())
     assert answer.failure == TOO_LARGE and answer.unavailable and answer.answered == 0
-    containers, allowed = NESTED.count(b"[") + NESTED.count(b"{"), 1024 + COUNT * (64 + len(CLASSES))
+    containers, allowed = NESTED.count(b"[") + NESTED.count(b"{"), 1024 + COUNT * (1024 + len(CLASSES))
     assert answer.detail == f"{containers:,} lists or objects, over the {allowed:,} allowed for {COUNT} samples: " \
                             "not judged"
     assert decoded == [], "the answer was decoded"
