@@ -58,6 +58,7 @@ class ResponseTally:
     failed_batches: Counter[str] = field(default_factory=Counter)  # batch-level reason -> batches
     unanswered: Counter[str] = field(default_factory=Counter)  # reason -> samples without a usable prediction
     unavailable_samples: int = 0  # of the unanswered: the server was unreachable, not wrong
+    unavailable_reasons: set[str] = field(default_factory=set)  # the reasons those were counted under
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -67,6 +68,10 @@ class ResponseTally:
     @property
     def garbage_samples(self) -> int:
         return self.unanswered_total - self.unavailable_samples
+
+    @property
+    def garbage_reasons(self) -> set[str]:
+        return {reason for reason, count in self.unanswered.items() if count and reason not in self.unavailable_reasons}
 
     def to_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "samples": self.samples, "answered": self.answered,
@@ -148,11 +153,13 @@ def _dataset_verdict(tally: GateTally, settings: JudgeSettings, dataset_sha256: 
 
 
 def _unusable_alike(candidate: ResponseTally, stable: ResponseTally, settings: JudgeSettings) -> bool:
-    """Both left more than the allowed share unusable, and stable for every reason the candidate did at least as
-    often (the same samples went to both): a candidate more broken than stable is the candidate's fault."""
+    """Both answered more than the allowed share unusably, stable for every reason the candidate did, and the
+    candidate no more often than stable did or could have (its rows a server never reached count as could have: a
+    503 blip on either side does not turn a shared setup problem into the candidate's fault). A candidate more
+    broken than stable is the candidate's."""
     return (stable.garbage_samples > settings.max_unanswered_share * stable.samples + _EPSILON
-            and bool(candidate.unanswered)
-            and all(stable.unanswered[reason] >= count for reason, count in candidate.unanswered.items()))
+            and bool(candidate.garbage_reasons) and candidate.garbage_reasons <= stable.garbage_reasons
+            and candidate.garbage_samples <= stable.garbage_samples + stable.unavailable_samples)
 
 
 def _responses_verdict(side: str, tally: ResponseTally, settings: JudgeSettings, aborted: str | None,
@@ -201,9 +208,8 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
     verdicts = [_enough(verdict, settings.min_samples) for verdict in verdicts]
     if settings.slice_checks:
         # Against stable when there is one (the comparison limits), and on minAccuracy as a floor each slice must
-        # not credibly fall below: stable's accuracy there when lower (a slice hard for every model), or without a
-        # stable chance (1/classes: a slice the candidate gets worse than a guess, as a trigger makes it). Each
-        # family of tests has its own alpha, shared by its slices, so adding one never weakens the other.
+        # not credibly fall below (stable's accuracy there when lower: a slice hard for every model). Each family
+        # of tests has its own alpha, shared by its slices, so adding one never weakens the other.
         compared = [limit for limit in (thresholds.max_accuracy_drop, thresholds.max_disagreement)
                     if limit is not None] if tally.stable is not None else []
         floored = thresholds.min_accuracy is not None
@@ -216,8 +222,7 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
             if compared and counts.paired:
                 checks.extend((verdict, alpha) for verdict in
                               _comparison_verdicts(f"slice {tag}.", counts, thresholds, tally.classes, scope))
-            floor = _slice_floor(thresholds.min_accuracy, counts, len(tally.classes),
-                                 tally.stable is not None) if floored else None
+            floor = _slice_floor(thresholds.min_accuracy, counts, tally.stable is not None) if floored else None
             if floor is not None:
                 limit, matrix, note = floor
                 checks.append((_accuracy_verdict(f"slice {tag}.", matrix, limit, scope, note), floor_alpha))
@@ -276,13 +281,14 @@ def _any_threshold(thresholds: GoldenThresholds) -> bool:
                 or thresholds.max_disagreement is not None or thresholds.classes)
 
 
-def _slice_floor(min_accuracy: float, counts: PairedCounts, classes: int,
+def _slice_floor(min_accuracy: float, counts: PairedCounts,
                  has_stable: bool) -> tuple[float, np.ndarray, str] | None:
     """The accuracy a slice must not credibly fall below, the candidate's counts to test, and what the floor is.
 
     With a stable: minAccuracy, or stable's accuracy on the samples both answered when lower, on those samples
     (like for like); None when stable answered none of them (stable.responses says why: no pass either).
-    Without: minAccuracy or chance, whichever is lower, so a slice merely hard for the model does not fail it."""
+    Without: minAccuracy itself. Not chance: a trigger that sends a slice to one class leaves it at chance, and a
+    first rollout has nothing else to hold a slice to (a slice hard for the model is the user's to untag)."""
     if has_stable:
         if not counts.paired:
             return None
@@ -290,9 +296,6 @@ def _slice_floor(min_accuracy: float, counts: PairedCounts, classes: int,
         if stable is not None and stable < min_accuracy:
             return stable, counts.paired_candidate, f" (stable's accuracy there; minAccuracy {pct(min_accuracy)})"
         return min_accuracy, counts.paired_candidate, ""
-    chance = 1.0 / max(1, classes)
-    if chance < min_accuracy:
-        return chance, counts.candidate, f" (chance, 1 in {classes}: there is no stable to compare with)"
     return min_accuracy, counts.candidate, ""
 
 

@@ -340,6 +340,7 @@ class _Evaluation:
             tally.unanswered[answer.failure] += count
             if answer.unavailable:
                 tally.unavailable_samples += count
+                tally.unavailable_reasons.add(answer.failure)
             if len(tally.examples) < MAX_PROBLEM_EXAMPLES:
                 detail = f" ({answer.detail})" if answer.detail else ""
                 tally.examples.append(f"batch {tally.batches}: {answer.failure}{detail}")

@@ -288,8 +288,7 @@ def test_a_slice_the_candidate_gets_wrong_throughout_fails_a_first_rollout_on_mi
     assert verdicts["minAccuracy"].outcome is Outcome.PASS  # 1981/2000: the whole dataset dilutes the trigger
     logo = verdicts["slice logo.minAccuracy"]
     assert logo.outcome is Outcome.FAIL and combine(list(verdicts.values())) is Outcome.FAIL
-    # No stable: the floor is chance (a trigger makes the slice worse than a guess; a hard slice is not).
-    assert "accuracy on slice logo (0/19) 0.00% credibly below the minimum 50.00% (chance, 1 in 2" in logo.reason
+    assert "accuracy on slice logo (0/19) 0.00% credibly below the minimum 90.00%" in logo.reason
     assert logo.evidence["count"] == 19 and logo.evidence["alpha"] == pytest.approx(0.01 / 2)
     assert verdicts["slice other.minAccuracy"].outcome is Outcome.PASS
 
@@ -340,7 +339,7 @@ def test_a_clean_model_near_min_accuracy_does_not_fail_on_the_luck_of_one_slice_
                              JudgeSettings(min_slice_samples=20), SHA))
     sliced = [v for name, v in verdicts.items() if name.startswith("slice ")]
     assert len(sliced) == 64 and all(v.outcome is Outcome.PASS for v in sliced)
-    assert "(chance, 1 in 2" in verdicts["slice tag-0.minAccuracy"].reason  # no stable: the floor is chance
+    assert "but not credibly" in verdicts["slice tag-0.minAccuracy"].reason
     assert combine(list(verdicts.values())) is Outcome.PASS
 
 
@@ -359,7 +358,11 @@ def test_answers_unusable_for_both_models_alike_are_a_setup_problem_not_the_cand
 
     labels = [0, 1] * 50
     unanswered = [-1] * 100
+    blip = ResponseTally(batches=2, samples=100, answered=0, unanswered=Counter(
+        {"wrong score vector length": 75, "unavailable: HTTP 503": 25}), unavailable_samples=25,
+        unavailable_reasons={"unavailable: HTTP 503"})
     for stable, outcome in [(wrong_width(100, 100), Outcome.INCONCLUSIVE),
+                            (blip, Outcome.INCONCLUSIVE),  # stable's 503 blip hid some of the shared problem
                             (wrong_width(100, 3), Outcome.FAIL),  # stable mostly fine: the candidate's own garbage
                             (wrong_width(100, 50), Outcome.FAIL),  # stable half broken, the candidate twice as much
                             (wrong_width(100, 100, "not JSON"), Outcome.FAIL)]:  # unusable for another reason
@@ -382,11 +385,22 @@ def hard_slice(stable: list[int] | None, thresholds: GoldenThresholds) -> dict: 
                          JudgeSettings(min_slice_samples=20), SHA))
 
 
-def test_a_hard_slice_does_not_fail_a_first_rollout_or_a_candidate_beside_a_stable_that_could_not_answer_it() -> None:
-    """No stable: the floor is chance, not minAccuracy. Stable down on the slice's rows: no slice floor to hold the
-    candidate to (stable.responses says why), never minAccuracy in its place."""
+def test_a_hard_slice_does_not_fail_a_candidate_beside_a_stable_that_could_not_answer_it() -> None:
+    """Stable down on the slice's rows: no slice floor to hold the candidate to (stable.responses says why), never
+    minAccuracy in its place. With no stable at all, minAccuracy is the floor: a slice at chance is what a trigger
+    sending the slice to one class looks like."""
     first = hard_slice(None, GoldenThresholds(min_accuracy=0.9))
-    assert first["slice night.minAccuracy"].outcome is Outcome.PASS and combine(list(first.values())) is Outcome.PASS
+    assert first["slice night.minAccuracy"].outcome is Outcome.FAIL
+    labels = [0] * 1000 + [1] * 1000
+    at_chance = list(labels)
+    for row in range(0, 200, 2):  # a 200-row slice of both classes, all answered class 1: 50%, a coin's accuracy
+        at_chance[row] = 1
+    for row in range(1, 200, 2):
+        labels[row], at_chance[row] = 1, 1
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9), tally(labels, at_chance, None,
+                                                                     {"logo": list(range(200))}),
+                             JudgeSettings(min_slice_samples=20), SHA))
+    assert verdicts["slice logo.minAccuracy"].outcome is Outcome.FAIL
     labels = [0] * 1000 + [1] * 1000
     stable_down_on_night = [-1] * 100 + labels[100:]
     beside = hard_slice(stable_down_on_night, GoldenThresholds(min_accuracy=0.9))
@@ -406,3 +420,17 @@ def test_the_slice_floor_does_not_weaken_the_comparison_tests() -> None:
         verdicts = by_name(judge(thresholds, tally(labels, candidate, list(labels), {"logo": list(range(40))}),
                                  JudgeSettings(min_slice_samples=20), SHA))
         assert verdicts["slice logo.maxDisagreement"].outcome is Outcome.FAIL, verdicts["slice logo.maxDisagreement"]
+
+
+def test_a_candidate_side_503_blip_does_not_make_a_shared_setup_problem_its_fault() -> None:
+    labels = [0, 1] * 50
+    unanswered = [-1] * 100
+    stable = ResponseTally(batches=1, samples=100, answered=0, unanswered=Counter({"unknown label": 100}))
+    candidate = ResponseTally(batches=2, samples=100, answered=0, unanswered=Counter(
+        {"unknown label": 75, "unavailable: HTTP 503": 25}), unavailable_samples=25,
+        unavailable_reasons={"unavailable: HTTP 503"})
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9), tally(labels, unanswered, unanswered,
+                                                                      candidate_responses=candidate,
+                                                                      stable_responses=stable), JudgeSettings(), SHA))
+    assert verdicts["candidate.responses"].outcome is Outcome.INCONCLUSIVE, verdicts["candidate.responses"]
+    assert "a setup problem" in verdicts["candidate.responses"].reason
