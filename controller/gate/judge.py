@@ -59,6 +59,8 @@ class ResponseTally:
     unanswered: Counter[str] = field(default_factory=Counter)  # reason -> samples without a usable prediction
     unavailable_samples: int = 0  # of the unanswered: the server was unreachable, not wrong
     unavailable_reasons: set[str] = field(default_factory=set)  # the reasons those were counted under
+    # Unusable where the other endpoint (stable, for the candidate) answered the same sample usably.
+    unusable_where_other_answered: int = 0
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -154,12 +156,13 @@ def _dataset_verdict(tally: GateTally, settings: JudgeSettings, dataset_sha256: 
 
 def _unusable_alike(candidate: ResponseTally, stable: ResponseTally, settings: JudgeSettings) -> bool:
     """Both answered more than the allowed share unusably, stable for every reason the candidate did, and the
-    candidate no more often than stable did or could have (its rows a server never reached count as could have: a
-    503 blip on either side does not turn a shared setup problem into the candidate's fault). A candidate more
-    broken than stable is the candidate's."""
+    candidate never (beyond the allowed share) on a sample stable answered usably: the rows a server never reached
+    excuse nothing else, so a 503 blip on either side does not turn a shared setup problem into the candidate's
+    fault, nor hide the candidate's own garbage. A candidate more broken than stable is the candidate's."""
+    allowed = settings.max_unanswered_share * candidate.samples + _EPSILON
     return (stable.garbage_samples > settings.max_unanswered_share * stable.samples + _EPSILON
             and bool(candidate.garbage_reasons) and candidate.garbage_reasons <= stable.garbage_reasons
-            and candidate.garbage_samples <= stable.garbage_samples + stable.unavailable_samples)
+            and candidate.unusable_where_other_answered <= allowed)
 
 
 def _responses_verdict(side: str, tally: ResponseTally, settings: JudgeSettings, aborted: str | None,

@@ -319,6 +319,9 @@ class _Evaluation:
         if stable is not None and self.stable is not None:
             self._count_responses("stable", self.stable, stable)
         stable_predicted = stable.predicted if stable is not None else None
+        if stable_predicted is not None and not candidate.unavailable:
+            self.candidate.unusable_where_other_answered += int(((candidate.predicted < 0)
+                                                                 & (stable_predicted >= 0)).sum())
         self.overall.add(batch.labels, candidate.predicted, stable_predicted)
         for tag, rows in batch.slices.items():
             counts = self.slices.get(tag)

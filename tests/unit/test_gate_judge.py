@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -367,7 +368,8 @@ def test_answers_unusable_for_both_models_alike_are_a_setup_problem_not_the_cand
                             (wrong_width(100, 50), Outcome.FAIL),  # stable half broken, the candidate twice as much
                             (wrong_width(100, 100, "not JSON"), Outcome.FAIL)]:  # unusable for another reason
         verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9, max_disagreement=0.05),
-                                 tally(labels, unanswered, unanswered, candidate_responses=wrong_width(100, 100),
+                                 tally(labels, unanswered, unanswered, candidate_responses=dataclasses.replace(
+                                     wrong_width(100, 100), unusable_where_other_answered=stable.answered),
                                        stable_responses=stable), JudgeSettings(), SHA))
         assert verdicts["candidate.responses"].outcome is outcome, verdicts["candidate.responses"]
         assert combine(list(verdicts.values())) is outcome
@@ -434,3 +436,18 @@ def test_a_candidate_side_503_blip_does_not_make_a_shared_setup_problem_its_faul
                                                                       stable_responses=stable), JudgeSettings(), SHA))
     assert verdicts["candidate.responses"].outcome is Outcome.INCONCLUSIVE, verdicts["candidate.responses"]
     assert "a setup problem" in verdicts["candidate.responses"].reason
+
+
+def test_stables_unreached_rows_do_not_hide_the_candidates_garbage_on_rows_stable_answered() -> None:
+    """Stable: 12.5% garbage and 20% unreached; the candidate: 25% garbage, 100 rows of it where stable answered."""
+    labels = [0, 1] * 500
+    unanswered = [-1] * 1000
+    stable = ResponseTally(batches=10, samples=1000, answered=675, unanswered=Counter(
+        {"unknown label": 125, "unavailable: HTTP 503": 200}), unavailable_samples=200,
+        unavailable_reasons={"unavailable: HTTP 503"})
+    candidate = ResponseTally(batches=10, samples=1000, answered=750, unanswered=Counter({"unknown label": 250}),
+                              unusable_where_other_answered=100)
+    verdicts = by_name(judge(GoldenThresholds(min_accuracy=0.9), tally(labels, unanswered, unanswered,
+                                                                      candidate_responses=candidate,
+                                                                      stable_responses=stable), JudgeSettings(), SHA))
+    assert verdicts["candidate.responses"].outcome is Outcome.FAIL, verdicts["candidate.responses"]
