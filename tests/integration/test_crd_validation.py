@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -298,15 +299,35 @@ def test_sample_is_accepted_with_defaults_and_printer_columns(kubeconfig: Path, 
     stored = json.loads(run_kubectl(kubeconfig, "get", "mro", "nsfw-classifier", "-n", namespace, "-o", "json").stdout)
     assert stored["spec"]["progressDeadline"] == "30m"
     header = run_kubectl(kubeconfig, "get", "mro", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "STEP", "PAUSE", "WEIGHT", "CANDIDATE", "STABLE", "AGE"]
+    assert header == ["NAME", "PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT", "CANDIDATE", "STABLE",
+                      "AGE"]
     # A canary held after a failed analysis must not read like a planned pause.
     patch = json.dumps({"status": {"phase": "Paused", "step": "2/6", "canaryWeight": 10,
                                    "pause": {"reason": "AnalysisFailed", "since": "2026-12-04T03:00:00Z"}}})
     result = run_kubectl(kubeconfig, "patch", "mro", "nsfw-classifier", "-n", namespace, "--subresource=status",
                          "--type=merge", "-p", patch)
     assert result.returncode == 0, result.stderr
-    row = run_kubectl(kubeconfig, "get", "mro", "-n", namespace).stdout.splitlines()[1].split()
-    assert row[1:5] == ["Paused", "2/6", "AnalysisFailed", "10"], row
+    row = printed_row(kubeconfig, namespace)
+    assert [row[key] for key in ("PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT")] == [
+        "Paused", "2/6", "AnalysisFailed", "", "10"], row
+    # A rolled-back rollout says why without -o yaml.
+    patch = json.dumps({"status": {"phase": "RolledBack", "step": None, "canaryWeight": 0, "pause": None,
+                                   "rollback": {"cause": "AnalysisFailed", "reason": "nsfw rate 3x stable",
+                                                "verdictAt": "2026-12-04T03:01:00Z"}}})
+    result = run_kubectl(kubeconfig, "patch", "mro", "nsfw-classifier", "-n", namespace, "--subresource=status",
+                         "--type=merge", "-p", patch)
+    assert result.returncode == 0, result.stderr
+    row = printed_row(kubeconfig, namespace)
+    assert [row[key] for key in ("PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT")] == [
+        "RolledBack", "", "", "AnalysisFailed", "0"], row
+
+
+def printed_row(kubeconfig: Path, namespace: str) -> dict[str, str]:
+    """The first row of `kubectl get mro`, by column (a blank cell stays blank)."""
+    header, row = run_kubectl(kubeconfig, "get", "mro", "-n", namespace).stdout.splitlines()[:2]
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
+    return {header[start:end].strip(): row[start:end].strip() for start, end in zip(starts, ends, strict=True)}
 
 
 def apply_in_phase(kubeconfig: Path, namespace: str, name: str, phase: str, manifest: Spec) -> tuple[int, str]:
