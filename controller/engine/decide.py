@@ -906,8 +906,9 @@ class _Decider:
             return
         candidate = _version_ref(found)
         stable = None if registry.stable_alias_version is None else _version_ref(registry.stable_alias_version)
+        rejected = registry.candidate.tags.get(REJECTED_TAG) == "true"  # "false": a later promotion overruled it
         if stable is not None and stable.version == candidate.version:
-            self._already_stable(candidate, stable)
+            self._already_stable(candidate, stable, rejected=rejected)
             return
         self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now,
                      current_step=None, completed_at=None)
@@ -917,12 +918,14 @@ class _Decider:
                                  f"(run {candidate.run_id or 'unknown'}) against {against}")
         if stable is not None:
             self._stable_mismatch(stable)
-        rejected = registry.candidate.tags.get(REJECTED_TAG)
-        if rejected == "true":  # "false": a rejection a later promotion overruled
-            self._record("PreviouslyRejected", f"version {candidate.version} carries {REJECTED_TAG}: {rejected}")
+        if rejected:
+            self._record_previously_rejected(candidate)
         self.moved = True
 
-    def _already_stable(self, candidate: VersionRef, stable: VersionRef) -> None:
+    def _record_previously_rejected(self, candidate: VersionRef) -> None:
+        self._record("PreviouslyRejected", f"version {candidate.version} carries {REJECTED_TAG}: true")
+
+    def _already_stable(self, candidate: VersionRef, stable: VersionRef, *, rejected: bool) -> None:
         """The stable alias names the candidate already: done, but only as far as the target confirms it. The
         alias is the model's, not this target's: another InferenceService of the same model (a second region), or
         one that does not exist, may serve something else entirely."""
@@ -939,6 +942,8 @@ class _Decider:
             return
         self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now)
         self._record("AlreadyStable", f"version {candidate.version} is already @{alias}")
+        if rejected:  # the alias was moved there by hand: production runs a version a verdict rejected
+            self._record_previously_rejected(candidate)
         served = self._stable_mismatch(stable)
         if served is not None:
             self._fail(f"version {candidate.version} is already @{alias}, but {where} serves version {served}: "

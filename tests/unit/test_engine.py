@@ -295,6 +295,16 @@ def test_candidate_already_stable_is_a_no_op_success() -> None:
     assert world.status.message == "Version 7 serves all traffic as @production."
 
 
+def test_candidate_already_stable_but_tagged_rejected_is_reported() -> None:
+    """The alias moved onto a rejected version by hand: done, but the on-call engineer must hear production runs it."""
+    world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version="7"))
+    world.registry.versions["7"].update({REJECTED_TAG: "true"})
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED
+    assert events(world)[-3:-1] == ["AlreadyStable", "PreviouslyRejected"], events(world)
+    assert world.executed == []
+
+
 def test_candidate_already_stable_while_the_target_serves_another_version_fails_saying_nothing_was_done() -> None:
     """The alias is the model's: a second InferenceService of the same model may still serve version 6."""
     world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version="6"))
