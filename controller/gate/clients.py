@@ -71,6 +71,12 @@ TOO_LARGE = "response too large"
 # refused unread, like an answer over its size. At 1024 a sample a batch of 128 decodes in well under 0.1 s.
 _SAMPLE_CONTAINERS = 1024
 _ENVELOPE_CONTAINERS = 1024
+# Numbers cost the GIL too (~0.1 us each): 4M one-digit values fit the byte cap of a 128-sample batch and four such
+# answers lagged the loop 0.9 s. A sample needs its scores, perhaps logits beside them, and a few extras: 4096 values
+# plus 4 a class (counted as "," bytes, never fewer than the values) keeps a batch's decoding to tens of ms.
+_SAMPLE_VALUES = 4096
+_CLASS_VALUES = 4
+_ENVELOPE_VALUES = 4096
 
 
 class InferenceProtocol(StrEnum):
@@ -186,6 +192,10 @@ class InferenceClient:
         """The most lists and objects (counting "[" and "{" bytes) an answer for `count` samples may hold."""
         return _ENVELOPE_CONTAINERS + count * (_SAMPLE_CONTAINERS + len(self.output_classes))
 
+    def value_cap(self, count: int) -> int:
+        """The most values (counting "," bytes) an answer for `count` samples may hold."""
+        return _ENVELOPE_VALUES + count * (_SAMPLE_VALUES + _CLASS_VALUES * len(self.output_classes))
+
     async def predict(self, features: np.ndarray, body: bytes | None = None) -> BatchAnswer:
         count = int(features.shape[0])
         if body is None:
@@ -204,9 +214,10 @@ class InferenceClient:
     def read_answer(self, payload: bytes, count: int) -> BatchAnswer:
         containers, allowed = payload.count(b"[") + payload.count(b"{"), self.container_cap(count)
         if containers > allowed:
-            return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=TOO_LARGE, unavailable=True,
-                               detail=f"{containers:,} lists or objects, over the {allowed:,} allowed for {count} "
-                                      "samples: not judged")
+            return self._too_many(count, f"{containers:,} lists or objects, over the {allowed:,}")
+        values, allowed = payload.count(b","), self.value_cap(count)
+        if values > allowed:
+            return self._too_many(count, f"{values:,} values, over the {allowed:,}")
         try:
             document = decode_json(payload)
         except (ValueError, RecursionError):  # RecursionError: nested too deep for the standard library
@@ -221,6 +232,12 @@ class InferenceClient:
             return self._failed(count, reason, detail)
         except (ArithmeticError, ValueError, TypeError, MemoryError) as exc:  # an answer no check above foresaw
             return self._failed(count, "unreadable response", type(exc).__name__)
+
+    @staticmethod
+    def _too_many(count: int, what: str) -> BatchAnswer:
+        """Refused unread, as an answer over its size: the gate's limit, not the model's fault."""
+        return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=TOO_LARGE, unavailable=True,
+                           detail=f"{what} allowed for {count} samples: not judged")
 
     @staticmethod
     def _failed(count: int, reason: str, detail: str = "") -> BatchAnswer:

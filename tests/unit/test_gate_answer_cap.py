@@ -153,3 +153,27 @@ def test_a_padded_answer_is_not_judged_the_gate_never_passes_nor_fails_on_it(tmp
     assert "response too large" in json.dumps(report.status)
     assert f"over the {64 * 1024 + 16 * 64 * 1024:,} bytes allowed for 16 samples: not judged" in json.dumps(
         report.evidence)
+
+
+def test_an_answer_of_more_values_than_its_batch_can_need_is_refused_undecoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4M one-digit values fit a 128-sample batch's byte cap; decoding four such answers held the GIL ~0.9 s."""
+    decoded: list[int] = []
+    monkeypatch.setattr("controller.gate.clients.decode_json",
+                        lambda payload: decoded.append(len(payload)) or decode_json(payload))
+
+    async def read(payload: bytes) -> BatchAnswer:
+        async with aiohttp.ClientSession() as session:
+            client = InferenceClient(endpoint("http://x", "v2"), session, CLASSES)
+            assert len(payload) <= client.response_cap(128)
+            return client.read_answer(payload, 128)
+
+    allowed = 4096 + 128 * (4096 + 4 * len(CLASSES))
+    flood = (b'{"outputs":[{"name":"o","datatype":"INT64","shape":[128,%d],"data":[' % (allowed // 128)
+             + b",".join([b"1"] * (allowed // 128 * 128 + 128)) + b"]}]}")
+    answer = run(read(flood))
+    assert answer.failure == "response too large" and answer.unavailable and answer.answered == 0
+    assert answer.detail == f"{flood.count(b','):,} values, over the {allowed:,} allowed for 128 samples: not judged"
+    assert decoded == []
+    labels = [CLASSES[i % len(CLASSES)] for i in range(128)]  # within the cap: read as ever
+    usable = json.dumps({"outputs": [{"name": "label", "shape": [128], "datatype": "BYTES", "data": labels}]})
+    assert run(read(usable.encode())).answered == 128 and len(decoded) == 1
