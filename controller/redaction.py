@@ -117,7 +117,13 @@ def redact_urls(text: str) -> str:
             pass
         else:
             return text if redacted == decoded and not duplicated else json.dumps(redacted, ensure_ascii=False)
-    return _URL_IN_TEXT.sub(lambda found: found["lead"] + redacted_url(found["url"]), text)
+    return _URL_IN_TEXT.sub(lambda found: _redacted_in_text(found, text), text)
+
+
+def _redacted_in_text(found: re.Match[str], text: str) -> str:
+    if found["url"].endswith("?") and text.startswith(REDACTED_QUERY[1:], found.end()):
+        return found[0]  # redacted already: "<" ends the match, leaving a bare "?"
+    return found["lead"] + redacted_url(found["url"])
 
 
 def _redact_urls_in(value: Any) -> Any:

@@ -71,8 +71,10 @@ class VersionRef:
 
     version: str
     run_id: str | None = None
+    # Without user info or query (a token, a presigned signature): status is readable by every namespace viewer.
     source: str | None = None
     lineage: Mapping[str, str] = field(default_factory=dict)
+    source_redacted: bool = False  # something was cut from source: what to serve is read from the registry again
 
 
 @dataclass(frozen=True)

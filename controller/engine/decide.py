@@ -84,6 +84,7 @@ from controller.engine.observations import (
     TargetObservation,
     rejection_time,
 )
+from controller.redaction import redacted_url
 from controller.verdict import DATASET_INTEGRITY, MEASUREMENT_OUTAGES, Outcome, Verdict, combine
 
 # How soon to look again while waiting for an effect to show up on the target or in the registry.
@@ -2025,8 +2026,9 @@ class _Decider:
 
 
 def _version_ref(resolved: ResolvedVersion) -> VersionRef:
-    return VersionRef(version=resolved.version, run_id=resolved.run_id, source=resolved.source,
-                      lineage=dict(resolved.lineage))
+    source = redacted_url(resolved.source) if resolved.source else resolved.source
+    return VersionRef(version=resolved.version, run_id=resolved.run_id, source=source,
+                      lineage=dict(resolved.lineage), source_redacted=source != resolved.source)
 
 
 def _clean_verdict(verdict: Verdict) -> Verdict:

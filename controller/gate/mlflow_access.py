@@ -28,7 +28,7 @@ import urllib3
 
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
 from controller.http_deadline import Exchange, transport_cause
-from controller.redaction import redact_credentials
+from controller.redaction import redact_credentials, redacted_url, without_userinfo
 from controller.registry.mlflow_rest import (
     MAX_ANSWER_BYTES,
     AnswerTooLarge,
@@ -349,22 +349,25 @@ def artifact_endpoint(access: MlflowAccess, artifact_uri: str) -> str:
     """
     parsed = urlparse(artifact_uri)
     tracking = urlparse(access.tracking_uri)
+    # The location is the registered version's source, anyone's to write: quoted without user info or query.
+    shown = redacted_url(artifact_uri)
     if parsed.scheme == "mlflow-artifacts":
         if parsed.netloc and parsed.netloc.lower() != tracking.netloc.lower():
-            raise SourcePolicyError(f"{artifact_uri}: names artifact server {parsed.netloc}, not the tracking "
-                                    f"server {tracking.netloc}; refusing to send it the credentials")
+            raise SourcePolicyError(f"{shown}: names artifact server {without_userinfo(parsed.netloc)}, not the "
+                                    f"tracking server {without_userinfo(tracking.netloc)}; refusing to send it the "
+                                    "credentials")
         path = parsed.path
     elif parsed.scheme in ("http", "https"):
         if parsed.netloc.lower() != tracking.netloc.lower() or ARTIFACTS_API not in parsed.path:
-            raise SourcePolicyError(f"{artifact_uri}: not served by the tracking server's artifact proxy")
+            raise SourcePolicyError(f"{shown}: not served by the tracking server's artifact proxy")
         path = parsed.path.split(ARTIFACTS_API, 1)[1]
     else:
         raise SourcePolicyError(
-            f"{artifact_uri}: artifact store scheme {parsed.scheme or 'file'}: is not readable by the gate; "
+            f"{shown}: artifact store scheme {parsed.scheme or 'file'}: is not readable by the gate; "
             "serve artifacts through the tracking server (mlflow server --artifacts-destination, mlflow-artifacts:)")
     clean = posixpath.normpath("/" + path.lstrip("/"))
     if clean in ("/", "."):
-        raise SourcePolicyError(f"{artifact_uri}: names the artifact root, not a file")
+        raise SourcePolicyError(f"{shown}: names the artifact root, not a file")
     # Relative to the tracking URI, which MlflowHostCreds already carries (path prefix included).
     return f"{ARTIFACTS_API}{quote(clean)}"
 

@@ -37,7 +37,7 @@ from controller.gate.formats import MAX_PROBLEM_EXAMPLES, Batch, DatasetFormatEr
 from controller.gate.judge import GateTally, JudgeSettings, ResponseTally, judge, pct
 from controller.gate.metrics import PairedCounts, accuracy, summarize
 from controller.gate.sources import DatasetSources, fetch_dataset
-from controller.redaction import redacted_url
+from controller.redaction import redact_urls, redacted_url
 from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict, combine
 
 if TYPE_CHECKING:
@@ -129,7 +129,9 @@ async def run_gate(dataset: GoldenDatasetSpec | Mapping[str, Any], candidate: In
         try:
             fetched = await fetch_dataset(spec.uri, namespace, sources, Path(scratch) / "dataset")
         except SourcePolicyError as exc:
-            verdict = Verdict("dataset.source", Outcome.INCONCLUSIVE, exc.message, {"uri": redacted_url(spec.uri)})
+            # A message may quote a location MLflow returned (a version's source): never with its secret.
+            verdict = Verdict("dataset.source", Outcome.INCONCLUSIVE, redact_urls(exc.message),
+                              {"uri": redacted_url(spec.uri)})
             return _report_without_data(spec, (verdict,))
         except SourceError as exc:
             return _fetch_error(spec, exc)
@@ -179,10 +181,10 @@ def _sweep_dead_scratch(work_dir: str) -> None:
 
 def _fetch_error(spec: GoldenDatasetSpec, exc: SourceError) -> GateReport:
     """The dataset could not be fetched now: an error the operator reports and retries, not a verdict."""
-    error = GateError(kind=str(exc.kind), message=exc.message)
+    error = GateError(kind=str(exc.kind), message=redact_urls(exc.message))
     status = {"outcome": str(Outcome.INCONCLUSIVE), "error": {"kind": error.kind, "message": error.message},
               "dataset": {"uri": redacted_url(spec.uri), "expectedSha256": spec.sha256}}
-    return GateReport(Outcome.INCONCLUSIVE, f"dataset not fetched: {exc.message}", (), None, status, status, error)
+    return GateReport(Outcome.INCONCLUSIVE, f"dataset not fetched: {error.message}", (), None, status, status, error)
 
 
 def _report_without_data(spec: GoldenDatasetSpec, verdicts: tuple[Verdict, ...],

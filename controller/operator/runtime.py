@@ -233,8 +233,11 @@ class RolloutRuntime:
         return self._registry
 
     def storage_uri(self, version: VersionRef) -> str:
+        source = version.source or ""
+        if version.source_redacted:  # status holds it without its secret; the registry has it whole
+            source = self.registry().resolve(self.spec.model.name, version=version.version).source or ""
         return fill_storage_uri(self.config.storage_uri_template, name=self.spec.model.name, version=version.version,
-                                source=version.source or "", run_id=version.run_id or "")
+                                source=source, run_id=version.run_id or "")
 
     # --- observing -----------------------------------------------------------------------------------
 

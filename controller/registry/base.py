@@ -279,7 +279,7 @@ class ModelRegistry(ABC):
 
     def _resolved(self, record: VersionRecord) -> ResolvedVersion:
         run = self._run(record.run_id) if record.run_id else None
-        # The source is kept as it is, though it is recorded in status: it is what the target is given to serve.
+        # The source is kept whole: it is what the target is given to serve (the engine records it redacted).
         return ResolvedVersion(
             name=record.name, version=record.version, run_id=record.run_id or None, source=record.source or None,
             storage_uri=self._storage_uri(record) or record.source or None, status=record.status,

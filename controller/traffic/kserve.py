@@ -59,6 +59,7 @@ from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
 from kubernetes import client
 
+from controller.redaction import redacted_url
 from controller.traffic.base import (
     ANNOTATION_PREFIX,
     CandidateModel,
@@ -146,7 +147,8 @@ def _check_stable_uri(target: str, stable_uri: str | None, candidate: CandidateM
         raise TargetStateError(f"{target}: the stable model has no storageUri (models given by `storage` or "
                                "`storageUris` are not supported)")
     if candidate.storage_uri == stable_uri:
-        raise TargetStateError(f"candidate {candidate.version} has the stable model's storage URI {stable_uri}")
+        raise TargetStateError(f"candidate {candidate.version} has the stable model's storage URI "
+                               f"{redacted_url(stable_uri)}")
 
 
 def _canary_predictor_name(isvc: str, version: str, stable_name: str) -> str:
@@ -207,8 +209,8 @@ def _version_for(annotations: Mapping[str, str], uri: str | None, where: str, ve
     recorded = _none_if_empty(annotations.get(uri_key))
     if version is None or recorded is None or recorded == uri:
         return version, None
-    return None, (f"storageUri changed outside ModelRollout: {where} names {uri}, not {recorded} (version "
-                  f"{version}), so the version it serves is unknown")
+    return None, (f"storageUri changed outside ModelRollout: {where} names {redacted_url(uri or '')}, not "
+                  f"{redacted_url(recorded)} (version {version}), so the version it serves is unknown")
 
 
 # --- Knative mode ------------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from controller.redaction import redacted_url
 from controller.traffic.base import (
     ANNOTATION_PREFIX,
     CandidateModel,
@@ -211,8 +212,9 @@ def _version_for(ann: dict[str, str], predictor: Obj | None, version_key: str, u
     uri = node.get("modelUri") if node else None
     if predictor is None or version is None or recorded is None or recorded == uri:
         return version, ""
-    return None, (f"modelUri changed outside ModelRollout: predictor {predictor.get('name')} loads {uri}, not "
-                  f"{recorded} (version {version}), so the version it serves is unknown")
+    return None, (f"modelUri changed outside ModelRollout: predictor {predictor.get('name')} loads "
+                  f"{redacted_url(str(uri or ''))}, not {redacted_url(recorded)} (version {version}), so the version "
+                  "it serves is unknown")
 
 
 def predictor_service(deployment: str, predictor: Obj) -> str:
@@ -401,7 +403,8 @@ class SeldonDeploymentRouter:
             if node is None:
                 raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
             if node["modelUri"] == candidate.storage_uri:
-                raise TargetStateError(f"candidate {candidate.version} has the stable model's URI {node['modelUri']}")
+                raise TargetStateError(f"candidate {candidate.version} has the stable model's URI "
+                                       f"{redacted_url(str(node['modelUri']))}")
             canary = copy.deepcopy(stable)
             for key in ("shadow", "explainer"):
                 canary.pop(key, None)

@@ -95,13 +95,15 @@ class Registry:
     down: bool = False
     statuses: dict[str, str] = field(default_factory=dict)  # MLflow registration status, READY if not given
     sourceless: set[str] = field(default_factory=set)
+    sources: dict[str, str] = field(default_factory=dict)  # a version's registered source, models:/nsfw/<v> if not given
     slow_promotion: bool = False  # a promotion's alias move is accepted but does not show (yet)
 
     def resolve(self, version: str | None) -> ResolvedVersion | None:
         if version is None or version not in self.versions:
             return None
         return ResolvedVersion(version=version, run_id=f"run-{version}",
-                               source=None if version in self.sourceless else f"models:/nsfw/{version}",
+                               source=None if version in self.sourceless else self.sources.get(
+                                   version, f"models:/nsfw/{version}"),
                                lineage={"dataset": "nsfw-v3"}, tags=dict(self.versions[version]),
                                status=self.statuses.get(version, "READY"))
 

@@ -3,15 +3,22 @@ with a CI token, a presigned dataset URL or a version source with user info must
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 import pytest
 
+from test_engine import effect_ids
+from test_engine_support import Registry, World
+from test_runtime_actions import runtime_with
+
 from controller.api.status import ModelRolloutStatus, VersionRef
+from controller.engine import StageCandidate
 from controller.redaction import REDACTED_QUERY, redact_urls, redacted_url
 from controller.registry import InMemoryRegistry
 from controller.registry.base import MAX_LINEAGE_VALUE_CHARS, DatasetInput
+from controller.traffic.base import CandidateModel
 
 GIT_TOKEN = "glcbt-SECRETTOKEN123"
 SIGNATURE = "SIGSECRET456"
@@ -51,7 +58,6 @@ def test_secrets_in_lineage_never_reach_the_status() -> None:
     assert json.loads(lineage["input.0.source"]) == {"url": f"https://bucket.s3.amazonaws.com/train.parquet"
                                                             f"{REDACTED_QUERY}"}
     assert lineage["dataset.uri"] == f"see https://bucket.s3.amazonaws.com/train.parquet{REDACTED_QUERY} for the data"
-    # The source is what the target is given to serve: kept as it is (a cut one would not load).
     assert candidate["source"] == "s3://models/nsfw/1" == registry.resolve("nsfw", version="1").storage_uri
 
 
@@ -137,3 +143,37 @@ def test_a_duplicate_json_key_keeps_no_secret() -> None:
     assert json.loads(redact_urls(source)) == {"uri": "s3://bucket/train"}
     nested = f'[{{"a": {{"uri": "{GIT}", "uri": "s3://b/t"}}}}]'
     assert json.loads(redact_urls(nested)) == [{"a": {"uri": "s3://b/t"}}]
+
+
+def test_a_version_source_with_a_secret_is_recorded_without_it_and_served_whole() -> None:
+    """A source with a CI token or a presigned signature reached status.candidate/stable.source as registered (read
+    by every namespace viewer and Argo CD). Status keeps it redacted; staging reads the whole one again."""
+    token_source = f"https://ci-bot:{GIT_TOKEN}@models.example.com/nsfw/7"
+    world = World(registry=Registry(sources={"7": token_source, "6": SIGNED}))
+    world.run_until(lambda w: any(action_id.endswith(":stage:7") for action_id in effect_ids(w)))
+    text = json.dumps(world.status.to_dict())
+    for secret in (GIT_TOKEN, SIGNATURE, "X-Amz-Credential"):
+        assert secret not in text, text
+    candidate, stable = world.status.candidate, world.status.stable
+    assert candidate is not None and stable is not None
+    assert (candidate.source, candidate.source_redacted) == ("https://models.example.com/nsfw/7", True)
+    assert (stable.source, stable.source_redacted) == (f"https://bucket.s3.amazonaws.com/train.parquet"
+                                                       f"{REDACTED_QUERY}", True)
+
+    registry = InMemoryRegistry()
+    registry.add_version("nsfw-classifier", source=token_source)
+    staged: list[str] = []
+
+    class StagingRouter:
+        def stage(self, model: CandidateModel, stable_version: str | None = None) -> None:
+            staged.append(model.storage_uri)
+
+    runtime = runtime_with(StagingRouter())
+    runtime.config = dataclasses.replace(runtime.config, storage_uri_template="{source}")
+    runtime._registry = registry
+    runtime.act(StageCandidate(id="1:stage:1", candidate=dataclasses.replace(candidate, version="1")), world.status)
+    assert staged == [token_source]
+    plain = VersionRef(version="1", source="s3://models/nsfw/1")  # nothing cut: the registry is not asked
+    registry.unavailable = True
+    runtime.act(StageCandidate(id="1:stage:1", candidate=plain), world.status)
+    assert staged[-1] == "s3://models/nsfw/1"

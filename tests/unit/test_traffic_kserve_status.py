@@ -8,8 +8,15 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from controller.traffic.base import CandidateModel
-from controller.traffic.kserve import KServeRouter, knative_state, knative_view, standard_state, standard_view
+from controller.traffic.base import CandidateModel, TargetStateError
+from controller.traffic.kserve import (
+    KServeRouter,
+    _check_stable_uri,
+    knative_state,
+    knative_view,
+    standard_state,
+    standard_view,
+)
 
 PREFIX = "modelrollout.io/"
 
@@ -181,6 +188,18 @@ def test_knative_a_candidate_replaced_mid_canary_is_not_read_as_the_candidate() 
     assert state.canary_version is None  # not "7 ready at 10%"
     assert CHANGED in state.message and "s3://other/x" in state.message
     assert state.stable_version == "6"  # rev 1 is the recorded stable revision: revisions do not change
+
+
+def test_knative_a_replaced_model_is_named_without_the_secrets_its_uris_carry() -> None:
+    """The message reaches status, the log and the TargetReady condition: a storage URI's token must not."""
+    state = knative_state("m", knative_view(mid_canary("https://u:TOKEN1@h.example/x?sig=SIG1",
+                                                       recorded="https://u:TOKEN2@h.example/m/7?sig=SIG2"), "m"))
+    assert CHANGED in state.message and "h.example/x?<redacted>" in state.message, state.message
+    assert not any(secret in state.message for secret in ("TOKEN1", "TOKEN2", "SIG1", "SIG2")), state.message
+    with pytest.raises(TargetStateError) as refused:
+        _check_stable_uri("InferenceService ns/m", "https://u:TOKEN3@h.example/m/6",
+                          CandidateModel("m", "7", "https://u:TOKEN3@h.example/m/6"))
+    assert "TOKEN3" not in str(refused.value) and "https://h.example/m/6" in str(refused.value)
 
 
 @pytest.mark.parametrize("uri", ["s3://other/x",  # edited after the promotion (or promoted after an edit)

@@ -369,3 +369,19 @@ def test_v1_stage_replaces_its_own_canary_but_not_one_whose_model_changed_by_han
     assert fake.obj == before
     router.rollback()  # still its canary to take traffic off
     assert traffic(fake) == {"main": 100}
+
+
+def test_v1_messages_name_model_uris_without_their_secrets() -> None:
+    """The refusals reach status, the log and the TargetReady condition: a modelUri's token must not."""
+    router, fake = deployment_router()
+    fake.obj["spec"]["predictors"][0]["graph"]["modelUri"] = "https://u:TOKEN1@h.example/m/6?sig=SIG1"
+    with pytest.raises(TargetStateError) as same:
+        router.stage(CandidateModel("nsfw", "7", "https://u:TOKEN1@h.example/m/6?sig=SIG1"), "6")
+    assert "https://h.example/m/6?<redacted>" in str(same.value)
+    router.stage(CandidateModel("nsfw", "8", "https://u:TOKEN2@h.example/m/8?sig=SIG2"), "6")
+    fake.obj["spec"]["predictors"][1]["graph"]["modelUri"] = "https://u:TOKEN3@h.example/hotfix?sig=SIG3"
+    with pytest.raises(TargetStateError) as changed:
+        router.stage(CandidateModel("nsfw", "9", "s3://models/9"), "6")
+    message = f"{same.value} {changed.value}"
+    assert "modelUri changed outside ModelRollout" in message and "h.example/hotfix?<redacted>" in message, message
+    assert not any(secret in message for secret in ("TOKEN", "SIG1", "SIG2", "SIG3")), message
