@@ -95,7 +95,7 @@ class Registry:
     down: bool = False
     statuses: dict[str, str] = field(default_factory=dict)  # MLflow registration status, READY if not given
     sourceless: set[str] = field(default_factory=set)
-    sources: dict[str, str] = field(default_factory=dict)  # a version's registered source, models:/nsfw/<v> if not given
+    sources: dict[str, str] = field(default_factory=dict)  # registered sources; default models:/nsfw/<v>
     slow_promotion: bool = False  # a promotion's alias move is accepted but does not show (yet)
 
     def resolve(self, version: str | None) -> ResolvedVersion | None:

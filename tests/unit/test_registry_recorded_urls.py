@@ -8,7 +8,6 @@ import json
 import time
 
 import pytest
-
 from test_engine import effect_ids
 from test_engine_support import Registry, World
 from test_runtime_actions import runtime_with
