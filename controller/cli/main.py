@@ -136,6 +136,23 @@ def _port(text: str, off: int | None = None) -> int:
     return port
 
 
+def _byte_size(text: str, env: str | None = None) -> int:
+    """A size as Kubernetes writes quantities (768Mi), for the chart's values."""
+    match = re.fullmatch(r"([0-9]{1,15})(Ki|Mi|Gi|Ti)?", text.strip())
+    if not match or not int(match.group(1)):
+        # The value may come from the environment (as in the shipped manifests), not the flag: say both.
+        where = f" (the flag, or ${env})" if env else ""
+        raise argparse.ArgumentTypeError(f"{text!r}{where} is not a positive size: bytes, or a number with Ki, Mi, "
+                                         "Gi or Ti")
+    return int(match.group(1)) * 1024 ** ("", "Ki", "Mi", "Gi", "Ti").index(match.group(2) or "")
+
+
+def _positive_int(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,15}", text.strip()) or not int(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def _object_name(text: str) -> str:
     # An empty name would ask for the list; a slash for another path.
     if len(text) > 253 or not OBJECT_NAME.fullmatch(text):
@@ -148,12 +165,20 @@ def _exporter_run(args: argparse.Namespace) -> int:
     import logging
 
     from controller.exporter.events import DecodeOptions
-    from controller.exporter.server import run
+    from controller.exporter.server import MAX_TOTAL_SERIES, run
 
+    total = args.max_series or MAX_TOTAL_SERIES
+    if args.max_namespace_series is not None and args.max_namespace_series > total:
+        args.usage_error(f"argument --max-namespace-series: {args.max_namespace_series} is more than --max-series "
+                         f"({total}): one namespace's share cannot exceed all series")
+    # Unset bounds are left to run(): the exporter's constants are the one source of their defaults.
+    bounds = {name: value for name, value in (
+        ("max_total_series", args.max_series), ("max_namespace_series", args.max_namespace_series),
+        ("max_pending_bytes", args.max_pending_bytes), ("body_read_slots", args.body_read_slots)) if value is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = tuple(n.strip() for n in args.class_names.split(",") if n.strip()) if args.class_names else ()
     try:
-        run(args.host, args.port, DecodeOptions(class_names=names, v2_output=args.v2_output))
+        run(args.host, args.port, DecodeOptions(class_names=names, v2_output=args.v2_output), **bounds)
     except OSError as exc:  # the port is taken, or the address is not this host's
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or type(exc).__name__}") from None
     return 0
@@ -271,16 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="comma-separated hosts a gate URL override may name besides the rollout's "
                                  "namespace's Services; {namespace} and a leading *. allowed")
 
-    def byte_size(text: str) -> int:  # a size as Kubernetes writes quantities (768Mi), for the chart's values
-        match = re.fullmatch(r"([0-9]{1,15})(Ki|Mi|Gi|Ti)?", text.strip())
-        if not match or not int(match.group(1)):
-            # The value may come from the environment (as in the shipped manifests), not the flag: say both.
-            raise argparse.ArgumentTypeError(f"{text!r} (the flag, or $MODELROLLOUT_MAX_DATASET_BYTES) is not a "
-                                             "positive size: bytes, or a number with Ki, Mi, Gi or Ti")
-        return int(match.group(1)) * 1024 ** ("", "Ki", "Mi", "Gi", "Ti").index(match.group(2) or "")
-
     # Below the pod's /tmp volume: the kubelet evicts a pod whose emptyDir outgrows its sizeLimit.
-    run_parser.add_argument("--max-dataset-bytes", type=byte_size,
+    run_parser.add_argument("--max-dataset-bytes", type=lambda text: _byte_size(text, "MODELROLLOUT_MAX_DATASET_BYTES"),
                             default=os.environ.get("MODELROLLOUT_MAX_DATASET_BYTES", "4Gi"),
                             help="golden-dataset bytes the gate keeps on its scratch disk, one dataset and all gates "
                                  "in flight together (e.g. 768Mi; default $MODELROLLOUT_MAX_DATASET_BYTES or 4Gi)")
@@ -327,7 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
                               help="comma-separated class names, for outputs that are indexes or probabilities "
                                    "(without them, such an output is dropped as NoClassNames)")
     exporter_run.add_argument("--v2-output", default=None, help="V2 output holding the prediction (default: first)")
-    exporter_run.set_defaults(handler=_exporter_run)
+    # Memory bounds (see controller/exporter/server.py): raise them with the pod's memory limit.
+    exporter_run.add_argument("--max-series", type=_positive_int, default=None, metavar="N",
+                              help="prediction series counted in all; one past it is dropped as TooManySeries "
+                                   "(default 6144, ~50 MiB at the peak of a /metrics render)")
+    exporter_run.add_argument("--max-namespace-series", type=_positive_int, default=None, metavar="N",
+                              help="prediction series one namespace may take, at most --max-series "
+                                   "(default: a quarter of --max-series)")
+    exporter_run.add_argument("--max-pending-bytes", type=_byte_size, default=None, metavar="SIZE",
+                              help="request attributes held in memory until their response event comes, e.g. 16Mi "
+                                   "(default 8Mi; past it the oldest request is forgotten)")
+    exporter_run.add_argument("--body-read-slots", type=_positive_int, default=None, metavar="N",
+                              help="event bodies read at once, each up to 4 MiB in memory; a sender finding none free "
+                                   "for 5s gets 503 (default 8)")
+    exporter_run.set_defaults(handler=_exporter_run, usage_error=exporter_run.error)
     return parser
 
 

@@ -63,8 +63,14 @@ MODEL_IDLE_SECONDS = 24 * 3600.0
 # at the longest labels, 4 KiB when their characters take 4 bytes in UTF-8, and a render holds the text about twice
 # (see render()): at most ~50 MiB at any label content, within the exporter's 256Mi.
 MAX_TOTAL_SERIES = 6_144
-# One namespace's share of them: a team's flood of versions or classes leaves room for three others at least.
-MAX_NAMESPACE_SERIES = MAX_TOTAL_SERIES // 4
+
+
+def namespace_share(total_series: int) -> int:
+    """One namespace's share of the series: a team's flood of versions or classes leaves room for three others."""
+    return max(1, total_series // 4)
+
+
+MAX_NAMESPACE_SERIES = namespace_share(MAX_TOTAL_SERIES)
 RENDER_CHUNK = 1024  # series rendered into text at a time (see render())
 Identity = tuple[str, str, str, str]  # namespace, inference service, variant, model version
 # The judges compare model versions of one inference service only: classes are shared, and made at 0, within one.
@@ -402,8 +408,15 @@ class PredictionExporter:
         return app
 
 
-def run(host: str, port: int, options: DecodeOptions) -> None:
+def run(host: str, port: int, options: DecodeOptions, *, max_total_series: int = MAX_TOTAL_SERIES,
+        max_namespace_series: int | None = None, max_pending_bytes: int = MAX_PENDING_BYTES,
+        body_read_slots: int = BODY_READ_SLOTS) -> None:
+    """max_namespace_series None: namespace_share(max_total_series)."""
     if not options.class_names:
         log.warning("no --class-names: an output that is a class index or a row of scores names no class, and its "
                     "events are dropped as NoClassNames (integer labels are indexes: list the classes, e.g. 0,1)")
-    web.run_app(PredictionExporter(options).app(), host=host, port=port, print=None, access_log=None)
+    if max_namespace_series is None:
+        max_namespace_series = namespace_share(max_total_series)
+    exporter = PredictionExporter(options, max_total_series=max_total_series, max_namespace_series=max_namespace_series,
+                                  max_pending_bytes=max_pending_bytes, body_read_slots=body_read_slots)
+    web.run_app(exporter.app(), host=host, port=port, print=None, access_log=None)
