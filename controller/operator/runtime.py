@@ -323,19 +323,24 @@ class RolloutRuntime:
             case _:
                 raise TypeError(f"not an effect action: {action!r}")
 
-    def finish_withdrawal(self, status: ModelRolloutStatus) -> bool:
+    def finish_withdrawal(self, status: ModelRolloutStatus,
+                          still_current: Callable[[], bool] = lambda: True) -> bool:
         """After a rollback, keep calling the router until the spec no longer names the rejected candidate.
 
         Traffic leaves the candidate with the first call (that is what the engine confirms); some serving
         systems need a second write once their controller has moved the traffic (KServe Knative: the stable
         storageUri goes back only after canaryTrafficPercent 0 took effect, and that pin comes off once the copy
         of stable it made is ready: `pinned`, whatever version was withdrawn). True while that is unfinished.
+        `still_current` is asked right before a write: status may be an old read (a second operator during a
+        rolling update), and a retry since may have staged the same version again.
         """
         if str(status.phase) not in WITHDRAWN_PHASES or status.candidate is None:
             return False
         try:
             state = self.router.observe()
             if state.exists and state.pinned:
+                if not still_current():
+                    return False
                 self.router.rollback()  # unpins once the serving system is ready for it, else nothing
                 self.withdrawal_recheck = PIN_RECHECK_SECONDS
                 return self.router.observe().pinned
@@ -344,7 +349,7 @@ class RolloutRuntime:
             if not state.synced:
                 return True  # the serving controller has not caught up: whose canary it is shows after
             # Only this rollout's own candidate: a canary of another version belongs to another rollout.
-            if state.canary_version != status.candidate.version:
+            if state.canary_version != status.candidate.version or not still_current():
                 return False
             self.router.rollback()
             return self.router.observe().canary_staged
@@ -816,11 +821,26 @@ class RolloutStepper:
             # on a restart, which resends whatever is pending anyway.)
             self._unheard[key] = (uid, failures, done)
             outcome.requeue_after = min(outcome.requeue_after or 1.0, 1.0)
-        if await asyncio.to_thread(runtime.finish_withdrawal, status):
+        if await asyncio.to_thread(runtime.finish_withdrawal, status, lambda: self._still_withdrawn(meta, status)):
             recheck = runtime.withdrawal_recheck
             outcome.requeue_after = min(outcome.requeue_after or recheck, recheck)
         await self._store_start(obj, outcome, stored, gate_keeper)
         return outcome
+
+    def _still_withdrawn(self, meta: Mapping[str, Any], status: ModelRolloutStatus) -> bool:
+        """The stored rollout still ends the attempt status ended (read afresh, from a worker thread)."""
+        if self.store is None:
+            return True
+        try:
+            fresh = self.store.get(ObjectRef(meta["namespace"], meta["name"]))
+            stored = ModelRolloutStatus.from_dict((fresh or {}).get("status") or {})
+        except (ApiException, urllib3.exceptions.HTTPError, ValueError, TypeError, KeyError) as exc:
+            log.info("%s/%s: not finishing the rollback on a status that cannot be read again now: %s",
+                     meta["namespace"], meta["name"], type(exc).__name__)
+            return False  # the next reconcile tries again
+        candidate = stored.candidate.version if stored.candidate else None
+        return (fresh is not None and fresh["metadata"].get("uid") == meta.get("uid") and stored.phase == status.phase
+                and stored.attempt == status.attempt and candidate == (status.candidate and status.candidate.version))
 
     def _gate_verdict_asked_for(self, key: tuple[str, str], uid: str,
                                 status: ModelRolloutStatus) -> JudgeResult | None:

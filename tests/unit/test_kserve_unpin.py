@@ -18,7 +18,7 @@ from test_runtime_actions import runtime_with
 
 from controller.api.status import ModelRolloutStatus, Phase, VersionRef
 from controller.devstack.kserve_standin import KServeStandIn, Revision, _keep_transition_times
-from controller.operator.runtime import PIN_RECHECK_SECONDS
+from controller.operator.runtime import PIN_RECHECK_SECONDS, OperatorConfig, RolloutStepper
 from controller.traffic.base import CandidateModel
 from controller.traffic.kserve import KServeRouter, knative_view
 
@@ -223,3 +223,41 @@ def test_a_status_that_only_looks_caught_up_never_unpins_onto_the_withdrawn_revi
     status = kserve.get()["status"]["components"]["predictor"]
     assert "canaryTrafficPercent" not in kserve.obj["spec"]["predictor"]
     assert status["latestRolledoutRevision"] == "m-predictor-00003"
+
+
+def test_finish_withdrawal_leaves_a_canary_staged_again_since_its_status_was_read() -> None:
+    """Two operators overlap in a rolling update: one ends a reconcile on a status read before a retry, while the
+    other has staged the same version again at 10%. Withdrawing on that old read took the retry's canary off the
+    target (and pinned it) for good: the rollout sat Paused at 0%."""
+    kserve = Kserve()
+    router = candidate_serving(kserve, after_promotion=False)  # version 7 at 10%: the retry's canary
+    runtime = runtime_with(router)
+    old_read = ModelRolloutStatus(phase=Phase.ROLLED_BACK, attempt=1, candidate=VersionRef(version="7"))
+    written = len(kserve.applied)
+    assert runtime.finish_withdrawal(old_read, still_current=lambda: False) is False
+    assert len(kserve.applied) == written and router.observe().canary_weight == 10
+    runtime.finish_withdrawal(old_read, still_current=lambda: True)  # still ours: withdrawn
+    assert kserve.get()["spec"]["predictor"]["canaryTrafficPercent"] == 0
+
+
+class OneRollout:
+    def __init__(self, obj: dict[str, Any] | None) -> None:
+        self.obj = obj
+
+    def get(self, ref: object) -> dict[str, Any] | None:
+        return copy.deepcopy(self.obj)
+
+
+def test_the_stepper_asks_the_stored_rollout_whether_the_withdrawal_is_still_its_own() -> None:
+    ended = ModelRolloutStatus(phase=Phase.ROLLED_BACK, attempt=1, candidate=VersionRef(version="7"))
+    retried = ModelRolloutStatus(phase=Phase.PROGRESSING, attempt=2, candidate=VersionRef(version="7"))
+    meta = {"namespace": "ns", "name": "m", "uid": "u1"}
+    stored = {"metadata": dict(meta), "status": ended.to_dict()}
+    stepper = RolloutStepper(OneRollout(stored), OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    assert stepper._still_withdrawn(meta, ended)
+    for fresh in ({"metadata": dict(meta), "status": retried.to_dict()},  # a retry took it on
+                  {"metadata": {**meta, "uid": "u2"}, "status": ended.to_dict()},  # deleted and made again
+                  None,  # deleted
+                  {"metadata": dict(meta), "status": {"phase": 7}}):  # unreadable: not now
+        stepper.store = OneRollout(fresh)  # type: ignore[assignment]
+        assert not stepper._still_withdrawn(meta, ended), fresh

@@ -76,7 +76,7 @@ def acted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
     monkeypatch.setattr(RolloutRuntime, "observe_target", target)
     monkeypatch.setattr(RolloutRuntime, "act", act)
-    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status: False)
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
     return done
 
 

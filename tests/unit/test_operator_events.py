@@ -350,7 +350,7 @@ def operator(monkeypatch: pytest.MonkeyPatch, world: World, server: HangingEvent
     monkeypatch.setattr(RolloutRuntime, "observe_target", observe_target)
     monkeypatch.setattr(RolloutRuntime, "act", act)
     monkeypatch.setattr(RolloutRuntime, "measure_gate", measure_gate)
-    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status: False)
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
     server.obj = {**server.obj, "spec": world.spec, "metadata": {**server.obj["metadata"], "generation": 1}}
     metrics = OperatorMetrics()
     poster = EventPoster(server, metrics, clock=lambda: world.now)

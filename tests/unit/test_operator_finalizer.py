@@ -156,7 +156,8 @@ def test_a_finalizer_another_field_manager_also_owns_is_theirs_and_the_rollout_g
 def test_a_deleted_rollout_waits_for_the_withdrawal_at_most_the_grace(monkeypatch: pytest.MonkeyPatch,
                                                                       completed: str | None, released: bool) -> None:
     """Without completedAt (a hand-edited status) the grace counts as over: the delete never waits for good."""
-    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status: True)  # never finishes
+    never_finishes = lambda self, status, still_current=None: True  # noqa: E731
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", never_finishes)
     rolled_back = {**SUCCEEDED, "phase": "RolledBack", **({"completedAt": completed} if completed else {})}
     store = Store()
     stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False,  # type: ignore[arg-type]

@@ -50,7 +50,7 @@ def last_round_refused(monkeypatch: pytest.MonkeyPatch) -> tuple[RolloutStepper,
     monkeypatch.setattr(RolloutRuntime, "observe_target", lambda self: (TargetObservation(
         ready=True, stable_version="7", canary_version="8", canary_ready=True, canary_weight=served["weight"]), None))
     monkeypatch.setattr(RolloutRuntime, "act", act)
-    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status: False)
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
     stepper = RolloutStepper(None, OperatorConfig(), clock=lambda: NOW, write_ahead=False)  # type: ignore[arg-type]
     obj: dict[str, Any] = {"metadata": {"namespace": "a", "name": "n", "uid": "u", "generation": 1,
                                         "resourceVersion": "1"}, "spec": raw, "status": start.to_dict()}

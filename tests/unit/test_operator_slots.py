@@ -123,7 +123,7 @@ def test_analyses_stalled_on_a_slow_prometheus_do_not_hold_up_another_rollouts_a
     monkeypatch.setattr(RolloutRuntime, "act", act)
     monkeypatch.setattr(RolloutRuntime, "measure_gate", measure_gate)
     monkeypatch.setattr(RolloutRuntime, "measure_analysis", measure_analysis)
-    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status: False)
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
     # Rollout time: jumped past the analysis interval once the canaries are at 10%.
     ahead = [dt.timedelta()]
 
