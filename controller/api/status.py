@@ -74,7 +74,8 @@ class VersionRef:
     # Without user info or query (a token, a presigned signature): status is readable by every namespace viewer.
     source: str | None = None
     lineage: Mapping[str, str] = field(default_factory=dict)
-    source_redacted: bool = False  # something was cut from source: what to serve is read from the registry again
+    # True: something was cut from source, so what to serve is read from the registry again (None: nothing was).
+    source_redacted: bool | None = None
 
 
 @dataclass(frozen=True)

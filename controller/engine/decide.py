@@ -2028,7 +2028,7 @@ class _Decider:
 def _version_ref(resolved: ResolvedVersion) -> VersionRef:
     source = redacted_url(resolved.source) if resolved.source else resolved.source
     return VersionRef(version=resolved.version, run_id=resolved.run_id, source=source,
-                      lineage=dict(resolved.lineage), source_redacted=source != resolved.source)
+                      lineage=dict(resolved.lineage), source_redacted=True if source != resolved.source else None)
 
 
 def _clean_verdict(verdict: Verdict) -> Verdict:

@@ -69,7 +69,7 @@ def canned(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
     monkeypatch.setattr(RolloutRuntime, "observe_target", target)
     monkeypatch.setattr(RolloutRuntime, "act", act)
-    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status: False)
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
     return world
 
 
