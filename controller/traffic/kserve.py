@@ -11,7 +11,8 @@ Knative mode (KServe's documented canary rollout):
             `latest-` URL while it takes no traffic.
   set_weight  canaryTrafficPercent = N.
   promote   canaryTrafficPercent removed: the latest revision takes 100% and becomes
-            latestRolledoutRevision (the old one moves to previousRolledoutRevision).
+            latestRolledoutRevision (the old one moves to previousRolledoutRevision). One another manager
+            also set (an on-call's `kubectl patch`) is removed by a merge patch: an apply cannot remove it.
   rollback  (before promotion) first canaryTrafficPercent = 0 alone, at once: all traffic goes to
             latestRolledoutRevision (stable). Once KServe reports it, the stable storageUri is written
             back (with canaryTrafficPercent 0 kept), so the spec no longer names the rejected model; that
@@ -32,9 +33,10 @@ Standard mode (KServe after v0.20, spec.canary[]):
   stage     spec.canary = [{trafficPercent: 0, predictor: <copy of spec.predictor with the candidate's
             storageUri, named v<version>>}]; KServe runs it as Deployment <isvc>-<name>-predictor.
   set_weight  spec.canary[0].trafficPercent = N.
-  promote   spec.predictor takes the canary's name and storageUri and spec.canary is removed: KServe keeps
+  promote   spec.predictor takes the canary's name and storageUri and spec.canary = []: KServe keeps
             the canary's Deployment, so promotion restarts no pod.
-  rollback  spec.canary removed; stable was never touched.
+  rollback  spec.canary = []; stable was never touched. (The empty list is written, not the field left out:
+            that would not remove a list someone else also owns after editing the canary.)
   restore   (after promotion) the previous predictor name and storageUri back, which needs a new
             Deployment to become ready: not instant.
 
@@ -246,7 +248,7 @@ class KnativeView:
         """canaryTrafficPercent applied by this router on a spec naming the recorded stable: what a rollback or
         restore leaves while the copy of stable it made starts."""
         return (self.canary_percent is not None and self.stable_uri is not None and self.spec_uri == self.stable_uri
-                and _applied_by_us(self.obj, ("spec", "predictor", "canaryTrafficPercent")))
+                and _applied_by_us(self.obj, PERCENT_PATH))
 
     @property
     def unpin_ready(self) -> bool:
@@ -270,21 +272,29 @@ def _configured(obj: Obj) -> bool:
     return (condition(obj.get("status") or {}, "PredictorConfigurationReady") or {}).get("status", "True") == "True"
 
 
-def _applied_by_us(obj: Obj, path: tuple[str, ...]) -> bool:
-    """Whether this operator's apply owns the field at `path` (an object without managedFields, never one
-    read from the API server, counts as ours)."""
-    entries = obj["metadata"].get("managedFields")
-    if not entries:
-        return True
-    for entry in entries:
-        if entry.get("manager") != FIELD_MANAGER or entry.get("operation") != "Apply" or entry.get("subresource"):
-            continue
+PERCENT_PATH = ("spec", "predictor", "canaryTrafficPercent")
+
+
+def _owners(obj: Obj, path: tuple[str, ...]) -> list[Obj]:
+    """The managedFields entries (of the object, not a subresource) that own the field at `path`."""
+    found = []
+    for entry in obj["metadata"].get("managedFields") or []:
         fields: Any = entry.get("fieldsV1") or {}
         for key in path:
             fields = fields.get(f"f:{key}") if isinstance(fields, dict) else None
-        if fields is not None:
-            return True
-    return False
+        if fields is not None and not entry.get("subresource"):
+            found.append(entry)
+    return found
+
+
+def _ours(entry: Obj) -> bool:
+    return entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply"
+
+
+def _applied_by_us(obj: Obj, path: tuple[str, ...]) -> bool:
+    """Whether this operator's apply owns the field at `path` (an object without managedFields, never one
+    read from the API server, counts as ours)."""
+    return not obj["metadata"].get("managedFields") or any(_ours(e) for e in _owners(obj, path))
 
 
 def knative_view(obj: Obj, what: str) -> KnativeView:
@@ -485,9 +495,12 @@ def _deployment_name(isvc: str, predictor_name: str | None) -> str:
 
 
 def _standard_body(oc: ObjectClient, view: StandardView, *, predictor_name: str | None, uri: str | None,
-                   annotations: dict[str, str], canary: list[Obj] | None, logger_url: str | None = None) -> Obj:
+                   annotations: dict[str, str], canary: list[Obj], logger_url: str | None = None) -> Obj:
     """Every field the router owns: the stable predictor's name, storageUri and logger URL (shared with whoever
-    set them until a promotion changes them), our annotations on it, and the whole atomic spec.canary."""
+    set them until a promotion changes them), our annotations on it, and the whole atomic spec.canary.
+
+    canary=[] removes the canary: written, never left out, for leaving out the list only removes it while this
+    manager alone owns it, and an Update (`kubectl edit` of the canary) makes its manager an owner too."""
     body = oc.skeleton(view.obj["metadata"]["resourceVersion"])
     predictor: Obj = {view.key: {"storageUri": uri}}
     if predictor_name:
@@ -496,10 +509,7 @@ def _standard_body(oc: ObjectClient, view: StandardView, *, predictor_name: str 
         predictor["logger"] = {"url": logger_url}
     if annotations:
         predictor["annotations"] = annotations
-    spec: Obj = {"predictor": predictor}
-    if canary:
-        spec["canary"] = canary
-    body["spec"] = spec
+    body["spec"] = {"predictor": predictor, "canary": canary}
     return body
 
 
@@ -588,6 +598,7 @@ class KServeRouter:
                                      canary_percent=None)
             return self._standard_promote(standard_view(obj, self.target))
         self._apply_with(build, "promoting")
+        self._remove_foreign_percent()
 
     def rollback(self) -> None:
         """Before promotion: the candidate out, stable at 100%. Nothing staged: nothing to do. Knative: left
@@ -684,6 +695,20 @@ class KServeRouter:
             return False
         return True
 
+    def _remove_foreign_percent(self) -> None:
+        """Knative promotion: a canaryTrafficPercent another manager also owns (an on-call's `kubectl patch`)
+        outlives the apply that leaves it out and would hold the promoted revision at that share. A merge patch
+        removes it for every manager; its resourceVersion makes it refused (409: read again) if the object
+        changed since it was read. (A rollback's pin is another matter: see _unpin.)"""
+        def once() -> None:
+            obj = self.client.get()
+            if (deployment_mode(obj, self.default_mode) is DeploymentMode.KNATIVE
+                    and obj["spec"]["predictor"].get("canaryTrafficPercent") is not None
+                    and not all(_ours(e) for e in _owners(obj, PERCENT_PATH))):
+                self.client.merge_patch({"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                                         "spec": {"predictor": {"canaryTrafficPercent": None}}})
+        retry_on_conflict(once, f"promoting on {self.target}")
+
     def _unpin(self) -> None:
         """canaryTrafficPercent removed (the rest of the body as last applied, so no revision is made) once the
         copy of stable is ready: it takes 100%. Until then, nothing."""
@@ -774,13 +799,13 @@ class KServeRouter:
         promoted = view.ours["predictor"]
         annotations = {k: v for k, v in (promoted.get("annotations") or {}).items() if k in OWNED_ANNOTATIONS}
         return _standard_body(self.client, view, predictor_name=promoted["name"],
-                              uri=promoted[view.key]["storageUri"], annotations=annotations, canary=None,
+                              uri=promoted[view.key]["storageUri"], annotations=annotations, canary=[],
                               logger_url=_logger_url(promoted))
 
     def _standard_rollback(self, view: StandardView) -> Obj | None:
         if view.ours is None:
             return None  # nothing staged: stable has all traffic
-        return _standard_body(self.client, view, **_stable_owned(view), canary=None)  # stable was never touched
+        return _standard_body(self.client, view, **_stable_owned(view), canary=[])  # stable was never touched
 
     def _standard_restore(self, view: StandardView, stable: CandidateModel) -> Obj | None:
         owned = _stable_owned(view)
@@ -794,4 +819,4 @@ class KServeRouter:
         annotations = {**owned["annotations"], ANN_VERSION: stable.version, ANN_VERSION_URI: stable.storage_uri}
         logger_url = _relabelled(owned["logger_url"], stable.version)
         return _standard_body(self.client, view, predictor_name=name or None, uri=stable.storage_uri,
-                              annotations=annotations, canary=None, logger_url=logger_url)
+                              annotations=annotations, canary=[], logger_url=logger_url)

@@ -100,15 +100,24 @@ class ObjectClient:
         body = copy.deepcopy(body)
         body["metadata"]["namespace"] = self.namespace  # never another namespace, whatever body says
         body["metadata"]["name"] = self.name
+        return self._patch(body, APPLY_PATCH, "apply to", force=force)
+
+    def merge_patch(self, patch: Obj) -> Obj:
+        """A JSON merge patch (an Update by this field manager): a null removes a field whoever owns it, which an
+        apply leaving the field out cannot do while another manager owns it. Carry metadata.resourceVersion in
+        `patch` to be refused (409) if the object changed since it was read."""
+        return self._patch(patch, "application/merge-patch+json", "patch")
+
+    def _patch(self, body: Obj, content_type: str, verb: str, **kwargs: Any) -> Obj:
         r = self.resource
         try:
             obj: Obj = self.custom.patch_namespaced_custom_object(
                 r.group, r.version, self.namespace, r.plural, self.name, body,
-                field_manager=self.field_manager, force=force, _content_type=APPLY_PATCH)
+                field_manager=self.field_manager, _content_type=content_type, **kwargs)
         except ApiException as exc:
-            raise self._error(exc, "apply to") from exc
+            raise self._error(exc, verb) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TargetUnavailable(f"cannot reach the API server to apply to {self.description}: {exc}") from exc
+            raise TargetUnavailable(f"cannot reach the API server to {verb} {self.description}: {exc}") from exc
         return obj
 
     def _error(self, exc: ApiException, verb: str) -> TrafficError:

@@ -445,7 +445,7 @@ def test_standard_mode_stage_step_rollback_stage_promote(api: client.ApiClient, 
     router.rollback()
     state = wait_state(router, lambda s: not s.canary_staged)
     obj = get(api, namespace)
-    assert "canary" not in obj["spec"] and obj["spec"]["predictor"]["model"]["storageUri"] == V6
+    assert obj["spec"]["canary"] == [] and obj["spec"]["predictor"]["model"]["storageUri"] == V6
 
     router.stage(CANDIDATE_7, stable_version="6")
     wait_state(router, lambda s: s.canary_ready)
@@ -459,6 +459,70 @@ def test_standard_mode_stage_step_rollback_stage_promote(api: client.ApiClient, 
     state = wait_state(router, lambda s: s.stable_version == "6")
     predictor = get(api, namespace)["spec"]["predictor"]
     assert "name" not in predictor and predictor["model"]["storageUri"] == V6
+
+
+def patch_as(api: client.ApiClient, namespace: str, patch: Any, content_type: str, manager: str) -> None:
+    """What `kubectl patch` / `kubectl edit` send: an Update by another field manager."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME, patch,
+                                                                field_manager=manager, _content_type=content_type)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("finish", ["rollback", "promote"])
+def test_standard_a_canary_edited_by_hand_is_still_removed(api: client.ApiClient, namespace: str,
+                                                           standin: KServeStandIn, finish: str) -> None:
+    """An on-call gives the canary more memory mid-rollout (`kubectl edit`: an Update), so its manager owns the
+    atomic spec.canary too: leaving the list out of an apply would remove nothing, the candidate would keep its
+    share through a rollback and a canary would outlive its promotion."""
+    apply_isvc(api, namespace, mode="Standard")
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    router.set_weight(20)
+    wait_state(router, lambda s: s.canary_weight == 20)
+    patch_as(api, namespace, [{"op": "add", "path": "/spec/canary/0/predictor/model/resources/limits",
+                               "value": {"memory": "2Gi"}}], "application/json-patch+json", "kubectl-edit")
+    assert managed_by(get(api, namespace), "kubectl-edit")
+    if finish == "rollback":
+        router.rollback()
+        state = wait_state(router, lambda s: not s.canary_staged)
+        assert (state.canary_version, state.canary_weight, state.message) == (None, None, "")
+        assert get(api, namespace)["spec"]["predictor"]["model"]["storageUri"] == V6
+    else:
+        router.promote()
+        state = wait_state(router, lambda s: s.stable_version == "7" and not s.canary_staged)
+        assert (state.canary_version, state.canary_weight, state.message) == (None, None, "")
+        predictor = get(api, namespace)["spec"]["predictor"]
+        assert predictor["name"] == "v7" and predictor["model"]["storageUri"] == V7
+    obj = get(api, namespace)
+    assert obj["spec"]["canary"] == [] and "canaryStatuses" not in obj["status"]
+
+
+@pytest.mark.integration
+def test_knative_promotion_removes_a_canary_traffic_percent_moved_by_hand(api: client.ApiClient, namespace: str,
+                                                                         standin: KServeStandIn) -> None:
+    """An on-call moves the canary by hand (`kubectl patch --type merge`), so its manager owns
+    canaryTrafficPercent too: promotion removes it all the same, or the candidate would never roll out."""
+    apply_isvc(api, namespace)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    router.set_weight(10)
+    wait_state(router, lambda s: s.canary_weight == 10)
+    patch_as(api, namespace, {"spec": {"predictor": {"canaryTrafficPercent": 50}}},
+             "application/merge-patch+json", "kubectl-patch")
+    wait_state(router, lambda s: s.canary_weight == 50)
+    router.promote()
+    state = wait_state(router, lambda s: s.stable_version == "7" and not s.canary_staged)
+    obj = get(api, namespace)
+    assert "canaryTrafficPercent" not in obj["spec"]["predictor"]
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == V7
+    assert split(obj) == {state.stable_name: 100} and state.stable_name == f"{NAME}-predictor-00002"
+    resource_version = obj["metadata"]["resourceVersion"]
+    router.promote()  # promoted: nothing more to write
+    assert get(api, namespace)["metadata"]["resourceVersion"] == resource_version
 
 
 LOGGER = "http://exporter.monitoring.svc:9102/?team=moderation&variant=stable"

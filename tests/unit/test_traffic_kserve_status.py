@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from controller.traffic.base import CandidateModel, TargetStateError
+from controller.traffic.base import CandidateModel, ConflictError, TargetStateError
 from controller.traffic.kserve import (
     KServeRouter,
     _check_stable_uri,
@@ -330,3 +330,57 @@ def test_standard_a_foreign_canary_entrys_traffic_counts_as_canary_weight() -> N
     state = standard_state("m", standard_view(obj, "m"))
     assert state.canary_weight == 15, state
     assert "spec.canary holds 1 entries ModelRollout did not create" in state.message
+
+
+def test_standard_the_canary_is_removed_by_an_empty_list_and_an_empty_list_reads_as_no_canary() -> None:
+    # spec.canary is an atomic list: once a `kubectl edit` of the canary made another manager an owner, an apply
+    # leaving it out removes nothing. Only writing it (empty) takes it away.
+    router = KServeRouter(client.ApiClient(), "ns", "m")
+    staged = standard_view(standard_isvc("s3://m/7", canary=("s3://m/8", "s3://m/8")), "m")
+    bodies = [router._standard_promote(staged), router._standard_rollback(staged),
+              router._standard_restore(staged, CandidateModel("m", "7", "s3://m/7")),
+              router._standard_restore(staged, CandidateModel("m", "6", "s3://m/6"))]
+    assert [body["spec"]["canary"] if body else None for body in bodies] == [[], [], [], []]
+    obj = standard_isvc("s3://m/7")
+    obj["spec"]["canary"] = []
+    state = standard_state("m", standard_view(obj, "m"))
+    assert (state.stable_version, state.canary_version, state.canary_weight, state.message) == ("7", None, None, "")
+    assert router._standard_rollback(standard_view(obj, "m")) is None  # nothing staged: nothing written
+
+
+def knative_at(percent: int, managers: list[tuple[str, str]]) -> dict[str, Any]:
+    """Candidate 8 staged at `percent` over stable 6; managers: (manager, operation) owning canaryTrafficPercent."""
+    ctp = {"f:spec": {"f:predictor": {"f:canaryTrafficPercent": {}}}}
+    obj = staged_after_a_rollback("True")
+    obj["metadata"].update(resourceVersion="41", managedFields=[
+        {"manager": "argocd-controller", "operation": "Apply", "fieldsV1": {"f:spec": {"f:predictor": {}}}},
+        *({"manager": m, "operation": op, "fieldsV1": ctp} for m, op in managers)])
+    obj["spec"]["predictor"]["canaryTrafficPercent"] = percent
+    return obj
+
+
+@pytest.mark.parametrize(("managers", "removed"), [
+    ([("kubectl-patch", "Update")], True),  # the on-call moved it: only a merge patch removes it
+    ([("modelrollout-controller", "Apply"), ("kubectl-patch", "Update")], True),
+    ([("modelrollout-controller", "Apply")], False),  # ours alone: the apply leaving it out removes it
+])
+def test_knative_promotion_removes_a_canary_traffic_percent_another_manager_set(
+        monkeypatch: pytest.MonkeyPatch, managers: list[tuple[str, str]], removed: bool) -> None:
+    router = KServeRouter(client.ApiClient(), "ns", "m")
+    obj = knative_at(50, managers)
+    patches: list[dict[str, Any]] = []
+
+    def merge_patch(patch: dict[str, Any]) -> dict[str, Any]:
+        patches.append(patch)
+        if len(patches) == 1:  # the object changed since it was read: read again, patch again
+            raise ConflictError("conflict")
+        return obj
+
+    applied: list[dict[str, Any]] = []
+    monkeypatch.setattr(router.client, "get", lambda: obj)
+    monkeypatch.setattr(router.client, "apply", lambda body, force=True: applied.append(body) or obj)
+    monkeypatch.setattr(router.client, "merge_patch", merge_patch, raising=False)
+    router.promote()
+    assert "canaryTrafficPercent" not in applied[0]["spec"]["predictor"]
+    expected = {"metadata": {"resourceVersion": "41"}, "spec": {"predictor": {"canaryTrafficPercent": None}}}
+    assert patches == ([expected, expected] if removed else [])
