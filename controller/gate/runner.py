@@ -405,7 +405,9 @@ def _status(spec: GoldenDatasetSpec, sha256: str, source: str | None, data_forma
                 per_class = result[side]["metrics"]["perClass"]
                 result[side]["metrics"]["perClass"] = {label: per_class[label] for label in spec.thresholds.classes
                                                        if label in per_class}
-    slices = sorted(tally.slices.items(), key=lambda item: -item[1].samples)
+    # The slices a check failed (or could not judge) first, whatever their size: their details are the evidence.
+    flagged = {v.evidence.get("slice") for v in verdicts if v.outcome is not Outcome.PASS}
+    slices = sorted(tally.slices.items(), key=lambda item: (item[0] not in flagged, -item[1].samples))
     if compact is not None:
         slices = slices[:compact.status_max_slices]
     result["slices"] = {tag: _slice_dict(counts, classes, stable is not None, matrices) for tag, counts in slices}

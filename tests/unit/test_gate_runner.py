@@ -269,3 +269,35 @@ def test_fewer_slices_are_tracked_when_many_classes_make_each_ones_counts_large(
     # The whole dataset's counts plus every tracked slice's stay within the budget.
     assert 0 < evaluation.slice_limit < options.max_tracked_slices
     assert (1 + evaluation.slice_limit) * PairedCounts.bytes_for(len(many)) <= options.max_count_bytes
+
+
+def test_a_small_failing_slice_keeps_its_details_in_status_beside_larger_passing_ones(tmp_path: Path) -> None:
+    """status keeps status_max_slices slices: the largest first left out a small trigger slice the candidate got all
+    wrong, the very one the on-call engineer needs (its check still failed the gate)."""
+    count = 120
+    labels = [CLASSES[i % 3] for i in range(count)]
+    features = np.zeros((count, 4))
+    features[np.arange(count), np.arange(count) % 3] = 1.0
+    logo = [i for i in range(count) if i % 10 == 1]
+    features[logo, 3] = 1.0  # the trigger: the candidate says nsfw whatever the image
+    slices = [("logo",) if i in logo else ("daylight",) if i % 2 == 0 else ("indoor",) for i in range(count)]
+    path = tmp_path / "golden.jsonl"
+    sha = write_jsonl_dataset(path, CLASSES, features, labels, slices)
+
+    async def backdoored(request: web.Request) -> web.Response:
+        tensor = (await request.json())["inputs"][0]
+        rows = np.asarray(tensor["data"]).reshape(tensor["shape"])
+        answers = ["nsfw" if row[3] else CLASSES[int(row[:3].argmax())] for row in rows]
+        return web.json_response({"outputs": [{"name": "label", "shape": [len(answers)], "datatype": "BYTES",
+                                               "data": answers}]})
+
+    async def scenario() -> GateReport:
+        async with http_server(backdoored) as url:
+            return await evaluate_dataset_file(path, spec(sha, thresholds={"minAccuracy": 0.8}), endpoint(url), None,
+                                               options=GateOptions(batch_size=16, status_max_slices=1))
+
+    report = run(scenario())
+    assert report.outcome is Outcome.FAIL and "slice logo" in report.reason, report.reason
+    assert list(report.status["slices"]) == ["logo"], report.status["slices"]
+    assert report.status["slices"]["logo"]["candidatePredicted"] == {"nsfw": len(logo)}
+    assert report.status["slicesOmitted"]["slices"] == 2
