@@ -656,6 +656,7 @@ class KServeRouter:
             return _knative_body(self.client, v, uri=stable.storage_uri, annotations=annotations, canary_percent=None,
                                  logger_url=_relabelled(v.logger_url, stable.version))
         self._apply_with(build, "restoring")
+        self._remove_foreign_percent()  # else the new revision would get only the share someone set by hand
 
     # -- plumbing --
 

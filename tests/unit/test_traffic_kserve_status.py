@@ -364,8 +364,9 @@ def knative_at(percent: int, managers: list[tuple[str, str]]) -> dict[str, Any]:
     ([("modelrollout-controller", "Apply"), ("kubectl-patch", "Update")], True),
     ([("modelrollout-controller", "Apply")], False),  # ours alone: the apply leaving it out removes it
 ])
+@pytest.mark.parametrize("move", ["promote", "restore"])
 def test_knative_promotion_removes_a_canary_traffic_percent_another_manager_set(
-        monkeypatch: pytest.MonkeyPatch, managers: list[tuple[str, str]], removed: bool) -> None:
+        monkeypatch: pytest.MonkeyPatch, managers: list[tuple[str, str]], removed: bool, move: str) -> None:
     router = KServeRouter(client.ApiClient(), "ns", "m")
     obj = knative_at(50, managers)
     patches: list[dict[str, Any]] = []
@@ -380,7 +381,11 @@ def test_knative_promotion_removes_a_canary_traffic_percent_another_manager_set(
     monkeypatch.setattr(router.client, "get", lambda: obj)
     monkeypatch.setattr(router.client, "apply", lambda body, force=True: applied.append(body) or obj)
     monkeypatch.setattr(router.client, "merge_patch", merge_patch, raising=False)
-    router.promote()
+    if move == "promote":
+        router.promote()
+    else:  # after promotion, a version no revision holds: rolled out as a new revision, on all traffic
+        router.restore(CandidateModel("m", "5", "s3://b/v5"))
+        assert applied[0]["spec"]["predictor"]["model"]["storageUri"] == "s3://b/v5"
     assert "canaryTrafficPercent" not in applied[0]["spec"]["predictor"]
     expected = {"metadata": {"resourceVersion": "41"}, "spec": {"predictor": {"canaryTrafficPercent": None}}}
     assert patches == ([expected, expected] if removed else [])
