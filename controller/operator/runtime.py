@@ -324,7 +324,7 @@ class RolloutRuntime:
                 raise TypeError(f"not an effect action: {action!r}")
 
     def finish_withdrawal(self, status: ModelRolloutStatus,
-                          still_current: Callable[[], bool] = lambda: True) -> bool:
+                          still_current: Callable[[], bool | None] = lambda: True) -> bool:
         """After a rollback, keep calling the router until the spec no longer names the rejected candidate.
 
         Traffic leaves the candidate with the first call (that is what the engine confirms); some serving
@@ -332,15 +332,16 @@ class RolloutRuntime:
         storageUri goes back only after canaryTrafficPercent 0 took effect, and that pin comes off once the copy
         of stable it made is ready: `pinned`, whatever version was withdrawn). True while that is unfinished.
         `still_current` is asked right before a write: status may be an old read (a second operator during a
-        rolling update), and a retry since may have staged the same version again.
+        rolling update), and a retry since may have staged the same version again. None (it cannot tell now):
+        unfinished, asked again after withdrawal_recheck.
         """
         if str(status.phase) not in WITHDRAWN_PHASES or status.candidate is None:
             return False
         try:
             state = self.router.observe()
             if state.exists and state.pinned:
-                if not still_current():
-                    return False
+                if (current := still_current()) is not True:
+                    return current is None
                 self.router.rollback()  # unpins once the serving system is ready for it, else nothing
                 self.withdrawal_recheck = PIN_RECHECK_SECONDS
                 return self.router.observe().pinned
@@ -349,8 +350,10 @@ class RolloutRuntime:
             if not state.synced:
                 return True  # the serving controller has not caught up: whose canary it is shows after
             # Only this rollout's own candidate: a canary of another version belongs to another rollout.
-            if state.canary_version != status.candidate.version or not still_current():
+            if state.canary_version != status.candidate.version:
                 return False
+            if (current := still_current()) is not True:
+                return current is None
             self.router.rollback()
             return self.router.observe().canary_staged
         except TrafficError as exc:
@@ -827,8 +830,9 @@ class RolloutStepper:
         await self._store_start(obj, outcome, stored, gate_keeper)
         return outcome
 
-    def _still_withdrawn(self, meta: Mapping[str, Any], status: ModelRolloutStatus) -> bool:
-        """The stored rollout still ends the attempt status ended (read afresh, from a worker thread)."""
+    def _still_withdrawn(self, meta: Mapping[str, Any], status: ModelRolloutStatus) -> bool | None:
+        """The stored rollout still ends the attempt status ended (read afresh, from a worker thread); None when it
+        cannot be read now."""
         if self.store is None:
             return True
         try:
@@ -837,7 +841,7 @@ class RolloutStepper:
         except (ApiException, urllib3.exceptions.HTTPError, ValueError, TypeError, KeyError) as exc:
             log.info("%s/%s: not finishing the rollback on a status that cannot be read again now: %s",
                      meta["namespace"], meta["name"], type(exc).__name__)
-            return False  # the next reconcile tries again
+            return None
         candidate = stored.candidate.version if stored.candidate else None
         return (fresh is not None and fresh["metadata"].get("uid") == meta.get("uid") and stored.phase == status.phase
                 and stored.attempt == status.attempt and candidate == (status.candidate and status.candidate.version))

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from test_runtime_actions import runtime_with
 
 from controller.api.status import ModelRolloutStatus, Phase, VersionRef
@@ -236,15 +237,20 @@ def test_finish_withdrawal_leaves_a_canary_staged_again_since_its_status_was_rea
     written = len(kserve.applied)
     assert runtime.finish_withdrawal(old_read, still_current=lambda: False) is False
     assert len(kserve.applied) == written and router.observe().canary_weight == 10
+    # Cannot tell now (the API server did not answer): unfinished, so asked again, never dropped for good.
+    assert runtime.finish_withdrawal(old_read, still_current=lambda: None) is True
+    assert len(kserve.applied) == written
     runtime.finish_withdrawal(old_read, still_current=lambda: True)  # still ours: withdrawn
     assert kserve.get()["spec"]["predictor"]["canaryTrafficPercent"] == 0
 
 
 class OneRollout:
-    def __init__(self, obj: dict[str, Any] | None) -> None:
+    def __init__(self, obj: dict[str, Any] | Exception | None) -> None:
         self.obj = obj
 
     def get(self, ref: object) -> dict[str, Any] | None:
+        if isinstance(self.obj, Exception):
+            raise self.obj
         return copy.deepcopy(self.obj)
 
 
@@ -254,10 +260,12 @@ def test_the_stepper_asks_the_stored_rollout_whether_the_withdrawal_is_still_its
     meta = {"namespace": "ns", "name": "m", "uid": "u1"}
     stored = {"metadata": dict(meta), "status": ended.to_dict()}
     stepper = RolloutStepper(OneRollout(stored), OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
-    assert stepper._still_withdrawn(meta, ended)
+    assert stepper._still_withdrawn(meta, ended) is True
     for fresh in ({"metadata": dict(meta), "status": retried.to_dict()},  # a retry took it on
                   {"metadata": {**meta, "uid": "u2"}, "status": ended.to_dict()},  # deleted and made again
-                  None,  # deleted
-                  {"metadata": dict(meta), "status": {"phase": 7}}):  # unreadable: not now
+                  None):  # deleted
         stepper.store = OneRollout(fresh)  # type: ignore[assignment]
-        assert not stepper._still_withdrawn(meta, ended), fresh
+        assert stepper._still_withdrawn(meta, ended) is False, fresh
+    for trouble in (ApiException(status=503), {"metadata": dict(meta), "status": {"phase": 7}}):  # not now
+        stepper.store = OneRollout(trouble)  # type: ignore[assignment]
+        assert stepper._still_withdrawn(meta, ended) is None, trouble
