@@ -121,9 +121,11 @@ def redact_urls(text: str) -> str:
 
 
 def _redacted_in_text(found: re.Match[str], text: str) -> str:
+    redacted = redacted_url(found["url"])
     if found["url"].endswith("?") and text.startswith(REDACTED_QUERY[1:], found.end()):
-        return found[0]  # redacted already: "<" ends the match, leaving a bare "?"
-    return found["lead"] + redacted_url(found["url"])
+        # Redacted already ("<" ends the match, leaving a bare "?"): the marker that follows is kept, not doubled.
+        redacted = redacted.removesuffix(REDACTED_QUERY[1:])
+    return found["lead"] + redacted
 
 
 def _redact_urls_in(value: Any) -> Any:

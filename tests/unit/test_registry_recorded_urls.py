@@ -176,3 +176,11 @@ def test_a_version_source_with_a_secret_is_recorded_without_it_and_served_whole(
     registry.unavailable = True
     runtime.act(StageCandidate(id="1:stage:1", candidate=plain), world.status)
     assert staged[-1] == "s3://models/nsfw/1"
+
+
+def test_redacting_twice_keeps_one_marker_and_still_takes_user_info_out() -> None:
+    once = f"from {redacted_url(SIGNED)} and {GIT.replace('.git', '.git?<redacted>')} "
+    twice = redact_urls(once)
+    assert twice == (f"from https://bucket.s3.amazonaws.com/train.parquet{REDACTED_QUERY} and "
+                     f"https://gitlab.example.com/ml/nsfw.git{REDACTED_QUERY} ")
+    assert redact_urls(twice) == twice
