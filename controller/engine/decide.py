@@ -152,7 +152,7 @@ def decide(spec: ModelRolloutSpec, status: ModelRolloutStatus | None, observatio
     """Decide what to do next. `now` must be timezone-aware (UTC)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return _Decider(spec, status or ModelRolloutStatus(), observations, now).run()
+    return _Decider(spec, _without_recorded_secrets(status or ModelRolloutStatus()), observations, now).run()
 
 
 def holds_deletion(spec: ModelRolloutSpec, status: ModelRolloutStatus | None) -> bool:
@@ -2026,9 +2026,23 @@ class _Decider:
 
 
 def _version_ref(resolved: ResolvedVersion) -> VersionRef:
-    source = redacted_url(resolved.source) if resolved.source else resolved.source
-    return VersionRef(version=resolved.version, run_id=resolved.run_id, source=source,
-                      lineage=dict(resolved.lineage), source_redacted=True if source != resolved.source else None)
+    return _redacted_source(VersionRef(version=resolved.version, run_id=resolved.run_id, source=resolved.source,
+                                       lineage=dict(resolved.lineage)))
+
+
+def _redacted_source(ref: VersionRef) -> VersionRef:
+    """ref without user info or query in its source (status is every namespace viewer's to read)."""
+    source = redacted_url(ref.source) if ref.source else ref.source
+    return ref if source == ref.source else dataclasses.replace(ref, source=source, source_redacted=True)
+
+
+def _without_recorded_secrets(status: ModelRolloutStatus) -> ModelRolloutStatus:
+    """A status an operator before source redaction wrote: redacted at the next decision, ended rollouts too."""
+    candidate = _redacted_source(status.candidate) if status.candidate else None
+    stable = _redacted_source(status.stable) if status.stable else None
+    if candidate is status.candidate and stable is status.stable:
+        return status
+    return dataclasses.replace(status, candidate=candidate, stable=stable)
 
 
 def _clean_verdict(verdict: Verdict) -> Verdict:

@@ -184,3 +184,16 @@ def test_redacting_twice_keeps_one_marker_and_still_takes_user_info_out() -> Non
     assert twice == (f"from https://bucket.s3.amazonaws.com/train.parquet{REDACTED_QUERY} and "
                      f"https://gitlab.example.com/ml/nsfw.git{REDACTED_QUERY} ")
     assert redact_urls(twice) == twice
+
+
+def test_a_source_an_earlier_operator_recorded_whole_is_redacted_at_the_next_decision() -> None:
+    """Rollouts in flight (or ended) at the upgrade kept the token in status for good."""
+    token_source = f"https://ci-bot:{GIT_TOKEN}@models.example.com/nsfw/7"
+    world = World(registry=Registry(sources={"7": token_source}))
+    world.run_until(lambda w: any(action_id.endswith(":stage:7") for action_id in effect_ids(w)))
+    assert world.status.candidate is not None
+    world.status = dataclasses.replace(world.status, candidate=dataclasses.replace(
+        world.status.candidate, source=token_source, source_redacted=None))  # as the older operator wrote it
+    world.reconcile()
+    assert GIT_TOKEN not in json.dumps(world.status.to_dict())
+    assert world.status.candidate is not None and world.status.candidate.source_redacted is True
