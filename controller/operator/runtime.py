@@ -85,7 +85,14 @@ from controller.operator.event_poster import EventPoster, Posted
 from controller.operator.events import unposted
 from controller.operator.kubeapi import FINALIZER, ObjectRef, RolloutStore, apply_decided_status, owns_finalizer
 from controller.operator.scheduler import reconcile_slot_lent
-from controller.registry import Credentials, MlflowRegistry, ModelRegistry, RegistryError, VersionNotFound
+from controller.registry import (
+    Credentials,
+    MlflowRegistry,
+    ModelRegistry,
+    RegistryError,
+    RegistryUnavailable,
+    VersionNotFound,
+)
 from controller.traffic import CandidateModel, TargetState, TargetStateError, TrafficError, TrafficRouter, router_for
 
 log = logging.getLogger(__name__)
@@ -229,13 +236,26 @@ class RolloutRuntime:
             uri = self.tracking_uri
             if not uri:
                 raise RegistryError("no registry: set spec.registry.trackingUri or the operator's default")
-            self._registry = MlflowRegistry(uri, self.credentials())
+            try:
+                credentials = self.credentials()
+            except _CREDENTIALS_ERRORS as exc:  # an action's failure to record, not a reconcile that raises
+                error = _credentials_error(exc, self.credentials_secret)
+                raised = RegistryUnavailable if error.kind is AdapterErrorKind.UNAVAILABLE else RegistryError
+                raise raised(error.message) from None
+            self._registry = MlflowRegistry(uri, credentials)
         return self._registry
 
     def storage_uri(self, version: VersionRef) -> str:
         source = version.source or ""
-        if version.source_redacted:  # status holds it without its secret; the registry has it whole
-            source = self.registry().resolve(self.spec.model.name, version=version.version).source or ""
+        if version.source_redacted:
+            # Status holds it without its secret; the registry has it whole. So serving such a version, even
+            # restoring it after promotion, needs the registry to answer (a source without secrets needs none).
+            try:
+                source = self.registry().resolve(self.spec.model.name, version=version.version).source or ""
+            except RegistryError as exc:
+                raised = RegistryUnavailable if exc.retryable else RegistryError
+                raise raised(f"version {version.version}'s source holds credentials, recorded redacted, and cannot "
+                             f"be read whole from the registry now: {exc.message}") from None
         return fill_storage_uri(self.config.storage_uri_template, name=self.spec.model.name, version=version.version,
                                 source=source, run_id=version.run_id or "")
 

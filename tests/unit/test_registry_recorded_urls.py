@@ -8,14 +8,18 @@ import json
 import time
 
 import pytest
+import yaml
+from kubernetes import client
 from test_engine import effect_ids
 from test_engine_support import Registry, World
-from test_runtime_actions import runtime_with
+from test_runtime_actions import EXAMPLE, runtime_with
 
+from controller.api.spec import parse_spec
 from controller.api.status import ModelRolloutStatus, VersionRef
-from controller.engine import StageCandidate
+from controller.engine import SetAlias, StageCandidate
+from controller.operator.runtime import OperatorConfig, RolloutRuntime
 from controller.redaction import REDACTED_QUERY, redact_urls, redacted_url
-from controller.registry import InMemoryRegistry
+from controller.registry import InMemoryRegistry, RegistryUnavailable
 from controller.registry.base import MAX_LINEAGE_VALUE_CHARS, DatasetInput
 from controller.traffic.base import CandidateModel
 
@@ -176,6 +180,11 @@ def test_a_version_source_with_a_secret_is_recorded_without_it_and_served_whole(
     registry.unavailable = True
     runtime.act(StageCandidate(id="1:stage:1", candidate=plain), world.status)
     assert staged[-1] == "s3://models/nsfw/1"
+    # A cut one needs the registry: its outage is an action failure saying why, retried, never a raise elsewhere.
+    with pytest.raises(RegistryUnavailable, match="version 1's source holds credentials, recorded redacted"):
+        runtime.act(StageCandidate(id="1:stage:1", candidate=dataclasses.replace(candidate, version="1")),
+                    world.status)
+    assert len(staged) == 2
 
 
 def test_redacting_twice_keeps_one_marker_and_still_takes_user_info_out() -> None:
@@ -197,3 +206,17 @@ def test_a_source_an_earlier_operator_recorded_whole_is_redacted_at_the_next_dec
     world.reconcile()
     assert GIT_TOKEN not in json.dumps(world.status.to_dict())
     assert world.status.candidate is not None and world.status.candidate.source_redacted is True
+
+
+def test_a_registry_action_whose_credentials_secret_cannot_be_read_fails_as_a_registry_error() -> None:
+    """An ApiException or a connection error from reading the Secret escaped act()'s handler: the reconcile raised
+    and the round's later actions were skipped."""
+    obj = yaml.safe_load(EXAMPLE.read_text())
+    obj["metadata"]["namespace"] = "ns"
+    obj["spec"]["registry"] = {"trackingUri": "http://mlflow.mlops:5000", "credentialsSecretRef": {"name": "mlflow"}}
+    configuration = client.Configuration()
+    configuration.host = "http://127.0.0.1:9"  # nothing listens: the Secret cannot be read
+    configuration.retries = 0
+    runtime = RolloutRuntime(obj, parse_spec(obj["spec"]), client.ApiClient(configuration), OperatorConfig())
+    with pytest.raises(RegistryUnavailable, match=r"registry credentials Secret ns/mlflow .* could not be read"):
+        runtime.act(SetAlias(id="1:rollback:alias", alias="production", version="6"), ModelRolloutStatus())
