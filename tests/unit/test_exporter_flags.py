@@ -119,3 +119,10 @@ def test_the_chart_refuses_a_namespace_share_above_the_total() -> None:
                       "--set", "exporter.maxNamespaceSeries=101")
     assert result.returncode != 0
     assert "exporter.maxNamespaceSeries (101) must not exceed exporter.maxSeries (100)" in result.stderr, result.stderr
+    # Alone, above the exporter's own default: refused here too (the exporter would exit 2 and crash-loop).
+    result = run_tool("helm", "template", RELEASE, str(CHART), "--set", "exporter.maxNamespaceSeries=6145")
+    assert result.returncode != 0
+    assert "exporter.maxNamespaceSeries (6145) must not exceed exporter.maxSeries (6144)" in result.stderr
+    for value in ("exporter.maxSeries=1000000000000000", "exporter.bodyReadSlots=1000000000000000"):
+        result = run_tool("helm", "template", RELEASE, str(CHART), "--set", value)
+        assert result.returncode != 0 and "maximum" in result.stderr, (value, result.stderr)
