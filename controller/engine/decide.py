@@ -1822,6 +1822,19 @@ class _Decider:
         self._update(message=message, step=None if index is None else step_fraction(index, len(self.spec.canary.steps)))
         self._derived_conditions(message)
 
+    def _rollback_stuck(self) -> str:
+        """What a rollback has not confirmed (empty: nothing, or not for longer than progressDeadline yet)."""
+        rollback = self.status.rollback
+        if (self.status.phase is not Phase.ROLLING_BACK or rollback is None
+                or self.now - rollback.verdict_at <= self.spec.progress_deadline):
+            return ""
+        missing = [what for what, at in (("traffic back on stable", rollback.traffic_confirmed_at),
+                                         (f"@{self.spec.model.stable_alias}", rollback.alias_confirmed_at))
+                   if at is None]
+        if rollback.reject_candidate and rollback.tag_confirmed_at is None:
+            missing.append("the candidate's rejection tag")
+        return ", ".join(missing) or "its end"
+
     def _resolving_too_long(self) -> bool:
         """Pending without a candidate for longer than progressDeadline, waiting or failing: a version that never
         finishes registering is as stuck as a registry that never answers."""
@@ -1962,6 +1975,11 @@ class _Decider:
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "ProgressDeadlineExceeded",
                                 f"no progress for more than progressDeadline "
                                 f"{format_duration(self.spec.progress_deadline)}: {message}")
+        elif unconfirmed := self._rollback_stuck():
+            # Still trying, and the rejected candidate may still serve: loud (Argo CD: Degraded), not "progressing".
+            self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "ProgressDeadlineExceeded",
+                                f"rollback unconfirmed for more than progressDeadline "
+                                f"{format_duration(self.spec.progress_deadline)} ({unconfirmed}): {message}")
         else:
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, _progress_reason(status), message)
         gate = status.gate

@@ -998,6 +998,30 @@ def test_a_deleted_rollout_whose_rollback_cannot_finish_gives_up_at_the_progress
     assert not holds_deletion(world.parsed_spec, status)
 
 
+def test_a_rollback_stuck_past_the_progress_deadline_says_so_in_its_progressing_condition() -> None:
+    """The rejected candidate may still serve: Progressing=True/RollingBack for hours hid it (Argo CD: Progressing,
+    no notification). Past progressDeadline it is False/ProgressDeadlineExceeded (Degraded), naming what is missing."""
+    world = World()
+    fail_from(world, step_index=1)
+    world.run_until(lambda w: w.status.current_step == 1)
+    world.target.frozen = True  # the weight-0 write never takes effect
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK)
+    world.advance(timedelta(minutes=29))
+    world.reconcile()
+    assert condition(world, "Progressing") == ("True", "RollingBack")
+    world.advance(timedelta(minutes=2))
+    world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK
+    status, reason = condition(world, "Progressing")
+    message = world.status.condition("Progressing").message  # type: ignore[union-attr]
+    assert (status, reason) == ("False", "ProgressDeadlineExceeded"), message
+    assert message.startswith("rollback unconfirmed for more than progressDeadline 30m (traffic back on stable")
+    world.target.frozen = False
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert condition(world, "Progressing") == ("False", "RolledBack")
+
+
 def test_a_rollback_that_is_not_for_a_delete_never_gives_up() -> None:
     world = reverting(World())
     world.run_until(lambda w: w.status.current_step == 3)
