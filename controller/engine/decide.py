@@ -1895,6 +1895,9 @@ class _Decider:
             succeeded = self._last_event_detail("Succeeded")
             if succeeded.endswith(NOTHING_ROLLED_OUT):  # no claim on what serves: the target disagreed
                 return _sentence(succeeded[:1].upper() + succeeded[1:])
+            if self._already_stable_but_rejected():
+                return _sentence(f"Version {candidate} serves all traffic as @{alias}, though it carries "
+                                 f"{REJECTED_TAG}=true: a verdict rejected it and the alias was moved onto it by hand")
             return _sentence(f"Version {candidate} serves all traffic as @{alias}")
         if phase is Phase.FAILED:
             reason = status.rollback.reason if status.rollback else self._last_event_detail("Failed")
@@ -1951,6 +1954,13 @@ class _Decider:
         if record.id in retry.reason:
             return current
         return f" (retry {retry.attempts}: {retry.reason}; {note})"
+
+    def _already_stable_but_rejected(self) -> bool:
+        """Ended AlreadyStable (nothing promoted) on a version recorded as PreviouslyRejected right after."""
+        history = self.status.history
+        last = max((index for index, entry in enumerate(history) if entry.event == "AlreadyStable"), default=None)
+        return (self.status.promotion is None and last is not None and last + 1 < len(history)
+                and history[last + 1].event == "PreviouslyRejected")
 
     def _last_event_detail(self, event: str) -> str:
         entry = next((item for item in reversed(self.status.history) if item.event == event), None)

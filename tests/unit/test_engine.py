@@ -303,6 +303,9 @@ def test_candidate_already_stable_but_tagged_rejected_is_reported() -> None:
     assert world.status.phase is Phase.SUCCEEDED
     assert events(world)[-3:-1] == ["AlreadyStable", "PreviouslyRejected"], events(world)
     assert world.executed == []
+    assert world.status.message == ("Version 7 serves all traffic as @production, though it carries "
+                                    "modelrollout.rejected=true: a verdict rejected it and the alias was moved onto "
+                                    "it by hand.")
 
 
 def test_candidate_already_stable_while_the_target_serves_another_version_fails_saying_nothing_was_done() -> None:
