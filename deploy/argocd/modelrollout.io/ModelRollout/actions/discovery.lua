@@ -19,9 +19,17 @@ end
 
 local inFlight = phase == "Pending" or phase == "Gating" or phase == "Progressing" or phase == "Paused"
   or phase == "Promoting" or phase == "Baking"
+-- The canary step being run: promote (one step on) skips analysis and pause steps, not one setting the weight.
+local settingWeight = false
+if phase == "Progressing" and obj.status.currentStep ~= nil and obj.spec ~= nil and obj.spec.canary ~= nil
+    and type(obj.spec.canary.steps) == "table" then
+  local step = obj.spec.canary.steps[tonumber(obj.status.currentStep) + 1]
+  settingWeight = type(step) == "table" and step.setWeight ~= nil
+end
 -- A missed progress deadline is retried or rolled back, not promoted past.
-local canPromote = phase == "Progressing" or phase == "Baking"
+local canPromote = (phase == "Progressing" and not settingWeight) or phase == "Baking"
   or (phase == "Paused" and pauseReason ~= "ProgressDeadlineExceeded")
+local canPromoteFull = canPromote or phase == "Progressing"
 -- Retry starts a finished-but-failed rollout again, or re-runs whatever paused it (not a plain pause step).
 local canRetry = phase == "RolledBack" or phase == "Failed" or (phase == "Paused" and pauseReason ~= "PauseStep")
 -- Rollback also works after success, as long as a promotion left a previous version to return to.
@@ -33,7 +41,7 @@ local canAbort = inFlight or (phase == "RollingBack" and restart)
 
 actions["abort"] = {["disabled"] = not canAbort, ["iconClass"] = "fa fa-fw fa-stop-circle"}
 actions["promote"] = {["disabled"] = not canPromote, ["iconClass"] = "fa fa-fw fa-forward"}
-actions["promote-full"] = {["disabled"] = not canPromote, ["iconClass"] = "fa fa-fw fa-fast-forward",
+actions["promote-full"] = {["disabled"] = not canPromoteFull, ["iconClass"] = "fa fa-fw fa-fast-forward",
   ["displayName"] = "Promote full"}
 actions["retry"] = {["disabled"] = not canRetry, ["iconClass"] = "fa fa-fw fa-redo-alt"}
 actions["rollback"] = {["disabled"] = not canRollback, ["iconClass"] = "fa fa-fw fa-undo"}
