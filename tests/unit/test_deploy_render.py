@@ -226,6 +226,11 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set", "controller.tmpSizeLimit=1G"), "/controller/tmpSizeLimit"),
     (("--set", "controller.maxDatasetBytes=4GiB"), "/controller/maxDatasetBytes"),
     (("--set", "controller.maxDatasetBytes=805306368"), "/controller/maxDatasetBytes"),
+    # The API server refuses endPort beside a named port: at install, after the chart rendered.
+    (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":"https","endPort":500}]}]'),
+     "/networkPolicy/controllerEgress/0/ports/0/port': got string, want integer"),
+    (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"endPort":500}]}]'),
+     "/networkPolicy/controllerEgress/0/ports/0"),
 ])
 def test_values_schema_refuses_bad_values(args: tuple[str, ...], complaint: str) -> None:
     result = run_tool("helm", "template", RELEASE, str(CHART), *args)
