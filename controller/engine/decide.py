@@ -1822,6 +1822,14 @@ class _Decider:
         self._update(message=message, step=None if index is None else step_fraction(index, len(self.spec.canary.steps)))
         self._derived_conditions(message)
 
+    def _deadline_exceeded(self, message: str) -> None:
+        """Progressing False/ProgressDeadlineExceeded while still trying; said once as a Warning Event too (a stuck
+        wait otherwise posts none: `kubectl describe` and Event-based alerts would see nothing)."""
+        old = self.status.condition(ConditionType.PROGRESSING)
+        if old is None or old.reason != "ProgressDeadlineExceeded":
+            self._record("ProgressDeadlineExceeded", message)
+        self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "ProgressDeadlineExceeded", message)
+
     def _rollback_stuck(self) -> str:
         """What a rollback has not confirmed (empty: nothing, or not for longer than progressDeadline yet)."""
         rollback = self.status.rollback
@@ -1982,14 +1990,12 @@ class _Decider:
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, reason, message)
         elif self._resolving_too_long():
             # As a Deployment says it: still trying (nothing was done, nothing to undo), but stuck for too long.
-            self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "ProgressDeadlineExceeded",
-                                f"no progress for more than progressDeadline "
-                                f"{format_duration(self.spec.progress_deadline)}: {message}")
+            self._deadline_exceeded(f"no progress for more than progressDeadline "
+                                    f"{format_duration(self.spec.progress_deadline)}: {message}")
         elif unconfirmed := self._rollback_stuck():
             # Still trying, and the rejected candidate may still serve: loud (Argo CD: Degraded), not "progressing".
-            self._set_condition(ConditionType.PROGRESSING, ConditionStatus.FALSE, "ProgressDeadlineExceeded",
-                                f"rollback unconfirmed for more than progressDeadline "
-                                f"{format_duration(self.spec.progress_deadline)} ({unconfirmed}): {message}")
+            self._deadline_exceeded(f"rollback unconfirmed for more than progressDeadline "
+                                    f"{format_duration(self.spec.progress_deadline)} ({unconfirmed}): {message}")
         else:
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, _progress_reason(status), message)
         gate = status.gate
