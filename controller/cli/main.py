@@ -197,6 +197,8 @@ def _oncall_command(args: argparse.Namespace) -> int:
     from controller.api.commands import CommandAction
     from controller.cli.oncall import OnCall, printable
 
+    if getattr(args, "timeout", None) is not None and not args.watch:
+        raise CliError("--timeout applies to --watch only")
     oncall = OnCall(args.kubeconfig, args.namespace)
     output = getattr(args, "output", None)
     if args.command in ("abort", "promote", "retry", "rollback"):
@@ -232,7 +234,13 @@ def _show(oncall: OnCall, args: argparse.Namespace, obj: Any, output: str | None
         dump(obj if args.command == "get" else (obj.get("status") or {}).get("history", []), output, sys.stdout)
     elif args.command == "get" and args.watch:
         # Like `kubectl rollout status`: scripts and CI read the outcome from the exit code.
-        return 0 if oncall.watch(args.name) == "Succeeded" else 1
+        phase = oncall.watch(args.name, timeout=args.timeout.total_seconds() if args.timeout else None)
+        if phase is None:
+            from controller.api.durations import format_duration
+
+            raise CliError(f"{oncall.namespace}/{args.name} did not end within --timeout "
+                           f"{format_duration(args.timeout)}", code=WATCH_ERROR)
+        return 0 if phase == "Succeeded" else 1
     elif args.command == "get":
         oncall.print_rollout(obj)
     elif args.command == "history":
@@ -323,15 +331,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "get":
             shown.add_argument("-w", "--watch", action="store_true",
                                help="print each change until the rollout ends; exit 0 on Succeeded, 1 on RolledBack "
-                                    f"or Failed, {WATCH_ERROR} on an error (it could not be read)")
+                                    "or Failed or a pause after a failed check (waiting for a human), "
+                                    f"{WATCH_ERROR} on an error (it could not be read) or at --timeout")
+            sub.add_argument("--timeout", type=_wait, default=None, metavar="DURATION",
+                             help=f"with --watch: give up after this long, exit {WATCH_ERROR} (default and 0: no "
+                                  "limit)")
         if name == "explain":
             sub.add_argument("--html", type=Path, default=None, metavar="FILE",
                              help="also write a self-contained page: weight and class rates over time, decisions")
         if name == "promote":
             sub.add_argument("--full", action="store_true", help="skip every remaining step")
         if name in ("abort", "promote", "retry", "rollback"):
-            sub.add_argument("--wait", type=_wait, default="10s", metavar="DURATION",
-                             help="wait this long for the operator to handle the command (default 10s; 0: do not "
+            # Past KServe's 10 s settle time, which a rollback's reconcile can spend before it reads the command.
+            sub.add_argument("--wait", type=_wait, default="30s", metavar="DURATION",
+                             help="wait this long for the operator to handle the command (default 30s; 0: do not "
                                   "wait): exit 1 when it refuses it, 0 when it applied it or has not handled it yet")
         sub.set_defaults(handler=_oncall)
 

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -21,11 +22,13 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, CommandError, parse_command
+from controller.api.serialization import parse_time
 from controller.api.status import step_fraction
 from controller.cli.errors import CliError
 from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, objects, printable, text, well_formed
 from controller.http_deadline import transport_cause
+from controller.operator.events import is_warning
 from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION, without_kube_credentials
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
@@ -36,6 +39,18 @@ OUTCOME_SYMBOLS = {"pass": "✔", "fail": "✖", "inconclusive": "?"}
 GATE_VERDICTS_SHOWN = 10
 SEND_ATTEMPTS = 3  # a conflict is most often the operator's own status write: read again and retry
 HANDLED_POLL = 0.5  # seconds between reads while waiting for the operator to handle a command
+OPERATOR_SEEN_MARGIN = 60  # seconds past a command's wait in which a status write shows the operator running
+# The Ready reasons by which the operator holds a spec without starting it (engine/decide.py _refuse_to_run),
+# keeping the phase it had; and what a watch then waits for.
+HELD_REASONS = {"TargetConflict": "the other ModelRollout on the target to end",
+                "InvalidSpec": "a spec (or operator settings) the operator accepts"}
+# Paused on a failed check until a human decides (rollback.automatic false): Argo CD's failedPause in
+# deploy/argocd/.../health.lua; the commands as the engine's message names them (promote cannot skip a change the
+# target has not taken).
+FAILED_PAUSES = {"GateFailed": "promote, retry or rollback", "AnalysisFailed": "promote, retry or rollback",
+                 "BakeFailed": "promote, retry or rollback", "ProgressDeadlineExceeded": "retry or rollback"}
+ATTEMPT_STARTS = ("Resolved", "AlreadyStable")  # the history entries an attempt begins with
+WARNINGS_SHOWN = 8
 
 
 class Style:
@@ -192,6 +207,7 @@ class OnCall:
         sent = printable(f"{command.label} (id {command.id})")
         deadline = time.monotonic() + wait
         unread = ""  # why the last read failed: the command is out, so a failed read says nothing of its fate
+        status: dict[str, Any] = {}
         while (remaining := deadline - time.monotonic()) > 0:
             time.sleep(min(HANDLED_POLL, remaining))
             try:
@@ -213,9 +229,12 @@ class OnCall:
             if pending is None or pending.id != command.id:  # `kubectl annotate` or an Argo CD action wrote over it
                 raise CliError(f"the command annotation of {what} was overwritten before the operator handled {sent}: "
                                "it will not be carried out")
-        print(self.style.warn(f"{sent} is not known to be handled yet{unread or ' (is the operator running?)'}; it "
-                              f"stays pending: follow it with `modelrollout history -n {self.namespace} {name}`"),
-              file=self.out)
+        # A status written lately shows the operator running (a rollback may keep it busy past the wait).
+        seen = _seconds_since_written(status)
+        why = unread or (f" (the operator is running: it wrote this status {max(seen, 0):.0f} s ago)"
+                         if seen is not None and seen <= wait + OPERATOR_SEEN_MARGIN else " (is the operator running?)")
+        print(self.style.warn(f"{sent} is not known to be handled yet{why}; it stays pending: follow it with "
+                              f"`modelrollout history -n {self.namespace} {name}`"), file=self.out)
 
     def _print_handled(self, name: str, command: Command, status: dict[str, Any]) -> None:
         """What the operator's history says it did with `command`; a refusal is a CliError."""
@@ -320,8 +339,12 @@ class OnCall:
             lines.append(note[:1].upper() + note[1:] + ".")
         candidate = _version(status, "candidate")
         stable = _version(status, "stable")
-        if candidate:
-            lines.append(f"It rolls out version {candidate} of {text(obj['spec']['model'].get('name'), '?')}"
+        model = text(obj["spec"]["model"].get("name"), "?")
+        if candidate and candidate == stable:  # AlreadyStable: the stable alias named the candidate already
+            lines.append(f"Version {candidate} of {model} was already the stable version: this attempt rolled "
+                         "nothing out.")
+        elif candidate:
+            lines.append(f"It rolls out version {candidate} of {model}"
                          + (f" in place of version {stable}." if stable else " (no stable version before it)."))
         gate = mapping(status.get("gate"))
         if gate.get("outcome"):
@@ -342,6 +365,7 @@ class OnCall:
             for role, query in mapping(evidence.get("queries")).items():
                 lines.append(f"  query {role}: {text(query)}")
         lines += _rollback_account(obj, candidate, stable)
+        lines += _warnings(status["history"])
         last = status["history"][-1:]
         for entry in last:
             lines.append(f"Last event: {entry['event']} at {entry['time']} by {entry['actor'] or '?'}: "
@@ -349,9 +373,11 @@ class OnCall:
         return "\n".join(lines)
 
     def watch(self, name: str, interval: float = 1.0, timeout: float | None = None) -> str | None:
-        """Print each change until the rollout ends; its final phase (None when the timeout came first)."""
+        """Print each change until the rollout ends, or pauses on a failed check for a human (Paused); its final
+        phase (None when the timeout came first)."""
         deadline = time.monotonic() + timeout if timeout else None
         last = None
+        told = None  # the hold last explained: said once, not on every read
         while True:
             raw = self.get(name)
             # A command the operator has not taken (retry, rollback) may end the phase shown: it is not final yet.
@@ -369,8 +395,20 @@ class OnCall:
                 last = line
             generation = (obj.get("metadata") or {}).get("generation")
             current = status.get("observedGeneration") == generation  # not a finished earlier spec's phase
-            if status.get("phase") in TERMINAL and current and pending is None:
+            # Held, the phase is what the operator kept from before, not the outcome of this spec.
+            held = _held(obj) if current and status.get("phase") in TERMINAL else None
+            if held is not None and held != told:
+                print(f"  not finished: the operator holds this spec ({held}) and keeps the phase it had; waiting "
+                      f"for {HELD_REASONS[held]}", file=self.out, flush=True)
+            told = held
+            if status.get("phase") in TERMINAL and current and pending is None and held is None:
                 return str(status["phase"])
+            failed = mapping(status.get("pause")).get("reason") if status.get("phase") == "Paused" else None
+            if isinstance(failed, str) and failed in FAILED_PAUSES and current and pending is None:
+                # Nothing moves until someone decides: waiting would hang a CI job.
+                print(f"  stopped: paused after a failed check ({failed}); run {FAILED_PAUSES[failed]} "
+                      f"(`modelrollout <command> -n {self.namespace} {name}`)", file=self.out, flush=True)
+                return "Paused"
             if deadline and time.monotonic() > deadline:
                 return None
             time.sleep(interval)
@@ -388,6 +426,46 @@ def pending_command(obj: dict[str, Any]) -> Command | None:
         return None
     handled = mapping(obj.get("status")).get("handledCommands")
     return None if isinstance(handled, list) and command.id in handled else command
+
+
+def _held(obj: dict[str, Any]) -> str | None:
+    """The reason the operator holds the current spec unstarted (its Ready condition at this generation), or None.
+    A Failed phase with InvalidSpec is the refusal's own outcome for a new spec (fail_idle): not held."""
+    status = mapping(obj.get("status"))
+    for condition in objects(status.get("conditions")):
+        reason = condition.get("reason")
+        if (condition.get("type") == "Ready" and condition.get("status") == "False"
+                and isinstance(reason, str) and reason in HELD_REASONS
+                and condition.get("observedGeneration") == mapping(obj.get("metadata")).get("generation")
+                and not (reason == "InvalidSpec" and status.get("phase") == "Failed")):
+            return str(reason)
+    return None
+
+
+def _seconds_since_written(status: dict[str, Any]) -> float | None:
+    """Seconds since the operator last wrote to the status: its newest history entry or condition transition."""
+    stamps = [e.get("time") for e in objects(status.get("history"))[-1:]]
+    stamps += [c.get("lastTransitionTime") for c in objects(status.get("conditions"))]
+    times = []
+    for stamp in stamps:
+        try:
+            times.append(parse_time(stamp))
+        except (AttributeError, TypeError, ValueError):  # absent or not a time: says nothing
+            continue
+    return (datetime.now(UTC) - max(times)).total_seconds() if times else None
+
+
+def _warnings(history: list[dict[str, Any]]) -> list[str]:
+    """The current attempt's Warning entries (as its Events are posted) before the last one, which is told apart."""
+    start = max((i for i, e in enumerate(history) if e["event"] in ATTEMPT_STARTS), default=0)
+    found = [e for e in history[start:-1] if is_warning(e["event"])]
+    if not found:
+        return []
+    lines = ["Warnings in this attempt:"]
+    if len(found) > WARNINGS_SHOWN:
+        lines.append(f"  … {len(found) - WARNINGS_SHOWN} earlier (`modelrollout history` shows them)")
+    lines += [f"  {e['event']} at {e['time']}: {e['detail']}" for e in found[-WARNINGS_SHOWN:]]
+    return lines
 
 
 def _kubernetes_answer(what: str, answer: Any, kind: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.api.status import TERMINAL_PHASES
 from controller.cli.shape import mapping, objects, printable, well_formed
 from controller.operator.events import is_warning
 
@@ -249,7 +250,7 @@ def _e(text: Any) -> str:
 def chart_svg(status: Mapping[str, Any], now: dt.datetime) -> str:
     marks = decisions(status)
     rates = rate_points(status)
-    end = _time(status.get("completedAt")) or (marks[-1].time if marks else now)
+    end = _time(_completed(status)) or (marks[-1].time if marks else now)
     weights = weight_series(status, end)
     moments = [d.time for d in marks] + [p.time for p in rates] + [t for t, _ in weights]
     start = _time(status.get("startedAt"))
@@ -385,7 +386,7 @@ def _facts(obj: Mapping[str, Any], status: Mapping[str, Any]) -> list[tuple[str,
              ("Candidate version", str((status.get("candidate") or {}).get("version", "-"))),
              ("Stable version", str((status.get("stable") or {}).get("version", "-"))),
              ("Step", step), ("Canary weight now", f"{weight}%" if isinstance(weight, int | float) else "-"),
-             ("Started", str(status.get("startedAt", "-"))), ("Completed", str(status.get("completedAt", "-")))]
+             ("Started", str(status.get("startedAt", "-"))), ("Completed", str(_completed(status) or "-"))]
     gate = status.get("gate") or {}
     if gate.get("outcome"):
         facts.append(("Golden gate", f"{gate['outcome']} (dataset sha256 {str(gate.get('datasetSha256', '?'))[:12]}…)"))
@@ -395,10 +396,28 @@ def _facts(obj: Mapping[str, Any], status: Mapping[str, Any]) -> list[tuple[str,
                                  "candidate kept all traffic (no earlier version to put back)"))
     elif rollback:
         seconds = rollback.get("timeToRecoverSeconds")
-        state = "rolled back" if rollback.get("recoveredAt") else "rolling back, traffic and alias not yet confirmed"
+        state = _rollback_state(rollback, status.get("phase"))
         facts.append(("Rollback", f"{rollback.get('cause', '?')} by {rollback.get('actor', CONTROLLER)}, {state}"
                       + (f", recovered in {seconds:.2f} s" if isinstance(seconds, int | float) else "")))
     return facts
+
+
+def _completed(status: Mapping[str, Any]) -> Any:
+    """completedAt of an ended phase: a rollback of a success keeps the success's until it ends itself."""
+    return status.get("completedAt") if status.get("phase") in TERMINAL_PHASES else None
+
+
+def _rollback_state(rollback: Mapping[str, Any], phase: Any) -> str:
+    """Each step as confirmed: the alias may be back while traffic is not, or the other way round."""
+    if rollback.get("recoveredAt"):
+        return "rolled back"
+    unconfirmed = "not confirmed" if phase in TERMINAL_PHASES else "not yet confirmed"
+    traffic = "traffic back on stable" if rollback.get("trafficConfirmedAt") else f"traffic {unconfirmed} back"
+    if rollback.get("aliasLeftOn"):
+        alias = f"alias left on version {rollback['aliasLeftOn']} (moved outside this rollout)"
+    else:
+        alias = "alias confirmed" if rollback.get("aliasConfirmedAt") else f"alias {unconfirmed}"
+    return f"{'rolling back' if phase not in TERMINAL_PHASES else 'stopped'}, {traffic}, {alias}"
 
 
 def _outcome(value: Any) -> str:

@@ -13,19 +13,27 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from test_engine_support import World, spec_dict, verdict
 
+from controller.api import CommandAction, SpecError
 from controller.api.commands import COMMAND_ANNOTATION
+from controller.api.status import PauseReason, Phase
 from controller.cli import oncall as oncall_module
-from controller.cli.main import main
+from controller.cli.main import build_parser, main
 from controller.cli.oncall import OnCall
 from controller.devstack.demo import run_demo
 from controller.devstack.processes import StackError
+from controller.engine import reject_spec
+from controller.engine.claims import target_claim
+from controller.engine.decide import wait_for_target
+from controller.verdict import Outcome
 from tests.http_stub import serving
 
 ROLLOUT_PATH = "/apis/modelrollout.io/v1alpha1/namespaces/ns/modelrollouts/r"
@@ -205,6 +213,90 @@ def test_watch_is_not_held_up_by_an_annotation_that_is_no_command(api: FakeApi, 
     assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0 and api.gets == 2
 
 
+def engine_rollout(world: World, annotation: str | None = None) -> dict[str, Any]:
+    """`rollout r` in namespace ns as the API server stores it, with the engine's status for `world`."""
+    return {"apiVersion": "modelrollout.io/v1alpha1", "kind": "ModelRollout",
+            "metadata": {"name": "r", "namespace": "ns", "generation": world.generation, "resourceVersion": "100",
+                         "annotations": {COMMAND_ANNOTATION: annotation} if annotation else {}},
+            "spec": copy.deepcopy(world.spec), "status": world.status.to_dict()}
+
+
+def test_watch_waits_for_a_new_version_the_operator_holds_instead_of_reporting_the_old_outcome(
+        api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str]) -> None:
+    # Version 7 succeeded; version 8 is applied while another ModelRollout is in flight on the target
+    # (TargetConflict), then the operator's settings refuse the spec too (InvalidSpec): both keep Succeeded with
+    # observedGeneration current. Once let go, version 8 fails its analysis and is rolled back.
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}]}))
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED)
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "8"}}
+    world.generation = 2
+    claim = target_claim({"spec": world.spec})
+    assert claim is not None
+    world.status = wait_for_target(world.status, claim, "other", world.generation, world.now).status
+    conflict = engine_rollout(world)
+    refused = reject_spec(world.status, SpecError("spec.target", "not allowed here"), world.generation, world.now)
+    assert (conflict["status"]["phase"], refused.status.phase) == ("Succeeded", Phase.SUCCEEDED)
+    world.status = refused.status
+    invalid = engine_rollout(world)
+    world.judge = lambda _r: [verdict(Outcome.FAIL)]
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
+    api.script = [conflict, conflict, conflict, invalid, invalid, engine_rollout(world)]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1  # version 8 rolled back
+    out = capsys.readouterr().out
+    assert api.gets == 6
+    assert out.count("not finished: the operator holds this spec (TargetConflict) and keeps the phase it had; "
+                     "waiting for the other ModelRollout on the target to end") == 1
+    assert out.count("(InvalidSpec)") == 1 and "RolledBack" in out
+
+
+def test_watch_ends_on_a_new_spec_the_operator_failed_as_invalid(
+        api: FakeApi, tmp_path: Path, no_wait: None) -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}]}))
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED)
+    world.generation = 2
+    world.status = reject_spec(world.status, SpecError("spec.target", "not allowed here"), 2, world.now).status
+    api.obj = engine_rollout(world)
+    assert api.obj["status"]["phase"] == "Failed"  # the refusal's own outcome, nothing to wait for
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
+
+
+@pytest.mark.parametrize(("world", "reason"), [
+    (World(spec=spec_dict(rollback={"automatic": False}), judge=lambda _r: [verdict(Outcome.FAIL)]),
+     PauseReason.ANALYSIS_FAILED),
+    (World(spec=spec_dict(rollback={"automatic": False}), gate_verdicts=[verdict(Outcome.FAIL, "accuracy", "0.90")]),
+     PauseReason.GATE_FAILED)])
+def test_watch_exits_1_on_a_pause_after_a_failed_check_naming_the_commands(
+        api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str], world: World,
+        reason: PauseReason) -> None:
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    assert world.status.pause is not None and world.status.pause.reason is reason
+    paused = engine_rollout(world)
+    api.script = [paused, paused, paused, rollout("Succeeded")]  # the old watch read on, past the pause
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
+    assert (f"stopped: paused after a failed check ({reason}); run promote, retry or rollback "
+            "(`modelrollout <command> -n ns r`)") in capsys.readouterr().out
+
+
+def test_watch_goes_on_past_a_failed_pause_with_a_command_pending(
+        api: FakeApi, tmp_path: Path, no_wait: None) -> None:
+    world = World(spec=spec_dict(rollback={"automatic": False}), judge=lambda _r: [verdict(Outcome.FAIL)])
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.send(CommandAction.ROLLBACK, command_id="rb")
+    paused = engine_rollout(world, command("rollback", "rb"))
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
+    api.script = [paused, paused, engine_rollout(world, command("rollback", "rb"))]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 3
+
+
+def test_watch_timeout_exits_2_saying_so(api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    assert main(["get", "r", "--watch", "--timeout", "1s", "--kubeconfig", api.kubeconfig(tmp_path)]) == 2
+    assert time.monotonic() - started < 5
+    assert capsys.readouterr().err == "error: ns/r did not end within --timeout 1s\n"
+    assert main(["get", "r", "--timeout", "1s", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    assert "--timeout applies to --watch only" in capsys.readouterr().err
+
+
 def test_an_api_error_during_watch_is_not_read_as_a_failed_rollout(
         api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     api.script = [rollout("Progressing"), 500]
@@ -296,6 +388,20 @@ def test_a_command_no_operator_handles_exits_0_after_the_wait_saying_how_to_foll
     assert re.fullmatch(r"retry \(id \w+\) is not known to be handled yet \(is the operator running\?\); it stays "
                         r"pending: "
                         r"follow it with `modelrollout history -n ns r`", lines[1]), lines[1]
+
+
+def test_a_command_to_a_busy_operator_does_not_ask_whether_it_runs(
+        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A rollback's reconcile waits out KServe's 10 s settle time before it reads a command: the old default wait.
+    assert build_parser().parse_args(["abort", "r"]).wait == timedelta(seconds=30)
+    written = (datetime.now(UTC) - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    api.obj = rollout("RollingBack")
+    api.obj["status"]["history"] = [{"time": written, "event": "RollbackStarted", "detail": "d", "actor": "x"}]
+    assert main(["abort", "r", "--wait", "1s", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert re.fullmatch(r"abort \(id \w+\) is not known to be handled yet \(the operator is running: it wrote this "
+                        r"status [5-9] s ago\); it stays pending: follow it with `modelrollout history -n ns r`",
+                        line), line
 
 
 def test_a_read_failing_while_waiting_is_not_taken_for_a_refusal(

@@ -21,6 +21,7 @@ from controller.api import CommandAction
 from controller.api.status import Phase
 from controller.cli.oncall import OnCall
 from controller.cli.report import _kind, render_html, weight_series
+from controller.engine import REJECTED_TAG
 from controller.verdict import Outcome
 
 
@@ -223,3 +224,33 @@ def test_a_status_for_an_older_spec_or_none_at_all_says_so(oncall: OnCall) -> No
     oncall.out = io.StringIO()
     oncall.print_rollout(current)
     assert "Note:" not in oncall.out.getvalue()
+
+
+def test_an_already_stable_version_says_so_with_the_attempts_warnings(oncall: OnCall) -> None:
+    # @production was moved by hand onto version 7, which a verdict had rejected: production runs it.
+    world = World()
+    world.registry.aliases["production"] = world.target.stable_version = "7"
+    world.registry.versions["7"][REJECTED_TAG] = "true"
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED)
+    assert [e.event for e in world.status.history] == ["AlreadyStable", "PreviouslyRejected", "Succeeded"]
+    lines = oncall.explain(wrapped(world)).splitlines()
+    assert "Version 7 of nsfw-classifier was already the stable version: this attempt rolled nothing out." in lines
+    assert not [line for line in lines if "in place of version 7" in line]
+    at = lines.index("Warnings in this attempt:")
+    assert lines[at + 1] == ("  PreviouslyRejected at 2026-01-05T09:00:00Z: version 7 carries modelrollout.rejected: "
+                             "true")
+    assert lines[at + 2].startswith("Last event: Succeeded")
+
+
+def test_explain_lists_only_the_current_attempts_warnings(oncall: OnCall) -> None:
+    world = World(judge=lambda _r: [verdict(Outcome.FAIL)])
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)  # attempt 1: AnalysisFailed, RollbackStarted...
+    world.judge = lambda _r: [verdict(Outcome.PASS)]
+    world.target.stable_version = "5"  # the target serves another version than @production names
+    world.send(CommandAction.RETRY)
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING and bool(w.status.canary_weight))
+    text = oncall.explain(wrapped(world))
+    warnings = text.split("Warnings in this attempt:\n")[1].split("\nLast event:")[0].splitlines()
+    # Not attempt 1's AnalysisFailed, RollbackStarted or RolledBack; the retried version carries its rejection.
+    assert [line.split()[0] for line in warnings] == ["StableMismatch", "PreviouslyRejected"], warnings
+    assert "serves version 5 as stable while @production names 6" in warnings[0]

@@ -10,9 +10,10 @@ from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
 
-from test_engine_support import World
+from test_engine_support import World, spec_dict
 
 from controller.analysis.judges import ProportionCriteria, proportion_judge
+from controller.api import CommandAction
 from controller.api.status import Phase
 from controller.cli.report import decisions, rate_points, render_html, weight_series
 
@@ -119,3 +120,23 @@ def test_a_bake_reason_names_its_rates_in_the_text_fallback() -> None:
     assert match is not None, verdict.reason
     assert (match.group("c"), match.group("cn"), match.group("ct")) == ("9", "90", "1000")
     assert (match.group("sn"), match.group("st")) == ("210", "7000")
+
+
+def test_a_rollback_of_a_success_tells_each_confirmed_step_and_no_earlier_completion() -> None:
+    # A success rolled back on request while the target takes no patches: the alias is back, traffic is not.
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}]}))
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED)
+    world.target.frozen = True
+    world.send(CommandAction.ROLLBACK)
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK)
+    for _ in range(3):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    status = world.status.to_dict()
+    assert status["completedAt"] and status["rollback"]["aliasConfirmedAt"]  # the success's completion
+    assert "trafficConfirmedAt" not in status["rollback"] and "recoveredAt" not in status["rollback"]
+    page = render_html({"metadata": {"name": "nsfw-classifier", "namespace": "moderation"}, "spec": world.spec,
+                        "status": status})
+    assert "<b>Completed</b>-</div>" in page
+    assert "rolling back, traffic not yet confirmed back, alias confirmed</div>" in page
+    assert "traffic and alias not yet confirmed" not in page
