@@ -199,7 +199,7 @@ def _oncall_command(args: argparse.Namespace) -> int:
 
     if getattr(args, "timeout", None) is not None and not args.watch:
         raise CliError("--timeout applies to --watch only")
-    oncall = OnCall(args.kubeconfig, args.namespace)
+    oncall = OnCall(args.kubeconfig, args.namespace, context_name=args.context)
     output = getattr(args, "output", None)
     if args.command in ("abort", "promote", "retry", "rollback"):
         command, uid = oncall.send(args.name, CommandAction(args.command), full=getattr(args, "full", False))
@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("rollback", "go back to the previous version, also after success")):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--kubeconfig", default=None)
+        sub.add_argument("--context", default=None, help="the kubeconfig context to use (default: the current one)")
         sub.add_argument("-n", "--namespace", default=None)
         if name == "list":
             sub.add_argument("-A", "--all-namespaces", action="store_true")

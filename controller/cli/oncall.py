@@ -119,12 +119,15 @@ class NotFound(CliError):
 
 
 class OnCall:
-    def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO | None = None) -> None:
+    def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO | None = None,
+                 context_name: str | None = None) -> None:
         try:
-            config.load_kube_config(config_file=kubeconfig)
-            _, context = config.list_kube_config_contexts(config_file=kubeconfig)
+            config.load_kube_config(config_file=kubeconfig, context=context_name)
+            contexts, context = config.list_kube_config_contexts(config_file=kubeconfig)
         except KUBECONFIG_ERRORS as exc:
             raise no_cluster(exc) from None
+        if context_name is not None:  # the namespace is the chosen context's, as kubectl --context takes it
+            context = next((item for item in contexts if item.get("name") == context_name), None)
         self.namespace = namespace or (context or {}).get("context", {}).get("namespace") or "default"
         self.custom = client.CustomObjectsApi()
         self.out = out or sys.stdout  # the stream of the moment, not the one at import

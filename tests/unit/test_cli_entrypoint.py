@@ -189,3 +189,28 @@ def test_the_ports_that_mean_something_are_kept() -> None:
         assert build_parser().parse_args(["exporter", "run", "--port", port]).port == int(port)
     for port in ("-1", "0", "65535"):
         assert build_parser().parse_args(["operator", "run", "--metrics-port", port]).metrics_port == int(port)
+
+
+def test_the_on_call_commands_take_a_kubeconfig_context(tmp_path: Path) -> None:
+    """prod and staging in one kubeconfig: `kubectl --context X modelrollout` is refused before the plugin name,
+    so the plugin takes --context itself; the namespace is then that context's."""
+    import io
+
+    from controller.cli.errors import CliError
+    from controller.cli.oncall import OnCall
+
+    kubeconfig = {"apiVersion": "v1", "current-context": "staging",
+                  "clusters": [{"name": name, "cluster": {"server": f"https://127.0.0.1:{port}"}}
+                               for name, port in (("staging", 1), ("prod", 2))],
+                  "contexts": [{"name": name, "context": {"cluster": name, "user": "u", "namespace": f"{name}-ns"}}
+                               for name in ("staging", "prod")],
+                  "users": [{"name": "u", "user": {"token": "t"}}]}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    prod = OnCall(str(path), None, out=io.StringIO(), context_name="prod")
+    assert prod.namespace == "prod-ns" and prod.custom.api_client.configuration.host == "https://127.0.0.1:2"
+    assert OnCall(str(path), None, out=io.StringIO()).namespace == "staging-ns"
+    with pytest.raises(CliError, match="no cluster: cannot load a kubeconfig"):
+        OnCall(str(path), None, out=io.StringIO(), context_name="nowhere")
+    args = build_parser().parse_args(["get", "--context", "prod", "nsfw-classifier"])
+    assert args.context == "prod"
