@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "get":
             shown.add_argument("-w", "--watch", action="store_true",
                                help="print each change until the rollout ends; exit 0 on Succeeded, 1 on RolledBack "
-                                    "or Failed or a pause after a failed check (waiting for a human), "
+                                    "or Failed or a pause for a human after a failed or gate-inconclusive check, "
                                     f"{WATCH_ERROR} on an error (it could not be read) or at --timeout")
             sub.add_argument("--timeout", type=_wait, default=None, metavar="DURATION",
                              help=f"with --watch: give up after this long, exit {WATCH_ERROR} (default and 0: no "

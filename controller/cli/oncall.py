@@ -47,8 +47,10 @@ HELD_REASONS = {"TargetConflict": "the other ModelRollout on the target to end",
 # Paused on a failed check until a human decides (rollback.automatic false): Argo CD's failedPause in
 # deploy/argocd/.../health.lua; the commands as the engine's message names them (promote cannot skip a change the
 # target has not taken).
+# GateInconclusive too (onInconclusive: pause, the default): nothing judges it further, only a human ends it.
 FAILED_PAUSES = {"GateFailed": "promote, retry or rollback", "AnalysisFailed": "promote, retry or rollback",
-                 "BakeFailed": "promote, retry or rollback", "ProgressDeadlineExceeded": "retry or rollback"}
+                 "BakeFailed": "promote, retry or rollback", "ProgressDeadlineExceeded": "retry or rollback",
+                 "GateInconclusive": "promote, retry or rollback"}
 ATTEMPT_STARTS = ("Resolved", "AlreadyStable")  # the history entries an attempt begins with
 WARNINGS_SHOWN = 8
 
@@ -409,7 +411,7 @@ class OnCall:
             failed = mapping(status.get("pause")).get("reason") if status.get("phase") == "Paused" else None
             if isinstance(failed, str) and failed in FAILED_PAUSES and current and pending is None:
                 # Nothing moves until someone decides: waiting would hang a CI job.
-                print(f"  stopped: paused after a failed check ({failed}); run {FAILED_PAUSES[failed]} "
+                print(f"  stopped: paused for a human after the {failed} check; run {FAILED_PAUSES[failed]} "
                       f"(`modelrollout <command> -n {self.namespace} {name}`)", file=self.out, flush=True)
                 return "Paused"
             if deadline and time.monotonic() > deadline:

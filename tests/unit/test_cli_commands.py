@@ -264,7 +264,9 @@ def test_watch_ends_on_a_new_spec_the_operator_failed_as_invalid(
     (World(spec=spec_dict(rollback={"automatic": False}), judge=lambda _r: [verdict(Outcome.FAIL)]),
      PauseReason.ANALYSIS_FAILED),
     (World(spec=spec_dict(rollback={"automatic": False}), gate_verdicts=[verdict(Outcome.FAIL, "accuracy", "0.90")]),
-     PauseReason.GATE_FAILED)])
+     PauseReason.GATE_FAILED),
+    # The default onInconclusive: pause, a model server the gate could not reach: only a human ends it either.
+    (World(gate_verdicts=[verdict(Outcome.INCONCLUSIVE, "accuracy", "?")]), PauseReason.GATE_INCONCLUSIVE)])
 def test_watch_exits_1_on_a_pause_after_a_failed_check_naming_the_commands(
         api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str], world: World,
         reason: PauseReason) -> None:
@@ -273,7 +275,7 @@ def test_watch_exits_1_on_a_pause_after_a_failed_check_naming_the_commands(
     paused = engine_rollout(world)
     api.script = [paused, paused, paused, rollout("Succeeded")]  # the old watch read on, past the pause
     assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
-    assert (f"stopped: paused after a failed check ({reason}); run promote, retry or rollback "
+    assert (f"stopped: paused for a human after the {reason} check; run promote, retry or rollback "
             "(`modelrollout <command> -n ns r`)") in capsys.readouterr().out
 
 
