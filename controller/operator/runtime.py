@@ -236,14 +236,18 @@ class RolloutRuntime:
             uri = self.tracking_uri
             if not uri:
                 raise RegistryError("no registry: set spec.registry.trackingUri or the operator's default")
-            try:
-                credentials = self.credentials()
-            except _CREDENTIALS_ERRORS as exc:  # an action's failure to record, not a reconcile that raises
-                error = _credentials_error(exc, self.credentials_secret)
-                raised = RegistryUnavailable if error.kind is AdapterErrorKind.UNAVAILABLE else RegistryError
-                raise raised(error.message) from None
-            self._registry = MlflowRegistry(uri, credentials)
+            self._registry = MlflowRegistry(uri, self.credentials())
         return self._registry
+
+    def _acting_registry(self) -> ModelRegistry:
+        """registry() for an action: a credentials Secret that cannot be read is a RegistryError, recorded as the
+        action's failure and retried, not a reconcile that raises (observe_registry words it with its kind)."""
+        try:
+            return self.registry()
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            error = _credentials_error(exc, self.credentials_secret)
+            raised = RegistryUnavailable if error.kind is AdapterErrorKind.UNAVAILABLE else RegistryError
+            raise raised(error.message) from None
 
     def storage_uri(self, version: VersionRef) -> str:
         source = version.source or ""
@@ -251,7 +255,7 @@ class RolloutRuntime:
             # Status holds it without its secret; the registry has it whole. So serving such a version, even
             # restoring it after promotion, needs the registry to answer (a source without secrets needs none).
             try:
-                source = self.registry().resolve(self.spec.model.name, version=version.version).source or ""
+                source = self._acting_registry().resolve(self.spec.model.name, version=version.version).source or ""
             except RegistryError as exc:
                 raised = RegistryUnavailable if exc.retryable else RegistryError
                 raise raised(f"version {version.version}'s source holds credentials, recorded redacted, and cannot "
@@ -331,14 +335,14 @@ class RolloutRuntime:
             case RestoreStable(stable=stable):
                 self.router.restore(CandidateModel(model.name, stable.version, self.storage_uri(stable)))
             case SetAlias(alias=alias, version=version, promotion=True):
-                self.registry().promote(model.name, alias, version, rollout,
+                self._acting_registry().promote(model.name, alias, version, rollout,
                                         promoted_at=status.promotion.started_at if status.promotion else None)
             case SetAlias(alias=alias, version=version):
-                self.registry().set_alias(model.name, alias, version)
+                self._acting_registry().set_alias(model.name, alias, version)
             case RemoveAlias(alias=alias, version=version):
-                self.registry().restore_alias(model.name, alias, None, version)
+                self._acting_registry().restore_alias(model.name, alias, None, version)
             case TagRejected(version=version, reason=reason, evidence=evidence, rejected_at=at, actor=actor):
-                self.registry().tag_rejected(model.name, version, reason, dict(evidence), rollout,
+                self._acting_registry().tag_rejected(model.name, version, reason, dict(evidence), rollout,
                                              rejected_at=at, actor=actor)
             case _:
                 raise TypeError(f"not an effect action: {action!r}")
