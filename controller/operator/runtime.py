@@ -855,8 +855,9 @@ class RolloutStepper:
         return outcome
 
     def _still_withdrawn(self, meta: Mapping[str, Any], status: ModelRolloutStatus) -> bool | None:
-        """The stored rollout still ends the attempt status ended (read afresh, from a worker thread); None when it
-        cannot be read now."""
+        """Whether this step may act on `status` (read afresh, from a worker thread): nobody wrote the rollout since
+        this step read or wrote it (its decision may be stored only after: the same reconcile withdraws at once), or
+        what is stored still ends the attempt status ends. None when it cannot be read now."""
         if self.store is None:
             return True
         try:
@@ -866,9 +867,13 @@ class RolloutStepper:
             log.info("%s/%s: not finishing the rollback on a status that cannot be read again now: %s",
                      meta["namespace"], meta["name"], type(exc).__name__)
             return None
+        if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
+            return False
+        if fresh["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
+            return True
         candidate = stored.candidate.version if stored.candidate else None
-        return (fresh is not None and fresh["metadata"].get("uid") == meta.get("uid") and stored.phase == status.phase
-                and stored.attempt == status.attempt and candidate == (status.candidate and status.candidate.version))
+        return (stored.phase == status.phase and stored.attempt == status.attempt
+                and candidate == (status.candidate and status.candidate.version))
 
     def _gate_verdict_asked_for(self, key: tuple[str, str], uid: str,
                                 status: ModelRolloutStatus) -> JudgeResult | None:

@@ -257,15 +257,20 @@ class OneRollout:
 def test_the_stepper_asks_the_stored_rollout_whether_the_withdrawal_is_still_its_own() -> None:
     ended = ModelRolloutStatus(phase=Phase.ROLLED_BACK, attempt=1, candidate=VersionRef(version="7"))
     retried = ModelRolloutStatus(phase=Phase.PROGRESSING, attempt=2, candidate=VersionRef(version="7"))
-    meta = {"namespace": "ns", "name": "m", "uid": "u1"}
-    stored = {"metadata": dict(meta), "status": ended.to_dict()}
-    stepper = RolloutStepper(OneRollout(stored), OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
-    assert stepper._still_withdrawn(meta, ended) is True
-    for fresh in ({"metadata": dict(meta), "status": retried.to_dict()},  # a retry took it on
+    meta = {"namespace": "ns", "name": "m", "uid": "u1", "resourceVersion": "7"}
+    unwritten = {"metadata": dict(meta), "status": retried.to_dict()}  # as this step read it, its decision unstored
+    stepper = RolloutStepper(OneRollout(unwritten), OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    assert stepper._still_withdrawn(meta, ended) is True  # nobody wrote since: the same reconcile withdraws at once
+    meta["resourceVersion"] = "6"  # written by someone else since this step read it
+    stored = {"metadata": {**meta, "resourceVersion": "8"}, "status": ended.to_dict()}
+    stepper.store = OneRollout(stored)  # type: ignore[assignment]
+    assert stepper._still_withdrawn(meta, ended) is True  # ... but it still ends this attempt
+    for fresh in ({"metadata": {**meta, "resourceVersion": "8"}, "status": retried.to_dict()},  # a retry took it on
                   {"metadata": {**meta, "uid": "u2"}, "status": ended.to_dict()},  # deleted and made again
                   None):  # deleted
         stepper.store = OneRollout(fresh)  # type: ignore[assignment]
         assert stepper._still_withdrawn(meta, ended) is False, fresh
-    for trouble in (ApiException(status=503), {"metadata": dict(meta), "status": {"phase": 7}}):  # not now
+    for trouble in (ApiException(status=503), {"metadata": {**meta, "resourceVersion": "8"},
+                                               "status": {"phase": 7}}):  # not now
         stepper.store = OneRollout(trouble)  # type: ignore[assignment]
         assert stepper._still_withdrawn(meta, ended) is None, trouble
