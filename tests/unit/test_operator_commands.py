@@ -196,3 +196,30 @@ def test_a_refusal_is_one_bounded_line_recorded_once_by_the_engine_and_the_opera
     assert "\n" not in entry.detail and len(entry.detail) <= 512
     assert once.handled_commands[-1] == "c1"
     assert ignore_command(once, "c1", "again", NOW) == once
+
+
+class StoredRollout:
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.obj = obj
+
+    def get(self, ref: object) -> dict[str, Any]:
+        return copy.deepcopy(self.obj)
+
+
+def test_the_stepper_hands_finish_withdrawal_a_check_against_the_stored_rollout(
+        acted: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without it (the argument defaults to "current"), an operator acting on an old read withdraws a retry's
+    canary during a rolling update: the check must read the stored rollout."""
+    checks: list[Any] = []
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal",
+                        lambda self, status, still_current=lambda: True: checks.append(still_current) or False)
+    obj = rollout(AT_HALF, command(CommandAction.ABORT))
+    stepper = RolloutStepper(None, OperatorConfig(default_prometheus_url="http://prom:9090"),  # type: ignore[arg-type]
+                             clock=lambda: NOW, write_ahead=False)
+    outcome = asyncio.run(stepper.step(obj))
+    assert checks, "finish_withdrawal was not called"
+    retried = copy.deepcopy(obj)  # meanwhile another operator took a retry on: written since, attempt + 1
+    retried["metadata"]["resourceVersion"] = "written-since"
+    retried["status"] = {**outcome.status, "phase": "Progressing", "attempt": (outcome.status.get("attempt") or 1) + 1}
+    stepper.store = StoredRollout(retried)  # type: ignore[assignment]
+    assert checks[-1]() is not True, "the check the stepper passed does not read the stored rollout"

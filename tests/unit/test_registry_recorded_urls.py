@@ -220,3 +220,21 @@ def test_a_registry_action_whose_credentials_secret_cannot_be_read_fails_as_a_re
     runtime = RolloutRuntime(obj, parse_spec(obj["spec"]), client.ApiClient(configuration), OperatorConfig())
     with pytest.raises(RegistryUnavailable, match=r"registry credentials Secret ns/mlflow .* could not be read"):
         runtime.act(SetAlias(id="1:rollback:alias", alias="production", version="6"), ModelRolloutStatus())
+
+
+def test_the_decision_that_resolves_a_version_already_records_it_redacted() -> None:
+    """Every status written, not only the last: the next decision's clean-up would hide a first one with the token."""
+    world = World(registry=Registry(sources={"7": f"https://ci-bot:{GIT_TOKEN}@models.example.com/nsfw/7"}))
+    world.run_until(lambda w: w.status.candidate is not None)
+    for decision in world.decisions:
+        assert GIT_TOKEN not in json.dumps(decision.status.to_dict())
+
+
+def test_a_stable_source_an_earlier_operator_recorded_whole_is_redacted_at_the_next_decision() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.stable is not None)
+    assert world.status.stable is not None
+    world.status = dataclasses.replace(world.status, stable=dataclasses.replace(
+        world.status.stable, source=f"https://ci-bot:{GIT_TOKEN}@models.example.com/nsfw/6", source_redacted=None))
+    world.reconcile()
+    assert GIT_TOKEN not in json.dumps(world.status.to_dict())
