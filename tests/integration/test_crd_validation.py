@@ -302,32 +302,27 @@ def test_sample_is_accepted_with_defaults_and_printer_columns(kubeconfig: Path, 
     assert header == ["NAME", "PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT", "CANDIDATE", "STABLE",
                       "AGE"]
     # A canary held after a failed analysis must not read like a planned pause.
-    patch = json.dumps({"status": {"phase": "Paused", "step": "2/6", "canaryWeight": 10,
-                                   "pause": {"reason": "AnalysisFailed", "since": "2026-12-04T03:00:00Z"}}})
-    result = run_kubectl(kubeconfig, "patch", "mro", "nsfw-classifier", "-n", namespace, "--subresource=status",
-                         "--type=merge", "-p", patch)
-    assert result.returncode == 0, result.stderr
-    row = printed_row(kubeconfig, namespace)
-    assert [row[key] for key in ("PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT")] == [
-        "Paused", "2/6", "AnalysisFailed", "", "10"], row
+    paused = {"phase": "Paused", "step": "2/6", "canaryWeight": 10,
+              "pause": {"reason": "AnalysisFailed", "since": "2026-12-04T03:00:00Z"}}
+    assert printed_columns(kubeconfig, namespace, paused) == ["Paused", "2/6", "AnalysisFailed", "", "10"]
     # A rolled-back rollout says why without -o yaml.
-    patch = json.dumps({"status": {"phase": "RolledBack", "step": None, "canaryWeight": 0, "pause": None,
-                                   "rollback": {"cause": "AnalysisFailed", "reason": "nsfw rate 3x stable",
-                                                "verdictAt": "2026-12-04T03:01:00Z"}}})
+    rolled_back = {"phase": "RolledBack", "step": None, "canaryWeight": 0, "pause": None,
+                   "rollback": {"cause": "AnalysisFailed", "reason": "nsfw rate 3x stable",
+                                "verdictAt": "2026-12-04T03:01:00Z"}}
+    assert printed_columns(kubeconfig, namespace, rolled_back) == ["RolledBack", "", "", "AnalysisFailed", "0"]
+
+
+def printed_columns(kubeconfig: Path, namespace: str, status: dict[str, Any]) -> list[str]:
+    """PHASE, STEP, PAUSE, CAUSE and WEIGHT as `kubectl get mro` prints them once `status` is merged in (a blank
+    cell stays blank)."""
     result = run_kubectl(kubeconfig, "patch", "mro", "nsfw-classifier", "-n", namespace, "--subresource=status",
-                         "--type=merge", "-p", patch)
+                         "--type=merge", "-p", json.dumps({"status": status}))
     assert result.returncode == 0, result.stderr
-    row = printed_row(kubeconfig, namespace)
-    assert [row[key] for key in ("PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT")] == [
-        "RolledBack", "", "", "AnalysisFailed", "0"], row
-
-
-def printed_row(kubeconfig: Path, namespace: str) -> dict[str, str]:
-    """The first row of `kubectl get mro`, by column (a blank cell stays blank)."""
     header, row = run_kubectl(kubeconfig, "get", "mro", "-n", namespace).stdout.splitlines()[:2]
     starts = [match.start() for match in re.finditer(r"\S+", header)]
     ends = [*starts[1:], None]
-    return {header[start:end].strip(): row[start:end].strip() for start, end in zip(starts, ends, strict=True)}
+    cells = {header[start:end].strip(): row[start:end].strip() for start, end in zip(starts, ends, strict=True)}
+    return [cells[key] for key in ("PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT")]
 
 
 def apply_in_phase(kubeconfig: Path, namespace: str, name: str, phase: str, manifest: Spec) -> tuple[int, str]:

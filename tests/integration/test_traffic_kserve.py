@@ -461,6 +461,18 @@ def test_standard_mode_stage_step_rollback_stage_promote(api: client.ApiClient, 
     assert "name" not in predictor and predictor["model"]["storageUri"] == V6
 
 
+def candidate_at(api: client.ApiClient, namespace: str, weight: int, mode: str = "Serverless") -> KServeRouter:
+    """Version 7 staged against stable 6 and taking `weight`% of traffic."""
+    apply_isvc(api, namespace, mode=mode)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    router.set_weight(weight)
+    wait_state(router, lambda s: s.canary_weight == weight)
+    return router
+
+
 def patch_as(api: client.ApiClient, namespace: str, patch: Any, content_type: str, manager: str) -> None:
     """What `kubectl patch` / `kubectl edit` send: an Update by another field manager."""
     client.CustomObjectsApi(api).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME, patch,
@@ -474,13 +486,7 @@ def test_standard_a_canary_edited_by_hand_is_still_removed(api: client.ApiClient
     """An on-call gives the canary more memory mid-rollout (`kubectl edit`: an Update), so its manager owns the
     atomic spec.canary too: leaving the list out of an apply would remove nothing, the candidate would keep its
     share through a rollback and a canary would outlive its promotion."""
-    apply_isvc(api, namespace, mode="Standard")
-    router = KServeRouter(api, namespace, NAME)
-    wait_state(router, lambda s: s.ready)
-    router.stage(CANDIDATE_7, stable_version="6")
-    wait_state(router, lambda s: s.canary_ready)
-    router.set_weight(20)
-    wait_state(router, lambda s: s.canary_weight == 20)
+    router = candidate_at(api, namespace, 20, mode="Standard")
     patch_as(api, namespace, [{"op": "add", "path": "/spec/canary/0/predictor/model/resources/limits",
                                "value": {"memory": "2Gi"}}], "application/json-patch+json", "kubectl-edit")
     assert managed_by(get(api, namespace), "kubectl-edit")
@@ -504,13 +510,7 @@ def test_knative_promotion_removes_a_canary_traffic_percent_moved_by_hand(api: c
                                                                          standin: KServeStandIn) -> None:
     """An on-call moves the canary by hand (`kubectl patch --type merge`), so its manager owns
     canaryTrafficPercent too: promotion removes it all the same, or the candidate would never roll out."""
-    apply_isvc(api, namespace)
-    router = KServeRouter(api, namespace, NAME)
-    wait_state(router, lambda s: s.ready)
-    router.stage(CANDIDATE_7, stable_version="6")
-    wait_state(router, lambda s: s.canary_ready)
-    router.set_weight(10)
-    wait_state(router, lambda s: s.canary_weight == 10)
+    router = candidate_at(api, namespace, 10)
     patch_as(api, namespace, {"spec": {"predictor": {"canaryTrafficPercent": 50}}},
              "application/merge-patch+json", "kubectl-patch")
     wait_state(router, lambda s: s.canary_weight == 50)
