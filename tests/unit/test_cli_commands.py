@@ -404,6 +404,11 @@ def test_a_command_to_a_busy_operator_does_not_ask_whether_it_runs(
     assert re.fullmatch(r"abort \(id \w+\) is not known to be handled yet \(the operator is running: it wrote this "
                         r"status [5-9] s ago\); it stays pending: follow it with `modelrollout history -n ns r`",
                         line), line
+    # Written two hours ago: nothing shows the operator running, so the CLI still asks.
+    api.obj["status"]["history"][0]["time"] = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    api.obj["metadata"]["annotations"] = {}
+    assert main(["abort", "r", "--wait", "1s", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    assert "is not known to be handled yet (is the operator running?)" in capsys.readouterr().out
 
 
 def test_a_read_failing_while_waiting_is_not_taken_for_a_refusal(
