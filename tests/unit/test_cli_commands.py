@@ -249,6 +249,20 @@ def test_watch_waits_for_a_new_version_the_operator_holds_instead_of_reporting_t
     assert out.count("(InvalidSpec)") == 1 and "RolledBack" in out
 
 
+def test_watch_takes_no_hold_from_a_condition_of_an_earlier_generation(
+        api: FakeApi, tmp_path: Path, no_wait: None) -> None:
+    """A TargetConflict the operator recorded for generation 1 says nothing of generation 2, which succeeded."""
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}]}))
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED)
+    claim = target_claim({"spec": world.spec})
+    assert claim is not None
+    world.status = wait_for_target(world.status, claim, "other", world.generation, world.now).status
+    stale = engine_rollout(world)
+    stale["metadata"]["generation"] = stale["status"]["observedGeneration"] = world.generation + 1
+    api.script = [stale, stale, rollout("RolledBack")]  # read on (wrongly held), the watch would end in 1
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0 and api.gets == 2
+
+
 def test_watch_ends_on_a_new_spec_the_operator_failed_as_invalid(
         api: FakeApi, tmp_path: Path, no_wait: None) -> None:
     world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}]}))
