@@ -8,7 +8,8 @@ blindly: it turns into a 409 and the operation is redone on fresh state.
 Neither Seldon reports the traffic split in status, and neither sets status.observedGeneration (Seldon
 Core v1's operator never writes it; Seldon Core v2's writes conditions only, dropping scheduler events
 for an older generation). The weight reported by observe() is the one in the spec, taken as in effect
-once Seldon reports the object ready; when a status does carry observedGeneration it is honoured.
+once written, whatever Seldon's readiness says (a known limit, in README); when a status does carry
+observedGeneration it is honoured.
 
 Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one shadow):
   stage     a canary predictor, a copy of the stable one with the candidate's modelUri, traffic 0, without the
