@@ -911,6 +911,13 @@ class _Decider:
         if stable is not None and stable.version == candidate.version:
             self._already_stable(candidate, stable, rejected=rejected)
             return
+        target = self.obs.target
+        if target is not None and target.error is not None:
+            # Not resolved until the target can be read: a candidate in status puts the rollout in flight, and a
+            # mistyped spec.target could then no longer be corrected by an apply (nothing was sent to it).
+            self._wait_resolving(f"Waiting to read {self.spec.target.description} before starting version "
+                                 f"{candidate.version} ({target.error.message})")
+            return
         self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now,
                      current_step=None, completed_at=None)
         against = f"stable {stable.version} (@{model.stable_alias})" if stable else (

@@ -397,10 +397,46 @@ def test_registry_unreachable_backs_off_and_changes_nothing() -> None:
     assert world.status.phase is Phase.PROGRESSING
 
 
-def test_missing_target_fails_after_the_deadline_with_nothing_applied() -> None:
+def test_a_missing_target_leaves_the_candidate_unresolved_so_a_typo_in_spec_target_can_still_be_fixed() -> None:
+    """A candidate in status puts the rollout in flight (the CRD then refuses another spec.target): none is set
+    while the target cannot be read, so a mistyped InferenceService name can be corrected with an apply."""
     world = World(target=Target(exists=False))
     world.reconcile()
-    assert world.status.phase is Phase.PENDING
+    assert world.status.phase is Phase.PENDING and world.status.candidate is None
+    assert world.status.message.startswith("Waiting to read InferenceService nsfw-classifier before starting "
+                                           "version 7 (")
+    assert condition(world, "TargetReady") == ("False", "TargetNotFound")
+    assert condition(world, "Progressing") == ("True", "Resolving")
+    world.advance(timedelta(minutes=31))
+    world.reconcile()
+    # Still trying (nothing was done, nothing to undo), but stuck for longer than progressDeadline: said so.
+    assert world.status.phase is Phase.PENDING and world.status.candidate is None
+    assert condition(world, "Progressing") == ("False", "ProgressDeadlineExceeded")
+    assert effect_ids(world) == []
+    world.target.exists = True  # the corrected spec names one that exists
+    world.generation += 1
+    world.reconcile()
+    assert world.status.candidate is not None and world.status.candidate.version == "7"
+    assert effect_ids(world)[0] == "1:stage:7"
+
+
+def test_a_rollout_deleted_while_its_target_is_missing_ends_at_once() -> None:
+    world = World(spec=spec_dict(rollback={"automatic": True, "revertOnDeletion": True}),
+                  target=Target(exists=False))
+    world.reconcile()
+    world.deleting = True
+    world.reconcile()
+    assert world.status.phase is Phase.ROLLED_BACK and effect_ids(world) == []
+
+
+def test_a_target_gone_after_resolution_fails_after_the_deadline_with_nothing_applied() -> None:
+    """Resolved on a target that was there (not ready yet, so nothing staged), which then vanished: nothing
+    reached it, and the deadline ends the attempt."""
+    world = World(target=Target(ready=False))
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING and world.status.candidate is not None
+    world.target.exists = False
+    world.reconcile()
     assert condition(world, "TargetReady") == ("False", "TargetNotFound")
     world.advance(timedelta(minutes=29))
     world.reconcile()

@@ -78,6 +78,8 @@ def test_a_status_without_the_stage_record_still_counts_a_candidate_past_its_gat
 
 def test_an_abort_before_anything_was_staged_ends_with_the_target_unreadable() -> None:
     world = World(spec=spec_dict(bake=None))
+    world.target.ready = False  # resolved (a target that cannot be read leaves it unresolved), not staged
+    world.reconcile()
     world.target.unreachable = True
     world.reconcile()
     assert world.status.phase is Phase.PENDING and world.status.candidate is not None
