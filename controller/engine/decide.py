@@ -1741,19 +1741,26 @@ class _Decider:
         registry = self._registry()
         action_id = f"{self._attempt}:promote:alias"
         current = registry.stable_alias_version if registry is not None else None
-        if current is None or current.version != candidate.version:
+        moved = current is not None and current.version == candidate.version
+        # promote() overrules an earlier rejection only after moving the alias: a failure or kill in between
+        # leaves production tagged rejected, so the (idempotent) promotion is sent again until the flag reads so.
+        overruled = moved and current is not None and current.tags.get(REJECTED_TAG) != "true"
+        if not overruled:
             # The candidate serves all traffic and no judge watches it until the alias has moved (the bake
             # starts after): a registry that refuses or stays away is a missed deadline, rolled back. The
             # wait is a pending record from its start, so that `retry` gives it a fresh deadline.
             self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
                           f"@{alias} -> {candidate.version}", send=registry is not None)
+            what = (f"clear {REJECTED_TAG} on version {candidate.version} (@{alias} moved)" if moved
+                    else f"move @{alias} to {candidate.version}")
             if self._deadline_passed(self._pending_since(action_id)):
-                self._deadline_failure(f"the registry did not move @{alias} to {candidate.version}", action_id)
+                self._deadline_failure(f"the registry did not {what}", action_id)
                 return
             if registry is None:
-                self._wait(f"Waiting for the registry to move @{alias} to {candidate.version}")
+                self._wait(f"Waiting for the registry to {what}")
                 return
-            self._wait(f"Moving @{alias} to version {candidate.version}", poll=True)
+            self._wait(f"Clearing {REJECTED_TAG} on version {candidate.version}, now @{alias}" if moved
+                       else f"Moving @{alias} to version {candidate.version}", poll=True)
             return
         self._confirm(action_id)
         self._record("AliasMoved", f"@{alias} -> version {candidate.version}"

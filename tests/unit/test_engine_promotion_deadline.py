@@ -88,3 +88,32 @@ def test_an_alias_move_the_registry_refuses_shows_in_registry_available_and_is_n
     world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=30), limit=200)
     assert world.target.stable_version == "6" and world.registry.aliases["production"] == "6"
     assert REJECTED_TAG not in world.registry.versions["7"]
+
+
+def test_a_promotion_whose_rejected_flag_overrule_failed_after_the_alias_moved_is_sent_again() -> None:
+    """promote() moves the alias, then overrules an earlier attempt's rejected=true: a 503 in between must not
+    leave production tagged rejected for good. The alias already naming the candidate is not enough to confirm."""
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}, bake=None))
+    world.registry.versions["7"][REJECTED_TAG] = "true"  # an earlier attempt's verdict
+    execute = world.execute
+    promotions: list[SetAlias] = []
+
+    def overrule_fails_once(action: Any) -> Any:
+        out = execute(action)  # the alias moves (the stand-in registry never writes the overrule itself)
+        if isinstance(action, SetAlias) and action.promotion:
+            promotions.append(action)
+            if len(promotions) == 1:
+                return None, None, ActionFailure(action.id, AdapterError(AdapterErrorKind.UNAVAILABLE, "503"))
+            world.registry.versions["7"][REJECTED_TAG] = "false"
+        return out
+
+    world.execute = overrule_fails_once  # type: ignore[method-assign]
+    world.run_until(lambda w: bool(promotions))
+    assert world.registry.aliases["production"] == "7" and world.registry.versions["7"][REJECTED_TAG] == "true"
+    assert world.status.phase is Phase.PROMOTING
+    assert world.status.promotion is not None and world.status.promotion.alias_confirmed_at is None
+    world.run_until(lambda w: w.status.phase is not Phase.PROMOTING, step=timedelta(seconds=5), limit=20)
+    assert world.status.phase is Phase.SUCCEEDED
+    assert [action.id for action in promotions] == ["1:promote:alias"] * 2
+    assert world.registry.versions["7"][REJECTED_TAG] == "false"
+    assert "a verdict rejected it" not in world.status.message
