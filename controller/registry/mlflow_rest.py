@@ -49,6 +49,8 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # MLflow's error codes are names (RESOURCE_DOES_NOT_EXIST); any other error_code is a server's text.
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")
+# Asked for when a registered model lists no alias, only to learn whether the server has the alias API at all.
+_PROBE_ALIAS = "modelrollout-alias-probe"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,15 @@ class RequestPolicy:
 
 class _Missing(RegistryError):
     """MLflow said RESOURCE_DOES_NOT_EXIST; each primitive turns it into its own answer."""
+
+
+class _Refused(RegistryRequestError):
+    """Any other refusal, with its status and MLflow error code ("" when none) for a caller that tells them apart."""
+
+    def __init__(self, message: str, *, status: int, error_code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
 
 
 class MlflowRegistry(ModelRegistry):
@@ -108,7 +119,10 @@ class MlflowRegistry(ModelRegistry):
         model = _object(body, "registered_model")
         aliases = model.get("aliases")
         if aliases is None:
-            return {}  # MLflow leaves the list out when no alias is set
+            # MLflow leaves the list out when no alias is set, and so does an MLflow without aliases (< 2.3):
+            # there "no stable alias" would be wrong (the first-rollout path: all traffic at once, no way back).
+            self._check_alias_api(model_name)
+            return {}
         entries = aliases if isinstance(aliases, list) else [aliases]
         if not all(isinstance(e, Mapping) and isinstance(e.get("alias"), str) and isinstance(e.get("version"), str)
                    for e in entries):
@@ -129,6 +143,21 @@ class MlflowRegistry(ModelRegistry):
                                            f"{self._quoted(found[alias])} and {self._quoted(target)}: "
                                            "is this an MLflow tracking server?")
         return found
+
+    def _check_alias_api(self, model_name: str) -> None:
+        """Raises RegistryRequestError unless the server answers MLflow's alias endpoint (one request)."""
+        try:
+            self._call("GET", "registered-models/alias", {"name": model_name, "alias": _PROBE_ALIAS})
+        except _Missing:
+            return  # how a registry may say the alias is not set
+        except _Refused as error:
+            if error.status == 400 and error.error_code == "INVALID_PARAMETER_VALUE":
+                return  # MLflow's own answer for an alias that is not set ("Registered model alias ... not found")
+            if error.status == 404:  # a web server's page (or ENDPOINT_NOT_FOUND): there is no such endpoint
+                answer = error.error_code or "without an MLflow error"
+                raise RegistryRequestError(f"MLflow at {self.tracking_uri} has no model-alias API (MLflow >= 2.3 is "
+                                           f"needed): GET registered-models/alias answered HTTP 404 {answer}") from None
+            raise
 
     def _version(self, model_name: str, version: str) -> VersionRecord | None:
         try:
@@ -247,10 +276,11 @@ class MlflowRegistry(ModelRegistry):
         if error_code == "RESOURCE_DOES_NOT_EXIST":
             raise _Missing(detail)
         if status == 404:
-            raise RegistryRequestError(f"{method} {endpoint} on {self.tracking_uri} answered HTTP 404 without an "
-                                       "MLflow error: is this an MLflow tracking server (check the URI's path)?")
-        raise RegistryRequestError(f"MLflow at {self.tracking_uri} refused {method} {endpoint} with HTTP {status}"
-                                   f"{' ' + error_code if error_code else ''}{detail}")
+            raise _Refused(f"{method} {endpoint} on {self.tracking_uri} answered HTTP 404 without an MLflow error: "
+                           "is this an MLflow tracking server (check the URI's path)?",
+                           status=status, error_code=error_code)
+        raise _Refused(f"MLflow at {self.tracking_uri} refused {method} {endpoint} with HTTP {status}"
+                       f"{' ' + error_code if error_code else ''}{detail}", status=status, error_code=error_code)
 
     def _server_message(self, body: Mapping[str, Any] | None) -> str:
         message = str(body.get("message", "")) if body else ""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -28,7 +28,13 @@ from controller.gate.errors import ErrorKind, SourceError
 from controller.gate.formats import write_jsonl_dataset
 from controller.gate.mlflow_access import MlflowRest, experiment_id_for
 from controller.operator.runtime import OperatorConfig, RolloutRuntime
-from controller.registry import Credentials, MlflowRegistry, RegistryRequestError, RequestPolicy
+from controller.registry import (
+    Credentials,
+    MlflowRegistry,
+    RegistryAccessDenied,
+    RegistryRequestError,
+    RequestPolicy,
+)
 from controller.verdict import Outcome
 from tests.http_stub import serving
 
@@ -53,12 +59,14 @@ class FakeMlflow:
     def __init__(self) -> None:
         self.routes: dict[str, Answer] = {}
         self.authorizations: list[str] = []  # the Authorization header of each request, in order
+        self.paths: list[str] = []  # each request's path and query, in order
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 owner.authorizations.append(self.headers.get("Authorization", ""))
+                owner.paths.append(self.path)
                 path = urlsplit(self.path).path
                 matches = [prefix for prefix in owner.routes if path.startswith(prefix)]
                 answer = owner.routes[max(matches, key=len)] if matches else Answer(404, NOT_FOUND)
@@ -338,6 +346,63 @@ def test_an_alias_list_of_the_wrong_shape_is_not_read_as_no_alias(mlflow: FakeMl
         registry.resolve_stable("m", "production")
     mlflow.answer(f"{API}/registered-models/get", 200, {"registered_model": {"name": "m"}})
     assert registry.resolve_stable("m", "production") is None  # no list at all: no alias set
+
+
+# An MLflow before 2.3 has no aliases: registered-models/get lists none, as for a model with no alias set, and its
+# alias endpoint is Flask's 404 page. Read as "no stable alias", every rollout took the first-rollout path.
+NAME_TO_ESCAPE = "fraud?v2 &alias=x#1"
+
+
+def alias_requests(fake: FakeMlflow) -> list[dict[str, list[str]]]:
+    return [parse_qs(urlsplit(path).query) for path in fake.paths
+            if urlsplit(path).path == f"{API}/registered-models/alias"]
+
+
+@pytest.mark.parametrize("body", [
+    b"<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n",  # Flask's page
+    b"", {"message": "not found"}, {"error_code": "ENDPOINT_NOT_FOUND", "message": "no such endpoint"},
+], ids=["html", "empty", "json-without-error-code", "endpoint-not-found"])
+def test_an_mlflow_without_the_alias_api_is_an_error_not_a_first_rollout(mlflow: FakeMlflow, body: Any) -> None:
+    registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    mlflow.answer(f"{API}/registered-models/get", 200, {"registered_model": {"name": NAME_TO_ESCAPE}})
+    mlflow.answer(f"{API}/registered-models/alias", 404, body)
+    for read in (lambda: registry.resolve_stable(NAME_TO_ESCAPE, "production"),
+                 lambda: registry.verify_alias(NAME_TO_ESCAPE, "production")):
+        with pytest.raises(RegistryRequestError) as caught:
+            read()
+        assert caught.value.message.startswith(f"MLflow at {mlflow.url} has no model-alias API (MLflow >= 2.3 is "
+                                               "needed): GET registered-models/alias answered HTTP 404"), caught.value
+    # The name goes into the query escaped (it reads back whole), once per read.
+    assert alias_requests(mlflow) == [{"name": [NAME_TO_ESCAPE], "alias": ["modelrollout-alias-probe"]}] * 2
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "Registered model alias x not found."}),  # MLflow's
+    (404, NOT_FOUND),
+    (200, {"model_version": GOOD_VERSION}),  # an alias set since the model was read: the read stands
+], ids=["mlflow", "resource-does-not-exist", "set-since"])
+def test_a_model_listing_no_alias_on_an_mlflow_with_the_alias_api_has_no_stable_version(
+        mlflow: FakeMlflow, status: int, body: Any) -> None:
+    registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    mlflow.answer(f"{API}/registered-models/get", 200, {"registered_model": {"name": NAME_TO_ESCAPE}})
+    mlflow.answer(f"{API}/registered-models/alias", status, body)
+    assert registry.resolve_stable(NAME_TO_ESCAPE, "production") is None
+    assert alias_requests(mlflow) == [{"name": [NAME_TO_ESCAPE], "alias": ["modelrollout-alias-probe"]}]
+
+
+def test_the_alias_api_is_asked_only_when_no_alias_is_listed_and_its_other_refusals_stand(mlflow: FakeMlflow) -> None:
+    registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    mlflow.answer(f"{API}/registered-models/get", 200,
+                  {"registered_model": {"name": "m", "aliases": [{"alias": "other", "version": "3"}]}})
+    mlflow.answer(f"{API}/registered-models/alias", 404, b"<html>Not Found</html>")
+    assert registry.verify_alias("m", "production") is None and not alias_requests(mlflow)
+    mlflow.answer(f"{API}/registered-models/get", 200, {"registered_model": {"name": "m"}})
+    mlflow.answer(f"{API}/registered-models/alias", 403, {"error_code": "PERMISSION_DENIED", "message": "no"})
+    with pytest.raises(RegistryAccessDenied):
+        registry.verify_alias("m", "production")
+    mlflow.answer(f"{API}/registered-models/alias", 400, {"error_code": "BAD_REQUEST", "message": "no"})
+    with pytest.raises(RegistryRequestError, match="refused GET registered-models/alias with HTTP 400 BAD_REQUEST"):
+        registry.verify_alias("m", "production")
 
 
 def test_json_nested_past_the_parsers_depth_is_a_malformed_answer(mlflow: FakeMlflow) -> None:
