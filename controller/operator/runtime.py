@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from string import Formatter
 from typing import Any
 
 import urllib3
@@ -151,14 +152,29 @@ def _kind(error: Exception) -> AdapterErrorKind:
         return AdapterErrorKind.ERROR
 
 
+# Characters of a model name that change how a models:/ URI parses: MLflow reads models:/fraud?v2/7 as the
+# logged model "fraud", another object (MLflow itself refuses only '/' and ':' in a name).
+_MODELS_URI_BREAKERS = {"?": "starts the URI's query", "#": "starts the URI's fragment", "/": "splits the URI's path"}
+
+
 def fill_storage_uri(template: str, **fields: str) -> str:
     """What the serving system loads, from --storage-uri-template ({name} {version} {source} {run_id})."""
     try:
-        return template.format(**fields)
+        filled = template.format(**fields)
     except (KeyError, IndexError, ValueError) as exc:  # an unknown placeholder, "{0}", a stray brace
         raise ValueError(f"the operator's --storage-uri-template {template!r} cannot be filled "
                          f"({type(exc).__name__}: {exc}); it may use {{name}} {{version}} {{source}} "
                          "{run_id}") from None
+    name = fields.get("name", "")
+    breaker = next((char for char in _MODELS_URI_BREAKERS if char in name), None)
+    # Only where the template puts the name in: a version's source may be a models:/ URI of its own.
+    if breaker and filled.lower().startswith("models:") \
+            and any(field == "name" for _, field, _, _ in Formatter().parse(template)):
+        raise ValueError(f"spec.model.name {name!r} cannot go into the models:/ URI of the operator's "
+                         f"--storage-uri-template {template!r}: its {breaker!r} {_MODELS_URI_BREAKERS[breaker]}, so "
+                         "the serving system would load another model; register the model under a name without "
+                         "'?', '#' or '/'")
+    return filled
 
 
 # What reading the credentials Secret can raise: the API server's answer, the Secret's content, or no answer at all.

@@ -6,6 +6,8 @@
   own is refused by every router, naming both versions.
 - An InferenceService the router can never drive (custom container, ModelMesh) reaches the engine as a target
   error with the reason, not as "not synced yet" for 30 minutes.
+- A model name that would change how a models:/ storage URI parses ('?', '#', '/') is refused when staging, as
+  the action's error: the serving system is never handed a URI naming another model.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from mlflow.store.artifact.utils.models import _parse_model_uri
 from test_engine_support import World, spec_dict
 
 from controller.api.commands import CommandAction
 from controller.api.spec import parse_spec
-from controller.api.status import ModelRolloutStatus, Phase
-from controller.engine import AdapterErrorKind, SetCanaryWeight, UnstageCandidate
-from controller.operator.runtime import OperatorConfig, RolloutRuntime
+from controller.api.status import ModelRolloutStatus, Phase, VersionRef
+from controller.engine import AdapterErrorKind, SetCanaryWeight, StageCandidate, UnstageCandidate
+from controller.operator.runtime import OperatorConfig, RolloutRuntime, fill_storage_uri
 from controller.traffic.base import TargetStateError
 from controller.traffic.kserve import (
     ANN_STABLE_REVISION,
@@ -233,3 +236,57 @@ def test_a_mode_kserve_has_not_reported_yet_is_still_only_not_synced() -> None:
     observation, state = runtime_with(router).observe_target()
     assert observation is None and state is not None and not state.synced
     assert "cannot tell the deployment mode" in state.message
+
+
+# --- the model name in a models:/ storage URI ----------------------------------------------------------
+
+
+MODELS_URI = "models:/{name}/{version}"
+
+
+@pytest.mark.parametrize(("name", "breaker"), [("fraud?v2", "?"), ("fraud#v2", "#"), ("fraud/v2", "/")])
+def test_a_name_that_changes_how_a_models_uri_parses_is_refused_naming_it(name: str, breaker: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        fill_storage_uri(MODELS_URI, name=name, version="7", source="s3://b/m", run_id="r")
+    message = str(caught.value)
+    assert message.startswith(f"spec.model.name {name!r} cannot go into the models:/ URI of the operator's "
+                              f"--storage-uri-template {MODELS_URI!r}: its {breaker!r} "), message
+    # Elsewhere the name is only text: another scheme, or a template that leaves the name out.
+    assert fill_storage_uri("s3://models/{name}/{version}", name=name, version="7", source="", run_id="") \
+        == f"s3://models/{name}/7"
+    assert fill_storage_uri("{source}", name=name, version="7", source="models:/m-0123", run_id="") == "models:/m-0123"
+
+
+@pytest.mark.parametrize("name", ["fraud v2", "Betrugserkennung-üß", "欺诈", "fraud%3Fv2", "fr@ud_v2.1"])
+def test_an_ordinary_name_fills_a_models_uri_unchanged_and_parses_back(name: str) -> None:
+    uri = fill_storage_uri(MODELS_URI, name=name, version="7", source="", run_id="")
+    assert uri == f"models:/{name}/7"
+    parsed = _parse_model_uri(uri)
+    assert (parsed.name, parsed.version) == (name, "7")
+
+
+class StagingRouter(RecordingRouter):
+    def stage(self, candidate: Any, stable_version: str | None = None) -> None:
+        self.calls.append(("stage", candidate, stable_version))
+
+
+def staging(name: str) -> tuple[RolloutRuntime, StagingRouter]:
+    obj = yaml.safe_load(EXAMPLE.read_text())
+    obj["metadata"]["namespace"] = "ns"
+    obj["spec"]["model"]["name"] = name
+    runtime = RolloutRuntime(obj, parse_spec(obj["spec"]), client.ApiClient(),
+                             OperatorConfig(storage_uri_template=MODELS_URI))
+    runtime.router = router = StagingRouter()
+    return runtime, router
+
+
+def test_staging_under_a_name_a_models_uri_cannot_carry_fails_the_action_before_the_router_is_called() -> None:
+    stage = StageCandidate(id="stage-1", candidate=VersionRef("7", source="s3://b/7"))
+    runtime, router = staging("fraud?v2")
+    # ValueError: what the reconcile records as the action's failure (lastError), as for a template that cannot fill.
+    with pytest.raises(ValueError, match=r"spec.model.name 'fraud\?v2' cannot go into the models:/ URI"):
+        runtime.act(stage, ModelRolloutStatus())
+    assert router.calls == []
+    runtime, router = staging("fraud v2")
+    runtime.act(stage, ModelRolloutStatus())
+    assert [(call[0], call[1].storage_uri) for call in router.calls] == [("stage", "models:/fraud v2/7")]
