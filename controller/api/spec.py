@@ -378,7 +378,8 @@ def _parse_golden(raw: Mapping[str, Any]) -> GoldenDatasetSpec:
     sha256 = _required_str(raw, "sha256", path)
     if not _SHA256.match(sha256):
         raise SpecError(f"{path}.sha256", "must be 64 lowercase hex characters")
-    thresholds_raw = _optional_mapping(raw, "thresholds", path) or {}
+    written = _optional_mapping(raw, "thresholds", path)
+    thresholds_raw = written or {}
     tpath = f"{path}.thresholds"
     classes_raw = _optional_mapping(thresholds_raw, "classes", tpath) or {}
     classes: dict[str, ClassThresholds] = {}
@@ -389,11 +390,17 @@ def _parse_golden(raw: Mapping[str, Any]) -> GoldenDatasetSpec:
             max_false_positive_rate=_fraction(limits.get("maxFalsePositiveRate"), f"{cpath}.maxFalsePositiveRate"),
             min_recall=_fraction(limits.get("minRecall"), f"{cpath}.minRecall"),
             min_precision=_fraction(limits.get("minPrecision"), f"{cpath}.minPrecision"))
+        if classes[str(label)] == ClassThresholds():
+            raise SpecError(cpath, "must set maxFalsePositiveRate, minRecall or minPrecision, or it judges nothing")
     thresholds = GoldenThresholds(
         min_accuracy=_fraction(thresholds_raw.get("minAccuracy"), f"{tpath}.minAccuracy"),
         max_accuracy_drop=_fraction(thresholds_raw.get("maxAccuracyDrop"), f"{tpath}.maxAccuracyDrop"),
         max_disagreement=_fraction(thresholds_raw.get("maxDisagreement"), f"{tpath}.maxDisagreement"),
         classes=classes)
+    # Left out, the gate judges nothing and ends inconclusive (its verdict says so); written, it must judge something.
+    if written is not None and thresholds == GoldenThresholds():
+        raise SpecError(tpath, "must set minAccuracy, maxAccuracyDrop, maxDisagreement or a class limit, or the gate "
+                        "has nothing to judge the candidate by")
     uri = _required_str(raw, "uri", path)
     if not uri.startswith(_DATASET_SCHEMES):
         raise SpecError(f"{path}.uri", "must start with mlflow-artifacts:/, runs:/, models:/, https:// or "
@@ -416,9 +423,11 @@ def _parse_canary(raw: Mapping[str, Any]) -> CanarySpec:
     for index, item in enumerate(steps_raw):
         where = f"{path}[{index}]"
         item = _mapping(item, where)
-        kinds = [key for key in ("setWeight", "analysis", "pause") if key in item]
+        # A null value is no value: the API server drops it before its own rule (a bare `pause:` included).
+        kinds = [key for key in ("setWeight", "analysis", "pause") if item.get(key) is not None]
         if len(kinds) != 1:
-            raise SpecError(where, "must set exactly one of setWeight, analysis or pause")
+            raise SpecError(where, "must set exactly one of setWeight, analysis or pause (write `pause: {}` for a "
+                            "pause until promoted; a bare `pause:` is null and dropped)")
         kind = kinds[0]
         if kind == "setWeight":
             weight = item["setWeight"]
@@ -437,7 +446,7 @@ def _parse_canary(raw: Mapping[str, Any]) -> CanarySpec:
                 raise SpecError(f"{where}.analysis.duration", "must be longer than zero")
             steps.append(AnalysisStep(duration))
         else:
-            body = _mapping(item["pause"] if item["pause"] is not None else {}, f"{where}.pause")
+            body = _mapping(item["pause"], f"{where}.pause")
             duration = body.get("duration")
             steps.append(PauseStep(None if duration is None else _duration(duration, f"{where}.pause.duration")))
     if last_weight == 0:
@@ -509,8 +518,9 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
         for key, query in (("events", events), ("total", total)):
             code = without_comments(query)  # one used only in a comment is no selector
             if "{{selector}}" not in code and "{{variant}}" not in code:
-                raise SpecError(f"{where}.{key}", "must use {{selector}} (or {{variant}}), or canary and stable "
-                                "would be the same query and the canary would be compared with itself")
+                raise SpecError(f"{where}.{key}", "must use {{selector}} (or {{variant}}) outside a `#` comment, "
+                                "or canary and stable would be the same query and the canary would be compared with "
+                                "itself")
         return MetricSpec(name=name, proportion=ProportionMetric(
             events=events, total=total,
             max_relative_increase=increase, max_rate=max_rate, confidence=confidence, min_samples=min_samples))

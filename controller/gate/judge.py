@@ -130,7 +130,7 @@ def judge(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSetting
     checks = _threshold_verdicts(thresholds, tally, settings, dataset_sha256)
     if not checks:
         why = ("the thresholds set compare against stable, and there is no stable version"
-               if _any_threshold(thresholds) else "goldenDataset.thresholds sets no threshold")
+               if _any_threshold(thresholds) else "no threshold is set (spec.goldenDataset.thresholds sets none)")
         checks = [Verdict("thresholds", Outcome.INCONCLUSIVE, f"nothing judged the candidate: {why}",
                           {"datasetSha256": dataset_sha256})]
     return verdicts + checks
@@ -280,8 +280,10 @@ def _slice_test(verdict: Verdict, alpha: float, min_samples: int) -> Verdict | N
 
 
 def _any_threshold(thresholds: GoldenThresholds) -> bool:
+    # A class listed with no limit sets nothing (parse_spec refuses one; runner.golden_dataset_from does not).
     return bool(thresholds.min_accuracy is not None or thresholds.max_accuracy_drop is not None
-                or thresholds.max_disagreement is not None or thresholds.classes)
+                or thresholds.max_disagreement is not None
+                or any(limits != ClassThresholds() for limits in thresholds.classes.values()))
 
 
 def _slice_floor(min_accuracy: float, counts: PairedCounts,

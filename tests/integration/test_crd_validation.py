@@ -218,6 +218,17 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
      "spec.target.kserve.stableUrl"),
     ("prometheus-not-an-ipv6-address", _set("analysis.prometheus.address", "http://[1:]"),
      "spec.analysis.prometheus.address"),
+    # {{selector}} only in a PromQL comment: the operator's parse_spec refused it after it was stored.
+    ("proportion-selector-only-in-a-comment",
+     _set("analysis.metrics.0.proportion.events", 'sum(x{class="nsfw"}[{{window}}])  # per {{selector}}'),
+     "spec.analysis.metrics[0].proportion.events"),
+    # Thresholds that judge nothing: a gate that could never pass.
+    ("thresholds-empty", _set("goldenDataset.thresholds", {}), "spec.goldenDataset.thresholds"),
+    ("thresholds-empty-classes", _set("goldenDataset.thresholds", {"classes": {}}), "spec.goldenDataset.thresholds"),
+    ("class-without-a-limit", _set("goldenDataset.thresholds.classes.nsfw", {}),
+     "spec.goldenDataset.thresholds.classes[nsfw]"),
+    # A bare `pause:` (YAML null) is dropped before the step's rule runs.
+    ("bare-pause", _set("canary.steps.5", {"pause": None}), "spec.canary.steps[5]"),
 ]
 
 
@@ -241,6 +252,15 @@ def test_invalid_spec_is_refused_naming_the_field(kubeconfig: Path, namespace: s
     code, output = apply(kubeconfig, namespace, manifest)
     assert code != 0, f"{case} was accepted:\n{output}"
     assert field in output, f"{case}: the message does not name {field}:\n{output}"
+
+
+@pytest.mark.integration
+def test_a_bare_pause_is_refused_saying_how_to_write_one(kubeconfig: Path, namespace: str) -> None:
+    """has() is false for a null field (nullable or not), so the step's rule cannot take it: it says what to write."""
+    manifest = sample()
+    manifest["spec"]["canary"]["steps"][5] = {"pause": None}
+    code, output = apply(kubeconfig, namespace, manifest)
+    assert code != 0 and "write `pause: {}` for a pause until promoted" in output, output
 
 
 @pytest.mark.integration
@@ -275,6 +295,12 @@ ACCEPTED: list[tuple[str, Callable[[Spec], None]]] = [
     ("tracking-uri-ipv4-mapped-ipv6", _set("registry", {"trackingUri": "http://[::ffff:10.0.0.1]:5000"})),
     ("gate-url-full-ipv6", _set("target.kserve.candidateUrl", "http://[fd00:1:2:3:4:5:6:7]/v2")),
     ("prometheus-link-local-ipv6", _set("analysis.prometheus.address", "http://[FE80::1]:9090")),
+    # A `#` in a label value or a comment that a line break (\n or \r) ends hides no selector.
+    ("selector-after-a-hash-in-a-label", _set("analysis.metrics.0.proportion.events", 'sum(x{a="#", {{selector}}})')),
+    ("selector-after-a-comment-line", _set("analysis.metrics.0.proportion.total", "# all\nsum(x{ {{selector}} })")),
+    ("selector-after-a-comment-and-cr", _set("analysis.metrics.0.proportion.total", "# all\rsum(x{ {{variant}} })")),
+    ("thresholds-one-class-limit", _set("goldenDataset.thresholds", {"classes": {"nsfw": {"minPrecision": 0.9}}})),
+    ("thresholds-left-out", _delete("goldenDataset.thresholds")),
 ]
 
 
@@ -516,3 +542,19 @@ def test_every_field_has_a_description() -> None:
     crd = yaml.safe_load(CRD.read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert _walk(schema, "") == []
+
+
+def test_every_printer_column_reads_a_declared_field() -> None:
+    """`kubectl explain mro.status.pause.reason` must describe what the Pause column shows."""
+    crd = yaml.safe_load(CRD.read_text())
+    [version] = crd["spec"]["versions"]
+    undeclared = []
+    for column in version["additionalPrinterColumns"]:
+        node = version["schema"]["openAPIV3Schema"]
+        for key in column["jsonPath"].lstrip(".").split("."):
+            node = (node.get("properties") or {}).get(key)
+            if node is None:
+                break
+        if node is None and not column["jsonPath"].startswith(".metadata."):
+            undeclared.append(column["jsonPath"])
+    assert undeclared == []

@@ -38,7 +38,10 @@ from controller.api import (
     parse_spec,
 )
 from controller.api.serialization import format_time, parse_time
+from controller.gate.judge import JudgeSettings, judge
+from controller.gate.runner import golden_dataset_from
 from controller.verdict import Outcome, Verdict
+from tests.unit.test_gate_judge import SHA, tally
 
 DESIGN_EXAMPLE = """
 model:
@@ -250,6 +253,12 @@ _DELETE = object()
     (["goldenDataset", "thresholds", "minAccuracy"], 1.5, "spec.goldenDataset.thresholds.minAccuracy"),
     (["goldenDataset", "thresholds", "classes", "nsfw", "minRecall"], "high",
      "spec.goldenDataset.thresholds.classes[nsfw].minRecall"),
+    # Written, thresholds must judge something: else the gate can never pass (the CRD refuses these too).
+    (["goldenDataset", "thresholds"], {}, "spec.goldenDataset.thresholds"),
+    (["goldenDataset", "thresholds"], {"classes": {}}, "spec.goldenDataset.thresholds"),
+    (["goldenDataset", "thresholds", "classes", "nsfw"], {}, "spec.goldenDataset.thresholds.classes[nsfw]"),
+    # A bare `pause:` is null, which the API server drops: refused as a step that sets nothing, as there.
+    (["canary", "steps", 5], {"pause": None}, "spec.canary.steps[5]"),
     (["canary", "steps", 2, "setWeight"], 101, "spec.canary.steps[2].setWeight"),
     (["canary", "steps", 2, "setWeight"], True, "spec.canary.steps[2].setWeight"),
     (["canary", "steps", 4, "setWeight"], 5, "spec.canary.steps[4].setWeight"),
@@ -518,8 +527,8 @@ def test_a_candidate_alias_that_promotion_would_move_is_refused() -> None:
 
 
 def test_a_selector_only_in_a_promql_comment_is_no_selector() -> None:
-    """The canary would be compared with itself: the CRD's rule cannot tell a comment from a `#` in a label
-    value, so the operator's own reading refuses it (a Spec condition naming the field)."""
+    """The canary would be compared with itself: refused naming the field (the CRD's rule reads the comment the
+    same way: test_spec_crd_parity)."""
     raw = example()
     proportion = raw["analysis"]["metrics"][0]["proportion"]
     proportion["events"] = 'sum(increase(modelrollout_predictions_total{class="nsfw"}[{{window}}])) # {{selector}}'
@@ -529,3 +538,29 @@ def test_a_selector_only_in_a_promql_comment_is_no_selector() -> None:
     # A `#` inside a label value is no comment: the selector after it is real.
     proportion["events"] = 'sum(increase(modelrollout_predictions_total{class="#nsfw", {{selector}}}[{{window}}]))'
     assert parse_spec(raw).analysis.metrics[0].proportion is not None
+
+
+def test_a_bare_pause_says_how_to_write_a_pause_and_a_null_beside_a_step_is_ignored() -> None:
+    raw = example()
+    raw["canary"]["steps"][5] = {"pause": None}
+    with pytest.raises(SpecError, match=r"write `pause: \{\}` for a pause until promoted"):
+        parse_spec(raw)
+    # What the API server stores for {setWeight: 60, pause: null}: the null is dropped, the weight is the step.
+    raw["canary"]["steps"][5] = {"setWeight": 60, "pause": None}
+    assert parse_spec(raw).canary.steps[5] == SetWeightStep(60)
+    raw["canary"]["steps"][5] = {"pause": {}}
+    assert parse_spec(raw).canary.steps[5] == PauseStep(None)
+
+
+def test_thresholds_left_out_parse_and_the_gate_says_no_threshold_is_set() -> None:
+    """Left out, thresholds are allowed (the gate ends inconclusive); a class with no limit, which a gate run from
+    the plain dict can still hold, is no threshold either: not "there is no stable version"."""
+    raw = example()
+    del raw["goldenDataset"]["thresholds"]
+    assert parse_spec(raw).golden_dataset is not None
+    labels = [0, 1] * 30
+    for thresholds in ({}, {"classes": {"nsfw": {}}}):
+        dataset = golden_dataset_from({"uri": "configmap://g/d", "sha256": SHA, "thresholds": thresholds})
+        verdicts = judge(dataset.thresholds, tally(labels, labels, stable=labels), JudgeSettings(), SHA)
+        assert verdicts[-1].outcome is Outcome.INCONCLUSIVE, verdicts[-1]
+        assert "no threshold is set" in verdicts[-1].reason and "no stable" not in verdicts[-1].reason

@@ -5,6 +5,7 @@ refuses is refused by both, with a message naming spec.model.name."""
 from __future__ import annotations
 
 import copy
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import _validate_model_name
 
+from controller.analysis.queries import without_comments
 from controller.api import SpecError, parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,6 +104,18 @@ REFUSED: list[tuple[str, Callable[[Spec], None], str]] = [
     ("unknown-variable-in-threshold",
      _set("analysis", "metrics", value=[{"name": "errors", "threshold": {"query": "up{{{job}}}", "max": 1}}]),
      "spec.analysis.metrics[0].threshold.query"),
+    # {{selector}} only in a comment: the canary would be judged against itself.
+    ("selector-only-in-a-comment", _set("analysis", "metrics", 0, "proportion", "events",
+                                        value='sum(x{class="nsfw"}[{{window}}]) # {{selector}}'),
+     "spec.analysis.metrics[0].proportion.events"),
+    # Thresholds that judge nothing: the gate could never pass.
+    ("thresholds-empty", _set("goldenDataset", "thresholds", value={}), "spec.goldenDataset.thresholds"),
+    ("thresholds-no-class", _set("goldenDataset", "thresholds", value={"classes": {}}),
+     "spec.goldenDataset.thresholds"),
+    ("class-without-a-limit", _set("goldenDataset", "thresholds", "classes", "nsfw", value={}),
+     "spec.goldenDataset.thresholds.classes[nsfw]"),
+    # A bare `pause:` is null, which the API server drops before its rule: a step that sets nothing.
+    ("bare-pause", _set("canary", "steps", 5, value={"pause": None}), "spec.canary.steps[5]"),
     # MLflow's rule for a registered model name: such a rollout waited in Pending for ever.
     ("model-name-with-slash", _set("model", "name", value="team/nsfw"), "spec.model.name"),
     ("model-name-with-colon", _set("model", "name", value="nsfw:7"), "spec.model.name"),
@@ -143,6 +157,9 @@ def test_what_the_crd_refuses_the_parser_refuses_naming_the_field(case: str, mut
     _set("goldenDataset", "uri", value="models:/nsfw/3/golden.jsonl"),
     _set("goldenDataset", "uri", value="mlflow-artifacts:/golden/set.jsonl"),
     _set("goldenDataset", "uri", value="https://data.example/golden.jsonl"),
+    _delete("goldenDataset", "thresholds"),
+    _set("goldenDataset", "thresholds", value={"classes": {"nsfw": {"minPrecision": 0.9}}}),
+    _set("canary", "steps", 5, value={"setWeight": 60, "pause": None}),  # stored without the null
 ])
 def test_what_the_crd_accepts_still_parses(mutate: Callable[[Spec], None]) -> None:
     raw = copy.deepcopy(sample())
@@ -216,3 +233,79 @@ def test_the_crd_rule_names_the_field_and_the_length_is_bounded_by_both() -> Non
 
 def test_the_chart_installs_the_same_crd() -> None:
     assert (REPO / "charts" / "modelrollout" / "crds" / CRD.name).read_bytes() == CRD.read_bytes()
+
+
+# --- {{selector}} outside a comment: the CRD's regular expression and parse_spec's lexer -------------------------
+
+
+def _proportion_rules() -> dict[str, str]:
+    crd = yaml.safe_load(CRD.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    proportion = spec["properties"]["analysis"]["properties"]["metrics"]["items"]["properties"]["proportion"]
+    found = {}
+    for key in ("events", "total"):
+        [rule] = [item for item in proportion["properties"][key]["x-kubernetes-validations"]
+                  if "selector" in item["message"] and "must use" in item["message"]]
+        found[key] = rule["rule"]
+    return found
+
+
+def _crd_selector_regex() -> str:
+    """The pattern of the rule `self.matches(r'...')`; RE2 and Python's `re` read it alike (no flags; classes,
+    alternation and \\x escapes only)."""
+    rules = _proportion_rules()
+    assert rules["events"] == rules["total"]
+    match = re.fullmatch(r"self\.matches\(r'([^']*)'\)", rules["events"])
+    assert match, rules["events"]
+    return match.group(1)
+
+
+def _parser_takes_the_selector(query: str) -> bool:
+    raw = sample()
+    raw["analysis"]["metrics"][0]["proportion"]["events"] = query
+    try:
+        parse_spec(raw)
+    except SpecError as error:
+        assert error.path == "spec.analysis.metrics[0].proportion.events", error
+        return False
+    return True
+
+
+QUERIES = [
+    'sum(x{ {{selector}} })', 'sum(x) # {{selector}}', '# note\nsum(x{ {{selector}} })',
+    '# note\rsum(x{ {{variant}} })', 'sum(x{channel="#general", {{selector}}})', 'sum(x{a="#"}) # {{selector}}',
+    "sum(x{a='it\\'s #', {{selector}}})", 'sum(x{a=`#`, {{variant}}})', 'label_replace(x, "a", "{{selector}}", "", "")',
+    '"unclosed # {{selector}}', '# {{selector}}\n', "sum(x{a='#'}) # '{{selector}}'", 'sum(x{a="\\"#", {{selector}}})',
+]
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=repr)
+def test_the_crd_reads_a_selector_in_a_comment_as_parse_spec_does(query: str) -> None:
+    assert (re.search(_crd_selector_regex(), query) is not None) == _parser_takes_the_selector(query)
+
+
+def test_the_crd_selector_rule_agrees_with_the_lexer_on_random_queries() -> None:
+    """Every arrangement of quotes, escapes, comments and line breaks around the placeholders."""
+    pattern = re.compile(_crd_selector_regex())
+    parts = ["#", '"', "'", "`", "\\", "\n", "\r", "a", "{{selector}}", "{{variant}}", "{", "}", "{{", "selector}}"]
+    rng = random.Random(7)
+    for _ in range(20000):
+        query = "".join(rng.choice(parts) for _ in range(rng.randint(0, 10)))
+        code = without_comments(query)
+        assert (pattern.search(query) is not None) == ("{{selector}}" in code or "{{variant}}" in code), repr(query)
+
+
+# --- thresholds that judge nothing ----------------------------------------------------------------------------
+
+
+def test_the_crd_threshold_rules_name_every_limit_the_schema_declares() -> None:
+    """A limit the rule leaves out would let a class (or thresholds) that sets only it be refused; one it names
+    that the schema lacks could never be set."""
+    crd = yaml.safe_load(CRD.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    thresholds = spec["properties"]["goldenDataset"]["properties"]["thresholds"]
+    one_class = thresholds["properties"]["classes"]["additionalProperties"]
+    for schema in (thresholds, one_class):
+        [rule] = schema["x-kubernetes-validations"]
+        assert set(re.findall(r"has\(self\.(\w+)\)", rule["rule"])) == set(schema["properties"]), rule
+    assert "size(self.classes) > 0" in thresholds["x-kubernetes-validations"][0]["rule"]
