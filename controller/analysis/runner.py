@@ -42,6 +42,11 @@ METRIC_BASE_SECONDS = 30.0
 SECONDS_PER_QUERY = 1.0
 # And every metric's together, whatever their number and baselines: what one rollout may hold a worker for.
 MEASUREMENT_MAX_SECONDS = 300.0
+# A bake's deciding run is measured after it ends (asked for once its time is up, read when a worker takes it, and
+# retried after an outage until progressDeadline, 30 min by default): a window this much past whole days still
+# reads history a day apart. Past windows then overlap by at most this much (1/24 of a day's), and the nearest
+# reaches at most this far past promotion, when the previous version no longer served.
+HISTORY_SPACING_SLACK = timedelta(hours=1)
 log = logging.getLogger(__name__)
 
 
@@ -165,9 +170,29 @@ def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
                                maximum=metric.threshold.max, query=query,
                                window=_window_evidence(request, window, fresh))
     assert metric.proportion is not None
+    scrape = provider.scrape_interval.total_seconds()
+    if _seconds(window) < 2 * scrape:  # one sample per series at most: increase() answers nothing yet
+        detail = f"the window ({window}) holds fewer than two scrapes (every {scrape:g}s): nothing can be counted yet"
+        return Verdict(metric.name, Outcome.INCONCLUSIVE, f"{QueryProblem.TOO_FEW_SCRAPES}: {detail}",
+                       {"queries": _templates(metric), "problem": str(QueryProblem.TOO_FEW_SCRAPES), "detail": detail,
+                        "window": _window_evidence(request, window)})
     if request.mode == CANARY:
         return _canary_proportion(metric.name, metric.proportion, request, window, provider)
     return _bake_proportion(metric.name, metric.proportion, request, window, provider)
+
+
+def _seconds(window: str) -> float:
+    """The seconds of a range promql_duration rendered."""
+    return float(window.removesuffix("s"))
+
+
+def _observed_share(window: str, provider: PrometheusProvider) -> float:
+    """The share of `window` a counter's samples span on average: increase() extrapolates the change between the
+    first and last sample in the window to its edges, and those lie half a scrape inside each edge on average (a
+    60s window read every 30s: its counts doubled). The judges read counts as predictions seen (the test's
+    evidence, minSamples), so a proportion's counts are scaled back by it. At least a half: a window of fewer
+    than two scrapes is not counted at all."""
+    return max(0.5, 1.0 - provider.scrape_interval.total_seconds() / _seconds(window))
 
 
 def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest, window: str,
@@ -191,10 +216,10 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
     fresh, stale = _stale_arm(arms, [spec.events, spec.total], request, provider, queries)
     if stale:
         return _unmeasured(name, stale, queries, _window_evidence(request, window, fresh))
-    return proportion_judge(name, values["canary_events"].value, values["canary_total"].value,
-                            values["stable_events"].value, values["stable_total"].value,
-                            ProportionCriteria.from_spec(spec), queries=queries,
-                            window=_window_evidence(request, window, fresh))
+    share = _observed_share(window, provider)
+    counts = [values[key].value * share for key in ("canary_events", "canary_total", "stable_events", "stable_total")]
+    return proportion_judge(name, *counts, ProportionCriteria.from_spec(spec), queries=queries,
+                            window=_window_evidence(request, window, {**(fresh or {}), "countsScaledBy": share}))
 
 
 def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest, window: str,
@@ -210,10 +235,11 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
         return _unmeasured(name, stale, queries, _window_evidence(request, window, fresh))
     days = _history_days(request)
     # Past windows as long as the bake's, a day apart, would overlap each other and the nearest would reach past
-    # promotion into the bake's own: they move by as many whole days as the window spans.
-    every = max(1, math.ceil((request.now - request.window_start) / timedelta(days=1)))
+    # promotion into the bake's own: they move by as many whole days as the window spans, give or take the slack.
+    every = max(1, math.ceil((request.now - request.window_start - HISTORY_SPACING_SLACK) / timedelta(days=1)))
     history_at = [request.now - timedelta(days=day * every) for day in range(1, days + 1)]
-    evidence = {**_window_evidence(request, window, fresh), "historyEveryDays": every,
+    share = _observed_share(window, provider)  # every day's window is as long as the bake's
+    evidence = {**_window_evidence(request, window, fresh), "countsScaledBy": share, "historyEveryDays": every,
                 "historyAt": [at.isoformat() for at in history_at]}
     history: list[tuple[float, float]] = []
     for at in history_at:
@@ -222,9 +248,9 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
         total = provider.scalar(queries["history_total"], at, check_stale=False)
         if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
             return _unmeasured(name, broken, queries, evidence)
-        history.append((events.value or 0.0, total.value or 0.0))
-    return baseline_judge(name, current["current_events"].value, current["current_total"].value, history,
-                          ProportionCriteria.from_spec(spec), queries=queries, window=evidence,
+        history.append(((events.value or 0.0) * share, (total.value or 0.0) * share))
+    return baseline_judge(name, current["current_events"].value * share, current["current_total"].value * share,
+                          history, ProportionCriteria.from_spec(spec), queries=queries, window=evidence,
                           history_at=evidence["historyAt"])
 
 
