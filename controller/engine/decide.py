@@ -239,6 +239,16 @@ def _refuse_to_run(status: ModelRolloutStatus | None, reason: str, detail: str, 
     return Decision(actions=(), status=new_status, requeue_after=None, events=() if repeated else (history[-1],))
 
 
+# Between a gate's request and its count in the exporter: the logger agent's queue and the exporter itself.
+GATE_SETTLE_MARGIN = timedelta(seconds=5)
+
+
+def gate_predictions_scraped_by(gate_completed_at: datetime, scrape_interval: timedelta) -> datetime:
+    """When the gate's own predictions (logged like live ones) are surely in Prometheus: a new series shows 0 on
+    the first scrape and its count on the next, so two scrapes after the gate, and the margin."""
+    return gate_completed_at + 2 * scrape_interval + GATE_SETTLE_MARGIN
+
+
 class _Decider:
     def __init__(self, spec: ModelRolloutSpec, status: ModelRolloutStatus, observations: Observations,
                  now: datetime) -> None:
@@ -1169,6 +1179,17 @@ class _Decider:
             self._confirm(action_id)
             self._record("WeightChanged", f"{self._step_label(index)}: candidate {candidate.version} at {weight}%")
             self._advance_step()
+            return
+        gate = self.status.gate
+        interval = self.obs.scrape_interval
+        settled = (gate_predictions_scraped_by(gate.completed_at, interval)
+                   if gate is not None and gate.completed_at is not None and interval is not None else None)
+        if weight > 0 and settled is not None and self.now < settled:
+            # A window opened before then would count the gate's golden set (rich in positives) as live traffic.
+            # Held before the action is recorded: its progressDeadline starts after the hold.
+            self.requeue.append(settled - self.now)
+            self._wait(f"Holding {self._step_label(index)} until {format_time(settled)}: the gate's own "
+                       "predictions must be scraped before live traffic is judged")
             return
         action = SetCanaryWeight(id=action_id, candidate_version=candidate.version, weight=weight)
         # Pending from the step's start, not its first send: a target or registry away before it still meets

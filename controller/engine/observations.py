@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -133,3 +133,7 @@ class Observations:
     resend_pending: bool = False
     # metadata.deletionTimestamp: when the ModelRollout was deleted (it still exists while a finalizer holds it).
     deleted_at: datetime | None = None
+    # How often Prometheus scrapes the exporter (operator run --scrape-interval, which the operator always passes):
+    # the gate's own predictions are counted a scrape or two after it, so the first traffic step waits for them to
+    # be in (_set_weight_step). None: not told (a caller that judges no traffic), no wait.
+    scrape_interval: timedelta | None = None

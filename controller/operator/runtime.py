@@ -763,7 +763,8 @@ class RolloutStepper:
             observations = Observations(
                 generation=int(meta.get("generation") or 0), registry=registry, target=target, gate=gate,
                 analysis=analysis, commands=runtime.commands(), action_failures=tuple(failures),
-                actions_done=tuple(done), resend_pending=first_since_start, deleted_at=deleted_at)
+                actions_done=tuple(done), resend_pending=first_since_start, deleted_at=deleted_at,
+                scrape_interval=self.config.scrape_interval)
             decision = decide(spec, status, observations, now)
             status = decision.status
             outcome.status = status.to_dict()

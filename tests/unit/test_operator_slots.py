@@ -8,6 +8,7 @@ import copy
 import datetime as dt
 import itertools
 import json
+import sys
 import threading
 import time
 from typing import Any
@@ -123,6 +124,8 @@ def test_analyses_stalled_on_a_slow_prometheus_do_not_hold_up_another_rollouts_a
     monkeypatch.setattr(RolloutRuntime, "act", act)
     monkeypatch.setattr(RolloutRuntime, "measure_gate", measure_gate)
     monkeypatch.setattr(RolloutRuntime, "measure_analysis", measure_analysis)
+    # No gate traffic to wait for before the first weight (_set_weight_step).
+    monkeypatch.setattr(sys.modules["controller.engine.decide"], "GATE_SETTLE_MARGIN", dt.timedelta(0))
     monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
     # Rollout time: jumped past the analysis interval once the canaries are at 10%.
     ahead = [dt.timedelta()]
@@ -139,7 +142,7 @@ def test_analyses_stalled_on_a_slow_prometheus_do_not_hold_up_another_rollouts_a
 
     async def main() -> float:
         store = Store()
-        stepper = RolloutStepper(None, OperatorConfig(), clock=clock)  # type: ignore[arg-type]
+        stepper = RolloutStepper(None, OperatorConfig(scrape_interval=dt.timedelta(0)), clock=clock)  # type: ignore[arg-type]
         stepper.store = store  # type: ignore[assignment]
         queue = WakeupQueue(Reconciler(store, stepper.step, clock=clock).reconcile)  # type: ignore[arg-type]
         store.queue = queue
