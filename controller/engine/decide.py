@@ -504,7 +504,11 @@ class _Decider:
         if previous is None or index is None or self.status.phase not in (Phase.PROGRESSING, Phase.PAUSED) \
                 or self.status.promotion is not None \
                 or (pause is not None and pause.resume_phase not in (None, Phase.PROGRESSING)):
-            return  # no step is running (the steps are over, or not begun): nothing to start again
+            # No step is running (the steps are over, or not begun): nothing to start again. Over, in a shorter
+            # list, they are over at its end (never a step past it).
+            if index is not None and index > len(self.spec.canary.steps):
+                self._update(current_step=len(self.spec.canary.steps))
+            return
         first = step_fraction(0, len(self.spec.canary.steps))
         for record in self.status.actions:  # the new steps' weights are sent again, even one set before
             if record.id.startswith(f"{self._attempt}:step-"):
@@ -784,6 +788,8 @@ class _Decider:
                 return "the rollout is finished; use rollback to return to the previous version"
             if phase is Phase.SUCCEEDED and (self.status.stable is None or self.status.promotion is None):
                 return "there is no previous version to return to"
+            if phase is Phase.SUCCEEDED and (refusal := self._not_ours_to_roll_back()) is not None:
+                return refusal
             if phase is Phase.PENDING and self.status.candidate is None:
                 self._record("Aborted", f"{label} before the candidate was resolved", actor=command.actor,
                              command_id=command.id)
@@ -798,6 +804,17 @@ class _Decider:
         if command.action is CommandAction.PROMOTE:
             return self._promote_command(command, pause)
         return self._retry_command(command, pause)
+
+    def _not_ours_to_roll_back(self) -> str | None:
+        """Why a finished rollout may not roll back now: a later release (another ModelRollout) may serve on the
+        target since, and restoring this one's previous version would undo it. Never acted on blind."""
+        target, candidate, stable = self._target(), self._candidate, self.status.stable
+        if target is None:
+            return f"cannot tell what serves on {self.spec.target.description} now: nothing rolled back"
+        if target.stable_version not in (candidate.version, stable.version if stable else None):
+            return (f"version {target.stable_version} serves now, not this rollout's {candidate.version}: "
+                    f"nothing of it to roll back")
+        return None
 
     def _abort_restart(self, command: Command, rollback: RollbackStatus) -> None:
         """Abort while a rollback makes way for a new candidate: the rollback goes on and ends the rollout; the
@@ -1744,8 +1761,11 @@ class _Decider:
                           f"{self.spec.target.description}, so it cannot be promoted")
                 if self._deadline_passed(self._pending_since(action_id)):
                     if vanished:
+                        # Gone from the target, nothing judged it bad: rolled back, not rejected, as an unsent
+                        # promotion is in _deadline_failure (still staged but not ready: its own failing).
                         self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{reason} (waited {self._deadline})",
-                                      {})
+                                      {}, reject_candidate=target is not None
+                                      and target.canary_version == candidate.version)
                     else:
                         self._deadline_failure(f"the target did not take the promotion of {candidate.version}",
                                                action_id)
@@ -1803,6 +1823,13 @@ class _Decider:
         analysis = self.status.analysis
         if analysis is None or analysis.mode is not AnalysisMode.BAKE:
             self._start_bake(self.now)  # a retried bake, or one added to the spec since: a full bake from now
+        elif analysis.ends_at is not None and analysis.ends_at != analysis.window_start + bake.duration:
+            # bake.duration edited mid-bake: the spec's duration counts, from the same start (a shorter one ends
+            # at the first run measured past its end).
+            ends_at = analysis.window_start + bake.duration
+            self._record("SpecChanged", f"bake.duration is now {format_duration(bake.duration)}: the bake ends at "
+                                        f"{format_time(ends_at)}")
+            self._update(analysis=dataclasses.replace(analysis, ends_at=ends_at))
         outcome = self._judge()
         if outcome is Outcome.FAIL:
             self._judged_failure(RollbackCause.BAKE_FAILED)

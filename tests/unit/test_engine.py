@@ -23,6 +23,7 @@ from controller.api import (
     parse_spec,
 )
 from controller.api.durations import format_duration
+from controller.api.serialization import format_time
 from controller.engine import (
     GATE_INTERRUPTIONS_LIMIT,
     REJECTED_TAG,
@@ -247,6 +248,41 @@ def test_after_downtime_the_bake_ends_on_a_fresh_run_not_an_old_pass() -> None:
     world.run_until(finished)
     assert world.status.phase is Phase.ROLLED_BACK, world.status.message
     assert world.status.rollback is not None and world.status.rollback.cause is RollbackCause.BAKE_FAILED
+
+def test_bake_duration_edited_mid_bake_is_followed_from_the_bake_s_start() -> None:
+    """Lengthened (1h -> 3h): the bake goes on to its start + 3h. Shortened below the time baked (-> 20m): it
+    ends at once on the last run, which was measured past the new end."""
+    world = World()
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.status.phase is Phase.BAKING)
+    start = world.status.analysis.window_start if world.status.analysis else None
+    assert start is not None
+    world.advance(timedelta(minutes=5))
+    world.spec = {**world.spec, "bake": {"duration": "3h", "baseline": "7d"}}
+    world.generation += 1
+    world.reconcile()
+    assert world.status.analysis is not None and world.status.analysis.ends_at == start + timedelta(hours=3)
+    changed = [h.detail for h in world.status.history if h.event == "SpecChanged" and "bake" in h.detail]
+    assert changed == [f"bake.duration is now 3h: the bake ends at {format_time(start + timedelta(hours=3))}"]
+    world.run_until(lambda w: w.status.phase is not Phase.BAKING, step=timedelta(minutes=1))
+    assert world.status.phase is Phase.SUCCEEDED and world.now >= start + timedelta(hours=3)
+    assert len([h for h in world.status.history if h.event == "SpecChanged" and "bake" in h.detail]) == 1
+
+    shorter = World()
+    reach_final_pause(shorter)
+    shorter.send(CommandAction.PROMOTE)
+    shorter.run_until(lambda w: w.status.phase is Phase.BAKING)
+    start = shorter.status.analysis.window_start if shorter.status.analysis else None
+    assert start is not None
+    shorter.run_until(lambda w: w.now >= start + timedelta(minutes=40) and w.status.analysis is not None
+                      and w.status.analysis.request_id is None)
+    assert shorter.status.phase is Phase.BAKING
+    shorter.spec = {**shorter.spec, "bake": {"duration": "20m", "baseline": "7d"}}
+    shorter.generation += 1
+    shorter.reconcile()
+    assert shorter.status.phase is Phase.SUCCEEDED and "BakePassed" in events(shorter)
+
 
 
 def test_alias_named_candidate_is_resolved_once() -> None:
@@ -1197,6 +1233,35 @@ def test_rollback_after_success_restores_the_previous_version() -> None:
     assert effect_ids(world)[-3:] == ["1:rollback:restore", "1:rollback:alias", "1:rollback:tag"]
     assert world.status.rollback is not None and world.status.rollback.after_promotion
 
+@pytest.mark.parametrize("serving", ["8", None])
+def test_rollback_after_success_is_refused_once_another_release_serves_or_what_serves_is_unknown(
+        serving: str | None) -> None:
+    """Release 8 (another ModelRollout) promoted on the same target since: rolling this one back would undo it.
+    A target that cannot be read now is no better: never act blind."""
+    world = World(spec=spec_dict(bake=None))
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished)
+    assert world.status.phase is Phase.SUCCEEDED
+    world.registry.aliases["production"] = "8"
+    if serving is None:
+        world.target.unreachable = True
+    else:
+        world.target.stable_version = serving
+    world.advance(timedelta(days=2))
+    world.executed.clear()
+    world.send(CommandAction.ROLLBACK, actor="bob")
+    world.reconcile()
+    world.advance(timedelta(minutes=1))
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED and world.executed == []
+    assert world.registry.aliases["production"] == "8" and world.registry.versions["7"] == {}
+    last = world.status.history[-1]
+    assert last.event == "CommandIgnored"
+    assert ("version 8 serves now, not this rollout's 7: nothing of it to roll back" if serving
+            else "cannot tell what serves on InferenceService nsfw-classifier now") in last.detail
+
+
 
 def test_abort_after_success_is_refused() -> None:
     world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version="7"))
@@ -2038,6 +2103,10 @@ def test_promotion_waits_when_the_staged_candidate_vanished() -> None:
     assert world.status.phase is Phase.ROLLED_BACK
     assert world.status.rollback is not None
     assert world.status.rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
+    # Nothing judged it bad (its canary vanished, the promotion was never sent): not tagged rejected.
+    assert not world.status.rollback.reject_candidate
+    assert not any(isinstance(action, TagRejected) for action in world.executed)
+    assert REJECTED_TAG not in world.registry.versions["7"] and "CandidateRejected" not in events(world)
 
 
 def test_a_registry_away_past_the_progress_deadline_says_so_while_it_keeps_trying() -> None:

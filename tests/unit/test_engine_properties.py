@@ -87,6 +87,7 @@ operations = st.one_of(
     st.tuples(st.just("re-pin"), st.booleans()),
     st.tuples(st.just("thresholds"), st.booleans()),
     st.tuples(st.just("delete"), st.booleans()),
+    st.tuples(st.just("steps"), st.booleans()),
 )
 OTHER_SHA = "9a1e" + "0" * 60
 
@@ -305,6 +306,13 @@ def apply(world: World, checker: Checker, operation: tuple[str, Any], state: dic
         dataset = world.spec["goldenDataset"]
         minimum = 0.96 if dataset["thresholds"].get("minAccuracy") == 0.97 else 0.97
         world.spec["goldenDataset"] = {**dataset, "thresholds": {**dataset["thresholds"], "minAccuracy": minimum}}
+        world.generation += 1
+    elif kind == "steps" and value:
+        # Edited at any time, also once the steps are over: shortened to its last weight, or back as it was.
+        steps = world.spec["canary"]["steps"]
+        original = state.setdefault("steps", steps)
+        last = [step for step in original if "setWeight" in step][-1]
+        world.spec["canary"] = {**world.spec["canary"], "steps": [last] if steps == original else original}
         world.generation += 1
     elif kind == "delete" and value:
         world.spec["rollback"] = {**world.spec["rollback"], "revertOnDeletion": True}

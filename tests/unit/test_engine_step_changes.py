@@ -107,6 +107,20 @@ def test_steps_edited_after_promotion_change_nothing() -> None:
     assert "StepsChanged" not in [e.event for e in world.status.history]
 
 
+def test_steps_shortened_once_they_are_over_end_at_the_new_list_s_end() -> None:
+    """Never a current step past the list: the steps are over, so they are over at its end."""
+    spec = spec_dict(bake=None, canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "1m"}},
+                                                  {"setWeight": 20}]})
+    world = World(spec=spec)
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED)
+    assert world.status.current_step == 3
+    edit_steps(world, [{"setWeight": 10}])
+    world.advance(timedelta(seconds=5))
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED and world.status.current_step == 1
+    assert "StepsChanged" not in [e.event for e in world.status.history]
+
+
 def test_swapping_an_analysis_and_a_pause_of_the_same_length_is_a_change() -> None:
     from controller.api import parse_spec
     from controller.engine.decide import steps_signature
