@@ -414,6 +414,12 @@ class OnCall:
                 print(f"  stopped: paused for a human after the {failed} check; run {FAILED_PAUSES[failed]} "
                       f"(`modelrollout <command> -n {self.namespace} {name}`)", file=self.out, flush=True)
                 return "Paused"
+            stuck = _stuck(obj) if current and pending is None else None
+            if stuck is not None:
+                # As `kubectl rollout status` on a Deployment past its progressDeadlineSeconds.
+                print(f"  stopped: no progress within progressDeadline ({stuck}); the operator keeps trying",
+                      file=self.out, flush=True)
+                return str(status.get("phase"))
             if deadline and time.monotonic() > deadline:
                 return None
             time.sleep(interval)
@@ -444,6 +450,18 @@ def _held(obj: dict[str, Any]) -> str | None:
                 and condition.get("observedGeneration") == mapping(obj.get("metadata")).get("generation")
                 and not (reason == "InvalidSpec" and status.get("phase") == "Failed")):
             return str(reason)
+    return None
+
+
+def _stuck(obj: dict[str, Any]) -> str | None:
+    """The message of a Progressing condition turned False by ProgressDeadlineExceeded at this generation: a
+    rollout that cannot start (a target that cannot be read, the registry away) or a rollback not confirmed."""
+    generation = mapping(obj.get("metadata")).get("generation")
+    for condition in objects(mapping(obj.get("status")).get("conditions")):
+        if (condition.get("type") == "Progressing" and condition.get("status") == "False"
+                and condition.get("reason") == "ProgressDeadlineExceeded"
+                and condition.get("observedGeneration") == generation):
+            return str(condition.get("message") or "")
     return None
 
 

@@ -809,11 +809,19 @@ class _Decider:
         """Why a finished rollout may not roll back now: a later release (another ModelRollout) may serve on the
         target since, and restoring this one's previous version would undo it. Never acted on blind."""
         target, candidate, stable = self._target(), self._candidate, self.status.stable
+        where = self.spec.target.description
         if target is None:
-            return f"cannot tell what serves on {self.spec.target.description} now: nothing rolled back"
-        if target.stable_version not in (candidate.version, stable.version if stable else None):
-            return (f"version {target.stable_version} serves now, not this rollout's {candidate.version}: "
-                    f"nothing of it to roll back")
+            return f"cannot tell what serves on {where} now: nothing rolled back"
+        served = target.stable_version
+        if served is None:  # unknown (a promoted version whose pods are not all up, a hand edit): ask the registry
+            registry = self._registry()
+            alias = registry.stable_alias_version if registry is not None else None
+            if alias is not None and alias.version == candidate.version:
+                return None
+            return (f"cannot tell which version serves on {where} now (it reports none) and "
+                    f"@{self.spec.model.stable_alias} no longer names {candidate.version}: nothing rolled back")
+        if served not in (candidate.version, stable.version if stable else None):
+            return f"version {served} serves now, not this rollout's {candidate.version}: nothing of it to roll back"
         return None
 
     def _abort_restart(self, command: Command, rollback: RollbackStatus) -> None:
@@ -1197,10 +1205,7 @@ class _Decider:
             self._record("WeightChanged", f"{self._step_label(index)}: candidate {candidate.version} at {weight}%")
             self._advance_step()
             return
-        gate = self.status.gate
-        interval = self.obs.scrape_interval
-        settled = (gate_predictions_scraped_by(gate.completed_at, interval)
-                   if gate is not None and gate.completed_at is not None and interval is not None else None)
+        settled = self._gate_predictions_scraped_by()
         if weight > 0 and settled is not None and self.now < settled:
             # A window opened before then would count the gate's golden set (rich in positives) as live traffic.
             # Held before the action is recorded: its progressDeadline starts after the hold.
@@ -1227,6 +1232,13 @@ class _Decider:
         self._request(action, f"weight {weight}%")
         self._wait(f"{self._step_label(index).capitalize()}: setting candidate {candidate.version} to "
                    f"{weight}% of traffic", poll=True)
+
+    def _gate_predictions_scraped_by(self) -> datetime | None:
+        """When this attempt's gate predictions are in Prometheus (None: no gate ran, or no scrape interval told)."""
+        gate, interval = self.status.gate, self.obs.scrape_interval
+        if gate is None or gate.completed_at is None or interval is None:
+            return None
+        return gate_predictions_scraped_by(gate.completed_at, interval)
 
     def _analysis_step(self, index: int, step: AnalysisStep) -> None:
         analysis = self.status.analysis
@@ -1829,6 +1841,10 @@ class _Decider:
             ends_at = analysis.window_start + bake.duration
             self._record("SpecChanged", f"bake.duration is now {format_duration(bake.duration)}: the bake ends at "
                                         f"{format_time(ends_at)}")
+            covered = analysis.measured_at or analysis.last_run_at
+            if covered is not None and covered >= ends_at:
+                # Already past the new end: a fresh run decides (through the outage rule), not a stored one.
+                analysis = dataclasses.replace(analysis, measured_at=None, last_run_at=None)
             self._update(analysis=dataclasses.replace(analysis, ends_at=ends_at))
         outcome = self._judge()
         if outcome is Outcome.FAIL:
@@ -1844,11 +1860,17 @@ class _Decider:
         bake = self.spec.bake
         if bake is None:
             return
+        # A promote --full right after the gate: its predictions, counted as the candidate's, would open the bake.
+        settled = self._gate_predictions_scraped_by()
+        held = settled is not None and settled > since
+        since = settled if held and settled is not None else since
         self._update(analysis=AnalysisStatus(mode=AnalysisMode.BAKE, window_start=since, ends_at=since + bake.duration))
         self._record("BakeStarted", f"judging version {self._candidate.version} against version "
                                     f"{self.status.stable.version if self.status.stable else '?'}'s last "
                                     f"{format_duration(bake.baseline)} for {format_duration(bake.duration)}"
-                                    + (f" since the promotion at {format_time(since)}" if since != self.now else ""))
+                                    + (f" from {format_time(since)}, once the gate's own predictions are scraped"
+                                       if held else f" since the promotion at {format_time(since)}"
+                                       if since != self.now else ""))
 
     def _succeed(self, why: str) -> None:
         self._record("Succeeded", why)

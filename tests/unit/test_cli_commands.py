@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_engine_support import World, spec_dict, verdict
+from test_engine_support import Target, World, spec_dict, verdict
 
 from controller.api import CommandAction, SpecError
 from controller.api.commands import COMMAND_ANNOTATION
@@ -291,6 +291,21 @@ def test_watch_exits_1_on_a_pause_after_a_failed_check_naming_the_commands(
     assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
     assert (f"stopped: paused for a human after the {reason} check; run promote, retry or rollback "
             "(`modelrollout <command> -n ns r`)") in capsys.readouterr().out
+
+
+def test_watch_exits_1_on_a_rollout_stuck_past_its_progress_deadline(
+        api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped target keeps the rollout Pending, trying, past progressDeadline: a CI job's watch must not hang."""
+    world = World(target=Target(exists=False))
+    world.reconcile()
+    waiting = engine_rollout(world)
+    world.advance(timedelta(minutes=31))
+    world.reconcile()
+    stuck = engine_rollout(world)
+    api.script = [waiting, stuck, stuck, rollout("Succeeded")]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
+    out = capsys.readouterr().out
+    assert "stopped: no progress within progressDeadline (" in out and "InferenceService nsfw-classifier" in out
 
 
 def test_watch_goes_on_past_a_failed_pause_with_a_command_pending(

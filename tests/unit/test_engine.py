@@ -284,6 +284,29 @@ def test_bake_duration_edited_mid_bake_is_followed_from_the_bake_s_start() -> No
     assert shorter.status.phase is Phase.SUCCEEDED and "BakePassed" in events(shorter)
 
 
+def test_a_bake_shortened_below_a_run_that_met_an_outage_is_decided_by_a_fresh_run() -> None:
+    """The last run met a moment's Prometheus outage; shortened past it, the bake must not end on that run (the
+    outage rule would have retried it at a natural end): a fresh run decides."""
+    outage = Verdict("nsfw-rate", Outcome.INCONCLUSIVE, "PrometheusUnreachable: connection refused",
+                     {"problem": "PrometheusUnreachable"})
+    world = World(spec=spec_dict(analysis={**spec_dict()["analysis"], "onInconclusive": "rollback"}))
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.status.phase is Phase.BAKING)
+    start = world.status.analysis.window_start if world.status.analysis else None
+    assert start is not None
+    world.run_until(lambda w: w.now >= start + timedelta(minutes=40) and w.status.analysis is not None
+                    and w.status.analysis.request_id is None)
+    world.judge = lambda _request: [outage]
+    world.run_until(lambda w: w.status.analysis is not None and w.status.analysis.outcome is Outcome.INCONCLUSIVE
+                    and w.status.analysis.request_id is None)
+    world.judge = lambda _request: [verdict(Outcome.PASS)]  # Prometheus is back
+    world.spec = {**world.spec, "bake": {"duration": "20m", "baseline": "7d"}}
+    world.generation += 1
+    world.run_until(finished, step=timedelta(seconds=30))
+    assert world.status.phase is Phase.SUCCEEDED and world.status.rollback is None
+
+
 
 def test_alias_named_candidate_is_resolved_once() -> None:
     world = World(spec=spec_dict(model={"name": "nsfw-classifier", "alias": "challenger"}))
@@ -1260,6 +1283,27 @@ def test_rollback_after_success_is_refused_once_another_release_serves_or_what_s
     assert last.event == "CommandIgnored"
     assert ("version 8 serves now, not this rollout's 7: nothing of it to roll back" if serving
             else "cannot tell what serves on InferenceService nsfw-classifier now") in last.detail
+
+
+@pytest.mark.parametrize("alias", ["7", "8"])
+def test_rollback_after_success_on_a_target_reporting_no_version_asks_the_registry(alias: str) -> None:
+    """A promoted version whose pods crash-loop reports no version it serves (Seldon v1's Deployments not available,
+    a hand edit in KServe): unknown, not another release. The stable alias decides: still this rollout's candidate,
+    on-call's rollback goes ahead; moved on, it is refused."""
+    world = World(spec=spec_dict(bake=None))
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished)
+    world.target.stable_version = None
+    world.registry.aliases["production"] = alias
+    world.executed.clear()
+    world.send(CommandAction.ROLLBACK, actor="bob")
+    world.run_until(finished)
+    if alias == "7":
+        assert world.status.phase is Phase.ROLLED_BACK and world.registry.aliases["production"] == "6"
+    else:
+        assert world.status.phase is Phase.SUCCEEDED and world.executed == []
+        assert "it reports none) and @production no longer names 7" in world.status.history[-1].detail
 
 
 

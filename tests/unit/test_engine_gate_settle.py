@@ -168,3 +168,21 @@ def test_no_scrape_interval_told_no_hold() -> None:
     weights_at(world, sent)
     world.reconcile()
     assert sent == [(T0, 1)]
+
+
+@pytest.mark.parametrize("case", ["holding", "gate_failed"])
+def test_a_full_promote_right_after_the_gate_opens_the_bake_once_its_predictions_are_scraped(case: str) -> None:
+    """promote --full skips the steps, so the weight step's hold never runs: the bake's window must not open on the
+    gate's own predictions either (a golden set rich in positives, counted as the promoted version's)."""
+    if case == "holding":
+        world = ScrapedWorld()
+    else:
+        world = ScrapedWorld(spec=spec_dict(rollback={"automatic": False}),
+                             gate_verdicts=[verdict(Outcome.FAIL, "accuracy", "0.80 < 0.97")])
+    world.reconcile()
+    world.advance(timedelta(seconds=10))
+    world.send(CommandAction.PROMOTE, full=True)
+    world.reconcile()
+    world.run_until(lambda w: any(isinstance(a, RunAnalysis) for a in w.executed), step=timedelta(seconds=5))
+    bake = next(a for a in world.executed if isinstance(a, RunAnalysis))
+    assert bake.mode == "bake" and bake.window_start >= gate_predictions_scraped_by(gate_completed(world), SCRAPE)
