@@ -57,8 +57,8 @@ class QueryProblem(StrEnum):
     MALFORMED = "MalformedResponse"
     PARTIAL = "PartialData"  # an answer that warns its data may be incomplete (a store or remote read failed)
     SLOW = "PrometheusTooSlow"  # no whole answer by the query's deadline, or the metric's budget ran out
-    # Not asked (the runner's): a window shorter than two scrapes holds at most one sample of a counter, so
-    # increase() has nothing to count yet. Not an outage (verdict.MEASUREMENT_OUTAGES): it passes as the window grows.
+    # The runner's name for NoData in a window shorter than two scrapes: it may hold one sample of a counter, and
+    # increase() needs two. Not an outage (verdict.MEASUREMENT_OUTAGES): a longer window can count.
     TOO_FEW_SCRAPES = "TooFewScrapes"
 
 

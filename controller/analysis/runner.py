@@ -170,15 +170,18 @@ def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
                                maximum=metric.threshold.max, query=query,
                                window=_window_evidence(request, window, fresh))
     assert metric.proportion is not None
-    scrape = provider.scrape_interval.total_seconds()
-    if _seconds(window) < 2 * scrape:  # one sample per series at most: increase() answers nothing yet
-        detail = f"the window ({window}) holds fewer than two scrapes (every {scrape:g}s): nothing can be counted yet"
-        return Verdict(metric.name, Outcome.INCONCLUSIVE, f"{QueryProblem.TOO_FEW_SCRAPES}: {detail}",
-                       {"queries": _templates(metric), "problem": str(QueryProblem.TOO_FEW_SCRAPES), "detail": detail,
-                        "window": _window_evidence(request, window)})
     if request.mode == CANARY:
-        return _canary_proportion(metric.name, metric.proportion, request, window, provider)
-    return _bake_proportion(metric.name, metric.proportion, request, window, provider)
+        verdict = _canary_proportion(metric.name, metric.proportion, request, window, provider)
+    else:
+        verdict = _bake_proportion(metric.name, metric.proportion, request, window, provider)
+    scrape = provider.scrape_interval.total_seconds()
+    if verdict.evidence.get("problem") == QueryProblem.EMPTY and _seconds(window) < 2 * scrape:
+        # Not "nothing counted": a window this short may hold one sample of a series, and increase() needs two.
+        detail = (f"the window ({window}) is shorter than two scrapes (every {scrape:g}s), too short for increase() "
+                  "to count anything reliably; a step's window needs at least twice the scrape interval")
+        return Verdict(metric.name, Outcome.INCONCLUSIVE, f"{QueryProblem.TOO_FEW_SCRAPES}: {detail}",
+                       {**verdict.evidence, "problem": str(QueryProblem.TOO_FEW_SCRAPES), "detail": detail})
+    return verdict
 
 
 def _seconds(window: str) -> float:

@@ -154,7 +154,8 @@ def _kind(error: Exception) -> AdapterErrorKind:
 
 # Characters of a model name that change how a models:/ URI parses: MLflow reads models:/fraud?v2/7 as the
 # logged model "fraud", another object (MLflow itself refuses only '/' and ':' in a name).
-_MODELS_URI_BREAKERS = {"?": "starts the URI's query", "#": "starts the URI's fragment", "/": "splits the URI's path"}
+# ('#' does not: MLflow parses models:/ URIs without fragments.)
+_MODELS_URI_BREAKERS = {"?": "starts the URI's query", "/": "splits the URI's path"}
 
 
 def fill_storage_uri(template: str, **fields: str) -> str:
@@ -173,7 +174,7 @@ def fill_storage_uri(template: str, **fields: str) -> str:
         raise ValueError(f"spec.model.name {name!r} cannot go into the models:/ URI of the operator's "
                          f"--storage-uri-template {template!r}: its {breaker!r} {_MODELS_URI_BREAKERS[breaker]}, so "
                          "the serving system would load another model; register the model under a name without "
-                         "'?', '#' or '/'")
+                         "'?' or '/'")
     return filled
 
 

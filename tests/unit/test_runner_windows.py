@@ -87,9 +87,19 @@ def test_a_window_of_fewer_than_two_scrapes_is_not_enough_evidence_not_no_data(p
     request = AnalysisRequest("ns", "svc", mode, NOW - INTERVAL, NOW, baseline_window=timedelta(days=3),
                               candidate_version="7", baseline_version="6")
     (verdict,) = run_analysis([METRIC], request, provider(prometheus))
-    assert verdict.outcome is Outcome.INCONCLUSIVE and prometheus.requests == 0, verdict
-    assert verdict.reason == ("TooFewScrapes: the window (30s) holds fewer than two scrapes (every 30s): nothing "
-                              "can be counted yet")
+    assert verdict.outcome is Outcome.INCONCLUSIVE, verdict
+    assert verdict.reason == ("TooFewScrapes: the window (30s) is shorter than two scrapes (every 30s), too short "
+                              "for increase() to count anything reliably; a step's window needs at least twice the "
+                              "scrape interval")
     assert verdict.evidence["problem"] not in MEASUREMENT_OUTAGES
     earlier = Verdict("nsfw", Outcome.INCONCLUSIVE, "not enough samples yet", {})  # measured, the run before
     assert _outage((verdict,), (earlier,)) is None
+
+
+def test_a_window_of_under_two_scrapes_that_prometheus_can_count_is_judged(prometheus: Garbage) -> None:
+    """A 45s step scraped every 30s holds two samples half the time: when increase() answers, the counts are judged
+    (at the floor's half), never refused for the window's length alone."""
+    request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(seconds=45), NOW, candidate_version="7")
+    (verdict,) = run_analysis([METRIC], request, provider(prometheus))
+    assert "TooFewScrapes" not in verdict.reason and verdict.outcome is not Outcome.INCONCLUSIVE, verdict
+    assert verdict.evidence["window"]["countsScaledBy"] == pytest.approx(0.5)

@@ -244,7 +244,7 @@ def test_a_mode_kserve_has_not_reported_yet_is_still_only_not_synced() -> None:
 MODELS_URI = "models:/{name}/{version}"
 
 
-@pytest.mark.parametrize(("name", "breaker"), [("fraud?v2", "?"), ("fraud#v2", "#"), ("fraud/v2", "/")])
+@pytest.mark.parametrize(("name", "breaker"), [("fraud?v2", "?"), ("fraud/v2", "/")])
 def test_a_name_that_changes_how_a_models_uri_parses_is_refused_naming_it(name: str, breaker: str) -> None:
     with pytest.raises(ValueError) as caught:
         fill_storage_uri(MODELS_URI, name=name, version="7", source="s3://b/m", run_id="r")
@@ -257,7 +257,7 @@ def test_a_name_that_changes_how_a_models_uri_parses_is_refused_naming_it(name: 
     assert fill_storage_uri("{source}", name=name, version="7", source="models:/m-0123", run_id="") == "models:/m-0123"
 
 
-@pytest.mark.parametrize("name", ["fraud v2", "Betrugserkennung-üß", "欺诈", "fraud%3Fv2", "fr@ud_v2.1"])
+@pytest.mark.parametrize("name", ["fraud v2", "Betrugserkennung-üß", "欺诈", "fraud%3Fv2", "fr@ud_v2.1", "fraud#v2"])
 def test_an_ordinary_name_fills_a_models_uri_unchanged_and_parses_back(name: str) -> None:
     uri = fill_storage_uri(MODELS_URI, name=name, version="7", source="", run_id="")
     assert uri == f"models:/{name}/7"
