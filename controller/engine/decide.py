@@ -636,8 +636,11 @@ class _Decider:
         held = rollback.evidence.get(_NOT_STARTED, "") if rollback is not None else ""
         if held is None or held == wanted:
             return  # on-call aborted the rollback that was to start it: only retry (or another version) does
-        if phase in TERMINAL_PHASES or phase is Phase.PENDING:
-            # Nothing carries traffic for the old candidate: a staged one is replaced by the new staging.
+        target = self._target()
+        staged = self._maybe_staged() or (target is not None and target.canary_version == current.version)
+        if phase in TERMINAL_PHASES or (phase is Phase.PENDING and not staged):
+            # Nothing of the old candidate is on the target: the new attempt starts from scratch. (A staged one is
+            # rolled back, below, which takes it off the target.)
             self._record("NewCandidate", detail)
             self._restart(detail)
         elif phase is Phase.ROLLING_BACK:
@@ -1561,6 +1564,9 @@ class _Decider:
         if rollback.restart:
             # The same candidate gated again, unless a new one was named meanwhile.
             again = rollback.cause is RollbackCause.DATASET_CHANGED and _SUPERSEDED_BY not in rollback.evidence
+            if not again and not rollback.after_promotion and not self._unstaged():
+                self.polls = True
+                return
             self._record("RolledBackToGateAgain" if again else "RolledBackForNewCandidate", rollback.reason)
             self._restart(rollback.reason)
             return
@@ -1631,6 +1637,21 @@ class _Decider:
         # Back to safety at once: this needs the target only, never the registry.
         self._request(action, detail)
         return rollback
+
+    def _unstaged(self) -> bool:
+        """Whether the candidate a rollback makes way for a new one is off the target; else it is asked for. The new
+        attempt forgets it, and one that stages nothing (its version already stable, or not resolvable) would leave it
+        staged at 0% for good: the runtime withdraws what is left only of a rollout that ended RolledBack or Failed.
+        (A re-gate of the same candidate keeps it staged: its next attempt finds it ready, with no new revision.)"""
+        candidate = self._candidate
+        action = UnstageCandidate(id=self._rollback_id("unstage"), candidate_version=candidate.version)
+        observed, target = self.obs.target, self._target()
+        gone = observed is not None and observed.error is not None and observed.error.kind is AdapterErrorKind.NOT_FOUND
+        if gone or (target is not None and target.canary_version != candidate.version):
+            self._confirm(action.id)
+            return True
+        self._request(action, f"unstage {candidate.version}")
+        return False
 
     def _stage_seen(self) -> bool:
         """Whether this attempt's candidate was seen staged: the attempt got past staging, or staging confirmed."""
@@ -1999,7 +2020,9 @@ class _Decider:
             return _sentence(f"Rolled back: {reason}")
         if phase is Phase.ROLLING_BACK and status.rollback is not None:
             rollback = status.rollback
-            if rollback.recovered_at is not None:
+            if rollback.recovered_at is not None and (rollback.tag_confirmed_at or not rollback.reject_candidate):
+                left = f"taking version {candidate} off {self.spec.target.description} before the new candidate starts"
+            elif rollback.recovered_at is not None:
                 left = "waiting for the registry to tag the candidate rejected"
             elif rollback.traffic_confirmed_at is not None:
                 left = f"traffic is back on stable, restoring @{alias}"
