@@ -107,6 +107,9 @@ class Checker:
     last_gate_thresholds: dict[int, Any] = field(default_factory=dict)
     judged_attempts: set[int] = field(default_factory=set)  # a check failed them, or a human rolled them back
     decisions: int = 0
+    # Steps edited: they start again from the first, so their weights are sent again (README) and an analysis
+    # step of the list now may not be the one promotion followed.
+    steps_edited: bool = False
     previous: Decision | None = None  # its actions count as handed out once its status was written
 
     def __call__(self, before: ModelRolloutStatus, observations: Observations, decision: Decision) -> None:
@@ -148,7 +151,8 @@ class Checker:
             for action in self.previous.actions:
                 self.actions_by_id.setdefault(action.id, action)
         for action in decision.actions:
-            assert action.id not in self.confirmed, f"{action.id} sent again after it was confirmed"
+            if not (self.steps_edited and ":step-" in action.id):
+                assert action.id not in self.confirmed, f"{action.id} sent again after it was confirmed"
             known = self.actions_by_id.get(action.id, action)
             assert known == action, f"{action.id} changed meaning: {known} -> {action}"
         self.previous = decision
@@ -199,7 +203,7 @@ class Checker:
             spec = parse_spec(self.world.spec)
             if spec.golden_dataset is not None:
                 assert self.last_gate_outcome.get(status.attempt) is Outcome.PASS, "promoted past a gate"
-            for index, step in enumerate(spec.canary.steps):
+            for index, step in enumerate(() if self.steps_edited else spec.canary.steps):
                 if isinstance(step, AnalysisStep):
                     outcome = self.last_step_outcome.get((status.attempt, index))
                     assert outcome is Outcome.PASS, f"promoted with step {index} at {outcome}"
@@ -314,6 +318,7 @@ def apply(world: World, checker: Checker, operation: tuple[str, Any], state: dic
         last = [step for step in original if "setWeight" in step][-1]
         world.spec["canary"] = {**world.spec["canary"], "steps": [last] if steps == original else original}
         world.generation += 1
+        checker.steps_edited = True
     elif kind == "delete" and value:
         world.spec["rollback"] = {**world.spec["rollback"], "revertOnDeletion": True}
         world.generation += 1
