@@ -219,7 +219,7 @@ def run(runs: int, root: Path) -> dict[str, Any]:
         bench.create_direct_target()
         kubeconfig = str(control_plane.admin_kubeconfig)
         operator = start("operator", [sys.executable, "-m", "controller.cli.main", "operator", "run",
-                                      "--kubeconfig", kubeconfig, "--scrape-interval", "2s"], root / "operator.log",
+                                      "--kubeconfig", kubeconfig, "--scrape-interval", "1s"], root / "operator.log",
                          env={"KUBECONFIG": kubeconfig, "MODELROLLOUT_STORAGE_URI_TEMPLATE": STORAGE_URI_TEMPLATE},
                          cwd=REPO)
         manifest = scenario.rollout(steps=[{"setWeight": 10}, {"pause": {}}])

@@ -87,8 +87,8 @@ def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, tim
         operator = start("operator", [sys.executable, "-m", "controller.cli.main", "operator", "run",
                                       "--kubeconfig", str(kubeconfig), "--tracking-uri", env["MLFLOW_TRACKING_URI"],
                                       "--storage-uri-template", STORAGE_URI_TEMPLATE,
-                                      # The stack's Prometheus scrapes every 1s (2s: slack for a loaded machine).
-                                      "--scrape-interval", "2s"],
+                                      # The stack's Prometheus scrapes every 1s.
+                                      "--scrape-interval", "1s"],
                          workdir / "operator.log")
         running.callback(operator.stop)
         exporter, exporter_url = start_exporter(workdir / "exporter.log")

@@ -28,8 +28,8 @@ class OperatorProcess:
                 [sys.executable, "-m", "controller.cli.main", "operator", "run", "--kubeconfig", str(self.kubeconfig),
                  # The local stack's model servers listen on loopback; a cluster admin allows such hosts the same way.
                  "--metrics-port", "0", "--gate-hosts", "127.0.0.1",
-                 # The stack's Prometheus scrapes every 1s; 2s keeps its freshness check clear of a loaded machine.
-                 "--scrape-interval", "2s"],
+                 # The stack's Prometheus scrapes every 1s: so counts are scaled and the gate's wait timed.
+                 "--scrape-interval", "1s"],
                 stdout=log_file, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         return self
 

@@ -192,7 +192,7 @@ class ControllerProcess(OperatorProcess):
         with open(self.log, "ab") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller.cli.main", "operator", "run", "--kubeconfig", str(self.kubeconfig),
-                 "--metrics-port", "0", "--liveness", self.liveness, "--scrape-interval", "2s"],
+                 "--metrics-port", "0", "--liveness", self.liveness, "--scrape-interval", "1s"],
                 stdout=log_file, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         return self
 
