@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from controller.analysis.prometheus import PrometheusProvider
 from controller.analysis.runner import AnalysisRequest, run_analysis
 from controller.api.spec import MetricSpec, ProportionMetric
-from controller.devstack.dataplane import start_exporter
 from controller.devstack.prometheus_server import PrometheusServer
 from controller.engine.decide import gate_predictions_scraped_by
 from controller.verdict import Outcome, Verdict
-from tests.integration.test_exporter_prometheus import post_response
+from tests.integration.test_exporter_prometheus import exporter, post_response  # noqa: F401 - a fixture
 
 SERVICE = "gate-settle"  # its own inference service: other tests' series on the session Prometheus never match
 CANDIDATE, STABLE = "17", "16"
@@ -38,20 +35,11 @@ METRIC = MetricSpec("nsfw-rate", proportion=ProportionMetric(
     max_relative_increase=0.5, min_samples=100))
 
 
-@pytest.fixture
-def exporter(tmp_path: Path) -> Iterator[str]:
-    process, url = start_exporter(tmp_path / "exporter.log", class_names="safe,nsfw")
-    try:
-        yield url.removeprefix("http://")
-    finally:
-        process.stop()
-
-
 class LiveTraffic:
     """Clean traffic (1 in 100 predictions nsfw) to stable, and to the candidate once it is given weight."""
 
-    def __init__(self, exporter: str) -> None:
-        self.exporter = exporter
+    def __init__(self, address: str) -> None:
+        self.exporter = address
         self.canary = threading.Event()
         self.stop = threading.Event()
         self.sent = {STABLE: 0, CANDIDATE: 0}
@@ -83,15 +71,15 @@ def verdict_over(provider: PrometheusProvider, window_start: datetime, now: date
     return found
 
 
-def last_scrape(provider: PrometheusProvider, exporter: str) -> float:
-    measured = provider.scalar(f'timestamp(up{{instance="{exporter}"}})', check_stale=False)
+def last_scrape(provider: PrometheusProvider, address: str) -> float:
+    measured = provider.scalar(f'timestamp(up{{instance="{address}"}})', check_stale=False)
     assert measured.ok and measured.value, measured.detail
     return measured.value
 
 
 @pytest.mark.integration
 def test_a_window_opened_after_the_gate_settles_excludes_its_predictions(prometheus: PrometheusServer,
-                                                                          exporter: str) -> None:
+                                                                          exporter: str) -> None:  # noqa: F811
     prometheus.add_scrape_target("gate-settle", exporter)
     provider = PrometheusProvider(prometheus.url, scrape_interval=SCRAPE)
     traffic = LiveTraffic(exporter)

@@ -249,6 +249,17 @@ def test_after_downtime_the_bake_ends_on_a_fresh_run_not_an_old_pass() -> None:
     assert world.status.phase is Phase.ROLLED_BACK, world.status.message
     assert world.status.rollback is not None and world.status.rollback.cause is RollbackCause.BAKE_FAILED
 
+def baked_for(world: World, baked: timedelta) -> None:
+    """Promoted, and baking for `baked` with no run out."""
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.status.phase is Phase.BAKING)
+    start = world.status.analysis.window_start if world.status.analysis else None
+    assert start is not None
+    world.run_until(lambda w: w.now >= start + baked and w.status.analysis is not None
+                    and w.status.analysis.request_id is None)
+
+
 def test_bake_duration_edited_mid_bake_is_followed_from_the_bake_s_start() -> None:
     """Lengthened (1h -> 3h): the bake goes on to its start + 3h. Shortened below the time baked (-> 20m): it
     ends at once on the last run, which was measured past the new end."""
@@ -270,13 +281,7 @@ def test_bake_duration_edited_mid_bake_is_followed_from_the_bake_s_start() -> No
     assert len([h for h in world.status.history if h.event == "SpecChanged" and "bake" in h.detail]) == 1
 
     shorter = World()
-    reach_final_pause(shorter)
-    shorter.send(CommandAction.PROMOTE)
-    shorter.run_until(lambda w: w.status.phase is Phase.BAKING)
-    start = shorter.status.analysis.window_start if shorter.status.analysis else None
-    assert start is not None
-    shorter.run_until(lambda w: w.now >= start + timedelta(minutes=40) and w.status.analysis is not None
-                      and w.status.analysis.request_id is None)
+    baked_for(shorter, timedelta(minutes=40))
     assert shorter.status.phase is Phase.BAKING
     shorter.spec = {**shorter.spec, "bake": {"duration": "20m", "baseline": "7d"}}
     shorter.generation += 1
@@ -290,13 +295,7 @@ def test_a_bake_shortened_below_a_run_that_met_an_outage_is_decided_by_a_fresh_r
     outage = Verdict("nsfw-rate", Outcome.INCONCLUSIVE, "PrometheusUnreachable: connection refused",
                      {"problem": "PrometheusUnreachable"})
     world = World(spec=spec_dict(analysis={**spec_dict()["analysis"], "onInconclusive": "rollback"}))
-    reach_final_pause(world)
-    world.send(CommandAction.PROMOTE)
-    world.run_until(lambda w: w.status.phase is Phase.BAKING)
-    start = world.status.analysis.window_start if world.status.analysis else None
-    assert start is not None
-    world.run_until(lambda w: w.now >= start + timedelta(minutes=40) and w.status.analysis is not None
-                    and w.status.analysis.request_id is None)
+    baked_for(world, timedelta(minutes=40))
     world.judge = lambda _request: [outage]
     world.run_until(lambda w: w.status.analysis is not None and w.status.analysis.outcome is Outcome.INCONCLUSIVE
                     and w.status.analysis.request_id is None)
