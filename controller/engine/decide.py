@@ -1645,9 +1645,18 @@ class _Decider:
         (A re-gate of the same candidate keeps it staged: its next attempt finds it ready, with no new revision.)"""
         candidate = self._candidate
         action = UnstageCandidate(id=self._rollback_id("unstage"), candidate_version=candidate.version)
+        record = self._ledger(action.id)
+        if record is not None and record.state is ActionState.CONFIRMED:
+            return True
         observed, target = self.obs.target, self._target()
         gone = observed is not None and observed.error is not None and observed.error.kind is AdapterErrorKind.NOT_FOUND
-        if gone or (target is not None and target.canary_version != candidate.version):
+        # A staging never seen may still land (KServe has taken it, Knative not made the revision yet): then the
+        # unstage is sent once at least. And not pinned: Knative's canaryTrafficPercent 0 comes off only through
+        # the router.
+        sent = record is not None and record.sent_at is not None and record.last_error is None \
+            and action.id not in self.failed_actions
+        if gone or ((sent or self._stage_seen()) and target is not None
+                    and target.canary_version != candidate.version and not target.pinned):
             self._confirm(action.id)
             return True
         self._request(action, f"unstage {candidate.version}")
@@ -1946,6 +1955,8 @@ class _Decider:
                    if at is None]
         if rollback.reject_candidate and rollback.tag_confirmed_at is None:
             missing.append("the candidate's rejection tag")
+        if not missing and rollback.restart and self.status.candidate is not None:
+            missing.append(f"version {self.status.candidate.version} off the target before the new candidate starts")
         return ", ".join(missing) or "its end"
 
     def _resolving_too_long(self) -> bool:

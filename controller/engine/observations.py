@@ -90,6 +90,9 @@ class TargetObservation:
     canary_weight: int | None = None
     detail: str = ""  # the serving system's own words, e.g. a KServe condition message
     error: AdapterError | None = None
+    # A rollback left traffic held on the previous deployment by a setting only the router removes, once the
+    # serving system is ready for it (KServe Knative's canaryTrafficPercent 0 on its copy of stable).
+    pinned: bool = False
 
 
 @dataclass(frozen=True)

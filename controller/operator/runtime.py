@@ -325,7 +325,8 @@ class RolloutRuntime:
             return None, state  # the serving controller has not caught up: nothing can be confirmed yet
         return TargetObservation(ready=state.ready, stable_version=state.stable_version,
                                  canary_version=state.canary_version, canary_ready=state.canary_ready,
-                                 canary_weight=state.canary_weight, detail=state.message), state
+                                 canary_weight=state.canary_weight, detail=state.message,
+                                 pinned=state.pinned), state
 
     def commands(self) -> tuple[Command, ...]:
         command = read_command(self.obj)

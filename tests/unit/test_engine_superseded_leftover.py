@@ -4,13 +4,31 @@ Succeeded with the old candidate staged at 0% for good. A re-gate of the same ca
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from test_engine_support import World, spec_dict, verdict
+from test_kserve_unpin import Kserve
+from test_runtime_actions import runtime_with
 
 from controller.api import Phase, RollbackCause
-from controller.engine import REJECTED_TAG, ActionType, StageCandidate, UnstageCandidate
+from controller.engine import (
+    REJECTED_TAG,
+    ActionFailure,
+    ActionType,
+    AdapterError,
+    AdapterErrorKind,
+    Observations,
+    PromoteCandidate,
+    RestoreStable,
+    SetCanaryWeight,
+    StageCandidate,
+    UnstageCandidate,
+)
+from controller.traffic.base import TrafficError
 from controller.verdict import Outcome
 
 NEW_SHA = "9a1e" + "0" * 60
@@ -162,3 +180,107 @@ def test_a_dataset_re_pinned_mid_canary_keeps_the_candidate_staged_for_its_new_g
     assert not any(isinstance(action, StageCandidate) for action in world.executed)
     assert world.target.canary_version == "7"
     assert effect_ids(world)[0] == "1:rollback:traffic"
+
+
+# --- KServe Knative: the engine over the real router and the in-memory KServe of test_kserve_unpin --------------
+
+
+class KnativeWorld(World):
+    """The target is a KServeRouter in Knative mode, observed and acted on through RolloutRuntime as the operator
+    does (observe_target, act); registry and judges stay the World's."""
+
+    def __init__(self, kserve: Kserve | None = None) -> None:
+        super().__init__()
+        self.kserve = kserve or Kserve()
+        self.runtime = runtime_with(self.kserve.router())
+
+    def observe(self, *args: Any, **kwargs: Any) -> Observations:
+        target, _ = self.runtime.observe_target()
+        return dataclasses.replace(super().observe(*args, **kwargs), target=target)
+
+    def execute(self, action: Any) -> Any:
+        if not isinstance(action, (StageCandidate, SetCanaryWeight, PromoteCandidate, RestoreStable,
+                                   UnstageCandidate)):
+            return super().execute(action)
+        self.executed.append(action)
+        try:
+            self.runtime.act(action, self.status)
+        except TrafficError as exc:
+            return None, None, ActionFailure(action.id, AdapterError(AdapterErrorKind.ERROR, str(exc)))
+        return None, None, None
+
+
+class LaggingKserve(Kserve):
+    """kserve#6081: KServe has processed the staging write (observedGeneration caught up) while Knative has not
+    made the candidate's revision yet, so the status still names stable alone for a few reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen: dict[str, Any] | None = None
+        self.lagging_reads = 0
+
+    def get(self) -> dict[str, Any]:
+        if self.lagging_reads > 0 and self.frozen is not None:
+            self.lagging_reads -= 1
+            generation = self.obj["metadata"]["generation"]
+            self.obj["status"] = {**copy.deepcopy(self.frozen), "observedGeneration": generation}
+            return copy.deepcopy(self.obj)
+        return super().get()
+
+    def apply(self, body: dict[str, Any], force: bool = True) -> Any:
+        if self.frozen is None and body["spec"]["predictor"]["model"]["storageUri"] != "s3://m/6":
+            self.frozen = copy.deepcopy(super().get()["status"])  # the status before the staging write
+            self.lagging_reads = 6
+        return super().apply(body, force)
+
+
+def back_to_stable(world: KnativeWorld) -> None:
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "6"}}
+    world.generation += 1
+
+
+def assert_nothing_left(world: KnativeWorld) -> None:
+    predictor = world.kserve.obj["spec"]["predictor"]
+    assert world.status.phase is Phase.SUCCEEDED and "AlreadyStable" in [h.event for h in world.status.history]
+    assert predictor["model"]["storageUri"] == "s3://m/6" and "canaryTrafficPercent" not in predictor, predictor
+    assert world.runtime.router.observe().pinned is False
+
+
+def test_knative_the_pin_a_withdrawal_leaves_comes_off_before_the_new_attempt() -> None:
+    """Knative's rollback pins canaryTrafficPercent 0 on its copy of stable and removes it only once that copy is
+    ready, through the router: the old candidate is off the target only then, or every later change to the
+    predictor would be held at 0% for good behind a Succeeded rollout."""
+    world = KnativeWorld()
+    world.kserve.slow.add("m-predictor-00002")  # the candidate's revision: a big model, pods take minutes
+    world.reconcile()
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    back_to_stable(world)
+    for _ in range(20):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    world.kserve.slow.clear()
+    for _ in range(20):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    assert_nothing_left(world)
+
+
+def test_knative_a_staging_the_status_does_not_show_yet_is_still_taken_off() -> None:
+    """In the kserve#6081 window the target shows no canary although the spec names the candidate: the unstage is
+    sent once at least, never confirmed on that observation alone."""
+    kserve = LaggingKserve()
+    kserve.slow.add("m-predictor-00002")
+    world = KnativeWorld(kserve)
+    world.reconcile()
+    assert world.runtime.router.observe().canary_version is None  # the lag: staged, not shown
+    back_to_stable(world)
+    world.advance(timedelta(seconds=2))
+    world.reconcile()
+    kserve.lagging_reads = 0
+    kserve.slow.clear()
+    for _ in range(10):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    assert "1:rollback:unstage" in [action.id for action in world.executed]
+    assert_nothing_left(world)
