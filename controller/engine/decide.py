@@ -1642,7 +1642,7 @@ class _Decider:
         """Whether the candidate a rollback makes way for a new one is off the target; else it is asked for. The new
         attempt forgets it, and one that stages nothing (its version already stable, or not resolvable) would leave it
         staged at 0% for good: the runtime withdraws what is left only of a rollout that ended RolledBack or Failed.
-        (A re-gate of the same candidate keeps it staged: its next attempt finds it ready, with no new revision.)"""
+        (A re-gate of the same candidate keeps it staged: no unstage and restage of it.)"""
         candidate = self._candidate
         action = UnstageCandidate(id=self._rollback_id("unstage"), candidate_version=candidate.version)
         record = self._ledger(action.id)
@@ -1866,8 +1866,8 @@ class _Decider:
         if analysis is None or analysis.mode is not AnalysisMode.BAKE:
             self._start_bake(self.now)  # a retried bake, or one added to the spec since: a full bake from now
         elif analysis.ends_at is not None and analysis.ends_at != analysis.window_start + bake.duration:
-            # bake.duration edited mid-bake: the spec's duration counts, from the same start (a shorter one ends
-            # at the first run measured past its end).
+            # bake.duration edited mid-bake: the spec's duration counts, from the same start (one shorter than
+            # what was already measured is decided by a fresh run).
             ends_at = analysis.window_start + bake.duration
             self._record("SpecChanged", f"bake.duration is now {format_duration(bake.duration)}: the bake ends at "
                                         f"{format_time(ends_at)}")

@@ -4,6 +4,7 @@ blind on a rollback, the watch's stop on a stuck rollout, ...)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +36,27 @@ from controller.registry.mlflow_rest import MlflowRegistry, RegistryRequestError
 from controller.verdict import Outcome, Verdict
 from tests.http_stub import serving
 from tests.unit.test_prometheus_provider import EMPTY_VECTOR, FRESHNESS, NOW, Garbage, matrix, vector
+
+
+def staging_slowly() -> World:
+    """Candidate 7 staging at 0% and on the target, its pods taking minutes: Pending."""
+    world = World()
+    world.target.ready_delay = timedelta(minutes=5)
+    world.reconcile()
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    return world
+
+
+def name_version(world: World, version: str) -> None:
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": version}}
+    world.generation += 1
+
+
+def tick(world: World, times: int, step: timedelta) -> None:
+    for _ in range(times):
+        world.advance(step)
+        world.reconcile()
 
 
 def test_a_full_promote_long_after_the_gate_bakes_from_the_promotion_for_the_whole_duration() -> None:
@@ -90,21 +112,14 @@ def test_a_new_version_named_while_the_target_is_unreadable_still_takes_the_stag
     """Staging was sent (and took) but the target cannot be read when another version is named: the candidate may be
     staged, so it is rolled back (unstaged), not forgotten at 0% on the target."""
 
-    world = World()
-    world.target.ready_delay = timedelta(minutes=5)
-    world.reconcile()
-    world.advance(timedelta(seconds=30))
-    world.reconcile()
+    world = staging_slowly()
     assert world.status.phase is Phase.PENDING and world.target.canary_version == "7"
     world.target.unreachable = True
-    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "6"}}
-    world.generation += 1
+    name_version(world, "6")
     world.advance(timedelta(seconds=30))
     world.reconcile()
     world.target.unreachable = False
-    for _ in range(30):
-        world.advance(timedelta(minutes=1))
-        world.reconcile()
+    tick(world, 30, timedelta(minutes=1))
     assert world.status.phase is Phase.SUCCEEDED
     assert world.target.canary_version is None and not world.target.canary_weight
 
@@ -117,14 +132,11 @@ def test_a_new_version_named_before_staging_is_recorded_still_takes_the_candidat
     world.reconcile()
     assert world.status.phase is Phase.PENDING and world.status.candidate is not None
     assert not any(r.id.startswith("1:stage:") for r in world.status.actions)
-    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "6"}}
-    world.generation += 1
+    name_version(world, "6")
     world.advance(timedelta(seconds=30))
     world.reconcile()
     world.target.ready = True
-    for _ in range(30):
-        world.advance(timedelta(minutes=1))
-        world.reconcile()
+    tick(world, 30, timedelta(minutes=1))
     assert world.status.phase is Phase.SUCCEEDED
     assert world.target.canary_version is None and not world.target.canary_weight
 
@@ -132,14 +144,7 @@ def test_a_new_version_named_before_staging_is_recorded_still_takes_the_candidat
 def test_an_unstage_not_confirmed_while_the_target_is_unreadable_is_sent_again_before_starting_over() -> None:
     """The rollback making way for a new version has put traffic back; the target then cannot be read: what is
     staged is unknown, so the rollout does not start over (forgetting the candidate at 0%) until it reads so."""
-
-
-
-    world = World()
-    world.target.ready_delay = timedelta(minutes=5)
-    world.reconcile()
-    world.advance(timedelta(seconds=30))
-    world.reconcile()
+    world = staging_slowly()
     assert world.status.phase is Phase.PENDING and world.target.canary_version == "7"
     execute = world.execute
     away: list[str] = []
@@ -153,16 +158,11 @@ def test_an_unstage_not_confirmed_while_the_target_is_unreadable_is_sent_again_b
         return execute(action)
 
     world.execute = target_away_at_unstage  # type: ignore[method-assign]
-    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "6"}}
-    world.generation += 1
-    for _ in range(3):
-        world.advance(timedelta(seconds=30))
-        world.reconcile()
+    name_version(world, "6")
+    tick(world, 3, timedelta(seconds=30))
     assert world.target.unreachable
     world.target.unreachable = False
-    for _ in range(30):
-        world.advance(timedelta(minutes=1))
-        world.reconcile()
+    tick(world, 30, timedelta(minutes=1))
     assert world.status.phase is Phase.SUCCEEDED
     assert world.target.canary_version is None and not world.target.canary_weight
 
@@ -171,18 +171,11 @@ def test_a_target_deleted_while_a_rollback_makes_way_for_a_new_version_starts_th
     """Nothing is left on a target that is gone: the new attempt starts (and waits for the target), rather than the
     old rollback asking to unstage from nothing for good."""
 
-    world = World()
-    world.target.ready_delay = timedelta(minutes=5)
-    world.reconcile()
-    world.advance(timedelta(seconds=30))
-    world.reconcile()
+    world = staging_slowly()
     assert world.status.phase is Phase.PENDING and world.target.canary_version == "7"
-    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "8"}}
-    world.generation += 1
+    name_version(world, "8")
     world.target.exists = False
-    for _ in range(10):
-        world.advance(timedelta(seconds=30))
-        world.reconcile()
+    tick(world, 10, timedelta(seconds=30))
     assert "RolledBackForNewCandidate" in [h.event for h in world.status.history]
     assert world.status.phase is Phase.PENDING and world.status.rollback is None and world.status.candidate is None
     assert world.status.message.startswith("Waiting to read InferenceService nsfw-classifier before starting version 8")
@@ -192,7 +185,6 @@ def test_a_target_deleted_while_a_rollback_makes_way_for_a_new_version_starts_th
 def test_a_bake_shortened_onto_an_outage_run_is_decided_by_a_fresh_run(case: str) -> None:
     """As test_a_bake_shortened_below_a_run_that_met_an_outage_is_decided_by_a_fresh_run, at the boundary (the new
     end exactly when the outage run was measured) and for a status written before measured_at (only last_run_at)."""
-    import dataclasses
 
 
 
@@ -219,14 +211,7 @@ def test_a_bake_shortened_onto_an_outage_run_is_decided_by_a_fresh_run(case: str
 
 def test_a_rollback_waiting_to_unstage_says_so_not_that_it_waits_for_the_rejected_tag() -> None:
     """Superseded (never judged, nothing to tag): the status says the old candidate is being taken off the target."""
-
-
-
-    world = World()
-    world.target.ready_delay = timedelta(minutes=5)
-    world.reconcile()
-    world.advance(timedelta(seconds=30))
-    world.reconcile()
+    world = staging_slowly()
     execute = world.execute
 
     def refused_unstage(action: Any) -> Any:
@@ -236,8 +221,7 @@ def test_a_rollback_waiting_to_unstage_says_so_not_that_it_waits_for_the_rejecte
         return execute(action)
 
     world.execute = refused_unstage  # type: ignore[method-assign]
-    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "6"}}
-    world.generation += 1
+    name_version(world, "6")
     world.advance(timedelta(seconds=30))
     world.reconcile()
     assert world.status.phase is Phase.ROLLING_BACK
@@ -248,9 +232,6 @@ def test_a_rollback_waiting_to_unstage_says_so_not_that_it_waits_for_the_rejecte
 
 def test_a_promotion_whose_rejected_flag_is_never_overruled_says_so_at_its_deadline() -> None:
     """The alias moved, the earlier rejection never cleared: the deadline's reason names the flag, not the alias."""
-
-
-
     world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}, bake=None,
                                  progressDeadline="5m"))
     world.registry.versions["7"][REJECTED_TAG] = "true"  # an earlier attempt's verdict
@@ -272,8 +253,6 @@ def test_a_promotion_whose_rejected_flag_is_never_overruled_says_so_at_its_deadl
 def test_a_window_of_exactly_two_scrapes_that_counts_nothing_is_no_data() -> None:
     """Two scrapes fit a window of twice the interval: increase() can count it, so an empty answer is NoData (nothing
     counted), not TooFewScrapes (which would tell the user to lengthen a window that is long enough)."""
-
-
     prometheus = Garbage()
     prometheus.answer(200, EMPTY_VECTOR)
     prometheus.routes[("/api/v1/query", FRESHNESS)] = vector(2)
@@ -289,8 +268,6 @@ def test_a_window_of_exactly_two_scrapes_that_counts_nothing_is_no_data() -> Non
 
 def test_an_mlflow_alias_endpoint_404_names_mlflows_error_code() -> None:
     """A 404 that carries an MLflow error code (ENDPOINT_NOT_FOUND) says so, not 'without an MLflow error'."""
-
-
     mlflow = FakeMlflow()
     with serving(mlflow.server):
         registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
@@ -382,18 +359,9 @@ def test_rollback_after_success_on_a_target_reporting_no_version_is_refused_whil
 
 
 def test_the_unstage_a_new_version_waited_for_is_confirmed_in_the_ledger() -> None:
-
-
-    world = World()
-    world.target.ready_delay = timedelta(minutes=5)
-    world.reconcile()
-    world.advance(timedelta(seconds=30))
-    world.reconcile()
-    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "6"}}
-    world.generation += 1
-    for _ in range(5):
-        world.advance(timedelta(minutes=1))
-        world.reconcile()
+    world = staging_slowly()
+    name_version(world, "6")
+    tick(world, 5, timedelta(minutes=1))
     assert world.status.phase is Phase.SUCCEEDED and world.target.canary_version is None
     record = next(r for r in world.status.actions if r.id == "1:rollback:unstage")
     assert record.state is ActionState.CONFIRMED, record
@@ -402,8 +370,6 @@ def test_the_unstage_a_new_version_waited_for_is_confirmed_in_the_ledger() -> No
 def test_a_promotion_whose_canary_was_replaced_by_another_version_does_not_reject_the_candidate() -> None:
     """Another version staged in its place (a sync applied someone else's canary): this candidate vanished, nothing
     judged it bad, so it is not tagged rejected (only its own staged-but-not-ready revision is)."""
-
-
     world = World()
     reach_final_pause(world)
     world.target.canary_version, world.target.canary_weight = "8", 0  # someone else's canary replaced it
