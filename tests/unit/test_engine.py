@@ -289,9 +289,8 @@ def test_bake_duration_edited_mid_bake_is_followed_from_the_bake_s_start() -> No
     assert shorter.status.phase is Phase.SUCCEEDED and "BakePassed" in events(shorter)
 
 
-def test_a_bake_shortened_below_a_run_that_met_an_outage_is_decided_by_a_fresh_run() -> None:
-    """The last run met a moment's Prometheus outage; shortened past it, the bake must not end on that run (the
-    outage rule would have retried it at a natural end): a fresh run decides."""
+def baked_into_an_outage() -> World:
+    """A 40-minute-old bake (onInconclusive: rollback) whose last run met a Prometheus outage."""
     outage = Verdict("nsfw-rate", Outcome.INCONCLUSIVE, "PrometheusUnreachable: connection refused",
                      {"problem": "PrometheusUnreachable"})
     world = World(spec=spec_dict(analysis={**spec_dict()["analysis"], "onInconclusive": "rollback"}))
@@ -299,12 +298,18 @@ def test_a_bake_shortened_below_a_run_that_met_an_outage_is_decided_by_a_fresh_r
     world.judge = lambda _request: [outage]
     world.run_until(lambda w: w.status.analysis is not None and w.status.analysis.outcome is Outcome.INCONCLUSIVE
                     and w.status.analysis.request_id is None)
+    return world
+
+
+def test_a_bake_shortened_below_a_run_that_met_an_outage_is_decided_by_a_fresh_run() -> None:
+    """The last run met a moment's Prometheus outage; shortened past it, the bake must not end on that run (the
+    outage rule would have retried it at a natural end): a fresh run decides."""
+    world = baked_into_an_outage()
     world.judge = lambda _request: [verdict(Outcome.PASS)]  # Prometheus is back
     world.spec = {**world.spec, "bake": {"duration": "20m", "baseline": "7d"}}
     world.generation += 1
     world.run_until(finished, step=timedelta(seconds=30))
     assert world.status.phase is Phase.SUCCEEDED and world.status.rollback is None
-
 
 
 def test_alias_named_candidate_is_resolved_once() -> None:

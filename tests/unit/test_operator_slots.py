@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
+import importlib
 import itertools
 import json
-import sys
 import threading
 import time
 from typing import Any
@@ -24,6 +24,9 @@ from controller.operator.reconciler import Reconciler
 from controller.operator.runtime import OperatorConfig, RolloutRuntime, RolloutStepper
 from controller.operator.scheduler import WakeupQueue
 from controller.verdict import Outcome, Verdict
+
+# controller.engine exports the function decide, which hides the module of the same name.
+decide_module = importlib.import_module("controller.engine.decide")
 
 ANALYSIS = {"prometheus": {"address": "http://tarpit.tenant-a:9090"}, "interval": "30s",
             "metrics": [{"name": "errors", "threshold": {"query": "vector(0)", "max": 1}}]}
@@ -125,7 +128,7 @@ def test_analyses_stalled_on_a_slow_prometheus_do_not_hold_up_another_rollouts_a
     monkeypatch.setattr(RolloutRuntime, "measure_gate", measure_gate)
     monkeypatch.setattr(RolloutRuntime, "measure_analysis", measure_analysis)
     # No gate traffic to wait for before the first weight (_set_weight_step).
-    monkeypatch.setattr(sys.modules["controller.engine.decide"], "GATE_SETTLE_MARGIN", dt.timedelta(0))
+    monkeypatch.setattr(decide_module, "GATE_SETTLE_MARGIN", dt.timedelta(0))
     monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
     # Rollout time: jumped past the analysis interval once the canaries are at 10%.
     ahead = [dt.timedelta()]

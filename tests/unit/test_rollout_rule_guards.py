@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from test_cli_commands import FakeApi, command, engine_rollout, rollout
-from test_engine import baked_for, finished, reach_final_pause
+from test_engine import baked_into_an_outage, finished, reach_final_pause
 from test_engine_gate_settle import SCRAPE, ScrapedWorld, gate_completed
 from test_engine_support import Target, World, spec_dict, verdict
 from test_mlflow_garbage import API, FakeMlflow
@@ -33,7 +33,7 @@ from controller.engine import (
 from controller.engine.decide import gate_predictions_scraped_by
 from controller.operator.runtime import fill_storage_uri
 from controller.registry.mlflow_rest import MlflowRegistry, RegistryRequestError, RequestPolicy
-from controller.verdict import Outcome, Verdict
+from controller.verdict import Outcome
 from tests.http_stub import serving
 from tests.unit.test_prometheus_provider import EMPTY_VECTOR, FRESHNESS, NOW, Garbage, matrix, vector
 
@@ -185,16 +185,7 @@ def test_a_target_deleted_while_a_rollback_makes_way_for_a_new_version_starts_th
 def test_a_bake_shortened_onto_an_outage_run_is_decided_by_a_fresh_run(case: str) -> None:
     """As test_a_bake_shortened_below_a_run_that_met_an_outage_is_decided_by_a_fresh_run, at the boundary (the new
     end exactly when the outage run was measured) and for a status written before measured_at (only last_run_at)."""
-
-
-
-    outage = Verdict("nsfw-rate", Outcome.INCONCLUSIVE, "PrometheusUnreachable: connection refused",
-                     {"problem": "PrometheusUnreachable"})
-    world = World(spec=spec_dict(analysis={**spec_dict()["analysis"], "onInconclusive": "rollback"}))
-    baked_for(world, timedelta(minutes=40))
-    world.judge = lambda _request: [outage]
-    world.run_until(lambda w: w.status.analysis is not None and w.status.analysis.outcome is Outcome.INCONCLUSIVE
-                    and w.status.analysis.request_id is None)
+    world = baked_into_an_outage()
     analysis = world.status.analysis
     assert analysis is not None and analysis.measured_at is not None
     if case == "ends_exactly_at_the_outage_run":
