@@ -28,7 +28,7 @@ from controller.registry.mlflow_rest import AnswerTooLarge, bounded_text
 STALE_LOOKBACK = timedelta(hours=1)
 STALE_STEP = "60s"
 # How often Prometheus scrapes is not in the spec: assumed, as kube-prometheus-stack's default (the shipped
-# ServiceMonitor scrapes the exporter every 15s). A series with no sample within twice that of the evaluation
+# ServiceMonitor scrapes the exporter every 30s). A series with no sample within twice that of the evaluation
 # time has stopped being scraped, whatever a count over the window still says.
 SCRAPE_INTERVAL = timedelta(seconds=30)
 LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC).timestamp()  # a sample time beyond is none (datetime ends there)
