@@ -216,6 +216,7 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set-json", 'exporter.classNames=["safe","violence,gore","nsfw"]'), "/exporter/classNames/1"),
     (("--set-json", 'exporter.classNames=["safe"," ","nsfw"]'), "/exporter/classNames/1"),
     (("--set-json", 'exporter.classNames=["safe ","nsfw"]'), "/exporter/classNames/0"),
+    (("--set", "controller.gateProtocol=v3"), "/controller/gateProtocol"),
     (("--set", "commandPolicy.argocdApplicationController=argocd-application-controller"),
      "/commandPolicy/argocdApplicationController"),
     # Object names are <base>-<suffix>: a longer base would make <base>-controller-metrics no Service name.
@@ -372,6 +373,12 @@ def test_the_exporter_is_scraped_as_often_as_the_controller_is_told() -> None:
                                "--set", "controller.scrapeInterval=5s")) == (5, "5s")
     assert agree(helm_template("--set", "monitoring.serviceMonitor.enabled=true")) == (30, "30s")
     assert agree(kustomize_build(DEPLOY)) == (30, "30s")  # deploy/base's flag, deploy/monitoring's interval
+
+
+def test_the_gate_protocol_reaches_the_controller() -> None:
+    assert build_parser().parse_args(controller_pod(helm_template())["containers"][0]["args"]).gate_protocol == "v2"
+    args = controller_pod(helm_template("--set", "controller.gateProtocol=v1"))["containers"][0]["args"]
+    assert build_parser().parse_args(args).gate_protocol == "v1"
 
 
 def test_the_dataset_https_hosts_reach_the_controller() -> None:
