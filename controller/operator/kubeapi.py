@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,15 +55,22 @@ class BoundedApiClient(client.ApiClient):
 
 
 def load_client_config(kubeconfig: str | None = None, *, bounded: bool = False) -> client.ApiClient:
-    """In-cluster config inside a pod, else the kubeconfig (explicit path, $KUBECONFIG or ~/.kube/config).
+    """A named kubeconfig (the path, else $KUBECONFIG), else in-cluster config inside a pod, else ~/.kube/config:
+    controller-runtime's order, so an operator in a pod told to drive another cluster never acts on its own.
 
     `bounded`: every call times out (BoundedApiClient), as the operator needs.
     """
     configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    named = kubeconfig or os.environ.get("KUBECONFIG")  # a list of paths too (the client merges them)
+    in_cluster = False
+    if not named:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+            in_cluster = True
+        except config.ConfigException:
+            pass  # not in a pod
+    if not in_cluster:
+        config.load_kube_config(config_file=named, client_configuration=configuration)
     return BoundedApiClient(configuration) if bounded else client.ApiClient(configuration)
 
 

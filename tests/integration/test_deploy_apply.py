@@ -29,9 +29,7 @@ NETWORK_POLICY_LOGGERS = ('networkPolicy.loggers=[{"namespaceSelector": {"matchL
 CONTROLLER_EGRESS = ('networkPolicy.controllerEgress=[{"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], '
                      '"ports": [{"port": 6443, "protocol": "TCP"}]}, {"to": [{"namespaceSelector": {}}], '
                      '"ports": [{"port": 5000}, {"port": 9090}, {"port": 8080, "endPort": 8090}]}]')
-# Well-formed EnvVars, Tolerations and /tmp sizes the schema lets through are accepted by the API server too (the
-# schema checks shapes and names, not every rule of the API server: a toleration with tolerationSeconds but no
-# NoExecute effect passes it and is refused at install).
+# Well-formed EnvVars, Tolerations and /tmp sizes the schema lets through are accepted by the API server too.
 POD_OPTIONS = ("--set-json", 'controller.extraEnv=[{"name": "A", "value": "1"}, {"name": "POD", "valueFrom": '
                '{"fieldRef": {"fieldPath": "metadata.name"}}}]',
                "--set-json", 'exporter.tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", '

@@ -422,3 +422,13 @@ def test_a_long_release_name_still_renders_names_kubernetes_accepts(args: tuple[
             assert DNS_1035_LABEL.fullmatch(name), (kind, name)
     services = {k[3] for k in objs if k[1] == "Service"}
     assert len(services) == 2 and any(name.endswith("-controller-metrics") for name in services)
+
+
+@pytest.mark.parametrize("release", ["ml.prod", "1team"])
+def test_a_release_name_that_makes_no_service_name_is_refused_naming_it(release: str) -> None:
+    """Helm takes these; the API server would refuse the Services <release>-modelrollout-exporter at install."""
+    result = run_tool("helm", "template", release, str(CHART))
+    assert result.returncode != 0 and f'the release name "{release}"' in result.stderr, result.stderr
+    renamed = helm_template("--set", "fullnameOverride=ml-prod", release=release)
+    assert {obj["metadata"]["name"] for obj in renamed if obj["kind"] == "Service"} == {
+        "ml-prod-controller-metrics", "ml-prod-exporter"}

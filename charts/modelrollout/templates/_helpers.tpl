@@ -7,16 +7,22 @@
 At most 44 characters: objects are named <base>-<suffix>, and the longest suffix, -controller-metrics (19), must
 leave a Service name within a DNS label's 63 (values.schema.json caps fullnameOverride the same). */}}
 {{- define "modelrollout.fullname" -}}
+{{- $base := "" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 44 | trimSuffix "-" -}}
+{{- $base = .Values.fullnameOverride | trunc 44 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 44 | trimSuffix "-" -}}
+{{- $base = .Release.Name | trunc 44 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 44 | trimSuffix "-" -}}
+{{- $base = printf "%s-%s" .Release.Name $name | trunc 44 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
+{{- /* Helm takes release names (ml.prod, 1team) that make no Service name: refused here, not by the API server. */ -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $base) -}}
+{{- fail (printf "the release name %q makes object names (%s-exporter) that are not DNS labels (a lowercase letter first, then letters, digits and '-'): choose another release name or set fullnameOverride" .Release.Name $base) -}}
+{{- end -}}
+{{- $base -}}
 {{- end -}}
 
 {{/* Labels on every object; deploy/ carries the same ones minus the two Helm adds. */}}
