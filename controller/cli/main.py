@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     operator = commands.add_parser("operator", help="the controller")
     operator_commands = operator.add_subparsers(dest="operator_command", required=True)
     run_parser = operator_commands.add_parser("run", help="run the controller against a cluster")
-    run_parser.add_argument("--kubeconfig", default=None, help="kubeconfig path (default: in-cluster or $KUBECONFIG)")
+    run_parser.add_argument("--kubeconfig", default=None,
+                            help="kubeconfig path (default: $KUBECONFIG, else in-cluster, else ~/.kube/config)")
     run_parser.add_argument("--namespace", "-n", action="append", default=None,
                             help="watch only this namespace (repeatable); default: all namespaces")
     run_parser.add_argument("--liveness", default=None, help="serve a health endpoint, e.g. http://0.0.0.0:8080/healthz")
