@@ -40,4 +40,4 @@ WORKDIR /tmp
 # 8080 liveness, 9100 operator metrics, 9102 prediction exporter
 EXPOSE 8080 9100 9102
 ENTRYPOINT ["modelrollout"]
-CMD ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz", "--metrics-address", "0.0.0.0", "--metrics-port", "9100", "--scrape-interval", "30s"]
+CMD ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz", "--metrics-address", "0.0.0.0", "--metrics-port", "9100", "--scrape-interval", "30s", "--gate-protocol", "v2"]

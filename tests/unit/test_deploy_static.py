@@ -147,7 +147,7 @@ def test_controller_runs_one_replica_with_the_liveness_endpoint() -> None:
     container = controller["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz",
                                  "--metrics-address", "0.0.0.0", "--metrics-port", "9100",  # noqa: S104
-                                 "--scrape-interval", "30s"]
+                                 "--scrape-interval", "30s", "--gate-protocol", "v2"]
     assert {"name": "metrics", "containerPort": 9100} in container["ports"]
     assert {"name": "healthz", "containerPort": 8080} in container["ports"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
