@@ -1136,7 +1136,9 @@ class _Decider:
         verdicts = tuple(_clean_verdict(item) for item in result.verdicts)
         outcome = combine(list(verdicts))
         decisive = _first(verdicts, outcome)
-        reason = f"golden gate {decisive.name}: {decisive.reason}" if decisive else "golden gate gave no verdicts"
+        reason = (f"{len(verdicts)} checks passed" if outcome is Outcome.PASS  # no one check is why it passed
+                  else f"golden gate {decisive.name}: {decisive.reason}" if decisive
+                  else "golden gate gave no verdicts")
         self._update(gate=dataclasses.replace(gate, completed_at=self.now, outcome=outcome, reason=reason,
                                               verdicts=verdicts, errors=0, erroring_since=None,
                                               dataset_sha256=result.dataset_sha256 or gate.dataset_sha256,
