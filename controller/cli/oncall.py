@@ -11,7 +11,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -39,7 +39,9 @@ OUTCOME_SYMBOLS = {"pass": "✔", "fail": "✖", "inconclusive": "?"}
 GATE_VERDICTS_SHOWN = 10
 SEND_ATTEMPTS = 3  # a conflict is most often the operator's own status write: read again and retry
 HANDLED_POLL = 0.5  # seconds between reads while waiting for the operator to handle a command
-OPERATOR_SEEN_MARGIN = 60  # seconds past a command's wait in which a status write shows the operator running
+# Seconds past a command's wait in which a status write counts as recent: the operator may be busy (a rollback), or
+# may have stopped since; only a status never written or written long ago asks whether it runs.
+OPERATOR_SEEN_MARGIN = 60
 # The Ready reasons by which the operator holds a spec without starting it (engine/decide.py _refuse_to_run),
 # keeping the phase it had; and what a watch then waits for.
 HELD_REASONS = {"TargetConflict": "the other ModelRollout on the target to end",
@@ -234,9 +236,10 @@ class OnCall:
             if pending is None or pending.id != command.id:  # `kubectl annotate` or an Argo CD action wrote over it
                 raise CliError(f"the command annotation of {what} was overwritten before the operator handled {sent}: "
                                "it will not be carried out")
-        # A status written lately shows the operator running (a rollback may keep it busy past the wait).
+        # A recent status write is told as a fact, not as proof the operator runs: it may have crashed since.
         seen = _seconds_since_written(status)
-        why = unread or (f" (the operator is running: it wrote this status {max(seen, 0):.0f} s ago)"
+        why = unread or (f" (its status was last written {max(seen, 0):.0f} s ago; if the operator is down, the "
+                         "command waits for it to start)"
                          if seen is not None and seen <= wait + OPERATOR_SEEN_MARGIN else " (is the operator running?)")
         print(self.style.warn(f"{sent} is not known to be handled yet{why}; it stays pending: follow it with "
                               f"`modelrollout history -n {self.namespace} {name}`"), file=self.out)
@@ -310,13 +313,8 @@ class OnCall:
                   f"{gate.get('datasetSha256', '-')}", file=self.out)
             if gate.get("reason"):
                 print(f"            {text(gate['reason'])}", file=self.out)
-            # What did not pass first: the check behind a failed gate must not hide among passes.
-            gate_verdicts = sorted(gate.get("verdicts", []), key=lambda v: v["outcome"] == "pass")
-            for verdict in gate_verdicts[:GATE_VERDICTS_SHOWN]:
-                print(f"  {s.outcome(verdict['outcome']):<14} {verdict['name']}: {verdict['reason']}", file=self.out)
-            if len(gate_verdicts) > GATE_VERDICTS_SHOWN:
-                print(f"  … and {len(gate_verdicts) - GATE_VERDICTS_SHOWN} more (`-o yaml` shows them all)",
-                      file=self.out)
+            for line in _gate_verdict_lines(gate.get("verdicts", []), s.outcome, "`-o yaml`"):
+                print(line, file=self.out)
         verdicts = analysis_verdicts(status)
         if verdicts:
             print("Analysis:", file=self.out)
@@ -330,8 +328,10 @@ class OnCall:
         obj = well_formed(printable(obj))
         if not obj["status"]["history"]:
             print(f"no history yet{'; ' + note if (note := _not_current(obj)) else ''}", file=self.out)
+        # As wide as the longest event shown (ProgressDeadlineExceeded), so the actor and detail columns align.
+        width = max((len(entry["event"]) for entry in obj["status"]["history"]), default=0)
         for entry in obj["status"]["history"]:
-            print(f"{entry['time']}  {entry['event']:<18} {entry.get('actor', ''):<24} {entry['detail']}",
+            print(f"{entry['time']}  {entry['event']:<{width}} {entry.get('actor', ''):<24} {entry['detail']}",
                   file=self.out)
 
     def explain(self, obj: dict[str, Any]) -> str:
@@ -355,6 +355,10 @@ class OnCall:
         if gate.get("outcome"):
             lines.append(f"The golden gate said {text(gate['outcome'])} on the dataset with sha256 "
                          f"{text(gate.get('datasetSha256'), '?')}: {text(gate.get('reason'))}")
+            # The reason names one check: every one that did not pass is listed (a backdoor fails many slices).
+            if text(gate["outcome"]) != "pass":
+                lines += _gate_verdict_lines([v for v in gate.get("verdicts", []) if v["outcome"] != "pass"], str,
+                                             "`modelrollout get -o yaml`")
         for verdict in analysis_verdicts(status):
             evidence = verdict["evidence"]
             counts = {k: v for k, v in evidence.items() if k in ("canary", "stable", "value", "min", "max")}
@@ -383,6 +387,7 @@ class OnCall:
         deadline = time.monotonic() + timeout if timeout else None
         last = None
         told = None  # the hold last explained: said once, not on every read
+        noted = None  # the same for why the status may not describe the spec (none yet, an older generation)
         while True:
             raw = self.get(name)
             # A command the operator has not taken (retry, rollback) may end the phase shown: it is not final yet.
@@ -395,9 +400,14 @@ class OnCall:
             if line != last:
                 waiting = printable(f"  (waiting for the operator to take {pending.label} by {pending.actor}, id "
                                     f"{pending.id})") if pending else ""
-                print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(str(line[0]))}  step {_step(obj)}  "
-                      f"weight {_percent(line[2])}  {line[3]}{waiting}", file=self.out, flush=True)
+                # The placeholders `get` shows for a status not written yet, not "None".
+                print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(text(line[0], 'Pending'))}  step {_step(obj)}"
+                      f"  weight {_percent(line[2])}  {text(line[3])}{waiting}", file=self.out, flush=True)
                 last = line
+            note = _not_current(well_formed(obj))
+            if note is not None and note != noted:
+                print(f"  note: {self.style.warn(note)}", file=self.out, flush=True)
+            noted = note
             generation = (obj.get("metadata") or {}).get("generation")
             current = status.get("observedGeneration") == generation  # not a finished earlier spec's phase
             # Held, the phase is what the operator kept from before, not the outcome of this spec.
@@ -476,6 +486,16 @@ def _seconds_since_written(status: dict[str, Any]) -> float | None:
         except (AttributeError, TypeError, ValueError):  # absent or not a time: says nothing
             continue
     return (datetime.now(UTC) - max(times)).total_seconds() if times else None
+
+
+def _gate_verdict_lines(verdicts: list[dict[str, Any]], outcome: Callable[[str], str], shows_all: str) -> list[str]:
+    """The gate's verdicts (well_formed), at most GATE_VERDICTS_SHOWN, what did not pass first: the check behind a
+    failed gate must not hide among passes. `shows_all` names the command that shows the rest."""
+    ordered = sorted(verdicts, key=lambda v: v["outcome"] == "pass")
+    lines = [f"  {outcome(v['outcome']):<14} {v['name']}: {v['reason']}" for v in ordered[:GATE_VERDICTS_SHOWN]]
+    if len(ordered) > GATE_VERDICTS_SHOWN:
+        lines.append(f"  … and {len(ordered) - GATE_VERDICTS_SHOWN} more ({shows_all} shows them all)")
+    return lines
 
 
 def _warnings(history: list[dict[str, Any]]) -> list[str]:

@@ -519,7 +519,10 @@ def render_html(obj: Mapping[str, Any], explanation: str = "", now: dt.datetime 
         + "</figcaption></figure>",
     ]
     if not rates:
-        parts.append("<p>No class rates in this rollout's evidence (no canary analysis has run).</p>")
+        # A threshold metric (or a proportion one that measured nothing) has no class rates: analysis may have run.
+        judged = mapping(status.get("analysis")).get("metrics")
+        parts.append("<p>No class rates in this rollout's evidence ("
+                     + ("no analysis verdict measured one" if judged else "no canary analysis has run") + ").</p>")
     if explanation:
         parts.append("<h2>What happened</h2><p>" + "<br>".join(_e(line) for line in explanation.splitlines())
                      + "</p>")

@@ -319,6 +319,19 @@ def test_watch_goes_on_past_a_failed_pause_with_a_command_pending(
     assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 3
 
 
+def test_watch_of_a_rollout_without_status_shows_gets_placeholders_and_says_why_once(
+        api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str]) -> None:
+    fresh = {**rollout("Pending"), "status": {}}  # the operator has not taken it (none runs)
+    api.script = [fresh, fresh, fresh, rollout("Succeeded")]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "None" not in "\n".join(lines)
+    assert lines[0].split()[1:] == ["Pending", "step", "-/1", "weight", "-"]
+    assert [line for line in lines if "no status yet" in line] == [
+        "  note: no status yet: the operator has not taken this rollout (is it running, and watching namespace ns?)"]
+    assert lines[2].split()[1] == "Succeeded" and len(lines) == 3
+
+
 def test_watch_timeout_exits_2_saying_so(api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     started = time.monotonic()
     assert main(["get", "r", "--watch", "--timeout", "1s", "--kubeconfig", api.kubeconfig(tmp_path)]) == 2
@@ -430,9 +443,10 @@ def test_a_command_to_a_busy_operator_does_not_ask_whether_it_runs(
     api.obj["status"]["history"] = [{"time": written, "event": "RollbackStarted", "detail": "d", "actor": "x"}]
     assert main(["abort", "r", "--wait", "1s", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
     line = capsys.readouterr().out.splitlines()[1]
-    assert re.fullmatch(r"abort \(id \w+\) is not known to be handled yet \(the operator is running: it wrote this "
-                        r"status [5-9] s ago\); it stays pending: follow it with `modelrollout history -n ns r`",
-                        line), line
+    # A write seconds ago is told as such, not as "the operator is running": it may have crashed since.
+    assert re.fullmatch(r"abort \(id \w+\) is not known to be handled yet \(its status was last written [5-9] s ago; "
+                        r"if the operator is down, the command waits for it to start\); it stays pending: follow it "
+                        r"with `modelrollout history -n ns r`", line), line
     # Written two hours ago: nothing shows the operator running, so the CLI still asks.
     api.obj["status"]["history"][0]["time"] = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
     api.obj["metadata"]["annotations"] = {}

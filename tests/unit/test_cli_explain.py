@@ -254,3 +254,40 @@ def test_explain_lists_only_the_current_attempts_warnings(oncall: OnCall) -> Non
     # Not attempt 1's AnalysisFailed, RollbackStarted or RolledBack; the retried version carries its rejection.
     assert [line.split()[0] for line in warnings] == ["StableMismatch", "PreviouslyRejected"], warnings
     assert "serves version 5 as stable while @production names 6" in warnings[0]
+
+
+def test_a_passed_gate_is_told_by_its_count_not_its_first_check(oncall: OnCall) -> None:
+    world = World(gate_verdicts=[verdict(Outcome.PASS, "dataset.sha256", "matches the pinned sha256"),
+                                 verdict(Outcome.PASS, "accuracy", "0.98"), verdict(Outcome.PASS, "recall", "0.97")])
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING)
+    obj = wrapped(world)
+    assert obj["status"]["gate"]["reason"] == "3 checks passed"  # as the GatePassed entry words it
+    assert next(e.detail for e in world.status.history if e.event == "GatePassed").startswith("3 checks passed")
+    assert oncall.explain(obj).splitlines()[2].endswith(": 3 checks passed")
+    oncall.print_rollout(obj)
+    lines = oncall.out.getvalue().splitlines()
+    assert lines[lines.index(next(line for line in lines if line.startswith("Gate:"))) + 1].strip() == \
+        "3 checks passed"
+
+
+def test_explain_lists_every_failed_gate_check_as_get_caps_them(oncall: OnCall) -> None:
+    verdicts = [{"name": f"slice logo-{i}", "outcome": "fail", "reason": "0.1 < 0.9"} for i in range(12)]
+    verdicts += [{"name": "accuracy", "outcome": "pass", "reason": "0.98"},
+                 {"name": "recall-cat", "outcome": "inconclusive", "reason": "only 3 samples"}]
+    lines = oncall.explain({"metadata": {"name": "r", "namespace": "ns"}, "spec": {"model": {"name": "m"}}, "status": {
+        "phase": "RolledBack", "gate": {"outcome": "fail", "datasetSha256": "ab", "reason": "golden gate slice logo-0: "
+                                        "0.1 < 0.9", "verdicts": verdicts}}}).splitlines()
+    at = lines.index("The golden gate said fail on the dataset with sha256 ab: golden gate slice logo-0: 0.1 < 0.9")
+    assert [line.split()[:3] for line in lines[at + 1:at + 11]] == [["fail", "slice", f"logo-{i}:"] for i in range(10)]
+    assert lines[at + 11] == "  … and 3 more (`modelrollout get -o yaml` shows them all)"
+    assert not [line for line in lines if "accuracy" in line]  # a pass is not why it failed
+
+
+def test_history_aligns_its_columns_past_the_longest_event(oncall: OnCall) -> None:
+    events = ["Resolved", "ProgressDeadlineExceeded", "RolledBackForNewCandidate", "GatePassed"]
+    oncall.print_history({"metadata": {"name": "r", "namespace": "ns"}, "spec": {}, "status": {"history": [
+        {"time": "2026-01-05T09:00:00Z", "event": event, "actor": "modelrollout-controller", "detail": "d"}
+        for event in events]}})
+    lines = oncall.out.getvalue().splitlines()
+    assert len({line.index("modelrollout-controller") for line in lines}) == 1, lines
+    assert len({line.rindex(" d") for line in lines}) == 1, lines

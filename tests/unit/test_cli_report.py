@@ -12,10 +12,11 @@ from typing import Any
 
 from test_engine_support import World, spec_dict
 
-from controller.analysis.judges import ProportionCriteria, proportion_judge
+from controller.analysis.judges import ProportionCriteria, proportion_judge, threshold_judge
 from controller.api import CommandAction
 from controller.api.status import Phase
 from controller.cli.report import decisions, rate_points, render_html, weight_series
+from controller.verdict import Outcome
 
 
 def judged_rollout() -> dict[str, Any]:
@@ -140,3 +141,16 @@ def test_a_rollback_of_a_success_tells_each_confirmed_step_and_no_earlier_comple
     assert "<b>Completed</b>-</div>" in page
     assert "rolling back, traffic not yet confirmed back, alias confirmed</div>" in page
     assert "traffic and alias not yet confirmed" not in page
+
+
+def test_a_failed_threshold_analysis_is_not_told_as_no_analysis() -> None:
+    err = threshold_judge("err-rate", 5, maximum=1)
+    assert err.outcome is Outcome.FAIL
+    world = World(judge=lambda _r: [err])
+    world.run_until(lambda w: w.status.phase == Phase.ROLLED_BACK)
+    page = render_html({"metadata": {"name": "r", "namespace": "ns"}, "spec": world.spec,
+                        "status": world.status.to_dict()})
+    assert "No class rates in this rollout's evidence (no analysis verdict measured one)." in page
+    assert "no canary analysis has run" not in page
+    fresh = render_html({"metadata": {"name": "new", "namespace": "ns"}, "spec": {}, "status": {}})
+    assert "No class rates in this rollout's evidence (no canary analysis has run)." in fresh
