@@ -90,6 +90,9 @@ from controller.verdict import DATASET_INTEGRITY, MEASUREMENT_OUTAGES, Outcome, 
 # How soon to look again while waiting for an effect to show up on the target or in the registry.
 CONFIRM_POLL = timedelta(seconds=1)
 RESOLVING_POLL_MAX = timedelta(seconds=30)
+# An ended rollout whose candidate is a registry alias looks this often for the alias naming another version,
+# which starts a release (as it does mid-rollout), not whenever something else wakes the rollout.
+ALIAS_POLL = timedelta(seconds=30)
 # A pending action is handed out again after this long without its effect showing up (all are idempotent),
 # so a lost action is retried without every decision of one reconcile repeating it.
 RESEND_AFTER = timedelta(seconds=10)
@@ -630,7 +633,8 @@ class _Decider:
         wanted = self._wanted_candidate()
         if current is None or wanted is None or wanted == current.version or self._deleting:
             return
-        detail = f"candidate {wanted} replaces {current.version} (generation {self.obs.generation})"
+        named = f" (@{self.spec.model.alias} names it now)" if self.spec.model.alias is not None else ""
+        detail = f"candidate {wanted}{named} replaces {current.version} (generation {self.obs.generation})"
         phase = self.status.phase
         rollback = self.status.rollback
         held = rollback.evidence.get(_NOT_STARTED, "") if rollback is not None else ""
@@ -1999,7 +2003,7 @@ class _Decider:
 
     def _requeue_after(self) -> timedelta | None:
         if self.status.phase in TERMINAL_PHASES and not self.errors:
-            return None
+            return ALIAS_POLL if self.spec.model.alias is not None and not self._deleting else None
         hints = list(self.requeue)
         if self.polls and not self.errors:  # while backing off, the backoff paces the polling
             hints.append(CONFIRM_POLL)

@@ -46,6 +46,7 @@ from controller.engine import (
     reject_spec,
     rejection_time,
 )
+from controller.engine.decide import ALIAS_POLL
 from controller.registry.types import REJECTED_REASON_TAG
 from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict
 
@@ -318,6 +319,28 @@ def test_alias_named_candidate_is_resolved_once() -> None:
     world.reconcile()
     assert world.status.candidate is not None and world.status.candidate.version == "8"
     assert effect_ids(world)[0] == "1:stage:8"
+
+
+def test_an_ended_rollout_follows_its_candidate_alias_when_it_moves_not_at_the_next_unrelated_wake() -> None:
+    """Mid-rollout a move of the candidate alias starts the new version; an ended rollout must see it too, by
+    looking again every ALIAS_POLL, not whenever an annotation or an operator restart happens to wake it."""
+    world = World(spec=spec_dict(model={"name": "nsfw-classifier", "alias": "challenger"}))
+    world.registry.aliases["challenger"] = "7"
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    decision = world.run_until(finished)
+    assert world.status.phase is Phase.SUCCEEDED and decision.requeue_after == ALIAS_POLL
+    world.registry.aliases["challenger"] = "8"  # the training pipeline registers the next version
+    world.advance(ALIAS_POLL)
+    world.reconcile()
+    started = [h.detail for h in world.status.history if h.event == "NewCandidate"]
+    assert started == ["candidate 8 (@challenger names it now) replaces 7 (generation 1)"]
+    assert world.status.candidate is not None and world.status.candidate.version == "8"
+
+    by_version = World()
+    reach_final_pause(by_version)
+    by_version.send(CommandAction.PROMOTE)
+    assert by_version.run_until(finished).requeue_after is None  # a version number never moves: nothing to poll
 
 
 def test_without_golden_dataset_the_gate_is_not_skipped_the_spec_is_refused() -> None:
