@@ -10,7 +10,8 @@ Write order makes every operation safe to repeat after a crash at any point:
   candidate" always comes with the record of what it pointed at before; only once the alias has moved does it
   set an earlier rejection's `modelrollout.rejected` to "false" (a promotion that fails leaves it standing);
 - rollback restores the alias first (safety first), then writes the rejection tags with
-  `modelrollout.rejected` last, so that tag set to "true" means all the others are there.
+  `modelrollout.rejected` last, so that tag set to "true" means all the others are there; restoring the stable
+  alias puts `<stableAlias>-previous` back just before it, as the engine confirms by the stable alias alone.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class ModelRegistry(ABC):
         return self._aliases(model_name).get(alias)
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
-        """Point an alias at a version (the engine's SetAlias action when promote/rollback do not fit)."""
+        """Point an alias at a version, touching nothing else (a rollback uses restore_stable_alias)."""
         _check_alias(alias)
         _check_version_format(model_name, version)
         self._set_alias(model_name, alias, version)
@@ -191,18 +192,44 @@ class ModelRegistry(ABC):
         With no stable version (a first rollout) the alias is removed only if it names the candidate:
         a rejected version must not stay stable, and an alias someone set elsewhere is not ours to touch.
         """
+        if stable_version is not None:
+            return stable_version, self.restore_stable_alias(model_name, stable_alias, stable_version)
         _check_alias(stable_alias)
         current = self._aliases(model_name).get(stable_alias)
-        if stable_version is None:
-            if current is not None and current == candidate_version:
-                self._delete_alias(model_name, stable_alias)
-                return None, True
-            return current, False
+        if current is not None and current == candidate_version:
+            self._delete_alias(model_name, stable_alias)
+            return None, True
+        return current, False
+
+    def restore_stable_alias(self, model_name: str, stable_alias: str, stable_version: str) -> bool:
+        """Point the stable alias at `stable_version` again (a rollback's SetAlias); True when it moved.
+
+        promote() pointed `<stableAlias>-previous` at the version it replaced: once that version is stable again,
+        the alias goes back to what it replaced in turn (its previous-version tag; removed when it has none), or
+        the way back recorded for the next incident would be production itself. Only while it names that version:
+        one moved by hand, or already put back, is left alone, so repeating this changes nothing. Written before
+        the stable alias: the engine confirms by seeing the stable alias, so that write must come last.
+        """
+        _check_alias(stable_alias)
         _check_version_format(model_name, stable_version)
-        if current == stable_version:
-            return current, False
+        aliases = self._aliases(model_name)
+        previous_alias = self.previous_alias(stable_alias)
+        if previous_alias is not None and aliases.get(previous_alias) == stable_version:
+            self._unwind_previous_alias(model_name, previous_alias, stable_version)
+        if aliases.get(stable_alias) == stable_version:
+            return False
         self._set_alias(model_name, stable_alias, stable_version)
-        return stable_version, True
+        return True
+
+    def _unwind_previous_alias(self, model_name: str, previous_alias: str, version: str) -> None:
+        record = self._version(model_name, version)
+        if record is None:
+            return  # moving the stable alias reports the missing version
+        before = record.tags.get(PREVIOUS_VERSION_TAG) or ""
+        if VERSION_NUMBER.fullmatch(before) and before != version and self._version(model_name, before) is not None:
+            self._set_alias(model_name, previous_alias, before)
+        else:
+            self._delete_alias(model_name, previous_alias)  # no recorded way back (or it is gone): none
 
     def tag_rejected(self, model_name: str, version: str, reason: str, evidence_summary: str | Mapping[str, Any],
                      rollout: str, *, rejected_at: datetime | None = None, actor: str | None = None) -> bool:

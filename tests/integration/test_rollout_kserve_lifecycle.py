@@ -428,6 +428,8 @@ def test_abort_retry_promote_and_rollback_commands(rig: Rig, scenario_factory: C
     assert rollback_mttr < MTTR_TARGET_SECONDS, rollback
     assert [(e["event"], e["actor"]) for e in by_command(status, "rollback-1")] == [("CommandApplied", "dave")]
     assert registry.verify_alias(name, STABLE_ALIAS) == stable
+    # -previous named stable since the promotion; stable (set by hand) records nothing it replaced: removed.
+    assert registry.verify_alias(name, f"{STABLE_ALIAS}-previous") is None
     obj = rig.wait_isvc(name, lambda o: serves_only(o, scenario.storage_uri(stable))
                         and o["spec"]["predictor"]["model"]["storageUri"] == scenario.storage_uri(stable))
     assert share_off(obj, promoted_revision) == 100

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+import yaml
+from kubernetes import client
 
+from controller.api.spec import parse_spec
+from controller.api.status import ModelRolloutStatus
+from controller.engine import SetAlias
+from controller.operator.runtime import OperatorConfig, RolloutRuntime
 from controller.registry import (
     PREVIOUS_VERSION_TAG,
     PROMOTED_ROLLOUT_TAG,
@@ -222,6 +228,40 @@ class RegistryContract:
         assert harness.version_tags(model, "2") == tags_after_first
         assert harness.alias_target(model, STABLE) == "1"
 
+    def test_rollback_after_promotion_puts_the_previous_alias_back(self, harness: RegistryHarness) -> None:
+        """@production-previous named the version restored, so production's recorded way back was itself."""
+        model = harness.new_model(3)
+        harness.point_alias(model, STABLE, "1")
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        harness.registry.promote(model, STABLE, "3", ROLLOUT)
+        for _ in range(2):  # the engine may send it again
+            harness.registry.rollback(model, STABLE, "3", "2", "bake failed", "", ROLLOUT)
+            assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == (
+                "2", "1")
+        # The operator's SetAlias, also after a kill between its two writes (-previous already put back).
+        harness.registry.promote(model, STABLE, "3", ROLLOUT)
+        harness.point_alias(model, f"{STABLE}-previous", "1")
+        assert harness.registry.restore_stable_alias(model, STABLE, "2")
+        assert not harness.registry.restore_stable_alias(model, STABLE, "2")
+        assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == ("2", "1")
+
+    def test_rollback_leaves_a_previous_alias_moved_by_hand(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(5)
+        harness.point_alias(model, STABLE, "1")
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        harness.registry.promote(model, STABLE, "3", ROLLOUT)
+        harness.point_alias(model, f"{STABLE}-previous", "5")
+        harness.registry.rollback(model, STABLE, "3", "2", "bake failed", "", ROLLOUT)
+        assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == ("2", "5")
+
+    def test_rollback_to_a_version_with_no_recorded_previous_removes_the_previous_alias(
+            self, harness: RegistryHarness) -> None:
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")  # set by hand: version 1 records nothing it replaced
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        harness.registry.restore_stable_alias(model, STABLE, "1")
+        assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == ("1", None)
+
     def test_rollback_of_a_first_rollout_removes_alias_from_the_candidate(self, harness: RegistryHarness) -> None:
         model = harness.new_model(1)
         harness.registry.promote(model, STABLE, "1", ROLLOUT)
@@ -330,6 +370,21 @@ class TestInMemoryRegistry(RegistryContract):
         real_set_alias(model, STABLE, "2")
         assert not harness.registry.promote(model, STABLE, "2", ROLLOUT).alias_moved
         assert harness.version_tags(model, "2")[REJECTED_TAG] == "false"
+
+    def test_the_operators_rollback_alias_action_puts_the_previous_alias_back(self, harness: MemoryHarness) -> None:
+        """The runtime carries out a rollback's SetAlias with restore_stable_alias, not a bare set_alias."""
+        obj = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "nsfw-classifier.yaml").read_text())
+        obj["metadata"]["namespace"] = "ns"
+        runtime = RolloutRuntime(obj, parse_spec(obj["spec"]), client.ApiClient(), OperatorConfig())
+        runtime._registry = harness.registry
+        model = "nsfw-classifier"
+        for _ in range(3):
+            harness.registry.add_version(model)
+        harness.point_alias(model, STABLE, "1")
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        harness.registry.promote(model, STABLE, "3", ROLLOUT)
+        runtime.act(SetAlias(id="4:rollback:alias", alias=STABLE, version="2"), ModelRolloutStatus())
+        assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == ("2", "1")
 
     def test_unavailable(self, harness: MemoryHarness) -> None:
         model = harness.new_model(1)
