@@ -303,8 +303,9 @@ class OnCall:
         if note := _not_current(obj):
             print(f"Note:       {s.warn(note)}", file=self.out)
         print(f"Step:       {_step(obj)}", file=self.out)
-        print(f"Weight:     {_percent(status.get('canaryWeight'))} (set by the last step: {_set_weight(spec, status)})",
-              file=self.out)
+        by_step = _set_weight(spec, status)
+        print(f"Weight:     {_percent(status.get('canaryWeight'))}"
+              + (f" (set by the last step: {by_step})" if by_step is not None else ""), file=self.out)
         print(f"Candidate:  {(status.get('candidate') or {}).get('version', '-')}    "
               f"Stable: {(status.get('stable') or {}).get('version', '-')}", file=self.out)
         gate = status.get("gate") or {}
@@ -590,11 +591,12 @@ def _percent(value: Any) -> str:
     return f"{value}%" if isinstance(value, int) else "-"
 
 
-def _set_weight(spec: dict[str, Any], status: dict[str, Any]) -> str:
+def _set_weight(spec: dict[str, Any], status: dict[str, Any]) -> str | None:
+    """The weight the steps up to the current one set; None with no step (nothing to claim one set the weight)."""
     steps = (spec.get("canary") or {}).get("steps") or []
     current = status.get("currentStep")
     if not isinstance(current, int):
-        return "-"
+        return None
     weights = [s["setWeight"] for s in steps[: current + 1] if "setWeight" in s]
     return f"{weights[-1]}%" if weights else "0%"
 

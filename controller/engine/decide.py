@@ -2123,10 +2123,12 @@ class _Decider:
         else:
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, _progress_reason(status), message)
         gate = status.gate
+        ended = phase in TERMINAL_PHASES
         if gate is None:
-            if self.status.condition(ConditionType.GATE_PASSED) is None:
+            if self._no_verdict_held(ConditionType.GATE_PASSED, ended):
                 self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.UNKNOWN, "GateNotRun",
-                                    "The golden gate has not run yet.")
+                                    "The golden gate did not run in this attempt." if ended
+                                    else "The golden gate has not run yet.")
         elif gate.skipped:
             self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.TRUE, "GateSkipped",
                                 "No goldenDataset in spec; the gate was skipped.")
@@ -2154,9 +2156,9 @@ class _Decider:
                                 f"{pause.detail}{watched}")
         elif analysis is None or analysis.outcome is None:
             # A new step's judges have not answered yet: the last verdict stands until they do.
-            if self.status.condition(ConditionType.ANALYSIS_HEALTHY) is None:
+            if self._no_verdict_held(ConditionType.ANALYSIS_HEALTHY, ended):
                 self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "AnalysisNotRun",
-                                    "No analysis verdict yet.")
+                                    "No analysis ran in this attempt." if ended else "No analysis verdict yet.")
         elif analysis.outcome is Outcome.PASS:
             self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.TRUE, "AnalysisPassed",
                                 self._analysis_summary())
@@ -2166,6 +2168,12 @@ class _Decider:
         else:
             self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "NotEnoughEvidence",
                                 self._analysis_summary())
+
+    def _no_verdict_held(self, condition_type: str, ended: bool) -> bool:
+        """No condition yet, or a restart's "Starting over" on an attempt that has ended without this judge (e.g.
+        sent back to the version already stable): that attempt is not starting over any more."""
+        held = self.status.condition(condition_type)
+        return held is None or (ended and held.reason == "NewAttempt")
 
     def _ordered_actions(self) -> list[Action]:
         # Traffic first (fastest way to safety), then registry, then measurements; no duplicates. An action handed

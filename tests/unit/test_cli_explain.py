@@ -242,6 +242,22 @@ def test_an_already_stable_version_says_so_with_the_attempts_warnings(oncall: On
     assert lines[at + 2].startswith("Last event: Succeeded")
 
 
+def test_get_of_a_rollout_sent_back_to_the_stable_version_mid_canary_claims_no_step_set_its_weight(
+        oncall: OnCall) -> None:
+    world = World()
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING and bool(w.status.canary_weight))
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "6"}}  # the version in production
+    world.generation += 1
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED)
+    assert world.status.current_step is None
+    oncall.print_rollout(wrapped(world))
+    lines = oncall.out.getvalue().splitlines()
+    assert next(line for line in lines if line.startswith("Weight:")) == \
+        f"Weight:     {world.status.canary_weight}%"
+    assert "  condition GatePassed=Unknown (GateNotRun)" in lines
+    assert "  condition AnalysisHealthy=Unknown (AnalysisNotRun)" in lines
+
+
 def test_explain_lists_only_the_current_attempts_warnings(oncall: OnCall) -> None:
     world = World(judge=lambda _r: [verdict(Outcome.FAIL)])
     world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)  # attempt 1: AnalysisFailed, RollbackStarted...

@@ -14,7 +14,7 @@ from test_engine_support import World, spec_dict, verdict
 from test_kserve_unpin import Kserve
 from test_runtime_actions import runtime_with
 
-from controller.api import Phase, RollbackCause
+from controller.api import ConditionStatus, ConditionType, Phase, RollbackCause
 from controller.engine import (
     REJECTED_TAG,
     ActionFailure,
@@ -92,6 +92,19 @@ def test_the_stable_version_named_mid_canary_takes_the_old_canary_off_before_end
     # Traffic first (the withdrawal confirms at 0%), then the candidate off, once each.
     assert effect_ids(world) == ["1:rollback:traffic", "1:rollback:unstage"]
     assert {"RolledBackForNewCandidate", "AlreadyStable"} <= set(events(world))
+
+
+def test_the_stable_version_named_mid_canary_ends_with_conditions_of_the_attempt_that_ended() -> None:
+    """Not the restart's "Starting over: superseded by version 6" on a rollout that has ended."""
+    world = World()
+    world.run_until(in_canary)
+    name_version(world, "6")
+    run(world, 10)
+    assert world.status.phase is Phase.SUCCEEDED
+    said = [world.status.condition(name) for name in (ConditionType.GATE_PASSED, ConditionType.ANALYSIS_HEALTHY)]
+    assert [(c.status, c.reason, c.message) for c in said if c is not None] == [
+        (ConditionStatus.UNKNOWN, "GateNotRun", "The golden gate did not run in this attempt."),
+        (ConditionStatus.UNKNOWN, "AnalysisNotRun", "No analysis ran in this attempt.")]
 
 
 def test_a_new_version_mid_canary_is_staged_only_once_the_old_one_is_off() -> None:
