@@ -275,10 +275,6 @@ class ModelRegistry(ABC):
         """The version, or None when it (or the model) does not exist."""
 
     @abstractmethod
-    def _storage_uri(self, record: VersionRecord) -> str | None:
-        """Where the version's files are, as the registry reports for downloads."""
-
-    @abstractmethod
     def _run(self, run_id: str) -> RunRecord | None:
         """The version's run, or None when it is gone."""
 
@@ -309,7 +305,7 @@ class ModelRegistry(ABC):
         # The source is kept whole: it is what the target is given to serve (the engine records it redacted).
         return ResolvedVersion(
             name=record.name, version=record.version, run_id=record.run_id or None, source=record.source or None,
-            storage_uri=self._storage_uri(record) or record.source or None, status=record.status,
+            status=record.status,
             tags=dict(record.tags), lineage=lineage_of(record, run), aliases=tuple(record.aliases))
 
 

@@ -81,9 +81,6 @@ class InMemoryRegistry(ModelRegistry):
                                  source=record.source, status=record.status, tags=dict(record.tags),
                                  aliases=aliases)
 
-    def _storage_uri(self, record: VersionRecord) -> str | None:
-        return record.source
-
     def _run(self, run_id: str) -> RunRecord | None:
         with self._lock:
             self.calls += 1

@@ -174,14 +174,6 @@ class MlflowRegistry(ModelRegistry):
             status=_required_string(found, "status", what), tags=_string_tags(found, what),
             aliases=tuple(str(alias) for alias in _list(found, "aliases")))
 
-    def _storage_uri(self, record: VersionRecord) -> str | None:
-        try:
-            body = self._call("GET", "model-versions/get-download-uri",
-                              {"name": record.name, "version": record.version})
-        except _Missing:
-            return None
-        return _string(body, "artifact_uri", f"download URI of {record.name!r} version {record.version}") or None
-
     def _run(self, run_id: str) -> RunRecord | None:
         try:
             body = self._call("GET", "runs/get", {"run_id": run_id})

@@ -154,7 +154,6 @@ class ResolvedVersion:
     """A registered model version as the registry reports it now.
 
     source: the version's source as registered (e.g. mlflow-artifacts:/..., s3://..., models:/m-...).
-    storage_uri: where the model's files are (MLflow's download URI), for the serving system.
     lineage: dataset lineage of the version and its run: lineage/dataset tags, git source, run inputs.
     status: MLflow's registration status; only READY versions can be served.
     """
@@ -163,7 +162,6 @@ class ResolvedVersion:
     version: str
     run_id: str | None
     source: str | None
-    storage_uri: str | None
     status: str = "READY"
     tags: Mapping[str, str] = field(default_factory=dict)
     lineage: Mapping[str, str] = field(default_factory=dict)

@@ -98,14 +98,13 @@ class TestMlflowRegistry(RegistryContract):
         client, experiment_id, artifact_dir = mlflow_setup
         return MlflowHarness(MlflowRegistry(mlflow_server.url, policy=FAST), client, experiment_id, artifact_dir)
 
-    def test_resolve_reports_run_source_storage_and_lineage(self, harness: MlflowHarness) -> None:
+    def test_resolve_reports_run_source_and_lineage(self, harness: MlflowHarness) -> None:
         model = harness.new_model(1, version_tags={"lineage.training_job": "job-42"})
         resolved = harness.registry.resolve(model, version="1")
         version = harness.client.get_model_version(model, "1")
         assert resolved.run_id == version.run_id
         assert resolved.source == version.source
         assert resolved.source is not None and resolved.source.startswith("mlflow-artifacts:/")
-        assert resolved.storage_uri == harness.client.get_model_version_download_uri(model, "1")
         assert resolved.lineage == {
             "input.0.name": "train", "input.0.digest": "300830b9", "input.0.source_type": "s3",
             "input.0.source": '{"uri": "s3://data/train.csv"}', "input.0.context": "training",

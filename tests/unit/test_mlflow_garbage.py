@@ -255,7 +255,6 @@ def test_a_model_version_with_wrongly_typed_fields_is_refused_naming_the_field(
         mlflow: FakeMlflow, field: str, value: Any, detail: str) -> None:
     registry = MlflowRegistry(mlflow.url, Credentials(token=TOKEN), policy=RequestPolicy(timeout_seconds=3,
                                                                                           max_retries=0))
-    mlflow.answer(f"{API}/model-versions/get-download-uri", 200, {"artifact_uri": "s3://b/m"})
     mlflow.answer(f"{API}/runs/get", 200, {"run": {"data": {}, "inputs": {}}})
     mlflow.answer(f"{API}/model-versions/get", 200, {"model_version": GOOD_VERSION})
     good = registry.resolve("m", version="2")  # the well-typed answer, for contrast
@@ -281,7 +280,6 @@ def test_a_model_version_answered_for_another_version_or_model_is_refused(
     """The engine would stage, or call stable, a version the spec never named."""
     registry = MlflowRegistry(mlflow.url, Credentials(token=TOKEN), policy=RequestPolicy(timeout_seconds=3,
                                                                                           max_retries=0))
-    mlflow.answer(f"{API}/model-versions/get-download-uri", 200, {"artifact_uri": "s3://b/m"})
     mlflow.answer(f"{API}/runs/get", 200, {"run": {"data": {}, "inputs": {}}})
     mlflow.answer(f"{API}/model-versions/get", 200, {"model_version": {**GOOD_VERSION, "version": 2}})
     assert registry.resolve("m", version="2").version == "2"  # a JSON number is the same version

@@ -61,7 +61,7 @@ def test_secrets_in_lineage_never_reach_the_status() -> None:
     assert json.loads(lineage["input.0.source"]) == {"url": f"https://bucket.s3.amazonaws.com/train.parquet"
                                                             f"{REDACTED_QUERY}"}
     assert lineage["dataset.uri"] == f"see https://bucket.s3.amazonaws.com/train.parquet{REDACTED_QUERY} for the data"
-    assert candidate["source"] == "s3://models/nsfw/1" == registry.resolve("nsfw", version="1").storage_uri
+    assert candidate["source"] == "s3://models/nsfw/1" == registry.resolve("nsfw", version="1").source
 
 
 def test_lineage_without_secrets_is_recorded_as_it_is() -> None:

@@ -74,7 +74,7 @@ class RegistryContract:
         model = harness.new_model(2, version_tags={"dataset.sha256": "abc123", "owner": "moderation"})
         resolved = harness.registry.resolve(model, version="2")
         assert (resolved.name, resolved.version, resolved.status, resolved.ready) == (model, "2", "READY", True)
-        assert resolved.source and resolved.storage_uri
+        assert resolved.source
         assert resolved.tags["owner"] == "moderation"
         assert resolved.lineage["dataset.sha256"] == "abc123"
         assert "owner" not in resolved.lineage
