@@ -37,7 +37,7 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        # The same credentials as the operator's own client (in-cluster, else the given kubeconfig), so both
+        # The same credentials as the operator's own client (load_client_config's order), so both
         # always talk to one cluster as one identity, whatever $KUBECONFIG said at import time.
         return connection_info(load_client_config(kubeconfig).configuration)
 

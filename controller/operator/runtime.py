@@ -356,7 +356,8 @@ class RolloutRuntime:
                 self._acting_registry().promote(model.name, alias, version, rollout,
                                         promoted_at=status.promotion.started_at if status.promotion else None)
             case SetAlias(alias=alias, version=version):  # a rollback's: the stable version back, and its -previous
-                self._acting_registry().restore_stable_alias(model.name, alias, version)
+                self._acting_registry().restore_stable_alias(
+                    model.name, alias, version, rolled_back=status.candidate.version if status.candidate else None)
             case RemoveAlias(alias=alias, version=version):
                 self._acting_registry().restore_alias(model.name, alias, None, version)
             case TagRejected(version=version, reason=reason, evidence=evidence, rejected_at=at, actor=actor):

@@ -193,7 +193,8 @@ class ModelRegistry(ABC):
         a rejected version must not stay stable, and an alias someone set elsewhere is not ours to touch.
         """
         if stable_version is not None:
-            return stable_version, self.restore_stable_alias(model_name, stable_alias, stable_version)
+            return stable_version, self.restore_stable_alias(model_name, stable_alias, stable_version,
+                                                             rolled_back=candidate_version)
         _check_alias(stable_alias)
         current = self._aliases(model_name).get(stable_alias)
         if current is not None and current == candidate_version:
@@ -201,35 +202,43 @@ class ModelRegistry(ABC):
             return None, True
         return current, False
 
-    def restore_stable_alias(self, model_name: str, stable_alias: str, stable_version: str) -> bool:
-        """Point the stable alias at `stable_version` again (a rollback's SetAlias); True when it moved.
+    def restore_stable_alias(self, model_name: str, stable_alias: str, stable_version: str, *,
+                             rolled_back: str | None = None) -> bool:
+        """Point the stable alias at `stable_version` again (a rollback's SetAlias, of `rolled_back`); True when it
+        moved.
 
         promote() pointed `<stableAlias>-previous` at the version it replaced: once that version is stable again,
-        the alias goes back to what it replaced in turn (its previous-version tag; removed when it has none), or
-        the way back recorded for the next incident would be production itself. Only while it names that version:
-        one moved by hand, or already put back, is left alone, so repeating this changes nothing. Written before
-        the stable alias: the engine confirms by seeing the stable alias, so that write must come last.
+        the alias goes back to what it replaced in turn (its previous-version tag; removed when it has none, or
+        when that is the version rolled back or one rejected), or the way back recorded for the next incident
+        would be production itself. Only while it names that version: one moved by hand, or already put back, is
+        left alone, so repeating this changes nothing. Written before the stable alias: the engine confirms by
+        seeing the stable alias, so that write must come last.
         """
         _check_alias(stable_alias)
         _check_version_format(model_name, stable_version)
         aliases = self._aliases(model_name)
         previous_alias = self.previous_alias(stable_alias)
         if previous_alias is not None and aliases.get(previous_alias) == stable_version:
-            self._unwind_previous_alias(model_name, previous_alias, stable_version)
+            self._unwind_previous_alias(model_name, previous_alias, stable_version, rolled_back)
         if aliases.get(stable_alias) == stable_version:
             return False
         self._set_alias(model_name, stable_alias, stable_version)
         return True
 
-    def _unwind_previous_alias(self, model_name: str, previous_alias: str, version: str) -> None:
+    def _unwind_previous_alias(self, model_name: str, previous_alias: str, version: str,
+                               rolled_back: str | None) -> None:
         record = self._version(model_name, version)
         if record is None:
             return  # moving the stable alias reports the missing version
         before = record.tags.get(PREVIOUS_VERSION_TAG) or ""
-        if VERSION_NUMBER.fullmatch(before) and before != version and self._version(model_name, before) is not None:
+        # Production gone back and forth (3 over 2, 2 over 3, 3 again) records the version being rolled back: a way
+        # back to it, or to any rejected version, would put a rejected model in production at the next incident.
+        earlier = self._version(model_name, before) if VERSION_NUMBER.fullmatch(before) and before not in (
+            version, rolled_back) else None
+        if earlier is not None and earlier.tags.get(REJECTED_TAG) != "true":
             self._set_alias(model_name, previous_alias, before)
         else:
-            self._delete_alias(model_name, previous_alias)  # no recorded way back (or it is gone): none
+            self._delete_alias(model_name, previous_alias)  # no recorded way back that is safe to take: none
 
     def tag_rejected(self, model_name: str, version: str, reason: str, evidence_summary: str | Mapping[str, Any],
                      rollout: str, *, rejected_at: datetime | None = None, actor: str | None = None) -> bool:

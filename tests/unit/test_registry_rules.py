@@ -245,6 +245,28 @@ class RegistryContract:
         assert not harness.registry.restore_stable_alias(model, STABLE, "2")
         assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == ("2", "1")
 
+    def test_rollback_never_records_a_way_back_to_a_rejected_version(self, harness: RegistryHarness) -> None:
+        """Production back and forth (3 over 2, 2 over 3, 3 again): version 2 records 3 as what it replaced, and 3
+        is the version rolled back; a version an earlier rollback rejected is no way back either."""
+        model = harness.new_model(4)
+        harness.point_alias(model, STABLE, "2")
+        for version in ("3", "2", "3"):
+            harness.registry.promote(model, STABLE, version, ROLLOUT)
+        harness.registry.rollback(model, STABLE, "3", "2", "bake failed", "", ROLLOUT)
+        assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == ("2", None)
+        # The operator's own call names the version it rolls back too.
+        harness.registry.promote(model, STABLE, "3", ROLLOUT)
+        assert harness.registry.restore_stable_alias(model, STABLE, "2", rolled_back="3")
+        assert harness.alias_target(model, f"{STABLE}-previous") is None
+        harness.registry.tag_rejected(model, "3", "bake failed", "", ROLLOUT)  # the rollback's next action
+        # 4 replaced 3 (moved back by hand), which a rollback rejected: rolling 4's successor back to 4 records no
+        # way back to 3.
+        harness.point_alias(model, STABLE, "3")
+        harness.registry.promote(model, STABLE, "4", ROLLOUT)
+        harness.registry.promote(model, STABLE, "1", ROLLOUT)
+        harness.registry.rollback(model, STABLE, "1", "4", "bake failed", "", ROLLOUT)
+        assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == ("4", None)
+
     def test_rollback_leaves_a_previous_alias_moved_by_hand(self, harness: RegistryHarness) -> None:
         model = harness.new_model(5)
         harness.point_alias(model, STABLE, "1")
