@@ -1140,7 +1140,8 @@ class _Decider:
         verdicts = tuple(_clean_verdict(item) for item in result.verdicts)
         outcome = combine(list(verdicts))
         decisive = _first(verdicts, outcome)
-        reason = (f"{len(verdicts)} checks passed" if outcome is Outcome.PASS  # no one check is why it passed
+        passed = f"{len(verdicts)} check{'' if len(verdicts) == 1 else 's'} passed"
+        reason = (passed if outcome is Outcome.PASS  # no one check is why it passed
                   else f"golden gate {decisive.name}: {decisive.reason}" if decisive
                   else "golden gate gave no verdicts")
         self._update(gate=dataclasses.replace(gate, completed_at=self.now, outcome=outcome, reason=reason,
@@ -1148,7 +1149,7 @@ class _Decider:
                                               dataset_sha256=result.dataset_sha256 or gate.dataset_sha256,
                                               report=to_json(dict(result.report))))
         if outcome is Outcome.PASS:
-            self._record("GatePassed", f"{len(verdicts)} checks passed on dataset {dataset.sha256[:12]}")
+            self._record("GatePassed", f"{passed} on dataset {dataset.sha256[:12]}")
             self._enter_steps()
         elif outcome is Outcome.FAIL:
             self._record("GateFailed", reason)
@@ -2003,7 +2004,9 @@ class _Decider:
 
     def _requeue_after(self) -> timedelta | None:
         if self.status.phase in TERMINAL_PHASES and not self.errors:
-            return ALIAS_POLL if self.spec.model.alias is not None and not self._deleting else None
+            # Only once it resolved a candidate: a rollout that never did starts again by a retry or a spec edit.
+            follows = self.spec.model.alias is not None and self.status.candidate is not None and not self._deleting
+            return ALIAS_POLL if follows else None
         hints = list(self.requeue)
         if self.polls and not self.errors:  # while backing off, the backoff paces the polling
             hints.append(CONFIRM_POLL)

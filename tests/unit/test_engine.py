@@ -337,6 +337,10 @@ def test_an_ended_rollout_follows_its_candidate_alias_when_it_moves_not_at_the_n
     assert started == ["candidate 8 (@challenger names it now) replaces 7 (generation 1)"]
     assert world.status.candidate is not None and world.status.candidate.version == "8"
 
+    never_resolved = World(spec=spec_dict(model={"name": "nsfw-classifier", "alias": "challenger"}))
+    assert never_resolved.run_until(finished).requeue_after is None  # @challenger not set: Failed at the deadline
+    assert never_resolved.status.phase is Phase.FAILED and never_resolved.status.candidate is None
+
     by_version = World()
     reach_final_pause(by_version)
     by_version.send(CommandAction.PROMOTE)
