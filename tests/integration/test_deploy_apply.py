@@ -1,7 +1,8 @@
 """The Kustomize and Helm renders, validated by the real API server (`kubectl apply --dry-run=server`).
 
 Server-side dry run runs the whole admission chain: schema and field validation (strict: an unknown field
-is an error), RBAC's escalation check on the ClusterRoles, and Pod Security admission, which warns about a
+is an error), RBAC's escalation check on the ClusterRoles (which an admin, as here, always passes: the grants
+themselves are proven in test_rbac_proof.py), and Pod Security admission, which warns about a
 Deployment whose pods would break the "restricted" standard. Namespaced objects are moved into the test's
 namespace (the install namespace does not exist here, and a dry-run does not create it). Kinds the server
 does not serve (the Prometheus Operator's) are left out: tests/unit/test_deploy_monitoring.py covers them.
