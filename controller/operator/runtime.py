@@ -362,7 +362,7 @@ class RolloutRuntime:
                 self._acting_registry().restore_alias(model.name, alias, None, version)
             case TagRejected(version=version, reason=reason, evidence=evidence, rejected_at=at, actor=actor):
                 self._acting_registry().tag_rejected(model.name, version, reason, dict(evidence), rollout,
-                                             rejected_at=at, actor=actor)
+                                             rejected_at=at, actor=actor, stable_alias=model.stable_alias)
             case _:
                 raise TypeError(f"not an effect action: {action!r}")
 

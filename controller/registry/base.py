@@ -181,7 +181,7 @@ class ModelRegistry(ABC):
         """Keep or restore the stable alias on `stable_version`, then tag the candidate rejected."""
         alias_version, restored = self.restore_alias(model_name, stable_alias, stable_version, candidate_version)
         tagged = self.tag_rejected(model_name, candidate_version, reason, evidence_summary, rollout,
-                                   rejected_at=rejected_at, actor=actor)
+                                   rejected_at=rejected_at, actor=actor, stable_alias=stable_alias)
         return RollbackResult(alias=stable_alias, alias_version=alias_version, alias_restored=restored,
                               tagged=tagged)
 
@@ -241,13 +241,20 @@ class ModelRegistry(ABC):
             self._delete_alias(model_name, previous_alias)  # no recorded way back that is safe to take: none
 
     def tag_rejected(self, model_name: str, version: str, reason: str, evidence_summary: str | Mapping[str, Any],
-                     rollout: str, *, rejected_at: datetime | None = None, actor: str | None = None) -> bool:
+                     rollout: str, *, rejected_at: datetime | None = None, actor: str | None = None,
+                     stable_alias: str | None = None) -> bool:
         """Tag the version rejected with bounded reason and evidence; False when this rejection is already
         recorded (same rollout, same verdict time). A later rejection of the same version (a retry that failed
         again) replaces the tags: they describe the newest one. Without `rejected_at` there is no verdict time
-        to tell rejections apart, so one already recorded for the rollout counts as this one."""
+        to tell rejections apart, so one already recorded for the rollout counts as this one.
+
+        With `stable_alias`, a `<stableAlias>-previous` naming the version is removed first (a rejected version is
+        no way back), before the flag the engine confirms by, so that a kill in between leaves it to be done."""
         _check_version_format(model_name, version)
         record = self._existing_version(model_name, version)
+        previous_alias = self.previous_alias(stable_alias) if stable_alias is not None else None
+        if previous_alias is not None and self._aliases(model_name).get(previous_alias) == version:
+            self._delete_alias(model_name, previous_alias)
         when = _timestamp(rejected_at)
         if (record.tags.get(REJECTED_TAG) == "true" and record.tags.get(REJECTED_ROLLOUT_TAG) == rollout
                 and (rejected_at is None or record.tags.get(REJECTED_TIME_TAG) == when)):

@@ -27,7 +27,7 @@ from kubernetes import client
 
 from controller.api.spec import parse_spec
 from controller.api.status import ModelRolloutStatus
-from controller.engine import SetAlias
+from controller.engine import SetAlias, TagRejected
 from controller.operator.runtime import OperatorConfig, RolloutRuntime
 from controller.registry import (
     PREVIOUS_VERSION_TAG,
@@ -407,6 +407,23 @@ class TestInMemoryRegistry(RegistryContract):
         harness.registry.promote(model, STABLE, "3", ROLLOUT)
         runtime.act(SetAlias(id="4:rollback:alias", alias=STABLE, version="2"), ModelRolloutStatus())
         assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == ("2", "1")
+        # Version 1, the way back, rejected since (a retry of it failed its gate): no way back any more.
+        runtime.act(TagRejected(id="5:rollback:tag", version="1", reason="gate failed", evidence={}, rejected_at=None,
+                                actor="alice"),
+                    ModelRolloutStatus())
+        assert harness.alias_target(model, f"{STABLE}-previous") is None
+
+    def test_a_version_rejected_later_is_no_way_back(self, harness: RegistryHarness) -> None:
+        model = harness.new_model(3)
+        harness.point_alias(model, STABLE, "1")
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        harness.registry.tag_rejected(model, "3", "gate failed", "", ROLLOUT, stable_alias=STABLE)  # another version
+        assert harness.alias_target(model, f"{STABLE}-previous") == "1"
+        harness.registry.tag_rejected(model, "1", "gate failed", "", ROLLOUT)  # told no alias: none touched
+        assert harness.alias_target(model, f"{STABLE}-previous") == "1"
+        for _ in range(2):  # sent again after a kill
+            harness.registry.tag_rejected(model, "1", "gate failed", "", ROLLOUT, stable_alias=STABLE)
+            assert harness.alias_target(model, f"{STABLE}-previous") is None
 
     def test_unavailable(self, harness: MemoryHarness) -> None:
         model = harness.new_model(1)
