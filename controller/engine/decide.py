@@ -962,6 +962,8 @@ class _Decider:
             return
         self._update(candidate=candidate, stable=stable, attempt=self._attempt + 1, started_at=self.now,
                      current_step=None, completed_at=None)
+        # The weight observed this pass was the previous attempt's candidate's (100% once promoted): the new one's.
+        self._update(canary_weight=self._observed_candidate_weight(target) if target is not None else 0)
         against = f"stable {stable.version} (@{model.stable_alias})" if stable else (
             f"no stable version (@{model.stable_alias} is not set)")
         self._record("Resolved", f"attempt {self._attempt}: candidate {candidate.version} "

@@ -321,6 +321,22 @@ def test_alias_named_candidate_is_resolved_once() -> None:
     assert effect_ids(world)[0] == "1:stage:8"
 
 
+def test_a_new_attempt_does_not_show_the_promoted_versions_weight_as_the_new_candidates() -> None:
+    """After a promotion canaryWeight is 100; the first status of the next version's attempt said it of the new
+    candidate, being staged at 0% (kubectl get mro: "candidate 8, Pending, 100%")."""
+    world = World()
+    reach_final_pause(world)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished)
+    assert world.status.canary_weight == 100
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "8"}}
+    world.generation += 1
+    seen = len(world.decisions)
+    world.reconcile()
+    first = next(d.status for d in world.decisions[seen:] if d.status.candidate and d.status.candidate.version == "8")
+    assert first.canary_weight == 0
+
+
 def test_an_ended_rollout_follows_its_candidate_alias_when_it_moves_not_at_the_next_unrelated_wake() -> None:
     """Mid-rollout a move of the candidate alias starts the new version; an ended rollout must see it too, by
     looking again every ALIAS_POLL, not whenever an annotation or an operator restart happens to wake it."""
