@@ -17,9 +17,10 @@ Write order makes every operation safe to repeat after a crash at any point:
 from __future__ import annotations
 
 import json
+import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX, RESERVED_ALIAS
 from controller.engine.observations import rejection_time
 from controller.redaction import redact_urls
-from controller.registry.errors import RegistryConfigError, VersionNotFound
+from controller.registry.errors import RegistryConfigError, RegistryError, VersionNotFound
 from controller.registry.types import (
     PREVIOUS_VERSION_TAG,
     PROMOTED_ROLLOUT_TAG,
@@ -42,6 +43,8 @@ from controller.registry.types import (
     ResolvedVersion,
     RollbackResult,
 )
+
+log = logging.getLogger(__name__)
 
 # Older MLflow servers cap version tag values at 5000 characters; stay below that everywhere.
 MAX_REASON_CHARS = 1000
@@ -219,11 +222,20 @@ class ModelRegistry(ABC):
         aliases = self._aliases(model_name)
         previous_alias = self.previous_alias(stable_alias)
         if previous_alias is not None and aliases.get(previous_alias) == stable_version:
-            self._unwind_previous_alias(model_name, previous_alias, stable_version, rolled_back)
+            self._keep_up_way_back(model_name, previous_alias, lambda: self._unwind_previous_alias(
+                model_name, previous_alias, stable_version, rolled_back))
         if aliases.get(stable_alias) == stable_version:
             return False
         self._set_alias(model_name, stable_alias, stable_version)
         return True
+
+    def _keep_up_way_back(self, model_name: str, previous_alias: str, write: Callable[[], None]) -> None:
+        """Best effort: the `-previous` upkeep must never hold back the rollback's own writes. MLflow's auth lets an
+        EDIT user set aliases and tags but deleting an alias needs MANAGE; a failure is logged, the alias left."""
+        try:
+            write()
+        except RegistryError as exc:
+            log.warning("%s: @%s not kept up to date (%s); the rollback goes on", model_name, previous_alias, exc)
 
     def _unwind_previous_alias(self, model_name: str, previous_alias: str, version: str,
                                rolled_back: str | None) -> None:
@@ -254,7 +266,7 @@ class ModelRegistry(ABC):
         record = self._existing_version(model_name, version)
         previous_alias = self.previous_alias(stable_alias) if stable_alias is not None else None
         if previous_alias is not None and self._aliases(model_name).get(previous_alias) == version:
-            self._delete_alias(model_name, previous_alias)
+            self._keep_up_way_back(model_name, previous_alias, lambda: self._delete_alias(model_name, previous_alias))
         when = _timestamp(rejected_at)
         if (record.tags.get(REJECTED_TAG) == "true" and record.tags.get(REJECTED_ROLLOUT_TAG) == rollout
                 and (rejected_at is None or record.tags.get(REJECTED_TIME_TAG) == when)):

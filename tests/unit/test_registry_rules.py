@@ -41,6 +41,7 @@ from controller.registry import (
     Credentials,
     InMemoryRegistry,
     ModelRegistry,
+    RegistryAccessDenied,
     RegistryConfigError,
     RegistryUnavailable,
     VersionNotFound,
@@ -424,6 +425,24 @@ class TestInMemoryRegistry(RegistryContract):
         for _ in range(2):  # sent again after a kill
             harness.registry.tag_rejected(model, "1", "gate failed", "", ROLLOUT, stable_alias=STABLE)
             assert harness.alias_target(model, f"{STABLE}-previous") is None
+
+    def test_an_alias_delete_refused_never_holds_back_the_rollbacks_own_writes(
+            self, harness: MemoryHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+        """MLflow's auth lets an EDIT user set aliases and tags, but deleting an alias needs MANAGE: the -previous
+        upkeep is best effort, the stable alias and the rejection are written all the same."""
+        def refused(*_: str) -> None:
+            raise RegistryAccessDenied("MLflow refused DELETE registered-models/alias with HTTP 403")
+
+        model = harness.new_model(3)
+        harness.point_alias(model, STABLE, "1")  # set by hand: version 1 records nothing it replaced
+        harness.registry.promote(model, STABLE, "2", ROLLOUT)
+        monkeypatch.setattr(harness.registry, "_delete_alias", refused)
+        assert harness.registry.restore_stable_alias(model, STABLE, "1", rolled_back="2")
+        assert (harness.alias_target(model, STABLE), harness.alias_target(model, f"{STABLE}-previous")) == ("1", "1")
+        harness.point_alias(model, STABLE, "3")
+        harness.point_alias(model, f"{STABLE}-previous", "2")
+        assert harness.registry.tag_rejected(model, "2", "gate failed", "", ROLLOUT, stable_alias=STABLE)
+        assert harness.registry.resolve(model, version="2").tags[REJECTED_TAG] == "true"
 
     def test_unavailable(self, harness: MemoryHarness) -> None:
         model = harness.new_model(1)
