@@ -11,7 +11,9 @@ Write order makes every operation safe to repeat after a crash at any point:
   set an earlier rejection's `modelrollout.rejected` to "false" (a promotion that fails leaves it standing);
 - rollback restores the alias first (safety first), then writes the rejection tags with
   `modelrollout.rejected` last, so that tag set to "true" means all the others are there; restoring the stable
-  alias puts `<stableAlias>-previous` back just before it, as the engine confirms by the stable alias alone.
+  alias puts `<stableAlias>-previous` back just before it, as the engine confirms by the stable alias alone, and
+  tagging a rejection first removes a `<stableAlias>-previous` that names the rejected version. That upkeep of
+  `-previous` is best effort: a refusal is logged and never holds back the writes the engine confirms by.
 """
 
 from __future__ import annotations
