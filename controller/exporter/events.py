@@ -2,15 +2,24 @@
 
 KServe's logger agent posts each request and response as a binary-mode CloudEvent (`ce-*` headers,
 the payload as body); Seldon Core's request logger does the same with its own event types. Structured
-mode (`application/cloudevents+json`) is accepted too; an event with a `ce-specversion` header is binary whatever its
-Content-Type (KServe's agent copies the client's, which may be `application/cloudevents+json`).
+mode (`application/cloudevents+json`, its data as `data` or `data_base64`) is accepted too; an event with a
+`ce-specversion` header is binary whatever its Content-Type (KServe's agent copies the client's, which may be
+`application/cloudevents+json`).
+
+KServe's agent logs the bytes the model server wrote: gzip or zlib when the client asked for it (Triton compresses on
+Accept-Encoding), or a V2 response in the binary tensor data extension (a JSON header, then each binary output's
+little-endian bytes). Both are read; a body is inflated to at most the exporter's event size.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +31,14 @@ from controller.single_score import single_score_position
 _SELDON_PLACEHOLDER = re.compile(r"t:[0-9]+")
 RESPONSE_TYPES = frozenset({"org.kubeflow.serving.inference.response", "io.seldon.serving.inference.response"})
 REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.serving.inference.request"})
+# Seldon's executor logs each feedback call (a reward for an earlier prediction): no prediction, answered and ignored.
+IGNORED_TYPES = frozenset({"io.seldon.serving.feedback"})
+TOO_LARGE_REASON = "TooLarge"  # a body past the exporter's event size, as sent or once inflated
+# The binary tensor data extension's header: how long the JSON part of the body is (else read up to its end).
+HEADER_LENGTH = "inference-header-content-length"
+# Little-endian struct codes of the binary extension's fixed-size datatypes (BYTES is length-prefixed).
+BINARY_FORMATS = {"BOOL": "?", "INT8": "b", "UINT8": "B", "INT16": "h", "UINT16": "H", "INT32": "i", "UINT32": "I",
+                  "INT64": "q", "UINT64": "Q", "FP16": "e", "FP32": "f", "FP64": "d"}
 # "": not said. The operator's judges select by model_version, which the router writes into each serving
 # revision's logger URL; the variant label is for dashboards and for whoever sets it.
 VARIANTS = frozenset({"stable", "canary", ""})
@@ -60,6 +77,39 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class BinaryData:
+    """An output's tensor in the binary tensor data extension, read only if it is the output the exporter counts."""
+
+    datatype: str
+    raw: memoryview
+
+    def values(self) -> list[Any]:
+        """Row-major values, as the JSON `data` of the same output would list them."""
+        if self.datatype == "BYTES":
+            return _length_prefixed(self.raw)
+        code = BINARY_FORMATS.get(self.datatype)
+        if code is None:
+            raise MalformedEvent("UnsupportedDatatype", f"a binary output of datatype {self.datatype[:16]!r}")
+        count, rest = divmod(len(self.raw), struct.calcsize(code))
+        if rest:
+            raise MalformedEvent("BadTensor", f"{len(self.raw)} bytes are not whole {self.datatype} values")
+        return list(struct.unpack(f"<{count}{code}", self.raw))
+
+
+def _length_prefixed(raw: memoryview) -> list[str]:
+    """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+    values, at = [], 0
+    while at < len(raw):
+        size = int.from_bytes(raw[at:at + 4], "little")
+        if at + 4 + size > len(raw):
+            raise MalformedEvent("BadTensor", "a BYTES element runs past the output's binary data")
+        # Not valid UTF-8: kept as surrogates, which check_label refuses as a class.
+        values.append(bytes(raw[at + 4:at + 4 + size]).decode("utf-8", "surrogateescape"))
+        at += 4 + size
+    return values
+
+
+@dataclass(frozen=True)
 class CloudEvent:
     id: str
     type: str
@@ -78,34 +128,121 @@ def payload_unused(headers: Mapping[str, str]) -> bool:
     """A request event in binary mode: kept for its attributes (headers) only, its payload (images, V2 tensors,
     often binary and large) never read."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    return not _structured(lowered) and lowered.get("ce-type") in REQUEST_TYPES
+    return not _structured(lowered) and lowered.get("ce-type") in REQUEST_TYPES | IGNORED_TYPES
 
 
-def parse_cloudevent(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+def may_inflate(headers: Mapping[str, str], body: bytes) -> bool:
+    """Whether the body may decode to more than its own size: compressed, or a structured event (its data_base64 may
+    be). A small body that is neither decodes in milliseconds."""
+    return _structured({k.lower(): v for k, v in headers.items()}) or _compressed(body)
+
+
+def parse_cloudevent(headers: Mapping[str, str], body: bytes, *, max_bytes: int) -> CloudEvent:
+    """max_bytes: the most a compressed body is inflated to (a zip bomb is dropped as TooLarge)."""
     lowered = {k.lower(): v for k, v in headers.items()}
     structured = _structured(lowered)
     if payload_unused(headers):
         body = b""
-    try:
-        payload = json.loads(body) if body else None
-    except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd nesting, integers past Python's limit
-        raise MalformedEvent("NotJSON", f"body is not JSON ({exc.__class__.__name__})") from None
     if structured:
+        payload = _json(body)
         if not isinstance(payload, dict):
             raise MalformedEvent("NotCloudEvent", "structured event is not a JSON object")
         # A null attribute is an absent one (str(None) would make "None" an id).
         attributes = {k.lower(): str(v) for k, v in payload.items()
                       if k not in ("data", "data_base64") and v is not None}
         data = payload.get("data")
+        if "data" not in payload and attributes.get("type") in RESPONSE_TYPES:  # a request's payload is never read
+            data = _base64_data(payload.get("data_base64"), max_bytes)
     else:
         attributes = {k[3:]: v for k, v in lowered.items() if k.startswith("ce-")}
-        data = payload
+        data = payload = _payload(body, max_bytes, lowered.get(HEADER_LENGTH))
         if isinstance(payload, dict) and "specversion" in payload and "data" in payload:
             data = payload["data"]  # the model answered a CloudEvent of its own: the logger's headers say who
     for required in ("id", "type", "specversion"):
         if not attributes.get(required):
             raise MalformedEvent("NotCloudEvent", f"missing CloudEvent attribute {required!r}")
     return CloudEvent(attributes["id"], attributes["type"], attributes, data)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd nesting, integers past Python's limit
+        raise MalformedEvent("NotJSON", f"body is not JSON ({exc.__class__.__name__})") from None
+
+
+def _base64_data(encoded: Any, max_bytes: int) -> Any:
+    """A structured event's data_base64: the body a binary event would carry (within the event, so within its size)."""
+    if encoded is None:
+        return None
+    try:
+        body = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
+        body = None
+    if body is None:
+        raise MalformedEvent("NotCloudEvent", "data_base64 is not a base64 string")
+    return _payload(body, max_bytes)
+
+
+def _payload(body: bytes, max_bytes: int, header_length: str | None = None) -> Any:
+    """What a logged body holds: JSON, after inflating it if compressed, with the binary tensor data extension's
+    outputs placed in its header's outputs as BinaryData."""
+    body = _inflated(body, max_bytes)
+    if header_length is None:
+        try:
+            return _json(body)
+        except MalformedEvent:
+            if not body.startswith(b"{"):
+                raise
+            try:  # the JSON header's end: Latin-1 maps each byte to one character, so its index is the byte's
+                end = json.JSONDecoder().raw_decode(body.decode("latin-1"))[1]
+            except (ValueError, RecursionError):
+                raise MalformedEvent("NotJSON", "body is not JSON, nor a JSON header and binary data") from None
+    elif header_length.isascii() and header_length.isdigit() and 0 < int(header_length) <= len(body):
+        end = int(header_length)
+    else:  # (isascii: "²" is a digit that int() refuses)
+        raise MalformedEvent("BadTensor", f"{HEADER_LENGTH} is not a length within the body")
+    return _with_binary_outputs(_json(body[:end]), memoryview(body)[end:])
+
+
+def _with_binary_outputs(header: Any, raw: memoryview) -> Any:
+    """Each output with a binary_data_size takes that many bytes of the binary part, in the outputs' order."""
+    outputs = header.get("outputs") if isinstance(header, dict) else None
+    at = 0
+    for output in outputs if isinstance(outputs, list) else ():
+        parameters = output.get("parameters") if isinstance(output, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is None:
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(raw) - at:
+            raise MalformedEvent("BadTensor", "an output's binary_data_size is not a size within the binary data")
+        output["data"] = BinaryData(str(output.get("datatype")), raw[at:at + size])
+        at += size
+    if at != len(raw):
+        raise MalformedEvent("NotJSON" if not at else "BadTensor",
+                             f"{len(raw)} bytes after the JSON, of which the outputs' binary_data_size name {at}")
+    return header
+
+
+def _compressed(body: bytes) -> bool:
+    """gzip, or zlib (RFC 1950: deflate with a 32K window); JSON starts with neither."""
+    return body[:2] == b"\x1f\x8b" or (body[:1] == b"\x78" and int.from_bytes(body[:2], "big") % 31 == 0)
+
+
+def _inflated(body: bytes, max_bytes: int) -> bytes:
+    """A body as it is, or inflated to at most max_bytes if compressed: a few KiB must not become gigabytes."""
+    if not _compressed(body):
+        return body
+    inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # either header
+    try:
+        inflated = inflater.decompress(body, max_bytes + 1)
+    except zlib.error:
+        raise MalformedEvent("NotJSON", "body is neither JSON nor valid gzip or zlib data") from None
+    if len(inflated) > max_bytes:
+        raise MalformedEvent(TOO_LARGE_REASON, f"body inflates past {max_bytes} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise MalformedEvent("NotJSON", "compressed body is cut short or has data after its end")
+    return inflated
 
 
 def predicted_classes(data: Any, options: DecodeOptions) -> tuple[str, ...]:
@@ -158,9 +295,12 @@ def _v2_classes(outputs: Any, options: DecodeOptions) -> tuple[str, ...]:
             raise MalformedEvent("BadV2Output", f"no output named {options.v2_output!r}")
     if not isinstance(chosen, dict):
         raise MalformedEvent("BadV2Output", "output is not an object")
+    data = chosen.get("data")
+    if isinstance(data, BinaryData):
+        data = data.values()
     if chosen.get("datatype") == "BYTES":
-        return _rows_to_classes(chosen.get("data"), options)
-    return _tensor_classes(chosen.get("data"), chosen.get("shape"), options)
+        return _rows_to_classes(data, options)
+    return _tensor_classes(data, chosen.get("shape"), options)
 
 
 def _tensor_classes(values: Any, shape: Any, options: DecodeOptions) -> tuple[str, ...]:

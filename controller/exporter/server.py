@@ -9,21 +9,26 @@ import logging
 import time
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Metric, generate_latest
 from prometheus_client.samples import Sample
 
 from controller.exporter.events import (
     IDENTITY_ATTRIBUTES,
+    IGNORED_TYPES,
     REQUEST_TYPES,
     RESPONSE_TYPES,
+    TOO_LARGE_REASON,
     CloudEvent,
     DecodeOptions,
     MalformedEvent,
+    Prediction,
     check_label,
+    may_inflate,
     parse_cloudevent,
     payload_unused,
     prediction_from_event,
@@ -36,10 +41,11 @@ DROP_HINTS = {"NoClassNames": ": an index or a row of scores names no class with
 OTHER_CLASS = "__other__"
 PREDICTIONS_METRIC = "modelrollout_predictions"  # exposed as modelrollout_predictions_total
 INTERNAL_REASON = "Internal"  # an event the exporter failed on for a reason of its own: a bug, not the sender's
-TOO_LARGE_REASON = "TooLarge"
 # Every body-read slot taken for BODY_WAIT_SECONDS: answered 503, and lost (KServe's logger does not retry).
 BUSY_REASON = "Busy"
-SMALL_BODY_BYTES = 64 * 1024  # a declared body this small is read without a slot (aiohttp's read buffer)
+# A declared body this small is read without a slot (aiohttp's read buffer), unless it has a Content-Encoding: aiohttp
+# inflates that itself, up to MAX_EVENT_BYTES (a 4 KiB gzip body is 4 MiB read).
+SMALL_BODY_BYTES = 64 * 1024
 TOO_SLOW_REASON = "TooSlow"  # a body not read whole in BODY_READ_SECONDS: answered 408
 # A JSON body decodes to about 13x its size in Python objects: one event past this would take the exporter (256Mi)
 # over its limit, and its restart would reset every namespace's counters. A class-rate response is far smaller.
@@ -77,6 +83,24 @@ Identity = tuple[str, str, str, str]  # namespace, inference service, variant, m
 Service = tuple[str, str]  # namespace, inference service
 PREDICTION_LABELS = ("namespace", "inference_service", "variant", "model_version", "class")
 Series = tuple[str, ...]  # an identity and a class: the values of PREDICTION_LABELS
+T = TypeVar("T")
+# Runs a decoding step: in the calling thread, or (the server) in a worker thread, so that a 4 MiB event's seconds of
+# decoding do not hold the event loop, /metrics with it.
+Runner = Callable[..., Awaitable[Any]]
+
+
+async def _inline(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return function(*args, **kwargs)
+
+
+def _finished(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that never suspends (every step run _inline)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("an inline coroutine suspended")
 
 
 @dataclass
@@ -149,8 +173,13 @@ class PredictionExporter:
         self._warned: dict[str, float] = {}  # drop reason: when it was last logged
 
     def handle(self, headers: dict[str, str], body: bytes, query: str) -> str:
+        """Decodes and counts the event in this thread."""
+        return _finished(self.handle_with(_inline, headers, body, query))
+
+    async def handle_with(self, run: Runner, headers: dict[str, str], body: bytes, query: str) -> str:
+        """`run` runs the decoding steps (pure); the counting stays in the caller's thread (the event loop)."""
         try:
-            return self._count(headers, body, query)
+            return await self._count(run, headers, body, query)
         except MalformedEvent as exc:
             reason = exc.reason
             log.debug("dropped event: %s", exc)
@@ -171,16 +200,19 @@ class PredictionExporter:
                         DROP_HINTS.get(reason, ""), DROP_WARNING_SECONDS // 60)
         return "malformed"
 
-    def _count(self, headers: dict[str, str], body: bytes, query: str) -> str:
-        event = parse_cloudevent(headers, body)
+    async def _count(self, run: Runner, headers: dict[str, str], body: bytes, query: str) -> str:
+        event: CloudEvent = await run(parse_cloudevent, headers, body, max_bytes=self.max_event_bytes)
         if event.type in REQUEST_TYPES:
             self._remember(event)
             self.metrics.events.labels("request").inc()
             return "request"
+        if event.type in IGNORED_TYPES:
+            self.metrics.events.labels("ignored").inc()
+            return "ignored"
         if event.type not in RESPONSE_TYPES:
             raise MalformedEvent("UnknownEventType", f"event type {event.type[:80]!r}")
         request = self._forget_request(event.id)
-        prediction = prediction_from_event(event, query, self.options, request)
+        prediction: Prediction = await run(prediction_from_event, event, query, self.options, request)
         identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
         service = identity[:2]
         if self._admit(identity):
@@ -358,11 +390,16 @@ class PredictionExporter:
 
     def app(self) -> web.Application:
         reading = asyncio.Semaphore(self._body_read_slots)  # this app's event loop's
+        # Events that may take seconds to decode are decoded in a worker thread, one at a time as on the event loop
+        # before (a 4 MiB body is ~50 MiB of Python objects); a small one, on the event loop, waits for none of them.
+        decoding = asyncio.Semaphore(1)
 
         async def read(request: web.Request) -> bytes | web.Response:
             # A small body takes no slot: it costs no more than the read buffer a waiting connection holds anyway,
             # and slow senders holding every slot must not stop other teams' ordinary events.
-            small = request.content_length is not None and request.content_length <= SMALL_BODY_BYTES
+            encoded = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in ("", "identity")
+            small = (not encoded and request.content_length is not None
+                     and request.content_length <= SMALL_BODY_BYTES)
             if not small:
                 try:
                     async with asyncio.timeout(self._body_wait_seconds):
@@ -390,7 +427,11 @@ class PredictionExporter:
                 if isinstance(body_or_answer, web.Response):
                     return body_or_answer
                 body = body_or_answer
-            outcome = self.handle(headers, body, request.query_string)
+            if len(body) > SMALL_BODY_BYTES or may_inflate(headers, body):
+                async with decoding:
+                    outcome = await self.handle_with(asyncio.to_thread, headers, body, request.query_string)
+            else:
+                outcome = self.handle(headers, body, request.query_string)
             return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
 
         async def metrics(_: web.Request) -> web.Response:
