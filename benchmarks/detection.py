@@ -57,7 +57,9 @@ below means. The summary scores a test whose samples to catch equal the margin-v
 roughly the best any valid test could show, for ours and for threshold_over_ours.
 
 Samples to catch count canary samples; a rollout not caught within the horizon counts as never caught, so
-a median or p90 is null when fewer than half or 90% of rollouts are caught.
+a median or p90 is null when fewer than half or 90% of rollouts are caught. A judge catches a cell when it
+catches 90% of its rollouts; a summary ratio set against ours (or the known-ratio reference) is null when it
+misses a cell the other judge catches, and ours_missed_cells counts those cells.
 """
 
 from __future__ import annotations
@@ -326,7 +328,11 @@ def describe(times: FloatArray) -> dict[str, Any]:
 
 
 def geomean(values: list[float]) -> float | None:
-    return float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else None
+    """None for no values, and when one is infinite: the judge set below misses a cell the other catches, so a
+    geomean of the other cells would flatter it (summaries count such cells in ours_missed_cells)."""
+    if not values or not all(math.isfinite(v) for v in values):
+        return None
+    return float(math.exp(sum(math.log(v) for v in values) / len(values)))
 
 
 def run(runs: int, seed: int) -> dict[str, Any]:
@@ -393,8 +399,8 @@ def summarize(cells: list[dict[str, Any]], with_references: bool = True) -> dict
 
     ours_over_oracle = [c["ours"]["median"] / c["oracle"]["median"] if ok(c["ours"]) else math.inf
                         for c in dirty if ok(c["oracle"])]
-    thr_over_ours = [c["threshold"]["median"] / c["ours"]["median"] for c in dirty
-                     if ok(c["threshold"]) and ok(c["ours"])]
+    thr_over_ours = [c["threshold"]["median"] / c["ours"]["median"] if ok(c["ours"]) else math.inf for c in dirty
+                     if ok(c["threshold"])]
     thr_over_oracle = [c["threshold"]["median"] / c["oracle"]["median"] for c in dirty
                        if ok(c["threshold"]) and ok(c["oracle"])]
     worst = max(ours_over_oracle) if ours_over_oracle else None
@@ -403,8 +409,8 @@ def summarize(cells: list[dict[str, Any]], with_references: bool = True) -> dict
     if with_references:
         known_over_oracle = [c["known_ratio_reference"]["median"] / c["oracle"]["median"]
                              if ok(c["known_ratio_reference"]) else math.inf for c in dirty if ok(c["oracle"])]
-        thr_over_known = [c["threshold"]["median"] / c["known_ratio_reference"]["median"] for c in dirty
-                          if ok(c["threshold"]) and ok(c["known_ratio_reference"])]
+        thr_over_known = [c["threshold"]["median"] / c["known_ratio_reference"]["median"]
+                          if ok(c["known_ratio_reference"]) else math.inf for c in dirty if ok(c["threshold"])]
         kworst = max(known_over_oracle) if known_over_oracle else None
         known = {"known_ratio_over_oracle_worst": kworst if kworst is None or math.isfinite(kworst) else None,
                  "threshold_over_known_ratio_geomean": geomean(thr_over_known)}
@@ -422,13 +428,15 @@ def summarize(cells: list[dict[str, Any]], with_references: bool = True) -> dict
         floor = {"threshold_over_floor_geomean": geomean([c["threshold"]["median"] / at_floor(c) for c in have
                                                           if ok(c["threshold"]) and ok(c["oracle"])]),
                  "ours_over_floor_worst": fworst if fworst is None or math.isfinite(fworst) else None,
-                 "ours_over_floor_geomean": geomean([v for v in ours_over_floor if math.isfinite(v)])}
+                 "ours_over_floor_geomean": geomean(ours_over_floor)}
     return {
         "max_false_rollback": max(c["ours"]["caught"] for c in cells if c["clean"]),
         "ours_over_oracle_worst": worst if worst is None or math.isfinite(worst) else None,
         "threshold_over_ours_geomean": geomean(thr_over_ours),
         "threshold_over_oracle_geomean": geomean(thr_over_oracle),
         "cells_caught": {k: sum(ok(c[k]) for c in dirty) for k in ("ours", "threshold", "oracle")},
+        # Cells the other judge catches and ours misses: each makes ours' ratio against that judge null.
+        "ours_missed_cells": {k: sum(ok(c[k]) and not ok(c["ours"]) for c in dirty) for k in ("threshold", "oracle")},
         "ours_catches_every_oracle_cell": all(ok(c["ours"]) for c in dirty if ok(c["oracle"])),
         **known,
         **floor,
@@ -447,10 +455,12 @@ def threshold_per_rate_summary(cells: list[dict[str, Any]], margin_checks: list[
     """Outside the goals: the threshold calibrated per stable rate, scored as the threshold judge is, beside the
     global one, and both thresholds' false rollbacks at the margin (the guarantee the per-rate one gives up)."""
     scored = summarize([{**c, "threshold": c["threshold_per_rate_reference"]} for c in cells], with_references=False)
-    caught = summarize(cells, with_references=False)["cells_caught"]
+    plain = summarize(cells, with_references=False)
     return {"threshold_per_rate_over_ours_geomean": scored["threshold_over_ours_geomean"],
             "threshold_per_rate_over_oracle_geomean": scored["threshold_over_oracle_geomean"],
-            "cells_caught": {"threshold_per_rate": scored["cells_caught"]["threshold"], **caught},
+            "cells_caught": {"threshold_per_rate": scored["cells_caught"]["threshold"], **plain["cells_caught"]},
+            "ours_missed_cells": {"threshold_per_rate": scored["ours_missed_cells"]["threshold"],
+                                  **plain["ours_missed_cells"]},
             "threshold_per_rate_max_false_rollback": max(c["threshold_per_rate_reference"]["caught"]
                                                          for c in cells if c["clean"]),
             "threshold_max_false_rollback_at_margin": max((m["threshold_false_rollback"] for m in margin_checks),

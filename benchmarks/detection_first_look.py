@@ -5,7 +5,8 @@ at the first look, 10 canary and 90 stable samples, in most rollouts; ours stops
 as a linear programme over every test of those counts (randomised ones too), the largest probability of
 failing such a canary at the first look for a test whose false-rollback probability at the margin (canary =
 1.5 x stable) stays below alpha at every stable rate of a fine grid (a relaxation of "every rate", so the
-result is an upper bound), and the smallest alpha at which that probability reaches one half.
+result is an upper bound), and the smallest alpha at which that probability reaches one half (searched up to
+alpha 0.5; null when even that is not enough).
 
 A sequential test can reject at the first look only inside a region of this kind whose size it pays out of
 its whole alpha, so these are bounds on what any valid judge can do in that cell. Needs scipy (installed with
@@ -15,6 +16,7 @@ the `server` extra, which mlflow brings). About 4 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -23,8 +25,10 @@ from scipy.optimize import linprog
 from scipy.stats import binom
 
 MARGIN_RATIO = 1.5
+ALPHA_SEARCH_MAX = 0.5  # alpha_for looks no further: a test failing half the rollouts at the margin is none
 
 
+@functools.cache  # alpha_for re-checks the alpha main() already reports
 def first_look_power(stable_rate: float, ratio: float, alpha: float, canary: int = 10, stable: int = 90,
                      grid: int = 1500) -> float:
     xs, ys = np.arange(canary + 1), np.arange(stable + 1)
@@ -39,9 +43,14 @@ def first_look_power(stable_rate: float, ratio: float, alpha: float, canary: int
     return float(-result.fun)
 
 
-def alpha_for(stable_rate: float, ratio: float, target: float = 0.5, steps: int = 7) -> float:
-    """Smallest alpha (to within the bisection) at which the first-look power reaches `target`."""
+def alpha_for(stable_rate: float, ratio: float, target: float = 0.5, steps: int = 7) -> float | None:
+    """Smallest alpha (to within the bisection) at which the first-look power reaches `target`, or None when
+    even ALPHA_SEARCH_MAX does not. The power only grows with alpha: double the bracket until it holds the answer."""
     lo, hi = 0.0, 0.01
+    while first_look_power(stable_rate, ratio, hi) < target:
+        if hi >= ALPHA_SEARCH_MAX:
+            return None
+        lo, hi = hi, min(2 * hi, ALPHA_SEARCH_MAX)
     for _ in range(steps):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if first_look_power(stable_rate, ratio, mid) >= target else (mid, hi)
@@ -55,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = {"stable_rate": args.stable_rate, "ratio": args.ratio,
               "first_look_power_at_alpha_0.01": first_look_power(args.stable_rate, args.ratio, 0.01),
-              "alpha_for_half_at_first_look": alpha_for(args.stable_rate, args.ratio)}
+              "alpha_for_half_at_first_look": alpha_for(args.stable_rate, args.ratio),
+              "alpha_searched_up_to": ALPHA_SEARCH_MAX}
     print(json.dumps(result))
     return 0
 

@@ -1,7 +1,7 @@
 """Golden gate throughput against a local V2 model server, side by side with a plain load client.
 
     .venv/bin/python benchmarks/gate_throughput.py [--json] [--samples 200000] [--rounds 3] [--big 1000000]
-                                                   [--small 10000]
+                                                   [--small 10000] [--batch-size N] [--concurrency N]
 
 What runs, all on 127.0.0.1:
 - one model server process (controller.devstack.model_server's app, demo linear model) speaking V2;
@@ -18,6 +18,9 @@ What runs, all on 127.0.0.1:
   rounds, and gate / plain throughput (above 1: the gate is faster) per round, median and min-max.
   Rates count samples answered by both endpoints; no ratio is reported (exit status 1) unless every
   gate verdict is pass and every sample sent was answered by both endpoints, on both sides.
+  Batch size and concurrency default to the operator's own (GateOptions()'s, the options every gate the
+  operator runs uses), for the gate and the plain loops alike; --batch-size and --concurrency change them
+  for both, --memory-batch-size for the memory run.
 - memory: the gate evaluating a 1,000,000-sample and a small dataset, each in a fresh subprocess, with the
   peak RSS (VmHWM in /proc/self/status) and the RSS just before evaluation started (VmRSS): memory must
   not grow with the dataset's size.
@@ -52,7 +55,13 @@ from controller.devstack.model_server import (  # noqa: E402
     demo_models,
     write_demo_dataset,
 )
-from controller.devstack.processes import LOOPBACK, free_port, start, wait_http_ok  # noqa: E402
+from controller.devstack.processes import (  # noqa: E402
+    LOOPBACK,
+    free_port,
+    interrupt_on_termination,
+    start,
+    wait_http_ok,
+)
 from controller.gate import GateOptions, InferenceEndpoint, evaluate_dataset_file  # noqa: E402
 from controller.gate.clients import InferenceClient, decode_json  # noqa: E402
 from controller.gate.formats import open_dataset  # noqa: E402
@@ -92,7 +101,11 @@ def start_server(log_dir: Path) -> tuple[Any, str]:
     process = start("bench-model-server", [sys.executable, __file__, "--serve", str(port)], log_dir / "server.log",
                     cwd=REPO)
     url = f"http://{LOOPBACK}:{port}"
-    wait_http_ok(f"{url}/v2/health/ready", process, 60)
+    try:
+        wait_http_ok(f"{url}/v2/health/ready", process, 60)
+    except BaseException:  # never ready, or interrupted while waiting: it runs in its own session, stop it here
+        process.stop()
+        raise
     return process, url
 
 
@@ -332,12 +345,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--samples", type=int, default=200_000, help="dataset size for the throughput comparison")
-    parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=4)
+    operator = GateOptions()  # measured as the operator runs the gate
+    parser.add_argument("--batch-size", type=int, default=operator.batch_size,
+                        help="samples per request, gate and plain loops (default: the operator's, %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=operator.concurrency,
+                        help="requests in flight per endpoint, gate and plain loops (default: the operator's, "
+                             "%(default)s)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--big", type=int, default=1_000_000, help="large dataset for the memory run")
     parser.add_argument("--small", type=int, default=10_000, help="small dataset for the memory run")
-    parser.add_argument("--memory-batch-size", type=int, default=2000)
+    parser.add_argument("--memory-batch-size", type=int, default=operator.batch_size,
+                        help="samples per request in the memory run (default: the operator's, %(default)s)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sha256", help=argparse.SUPPRESS)
@@ -352,7 +370,8 @@ def main() -> int:
 
     started = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix="gate-bench-") as scratch:
+        # SIGTERM (a timeout, a cancelled CI job) unwinds as Ctrl-C does: the finally below stops the server.
+        with interrupt_on_termination(), tempfile.TemporaryDirectory(prefix="gate-bench-") as scratch:
             work = Path(scratch)
             process, url = start_server(work)
             try:

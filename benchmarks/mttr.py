@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/mttr.py [--runs 5] [--json] [--keep-dir DIR]
 
-Recovery here means: the target at 0% canary (no traffic off the stable model) AND the stable alias verified.
+Recovery here means: the target at 0% canary (all traffic routed, none of it off the stable model) AND the
+stable alias verified.
 Only the two on-call commands are measured (abort at the canary, rollback after promotion), not automatic
 rollbacks on a failing gate or analysis verdict.
 
@@ -21,7 +22,7 @@ Each recovery is measured twice:
   where verdictAt is when the engine saw the command and recoveredAt when it observed both the target's
   traffic (from the InferenceService's status) and the alias (read back from MLflow);
 - outside: from just before the command annotation is written until this script itself reads, from the
-  InferenceService's status, no traffic off the stable revision, and from MLflow the alias on stable
+  InferenceService's status, all traffic on the stable revision, and from MLflow the alias on stable
   (so it also counts the watch delivering the annotation change to the operator).
 
 The baseline, in the same run: right before each operator recovery, a plain client does the same recovery
@@ -31,7 +32,7 @@ ModelRollout), brought first (untimed) to the state the operator's recovery star
 merge patch canaryTrafficPercent 0 (the operator's KServe router's first rollback write, KServe's documented
 rollback) and its MLflow alias write (alias `mttr-direct` on the same registered model, so the rollout's
 @production is left alone; written even where the operator finds it in place already), until the same
-readers see no traffic off the stable revision and the alias on stable. Reported: operator outside / direct
+readers see all traffic on the stable revision and the alias on stable. Reported: operator outside / direct
 per recovery (above 1: the operator takes longer), median and min-max.
 """
 
@@ -55,7 +56,7 @@ sys.path.insert(0, str(REPO))
 from kubernetes import client  # noqa: E402
 
 from controller.devstack.kserve_standin import REVISIONS_KEY  # noqa: E402
-from controller.devstack.processes import start, stop_pid  # noqa: E402
+from controller.devstack.processes import interrupt_on_termination, start, stop_pid  # noqa: E402
 from controller.devstack.scenario import STABLE_ALIAS, STORAGE_URI_TEMPLATE, Scenario  # noqa: E402
 from controller.devstack.stack import Stack  # noqa: E402
 from controller.operator.kubeapi import load_client_config  # noqa: E402
@@ -125,7 +126,8 @@ class Bench:
                                alias: str = STABLE_ALIAS) -> float:
         deadline = started + timeout
         while time.monotonic() < deadline:
-            if self.off_stable(name) == 0 \
+            # All of it on stable: a status routing nothing (or part) has no traffic off stable, yet serves none.
+            if self.split(name) == (0, 100) \
                     and self.registry.verify_alias(self.name, alias) == self.scenario.stable_version:
                 return time.monotonic() - started
             time.sleep(0.02)
@@ -214,7 +216,8 @@ def run(runs: int, root: Path) -> dict[str, Any]:
         api = load_client_config(str(control_plane.admin_kubeconfig))
         namespace = f"mttr-{uuid.uuid4().hex[:6]}"
         client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-        scenario = Scenario(api, mlflow.url, namespace, root / "scenario", model_name="nsfw-mttr").setup()
+        scenario = Scenario(api, mlflow.url, namespace, root / "scenario", model_name="nsfw-mttr")
+        scenario.setup()  # assigned first: a set-up cut short still stops the model servers it started
         bench = Bench(api, namespace, scenario, MlflowRegistry(mlflow.url))
         bench.create_direct_target()
         kubeconfig = str(control_plane.admin_kubeconfig)
@@ -263,12 +266,15 @@ def main() -> int:
     parser.add_argument("--keep-dir", type=Path, default=None, help="keep the stack's files and logs here")
     args = parser.parse_args()
     started = time.perf_counter()
-    if args.keep_dir:
-        args.keep_dir.mkdir(parents=True, exist_ok=True)
-        result = run(args.runs, args.keep_dir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="mttr-") as scratch:
-            result = run(args.runs, Path(scratch))
+    # SIGTERM (a timeout, a cancelled CI job) unwinds as Ctrl-C does, so run()'s finally stops the stack: its
+    # servers run in their own sessions and would outlive this process.
+    with interrupt_on_termination():
+        if args.keep_dir:
+            args.keep_dir.mkdir(parents=True, exist_ok=True)
+            result = run(args.runs, args.keep_dir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="mttr-") as scratch:
+                result = run(args.runs, Path(scratch))
     result["wallSeconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps(result))

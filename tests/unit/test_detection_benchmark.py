@@ -5,6 +5,7 @@ calibration."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -248,3 +249,37 @@ def test_threshold_per_rate_summary_scores_it_like_the_threshold_judge(detection
     assert s["threshold_per_rate_max_false_rollback_at_margin"] == 1.0
     # The issue's summary is untouched: the per-rate reference is not the threshold judge.
     assert detection.summarize(cells)["threshold_over_ours_geomean"] == pytest.approx(160 / 60)
+
+
+def test_summary_ratios_against_ours_are_null_when_ours_misses_a_cell_the_other_judge_catches(
+        detection: ModuleType) -> None:
+    # The third cell: the threshold judge catches at 400, the oracle at 100; ours catches only 70% of rollouts.
+    cells = [_cell(1.0, 0, None, None, None), _cell(2.0, 300, 200, 100, 600), _cell(5.0, 60, 40, 40, 160),
+             _cell(3.0, 0, 100, 100, 400)]
+    cells[3]["ours"] = {"caught": 0.7, "median": 900, "p90": None}
+    for c, floor in zip(cells, (None, 120.0, 50.0, 80.0), strict=True):
+        c["information_floor"] = None if floor is None else {"margin_valid_samples": floor}
+    s = detection.summarize(cells)
+    # Left out (as they were), the threshold judge would read 2.3x slower than ours and ours 1.7x the floor.
+    assert s["threshold_over_ours_geomean"] is None
+    assert s["ours_over_oracle_worst"] is None
+    assert s["ours_over_floor_geomean"] is None
+    assert s["ours_missed_cells"] == {"threshold": 1, "oracle": 1}
+    assert s["cells_caught"] == {"ours": 2, "threshold": 3, "oracle": 3}
+    assert s["threshold_over_oracle_geomean"] == pytest.approx((6 * 4 * 4) ** (1 / 3))  # ours plays no part
+    json.loads(json.dumps(s, allow_nan=False))  # strict JSON: no Infinity
+    # Where ours catches every cell the others do, nothing changes, and the count says so.
+    s = detection.summarize(cells[:3])
+    assert s["threshold_over_ours_geomean"] == pytest.approx(math.sqrt(2 * 160 / 60))
+    assert s["ours_missed_cells"] == {"threshold": 0, "oracle": 0}
+
+
+def test_threshold_per_rate_summary_counts_the_cells_ours_misses_and_it_catches(detection: ModuleType) -> None:
+    cells = [_cell(1.0, 0, None, None, None), _cell(2.0, 300, 200, 100, None), _cell(5.0, 60, 40, 40, 160)]
+    cells[1]["ours"] = {"caught": 0.74, "median": 14200, "p90": None}
+    cells[1]["oracle"] = {"caught": 0.88, "median": 9100, "p90": None}
+    for c, caught, median in zip(cells, (0.0, 0.92, 1.0), (None, 4890, 30), strict=True):
+        c["threshold_per_rate_reference"] = {"caught": caught, "median": median, "p90": None}
+    s = detection.threshold_per_rate_summary(cells, [])
+    assert s["threshold_per_rate_over_ours_geomean"] is None  # it catches the 2x cell, ours does not
+    assert s["ours_missed_cells"] == {"threshold_per_rate": 1, "threshold": 0, "oracle": 0}
