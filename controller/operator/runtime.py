@@ -212,7 +212,8 @@ class RolloutRuntime:
         self.api_client = api_client
         self.config = config
         self.router: TrafficRouter = router_for(obj["spec"]["target"], self.namespace, api_client,
-                                                kserve_default_mode=config.kserve_default_mode)
+                                                kserve_default_mode=config.kserve_default_mode,
+                                                gate_hosts=config.gate_hosts)
         self._credentials: Credentials | None = None
         self._registry: ModelRegistry | None = None
         self.withdrawal_recheck = WITHDRAWAL_RECHECK_SECONDS  # set by finish_withdrawal
@@ -408,15 +409,17 @@ class RolloutRuntime:
         kserve = self.spec.target.kserve
         candidate_url = (kserve.candidate_url if kserve else None) or (state.canary_url if state else None)
         stable_url = (kserve.stable_url if kserve else None) or (state.stable_url if state else None)
+        # Why not, when the router says (a Seldon endpoint it refuses to call): on-call sees it in the gate's error.
+        why = f": {state.message}" if state and state.message else ""
         if not candidate_url:
             return JudgeResult(action.id, error=AdapterError(AdapterErrorKind.UNAVAILABLE,
-                                                             "the staged candidate has no inference URL yet"))
+                                                             f"the staged candidate has no inference URL yet{why}"))
         thresholds = action.dataset.thresholds
         compares = thresholds.max_accuracy_drop is not None or thresholds.max_disagreement is not None
         if action.stable and compares and not stable_url:  # judged alone, the comparisons would be skipped
             return JudgeResult(action.id, error=AdapterError(
                 AdapterErrorKind.UNAVAILABLE, f"stable version {action.stable.version} has no inference URL yet: "
-                                              "maxAccuracyDrop and maxDisagreement compare the candidate with it"))
+                "maxAccuracyDrop and maxDisagreement compare the candidate with it" + why))
         protocol = self.config.gate_protocol
         candidate = InferenceEndpoint.from_url(candidate_url, self.target_name, protocol)
         stable = InferenceEndpoint.from_url(stable_url, self.target_name, protocol) \

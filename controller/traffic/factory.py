@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kubernetes import client
@@ -29,13 +29,15 @@ def _target_mapping(spec_target: Mapping[str, Any] | Any) -> Mapping[str, Any]:
 
 def router_for(spec_target: Mapping[str, Any] | Any, namespace: str, api_client: client.ApiClient, *,
                kserve_default_mode: DeploymentMode | str | None = None,
-               settle_timeout: float = 10.0) -> TrafficRouter:
+               settle_timeout: float = 10.0, gate_hosts: Iterable[str] = ()) -> TrafficRouter:
     """The router for `spec_target`, bound to `namespace` (the ModelRollout's own: targets never cross it).
 
     No API call is made here; KServe's deployment mode is read from the InferenceService on each
     operation, so a router stays right if the object is recreated in another mode.
     kserve_default_mode: the cluster's inferenceservice-config default, for InferenceServices that
     carry neither status.deploymentMode nor the deploymentMode annotation.
+    gate_hosts: the hosts the operator allows the gate to call (operator run --gate-hosts): a SeldonDeployment's
+    status, which its editors can write, may name one of them beside the namespace's own Services.
     """
     target = _target_mapping(spec_target)
     present = [key for key in ("kserve", "seldonDeployment", "seldonExperiment") if target.get(key)]
@@ -47,5 +49,5 @@ def router_for(spec_target: Mapping[str, Any] | Any, namespace: str, api_client:
                             settle_timeout=settle_timeout)
     if present[0] == "seldonDeployment":
         return SeldonDeploymentRouter(api_client, namespace, body["name"], body["stablePredictor"],
-                                      body["canaryPredictor"])
+                                      body["canaryPredictor"], gate_hosts=gate_hosts)
     return SeldonExperimentRouter(api_client, namespace, body["name"])

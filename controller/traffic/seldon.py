@@ -45,6 +45,10 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
   the path of the SeldonDeployment's protocol, as Seldon builds status.address.url for the first
   predictor: v2 (and kfserving) /v2/models/<graph root name>/infer, tensorflow /v1/models/<name>:predict.
   For the Seldon protocol (/api/v1.0/predictions), which the gate does not speak, the bare service URL.
+  The CRD has no status subresource, so whoever may edit the object writes its status too: an endpoint
+  naming the predictor's own Service gives only its port (the URL names the Service by its full cluster DNS
+  name); any other "host:port" is used only when the gate-host rule allows the host (controller.api.reach:
+  a Service of the namespace by its full name, or operator run --gate-hosts); else no URL, and observe says why.
 
 Seldon Core v2 (share of a candidate = its weight / sum of weights; weight 0 is allowed, and Seldon
 requires the experiment's `default` model to stay among the candidates):
@@ -81,13 +85,15 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from controller.api.reach import DEFAULT_GATE_HOSTS, host_allowed, is_dns_name
 from controller.redaction import redacted_url
 from controller.traffic.base import (
     ANNOTATION_PREFIX,
@@ -224,14 +230,20 @@ def predictor_service(deployment: str, predictor: Obj) -> str:
     return custom or seldon_name(f"{deployment}-{predictor['name']}")
 
 
+# httpEndpoint as Seldon writes it, "host:port" and nothing else: no userinfo, path, query or fragment to carry.
+_ENDPOINT = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
 class SeldonDeploymentRouter:
     def __init__(self, api_client: client.ApiClient, namespace: str, name: str, stable_predictor: str,
-                 canary_predictor: str) -> None:
+                 canary_predictor: str, *, gate_hosts: Iterable[str] = ()) -> None:
+        """gate_hosts: the hosts the operator allows beside the namespace's Services (operator run --gate-hosts)."""
         if stable_predictor == canary_predictor:
             raise ValueError("the canary predictor must differ from the stable predictor")
         self.client = ObjectClient(api_client, SELDON_DEPLOYMENT, namespace, name)
         self.stable_predictor = stable_predictor
         self.canary_predictor = canary_predictor
+        self.gate_hosts = tuple(gate_hosts)
 
     @property
     def target(self) -> str:
@@ -320,15 +332,17 @@ class SeldonDeploymentRouter:
         if foreign_share:
             problems.append(f"predictor {self.canary_predictor} carries {foreign_share}% of traffic and was not "
                             "written by ModelRollout (or its record was removed)")
+        stable_url, stable_refused = self._url(obj, stable) if stable else (None, "")
+        canary_url, canary_refused = self._url(obj, canary) if canary else (None, "")
+        problems += [p for p in (stable_refused, canary_refused) if p]
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_DEPLOYMENT, synced=synced, ready=ready,
             stable_version=None if rolling else stable_version, stable_name=self.stable_predictor,
-            stable_url=self._url(obj, stable) if stable else None,
-            canary_version=canary_version if canary else None,
+            stable_url=stable_url, canary_version=canary_version if canary else None,
             canary_name=self.canary_predictor if canary else None, canary_ready=canary_ready,
             # A canary-named predictor it did not write still counts: users on it are not back on stable.
             canary_weight=int(canary.get("traffic") or 0) if canary else foreign_share or None,
-            canary_url=self._url(obj, canary) if canary else None, message="; ".join(problems))
+            canary_url=canary_url, message="; ".join(problems))
 
     def _rolling_out(self, obj: Obj, stable: Obj, version: str) -> bool:
         """Stable's Deployments are named after `version` (promote names them so) and not all available yet.
@@ -352,22 +366,47 @@ class SeldonDeploymentRouter:
             isinstance(d, dict) and int(d.get("availableReplicas") or 0) >= max(int(d.get("replicas") or 0), 1)
             for d in found)
 
-    @staticmethod
-    def _url(obj: Obj, predictor: Obj) -> str | None:
-        """The predictor's inference URL: its Service from status.serviceStatus, the protocol's path."""
-        services = (obj.get("status") or {}).get("serviceStatus") or {}
-        endpoint = (services.get(predictor_service(obj["metadata"]["name"], predictor)) or {}).get("httpEndpoint")
-        if not endpoint:
+    def _base_url(self, service: str, endpoint: str) -> str | None:
+        """http://host:port for a reported httpEndpoint, None when the gate may not call it. Seldon writes
+        "<service>.<namespace>:<port>": that host is rebuilt as the full cluster DNS name (the short one falls
+        through to public DNS for a namespace named like a top-level domain, see controller.api.reach)."""
+        found = _ENDPOINT.fullmatch(endpoint)
+        if found is None or not 0 < int(found["port"]) < 65536:
             return None
+        host, port, namespace = found["host"].lower().rstrip("."), int(found["port"]), self.client.namespace
+        own = f"{service}.{namespace}"
+        if is_dns_name(service) and "." not in service and host in (own, f"{own}.svc", f"{own}.svc.cluster.local"):
+            return f"http://{own}.svc.cluster.local:{port}"
+        if host_allowed(host.strip("[]"), namespace, (*DEFAULT_GATE_HOSTS, *self.gate_hosts)):
+            return f"http://{host}:{port}"
+        return None
+
+    def _url(self, obj: Obj, predictor: Obj) -> tuple[str | None, str]:
+        """The predictor's inference URL (its Service from status.serviceStatus, the protocol's path), and why
+        there is none when the reported endpoint is refused."""
+        services = (obj.get("status") or {}).get("serviceStatus") or {}
+        service = predictor_service(obj["metadata"]["name"], predictor)
+        endpoint = (services.get(service) or {}).get("httpEndpoint")
+        if not endpoint:
+            return None, ""
+        base = self._base_url(service, str(endpoint))
+        if base is None:
+            # Without its user:password@ the endpoint would read as another one: such a one is not shown.
+            shown = "with user information" if "@" in str(endpoint) else \
+                repr(redacted_url(f"http://{endpoint}").removeprefix("http://")[:120])
+            return None, (f"the gate does not call predictor {predictor.get('name')}: its status.serviceStatus "
+                          f"httpEndpoint {shown} is not the predictor's Service of namespace "
+                          f"{self.client.namespace} ({service}.{self.client.namespace}:<port>) nor a host the "
+                          "operator allows (operator run --gate-hosts)")
         graph_name = (predictor.get("graph") or {}).get("name")
         if graph_name:
             graph_name = quote(str(graph_name), safe="")  # a path segment, whatever the spec holds
         protocol = obj["spec"].get("protocol") or "seldon"
         if graph_name and protocol in ("v2", "kfserving"):
-            return f"http://{endpoint}/v2/models/{graph_name}/infer"
+            return f"{base}/v2/models/{graph_name}/infer", ""
         if graph_name and protocol == "tensorflow":
-            return f"http://{endpoint}/v1/models/{graph_name}:predict"
-        return f"http://{endpoint}"
+            return f"{base}/v1/models/{graph_name}:predict", ""
+        return base, ""
 
     def _body(self, obj: Obj, stable: Obj, canary: Obj | None, annotations: dict[str, str | None]) -> Obj:
         """The whole predictor list (stable and canary replaced in place, the canary right after stable)

@@ -145,7 +145,7 @@ def test_seldon_deployment_stage_step_rollback_stage_promote(api: client.ApiClie
     state = router.observe()
     assert state.canary_ready and (state.stable_version, state.canary_version, state.canary_weight) == ("6", "7", 0)
     # Seldon's predictor Service, with the path of the v2 protocol for the graph's root (as status.address.url)
-    assert state.canary_url == f"http://{NAME}-canary.{namespace}:8000/v2/models/classifier/infer"
+    assert state.canary_url == f"http://{NAME}-canary.{namespace}.svc.cluster.local:8000/v2/models/classifier/infer"
 
     router.set_weight(10)
     assert traffic(get(api, SELDON_DEPLOYMENT, namespace)) == {"main": 90, "canary": 10}
@@ -493,9 +493,10 @@ def test_seldon_deployment_urls_follow_the_service_name_and_protocol(api: client
     write_status(api, SELDON_DEPLOYMENT, namespace, {"state": "Available", "serviceStatus": {
         "nsfw-svc": {"svcName": "nsfw-svc", "httpEndpoint": f"nsfw-svc.{namespace}:8000"}}})
     router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
-    assert router.observe().stable_url == f"http://nsfw-svc.{namespace}:8000/v1/models/classifier:predict"
+    service_url = f"http://nsfw-svc.{namespace}.svc.cluster.local:8000"  # the reported short name, made full
+    assert router.observe().stable_url == f"{service_url}/v1/models/classifier:predict"
     create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "seldon", "predictors": [predictor]})
-    assert router.observe().stable_url == f"http://nsfw-svc.{namespace}:8000"  # /api/v1.0: not for the gate
+    assert router.observe().stable_url == service_url  # /api/v1.0: not for the gate
 
 
 @pytest.mark.integration
@@ -529,8 +530,8 @@ def test_seldon_deployment_canary_names_its_own_objects_and_promotion_keeps_stab
                           service: {"svcName": service, "httpEndpoint": f"{service}.{namespace}:8000"}}})
     state = router.observe()
     assert state.canary_ready, state.message
-    assert state.stable_url == f"http://nsfw-svc.{namespace}:8000/v2/models/classifier/infer"
-    assert state.canary_url == f"http://{service}.{namespace}:8000/v2/models/classifier/infer"
+    assert state.stable_url == f"http://nsfw-svc.{namespace}.svc.cluster.local:8000/v2/models/classifier/infer"
+    assert state.canary_url == f"http://{service}.{namespace}.svc.cluster.local:8000/v2/models/classifier/infer"
 
     router.promote()
     [promoted] = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]

@@ -173,6 +173,24 @@ def test_a_gate_that_compares_with_stable_waits_for_stables_url_instead_of_skipp
     assert "stable version 1 has no inference URL yet" in result.error.message and not result.verdicts
 
 
+def test_the_seldon_v1_router_gets_the_operators_gate_hosts_and_a_refused_endpoint_is_the_gates_reason() -> None:
+    raw = copy.deepcopy(RAW)
+    raw["target"] = {"seldonDeployment": {"name": "nsfw", "stablePredictor": "main", "canaryPredictor": "canary"}}
+    raw["goldenDataset"] = {"uri": "configmap://golden/set.jsonl", "sha256": "ab" * 32,
+                            "thresholds": {"minAccuracy": 0.8}}
+    spec = parse_spec(raw)
+    obj = {"metadata": {"namespace": "team-a", "name": "nsfw"}, "spec": raw}
+    runtime = RolloutRuntime(obj, spec, None, OperatorConfig(gate_hosts=("127.0.0.1",)))  # type: ignore[arg-type]
+    assert runtime.router.gate_hosts == ("127.0.0.1",)  # type: ignore[attr-defined]
+    refused = "the gate does not call predictor canary: its status.serviceStatus httpEndpoint is elsewhere"
+    state = TargetState(target="nsfw", exists=True, stable_version="1", canary_version="2", canary_url=None,
+                        message=refused)
+    action = RunGate(id="gate-1", candidate=VersionRef("2"), stable=VersionRef("1"), dataset=spec.golden_dataset)
+    result = asyncio.run(runtime.measure_gate(action, state))
+    assert result.error is not None and result.error.kind is AdapterErrorKind.UNAVAILABLE
+    assert result.error.message == f"the staged candidate has no inference URL yet: {refused}"
+
+
 def test_a_registry_secret_the_gate_cannot_read_is_an_explained_gate_error_not_an_exception() -> None:
     raw = copy.deepcopy(RAW)
     raw["registry"] = {"trackingUri": "http://mlflow.team-a.svc:5000", "credentialsSecretRef": {"name": "mlflow"}}
