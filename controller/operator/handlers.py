@@ -78,7 +78,10 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
             return
         # A deletion is reconciled too, after any reconcile in flight: the store then finds nothing, and the
         # reconciler forgets the rollout's metrics (forgetting them here, a reconcile in flight put them back).
-        queue.wake(ObjectRef(namespace, name))
+        ref = ObjectRef(namespace, name)
+        # A reconcile waiting for a gate or an analysis stops for someone else's change (an abort): seen in the body.
+        queue.seen(ref, event.get("object"), deleted=event.get("type") == "DELETED")
+        queue.wake(ref)
 
     return registry
 

@@ -249,13 +249,13 @@ def apply_decided_status(store: StatusStore, obj: dict[str, Any], status: dict[s
             raise
         meta = obj["metadata"]
         fresh = store.get(ObjectRef(meta["namespace"], meta["name"]))
-        if fresh is None or _what_decisions_read(fresh) != _what_decisions_read({**obj, "status": decided_on}):
+        if fresh is None or what_decisions_read(fresh) != what_decisions_read({**obj, "status": decided_on}):
             raise
         meta["resourceVersion"] = fresh["metadata"]["resourceVersion"]
         return store.apply_status(obj, status)
 
 
-def _what_decisions_read(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+def what_decisions_read(obj: Mapping[str, Any]) -> tuple[Any, ...]:
     """The parts of a ModelRollout a decision depends on: a write to anything else leaves it valid."""
     meta = obj["metadata"]
     command = (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from string import Formatter
 from typing import Any
@@ -84,8 +86,15 @@ from controller.gate import (
 from controller.gate.sources import DEFAULT_MAX_DATASET_BYTES, GATE_SCRATCH, check_https_uri
 from controller.operator.event_poster import EventPoster, Posted
 from controller.operator.events import unposted
-from controller.operator.kubeapi import FINALIZER, ObjectRef, RolloutStore, apply_decided_status, owns_finalizer
-from controller.operator.scheduler import reconcile_slot_lent
+from controller.operator.kubeapi import (
+    FINALIZER,
+    ObjectRef,
+    RolloutStore,
+    apply_decided_status,
+    owns_finalizer,
+    what_decisions_read,
+)
+from controller.operator.scheduler import ChangedFn, changes_watched, reconcile_slot_lent
 from controller.registry import (
     Credentials,
     MlflowRegistry,
@@ -105,6 +114,9 @@ MAX_CONCURRENT_GATES = 4
 # Analyses too (a stalling Prometheus holds one for minutes), in threads of their own: in the default pool,
 # min(32, CPUs + 4) threads, as few as 5, they would hold up every store call and traffic change, rollbacks included.
 MAX_CONCURRENT_ANALYSES = 8
+# One namespace's share of each: one tenant's slow model servers or Prometheus cannot take every slot.
+MAX_GATES_PER_NAMESPACE = MAX_CONCURRENT_GATES // 2
+MAX_ANALYSES_PER_NAMESPACE = MAX_CONCURRENT_ANALYSES // 2
 # Phases after which the candidate must not be left in the target's spec.
 WITHDRAWN_PHASES = ("RolledBack", "Failed")
 # How long a deleted rollout that has ended waits for that withdrawal before the delete may complete.
@@ -593,27 +605,92 @@ TargetKey = tuple[str, str, str]  # namespace, kind, name
 
 
 class _StartLocks:
-    """One lock per target, kept only while some rollout holds it or waits for it (targets come and go)."""
+    """One lock per target (or what `make` makes per key: a namespace's share of the judges), kept only while some
+    rollout holds it or waits for it (targets and namespaces come and go)."""
 
-    def __init__(self) -> None:
-        self._locks: dict[TargetKey, asyncio.Lock] = {}
-        self._users: dict[TargetKey, int] = {}
+    def __init__(self, make: Callable[[], asyncio.Lock | asyncio.Semaphore] = asyncio.Lock) -> None:
+        self._make = make
+        self._locks: dict[Hashable, asyncio.Lock | asyncio.Semaphore] = {}
+        self._users: dict[Hashable, int] = {}
 
-    def join(self, target: TargetKey) -> asyncio.Lock:
+    def join(self, target: Hashable) -> asyncio.Lock | asyncio.Semaphore:
         self._users[target] = self._users.get(target, 0) + 1
-        return self._locks.setdefault(target, asyncio.Lock())
+        if target not in self._locks:
+            self._locks[target] = self._make()
+        return self._locks[target]
 
-    def leave(self, target: TargetKey) -> None:
+    def leave(self, target: Hashable) -> None:
         self._users[target] -= 1
         if not self._users[target]:
             del self._users[target], self._locks[target]
 
-    def release(self, target: TargetKey) -> None:
+    def release(self, target: Hashable) -> None:
         self._locks[target].release()
         self.leave(target)
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+@contextlib.asynccontextmanager
+async def _share(locks: _StartLocks, key: Hashable) -> AsyncIterator[None]:
+    """Hold key's lock (a namespace's share) for the block; given back on every path, cancellation included."""
+    lock = locks.join(key)
+    try:
+        await lock.acquire()
+    except BaseException:
+        locks.leave(key)
+        raise
+    try:
+        yield
+    finally:
+        locks.release(key)
+
+
+@dataclass
+class _Measurement:
+    """A gate or an analysis under way for a rollout, in a task of its own: a reconcile waiting for it stops for
+    someone else's change to the rollout, and the next decision that asks for the same run picks it up."""
+
+    uid: str
+    generation: int
+    action: RunGate | RunAnalysis
+    task: asyncio.Task[JudgeResult]
+    asked: bool = True  # by the current reconcile's last decision
+
+    def answers(self, uid: str, generation: int, action: RunGate | RunAnalysis) -> bool:
+        # An analysis reads queries from the spec: one measured before a spec edit is measured again (as its
+        # verdict is never kept past a lost write). A gate's inputs are in its action (kept verdicts alike).
+        return self.uid == uid and self.action == action and (
+            isinstance(action, RunGate) or self.generation == generation)
+
+
+def _asks_for(status: ModelRolloutStatus, action: RunGate | RunAnalysis) -> bool:
+    """Whether `status` still has the request `action` answers open (the engine hands a run out again only after
+    a while, and matches its answer by request id), in a phase that reads it."""
+    if status.phase is Phase.ROLLING_BACK or status.phase in TERMINAL_PHASES:
+        return False
+    if isinstance(action, RunGate):
+        return status.gate is not None and status.gate.request_id == action.id and status.gate.completed_at is None
+    return status.analysis is not None and status.analysis.request_id == action.id
+
+
+def _unread(task: asyncio.Task[JudgeResult]) -> None:
+    """A dropped run's answer or error: read by nobody (and not logged as never retrieved)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _changed_by_others(obj: Mapping[str, Any]) -> ChangedFn:
+    """Whether a watch event's body (None: gone) shows obj changed in what a decision reads, apart from status: the
+    spec, the command annotation, a deletion, another object under the name. The operator's own writes (status,
+    its finalizer) change none of these, so they never stop a wait."""
+    read = what_decisions_read({"metadata": obj["metadata"]})
+
+    def changed(body: Mapping[str, Any] | None) -> bool:
+        return body is None or what_decisions_read({"metadata": body.get("metadata") or {}}) != read
+
+    return changed
 
 
 class _StartGate:
@@ -684,14 +761,28 @@ class RolloutStepper:
         # Gate verdicts, per rollout, until a stored status no longer asks for them: (uid, verdict). A gate runs for
         # minutes: a lost status write must not run it again.
         self._gate_verdicts: dict[tuple[str, str], tuple[str, JudgeResult]] = {}
+        self._gate_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_GATES_PER_NAMESPACE))
+        self._analysis_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_ANALYSES_PER_NAMESPACE))
+        # Per rollout, the gate or analysis under way (see _measured).
+        self._measuring: dict[tuple[str, str], _Measurement] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         """The rollout is gone: a new one of the same name is a first sight again."""
         self._seen.discard((namespace, name))
         self._unheard.pop((namespace, name), None)
         self._gate_verdicts.pop((namespace, name), None)
+        self._drop((namespace, name))
 
     async def step(self, obj: dict[str, Any]) -> ReconcileOutcome:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if (measuring := self._measuring.get(key)) is not None:
+            measuring.asked = False
+        outcome = await self._step(obj)
+        if (measuring := self._measuring.get(key)) is not None and not measuring.asked:
+            self._drop(key)  # no decision of this step asked for it (an abort, a rejected spec): its slot is freed
+        return outcome
+
+    async def _step(self, obj: dict[str, Any]) -> ReconcileOutcome:
         meta = obj["metadata"]
         deleted_at = parse_time(meta["deletionTimestamp"]) if meta.get("deletionTimestamp") else None
         deleting = deleted_at is not None
@@ -762,12 +853,15 @@ class RolloutStepper:
         stored = outcome.status
         status = refuse_command(obj, status, self.clock())  # an annotation that is no command: said once
         started = in_flight(obj)
+        generation = int(meta.get("generation") or 0)
+        changed = _changed_by_others(obj)  # what stops a wait for a gate or an analysis
+        interrupted = False
         for _ in range(MAX_ROUNDS):
             now = self.clock()
             registry = await asyncio.to_thread(runtime.observe_registry, status)
             target, state = await asyncio.to_thread(runtime.observe_target)
             observations = Observations(
-                generation=int(meta.get("generation") or 0), registry=registry, target=target, gate=gate,
+                generation=generation, registry=registry, target=target, gate=gate,
                 analysis=analysis, commands=runtime.commands(), action_failures=tuple(failures),
                 actions_done=tuple(done), resend_pending=first_since_start, deleted_at=deleted_at,
                 scrape_interval=self.config.scrape_interval)
@@ -783,13 +877,16 @@ class RolloutStepper:
             read_stored = False
             gate, analysis, failures, done = None, None, [], []
             posting: asyncio.Task[Posted] | None = None
-            if not decision.actions:
+            picked = self._left_running(key, uid, generation, status, decision.actions)
+            work = [*decision.actions, *picked]
+            if not work:
                 break
             if refused is not None and (status.phase not in _ROLLBACK_PHASES or any(
-                    isinstance(action, RunGate | RunAnalysis) for action in decision.actions)):
+                    isinstance(action, RunGate | RunAnalysis) for action in work)):
                 # Past the rollback (a new attempt): held unacted, as for any refused spec, until it is fixed; the
                 # first reconcile after that sends these actions at once.
                 self._seen.discard(key)
+                self._drop(key)
                 break
             if self.store is not None and not held and not deleting and holds_deletion(spec, status):
                 # A new attempt after an ended one (which held nothing): held before it acts. This decision's
@@ -829,18 +926,20 @@ class RolloutStepper:
                     # goes out with the next write; until then a re-post is refused by name.
                     posting = asyncio.create_task(self.events.post(written, outcome.status))
             try:
-                for action in decision.actions:
-                    outcome.actions_taken.append(f"{action.type}:{action.id}")
-                    if isinstance(action, RunGate):
-                        async with reconcile_slot_lent(), self._gates:
-                            gate = await runtime.measure_gate(action, state)
-                        if gate.error is None:  # an error is counted once (its request stays open)
-                            self._gate_verdicts[key] = (uid, gate)
-                    elif isinstance(action, RunAnalysis):
-                        async with reconcile_slot_lent():
-                            # The window ends when it is measured, not when it was queued for a thread.
-                            analysis = await asyncio.get_running_loop().run_in_executor(
-                                self._analyses, lambda run=action: runtime.measure_analysis(run, self.clock()))
+                for action in work:
+                    if action not in picked:
+                        outcome.actions_taken.append(f"{action.type}:{action.id}")
+                    if isinstance(action, RunGate | RunAnalysis):
+                        answer = await self._measured(key, uid, generation, action, runtime, state, changed)
+                        if answer is None:  # changed by someone else: decided again at once, on the new object
+                            interrupted = True
+                            break
+                        if isinstance(action, RunAnalysis):
+                            analysis = answer
+                        else:
+                            gate = answer
+                            if gate.error is None:  # an error is counted once (its request stays open)
+                                self._gate_verdicts[key] = (uid, gate)
                     else:
                         try:
                             await asyncio.to_thread(runtime.act, action, status)
@@ -857,8 +956,8 @@ class RolloutStepper:
                 # Before the next round: its Events follow these, and its write carries this mark.
                 status = dataclasses.replace(status, events_posted_through=(await posting).mark)
                 outcome.status = status.to_dict()
-            if gate is None and analysis is None and not failures and all(
-                    isinstance(a, RunGate | RunAnalysis) for a in decision.actions):
+            if interrupted or (gate is None and analysis is None and not failures and all(
+                    isinstance(a, RunGate | RunAnalysis) for a in work)):
                 break
         if not read_stored and (read[0] or read[1]):
             def put_back(answers: tuple[list[ActionFailure], list[str]] = read) -> None:
@@ -874,8 +973,81 @@ class RolloutStepper:
         if await asyncio.to_thread(runtime.finish_withdrawal, status, lambda: self._still_withdrawn(meta, status)):
             recheck = runtime.withdrawal_recheck
             outcome.requeue_after = min(outcome.requeue_after or recheck, recheck)
+        if interrupted:
+            outcome.requeue_after = 0.0
         await self._store_start(obj, outcome, stored, gate_keeper)
         return outcome
+
+    def _left_running(self, key: tuple[str, str], uid: str, generation: int, status: ModelRolloutStatus,
+                      actions: Sequence[Action]) -> list[RunGate | RunAnalysis]:
+        """The run under way that this decision asks for without handing it out again (it did moments ago, to a
+        reconcile that someone's change interrupted): waited for as if it were. One it does not ask for is dropped."""
+        measuring = self._measuring.get(key)
+        if measuring is None:
+            return []
+        if any(isinstance(action, RunGate | RunAnalysis) and measuring.answers(uid, generation, action)
+               for action in actions):
+            measuring.asked = True
+            return []
+        if measuring.answers(uid, generation, measuring.action) and _asks_for(status, measuring.action):
+            measuring.asked = True
+            return [measuring.action]
+        self._drop(key)
+        return []
+
+    async def _measured(self, key: tuple[str, str], uid: str, generation: int, action: RunGate | RunAnalysis,
+                        runtime: RolloutRuntime, state: TargetState | None, changed: ChangedFn) -> JudgeResult | None:
+        """The answer to a gate or an analysis: from the run under way for it, else from a new one. The wait lends
+        out the reconcile's worker, and ends early, with None, once someone else changes the rollout (an abort, a
+        spec edit, a deletion): the run goes on for the next decision, which may ask for it again."""
+        measuring = self._measuring.get(key)
+        if measuring is None or not measuring.answers(uid, generation, action):
+            self._drop(key)
+            run = self._gate(runtime, action, state) if isinstance(action, RunGate) else self._analyse(runtime, action)
+            # A context of its own: the reconcile's worker slot is not the run's to lend.
+            measuring = _Measurement(uid, generation, action, asyncio.create_task(run, context=contextvars.Context()))
+            self._measuring[key] = measuring
+        try:
+            async with reconcile_slot_lent():
+                with changes_watched(changed) as changed_event:
+                    interrupt = asyncio.create_task(changed_event.wait())
+                    try:
+                        await asyncio.wait((measuring.task, interrupt), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        interrupt.cancel()
+        except BaseException:  # the reconcile is cancelled: its run with it
+            self._drop(key)
+            raise
+        if not measuring.task.done():
+            log.info("%s/%s: changed while waiting for %s %s; deciding again", *key, action.type, action.id)
+            return None
+        if self._measuring.get(key) is measuring:
+            del self._measuring[key]
+        return measuring.task.result()
+
+    async def _gate(self, runtime: RolloutRuntime, action: RunGate, state: TargetState | None) -> JudgeResult:
+        async with _share(self._gate_shares, runtime.namespace), self._gates:
+            return await runtime.measure_gate(action, state)
+
+    async def _analyse(self, runtime: RolloutRuntime, action: RunAnalysis) -> JudgeResult:
+        async with _share(self._analysis_shares, runtime.namespace):
+            # The window ends when it is measured, not when it was queued for a thread.
+            running = self._analyses.submit(lambda: runtime.measure_analysis(action, self.clock()))
+            try:
+                return await asyncio.wrap_future(running)
+            except asyncio.CancelledError:
+                if not running.cancel():  # its thread cannot be stopped: the namespace's share is held till it ends
+                    await asyncio.wait([asyncio.wrap_future(running)])
+                raise
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        """Nobody asks for the rollout's run any more: a gate is cancelled, and so is an analysis still queued (one
+        running in its thread ends there, unread)."""
+        measuring = self._measuring.pop(key, None)
+        if measuring is not None:
+            log.info("%s/%s: %s %s no longer asked for; dropped", *key, measuring.action.type, measuring.action.id)
+            measuring.task.add_done_callback(_unread)
+            measuring.task.cancel()
 
     def _still_withdrawn(self, meta: Mapping[str, Any], status: ModelRolloutStatus) -> bool | None:
         """Whether this step may act on `status` (read afresh, from a worker thread): nobody wrote the rollout since

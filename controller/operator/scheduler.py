@@ -14,13 +14,16 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 from controller.operator.kubeapi import ObjectRef
 
 log = logging.getLogger(__name__)
 
 ReconcileFn = Callable[[ObjectRef], Awaitable[float | None]]
+# Whether a watch event's body (None: the object is gone) shows a change the reconcile must not wait past.
+ChangedFn = Callable[[Mapping[str, Any] | None], bool]
 
 
 class _Slot:
@@ -29,11 +32,18 @@ class _Slot:
     def __init__(self, workers: asyncio.Semaphore) -> None:
         self.workers = workers
         self.held = True
+        self.latest: tuple[Mapping[str, Any] | None, ...] = ()  # the last watch event's body since it began
+        self.watch: tuple[ChangedFn, asyncio.Event] | None = None
 
     def release(self) -> None:
         if self.held:
             self.held = False
             self.workers.release()
+
+    def notice(self, body: Mapping[str, Any] | None) -> None:
+        self.latest = (body,)
+        if self.watch is not None and self.watch[0](body):
+            self.watch[1].set()
 
 
 _current_slot: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar("reconcile_slot", default=None)
@@ -56,6 +66,26 @@ async def reconcile_slot_lent() -> AsyncIterator[None]:
         slot.held = True
 
 
+@contextlib.contextmanager
+def changes_watched(changed: ChangedFn) -> Iterator[asyncio.Event]:
+    """An event set once a watch event for the object this reconcile is about shows a change, as `changed` judges
+    its body: a wait in the block ends on it. The latest event since the reconcile began counts too (it may have
+    come before the block). Events are judged by their body, not by their arrival: the operator's own status writes
+    are watch events too. Outside the queue (tests, one-off calls) it is never set."""
+    slot = _current_slot.get()
+    event = asyncio.Event()
+    if slot is None:
+        yield event
+        return
+    slot.watch = (changed, event)
+    if slot.latest and changed(slot.latest[0]):
+        event.set()
+    try:
+        yield event
+    finally:
+        slot.watch = None
+
+
 class WakeupQueue:
     """reconcile(ref) returns seconds until it wants to run again, or None for "only on the next change".
 
@@ -74,6 +104,14 @@ class WakeupQueue:
         self._running: set[ObjectRef] = set()
         self._failures: dict[ObjectRef, int] = {}  # failed reconciles in a row
         self._woken_while_running: set[ObjectRef] = set()
+        self._slots: dict[ObjectRef, _Slot] = {}  # of the reconciles running
+
+    def seen(self, ref: ObjectRef, body: Mapping[str, Any] | None, deleted: bool = False) -> None:
+        """A watch event showed the object as `body` (`deleted`: gone): a reconcile of it in flight may be watching
+        for a change (changes_watched). Its wake-up is wake's."""
+        slot = self._slots.get(ref)
+        if slot is not None and (body is not None or deleted):
+            slot.notice(None if deleted else body)
 
     def wake(self, ref: ObjectRef, delay: float = 0.0) -> None:
         """The object changed (a watch event): reconcile it then, and a failing one from the shortest backoff on,
@@ -133,6 +171,7 @@ class WakeupQueue:
     async def _run_one(self, ref: ObjectRef, workers: asyncio.Semaphore) -> None:
         slot = _Slot(workers)
         _current_slot.set(slot)  # this task's own context
+        self._slots[ref] = slot
         try:
             again = await self._reconcile(ref)
         except Exception as exc:
@@ -150,6 +189,7 @@ class WakeupQueue:
             self._failures.pop(ref, None)
         finally:
             self._running.discard(ref)
+            self._slots.pop(ref, None)
             if ref in self._woken_while_running:
                 # Changed meanwhile: the next reconcile reads the change, and starts from the shortest backoff.
                 self._woken_while_running.discard(ref)

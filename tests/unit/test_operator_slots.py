@@ -43,17 +43,24 @@ def spec(name: str, **extra: Any) -> dict[str, Any]:
 
 
 class Store:
-    """ModelRollouts by (namespace, name); a status write on a stale resourceVersion conflicts."""
+    """ModelRollouts by (namespace, name); a status write on a stale resourceVersion conflicts. Each change is a
+    watch event with the object's body; the operator's own status writes too once `loop` is set (as a real watch:
+    they come back from another thread, the API server)."""
 
     def __init__(self) -> None:
         self.objs: dict[tuple[str, str], dict[str, Any]] = {}
         self.versions = itertools.count(1)
         self.queue: WakeupQueue | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _watched(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        assert self.queue is not None
+        self.queue.seen(ObjectRef(namespace, name), body)
+        self.queue.wake(ObjectRef(namespace, name))
 
     def _changed(self, namespace: str, name: str) -> None:
         self.objs[(namespace, name)]["metadata"]["resourceVersion"] = str(next(self.versions))
-        assert self.queue is not None
-        self.queue.wake(ObjectRef(namespace, name))
+        self._watched(namespace, name, copy.deepcopy(self.objs[(namespace, name)]))
 
     def create(self, namespace: str, name: str, raw: dict[str, Any]) -> None:
         self.objs[(namespace, name)] = {
@@ -82,6 +89,8 @@ class Store:
             raise ApiException(status=409, reason="Conflict")
         current["status"] = copy.deepcopy(status)
         current["metadata"]["resourceVersion"] = str(next(self.versions))
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._watched, meta["namespace"], meta["name"], copy.deepcopy(current))
         return copy.deepcopy(current)
 
     def apply_finalizer(self, obj: dict[str, Any], hold: bool) -> dict[str, Any] | None:
@@ -157,7 +166,9 @@ def test_analyses_stalled_on_a_slow_prometheus_do_not_hold_up_another_rollouts_a
             for name in tenant_a:
                 store.create("tenant-a", name, spec(name, analysis=ANALYSIS, canary={
                     "steps": [{"setWeight": 10}, {"analysis": {"duration": "10m"}}]}))
-            await until(lambda: all(weights.get(("tenant-a", name)) == 10 for name in tenant_a), 5)
+            # The analysis step has begun (its window is open): a clock moved before would open the window after it.
+            await until(lambda: all(weights.get(("tenant-a", name)) == 10 and (store.status("tenant-a", name).get(
+                "analysis") or {}).get("windowStart") for name in tenant_a), 5)
             ahead[0] = dt.timedelta(minutes=5)
             for name in tenant_a:
                 queue.wake(ObjectRef("tenant-a", name))
