@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from test_devstack_processes import running, wait_gone
 
 from controller.devstack.kserve_standin import REVISIONS_KEY
 from controller.devstack.processes import ManagedProcess, StackError, pid_alive, start, stop_pid
@@ -52,20 +53,8 @@ def first_look() -> ModuleType:
     return load("detection_first_look")
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for whoever adopts it to reap it)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rfind(")") + 2:].split()[0] != "Z"
-
-
 def still_running_after(pid: int, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while running(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return running(pid)
+    return not wait_gone(pid, timeout)
 
 
 def children(parent: int, marker: str) -> list[int]:

@@ -12,8 +12,8 @@ import time
 import zlib
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from test_exporter_memory import most_bodies_read_at_once
 
 from controller.exporter.events import DecodeOptions, MalformedEvent, may_inflate, parse_cloudevent, predicted_classes
 from controller.exporter.server import PredictionExporter
@@ -62,18 +62,7 @@ def test_a_compressed_body_takes_a_read_slot_whatever_its_length(monkeypatch: py
     """aiohttp inflates a Content-Encoding itself, up to the event size: a 4 KiB gzip body is 4 MiB read. Two slow
     senders of one each, one slot: one is read (408 once too slow), the other waits and is answered 503."""
     exporter = PredictionExporter(THREE, body_read_slots=1, body_wait_seconds=0.3, body_read_seconds=1.0)
-    reading, most = [0], [0]
-    original = web.BaseRequest.read
-
-    async def read(self: web.BaseRequest) -> bytes:
-        reading[0] += 1
-        most[0] = max(most[0], reading[0])
-        try:
-            return await original(self)
-        finally:
-            reading[0] -= 1
-
-    monkeypatch.setattr(web.BaseRequest, "read", read)
+    most = most_bodies_read_at_once(monkeypatch)
     compressed = gzip.compress(b'{"predictions": ["' + b"a" * 1024 * 1024 + b'"]}')
     assert len(compressed) < 64 * 1024
     head = (f"POST /?model_version=1 HTTP/1.1\r\nHost: x\r\nce-id: a\r\nce-type: {RESPONSE}\r\nce-specversion: 1.0\r\n"

@@ -19,6 +19,23 @@ from controller.exporter.server import MAX_NAMESPACE_SERIES, MAX_TOTAL_SERIES, P
 RENDER_BUDGET = 64 * 1024 * 1024
 
 
+def most_bodies_read_at_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A one-element list that holds the most request bodies aiohttp has read at the same time."""
+    reading, most = [0], [0]
+    original = web.BaseRequest.read
+
+    async def read(self: web.BaseRequest) -> bytes:
+        reading[0] += 1
+        most[0] = max(most[0], reading[0])
+        try:
+            return await original(self)
+        finally:
+            reading[0] -= 1
+
+    monkeypatch.setattr(web.BaseRequest, "read", read)
+    return most
+
+
 def label(prefix: str) -> str:
     """As long as a label may be, in characters of 4 bytes in UTF-8 (and 4 in a Python string): the longest text."""
     return prefix.ljust(MAX_LABEL_LENGTH, "\N{GRINNING FACE}")
@@ -160,18 +177,7 @@ def test_concurrent_body_reads_are_bounded_and_slow_ones_give_up_their_place(
     """Six senders each a byte short of their body: two are read at once (each may hold 4 MiB), the others are
     answered 503 (Busy) once the wait is over, the two read 408 (TooSlow); then an event is counted again."""
     exporter = PredictionExporter(DecodeOptions(), body_read_slots=2, body_wait_seconds=0.3, body_read_seconds=1.0)
-    reading, most = [0], [0]
-    original = web.BaseRequest.read
-
-    async def read(self: web.BaseRequest) -> bytes:
-        reading[0] += 1
-        most[0] = max(most[0], reading[0])
-        try:
-            return await original(self)
-        finally:
-            reading[0] -= 1
-
-    monkeypatch.setattr(web.BaseRequest, "read", read)
+    most = most_bodies_read_at_once(monkeypatch)
     head = (b"POST / HTTP/1.1\r\nHost: x\r\nce-id: a\r\nce-type: org.kubeflow.serving.inference.response\r\n"
             b"ce-specversion: 1.0\r\nContent-Type: application/json\r\nContent-Length: 70000\r\n\r\n")
 
