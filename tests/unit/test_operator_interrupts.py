@@ -19,10 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_operator_slots import ANALYSIS, Store, spec
+from test_operator_slots import ANALYSIS, Store, runtime_replaced, spec
 
 from controller.api.commands import COMMAND_ANNOTATION
-from controller.engine import JudgeResult, RegistryObservation, ResolvedVersion, TargetObservation
+from controller.engine import JudgeResult, TargetObservation
 from controller.engine.actions import RunAnalysis, RunGate, SetCanaryWeight, StageCandidate, UnstageCandidate
 from controller.operator.kubeapi import ObjectRef
 from controller.operator.reconciler import Reconciler
@@ -94,15 +94,8 @@ class Tenants:
             return JudgeResult(action.id, verdicts=(Verdict(name="errors", outcome=Outcome.PASS, reason="ok",
                                                             evidence={}),), measured_at=now)
 
-        monkeypatch.setattr(RolloutRuntime, "observe_registry", lambda self, status=None: RegistryObservation(
-            candidate=ResolvedVersion("8", source="s3://m/8"),
-            stable_alias_version=ResolvedVersion("7", source="s3://m/7")))
-        monkeypatch.setattr(RolloutRuntime, "observe_target", observe_target)
-        monkeypatch.setattr(RolloutRuntime, "act", act)
-        monkeypatch.setattr(RolloutRuntime, "measure_gate", measure_gate)
-        monkeypatch.setattr(RolloutRuntime, "measure_analysis", measure_analysis)
-        monkeypatch.setattr(decide_module, "GATE_SETTLE_MARGIN", dt.timedelta(0))
-        monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
+        runtime_replaced(monkeypatch, observe_target=observe_target, act=act, measure_gate=measure_gate,
+                         measure_analysis=measure_analysis)
         self.store = Store()
         self.stepper = RolloutStepper(None, OperatorConfig(scrape_interval=dt.timedelta(0)),  # type: ignore[arg-type]
                                       clock=lambda: dt.datetime.now(dt.UTC) + self.ahead)

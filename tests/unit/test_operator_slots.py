@@ -100,6 +100,17 @@ class Store:
         return PostResult.POSTED
 
 
+def runtime_replaced(monkeypatch: pytest.MonkeyPatch, **methods: Any) -> None:
+    """RolloutRuntime with these methods, candidate 8 over stable 7 in the registry, and nothing to withdraw."""
+    monkeypatch.setattr(RolloutRuntime, "observe_registry", lambda self, status=None: RegistryObservation(
+        candidate=ResolvedVersion("8", source="s3://m/8"), stable_alias_version=ResolvedVersion("7", source="s3://m/7")))
+    for name, method in methods.items():
+        monkeypatch.setattr(RolloutRuntime, name, method)
+    # No gate traffic to wait for before the first weight (_set_weight_step).
+    monkeypatch.setattr(decide_module, "GATE_SETTLE_MARGIN", dt.timedelta(0))
+    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
+
+
 def test_analyses_stalled_on_a_slow_prometheus_do_not_hold_up_another_rollouts_abort(
         monkeypatch: pytest.MonkeyPatch) -> None:
     weights: dict[tuple[str, str], int] = {}
@@ -130,15 +141,8 @@ def test_analyses_stalled_on_a_slow_prometheus_do_not_hold_up_another_rollouts_a
         return JudgeResult(action.id, verdicts=(Verdict(name="errors", outcome=Outcome.INCONCLUSIVE,
                                                         reason="PrometheusTooSlow"),))
 
-    monkeypatch.setattr(RolloutRuntime, "observe_registry", lambda self, status=None: RegistryObservation(
-        candidate=ResolvedVersion("8", source="s3://m/8"), stable_alias_version=ResolvedVersion("7", source="s3://m/7")))
-    monkeypatch.setattr(RolloutRuntime, "observe_target", observe_target)
-    monkeypatch.setattr(RolloutRuntime, "act", act)
-    monkeypatch.setattr(RolloutRuntime, "measure_gate", measure_gate)
-    monkeypatch.setattr(RolloutRuntime, "measure_analysis", measure_analysis)
-    # No gate traffic to wait for before the first weight (_set_weight_step).
-    monkeypatch.setattr(decide_module, "GATE_SETTLE_MARGIN", dt.timedelta(0))
-    monkeypatch.setattr(RolloutRuntime, "finish_withdrawal", lambda self, status, still_current=None: False)
+    runtime_replaced(monkeypatch, observe_target=observe_target, act=act, measure_gate=measure_gate,
+                     measure_analysis=measure_analysis)
     # Rollout time: jumped past the analysis interval once the canaries are at 10%.
     ahead = [dt.timedelta()]
 
