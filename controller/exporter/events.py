@@ -34,6 +34,10 @@ REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.
 # Seldon's executor logs each feedback call (a reward for an earlier prediction): no prediction, answered and ignored.
 IGNORED_TYPES = frozenset({"io.seldon.serving.feedback"})
 TOO_LARGE_REASON = "TooLarge"  # a body past the exporter's event size, as sent or once inflated
+# Bounds on one response's tensor, checked before its rows are built: a few KiB of gzip inflate to 4 MiB of
+# one-byte values, which as Python lists of rows would be ~500 MiB. A logged batch is far smaller.
+MAX_PREDICTIONS_PER_EVENT = 1 << 20
+MAX_TENSOR_ELEMENTS = 1 << 20
 # The binary tensor data extension's header: how long the JSON part of the body is (else read up to its end).
 HEADER_LENGTH = "inference-header-content-length"
 # Little-endian struct codes of the binary extension's fixed-size datatypes (BYTES is length-prefixed).
@@ -93,6 +97,8 @@ class BinaryData:
         count, rest = divmod(len(self.raw), struct.calcsize(code))
         if rest:
             raise MalformedEvent("BadTensor", f"{len(self.raw)} bytes are not whole {self.datatype} values")
+        if count > MAX_TENSOR_ELEMENTS:
+            raise MalformedEvent(TOO_LARGE_REASON, f"{count} values in one output, over {MAX_TENSOR_ELEMENTS}")
         return list(struct.unpack(f"<{count}{code}", self.raw))
 
 
@@ -132,9 +138,10 @@ def payload_unused(headers: Mapping[str, str]) -> bool:
 
 
 def may_inflate(headers: Mapping[str, str], body: bytes) -> bool:
-    """Whether the body may decode to more than its own size: compressed, or a structured event (its data_base64 may
-    be). A small body that is neither decodes in milliseconds."""
-    return _structured({k.lower(): v for k, v in headers.items()}) or _compressed(body)
+    """Whether the body may decode to more than its own size: compressed, or a structured event with a data_base64
+    (which may be; a key may be spelt with JSON escapes). A small body that is neither decodes in milliseconds."""
+    structured = _structured({k.lower(): v for k, v in headers.items()})
+    return _compressed(body) or (structured and (b"data_base64" in body or b"\\u" in body))
 
 
 def parse_cloudevent(headers: Mapping[str, str], body: bytes, *, max_bytes: int) -> CloudEvent:
@@ -307,6 +314,8 @@ def _tensor_classes(values: Any, shape: Any, options: DecodeOptions) -> tuple[st
     if (not isinstance(values, list) or not isinstance(shape, list)
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise MalformedEvent("BadTensor", "tensor needs a data list and a shape of non-negative integers")
+    if shape:
+        _check_predictions(shape[0])
     flat = _flatten(values)
     if len(shape) == 2:
         rows, width = shape
@@ -314,6 +323,8 @@ def _tensor_classes(values: Any, shape: Any, options: DecodeOptions) -> tuple[st
             raise MalformedEvent("BadTensor", f"shape {shape[:2]} has rows but no values per row")
         if rows * width != len(flat):
             raise MalformedEvent("BadTensor", f"shape {shape} does not match {len(flat)} values")
+        if width == 1:  # a one-column row is read as its value: no list a row
+            return _rows_to_classes(flat, options)
         return _rows_to_classes([flat[i * width:(i + 1) * width] for i in range(rows)], options)
     if len(shape) == 1 and shape[0] == len(flat):
         return _rows_to_classes(flat, options)
@@ -335,9 +346,15 @@ def _flatten(values: list[Any]) -> list[Any]:
     return flat
 
 
+def _check_predictions(count: int) -> None:
+    if count > MAX_PREDICTIONS_PER_EVENT:
+        raise MalformedEvent(TOO_LARGE_REASON, f"{count} predictions in one event, over {MAX_PREDICTIONS_PER_EVENT}")
+
+
 def _rows_to_classes(rows: Any, options: DecodeOptions) -> tuple[str, ...]:
     if not isinstance(rows, list):
         raise MalformedEvent("BadPredictions", "predictions is not a list")
+    _check_predictions(len(rows))
     return tuple(_row_to_class(row, options) for row in rows)
 
 

@@ -394,18 +394,18 @@ class PredictionExporter:
         # before (a 4 MiB body is ~50 MiB of Python objects); a small one, on the event loop, waits for none of them.
         decoding = asyncio.Semaphore(1)
 
+        async def slot_taken() -> bool:
+            try:
+                async with asyncio.timeout(self._body_wait_seconds):
+                    await reading.acquire()
+            except TimeoutError:
+                return False
+            return True
+
+        def busy() -> web.Response:
+            return web.json_response({"outcome": self._dropped(BUSY_REASON)}, status=503)
+
         async def read(request: web.Request) -> bytes | web.Response:
-            # A small body takes no slot: it costs no more than the read buffer a waiting connection holds anyway,
-            # and slow senders holding every slot must not stop other teams' ordinary events.
-            encoded = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in ("", "identity")
-            small = (not encoded and request.content_length is not None
-                     and request.content_length <= SMALL_BODY_BYTES)
-            if not small:
-                try:
-                    async with asyncio.timeout(self._body_wait_seconds):
-                        await reading.acquire()
-                except TimeoutError:
-                    return web.json_response({"outcome": self._dropped(BUSY_REASON)}, status=503)
             try:
                 async with asyncio.timeout(self._body_read_seconds):
                     return await request.read()
@@ -413,25 +413,42 @@ class PredictionExporter:
                 return web.json_response({"outcome": self._dropped(TOO_LARGE_REASON)}, status=413)
             except TimeoutError:
                 return web.json_response({"outcome": self._dropped(TOO_SLOW_REASON)}, status=408)
-            finally:
-                if not small:
-                    reading.release()
 
         async def receive(request: web.Request) -> web.Response:
             headers = dict(request.headers)
             if payload_unused(headers):
                 await request.release()  # drained unread: a request's image or tensor may pass any size limit
-                body = b""
-            else:
+                outcome = self.handle(headers, b"", request.query_string)
+                return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
+            # A small body takes no slot: it costs no more than the read buffer a waiting connection holds anyway,
+            # and slow senders holding every slot must not stop other teams' ordinary events.
+            encoded = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in ("", "identity")
+            small = (not encoded and request.content_length is not None
+                     and request.content_length <= SMALL_BODY_BYTES)
+            held = False
+            try:
+                if not small:
+                    if not await slot_taken():
+                        return busy()
+                    held = True
                 body_or_answer = await read(request)
                 if isinstance(body_or_answer, web.Response):
                     return body_or_answer
                 body = body_or_answer
-            if len(body) > SMALL_BODY_BYTES or may_inflate(headers, body):
-                async with decoding:
-                    outcome = await self.handle_with(asyncio.to_thread, headers, body, request.query_string)
-            else:
-                outcome = self.handle(headers, body, request.query_string)
+                if len(body) > SMALL_BODY_BYTES or may_inflate(headers, body):
+                    # Decoded in a worker thread, one at a time. The body keeps (or takes) a read slot until then,
+                    # so no more bodies than slots wait in memory for their turn, and the rest are answered Busy.
+                    if not held:
+                        if not await slot_taken():
+                            return busy()
+                        held = True
+                    async with decoding:
+                        outcome = await self.handle_with(asyncio.to_thread, headers, body, request.query_string)
+                else:
+                    outcome = self.handle(headers, body, request.query_string)
+            finally:
+                if held:
+                    reading.release()
             return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
 
         async def metrics(_: web.Request) -> web.Response:

@@ -8,8 +8,10 @@ import base64
 import gzip
 import json
 import struct
+import threading
 import time
 import zlib
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -272,4 +274,58 @@ def test_only_a_body_that_cannot_grow_is_decoded_on_the_event_loop() -> None:
     plain = json.dumps(V2).encode()
     assert not may_inflate(headers(), plain)
     assert may_inflate(headers(), gzip.compress(plain)) and may_inflate(headers(), zlib.compress(plain))
-    assert may_inflate({"Content-Type": "application/cloudevents+json"}, plain)  # its data_base64 may be gzip
+    structured = {"Content-Type": "application/cloudevents+json"}
+    assert not may_inflate(structured, plain)  # its data is read as it is: another team's event waits for no turn
+    assert may_inflate(structured, b'{"data_base64": "H4sI"}')  # may be gzip
+    assert may_inflate(structured, b'{"data\\u005fbase64": "H4sI"}')  # the same key, spelt with an escape
+
+
+def binary_body(datatype: str, shape: list[int], raw: bytes) -> bytes:
+    """A V2 response in the binary tensor data extension: its JSON header, then the output's bytes."""
+    header = json.dumps({"outputs": [{"name": "probs", "datatype": datatype, "shape": shape,
+                                      "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return header + raw
+
+
+def test_a_few_kib_of_gzip_that_inflate_to_millions_of_values_are_too_large_not_half_a_gib_of_rows() -> None:
+    """4 MiB of one-byte INT8 values in [n, 1] gzip to 4 KiB; read as a Python row list each, one event took the
+    exporter to ~500 MiB (256Mi limit). The values are counted before any is read."""
+    exporter = PredictionExporter(THREE)
+    n = 4 * 1024 * 1024 - 200
+    bomb = gzip.compress(binary_body("INT8", [n, 1], bytes(n)), 9)
+    assert len(bomb) < 8 * 1024
+    assert exporter.handle(headers(), bomb, "model_version=1") == "malformed"
+    assert sample(exporter, "modelrollout_exporter_malformed_events_total", reason="TooLarge") == 1
+    # One column within the bounds: each row is its value (class indices 2, 0, 2).
+    assert exporter.handle(headers(event_id="e2"), binary_body("INT32", [3, 1], struct.pack("<3i", 2, 0, 2)),
+                           "model_version=1") == "counted"
+    assert sample(exporter, "modelrollout_predictions_total", namespace="moderation", inference_service="nsfw",
+                  variant="", model_version="1", **{"class": "nsfw"}) == 2
+
+
+def test_a_body_waiting_for_its_decoding_turn_keeps_its_read_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies read but not yet decoded (one at a time) are held in memory: each keeps a read slot, so no more than
+    the slots wait, and a sender past them is answered Busy. Before, every read body waited, 100 senders ~540 MiB."""
+    exporter = PredictionExporter(THREE, body_read_slots=1, body_wait_seconds=0.3)
+    decoding, release = threading.Event(), threading.Event()
+    original = exporter.handle_with
+
+    async def slow(run: Any, *args: Any) -> str:
+        decoding.set()
+        await asyncio.to_thread(release.wait, 5)
+        return await original(run, *args)
+
+    monkeypatch.setattr(exporter, "handle_with", slow)
+    large = json.dumps({"predictions": ["safe"] * 20_000}).encode()
+    assert len(large) > 64 * 1024
+
+    async def steps() -> list[int]:
+        async with TestClient(TestServer(exporter.app(), host="127.0.0.1")) as client:
+            first = asyncio.create_task(client.post("/?model_version=1", data=large, headers=headers()))
+            await asyncio.to_thread(decoding.wait, 5)
+            second = await client.post("/?model_version=1", data=large, headers=headers(event_id="e2"))
+            release.set()
+            return [(await first).status, second.status]
+
+    assert asyncio.run(steps()) == [202, 503]
+    assert sample(exporter, "modelrollout_exporter_malformed_events_total", reason="Busy") == 1
