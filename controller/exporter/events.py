@@ -34,10 +34,11 @@ REQUEST_TYPES = frozenset({"org.kubeflow.serving.inference.request", "io.seldon.
 # Seldon's executor logs each feedback call (a reward for an earlier prediction): no prediction, answered and ignored.
 IGNORED_TYPES = frozenset({"io.seldon.serving.feedback"})
 TOO_LARGE_REASON = "TooLarge"  # a body past the exporter's event size, as sent or once inflated
-# Bounds on one response's tensor, checked before its rows are built: a few KiB of gzip inflate to 4 MiB of
-# one-byte values, which as Python lists of rows would be ~500 MiB. A logged batch is far smaller.
-MAX_PREDICTIONS_PER_EVENT = 1 << 20
+# Bounds on one response, checked before it is built into Python objects: a few KiB of gzip inflate to 4 MiB of
+# one-byte values or nested arrays, which would be hundreds of MiB. A logged batch is far smaller.
+MAX_PREDICTIONS_PER_EVENT = 1 << 19
 MAX_TENSOR_ELEMENTS = 1 << 20
+MAX_JSON_CONTAINERS = 1 << 19
 # The binary tensor data extension's header: how long the JSON part of the body is (else read up to its end).
 HEADER_LENGTH = "inference-header-content-length"
 # Little-endian struct codes of the binary extension's fixed-size datatypes (BYTES is length-prefixed).
@@ -140,8 +141,19 @@ def payload_unused(headers: Mapping[str, str]) -> bool:
 def may_inflate(headers: Mapping[str, str], body: bytes) -> bool:
     """Whether the body may decode to more than its own size: compressed, or a structured event with a data_base64
     (which may be; a key may be spelt with JSON escapes). A small body that is neither decodes in milliseconds."""
-    structured = _structured({k.lower(): v for k, v in headers.items()})
-    return _compressed(body) or (structured and (b"data_base64" in body or b"\\u" in body))
+    if _compressed(body):
+        return True
+    if not _structured({k.lower(): v for k, v in headers.items()}):
+        return False
+    if b"data_base64" in body:
+        return True
+    if b"\\u" not in body:
+        return False
+    try:  # an escape (a source URI's "\u0026", a class's "\u00e9") may spell the key too: a small body parses fast
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return False  # refused on the event loop as fast
+    return isinstance(parsed, dict) and "data_base64" in parsed
 
 
 def parse_cloudevent(headers: Mapping[str, str], body: bytes, *, max_bytes: int) -> CloudEvent:
@@ -172,6 +184,10 @@ def parse_cloudevent(headers: Mapping[str, str], body: bytes, *, max_bytes: int)
 
 
 def _json(body: bytes) -> Any:
+    # Each "[" or "{" becomes a Python list or dict of 60-200 bytes: 4 MiB of nested ones (a few KiB gzipped) would be
+    # ~200 MiB before anything could be refused. Counted in C first; a batch of score rows has one a row.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_CONTAINERS:
+        raise MalformedEvent(TOO_LARGE_REASON, f"more than {MAX_JSON_CONTAINERS} JSON arrays and objects")
     try:
         return json.loads(body) if body else None
     except (ValueError, RecursionError) as exc:  # also bad UTF-8, absurd nesting, integers past Python's limit
@@ -198,8 +214,8 @@ def _payload(body: bytes, max_bytes: int, header_length: str | None = None) -> A
     if header_length is None:
         try:
             return _json(body)
-        except MalformedEvent:
-            if not body.startswith(b"{"):
+        except MalformedEvent as exc:
+            if exc.reason != "NotJSON" or not body.startswith(b"{"):  # (TooLarge: not parsed again below)
                 raise
             try:  # the JSON header's end: Latin-1 maps each byte to one character, so its index is the byte's
                 end = json.JSONDecoder().raw_decode(body.decode("latin-1"))[1]

@@ -391,7 +391,7 @@ class PredictionExporter:
     def app(self) -> web.Application:
         reading = asyncio.Semaphore(self._body_read_slots)  # this app's event loop's
         # Events that may take seconds to decode are decoded in a worker thread, one at a time as on the event loop
-        # before (a 4 MiB body is ~50 MiB of Python objects); a small one, on the event loop, waits for none of them.
+        # before (a 4 MiB body is up to ~90 MiB of Python objects); a small one, on the event loop, waits for none.
         decoding = asyncio.Semaphore(1)
 
         async def slot_taken() -> bool:

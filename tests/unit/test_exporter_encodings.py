@@ -278,6 +278,8 @@ def test_only_a_body_that_cannot_grow_is_decoded_on_the_event_loop() -> None:
     assert not may_inflate(structured, plain)  # its data is read as it is: another team's event waits for no turn
     assert may_inflate(structured, b'{"data_base64": "H4sI"}')  # may be gzip
     assert may_inflate(structured, b'{"data\\u005fbase64": "H4sI"}')  # the same key, spelt with an escape
+    # An escape elsewhere (Go's encoding/json writes "&" in a source URI as \u0026) takes no slot and no turn.
+    assert not may_inflate(structured, b'{"source": "http://x?a=1\\u0026b=2", "data": {"predictions": [0]}}')
 
 
 def binary_body(datatype: str, shape: list[int], raw: bytes) -> bytes:
@@ -329,3 +331,15 @@ def test_a_body_waiting_for_its_decoding_turn_keeps_its_read_slot(monkeypatch: p
 
     assert asyncio.run(steps()) == [202, 503]
     assert sample(exporter, "modelrollout_exporter_malformed_events_total", reason="Busy") == 1
+
+
+def test_four_mib_of_nested_arrays_are_too_large_before_they_are_built() -> None:
+    """15 KiB of gzip inflate to 4 MiB of "[[[...]]]" rows: each "[" a Python list of ~88 bytes, ~240 MiB before the
+    event could be refused (256Mi limit). The arrays and objects are counted first."""
+    exporter = PredictionExporter(THREE)
+    row = b"[" * 400 + b"]" * 400
+    body = b'{"predictions": [' + b",".join([row] * (4 * 1024 * 1024 // (len(row) + 1) - 1)) + b"]}"
+    bomb = gzip.compress(body, 9)
+    assert len(body) <= exporter.max_event_bytes and len(bomb) < 32 * 1024
+    assert exporter.handle(headers(), bomb, "model_version=1") == "malformed"
+    assert sample(exporter, "modelrollout_exporter_malformed_events_total", reason="TooLarge") == 1
