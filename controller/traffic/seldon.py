@@ -396,8 +396,9 @@ class SeldonDeploymentRouter:
                 repr(redacted_url(f"http://{endpoint}").removeprefix("http://")[:120])
             return None, (f"the gate does not call predictor {predictor.get('name')}: its status.serviceStatus "
                           f"httpEndpoint {shown} is not the predictor's Service of namespace "
-                          f"{self.client.namespace} ({service}.{self.client.namespace}:<port>) nor a host the "
-                          "operator allows (operator run --gate-hosts)")
+                          f"{self.client.namespace} ({service}.{self.client.namespace}:<port>), nor another of its "
+                          f"Services by full name (<service>.{self.client.namespace}.svc.cluster.local:<port>), nor a "
+                          "host the operator allows (operator run --gate-hosts)")
         graph_name = (predictor.get("graph") or {}).get("name")
         if graph_name:
             graph_name = quote(str(graph_name), safe="")  # a path segment, whatever the spec holds

@@ -12,8 +12,8 @@ from kopf._core.actions import invocation
 
 from controller.operator import handlers
 from controller.operator.kubeapi import ObjectRef
-from controller.operator.runtime import OperatorConfig
-from controller.operator.scheduler import WakeupQueue, reconcile_slot_lent
+from controller.operator.runtime import OperatorConfig, _changed_by_others
+from controller.operator.scheduler import WakeupQueue, changes_watched, reconcile_slot_lent
 
 
 def wake_handler() -> Any:
@@ -115,3 +115,42 @@ def test_a_lent_worker_is_given_back_once_even_when_cancelled_while_waiting_for_
 
     # Only the other reconcile holds the worker; the cancelled one gave back nothing it did not hold.
     assert asyncio.run(main()) == 0
+
+
+def test_a_deletion_seen_by_the_watch_handler_ends_a_reconciles_wait_for_its_measurement() -> None:
+    """A rollout without a finalizer is gone in one event, whose body still carries its last metadata: only the
+    event's type tells the wait for a gate or an analysis (changes_watched) that nobody will ask for its answer."""
+    handler = wake_handler()
+    state = next(c.cell_contents for c in handler.__closure__ if isinstance(c.cell_contents, dict))
+    obj = {"metadata": {"namespace": "ns", "name": "r", "uid": "u1", "generation": 3, "resourceVersion": "7"}}
+    ended: list[bool] = []
+
+    async def main() -> None:
+        waiting = asyncio.Event()
+
+        async def reconcile(_ref: ObjectRef) -> float | None:
+            if not ended:
+                with changes_watched(_changed_by_others(obj)) as changed:
+                    waiting.set()
+                    try:
+                        await asyncio.wait_for(changed.wait(), 2)
+                        ended.append(True)
+                    except TimeoutError:
+                        ended.append(False)
+            return None
+
+        queue = WakeupQueue(reconcile)
+        state["queue"] = queue
+        task = asyncio.create_task(queue.run())
+        queue.wake(ObjectRef("ns", "r"))
+        await asyncio.wait_for(waiting.wait(), 2)
+        await invocation.invoke(handler, kwargs={"event": {"type": "DELETED", "object": obj}, "namespace": "ns",
+                                                 "name": "r"})
+        for _ in range(40):
+            if ended:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(main())
+    assert ended == [True]

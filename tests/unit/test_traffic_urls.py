@@ -78,6 +78,7 @@ def test_seldon_v1_endpoint_elsewhere_gives_no_url_and_says_why(endpoint: str) -
     assert (state.canary_url, state.stable_url) == (None, None)
     assert "status.serviceStatus httpEndpoint" in state.message
     assert "is not the predictor's Service of namespace ns (nsfw-canary.ns:<port>)" in state.message
+    assert "nor another of its Services by full name (<service>.ns.svc.cluster.local:<port>)" in state.message
     assert "s3cr3t" not in state.message
 
 
