@@ -1,7 +1,8 @@
 """Dataclass <-> JSON-able dict with camelCase keys, driven by the type hints.
 
 One generic converter keeps every status type's to_dict/from_dict exact and symmetric: None fields are
-left out of the dict and come back as their defaults; datetimes are RFC 3339 in UTC; enums are their values.
+left out of the dict and come back as their defaults (None values of free-form maps too: a reader's `.get` sees
+them as before); datetimes are RFC 3339 in UTC; enums are their values.
 """
 
 from __future__ import annotations
@@ -74,8 +75,12 @@ def to_json(value: Any) -> Any:
     if isinstance(value, timedelta):
         return format_duration(value)
     if isinstance(value, Mapping):
-        return {str(key): to_json(item) for key, item in value.items()}
+        # Argo CD drops nulls when it hands the object to an action's Lua: a null kept here made every action's
+        # result differ in status, and argocd-server then patched /status with its stale copy of the evidence.
+        return {str(key): to_json(item) for key, item in value.items() if item is not None}
     if isinstance(value, list | tuple):
+        # Items are kept, None too: a position means something (alternatives_ratio beside alternatives_weight, a
+        # confusion matrix's rows). No producer puts None in a list; a hand-edited status is written back as read.
         return [to_json(item) for item in value]
     return value
 

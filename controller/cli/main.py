@@ -334,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
             shown.add_argument("-w", "--watch", action="store_true",
                                help="print each change until the rollout ends; exit 0 on Succeeded, 1 on RolledBack "
                                     "or Failed or a pause for a human after a failed or gate-inconclusive check, "
+                                    "or a Succeeded that left a version a verdict rejected serving (Ready False, "
+                                    "PreviouslyRejected), "
                                     f"{WATCH_ERROR} on an error (it could not be read) or at --timeout")
             sub.add_argument("--timeout", type=_wait, default=None, metavar="DURATION",
                              help=f"with --watch: give up after this long, exit {WATCH_ERROR} (default and 0: no "

@@ -46,6 +46,9 @@ OPERATOR_SEEN_MARGIN = 60
 # keeping the phase it had; and what a watch then waits for.
 HELD_REASONS = {"TargetConflict": "the other ModelRollout on the target to end",
                 "InvalidSpec": "a spec (or operator settings) the operator accepts"}
+# The Ready reason of a Succeeded rollout whose version serves though a verdict rejected it (the stable alias moved
+# onto it by hand): Degraded in Argo CD, and what a watch returns in place of the phase (exit 1, not 0).
+PREVIOUSLY_REJECTED = "PreviouslyRejected"
 # Paused on a failed check until a human decides (rollback.automatic false): Argo CD's failedPause in
 # deploy/argocd/.../health.lua; the commands as the engine's message names them (promote cannot skip a change the
 # target has not taken).
@@ -384,7 +387,8 @@ class OnCall:
 
     def watch(self, name: str, interval: float = 1.0, timeout: float | None = None) -> str | None:
         """Print each change until the rollout ends, or pauses on a failed check for a human (Paused); its final
-        phase (None when the timeout came first)."""
+        phase (None when the timeout came first), or PreviouslyRejected for a Succeeded one that left a version a
+        verdict rejected serving."""
         deadline = time.monotonic() + timeout if timeout else None
         last = None
         told = None  # the hold last explained: said once, not on every read
@@ -418,6 +422,10 @@ class OnCall:
                       f"for {HELD_REASONS[held]}", file=self.out, flush=True)
             told = held
             if status.get("phase") in TERMINAL and current and pending is None and held is None:
+                rejected = _serves_rejected(obj) if status.get("phase") == "Succeeded" else None
+                if rejected is not None:
+                    print(f"  not a success: {rejected}", file=self.out, flush=True)
+                    return PREVIOUSLY_REJECTED
                 return str(status["phase"])
             failed = mapping(status.get("pause")).get("reason") if status.get("phase") == "Paused" else None
             if isinstance(failed, str) and failed in FAILED_PAUSES and current and pending is None:
@@ -461,6 +469,15 @@ def _held(obj: dict[str, Any]) -> str | None:
                 and condition.get("observedGeneration") == mapping(obj.get("metadata")).get("generation")
                 and not (reason == "InvalidSpec" and status.get("phase") == "Failed")):
             return str(reason)
+    return None
+
+
+def _serves_rejected(obj: dict[str, Any]) -> str | None:
+    """The Ready condition's message when it is False with reason PreviouslyRejected, else None."""
+    for condition in objects(mapping(obj.get("status")).get("conditions")):
+        if (condition.get("type") == "Ready" and condition.get("status") == "False"
+                and condition.get("reason") == PREVIOUSLY_REJECTED):
+            return text(condition.get("message"), "production serves a version a verdict rejected")
     return None
 
 

@@ -32,6 +32,7 @@ PHASE_COLOURS = {"Succeeded": "#1a7f37", "Promoting": "#1a7f37", "Baking": "#096
                  "RolledBack": "#cf222e", "Failed": "#cf222e"}
 KIND_COLOURS = {"fail": "#cf222e", "warn": "#bf8700", "pass": "#1a7f37", "command": "#8250df", "info": "#57606a"}
 WEIGHT_COLOUR, CANARY_COLOUR, STABLE_COLOUR = "#0969da", "#d1242f", "#2da44e"
+DAY, YEAR = 86400, 365 * 86400  # seconds: the time axis's longer tick steps
 
 _NUMBER = r"\d+(?:\.\d+)?(?:e[+-]?\d+)?"
 _COUNTS = rf"\((?P<{{p}}n>{_NUMBER})/(?P<{{p}}t>{_NUMBER})\)"
@@ -227,9 +228,12 @@ def _nice_max(value: float) -> float:
 
 
 def _time_ticks(scale: _Scale, count: int = 6) -> list[dt.datetime]:
+    """At most `count` + 1 ticks, whatever the span (history times are free strings: one may read year 1)."""
     span = (scale.end - scale.start).total_seconds()
-    steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
-    step = next((s for s in steps if span / s <= count), steps[-1])
+    steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, DAY, 2 * DAY,
+             7 * DAY, 14 * DAY, 30 * DAY, 91 * DAY, 182 * DAY, YEAR]
+    # Past `count` years: whole years.
+    step = next((s for s in steps if span / s <= count), math.ceil(span / count / YEAR) * YEAR)
     first = math.ceil(scale.start.timestamp() / step) * step
     ticks = []
     moment = first
@@ -273,18 +277,21 @@ def chart_svg(status: Mapping[str, Any], now: dt.datetime) -> str:
         if rates:
             rate = scale.rate_max * weight / 100
             out.append(f'<text x="{WIDTH - RIGHT + 8}" y="{y + 4:.1f}" class="axis rate-axis">{rate:.3g}%</text>')
-    for tick in _time_ticks(scale):
+    ticks = _time_ticks(scale)
+    # A day apart or more, a tick's time of day says nothing: its date (isoformat: a 4-digit year, as %Y is not).
+    dated = len(ticks) > 1 and (ticks[1] - ticks[0]).total_seconds() >= DAY
+    for tick in ticks:
         x = scale.x(tick)
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM + 5}" '
                    f'class="tick"/><text x="{x:.1f}" y="{HEIGHT - BOTTOM + 19}" class="axis" '
-                   f'text-anchor="middle">{tick.strftime("%H:%M:%S")}</text>')
+                   f'text-anchor="middle">{tick.date().isoformat() if dated else tick.strftime("%H:%M:%S")}</text>')
     out.append(f'<text x="{LEFT - 44}" y="{TOP - LANES * LANE_HEIGHT - 8}" class="axis-title">canary weight'
                f'</text>')
     if rates:
         out.append(f'<text x="{WIDTH - RIGHT + 70}" y="{TOP - LANES * LANE_HEIGHT - 8}" class="axis-title" '
                    f'text-anchor="end">class rate</text>')
     out.append(f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" class="axis-title" '
-               f'text-anchor="middle">time (UTC, {scale.start.strftime("%Y-%m-%d")})</text>')
+               f'text-anchor="middle">time (UTC, {scale.start.date().isoformat()})</text>')
     # Decision points: a line and a numbered marker per history entry, in its colour.
     lanes: list[float] = [-math.inf] * LANES
     for index, mark in enumerate(marks):

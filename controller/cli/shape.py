@@ -16,11 +16,12 @@ SECTIONS = ("gate", "analysis", "rollback", "candidate", "stable", "pause", "pro
 
 
 def printable(value: Any) -> Any:
-    """Strings from the API server as a terminal may show them: unprintable characters escaped (\\x1b)."""
+    """Strings from the API server as a terminal may show them: unprintable characters escaped (\\x1b), in map
+    keys too (a verdict's query roles are printed as they are named)."""
     if isinstance(value, str):
         return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], value)
     if isinstance(value, dict):
-        return {k: printable(v) for k, v in value.items()}
+        return {printable(k): printable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [printable(v) for v in value]
     return value

@@ -131,8 +131,10 @@ _REFUSALS = frozenset({AdapterErrorKind.FORBIDDEN, AdapterErrorKind.INVALID})
 # it resumes. Gating, baking and the ended phases confirm none.
 _PHASE_ACTIONS = {Phase.PENDING: "stage:", Phase.PROGRESSING: "step-", Phase.PROMOTING: "promote:",
                   Phase.ROLLING_BACK: "rollback:"}
-# The rollback evidence's key for the new candidate an abort kept from starting (None: not known then).
+# The rollback evidence's key for the new candidate an abort kept from starting (_ANY_CANDIDATE: not known then,
+# so whatever is waiting; never None, which the status leaves out).
 _NOT_STARTED = "not_started"
+_ANY_CANDIDATE = "*"
 # ... and the new candidate a rollback makes way for, as known when it started (the registry may be down later).
 _SUPERSEDED_BY = "superseded_by"
 _INCONCLUSIVE_PAUSE = {
@@ -155,7 +157,8 @@ def decide(spec: ModelRolloutSpec, status: ModelRolloutStatus | None, observatio
     """Decide what to do next. `now` must be timezone-aware (UTC)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return _Decider(spec, _without_recorded_secrets(status or ModelRolloutStatus()), observations, now).run()
+    return _Decider(spec, _hold_as_written_now(_without_recorded_secrets(status or ModelRolloutStatus())),
+                    observations, now).run()
 
 
 def holds_deletion(spec: ModelRolloutSpec, status: ModelRolloutStatus | None) -> bool:
@@ -638,7 +641,7 @@ class _Decider:
         phase = self.status.phase
         rollback = self.status.rollback
         held = rollback.evidence.get(_NOT_STARTED, "") if rollback is not None else ""
-        if held is None or held == wanted:
+        if held in (_ANY_CANDIDATE, wanted):
             return  # on-call aborted the rollback that was to start it: only retry (or another version) does
         target = self._target()
         staged = self._maybe_staged() or (target is not None and target.canary_version == current.version)
@@ -839,8 +842,8 @@ class _Decider:
         self._record("CommandApplied", f"{command.label}: the rollback goes on and {what} is not started",
                      actor=command.actor, command_id=command.id)
         reason = f"{rollback.reason}; aborted by {command.actor}: {what} is not started (run retry to start it)"
-        # Kept with the rollback, so that the ended rollout does not start it either (None: whatever is waiting).
-        evidence = to_json({**rollback.evidence, _NOT_STARTED: wanted})
+        # Kept with the rollback, so that the ended rollout does not start it either.
+        evidence = to_json({**rollback.evidence, _NOT_STARTED: wanted or _ANY_CANDIDATE})
         self._update(rollback=dataclasses.replace(rollback, restart=False, reason=_one_line(reason),
                                                   evidence=evidence))
 
@@ -2028,9 +2031,12 @@ class _Decider:
         retry_note = self._retry_note()
         if phase is Phase.SUCCEEDED:
             succeeded = self._last_event_detail("Succeeded")
+            rejected = self._already_stable_but_rejected()
             if succeeded.endswith(NOTHING_ROLLED_OUT):  # no claim on what serves: the target disagreed
-                return _sentence(succeeded[:1].upper() + succeeded[1:])
-            if self._already_stable_but_rejected():
+                # Degraded in Argo CD (the Ready condition): the message says why.
+                return _sentence(succeeded[:1].upper() + succeeded[1:]) + (
+                    f" Version {candidate} carries {REJECTED_TAG}=true: a verdict rejected it." if rejected else "")
+            if rejected:
                 return _sentence(f"Version {candidate} serves all traffic as @{alias}, though it carries "
                                  f"{REJECTED_TAG}=true: a verdict rejected it and the alias was moved onto it by hand")
             return _sentence(f"Version {candidate} serves all traffic as @{alias}")
@@ -2106,7 +2112,11 @@ class _Decider:
     def _derived_conditions(self, message: str) -> None:
         status = self.status
         phase = status.phase
-        if phase is Phase.SUCCEEDED:
+        if phase is Phase.SUCCEEDED and self._already_stable_but_rejected():
+            # Done, but not good: production serves a version a verdict rejected. Argo CD, `get --watch` and
+            # `kubectl wait --for=condition=Ready` must not read that as a success.
+            self._set_condition(ConditionType.READY, ConditionStatus.FALSE, "PreviouslyRejected", message)
+        elif phase is Phase.SUCCEEDED:
             self._set_condition(ConditionType.READY, ConditionStatus.TRUE, "RolloutSucceeded", message)
         else:
             self._set_condition(ConditionType.READY, ConditionStatus.FALSE, str(phase), message)
@@ -2205,6 +2215,16 @@ def _redacted_source(ref: VersionRef) -> VersionRef:
     """ref without user info or query in its source (status is every namespace viewer's to read)."""
     source = redacted_url(ref.source) if ref.source else ref.source
     return ref if source == ref.source else dataclasses.replace(ref, source=source, source_redacted=True)
+
+
+def _hold_as_written_now(status: ModelRolloutStatus) -> ModelRolloutStatus:
+    """An abort's hold on whatever candidate waits, which an older operator wrote as null: the next status write
+    would leave the null out, and the hold with it."""
+    rollback = status.rollback
+    if rollback is None or _NOT_STARTED not in rollback.evidence or rollback.evidence[_NOT_STARTED] is not None:
+        return status
+    evidence = {**rollback.evidence, _NOT_STARTED: _ANY_CANDIDATE}
+    return dataclasses.replace(status, rollback=dataclasses.replace(rollback, evidence=evidence))
 
 
 def _without_recorded_secrets(status: ModelRolloutStatus) -> ModelRolloutStatus:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,18 @@ import pytest
 import yaml
 from lupa import lua51
 
+from controller.analysis.judges import proportion_judge, threshold_judge
 from controller.api.commands import COMMAND_ANNOTATION, CommandAction, parse_command
+from controller.api.status import (
+    AnalysisMode,
+    AnalysisStatus,
+    ModelRolloutStatus,
+    PauseReason,
+    PauseStatus,
+    Phase,
+    VersionRef,
+)
+from controller.verdict import Outcome
 
 REPO = Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "deploy" / "argocd"
@@ -170,6 +183,38 @@ def test_action_changes_only_the_command_annotation(action: str) -> None:
     annotations = after["metadata"].pop("annotations")
     expected_annotations = dict(before["metadata"].pop("annotations"))
     assert annotations.pop(COMMAND_ANNOTATION) != expected_annotations.pop(COMMAND_ANNOTATION)
+    assert annotations == expected_annotations
+    assert after == before
+
+
+def _paused_on_real_verdicts() -> dict[str, Any]:
+    """A rollout paused on an inconclusive analysis, its status written by the real to_json from the real judges'
+    verdicts, whose evidence holds None (max_rate without maxRate; min of a threshold with only a max)."""
+    verdicts = (proportion_judge("nsfw-rate", 3, 1400, 280, 140000, queries={"canary": "q"},
+                                 window={"start": "s", "end": "e"}),
+                threshold_judge("p99-latency", 0.2, maximum=0.5, query="q2"))
+    assert verdicts[0].evidence["max_rate"] is None and verdicts[1].evidence["min"] is None
+    since = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    status = ModelRolloutStatus(
+        phase=Phase.PAUSED, observed_generation=1, message="Paused: analysis inconclusive.", attempt=1,
+        candidate=VersionRef("7"), stable=VersionRef("6"), current_step=1, step="2/6", canary_weight=1,
+        pause=PauseStatus(PauseReason.ANALYSIS_INCONCLUSIVE, since=since, resume_phase=Phase.PROGRESSING),
+        analysis=AnalysisStatus(mode=AnalysisMode.CANARY, window_start=since, step_index=1, runs=1,
+                                last_run_at=since, outcome=Outcome.INCONCLUSIVE, metrics=verdicts))
+    obj = _load(ACTIONS / "testdata" / "paused_analysisInconclusive.yaml")
+    # As the API server stores it and hands it to argocd-server: JSON.
+    return {**obj, "status": json.loads(json.dumps(status.to_dict()))}
+
+
+@pytest.mark.parametrize("action", ACTION_NAMES)
+def test_action_on_a_status_the_operator_wrote_changes_only_the_command_annotation(action: str) -> None:
+    """A status difference would make argocd-server patch /status too, with its copy of the evidence: an analysis
+    run the operator wrote meanwhile would be put back to the one before."""
+    before = _paused_on_real_verdicts()
+    after = _clean_returned(run_lua(ACTIONS / action / "action.lua", copy.deepcopy(before)), before)
+    annotations = after["metadata"].pop("annotations")
+    expected_annotations = dict(before["metadata"].pop("annotations", {}))
+    assert annotations.pop(COMMAND_ANNOTATION) != expected_annotations.pop(COMMAND_ANNOTATION, None)
     assert annotations == expected_annotations
     assert after == before
 

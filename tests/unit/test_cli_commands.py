@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_engine_support import Target, World, spec_dict, verdict
+from test_engine_support import Registry, Target, World, spec_dict, verdict
 
 from controller.api import CommandAction, SpecError
 from controller.api.commands import COMMAND_ANNOTATION
@@ -30,7 +30,7 @@ from controller.cli.main import build_parser, main
 from controller.cli.oncall import OnCall
 from controller.devstack.demo import run_demo
 from controller.devstack.processes import StackError
-from controller.engine import reject_spec
+from controller.engine import REJECTED_TAG, reject_spec
 from controller.engine.claims import target_claim
 from controller.engine.decide import wait_for_target
 from controller.verdict import Outcome
@@ -306,6 +306,20 @@ def test_watch_exits_1_on_a_rollout_stuck_past_its_progress_deadline(
     assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
     out = capsys.readouterr().out
     assert "stopped: no progress within progressDeadline (" in out and "InferenceService nsfw-classifier" in out
+
+
+def test_watch_exits_1_on_a_success_that_left_a_rejected_version_serving(
+        api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """@production was moved by hand onto a version a verdict rejected: Succeeded (nothing to roll out), not good."""
+    world = World(registry=Registry(aliases={"production": "7"}), target=Target(stable_version="7"))
+    world.registry.versions["7"][REJECTED_TAG] = "true"
+    world.reconcile()
+    assert world.status.phase is Phase.SUCCEEDED
+    api.obj = engine_rollout(world)
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
+    assert ("  not a success: Version 7 serves all traffic as @production, though it carries "
+            "modelrollout.rejected=true: a verdict rejected it and the alias was moved onto it by hand.") in \
+        capsys.readouterr().out.splitlines()
 
 
 def test_watch_goes_on_past_a_failed_pause_with_a_command_pending(

@@ -21,6 +21,7 @@ from controller.api import CommandAction
 from controller.api.status import Phase
 from controller.cli.oncall import OnCall
 from controller.cli.report import _kind, render_html, weight_series
+from controller.cli.shape import printable
 from controller.engine import REJECTED_TAG
 from controller.verdict import Outcome
 
@@ -148,6 +149,19 @@ def test_the_page_escapes_bidi_overrides_as_the_terminal_does() -> None:
     page = render_html(obj)
     assert "\u202e" not in page and "\u2066" not in page
     assert "evil\\u202etxt.exe" in page
+
+
+def test_explain_escapes_a_query_roles_name_as_it_does_the_query(oncall: OnCall) -> None:
+    """Evidence map keys are printed too (`query <role>: ...`): a terminal escape there must not reach the screen."""
+    world = World(judge=lambda _r: [verdict(Outcome.FAIL)])
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
+    obj = wrapped(world)
+    hostile = "canary\x1b]0;PWNED\x07\x1b[2J\u202e"
+    obj["status"]["analysis"]["metrics"][0]["evidence"]["queries"] = {hostile: "sum(x) \x1b[31m"}
+    for shown in (oncall.explain(obj), render_html(obj, oncall.explain(obj))):
+        assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "  query canary\\x1b]0;PWNED\\x07\\x1b[2J\\u202e: sum(x) \\x1b[31m" in oncall.explain(obj).splitlines()
+    assert printable({hostile: [{hostile: 1}]}) == {printable(hostile): [{printable(hostile): 1}]}
 
 
 def test_a_max_rate_failure_shows_the_max_rate_tests_numbers(oncall: OnCall) -> None:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
 
+import pytest
 from test_engine_support import World, spec_dict
 
 from controller.analysis.judges import ProportionCriteria, proportion_judge, threshold_judge
@@ -109,6 +110,20 @@ def test_a_long_rollout_gets_readable_time_ticks() -> None:
     status["completedAt"] = (start + timedelta(hours=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
     ticks = re.findall(r'text-anchor="middle">(\d\d:\d\d:\d\d)</text>', render_html(obj))
     assert 3 <= len(ticks) <= 8
+
+
+@pytest.mark.parametrize("first", ["0001-01-01T00:00:00Z", "1990-06-01T00:00:00Z", "2025-11-05T09:00:00Z",
+                                   "2026-01-01T09:00:00Z"])
+def test_any_span_gets_a_handful_of_dated_ticks(first: str) -> None:
+    """history[].time is a free string: one entry dated year 1 drew a tick a day, 739,621 of them (a 98 MB page)."""
+    obj = judged_rollout()
+    obj["status"]["history"].insert(0, {"time": first, "event": "Resolved", "detail": "attempt 1",
+                                        "actor": "modelrollout-controller"})
+    page = render_html(obj)
+    ticks = re.findall(r'class="tick"/><text [^>]*>([^<]*)</text>', page)
+    assert 2 <= len(ticks) <= 7, len(ticks)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", tick) for tick in ticks), ticks  # a day apart or more: dates
+    assert len(page) < 200_000
 
 
 def test_a_bake_reason_names_its_rates_in_the_text_fallback() -> None:

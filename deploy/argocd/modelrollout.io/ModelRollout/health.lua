@@ -82,7 +82,11 @@ local inFlight = {
   RollingBack = "Rolling back to the stable version",
 }
 
-if phase == "Succeeded" then
+if phase == "Succeeded" and ready ~= nil and ready.reason == "PreviouslyRejected" then
+  -- Done, but production serves a version a verdict rejected (the stable alias was moved onto it by hand).
+  hs.status = "Degraded"
+  hs.message = message(ready.message or "Production serves a version a verdict rejected")
+elseif phase == "Succeeded" then
   hs.status = "Healthy"
   hs.message = message("The candidate was promoted")
 elseif phase == "Paused" and obj.status.pause ~= nil and failedPause[obj.status.pause.reason] then
