@@ -127,6 +127,12 @@ WITHDRAWAL_RECHECK_SECONDS = 1.0
 PIN_RECHECK_SECONDS = 15.0
 
 
+# A rollout's gate URL overrides, spec.target.kserve candidateUrl and stableUrl (None: the router's URL).
+GateUrls = tuple[str | None, str | None]
+# What a gate verdict was measured for: the object's uid and its spec's gate URLs.
+_MeasuredFor = tuple[str, GateUrls]
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     """Operator-wide settings; a rollout's spec may override the registry and Prometheus addresses."""
@@ -241,6 +247,11 @@ class RolloutRuntime:
             return target.seldon_deployment.name
         assert target.seldon_experiment is not None
         return target.seldon_experiment.name
+
+    @property
+    def gate_urls(self) -> GateUrls:
+        kserve = self.spec.target.kserve
+        return (kserve.candidate_url, kserve.stable_url) if kserve else (None, None)
 
     @property
     def tracking_uri(self) -> str | None:
@@ -418,9 +429,9 @@ class RolloutRuntime:
             return not (isinstance(exc, TargetStateError) and exc.reason == "Invalid")
 
     async def measure_gate(self, action: RunGate, state: TargetState | None) -> JudgeResult:
-        kserve = self.spec.target.kserve
-        candidate_url = (kserve.candidate_url if kserve else None) or (state.canary_url if state else None)
-        stable_url = (kserve.stable_url if kserve else None) or (state.stable_url if state else None)
+        candidate_override, stable_override = self.gate_urls
+        candidate_url = candidate_override or (state.canary_url if state else None)
+        stable_url = stable_override or (state.stable_url if state else None)
         # Why not, when the router says (a Seldon endpoint it refuses to call): on-call sees it in the gate's error.
         why = f": {state.message}" if state and state.message else ""
         if not candidate_url:
@@ -654,15 +665,22 @@ class _Measurement:
 
     uid: str
     generation: int
+    gate_urls: GateUrls  # the spec's when it started
     action: RunGate | RunAnalysis
     task: asyncio.Task[JudgeResult]
     asked: bool = True  # by the current reconcile's last decision
 
-    def answers(self, uid: str, generation: int, action: RunGate | RunAnalysis) -> bool:
+    def answers(self, uid: str, generation: int, gate_urls: GateUrls, action: RunGate | RunAnalysis) -> bool:
+        """Whether this run's answer is `action`'s on the rollout as it is now (its uid, generation, gate URLs)."""
+        if self.uid != uid or self.action != action:
+            return False
+        if isinstance(action, RunGate):
+            # A gate's inputs are in its action, but for where it sends them: a URL fixed since (it "may be fixed
+            # at any time") is judged, not the one the run started with. Any other spec edit leaves it running.
+            return self.gate_urls == gate_urls
         # An analysis reads queries from the spec: one measured before a spec edit is measured again (as its
-        # verdict is never kept past a lost write). A gate's inputs are in its action (kept verdicts alike).
-        return self.uid == uid and self.action == action and (
-            isinstance(action, RunGate) or self.generation == generation)
+        # verdict is never kept past a lost write).
+        return self.generation == generation
 
 
 def _asks_for(status: ModelRolloutStatus, action: RunGate | RunAnalysis) -> bool:
@@ -758,9 +776,10 @@ class RolloutStepper:
         self._start_locks = _StartLocks()  # per target: see _start_gate
         # Answers no stored decision has read yet, per rollout, with the uid of the object they belong to.
         self._unheard: dict[tuple[str, str], tuple[str, list[ActionFailure], list[str]]] = {}
-        # Gate verdicts, per rollout, until a stored status no longer asks for them: (uid, verdict). A gate runs for
-        # minutes: a lost status write must not run it again.
-        self._gate_verdicts: dict[tuple[str, str], tuple[str, JudgeResult]] = {}
+        # Gate verdicts, per rollout, until a stored status no longer asks for them: ((uid, gate URLs), verdict), the
+        # object and the URL overrides it was measured for. A gate runs for minutes: a lost status write must not run
+        # it again.
+        self._gate_verdicts: dict[tuple[str, str], tuple[_MeasuredFor, JudgeResult]] = {}
         self._gate_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_GATES_PER_NAMESPACE))
         self._analysis_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_ANALYSES_PER_NAMESPACE))
         # Per rollout, the gate or analysis under way (see _measured).
@@ -842,7 +861,7 @@ class RolloutStepper:
         self._seen.add(key)
         outcome = ReconcileOutcome(status=status.to_dict())
         uid = str(meta.get("uid") or "")
-        gate = self._gate_verdict_asked_for(key, uid, status)
+        gate = self._gate_verdict_asked_for(key, (uid, runtime.gate_urls), status)
         analysis: JudgeResult | None = None
         # Answers to the previous reconcile's last round (nothing decided on them yet), then each round's.
         unheard_uid, failures, done = self._unheard.pop(key, (uid, [], []))
@@ -877,7 +896,7 @@ class RolloutStepper:
             read_stored = False
             gate, analysis, failures, done = None, None, [], []
             posting: asyncio.Task[Posted] | None = None
-            picked = self._left_running(key, uid, generation, status, decision.actions)
+            picked = self._left_running(key, uid, generation, runtime.gate_urls, status, decision.actions)
             work = [*decision.actions, *picked]
             if not work:
                 break
@@ -939,7 +958,8 @@ class RolloutStepper:
                         else:
                             gate = answer
                             if gate.error is None:  # an error is counted once (its request stays open)
-                                self._gate_verdicts[key] = (uid, gate)
+                                # _measured answers only from a run on this spec's gate URLs.
+                                self._gate_verdicts[key] = ((uid, runtime.gate_urls), gate)
                     else:
                         try:
                             await asyncio.to_thread(runtime.act, action, status)
@@ -978,19 +998,27 @@ class RolloutStepper:
         await self._store_start(obj, outcome, stored, gate_keeper)
         return outcome
 
-    def _left_running(self, key: tuple[str, str], uid: str, generation: int, status: ModelRolloutStatus,
-                      actions: Sequence[Action]) -> list[RunGate | RunAnalysis]:
+    def _left_running(self, key: tuple[str, str], uid: str, generation: int, gate_urls: GateUrls,
+                      status: ModelRolloutStatus, actions: Sequence[Action]) -> list[RunGate | RunAnalysis]:
         """The run under way that this decision asks for without handing it out again (it did moments ago, to a
         reconcile that someone's change interrupted): waited for as if it were. One it does not ask for is dropped."""
         measuring = self._measuring.get(key)
         if measuring is None:
             return []
-        if any(isinstance(action, RunGate | RunAnalysis) and measuring.answers(uid, generation, action)
+        if any(isinstance(action, RunGate | RunAnalysis) and measuring.answers(uid, generation, gate_urls, action)
                for action in actions):
             measuring.asked = True
             return []
-        if measuring.answers(uid, generation, measuring.action) and _asks_for(status, measuring.action):
+        if measuring.action in actions or not _asks_for(status, measuring.action):
+            self._drop(key)
+            return []
+        if measuring.answers(uid, generation, gate_urls, measuring.action):
             measuring.asked = True
+            return [measuring.action]
+        if measuring.uid == uid and isinstance(measuring.action, RunGate):
+            # Its gate URL was fixed since it started: the request is run again now, at the fixed URL (_measured
+            # drops this run), not when the engine next hands it out.
+            log.info("%s/%s: a gate URL was fixed while %s ran; running it again", *key, measuring.action.id)
             return [measuring.action]
         self._drop(key)
         return []
@@ -1001,11 +1029,12 @@ class RolloutStepper:
         out the reconcile's worker, and ends early, with None, once someone else changes the rollout (an abort, a
         spec edit, a deletion): the run goes on for the next decision, which may ask for it again."""
         measuring = self._measuring.get(key)
-        if measuring is None or not measuring.answers(uid, generation, action):
+        if measuring is None or not measuring.answers(uid, generation, runtime.gate_urls, action):
             self._drop(key)
             run = self._gate(runtime, action, state) if isinstance(action, RunGate) else self._analyse(runtime, action)
             # A context of its own: the reconcile's worker slot is not the run's to lend.
-            measuring = _Measurement(uid, generation, action, asyncio.create_task(run, context=contextvars.Context()))
+            measuring = _Measurement(uid, generation, runtime.gate_urls, action,
+                                     asyncio.create_task(run, context=contextvars.Context()))
             self._measuring[key] = measuring
         try:
             async with reconcile_slot_lent():
@@ -1070,19 +1099,22 @@ class RolloutStepper:
         return (stored.phase == status.phase and stored.attempt == status.attempt
                 and candidate == (status.candidate and status.candidate.version))
 
-    def _gate_verdict_asked_for(self, key: tuple[str, str], uid: str,
+    def _gate_verdict_asked_for(self, key: tuple[str, str], measured_for: _MeasuredFor,
                                 status: ModelRolloutStatus) -> JudgeResult | None:
         """The kept gate verdict when the stored status still has its request open: the decision that read it was
         not stored (a 409 from a command or an edit, a 503). Otherwise it is dropped: the engine matches request ids,
         so a verdict a stored decision read is never read again (its gate is complete, and ids are not reused); a
         re-pin or a thresholds change opens a new request. An analysis verdict is not kept: it is cheap to measure
-        again, and one read late would pass a step on a window that stopped short of its end."""
-        kept_uid, gate = self._gate_verdicts.pop(key, (uid, None))
-        if gate is None or kept_uid != uid:  # deleted and made again under the same name: not this object's
+        again, and one read late would pass a step on a window that stopped short of its end.
+        `measured_for`: the object's uid and its spec's gate URLs now."""
+        kept_for, gate = self._gate_verdicts.pop(key, (measured_for, None))
+        # Not this object's (deleted and made again under the same name), or measured at a gate URL fixed since
+        # (the 409 was that edit): the engine hands the open request out again, and it runs at the fixed URL.
+        if gate is None or kept_for != measured_for:
             return None
         if status.gate is None or status.gate.request_id != gate.request_id or status.gate.completed_at is not None:
             return None
-        self._gate_verdicts[key] = (uid, gate)
+        self._gate_verdicts[key] = (measured_for, gate)
         return gate
 
     async def _store_start(self, obj: dict[str, Any], outcome: ReconcileOutcome, stored: dict[str, Any],
