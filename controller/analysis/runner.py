@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,11 @@ from controller.analysis.queries import (
     render,
     template_variables,
 )
+from controller.api.durations import format_duration
+from controller.api.serialization import format_time
 from controller.api.spec import MetricSpec, ProportionMetric
+from controller.engine.actions import HISTORY_SPACING_SLACK as HISTORY_SPACING_SLACK
+from controller.engine.actions import history_days_back, history_every_days
 from controller.exporter.events import UNLABELLED_VERSION
 from controller.verdict import Outcome, Verdict
 
@@ -42,11 +45,6 @@ METRIC_BASE_SECONDS = 30.0
 SECONDS_PER_QUERY = 1.0
 # And every metric's together, whatever their number and baselines: what one rollout may hold a worker for.
 MEASUREMENT_MAX_SECONDS = 300.0
-# A bake's deciding run is measured after it ends (asked for once its time is up, read when a worker takes it, and
-# retried after an outage until progressDeadline, 30 min by default): a window this much past whole days still
-# reads history a day apart. Past windows then overlap by at most this much (1/24 of a day's), and the nearest
-# reaches at most this far past promotion, when the previous version no longer served.
-HISTORY_SPACING_SLACK = timedelta(hours=1)
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +58,7 @@ class AnalysisRequest:
     baseline_window: timedelta | None = None
     candidate_version: str | None = None  # the canary (or the promoted version, in bake mode)
     baseline_version: str | None = None  # bake mode: the version whose history is the reference
+    promoted_at: datetime | None = None  # bake mode: when the candidate took all traffic (RunAnalysis.promoted_at)
 
 
 def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest, provider: PrometheusProvider, *,
@@ -236,14 +235,17 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     fresh, stale = _stale_arm({"current": now}, [spec.events, spec.total], request, provider, queries)
     if stale:
         return _unmeasured(name, stale, queries, _window_evidence(request, window, fresh))
-    days = _history_days(request)
     # Past windows as long as the bake's, a day apart, would overlap each other and the nearest would reach past
-    # promotion into the bake's own: they move by as many whole days as the window spans, give or take the slack.
-    every = max(1, math.ceil((request.now - request.window_start - HISTORY_SPACING_SLACK) / timedelta(days=1)))
-    history_at = [request.now - timedelta(days=day * every) for day in range(1, days + 1)]
+    # promotion into the bake's own: they move by as many whole days as the window spans, give or take the slack,
+    # and all of them back past the promotion when the window starts after it.
+    span = request.now - request.window_start
+    since_promotion = request.now - request.promoted_at if request.promoted_at is not None else None
+    history_at = [request.now - timedelta(days=back)
+                  for back in history_days_back(span, _history_days(request), since_promotion)]
     share = _observed_share(window, provider)  # every day's window is as long as the bake's
-    evidence = {**_window_evidence(request, window, fresh), "countsScaledBy": share, "historyEveryDays": every,
-                "historyAt": [at.isoformat() for at in history_at]}
+    evidence = {**_window_evidence(request, window, fresh), "countsScaledBy": share,
+                "historyEveryDays": history_every_days(span), "historyAt": [at.isoformat() for at in history_at],
+                "historyFrom": (history_at[-1] - span).isoformat()}
     history: list[tuple[float, float]] = []
     for at in history_at:
         # A day with no series then had no traffic for this model: a gap, not a stale source.
@@ -252,9 +254,30 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
         if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
             return _unmeasured(name, broken, queries, evidence)
         history.append(((events.value or 0.0) * share, (total.value or 0.0) * share))
-    return baseline_judge(name, current["current_events"].value * share, current["current_total"].value * share,
-                          history, ProportionCriteria.from_spec(spec), queries=queries, window=evidence,
-                          history_at=evidence["historyAt"])
+    verdict = baseline_judge(name, current["current_events"].value * share, current["current_total"].value * share,
+                             history, ProportionCriteria.from_spec(spec), queries=queries, window=evidence,
+                             history_at=evidence["historyAt"])
+    if verdict.outcome is Outcome.INCONCLUSIVE and "day(s) of history with traffic" in verdict.reason:
+        reach = _history_reach(request, history_at[-1] - span)
+        return dataclasses.replace(verdict, reason=f"{verdict.reason}; {reach}")
+    return verdict
+
+
+def _history_reach(request: AnalysisRequest, earliest: datetime) -> str:
+    """How far back a bake's history reached and why days there may have had no traffic: a bake of days reads
+    about `baseline` times as many days back (its windows are as long as it, as many days apart)."""
+    back = _hours(request.now - earliest)
+    before = ""
+    if request.promoted_at is not None and earliest < request.promoted_at:
+        before = f"{_hours(request.promoted_at - earliest)} before the promotion, "
+    version = f"version {request.baseline_version}" if request.baseline_version else "the previous version"
+    return (f"its history reached back {before}{back} before this run (to {format_time(earliest)}): Prometheus "
+            f"may not keep data that long (its retention, 15d by default), or {version} had not served that long")
+
+
+def _hours(duration: timedelta) -> str:
+    """A long duration to the nearest hour, e.g. "21d" or "2d23h"."""
+    return format_duration(timedelta(hours=round(duration / timedelta(hours=1))))
 
 
 def _templates(metric: MetricSpec) -> dict[str, str]:

@@ -12,6 +12,7 @@ RunAnalysis) are answered by a JudgeResult with the same id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -165,7 +166,8 @@ class RunAnalysis(_Action):
     """Run every analysis judge once.
 
     canary mode: canary vs stable over [window_start, now]. bake mode: the promoted candidate over
-    [window_start, now] vs the baseline version over `baseline_window` of its history.
+    [window_start, now] vs the baseline version over `baseline_window` of its history, on the days
+    `history_days_back` names.
     """
 
     type: ClassVar[ActionType] = ActionType.RUN_ANALYSIS
@@ -177,6 +179,39 @@ class RunAnalysis(_Action):
     step_index: int | None = None
     baseline_window: timedelta | None = None
     metrics: tuple[str, ...] = field(default_factory=tuple)
+    # bake mode: when the candidate took all traffic (None: not known, taken as window_start). A window starting
+    # later (a watch after an inconclusive bake, a retried bake) must not take the bake's own days as history.
+    promoted_at: datetime | None = None
+
+
+# A bake's deciding run is measured after it ends (asked for once its time is up, read when a worker takes it, and
+# retried after an outage until progressDeadline, 30 min by default): a window this much past whole days still
+# reads history a day apart. Past windows then overlap by at most this much (1/24 of a day's), and the nearest
+# reaches at most this far past promotion, when the previous version no longer served.
+HISTORY_SPACING_SLACK = timedelta(hours=1)
+_DAY = timedelta(days=1)
+
+
+def history_every_days(window: timedelta) -> int:
+    """How many whole days apart a bake run's history windows are: as many as the window spans less the slack
+    (at least one), so that windows as long as the run's overlap one another by at most the slack."""
+    return max(1, math.ceil((window - HISTORY_SPACING_SLACK) / _DAY))
+
+
+def history_days_back(window: timedelta, days: int, since_promotion: timedelta | None = None) -> tuple[int, ...]:
+    """How many whole days before a bake run's end each of its `days` history windows ends, nearest first: the
+    same hours on past days, `history_every_days` apart.
+
+    `since_promotion`: the run's end less the promotion (None: the window starts at it). The nearest window ends
+    no later than the promotion plus the slack's share of the window (an hour of a day's, a minute of a 24-minute
+    one): a window that starts well after the promotion would otherwise read the bake's own days, when the
+    previous version no longer served. A window starting at the promotion is never moved."""
+    every = history_every_days(window)
+    first = every
+    if since_promotion is not None:
+        allowed = HISTORY_SPACING_SLACK * min(1.0, window / _DAY)
+        first = max(every, math.ceil((since_promotion - allowed) / _DAY))
+    return tuple(first + every * day for day in range(days))
 
 
 Action = (StageCandidate | SetCanaryWeight | PromoteCandidate | RestoreStable | UnstageCandidate | SetAlias

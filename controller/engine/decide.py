@@ -69,6 +69,8 @@ from controller.engine.actions import (
     StageCandidate,
     TagRejected,
     UnstageCandidate,
+    history_days_back,
+    history_every_days,
 )
 from controller.engine.claims import TargetClaim
 from controller.engine.observations import (
@@ -1447,13 +1449,16 @@ class _Decider:
         stable = self.status.stable
         bake = self.spec.bake
         is_bake = analysis.mode is AnalysisMode.BAKE
+        promotion = self.status.promotion
         return RunAnalysis(
             id=analysis.request_id, mode=analysis.mode, candidate_version=self._candidate.version,
             baseline_version=stable.version if stable else None,
             canary_weight=100 if is_bake else self._set_weight_before(analysis.step_index),
             window_start=analysis.window_start, step_index=analysis.step_index,
             baseline_window=bake.baseline if is_bake and bake else None,
-            metrics=tuple(metric.name for metric in self.spec.analysis.metrics))
+            metrics=tuple(metric.name for metric in self.spec.analysis.metrics),
+            # A watch after an inconclusive bake starts at the pause: its history must still end at the promotion.
+            promoted_at=promotion.target_confirmed_at if is_bake and promotion else None)
 
     def _set_weight_before(self, index: int | None) -> int:
         """The weight the spec has put in place by step `index` (what the judges judge), not the observed one."""
@@ -1907,9 +1912,21 @@ class _Decider:
         held = settled is not None and settled > since
         since = settled if held and settled is not None else since
         self._update(analysis=AnalysisStatus(mode=AnalysisMode.BAKE, window_start=since, ends_at=since + bake.duration))
-        self._record("BakeStarted", f"judging version {self._candidate.version} against version "
-                                    f"{self.status.stable.version if self.status.stable else '?'}'s last "
-                                    f"{format_duration(bake.baseline)} for {format_duration(bake.duration)}"
+        # What the run that ends it reads (windows as long as the bake, as many days apart): a bake of days reaches
+        # `baseline` times as far back, which the previous version's age and Prometheus' retention must cover.
+        promotion = self.status.promotion
+        promoted_at = (promotion.target_confirmed_at if promotion else None) or since
+        days = max(1, int(bake.baseline / timedelta(days=1)))
+        farthest = history_days_back(bake.duration, days, since + bake.duration - promoted_at)[-1]
+        every = history_every_days(bake.duration)
+        reach = timedelta(days=farthest) - (since - promoted_at)
+        stable = self.status.stable.version if self.status.stable else "?"
+        self._record("BakeStarted", f"judging version {self._candidate.version} against version {stable}'s history "
+                                    f"on {days} past days, {'a day' if every == 1 else f'{every} days'} apart, back "
+                                    f"to {format_duration(_whole_seconds(reach))} before the promotion (version "
+                                    f"{stable} must have served that long and Prometheus keep "
+                                    f"{format_duration(timedelta(days=farthest) + bake.duration)} of data at the "
+                                    f"bake's end), for {format_duration(bake.duration)}"
                                     + (f" from {format_time(since)}, once the gate's own predictions are scraped"
                                        if held else f" since the promotion at {format_time(since)}"
                                        if since != self.now else ""))

@@ -491,7 +491,7 @@ class RolloutRuntime:
         request = AnalysisRequest(namespace=self.namespace, target=self.target_name, mode=str(action.mode),
                                   window_start=action.window_start, now=now, baseline_window=action.baseline_window,
                                   candidate_version=action.candidate_version,
-                                  baseline_version=action.baseline_version)
+                                  baseline_version=action.baseline_version, promoted_at=action.promoted_at)
         verdicts = run_analysis(metrics, request,
                                 PrometheusProvider(address, scrape_interval=self.config.scrape_interval))
         return JudgeResult(action.id, verdicts=verdicts, measured_at=now)

@@ -279,3 +279,20 @@ def test_kopf_retries_a_forbidden_watch_for_ever_instead_of_stopping_the_operato
     for _request in range(2):
         delays = list(itertools.islice(backoffs, 1000))
         assert len(delays) == 1000 and delays[0] == 1 and max(delays) == 60
+
+
+def test_a_bake_runs_promotion_time_reaches_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without it the watch of a version paused on an inconclusive bake reads the bake's own days as history."""
+    raw = copy.deepcopy(RAW)
+    raw["analysis"]["prometheus"] = {"address": f"http://127.0.0.1:{free_port()}"}
+    asked: list[Any] = []
+    monkeypatch.setattr(runtime_module, "run_analysis",
+                        lambda _metrics, request, _provider: asked.append(request) or ())
+    obj = {"metadata": {"namespace": "team-a", "name": "nsfw"}, "spec": raw}
+    runtime = RolloutRuntime(obj, parse_spec(raw), None, OperatorConfig())  # type: ignore[arg-type]
+    promoted = datetime(2026, 1, 1, tzinfo=UTC)
+    action = RunAnalysis(id="a-1", mode=AnalysisMode.BAKE, candidate_version="2", baseline_version="1",
+                         canary_weight=100, window_start=promoted + timedelta(hours=25),
+                         baseline_window=timedelta(days=3), promoted_at=promoted)
+    runtime.measure_analysis(action, promoted + timedelta(hours=26))
+    assert [request.promoted_at for request in asked] == [promoted]
