@@ -1151,8 +1151,9 @@ class _Decider:
         reason = (passed if outcome is Outcome.PASS  # no one check is why it passed
                   else f"golden gate {decisive.name}: {decisive.reason}" if decisive
                   else "golden gate gave no verdicts")
+        kept = _kept_gate_verdicts(verdicts)  # status lives in etcd: a spec may set limits on 1000 classes
         self._update(gate=dataclasses.replace(gate, completed_at=self.now, outcome=outcome, reason=reason,
-                                              verdicts=verdicts, errors=0, erroring_since=None,
+                                              verdicts=kept, errors=0, erroring_since=None,
                                               dataset_sha256=result.dataset_sha256 or gate.dataset_sha256,
                                               report=to_json(dict(result.report))))
         if outcome is Outcome.PASS:
@@ -1161,11 +1162,11 @@ class _Decider:
         elif outcome is Outcome.FAIL:
             self._record("GateFailed", reason)
             # A dataset that is not the pinned one says nothing about the model: stop, but do not reject it.
-            self._failure(RollbackCause.GATE_FAILED, reason, _evidence(verdicts, outcome),
+            self._failure(RollbackCause.GATE_FAILED, reason, _evidence(kept, outcome),
                           reject_candidate=not _integrity_only(verdicts))
         else:
             self._record("GateInconclusive", reason)
-            self._inconclusive(RollbackCause.GATE_INCONCLUSIVE, reason, _evidence(verdicts, outcome))
+            self._inconclusive(RollbackCause.GATE_INCONCLUSIVE, reason, _evidence(kept, outcome))
 
     # --- canary steps --------------------------------------------------------------------------------
 
@@ -2257,6 +2258,37 @@ def _clean_verdict(verdict: Verdict) -> Verdict:
     """A copy whose evidence is plain JSON, so the status round-trips exactly."""
     return Verdict(name=verdict.name, outcome=Outcome(verdict.outcome), reason=_one_line(verdict.reason),
                    evidence=to_json(dict(verdict.evidence)))
+
+
+# The gate's verdicts status.gate keeps whole: of each outcome that is not a pass up to the first number, of the
+# passes up to the second; the rest are counted (and named, up to GATE_NAMES_KEPT) by one verdict per outcome.
+# status lives in etcd; the gate's MLflow evidence run (gate-report.json) holds them all.
+GATE_VERDICTS_KEPT = 50
+GATE_PASSES_KEPT = 20
+GATE_NAMES_KEPT = 20
+_GATE_MORE = {Outcome.FAIL: "failed", Outcome.INCONCLUSIVE: "inconclusive", Outcome.PASS: "passed"}
+
+
+def _kept_gate_verdicts(verdicts: tuple[Verdict, ...]) -> tuple[Verdict, ...]:
+    """The gate's verdicts as status keeps them, in order; their combined outcome is unchanged."""
+    kept: list[Verdict] = []
+    left: dict[Outcome, list[str]] = {outcome: [] for outcome in _GATE_MORE}
+    seen = dict.fromkeys(_GATE_MORE, 0)
+    for item in verdicts:
+        seen[item.outcome] += 1
+        if seen[item.outcome] <= (GATE_PASSES_KEPT if item.outcome is Outcome.PASS else GATE_VERDICTS_KEPT):
+            kept.append(item)
+        else:
+            left[item.outcome].append(item.name)
+    for outcome, names in left.items():
+        if names:
+            word, shown = _GATE_MORE[outcome], names[:GATE_NAMES_KEPT]
+            listed = f": {', '.join(shown)}" + (f" and {len(names) - len(shown)} more" if names[len(shown):] else "")
+            kept.append(Verdict(f"more checks {word}", outcome,
+                                f"{len(names)} more checks {word}{listed if outcome is not Outcome.PASS else ''}; "
+                                "the gate's evidence run in MLflow (gate-report.json) holds every verdict",
+                                {"checks": len(names), "names": shown}))
+    return tuple(kept)
 
 
 def _first(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> Verdict | None:

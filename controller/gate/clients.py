@@ -49,6 +49,8 @@ _SETUP_STATUSES = {
     501: "not implemented: check the protocol",
     511: "network authentication required",
 }
+# An inference server answers JSON; an HTML page comes from whatever stands in front of it.
+_HTML_PAGE = "an HTML page, not a model's answer: a sign-in gateway or proxy? check the URL"
 _V1_PATH = re.compile(r"^(?P<base>.*)/v1/models/(?P<model>[^/:]+):predict/?$")
 _V2_PATH = re.compile(r"^(?P<base>.*)/v2/models/(?P<model>[^/]+)(/versions/(?P<version>[^/]+))?/infer/?$")
 # Digits to "0", "." kept, every other byte to " ": " " + 19 zeros marks 19 digits in a row that are not a
@@ -264,6 +266,11 @@ class InferenceClient:
                     if response.status != 200:
                         await response.release()
                         return f"HTTP {response.status}", False, b""
+                    if response.content_type == "text/html":
+                        # A web page (a sign-in gateway's, as its 302 or 401 would be): the model was not reached.
+                        failure = f"unavailable: HTTP 200 ({_HTML_PAGE})"
+                        await response.release()
+                        continue
                     if response.content_length is not None and response.content_length > cap:
                         return TOO_LARGE, False, b""
                     payload = await self._read_capped(response, cap)

@@ -73,11 +73,14 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
     metrics = [{"key": key, "value": value, "timestamp": now_ms, "step": 0}
                for key, value in gate_metrics(report).items() if logged.get(key) != value]
     dataset_uri = redacted_url(str(report.status.get("dataset", {}).get("uri", "")))  # a presigned URL's query
+    params = [{"key": "dataset_uri", "value": dataset_uri[:6000]}]
+    tag_list = [{"key": key, "value": value} for key, value in tags.items()]
+    # MLflow takes 1000 metrics, params and tags together per call: with per-class limits on 1000 classes the
+    # first call refused them all, and the report below was never uploaded.
+    first = _LOG_BATCH_LIMIT - len(params) - len(tag_list)
     rest.call("POST", "/api/2.0/mlflow/runs/log-batch", body={
-        "run_id": run_id, "metrics": metrics[:_LOG_BATCH_LIMIT],
-        "params": [{"key": "dataset_uri", "value": dataset_uri[:6000]}],
-        "tags": [{"key": key, "value": value} for key, value in tags.items()]})
-    for start in range(_LOG_BATCH_LIMIT, len(metrics), _LOG_BATCH_LIMIT):  # MLflow takes 1000 per call
+        "run_id": run_id, "metrics": metrics[:first], "params": params, "tags": tag_list})
+    for start in range(first, len(metrics), _LOG_BATCH_LIMIT):
         rest.call("POST", "/api/2.0/mlflow/runs/log-batch",
                   body={"run_id": run_id, "metrics": metrics[start:start + _LOG_BATCH_LIMIT]})
     upload_artifact(access, f"{artifact_root.rstrip('/')}/{REPORT_ARTIFACT}",
@@ -112,6 +115,8 @@ def gate_metrics(report: GateReport) -> dict[str, float]:
             metrics[_METRIC_KEY_UNSAFE.sub("_", key)[:250]] = float(value)
 
     status = report.status
+    # Per class: those status shows and every class the thresholds name (status may show only some of them).
+    named = set((report.evidence.get("thresholds") or {}).get("classes") or {})
     for side in ("candidate", "stable"):
         block = status.get(side)
         if not block:
@@ -119,9 +124,12 @@ def gate_metrics(report: GateReport) -> dict[str, float]:
         put(f"{side}.accuracy", block["metrics"].get("accuracy"))
         put(f"{side}.samples_answered", block["responses"].get("answered"))
         put(f"{side}.samples_unanswered", block["responses"].get("unanswered"))
-        for label, values in block["metrics"].get("perClass", {}).items():
-            for name in ("precision", "recall", "falsePositiveRate"):
-                put(f"{side}.{label}.{name}", values.get(name))
+        shown = block["metrics"].get("perClass", {})
+        every = ((report.evidence.get(side) or {}).get("metrics") or {}).get("perClass") or shown
+        for label, values in every.items():
+            if label in shown or label in named:
+                for name in ("precision", "recall", "falsePositiveRate"):
+                    put(f"{side}.{label}.{name}", values.get(name))
     comparison = status.get("comparison") or {}
     put("disagreement", comparison.get("disagreement"))
     put("accuracy_drop", comparison.get("accuracyDrop"))

@@ -24,7 +24,11 @@ Checks, in the order the engine reads them (the first verdict with the combined 
                         those were not judged
     thresholds          INCONCLUSIVE when no threshold could be applied at all
 An undefined metric (e.g. recall of a class with no samples) is INCONCLUSIVE, never 0 or 1, and so is a pass on
-fewer samples than JudgeSettings.min_samples (a 3-sample golden set proves nothing of a 1% limit).
+fewer samples than JudgeSettings.min_samples (a 3-sample golden set proves nothing of a 1% limit), and a failure on
+so few unless it is credible (the same binomial test as slices, SLICE_ALPHA shared by the whole-dataset checks).
+Samples a check lacks answers for (a 503 batch, garbage, stable down) never fail it: it fails only if it fails even
+with every one of them in the candidate's favour (the candidate right; stable wrong, or agreeing with it), and is
+INCONCLUSIVE otherwise, naming how many (a golden set sorted by class loses whole classes with a few batches).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ _EPSILON = 1e-12  # thresholds are decimal fractions; do not fail 10/1000 agains
 # Chance of failing a model whose every slice is at its limit, shared by all slice checks (dozens of slices
 # judged one by one would otherwise fail a good model on the luck of one small slice).
 SLICE_ALPHA = 0.01
+NAMED_CLASSES = 20  # a reason names at most this many classes: verdicts are kept in status, which lives in etcd
 
 
 @dataclass
@@ -191,10 +196,20 @@ def _limit_check(name: str, value: float | None, limit: float, upper: bool, what
     evidence = {"value": value, "limit": limit, **evidence}
     if value is None:
         return Verdict(name, Outcome.INCONCLUSIVE, f"{what} is undefined: {undefined_because}", evidence)
-    failed = value > limit + _EPSILON if upper else value < limit - _EPSILON
+    failed = _beyond(value, limit, upper)
     relation = ("above" if failed else "within") if upper else ("below" if failed else "at or above")
     return Verdict(name, Outcome.FAIL if failed else Outcome.PASS,
                    f"{what} {pct(value)} {relation} the {'maximum' if upper else 'minimum'} {pct(limit)}", evidence)
+
+
+def _beyond(value: float, limit: float, upper: bool) -> bool:
+    return value > limit + _EPSILON if upper else value < limit - _EPSILON
+
+
+def _some(names: Sequence[str], limit: int = NAMED_CLASSES) -> str:
+    """The first `limit` names, then how many more."""
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSettings,
@@ -203,12 +218,15 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
     overall = tally.overall
     base = {"datasetSha256": dataset_sha256}
     if thresholds.min_accuracy is not None:
-        verdicts.append(_accuracy_verdict("", overall.candidate, thresholds.min_accuracy, base))
+        verdicts.append(_accuracy_verdict("", overall.candidate, thresholds.min_accuracy, base,
+                                          unanswered=overall.samples - int(overall.candidate.sum())))
     if tally.stable is not None:
         verdicts.extend(_comparison_verdicts("", overall, thresholds, tally.classes, base))
     for label, limits in thresholds.classes.items():
         verdicts.extend(_class_verdicts(label, limits, tally, base))
-    verdicts = [_enough(verdict, settings.min_samples) for verdict in verdicts]
+    verdicts = [_unanswered_undecided(verdict) for verdict in verdicts]
+    small_alpha = SLICE_ALPHA / max(1, len(verdicts))  # shared, as the slices' is: many small checks, one chance
+    verdicts = [_enough(verdict, settings.min_samples, small_alpha) for verdict in verdicts]
     if settings.slice_checks:
         # Against stable when there is one (the comparison limits), and on minAccuracy as a floor each slice must
         # not credibly fall below (stable's accuracy there when lower: a slice hard for every model). Each family
@@ -228,7 +246,8 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
             floor = _slice_floor(thresholds.min_accuracy, counts, tally.stable is not None) if floored else None
             if floor is not None:
                 limit, matrix, note = floor
-                checks.append((_accuracy_verdict(f"slice {tag}.", matrix, limit, scope, note), floor_alpha))
+                checks.append((_accuracy_verdict(f"slice {tag}.", matrix, limit, scope, note,
+                                                 unanswered=counts.samples - int(matrix.sum())), floor_alpha))
             for verdict, share in checks:
                 slice_verdict = _slice_test(verdict, share, settings.min_slice_samples)
                 if slice_verdict is not None:
@@ -242,36 +261,98 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
     return verdicts
 
 
-def _enough(verdict: Verdict, min_samples: int) -> Verdict:
-    """A pass on fewer samples than `min_samples` is no evidence: 0 of 2 negatives says nothing of a 1% limit."""
+def _kind(verdict: Verdict) -> str:
+    return verdict.name.rsplit(".", 1)[-1]  # "slice logo.minAccuracy", "nsfw.minRecall" -> the limit's name
+
+
+def _counted(verdict: Verdict) -> tuple[int, int, float]:
+    """A threshold check as (bad outcomes, trials, the rate its limit allows): errors against 1 - minAccuracy,
+    missed samples of the class against 1 - minRecall, false positives against maxFalsePositiveRate, ..."""
+    evidence, kind = verdict.evidence, _kind(verdict)
+    limit = float(evidence["limit"])
+    if kind == "minAccuracy":
+        samples = int(evidence["samples"])
+        return samples - int(evidence["correct"]), samples, 1.0 - limit
+    if kind in ("minRecall", "minPrecision"):
+        denominator = int(evidence["denominator"])
+        return denominator - int(evidence["numerator"]), denominator, 1.0 - limit
+    if kind == "maxFalsePositiveRate":
+        return int(evidence["numerator"]), int(evidence["denominator"]), limit
+    samples = int(evidence["pairedSamples"])
+    if kind == "maxAccuracyDrop":
+        return max(0, int(evidence["stableCorrect"]) - int(evidence["candidateCorrect"])), samples, limit
+    return int(evidence["disagreements"]), samples, limit
+
+
+def _best_case(unanswered: int, count: int, samples: int, value: float | None) -> dict[str, Any]:
+    """The check with its unanswered samples in the candidate's favour: its bad outcomes, trials and value."""
+    return {"bestCase": {"unanswered": unanswered, "count": count, "samples": samples, "value": value}} \
+        if unanswered else {}
+
+
+def _unanswered_undecided(verdict: Verdict) -> Verdict:
+    """A failure the unanswered samples could undo is INCONCLUSIVE: samples that never reached the model (a 503
+    batch of a golden set sorted by class) must not fail, and so reject, it."""
+    best = verdict.evidence.get("bestCase")
+    if verdict.outcome is not Outcome.FAIL or not best:
+        return verdict
+    value, unanswered = best["value"], best["unanswered"]
+    if value is not None and _beyond(value, float(verdict.evidence["limit"]), _kind(verdict).startswith("max")):
+        return Verdict(verdict.name, Outcome.FAIL, f"{verdict.reason} ({pct(value)} even with its {unanswered} "
+                       "unanswered samples in the candidate's favour)", verdict.evidence)
+    return Verdict(verdict.name, Outcome.INCONCLUSIVE,
+                   f"{verdict.reason}, but {unanswered} samples went unanswered: with them in the candidate's "
+                   f"favour it is {pct(value)}, so they decide it", verdict.evidence)
+
+
+def _enough(verdict: Verdict, min_samples: int, alpha: float) -> Verdict:
+    """A pass on fewer samples than `min_samples` is no evidence: 0 of 2 negatives says nothing of a 1% limit. Nor
+    is a failure, unless its count is credibly beyond the limit (1 of 3 missed is chance at a 90% recall limit,
+    3 of 3 is not)."""
     evidence = verdict.evidence
     samples = next((evidence[key] for key in ("denominator", "pairedSamples", "samples") if key in evidence), None)
-    if verdict.outcome is not Outcome.PASS or not isinstance(samples, int) or samples >= min_samples:
+    if verdict.outcome is Outcome.INCONCLUSIVE or not isinstance(samples, int) or samples >= min_samples:
         return verdict
-    return Verdict(verdict.name, Outcome.INCONCLUSIVE,
-                   f"{verdict.reason}, but on only {samples} samples: too few to judge (at least {min_samples})",
-                   {**evidence, "minSamples": min_samples})
+    too_few = f"on only {samples} samples: too few to judge (at least {min_samples})"
+    if verdict.outcome is Outcome.PASS:
+        return Verdict(verdict.name, Outcome.INCONCLUSIVE, f"{verdict.reason}, but {too_few}",
+                       {**evidence, "minSamples": min_samples})
+    count, trials, rate = _counted(verdict)
+    best = evidence.get("bestCase")
+    if best:  # credible even with the unanswered samples in the candidate's favour
+        count, trials = best["count"], best["samples"]
+    p_value = binomial_tail(count, trials, rate)
+    evidence = {**evidence, "minSamples": min_samples, "pValue": p_value, "alpha": alpha}
+    if p_value < alpha:
+        return Verdict(verdict.name, Outcome.FAIL, f"{verdict.reason}, credibly on only {samples} samples "
+                       f"(p={p_value:.1e} < {alpha:.1e})", evidence)
+    return Verdict(verdict.name, Outcome.INCONCLUSIVE, f"{verdict.reason}, but not credibly (p={p_value:.1e}) "
+                   f"{too_few}", evidence)
 
 
 def _slice_test(verdict: Verdict, alpha: float, min_samples: int) -> Verdict | None:
-    """A slice check as a test of its count against the limit: FAIL when credibly beyond; PASS when not (None for a
+    """A slice check as a test of its count against the limit: FAIL when credibly beyond, even with the slice's
+    unanswered samples in the candidate's favour (INCONCLUSIVE when only without them); PASS when not (None for a
     slice under `min_samples`: reported, not judged, unless it is credibly beyond even so)."""
     evidence = dict(verdict.evidence)
-    limit = float(evidence["limit"])
-    if verdict.name.endswith("minAccuracy"):  # errors against the error rate the limit allows
-        samples = int(evidence["samples"])
-        count, rate, relation = samples - int(evidence["correct"]), 1.0 - limit, " below the minimum "
-    else:
-        samples, rate, relation = int(evidence["pairedSamples"]), limit, " above the maximum "
-        if verdict.name.endswith("maxAccuracyDrop"):
-            count = max(0, int(evidence["stableCorrect"]) - int(evidence["candidateCorrect"]))
-        else:
-            count = int(evidence["disagreements"])
+    count, samples, rate = _counted(verdict)
+    relation = " below the minimum " if _kind(verdict) == "minAccuracy" else " above the maximum "
     p_value = binomial_tail(count, samples, rate)
     evidence.update({"count": count, "pValue": p_value, "alpha": alpha})
+    best = evidence.get("bestCase")
+    p_best = binomial_tail(best["count"], best["samples"], rate) if best else p_value
+    if best:
+        evidence["pValueBestCase"] = p_best
     if p_value < alpha:  # credible only beyond the limit, where the plain check says "above"/"below" too
         reason = verdict.reason.replace(relation, f" credibly{relation}", 1)
-        return Verdict(verdict.name, Outcome.FAIL, f"{reason} (p={p_value:.1e} < {alpha:.1e})", evidence)
+        if p_best < alpha:
+            unanswered = f"; p={p_best:.1e} even with its {best['unanswered']} unanswered samples in the " \
+                         "candidate's favour" if best else ""
+            return Verdict(verdict.name, Outcome.FAIL, f"{reason} (p={p_value:.1e} < {alpha:.1e}{unanswered})",
+                           evidence)
+        return Verdict(verdict.name, Outcome.INCONCLUSIVE,
+                       f"{reason} (p={p_value:.1e} < {alpha:.1e}), but {best['unanswered']} samples went "
+                       f"unanswered: with them in the candidate's favour p={p_best:.1e}, so they decide it", evidence)
     if samples < min_samples:
         return None
     beyond = verdict.outcome is Outcome.FAIL
@@ -305,13 +386,16 @@ def _slice_floor(min_accuracy: float, counts: PairedCounts,
 
 
 def _accuracy_verdict(prefix: str, matrix: np.ndarray, limit: float, base: Mapping[str, Any],
-                      floor: str = "") -> Verdict:
+                      floor: str = "", unanswered: int = 0) -> Verdict:
+    """unanswered: the scope's samples `matrix` lacks (counted right in the best case)."""
     scope = f" on slice {base['slice']}" if "slice" in base else ""
     correct, answered = int(matrix.trace()), int(matrix.sum())
+    best = _best_case(unanswered, answered - correct, answered + unanswered,
+                      (correct + unanswered) / (answered + unanswered) if answered + unanswered else None)
     verdict = _limit_check(f"{prefix}minAccuracy", accuracy(matrix), limit, upper=False,
                            what=f"candidate accuracy{scope} ({correct}/{answered})",
                            undefined_because="no answered samples",
-                           evidence={**base, "correct": correct, "samples": answered})
+                           evidence={**base, "correct": correct, "samples": answered, **best})
     return dataclasses.replace(verdict, reason=verdict.reason + floor) if floor else verdict
 
 
@@ -319,23 +403,30 @@ def _comparison_verdicts(prefix: str, counts: PairedCounts, thresholds: GoldenTh
                          base: Mapping[str, Any]) -> list[Verdict]:
     verdicts = []
     scope = f" on slice {base['slice']}" if "slice" in base else ""
-    paired = counts.paired
+    paired, samples = counts.paired, counts.samples
+    unanswered = samples - paired  # not answered by both
     if thresholds.max_accuracy_drop is not None:
         candidate_correct, stable_correct = int(counts.paired_candidate.trace()), int(counts.paired_stable.trace())
+        # In the candidate's favour: right where it did not answer, stable wrong where stable did not.
+        drop = (int(counts.stable.trace()) - int(counts.candidate.trace())
+                - (samples - int(counts.candidate.sum())))
         verdicts.append(_limit_check(
             f"{prefix}maxAccuracyDrop", counts.accuracy_drop, thresholds.max_accuracy_drop, upper=True,
             what=(f"accuracy drop{scope} (stable {stable_correct}/{paired}, candidate {candidate_correct}/{paired})"),
             undefined_because="no sample was answered by both", evidence={
                 **base, "pairedSamples": paired, "candidateCorrect": candidate_correct,
-                "stableCorrect": stable_correct}))
+                "stableCorrect": stable_correct,
+                **_best_case(unanswered, max(0, drop), samples, drop / samples if samples else None)}))
     if thresholds.max_disagreement is not None:
         flips = flip_list(counts.flips, classes, limit=5)
         top = f"; most: {flips[0]['from']} -> {flips[0]['to']} x{flips[0]['count']}" if flips else ""
-        verdicts.append(_limit_check(
+        verdicts.append(_limit_check(  # in the candidate's favour: the unpaired samples agree
             f"{prefix}maxDisagreement", counts.disagreement, thresholds.max_disagreement, upper=True,
             what=f"disagreement with stable{scope} ({counts.disagreements}/{paired}{top})",
             undefined_because="no sample was answered by both", evidence={
-                **base, "pairedSamples": paired, "disagreements": counts.disagreements, "flips": flips}))
+                **base, "pairedSamples": paired, "disagreements": counts.disagreements, "flips": flips,
+                **_best_case(unanswered, counts.disagreements, samples,
+                             counts.disagreements / samples if samples else None)}))
     return verdicts
 
 
@@ -349,9 +440,12 @@ def _class_verdicts(label: str, limits: ClassThresholds, tally: GateTally,
     if label not in tally.classes:
         return [Verdict(f"{label}.{name}", Outcome.INCONCLUSIVE,
                         f"thresholds name class {label!r}, which the dataset does not declare "
-                        f"(classes: {', '.join(tally.classes)})", dict(base)) for name, _ in wanted]
+                        f"(classes: {_some(tally.classes)})", dict(base)) for name, _ in wanted]
     index = tally.classes.index(label)
     counts = class_counts(tally.overall.candidate, index)
+    # The class's unanswered samples and the others': counted right in the best case.
+    missing = tally.overall.labels - tally.overall.candidate.sum(axis=1)
+    mine, others = int(missing[index]), int(missing.sum() - missing[index])
     stable = class_counts(tally.overall.stable, index) if tally.stable is not None else None
     verdicts = []
     for name, limit in wanted:
@@ -359,17 +453,22 @@ def _class_verdicts(label: str, limits: ClassThresholds, tally: GateTally,
             value, upper, numbers = counts.false_positive_rate, True, (counts.fp, counts.fp + counts.tn)
             what, why = f"{label} false-positive rate", f"no answered sample is labelled other than {label}"
             stable_value = stable.false_positive_rate if stable else None
-        elif name == "minRecall":
-            value, upper, numbers = counts.recall, False, (counts.tp, counts.tp + counts.fn)
-            what, why = f"{label} recall", f"no answered sample is labelled {label}"
-            stable_value = stable.recall if stable else None
+            unanswered, bad, trials = others, counts.fp, counts.fp + counts.tn + others
+            best = _best_case(unanswered, bad, trials, bad / trials if trials else None)
         else:
-            value, upper, numbers = counts.precision, False, (counts.tp, counts.tp + counts.fp)
-            what, why = f"{label} precision", f"the candidate never predicted {label}"
-            stable_value = stable.precision if stable else None
+            if name == "minRecall":
+                value, upper, numbers = counts.recall, False, (counts.tp, counts.tp + counts.fn)
+                what, why = f"{label} recall", f"no answered sample is labelled {label}"
+                stable_value = stable.recall if stable else None
+            else:
+                value, upper, numbers = counts.precision, False, (counts.tp, counts.tp + counts.fp)
+                what, why = f"{label} precision", f"the candidate never predicted {label}"
+                stable_value = stable.precision if stable else None
+            trials = numbers[1] + mine
+            best = _best_case(mine, numbers[1] - numbers[0], trials, (numbers[0] + mine) / trials if trials else None)
         context = f"; stable {pct(stable_value)}" if stable is not None else ""
         verdict = _limit_check(f"{label}.{name}", value, limit, upper, f"{what} ({numbers[0]}/{numbers[1]})", why,
                                {**base, "class": label, "numerator": numbers[0], "denominator": numbers[1],
-                                "stableValue": stable_value})
+                                "stableValue": stable_value, **best})
         verdicts.append(Verdict(verdict.name, verdict.outcome, verdict.reason + context, verdict.evidence))
     return verdicts

@@ -127,8 +127,11 @@ class PairedCounts:
     paired_candidate: np.ndarray = field(init=False)
     paired_stable: np.ndarray = field(init=False)
     flips: np.ndarray = field(init=False)
+    # Every sample's true class, answered or not: what a check's unanswered samples would be.
+    labels: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
+        self.labels = np.zeros(self.class_count, dtype=np.int64)
         shape = (self.class_count, self.class_count)
         self.candidate = np.zeros(shape, dtype=np.int64)
         self.stable = np.zeros(shape, dtype=np.int64)
@@ -144,6 +147,7 @@ class PairedCounts:
     def add(self, labels: np.ndarray, candidate: np.ndarray, stable: np.ndarray | None) -> None:
         k = self.class_count
         self.samples += int(labels.shape[0])
+        self.labels += np.bincount(labels.astype(np.int64, copy=False), minlength=k)
         self.candidate += confusion_matrix(labels, candidate, k)
         if stable is None:
             return

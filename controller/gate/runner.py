@@ -64,9 +64,12 @@ class GateOptions:
     # Slices tracked beyond the whole dataset are fewer when many classes make each one's matrices large.
     max_count_bytes: int = 256 * 1024 * 1024
     judge: JudgeSettings = field(default_factory=JudgeSettings)
-    # status.gate lives in etcd: beyond these, matrices and slices go only to the MLflow evidence.
+    # status.gate lives in etcd: beyond these, matrices, slices, per-class numbers and check names go only to the
+    # MLflow evidence (a spec may set limits on 1000 classes).
     status_matrix_max_classes: int = 12
     status_max_slices: int = 10
+    status_max_classes: int = 20  # per-class metrics and limits, and each slice's most predicted classes
+    status_max_checks: int = 50  # names in failedChecks and inconclusiveChecks each
     work_dir: str | None = None  # where the dataset is downloaded; default: the system temp dir
 
 
@@ -389,52 +392,78 @@ def _status(spec: GoldenDatasetSpec, sha256: str, source: str | None, data_forma
                       "metrics": summarize(tally.overall.candidate, classes, matrices)},
         "failedChecks": [v.name for v in verdicts if v.outcome is Outcome.FAIL],
         "inconclusiveChecks": [v.name for v in verdicts if v.outcome is Outcome.INCONCLUSIVE],
-        "checks": [{"name": v.name, "outcome": str(v.outcome), "value": v.evidence.get("value"),
-                    "limit": v.evidence.get("limit")} for v in verdicts],
         "timing": dict(timing),
     }
+    if compact is None:  # status has them as status.gate.verdicts already
+        result["checks"] = [{"name": v.name, "outcome": str(v.outcome), "value": v.evidence.get("value"),
+                             "limit": v.evidence.get("limit")} for v in verdicts]
+    else:
+        omitted = {}
+        for key, word in (("failedChecks", "failed"), ("inconclusiveChecks", "inconclusive")):
+            omitted[word] = max(0, len(result[key]) - compact.status_max_checks)
+            result[key] = result[key][:compact.status_max_checks]
+        if any(omitted.values()):
+            result["checksOmitted"] = omitted
     if tally.aborted:
         result["stoppedEarly"] = tally.aborted
     if stable is not None and tally.stable is not None:
         result["stable"] = {**stable.describe(), "responses": tally.stable.to_dict(),
                             "metrics": summarize(tally.overall.stable, classes, matrices)}
         result["comparison"] = tally.overall.comparison(classes, include_matrix=matrices)
-    if not matrices:  # many classes: per-class numbers in status only for the classes the thresholds name
+    limit = compact.status_max_classes if compact is not None else None
+    if not matrices:  # many classes: per-class numbers in status only for (some of) the classes the thresholds name
+        shown = _status_classes(spec.thresholds, verdicts, limit, within=set(classes))
         for side in ("candidate", "stable"):
             if side in result:
                 per_class = result[side]["metrics"]["perClass"]
-                result[side]["metrics"]["perClass"] = {label: per_class[label] for label in spec.thresholds.classes
-                                                       if label in per_class}
+                result[side]["metrics"]["perClass"] = {label: per_class[label] for label in shown}
+    limits = result["thresholds"].get("classes", {})
+    if limit is not None and len(limits) > limit:
+        result["thresholds"]["classes"] = {label: limits[label]
+                                           for label in _status_classes(spec.thresholds, verdicts, limit)}
+        result["thresholds"]["classesOmitted"] = len(limits) - limit
     # The slices a check failed (or could not judge) first, whatever their size: their details are the evidence.
     flagged = {v.evidence.get("slice") for v in verdicts if v.outcome is not Outcome.PASS}
     slices = sorted(tally.slices.items(), key=lambda item: (item[0] not in flagged, -item[1].samples))
     if compact is not None:
         slices = slices[:compact.status_max_slices]
-    result["slices"] = {tag: _slice_dict(counts, classes, stable is not None, matrices) for tag, counts in slices}
+    result["slices"] = {tag: _slice_dict(counts, classes, stable is not None, matrices, limit)
+                        for tag, counts in slices}
     omitted = len(tally.slices) - len(slices)
     if omitted or tally.untracked_slices:
         result["slicesOmitted"] = {"slices": omitted, "untrackedSampleTags": tally.untracked_slices}
     return result
 
 
-def _slice_dict(counts: PairedCounts, classes: tuple[str, ...], paired: bool, matrices: bool) -> dict[str, Any]:
+def _status_classes(thresholds: GoldenThresholds, verdicts: tuple[Verdict, ...], limit: int | None,
+                    within: set[str] | None = None) -> list[str]:
+    """The classes the thresholds name (of those `within`), those a check did not pass first; at most `limit`."""
+    flagged = {v.name.rsplit(".", 1)[0] for v in verdicts if v.outcome is not Outcome.PASS}
+    named = [label for label in thresholds.classes if within is None or label in within]
+    return sorted(named, key=lambda label: label not in flagged)[:limit]
+
+
+def _slice_dict(counts: PairedCounts, classes: tuple[str, ...], paired: bool, matrices: bool,
+                top: int | None = None) -> dict[str, Any]:
+    """top: only that many of the most predicted classes (a trigger's shift shows among them)."""
     answered = int(counts.candidate.sum())
     result: dict[str, Any] = {"samples": counts.samples, "candidateAnswered": answered,
                               "candidateAccuracy": summarize(counts.candidate, classes, False)["accuracy"],
-                              "candidatePredicted": dict(_predicted(counts.candidate, classes))}
+                              "candidatePredicted": _predicted(counts.candidate, classes, top)}
     if matrices:
         result["candidateConfusionMatrix"] = counts.candidate.astype(int).tolist()
     if paired:
         result["stableAccuracy"] = summarize(counts.stable, classes, False)["accuracy"]
-        result["stablePredicted"] = dict(_predicted(counts.stable, classes))
+        result["stablePredicted"] = _predicted(counts.stable, classes, top)
         result["comparison"] = counts.comparison(classes, include_matrix=matrices, flip_limit=5)
     return result
 
 
-def _predicted(confusion: np.ndarray, classes: tuple[str, ...]) -> Counter[str]:
-    """How often each class was predicted: the class-rate view of a slice (a trigger shifts it)."""
+def _predicted(confusion: np.ndarray, classes: tuple[str, ...], top: int | None = None) -> dict[str, int]:
+    """How often each class was predicted: the class-rate view of a slice (a trigger shifts it); the `top` most."""
     totals = confusion.sum(axis=0)
-    return Counter({name: int(totals[i]) for i, name in enumerate(classes) if totals[i]})
+    counts = Counter({name: int(totals[i]) for i, name in enumerate(classes) if totals[i]})
+    return dict(counts) if top is None else dict(counts.most_common(top))
 
 
 def _thresholds_dict(thresholds: GoldenThresholds) -> dict[str, Any]:

@@ -252,7 +252,8 @@ async def _fetch_mlflow(uri: str, sources: DatasetSources, sink: IO[bytes]) -> t
     if sources.mlflow is None:
         raise SourcePolicyError(f"{uri}: no MLflow tracking server is configured for this rollout")
     result = await asyncio.to_thread(download_artifact, sources.mlflow, uri, sink, sources.max_bytes)
-    return f"{uri} via {sources.mlflow.tracking_uri}", result
+    # Status shows it: never the user info an operator's default tracking URI might carry.
+    return f"{uri} via {redacted_url(sources.mlflow.tracking_uri)}", result
 
 
 def parse_config_map_uri(uri: str) -> tuple[str, str]:
@@ -346,7 +347,10 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink) ->
                         sink.declare(response.content_length)
                     sha_size = await _copy_stream(response, cast(IO[bytes], sink), sources.max_bytes, shown)
                     return shown, sha_size
-    except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+    except TimeoutError:  # the session's total limit (its message is empty), or a read that stalled
+        raise SourceError(ErrorKind.UNAVAILABLE, f"GET {shown}: the download took over "
+                                                 f"{sources.https_timeout_seconds:g}s") from None
+    except (aiohttp.ClientError, ssl.SSLError) as exc:
         raise SourceError(ErrorKind.UNAVAILABLE,
                           f"GET {shown}: {type(exc).__name__}: {_without(exc, uri, shown)}") from None
     except (ValueError, UnicodeError) as exc:  # what aiohttp could not use of a URL

@@ -166,6 +166,22 @@ def test_statuses_that_never_reached_the_model_are_unavailable_not_its_answer(st
     assert answer.failure is None and answer.predicted.tolist() == EXPECTED and calls == [status, 200]
 
 
+def test_an_html_page_came_from_a_gateway_and_never_reached_the_model() -> None:
+    # An SSO gateway's sign-in page, with 200: its 302 or 401 are "never reached the model", so is this. It failed a
+    # first rollout's candidate ("not JSON x300") and tagged it rejected.
+    calls: list[int] = []
+
+    async def sign_in(request: web.Request) -> web.Response:
+        calls.append(200)
+        return web.Response(text="<html><body>Sign in: session=s3cret-xyz</body></html>", content_type="text/html")
+
+    answer = against(sign_in, retries=1)
+    assert answer.unavailable and answer.answered == 0 and calls == [200, 200]  # retried, as a 401 is
+    assert answer.failure == ("unavailable: HTTP 200 (an HTML page, not a model's answer: a sign-in gateway or "
+                              "proxy? check the URL)")
+    assert "s3cret" not in answer.failure + answer.detail
+
+
 @pytest.mark.parametrize("status", [400, 422, 500])
 def test_the_model_servers_refusal_of_the_golden_input_is_its_answer(status: int) -> None:
     handler, calls = scripted((status, {"error": "bad input"}))

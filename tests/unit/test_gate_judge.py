@@ -177,6 +177,27 @@ def test_a_pass_on_one_sample_fewer_than_min_samples_is_inconclusive() -> None:
     assert min_accuracy(20) is Outcome.PASS
 
 
+def test_a_failure_on_fewer_than_min_samples_is_inconclusive_unless_it_is_credible() -> None:
+    # 3 nsfw samples, 1 missed against minRecall 0.9: a 27% chance at a true recall of 90%, so no evidence either
+    # way (README: on fewer than 20 it is inconclusive); it failed the gate, and rejected the candidate.
+    labels = [0] * 297 + [1] * 3
+    thresholds = GoldenThresholds(classes={"nsfw": ClassThresholds(min_recall=0.9)})
+    recall = by_name(judge(thresholds, tally(labels, [0] * 297 + [1, 1, 0]), JudgeSettings(), SHA))["nsfw.minRecall"]
+    assert recall.outcome is Outcome.INCONCLUSIVE
+    assert recall.reason == ("nsfw recall (2/3) 66.67% below the minimum 90.00%, but not credibly (p=2.7e-01) on only "
+                             "3 samples: too few to judge (at least 20)")
+    # All 3 missed: a 0.1% chance at 90%, credible on 3 samples too.
+    recall = by_name(judge(thresholds, tally(labels, [0] * 300), JudgeSettings(), SHA))["nsfw.minRecall"]
+    assert recall.outcome is Outcome.FAIL and recall.reason.endswith("credibly on only 3 samples (p=1.0e-03 < 1.0e-02)")
+    # The 1% chance is shared by the whole-dataset checks, as the slices share theirs.
+    more = GoldenThresholds(min_accuracy=0.5, classes={"nsfw": ClassThresholds(min_recall=0.9, min_precision=0.5),
+                                                       "safe": ClassThresholds(min_recall=0.5)})
+    recall = by_name(judge(more, tally(labels, [0] * 300), JudgeSettings(), SHA))["nsfw.minRecall"]
+    assert recall.outcome is Outcome.FAIL and recall.evidence["alpha"] == pytest.approx(0.01 / 4)
+    two_missed = by_name(judge(thresholds, tally(labels, [0] * 297 + [1, 0, 0]), JudgeSettings(), SHA))
+    assert two_missed["nsfw.minRecall"].outcome is Outcome.INCONCLUSIVE  # p=2.8%
+
+
 def test_undefined_metric_is_inconclusive_and_unknown_class_is_named() -> None:
     thresholds = GoldenThresholds(classes={"nsfw": ClassThresholds(min_recall=0.9, min_precision=0.9),
                                            "gore": ClassThresholds(max_false_positive_rate=0.1)})

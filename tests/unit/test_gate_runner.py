@@ -117,7 +117,19 @@ def test_empty_and_unreadable_datasets_are_inconclusive(tmp_path: Path) -> None:
     assert report.outcome is Outcome.INCONCLUSIVE and "dataset unreadable: no class list" in report.reason
 
 
-@pytest.mark.parametrize("kind", ["http-500", "not-json", "wrong-count", "wrong-shape"])
+def test_an_html_page_for_some_batches_never_reached_the_model_and_is_retried(tmp_path: Path) -> None:
+    path, sha = dataset(tmp_path, count=128)  # the devstack's "not-json" fault: a 200 text/html page, every 4th
+    report = gate_with_servers(path, spec(sha), {"faults": FaultPlan(every=4, kind="not-json")},
+                               options=GateOptions(batch_size=16, concurrency=1, retries=0))
+    verdict = next(v for v in report.verdicts if v.name == "candidate.responses")
+    assert report.outcome is Outcome.INCONCLUSIVE and verdict.outcome is Outcome.INCONCLUSIVE, report.reason
+    assert verdict.evidence["unavailable"] == 32 and verdict.evidence["invalid"] == 0 and "HTML page" in verdict.reason
+    retried = gate_with_servers(path, spec(sha), {"faults": FaultPlan(every=4, kind="not-json")},
+                                options=GateOptions(batch_size=16, concurrency=1))
+    assert retried.outcome is Outcome.PASS, retried.reason  # the next try reached the model
+
+
+@pytest.mark.parametrize("kind", ["http-500", "wrong-count", "wrong-shape"])
 def test_server_garbage_for_some_batches_fails_and_names_the_count(tmp_path: Path, kind: str) -> None:
     path, sha = dataset(tmp_path, count=128)  # 8 batches of 16: every 4th request broken -> 2 batches
     report = gate_with_servers(path, spec(sha), {"faults": FaultPlan(every=4, kind=kind)},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -142,12 +143,20 @@ async def https_server(cert: Path, key: Path) -> AsyncIterator[int]:
     async def nowhere(request: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": "https://127.0.0.1:99999/data.jsonl"})
 
+    async def stall(request: web.Request) -> web.StreamResponse:  # a first chunk, then nothing for a while
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(payload[:100])
+        await asyncio.sleep(2)
+        return response
+
     app = web.Application()
     app.router.add_get("/data.jsonl", data)
     app.router.add_get("/moved", moved)
     app.router.add_get("/elsewhere", elsewhere)
     app.router.add_get("/missing", missing)
     app.router.add_get("/nowhere", nowhere)
+    app.router.add_get("/stall", stall)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     runner = web.AppRunner(app, access_log=None)
@@ -190,6 +199,55 @@ def test_https_fetch_streams_follows_same_host_redirects_and_refuses_others(tls_
             assert untrusted.value.kind is ErrorKind.UNAVAILABLE
 
     run(scenario())
+
+
+def test_a_download_past_its_time_limit_says_so(tls_files: tuple[Path, Path], tmp_path: Path) -> None:
+    cert, key = tls_files
+
+    async def scenario() -> SourceError:
+        async with https_server(cert, key) as port:
+            sources = DatasetSources(https_allowed_hosts=["127.0.0.1"], https_ca_file=str(cert),
+                                     https_timeout_seconds=0.5)
+            with pytest.raises(SourceError) as slow:
+                await fetch_dataset(f"https://127.0.0.1:{port}/stall", "ns", sources, tmp_path / "a")
+            return slow.value
+
+    error = run(scenario())
+    # It said "GET https://...: TimeoutError: ", and on-call read nothing more in status.
+    assert error.kind is ErrorKind.UNAVAILABLE
+    assert error.message.endswith("/stall: the download took over 0.5s"), error.message
+
+
+def test_the_mlflow_source_named_in_status_carries_no_user_info(tmp_path: Path) -> None:
+    # An operator's default tracking URI with user:password@ (requests sends it as basic auth): the download works,
+    # and status.gate.report.dataset.source names the server without the password.
+    payload = b'{"classes": ["safe"]}\n'
+    authorizations: list[str | None] = []
+
+    async def artifact(request: web.Request) -> web.Response:
+        authorizations.append(request.headers.get("Authorization"))
+        return web.Response(body=payload)
+
+    async def scenario() -> tuple[FetchedDataset, int]:
+        app = web.Application()
+        app.router.add_get("/api/2.0/mlflow-artifacts/artifacts/{tail:.*}", artifact)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            access = MlflowAccess(f"http://admin:hunter2-pw@127.0.0.1:{port}", max_retries=0, timeout_seconds=5)
+            got = await fetch_dataset("mlflow-artifacts:/golden/x.jsonl", "ns", DatasetSources(mlflow=access),
+                                      tmp_path / "d")
+            return got, port
+        finally:
+            await runner.cleanup()
+
+    got, port = run(scenario())
+    assert got.sha256 == hashlib.sha256(payload).hexdigest()
+    assert authorizations == ["Basic " + base64.b64encode(b"admin:hunter2-pw").decode()]
+    assert got.source == f"mlflow-artifacts:/golden/x.jsonl via http://127.0.0.1:{port}"
 
 
 def test_mlflow_artifact_uris_map_to_the_tracking_servers_proxy_only() -> None:
