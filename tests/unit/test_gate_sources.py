@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from test_gate_support import run
+from test_gate_support import http_server, run
 
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError
 from controller.gate.mlflow_access import MlflowAccess, artifact_endpoint, copy_hashing
@@ -228,26 +228,18 @@ def test_the_mlflow_source_named_in_status_carries_no_user_info(tmp_path: Path) 
         authorizations.append(request.headers.get("Authorization"))
         return web.Response(body=payload)
 
-    async def scenario() -> tuple[FetchedDataset, int]:
-        app = web.Application()
-        app.router.add_get("/api/2.0/mlflow-artifacts/artifacts/{tail:.*}", artifact)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        try:
-            access = MlflowAccess(f"http://admin:hunter2-pw@127.0.0.1:{port}", max_retries=0, timeout_seconds=5)
+    async def scenario() -> tuple[FetchedDataset, str]:
+        async with http_server(artifact, method="GET") as base:
+            access = MlflowAccess(base.replace("http://", "http://admin:hunter2-pw@"), max_retries=0,
+                                  timeout_seconds=5)
             got = await fetch_dataset("mlflow-artifacts:/golden/x.jsonl", "ns", DatasetSources(mlflow=access),
                                       tmp_path / "d")
-            return got, port
-        finally:
-            await runner.cleanup()
+            return got, base
 
-    got, port = run(scenario())
+    got, base = run(scenario())
     assert got.sha256 == hashlib.sha256(payload).hexdigest()
     assert authorizations == ["Basic " + base64.b64encode(b"admin:hunter2-pw").decode()]
-    assert got.source == f"mlflow-artifacts:/golden/x.jsonl via http://127.0.0.1:{port}"
+    assert got.source == f"mlflow-artifacts:/golden/x.jsonl via {base}"
 
 
 def test_mlflow_artifact_uris_map_to_the_tracking_servers_proxy_only() -> None:

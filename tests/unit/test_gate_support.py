@@ -29,10 +29,10 @@ def jsonl(path: Path, lines: list[Any], classes: tuple[str, ...] | None = CLASSE
 
 
 @asynccontextmanager
-async def http_server(handler: Handler) -> AsyncIterator[str]:
-    """A real HTTP server on 127.0.0.1 answering every POST with handler; yields its base URL."""
+async def http_server(handler: Handler, method: str = "POST") -> AsyncIterator[str]:
+    """A real HTTP server on 127.0.0.1 answering every request of `method` with handler; yields its base URL."""
     app = web.Application()
-    app.router.add_post("/{tail:.*}", handler)
+    app.router.add_route(method, "/{tail:.*}", handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
