@@ -276,6 +276,7 @@ class _Decider:
         self.judges_errored: set[str] = set()  # "gate" / "analysis": their error condition stays this round
         # As read: a condition set twice in one decision (observed healthy, then a failed action) keeps its time.
         self.conditions_before = {item.type: item for item in self.status.conditions}
+        self.ended_on = (status.phase, status.candidate.version if status.candidate else None)  # as read
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -2117,8 +2118,15 @@ class _Decider:
         return f" (retry {retry.attempts}: {retry.reason}; {note})"
 
     def _already_stable_but_rejected(self) -> bool:
-        """Ended AlreadyStable (nothing promoted) on a version recorded as PreviouslyRejected right after."""
+        """Ended AlreadyStable (nothing promoted) on a version recorded as PreviouslyRejected right after; or, the
+        history (50 entries) having moved on since, still the same ended attempt that was found so."""
         history = self.status.history
+        ready = self.conditions_before.get(ConditionType.READY)
+        candidate = self.status.candidate.version if self.status.candidate else None
+        if (ready is not None and ready.reason == "PreviouslyRejected" and self.status.promotion is None
+                and self.ended_on == (Phase.SUCCEEDED, candidate) and self.status.phase is Phase.SUCCEEDED
+                and not any(entry.event == "AlreadyStable" for entry in self.new_history)):
+            return True
         last = max((index for index, entry in enumerate(history) if entry.event == "AlreadyStable"), default=None)
         return (self.status.promotion is None and last is not None and last + 1 < len(history)
                 and history[last + 1].event == "PreviouslyRejected")

@@ -4,10 +4,13 @@ that Argo CD shows it Degraded and `kubectl wait --for=condition=Ready` does not
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from test_argocd_health import CUSTOMIZATION, run_lua
 from test_engine_support import Registry, Target, World
 
+from controller.api import CommandAction
 from controller.api.status import ConditionStatus, ConditionType, Phase
 from controller.engine import REJECTED_TAG
 
@@ -59,3 +62,16 @@ def test_argocd_health_of_the_engines_status(rejected: bool, health: str) -> Non
            "metadata": {"name": "nsfw-classifier", "namespace": "moderation", "generation": world.generation},
            "spec": world.spec, "status": world.status.to_dict()}
     assert run_lua(CUSTOMIZATION / "health.lua", obj) == {"status": health, "message": world.status.message}
+
+
+def test_it_stays_so_once_the_history_has_moved_past_the_rejection() -> None:
+    # The history keeps 50 entries: refused commands on the ended rollout (or spec edits) push AlreadyStable out.
+    world = already_stable(rejected=True)
+    for index in range(60):
+        world.advance(timedelta(minutes=1))
+        world.send(CommandAction.PROMOTE, command_id=f"promote-{index}")
+        world.reconcile()
+    assert all(entry.event != "AlreadyStable" for entry in world.status.history)
+    ready = world.status.condition(ConditionType.READY)
+    assert ready is not None and (ready.status, ready.reason) == (ConditionStatus.FALSE, "PreviouslyRejected")
+    assert world.status.message == REJECTED_MESSAGE
