@@ -19,13 +19,16 @@ from typing import Any
 from controller.api.serialization import parse_time
 
 POSTED_THROUGH = "eventsPostedThrough"
+# The Ready reason (and history entry) of a rollout whose decided status the API server refused to store (too large,
+# invalid): its stored status is kept, saying so (reconciler.py).
+STATUS_REJECTED = "StatusRejected"
 # Entries whose event name contains one of these are Warning Events, and so are WARNING_REASONS; the rest
 # (progress) are Normal. RollbackStarted is a Warning whatever its cause: a missed progress deadline, an
 # on-call abort or a superseded candidate have no failed check of their own before it.
 WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Error", "Invalid")
 WARNING_REASONS = frozenset({"RollbackStarted", "TrafficNotRestored", "GateOverridden", "CommandIgnored",
                              "CandidateRejected", "PreviouslyRejected", "AwaitingDecision", "StatusReset", "AliasLeft",
-                             "StableMismatch", "TargetConflict", "ProgressDeadlineExceeded"})
+                             "StableMismatch", "TargetConflict", "ProgressDeadlineExceeded", STATUS_REJECTED})
 # The API server's default --event-ttl. An Event posted for an entry this old may have expired since, so
 # posting it again could not be told apart from a duplicate: such entries are not posted.
 EVENT_TTL = timedelta(hours=1)

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # (connect, read) seconds for each of the operator's API calls.
 REQUEST_TIMEOUT = (5.0, 30.0)
+# The most of a request body the API server reads (fixed in its code, no flag): it answers a longer one 413, or drops
+# the connection while the body is still being sent (an 11 MB status write ended in a MaxRetryError, no answer).
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
 
 
 class BoundedApiClient(client.ApiClient):
@@ -112,15 +115,29 @@ class RolloutStore:
         return list(self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL).get("items", []))
 
     def apply_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        """Apply status as the controller's field manager. The resourceVersion makes a stale write a 409."""
+        """Apply status as the controller's field manager. The resourceVersion makes a stale write a 409.
+
+        Raises StatusWriteRefused when the API server refuses the status for what it holds (too large, invalid),
+        or would: a body it never reads whole is not sent."""
         meta = obj["metadata"]
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"],
                              "resourceVersion": meta["resourceVersion"]},
                 "status": status}
-        return self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body,
-            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+        size = len(json.dumps(body, default=str).encode())
+        if size > MAX_REQUEST_BYTES:
+            raise StatusWriteRefused(413, f"too large (not sent: the API server reads at most {MAX_REQUEST_BYTES:,} "
+                                          f"bytes of a request); it was {size:,} bytes")
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body,
+                field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+        except ApiException as exc:
+            problem = status_refusal(exc, self.configuration)
+            if problem is None:
+                raise
+            # Not chained: a 422's body quotes the values it refuses, and a logged traceback would show them.
+            raise StatusWriteRefused(exc.status or 0, f"{problem}; it was {size:,} bytes") from None
 
     def apply_finalizer(self, obj: dict[str, Any], hold: bool) -> dict[str, Any] | None:
         """Hold or release the controller's finalizer: a server-side apply of metadata.finalizers alone, so the
@@ -179,6 +196,51 @@ class RolloutStore:
                         meta["name"], type(exc).__name__)
             return PostResult.DEFERRED
         return PostResult.POSTED
+
+
+class StatusWriteRefused(ApiException):
+    """The API server refused a status write for what it holds: too large (for its request limit or etcd's) or
+    invalid. Sent again, it gets the same answer. `problem` gives the API server's reason and never the status's
+    contents (a 422 quotes the values it refuses)."""
+
+    def __init__(self, status: int, problem: str) -> None:
+        super().__init__(status=status, reason="StatusWriteRefused")
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status}: {self.problem}"
+
+
+# How etcd's refusal of a request over its --max-request-bytes (1.5 MiB by default) reads in the API server's 500.
+_ETCD_TOO_LARGE = ("too large", "ResourceExhausted")
+# A 422 cause that says a value is too long or a list holds too many items (by its reason, or its words under CEL).
+_TOO_LARGE_CAUSES = frozenset({"FieldValueTooLong", "FieldValueTooMany"})
+_TOO_LARGE_WORDS = ("Too long", "Too many", "must have at most")
+_CAUSES_SHOWN = 5
+
+
+def status_refusal(exc: ApiException, configuration: client.Configuration) -> str | None:
+    """Why the API server refused a status write for its content, in words that never quote it; None when the
+    answer is not about the content (a conflict, a 503, an etcd leader change), so a later write may go in."""
+    try:
+        answer = json.loads(exc.body or "{}")
+    except (ValueError, TypeError):
+        answer = {}
+    answer = answer if isinstance(answer, dict) else {}
+    message = without_kube_credentials(str(answer.get("message") or exc.reason or ""), configuration)
+    if exc.status == 413 or (exc.status == 500 and any(word in message for word in _ETCD_TOO_LARGE)):
+        return f"too large (HTTP {exc.status}: {message[:200]})"  # the request limit's or etcd's words: no content
+    if exc.status != 422:
+        return None
+    details = answer.get("details")
+    causes = [c for c in (details.get("causes") or []) if isinstance(c, dict)] if isinstance(details, dict) else []
+    # The field and the kind of each refusal; a cause's message quotes the value.
+    named = [f"{str(c.get('field'))[:200]} {c.get('reason')}" for c in causes if c.get("field") not in (None, "<nil>")]
+    where = ", ".join(named[:_CAUSES_SHOWN]) + (f" and {len(named) - _CAUSES_SHOWN} more" if
+                                                   len(named) > _CAUSES_SHOWN else "")
+    too_large = any(c.get("reason") in _TOO_LARGE_CAUSES for c in causes) or any(
+        word in message for word in _TOO_LARGE_WORDS)
+    return f"{'too large' if too_large else 'invalid'} (HTTP 422" + (f": {where})" if where else ")")
 
 
 def api_message(exc: ApiException, configuration: client.Configuration) -> str:

@@ -11,6 +11,7 @@ deploy/monitoring (alerts, recording rules, dashboard) queries these names and l
 | modelrollout_verdicts_total | counter: verdicts | namespace, rollout, metric, result (pass, fail, inconclusive) |
 | modelrollout_steps_total | counter: canary steps entered | namespace, rollout |
 | modelrollout_reconcile_errors_total | counter: reconciles that raised | - |
+| modelrollout_status_writes_refused_total | counter: status writes the API server refused as too large or invalid | - |
 | modelrollout_events_total | counter: Events posted | reason |
 | modelrollout_actions_total | counter: actions handed to the adapters | type |
 | modelrollout_reconcile_duration_seconds | histogram | - |
@@ -119,6 +120,11 @@ class OperatorMetrics:
         self.steps = Counter("modelrollout_steps", "Canary steps entered.", ["namespace", "rollout"], registry=r)
         self.reconcile_errors = Counter("modelrollout_reconcile_errors",
                                         "Reconciles that failed with an error (retried with backoff).", registry=r)
+        # Not reconcile errors: the rollout says why (Ready False, StatusRejected) and is decided again later.
+        self.status_writes_refused = Counter(
+            "modelrollout_status_writes_refused",
+            "Status writes the API server refused for what they hold (too large, invalid); the status kept says so.",
+            registry=r)
         self.events = Counter("modelrollout_events", "History entries posted as Kubernetes Events (best effort).",
                               ["reason"], registry=r)
         self.actions = Counter("modelrollout_actions", "Actions handed to the adapters, by type.", ["type"],

@@ -13,9 +13,9 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.operator.event_poster import EventPoster
 from controller.operator.events import POSTED_THROUGH
-from controller.operator.kubeapi import ObjectRef, RolloutStore, apply_decided_status
+from controller.operator.kubeapi import ObjectRef, RolloutStore, StatusWriteRefused, apply_decided_status
 from controller.operator.metrics import OperatorMetrics
-from controller.operator.runtime import ReconcileOutcome
+from controller.operator.runtime import ReconcileOutcome, refused_status
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class Reconciler:
                  events: EventPoster | None = None, forget: ForgetFn | None = None) -> None:
         self.store = store
         self.step = step
+        self.clock = clock
         self.forget = forget  # the stepper's own memory of the rollout, dropped with its metrics
         self.metrics = metrics or OperatorMetrics()
         # Shared with the stepper, which posts the entries of each write-ahead as soon as it is stored.
@@ -55,27 +56,66 @@ class Reconciler:
         self._metrics(self.metrics.baseline, obj)
         result = await self.step(obj)
         self.metrics.count_actions(result.actions_taken)  # taken whether or not the status write below wins
-        stored = obj
-        if result.status != (obj.get("status") or {}):
-            decided_on = result.stored_status if result.stored_status is not None else obj.get("status") or {}
+        stored, status, refused = obj, result.status, result.refused  # refused: a write of the stepper's on the way
+        decided_on = result.stored_status if result.stored_status is not None else obj.get("status") or {}
+        if refused is None and status != (obj.get("status") or {}):
             try:
-                stored = await asyncio.to_thread(apply_decided_status, self.store, obj, result.status, decided_on)
+                stored = await asyncio.to_thread(apply_decided_status, self.store, obj, status, decided_on)
+            except StatusWriteRefused as exc:
+                refused = exc
             except ApiException as exc:
                 if exc.status == 409:
-                    # Someone wrote first (or an older decision of ours did): decide again on fresh state.
                     log.info("status of %s changed underneath; deciding again on fresh state", ref)
                     if result.put_back is not None:
                         result.put_back()  # the answers that decision read: the next decision reads them
-                    if result.stored_status is not None:
-                        # What the stepper stored on the way is counted now: read back first thing after a
-                        # restart, it would be the baseline, and a rollback in it never counted.
-                        self._metrics(self.metrics.observe, obj, result.stored_status)
-                    return 0.0
+                    return self._decide_again(obj, result)
                 raise
+        if refused is not None:
+            if result.refused is None and result.put_back is not None:
+                result.put_back()  # not stored either (the stepper puts back what its own refused write read)
+            said = await self._say_refused(obj, decided_on, refused)
+            if said is None:
+                return self._decide_again(obj, result)
+            stored, status = said
         # Counted once the status that records it is stored: a lost write is decided (and counted) again.
-        self._metrics(self.metrics.observe, obj, result.status)
-        retry_events = await self._post_events(stored, result.status)
+        self._metrics(self.metrics.observe, obj, status)
+        retry_events = await self._post_events(stored, status)
+        if refused is not None:
+            # A reconcile error (the queue's backoff, the reconcile-errors alert): sent again at once, the decision
+            # would be refused again. The status says why meanwhile, and its Event is out.
+            raise refused
         return min((t for t in (result.requeue_after, retry_events) if t is not None), default=None)
+
+    def _decide_again(self, obj: dict[str, Any], result: ReconcileOutcome) -> float:
+        """Someone wrote first (or an older decision of ours did): decide again on fresh state, at once."""
+        if result.stored_status is not None:
+            # What the stepper stored on the way is counted now: read back first thing after a restart, it would be
+            # the baseline, and a rollback in it never counted.
+            self._metrics(self.metrics.observe, obj, result.stored_status)
+        return 0.0
+
+    async def _say_refused(self, obj: dict[str, Any], stored_status: dict[str, Any],
+                           refused: StatusWriteRefused) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Store `stored_status` (what the API server holds) saying why the status decided on it was refused; the
+        object and status stored then, or None when the rollout changed underneath."""
+        meta = obj["metadata"]
+        self.metrics.status_writes_refused.inc()
+        log.warning("%s/%s: the API server refused the decided status (%s); the stored status is kept and says so",
+                    meta["namespace"], meta["name"], refused.problem)
+        status = refused_status(stored_status, refused.problem, int(meta.get("generation") or 0), self.clock())
+        if status == stored_status:
+            return obj, status  # it says so already: nothing to write, nothing to wake
+        try:
+            return await asyncio.to_thread(self.store.apply_status, obj, status), status
+        except StatusWriteRefused:
+            self.metrics.status_writes_refused.inc()
+            raise  # refused too (the stored status at the very edge of the limit): a reconcile error all the same
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            log.info("status of %s/%s changed underneath; deciding again on fresh state", meta["namespace"],
+                     meta["name"])
+            return None
 
     @staticmethod
     def _metrics(count: Callable[..., None], obj: dict[str, Any], *args: Any) -> None:
@@ -93,6 +133,15 @@ class Reconciler:
         if posted.mark != (status.get(POSTED_THROUGH) or 0):
             try:
                 await asyncio.to_thread(self.store.apply_status, stored, {**status, POSTED_THROUGH: posted.mark})
+            except StatusWriteRefused as exc:
+                # The status itself is stored (a number more is refused, at the very edge of the size limit, or by a
+                # policy): the Events went out, and are refused by name when posted again. A reconcile error, not a
+                # condition: a status saying so would be larger still.
+                self.metrics.status_writes_refused.inc()
+                meta = stored["metadata"]
+                log.warning("%s/%s: the API server refused the Events mark (%s)", meta["namespace"], meta["name"],
+                            exc.problem)
+                raise
             except ApiException as exc:
                 if exc.status != 409:
                     raise

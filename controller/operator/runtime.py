@@ -38,10 +38,12 @@ from controller.api.serialization import from_json, parse_time, to_json
 from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
 from controller.api.status import (
     CONTROLLER_ACTOR,
+    HISTORY_LIMIT,
     TERMINAL_PHASES,
     Condition,
     ConditionStatus,
     ConditionType,
+    HistoryEntry,
     ModelRolloutStatus,
     Phase,
     VersionRef,
@@ -85,11 +87,12 @@ from controller.gate import (
 )
 from controller.gate.sources import DEFAULT_MAX_DATASET_BYTES, GATE_SCRATCH, check_https_uri
 from controller.operator.event_poster import EventPoster, Posted
-from controller.operator.events import unposted
+from controller.operator.events import POSTED_THROUGH, STATUS_REJECTED, unposted
 from controller.operator.kubeapi import (
     FINALIZER,
     ObjectRef,
     RolloutStore,
+    StatusWriteRefused,
     apply_decided_status,
     owns_finalizer,
     what_decisions_read,
@@ -160,6 +163,9 @@ class ReconcileOutcome:
     stored_status: dict[str, Any] | None = None  # the status this step last wrote, as the API server stored it
     # Called when `status` is not stored after all (a 409): the action answers its decision read are read again.
     put_back: Callable[[], None] | None = None
+    # A status this step decided that the API server refused for what it holds: `status` is then what was stored
+    # before it, and the caller stores that saying why (refused_status).
+    refused: StatusWriteRefused | None = None
 
 
 def _kind(error: Exception) -> AdapterErrorKind:
@@ -595,10 +601,39 @@ def _status_problem(raw: Any, error: Exception) -> str:
 def _unreadable_status(raw: Any, problem: str, generation: int, now: dt.datetime) -> dict[str, Any]:
     """`raw` with only its Ready condition changed, to say it cannot be read: the rest is kept as it is for an
     operator that can read it (the newer one that wrote it)."""
-    status = dict(raw) if isinstance(raw, Mapping) else {}
     message = (f"This operator cannot read the status ({problem}); it does nothing until the status is fixed or "
                "an operator that can read it runs.")
-    ready = to_json(Condition(type=ConditionType.READY, status=ConditionStatus.FALSE, reason=STATUS_UNREADABLE,
+    return _not_ready(raw, STATUS_UNREADABLE, message, generation, now)
+
+
+def refused_status(raw: Any, problem: str, generation: int, now: dt.datetime) -> dict[str, Any]:
+    """The stored status `raw`, kept as it is but for saying that the status decided on it was refused by the API
+    server: Ready False (StatusRejected) and a history entry, posted as a Warning Event. `problem` is the API server's
+    reason, never the decided status's contents. Said once per generation: a refusal that repeats changes nothing
+    (so it writes nothing and wakes nothing); one after a spec edit says the edit did not help."""
+    status = dict(raw) if isinstance(raw, Mapping) else {}
+    conditions = status.get("conditions") if isinstance(status.get("conditions"), list) else []
+    if any(isinstance(item, Mapping) and item.get("type") == ConditionType.READY and item.get("reason") ==
+           STATUS_REJECTED and item.get("observedGeneration") == generation for item in conditions):
+        return status
+    hint = (" Names from the golden dataset and the thresholds (classes, slice tags) are repeated in status: very long "
+            "ones make it this large." if problem.startswith("too large") else "")
+    message = (f"The API server refused to store the status decided for this rollout: {problem}.{hint} The status "
+               "stored before is kept and the rollout does not move on; it is decided again after a while, and at "
+               "once when its spec changes or a command comes.")
+    status = _not_ready(status, STATUS_REJECTED, message, generation, now)
+    history = status.get("history") if isinstance(status.get("history"), list) else []
+    numbers = [item["seq"] for item in history if isinstance(item, Mapping) and isinstance(item.get("seq"), int)]
+    floor = status.get(POSTED_THROUGH) if isinstance(status.get(POSTED_THROUGH), int) else 0
+    entry = HistoryEntry(now.replace(microsecond=0), STATUS_REJECTED, message, seq=max([*numbers, floor]) + 1)
+    status["history"] = [*history, to_json(entry)][-HISTORY_LIMIT:]  # numbered as append_history numbers
+    return status
+
+
+def _not_ready(raw: Any, reason: str, message: str, generation: int, now: dt.datetime) -> dict[str, Any]:
+    """`raw` with only its Ready condition changed, to False with this reason and message."""
+    status = dict(raw) if isinstance(raw, Mapping) else {}
+    ready = to_json(Condition(type=ConditionType.READY, status=ConditionStatus.FALSE, reason=reason,
                               message=message, last_transition_time=now.replace(microsecond=0),
                               observed_generation=generation))
     conditions = list(status.get("conditions") or ()) if isinstance(status.get("conditions"), list) else []
@@ -921,16 +956,20 @@ class RolloutStepper:
                     written = await asyncio.to_thread(apply_decided_status, self.store, obj, outcome.status,
                                                       decided_on)
                 except ApiException as exc:
-                    if exc.status != 409:
+                    refused = exc if isinstance(exc, StatusWriteRefused) else None
+                    if exc.status != 409 and refused is None:
                         raise
-                    # Changed underneath (a command, a new spec): act on nothing, decide again on fresh state.
-                    log.info("%s/%s: status changed underneath; deciding again on fresh state", *key)
+                    # Changed underneath (a command, a new spec): act on nothing, decide again on fresh state. Or
+                    # refused for what it holds: act on nothing either; the caller says why.
+                    if refused is None:
+                        log.info("%s/%s: status changed underneath; deciding again on fresh state", *key)
                     if resend:
                         self._seen.discard(key)  # nothing was resent yet: the next step must still resend
                     if read[0] or read[1]:
                         self._unheard[key] = (uid, *read)  # the decision that read them is thrown away
                     outcome.status = stored  # not this decision: nothing of it was acted on
                     outcome.requeue_after = 0.0
+                    outcome.refused = refused
                     return outcome
                 meta["resourceVersion"] = written["metadata"]["resourceVersion"]  # for the caller's final write
                 stored = outcome.status
@@ -1129,9 +1168,11 @@ class RolloutStepper:
         try:
             written = await asyncio.to_thread(apply_decided_status, self.store, obj, outcome.status, decided_on)
         except ApiException as exc:
-            if exc.status != 409:
+            refused = exc if isinstance(exc, StatusWriteRefused) else None
+            if exc.status != 409 and refused is None:
                 raise
-            outcome.status, outcome.requeue_after = stored, 0.0  # changed underneath: decide again, nothing stored
+            # Changed underneath: decide again, nothing stored. Or refused: nothing stored, and the caller says why.
+            outcome.status, outcome.requeue_after, outcome.refused = stored, 0.0, refused
             if outcome.put_back is not None:
                 outcome.put_back()  # the answers that decision read: the next decision reads them
             return

@@ -34,6 +34,8 @@ from controller.api.status import (
     Phase,
     VersionRef,
 )
+from controller.operator.events import STATUS_REJECTED
+from controller.operator.runtime import refused_status
 from controller.verdict import Outcome
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,6 +144,21 @@ def test_health_cases_cover_every_phase() -> None:
     phases = set(status["properties"]["phase"]["enum"])
     covered = {_load(CUSTOMIZATION / case["inputPath"]).get("status", {}).get("phase") for case in HEALTH_CASES}
     assert phases <= covered, f"no health case for {sorted(phases - covered)}"
+
+
+@pytest.mark.parametrize("case", [c for c in HEALTH_CASES if c["healthStatus"]["status"] != "Degraded"],
+                         ids=lambda c: c["inputPath"])
+def test_a_status_the_api_server_refused_is_degraded_whatever_the_status_kept_says(case: dict[str, Any]) -> None:
+    """The operator keeps the stored status (its phase, message and observedGeneration say what they said) and only
+    says, in Ready, that the status it decided was refused: the rollout does not move on, and Argo CD shows that."""
+    obj = _load(CUSTOMIZATION / case["inputPath"])
+    generation = int(obj["metadata"].get("generation") or 0)
+    obj["status"] = refused_status(obj.get("status"), "too large (HTTP 500: etcdserver: request is too large); it "
+                                   "was 1,734,328 bytes", generation, datetime(2026, 11, 27, 9, 20, tzinfo=UTC))
+    (ready,) = [c for c in obj["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready["reason"] == STATUS_REJECTED
+    assert run_lua(CUSTOMIZATION / "health.lua", json.loads(json.dumps(obj))) == {"status": "Degraded",
+                                                                                  "message": ready["message"]}
 
 
 @pytest.mark.parametrize("case", ACTION_TESTS["discoveryTests"],

@@ -24,11 +24,14 @@ local function notReady()
 end
 local ready = notReady()
 
--- A status the operator cannot read: it does nothing at all for the rollout. Checked first, because the phase,
--- message and observedGeneration are the unread status's, kept as they were; only the condition is current.
-if ready ~= nil and ready.reason == "StatusUnreadable" then
+-- A status the operator cannot read: it does nothing at all for the rollout. Or one it decided and the API server
+-- refused to store (too large, invalid): the rollout does not move on. Checked first, because the phase, message and
+-- observedGeneration are the status kept as it was; only the condition is current.
+local stuck = {StatusUnreadable = "The operator cannot read the status",
+  StatusRejected = "The API server refused to store the status the operator decided"}
+if ready ~= nil and stuck[ready.reason] ~= nil then
   hs.status = "Degraded"
-  hs.message = ready.message or "The operator cannot read the status"
+  hs.message = ready.message or stuck[ready.reason]
   return hs
 end
 
