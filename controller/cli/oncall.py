@@ -512,7 +512,12 @@ def _gate_verdict_lines(verdicts: list[dict[str, Any]], outcome: Callable[[str],
     ordered = sorted(verdicts, key=lambda v: v["outcome"] == "pass")
     lines = [f"  {outcome(v['outcome']):<14} {v['name']}: {v['reason']}" for v in ordered[:GATE_VERDICTS_SHOWN]]
     if len(ordered) > GATE_VERDICTS_SHOWN:
-        lines.append(f"  … and {len(ordered) - GATE_VERDICTS_SHOWN} more ({shows_all} shows them all)")
+        # Status keeps a bounded number of verdicts: a `more checks ...` verdict counts the rest, which only the
+        # MLflow evidence run holds (the candidate version's modelrollout.gate.run_id tag names it).
+        where = ("the gate's MLflow evidence run has every check in gate-report.json (the candidate version's "
+                 "`modelrollout.gate.run_id` tag names the run)"
+                 if any(str(v["name"]).startswith("more checks ") for v in verdicts) else f"{shows_all} shows them all")
+        lines.append(f"  … and {len(ordered) - GATE_VERDICTS_SHOWN} more ({where})")
     return lines
 
 

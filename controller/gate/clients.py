@@ -204,7 +204,7 @@ class InferenceClient:
             body = self.encode(features)
         cap = self.response_cap(count)
         async with self._limit:
-            failure, unavailable, payload = await self._post(body, cap)
+            failure, unavailable, payload = await self._post(body, cap, count)
         if failure is not None:
             too_large = failure == TOO_LARGE
             detail = f"over the {cap:,} bytes allowed for {count} samples: not judged" if too_large else ""
@@ -212,6 +212,20 @@ class InferenceClient:
                                unavailable=unavailable or too_large, detail=detail)
         # Off the event loop: what is left of decoding and reading an answer can still take a few hundred ms.
         return await asyncio.to_thread(self.read_answer, payload, count)
+
+    def _html_page(self, payload: bytes, count: int) -> bool:
+        """A text/html answer is a web page unless its body is JSON: a model server may label its JSON so (Flask's
+        `return json.dumps(...)`). One over the answer's caps is left to read_answer, which refuses it for that."""
+        if payload.lstrip()[:1] not in (b"{", b"["):
+            return True
+        if (payload.count(b"[") + payload.count(b"{") > self.container_cap(count)
+                or payload.count(b",") > self.value_cap(count)):
+            return False
+        try:
+            decode_json(payload)
+        except (ValueError, RecursionError):
+            return True
+        return False
 
     def read_answer(self, payload: bytes, count: int) -> BatchAnswer:
         containers, allowed = payload.count(b"[") + payload.count(b"{"), self.container_cap(count)
@@ -245,7 +259,7 @@ class InferenceClient:
     def _failed(count: int, reason: str, detail: str = "") -> BatchAnswer:
         return BatchAnswer(predicted=np.full(count, -1, dtype=np.int64), failure=reason, detail=detail)
 
-    async def _post(self, body: bytes, cap: int) -> tuple[str | None, bool, bytes]:
+    async def _post(self, body: bytes, cap: int, count: int) -> tuple[str | None, bool, bytes]:
         """POST with limited retries on transient trouble; (failure reason, unavailable?, response body).
         An answer over cap bytes is refused unread, or as soon as its stream passes cap."""
         failure = "unavailable"
@@ -266,16 +280,16 @@ class InferenceClient:
                     if response.status != 200:
                         await response.release()
                         return f"HTTP {response.status}", False, b""
-                    if response.content_type == "text/html":
-                        # A web page (a sign-in gateway's, as its 302 or 401 would be): the model was not reached.
-                        failure = f"unavailable: HTTP 200 ({_HTML_PAGE})"
-                        await response.release()
-                        continue
                     if response.content_length is not None and response.content_length > cap:
                         return TOO_LARGE, False, b""
                     payload = await self._read_capped(response, cap)
                     if payload is None:
                         return TOO_LARGE, False, b""
+                    if response.content_type == "text/html" and await asyncio.to_thread(
+                            self._html_page, payload, count):
+                        # A web page (a sign-in gateway's, as its 302 or 401 would be): the model was not reached.
+                        failure = f"unavailable: HTTP 200 ({_HTML_PAGE})"
+                        continue
                     return None, False, payload
             except TimeoutError:
                 failure = "unavailable: timeout"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +44,23 @@ class EvidenceRecord:
 
 def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name: str, candidate_version: str,
                          stable_version: str | None = None, rollout: str | None = None,
-                         request_id: str | None = None, experiment_name: str = EXPERIMENT_NAME) -> EvidenceRecord:
-    """Write the run, its metrics and JSON report, and tag the candidate version. Raises SourceError."""
+                         request_id: str | None = None, experiment_name: str = EXPERIMENT_NAME,
+                         dropped: Callable[[], bool] = lambda: False) -> EvidenceRecord:
+    """Write the run, its metrics and JSON report, and tag the candidate version. Raises SourceError.
+
+    dropped: asked before each write; once true (the gate run was cancelled, e.g. its URL fixed, while this ran in a
+    thread nobody can stop) nothing more is written: a stale pass must not tag the version or fill the rerun's run."""
     rest = MlflowRest(access)
+
+    def still_asked() -> None:
+        if dropped():
+            raise SourceError(ErrorKind.ERROR, "the gate run was dropped (its URLs changed, or the rollout did) "
+                                               "while its evidence was written: nothing more is written")
+
+    def write(path: str, body: dict[str, Any]) -> Any:
+        still_asked()
+        return rest.call("POST", path, body=body)
+
     experiment_id = experiment_id_for(rest, experiment_name)
     run = _existing_run(rest, experiment_id, request_id) if request_id else None
     tags = {f"{TAG_PREFIX}.model": model_name, f"{TAG_PREFIX}.candidate_version": candidate_version,
@@ -60,6 +75,7 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
         tags[f"{TAG_PREFIX}.request_id"] = request_id
     now_ms = int(time.time() * 1000)
     if run is None:
+        still_asked()
         run = _create_run(rest, experiment_id, request_id, {
             "experiment_id": experiment_id, "start_time": now_ms,
             "run_name": f"gate-{model_name}-v{candidate_version}",
@@ -78,22 +94,21 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
     # MLflow takes 1000 metrics, params and tags together per call: with per-class limits on 1000 classes the
     # first call refused them all, and the report below was never uploaded.
     first = _LOG_BATCH_LIMIT - len(params) - len(tag_list)
-    rest.call("POST", "/api/2.0/mlflow/runs/log-batch", body={
+    write("/api/2.0/mlflow/runs/log-batch", {
         "run_id": run_id, "metrics": metrics[:first], "params": params, "tags": tag_list})
     for start in range(first, len(metrics), _LOG_BATCH_LIMIT):
-        rest.call("POST", "/api/2.0/mlflow/runs/log-batch",
-                  body={"run_id": run_id, "metrics": metrics[start:start + _LOG_BATCH_LIMIT]})
+        write("/api/2.0/mlflow/runs/log-batch", {"run_id": run_id, "metrics": metrics[start:start + _LOG_BATCH_LIMIT]})
+    still_asked()
     upload_artifact(access, f"{artifact_root.rstrip('/')}/{REPORT_ARTIFACT}",
                     json_bytes({"verdicts": [v.to_dict() for v in report.verdicts], "gate": report.evidence}),
                     content_type="application/json")
-    rest.call("POST", "/api/2.0/mlflow/runs/update", body={"run_id": run_id, "status": "FINISHED",
-                                                           "end_time": int(time.time() * 1000)})
+    write("/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)})
     report_uri = f"runs:/{run_id}/{REPORT_ARTIFACT}"
     version_tags = {f"{TAG_PREFIX}.run_id": run_id, f"{TAG_PREFIX}.outcome": _version_outcome(report),
                     f"{TAG_PREFIX}.dataset_sha256": report.dataset_sha256 or "",
                     f"{TAG_PREFIX}.report": report_uri}
     for key, value in version_tags.items():
-        rest.call("POST", "/api/2.0/mlflow/model-versions/set-tag", body={
+        write("/api/2.0/mlflow/model-versions/set-tag", {
             "name": model_name, "version": str(candidate_version), "key": key, "value": value})
     return EvidenceRecord(run_id=run_id, experiment_id=experiment_id, report_uri=report_uri,
                           version_tags=version_tags)

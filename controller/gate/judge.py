@@ -26,9 +26,11 @@ Checks, in the order the engine reads them (the first verdict with the combined 
 An undefined metric (e.g. recall of a class with no samples) is INCONCLUSIVE, never 0 or 1, and so is a pass on
 fewer samples than JudgeSettings.min_samples (a 3-sample golden set proves nothing of a 1% limit), and a failure on
 so few unless it is credible (the same binomial test as slices, SLICE_ALPHA shared by the whole-dataset checks).
-Samples a check lacks answers for (a 503 batch, garbage, stable down) never fail it: it fails only if it fails even
-with every one of them in the candidate's favour (the candidate right; stable wrong, or agreeing with it), and is
-INCONCLUSIVE otherwise, naming how many (a golden set sorted by class loses whole classes with a few batches).
+Samples the candidate left unanswered (a 503 batch, a timeout) never fail a check: it fails only if it fails even
+with every one of them in the candidate's favour (the candidate right, or agreeing with stable), and is INCONCLUSIVE
+otherwise, naming how many (a golden set sorted by class loses whole classes with a few batches). Only the
+candidate's own are credited: a sample only stable left unanswered just leaves its pair out of the comparisons, and
+one the candidate answered is judged as answered.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ _EPSILON = 1e-12  # thresholds are decimal fractions; do not fail 10/1000 agains
 # judged one by one would otherwise fail a good model on the luck of one small slice).
 SLICE_ALPHA = 0.01
 NAMED_CLASSES = 20  # a reason names at most this many classes: verdicts are kept in status, which lives in etcd
+# Longest class name or slice tag the gate takes: status keys maps by them (perClass, slices, thresholds.classes),
+# and the API server reads a server-side apply as YAML, whose keys stop at 1024 characters: one longer key makes
+# every status write a 400. Not truncated: two names cut to the same prefix would merge their counts.
+MAX_NAME_CHARS = 253
+
+
+def clipped(name: str) -> str:
+    """A name too long to show whole: its start and its length."""
+    return name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
 
 
 @dataclass
@@ -99,6 +110,8 @@ class GateTally:
     problems: DatasetProblems
     records: int
     untracked_slices: int = 0  # tags beyond the tracking limit: counted, not judged
+    long_tag_samples: int = 0  # samples carrying a tag over MAX_NAME_CHARS: not judged
+    long_tag_example: str = ""  # the first such tag, clipped
     aborted: str | None = None  # why evaluation stopped early (timeout, endpoint down)
 
 
@@ -118,6 +131,13 @@ def pct(value: float | None) -> str:
 def judge(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSettings,
           dataset_sha256: str) -> list[Verdict]:
     verdicts = [_dataset_verdict(tally, settings, dataset_sha256)]
+    if tally.long_tag_samples:
+        verdicts.append(Verdict(
+            "dataset.slices", Outcome.INCONCLUSIVE,
+            f"{tally.long_tag_samples} samples carry a slice tag longer than {MAX_NAME_CHARS} characters (the "
+            f"first: {tally.long_tag_example!r}), so those slices were not judged: shorten the tags (status keys "
+            "slices by tag, and the API server refuses keys that long)",
+            {"datasetSha256": dataset_sha256, "samples": tally.long_tag_samples, "maxTagCharacters": MAX_NAME_CHARS}))
     # Unusable the same way as stable's answers: the setup (dataset classes, output classes, protocol), not the model.
     setup = tally.stable is not None and _unusable_alike(tally.candidate, tally.stable, settings)
     verdicts.append(_responses_verdict("candidate", tally.candidate, settings, tally.aborted, garbage_fails=not setup,
@@ -245,9 +265,9 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
                               _comparison_verdicts(f"slice {tag}.", counts, thresholds, tally.classes, scope))
             floor = _slice_floor(thresholds.min_accuracy, counts, tally.stable is not None) if floored else None
             if floor is not None:
-                limit, matrix, note = floor
+                limit, matrix, note, unanswered = floor
                 checks.append((_accuracy_verdict(f"slice {tag}.", matrix, limit, scope, note,
-                                                 unanswered=counts.samples - int(matrix.sum())), floor_alpha))
+                                                 unanswered=unanswered), floor_alpha))
             for verdict, share in checks:
                 slice_verdict = _slice_test(verdict, share, settings.min_slice_samples)
                 if slice_verdict is not None:
@@ -368,21 +388,26 @@ def _any_threshold(thresholds: GoldenThresholds) -> bool:
 
 
 def _slice_floor(min_accuracy: float, counts: PairedCounts,
-                 has_stable: bool) -> tuple[float, np.ndarray, str] | None:
-    """The accuracy a slice must not credibly fall below, the candidate's counts to test, and what the floor is.
+                 has_stable: bool) -> tuple[float, np.ndarray, str, int] | None:
+    """The accuracy a slice must not credibly fall below, the candidate's counts to test, what the floor is, and
+    the candidate's own unanswered samples among those the test covers (the only ones credited in its favour: a
+    sample it answered wrongly stays wrong wherever stable did not answer).
 
-    With a stable: minAccuracy, or stable's accuracy on the samples both answered when lower, on those samples
-    (like for like); None when stable answered none of them (stable.responses says why: no pass either).
-    Without: minAccuracy itself. Not chance: a trigger that sends a slice to one class leaves it at chance, and a
-    first rollout has nothing else to hold a slice to (a slice hard for the model is the user's to untag)."""
+    With a stable: minAccuracy on every sample the candidate answered, or, when stable's accuracy on the samples
+    both answered is lower (a slice hard for every model), that accuracy on those samples (like for like, crediting
+    the candidate only where stable answered and it did not); None when stable answered none of them
+    (stable.responses says why: no pass either). Without: minAccuracy itself. Not chance: a trigger that sends a
+    slice to one class leaves it at chance, and a first rollout has nothing else to hold a slice to (a slice hard
+    for the model is the user's to untag)."""
+    own_unanswered = counts.samples - int(counts.candidate.sum())
     if has_stable:
         if not counts.paired:
             return None
         stable = accuracy(counts.paired_stable)
         if stable is not None and stable < min_accuracy:
-            return stable, counts.paired_candidate, f" (stable's accuracy there; minAccuracy {pct(min_accuracy)})"
-        return min_accuracy, counts.paired_candidate, ""
-    return min_accuracy, counts.candidate, ""
+            return (stable, counts.paired_candidate, f" (stable's accuracy there; minAccuracy {pct(min_accuracy)})",
+                    int(counts.stable.sum()) - counts.paired)
+    return min_accuracy, counts.candidate, "", own_unanswered
 
 
 def _accuracy_verdict(prefix: str, matrix: np.ndarray, limit: float, base: Mapping[str, Any],
@@ -403,30 +428,32 @@ def _comparison_verdicts(prefix: str, counts: PairedCounts, thresholds: GoldenTh
                          base: Mapping[str, Any]) -> list[Verdict]:
     verdicts = []
     scope = f" on slice {base['slice']}" if "slice" in base else ""
-    paired, samples = counts.paired, counts.samples
-    unanswered = samples - paired  # not answered by both
+    paired = counts.paired
+    # Only the candidate's own unanswered samples (where stable answered) are credited: a sample stable left
+    # unanswered just leaves its pair out, so a stable 503 batch cannot hide a worse candidate (review s25r2gate).
+    trials = int(counts.stable.sum())  # stable's answered samples: the paired ones and the candidate's missing
+    unanswered = trials - paired
     if thresholds.max_accuracy_drop is not None:
         candidate_correct, stable_correct = int(counts.paired_candidate.trace()), int(counts.paired_stable.trace())
-        # In the candidate's favour: right where it did not answer, stable wrong where stable did not.
-        drop = (int(counts.stable.trace()) - int(counts.candidate.trace())
-                - (samples - int(counts.candidate.sum())))
+        # In the candidate's favour: right where it did not answer (stable as it answered there).
+        drop = int(counts.stable.trace()) - candidate_correct - unanswered
         verdicts.append(_limit_check(
             f"{prefix}maxAccuracyDrop", counts.accuracy_drop, thresholds.max_accuracy_drop, upper=True,
             what=(f"accuracy drop{scope} (stable {stable_correct}/{paired}, candidate {candidate_correct}/{paired})"),
             undefined_because="no sample was answered by both", evidence={
                 **base, "pairedSamples": paired, "candidateCorrect": candidate_correct,
                 "stableCorrect": stable_correct,
-                **_best_case(unanswered, max(0, drop), samples, drop / samples if samples else None)}))
+                **_best_case(unanswered, max(0, drop), trials, drop / trials if trials else None)}))
     if thresholds.max_disagreement is not None:
         flips = flip_list(counts.flips, classes, limit=5)
         top = f"; most: {flips[0]['from']} -> {flips[0]['to']} x{flips[0]['count']}" if flips else ""
-        verdicts.append(_limit_check(  # in the candidate's favour: the unpaired samples agree
+        verdicts.append(_limit_check(  # in the candidate's favour: where it did not answer, it agrees
             f"{prefix}maxDisagreement", counts.disagreement, thresholds.max_disagreement, upper=True,
             what=f"disagreement with stable{scope} ({counts.disagreements}/{paired}{top})",
             undefined_because="no sample was answered by both", evidence={
                 **base, "pairedSamples": paired, "disagreements": counts.disagreements, "flips": flips,
-                **_best_case(unanswered, counts.disagreements, samples,
-                             counts.disagreements / samples if samples else None)}))
+                **_best_case(unanswered, counts.disagreements, trials,
+                             counts.disagreements / trials if trials else None)}))
     return verdicts
 
 
@@ -437,6 +464,11 @@ def _class_verdicts(label: str, limits: ClassThresholds, tally: GateTally,
                                                 ("minPrecision", limits.min_precision)) if limit is not None]
     if not wanted:
         return []
+    if len(label) > MAX_NAME_CHARS:  # the CRD refuses such a key; one stored before its rule still reaches here
+        return [Verdict(f"{clipped(label)}.{name}", Outcome.INCONCLUSIVE,
+                        f"thresholds name a class label of {len(label)} characters, over the {MAX_NAME_CHARS} a "
+                        "class name may have: shorten spec.goldenDataset.thresholds.classes", dict(base))
+                for name, _ in wanted]
     if label not in tally.classes:
         return [Verdict(f"{label}.{name}", Outcome.INCONCLUSIVE,
                         f"thresholds name class {label!r}, which the dataset does not declare "

@@ -34,7 +34,16 @@ from controller.api.spec import ClassThresholds, GoldenDatasetSpec, GoldenThresh
 from controller.gate.clients import SAMPLE_RESPONSE_BYTES, TOO_LARGE, BatchAnswer, InferenceClient, InferenceEndpoint
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError
 from controller.gate.formats import MAX_PROBLEM_EXAMPLES, Batch, DatasetFormatError, open_dataset, sha256_file
-from controller.gate.judge import GateTally, JudgeSettings, ResponseTally, judge, pct
+from controller.gate.judge import (
+    MAX_NAME_CHARS,
+    NAMED_CLASSES,
+    GateTally,
+    JudgeSettings,
+    ResponseTally,
+    clipped,
+    judge,
+    pct,
+)
 from controller.gate.metrics import PairedCounts, accuracy, summarize
 from controller.gate.sources import DatasetSources, fetch_dataset
 from controller.redaction import redact_urls, redacted_url
@@ -221,6 +230,10 @@ async def evaluate_dataset_file(path: Path, dataset: GoldenDatasetSpec | Mapping
                         {"expectedSha256": spec.sha256, "actualSha256": actual})
     try:
         reader = open_dataset(path, options.batch_size, options.class_names)
+        too_long = [name for name in reader.classes if len(name) > MAX_NAME_CHARS]
+        if too_long:  # status keys per-class numbers by name: one longer than this makes every status write a 400
+            raise DatasetFormatError(f"{len(too_long)} class names are longer than {MAX_NAME_CHARS} characters "
+                                     f"(the first: {clipped(too_long[0])!r}): shorten them")
         evaluation = _Evaluation(reader.classes, stable is not None, options)
         await evaluation.run(reader, candidate, stable)
     except DatasetFormatError as exc:
@@ -263,6 +276,7 @@ class _Evaluation:
                                max(0, options.max_count_bytes // PairedCounts.bytes_for(k) - 1))
         self.slices: dict[str, PairedCounts] = {}
         self.untracked_slices = 0
+        self.long_tag_samples, self.long_tag_example = 0, ""
         self.candidate = ResponseTally()
         self.stable = ResponseTally() if with_stable else None
         self.aborted: str | None = None
@@ -271,7 +285,8 @@ class _Evaluation:
     def tally(self, problems: Any, records: int) -> GateTally:
         return GateTally(classes=self.classes, overall=self.overall, slices=self.slices, candidate=self.candidate,
                          stable=self.stable, problems=problems, records=records,
-                         untracked_slices=self.untracked_slices, aborted=self.aborted)
+                         untracked_slices=self.untracked_slices, long_tag_samples=self.long_tag_samples,
+                         long_tag_example=self.long_tag_example, aborted=self.aborted)
 
     async def run(self, reader: Any, candidate: InferenceEndpoint, stable: InferenceEndpoint | None) -> None:
         options = self.options
@@ -330,6 +345,10 @@ class _Evaluation:
         self.overall.add(batch.labels, candidate.predicted, stable_predicted)
         for tag, rows in batch.slices.items():
             counts = self.slices.get(tag)
+            if counts is None and len(tag) > MAX_NAME_CHARS:  # never a status key: judge says so (inconclusive)
+                self.long_tag_samples += len(rows)
+                self.long_tag_example = self.long_tag_example or clipped(tag)
+                continue
             if counts is None:
                 if len(self.slices) >= self.slice_limit:
                     self.untracked_slices += len(rows)
@@ -384,7 +403,8 @@ def _status(spec: GoldenDatasetSpec, sha256: str, source: str | None, data_forma
     result: dict[str, Any] = {
         "outcome": str(outcome), "reason": reason,
         "dataset": {"uri": redacted_url(spec.uri), "source": source, "sha256": sha256, "expectedSha256": spec.sha256,
-                    "format": data_format, "classes": list(classes), "records": tally.records,
+                    "format": data_format, "classes": list(classes if compact is None else classes[:NAMED_CLASSES]),
+                    "classCount": len(classes), "records": tally.records,
                     "usable": tally.overall.samples, "unusable": problems.total,
                     "unusableByReason": dict(problems.counts.most_common()), "examples": problems.examples},
         "thresholds": _thresholds_dict(spec.thresholds),
@@ -439,7 +459,8 @@ def _status_classes(thresholds: GoldenThresholds, verdicts: tuple[Verdict, ...],
                     within: set[str] | None = None) -> list[str]:
     """The classes the thresholds name (of those `within`), those a check did not pass first; at most `limit`."""
     flagged = {v.name.rsplit(".", 1)[0] for v in verdicts if v.outcome is not Outcome.PASS}
-    named = [label for label in thresholds.classes if within is None or label in within]
+    named = [label for label in thresholds.classes
+             if len(label) <= MAX_NAME_CHARS and (within is None or label in within)]
     return sorted(named, key=lambda label: label not in flagged)[:limit]
 
 
@@ -472,6 +493,9 @@ def _thresholds_dict(thresholds: GoldenThresholds) -> dict[str, Any]:
         ("maxDisagreement", thresholds.max_disagreement)) if value is not None}
     classes = {}
     for label, limits in thresholds.classes.items():
+        if len(label) > MAX_NAME_CHARS:  # never a status key (a 400); its verdicts say so
+            result["classesTooLong"] = result.get("classesTooLong", 0) + 1
+            continue
         classes[label] = {key: value for key, value in (
             ("maxFalsePositiveRate", limits.max_false_positive_rate), ("minRecall", limits.min_recall),
             ("minPrecision", limits.min_precision)) if value is not None}

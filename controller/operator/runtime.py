@@ -13,7 +13,9 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from string import Formatter
@@ -465,18 +467,29 @@ class RolloutRuntime:
             scratch=GATE_SCRATCH)
         report = await run_gate(action.dataset, candidate, stable, namespace=self.namespace, sources=sources)
         if sources.mlflow is not None and report.error is None:
-            await asyncio.to_thread(self.record_gate_evidence, sources.mlflow, report, action)
+            # Cancelling this task (a URL fixed mid-run) cannot stop the thread: it checks before each write.
+            dropped = threading.Event()
+            urls = hashlib.sha256(f"{candidate_url} {stable_url or ''}".encode()).hexdigest()[:12]
+            try:
+                await asyncio.to_thread(self.record_gate_evidence, sources.mlflow, report, action, urls,
+                                        dropped.is_set)
+            except asyncio.CancelledError:
+                dropped.set()
+                raise
         return report.to_judge_result(action.id)
 
-    def record_gate_evidence(self, access: MlflowAccess, report: GateReport, action: RunGate) -> None:
-        """The full gate report as an MLflow run linked to the candidate version: it outlives the resource."""
+    def record_gate_evidence(self, access: MlflowAccess, report: GateReport, action: RunGate, urls: str = "",
+                             dropped: Callable[[], bool] = lambda: False) -> None:
+        """The full gate report as an MLflow run linked to the candidate version: it outlives the resource.
+        urls: a digest of the gate's URLs: a rerun at fixed URLs keeps the judge id, but is a run of its own."""
         try:
             record_gate_evidence(access, report, model_name=self.spec.model.name,
                                  candidate_version=action.candidate.version,
                                  stable_version=action.stable.version if action.stable else None,
                                  rollout=f"{self.namespace}/{self.name}",
                                  # Judge ids are unique within one rollout only; the run must be this one's.
-                                 request_id=f"{self.obj['metadata'].get('uid', '')}/{action.id}")
+                                 request_id=f"{self.obj['metadata'].get('uid', '')}/{action.id}"
+                                            + (f"/{urls}" if urls else ""), dropped=dropped)
         except SourceError as exc:
             # The verdict stands on its own; a lost evidence run must not block or flip it.
             log.warning("%s/%s: could not record gate evidence in MLflow: %s", self.namespace, self.name,

@@ -227,6 +227,9 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("thresholds-empty-classes", _set("goldenDataset.thresholds", {"classes": {}}), "spec.goldenDataset.thresholds"),
     ("class-without-a-limit", _set("goldenDataset.thresholds.classes.nsfw", {}),
      "spec.goldenDataset.thresholds.classes[nsfw]"),
+    # A class label of 254+ characters keys the gate's status maps: from 1023 on every status write is a 400.
+    ("class-label-too-long", _set("goldenDataset.thresholds.classes", {"n" * 254: {"minRecall": 0.9}}),
+     "spec.goldenDataset.thresholds.classes keys (class labels) must be at most 253 characters"),
     # A bare `pause:` (YAML null) is dropped before the step's rule runs.
     ("bare-pause", _set("canary.steps.5", {"pause": None}), "spec.canary.steps[5]"),
 ]
@@ -301,6 +304,7 @@ ACCEPTED: list[tuple[str, Callable[[Spec], None]]] = [
     ("selector-after-a-comment-and-cr", _set("analysis.metrics.0.proportion.total", "# all\rsum(x{ {{variant}} })")),
     ("thresholds-one-class-limit", _set("goldenDataset.thresholds", {"classes": {"nsfw": {"minPrecision": 0.9}}})),
     ("thresholds-left-out", _delete("goldenDataset.thresholds")),
+    ("class-label-longest", _set("goldenDataset.thresholds.classes", {"n" * 253: {"minRecall": 0.9}})),
 ]
 
 

@@ -313,6 +313,23 @@ def test_explain_lists_every_failed_gate_check_as_get_caps_them(oncall: OnCall) 
     assert not [line for line in lines if "accuracy" in line]  # a pass is not why it failed
 
 
+def test_a_compacted_gate_points_to_the_evidence_run_not_to_yaml(oncall: OnCall) -> None:
+    # Status keeps at most 50 verdicts per outcome other than pass: `-o yaml` shows no more than get does, the rest
+    # are only in the MLflow evidence run (review s25r2gate finding 4).
+    verdicts = [{"name": f"slice logo-{i}", "outcome": "fail", "reason": "0.1 < 0.9"} for i in range(50)]
+    verdicts += [{"name": "more checks failed", "outcome": "fail", "reason": "1950 more checks failed: ..."},
+                 {"name": "accuracy", "outcome": "pass", "reason": "0.98"}]
+    obj = {"metadata": {"name": "r", "namespace": "ns"}, "spec": {"model": {"name": "m"}}, "status": {
+        "phase": "RolledBack", "gate": {"outcome": "fail", "datasetSha256": "ab", "reason": "slice logo-0: 0.1 < 0.9",
+                                        "verdicts": verdicts}}}
+    evidence = ("the gate's MLflow evidence run has every check in gate-report.json (the candidate version's "
+                "`modelrollout.gate.run_id` tag names the run)")
+    assert f"  … and 41 more ({evidence})" in oncall.explain(obj).splitlines()
+    oncall.print_rollout(obj)
+    assert f"  … and 42 more ({evidence})" in oncall.out.getvalue().splitlines()
+    assert "shows them all" not in oncall.out.getvalue()
+
+
 def test_history_aligns_its_columns_past_the_longest_event(oncall: OnCall) -> None:
     events = ["Resolved", "ProgressDeadlineExceeded", "RolledBackForNewCandidate", "GatePassed"]
     oncall.print_history({"metadata": {"name": "r", "namespace": "ns"}, "spec": {}, "status": {"history": [

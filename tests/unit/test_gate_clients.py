@@ -182,6 +182,27 @@ def test_an_html_page_came_from_a_gateway_and_never_reached_the_model() -> None:
     assert "s3cret" not in answer.failure + answer.detail
 
 
+@pytest.mark.parametrize(("body", "html"), [
+    ('{"predictions": ["safe", "suggestive", "nsfw", "nsfw"]}', False),
+    ('  \n[1, 2]', False),  # JSON, read as the model's answer (a wrong one: not a page)
+    ("<!doctype html><html><body>Sign in</body></html>", True),
+    ('{"predictions": ["safe", <b>sign in</b>', True),
+])
+def test_a_json_answer_labelled_text_html_is_the_models_answer(body: str, html: bool) -> None:
+    # Flask's `return json.dumps(...)` answers text/html: a correct answer, only labelled wrongly. Only a body that
+    # is not JSON is a web page (review s25r2gate finding 6).
+    async def flask(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="text/html")
+
+    answer = against(flask, retries=0)
+    if html:
+        assert answer.unavailable and answer.failure is not None and "an HTML page" in answer.failure
+    elif body.startswith("{"):
+        assert answer.failure is None and answer.predicted.tolist() == EXPECTED
+    else:
+        assert answer.failure == "no predictions" and not answer.unavailable
+
+
 @pytest.mark.parametrize("status", [400, 422, 500])
 def test_the_model_servers_refusal_of_the_golden_input_is_its_answer(status: int) -> None:
     handler, calls = scripted((status, {"error": "bad input"}))

@@ -114,27 +114,68 @@ def test_class_checks_count_the_unanswered_samples_of_their_class_in_the_candida
     assert precision.outcome is Outcome.INCONCLUSIVE
 
 
-def test_stables_unanswered_samples_do_not_fail_the_comparison() -> None:
+def test_only_the_candidates_own_unanswered_samples_are_credited_in_the_comparison() -> None:
     # Stable answered only the nsfw half (503 on the safe half), all right; the candidate answered all, right on safe
-    # and 190/200 nsfw: a 5% drop on the samples both answered, but stable's missing half could hold its errors.
+    # and 190/200 nsfw: a 5% drop on the samples both answered. Stable's missing half just leaves those pairs out:
+    # counting stable wrong there (its best case before review s25r2gate) let one stable 503 batch hide a clearly
+    # worse candidate, so the comparison fails.
     labels = [0] * 200 + [1] * 200
     candidate = [0] * 200 + [1] * 190 + [0] * 10
     stable = [-1] * 200 + [1] * 200
     thresholds = GoldenThresholds(max_accuracy_drop=0.02, max_disagreement=0.03)
     verdicts = by_name(judge(thresholds, tally(labels, candidate, stable), JudgeSettings(slice_checks=False), SHA))
     drop, disagreement = verdicts["maxAccuracyDrop"], verdicts["maxDisagreement"]
-    assert drop.outcome is Outcome.INCONCLUSIVE and "but 200 samples went unanswered" in drop.reason
-    assert disagreement.outcome is Outcome.INCONCLUSIVE and disagreement.evidence["bestCase"]["value"] == 10 / 400
-    # Every sample answered by both (stable right throughout): 10/400 = 2.5% lost fails the 2% drop.
-    stable = list(labels)
+    assert drop.outcome is Outcome.FAIL, drop.reason
+    assert drop.reason == ("accuracy drop (stable 200/200, candidate 190/200) 5.00% above the maximum 2.00%")
+    assert disagreement.outcome is Outcome.FAIL and "bestCase" not in disagreement.evidence
+    # The candidate's own unanswered samples are credited (right, agreeing with stable), stable's still are not:
+    # the candidate leaves 100 nsfw unanswered (stable answered them), stable the safe half: 3 lost of the 100
+    # paired (3%), 3 of the 200 stable answered (1.5%) with the candidate's 100 right; the safe half is left out.
+    candidate = [0] * 200 + [1] * 97 + [0] * 3 + [-1] * 100
     verdicts = by_name(judge(thresholds, tally(labels, candidate, stable), JudgeSettings(slice_checks=False), SHA))
+    drop, disagreement = verdicts["maxAccuracyDrop"], verdicts["maxDisagreement"]
+    assert drop.outcome is Outcome.INCONCLUSIVE and "but 100 samples went unanswered" in drop.reason
+    assert drop.evidence["bestCase"] == {"unanswered": 100, "count": 3, "samples": 200, "value": 3 / 200}
+    assert disagreement.evidence["bestCase"]["value"] == 3 / 200
+    # Every sample answered by both (stable right throughout): 10/400 = 2.5% lost fails the 2% drop.
+    candidate = [0] * 200 + [1] * 190 + [0] * 10
+    verdicts = by_name(judge(thresholds, tally(labels, candidate, list(labels)), JudgeSettings(slice_checks=False),
+                             SHA))
     assert verdicts["maxAccuracyDrop"].outcome is Outcome.FAIL
-    # Far beyond even in the candidate's favour: 100 of 200 paired flipped, 100/400.
-    candidate = [0] * 200 + [1] * 100 + [0] * 100
-    stable = [-1] * 200 + [1] * 200
+    # Far beyond even in the candidate's favour: 100 of 200 paired flipped, 50 more unanswered by the candidate.
+    candidate = [0] * 200 + [1] * 50 + [0] * 100 + [-1] * 50
     verdicts = by_name(judge(thresholds, tally(labels, candidate, stable), JudgeSettings(slice_checks=False), SHA))
     assert verdicts["maxDisagreement"].outcome is Outcome.FAIL
-    assert "25.00% even with its 200 unanswered samples" in verdicts["maxDisagreement"].reason
+    assert "50.00% even with its 50 unanswered samples" in verdicts["maxDisagreement"].reason
+
+
+def test_a_slice_the_candidate_answered_wrongly_fails_though_stable_left_it_unanswered() -> None:
+    # Slice "logo": 30 safe samples, the candidate (a backdoor) calls every one nsfw; stable answered only the first
+    # 5 (a 503 batch), all right. The candidate's 25 wrong answers where stable did not answer are not "unanswered in
+    # its favour": the minAccuracy floor tests all 30 of its answers, and the comparisons the 5 pairs.
+    labels = [0] * 30 + [0] * 1000 + [1] * 1000
+    candidate = [1] * 30 + labels[30:]
+    stable = [0] * 5 + [-1] * 25 + labels[30:]
+    slices = {"logo": list(range(30))}
+    thresholds = GoldenThresholds(min_accuracy=0.9, max_accuracy_drop=0.02, max_disagreement=0.05)
+    verdicts = by_name(judge(thresholds, tally(labels, candidate, stable, slices), JudgeSettings(), SHA))
+    floor = verdicts["slice logo.minAccuracy"]
+    assert floor.outcome is Outcome.FAIL, floor.reason
+    assert floor.reason.startswith("candidate accuracy on slice logo (0/30) 0.00% credibly below the minimum 90.00%")
+    assert "bestCase" not in floor.evidence
+    for name in ("slice logo.maxAccuracyDrop", "slice logo.maxDisagreement"):
+        assert verdicts[name].outcome is Outcome.FAIL, verdicts[name].reason
+        assert "bestCase" not in verdicts[name].evidence
+    # Where stable's accuracy is the lower floor, the candidate is credited only where it left a pair unanswered:
+    # stable right on 10 of 20 answered (50%), the candidate 0 of those 20 paired, 2 more of its own unanswered.
+    labels = [0] * 30 + [0] * 1000 + [1] * 1000
+    stable = [0] * 10 + [1] * 10 + [-1] * 10 + labels[30:]
+    candidate = [1] * 18 + [-1] * 2 + [1] * 10 + labels[30:]
+    verdicts = by_name(judge(thresholds, tally(labels, candidate, stable, slices), JudgeSettings(), SHA))
+    floor = verdicts["slice logo.minAccuracy"]
+    assert "stable's accuracy there" in floor.reason
+    assert floor.evidence["bestCase"] == {"unanswered": 2, "count": 18, "samples": 20, "value": 2 / 20}
+    assert floor.outcome is Outcome.FAIL, floor.reason
 
 
 def test_a_slice_credibly_beyond_only_without_its_unanswered_samples_is_inconclusive() -> None:
