@@ -230,6 +230,9 @@ def status_refusal(exc: ApiException, configuration: client.Configuration) -> st
     message = without_kube_credentials(str(answer.get("message") or exc.reason or ""), configuration)
     if exc.status == 413 or (exc.status == 500 and any(word in message for word in _ETCD_TOO_LARGE)):
         return f"too large (HTTP {exc.status}: {message[:200]})"  # the request limit's or etcd's words: no content
+    if exc.status == 400 and message.startswith("error decoding YAML"):
+        # Server-side apply reads the body as YAML, whose implicit keys stop at 1024 characters; its words quote it.
+        return "unreadable (HTTP 400: not decodable as YAML: a map key of 1024 characters or more?)"
     if exc.status != 422:
         return None
     details = answer.get("details")

@@ -217,6 +217,9 @@ STORED = {"phase": "Progressing", "message": "Step 1/2: 10%", "observedGeneratio
                                               "message": "Request entity too large: limit is 3145728"}),
      "too large (HTTP 413: Request entity too large: limit is 3145728)"),
     (invalid("s3cret-Bogus"), "invalid (HTTP 422: status.phase FieldValueNotSupported)"),
+    (answer(400, "Bad Request", {"code": 400, "reason": "BadRequest", "message": "error decoding YAML: error "
+                                 "converting YAML to JSON: yaml: line 7: did not find expected ',' near s3cret-Bogus"}),
+     "unreadable (HTTP 400: not decodable as YAML"),
 ])
 def test_the_reconcilers_refused_write_keeps_the_stored_status_saying_why(refusal: ApiException, said: str) -> None:
     decided = {**STORED, "phase": "s3cret-Bogus", "message": "holds s3cret-Bogus"}
