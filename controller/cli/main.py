@@ -33,7 +33,8 @@ def _dev_up(args: argparse.Namespace) -> int:
     for key, value in stack.environment().items():
         print(f"export {key}={shlex.quote(value)}")
     timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in stack.timings.items())
-    down = "modelrollout dev down" + (f" --state-dir {shlex.quote(str(args.state_dir))}" if args.state_dir else "")
+    # Named whatever chose it (the flag, MODELROLLOUT_STATE_DIR): the shell that runs `dev down` may lack either.
+    down = f"modelrollout dev down --state-dir {shlex.quote(str(stack.root))}"
     print(f"# local stack up ({timings}); stop it with: {down}", file=sys.stderr)
     return 0
 

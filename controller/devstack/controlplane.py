@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,8 @@ class ControlPlane:
     etcd_port: int = 0
     tokens: dict[str, str] = field(default_factory=dict)
     processes: list[ManagedProcess] = field(default_factory=list)
+    # Called as each process starts, before it is ready: the stack records it at once (a `kill -9` may follow).
+    on_start: Callable[[], None] = field(default=lambda: None, repr=False)
 
     @property
     def url(self) -> str:
@@ -100,6 +103,7 @@ class ControlPlane:
             "--unsafe-no-fsync", "--log-level", "warn", "--listen-metrics-urls", "",
         ], self.root / "etcd.log")
         self.processes.append(etcd)
+        self.on_start()
         wait_http_ok(f"http://{LOOPBACK}:{self.etcd_port}/health", etcd, timeout)
 
         apiserver = start("kube-apiserver", [
@@ -118,6 +122,7 @@ class ControlPlane:
             "--profiling=false", "--v=0",
         ], self.root / "kube-apiserver.log")
         self.processes.append(apiserver)
+        self.on_start()
         wait_http_ok(f"{self.url}/readyz", apiserver, timeout, token=self.tokens[ADMIN_USER], insecure_tls=True)
         self.write_kubeconfig(self.admin_kubeconfig, ADMIN_USER, self.tokens[ADMIN_USER])
 

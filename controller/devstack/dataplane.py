@@ -213,11 +213,14 @@ class LiveTraffic:
         self.thread.join(10)
 
 
-def start_exporter(log: Path, class_names: str = ",".join(DEMO_CLASSES)) -> tuple[ManagedProcess, str]:
-    """`modelrollout exporter run` on a free loopback port; returns the process and its base URL."""
+def start_exporter(log: Path, class_names: str = ",".join(DEMO_CLASSES),
+                   on_start: Callable[[ManagedProcess], None] = lambda _process: None) -> tuple[ManagedProcess, str]:
+    """`modelrollout exporter run` on a free loopback port; returns the process and its base URL. `on_start` is
+    told of the process as it starts, before it is ready (the demo records it in the stack's state)."""
     port = free_port()
     process = start("exporter", [sys.executable, "-m", "controller.cli.main", "exporter", "run", "--port", str(port),
                                  "--class-names", class_names], log)
+    on_start(process)
     url = f"http://{LOOPBACK}:{port}"
     try:
         wait_http_ok(f"{url}/healthz", process, 30)

@@ -12,7 +12,9 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,10 +23,10 @@ from kubernetes import client
 from controller.api.serialization import parse_time
 from controller.api.status import TERMINAL_PHASES
 from controller.devstack.dataplane import DataPlane, LiveTraffic, TrafficMix, start_exporter
-from controller.devstack.processes import StackError, start
+from controller.devstack.processes import ManagedProcess, StackError, start
 from controller.devstack.prometheus_server import PrometheusServer
 from controller.devstack.scenario import STORAGE_URI_TEMPLATE, Scenario
-from controller.devstack.stack import kubectl
+from controller.devstack.stack import kubectl, record_process
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION, load_client_config
 
 
@@ -34,7 +36,10 @@ def _line(status: dict[str, Any]) -> str:
             f"weight={status.get('canaryWeight', 0)!s:>3}%  {status.get('message', '')}")
 
 
-def watch(custom: client.CustomObjectsApi, namespace: str, name: str, out: TextIO, timeout: float) -> dict[str, Any]:
+def watch(custom: client.CustomObjectsApi, namespace: str, name: str, out: TextIO, timeout: float,
+          needed: Sequence[ManagedProcess] = ()) -> dict[str, Any]:
+    """Print each change of the rollout's status until it ends; stop at once if a process in `needed` (the operator,
+    the exporter) has exited: nothing would move any more, and the wait would only end at the timeout."""
     last = ""
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
@@ -46,6 +51,10 @@ def watch(custom: client.CustomObjectsApi, namespace: str, name: str, out: TextI
             last = line
         if status.get("phase") in TERMINAL_PHASES:
             break
+        for process in needed:
+            if not process.alive():
+                raise StackError(f"the demo's {process.name} exited (pid {process.pid}); the end of its log "
+                                 f"{process.log}: {process.log_tail() or '(empty)'}")
         time.sleep(0.5)
     return status
 
@@ -82,6 +91,9 @@ def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, tim
     namespace = "moderation"
     kubectl(kubeconfig, "create", "namespace", namespace, check=False)
     custom = client.CustomObjectsApi(api_client)
+    # Each process the demo starts joins the stack's record, so `dev down` stops it even after a `kill -9` of the demo.
+    record: Callable[[ManagedProcess], None] = (partial(record_process, Path(state["stateDir"]))
+                                                if state.get("stateDir") else lambda _process: None)
     outcomes: list[tuple[str, Any, Any]] = []
     with contextlib.ExitStack() as running:
         operator = start("operator", [sys.executable, "-m", "controller.cli.main", "operator", "run",
@@ -91,13 +103,15 @@ def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, tim
                                       "--scrape-interval", "1s"],
                          workdir / "operator.log")
         running.callback(operator.stop)
-        exporter, exporter_url = start_exporter(workdir / "exporter.log")
+        record(operator)
+        exporter, exporter_url = start_exporter(workdir / "exporter.log", on_start=record)
         running.callback(exporter.stop)
         PrometheusServer(Path(state["prometheusRoot"])).add_scrape_target("demo-exporter",
                                                                           exporter_url.removeprefix("http://"))
         for rollout in ROLLOUTS:
             print(f"\n== rollout of {rollout.title}: {rollout.name} ==", file=out, flush=True)
-            status = _run_one(rollout, api_client, custom, env, namespace, workdir, exporter_url, out, timeout)
+            status = _run_one(rollout, api_client, custom, env, namespace, workdir, exporter_url, out, timeout,
+                              needed=(operator, exporter), record=record)
             outcomes.append((rollout.name, status.get("phase"), (status.get("rollback") or {}).get("cause")))
         listing = kubectl(kubeconfig, "get", "mro", "-n", namespace, "-o", "wide").stdout
         print(f"\n{listing}", file=out)
@@ -108,12 +122,13 @@ def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, tim
 
 def _run_one(rollout: DemoRollout, api_client: client.ApiClient, custom: client.CustomObjectsApi,
              env: dict[str, str], namespace: str, workdir: Path, exporter_url: str, out: TextIO,
-             timeout: float) -> dict[str, Any]:
+             timeout: float, needed: Sequence[ManagedProcess], record: Callable[[ManagedProcess], None],
+             ) -> dict[str, Any]:
     kubeconfig = Path(env["KUBECONFIG"])
     scenario = Scenario(api_client, env["MLFLOW_TRACKING_URI"], namespace, workdir / rollout.name,
                         model_name=rollout.name, candidate_kind=rollout.kind,
                         golden_logo_share=rollout.golden_logo_share,
-                        logger_url=f"{exporter_url}/" if rollout.live else None)
+                        logger_url=f"{exporter_url}/" if rollout.live else None, on_start=record)
     with contextlib.ExitStack() as running:
         running.callback(scenario.stop)
         scenario.setup()
@@ -129,7 +144,7 @@ def _run_one(rollout: DemoRollout, api_client: client.ApiClient, custom: client.
             time.sleep(3)  # stable's series are in Prometheus before the canary starts
             manifest = scenario.live_rollout(env["PROMETHEUS_URL"])
         kubectl(kubeconfig, "apply", "-f", "-", input_text=json.dumps(manifest))
-        status = watch(custom, namespace, rollout.name, out, timeout)
+        status = watch(custom, namespace, rollout.name, out, timeout, needed)
         print("  timeline:", file=out)
         for entry in status.get("history", []):
             print(f"    {entry['time'][11:19]} {entry['event']:<18} {entry['detail']}", file=out)

@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class MlflowServer:
     # (username, password) of the admin: serve MLflow's basic-auth app, which refuses anonymous requests.
     admin: tuple[str, str] | None = field(default=None, repr=False)
     processes: list[ManagedProcess] = field(default_factory=list)
+    on_start: Callable[[], None] = field(default=lambda: None, repr=False)  # as ControlPlane.on_start
 
     @property
     def url(self) -> str:
@@ -47,6 +49,7 @@ class MlflowServer:
             "--artifacts-destination", str(self.root / "artifacts"), *auth,
         ], self.root / "mlflow.log", env=env)
         self.processes.append(process)
+        self.on_start()
         wait_http_ok(f"{self.url}/health", process, timeout)
 
     def _write_auth_config(self, username: str, password: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class PrometheusServer:
     port: int = 0
     scrape_interval: str = "1s"
     processes: list[ManagedProcess] = field(default_factory=list)
+    on_start: Callable[[], None] = field(default=lambda: None, repr=False)  # as ControlPlane.on_start
 
     @property
     def url(self) -> str:
@@ -48,6 +50,7 @@ class PrometheusServer:
             "--web.enable-lifecycle", "--web.enable-remote-write-receiver", "--log.level=warn",
         ], self.root / "prometheus.log")
         self.processes.append(process)
+        self.on_start()
         wait_http_ok(f"{self.url}/-/ready", process, timeout)
 
     def backfill(self, openmetrics: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from controller.devstack.model_server import (
     set_alias,
     write_demo_dataset,
 )
-from controller.devstack.processes import LOOPBACK
+from controller.devstack.processes import LOOPBACK, ManagedProcess
 from controller.devstack.seldon_standin import (
     EndpointRequest,
     ModelEndpoint,
@@ -80,6 +81,8 @@ class Scenario:
     candidate_version: str = ""
     dataset_sha256: str = ""
     extra_versions: list[str] = field(default_factory=list)
+    # Told of each model server as it starts (the demo records it in the stack's state, for `dev down`).
+    on_start: Callable[[ManagedProcess], None] = field(default=lambda _process: None, repr=False)
 
     @property
     def access(self) -> MlflowAccess:
@@ -105,6 +108,7 @@ class Scenario:
         version = register_linear_model(self.access, self.model_name, demo_models()[kind], f"{kind}-extra")
         server = ModelServerProcess.launch(self.storage_uri(version), self.tracking_uri,
                                            self.workdir / f"model-server-{version}.log", model_name=self.model_name)
+        self.on_start(server.process)
         server.wait_ready()
         self.servers[self.storage_uri(version)] = server
         self.extra_versions.append(version)
@@ -153,6 +157,8 @@ class Scenario:
             self.storage_uri(v), self.tracking_uri, self.workdir / f"model-server-{v}.log", model_name=self.model_name)
             for v in (self.stable_version, self.candidate_version)}
         self.servers.update(launched)
+        for server in launched.values():
+            self.on_start(server.process)
         for server in launched.values():
             server.wait_ready()
         if self.target_kind == "seldonDeployment":

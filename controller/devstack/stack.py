@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from controller.devstack.processes import (
     StackError,
     boot_id,
     group_alive,
+    pid_alive,
     process_start,
     stop_pid,
 )
@@ -114,7 +116,9 @@ class Stack:
     def up(self, with_mlflow: bool = True, with_prometheus: bool = True) -> None:
         # Raises for a record it cannot read: never overwritten, the processes it names may be running.
         if self.state_file.exists() and self._recorded_pids():  # the recorded processes still running
-            raise StackError(f"a stack is already running from {self.root}: run `modelrollout dev down` first")
+            # The exact command: a bare `dev down` looks in the default state dir, not in this one.
+            raise StackError(f"a stack is already running from {self.root}: stop it with "
+                             f"`modelrollout dev down --state-dir {shlex.quote(str(self.root))}`")
         try:
             self.start_control_plane()
             if with_mlflow:
@@ -127,20 +131,20 @@ class Stack:
 
     def start_control_plane(self) -> ControlPlane:
         if self.control_plane is None:
-            self.control_plane = ControlPlane(self.root / "controlplane")
+            self.control_plane = ControlPlane(self.root / "controlplane", on_start=self._save)
             self._timed("controlPlane", self.control_plane.start)
             self._timed("crds", lambda: install_crds(self.control_plane.admin_kubeconfig))
         return self.control_plane
 
     def start_mlflow(self) -> MlflowServer:
         if self.mlflow is None:
-            self.mlflow = MlflowServer(self.root / "mlflow")
+            self.mlflow = MlflowServer(self.root / "mlflow", on_start=self._save)
             self._timed("mlflow", self.mlflow.start)
         return self.mlflow
 
     def start_prometheus(self) -> PrometheusServer:
         if self.prometheus is None:
-            self.prometheus = PrometheusServer(self.root / "prometheus")
+            self.prometheus = PrometheusServer(self.root / "prometheus", on_start=self._save)
             self._timed("prometheus", self.prometheus.start)
         return self.prometheus
 
@@ -150,13 +154,16 @@ class Stack:
         try:
             step()
         finally:
-            # Saved after every step, so `dev down` can stop whatever did start even if a later step failed.
+            # Saved after every step too (each process is saved as it starts, see on_start), so `dev down` can stop
+            # whatever did start even if a later step failed or `dev up` was killed outright.
             self.timings[name] = round(time.monotonic() - started, 2)
             self._save()
 
     def processes(self) -> list[ManagedProcess]:
+        """In stopping order: the last started first (kube-apiserver before its etcd, which otherwise takes 7 s to
+        stop while the API server keeps calling it)."""
         servers = [s for s in (self.prometheus, self.mlflow, self.control_plane) if s is not None]
-        return [p for server in servers for p in server.processes]
+        return [p for server in servers for p in reversed(server.processes)]
 
     def environment(self) -> dict[str, str]:
         env = {}
@@ -169,20 +176,11 @@ class Stack:
         return env
 
     def _save(self) -> None:
-        state = {"env": self.environment(), "timings": self.timings, "bootId": boot_id(),
+        # stateDir: where the demo, a later process, adds the processes it starts (see record_process).
+        state = {"env": self.environment(), "timings": self.timings, "bootId": boot_id(), "stateDir": str(self.root),
                  "prometheusRoot": str(self.prometheus.root) if self.prometheus else None,
-                 "processes": [{"name": p.name, "pid": p.pid, "started": process_start(p.pid), "log": str(p.log)}
-                               for p in self.processes()]}
-        # Atomic: a write cut short (Ctrl-C, a full disk) must never leave a truncated record of running servers.
-        partial = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}.tmp")
-        try:
-            with open(partial, "w") as file:
-                file.write(json.dumps(state, indent=2))
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, self.state_file)
-        finally:
-            partial.unlink(missing_ok=True)
+                 "processes": [_entry(p) for p in self.processes()]}
+        _write_state(self.state_file, state)
 
     def _recorded_pids(self) -> list[int]:
         """The recorded processes still running: a PID whose process started at another time is not ours (after
@@ -198,9 +196,7 @@ class Stack:
                              "stop the processes it lists (see their logs beside it), then remove it") from None
         if state.get("bootId") is None or state.get("bootId") != boot_id():
             return []  # another boot: every number may name another process now
-        # The leader itself, or, when it has exited, the group it led (its children, e.g. MLflow's server).
-        return [pid for pid, started in recorded if started is not None and (
-            process_start(pid) == started or (process_start(pid) is None and group_alive(pid)))]
+        return [pid for pid, started in recorded if _still_running(pid, started)]
 
     def down(self) -> list[int]:
         """Stop what this object started and what the state file records, by PID. Returns the PIDs stopped."""
@@ -214,6 +210,47 @@ class Stack:
                 stopped.append(pid)
         self.state_file.unlink(missing_ok=True)
         return stopped
+
+
+def _entry(process: ManagedProcess) -> dict[str, Any]:
+    return {"name": process.name, "pid": process.pid, "started": process_start(process.pid), "log": str(process.log)}
+
+
+def _still_running(pid: int, started: str | None) -> bool:
+    """The recorded process (same PID and start) still runs, or, when it has exited, the group it led (its
+    children, e.g. MLflow's server). A zombie has exited: a PID 1 that never reaps keeps it, start time and all."""
+    if started is None or process_start(pid) not in (started, None):
+        return False
+    return pid_alive(pid) or group_alive(pid)
+
+
+def _write_state(state_file: Path, state: dict[str, Any]) -> None:
+    # Atomic: a write cut short (Ctrl-C, a full disk) must never leave a truncated record of running servers.
+    partial = state_file.with_name(f".{state_file.name}.{os.getpid()}.tmp")
+    try:
+        with open(partial, "w") as file:
+            file.write(json.dumps(state, indent=2))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, state_file)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def record_process(state_dir: Path, process: ManagedProcess) -> None:
+    """Add a process started on a running stack (the demo's operator, exporter, model servers) to its record, first:
+    `dev down` then stops it even if whatever started it was killed outright, and before the servers it uses.
+
+    Entries no longer running are dropped. No record (the stack is gone, or was never `dev up`'s): nothing to add to.
+    """
+    state_file = state_dir / "state.json"
+    try:
+        state = json.loads(state_file.read_text())
+        kept = [p for p in state["processes"] if _still_running(int(p["pid"]), p.get("started"))]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # unreadable records are refused by `dev up`/`dev down` themselves, never rewritten here
+    state["processes"] = [_entry(process), *kept]
+    _write_state(state_file, state)
 
 
 def load_state(root: Path | None = None) -> dict[str, Any]:

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
 from controller.devstack.controlplane import ControlPlane
-from controller.devstack.demo import run_demo
+from controller.devstack.demo import run_demo, watch
 from controller.devstack.mlflow_server import MlflowServer
+from controller.devstack.processes import StackError, start
 from controller.devstack.prometheus_server import PrometheusServer
-from controller.devstack.scenario import STABLE_ALIAS, STORAGE_URI_TEMPLATE
+from controller.devstack.scenario import STABLE_ALIAS, STORAGE_URI_TEMPLATE, Scenario
+from controller.devstack.stack import kubectl
+from controller.operator.kubeapi import load_client_config
 from controller.registry import MlflowRegistry
 from controller.registry.types import REJECTED_TAG
 from tests.integration.operator_process import get_rollout
@@ -64,3 +70,29 @@ def test_demo_ends_each_rollout_as_the_readme_says(control_plane: ControlPlane, 
             assert predictor["model"]["storageUri"] == STORAGE_URI_TEMPLATE.format(name=name, version=stable)
             assert f'"{STORAGE_URI_TEMPLATE.format(name=name, version=candidate)}"' not in json.dumps(spec), spec
             assert not predictor.get("canaryTrafficPercent"), predictor
+
+
+def test_the_demo_stops_at_once_when_its_operator_exits(control_plane: ControlPlane, tmp_path: Path) -> None:
+    """Was: one status line, then silence until the 300 s timeout, for each of the three rollouts."""
+    kubeconfig = control_plane.admin_kubeconfig
+    api_client = load_client_config(str(kubeconfig))
+    namespace = "demo-watch"
+    kubectl(kubeconfig, "create", "namespace", namespace, check=False)
+    scenario = Scenario(api_client, "http://127.0.0.1:9", namespace, tmp_path, model_name="watched",
+                        stable_version="1", candidate_version="2", dataset_sha256="0" * 64)
+    kubectl(kubeconfig, "apply", "-f", "-", input_text=json.dumps(scenario.rollout()))
+    operator = start("operator", [sys.executable, "-c", "import sys, time; print('Traceback: the last words', "
+                                  "flush=True); time.sleep(1); sys.exit(3)"], tmp_path / "operator.log")
+    exporter = start("exporter", ["sleep", "120"], tmp_path / "exporter.log")
+    out = io.StringIO()
+    started = time.monotonic()
+    try:
+        with pytest.raises(StackError, match=r"the demo's operator exited .*/operator\.log: Traceback: the last words"):
+            watch(client.CustomObjectsApi(api_client), namespace, "watched", out, 300, needed=(operator, exporter))
+        assert time.monotonic() - started < 15
+        assert "step=-" in out.getvalue()  # it did watch until then
+    finally:
+        exporter.stop()
+        operator.stop()
+        # Not left for the operators of other tests that watch every namespace.
+        kubectl(kubeconfig, "delete", "mro", "watched", "-n", namespace, "--wait=false", check=False)
