@@ -9,14 +9,13 @@ import random
 from datetime import timedelta
 from typing import Any
 
-from test_engine_support import SHA, World, spec_dict, verdict
+from test_engine_properties import Checker, apply
+from test_engine_support import World, spec_dict, verdict
 
-from controller.api import Command, CommandAction
+from controller.api import CommandAction
 from controller.api.status import TERMINAL_PHASES, Phase
 from controller.engine import BACKOFF_MAX, REJECTED_TAG, ActionType
 from controller.verdict import Outcome
-
-OTHER_SHA = "9a1e" + "0" * 60
 
 
 def finished(world: Any) -> bool:
@@ -101,49 +100,6 @@ def _random_op(rng: random.Random) -> tuple[str, Any]:
     return kind, value
 
 
-def _apply(world: World, op: tuple[str, Any], state: dict[str, Any]) -> None:
-    kind, value = op
-    target = world.target
-    if kind == "tick":
-        world.advance(timedelta(seconds=value))
-    elif kind == "judges":
-        state["judges"] = value
-    elif kind == "gate":
-        world.gate_verdicts = [verdict(value, "accuracy")]
-    elif kind == "command":
-        state["n"] += 1
-        action = CommandAction.PROMOTE if value == "promote-full" else CommandAction(value)
-        world.command = Command(id=f"w{state['n']}", action=action, actor="oncall", full=value == "promote-full")
-    elif kind == "registry":
-        world.registry.down = value
-    elif kind == "target":
-        target.unreachable = value == "unreachable"
-        target.exists = value != "missing"
-        if not target.exists:
-            target.canary_version, target.canary_weight, target.canary_ready_at = None, None, None
-        target.never_ready = value == "never-ready"
-        target.frozen = value == "frozen"
-        target.ignore_weights = value == "ignore"
-        target.ready_delay = timedelta(minutes=2) if value == "slow" else timedelta(0)
-    elif kind == "crash":
-        world.crash_after = value
-    elif kind == "new-candidate" and value:
-        current = world.spec["model"]["version"]
-        world.spec["model"] = {**world.spec["model"], "version": "8" if current == "7" else "7"}
-        world.generation += 1
-    elif kind == "re-pin" and value:
-        dataset = world.spec["goldenDataset"]
-        world.spec["goldenDataset"] = {**dataset, "sha256": OTHER_SHA if dataset["sha256"] == SHA else SHA}
-        world.generation += 1
-    elif kind == "steps" and value:
-        steps = world.spec["canary"]["steps"]
-        original = state.setdefault("steps", steps)
-        last = [step for step in original if "setWeight" in step][-1]
-        world.spec["canary"] = {**world.spec["canary"], "steps": [last] if steps == original else original}
-        world.generation += 1
-    world.reconcile()
-
-
 # G3 (mutants 87 336 368): the operator watches only ModelRollouts, so a rollout waiting for an
 # effect on the target or registry, or for a judge, is woken only by requeue_after. Every such wait must ask.
 def _walk_checks(seed: int, count: int) -> list[str]:
@@ -152,12 +108,13 @@ def _walk_checks(seed: int, count: int) -> list[str]:
     problems: list[str] = []
     for _ in range(count):
         world = World(spec=_random_spec(rng))
-        state: dict[str, Any] = {"judges": rng.choice([Outcome.PASS, Outcome.FAIL, Outcome.INCONCLUSIVE]), "n": 0}
+        judges = rng.choice([Outcome.PASS, Outcome.FAIL, Outcome.INCONCLUSIVE])
+        state: dict[str, Any] = {"judges": judges, "commands": 0}
         world.judge = lambda _request, state=state: [verdict(state["judges"])]
         world.reconcile()
         for _ in range(30):
             world.command = None  # each command is seen once
-            _apply(world, _random_op(rng), state)
+            apply(world, Checker(world), _random_op(rng), state)
             if world.crash_after is not None or world.restarted:
                 continue  # killed: the next start wakes it
             decision = world.decisions[-1]
