@@ -336,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                                help="print each change until the rollout ends; exit 0 on Succeeded, 1 on RolledBack "
                                     "or Failed or a pause for a human after a failed or gate-inconclusive check, "
                                     "or a Succeeded that left a version a verdict rejected serving (Ready False, "
-                                    "PreviouslyRejected), "
+                                    "PreviouslyRejected), or a status the operator cannot store or read "
+                                    "(StatusRejected, StatusUnreadable), "
                                     f"{WATCH_ERROR} on an error (it could not be read) or at --timeout")
             sub.add_argument("--timeout", type=_wait, default=None, metavar="DURATION",
                              help=f"with --watch: give up after this long, exit {WATCH_ERROR} (default and 0: no "

@@ -49,6 +49,8 @@ HELD_REASONS = {"TargetConflict": "the other ModelRollout on the target to end",
 # The Ready reason of a Succeeded rollout whose version serves though a verdict rejected it (the stable alias moved
 # onto it by hand): Degraded in Argo CD, and what a watch returns in place of the phase (exit 1, not 0).
 PREVIOUSLY_REJECTED = "PreviouslyRejected"
+# Ready reasons that say the stored status cannot move on (the operator's runtime sets them): what a watch returns.
+STATUS_REFUSALS = ("StatusRejected", "StatusUnreadable")
 # Paused on a failed check until a human decides (rollback.automatic false): Argo CD's failedPause in
 # deploy/argocd/.../health.lua; the commands as the engine's message names them (promote cannot skip a change the
 # target has not taken).
@@ -421,6 +423,13 @@ class OnCall:
                 print(f"  not finished: the operator holds this spec ({held}) and keeps the phase it had; waiting "
                       f"for {HELD_REASONS[held]}", file=self.out, flush=True)
             told = held
+            refused = _status_refused(obj) if pending is None else None
+            if refused is not None:
+                # The stored status (even a final phase) is not what the operator decided, and it cannot move on
+                # until the spec or the operator changes: waiting would hang a CI job.
+                reason, message = refused
+                print(f"  stopped ({reason}): {message}", file=self.out, flush=True)
+                return reason
             if status.get("phase") in TERMINAL and current and pending is None and held is None:
                 rejected = _serves_rejected(obj) if status.get("phase") == "Succeeded" else None
                 if rejected is not None:
@@ -478,6 +487,17 @@ def _serves_rejected(obj: dict[str, Any]) -> str | None:
         if (condition.get("type") == "Ready" and condition.get("status") == "False"
                 and condition.get("reason") == PREVIOUSLY_REJECTED):
             return text(condition.get("message"), "production serves a version a verdict rejected")
+    return None
+
+
+def _status_refused(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """The Ready condition's reason and message when, at this generation, the operator could not store the status it
+    decided (StatusRejected) or cannot read the stored one (StatusUnreadable): the phase shown will not move on."""
+    generation = mapping(obj.get("metadata")).get("generation")
+    for condition in objects(mapping(obj.get("status")).get("conditions")):
+        if (condition.get("type") == "Ready" and condition.get("status") == "False"
+                and condition.get("reason") in STATUS_REFUSALS and condition.get("observedGeneration") == generation):
+            return str(condition["reason"]), text(condition.get("message"), "")
     return None
 
 

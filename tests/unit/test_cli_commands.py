@@ -33,6 +33,7 @@ from controller.devstack.processes import StackError
 from controller.engine import REJECTED_TAG, reject_spec
 from controller.engine.claims import target_claim
 from controller.engine.decide import wait_for_target
+from controller.operator.runtime import _unreadable_status, refused_status
 from controller.verdict import Outcome
 from tests.http_stub import serving
 
@@ -320,6 +321,30 @@ def test_watch_exits_1_on_a_success_that_left_a_rejected_version_serving(
     assert ("  not a success: Version 7 serves all traffic as @production, though it carries "
             "modelrollout.rejected=true: a verdict rejected it and the alias was moved onto it by hand.") in \
         capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("reason", ["StatusRejected", "StatusUnreadable"])
+def test_watch_exits_1_when_the_operator_cannot_store_or_read_the_status(
+        api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str], reason: str) -> None:
+    """The stored phase (Succeeded of the last spec, here) will not move on: a CI job's watch must neither hang nor
+    read it as the new spec's outcome. The condition is the operator runtime's own."""
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}]}))
+    world.run_until(lambda w: w.status.phase is Phase.SUCCEEDED)
+    obj = engine_rollout(world)
+    obj["metadata"]["generation"] = world.generation + 1  # a spec edit whose decided status was refused
+    now = datetime.now(UTC)
+    obj["status"] = (refused_status(obj["status"], "too large for etcd", world.generation + 1, now)
+                     if reason == "StatusRejected" else
+                     _unreadable_status(obj["status"], "status.phase: bad", world.generation + 1, now))
+    api.script = [obj, obj, rollout("Succeeded")]  # the old watch read on
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
+    out = capsys.readouterr().out
+    assert f"  stopped ({reason}): " in out
+    assert ("refused to store the status" if reason == "StatusRejected" else "cannot read the status") in out
+    # At an older generation it says nothing about this spec: the watch reads on to the outcome.
+    obj["metadata"]["generation"] = world.generation + 2
+    api.script, api.gets = [obj, rollout("Succeeded")], 0
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
 
 
 def test_watch_goes_on_past_a_failed_pause_with_a_command_pending(
