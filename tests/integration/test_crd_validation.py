@@ -329,22 +329,30 @@ def test_sample_is_accepted_with_defaults_and_printer_columns(kubeconfig: Path, 
     stored = json.loads(run_kubectl(kubeconfig, "get", "mro", "nsfw-classifier", "-n", namespace, "-o", "json").stdout)
     assert stored["spec"]["progressDeadline"] == "30m"
     header = run_kubectl(kubeconfig, "get", "mro", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT", "CANDIDATE", "STABLE",
-                      "AGE"]
+    assert header == ["NAME", "PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT", "CANDIDATE", "STABLE", "READY",
+                      "REASON", "AGE"]
     # A canary held after a failed analysis must not read like a planned pause.
     paused = {"phase": "Paused", "step": "2/6", "canaryWeight": 10,
               "pause": {"reason": "AnalysisFailed", "since": "2026-12-04T03:00:00Z"}}
-    assert printed_columns(kubeconfig, namespace, paused) == ["Paused", "2/6", "AnalysisFailed", "", "10"]
+    assert printed_columns(kubeconfig, namespace, paused) == ["Paused", "2/6", "AnalysisFailed", "", "10", "", ""]
     # A rolled-back rollout says why without -o yaml.
     rolled_back = {"phase": "RolledBack", "step": None, "canaryWeight": 0, "pause": None,
                    "rollback": {"cause": "AnalysisFailed", "reason": "nsfw rate 3x stable",
                                 "verdictAt": "2026-12-04T03:01:00Z"}}
-    assert printed_columns(kubeconfig, namespace, rolled_back) == ["RolledBack", "", "", "AnalysisFailed", "0"]
+    assert printed_columns(kubeconfig, namespace, rolled_back) == ["RolledBack", "", "", "AnalysisFailed", "0", "",
+                                                                   ""]
+    # A success that left a version a verdict rejected serving is not read as a good one.
+    ready = {"type": "Ready", "status": "False", "reason": "PreviouslyRejected", "message": "Version 7 serves ...",
+             "lastTransitionTime": "2026-12-04T03:02:00Z"}
+    succeeded = {"phase": "Succeeded", "rollback": None, "conditions": [
+        {**ready, "type": "GatePassed", "status": "True", "reason": "Passed"}, ready]}
+    assert printed_columns(kubeconfig, namespace, succeeded) == ["Succeeded", "", "", "", "0", "False",
+                                                                 "PreviouslyRejected"]
 
 
 def printed_columns(kubeconfig: Path, namespace: str, status: dict[str, Any]) -> list[str]:
-    """PHASE, STEP, PAUSE, CAUSE and WEIGHT as `kubectl get mro` prints them once `status` is merged in (a blank
-    cell stays blank)."""
+    """PHASE, STEP, PAUSE, CAUSE, WEIGHT, READY and REASON as `kubectl get mro` prints them once `status` is merged
+    in (a blank cell stays blank)."""
     result = run_kubectl(kubeconfig, "patch", "mro", "nsfw-classifier", "-n", namespace, "--subresource=status",
                          "--type=merge", "-p", json.dumps({"status": status}))
     assert result.returncode == 0, result.stderr
@@ -352,7 +360,7 @@ def printed_columns(kubeconfig: Path, namespace: str, status: dict[str, Any]) ->
     starts = [match.start() for match in re.finditer(r"\S+", header)]
     ends = [*starts[1:], None]
     cells = {header[start:end].strip(): row[start:end].strip() for start, end in zip(starts, ends, strict=True)}
-    return [cells[key] for key in ("PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT")]
+    return [cells[key] for key in ("PHASE", "STEP", "PAUSE", "CAUSE", "WEIGHT", "READY", "REASON")]
 
 
 def apply_in_phase(kubeconfig: Path, namespace: str, name: str, phase: str, manifest: Spec) -> tuple[int, str]:
@@ -555,8 +563,10 @@ def test_every_printer_column_reads_a_declared_field() -> None:
     undeclared = []
     for column in version["additionalPrinterColumns"]:
         node = version["schema"]["openAPIV3Schema"]
-        for key in column["jsonPath"].lstrip(".").split("."):
-            node = (node.get("properties") or {}).get(key)
+        # A filter such as conditions[?(@.type=="Ready")] reads a list's items.
+        for key in re.sub(r"\[\?\(.*?\)\]", "[]", column["jsonPath"]).lstrip(".").split("."):
+            node = (node.get("properties") or {}).get(key.removesuffix("[]"))
+            node = node.get("items") if node is not None and key.endswith("[]") else node
             if node is None:
                 break
         if node is None and not column["jsonPath"].startswith(".metadata."):
