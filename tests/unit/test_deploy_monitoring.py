@@ -35,7 +35,7 @@ BASE = REPO / "deploy" / "base"
 # below), the operator's metrics (its /metrics must provide these names), and Prometheus' own `up`.
 OPERATOR_METRICS = {"modelrollout_rollouts", "modelrollout_rollbacks_total", "modelrollout_verdicts_total",
                     "modelrollout_time_to_recover_seconds_bucket", "modelrollout_reconcile_errors_total",
-                    "modelrollout_canary_weight"}
+                    "modelrollout_canary_weight", "modelrollout_status_writes_refused_total"}
 EXPORTER_METRICS = {"modelrollout_predictions_total", "modelrollout_exporter_malformed_events_total"}
 # Labels Prometheus puts on every scraped series: job and instance, and the Prometheus Operator's target labels
 # (its `namespace` loses to the series' own where one has it: honorLabels).
@@ -119,6 +119,9 @@ MUTATIONS = [
      "inference_service:modelrollout_predictions:rate5m"),  # 0/0 = NaN would poison the daily mean
     ("increase(modelrollout_rollbacks_total[15m])", "increase(modelrollout_rollbacks_total[30m])"),
     ("for: 30m", "for: 20m"),  # inconclusive "too long"
+    # A refused status write is news at once, and while refusals go on.
+    ("refused_total[15m]) > 0", "refused_total[15m]) > 1.5"),
+    ("refused_total[15m])", "refused_total[5m])"),
     # One rollout's passing verdicts must not hide another's inconclusive ones under the same metric name.
     ('(sum without (result) (increase(modelrollout_verdicts_total{result=~"pass|fail"}[10m])) > 0)',
      'on (metric) (sum by (metric) (increase(modelrollout_verdicts_total{result=~"pass|fail"}[10m])) > 0)'),
