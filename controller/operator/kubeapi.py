@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.api.commands import COMMAND_ANNOTATION
 from controller.operator.events import PostResult, entry_time, event_name, event_reason, is_warning
-from controller.redaction import basic_auth_pairs, redact_credentials
+from controller.redaction import basic_auth_pairs, redact_credentials, redact_urls
 
 GROUP = "modelrollout.io"
 VERSION = "v1alpha1"
@@ -247,13 +247,14 @@ def status_refusal(exc: ApiException, configuration: client.Configuration) -> st
 
 
 def api_message(exc: ApiException, configuration: client.Configuration) -> str:
-    """The API server's own words from a Status body, without the credentials `configuration` sends: the server
-    names the object, but a proxy in front of it may echo the Authorization header."""
+    """The API server's own words from a Status body, without the credentials `configuration` sends (a proxy in
+    front of it may echo the Authorization header) or those in a URL it quotes (an admission webhook refusing a
+    storage URI quotes it whole)."""
     try:
         text = str(json.loads(exc.body or "{}").get("message") or exc.reason)
     except (ValueError, AttributeError):
         text = str(exc.body or exc.reason)
-    return without_kube_credentials(text, configuration)
+    return redact_urls(without_kube_credentials(text, configuration))
 
 
 def without_kube_credentials(text: str, configuration: client.Configuration) -> str:

@@ -273,6 +273,47 @@ def test_schema_refusal_is_a_clear_error(api: client.ApiClient, namespace: str, 
 
 
 @pytest.mark.integration
+def test_an_admission_refusal_quoting_the_storage_uri_keeps_its_credentials_out(
+        api: client.ApiClient, namespace: str, kubeconfig: Path, standin: KServeStandIn) -> None:
+    """KServe's webhook refuses a storage URI it does not support by quoting it ("StorageUri [%s] is not supported");
+    the refusal reaches status, Events and logs. Played here by a ValidatingAdmissionPolicy with those words."""
+    apply_isvc(api, namespace)
+    name = f"storage-uri-{namespace}"
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": name},
+              "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [
+                  {"apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["UPDATE"], "resources": [PLURAL]}]},
+                  "validations": [{
+                      "expression": "object.spec.predictor.model.storageUri.startsWith('mlflow-artifacts:')",
+                      "messageExpression": "'StorageUri [' + object.spec.predictor.model.storageUri + "
+                                           "'] is not supported'", "reason": "Invalid"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": name},
+               "spec": {"policyName": name, "validationActions": ["Deny"], "matchResources": {
+                   "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}}
+    applied = run_kubectl(kubeconfig, "apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                                           "items": [policy, binding]}))
+    assert applied.returncode == 0, applied.stderr
+    try:
+        router = KServeRouter(api, namespace, NAME)
+        wait_state(router, lambda s: s.ready)
+        source = "git+https://ci-bot:glpat-SECRET-123@gitlab.example.com/ml/nsfw.git?token=QUERY-SECRET"
+        probe = json.dumps({"spec": {"predictor": {"model": {"storageUri": "s3://probe"}}}})
+        deadline = time.monotonic() + 30  # a new policy is enforced within a few seconds
+        while run_kubectl(kubeconfig, "patch", PLURAL, NAME, "-n", namespace, "--dry-run=server", "--type=merge",
+                          "-p", probe).returncode == 0:
+            assert time.monotonic() < deadline, "the admission policy was never enforced"
+            time.sleep(0.2)
+        with pytest.raises(PatchRejected) as refused:
+            router.stage(CandidateModel(NAME, "7", source))
+        said = f"{refused.value} {refused.value.api_message}"
+        assert "StorageUri [git+https://gitlab.example.com/ml/nsfw.git" in said
+        assert "glpat-SECRET-123" not in said and "ci-bot" not in said and "QUERY-SECRET" not in said
+    finally:
+        run_kubectl(kubeconfig, "delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name)
+
+
+@pytest.mark.integration
 def test_missing_target_is_target_not_found(api: client.ApiClient, namespace: str) -> None:
     router = router_for({"kserve": {"inferenceService": "absent"}}, namespace, api)
     state = router.observe()
