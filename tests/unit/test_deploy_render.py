@@ -219,6 +219,14 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set", "controller.gateProtocol=v3"), "/controller/gateProtocol"),
     (("--set", "commandPolicy.argocdApplicationController=argocd-application-controller"),
      "/commandPolicy/argocdApplicationController"),
+    # Refused by the kubelet (InvalidImageName) or the API server (no field named), after the install went in.
+    (("--set", "image.tag=bad tag!"), "/image/tag"),
+    (("--set", "image.tag=v1.0:x"), "/image/tag"),
+    (("--set", "image.tag=0.1.0+build"), "/image/tag"),
+    (("--set", "image.repository=UPPER/Repo"), "/image/repository"),
+    (("--set", "controller.resources.limits.memory=lots"), "/controller/resources/limits/memory"),
+    (("--set", "controller.resources.limits.cpu=-1"), "/controller/resources/limits/cpu"),
+    (("--set", "exporter.resources.requests.cpu=-100m"), "/exporter/resources/requests/cpu"),
     # Object names are <base>-<suffix>: a longer base would make <base>-controller-metrics no Service name.
     (("--set", f"fullnameOverride={'f' * 45}"), "/fullnameOverride"),
     (("--set", "fullnameOverride=My.Release"), "/fullnameOverride"),
@@ -246,6 +254,17 @@ GATE_HOST_CANDIDATES = ["a" * 63 + ".example.com", "a" * 64 + ".example.com", "*
                         "*.{namespace}." + "b" * 64, "x.{namespace}.svc.cluster.local", "{namespace}", "127.0.0.1",
                         "[::1]", "[fe80::1]", "-a.example", "a-.example", "a_b", "a..b", "*", "a.*.b", "**.x",
                         "x:80", "{ns}.svc", "http://gate.example"]
+
+
+@pytest.mark.parametrize("args", [
+    ("--set", "image.tag=v1.2.3_rc-1"), ("--set", "image.repository=localhost:5000/my_org/model-rollout"),
+    ("--set", "image.repository=registry.example.com/ml__ops/modelrollout"),
+    ("--set", "controller.resources.limits.memory=512Mi"), ("--set", "controller.resources.requests.cpu=100m"),
+    ("--set", "controller.resources.requests.cpu=0.5"), ("--set-json", "exporter.resources.limits.cpu=2"),
+    ("--set", "exporter.resources.limits.memory=1e9")])
+def test_values_schema_accepts_image_references_and_quantities_kubernetes_takes(args: tuple[str, ...]) -> None:
+    result = run_tool("helm", "template", RELEASE, str(CHART), *args)
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_gate_hosts_schema_admits_only_what_the_controller_accepts() -> None:
