@@ -585,6 +585,9 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
         return [f"It was stopped by {who} because {why}. Version {candidate or '?'} still serves all traffic: "
                 "there was no earlier version to put back. Next: deploy a fixed version."]
     done = bool(rollback.get("recoveredAt"))
+    history = objects(status.get("history"))
+    start = max((i for i, e in enumerate(history) if e.get("event") in ATTEMPT_STARTS), default=0)
+    said = {e.get("event") for e in history[start:]}  # this attempt's entries: what the rollback could not do
     lines = [f"It {'was' if done else 'is being'} rolled back by {who} because {why}."]
     back_to = f"version {stable}" if stable else "stable"
     if rollback.get("trafficConfirmedAt"):
@@ -596,12 +599,18 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
     if rollback.get("aliasLeftOn"):
         lines.append(f"{alias} was left on version {text(rollback['aliasLeftOn'])}, where it was moved outside this "
                      "rollout while it ran.")
+    elif "AliasNotRestored" in said:
+        lines.append(f"{alias} could NOT be put back on {back_to}: it no longer exists in the registry "
+                     "(AliasNotRestored says where the alias is).")
     elif rollback.get("aliasConfirmedAt"):
         where = f"on version {stable}" if stable else f"off version {candidate or '?'}"
         lines.append(f"{alias} is confirmed {where} in the registry.")
     else:
         lines.append(f"{alias} is not yet confirmed in the registry.")
-    if rollback.get("rejectCandidate", True):
+    if "CandidateNotTagged" in said:
+        lines.append(f"Version {candidate or '?'} is NOT tagged rejected: the registry did not take the tag "
+                     "(CandidateNotTagged); tag it by hand so that it is not rolled out again.")
+    elif rollback.get("rejectCandidate", True):
         tagged = "is tagged" if rollback.get("tagConfirmedAt") else "is not yet tagged"
         lines.append(f"Version {candidate or '?'} {tagged} rejected in the registry.")
     seconds = rollback.get("timeToRecoverSeconds")

@@ -367,19 +367,20 @@ class _Decider:
         return f"progressDeadline {format_duration(self.spec.progress_deadline)}"
 
     def _deadline_failure(self, what: str, action_id: str, context: str = "",
-                          evidence: dict[str, Any] | None = None) -> None:
+                          evidence: dict[str, Any] | None = None, *, judged: bool = True) -> None:
         """`what` did not happen in time: a failure like any other (rolled back, or paused for a human).
 
         The reason quotes the last error of the action waited on, which the ledger holds only while the latest
         send was refused. When the target or registry refused that request itself (403, 422), or it was never
-        sent, the model was never judged on it, so it is not tagged rejected."""
+        sent, the model was never judged on it, so it is not tagged rejected; nor when `judged` is False (what
+        was waited on says nothing of the model whatever the error)."""
         record = self._ledger(action_id)
         error = _ledger_error(record)
         # Held from the first send all along (the target or registry did not answer): nothing was asked either.
         unsent = record is not None and record.sent_at is None
         held = f"; held unsent ({'; '.join(self.errors)})" if unsent and self.errors else ""
         reason = f"{what} within {self._deadline}{context}{held}{self._last_error_note(action_id)}"
-        refused = unsent or (error is not None and error.kind in _REFUSALS)
+        refused = unsent or not judged or (error is not None and error.kind in _REFUSALS)
         self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, reason, evidence or {}, reject_candidate=not refused)
 
     def _last_error_note(self, action_id: str) -> str:
@@ -1566,8 +1567,12 @@ class _Decider:
             seconds = round((self.now - rollback.verdict_at).total_seconds(), 3)
             rollback = dataclasses.replace(rollback, recovered_at=self.now, time_to_recover_seconds=seconds)
             stable = self.status.stable
+            alias = self._ledger(self._rollback_id("alias"))
+            # AliasNotRestored abandoned the alias step: nothing was verified there.
+            settled = "alias not restored" if alias is not None and alias.state is ActionState.ABANDONED \
+                else "alias verified"
             self._record("Recovered", f"traffic back on {'stable ' + stable.version if stable else 'stable'} "
-                                      f"and alias verified {seconds}s after the decision")
+                                      f"and {settled} {seconds}s after the decision")
         self._update(rollback=rollback)
         done = rollback.recovered_at is not None and (rollback.tag_confirmed_at or not rollback.reject_candidate)
         deleted_at = self.obs.deleted_at
@@ -1724,8 +1729,17 @@ class _Decider:
             self._record("AliasLeft", f"@{alias} names version {current.version}, set outside this rollout: "
                                       f"left there, not put back to {stable.version}")
             return dataclasses.replace(rollback, alias_confirmed_at=self.now, alias_left_on=current.version)
-        return self._settle_alias(rollback, action, current is not None and current.version == stable.version,
-                                  "AliasRestored", f"@{alias} -> version {stable.version}",
+        restored = current is not None and current.version == stable.version
+        error = _ledger_error(self._ledger(action.id))
+        if not restored and error is not None and error.kind is AdapterErrorKind.NOT_FOUND:
+            # The registry answers, but has no such version (deleted mid-rollout; MLflow drops its aliases with
+            # it): no send will ever put the alias back, so the step ends, saying so, as the tag step does.
+            self._abandon_pending(action.id)
+            self._record("AliasNotRestored", f"@{alias} cannot be put back on version {stable.version}, which no "
+                                             f"longer exists in the registry ({error.message}); @{alias} "
+                                             + (f"names version {current.version}" if current else "is not set"))
+            return dataclasses.replace(rollback, alias_confirmed_at=self.now)
+        return self._settle_alias(rollback, action, restored, "AliasRestored", f"@{alias} -> version {stable.version}",
                                   f"@{alias} -> {stable.version}")
 
     def _remove_candidate_alias(self, rollback: RollbackStatus, alias: str) -> RollbackStatus:
@@ -1757,11 +1771,26 @@ class _Decider:
         if not rollback.reject_candidate or rollback.tag_confirmed_at is not None:
             return rollback
         candidate = self._candidate
+        action = TagRejected(id=self._rollback_id("tag"), version=candidate.version, reason=rollback.reason,
+                             evidence=rollback.evidence, rejected_at=rollback.verdict_at, actor=rollback.actor)
+        record = self._ledger(action.id)
+        error = _ledger_error(record)
+        if record is not None and rollback.traffic_confirmed_at and rollback.alias_confirmed_at \
+                and error is not None and error.kind is not AdapterErrorKind.UNAVAILABLE \
+                and not self._deleting and self._deadline_passed(record.issued_at):
+            # Users are back on stable, and the registry answers but has refused the tag for progressDeadline
+            # (e.g. a redirect that turns the POST into a 405): holding the target for ever for a tag helps no
+            # one. The rollback ends untagged, and says so. A registry that is away is waited for: the tag is
+            # what keeps the version from being rolled out again. (A deleted rollout's rollback gives up in
+            # _give_up_deleted.)
+            self._record("CandidateNotTagged", f"version {candidate.version} is not tagged {REJECTED_TAG}: the "
+                                               f"registry did not take the tag within {self._deadline}"
+                                               f"{self._last_error_note(action.id)}")
+            self._abandon_pending(action.id)
+            return dataclasses.replace(rollback, reject_candidate=False)
         registry = self._registry()
         if registry is None:
             return rollback
-        action = TagRejected(id=self._rollback_id("tag"), version=candidate.version, reason=rollback.reason,
-                             evidence=rollback.evidence, rejected_at=rollback.verdict_at, actor=rollback.actor)
         # The rejected version's own tags, also when the spec has moved on to another version: an entry in
         # the ledger only says the tag was asked for (a kill or a failed call leaves the same entry).
         observed = next((v for v in (registry.candidate, registry.rolled_back)
@@ -1856,7 +1885,9 @@ class _Decider:
             what = (f"clear {REJECTED_TAG} on version {candidate.version} (@{alias} moved)" if moved
                     else f"move @{alias} to {candidate.version}")
             if self._deadline_passed(self._pending_since(action_id)):
-                self._deadline_failure(f"the registry did not {what}", action_id)
+                # The candidate already served all traffic and nothing judged it: a registry that fails its
+                # writes (503, a timeout, a redirect turning the POST into a 405) is rolled back, never tagged.
+                self._deadline_failure(f"the registry did not {what}", action_id, judged=False)
                 return
             if registry is None:
                 self._wait(f"Waiting for the registry to {what}")

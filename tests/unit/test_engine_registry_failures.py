@@ -1,0 +1,219 @@
+"""A registry that answers reads but fails writes, or loses the stable version, while a rollout runs.
+
+Found against a real MLflow (review s26registry): a 503 or a redirect (POST turned into a 405) at promotion got a
+candidate no check had failed tagged rejected; a tag the registry never takes, or a stable version deleted
+mid-rollout (MLflow drops its aliases with it), left the rollback in RollingBack for good.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_engine import events, fail_from, finished
+from test_engine_support import World, spec_dict
+
+from controller.api import Phase, RollbackCause
+from controller.cli.oncall import OnCall
+from controller.engine import (
+    REJECTED_TAG,
+    ActionFailure,
+    AdapterError,
+    AdapterErrorKind,
+    RemoveAlias,
+    SetAlias,
+    TagRejected,
+)
+from controller.operator.events import is_warning
+from controller.verdict import Outcome
+
+_WRITES = SetAlias | RemoveAlias | TagRejected
+_405 = "MLflow at http://mlflow.example answered HTTP 405 Method Not Allowed"
+
+
+def _failing_writes(world: World, kind: AdapterErrorKind, message: str, when: Any = lambda _action: True) -> None:
+    """Registry writes for which `when` holds fail with `kind`; reads keep working (the registry looks up)."""
+    execute = world.execute
+
+    def refusing(action: Any) -> Any:
+        if isinstance(action, _WRITES) and when(action):
+            world.executed.append(action)
+            return None, None, ActionFailure(action.id, AdapterError(kind, message))
+        return execute(action)
+
+    world.execute = refusing  # type: ignore[method-assign]
+
+
+def _explained(world: World, kubeconfig: Path) -> str:
+    """What `modelrollout explain` tells the on-call engineer of this status."""
+    obj = {"metadata": {"name": "nsfw-classifier", "namespace": "moderation", "resourceVersion": "7"},
+           "spec": world.spec, "status": world.status.to_dict()}
+    return OnCall(str(kubeconfig), None, out=io.StringIO()).explain(obj)
+
+
+def _entry(world: World, event: str) -> str:
+    return next(entry.detail for entry in world.status.history if entry.event == event)
+
+
+# --- M2: the alias move at promotion fails: a missed deadline, never a judgement -----------------------------
+
+
+@pytest.mark.parametrize(("kind", "message", "recovers"), [
+    (AdapterErrorKind.UNAVAILABLE, "MLflow at http://mlflow.example answered HTTP 503", True),
+    (AdapterErrorKind.UNAVAILABLE, "MLflow at http://mlflow.example did not answer in 10s", True),
+    (AdapterErrorKind.ERROR, _405, False),  # a redirect in front of MLflow: every write, for good
+    (AdapterErrorKind.ERROR, "MLflow at http://mlflow.example answered HTTP 400", False),
+])
+def test_a_registry_failing_the_promotions_alias_move_rolls_back_without_tagging_the_candidate(
+        kind: AdapterErrorKind, message: str, recovers: bool) -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}))
+    broken = [True]  # a canary that passes asks nothing of the registry: its first write is the promotion's
+    _failing_writes(world, kind, message, lambda _action: broken[0])
+    world.run_until(lambda w: w.status.phase is Phase.PROMOTING)
+    assert world.status.gate is not None and world.status.gate.outcome is Outcome.PASS
+    world.run_until(lambda w: w.status.phase is not Phase.PROMOTING, step=timedelta(minutes=1), limit=60)
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
+    assert "the registry did not move @production to 7 within progressDeadline 30m" in rollback.reason
+    assert not rollback.reject_candidate  # the registry failed, not the model
+    broken[0] = not recovers
+    world.run_until(finished, step=timedelta(minutes=1), limit=60)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.target.stable_version == "6" and world.registry.aliases["production"] == "6"
+    assert REJECTED_TAG not in world.registry.versions["7"]
+    assert not any(isinstance(action, TagRejected) for action in world.executed)
+    assert "CandidateRejected" not in events(world) and "CandidateNotTagged" not in events(world)
+
+
+# --- a judged rollback whose tag the registry never takes ends, untagged, saying so --------------------------
+
+
+def test_a_rollback_whose_tag_the_registry_never_takes_ends_untagged_after_the_deadline(
+        offline_kubeconfig: Path) -> None:
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    _failing_writes(world, AdapterErrorKind.ERROR, _405)  # every write, from the start: reads work
+    fail_from(world, step_index=3)
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK, step=timedelta(minutes=1))
+    verdict_at = world.now
+    world.run_until(finished, step=timedelta(minutes=1), limit=60)  # was RollingBack for good
+    assert world.now - verdict_at <= timedelta(minutes=33)
+    assert world.status.phase is Phase.ROLLED_BACK
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.cause is RollbackCause.ANALYSIS_FAILED
+    assert rollback.tag_confirmed_at is None and not rollback.reject_candidate
+    detail = _entry(world, "CandidateNotTagged")
+    assert detail.startswith(f"version 7 is not tagged {REJECTED_TAG}: the registry did not take the tag within "
+                             "progressDeadline 30m; last error: Error: ")
+    assert "HTTP 405" in detail
+    assert events(world)[-2:] == ["CandidateNotTagged", "RolledBack"] and is_warning("CandidateNotTagged")
+    assert world.target.stable_version == "6" and not world.target.canary_weight  # users back on stable
+    assert REJECTED_TAG not in world.registry.versions["7"]
+    tags_sent = [action for action in world.executed if isinstance(action, TagRejected)]
+    assert len(tags_sent) > 1  # tried again and again until the deadline
+    world.advance(timedelta(hours=1))
+    world.reconcile()
+    assert not any(isinstance(action, TagRejected) for action in world.decisions[-1].actions)  # and it stopped
+    told = _explained(world, offline_kubeconfig)
+    assert "Version 7 is NOT tagged rejected: the registry did not take the tag (CandidateNotTagged)" in told
+    assert "is tagged rejected" not in told and "not yet tagged" not in told
+
+
+def test_a_tag_the_registry_refuses_for_a_while_is_still_written_within_the_deadline() -> None:
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    broken = [True]
+    _failing_writes(world, AdapterErrorKind.UNAVAILABLE, "HTTP 503", lambda action: broken[0]
+                    and isinstance(action, TagRejected))
+    fail_from(world, step_index=3)
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK, step=timedelta(minutes=1))
+    for _ in range(25):  # 25 minutes of refusals: traffic and alias back meanwhile
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK
+    broken[0] = False
+    world.run_until(finished, step=timedelta(minutes=1), limit=30)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.registry.versions["7"].get(REJECTED_TAG) == "true"
+    assert "CandidateRejected" in events(world) and "CandidateNotTagged" not in events(world)
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.reject_candidate and rollback.tag_confirmed_at is not None
+
+
+def test_a_tag_the_registry_is_away_for_is_waited_for_past_the_deadline() -> None:
+    """A 503 or a timeout is an outage, not a refusal: the tag is what keeps the version from being rolled out
+    again, so the rollback waits for the registry as long as it takes."""
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    broken = [True]
+    _failing_writes(world, AdapterErrorKind.UNAVAILABLE, "MLflow at http://mlflow.example answered HTTP 503",
+                    lambda action: broken[0] and isinstance(action, TagRejected))
+    fail_from(world, step_index=3)
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK, step=timedelta(minutes=1))
+    for _ in range(120):  # two hours away, four times progressDeadline
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK and "CandidateNotTagged" not in events(world)
+    broken[0] = False
+    world.run_until(finished, step=timedelta(minutes=1), limit=30)
+    assert world.registry.versions["7"].get(REJECTED_TAG) == "true"
+
+
+# --- L1: the stable version deleted from the registry mid-rollout ---------------------------------------------
+
+
+def _delete_version(world: World, version: str) -> None:
+    """As MLflow does: the version goes, and so do the aliases that named it; writes naming it are NotFound."""
+    del world.registry.versions[version]
+    for alias in [alias for alias, named in world.registry.aliases.items() if named == version]:
+        del world.registry.aliases[alias]
+
+
+def _mlflow_not_found(world: World) -> None:
+    _failing_writes(world, AdapterErrorKind.NOT_FOUND, "registered model 'nsfw-classifier' has no version 6",
+                    lambda action: getattr(action, "version", None) not in world.registry.versions)
+
+
+def test_a_stable_version_deleted_mid_rollout_ends_the_rollback_with_the_alias_not_restored(
+        offline_kubeconfig: Path) -> None:
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    _mlflow_not_found(world)
+    fail_from(world, step_index=3)
+    world.run_until(lambda w: w.status.current_step == 1)
+    _delete_version(world, "6")  # someone cleans up the registry
+    assert "production" not in world.registry.aliases
+    world.run_until(finished, step=timedelta(minutes=1), limit=60)  # was RollingBack for good
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert world.target.stable_version == "6" and not world.target.canary_weight  # traffic is back
+    detail = _entry(world, "AliasNotRestored")
+    assert detail.startswith("@production cannot be put back on version 6, which no longer exists in the registry")
+    assert "has no version 6" in detail and detail.endswith("@production is not set")
+    assert "alias not restored" in _entry(world, "Recovered")  # nothing there was verified
+    assert "AliasRestored" not in events(world) and is_warning("AliasNotRestored")
+    assert world.registry.versions["7"].get(REJECTED_TAG) == "true"  # the tag step is unchanged
+    alias_sends = [action for action in world.executed if isinstance(action, SetAlias) and not action.promotion]
+    assert 1 <= len(alias_sends) <= 2  # not sent again and again once the registry said the version is gone
+    record = next(item for item in world.status.actions if item.id.endswith(":rollback:alias"))
+    assert str(record.state) == "Abandoned"  # never confirmed: the alias was not put back
+    told = _explained(world, offline_kubeconfig)
+    assert "@production could NOT be put back on version 6: it no longer exists in the registry" in told
+    assert "is confirmed" not in told
+
+
+def test_a_stable_alias_write_that_fails_otherwise_is_still_retried() -> None:
+    # Only NotFound says the version is gone: a registry that is merely failing keeps being asked.
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    broken = [True]
+    _failing_writes(world, AdapterErrorKind.UNAVAILABLE, "HTTP 503",
+                    lambda action: broken[0] and isinstance(action, SetAlias))
+    fail_from(world, step_index=3)
+    world.run_until(lambda w: w.status.current_step == 1)
+    world.registry.aliases["production"] = "7"  # @production not on 6 when the rollback starts: it must be put back
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK, step=timedelta(minutes=1))
+    for _ in range(10):
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK and "AliasNotRestored" not in events(world)
+    broken[0] = False
+    world.run_until(finished, step=timedelta(minutes=1), limit=30)
+    assert world.registry.aliases["production"] == "6" and "AliasRestored" in events(world)
