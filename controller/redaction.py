@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import json
 import re
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 # What replaces a URL's query and fragment (a token, a presigned URL's signature): the reader sees something was cut.
 REDACTED_QUERY = "?<redacted>"
+# What replaces a text that still quotes a secret once URL and HTML escapes are undone.
+WITHHELD_MESSAGE = "<withheld: it quoted the credentials in an escaped form>"
 # A URL with an authority inside free text: up to a space, a quote or an angle bracket. Its scheme starts at the
 # first letter of a run of scheme characters ("1https://" is "https://"); the run is tried from its start only
 # (lookbehind), else every character of a long run is tried as a start: quadratic.
@@ -18,7 +22,8 @@ _URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.-])(?P<lead>[0-9+.-]*)(?P<url>[A-Za-
 
 def redact_credentials(text: str, *, token: str | None = None, username: str | None = None,
                        password: str | None = None) -> str:
-    """text with the token, the password and the base64 basic-auth pair replaced by ***.
+    """text with the token, the password and the base64 basic-auth pair replaced by ***, as they are or escaped
+    (URL, HTML); a text still quoting one once its escapes are undone is replaced whole (WITHHELD_MESSAGE).
 
     For anything a server sends back (error messages echo the Authorization header, proxies echo the
     request): shared by the registry adapter and the gate's MLflow client. The username is not a secret.
@@ -26,9 +31,33 @@ def redact_credentials(text: str, *, token: str | None = None, username: str | N
     secrets = [value for value in (token, password) if value]
     if username and password:
         secrets.extend(basic_auth_pairs(username, password))
-    for secret in sorted(secrets, key=len, reverse=True):  # longest first: no partial leftovers
-        text = text.replace(secret, "***")
+    forms = {form for secret in secrets for form in _escaped_forms(secret)}
+    for form in sorted(forms, key=len, reverse=True):  # longest first: no partial leftovers
+        text = text.replace(form, "***")
+    if secrets and any(secret in decoded for decoded in _unescaped(text) for secret in secrets):
+        return WITHHELD_MESSAGE  # escaped some other way (&#x2F; and %2b mixed): no telling where it is
     return text
+
+
+def _escaped_forms(secret: str) -> set[str]:
+    """secret as a server echoing a header may show it: as it is, URL-encoded (with "/" kept or not, a space as
+    %20 or "+", hex upper or lower case) and HTML-escaped."""
+    forms = {secret, html.escape(secret)}
+    for safe in ("", "/"):
+        for encoded in (quote(secret, safe=safe), quote_plus(secret, safe=safe)):
+            forms.update((encoded, re.sub(r"%[0-9A-F]{2}", lambda found: found[0].lower(), encoded)))
+    return forms
+
+
+def _unescaped(text: str) -> set[str]:
+    """text with URL and HTML escapes undone, each way and in each order, two layers deep (a proxy's page quoting
+    an encoded header is both); linear in the text, unlike a pattern allowing every escape of every character."""
+    found = {text}
+    layer = {text}
+    for _ in range(2):
+        layer = {undo(item) for item in layer for undo in (unquote, unquote_plus, html.unescape)} - found
+        found |= layer
+    return found
 
 
 def basic_auth_pairs(username: str, password: str) -> list[str]:

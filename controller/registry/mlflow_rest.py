@@ -9,6 +9,7 @@ MLflow's documented REST API 2.0 (aliases and version tags only; stages are depr
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import logging
 import re
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -26,7 +27,7 @@ from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX
 from controller.http_deadline import AnswerTooSlow, Exchange, transport_cause, watch_session
-from controller.redaction import redact_credentials
+from controller.redaction import redact_credentials, redacted_url
 from controller.registry.base import VERSION_NUMBER, DatasetInput, ModelRegistry, RunRecord, VersionRecord, bounded
 from controller.registry.errors import (
     RegistryAccessDenied,
@@ -51,6 +52,14 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")
 # Asked for when a registered model lists no alias, only to learn whether the server has the alias API at all.
 _PROBE_ALIAS = "modelrollout-alias-probe"
+# A version's source and run id, kept whole in status (twice, with the stable version's) and the source in the
+# target (storageUri and the router's annotations): a real one is well under this; MLflow on SQLite takes 2 MB.
+MAX_VERSION_TEXT_CHARS = 8 * 1024
+# MLflow's ModelVersionStatus; anything else is no MLflow answer (and would be quoted, unbounded, in a message).
+_REGISTRATION_STATUSES = frozenset({"READY", "PENDING_REGISTRATION", "FAILED_REGISTRATION"})
+# No cookie is kept or sent: mlflow's session is one per process, and a cookie one registry set for one rollout's
+# credentials would go with every other rollout's request, to any host its domain matches.
+_NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
 
 
 @dataclass(frozen=True)
@@ -170,9 +179,17 @@ class MlflowRegistry(ModelRegistry):
         what = f"model_version of {model_name!r} version {version}"
         return VersionRecord(
             name=self._asked(found, "name", model_name, what), version=self._asked(found, "version", version, what),
-            run_id=_string(found, "run_id", what) or None, source=_string(found, "source", what) or None,
-            status=_required_string(found, "status", what), tags=_string_tags(found, what),
+            run_id=_short_string(found, "run_id", what) or None, source=_short_string(found, "source", what) or None,
+            status=self._registration_status(found, what), tags=_string_tags(found, what),
             aliases=tuple(str(alias) for alias in _list(found, "aliases")))
+
+    def _registration_status(self, found: Mapping[str, Any], what: str) -> str:
+        status = _required_string(found, "status", what)
+        if status not in _REGISTRATION_STATUSES:  # quoted bounded: any text could stand here
+            raise RegistryRequestError(f"MLflow's {what} has 'status' {self._quoted(status)}, not one of "
+                                       f"{', '.join(sorted(_REGISTRATION_STATUSES))}: is this an MLflow tracking "
+                                       "server?")
+        return status
 
     def _run(self, run_id: str) -> RunRecord | None:
         try:
@@ -228,10 +245,11 @@ class MlflowRegistry(ModelRegistry):
         deadline = time.monotonic() + seconds
         try:
             with Exchange(seconds):
+                # Not followed: requests would send a redirected POST (and DELETE, on 302) on as a GET, body dropped.
                 response = mlflow_request(
                     self._host_creds, f"{API_PREFIX}/{endpoint}", method,
                     max_retries=policy.max_retries, backoff_factor=policy.backoff_seconds, backoff_jitter=0.0,
-                    timeout=policy.timeout_seconds, stream=True, **{location: dict(payload)})
+                    timeout=policy.timeout_seconds, stream=True, allow_redirects=False, **{location: dict(payload)})
                 text = self._bounded_text(response, deadline)
         except AnswerTooSlow:
             raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: its answer took over "
@@ -240,7 +258,21 @@ class MlflowRegistry(ModelRegistry):
             # `from None`: the chained requests exception holds the prepared request, Authorization and all.
             raise RegistryUnavailable(f"MLflow at {self.tracking_uri} is unreachable: "
                                       f"{self._transport_cause(error)}") from None
+        if 300 <= response.status_code < 400:
+            raise RegistryRequestError(self._redirect_message(response, method, endpoint))
         return self._answer(response.status_code, text, method, endpoint)
+
+    def _redirect_message(self, response: requests.Response, method: str, endpoint: str) -> str:
+        """Reads too (a resolve, before any traffic moves), or they would work and the promotion's write fail."""
+        target = response.headers.get("Location", "")
+        where = "no Location"
+        if target:
+            url = urljoin(f"{self.tracking_uri}{API_PREFIX}/{endpoint}", target)
+            tail = url.find(f"{API_PREFIX}/{endpoint}")  # the same call moved: its base is the tracking URI to use
+            where = self._quoted(redacted_url(url[:tail] if tail > 0 else url), 200)
+        return (f"MLflow at {self.tracking_uri} answered {method} {endpoint} with HTTP {response.status_code}, a "
+                f"redirect to {where}: redirects are not followed (a write would be sent on as a read); set the "
+                "registry's trackingUri (and its credentials Secret's) to where it points")
 
     def _bounded_text(self, response: requests.Response, deadline: float) -> str:
         try:
@@ -317,7 +349,9 @@ def mlflow_request(host_creds: MlflowHostCreds, endpoint: str, method: str, *, m
                               "backoff_jitter": backoff_jitter, "retry_codes": _TRANSIENT_STATUSES,
                               "raise_on_status": False, "respect_retry_after_header": False}
     # http_request takes no session: it uses the one mlflow keeps per retry policy (the same arguments find it).
-    watch_session(_get_request_session(**policy))
+    session = _get_request_session(**policy)
+    session.cookies.set_policy(_NO_COOKIES)
+    watch_session(session)
     return http_request(host_creds, endpoint, method, timeout=timeout, **policy, **kwargs)
 
 
@@ -410,6 +444,15 @@ def _string(body: Mapping[str, Any], key: str, what: str) -> str | None:
         return value
     raise RegistryRequestError(f"MLflow's {what} has {key!r} as {json_type(value)}, not a string: "
                                "is this an MLflow tracking server?")
+
+
+def _short_string(body: Mapping[str, Any], key: str, what: str) -> str | None:
+    """_string, refused past MAX_VERSION_TEXT_CHARS: it goes into the rollout's status and the target whole."""
+    value = _string(body, key, what)
+    if value is not None and len(value) > MAX_VERSION_TEXT_CHARS:
+        raise RegistryRequestError(f"MLflow's {what} has {key!r} of {len(value)} characters, over "
+                                   f"{MAX_VERSION_TEXT_CHARS}: too long to record in status or give the target")
+    return value
 
 
 def _required_string(body: Mapping[str, Any], key: str, what: str) -> str:

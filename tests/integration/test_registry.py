@@ -154,6 +154,52 @@ class TestMlflowRegistry(RegistryContract):
             MlflowRegistry(f"http://127.0.0.1:{_free_port()}", policy=FAST).resolve("model", version="1")
         assert time.monotonic() - started < 3
 
+    def test_a_version_source_mlflow_accepts_but_status_cannot_hold_is_refused_naming_it(
+            self, harness: MlflowHarness) -> None:
+        model = harness.new_model(0)
+        fits = "s3://b/" + "x" * (8 * 1024 - 7)
+        harness.client.create_model_version(model, fits, await_creation_for=0)
+        harness.client.create_model_version(model, "s3://b/" + "x" * 2_000_000, await_creation_for=0)  # accepted
+        assert harness.registry.resolve(model, version="1").source == fits
+        with pytest.raises(RegistryRequestError, match=r"'source' of 2000007 characters, over 8192") as caught:
+            harness.registry.resolve(model, version="2")
+        assert len(str(caught.value)) < 400
+
+    def test_a_tracking_uri_that_redirects_fails_the_first_read_and_moves_nothing(
+            self, harness: MlflowHarness, mlflow_server: MlflowServer) -> None:
+        """An ingress redirecting to the real MLflow: followed, reads work and the promotion's POST arrives as a GET
+        (HTTP 405). Not followed, the resolve already says where to point trackingUri."""
+        model = harness.new_model(2)
+        harness.point_alias(model, STABLE, "1")
+        methods: list[str] = []
+
+        class Front(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                methods.append(self.command)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(301)
+                self.send_header("Location", f"{mlflow_server.url}{self.path}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        with serving(ThreadingHTTPServer(("127.0.0.1", 0), Front)) as front:
+            registry = MlflowRegistry(front, Credentials(token=TOKEN), policy=FAST)
+            for attempt in (lambda: registry.resolve(model, version="2"),
+                            lambda: registry.promote(model, STABLE, "2", "ns/r")):
+                with pytest.raises(RegistryRequestError) as caught:
+                    attempt()
+                assert f"HTTP 301, a redirect to '{mlflow_server.url}'" in str(caught.value)
+                assert "set the registry's trackingUri" in str(caught.value)
+                _assert_no_secret(caught.value)
+        assert methods == ["GET", "GET"]  # the promotion stopped at its first read
+        assert harness.alias_target(model, STABLE) == "1" and "modelrollout.previous_version" not in \
+            harness.version_tags(model, "2")
+
 
 # --- credentials, against MLflow's own basic-auth app --------------------------------------------------
 
