@@ -4,6 +4,7 @@ with a CI token, a presigned dataset URL or a version source with user info must
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import time
 
@@ -111,6 +112,8 @@ def test_a_recorded_url_keeps_neither_user_info_nor_query(url: str, recorded: st
 
 def test_json_nested_past_the_parsers_depth_is_searched_as_text() -> None:
     text = "[" * 100_000 + f'"{SIGNED}"'
+    # An earlier test's garbage finalized at the recursion limit fails in pytest's unraisable hook, not here.
+    gc.collect()
     assert SIGNATURE not in redact_urls(text)
 
 
