@@ -18,12 +18,16 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
             gets a component spec for it), so each candidate has Deployments of its own: under one name a
             rolling update keeps the previous candidate's pods available, read as the new candidate's.
   set_weight  stable 100-N, canary N; refused while another non-shadow predictor carries traffic (as stage is).
-  promote   the stable predictor takes the canary's graph and component specs, named after the candidate's
-            version as the canary's are, so Seldon makes new Deployments for it (and deletes the old ones only
-            once those are available), keeping the rest of its own (explainer, replicas, annotations), and the
-            canary predictor is removed: the names in the ModelRollout stay valid for the next rollout.
-  rollback  the canary predictor removed, stable back to 100 less the traffic of any other non-shadow predictor
-            (never refused for one: users must get off the candidate; only when theirs exceeds 100).
+  promote   the stable predictor takes the canary's graph (the model it served) and keeps the rest of its own
+            as it is now (component specs with edits made during the canary, explainer, replicas, annotations),
+            its component specs named after the candidate's version as the canary's are, so Seldon makes new
+            Deployments for it (and deletes the old ones only once those are available); the canary predictor
+            is removed: the names in the ModelRollout stay valid for the next rollout. Edits made to the
+            canary's component specs are not carried over.
+  rollback  the canary predictor removed, any other non-shadow predictor whose model node loads the recorded
+            candidate modelUri (the canary renamed by hand, a copy of it) kept at traffic 0, stable back to 100
+            less the traffic of the remaining others (never refused for one: users must get off the candidate;
+            only when theirs exceeds 100). observe counts such a predictor's traffic as the canary's weight.
   restore   (after a promotion) the stable predictor's modelUri set to the given version, its component specs
             named after that version as promote names them, so every version change makes new Deployments.
   A predictor with the canary's name the router did not write (no candidate-version annotation; for stage also
@@ -278,6 +282,22 @@ class SeldonDeploymentRouter:
             return 0
         return int(canary.get("traffic") or 0)
 
+    def _candidate_elsewhere(self, obj: Obj) -> dict[str, int]:
+        """Traffic of the non-shadow predictors other than stable and the canary whose model node loads the
+        recorded candidate (the canary renamed by hand, or a copy of it), by name: its users are on the
+        candidate all the same, so they count as the canary's and a rollback takes them off."""
+        uri = annotations_of(obj).get(ANN_CANDIDATE_URI)
+        if not uri:
+            return {}
+        found: dict[str, int] = {}
+        for predictor in self._spec(obj).get("predictors") or []:
+            if predictor.get("name") in (self.stable_predictor, self.canary_predictor) or predictor.get("shadow"):
+                continue
+            node = _model_node(predictor.get("graph") or {})
+            if node is not None and node.get("modelUri") == uri and int(predictor.get("traffic") or 0) > 0:
+                found[str(predictor.get("name"))] = int(predictor.get("traffic") or 0)
+        return found
+
     def _off_foreign_canary(self, obj: Obj) -> Obj | None:
         """A canary-named predictor the router did not write, with no traffic: kept (it may be the user's, with
         their model and replicas, or the router's own whose record was removed by hand), but users get off it."""
@@ -311,6 +331,7 @@ class SeldonDeploymentRouter:
         stable = self._find(obj, self.stable_predictor)
         canary = self._own_canary(obj)
         foreign_share = self._foreign_canary_share(obj)
+        elsewhere = self._candidate_elsewhere(obj)
         synced = _synced(obj)
         stable_version, changed = _version_for(ann, stable, ANN_VERSION, ANN_VERSION_URI)
         rolling = stable is not None and stable_version is not None and self._rolling_out(obj, stable, stable_version)
@@ -332,6 +353,14 @@ class SeldonDeploymentRouter:
         if foreign_share:
             problems.append(f"predictor {self.canary_predictor} carries {foreign_share}% of traffic and was not "
                             "written by ModelRollout (or its record was removed)")
+        if elsewhere:
+            problems.append("predictor " + ", ".join(f"{n} ({t}%)" for n, t in elsewhere.items())
+                            + f" serves the candidate ({redacted_url(ann[ANN_CANDIDATE_URI])}) under another name than "
+                            f"{self.canary_predictor}: its traffic counts as the canary's")
+        # A canary-named predictor it did not write still counts, and so does the candidate under another name:
+        # users on either are not back on stable.
+        weight = (int(canary.get("traffic") or 0) if canary else foreign_share) + sum(elsewhere.values())
+        canary_weight = weight if canary is not None or weight else None
         stable_url, stable_refused = self._url(obj, stable) if stable else (None, "")
         canary_url, canary_refused = self._url(obj, canary) if canary else (None, "")
         problems += [p for p in (stable_refused, canary_refused) if p]
@@ -340,8 +369,7 @@ class SeldonDeploymentRouter:
             stable_version=None if rolling else stable_version, stable_name=self.stable_predictor,
             stable_url=stable_url, canary_version=canary_version if canary else None,
             canary_name=self.canary_predictor if canary else None, canary_ready=canary_ready,
-            # A canary-named predictor it did not write still counts: users on it are not back on stable.
-            canary_weight=int(canary.get("traffic") or 0) if canary else foreign_share or None,
+            canary_weight=canary_weight,
             canary_url=canary_url, message="; ".join(problems))
 
     def _rolling_out(self, obj: Obj, stable: Obj, version: str) -> bool:
@@ -409,15 +437,18 @@ class SeldonDeploymentRouter:
             return f"{base}/v1/models/{graph_name}:predict", ""
         return base, ""
 
-    def _body(self, obj: Obj, stable: Obj, canary: Obj | None, annotations: dict[str, str | None]) -> Obj:
-        """The whole predictor list (stable and canary replaced in place, the canary right after stable)
-        and the router's annotations."""
+    def _body(self, obj: Obj, stable: Obj, canary: Obj | None, annotations: dict[str, str | None],
+              off: Iterable[str] = ()) -> Obj:
+        """The whole predictor list (stable and canary replaced in place, the canary right after stable, the
+        predictors named in `off` kept with traffic 0) and the router's annotations."""
         predictors: list[Obj] = []
         for predictor in obj["spec"].get("predictors") or []:
             if predictor.get("name") == self.stable_predictor:
                 predictors.append(stable)
                 if canary is not None:
                     predictors.append(canary)
+            elif predictor.get("name") in off:
+                predictors.append({**predictor, "traffic": 0})
             elif predictor.get("name") != self.canary_predictor:
                 predictors.append(predictor)
         body = self.client.skeleton(obj["metadata"]["resourceVersion"])
@@ -475,10 +506,11 @@ class SeldonDeploymentRouter:
                   if p.get("name") not in (self.stable_predictor, self.canary_predictor) and not p.get("shadow")}
         return {str(name): traffic for name, traffic in others.items() if traffic > 0}
 
-    def _stable_share(self, obj: Obj, doing: str, until_fixed: str) -> int:
-        """Stable's traffic when the canary's goes to it. Not refused beside another predictor (users must get off
-        the candidate, or onto the promoted model): theirs stays, so the non-shadow traffic still sums to 100."""
-        others = self._unmanaged_traffic(obj)
+    def _stable_share(self, obj: Obj, doing: str, until_fixed: str, off: Iterable[str] = ()) -> int:
+        """Stable's traffic when the canary's (and that of the predictors named in `off`) goes to it. Not refused
+        beside another predictor (users must get off the candidate, or onto the promoted model): theirs stays, so
+        the non-shadow traffic still sums to 100."""
+        others = {n: t for n, t in self._unmanaged_traffic(obj).items() if n not in off}
         if sum(others.values()) > 100:
             raise TargetStateError(
                 f"cannot {doing} on {self.target}: predictors ModelRollout does not manage carry "
@@ -512,20 +544,25 @@ class SeldonDeploymentRouter:
             canary = self._own_canary(obj)
             annotations = self._owned(obj)
             if canary is None:
+                if annotations[ANN_CANDIDATE_VERSION]:  # staged, and its predictor gone (renamed, deleted)
+                    elsewhere = self._candidate_elsewhere(obj)
+                    raise TargetStateError(
+                        f"cannot promote: the staged candidate's predictor {self.canary_predictor} is gone from "
+                        f"{self.target}" + (f" (predictor {', '.join(elsewhere)} serves the candidate)"
+                                            if elsewhere else ""))
                 if annotations[ANN_VERSION]:
                     return None  # promoted already
                 raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
-            # Stable keeps what is its own (explainer, replicas, annotations, edits made during the canary) and
-            # takes the model the canary served: its graph and component specs, named after the candidate's version.
-            # New names make new Deployments, reported on their own, with the old pods serving until they are
-            # available (observe waits for them); under stable's old names Seldon would roll the pods in place and
-            # report the old ones available, read as the new version's.
+            # Stable keeps what is its own as it is now (component specs with the edits made during the canary,
+            # explainer, replicas, annotations) and takes the model the canary served: its graph. Its component
+            # specs are named after the candidate's version: new names make new Deployments, reported on their
+            # own, with the old pods serving until they are available (observe waits for them); under stable's
+            # old names Seldon would roll the pods in place and report the old ones available, read as the new
+            # version's. The canary's are a copy of stable's taken at staging: they would undo later edits.
             stable = copy.deepcopy(self._stable(obj))
             stable["graph"] = copy.deepcopy(canary["graph"])
             stable["traffic"] = self._stable_share(obj, "promote", f"the canary predictor {self.canary_predictor} "
                                                    "stays")
-            if canary.get("componentSpecs") is not None:
-                stable["componentSpecs"] = copy.deepcopy(canary["componentSpecs"])
             if annotations[ANN_CANDIDATE_VERSION]:
                 _version_components(stable, annotations[ANN_CANDIDATE_VERSION])  # as stage named the canary's
             annotations.update({ANN_VERSION: annotations[ANN_CANDIDATE_VERSION],
@@ -536,14 +573,16 @@ class SeldonDeploymentRouter:
 
     def rollback(self) -> None:
         def build(obj: Obj) -> Obj | None:
-            if self._own_canary(obj) is None and not self._foreign_canary_share(obj):
-                return None  # nothing of ours staged, and no user on a canary-named predictor
+            # Users on the candidate under another name (the canary renamed by hand) get off it too: kept, at 0.
+            elsewhere = self._candidate_elsewhere(obj)
+            if self._own_canary(obj) is None and not self._foreign_canary_share(obj) and not elsewhere:
+                return None  # nothing of ours staged, and no user on a canary-named predictor or the candidate
             stable = copy.deepcopy(self._stable(obj))
             stable["traffic"] = self._stable_share(obj, "roll back", f"the canary predictor {self.canary_predictor} "
-                                                   "stays")
+                                                   "stays", off=elsewhere)
             annotations = self._owned(obj)
             annotations[ANN_CANDIDATE_VERSION] = annotations[ANN_CANDIDATE_URI] = None
-            return self._body(obj, stable, self._off_foreign_canary(obj), annotations)
+            return self._body(obj, stable, self._off_foreign_canary(obj), annotations, off=elsewhere)
         _apply_with(self.client, build, f"rolling back on {self.target}")
 
     def restore(self, stable_model: CandidateModel) -> None:
@@ -557,9 +596,10 @@ class SeldonDeploymentRouter:
             # Seldon would roll them in place, and the old pods would read as the restored (or, promoted again
             # later under the same names, the next) version's. observe waits for them.
             _version_components(stable, stable_model.version)
-            stable["traffic"] = self._stable_share(obj, "restore", "stable keeps the model it serves")
+            elsewhere = self._candidate_elsewhere(obj)  # a staged candidate under another name: off it, as rollback
+            stable["traffic"] = self._stable_share(obj, "restore", "stable keeps the model it serves", off=elsewhere)
             return self._body(obj, stable, self._off_foreign_canary(obj), {ANN_VERSION: stable_model.version,
-                                                  ANN_VERSION_URI: stable_model.storage_uri})
+                                                  ANN_VERSION_URI: stable_model.storage_uri}, off=elsewhere)
         _apply_with(self.client, build, f"restoring on {self.target}")
 
 

@@ -327,6 +327,80 @@ def test_seldon_deployment_beside_an_unmanaged_predictor_keeps_the_sum_at_100(ap
     assert traffic(get(api, SELDON_DEPLOYMENT, namespace)) == {"main": 90, "ab": 10}
 
 
+def edit_predictors(api: client.ApiClient, namespace: str, change: Callable[[list[Obj]], None]) -> None:
+    """Someone else's edit of spec.predictors (kubectl edit), on the list as it is now."""
+    predictors = copy.deepcopy(get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"])
+    change(predictors)
+    edit = ObjectClient(api, SELDON_DEPLOYMENT, namespace, NAME, field_manager="kubectl-edit")
+    body = edit.skeleton()
+    body["spec"] = {"predictors": predictors}
+    edit.apply(body)
+
+
+@pytest.mark.integration
+def test_seldon_deployment_canary_renamed_by_hand_still_counts_and_rolls_back(api: client.ApiClient,
+                                                                              namespace: str) -> None:
+    """The canary predictor renamed mid-rollout still serves the candidate: its users count as the canary's share,
+    promotion is refused, and rollback takes them off (the predictor is kept, at 0) so it is never read as done
+    while the rejected model has traffic."""
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [PREDICTOR]})
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
+    router.stage(CANDIDATE_7, "6")
+    router.set_weight(50, "7")
+
+    def rename_and_add_ab(predictors: list[Obj]) -> None:
+        [canary] = [p for p in predictors if p["name"] == "canary"]
+        canary["name"] = "canary-renamed"
+        predictors[0]["traffic"] = 40  # another team's A/B predictor takes 10 from stable
+        predictors.append({**copy.deepcopy(PREDICTOR), "name": "ab", "traffic": 10,
+                           "graph": {**PREDICTOR["graph"], "modelUri": "s3://models/fraud/1"}})
+        # A shadow of the candidate serves no user: not counted, not touched.
+        predictors.append({**copy.deepcopy(canary), "name": "mirror", "shadow": True, "traffic": 0})
+
+    edit_predictors(api, namespace, rename_and_add_ab)
+    seldon_v1_reports(api, namespace)
+    state = router.observe()
+    assert state.canary_weight == 50 and not state.canary_staged
+    assert "predictor canary-renamed (50%) serves the candidate (s3://models/nsfw/7)" in state.message
+    with pytest.raises(TargetStateError, match=r"predictor canary is gone .*\(predictor canary-renamed serves"):
+        router.promote()
+
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, router.rollback)
+    obj = get(api, SELDON_DEPLOYMENT, namespace)
+    assert traffic(obj) == {"main": 90, "canary-renamed": 0, "ab": 10}  # ab keeps its own share
+    assert {p["name"]: p["graph"]["modelUri"] for p in obj["spec"]["predictors"]} == {
+        "main": V6, "canary-renamed": V7, "ab": "s3://models/fraud/1", "mirror": V7}
+    seldon_v1_reports(api, namespace)
+    state = router.observe()
+    assert state.canary_weight is None and state.stable_version == "6"
+
+
+@pytest.mark.integration
+def test_seldon_deployment_promotion_keeps_stables_component_edits(api: client.ApiClient, namespace: str) -> None:
+    """Resources and env set on stable's component specs during the canary survive the promotion: the canary's
+    are a copy taken at staging, so only its graph goes to stable."""
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [PREDICTOR]})
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
+    router.stage(CANDIDATE_7, "6")
+    router.set_weight(10, "7")
+    resources = {"requests": {"cpu": "100m", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
+    env = [{"name": "OMP_NUM_THREADS", "value": "2"}]
+
+    def on_call_raises_memory(predictors: list[Obj]) -> None:
+        container = predictors[0]["componentSpecs"][0]["spec"]["containers"][0]
+        container["resources"], container["env"] = resources, env
+        predictors[0]["replicas"] = 5
+
+    edit_predictors(api, namespace, on_call_raises_memory)
+    router.set_weight(50, "7")
+    router.promote()
+    [promoted] = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]
+    assert promoted["graph"]["modelUri"] == V7 and promoted["traffic"] == 100 and promoted["replicas"] == 5
+    [component] = promoted["componentSpecs"]
+    assert component["metadata"]["name"] == "classifier-v7"  # new Deployments for the candidate, as before
+    assert component["spec"]["containers"] == [{"name": "classifier", "resources": resources, "env": env}]
+
+
 # --- Seldon Core v2 ----------------------------------------------------------------------------------
 
 
