@@ -8,7 +8,7 @@ Knative mode (KServe's documented canary rollout):
   stage     spec.predictor.<model>.storageUri = candidate, canaryTrafficPercent = 0. KServe creates a new
             revision; the latest ready revision gets N%, latestRolledoutRevision the rest. The
             enable-tag-routing annotation is set in the same write so the candidate has its own
-            `latest-` URL while it takes no traffic.
+            `latest-` URL while it takes no traffic; its value before (none: "") is recorded beside it.
   set_weight  canaryTrafficPercent = N.
   promote   canaryTrafficPercent removed: the latest revision takes 100% and becomes
             latestRolledoutRevision (the old one moves to previousRolledoutRevision). One another manager
@@ -28,6 +28,12 @@ Knative mode (KServe's documented canary rollout):
             (resources, image, a Git sync) at 0%, silently. Until the copy is ready the pin stays: without it
             KServe would send all traffic to the latest *ready* revision, the rejected one. Only a pin this
             router's field manager applied is removed (a canaryTrafficPercent someone else also sets stays).
+  release   the write that puts stable's storageUri back (rollback, restore) gives enable-tag-routing back:
+            left out, so server-side apply drops our ownership (the value stays if someone else also owns it,
+            else it goes, as before staging), or, where staging replaced someone's value, that value put
+            back (ours until they apply it again: the same value, so no conflict). That write makes a
+            revision anyway; on its own the change would make one more. A promotion keeps it: a revision made
+            then would move previousRolledoutRevision off stable and close restore()'s instant way back.
 
 Standard mode (KServe after v0.20, spec.canary[]):
   stage     spec.canary = [{trafficPercent: 0, predictor: <copy of spec.predictor with the candidate's
@@ -95,10 +101,13 @@ ANN_STABLE_PREDICTOR = ANNOTATION_PREFIX + "stable-predictor-name"  # Standard: 
 # back. KServe's status.observedGeneration is its Knative Service's counter, not the InferenceService's generation
 # (kserve/kserve#6081), so it can read as caught up while latestCreated/Ready still name that revision.
 ANN_WITHDRAWN_REVISION = ANNOTATION_PREFIX + "withdrawn-revision"
+# Knative: serving.kserve.io/enable-tag-routing before staging set it to "true" ("": absent), to give it back.
+ANN_TAG_ROUTING_BEFORE = ANNOTATION_PREFIX + "tag-routing-before"
 OWNED_ANNOTATIONS = (ANN_VERSION, ANN_VERSION_URI, ANN_STABLE_VERSION, ANN_STABLE_URI, ANN_STABLE_REVISION,
-                     ANN_STABLE_PREDICTOR, ANN_WITHDRAWN_REVISION)
+                     ANN_STABLE_PREDICTOR, ANN_WITHDRAWN_REVISION, ANN_TAG_ROUTING_BEFORE)
 
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+TAG_ROUTING_PATH = ("metadata", "annotations", TAG_ROUTING)
 KSERVE_CONTAINER = "kserve-container"  # KServe's default model container name
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 
@@ -401,8 +410,35 @@ def _knative_body(oc: ObjectClient, view: KnativeView, *, uri: str | None,
 
 def _owned_annotations(view: KnativeView) -> dict[str, str | None]:
     owned: dict[str, str | None] = {k: view.annotations[k] for k in OWNED_ANNOTATIONS if k in view.annotations}
-    if TAG_ROUTING in view.annotations:
-        owned[TAG_ROUTING] = view.annotations[TAG_ROUTING]
+    if TAG_ROUTING in view.annotations and _applied_by_us(view.obj, TAG_ROUTING_PATH):
+        owned[TAG_ROUTING] = view.annotations[TAG_ROUTING]  # never claim a value only someone else set
+    return owned
+
+
+def _tag_routing_shared(view: KnativeView) -> bool:
+    """enable-tag-routing is owned by another manager too (with the same value: ownership is per value)."""
+    return not all(_ours(e) for e in _owners(view.obj, TAG_ROUTING_PATH))
+
+
+def _tag_routing_before(view: KnativeView) -> str:
+    """What staging records to give back: the value recorded earlier while the field is still ours alone (a
+    restage, or a rollout after a promotion, which keeps it), else the value found now ("": absent)."""
+    recorded = view.annotations.get(ANN_TAG_ROUTING_BEFORE)
+    if recorded is not None and TAG_ROUTING in _owned_annotations(view) and not _tag_routing_shared(view):
+        return recorded
+    return view.annotations.get(TAG_ROUTING, "")
+
+
+def _released_annotations(view: KnativeView, *, may_change: bool = True) -> dict[str, str | None]:
+    """Our annotations once the rollout has ended: enable-tag-routing given back (see `release` above).
+    may_change=False: a write that makes no revision otherwise keeps the value, for changing it would make one."""
+    owned = _owned_annotations(view)
+    current = owned.pop(TAG_ROUTING, None)
+    if current is None or _tag_routing_shared(view):
+        return owned  # not ours, or someone else's too: left out, the value stays
+    before = view.annotations.get(ANN_TAG_ROUTING_BEFORE)
+    wanted = before if before not in (None, "", "true") else None  # None: removed, as before staging
+    owned[TAG_ROUTING] = current if (wanted != current and not may_change) else wanted
     return owned
 
 
@@ -649,7 +685,7 @@ class KServeRouter:
         # until that revision is ready (no restore is instant without a revision to go back to).
         def build(o: Obj, _: DeploymentMode) -> Obj:
             v = knative_view(o, self.target)
-            annotations = _owned_annotations(v)
+            annotations = _released_annotations(v)
             annotations.update({ANN_VERSION: stable.version, ANN_VERSION_URI: stable.storage_uri,
                                 ANN_STABLE_VERSION: stable.version, ANN_STABLE_URI: stable.storage_uri,
                                 ANN_STABLE_REVISION: None, ANN_WITHDRAWN_REVISION: None})
@@ -717,8 +753,8 @@ class KServeRouter:
             view = knative_view(obj, self.target) if mode is DeploymentMode.KNATIVE else None
             if view is None or not view.unpin_ready:
                 return None
-            return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
-                                 canary_percent=None)
+            return _knative_body(self.client, view, uri=view.spec_uri,
+                                 annotations=_released_annotations(view, may_change=False), canary_percent=None)
         self._apply_with(build, "unpinning the copy of stable")
 
     # -- Knative details --
@@ -743,7 +779,8 @@ class KServeRouter:
         _check_stable_uri(self.target, stable_uri, candidate)
         annotations = {ANN_VERSION: candidate.version, ANN_VERSION_URI: candidate.storage_uri,
                        ANN_STABLE_VERSION: stable_version or stable_hint, ANN_STABLE_URI: stable_uri,
-                       ANN_STABLE_REVISION: view.rolled_out, TAG_ROUTING: "true"}
+                       ANN_STABLE_REVISION: view.rolled_out, ANN_TAG_ROUTING_BEFORE: _tag_routing_before(view),
+                       TAG_ROUTING: "true"}
         return _knative_body(self.client, view, uri=candidate.storage_uri, annotations=annotations,
                              canary_percent=0,
                              logger_url=_relabelled(view.logger_url, candidate.version))
@@ -756,7 +793,7 @@ class KServeRouter:
             # candidate's revision rolled out with 100%. Keep it pinned; the next call restores the URI.
             return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
                                  canary_percent=0)
-        annotations = _owned_annotations(view)
+        annotations = _released_annotations(view)  # this write makes a revision anyway: the rollout has ended
         annotations[ANN_VERSION] = stable.version if stable else view.annotations.get(ANN_STABLE_VERSION)
         annotations[ANN_WITHDRAWN_REVISION] = view.latest_created or None
         uri = stable.storage_uri if stable else view.stable_uri

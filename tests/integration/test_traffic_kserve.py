@@ -671,3 +671,74 @@ def test_deployment_mode_follows_kserve_precedence() -> None:
         deployment_mode(isvc())
     with pytest.raises(TargetStateError, match="ModelMesh"):
         deployment_mode(isvc("ModelMesh"))
+
+
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+
+
+def apply_isvc_tag_routing(api: client.ApiClient, namespace: str, tag_routing: str | None) -> None:
+    """The GitOps manifest, with the team's own enable-tag-routing (None: the manifest does not set it). Applied
+    without force, as an unchanged manifest is re-applied: a conflict raises."""
+    annotations = {"serving.kserve.io/deploymentMode": "Serverless"}
+    if tag_routing is not None:
+        annotations[TAG_ROUTING] = tag_routing
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
+            "metadata": {"name": NAME, "namespace": namespace, "labels": {"team": "moderation"},
+                         "annotations": annotations},
+            "spec": {"predictor": {"minReplicas": 1, "model": {"storageUri": V6, "modelFormat": {"name": "sklearn"},
+                                                               "resources": {"requests": {"cpu": "100m"}}}}}}
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, NAME, body, field_manager=GITOPS, _content_type=APPLY_PATCH)
+
+
+def tag_routing_owners(obj: Obj) -> set[str]:
+    return {m["manager"] for m in obj["metadata"]["managedFields"] if not m.get("subresource")
+            and f"f:{TAG_ROUTING}" in m.get("fieldsV1", {}).get("f:metadata", {}).get("f:annotations", {})}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("before", [None, "false", "true"])
+def test_an_ended_rollout_gives_enable_tag_routing_back(api: client.ApiClient, namespace: str,
+                                                        standin: KServeStandIn, before: str | None) -> None:
+    """Staging sets enable-tag-routing "true" (the candidate's `latest-` URL); once the rollout has ended the team's
+    own value is back, the router owns the field no more (or, where it replaced their value, shares it), no extra
+    revision is made, and their unchanged manifest applies again without a conflict."""
+    apply_isvc_tag_routing(api, namespace, before)
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    assert get(api, namespace)["metadata"]["annotations"][TAG_ROUTING] == "true"
+    router.set_weight(10)
+    wait_state(router, lambda s: s.canary_weight == 10)
+    # Each call by a new router, as an operator restarted between any two writes would make it.
+    unpin(router, lambda: KServeRouter(api, namespace, NAME).rollback())
+    state = wait_state(router, lambda s: not s.canary_staged and not s.pinned)
+    obj = get(api, namespace)
+    assert obj["metadata"]["annotations"].get(TAG_ROUTING) == before
+    # Released in the write that put stable's model back: its copy (00003) is the only revision since.
+    assert state.stable_name == f"{NAME}-predictor-00003" and split(obj) == {state.stable_name: 100}
+    owners = tag_routing_owners(obj)
+    assert owners == {None: set(), "false": {FIELD_MANAGER}, "true": {GITOPS}}[before], owners
+    generation = obj["metadata"]["generation"]
+    router.rollback()
+    assert get(api, namespace)["metadata"]["generation"] == generation  # nothing left to do
+
+    apply_isvc_tag_routing(api, namespace, before)  # the unchanged manifest again: no 409
+    obj = get(api, namespace)
+    assert obj["metadata"]["annotations"].get(TAG_ROUTING) == before and obj["metadata"]["generation"] == generation
+    assert tag_routing_owners(obj) >= ({GITOPS} if before else set())
+
+    # Promoted, it stays (a revision made then would close the way back); restore() gives it back.
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    router.promote()
+    wait_state(router, lambda s: s.stable_version == "7" and not s.canary_staged)
+    assert get(api, namespace)["metadata"]["annotations"][TAG_ROUTING] == "true"
+    router.restore(STABLE_6)
+    wait_state(router, lambda s: s.stable_version == "6" and not s.canary_weight)
+    unpin(router, lambda: KServeRouter(api, namespace, NAME).restore(STABLE_6))
+    obj = get(api, namespace)
+    assert obj["metadata"]["annotations"].get(TAG_ROUTING) == before
+    assert FIELD_MANAGER not in tag_routing_owners(obj) or before == "false"
+    apply_isvc_tag_routing(api, namespace, before)
