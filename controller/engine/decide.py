@@ -103,6 +103,9 @@ BACKOFF_MAX = timedelta(minutes=5)
 # A gate run the operator restarted under this many times in a row ends inconclusive: it may be what takes the
 # operator down (out of memory), and running it again on every start would crash-loop every rollout.
 GATE_INTERRUPTIONS_LIMIT = 3
+# The Ready reason the operator stores beside the status it kept when the API server refused the decided one
+# (operator/events.py): the decision before the restart was made, so its gate had answered.
+_STATUS_REJECTED = "StatusRejected"
 # Bounds the transitions one decision may chain (e.g. weight confirmed -> analysis starts).
 _MAX_TRANSITIONS = 200
 
@@ -1101,6 +1104,13 @@ class _Decider:
         self._record("GateStarted", f"golden dataset {dataset.sha256[:12]}: candidate {self._candidate.version} "
                                     + (f"against stable {stable.version}" if stable else "alone (no stable version)"))
 
+    def _refused_before_restart(self) -> bool:
+        """The status read is the one kept when the API server refused what was decided on it, for this generation:
+        the gate it handed out answered (a refused write-ahead ran nothing), so a restart did not interrupt it."""
+        ready = self.conditions_before.get(ConditionType.READY)
+        return (ready is not None and ready.reason == _STATUS_REJECTED
+                and ready.observed_generation == self.obs.generation)
+
     def _gating(self) -> None:
         gate = self.status.gate
         dataset = self.spec.golden_dataset
@@ -1127,7 +1137,7 @@ class _Decider:
             self._wait(f"The golden gate could not run ({result.error.message}); retrying")
             return
         if result is None:
-            if self.obs.resend_pending and gate.requested_at is not None:
+            if self.obs.resend_pending and gate.requested_at is not None and not self._refused_before_restart():
                 gate = dataclasses.replace(gate, interrupted=gate.interrupted + 1)  # handed out, never answered
                 self._update(gate=gate)
                 if gate.interrupted >= GATE_INTERRUPTIONS_LIMIT:

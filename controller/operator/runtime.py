@@ -623,7 +623,9 @@ def refused_status(raw: Any, problem: str, generation: int, now: dt.datetime) ->
     """The stored status `raw`, kept as it is but for saying that the status decided on it was refused by the API
     server: Ready False (StatusRejected) and a history entry, posted as a Warning Event. `problem` is the API server's
     reason, never the decided status's contents. Said once per generation: a refusal that repeats changes nothing
-    (so it writes nothing and wakes nothing); one after a spec edit says the edit did not help."""
+    (so it writes nothing and wakes nothing); one after a spec edit says the edit did not help. A restart's write
+    (the gate handed out again) replaces Ready but records nothing: the newest history entry still says it for this
+    generation (matched on that, not on the words: the byte count differs each time), so only Ready says it again."""
     status = dict(raw) if isinstance(raw, Mapping) else {}
     conditions = status.get("conditions") if isinstance(status.get("conditions"), list) else []
     if any(isinstance(item, Mapping) and item.get("type") == ConditionType.READY and item.get("reason") ==
@@ -631,11 +633,14 @@ def refused_status(raw: Any, problem: str, generation: int, now: dt.datetime) ->
         return status
     hint = (" Names from the golden dataset and the thresholds (classes, slice tags) are repeated in status: very long "
             "ones make it this large." if problem.startswith("too large") else "")
-    message = (f"The API server refused to store the status decided for this rollout: {problem}.{hint} The status "
-               "stored before is kept and the rollout does not move on; it is decided again after a while, and at "
-               "once when its spec changes or a command comes.")
+    said = f"The API server refused to store the status decided for generation {generation} of this rollout:"
+    message = (f"{said} {problem}.{hint} The status stored before is kept and the rollout does not move on; it is "
+               "decided again after a while, and at once when its spec changes or a command comes.")
     status = _not_ready(status, STATUS_REJECTED, message, generation, now)
     history = status.get("history") if isinstance(status.get("history"), list) else []
+    newest = history[-1] if history and isinstance(history[-1], Mapping) else {}
+    if newest.get("event") == STATUS_REJECTED and str(newest.get("detail") or "").startswith(said):
+        return status
     numbers = [item["seq"] for item in history if isinstance(item, Mapping) and isinstance(item.get("seq"), int)]
     floor = status.get(POSTED_THROUGH) if isinstance(status.get(POSTED_THROUGH), int) else 0
     entry = HistoryEntry(now.replace(microsecond=0), STATUS_REJECTED, message, seq=max([*numbers, floor]) + 1)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,14 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from controller.devstack.scenario import Scenario
 from controller.operator.event_poster import EventPoster
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION, ObjectRef, RolloutStore, load_client_config
 from controller.operator.metrics import OperatorMetrics
 from controller.operator.reconciler import Reconciler
 from controller.operator.runtime import ReconcileOutcome
+from tests.conftest import run_kubectl
+from tests.integration.test_rollout_kserve_lifecycle import Rig, rig, scenario_factory  # noqa: F401
 
 pytestmark = pytest.mark.integration
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nsfw-classifier.yaml"
@@ -104,3 +109,66 @@ def test_a_refused_status_is_said_in_ready_and_one_warning_event(kubeconfig: Pat
     assert again is not None and again["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
     assert len(events()) == 1
     assert metrics.registry.get_sample_value("modelrollout_status_writes_refused_total") == 2
+
+
+def refuse_progressing(kubeconfig: Path, name: str, present: bool) -> None:
+    """A ValidatingAdmissionPolicy refusing this rollout's status in phase Progressing (the API server's 422)."""
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": f"refuse-{name}"},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{"apiGroups": [GROUP], "apiVersions": ["*"],
+                                                               "operations": ["UPDATE"],
+                                                               "resources": [f"{PLURAL}/status"]}]},
+                       "validations": [{"expression": f"object.metadata.name != '{name}' || !has(object.status.phase)"
+                                                      " || object.status.phase != 'Progressing'",
+                                        "message": "Progressing refused", "reason": "Invalid"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": f"refuse-{name}"},
+               "spec": {"policyName": f"refuse-{name}", "validationActions": ["Deny"]}}
+    if present:
+        for obj in (policy, binding):
+            result = run_kubectl(kubeconfig, "apply", "-f", "-", input_text=json.dumps(obj))
+            assert result.returncode == 0, result.stderr
+    else:
+        for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+            run_kubectl(kubeconfig, "delete", kind, f"refuse-{name}", "--ignore-not-found")
+
+
+def said_rejected(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("reason") == "StatusRejected" for c in status.get("conditions") or ())
+
+
+def test_operator_restarts_while_the_gates_decision_is_refused_neither_interrupt_the_gate_nor_say_it_again(
+        rig: Rig, scenario_factory: Callable[..., Scenario]) -> None:  # noqa: F811 (the fixtures imported)
+    """The gate passes and the status it leads to is refused; the operator is killed and started 3 times, each once
+    the restarted one ran the gate again and was refused again. Before, each restart counted a gate interruption (the
+    third ended it GateInconclusive "out of memory?" and, with onInconclusive: rollback, rolled the candidate back)
+    and posted StatusRejected once more."""
+    scenario = scenario_factory("clean")
+    name = scenario.model_name
+    refuse_progressing(rig.kubeconfig, name, True)
+    try:
+        time.sleep(2)  # the policy is read by the API server's informer
+        operator = rig.start_operator()
+        manifest = scenario.rollout()
+        manifest["spec"]["analysis"] = {"onInconclusive": "rollback"}
+        rig.apply(manifest)
+        status = rig.wait(name, said_rejected, 180, "the gate's decision refused")
+        for kill in range(3):
+            asked_at = status["gate"]["requestedAt"]
+            operator.kill()
+            operator = rig.start_operator()
+            # The restarted operator hands the gate out again (written ahead), it passes, and is refused again.
+            status = rig.wait(name, lambda s, asked_at=asked_at: s.get("phase") != "Gating" or (
+                said_rejected(s) and (s.get("gate") or {}).get("requestedAt") != asked_at), 120,
+                f"restart {kill + 1} refused again")
+            assert status["phase"] == "Gating", status.get("message")
+            assert (status.get("gate") or {}).get("interrupted", 0) == 0, status.get("message")
+        time.sleep(5)  # anything more it would say
+        status = rig.status(name)
+        assert status["phase"] == "Gating" and "outcome" not in status["gate"] and said_rejected(status)
+        entries = [e for e in status["history"] if e["event"] == "StatusRejected"]
+        assert len(entries) == 1, [e["detail"] for e in entries]
+        assert sum(n for (reason, _), n in rig.posted_events(name).items() if reason == "StatusRejected") == 1
+    finally:
+        refuse_progressing(rig.kubeconfig, name, False)

@@ -345,3 +345,57 @@ def test_a_refused_start_is_not_acted_on_and_is_said(monkeypatch: pytest.MonkeyP
     (ready,) = rejected(status)
     assert "invalid (HTTP 422: status.startedAt FieldValueNotSupported)" in ready["message"]
     assert server.reasons() == [REASON]
+
+
+# --- operator restarts while the gate's decision is refused --------------------------------------------------
+
+def refuse_progressing(body: dict[str, Any]) -> ApiException | None:
+    """A ValidatingAdmissionPolicy refusing this rollout's status in phase Progressing (as in review s26chaos)."""
+    return answer(422, "Unprocessable Entity", {"message": "denied", "reason": "Invalid", "code": 422}) \
+        if body["status"].get("phase") == "Progressing" else None
+
+
+@pytest.mark.parametrize("on_inconclusive", ["pause", "rollback"])
+def test_restarts_while_the_gates_decision_is_refused_neither_interrupt_the_gate_nor_say_it_again(
+        monkeypatch: pytest.MonkeyPatch, on_inconclusive: str) -> None:
+    """Each restart hands the gate out again (written ahead), it passes, and its decision is refused again. Before,
+    each restart counted one more interruption (the third ended the gate GateInconclusive "out of memory?", rolling
+    back with onInconclusive: rollback), and said StatusRejected once more (the write-ahead had replaced Ready)."""
+    world = World()
+    world.spec = spec_dict(analysis={**spec_dict()["analysis"], "onInconclusive": on_inconclusive})
+    server = EtcdLimited()
+    server.front.refuse = refuse_progressing
+    gates: list[str] = []
+
+    async def counted_gate(self: RolloutRuntime, action: RunGate, state: Any) -> JudgeResult:
+        gates.append(action.id)
+        gate, _analysis, _failure = world.execute(action)
+        assert gate is not None
+        return gate
+
+    def run(reconciler: Reconciler, times: int) -> None:
+        for _ in range(times):
+            try:
+                again = asyncio.run(reconciler.reconcile(ObjectRef(NS, NAME)))
+            except ApiException as exc:
+                assert exc.status == 422
+                again = 5.0
+            world.now += timedelta(seconds=again if again is not None else 30)
+
+    for _ in range(5):  # the first start, then 4 restarts (a new process: nothing of the last one kept)
+        reconciler = operator(monkeypatch, world, server)
+        monkeypatch.setattr(RolloutRuntime, "measure_gate", counted_gate)
+        run(reconciler, 4)
+        status = server.obj["status"]
+        assert status["phase"] == "Gating" and status["gate"].get("interrupted", 0) == 0, status.get("message")
+        assert [c["reason"] for c in status["conditions"] if c["type"] == "Ready"] == [REASON]
+        world.now += timedelta(minutes=2)
+    assert len(gates) == 5  # run once per start, each time answered
+    entries = [e for e in status["history"] if e["event"] == REASON]
+    assert len(entries) == 1 and server.reasons().count(REASON) == 1, [e["detail"] for e in entries]
+    assert not any("Inconclusive" in e["event"] for e in status["history"])
+
+    # The policy lifted: the kept verdict of the last start is stored and the rollout moves on.
+    server.front.refuse = lambda body: None
+    run(reconciler, 3)
+    assert server.obj["status"]["phase"] in ("Progressing", "Paused") and not rejected(server.obj["status"])
