@@ -1,11 +1,12 @@
 """Keep the gate's evidence in MLflow, linked to the candidate version, so it outlives the resource.
 
-One run per gate request in the experiment `modelrollout-golden-gate`: tags say which model, versions,
-dataset and outcome; metrics carry the deciding numbers; `gate-report.json` holds the full record. The
-candidate version gets tags pointing at that run. Recording the same request_id twice reuses the run and
-logs only the numbers it does not hold yet, so an operator that restarts mid-way leaves no duplicate runs or
-metric points; the run is created without blind retries (a run created whose answer was lost is looked up
-before creating another).
+One run per gate request in the experiment `modelrollout-golden-gate`: tags say which model, versions, dataset and
+outcome; metrics carry the deciding numbers; `gate-report.json` holds the full record. The candidate version gets
+tags pointing at that run. The outcome is tagged last, just before the run is FINISHED: a run left RUNNING by a
+killed operator says nothing of it, and the rollout's next gate run marks it KILLED. Recording the same request_id
+twice reuses the run and logs only the numbers it does not hold yet, so an operator that restarts mid-way leaves no
+duplicate runs or metric points; the run is created without blind retries (a run created whose answer was lost is
+looked up before creating another).
 
 Blocking (mlflow-skinny's HTTP client): call it with `await asyncio.to_thread(record_gate_evidence, ...)`.
 """
@@ -63,10 +64,9 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
 
     experiment_id = experiment_id_for(rest, experiment_name)
     run = _existing_run(rest, experiment_id, request_id) if request_id else None
+    # What the run is about; the verdict's own tags are written last (below), with the run's end.
     tags = {f"{TAG_PREFIX}.model": model_name, f"{TAG_PREFIX}.candidate_version": candidate_version,
-            f"{TAG_PREFIX}.outcome": str(report.outcome),
-            f"{TAG_PREFIX}.dataset_sha256": report.dataset_sha256 or "",
-            f"{TAG_PREFIX}.reason": report.reason[:4000]}
+            f"{TAG_PREFIX}.dataset_sha256": report.dataset_sha256 or ""}
     if stable_version:
         tags[f"{TAG_PREFIX}.stable_version"] = stable_version
     if rollout:
@@ -85,6 +85,8 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
     artifact_root = str(info.get("artifact_uri") or "")
     if not run_id:
         raise SourceError(ErrorKind.ERROR, "MLflow created a run but returned no run id")
+    if rollout:
+        _end_abandoned(rest, experiment_id, run, tags, write)
     logged = _logged_metrics(run)  # a re-record after a restart: the history keeps one point per number
     metrics = [{"key": key, "value": value, "timestamp": now_ms, "step": 0}
                for key, value in gate_metrics(report).items() if logged.get(key) != value]
@@ -102,6 +104,11 @@ def record_gate_evidence(access: MlflowAccess, report: GateReport, *, model_name
     upload_artifact(access, f"{artifact_root.rstrip('/')}/{REPORT_ARTIFACT}",
                     json_bytes({"verdicts": [v.to_dict() for v in report.verdicts], "gate": report.evidence}),
                     content_type="application/json")
+    # The outcome only now, next to the run's end: a run its operator was killed in (or whose gate moved to fixed
+    # URLs, a new request id) must not be left RUNNING saying "pass" for a candidate the rerun rejected.
+    write("/api/2.0/mlflow/runs/log-batch", {"run_id": run_id, "tags": [
+        {"key": f"{TAG_PREFIX}.outcome", "value": str(report.outcome)},
+        {"key": f"{TAG_PREFIX}.reason", "value": report.reason[:4000]}]})
     write("/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": "FINISHED", "end_time": int(time.time() * 1000)})
     report_uri = f"runs:/{run_id}/{REPORT_ARTIFACT}"
     version_tags = {f"{TAG_PREFIX}.run_id": run_id, f"{TAG_PREFIX}.outcome": _version_outcome(report),
@@ -180,15 +187,41 @@ def _create_run(rest: MlflowRest, experiment_id: str, request_id: str | None, bo
             return run
 
 
+def _end_abandoned(rest: MlflowRest, experiment_id: str, run: dict[str, Any], tags: dict[str, str],
+                   write: Callable[[str, dict[str, Any]], Any]) -> None:
+    """Mark KILLED the RUNNING runs of this rollout's gate for this candidate that started before this one: a rollout
+    runs one gate at a time, so they were left by a killed operator or a gate moved to fixed URLs. Idempotent (only
+    RUNNING runs are looked at); a newer run is left alone (a dropped thread that got this far must not end it)."""
+    info = run.get("info") if isinstance(run.get("info"), dict) else {}
+    run_id, start = str(info.get("run_id") or info.get("run_uuid") or ""), str(info.get("start_time", ""))
+    if not start.isdigit():
+        return
+    keys = (f"{TAG_PREFIX}.model", f"{TAG_PREFIX}.candidate_version", f"{TAG_PREFIX}.rollout")
+    same = " and ".join(f"tags.`{key}` = {_quoted(tags[key])}" for key in keys)
+    found = rest.call("POST", "/api/2.0/mlflow/runs/search", body={
+        "experiment_ids": [experiment_id], "max_results": _SEARCH_LIMIT,
+        "filter": f"{same} and attributes.status = 'RUNNING'"})
+    for other in found.get("runs") or []:
+        other_info = other.get("info") if isinstance(other, dict) and isinstance(other.get("info"), dict) else {}
+        other_id, other_start = str(other_info.get("run_id") or ""), str(other_info.get("start_time", ""))
+        if other_id and other_id != run_id and other_start.isdigit() and int(other_start) < int(start):
+            write("/api/2.0/mlflow/runs/update", {"run_id": other_id, "status": "KILLED",
+                                                  "end_time": int(time.time() * 1000)})
+
+
 def _existing_run(rest: MlflowRest, experiment_id: str, request_id: str) -> dict[str, Any] | None:
     """The request's run that holds its evidence (a FINISHED one, else the oldest), chosen the same way every time:
     MLflow's own order (newest first) could pick an empty twin left by a lost create answer."""
-    escaped = request_id.replace("'", "\\'")
     found = rest.call("POST", "/api/2.0/mlflow/runs/search", body={
         "experiment_ids": [experiment_id], "max_results": _SEARCH_LIMIT, "order_by": ["attributes.start_time ASC"],
-        "filter": f"tags.`{TAG_PREFIX}.request_id` = '{escaped}'"})
+        "filter": f"tags.`{TAG_PREFIX}.request_id` = {_quoted(request_id)}"})
     runs = [run for run in found.get("runs") or [] if isinstance(run, dict)]
     return min(runs, key=_evidence_order, default=None)
+
+
+def _quoted(value: str) -> str:
+    """A string literal for an MLflow search filter."""
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def _evidence_order(run: dict[str, Any]) -> tuple[bool, int, str]:

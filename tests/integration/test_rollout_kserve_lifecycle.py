@@ -110,7 +110,8 @@ class RecordingProxy:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the operator was killed while waiting for the answer
 
-            do_GET = do_POST = do_DELETE = do_PATCH = _forward
+            # PUT: the gate's evidence uploads its report (a 501 here left every gate's evidence run unfinished).
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
 
             def log_message(self, *_: Any) -> None:
                 pass
@@ -128,6 +129,24 @@ class RecordingProxy:
     def recorded(self, endpoint: str) -> list[dict[str, Any]]:
         with self._lock:
             return [payload for _, path, payload in self.writes if path.endswith(endpoint)]
+
+
+def gate_evidence_runs(mlflow_url: str, model: str) -> list[dict[str, Any]]:
+    """Every gate evidence run for the model in MLflow: run id, status, request id and outcome tags."""
+    experiment = requests.get(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
+                              params={"experiment_name": "modelrollout-golden-gate"}, timeout=10)
+    experiment.raise_for_status()
+    found = requests.post(f"{mlflow_url}/api/2.0/mlflow/runs/search", json={
+        "experiment_ids": [experiment.json()["experiment"]["experiment_id"]], "max_results": 1000,
+        "filter": f"tags.`modelrollout.gate.model` = '{model}'"}, timeout=10)
+    found.raise_for_status()
+    runs = []
+    for run in found.json().get("runs") or []:
+        tags = {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
+        runs.append({"run_id": run["info"]["run_id"], "status": run["info"]["status"],
+                     "request_id": tags.get("modelrollout.gate.request_id", ""),
+                     "outcome": tags.get("modelrollout.gate.outcome")})
+    return runs
 
 
 # --- the rig: one namespace, one operator, fast reads through the Python client --------------------------
@@ -572,10 +591,18 @@ def test_operator_killed_at_every_step_boundary_repeats_nothing(rig: Rig, scenar
     assert moves == [candidate], alias_writes
     assert len(alias_writes) <= 2, alias_writes  # a resend after a kill at most, never a second move
     tags = proxy.recorded("model-versions/set-tag")
-    assert tags and {t["key"] for t in tags} <= {"modelrollout.previous_version", "modelrollout.promoted.rollout",
-                                                  "modelrollout.promoted.time"}, tags
+    gate_tags = {t["key"]: t["value"] for t in tags if t["key"].startswith("modelrollout.gate.")}
+    assert tags and {t["key"] for t in tags} - set(gate_tags) <= {
+        "modelrollout.previous_version", "modelrollout.promoted.rollout", "modelrollout.promoted.time"}, tags
     assert {t["version"] for t in tags} == {candidate}, tags
     assert MlflowRegistry(mlflow_server.url).verify_alias(name, STABLE_ALIAS) == candidate
+    # The gate's evidence under kills: one run for the one gate request, FINISHED with its outcome (none left
+    # RUNNING by a kill), and the candidate version points at it.
+    runs = gate_evidence_runs(mlflow_server.url, name)
+    assert [(run["status"], run["outcome"]) for run in runs] == [("FINISHED", "pass")], runs
+    assert runs[0]["request_id"].startswith(f"{rig.rollout(name)['metadata']['uid']}/"), runs
+    assert gate_tags["modelrollout.gate.run_id"] == runs[0]["run_id"] and gate_tags["modelrollout.gate.outcome"] \
+        == "pass", gate_tags
     print(f"\n{len(boundaries)} kills at {boundaries}; alias writes {len(alias_writes)}")
 
 

@@ -227,6 +227,7 @@ class RunStore:
                     run = next(run for run in owner.runs if run["info"]["run_id"] == body["run_id"])
                     for metric in body.get("metrics", []):
                         run.setdefault("metrics", {}).setdefault(metric["key"], []).append(metric["value"])
+                    run["tags"].update({tag["key"]: tag["value"] for tag in body.get("tags", [])})
                 if self.path.endswith("/runs/create"):
                     owner.creates += 1
                     run_id = f"run{len(owner.runs) + 1}"
