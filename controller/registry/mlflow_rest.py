@@ -265,14 +265,19 @@ class MlflowRegistry(ModelRegistry):
     def _redirect_message(self, response: requests.Response, method: str, endpoint: str) -> str:
         """Reads too (a resolve, before any traffic moves), or they would work and the promotion's write fail."""
         target = response.headers.get("Location", "")
-        where = "no Location"
+        where, moved = "no Location", False
         if target:
             url = urljoin(f"{self.tracking_uri}{API_PREFIX}/{endpoint}", target)
             tail = url.find(f"{API_PREFIX}/{endpoint}")  # the same call moved: its base is the tracking URI to use
-            where = self._quoted(redacted_url(url[:tail] if tail > 0 else url), 200)
+            base = url[:tail] if tail > 0 else url
+            # Elsewhere (a sign-in page) or back to the same base (a trailing slash added): no URI to switch to.
+            moved = tail > 0 and base.rstrip("/") != self.tracking_uri.rstrip("/")
+            where = self._quoted(redacted_url(base), 200)
+        advice = ("set the registry's trackingUri (and its credentials Secret's) to where it points" if moved else
+                  "a proxy in front of MLflow redirects its API (a sign-in page? a trailing slash added?): point "
+                  "trackingUri at MLflow's API itself")
         return (f"MLflow at {self.tracking_uri} answered {method} {endpoint} with HTTP {response.status_code}, a "
-                f"redirect to {where}: redirects are not followed (a write would be sent on as a read); set the "
-                "registry's trackingUri (and its credentials Secret's) to where it points")
+                f"redirect to {where}: redirects are not followed (a write would be sent on as a read); {advice}")
 
     def _bounded_text(self, response: requests.Response, deadline: float) -> str:
         try:

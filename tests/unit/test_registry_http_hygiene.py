@@ -162,8 +162,15 @@ def test_a_redirect_without_a_location_or_elsewhere_says_so(stubs: Any) -> None:
     with pytest.raises(RegistryRequestError, match=r"HTTP 307, a redirect to no Location"):
         MlflowRegistry(front.url, policy=POLICY).verify_alias("m", "production")
     elsewhere = stubs(lambda seen: (302, {"Location": "/login?next=/x"}, {}))
-    with pytest.raises(RegistryRequestError, match=r"redirect to 'http://127\.0\.0\.1:\d+/login\?<redacted>'"):
+    login = r"redirect to 'http://127\.0\.0\.1:\d+/login\?<redacted>'"
+    with pytest.raises(RegistryRequestError, match=login) as caught:
         MlflowRegistry(elsewhere.url, policy=POLICY).verify_alias("m", "production")
+    # Not a place to set trackingUri to: a sign-in page, or the same base with a slash added.
+    assert "set the registry's trackingUri" not in str(caught.value) and "sign-in page?" in str(caught.value)
+    slash = stubs(lambda seen: (308, {"Location": seen.path.split("?")[0] + "/"}, {}))
+    with pytest.raises(RegistryRequestError) as caught:
+        MlflowRegistry(slash.url, policy=POLICY).verify_alias("m", "production")
+    assert "set the registry's trackingUri" not in str(caught.value) and "a trailing slash added?" in str(caught.value)
 
 
 # --- L2: registry text bounded -----------------------------------------------------------------------
