@@ -118,6 +118,9 @@ class ActionRecord:
     sent_at: datetime | None = None  # last handed to the operator
     attempts: int = 1  # 1 + failures reported back
     last_error: str | None = None
+    # Since when the sends have been refused (errors other than Unavailable) with no accepted send and no outage
+    # in between: a refusal's deadline counts from here, so a long outage does not count as refusal time.
+    refused_since: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -583,15 +583,16 @@ class _Decider:
         accepted = set(self.obs.actions_done) - set(self.failed_actions)
         if any(item.id in accepted and item.last_error for item in self.status.actions):
             # In place: the ledger's order is its eviction order.
-            self._update(actions=tuple(dataclasses.replace(item, last_error=None) if item.id in accepted else item
-                                       for item in self.status.actions))
+            self._update(actions=tuple(dataclasses.replace(item, last_error=None, refused_since=None)
+                                       if item.id in accepted else item for item in self.status.actions))
 
     def _record_action_failures(self) -> None:
         for action_id, error in self.failed_actions.items():
             record = self._ledger(action_id)
             if record is not None:
                 self._put_record(dataclasses.replace(record, attempts=record.attempts + 1,
-                                                     last_error=_describe_error(error), updated_at=self.now))
+                                                     last_error=_describe_error(error), updated_at=self.now,
+                                                     refused_since=_refused_since(record, error, self.now)))
                 self._action_condition(record, error)
             self._error(f"{action_id}: {error.message}")
 
@@ -1745,9 +1746,22 @@ class _Decider:
             # The registry answers, but has no such version (deleted mid-rollout; MLflow drops its aliases with
             # it): no send will ever put the alias back, so the step ends, saying so, as the tag step does.
             self._abandon_pending(action.id)
+            # (An id that the alias step's is not a prefix of: _abandon_pending above matches by prefix.)
+            removal = RemoveAlias(id=self._rollback_id("unalias"), alias=alias,
+                                  version=candidate.version if candidate else "")
+            if candidate is not None and current is not None and current.version == candidate.version \
+                    and rollback.reject_candidate and not rollback.restart:
+                # After a promotion it names the rejected candidate: at least not that one, as a first rollout's
+                # rollback does with no stable to put back. The ledger entry says this rollback removed it.
+                self._request(removal, f"@{alias} off {candidate.version}")
+                return rollback
+            removed = self._ledger(removal.id) is not None
+            self._confirm(removal.id)
+            where = f"names version {current.version}" if current else "is not set"
+            if removed and current is None:
+                where = f"was taken off the rejected version {removal.version}"
             self._record("AliasNotRestored", f"@{alias} cannot be put back on version {stable.version}, which no "
-                                             f"longer exists in the registry ({error.message}); @{alias} "
-                                             + (f"names version {current.version}" if current else "is not set"))
+                                             f"longer exists in the registry ({error.message}); @{alias} {where}")
             return dataclasses.replace(rollback, alias_confirmed_at=self.now)
         return self._settle_alias(rollback, action, restored, "AliasRestored", f"@{alias} -> version {stable.version}",
                                   f"@{alias} -> {stable.version}")
@@ -1784,15 +1798,23 @@ class _Decider:
         action = TagRejected(id=self._rollback_id("tag"), version=candidate.version, reason=rollback.reason,
                              evidence=rollback.evidence, rejected_at=rollback.verdict_at, actor=rollback.actor)
         record = self._ledger(action.id)
+        observed_error = self.obs.registry.error if self.obs.registry is not None else None
+        if record is not None and record.refused_since is not None and observed_error is not None \
+                and observed_error.kind is AdapterErrorKind.UNAVAILABLE:
+            # The registry is away now: the refusals before this outage no longer run up to the deadline.
+            record = dataclasses.replace(record, refused_since=None)
+            self._put_record(record)
         error = _ledger_error(record)
         if record is not None and rollback.traffic_confirmed_at and rollback.alias_confirmed_at \
                 and error is not None and error.kind is not AdapterErrorKind.UNAVAILABLE \
-                and not self._deleting and self._deadline_passed(record.issued_at):
+                and record.refused_since is not None and not self._deleting \
+                and self._deadline_passed(record.refused_since):
             # Users are back on stable, and the registry answers but has refused the tag for progressDeadline
-            # (e.g. a redirect that turns the POST into a 405): holding the target for ever for a tag helps no
-            # one. The rollback ends untagged, and says so. A registry that is away is waited for: the tag is
-            # what keeps the version from being rolled out again. (A deleted rollout's rollback gives up in
-            # _give_up_deleted.)
+            # in a row (e.g. a redirect that turns the POST into a 405): holding the target for ever for a tag
+            # helps no one. The rollback ends untagged, and says so. A registry that is away is waited for,
+            # and its outage does not count as refusal time (one 404 as it comes back does not give up): the
+            # tag is what keeps the version from being rolled out again. (A deleted rollout's rollback gives
+            # up in _give_up_deleted.)
             self._record("CandidateNotTagged", f"version {candidate.version} is not tagged {REJECTED_TAG}: the "
                                                f"registry did not take the tag within {self._deadline}"
                                                f"{self._last_error_note(action.id)}")
@@ -2368,6 +2390,16 @@ def _evidence(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> dict[st
 
 def _describe_error(error: AdapterError) -> str:
     return f"{error.kind}: {error.message}"
+
+
+def _refused_since(record: ActionRecord, error: AdapterError, now: datetime) -> datetime | None:
+    """When the current run of refusals of `record`'s action began, `error` being its latest failure: an
+    Unavailable ends the run (an outage is waited for, not counted); a refusal after another keeps its start."""
+    if error.kind is AdapterErrorKind.UNAVAILABLE:
+        return None
+    previous = _ledger_error(record)
+    refusing = previous is not None and previous.kind is not AdapterErrorKind.UNAVAILABLE
+    return (record.refused_since or now) if refusing else now
 
 
 def _ledger_error(record: ActionRecord | None) -> AdapterError | None:

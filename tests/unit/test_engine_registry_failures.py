@@ -217,3 +217,169 @@ def test_a_stable_alias_write_that_fails_otherwise_is_still_retried() -> None:
     broken[0] = False
     world.run_until(finished, step=timedelta(minutes=1), limit=30)
     assert world.registry.aliases["production"] == "6" and "AliasRestored" in events(world)
+
+
+# --- s26r2 M1: refusal time counts from the refusals, not from the tag's first send ---------------------------
+
+
+def _tag_answers(world: World, answers: list[tuple[AdapterErrorKind, str] | None]) -> None:
+    """The tag write's answers in turn (None: accepted); past the list, the last answer again and again."""
+    execute = world.execute
+
+    def answering(action: Any) -> Any:
+        if isinstance(action, TagRejected):
+            answer = answers.pop(0) if len(answers) > 1 else answers[0]
+            if answer is not None:
+                world.executed.append(action)
+                return None, None, ActionFailure(action.id, AdapterError(*answer))
+        return execute(action)
+
+    world.execute = answering  # type: ignore[method-assign]
+
+
+_503 = (AdapterErrorKind.UNAVAILABLE, "MLflow at http://mlflow.example answered HTTP 503")
+_404 = (AdapterErrorKind.ERROR, "HTTP 404 without an MLflow error (an ingress with no route yet)")
+
+
+def _reach_tag_step(world: World) -> None:
+    fail_from(world, step_index=3)
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK, step=timedelta(minutes=1))
+
+
+def _minutes(world: World, count: int) -> None:
+    for _ in range(count):
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+
+
+def test_one_refusal_after_an_outage_longer_than_the_deadline_does_not_drop_the_tag() -> None:
+    # Found by review s26r2: the deadline ran from the tag's first send, so after 45 minutes of 503 (waited for)
+    # the first other answer (a proxy's 404 while its route comes back) gave the tag up at once.
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    answers: list[tuple[AdapterErrorKind, str] | None] = [_503]
+    _tag_answers(world, answers)
+    _reach_tag_step(world)
+    _minutes(world, 45)  # MLflow away for 45 minutes, past progressDeadline 30m
+    assert world.status.phase is Phase.ROLLING_BACK
+    answers[:] = [_404, None]  # it comes back: one 404, then it takes the tag
+    world.run_until(finished, step=timedelta(minutes=1), limit=30)
+    assert world.status.phase is Phase.ROLLED_BACK and "CandidateNotTagged" not in events(world)
+    assert world.registry.versions["7"].get(REJECTED_TAG) == "true" and "CandidateRejected" in events(world)
+    rollback = world.status.rollback
+    assert rollback is not None and rollback.reject_candidate and rollback.tag_confirmed_at is not None
+
+
+def test_refusals_give_the_tag_up_a_deadline_after_they_began_an_outage_between_starting_them_again() -> None:
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    answers: list[tuple[AdapterErrorKind, str] | None] = [_503]
+    _tag_answers(world, answers)
+    _reach_tag_step(world)
+    _minutes(world, 45)  # away: waited for
+    answers[:] = [_404]  # then refused, for good
+    refused_from = world.now
+    _minutes(world, 20)
+    assert world.status.phase is Phase.ROLLING_BACK
+    record = next(item for item in world.status.actions if item.id.endswith(":rollback:tag"))
+    # The first refusal, at the next send (the failure backoff is at most 5m); kept in status (the World writes
+    # it through JSON), so a restart keeps it.
+    assert record.refused_since is not None
+    assert refused_from <= record.refused_since <= refused_from + timedelta(minutes=5)
+    answers[:] = [_503, _404]  # one outage between two runs of refusals: the run starts again after it
+    _minutes(world, 20)
+    assert world.status.phase is Phase.ROLLING_BACK and "CandidateNotTagged" not in events(world)
+    refused_again = next(item for item in world.status.actions if item.id.endswith(":rollback:tag")).refused_since
+    assert refused_again is not None and refused_again > refused_from + timedelta(minutes=20)
+    world.run_until(finished, step=timedelta(minutes=1), limit=30)
+    assert world.status.phase is Phase.ROLLED_BACK and "CandidateNotTagged" in events(world)
+    assert refused_again + timedelta(minutes=30) <= world.now <= refused_again + timedelta(minutes=33)
+    assert REJECTED_TAG not in world.registry.versions["7"]
+
+
+def test_an_outage_seen_by_the_registry_reads_also_starts_the_refusals_again() -> None:
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    _tag_answers(world, [_404])
+    _reach_tag_step(world)
+    _minutes(world, 20)  # 20 minutes refused
+    world.registry.down = True  # then MLflow is away (reads too): nothing is sent meanwhile
+    _minutes(world, 30)
+    world.registry.down = False
+    _minutes(world, 5)  # refused again: 5 minutes of refusals, not 20 + 30 + 5
+    assert world.status.phase is Phase.ROLLING_BACK and "CandidateNotTagged" not in events(world)
+    world.run_until(finished, step=timedelta(minutes=1), limit=40)
+    assert "CandidateNotTagged" in events(world)
+
+
+# --- s26r2 M2: a bake rollback whose stable version is gone takes the alias off the rejected version ----------
+
+
+def test_a_bake_rollback_whose_stable_version_was_deleted_takes_the_alias_off_the_rejected_candidate(
+        offline_kubeconfig: Path) -> None:
+    # Found by review s26r2: it ended RolledBack with @production still on the rejected version 7, which
+    # anything resolving models:/...@production (batch jobs, a restarted server, the next rollout) loads.
+    world = World(spec=spec_dict(progressDeadline="30m",
+                                 canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}))
+    _mlflow_not_found(world)
+    fail_from(world, step_index=None, mode="bake", after=timedelta(minutes=10))
+    world.run_until(lambda w: w.status.phase is Phase.BAKING, step=timedelta(minutes=1), limit=300)
+    assert world.registry.aliases["production"] == "7"
+    _delete_version(world, "6")  # a retention job deletes old versions after a promotion
+    world.run_until(finished, step=timedelta(minutes=1), limit=300)
+    assert world.status.phase is Phase.ROLLED_BACK
+    assert "production" not in world.registry.aliases  # not on the rejected version
+    assert world.registry.versions["7"].get(REJECTED_TAG) == "true"
+    detail = _entry(world, "AliasNotRestored")
+    assert detail.startswith("@production cannot be put back on version 6, which no longer exists in the registry")
+    assert detail.endswith("@production was taken off the rejected version 7")
+    removals = [action for action in world.executed if isinstance(action, RemoveAlias)]
+    assert len(removals) == 1 and removals[0].version == "7"
+    record = next(item for item in world.status.actions if item.id.endswith(":rollback:unalias"))
+    assert str(record.state) == "Confirmed"
+    assert "alias not restored" in _entry(world, "Recovered")
+    told = _explained(world, offline_kubeconfig)
+    assert "@production could NOT be put back on version 6: it no longer exists in the registry" in told
+
+
+def test_taking_the_alias_off_the_rejected_candidate_survives_a_crash_and_a_failed_write() -> None:
+    world = World(spec=spec_dict(progressDeadline="30m",
+                                 canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}))
+    _mlflow_not_found(world)
+    fail_from(world, step_index=None, mode="bake", after=timedelta(minutes=10))
+    world.run_until(lambda w: w.status.phase is Phase.BAKING, step=timedelta(minutes=1), limit=300)
+    _delete_version(world, "6")
+    failed = [False]
+
+    def first_removal(action: Any) -> bool:  # the first RemoveAlias sent fails (503); the next is accepted
+        first = isinstance(action, RemoveAlias) and not failed[0]
+        failed[0] = failed[0] or first
+        return first
+    _failing_writes(world, AdapterErrorKind.UNAVAILABLE, "HTTP 503", first_removal)
+    crashed = [False]
+
+    def crash_before_the_removal_goes_out(_status: Any, _observations: Any, decision: Any) -> None:
+        if not crashed[0] and any(isinstance(action, RemoveAlias) for action in decision.actions):
+            crashed[0] = True
+            world.crash_after = 1  # the status naming it is written, then the operator dies before sending it
+    world.on_decision = crash_before_the_removal_goes_out
+    world.run_until(lambda w: crashed[0], step=timedelta(minutes=1), limit=300)
+    record = next(item for item in world.status.actions if item.id.endswith(":rollback:unalias"))
+    assert str(record.state) == "Pending" and world.registry.aliases["production"] == "7"
+    assert not any(isinstance(action, RemoveAlias) for action in world.executed)
+    world.run_until(finished, step=timedelta(minutes=1), limit=300)
+    assert failed[0] and world.status.phase is Phase.ROLLED_BACK and "production" not in world.registry.aliases
+    assert _entry(world, "AliasNotRestored").endswith("@production was taken off the rejected version 7")
+    assert events(world).count("AliasNotRestored") == 1
+
+
+def test_a_stable_version_deleted_leaves_an_alias_someone_moved_to_a_third_version() -> None:
+    world = World(spec=spec_dict(progressDeadline="30m",
+                                 canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}))
+    _mlflow_not_found(world)
+    fail_from(world, step_index=None, mode="bake", after=timedelta(minutes=10))
+    world.run_until(lambda w: w.status.phase is Phase.BAKING, step=timedelta(minutes=1), limit=300)
+    _delete_version(world, "6")
+    world.registry.versions["8"] = {}
+    world.registry.aliases["production"] = "8"  # on-call moved it meanwhile
+    world.run_until(finished, step=timedelta(minutes=1), limit=300)
+    assert world.registry.aliases["production"] == "8"
+    assert _entry(world, "AliasNotRestored").endswith("@production names version 8")
+    assert not any(isinstance(action, RemoveAlias) for action in world.executed)
