@@ -5,6 +5,8 @@ from __future__ import annotations
 
 # The one score is the probability of the second of exactly two classes, which it picks at this value or above.
 SINGLE_SCORE_THRESHOLD = 0.5
+# V2 datatypes whose values are scores, never class indexes: a sigmoid's FP16 score saturates to exactly 1.0.
+SCORE_DATATYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 
 
 def single_score_position(score: float, class_count: int) -> int | None:

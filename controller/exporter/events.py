@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from controller.single_score import single_score_position
+from controller.single_score import SCORE_DATATYPES, single_score_position
 
 # Seldon Core v1's Python wrapper names the columns of a model that gives no class_names t:0, t:1, ...
 _SELDON_PLACEHOLDER = re.compile(r"t:[0-9]+")
@@ -273,17 +273,25 @@ def predicted_classes(data: Any, options: DecodeOptions) -> tuple[str, ...]:
     if not isinstance(data, dict):
         raise MalformedEvent("UnknownPayload", "response body is not a JSON object")
     if "predictions" in data:
-        return _rows_to_classes(data["predictions"], options)
-    if "outputs" in data:
-        return _v2_classes(data["outputs"], options)
-    if isinstance(data.get("data"), dict):
+        classes = _rows_to_classes(data["predictions"], options)
+    elif "outputs" in data:
+        classes = _v2_classes(data["outputs"], options)
+    elif isinstance(data.get("data"), dict) and "ndarray" in data["data"]:
         seldon = data["data"]
-        if "ndarray" in seldon:
-            return _rows_to_classes(seldon["ndarray"], _with_names(options, seldon.get("names")))
-        if isinstance(seldon.get("tensor"), dict):
-            tensor = seldon["tensor"]
-            return _tensor_classes(tensor.get("values"), tensor.get("shape"), _with_names(options, seldon.get("names")))
-    raise MalformedEvent("UnknownPayload", "no predictions, outputs or data in the response")
+        classes = _rows_to_classes(seldon["ndarray"], _with_names(options, seldon.get("names")))
+    elif isinstance(data.get("data"), dict) and isinstance(data["data"].get("tensor"), dict):
+        seldon, tensor = data["data"], data["data"]["tensor"]
+        classes = _tensor_classes(tensor.get("values"), tensor.get("shape"), _with_names(options, seldon.get("names")))
+    else:
+        raise MalformedEvent("UnknownPayload", "no predictions, outputs or data in the response")
+    # Indexes and scores only ever name configured classes: what is left is a label. One not among --class-names
+    # ("NSFW" beside "nsfw") would be a class of its own, its predictions hidden from the judges' rate.
+    unknown = next((c for c in classes if c not in options.class_names), None) if options.class_names else None
+    if unknown is not None:
+        check_label("class", unknown)  # text that is no label at all stays BadLabel, whatever the class names
+        raise MalformedEvent("UnknownClass", f"a label of {len(unknown)} characters that is not among the "
+                                             f"{len(options.class_names)} class names")
+    return classes
 
 
 def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
@@ -321,12 +329,15 @@ def _v2_classes(outputs: Any, options: DecodeOptions) -> tuple[str, ...]:
     data = chosen.get("data")
     if isinstance(data, BinaryData):
         data = data.values()
-    if chosen.get("datatype") == "BYTES":
-        return _rows_to_classes(data, options)
-    return _tensor_classes(data, chosen.get("shape"), options)
+    datatype = chosen.get("datatype")
+    return _tensor_classes(data, chosen.get("shape"), options, labels=datatype == "BYTES",
+                           scores=datatype in SCORE_DATATYPES)
 
 
-def _tensor_classes(values: Any, shape: Any, options: DecodeOptions) -> tuple[str, ...]:
+def _tensor_classes(values: Any, shape: Any, options: DecodeOptions, *, labels: bool = False,
+                    scores: bool = False) -> tuple[str, ...]:
+    """labels: a label output, one per instance ([n] or [n, 1]); scores: a V2 FP* output, whose every value is a
+    score (a sigmoid's exact 1.0 is no class index)."""
     if (not isinstance(values, list) or not isinstance(shape, list)
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise MalformedEvent("BadTensor", "tensor needs a data list and a shape of non-negative integers")
@@ -340,11 +351,14 @@ def _tensor_classes(values: Any, shape: Any, options: DecodeOptions) -> tuple[st
         if rows * width != len(flat):
             raise MalformedEvent("BadTensor", f"shape {shape} does not match {len(flat)} values")
         if width == 1:  # a one-column row is read as its value: no list a row
-            return _rows_to_classes(flat, options)
-        return _rows_to_classes([flat[i * width:(i + 1) * width] for i in range(rows)], options)
+            return _rows_to_classes(flat, options, scores)
+        if labels:  # e.g. each instance's top-k labels: counting them all would count k predictions per instance
+            raise MalformedEvent("BadTensor", f"a label output of shape {shape}: one label per instance is [n] "
+                                              "or [n, 1]")
+        return _rows_to_classes([flat[i * width:(i + 1) * width] for i in range(rows)], options, scores)
     if len(shape) == 1 and shape[0] == len(flat):
-        return _rows_to_classes(flat, options)
-    raise MalformedEvent("BadTensor", f"shape {shape} is neither [n] nor [n, classes]")
+        return _rows_to_classes(flat, options, scores)
+    raise MalformedEvent("BadTensor", f"shape {shape[:8]} of {len(flat)} values is neither [n] nor [n, classes]")
 
 
 def _flatten(values: list[Any]) -> list[Any]:
@@ -367,20 +381,26 @@ def _check_predictions(count: int) -> None:
         raise MalformedEvent(TOO_LARGE_REASON, f"{count} predictions in one event, over {MAX_PREDICTIONS_PER_EVENT}")
 
 
-def _rows_to_classes(rows: Any, options: DecodeOptions) -> tuple[str, ...]:
+def _rows_to_classes(rows: Any, options: DecodeOptions, scores: bool = False) -> tuple[str, ...]:
     if not isinstance(rows, list):
         raise MalformedEvent("BadPredictions", "predictions is not a list")
     _check_predictions(len(rows))
-    return tuple(_row_to_class(row, options) for row in rows)
+    return tuple(_row_to_class(row, options, scores) for row in rows)
 
 
-def _row_to_class(row: Any, options: DecodeOptions) -> str:
+def _row_to_class(row: Any, options: DecodeOptions, scores: bool = False) -> str:
+    """scores: the output's datatype says its values are scores, so a single number is never a class index."""
     if isinstance(row, list) and len(row) == 1:
         row = row[0]  # a one-column output ([n, 1]: MLServer's NumpyCodec, a sigmoid) is its one value
     if isinstance(row, str):
         return row
     if isinstance(row, bool):
         raise MalformedEvent("BadPredictions", "a boolean is not a class")
+    if scores and isinstance(row, int | float):  # an FP* value written as 1 by some JSON encoders is a score too
+        try:
+            return _single_score_class(float(row), options)
+        except OverflowError:  # an integer past any float's range: no score either
+            raise MalformedEvent("BadPredictions", "a score is out of range") from None
     if isinstance(row, int):
         return _class_at(row, options)
     if isinstance(row, float) and row.is_integer():

@@ -27,7 +27,7 @@ import aiohttp
 import numpy as np
 import orjson
 
-from controller.single_score import single_score_position
+from controller.single_score import SCORE_DATATYPES, single_score_position
 
 # Transient statuses: retried, and reported as "unavailable" when retries run out.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -347,13 +347,15 @@ class InferenceClient:
         array = array.reshape(shape)
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
+        fp_scores = str(output.get("datatype") or "").upper() in SCORE_DATATYPES  # never class indexes
         if array.ndim == 1:
-            return self._interpret(array.tolist() if array.dtype.kind in "OUS" else array, count)
+            return self._interpret(array.tolist() if array.dtype.kind in "OUS" else array, count,
+                                   fp_scores=fp_scores)
         if array.ndim == 2:
-            return self._interpret(array, count)
+            return self._interpret(array, count, fp_scores=fp_scores)
         raise InvalidResponse(f"bad output: shape {shape} is neither one label per sample nor one score vector")
 
-    def _interpret(self, predictions: Any, count: int) -> BatchAnswer:
+    def _interpret(self, predictions: Any, count: int, *, fp_scores: bool = False) -> BatchAnswer:
         """Map labels, indices or score vectors to dataset class indices, sample by sample if mixed."""
         problems: Counter[str] = Counter()
         try:
@@ -361,7 +363,7 @@ class InferenceClient:
         except (ValueError, TypeError):
             array = np.asarray([None])  # ragged: handled one by one below
         if array.shape[:1] == (count,) and array.dtype.kind in "fiu" and array.ndim in (1, 2):
-            return BatchAnswer(predicted=self._numeric(array, problems), sample_problems=+problems)
+            return BatchAnswer(predicted=self._numeric(array, problems, fp_scores=fp_scores), sample_problems=+problems)
         if array.shape == (count,) and array.dtype.kind == "U":
             return BatchAnswer(predicted=self._labels(array.tolist(), problems), sample_problems=+problems)
         predicted = np.full(count, -1, dtype=np.int64)
@@ -369,7 +371,7 @@ class InferenceClient:
             predicted[position] = self._one(item, problems)
         return BatchAnswer(predicted=predicted, sample_problems=+problems)  # unary +: drop zero counts
 
-    def _numeric(self, array: np.ndarray, problems: Counter[str]) -> np.ndarray:
+    def _numeric(self, array: np.ndarray, problems: Counter[str], *, fp_scores: bool = False) -> np.ndarray:
         width = len(self.output_classes)
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]  # a one-column answer ([n, 1]: MLServer's NumpyCodec, a sigmoid) is its one value
@@ -383,15 +385,15 @@ class InferenceClient:
             problems["non-finite scores"] += int((~finite).sum())
         else:
             values = array.astype(np.float64)
-            integral = np.isfinite(values) & (values == np.round(values))
+            # As the exporter reads a value: an integral number is a class index, any other a sigmoid's score (for
+            # two classes, 0.0 and 1.0 read either way pick the same class); a V2 FP* output's values are all scores.
+            integral = np.isfinite(values) & (values == np.round(values)) & (not fp_scores)
             positions = np.where(integral, values, -1).astype(np.int64)
-            # As the exporter reads a value, whatever its datatype: an integral number is a class index, any other
-            # a sigmoid's score (for two classes, 0.0 and 1.0 read either way pick the same class).
-            scores = np.flatnonzero(~integral)
-            positions[scores] = [-1 if (position := single_score_position(score, width)) is None else position
-                                 for score in values[scores].tolist()]
+            scored = np.flatnonzero(~integral)
+            positions[scored] = [-1 if (position := single_score_position(score, width)) is None else position
+                                 for score in values[scored].tolist()]
             out_of_range = integral & ((positions < 0) | (positions >= width))
-            problems["ambiguous score"] += int((positions[scores] < 0).sum())
+            problems["ambiguous score"] += int((positions[scored] < 0).sum())
             problems["class index out of range"] += int(out_of_range.sum())
             positions[out_of_range] = -1
         predicted = np.where(positions >= 0, self._output_to_dataset[np.clip(positions, 0, width - 1)], -1)
