@@ -34,6 +34,8 @@ Knative mode (KServe's documented canary rollout):
             back (ours until they apply it again: the same value, so no conflict). That write makes a
             revision anyway; on its own the change would make one more. A promotion keeps it: a revision made
             then would move previousRolledoutRevision off stable and close restore()'s instant way back.
+            Where the candidate left the spec another way (a GitOps self-heal put stable's storageUri back), no
+            such write comes: rollback() then gives it back in a write of its own (one more copy of stable).
 
 Standard mode (KServe after v0.20, spec.canary[]):
   stage     spec.canary = [{trafficPercent: 0, predictor: <copy of spec.predictor with the candidate's
@@ -442,6 +444,15 @@ def _released_annotations(view: KnativeView, *, may_change: bool = True) -> dict
     return owned
 
 
+def _release_due(view: KnativeView) -> bool:
+    """Staging's enable-tag-routing is still ours to give back though the spec no longer names the candidate: it
+    left another way (a GitOps self-heal put stable's storageUri back), so no rollback write of ours released it."""
+    if view.candidate_in_spec or view.stable_uri is None or ANN_TAG_ROUTING_BEFORE not in view.annotations:
+        return False
+    owned = _owned_annotations(view)
+    return TAG_ROUTING in owned and _released_annotations(view).get(TAG_ROUTING) != owned[TAG_ROUTING]
+
+
 # --- Standard mode -----------------------------------------------------------------------------------
 
 
@@ -644,6 +655,9 @@ class KServeRouter:
             self._apply_with(lambda o, _: self._standard_rollback(standard_view(o, self.target)), "rolling back")
             return
         view = knative_view(obj, self.target)
+        if _release_due(view):
+            self._release_tag_routing()
+            view = knative_view(self.client.get(), self.target)
         if view.pinned:
             self._unpin()
             return
@@ -756,6 +770,17 @@ class KServeRouter:
             return _knative_body(self.client, view, uri=view.spec_uri,
                                  annotations=_released_annotations(view, may_change=False), canary_percent=None)
         self._apply_with(build, "unpinning the copy of stable")
+
+    def _release_tag_routing(self) -> None:
+        """enable-tag-routing given back, all else as it is. The annotation change makes a revision, a copy of
+        stable (the spec names stable already); a pin left on waits for it (see unpin_ready)."""
+        def build(obj: Obj, mode: DeploymentMode) -> Obj | None:
+            view = knative_view(obj, self.target) if mode is DeploymentMode.KNATIVE else None
+            if view is None or not _release_due(view):
+                return None
+            return _knative_body(self.client, view, uri=view.spec_uri, annotations=_released_annotations(view),
+                                 canary_percent=view.canary_percent)
+        self._apply_with(build, "giving enable-tag-routing back")
 
     # -- Knative details --
 

@@ -742,3 +742,62 @@ def test_an_ended_rollout_gives_enable_tag_routing_back(api: client.ApiClient, n
     assert obj["metadata"]["annotations"].get(TAG_ROUTING) == before
     assert FIELD_MANAGER not in tag_routing_owners(obj) or before == "false"
     apply_isvc_tag_routing(api, namespace, before)
+
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["self-heal", "edit"])
+def test_tag_routing_given_back_when_the_candidate_left_the_spec_another_way(
+        api: client.ApiClient, namespace: str, standin: KServeStandIn, how: str) -> None:
+    """Mid-canary stable's storageUri is put back outside ModelRollout: Argo CD self-heal (force) re-applies the
+    team's manifest (our canaryTrafficPercent stays: a pin), or an on-call's edit also drops canaryTrafficPercent
+    (nothing staged). The rollback that follows writes no model, yet the enable-tag-routing staging forced to
+    "true" is given back, once, and the unchanged manifest applies again without a conflict."""
+    apply_isvc_tag_routing(api, namespace, None)  # the manifest does not set enable-tag-routing
+    router = KServeRouter(api, namespace, NAME)
+    wait_state(router, lambda s: s.ready)
+    router.stage(CANDIDATE_7, stable_version="6")
+    wait_state(router, lambda s: s.canary_ready)
+    router.set_weight(10, "7")
+    wait_state(router, lambda s: s.canary_weight == 10)
+    objects = client.CustomObjectsApi(api)
+    if how == "self-heal":
+        manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
+                    "metadata": {"name": NAME, "namespace": namespace, "labels": {"team": "moderation"},
+                                 "annotations": {"serving.kserve.io/deploymentMode": "Serverless"}},
+                    "spec": {"predictor": {"minReplicas": 1, "model": {
+                        "storageUri": V6, "modelFormat": {"name": "sklearn"},
+                        "resources": {"requests": {"cpu": "100m"}}}}}}
+        objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME, manifest,
+                                               field_manager=GITOPS, force=True, _content_type=APPLY_PATCH)
+    else:
+        edit = {"spec": {"predictor": {"canaryTrafficPercent": None, "model": {"storageUri": V6}}}}
+        objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME, edit,
+                                               field_manager="kubectl-edit",
+                                               _content_type="application/merge-patch+json")
+    assert get(api, namespace)["metadata"]["annotations"][TAG_ROUTING] == "true"  # staging's, still ours
+
+    # As the operator does: rollback() until nothing is pinned or staged, each call by a new router.
+    deadline = time.monotonic() + 15
+    while True:
+        KServeRouter(api, namespace, NAME).rollback()
+        state = router.observe()
+        if state.synced and not state.pinned and not state.canary_staged:
+            break
+        assert time.monotonic() < deadline, f"the rollback never finished: {state}"
+        time.sleep(0.1)
+    obj = get(api, namespace)
+    assert TAG_ROUTING not in obj["metadata"]["annotations"], obj["metadata"]["annotations"]
+    assert tag_routing_owners(obj) == set()
+    # 00003 is the outside change's copy of stable; the release made one more (00004), which takes all traffic.
+    state = wait_state(router, lambda s: s.ready and s.stable_name == f"{NAME}-predictor-00004")
+    obj = get(api, namespace)
+    assert split(obj) == {state.stable_name: 100} and "canaryTrafficPercent" not in obj["spec"]["predictor"]
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == V6
+    router.rollback()  # given back already: nothing to write
+    time.sleep(0.5)
+    after = get(api, namespace)
+    assert after["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+    assert after["status"]["components"]["predictor"]["latestCreatedRevision"] == f"{NAME}-predictor-00004"
+    apply_isvc_tag_routing(api, namespace, None)  # the unchanged manifest, without force: no 409
+    assert TAG_ROUTING not in get(api, namespace)["metadata"]["annotations"]
