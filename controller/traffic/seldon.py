@@ -18,16 +18,18 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
             gets a component spec for it), so each candidate has Deployments of its own: under one name a
             rolling update keeps the previous candidate's pods available, read as the new candidate's.
   set_weight  stable 100-N, canary N; refused while another non-shadow predictor carries traffic (as stage is).
-  promote   the stable predictor takes the canary's graph (the model it served) and keeps the rest of its own
-            as it is now (component specs with edits made during the canary, explainer, replicas, annotations),
+  promote   the stable predictor takes the model the canary served (its model node's modelUri, the request logger's
+            version) and keeps the rest of its own as it is now (its graph and component specs with edits made
+            during the canary, explainer, replicas, annotations),
             its component specs named after the candidate's version as the canary's are, so Seldon makes new
             Deployments for it (and deletes the old ones only once those are available); the canary predictor
             is removed: the names in the ModelRollout stay valid for the next rollout. Edits made to the
-            canary's component specs are not carried over.
+            canary's graph or component specs are not carried over.
   rollback  the canary predictor removed, any other non-shadow predictor whose model node loads the recorded
             candidate modelUri (the canary renamed by hand, a copy of it) kept at traffic 0, stable back to 100
             less the traffic of the remaining others (never refused for one: users must get off the candidate;
             only when theirs exceeds 100). observe counts such a predictor's traffic as the canary's weight.
+            The candidate's record goes in every case, also when no predictor changes (the canary gone).
   restore   (after a promotion) the stable predictor's modelUri set to the given version, its component specs
             named after that version as promote names them, so every version change makes new Deployments.
   A predictor with the canary's name the router did not write (no candidate-version annotation; for stage also
@@ -141,12 +143,12 @@ def _apply_with(oc: ObjectClient, build: Callable[[Obj], Obj | None], what: str)
 # --- Seldon Core v1 ----------------------------------------------------------------------------------
 
 
-def _set_model(node: Obj, model: CandidateModel) -> None:
-    """The node loads `model`, and its request logger (if any) says which version it serves."""
-    node["modelUri"] = model.storage_uri
+def _set_model(node: Obj, uri: str, version: str) -> None:
+    """The node loads `uri`, and its request logger (if any) says it serves `version`."""
+    node["modelUri"] = uri
     logger = node.get("logger")
     if isinstance(logger, dict) and isinstance(logger.get("url"), str) and logger["url"]:
-        logger["url"] = logger_url_for(logger["url"], model.version)
+        logger["url"] = logger_url_for(logger["url"], version)
 
 
 def _model_node(graph: Obj) -> Obj | None:
@@ -488,7 +490,7 @@ class SeldonDeploymentRouter:
             canary["traffic"] = 0
             canary_node = _model_node(canary["graph"])
             assert canary_node is not None  # a copy of stable's graph, which has one
-            _set_model(canary_node, candidate)
+            _set_model(canary_node, candidate.storage_uri, candidate.version)
             stable["traffic"] = 100
             annotations = self._owned(obj)
             # A version recorded for another modelUri is unknown: the engine's hint is better than it.
@@ -553,18 +555,24 @@ class SeldonDeploymentRouter:
                 if annotations[ANN_VERSION]:
                     return None  # promoted already
                 raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
-            # Stable keeps what is its own as it is now (component specs with the edits made during the canary,
-            # explainer, replicas, annotations) and takes the model the canary served: its graph. Its component
-            # specs are named after the candidate's version: new names make new Deployments, reported on their
-            # own, with the old pods serving until they are available (observe waits for them); under stable's
-            # old names Seldon would roll the pods in place and report the old ones available, read as the new
-            # version's. The canary's are a copy of stable's taken at staging: they would undo later edits.
+            # Stable keeps what is its own as it is now (its graph and component specs with the edits made during
+            # the canary, explainer, replicas, annotations) and takes the model the canary served: the modelUri of
+            # its model node, the one thing of the graph stage changed (with the logger's version, as restore
+            # does). The canary's graph and component specs are copies of stable's taken at staging: they would
+            # undo later edits. Its component specs are named after the candidate's version: new names make new
+            # Deployments, reported on their own, with the old pods serving until they are available (observe
+            # waits for them); under stable's old names Seldon would roll the pods in place and report the old
+            # ones available, read as the new version's.
             stable = copy.deepcopy(self._stable(obj))
-            stable["graph"] = copy.deepcopy(canary["graph"])
+            node, served = _model_node(stable.get("graph") or {}), _model_node(canary.get("graph") or {})
+            if node is None or served is None:
+                lacking = self.stable_predictor if node is None else self.canary_predictor
+                raise TargetStateError(f"cannot promote: predictor {lacking} of {self.target} has no modelUri")
+            version = str(annotations[ANN_CANDIDATE_VERSION])  # set: the canary is the router's (_own_canary)
+            _set_model(node, str(served["modelUri"]), version)
             stable["traffic"] = self._stable_share(obj, "promote", f"the canary predictor {self.canary_predictor} "
                                                    "stays")
-            if annotations[ANN_CANDIDATE_VERSION]:
-                _version_components(stable, annotations[ANN_CANDIDATE_VERSION])  # as stage named the canary's
+            _version_components(stable, version)  # as stage named the canary's
             annotations.update({ANN_VERSION: annotations[ANN_CANDIDATE_VERSION],
                                 ANN_VERSION_URI: annotations[ANN_CANDIDATE_URI], ANN_CANDIDATE_VERSION: None,
                                 ANN_CANDIDATE_URI: None})
@@ -575,13 +583,19 @@ class SeldonDeploymentRouter:
         def build(obj: Obj) -> Obj | None:
             # Users on the candidate under another name (the canary renamed by hand) get off it too: kept, at 0.
             elsewhere = self._candidate_elsewhere(obj)
+            annotations = self._owned(obj)
+            staged = annotations[ANN_CANDIDATE_VERSION] or annotations[ANN_CANDIDATE_URI]
+            annotations[ANN_CANDIDATE_VERSION] = annotations[ANN_CANDIDATE_URI] = None
             if self._own_canary(obj) is None and not self._foreign_canary_share(obj) and not elsewhere:
-                return None  # nothing of ours staged, and no user on a canary-named predictor or the candidate
+                if not staged:
+                    return None  # nothing of ours staged, and no user on a canary-named predictor or the candidate
+                # The canary predictor is gone (deleted by hand, predictors self-healed): its record goes too, or a
+                # predictor that serves that modelUri later (another team's A/B) would read as the canary, and a
+                # later rollout's rollback would take it to 0. Only the record changes.
+                return self._body(obj, self._stable(obj), self._off_foreign_canary(obj), annotations)
             stable = copy.deepcopy(self._stable(obj))
             stable["traffic"] = self._stable_share(obj, "roll back", f"the canary predictor {self.canary_predictor} "
                                                    "stays", off=elsewhere)
-            annotations = self._owned(obj)
-            annotations[ANN_CANDIDATE_VERSION] = annotations[ANN_CANDIDATE_URI] = None
             return self._body(obj, stable, self._off_foreign_canary(obj), annotations, off=elsewhere)
         _apply_with(self.client, build, f"rolling back on {self.target}")
 
@@ -591,7 +605,7 @@ class SeldonDeploymentRouter:
             node = _model_node(stable["graph"])
             if node is None:
                 raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
-            _set_model(node, stable_model)
+            _set_model(node, stable_model.storage_uri, stable_model.version)
             # New Deployments for the restored version, as promote makes: under the promoted version's names
             # Seldon would roll them in place, and the old pods would read as the restored (or, promoted again
             # later under the same names, the next) version's. observe waits for them.

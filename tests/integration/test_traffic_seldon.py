@@ -220,7 +220,7 @@ def test_seldon_deployment_predictors_log_the_version_they_serve(api: client.Api
     assert logged_versions() == {"main": None, "canary": "7"}  # stable untouched, the canary says 7
     seldon_v1_reports(api, namespace)
     router.promote()
-    assert logged_versions() == {"main": "7"}  # the canary's graph, logger included, became stable's
+    assert logged_versions() == {"main": "7"}  # stable's own logger now says the version it serves
     router.restore(STABLE_6)
     assert logged_versions() == {"main": "6"}
     assert get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"][0]["graph"]["logger"]["mode"] == "all"
@@ -399,6 +399,71 @@ def test_seldon_deployment_promotion_keeps_stables_component_edits(api: client.A
     [component] = promoted["componentSpecs"]
     assert component["metadata"]["name"] == "classifier-v7"  # new Deployments for the candidate, as before
     assert component["spec"]["containers"] == [{"name": "classifier", "resources": resources, "env": env}]
+
+
+@pytest.mark.integration
+def test_seldon_deployment_promotion_keeps_stables_graph_edits(api: client.ApiClient, namespace: str) -> None:
+    """Edits made to stable's graph during the canary (a parameter, a logger) survive the promotion: the canary's
+    graph is a copy taken at staging, so stable takes only its model (and the logger says its version). A
+    prepackaged server (no component spec) still gets its component named after the candidate's version."""
+    predictor = {"name": "main", "replicas": 1,
+                 "graph": {"name": "classifier", "implementation": "SKLEARN_SERVER", "modelUri": V6}}
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [predictor]})
+    seldon_v1_reports(api, namespace)
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
+    router.stage(CANDIDATE_7, "6")
+    router.set_weight(10, "7")
+    parameters = [{"name": "method", "type": "STRING", "value": "predict_proba"}]
+
+    def on_call_edits_the_graph(predictors: list[Obj]) -> None:
+        predictors[0]["graph"]["parameters"] = parameters
+        predictors[0]["graph"]["logger"] = {"mode": "all", "url": "http://exporter.monitoring.svc:9102/"}
+
+    edit_predictors(api, namespace, on_call_edits_the_graph)
+    router.set_weight(100, "7")
+    router.promote()
+    [promoted] = get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]
+    assert promoted["graph"] == {"name": "classifier", "implementation": "SKLEARN_SERVER", "modelUri": V7,
+                                 "parameters": parameters,
+                                 "logger": {"mode": "all", "url": "http://exporter.monitoring.svc:9102/?model_version=7"}}
+    assert promoted["componentSpecs"] == [{"metadata": {"name": "classifier-v7"},
+                                           "spec": {"containers": [{"name": "classifier"}]}}]
+    assert promoted["traffic"] == 100
+    seldon_v1_reports(api, namespace)  # Seldon's Deployment names for it, by its own rule
+    state = router.observe()
+    assert state.stable_version == "7" and state.ready, state.message
+
+
+@pytest.mark.integration
+def test_seldon_deployment_rollback_clears_the_record_of_a_canary_gone(api: client.ApiClient, namespace: str) -> None:
+    """The canary predictor deleted by hand (or predictors self-healed by Argo CD): rollback still removes the
+    candidate's record, once, so a predictor that later serves that model (another team's A/B) is neither read as
+    the canary nor taken to 0 by a later rollout's rollback."""
+    create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [PREDICTOR]})
+    seldon_v1_reports(api, namespace)
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
+    router.stage(CANDIDATE_7, "6")
+    edit_predictors(api, namespace, lambda predictors: predictors.pop(1))
+    before = get(api, SELDON_DEPLOYMENT, namespace)
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, router.rollback)
+    obj = get(api, SELDON_DEPLOYMENT, namespace)
+    assert obj["spec"]["predictors"] == before["spec"]["predictors"]  # only the record changed
+    assert {k: v for k, v in obj["metadata"]["annotations"].items() if k.startswith("modelrollout.io/")} == {
+        "modelrollout.io/model-version": "6", "modelrollout.io/model-storage-uri": V6}
+
+    def team_tests_version_7(predictors: list[Obj]) -> None:
+        predictors[0]["traffic"] = 90
+        predictors.append({**copy.deepcopy(PREDICTOR), "name": "ab-v7", "traffic": 10,
+                           "graph": {**PREDICTOR["graph"], "modelUri": V7}})
+
+    edit_predictors(api, namespace, team_tests_version_7)
+    seldon_v1_reports(api, namespace)
+    state = router.observe()
+    assert state.canary_weight is None and "ab-v7" not in state.message
+    with pytest.raises(TargetStateError, match="does not manage: ab-v7"):
+        router.stage(CANDIDATE_8, "6")
+    twice_is_once(api, SELDON_DEPLOYMENT, namespace, router.rollback)  # the v8 rollout's: nothing of ours
+    assert traffic(get(api, SELDON_DEPLOYMENT, namespace)) == {"main": 90, "ab-v7": 10}
 
 
 # --- Seldon Core v2 ----------------------------------------------------------------------------------

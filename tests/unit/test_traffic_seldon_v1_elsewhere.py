@@ -1,9 +1,15 @@
 """Seldon Core v1: the candidate under another predictor name (the canary renamed by hand) keeps users on it; a
-restore, like a rollback, takes them off (the predictor kept, at 0) and gives their share to stable."""
+restore, like a rollback, takes them off (the predictor kept, at 0) and gives their share to stable. Promotion puts
+the canary's model into stable's own graph."""
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 from test_traffic_seldon_v1_promote import STABLE_6, V7, sdep, staged_at_50
+
+from controller.traffic.base import TargetStateError
 
 
 def test_restore_takes_users_off_the_candidate_under_another_name() -> None:
@@ -16,3 +22,14 @@ def test_restore_takes_users_off_the_candidate_under_another_name() -> None:
     assert [(p["name"], p["traffic"], p["graph"]["modelUri"]) for p in fake.obj["spec"]["predictors"]] == [
         ("main", 100, "s3://m/6"), ("canary-b", 0, V7)]
     assert router.observe().canary_weight is None
+
+
+def test_promotion_refused_when_stables_graph_no_longer_loads_a_model() -> None:
+    """Stable takes only the canary's model, into its own model node: with none left (its graph replaced by hand),
+    nothing is written rather than a graph that is neither stable's nor the canary's."""
+    router, fake, _, _ = staged_at_50(sdep())
+    fake.obj["spec"]["predictors"][0]["graph"] = {"name": "router", "implementation": "RANDOM_ABTEST"}
+    before = copy.deepcopy(fake.obj)
+    with pytest.raises(TargetStateError, match=r"cannot promote: predictor main of .* has no modelUri"):
+        router.promote()
+    assert fake.obj == before
