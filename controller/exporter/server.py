@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections import Counter as Tally
@@ -17,6 +19,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Metric, generate_latest
 from prometheus_client.samples import Sample
 
+from controller.exporter.connections import MAX_CONNECTIONS, run_server
 from controller.exporter.events import (
     IDENTITY_ATTRIBUTES,
     IGNORED_TYPES,
@@ -61,6 +64,15 @@ BODY_READ_SECONDS = 10.0
 # Kept attributes of pending requests, in UTF-8: 10,000 requests of 7 labels of 253 4-byte characters are ~70 MiB
 # (~80 MiB of Python objects) without it. A request past either bound evicts the oldest.
 MAX_PENDING_BYTES = 8 * 1024 * 1024
+# A response delivered again (CloudEvents delivery is at least once: a Knative broker retries one answered late or
+# 5xx after it was counted) is answered 202 and counted as a duplicate, not as predictions, while its id is remembered:
+# for COUNTED_ID_SECONDS (a broker's retries with backoff end within minutes), at most MAX_COUNTED_IDS of them (the
+# oldest go first). Each is kept as a 16-byte digest, whatever the id's length: ~10 MiB at the bound.
+# The digest covers the body and the model identity too: KServe's agent takes the id from the client's own Ce-Id header
+# when it sends one, so two predictions may share an id; a redelivery repeats the event byte for byte.
+DUPLICATE_OUTCOME = "duplicate"
+COUNTED_ID_SECONDS = 600.0
+MAX_COUNTED_IDS = 65_536
 DROP_WARNING_SECONDS = 600.0  # a drop reason is logged once in this long: a flood of drops is not a flood of lines
 # A model identity silent this long gives up its place when a bound is reached: well above the longest analysis
 # window, and its history stays in Prometheus (a series that comes back starts from 0, a counter reset).
@@ -87,6 +99,14 @@ T = TypeVar("T")
 # Runs a decoding step: in the calling thread, or (the server) in a worker thread, so that a 4 MiB event's seconds of
 # decoding do not hold the event loop, /metrics with it.
 Runner = Callable[..., Awaitable[Any]]
+
+
+def _digest(*parts: bytes) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:  # each length first: no two lists of parts hash the same bytes
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
 
 
 async def _inline(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -137,7 +157,8 @@ class PredictionExporter:
                  max_event_bytes: int = MAX_EVENT_BYTES, max_total_series: int = MAX_TOTAL_SERIES,
                  max_namespace_series: int = MAX_NAMESPACE_SERIES, max_pending_bytes: int = MAX_PENDING_BYTES,
                  body_read_slots: int = BODY_READ_SLOTS, body_wait_seconds: float = BODY_WAIT_SECONDS,
-                 body_read_seconds: float = BODY_READ_SECONDS) -> None:
+                 body_read_seconds: float = BODY_READ_SECONDS, max_counted_ids: int = MAX_COUNTED_IDS,
+                 counted_id_seconds: float = COUNTED_ID_SECONDS) -> None:
         self.options = options or DecodeOptions()
         self.max_event_bytes = max_event_bytes
         self.metrics = ExporterMetrics()
@@ -166,6 +187,10 @@ class PredictionExporter:
         self._pending_bytes = 0
         self._max_pending_bytes = max_pending_bytes
         self._pending_seconds = pending_seconds
+        # Responses counted lately, by digest (identity, source, id, body): bounded and expired like `_requests`.
+        self._counted: OrderedDict[bytes, float] = OrderedDict()
+        self._max_counted = max_counted_ids
+        self._counted_seconds = counted_id_seconds
         self._body_read_slots = body_read_slots
         self._body_wait_seconds = body_wait_seconds
         self._body_read_seconds = body_read_seconds
@@ -202,6 +227,7 @@ class PredictionExporter:
 
     async def _count(self, run: Runner, headers: dict[str, str], body: bytes, query: str) -> str:
         event: CloudEvent = await run(parse_cloudevent, headers, body, max_bytes=self.max_event_bytes)
+        body_digest: bytes = await run(_digest, body) if event.type in RESPONSE_TYPES else b""
         if event.type in REQUEST_TYPES:
             self._remember(event)
             self.metrics.events.labels("request").inc()
@@ -215,6 +241,12 @@ class PredictionExporter:
         prediction: Prediction = await run(prediction_from_event, event, query, self.options, request)
         identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
         service = identity[:2]
+        # As CloudEvents identifies an event (source and id), within the identity its sender reports, and its bytes.
+        delivered = _digest(json.dumps([*identity, event.attributes.get("source", ""), event.id]).encode(),
+                            body_digest)
+        if self._already_counted(delivered):
+            self.metrics.events.labels(DUPLICATE_OUTCOME).inc()
+            return DUPLICATE_OUTCOME
         if self._admit(identity):
             # Every class its service has seen, at zero: its first prediction of one then shows at the next
             # scrape, not one later (a new series is first shown at 0, see render()).
@@ -226,8 +258,21 @@ class PredictionExporter:
                  for predicted, n in Tally(prediction.classes).items()]
         for name, n in named:
             self.metrics.predictions.labels(*identity, name).inc(n)
+        self._remember_counted(delivered)  # only once counted: a refused event's retry may still count
         self.metrics.events.labels("counted").inc()
         return "counted"
+
+    def _already_counted(self, delivered: bytes) -> bool:
+        now = self._clock()
+        while self._counted and next(iter(self._counted.values())) < now - self._counted_seconds:
+            self._counted.popitem(last=False)
+        return delivered in self._counted
+
+    def _remember_counted(self, delivered: bytes) -> None:
+        self._counted[delivered] = self._clock()
+        self._counted.move_to_end(delivered)
+        while len(self._counted) > self._max_counted:
+            self._counted.popitem(last=False)
 
     def _classes(self, service: Service) -> set[str]:
         return self._known_classes.setdefault(service, set(self.options.class_names))
@@ -468,8 +513,8 @@ class PredictionExporter:
 
 def run(host: str, port: int, options: DecodeOptions, *, max_total_series: int = MAX_TOTAL_SERIES,
         max_namespace_series: int | None = None, max_pending_bytes: int = MAX_PENDING_BYTES,
-        body_read_slots: int = BODY_READ_SLOTS) -> None:
-    """max_namespace_series None: namespace_share(max_total_series)."""
+        body_read_slots: int = BODY_READ_SLOTS, max_connections: int = MAX_CONNECTIONS) -> None:
+    """max_namespace_series None: namespace_share(max_total_series). Serves until SIGTERM or SIGINT."""
     if not options.class_names:
         log.warning("no --class-names: an output that is a class index or a row of scores names no class, and its "
                     "events are dropped as NoClassNames (integer labels are indexes: list the classes, e.g. 0,1)")
@@ -477,4 +522,5 @@ def run(host: str, port: int, options: DecodeOptions, *, max_total_series: int =
         max_namespace_series = namespace_share(max_total_series)
     exporter = PredictionExporter(options, max_total_series=max_total_series, max_namespace_series=max_namespace_series,
                                   max_pending_bytes=max_pending_bytes, body_read_slots=body_read_slots)
-    web.run_app(exporter.app(), host=host, port=port, print=None, access_log=None)
+    # Not web.run_app: its connections are unbounded in number, header size and header time (see connections.py).
+    run_server(exporter.app(), host, port, max_connections=max_connections)

@@ -190,9 +190,10 @@ def test_model_identities_are_bounded() -> None:
     exporter = PredictionExporter(NAMES, max_models=2)
     body = json.dumps({"predictions": [1]}).encode()
     for version in ("1", "2"):
-        assert exporter.handle(kserve_headers(), body, f"variant=canary&model_version={version}") == "counted"
-    assert exporter.handle(kserve_headers(), body, "variant=canary&model_version=3") == "malformed"
-    assert exporter.handle(kserve_headers(), body, "variant=canary&model_version=1") == "counted"  # known: fine
+        assert exporter.handle(kserve_headers(event_id=f"e{version}"), body,
+                               f"variant=canary&model_version={version}") == "counted"
+    assert exporter.handle(kserve_headers(event_id="e3"), body, "variant=canary&model_version=3") == "malformed"
+    assert exporter.handle(kserve_headers(event_id="e4"), body, "variant=canary&model_version=1") == "counted"
     assert exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
                                                       {"reason": "TooManyModels"}) == 1
     # The bound is per namespace: another team still gets its series.
@@ -437,9 +438,10 @@ def test_idle_model_identities_give_up_their_place_and_their_series() -> None:
     now = [0.0]
     exporter = PredictionExporter(NAMES, max_models=2, model_idle_seconds=100, clock=lambda: now[0])
     body = json.dumps({"predictions": [1]}).encode()
+    sent = iter(range(100))
 
-    def send(version: str) -> str:
-        return exporter.handle(kserve_headers(), body, f"model_version={version}")
+    def send(version: str) -> str:  # each its own event (one id delivered again is counted once)
+        return exporter.handle(kserve_headers(event_id=f"e{next(sent)}"), body, f"model_version={version}")
 
     def count(version: str, cls: str = "nsfw") -> float | None:
         return exporter.metrics.registry.get_sample_value("modelrollout_predictions_total", {
@@ -576,7 +578,7 @@ def test_without_a_specversion_header_a_cloudevents_body_is_still_structured() -
 
 def test_without_class_names_the_exporter_warns_at_startup(monkeypatch: pytest.MonkeyPatch,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(server.web, "run_app", lambda *_, **__: None)
+    monkeypatch.setattr(server, "run_server", lambda *_, **__: None)
     with caplog.at_level(logging.INFO, logger=server.__name__):
         server.run("127.0.0.1", 0, NAMES)
         assert not caplog.records

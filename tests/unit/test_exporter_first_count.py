@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -18,7 +19,8 @@ Scrape = dict[tuple[str, str], float]  # (model version, class): the value /metr
 
 
 def send(exporter: PredictionExporter, version: str, *labels: str, namespace: str = "moderation") -> None:
-    headers = {"Ce-Id": f"e-{version}-{labels}", "Ce-Type": "org.kubeflow.serving.inference.response",
+    # Each its own event: one id delivered again is counted once.
+    headers = {"Ce-Id": f"e-{version}-{labels}-{uuid.uuid4()}", "Ce-Type": "org.kubeflow.serving.inference.response",
                "Ce-Specversion": "1.0", "Content-Type": "application/json", "Ce-Namespace": namespace,
                "Ce-Inferenceservicename": "nsfw", "Ce-Component": "predictor"}
     body = json.dumps({"predictions": list(labels)}).encode()

@@ -25,7 +25,7 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(server, "PredictionExporter", record)
-    monkeypatch.setattr(server.web, "run_app", lambda *args, **kwargs: None)
+    monkeypatch.setattr(server, "run_server", lambda *args, **kwargs: None)
     return calls
 
 

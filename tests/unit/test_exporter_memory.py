@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 import tracemalloc
+import uuid
 
 import pytest
 from aiohttp import web
@@ -43,7 +44,8 @@ def label(prefix: str) -> str:
 
 def send(exporter: PredictionExporter, namespace: int, version: int, classes: list[str],
          service: str = label("s")) -> str:
-    headers = {"Ce-Id": f"{namespace}-{version}", "Ce-Type": "org.kubeflow.serving.inference.response",
+    # Each its own event: one id delivered again is counted once.
+    headers = {"Ce-Id": f"{namespace}-{version}-{uuid.uuid4()}", "Ce-Type": "org.kubeflow.serving.inference.response",
                "Ce-Specversion": "1.0", "Ce-Namespace": label(f"ns{namespace}-"), "Ce-Inferenceservicename": service}
     body = json.dumps({"predictions": classes}).encode()
     return exporter.handle(headers, body, "variant=canary&model_version=" + label(f"v{version}-"))

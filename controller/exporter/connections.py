@@ -1,0 +1,141 @@
+"""The exporter's listening side: connections are bounded in number, in header size and in the time they take to
+send a request's headers, so that the memory a sender holds before its request reaches the app has a ceiling too.
+
+aiohttp's defaults (128 headers of up to 8190 bytes, unbounded connections, no deadline on the headers) let one
+sender hold ~1.9 MiB per connection that never ends its headers: 150 of them took the exporter from 37 to 320 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+# A KServe or Seldon logger event has ~15 headers (a Knative broker adds a few), each far below these.
+HEADER_LIMITS = {"max_headers": 32, "max_field_size": 4096, "max_line_size": 8190}
+# A connection that has not sent a whole request's headers this long after it opened or was last answered is closed:
+# aiohttp's keep-alive timer, which it arms at both, closes a connection still waiting for a request when it fires.
+# As long as a body has (BODY_READ_SECONDS); an idle keep-alive connection is closed after it too.
+HEADER_SECONDS = 10.0
+# Open connections. Past it, the one that has gone longest without starting a request (a slow header sender, or
+# an idle keep-alive one) is closed for the new one; a connection in a request is never closed for another.
+MAX_CONNECTIONS = 256
+WARNING_SECONDS = 600.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ConnectionCap:
+    """Open connections, least recently active first, and how many requests each has in progress."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: OrderedDict[asyncio.BaseTransport, int] = OrderedDict()
+        self.closed_for_room = 0
+        self._warned_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: _Tracked(inner(), self)
+
+    def opened(self, transport: asyncio.BaseTransport) -> None:
+        self._open[transport] = 0
+        if len(self._open) <= self.limit:
+            return
+        # The new one is last: it is closed itself only when every other is in a request.
+        idle = next(t for t, in_request in self._open.items() if not in_request)
+        self.closed_for_room += 1
+        self.forget(idle)  # counted out now: its close completes later
+        idle.close()
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= WARNING_SECONDS:
+            self._warned_at = now
+            log.warning("%d connections open: closed the one longest without a request (slow or idle senders; "
+                        "not logged again for %d minutes)", self.limit, WARNING_SECONDS // 60)
+
+    def forget(self, transport: asyncio.BaseTransport) -> None:
+        self._open.pop(transport, None)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        if transport is None or transport not in self._open:
+            return await handler(request)
+        self._open[transport] += 1
+        self._open.move_to_end(transport)
+        try:
+            return await handler(request)
+        finally:
+            if transport in self._open:
+                self._open[transport] -= 1
+
+
+class _Tracked(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted in the cap while it is open."""
+
+    def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
+        self._inner = inner
+        self._cap = cap
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._inner.connection_made(transport)
+        self._cap.opened(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._cap.forget(self._transport)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+async def serve(app: web.Application, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
+                header_seconds: float = HEADER_SECONDS, stop: asyncio.Event | None = None,
+                started: Callable[[ConnectionCap, asyncio.Server], None] | None = None) -> None:
+    """Serves the app until `stop` is set (None: until SIGTERM or SIGINT). `started` gets the cap and the
+    listening server (its port, when 0 was asked for)."""
+    cap = ConnectionCap(max_connections)
+    app.middlewares.append(cap.middleware)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_seconds,
+                           **HEADER_LIMITS)
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        assert runner.server is not None  # set up
+        server = await loop.create_server(cap.protocol_factory(runner.server), host, port)
+        if started is not None:
+            started(cap, server)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+    finally:
+        await runner.cleanup()
+
+
+def run_server(app: web.Application, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS) -> None:
+    """What web.run_app does for the exporter, with its connections bounded: serves until SIGTERM or SIGINT."""
+    asyncio.run(serve(app, host, port, max_connections=max_connections))
