@@ -99,7 +99,8 @@ def test_a_rollback_whose_tag_the_registry_never_takes_ends_untagged_after_the_d
     world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK, step=timedelta(minutes=1))
     verdict_at = world.now
     world.run_until(finished, step=timedelta(minutes=1), limit=60)  # was RollingBack for good
-    assert world.now - verdict_at <= timedelta(minutes=33)
+    # At the first refusal seen past the deadline: resends back off to 5 minutes at most.
+    assert world.now - verdict_at <= timedelta(minutes=36)
     assert world.status.phase is Phase.ROLLED_BACK
     rollback = world.status.rollback
     assert rollback is not None and rollback.cause is RollbackCause.ANALYSIS_FAILED
@@ -291,7 +292,8 @@ def test_refusals_give_the_tag_up_a_deadline_after_they_began_an_outage_between_
     assert refused_again is not None and refused_again > refused_from + timedelta(minutes=20)
     world.run_until(finished, step=timedelta(minutes=1), limit=30)
     assert world.status.phase is Phase.ROLLED_BACK and "CandidateNotTagged" in events(world)
-    assert refused_again + timedelta(minutes=30) <= world.now <= refused_again + timedelta(minutes=33)
+    # At the first refusal seen past the deadline (resends back off to 5 minutes at most).
+    assert refused_again + timedelta(minutes=30) <= world.now <= refused_again + timedelta(minutes=36)
     assert REJECTED_TAG not in world.registry.versions["7"]
 
 
@@ -383,3 +385,19 @@ def test_a_stable_version_deleted_leaves_an_alias_someone_moved_to_a_third_versi
     assert world.registry.aliases["production"] == "8"
     assert _entry(world, "AliasNotRestored").endswith("@production names version 8")
     assert not any(isinstance(action, RemoveAlias) for action in world.executed)
+
+
+def test_an_operator_down_past_the_deadline_after_one_refusal_sends_the_tag_again_before_giving_up() -> None:
+    """Review s26r3: one refusal, then the operator (not the registry) away for 45 minutes: the refusals seen had
+    not lasted progressDeadline, so the tag is sent again (and taken), not given up at the first reconcile back."""
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    answers = [_404]
+    _tag_answers(world, answers)
+    _reach_tag_step(world)
+    world.advance(timedelta(minutes=1))
+    world.reconcile()
+    answers[:] = [None]  # the registry takes the tag from now on
+    world.advance(timedelta(minutes=45))  # no reconcile meanwhile
+    world.run_until(finished, step=timedelta(minutes=1), limit=10)
+    assert "CandidateNotTagged" not in events(world)
+    assert world.registry.versions["7"].get(REJECTED_TAG) == "true"
