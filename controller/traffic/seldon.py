@@ -568,6 +568,13 @@ class SeldonDeploymentRouter:
             if node is None or served is None:
                 lacking = self.stable_predictor if node is None else self.canary_predictor
                 raise TargetStateError(f"cannot promote: predictor {lacking} of {self.target} has no modelUri")
+            if node.get("name") != served.get("name"):
+                # Stable's graph changed during the canary (a model node added ahead of it): setting the first one
+                # would load the candidate into another node and leave the classifier on the old version.
+                raise TargetStateError(
+                    f"cannot promote: the first model node of predictor {self.stable_predictor} of {self.target} is "
+                    f"{node.get('name')!r}, the canary's is {served.get('name')!r} (stable's graph changed during "
+                    "the canary): set the model by hand, or roll back and stage again")
             version = str(annotations[ANN_CANDIDATE_VERSION])  # set: the canary is the router's (_own_canary)
             _set_model(node, str(served["modelUri"]), version)
             stable["traffic"] = self._stable_share(obj, "promote", f"the canary predictor {self.canary_predictor} "

@@ -33,3 +33,17 @@ def test_promotion_refused_when_stables_graph_no_longer_loads_a_model() -> None:
     with pytest.raises(TargetStateError, match=r"cannot promote: predictor main of .* has no modelUri"):
         router.promote()
     assert fake.obj == before
+
+
+def test_promotion_refused_when_a_model_node_was_added_ahead_of_the_canarys_in_stable() -> None:
+    """Review s26r3: an outlier detector added ahead of the classifier during the canary took the candidate's URI,
+    the classifier stayed on the old version, and observe read the promotion as done."""
+    router, fake, _, _ = staged_at_50(sdep())
+    stable = fake.obj["spec"]["predictors"][0]
+    classifier = stable["graph"]
+    stable["graph"] = {"name": "od", "type": "TRANSFORMER", "implementation": "SKLEARN_SERVER",
+                       "modelUri": "s3://models/od/1", "children": [classifier]}
+    before = copy.deepcopy(fake.obj)
+    with pytest.raises(TargetStateError, match=r"cannot promote: the first model node of predictor main .* is 'od'"):
+        router.promote()
+    assert fake.obj == before
