@@ -314,17 +314,23 @@ def test_an_outage_seen_by_the_registry_reads_also_starts_the_refusals_again() -
 # --- s26r2 M2: a bake rollback whose stable version is gone takes the alias off the rejected version ----------
 
 
-def test_a_bake_rollback_whose_stable_version_was_deleted_takes_the_alias_off_the_rejected_candidate(
-        offline_kubeconfig: Path) -> None:
-    # Found by review s26r2: it ended RolledBack with @production still on the rejected version 7, which
-    # anything resolving models:/...@production (batch jobs, a restarted server, the next rollout) loads.
+def _baking_then_stable_deleted() -> World:
+    """Promoted to 7 (@production on it), baking, bound to fail; then version 6 is deleted from the registry."""
     world = World(spec=spec_dict(progressDeadline="30m",
                                  canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}))
     _mlflow_not_found(world)
     fail_from(world, step_index=None, mode="bake", after=timedelta(minutes=10))
     world.run_until(lambda w: w.status.phase is Phase.BAKING, step=timedelta(minutes=1), limit=300)
     assert world.registry.aliases["production"] == "7"
-    _delete_version(world, "6")  # a retention job deletes old versions after a promotion
+    _delete_version(world, "6")
+    return world
+
+
+def test_a_bake_rollback_whose_stable_version_was_deleted_takes_the_alias_off_the_rejected_candidate(
+        offline_kubeconfig: Path) -> None:
+    # Found by review s26r2: it ended RolledBack with @production still on the rejected version 7, which
+    # anything resolving models:/...@production (batch jobs, a restarted server, the next rollout) loads.
+    world = _baking_then_stable_deleted()  # a retention job deletes old versions after a promotion
     world.run_until(finished, step=timedelta(minutes=1), limit=300)
     assert world.status.phase is Phase.ROLLED_BACK
     assert "production" not in world.registry.aliases  # not on the rejected version
@@ -342,12 +348,7 @@ def test_a_bake_rollback_whose_stable_version_was_deleted_takes_the_alias_off_th
 
 
 def test_taking_the_alias_off_the_rejected_candidate_survives_a_crash_and_a_failed_write() -> None:
-    world = World(spec=spec_dict(progressDeadline="30m",
-                                 canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}))
-    _mlflow_not_found(world)
-    fail_from(world, step_index=None, mode="bake", after=timedelta(minutes=10))
-    world.run_until(lambda w: w.status.phase is Phase.BAKING, step=timedelta(minutes=1), limit=300)
-    _delete_version(world, "6")
+    world = _baking_then_stable_deleted()
     failed = [False]
 
     def first_removal(action: Any) -> bool:  # the first RemoveAlias sent fails (503); the next is accepted
@@ -373,12 +374,7 @@ def test_taking_the_alias_off_the_rejected_candidate_survives_a_crash_and_a_fail
 
 
 def test_a_stable_version_deleted_leaves_an_alias_someone_moved_to_a_third_version() -> None:
-    world = World(spec=spec_dict(progressDeadline="30m",
-                                 canary={"steps": [{"setWeight": 10}, {"analysis": {"duration": "2m"}}]}))
-    _mlflow_not_found(world)
-    fail_from(world, step_index=None, mode="bake", after=timedelta(minutes=10))
-    world.run_until(lambda w: w.status.phase is Phase.BAKING, step=timedelta(minutes=1), limit=300)
-    _delete_version(world, "6")
+    world = _baking_then_stable_deleted()
     world.registry.versions["8"] = {}
     world.registry.aliases["production"] = "8"  # on-call moved it meanwhile
     world.run_until(finished, step=timedelta(minutes=1), limit=300)

@@ -12,7 +12,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -140,48 +140,55 @@ def test_connections_are_capped_and_a_request_s_headers_have_a_deadline(exporter
             sock.close()
 
 
+@contextlib.asynccontextmanager
+async def capped_at_three() -> AsyncIterator[tuple[ConnectionCap, int]]:
+    """An exporter served in this loop with at most 3 connections per sender, and its port."""
+    stop, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
+    app = PredictionExporter(DecodeOptions(class_names=("safe", "nsfw")), body_read_seconds=30).app()
+    server = asyncio.create_task(serve(app, LOOPBACK, 0, max_connections=3, header_seconds=30, stop=stop,
+                                       started=lambda cap, listening: ready.set_result((cap, listening))))
+    cap, listening = await ready
+    try:
+        yield cap, listening.sockets[0].getsockname()[1]
+    finally:
+        stop.set()
+        await server
+
+
 def test_past_the_cap_the_connection_longest_without_a_request_is_closed_never_one_in_a_request() -> None:
     async def scenario() -> None:
-        stop, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
-        app = PredictionExporter(DecodeOptions(class_names=("safe", "nsfw")), body_read_seconds=30).app()
-        server = asyncio.create_task(serve(app, LOOPBACK, 0, max_connections=3, header_seconds=30, stop=stop,
-                                           started=lambda cap, listening: ready.set_result((cap, listening))))
-        cap, listening = await ready
-        assert isinstance(cap, ConnectionCap)
-        port = listening.sockets[0].getsockname()[1]
-        opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        async with capped_at_three() as (cap, port):
+            opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-        async def connect(first_bytes: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            reader, writer = await asyncio.open_connection(LOOPBACK, port)
-            writer.write(first_bytes)
-            await writer.drain()
-            await asyncio.sleep(0.2)
-            opened.append((reader, writer))
-            return reader, writer
+            async def connect(first_bytes: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                reader, writer = await asyncio.open_connection(LOOPBACK, port)
+                writer.write(first_bytes)
+                await writer.drain()
+                await asyncio.sleep(0.2)
+                opened.append((reader, writer))
+                return reader, writer
 
-        try:
-            # In a request: its headers whole, half its body sent (a large body: it is read in the handler).
-            in_request = await connect(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n"
-                                       b"Ce-Specversion: 1.0\r\n\r\n" + b"{" * 1000)
-            slow = await connect(b"POST / HTTP/1.1\r\nX-A: 1\r\n")  # headers unfinished
-            idle = await connect(b"")  # opened, nothing sent yet
-            assert len(cap) == 3 and cap.closed_for_room == 0
-            await connect(b"POST / HTTP/1.1\r\n")  # one past the cap: `slow` has gone longest without a request
-            assert await asyncio.wait_for(slow[0].read(), 5) == b""  # closed, no answer
-            assert len(cap) == 3 and cap.closed_for_room == 1
-            await connect(b"")  # then `idle`
-            assert await asyncio.wait_for(idle[0].read(), 5) == b""
-            assert cap.closed_for_room == 2
-            # The request still goes on, and is answered.
-            in_request[1].write(b"0" * 199000)
-            await in_request[1].drain()
-            status_line = await asyncio.wait_for(in_request[0].readline(), 10)
-            assert status_line.startswith(b"HTTP/1.1 400"), status_line  # not a CloudEvent: answered, not cut
-        finally:
-            for _, writer in opened:
-                writer.close()
-            stop.set()
-            await server
+            try:
+                # In a request: its headers whole, half its body sent (a large body: it is read in the handler).
+                in_request = await connect(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n"
+                                           b"Ce-Specversion: 1.0\r\n\r\n" + b"{" * 1000)
+                slow = await connect(b"POST / HTTP/1.1\r\nX-A: 1\r\n")  # headers unfinished
+                idle = await connect(b"")  # opened, nothing sent yet
+                assert len(cap) == 3 and cap.closed_for_room == 0
+                await connect(b"POST / HTTP/1.1\r\n")  # one past the cap: `slow` has gone longest without a request
+                assert await asyncio.wait_for(slow[0].read(), 5) == b""  # closed, no answer
+                assert len(cap) == 3 and cap.closed_for_room == 1
+                await connect(b"")  # then `idle`
+                assert await asyncio.wait_for(idle[0].read(), 5) == b""
+                assert cap.closed_for_room == 2
+                # The request still goes on, and is answered.
+                in_request[1].write(b"0" * 199000)
+                await in_request[1].drain()
+                status_line = await asyncio.wait_for(in_request[0].readline(), 10)
+                assert status_line.startswith(b"HTTP/1.1 400"), status_line  # not a CloudEvent: answered, not cut
+            finally:
+                for _, writer in opened:
+                    writer.close()
 
     asyncio.run(scenario())
 
@@ -190,33 +197,26 @@ def test_one_sender_with_every_connection_in_a_request_takes_no_place_from_anoth
     """Review s26r3: a sender that keeps its connections in a request (whole headers, a small body never finished)
     had every newcomer closed, kubelet's probes and Prometheus' scrapes included. The bound is per peer address."""
     async def scenario() -> None:
-        stop, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
-        app = PredictionExporter(DecodeOptions(class_names=("safe", "nsfw")), body_read_seconds=30).app()
-        server = asyncio.create_task(serve(app, LOOPBACK, 0, max_connections=3, header_seconds=30, stop=stop,
-                                           started=lambda cap, listening: ready.set_result((cap, listening))))
-        cap, listening = await ready
-        port = listening.sockets[0].getsockname()[1]
-        held: list[asyncio.StreamWriter] = []
-        try:
-            for _ in range(4):  # one past its bound, all from 127.0.0.2
-                reader, writer = await asyncio.open_connection(LOOPBACK, port, local_addr=("127.0.0.2", 0))
-                writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nCe-Specversion: 1.0\r\n\r\n{")
-                await writer.drain()
-                await asyncio.sleep(0.2)
+        async with capped_at_three() as (cap, port):
+            held: list[asyncio.StreamWriter] = []
+            try:
+                for _ in range(4):  # one past its bound, all from 127.0.0.2
+                    reader, writer = await asyncio.open_connection(LOOPBACK, port, local_addr=("127.0.0.2", 0))
+                    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nCe-Specversion: 1.0\r\n\r\n{")
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+                    held.append(writer)
+                assert len(cap) == 3 and cap.closed_for_room == 1  # its own newcomer went
+                # Another sender (127.0.0.1: the probes, Prometheus, another logger) is served all the same.
+                reader, writer = await asyncio.open_connection(LOOPBACK, port)
                 held.append(writer)
-            assert len(cap) == 3 and cap.closed_for_room == 1  # its own newcomer went
-            # Another sender (127.0.0.1: the probes, Prometheus, another logger) is served all the same.
-            reader, writer = await asyncio.open_connection(LOOPBACK, port)
-            held.append(writer)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            await writer.drain()
-            status_line = await asyncio.wait_for(reader.readline(), 5)
-            assert status_line.startswith(b"HTTP/1.1 200"), status_line
-        finally:
-            for writer in held:
-                writer.close()
-            stop.set()
-            await server
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                await writer.drain()
+                status_line = await asyncio.wait_for(reader.readline(), 5)
+                assert status_line.startswith(b"HTTP/1.1 200"), status_line
+            finally:
+                for writer in held:
+                    writer.close()
 
     asyncio.run(scenario())
 
