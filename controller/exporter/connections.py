@@ -1,7 +1,6 @@
-"""The exporter's listening side: connections are bounded in number per sender (peer address), in header size and in
-the time they take to send a request's headers, so that the memory a sender holds before its request reaches the app
-has a ceiling too, and one sender at its bound never takes a place from another (kubelet's probes, Prometheus, the
-other model servers' loggers).
+"""The exporter's listening side: connections are bounded in number, in header size and in the time they take to
+send a request's headers, so that the memory a sender holds before its request reaches the app has a ceiling too,
+and a new connection (kubelet's probes, Prometheus, a logger) always gets in.
 
 aiohttp's defaults (128 headers of up to 8190 bytes, unbounded connections, no deadline on the headers) let one
 sender hold ~1.9 MiB per connection that never ends its headers: 150 of them took the exporter from 37 to 320 MiB.
@@ -13,7 +12,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -25,23 +24,22 @@ HEADER_LIMITS = {"max_headers": 32, "max_field_size": 4096, "max_line_size": 819
 # aiohttp's keep-alive timer, which it arms at both, closes a connection still waiting for a request when it fires.
 # As long as a body has (BODY_READ_SECONDS); an idle keep-alive connection is closed after it too.
 HEADER_SECONDS = 10.0
-# Open connections per peer address. Past it, that peer's connection that has gone longest without starting a
-# request (a slow header sender, or an idle keep-alive one) is closed for its new one, and when all of them are in a
-# request the new one is: a connection in a request is never closed for another, nor one peer's for another peer's.
-# A logger (one per model server pod) keeps a few; a Knative broker more.
-MAX_CONNECTIONS = 64
+# Open connections. Past it, the one that has gone longest without starting a request (a slow header sender, or an
+# idle keep-alive one) is closed for the new one; when every other is in a request, the one whose request began
+# longest ago is (a stalled body: a logger's request takes milliseconds), never the new one. Not per source address:
+# behind a mesh sidecar, SNAT or a broker every sender has one, and a probe or scrape must still get in.
+MAX_CONNECTIONS = 256
 WARNING_SECONDS = 600.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ConnectionCap:
-    """Open connections, least recently active first, how many requests each has in progress, and each peer's."""
+    """Open connections, least recently active first (a request's start counts), and how many requests each has in
+    progress."""
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit  # per peer address
+        self.limit = limit
         self._open: OrderedDict[asyncio.BaseTransport, int] = OrderedDict()
-        self._peer: dict[asyncio.BaseTransport, str] = {}
-        self._per_peer: Counter[str] = Counter()
         self.closed_for_room = 0
         self._warned_at: float | None = None
 
@@ -52,29 +50,22 @@ class ConnectionCap:
         return lambda: _Tracked(inner(), self)
 
     def opened(self, transport: asyncio.BaseTransport) -> None:
-        peername = transport.get_extra_info("peername")
-        peer = str(peername[0]) if isinstance(peername, tuple) and peername else ""
-        self._open[transport], self._peer[transport] = 0, peer
-        self._per_peer[peer] += 1
-        if self._per_peer[peer] <= self.limit:
+        self._open[transport] = 0
+        if len(self._open) <= self.limit:
             return
-        # The new one is last: it is closed itself only when every other of its peer is in a request.
-        idle = next(t for t, in_request in self._open.items() if not in_request and self._peer[t] == peer)
+        others = [t for t in self._open if t is not transport]  # least recently active first
+        victim = next((t for t in others if not self._open[t]), others[0])
         self.closed_for_room += 1
-        self.forget(idle)  # counted out now: its close completes later
-        idle.close()
+        self.forget(victim)  # counted out now: its close completes later
+        victim.close()
         now = time.monotonic()
         if self._warned_at is None or now - self._warned_at >= WARNING_SECONDS:
             self._warned_at = now
-            log.warning("%d connections open from one sender: closed its one longest without a request (slow or idle; "
-                        "not logged again for %d minutes)", self.limit, WARNING_SECONDS // 60)
+            log.warning("%d connections open: closed the one longest without a request, or in its request longest "
+                        "(slow or idle senders; not logged again for %d minutes)", self.limit, WARNING_SECONDS // 60)
 
     def forget(self, transport: asyncio.BaseTransport) -> None:
-        if self._open.pop(transport, None) is not None:
-            peer = self._peer.pop(transport)
-            self._per_peer[peer] -= 1
-            if not self._per_peer[peer]:
-                del self._per_peer[peer]
+        self._open.pop(transport, None)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
