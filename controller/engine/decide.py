@@ -1805,11 +1805,14 @@ class _Decider:
             record = dataclasses.replace(record, refused_since=None)
             self._put_record(record)
         error = _ledger_error(record)
-        # Judged when a refusal is seen (this decision's), not merely once time has passed: an operator that was
+        # Judged when a refusal is seen now (the tag's, or the registry refusing the reads it needs first, e.g.
+        # revoked credentials: the tag is not sent then), not merely once time has passed: an operator that was
         # down past the deadline saw no refusal meanwhile, and sends the tag again first.
+        refused_now = action.id in self.failed_actions or (
+            observed_error is not None and observed_error.kind is not AdapterErrorKind.UNAVAILABLE)
         if record is not None and rollback.traffic_confirmed_at and rollback.alias_confirmed_at \
                 and error is not None and error.kind is not AdapterErrorKind.UNAVAILABLE \
-                and action.id in self.failed_actions and record.refused_since is not None and not self._deleting \
+                and refused_now and record.refused_since is not None and not self._deleting \
                 and self._deadline_passed(record.refused_since):
             # Users are back on stable, and the registry answers but has refused the tag for progressDeadline
             # in a row (e.g. a redirect that turns the POST into a 405): holding the target for ever for a tag

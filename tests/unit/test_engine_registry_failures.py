@@ -7,6 +7,7 @@ mid-rollout (MLflow drops its aliases with it), left the rollback in RollingBack
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from controller.engine import (
     SetAlias,
     TagRejected,
 )
+from controller.engine.observations import RegistryObservation
 from controller.operator.events import is_warning
 from controller.verdict import Outcome
 
@@ -397,3 +399,22 @@ def test_an_operator_down_past_the_deadline_after_one_refusal_sends_the_tag_agai
     world.run_until(finished, step=timedelta(minutes=1), limit=10)
     assert "CandidateNotTagged" not in events(world)
     assert world.registry.versions["7"].get(REJECTED_TAG) == "true"
+
+
+def test_a_registry_refusing_its_reads_after_the_tag_still_ends_the_rollback_untagged() -> None:
+    """Review s26final: with the reads refused too (credentials revoked: 403 on every call, not an outage) the tag
+    is not sent again, so no refusal of it is seen; the refused reads count, and the rollback ends a deadline later."""
+    world = World(spec=spec_dict(progressDeadline="30m"))
+    _tag_answers(world, [(AdapterErrorKind.FORBIDDEN, "MLflow answered HTTP 403 Forbidden")])
+    _reach_tag_step(world)
+    observe = world.observe
+
+    def forbidden_reads(*args: Any, **kwargs: Any) -> Any:
+        return dataclasses.replace(observe(*args, **kwargs), registry=RegistryObservation(
+            error=AdapterError(AdapterErrorKind.FORBIDDEN, "MLflow answered HTTP 403 Forbidden")))
+
+    world.observe = forbidden_reads  # type: ignore[method-assign]
+    started = world.now
+    world.run_until(finished, step=timedelta(minutes=1), limit=60)
+    assert world.now - started <= timedelta(minutes=36) and "CandidateNotTagged" in events(world)
+    assert world.status.phase is Phase.ROLLED_BACK
