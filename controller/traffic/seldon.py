@@ -568,9 +568,11 @@ class SeldonDeploymentRouter:
             if node is None or served is None:
                 lacking = self.stable_predictor if node is None else self.canary_predictor
                 raise TargetStateError(f"cannot promote: predictor {lacking} of {self.target} has no modelUri")
-            if node.get("name") != served.get("name"):
+            stable_uri = annotations.get(ANN_VERSION_URI)
+            if (node.get("modelUri") != stable_uri) if stable_uri else (node.get("name") != served.get("name")):
                 # Stable's graph changed during the canary (a model node added ahead of it): setting the first one
-                # would load the candidate into another node and leave the classifier on the old version.
+                # would load the candidate into another node and leave the classifier on the old version. Known by
+                # the model the node loads (renaming it is an edit stable keeps), else, unrecorded, by its name.
                 raise TargetStateError(
                     f"cannot promote: the first model node of predictor {self.stable_predictor} of {self.target} is "
                     f"{node.get('name')!r}, the canary's is {served.get('name')!r} (stable's graph changed during "

@@ -47,3 +47,12 @@ def test_promotion_refused_when_a_model_node_was_added_ahead_of_the_canarys_in_s
     with pytest.raises(TargetStateError, match=r"cannot promote: the first model node of predictor main .* is 'od'"):
         router.promote()
     assert fake.obj == before
+
+
+def test_promotion_goes_on_when_stables_model_node_was_only_renamed() -> None:
+    """Review s26final: a rename is an edit stable keeps; the node still loads the stable version's model."""
+    router, fake, _, _ = staged_at_50(sdep())
+    fake.obj["spec"]["predictors"][0]["graph"]["name"] = "classifier2"
+    router.promote()
+    [stable] = [p for p in fake.obj["spec"]["predictors"] if p["name"] == "main"]
+    assert stable["graph"]["name"] == "classifier2" and stable["graph"]["modelUri"] == V7
