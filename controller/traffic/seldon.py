@@ -569,10 +569,10 @@ class SeldonDeploymentRouter:
                 lacking = self.stable_predictor if node is None else self.canary_predictor
                 raise TargetStateError(f"cannot promote: predictor {lacking} of {self.target} has no modelUri")
             stable_uri = annotations.get(ANN_VERSION_URI)
-            if (node.get("modelUri") != stable_uri) if stable_uri else (node.get("name") != served.get("name")):
+            if node.get("name") != served.get("name") and not (stable_uri and node.get("modelUri") == stable_uri):
                 # Stable's graph changed during the canary (a model node added ahead of it): setting the first one
-                # would load the candidate into another node and leave the classifier on the old version. Known by
-                # the model the node loads (renaming it is an edit stable keeps), else, unrecorded, by its name.
+                # would load the candidate into another node and leave the classifier on the old version. The
+                # canary's node is known by its name, or, renamed in stable alone, by the stable model it loads.
                 raise TargetStateError(
                     f"cannot promote: the first model node of predictor {self.stable_predictor} of {self.target} is "
                     f"{node.get('name')!r}, the canary's is {served.get('name')!r} (stable's graph changed during "
