@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import ssl
@@ -17,16 +18,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+_RANDOM = random.SystemRandom()
 
 
 class StackError(RuntimeError):
     """A local-stack failure, stated in one line that says what to do."""
 
 
+# Ports handed out by this process: two picks in a row must not name the same port before either server binds it.
+_HANDED_OUT: set[int] = set()
+_LOWEST_PICK = 10000
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range: a port the kernel handed out (bind to 0) is one it
+    also gives outgoing connections, and one of those (etcd dialling itself, a probe) took a port picked for
+    kube-apiserver before it started ("address already in use"; seen in CI)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _RANDOM.randrange(_LOWEST_PICK, low) if low > _LOWEST_PICK + 1000 else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            chosen = int(sock.getsockname()[1])
+        _HANDED_OUT.add(chosen)
+        return chosen
+    raise StackError(f"no free port on {LOOPBACK} below {low} after 200 tries")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default when it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def ensure_port_free(port: int, what: str) -> None:
