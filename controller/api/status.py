@@ -53,6 +53,13 @@ class ConditionType(StrEnum):
     ANALYSIS_HEALTHY = "AnalysisHealthy"
 
 
+# Ready reasons the operator's runtime sets when the stored status cannot move on: the API server refused the decided
+# status (the stored one is kept, saying so), or the stored one cannot be read back. A watch returns on either.
+STATUS_REJECTED = "StatusRejected"
+STATUS_UNREADABLE = "StatusUnreadable"
+STATUS_REFUSALS = (STATUS_REJECTED, STATUS_UNREADABLE)
+
+
 @dataclass(frozen=True)
 class Condition:
     """One condition, as the Kubernetes API conventions define it."""

@@ -23,7 +23,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, CommandError, parse_command
 from controller.api.serialization import parse_time
-from controller.api.status import step_fraction
+from controller.api.status import STATUS_REFUSALS, step_fraction
 from controller.cli.errors import CliError
 from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, objects, printable, text, well_formed
@@ -49,8 +49,6 @@ HELD_REASONS = {"TargetConflict": "the other ModelRollout on the target to end",
 # The Ready reason of a Succeeded rollout whose version serves though a verdict rejected it (the stable alias moved
 # onto it by hand): Degraded in Argo CD, and what a watch returns in place of the phase (exit 1, not 0).
 PREVIOUSLY_REJECTED = "PreviouslyRejected"
-# Ready reasons that say the stored status cannot move on (the operator's runtime sets them): what a watch returns.
-STATUS_REFUSALS = ("StatusRejected", "StatusUnreadable")
 # Paused on a failed check until a human decides (rollback.automatic false): Argo CD's failedPause in
 # deploy/argocd/.../health.lua; the commands as the engine's message names them (promote cannot skip a change the
 # target has not taken).

@@ -35,6 +35,7 @@ from controller.api.status import (
     ACTION_LOG_LIMIT,
     CONTROLLER_ACTOR,
     HANDLED_COMMANDS_LIMIT,
+    STATUS_REJECTED,
     TERMINAL_PHASES,
     ActionRecord,
     ActionState,
@@ -103,9 +104,6 @@ BACKOFF_MAX = timedelta(minutes=5)
 # A gate run the operator restarted under this many times in a row ends inconclusive: it may be what takes the
 # operator down (out of memory), and running it again on every start would crash-loop every rollout.
 GATE_INTERRUPTIONS_LIMIT = 3
-# The Ready reason the operator stores beside the status it kept when the API server refused the decided one
-# (operator/events.py): the decision before the restart was made, so its gate had answered.
-_STATUS_REJECTED = "StatusRejected"
 # Bounds the transitions one decision may chain (e.g. weight confirmed -> analysis starts).
 _MAX_TRANSITIONS = 200
 
@@ -1109,7 +1107,7 @@ class _Decider:
         """The status read is the one kept when the API server refused what was decided on it, for this generation:
         the gate it handed out answered (a refused write-ahead ran nothing), so a restart did not interrupt it."""
         ready = self.conditions_before.get(ConditionType.READY)
-        return (ready is not None and ready.reason == _STATUS_REJECTED
+        return (ready is not None and ready.reason == STATUS_REJECTED
                 and ready.observed_generation == self.obs.generation)
 
     def _gating(self) -> None:

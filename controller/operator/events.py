@@ -17,11 +17,9 @@ from enum import StrEnum
 from typing import Any
 
 from controller.api.serialization import parse_time
+from controller.api.status import STATUS_REJECTED
 
 POSTED_THROUGH = "eventsPostedThrough"
-# The Ready reason (and history entry) of a rollout whose decided status the API server refused to store (too large,
-# invalid): its stored status is kept, saying so (reconciler.py).
-STATUS_REJECTED = "StatusRejected"
 # Entries whose event name contains one of these are Warning Events, and so are WARNING_REASONS; the rest
 # (progress) are Normal. RollbackStarted is a Warning whatever its cause: a missed progress deadline, an
 # on-call abort or a superseded candidate have no failed check of their own before it.

@@ -41,6 +41,8 @@ from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
 from controller.api.status import (
     CONTROLLER_ACTOR,
     HISTORY_LIMIT,
+    STATUS_REJECTED,
+    STATUS_UNREADABLE,
     TERMINAL_PHASES,
     Condition,
     ConditionStatus,
@@ -89,7 +91,7 @@ from controller.gate import (
 )
 from controller.gate.sources import DEFAULT_MAX_DATASET_BYTES, GATE_SCRATCH, check_https_uri
 from controller.operator.event_poster import EventPoster, Posted
-from controller.operator.events import POSTED_THROUGH, STATUS_REJECTED, unposted
+from controller.operator.events import POSTED_THROUGH, unposted
 from controller.operator.kubeapi import (
     FINALIZER,
     ObjectRef,
@@ -545,8 +547,6 @@ def check_operator_settings(spec: ModelRolloutSpec, namespace: str, config: Oper
 _ROLLBACK_PHASES = frozenset({Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.FAILED})
 # What reading a status back can raise on a value it does not expect.
 _STATUS_ERRORS = (ValueError, TypeError, AttributeError)
-# The Ready condition's reason while the status cannot be read.
-STATUS_UNREADABLE = "StatusUnreadable"
 
 
 def read_command(obj: Mapping[str, Any]) -> Command | CommandError | None:

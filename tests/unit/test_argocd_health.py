@@ -26,6 +26,7 @@ from lupa import lua51
 from controller.analysis.judges import proportion_judge, threshold_judge
 from controller.api.commands import COMMAND_ANNOTATION, CommandAction, parse_command
 from controller.api.status import (
+    STATUS_REJECTED,
     AnalysisMode,
     AnalysisStatus,
     ModelRolloutStatus,
@@ -34,7 +35,6 @@ from controller.api.status import (
     Phase,
     VersionRef,
 )
-from controller.operator.events import STATUS_REJECTED
 from controller.operator.runtime import refused_status
 from controller.verdict import Outcome
 
