@@ -175,7 +175,8 @@ def _exporter_run(args: argparse.Namespace) -> int:
     # Unset bounds are left to run(): the exporter's constants are the one source of their defaults.
     bounds = {name: value for name, value in (
         ("max_total_series", args.max_series), ("max_namespace_series", args.max_namespace_series),
-        ("max_pending_bytes", args.max_pending_bytes), ("body_read_slots", args.body_read_slots)) if value is not None}
+        ("max_pending_bytes", args.max_pending_bytes), ("body_read_slots", args.body_read_slots),
+        ("max_connections", args.max_connections)) if value is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = tuple(n.strip() for n in args.class_names.split(",") if n.strip()) if args.class_names else ()
     try:
@@ -376,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     exporter_run.add_argument("--body-read-slots", type=_positive_int, default=None, metavar="N",
                               help="event bodies read at once, each up to 4 MiB in memory; a sender finding none free "
                                    "for 5s gets 503 (default 8)")
+    exporter_run.add_argument("--max-connections", type=_positive_int, default=None, metavar="N",
+                              help="connections held open at once, each up to 136 KiB of headers in memory; past it "
+                                   "the longest-idle one is closed for the newcomer (default 256)")
     exporter_run.set_defaults(handler=_exporter_run, usage_error=exporter_run.error)
     return parser
 

@@ -9,14 +9,16 @@ from test_deploy_render import CHART, RELEASE, helm_template, run_tool
 
 from controller.cli.main import build_parser, main
 from controller.exporter import server
+from controller.exporter.connections import MAX_CONNECTIONS
 from controller.exporter.server import BODY_READ_SLOTS, MAX_NAMESPACE_SERIES, MAX_PENDING_BYTES, MAX_TOTAL_SERIES
 
-BOUNDS = ("max_total_series", "max_namespace_series", "max_pending_bytes", "body_read_slots")
+BOUNDS = ("max_total_series", "max_namespace_series", "max_pending_bytes", "body_read_slots", "max_connections")
 
 
 @pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The keyword arguments each PredictionExporter was built with; nothing listens."""
+    """The keyword arguments each PredictionExporter was built with, and the server's connection cap beside them
+    (`max_connections`); nothing listens."""
     calls: list[dict[str, Any]] = []
     real = server.PredictionExporter
 
@@ -24,18 +26,22 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         calls.append(kwargs)
         return real(*args, **kwargs)
 
+    def listen(*args: Any, max_connections: int) -> None:
+        calls[-1]["max_connections"] = max_connections
+
     monkeypatch.setattr(server, "PredictionExporter", record)
-    monkeypatch.setattr(server, "run_server", lambda *args, **kwargs: None)
+    monkeypatch.setattr(server, "run_server", listen)
     return calls
 
 
 @pytest.mark.parametrize(("flags", "bounds"), [
-    ([], (MAX_TOTAL_SERIES, MAX_NAMESPACE_SERIES, MAX_PENDING_BYTES, BODY_READ_SLOTS)),
+    ([], (MAX_TOTAL_SERIES, MAX_NAMESPACE_SERIES, MAX_PENDING_BYTES, BODY_READ_SLOTS, MAX_CONNECTIONS)),
     (["--max-series", "20000", "--max-namespace-series", "9000", "--max-pending-bytes", "32Mi",
-      "--body-read-slots", "16"], (20000, 9000, 32 * 1024 * 1024, 16)),
+      "--body-read-slots", "16", "--max-connections", "1024"], (20000, 9000, 32 * 1024 * 1024, 16, 1024)),
     # A small cluster: the namespace share follows --max-series down, a quarter of it.
-    (["--max-series", "1000", "--max-pending-bytes", "2097152", "--body-read-slots", "2"], (1000, 250, 2 << 20, 2)),
-    (["--max-series", "2"], (2, 1, MAX_PENDING_BYTES, BODY_READ_SLOTS)),
+    (["--max-series", "1000", "--max-pending-bytes", "2097152", "--body-read-slots", "2", "--max-connections", "8"],
+     (1000, 250, 2 << 20, 2, 8)),
+    (["--max-series", "2"], (2, 1, MAX_PENDING_BYTES, BODY_READ_SLOTS, MAX_CONNECTIONS)),
 ])
 def test_exporter_run_passes_its_bounds_to_the_exporter(flags: list[str], bounds: tuple[int, ...],
                                                         built: list[dict[str, Any]]) -> None:
@@ -50,6 +56,7 @@ def test_exporter_run_passes_its_bounds_to_the_exporter(flags: list[str], bounds
     (["--max-series", "lots"], "argument --max-series: 'lots' is not a positive whole number"),
     (["--max-namespace-series", "1.5"], "argument --max-namespace-series: '1.5' is not a positive whole number"),
     (["--body-read-slots", "0"], "argument --body-read-slots: '0' is not a positive whole number"),
+    (["--max-connections", "0"], "argument --max-connections: '0' is not a positive whole number"),
     (["--max-pending-bytes", "8MB"], "argument --max-pending-bytes: '8MB' is not a positive size"),
     (["--max-pending-bytes", "0Mi"], "argument --max-pending-bytes: '0Mi' is not a positive size"),
     (["--max-series", "100", "--max-namespace-series", "101"],
@@ -74,6 +81,7 @@ def test_the_help_states_the_exporters_own_defaults(capsys: pytest.CaptureFixtur
     assert f"(default {MAX_TOTAL_SERIES}," in text
     assert f"(default {MAX_PENDING_BYTES >> 20}Mi;" in text
     assert f"(default {BODY_READ_SLOTS})" in text
+    assert f"(default {MAX_CONNECTIONS})" in text
 
 
 def exporter_args(*values: str) -> list[str]:
@@ -84,12 +92,13 @@ def exporter_args(*values: str) -> list[str]:
 
 def test_the_chart_renders_the_bounds_as_exporter_flags() -> None:
     args = exporter_args("--set", "exporter.maxSeries=1000000", "--set", "exporter.maxNamespaceSeries=250000",
-                         "--set", "exporter.maxPendingBytes=64Mi", "--set", "exporter.bodyReadSlots=32")
-    assert args[-8:] == ["--max-series", "1000000", "--max-namespace-series", "250000",
-                         "--max-pending-bytes", "64Mi", "--body-read-slots", "32"]
+                         "--set", "exporter.maxPendingBytes=64Mi", "--set", "exporter.bodyReadSlots=32",
+                         "--set", "exporter.maxConnections=2048")
+    assert args[-10:] == ["--max-series", "1000000", "--max-namespace-series", "250000",
+                          "--max-pending-bytes", "64Mi", "--body-read-slots", "32", "--max-connections", "2048"]
     parsed = build_parser().parse_args(args)
-    assert (parsed.max_series, parsed.max_namespace_series, parsed.max_pending_bytes, parsed.body_read_slots) == \
-           (1_000_000, 250_000, 64 << 20, 32)
+    assert (parsed.max_series, parsed.max_namespace_series, parsed.max_pending_bytes, parsed.body_read_slots,
+            parsed.max_connections) == (1_000_000, 250_000, 64 << 20, 32, 2048)
     # Unset (the defaults), or an empty namespace share: no flag, the exporter's own defaults.
     for unset in ((), ("--set", "exporter.maxNamespaceSeries=")):
         assert not [arg for arg in exporter_args(*unset) if arg.startswith("--max-") or arg == "--body-read-slots"]
@@ -106,6 +115,8 @@ def test_the_chart_renders_the_bounds_as_exporter_flags() -> None:
     ("exporter.maxPendingBytes=-8Mi", "/exporter/maxPendingBytes"),
     ("exporter.bodyReadSlots=0", "/exporter/bodyReadSlots"),
     ("exporter.bodyReadSlots=1.5", "/exporter/bodyReadSlots"),
+    ("exporter.maxConnections=0", "/exporter/maxConnections"),
+    ("exporter.maxConnections=many", "/exporter/maxConnections"),
 ])
 def test_the_schema_refuses_a_bad_bound(value: str, complaint: str) -> None:
     result = run_tool("helm", "template", RELEASE, str(CHART), "--set", value)
