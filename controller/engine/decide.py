@@ -1247,7 +1247,8 @@ class _Decider:
         # the deadline (and `retry` renews it).
         self._request(action, f"weight {weight}%", send=False)
         if self._deadline_passed(self._pending_since(action_id)):
-            observed = "unknown" if target is None else f"{target.canary_weight}%"
+            observed = ("unknown" if target is None else "no candidate staged" if target.canary_weight is None
+                        else f"{target.canary_weight}%")
             self._deadline_failure(f"the target did not take weight {weight}%", action_id,
                                    f" (observed {observed}), at {self._step_label(index)}",
                                    {"step": index, "weight": weight})

@@ -1584,6 +1584,16 @@ def test_weight_that_never_takes_effect_rolls_back_after_the_deadline() -> None:
     assert "did not take weight 10% within progressDeadline 30m (observed 1%)" in world.status.message
 
 
+def test_weight_deadline_with_the_candidate_gone_says_none_is_staged() -> None:
+    # Someone else took the candidate out of the target (a sync) mid-canary: the step can never be taken.
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 1)
+    world.target.ignore_weights = True
+    world.target.canary_version = world.target.canary_weight = None
+    world.run_until(finished, step=timedelta(minutes=5))
+    assert "did not take weight 10% within progressDeadline 30m (observed no candidate staged)" in world.status.message
+
+
 def test_weight_deadline_without_automatic_rollback_can_be_retried() -> None:
     world = World(spec=spec_dict(rollback={"automatic": False}))
     world.run_until(lambda w: w.status.current_step == 1)
