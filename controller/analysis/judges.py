@@ -291,8 +291,8 @@ def threshold_judge(name: str, value: Any, *, minimum: Any = None, maximum: Any 
             return Verdict(name, Outcome.INCONCLUSIVE, f"invalid configuration: {label} {bound!r} is not a "
                            "finite number", evidence)
     if minimum is not None and maximum is not None and minimum > maximum:
-        return Verdict(name, Outcome.INCONCLUSIVE, f"invalid configuration: min {minimum:g} is above max "
-                       f"{maximum:g}", evidence)
+        return Verdict(name, Outcome.INCONCLUSIVE, f"invalid configuration: min {_exact(minimum)} is above max "
+                       f"{_exact(maximum)}", evidence)
     if value is None:
         return Verdict(name, Outcome.INCONCLUSIVE, "no value: the query returned nothing", evidence)
     if not _is_number(value):
@@ -305,10 +305,10 @@ def threshold_judge(name: str, value: Any, *, minimum: Any = None, maximum: Any 
         return Verdict(name, Outcome.INCONCLUSIVE, f"value is {v:g}: not a finite measurement (a division "
                        "by zero traffic?)", evidence)
     if maximum is not None and v > maximum:
-        return Verdict(name, Outcome.FAIL, f"{v:g} is above the maximum {float(maximum):g}", evidence)
+        return Verdict(name, Outcome.FAIL, f"{_exact(v)} is above the maximum {_exact(maximum)}", evidence)
     if minimum is not None and v < minimum:
-        return Verdict(name, Outcome.FAIL, f"{v:g} is below the minimum {float(minimum):g}", evidence)
-    return Verdict(name, Outcome.PASS, f"{v:g} is within {_bounds_text(minimum, maximum)}", evidence)
+        return Verdict(name, Outcome.FAIL, f"{_exact(v)} is below the minimum {_exact(minimum)}", evidence)
+    return Verdict(name, Outcome.PASS, f"{_exact(v)} is within {_bounds_text(minimum, maximum)}", evidence)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -535,7 +535,13 @@ def _count(v: float) -> str:
 
 def _bounds_text(minimum: Any, maximum: Any) -> str:
     if minimum is not None and maximum is not None:
-        return f"[{float(minimum):g}, {float(maximum):g}]"
+        return f"[{_exact(minimum)}, {_exact(maximum)}]"
     if minimum is not None:
-        return f"the minimum {float(minimum):g}"
-    return f"the maximum {float(maximum):g}"
+        return f"the minimum {_exact(minimum)}"
+    return f"the maximum {_exact(maximum)}"
+
+
+def _exact(v: Any) -> str:
+    """Short as :g, unless that rounds it: a value just past a bound must not read as the bound itself."""
+    short = f"{float(v):g}"
+    return short if float(short) == float(v) else repr(float(v))

@@ -52,6 +52,18 @@ def test_threshold_fails_above_max_and_below_min_with_evidence() -> None:
     assert v.outcome is Outcome.FAIL and "below the minimum 10" in v.reason
 
 
+@pytest.mark.parametrize(("value", "bounds", "reason"), [
+    (0.5000001, {"minimum": 0.5, "maximum": 0.5}, "0.5000001 is above the maximum 0.5"),
+    (0.4999999, {"minimum": 0.5}, "0.4999999 is below the minimum 0.5"),
+    (1234567.0, {"maximum": 1234566.5}, "1234567.0 is above the maximum 1234566.5"),
+    (0.25, {"minimum": 0.1, "maximum": 0.3}, "0.25 is within [0.1, 0.3]"),
+])
+def test_threshold_reason_never_rounds_a_value_onto_its_bound(value: float, bounds: dict[str, float],
+                                                              reason: str) -> None:
+    # An on-call reading "0.5 is above the maximum 0.5" cannot tell what failed.
+    assert threshold_judge("m", value, **bounds).reason == reason
+
+
 @pytest.mark.parametrize(("value", "needle"), [
     (None, "returned nothing"),
     (float("nan"), "NaN"),
