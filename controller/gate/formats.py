@@ -118,8 +118,8 @@ MAX_LINE_VALUES = 1 << 20
 TOO_LONG = "\x00 line too long"  # stands for a skipped line; never valid JSON
 TOO_MANY_VALUES = "\x00 too many values"  # stands for a line of more than MAX_LINE_VALUES values, never parsed
 _READING = "\x00 reading"  # _bounded_lines is reading through a long line: not a line, a chance to pause
-# The header must come first: blank lines before it are tolerated, but only this many (open_dataset runs on
-# the event loop, outside the gate's time limit).
+# The header must come first: blank lines before it are tolerated, but only this many (open_dataset runs
+# before the gate's time limit starts).
 MAX_HEADER_SCAN_LINES = 1000
 # An .npz row and block, in values of its features (float64 once read). A block of 8 MiB as float64 peaks near
 # 20 MiB while read (raw block, float64 conversion, the copy without the bad rows), and its JSON request body
@@ -132,6 +132,10 @@ MAX_BATCH_VALUES = 1 << 20
 # limit and everything else on the event loop get their turn even while lines or rows are all unusable.
 PAUSE_SECONDS = 0.05
 MAX_CLASS_ARRAY_BYTES = 1 << 20  # a class list is names; a compressed member must not unpack into gigabytes
+# An .npz holds one member per array (np.savez writes 2-4 here). zipfile builds an object per central-directory
+# entry before anything can be checked: a 150 MiB file of entries took 1 GiB and blocked for 15 s. Refused first.
+MAX_NPZ_MEMBERS = 64
+MAX_NPZ_DIRECTORY_BYTES = 64 << 10
 
 
 def _small_array(member: IO[bytes], what: str) -> np.ndarray:
@@ -545,6 +549,23 @@ class _NpyStream:
         self.stream.close()
 
 
+def _npz_archive(path: Path) -> zipfile.ZipFile:
+    """The .npz as a ZipFile, refused from its end-of-central-directory record (read by zipfile's own function,
+    zip64 included: the record ZipFile then trusts) when its directory is too large to be an .npz's."""
+    try:
+        with open(path, "rb") as stream:
+            end = zipfile._EndRecData(stream)  # type: ignore[attr-defined]
+    except OSError:
+        end = None
+    if end is not None:  # None: not a zip, which ZipFile says
+        entries, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+        if entries > MAX_NPZ_MEMBERS or size > MAX_NPZ_DIRECTORY_BYTES:
+            raise DatasetFormatError(f".npz zip directory lists {entries} entries in {size} bytes; an .npz holds "
+                                     f"one entry per array, at most {MAX_NPZ_MEMBERS} entries and "
+                                     f"{MAX_NPZ_DIRECTORY_BYTES} bytes are supported")
+    return zipfile.ZipFile(path)
+
+
 class NpzReader:
     format = "npz"
 
@@ -554,7 +575,7 @@ class NpzReader:
         self.records = 0
         self.problems = DatasetProblems()
         try:
-            with zipfile.ZipFile(path) as archive:
+            with _npz_archive(path) as archive:
                 members = set(archive.namelist())
                 for required in ("X.npy", "y.npy"):
                     if required not in members:
@@ -586,7 +607,7 @@ class NpzReader:
 
     def batches(self) -> Iterator[Batch]:
         try:
-            with zipfile.ZipFile(self.path) as archive:
+            with _npz_archive(self.path) as archive:
                 streams = [_NpyStream(archive, "X.npy"), _NpyStream(archive, "y.npy")]
                 if self.has_slices:
                     streams.append(_NpyStream(archive, "slices.npy"))

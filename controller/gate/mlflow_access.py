@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, urljoin, urlparse
 
 import requests
 import urllib3
@@ -29,6 +29,7 @@ import urllib3
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
 from controller.http_deadline import Exchange, transport_cause
 from controller.redaction import redact_credentials, redacted_url, without_userinfo
+from controller.registry.base import bounded
 from controller.registry.mlflow_rest import (
     MAX_ANSWER_BYTES,
     AnswerTooLarge,
@@ -127,13 +128,29 @@ class MlflowRest:
 
         retries = self.access.max_retries if retries is None else retries
         try:
-            return mlflow_request(self.access.host_creds(), endpoint, method, max_retries=retries,
-                                  backoff_factor=1, backoff_jitter=_BACKOFF_JITTER_SECONDS,
-                                  timeout=self.access.timeout_seconds, **kwargs)
+            # Redirects not followed (as the registry adapter): a dataset would come from, and evidence go to, a
+            # host the gate never named, and a PUT's success be reported from there.
+            response = mlflow_request(self.access.host_creds(), endpoint, method, max_retries=retries,
+                                      backoff_factor=1, backoff_jitter=_BACKOFF_JITTER_SECONDS,
+                                      timeout=self.access.timeout_seconds, allow_redirects=False, **kwargs)
         except MlflowException as exc:
             # Connection refused, DNS failure, timeout, or retries used up: all "try again later".
             raise SourceError(ErrorKind.UNAVAILABLE,
                               f"MLflow at {self.access.tracking_uri}: {self.access.redacted(exc.message)}") from None
+        if 300 <= response.status_code < 400:
+            response.close()
+            raise SourceError(kind_for_http_status(response.status_code),
+                              self._redirect_message(response, method, endpoint))
+        return response
+
+    def _redirect_message(self, response: requests.Response, method: str, endpoint: str) -> str:
+        target = response.headers.get("Location", "")
+        # Where it points, without user info or query (a presigned URL's signature), and without the credentials.
+        where = bounded(self.access.redacted(repr(redacted_url(urljoin(response.url, target)))), 200) \
+            if target else "no Location"
+        return (f"MLflow at {self.access.tracking_uri} answered {method} {endpoint} with HTTP {response.status_code}, "
+                f"a redirect to {where}: redirects are not followed; point the registry's trackingUri at MLflow's "
+                "API itself")
 
     def call(self, method: str, endpoint: str, *, params: Mapping[str, str] | None = None,
              body: Mapping[str, Any] | None = None, retry: bool = True) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 import aiohttp
 from yarl import URL
@@ -39,7 +39,7 @@ from yarl import URL
 from controller.api.reach import is_dns_name
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
 from controller.gate.mlflow_access import HashingWriter, MlflowAccess, copy_hashing, download_artifact
-from controller.redaction import redacted_url
+from controller.redaction import redact_credentials, redacted_url
 
 DEFAULT_MAX_DATASET_BYTES = 4 * 1024**3
 # Left free on the scratch filesystem: the operator and its libraries write a little there too.
@@ -339,8 +339,11 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink) ->
                         url = target
                         continue
                     if response.status != 200:
+                        # The reason phrase is the server's text: it may echo the query, a presigned signature (the
+                        # spec's, or a same-host redirect's).
+                        reason = _without(_without(response.reason or "", uri, shown), str(url), shown)
                         raise SourceError(kind_for_http_status(response.status),
-                                          f"GET {shown}: HTTP {response.status} {response.reason or ''}".strip())
+                                          f"GET {shown}: HTTP {response.status} {reason}".strip())
                     # aiohttp decodes a Content-Encoding: then the length sent is not the dataset's size.
                     if response.content_length is not None and \
                             response.headers.get("Content-Encoding", "identity").lower() == "identity":
@@ -352,16 +355,23 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink) ->
                                                  f"{sources.https_timeout_seconds:g}s") from None
     except (aiohttp.ClientError, ssl.SSLError) as exc:
         raise SourceError(ErrorKind.UNAVAILABLE,
-                          f"GET {shown}: {type(exc).__name__}: {_without(exc, uri, shown)}") from None
+                          f"GET {shown}: {type(exc).__name__}: {_without(str(exc), uri, shown)}") from None
     except (ValueError, UnicodeError) as exc:  # what aiohttp could not use of a URL
         raise SourceError(ErrorKind.INVALID, f"GET {shown}: {type(exc).__name__}") from None
     raise SourceError(ErrorKind.ERROR, f"GET {shown}: more than {_MAX_REDIRECTS} redirects")
 
 
-def _without(exc: BaseException, uri: str, shown: str) -> str:
-    """An error's text without the URL's query (aiohttp's errors may quote the URL, or only its query)."""
-    text, query = str(exc).replace(uri, shown), uri.partition("?")[2]
-    return text.replace(query, "<redacted>") if len(query) >= 8 else text
+def _without(text: str, uri: str, shown: str) -> str:
+    """text (an error's, a server's reason phrase) without the URL's query: whole, or any value of it of 8 characters
+    or more (a signature), as it is or escaped. aiohttp's errors may quote the URL or its query; a server, anything."""
+    text, query = text.replace(uri, shown), uri.partition("?")[2]
+    if len(query) >= 8:
+        text = text.replace(query, "<redacted>")
+    raw = {part.partition("=")[2] for part in re.split("[&;]", query)}
+    values = raw | {value for _, value in parse_qsl(query, keep_blank_values=True)}
+    for value in sorted((value for value in values if len(value) >= 8), key=len, reverse=True):
+        text = redact_credentials(text, token=value)
+    return text
 
 
 async def _copy_stream(response: aiohttp.ClientResponse, sink: IO[bytes], max_bytes: int,

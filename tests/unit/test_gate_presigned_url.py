@@ -23,8 +23,9 @@ def test_a_presigned_urls_signature_reaches_no_status_nor_message(tls_files: tup
         async with https_server(cert, key) as port:
             sources = DatasetSources(https_allowed_hosts=["127.0.0.1"], https_ca_file=str(cert))
             texts = []
-            # fetched but not the pinned data; refused (404); a redirect to a port no URL can have
-            for path in ("data.jsonl", "missing", "nowhere"):
+            # fetched but not the pinned data; refused (404); a redirect to a port no URL can have; refused (403) with
+            # a reason phrase quoting the query, or only the signature's value
+            for path in ("data.jsonl", "missing", "nowhere", "echo-query", "echo-value"):
                 uri = f"https://127.0.0.1:{port}/{path}?X-Amz-Expires=60&{SIGNATURE}"
                 report = await run_gate({"uri": uri, "sha256": "0" * 64, "thresholds": {"minAccuracy": 0.9}},
                                         endpoint("http://127.0.0.1:9"), None, namespace="ns", sources=sources,
@@ -33,8 +34,12 @@ def test_a_presigned_urls_signature_reaches_no_status_nor_message(tls_files: tup
                 texts.append((report.reason, json.dumps([report.status, report.evidence, str(report.error)])))
             return texts
 
-    for reason, text in run(scenario()):
+    texts = run(scenario())
+    for reason, text in texts:
         assert "secret" not in text and "secret" not in reason, text
+    # The reason phrase is still quoted, the query cut from it.
+    assert "HTTP 403 Forbidden for <redacted>" in texts[3][0], texts[3][0]
+    assert "HTTP 403 signature *** does not match" in texts[4][0], texts[4][0]
 
 
 @pytest.mark.parametrize("location", [

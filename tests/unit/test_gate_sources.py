@@ -143,6 +143,11 @@ async def https_server(cert: Path, key: Path) -> AsyncIterator[int]:
     async def nowhere(request: web.Request) -> web.Response:
         return web.Response(status=302, headers={"Location": "https://127.0.0.1:99999/data.jsonl"})
 
+    async def echo(request: web.Request) -> web.Response:  # a reason phrase quoting the query, or one value of it
+        if request.path == "/echo-query":
+            return web.Response(status=403, reason=f"Forbidden for {request.query_string}")
+        return web.Response(status=403, reason=f"signature {request.query.get('X-Amz-Signature')} does not match")
+
     async def stall(request: web.Request) -> web.StreamResponse:  # a first chunk, then nothing for a while
         response = web.StreamResponse()
         await response.prepare(request)
@@ -156,6 +161,8 @@ async def https_server(cert: Path, key: Path) -> AsyncIterator[int]:
     app.router.add_get("/elsewhere", elsewhere)
     app.router.add_get("/missing", missing)
     app.router.add_get("/nowhere", nowhere)
+    app.router.add_get("/echo-query", echo)
+    app.router.add_get("/echo-value", echo)
     app.router.add_get("/stall", stall)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
