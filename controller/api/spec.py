@@ -294,6 +294,8 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelRolloutSpec:
     )
     if parsed.progress_deadline <= timedelta(0):
         raise SpecError("spec.progressDeadline", "must be longer than 0s")
+    if parsed.target.seldon_experiment is not None:
+        _seldon_model_name(model)
     needs_metrics = parsed.bake is not None or any(isinstance(s, AnalysisStep) for s in parsed.canary.steps)
     if needs_metrics and not parsed.analysis.metrics:
         raise SpecError("spec.analysis.metrics",
@@ -333,6 +335,19 @@ def _model_name(raw: Mapping[str, Any], path: str) -> str:
         raise SpecError(f"{path}.name", f"must be a registered model name MLflow accepts: not blank, at most "
                         f"{MAX_MODEL_NAME_LENGTH} characters, no '/' or ':', not '.' and not starting with '..'")
     return name
+
+
+def _seldon_model_name(model: ModelSpec) -> None:
+    """The candidate's Seldon Model is named after spec.model.name: refused when no Model can have that name. An
+    alias's version is known only at run time: refused here only when even version 1's name is too long (the
+    router's stage refuses the rest, naming spec.model.name too)."""
+    # Here, not at the top: controller.traffic imports controller.api. The router's own rule, so the two agree.
+    from controller.traffic.seldon import serving_name_problem
+
+    version = model.version or "1"
+    problem = serving_name_problem(model.name, version, "" if model.version else "even version 1")
+    if problem is not None:
+        raise SpecError("spec.model.name", problem)
 
 
 def _parse_registry(raw: Mapping[str, Any] | None) -> RegistrySpec:

@@ -31,7 +31,9 @@ Seldon Core v2, Experiment (SeldonExperimentStandIn), as its scheduler and opera
     mirror, a name twice among the candidates and the mirror) is not started: the one last started keeps
     serving and its conditions stay, Ready included; the error goes to a ModelReady condition, outside the
     living set (the operator's updateStatusFromError);
-  - the experiment is active when every candidate (and the mirror) is an available Model; conditions
+  - the experiment is active when every candidate (and the mirror) is an available Model (until then the
+    mesh serves its default Model alone, and "<experiment>.experiment" not at all, as the scheduler's
+    IncrementalProcessor routes it, also after it was active once); conditions
     ExperimentReady (reason "experiment active" or why not), CandidatesReady ("Candidates ready" /
     "Candidates not ready"), MirrorReady and the living set's Ready; no observedGeneration (Seldon Core v2
     writes conditions only);
@@ -554,11 +556,10 @@ class SeldonExperimentStandIn(WatchingStandIn):
                           _condition("MirrorReady", mirror_ready,
                                      "Mirror ready" if mirror_ready else "Mirror not ready")]
             status = {"conditions": _keep_transition_times(_living_set(dependents), existing.get("conditions") or [])}
-            # The scheduler keeps serving the experiment as last started until the new one is active.
-            if active:
-                mesh.set_experiment(name, _Route(spec.get("default"), candidates, True))
-            elif name not in mesh.experiments:
-                mesh.set_experiment(name, _Route(spec.get("default"), candidates, False))
+            # Started, it is routed at once, active or not: while a candidate (or the mirror) cannot take traffic
+            # the scheduler's envoy sends the default model's requests to that Model alone (addModel reverts to
+            # it) and has no <experiment>.experiment route (addExperiment removed it, then failed).
+            mesh.set_experiment(name, _Route(spec.get("default"), candidates, active))
             if status != existing:
                 self._write_status(obj, status)
             return status

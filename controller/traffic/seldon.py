@@ -60,11 +60,13 @@ Seldon Core v2 (share of a candidate = its weight / sum of weights; weight 0 is 
 requires the experiment's `default` model to stay among the candidates):
   stage     the candidate's Model added as a candidate with weight 0, stable's weight 100. The Model
             resource itself (storageUri, requirements) is deployed by whoever builds the model; the
-            router refers to it by CandidateModel.serving_name, default "<model name>-v<version>".
+            router refers to it by CandidateModel.serving_name, default "<model name>-v<version>" (DNS-label
+            form; refused, naming spec.model.name, when over 253 characters: no Model can carry it).
   set_weight  stable 100-N, candidate N; refused beside a weighted model the router never wrote (as stage is).
   promote   candidate 100; the old stable leaves the candidates (kept at weight 0 if it is the default).
   rollback  the candidate removed (kept at 0 if it is the default), stable 100; so is any other model the
-            router wrote (named in its model-versions annotation) that still carries weight.
+            router wrote (named in its model-versions annotation) that still carries weight. The candidate's
+            record goes in every case, also when its model already left the candidates (an Argo CD sync).
   restore   (after a promotion) the given version's Model back at 100, the router's others out.
   A model the router never wrote (another team's A/B split) is refused by stage and set_weight; rollback and
   restore leave its entry as it is, the kept model taking the weight of all the router's (not 100), so its share
@@ -634,8 +636,24 @@ ANN_MODEL_VERSIONS = ANNOTATION_PREFIX + "model-versions"  # JSON: Seldon Model 
 EXPERIMENT_ANNOTATIONS = (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL, ANN_MODEL_VERSIONS)
 
 
+# A Kubernetes object name (a DNS subdomain) is at most this long: a longer Seldon Model cannot exist.
+MAX_MODEL_NAME_LENGTH = 253
+
+
 def default_serving_name(candidate: CandidateModel) -> str:
     return candidate.serving_name or f"{dns_label(candidate.name)}-v{dns_label(candidate.version)}"
+
+
+def serving_name_problem(model_name: str, version: str, which: str = "") -> str | None:
+    """Why no Seldon Model can carry the name default_serving_name gives `version` of `model_name` (None: one
+    can); `which` names the version in the message. parse_spec asks with the spec's version, or for an alias
+    with the shortest, "1" (refused: no version fits); stage with the version resolved."""
+    name = default_serving_name(CandidateModel(model_name, version, ""))
+    if len(name) <= MAX_MODEL_NAME_LENGTH:
+        return None
+    return (f"gives {which or f'version {version}'} the Seldon Model name {name[:32]}... ({len(name)} characters: "
+            f"the name in DNS-label form, -v<version>), over the {MAX_MODEL_NAME_LENGTH} a Kubernetes object name "
+            "may have, so no Model can carry it; register the model under a shorter name")
 
 
 MESH_SERVICE = "seldon-mesh"  # Seldon Core v2's one inference Service per runtime namespace
@@ -821,6 +839,11 @@ class SeldonExperimentRouter:
 
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         model = default_serving_name(candidate)
+        # A version resolved from an alias at run time (parse_spec knows only the shortest): refused before any
+        # write, naming the field, so TargetReady says why at once instead of a Model never Ready doing so at
+        # progressDeadline (the engine still ends the rollout then, untagged, as for any refused step).
+        if candidate.serving_name is None and (problem := serving_name_problem(candidate.name, candidate.version)):
+            raise TargetStateError(f"spec.model.name: {problem}")
 
         def build(obj: Obj) -> Obj:
             stable, previous_candidate = self._roles(obj)
@@ -895,7 +918,14 @@ class SeldonExperimentRouter:
             weighted = [n for n, w in weights.items() if w and n != stable and n in ours]
             leaving = [*weighted, candidate] if candidate is not None and candidate not in weighted else weighted
             if not leaving:
-                return None  # nothing staged: stable has all of our traffic
+                if annotations_of(obj).get(ANN_CANDIDATE_MODEL) is None:
+                    return None  # nothing staged: stable has all of our traffic
+                # The candidate left the candidates some other way (a sync): its record goes too, as Seldon Core
+                # v1's does, or a model of that name added later (another team's A/B) would read as this
+                # rollout's candidate, be dropped by the next stage and removed by a later rollback.
+                annotations = self._owned(obj)
+                annotations[ANN_CANDIDATE_MODEL] = None
+                return self._body(obj, weights, annotations)  # the candidates as they are; model-versions pruned
             full = self._full_weight(weights, ours)
             for model in leaving:
                 self._keep(obj, weights, model)

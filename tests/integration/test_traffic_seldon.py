@@ -470,10 +470,10 @@ def test_seldon_deployment_rollback_clears_the_record_of_a_canary_gone(api: clie
 
 
 def seldon_v2_reports(api: client.ApiClient, namespace: str, candidates_ready: bool = True) -> None:
-    """Play Seldon Core v2's controller: the experiment is active once its candidate models are available."""
-    generation = get(api, SELDON_EXPERIMENT, namespace)["metadata"]["generation"]
+    """Play Seldon Core v2's controller: the experiment is active once its candidate models are available. Its
+    conditions only: Seldon Core v2 never writes status.observedGeneration (the stand-in does not either)."""
     flag = "True" if candidates_ready else "False"
-    write_status(api, SELDON_EXPERIMENT, namespace, {"observedGeneration": generation, "conditions": [
+    write_status(api, SELDON_EXPERIMENT, namespace, {"conditions": [
         {"type": "CandidatesReady", "status": flag, "reason": "candidates ready" if candidates_ready else "waiting"},
         {"type": "ExperimentReady", "status": flag},
         {"type": "MirrorReady", "status": "True"},
@@ -497,7 +497,13 @@ def test_seldon_experiment_stage_step_rollback_stage_promote(api: client.ApiClie
     assert weights(obj) == {"nsfw": 100, "nsfw-v7": 0}  # weight 0: share = 0 / 100
     assert obj["spec"]["default"] == "nsfw"
     state = router.observe()
-    assert not state.synced and not state.canary_ready  # Seldon has not seen the new generation
+    # No observedGeneration to wait for: the spec reads as in effect, and the conditions from before the change
+    # (the candidates then, ready) say the candidate is ready before Seldon has looked at it (README's known limit).
+    assert state.synced and state.canary_ready and state.canary_weight == 0
+    seldon_v2_reports(api, namespace, candidates_ready=False)  # Seldon: the candidate Model is not loaded yet
+    state = router.observe()
+    assert state.synced and not state.ready and not state.canary_ready
+    assert state.message == "experiment is not ready: candidate models not available"
     seldon_v2_reports(api, namespace)
     state = router.observe()
     assert state.canary_ready and (state.stable_version, state.canary_version, state.canary_weight) == ("6", "7", 0)
@@ -545,6 +551,71 @@ def test_seldon_experiment_share_is_weight_over_sum(api: client.ApiClient, names
     oc.apply(body)
     seldon_v2_reports(api, namespace)
     assert router.observe().canary_weight == 25
+
+
+@pytest.mark.integration
+def test_seldon_experiment_rollback_clears_the_record_of_a_candidate_a_sync_removed(api: client.ApiClient,
+                                                                                  namespace: str) -> None:
+    """Argo CD's self-heal takes the candidate out of the candidates mid-canary: rollback still removes its record
+    (as Seldon Core v1's does), once, so another team's later A/B arm of that name is neither read as the candidate,
+    nor dropped by the next stage, nor removed by a later rollback (an ended rollout finishing its withdrawal)."""
+    create(api, SELDON_EXPERIMENT, namespace, {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]})
+    router = SeldonExperimentRouter(api, namespace, NAME)
+    router.stage(CANDIDATE_7, "6")
+    router.set_weight(10)
+    argocd = ObjectClient(api, SELDON_EXPERIMENT, namespace, NAME, field_manager=CREATOR)
+    body = argocd.skeleton()
+    body["spec"] = {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]}
+    argocd.apply(body)  # the manifest in git, forced (self-heal)
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, router.rollback)
+    obj = get(api, SELDON_EXPERIMENT, namespace)
+    assert weights(obj) == {"nsfw": 100}
+    assert {k: v for k, v in obj["metadata"]["annotations"].items() if k.startswith("modelrollout.io/")} == {
+        "modelrollout.io/stable-model": "nsfw", "modelrollout.io/model-versions": json.dumps({"nsfw": "6"})}
+
+    team_b = ObjectClient(api, SELDON_EXPERIMENT, namespace, NAME, field_manager="team-b")
+    body = team_b.skeleton()
+    body["spec"] = {"candidates": [{"name": "nsfw", "weight": 100}, {"name": "nsfw-v7", "weight": 20}]}
+    team_b.apply(body)
+    seldon_v2_reports(api, namespace)
+    state = router.observe()
+    assert state.canary_name is None and state.canary_weight is None and not state.canary_staged
+    assert "models ModelRollout does not manage carry weight: nsfw-v7" in state.message
+    before = get(api, SELDON_EXPERIMENT, namespace)
+    with pytest.raises(TargetStateError, match="does not manage: nsfw-v7"):
+        router.stage(CANDIDATE_8, "6")
+    twice_is_once(api, SELDON_EXPERIMENT, namespace, router.rollback)  # nothing of ours: not written
+    after = get(api, SELDON_EXPERIMENT, namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert weights(after) == {"nsfw": 100, "nsfw-v7": 20}
+
+
+@pytest.mark.integration
+def test_seldon_experiment_refuses_a_candidate_model_name_no_model_can_carry(api: client.ApiClient,
+                                                                             namespace: str) -> None:
+    """A Kubernetes object name is at most 253 characters, a Seldon Model's too (mlops.seldon.io objects shown
+    here by the Experiment, the one of them whose CRD is installed): a version resolved at run time whose Model name
+    would be longer is refused before any write, naming spec.model.name; one at the limit is staged."""
+    r = SELDON_EXPERIMENT
+    for length, accepted in ((253, True), (254, False)):
+        body = {"apiVersion": r.api_version, "kind": r.kind, "metadata": {"name": "e" * length},
+                "spec": {"candidates": [{"name": "nsfw", "weight": 100}]}}
+        try:
+            custom(api).create_namespaced_custom_object(r.group, r.version, namespace, r.plural, body)
+        except client.ApiException as exc:
+            assert not accepted and exc.status == 422 and "must be no more than 253 characters" in exc.body
+        else:
+            assert accepted
+    create(api, SELDON_EXPERIMENT, namespace, {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]})
+    router = SeldonExperimentRouter(api, namespace, NAME)
+    before = get(api, SELDON_EXPERIMENT, namespace)
+    with pytest.raises(TargetStateError, match=r"^spec\.model\.name: gives version 12 the Seldon Model name "
+                                               r"n{32}\.\.\. \(254 characters"):
+        router.stage(CandidateModel("n" * 250, "12", V7), "6")  # an alias's version, fine for versions 1-9
+    after = get(api, SELDON_EXPERIMENT, namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    router.stage(CandidateModel("n" * 250, "7", V7), "6")
+    assert weights(get(api, SELDON_EXPERIMENT, namespace)) == {"nsfw": 100, "n" * 250 + "-v7": 0}
 
 
 @pytest.mark.integration
