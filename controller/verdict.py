@@ -13,10 +13,12 @@ DATASET_INTEGRITY = "dataset.sha256"
 # The query problems (controller.analysis.prometheus.QueryProblem values, in an unmeasured verdict's
 # evidence["problem"]) that say the measuring failed, not what was measured: Prometheus or the exporter away for a
 # moment (a restart, an upgrade). StaleSeries too: the exporter or its scrape stopped reporting, which an exporter
-# restart does. Not QueryRejected: Prometheus answered, refusing the query itself (its syntax, its sample limit,
-# its own timeout on a window that only grows), which the next run asks again.
+# restart does, and DuplicateSeries once the window was measured without it: an exporter's rolling update
+# overlaps two pods for a moment (a second scrape job from the window's start is never measured, so not waited
+# for). Not QueryRejected: Prometheus answered, refusing the query itself (its syntax, its sample limit, its own
+# timeout on a window that only grows), which the next run asks again.
 MEASUREMENT_OUTAGES = frozenset({"PrometheusUnreachable", "PrometheusTooSlow", "PartialData", "MalformedResponse",
-                                 "StaleSeries"})
+                                 "StaleSeries", "DuplicateSeries"})
 
 
 class Outcome(StrEnum):

@@ -54,6 +54,8 @@ class QueryProblem(StrEnum):
     STALE = "StaleSeries"  # no value now, but there was within the hour: the source stopped reporting
     NOT_A_NUMBER = "NotANumber"  # NaN or infinite, e.g. 0/0
     AMBIGUOUS = "MultipleSeries"  # more than one series where one number was expected
+    # The runner's: an arm's exporter series held more than once (scraped twice), so every count would be doubled.
+    DUPLICATE = "DuplicateSeries"
     MALFORMED = "MalformedResponse"
     PARTIAL = "PartialData"  # an answer that warns its data may be incomplete (a store or remote read failed)
     SLOW = "PrometheusTooSlow"  # no whole answer by the query's deadline, or the metric's budget ran out

@@ -10,6 +10,10 @@ KNOWN_VARIABLES = ("selector", "window", "namespace", "target", "variant")
 # Prometheus' own duration syntax; anything else is refused rather than pasted.
 PROMQL_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# The exporter's counter as Prometheus names it (controller.exporter.server.PREDICTIONS_METRIC) and its class label:
+# the runner's own checks read it, whatever the templates count.
+PREDICTIONS_SERIES = "modelrollout_predictions_total"
+CLASS_LABEL = "class"
 
 
 class TemplateError(ValueError):
@@ -82,6 +86,26 @@ def recent_samples_query(scope: QueryScope, seconds: float) -> str:
     still reported, apart from its counts. Built from the escaped selector alone, so no template text reaches
     it; last_over_time keeps the metric name, so a counter and its _created sibling stay apart."""
     return f"count(last_over_time({{{scope.selector()}}}[{promql_duration(seconds)}]))"
+
+
+def prediction_series_queries(scope: QueryScope) -> tuple[str, str]:
+    """How many of the scope's prediction series Prometheus holds now, and how many of the exporter's label sets
+    (namespace, service, variant, version, class) among them. More series than label sets: the exporter is read
+    twice (two scrape jobs, or an HA pair read without deduplication), the copies apart only in a label the scrape
+    added, and sum() counts every prediction twice. An instant selector, not a range: it honours staleness markers,
+    so a replaced exporter pod's series are gone with its target, not counted beside its successor's."""
+    labels = (scope.namespace_label, scope.target_label, scope.variant_label, scope.version_label, CLASS_LABEL)
+    if bad := next((name for name in labels if not LABEL_NAME.fullmatch(name)), None):
+        raise TemplateError(f"invalid label name {bad!r}")
+    series = f"{PREDICTIONS_SERIES}{{{scope.selector()}}}"
+    return f"count({series})", f"count(count by ({', '.join(labels)}) ({series}))"
+
+
+def predictions_query(scope: QueryScope) -> str:
+    """The scope's predictions counted over its window: whether that arm served at all."""
+    if not PROMQL_DURATION.fullmatch(scope.window):
+        raise TemplateError(f"window {scope.window!r} is not a PromQL duration")
+    return f"sum(increase({PREDICTIONS_SERIES}{{{scope.selector()}}}[{scope.window}]))"
 
 
 def without_comments(query: str) -> str:

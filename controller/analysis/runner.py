@@ -22,8 +22,11 @@ from typing import Any
 from controller.analysis.judges import ProportionCriteria, baseline_judge, proportion_judge, threshold_judge
 from controller.analysis.prometheus import Budget, Measurement, PrometheusProvider, QueryProblem
 from controller.analysis.queries import (
+    PREDICTIONS_SERIES,
     QueryScope,
     TemplateError,
+    prediction_series_queries,
+    predictions_query,
     promql_duration,
     recent_samples_query,
     render,
@@ -82,11 +85,12 @@ def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest, provid
 
 
 def _planned_queries(metric: MetricSpec, request: AnalysisRequest) -> int:
-    """The queries a metric sends when each answers with a number: its counts, each arm's freshness check and a
-    bake's two per history day (the follow-up for a missing series ends it inconclusive anyway)."""
+    """The queries a metric sends when each answers with a number: its counts, each arm's freshness check and its
+    two counts of series (_read_twice), a canary threshold's count of the canary's predictions and a bake's two per
+    history day (the follow-up for a missing series ends it inconclusive anyway)."""
     if metric.threshold is not None:
-        return 2
-    return 6 if request.mode == CANARY else 3 + 2 * _history_days(request)
+        return 5 if request.mode == CANARY else 4
+    return 10 if request.mode == CANARY else 5 + 2 * _history_days(request)
 
 
 def _history_days(request: AnalysisRequest) -> int:
@@ -119,8 +123,9 @@ def _window_evidence(request: AnalysisRequest, window: str,
 def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request: AnalysisRequest,
                provider: PrometheusProvider,
                queries: dict[str, str]) -> tuple[dict[str, Any] | None, Measurement | None]:
-    """The freshness evidence (the rule, how many of each arm's series were sampled within it; None: not
-    checked), and the first arm whose series stopped reporting (or whose check failed).
+    """The freshness evidence (the rule, how many of each arm's series were sampled within it, how many prediction
+    series and label sets it has; None: not checked), and the first arm whose series stopped reporting, are read
+    twice (_read_twice), or whose check failed.
 
     A count over the window keeps answering from the samples before its source went away: without this, a
     window seen only in its first minutes would be judged as if seen whole. The arm's series are known only
@@ -128,14 +133,43 @@ def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request
     if not any("selector" in template_variables(template) for template in templates):
         return None, None
     sampled: dict[str, float] = {}
-    evidence = {"freshWithin": provider.fresh_within, "freshSeries": sampled}
+    copies: dict[str, dict[str, float]] = {}
+    evidence = {"freshWithin": provider.fresh_within, "freshSeries": sampled, "predictionSeries": copies}
     for arm, scope in arms.items():
         queries[f"{arm}_freshness"] = query = recent_samples_query(scope, provider.fresh_seconds)
         fresh = provider.freshness(query, request.now)
         if not fresh.ok:
             return evidence, dataclasses.replace(fresh, detail=f"the {arm} arm: {fresh.detail}")
         sampled[arm] = fresh.value or 0.0
+        if twice := _read_twice(arm, scope, request, provider, queries, copies):
+            return evidence, twice
     return evidence, None
+
+
+def _read_twice(arm: str, scope: QueryScope, request: AnalysisRequest, provider: PrometheusProvider,
+                queries: dict[str, str], copies: dict[str, dict[str, float]]) -> Measurement | None:
+    """DuplicateSeries when the arm has more prediction series than exporter label sets (or the check's problem;
+    None otherwise, and when it has no prediction series: its templates count another metric). The exporter
+    scraped by two jobs, or an HA Prometheus pair read without deduplication, gives every count twice: sum() would
+    pass minSamples on half the predictions and the test would be overconfident. Records the counts in `copies`."""
+    counts: dict[str, float] = {}
+    for key, query in zip(("series", "labelSets"), prediction_series_queries(scope), strict=True):
+        queries[f"{arm}_{key}"] = query
+        counted = provider.scalar(query, request.now, check_stale=False)
+        if counted.problem is QueryProblem.EMPTY:
+            return None
+        if not counted.ok:
+            return dataclasses.replace(counted, detail=f"the {arm} arm: {counted.detail}")
+        counts[key] = counted.value or 0.0
+    copies[arm] = counts
+    if counts["series"] <= counts["labelSets"]:
+        return None
+    return Measurement(queries[f"{arm}_series"], None, QueryProblem.DUPLICATE,
+                       f"the {arm} arm: {counts['series']:g} series of {PREDICTIONS_SERIES} for "
+                       f"{counts['labelSets']:g} of the exporter's label sets: its series are read more than once "
+                       "(scraped by two jobs, or an HA Prometheus pair queried without deduplication), so every count "
+                       "would be multiplied; scrape the exporter once, or query a deduplicating endpoint",
+                       request.now)
 
 
 def _judge(metric: MetricSpec, request: AnalysisRequest, window: str, provider: PrometheusProvider) -> Verdict:
@@ -165,6 +199,10 @@ def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
         fresh, stale = _stale_arm({variant: scope}, [metric.threshold.query], request, provider, queries)
         if stale:
             return _unmeasured(metric.name, stale, queries, _window_evidence(request, window, fresh))
+        if request.mode == CANARY and fresh is not None:  # the arm known through {{selector}}, as for freshness
+            unserved = _no_canary_traffic(metric, value.value, scope, request, window, provider, queries, fresh)
+            if unserved:
+                return unserved
         return threshold_judge(metric.name, value.value, minimum=metric.threshold.min,
                                maximum=metric.threshold.max, query=query,
                                window=_window_evidence(request, window, fresh))
@@ -181,6 +219,32 @@ def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
         return Verdict(metric.name, Outcome.INCONCLUSIVE, f"{QueryProblem.TOO_FEW_SCRAPES}: {detail}",
                        {**verdict.evidence, "problem": str(QueryProblem.TOO_FEW_SCRAPES), "detail": detail})
     return verdict
+
+
+def _no_canary_traffic(metric: MetricSpec, value: float | None, scope: QueryScope, request: AnalysisRequest,
+                       window: str, provider: PrometheusProvider, queries: dict[str, str],
+                       fresh: Mapping[str, Any]) -> Verdict | None:
+    """The inconclusive verdict of a threshold whose canary served nothing in the window (None when it served).
+    The candidate's series stay exported from the gate's predictions, so they are fresh: without this, a count of
+    its errors would read 0 and pass a canary no live request reached. As the proportion judge's "no canary traffic
+    yet", measured here on the exporter's counter, since a threshold has no total of its own."""
+    assert metric.threshold is not None
+    queries["canary_predictions"] = query = predictions_query(scope)
+    served = provider.scalar(query, request.now, check_stale=False)
+    evidence = _window_evidence(request, window, fresh)
+    if served.problem not in (None, QueryProblem.EMPTY):
+        return _unmeasured(metric.name, served, queries, evidence)
+    if (served.value or 0.0) > 0:
+        return None
+    scrape = provider.scrape_interval.total_seconds()
+    short = (f"; the window ({window}) is shorter than two scrapes (every {scrape:g}s), in which increase() may count "
+             "nothing" if _seconds(window) < 2 * scrape else "")
+    return Verdict(metric.name, Outcome.INCONCLUSIVE,
+                   f"no canary traffic in the window: the candidate's predictions ({PREDICTIONS_SERIES}) did not "
+                   f"increase from {format_time(request.window_start)} to {format_time(request.now)}, so its value "
+                   f"({'none' if value is None else f'{value:g}'}) says nothing about it{short}",
+                   {"queries": queries, "value": value, "min": metric.threshold.min, "max": metric.threshold.max,
+                    "canaryPredictions": served.value, "window": evidence})
 
 
 def _seconds(window: str) -> float:

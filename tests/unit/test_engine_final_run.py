@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from test_engine_support import World, spec_dict, verdict
 
 from controller.analysis.prometheus import QueryProblem
@@ -88,9 +89,11 @@ def test_the_bakes_final_run_meeting_a_prometheus_restart_is_retried_and_the_bak
     assert [e.event for e in world.status.history][-2:] == ["BakePassed", "Succeeded"]
 
 
-def test_an_analysis_steps_final_run_meeting_an_outage_is_retried_and_the_step_passes() -> None:
+# StaleSeries: the exporter restarting. DuplicateSeries: its rolling update, two pods scraped for a moment.
+@pytest.mark.parametrize("problem", ["StaleSeries", "DuplicateSeries"])
+def test_an_analysis_steps_final_run_meeting_an_outage_is_retried_and_the_step_passes(problem: str) -> None:
     world = World(spec=rollback_spec())
-    switch = judged_by(world, lambda: [outage("StaleSeries")], "canary")  # the exporter restarting
+    switch = judged_by(world, lambda: [outage(problem)], "canary")
     world.run_until(lambda w: w.status.analysis is not None and w.status.analysis.step_index == 1
                     and w.status.analysis.runs >= 1)
     analysis = world.status.analysis

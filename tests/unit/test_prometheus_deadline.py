@@ -194,7 +194,7 @@ def test_a_long_bake_at_a_normal_speed_is_judged_not_too_slow(stub: tuple[Stub, 
                               candidate_version="8", baseline_version="7")
     verdicts = run_analysis([METRIC] * 4, request, PrometheusProvider(url, retries=0))
     assert [v.outcome for v in verdicts] == [Outcome.PASS] * 4, [v.reason for v in verdicts]
-    assert server.requests == 4 * (3 + 2 * 28)
+    assert server.requests == 4 * (5 + 2 * 28)  # its counts, freshness, two counts of series, 28 days
 
 
 @contextlib.contextmanager

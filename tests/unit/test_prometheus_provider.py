@@ -404,6 +404,7 @@ def test_a_fresh_series_at_zero_is_judged_and_a_silent_one_is_not(garbage: Garba
     """The exporter creates series at zero: no traffic on a fresh series is a 0, not missing evidence."""
     garbage.answer(200, vector(0))
     garbage.routes[("/api/v1/query", FRESHNESS)] = vector(3) if fresh else EMPTY_VECTOR
+    garbage.routes[("/api/v1/query", "sum(increase(modelrollout_predictions_total{")] = vector(5)  # the canary served
     garbage.bodies["/api/v1/query_range"] = matrix(NOW - timedelta(seconds=90))
     metric = MetricSpec("errors", threshold=ThresholdMetric("sum(increase(e{ {{selector}} }[{{window}}]))", max=0))
     request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NOW, candidate_version="7")
