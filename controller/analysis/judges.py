@@ -247,6 +247,9 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
         if 0 < t < enough:
             evidence["history"][i]["left_out"] = "too little traffic"
     kept = [i for i, (_, t) in enumerate(days) if t >= enough]
+    # The days in numbers, which stay whole when status keeps only the ends of a long history.
+    evidence["history_days"] = {"read": len(days), "no_traffic": sum(1 for _, t in days if t <= 0),
+                                "too_little_traffic": sum(1 for _, t in days if 0 < t < enough), "kept": len(kept)}
     if len(kept) < min_history_days:
         return Verdict(name, Outcome.INCONCLUSIVE, f"only {len(kept)} day(s) of history with traffic (at least "
                        f"{enough:.3g} predictions), need {min_history_days} to know the class's usual rate and its "
@@ -256,6 +259,7 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
     odd = _odd_day([days[i] for i in kept]) if len(kept) > min_history_days else None
     if odd is not None:
         evidence["history"][kept[odd[0]]].update({"left_out": "outlier", "outlier_p_value": odd[1]})
+        evidence["history_days"].update(kept=len(kept) - 1, outlier=dict(evidence["history"][kept[odd[0]]]))
         del kept[odd[0]]
     days = [days[i] for i in kept]
     y = sum(e for e, _ in days)
