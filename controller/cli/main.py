@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.cli.errors import CliError
+from controller.cli.shape import printable
 from controller.devstack.processes import StackError, interrupt_on_termination
 
 if TYPE_CHECKING:
@@ -193,6 +194,15 @@ def _oncall(args: argparse.Namespace) -> int:
         if getattr(args, "watch", False):
             raise CliError(str(exc), code=WATCH_ERROR) from None
         raise
+    except OSError:  # main's own exit codes (141 for a closed pipe, 2 for a watch's output that failed)
+        raise
+    except Exception as exc:
+        if not getattr(args, "watch", False):
+            raise
+        # Exit 1 would read as a failed rollout: what no handler foresaw (a status nested past the recursion limit)
+        # means it could not be read. Only the type, as in main().
+        raise CliError(f"ModelRollout {args.name} cannot be read: unexpected {type(exc).__name__}{_raised_at(exc)} "
+                       "(its message is not shown: it may hold credentials)", code=WATCH_ERROR) from None
 
 
 def _oncall_command(args: argparse.Namespace) -> int:
@@ -213,6 +223,9 @@ def _oncall_command(args: argparse.Namespace) -> int:
     if args.command == "list":
         found: Any = oncall.list(args.all_namespaces)
         what = "ModelRollouts: a status"
+    elif args.command == "get" and args.watch:
+        found = None  # the watch reads for itself: within --timeout, and on through an API server restart
+        what = f"{oncall.namespace}/{args.name}: its status"
     else:
         found = oncall.get(args.name)
         what = f"{oncall.namespace}/{args.name}: its status"
@@ -339,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "or a Succeeded that left a version a verdict rejected serving (Ready False, "
                                     "PreviouslyRejected), or a status the operator cannot store or read "
                                     "(StatusRejected, StatusUnreadable), "
-                                    f"{WATCH_ERROR} on an error (it could not be read) or at --timeout")
+                                    f"{WATCH_ERROR} on an error (it could not be read: not found, no permission, "
+                                    "deleted and created again; an API server that does not answer or answers 5xx is "
+                                    "read again until --timeout) or at --timeout")
             sub.add_argument("--timeout", type=_wait, default=None, metavar="DURATION",
                              help=f"with --watch: give up after this long, exit {WATCH_ERROR} (default and 0: no "
                                   "limit)")
@@ -394,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Escaped: the text may quote the API server (a Status message, a proxy's) or a kubeconfig's namespace.
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
@@ -404,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # one no handler foresaw, e.g. stdout on a full disk: the OS's words, not the paths
         _stdout_to_devnull()
         print(f"error: {exc.strerror or 'input/output failed'} ({type(exc).__name__})", file=sys.stderr)
-        return 1
+        return WATCH_ERROR if getattr(args, "watch", False) else 1  # a watch's 1 says the rollout failed
     except Exception as exc:  # the last resort: only the type, as the text may quote a secret (a request's header)
         print(f"error: unexpected {type(exc).__name__}{_raised_at(exc)} (its message is not shown: it may hold "
               "credentials)", file=sys.stderr)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+import urllib3
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -29,7 +30,15 @@ from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, objects, printable, text, well_formed
 from controller.http_deadline import transport_cause
 from controller.operator.events import is_warning
-from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION, without_kube_credentials
+from controller.operator.kubeapi import (
+    FINALIZER,
+    GROUP,
+    PLURAL,
+    REQUEST_TIMEOUT,
+    VERSION,
+    BoundedApiClient,
+    without_kube_credentials,
+)
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
 CLI_FIELD_MANAGER = "kubectl-modelrollout"  # who wrote the command annotation, in managedFields
@@ -58,6 +67,10 @@ FAILED_PAUSES = {"GateFailed": "promote, retry or rollback", "AnalysisFailed": "
                  "GateInconclusive": "promote, retry or rollback"}
 ATTEMPT_STARTS = ("Resolved", "AlreadyStable")  # the history entries an attempt begins with
 WARNINGS_SHOWN = 8
+# One try per request: urllib3's default tries a stalled read four times, each for the whole read timeout, past
+# --timeout and --wait; the watch and the wait read again themselves, within their limit. Redirects are still followed.
+REQUEST_RETRIES = urllib3.Retry(total=3, connect=0, read=0, other=0)
+WATCH_BACKOFF_MAX = 8.0  # seconds between reads of a watch while the API server does not answer
 
 
 class Style:
@@ -125,6 +138,20 @@ class NotFound(CliError):
     """The API server answered 404: the object is not there (any more)."""
 
 
+class Transient(CliError):
+    """A failure that may pass: the API server unreachable, or answering 5xx or 429 (a restart, an overloaded etcd).
+    A watch reads again until its --timeout; 401, 403 and 404 are final."""
+
+
+def _request_timeout(deadline: float | None) -> tuple[float, float] | None:
+    """(connect, read) seconds for a request that must be over by `deadline` (time.monotonic()); None: the client's
+    own bound (REQUEST_TIMEOUT)."""
+    if deadline is None:
+        return None
+    left = max(deadline - time.monotonic(), 0.1)
+    return min(REQUEST_TIMEOUT[0], left), min(REQUEST_TIMEOUT[1], left)
+
+
 class OnCall:
     def __init__(self, kubeconfig: str | None, namespace: str | None, out: TextIO | None = None,
                  context_name: str | None = None) -> None:
@@ -136,7 +163,11 @@ class OnCall:
         if context_name is not None:  # the namespace is the chosen context's, as kubectl --context takes it
             context = next((item for item in contexts if item.get("name") == context_name), None)
         self.namespace = namespace or (context or {}).get("context", {}).get("namespace") or "default"
-        self.custom = client.CustomObjectsApi()
+        configuration = client.Configuration.get_default_copy()
+        configuration.retries = REQUEST_RETRIES
+        # Every request times out: the library's default client waits for ever on a server that stopped answering.
+        self.api_client = BoundedApiClient(configuration)
+        self.custom = client.CustomObjectsApi(self.api_client)
         self.out = out or sys.stdout  # the stream of the moment, not the one at import
         self.style = Style(self.out)
 
@@ -152,9 +183,14 @@ class OnCall:
             message = _api_message(exc, self.custom.api_client.configuration)
             if exc.status in (401, 403):
                 raise CliError(f"{what}: no permission ({message or 'permission denied'})") from None
-            raise CliError(f"{what}: the API server answered HTTP {exc.status}: {message}") from None
+            error = Transient if exc.status == 429 or exc.status >= 500 else CliError
+            raise error(f"{what}: the API server answered HTTP {exc.status}: {message}") from None
         except (Urllib3Error, OSError) as exc:
-            raise CliError(f"no cluster: cannot reach the API server at {_server()} ({transport_cause(exc)})") from None
+            cause = transport_cause(exc)
+            raise Transient(f"no cluster: cannot reach the API server at {_server()} ({cause})") from None
+        except RecursionError:  # json's parser, on an object nested deeper than Python's recursion limit
+            raise CliError(f"{what}: an object in the answer nests too deep to be read here; `kubectl get "
+                           "modelrollouts -o json` shows it as stored") from None
         except ValueError as exc:
             if not _refused_by_http_client(exc):
                 raise
@@ -162,10 +198,12 @@ class OnCall:
             raise CliError(f"{what}: the kubeconfig's credentials cannot be sent (a token ending in a newline or "
                            "another control character?)") from None
 
-    def get(self, name: str) -> dict[str, Any]:
+    def get(self, name: str, deadline: float | None = None) -> dict[str, Any]:
+        """The rollout; `deadline` (time.monotonic()) bounds the request, for --timeout and --wait."""
         what = f"ModelRollout {self.namespace}/{name}"
         return _kubernetes_answer(what, self._call(what, self.custom.get_namespaced_custom_object,
-                                                   GROUP, VERSION, self.namespace, PLURAL, name), "ModelRollout")
+                                                   GROUP, VERSION, self.namespace, PLURAL, name,
+                                                   _request_timeout=_request_timeout(deadline)), "ModelRollout")
 
     def list(self, all_namespaces: bool) -> list[dict[str, Any]]:
         if all_namespaces:
@@ -182,7 +220,7 @@ class OnCall:
     def actor(self) -> str:
         """Who the API server says we are; the annotation records it for the history."""
         try:
-            review = client.AuthenticationV1Api().create_self_subject_review(
+            review = client.AuthenticationV1Api(self.api_client).create_self_subject_review(
                 client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1", kind="SelfSubjectReview"))
             return str(review.status.user_info.username)
         # ValueError: pydantic's, for an answer that is no SelfSubjectReview (a proxy's login page)
@@ -221,7 +259,7 @@ class OnCall:
         while (remaining := deadline - time.monotonic()) > 0:
             time.sleep(min(HANDLED_POLL, remaining))
             try:
-                obj = self.get(name)
+                obj = self.get(name, deadline)
             except NotFound:
                 raise CliError(f"{what} was deleted before the operator handled {sent}") from None
             except CliError as exc:
@@ -346,6 +384,12 @@ class OnCall:
         lines = [f"{name} is {phase}: {text(status.get('message'))}"]
         if note := _not_current(obj):
             lines.append(note[:1].upper() + note[1:] + ".")
+        # The phase and message are kept as they were: only the Ready condition says the operator has stopped.
+        if refused := _status_refused(obj):
+            lines.append(f"The operator has stopped on this spec ({refused[0]}): {refused[1]}")
+        if stuck := _stuck(obj):
+            lines.append(f"No progress within progressDeadline (ProgressDeadlineExceeded): {stuck}; the operator "
+                         "keeps trying.")
         candidate = _version(status, "candidate")
         stable = _version(status, "stable")
         model = text(obj["spec"]["model"].get("name"), "?")
@@ -393,8 +437,30 @@ class OnCall:
         last = None
         told = None  # the hold last explained: said once, not on every read
         noted = None  # the same for why the status may not describe the spec (none yet, an older generation)
+        uid = None  # the object watched: one deleted and created again under its name is another rollout
+        failures = 0  # reads in a row that failed for a reason that may pass (an API server restarting)
         while True:
-            raw = self.get(name)
+            try:
+                raw = self.get(name, deadline)
+            except Transient as exc:
+                # As `kubectl rollout status`: an API server restarting does not end the watch; --timeout does.
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise CliError(f"{exc}; still so at --timeout") from None
+                if not failures:
+                    said = printable(f"cannot read the rollout ({exc}); reading again until it answers")
+                    print(f"  note: {self.style.warn(said)}", file=self.out, flush=True)
+                failures += 1
+                pause = min(interval * 2 ** (failures - 1), WATCH_BACKOFF_MAX)
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())) if deadline is not None else pause)
+                continue
+            if failures:
+                print("  note: the API server answers again", file=self.out, flush=True)
+                failures = 0
+            seen = mapping(raw.get("metadata")).get("uid")
+            if uid is not None and seen != uid:
+                raise CliError(f"ModelRollout {self.namespace}/{name} was deleted and created again while watched: "
+                               "the new one is another rollout (watch it again)")
+            uid = uid or seen
             # A command the operator has not taken (retry, rollback) may end the phase shown: it is not final yet.
             # Read from the object as stored: escaping for the terminal could change the annotation's JSON.
             pending = pending_command(raw)
@@ -579,19 +645,21 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
         return []
     who = text(rollback.get("actor"), "the controller")
     why = text(rollback.get("reason"), "?")
-    if rollback.get("trafficKept"):
-        return [f"It was stopped by {who} because {why}. Version {candidate or '?'} still serves all traffic: "
-                "there was no earlier version to put back. Next: deploy a fixed version."]
     done = bool(rollback.get("recoveredAt"))
     history = objects(status.get("history"))
     start = max((i for i, e in enumerate(history) if e.get("event") in ATTEMPT_STARTS), default=0)
     said = {e.get("event") for e in history[start:]}  # this attempt's entries: what the rollback could not do
-    lines = [f"It {'was' if done else 'is being'} rolled back by {who} because {why}."]
     back_to = f"version {stable}" if stable else "stable"
-    if rollback.get("trafficConfirmedAt"):
-        lines.append(f"Traffic is back on {back_to} (confirmed at {text(rollback['trafficConfirmedAt'])}).")
+    if rollback.get("trafficKept"):
+        # Nothing to put traffic back on; the alias and the rejected tag are still the rollback's to settle.
+        lines = [f"It was stopped by {who} because {why}. Version {candidate or '?'} still serves all traffic: "
+                 "there was no earlier version to put back. Next: deploy a fixed version."]
     else:
-        lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve some of it.")
+        lines = [f"It {'was' if done else 'is being'} rolled back by {who} because {why}."]
+        if rollback.get("trafficConfirmedAt"):
+            lines.append(f"Traffic is back on {back_to} (confirmed at {text(rollback['trafficConfirmedAt'])}).")
+        else:
+            lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve some of it.")
     alias = text(obj["spec"]["model"].get("stableAlias"), "the stable alias")
     alias = f"@{alias}" if obj["spec"]["model"].get("stableAlias") else alias
     if rollback.get("aliasLeftOn"):
@@ -603,8 +671,11 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
     elif rollback.get("aliasConfirmedAt"):
         where = f"on version {stable}" if stable else f"off version {candidate or '?'}"
         lines.append(f"{alias} is confirmed {where} in the registry.")
-    else:
+    elif stable:
         lines.append(f"{alias} is not yet confirmed in the registry.")
+    else:  # nothing to put it back on: it is taken off the candidate
+        lines.append(f"{alias} is not yet confirmed off version {candidate or '?'} in the registry: it may still "
+                     "name it.")
     if "CandidateNotTagged" in said:
         lines.append(f"Version {candidate or '?'} is NOT tagged rejected: the registry did not take the tag "
                      "(CandidateNotTagged); tag it by hand so that it is not rolled out again.")

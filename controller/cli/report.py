@@ -38,8 +38,12 @@ _NUMBER = r"\d+(?:\.\d+)?(?:e[+-]?\d+)?"
 _COUNTS = rf"\((?P<{{p}}n>{_NUMBER})/(?P<{{p}}t>{_NUMBER})\)"
 # The analysis judges' wording (controller/analysis/judges.py): "<metric> [no credible increase: |not enough
 # samples yet: ]canary 6.2% (31/500) ... stable 0.2% (98/49000)" (or "its 7-day history" in bake).
+# The metric name starts where no name character precedes it: unanchored, a long run of name characters is retried
+# from each of its positions (quadratic). Only a detail's first RATES_SEARCHED characters are searched: the lazy gap
+# between the two rates is quadratic too, and the judges' words come first.
+RATES_SEARCHED = 4096
 RATES_IN_TEXT = re.compile(
-    rf"(?P<metric>[A-Za-z0-9][\w.-]*) (?:no credible increase: |not enough samples yet: )?"
+    rf"(?<![\w.-])(?P<metric>[A-Za-z0-9][\w.-]*) (?:no credible increase: |not enough samples yet: )?"
     rf"(?:canary|new version) (?P<c>{_NUMBER})% {_COUNTS.format(p='c')}[^;]*?"
     rf"(?:stable|its \d+-day history) (?P<s>{_NUMBER})% {_COUNTS.format(p='s')}")
 WEIGHT_IN_TEXT = re.compile(r"\bat (\d{1,3})%")
@@ -173,7 +177,7 @@ def rate_points(status: Mapping[str, Any]) -> list[RatePoint]:
                 points.setdefault((at, point.metric), point)
     seen = {(p.metric, p.canary_counts, p.stable_counts) for p in points.values()}
     for decision in decisions(status):
-        for match in RATES_IN_TEXT.finditer(decision.detail):
+        for match in RATES_IN_TEXT.finditer(decision.detail[:RATES_SEARCHED]):
             key = (decision.time, match.group("metric"))
             counts = (match.group("metric"), f"{match.group('cn')}/{match.group('ct')}",
                       f"{match.group('sn')}/{match.group('st')}")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# Control characters (ESC can clear or retitle a terminal) and bidi overrides, as status text may hold them.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Control characters (ESC can clear or retitle a terminal) and the bidi controls (U+061C ALM, LRM, RLM, the embeddings,
+# overrides and isolates), as status text may hold them.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 SECTIONS = ("gate", "analysis", "rollback", "candidate", "stable", "pause", "promotion")
 
 

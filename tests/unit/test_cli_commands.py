@@ -76,7 +76,8 @@ class FakeApi:
 
     def __init__(self) -> None:
         self.obj = rollout("Progressing")
-        self.script: list[dict[str, Any] | int] = []  # what the next GETs answer (an int: that HTTP error)
+        # What the next GETs answer (an int: that HTTP error; None: 404 Not Found).
+        self.script: list[dict[str, Any] | int | None] = []
         self.after_get: Callable[[FakeApi], None] | None = None  # another writer, between a read and a patch
         self.html = False
         self.echo_auth: int | None = None  # that HTTP error to every GET, quoting the Authorization header (a proxy)
@@ -193,25 +194,24 @@ def test_watch_after_retry_waits_for_the_operator_to_take_the_command(
         api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str]) -> None:
     retry = command("retry", "new", actor="me")
     before = rollout("RolledBack", retry, handled=("old",))  # the operator has not read the annotation yet
-    api.script = [before, before, rollout("Progressing", retry, ("old", "new")), rollout("Succeeded", retry,
-                                                                                         ("old", "new"))]
+    api.script = [before, rollout("Progressing", retry, ("old", "new")), rollout("Succeeded", retry, ("old", "new"))]
     assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "waiting for the operator to take retry by me, id new" in out
-    assert "Progressing" in out and "Succeeded" in out and api.gets == 4
+    assert "Progressing" in out and "Succeeded" in out and api.gets == 3
 
 
 def test_watch_after_rollback_of_a_success_does_not_exit_0(api: FakeApi, tmp_path: Path, no_wait: None) -> None:
     rollback = command("rollback", "rb")
     done = rollout("Succeeded", rollback, handled=("x",))
-    api.script = [done, done, done, rollout("RollingBack", rollback, ("x", "rb")),
+    api.script = [done, done, rollout("RollingBack", rollback, ("x", "rb")),
                   rollout("RolledBack", rollback, ("x", "rb"))]
     assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1  # as documented
 
 
 def test_watch_is_not_held_up_by_an_annotation_that_is_no_command(api: FakeApi, tmp_path: Path) -> None:
     api.obj = rollout("Succeeded", "{not json")
-    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0 and api.gets == 2
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0 and api.gets == 1
 
 
 def engine_rollout(world: World, annotation: str | None = None) -> dict[str, Any]:
@@ -241,10 +241,10 @@ def test_watch_waits_for_a_new_version_the_operator_holds_instead_of_reporting_t
     invalid = engine_rollout(world)
     world.judge = lambda _r: [verdict(Outcome.FAIL)]
     world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
-    api.script = [conflict, conflict, conflict, invalid, invalid, engine_rollout(world)]
+    api.script = [conflict, conflict, invalid, invalid, engine_rollout(world)]
     assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1  # version 8 rolled back
     out = capsys.readouterr().out
-    assert api.gets == 6
+    assert api.gets == 5
     assert out.count("not finished: the operator holds this spec (TargetConflict) and keeps the phase it had; "
                      "waiting for the other ModelRollout on the target to end") == 1
     assert out.count("(InvalidSpec)") == 1 and "RolledBack" in out
@@ -260,8 +260,8 @@ def test_watch_takes_no_hold_from_a_condition_of_an_earlier_generation(
     world.status = wait_for_target(world.status, claim, "other", world.generation, world.now).status
     stale = engine_rollout(world)
     stale["metadata"]["generation"] = stale["status"]["observedGeneration"] = world.generation + 1
-    api.script = [stale, stale, rollout("RolledBack")]  # read on (wrongly held), the watch would end in 1
-    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0 and api.gets == 2
+    api.script = [stale, rollout("RolledBack")]  # read on (wrongly held), the watch would end in 1
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0 and api.gets == 1
 
 
 def test_watch_ends_on_a_new_spec_the_operator_failed_as_invalid(
@@ -272,7 +272,7 @@ def test_watch_ends_on_a_new_spec_the_operator_failed_as_invalid(
     world.status = reject_spec(world.status, SpecError("spec.target", "not allowed here"), 2, world.now).status
     api.obj = engine_rollout(world)
     assert api.obj["status"]["phase"] == "Failed"  # the refusal's own outcome, nothing to wait for
-    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 1
 
 
 @pytest.mark.parametrize(("world", "reason"), [
@@ -288,8 +288,8 @@ def test_watch_exits_1_on_a_pause_after_a_failed_check_naming_the_commands(
     world.run_until(lambda w: w.status.phase is Phase.PAUSED)
     assert world.status.pause is not None and world.status.pause.reason is reason
     paused = engine_rollout(world)
-    api.script = [paused, paused, paused, rollout("Succeeded")]  # the old watch read on, past the pause
-    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
+    api.script = [paused, paused, rollout("Succeeded")]  # the old watch read on, past the pause
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 1
     assert (f"stopped: paused for a human after the {reason} check; run promote, retry or rollback "
             "(`modelrollout <command> -n ns r`)") in capsys.readouterr().out
 
@@ -317,7 +317,7 @@ def test_watch_exits_1_on_a_success_that_left_a_rejected_version_serving(
     world.reconcile()
     assert world.status.phase is Phase.SUCCEEDED
     api.obj = engine_rollout(world)
-    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 1
     assert ("  not a success: Version 7 serves all traffic as @production, though it carries "
             "modelrollout.rejected=true: a verdict rejected it and the alias was moved onto it by hand.") in \
         capsys.readouterr().out.splitlines()
@@ -336,8 +336,8 @@ def test_watch_exits_1_when_the_operator_cannot_store_or_read_the_status(
     obj["status"] = (refused_status(obj["status"], "too large for etcd", world.generation + 1, now)
                      if reason == "StatusRejected" else
                      _unreadable_status(obj["status"], "status.phase: bad", world.generation + 1, now))
-    api.script = [obj, obj, rollout("Succeeded")]  # the old watch read on
-    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
+    api.script = [obj, rollout("Succeeded")]  # the old watch read on
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 1
     out = capsys.readouterr().out
     assert f"  stopped ({reason}): " in out
     assert ("refused to store the status" if reason == "StatusRejected" else "cannot read the status") in out
@@ -354,14 +354,14 @@ def test_watch_goes_on_past_a_failed_pause_with_a_command_pending(
     world.send(CommandAction.ROLLBACK, command_id="rb")
     paused = engine_rollout(world, command("rollback", "rb"))
     world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK)
-    api.script = [paused, paused, engine_rollout(world, command("rollback", "rb"))]
-    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 3
+    api.script = [paused, engine_rollout(world, command("rollback", "rb"))]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1 and api.gets == 2
 
 
 def test_watch_of_a_rollout_without_status_shows_gets_placeholders_and_says_why_once(
         api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str]) -> None:
     fresh = {**rollout("Pending"), "status": {}}  # the operator has not taken it (none runs)
-    api.script = [fresh, fresh, fresh, rollout("Succeeded")]
+    api.script = [fresh, fresh, rollout("Succeeded")]
     assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "None" not in "\n".join(lines)
@@ -381,10 +381,16 @@ def test_watch_timeout_exits_2_saying_so(api: FakeApi, tmp_path: Path, capsys: p
 
 
 def test_an_api_error_during_watch_is_not_read_as_a_failed_rollout(
-        api: FakeApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    api.script = [rollout("Progressing"), 500]
-    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 2
-    assert "HTTP 500" in capsys.readouterr().err
+        api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 5xx is the API server's own trouble (a restart, etcd): read again, said once; 403 and 404 end it, exit 2."""
+    api.script = [rollout("Progressing"), 500, 503, rollout("Succeeded")]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cannot read the rollout") == 1 and "HTTP 500" in out and "the API server answers again" in out
+    for status, said in ((403, "no permission"), (None, "not found")):
+        api.script, api.gets = [rollout("Progressing"), status, rollout("Succeeded")], 0
+        assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 2 and api.gets == 2
+        assert said in capsys.readouterr().err
 
 
 # --- commands ------------------------------------------------------------------------------------------------
