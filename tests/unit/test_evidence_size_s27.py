@@ -4,8 +4,8 @@ The worst case the CRD admits (review s27prom, finding 1): 20 proportion metrics
 {{selector}} often, and a bake baseline of 999 days. Kept whole, a failing bake's decided status was 2.3 MiB (its
 evidence twice: status.analysis.metrics and status.rollback.evidence) and a failing canary's 1.5 MiB, over etcd's
 default 1.5 MiB request limit: the API server refused it, and with it the rollback. The real engine (the engine tests'
-World) and the real judges decide here; tests/integration/test_evidence_size_s27.py writes that status through a real
-kube-apiserver and etcd.
+World) and the real judges decide here; tests/integration/test_evidence_size_s27_live.py writes that status through
+a real kube-apiserver and etcd.
 """
 
 from __future__ import annotations
