@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from string import Formatter
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client
@@ -114,6 +114,8 @@ from controller.traffic import CandidateModel, TargetState, TargetStateError, Tr
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 # Bounds how many decide -> act rounds one reconcile runs before writing status.
 MAX_ROUNDS = 8
 # Gates run beside the reconcile workers (which they lend out while they wait), at most this many at once.
@@ -121,9 +123,16 @@ MAX_CONCURRENT_GATES = 4
 # Analyses too (a stalling Prometheus holds one for minutes), in threads of their own: in the default pool,
 # min(32, CPUs + 4) threads, as few as 5, they would hold up every store call and traffic change, rollbacks included.
 MAX_CONCURRENT_ANALYSES = 8
-# One namespace's share of each: one tenant's slow model servers or Prometheus cannot take every slot.
+# Registry calls too (an MLflow that accepts and never answers holds each for 10 s, RequestPolicy): they lend out the
+# reconcile's worker while they wait, in threads of their own.
+MAX_CONCURRENT_REGISTRY_CALLS = 8
+# One namespace's share of each: one tenant's slow model servers, Prometheus or registry cannot take every slot.
 MAX_GATES_PER_NAMESPACE = MAX_CONCURRENT_GATES // 2
 MAX_ANALYSES_PER_NAMESPACE = MAX_CONCURRENT_ANALYSES // 2
+MAX_REGISTRY_CALLS_PER_NAMESPACE = MAX_CONCURRENT_REGISTRY_CALLS // 2
+# While a rollback has traffic still to move (which needs no registry), the registry's answer is waited for this long
+# at most: then the decision is taken as if it were unavailable, and the read goes on in its thread.
+ROLLBACK_REGISTRY_WAIT_SECONDS = 2.0
 # Phases after which the candidate must not be left in the target's spec.
 WITHDRAWN_PHASES = ("RolledBack", "Failed")
 # How long a deleted rollout that has ended waits for that withdrawal before the delete may complete.
@@ -399,6 +408,17 @@ class RolloutRuntime:
                                              rejected_at=at, actor=actor, stable_alias=model.stable_alias)
             case _:
                 raise TypeError(f"not an effect action: {action!r}")
+
+    @staticmethod
+    def calls_registry(action: Action) -> bool:
+        """Whether act(action) calls the registry: an alias or a tag, or serving a version whose source status holds
+        redacted (storage_uri reads it whole)."""
+        match action:
+            case SetAlias() | RemoveAlias() | TagRejected():
+                return True
+            case StageCandidate(candidate=version) | RestoreStable(stable=version):
+                return bool(version.source_redacted)
+        return False
 
     def finish_withdrawal(self, status: ModelRolloutStatus,
                           still_current: Callable[[], bool | None] = lambda: True) -> bool:
@@ -835,6 +855,8 @@ class RolloutStepper:
         self._gate_verdicts: dict[tuple[str, str], tuple[_MeasuredFor, JudgeResult]] = {}
         self._gate_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_GATES_PER_NAMESPACE))
         self._analysis_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_ANALYSES_PER_NAMESPACE))
+        self._registry_calls = concurrent.futures.ThreadPoolExecutor(MAX_CONCURRENT_REGISTRY_CALLS, "registry")
+        self._registry_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_REGISTRY_CALLS_PER_NAMESPACE))
         # Per rollout, the gate or analysis under way (see _measured).
         self._measuring: dict[tuple[str, str], _Measurement] = {}
 
@@ -930,7 +952,7 @@ class RolloutStepper:
         interrupted = False
         for _ in range(MAX_ROUNDS):
             now = self.clock()
-            registry = await asyncio.to_thread(runtime.observe_registry, status)
+            registry = await self._observe_registry(runtime, status, deleting or _rollback_asked(obj, status))
             target, state = await asyncio.to_thread(runtime.observe_target)
             observations = Observations(
                 generation=generation, registry=registry, target=target, gate=gate,
@@ -1019,7 +1041,10 @@ class RolloutStepper:
                                 self._gate_verdicts[key] = ((uid, runtime.gate_urls), gate)
                     else:
                         try:
-                            await asyncio.to_thread(runtime.act, action, status)
+                            if runtime.calls_registry(action):
+                                await self._registry_call(runtime.namespace, runtime.act, action, status)
+                            else:
+                                await asyncio.to_thread(runtime.act, action, status)
                         except (TrafficError, RegistryError, ValueError) as exc:
                             log.warning("%s/%s: %s failed: %s", *key, action.type, exc)
                             failures.append(ActionFailure(action.id, AdapterError(_kind(exc), str(exc))))
@@ -1125,6 +1150,47 @@ class RolloutStepper:
                 if not running.cancel():  # its thread cannot be stopped: the namespace's share is held till it ends
                     await asyncio.wait([asyncio.wrap_future(running)])
                 raise
+
+    async def _observe_registry(self, runtime: RolloutRuntime, status: ModelRolloutStatus,
+                                rollback: bool) -> RegistryObservation:
+        """The registry read a decision takes; cut short while a rollback's traffic is still to move: a registry that
+        never answers (10 s a read) must not keep the candidate's traffic on it meanwhile."""
+        read = self._registry_call(runtime.namespace, runtime.observe_registry, status)
+        if not rollback or (status.rollback is not None and status.rollback.traffic_confirmed_at is not None):
+            return await read
+        try:
+            return await asyncio.wait_for(read, ROLLBACK_REGISTRY_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("%s/%s: the registry did not answer within %gs; moving traffic back first", runtime.namespace,
+                        runtime.name, ROLLBACK_REGISTRY_WAIT_SECONDS)
+            return RegistryObservation(error=AdapterError(AdapterErrorKind.UNAVAILABLE, (
+                f"no answer within {ROLLBACK_REGISTRY_WAIT_SECONDS:g}s while the rollback moves traffic back; "
+                "read again after")))
+
+    async def _registry_call(self, namespace: str, call: Callable[..., _T], *args: Any) -> _T:
+        """call(*args), which calls the registry, in a registry thread within the namespace's share, the reconcile's
+        worker lent out meanwhile: another tenant's rollback is not held up by this tenant's registry."""
+        async with reconcile_slot_lent():
+            share = self._registry_shares.join(namespace)
+            try:
+                await share.acquire()
+            except BaseException:
+                self._registry_shares.leave(namespace)
+                raise
+            try:
+                running = self._registry_calls.submit(call, *args)
+            except BaseException:
+                self._registry_shares.release(namespace)
+                raise
+            loop = asyncio.get_running_loop()
+
+            def ended(_: concurrent.futures.Future[_T]) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to give back to
+                    loop.call_soon_threadsafe(self._registry_shares.release, namespace)
+
+            # Given back when the thread ends, not when the wait does: a cancelled reconcile cannot stop the call.
+            running.add_done_callback(ended)
+            return await asyncio.wrap_future(running)
 
     def _drop(self, key: tuple[str, str]) -> None:
         """Nobody asks for the rollout's run any more: a gate is cancelled, and so is an analysis still queued (one
