@@ -2376,7 +2376,12 @@ def bounded_evidence(evidence: Mapping[str, Any], budget: int) -> dict[str, Any]
             kept[key], room = value, room - more
         else:
             left.append(_cut_text(key, 64))
-    note.update(keysLeftOut=len(left), keysLeftOutNames=left[:_CUT_NAMES_SHOWN])
+    # A copy cut before (the rollback's, of status.analysis) also counts and names what that cut left out.
+    earlier = before.get("keysLeftOut") if isinstance(before, dict) else None
+    earlier_names = before.get("keysLeftOutNames") if isinstance(before, dict) else None
+    names = [*(earlier_names if isinstance(earlier_names, list) else []), *left]
+    note.update(keysLeftOut=len(left) + (earlier if isinstance(earlier, int) else 0),
+                keysLeftOutNames=names[:_CUT_NAMES_SHOWN])
     while _json_bytes(kept) > budget and note["keysLeftOutNames"]:  # names escaped for JSON may need more room
         note["keysLeftOutNames"].pop()
     return kept

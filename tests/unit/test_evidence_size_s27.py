@@ -25,6 +25,7 @@ from controller.api.status import PauseReason, Phase
 from controller.cli.oncall import OnCall
 from controller.cli.report import deciding_test, render_html
 from controller.engine.actions import RunAnalysis
+from controller.engine.decide import EVIDENCE_CUT, ROLLBACK_EVIDENCE_BYTES, VERDICT_EVIDENCE_BYTES, bounded_evidence
 from controller.verdict import Outcome, Verdict
 from tests.unit.test_engine_support import World, spec_dict, verdict
 
@@ -243,3 +244,15 @@ def test_evidence_of_any_shape_is_bounded() -> None:
         # Short strings and numbers are kept: the engine reads "problem", the on-call views the counts.
         assert evidence["problem"] == "QueryRejected" and evidence["canary"]["events"] == 31
         assert evidence["evidenceCut"]["bytes"] > 1_000_000
+
+
+def test_the_rollback_copy_still_counts_and_names_what_the_analysis_copy_left_out() -> None:
+    evidence = {"perClass": {f"class-{i}": i * 1.5 for i in range(1500)}, **{f"q{i}": "z" * 9000 for i in range(40)}}
+    analysis = bounded_evidence(evidence, VERDICT_EVIDENCE_BYTES)
+    assert analysis[EVIDENCE_CUT]["keysLeftOutNames"][:1] == ["perClass"]
+    left_before = analysis[EVIDENCE_CUT]["keysLeftOut"]
+    rollback = bounded_evidence(analysis, ROLLBACK_EVIDENCE_BYTES)
+    kept = [key for key in rollback if key != EVIDENCE_CUT]
+    note = rollback[EVIDENCE_CUT]
+    assert note["keysLeftOut"] == len(evidence) - len(kept) > left_before
+    assert note["keysLeftOutNames"][0] == "perClass"
