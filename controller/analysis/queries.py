@@ -94,11 +94,23 @@ def prediction_series_queries(scope: QueryScope) -> tuple[str, str]:
     twice (two scrape jobs, or an HA pair read without deduplication), the copies apart only in a label the scrape
     added, and sum() counts every prediction twice. An instant selector, not a range: it honours staleness markers,
     so a replaced exporter pod's series are gone with its target, not counted beside its successor's."""
+    series, by_label_set = _by_label_set(scope)
+    return f"count({series})", f"count({by_label_set})"
+
+
+def fewest_copies_query(scope: QueryScope) -> str:
+    """The fewest copies of any one of the scope's label sets: when it times the label sets equals the series,
+    every label set is read that many times, so the counts can be divided by it."""
+    return f"min({_by_label_set(scope)[1]})"
+
+
+def _by_label_set(scope: QueryScope) -> tuple[str, str]:
+    """The scope's prediction series, and their copies counted per exporter label set."""
     labels = (scope.namespace_label, scope.target_label, scope.variant_label, scope.version_label, CLASS_LABEL)
     if bad := next((name for name in labels if not LABEL_NAME.fullmatch(name)), None):
         raise TemplateError(f"invalid label name {bad!r}")
     series = f"{PREDICTIONS_SERIES}{{{scope.selector()}}}"
-    return f"count({series})", f"count(count by ({', '.join(labels)}) ({series}))"
+    return series, f"count by ({', '.join(labels)}) ({series})"
 
 
 def predictions_query(scope: QueryScope) -> str:

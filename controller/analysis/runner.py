@@ -25,6 +25,7 @@ from controller.analysis.queries import (
     PREDICTIONS_SERIES,
     QueryScope,
     TemplateError,
+    fewest_copies_query,
     prediction_series_queries,
     predictions_query,
     promql_duration,
@@ -124,8 +125,9 @@ def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request
                provider: PrometheusProvider,
                queries: dict[str, str]) -> tuple[dict[str, Any] | None, Measurement | None]:
     """The freshness evidence (the rule, how many of each arm's series were sampled within it, how many prediction
-    series and label sets it has; None: not checked), and the first arm whose series stopped reporting, are read
-    twice (_read_twice), or whose check failed.
+    series and label sets it has; None: not checked), and the first arm whose series stopped reporting or whose
+    check failed, else the first whose series are read twice (_read_twice). Every arm is checked past one read
+    twice: a proportion is judged on counts divided by the copies only when each arm's are known (_whole_copies).
 
     A count over the window keeps answering from the samples before its source went away: without this, a
     window seen only in its first minutes would be judged as if seen whole. The arm's series are known only
@@ -135,15 +137,18 @@ def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request
     sampled: dict[str, float] = {}
     copies: dict[str, dict[str, float]] = {}
     evidence = {"freshWithin": provider.fresh_within, "freshSeries": sampled, "predictionSeries": copies}
+    duplicate = None
     for arm, scope in arms.items():
         queries[f"{arm}_freshness"] = query = recent_samples_query(scope, provider.fresh_seconds)
         fresh = provider.freshness(query, request.now)
         if not fresh.ok:
             return evidence, dataclasses.replace(fresh, detail=f"the {arm} arm: {fresh.detail}")
         sampled[arm] = fresh.value or 0.0
-        if twice := _read_twice(arm, scope, request, provider, queries, copies):
+        twice = _read_twice(arm, scope, request, provider, queries, copies)
+        if twice is not None and twice.problem is not QueryProblem.DUPLICATE:
             return evidence, twice
-    return evidence, None
+        duplicate = duplicate or twice
+    return evidence, duplicate
 
 
 def _read_twice(arm: str, scope: QueryScope, request: AnalysisRequest, provider: PrometheusProvider,
@@ -151,7 +156,9 @@ def _read_twice(arm: str, scope: QueryScope, request: AnalysisRequest, provider:
     """DuplicateSeries when the arm has more prediction series than exporter label sets (or the check's problem;
     None otherwise, and when it has no prediction series: its templates count another metric). The exporter
     scraped by two jobs, or an HA Prometheus pair read without deduplication, gives every count twice: sum() would
-    pass minSamples on half the predictions and the test would be overconfident. Records the counts in `copies`."""
+    pass minSamples on half the predictions and the test would be overconfident. Records the counts in `copies`,
+    with the fewest copies of a label set when the series are a whole multiple of them (a failed read of it leaves
+    it out: not divided)."""
     counts: dict[str, float] = {}
     for key, query in zip(("series", "labelSets"), prediction_series_queries(scope), strict=True):
         queries[f"{arm}_{key}"] = query
@@ -164,6 +171,12 @@ def _read_twice(arm: str, scope: QueryScope, request: AnalysisRequest, provider:
     copies[arm] = counts
     if counts["series"] <= counts["labelSets"]:
         return None
+    if counts["labelSets"] > 0 and counts["series"] % counts["labelSets"] == 0:
+        # A whole multiple may still be uneven (one label set 3 times, another once): only the fewest tells.
+        queries[f"{arm}_fewestCopies"] = query = fewest_copies_query(scope)
+        fewest = provider.scalar(query, request.now, check_stale=False)
+        if fewest.ok and fewest.value is not None:
+            counts["fewestCopies"] = fewest.value
     return Measurement(queries[f"{arm}_series"], None, QueryProblem.DUPLICATE,
                        f"the {arm} arm: {counts['series']:g} series of {PREDICTIONS_SERIES} for "
                        f"{counts['labelSets']:g} of the exporter's label sets: its series are read more than once "
@@ -198,14 +211,22 @@ def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
         queries = {"value": query}
         fresh, stale = _stale_arm({variant: scope}, [metric.threshold.query], request, provider, queries)
         if stale:
+            # DuplicateSeries too, whatever the value: the user's query may read the doubled scrape as well (a count
+            # of errors doubled fails a max it meets), and how to undo that depends on the query (a ratio is not
+            # doubled), so neither a pass nor a fail on it is trusted.
             return _unmeasured(metric.name, stale, queries, _window_evidence(request, window, fresh))
-        if request.mode == CANARY and fresh is not None:  # the arm known through {{selector}}, as for freshness
+        verdict = threshold_judge(metric.name, value.value, minimum=metric.threshold.min,
+                                  maximum=metric.threshold.max, query=query,
+                                  window=_window_evidence(request, window, fresh))
+        # Only a pass needs the canary to have served: a value beyond a bound fails whatever the traffic. The arm is
+        # known through {{selector}} (as for freshness) and has prediction series (else the query counts another
+        # metric, with no exporter to say whether it served, as _read_twice).
+        if (verdict.outcome is Outcome.PASS and request.mode == CANARY and fresh is not None
+                and variant in fresh["predictionSeries"]):
             unserved = _no_canary_traffic(metric, value.value, scope, request, window, provider, queries, fresh)
             if unserved:
                 return unserved
-        return threshold_judge(metric.name, value.value, minimum=metric.threshold.min,
-                               maximum=metric.threshold.max, query=query,
-                               window=_window_evidence(request, window, fresh))
+        return verdict
     assert metric.proportion is not None
     if request.mode == CANARY:
         verdict = _canary_proportion(metric.name, metric.proportion, request, window, provider)
@@ -224,7 +245,8 @@ def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
 def _no_canary_traffic(metric: MetricSpec, value: float | None, scope: QueryScope, request: AnalysisRequest,
                        window: str, provider: PrometheusProvider, queries: dict[str, str],
                        fresh: Mapping[str, Any]) -> Verdict | None:
-    """The inconclusive verdict of a threshold whose canary served nothing in the window (None when it served).
+    """The inconclusive verdict of a passing threshold whose canary has prediction series but served nothing in
+    the window (None when it served).
     The candidate's series stay exported from the gate's predictions, so they are fresh: without this, a count of
     its errors would read 0 and pass a canary no live request reached. As the proportion judge's "no canary traffic
     yet", measured here on the exporter's counter, since a threshold has no total of its own."""
@@ -232,7 +254,7 @@ def _no_canary_traffic(metric: MetricSpec, value: float | None, scope: QueryScop
     queries["canary_predictions"] = query = predictions_query(scope)
     served = provider.scalar(query, request.now, check_stale=False)
     evidence = _window_evidence(request, window, fresh)
-    if served.problem not in (None, QueryProblem.EMPTY):
+    if served.problem not in (None, QueryProblem.EMPTY):  # EMPTY: series with one sample in the window at most
         return _unmeasured(metric.name, served, queries, evidence)
     if (served.value or 0.0) > 0:
         return None
@@ -280,12 +302,16 @@ def _canary_proportion(name: str, spec: ProportionMetric, request: AnalysisReque
             return _unmeasured(name, values[key], queries, _window_evidence(request, window))
     arms = {variant: _scope(request, variant, window, candidate=variant == CANARY) for variant in (CANARY, STABLE)}
     fresh, stale = _stale_arm(arms, [spec.events, spec.total], request, provider, queries)
-    if stale:
+    copies = _whole_copies(fresh, stale)
+    if stale and not copies:
         return _unmeasured(name, stale, queries, _window_evidence(request, window, fresh))
     share = _observed_share(window, provider)
-    counts = [values[key].value * share for key in ("canary_events", "canary_total", "stable_events", "stable_total")]
-    return proportion_judge(name, *counts, ProportionCriteria.from_spec(spec), queries=queries,
-                            window=_window_evidence(request, window, {**(fresh or {}), "countsScaledBy": share}))
+    counts = [values[key].value * share / (copies or 1)
+              for key in ("canary_events", "canary_total", "stable_events", "stable_total")]
+    evidence = _window_evidence(request, window, {**(fresh or {}), "countsScaledBy": share,
+                                                  **_divided_evidence(copies)})
+    verdict = proportion_judge(name, *counts, ProportionCriteria.from_spec(spec), queries=queries, window=evidence)
+    return _failure_stands(verdict, stale, copies, queries, evidence)
 
 
 def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest, window: str,
@@ -297,7 +323,8 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     if problem := _first_problem(current):
         return _unmeasured(name, problem, queries, _window_evidence(request, window))
     fresh, stale = _stale_arm({"current": now}, [spec.events, spec.total], request, provider, queries)
-    if stale:
+    copies = _whole_copies(fresh, stale)
+    if stale and not copies:
         return _unmeasured(name, stale, queries, _window_evidence(request, window, fresh))
     # Past windows as long as the bake's, a day apart, would overlap each other and the nearest would reach past
     # promotion into the bake's own: they move by as many whole days as the window spans, give or take the slack,
@@ -307,7 +334,9 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     history_at = [request.now - timedelta(days=back)
                   for back in history_days_back(span, _history_days(request), since_promotion)]
     share = _observed_share(window, provider)  # every day's window is as long as the bake's
-    evidence = {**_window_evidence(request, window, fresh), "countsScaledBy": share,
+    # The past days' copies are not counted: they are divided as now's, which under-counts a day read fewer times.
+    scale = share / (copies or 1)
+    evidence = {**_window_evidence(request, window, fresh), "countsScaledBy": share, **_divided_evidence(copies),
                 "historyEveryDays": history_every_days(span), "historyAt": [at.isoformat() for at in history_at],
                 "historyFrom": (history_at[-1] - span).isoformat()}
     history: list[tuple[float, float]] = []
@@ -317,14 +346,52 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
         total = provider.scalar(queries["history_total"], at, check_stale=False)
         if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
             return _unmeasured(name, broken, queries, evidence)
-        history.append(((events.value or 0.0) * share, (total.value or 0.0) * share))
-    verdict = baseline_judge(name, current["current_events"].value * share, current["current_total"].value * share,
+        history.append(((events.value or 0.0) * scale, (total.value or 0.0) * scale))
+    verdict = baseline_judge(name, current["current_events"].value * scale, current["current_total"].value * scale,
                              history, ProportionCriteria.from_spec(spec), queries=queries, window=evidence,
                              history_at=evidence["historyAt"])
     if verdict.outcome is Outcome.INCONCLUSIVE and "day(s) of history with traffic" in verdict.reason:
         reach = _history_reach(request, history_at[-1] - span)
-        return dataclasses.replace(verdict, reason=f"{verdict.reason}; {reach}")
-    return verdict
+        verdict = dataclasses.replace(verdict, reason=f"{verdict.reason}; {reach}")
+    return _failure_stands(verdict, stale, copies, queries, evidence)
+
+
+def _whole_copies(fresh: Mapping[str, Any] | None, duplicate: Measurement | None) -> int | None:
+    """k when the arms' series are read twice (DuplicateSeries) and every checked arm holds exactly k >= 2 copies of
+    each of its label sets (_read_twice); None otherwise (uneven copies, an arm read once: not divided).
+    A copy counts at most every prediction (it is whole, or its scrape started later), so counts divided by k
+    under-count, on both arms alike: the test stays conservative, and a failure on them stands."""
+    if duplicate is None or duplicate.problem is not QueryProblem.DUPLICATE:
+        return None
+    found = set()
+    for counts in ((fresh or {}).get("predictionSeries") or {}).values():
+        fewest = counts.get("fewestCopies")
+        if fewest is None or fewest * counts["labelSets"] != counts["series"]:
+            return None
+        found.add(fewest)
+    return int(found.pop()) if len(found) == 1 and min(found) >= 2 else None
+
+
+def _divided_evidence(copies: int | None) -> dict[str, Any]:
+    if not copies:
+        return {}
+    return {"countsDividedBy": copies,
+            "dividedBecause": f"every exporter label set's prediction series is read {copies} times (DuplicateSeries): "
+                              "each copy counts at most every prediction, so the divided counts under-count and only "
+                              "a failure on them is kept"}
+
+
+def _failure_stands(verdict: Verdict, duplicate: Measurement | None, copies: int | None, queries: dict[str, str],
+                    window: dict[str, Any]) -> Verdict:
+    """A verdict on counts divided by `copies` (_whole_copies): its failure stands, saying so; anything else is the
+    DuplicateSeries it was (a pass on an under-count is not evidence of one)."""
+    if not copies or duplicate is None:
+        return verdict
+    if verdict.outcome is Outcome.FAIL:
+        return dataclasses.replace(verdict, reason=f"{verdict.reason} (on counts divided by {copies}: every "
+                                   f"prediction series is read {copies} times, DuplicateSeries)")
+    detail = f"{duplicate.detail}; on the counts divided by {copies} it did not fail ({verdict.reason})"
+    return _unmeasured(verdict.name, dataclasses.replace(duplicate, detail=detail), queries, window)
 
 
 def _history_reach(request: AnalysisRequest, earliest: datetime) -> str:
