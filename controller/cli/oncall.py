@@ -21,10 +21,11 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, CommandError, parse_command
 from controller.api.serialization import parse_time
-from controller.api.status import STATUS_REFUSALS, step_fraction
+from controller.api.status import STATUS_REFUSALS, STATUS_REJECTED, STATUS_UNREADABLE, step_fraction
 from controller.cli.errors import CliError
 from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, objects, printable, text, well_formed
@@ -34,7 +35,6 @@ from controller.operator.kubeapi import (
     FINALIZER,
     GROUP,
     PLURAL,
-    REQUEST_TIMEOUT,
     VERSION,
     BoundedApiClient,
     without_kube_credentials,
@@ -65,12 +65,32 @@ PREVIOUSLY_REJECTED = "PreviouslyRejected"
 FAILED_PAUSES = {"GateFailed": "promote, retry or rollback", "AnalysisFailed": "promote, retry or rollback",
                  "BakeFailed": "promote, retry or rollback", "ProgressDeadlineExceeded": "retry or rollback",
                  "GateInconclusive": "promote, retry or rollback"}
+# What explain says of each STATUS_REFUSALS reason: only an unreadable status stops the operator on the spec.
+REFUSAL_WORDS = {STATUS_REJECTED: "could not store its last decision", STATUS_UNREADABLE: "has stopped on this spec"}
 ATTEMPT_STARTS = ("Resolved", "AlreadyStable")  # the history entries an attempt begins with
 WARNINGS_SHOWN = 8
-# One try per request: urllib3's default tries a stalled read four times, each for the whole read timeout, past
-# --timeout and --wait; the watch and the wait read again themselves, within their limit. Redirects are still followed.
-REQUEST_RETRIES = urllib3.Retry(total=3, connect=0, read=0, other=0)
+# (connect, read) seconds for each request of a one-shot command: kubectl's 10 s TLS handshake limit, and past the API
+# server's own 60 s for a request, so a slow but healthy server still answers. The watch and --wait bound each
+# read by their own deadline too.
+CLI_REQUEST_TIMEOUT = (10.0, 65.0)
 WATCH_BACKOFF_MAX = 8.0  # seconds between reads of a watch while the API server does not answer
+
+
+class _RetryUnlessStalled(urllib3.Retry):
+    """urllib3's retries, but a read timeout is raised at once: a stalled read tried four times, each for the whole
+    read timeout, would outlast --timeout and --wait (the watch and the wait read again themselves). A connection
+    reset or closed before the answer is still tried again for GET (idempotent, as client-go does); writes are not
+    (urllib3 retries no PATCH or POST on a read error)."""
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> _RetryUnlessStalled:
+        if isinstance(error, ReadTimeoutError):
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+# Connecting is not tried again: each try may wait out the connect timeout. Redirects are still followed.
+REQUEST_RETRIES = _RetryUnlessStalled(total=3, connect=0, read=3, other=0)
 
 
 class Style:
@@ -140,16 +160,21 @@ class NotFound(CliError):
 
 class Transient(CliError):
     """A failure that may pass: the API server unreachable, or answering 5xx or 429 (a restart, an overloaded etcd).
-    A watch reads again until its --timeout; 401, 403 and 404 are final."""
+    A watch reads again until its --timeout; 401, 403 and 404 are final (401 and 403 only when no outage came just
+    before: see Denied)."""
+
+
+class Denied(CliError):
+    """The API server answered 401 or 403. Right after an API server restart it may: RBAC is synced again."""
 
 
 def _request_timeout(deadline: float | None) -> tuple[float, float] | None:
     """(connect, read) seconds for a request that must be over by `deadline` (time.monotonic()); None: the client's
-    own bound (REQUEST_TIMEOUT)."""
+    own bound (CLI_REQUEST_TIMEOUT)."""
     if deadline is None:
         return None
     left = max(deadline - time.monotonic(), 0.1)
-    return min(REQUEST_TIMEOUT[0], left), min(REQUEST_TIMEOUT[1], left)
+    return min(CLI_REQUEST_TIMEOUT[0], left), min(CLI_REQUEST_TIMEOUT[1], left)
 
 
 class OnCall:
@@ -166,7 +191,7 @@ class OnCall:
         configuration = client.Configuration.get_default_copy()
         configuration.retries = REQUEST_RETRIES
         # Every request times out: the library's default client waits for ever on a server that stopped answering.
-        self.api_client = BoundedApiClient(configuration)
+        self.api_client = BoundedApiClient(configuration, CLI_REQUEST_TIMEOUT)
         self.custom = client.CustomObjectsApi(self.api_client)
         self.out = out or sys.stdout  # the stream of the moment, not the one at import
         self.style = Style(self.out)
@@ -182,11 +207,16 @@ class OnCall:
             # Redacted of what the request was sent with: an exec plugin's refreshed token is there, not in the default.
             message = _api_message(exc, self.custom.api_client.configuration)
             if exc.status in (401, 403):
-                raise CliError(f"{what}: no permission ({message or 'permission denied'})") from None
+                raise Denied(f"{what}: no permission ({message or 'permission denied'})") from None
             error = Transient if exc.status == 429 or exc.status >= 500 else CliError
             raise error(f"{what}: the API server answered HTTP {exc.status}: {message}") from None
         except (Urllib3Error, OSError) as exc:
-            cause = transport_cause(exc)
+            connect, read = kwargs.get("_request_timeout") or self.api_client.request_timeout
+            cause = transport_cause(exc, round(read, 1))
+            if cause.startswith("no answer"):  # it was reached: a slow or stalled server, not a missing one
+                raise Transient(f"{what}: the API server at {_server()} gave {cause}") from None
+            if cause.startswith("no connection"):
+                cause = transport_cause(exc, round(connect, 1))
             raise Transient(f"no cluster: cannot reach the API server at {_server()} ({cause})") from None
         except RecursionError:  # json's parser, on an object nested deeper than Python's recursion limit
             raise CliError(f"{what}: an object in the answer nests too deep to be read here; `kubectl get "
@@ -243,10 +273,36 @@ class OnCall:
             # when anyone wrote the object since, so another command cannot be written over unseen.
             patch = {"metadata": {"resourceVersion": mapping(obj.get("metadata")).get("resourceVersion"),
                                   "annotations": {COMMAND_ANNOTATION: command.to_annotation()}}}
-            if self._call(what, self._patch_unless_changed, name, patch):
+            try:
+                written = self._call(what, self._patch_unless_changed, name, patch)
+            except Transient as exc:
+                # No answer is no proof nothing was written (a slow webhook or etcd): sending again could carry the
+                # command out twice.
+                self._landed_after_all(name, command, exc)
+                written = True
+            if written:
                 return command, mapping(obj.get("metadata")).get("uid")
         raise CliError(f"{what} kept changing while the command was written ({SEND_ATTEMPTS} attempts); "
                        "nothing was sent, try again")
+
+    def _landed_after_all(self, name: str, command: Command, failure: CliError) -> None:
+        """Returns when the object holds `command` (its annotation, or its id handled already) although its write
+        failed with `failure`; else a CliError that says it may have landed all the same."""
+        try:
+            obj = self.get(name)
+        except CliError:
+            obj = {}
+        annotation = mapping(mapping(obj.get("metadata")).get("annotations")).get(COMMAND_ANNOTATION)
+        try:
+            held = parse_command(annotation).id if isinstance(annotation, str) else None
+        except CommandError:
+            held = None
+        handled = mapping(obj.get("status")).get("handledCommands")
+        if held == command.id or (isinstance(handled, list) and command.id in handled):
+            return
+        raise CliError(printable(f"{failure}; {command.label} (id {command.id}) may have been written all the same: "
+                                 f"check `modelrollout history -n {self.namespace} {name}` (and the annotation) "
+                                 "before sending it again"))
 
     def await_handled(self, name: str, command: Command, uid: Any, wait: float) -> None:
         """Wait up to `wait` seconds for the operator to handle `command` (its id in status.handledCommands), then
@@ -386,10 +442,11 @@ class OnCall:
             lines.append(note[:1].upper() + note[1:] + ".")
         # The phase and message are kept as they were: only the Ready condition says the operator has stopped.
         if refused := _status_refused(obj):
-            lines.append(f"The operator has stopped on this spec ({refused[0]}): {refused[1]}")
+            said = REFUSAL_WORDS.get(refused[0], "has stopped on this spec")
+            lines.append(f"The operator {said} ({refused[0]}): {refused[1]}")
         if stuck := _stuck(obj):
-            lines.append(f"No progress within progressDeadline (ProgressDeadlineExceeded): {stuck}; the operator "
-                         "keeps trying.")
+            lines.append(f"No progress within progressDeadline (ProgressDeadlineExceeded): {stuck.rstrip('. ')}; the "
+                         "operator keeps trying.")
         candidate = _version(status, "candidate")
         stable = _version(status, "stable")
         model = text(obj["spec"]["model"].get("name"), "?")
@@ -442,15 +499,18 @@ class OnCall:
         while True:
             try:
                 raw = self.get(name, deadline)
-            except Transient as exc:
-                # As `kubectl rollout status`: an API server restarting does not end the watch; --timeout does.
+            except (Transient, Denied) as exc:
+                # As `kubectl rollout status`: an API server restarting does not end the watch; --timeout does. Right
+                # after an outage a 401/403 passes too (RBAC synced again after the restart); else it is final.
+                if isinstance(exc, Denied) and not failures:
+                    raise
                 if deadline is not None and time.monotonic() >= deadline:
                     raise CliError(f"{exc}; still so at --timeout") from None
                 if not failures:
                     said = printable(f"cannot read the rollout ({exc}); reading again until it answers")
                     print(f"  note: {self.style.warn(said)}", file=self.out, flush=True)
                 failures += 1
-                pause = min(interval * 2 ** (failures - 1), WATCH_BACKOFF_MAX)
+                pause = min(interval * 2 ** min(failures - 1, 3), WATCH_BACKOFF_MAX)  # no overflow in a long outage
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())) if deadline is not None else pause)
                 continue
             if failures:
@@ -567,8 +627,12 @@ def _status_refused(obj: dict[str, Any]) -> tuple[str, str] | None:
 
 def _stuck(obj: dict[str, Any]) -> str | None:
     """The message of a Progressing condition turned False by ProgressDeadlineExceeded at this generation: a
-    rollout that cannot start (a target that cannot be read, the registry away) or a rollback not confirmed."""
+    rollout that cannot start (a target that cannot be read, the registry away) or a rollback not confirmed. None
+    when paused (rollback.automatic false): then a human decides, the operator does not keep trying."""
     generation = mapping(obj.get("metadata")).get("generation")
+    status = mapping(obj.get("status"))
+    if status.get("pause") or status.get("phase") == "Paused":
+        return None
     for condition in objects(mapping(obj.get("status")).get("conditions")):
         if (condition.get("type") == "Progressing" and condition.get("status") == "False"
                 and condition.get("reason") == "ProgressDeadlineExceeded"

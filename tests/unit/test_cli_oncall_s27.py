@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.api.commands import COMMAND_ANNOTATION
+from controller.cli import oncall as oncall_module
 from controller.cli import report
 from controller.cli.main import main
 from controller.cli.oncall import OnCall
@@ -58,6 +60,14 @@ class Api:
         self.gets = 0
         self.stall_after_gets: int | None = None
         self.stall_after_patch = False
+        self.reads = 0  # GETs of r, answered or not
+        self.close_gets = 0  # the next GETs of r whose connection is closed unanswered (a reset, a proxy's idle cut)
+        self.get_delay = 0.0  # seconds before a GET of r is answered: a slow but healthy server
+        self.patches = 0
+        # A PATCH's fate: "answer", "lands-stalls" (written, never answered: the client times out), "stalls" (never
+        # written nor answered), "closes" (its connection closed unanswered, not written), "handled-stalls" (written and
+        # handled by the operator at once, then a later command written over it; never answered).
+        self.patch_mode = "answer"
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,10 +87,17 @@ class Api:
                 return False
 
             def do_GET(self) -> None:
+                if self.path.split("?")[0] == ROLLOUT_PATH:
+                    owner.reads += 1
                 if self._stall():
                     return
                 if self.path.split("?")[0] == LIST_PATH:
                     return self._answer(200, {"kind": "ModelRolloutList", "items": [owner.obj]})
+                if owner.close_gets:
+                    owner.close_gets -= 1
+                    self.close_connection = True
+                    return
+                time.sleep(owner.get_delay)
                 owner.gets += 1
                 answer = owner.answers.pop(0) if owner.answers else owner.obj
                 if isinstance(answer, int):
@@ -93,7 +110,21 @@ class Api:
                 patch = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 if self._stall():
                     return
-                owner.obj["metadata"]["annotations"].update(patch["metadata"].get("annotations", {}))
+                owner.patches += 1
+                if owner.patch_mode == "closes":
+                    self.close_connection = True
+                    return
+                if owner.patch_mode != "stalls":
+                    owner.obj["metadata"]["annotations"].update(patch["metadata"].get("annotations", {}))
+                if owner.patch_mode == "handled-stalls":
+                    annotations = owner.obj["metadata"]["annotations"]
+                    handled = json.loads(annotations[COMMAND_ANNOTATION])["id"]
+                    owner.obj["status"]["handledCommands"].append(handled)
+                    annotations[COMMAND_ANNOTATION] = json.dumps({"action": "retry", "id": "later", "actor": "bob"})
+                if owner.patch_mode != "answer":
+                    owner.released.wait(STALL_SECONDS)
+                    self.close_connection = True
+                    return
                 self._answer(200, owner.obj)
                 if owner.stall_after_patch:  # the command is out: the API server stops answering while it is awaited
                     owner.stalled.set()
@@ -166,7 +197,8 @@ def test_a_commands_wait_holds_when_the_api_server_stops_answering(api: Api, tmp
     result, took = cli("abort", "r", "--wait", "3s", "--kubeconfig", api.kubeconfig(tmp_path), timeout=40)
     assert result is not None, f"abort --wait 3s still ran after {took:.0f}s on a stalled API server"
     assert result.returncode == 0 and took < 3 + 10, (result, took)
-    assert "is not known to be handled yet (its status could not be read: no cluster:" in result.stdout, result.stdout
+    assert "is not known to be handled yet (its status could not be read: ModelRollout ns/r: the API server at " \
+        "127.0.0.1:" in result.stdout and " gave no answer within " in result.stdout, result.stdout
 
 
 # --- 2: a watch outlives an API server restart; 401, 403 and 404 still end it -------------------------------------
@@ -294,6 +326,121 @@ def test_explain_says_a_rollout_is_stuck_past_its_progress_deadline(oncall: OnCa
                                     "message": "InferenceService nsfw-classifier not found", "observedGeneration": 1}]
     assert ("No progress within progressDeadline (ProgressDeadlineExceeded): InferenceService nsfw-classifier not "
             "found; the operator keeps trying.") in oncall.explain(obj)
+
+
+# --- s27r4: follow-ups ------------------------------------------------------------------------------------------------
+
+
+def test_explain_of_a_rollout_paused_for_a_human_past_its_deadline_says_nothing_of_keeping_trying(
+        oncall: OnCall) -> None:
+    """The engine's own status (rollback.automatic false): phase Paused, and Progressing False copies the reason."""
+    message = "Paused: no progress within progressDeadline 10m; run retry or rollback (rollback.automatic is false)."
+    obj = rollout("Paused")
+    obj["status"].update({"message": message, "pause": {"reason": "ProgressDeadlineExceeded", "message": message}})
+    obj["status"]["conditions"] = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                    "message": message, "observedGeneration": 1}]
+    explained = oncall.explain(copy.deepcopy(obj))
+    assert "keeps trying" not in explained and ".;" not in explained, explained
+    del obj["status"]["pause"]  # not paused (phase Pending): the operator does keep trying
+    obj["status"]["phase"] = "Pending"
+    explained = oncall.explain(obj)
+    assert ("No progress within progressDeadline (ProgressDeadlineExceeded): Paused: no progress within "
+            "progressDeadline 10m; run retry or rollback (rollback.automatic is false); the operator keeps trying."
+            ) in explained, explained
+
+
+def test_explain_words_a_rejected_status_as_a_decision_not_stored_not_as_stopped(oncall: OnCall) -> None:
+    obj = rollout("Progressing")
+    obj["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": "StatusRejected",
+                                    "message": "the API server refused the status; it is decided again after a while",
+                                    "observedGeneration": 1}]
+    explained = oncall.explain(obj)
+    assert ("The operator could not store its last decision (StatusRejected): the API server refused the status; "
+            "it is decided again after a while") in explained, explained
+    assert "has stopped" not in explained
+
+
+def test_a_403_right_after_an_outage_is_read_again_but_not_one_after_a_read_or_alone(
+        api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An API server restarting answers 503 (or refuses connections), then 403 while RBAC syncs, then the rollout."""
+    kubeconfig = api.kubeconfig(tmp_path)
+    api.message = 'modelrollouts.modelrollout.io "r" is forbidden: User "alice" cannot get resource'
+    api.answers = [503, 403, rollout("Succeeded")]
+    assert main(["get", "r", "--watch", "--timeout", "30s", "--kubeconfig", kubeconfig]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cannot read the rollout") == 1 and "the API server answers again" in out, out
+    for answers in ([403], [503, rollout("Progressing"), 403]):  # no outage just before: final, exit 2
+        api.answers = list(answers)
+        assert main(["get", "r", "--watch", "--timeout", "30s", "--kubeconfig", kubeconfig]) == 2, answers
+        assert capsys.readouterr().err.startswith("error: ModelRollout ns/r: no permission (modelrollouts")
+
+
+@pytest.mark.parametrize("mode", ["lands-stalls", "handled-stalls"])
+def test_a_command_whose_write_times_out_but_lands_is_sent_once_and_told_as_sent(
+        api: Api, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The write lands but its answer comes after the client's read timeout (slow webhooks or etcd)."""
+    monkeypatch.setattr(oncall_module, "CLI_REQUEST_TIMEOUT", (10.0, 1.0), raising=False)
+    api.patch_mode = mode
+    started = time.monotonic()
+    assert main(["abort", "r", "--wait", "2s", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    assert time.monotonic() - started < 10
+    out = capsys.readouterr().out
+    assert "abort sent to ns/r as alice" in out, out
+    # Then awaited as any command written: still pending, or handled already.
+    assert ("is not known to be handled yet" if mode == "lands-stalls" else "handled by the operator") in out, out
+    assert api.patches == 1
+
+
+@pytest.mark.parametrize("mode", ["stalls", "closes"])
+def test_a_command_whose_write_fails_unseen_is_not_sent_again_and_says_to_check_the_history(
+        api: Api, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(oncall_module, "CLI_REQUEST_TIMEOUT", (10.0, 1.0), raising=False)
+    api.patch_mode = mode
+    assert main(["abort", "r", "--wait", "2s", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "may have been written all the same: check `modelrollout history -n ns r`" in err, err
+    assert ("gave no answer within 1s" if mode == "stalls" else "(connection failed)") in err, err
+    assert api.patches == 1  # never sent twice
+
+
+def test_one_shot_requests_wait_past_the_api_servers_own_60s_and_kubectls_10s_handshake(
+        api: Api, tmp_path: Path) -> None:
+    assert OnCall(api.kubeconfig(tmp_path), None).api_client.request_timeout == (10.0, 65.0)
+
+
+def test_a_read_timeout_is_told_as_no_answer_not_as_an_unreachable_server(
+        api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(oncall_module, "CLI_REQUEST_TIMEOUT", (10.0, 1.0), raising=False)
+    kubeconfig = api.kubeconfig(tmp_path)
+    api.get_delay = 0.5  # slow, within the read timeout: answered
+    assert main(["get", "r", "--kubeconfig", kubeconfig]) == 0
+    api.stalled.set()
+    started = time.monotonic()
+    assert main(["get", "r", "--kubeconfig", kubeconfig]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: ModelRollout ns/r: the API server at 127.0.0.1:{api.port} gave no answer within 1s\n", err
+    assert time.monotonic() - started < 5 and api.reads == 2  # a stalled read is not tried again
+
+
+@pytest.mark.parametrize("command", ["get", "history", "explain"])
+def test_a_read_whose_connection_is_closed_unanswered_is_tried_again(
+        api: Api, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    api.close_gets = 1
+    assert main([command, "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0, capsys.readouterr().err
+    assert api.reads == 2
+
+
+def test_a_watch_through_a_long_outage_does_not_overflow_its_backoff(
+        api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,100 reads answered 503 (an outage of hours, no --timeout); the sleeps are skipped, the reads are real."""
+    pauses: list[float] = []
+    monkeypatch.setattr(oncall_module.time, "sleep", pauses.append)
+    api.answers = [503] * 1100 + [rollout("Succeeded")]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 0
+    backoff = [p for p in pauses if p]  # urllib3 sleeps 0 s between tries too
+    assert backoff[:5] == [1, 2, 4, 8, 8] and max(backoff) == 8 and len(backoff) == 1100, backoff[:8]
 
 
 # --- 8: a rollback that kept all traffic still tells the alias and the tag -------------------------------------------
