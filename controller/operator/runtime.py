@@ -123,13 +123,13 @@ MAX_CONCURRENT_GATES = 4
 # Analyses too (a stalling Prometheus holds one for minutes), in threads of their own: in the default pool,
 # min(32, CPUs + 4) threads, as few as 5, they would hold up every store call and traffic change, rollbacks included.
 MAX_CONCURRENT_ANALYSES = 8
-# Registry calls too (an MLflow that accepts and never answers holds each for 10 s, RequestPolicy): they lend out the
-# reconcile's worker while they wait, in threads of their own.
-MAX_CONCURRENT_REGISTRY_CALLS = 8
-# One namespace's share of each: one tenant's slow model servers, Prometheus or registry cannot take every slot.
+# One namespace's share of each: one tenant's slow model servers or Prometheus cannot take every slot.
 MAX_GATES_PER_NAMESPACE = MAX_CONCURRENT_GATES // 2
 MAX_ANALYSES_PER_NAMESPACE = MAX_CONCURRENT_ANALYSES // 2
-MAX_REGISTRY_CALLS_PER_NAMESPACE = MAX_CONCURRENT_REGISTRY_CALLS // 2
+# Registry calls (an MLflow that accepts and never answers holds each for 10 s, RequestPolicy) lend out the reconcile's
+# worker while they wait, at most this many per namespace, in that namespace's own threads: a shared pool would let
+# two namespaces' unanswering registries fill it ahead of a third's healthy one.
+MAX_REGISTRY_CALLS_PER_NAMESPACE = 4
 # While a rollback has traffic still to move (which needs no registry), the registry's answer is waited for this long
 # at most: then the decision is taken as if it were unavailable, and the read goes on in its thread.
 ROLLBACK_REGISTRY_WAIT_SECONDS = 2.0
@@ -855,7 +855,7 @@ class RolloutStepper:
         self._gate_verdicts: dict[tuple[str, str], tuple[_MeasuredFor, JudgeResult]] = {}
         self._gate_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_GATES_PER_NAMESPACE))
         self._analysis_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_ANALYSES_PER_NAMESPACE))
-        self._registry_calls = concurrent.futures.ThreadPoolExecutor(MAX_CONCURRENT_REGISTRY_CALLS, "registry")
+        self._registry_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._registry_shares = _StartLocks(lambda: asyncio.Semaphore(MAX_REGISTRY_CALLS_PER_NAMESPACE))
         # Per rollout, the gate or analysis under way (see _measured).
         self._measuring: dict[tuple[str, str], _Measurement] = {}
@@ -1155,11 +1155,12 @@ class RolloutStepper:
                                 rollback: bool) -> RegistryObservation:
         """The registry read a decision takes; cut short while a rollback's traffic is still to move: a registry that
         never answers (10 s a read) must not keep the candidate's traffic on it meanwhile."""
-        read = self._registry_call(runtime.namespace, runtime.observe_registry, status)
-        if not rollback or (status.rollback is not None and status.rollback.traffic_confirmed_at is not None):
-            return await read
+        # Not for an ended rollout: a rollback command to a Succeeded one may need the registry to know what serves.
+        cut = rollback and status.phase not in TERMINAL_PHASES and (
+            status.rollback is None or status.rollback.traffic_confirmed_at is None)
         try:
-            return await asyncio.wait_for(read, ROLLBACK_REGISTRY_WAIT_SECONDS)
+            return await self._registry_call(runtime.namespace, runtime.observe_registry, status,
+                                             deadline=ROLLBACK_REGISTRY_WAIT_SECONDS if cut else None)
         except TimeoutError:
             log.warning("%s/%s: the registry did not answer within %gs; moving traffic back first", runtime.namespace,
                         runtime.name, ROLLBACK_REGISTRY_WAIT_SECONDS)
@@ -1167,18 +1168,27 @@ class RolloutStepper:
                 f"no answer within {ROLLBACK_REGISTRY_WAIT_SECONDS:g}s while the rollback moves traffic back; "
                 "read again after")))
 
-    async def _registry_call(self, namespace: str, call: Callable[..., _T], *args: Any) -> _T:
-        """call(*args), which calls the registry, in a registry thread within the namespace's share, the reconcile's
-        worker lent out meanwhile: another tenant's rollback is not held up by this tenant's registry."""
+    async def _registry_call(self, namespace: str, call: Callable[..., _T], *args: Any,
+                             deadline: float | None = None) -> _T:
+        """call(*args), which calls the registry, in the namespace's registry threads within its share, the
+        reconcile's worker lent out meanwhile: another tenant's rollback is not held up by this tenant's registry.
+        TimeoutError past `deadline` seconds (waiting for a share included; taking the worker back is not: a cut
+        there would go on without one), the call left to end in its thread."""
+        loop = asyncio.get_running_loop()
+        ends = None if deadline is None else loop.time() + deadline
         async with reconcile_slot_lent():
             share = self._registry_shares.join(namespace)
             try:
-                await share.acquire()
+                await asyncio.wait_for(share.acquire(), None if ends is None else max(ends - loop.time(), 0.0))
             except BaseException:
                 self._registry_shares.leave(namespace)
                 raise
             try:
-                running = self._registry_calls.submit(call, *args)
+                pool = self._registry_pools.get(namespace)
+                if pool is None:
+                    pool = self._registry_pools[namespace] = concurrent.futures.ThreadPoolExecutor(
+                        MAX_REGISTRY_CALLS_PER_NAMESPACE, f"registry-{namespace}")
+                running = pool.submit(call, *args)
             except BaseException:
                 self._registry_shares.release(namespace)
                 raise
@@ -1190,7 +1200,14 @@ class RolloutStepper:
 
             # Given back when the thread ends, not when the wait does: a cancelled reconcile cannot stop the call.
             running.add_done_callback(ended)
-            return await asyncio.wrap_future(running)
+            answer = asyncio.wrap_future(running)
+            if ends is None:
+                return await answer
+            done, _ = await asyncio.wait({answer}, timeout=max(ends - loop.time(), 0.0))
+            if not done:
+                answer.cancel()  # its result is never read; the thread ends by itself
+                raise TimeoutError
+            return answer.result()
 
     def _drop(self, key: tuple[str, str]) -> None:
         """Nobody asks for the rollout's run any more: a gate is cancelled, and so is an analysis still queued (one

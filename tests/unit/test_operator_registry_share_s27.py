@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,9 @@ import pytest
 from test_operator_interrupts import ABORT, Key, Tenants, until
 
 from controller.api.commands import COMMAND_ANNOTATION
+from controller.api.status import ModelRolloutStatus, Phase
 from controller.engine.actions import Action
+from controller.engine.observations import RegistryObservation
 from controller.operator.runtime import (
     MAX_REGISTRY_CALLS_PER_NAMESPACE,
     ROLLBACK_REGISTRY_WAIT_SECONDS,
@@ -90,11 +93,11 @@ def stalled_tenant(monkeypatch: pytest.MonkeyPatch, reads: threading.Event) -> T
     stand_in_read, stand_in_act = RolloutRuntime.observe_registry, RolloutRuntime.act
 
     def observe_registry(self: RolloutRuntime, status: Any = None) -> Any:
-        real = reads.is_set() and self.namespace == STALLED
+        real = reads.is_set() and self.namespace.startswith(STALLED)
         return (REAL_OBSERVE_REGISTRY if real else stand_in_read)(self, status)
 
     def act(self: RolloutRuntime, action: Action, status: Any) -> None:
-        real = self.namespace == STALLED and RolloutRuntime.calls_registry(action)
+        real = self.namespace.startswith(STALLED) and RolloutRuntime.calls_registry(action)
         (REAL_ACT if real else stand_in_act)(self, action, status)
 
     monkeypatch.setattr(RolloutRuntime, "observe_registry", observe_registry)
@@ -105,14 +108,16 @@ def stalled_tenant(monkeypatch: pytest.MonkeyPatch, reads: threading.Event) -> T
 def stopped(world: Tenants, hole: Blackhole) -> None:
     """The registry goes away: its calls end at once, and the stepper's registry threads with them."""
     hole.close()
-    world.stepper._registry_calls.shutdown(wait=True, cancel_futures=True)
+    for pool in world.stepper._registry_pools.values():
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 async def paused_at_ten(world: Tenants, key: Key) -> None:
     await until(lambda: world.weights.get(key) == 10 and world.store.status(*key).get("phase") == "Paused", 10)
 
 
-async def abort_acted_on_while_stalled(world: Tenants, hole: Blackhole, victim: Key) -> None:
+async def abort_acted_on_while_stalled(world: Tenants, hole: Blackhole, victim: Key,
+                                      open_calls: int = MAX_REGISTRY_CALLS_PER_NAMESPACE) -> None:
     """The victim's abort is decided and its traffic taken off before any of the stalled registry calls ended (they
     end only at their 10 s deadline): nothing waited for them."""
     world.abort(victim)
@@ -120,7 +125,7 @@ async def abort_acted_on_while_stalled(world: Tenants, hole: Blackhole, victim: 
                 victim not in world.weights, 8)
     assert hole.ended == 0, "the abort waited for the stalled registry calls to give up"
     assert world.store.status(*victim)["phase"] in ("RollingBack", "RolledBack")
-    assert hole.open == MAX_REGISTRY_CALLS_PER_NAMESPACE and hole.most == MAX_REGISTRY_CALLS_PER_NAMESPACE
+    assert hole.open == open_calls and hole.most == open_calls
 
 
 def test_an_abort_is_acted_on_while_another_tenants_registry_reads_hang(
@@ -189,5 +194,55 @@ def test_a_rollback_moves_traffic_back_without_waiting_for_its_own_registry_that
             assert f"no answer within {ROLLBACK_REGISTRY_WAIT_SECONDS:g}s" in status["retry"]["reason"]
         finally:
             stopped(world, blackhole)
+
+    world.run(scenario)
+
+
+def test_several_tenants_registries_hanging_do_not_hold_up_a_third_tenants_registry(
+        monkeypatch: pytest.MonkeyPatch, blackhole: Blackhole) -> None:
+    """Three namespaces each fill their share with reads that never end: the victim's own registry read still runs at
+    once (its namespace's threads are its own), so its abort is decided on a registry that answered, not cut at
+    ROLLBACK_REGISTRY_WAIT_SECONDS as unavailable (review s27r5: one pool of 8 shared by all namespaces)."""
+    reads = threading.Event()
+    reads.set()
+    world = stalled_tenant(monkeypatch, reads)
+
+    async def scenario(world: Tenants) -> None:
+        victim = world.create("tenant-v", ["v"])[0]
+        await paused_at_ten(world, victim)
+        for suffix in ("", "-2", "-3"):
+            world.create(f"{STALLED}{suffix}", [f"s{i}" for i in range(6)], registry={"trackingUri": blackhole.url})
+        hung = 3 * MAX_REGISTRY_CALLS_PER_NAMESPACE
+        await until(lambda: blackhole.open == hung, 8)
+        try:
+            await abort_acted_on_while_stalled(world, blackhole, victim, open_calls=hung)
+            retry = world.store.status(*victim).get("retry") or {}
+            assert "no answer within" not in str(retry.get("reason")), retry
+        finally:
+            stopped(world, blackhole)
+
+    world.run(scenario)
+
+
+@pytest.mark.parametrize(("phase", "cut"), [("Progressing", True), ("Succeeded", False)])
+def test_only_a_rollback_with_traffic_to_move_cuts_the_registry_read_short(monkeypatch: pytest.MonkeyPatch,
+                                                                           phase: str, cut: bool) -> None:
+    """A rollback command to a Succeeded rollout may need the registry to know which version serves: its read is
+    waited for in full, not taken as unavailable after ROLLBACK_REGISTRY_WAIT_SECONDS (review s27r5)."""
+    world = Tenants(monkeypatch)
+    answered = RegistryObservation()
+
+    class SlowRegistry:
+        namespace, name = "tenant-v", "v"
+
+        def observe_registry(self, status: Any) -> RegistryObservation:
+            time.sleep(ROLLBACK_REGISTRY_WAIT_SECONDS + 0.5)
+            return answered
+
+    async def scenario(world: Tenants) -> None:
+        status = ModelRolloutStatus(phase=Phase(phase))
+        seen = await world.stepper._observe_registry(SlowRegistry(), status, True)  # type: ignore[arg-type]
+        assert (seen is not answered) is cut
+        assert (seen.error is not None and "no answer within" in seen.error.message) is cut
 
     world.run(scenario)
