@@ -98,10 +98,17 @@ def prediction_series_queries(scope: QueryScope) -> tuple[str, str]:
     return f"count({series})", f"count({by_label_set})"
 
 
-def fewest_copies_query(scope: QueryScope) -> str:
+def fewest_copies_query(scope: QueryScope, step_seconds: float | None = None) -> str:
     """The fewest copies of any one of the scope's label sets: when it times the label sets equals the series,
-    every label set is read that many times, so the counts can be divided by it."""
-    return f"min({_by_label_set(scope)[1]})"
+    every label set is read that many times, so the counts can be divided by it. With a step: the fewest at any step
+    of the scope's window, since a copy whose scrape started mid-window holds only part of it (dividing then weights
+    that part twice: a class mix that changes over the window would read as a different rate)."""
+    fewest = f"min({_by_label_set(scope)[1]})"
+    if step_seconds is None:
+        return fewest
+    if not PROMQL_DURATION.fullmatch(scope.window):
+        raise TemplateError(f"window {scope.window!r} is not a PromQL duration")
+    return f"min_over_time(({fewest})[{scope.window}:{promql_duration(step_seconds)}])"
 
 
 def _by_label_set(scope: QueryScope) -> tuple[str, str]:

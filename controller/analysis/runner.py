@@ -176,7 +176,13 @@ def _read_twice(arm: str, scope: QueryScope, request: AnalysisRequest, provider:
         queries[f"{arm}_fewestCopies"] = query = fewest_copies_query(scope)
         fewest = provider.scalar(query, request.now, check_stale=False)
         if fewest.ok and fewest.value is not None:
-            counts["fewestCopies"] = fewest.value
+            # And as many through the whole window: a copy that started (or stopped) within it counts only part.
+            queries[f"{arm}_fewestCopiesInWindow"] = query = fewest_copies_query(
+                scope, provider.scrape_interval.total_seconds())
+            throughout = provider.scalar(query, request.now, check_stale=False)
+            counts["fewestCopiesInWindow"] = throughout.value if throughout.ok else None
+            if throughout.ok and throughout.value == fewest.value:
+                counts["fewestCopies"] = fewest.value
     return Measurement(queries[f"{arm}_series"], None, QueryProblem.DUPLICATE,
                        f"the {arm} arm: {counts['series']:g} series of {PREDICTIONS_SERIES} for "
                        f"{counts['labelSets']:g} of the exporter's label sets: its series are read more than once "
@@ -359,8 +365,8 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
 def _whole_copies(fresh: Mapping[str, Any] | None, duplicate: Measurement | None) -> int | None:
     """k when the arms' series are read twice (DuplicateSeries) and every checked arm holds exactly k >= 2 copies of
     each of its label sets (_read_twice); None otherwise (uneven copies, an arm read once: not divided).
-    A copy counts at most every prediction (it is whole, or its scrape started later), so counts divided by k
-    under-count, on both arms alike: the test stays conservative, and a failure on them stands."""
+    Every copy held through the whole window (fewestCopiesInWindow) counts every prediction, so counts divided by k
+    are the counts: a failure on them stands. A copy that started mid-window would weight the window's end twice."""
     if duplicate is None or duplicate.problem is not QueryProblem.DUPLICATE:
         return None
     found = set()
@@ -376,9 +382,8 @@ def _divided_evidence(copies: int | None) -> dict[str, Any]:
     if not copies:
         return {}
     return {"countsDividedBy": copies,
-            "dividedBecause": f"every exporter label set's prediction series is read {copies} times (DuplicateSeries): "
-                              "each copy counts at most every prediction, so the divided counts under-count and only "
-                              "a failure on them is kept"}
+            "dividedBecause": f"every exporter label set's prediction series is read {copies} times through the whole "
+                              "window (DuplicateSeries): only a failure on the divided counts is kept"}
 
 
 def _failure_stands(verdict: Verdict, duplicate: Measurement | None, copies: int | None, queries: dict[str, str],

@@ -167,7 +167,7 @@ def test_an_exporter_scraped_twice_is_never_counted(prometheus: PrometheusServer
                                      "for 2 of the exporter's label sets"), doubled.reason
     assert doubled.evidence["problem"] == "DuplicateSeries"
     # Every arm is checked, and even: judged on counts divided by 2, the clean canary passes, which is not kept.
-    copies = {"series": 4, "labelSets": 2, "fewestCopies": 2}
+    copies = {"series": 4, "labelSets": 2, "fewestCopies": 2, "fewestCopiesInWindow": 2}  # both copies all along
     assert doubled.evidence["window"]["predictionSeries"] == {"canary": copies, "stable": copies}
     assert "on the counts divided by 2 it did not fail (no credible increase" in doubled.reason, doubled.reason
     assert 'replica' not in doubled.evidence["queries"]["canary_labelSets"]  # the exporter's labels only

@@ -209,3 +209,24 @@ def test_a_bake_read_twice_fails_on_counts_divided_by_its_copies(garbage: Garbag
     share = verdict.evidence["window"]["countsScaledBy"]
     assert verdict.evidence["raw"]["current"]["total"] == pytest.approx(1000 * share / 2)
     assert [day["total"] for day in verdict.evidence["history"]] == pytest.approx([1000 * share / 2] * 3)
+
+
+def test_a_copy_that_started_within_the_window_is_not_divided(garbage: Garbage) -> None:
+    """Two copies of every label set at the window's end, but one of them scraped only since mid-window: halving the
+    two would weight the window's end twice (a class mix that changed then would read as a higher rate), so the
+    poisoned-looking counts stay DuplicateSeries, not a failure (review s27r6: a clean canary failed that way)."""
+    garbage.answer(200, vector(0))
+    counts(garbage, 400, 1000, 1000, 10000)
+    garbage.routes[("/api/v1/query", FRESHNESS)] = vector(2)
+    garbage.routes[("/api/v1/query", CANARY_SERIES)] = vector(4)
+    garbage.routes[("/api/v1/query", SERIES)] = vector(4)
+    garbage.routes[("/api/v1/query", LABEL_SETS)] = vector(2)
+    garbage.routes[("/api/v1/query", "min_over_time((" + FEWEST)] = vector(1)  # before FEWEST: the first match answers
+    garbage.routes[("/api/v1/query", FEWEST)] = vector(2)
+    request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NOW, candidate_version="7")
+    (verdict,) = run_analysis([PROPORTION], request, PrometheusProvider(garbage.url, retries=0))
+    assert verdict.outcome is Outcome.INCONCLUSIVE, verdict
+    assert verdict.evidence["problem"] == "DuplicateSeries"
+    assert "countsDividedBy" not in verdict.evidence["window"]
+    series = verdict.evidence["window"]["predictionSeries"]["canary"]
+    assert series["fewestCopiesInWindow"] == 1 and "fewestCopies" not in series
