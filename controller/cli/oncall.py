@@ -74,6 +74,9 @@ WARNINGS_SHOWN = 8
 # read by their own deadline too.
 CLI_REQUEST_TIMEOUT = (10.0, 65.0)
 WATCH_BACKOFF_MAX = 8.0  # seconds between reads of a watch while the API server does not answer
+# How long after its last outage read a watch takes a 401/403 for RBAC syncing again (after an API server restart,
+# seconds): past it the permission is gone, and the watch says so rather than reading on for ever.
+DENIED_AFTER_OUTAGE_SECONDS = 30.0
 
 
 class _RetryUnlessStalled(urllib3.Retry):
@@ -496,16 +499,21 @@ class OnCall:
         noted = None  # the same for why the status may not describe the spec (none yet, an older generation)
         uid = None  # the object watched: one deleted and created again under its name is another rollout
         failures = 0  # reads in a row that failed for a reason that may pass (an API server restarting)
+        outage_seen = 0.0  # when a read last failed for a reason other than a 401/403 (time.monotonic())
         while True:
             try:
                 raw = self.get(name, deadline)
             except (Transient, Denied) as exc:
                 # As `kubectl rollout status`: an API server restarting does not end the watch; --timeout does. Right
                 # after an outage a 401/403 passes too (RBAC synced again after the restart); else it is final.
-                if isinstance(exc, Denied) and not failures:
+                # For a while only: a permission revoked during the outage is final, said without --timeout too.
+                denied = isinstance(exc, Denied)
+                if denied and (not failures or time.monotonic() - outage_seen > DENIED_AFTER_OUTAGE_SECONDS):
                     raise
                 if deadline is not None and time.monotonic() >= deadline:
                     raise CliError(f"{exc}; still so at --timeout") from None
+                if not denied:
+                    outage_seen = time.monotonic()
                 if not failures:
                     said = printable(f"cannot read the rollout ({exc}); reading again until it answers")
                     print(f"  note: {self.style.warn(said)}", file=self.out, flush=True)

@@ -489,3 +489,17 @@ def test_only_a_details_first_characters_are_searched_for_rates() -> None:
     padding = "." * (report.RATES_SEARCHED - len(rates) - 2)
     assert [p.metric for p in rate_points(history_status(f"{padding}; {rates}"))] == ["nsfw-rate"]
     assert rate_points(history_status(f"{padding}; x{rates}")) == []  # its end is past the characters searched
+
+
+def test_a_403_that_outlasts_the_outage_ends_the_watch_without_a_timeout(
+        api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Permission revoked during the outage: after DENIED_AFTER_OUTAGE_SECONDS of 403s the watch says so and exits 2,
+    also with no --timeout (it read on for ever, showing only the old outage note: review s27r6)."""
+    monkeypatch.setattr(oncall_module, "DENIED_AFTER_OUTAGE_SECONDS", 0.5, raising=False)
+    kubeconfig = api.kubeconfig(tmp_path)
+    api.message = 'modelrollouts.modelrollout.io "r" is forbidden: User "alice" cannot get resource'
+    api.answers = [503, *[403] * 50]
+    started = time.monotonic()
+    assert main(["get", "r", "--watch", "--kubeconfig", kubeconfig]) == 2
+    assert time.monotonic() - started < 20
+    assert capsys.readouterr().err.startswith("error: ModelRollout ns/r: no permission (modelrollouts")
