@@ -715,6 +715,9 @@ class _StartLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def __contains__(self, target: Hashable) -> bool:
+        return target in self._locks
+
 
 @contextlib.asynccontextmanager
 async def _share(locks: _StartLocks, key: Hashable) -> AsyncIterator[None]:
@@ -1181,7 +1184,7 @@ class RolloutStepper:
             try:
                 await asyncio.wait_for(share.acquire(), None if ends is None else max(ends - loop.time(), 0.0))
             except BaseException:
-                self._registry_shares.leave(namespace)
+                self._registry_call_ended(namespace, released=False)
                 raise
             try:
                 pool = self._registry_pools.get(namespace)
@@ -1190,13 +1193,13 @@ class RolloutStepper:
                         MAX_REGISTRY_CALLS_PER_NAMESPACE, f"registry-{namespace}")
                 running = pool.submit(call, *args)
             except BaseException:
-                self._registry_shares.release(namespace)
+                self._registry_call_ended(namespace)
                 raise
             loop = asyncio.get_running_loop()
 
             def ended(_: concurrent.futures.Future[_T]) -> None:
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to give back to
-                    loop.call_soon_threadsafe(self._registry_shares.release, namespace)
+                    loop.call_soon_threadsafe(self._registry_call_ended, namespace)
 
             # Given back when the thread ends, not when the wait does: a cancelled reconcile cannot stop the call.
             running.add_done_callback(ended)
@@ -1208,6 +1211,16 @@ class RolloutStepper:
                 answer.cancel()  # its result is never read; the thread ends by itself
                 raise TimeoutError
             return answer.result()
+
+    def _registry_call_ended(self, namespace: str, released: bool = True) -> None:
+        """A registry call of the namespace ended (or never got a share: `released` False): its share given back, and
+        its threads once it has no call left, so that namespaces come and go without threads piling up."""
+        if released:
+            self._registry_shares.release(namespace)
+        else:
+            self._registry_shares.leave(namespace)
+        if namespace not in self._registry_shares and (pool := self._registry_pools.pop(namespace, None)):
+            pool.shutdown(wait=False)
 
     def _drop(self, key: tuple[str, str]) -> None:
         """Nobody asks for the rollout's run any more: a gate is cancelled, and so is an analysis still queued (one
