@@ -102,13 +102,16 @@ def fewest_copies_query(scope: QueryScope, step_seconds: float | None = None) ->
     """The fewest copies of any one of the scope's label sets: when it times the label sets equals the series,
     every label set is read that many times, so the counts can be divided by it. With a step: the fewest at any step
     of the scope's window, since a copy whose scrape started mid-window holds only part of it (dividing then weights
-    that part twice: a class mix that changes over the window would read as a different rate)."""
-    fewest = f"min({_by_label_set(scope)[1]})"
+    that part twice: a class mix that changes over the window would read as a different rate). There, a copy counts
+    only with a sample within two steps: a copy that stopped without a staleness marker (an HA replica down, a
+    Prometheus restart) would otherwise look present for the 5-minute lookback."""
+    series, by_label_set = _by_label_set(scope)
     if step_seconds is None:
-        return fewest
+        return f"min({by_label_set})"
     if not PROMQL_DURATION.fullmatch(scope.window):
         raise TemplateError(f"window {scope.window!r} is not a PromQL duration")
-    return f"min_over_time(({fewest})[{scope.window}:{promql_duration(step_seconds)}])"
+    fresh = by_label_set.replace(f"({series})", f"(last_over_time({series}[{promql_duration(2 * step_seconds)}]))")
+    return f"min_over_time((min({fresh}))[{scope.window}:{promql_duration(step_seconds)}])"
 
 
 def _by_label_set(scope: QueryScope) -> tuple[str, str]:

@@ -8,7 +8,13 @@ from datetime import timedelta
 import pytest
 
 from controller.analysis.prometheus import PrometheusProvider
-from controller.analysis.queries import QueryScope, TemplateError, prediction_series_queries, predictions_query
+from controller.analysis.queries import (
+    QueryScope,
+    TemplateError,
+    fewest_copies_query,
+    prediction_series_queries,
+    predictions_query,
+)
 from controller.analysis.runner import AnalysisRequest, run_analysis
 from controller.api.spec import MetricSpec, ProportionMetric, ThresholdMetric
 from controller.exporter.server import PREDICTION_LABELS, PREDICTIONS_METRIC
@@ -221,7 +227,7 @@ def test_a_copy_that_started_within_the_window_is_not_divided(garbage: Garbage) 
     garbage.routes[("/api/v1/query", CANARY_SERIES)] = vector(4)
     garbage.routes[("/api/v1/query", SERIES)] = vector(4)
     garbage.routes[("/api/v1/query", LABEL_SETS)] = vector(2)
-    garbage.routes[("/api/v1/query", "min_over_time((" + FEWEST)] = vector(1)  # before FEWEST: the first match answers
+    garbage.routes[("/api/v1/query", "min_over_time((min(")] = vector(1)  # before FEWEST: the first match answers
     garbage.routes[("/api/v1/query", FEWEST)] = vector(2)
     request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NOW, candidate_version="7")
     (verdict,) = run_analysis([PROPORTION], request, PrometheusProvider(garbage.url, retries=0))
@@ -230,3 +236,16 @@ def test_a_copy_that_started_within_the_window_is_not_divided(garbage: Garbage) 
     assert "countsDividedBy" not in verdict.evidence["window"]
     series = verdict.evidence["window"]["predictionSeries"]["canary"]
     assert series["fewestCopiesInWindow"] == 1 and "fewestCopies" not in series
+
+
+def test_a_copy_counts_through_the_window_only_with_a_fresh_sample() -> None:
+    """A copy that stopped without a staleness marker (an HA replica down) looks present for Prometheus' 5-minute
+    lookback: counted so, a copy that stopped near the window's end got the counts divided and a clean canary failed
+    (review s27final). Each step counts only copies sampled within two steps."""
+    scope = QueryScope(namespace="ns", target="svc", variant="canary", window="600s", versions=("7",))
+    series = 'modelrollout_predictions_total{namespace="ns", inference_service="svc", model_version="7"}'
+    assert fewest_copies_query(scope, 15) == (
+        "min_over_time((min(count by (namespace, inference_service, variant, model_version, class) "
+        f"(last_over_time({series}[30s]))))[600s:15s])")
+    assert fewest_copies_query(scope) == (
+        f"min(count by (namespace, inference_service, variant, model_version, class) ({series}))")
