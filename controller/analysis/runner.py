@@ -340,7 +340,8 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     history_at = [request.now - timedelta(days=back)
                   for back in history_days_back(span, _history_days(request), since_promotion)]
     share = _observed_share(window, provider)  # every day's window is as long as the bake's
-    # The past days' copies are not counted: they are divided as now's, which under-counts a day read fewer times.
+    # The past days' copies are not counted: they are divided as now's (a day read fewer or more times weighs less
+    # or more in the pooled history; its rate is the same).
     scale = share / (copies or 1)
     evidence = {**_window_evidence(request, window, fresh), "countsScaledBy": share, **_divided_evidence(copies),
                 "historyEveryDays": history_every_days(span), "historyAt": [at.isoformat() for at in history_at],
@@ -389,7 +390,7 @@ def _divided_evidence(copies: int | None) -> dict[str, Any]:
 def _failure_stands(verdict: Verdict, duplicate: Measurement | None, copies: int | None, queries: dict[str, str],
                     window: dict[str, Any]) -> Verdict:
     """A verdict on counts divided by `copies` (_whole_copies): its failure stands, saying so; anything else is the
-    DuplicateSeries it was (a pass on an under-count is not evidence of one)."""
+    DuplicateSeries it was (the divided counts rest on the copies being whole: only a failure on them is kept)."""
     if not copies or duplicate is None:
         return verdict
     if verdict.outcome is Outcome.FAIL:

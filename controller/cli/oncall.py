@@ -295,13 +295,9 @@ class OnCall:
             obj = self.get(name)
         except CliError:
             obj = {}
-        annotation = mapping(mapping(obj.get("metadata")).get("annotations")).get(COMMAND_ANNOTATION)
-        try:
-            held = parse_command(annotation).id if isinstance(annotation, str) else None
-        except CommandError:
-            held = None
+        pending = pending_command(obj)
         handled = mapping(obj.get("status")).get("handledCommands")
-        if held == command.id or (isinstance(handled, list) and command.id in handled):
+        if (pending is not None and pending.id == command.id) or (isinstance(handled, list) and command.id in handled):
             return
         raise CliError(printable(f"{failure}; {command.label} (id {command.id}) may have been written all the same: "
                                  f"check `modelrollout history -n {self.namespace} {name}` (and the annotation) "
@@ -641,7 +637,7 @@ def _stuck(obj: dict[str, Any]) -> str | None:
     status = mapping(obj.get("status"))
     if status.get("pause") or status.get("phase") == "Paused":
         return None
-    for condition in objects(mapping(obj.get("status")).get("conditions")):
+    for condition in objects(status.get("conditions")):
         if (condition.get("type") == "Progressing" and condition.get("status") == "False"
                 and condition.get("reason") == "ProgressDeadlineExceeded"
                 and condition.get("observedGeneration") == generation):

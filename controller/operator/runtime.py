@@ -1195,7 +1195,6 @@ class RolloutStepper:
             except BaseException:
                 self._registry_call_ended(namespace)
                 raise
-            loop = asyncio.get_running_loop()
 
             def ended(_: concurrent.futures.Future[_T]) -> None:
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to give back to
