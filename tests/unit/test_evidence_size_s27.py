@@ -25,7 +25,12 @@ from controller.api.status import PauseReason, Phase
 from controller.cli.oncall import OnCall
 from controller.cli.report import deciding_test, render_html
 from controller.engine.actions import RunAnalysis
-from controller.engine.decide import EVIDENCE_CUT, ROLLBACK_EVIDENCE_BYTES, VERDICT_EVIDENCE_BYTES, bounded_evidence
+from controller.engine.evidence_bounds import (
+    EVIDENCE_CUT,
+    ROLLBACK_EVIDENCE_BYTES,
+    VERDICT_EVIDENCE_BYTES,
+    bounded_evidence,
+)
 from controller.verdict import Outcome, Verdict
 from tests.unit.test_engine_support import World, spec_dict, verdict
 
