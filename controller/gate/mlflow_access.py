@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import quote, urljoin, urlparse
+from urllib.parse import quote, urlparse
 
 import requests
 import urllib3
@@ -38,6 +38,7 @@ from controller.registry.mlflow_rest import (
     bounded_text,
     json_type,
     mlflow_request,
+    redirect_message,
 )
 
 if TYPE_CHECKING:
@@ -140,17 +141,11 @@ class MlflowRest:
         if 300 <= response.status_code < 400:
             response.close()
             raise SourceError(kind_for_http_status(response.status_code),
-                              self._redirect_message(response, method, endpoint))
+                              redirect_message(self.access.tracking_uri, method, endpoint, response, self._quoted))
         return response
 
-    def _redirect_message(self, response: requests.Response, method: str, endpoint: str) -> str:
-        target = response.headers.get("Location", "")
-        # Where it points, without user info or query (a presigned URL's signature), and without the credentials.
-        where = bounded(self.access.redacted(repr(redacted_url(urljoin(response.url, target)))), 200) \
-            if target else "no Location"
-        return (f"MLflow at {self.access.tracking_uri} answered {method} {endpoint} with HTTP {response.status_code}, "
-                f"a redirect to {where}: redirects are not followed; point the registry's trackingUri at MLflow's "
-                "API itself")
+    def _quoted(self, value: str, limit: int) -> str:
+        return bounded(self.access.redacted(repr(value)), limit)
 
     def call(self, method: str, endpoint: str, *, params: Mapping[str, str] | None = None,
              body: Mapping[str, Any] | None = None, retry: bool = True) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -264,20 +264,8 @@ class MlflowRegistry(ModelRegistry):
 
     def _redirect_message(self, response: requests.Response, method: str, endpoint: str) -> str:
         """Reads too (a resolve, before any traffic moves), or they would work and the promotion's write fail."""
-        target = response.headers.get("Location", "")
-        where, moved = "no Location", False
-        if target:
-            url = urljoin(f"{self.tracking_uri}{API_PREFIX}/{endpoint}", target)
-            tail = url.find(f"{API_PREFIX}/{endpoint}")  # the same call moved: its base is the tracking URI to use
-            base = url[:tail] if tail > 0 else url
-            # Elsewhere (a sign-in page) or back to the same base (a trailing slash added): no URI to switch to.
-            moved = tail > 0 and base.rstrip("/") != self.tracking_uri.rstrip("/")
-            where = self._quoted(redacted_url(base), 200)
-        advice = ("set the registry's trackingUri (and its credentials Secret's) to where it points" if moved else
-                  "a proxy in front of MLflow redirects its API (a sign-in page? a trailing slash added?): point "
-                  "trackingUri at MLflow's API itself")
-        return (f"MLflow at {self.tracking_uri} answered {method} {endpoint} with HTTP {response.status_code}, a "
-                f"redirect to {where}: redirects are not followed (a write would be sent on as a read); {advice}")
+        return redirect_message(self.tracking_uri, method, f"{API_PREFIX}/{endpoint}", response,
+                                self._quoted, shown=endpoint)
 
     def _bounded_text(self, response: requests.Response, deadline: float) -> str:
         try:
@@ -495,3 +483,24 @@ def _tags(body: Mapping[str, Any]) -> dict[str, str]:
     """MLflow's JSON tag list [{key, value}] as a dict (a missing value is an empty string)."""
     return {str(tag["key"]): str(tag.get("value", "")) for tag in _list(body, "tags")
             if isinstance(tag, Mapping) and "key" in tag}
+
+
+def redirect_message(tracking_uri: str, method: str, path: str, response: requests.Response,
+                     quoted: Callable[[str, int], str], shown: str | None = None) -> str:
+    """Why a redirect from MLflow (the registry's or the gate's call to `path` under `tracking_uri`) is an error, and
+    what to change: the same call moved to another base is a tracking URI to switch to; anything else (a sign-in
+    page, a trailing slash added) is a proxy in the way."""
+    target = response.headers.get("Location", "")
+    where, moved = "no Location", False
+    if target:
+        url = urljoin(f"{tracking_uri.rstrip('/')}{path}", target)
+        tail = url.find(path)  # the same call moved: its base is the tracking URI to use
+        base = url[:tail] if tail > 0 else url
+        moved = tail > 0 and base.rstrip("/") != tracking_uri.rstrip("/")
+        where = quoted(redacted_url(base), 200)  # no user info, no query (a presigned URL's signature)
+    advice = ("set the registry's trackingUri (and its credentials Secret's) to where it points" if moved else
+              "a proxy in front of MLflow redirects its API (a sign-in page? a trailing slash added?): point "
+              "trackingUri at MLflow's API itself")
+    return (f"MLflow at {tracking_uri} answered {method} {shown or path} with HTTP {response.status_code}, a "
+            f"redirect to {where}: redirects are not followed (a write would be sent on as a read); {advice}")
+
