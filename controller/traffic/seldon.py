@@ -66,7 +66,9 @@ requires the experiment's `default` model to stay among the candidates):
   promote   candidate 100; the old stable leaves the candidates (kept at weight 0 if it is the default).
   rollback  the candidate removed (kept at 0 if it is the default), stable 100; so is any other model the
             router wrote (named in its model-versions annotation) that still carries weight. The candidate's
-            record goes in every case, also when its model already left the candidates (an Argo CD sync).
+            record goes in every case, also when its model already left the candidates (an Argo CD sync); a model
+            of its name that a later read of the same rollback finds back (another team's, added before the
+            write landed: a 409) is left as it is, and its version record goes.
   restore   (after a promotion) the given version's Model back at 100, the router's others out.
   A model the router never wrote (another team's A/B split) is refused by stage and set_weight; rollback and
   restore leave its entry as it is, the kept model taking the weight of all the router's (not 100), so its share
@@ -908,30 +910,41 @@ class SeldonExperimentRouter:
         _apply_with(self.client, build, f"promoting on {self.target}")
 
     def rollback(self) -> None:
+        # Recorded candidates a read of this rollback found out of the candidates: one back in them at a later read
+        # (added before our write landed, which then got a 409) is someone else's model of that name, not ours.
+        gone: set[str] = set()
+
         def build(obj: Obj) -> Obj | None:
             stable, candidate = self._roles(obj)
             weights = self._weights(obj)
+            recorded = annotations_of(obj).get(ANN_CANDIDATE_MODEL)
+            if recorded and recorded not in weights:
+                gone.add(recorded)
+            if candidate in gone:
+                candidate = None
             # Not only the recorded candidate: any model this router wrote (its candidate annotation may
             # have been removed by hand) that still carries weight goes; one it never wrote is not its to move
             # and keeps its weight, and its share: stable takes all of ours.
-            ours = self._ours(obj) | {stable}
+            ours = (self._ours(obj) - gone) | {stable}
             weighted = [n for n, w in weights.items() if w and n != stable and n in ours]
             leaving = [*weighted, candidate] if candidate is not None and candidate not in weighted else weighted
+            annotations = self._owned(obj)
+            annotations[ANN_CANDIDATE_MODEL] = None
+            versions = self._versions(obj)
+            if gone & versions.keys():  # _body keeps the versions of models in the candidates: a gone one's goes
+                annotations[ANN_MODEL_VERSIONS] = json.dumps(
+                    {n: v for n, v in versions.items() if n not in gone}, sort_keys=True)
             if not leaving:
-                if annotations_of(obj).get(ANN_CANDIDATE_MODEL) is None:
+                if recorded is None:
                     return None  # nothing staged: stable has all of our traffic
                 # The candidate left the candidates some other way (a sync): its record goes too, as Seldon Core
                 # v1's does, or a model of that name added later (another team's A/B) would read as this
                 # rollout's candidate, be dropped by the next stage and removed by a later rollback.
-                annotations = self._owned(obj)
-                annotations[ANN_CANDIDATE_MODEL] = None
                 return self._body(obj, weights, annotations)  # the candidates as they are; model-versions pruned
             full = self._full_weight(weights, ours)
             for model in leaving:
                 self._keep(obj, weights, model)
             weights[stable] = full
-            annotations = self._owned(obj)
-            annotations[ANN_CANDIDATE_MODEL] = None
             return self._body(obj, weights, annotations)
         _apply_with(self.client, build, f"rolling back on {self.target}")
 
