@@ -274,6 +274,7 @@ class _Decider:
         self.errors: list[str] = []
         self.failed_actions = {failure.action_id: failure.error for failure in observations.action_failures}
         self.waiting = ""  # why the rollout is not moving, for the message
+        self.traffic_held = ""  # what keeps a rollback's traffic step from being confirmed, for the message
         self.moved = False
         self.judges_errored: set[str] = set()  # "gate" / "analysis": their error condition stays this round
         # As read: a condition set twice in one decision (observed healthy, then a failed action) keeps its time.
@@ -1643,11 +1644,20 @@ class _Decider:
             self._record("TrafficRestored", f"{self.spec.target.description} no longer exists")
             return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
         action: Action
-        if rollback.cause is RollbackCause.CANDIDATE_NOT_READY and candidate is not None:
+        # Before promotion, the version rolled back serving as stable: promoted by hand (KServe Knative's
+        # canaryTrafficPercent removed, Standard's candidate written into the predictor), so no canary weight is
+        # no evidence. The way back is a promotion's: stable restored, confirmed only once the target shows it.
+        # (Any other stable version may be what served before the rollout: see _stable_mismatch.)
+        promoted_by_hand = target is not None and candidate is not None and stable is not None \
+            and not rollback.after_promotion and target.stable_version == candidate.version
+        if promoted_by_hand and candidate is not None and stable is not None:
+            self.traffic_held = (f"{self.spec.target.description} reports version {candidate.version} serving as "
+                                 f"stable (promoted outside ModelRollout?): restoring version {stable.version}")
+        if rollback.cause is RollbackCause.CANDIDATE_NOT_READY and candidate is not None and not promoted_by_hand:
             action = UnstageCandidate(id=self._rollback_id("unstage"), candidate_version=candidate.version)
             done = target is not None and target.canary_version != candidate.version
             detail = f"unstage {candidate.version}"
-        elif rollback.after_promotion and stable is not None:
+        elif (rollback.after_promotion or promoted_by_hand) and stable is not None:
             action = RestoreStable(id=self._rollback_id("restore"), stable=stable)
             # Ready too: putting a version back may need new pods (KServe Standard mode, Seldon), and until
             # they serve, the rejected version may still answer.
@@ -1665,6 +1675,9 @@ class _Decider:
             done = not self._maybe_staged() if target is None else (not target.canary_weight or foreign)
         if done:
             self._confirm(action.id)
+            for other in ("traffic", "restore"):  # the one a hand promotion (or its undoing) made way for
+                if self._rollback_id(other) != action.id:
+                    self._abandon_pending(self._rollback_id(other))
             seen = "the candidate was never staged on" if target is None or target.canary_weight \
                 else f"{detail} observed on"
             self._record("TrafficRestored", f"{seen} {self.spec.target.description}")
@@ -2142,7 +2155,7 @@ class _Decider:
             elif rollback.traffic_confirmed_at is not None:
                 left = f"traffic is back on stable, restoring @{alias}"
             else:
-                left = "returning traffic to stable"
+                left = self.traffic_held or "returning traffic to stable"
             return _sentence(f"Rolling back: {rollback.reason}; {left}{retry_note}")
         if phase is Phase.PAUSED and status.pause is not None:
             pause = status.pause

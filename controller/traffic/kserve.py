@@ -367,6 +367,10 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
     # and KServe says PredictorConfigurationReady Unknown. That revision is not the candidate.
     canary_ready = bool(canary) and view.synced and _configured(view.obj) and canary == view.latest_ready
     canary_weight: int | None = percent_on(canary) if canary else None
+    # No traffic in status says nothing about the split: not a 0% canary (that would confirm a withdrawal).
+    synced = view.synced and not (canary and not view.traffic)
+    if view.synced and not synced:
+        problems.append("KServe reports no traffic for the predictor (status.components.predictor.traffic)")
     elsewhere = sum(int(t.get("percent") or 0) for t in view.traffic
                     if t.get("revisionName") not in (stable, canary))
     if elsewhere:
@@ -384,7 +388,7 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
     stable_url = url_of(stable, "prev") if canary else \
         ((status.get("components") or {}).get("predictor") or {}).get("url") or status.get("url")
     return TargetState(
-        target=target, exists=True, mode=DeploymentMode.KNATIVE, synced=view.synced, ready=ready,
+        target=target, exists=True, mode=DeploymentMode.KNATIVE, synced=synced, ready=ready,
         stable_version=version_of(stable), stable_name=stable or None, stable_url=stable_url,
         canary_version=version_of(canary) if canary else None, canary_name=canary or None,
         canary_ready=canary_ready, canary_weight=canary_weight, canary_url=url_of(canary, "latest") if canary else None,
@@ -489,6 +493,7 @@ def standard_state(target: str, view: StandardView) -> TargetState:
     meta = view.obj["metadata"]
     generation, observed = observed_generation(view.obj)
     problems: list[str] = []
+    synced = view.synced
     if not view.synced:
         problems.append(f"KServe has not processed generation {generation} yet (observed {observed})")
     ready = condition_true(status, "PredictorReady") is True
@@ -514,7 +519,11 @@ def standard_state(target: str, view: StandardView) -> TargetState:
             problems.append(changed)
         reported = next((c for c in status.get("canaryStatuses") or [] if c.get("name") == canary_name), None)
         canary_ready = bool(view.synced and reported and reported.get("ready"))
-        canary_weight = int(reported.get("trafficPercent") or 0) if reported else 0
+        # No entry says nothing about the split: not a 0% canary (that would confirm a withdrawal).
+        canary_weight = int(reported.get("trafficPercent") or 0) if reported else None
+        if reported is None and view.synced:
+            synced = False
+            problems.append(f"KServe reports no traffic for canary predictor {canary_name} (status.canaryStatuses)")
         canary_url = f"http://{_deployment_name(meta['name'], canary_name)}.{meta['namespace']}.svc.cluster.local"
         if not canary_ready and view.synced:
             found = condition(status, "CanaryPredictorReady") or {}
@@ -529,7 +538,7 @@ def standard_state(target: str, view: StandardView) -> TargetState:
             canary_weight = (canary_weight or 0) + stray
     component = (status.get("components") or {}).get("predictor") or {}
     return TargetState(
-        target=target, exists=True, mode=DeploymentMode.STANDARD, synced=view.synced, ready=ready,
+        target=target, exists=True, mode=DeploymentMode.STANDARD, synced=synced, ready=ready,
         stable_version=stable_version, stable_name=_deployment_name(meta["name"], view.predictor.get("name")),
         stable_url=component.get("url") or status.get("url"), canary_version=canary_version,
         canary_name=_deployment_name(meta["name"], canary_name) if canary_name else None, canary_ready=canary_ready,
@@ -661,7 +670,21 @@ class KServeRouter:
         if view.pinned:
             self._unpin()
             return
-        if not view.candidate_in_spec or view.canary_percent is None:
+        if view.stable_uri is None and view.canary_percent is not None and (
+                any(k in view.annotations for k in OWNED_ANNOTATIONS)
+                or any(_ours(e) for e in _owners(view.obj, PERCENT_PATH))):
+            # Our canary, its annotations removed mid-canary (a `kubectl edit`, a Replace sync): the pin needs none,
+            # so traffic goes back to the rolled-out revision; the spec cannot be restored without them. (A percent
+            # with none of ours around is someone else's canary: left alone.)
+            self._pin_previous(wait=False)
+            raise TargetStateError(f"{self.target}: the {ANN_STABLE_URI} annotation is missing (removed outside "
+                                   "ModelRollout?), so only canaryTrafficPercent 0 was set: put the stable model's "
+                                   "storageUri back in spec.predictor by hand")
+        # Staged: canaryTrafficPercent set, or removed by hand while stable is still the rolled-out revision (KServe
+        # rolls the candidate out at 100% once it is ready). A candidate rolled out already looks just like one
+        # promoted: restore(), given the stable version, puts that back (the engine sends it when it sees so).
+        if not view.candidate_in_spec or (view.canary_percent is None
+                                          and view.rolled_out != view.annotations.get(ANN_STABLE_REVISION)):
             return  # nothing staged (after a promotion, restore() puts a given version back)
         # First write, at once and whatever KServe has processed so far: canaryTrafficPercent 0 sends all
         # traffic to latestRolledoutRevision (or, if a 100% weight rolled the candidate out, back to the
@@ -730,15 +753,17 @@ class KServeRouter:
                                        reason="Unavailable")
             time.sleep(self.poll_interval)
 
-    def _pin_previous(self) -> bool:
+    def _pin_previous(self, wait: bool = True) -> bool:
         """canaryTrafficPercent 0: all traffic to latestRolledoutRevision, or, when the latest revision is
         the rolled-out one, to previousRolledoutRevision. True once KServe reports the latest revision
-        no longer rolled out."""
+        no longer rolled out (wait=False: not waited for, False)."""
         def build(obj: Obj, _: DeploymentMode) -> Obj:
             view = knative_view(obj, self.target)
             return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
                                  canary_percent=0)
         self._apply_with(build, "pinning the previous revision")
+        if not wait:
+            return False
         try:
             self._wait_for(lambda v: v.synced and bool(v.rolled_out) and v.rolled_out != v.latest_created,
                            "KServe to route traffic back to the previous revision")
