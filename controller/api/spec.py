@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from controller.analysis.queries import KNOWN_VARIABLES, TEMPLATE_VARIABLE, without_comments
 from controller.api.durations import parse_duration
+from controller.api.naming import serving_name_problem
 
 DEFAULT_STABLE_ALIAS = "production"
 # promote() points <stableAlias><suffix> at the version it replaces: a one-command way back.
@@ -341,9 +342,6 @@ def _seldon_model_name(model: ModelSpec) -> None:
     """The candidate's Seldon Model is named after spec.model.name: refused when no Model can have that name. An
     alias's version is known only at run time: refused here only when even version 1's name is too long (the
     router's stage refuses the rest, naming spec.model.name too)."""
-    # Here, not at the top: controller.traffic imports controller.api. The router's own rule, so the two agree.
-    from controller.traffic.seldon import serving_name_problem
-
     version = model.version or "1"
     problem = serving_name_problem(model.name, version, "" if model.version else "even version 1")
     if problem is not None:

@@ -60,7 +60,6 @@ write that names a model also sets `model_version=<its version>` in the logger U
 from __future__ import annotations
 
 import copy
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +68,7 @@ from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
 from kubernetes import client
 
+from controller.api.naming import dns_label
 from controller.redaction import redacted_url
 from controller.traffic.base import (
     ANNOTATION_PREFIX,
@@ -174,11 +174,6 @@ def _canary_predictor_name(isvc: str, version: str, stable_name: str) -> str:
     base = ("v" + dns_label(version))[:budget].rstrip("-")
     short = base[:budget - 2].rstrip("-")
     return next(name for name in (base, f"{short}-c", f"{short}-d") if name != stable_name)
-
-
-def dns_label(text: str) -> str:
-    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    return label or "x"
 
 
 def logger_url_for(url: str, version: str | None) -> str:

@@ -103,6 +103,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from controller.api.naming import dns_label, seldon_model_name, serving_name_problem
 from controller.api.reach import DEFAULT_GATE_HOSTS, host_allowed, is_dns_name
 from controller.redaction import redacted_url
 from controller.traffic.base import (
@@ -114,7 +115,7 @@ from controller.traffic.base import (
     check_candidate_version,
     check_percent,
 )
-from controller.traffic.kserve import ANN_VERSION, ANN_VERSION_URI, dns_label, logger_url_for
+from controller.traffic.kserve import ANN_VERSION, ANN_VERSION_URI, logger_url_for
 from controller.traffic.kube import (
     SELDON_DEPLOYMENT,
     SELDON_EXPERIMENT,
@@ -638,24 +639,8 @@ ANN_MODEL_VERSIONS = ANNOTATION_PREFIX + "model-versions"  # JSON: Seldon Model 
 EXPERIMENT_ANNOTATIONS = (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL, ANN_MODEL_VERSIONS)
 
 
-# A Kubernetes object name (a DNS subdomain) is at most this long: a longer Seldon Model cannot exist.
-MAX_MODEL_NAME_LENGTH = 253
-
-
 def default_serving_name(candidate: CandidateModel) -> str:
-    return candidate.serving_name or f"{dns_label(candidate.name)}-v{dns_label(candidate.version)}"
-
-
-def serving_name_problem(model_name: str, version: str, which: str = "") -> str | None:
-    """Why no Seldon Model can carry the name default_serving_name gives `version` of `model_name` (None: one
-    can); `which` names the version in the message. parse_spec asks with the spec's version, or for an alias
-    with the shortest, "1" (refused: no version fits); stage with the version resolved."""
-    name = default_serving_name(CandidateModel(model_name, version, ""))
-    if len(name) <= MAX_MODEL_NAME_LENGTH:
-        return None
-    return (f"gives {which or f'version {version}'} the Seldon Model name {name[:32]}... ({len(name)} characters: "
-            f"the name in DNS-label form, -v<version>), over the {MAX_MODEL_NAME_LENGTH} a Kubernetes object name "
-            "may have, so no Model can carry it; register the model under a shorter name")
+    return candidate.serving_name or seldon_model_name(candidate.name, candidate.version)
 
 
 MESH_SERVICE = "seldon-mesh"  # Seldon Core v2's one inference Service per runtime namespace
