@@ -7,23 +7,39 @@ cd "$(dirname "$0")/.."
 hack/setup.sh
 export MODELROLLOUT_STATE_DIR="$PWD/.devstack"
 mr=.venv/bin/modelrollout
-# On its own line, so that a failed `dev up` stops here (inside eval "$(...)" set -e does not see it), and the
-# traps only once this stack is up (a refused `dev up` must not stop another stack running from the same place).
-env_lines=$("$mr" dev up)
-demo=""
+# The traps are set before `dev up` starts: a kill or a closed terminal during the 20-40 s start must stop it too.
+up="" demo="" stack_up="" up_out=""
 cleanup() {
   trap '' INT TERM HUP  # a second Ctrl-C or kill must not cut `dev down` short and leave the stack up
+  if [[ -n $up ]]; then
+    # Still starting: `dev up` stops what it started on SIGTERM (as a background job it ignores Ctrl-C itself).
+    kill -TERM "$up" 2>/dev/null || true
+    wait "$up" || true
+  fi
+  if [[ -n $up_out ]]; then rm -f "$up_out"; fi
   if [[ -n $demo ]]; then
     # The demo stops its operator and model servers before the stack they use goes away.
     kill -TERM "$demo" 2>/dev/null || true
     wait "$demo" || true
   fi
-  "$mr" dev down
+  # Only a stack this script brought up: a refused `dev up` must not stop another run's stack in the same place.
+  if [[ -n $stack_up ]]; then "$mr" dev down; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
+up_out=$(mktemp)
+# In the background and waited for, as the demo below: a signal to this script interrupts the wait, and the EXIT
+# trap passes it on. Its output into a file: `$(...)` would hold the signal until `dev up` ended.
+"$mr" dev up >"$up_out" &
+up=$!
+up_status=0
+wait "$up" || up_status=$?
+((up_status != 0)) || stack_up=1
+up=""  # reaped: its PID may name another process now
+((up_status == 0)) || exit "$up_status"
+env_lines=$(<"$up_out")
 eval "$env_lines"
 # In the background and waited for: a signal to this script interrupts the wait, and the EXIT trap passes it on to
 # the demo (which, as a background job, ignores Ctrl-C itself) and waits for it before `dev down`.

@@ -22,6 +22,7 @@ from kubernetes import client
 
 from controller.api.serialization import parse_time
 from controller.api.status import TERMINAL_PHASES
+from controller.cli.oncall import Style
 from controller.devstack.dataplane import DataPlane, LiveTraffic, TrafficMix, start_exporter
 from controller.devstack.processes import ManagedProcess, StackError, start
 from controller.devstack.prometheus_server import PrometheusServer
@@ -30,9 +31,11 @@ from controller.devstack.stack import kubectl, record_process
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION, load_client_config
 
 
-def _line(status: dict[str, Any]) -> str:
+def _line(status: dict[str, Any], style: Style) -> str:
     # status.step ("2/4", 1-based) as kubectl's STEP column shows it, not the 0-based currentStep.
-    return (f"{status.get('phase', '-'):<11} step={status.get('step') or '-'!s:<4} "
+    phase = status.get("phase", "-")
+    # Padded outside the colour codes, which take no room on the screen.
+    return (f"{style.phase(phase)}{' ' * (11 - len(phase))} step={status.get('step') or '-'!s:<4} "
             f"weight={status.get('canaryWeight', 0)!s:>3}%  {status.get('message', '')}")
 
 
@@ -41,11 +44,12 @@ def watch(custom: client.CustomObjectsApi, namespace: str, name: str, out: TextI
     """Print each change of the rollout's status until it ends; stop at once if a process in `needed` (the operator,
     the exporter) has exited: nothing would move any more, and the wait would only end at the timeout."""
     last = ""
+    style = Style(out)  # the on-call CLI's colours on a terminal, plain text when piped
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
-        line = _line(status)
+        line = _line(status, style)
         if line != last:
             print(f"  {time.strftime('%H:%M:%S')} {line}", file=out, flush=True)
             last = line

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,11 @@ from controller.devstack.prometheus_server import PrometheusServer
 PROJECT_CRDS = REPO_ROOT / "crds"
 # The real serving-system CRDs, read from the shared folder beside the checkout (never copied in).
 UPSTREAM_CRDS = Path(os.environ.get("MODELROLLOUT_UPSTREAM_CRDS", REPO_ROOT.parent / "shared" / "upstream-crds"))
+
+
+# What each start step of `dev up` does, in the words of its progress line.
+STEP_WORDS = {"controlPlane": "starting the control plane (etcd, kube-apiserver)", "crds": "installing the CRDs",
+              "mlflow": "starting MLflow", "prometheus": "starting Prometheus"}
 
 
 def default_state_dir() -> Path:
@@ -117,7 +124,9 @@ class Stack:
         # Raises for a record it cannot read: never overwritten, the processes it names may be running.
         if self.state_file.exists() and self._recorded_pids():  # the recorded processes still running
             # The exact command: a bare `dev down` looks in the default state dir, not in this one.
-            raise StackError(f"a stack is already running from {self.root}: stop it with "
+            # Most often another demo or `dev up` still using it: `dev down` would stop that run, so only if stale.
+            raise StackError(f"a stack is already running from {self.root}: another demo or `dev up` is using it; "
+                             "wait for it to end, or, if it is stale, stop it with "
                              f"`modelrollout dev down --state-dir {shlex.quote(str(self.root))}`")
         try:
             self.start_control_plane()
@@ -138,18 +147,25 @@ class Stack:
 
     def start_mlflow(self) -> MlflowServer:
         if self.mlflow is None:
+            # Empty at every start, as the control plane: a previous run's models would shift every version number.
+            _wipe(self.root / "mlflow")
             self.mlflow = MlflowServer(self.root / "mlflow", on_start=self._save)
             self._timed("mlflow", self.mlflow.start)
         return self.mlflow
 
     def start_prometheus(self) -> PrometheusServer:
         if self.prometheus is None:
+            # Empty too: old series, and a previous demo's scrape targets (an address something else may hold now).
+            _wipe(self.root / "prometheus")
             self.prometheus = PrometheusServer(self.root / "prometheus", on_start=self._save)
             self._timed("prometheus", self.prometheus.start)
         return self.prometheus
 
     def _timed(self, name: str, step: Any) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        # One line per step on a terminal, where the 20-40 s start would otherwise be silent; none when logged.
+        if sys.stderr.isatty():
+            print(f"# {STEP_WORDS.get(name, name)} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
             step()
@@ -210,6 +226,11 @@ class Stack:
                 stopped.append(pid)
         self.state_file.unlink(missing_ok=True)
         return stopped
+
+
+def _wipe(directory: Path) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
 
 
 def _entry(process: ManagedProcess) -> dict[str, Any]:
