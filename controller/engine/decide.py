@@ -1744,11 +1744,13 @@ class _Decider:
         current = registry.stable_alias_version
         action = SetAlias(id=self._rollback_id("alias"), alias=alias, version=stable.version)
         candidate = self.status.candidate
-        # Before promotion this rollout has not touched the alias: a third version there was set by someone
-        # else while it ran. Undo only what this rollout did, not their decision. (After promotion it moved
-        # the alias itself, and a rollback puts back what it found.)
-        moved_by_hand = self.status.promotion is None and current is not None and current.version not in (
-            stable.version, candidate.version if candidate else None)
+        # Until its promotion confirmed the alias on the candidate this rollout has not touched it (the promotion
+        # holds rather than move it off a third version): a third version there was set by someone else while it
+        # ran. Undo only what this rollout did, not their decision. (After that it moved the alias
+        # itself, and a rollback puts back what it found.)
+        promotion = self.status.promotion
+        moved_by_hand = (promotion is None or promotion.alias_confirmed_at is None) and current is not None \
+            and current.version not in (stable.version, candidate.version if candidate else None)
         if moved_by_hand and self._ledger(action.id) is None:
             self._record("AliasLeft", f"@{alias} names version {current.version}, set outside this rollout: "
                                       f"left there, not put back to {stable.version}")
@@ -1899,8 +1901,21 @@ class _Decider:
                     or target.stable_version == candidate.version)
                 reason = (f"candidate {candidate.version} is no longer staged and ready on "
                           f"{self.spec.target.description}, so it cannot be promoted")
+                held = self._alias_set_elsewhere()
+                record = self._ledger(action_id)
+                if self._candidate_gone() and (record is None or record.sent_at is None):
+                    # Deleted from the registry (MLflow drops its aliases with it): its alias can never move, so
+                    # never send it all traffic; taken off the target as an unready one is, not tagged (nothing
+                    # judged it, and there is no version left to tag).
+                    self._start_rollback(RollbackCause.CANDIDATE_NOT_READY,
+                                         f"candidate {candidate.version} no longer exists in the registry, so it "
+                                         "cannot be promoted", reject_candidate=False, final_phase=Phase.FAILED)
+                    return
                 if self._deadline_passed(self._pending_since(action_id)):
-                    if vanished:
+                    if held is not None and not vanished:
+                        self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{held} (waited {self._deadline})",
+                                      {}, reject_candidate=False)
+                    elif vanished:
                         # Gone from the target, nothing judged it bad: rolled back, not rejected, as an unsent
                         # promotion is in _deadline_failure (still staged but not ready: its own failing).
                         self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{reason} (waited {self._deadline})",
@@ -1915,6 +1930,8 @@ class _Decider:
                     self._wait("Holding the promotion until the registry answers")
                 elif vanished:
                     self._wait(f"Holding the promotion: {reason}", poll=True)
+                elif held is not None:
+                    self._hold_for_alias(held)
                 else:
                     self._request(action, f"version {candidate.version}")
                     self._wait(f"Promoting candidate {candidate.version} to all traffic", poll=True)
@@ -1927,13 +1944,28 @@ class _Decider:
         # leaves production tagged rejected, so the (idempotent) promotion is sent again until the flag reads so.
         overruled = moved and current is not None and current.tags.get(REJECTED_TAG) != "true"
         if not overruled:
+            error = _ledger_error(self._ledger(action_id))
+            if error is not None and error.kind is AdapterErrorKind.NOT_FOUND:
+                # The candidate (or its model) is gone from the registry: no send will ever move the alias, so
+                # the promotion ends now rather than at the deadline. Not tagged: nothing judged it.
+                self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"the registry cannot move @{alias} to "
+                              f"{candidate.version}: {error.message}", {}, reject_candidate=False)
+                return
+            held = None if moved else self._alias_set_elsewhere()
             # The candidate serves all traffic and no judge watches it until the alias has moved (the bake
             # starts after): a registry that refuses or stays away is a missed deadline, rolled back. The
             # wait is a pending record from its start, so that `retry` gives it a fresh deadline.
             self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
-                          f"@{alias} -> {candidate.version}", send=registry is not None)
+                          f"@{alias} -> {candidate.version}", send=registry is not None and held is None)
             what = (f"clear {REJECTED_TAG} on version {candidate.version} (@{alias} moved)" if moved
                     else f"move @{alias} to {candidate.version}")
+            if held is not None and self._deadline_passed(self._pending_since(action_id)):
+                self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{held} (waited {self._deadline})", {},
+                              reject_candidate=False)
+                return
+            if held is not None:
+                self._hold_for_alias(held)
+                return
             if self._deadline_passed(self._pending_since(action_id)):
                 # The candidate already served all traffic and nothing judged it: a registry that fails its
                 # writes (503, a timeout, a redirect turning the POST into a 405) is rolled back, never tagged.
@@ -1956,6 +1988,32 @@ class _Decider:
             self._start_bake(promotion.target_confirmed_at or self.now)
         else:
             self._succeed("promoted")
+
+    def _alias_set_elsewhere(self) -> str | None:
+        """Why the promotion must not move the stable alias now: it names a version that is neither the one this
+        rollout found there (status.stable) nor its candidate, so someone pointed it there while the rollout ran.
+        Moving it would overrule their decision unseen, and a rollback would put back the version they replaced."""
+        registry = self._registry()
+        current = registry.stable_alias_version if registry is not None else None
+        stable = self.status.stable
+        if current is None or current.version in (stable.version if stable else None, self._candidate.version):
+            return None
+        alias = self.spec.model.stable_alias
+        found = f"version {stable.version}" if stable else "no version"
+        undo = f"point @{alias} back at version {stable.version}" if stable else f"remove @{alias}"
+        return (f"@{alias} names version {current.version}, set outside this rollout (it named {found} when the "
+                f"rollout started): {undo} to promote candidate {self._candidate.version}, or roll back")
+
+    def _hold_for_alias(self, held: str) -> None:
+        if self._last_event_detail("StableMismatch") != held:  # said once, not at every reconcile
+            self._record("StableMismatch", held)
+        self._wait(f"Holding the promotion: {held}", poll=True)
+
+    def _candidate_gone(self) -> bool:
+        """A pinned candidate the registry answers it no longer has (an alias-named one may only have lost its alias:
+        the promotion's alias step then finds out)."""
+        registry = self._registry()
+        return registry is not None and registry.candidate is None and self.spec.model.version is not None
 
     def _baking(self) -> None:
         bake = self.spec.bake

@@ -151,7 +151,8 @@ class ModelRegistry(ABC):
         _check_alias(stable_alias)
         _check_version_format(model_name, candidate_version)
         candidate = self._existing_version(model_name, candidate_version)
-        current = self._aliases(model_name).get(stable_alias)
+        aliases = self._aliases(model_name)
+        current = aliases.get(stable_alias)
         if current == candidate_version:
             self._overrule_rejection(model_name, candidate)  # a kill after the alias moved, before the flag
             return PromotionResult(alias=stable_alias, version=candidate_version,
@@ -165,7 +166,10 @@ class ModelRegistry(ABC):
         previous_alias = self.previous_alias(stable_alias)
         if previous_alias is not None:
             if current is None:
-                self._delete_alias(model_name, previous_alias)  # a stale one would name a wrong way back
+                # A stale one would name a wrong way back. Only when set: MLflow checks MANAGE before it looks,
+                # so deleting an absent alias fails every first promotion by an EDIT user.
+                if previous_alias in aliases:
+                    self._delete_alias(model_name, previous_alias)
             else:
                 self._set_alias(model_name, previous_alias, current)
         self._set_alias(model_name, stable_alias, candidate_version)

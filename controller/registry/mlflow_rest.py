@@ -60,6 +60,11 @@ _REGISTRATION_STATUSES = frozenset({"READY", "PENDING_REGISTRATION", "FAILED_REG
 # No cookie is kept or sent: mlflow's session is one per process, and a cookie one registry set for one rollout's
 # credentials would go with every other rollout's request, to any host its domain matches.
 _NO_COOKIES = http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+MAX_PLAIN_MESSAGE_CHARS = 120
+# MLflow's basic-auth permission each write needs on the registered model (reads need READ): deleting an alias
+# needs MANAGE, which an EDIT user lacks although it may set the alias.
+_WRITE_PERMISSIONS = {("DELETE", "registered-models/alias"): "MANAGE", ("POST", "registered-models/alias"): "EDIT",
+                      ("POST", "model-versions/set-tag"): "EDIT"}
 
 
 @dataclass(frozen=True)
@@ -285,8 +290,11 @@ class MlflowRegistry(ModelRegistry):
         error_code = error_code if _ERROR_CODE.fullmatch(error_code) else ""  # never quote a server's text
         detail = self._server_message(body)
         if status in (401, 403):
+            # MLflow's auth app answers in plain text ("Permission denied"): quoted, short, as its JSON message is.
+            detail = detail or self._plain_message(text)
             raise RegistryAccessDenied(f"MLflow at {self.tracking_uri} refused {method} {endpoint} with HTTP {status} "
-                                       f"(credentials: {self._credentials.kind}){detail}")
+                                       f"(credentials: {self._credentials.kind}){detail}; "
+                                       f"{_access_hint(status, method, endpoint)}")
         if status in _TRANSIENT_STATUSES or status >= 500:
             raise RegistryUnavailable(f"MLflow at {self.tracking_uri} answered HTTP {status} to "
                                       f"{method} {endpoint}{detail}")
@@ -302,6 +310,13 @@ class MlflowRegistry(ModelRegistry):
     def _server_message(self, body: Mapping[str, Any] | None) -> str:
         message = str(body.get("message", "")) if body else ""
         return f": {bounded(self._redacted(message), MAX_SERVER_MESSAGE_CHARS)}" if message else ""
+
+    def _plain_message(self, text: str) -> str:
+        """A refusal's plain-text body, its first line bounded and redacted; not a page (a proxy's HTML)."""
+        line = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not line or line.startswith("<"):
+            return ""
+        return f": {bounded(self._redacted(line), MAX_PLAIN_MESSAGE_CHARS)}"
 
     def _transport_cause(self, error: BaseException) -> str:
         return transport_cause(error, self.policy.timeout_seconds)
@@ -331,6 +346,16 @@ class MlflowRegistry(ModelRegistry):
         return VersionNotFound(f"registered model {model_name!r} has no version {version} "
                                f"(or the model does not exist) in MLflow at {self.tracking_uri}",
                                model_name=model_name, reference=f"version {version}")
+
+
+def _access_hint(status: int, method: str, endpoint: str) -> str:
+    """What a 401/403 asks of the credentials, for whoever grants them."""
+    if status == 401:
+        return "the credentials were not accepted: check the Secret's username and password, or token"
+    if endpoint == "runs/get":
+        return "READ permission on the experiment of the version's run is needed"
+    permission = _WRITE_PERMISSIONS.get((method, endpoint), "READ")
+    return f"{permission} permission on the registered model is needed"
 
 
 def mlflow_request(host_creds: MlflowHostCreds, endpoint: str, method: str, *, max_retries: int,
