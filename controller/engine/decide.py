@@ -1569,6 +1569,8 @@ class _Decider:
         if rollback is None:  # cannot happen through decide; tolerate a hand-edited status
             self._start_rollback(RollbackCause.ROLLBACK_REQUESTED, "status said RollingBack without a cause")
             return
+        if rollback.reject_candidate and self.status.candidate is None:  # hand-edited too: no version to reject
+            rollback = dataclasses.replace(rollback, reject_candidate=False)
         rollback = self._rollback_traffic(rollback)
         rollback = self._rollback_alias(rollback)
         rollback = self._rollback_tag(rollback)
@@ -1736,7 +1738,8 @@ class _Decider:
         alias = self.spec.model.stable_alias
         registry = self._registry()
         if stable is None:
-            if rollback.reject_candidate and not rollback.restart:
+            # Also when a new version waits (restart): a rejected version is never the way back.
+            if rollback.reject_candidate:
                 return self._remove_candidate_alias(rollback, alias)
             return dataclasses.replace(rollback, alias_confirmed_at=self.now)  # no alias to keep
         if registry is None:
@@ -1765,7 +1768,7 @@ class _Decider:
             removal = RemoveAlias(id=self._rollback_id("unalias"), alias=alias,
                                   version=candidate.version if candidate else "")
             if candidate is not None and current is not None and current.version == candidate.version \
-                    and rollback.reject_candidate and not rollback.restart:
+                    and rollback.reject_candidate:
                 # After a promotion it names the rejected candidate: at least not that one, as a first rollout's
                 # rollback does with no stable to put back. The ledger entry says this rollback removed it.
                 self._request(removal, f"@{alias} off {candidate.version}")
