@@ -924,8 +924,10 @@ class _Decider:
         else:  # the target missed the deadline: give the same pending action a fresh deadline
             for record in self.status.actions:
                 if record.state is ActionState.PENDING:
+                    # A fresh start: an error before the retry must not decide the retried action (a NotFound
+                    # from a registry briefly up on the wrong store would end it again at once).
                     self._put_record(dataclasses.replace(record, issued_at=self.now, updated_at=self.now,
-                                                         sent_at=None))
+                                                         sent_at=None, last_error=None, refused_since=None))
             self._move(pause.resume_phase or Phase.PROGRESSING)
         return None
 
@@ -1948,9 +1950,10 @@ class _Decider:
         overruled = moved and current is not None and current.tags.get(REJECTED_TAG) != "true"
         if not overruled:
             error = _ledger_error(self._ledger(action_id))
-            if error is not None and error.kind is AdapterErrorKind.NOT_FOUND:
-                # The candidate (or its model) is gone from the registry: no send will ever move the alias, so
-                # the promotion ends now rather than at the deadline. Not tagged: nothing judged it.
+            if error is not None and error.kind is AdapterErrorKind.NOT_FOUND and self._candidate_gone():
+                # The candidate is gone from the registry, as this reconcile's read agrees (one NotFound alone may
+                # be a registry briefly up on the wrong store): no send will ever move the alias, so the promotion
+                # ends now rather than at the deadline. Not tagged: nothing judged it.
                 self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"the registry cannot move @{alias} to "
                               f"{candidate.version}: {error.message}", {}, reject_candidate=False)
                 return
