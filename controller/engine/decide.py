@@ -279,6 +279,7 @@ class _Decider:
         self.judges_errored: set[str] = set()  # "gate" / "analysis": their error condition stays this round
         # As read: a condition set twice in one decision (observed healthy, then a failed action) keeps its time.
         self.conditions_before = {item.type: item for item in self.status.conditions}
+        self.message_before = self.status.message or ""
         self.ended_on = (status.phase, status.candidate.version if status.candidate else None)  # as read
 
     # --- the loop ------------------------------------------------------------------------------------
@@ -1586,7 +1587,7 @@ class _Decider:
             alias = self._ledger(self._rollback_id("alias"))
             # AliasNotRestored abandoned the alias step: nothing was verified there.
             settled = "alias not restored" if alias is not None and alias.state is ActionState.ABANDONED \
-                else "alias verified"
+                else f"alias left on {rollback.alias_left_on}" if rollback.alias_left_on else "alias verified"
             self._record("Recovered", f"traffic back on {'stable ' + stable.version if stable else 'stable'} "
                                       f"and {settled} {seconds}s after the decision")
         self._update(rollback=rollback)
@@ -1918,8 +1919,9 @@ class _Decider:
                     return
                 if self._deadline_passed(self._pending_since(action_id)):
                     if held is not None and not vanished:
-                        self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{held} (waited {self._deadline})",
-                                      {}, reject_candidate=False)
+                        self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
+                                      f"the promotion was held past {self._deadline}: {held}", {},
+                                      reject_candidate=False)
                     elif vanished:
                         # Gone from the target, nothing judged it bad: rolled back, not rejected, as an unsent
                         # promotion is in _deadline_failure (still staged but not ready: its own failing).
@@ -1950,10 +1952,11 @@ class _Decider:
         overruled = moved and current is not None and current.tags.get(REJECTED_TAG) != "true"
         if not overruled:
             error = _ledger_error(self._ledger(action_id))
-            if error is not None and error.kind is AdapterErrorKind.NOT_FOUND and self._candidate_gone():
+            if error is not None and error.kind is AdapterErrorKind.NOT_FOUND and registry is not None \
+                    and registry.candidate is None:
                 # The candidate is gone from the registry, as this reconcile's read agrees (one NotFound alone may
-                # be a registry briefly up on the wrong store): no send will ever move the alias, so the promotion
-                # ends now rather than at the deadline. Not tagged: nothing judged it.
+                # be a registry briefly up on the wrong store, whose reads fail too): no send will ever move the
+                # alias, so the promotion ends now rather than at the deadline. Not tagged: nothing judged it.
                 self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"the registry cannot move @{alias} to "
                               f"{candidate.version}: {error.message}", {}, reject_candidate=False)
                 return
@@ -1966,7 +1969,8 @@ class _Decider:
             what = (f"clear {REJECTED_TAG} on version {candidate.version} (@{alias} moved)" if moved
                     else f"move @{alias} to {candidate.version}")
             if held is not None and self._deadline_passed(self._pending_since(action_id)):
-                self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{held} (waited {self._deadline})", {},
+                self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
+                              f"the promotion was held past {self._deadline}: {held}", {},
                               reject_candidate=False)
                 return
             if held is not None:
@@ -2004,16 +2008,19 @@ class _Decider:
         stable = self.status.stable
         if current is None or current.version in (stable.version if stable else None, self._candidate.version):
             return None
-        alias = self.spec.model.stable_alias
         found = f"version {stable.version}" if stable else "no version"
-        undo = f"point @{alias} back at version {stable.version}" if stable else f"remove @{alias}"
-        return (f"@{alias} names version {current.version}, set outside this rollout (it named {found} when the "
-                f"rollout started): {undo} to promote candidate {self._candidate.version}, or roll back")
+        return (f"@{self.spec.model.stable_alias} names version {current.version}, set outside this rollout (it "
+                f"named {found} when the rollout started)")
 
     def _hold_for_alias(self, held: str) -> None:
-        if self._last_event_detail("StableMismatch") != held:  # said once, not at every reconcile
-            self._record("StableMismatch", held)
-        self._wait(f"Holding the promotion: {held}", poll=True)
+        alias, stable = self.spec.model.stable_alias, self.status.stable
+        undo = f"point @{alias} back at version {stable.version}" if stable else f"remove @{alias}"
+        said = f"{held}: {undo} to promote candidate {self._candidate.version}, or roll back"
+        # Said once per hold, not at every reconcile; a hold after the alias was put back and moved again is new.
+        if not self.message_before.startswith(f"Holding the promotion: {said}") \
+                or self._last_event_detail("StableMismatch") != said:
+            self._record("StableMismatch", said)
+        self._wait(f"Holding the promotion: {said}", poll=True)
 
     def _candidate_gone(self) -> bool:
         """A pinned candidate the registry answers it no longer has (an alias-named one may only have lost its alias:

@@ -59,11 +59,14 @@ def test_held_past_the_deadline_rolls_back_untagged_and_leaves_their_alias() -> 
     world.run_until(finished)
     rollback = world.status.rollback
     assert world.status.phase is Phase.ROLLED_BACK and rollback is not None
-    assert rollback.reason.startswith("@production names version 5, set outside this rollout")
+    assert rollback.reason.startswith("the promotion was held past progressDeadline 30m: @production names "
+                                      "version 5, set outside this rollout")
+    assert "to promote candidate" not in rollback.reason  # advice for a hold, not for what has ended
     assert world.registry.aliases["production"] == "5" and rollback.alias_left_on == "5"
     assert executed(world, ActionType.PROMOTE_CANDIDATE) == [] and executed(world, ActionType.SET_ALIAS) == []
     assert world.target.stable_version == "6" and not world.target.canary_weight
     assert REJECTED_TAG not in world.registry.versions["7"] and "AliasLeft" in events(world)
+    assert "alias left on 5" in details(world, "Recovered")[-1]
 
 
 def test_an_alias_moved_while_the_promotion_waits_for_the_registry_is_not_overwritten() -> None:
@@ -132,3 +135,25 @@ def test_not_found_on_the_promotions_alias_step_rolls_back_at_once() -> None:
     assert "no version 7" in rollback.reason and not rollback.reject_candidate
     assert world.target.stable_version == "6" and world.registry.aliases["production"] == "6"
     assert executed(world, ActionType.TAG_REJECTED) == []
+
+
+def test_a_second_hand_move_after_the_alias_was_put_back_is_said_again() -> None:
+    world = World()
+    world.registry.versions["5"] = {}
+    paused_at_50(world)
+    world.registry.aliases["production"] = "5"
+    world.send(CommandAction.PROMOTE)
+    for _ in range(3):
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    world.registry.aliases["production"] = "6"  # put back: the promotion goes on
+    world.registry.slow_promotion = True  # its alias move is accepted but does not show yet
+    world.advance(timedelta(seconds=1))
+    world.reconcile()
+    assert not world.status.message.startswith("Holding the promotion")
+    world.registry.aliases["production"] = "5"  # and moved again before the alias step
+    for _ in range(3):
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    assert world.status.message.startswith("Holding the promotion") and world.registry.aliases["production"] == "5"
+    assert len(details(world, "StableMismatch")) == 2
