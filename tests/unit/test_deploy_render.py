@@ -240,6 +240,20 @@ def test_chart_values_change_what_they_say() -> None:
      "/networkPolicy/controllerEgress/0/ports/0/port': got string, want integer"),
     (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"endPort":500}]}]'),
      "/networkPolicy/controllerEgress/0/ports/0"),
+    # What the API server would refuse at install, leaving a failed release half applied (review s28chart).
+    (("--set", "runAsUser=99999999999"), "/runAsUser': maximum"),
+    (("--set", "runAsGroup=2147483648"), "/runAsGroup': maximum"),
+    (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":99999}]}]'),
+     "/networkPolicy/controllerEgress/0/ports/0/port': maximum"),
+    (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":"HTTPS_port"}]}]'),
+     "/networkPolicy/controllerEgress/0/ports/0/port'"),
+    (("--set-json", 'controller.nodeSelector={"bad key":"x"}'), "'bad key' does not match pattern"),
+    (("--set-json", 'exporter.podAnnotations={"a/b/c":"x"}'), "'a/b/c' does not match pattern"),
+    (("--set-json", 'networkPolicy.controllerEgress=[{"to":[{"ipBlock":{"cidr":"x"}}]}]'),
+     "/networkPolicy/controllerEgress/0/to/0/ipBlock/cidr'"),
+    (("--set-json", 'networkPolicy.controllerEgress=[{"to":[{"namespaceSelector":{"matchExpressions":'
+                    '[{"key":"team","operator":"In"}]}}]}]'),
+     "missing property 'values'"),
 ])
 def test_values_schema_refuses_bad_values(args: tuple[str, ...], complaint: str) -> None:
     result = run_tool("helm", "template", RELEASE, str(CHART), *args)
@@ -261,7 +275,12 @@ GATE_HOST_CANDIDATES = ["a" * 63 + ".example.com", "a" * 64 + ".example.com", "*
     ("--set", "image.repository=registry.example.com/ml__ops/modelrollout"),
     ("--set", "controller.resources.limits.memory=512Mi"), ("--set", "controller.resources.requests.cpu=100m"),
     ("--set", "controller.resources.requests.cpu=0.5"), ("--set-json", "exporter.resources.limits.cpu=2"),
-    ("--set", "exporter.resources.limits.memory=1e9")])
+    ("--set", "exporter.resources.limits.memory=1e9"),
+    ("--set-json", 'controller.nodeSelector={"kubernetes.io/os":"linux"}'),
+    ("--set-json", 'controller.podAnnotations={"prometheus.io/scrape":"true"}'),
+    ("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":443},{"port":"https"}],"to":[{"ipBlock":'
+                   '{"cidr":"10.0.0.0/8"}},{"ipBlock":{"cidr":"fd00::/8"}},{"namespaceSelector":{"matchExpressions":'
+                   '[{"key":"team","operator":"In","values":["a"]},{"key":"x","operator":"Exists"}]}}]}]')])
 def test_values_schema_accepts_image_references_and_quantities_kubernetes_takes(args: tuple[str, ...]) -> None:
     result = run_tool("helm", "template", RELEASE, str(CHART), *args)
     assert result.returncode == 0, result.stderr
