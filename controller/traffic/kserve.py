@@ -164,6 +164,15 @@ def _check_stable_uri(target: str, stable_uri: str | None, candidate: CandidateM
                                f"{redacted_url(stable_uri)}")
 
 
+def _stable_record(found: str | None, hint: str | None, candidate: CandidateModel) -> str | None:
+    """The stable version staging records: the object's, else the engine's hint. Never the candidate's number: the
+    storageUris differ (_check_stable_uri), so it is another registered model's version (MLflow numbers versions
+    per model: the target last promoted by a rollout of another model), and recorded it would read as the
+    candidate serving as stable (a rollback would then put this model's stable over what served)."""
+    version = found or hint
+    return None if version == candidate.version else version
+
+
 def _canary_predictor_name(isvc: str, version: str, stable_name: str) -> str:
     """The canary predictor's name: its Deployment, <isvc>-<name>-predictor, must fit 63 characters, and it
     must never be the stable predictor's name once cut to fit (the canary would take over stable's Deployment)."""
@@ -332,7 +341,10 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
 
     def version_of(revision: str) -> str | None:
         if revision and revision == ann.get(ANN_STABLE_REVISION):
-            return _none_if_empty(ann.get(ANN_STABLE_VERSION))
+            recorded = _none_if_empty(ann.get(ANN_STABLE_VERSION))
+            # The candidate's number for another storageUri: another model's version (see _stable_record).
+            clash = recorded == ann.get(ANN_VERSION) and ann.get(ANN_STABLE_URI) != ann.get(ANN_VERSION_URI)
+            return None if clash else recorded
         if revision and view.synced and revision == view.latest_created:
             return latest_version
         return None
@@ -500,6 +512,14 @@ def standard_state(target: str, view: StandardView) -> TargetState:
     if stable_version is None and changed is None:  # none on stable (a first rollout): the one recorded at staging
         stable_version, changed = _version_for(view.canary_annotations, stable_uri, "spec.predictor",
                                                ANN_STABLE_VERSION, ANN_STABLE_URI)
+    if _hand_promoted(view):
+        # The candidate's storageUri written into spec.predictor, our canary left: the candidate serves as stable,
+        # so reported as such (a rollback must put stable back, not just drop the canary).
+        stable_version = view.canary_annotations[ANN_VERSION]
+        changed = (f"spec.predictor names canary predictor {view.ours['predictor'].get('name')}'s model "
+                   f"(version {stable_version}): promoted outside ModelRollout?")
+    elif _number_clash(view, stable_version):
+        stable_version = None  # another registered model's version of the same number: not the candidate
     if changed:
         problems.append(changed)
     canary_name = canary_version = canary_url = None
@@ -540,6 +560,21 @@ def standard_state(target: str, view: StandardView) -> TargetState:
         canary_weight=canary_weight, canary_url=canary_url, message="; ".join(problems))
 
 
+def _hand_promoted(view: StandardView) -> bool:
+    """spec.predictor names the model of our canary entry (its storageUri written there outside ModelRollout, the
+    entry left): unlike our own promotion, which empties spec.canary in the same write."""
+    ann = view.canary_annotations
+    uri = view.predictor[view.key].get("storageUri")
+    return view.ours is not None and bool(ann.get(ANN_VERSION)) and uri is not None and uri == ann.get(ANN_VERSION_URI)
+
+
+def _number_clash(view: StandardView, stable_version: str | None) -> bool:
+    """The stable version read equals our canary's version while the storageUris differ: MLflow numbers versions
+    per registered model, so it is another model's (the target last promoted by a rollout of another model)."""
+    ann = view.canary_annotations
+    return stable_version is not None and stable_version == ann.get(ANN_VERSION) and not _hand_promoted(view)
+
+
 def _deployment_name(isvc: str, predictor_name: str | None) -> str:
     """KServe Standard mode runs a predictor named n as Deployment <isvc>-<n>-predictor."""
     return f"{isvc}-{predictor_name}-predictor" if predictor_name else f"{isvc}-predictor"
@@ -562,6 +597,18 @@ def _standard_body(oc: ObjectClient, view: StandardView, *, predictor_name: str 
         predictor["annotations"] = annotations
     body["spec"] = {"predictor": predictor, "canary": canary}
     return body
+
+
+def _standard_put_back(oc: ObjectClient, view: StandardView, *, uri: str, version: str | None,
+                       name: str | None) -> Obj:
+    """spec.predictor set to a model that served before (restore, or a rollback after a hand promotion), the
+    canary removed; its version recorded for that URI, or none recorded when unknown."""
+    owned = _stable_owned(view)
+    annotations = {k: v for k, v in owned["annotations"].items() if k not in (ANN_VERSION, ANN_VERSION_URI)}
+    if version:
+        annotations.update({ANN_VERSION: version, ANN_VERSION_URI: uri})
+    return _standard_body(oc, view, predictor_name=name or None, uri=uri,
+                          annotations=annotations, canary=[], logger_url=_relabelled(owned["logger_url"], version))
 
 
 def _stable_owned(view: StandardView) -> dict[str, Any]:
@@ -823,7 +870,8 @@ class KServeRouter:
                                    f"(revision {view.latest_created} beside {view.rolled_out})")
         _check_stable_uri(self.target, stable_uri, candidate)
         annotations = {ANN_VERSION: candidate.version, ANN_VERSION_URI: candidate.storage_uri,
-                       ANN_STABLE_VERSION: stable_version or stable_hint, ANN_STABLE_URI: stable_uri,
+                       ANN_STABLE_VERSION: _stable_record(stable_version, stable_hint, candidate),
+                       ANN_STABLE_URI: stable_uri,
                        ANN_STABLE_REVISION: view.rolled_out, ANN_TAG_ROUTING_BEFORE: _tag_routing_before(view),
                        TAG_ROUTING: "true"}
         return _knative_body(self.client, view, uri=candidate.storage_uri, annotations=annotations,
@@ -857,7 +905,8 @@ class KServeRouter:
         _check_stable_uri(self.target, stable_uri, candidate)
         stable_name = view.predictor.get("name") or ""
         name = _canary_predictor_name(view.obj["metadata"]["name"], candidate.version, stable_name)
-        stable_version = _version_for(view.stable_annotations, stable_uri, "spec.predictor")[0] or stable_hint
+        stable_version = _stable_record(_version_for(view.stable_annotations, stable_uri, "spec.predictor")[0],
+                                        stable_hint, candidate)
         canary_predictor = copy.deepcopy(view.predictor)
         canary_predictor.pop("canaryTrafficPercent", None)
         canary_predictor["name"] = name
@@ -888,18 +937,30 @@ class KServeRouter:
     def _standard_rollback(self, view: StandardView) -> Obj | None:
         if view.ours is None:
             return None  # nothing staged: stable has all traffic
-        return _standard_body(self.client, view, **_stable_owned(view), canary=[])  # stable was never touched
+        ann = view.canary_annotations
+        if _hand_promoted(view) and ann.get(ANN_STABLE_URI):
+            # The candidate written into spec.predictor by hand: dropping the canary alone would leave it serving
+            # all traffic. Stable as recorded at staging goes back (a new Deployment: not instant).
+            version = _none_if_empty(ann.get(ANN_STABLE_VERSION))
+            return _standard_put_back(self.client, view, uri=ann[ANN_STABLE_URI], version=version,
+                                      name=ann.get(ANN_STABLE_PREDICTOR, view.predictor.get("name")))
+        owned = _stable_owned(view)
+        if _number_clash(view, _version_for(view.stable_annotations, owned["uri"], "spec.predictor")[0]):
+            # spec.predictor records another model's version of the candidate's number: once the canary is gone
+            # it would read as the candidate serving as stable. Forgotten (the one write that restarts its pods).
+            owned["annotations"] = {k: v for k, v in owned["annotations"].items()
+                                    if k not in (ANN_VERSION, ANN_VERSION_URI)}
+        return _standard_body(self.client, view, **owned, canary=[])  # stable was never touched
 
     def _standard_restore(self, view: StandardView, stable: CandidateModel) -> Obj | None:
         owned = _stable_owned(view)
         ann = view.stable_annotations
         if owned["uri"] == stable.storage_uri:
             return self._standard_rollback(view)
-        # The previous predictor back under its old name when this is the model it had; a new
-        # Deployment must become ready before it takes the traffic.
-        same_model = ann.get(ANN_STABLE_URI) == stable.storage_uri
-        name = ann.get(ANN_STABLE_PREDICTOR) if same_model else owned["predictor_name"]
-        annotations = {**owned["annotations"], ANN_VERSION: stable.version, ANN_VERSION_URI: stable.storage_uri}
-        logger_url = _relabelled(owned["logger_url"], stable.version)
-        return _standard_body(self.client, view, predictor_name=name or None, uri=stable.storage_uri,
-                              annotations=annotations, canary=[], logger_url=logger_url)
+        # The previous predictor back under its old name when this is the model it had (recorded by our
+        # promotion, or on the canary a hand promotion left); a new Deployment must become ready before it
+        # takes the traffic.
+        recorded = next((a for a in (ann, view.canary_annotations) if a.get(ANN_STABLE_URI) == stable.storage_uri),
+                        None)
+        name = recorded.get(ANN_STABLE_PREDICTOR) if recorded is not None else owned["predictor_name"]
+        return _standard_put_back(self.client, view, uri=stable.storage_uri, version=stable.version, name=name)

@@ -81,3 +81,23 @@ def test_a_bake_rollback_waits_for_the_previous_version_as_before() -> None:
     world.target.frozen = False
     world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=5))
     assert world.target.stable_version == "6"
+
+
+def test_a_standard_hand_promotion_with_the_canary_left_is_restored_not_withdrawn() -> None:
+    """KServe Standard: the candidate written into spec.predictor, the canary entry left at its weight. The router
+    reports the candidate as stable beside its canary (review s28r2): the engine restores stable, and confirms only
+    once stable serves (a withdrawal would drop the canary and leave the candidate serving all traffic)."""
+    world = _mid_canary()
+    world.target.stable_version, world.target.frozen = "7", True  # canary_version 7 at weight 1 is left
+    world.advance(timedelta(seconds=5))
+    world.send(CommandAction.ABORT, command_id="abort-s28b")
+    before, sent_before = len(world.status.history), len(world.executed)
+    for _ in range(5):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK and "TrafficRestored" not in events(world, before)
+    sent = [a for a in world.executed[sent_before:] if a.id.endswith((":rollback:restore", ":rollback:traffic"))]
+    assert sent and all(isinstance(a, RestoreStable) and a.stable.version == "6" for a in sent), sent
+    world.target.frozen = False
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=5))
+    assert (world.target.stable_version, world.target.canary_weight) == ("6", None)
