@@ -14,7 +14,8 @@ cleanup() {
   if [[ -n $up ]]; then
     # Still starting: `dev up` stops what it started on SIGTERM (as a background job it ignores Ctrl-C itself).
     kill -TERM "$up" 2>/dev/null || true
-    wait "$up" || true
+    # It exits 0 only with the stack up: it had got that far (once up, it ignores the kill), so stop the stack too.
+    if wait "$up"; then stack_up=1; fi
   fi
   if [[ -n $up_out ]]; then rm -f "$up_out"; fi
   if [[ -n $demo ]]; then

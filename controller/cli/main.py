@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -29,8 +30,21 @@ def _dev_up(args: argparse.Namespace) -> int:
     from controller.devstack.stack import Stack, default_state_dir
 
     stack = Stack(root=args.state_dir or default_state_dir())
-    with interrupt_on_termination():  # a `kill` or a closed terminal mid-start stops what did start, as Ctrl-C does
-        stack.up(with_mlflow=not args.no_mlflow, with_prometheus=not args.no_prometheus)
+    # Once the stack is up, a `kill` or a closed terminal is ignored (the handler below puts this back on leaving):
+    # killed in the last moments before exiting 0, `dev up` would leave the stack running while its caller (the
+    # demo's cleanup) reads the kill as "not up". It exits right after printing; Ctrl-C and SIGKILL still end it.
+    # The disposition, not a mask: a mask is per thread.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    started = False
+    try:
+        with interrupt_on_termination():  # a `kill` or a closed terminal mid-start stops what did start, as Ctrl-C
+            stack.up(with_mlflow=not args.no_mlflow, with_prometheus=not args.no_prometheus)
+            started = True
+    except KeyboardInterrupt:
+        if started:  # it came after up() had returned, before the handler was taken away: stop it as up() would
+            stack.down()
+        raise
     for key, value in stack.environment().items():
         print(f"export {key}={shlex.quote(value)}")
     timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in stack.timings.items())

@@ -36,6 +36,17 @@ UPSTREAM_CRDS = Path(os.environ.get("MODELROLLOUT_UPSTREAM_CRDS", REPO_ROOT.pare
 # What each start step of `dev up` does, in the words of its progress line.
 STEP_WORDS = {"controlPlane": "starting the control plane (etcd, kube-apiserver)", "crds": "installing the CRDs",
               "mlflow": "starting MLflow", "prometheus": "starting Prometheus"}
+# In the state dir: the subdirectories `dev up` created, each named before it is created. Only those are emptied at
+# a start: `--state-dir ~` must never remove a user's own ~/mlflow.
+OWNED_MARK = ".modelrollout-devstack"
+# What each server writes in its subdirectory: a state dir from before the mark (none there) is adopted only where
+# a subdirectory holds nothing else.
+WRITTEN_BY_DEV_UP = {
+    "controlplane": {"certs", "etcd-data", "etcd.log", "kube-apiserver.log", "kubeconfig", "sa.key", "tokens.csv"},
+    "mlflow": {"artifacts", "mlflow.db", "mlflow.db-journal", "mlflow.log", "basic_auth.ini", "basic_auth.db",
+               "basic_auth.db-journal"},
+    "prometheus": {"backfill.om", "data", "prometheus.log", "prometheus.yml", "targets"},
+}
 
 
 def default_state_dir() -> Path:
@@ -128,6 +139,8 @@ class Stack:
             raise StackError(f"a stack is already running from {self.root}: another demo or `dev up` is using it; "
                              "wait for it to end, or, if it is stale, stop it with "
                              f"`modelrollout dev down --state-dir {shlex.quote(str(self.root))}`")
+        # Every directory it will empty, checked before anything starts: a refusal leaves nothing half started.
+        _claim(self.root, "controlplane", *(["mlflow"] * with_mlflow), *(["prometheus"] * with_prometheus))
         try:
             self.start_control_plane()
             if with_mlflow:
@@ -140,6 +153,7 @@ class Stack:
 
     def start_control_plane(self) -> ControlPlane:
         if self.control_plane is None:
+            _claim(self.root, "controlplane")  # ControlPlane.start empties it: only one `dev up` created
             self.control_plane = ControlPlane(self.root / "controlplane", on_start=self._save)
             self._timed("controlPlane", self.control_plane.start)
             self._timed("crds", lambda: install_crds(self.control_plane.admin_kubeconfig))
@@ -148,16 +162,16 @@ class Stack:
     def start_mlflow(self) -> MlflowServer:
         if self.mlflow is None:
             # Empty at every start, as the control plane: a previous run's models would shift every version number.
-            _wipe(self.root / "mlflow")
-            self.mlflow = MlflowServer(self.root / "mlflow", on_start=self._save)
+            _claim(self.root, "mlflow")
+            self.mlflow = MlflowServer(_wipe(self.root / "mlflow"), on_start=self._save)
             self._timed("mlflow", self.mlflow.start)
         return self.mlflow
 
     def start_prometheus(self) -> PrometheusServer:
         if self.prometheus is None:
             # Empty too: old series, and a previous demo's scrape targets (an address something else may hold now).
-            _wipe(self.root / "prometheus")
-            self.prometheus = PrometheusServer(self.root / "prometheus", on_start=self._save)
+            _claim(self.root, "prometheus")
+            self.prometheus = PrometheusServer(_wipe(self.root / "prometheus"), on_start=self._save)
             self._timed("prometheus", self.prometheus.start)
         return self.prometheus
 
@@ -228,9 +242,34 @@ class Stack:
         return stopped
 
 
-def _wipe(directory: Path) -> None:
+def _claim(root: Path, *names: str) -> None:
+    """Make sure `dev up` may empty each <root>/<name>: one it created (named in the mark, written before it is
+    created), an empty one, or, in a state dir from before the mark, one holding only what dev up writes there.
+
+    Anything else is refused, naming it, before any is claimed: a directory of the user's that has the same name,
+    or a link (emptying it would follow the link, or fail with no useful message)."""
+    mark = root / OWNED_MARK
+    owned = set(mark.read_text().split()) if mark.exists() else None  # None: no mark (new, or an earlier version)
+    for name in names:
+        directory = root / name
+        if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+            kind = "a symbolic link" if directory.is_symlink() else "not a directory"
+            raise StackError(f"{directory} is {kind}: `dev up` empties this directory at every start, so it must be "
+                             "a plain directory it created; it was left alone: remove it, or choose another "
+                             "--state-dir")
+        entries = {entry.name for entry in directory.iterdir()} if directory.exists() else set()
+        if entries and name not in (owned or ()) and not (owned is None and entries <= WRITTEN_BY_DEV_UP[name]):
+            raise StackError(f"{directory} holds files `dev up` did not create (it empties this directory at every "
+                             "start); it was left alone: choose another --state-dir, or move it away")
+    if owned is None or not owned.issuperset(names):
+        root.mkdir(parents=True, exist_ok=True)
+        _write_atomic(mark, "\n".join(sorted((owned or set()) | set(names))) + "\n")
+
+
+def _wipe(directory: Path) -> Path:
     if directory.exists():
         shutil.rmtree(directory)
+    return directory
 
 
 def _entry(process: ManagedProcess) -> dict[str, Any]:
@@ -246,14 +285,18 @@ def _still_running(pid: int, started: str | None) -> bool:
 
 
 def _write_state(state_file: Path, state: dict[str, Any]) -> None:
+    _write_atomic(state_file, json.dumps(state, indent=2))
+
+
+def _write_atomic(path: Path, text: str) -> None:
     # Atomic: a write cut short (Ctrl-C, a full disk) must never leave a truncated record of running servers.
-    partial = state_file.with_name(f".{state_file.name}.{os.getpid()}.tmp")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(partial, "w") as file:
-            file.write(json.dumps(state, indent=2))
+            file.write(text)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(partial, state_file)
+        os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 
