@@ -279,7 +279,6 @@ class _Decider:
         self.judges_errored: set[str] = set()  # "gate" / "analysis": their error condition stays this round
         # As read: a condition set twice in one decision (observed healthy, then a failed action) keeps its time.
         self.conditions_before = {item.type: item for item in self.status.conditions}
-        self.message_before = self.status.message or ""
         self.ended_on = (status.phase, status.candidate.version if status.candidate else None)  # as read
 
     # --- the loop ------------------------------------------------------------------------------------
@@ -1953,7 +1952,7 @@ class _Decider:
         if not overruled:
             error = _ledger_error(self._ledger(action_id))
             if error is not None and error.kind is AdapterErrorKind.NOT_FOUND and registry is not None \
-                    and registry.candidate is None:
+                    and (self._candidate_gone() or registry.candidate_gone):
                 # The candidate is gone from the registry, as this reconcile's read agrees (one NotFound alone may
                 # be a registry briefly up on the wrong store, whose reads fail too): no send will ever move the
                 # alias, so the promotion ends now rather than at the deadline. Not tagged: nothing judged it.
@@ -2016,9 +2015,12 @@ class _Decider:
         alias, stable = self.spec.model.stable_alias, self.status.stable
         undo = f"point @{alias} back at version {stable.version}" if stable else f"remove @{alias}"
         said = f"{held}: {undo} to promote candidate {self._candidate.version}, or roll back"
-        # Said once per hold, not at every reconcile; a hold after the alias was put back and moved again is new.
-        if not self.message_before.startswith(f"Holding the promotion: {said}") \
-                or self._last_event_detail("StableMismatch") != said:
+        # Said once per hold, not at every reconcile (nor after a read that failed meanwhile): a hold is new when the
+        # last one said something else, or when a promotion step was sent since (the alias was put back in between).
+        last = next((entry for entry in reversed(self.status.history) if entry.event == "StableMismatch"), None)
+        sent = [record.sent_at for record in self.status.actions if record.id.startswith(f"{self._attempt}:promote:")
+                and record.sent_at is not None]
+        if last is None or last.detail != said or any(time > last.time for time in sent):
             self._record("StableMismatch", said)
         self._wait(f"Holding the promotion: {said}", poll=True)
 

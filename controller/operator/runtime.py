@@ -327,7 +327,7 @@ class RolloutRuntime:
 
     def observe_registry(self, status: ModelRolloutStatus | None = None) -> RegistryObservation:
         model = self.spec.model
-        rolled_back, rolled_back_gone = None, False
+        rolled_back, rolled_back_gone, candidate_gone = None, False, False
         try:
             registry = self.registry()
             try:
@@ -343,18 +343,23 @@ class RolloutRuntime:
                 # No such registered model (a typo?): nothing resolves, which fails the rollout with that
                 # reason, instead of waiting in Pending for a registry that answers the same way for ever.
                 return RegistryObservation(candidate=None)
-            rejecting = status.candidate.version if status and status.candidate and \
-                str(status.phase) == "RollingBack" else None
-            if rejecting and (candidate is None or candidate.version != rejecting):
-                try:  # the spec moved on: its rejection tags are still to be seen
-                    rolled_back = _engine_version(registry.resolve(model.name, version=rejecting))
+            own = status.candidate.version if status and status.candidate and \
+                str(status.phase) in ("RollingBack", "Promoting") else None
+            if own and (candidate is None or candidate.version != own):
+                # The spec (or the alias it names) moved on: the rollout's own candidate is still to be seen, its
+                # rejection tags while rolling back, and while promoting whether it still exists at all.
+                try:
+                    seen = _engine_version(registry.resolve(model.name, version=own))
                 except VersionNotFound:
-                    rolled_back_gone = True
+                    seen, candidate_gone = None, True
+                if str(status.phase) == "RollingBack":
+                    rolled_back, rolled_back_gone = seen, candidate_gone
         except _CREDENTIALS_ERRORS as exc:
             return RegistryObservation(error=_credentials_error(exc, self.credentials_secret))
         return RegistryObservation(candidate=candidate,
                                    stable_alias_version=_engine_version(stable) if stable else None,
-                                   rolled_back=rolled_back, rolled_back_gone=rolled_back_gone)
+                                   rolled_back=rolled_back, rolled_back_gone=rolled_back_gone,
+                                   candidate_gone=candidate_gone)
 
     def observe_target(self) -> tuple[TargetObservation | None, TargetState | None]:
         try:

@@ -140,9 +140,14 @@ class TestMlflowRegistry(RegistryContract):
         # Not rolling back, or rolling back the version the spec names: nothing more is read.
         assert runtime.observe_registry(ModelRolloutStatus(phase=Phase.PROGRESSING,
                                                            candidate=VersionRef(version="1"))).rolled_back is None
+        promoting = ModelRolloutStatus(phase=Phase.PROMOTING, candidate=VersionRef(version="1"))
+        assert not runtime.observe_registry(promoting).candidate_gone  # the spec moved on, 1 still exists
         harness.client.delete_model_version(model, "1")
         gone = runtime.observe_registry(rolling_back)
-        assert gone.rolled_back is None and gone.rolled_back_gone
+        assert gone.rolled_back is None and gone.rolled_back_gone and gone.candidate_gone
+        # Promoting a candidate the spec no longer resolves to (an alias cleared): whether it still exists is read.
+        promoted_gone = runtime.observe_registry(promoting)
+        assert promoted_gone.candidate_gone and promoted_gone.rolled_back is None and not promoted_gone.rolled_back_gone
 
     def test_per_call_policy_ignores_mlflow_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
         # MLflow's defaults (7 retries, 120 s) would hold a reconcile for minutes; the policy is per adapter.

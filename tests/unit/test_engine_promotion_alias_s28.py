@@ -157,3 +157,18 @@ def test_a_second_hand_move_after_the_alias_was_put_back_is_said_again() -> None
         world.reconcile()
     assert world.status.message.startswith("Holding the promotion") and world.registry.aliases["production"] == "5"
     assert len(details(world, "StableMismatch")) == 2
+
+
+def test_a_hold_interrupted_by_registry_misses_is_said_once() -> None:
+    """A flaky registry (every other read fails) must not re-post the Warning at each return to the hold (s28r5)."""
+    world = World()
+    world.registry.versions["5"] = {}
+    paused_at_50(world)
+    world.registry.aliases["production"] = "5"
+    world.send(CommandAction.PROMOTE)
+    for i in range(12):
+        world.registry.down = i % 2 == 1
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    assert world.status.phase is Phase.PROMOTING
+    assert len(details(world, "StableMismatch")) == 1

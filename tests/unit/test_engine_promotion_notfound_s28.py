@@ -58,3 +58,25 @@ def test_retry_sends_a_promotion_paused_on_its_deadline_again() -> None:
         world.reconcile()
     assert world.status.phase in (Phase.BAKING, Phase.SUCCEEDED), world.status.message
     assert world.registry.aliases.get("production") == "7"
+
+
+@dataclass
+class AliasClearedThenNotFound(AliasNotFound):
+    """The pipeline clears @challenger once production traffic is on the candidate (on purpose), and the alias move
+    meets one NotFound: the candidate itself still exists."""
+
+    def execute(self, action: Action):  # type: ignore[no-untyped-def]
+        if action.type is ActionType.SET_ALIAS and getattr(action, "promotion", False) and self.left:
+            self.registry.aliases.pop("challenger", None)
+        return super().execute(action)
+
+
+def test_an_alias_named_candidate_whose_alias_was_cleared_is_not_taken_for_deleted() -> None:
+    world = AliasClearedThenNotFound(spec=spec_dict(model={"name": "nsfw-classifier", "alias": "challenger",
+                                                           "stableAlias": "production"}))
+    world.registry.aliases["challenger"] = "7"
+    promoted(world)
+    world.run_until(lambda w: w.status.phase in (Phase.BAKING, Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED)
+                    or w.status.pause is not None, limit=300)
+    assert world.status.phase in (Phase.BAKING, Phase.SUCCEEDED), world.status.message
+    assert world.registry.aliases.get("production") == "7"

@@ -187,15 +187,18 @@ class World:
         else:
             wanted = spec.model.version if spec.model.version else self.registry.aliases.get(spec.model.alias or "")
             candidate = self.registry.resolve(wanted)
-            # As the operator does: while rolling back a version the spec no longer names, that one too.
-            rejecting = self.status.candidate.version if self.status.candidate and \
-                self.status.phase is Phase.ROLLING_BACK else None
-            moved_on = rejecting is not None and (candidate is None or candidate.version != rejecting)
-            rolled_back = self.registry.resolve(rejecting) if moved_on else None
+            # As the operator does: while rolling back or promoting a version the spec no longer names, that one too.
+            own = self.status.candidate.version if self.status.candidate and \
+                self.status.phase in (Phase.ROLLING_BACK, Phase.PROMOTING) else None
+            moved_on = own is not None and (candidate is None or candidate.version != own)
+            seen = self.registry.resolve(own) if moved_on else None
+            rolling_back = self.status.phase is Phase.ROLLING_BACK
             registry = RegistryObservation(
                 candidate=candidate,
                 stable_alias_version=self.registry.resolve(self.registry.aliases.get(spec.model.stable_alias)),
-                rolled_back=rolled_back, rolled_back_gone=moved_on and rolled_back is None)
+                rolled_back=seen if rolling_back else None,
+                rolled_back_gone=rolling_back and moved_on and seen is None,
+                candidate_gone=moved_on and seen is None)
         return Observations(generation=self.generation, registry=registry, target=self.target.observe(self.now),
                             gate=gate, analysis=analysis,
                             commands=(self.command,) if self.command else (), action_failures=failures,
