@@ -407,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="event bodies read at once, each up to 4 MiB in memory; a sender finding none free "
                                    "for 5s gets 503 (default 8)")
     exporter_run.add_argument("--max-connections", type=_positive_int, default=None, metavar="N",
-                              help="connections held open at once, each up to 136 KiB of headers in memory; past it "
-                                   "the longest-idle one is closed for the newcomer (default 256)")
+                              help="connections held open at once, each up to ~270 KiB of memory for its headers "
+                                   "(136 KiB of text); past it the longest-idle one, else the longest stalled in a "
+                                   "request, is closed for the newcomer (default 256)")
     exporter_run.set_defaults(handler=_exporter_run, usage_error=exporter_run.error)
     return parser
 

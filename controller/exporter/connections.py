@@ -9,6 +9,7 @@ sender hold ~1.9 MiB per connection that never ends its headers: 150 of them too
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -25,21 +26,34 @@ HEADER_LIMITS = {"max_headers": 32, "max_field_size": 4096, "max_line_size": 819
 # As long as a body has (BODY_READ_SECONDS); an idle keep-alive connection is closed after it too.
 HEADER_SECONDS = 10.0
 # Open connections. Past it, the one that has gone longest without starting a request (a slow header sender, or an
-# idle keep-alive one) is closed for the new one; when every other is in a request, the one whose request began
+# idle keep-alive one) is closed for the new one, if it has been so FRESH_SECONDS; else the one whose request began
 # longest ago is (a stalled body: a logger's request takes milliseconds), never the new one. Not per source address:
 # behind a mesh sidecar, SNAT or a broker every sender has one, and a probe or scrape must still get in.
 MAX_CONNECTIONS = 256
+# A connection this new has not had its first round trip yet (a scrape or probe that has connected but whose GET is
+# still on the way), and a request this new is an honest one under way (a logger's takes milliseconds): neither is
+# closed for a newcomer while another has been as it is longer. Far above a round trip in a cluster (milliseconds),
+# with room for an event loop that a flood of connections keeps busy; under a second, so that an idle or slow header
+# sender still makes room before a stalled request does.
+FRESH_SECONDS = 0.3
 WARNING_SECONDS = 600.0
+# How long SIGTERM waits for requests in progress before cutting them: a logger's event takes milliseconds, a /metrics
+# render at the bounds up to ~2 s, and a body is read for at most BODY_READ_SECONDS (10 s) anyway. Well under the 30 s
+# Kubernetes waits before SIGKILL (terminationGracePeriodSeconds' default), with room for the interpreter's exit.
+SHUTDOWN_SECONDS = 5.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ConnectionCap:
-    """Open connections, least recently active first (a request's start counts), and how many requests each has in
-    progress."""
+    """Open connections, least recently active first (a request's start counts), each with how many requests it has
+    in progress and since when it has been as it is (opened, last answered, or its request begun)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, fresh_seconds: float = FRESH_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
-        self._open: OrderedDict[asyncio.BaseTransport, int] = OrderedDict()
+        self._fresh_seconds = fresh_seconds
+        self._clock = clock
+        self._open: OrderedDict[asyncio.BaseTransport, _State] = OrderedDict()
         self.closed_for_room = 0
         self._warned_at: float | None = None
 
@@ -50,19 +64,31 @@ class ConnectionCap:
         return lambda: _Tracked(inner(), self)
 
     def opened(self, transport: asyncio.BaseTransport) -> None:
-        self._open[transport] = 0
+        now = self._clock()
+        self._open[transport] = _State(0, now)
         if len(self._open) <= self.limit:
             return
-        others = [t for t in self._open if t is not transport]  # least recently active first
-        victim = next((t for t in others if not self._open[t]), others[0])
+        victim = self.victim(now, transport)
         self.closed_for_room += 1
         self.forget(victim)  # counted out now: its close completes later
         victim.close()
-        now = time.monotonic()
         if self._warned_at is None or now - self._warned_at >= WARNING_SECONDS:
             self._warned_at = now
             log.warning("%d connections open: closed the one longest without a request, or in its request longest "
                         "(slow or idle senders; not logged again for %d minutes)", self.limit, WARNING_SECONDS // 60)
+
+    def victim(self, now: float, newcomer: asyncio.BaseTransport) -> asyncio.BaseTransport:
+        """The connection to close for the newcomer: of those that have been as they are (without a request, or in
+        one) FRESH_SECONDS, the one longest without a request, else the one whose request began longest ago; when
+        every other is fresher, the one that has been as it is longest."""
+        others = [(t, s) for t, s in self._open.items() if t is not newcomer]  # least recently active first
+        settled = [(t, s) for t, s in others if now - s.since >= self._fresh_seconds]
+        without = next((t for t, s in settled if not s.requests), None)
+        if without is not None:
+            return without
+        if settled:  # each in a request: the first began longest ago
+            return settled[0][0]
+        return min(others, key=lambda entry: entry[1].since)[0]
 
     def forget(self, transport: asyncio.BaseTransport) -> None:
         self._open.pop(transport, None)
@@ -70,15 +96,24 @@ class ConnectionCap:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         transport = request.transport
-        if transport is None or transport not in self._open:
+        state = self._open.get(transport) if transport is not None else None
+        if state is None:
             return await handler(request)
-        self._open[transport] += 1
+        state.requests += 1
+        state.since = self._clock()
         self._open.move_to_end(transport)
         try:
             return await handler(request)
         finally:
-            if transport in self._open:
-                self._open[transport] -= 1
+            state.requests -= 1
+            if not state.requests:
+                state.since = self._clock()  # idle from its answer on
+
+
+@dataclasses.dataclass
+class _State:
+    requests: int
+    since: float
 
 
 class _Tracked(asyncio.Protocol):
@@ -113,14 +148,15 @@ class _Tracked(asyncio.Protocol):
 
 
 async def serve(app: web.Application, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
-                header_seconds: float = HEADER_SECONDS, stop: asyncio.Event | None = None,
+                header_seconds: float = HEADER_SECONDS, shutdown_seconds: float = SHUTDOWN_SECONDS,
+                stop: asyncio.Event | None = None,
                 started: Callable[[ConnectionCap, asyncio.Server], None] | None = None) -> None:
     """Serves the app until `stop` is set (None: until SIGTERM or SIGINT). `started` gets the cap and the
     listening server (its port, when 0 was asked for)."""
     cap = ConnectionCap(max_connections)
     app.middlewares.append(cap.middleware)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_seconds,
-                           **HEADER_LIMITS)
+                           shutdown_timeout=shutdown_seconds, **HEADER_LIMITS)
     await runner.setup()
     loop = asyncio.get_running_loop()
     if stop is None:

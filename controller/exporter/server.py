@@ -462,7 +462,11 @@ class PredictionExporter:
         async def receive(request: web.Request) -> web.Response:
             headers = dict(request.headers)
             if payload_unused(headers):
-                await request.release()  # drained unread: a request's image or tensor may pass any size limit
+                try:  # drained unread: a request's image or tensor may pass any size limit, but not any time
+                    async with asyncio.timeout(self._body_read_seconds):
+                        await request.release()
+                except TimeoutError:
+                    return web.json_response({"outcome": self._dropped(TOO_SLOW_REASON)}, status=408)
                 outcome = self.handle(headers, b"", request.query_string)
                 return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
             # A small body takes no slot: it costs no more than the read buffer a waiting connection holds anyway,
