@@ -39,14 +39,16 @@ STEP_WORDS = {"controlPlane": "starting the control plane (etcd, kube-apiserver)
 # In the state dir: the subdirectories `dev up` created, each named before it is created. Only those are emptied at
 # a start: `--state-dir ~` must never remove a user's own ~/mlflow.
 OWNED_MARK = ".modelrollout-devstack"
-# What each server writes in its subdirectory: a state dir from before the mark (none there) is adopted only where
-# a subdirectory holds nothing else.
+# What each server writes in its subdirectory: one the mark does not name (a state dir from before the mark, or one
+# started with --no-mlflow then) is adopted only where it holds nothing else and holds the log dev up writes there
+# (`mlflow.db` with `artifacts/`, or `prometheus.yml` with `data/`, is also the layout of a user's own server).
 WRITTEN_BY_DEV_UP = {
     "controlplane": {"certs", "etcd-data", "etcd.log", "kube-apiserver.log", "kubeconfig", "sa.key", "tokens.csv"},
     "mlflow": {"artifacts", "mlflow.db", "mlflow.db-journal", "mlflow.log", "basic_auth.ini", "basic_auth.db",
                "basic_auth.db-journal"},
     "prometheus": {"backfill.om", "data", "prometheus.log", "prometheus.yml", "targets"},
 }
+LOG_BY_DEV_UP = {"controlplane": "kube-apiserver.log", "mlflow": "mlflow.log", "prometheus": "prometheus.log"}
 
 
 def default_state_dir() -> Path:
@@ -249,7 +251,8 @@ def _claim(root: Path, *names: str) -> None:
     Anything else is refused, naming it, before any is claimed: a directory of the user's that has the same name,
     or a link (emptying it would follow the link, or fail with no useful message)."""
     mark = root / OWNED_MARK
-    owned = set(mark.read_text().split()) if mark.exists() else None  # None: no mark (new, or an earlier version)
+    # None: no mark (new, or an earlier version). Not text: its names are not ours, so nothing is owned by it.
+    owned = set(mark.read_text(errors="replace").split()) if mark.exists() else None
     for name in names:
         directory = root / name
         if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
@@ -258,7 +261,8 @@ def _claim(root: Path, *names: str) -> None:
                              "a plain directory it created; it was left alone: remove it, or choose another "
                              "--state-dir")
         entries = {entry.name for entry in directory.iterdir()} if directory.exists() else set()
-        if entries and name not in (owned or ()) and not (owned is None and entries <= WRITTEN_BY_DEV_UP[name]):
+        ours = entries <= WRITTEN_BY_DEV_UP[name] and LOG_BY_DEV_UP[name] in entries
+        if entries and name not in (owned or ()) and not ours:
             raise StackError(f"{directory} holds files `dev up` did not create (it empties this directory at every "
                              "start); it was left alone: choose another --state-dir, or move it away")
     if owned is None or not owned.issuperset(names):

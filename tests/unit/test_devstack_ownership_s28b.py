@@ -89,10 +89,37 @@ def test_a_state_dir_from_before_the_mark_is_adopted_where_it_holds_only_what_de
     (root / "prometheus" / "targets").mkdir(parents=True)
     (root / "prometheus" / "targets" / "demo-exporter.json").write_text("[]")
     (root / "prometheus" / "prometheus.yml").write_text("{}")
+    (root / "prometheus" / "prometheus.log").write_text("level=info\n")  # the log dev up writes there
     with pytest.raises(StackError, match="prometheus not found"):
         Stack(root=root).start_prometheus()
     assert not (root / "prometheus").exists()  # emptied, as every start does
     assert (root / OWNED_MARK).read_text().split() == ["prometheus"]
+
+
+@pytest.mark.usefixtures("no_prometheus")
+def test_a_users_own_server_layout_without_dev_ups_log_is_refused_and_kept(tmp_path: Path) -> None:
+    """`prometheus.yml` with `data/`, or `mlflow.db` with `artifacts/`, is also the layout of a user's own server
+    (`--state-dir ~` beside ~/prometheus): without the log dev up writes there, it is not adopted (review s28r7)."""
+    root = tmp_path / "home"
+    (root / "prometheus" / "data" / "wal").mkdir(parents=True)
+    (root / "prometheus" / "prometheus.yml").write_text("scrape_configs: []\n")
+    wal = root / "prometheus" / "data" / "wal" / "00000001"
+    wal.write_text("the user's samples")
+    with pytest.raises(StackError, match=rf"{root / 'prometheus'} holds files"):
+        Stack(root=root).start_prometheus()
+    assert wal.exists() and not (root / OWNED_MARK).exists()
+
+
+@pytest.mark.usefixtures("no_prometheus")
+def test_a_mark_that_is_not_text_names_nothing_and_a_stack_dir_it_lacks_is_still_adopted(tmp_path: Path) -> None:
+    """A mark written before --no-mlflow dirs existed (or garbled) does not refuse the stack's own directory."""
+    root = tmp_path / "state"
+    (root / "prometheus").mkdir(parents=True)
+    (root / "prometheus" / "prometheus.log").write_text("level=info\n")
+    (root / OWNED_MARK).write_bytes(b"\xff\xfe")
+    with pytest.raises(StackError, match="prometheus not found"):
+        Stack(root=root).start_prometheus()
+    assert "prometheus" in (root / OWNED_MARK).read_text(errors="replace").split()
 
 
 @pytest.mark.usefixtures("no_prometheus")
