@@ -1952,7 +1952,7 @@ class _Decider:
         if not overruled:
             error = _ledger_error(self._ledger(action_id))
             if error is not None and error.kind is AdapterErrorKind.NOT_FOUND and registry is not None \
-                    and (self._candidate_gone() or registry.candidate_gone):
+                    and self._candidate_gone():
                 # The candidate is gone from the registry, as this reconcile's read agrees (one NotFound alone may
                 # be a registry briefly up on the wrong store, whose reads fail too): no send will ever move the
                 # alias, so the promotion ends now rather than at the deadline. Not tagged: nothing judged it.
@@ -2025,10 +2025,12 @@ class _Decider:
         self._wait(f"Holding the promotion: {said}", poll=True)
 
     def _candidate_gone(self) -> bool:
-        """A pinned candidate the registry answers it no longer has (an alias-named one may only have lost its alias:
-        the promotion's alias step then finds out)."""
+        """The registry answers that the rollout's candidate no longer exists: a pinned one the spec resolves to, or
+        status.candidate read on its own when the spec no longer resolves to it (an alias-named one whose alias went:
+        removed on purpose, it still exists)."""
         registry = self._registry()
-        return registry is not None and registry.candidate is None and self.spec.model.version is not None
+        return registry is not None and (registry.candidate_gone or (
+            registry.candidate is None and self.spec.model.version is not None))
 
     def _baking(self) -> None:
         bake = self.spec.bake

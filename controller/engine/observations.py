@@ -64,8 +64,8 @@ class RegistryObservation:
     stable_alias_version: what spec.model.stableAlias points to now; None means the alias is not set.
     rolled_back: while rolling back, the version being rolled back (status.candidate) when the spec no longer
         resolves to it, so that its rejection tags are observed too; rolled_back_gone: it no longer exists.
-    candidate_gone: status.candidate no longer exists, checked while rolling back or promoting when the spec no
-        longer resolves to it (an alias-named candidate whose alias was removed).
+    candidate_gone: status.candidate no longer exists, checked while paused, promoting or rolling back when the
+        spec no longer resolves to it (an alias-named candidate whose alias was removed).
     """
 
     candidate: ResolvedVersion | None = None

@@ -344,10 +344,11 @@ class RolloutRuntime:
                 # reason, instead of waiting in Pending for a registry that answers the same way for ever.
                 return RegistryObservation(candidate=None)
             own = status.candidate.version if status and status.candidate and \
-                str(status.phase) in ("RollingBack", "Promoting") else None
+                str(status.phase) in ("RollingBack", "Promoting", "Paused") else None
             if own and (candidate is None or candidate.version != own):
                 # The spec (or the alias it names) moved on: the rollout's own candidate is still to be seen, its
-                # rejection tags while rolling back, and while promoting whether it still exists at all.
+                # rejection tags while rolling back, and whether it still exists at all before (a promote command
+                # reaches a Paused rollout) and while it is promoted.
                 try:
                     seen = _engine_version(registry.resolve(model.name, version=own))
                 except VersionNotFound:

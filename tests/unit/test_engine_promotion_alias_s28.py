@@ -172,3 +172,17 @@ def test_a_hold_interrupted_by_registry_misses_is_said_once() -> None:
         world.reconcile()
     assert world.status.phase is Phase.PROMOTING
     assert len(details(world, "StableMismatch")) == 1
+
+
+def test_an_alias_named_candidate_deleted_while_paused_is_never_promoted() -> None:
+    """Deleted with its alias while paused, then `promote`: as a pinned one, never sent all traffic (review s28r7)."""
+    world = MlflowLikeWorld(spec=spec_dict(model={"name": "nsfw-classifier", "alias": "challenger",
+                                                  "stableAlias": "production"}))
+    world.registry.aliases["challenger"] = "7"
+    paused_at_50(world)
+    del world.registry.versions["7"], world.registry.aliases["challenger"]
+    world.send(CommandAction.PROMOTE)
+    world.run_until(finished)
+    assert executed(world, ActionType.PROMOTE_CANDIDATE) == [] and executed(world, ActionType.SET_ALIAS) == []
+    assert world.status.phase is Phase.FAILED and world.target.stable_version == "6"
+    assert executed(world, ActionType.TAG_REJECTED) == []

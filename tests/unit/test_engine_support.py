@@ -189,7 +189,7 @@ class World:
             candidate = self.registry.resolve(wanted)
             # As the operator does: while rolling back or promoting a version the spec no longer names, that one too.
             own = self.status.candidate.version if self.status.candidate and \
-                self.status.phase in (Phase.ROLLING_BACK, Phase.PROMOTING) else None
+                self.status.phase in (Phase.ROLLING_BACK, Phase.PROMOTING, Phase.PAUSED) else None
             moved_on = own is not None and (candidate is None or candidate.version != own)
             seen = self.registry.resolve(own) if moved_on else None
             rolling_back = self.status.phase is Phase.ROLLING_BACK
