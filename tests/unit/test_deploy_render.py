@@ -254,6 +254,14 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set-json", 'networkPolicy.controllerEgress=[{"to":[{"namespaceSelector":{"matchExpressions":'
                     '[{"key":"team","operator":"In"}]}}]}]'),
      "missing property 'values'"),
+    (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":"8080"}]}]'),
+     "/networkPolicy/controllerEgress/0/ports/0/port'"),
+    (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":"a--b"}]}]'),
+     "/networkPolicy/controllerEgress/0/ports/0/port'"),
+    (("--set-json", 'networkPolicy.controllerEgress=[{"to":[{"namespaceSelector":{"matchExpressions":'
+                    '[{"key":"team","operator":"Exists","values":["a"]}]}}]}]'), "maxItems"),
+    (("--set-json", 'networkPolicy.controllerEgress=[{"to":[{"namespaceSelector":{"matchExpressions":'
+                    '[{"key":"bad key!","operator":"Exists"}]}}]}]'), "'bad key!' does not match pattern"),
 ])
 def test_values_schema_refuses_bad_values(args: tuple[str, ...], complaint: str) -> None:
     result = run_tool("helm", "template", RELEASE, str(CHART), *args)
@@ -277,7 +285,7 @@ GATE_HOST_CANDIDATES = ["a" * 63 + ".example.com", "a" * 64 + ".example.com", "*
     ("--set", "controller.resources.requests.cpu=0.5"), ("--set-json", "exporter.resources.limits.cpu=2"),
     ("--set", "exporter.resources.limits.memory=1e9"),
     ("--set-json", 'controller.nodeSelector={"kubernetes.io/os":"linux"}'),
-    ("--set-json", 'controller.podAnnotations={"prometheus.io/scrape":"true"}'),
+    ("--set-json", 'controller.podAnnotations={"prometheus.io/scrape":"true","Example.com/Owner":"x"}'),
     ("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":443},{"port":"https"}],"to":[{"ipBlock":'
                    '{"cidr":"10.0.0.0/8"}},{"ipBlock":{"cidr":"fd00::/8"}},{"namespaceSelector":{"matchExpressions":'
                    '[{"key":"team","operator":"In","values":["a"]},{"key":"x","operator":"Exists"}]}}]}]')])
