@@ -25,17 +25,16 @@ HEADER_LIMITS = {"max_headers": 32, "max_field_size": 4096, "max_line_size": 819
 # aiohttp's keep-alive timer, which it arms at both, closes a connection still waiting for a request when it fires.
 # As long as a body has (BODY_READ_SECONDS); an idle keep-alive connection is closed after it too.
 HEADER_SECONDS = 10.0
-# Open connections. Past it, the one that has gone longest without starting a request (a slow header sender, or an
-# idle keep-alive one) is closed for the new one, if it has been so FRESH_SECONDS; else the one whose request began
-# longest ago is (a stalled body: a logger's request takes milliseconds), never the new one. Not per source address:
-# behind a mesh sidecar, SNAT or a broker every sender has one, and a probe or scrape must still get in.
+# Open connections. Past it, one is closed for the newcomer (never the newcomer): see ConnectionCap.victim. Not per
+# source address: behind a mesh sidecar, SNAT or a broker every sender has one, and a probe or scrape must still get in.
 MAX_CONNECTIONS = 256
-# A connection this new has not had its first round trip yet (a scrape or probe that has connected but whose GET is
-# still on the way), and a request this new is an honest one under way (a logger's takes milliseconds): neither is
-# closed for a newcomer while another has been as it is longer. Far above a round trip in a cluster (milliseconds),
-# with room for an event loop that a flood of connections keeps busy; under a second, so that an idle or slow header
-# sender still makes room before a stalled request does.
+# A connection without a request this new has not had its first round trip yet (a scrape or probe that has connected,
+# its GET still on the way): far above a round trip in a cluster, with room for an event loop a flood keeps busy.
 FRESH_SECONDS = 0.3
+# A request this new is taken for an honest one under way, not a stall: a logger's takes milliseconds, but one may
+# wait up to 5 s for a read slot or its turn to be decoded under load. Below BODY_READ_SECONDS (10 s), which ends a
+# stall anyway; a stall younger than this can still close a scrape that has only just connected.
+REQUEST_GRACE_SECONDS = 2.0
 WARNING_SECONDS = 600.0
 # How long SIGTERM waits for requests in progress before cutting them: a logger's event takes milliseconds, a /metrics
 # render at the bounds up to ~2 s, and a body is read for at most BODY_READ_SECONDS (10 s) anyway. Well under the 30 s
@@ -49,9 +48,11 @@ class ConnectionCap:
     in progress and since when it has been as it is (opened, last answered, or its request begun)."""
 
     def __init__(self, limit: int, *, fresh_seconds: float = FRESH_SECONDS,
+                 request_grace_seconds: float = REQUEST_GRACE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self._fresh_seconds = fresh_seconds
+        self._request_grace_seconds = request_grace_seconds
         self._clock = clock
         self._open: OrderedDict[asyncio.BaseTransport, _State] = OrderedDict()
         self.closed_for_room = 0
@@ -78,17 +79,21 @@ class ConnectionCap:
                         "(slow or idle senders; not logged again for %d minutes)", self.limit, WARNING_SECONDS // 60)
 
     def victim(self, now: float, newcomer: asyncio.BaseTransport) -> asyncio.BaseTransport:
-        """The connection to close for the newcomer: of those that have been as they are (without a request, or in
-        one) FRESH_SECONDS, the one longest without a request, else the one whose request began longest ago; when
-        every other is fresher, the one that has been as it is longest."""
-        others = [(t, s) for t, s in self._open.items() if t is not newcomer]  # least recently active first
-        settled = [(t, s) for t, s in others if now - s.since >= self._fresh_seconds]
-        without = next((t for t, s in settled if not s.requests), None)
-        if without is not None:
-            return without
-        if settled:  # each in a request: the first began longest ago
-            return settled[0][0]
-        return min(others, key=lambda entry: entry[1].since)[0]
+        """The connection to close for the newcomer, in this order: the one idle longest, of those idle FRESH_SECONDS
+        (a slow header sender, an idle keep-alive one); the one whose request began longest ago, of those in a request
+        REQUEST_GRACE_SECONDS (a stalled body); then, every other being fresh, one without a request before one in a
+        request, the oldest first (connecting and closing fast must not get an honest request under way closed).
+        One pass: it runs at every accept past the cap. Ties go to the least recently active."""
+        picks: list[tuple[float, asyncio.BaseTransport] | None] = [None, None, None, None]
+        for transport, state in self._open.items():
+            if transport is newcomer:
+                continue
+            settled = now - state.since >= (self._request_grace_seconds if state.requests else self._fresh_seconds)
+            rank = (0 if settled else 2) + (1 if state.requests else 0)
+            best = picks[rank]
+            if best is None or state.since < best[0]:
+                picks[rank] = (state.since, transport)
+        return next(pick[1] for pick in picks if pick is not None)
 
     def forget(self, transport: asyncio.BaseTransport) -> None:
         self._open.pop(transport, None)

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 from controller.devstack.processes import LOOPBACK
-from controller.exporter.connections import ConnectionCap, serve
+from controller.exporter.connections import REQUEST_GRACE_SECONDS, ConnectionCap, serve
 from controller.exporter.events import DecodeOptions
 from controller.exporter.server import PredictionExporter
 
@@ -61,7 +61,7 @@ def test_a_scrape_that_has_just_connected_is_not_closed_for_the_next_newcomer() 
                     await writer.drain()
                     opened.append((reader, writer))
                     await asyncio.sleep(0.05)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(REQUEST_GRACE_SECONDS + 0.2)  # stalled past the grace an honest request gets
                 scrape = await asyncio.open_connection(LOOPBACK, port)  # Prometheus
                 opened.append(scrape)
                 await asyncio.sleep(0.005)
@@ -161,5 +161,65 @@ def test_stopping_does_not_wait_past_kubernetes_grace_for_a_stalled_request() ->
                 assert time.monotonic() - started < 10
             finally:
                 writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_connecting_and_closing_fast_does_not_get_an_honest_request_under_way_closed() -> None:
+    """Connections kept fresh (reconnecting every 0.2 s, sending nothing) are closed before an honest request under
+    way that is younger than the request grace; an idle one goes longest-idle first (review s28r6)."""
+    now = [0.0]
+    cap = ConnectionCap(3, fresh_seconds=0.3, request_grace_seconds=2.0, clock=lambda: now[0])
+    honest, fresh, newcomer = _Transport(), _Transport(), _Transport()
+
+    async def in_request(transport: _Transport) -> None:
+        request = type("Request", (), {"transport": transport})()
+        await cap.middleware(request, lambda _: asyncio.sleep(3600))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        cap.opened(honest)  # type: ignore[arg-type]
+        task = asyncio.create_task(in_request(honest))
+        await asyncio.sleep(0)
+        now[0] = 1.0  # the honest request has run 1 s: past FRESH, within the grace
+        cap.opened(fresh)  # type: ignore[arg-type]
+        now[0] = 1.1
+        other = _Transport()
+        cap.opened(other)  # type: ignore[arg-type]
+        cap.opened(newcomer)  # type: ignore[arg-type]
+        assert not honest.closed and fresh.closed  # the oldest of the fresh ones without a request
+        now[0] = 2.5  # past the grace it reads as a stall, but a connection idle past FRESH still goes first
+        cap.opened(_Transport())  # type: ignore[arg-type]
+        assert not honest.closed and other.closed
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_idle_connection_that_makes_room_is_the_one_idle_longest() -> None:
+    """Not the one whose last request began first: A answered at 9.5 after a long request, B never sent one (s28r6)."""
+    now = [0.0]
+    cap = ConnectionCap(2, fresh_seconds=0.3, clock=lambda: now[0])
+    a, b = _Transport(), _Transport()
+
+    async def scenario() -> None:
+        cap.opened(a)  # type: ignore[arg-type]
+        request = type("Request", (), {"transport": a})()
+
+        release = asyncio.Event()
+
+        async def answered_at_9_5(_: object) -> None:
+            await release.wait()
+            now[0] = 9.5
+
+        now[0] = 0.5
+        middleware = asyncio.create_task(cap.middleware(request, answered_at_9_5))  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # A's request has begun (at 0.5) before B connects
+        now[0] = 1.0
+        cap.opened(b)  # type: ignore[arg-type]
+        release.set()
+        await middleware
+        now[0] = 10.0
+        cap.opened(_Transport())  # type: ignore[arg-type]
+        assert (a.closed, b.closed) == (False, True)
 
     asyncio.run(scenario())
