@@ -40,8 +40,9 @@ STEP_WORDS = {"controlPlane": "starting the control plane (etcd, kube-apiserver)
 # a start: `--state-dir ~` must never remove a user's own ~/mlflow.
 OWNED_MARK = ".modelrollout-devstack"
 # What each server writes in its subdirectory: one the mark does not name (a state dir from before the mark, or one
-# started with --no-mlflow then) is adopted only where it holds nothing else and holds the log dev up writes there
-# (`mlflow.db` with `artifacts/`, or `prometheus.yml` with `data/`, is also the layout of a user's own server).
+# started with --no-mlflow then) is adopted only where it holds nothing else and holds the log dev up writes there,
+# and only in a state dir whose control plane dev up ran (`mlflow.db` with `artifacts/` and `mlflow.log`, or
+# `prometheus.yml` with `data/`, is also the layout of a user's own server).
 WRITTEN_BY_DEV_UP = {
     "controlplane": {"certs", "etcd-data", "etcd.log", "kube-apiserver.log", "kubeconfig", "sa.key", "tokens.csv"},
     "mlflow": {"artifacts", "mlflow.db", "mlflow.db-journal", "mlflow.log", "basic_auth.ini", "basic_auth.db",
@@ -253,6 +254,9 @@ def _claim(root: Path, *names: str) -> None:
     mark = root / OWNED_MARK
     # None: no mark (new, or an earlier version). Not text: its names are not ours, so nothing is owned by it.
     owned = set(mark.read_text(errors="replace").split()) if mark.exists() else None
+    # A state dir dev up used before the mark: its control plane's own files are there (a user's directory named
+    # mlflow/ may well hold mlflow.log, but not beside a controlplane/ with the API server's token file and key).
+    legacy = all((root / "controlplane" / kept).is_file() for kept in ("sa.key", "tokens.csv", "kube-apiserver.log"))
     for name in names:
         directory = root / name
         if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
@@ -261,7 +265,7 @@ def _claim(root: Path, *names: str) -> None:
                              "a plain directory it created; it was left alone: remove it, or choose another "
                              "--state-dir")
         entries = {entry.name for entry in directory.iterdir()} if directory.exists() else set()
-        ours = entries <= WRITTEN_BY_DEV_UP[name] and LOG_BY_DEV_UP[name] in entries
+        ours = legacy and entries <= WRITTEN_BY_DEV_UP[name] and LOG_BY_DEV_UP[name] in entries
         if entries and name not in (owned or ()) and not ours:
             raise StackError(f"{directory} holds files `dev up` did not create (it empties this directory at every "
                              "start); it was left alone: choose another --state-dir, or move it away")

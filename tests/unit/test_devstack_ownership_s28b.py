@@ -33,6 +33,13 @@ def no_prometheus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
 
 
+def control_plane_ran(root: Path) -> None:
+    """What dev up's control plane leaves in a state dir (an earlier version's too): its key, tokens and log."""
+    (root / "controlplane").mkdir(parents=True)
+    for name in ("sa.key", "tokens.csv", "kube-apiserver.log"):
+        (root / "controlplane" / name).write_text("")
+
+
 def home_like(root: Path, name: str) -> Path:
     """A user's own directory that happens to have a stack directory's name (as ~/mlflow with `--state-dir ~`)."""
     (root / name / "mlruns").mkdir(parents=True)
@@ -86,6 +93,7 @@ def test_a_symlinked_mlflow_dir_is_refused_by_name_and_its_target_kept(tmp_path:
 @pytest.mark.usefixtures("no_prometheus")
 def test_a_state_dir_from_before_the_mark_is_adopted_where_it_holds_only_what_dev_up_writes(tmp_path: Path) -> None:
     root = tmp_path / ".devstack"  # as an earlier version left it: no mark
+    control_plane_ran(root)
     (root / "prometheus" / "targets").mkdir(parents=True)
     (root / "prometheus" / "targets" / "demo-exporter.json").write_text("[]")
     (root / "prometheus" / "prometheus.yml").write_text("{}")
@@ -94,6 +102,20 @@ def test_a_state_dir_from_before_the_mark_is_adopted_where_it_holds_only_what_de
         Stack(root=root).start_prometheus()
     assert not (root / "prometheus").exists()  # emptied, as every start does
     assert (root / OWNED_MARK).read_text().split() == ["prometheus"]
+
+
+@pytest.mark.usefixtures("no_prometheus")
+def test_a_users_own_server_logging_to_dev_ups_log_name_is_refused_without_dev_ups_control_plane(
+        tmp_path: Path) -> None:
+    """`prometheus > prometheus.log` by hand gives a user's own directory dev up's file names too: not adopted
+    unless dev up's control plane ran in that state dir (s28final)."""
+    root = tmp_path / "home"
+    (root / "prometheus" / "data").mkdir(parents=True)
+    (root / "prometheus" / "prometheus.yml").write_text("scrape_configs: []\n")
+    (root / "prometheus" / "prometheus.log").write_text("level=info\n")
+    with pytest.raises(StackError, match=rf"{root / 'prometheus'} holds files"):
+        Stack(root=root).start_prometheus()
+    assert (root / "prometheus" / "prometheus.yml").exists()
 
 
 @pytest.mark.usefixtures("no_prometheus")
@@ -114,6 +136,7 @@ def test_a_users_own_server_layout_without_dev_ups_log_is_refused_and_kept(tmp_p
 def test_a_mark_that_is_not_text_names_nothing_and_a_stack_dir_it_lacks_is_still_adopted(tmp_path: Path) -> None:
     """A mark written before --no-mlflow dirs existed (or garbled) does not refuse the stack's own directory."""
     root = tmp_path / "state"
+    control_plane_ran(root)
     (root / "prometheus").mkdir(parents=True)
     (root / "prometheus" / "prometheus.log").write_text("level=info\n")
     (root / OWNED_MARK).write_bytes(b"\xff\xfe")
