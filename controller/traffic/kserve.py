@@ -164,13 +164,22 @@ def _check_stable_uri(target: str, stable_uri: str | None, candidate: CandidateM
                                f"{redacted_url(stable_uri)}")
 
 
-def _stable_record(found: str | None, hint: str | None, candidate: CandidateModel) -> str | None:
-    """The stable version staging records: the object's, else the engine's hint. Never the candidate's number: the
-    storageUris differ (_check_stable_uri), so it is another registered model's version (MLflow numbers versions
-    per model: the target last promoted by a rollout of another model), and recorded it would read as the
-    candidate serving as stable (a rollback would then put this model's stable over what served)."""
+def _another_models_version(version: str | None, uri: str | None, candidate_version: str | None,
+                            candidate_uri: str | None) -> bool:
+    """A version with the candidate's number but another storageUri: MLflow numbers versions per registered
+    model, so it is another model's (the target last promoted by a rollout of another model). Taken for the
+    candidate's, it would read as the candidate serving as stable, and a rollback would put this model's stable
+    over what served."""
+    return version is not None and version == candidate_version and uri != candidate_uri
+
+
+def _stable_record(found: str | None, hint: str | None, stable_uri: str | None,
+                   candidate: CandidateModel) -> str | None:
+    """The stable version staging records: the object's, else the engine's hint; none when it is another
+    model's version of the candidate's number."""
     version = found or hint
-    return None if version == candidate.version else version
+    clash = _another_models_version(version, stable_uri, candidate.version, candidate.storage_uri)
+    return None if clash else version
 
 
 def _canary_predictor_name(isvc: str, version: str, stable_name: str) -> str:
@@ -342,8 +351,8 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
     def version_of(revision: str) -> str | None:
         if revision and revision == ann.get(ANN_STABLE_REVISION):
             recorded = _none_if_empty(ann.get(ANN_STABLE_VERSION))
-            # The candidate's number for another storageUri: another model's version (see _stable_record).
-            clash = recorded == ann.get(ANN_VERSION) and ann.get(ANN_STABLE_URI) != ann.get(ANN_VERSION_URI)
+            clash = _another_models_version(recorded, ann.get(ANN_STABLE_URI), ann.get(ANN_VERSION),
+                                            ann.get(ANN_VERSION_URI))
             return None if clash else recorded
         if revision and view.synced and revision == view.latest_created:
             return latest_version
@@ -518,8 +527,8 @@ def standard_state(target: str, view: StandardView) -> TargetState:
         stable_version = view.canary_annotations[ANN_VERSION]
         changed = (f"spec.predictor names canary predictor {view.ours['predictor'].get('name')}'s model "
                    f"(version {stable_version}): promoted outside ModelRollout?")
-    elif _number_clash(view, stable_version):
-        stable_version = None  # another registered model's version of the same number: not the candidate
+    elif _number_clash(view, stable_version, stable_uri):
+        stable_version = None
     if changed:
         problems.append(changed)
     canary_name = canary_version = canary_url = None
@@ -568,11 +577,10 @@ def _hand_promoted(view: StandardView) -> bool:
     return view.ours is not None and bool(ann.get(ANN_VERSION)) and uri is not None and uri == ann.get(ANN_VERSION_URI)
 
 
-def _number_clash(view: StandardView, stable_version: str | None) -> bool:
-    """The stable version read equals our canary's version while the storageUris differ: MLflow numbers versions
-    per registered model, so it is another model's (the target last promoted by a rollout of another model)."""
+def _number_clash(view: StandardView, stable_version: str | None, stable_uri: str | None) -> bool:
+    """spec.predictor's version is another model's of our canary's number (_another_models_version)."""
     ann = view.canary_annotations
-    return stable_version is not None and stable_version == ann.get(ANN_VERSION) and not _hand_promoted(view)
+    return _another_models_version(stable_version, stable_uri, ann.get(ANN_VERSION), ann.get(ANN_VERSION_URI))
 
 
 def _deployment_name(isvc: str, predictor_name: str | None) -> str:
@@ -870,7 +878,7 @@ class KServeRouter:
                                    f"(revision {view.latest_created} beside {view.rolled_out})")
         _check_stable_uri(self.target, stable_uri, candidate)
         annotations = {ANN_VERSION: candidate.version, ANN_VERSION_URI: candidate.storage_uri,
-                       ANN_STABLE_VERSION: _stable_record(stable_version, stable_hint, candidate),
+                       ANN_STABLE_VERSION: _stable_record(stable_version, stable_hint, stable_uri, candidate),
                        ANN_STABLE_URI: stable_uri,
                        ANN_STABLE_REVISION: view.rolled_out, ANN_TAG_ROUTING_BEFORE: _tag_routing_before(view),
                        TAG_ROUTING: "true"}
@@ -906,7 +914,7 @@ class KServeRouter:
         stable_name = view.predictor.get("name") or ""
         name = _canary_predictor_name(view.obj["metadata"]["name"], candidate.version, stable_name)
         stable_version = _stable_record(_version_for(view.stable_annotations, stable_uri, "spec.predictor")[0],
-                                        stable_hint, candidate)
+                                        stable_hint, stable_uri, candidate)
         canary_predictor = copy.deepcopy(view.predictor)
         canary_predictor.pop("canaryTrafficPercent", None)
         canary_predictor["name"] = name
@@ -945,7 +953,8 @@ class KServeRouter:
             return _standard_put_back(self.client, view, uri=ann[ANN_STABLE_URI], version=version,
                                       name=ann.get(ANN_STABLE_PREDICTOR, view.predictor.get("name")))
         owned = _stable_owned(view)
-        if _number_clash(view, _version_for(view.stable_annotations, owned["uri"], "spec.predictor")[0]):
+        if _number_clash(view, _version_for(view.stable_annotations, owned["uri"], "spec.predictor")[0],
+                         owned["uri"]):
             # spec.predictor records another model's version of the candidate's number: once the canary is gone
             # it would read as the candidate serving as stable. Forgotten (the one write that restarts its pods).
             owned["annotations"] = {k: v for k, v in owned["annotations"].items()
