@@ -195,7 +195,8 @@ def _exporter_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = tuple(n.strip() for n in args.class_names.split(",") if n.strip()) if args.class_names else ()
     try:
-        run(args.host, args.port, DecodeOptions(class_names=names, v2_output=args.v2_output), **bounds)
+        run(args.host, args.port, DecodeOptions(class_names=names, v2_output=args.v2_output),
+            drain_seconds=args.drain.total_seconds(), **bounds)
     except OSError as exc:  # the port is taken, or the address is not this host's
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or type(exc).__name__}") from None
     return 0
@@ -410,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
                               help="connections held open at once, each up to ~270 KiB of memory for its headers "
                                    "(136 KiB of text); past it the longest-idle one, else the longest stalled in a "
                                    "request, is closed for the newcomer (default 256)")
+    exporter_run.add_argument("--drain", type=_wait, default="0", metavar="DURATION",
+                              help="after SIGTERM, fail /readyz and go on serving until a scrape 2s later has read "
+                                   "the last counts, for at most this long, e.g. 40s (default 0: stop at once); "
+                                   "a second signal stops at once")
     exporter_run.set_defaults(handler=_exporter_run, usage_error=exporter_run.error)
     return parser
 

@@ -40,7 +40,53 @@ WARNING_SECONDS = 600.0
 # render at the bounds up to ~2 s, and a body is read for at most BODY_READ_SECONDS (10 s) anyway. Well under the 30 s
 # Kubernetes waits before SIGKILL (terminationGracePeriodSeconds' default), with room for the interpreter's exit.
 SHUTDOWN_SECONDS = 5.0
+# A drain ends early at a scrape rendered this long after SIGTERM: by then the Service's endpoints no longer list the
+# pod (its readiness failed at once), so no event is counted after that scrape read the counts.
+DRAIN_SETTLE_SECONDS = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Drain:
+    """SIGTERM's drain (`--drain-seconds`, 0: none): readiness fails at once, so the Service stops sending events,
+    and serving goes on until a scrape has read the last counts, the drain's time is up, or a second signal comes.
+    Without it the predictions counted since the last scrape die with the pod: up to a scrape interval of each arm's.
+    """
+
+    def __init__(self, seconds: float = 0.0, *, settle_seconds: float = DRAIN_SETTLE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._settle_seconds = settle_seconds
+        self._clock = clock
+        self._since: float | None = None
+        self._scraped = asyncio.Event()
+
+    @property
+    def draining(self) -> bool:
+        return self._since is not None
+
+    def now(self) -> float:
+        return self._clock()
+
+    def scrape_answered(self, rendered_at: float) -> None:
+        """A /metrics answer rendered at `rendered_at` (now()) has been written whole."""
+        if self._since is not None and rendered_at - self._since >= self._settle_seconds:
+            self._scraped.set()
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Called once `stop` is set (the first signal); returns when serving may stop."""
+        if self.seconds <= 0:
+            return
+        self._since = self._clock()
+        stop.clear()  # set again by a second signal, which ends the drain
+        log.info("draining for at most %g s: /readyz fails, events and scrapes are still served", self.seconds)
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._scraped.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        log.info("drained: %s", "a scrape read the last counts" if self._scraped.is_set() else
+                 "a second signal" if stop.is_set() else "the drain's time is up")
 
 
 class ConnectionCap:
@@ -154,10 +200,11 @@ class _Tracked(asyncio.Protocol):
 
 async def serve(app: web.Application, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
                 header_seconds: float = HEADER_SECONDS, shutdown_seconds: float = SHUTDOWN_SECONDS,
-                stop: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None, drain: Drain | None = None,
                 started: Callable[[ConnectionCap, asyncio.Server], None] | None = None) -> None:
-    """Serves the app until `stop` is set (None: until SIGTERM or SIGINT). `started` gets the cap and the
-    listening server (its port, when 0 was asked for)."""
+    """Serves the app until `stop` is set (None: until SIGTERM or SIGINT), then for the app's `drain` (the one its
+    /readyz and /metrics report to). `started` gets the cap and the listening server (its port, when 0 was asked
+    for)."""
     cap = ConnectionCap(max_connections)
     app.middlewares.append(cap.middleware)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_seconds,
@@ -175,12 +222,16 @@ async def serve(app: web.Application, host: str, port: int, *, max_connections: 
             started(cap, server)
         try:
             await stop.wait()
+            if drain is not None:
+                await drain.wait(stop)
         finally:
             server.close()
     finally:
         await runner.cleanup()
 
 
-def run_server(app: web.Application, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS) -> None:
-    """What web.run_app does for the exporter, with its connections bounded: serves until SIGTERM or SIGINT."""
-    asyncio.run(serve(app, host, port, max_connections=max_connections))
+def run_server(app: web.Application, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
+               drain: Drain | None = None) -> None:
+    """What web.run_app does for the exporter, with its connections bounded: serves until SIGTERM or SIGINT, then
+    for the drain."""
+    asyncio.run(serve(app, host, port, max_connections=max_connections, drain=drain))

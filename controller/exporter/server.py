@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Metric, generate_latest
 from prometheus_client.samples import Sample
 
-from controller.exporter.connections import MAX_CONNECTIONS, run_server
+from controller.exporter.connections import MAX_CONNECTIONS, Drain, run_server
 from controller.exporter.events import (
     IDENTITY_ATTRIBUTES,
     IGNORED_TYPES,
@@ -433,7 +433,9 @@ class PredictionExporter:
         self._scraped |= shown
         return body
 
-    def app(self) -> web.Application:
+    def app(self, drain: Drain | None = None) -> web.Application:
+        """drain: the one serve() waits for after SIGTERM (None: no drain), which /readyz and /metrics report to."""
+        drain = drain or Drain()
         reading = asyncio.Semaphore(self._body_read_slots)  # this app's event loop's
         # Events that may take seconds to decode are decoded in a worker thread, one at a time as on the event loop
         # before (a 4 MiB body is up to ~90 MiB of Python objects); a small one, on the event loop, waits for none.
@@ -500,25 +502,36 @@ class PredictionExporter:
                     reading.release()
             return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
 
-        async def metrics(_: web.Request) -> web.Response:
+        async def metrics(request: web.Request) -> web.Response:
+            rendered_at = drain.now()
             response = web.Response(body=self.render())
             response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+            await response.prepare(request)
+            await response.write_eof()  # written whole before a drain may end on it
+            drain.scrape_answered(rendered_at)
             return response
 
         async def healthz(_: web.Request) -> web.Response:
             return web.Response(text="ok")
 
+        async def readyz(_: web.Request) -> web.Response:
+            # Liveness stays on /healthz: a draining exporter is alive, and must not be restarted.
+            return web.Response(status=503, text="draining") if drain.draining else web.Response(text="ok")
+
         app = web.Application(client_max_size=self.max_event_bytes)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
         app.router.add_post("/{tail:.*}", receive)
         return app
 
 
 def run(host: str, port: int, options: DecodeOptions, *, max_total_series: int = MAX_TOTAL_SERIES,
         max_namespace_series: int | None = None, max_pending_bytes: int = MAX_PENDING_BYTES,
-        body_read_slots: int = BODY_READ_SLOTS, max_connections: int = MAX_CONNECTIONS) -> None:
-    """max_namespace_series None: namespace_share(max_total_series). Serves until SIGTERM or SIGINT."""
+        body_read_slots: int = BODY_READ_SLOTS, max_connections: int = MAX_CONNECTIONS,
+        drain_seconds: float = 0.0) -> None:
+    """max_namespace_series None: namespace_share(max_total_series). Serves until SIGTERM or SIGINT, then drains for
+    at most drain_seconds (see Drain)."""
     if not options.class_names:
         log.warning("no --class-names: an output that is a class index or a row of scores names no class, and its "
                     "events are dropped as NoClassNames (integer labels are indexes: list the classes, e.g. 0,1)")
@@ -527,4 +540,5 @@ def run(host: str, port: int, options: DecodeOptions, *, max_total_series: int =
     exporter = PredictionExporter(options, max_total_series=max_total_series, max_namespace_series=max_namespace_series,
                                   max_pending_bytes=max_pending_bytes, body_read_slots=body_read_slots)
     # Not web.run_app: its connections are unbounded in number, header size and header time (see connections.py).
-    run_server(exporter.app(), host, port, max_connections=max_connections)
+    drain = Drain(drain_seconds)
+    run_server(exporter.app(drain), host, port, max_connections=max_connections, drain=drain)

@@ -26,8 +26,9 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    def listen(*args: Any, max_connections: int) -> None:
+    def listen(*args: Any, max_connections: int, drain: Any) -> None:
         calls[-1]["max_connections"] = max_connections
+        calls[-1]["drain_seconds"] = drain.seconds
 
     monkeypatch.setattr(server, "PredictionExporter", record)
     monkeypatch.setattr(server, "run_server", listen)
@@ -48,6 +49,12 @@ def test_exporter_run_passes_its_bounds_to_the_exporter(flags: list[str], bounds
     assert main(["exporter", "run", "--port", "0", "--class-names", "safe,nsfw", *flags]) == 0
     assert len(built) == 1
     assert tuple(built[0][name] for name in BOUNDS) == bounds
+
+
+def test_exporter_run_passes_its_drain(built: list[dict[str, Any]]) -> None:
+    assert main(["exporter", "run", "--port", "0", "--class-names", "safe,nsfw"]) == 0
+    assert main(["exporter", "run", "--port", "0", "--class-names", "safe,nsfw", "--drain", "40s"]) == 0
+    assert [call["drain_seconds"] for call in built] == [0.0, 40.0]
 
 
 @pytest.mark.parametrize(("flags", "said"), [
