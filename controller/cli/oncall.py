@@ -24,11 +24,14 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, CommandError, parse_command
-from controller.api.serialization import parse_time
+from controller.api.durations import parse_duration
+from controller.api.serialization import format_time, parse_time
+from controller.api.spec import DEFAULT_PROGRESS_DEADLINE
 from controller.api.status import STATUS_REFUSALS, STATUS_REJECTED, STATUS_UNREADABLE, step_fraction
 from controller.cli.errors import CliError
 from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, objects, printable, text, well_formed
+from controller.engine.decide import HOLDING_PROMOTION
 from controller.http_deadline import transport_cause
 from controller.operator.events import is_warning
 from controller.operator.kubeapi import (
@@ -68,6 +71,13 @@ FAILED_PAUSES = {"GateFailed": "promote, retry or rollback", "AnalysisFailed": "
 # What explain says of each STATUS_REFUSALS reason: only an unreadable status stops the operator on the spec.
 REFUSAL_WORDS = {STATUS_REJECTED: "could not store its last decision", STATUS_UNREADABLE: "has stopped on this spec"}
 ATTEMPT_STARTS = ("Resolved", "AlreadyStable")  # the history entries an attempt begins with
+# A retry's CommandApplied begins one too: the new attempt may fail before it resolves anything (engine _restart).
+RETRY_STARTS = ": starting a new attempt"
+# Where the advice of a promotion held on a hand-moved stable alias begins (engine _hold_for_alias): only a hold
+# that still is gives it; following it once the hold has ended would undo what happened since.
+HOLD_ADVICE = (": point @", ": remove @")
+# What the engine's message says while it undoes a promotion made outside ModelRollout (engine traffic_held).
+PROMOTED_BY_HAND = "(promoted outside ModelRollout?)"
 WARNINGS_SHOWN = 8
 # (connect, read) seconds for each request of a one-shot command: kubectl's 10 s TLS handshake limit, and past the API
 # server's own 60 s for a request, so a slow but healthy server still answers. The watch and --wait bound each
@@ -102,8 +112,10 @@ class Style:
     def __init__(self, stream: TextIO) -> None:
         self.enabled = stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
-    def phase(self, phase: str) -> str:
-        code = PHASE_COLOURS.get(phase)
+    def phase(self, phase: str, message: Any = None) -> str:
+        """`phase` coloured; a promotion held (its `message` says so) as Paused: it waits on a human, not moving."""
+        held = phase == "Promoting" and _holding(message)
+        code = PHASE_COLOURS.get("Paused" if held else phase)
         return f"\033[{code}m{phase}\033[0m" if self.enabled and code else phase
 
     def warn(self, words: str) -> str:
@@ -270,7 +282,8 @@ class OnCall:
             pending = pending_command(obj)
             if pending is not None:
                 raise CliError(printable(f"command {pending.label} by {pending.actor} (id {pending.id}) is still "
-                                         f"pending on {self.namespace}/{name}; wait for the operator to handle it"))
+                                         f"pending on {self.namespace}/{name}; wait for the operator to handle it "
+                                         f"(is it running?), or {_withdraw(self.namespace, name)}"))
             command = command or Command(id=uuid.uuid4().hex, action=action, actor=self.actor(), full=full)
             # The resourceVersion read makes the merge patch conditional: the API server answers 409 to it
             # when anyone wrote the object since, so another command cannot be written over unseen.
@@ -383,12 +396,13 @@ class OnCall:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=self.out)
 
     def print_rollout(self, obj: dict[str, Any]) -> None:
+        pending = _pending_line(obj)  # from the annotation as stored: escaping could change its JSON
         obj = well_formed(printable(obj))
         status = obj.get("status") or {}
         spec = obj.get("spec") or {}
         s = self.style
         print(f"Name:       {obj['metadata']['namespace']}/{obj['metadata']['name']}", file=self.out)
-        print(f"Phase:      {s.phase(status.get('phase', 'Pending'))}", file=self.out)
+        print(f"Phase:      {s.phase(status.get('phase', 'Pending'), status.get('message'))}", file=self.out)
         deleting = obj["metadata"].get("deletionTimestamp")
         if deleting:
             held = FINALIZER in (obj["metadata"].get("finalizers") or ())
@@ -398,6 +412,8 @@ class OnCall:
         print(f"Message:    {status.get('message', '')}", file=self.out)
         if note := _not_current(obj):
             print(f"Note:       {s.warn(note)}", file=self.out)
+        if pending is not None:
+            print(f"Pending:    {s.warn(pending)}", file=self.out)
         print(f"Step:       {_step(obj)}", file=self.out)
         by_step = _set_weight(spec, status)
         print(f"Weight:     {_percent(status.get('canaryWeight'))}"
@@ -432,6 +448,7 @@ class OnCall:
                   file=self.out)
 
     def explain(self, obj: dict[str, Any]) -> str:
+        pending = _pending_line(obj)
         obj = well_formed(printable(obj))
         status = obj["status"]
         name = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
@@ -439,6 +456,10 @@ class OnCall:
         lines = [f"{name} is {phase}: {text(status.get('message'))}"]
         if note := _not_current(obj):
             lines.append(note[:1].upper() + note[1:] + ".")
+        if pending is not None:
+            lines.append(f"Pending: {pending}.")
+        if phase == "Promoting" and _holding(status.get("message")):
+            lines.append(_hold_deadline(obj))
         # The phase and message are kept as they were: only the Ready condition says the operator has stopped.
         if refused := _status_refused(obj):
             said = REFUSAL_WORDS.get(refused[0], "has stopped on this spec")
@@ -478,7 +499,7 @@ class OnCall:
             for role, query in mapping(evidence.get("queries")).items():
                 lines.append(f"  query {role}: {text(query)}")
         lines += _rollback_account(obj, candidate, stable)
-        lines += _warnings(status["history"])
+        lines += _warnings(status["history"], holding=phase == "Promoting" and _holding(status.get("message")))
         last = status["history"][-1:]
         for entry in last:
             lines.append(f"Last event: {entry['event']} at {entry['time']} by {entry['actor'] or '?'}: "
@@ -536,7 +557,8 @@ class OnCall:
                 waiting = printable(f"  (waiting for the operator to take {pending.label} by {pending.actor}, id "
                                     f"{pending.id})") if pending else ""
                 # The placeholders `get` shows for a status not written yet, not "None".
-                print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(text(line[0], 'Pending'))}  step {_step(obj)}"
+                print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(text(line[0], 'Pending'), line[3])}"
+                      f"  step {_step(obj)}"
                       f"  weight {_percent(line[2])}  {text(line[3])}{waiting}", file=self.out, flush=True)
                 last = line
             note = _not_current(well_formed(obj))
@@ -673,17 +695,86 @@ def _gate_verdict_lines(verdicts: list[dict[str, Any]], outcome: Callable[[str],
     return lines
 
 
-def _warnings(history: list[dict[str, Any]]) -> list[str]:
-    """The current attempt's Warning entries (as its Events are posted) before the last one, which is told apart."""
-    start = max((i for i, e in enumerate(history) if e["event"] in ATTEMPT_STARTS), default=0)
-    found = [e for e in history[start:-1] if is_warning(e["event"])]
+def _attempt_start(history: list[dict[str, Any]]) -> int:
+    """Where the current attempt begins in `history`: its resolution, or the retry that started it."""
+    return max((i for i, e in enumerate(history) if e.get("event") in ATTEMPT_STARTS
+                or (e.get("event") == "CommandApplied" and str(e.get("detail", "")).endswith(RETRY_STARTS))),
+               default=0)
+
+
+def _holding(message: Any) -> bool:
+    """Whether a status message is a held promotion's (engine _promoting)."""
+    return isinstance(message, str) and message.startswith(HOLDING_PROMOTION)
+
+
+def _without_hold_advice(detail: str) -> str:
+    """A StableMismatch hold's detail told as what happened, without the way out of a hold that has ended."""
+    cut = min((i for i in (detail.find(advice) for advice in HOLD_ADVICE) if i >= 0), default=-1)
+    return detail if cut < 0 else f"{detail[:cut]} (the promotion was held; that hold has ended)"
+
+
+def _warnings(history: list[dict[str, Any]], holding: bool = False) -> list[str]:
+    """The current attempt's Warning entries (as its Events are posted) before the last one, which is told apart.
+    A StableMismatch hold's advice is kept only while the promotion is `holding`."""
+    found = [e for e in history[_attempt_start(history):-1] if is_warning(e["event"])]
     if not found:
         return []
     lines = ["Warnings in this attempt:"]
     if len(found) > WARNINGS_SHOWN:
         lines.append(f"  … {len(found) - WARNINGS_SHOWN} earlier (`modelrollout history` shows them)")
-    lines += [f"  {e['event']} at {e['time']}: {e['detail']}" for e in found[-WARNINGS_SHOWN:]]
+    for e in found[-WARNINGS_SHOWN:]:
+        detail = e["detail"] if holding or e["event"] != "StableMismatch" else _without_hold_advice(e["detail"])
+        lines.append(f"  {e['event']} at {e['time']}: {detail}")
     return lines
+
+
+def _withdraw(namespace: str, name: str) -> str:
+    """How to take back a command the operator has not handled: its annotation removed."""
+    return f"withdraw it: `kubectl annotate modelrollout -n {namespace} {name} {COMMAND_ANNOTATION}-`"
+
+
+def _pending_line(obj: dict[str, Any]) -> str | None:
+    """The command written and not handled yet, and how to withdraw it (printable), or None."""
+    pending = pending_command(obj)
+    if pending is None:
+        return None
+    meta = mapping(obj.get("metadata"))
+    return printable(f"{pending.label} by {pending.actor} (id {pending.id}) is not handled by the operator yet (is it "
+                     f"running?); {_withdraw(text(meta.get('namespace'), '?'), text(meta.get('name'), '?'))}")
+
+
+def _not_before(stamp: Any, moment: datetime | None) -> bool:
+    """Whether the time `stamp` is `moment` or later (any time when `moment` is None; no time is not)."""
+    try:
+        return moment is None or parse_time(stamp) >= moment
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _hold_deadline(obj: dict[str, Any]) -> str:
+    """When a held promotion is rolled back if the hold does not end: progressDeadline from the promotion step
+    waited on (its pending action's issuedAt, engine _pending_since). A hand-moved alias's hold is rolled back
+    untagged (nothing judged the candidate)."""
+    status = obj["status"]
+    try:
+        deadline = parse_duration(str(obj["spec"].get("progressDeadline")))
+    except (TypeError, ValueError):
+        deadline = DEFAULT_PROGRESS_DEADLINE
+    issued = [record.get("issuedAt") for record in objects(status.get("actions"))
+              if ":promote:" in str(record.get("id")) and record.get("state") == "Pending"]
+    try:
+        waited_from = parse_time(issued[-1]) if issued else None
+    except (AttributeError, TypeError, ValueError):
+        waited_from = None
+    at = format_time(waited_from + deadline) if waited_from is not None else None
+    # Since the first StableMismatch of the step waited on (a hold said again, the alias moved once more, goes on).
+    history = objects(status.get("history"))
+    since = next((text(e.get("time")) for e in history[_attempt_start(history):]
+                  if e.get("event") == "StableMismatch" and _not_before(e.get("time"), waited_from)), None)
+    when = f"progressDeadline ({at})" if at else "progressDeadline"
+    untagged = " untagged (not tagged rejected)" if "set outside this rollout" in text(status.get("message")) else ""
+    return (f"The promotion is held{f' since {since}' if since else ''}: unless the hold ends first, it is rolled "
+            f"back{untagged} at {when}.")
 
 
 def _kubernetes_answer(what: str, answer: Any, kind: str) -> dict[str, Any]:
@@ -715,8 +806,8 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
     why = text(rollback.get("reason"), "?")
     done = bool(rollback.get("recoveredAt"))
     history = objects(status.get("history"))
-    start = max((i for i, e in enumerate(history) if e.get("event") in ATTEMPT_STARTS), default=0)
-    said = {e.get("event") for e in history[start:]}  # this attempt's entries: what the rollback could not do
+    # This attempt's entries: what the rollback could not do.
+    said = {e.get("event") for e in history[_attempt_start(history):]}
     back_to = f"version {stable}" if stable else "stable"
     if rollback.get("trafficKept"):
         # Nothing to put traffic back on; the alias and the rejected tag are still the rollback's to settle.
@@ -727,12 +818,20 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
         if rollback.get("trafficConfirmedAt"):
             lines.append(f"Traffic is back on {back_to} (confirmed at {text(rollback['trafficConfirmedAt'])}).")
         else:
-            lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve some of it.")
+            # All of it once promoted, by this rollout or by hand (the engine's message says which it restores).
+            promoted = (rollback.get("afterPromotion") is True or status.get("canaryWeight") == 100
+                        or PROMOTED_BY_HAND in text(status.get("message")))
+            lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve "
+                         f"{'all' if promoted else 'some'} of it.")
     alias = text(obj["spec"]["model"].get("stableAlias"), "the stable alias")
     alias = f"@{alias}" if obj["spec"]["model"].get("stableAlias") else alias
     if rollback.get("aliasLeftOn"):
-        lines.append(f"{alias} was left on version {text(rollback['aliasLeftOn'])}, where it was moved outside this "
-                     "rollout while it ran.")
+        left = text(rollback["aliasLeftOn"])
+        lines.append(f"{alias} was left on version {left}, where it was moved outside this rollout while it ran.")
+        if rollback.get("trafficConfirmedAt") and not rollback.get("trafficKept") and stable and stable != left:
+            # A retry would take the alias's version as stable, not the one traffic is on.
+            lines.append(f"Next: the registry names version {left} while traffic is on version {stable}: point "
+                         f"{alias} at the version you mean before a retry.")
     elif "AliasNotRestored" in said:
         lines.append(f"{alias} could NOT be put back on {back_to}: it no longer exists in the registry "
                      "(AliasNotRestored says where the alias is).")

@@ -113,6 +113,8 @@ COMMAND_REFUSAL_MAX = 512  # a refused command's reason, which may quote an anno
 # How a success that moved nothing ends its detail: the stable alias already named the candidate, but the
 # target said it served another version.
 NOTHING_ROLLED_OUT = "nothing was rolled out"
+# How a held promotion's message begins (_promoting's waits): a command refused meanwhile repeats the hold.
+HOLDING_PROMOTION = "Holding the promotion"
 # Phases only reached once the candidate is resolved (a rollback may come before resolution).
 _PHASES_WITH_A_CANDIDATE = frozenset({Phase.GATING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.BAKING})
 
@@ -901,17 +903,32 @@ class _Decider:
             self._update(pause=None)
             self._advance_step()
             return None
-        return f"nothing to promote in phase {phase}"
+        return self._held_promotion() or f"nothing to promote in phase {phase}"
+
+    def _held_promotion(self) -> str | None:
+        """A promotion's hold and its way out, as a promote or retry refused during it: there is something to
+        promote, and the hold's message says what ends it."""
+        message = self.status.message or ""
+        if self.status.phase is not Phase.PROMOTING or not message.startswith(HOLDING_PROMOTION):
+            return None
+        return "the promotion is held" + message[len(HOLDING_PROMOTION):].rstrip(".")
 
     def _retry_command(self, command: Command, pause: PauseStatus | None) -> str | None:
         phase = self.status.phase
         if phase in (Phase.ROLLED_BACK, Phase.FAILED):
+            registry = self._registry()
+            if registry is not None and registry.candidate is None:
+                # The new attempt would fail at once on resolving, and forget this one's account meanwhile.
+                model = self.spec.model
+                where = "spec.model.version" if model.version is not None else f"@{model.alias} (or spec.model)"
+                return (f"{model.name} {model.candidate_ref} no longer exists in the registry: point {where} at a "
+                        "version that exists")
             self._record("CommandApplied", f"{command.label}: starting a new attempt", actor=command.actor,
                          command_id=command.id)
             self._restart(f"retry by {command.actor}")
             return None
         if phase is not Phase.PAUSED or pause is None or pause.reason is PauseReason.PAUSE_STEP:
-            return f"nothing to retry in phase {phase}"
+            return self._held_promotion() or f"nothing to retry in phase {phase}"
         self._record("CommandApplied", f"{command.label}: {pause.reason} retried", actor=command.actor,
                      command_id=command.id)
         self._update(pause=None)
