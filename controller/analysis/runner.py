@@ -43,7 +43,7 @@ from controller.verdict import Outcome, Verdict
 
 STABLE, CANARY = "stable", "canary"
 # Each metric's time for all its queries: the queue worker running it serves every rollout. It grows with the
-# queries the metric sends (a bake's two per history day: 28 days at a normal speed must fit); past it, each
+# queries the metric sends (a bake's four per history day: 28 days at a normal speed must fit); past it, each
 # query left is PrometheusTooSlow (an inconclusive verdict) instead of being sent.
 METRIC_BASE_SECONDS = 30.0
 SECONDS_PER_QUERY = 1.0
@@ -87,11 +87,13 @@ def run_analysis(metrics: Sequence[MetricSpec], request: AnalysisRequest, provid
 
 def _planned_queries(metric: MetricSpec, request: AnalysisRequest) -> int:
     """The queries a metric sends when each answers with a number: its counts, each arm's freshness check and its
-    two counts of series (_read_twice), a canary threshold's count of the canary's predictions and a bake's two per
-    history day (the follow-up for a missing series ends it inconclusive anyway)."""
+    two counts of series (_read_twice), a canary threshold's count of the canary's predictions and a bake's four per
+    history day with traffic: its counts and its own two counts of series (_count_copies). Not planned, as for the
+    arms: the follow-up for a missing series (it ends inconclusive anyway) and the two counts of copies of series
+    read twice (DuplicateSeries), which the base leaves room for."""
     if metric.threshold is not None:
         return 5 if request.mode == CANARY else 4
-    return 10 if request.mode == CANARY else 5 + 2 * _history_days(request)
+    return 10 if request.mode == CANARY else 5 + 4 * _history_days(request)
 
 
 def _history_days(request: AnalysisRequest) -> int:
@@ -156,39 +158,61 @@ def _read_twice(arm: str, scope: QueryScope, request: AnalysisRequest, provider:
     """DuplicateSeries when the arm has more prediction series than exporter label sets (or the check's problem;
     None otherwise, and when it has no prediction series: its templates count another metric). The exporter
     scraped by two jobs, or an HA Prometheus pair read without deduplication, gives every count twice: sum() would
-    pass minSamples on half the predictions and the test would be overconfident. Records the counts in `copies`,
-    with the fewest copies of a label set when the series are a whole multiple of them (a failed read of it leaves
-    it out: not divided)."""
-    counts: dict[str, float] = {}
-    for key, query in zip(("series", "labelSets"), prediction_series_queries(scope), strict=True):
-        queries[f"{arm}_{key}"] = query
-        counted = provider.scalar(query, request.now, check_stale=False)
-        if counted.problem is QueryProblem.EMPTY:
-            return None
-        if not counted.ok:
-            return dataclasses.replace(counted, detail=f"the {arm} arm: {counted.detail}")
-        counts[key] = counted.value or 0.0
+    pass minSamples on half the predictions and the test would be overconfident. Records the counts in `copies`
+    (_count_copies)."""
+    counts, problem = _count_copies(arm, scope, request.now, provider, queries)
+    if problem is not None:
+        return dataclasses.replace(problem, detail=f"the {arm} arm: {problem.detail}")
+    if counts is None:
+        return None
     copies[arm] = counts
     if counts["series"] <= counts["labelSets"]:
         return None
-    if counts["labelSets"] > 0 and counts["series"] % counts["labelSets"] == 0:
-        # A whole multiple may still be uneven (one label set 3 times, another once): only the fewest tells.
-        queries[f"{arm}_fewestCopies"] = query = fewest_copies_query(scope)
-        fewest = provider.scalar(query, request.now, check_stale=False)
-        if fewest.ok and fewest.value is not None:
-            # And as many through the whole window: a copy that started (or stopped) within it counts only part.
-            queries[f"{arm}_fewestCopiesInWindow"] = query = fewest_copies_query(
-                scope, provider.scrape_interval.total_seconds())
-            throughout = provider.scalar(query, request.now, check_stale=False)
-            counts["fewestCopiesInWindow"] = throughout.value if throughout.ok else None
-            if throughout.ok and throughout.value == fewest.value:
-                counts["fewestCopies"] = fewest.value
     return Measurement(queries[f"{arm}_series"], None, QueryProblem.DUPLICATE,
                        f"the {arm} arm: {counts['series']:g} series of {PREDICTIONS_SERIES} for "
                        f"{counts['labelSets']:g} of the exporter's label sets: its series are read more than once "
                        "(scraped by two jobs, or an HA Prometheus pair queried without deduplication), so every count "
                        "would be multiplied; scrape the exporter once, or query a deduplicating endpoint",
                        request.now)
+
+
+def _count_copies(key: str, scope: QueryScope, at: datetime, provider: PrometheusProvider,
+                  queries: dict[str, str]) -> tuple[dict[str, float] | None, Measurement | None]:
+    """The scope's prediction series and exporter label sets at `at` (None: it has none), with the fewest copies of a
+    label set when the series are a whole multiple of them and as many held through the scope's window ending at
+    `at` (a failed read of those leaves it out: not divided); or the failed read of the counts. Adds each query to
+    `queries` under `key`."""
+    counts: dict[str, float] = {}
+    for name, query in zip(("series", "labelSets"), prediction_series_queries(scope), strict=True):
+        queries[f"{key}_{name}"] = query
+        counted = provider.scalar(query, at, check_stale=False)
+        if counted.problem is QueryProblem.EMPTY:
+            return None, None
+        if not counted.ok:
+            return None, counted
+        counts[name] = counted.value or 0.0
+    if counts["series"] > counts["labelSets"] > 0 and counts["series"] % counts["labelSets"] == 0:
+        # A whole multiple may still be uneven (one label set 3 times, another once): only the fewest tells.
+        queries[f"{key}_fewestCopies"] = query = fewest_copies_query(scope)
+        fewest = provider.scalar(query, at, check_stale=False)
+        if fewest.ok and fewest.value is not None:
+            # And as many through the whole window: a copy that started (or stopped) within it counts only part.
+            queries[f"{key}_fewestCopiesInWindow"] = query = fewest_copies_query(
+                scope, provider.scrape_interval.total_seconds())
+            throughout = provider.scalar(query, at, check_stale=False)
+            counts["fewestCopiesInWindow"] = throughout.value if throughout.ok else None
+            if throughout.ok and throughout.value == fewest.value:
+                counts["fewestCopies"] = fewest.value
+    return counts, None
+
+
+def _copies_of(counts: Mapping[str, Any]) -> int | None:
+    """How many times each of an arm's label sets is read through its whole window (_count_copies): 1 when its
+    series are no more than its label sets, k when every one is read exactly k times; None otherwise (uneven)."""
+    if counts["series"] <= counts["labelSets"]:
+        return 1
+    fewest = counts.get("fewestCopies")
+    return int(fewest) if fewest is not None and fewest * counts["labelSets"] == counts["series"] else None
 
 
 def _judge(metric: MetricSpec, request: AnalysisRequest, window: str, provider: PrometheusProvider) -> Verdict:
@@ -340,27 +364,80 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     history_at = [request.now - timedelta(days=back)
                   for back in history_days_back(span, _history_days(request), since_promotion)]
     share = _observed_share(window, provider)  # every day's window is as long as the bake's
-    # The past days' copies are not counted: they are divided as now's (a day read fewer or more times weighs less
-    # or more in the pooled history; its rate is the same).
     scale = share / (copies or 1)
     evidence = {**_window_evidence(request, window, fresh), "countsScaledBy": share, **_divided_evidence(copies),
                 "historyEveryDays": history_every_days(span), "historyAt": [at.isoformat() for at in history_at],
                 "historyFrom": (history_at[-1] - span).isoformat()}
+    # Each past day is divided by its own copies (a day read twice would otherwise weigh twice, and its doubled
+    # counts inflate phi, which deflates the new version's evidence as much), counted as now's when now's are.
+    checked = fresh is not None and "current" in fresh["predictionSeries"]
     history: list[tuple[float, float]] = []
-    for at in history_at:
+    divisors: list[int | None] = []
+    left_out: dict[int, dict[str, Any]] = {}  # each day left out for its copies: why, and its undivided counts
+    for i, at in enumerate(history_at):
         # A day with no series then had no traffic for this model: a gap, not a stale source.
         events = provider.scalar(queries["history_events"], at, check_stale=False)
         total = provider.scalar(queries["history_total"], at, check_stale=False)
         if broken := next((m for m in (events, total) if m.problem not in (None, QueryProblem.EMPTY)), None):
             return _unmeasured(name, broken, queries, evidence)
-        history.append(((events.value or 0.0) * scale, (total.value or 0.0) * scale))
+        divisor: int | None = 1
+        if checked and (total.value or 0.0) > 0:
+            counts, problem = _count_copies("history", before, at, provider, queries)
+            if problem is not None:
+                detail = f"the history day ending {format_time(at)}: {problem.detail}"
+                return _unmeasured(name, dataclasses.replace(problem, detail=detail), queries, evidence)
+            divisor = _copies_of(counts) if counts is not None else None
+            if divisor is None:
+                left_out[i] = {"left_out": _uneven_day(counts), "events": (events.value or 0.0) * share,
+                               "total": (total.value or 0.0) * share}
+        divisors.append(divisor)
+        # A day left out is passed on without traffic, so that it neither counts nor makes up the history.
+        day_scale = share / divisor if divisor else 0.0
+        history.append(((events.value or 0.0) * day_scale, (total.value or 0.0) * day_scale))
+    evidence["historyCountsDividedBy"] = divisors
     verdict = baseline_judge(name, current["current_events"].value * scale, current["current_total"].value * scale,
                              history, ProportionCriteria.from_spec(spec), queries=queries, window=evidence,
                              history_at=evidence["historyAt"])
+    verdict = _history_copies(verdict, divisors, left_out)
     if verdict.outcome is Outcome.INCONCLUSIVE and "day(s) of history with traffic" in verdict.reason:
         reach = _history_reach(request, history_at[-1] - span)
-        verdict = dataclasses.replace(verdict, reason=f"{verdict.reason}; {reach}")
-    return _failure_stands(verdict, stale, copies, queries, evidence)
+        uneven = (f"; {len(left_out)} day(s) left out for their copies (history_days.uneven_copies)"
+                  if left_out else "")
+        verdict = dataclasses.replace(verdict, reason=f"{verdict.reason}{uneven}; {reach}")
+    stands = _failure_stands(verdict, stale, copies, queries, evidence)
+    if stands is not verdict:  # the DuplicateSeries kept: its evidence keeps the days it was judged on
+        stands = dataclasses.replace(stands, evidence={
+            **stands.evidence, **{key: verdict.evidence[key] for key in ("history", "history_days")
+                                  if key in verdict.evidence}})
+    return stands
+
+
+def _uneven_day(counts: Mapping[str, Any] | None) -> str:
+    """Why a past day's copies are not known whole (_count_copies' counts, None: no prediction series at its end)."""
+    if counts is None:
+        return (f"copies unknown: no series of {PREDICTIONS_SERIES} at the window's end, so how many times each "
+                "prediction was read is not known")
+    through = counts.get("fewestCopiesInWindow")
+    return (f"uneven copies: {counts['series']:g} prediction series for {counts['labelSets']:g} label sets at the "
+            f"window's end" + ("" if through is None else f", {through:g} of some label set through the whole window")
+            + ": read more than once for some predictions only, its counts cannot be divided")
+
+
+def _history_copies(verdict: Verdict, divisors: Sequence[int | None],
+                    left_out: Mapping[int, Mapping[str, Any]]) -> Verdict:
+    """The baseline judge's verdict with each past day's divisor in its history, and the days left out for their
+    copies (passed on without traffic) marked as such, with their undivided counts, not as days without traffic."""
+    days = verdict.evidence.get("history")
+    if not isinstance(days, list) or len(days) != len(divisors):
+        return verdict
+    days = [{**day, "countsDividedBy": divisors[i]} for i, day in enumerate(days)]
+    for i, day in left_out.items():
+        days[i].update(day, no_traffic=False, rate=day["events"] / day["total"])
+    summary = dict(verdict.evidence.get("history_days") or {})
+    if summary and left_out:
+        summary.update(no_traffic=summary["no_traffic"] - len(left_out), uneven_copies=len(left_out))
+    return dataclasses.replace(verdict, evidence={**verdict.evidence, "history": days,
+                                                  **({"history_days": summary} if summary else {})})
 
 
 def _whole_copies(fresh: Mapping[str, Any] | None, duplicate: Measurement | None) -> int | None:
@@ -372,11 +449,10 @@ def _whole_copies(fresh: Mapping[str, Any] | None, duplicate: Measurement | None
         return None
     found = set()
     for counts in ((fresh or {}).get("predictionSeries") or {}).values():
-        fewest = counts.get("fewestCopies")
-        if fewest is None or fewest * counts["labelSets"] != counts["series"]:
+        if (copies := _copies_of(counts)) is None:
             return None
-        found.add(fewest)
-    return int(found.pop()) if len(found) == 1 and min(found) >= 2 else None
+        found.add(copies)
+    return found.pop() if len(found) == 1 and min(found) >= 2 else None
 
 
 def _divided_evidence(copies: int | None) -> dict[str, Any]:
