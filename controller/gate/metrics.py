@@ -85,8 +85,20 @@ def accuracy(confusion: np.ndarray) -> float | None:
     return ratio(int(np.trace(confusion)), int(confusion.sum()))
 
 
-def summarize(confusion: np.ndarray, classes: Sequence[str], include_matrix: bool = True) -> dict[str, Any]:
-    """JSON-able metrics for one model on one set of samples."""
+def matrix_json(matrix: np.ndarray, sparse: bool = False) -> Any:
+    """A class x class matrix for JSON: rows of every cell, or (sparse) {"shape", "cells": [[row, column, count]]}
+    for the non-zero cells only, so that its size follows the samples rather than the classes squared (1000 classes
+    make a million cells, nearly all zero)."""
+    if not sparse:
+        return matrix.astype(int).tolist()
+    rows, columns = np.nonzero(matrix)
+    cells = np.stack([rows, columns, matrix[rows, columns]], axis=1).astype(int).tolist()
+    return {"shape": list(matrix.shape), "cells": cells}
+
+
+def summarize(confusion: np.ndarray, classes: Sequence[str], include_matrix: bool = True,
+              sparse: bool = False) -> dict[str, Any]:
+    """JSON-able metrics for one model on one set of samples (sparse: the matrix as matrix_json's cells)."""
     total = int(confusion.sum())
     per_class = {}
     for index, name in enumerate(classes):
@@ -100,7 +112,7 @@ def summarize(confusion: np.ndarray, classes: Sequence[str], include_matrix: boo
     summary: dict[str, Any] = {"samples": total, "correct": int(np.trace(confusion)), "accuracy": accuracy(confusion),
                                "perClass": per_class}
     if include_matrix:
-        summary["confusionMatrix"] = confusion.astype(int).tolist()
+        summary["confusionMatrix"] = matrix_json(confusion, sparse)
     return summary
 
 
@@ -177,12 +189,12 @@ class PairedCounts:
         return (int(np.trace(self.paired_stable)) - int(np.trace(self.paired_candidate))) / self.paired
 
     def comparison(self, classes: Sequence[str], include_matrix: bool = True,
-                   flip_limit: int | None = 10) -> dict[str, Any]:
+                   flip_limit: int | None = 10, sparse: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = {
             "pairedSamples": self.paired, "disagreements": self.disagreements, "disagreement": self.disagreement,
             "candidateAccuracy": accuracy(self.paired_candidate), "stableAccuracy": accuracy(self.paired_stable),
             "accuracyDrop": self.accuracy_drop, "flips": flip_list(self.flips, classes, flip_limit),
         }
         if include_matrix:
-            result["flipMatrix"] = self.flips.astype(int).tolist()
+            result["flipMatrix"] = matrix_json(self.flips, sparse)
         return result

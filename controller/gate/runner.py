@@ -7,7 +7,8 @@ What the operator calls (DESIGN.md section 4, step 3):
     observations.gate = report.to_judge_result(request_id)   # verdicts + dataset sha256, or an error
     status.gate extras  <- report.status                     # compact, JSON-able, every deciding number
 
-`report.evidence` is the full record (all slices and matrices) for `record_gate_evidence`.
+`report.evidence` is the full record (all slices, and matrices as their non-zero cells: MATRIX_FORMAT) for
+`record_gate_evidence`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from controller.gate.judge import (
     judge,
     pct,
 )
-from controller.gate.metrics import PairedCounts, accuracy, summarize
+from controller.gate.metrics import PairedCounts, accuracy, matrix_json, summarize
 from controller.gate.sources import DatasetSources, fetch_dataset
 from controller.redaction import redact_urls, redacted_url
 from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict, combine
@@ -80,6 +81,12 @@ class GateOptions:
     status_max_classes: int = 20  # per-class metrics and limits, and each slice's most predicted classes
     status_max_checks: int = 50  # names in failedChecks and inconclusiveChecks each
     work_dir: str | None = None  # where the dataset is downloaded; default: the system temp dir
+
+
+# How the evidence's matrices read (status keeps rows of every cell, for a dozen classes at most).
+MATRIX_FORMAT = ("each *Matrix is {shape: [n, n], cells: [[row, column, count], ...]} listing only its non-zero "
+                 "cells; row and column index dataset.classes. confusionMatrix and candidateConfusionMatrix: row = "
+                 "true class, column = predicted class; flipMatrix: row = stable's answer, column = the candidate's")
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,8 @@ async def run_gate(dataset: GoldenDatasetSpec | Mapping[str, Any], candidate: In
     with scratch_dir as scratch, _in_use(Path(scratch)):
         started = time.monotonic()
         try:
-            fetched = await fetch_dataset(spec.uri, namespace, sources, Path(scratch) / "dataset")
+            fetched = await fetch_dataset(spec.uri, namespace, sources, Path(scratch) / "dataset",
+                                          expected_sha256=spec.sha256)
         except SourcePolicyError as exc:
             # A message may quote a location MLflow returned (a version's source): never with its secret.
             verdict = Verdict("dataset.source", Outcome.INCONCLUSIVE, redact_urls(exc.message),
@@ -221,10 +229,11 @@ async def evaluate_dataset_file(path: Path, dataset: GoldenDatasetSpec | Mapping
     started = time.monotonic()
     actual = actual_sha256 or await asyncio.to_thread(sha256_file, path)
     if actual != spec.sha256:
+        size = path.stat().st_size  # a size well short of the dataset's says a cut download, not a changed one
         verdict = Verdict(DATASET_INTEGRITY, Outcome.FAIL,
-                          f"dataset sha256 mismatch: pinned {spec.sha256}, fetched {actual}; the data were changed "
-                          "or the pin is wrong", {"expectedSha256": spec.sha256, "actualSha256": actual,
-                                                  "uri": redacted_url(spec.uri)})
+                          f"dataset sha256 mismatch: pinned {spec.sha256}, fetched {actual} ({size} bytes); the data "
+                          "were changed or the pin is wrong", {"expectedSha256": spec.sha256, "actualSha256": actual,
+                                                               "actualBytes": size, "uri": redacted_url(spec.uri)})
         return _report_without_data(spec, (verdict,), actual)
     integrity = Verdict(DATASET_INTEGRITY, Outcome.PASS, f"matches the pinned {actual[:12]}...",
                         {"expectedSha256": spec.sha256, "actualSha256": actual})
@@ -401,6 +410,7 @@ def _status(spec: GoldenDatasetSpec, sha256: str, source: str | None, data_forma
     """The gate's record. compact=options trims it for status (matrices and slices beyond the limits)."""
     classes = tally.classes
     matrices = compact is None or len(classes) <= compact.status_matrix_max_classes
+    sparse = compact is None  # the evidence: up to 1000 classes, a dozen matrices of a million cells each
     problems = tally.problems
     result: dict[str, Any] = {
         "outcome": str(outcome), "reason": reason,
@@ -411,12 +421,13 @@ def _status(spec: GoldenDatasetSpec, sha256: str, source: str | None, data_forma
                     "unusableByReason": dict(problems.counts.most_common()), "examples": problems.examples},
         "thresholds": _thresholds_dict(spec.thresholds),
         "candidate": {**candidate.describe(), "responses": tally.candidate.to_dict(),
-                      "metrics": summarize(tally.overall.candidate, classes, matrices)},
+                      "metrics": summarize(tally.overall.candidate, classes, matrices, sparse)},
         "failedChecks": [v.name for v in verdicts if v.outcome is Outcome.FAIL],
         "inconclusiveChecks": [v.name for v in verdicts if v.outcome is Outcome.INCONCLUSIVE],
         "timing": dict(timing),
     }
     if compact is None:  # status has them as status.gate.verdicts already
+        result["matrixFormat"] = MATRIX_FORMAT
         result["checks"] = [{"name": v.name, "outcome": str(v.outcome), "value": v.evidence.get("value"),
                              "limit": v.evidence.get("limit")} for v in verdicts]
     else:
@@ -430,8 +441,8 @@ def _status(spec: GoldenDatasetSpec, sha256: str, source: str | None, data_forma
         result["stoppedEarly"] = tally.aborted
     if stable is not None and tally.stable is not None:
         result["stable"] = {**stable.describe(), "responses": tally.stable.to_dict(),
-                            "metrics": summarize(tally.overall.stable, classes, matrices)}
-        result["comparison"] = tally.overall.comparison(classes, include_matrix=matrices)
+                            "metrics": summarize(tally.overall.stable, classes, matrices, sparse)}
+        result["comparison"] = tally.overall.comparison(classes, include_matrix=matrices, sparse=sparse)
     limit = compact.status_max_classes if compact is not None else None
     if not matrices:  # many classes: per-class numbers in status only for (some of) the classes the thresholds name
         shown = _status_classes(spec.thresholds, verdicts, limit, within=set(classes))
@@ -449,7 +460,7 @@ def _status(spec: GoldenDatasetSpec, sha256: str, source: str | None, data_forma
     slices = sorted(tally.slices.items(), key=lambda item: (item[0] not in flagged, -item[1].samples))
     if compact is not None:
         slices = slices[:compact.status_max_slices]
-    result["slices"] = {tag: _slice_dict(counts, classes, stable is not None, matrices, limit)
+    result["slices"] = {tag: _slice_dict(counts, classes, stable is not None, matrices, limit, sparse)
                         for tag, counts in slices}
     omitted = len(tally.slices) - len(slices)
     if omitted or tally.untracked_slices:
@@ -467,18 +478,18 @@ def _status_classes(thresholds: GoldenThresholds, verdicts: tuple[Verdict, ...],
 
 
 def _slice_dict(counts: PairedCounts, classes: tuple[str, ...], paired: bool, matrices: bool,
-                top: int | None = None) -> dict[str, Any]:
+                top: int | None = None, sparse: bool = False) -> dict[str, Any]:
     """top: only that many of the most predicted classes (a trigger's shift shows among them)."""
     answered = int(counts.candidate.sum())
     result: dict[str, Any] = {"samples": counts.samples, "candidateAnswered": answered,
                               "candidateAccuracy": summarize(counts.candidate, classes, False)["accuracy"],
                               "candidatePredicted": _predicted(counts.candidate, classes, top)}
     if matrices:
-        result["candidateConfusionMatrix"] = counts.candidate.astype(int).tolist()
+        result["candidateConfusionMatrix"] = matrix_json(counts.candidate, sparse)
     if paired:
         result["stableAccuracy"] = summarize(counts.stable, classes, False)["accuracy"]
         result["stablePredicted"] = _predicted(counts.stable, classes, top)
-        result["comparison"] = counts.comparison(classes, include_matrix=matrices, flip_limit=5)
+        result["comparison"] = counts.comparison(classes, include_matrix=matrices, flip_limit=5, sparse=sparse)
     return result
 
 

@@ -6,7 +6,9 @@ Sources (DESIGN.md section 3, `goldenDataset.uri`):
 - `configmap://<name>/<key>`: only in the rollout's own namespace (the URI has no namespace part), read
   through a `ConfigMapReader` the operator provides; `binaryData` is base64-decoded, `data` is UTF-8;
 - `https://host/...`: only when the operator's allow-list names the host; redirects are followed only
-  within the same scheme, host and port, never to another host.
+  within the same scheme, host and port, never to another host. A gzip or deflate body must reach its
+  stream's end, and a body only the connection's close ended that is not the pinned one is read once more:
+  a cut connection is retried, the same other bytes twice are the changed dataset.
 
 The file lands on the operator's scratch disk (in a pod, the /tmp emptyDir, which the kubelet evicts the pod
 for outgrowing). `max_bytes` (`operator run --max-dataset-bytes`) bounds one dataset and, with a shared
@@ -27,7 +29,8 @@ import re
 import shutil
 import ssl
 import threading
-from collections.abc import Collection, Mapping
+import zlib
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -48,6 +51,9 @@ _CONFIGMAP_URI = re.compile(r"^configmap://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)/([-.
 _MLFLOW_SCHEMES = ("mlflow-artifacts:", "runs:/", "models:/")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
+# What an https body may be encoded with: decoded here (aiohttp's own decoder never checks that a stream ended).
+_ACCEPTED_ENCODINGS = "gzip, deflate"
+_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -140,8 +146,12 @@ class FetchedDataset:
     source: str  # where it came from, for messages (no credentials)
 
 
-async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, destination: Path) -> FetchedDataset:
-    """Fetch uri into the file destination, hashing while writing. Raises SourceError / SourcePolicyError."""
+async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, destination: Path,
+                        expected_sha256: str | None = None) -> FetchedDataset:
+    """Fetch uri into the file destination, hashing while writing. Raises SourceError / SourcePolicyError.
+
+    expected_sha256 (the pin): an https body whose end only the connection's close marked, and that does not
+    match it, is read once more before it is taken as the changed dataset (a cut connection looks the same)."""
     shown = redacted_url(uri)  # for messages: a presigned URL's query is its credential
     _check_free_space(destination.parent, 0, 0, sources, shown)  # a full disk fails before anything is fetched
     try:
@@ -157,7 +167,7 @@ async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, desti
         elif uri.startswith("configmap://"):
             source, (sha256, size) = await _fetch_config_map(uri, namespace, sources, sink)
         elif uri.startswith("https://"):
-            source, (sha256, size) = await _fetch_https(uri, sources, scratch_sink)
+            source, (sha256, size) = await _fetch_https(uri, sources, scratch_sink, expected_sha256)
         else:
             scheme = uri.split(":", 1)[0] if ":" in uri else uri
             raise SourcePolicyError(f"dataset URI scheme {scheme!r} is not supported: use mlflow-artifacts:/, "
@@ -180,6 +190,17 @@ class _ScratchSink:
         self.crowded: str | None = None  # why the dataset is not kept, once other gates left it no room
         if sources.scratch is not None:
             sources.scratch.start(path)
+
+    def restart(self) -> None:
+        """Empty again, for a second read of the same source."""
+        try:
+            self._file.truncate(0)
+            self._file.seek(0)
+        except OSError as exc:
+            raise _write_error(exc, self._path, self._uri) from None
+        self._written, self._fits = 0, False
+        if self._sources.scratch is not None:
+            self._sources.scratch.start(self._path)
 
     def declare(self, size: int) -> None:
         """The size the source announces before sending: past max_bytes it can never fit, so it is refused
@@ -316,40 +337,38 @@ def check_https_uri(uri: str, allowed: Collection[str]) -> URL:
         raise SourcePolicyError(f"{redacted_url(uri)}: not a usable URL") from None
 
 
-async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink) -> tuple[str, tuple[str, int]]:
+@dataclass(frozen=True)
+class _Read:
+    sha256: str
+    size: int
+    # No Content-Length and no chunked framing, nor a compressed stream's own end: only the server closing the
+    # connection ended the body, so a connection cut mid-way reads as a whole, shorter body.
+    unframed: bool
+
+
+async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink,
+                       expected_sha256: str | None = None) -> tuple[str, tuple[str, int]]:
     url = check_https_uri(uri, sources.https_allowed_hosts)
     shown = redacted_url(uri)  # what messages and status name: the query may be a presigned URL's signature
-    origin = (url.scheme, (url.host or "").lower(), url.port)
     context = ssl.create_default_context(cafile=sources.https_ca_file)
     timeout = aiohttp.ClientTimeout(total=sources.https_timeout_seconds)
     try:
-        async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
-            for _ in range(_MAX_REDIRECTS + 1):
-                async with session.get(url, allow_redirects=False, ssl=context) as response:
-                    if response.status in _REDIRECTS:
-                        try:
-                            target = url.join(URL(response.headers.get("Location", "")))
-                            where = (target.scheme, (target.host or "").lower(), target.port)
-                        except (ValueError, UnicodeError):  # e.g. a port past 65535
-                            raise SourceError(ErrorKind.INVALID, f"GET {shown}: the redirect's Location is not "
-                                                                 "a usable URL") from None
-                        if where != origin:
-                            raise SourcePolicyError(f"{shown}: redirect to {target.scheme}://{target.host} refused: "
-                                                    "redirects are followed only within the same host")
-                        url = target
-                        continue
-                    if response.status != 200:
-                        # The reason phrase is the server's text: it may echo the query, a presigned signature (the
-                        # spec's, or a same-host redirect's).
-                        reason = _without(_without(response.reason or "", uri, shown), str(url), shown)
-                        raise SourceError(kind_for_http_status(response.status),
-                                          f"GET {shown}: HTTP {response.status} {reason}".strip())
-                    # aiohttp decodes a Content-Encoding: then the length sent is not the dataset's size.
-                    if response.content_length is not None and \
-                            response.headers.get("Content-Encoding", "identity").lower() == "identity":
-                        sink.declare(response.content_length)
-                    sha_size = await _copy_stream(response, cast(IO[bytes], sink), sources.max_bytes, shown)
-                    return shown, sha_size
+        # Decoded here, not by aiohttp: its decoder takes a gzip stream cut mid-way for the whole body.
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=False, auto_decompress=False,
+                                         headers={"Accept-Encoding": _ACCEPTED_ENCODINGS}) as session:
+            first = await _get_https(session, url, uri, shown, context, sources, sink)
+            if not first.unframed or expected_sha256 in (None, first.sha256) or sink.crowded is not None:
+                return shown, (first.sha256, first.size)
+            # Not the pinned data, and nothing but the close said the body was whole: a cut connection, or the
+            # data changed. A second read decides; the same bytes twice are what the server holds.
+            sink.restart()
+            second = await _get_https(session, url, uri, shown, context, sources, sink)
+            if not second.unframed or second.sha256 == expected_sha256 or \
+                    (second.sha256, second.size) == (first.sha256, first.size):
+                return shown, (second.sha256, second.size)
+            raise SourceError(ErrorKind.UNAVAILABLE, f"GET {shown}: two reads of a body whose end only the server's "
+                              f"closing the connection marked gave different data ({first.size} and {second.size} "
+                              "bytes), neither the pinned one: a connection cut short; retrying")
     except TimeoutError:  # the session's total limit (its message is empty), or a read that stalled
         raise SourceError(ErrorKind.UNAVAILABLE, f"GET {shown}: the download took over "
                                                  f"{sources.https_timeout_seconds:g}s") from None
@@ -358,7 +377,85 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink) ->
                           f"GET {shown}: {type(exc).__name__}: {_without(str(exc), uri, shown)}") from None
     except (ValueError, UnicodeError) as exc:  # what aiohttp could not use of a URL
         raise SourceError(ErrorKind.INVALID, f"GET {shown}: {type(exc).__name__}") from None
+
+
+async def _get_https(session: aiohttp.ClientSession, url: URL, uri: str, shown: str, context: ssl.SSLContext,
+                     sources: DatasetSources, sink: _ScratchSink) -> _Read:
+    """One GET, following redirects within the same scheme, host and port, into sink."""
+    origin = (url.scheme, (url.host or "").lower(), url.port)
+    for _ in range(_MAX_REDIRECTS + 1):
+        async with session.get(url, allow_redirects=False, ssl=context) as response:
+            if response.status in _REDIRECTS:
+                try:
+                    target = url.join(URL(response.headers.get("Location", "")))
+                    where = (target.scheme, (target.host or "").lower(), target.port)
+                except (ValueError, UnicodeError):  # e.g. a port past 65535
+                    raise SourceError(ErrorKind.INVALID, f"GET {shown}: the redirect's Location is not "
+                                                         "a usable URL") from None
+                if where != origin:
+                    raise SourcePolicyError(f"{shown}: redirect to {target.scheme}://{target.host} refused: "
+                                            "redirects are followed only within the same host")
+                url = target
+                continue
+            if response.status != 200:
+                # The reason phrase is the server's text: it may echo the query, a presigned signature (the
+                # spec's, or a same-host redirect's).
+                reason = _without(_without(response.reason or "", uri, shown), str(url), shown)
+                raise SourceError(kind_for_http_status(response.status),
+                                  f"GET {shown}: HTTP {response.status} {reason}".strip())
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+            # An encoded body's length is not the dataset's size.
+            if response.content_length is not None and encoding == "identity":
+                sink.declare(response.content_length)
+            decoder = _BodyDecoder(encoding, shown)
+            sha256, size = await _copy_stream(response, decoder, cast(IO[bytes], sink), sources.max_bytes, shown)
+            framed = response.content_length is not None or \
+                "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+            return _Read(sha256, size, unframed=not framed and encoding == "identity")
     raise SourceError(ErrorKind.ERROR, f"GET {shown}: more than {_MAX_REDIRECTS} redirects")
+
+
+class _BodyDecoder:
+    """Decodes a Content-Encoding (gzip, deflate or none) and checks that a compressed stream reached its end:
+    one cut mid-way is a download broken off (retried), never a shorter dataset (an integrity failure)."""
+
+    def __init__(self, encoding: str, shown: str) -> None:
+        if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            raise SourceError(ErrorKind.ERROR, f"GET {shown}: Content-Encoding {encoding[:40]!r} is not one the gate "
+                                               f"reads ({_ACCEPTED_ENCODINGS}, or none)")
+        self._encoding, self._shown = encoding, shown
+        self._zlib: Any = None  # made on the first bytes: deflate's wrapper is known only then
+
+    def _decompressor(self, first: bytes) -> Any:
+        if self._encoding == "deflate":  # zlib-wrapped as HTTP says, or raw as some servers send it
+            return zlib.decompressobj(zlib.MAX_WBITS if first[:1] and first[0] & 0x0F == 8 else -zlib.MAX_WBITS)
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The decoded bytes of data, a bounded piece at a time (a small compressed chunk may expand a lot)."""
+        if self._encoding == "identity":
+            yield data
+            return
+        try:
+            while data:
+                if self._zlib is None or (self._zlib.eof and self._encoding != "deflate"):
+                    self._zlib = self._decompressor(data)  # gzip: members may follow one another
+                elif self._zlib.eof:
+                    raise SourceError(ErrorKind.UNAVAILABLE, f"GET {self._shown}: bytes after the end of the "
+                                                             "deflate stream; retrying")
+                out = self._zlib.decompress(data, _CHUNK_BYTES)
+                data = self._zlib.unconsumed_tail or (self._zlib.unused_data if self._zlib.eof else b"")
+                if out:
+                    yield out
+        except zlib.error as exc:
+            raise SourceError(ErrorKind.UNAVAILABLE, f"GET {self._shown}: the {self._encoding} body is corrupt "
+                                                     f"({exc}); retrying") from None
+
+    def finish(self) -> None:
+        """Raises unless a compressed body ended where its stream says it ends."""
+        if self._encoding != "identity" and (self._zlib is None or not self._zlib.eof):
+            raise SourceError(ErrorKind.UNAVAILABLE, f"GET {self._shown}: the {self._encoding} body ended before its "
+                                                     "compressed stream did: the download was cut off; retrying")
 
 
 def _without(text: str, uri: str, shown: str) -> str:
@@ -374,9 +471,11 @@ def _without(text: str, uri: str, shown: str) -> str:
     return text
 
 
-async def _copy_stream(response: aiohttp.ClientResponse, sink: IO[bytes], max_bytes: int,
+async def _copy_stream(response: aiohttp.ClientResponse, decoder: _BodyDecoder, sink: IO[bytes], max_bytes: int,
                        what: str) -> tuple[str, int]:
     writer = HashingWriter(sink, max_bytes, what)
-    async for chunk in response.content.iter_chunked(1024 * 1024):
-        writer.write(chunk)
+    async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+        for decoded in decoder.feed(chunk):
+            writer.write(decoded)
+    decoder.finish()
     return writer.result()
