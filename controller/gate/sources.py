@@ -403,7 +403,10 @@ async def _get_https(session: aiohttp.ClientSession, url: URL, uri: str, shown: 
                 reason = _without(_without(response.reason or "", uri, shown), str(url), shown)
                 raise SourceError(kind_for_http_status(response.status),
                                   f"GET {shown}: HTTP {response.status} {reason}".strip())
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+            # A list of codings is allowed (RFC 9110); identity changes nothing, and more than one is refused.
+            codings = [c for c in response.headers.get("Content-Encoding", "").lower().replace(" ", "").split(",")
+                       if c not in ("", "identity")]
+            encoding = ", ".join(codings) or "identity"
             # An encoded body's length is not the dataset's size.
             if response.content_length is not None and encoding == "identity":
                 sink.declare(response.content_length)
@@ -411,7 +414,9 @@ async def _get_https(session: aiohttp.ClientSession, url: URL, uri: str, shown: 
             sha256, size = await _copy_stream(response, decoder, cast(IO[bytes], sink), sources.max_bytes, shown)
             framed = response.content_length is not None or \
                 "chunked" in response.headers.get("Transfer-Encoding", "").lower()
-            return _Read(sha256, size, unframed=not framed and encoding == "identity")
+            # A compressed stream's end is no proof either: gzip members may follow one another, and a cut at a
+            # member's end reads as a whole body.
+            return _Read(sha256, size, unframed=not framed)
     raise SourceError(ErrorKind.ERROR, f"GET {shown}: more than {_MAX_REDIRECTS} redirects")
 
 
@@ -439,14 +444,21 @@ class _BodyDecoder:
         try:
             while data:
                 if self._zlib is None or (self._zlib.eof and self._encoding != "deflate"):
+                    if self._zlib is not None and not data.strip(b"\0"):
+                        return  # NUL padding after the last member, which gzip(1) ignores too
                     self._zlib = self._decompressor(data)  # gzip: members may follow one another
                 elif self._zlib.eof:
                     raise SourceError(ErrorKind.UNAVAILABLE, f"GET {self._shown}: bytes after the end of the "
                                                              "deflate stream; retrying")
                 out = self._zlib.decompress(data, _CHUNK_BYTES)
-                data = self._zlib.unconsumed_tail or (self._zlib.unused_data if self._zlib.eof else b"")
                 if out:
                     yield out
+                # A full piece may leave output inside zlib with all its input taken (raw deflate has no trailer
+                # to hold back): drained now, or the body's last chunk would never reach the stream's end.
+                while len(out) == _CHUNK_BYTES and not self._zlib.eof and not self._zlib.unconsumed_tail:
+                    if out := self._zlib.decompress(b"", _CHUNK_BYTES):
+                        yield out
+                data = self._zlib.unconsumed_tail or (self._zlib.unused_data if self._zlib.eof else b"")
         except zlib.error as exc:
             raise SourceError(ErrorKind.UNAVAILABLE, f"GET {self._shown}: the {self._encoding} body is corrupt "
                                                      f"({exc}); retrying") from None
