@@ -47,10 +47,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Drain:
-    """SIGTERM's drain (`--drain-seconds`, 0: none): readiness fails at once, so the Service stops sending events,
-    and serving goes on until a scrape has read the last counts, the drain's time is up, or a second signal comes.
+    """SIGTERM's drain (`--drain`, 0: none): readiness fails at once, so the Service stops sending events, and
+    serving goes on until a scrape has read the last counts, the drain's time is up, or a second signal comes.
     Without it the predictions counted since the last scrape die with the pod: up to a scrape interval of each arm's.
-    """
+
+    A scrape reads the last counts when it was rendered at least the settle time after the signal, held no series'
+    counts back (a series is first shown at 0), and no event was being counted at its render or has been since.
+    From then on events are refused (503): one counted after it would die with the pod, answered 202. Meanwhile each
+    event's connection is closed after its answer, so a sender keeping its connection open reconnects through the
+    Service, to a ready pod."""
 
     def __init__(self, seconds: float = 0.0, *, settle_seconds: float = DRAIN_SETTLE_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -58,35 +63,64 @@ class Drain:
         self._settle_seconds = settle_seconds
         self._clock = clock
         self._since: float | None = None
-        self._scraped = asyncio.Event()
+        self._done = asyncio.Event()
+        self._why = ""
+        self._events_in_flight = 0
+        self._last_event_at: float | None = None
 
     @property
     def draining(self) -> bool:
         return self._since is not None
 
+    @property
+    def drained(self) -> bool:
+        """The last counts have been read: no more events are counted."""
+        return self._done.is_set()
+
     def now(self) -> float:
         return self._clock()
 
-    def scrape_answered(self, rendered_at: float) -> None:
-        """A /metrics answer rendered at `rendered_at` (now()) has been written whole."""
-        if self._since is not None and rendered_at - self._since >= self._settle_seconds:
-            self._scraped.set()
+    def event_started(self) -> None:
+        self._events_in_flight += 1
 
-    async def wait(self, stop: asyncio.Event) -> None:
-        """Called once `stop` is set (the first signal); returns when serving may stop."""
+    def event_ended(self) -> None:
+        self._events_in_flight -= 1
+        self._last_event_at = self._clock()
+
+    def quiet(self) -> bool:
+        """No event is being counted now (asked at a render)."""
+        return self._events_in_flight == 0
+
+    def scrape_answered(self, rendered_at: float, complete: bool) -> None:
+        """A /metrics answer rendered at `rendered_at` (now()) has been written whole; `complete`: it held no
+        series' counts back and no event was being counted at its render."""
+        if self._since is None or not complete or self._events_in_flight \
+                or rendered_at - self._since < self._settle_seconds \
+                or (self._last_event_at is not None and self._last_event_at > rendered_at):
+            return
+        self._end("a scrape read the last counts")
+
+    def cut(self) -> None:
+        """A second signal: the drain ends at once."""
+        self._end("a second signal")
+
+    def _end(self, why: str) -> None:
+        if not self._done.is_set():
+            self._why = why
+            self._done.set()
+
+    async def wait(self) -> None:
+        """Called on the first signal; returns when serving may stop."""
         if self.seconds <= 0:
             return
         self._since = self._clock()
-        stop.clear()  # set again by a second signal, which ends the drain
         log.info("draining for at most %g s: /readyz fails, events and scrapes are still served", self.seconds)
-        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._scraped.wait())]
         try:
-            await asyncio.wait(waits, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-        log.info("drained: %s", "a scrape read the last counts" if self._scraped.is_set() else
-                 "a second signal" if stop.is_set() else "the drain's time is up")
+            async with asyncio.timeout(self.seconds):
+                await self._done.wait()
+        except TimeoutError:
+            self._end("the drain's time is up")
+        log.info("drained: %s", self._why)
 
 
 class ConnectionCap:
@@ -213,8 +247,15 @@ async def serve(app: web.Application, host: str, port: int, *, max_connections: 
     loop = asyncio.get_running_loop()
     if stop is None:
         stop = asyncio.Event()
+        signalled = stop
+
+        def on_signal() -> None:
+            if signalled.is_set() and drain is not None:
+                drain.cut()  # counted here, not where the drain waits: two signals at once are two
+            signalled.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     try:
         assert runner.server is not None  # set up
         server = await loop.create_server(cap.protocol_factory(runner.server), host, port)
@@ -223,7 +264,7 @@ async def serve(app: web.Application, host: str, port: int, *, max_connections: 
         try:
             await stop.wait()
             if drain is not None:
-                await drain.wait(stop)
+                await drain.wait()
         finally:
             server.close()
     finally:

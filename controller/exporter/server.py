@@ -395,7 +395,11 @@ class PredictionExporter:
         return pending[1]
 
     def render(self) -> bytes:
-        """The /metrics exposition, in which a prediction series shows 0 on the first scrape that sees it.
+        return self.render_holding()[0]
+
+    def render_holding(self) -> tuple[bytes, bool]:
+        """The /metrics exposition, in which a prediction series shows 0 on the first scrape that sees it, and
+        whether it held any series' counts back so.
 
         increase() and rate() never count a series' first sample: a series first scraped at n would lose its
         first n predictions (a canary's first `nsfw`, exactly what the judges measure). Its counts are held back
@@ -404,9 +408,11 @@ class PredictionExporter:
         pair) may still see a series first at n, after this one's scrape showed it at 0.
         """
         shown: set[Series] = set()
+        held_back = False
         predictions_total = f"{PREDICTIONS_METRIC}_total"
 
         def first_at_zero(family: Metric) -> list[Sample]:
+            nonlocal held_back
             held = []
             for sample in family.samples:
                 if sample.name == f"{family.name}_created":  # a time per series: twice the text, read by no judge
@@ -415,6 +421,7 @@ class PredictionExporter:
                     series = tuple(sample.labels[n] for n in PREDICTION_LABELS)
                     shown.add(series)
                     if series not in self._scraped:
+                        held_back = held_back or sample.value > 0
                         sample = sample._replace(value=0.0)
                 held.append(sample)
             return held
@@ -431,7 +438,7 @@ class PredictionExporter:
         body = b"".join(parts)
         # After the render, with no await in between: no event or other scrape runs in the event loop meanwhile.
         self._scraped |= shown
-        return body
+        return body, held_back
 
     def app(self, drain: Drain | None = None) -> web.Application:
         """drain: the one serve() waits for after SIGTERM (None: no drain), which /readyz and /metrics report to."""
@@ -462,6 +469,19 @@ class PredictionExporter:
                 return web.json_response({"outcome": self._dropped(TOO_SLOW_REASON)}, status=408)
 
         async def receive(request: web.Request) -> web.Response:
+            if drain.drained:  # the last counts have been scraped: one counted now would die with the pod
+                response = web.json_response({"outcome": "draining"}, status=503)
+            else:
+                drain.event_started()
+                try:
+                    response = await count(request)
+                finally:
+                    drain.event_ended()
+            if drain.draining:
+                response.force_close()  # a sender keeping it open reconnects through the Service, to a ready pod
+            return response
+
+        async def count(request: web.Request) -> web.Response:
             headers = dict(request.headers)
             if payload_unused(headers):
                 try:  # drained unread: a request's image or tensor may pass any size limit, but not any time
@@ -503,12 +523,13 @@ class PredictionExporter:
             return web.json_response({"outcome": outcome}, status=202 if outcome != "malformed" else 400)
 
         async def metrics(request: web.Request) -> web.Response:
-            rendered_at = drain.now()
-            response = web.Response(body=self.render())
+            rendered_at, quiet = drain.now(), drain.quiet()
+            body, held_back = self.render_holding()
+            response = web.Response(body=body)
             response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
             await response.prepare(request)
             await response.write_eof()  # written whole before a drain may end on it
-            drain.scrape_answered(rendered_at)
+            drain.scrape_answered(rendered_at, complete=quiet and not held_back)
             return response
 
         async def healthz(_: web.Request) -> web.Response:

@@ -151,7 +151,7 @@ def test_chart_values_change_what_they_say() -> None:
                                        "--namespace", "moderation"]
     assert build_parser().parse_args(controller["args"]).gate_hosts == ("127.0.0.1", "*.{namespace}.models.example.com")
     assert exporter["args"] == ["exporter", "run", "--host", "0.0.0.0",  # noqa: S104 - the pod address
-                                "--port", "9200", "--drain", "40s", "--class-names", "safe,nsfw"]
+                                "--port", "9200", "--drain", "70s", "--class-names", "safe,nsfw"]
     binding = next(obj for obj in objs if obj["kind"] == "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mr-modelrollout-controller",
                                     "namespace": "ml-platform"}]
@@ -480,11 +480,13 @@ def test_a_release_name_that_makes_no_service_name_is_refused_naming_it(release:
         "ml-prod-controller-metrics", "ml-prod-exporter"}
 
 
-@pytest.mark.parametrize(("interval", "drain", "grace"), [(None, "40s", 50), ("600s", "610s", 620), ("1s", "11s", 21)])
-def test_the_exporter_drains_a_scrape_interval_after_sigterm_within_its_grace(interval: str | None, drain: str,
-                                                                             grace: int) -> None:
-    # The drain ends at the first scrape 2 s after SIGTERM: one scrape interval later at most, with 10 s to spare,
-    # then up to 5 s for requests in progress, inside the pod's grace. Readiness is the one that fails meanwhile.
+@pytest.mark.parametrize(("interval", "drain", "grace"),
+                         [(None, "70s", 80), ("600s", "1210s", 1220), ("1s", "12s", 22)])
+def test_the_exporter_drains_two_scrape_intervals_after_sigterm_within_its_grace(interval: str | None, drain: str,
+                                                                                grace: int) -> None:
+    # The drain ends at the first scrape 2 s after SIGTERM that holds no new series' counts back: two scrape
+    # intervals later at most, with 10 s to spare, then up to 5 s for requests in progress, inside the pod's grace.
+    # Readiness is the one that fails meanwhile.
     objs = helm_template(*(("--set", f"controller.scrapeInterval={interval}") if interval else ()))
     pod = next(obj for obj in objs if obj["kind"] == "Deployment"
                and obj["metadata"]["name"].endswith("-exporter"))["spec"]["template"]["spec"]

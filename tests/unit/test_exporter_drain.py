@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from aiohttp.test_utils import TestClient, TestServer
+
 from controller.devstack.processes import LOOPBACK, free_port, start, wait_http_ok
 from controller.exporter.connections import Drain, serve
 from controller.exporter.events import DecodeOptions
@@ -101,12 +103,13 @@ def test_with_no_scrape_the_drain_ends_at_its_time_and_a_second_signal_ends_it_a
             await asyncio.wait_for(asyncio.shield(task), 10)
             assert 0.9 <= time.monotonic() - started < 5
         stop = asyncio.Event()
-        async with exporter(Drain(30, settle_seconds=0.1), stop) as (base, task):
+        drain = Drain(30, settle_seconds=0.1)
+        async with exporter(drain, stop) as (base, task):
             stop.set()
             await asyncio.sleep(0.3)
             assert await asyncio.to_thread(get, f"{base}/readyz") == (503, "draining")
             started = time.monotonic()
-            stop.set()  # a second SIGTERM
+            drain.cut()  # a second SIGTERM
             await asyncio.wait_for(asyncio.shield(task), 10)
             assert time.monotonic() - started < 2
 
@@ -149,3 +152,72 @@ def test_exporter_run_drains_on_a_real_sigterm(tmp_path: Path) -> None:
         process.stop()
     said = log.read_text()
     assert "draining for at most 40 s" in said and "drained: a scrape read the last counts" in said
+
+
+def test_a_scrape_that_holds_a_new_series_back_does_not_end_the_drain_and_later_events_are_refused() -> None:
+    # Review s29r2: a series first seen by the final scrape is shown at 0 (increase() skips a first sample): ending
+    # there lost a new canary's first counts. The next scrape shows them and ends it; an event after it is refused,
+    # not answered 202 and lost with the pod; while draining each event's connection is closed.
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        async with exporter(Drain(30, settle_seconds=0.2), stop) as (base, task):
+            assert await asyncio.to_thread(post_prediction, base, "before") == 202  # never scraped yet
+            stop.set()
+            await asyncio.sleep(0.3)
+            status, first = await asyncio.to_thread(get, f"{base}/metrics")
+            assert (status, counted(first)) == (200, 0.0)
+            await asyncio.sleep(0.3)
+            assert not task.done()  # its counts were held back: not read yet
+            reader, writer = await asyncio.open_connection(LOOPBACK, int(base.rsplit(":", 1)[1]))
+            writer.write(b"POST /?variant=canary&model_version=7 HTTP/1.1\r\nHost: x\r\nCe-Id: kept\r\n"
+                         b"Ce-Specversion: 1.0\r\nCe-Source: t\r\n"
+                         b"Ce-Type: org.kubeflow.serving.inference.response\r\nCe-Namespace: team-a\r\n"
+                         b"Ce-Inferenceservicename: clf\r\nContent-Type: application/json\r\nContent-Length: 25\r\n"
+                         b"\r\n{\"predictions\": [\"nsfw\"]}")
+            answer = await asyncio.wait_for(reader.read(), 5)  # read() to the end: the exporter closed it
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 202") and b"Connection: close" in answer, answer
+            status, last = await asyncio.to_thread(get, f"{base}/metrics")
+            assert (status, counted(last)) == (200, 2.0)
+            await asyncio.wait_for(asyncio.shield(task), 5)
+
+    asyncio.run(scenario())
+
+
+def test_once_the_last_counts_are_scraped_an_event_is_refused_not_counted_and_lost() -> None:
+    # An event on a connection still open after the final scrape: counted, answered 202, it would die with the pod.
+    async def scenario() -> None:
+        drain = Drain(30, settle_seconds=0)
+        exporter = PredictionExporter(DecodeOptions(class_names=("safe", "nsfw")))
+        async with TestClient(TestServer(exporter.app(drain), host=LOOPBACK)) as client:
+            waiting = asyncio.create_task(drain.wait())
+            await asyncio.sleep(0)
+            assert (await client.get("/metrics")).status == 200
+            assert drain.drained
+            await waiting
+            headers = {"Ce-Id": "late", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
+                       "Ce-Source": "t", "Ce-Namespace": "team-a", "Ce-Inferenceservicename": "clf"}
+            late = await client.post("/?variant=canary&model_version=7", json={"predictions": ["nsfw"]},
+                                     headers=headers)
+            assert late.status == 503 and (await late.json()) == {"outcome": "draining"}
+            assert counted(exporter.render().decode()) is None  # never counted
+
+    asyncio.run(scenario())
+
+
+def test_two_signals_handled_before_the_drain_begins_end_it_at_once() -> None:
+    # Review s29r2: a second signal handled before the serving task resumed from the first was wiped, so the drain
+    # ran its full time. (Two kill(2)s with nothing between may reach the process as one: the kernel merges them.)
+    async def scenario() -> None:
+        ready = asyncio.get_running_loop().create_future()
+        drain = Drain(30)
+        app = PredictionExporter(DecodeOptions(class_names=("safe", "nsfw"))).app(drain)
+        task = asyncio.create_task(serve(app, LOOPBACK, 0, drain=drain,
+                                         started=lambda _cap, listening: ready.set_result(listening)))
+        await ready
+        os.kill(os.getpid(), signal.SIGTERM)  # both handled by the loop before the serving task runs again
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.wait_for(task, 5)
+        assert drain.drained
+
+    asyncio.run(scenario())
