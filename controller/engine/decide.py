@@ -1674,11 +1674,24 @@ class _Decider:
         if promoted_by_hand and candidate is not None and stable is not None:
             self.traffic_held = (f"{self.spec.target.description} reports version {candidate.version} serving as "
                                  f"stable (promoted outside ModelRollout?): restoring version {stable.version}")
-        if rollback.cause is RollbackCause.CANDIDATE_NOT_READY and candidate is not None and not promoted_by_hand:
+        # Once asked for, a restore is confirmed as a promotion's is, by stable seen serving: while it rolls out
+        # (Seldon's new Deployments) stable reads as no version, and no canary is no evidence either.
+        restore = self._ledger(self._rollback_id("restore"))
+        restoring = restore is not None and restore.state is ActionState.PENDING and not promoted_by_hand \
+            and not rollback.after_promotion
+        if restoring and stable is not None:
+            self.traffic_held = (f"restoring version {stable.version}: {self.spec.target.description} does not "
+                                 "report it serving and ready yet")
+        if rollback.cause is RollbackCause.CANDIDATE_NOT_READY and candidate is not None and not promoted_by_hand \
+                and not restoring:
             action = UnstageCandidate(id=self._rollback_id("unstage"), candidate_version=candidate.version)
-            done = target is not None and target.canary_version != candidate.version
+            # As the withdrawal's below: a share the target does not ascribe to the candidate is off it only on a
+            # target it was never seen staged on (a renamed canary's users are on it all the same).
+            foreign = target is not None and target.canary_version is None and not self._stage_seen()
+            done = target is not None and target.canary_version != candidate.version \
+                and (not target.canary_weight or foreign)
             detail = f"unstage {candidate.version}"
-        elif (rollback.after_promotion or promoted_by_hand) and stable is not None:
+        elif (rollback.after_promotion or promoted_by_hand or restoring) and stable is not None:
             action = RestoreStable(id=self._rollback_id("restore"), stable=stable)
             # Ready too: putting a version back may need new pods (KServe Standard mode, Seldon), and until
             # they serve, the rejected version may still answer.
@@ -1925,6 +1938,12 @@ class _Decider:
                           f"{self.spec.target.description}, so it cannot be promoted")
                 held = self._alias_set_elsewhere()
                 record = self._ledger(action_id)
+                if vanished and target is not None and record is not None and record.sent_at is not None \
+                        and target.canary_version is None and target.stable_version is None:
+                    # Sent, the canary gone and stable's version not known yet: the target is making the promoted
+                    # version's pods (Seldon's new Deployments), not losing the candidate.
+                    reason = (f"{self.spec.target.description} is still rolling out the promoted version "
+                              f"{candidate.version}: stable does not report it serving yet")
                 if self._candidate_gone() and (record is None or record.sent_at is None):
                     # Deleted from the registry (MLflow drops its aliases with it): its alias can never move, so
                     # never send it all traffic; taken off the target as an unready one is, not tagged (nothing

@@ -28,7 +28,9 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
   rollback  the canary predictor removed, any other non-shadow predictor whose model node loads the recorded
             candidate modelUri (the canary renamed by hand, a copy of it) kept at traffic 0, stable back to 100
             less the traffic of the remaining others (never refused for one: users must get off the candidate;
-            only when theirs exceeds 100). observe counts such a predictor's traffic as the canary's weight.
+            only when theirs exceeds 100). observe counts such a predictor's traffic as the canary's weight (and
+            reports the candidate as staged); stable loading the candidate's modelUri (a hand promotion) reads
+            as the candidate serving as stable, which the engine undoes with a restore.
             The candidate's record goes in every case, also when no predictor changes (the canary gone).
   restore   (after a promotion) the stable predictor's modelUri set to the given version, its component specs
             named after that version as promote names them, so every version change makes new Deployments.
@@ -341,6 +343,12 @@ class SeldonDeploymentRouter:
         elsewhere = self._candidate_elsewhere(obj)
         synced = _synced(obj)
         stable_version, changed = _version_for(ann, stable, ANN_VERSION, ANN_VERSION_URI)
+        if self._loads_candidate(ann, stable):
+            # The candidate written into stable by hand (promoted outside ModelRollout): it serves as stable, so a
+            # rollback restores stable instead of reading the canary's absence as users back on it.
+            stable_version = ann[ANN_CANDIDATE_VERSION]
+            changed = (f"stable predictor {self.stable_predictor} loads the candidate's modelUri (version "
+                       f"{stable_version}): promoted outside ModelRollout?")
         rolling = stable is not None and stable_version is not None and self._rolling_out(obj, stable, stable_version)
         ready = status.get("state") == "Available" and stable is not None and not rolling
         problems = []
@@ -374,10 +382,20 @@ class SeldonDeploymentRouter:
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_DEPLOYMENT, synced=synced, ready=ready,
             stable_version=None if rolling else stable_version, stable_name=self.stable_predictor,
-            stable_url=stable_url, canary_version=canary_version if canary else None,
+            # The candidate under another name (the canary renamed by hand) is still staged: a rollback takes it off.
+            stable_url=stable_url, canary_version=canary_version if canary else (
+                ann.get(ANN_CANDIDATE_VERSION) if elsewhere else None),
             canary_name=self.canary_predictor if canary else None, canary_ready=canary_ready,
             canary_weight=canary_weight,
             canary_url=canary_url, message="; ".join(problems))
+
+    @staticmethod
+    def _loads_candidate(ann: dict[str, str], stable: Obj | None) -> bool:
+        """Whether stable's model node loads the recorded candidate's modelUri: stage refuses a candidate with
+        stable's URI, and promote and restore clear the record, so only a hand edit makes this so."""
+        node = _model_node((stable or {}).get("graph") or {})
+        uri = ann.get(ANN_CANDIDATE_URI)
+        return bool(uri and ann.get(ANN_CANDIDATE_VERSION) and node is not None and node.get("modelUri") == uri)
 
     def _rolling_out(self, obj: Obj, stable: Obj, version: str) -> bool:
         """Stable's Deployments are named after `version` (promote names them so) and not all available yet.
