@@ -501,8 +501,11 @@ class _Decider:
         if previous is not None and previous != generation:
             self._record("SpecChanged", f"generation {previous} -> {generation}")
             self._update(resolving_since=None)  # a human acted: progressDeadline counts afresh, as for a Deployment
-            if self.status.phase is Phase.FAILED and not self._deleting:
-                # A fixed spec (e.g. the right target name) gets a fresh attempt without a command.
+            rollback = self.status.rollback
+            if self.status.phase is Phase.FAILED and not self._deleting \
+                    and not (rollback is not None and rollback.reject_candidate):
+                # A fixed spec (e.g. the right target name) gets a fresh attempt without a command; a candidate
+                # rejected (aborted, or failed a check) is rolled out again only by retry or a new version.
                 self._restart("spec changed after failure")
         self._update(observed_generation=generation)
 
