@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ PLURAL = "modelrollouts"
 KIND = "ModelRollout"
 FIELD_MANAGER = "modelrollout-controller"
 APPLY_PATCH = "application/apply-patch+yaml"
+
 # Held while a rollout with spec.rollback.revertOnDeletion lives, so that a delete waits for its rollback.
 FINALIZER = "modelrollout.io/revert-on-deletion"
 
@@ -38,8 +40,26 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
 
 
+# An escaped backslash, or a character past U+FFFF escaped as a surrogate pair.
+_SURROGATE_PAIR = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def apply_body(body: dict[str, Any]) -> str:
+    """A server-side apply body as JSON text with every character past U+FFFF written as itself. The client's own
+    json.dumps escapes one as a surrogate pair, which the API server's YAML reader refuses: one emoji (a class label,
+    a model name) made every status write of that rollout fail. The rest stays escaped: raw, the YAML reader would
+    fold a U+2028 in a string as a line break, and refuse a C1 control character."""
+    def unescaped(found: re.Match[str]) -> str:
+        if found[1] is None:
+            return found[0]
+        return chr(0x10000 + ((int(found[1], 16) - 0xD800) << 10) + int(found[2], 16) - 0xDC00)
+
+    return _SURROGATE_PAIR.sub(unescaped, json.dumps(body, default=str))
+
+
 class BoundedApiClient(client.ApiClient):
-    """An ApiClient whose calls time out unless they set their own timeout.
+    """An ApiClient whose calls time out unless they set their own timeout, and whose server-side applies are sent
+    as UTF-8 JSON text (apply_body).
 
     The client waits forever by default: one half-open connection would hold a reconcile worker, and with it
     that rollout, for good, while the operator still looks alive. Watches are not bounded (a watch waits by
@@ -54,6 +74,8 @@ class BoundedApiClient(client.ApiClient):
                  _request_timeout: Any = None) -> Any:
         if _request_timeout is None and "watch=true" not in url.lower():
             _request_timeout = self.request_timeout
+        if isinstance(body, dict) and (header_params or {}).get("Content-Type") == APPLY_PATCH:
+            body = apply_body(body)  # a str body is sent as it is
         return super().call_api(method, url, header_params, body, post_params, _request_timeout=_request_timeout)
 
 
@@ -124,7 +146,7 @@ class RolloutStore:
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"],
                              "resourceVersion": meta["resourceVersion"]},
                 "status": status}
-        size = len(json.dumps(body, default=str).encode())
+        size = len(apply_body(body).encode())
         if size > MAX_REQUEST_BYTES:
             raise StatusWriteRefused(413, f"too large (not sent: the API server reads at most {MAX_REQUEST_BYTES:,} "
                                           f"bytes of a request); it was {size:,} bytes")
@@ -231,7 +253,8 @@ def status_refusal(exc: ApiException, configuration: client.Configuration) -> st
     if exc.status == 413 or (exc.status == 500 and any(word in message for word in _ETCD_TOO_LARGE)):
         return f"too large (HTTP {exc.status}: {message[:200]})"  # the request limit's or etcd's words: no content
     if exc.status == 400 and message.startswith("error decoding YAML"):
-        # Server-side apply reads the body as YAML, whose implicit keys stop at 1024 characters; its words quote it.
+        # Server-side apply reads the body as YAML, whose implicit keys stop at 1024 characters; its words quote
+        # the body (any value in status), so they are not kept.
         return "unreadable (HTTP 400: not decodable as YAML: a map key of 1024 characters or more?)"
     if exc.status != 422:
         return None
