@@ -553,9 +553,11 @@ def check_operator_settings(spec: ModelRolloutSpec, namespace: str, config: Oper
                             gate_ahead: bool = True) -> None:
     """What the spec needs from this operator's settings, refused with the field named (SpecError).
 
-    gate_ahead: the attempt's gate has not finished. Only then does the golden dataset's source matter: a
-    rollout past its gate is not frozen because the dataset's host left the allow-list since."""
-    check_gate_hosts(spec, namespace, config.gate_hosts)
+    gate_ahead: the attempt's gate has not finished. Only then do the gate's URLs and the golden dataset's source
+    matter: a rollout past its gate is not frozen (its canary kept, its analysis and bake stopped) because a host
+    left an allow-list since (an operator upgrade, a changed --gate-hosts)."""
+    if gate_ahead:
+        check_gate_hosts(spec, namespace, config.gate_hosts)
     if spec.analysis.metrics and spec.analysis.prometheus is None and not config.default_prometheus_url:
         raise SpecError("spec.analysis.prometheus.address",
                         "is required: the metrics need a Prometheus and the operator has no default (--prometheus-url)")

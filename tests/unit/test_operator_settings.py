@@ -296,3 +296,14 @@ def test_a_bake_runs_promotion_time_reaches_the_runner(monkeypatch: pytest.Monke
                          baseline_window=timedelta(days=3), promoted_at=promoted)
     runtime.measure_analysis(action, promoted + timedelta(hours=26))
     assert [request.promoted_at for request in asked] == [promoted]
+
+
+def test_a_gate_url_host_matters_only_until_the_gate_has_run() -> None:
+    """Review s29crd: a rollout past its gate froze (InvalidSpec, its canary kept) once its gate URL's host was no
+    longer allowed, e.g. after an operator upgrade refusing the short name.<ns>.svc form."""
+    raw = copy.deepcopy(RAW)
+    raw["target"]["kserve"]["candidateUrl"] = "http://cand.team-a.svc/v1/models/m:predict"
+    config = OperatorConfig(default_prometheus_url="http://prom:9090")
+    check_operator_settings(parse_spec(raw), "team-a", config, gate_ahead=False)
+    with pytest.raises(SpecError, match=r"spec\.target\.kserve\.candidateUrl"):
+        check_operator_settings(parse_spec(raw), "team-a", config, gate_ahead=True)
