@@ -499,13 +499,17 @@ class _Decider:
         previous = self.status.observed_generation
         generation = self.obs.generation
         if previous is not None and previous != generation:
-            self._record("SpecChanged", f"generation {previous} -> {generation}")
-            self._update(resolving_since=None)  # a human acted: progressDeadline counts afresh, as for a Deployment
             rollback = self.status.rollback
-            if self.status.phase is Phase.FAILED and not self._deleting \
-                    and not (rollback is not None and rollback.reject_candidate):
-                # A fixed spec (e.g. the right target name) gets a fresh attempt without a command; a candidate
-                # rejected (aborted, or failed a check) is rolled out again only by retry or a new version.
+            failed = self.status.phase is Phase.FAILED and not self._deleting
+            rejected = rollback is not None and rollback.reject_candidate
+            candidate = self.status.candidate
+            # A candidate rejected (aborted, or failed a check) is rolled out again only by retry or a new version.
+            kept = (f"; not restarted: version {candidate.version} was rejected (retry, or a new version, starts "
+                    "again)") if failed and rejected and candidate is not None else ""
+            self._record("SpecChanged", f"generation {previous} -> {generation}{kept}")
+            self._update(resolving_since=None)  # a human acted: progressDeadline counts afresh, as for a Deployment
+            if failed and not rejected:
+                # A fixed spec (e.g. the right target name) gets a fresh attempt without a command.
                 self._restart("spec changed after failure")
         self._update(observed_generation=generation)
 

@@ -68,6 +68,9 @@ def test_an_aborted_first_rollout_is_not_rolled_out_again_by_a_spec_edit() -> No
         world.advance(timedelta(seconds=30))
     assert world.status.attempt == 1
     assert "production" not in world.registry.aliases
+    # Said, so that the rollout does not look stuck after the edit (review s29r4).
+    (changed,) = [h.detail for h in world.status.history if h.event == "SpecChanged"]
+    assert changed.endswith("not restarted: version 7 was rejected (retry, or a new version, starts again)")
 
 
 # --- last session's survivors (s28engine) ----------------------------------------------------------------------
