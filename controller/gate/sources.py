@@ -444,8 +444,10 @@ class _BodyDecoder:
         try:
             while data:
                 if self._zlib is None or (self._zlib.eof and self._encoding != "deflate"):
-                    if self._zlib is not None and not data.strip(b"\0"):
-                        return  # NUL padding after the last member, which gzip(1) ignores too
+                    if self._zlib is not None:
+                        data = data.lstrip(b"\0")  # NUL padding after a member, which gzip(1) skips too
+                        if not data:
+                            return
                     self._zlib = self._decompressor(data)  # gzip: members may follow one another
                 elif self._zlib.eof:
                     raise SourceError(ErrorKind.UNAVAILABLE, f"GET {self._shown}: bytes after the end of the "
