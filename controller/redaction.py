@@ -12,18 +12,23 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 # What replaces a URL's query and fragment (a token, a presigned URL's signature): the reader sees something was cut.
 REDACTED_QUERY = "?<redacted>"
-# What replaces a text that still quotes a secret once URL and HTML escapes are undone.
-WITHHELD_MESSAGE = "<withheld: it quoted the credentials in an escaped form>"
+# What replaces a text that still quotes a secret (or its start) once URL and HTML escapes are undone.
+WITHHELD_MESSAGE = "<withheld: it quoted the credentials, escaped or in part>"
 # A URL with an authority inside free text: up to a space, a quote or an angle bracket. Its scheme starts at the
 # first letter of a run of scheme characters ("1https://" is "https://"); the run is tried from its start only
 # (lookbehind), else every character of a long run is tried as a start: quadratic.
 _URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.-])(?P<lead>[0-9+.-]*)(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]*)")
 
 
+# How much of a secret's start, quoted, withholds a text: a gateway printing a header cut short shows its start.
+_ECHOED_START = 8
+
+
 def redact_credentials(text: str, *, token: str | None = None, username: str | None = None,
                        password: str | None = None) -> str:
     """text with the token, the password and the base64 basic-auth pair replaced by ***, as they are or escaped
-    (URL, HTML); a text still quoting one once its escapes are undone is replaced whole (WITHHELD_MESSAGE).
+    (URL, HTML); a text still quoting one, or its first 8 characters, once its escapes are undone is replaced whole
+    (WITHHELD_MESSAGE).
 
     For anything a server sends back (error messages echo the Authorization header, proxies echo the
     request): shared by the registry adapter and the gate's MLflow client. The username is not a secret.
@@ -34,8 +39,10 @@ def redact_credentials(text: str, *, token: str | None = None, username: str | N
     forms = {form for secret in secrets for form in _escaped_forms(secret)}
     for form in sorted(forms, key=len, reverse=True):  # longest first: no partial leftovers
         text = text.replace(form, "***")
-    if secrets and any(secret in decoded for decoded in _unescaped(text) for secret in secrets):
-        return WITHHELD_MESSAGE  # escaped some other way (&#x2F; and %2b mixed): no telling where it is
+    # Escaped some other way (&#x2F; and %2b mixed), or cut short (a proxy printing a header's first characters):
+    # no telling where it is. A start as long as _ECHOED_START is taken for the secret, or all of a shorter one.
+    if secrets and any(secret[:_ECHOED_START] in decoded for decoded in _unescaped(text) for secret in secrets):
+        return WITHHELD_MESSAGE
     return text
 
 

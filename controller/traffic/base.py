@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from controller.redaction import redact_urls
+
 # Annotation keys the routers write on the objects they drive (always under this prefix).
 ANNOTATION_PREFIX = "modelrollout.io/"
 
@@ -76,6 +78,12 @@ class TargetState:
     canary_url: str | None = None
     pinned: bool = False
     message: str = ""
+
+    def __post_init__(self) -> None:
+        # It quotes the serving system's conditions, whose failures quote the storage URI the router wrote: a
+        # presigned signature or a git token in it would reach the rollout's status and Events.
+        if self.message:
+            object.__setattr__(self, "message", redact_urls(self.message))
 
     @property
     def canary_staged(self) -> bool:
