@@ -465,6 +465,12 @@ class RolloutRuntime:
             return not (isinstance(exc, TargetStateError) and exc.reason == "Invalid")
 
     async def measure_gate(self, action: RunGate, state: TargetState | None) -> JudgeResult:
+        try:
+            # Checked where the gate runs, too: the step that checked the settings may have started this attempt
+            # (a new version past the last gate), after check_operator_settings skipped the hosts.
+            check_gate_hosts(self.spec, self.namespace, self.config.gate_hosts)
+        except SpecError as exc:
+            return JudgeResult(action.id, error=AdapterError(AdapterErrorKind.INVALID, str(exc)))
         candidate_override, stable_override = self.gate_urls
         candidate_url = candidate_override or (state.canary_url if state else None)
         stable_url = stable_override or (state.stable_url if state else None)
