@@ -20,15 +20,17 @@ WITHHELD_MESSAGE = "<withheld: it quoted the credentials, escaped or in part>"
 _URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.-])(?P<lead>[0-9+.-]*)(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]*)")
 
 
-# How much of a secret's start, quoted, withholds a text: a gateway printing a header cut short shows its start.
+# How much of a secret's start, quoted after a credential's scheme word, withholds a text: a gateway printing a
+# header cut short shows its start.
 _ECHOED_START = 8
+_ECHOED_HEADER = r"(?i)(?:bearer|basic|token)[\s:=\"']+"
 
 
 def redact_credentials(text: str, *, token: str | None = None, username: str | None = None,
                        password: str | None = None) -> str:
     """text with the token, the password and the base64 basic-auth pair replaced by ***, as they are or escaped
-    (URL, HTML); a text still quoting one, or its first 8 characters, once its escapes are undone is replaced whole
-    (WITHHELD_MESSAGE).
+    (URL, HTML); a text still quoting one once its escapes are undone, or its first 8 characters after "Bearer",
+    "Basic" or "token", is replaced whole (WITHHELD_MESSAGE).
 
     For anything a server sends back (error messages echo the Authorization header, proxies echo the
     request): shared by the registry adapter and the gate's MLflow client. The username is not a secret.
@@ -39,9 +41,12 @@ def redact_credentials(text: str, *, token: str | None = None, username: str | N
     forms = {form for secret in secrets for form in _escaped_forms(secret)}
     for form in sorted(forms, key=len, reverse=True):  # longest first: no partial leftovers
         text = text.replace(form, "***")
-    # Escaped some other way (&#x2F; and %2b mixed), or cut short (a proxy printing a header's first characters):
-    # no telling where it is. A start as long as _ECHOED_START is taken for the secret, or all of a shorter one.
-    if secrets and any(secret[:_ECHOED_START] in decoded for decoded in _unescaped(text) for secret in secrets):
+    # Escaped some other way (&#x2F; and %2b mixed), or a header cut short (a proxy printing its first characters):
+    # no telling where it is. Only a start after a credential's scheme word counts: a password's first characters
+    # may be a word (or the username) that ordinary messages use.
+    echoed = [re.compile(_ECHOED_HEADER + re.escape(secret[:_ECHOED_START])) for secret in secrets]
+    if any(secret in decoded for decoded in _unescaped(text) for secret in secrets) or \
+            any(header.search(decoded) for decoded in _unescaped(text) for header in echoed):
         return WITHHELD_MESSAGE
     return text
 
