@@ -505,7 +505,8 @@ class _Decider:
             candidate = self.status.candidate
             # A candidate rejected (aborted, or failed a check) is rolled out again only by retry or a new version.
             kept = (f"; not restarted: version {candidate.version} was rejected (retry, or a new version, starts "
-                    "again)") if failed and rejected and candidate is not None else ""
+                    "again)") if failed and rejected and candidate is not None \
+                and self._wanted_candidate() in (None, candidate.version) else ""
             self._record("SpecChanged", f"generation {previous} -> {generation}{kept}")
             self._update(resolving_since=None)  # a human acted: progressDeadline counts afresh, as for a Deployment
             if failed and not rejected:

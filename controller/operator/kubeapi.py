@@ -40,18 +40,21 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
 
 
-# An escaped backslash, or a character past U+FFFF escaped as a surrogate pair.
-_SURROGATE_PAIR = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+# An escaped backslash, a character past U+FFFF escaped as a surrogate pair, or a lone surrogate's escape.
+_SURROGATE_PAIR = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|\\ud[89a-f][0-9a-f]{2}")
 
 
 def apply_body(body: dict[str, Any]) -> str:
     """A server-side apply body as JSON text with every character past U+FFFF written as itself. The client's own
     json.dumps escapes one as a surrogate pair, which the API server's YAML reader refuses: one emoji (a class label,
     a model name) made every status write of that rollout fail. The rest stays escaped: raw, the YAML reader would
-    fold a U+2028 in a string as a line break, and refuse a C1 control character."""
+    fold a U+2028 in a string as a line break, and refuse a C1 control character. A lone surrogate (decoded by
+    Python's json from a server's "\\ud83d") is refused escaped or not: it is written as U+FFFD."""
     def unescaped(found: re.Match[str]) -> str:
-        if found[1] is None:
+        if found[0] == "\\\\":
             return found[0]
+        if found[1] is None:
+            return "\\ufffd"
         return chr(0x10000 + ((int(found[1], 16) - 0xD800) << 10) + int(found[2], 16) - 0xDC00)
 
     return _SURROGATE_PAIR.sub(unescaped, json.dumps(body, default=str))

@@ -50,3 +50,6 @@ def test_status_and_a_routers_apply_with_an_emoji_are_stored(kubeconfig: Path, n
     assert applied["metadata"]["annotations"]["example.com/class"] == EMOJI
     again = store.get(ObjectRef(namespace, name))
     assert again is not None and again["status"]["message"] == f"class {EMOJI} failed"
+    # A lone surrogate (Python's json decodes a server's "\ud83d" to one) is stored as U+FFFD (review s29r6).
+    lone = store.apply_status(again, {**status, "message": "backend \ud83d unavailable"})
+    assert lone["status"]["message"] == "backend \ufffd unavailable"

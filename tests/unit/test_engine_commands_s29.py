@@ -406,3 +406,15 @@ def test_an_inconclusive_bake_pause_records_that_it_resumes_the_bake() -> None:
     world.run_until(lambda w: w.status.phase is Phase.PAUSED and w.status.pause is not None
                     and str(w.status.pause.reason) == "BakeInconclusive")
     assert world.status.pause is not None and world.status.pause.resume_phase is Phase.BAKING
+
+
+def test_a_new_version_on_a_rejected_failed_rollout_is_not_said_not_restarted() -> None:
+    # Review s29r6: the SpecChanged entry said "not restarted" just before the new version's attempt started.
+    world = _first_rollout_killed_after_its_alias_moved()
+    world.send(CommandAction.ABORT)
+    world.run_until(finished, step=timedelta(seconds=2))
+    world.spec["model"]["version"] = "8"
+    world.generation += 1
+    world.reconcile()
+    (changed,) = [h.detail for h in world.status.history if h.event == "SpecChanged"]
+    assert "not restarted" not in changed and world.status.attempt == 2
