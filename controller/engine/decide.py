@@ -1946,10 +1946,11 @@ class _Decider:
                           f"{self.spec.target.description}, so it cannot be promoted")
                 held = self._alias_set_elsewhere()
                 record = self._ledger(action_id)
-                if vanished and target is not None and record is not None and record.sent_at is not None \
-                        and target.canary_version is None and target.stable_version is None:
-                    # Sent, the canary gone and stable's version not known yet: the target is making the promoted
-                    # version's pods (Seldon's new Deployments), not losing the candidate.
+                # Sent, the canary gone and stable's version not known yet: the target is making the promoted
+                # version's pods (Seldon's new Deployments), not losing the candidate; no hold, nothing to do.
+                rolling_out = vanished and target is not None and record is not None and record.sent_at is not None \
+                    and target.canary_version is None and target.stable_version is None
+                if rolling_out:
                     reason = (f"{self.spec.target.description} is still rolling out the promoted version "
                               f"{candidate.version}: stable does not report it serving yet")
                 if self._candidate_gone() and (record is None or record.sent_at is None):
@@ -1978,6 +1979,8 @@ class _Decider:
                     self._wait(f"Holding the promotion until {self.spec.target.description} answers")
                 elif self._registry() is None:
                     self._wait("Holding the promotion until the registry answers")
+                elif rolling_out:
+                    self._wait(f"Promoting candidate {candidate.version}: {reason}", poll=True)
                 elif vanished:
                     self._wait(f"Holding the promotion: {reason}", poll=True)
                 elif held is not None:

@@ -87,7 +87,8 @@ def test_a_promotion_still_rolling_out_is_not_called_no_longer_staged() -> None:
     _reconcile(world, 2)
     message = world.status.message
     assert world.status.phase is Phase.PROMOTING
-    assert message.startswith("Holding the promotion:") and "no longer staged" not in message
+    # Not a hold (review s29r7: the CLI coloured it like Paused and gave it a deadline as if a human were needed).
+    assert message.startswith("Promoting candidate 7:") and "no longer staged" not in message
     assert "still rolling out the promoted version 7" in message
     world.target.stable_version, world.target.ready, world.target.frozen = "7", True, False
     world.run_until(lambda w: w.status.phase is not Phase.PROMOTING)
