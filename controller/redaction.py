@@ -26,11 +26,17 @@ _ECHOED_START = 8
 _ECHOED_HEADER = r"(?i)(?:bearer|basic|token)[\s:=\"']+"
 
 
+def _long_start(secret: str) -> str:
+    """The start of a secret that, quoted anywhere, withholds a text: all but its last 3 characters, 12 to 16 of
+    them (all of a shorter one). Shorter starts may be a word or the username that ordinary messages use."""
+    return secret[:max(12, min(len(secret) - 3, 16))]
+
+
 def redact_credentials(text: str, *, token: str | None = None, username: str | None = None,
                        password: str | None = None) -> str:
     """text with the token, the password and the base64 basic-auth pair replaced by ***, as they are or escaped
-    (URL, HTML); a text still quoting one once its escapes are undone, or its first 8 characters after "Bearer",
-    "Basic" or "token", is replaced whole (WITHHELD_MESSAGE).
+    (URL, HTML); a text still quoting one once its escapes are undone, most of its start (_long_start), or its
+    first 8 characters after "Bearer", "Basic" or "token", is replaced whole (WITHHELD_MESSAGE).
 
     For anything a server sends back (error messages echo the Authorization header, proxies echo the
     request): shared by the registry adapter and the gate's MLflow client. The username is not a secret.
@@ -41,11 +47,11 @@ def redact_credentials(text: str, *, token: str | None = None, username: str | N
     forms = {form for secret in secrets for form in _escaped_forms(secret)}
     for form in sorted(forms, key=len, reverse=True):  # longest first: no partial leftovers
         text = text.replace(form, "***")
-    # Escaped some other way (&#x2F; and %2b mixed), or a header cut short (a proxy printing its first characters):
-    # no telling where it is. Only a start after a credential's scheme word counts: a password's first characters
-    # may be a word (or the username) that ordinary messages use.
+    # Escaped some other way (&#x2F; and %2b mixed), or cut short (a proxy printing a header's first characters):
+    # no telling where it is. A short start counts only after a credential's scheme word: a password's first
+    # characters may be a word (or the username) that ordinary messages use.
     echoed = [re.compile(_ECHOED_HEADER + re.escape(secret[:_ECHOED_START])) for secret in secrets]
-    if any(secret in decoded for decoded in _unescaped(text) for secret in secrets) or \
+    if any(_long_start(secret) in decoded for decoded in _unescaped(text) for secret in secrets) or \
             any(header.search(decoded) for decoded in _unescaped(text) for header in echoed):
         return WITHHELD_MESSAGE
     return text

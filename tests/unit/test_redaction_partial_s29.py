@@ -52,3 +52,20 @@ def test_a_target_state_message_is_redacted() -> None:
 ])
 def test_a_secrets_start_alone_does_not_withhold_an_ordinary_message(said: str, secrets: dict[str, str]) -> None:
     assert redact_credentials(said, **secrets) == said
+
+
+@pytest.mark.parametrize("said", [
+    # Review s29final: cut short with no scheme word before it.
+    "secret=tk-SEKRETab12+cd/ef34Z",
+    "upstream auth failed (X-Api-Key: tk-SEKRETab12+cd/ef34...)",
+    '{"authorization": "tk-SEKRETab12+cd/ef3..."}',
+])
+def test_most_of_a_token_quoted_anywhere_withholds_the_text(said: str) -> None:
+    assert redact_credentials(said, token=TOKEN) == WITHHELD_MESSAGE
+
+
+def test_most_of_a_password_or_its_pair_quoted_anywhere_withholds_the_text() -> None:
+    secrets = {"username": "alice", "password": "PaSs-SEKRET-77/x"}
+    assert redact_credentials("invalid password 'PaSs-SEKRET-77/'", **secrets) == WITHHELD_MESSAGE
+    pair = base64.standard_b64encode(b"alice:PaSs-SEKRET-77/x").decode()
+    assert redact_credentials(f"credentials {pair[:-3]} rejected", **secrets) == WITHHELD_MESSAGE
