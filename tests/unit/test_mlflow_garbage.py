@@ -220,7 +220,7 @@ def test_a_failed_evidence_run_is_logged_without_secrets_and_the_verdict_stands(
                                      "thresholds": {"minAccuracy": 0.9}}}
             spec = parse_spec(raw)
             runtime = RolloutRuntime({"metadata": {"namespace": "team-a", "name": "r", "uid": "u"}, "spec": raw},
-                                     spec, client.ApiClient(), OperatorConfig())
+                                     spec, client.ApiClient(), OperatorConfig(gate_hosts=("127.0.0.1",)))
             runtime._credentials = Credentials(token=TOKEN)  # as if read from the rollout's Secret
             action = RunGate(id="gate-1", candidate=VersionRef(version="2"), stable=None, dataset=spec.golden_dataset)
             return await runtime.measure_gate(action, None)
