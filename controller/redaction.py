@@ -51,8 +51,9 @@ def redact_credentials(text: str, *, token: str | None = None, username: str | N
     # no telling where it is. A short start counts only after a credential's scheme word: a password's first
     # characters may be a word (or the username) that ordinary messages use.
     echoed = [re.compile(_ECHOED_HEADER + re.escape(secret[:_ECHOED_START])) for secret in secrets]
-    if any(_long_start(secret) in decoded for decoded in _unescaped(text) for secret in secrets) or \
-            any(header.search(decoded) for decoded in _unescaped(text) for header in echoed):
+    decoded_forms = _unescaped(text)
+    if any(_long_start(secret) in decoded for decoded in decoded_forms for secret in secrets) or \
+            any(header.search(decoded) for decoded in decoded_forms for header in echoed):
         return WITHHELD_MESSAGE
     return text
 
