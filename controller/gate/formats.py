@@ -10,6 +10,12 @@ The header declares the class list (the label space the thresholds and confusion
 declare the feature shape; without `featureShape` the first sample's shape is the expected one. `slices`
 is an optional list of tags (`"slice": "logo"` is accepted too). Labels are class names.
 
+The class list is also the models' output order, in both formats: a score vector's (or an integer answer's)
+position i is read as class i, as the prediction exporter reads it as its --class-names[i], so the list must equal
+the exporter's --class-names, in that order. A list in another order (sorted, as np.unique or LabelEncoder write
+it) reads every model's scores into the wrong classes: with a stable version failing the same limits the judge
+calls it a setup problem (inconclusive); on a first rollout the candidate fails. Class-name answers are read by name.
+
 NumPy .npz (np.savez / np.savez_compressed, no pickles): `X` (n, *feature_shape) numbers, `y` (n,) class
 names or integer class indices, `classes` (k,) names, optional `slices` (n,) strings of comma-separated
 tags ("" for none). Members are streamed row block by row block, never loaded whole.
@@ -207,8 +213,8 @@ class JsonLinesReader:
         self.problems = DatasetProblems()
         self._header_line = self._scan_header()
         if not self.classes:
-            raise DatasetFormatError('no class list: the first line must be a header {"classes": [...]} '
-                                     "(or the operator must configure the class names)")
+            raise DatasetFormatError('no class list: the first line must be a header {"classes": [...]} in the '
+                                     "models' output order (or the operator must configure the class names)")
         self._class_index = {name: index for index, name in enumerate(self.classes)}
         # The careful path's parser: the C scanner behind json.loads, called directly.
         self._scan = json.JSONDecoder().scan_once
@@ -600,7 +606,8 @@ class NpzReader:
         elif class_names:
             classes = tuple(class_names)
         else:
-            raise DatasetFormatError("no class list: add a 'classes' array (or configure the class names)")
+            raise DatasetFormatError("no class list: add a 'classes' array in the models' output order (or "
+                                     "configure the class names)")
         self.classes: tuple[str, ...] = classes
         self._class_index = {name: index for index, name in enumerate(classes)}
         self.feature_shape: tuple[int, ...] | None = None

@@ -13,6 +13,11 @@ Checks, in the order the engine reads them (the first verdict with the combined 
     minAccuracy                           on the candidate's answers
     maxAccuracyDrop, maxDisagreement      candidate vs stable on the samples both answered
     <class>.maxFalsePositiveRate / .minRecall / .minPrecision   on the candidate's answers
+                        minAccuracy and these: a failure stable's answers share is INCONCLUSIVE, the same rule as
+                        for unusable answers (a setup problem, not the candidate's), when stable's answers fit
+                        another class order (scores and indexes are read in the dataset's class order: a list in
+                        another order than the models' outputs fails every model alike) or the candidate is not
+                        credibly worse than stable (a limit neither reaches); still FAIL when it is
     slice <tag>.minAccuracy / .maxAccuracyDrop / .maxDisagreement   the same per golden slice (a trigger hides
                         in one; minAccuracy with or without a stable), as a test: FAIL only when the slice's count
                         (errors, accuracy lost, flips) is credibly beyond the limit (binomial tail below SLICE_ALPHA
@@ -57,6 +62,11 @@ NAMED_CLASSES = 20  # a reason names at most this many classes: verdicts are kep
 # and the API server reads a server-side apply as YAML, whose keys stop at 1024 characters: one longer key makes
 # every status write a 400. Not truncated: two names cut to the same prefix would merge their counts.
 MAX_NAME_CHARS = 253
+# What a failure stable shares points to (candidate.responses, and the limits _failed_alike reads).
+CLASS_ORDER_RULE = ("the dataset's class list must be the models' output order, the exporter's --class-names "
+                    "(scores and indexes are read by position)")
+SETUP_CAUSES = f"{CLASS_ORDER_RULE}; the models' output classes or protocol"
+_CLASS_LIMITS = frozenset({"minRecall", "minPrecision", "maxFalsePositiveRate"})
 
 
 def clipped(name: str) -> str:
@@ -141,9 +151,8 @@ def judge(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSetting
     # Unusable the same way as stable's answers: the setup (dataset classes, output classes, protocol), not the model.
     setup = tally.stable is not None and _unusable_alike(tally.candidate, tally.stable, settings)
     verdicts.append(_responses_verdict("candidate", tally.candidate, settings, tally.aborted, garbage_fails=not setup,
-                                       note="; stable's answers are unusable the same way: a setup problem (the "
-                                       "dataset's classes, the models' output classes or protocol), not the "
-                                       "candidate's" if setup else ""))
+                                       note=f"; stable's answers are unusable the same way: a setup problem "
+                                       f"({SETUP_CAUSES}), not the candidate's" if setup else ""))
     if tally.stable is not None:
         verdicts.append(_responses_verdict("stable", tally.stable, settings, tally.aborted, garbage_fails=False))
     if tally.overall.samples == 0 or tally.candidate.answered == 0:
@@ -152,7 +161,10 @@ def judge(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSetting
         # The samples read so far need not represent the dataset (it may be sorted by class), so metrics on
         # them are reported but decide nothing; the responses verdict already says why it stopped.
         return verdicts
-    checks = _threshold_verdicts(thresholds, tally, settings, dataset_sha256)
+    # The same rule for usable answers: a limit stable fails too does not tell the candidate from it.
+    order = _output_order(tally.overall.stable, tally.classes) if tally.stable is not None else None
+    checks = [_failed_alike(check, tally, order) for check in _threshold_verdicts(thresholds, tally, settings,
+                                                                                  dataset_sha256)]
     if not checks:
         why = ("the thresholds set compare against stable, and there is no stable version"
                if _any_threshold(thresholds) else "no threshold is set (spec.goldenDataset.thresholds sets none)")
@@ -188,6 +200,65 @@ def _unusable_alike(candidate: ResponseTally, stable: ResponseTally, settings: J
     return (stable.garbage_samples > settings.max_unanswered_share * stable.samples + _EPSILON
             and bool(candidate.garbage_reasons) and candidate.garbage_reasons <= stable.garbage_reasons
             and candidate.unusable_where_other_answered <= allowed)
+
+
+def _failed_alike(verdict: Verdict, tally: GateTally,
+                  order: tuple[tuple[str, ...], float] | None) -> Verdict:
+    """A whole-dataset limit on the candidate's own answers (minAccuracy, a class's minRecall, minPrecision,
+    maxFalsePositiveRate) that stable's answers fail too: INCONCLUSIVE, not the candidate's failure, when stable's
+    answers fit another class order (`order`, with stable's accuracy in it: a dataset whose class list is not the
+    models' output order, e.g. sorted as np.unique or LabelEncoder write it, reads every model's scores into the
+    wrong classes and fails a clean candidate and the version in production alike), or when the candidate is not
+    credibly worse than stable (a limit neither reaches). A candidate credibly worse than stable still fails, as in
+    _unusable_alike. Not slices: their floor is already stable's accuracy where stable's is lower."""
+    if verdict.outcome is not Outcome.FAIL or tally.stable is None:
+        return verdict
+    if verdict.name == "minAccuracy":
+        stable_value = accuracy(tally.overall.stable)
+    elif "class" in verdict.evidence and _kind(verdict) in _CLASS_LIMITS:
+        stable_value = verdict.evidence["stableValue"]
+    else:
+        return verdict
+    upper = _kind(verdict).startswith("max")
+    if stable_value is None or not _beyond(stable_value, float(verdict.evidence["limit"]), upper):
+        return verdict
+    evidence = {**verdict.evidence, "stableValue": stable_value, "stableFailsToo": True}
+    reason = f"{verdict.reason}; stable fails it too ({pct(stable_value)})"
+    if order is not None:
+        names, fitted_accuracy = order
+        return Verdict(verdict.name, Outcome.INCONCLUSIVE,
+                       f"{reason}: a setup problem, not the candidate's. Stable's answers fit the labels with the "
+                       f"outputs in the order [{_some(names, 5)}] (accuracy {pct(fitted_accuracy)}), not the "
+                       f"dataset's [{_some(tally.classes, 5)}]: {CLASS_ORDER_RULE}; for answers given as class "
+                       "names, the models' own list of names",
+                       {**evidence, "fittedOutputOrder": list(names[:NAMED_CLASSES]),
+                        "fittedStableAccuracy": fitted_accuracy})
+    count, trials, _ = _counted(verdict)
+    best = evidence.get("bestCase")
+    if best:  # worse even with its unanswered samples in its favour
+        count, trials = best["count"], best["samples"]
+    p_value = binomial_tail(count, trials, stable_value if upper else 1.0 - stable_value)
+    evidence["pValueAgainstStable"] = p_value
+    if p_value < SLICE_ALPHA:
+        return Verdict(verdict.name, Outcome.FAIL, f"{reason}, and the candidate is credibly worse (p={p_value:.1e} "
+                       f"< {SLICE_ALPHA:.1e})", evidence)
+    return Verdict(verdict.name, Outcome.INCONCLUSIVE,
+                   f"{reason} and the candidate is not credibly worse (p={p_value:.1e}): likely a setup problem "
+                   f"({SETUP_CAUSES}), or a limit stable does not reach either; not the candidate's failure",
+                   evidence)
+
+
+def _output_order(confusion: np.ndarray, classes: tuple[str, ...]) -> tuple[tuple[str, ...], float] | None:
+    """The class order stable's answers fit better than the dataset's, and stable's accuracy read in it: each output
+    position read as the class most of its answers are labelled (confusion is [true, predicted]). None when no
+    other order fits better, or none is an order (a position never predicted, or two positions mostly one class)."""
+    if not confusion.sum(axis=0).all():
+        return None
+    fitted = confusion.argmax(axis=0)
+    correct = int(confusion[fitted, np.arange(len(classes))].sum())
+    if len(np.unique(fitted)) != len(classes) or correct <= int(np.trace(confusion)):
+        return None
+    return tuple(classes[int(index)] for index in fitted), correct / int(confusion.sum())
 
 
 def _responses_verdict(side: str, tally: ResponseTally, settings: JudgeSettings, aborted: str | None,

@@ -69,7 +69,8 @@ class GateOptions:
     max_response_bytes_per_sample: int = SAMPLE_RESPONSE_BYTES
     # Stop sending after this many batches in a row found an endpoint unreachable: it is down.
     max_consecutive_unavailable: int = 20
-    class_names: tuple[str, ...] | None = None  # only for datasets that declare no class list
+    # Only for datasets that declare no class list; in the models' output order, as the exporter's --class-names.
+    class_names: tuple[str, ...] | None = None
     max_tracked_slices: int = 64
     # Slices tracked beyond the whole dataset are fewer when many classes make each one's matrices large.
     max_count_bytes: int = 256 * 1024 * 1024

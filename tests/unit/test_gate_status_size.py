@@ -46,9 +46,11 @@ def gate(tmp_path: Path, dataset_classes: tuple[str, ...], thresholds: dict[str,
                               [dataset_classes[i] for i in index])
 
     async def scenario() -> GateReport:
-        async with http_server(labelling_model(dataset_classes, wrong)) as url:
+        # Stable answers right: a limit stable fails too is inconclusive (a setup problem), not the candidate's.
+        async with http_server(labelling_model(dataset_classes, wrong)) as url, \
+                http_server(labelling_model(dataset_classes, False)) as stable:
             return await evaluate_dataset_file(path, {"uri": "configmap://golden/data", "sha256": sha,
-                                                      "thresholds": thresholds}, endpoint(url), endpoint(url),
+                                                      "thresholds": thresholds}, endpoint(url), endpoint(stable),
                                                options=GateOptions(batch_size=1000, concurrency=2))
 
     return run(scenario())
