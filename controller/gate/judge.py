@@ -210,9 +210,17 @@ def _failed_alike(verdict: Verdict, tally: GateTally,
     models' output order, e.g. sorted as np.unique or LabelEncoder write it, reads every model's scores into the
     wrong classes and fails a clean candidate and the version in production alike), or when the candidate is not
     credibly worse than stable (a limit neither reaches). A candidate credibly worse than stable still fails, as in
-    _unusable_alike. Not slices: their floor is already stable's accuracy where stable's is lower."""
+    _unusable_alike. maxAccuracyDrop (whole and per slice) read in another order than stable's answers fit is
+    inconclusive too. Not the slice floors: theirs is already stable's accuracy where stable's is lower."""
     if verdict.outcome is not Outcome.FAIL or tally.stable is None:
         return verdict
+    if order is not None and _kind(verdict) == "maxAccuracyDrop":
+        # Accuracies read in a wrong order say nothing of which model is better (maxDisagreement still does).
+        return Verdict(verdict.name, Outcome.INCONCLUSIVE,
+                       f"{verdict.reason}; stable's answers fit the labels with the outputs in the order "
+                       f"[{_some(order[0], 5)}], not the dataset's [{_some(tally.classes, 5)}]: a setup problem, "
+                       f"not the candidate's: {CLASS_ORDER_RULE}",
+                       {**verdict.evidence, "fittedOutputOrder": list(order[0][:NAMED_CLASSES])})
     if verdict.name == "minAccuracy":
         stable_value = accuracy(tally.overall.stable)
     elif "class" in verdict.evidence and _kind(verdict) in _CLASS_LIMITS:

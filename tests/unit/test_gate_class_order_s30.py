@@ -124,3 +124,21 @@ def test_a_limit_stable_misses_too_fails_only_a_candidate_credibly_worse_than_st
         assert floor_case(168, None, thresholds)[name].outcome is Outcome.FAIL  # no stable to compare: unchanged
     verdicts = floor_case(168, 170, accuracy)
     assert combine(list(verdicts.values())) is Outcome.INCONCLUSIVE
+
+
+def test_an_accuracy_drop_read_in_another_order_than_stables_answers_fit_is_inconclusive() -> None:
+    """Both models answer in the other order (position 0 means nsfw): the candidate, truly right on 95% against
+    stable's 85%, reads as 5% against 15%, a 10-point "drop" that says nothing of which model is better."""
+    labels = [0] * 200 + [1] * 200
+    stable = [1 - label if index % 200 < 170 else label for index, label in enumerate(labels)]
+    candidate = [1 - label if index % 200 < 190 else label for index, label in enumerate(labels)]
+    drop = by_name(judge(GoldenThresholds(max_accuracy_drop=0.02), tally(labels, candidate, stable),
+                         JudgeSettings(), SHA))["maxAccuracyDrop"]
+    assert drop.outcome is Outcome.INCONCLUSIVE, drop
+    assert "stable's answers fit the labels with the outputs in the order [nsfw, safe]" in drop.reason
+    assert drop.evidence["fittedOutputOrder"] == ["nsfw", "safe"]
+    # Read in the order stable's answers fit, the same drop is the candidate's.
+    worse = [label if index % 200 < 150 else 1 - label for index, label in enumerate(labels)]
+    right = [label if index % 200 < 190 else 1 - label for index, label in enumerate(labels)]
+    assert by_name(judge(GoldenThresholds(max_accuracy_drop=0.02), tally(labels, worse, right), JudgeSettings(),
+                         SHA))["maxAccuracyDrop"].outcome is Outcome.FAIL
