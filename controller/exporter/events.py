@@ -20,8 +20,9 @@ import math
 import re
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -51,6 +52,8 @@ ENDPOINT_VARIANTS = {"default": "stable", "stable": "stable", "canary": "canary"
 UNLABELLED_VERSION = "unknown"  # the model_version of predictions whose logger URL names none
 # Attributes a request is remembered by, for its response to borrow: everything else it carried is dropped.
 IDENTITY_ATTRIBUTES = ("namespace", "inferenceservicename", "modelid", "endpoint", "component", "modelversion")
+# A score is a JSON number: "0.7" or true in a row of scores is no score, for the exporter as for the golden gate.
+_NUMBER_TYPES = frozenset({int, float})
 # Longest label value counted (a Kubernetes object name is at most 253): a longer one, or one that is not
 # valid text, would grow memory and /metrics without bound or make /metrics unencodable for every namespace.
 MAX_LABEL_LENGTH = 253
@@ -79,6 +82,15 @@ class Prediction:
     variant: str
     model_version: str
     classes: tuple[str, ...] = field(default_factory=tuple)
+    unread: tuple[str, ...] = ()  # the drop reason of each row no class was read from, as the gate loses a sample
+
+
+@dataclass(frozen=True)
+class RowClasses:
+    """A response's rows: the class of each readable one, and why each other one is not read."""
+
+    read: tuple[str, ...]
+    unread: tuple[MalformedEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,7 @@ class BinaryData:
 
     def values(self) -> list[Any]:
         """Row-major values, as the JSON `data` of the same output would list them."""
-        if self.datatype == "BYTES":
+        if self.datatype == "BYTES":  # (upper case: see _with_binary_outputs)
             return _length_prefixed(self.raw)
         code = BINARY_FORMATS.get(self.datatype)
         if code is None:
@@ -239,7 +251,7 @@ def _with_binary_outputs(header: Any, raw: memoryview) -> Any:
             continue
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(raw) - at:
             raise MalformedEvent("BadTensor", "an output's binary_data_size is not a size within the binary data")
-        output["data"] = BinaryData(str(output.get("datatype")), raw[at:at + size])
+        output["data"] = BinaryData(_datatype(output), raw[at:at + size])
         at += size
     if at != len(raw):
         raise MalformedEvent("NotJSON" if not at else "BadTensor",
@@ -268,8 +280,24 @@ def _inflated(body: bytes, max_bytes: int) -> bytes:
     return inflated
 
 
+def _datatype(output: Mapping[str, Any]) -> str:
+    """A V2 output's datatype in upper case, as the golden gate compares it: "fp32" is FP32, never indexes."""
+    return str(output.get("datatype") or "").upper()
+
+
 def predicted_classes(data: Any, options: DecodeOptions) -> tuple[str, ...]:
-    """Classes predicted in a V1, V2 (Open Inference Protocol) or Seldon v1 response body."""
+    """Classes predicted in a V1, V2 (Open Inference Protocol) or Seldon v1 response body; a row no class is read
+    from drops the whole body (see read_classes for the rows that can be read)."""
+    rows = read_classes(data, options)
+    if rows.unread:
+        raise rows.unread[0]
+    return rows.read
+
+
+def read_classes(data: Any, options: DecodeOptions) -> RowClasses:
+    """Classes predicted in a V1, V2 (Open Inference Protocol) or Seldon v1 response body, row by row: a bad row
+    (NaN, an unknown label, a short score row) is that row's loss, as the golden gate loses only that sample. A body
+    that is not a readable tensor or list of rows raises."""
     if not isinstance(data, dict):
         raise MalformedEvent("UnknownPayload", "response body is not a JSON object")
     if "predictions" in data:
@@ -284,14 +312,31 @@ def predicted_classes(data: Any, options: DecodeOptions) -> tuple[str, ...]:
         classes = _tensor_classes(tensor.get("values"), tensor.get("shape"), _with_names(options, seldon.get("names")))
     else:
         raise MalformedEvent("UnknownPayload", "no predictions, outputs or data in the response")
+    verdicts = {name: _class_refusal(name, options) for name in {c for c in classes if isinstance(c, str)}}
+    read: list[str] = []
+    unread: list[MalformedEvent] = []
+    for row in classes:
+        if isinstance(row, MalformedEvent):
+            unread.append(row)
+        elif (refusal := verdicts[row]) is not None:
+            unread.append(refusal)
+        else:
+            read.append(row)
+    return RowClasses(tuple(read), tuple(unread))
+
+
+def _class_refusal(name: str, options: DecodeOptions) -> MalformedEvent | None:
+    """Why a row's class cannot be counted, or None."""
+    try:
+        check_label("class", name)  # text that is no label at all stays BadLabel, whatever the class names
+    except MalformedEvent as exc:
+        return exc
     # Indexes and scores only ever name configured classes: what is left is a label. One not among --class-names
     # ("NSFW" beside "nsfw") would be a class of its own, its predictions hidden from the judges' rate.
-    unknown = next((c for c in classes if c not in options.class_names), None) if options.class_names else None
-    if unknown is not None:
-        check_label("class", unknown)  # text that is no label at all stays BadLabel, whatever the class names
-        raise MalformedEvent("UnknownClass", f"a label of {len(unknown)} characters that is not among the "
-                                             f"{len(options.class_names)} class names")
-    return classes
+    if options.class_names and name not in options.class_names:
+        return MalformedEvent("UnknownClass", f"a label of {len(name)} characters that is not among the "
+                                              f"{len(options.class_names)} class names")
+    return None
 
 
 def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
@@ -316,7 +361,7 @@ def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
     return DecodeOptions(tuple(names), options.v2_output)
 
 
-def _v2_classes(outputs: Any, options: DecodeOptions) -> tuple[str, ...]:
+def _v2_classes(outputs: Any, options: DecodeOptions) -> list[str | MalformedEvent]:
     if not isinstance(outputs, list) or not outputs:
         raise MalformedEvent("BadV2Output", "outputs is not a non-empty list")
     chosen = outputs[0]
@@ -329,13 +374,13 @@ def _v2_classes(outputs: Any, options: DecodeOptions) -> tuple[str, ...]:
     data = chosen.get("data")
     if isinstance(data, BinaryData):
         data = data.values()
-    datatype = chosen.get("datatype")
+    datatype = _datatype(chosen)
     return _tensor_classes(data, chosen.get("shape"), options, labels=datatype == "BYTES",
                            scores=datatype in SCORE_DATATYPES)
 
 
 def _tensor_classes(values: Any, shape: Any, options: DecodeOptions, *, labels: bool = False,
-                    scores: bool = False) -> tuple[str, ...]:
+                    scores: bool = False) -> list[str | MalformedEvent]:
     """labels: a label output, one per instance ([n] or [n, 1]); scores: a V2 FP* output, whose every value is a
     score (a sigmoid's exact 1.0 is no class index)."""
     if (not isinstance(values, list) or not isinstance(shape, list)
@@ -343,7 +388,9 @@ def _tensor_classes(values: Any, shape: Any, options: DecodeOptions, *, labels: 
         raise MalformedEvent("BadTensor", "tensor needs a data list and a shape of non-negative integers")
     if shape:
         _check_predictions(shape[0])
-    flat = _flatten(values)
+    flat = rectangular_values(values)
+    if flat is None:  # as the golden gate (numpy) refuses it, even when its total would fill the shape
+        raise MalformedEvent("BadTensor", "the data is ragged: nested lists of unequal lengths or depths")
     if len(shape) == 2:
         rows, width = shape
         if width == 0 and rows:  # [n, 0] matches no data for any n: refused before n empty rows are built
@@ -361,19 +408,24 @@ def _tensor_classes(values: Any, shape: Any, options: DecodeOptions, *, labels: 
     raise MalformedEvent("BadTensor", f"shape {shape[:8]} of {len(flat)} values is neither [n] nor [n, classes]")
 
 
-def _flatten(values: list[Any]) -> list[Any]:
-    """Row-major values of a nested list, in time linear in its size however deep it nests."""
-    flat: list[Any] = []
-    stack = [iter(values)]
-    while stack:
-        for value in stack[-1]:
-            if isinstance(value, list):
-                stack.append(iter(value))
-                break
-            flat.append(value)
-        else:
-            stack.pop()
-    return flat
+def rectangular_values(values: list[Any]) -> list[Any] | None:
+    """Row-major values of a nested list, or None when it is ragged (lists of one depth of unequal lengths, or values
+    beside lists): the one rule of the exporter and the golden gate. Level by level, in time linear in its size
+    however deep it nests."""
+    level = values
+    while True:
+        types = set(map(type, level))  # in C: a batch's values are read at numpy's pace
+        if list not in types:
+            return level
+        if len(types) > 1 or len(set(map(len, level))) > 1:
+            return None
+        level = list(chain.from_iterable(level))
+
+
+def is_score_row(row: Any) -> bool:
+    """A row of scores: a non-empty list of JSON numbers (a string or a boolean is none), for the exporter as for the
+    golden gate."""
+    return isinstance(row, list) and bool(row) and set(map(type, row)) <= _NUMBER_TYPES
 
 
 def _check_predictions(count: int) -> None:
@@ -381,11 +433,19 @@ def _check_predictions(count: int) -> None:
         raise MalformedEvent(TOO_LARGE_REASON, f"{count} predictions in one event, over {MAX_PREDICTIONS_PER_EVENT}")
 
 
-def _rows_to_classes(rows: Any, options: DecodeOptions, scores: bool = False) -> tuple[str, ...]:
+def _rows_to_classes(rows: Any, options: DecodeOptions, scores: bool = False) -> list[str | MalformedEvent]:
+    """Each row's class, or why it has none."""
     if not isinstance(rows, list):
         raise MalformedEvent("BadPredictions", "predictions is not a list")
     _check_predictions(len(rows))
-    return tuple(_row_to_class(row, options, scores) for row in rows)
+    return [_row_or_refusal(row, options, scores) for row in rows]
+
+
+def _row_or_refusal(row: Any, options: DecodeOptions, scores: bool) -> str | MalformedEvent:
+    try:
+        return _row_to_class(row, options, scores)
+    except MalformedEvent as exc:
+        return exc
 
 
 def _row_to_class(row: Any, options: DecodeOptions, scores: bool = False) -> str:
@@ -407,7 +467,7 @@ def _row_to_class(row: Any, options: DecodeOptions, scores: bool = False) -> str
         return _class_at(int(row), options)
     if isinstance(row, float):
         return _single_score_class(row, options)
-    if isinstance(row, Sequence) and row and all(isinstance(p, int | float) and not isinstance(p, bool) for p in row):
+    if is_score_row(row):
         try:
             finite = all(math.isfinite(p) for p in row)  # NaN compares false with everything: argmax would guess
         except OverflowError:  # JSON allows integers past any float's range: no score either
@@ -490,11 +550,13 @@ def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
         raise MalformedEvent("MissingIdentity", "the event names no namespace or inference service")
     if variant not in VARIANTS:
         raise MalformedEvent("UnknownVariant", f"variant {variant[:40]!r} is neither stable nor canary nor empty")
-    classes = predicted_classes(event.data, options)
-    for what, value in (("namespace", namespace), ("inference service", service), ("model version", version),
-                        *(("class", c) for c in dict.fromkeys(classes))):  # each distinct class once
-        check_label(what, value)
-    return Prediction(namespace, service, variant, version or UNLABELLED_VERSION, classes)
+    rows = read_classes(event.data, options)
+    if rows.unread and not rows.read:  # nothing to count: the event is dropped, for its first row's reason
+        raise rows.unread[0]
+    for what, value in (("namespace", namespace), ("inference service", service), ("model version", version)):
+        check_label(what, value)  # (each class was checked as its row was read)
+    return Prediction(namespace, service, variant, version or UNLABELLED_VERSION, rows.read,
+                      tuple(refusal.reason for refusal in rows.unread))
 
 
 def check_label(what: str, value: str) -> None:

@@ -89,16 +89,48 @@ def namespace_share(total_series: int) -> int:
 
 
 MAX_NAMESPACE_SERIES = namespace_share(MAX_TOTAL_SERIES)
+# Model identities of one inference service a rollout counts at once in its namespace: stable, canary, and the promoted
+# version as stable (the old stable keeps its place until idle for MODEL_IDLE_SECONDS). Each has a series per class.
+ROLLOUT_IDENTITIES = 3
+
+
+def class_budget_problem(class_names: tuple[str, ...], max_total_series: int,
+                         max_namespace_series: int | None) -> str | None:
+    """Why the series bounds cannot hold one rollout's identities with a series for each configured class (its
+    canary or promoted version would be refused as TooManySeries for good, not until something idles), or None."""
+    needed = ROLLOUT_IDENTITIES * len(set(class_names))
+    share = namespace_share(max_total_series) if max_namespace_series is None else max_namespace_series
+    if needed <= share:
+        return None
+    how = (f"--max-namespace-series (unset: a quarter of --max-series {max_total_series}) is {share}: set --max-series "
+           f"to at least {needed * 4}, or --max-namespace-series to at least {needed} and --max-series to at least "
+           f"{max(needed, max_total_series)}" if max_namespace_series is None else
+           f"--max-namespace-series is {share}: set it to at least {needed} (and --max-series to at least "
+           f"{max(needed, max_total_series)})")
+    return (f"--class-names lists {len(set(class_names))} classes: a rollout's {ROLLOUT_IDENTITIES} model versions "
+            f"(stable, canary, the promoted one) need a series per class, {needed} in one namespace, but {how} "
+            "(chart: exporter.maxSeries, exporter.maxNamespaceSeries). Memory grows with them: raise the exporter's "
+            f"memory limit too (256Mi holds {MAX_TOTAL_SERIES} series).")
+
+
 RENDER_CHUNK = 1024  # series rendered into text at a time (see render())
 Identity = tuple[str, str, str, str]  # namespace, inference service, variant, model version
 # The judges compare model versions of one inference service only: classes are shared, and made at 0, within one.
 Service = tuple[str, str]  # namespace, inference service
 PREDICTION_LABELS = ("namespace", "inference_service", "variant", "model_version", "class")
 Series = tuple[str, ...]  # an identity and a class: the values of PREDICTION_LABELS
+# A pending request: ce-source and ce-id (as CloudEvents identifies an event), then its namespace and component. The id
+# alone is no key: KServe's agent takes it from the client's own Ce-Id header, which two teams may share.
+PendingKey = tuple[str, str, str, str]
 T = TypeVar("T")
 # Runs a decoding step: in the calling thread, or (the server) in a worker thread, so that a 4 MiB event's seconds of
 # decoding do not hold the event loop, /metrics with it.
 Runner = Callable[..., Awaitable[Any]]
+
+
+def _pending_key(event: CloudEvent) -> PendingKey:
+    attributes = event.attributes
+    return (attributes.get("source", ""), event.id, attributes.get("namespace", ""), attributes.get("component", ""))
 
 
 def _digest(*parts: bytes) -> bytes:
@@ -182,7 +214,8 @@ class PredictionExporter:
         self._scraped: set[Series] = set()
         # Requests' attributes (never their payloads) kept briefly so that a response without identity headers
         # can borrow its request's; a response that never comes must not keep its request forever.
-        self._requests: OrderedDict[str, tuple[float, CloudEvent, int]] = OrderedDict()  # and its kept bytes
+        self._requests: OrderedDict[PendingKey, tuple[float, CloudEvent, int]] = OrderedDict()  # and its kept bytes
+        self._pending_ids: dict[tuple[str, str], set[PendingKey]] = {}  # by source and id: what a response may take
         self._max_pending = max_pending_requests
         self._pending_bytes = 0
         self._max_pending_bytes = max_pending_bytes
@@ -215,15 +248,19 @@ class PredictionExporter:
 
     def _dropped(self, reason: str) -> str:
         self.metrics.events.labels("malformed").inc()
-        self.metrics.malformed.labels(reason).inc()
+        self._lost(reason)
+        return "malformed"
+
+    def _lost(self, reason: str, count: int = 1) -> None:
+        """An event, or rows of a counted one (as many as `count`), dropped for this reason."""
+        self.metrics.malformed.labels(reason).inc(count)
         # Else a drop is seen only in the counter. The reason alone: an event's detail may quote its payload.
         now = self._clock()
         if now - self._warned.get(reason, -DROP_WARNING_SECONDS) >= DROP_WARNING_SECONDS:
             self._warned[reason] = now
-            log.warning("dropped an event as %s%s (counted in modelrollout_exporter_malformed_events_total; the next "
-                        "for this reason are not logged for %d minutes)", reason,
-                        DROP_HINTS.get(reason, ""), DROP_WARNING_SECONDS // 60)
-        return "malformed"
+            log.warning("dropped an event (or rows of one) as %s%s (counted in "
+                        "modelrollout_exporter_malformed_events_total; the next for this reason are not logged for %d "
+                        "minutes)", reason, DROP_HINTS.get(reason, ""), DROP_WARNING_SECONDS // 60)
 
     async def _count(self, run: Runner, headers: dict[str, str], body: bytes, query: str) -> str:
         event: CloudEvent = await run(parse_cloudevent, headers, body, max_bytes=self.max_event_bytes)
@@ -237,7 +274,7 @@ class PredictionExporter:
             return "ignored"
         if event.type not in RESPONSE_TYPES:
             raise MalformedEvent("UnknownEventType", f"event type {event.type[:80]!r}")
-        request = self._forget_request(event.id)
+        request = self._request_of(event)
         prediction: Prediction = await run(prediction_from_event, event, query, self.options, request)
         identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
         service = identity[:2]
@@ -260,6 +297,9 @@ class PredictionExporter:
             self.metrics.predictions.labels(*identity, name).inc(n)
         self._remember_counted(delivered)  # only once counted: a refused event's retry may still count
         self.metrics.events.labels("counted").inc()
+        # Each row not read is dropped alone (the golden gate loses only that sample), counted by its reason.
+        for reason, n in Tally(prediction.unread).items():
+            self._lost(reason, n)
         return "counted"
 
     def _already_counted(self, delivered: bytes) -> bool:
@@ -376,23 +416,47 @@ class PredictionExporter:
         attributes = {k: event.attributes[k] for k in IDENTITY_ATTRIBUTES if k in event.attributes}
         for name, value in attributes.items():
             check_label(f"{name} attribute", value)
-        size = sum(len(value.encode()) for value in (event.id, *attributes.values()))
+        key = _pending_key(event)
+        # The source is kept in the key, unchecked (it is no label): its bytes count, whatever its characters.
+        size = (sum(len(value.encode()) for value in (event.id, *attributes.values()))
+                + len(key[0].encode("utf-8", "surrogatepass")))
         now = self._clock()
-        self._forget_request(event.id)  # a repeated id moves to the back with its new time
-        self._requests[event.id] = (now, dataclasses.replace(event, attributes=attributes, data=None), size)
+        self._forget_request(key)  # a repeated request moves to the back with its new time
+        self._requests[key] = (now, dataclasses.replace(event, attributes=attributes, data=None), size)
+        self._pending_ids.setdefault(key[:2], set()).add(key)
         self._pending_bytes += size
         while self._requests and (len(self._requests) > self._max_pending
                                   or self._pending_bytes > self._max_pending_bytes
                                   or next(iter(self._requests.values()))[0] < now - self._pending_seconds):
             self._forget_request(next(iter(self._requests)))
 
-    def _forget_request(self, event_id: str) -> CloudEvent | None:
-        """The pending request of that id, no longer pending."""
-        pending = self._requests.pop(event_id, None)
+    def _forget_request(self, key: PendingKey) -> CloudEvent | None:
+        """The pending request of that key, no longer pending."""
+        pending = self._requests.pop(key, None)
         if pending is None:
             return None
+        same_id = self._pending_ids[key[:2]]
+        same_id.discard(key)
+        if not same_id:
+            del self._pending_ids[key[:2]]
         self._pending_bytes -= pending[2]
         return pending[1]
+
+    def _request_of(self, response: CloudEvent) -> CloudEvent | None:
+        """The pending request a response pairs with (same source and id), no longer pending; None when none is
+        known for sure."""
+        source, event_id, namespace, component = _pending_key(response)
+        if component and component != "predictor":  # a transformer's or explainer's: never its predictor's request
+            return self._forget_request((source, event_id, namespace, component))
+        keys = list(self._pending_ids.get((source, event_id), ()))
+        if namespace:  # its own namespace's, else one that named none
+            keys = [key for key in keys if key[2] == namespace] or [key for key in keys if not key[2]]
+        keys = [key for key in keys if key[3] in ("", "predictor")] or keys
+        if not keys or len({key[2] for key in keys}) > 1:
+            # Requests of several namespaces share this id (a client-chosen one): borrowing would guess which team's
+            # prediction this is. Without its own identity headers the response is dropped as MissingIdentity.
+            return None
+        return self._forget_request(max(keys, key=lambda key: self._requests[key][0]))
 
     def render(self) -> bytes:
         return self.render_holding()[0]
@@ -553,6 +617,9 @@ def run(host: str, port: int, options: DecodeOptions, *, max_total_series: int =
         drain_seconds: float = 0.0) -> None:
     """max_namespace_series None: namespace_share(max_total_series). Serves until SIGTERM or SIGINT, then drains for
     at most drain_seconds (see Drain)."""
+    problem = class_budget_problem(options.class_names, max_total_series, max_namespace_series)
+    if problem is not None:  # refused now: counting stable alone and dropping every canary would look like it works
+        raise SystemExit(f"error: {problem}")
     if not options.class_names:
         log.warning("no --class-names: an output that is a class index or a row of scores names no class, and its "
                     "events are dropped as NoClassNames (integer labels are indexes: list the classes, e.g. 0,1)")

@@ -13,6 +13,7 @@ raises for a server's behaviour, so a partly broken server is counted and report
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import random
@@ -27,6 +28,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from controller.exporter.events import is_score_row, rectangular_values
 from controller.single_score import SCORE_DATATYPES, single_score_position
 
 # Transient statuses: retried, and reported as "unavailable" when retries run out.
@@ -336,23 +338,20 @@ class InferenceClient:
             raise InvalidResponse("bad output: output needs an integer shape list and a data list")
         if shape[0] != count:
             raise InvalidResponse(f"wrong prediction count: got {shape[0]} for {count} samples")
-        try:
-            array = np.asarray(data)
-        except (ValueError, TypeError):
-            raise InvalidResponse("bad output: output data is ragged") from None
-        if array.size != math.prod(shape):  # Python ints: np.prod wraps at 64 bits
-            raise InvalidResponse(f"bad output: {array.size} values do not fill shape {shape[:8]}")
-        if array.dtype.kind == "b":
+        flat = rectangular_values(data)  # the exporter's rule: ragged data is refused, whatever its total
+        if flat is None:
+            raise InvalidResponse("bad output: output data is ragged")
+        if len(flat) != math.prod(shape):  # Python ints: np.prod wraps at 64 bits
+            raise InvalidResponse(f"bad output: {len(flat)} values do not fill shape {shape[:8]}")
+        if flat and set(map(type, flat)) == {bool}:
             raise InvalidResponse("bad output: booleans are not classes")
-        array = array.reshape(shape)
-        if array.ndim == 2 and array.shape[1] == 1:
-            array = array[:, 0]
         fp_scores = str(output.get("datatype") or "").upper() in SCORE_DATATYPES  # never class indexes
-        if array.ndim == 1:
-            return self._interpret(array.tolist() if array.dtype.kind in "OUS" else array, count,
+        if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1):  # a one-column row is its one value
+            return self._interpret(flat, count, fp_scores=fp_scores)
+        if len(shape) == 2:  # rows as V1 writes them: one reading for both protocols
+            width = shape[1]
+            return self._interpret([flat[i * width:(i + 1) * width] for i in range(count)], count,
                                    fp_scores=fp_scores)
-        if array.ndim == 2:
-            return self._interpret(array, count, fp_scores=fp_scores)
         raise InvalidResponse(f"bad output: shape {shape} is neither one label per sample nor one score vector")
 
     def _interpret(self, predictions: Any, count: int, *, fp_scores: bool = False) -> BatchAnswer:
@@ -362,13 +361,15 @@ class InferenceClient:
             array = predictions if isinstance(predictions, np.ndarray) else np.asarray(predictions)
         except (ValueError, TypeError):
             array = np.asarray([None])  # ragged: handled one by one below
-        if array.shape[:1] == (count,) and array.dtype.kind in "fiu" and array.ndim in (1, 2):
+        # numpy reads a boolean among numbers as 0 or 1: such an answer is read sample by sample, where it is no score.
+        if (array.shape[:1] == (count,) and array.dtype.kind in "fiu" and array.ndim in (1, 2)
+                and not _holds_booleans(predictions)):
             return BatchAnswer(predicted=self._numeric(array, problems, fp_scores=fp_scores), sample_problems=+problems)
         if array.shape == (count,) and array.dtype.kind == "U":
             return BatchAnswer(predicted=self._labels(array.tolist(), problems), sample_problems=+problems)
         predicted = np.full(count, -1, dtype=np.int64)
         for position, item in enumerate(list(predictions)):
-            predicted[position] = self._one(item, problems)
+            predicted[position] = self._one(item, problems, fp_scores=fp_scores)
         return BatchAnswer(predicted=predicted, sample_problems=+problems)  # unary +: drop zero counts
 
     def _numeric(self, array: np.ndarray, problems: Counter[str], *, fp_scores: bool = False) -> np.ndarray:
@@ -406,9 +407,12 @@ class InferenceClient:
         problems["unknown label"] += int((predicted < 0).sum())
         return predicted
 
-    def _one(self, item: Any, problems: Counter[str]) -> int:
+    def _one(self, item: Any, problems: Counter[str], *, fp_scores: bool = False) -> int:
         if isinstance(item, list) and len(item) == 1:
             item = item[0]  # a one-column row is its one value, as in _numeric
+        if isinstance(item, list) and not is_score_row(item):  # "0.7" or true among scores: as the exporter reads it
+            problems["unreadable prediction"] += 1
+            return -1
         if isinstance(item, dict) and isinstance(item.get("label"), str):
             item = item["label"]
         if isinstance(item, bytes):
@@ -426,7 +430,16 @@ class InferenceClient:
         if array.ndim > 1:
             problems["unreadable prediction"] += 1
             return -1
-        return int(self._numeric(array.reshape(1, -1) if array.ndim == 1 else array.reshape(1), problems)[0])
+        return int(self._numeric(array.reshape(1, -1) if array.ndim == 1 else array.reshape(1), problems,
+                                 fp_scores=fp_scores)[0])
+
+
+def _holds_booleans(predictions: Any) -> bool:
+    """Whether a list of predictions (or of rows) holds a JSON true or false, which numpy would read as 1 or 0."""
+    if isinstance(predictions, np.ndarray):
+        return predictions.dtype.kind == "b"
+    rows = [item for item in predictions if isinstance(item, list)]
+    return bool in set(map(type, predictions)) or bool in set(map(type, itertools.chain.from_iterable(rows)))
 
 
 def _setup_problem(status: int) -> str | None:

@@ -130,7 +130,8 @@ def test_response_borrows_identity_from_its_request_and_structured_mode_works() 
     request_headers = kserve_headers("org.kubeflow.serving.inference.request", "r1", endpoint="canary")
     assert exporter.handle(request_headers, b'{"instances": [[1, 2]]}', "") == "request"
     structured = {"specversion": "1.0", "id": "r1", "type": "org.kubeflow.serving.inference.response",
-                  "source": "x", "data": {"model_version": "7", "predictions": ["nsfw"]}}
+                  "source": "http://localhost:9081/",  # its request's: an event is its source and id
+                  "data": {"model_version": "7", "predictions": ["nsfw"]}}
     outcome = exporter.handle({"Content-Type": "application/cloudevents+json"}, json.dumps(structured).encode(), "")
     assert outcome == "counted"
     # The response's own model_version is the server's numbering, not the registry's: not a label.
@@ -180,10 +181,10 @@ def test_pending_requests_keep_no_payload_and_expire() -> None:
     assert all(event.data is None for _, event, _ in exporter._requests.values())
     now[0] = 61.0  # r1 is now too old to wait for its response
     exporter.handle(kserve_headers("org.kubeflow.serving.inference.request", "r2"), b"{}", "")
-    assert list(exporter._requests) == ["r2"]
+    assert [key[1] for key in exporter._requests] == ["r2"]
     for i in range(3, 8):  # and never more than the cap
         exporter.handle(kserve_headers("org.kubeflow.serving.inference.request", f"r{i}"), b"{}", "")
-    assert list(exporter._requests) == ["r5", "r6", "r7"]
+    assert [key[1] for key in exporter._requests] == ["r5", "r6", "r7"]
 
 
 def test_model_identities_are_bounded() -> None:
@@ -348,8 +349,9 @@ def test_a_pending_request_keeps_only_the_attributes_a_response_borrows() -> Non
     assert set(kept.attributes) == {"namespace", "inferenceservicename", "endpoint", "modelversion"}
     oversized = kserve_headers("org.kubeflow.serving.inference.request", "r2", modelversion="7" * 1_000)
     assert exporter.handle(oversized, b"{}", "") == "malformed"
-    assert list(exporter._requests) == ["r1"]
-    response = {"Ce-Id": "r1", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0"}
+    assert [key[1] for key in exporter._requests] == ["r1"]
+    response = {"Ce-Id": "r1", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
+                "Ce-Source": "http://localhost:9081/"}  # (pairs by source and id, as CloudEvents names an event)
     assert exporter.handle(response, json.dumps({"predictions": [1]}).encode(), "") == "counted"
     assert exporter.metrics.registry.get_sample_value("modelrollout_predictions_total", {
         "namespace": "moderation", "inference_service": "nsfw", "variant": "canary", "model_version": "7",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from test_deploy_render import CHART, RELEASE, helm_template, run_tool
 from controller.cli.main import build_parser, main
 from controller.exporter import server
 from controller.exporter.connections import MAX_CONNECTIONS
+from controller.exporter.events import DecodeOptions
 from controller.exporter.server import BODY_READ_SLOTS, MAX_NAMESPACE_SERIES, MAX_PENDING_BYTES, MAX_TOTAL_SERIES
 
 BOUNDS = ("max_total_series", "max_namespace_series", "max_pending_bytes", "body_read_slots", "max_connections")
@@ -42,7 +44,8 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     # A small cluster: the namespace share follows --max-series down, a quarter of it.
     (["--max-series", "1000", "--max-pending-bytes", "2097152", "--body-read-slots", "2", "--max-connections", "8"],
      (1000, 250, 2 << 20, 2, 8)),
-    (["--max-series", "2"], (2, 1, MAX_PENDING_BYTES, BODY_READ_SLOTS, MAX_CONNECTIONS)),
+    # The least that holds a rollout's 3 model versions of the 2 classes in one namespace (see the refusal below).
+    (["--max-series", "24"], (24, 6, MAX_PENDING_BYTES, BODY_READ_SLOTS, MAX_CONNECTIONS)),
 ])
 def test_exporter_run_passes_its_bounds_to_the_exporter(flags: list[str], bounds: tuple[int, ...],
                                                         built: list[dict[str, Any]]) -> None:
@@ -144,3 +147,62 @@ def test_the_chart_refuses_a_namespace_share_above_the_total() -> None:
     for value in ("exporter.maxSeries=1000000000000000", "exporter.bodyReadSlots=1000000000000000"):
         result = run_tool("helm", "template", RELEASE, str(CHART), "--set", value)
         assert result.returncode != 0 and "maximum" in result.stderr, (value, result.stderr)
+
+
+def many_classes(count: int) -> str:
+    return ",".join(f"c{i}" for i in range(count))
+
+
+@pytest.mark.parametrize(("classes", "flags", "needed"), [
+    # 1000 classes: a namespace's default share (1536) held one model version, so every canary was TooManySeries.
+    (1000, [], ("3000 in one namespace", "--max-series to at least 12000", "--max-namespace-series to at least 3000")),
+    # 600: stable and canary fit (1200), the promoted version (1800) did not.
+    (600, [], ("1800 in one namespace", "--max-series to at least 7200", "--max-namespace-series to at least 1800")),
+    (1000, ["--max-series", "20000", "--max-namespace-series", "2999"],
+     ("3000 in one namespace", "--max-namespace-series is 2999: set it to at least 3000")),
+])
+def test_exporter_run_refuses_classes_a_rollout_cannot_be_counted_in(
+        classes: int, flags: list[str], needed: tuple[str, ...], built: list[dict[str, Any]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Review s30inference: each model version takes a series per configured class, so a class list its namespace's
+    share cannot hold three times over left a rollout's canary or promoted version uncounted for good (TooManySeries,
+    never freed after 24 h idle). Refused at startup, naming the flags and the numbers that would hold it."""
+    with pytest.raises(SystemExit) as exited:
+        main(["exporter", "run", "--port", "0", "--class-names", many_classes(classes), *flags])
+    said = " ".join(str(exited.value.code).split())
+    assert said.startswith(f"error: --class-names lists {classes} classes"), said
+    for words in needed:
+        assert words in said, said
+    assert "memory limit" in said
+    assert built == []  # nothing listens
+
+
+def test_exporter_run_counts_many_classes_with_bounds_that_hold_them(built: list[dict[str, Any]]) -> None:
+    assert main(["exporter", "run", "--port", "0", "--class-names", many_classes(1000), "--max-series", "12000"]) == 0
+    assert main(["exporter", "run", "--port", "0", "--class-names", many_classes(1000),
+                 "--max-series", "3000", "--max-namespace-series", "3000"]) == 0
+    assert [(call["max_total_series"], call["max_namespace_series"]) for call in built] == [(12000, 3000), (3000, 3000)]
+    # At the bound, the promoted version (the third) is counted: stable, canary, then the canary promoted.
+    exporter = server.PredictionExporter(DecodeOptions(tuple(f"c{i}" for i in range(1000))),
+                                         max_total_series=3000, max_namespace_series=3000)
+    row = [0.0] * 1000
+    row[3] = 1.0
+    headers = {"Ce-Id": "e", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
+               "Ce-Source": "s", "Ce-Namespace": "team-a", "Ce-Inferenceservicename": "isvc"}
+    for number, (version, variant) in enumerate((("1", "stable"), ("2", "canary"), ("2", "stable"))):
+        body = json.dumps({"predictions": [row]}).encode()
+        query = f"model_version={version}&variant={variant}"
+        assert exporter.handle({**headers, "Ce-Id": f"e{number}"}, body, query) == "counted", query
+
+
+def test_the_chart_refuses_classes_a_namespace_share_cannot_hold() -> None:
+    names = "{" + many_classes(1000) + "}"
+    result = run_tool("helm", "template", RELEASE, str(CHART), "--set", f"exporter.classNames={names}")
+    assert result.returncode != 0
+    assert ("exporter.classNames lists 1000 classes: a rollout's 3 model versions need 3000 series in one namespace, "
+            "over the namespace share of 1536") in result.stderr, result.stderr
+    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=12000")
+    assert args[args.index("--max-series") + 1] == "12000"
+    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=3000",
+                         "--set", "exporter.maxNamespaceSeries=3000")
+    assert args[args.index("--max-namespace-series") + 1] == "3000"

@@ -124,15 +124,19 @@ def test_without_class_names_labels_are_counted_as_they_come() -> None:
 
 
 def test_an_unknown_label_hides_nothing_from_the_judges() -> None:
-    """A candidate that says "NSFW" would show a 0% nsfw rate beside stable's "nsfw": it is dropped and counted
-    by reason, so the alert fires and the analysis ends inconclusive rather than passing it."""
+    """A candidate that says "NSFW" beside stable's "nsfw" is never counted as a class of its own: each such row is
+    dropped and counted by reason (UnknownClass, which the alert watches), as the golden gate loses that sample; the
+    batch's readable rows are counted (review s30inference)."""
     exporter = PredictionExporter(THREE)
     body = json.dumps({"predictions": ["NSFW", "nsfw", "Safe"]}).encode()
-    assert exporter.handle(headers(), body, "model_version=9") == "malformed"
+    assert exporter.handle(headers(), body, "model_version=9") == "counted"
     registry = exporter.metrics.registry
-    assert registry.get_sample_value("modelrollout_exporter_malformed_events_total", {"reason": "UnknownClass"}) == 1
+    assert registry.get_sample_value("modelrollout_exporter_malformed_events_total", {"reason": "UnknownClass"}) == 2
     assert b'class="NSFW"' not in generate_latest(registry)
-    for cls in ("NSFW", "Safe", "nsfw"):
+    assert registry.get_sample_value("modelrollout_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "", "model_version": "9",
+        "class": "nsfw"}) == 1
+    for cls in ("NSFW", "Safe"):
         assert registry.get_sample_value("modelrollout_predictions_total", {
             "namespace": "moderation", "inference_service": "nsfw", "variant": "", "model_version": "9",
             "class": cls}) is None
