@@ -93,6 +93,13 @@ class HistoryEntry:
     actor: str = CONTROLLER_ACTOR
     command_id: str | None = None  # set when an on-call command caused the entry
     seq: int | None = None  # 1, 2, 3... in the order recorded (None: recorded before entries were numbered)
+    # The rollout attempt the entry belongs to: one number from a retry's command (or the first entry) through the
+    # attempt's end, so readers find where the current attempt begins however the history is trimmed. None:
+    # recorded by an operator that did not number attempts (or by the runtime, outside any decision).
+    attempt: int | None = None
+    # The way out of what the entry reports while it still holds (a promotion held on a hand-moved stable alias),
+    # also said at the end of `detail` for Events: readers of an ended hold leave it out.
+    advice: str | None = None
 
 
 def append_history(history: tuple[HistoryEntry, ...], entry: HistoryEntry,
@@ -200,6 +207,27 @@ class PauseStatus:
     steps_changed: bool = False  # spec.canary.steps changed during the wait: resume at the first step
 
 
+class HoldReason(StrEnum):
+    """Why a promotion waits without moving (engine _promoting): what has to change for it to go on."""
+
+    TARGET_UNAVAILABLE = "TargetUnavailable"  # the target cannot be read
+    REGISTRY_UNAVAILABLE = "RegistryUnavailable"  # the registry does not answer
+    CANDIDATE_NOT_STAGED = "CandidateNotStaged"  # the staged candidate is gone (or not ready) on the target
+    STABLE_ALIAS_MOVED = "StableAliasMoved"  # the stable alias was pointed at another version outside this rollout
+
+
+@dataclass(frozen=True)
+class HoldStatus:
+    """A promotion held, as of the decision that wrote it; absent when the promotion is not held."""
+
+    reason: HoldReason
+    deadline: datetime  # unless the hold ends first: progressDeadline from the promotion step waited on
+    since: datetime | None = None  # None: held already when read from an operator that did not record holds
+    rolls_back: bool = True  # at the deadline; False: paused for a human (spec.rollback.automatic false)
+    reject_candidate: bool = True  # that rollback tags the candidate rejected (nothing judged it when False)
+    advice: str | None = None  # the way out, when a human has one besides rolling back
+
+
 @dataclass(frozen=True)
 class PromotionStatus:
     started_at: datetime
@@ -207,6 +235,9 @@ class PromotionStatus:
     target_confirmed_at: datetime | None = None
     alias_confirmed_at: datetime | None = None
     actor: str = CONTROLLER_ACTOR
+    # Inside the promotion, not beside it: an older operator drops what it does not know of a known object, where
+    # it would write back an unknown top-level key as read, a hold that ended told as holding still.
+    hold: HoldStatus | None = None
 
 
 class RollbackCause(StrEnum):
@@ -246,6 +277,9 @@ class RollbackStatus:
     traffic_kept: bool = False
     # The stable alias named another version, set outside this rollout while it ran: left there, not put back.
     alias_left_on: str | None = None
+    # The candidate was seen serving as stable before any promotion (promoted outside ModelRollout): until traffic
+    # is confirmed back, it may still serve all of it.
+    candidate_served_as_stable: bool | None = None  # None: not seen so (or recorded by an older operator)
     time_to_recover_seconds: float | None = None
 
 

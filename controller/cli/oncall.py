@@ -24,14 +24,11 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, CommandError, parse_command
-from controller.api.durations import parse_duration
-from controller.api.serialization import format_time, parse_time
-from controller.api.spec import DEFAULT_PROGRESS_DEADLINE
+from controller.api.serialization import parse_time
 from controller.api.status import STATUS_REFUSALS, STATUS_REJECTED, STATUS_UNREADABLE, step_fraction
 from controller.cli.errors import CliError
 from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, objects, printable, text, well_formed
-from controller.engine.decide import HOLDING_PROMOTION
 from controller.http_deadline import transport_cause
 from controller.operator.events import is_warning
 from controller.operator.kubeapi import (
@@ -70,14 +67,9 @@ FAILED_PAUSES = {"GateFailed": "promote, retry or rollback", "AnalysisFailed": "
                  "GateInconclusive": "promote, retry or rollback"}
 # What explain says of each STATUS_REFUSALS reason: only an unreadable status stops the operator on the spec.
 REFUSAL_WORDS = {STATUS_REJECTED: "could not store its last decision", STATUS_UNREADABLE: "has stopped on this spec"}
-ATTEMPT_STARTS = ("Resolved", "AlreadyStable")  # the history entries an attempt begins with
-# A retry's CommandApplied begins one too: the new attempt may fail before it resolves anything (engine _restart).
-RETRY_STARTS = ": starting a new attempt"
-# Where the advice of a promotion held on a hand-moved stable alias begins (engine _hold_for_alias): only a hold
-# that still is gives it; following it once the hold has ended would undo what happened since.
-HOLD_ADVICE = (": point @", ": remove @")
-# What the engine's message says while it undoes a promotion made outside ModelRollout (engine traffic_held).
-PROMOTED_BY_HAND = "(promoted outside ModelRollout?)"
+# The history entries a resolved attempt begins with: where it starts in a status whose entries carry no attempt
+# number (written by an older operator).
+ATTEMPT_STARTS = ("Resolved", "AlreadyStable")
 WARNINGS_SHOWN = 8
 # (connect, read) seconds for each request of a one-shot command: kubectl's 10 s TLS handshake limit, and past the API
 # server's own 60 s for a request, so a slow but healthy server still answers. The watch and --wait bound each
@@ -112,9 +104,9 @@ class Style:
     def __init__(self, stream: TextIO) -> None:
         self.enabled = stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
-    def phase(self, phase: str, message: Any = None) -> str:
-        """`phase` coloured; a promotion held (its `message` says so) as Paused: it waits on a human, not moving."""
-        held = phase == "Promoting" and _holding(message)
+    def phase(self, phase: str, status: Any = None) -> str:
+        """`phase` coloured; a promotion held (status.promotion.hold) as Paused: it waits on a human, not moving."""
+        held = phase == "Promoting" and bool(_hold(status))
         code = PHASE_COLOURS.get("Paused" if held else phase)
         return f"\033[{code}m{phase}\033[0m" if self.enabled and code else phase
 
@@ -402,7 +394,7 @@ class OnCall:
         spec = obj.get("spec") or {}
         s = self.style
         print(f"Name:       {obj['metadata']['namespace']}/{obj['metadata']['name']}", file=self.out)
-        print(f"Phase:      {s.phase(status.get('phase', 'Pending'), status.get('message'))}", file=self.out)
+        print(f"Phase:      {s.phase(status.get('phase', 'Pending'), status)}", file=self.out)
         deleting = obj["metadata"].get("deletionTimestamp")
         if deleting:
             held = FINALIZER in (obj["metadata"].get("finalizers") or ())
@@ -458,8 +450,8 @@ class OnCall:
             lines.append(note[:1].upper() + note[1:] + ".")
         if pending is not None:
             lines.append(f"Pending: {pending}.")
-        if phase == "Promoting" and _holding(status.get("message")):
-            lines.append(_hold_deadline(obj))
+        if hold := _hold(status):
+            lines.append(_hold_account(hold))
         # The phase and message are kept as they were: only the Ready condition says the operator has stopped.
         if refused := _status_refused(obj):
             said = REFUSAL_WORDS.get(refused[0], "has stopped on this spec")
@@ -499,7 +491,7 @@ class OnCall:
             for role, query in mapping(evidence.get("queries")).items():
                 lines.append(f"  query {role}: {text(query)}")
         lines += _rollback_account(obj, candidate, stable)
-        lines += _warnings(status["history"], holding=phase == "Promoting" and _holding(status.get("message")))
+        lines += _warnings(status, holding=bool(_hold(status)))
         last = status["history"][-1:]
         for entry in last:
             lines.append(f"Last event: {entry['event']} at {entry['time']} by {entry['actor'] or '?'}: "
@@ -557,7 +549,7 @@ class OnCall:
                 waiting = printable(f"  (waiting for the operator to take {pending.label} by {pending.actor}, id "
                                     f"{pending.id})") if pending else ""
                 # The placeholders `get` shows for a status not written yet, not "None".
-                print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(text(line[0], 'Pending'), line[3])}"
+                print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(text(line[0], 'Pending'), status)}"
                       f"  step {_step(obj)}"
                       f"  weight {_percent(line[2])}  {text(line[3])}{waiting}", file=self.out, flush=True)
                 last = line
@@ -695,35 +687,70 @@ def _gate_verdict_lines(verdicts: list[dict[str, Any]], outcome: Callable[[str],
     return lines
 
 
-def _attempt_start(history: list[dict[str, Any]]) -> int:
-    """Where the current attempt begins in `history`: its resolution, or the retry that started it."""
-    return max((i for i, e in enumerate(history) if e.get("event") in ATTEMPT_STARTS
-                or (e.get("event") == "CommandApplied" and str(e.get("detail", "")).endswith(RETRY_STARTS))),
-               default=0)
+def _numbered(entry: dict[str, Any]) -> int | None:
+    """The entry's attempt number (HistoryEntry.attempt), or None: recorded by an operator that numbered none."""
+    attempt = entry.get("attempt")
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
 
 
-def _holding(message: Any) -> bool:
-    """Whether a status message is a held promotion's (engine _promoting)."""
-    return isinstance(message, str) and message.startswith(HOLDING_PROMOTION)
+def _attempt_start(status: dict[str, Any]) -> int:
+    """Where the current attempt begins in status.history: the entries of the newest entry's attempt, back to the
+    first entry of another one (or to one recorded without a number: its attempt is not known, so it is left out).
+    The runtime's StatusRejected entries carry no number and are passed over. Numbers are on every entry, so the
+    answer stays right however far the history (HISTORY_LIMIT) was trimmed.
+
+    A status an older operator wrote (its newest entry has no number): a resolved attempt (a candidate) begins at
+    its resolution; an unresolved one after an earlier resolution is not known to begin anywhere: none of it is told."""
+    history = objects(status.get("history"))
+    # The newest entry an operator decided on (not the runtime's): numbered, or the status is an older operator's.
+    newest = next((i for i in reversed(range(len(history))) if history[i].get("event") not in STATUS_REFUSALS), None)
+    if newest is not None and _numbered(history[newest]) is not None:
+        start = newest
+        current = _numbered(history[start])
+        while start > 0 and (_numbered(history[start - 1]) == current or (
+                _numbered(history[start - 1]) is None and history[start - 1].get("event") in STATUS_REFUSALS)):
+            start -= 1
+        return start
+    starts = [i for i, e in enumerate(history) if e.get("event") in ATTEMPT_STARTS]
+    if _version(status, "candidate") is not None:
+        return starts[-1] if starts else 0
+    return len(history) if starts else 0
 
 
-def _without_hold_advice(detail: str) -> str:
-    """A StableMismatch hold's detail told as what happened, without the way out of a hold that has ended."""
-    cut = min((i for i in (detail.find(advice) for advice in HOLD_ADVICE) if i >= 0), default=-1)
-    return detail if cut < 0 else f"{detail[:cut]} (the promotion was held; that hold has ended)"
+def _hold(status: Any) -> dict[str, Any]:
+    """status.promotion.hold while the promotion is held (engine _record_hold), else empty: an older operator's
+    status records none, and a hold is then not told (its message still says it)."""
+    status = mapping(status)
+    if status.get("phase") != "Promoting":
+        return {}
+    hold = mapping(mapping(status.get("promotion")).get("hold"))
+    return hold if hold.get("reason") else {}
 
 
-def _warnings(history: list[dict[str, Any]], holding: bool = False) -> list[str]:
+def _ended_hold_detail(entry: dict[str, Any]) -> str:
+    """A StableMismatch entry told once its hold has ended: without the advice, the way out of a hold that is no
+    more (following it would undo what happened since)."""
+    detail, advice = text(entry.get("detail")), entry.get("advice")
+    if isinstance(advice, str) and advice and detail.endswith(advice):
+        return f"{detail[:-len(advice)].rstrip(': ')} (the promotion was held; that hold has ended)"
+    if _numbered(entry) is None:  # an older operator's entry: any advice is not kept apart, so none is shown
+        return "(recorded by an older operator: `modelrollout history` shows its detail, which may advise on a hold " \
+               "that has ended)"
+    return detail
+
+
+def _warnings(status: dict[str, Any], holding: bool = False) -> list[str]:
     """The current attempt's Warning entries (as its Events are posted) before the last one, which is told apart.
     A StableMismatch hold's advice is kept only while the promotion is `holding`."""
-    found = [e for e in history[_attempt_start(history):-1] if is_warning(e["event"])]
+    history = objects(status.get("history"))
+    found = [e for e in history[_attempt_start(status):-1] if is_warning(e["event"])]
     if not found:
         return []
     lines = ["Warnings in this attempt:"]
     if len(found) > WARNINGS_SHOWN:
         lines.append(f"  … {len(found) - WARNINGS_SHOWN} earlier (`modelrollout history` shows them)")
     for e in found[-WARNINGS_SHOWN:]:
-        detail = e["detail"] if holding or e["event"] != "StableMismatch" else _without_hold_advice(e["detail"])
+        detail = e["detail"] if holding or e["event"] != "StableMismatch" else _ended_hold_detail(e)
         lines.append(f"  {e['event']} at {e['time']}: {detail}")
     return lines
 
@@ -743,38 +770,16 @@ def _pending_line(obj: dict[str, Any]) -> str | None:
                      f"running?); {_withdraw(text(meta.get('namespace'), '?'), text(meta.get('name'), '?'))}")
 
 
-def _not_before(stamp: Any, moment: datetime | None) -> bool:
-    """Whether the time `stamp` is `moment` or later (any time when `moment` is None; no time is not)."""
-    try:
-        return moment is None or parse_time(stamp) >= moment
-    except (AttributeError, TypeError, ValueError):
-        return False
-
-
-def _hold_deadline(obj: dict[str, Any]) -> str:
-    """When a held promotion is rolled back if the hold does not end: progressDeadline from the promotion step
-    waited on (its pending action's issuedAt, engine _pending_since). A hand-moved alias's hold is rolled back
-    untagged (nothing judged the candidate)."""
-    status = obj["status"]
-    try:
-        deadline = parse_duration(str(obj["spec"].get("progressDeadline")))
-    except (TypeError, ValueError):
-        deadline = DEFAULT_PROGRESS_DEADLINE
-    issued = [record.get("issuedAt") for record in objects(status.get("actions"))
-              if ":promote:" in str(record.get("id")) and record.get("state") == "Pending"]
-    try:
-        waited_from = parse_time(issued[-1]) if issued else None
-    except (AttributeError, TypeError, ValueError):
-        waited_from = None
-    at = format_time(waited_from + deadline) if waited_from is not None else None
-    # Since the first StableMismatch of the step waited on (a hold said again, the alias moved once more, goes on).
-    history = objects(status.get("history"))
-    since = next((text(e.get("time")) for e in history[_attempt_start(history):]
-                  if e.get("event") == "StableMismatch" and _not_before(e.get("time"), waited_from)), None)
-    when = f"progressDeadline ({at})" if at else "progressDeadline"
-    untagged = " untagged (not tagged rejected)" if "set outside this rollout" in text(status.get("message")) else ""
-    return (f"The promotion is held{f' since {since}' if since else ''}: unless the hold ends first, it is rolled "
-            f"back{untagged} at {when}.")
+def _hold_account(hold: dict[str, Any]) -> str:
+    """Since when the promotion is held and what ends it at progressDeadline unless the hold ends first, as the
+    engine recorded it (status.promotion.hold)."""
+    since = f" since {text(hold['since'])}" if hold.get("since") else ""
+    when = f"progressDeadline ({text(hold['deadline'])})" if hold.get("deadline") else "progressDeadline"
+    if hold.get("rollsBack") is False:
+        outcome = "paused for a human (spec.rollback.automatic is false)"
+    else:
+        outcome = "rolled back" + ("" if hold.get("rejectCandidate", True) else " untagged (not tagged rejected)")
+    return f"The promotion is held{since}: unless the hold ends first, it is {outcome} at {when}."
 
 
 def _kubernetes_answer(what: str, answer: Any, kind: str) -> dict[str, Any]:
@@ -807,7 +812,7 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
     done = bool(rollback.get("recoveredAt"))
     history = objects(status.get("history"))
     # This attempt's entries: what the rollback could not do.
-    said = {e.get("event") for e in history[_attempt_start(history):]}
+    said = {e.get("event") for e in history[_attempt_start(status):]}
     back_to = f"version {stable}" if stable else "stable"
     if rollback.get("trafficKept"):
         # Nothing to put traffic back on; the alias and the rejected tag are still the rollback's to settle.
@@ -820,7 +825,7 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
         else:
             # All of it once promoted, by this rollout or by hand (the engine's message says which it restores).
             promoted = (rollback.get("afterPromotion") is True or status.get("canaryWeight") == 100
-                        or PROMOTED_BY_HAND in text(status.get("message")))
+                        or rollback.get("candidateServedAsStable") is True)
             lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve "
                          f"{'all' if promoted else 'some'} of it.")
     alias = text(obj["spec"]["model"].get("stableAlias"), "the stable alias")

@@ -46,6 +46,8 @@ from controller.api.status import (
     ConditionType,
     GateStatus,
     HistoryEntry,
+    HoldReason,
+    HoldStatus,
     ModelRolloutStatus,
     PauseReason,
     PauseStatus,
@@ -115,6 +117,8 @@ COMMAND_REFUSAL_MAX = 512  # a refused command's reason, which may quote an anno
 NOTHING_ROLLED_OUT = "nothing was rolled out"
 # How a held promotion's message begins (_promoting's waits): a command refused meanwhile repeats the hold.
 HOLDING_PROMOTION = "Holding the promotion"
+# The history entries a resolved attempt begins with (_resolve, _already_stable).
+_ATTEMPT_RESOLUTIONS = frozenset({"Resolved", "AlreadyStable"})
 # Phases only reached once the candidate is resolved (a rollback may come before resolution).
 _PHASES_WITH_A_CANDIDATE = frozenset({Phase.GATING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.BAKING})
 
@@ -175,6 +179,12 @@ def holds_deletion(spec: ModelRolloutSpec, status: ModelRolloutStatus | None) ->
     return spec.rollback.revert_on_deletion and phase not in TERMINAL_PHASES
 
 
+def _entry_attempt(status: ModelRolloutStatus) -> int:
+    """The attempt a history entry recorded now belongs to: the resolved one, or else the one to be resolved next
+    (a retry, a restart, the first attempt), which begins with the entries before its resolution."""
+    return status.attempt if status.candidate is not None else status.attempt + 1
+
+
 def ignore_command(status: ModelRolloutStatus, key: str, detail: str, now: datetime, actor: str = CONTROLLER_ACTOR,
                    command_id: str | None = None) -> ModelRolloutStatus:
     """`status` with a command that will not be carried out recorded once: its key in handledCommands, so it is
@@ -182,7 +192,7 @@ def ignore_command(status: ModelRolloutStatus, key: str, detail: str, now: datet
     if key in status.handled_commands:
         return status
     entry = HistoryEntry(time=now, event="CommandIgnored", detail=_one_line(detail)[:COMMAND_REFUSAL_MAX],
-                         actor=actor, command_id=command_id)
+                         actor=actor, command_id=command_id, attempt=_entry_attempt(status))
     return dataclasses.replace(status, handled_commands=_handled(status, key),
                                history=append_history(status.history, entry, status.events_posted_through))
 
@@ -224,7 +234,7 @@ def _refuse_to_run(status: ModelRolloutStatus | None, reason: str, detail: str, 
     status = status or ModelRolloutStatus()
     why = f"invalid spec: {detail}" if fail_idle else f"waiting for the target: {detail}"
     message = _sentence(f"Invalid spec: {detail}" if fail_idle else f"Waiting for the target: {detail}")
-    entry = HistoryEntry(time=now, event=reason, detail=detail)
+    entry = HistoryEntry(time=now, event=reason, detail=detail, attempt=_entry_attempt(status))
     repeated = bool(status.history) and status.history[-1].event == reason and status.history[-1].detail == detail
     history = status.history if repeated else append_history(status.history, entry, status.events_posted_through)
     finished = status.phase in TERMINAL_PHASES and status.observed_generation == generation
@@ -244,10 +254,12 @@ def _refuse_to_run(status: ModelRolloutStatus | None, reason: str, detail: str, 
     if old is None:
         conditions = (condition, *conditions)
     fail = idle and fail_idle
+    # A promotion's hold is no more: nothing is decided meanwhile, so no deadline of its ends it either.
+    promotion = status.promotion and dataclasses.replace(status.promotion, hold=None)
     new_status = dataclasses.replace(status, phase=Phase.FAILED if fail else status.phase, message=message,
                                      observed_generation=generation, history=history, conditions=conditions,
                                      completed_at=status.completed_at or (now if fail else None),
-                                     resolving_since=None if fail else status.resolving_since)
+                                     resolving_since=None if fail else status.resolving_since, promotion=promotion)
     return Decision(actions=(), status=new_status, requeue_after=None, events=() if repeated else (history[-1],))
 
 
@@ -277,15 +289,21 @@ class _Decider:
         self.failed_actions = {failure.action_id: failure.error for failure in observations.action_failures}
         self.waiting = ""  # why the rollout is not moving, for the message
         self.traffic_held = ""  # what keeps a rollback's traffic step from being confirmed, for the message
+        self.holding: HoldStatus | None = None  # the promotion's hold this pass (its `since` is set in _finish)
         self.moved = False
         self.judges_errored: set[str] = set()  # "gate" / "analysis": their error condition stays this round
         # As read: a condition set twice in one decision (observed healthy, then a failed action) keeps its time.
         self.conditions_before = {item.type: item for item in self.status.conditions}
         self.ended_on = (status.phase, status.candidate.version if status.candidate else None)  # as read
+        # Read holding the promotion (its message says so) with no hold recorded: an older operator's status.
+        self.read_held_without_record = (status.phase is Phase.PROMOTING and status.promotion is not None
+                                         and status.promotion.hold is None
+                                         and status.message.startswith(HOLDING_PROMOTION))
 
     # --- the loop ------------------------------------------------------------------------------------
 
     def run(self) -> Decision:
+        self._number_older_entries()
         self._observe_generation()
         self._observe_adapters()
         self._record_accepted_sends()
@@ -308,6 +326,7 @@ class _Decider:
         for _ in range(_MAX_TRANSITIONS):
             self.moved = False
             self.waiting = ""
+            self.holding = None
             self._handle_phase()
             if not self.moved:
                 break
@@ -347,12 +366,26 @@ class _Decider:
         self.moved = True
 
     def _record(self, event: str, detail: str, actor: str = CONTROLLER_ACTOR,
-                command_id: str | None = None) -> None:
+                command_id: str | None = None, advice: str | None = None) -> None:
         entry = HistoryEntry(time=self.now, event=event, detail=_one_line(detail), actor=actor,
-                             command_id=command_id)
+                             command_id=command_id, attempt=_entry_attempt(self.status),
+                             advice=_one_line(advice) if advice is not None else None)
         history = append_history(self.status.history, entry, self.status.events_posted_through)
         self.new_history.append(history[-1])
         self._update(history=history)
+
+    def _number_older_entries(self) -> None:
+        """HistoryEntry.attempt on the entries of a resolved attempt that an older operator recorded unnumbered: from
+        its resolution on (all kept entries when that was trimmed away). Entries before it, or of an attempt not
+        resolved yet, stay unnumbered: readers then leave them out of the attempt."""
+        history = self.status.history
+        if self.status.candidate is None or all(entry.attempt is not None for entry in history):
+            return
+        start = max((index for index, entry in enumerate(history) if entry.event in _ATTEMPT_RESOLUTIONS), default=0)
+        if any(entry.attempt not in (None, self._attempt) for entry in history[start:]):
+            return
+        self._update(history=(*history[:start], *(dataclasses.replace(entry, attempt=self._attempt)
+                                                   for entry in history[start:])))
 
     def _wait(self, why: str, poll: bool = False) -> None:
         self.waiting = why
@@ -380,13 +413,19 @@ class _Decider:
         sent, the model was never judged on it, so it is not tagged rejected; nor when `judged` is False (what
         was waited on says nothing of the model whatever the error)."""
         record = self._ledger(action_id)
-        error = _ledger_error(record)
-        # Held from the first send all along (the target or registry did not answer): nothing was asked either.
         unsent = record is not None and record.sent_at is None
         held = f"; held unsent ({'; '.join(self.errors)})" if unsent and self.errors else ""
         reason = f"{what} within {self._deadline}{context}{held}{self._last_error_note(action_id)}"
-        refused = unsent or not judged or (error is not None and error.kind in _REFUSALS)
-        self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, reason, evidence or {}, reject_candidate=not refused)
+        self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, reason, evidence or {},
+                      reject_candidate=self._deadline_rejects(action_id, judged=judged))
+
+    def _deadline_rejects(self, action_id: str, *, judged: bool = True) -> bool:
+        """Whether _deadline_failure on `action_id` would tag the candidate rejected, as things stand now."""
+        record = self._ledger(action_id)
+        error = _ledger_error(record)
+        # Held from the first send all along (the target or registry did not answer): nothing was asked either.
+        unsent = record is not None and record.sent_at is None
+        return not (unsent or not judged or (error is not None and error.kind in _REFUSALS))
 
     def _last_error_note(self, action_id: str) -> str:
         record = self._ledger(action_id)
@@ -931,9 +970,10 @@ class _Decider:
                 where = "spec.model.version" if model.version is not None else f"@{model.alias} (or spec.model)"
                 return (f"{model.name} {model.candidate_ref} no longer exists in the registry: point {where} at a "
                         "version that exists")
+            # Restarted first: the command's entry is the new attempt's first (HistoryEntry.attempt).
+            self._restart(f"retry by {command.actor}")
             self._record("CommandApplied", f"{command.label}: starting a new attempt", actor=command.actor,
                          command_id=command.id)
-            self._restart(f"retry by {command.actor}")
             return None
         if phase is not Phase.PAUSED or pause is None or pause.reason is PauseReason.PAUSE_STEP:
             return self._held_promotion() or f"nothing to retry in phase {phase}"
@@ -1682,6 +1722,8 @@ class _Decider:
         if promoted_by_hand and candidate is not None and stable is not None:
             self.traffic_held = (f"{self.spec.target.description} reports version {candidate.version} serving as "
                                  f"stable (promoted outside ModelRollout?): restoring version {stable.version}")
+            # Kept until traffic is confirmed back (a target that cannot be read meanwhile undoes nothing).
+            rollback = dataclasses.replace(rollback, candidate_served_as_stable=True)
         # Once asked for, a restore is confirmed as a promotion's is, by stable seen serving: while it rolls out
         # (Seldon's new Deployments) stable reads as no version, and no canary is no evidence either.
         restore = self._ledger(self._rollback_id("restore"))
@@ -1976,15 +2018,19 @@ class _Decider:
                         self._deadline_failure(f"the target did not take the promotion of {candidate.version}",
                                                action_id)
                 elif target is None:
-                    self._wait(f"Holding the promotion until {self.spec.target.description} answers")
+                    # At the deadline, a stable alias moved meanwhile is what it is rolled back for (untagged).
+                    self._hold(HoldReason.TARGET_UNAVAILABLE, f" until {self.spec.target.description} answers",
+                               action_id, reject=held is None and self._deadline_rejects(action_id))
                 elif self._registry() is None:
-                    self._wait("Holding the promotion until the registry answers")
+                    self._hold(HoldReason.REGISTRY_UNAVAILABLE, " until the registry answers", action_id,
+                               reject=self._deadline_rejects(action_id))
                 elif rolling_out:
                     self._wait(f"Promoting candidate {candidate.version}: {reason}", poll=True)
                 elif vanished:
-                    self._wait(f"Holding the promotion: {reason}", poll=True)
+                    self._hold(HoldReason.CANDIDATE_NOT_STAGED, f": {reason}", action_id, poll=True,
+                               reject=target.canary_version == candidate.version)
                 elif held is not None:
-                    self._hold_for_alias(held)
+                    self._hold_for_alias(held, action_id)
                 else:
                     self._request(action, f"version {candidate.version}")
                     self._wait(f"Promoting candidate {candidate.version} to all traffic", poll=True)
@@ -2020,7 +2066,7 @@ class _Decider:
                               reject_candidate=False)
                 return
             if held is not None:
-                self._hold_for_alias(held)
+                self._hold_for_alias(held, action_id)
                 return
             if self._deadline_passed(self._pending_since(action_id)):
                 # The candidate already served all traffic and nothing judged it: a registry that fails its
@@ -2058,18 +2104,32 @@ class _Decider:
         return (f"@{self.spec.model.stable_alias} names version {current.version}, set outside this rollout (it "
                 f"named {found} when the rollout started)")
 
-    def _hold_for_alias(self, held: str) -> None:
+    def _hold(self, reason: HoldReason, said: str, action_id: str, *, reject: bool, advice: str | None = None,
+              poll: bool = False) -> None:
+        """Wait, holding the promotion (`said` follows HOLDING_PROMOTION in the message), and record the hold for
+        status.promotion.hold: what ends it at progressDeadline from `action_id`'s start, as _promoting decides."""
+        self._wait(f"{HOLDING_PROMOTION}{said}", poll=poll)
+        self.holding = HoldStatus(reason=reason, deadline=self._pending_since(action_id) + self.spec.progress_deadline,
+                                  rolls_back=self.spec.rollback.automatic, reject_candidate=reject, advice=advice)
+
+    def _hold_for_alias(self, held: str, action_id: str) -> None:
         alias, stable = self.spec.model.stable_alias, self.status.stable
         undo = f"point @{alias} back at version {stable.version}" if stable else f"remove @{alias}"
-        said = f"{held}: {undo} to promote candidate {self._candidate.version}, or roll back"
+        advice = f"{undo} to promote candidate {self._candidate.version}, or roll back"
+        said = f"{held}: {advice}"
         # Said once per hold, not at every reconcile (nor after a read that failed meanwhile): a hold is new when the
         # last one said something else, or when a promotion step was sent since (the alias was put back in between).
         last = next((entry for entry in reversed(self.status.history) if entry.event == "StableMismatch"), None)
         sent = [record.sent_at for record in self.status.actions if record.id.startswith(f"{self._attempt}:promote:")
                 and record.sent_at is not None]
         if last is None or last.detail != said or any(time > last.time for time in sent):
-            self._record("StableMismatch", said)
-        self._wait(f"Holding the promotion: {said}", poll=True)
+            # The advice apart too: once the hold has ended, readers tell the entry without it.
+            self._record("StableMismatch", said, advice=advice)
+        elif last.advice is None:  # said by an operator that kept no advice apart: added to the same entry
+            self._update(history=tuple(dataclasses.replace(entry, advice=advice) if entry is last else entry
+                                       for entry in self.status.history))
+        # Rolled back untagged at the deadline: nothing judged the candidate.
+        self._hold(HoldReason.STABLE_ALIAS_MOVED, f": {said}", action_id, reject=False, advice=advice, poll=True)
 
     def _candidate_gone(self) -> bool:
         """The registry answers that the rollout's candidate no longer exists: a pinned one the spec resolves to, or
@@ -2161,6 +2221,7 @@ class _Decider:
 
     def _finish(self) -> None:
         self._update_retry()
+        self._record_hold()
         resolving = self.status.phase is Phase.PENDING and self.status.candidate is None
         if resolving != (self.status.resolving_since is not None):
             self._update(resolving_since=self.now if resolving else None)
@@ -2169,6 +2230,21 @@ class _Decider:
         index = self.status.current_step
         self._update(message=message, step=None if index is None else step_fraction(index, len(self.spec.canary.steps)))
         self._derived_conditions(message)
+
+    def _record_hold(self) -> None:
+        """status.promotion.hold: this pass's hold, since when the promotion has been held; cleared when it is not."""
+        promotion = self.status.promotion
+        if promotion is None:
+            return
+        hold = self.holding if self.status.phase is Phase.PROMOTING else None
+        if hold is not None:
+            before = promotion.hold
+            # A hold that began under an operator which recorded none: since when is not known.
+            older = before is None and self.read_held_without_record
+            since = before.since if before is not None else (None if older else self.now)
+            hold = dataclasses.replace(hold, since=since)
+        if hold != promotion.hold:
+            self._update(promotion=dataclasses.replace(promotion, hold=hold))
 
     def _deadline_exceeded(self, message: str) -> None:
         """Progressing False/ProgressDeadlineExceeded while still trying; said once as a Warning Event too (a stuck
