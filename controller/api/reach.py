@@ -29,6 +29,8 @@ from controller.api.spec import ModelRolloutSpec, SpecError
 # "name.namespace.svc.svc.cluster.local" is pod "name" of Service "namespace" in a namespace named "svc".
 # Another cluster domain is added with --gate-hosts.
 DEFAULT_GATE_HOSTS = ("*.{namespace}.svc.cluster.local",)
+# Why a short Service name is refused wherever the operator sends a request (gate, registry, Prometheus).
+SHORT_SERVICE_WHY = "it is resolved through the search list, where another namespace (one named 'svc') can answer it"
 _LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"  # 1 to 63 characters: IDNA refuses longer ones
 _HOST = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _PATTERN = re.compile(rf"^(\*\.)?({_LABEL}|\{{namespace\}})(\.({_LABEL}|\{{namespace\}}))*$|^\[[0-9a-f:.]+\]$")
@@ -67,6 +69,29 @@ def host_allowed(host: str, namespace: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def is_short_service_name(host: str) -> bool:
+    """name.<namespace>.svc (or any name whose last label is svc): fewer dots than ndots:5, so tried through
+    the search list first, as name.<namespace>.svc.svc.cluster.local among others (SHORT_SERVICE_WHY)."""
+    host = host.lower().rstrip(".")
+    return "." in host and host.rpartition(".")[2] == "svc"
+
+
+def short_service_refusal(url: str) -> str | None:
+    """Why `url` must not be called when its host is a short Service name, with the fix; None otherwise.
+
+    For the URLs the operator sends credentials or trust to (registry, Prometheus); the gate's own rule is
+    host_allowed with DEFAULT_GATE_HOSTS, which refuses the same names."""
+    try:
+        host = urlsplit(url.strip()).hostname
+    except ValueError:
+        return None  # not a URL: the caller's own parsing says so
+    if not host or not is_short_service_name(host):
+        return None
+    name = host.rstrip(".")  # absolute (a root dot), it would leave the cluster's zone: refused alike
+    return (f"host {name!r} is a short Service name, refused: {SHORT_SERVICE_WHY}; "
+            f"write its full name, {name}.cluster.local")
+
+
 def check_gate_hosts(spec: ModelRolloutSpec, namespace: str, allowed: Iterable[str] = ()) -> None:
     """Raise SpecError naming the field when a gate URL override leaves the rollout's namespace."""
     kserve = spec.target.kserve
@@ -78,9 +103,9 @@ def check_gate_hosts(spec: ModelRolloutSpec, namespace: str, allowed: Iterable[s
         if url and not host_allowed(host or "", namespace, patterns):
             raise SpecError(f"spec.target.kserve.{key}",
                             f"host {host!r} is not a Service of namespace {namespace} "
-                            f"(name.{namespace}.svc.cluster.local; a short name.{namespace}.svc is refused: it is "
-                            "resolved through the search list, where another namespace can answer it) "
-                            "and not among the hosts the operator allows (operator run --gate-hosts)")
+                            f"(name.{namespace}.svc.cluster.local; a short name.{namespace}.svc is refused: "
+                            f"{SHORT_SERVICE_WHY}) and not among the hosts the operator allows (operator run "
+                            "--gate-hosts)")
 
 
 def _is_ip(host: str) -> bool:

@@ -35,7 +35,7 @@ from controller.api.commands import (
     parse_command,
     unreadable_key,
 )
-from controller.api.reach import check_gate_hosts
+from controller.api.reach import check_gate_hosts, short_service_refusal
 from controller.api.serialization import from_json, parse_time, to_json
 from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
 from controller.api.status import (
@@ -567,6 +567,19 @@ def check_operator_settings(spec: ModelRolloutSpec, namespace: str, config: Oper
     if spec.analysis.metrics and spec.analysis.prometheus is None and not config.default_prometheus_url:
         raise SpecError("spec.analysis.prometheus.address",
                         "is required: the metrics need a Prometheus and the operator has no default (--prometheus-url)")
+    # The registry gets the credentials and names what is served, Prometheus judges the canary: neither may be a
+    # short Service name, the spec's or the operator's default (api.reach), at any phase.
+    prometheus = spec.analysis.prometheus
+    for path, own, default, setting in (
+            ("spec.registry.trackingUri", spec.registry.tracking_uri, config.default_tracking_uri,
+             "operator run --tracking-uri, $MLFLOW_TRACKING_URI"),
+            ("spec.analysis.prometheus.address", prometheus.address if prometheus else None,
+             config.default_prometheus_url if spec.analysis.metrics else None,
+             "operator run --prometheus-url, $PROMETHEUS_URL")):
+        short = short_service_refusal(own or default or "")
+        if short:
+            raise SpecError(path, short if own else f"is unset, and the operator's default ({setting}) is refused: "
+                            f"{short}")
     # The gate's own check, now: else the refusal comes only at gate time, after the candidate is staged.
     dataset = spec.golden_dataset
     if gate_ahead and dataset is not None and dataset.uri.startswith("https://"):

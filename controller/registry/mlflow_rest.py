@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.request_utils import _get_request_session
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
+from controller.api.reach import short_service_refusal
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX
 from controller.http_deadline import AnswerTooSlow, Exchange, transport_cause, watch_session
 from controller.redaction import redact_credentials, redacted_url
@@ -424,6 +425,9 @@ def validated_tracking_uri(uri: str) -> str:
                                   "put them in the credentials Secret")
     if parts.query or parts.fragment:
         raise RegistryConfigError("the registry tracking URI must not have a query or fragment")
+    short = short_service_refusal(uri)
+    if short:
+        raise RegistryConfigError(f"the registry tracking URI: {short}")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from controller.api.reach import short_service_refusal
 from controller.engine.observations import REJECTED_TAG as REJECTED_TAG
 from controller.engine.observations import REJECTED_TIME_TAG as REJECTED_TIME_TAG
 from controller.registry.errors import RegistryConfigError
@@ -89,6 +90,10 @@ class Credentials:
             if _endpoint(scope) is None:
                 raise RegistryConfigError("the registry credentials Secret key 'trackingUri' is not an http(s) URL "
                                           "without user info")
+            # Checked before the two are compared: the token would go to whoever answers the name.
+            short = short_service_refusal(scope)
+            if short:
+                raise RegistryConfigError(f"the registry credentials Secret key 'trackingUri': {short}")
             if _endpoint(tracking_uri) is None:  # not echoed: it may hold a password
                 raise RegistryConfigError("the tracking URI in use is not an http(s) URL without user info or "
                                           "backslashes: the registry credentials are sent to no such URL")

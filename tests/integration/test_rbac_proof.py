@@ -11,6 +11,10 @@ from the TokenRequest API, and
   before each observation);
 - gets 403 on any Secret but the one granted: an unreferenced one in the same namespace, one in another
   namespace, and listing; a rollout that names an ungranted Secret reports RegistryForbidden.
+- can do exactly that and no more: every RBAC object deploy/base renders is applied (a second binding of the
+  account, to cluster-admin or anything else, is in force here too), and the API server's own account of what the
+  ServiceAccount may do (SelfSubjectRulesReview, as `kubectl auth can-i --list` asks it) is the checked verbs, the
+  one Secret, and what every account gets, before the rollout and after it.
 
 One full rollout carries most checks: each rule is removed just before the point where the rollout first
 needs it, and put back (while the next one is removed, in the same update) once the failure is seen.
@@ -58,6 +62,7 @@ GRANTED_SECRET = "mlflow-token"
 
 Obj = dict[str, Any]
 Verb = tuple[str, str, str]  # apiGroup, resource, verb
+Grant = tuple[str, str, str, str]  # apiGroup, resource, verb, resourceName ("": any)
 
 # Every verb of the controller's ClusterRole and where its absence shows. The test fails if the rendered
 # ClusterRole grants a verb that is not here: a new permission needs its own proof.
@@ -76,6 +81,16 @@ CHECKED: tuple[Verb, ...] = (
     ("mlops.seldon.io", "experiments", "get"),
     ("mlops.seldon.io", "experiments", "patch"),
 )
+
+
+# What any authenticated account may do (system:basic-user): ask what it may do. The baseline account, bound to
+# nothing, is checked to get exactly these, so a grant to all ServiceAccounts cannot hide in the baseline either.
+SELF_REVIEWS: frozenset[Grant] = frozenset({
+    ("authorization.k8s.io", "selfsubjectaccessreviews", "create", ""),
+    ("authorization.k8s.io", "selfsubjectrulesreviews", "create", ""),
+    ("authentication.k8s.io", "selfsubjectreviews", "create", ""),
+})
+RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 
 
 def kubectl(kubeconfig: Path, *args: str, input_text: str | None = None) -> str:
@@ -114,7 +129,7 @@ class ControllerIdentity:
 
     @property
     def cluster_role(self) -> Obj:
-        return next(o for o in self.objects if o["kind"] == "ClusterRole")
+        return next(o for o in self.objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == SA_NAME)
 
     def verbs(self) -> list[Verb]:
         found = []
@@ -166,16 +181,60 @@ WRITES_POLICY = "modelrollout-controller-writes"  # what the controller may chan
 
 
 def rendered_controller_rbac() -> list[Obj]:
-    """Namespace, ServiceAccount, ClusterRole and ClusterRoleBinding of the controller from deploy/base, and the
+    """Every RBAC object deploy/base renders (ServiceAccounts, roles and bindings, whoever they name: a binding that
+    gives the controller's account more must be in force where its grant is proven), its Namespace, and the
     admission policy that narrows its patch on ModelRollouts to its finalizer (the proof runs under it)."""
     objs = kustomize_build(DEPLOY / "base")
     wanted = [o for o in objs if (o["kind"] == "Namespace" and o["metadata"]["name"] == SA_NAMESPACE)
-              or (o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
-                  and o["metadata"]["name"] == SA_NAME)
+              or o["kind"] in RBAC_KINDS
               or (o["kind"].startswith("ValidatingAdmissionPolicy") and o["metadata"]["name"] == WRITES_POLICY)]
-    assert sorted(o["kind"] for o in wanted) == ["ClusterRole", "ClusterRoleBinding", "Namespace", "ServiceAccount",
-                                                 "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    named = {(o["kind"], o["metadata"]["name"]) for o in wanted}
+    assert {(kind, SA_NAME) for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")} <= named, named
+    assert wanted[0]["kind"] == "Namespace"  # applied first: the ServiceAccounts are in it
+    assert len([o for o in objs if o["kind"] in RBAC_KINDS]) == len([o for o in wanted if o["kind"] in RBAC_KINDS])
     return wanted
+
+
+def granted(kubeconfig: Path, namespace: str) -> tuple[set[Grant], set[tuple[str, str]]]:
+    """What the API server says the kubeconfig's account may do in `namespace` (its cluster-wide grants included):
+    SelfSubjectRulesReview, the request behind `kubectl auth can-i --list`. Resource and non-resource rules."""
+    # --validate=false: kubectl's own schema check lists CRDs, which the account may not.
+    ask = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview", "spec": {"namespace": namespace}}
+    review = json.loads(kubectl(kubeconfig, "create", "--validate=false", "-o", "json", "-f", "-",
+                                input_text=json.dumps(ask)))
+    status = review["status"]
+    assert not status.get("incomplete"), status.get("evaluationError")
+    resources = {(group, resource, verb, name) for rule in status.get("resourceRules") or []
+                 for group in rule.get("apiGroups") or ["<none>"] for resource in rule.get("resources") or ["<none>"]
+                 for verb in rule.get("verbs") or ["<none>"] for name in rule.get("resourceNames") or [""]}
+    urls = {(url, verb) for rule in status.get("nonResourceRules") or []
+            for url in rule.get("nonResourceURLs") or [] for verb in rule.get("verbs") or []}
+    return resources, urls
+
+
+def baseline_grant(control_plane: ControlPlane, admin: Path, directory: Path) -> set[tuple[str, str]]:
+    """The non-resource rules of an account bound to nothing (discovery, health), after checking that its resource
+    rules are SELF_REVIEWS alone."""
+    namespace = new_namespace(admin, "rbac-baseline")
+    kubectl(admin, "create", "serviceaccount", "nobody", "-n", namespace)
+    token = kubectl(admin, "create", "token", "nobody", "-n", namespace, "--duration=1h").strip()
+    nobody = control_plane.write_kubeconfig(directory / "nobody.kubeconfig",
+                                            f"system:serviceaccount:{namespace}:nobody", token)
+    resources, urls = granted(nobody, namespace)
+    assert resources == SELF_REVIEWS, sorted(resources)
+    return urls
+
+
+def assert_grant_is_exactly(identity: ControllerIdentity, baseline: set[tuple[str, str]],
+                            expected: dict[str, set[Grant]]) -> None:
+    """The controller's account may do, per namespace, the checked verbs, the Secrets named, and nothing more."""
+    role = {(group, resource, verb, "") for group, resource, verb in CHECKED}
+    for namespace, secrets in expected.items():
+        resources, urls = granted(identity.kubeconfig, namespace)
+        assert resources == role | SELF_REVIEWS | secrets, (
+            namespace, "more:", sorted(resources - role - SELF_REVIEWS - secrets),
+            "missing:", sorted((role | SELF_REVIEWS | secrets) - resources))
+        assert urls == baseline, (namespace, sorted(urls ^ baseline))
 
 
 # --- the operator under that identity --------------------------------------------------------------------
@@ -301,7 +360,8 @@ class Proof:
 
 
 def test_controller_rbac_is_sufficient_and_every_verb_is_needed(
-        identity: ControllerIdentity, scenario: Scenario, kubeconfig: Path, tmp_path: Path) -> None:
+        identity: ControllerIdentity, scenario: Scenario, control_plane: ControlPlane, kubeconfig: Path,
+        tmp_path: Path) -> None:
     admin = kubeconfig
     assert sorted(identity.verbs()) == sorted(CHECKED), "a verb of the ClusterRole has no check here (or vice versa)"
     proof = Proof()
@@ -326,6 +386,10 @@ def test_controller_rbac_is_sufficient_and_every_verb_is_needed(
         assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr
     assert kubectl(identity.kubeconfig, "get", "secret", GRANTED_SECRET, "-n", ns, "-o", "name").strip() \
         == f"secret/{GRANTED_SECRET}"
+    # And nothing else, whatever else deploy/base binds the account to: as the API server sums it up.
+    baseline = baseline_grant(control_plane, admin, tmp_path)
+    exactly = {ns: {("", "secrets", "get", GRANTED_SECRET)}, scratch: set(), other: set()}
+    assert_grant_is_exactly(identity, baseline, exactly)
 
     # 1. list: kopf cannot list the resource, so a rollout that exists gets no status.
     verb = ("modelrollout.io", "modelrollouts", "list")
@@ -434,6 +498,7 @@ def test_controller_rbac_is_sufficient_and_every_verb_is_needed(
         predictor = json.loads(kubectl(admin, "get", "inferenceservice", name, "-n", ns, "-o",
                                        "json"))["spec"]["predictor"]
         assert predictor["model"]["storageUri"] == scenario.storage_uri(scenario.candidate_version)
+        assert_grant_is_exactly(identity, baseline, exactly)  # what the rollout completed under, and no more
         touch(admin, scratch, "unseen")
 
         # A rollout that names a Secret it was not granted cannot read it.

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from tests.unit.test_deploy_render import ALL_ON, DEPLOY, helm_template, kustomize_build
+
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "deploy" / "base"
 EXAMPLE_ROLE = REPO / "deploy" / "examples" / "registry-credentials-role.yaml"
@@ -74,6 +76,57 @@ def test_controller_cluster_role_grants_no_secrets_and_only_what_it_uses() -> No
                    if obj["roleRef"]["name"] == CONTROLLER_ROLE)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": CONTROLLER_ROLE,
                                     "namespace": "modelrollout-system"}]
+
+
+def names_account(binding: Obj, subject: Obj, namespace: str, account: str) -> bool:
+    """Whether a binding's subject grants to the ServiceAccount: by itself, as the user its token authenticates as,
+    or through a group its token carries (the authorizer's own rules, a RoleBinding's namespace by default)."""
+    kind, name = subject.get("kind"), subject.get("name")
+    if kind == "ServiceAccount":
+        return name == account and subject.get("namespace", binding["metadata"].get("namespace")) == namespace
+    if kind == "User":
+        return name == f"system:serviceaccount:{namespace}:{account}"
+    return kind == "Group" and name in ("system:serviceaccounts", f"system:serviceaccounts:{namespace}",
+                                        "system:authenticated")
+
+
+def controller_bindings(objs: list[Obj], default: tuple[str, str]) -> tuple[str, list[Obj]]:
+    """The controller's ServiceAccount (the one its Deployment runs as) and every rendered binding naming it."""
+    namespace, account = default
+    for deployment in of_kind(objs, "Deployment"):
+        if deployment["metadata"]["labels"].get("app.kubernetes.io/component") == "controller":
+            namespace = deployment["metadata"]["namespace"]
+            account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    bindings = [obj for obj in objs if obj["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                and any(names_account(obj, subject, namespace, account) for subject in obj.get("subjects") or [])]
+    return account, bindings
+
+
+def test_the_controllers_account_is_bound_to_its_own_role_only() -> None:
+    """Every rendered install (kustomize's base and overlays, the chart with its defaults, everything on, another
+    release name and namespace): any binding that names the controller's ServiceAccount refers to the controller's
+    own ClusterRole, whose grant the tests above and the live proof pin. A second binding (cluster-admin, a
+    namespace's admin) would pass every check of the role itself (review s30tenancy)."""
+    base_role = next(o for o in of_kind(base_objects(), "ClusterRole") if o["metadata"]["name"] == CONTROLLER_ROLE)
+    renders = [(f"kustomize {path.relative_to(REPO)}", kustomize_build(path))
+               for path in (DEPLOY / "base", DEPLOY, DEPLOY / "network-policy", DEPLOY / "monitoring")]
+    renders += [(f"helm template {' '.join(args)}", helm_template(*args, **where)) for args, where in (
+        ((), {}), (ALL_ON, {}), (("--set", "fullnameOverride=mr"), {}),
+        (ALL_ON, {"release": "team-ml", "namespace": "ml-platform"}))]
+    bound = 0
+    for name, objs in renders:
+        account, bindings = controller_bindings(objs, ("modelrollout-system", CONTROLLER_ROLE))
+        for binding in bindings:
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                          "name": account}, (name, binding["metadata"]["name"], binding["roleRef"])
+            role = next(o for o in of_kind(objs, "ClusterRole") if o["metadata"]["name"] == account)
+            assert role["rules"] == base_role["rules"], name
+        bound += len(bindings)
+        if any(o["kind"] == "Deployment" for o in objs):
+            assert len(bindings) == 1, (name, [b["metadata"]["name"] for b in bindings])
+    assert bound == 6  # base, deploy/ and the four charts: the check above ran on each
+    # With rbac.create=false the chart binds nothing: the cluster admin does, and answers for it.
+    assert controller_bindings(helm_template("--set", "rbac.create=false"), ("", ""))[1] == []
 
 
 def test_people_roles_aggregate_into_the_builtin_roles_without_escalation() -> None:
