@@ -193,7 +193,8 @@ def test_the_seldon_v1_router_gets_the_operators_gate_hosts_and_a_refused_endpoi
 
 def test_a_registry_secret_the_gate_cannot_read_is_an_explained_gate_error_not_an_exception() -> None:
     raw = copy.deepcopy(RAW)
-    raw["registry"] = {"trackingUri": "http://mlflow.team-a.svc.cluster.local:5000", "credentialsSecretRef": {"name": "mlflow"}}
+    raw["registry"] = {"trackingUri": "http://mlflow.team-a.svc.cluster.local:5000",
+                       "credentialsSecretRef": {"name": "mlflow"}}
     raw["goldenDataset"] = {"uri": "configmap://golden/set.jsonl", "sha256": "ab" * 32,
                             "thresholds": {"minAccuracy": 0.8}}
     spec = parse_spec(raw)
@@ -227,7 +228,8 @@ def test_a_credentials_secret_that_cannot_be_read_is_an_unavailable_registry_and
     """No answer from the API server: the reconcile goes on (the target is still observed, RegistryAvailable
     says why), a gate's result is an error, not lost, and the message names the exception's type only."""
     raw = copy.deepcopy(RAW)
-    raw["registry"] = {"trackingUri": "http://mlflow.team-a.svc.cluster.local:5000", "credentialsSecretRef": {"name": "mlflow"}}
+    raw["registry"] = {"trackingUri": "http://mlflow.team-a.svc.cluster.local:5000",
+                       "credentialsSecretRef": {"name": "mlflow"}}
 
     class Core:
         def __init__(self, api_client: Any) -> None:
