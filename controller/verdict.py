@@ -15,10 +15,13 @@ DATASET_INTEGRITY = "dataset.sha256"
 # moment (a restart, an upgrade). StaleSeries too: the exporter or its scrape stopped reporting, which an exporter
 # restart does, and DuplicateSeries once the window was measured without it: an exporter's rolling update
 # overlaps two pods for a moment (a second scrape job from the window's start is never measured, so not waited
-# for). Not QueryRejected: Prometheus answered, refusing the query itself (its syntax, its sample limit, its own
-# timeout on a window that only grows), which the next run asks again.
+# for). PrometheusTooSlow includes Prometheus' own query timeout (a busy Prometheus is the same moment, whichever
+# timer fires first). DataLost (the engine's, decide._data_lost): a window's counts fell from one run to the next,
+# so Prometheus lost part of it (restarted without its data, or another HA replica answered). Not QueryRejected:
+# Prometheus refused the query itself (its syntax, its sample limit), which the next run asks again.
+DATA_LOST = "DataLost"
 MEASUREMENT_OUTAGES = frozenset({"PrometheusUnreachable", "PrometheusTooSlow", "PartialData", "MalformedResponse",
-                                 "StaleSeries", "DuplicateSeries"})
+                                 "StaleSeries", "DuplicateSeries", DATA_LOST})
 
 
 class Outcome(StrEnum):

@@ -22,6 +22,7 @@ from urllib3.util.retry import Retry
 from controller.http_deadline import AnswerTooSlow, Exchange, WatchedAdapter
 from controller.redaction import redact_credentials, without_userinfo
 from controller.registry.mlflow_rest import AnswerTooLarge, bounded_text
+from controller.verdict import DATA_LOST
 
 # An instant query that finds nothing is asked again over this much history: data there means the series
 # went stale (its source stopped reporting), none means nothing was ever counted.
@@ -33,6 +34,9 @@ STALE_STEP = "60s"
 SCRAPE_INTERVAL = timedelta(seconds=30)
 LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC).timestamp()  # a sample time beyond is none (datetime ends there)
 UNAVAILABLE = (429, 502, 503, 504)  # retried (429: a proxy's rate limit), as is a failed connection
+# Prometheus' errorTypes for a query it could not run in time ("timeout": its --query.timeout, its queue) or at all
+# ("unavailable": not ready, a store away), which it answers with 503: the moment, not the query, is at fault.
+BUSY_ERROR_TYPES = frozenset({"timeout", "unavailable"})
 RETRY_BACKOFF_SECONDS = 0.2  # before the first retry; doubled before each next one
 # The result types each endpoint may answer with: anything else is not the number or samples asked for.
 RESULT_TYPES = {"/api/v1/query": frozenset({"vector", "scalar"}), "/api/v1/query_range": frozenset({"matrix"})}
@@ -49,7 +53,7 @@ class QueryProblem(StrEnum):
     """Why a query gave no usable number. Each maps to its own explained verdict."""
 
     UNREACHABLE = "PrometheusUnreachable"
-    REJECTED = "QueryRejected"  # Prometheus answered with an error: bad syntax, timeout, too many samples
+    REJECTED = "QueryRejected"  # Prometheus refused the query itself: bad syntax, too many samples (400, 422)
     EMPTY = "NoData"  # no series matched, now or in the hour before: nothing was counted
     STALE = "StaleSeries"  # no value now, but there was within the hour: the source stopped reporting
     NOT_A_NUMBER = "NotANumber"  # NaN or infinite, e.g. 0/0
@@ -58,10 +62,13 @@ class QueryProblem(StrEnum):
     DUPLICATE = "DuplicateSeries"
     MALFORMED = "MalformedResponse"
     PARTIAL = "PartialData"  # an answer that warns its data may be incomplete (a store or remote read failed)
-    SLOW = "PrometheusTooSlow"  # no whole answer by the query's deadline, or the metric's budget ran out
+    # No whole answer by the query's deadline, the metric's budget ran out, or Prometheus' own query timeout.
+    SLOW = "PrometheusTooSlow"
     # The runner's name for NoData in a window shorter than two scrapes: it may hold one sample of a counter, and
     # increase() needs two. Not an outage (verdict.MEASUREMENT_OUTAGES): a longer window can count.
     TOO_FEW_SCRAPES = "TooFewScrapes"
+    # The engine's (it compares runs): a window's counts fell from one run to the next (verdict.DATA_LOST).
+    DATA_LOST = DATA_LOST
 
 
 @dataclass
@@ -288,11 +295,18 @@ class PrometheusProvider:
             except requests.RequestException as exc:
                 return problem(QueryProblem.UNREACHABLE, f"{self.address}: {type(exc).__name__}")
             except PrometheusApiClientException as exc:
-                status, text, from_prometheus = _prometheus_error(exc, self._redacted, self.address)
-                if status not in UNAVAILABLE:
-                    return problem(QueryProblem.REJECTED, text)
-                failed = (problem(QueryProblem.REJECTED, text) if from_prometheus else  # e.g. its query timeout
-                          problem(QueryProblem.UNREACHABLE, f"{self.address} answered HTTP {status} on every attempt"))
+                status, text, kind = _prometheus_error(exc, self._redacted, self.address)
+                if status not in UNAVAILABLE and kind not in BUSY_ERROR_TYPES:
+                    return problem(QueryProblem.REJECTED, text)  # the query itself: its syntax, its sample limit
+                # Prometheus busy (its own query timeout, a full query queue) or not ready: a moment's outage as a
+                # timeout of ours is, whichever timer fired first. Prometheus' own words are kept.
+                if kind is None:  # not Prometheus' own words: a proxy without a backend, say
+                    failed = problem(QueryProblem.UNREACHABLE,
+                                     f"{self.address} answered HTTP {status} on every attempt")
+                else:
+                    slow = kind == "timeout" or status == 504
+                    failed = problem(QueryProblem.SLOW if slow else QueryProblem.UNREACHABLE,
+                                     f"{self.address} is busy or not ready: {text} (on every attempt)")
             except LocationValueError as exc:  # e.g. an empty label in the host name: nothing was asked
                 return problem(QueryProblem.UNREACHABLE, f"{self.address} is not a usable address "
                                                          f"({type(exc).__name__})")
@@ -388,10 +402,11 @@ def _incompleteness(answer: dict[str, Any]) -> str:
 
 
 def _prometheus_error(exc: PrometheusApiClientException, redacted: Callable[[str], str],
-                      address: str) -> tuple[int | None, str, bool]:
-    """(HTTP status, what went wrong, whether Prometheus itself said so). Only an answer shaped like Prometheus'
-    error is quoted, `redacted` before it is cut: the address is the user's, and another server's body must not
-    be read back into a status. `address` is the one messages show (without credentials)."""
+                      address: str) -> tuple[int | None, str, str | None]:
+    """(HTTP status, what went wrong, Prometheus' errorType: None when Prometheus did not say so, "error" when it
+    gave none). Only an answer shaped like Prometheus' error is quoted, `redacted` before it is cut: the address is
+    the user's, and another server's body must not be read back into a status. `address` is the one messages show
+    (without credentials)."""
     text = str(exc)
     status = re.match(r"HTTP Status Code (\d+)", text)
     code = int(status.group(1)) if status else None
@@ -403,10 +418,10 @@ def _prometheus_error(exc: PrometheusApiClientException, redacted: Callable[[str
     if isinstance(answer, dict) and answer.get("status") == "error" and isinstance(answer.get("error"), str):
         kind = answer.get("errorType") if isinstance(answer.get("errorType"), str) else "error"
         return code, (f"HTTP {code}, Prometheus says {_cut(redacted(kind), 40)}: "
-                      f"{_cut(redacted(answer['error']), WARNING_TEXT_LIMIT)}"), True
+                      f"{_cut(redacted(answer['error']), WARNING_TEXT_LIMIT)}"), kind
     # Not Prometheus' own error (an HTML page, a proxy's "slow down"): say so, and which server answered.
     what = f"HTTP {code}" if code is not None else type(exc).__name__
-    return code, f"{address} answered {what}, not a Prometheus error (a proxy or another server?)", False
+    return code, f"{address} answered {what}, not a Prometheus error (a proxy or another server?)", None
 
 
 def _newest_time(result: list[dict[str, Any]]) -> datetime | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -91,7 +92,7 @@ from controller.engine.observations import (
     rejection_time,
 )
 from controller.redaction import redacted_url
-from controller.verdict import DATASET_INTEGRITY, MEASUREMENT_OUTAGES, Outcome, Verdict, combine
+from controller.verdict import DATA_LOST, DATASET_INTEGRITY, MEASUREMENT_OUTAGES, Outcome, Verdict, combine
 
 # How soon to look again while waiting for an effect to show up on the target or in the registry.
 CONFIRM_POLL = timedelta(seconds=1)
@@ -1439,6 +1440,7 @@ class _Decider:
             verdicts += tuple(Verdict(metric.name, Outcome.INCONCLUSIVE, "no verdict for it in this run")
                               for metric in self.spec.analysis.metrics if metric.name not in judged)
             verdicts, failed_runs = self._failure_limits(verdicts, analysis.failed_runs)
+            verdicts = _data_lost(verdicts, analysis.metrics, bake=analysis.mode is AnalysisMode.BAKE)
             outcome = combine(list(verdicts))
             outage = _outage(verdicts, analysis.metrics) if outcome is Outcome.INCONCLUSIVE else None
             if outage is not None and analysis.ends_at is not None and measured_at >= analysis.ends_at:
@@ -2587,11 +2589,103 @@ def _outage(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...]) -> Verdi
     that can pass (the runner's unmeasured verdicts name it in evidence["problem"]) on a metric an earlier run of
     the same window did measure. A metric never measured there (Prometheus behind a redirect, a query of the wrong
     type, a baseline too long for its budget) is not waiting for a blip to pass. None when any says otherwise."""
-    measured = {item.name for item in before if not item.evidence.get("problem")}
+    # DataLost counted, only fewer than the run before: its metric is measured, and a retry may read it whole again
+    # (an HA replica that kept its data).
+    measured = {item.name for item in before if item.evidence.get("problem") in (None, "", DATA_LOST)}
     unmeasured = [item for item in verdicts if item.outcome is Outcome.INCONCLUSIVE]
     outages = [item for item in unmeasured
                if str(item.evidence.get("problem")) in MEASUREMENT_OUTAGES and item.name in measured]
     return outages[0] if outages and len(outages) == len(unmeasured) else None
+
+
+# A proportion's totals count from the window's start, so they only grow from run to run, but for increase()'s
+# extrapolation to the window's edges: up to about a scrape's worth of predictions at each edge, two in all. A fall
+# past that (and past a tenth, for bursty traffic) is Prometheus no longer holding part of the window.
+DATA_LOST_FALL = 0.1
+DATA_LOST_SCRAPES = 2
+
+
+def _data_lost(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...], *, bake: bool) -> tuple[Verdict, ...]:
+    """Each verdict, but DataLost (an inconclusive measurement outage, verdict.MEASUREMENT_OUTAGES) where a metric's
+    totals over the window fell below what an earlier run of the same window counted (`before`: status.analysis's
+    last verdict per metric), or came back empty after it counted (a threshold's query too, once it answered): a pass
+    there would judge the part of the window Prometheus still holds as if it were all of it, and an end on NoData
+    would decide on a moment an HA replica or a retry may not share. A failure stands: the predictions it counted
+    were made. A verdict without counts carries the earlier ones on (countsSeen), so an outage between does not
+    forget them. Checked: the canary's and stable's totals, a bake's new version's only (its history's days move by
+    whole days)."""
+    arms = ("canary",) if bake else ("canary", "stable")
+    earlier = {item.name: item for item in before}
+    kept = []
+    for item in verdicts:
+        seen = _counts_seen(earlier[item.name], arms) if item.name in earlier else None
+        value = _value_seen(earlier[item.name]) if item.name in earlier and seen is None else None
+        if value is not None and item.evidence.get("problem") == "NoData":
+            # A threshold's query (NoData: nothing in the hour before either, else it would be StaleSeries).
+            detail = (f"the query answered {value:.6g} in an earlier run of this window and now finds no sample in "
+                      f"the hour before: {_LOST}")
+            kept.append(_clean_verdict(Verdict(item.name, Outcome.INCONCLUSIVE, f"{DATA_LOST}: {detail}", {
+                **item.evidence, "problem": DATA_LOST, "detail": detail, "valueSeen": value})))
+            continue
+        if item.outcome is Outcome.FAIL or seen is None or not any(seen[arm] > 0 for arm in arms):
+            kept.append(item)
+            continue
+        own = _counts_seen(item, arms, carried=False)
+        if own is None and item.evidence.get("problem") != "NoData":
+            kept.append(_clean_verdict(Verdict(item.name, item.outcome, item.reason,
+                                               {**item.evidence, "countsSeen": seen})))
+            continue
+        if own is not None and not any(_fell(seen, own, arm) for arm in arms):
+            kept.append(item)
+            continue
+        now = "nothing" if own is None else "/".join(f"{arm} {own[arm]:.6g}" for arm in arms)
+        detail = (f"the totals over this window fell from {'/'.join(f'{arm} {seen[arm]:.6g}' for arm in arms)} (an "
+                  f"earlier run) to {now}: counts from the window's start only grow, so {_LOST}")
+        kept.append(_clean_verdict(Verdict(item.name, Outcome.INCONCLUSIVE, f"{DATA_LOST}: {detail}", {
+            **item.evidence, "problem": DATA_LOST, "detail": detail, "countsSeen": seen,
+            "onWhatIsLeft": f"{item.outcome}: {item.reason}"})))
+    return tuple(kept)
+
+
+_LOST = ("Prometheus no longer holds part of the window (it likely lost its data: restarted without persistent "
+         "storage, or another HA replica answered); not judged on what is left")
+
+
+def _value_seen(item: Verdict) -> float | None:
+    """The number a threshold's run measured (or, DataLost, the one before it had: valueSeen); None otherwise."""
+    problem = item.evidence.get("problem")
+    value = item.evidence.get("valueSeen") if problem == DATA_LOST else None if problem else item.evidence.get("value")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
+
+
+def _counts_seen(item: Verdict, arms: tuple[str, ...], *, carried: bool = True) -> dict[str, Any] | None:
+    """The totals per arm `item` counted (or, `carried`, those it carries from an earlier run: countsSeen), with the
+    share of the window they were scaled by (countsScaledBy); None when it has none."""
+    seen = item.evidence.get("countsSeen") if carried else None
+    if isinstance(seen, Mapping) and all(_is_count(seen.get(arm)) for arm in arms):
+        return dict(seen)
+    totals = [item.evidence.get(arm) for arm in arms]
+    if not all(isinstance(part, Mapping) and _is_count(part.get("total")) for part in totals):
+        return None
+    window = item.evidence.get("window")
+    share = window.get("countsScaledBy") if isinstance(window, Mapping) else None
+    return {**{arm: float(part["total"]) for arm, part in zip(arms, totals, strict=True)},
+            "countsScaledBy": share if _is_count(share) and 0 < share <= 1 else None}
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _fell(seen: Mapping[str, Any], now: Mapping[str, Any], arm: str) -> bool:
+    """`arm`'s total fell from `seen` to `now` by more than DATA_LOST_FALL of it and DATA_LOST_SCRAPES scrapes' worth
+    of predictions at `seen`'s pace (its counts scaled by the share of its window its samples spanned: a scrape is
+    (1 - share) of that window)."""
+    before = float(seen[arm])
+    share = seen.get("countsScaledBy")
+    scrapes = DATA_LOST_SCRAPES * before * (1 - share) / share if _is_count(share) and 0 < share <= 1 else 0.0
+    return float(now[arm]) < before - max(DATA_LOST_FALL * before, scrapes)
 
 
 def _integrity_only(verdicts: tuple[Verdict, ...]) -> bool:
