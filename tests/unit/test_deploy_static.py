@@ -121,6 +121,14 @@ def test_the_controllers_account_is_bound_to_its_own_role_only() -> None:
                                           "name": account}, (name, binding["metadata"]["name"], binding["roleRef"])
             role = next(o for o in of_kind(objs, "ClusterRole") if o["metadata"]["name"] == account)
             assert role["rules"] == base_role["rules"], name
+            # The whole grant, not only its rules: kube-controller-manager replaces an aggregated role's rules with
+            # every role its selector matches (aggregate-to-admin: Secrets, pods/exec, RoleBindings), and no API
+            # server without it (the live proof's) shows that (review s30r2b).
+            assert set(role) == {"apiVersion", "kind", "metadata", "rules"}, (name, sorted(role))
+            aggregated = [o["metadata"]["name"] for o in of_kind(objs, "ClusterRole")
+                          if any(key.startswith("rbac.authorization.k8s.io/aggregate-to-") and key.endswith(account)
+                                 for key in (o["metadata"].get("labels") or {}))]
+            assert aggregated == [], (name, aggregated)
         bound += len(bindings)
         if any(o["kind"] == "Deployment" for o in objs):
             assert len(bindings) == 1, (name, [b["metadata"]["name"] for b in bindings])
