@@ -538,9 +538,11 @@ class _Decider:
     def _observe_generation(self) -> None:
         previous = self.status.observed_generation
         generation = self.obs.generation
-        if previous is not None and previous != generation:
+        # The API server raises a custom resource's generation when it sets deletionTimestamp: no human edit, so
+        # nothing to record and no fresh progressDeadline (the deletion's rollback counts from when it starts).
+        if previous is not None and previous != generation and not self._deleting:
             rollback = self.status.rollback
-            failed = self.status.phase is Phase.FAILED and not self._deleting
+            failed = self.status.phase is Phase.FAILED
             rejected = rollback is not None and rollback.reject_candidate
             candidate = self.status.candidate
             # A candidate rejected (aborted, or failed a check) is rolled out again only by retry or a new version.
