@@ -89,15 +89,19 @@ def namespace_share(total_series: int) -> int:
 
 
 MAX_NAMESPACE_SERIES = namespace_share(MAX_TOTAL_SERIES)
-# Model identities of one inference service a rollout counts at once in its namespace: stable, canary, and the promoted
-# version as stable (the old stable keeps its place until idle for MODEL_IDLE_SECONDS). Each has a series per class.
-ROLLOUT_IDENTITIES = 3
+# Model identities of one inference service counted at once in its namespace across two back-to-back rollouts: stable,
+# then each rollout's canary and its version promoted to stable (2 per rollout). An identity keeps its place until idle
+# for MODEL_IDLE_SECONDS, so a second rollout within 24 h of a promotion finds the first's 3 still there; 3 held only
+# the first (review s30r2b LOW 3). Each has a series per class. A third rollout the same day waits for the first's to
+# idle: bounded memory has to stop somewhere, and a canary left uncounted is inconclusive, never a pass.
+ROLLOUT_IDENTITIES = 5
 
 
 def class_budget_problem(class_names: tuple[str, ...], max_total_series: int,
                          max_namespace_series: int | None) -> str | None:
-    """Why the series bounds cannot hold one rollout's identities with a series for each configured class (its
-    canary or promoted version would be refused as TooManySeries for good, not until something idles), or None."""
+    """Why the series bounds cannot hold two back-to-back rollouts' identities with a series for each configured
+    class (the second's canary or promoted version would be refused as TooManySeries until the first's versions
+    idle for a day, and a larger class list's for good), or None."""
     needed = ROLLOUT_IDENTITIES * len(set(class_names))
     share = namespace_share(max_total_series) if max_namespace_series is None else max_namespace_series
     if needed <= share:
@@ -107,8 +111,9 @@ def class_budget_problem(class_names: tuple[str, ...], max_total_series: int,
            f"{max(needed, max_total_series)}" if max_namespace_series is None else
            f"--max-namespace-series is {share}: set it to at least {needed} (and --max-series to at least "
            f"{max(needed, max_total_series)})")
-    return (f"--class-names lists {len(set(class_names))} classes: a rollout's {ROLLOUT_IDENTITIES} model versions "
-            f"(stable, canary, the promoted one) need a series per class, {needed} in one namespace, but {how} "
+    return (f"--class-names lists {len(set(class_names))} classes: two back-to-back rollouts' {ROLLOUT_IDENTITIES} "
+            "model versions (stable, each canary and each promoted one, kept until idle for 24 h) need a series per "
+            f"class, {needed} in one namespace, but {how} "
             "(chart: exporter.maxSeries, exporter.maxNamespaceSeries). Memory grows with them: raise the exporter's "
             f"memory limit too (256Mi holds {MAX_TOTAL_SERIES} series).")
 

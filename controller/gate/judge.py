@@ -17,7 +17,9 @@ Checks, in the order the engine reads them (the first verdict with the combined 
                         for unusable answers (a setup problem, not the candidate's), when stable's answers fit
                         another class order (scores and indexes are read in the dataset's class order: a list in
                         another order than the models' outputs fails every model alike) or the candidate is not
-                        credibly worse than stable (a limit neither reaches); still FAIL when it is
+                        credibly worse than stable (a limit neither reaches); still FAIL when it is. In another
+                        order, every check is judged again with both models' answers read in it, and what fails
+                        there fails (a worse model, a backdoored slice): the wrong order excuses nothing else
     slice <tag>.minAccuracy / .maxAccuracyDrop / .maxDisagreement   the same per golden slice (a trigger hides
                         in one; minAccuracy with or without a stable), as a test: FAIL only when the slice's count
                         (errors, accuracy lost, flips) is credibly beyond the limit (binomial tail below SLICE_ALPHA
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,8 @@ CLASS_ORDER_RULE = ("the dataset's class list must be the models' output order, 
                     "(scores and indexes are read by position)")
 SETUP_CAUSES = f"{CLASS_ORDER_RULE}; the models' output classes or protocol"
 _CLASS_LIMITS = frozenset({"minRecall", "minPrecision", "maxFalsePositiveRate"})
+# A failure excused by a dataset in the wrong order: only once _fitted_failures found none in the right one.
+_NOT_WORSE_IN_ORDER = "a setup problem; read in the order stable's answers fit, the candidate is not credibly worse"
 
 
 def clipped(name: str) -> str:
@@ -165,6 +169,8 @@ def judge(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSetting
     order = _output_order(tally.overall.stable, tally.classes) if tally.stable is not None else None
     checks = [_failed_alike(check, tally, order) for check in _threshold_verdicts(thresholds, tally, settings,
                                                                                   dataset_sha256)]
+    if order is not None:
+        checks = _fitted_failures(checks, thresholds, tally, settings, dataset_sha256, order)
     if not checks:
         why = ("the thresholds set compare against stable, and there is no stable version"
                if _any_threshold(thresholds) else "no threshold is set (spec.goldenDataset.thresholds sets none)")
@@ -202,8 +208,20 @@ def _unusable_alike(candidate: ResponseTally, stable: ResponseTally, settings: J
             and candidate.unusable_where_other_answered <= allowed)
 
 
-def _failed_alike(verdict: Verdict, tally: GateTally,
-                  order: tuple[tuple[str, ...], float] | None) -> Verdict:
+@dataclass(frozen=True)
+class FittedOrder:
+    """The class order stable's answers fit better than the dataset's: output position i read as class names[i]."""
+
+    names: tuple[str, ...]
+    indexes: np.ndarray  # the same as the dataset's class indexes
+    stable_accuracy: float  # stable's accuracy read in it
+
+    def describe(self, classes: Sequence[str]) -> str:
+        return (f"the outputs in the order [{_some(self.names, 5)}] (stable's accuracy {pct(self.stable_accuracy)}), "
+                f"not the dataset's [{_some(classes, 5)}]")
+
+
+def _failed_alike(verdict: Verdict, tally: GateTally, order: FittedOrder | None) -> Verdict:
     """A whole-dataset limit on the candidate's own answers (minAccuracy, a class's minRecall, minPrecision,
     maxFalsePositiveRate) that stable's answers fail too: INCONCLUSIVE, not the candidate's failure, when stable's
     answers fit another class order (`order`, with stable's accuracy in it: a dataset whose class list is not the
@@ -211,16 +229,16 @@ def _failed_alike(verdict: Verdict, tally: GateTally,
     wrong classes and fails a clean candidate and the version in production alike), or when the candidate is not
     credibly worse than stable (a limit neither reaches). A candidate credibly worse than stable still fails, as in
     _unusable_alike. maxAccuracyDrop (whole and per slice) read in another order than stable's answers fit is
-    inconclusive too. Not the slice floors: theirs is already stable's accuracy where stable's is lower."""
+    inconclusive too. Not the slice floors: theirs is already stable's accuracy where stable's is lower. With an
+    `order`, these are inconclusive only as far as _fitted_failures finds the candidate not worse in that order."""
     if verdict.outcome is not Outcome.FAIL or tally.stable is None:
         return verdict
     if order is not None and _kind(verdict) == "maxAccuracyDrop":
         # Accuracies read in a wrong order say nothing of which model is better (maxDisagreement still does).
         return Verdict(verdict.name, Outcome.INCONCLUSIVE,
-                       f"{verdict.reason}; stable's answers fit the labels with the outputs in the order "
-                       f"[{_some(order[0], 5)}], not the dataset's [{_some(tally.classes, 5)}]: a setup problem, "
-                       f"not the candidate's: {CLASS_ORDER_RULE}",
-                       {**verdict.evidence, "fittedOutputOrder": list(order[0][:NAMED_CLASSES])})
+                       f"{verdict.reason}; stable's answers fit the labels with {order.describe(tally.classes)}: "
+                       f"{_NOT_WORSE_IN_ORDER}: {CLASS_ORDER_RULE}",
+                       {**verdict.evidence, "fittedOutputOrder": list(order.names[:NAMED_CLASSES])})
     if verdict.name == "minAccuracy":
         stable_value = accuracy(tally.overall.stable)
     elif "class" in verdict.evidence and _kind(verdict) in _CLASS_LIMITS:
@@ -233,14 +251,12 @@ def _failed_alike(verdict: Verdict, tally: GateTally,
     evidence = {**verdict.evidence, "stableValue": stable_value, "stableFailsToo": True}
     reason = f"{verdict.reason}; stable fails it too ({pct(stable_value)})"
     if order is not None:
-        names, fitted_accuracy = order
         return Verdict(verdict.name, Outcome.INCONCLUSIVE,
-                       f"{reason}: a setup problem, not the candidate's. Stable's answers fit the labels with the "
-                       f"outputs in the order [{_some(names, 5)}] (accuracy {pct(fitted_accuracy)}), not the "
-                       f"dataset's [{_some(tally.classes, 5)}]: {CLASS_ORDER_RULE}; for answers given as class "
+                       f"{reason}: {_NOT_WORSE_IN_ORDER}. Stable's answers fit the labels with "
+                       f"{order.describe(tally.classes)}: {CLASS_ORDER_RULE}; for answers given as class "
                        "names, the models' own list of names",
-                       {**evidence, "fittedOutputOrder": list(names[:NAMED_CLASSES]),
-                        "fittedStableAccuracy": fitted_accuracy})
+                       {**evidence, "fittedOutputOrder": list(order.names[:NAMED_CLASSES]),
+                        "fittedStableAccuracy": order.stable_accuracy})
     count, trials, _ = _counted(verdict)
     best = evidence.get("bestCase")
     if best:  # worse even with its unanswered samples in its favour
@@ -256,7 +272,7 @@ def _failed_alike(verdict: Verdict, tally: GateTally,
                    evidence)
 
 
-def _output_order(confusion: np.ndarray, classes: tuple[str, ...]) -> tuple[tuple[str, ...], float] | None:
+def _output_order(confusion: np.ndarray, classes: tuple[str, ...]) -> FittedOrder | None:
     """The class order stable's answers fit better than the dataset's, and stable's accuracy read in it: each output
     position read as the class most of its answers are labelled (confusion is [true, predicted]). None when no
     other order fits better, or none is an order (a position never predicted, or two positions mostly one class)."""
@@ -266,7 +282,44 @@ def _output_order(confusion: np.ndarray, classes: tuple[str, ...]) -> tuple[tupl
     correct = int(confusion[fitted, np.arange(len(classes))].sum())
     if len(np.unique(fitted)) != len(classes) or correct <= int(np.trace(confusion)):
         return None
-    return tuple(classes[int(index)] for index in fitted), correct / int(confusion.sum())
+    return FittedOrder(tuple(classes[int(index)] for index in fitted), fitted, correct / int(confusion.sum()))
+
+
+def _reread(counts: PairedCounts, order: FittedOrder) -> PairedCounts:
+    """The counts with every answer read in `order` (output position i as class order.indexes[i]): the columns of
+    the confusion matrices, both sides of the flips. True classes, and so every sample's scope, stay."""
+    moved = PairedCounts(counts.class_count, counts.samples)
+    moved.labels = counts.labels.copy()
+    for name in ("candidate", "stable", "paired_candidate", "paired_stable"):
+        getattr(moved, name)[:, order.indexes] = getattr(counts, name)
+    moved.flips[np.ix_(order.indexes, order.indexes)] = counts.flips
+    return moved
+
+
+def _fitted_failures(checks: list[Verdict], thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSettings,
+                     dataset_sha256: str, order: FittedOrder) -> list[Verdict]:
+    """The checks with every failure the candidate has read in the order stable's answers fit: a dataset in the
+    wrong order fails stable too, which must not excuse a candidate worse than stable read in the right one (a
+    worse model, a backdoored slice whose floor the wrong order sets at stable's near-zero accuracy). Judged as a
+    dataset in that order would be (the same tests and alphas, the same rule for a limit stable fails too); a
+    check that fails only so replaces its reading in the dataset's order, or joins the list (a slice too small to
+    report in it)."""
+    fitted_tally = dataclasses.replace(tally, overall=_reread(tally.overall, order))
+    fitted = {check.name: check for check in (
+        _failed_alike(check, fitted_tally, None) for check in _threshold_verdicts(
+            thresholds, fitted_tally, settings, dataset_sha256, read=lambda counts: _reread(counts, order)))
+        if check.outcome is Outcome.FAIL}
+    why = (f"; read with {order.describe(tally.classes)}, as stable's answers fit the labels: the candidate's "
+           f"failure all the same ({CLASS_ORDER_RULE})")
+
+    def in_order(check: Verdict) -> Verdict:
+        return Verdict(check.name, Outcome.FAIL, check.reason + why,
+                       {**check.evidence, "fittedOutputOrder": list(order.names[:NAMED_CLASSES]),
+                        "fittedStableAccuracy": order.stable_accuracy, "readInFittedOrder": True})
+
+    names = {check.name for check in checks}
+    return ([in_order(fitted[check.name]) if check.name in fitted else check for check in checks]
+            + [in_order(check) for name, check in fitted.items() if name not in names])
 
 
 def _responses_verdict(side: str, tally: ResponseTally, settings: JudgeSettings, aborted: str | None,
@@ -312,7 +365,10 @@ def _some(names: Sequence[str], limit: int = NAMED_CLASSES) -> str:
 
 
 def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings: JudgeSettings,
-                        dataset_sha256: str) -> list[Verdict]:
+                        dataset_sha256: str,
+                        read: Callable[[PairedCounts], PairedCounts] = lambda counts: counts) -> list[Verdict]:
+    """read: how each slice's counts are read, one slice at a time (_fitted_failures' other order: a second copy
+    of every slice at once would double the memory the runner bounds)."""
     verdicts: list[Verdict] = []
     overall = tally.overall
     base = {"datasetSha256": dataset_sha256}
@@ -336,7 +392,8 @@ def _threshold_verdicts(thresholds: GoldenThresholds, tally: GateTally, settings
         judged = [(tag, counts) for tag, counts in sorted(tally.slices.items()) if counts.candidate.sum()]
         alpha = SLICE_ALPHA / max(1, len(compared) * len(judged))
         floor_alpha = SLICE_ALPHA / max(1, len(judged))
-        for tag, counts in judged:
+        for tag, raw in judged:
+            counts = read(raw)
             scope = {**base, "slice": tag}
             checks = []
             if compared and counts.paired:

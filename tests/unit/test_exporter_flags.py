@@ -44,8 +44,9 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     # A small cluster: the namespace share follows --max-series down, a quarter of it.
     (["--max-series", "1000", "--max-pending-bytes", "2097152", "--body-read-slots", "2", "--max-connections", "8"],
      (1000, 250, 2 << 20, 2, 8)),
-    # The least that holds a rollout's 3 model versions of the 2 classes in one namespace (see the refusal below).
-    (["--max-series", "24"], (24, 6, MAX_PENDING_BYTES, BODY_READ_SLOTS, MAX_CONNECTIONS)),
+    # The least that holds two back-to-back rollouts' 5 model versions of the 2 classes in one namespace (see the
+    # refusal below).
+    (["--max-series", "40"], (40, 10, MAX_PENDING_BYTES, BODY_READ_SLOTS, MAX_CONNECTIONS)),
 ])
 def test_exporter_run_passes_its_bounds_to_the_exporter(flags: list[str], bounds: tuple[int, ...],
                                                         built: list[dict[str, Any]]) -> None:
@@ -155,22 +156,27 @@ def many_classes(count: int) -> str:
 
 @pytest.mark.parametrize(("classes", "flags", "needed"), [
     # 1000 classes: a namespace's default share (1536) held one model version, so every canary was TooManySeries.
-    (1000, [], ("3000 in one namespace", "--max-series to at least 12000", "--max-namespace-series to at least 3000")),
+    (1000, [], ("5000 in one namespace", "--max-series to at least 20000", "--max-namespace-series to at least 5000")),
     # 600: stable and canary fit (1200), the promoted version (1800) did not.
-    (600, [], ("1800 in one namespace", "--max-series to at least 7200", "--max-namespace-series to at least 1800")),
-    (1000, ["--max-series", "20000", "--max-namespace-series", "2999"],
-     ("3000 in one namespace", "--max-namespace-series is 2999: set it to at least 3000")),
+    (600, [], ("3000 in one namespace", "--max-series to at least 12000", "--max-namespace-series to at least 3000")),
+    # 512: one rollout fits the default share (1536) exactly; the next one within a day's canary did not (s30r2b).
+    (512, [], ("2560 in one namespace", "--max-series to at least 10240", "--max-namespace-series to at least 2560")),
+    (1000, ["--max-series", "20000", "--max-namespace-series", "4999"],
+     ("5000 in one namespace", "--max-namespace-series is 4999: set it to at least 5000")),
 ])
 def test_exporter_run_refuses_classes_a_rollout_cannot_be_counted_in(
         classes: int, flags: list[str], needed: tuple[str, ...], built: list[dict[str, Any]],
         capsys: pytest.CaptureFixture[str]) -> None:
     """Review s30inference: each model version takes a series per configured class, so a class list its namespace's
     share cannot hold three times over left a rollout's canary or promoted version uncounted for good (TooManySeries,
-    never freed after 24 h idle). Refused at startup, naming the flags and the numbers that would hold it."""
+    never freed after 24 h idle); review s30r2b: five times, or the next rollout within a day of a promotion finds
+    the first's three versions still in place and its canary uncounted. Refused at startup, naming the flags and the
+    numbers that would hold it."""
     with pytest.raises(SystemExit) as exited:
         main(["exporter", "run", "--port", "0", "--class-names", many_classes(classes), *flags])
     said = " ".join(str(exited.value.code).split())
-    assert said.startswith(f"error: --class-names lists {classes} classes"), said
+    assert said.startswith(f"error: --class-names lists {classes} classes: two back-to-back rollouts' 5 model "
+                           "versions (stable, each canary and each promoted one, kept until idle for 24 h)"), said
     for words in needed:
         assert words in said, said
     assert "memory limit" in said
@@ -178,31 +184,41 @@ def test_exporter_run_refuses_classes_a_rollout_cannot_be_counted_in(
 
 
 def test_exporter_run_counts_many_classes_with_bounds_that_hold_them(built: list[dict[str, Any]]) -> None:
-    assert main(["exporter", "run", "--port", "0", "--class-names", many_classes(1000), "--max-series", "12000"]) == 0
+    assert main(["exporter", "run", "--port", "0", "--class-names", many_classes(1000), "--max-series", "20000"]) == 0
     assert main(["exporter", "run", "--port", "0", "--class-names", many_classes(1000),
-                 "--max-series", "3000", "--max-namespace-series", "3000"]) == 0
-    assert [(call["max_total_series"], call["max_namespace_series"]) for call in built] == [(12000, 3000), (3000, 3000)]
-    # At the bound, the promoted version (the third) is counted: stable, canary, then the canary promoted.
+                 "--max-series", "5000", "--max-namespace-series", "5000"]) == 0
+    assert [(call["max_total_series"], call["max_namespace_series"]) for call in built] == [(20000, 5000), (5000, 5000)]
+    # At the bound, a second rollout the same day is counted (review s30r2b LOW 3): stable, canary, the canary
+    # promoted, then the next canary and its promotion, while the first's versions keep their places (idle < 24 h).
     exporter = server.PredictionExporter(DecodeOptions(tuple(f"c{i}" for i in range(1000))),
-                                         max_total_series=3000, max_namespace_series=3000)
+                                         max_total_series=5000, max_namespace_series=5000)
     row = [0.0] * 1000
     row[3] = 1.0
     headers = {"Ce-Id": "e", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
                "Ce-Source": "s", "Ce-Namespace": "team-a", "Ce-Inferenceservicename": "isvc"}
-    for number, (version, variant) in enumerate((("1", "stable"), ("2", "canary"), ("2", "stable"))):
+    versions = (("1", "stable"), ("2", "canary"), ("2", "stable"), ("3", "canary"), ("3", "stable"), ("4", "canary"))
+    outcomes = []
+    for number, (version, variant) in enumerate(versions):
         body = json.dumps({"predictions": [row]}).encode()
-        query = f"model_version={version}&variant={variant}"
-        assert exporter.handle({**headers, "Ce-Id": f"e{number}"}, body, query) == "counted", query
+        outcomes.append(exporter.handle({**headers, "Ce-Id": f"e{number}"}, body,
+                                        f"model_version={version}&variant={variant}"))
+    # A third rollout the same day waits for the first's versions to idle: the bound is exactly two.
+    assert outcomes == ["counted"] * 5 + ["malformed"], outcomes
 
 
 def test_the_chart_refuses_classes_a_namespace_share_cannot_hold() -> None:
     names = "{" + many_classes(1000) + "}"
     result = run_tool("helm", "template", RELEASE, str(CHART), "--set", f"exporter.classNames={names}")
     assert result.returncode != 0
-    assert ("exporter.classNames lists 1000 classes: a rollout's 3 model versions need 3000 series in one namespace, "
-            "over the namespace share of 1536") in result.stderr, result.stderr
-    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=12000")
-    assert args[args.index("--max-series") + 1] == "12000"
-    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=3000",
-                         "--set", "exporter.maxNamespaceSeries=3000")
-    assert args[args.index("--max-namespace-series") + 1] == "3000"
+    assert ("exporter.classNames lists 1000 classes: two back-to-back rollouts' 5 model versions need 5000 series in "
+            "one namespace, over the namespace share of 1536") in result.stderr, result.stderr
+    # 512 classes fill the default share with one rollout's 3 versions: the next rollout's would not fit.
+    result = run_tool("helm", "template", RELEASE, str(CHART), "--set", f"exporter.classNames={{{many_classes(512)}}}")
+    assert result.returncode != 0 and "need 2560 series in one namespace" in result.stderr, result.stderr
+    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=20000")
+    assert args[args.index("--max-series") + 1] == "20000"
+    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=5000",
+                         "--set", "exporter.maxNamespaceSeries=5000")
+    assert args[args.index("--max-namespace-series") + 1] == "5000"
+    args = exporter_args("--set", f"exporter.classNames={{{many_classes(307)}}}")  # 5 x 307 = 1535: the default holds
+    assert args[args.index("--class-names") + 1].startswith("c0,c1,")
