@@ -307,7 +307,9 @@ class ModelRolloutStatus:
     phase: Phase = Phase.PENDING
     observed_generation: int | None = None
     message: str = ""
-    attempt: int = 0  # rollout attempt number; action ids are scoped by it so a retry never reuses one
+    # Rollout attempt number; action ids are scoped by it so a retry never reuses one. It counts an attempt that
+    # ended before its candidate was resolved too (its history entries carry the number), from its restart on.
+    attempt: int = 0
     started_at: datetime | None = None
     completed_at: datetime | None = None
     candidate: VersionRef | None = None

@@ -491,11 +491,12 @@ class OnCall:
             for role, query in mapping(evidence.get("queries")).items():
                 lines.append(f"  query {role}: {text(query)}")
         lines += _rollback_account(obj, candidate, stable)
-        lines += _warnings(status, holding=bool(_hold(status)))
+        holding = bool(_hold(status))
+        lines += _warnings(status, holding=holding)
         last = status["history"][-1:]
         for entry in last:
             lines.append(f"Last event: {entry['event']} at {entry['time']} by {entry['actor'] or '?'}: "
-                         f"{entry['detail']}")
+                         f"{_told_detail(entry, holding)}")
         return "\n".join(lines)
 
     def watch(self, name: str, interval: float = 1.0, timeout: float | None = None) -> str | None:
@@ -750,9 +751,13 @@ def _warnings(status: dict[str, Any], holding: bool = False) -> list[str]:
     if len(found) > WARNINGS_SHOWN:
         lines.append(f"  … {len(found) - WARNINGS_SHOWN} earlier (`modelrollout history` shows them)")
     for e in found[-WARNINGS_SHOWN:]:
-        detail = e["detail"] if holding or e["event"] != "StableMismatch" else _ended_hold_detail(e)
-        lines.append(f"  {e['event']} at {e['time']}: {detail}")
+        lines.append(f"  {e['event']} at {e['time']}: {_told_detail(e, holding)}")
     return lines
+
+
+def _told_detail(entry: dict[str, Any], holding: bool) -> str:
+    """An entry's detail as explain tells it: a StableMismatch hold's advice only while the promotion is `holding`."""
+    return entry["detail"] if holding or entry["event"] != "StableMismatch" else _ended_hold_detail(entry)
 
 
 def _withdraw(namespace: str, name: str) -> str:

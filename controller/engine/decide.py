@@ -814,11 +814,16 @@ class _Decider:
         tool) starts the rollout over, instead of failing every reconcile on it."""
         phase = self.status.phase
         if self.status.candidate is None and phase in _PHASES_WITH_A_CANDIDATE:
-            self._record("StatusReset", f"status said {phase} without a candidate version; starting over")
+            # Restarted first: the entry is the new attempt's first (HistoryEntry.attempt), as a retry's is.
             self._restart(f"the status said {phase} without a candidate version")
+            self._record("StatusReset", f"status said {phase} without a candidate version; starting over")
 
     def _restart(self, why: str) -> None:
         """Forget the attempt; the next resolution starts a new one (new attempt number, new action ids)."""
+        if self.status.candidate is None and any(entry.attempt == self._attempt + 1 for entry in self.status.history):
+            # Given up before it resolved, the attempt still took the next number (its entries carry it): the new one
+            # takes the number after, so readers never run the two together.
+            self._update(attempt=self._attempt + 1)
         self._abandon_pending()
         self._move(Phase.PENDING, candidate=None, stable=None, current_step=None, gate=None, analysis=None,
                    pause=None, promotion=None, rollback=None, started_at=None, completed_at=None,
@@ -2007,32 +2012,30 @@ class _Decider:
                                          f"candidate {candidate.version} no longer exists in the registry, so it "
                                          "cannot be promoted", reject_candidate=False, final_phase=Phase.FAILED)
                     return
+                # One rule for the deadline's tagging and for every hold that tells it beforehand.
+                rejects = self._promotion_deadline_rejects(action_id, held, vanished)
                 if self._deadline_passed(self._pending_since(action_id)):
                     if held is not None and not vanished:
                         self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
                                       f"the promotion was held past {self._deadline}: {held}", {},
-                                      reject_candidate=False)
+                                      reject_candidate=rejects)
                     elif vanished:
-                        # Gone from the target, nothing judged it bad: rolled back, not rejected, as an unsent
-                        # promotion is in _deadline_failure (still staged but not ready: its own failing).
                         self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{reason} (waited {self._deadline})",
-                                      {}, reject_candidate=target is not None
-                                      and target.canary_version == candidate.version)
+                                      {}, reject_candidate=rejects)
                     else:
                         self._deadline_failure(f"the target did not take the promotion of {candidate.version}",
                                                action_id)
                 elif target is None:
-                    # At the deadline, a stable alias moved meanwhile is what it is rolled back for (untagged).
                     self._hold(HoldReason.TARGET_UNAVAILABLE, f" until {self.spec.target.description} answers",
-                               action_id, reject=held is None and self._deadline_rejects(action_id))
+                               action_id, reject=rejects)
                 elif self._registry() is None:
                     self._hold(HoldReason.REGISTRY_UNAVAILABLE, " until the registry answers", action_id,
-                               reject=self._deadline_rejects(action_id))
+                               reject=rejects)
                 elif rolling_out:
                     self._wait(f"Promoting candidate {candidate.version}: {reason}", poll=True)
                 elif vanished:
                     self._hold(HoldReason.CANDIDATE_NOT_STAGED, f": {reason}", action_id, poll=True,
-                               reject=target.canary_version == candidate.version)
+                               reject=rejects)
                 elif held is not None:
                     self._hold_for_alias(held, action_id)
                 else:
@@ -2078,7 +2081,10 @@ class _Decider:
                 self._deadline_failure(f"the registry did not {what}", action_id, judged=False)
                 return
             if registry is None:
-                self._wait(f"Waiting for the registry to {what}")
+                # The candidate serves all traffic meanwhile: a hold like the target step's, with the deadline's
+                # outcome above (untagged: nothing judged it).
+                self._hold(HoldReason.REGISTRY_UNAVAILABLE, f": @{alias} moves to version {candidate.version} once the "
+                           "registry answers", action_id, reject=self._deadline_rejects(action_id, judged=False))
                 return
             self._wait(f"Clearing {REJECTED_TAG} on version {candidate.version}, now @{alias}" if moved
                        else f"Moving @{alias} to version {candidate.version}", poll=True)
@@ -2094,6 +2100,16 @@ class _Decider:
             self._start_bake(promotion.target_confirmed_at or self.now)
         else:
             self._succeed("promoted")
+
+    def _promotion_deadline_rejects(self, action_id: str, held: str | None, vanished: bool) -> bool:
+        """Whether the promotion's target step, past its deadline, tags the candidate rejected as things stand now
+        (`held`: _alias_set_elsewhere; `vanished`: the staged candidate is gone or not ready). Gone from the target,
+        nothing judged it bad: not tagged, as an unsent promotion is not (still staged but not ready: its own
+        failing, tagged); a stable alias moved by hand: not tagged; else as _deadline_failure decides."""
+        target = self._target()
+        if vanished:
+            return target is not None and target.canary_version == self._candidate.version
+        return held is None and self._deadline_rejects(action_id)
 
     def _alias_set_elsewhere(self) -> str | None:
         """Why the promotion must not move the stable alias now: it names a version that is neither the one this

@@ -7,6 +7,7 @@ The statuses come from the real engine (the engine tests' World)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from datetime import timedelta
 from pathlib import Path
@@ -283,3 +284,184 @@ def test_a_rollback_records_that_the_candidate_served_as_stable_and_explain_says
     world.advance(timedelta(seconds=30))
     world.reconcile()
     assert world.status.rollback is not None and world.status.rollback.candidate_served_as_stable is True
+
+
+# --- review s30r2a: a hold says what its deadline does; every attempt has its own number -------------------------
+
+
+def holds_only_while_the_message_says_so(world: World) -> None:
+    """Checked on every decision: a hold is recorded exactly while the message says the promotion is held."""
+    def check(_before: ModelRolloutStatus, _observations: Any, decision: Any) -> None:
+        status = decision.status
+        holding = status.phase is Phase.PROMOTING and status.message.startswith("Holding the promotion")
+        assert holding == (status.promotion is not None and status.promotion.hold is not None), status.message
+    world.on_decision = check
+
+
+def promote_into(case: str, automatic: bool = True) -> World:
+    """Paused at 50%, then promoted into a hold of the kind `case` names."""
+    world = World(spec=spec_dict(rollback={"automatic": automatic}))
+    holds_only_while_the_message_says_so(world)
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.target.frozen = case in ("target_sent", "registry_sent_canary_gone")
+    world.target.unreachable = case == "target_unsent"
+    world.registry.down = case.startswith("registry_unsent")
+    world.target.never_ready = case in ("not_ready", "registry_unsent_canary_not_ready")
+    world.registry.slow_promotion = case in ("alias_step_moved", "alias_step_registry_down")
+    if case == "alias_moved":
+        world.registry.versions["5"] = {}
+        world.registry.aliases["production"] = "5"
+    if case == "not_staged":
+        world.target.canary_version, world.target.canary_weight = None, None
+    world.send(CommandAction.PROMOTE, command_id="p")
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    if case == "target_sent":  # sent, not taken, then the target stops answering
+        world.target.unreachable = True
+    if case == "registry_sent_canary_gone":  # sent, not taken; the staged candidate goes (a sync), the registry too
+        world.target.frozen = False
+        world.target.canary_version, world.target.canary_weight = None, None
+        world.registry.down = True
+    if case == "alias_step_moved":  # all traffic on the candidate; @production moved by hand before the alias step
+        world.registry.versions["5"] = {}
+        world.registry.aliases["production"] = "5"
+    if case == "alias_step_registry_down":  # all traffic on the candidate; the registry goes before the alias moves
+        world.registry.down = True
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    return world
+
+
+HOLD_CASES = ["target_unsent", "target_sent", "registry_unsent", "alias_moved", "not_staged", "not_ready",
+              "alias_step_moved", "registry_unsent_canary_not_ready", "registry_sent_canary_gone",
+              "alias_step_registry_down"]
+
+
+@pytest.mark.parametrize("automatic", [True, False])
+@pytest.mark.parametrize("case", HOLD_CASES)
+def test_every_hold_tells_the_outcome_its_deadline_has(case: str, automatic: bool) -> None:
+    world = promote_into(case, automatic)
+    hold = world.status.promotion.hold if world.status.promotion else None
+    assert hold is not None, world.status.message
+    world.now = hold.deadline + timedelta(seconds=1)
+    world.reconcile()
+    rollback = world.status.rollback
+    if automatic:
+        assert hold.rolls_back and world.status.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+        assert rollback is not None and rollback.reject_candidate is hold.reject_candidate, rollback.reason
+    else:
+        assert not hold.rolls_back and world.status.phase is Phase.PAUSED
+
+
+@pytest.mark.parametrize(("case", "tagged"), [
+    # The registry away before the promotion was sent, the staged candidate not ready: its own failing, tagged.
+    ("registry_unsent_canary_not_ready", True),
+    # Sent, not taken, the staged candidate gone from the target: nothing judged it, untagged.
+    ("registry_sent_canary_gone", False),
+])
+def test_a_registry_hold_tells_the_tagging_of_the_candidate_gone_from_the_target(case: str, tagged: bool,
+                                                                                  oncall: OnCall) -> None:
+    world = promote_into(case)
+    hold = world.status.promotion.hold if world.status.promotion else None
+    assert hold is not None and hold.reason is HoldReason.REGISTRY_UNAVAILABLE
+    assert hold.reject_candidate is tagged
+    assert ("rolled back untagged" in oncall.explain(engine_rollout(world))) is not tagged
+
+
+def test_the_alias_step_holds_while_the_registry_is_down(oncall: OnCall) -> None:
+    world = promote_into("alias_step_registry_down")
+    promotion = world.status.promotion
+    assert promotion is not None and promotion.target_confirmed_at is not None  # all traffic on the candidate
+    hold = promotion.hold
+    assert hold is not None and hold.reason is HoldReason.REGISTRY_UNAVAILABLE and hold.reject_candidate is False
+    # From the alias step's start (the target's confirmation), as the deadline counts.
+    assert hold.deadline == promotion.target_confirmed_at + timedelta(minutes=30)
+    assert world.status.message.startswith("Holding the promotion: @production moves to version 7 once the registry "
+                                           "answers")
+    deadline = f"{hold.deadline:%Y-%m-%dT%H:%M:%SZ}"
+    assert f"it is rolled back untagged (not tagged rejected) at progressDeadline ({deadline})" in oncall.explain(
+        engine_rollout(world))
+    world.send(CommandAction.PROMOTE, command_id="again")  # refused: the hold says what ends it
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    assert "the promotion is held: @production moves to version 7 once the registry answers" in \
+        world.status.history[-1].detail
+    world.registry.down = world.registry.slow_promotion = False  # back: the alias moves and the hold ends
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    assert world.status.phase is not Phase.PROMOTING or world.status.promotion.hold is None
+    assert "AliasMoved" in [e.event for e in world.status.history]
+
+
+def test_last_event_tells_an_ended_hold_without_its_advice(oncall: OnCall) -> None:
+    world = World()
+    world.registry.versions["5"] = {}
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.registry.aliases["production"] = "5"
+    world.target.frozen = True  # the promotion stays in its target step: StableMismatch stays the last entry
+    world.send(CommandAction.PROMOTE, command_id="p")
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    assert ADVICE in oncall.explain(engine_rollout(world)).split("Last event:")[1]  # held: the way out is told
+    world.registry.aliases["production"] = "6"  # the human followed the advice: the hold ends
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    assert world.status.promotion is not None and world.status.promotion.hold is None
+    assert world.status.history[-1].event == "StableMismatch"
+    last = oncall.explain(engine_rollout(world)).split("Last event:")[1]
+    assert ADVICE not in last and "(the promotion was held; that hold has ended)" in last
+
+
+def failed_unresolved() -> World:
+    """The spec pins version 9, which the registry does not have: Failed before the candidate was resolved."""
+    world = World(spec=spec_dict(model={"name": "nsfw-classifier", "version": "9", "stableAlias": "production"}))
+    world.run_until(lambda w: w.status.phase is Phase.FAILED)
+    assert world.status.candidate is None and world.status.history[-1].attempt == 1
+    return world
+
+
+@pytest.mark.parametrize("how", ["retry", "new_version"])
+def test_an_attempt_failed_before_resolving_keeps_its_number_and_its_warnings(how: str, oncall: OnCall) -> None:
+    world = failed_unresolved()
+    if how == "retry":
+        world.registry.versions["9"] = {}
+        world.send(CommandAction.RETRY, command_id="again")
+    else:
+        world.spec = spec_dict(model={"name": "nsfw-classifier", "version": "7", "stableAlias": "production"})
+        world.generation = 2
+    world.advance(timedelta(seconds=30))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    numbered = [(e.attempt, e.event) for e in world.status.history]
+    failed = numbered.index((1, "Failed"))
+    begins = (2, "CommandApplied") if how == "retry" else (1, "SpecChanged")  # the spec change ends the failed one
+    assert numbered[failed + 1] == begins and {n for n, _ in numbered[failed + 2:]} == {2}
+    resolved = next(e for e in world.status.history if e.event == "Resolved")
+    assert world.status.attempt == 2 and resolved.detail.startswith("attempt 2: ")  # one numbering, entries and ids
+    assert all(record.id.startswith("2:") for record in world.status.actions)
+    text = oncall.explain(engine_rollout(world))
+    assert "does not exist in the registry" not in text
+
+
+def test_an_unresolved_failure_and_retry_recorded_by_an_older_operator_are_read_sanely(oncall: OnCall) -> None:
+    world = failed_unresolved()
+    world.status = ModelRolloutStatus.from_dict(older(world.status.to_dict()))
+    world.registry.versions["9"] = {}
+    world.send(CommandAction.RETRY, command_id="again")
+    world.advance(timedelta(seconds=30))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    history = world.status.history
+    # Its entries unnumbered, the older attempt cannot be told by number: the new one starts at the next.
+    assert history[0].event == "Failed" and history[0].attempt is None
+    assert {e.attempt for e in history[1:]} == {1} and world.status.attempt == 1
+    assert "does not exist in the registry" not in oncall.explain(engine_rollout(world))
+
+
+def test_a_status_reset_begins_the_new_attempt_after_an_unresolved_failure() -> None:
+    world = failed_unresolved()
+    world.status = dataclasses.replace(world.status, phase=Phase.PROGRESSING)  # edited by hand: no candidate
+    world.registry.versions["9"] = {}
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    numbered = [(e.attempt, e.event) for e in world.status.history]
+    reset = numbered.index((2, "StatusReset"))
+    assert (1, "Failed") in numbered[:reset] and numbered[reset + 1] == (2, "Resolved")
