@@ -614,8 +614,11 @@ class _Decider:
             self._set_condition(ConditionType.TARGET_READY, ConditionStatus.FALSE, "CandidateNotReady",
                                 target.detail or f"Candidate {target.canary_version} is not ready.")
         else:
+            # Ready, yet what the router saw wrong stays said (Seldon v2: another Model carrying weight, maybe the
+            # candidate renamed by hand, which it cannot tell: it does not read Models).
             self._set_condition(ConditionType.TARGET_READY, ConditionStatus.TRUE, "TargetReady",
-                                f"{self.spec.target.description} is ready.")
+                                _sentence(f"{self.spec.target.description} is ready"
+                                          + (f"; {target.detail}" if target.detail else "")))
         self._update(canary_weight=self._observed_candidate_weight(target))
 
     def _observed_candidate_weight(self, target: TargetObservation) -> int:
@@ -1766,6 +1769,18 @@ class _Decider:
             # someone else's canary (Seldon: a predictor of that name the user runs): not this rollback's to undo.
             foreign = target is not None and target.canary_version is None and not self._stage_seen()
             done = not self._maybe_staged() if target is None else (not target.canary_weight or foreign)
+            if done and target is not None and not foreign and not target.ready:
+                # Off the candidate is not back on stable until stable serves (as a restore waits): the withdrawal
+                # is sent all the same (a candidate left at 0% may be what keeps the target from being ready).
+                done = False
+                version = f"stable version {stable.version}" if stable is not None else "stable"
+                self.traffic_held = (f"{self.spec.target.description} does not report {version} serving and ready "
+                                     f"yet{': ' + target.detail if target.detail else ''}")
+            elif done and target is not None and target.canary_version is None and self._stage_seen() \
+                    and self._withdrawal_owed(action.id):
+                # The candidate seen staged, then gone some other way (an Argo CD sync): withdrawn once all the
+                # same, so the router drops its record of it (a later model of that name is someone else's).
+                done = False
         if done:
             self._confirm(action.id)
             for other in ("traffic", "restore"):  # the one a hand promotion (or its undoing) made way for
@@ -1773,11 +1788,25 @@ class _Decider:
                     self._abandon_pending(self._rollback_id(other))
             seen = "the candidate was never staged on" if target is None or target.canary_weight \
                 else f"{detail} observed on"
-            self._record("TrafficRestored", f"{seen} {self.spec.target.description}")
+            # What the router saw wrong is no part of "back on stable" it can vouch for (Seldon v2: a Model it does
+            # not manage carrying weight may be the candidate renamed): said beside it.
+            caveat = f"; the target says: {target.detail}" if target is not None and target.detail else ""
+            self._record("TrafficRestored", f"{seen} {self.spec.target.description}{caveat}")
             return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
         # Back to safety at once: this needs the target only, never the registry.
         self._request(action, detail)
         return rollback
+
+    def _withdrawal_owed(self, action_id: str) -> bool:
+        """Whether a withdrawal the target needs for nothing but the router's record is still to be sent: never sent,
+        sent before an operator restart (maybe never carried out), or failed for a reason that may pass. A refused
+        one (its error in TargetReady) is not retried: no user is on the candidate."""
+        record = self._ledger(action_id)
+        restarted = self.obs.resend_pending and action_id not in self.failed_actions
+        if record is None or record.sent_at is None or restarted:
+            return True
+        error = self.failed_actions.get(action_id) or _ledger_error(record)
+        return error is not None and error.kind not in _REFUSALS
 
     def _unstaged(self) -> bool:
         """Whether the candidate a rollback makes way for a new one is off the target; else it is asked for. The new
