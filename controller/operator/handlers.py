@@ -47,12 +47,14 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
         # controller writes a ModelRollout's status and, with revertOnDeletion, its own finalizer; Argo CD sees
         # no drift.
         settings.posting.level = logging.WARNING
+        # kopf logs each probe it runs (every liveness request past its 10 s cache): its failures are enough.
+        logging.getLogger("kopf.activities.probe").setLevel(logging.WARNING)
         settings.watching.server_timeout = 60
         settings.networking.error_backoffs = EndlessBackoffs()
         # The CRD is installed before the operator starts and discovered once; RBAC grants no CRD or
         # Namespace watch (deploy/base/rbac.yaml), so kopf must not try one.
         settings.scanning.disabled = True
-        api_client = load_client_config(kubeconfig, bounded=True)
+        api_client = load_client_config(kubeconfig, bounded=True, observer=metrics)
         store = RolloutStore(api_client)
         events = EventPoster(store, metrics)
         stepper = RolloutStepper(api_client, config, events=events)
@@ -62,6 +64,12 @@ def build_registry(config: OperatorConfig, kubeconfig: str | None = None,
         task = asyncio.create_task(queue.run())
         task.add_done_callback(_queue_ended)
         state["task"] = task
+
+    # The liveness endpoint's JSON gains {"kubeApi": {...}}: what the operator's calls met at the API server. Never
+    # a reason to fail liveness: a restarted pod finds the API server just as down.
+    @kopf.on.probe(id="kubeApi", registry=registry)
+    async def kube_api(**_: Any) -> dict[str, Any]:
+        return metrics.kube_api_health()
 
     @kopf.on.cleanup(registry=registry)
     async def stop_queue(**_: Any) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,18 +61,61 @@ def apply_body(body: dict[str, Any]) -> str:
     return _SURROGATE_PAIR.sub(unescaped, json.dumps(body, default=str))
 
 
+# How a call to the API server failed, as modelrollout_kube_api_failures_total{kind} and the liveness probe name it:
+# no connection (refused, reset, no DNS), no answer in time, the TLS handshake, the API server's own trouble (etcd
+# down answers 5xx), throttled, or credentials it no longer takes. Fixed words: never a URL or a message.
+API_FAILURE_KINDS = ("connect", "timeout", "tls", "5xx", "429", "401", "other")
+
+
+class ApiCallObserver(Protocol):
+    """Told of every call to the API server: whether the API server could be used (metrics, liveness probe)."""
+
+    def api_call_succeeded(self) -> None: ...
+    def api_call_failed(self, kind: str) -> None: ...
+
+
+def answer_failure_kind(status: int) -> str | None:
+    """One of API_FAILURE_KINDS for an answer that says the API server cannot be used now; None for any other (a
+    404, a 409, a 422, a 403): the API server works, and what it refused was the request."""
+    if status == 408:
+        return "timeout"
+    if status >= 500:
+        return "5xx"
+    return {429: "429", 401: "401"}.get(status)
+
+
+def api_failure_kind(exc: BaseException) -> str | None:
+    """One of API_FAILURE_KINDS for a call that raised `exc`; None if `exc` carries an answer that is not one."""
+    if isinstance(exc, ApiException):
+        # The client turns an SSLError into a status-0 ApiException; its other errors are urllib3's.
+        return answer_failure_kind(exc.status) if exc.status else "tls"
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        return api_failure_kind(exc.reason)
+    # NewConnectionError is a ConnectTimeoutError too (urllib3's compatibility): it goes first.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ProtocolError | ConnectionError):
+        return "connect"
+    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, urllib3.exceptions.SSLError | ssl.SSLError):
+        return "tls"
+    return "other"
+
+
 class BoundedApiClient(client.ApiClient):
     """An ApiClient whose calls time out unless they set their own timeout, and whose server-side applies are sent
-    as UTF-8 JSON text (apply_body).
+    as UTF-8 JSON text (apply_body). Each call's outcome is told to `observer`: every call of the operator's own
+    (kopf's watches aside) goes through here, so it knows when the API server last worked and how it fails.
 
     The client waits forever by default: one half-open connection would hold a reconcile worker, and with it
     that rollout, for good, while the operator still looks alive. Watches are not bounded (a watch waits by
     design); the operator's watches go through kopf, not this client.
     """
 
-    def __init__(self, configuration: client.Configuration, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
+    def __init__(self, configuration: client.Configuration, timeout: tuple[float, float] = REQUEST_TIMEOUT,
+                 observer: ApiCallObserver | None = None) -> None:
         super().__init__(configuration)
         self.request_timeout = timeout
+        self.observer = observer
 
     def call_api(self, method: str, url: str, header_params: Any = None, body: Any = None, post_params: Any = None,
                  _request_timeout: Any = None) -> Any:
@@ -79,14 +123,31 @@ class BoundedApiClient(client.ApiClient):
             _request_timeout = self.request_timeout
         if isinstance(body, dict) and (header_params or {}).get("Content-Type") == APPLY_PATCH:
             body = apply_body(body)  # a str body is sent as it is
-        return super().call_api(method, url, header_params, body, post_params, _request_timeout=_request_timeout)
+        try:
+            answer = super().call_api(method, url, header_params, body, post_params,
+                                      _request_timeout=_request_timeout)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            self._tell(api_failure_kind(exc))
+            raise
+        # Any answer comes back here (the caller raises ApiException for an error status later).
+        self._tell(answer_failure_kind(answer.status) if isinstance(answer.status, int) else None)
+        return answer
+
+    def _tell(self, failure_kind: str | None) -> None:
+        if self.observer is None:
+            return
+        if failure_kind is None:
+            self.observer.api_call_succeeded()
+        else:
+            self.observer.api_call_failed(failure_kind)
 
 
-def load_client_config(kubeconfig: str | None = None, *, bounded: bool = False) -> client.ApiClient:
+def load_client_config(kubeconfig: str | None = None, *, bounded: bool = False,
+                       observer: ApiCallObserver | None = None) -> client.ApiClient:
     """A named kubeconfig (the path, else $KUBECONFIG), else in-cluster config inside a pod, else ~/.kube/config:
     controller-runtime's order, so an operator in a pod told to drive another cluster never acts on its own.
 
-    `bounded`: every call times out (BoundedApiClient), as the operator needs.
+    `bounded`: every call times out (BoundedApiClient), as the operator needs, and is told to `observer`.
     """
     configuration = client.Configuration()
     named = kubeconfig or os.environ.get("KUBECONFIG")  # a list of paths too (the client merges them)
@@ -99,7 +160,7 @@ def load_client_config(kubeconfig: str | None = None, *, bounded: bool = False) 
             pass  # not in a pod
     if not in_cluster:
         config.load_kube_config(config_file=named, client_configuration=configuration)
-    return BoundedApiClient(configuration) if bounded else client.ApiClient(configuration)
+    return BoundedApiClient(configuration, observer=observer) if bounded else client.ApiClient(configuration)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ deploy/monitoring (alerts, recording rules, dashboard) queries these names and l
 | modelrollout_events_total | counter: Events posted | reason |
 | modelrollout_actions_total | counter: actions handed to the adapters | type |
 | modelrollout_reconcile_duration_seconds | histogram | - |
+| modelrollout_kube_api_last_success_timestamp_seconds | gauge: last call that went through (0: none yet) | - |
+| modelrollout_kube_api_failures_total | counter: calls that could not use the API server | kind (API_FAILURE_KINDS) |
 
 Everything is derived from the status a reconcile wrote, never from the operator's own guesses, and each
 fact is counted once: a verdict is keyed by the time its run finished (`analysis.lastRunAt`,
@@ -23,6 +25,10 @@ number of its history entry (`seq`); Events are counted as they are posted (cont
 status of a rollout seen for the first time since the process started is a baseline, not news: a restart
 must not count again what the previous process already counted (that would look like a fresh rollback to
 `increase()`). Series with labels exist at 0 before their first event, so `increase()` sees it.
+
+The API server's health is the exception: it is what the operator's own calls met (kubeapi.BoundedApiClient tells
+each one's outcome), shown on /metrics and on the liveness endpoint (kube_api_health), which stays 200 through an
+outage: a restart would not bring the API server back.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from controller.api.status import Phase
 from controller.cli.shape import mapping, objects
+from controller.operator.kubeapi import API_FAILURE_KINDS
 from controller.verdict import Outcome
 
 log = logging.getLogger(__name__)
@@ -132,10 +140,52 @@ class OperatorMetrics:
         self.reconcile_duration = Histogram("modelrollout_reconcile_duration_seconds",
                                             "Time one reconcile took (read, decide and act, write status).",
                                             buckets=RECONCILE_BUCKETS, registry=r)
+        # An operator up whose calls fail is told apart from an idle one (no calls) by the failures; an alert needs
+        # both (deploy/monitoring/prometheusrule.yaml).
+        self.kube_api_last_success = Gauge(
+            "modelrollout_kube_api_last_success_timestamp_seconds",
+            "When a call of the operator to the Kubernetes API server last went through (Unix time; 0: not yet).",
+            registry=r)
+        self.kube_api_failures = Counter(
+            "modelrollout_kube_api_failures",
+            "Calls of the operator that could not use the Kubernetes API server, by kind (connect, timeout, tls, "
+            "5xx, 429, 401, other).", ["kind"], registry=r)
+        for kind in API_FAILURE_KINDS:
+            self.kube_api_failures.labels(kind)
         for phase in Phase:
             self.rollouts.labels(str(phase)).set(0)
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], _Seen] = {}
+        self._api_lock = threading.Lock()  # apart: a call's outcome never waits for observe()
+        self._api_last_success: float | None = None
+        self._api_last_failure: tuple[float, str] | None = None
+        self._api_failures_since_success = 0
+
+    # --- the API server, as the operator's calls find it (kubeapi.ApiCallObserver) ----------------------
+
+    def api_call_succeeded(self) -> None:
+        with self._api_lock:  # set under the lock: a slower thread must not put an older time back
+            self._api_last_success = time.time()
+            self._api_failures_since_success = 0
+            self.kube_api_last_success.set(self._api_last_success)
+
+    def api_call_failed(self, kind: str) -> None:
+        with self._api_lock:
+            self._api_last_failure = (time.time(), kind)
+            self._api_failures_since_success += 1
+        self.kube_api_failures.labels(kind).inc()
+
+    def kube_api_health(self, now: float | None = None) -> dict[str, Any]:
+        """For the liveness endpoint: how long ago a call to the API server last went through (None: not yet), and
+        the kind of the last failure and how long ago it was. Kinds and numbers only, never a URL or a message."""
+        now = time.time() if now is None else now
+        with self._api_lock:
+            success, failure = self._api_last_success, self._api_last_failure
+            failures = self._api_failures_since_success
+        return {"lastSuccessAgeSeconds": None if success is None else round(max(now - success, 0.0), 1),
+                "failuresSinceLastSuccess": failures,
+                "lastFailure": None if failure is None else {"kind": failure[1],
+                                                             "ageSeconds": round(max(now - failure[0], 0.0), 1)}}
 
     # --- per reconcile -------------------------------------------------------------------------------
 

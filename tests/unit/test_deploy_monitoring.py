@@ -35,7 +35,8 @@ BASE = REPO / "deploy" / "base"
 # below), the operator's metrics (its /metrics must provide these names), and Prometheus' own `up`.
 OPERATOR_METRICS = {"modelrollout_rollouts", "modelrollout_rollbacks_total", "modelrollout_verdicts_total",
                     "modelrollout_time_to_recover_seconds_bucket", "modelrollout_reconcile_errors_total",
-                    "modelrollout_canary_weight", "modelrollout_status_writes_refused_total"}
+                    "modelrollout_canary_weight", "modelrollout_status_writes_refused_total",
+                    "modelrollout_kube_api_last_success_timestamp_seconds", "modelrollout_kube_api_failures_total"}
 EXPORTER_METRICS = {"modelrollout_predictions_total", "modelrollout_exporter_malformed_events_total"}
 # Labels Prometheus puts on every scraped series: job and instance, and the Prometheus Operator's target labels
 # (its `namespace` loses to the series' own where one has it: honorLabels).
@@ -93,7 +94,7 @@ def series_names(expr: str) -> set[str]:
                 "max_over_time", "histogram_quantile", "and", "or", "unless", "on", "ignoring", "group_left",
                 "group_right", "le", "round", "changes", "variant", "class", "namespace", "inference_service",
                 "metric", "result", "phase", "rollout", "m", "h", "d", "s", "model_version", "job", "absent", "max",
-                "service", "reason"}
+                "service", "reason", "time", "kind"}
     return {word for word in words if word not in keywords and not word.isdigit()}
 
 
@@ -131,6 +132,12 @@ MUTATIONS = [
     ('max_over_time(up{job="modelrollout-exporter"}[1d])', 'max_over_time(up{job="modelrollout-exporter"}[1m])'),
     # An exporter that was never deployed (exporter.enabled=false) is not down.
     ('max_over_time(up{job="modelrollout-exporter"}[1d])', 'absent(up{job="modelrollout-exporter"})'),
+    # The API server unusable: a last success 3 minutes old, for 2 minutes; an idle controller (no failures) is
+    # not alerted; failures 5 minutes apart (the reconcile backoff's cap) still count.
+    ("timestamp_seconds > 180", "timestamp_seconds > 600"),
+    ("for: 2m", "for: 0m"),
+    ("failures_total[10m])) > 0", "failures_total[10m])) >= 0"),
+    ("failures_total[10m]", "failures_total[3m]"),
 ]
 
 
