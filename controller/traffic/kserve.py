@@ -35,7 +35,10 @@ Knative mode (KServe's documented canary rollout):
             revision anyway; on its own the change would make one more. A promotion keeps it: a revision made
             then would move previousRolledoutRevision off stable and close restore()'s instant way back.
             Where the candidate left the spec another way (a GitOps self-heal put stable's storageUri back), no
-            such write comes: rollback() then gives it back in a write of its own (one more copy of stable).
+            such write comes: rollback() then gives it back, and records stable's version as that write would
+            have, in a write of its own (one more copy of stable); the spec stays as it is. A third model in the
+            spec (neither the candidate recorded nor stable) is someone else's: rollback() refuses, writing
+            nothing, rather than put stable over it.
 
 Standard mode (KServe after v0.20, spec.canary[]):
   stage     spec.canary = [{trafficPercent: 0, predictor: <copy of spec.predictor with the candidate's
@@ -464,6 +467,26 @@ def _released_annotations(view: KnativeView, *, may_change: bool = True) -> dict
     return owned
 
 
+def _withdrawn_annotations(view: KnativeView, version: str | None, uri: str | None) -> dict[str, str | None]:
+    """Our annotations once the spec names stable again: released (above), the model recorded as stable's version
+    (None: the one recorded at staging; none at all when that is not known), and the revision that was latest
+    before this write, which unpin_ready must never take for the copy of stable the write makes."""
+    annotations = _released_annotations(view)
+    annotations[ANN_VERSION] = version if version else view.annotations.get(ANN_STABLE_VERSION)
+    annotations[ANN_WITHDRAWN_REVISION] = view.latest_created or None
+    annotations[ANN_VERSION_URI] = uri if annotations[ANN_VERSION] else None
+    return annotations
+
+
+def _record_stale(view: KnativeView) -> bool:
+    """The spec names the recorded stable again while our version record still names another model (the
+    candidate): it left the spec another way (a GitOps self-heal put stable's storageUri back), so no rollback
+    write of ours recorded stable. Left so, observe() would read the version served as unknown."""
+    recorded = _none_if_empty(view.annotations.get(ANN_VERSION_URI))
+    return (view.stable_uri is not None and view.spec_uri == view.stable_uri and recorded is not None
+            and recorded != view.spec_uri)
+
+
 def _release_due(view: KnativeView) -> bool:
     """Staging's enable-tag-routing is still ours to give back though the spec no longer names the candidate: it
     left another way (a GitOps self-heal put stable's storageUri back), so no rollback write of ours released it."""
@@ -714,8 +737,8 @@ class KServeRouter:
             self._apply_with(lambda o, _: self._standard_rollback(standard_view(o, self.target)), "rolling back")
             return
         view = knative_view(obj, self.target)
-        if _release_due(view):
-            self._release_tag_routing()
+        if _release_due(view) or _record_stale(view):
+            self._settle_left_candidate()
             view = knative_view(self.client.get(), self.target)
         if view.pinned:
             self._unpin()
@@ -736,6 +759,15 @@ class KServeRouter:
         if not view.candidate_in_spec or (view.canary_percent is None
                                           and view.rolled_out != view.annotations.get(ANN_STABLE_REVISION)):
             return  # nothing staged (after a promotion, restore() puts a given version back)
+        recorded, changed = _version_for(view.annotations, view.spec_uri, "spec.predictor")
+        if recorded is None and changed is not None:
+            # A third model, neither the candidate recorded nor stable (an Argo CD sync of a newer manifest): someone
+            # else's, not ours to overwrite with stable. Said, and the record kept: it still names what was staged.
+            percent = f"; canaryTrafficPercent {view.canary_percent} still splits traffic with stable's revision" \
+                if view.canary_percent is not None else ""
+            raise TargetStateError(f"{self.target}: {changed}; it is neither the candidate nor stable "
+                                   f"({redacted_url(view.stable_uri or '')}), so the spec is left as it is{percent}: "
+                                   "roll it back by hand if it must go")
         # First write, at once and whatever KServe has processed so far: canaryTrafficPercent 0 sends all
         # traffic to latestRolledoutRevision (or, if a 100% weight rolled the candidate out, back to the
         # previous revision). Only then does the spec stop naming the candidate.
@@ -846,16 +878,20 @@ class KServeRouter:
                                  annotations=_released_annotations(view, may_change=False), canary_percent=None)
         self._apply_with(build, "unpinning the copy of stable")
 
-    def _release_tag_routing(self) -> None:
-        """enable-tag-routing given back, all else as it is. The annotation change makes a revision, a copy of
-        stable (the spec names stable already); a pin left on waits for it (see unpin_ready)."""
+    def _settle_left_candidate(self) -> None:
+        """The candidate left the spec another way (stable's storageUri put back): what our rollback's write of that
+        URI would have done, in one write, the spec as it is (its logger URL too: the writer of stable's URI owns
+        it now). enable-tag-routing given back and stable's version recorded (see _record_stale). The annotation
+        change makes a revision, a copy of stable; a pin left on waits for it (see unpin_ready)."""
         def build(obj: Obj, mode: DeploymentMode) -> Obj | None:
             view = knative_view(obj, self.target) if mode is DeploymentMode.KNATIVE else None
-            if view is None or not _release_due(view):
+            if view is None or not (_release_due(view) or _record_stale(view)):
                 return None
-            return _knative_body(self.client, view, uri=view.spec_uri, annotations=_released_annotations(view),
+            annotations = _withdrawn_annotations(view, None, view.stable_uri) if _record_stale(view) \
+                else _released_annotations(view)
+            return _knative_body(self.client, view, uri=view.spec_uri, annotations=annotations,
                                  canary_percent=view.canary_percent)
-        self._apply_with(build, "giving enable-tag-routing back")
+        self._apply_with(build, "settling the record of a candidate that left the spec")
 
     # -- Knative details --
 
@@ -894,11 +930,9 @@ class KServeRouter:
             # candidate's revision rolled out with 100%. Keep it pinned; the next call restores the URI.
             return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
                                  canary_percent=0)
-        annotations = _released_annotations(view)  # this write makes a revision anyway: the rollout has ended
-        annotations[ANN_VERSION] = stable.version if stable else view.annotations.get(ANN_STABLE_VERSION)
-        annotations[ANN_WITHDRAWN_REVISION] = view.latest_created or None
         uri = stable.storage_uri if stable else view.stable_uri
-        annotations[ANN_VERSION_URI] = uri if annotations[ANN_VERSION] else None
+        # This write makes a revision anyway: the rollout has ended.
+        annotations = _withdrawn_annotations(view, stable.version if stable else None, uri)
         # The copy of stable reports stable's version, or none when it is not known (a first rollout): never
         # the rejected candidate's, which the URL still names.
         return _knative_body(self.client, view, uri=uri, annotations=annotations, canary_percent=0,
