@@ -439,7 +439,13 @@ class _Decider:
     @property
     def _deleting(self) -> bool:
         """Deleted with revertOnDeletion: roll back what runs, start nothing new."""
-        return self.obs.deleted_at is not None and self.spec.rollback.revert_on_deletion
+        return self._being_deleted and self.spec.rollback.revert_on_deletion
+
+    @property
+    def _being_deleted(self) -> bool:
+        """deletionTimestamp set, with or without revertOnDeletion (a foreground delete's finalizer, Argo CD's
+        default prune, keeps the object a while): no edit, command or new attempt is taken from it."""
+        return self.obs.deleted_at is not None
 
     @property
     def _attempt(self) -> int:
@@ -540,7 +546,7 @@ class _Decider:
         generation = self.obs.generation
         # The API server raises a custom resource's generation when it sets deletionTimestamp: no human edit, so
         # nothing to record and no fresh progressDeadline (the deletion's rollback counts from when it starts).
-        if previous is not None and previous != generation and not self._deleting:
+        if previous is not None and previous != generation and not self._being_deleted:
             rollback = self.status.rollback
             failed = self.status.phase is Phase.FAILED
             rejected = rollback is not None and rollback.reject_candidate
@@ -697,7 +703,7 @@ class _Decider:
     def _follow_candidate_changes(self) -> None:
         current = self.status.candidate
         wanted = self._wanted_candidate()
-        if current is None or wanted is None or wanted == current.version or self._deleting:
+        if current is None or wanted is None or wanted == current.version or self._being_deleted:
             return
         named = f" (@{self.spec.model.alias} names it now)" if self.spec.model.alias is not None else ""
         detail = f"candidate {wanted}{named} replaces {current.version} (generation {self.obs.generation})"
@@ -839,7 +845,7 @@ class _Decider:
     def _apply_command(self, command: Command) -> None:
         if command.id in self.status.handled_commands:
             return
-        refusal = "the ModelRollout is being deleted" if self._deleting else self._run_command(command)
+        refusal = "the ModelRollout is being deleted" if self._being_deleted else self._run_command(command)
         if refusal is None:
             self._update(handled_commands=_handled(self.status, command.id))
             return
@@ -1010,6 +1016,9 @@ class _Decider:
     # --- Pending: resolve, then stage at 0% ----------------------------------------------------------
 
     def _pending(self) -> None:
+        if self._being_deleted:  # without revertOnDeletion (else _follow_deletion ended it): stage nothing new
+            self._wait("The ModelRollout is being deleted: nothing new is staged")
+            return
         if self.status.candidate is None:
             self._resolve()
             return

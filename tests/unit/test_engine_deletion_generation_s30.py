@@ -3,9 +3,12 @@ no human edited the spec, so the deletion records no SpecChanged (an Event on-ca
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from test_engine import events, finished
 from test_engine_support import World, spec_dict
 
+from controller.api.commands import CommandAction
 from controller.api.status import Phase
 
 
@@ -26,3 +29,35 @@ def test_a_spec_edit_is_still_recorded() -> None:
     world.generation += 1
     world.reconcile()
     assert "SpecChanged" in events(world)
+
+
+def test_a_deletion_without_revert_on_deletion_starts_nothing_new() -> None:
+    """A foreground delete (Argo CD's default prune) keeps the object a while with deletionTimestamp set and the
+    generation raised: a Failed rollout is not restarted by it, nor a new version staged, nor a command run
+    (review s30r4)."""
+    world = World()
+    world.target.never_ready = True  # the candidate never gets ready: Failed at progressDeadline, not rejected
+    world.run_until(lambda w: w.status.phase in (Phase.FAILED, Phase.ROLLED_BACK), step=timedelta(minutes=5))
+    ended = world.status
+    assert ended.rollback is None or not ended.rollback.reject_candidate
+    sent = len(world.executed)
+    world.deleting = True
+    world.generation += 1
+    world.spec["model"]["version"] = "8"
+    world.send(CommandAction.RETRY, command_id="r-1")
+    for _ in range(20):
+        world.now += timedelta(seconds=30)
+        world.reconcile()
+    assert world.status.phase is ended.phase and world.status.attempt == ended.attempt
+    assert "SpecChanged" not in events(world) and "Resolved" not in events(world)[len(ended.history):]
+    assert [h.detail for h in world.status.history if h.command_id == "r-1"] == [
+        "retry: the ModelRollout is being deleted"]
+    assert len(world.executed) == sent, world.executed[sent:]
+
+
+def test_a_pending_rollout_being_deleted_without_revert_stages_nothing() -> None:
+    world = World()
+    world.deleting = True
+    world.reconcile()
+    assert world.status.phase is Phase.PENDING and "being deleted" in world.status.message
+    assert world.executed == []
