@@ -484,7 +484,8 @@ class _Decider:
             return False  # it failed moments ago in this very reconcile: the backoff paces the retry
         if last_sent is None or self.obs.resend_pending:
             return True
-        wait = self._backoff(failures) if failures else RESEND_AFTER
+        # A rollback stuck past progressDeadline (a target that may never heal): resent at the backoff's pace.
+        wait = self._backoff(failures) if failures else BACKOFF_MAX if self._rollback_stuck() else RESEND_AFTER
         if self.now - last_sent >= wait:
             return True
         self.requeue.append(last_sent + wait - self.now)
@@ -2327,6 +2328,15 @@ class _Decider:
             missing.append(f"version {self.status.candidate.version} off the target before the new candidate starts")
         return ", ".join(missing) or "its end"
 
+    def _stuck_poll(self) -> timedelta | None:
+        """How often a rollback stuck past progressDeadline looks again: less often the longer it lasts (as
+        _wait_resolving), since no event tells when the target heals; None while it is not stuck."""
+        rollback = self.status.rollback
+        if rollback is None or not self._rollback_stuck():
+            return None
+        past = self.now - rollback.verdict_at - self.spec.progress_deadline
+        return min(max(CONFIRM_POLL, past / 10), RESOLVING_POLL_MAX)
+
     def _resolving_too_long(self) -> bool:
         """Pending without a candidate for longer than progressDeadline, waiting or failing: a version that never
         finishes registering is as stuck as a registry that never answers."""
@@ -2370,7 +2380,7 @@ class _Decider:
             return ALIAS_POLL if follows else None
         hints = list(self.requeue)
         if self.polls and not self.errors:  # while backing off, the backoff paces the polling
-            hints.append(CONFIRM_POLL)
+            hints.append(self._stuck_poll() or CONFIRM_POLL)
         if self.slow_poll is not None and not self.errors:
             hints.append(self.slow_poll)
         if not hints:

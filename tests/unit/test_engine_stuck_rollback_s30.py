@@ -1,0 +1,37 @@
+"""A rollback stuck past progressDeadline on a target that may never heal (stable not ready) looks again less often
+and resends at the backoff's pace, not every second and every 10 s for ever, and still ends once the target heals
+(review s30r4 2)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from test_engine_support import World, spec_dict
+
+from controller.api import CommandAction, Phase
+from controller.engine import SetCanaryWeight
+
+
+def test_a_stuck_rollback_slows_down_and_still_ends_when_the_target_heals() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None,
+                                 progressDeadline="10m"))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.target.ready = False
+    world.send(CommandAction.ABORT, command_id="a")
+    world.reconcile()
+    early = world.reconcile().requeue_after
+    assert early is not None and early <= timedelta(seconds=1)  # within its deadline: looked at every second
+    world.advance(timedelta(hours=2))
+    world.reconcile()
+    sent, polls = len(world.executed), []
+    end = world.now + timedelta(minutes=10)
+    while world.now < end:
+        decision = world.reconcile()
+        polls.append(decision.requeue_after)
+        world.advance(decision.requeue_after or timedelta(seconds=60))
+    assert world.status.phase is Phase.ROLLING_BACK
+    assert min(p for p in polls if p) == timedelta(seconds=30), polls
+    withdrawals = [a for a in world.executed[sent:] if isinstance(a, SetCanaryWeight)]
+    assert 1 <= len(withdrawals) <= 2, withdrawals  # every 5 minutes, not every 10 s
+    world.target.ready = True
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=30), limit=4)
