@@ -220,6 +220,12 @@ class ProportionMetric:
     confidence: float = 0.99
     min_samples: int = 200
 
+    @property
+    def reads_whole_window(self) -> bool:
+        """Both counts read the window from its start ({{window}}): their totals only grow from run to run."""
+        return all("window" in TEMPLATE_VARIABLE.findall(without_comments(query))
+                   for query in (self.events, self.total))
+
 
 @dataclass(frozen=True)
 class ThresholdMetric:

@@ -1460,7 +1460,9 @@ class _Decider:
             verdicts += tuple(Verdict(metric.name, Outcome.INCONCLUSIVE, "no verdict for it in this run")
                               for metric in self.spec.analysis.metrics if metric.name not in judged)
             verdicts, failed_runs = self._failure_limits(verdicts, analysis.failed_runs)
-            verdicts = _data_lost(verdicts, analysis.metrics, bake=analysis.mode is AnalysisMode.BAKE)
+            growing = frozenset(metric.name for metric in self.spec.analysis.metrics
+                                if metric.proportion is not None and metric.proportion.reads_whole_window)
+            verdicts = _data_lost(verdicts, analysis.metrics, bake=analysis.mode is AnalysisMode.BAKE, growing=growing)
             outcome = combine(list(verdicts))
             outage = _outage(verdicts, analysis.metrics) if outcome is Outcome.INCONCLUSIVE else None
             if outage is not None and analysis.ends_at is not None and measured_at >= analysis.ends_at:
@@ -2671,7 +2673,8 @@ DATA_LOST_FALL = 0.1
 DATA_LOST_SCRAPES = 2
 
 
-def _data_lost(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...], *, bake: bool) -> tuple[Verdict, ...]:
+def _data_lost(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...], *, bake: bool,
+               growing: frozenset[str] | None = None) -> tuple[Verdict, ...]:
     """Each verdict, but DataLost (an inconclusive measurement outage, verdict.MEASUREMENT_OUTAGES) where a metric's
     totals over the window fell below what an earlier run of the same window counted (`before`: status.analysis's
     last verdict per metric), or came back empty after it counted (a threshold's query too, once it answered): a pass
@@ -2679,7 +2682,8 @@ def _data_lost(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...], *, ba
     would decide on a moment an HA replica or a retry may not share. A failure stands: the predictions it counted
     were made. A verdict without counts carries the earlier ones on (countsSeen), so an outage between does not
     forget them. Checked: the canary's and stable's totals, a bake's new version's only (its history's days move by
-    whole days)."""
+    whole days). Only for the proportion metrics in `growing` (None: all), whose counts read the window from its
+    start: a fixed range's counts rise and fall with the traffic."""
     arms = ("canary",) if bake else ("canary", "stable")
     earlier = {item.name: item for item in before}
     kept = []
@@ -2693,7 +2697,8 @@ def _data_lost(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...], *, ba
             kept.append(_clean_verdict(Verdict(item.name, Outcome.INCONCLUSIVE, f"{DATA_LOST}: {detail}", {
                 **item.evidence, "problem": DATA_LOST, "detail": detail, "valueSeen": value})))
             continue
-        if item.outcome is Outcome.FAIL or seen is None or not any(seen[arm] > 0 for arm in arms):
+        if item.outcome is Outcome.FAIL or seen is None or not any(seen[arm] > 0 for arm in arms) \
+                or (growing is not None and item.name not in growing):
             kept.append(item)
             continue
         own = _counts_seen(item, arms, carried=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from test_engine_final_run import STEP, bake_until_its_end, outage, rollback_spec
@@ -51,6 +52,27 @@ def counting(world: World, mode: str) -> dict[str, datetime | None]:
     return lost
 
 
+def window_spec(fixed_range: bool = False) -> dict[str, Any]:
+    """rollback_spec with counts that read the window from its start, as real templates do ({{window}})."""
+    spec = rollback_spec()
+    window = "10s" if fixed_range else "{{window}}"
+    spec["analysis"]["metrics"][0]["proportion"].update(events=f"sum(increase(e{{{{selector}}}}[{window}]))",
+                                                         total=f"sum(increase(t{{{{selector}}}}[{window}]))")
+    return spec
+
+
+def test_a_fixed_ranges_counts_falling_are_traffic_not_data_lost() -> None:
+    """Counts over a fixed range rise and fall with the traffic (review s30r3 2): only {{window}} counts only grow."""
+    world = World(spec=window_spec(fixed_range=True))
+    lost = counting(world, "canary")
+    to_the_last_run_of_step_one(world)
+    lost["since"] = world.now - timedelta(minutes=1) + STEP
+    world.advance(STEP)
+    world.reconcile()
+    assert "DataLost" not in world.status.message, world.status.message
+    assert world.status.current_step is not None and world.status.current_step >= 2, world.status.message
+
+
 def to_the_last_run_of_step_one(world: World) -> datetime:
     world.run_until(lambda w: w.status.analysis is not None and w.status.analysis.step_index == 1
                     and w.status.analysis.runs >= 1)
@@ -66,7 +88,7 @@ def test_a_steps_last_run_on_counts_that_fell_is_retried_not_passed() -> None:
     """Prometheus restarted without its data a minute before the step's end: the last run counts one minute of
     ten. It is not passed on that; the step waits, and ends only on a run that counts the window whole (an HA
     replica that kept its data)."""
-    world = World(spec=rollback_spec())
+    world = World(spec=window_spec())
     lost = counting(world, "canary")
     ends_at = to_the_last_run_of_step_one(world)
     lost["since"] = world.now - timedelta(minutes=1) + STEP
@@ -89,7 +111,7 @@ def test_a_steps_last_run_on_counts_that_fell_is_retried_not_passed() -> None:
 def test_a_bakes_last_run_finding_nothing_after_counts_is_retried_not_rolled_back() -> None:
     """Right after a restart without its data Prometheus holds no sample: NoData. After runs that counted in the
     same window that is data lost, not a verdict: with onInconclusive: rollback it rolled a good version back."""
-    world = World(spec=rollback_spec())
+    world = World(spec=window_spec())
     counting(world, "bake")
     bake_until_its_end(world)
     passing = world.judge
