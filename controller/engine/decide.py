@@ -1676,8 +1676,16 @@ class _Decider:
             # AliasNotRestored abandoned the alias step: nothing was verified there.
             settled = "alias not restored" if alias is not None and alias.state is ActionState.ABANDONED \
                 else f"alias left on {rollback.alias_left_on}" if rollback.alias_left_on else "alias verified"
-            self._record("Recovered", f"traffic back on {'stable ' + stable.version if stable else 'stable'} "
-                                      f"and {settled} {seconds}s after the decision")
+            # Said as the target tells it: a withdrawal is confirmed at 0% also when the target does not report
+            # stable's version serving (unknown, or a model put there by hand), and then "back on stable" is no fact.
+            target = self._target()
+            served = target.stable_version if target is not None else None
+            back = f"traffic back on {'stable ' + stable.version if stable else 'stable'}"
+            if stable is not None and target is not None and served != stable.version and not rollback.traffic_kept:
+                serving = f"reports version {served} serving" if served else "does not report which version serves"
+                back = (f"the candidate off {self.spec.target.description} (it {serving}, not stable "
+                        f"{stable.version}: check it)")
+            self._record("Recovered", f"{back} and {settled} {seconds}s after the decision")
         self._update(rollback=rollback)
         done = rollback.recovered_at is not None and (rollback.tag_confirmed_at or not rollback.reject_candidate)
         deleted_at = self.obs.deleted_at

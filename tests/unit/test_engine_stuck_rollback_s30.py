@@ -35,3 +35,25 @@ def test_a_stuck_rollback_slows_down_and_still_ends_when_the_target_heals() -> N
     assert 1 <= len(withdrawals) <= 2, withdrawals  # every 5 minutes, not every 10 s
     world.target.ready = True
     world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=30), limit=4)
+
+
+def test_recovered_says_what_the_target_reports_when_stable_is_not_seen_serving() -> None:
+    """A withdrawal is confirmed at 0% also when the target does not report stable's version (session 28's rule);
+    the Recovered entry then does not claim traffic is back on stable (review s30final: a third model kept by hand
+    was said to be stable)."""
+    for served, said in ((None, "does not report which version serves"), ("9", "reports version 9 serving")):
+        world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None))
+        world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+        world.target.stable_version = served
+        world.send(CommandAction.ABORT, command_id="a")
+        world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=5))
+        (recovered,) = [h.detail for h in world.status.history if h.event == "Recovered"]
+        assert recovered.startswith(f"the candidate off InferenceService nsfw-classifier (it {said}, not stable 6"), \
+            recovered
+        assert "traffic back on" not in recovered
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.send(CommandAction.ABORT, command_id="a")
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=5))
+    (recovered,) = [h.detail for h in world.status.history if h.event == "Recovered"]
+    assert recovered.startswith("traffic back on stable 6"), recovered
