@@ -338,6 +338,9 @@ class _Decider:
 
     def _handle_phase(self) -> None:
         phase = self.status.phase
+        if self._being_deleted and not self._deleting and phase in (Phase.GATING, Phase.PROGRESSING, Phase.PAUSED):
+            self._wait(f"The ModelRollout is being deleted: left as it is in {phase}")
+            return
         if phase is Phase.PENDING:
             self._pending()
         elif phase is Phase.GATING:
@@ -485,7 +488,7 @@ class _Decider:
         if last_sent is None or self.obs.resend_pending:
             return True
         # A rollback stuck past progressDeadline (a target that may never heal): resent at the backoff's pace.
-        wait = self._backoff(failures) if failures else BACKOFF_MAX if self._rollback_stuck() else RESEND_AFTER
+        wait = self._backoff(failures) if failures else BACKOFF_MAX if self._target_stuck() else RESEND_AFTER
         if self.now - last_sent >= wait:
             return True
         self.requeue.append(last_sent + wait - self.now)
@@ -1681,10 +1684,11 @@ class _Decider:
             target = self._target()
             served = target.stable_version if target is not None else None
             back = f"traffic back on {'stable ' + stable.version if stable else 'stable'}"
-            if stable is not None and target is not None and served != stable.version and not rollback.traffic_kept:
-                serving = f"reports version {served} serving" if served else "does not report which version serves"
-                back = (f"the candidate off {self.spec.target.description} (it {serving}, not stable "
-                        f"{stable.version}: check it)")
+            if (stable is None or served != stable.version) and not rollback.traffic_kept:
+                serving = ("could not be read" if target is None else f"reports version {served} serving" if served
+                           else "does not report which version serves")
+                versus = f"not stable {stable.version}" if stable else "no earlier version on record"
+                back = f"the candidate off {self.spec.target.description} (it {serving}, {versus}: check it)"
             self._record("Recovered", f"{back} and {settled} {seconds}s after the decision")
         self._update(rollback=rollback)
         done = rollback.recovered_at is not None and (rollback.tag_confirmed_at or not rollback.reject_candidate)
@@ -2338,11 +2342,17 @@ class _Decider:
             missing.append(f"version {self.status.candidate.version} off the target before the new candidate starts")
         return ", ".join(missing) or "its end"
 
+    def _target_stuck(self) -> bool:
+        """A rollback stuck past progressDeadline on a target not ready (or unreadable), which may never heal; a ready
+        one showing the candidate again (a sync put it back) is acted on at the usual pace."""
+        target = self._target()
+        return bool(self._rollback_stuck()) and (target is None or not target.ready)
+
     def _stuck_poll(self) -> timedelta | None:
         """How often a rollback stuck past progressDeadline looks again: less often the longer it lasts (as
         _wait_resolving), since no event tells when the target heals; None while it is not stuck."""
         rollback = self.status.rollback
-        if rollback is None or not self._rollback_stuck():
+        if rollback is None or not self._target_stuck():
             return None
         past = self.now - rollback.verdict_at - self.spec.progress_deadline
         return min(max(CONFIRM_POLL, past / 10), RESOLVING_POLL_MAX)

@@ -61,3 +61,20 @@ def test_a_pending_rollout_being_deleted_without_revert_stages_nothing() -> None
     world.reconcile()
     assert world.status.phase is Phase.PENDING and "being deleted" in world.status.message
     assert world.executed == []
+
+
+def test_a_rollout_deleted_mid_canary_without_revert_moves_no_traffic() -> None:
+    """Left as it is (README): no further step's weight, no promotion, while the object is still there (review
+    s30r5 1)."""
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 1)
+    sent, weight = len(world.executed), world.target.canary_weight
+    world.deleting = True
+    world.generation += 1
+    for _ in range(60):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    moved = [a.id for a in world.executed[sent:] if a.type not in ("RunAnalysis", "RunGate")]
+    assert moved == [], moved
+    assert world.target.canary_weight == weight and world.status.phase is not Phase.SUCCEEDED
+    assert "being deleted" in world.status.message, world.status.message
