@@ -747,7 +747,7 @@ class _Decider:
             gate = dataclasses.replace(gate, thresholds_signature=thresholds_signature(dataset.thresholds))
             self._update(gate=gate)
         detail = self._repinned()
-        if gate is None or detail is None or self._deleting:
+        if gate is None or detail is None or self._being_deleted:
             return
         phase = self.status.phase
         if phase is Phase.GATING:

@@ -78,3 +78,19 @@ def test_a_rollout_deleted_mid_canary_without_revert_moves_no_traffic() -> None:
     assert moved == [], moved
     assert world.target.canary_weight == weight and world.status.phase is not Phase.SUCCEEDED
     assert "being deleted" in world.status.message, world.status.message
+
+
+def test_a_dataset_re_pinned_while_being_deleted_starts_no_new_gate() -> None:
+    """The spec edited while a foreground delete holds the object: no rollback to gate again, no new attempt
+    (review s30readme 2)."""
+    world = World()
+    world.run_until(lambda w: w.status.current_step == 1)
+    sent = len(world.executed)
+    world.deleting = True
+    world.generation += 1
+    world.spec["goldenDataset"]["sha256"] = "b" * 64
+    for _ in range(20):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    assert [a.id for a in world.executed[sent:]] == []
+    assert "RolledBackToGateAgain" not in events(world) and "DatasetChanged" not in events(world)
