@@ -280,6 +280,9 @@ class RollbackStatus:
     # The candidate was seen serving as stable before any promotion (promoted outside ModelRollout): until traffic
     # is confirmed back, it may still serve all of it.
     candidate_served_as_stable: bool | None = None  # None: not seen so (or recorded by an older operator)
+    # The version the target reported serving as stable when traffic was confirmed back (None: it reported none,
+    # could not be read, or an older operator confirmed it): "back on stable" is told only when it is stable's.
+    serving_when_confirmed: str | None = None
     time_to_recover_seconds: float | None = None
 
 

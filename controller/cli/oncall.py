@@ -826,7 +826,16 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
     else:
         lines = [f"It {'was' if done else 'is being'} rolled back by {who} because {why}."]
         if rollback.get("trafficConfirmedAt"):
-            lines.append(f"Traffic is back on {back_to} (confirmed at {text(rollback['trafficConfirmedAt'])}).")
+            at = text(rollback["trafficConfirmedAt"])
+            serving = rollback.get("servingWhenConfirmed")
+            if stable and serving == stable:
+                lines.append(f"Traffic is back on {back_to} (confirmed at {at}).")
+            else:  # off the candidate, and only that: the target did not report stable serving (or an older status)
+                reported = f"reported version {text(serving)} serving" if serving not in (None, "") \
+                    else "did not report which version serves"
+                versus = f"not {back_to}: check it" if stable else "no earlier version is on record"
+                lines.append(f"Traffic is off version {candidate or '?'} (confirmed at {at}); the target {reported}, "
+                             f"{versus} (TrafficRestored says what was seen).")
         else:
             # All of it once promoted, by this rollout or by hand (the engine's message says which it restores).
             promoted = (rollback.get("afterPromotion") is True or status.get("canaryWeight") == 100

@@ -407,7 +407,7 @@ def _facts(obj: Mapping[str, Any], status: Mapping[str, Any]) -> list[tuple[str,
                                  "candidate kept all traffic (no earlier version to put back)"))
     elif rollback:
         seconds = rollback.get("timeToRecoverSeconds")
-        state = _rollback_state(rollback, status.get("phase"))
+        state = _rollback_state(rollback, status.get("phase"), mapping(status.get("stable")).get("version"))
         facts.append(("Rollback", f"{rollback.get('cause', '?')} by {rollback.get('actor', CONTROLLER)}, {state}"
                       + (f", recovered in {seconds:.2f} s" if isinstance(seconds, int | float) else "")))
     return facts
@@ -418,12 +418,15 @@ def _completed(status: Mapping[str, Any]) -> Any:
     return status.get("completedAt") if status.get("phase") in TERMINAL_PHASES else None
 
 
-def _rollback_state(rollback: Mapping[str, Any], phase: Any) -> str:
+def _rollback_state(rollback: Mapping[str, Any], phase: Any, stable: Any) -> str:
     """Each step as confirmed: the alias may be back while traffic is not, or the other way round."""
     if rollback.get("recoveredAt"):
         return "rolled back"
     unconfirmed = "not confirmed" if phase in TERMINAL_PHASES else "not yet confirmed"
-    traffic = "traffic back on stable" if rollback.get("trafficConfirmedAt") else f"traffic {unconfirmed} back"
+    # Back on stable only as the target reported it; a withdrawal at 0% beside another version is the candidate off.
+    back = "traffic back on stable" if stable and rollback.get("servingWhenConfirmed") == stable \
+        else "traffic off the candidate"
+    traffic = back if rollback.get("trafficConfirmedAt") else f"traffic {unconfirmed} back"
     if rollback.get("aliasLeftOn"):
         alias = f"alias left on version {rollback['aliasLeftOn']} (moved outside this rollout)"
     else:

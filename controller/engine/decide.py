@@ -1816,7 +1816,8 @@ class _Decider:
             # not manage carrying weight may be the candidate renamed): said beside it.
             caveat = f"; the target says: {target.detail}" if target is not None and target.detail else ""
             self._record("TrafficRestored", f"{seen} {self.spec.target.description}{caveat}")
-            return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
+            return dataclasses.replace(rollback, traffic_confirmed_at=self.now,
+                                       serving_when_confirmed=target.stable_version if target is not None else None)
         # Back to safety at once: this needs the target only, never the registry.
         self._request(action, detail)
         return rollback
