@@ -2,6 +2,8 @@
 -- Mirrors what the controller accepts (controller/engine/decide.py): a command sent in the wrong phase
 -- is harmless (the controller records it as ignored), so this only spares people useless clicks.
 local actions = {}
+-- Being deleted, the controller takes no command (decide.py refuses them all): nothing to click.
+local deleting = obj.metadata ~= nil and obj.metadata.deletionTimestamp ~= nil
 local phase = nil
 local pauseReason = nil
 local stable = nil
@@ -38,6 +40,10 @@ local canRollback = inFlight or (phase == "Succeeded" and stable ~= nil and stab
 
 -- A rollback making way for a new candidate takes an abort: it finishes and the new candidate is not started.
 local canAbort = inFlight or (phase == "RollingBack" and restart)
+
+if deleting then
+  canAbort, canPromote, canPromoteFull, canRetry, canRollback = false, false, false, false, false
+end
 
 actions["abort"] = {["disabled"] = not canAbort, ["iconClass"] = "fa fa-fw fa-stop-circle"}
 actions["promote"] = {["disabled"] = not canPromote, ["iconClass"] = "fa fa-fw fa-forward"}
