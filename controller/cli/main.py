@@ -193,7 +193,10 @@ def _exporter_run(args: argparse.Namespace) -> int:
         ("max_pending_bytes", args.max_pending_bytes), ("body_read_slots", args.body_read_slots),
         ("max_connections", args.max_connections)) if value is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    names = tuple(n.strip() for n in args.class_names.split(",") if n.strip()) if args.class_names else ()
+    names = tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else ()
+    if "" in names:  # dropped, it would shift every later class index: a model's class 1 counted as class 2
+        args.usage_error(f"argument --class-names: entry {names.index('') + 1} is empty (or only whitespace): "
+                         "list each class once, in the model's output order")
     try:
         run(args.host, args.port, DecodeOptions(class_names=names, v2_output=args.v2_output),
             drain_seconds=args.drain.total_seconds(), **bounds)
