@@ -57,6 +57,15 @@ _NUMBER_TYPES = frozenset({int, float})
 # Longest label value counted (a Kubernetes object name is at most 253): a longer one, or one that is not
 # valid text, would grow memory and /metrics without bound or make /metrics unencodable for every namespace.
 MAX_LABEL_LENGTH = 253
+# Drop reasons that are the model's answer's fault, not the sender's or the exporter's set-up: a row (or a whole body
+# of a known model identity) dropped for one of them is counted against its model version as unreadable, so a
+# candidate whose answers to some inputs alone cannot be read is seen by the judges. BadLabel here is a row's class
+# (a label that is no label text): an identity's BadLabel is raised before any row is read. BadV2Output: the
+# response's outputs are not a list of objects, or lack the output the exporter reads. Not among them: no class
+# names (NoClassNames), a body too large or not JSON (TooLarge, NotJSON), one with no predictions at all
+# (UnknownPayload: an error answer, a client's 400 as much as the model's failure).
+UNREADABLE_REASONS = frozenset({"BadPredictions", "UnknownClass", "ScoreWidth", "AmbiguousScore", "BadTensor",
+                                "ClassNamesMismatch", "UnsupportedDatatype", "BadV2Output", "BadLabel"})
 
 
 class MalformedEvent(ValueError):
@@ -83,6 +92,11 @@ class Prediction:
     model_version: str
     classes: tuple[str, ...] = field(default_factory=tuple)
     unread: tuple[str, ...] = ()  # the drop reason of each row no class was read from, as the gate loses a sample
+    unreadable: int = 0  # rows (or a whole body: 1) dropped for one of UNREADABLE_REASONS, the model's fault
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        return self.namespace, self.inference_service, self.variant, self.model_version
 
 
 @dataclass(frozen=True)
@@ -550,13 +564,20 @@ def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
         raise MalformedEvent("MissingIdentity", "the event names no namespace or inference service")
     if variant not in VARIANTS:
         raise MalformedEvent("UnknownVariant", f"variant {variant[:40]!r} is neither stable nor canary nor empty")
-    rows = read_classes(event.data, options)
-    if rows.unread and not rows.read:  # nothing to count: the event is dropped, for its first row's reason
-        raise rows.unread[0]
     for what, value in (("namespace", namespace), ("inference service", service), ("model version", version)):
-        check_label(what, value)  # (each class was checked as its row was read)
+        check_label(what, value)  # (each class is checked as its row is read)
+    # The identity is known before the body is read: an answer that cannot be read is still this version's.
+    try:
+        rows = read_classes(event.data, options)
+    except MalformedEvent as exc:
+        if exc.reason not in UNREADABLE_REASONS:
+            raise
+        rows = RowClasses((), (exc,))  # no row can be read: one unreadable answer
+    unreadable = sum(refusal.reason in UNREADABLE_REASONS for refusal in rows.unread)
+    if rows.unread and not rows.read and not unreadable:  # nothing to count: dropped, for its first row's reason
+        raise rows.unread[0]
     return Prediction(namespace, service, variant, version or UNLABELLED_VERSION, rows.read,
-                      tuple(refusal.reason for refusal in rows.unread))
+                      tuple(refusal.reason for refusal in rows.unread), unreadable)
 
 
 def check_label(what: str, value: str) -> None:

@@ -43,6 +43,11 @@ DROP_HINTS = {"NoClassNames": ": an index or a row of scores names no class with
                               "(integer labels are indexes: list the classes, e.g. 0,1)"}
 OTHER_CLASS = "__other__"
 PREDICTIONS_METRIC = "modelrollout_predictions"  # exposed as modelrollout_predictions_total
+# Answers of a model identity no class could be read from (events.UNREADABLE_REASONS), exposed with _total: a family of
+# its own, so that no class metric's total changes (a canary whose every answer is unreadable stays without evidence
+# for a class rate, never a pass at rate 0). One series per identity, made at 0 as classes are, so that a proportion
+# metric adding it to the predictions always has both sides.
+UNREADABLE_METRIC = "modelrollout_unreadable_predictions"
 INTERNAL_REASON = "Internal"  # an event the exporter failed on for a reason of its own: a bug, not the sender's
 # Every body-read slot taken for BODY_WAIT_SECONDS: answered 503, and lost (KServe's logger does not retry).
 BUSY_REASON = "Busy"
@@ -77,9 +82,9 @@ DROP_WARNING_SECONDS = 600.0  # a drop reason is logged once in this long: a flo
 # A model identity silent this long gives up its place when a bound is reached: well above the longest analysis
 # window, and its history stays in Prometheus (a series that comes back starts from 0, a counter reset).
 MODEL_IDLE_SECONDS = 24 * 3600.0
-# Prediction series in all (each identity times its inference service's classes). One renders in about 1 KiB of /metrics
-# at the longest labels, 4 KiB when their characters take 4 bytes in UTF-8, and a render holds the text about twice
-# (see render()): at most ~50 MiB at any label content, within the exporter's 256Mi.
+# Prediction series in all (each identity times its inference service's classes, and its unreadable series). One
+# renders in about 1 KiB of /metrics at the longest labels, 4 KiB when their characters take 4 bytes in UTF-8, and a
+# render holds the text about twice (see render()): at most ~50 MiB at any label content, within the exporter's 256Mi.
 MAX_TOTAL_SERIES = 6_144
 
 
@@ -100,9 +105,9 @@ ROLLOUT_IDENTITIES = 5
 def class_budget_problem(class_names: tuple[str, ...], max_total_series: int,
                          max_namespace_series: int | None) -> str | None:
     """Why the series bounds cannot hold two back-to-back rollouts' identities with a series for each configured
-    class (the second's canary or promoted version would be refused as TooManySeries until the first's versions
-    idle for a day, and a larger class list's for good), or None."""
-    needed = ROLLOUT_IDENTITIES * len(set(class_names))
+    class and one for unreadable answers (the second's canary or promoted version would be refused as TooManySeries
+    until the first's versions idle for a day, and a larger class list's for good), or None."""
+    needed = ROLLOUT_IDENTITIES * (len(set(class_names)) + 1)
     share = namespace_share(max_total_series) if max_namespace_series is None else max_namespace_series
     if needed <= share:
         return None
@@ -113,7 +118,7 @@ def class_budget_problem(class_names: tuple[str, ...], max_total_series: int,
            f"{max(needed, max_total_series)})")
     return (f"--class-names lists {len(set(class_names))} classes: two back-to-back rollouts' {ROLLOUT_IDENTITIES} "
             "model versions (stable, each canary and each promoted one, kept until idle for 24 h) need a series per "
-            f"class, {needed} in one namespace, but {how} "
+            f"class and one for unreadable answers, {needed} in one namespace, but {how} "
             "(chart: exporter.maxSeries, exporter.maxNamespaceSeries). Memory grows with them: raise the exporter's "
             f"memory limit too (256Mi holds {MAX_TOTAL_SERIES} series).")
 
@@ -123,7 +128,10 @@ Identity = tuple[str, str, str, str]  # namespace, inference service, variant, m
 # The judges compare model versions of one inference service only: classes are shared, and made at 0, within one.
 Service = tuple[str, str]  # namespace, inference service
 PREDICTION_LABELS = ("namespace", "inference_service", "variant", "model_version", "class")
-Series = tuple[str, ...]  # an identity and a class: the values of PREDICTION_LABELS
+UNREADABLE_LABELS = PREDICTION_LABELS[:4]  # an identity
+# A series /metrics has shown: its sample's name, then its label values (PREDICTION_LABELS or UNREADABLE_LABELS).
+Shown = tuple[str, ...]
+SHOWN_LABELS = {f"{PREDICTIONS_METRIC}_total": PREDICTION_LABELS, f"{UNREADABLE_METRIC}_total": UNREADABLE_LABELS}
 # A pending request: ce-source and ce-id (as CloudEvents identifies an event), then its namespace and component. The id
 # alone is no key: KServe's agent takes it from the client's own Ce-Id header, which two teams may share.
 PendingKey = tuple[str, str, str, str]
@@ -168,6 +176,10 @@ class ExporterMetrics:
         self.predictions = Counter(
             PREDICTIONS_METRIC, "Predictions by predicted class, per served model and variant.",
             PREDICTION_LABELS, registry=self.registry)
+        self.unreadable = Counter(
+            UNREADABLE_METRIC, "Answers no class could be read from (a NaN score, an unknown label, a bad tensor), per "
+            "served model and variant; the reason is in modelrollout_exporter_malformed_events_total.",
+            UNREADABLE_LABELS, registry=self.registry)
         self.events = Counter("modelrollout_exporter_events", "Logger events received, by outcome.",
                               ["outcome"], registry=self.registry)
         self.malformed = Counter("modelrollout_exporter_malformed_events", "Events dropped, by reason.",
@@ -216,7 +228,7 @@ class PredictionExporter:
         self._model_idle_seconds = model_idle_seconds
         # Prediction series /metrics has shown: one it has not is shown at 0 whatever it counted (see render()).
         # Bounded like the series, and forgotten with them.
-        self._scraped: set[Series] = set()
+        self._scraped: set[Shown] = set()
         # Requests' attributes (never their payloads) kept briefly so that a response without identity headers
         # can borrow its request's; a response that never comes must not keep its request forever.
         self._requests: OrderedDict[PendingKey, tuple[float, CloudEvent, int]] = OrderedDict()  # and its kept bytes
@@ -281,7 +293,7 @@ class PredictionExporter:
             raise MalformedEvent("UnknownEventType", f"event type {event.type[:80]!r}")
         request = self._request_of(event)
         prediction: Prediction = await run(prediction_from_event, event, query, self.options, request)
-        identity = (prediction.namespace, prediction.inference_service, prediction.variant, prediction.model_version)
+        identity = prediction.identity
         service = identity[:2]
         # As CloudEvents identifies an event (source and id), within the identity its sender reports, and its bytes.
         delivered = _digest(json.dumps([*identity, event.attributes.get("source", ""), event.id]).encode(),
@@ -290,16 +302,25 @@ class PredictionExporter:
             self.metrics.events.labels(DUPLICATE_OUTCOME).inc()
             return DUPLICATE_OUTCOME
         if self._admit(identity):
-            # Every class its service has seen, at zero: its first prediction of one then shows at the next
-            # scrape, not one later (a new series is first shown at 0, see render()).
+            # Every class its service has seen, and its unreadable answers, at zero: its first prediction of one then
+            # shows at the next scrape, not one later (a new series is first shown at 0, see render()).
             for name in self._classes(service):
                 self.metrics.predictions.labels(*identity, name)
+            self.metrics.unreadable.labels(*identity)
+        if not prediction.classes and prediction.unread:
+            # No row read (prediction_from_event returned it for its unreadable ones): counted against its model
+            # version, remembered as counted so that a redelivery counts it once, and dropped as before.
+            self.metrics.unreadable.labels(*identity).inc(prediction.unreadable)
+            self._remember_counted(delivered)
+            return self._dropped(prediction.unread[0])
         # One increment per class, not per prediction: a large batch must not hold the event loop for seconds.
         # Every class is placed before any is counted: an event refused for one (TooManySeries) counts nothing.
         named = [(self._bounded_class(service, predicted), n)
                  for predicted, n in Tally(prediction.classes).items()]
         for name, n in named:
             self.metrics.predictions.labels(*identity, name).inc(n)
+        if prediction.unreadable:
+            self.metrics.unreadable.labels(*identity).inc(prediction.unreadable)
         self._remember_counted(delivered)  # only once counted: a refused event's retry may still count
         self.metrics.events.labels("counted").inc()
         # Each row not read is dropped alone (the golden gate loses only that sample), counted by its reason.
@@ -377,8 +398,8 @@ class PredictionExporter:
                                                    f"namespace {namespace[:63]!r}")
         if sum(len(models) for models in self._seen.values()) >= self._max_total_models:
             return MalformedEvent("TooManyModels", f"already counting {self._max_total_models} model versions")
-        # A new identity gets a series for each class its service has seen.
-        return self._series_refusal(namespace, self._width(identity[:2]))
+        # A new identity gets a series for each class its service has seen, and one for its unreadable answers.
+        return self._series_refusal(namespace, self._width(identity[:2]) + 1)
 
     def _width(self, service: Service) -> int:
         """Classes the service has seen: a series for each of its identities."""
@@ -387,8 +408,8 @@ class PredictionExporter:
 
     def _series(self, namespace: str | None = None) -> int:
         """Prediction series in all (or in one namespace): every identity has one for each class its inference
-        service has seen."""
-        return sum(self._width(identity[:2]) for name, seen in self._seen.items()
+        service has seen, and one for its unreadable answers."""
+        return sum(self._width(identity[:2]) + 1 for name, seen in self._seen.items()
                    if namespace is None or name == namespace for identity in seen)
 
     def _series_refusal(self, namespace: str, more: int) -> MalformedEvent | None:
@@ -408,7 +429,10 @@ class PredictionExporter:
                 service = identity[:2]
                 for name in {*self.options.class_names, *self._known_classes.get(service, ()), OTHER_CLASS}:
                     self.metrics.predictions.remove(*identity, name)
-                    self._scraped.discard((*identity, name))  # one that comes back is shown at 0 first again
+                    # One that comes back is shown at 0 first again.
+                    self._scraped.discard((f"{PREDICTIONS_METRIC}_total", *identity, name))
+                self.metrics.unreadable.remove(*identity)
+                self._scraped.discard((f"{UNREADABLE_METRIC}_total", *identity))
                 if not any(other[1] == service[1] for other in seen):  # the service's class budget is free again
                     self._known_classes.pop(service, None)
             if not seen:  # the namespace's place is free again
@@ -476,9 +500,8 @@ class PredictionExporter:
         marks nothing; two renders at once both show 0. Another Prometheus scraping the same exporter (an HA
         pair) may still see a series first at n, after this one's scrape showed it at 0.
         """
-        shown: set[Series] = set()
+        shown: set[Shown] = set()
         held_back = False
-        predictions_total = f"{PREDICTIONS_METRIC}_total"
 
         def first_at_zero(family: Metric) -> list[Sample]:
             nonlocal held_back
@@ -486,8 +509,8 @@ class PredictionExporter:
             for sample in family.samples:
                 if sample.name == f"{family.name}_created":  # a time per series: twice the text, read by no judge
                     continue
-                if sample.name == predictions_total:
-                    series = tuple(sample.labels[n] for n in PREDICTION_LABELS)
+                if (labels := SHOWN_LABELS.get(sample.name)) is not None:
+                    series = (sample.name, *(sample.labels[n] for n in labels))
                     shown.add(series)
                     if series not in self._scraped:
                         held_back = held_back or sample.value > 0

@@ -323,13 +323,15 @@ def test_a_deeply_nested_tensor_is_read_without_recursion() -> None:
     assert predicted_classes(body, NAMES) == ("nsfw",)
 
 
-@pytest.mark.parametrize(("headers", "body"), [
-    (kserve_headers(inferenceservicename="nsfw\udcff"), {"predictions": [1]}),  # raw byte in a header
-    (kserve_headers(), {"predictions": ["\ud800"]}),  # a lone surrogate from JSON
-    (kserve_headers(), {"predictions": ["n" * 254]}),
-    (kserve_headers(namespace="m" * 254), {"predictions": [1]}),
+@pytest.mark.parametrize(("headers", "body", "unreadable"), [
+    (kserve_headers(inferenceservicename="nsfw\udcff"), {"predictions": [1]}, None),  # raw byte in a header
+    # A row's class that is no label text is the model's answer: its model version counts it as unreadable (s31).
+    (kserve_headers(), {"predictions": ["\ud800"]}, 1.0),  # a lone surrogate from JSON
+    (kserve_headers(), {"predictions": ["n" * 254]}, 1.0),
+    (kserve_headers(namespace="m" * 254), {"predictions": [1]}, None),
 ])
-def test_a_label_that_is_not_short_valid_text_is_dropped_and_metrics_still_render(headers: dict, body: dict) -> None:
+def test_a_label_that_is_not_short_valid_text_is_dropped_and_metrics_still_render(
+        headers: dict, body: dict, unreadable: float | None) -> None:
     exporter = PredictionExporter(NAMES)
     assert exporter.handle(kserve_headers(), json.dumps({"predictions": [0]}).encode(), "variant=stable") == "counted"
     raw = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
@@ -337,7 +339,10 @@ def test_a_label_that_is_not_short_valid_text_is_dropped_and_metrics_still_rende
     assert exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
                                                       {"reason": "BadLabel"}) == 1
     exposition = generate_latest(exporter.metrics.registry).decode()
-    assert 'class="safe"' in exposition and 'variant="canary"' not in exposition
+    assert 'class="safe"' in exposition and "n" * 254 not in exposition and "m" * 254 not in exposition
+    assert exporter.metrics.registry.get_sample_value("modelrollout_unreadable_predictions_total", {
+        "namespace": "moderation", "inference_service": "nsfw", "variant": "canary",
+        "model_version": "unknown"}) == unreadable
 
 
 def test_a_pending_request_keeps_only_the_attributes_a_response_borrows() -> None:

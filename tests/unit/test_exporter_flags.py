@@ -44,9 +44,9 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     # A small cluster: the namespace share follows --max-series down, a quarter of it.
     (["--max-series", "1000", "--max-pending-bytes", "2097152", "--body-read-slots", "2", "--max-connections", "8"],
      (1000, 250, 2 << 20, 2, 8)),
-    # The least that holds two back-to-back rollouts' 5 model versions of the 2 classes in one namespace (see the
-    # refusal below).
-    (["--max-series", "40"], (40, 10, MAX_PENDING_BYTES, BODY_READ_SLOTS, MAX_CONNECTIONS)),
+    # The least that holds two back-to-back rollouts' 5 model versions of the 2 classes and their unreadable answers
+    # in one namespace (see the refusal below).
+    (["--max-series", "60"], (60, 15, MAX_PENDING_BYTES, BODY_READ_SLOTS, MAX_CONNECTIONS)),
 ])
 def test_exporter_run_passes_its_bounds_to_the_exporter(flags: list[str], bounds: tuple[int, ...],
                                                         built: list[dict[str, Any]]) -> None:
@@ -156,13 +156,16 @@ def many_classes(count: int) -> str:
 
 @pytest.mark.parametrize(("classes", "flags", "needed"), [
     # 1000 classes: a namespace's default share (1536) held one model version, so every canary was TooManySeries.
-    (1000, [], ("5000 in one namespace", "--max-series to at least 20000", "--max-namespace-series to at least 5000")),
-    # 600: stable and canary fit (1200), the promoted version (1800) did not.
-    (600, [], ("3000 in one namespace", "--max-series to at least 12000", "--max-namespace-series to at least 3000")),
-    # 512: one rollout fits the default share (1536) exactly; the next one within a day's canary did not (s30r2b).
-    (512, [], ("2560 in one namespace", "--max-series to at least 10240", "--max-namespace-series to at least 2560")),
-    (1000, ["--max-series", "20000", "--max-namespace-series", "4999"],
-     ("5000 in one namespace", "--max-namespace-series is 4999: set it to at least 5000")),
+    # Each version's classes and its unreadable answers (s31): 1001 series.
+    (1000, [], ("5005 in one namespace", "--max-series to at least 20020", "--max-namespace-series to at least 5005")),
+    # 600: stable and canary fit (1202), the promoted version (1803) did not.
+    (600, [], ("3005 in one namespace", "--max-series to at least 12020", "--max-namespace-series to at least 3005")),
+    # 512: one rollout fits the default share (1536); the next one within a day's canary did not (s30r2b).
+    (512, [], ("2565 in one namespace", "--max-series to at least 10260", "--max-namespace-series to at least 2565")),
+    (1000, ["--max-series", "20020", "--max-namespace-series", "5004"],
+     ("5005 in one namespace", "--max-namespace-series is 5004: set it to at least 5005")),
+    # Two classes and the unreadable series, 5 times: 15, over a quarter of 56 (s31: 10 was enough before).
+    (2, ["--max-series", "56"], ("15 in one namespace", "--max-series to at least 60")),
 ])
 def test_exporter_run_refuses_classes_a_rollout_cannot_be_counted_in(
         classes: int, flags: list[str], needed: tuple[str, ...], built: list[dict[str, Any]],
@@ -176,7 +179,8 @@ def test_exporter_run_refuses_classes_a_rollout_cannot_be_counted_in(
         main(["exporter", "run", "--port", "0", "--class-names", many_classes(classes), *flags])
     said = " ".join(str(exited.value.code).split())
     assert said.startswith(f"error: --class-names lists {classes} classes: two back-to-back rollouts' 5 model "
-                           "versions (stable, each canary and each promoted one, kept until idle for 24 h)"), said
+                           "versions (stable, each canary and each promoted one, kept until idle for 24 h) need a "
+                           "series per class and one for unreadable answers"), said
     for words in needed:
         assert words in said, said
     assert "memory limit" in said
@@ -184,14 +188,14 @@ def test_exporter_run_refuses_classes_a_rollout_cannot_be_counted_in(
 
 
 def test_exporter_run_counts_many_classes_with_bounds_that_hold_them(built: list[dict[str, Any]]) -> None:
-    assert main(["exporter", "run", "--port", "0", "--class-names", many_classes(1000), "--max-series", "20000"]) == 0
+    assert main(["exporter", "run", "--port", "0", "--class-names", many_classes(1000), "--max-series", "20020"]) == 0
     assert main(["exporter", "run", "--port", "0", "--class-names", many_classes(1000),
-                 "--max-series", "5000", "--max-namespace-series", "5000"]) == 0
-    assert [(call["max_total_series"], call["max_namespace_series"]) for call in built] == [(20000, 5000), (5000, 5000)]
+                 "--max-series", "5005", "--max-namespace-series", "5005"]) == 0
+    assert [(call["max_total_series"], call["max_namespace_series"]) for call in built] == [(20020, 5005), (5005, 5005)]
     # At the bound, a second rollout the same day is counted (review s30r2b LOW 3): stable, canary, the canary
     # promoted, then the next canary and its promotion, while the first's versions keep their places (idle < 24 h).
     exporter = server.PredictionExporter(DecodeOptions(tuple(f"c{i}" for i in range(1000))),
-                                         max_total_series=5000, max_namespace_series=5000)
+                                         max_total_series=5005, max_namespace_series=5005)
     row = [0.0] * 1000
     row[3] = 1.0
     headers = {"Ce-Id": "e", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
@@ -210,15 +214,19 @@ def test_the_chart_refuses_classes_a_namespace_share_cannot_hold() -> None:
     names = "{" + many_classes(1000) + "}"
     result = run_tool("helm", "template", RELEASE, str(CHART), "--set", f"exporter.classNames={names}")
     assert result.returncode != 0
-    assert ("exporter.classNames lists 1000 classes: two back-to-back rollouts' 5 model versions need 5000 series in "
-            "one namespace, over the namespace share of 1536") in result.stderr, result.stderr
+    assert ("exporter.classNames lists 1000 classes: two back-to-back rollouts' 5 model versions need a series per "
+            "class and one for unreadable answers, 5005 series in one namespace, over the namespace share of 1536"
+            ) in result.stderr, result.stderr
     # 512 classes fill the default share with one rollout's 3 versions: the next rollout's would not fit.
     result = run_tool("helm", "template", RELEASE, str(CHART), "--set", f"exporter.classNames={{{many_classes(512)}}}")
-    assert result.returncode != 0 and "need 2560 series in one namespace" in result.stderr, result.stderr
-    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=20000")
-    assert args[args.index("--max-series") + 1] == "20000"
-    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=5000",
-                         "--set", "exporter.maxNamespaceSeries=5000")
-    assert args[args.index("--max-namespace-series") + 1] == "5000"
-    args = exporter_args("--set", f"exporter.classNames={{{many_classes(307)}}}")  # 5 x 307 = 1535: the default holds
+    assert result.returncode != 0 and "2565 series in one namespace" in result.stderr, result.stderr
+    # 307 classes held before the unreadable series (5 x 307 = 1535); 5 x 308 = 1540 no longer does (s31).
+    result = run_tool("helm", "template", RELEASE, str(CHART), "--set", f"exporter.classNames={{{many_classes(307)}}}")
+    assert result.returncode != 0 and "1540 series in one namespace" in result.stderr, result.stderr
+    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=20020")
+    assert args[args.index("--max-series") + 1] == "20020"
+    args = exporter_args("--set", f"exporter.classNames={names}", "--set", "exporter.maxSeries=5005",
+                         "--set", "exporter.maxNamespaceSeries=5005")
+    assert args[args.index("--max-namespace-series") + 1] == "5005"
+    args = exporter_args("--set", f"exporter.classNames={{{many_classes(306)}}}")  # 5 x 307 = 1535: the default holds
     assert args[args.index("--class-names") + 1].startswith("c0,c1,")

@@ -15,7 +15,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.exporter.events import MAX_LABEL_LENGTH, DecodeOptions
-from controller.exporter.server import MAX_NAMESPACE_SERIES, MAX_TOTAL_SERIES, PREDICTIONS_METRIC, PredictionExporter
+from controller.exporter.server import (
+    MAX_NAMESPACE_SERIES,
+    MAX_TOTAL_SERIES,
+    PREDICTIONS_METRIC,
+    UNREADABLE_METRIC,
+    PredictionExporter,
+)
 
 RENDER_BUDGET = 64 * 1024 * 1024
 
@@ -52,13 +58,13 @@ def send(exporter: PredictionExporter, namespace: int, version: int, classes: li
 
 
 def fill(exporter: PredictionExporter) -> None:
-    """Four namespaces, each 64 classes (the per-namespace cap) for 24 model versions: each its share, and
+    """Four namespaces, each 63 classes and an unreadable series for 24 model versions: each its share, and
     MAX_TOTAL_SERIES in all."""
-    classes = [label(f"c{c}-") for c in range(64)]
+    classes = [label(f"c{c}-") for c in range(63)]
     outcomes = [send(exporter, namespace, version, classes) for namespace in range(4) for version in range(24)]
     assert outcomes == ["counted"] * 96
-    assert exporter._series(label("ns0-")) == MAX_NAMESPACE_SERIES == 24 * 64
-    assert exporter._series() == MAX_TOTAL_SERIES == 4 * 24 * 64
+    assert exporter._series(label("ns0-")) == MAX_NAMESPACE_SERIES == 24 * (63 + 1)
+    assert exporter._series() == MAX_TOTAL_SERIES == 4 * 24 * (63 + 1)
 
 
 def test_a_render_at_every_bound_with_the_longest_labels_stays_within_budget() -> None:
@@ -75,22 +81,25 @@ def test_a_render_at_every_bound_with_the_longest_labels_stays_within_budget() -
     assert peak < RENDER_BUDGET, (peak, len(body))
     text = body.decode()
     assert "_created" not in text  # a creation time for each series would double the text
-    (predictions,) = [f for f in text_string_to_metric_families(text) if f.name == PREDICTIONS_METRIC]
-    assert len(predictions.samples) == MAX_TOTAL_SERIES and {s.value for s in predictions.samples} == {1.0}
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    predictions, unreadable = families[PREDICTIONS_METRIC], families[UNREADABLE_METRIC]
+    assert len(predictions.samples) == 4 * 24 * 63 and {s.value for s in predictions.samples} == {1.0}
+    assert len(predictions.samples) + len(unreadable.samples) == MAX_TOTAL_SERIES
     assert text.count(f"# TYPE {PREDICTIONS_METRIC}_total ") == 1  # rendered in chunks, introduced once
 
 
 def test_the_series_bound_refuses_the_next_identity_and_the_next_class() -> None:
-    exporter = PredictionExporter(DecodeOptions(), max_total_series=6, max_namespace_series=6)
+    # Each identity has a series per class and one for its unreadable answers.
+    exporter = PredictionExporter(DecodeOptions(), max_total_series=9, max_namespace_series=9)
     assert send(exporter, 0, 1, ["safe", "nsfw"], "svc") == "counted"
-    assert send(exporter, 0, 2, ["safe"], "svc") == "counted"  # and nsfw at 0: 4 series
-    assert send(exporter, 1, 1, ["safe", "nsfw"], "svc") == "counted"  # 6
-    assert send(exporter, 0, 3, ["safe"], "svc") == "malformed"  # a version would bring two
+    assert send(exporter, 0, 2, ["safe"], "svc") == "counted"  # and nsfw at 0: 6 series
+    assert send(exporter, 1, 1, ["safe", "nsfw"], "svc") == "counted"  # 9
+    assert send(exporter, 0, 3, ["safe"], "svc") == "malformed"  # a version would bring three
     assert send(exporter, 0, 1, ["safe", "suggestive"], "svc") == "malformed"  # a class, one per version
     assert send(exporter, 0, 1, ["safe", "nsfw"], "svc") == "counted"  # known series: counted
     registry = exporter.metrics.registry
     assert registry.get_sample_value("modelrollout_exporter_malformed_events_total", {"reason": "TooManySeries"}) == 2
-    assert exporter._series() == 6
+    assert exporter._series() == 9
     # The refused event counted nothing, not even its known class.
     assert registry.get_sample_value("modelrollout_predictions_total", {
         "namespace": label("ns0-"), "inference_service": "svc", "variant": "canary",
@@ -99,7 +108,7 @@ def test_the_series_bound_refuses_the_next_identity_and_the_next_class() -> None
 
 def test_idle_identities_give_their_series_to_a_new_one() -> None:
     now = [0.0]
-    exporter = PredictionExporter(DecodeOptions(("safe", "nsfw")), max_total_series=4, max_namespace_series=4,
+    exporter = PredictionExporter(DecodeOptions(("safe", "nsfw")), max_total_series=6, max_namespace_series=6,
                                   model_idle_seconds=100,
                                   clock=lambda: now[0])
     assert [send(exporter, 0, v, ["nsfw"], "svc") for v in (1, 2, 3)] == ["counted", "counted", "malformed"]
@@ -112,24 +121,24 @@ def test_idle_identities_give_their_series_to_a_new_one() -> None:
 
 def test_one_namespace_cannot_take_every_series() -> None:
     """A team's flood of versions stops at its share; another team's first version is still counted."""
-    exporter = PredictionExporter(DecodeOptions(("safe", "nsfw")), max_total_series=8, max_namespace_series=4)
+    exporter = PredictionExporter(DecodeOptions(("safe", "nsfw")), max_total_series=12, max_namespace_series=6)
     assert [send(exporter, 0, v, ["nsfw"], "svc") for v in (1, 2, 3)] == ["counted", "counted", "malformed"]
     assert send(exporter, 0, 1, ["suggestive"], "svc") == "malformed"  # a class would add one per version
     assert send(exporter, 1, 1, ["nsfw"], "svc") == "counted"
-    assert (exporter._series(label("ns0-")), exporter._series()) == (4, 6)
+    assert (exporter._series(label("ns0-")), exporter._series()) == (6, 9)
 
 
 def test_classes_are_shared_within_an_inference_service_not_a_namespace() -> None:
-    """48 teams each serving 4 models of their own 8 labels: 1536 series, not 4x as many zero ones for classes the
-    other services predict; a 49th team's stable and canary are still counted."""
+    """48 teams each serving 4 models of their own 8 labels (and an unreadable series each): 1728 series, not 4x as
+    many zero ones for classes the other services predict; a 49th team's stable and canary are still counted."""
     exporter = PredictionExporter(DecodeOptions())
     outcomes = [send(exporter, namespace, 3, [f"{service}-label-{c}" for c in range(8)], f"model-{service}")
                 for namespace in range(48) for service in range(4)]
     assert outcomes == ["counted"] * 192
-    assert exporter._series() == 48 * 4 * 8
+    assert exporter._series() == 48 * 4 * (8 + 1)
     assert send(exporter, 49, 6, ["safe"], "nsfw") == "counted"
     assert send(exporter, 49, 7, ["nsfw"], "nsfw") == "counted"  # and safe at 0 for it, nsfw at 0 for 6
-    assert exporter._series(label("ns49-")) == 4
+    assert exporter._series(label("ns49-")) == 2 * (2 + 1)
     assert not exporter.metrics.registry.get_sample_value("modelrollout_exporter_malformed_events_total",
                                                           {"reason": "TooManySeries"})
     text = exporter.render().decode()
@@ -146,7 +155,7 @@ def test_an_idle_service_forgets_its_classes_and_the_others_keep_theirs() -> Non
     now[0] = 120.0
     exporter._evict_idle(now[0])
     assert set(exporter._known_classes) == {(label("ns0-"), "kept")}
-    assert exporter._series() == 1
+    assert exporter._series() == 1 + 1  # safe, and its unreadable answers
     assert "old" not in exporter.render().decode()  # nor its series
 
 

@@ -126,7 +126,7 @@ def test_large_bodies_read_one_after_another_each_get_a_slot() -> None:
 # V17: a new class at the series bound makes room by evicting idle identities, as a new identity does.
 def test_a_new_class_at_the_series_bound_evicts_idle_identities() -> None:
     now = [0.0]
-    exporter = PredictionExporter(DecodeOptions(), max_total_series=4, max_namespace_series=4,
+    exporter = PredictionExporter(DecodeOptions(), max_total_series=6, max_namespace_series=6,
                                   model_idle_seconds=10, clock=lambda: now[0])
     headers = {"Ce-Id": "e", "Ce-Type": "org.kubeflow.serving.inference.response", "Ce-Specversion": "1.0",
                "Ce-Namespace": "moderation", "Content-Type": "application/json"}
@@ -136,7 +136,7 @@ def test_a_new_class_at_the_series_bound_evicts_idle_identities() -> None:
                                json.dumps({"predictions": classes}).encode(), "model_version=1")
 
     assert post("idle", ["a"]) == "counted"
-    assert post("busy", ["a", "b", "c"]) == "counted"  # 4 series: the bound
+    assert post("busy", ["a", "b", "c"]) == "counted"  # 6 series (and each its unreadable series): the bound
     now[0] = 100.0  # "idle" has been silent for 100 s
     assert post("busy", ["d"]) == "counted"
 
