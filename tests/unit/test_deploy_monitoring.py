@@ -37,7 +37,8 @@ OPERATOR_METRICS = {"modelrollout_rollouts", "modelrollout_rollbacks_total", "mo
                     "modelrollout_time_to_recover_seconds_bucket", "modelrollout_reconcile_errors_total",
                     "modelrollout_canary_weight", "modelrollout_status_writes_refused_total",
                     "modelrollout_kube_api_last_success_timestamp_seconds", "modelrollout_kube_api_failures_total"}
-EXPORTER_METRICS = {"modelrollout_predictions_total", "modelrollout_exporter_malformed_events_total"}
+EXPORTER_METRICS = {"modelrollout_predictions_total", "modelrollout_unreadable_predictions_total",
+                    "modelrollout_exporter_malformed_events_total"}
 # Labels Prometheus puts on every scraped series: job and instance, and the Prometheus Operator's target labels
 # (its `namespace` loses to the series' own where one has it: honorLabels).
 TARGET_LABELS = {"job", "instance", "namespace", "service", "pod", "container", "endpoint"}
@@ -178,6 +179,7 @@ def metric_labels() -> dict[str, set[str]]:
     """Label names of each series, from the exporter's and the operator's real registries."""
     exporter = ExporterMetrics()
     exporter.predictions.labels("moderation", "nsfw-classifier", "", "7", "nsfw").inc()
+    exporter.unreadable.labels("moderation", "nsfw-classifier", "", "7").inc()
     exporter.malformed.labels("NoClassNames").inc()
     operator = OperatorMetrics()
     operator.observe({"metadata": {"namespace": "moderation", "name": "nsfw-classifier"},
@@ -338,6 +340,9 @@ def test_dashboard_shows_what_the_on_call_needs() -> None:
     for title in ("Class rate per model version", "Class share per model version"):
         assert "model_version, class)" in by_title[title]["targets"][0]["expr"], title
     assert any("modelrollout_canary_weight" in t["expr"] for t in by_title["Canary weight"]["targets"])
+    # Unreadable answers per model version, as a share of all its answers (readable or not).
+    unreadable = by_title["Unreadable answers per model version"]["targets"][0]["expr"]
+    assert unreadable.count("modelrollout_unreadable_predictions_total") == 2 and "model_version)" in unreadable
     assert "modelrollout_rollbacks_total" in by_title["Rollbacks"]["targets"][0]["expr"]
     # Every query goes to the datasource the viewer picks, not to a UID from someone's Grafana.
     for panel in panels:
