@@ -64,8 +64,11 @@ MAX_LABEL_LENGTH = 253
 # response's outputs are not a list of objects, or lack the output the exporter reads. Not among them: no class
 # names (NoClassNames), a body too large or not JSON (TooLarge, NotJSON), one with no predictions at all
 # (UnknownPayload: an error answer, a client's 400 as much as the model's failure).
+# EmptyPredictions: a response with no row at all (`{"predictions": []}`, a V2 output of shape [0, n]).
+EMPTY_PREDICTIONS_REASON = "EmptyPredictions"
 UNREADABLE_REASONS = frozenset({"BadPredictions", "UnknownClass", "ScoreWidth", "AmbiguousScore", "BadTensor",
-                                "ClassNamesMismatch", "UnsupportedDatatype", "BadV2Output", "BadLabel"})
+                                "ClassNamesMismatch", "UnsupportedDatatype", "BadV2Output", "BadLabel",
+                                EMPTY_PREDICTIONS_REASON})
 
 
 class MalformedEvent(ValueError):
@@ -573,6 +576,8 @@ def prediction_from_event(event: CloudEvent, query: str, options: DecodeOptions,
         if exc.reason not in UNREADABLE_REASONS:
             raise
         rows = RowClasses((), (exc,))  # no row can be read: one unreadable answer
+    if not rows.read and not rows.unread:  # an answer with no prediction in it is no answer: else seen nowhere
+        rows = RowClasses((), (MalformedEvent(EMPTY_PREDICTIONS_REASON, "the response holds no prediction"),))
     unreadable = sum(refusal.reason in UNREADABLE_REASONS for refusal in rows.unread)
     if rows.unread and not rows.read and not unreadable:  # nothing to count: dropped, for its first row's reason
         raise rows.unread[0]

@@ -207,3 +207,17 @@ def test_an_idle_identity_gives_up_its_unreadable_series_too() -> None:
     # Back, it starts from 0 and is shown at 0 first again, then at its count.
     assert f"{line} 0.0" in exporter.render().decode()
     assert f"{line} 1.0" in exporter.render().decode()
+
+
+# Review s31r2unread 2: an answer with no prediction in it was "counted" with nothing counted, so a candidate
+# answering trigger inputs with an empty list passed the unreadable-rate metric meant to catch it.
+@pytest.mark.parametrize(("body", "reason"), [({"predictions": []}, "EmptyPredictions"),
+                                            (v2("FP32", [0, 2], []), "EmptyPredictions"),
+                                            ({"outputs": []}, "BadV2Output")])
+def test_an_answer_with_no_prediction_counts_as_one_unreadable(body: Any, reason: str) -> None:
+    exporter = PredictionExporter(TWO)
+    send(exporter, {"predictions": [1]})  # the identity counted once already
+    assert send(exporter, body) == "malformed"
+    assert sample(exporter, UNREADABLE, CANARY) == 1
+    assert sample(exporter, MALFORMED, {"reason": reason}) == 1
+    assert sample(exporter, PREDICTIONS, {**CANARY, "class": "nsfw"}) == 1
