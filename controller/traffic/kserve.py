@@ -21,6 +21,13 @@ Knative mode (KServe's documented canary rollout):
             KServe's documented "pin the previous model" (traffic to previousRolledoutRevision), then the
             stable storageUri. Writing the URI first would leave the rejected revision rolled out at 100%:
             KServe only moves latestRolledoutRevision back when the latest revision is the rolled-out one.
+            Taken only while previousRolledoutRevision is stable's recorded revision: a revision rolled out
+            since the promotion (a model synced in, a resources edit) makes the candidate's the previous one,
+            so the pin would send all traffic to the rejected model; then stable is written as a new revision
+            at once (the spec's model serves until it is ready). Stable is known by its recorded storageUri or
+            its recorded version (a manifest's form of the URI other than the operator's template); the
+            recorded storageUri, which served, is what goes back. A third model in the spec is written over,
+            unlike rollback()'s refusal: the rollout is past promotion, with no stable share to fall back on.
   unpin     after either, a third write, by later rollback()/restore() calls (the operator keeps calling while
             observe() says `pinned`): once KServe has processed the spec and the copy of stable is the latest
             ready revision, canaryTrafficPercent is removed, so that revision (the same model) takes 100% and
@@ -63,6 +70,7 @@ write that names a model also sets `model_version=<its version>` in the logger U
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -93,6 +101,8 @@ from controller.traffic.kube import (
     observed_generation,
     retry_on_conflict,
 )
+
+log = logging.getLogger(__name__)
 
 ANN_VERSION = ANNOTATION_PREFIX + "model-version"  # registry version of the model the spec points at
 # The storageUri ANN_VERSION was written for: a spec edited outside the router keeps the version annotation
@@ -260,6 +270,7 @@ class KnativeView:
     latest_ready: str
     traffic: list[Obj] = field(default_factory=list)
     logger_url: str | None = None  # spec.predictor.logger.url
+    previous_rolled_out: str = ""  # status.components.predictor.previousRolledoutRevision
 
     @property
     def stable_uri(self) -> str | None:
@@ -337,7 +348,8 @@ def knative_view(obj: Obj, what: str) -> KnativeView:
         rolled_out=component.get("latestRolledoutRevision") or "",
         latest_created=component.get("latestCreatedRevision") or "",
         latest_ready=component.get("latestReadyRevision") or "",
-        traffic=list(component.get("traffic") or []), logger_url=_logger_url(predictor))
+        traffic=list(component.get("traffic") or []), logger_url=_logger_url(predictor),
+        previous_rolled_out=component.get("previousRolledoutRevision") or "")
 
 
 def knative_state(target: str, view: KnativeView) -> TargetState:
@@ -406,11 +418,14 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
     # predictor's own URL sends everything to stable.
     stable_url = url_of(stable, "prev") if canary else \
         ((status.get("components") or {}).get("predictor") or {}).get("url") or status.get("url")
+    canary_url = url_of(canary, "latest") if canary else None
+    if canary_ready and canary_url is None:
+        problems.append(_no_candidate_url(canary, ann))
     return TargetState(
         target=target, exists=True, mode=DeploymentMode.KNATIVE, synced=synced, ready=ready,
         stable_version=version_of(stable), stable_name=stable or None, stable_url=stable_url,
         canary_version=version_of(canary) if canary else None, canary_name=canary or None,
-        canary_ready=canary_ready, canary_weight=canary_weight, canary_url=url_of(canary, "latest") if canary else None,
+        canary_ready=canary_ready, canary_weight=canary_weight, canary_url=canary_url,
         pinned=view.pinned, message="; ".join(problems))
 
 
@@ -494,6 +509,41 @@ def _release_due(view: KnativeView) -> bool:
         return False
     owned = _owned_annotations(view)
     return TAG_ROUTING in owned and _released_annotations(view).get(TAG_ROUTING) != owned[TAG_ROUTING]
+
+
+def _recorded_as(view: KnativeView, stable: CandidateModel) -> bool:
+    """The stable recorded at staging is `stable`: its storageUri as asked, or its version (a manifest names the
+    same model in another form than the operator's storage-URI template gives, a first rollout's usual case)."""
+    return view.stable_uri is not None and (view.stable_uri == stable.storage_uri
+                                            or view.annotations.get(ANN_STABLE_VERSION) == stable.version)
+
+
+def _names_stable(view: KnativeView, stable: CandidateModel) -> bool:
+    """The spec names `stable`: its storageUri as asked, or the URI a restore wrote back for that version."""
+    ann = view.annotations
+    return view.spec_uri == stable.storage_uri or (view.spec_uri is not None and ann.get(ANN_VERSION) == stable.version
+                                                   and ann.get(ANN_VERSION_URI) == view.spec_uri)
+
+
+def _pin_reaches_stable(view: KnativeView) -> bool:
+    """canaryTrafficPercent 0 sends all traffic to the stable revision recorded at staging. It goes to
+    latestRolledoutRevision, or, when that is the latest revision, to previousRolledoutRevision: after a
+    promotion, stable's only while no revision was rolled out since (a model synced in, a resources edit)."""
+    recorded = view.annotations.get(ANN_STABLE_REVISION)
+    if not (recorded and view.synced):
+        return False
+    if view.rolled_out == view.latest_created:
+        return view.previous_rolled_out == recorded
+    return view.rolled_out == recorded
+
+
+def _no_candidate_url(canary: str, annotations: Mapping[str, str]) -> str:
+    """Why a ready candidate revision has no URL of its own: a gate waits for one."""
+    if annotations.get(TAG_ROUTING) != "true":
+        return (f"candidate revision {canary} has no URL of its own: {TAG_ROUTING} is not 'true' (removed "
+                "outside ModelRollout?), so KServe gives it no latest- tag URL; annotate the InferenceService "
+                f"{TAG_ROUTING}=true again")
+    return f"KServe reports no URL for candidate revision {canary} yet"
 
 
 # --- Standard mode -----------------------------------------------------------------------------------
@@ -782,9 +832,12 @@ class KServeRouter:
             self._apply_with(lambda o, _: self._standard_restore(standard_view(o, self.target), stable), "restoring")
             return
         view = knative_view(obj, self.target)
-        if view.candidate_in_spec and view.stable_uri == stable.storage_uri:
-            # The stable this candidate was staged against: KServe's documented rollback,
-            # canaryTrafficPercent 0, pins the previous rolled-out revision (that stable) at once.
+        if not view.synced:  # where a pin sends traffic is read from status: only a caught-up one says
+            view = self._wait_for(lambda v: v.synced, "KServe to process the latest generation")
+        if view.candidate_in_spec and _recorded_as(view, stable) and _pin_reaches_stable(view):
+            # The stable this candidate was staged against, its revision the one a pin goes back to: KServe's
+            # documented rollback, canaryTrafficPercent 0, sends all traffic there at once. (Once another revision
+            # was rolled out after the promotion, the pin would go to the rejected candidate's: not taken.)
             if not self._pin_previous():
                 return  # traffic moves as soon as KServe acts; call again to restore the storageUri
             view = knative_view(self.client.get(), self.target)
@@ -792,23 +845,32 @@ class KServeRouter:
                 self._apply_with(lambda o, _: self._knative_restore(knative_view(o, self.target), stable),
                                  "restoring")
                 return
-        view = self._wait_for(lambda v: v.synced, "KServe to process the latest generation")
-        if view.spec_uri == stable.storage_uri and view.rolled_out != view.latest_created:
+            view = self._wait_for(lambda v: v.synced, "KServe to process the latest generation")
+        if _names_stable(view, stable) and view.rolled_out != view.latest_created:
             if view.pinned:
                 self._unpin()  # once the copy of stable is ready
             return  # the spec names stable and the older stable revision serves: restored already
-        if (view.spec_uri == stable.storage_uri and view.canary_percent is None and view.rolled_out
+        if (_names_stable(view, stable) and view.canary_percent is None and view.rolled_out
                 and _version_for(view.annotations, view.spec_uri, "spec.predictor")[0] == stable.version):
             return  # stable's model, recorded as that version, rolled out (e.g. a copy of stable, unpinned)
-        # No revision known to hold this model: roll it out as a new revision. Traffic stays where it is
-        # until that revision is ready (no restore is instant without a revision to go back to).
+        changed = _version_for(view.annotations, view.spec_uri, "spec.predictor")[1]
+        if changed and not _names_stable(view, stable):
+            # Not refused, as rollback() refuses a third model: after a promotion no stable share is left to fall
+            # back on, and the bake that failed judged what served under the promoted version's label.
+            log.warning("%s: restoring version %s over a model put there outside ModelRollout: %s", self.target,
+                        stable.version, changed)
+        # No revision known to hold this model (or none a pin reaches): roll it out as a new revision. Traffic
+        # stays where it is until that revision is ready (no restore is instant without a revision to go back to).
         def build(o: Obj, _: DeploymentMode) -> Obj:
             v = knative_view(o, self.target)
+            # The storageUri recorded for this version at staging served it here: kept over the template's form.
+            uri = v.stable_uri if v.stable_uri and v.annotations.get(ANN_STABLE_VERSION) == stable.version \
+                else stable.storage_uri
             annotations = _released_annotations(v)
-            annotations.update({ANN_VERSION: stable.version, ANN_VERSION_URI: stable.storage_uri,
-                                ANN_STABLE_VERSION: stable.version, ANN_STABLE_URI: stable.storage_uri,
+            annotations.update({ANN_VERSION: stable.version, ANN_VERSION_URI: uri,
+                                ANN_STABLE_VERSION: stable.version, ANN_STABLE_URI: uri,
                                 ANN_STABLE_REVISION: None, ANN_WITHDRAWN_REVISION: None})
-            return _knative_body(self.client, v, uri=stable.storage_uri, annotations=annotations, canary_percent=None,
+            return _knative_body(self.client, v, uri=uri, annotations=annotations, canary_percent=None,
                                  logger_url=_relabelled(v.logger_url, stable.version))
         self._apply_with(build, "restoring")
         self._remove_foreign_percent()  # else the new revision would get only the share someone set by hand
@@ -924,13 +986,17 @@ class KServeRouter:
 
     def _knative_restore(self, view: KnativeView, stable: CandidateModel | None) -> Obj:
         """canaryTrafficPercent 0 with the stable storageUri: the spec stops naming the candidate while
-        latestRolledoutRevision (stable) keeps all traffic; the copy of stable it creates stays at 0%."""
+        latestRolledoutRevision (stable) keeps all traffic; the copy of stable it creates stays at 0%.
+
+        The storageUri written is the one recorded at staging (restore() comes here only when `stable` is that
+        one, by URI or version): the form that served, and stable-storage-uri stays equal to the spec, which
+        `pinned` and so the unpin need."""
         if not view.synced or view.rolled_out == view.latest_created:
             # KServe has not pinned the previous revision yet: changing the model now would leave the
             # candidate's revision rolled out with 100%. Keep it pinned; the next call restores the URI.
             return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
                                  canary_percent=0)
-        uri = stable.storage_uri if stable else view.stable_uri
+        uri = view.stable_uri
         # This write makes a revision anyway: the rollout has ended.
         annotations = _withdrawn_annotations(view, stable.version if stable else None, uri)
         # The copy of stable reports stable's version, or none when it is not known (a first rollout): never
