@@ -85,21 +85,22 @@ def _operator_run(args: argparse.Namespace) -> int:
     from controller.cli.oncall import KUBECONFIG_ERRORS, no_cluster
     from controller.operator.handlers import run
     from controller.operator.kubeapi import load_client_config
-    from controller.operator.runtime import OperatorConfig, fill_storage_uri
+    from controller.operator.runtime import DEFAULT_STORAGE_URI_TEMPLATE, OperatorConfig, fill_storage_uri
 
     try:  # kopf would retry a login that cannot work, every minute, for ever
         load_client_config(args.kubeconfig)
     except KUBECONFIG_ERRORS as exc:
         raise no_cluster(exc) from None
     try:  # a typo here would fail every staging and restore
-        fill_storage_uri(args.storage_uri_template, name="m", version="1", source="s3://b/m", run_id="r")
+        fill_storage_uri(args.storage_uri_template or DEFAULT_STORAGE_URI_TEMPLATE, name="m", version="1",
+                         source="s3://b/m", run_id="r", download_uri="s3://b/m")
     except ValueError as exc:
         raise CliError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = OperatorConfig(
         default_tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         default_prometheus_url=args.prometheus_url or os.environ.get("PROMETHEUS_URL"),
-        storage_uri_template=args.storage_uri_template, gate_protocol=args.gate_protocol,
+        storage_uri_template=args.storage_uri_template or None, gate_protocol=args.gate_protocol,
         https_allowed_hosts=tuple(h for h in args.dataset_https_hosts.split(",") if h),
         gate_hosts=args.gate_hosts, max_dataset_bytes=args.max_dataset_bytes, scrape_interval=args.scrape_interval)
     run(config, kubeconfig=args.kubeconfig, namespaces=args.namespace, liveness_endpoint=args.liveness,
@@ -324,9 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--tracking-uri", default=None,
                             help="default MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     run_parser.add_argument("--prometheus-url", default=None, help="default Prometheus URL (default: $PROMETHEUS_URL)")
-    run_parser.add_argument("--storage-uri-template",
-                            default=os.environ.get("MODELROLLOUT_STORAGE_URI_TEMPLATE", "{source}"),
-                            help="what the serving system loads: {name} {version} {source} {run_id}")
+    run_parser.add_argument("--storage-uri-template", default=os.environ.get("MODELROLLOUT_STORAGE_URI_TEMPLATE"),
+                            help="what the serving system loads: {name} {version} {source} {run_id} {download_uri} "
+                                 "(MLflow's get-download-uri, read only when named). Not set: {source}, refused for "
+                                 "KServe and SeldonDeployment targets when it is a models:, runs: or "
+                                 "mlflow-artifacts: URI, which only MLflow resolves")
     run_parser.add_argument("--scrape-interval", type=_scrape_interval, default="30s",
                             help="how often Prometheus scrapes the prediction exporter (default 30s): a judge whose "
                                  "arm has no sample within twice this is inconclusive (StaleSeries)")

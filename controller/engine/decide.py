@@ -116,6 +116,9 @@ COMMAND_REFUSAL_MAX = 512  # a refused command's reason, which may quote an anno
 # How a success that moved nothing ends its detail: the stable alias already named the candidate, but the
 # target said it served another version.
 NOTHING_ROLLED_OUT = "nothing was rolled out"
+# Written by the registry's promote() once the alias moved, last of its record (controller.registry.types takes
+# the name from here): the promotion is confirmed when it reads as its own start time (rejection_time's format).
+PROMOTED_TIME_TAG = "modelrollout.promoted.time"
 # How a held promotion's message begins (_promoting's waits): a command refused meanwhile repeats the hold.
 HOLDING_PROMOTION = "Holding the promotion"
 # The history entries a resolved attempt begins with (_resolve, _already_stable).
@@ -2100,9 +2103,11 @@ class _Decider:
         action_id = f"{self._attempt}:promote:alias"
         current = registry.stable_alias_version if registry is not None else None
         moved = current is not None and current.version == candidate.version
-        # promote() overrules an earlier rejection only after moving the alias: a failure or kill in between
-        # leaves production tagged rejected, so the (idempotent) promotion is sent again until the flag reads so.
-        overruled = moved and current is not None and current.tags.get(REJECTED_TAG) != "true"
+        # promote() overrules an earlier rejection, and records the promotion (the way back, then promoted.time),
+        # only after moving the alias: a failure or kill in between leaves them undone, so the (idempotent)
+        # promotion is sent again until the flag and its own promoted.time read so.
+        overruled = moved and current is not None and current.tags.get(REJECTED_TAG) != "true" \
+            and current.tags.get(PROMOTED_TIME_TAG) == rejection_time(promotion.started_at)
         if not overruled:
             error = _ledger_error(self._ledger(action_id))
             if error is not None and error.kind is AdapterErrorKind.NOT_FOUND and registry is not None \
@@ -2119,7 +2124,9 @@ class _Decider:
             # wait is a pending record from its start, so that `retry` gives it a fresh deadline.
             self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
                           f"@{alias} -> {candidate.version}", send=registry is not None and held is None)
-            what = (f"clear {REJECTED_TAG} on version {candidate.version} (@{alias} moved)" if moved
+            flagged = moved and current is not None and current.tags.get(REJECTED_TAG) == "true"
+            recording = f"clear {REJECTED_TAG}" if flagged else "record the promotion"
+            what = (f"{recording} on version {candidate.version} (@{alias} moved)" if moved
                     else f"move @{alias} to {candidate.version}")
             if held is not None and self._deadline_passed(self._pending_since(action_id)):
                 self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED,
@@ -2140,7 +2147,8 @@ class _Decider:
                 self._hold(HoldReason.REGISTRY_UNAVAILABLE, f": @{alias} moves to version {candidate.version} once the "
                            "registry answers", action_id, reject=self._deadline_rejects(action_id, judged=False))
                 return
-            self._wait(f"Clearing {REJECTED_TAG} on version {candidate.version}, now @{alias}" if moved
+            self._wait(f"{'Clearing ' + REJECTED_TAG if flagged else 'Recording the promotion'} on version "
+                       f"{candidate.version}, now @{alias}" if moved
                        else f"Moving @{alias} to version {candidate.version}", poll=True)
             return
         self._confirm(action_id)

@@ -31,6 +31,9 @@ REPORT_ARTIFACT = "gate-report.json"
 TAG_PREFIX = "modelrollout.gate"
 _LOG_BATCH_LIMIT = 1000
 DATASET_MISMATCH = "dataset-mismatch"  # the version tag's outcome when only the dataset's hash failed
+# What an MLflow search literal may hold: its parser unescapes nothing (a version number, a namespace/name, a request
+# id "<uid>/<attempt>:gate-<n>" are made of these).
+_SEARCH_SAFE = re.compile(r"[A-Za-z0-9._:/@+-]+")
 _SEARCH_LIMIT = 100  # runs of one request_id looked at: a few at most, left by a create retried past a lost answer
 _METRIC_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -197,13 +200,18 @@ def _end_abandoned(rest: MlflowRest, experiment_id: str, run: dict[str, Any], ta
     if not start.isdigit():
         return
     keys = (f"{TAG_PREFIX}.model", f"{TAG_PREFIX}.candidate_version", f"{TAG_PREFIX}.rollout")
-    same = " and ".join(f"tags.`{key}` = {_quoted(tags[key])}" for key in keys)
+    # MLflow's filter parser strips a literal's quotes but unescapes nothing: a model name with ' or a trailing \
+    # matches nothing or is refused (HTTP 400, every gate's evidence lost). So only the tags that cannot hold them
+    # (a version number; namespace/name) go into the filter, and all three are compared here.
+    same = " and ".join(f"tags.`{key}` = {_quoted(tags[key])}" for key in keys[1:] if _SEARCH_SAFE.fullmatch(tags[key]))
     found = rest.call("POST", "/api/2.0/mlflow/runs/search", body={
         "experiment_ids": [experiment_id], "max_results": _SEARCH_LIMIT,
-        "filter": f"{same} and attributes.status = 'RUNNING'"})
+        "filter": f"{same + ' and ' if same else ''}attributes.status = 'RUNNING'"})
     for other in found.get("runs") or []:
         other_info = other.get("info") if isinstance(other, dict) and isinstance(other.get("info"), dict) else {}
         other_id, other_start = str(other_info.get("run_id") or ""), str(other_info.get("start_time", ""))
+        if any(_run_tags(other).get(key) != tags[key] for key in keys):
+            continue
         if other_id and other_id != run_id and other_start.isdigit() and int(other_start) < int(start):
             write("/api/2.0/mlflow/runs/update", {"run_id": other_id, "status": "KILLED",
                                                   "end_time": int(time.time() * 1000)})
@@ -211,7 +219,10 @@ def _end_abandoned(rest: MlflowRest, experiment_id: str, run: dict[str, Any], ta
 
 def _existing_run(rest: MlflowRest, experiment_id: str, request_id: str) -> dict[str, Any] | None:
     """The request's run that holds its evidence (a FINISHED one, else the oldest), chosen the same way every time:
-    MLflow's own order (newest first) could pick an empty twin left by a lost create answer."""
+    MLflow's own order (newest first) could pick an empty twin left by a lost create answer. An id no search literal
+    can hold is never found (a run is created, as without one)."""
+    if not _SEARCH_SAFE.fullmatch(request_id):
+        return None
     found = rest.call("POST", "/api/2.0/mlflow/runs/search", body={
         "experiment_ids": [experiment_id], "max_results": _SEARCH_LIMIT, "order_by": ["attributes.start_time ASC"],
         "filter": f"tags.`{TAG_PREFIX}.request_id` = {_quoted(request_id)}"})
@@ -220,8 +231,16 @@ def _existing_run(rest: MlflowRest, experiment_id: str, request_id: str) -> dict
 
 
 def _quoted(value: str) -> str:
-    """A string literal for an MLflow search filter."""
-    return "'" + value.replace("'", "\\'") + "'"
+    """A string literal for an MLflow search filter, for values made only of _SEARCH_SAFE's characters (MLflow
+    unescapes nothing, so no other value can be written as one: ValueError)."""
+    if not _SEARCH_SAFE.fullmatch(value):
+        raise ValueError(f"{value!r} cannot be written as an MLflow search literal")
+    return f"'{value}'"
+
+
+def _run_tags(run: Any) -> dict[str, str]:
+    data = run.get("data") if isinstance(run, dict) and isinstance(run.get("data"), dict) else {}
+    return {str(tag.get("key")): str(tag.get("value")) for tag in data.get("tags") or [] if isinstance(tag, dict)}
 
 
 def _evidence_order(run: dict[str, Any]) -> tuple[bool, int, str]:

@@ -155,8 +155,10 @@ class OperatorConfig:
 
     default_tracking_uri: str | None = None
     default_prometheus_url: str | None = None
-    # What the serving system loads for a version: {name}, {version}, {source}, {run_id}.
-    storage_uri_template: str = "{source}"
+    # What the serving system loads for a version: {name}, {version}, {source}, {run_id}, {download_uri}. None:
+    # not set, so DEFAULT_STORAGE_URI_TEMPLATE, refused where the source is a URI no model server loads (a template
+    # set, even to {source}, is the admin's word that their serving system loads what it gives).
+    storage_uri_template: str | None = None
     gate_protocol: str = "v2"
     https_allowed_hosts: tuple[str, ...] = ()
     # Host patterns a gate URL override may name besides the rollout's own namespace's Services (api.reach).
@@ -195,14 +197,29 @@ def _kind(error: Exception) -> AdapterErrorKind:
 _MODELS_URI_BREAKERS = {"?": "starts the URI's query", "/": "splits the URI's path"}
 
 
-def fill_storage_uri(template: str, **fields: str) -> str:
-    """What the serving system loads, from --storage-uri-template ({name} {version} {source} {run_id})."""
+DEFAULT_STORAGE_URI_TEMPLATE = "{source}"
+# URI schemes only MLflow's own client resolves: no KServe or Seldon storage initializer loads them. MLflow 3 registers
+# a logged model's version with source models:/m-<id>; mlflow-artifacts: is MLflow's artifact proxy.
+MLFLOW_ONLY_SCHEMES = ("models", "runs", "mlflow-artifacts")
+
+
+def template_fields(template: str) -> set[str]:
+    """The placeholders a storage URI template names ({download_uri} costs a registry request: read only if named)."""
     try:
-        filled = template.format(**fields)
+        return {field for _, field, _, _ in Formatter().parse(template) if field}
+    except ValueError:  # a stray brace: fill_storage_uri says so
+        return set()
+
+
+def fill_storage_uri(template: str, **fields: str) -> str:
+    """What the serving system loads, from --storage-uri-template ({name} {version} {source} {run_id}
+    {download_uri})."""
+    try:
+        filled = template.format(**{"download_uri": "", **fields})
     except (KeyError, IndexError, ValueError) as exc:  # an unknown placeholder, "{0}", a stray brace
         raise ValueError(f"the operator's --storage-uri-template {template!r} cannot be filled "
                          f"({type(exc).__name__}: {exc}); it may use {{name}} {{version}} {{source}} "
-                         "{run_id}") from None
+                         "{run_id} {download_uri}") from None
     name = fields.get("name", "")
     breaker = next((char for char in _MODELS_URI_BREAKERS if char in name), None)
     # Only where the template puts the name in: a version's source may be a models:/ URI of its own.
@@ -309,7 +326,20 @@ class RolloutRuntime:
             raised = RegistryUnavailable if error.kind is AdapterErrorKind.UNAVAILABLE else RegistryError
             raise raised(error.message) from None
 
+    @property
+    def storage_uri_template(self) -> str:
+        return self.config.storage_uri_template or DEFAULT_STORAGE_URI_TEMPLATE
+
     def storage_uri(self, version: VersionRef) -> str:
+        template = self.storage_uri_template
+        download_uri = ""
+        if "download_uri" in template_fields(template):
+            try:
+                download_uri = self._acting_registry().download_uri(self.spec.model.name, version.version)
+            except RegistryError as exc:
+                raised = RegistryUnavailable if exc.retryable else RegistryError
+                raise raised(f"version {version.version}'s download URI ({{download_uri}} in the operator's "
+                             f"--storage-uri-template) cannot be read from the registry now: {exc.message}") from None
         source = version.source or ""
         if version.source_redacted:
             # Status holds it without its secret; the registry has it whole. So serving such a version, even
@@ -320,8 +350,31 @@ class RolloutRuntime:
                 raised = RegistryUnavailable if exc.retryable else RegistryError
                 raise raised(f"version {version.version}'s source holds credentials, recorded redacted, and cannot "
                              f"be read whole from the registry now: {exc.message}") from None
-        return fill_storage_uri(self.config.storage_uri_template, name=self.spec.model.name, version=version.version,
-                                source=source, run_id=version.run_id or "")
+        return fill_storage_uri(template, name=self.spec.model.name, version=version.version, source=source,
+                                run_id=version.run_id or "", download_uri=download_uri)
+
+    def _unloadable_source(self, status: ModelRolloutStatus | None, candidate: ResolvedVersion | None,
+                           stable: ResolvedVersion | None) -> str | None:
+        """Why the rollout about to be resolved cannot start: with the template not set, the default {source} would
+        give KServe or a SeldonDeployment a URI that only MLflow resolves, and the candidate would never get ready
+        (only failing at progressDeadline, blaming the target), or a rollback would restore stable as one. An
+        explicit template is used as it is; Seldon v2 Experiments load no URI from the operator."""
+        target = self.spec.target
+        if self.config.storage_uri_template or (status is not None and status.candidate is not None) \
+                or (target.kserve is None and target.seldon_deployment is None) \
+                or candidate is None or not candidate.source or candidate.status != "READY" \
+                or (stable is not None and stable.version == candidate.version):  # already stable: nothing staged
+            return None
+        for role, found in (("candidate", candidate), ("stable", stable)):
+            scheme = (found.source or "").split(":", 1)[0].lower() if found is not None else ""
+            if found is not None and ":" in (found.source or "") and scheme in MLFLOW_ONLY_SCHEMES:
+                return (f"{role} version {found.version}'s source is a {scheme}: URI, which no KServe or Seldon "
+                        f"storage initializer loads (MLflow 3 registers models:/m-<id>), and the operator's "
+                        f"--storage-uri-template (chart value controller.storageUriTemplate) is not set, so "
+                        f"{DEFAULT_STORAGE_URI_TEMPLATE} would give it to {target.description} as it is: set it to "
+                        "where the model's files are, e.g. {download_uri} (MLflow's get-download-uri: s3://... when "
+                        "the artifact root is an object store) or s3://<bucket>/{name}/{version}")
+        return None
 
     # --- observing -----------------------------------------------------------------------------------
 
@@ -357,6 +410,9 @@ class RolloutRuntime:
                     rolled_back, rolled_back_gone = seen, candidate_gone
         except _CREDENTIALS_ERRORS as exc:
             return RegistryObservation(error=_credentials_error(exc, self.credentials_secret))
+        refusal = self._unloadable_source(status, candidate, _engine_version(stable) if stable else None)
+        if refusal is not None:  # waits in Pending, RegistryAvailable False (RegistryInvalid) saying what to set
+            return RegistryObservation(error=AdapterError(AdapterErrorKind.INVALID, refusal))
         return RegistryObservation(candidate=candidate,
                                    stable_alias_version=_engine_version(stable) if stable else None,
                                    rolled_back=rolled_back, rolled_back_gone=rolled_back_gone,
@@ -402,8 +458,11 @@ class RolloutRuntime:
             case RestoreStable(stable=stable):
                 self.router.restore(CandidateModel(model.name, stable.version, self.storage_uri(stable)))
             case SetAlias(alias=alias, version=version, promotion=True):
+                # Compare-and-set on what the rollout found: moved since, StableAliasMoved (Conflict) and nothing
+                # written; the next reconcile's read holds the promotion (StableMismatch).
                 self._acting_registry().promote(model.name, alias, version, rollout,
-                                        promoted_at=status.promotion.started_at if status.promotion else None)
+                                        promoted_at=status.promotion.started_at if status.promotion else None,
+                                        expected=status.stable.version if status.stable else None)
             case SetAlias(alias=alias, version=version):  # a rollback's: the stable version back, and its -previous
                 self._acting_registry().restore_stable_alias(
                     model.name, alias, version, rolled_back=status.candidate.version if status.candidate else None)
@@ -416,14 +475,14 @@ class RolloutRuntime:
                 raise TypeError(f"not an effect action: {action!r}")
 
     @staticmethod
-    def calls_registry(action: Action) -> bool:
+    def calls_registry(action: Action, template: str | None = None) -> bool:
         """Whether act(action) calls the registry: an alias or a tag, or serving a version whose source status holds
-        redacted (storage_uri reads it whole)."""
+        redacted (storage_uri reads it whole) or through a `template` naming {download_uri}."""
         match action:
             case SetAlias() | RemoveAlias() | TagRejected():
                 return True
             case StageCandidate(candidate=version) | RestoreStable(stable=version):
-                return bool(version.source_redacted)
+                return bool(version.source_redacted) or "download_uri" in template_fields(template or "")
         return False
 
     def finish_withdrawal(self, status: ModelRolloutStatus,
@@ -1071,7 +1130,7 @@ class RolloutStepper:
                                 self._gate_verdicts[key] = ((uid, runtime.gate_urls), gate)
                     else:
                         try:
-                            if runtime.calls_registry(action):
+                            if runtime.calls_registry(action, runtime.storage_uri_template):
                                 await self._registry_call(runtime.namespace, runtime.act, action, status)
                             else:
                                 await asyncio.to_thread(runtime.act, action, status)

@@ -8,7 +8,9 @@ fake behaves exactly as the real adapter does.
 Write order makes every operation safe to repeat after a crash at any point:
 - promote records the previous version on the candidate *before* moving the alias, so "alias points at the
   candidate" always comes with the record of what it pointed at before; only once the alias has moved does it
-  set an earlier rejection's `modelrollout.rejected` to "false" (a promotion that fails leaves it standing);
+  point `<stableAlias>-previous` at that version, write `promoted.rollout` / `promoted.time` and set an earlier
+  rejection's `modelrollout.rejected` to "false": a promotion that fails leaves no claim it happened (the engine
+  sends it again until `promoted.time` reads as its own, which completes the rest);
 - rollback restores the alias first (safety first), then writes the rejection tags with
   `modelrollout.rejected` last, so that tag set to "true" means all the others are there; restoring the stable
   alias puts `<stableAlias>-previous` back just before it, as the engine confirms by the stable alias alone, and
@@ -25,12 +27,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX, RESERVED_ALIAS
 from controller.engine.observations import rejection_time
 from controller.redaction import redact_urls
-from controller.registry.errors import RegistryConfigError, RegistryError, VersionNotFound
+from controller.registry.errors import RegistryConfigError, RegistryError, StableAliasMoved, VersionNotFound
 from controller.registry.types import (
     PREVIOUS_VERSION_TAG,
     PROMOTED_ROLLOUT_TAG,
@@ -63,6 +66,15 @@ LINEAGE_TAG_KEYS = frozenset({"mlflow.source.name", "mlflow.source.git.commit", 
 _ALIAS_PATTERN = re.compile(r"^[\w\-]{1,255}$")
 # Versions are numbered 1, 2, ... and sent as strings: ASCII digits, no leading zero (fullmatch: no newline).
 VERSION_NUMBER = re.compile(r"[1-9][0-9]*")
+
+
+class _Unchecked(Enum):
+    """promote() without an expected stable version: the alias is moved from whatever it names."""
+
+    UNCHECKED = "unchecked"
+
+
+UNCHECKED = _Unchecked.UNCHECKED
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,18 @@ class ModelRegistry(ABC):
         _check_alias(alias)
         return self._aliases(model_name).get(alias)
 
+    def download_uri(self, model_name: str, version: str) -> str:
+        """Where the version's files are in the artifact store (MLflow's get-download-uri): with MLflow 3's
+        `models:/m-<id>` sources, the location a storage initializer can load when the artifact root is an object
+        store (s3://..., gs://...); behind MLflow's artifact proxy it is an mlflow-artifacts: URI."""
+        _check_version_format(model_name, version)
+        uri = self._download_uri(model_name, version)
+        if uri is None:
+            self._existing_version(model_name, version)  # raises VersionNotFound, naming the model or the version
+            raise VersionNotFound(f"registered model {model_name!r} version {version} has no download URI",
+                                  model_name=model_name, reference=f"version {version}")
+        return uri
+
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         """Point an alias at a version, touching nothing else (a rollback uses restore_stable_alias)."""
         _check_alias(alias)
@@ -141,12 +165,17 @@ class ModelRegistry(ABC):
         self._set_alias(model_name, alias, version)
 
     def promote(self, model_name: str, stable_alias: str, candidate_version: str, rollout: str, *,
-                promoted_at: datetime | None = None) -> PromotionResult:
+                promoted_at: datetime | None = None,
+                expected: str | _Unchecked | None = UNCHECKED) -> PromotionResult:
         """Move the stable alias to the candidate, recording the version it named before.
 
         The record is the candidate's `modelrollout.previous_version` tag (empty when there was none) and
-        the `<stableAlias>-previous` alias. Calling again once the alias points at the candidate changes
-        nothing and returns the same previous version.
+        the `<stableAlias>-previous` alias. Calling again once the alias points at the candidate completes what a
+        failure or kill after the move left undone, then changes nothing and returns the same previous version.
+
+        `expected`: the version the caller saw on the alias (None: not set). Found on another version (nor on the
+        candidate), nothing is written and StableAliasMoved is raised: someone moved it since that read, and moving
+        it again would overrule them unseen (MLflow has no compare-and-set: the window left is one request).
         """
         _check_alias(stable_alias)
         _check_version_format(model_name, candidate_version)
@@ -154,28 +183,58 @@ class ModelRegistry(ABC):
         aliases = self._aliases(model_name)
         current = aliases.get(stable_alias)
         if current == candidate_version:
+            recorded = candidate.tags.get(PREVIOUS_VERSION_TAG) or None
+            if not self._promotion_recorded(candidate, rollout, promoted_at):
+                # No record at all (the alias moved there by hand): the way back is unknown, left as it is.
+                self._record_promotion(model_name, stable_alias, candidate, recorded, aliases, rollout, promoted_at,
+                                       way_back_known=PREVIOUS_VERSION_TAG in candidate.tags)
             self._overrule_rejection(model_name, candidate)  # a kill after the alias moved, before the flag
-            return PromotionResult(alias=stable_alias, version=candidate_version,
-                                   previous_version=candidate.tags.get(PREVIOUS_VERSION_TAG) or None,
+            return PromotionResult(alias=stable_alias, version=candidate_version, previous_version=recorded,
                                    alias_moved=False)
-        self._set_version_tags(model_name, candidate_version, {
-            PREVIOUS_VERSION_TAG: current or "",
-            PROMOTED_ROLLOUT_TAG: rollout,
-            PROMOTED_TIME_TAG: _timestamp(promoted_at),
-        })
+        if not isinstance(expected, _Unchecked) and current != expected:
+            raise StableAliasMoved(
+                f"@{stable_alias} of {model_name!r} names {f'version {current}' if current else 'no version'}, not "
+                f"{f'version {expected}' if expected else 'no version'} as when the promotion was decided: moved "
+                f"outside this rollout, so it is not moved to {candidate_version}", found=current)
+        # The crash record: what the alias named before, on the candidate before the alias moves.
+        self._set_version_tags(model_name, candidate_version, {PREVIOUS_VERSION_TAG: current or ""})
         previous_alias = self.previous_alias(stable_alias)
-        if previous_alias is not None:
-            if current is None:
+        if current is None and previous_alias is not None and previous_alias in aliases:
+            # A stale way back, removed before the move (safe whatever follows): an EDIT user, whom MLflow refuses
+            # the delete (MANAGE), is refused before the alias moved, not after.
+            self._delete_alias(model_name, previous_alias)
+            aliases = {alias: version for alias, version in aliases.items() if alias != previous_alias}
+        self._set_alias(model_name, stable_alias, candidate_version)
+        self._record_promotion(model_name, stable_alias, candidate, current, aliases, rollout, promoted_at)
+        self._overrule_rejection(model_name, candidate)
+        return PromotionResult(alias=stable_alias, version=candidate_version, previous_version=current,
+                               alias_moved=True)
+
+    @staticmethod
+    def _promotion_recorded(candidate: VersionRecord, rollout: str, promoted_at: datetime | None) -> bool:
+        tags = candidate.tags
+        return tags.get(PROMOTED_ROLLOUT_TAG) == rollout and (
+            promoted_at is None or tags.get(PROMOTED_TIME_TAG) == _timestamp(promoted_at))
+
+    def _record_promotion(self, model_name: str, stable_alias: str, candidate: VersionRecord, previous: str | None,
+                          aliases: Mapping[str, str], rollout: str, promoted_at: datetime | None, *,
+                          way_back_known: bool = True) -> None:
+        """Once the alias names the candidate: the way back, then the promotion's own tags (promoted.time last, the
+        engine's proof that all of it is written). Never before the move: a promotion whose alias write fails must
+        leave neither `-previous` naming production nor a claim that the version was promoted."""
+        previous_alias = self.previous_alias(stable_alias)
+        if previous_alias is not None and way_back_known:
+            if previous is None or not VERSION_NUMBER.fullmatch(previous):
                 # A stale one would name a wrong way back. Only when set: MLflow checks MANAGE before it looks,
                 # so deleting an absent alias fails every first promotion by an EDIT user.
                 if previous_alias in aliases:
                     self._delete_alias(model_name, previous_alias)
-            else:
-                self._set_alias(model_name, previous_alias, current)
-        self._set_alias(model_name, stable_alias, candidate_version)
-        self._overrule_rejection(model_name, candidate)
-        return PromotionResult(alias=stable_alias, version=candidate_version, previous_version=current,
-                               alias_moved=True)
+            elif aliases.get(previous_alias) != previous:
+                self._set_alias(model_name, previous_alias, previous)
+        self._set_version_tags(model_name, candidate.version, {
+            PROMOTED_ROLLOUT_TAG: rollout,
+            PROMOTED_TIME_TAG: _timestamp(promoted_at),
+        })
 
     def _overrule_rejection(self, model_name: str, version: VersionRecord) -> None:
         """Rejected once, promoted since (a retry, a human's promote): the flag says what holds now, or a guard
@@ -311,6 +370,10 @@ class ModelRegistry(ABC):
     @abstractmethod
     def _run(self, run_id: str) -> RunRecord | None:
         """The version's run, or None when it is gone."""
+
+    @abstractmethod
+    def _download_uri(self, model_name: str, version: str) -> str | None:
+        """The version's artifact location, or None when it (or the model) does not exist or names none."""
 
     @abstractmethod
     def _set_alias(self, model_name: str, alias: str, version: str) -> None:

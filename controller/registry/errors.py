@@ -58,3 +58,14 @@ class RegistryConfigError(RegistryError, ValueError):
     """The adapter's own configuration is unusable (tracking URI, credentials, alias name)."""
 
     kind: ClassVar[str] = "Invalid"
+
+
+class StableAliasMoved(RegistryError):
+    """promote() found the stable alias on a version that is neither the one the rollout expected nor its candidate:
+    someone moved it meanwhile. Nothing was written; the engine's fresh read holds the promotion (StableMismatch)."""
+
+    kind: ClassVar[str] = "Conflict"
+
+    def __init__(self, message: str, *, found: str | None) -> None:
+        super().__init__(message)
+        self.found = found

@@ -19,6 +19,7 @@ from controller.registry.errors import RegistryUnavailable, VersionNotFound
 class _Model:
     versions: dict[str, VersionRecord] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    download_uris: dict[str, str] = field(default_factory=dict)
 
 
 class InMemoryRegistry(ModelRegistry):
@@ -37,11 +38,15 @@ class InMemoryRegistry(ModelRegistry):
     # --- setting up a test -------------------------------------------------------------------------
 
     def add_version(self, model_name: str, *, source: str | None = None, run_id: str | None = None,
-                    tags: Mapping[str, str] | None = None, status: str = "READY") -> str:
-        """Register a new version (creating the model if needed) and return its number."""
+                    tags: Mapping[str, str] | None = None, status: str = "READY",
+                    download_uri: str | None = None) -> str:
+        """Register a new version (creating the model if needed) and return its number. `download_uri`: what
+        get-download-uri answers (default: the source, as MLflow does for a source that is no models:/ URI)."""
         with self._lock:
             model = self._models.setdefault(model_name, _Model())
             version = str(len(model.versions) + 1)
+            if download_uri is not None:
+                model.download_uris[version] = download_uri
             model.versions[version] = VersionRecord(
                 name=model_name, version=version, run_id=run_id,
                 source=source or f"memory://{model_name}/{version}", status=status, tags=dict(tags or {}))
@@ -80,6 +85,15 @@ class InMemoryRegistry(ModelRegistry):
             return VersionRecord(name=record.name, version=record.version, run_id=record.run_id,
                                  source=record.source, status=record.status, tags=dict(record.tags),
                                  aliases=aliases)
+
+    def _download_uri(self, model_name: str, version: str) -> str | None:
+        with self._lock:
+            try:
+                model = self._model(model_name)
+            except VersionNotFound:
+                return None
+            record = model.versions.get(version)
+            return None if record is None else model.download_uris.get(version, record.source)
 
     def _run(self, run_id: str) -> RunRecord | None:
         with self._lock:

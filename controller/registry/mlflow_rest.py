@@ -197,6 +197,14 @@ class MlflowRegistry(ModelRegistry):
                                        "server?")
         return status
 
+    def _download_uri(self, model_name: str, version: str) -> str | None:
+        try:
+            body = self._call("GET", "model-versions/get-download-uri", {"name": model_name, "version": version})
+        except _Missing:
+            return None
+        # Given to the target whole, as a source is: bounded and a string, or refused naming the field.
+        return _short_string(body, "artifact_uri", f"get-download-uri of {model_name!r} version {version}") or None
+
     def _run(self, run_id: str) -> RunRecord | None:
         try:
             body = self._call("GET", "runs/get", {"run_id": run_id})

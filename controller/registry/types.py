@@ -9,19 +9,19 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from controller.api.reach import short_service_refusal
+from controller.engine.decide import PROMOTED_TIME_TAG as PROMOTED_TIME_TAG
 from controller.engine.observations import REJECTED_TAG as REJECTED_TAG
 from controller.engine.observations import REJECTED_TIME_TAG as REJECTED_TIME_TAG
 from controller.registry.errors import RegistryConfigError
 
-# Version tags written by the operator. The engine reads REJECTED_TAG and REJECTED_TIME_TAG: their names
-# (and the time's format, engine.observations.rejection_time) are defined there, once.
+# Version tags written by the operator. The engine reads REJECTED_TAG, REJECTED_TIME_TAG (engine.observations, with
+# the time's format, rejection_time) and PROMOTED_TIME_TAG (engine.decide): their names are defined there, once.
 REJECTED_REASON_TAG = "modelrollout.rejected.reason"
 REJECTED_EVIDENCE_TAG = "modelrollout.rejected.evidence"
 REJECTED_ROLLOUT_TAG = "modelrollout.rejected.rollout"
 REJECTED_BY_TAG = "modelrollout.rejected.by"
 PREVIOUS_VERSION_TAG = "modelrollout.previous_version"  # on a promoted version: what the alias named before
 PROMOTED_ROLLOUT_TAG = "modelrollout.promoted.rollout"
-PROMOTED_TIME_TAG = "modelrollout.promoted.time"
 
 # Secret keys accepted for credentials: short names, or the names MLflow's own client reads from the env.
 _TOKEN_KEYS = ("token", "MLFLOW_TRACKING_TOKEN")

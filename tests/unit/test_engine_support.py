@@ -40,7 +40,7 @@ from controller.engine import (
     decide,
     rejection_time,
 )
-from controller.registry.types import REJECTED_REASON_TAG
+from controller.registry.types import PROMOTED_TIME_TAG, REJECTED_REASON_TAG
 from controller.verdict import Outcome, Verdict
 
 T0 = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
@@ -243,6 +243,9 @@ class World:
         elif isinstance(action, SetAlias):
             if not (action.promotion and self.registry.slow_promotion):
                 self.registry.aliases[action.alias] = action.version
+                promotion = self.status.promotion
+                if action.promotion and promotion is not None:  # as promote() does once the alias moved
+                    self.registry.versions[action.version][PROMOTED_TIME_TAG] = rejection_time(promotion.started_at)
         elif isinstance(action, RemoveAlias):
             if self.registry.aliases.get(action.alias) == action.version:
                 del self.registry.aliases[action.alias]
