@@ -26,6 +26,7 @@ from controller.api.serialization import format_time, to_json
 from controller.api.spec import (
     AnalysisStep,
     GoldenThresholds,
+    MetricSpec,
     ModelRolloutSpec,
     OnInconclusive,
     PauseStep,
@@ -319,13 +320,18 @@ class _Decider:
         for command in self.obs.commands:
             if command.action in rollbacks:
                 self._apply_command(command)
-        self._follow_candidate_changes()
-        self._follow_dataset_changes()
-        self._follow_step_changes()
+        # A rollout being deleted follows no edit (with revertOnDeletion, _follow_deletion rolls back what runs) and
+        # refuses every command; what runs goes on (a rollback under way must finish), so no early return.
+        following = not self._being_deleted
+        if following:
+            self._follow_candidate_changes()
+            self._follow_dataset_changes()
+            self._follow_step_changes()
         for command in self.obs.commands:
             if command.action not in rollbacks:
                 self._apply_command(command)
-        self._follow_dataset_changes()  # again: a retry or promote out of a pause resumes on the old data's gate
+        if following:  # again: a retry or promote out of a pause resumes on the old data's gate
+            self._follow_dataset_changes()
         self._follow_deletion()
         for _ in range(_MAX_TRANSITIONS):
             self.moved = False
@@ -341,7 +347,10 @@ class _Decider:
 
     def _handle_phase(self) -> None:
         phase = self.status.phase
-        if self._being_deleted and not self._deleting and phase in (Phase.GATING, Phase.PROGRESSING, Phase.PAUSED):
+        # Deleted without revertOnDeletion: left as it is, nothing new started; a rollback, promotion or bake under
+        # way goes on (it moves no user onto the candidate).
+        if self._being_deleted and not self._deleting and phase in (Phase.PENDING, Phase.GATING, Phase.PROGRESSING,
+                                                                     Phase.PAUSED):
             self._wait(f"The ModelRollout is being deleted: left as it is in {phase}")
             return
         if phase is Phase.PENDING:
@@ -710,7 +719,7 @@ class _Decider:
     def _follow_candidate_changes(self) -> None:
         current = self.status.candidate
         wanted = self._wanted_candidate()
-        if current is None or wanted is None or wanted == current.version or self._being_deleted:
+        if current is None or wanted is None or wanted == current.version:
             return
         named = f" (@{self.spec.model.alias} names it now)" if self.spec.model.alias is not None else ""
         detail = f"candidate {wanted}{named} replaces {current.version} (generation {self.obs.generation})"
@@ -750,7 +759,7 @@ class _Decider:
             gate = dataclasses.replace(gate, thresholds_signature=thresholds_signature(dataset.thresholds))
             self._update(gate=gate)
         detail = self._repinned()
-        if gate is None or detail is None or self._being_deleted:
+        if gate is None or detail is None:
             return
         phase = self.status.phase
         if phase is Phase.GATING:
@@ -1023,9 +1032,6 @@ class _Decider:
     # --- Pending: resolve, then stage at 0% ----------------------------------------------------------
 
     def _pending(self) -> None:
-        if self._being_deleted:  # without revertOnDeletion (else _follow_deletion ended it): stage nothing new
-            self._wait("The ModelRollout is being deleted: nothing new is staged")
-            return
         if self.status.candidate is None:
             self._resolve()
             return
@@ -1468,7 +1474,9 @@ class _Decider:
             verdicts, failed_runs = self._failure_limits(verdicts, analysis.failed_runs)
             growing = frozenset(metric.name for metric in self.spec.analysis.metrics
                                 if metric.proportion is not None and metric.proportion.reads_whole_window)
-            verdicts = _data_lost(verdicts, analysis.metrics, bake=analysis.mode is AnalysisMode.BAKE, growing=growing)
+            asked = {metric.name: metric_signature(metric) for metric in self.spec.analysis.metrics}
+            verdicts = _data_lost(verdicts, analysis.metrics, bake=analysis.mode is AnalysisMode.BAKE, growing=growing,
+                                  asked=asked)
             outcome = combine(list(verdicts))
             outage = _outage(verdicts, analysis.metrics) if outcome is Outcome.INCONCLUSIVE else None
             if outage is not None and analysis.ends_at is not None and measured_at >= analysis.ends_at:
@@ -1752,6 +1760,7 @@ class _Decider:
             self._record("TrafficRestored", f"{self.spec.target.description} no longer exists")
             return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
         action: Action
+        uncleared = ""  # the withdrawal's last error, when the router's record of the candidate stays (below)
         # Before promotion, the version rolled back serving as stable: promoted by hand (KServe Knative's
         # canaryTrafficPercent removed, Standard's candidate written into the predictor), so no canary weight is
         # no evidence. The way back is a promotion's: stable restored, confirmed only once the target shows it.
@@ -1808,6 +1817,10 @@ class _Decider:
                 # The candidate seen staged, then gone some other way (an Argo CD sync): withdrawn once all the
                 # same, so the router drops its record of it (a later model of that name is someone else's).
                 done = False
+            elif done and target is not None and target.canary_version is None and self._stage_seen():
+                # Not owed any more, yet it failed (refused, or still failing past the deadline): said, so that
+                # on-call clears the router's record by hand.
+                uncleared = self._last_error_note(action.id)
         if done:
             self._confirm(action.id)
             for other in ("traffic", "restore"):  # the one a hand promotion (or its undoing) made way for
@@ -1818,6 +1831,10 @@ class _Decider:
             # What the router saw wrong is no part of "back on stable" it can vouch for (Seldon v2: a Model it does
             # not manage carrying weight may be the candidate renamed): said beside it.
             caveat = f"; the target says: {target.detail}" if target is not None and target.detail else ""
+            if uncleared and candidate is not None:
+                caveat += (f"; the router's record of candidate {candidate.version} could not be cleared (no user is "
+                           f"on it; its withdrawal failed{uncleared}): clear it by hand, else a later model of that "
+                           "name may be taken for it")
             self._record("TrafficRestored", f"{seen} {self.spec.target.description}{caveat}")
             return dataclasses.replace(rollback, traffic_confirmed_at=self.now,
                                        serving_when_confirmed=target.stable_version if target is not None else None)
@@ -1827,14 +1844,15 @@ class _Decider:
 
     def _withdrawal_owed(self, action_id: str) -> bool:
         """Whether a withdrawal the target needs for nothing but the router's record is still to be sent: never sent,
-        sent before an operator restart (maybe never carried out), or failed for a reason that may pass. A refused
-        one (its error in TargetReady) is not retried: no user is on the candidate."""
+        sent before an operator restart (maybe never carried out), or failed for a reason that may pass, until
+        progressDeadline from its first send. A refused one (its error in TargetReady) is not retried, nor one failing
+        past the deadline (it would hold the rollback open for ever): no user is on the candidate."""
         record = self._ledger(action_id)
         restarted = self.obs.resend_pending and action_id not in self.failed_actions
         if record is None or record.sent_at is None or restarted:
             return True
         error = self.failed_actions.get(action_id) or _ledger_error(record)
-        return error is not None and error.kind not in _REFUSALS
+        return error is not None and error.kind not in _REFUSALS and not self._deadline_passed(record.issued_at)
 
     def _unstaged(self) -> bool:
         """Whether the candidate a rollback makes way for a new one is off the target; else it is asked for. The new
@@ -2701,7 +2719,7 @@ DATA_LOST_SCRAPES = 2
 
 
 def _data_lost(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...], *, bake: bool,
-               growing: frozenset[str] | None = None) -> tuple[Verdict, ...]:
+               growing: frozenset[str] | None = None, asked: Mapping[str, str] | None = None) -> tuple[Verdict, ...]:
     """Each verdict, but DataLost (an inconclusive measurement outage, verdict.MEASUREMENT_OUTAGES) where a metric's
     totals over the window fell below what an earlier run of the same window counted (`before`: status.analysis's
     last verdict per metric), or came back empty after it counted (a threshold's query too, once it answered): a pass
@@ -2710,9 +2728,13 @@ def _data_lost(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...], *, ba
     were made. A verdict without counts carries the earlier ones on (countsSeen), so an outage between does not
     forget them. Checked: the canary's and stable's totals, a bake's new version's only (its history's days move by
     whole days). Only for the proportion metrics in `growing` (None: all), whose counts read the window from its
-    start: a fixed range's counts rise and fall with the traffic."""
+    start: a fixed range's counts rise and fall with the traffic. `asked`: each metric's metric_signature now,
+    stored in its verdict (QUERIES_SIGNATURE): an earlier run that asked other queries (the spec edited mid-window)
+    counted something else, so it is not compared with (one without it, from an older operator, still is)."""
     arms = ("canary",) if bake else ("canary", "stable")
-    earlier = {item.name: item for item in before}
+    asked = asked or {}
+    earlier = {item.name: item for item in before
+               if item.evidence.get(QUERIES_SIGNATURE) in (None, asked.get(item.name))}
     kept = []
     for item in verdicts:
         seen = _counts_seen(earlier[item.name], arms) if item.name in earlier else None
@@ -2742,7 +2764,20 @@ def _data_lost(verdicts: tuple[Verdict, ...], before: tuple[Verdict, ...], *, ba
         kept.append(_clean_verdict(Verdict(item.name, Outcome.INCONCLUSIVE, f"{DATA_LOST}: {detail}", {
             **item.evidence, "problem": DATA_LOST, "detail": detail, "countsSeen": seen,
             "onWhatIsLeft": f"{item.outcome}: {item.reason}"})))
-    return tuple(kept)
+    return tuple(_signed(item, asked.get(item.name)) for item in kept)
+
+
+# The evidence key of the metric_signature a verdict's run asked by (_data_lost compares only runs that share it).
+QUERIES_SIGNATURE = "queriesSignature"
+
+
+def _signed(item: Verdict, signature: str | None) -> Verdict:
+    """`item` with the signature of the queries its run asked (None: a metric no longer in the spec, left as it is)."""
+    if signature is None or item.evidence.get(QUERIES_SIGNATURE) == signature:
+        return item
+    # First: evidence over its budget keeps top-level entries in order until full, so the signature stays.
+    evidence = {QUERIES_SIGNATURE: signature, **{k: v for k, v in item.evidence.items() if k != QUERIES_SIGNATURE}}
+    return _clean_verdict(Verdict(item.name, item.outcome, item.reason, evidence))
 
 
 _LOST = ("Prometheus no longer holds part of the window (it likely lost its data: restarted without persistent "
@@ -2795,8 +2830,10 @@ def _evidence(verdicts: tuple[Verdict, ...], outcome: Outcome | None) -> dict[st
     """The deciding verdicts, for status.rollback.evidence: a smaller copy (status.analysis or status.gate holds
     the larger one, which a new analysis or gate replaces)."""
     deciding = [item for item in verdicts if item.outcome == outcome] or list(verdicts)
-    return {"verdicts": [{**item.to_dict(), "evidence": bounded_evidence(item.evidence, ROLLBACK_EVIDENCE_BYTES)}
-                         for item in deciding]}
+    # Less the queries' signature: _data_lost's bookkeeping, which says nothing to a reader of the rollback.
+    return {"verdicts": [{**item.to_dict(), "evidence": bounded_evidence(
+        {key: value for key, value in item.evidence.items() if key != QUERIES_SIGNATURE}, ROLLBACK_EVIDENCE_BYTES)}
+        for item in deciding]}
 
 
 def _describe_error(error: AdapterError) -> str:
@@ -2849,6 +2886,15 @@ def steps_signature(steps: Any) -> str:
     """A short digest of the canary steps as parsed (so formatting and key order do not count)."""
     # Typed: an analysis step and a pause step may look alike.
     return _signature([{type(step).__name__: to_json(step)} for step in steps])
+
+
+def metric_signature(metric: MetricSpec) -> str:
+    """A short digest of what a metric asks Prometheus (its query templates, as written): bounds and limits left out,
+    since they do not change what is counted."""
+    if metric.threshold is not None:
+        return _signature([metric.threshold.query])
+    assert metric.proportion is not None
+    return _signature([metric.proportion.events, metric.proportion.total])
 
 
 def thresholds_signature(thresholds: GoldenThresholds) -> str:

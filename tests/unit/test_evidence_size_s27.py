@@ -19,12 +19,13 @@ from typing import Any
 
 from controller.analysis.judges import ProportionCriteria, baseline_judge, proportion_judge
 from controller.analysis.queries import QueryScope, render
-from controller.api import CommandAction
+from controller.api import CommandAction, parse_spec
 from controller.api.serialization import to_json
 from controller.api.status import PauseReason, Phase
 from controller.cli.oncall import OnCall
 from controller.cli.report import deciding_test, render_html
 from controller.engine.actions import RunAnalysis
+from controller.engine.decide import QUERIES_SIGNATURE, metric_signature
 from controller.engine.evidence_bounds import (
     EVIDENCE_CUT,
     ROLLBACK_EVIDENCE_BYTES,
@@ -223,7 +224,9 @@ def test_small_evidence_is_kept_whole_in_both_copies() -> None:
     whole = to_json(dict(seen[0].evidence))
     stored = world.status.to_dict()
     assert "evidenceCut" not in json.dumps(stored)
-    assert stored["analysis"]["metrics"][0]["evidence"] == whole
+    # Plus the signature of the queries asked, which the next run's DataLost check compares (review s31mut 1).
+    assert stored["analysis"]["metrics"][0]["evidence"] == {QUERIES_SIGNATURE: metric_signature(
+        parse_spec(spec).analysis.metrics[0]), **whole}
     assert stored["rollback"]["evidence"]["verdicts"][0]["evidence"] == whole
     assert len(whole["history"]) == 7 and whole["history_days"]["read"] == 7
 
