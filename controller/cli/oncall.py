@@ -831,10 +831,13 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
             if stable and serving == stable:
                 lines.append(f"Traffic is back on {back_to} (confirmed at {at}).")
             else:  # off the candidate, and only that: the target did not report stable serving (or an older status)
-                reported = f"reported version {text(serving)} serving" if serving not in (None, "") \
-                    else "did not report which version serves"
-                versus = f"not {back_to}: check it" if stable else "no earlier version is on record"
-                lines.append(f"Traffic is off version {candidate or '?'} (confirmed at {at}); the target {reported}, "
+                # No version recorded: the target named none, or an older operator (without the field) wrote it.
+                reported = f"the target reported version {text(serving)} serving" if serving not in (None, "") \
+                    else "the status records no version serving then (the target named none, or an older operator " \
+                         "wrote it)"
+                versus = f"so {back_to} is not confirmed serving: check it" if stable \
+                    else "and no earlier version is on record"
+                lines.append(f"Traffic is off version {candidate or '?'} (confirmed at {at}); {reported}, "
                              f"{versus} (TrafficRestored says what was seen).")
         else:
             # All of it once promoted, by this rollout or by hand (the engine's message says which it restores).

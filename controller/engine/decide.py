@@ -1845,14 +1845,17 @@ class _Decider:
     def _withdrawal_owed(self, action_id: str) -> bool:
         """Whether a withdrawal the target needs for nothing but the router's record is still to be sent: never sent,
         sent before an operator restart (maybe never carried out), or failed for a reason that may pass, until
-        progressDeadline from its first send. A refused one (its error in TargetReady) is not retried, nor one failing
-        past the deadline (it would hold the rollback open for ever): no user is on the candidate."""
+        progressDeadline from the first of its latest run of failures that were no outage (refused_since: a router
+        that could not be reached at all has not turned it down, and is tried again once it answers). A refused one
+        (its error in TargetReady) is not retried, nor one failing past that deadline (it would hold the rollback open
+        for ever): no user is on the candidate."""
         record = self._ledger(action_id)
         restarted = self.obs.resend_pending and action_id not in self.failed_actions
         if record is None or record.sent_at is None or restarted:
             return True
         error = self.failed_actions.get(action_id) or _ledger_error(record)
-        return error is not None and error.kind not in _REFUSALS and not self._deadline_passed(record.issued_at)
+        return error is not None and error.kind not in _REFUSALS \
+            and not (record.refused_since is not None and self._deadline_passed(record.refused_since))
 
     def _unstaged(self) -> bool:
         """Whether the candidate a rollback makes way for a new one is off the target; else it is asked for. The new
@@ -2890,11 +2893,14 @@ def steps_signature(steps: Any) -> str:
 
 def metric_signature(metric: MetricSpec) -> str:
     """A short digest of what a metric asks Prometheus (its query templates, as written): bounds and limits left out,
-    since they do not change what is counted."""
+    since they do not change what is counted. Whitespace is not what is asked (a query rewritten as a YAML block
+    gains a newline): runs of it count as one space."""
     if metric.threshold is not None:
-        return _signature([metric.threshold.query])
-    assert metric.proportion is not None
-    return _signature([metric.proportion.events, metric.proportion.total])
+        templates = [metric.threshold.query]
+    else:
+        assert metric.proportion is not None
+        templates = [metric.proportion.events, metric.proportion.total]
+    return _signature([" ".join(template.split()) for template in templates])
 
 
 def thresholds_signature(thresholds: GoldenThresholds) -> str:

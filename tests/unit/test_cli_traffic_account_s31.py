@@ -44,8 +44,9 @@ def test_back_on_stable_only_when_the_target_reported_stable_serving(oncall: OnC
     assert "Traffic is back on version 6 (confirmed at " in oncall.explain(obj)
 
 
-@pytest.mark.parametrize(("served", "said"), [("9", "reported version 9 serving"),
-                                              (None, "did not report which version serves")])
+@pytest.mark.parametrize(("served", "said"), [
+    ("9", "the target reported version 9 serving"),
+    (None, "the status records no version serving then (the target named none, or an older operator wrote it)")])
 def test_a_withdrawal_confirmed_beside_another_version_is_told_as_the_candidate_off(
         oncall: OnCall, served: str | None, said: str) -> None:
     obj = aborted(served)
@@ -53,7 +54,7 @@ def test_a_withdrawal_confirmed_beside_another_version_is_told_as_the_candidate_
     text = oncall.explain(obj)
     assert "Traffic is back" not in text
     assert "Traffic is off version 7 (confirmed at " in text
-    assert f"the target {said}, not version 6: check it" in text
+    assert f"{said}, so version 6 is not confirmed serving: check it" in text
 
 
 def test_an_older_operators_status_claims_no_more_than_the_candidate_off(oncall: OnCall) -> None:
@@ -61,13 +62,13 @@ def test_an_older_operators_status_claims_no_more_than_the_candidate_off(oncall:
     obj["status"]["rollback"].pop("servingWhenConfirmed")
     text = oncall.explain(obj)
     assert "Traffic is back" not in text
-    assert "Traffic is off version 7 (confirmed at " in text and "did not report which version serves" in text
+    assert "Traffic is off version 7 (confirmed at " in text and "or an older operator wrote it" in text
 
 
 def test_a_first_rollout_taken_off_says_there_is_no_earlier_version(oncall: OnCall) -> None:
     text = oncall.explain(aborted("5", stable=False))
     assert "Traffic is back" not in text
-    assert "the target reported version 5 serving, no earlier version is on record" in text
+    assert "the target reported version 5 serving, and no earlier version is on record" in text
 
 
 def test_the_pages_rollback_fact_says_back_on_stable_only_as_the_target_reported_it() -> None:

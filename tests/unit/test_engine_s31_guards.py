@@ -252,3 +252,57 @@ def test_a_stuck_rollback_is_looked_at_every_tenth_of_its_lateness() -> None:
     world.advance(timedelta(minutes=2))
     world.reconcile()
     assert world.reconcile().requeue_after == timedelta(seconds=24)
+
+
+# --- review s31r3eng ------------------------------------------------------------------------------------------------
+
+
+def test_whitespace_is_no_query_edit_for_data_lost() -> None:
+    """A query rewritten as a YAML block gains a newline: the same question, so a loss in that run is still seen."""
+    from controller.api.spec import parse_spec
+    from controller.engine.decide import metric_signature
+
+    def signature(total: str) -> str:
+        spec = parse_spec(spec_dict(analysis={"metrics": [{"name": "nsfw-rate", "proportion": {
+            "events": 'sum(increase(m{class="nsfw", {{selector}}}[{{window}}]))', "total": total}}]}))
+        return metric_signature(spec.analysis.metrics[0])
+
+    plain = signature("sum(increase(m{{{selector}}}[{{window}}]))")
+    assert signature("sum(increase(m{{{selector}}}[{{window}}]))\n") == plain
+    assert signature("sum(increase(m{{{selector}}}[{{window}}]))  ") == plain
+    assert signature("sum(increase(m{{{selector}}}[5m]))") != plain
+
+
+class _OutageWorld(World):
+    """The router refuses connections to the withdrawal while `unreachable` (an outage, not a refusal)."""
+
+    def execute(self, action):  # type: ignore[no-untyped-def]
+        from controller.engine import ActionFailure, SetCanaryWeight
+        if isinstance(action, SetCanaryWeight) and action.withdraw and self.target.unreachable:
+            self.executed.append(action)
+            refused = AdapterError(AdapterErrorKind.UNAVAILABLE, "connection refused")
+            return None, None, ActionFailure(action.id, refused)
+        return super().execute(action)
+
+
+def test_a_withdrawal_kept_out_by_an_outage_past_the_deadline_is_still_sent_once_the_router_answers() -> None:
+    """The router unreachable for 15 minutes (progressDeadline 10m) while the abort's withdrawal is retried, and an
+    Argo CD sync took the candidate off meanwhile: once the router answers, the withdrawal is sent to it (and the
+    record cleared), not given up at once as if the router had turned it down."""
+    world = _OutageWorld(spec=_steps())
+    _paused_at(world, 10)
+    world.target.unreachable = True
+    sent = len(world.executed)
+    world.send(CommandAction.ABORT, command_id="abort-outage")
+    start = world.now
+    while world.now - start < timedelta(minutes=15):
+        decision = world.reconcile()
+        world.advance(max(decision.requeue_after or timedelta(seconds=30), timedelta(seconds=30)))
+    assert world.status.phase is Phase.ROLLING_BACK
+    world.target.unreachable = False
+    world.target.canary_version, world.target.canary_weight = None, None
+    during = len(withdrawals(world, sent))
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=5), limit=40)
+    assert len(withdrawals(world, sent)) - during == 1
+    restored = [entry.detail for entry in world.status.history if entry.event == "TrafficRestored"]
+    assert restored and "could not be cleared" not in restored[-1], restored
