@@ -24,6 +24,7 @@ benchmark calls it on whole simulation matrices, so both run exactly the same co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -279,7 +280,51 @@ def baseline_judge(name: str, current_events: Any, current_total: Any,
     evidence["deflated"] = {"current": {"events": x / phi, "total": n / phi},
                             "history": {"events": y / phi, "total": m / phi}}
     reference = f"its {len(days)}-day history" + (" (an outlying day left out)" if odd is not None else "")
-    return _proportion_verdict(name, x, n, y, m, criteria, evidence, reference=reference, arm="new version", phi=phi)
+    verdict = _proportion_verdict(name, x, n, y, m, criteria, evidence, reference=reference, arm="new version",
+                                  phi=phi)
+    return _blind_spot(verdict, n, y, m, criteria, phi)
+
+
+def _blind_spot(verdict: Verdict, n: float, y: float, m: float, criteria: ProportionCriteria, phi: float) -> Verdict:
+    """The verdict with `detectable_ratio` in its evidence (_detectable_ratio; None: no rate of the new version
+    would have failed), and a pass that could not have seen twice the allowed ratio saying so: a history whose
+    days differ for a reason (weekends in a 7-day baseline) reads as a large phi, which can hide a 2x regression
+    for a whole bake, and the pass alone would not show it."""
+    if verdict.evidence.get("relative") is None or y <= 0:
+        return verdict  # the relative test did not run, or a history without events gives no ratio
+    rho0 = 1.0 + float(criteria.max_relative_increase)
+    detectable = _detectable_ratio(n, y, m, criteria, phi)
+    evidence = {**verdict.evidence, "detectable_ratio": detectable}
+    if verdict.outcome is not Outcome.PASS or (detectable is not None and detectable <= 2 * rho0):
+        return dataclasses.replace(verdict, evidence=evidence)
+    below = f"increases below {detectable:.3g}x" if detectable is not None else "any increase"
+    # Early in a bake, too few predictions hide as much without any spread: name what does.
+    unspread = _detectable_ratio(n, y, m, criteria, 1.0) if phi > 1 else detectable
+    few = unspread is None or unspread > 2 * rho0
+    cause = {(True, False): "so few predictions hide", (False, True): "this history's day-to-day spread hides",
+             (True, True): "so few predictions and this history's day-to-day spread hide"}[(few, phi > 1)]
+    return dataclasses.replace(verdict, reason=f"{verdict.reason}; {cause} {below}", evidence=evidence)
+
+
+def _detectable_ratio(n: float, y: float, m: float, criteria: ProportionCriteria, phi: float) -> float | None:
+    """The smallest ratio of the new version's rate to the history's that, seen on these totals (n; y events of m),
+    would have failed the relative test at its confidence with this phi; None when not even a new version whose
+    every prediction is an event would have. A new version seen below it passes this run whatever its true rate.
+    The same units as the evidence's `ratio` and `allowed_ratio`."""
+    _, odds = quantize_odds((1.0 + float(criteria.max_relative_increase)) * n / m)  # as evaluate_proportion
+    log_b = log_boundary(float(odds), criteria.alpha_relative, criteria.prior)
+
+    def fails(x: float) -> bool:
+        return float(log_evalue(x / phi, (x + y) / phi, float(odds), criteria.prior)) >= log_b
+
+    if not fails(n):
+        return None
+    low, high = 0.0, n  # the e-value grows with the new version's events (the history's fixed): bisect on them
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (low, mid) if fails(mid) else (mid, high)
+    ratio = (high / n) * (m / y)
+    return ratio if math.isfinite(ratio) else None  # garbage-sized totals: no ratio to show
 
 
 def threshold_judge(name: str, value: Any, *, minimum: Any = None, maximum: Any = None, query: str | None = None,

@@ -371,6 +371,9 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     # Each past day is divided by its own copies (a day read twice would otherwise weigh twice, and its doubled
     # counts inflate phi, which deflates the new version's evidence as much), counted as now's when now's are.
     checked = fresh is not None and "current" in fresh["predictionSeries"]
+    # A past day's copies are counted while the previous version still served: a window ending after the
+    # promotion (a late run, by up to the slack) finds no series once its exporter restarted or dropped it.
+    promotion = request.promoted_at or request.window_start
     history: list[tuple[float, float]] = []
     divisors: list[int | None] = []
     left_out: dict[int, dict[str, Any]] = {}  # each day left out for its copies: why, and its undivided counts
@@ -382,7 +385,7 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
             return _unmeasured(name, broken, queries, evidence)
         divisor: int | None = 1
         if checked and (total.value or 0.0) > 0:
-            counts, problem = _count_copies("history", before, at, provider, queries)
+            counts, problem = _count_copies("history", before, min(at, promotion), provider, queries)
             if problem is not None:
                 detail = f"the history day ending {format_time(at)}: {problem.detail}"
                 return _unmeasured(name, dataclasses.replace(problem, detail=detail), queries, evidence)
@@ -415,8 +418,8 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
 def _uneven_day(counts: Mapping[str, Any] | None) -> str:
     """Why a past day's copies are not known whole (_count_copies' counts, None: no prediction series at its end)."""
     if counts is None:
-        return (f"copies unknown: no series of {PREDICTIONS_SERIES} at the window's end, so how many times each "
-                "prediction was read is not known")
+        return (f"copies unknown: no series of {PREDICTIONS_SERIES} at the window's end (or the promotion, if "
+                "earlier), so how many times each prediction was read is not known")
     through = counts.get("fewestCopiesInWindow")
     return (f"uneven copies: {counts['series']:g} prediction series for {counts['labelSets']:g} label sets at the "
             f"window's end" + ("" if through is None else f", {through:g} of some label set through the whole window")

@@ -219,3 +219,70 @@ def test_an_odd_day_is_not_left_out_of_a_history_of_only_the_days_required() -> 
     verdict = baseline_judge("nsfw", 100, 10000, [(100, 10000), (101, 10000), (1000, 10000)])
     assert not any(day.get("left_out") for day in verdict.evidence["history"])
     assert "3-day history" in verdict.reason
+
+
+# --- what the history's spread could not have seen (review s31bake) -----------------------------------------------
+
+# A Monday's 7-day history: the weekend's class rate is half the weekdays' (2.5% vs 5%), 20 000 predictions a day.
+# The two weekend days agree, so neither is left out as an outlier: their steady difference reads as phi ~73.
+WEEKLY = [(500, 20_000)] * 2 + [(1_000, 20_000)] * 5
+
+
+def test_a_weekly_pattern_that_hides_a_twofold_regression_says_so() -> None:
+    """A new version at twice the weekdays' rate (2.33x the pooled history, allowed 1.5x) passes, as before; the
+    pass now says the history's spread hides increases below the ratio it could have seen."""
+    v = baseline_judge("nsfw", 2_000, 20_000, WEEKLY)
+    assert v.outcome is Outcome.PASS, v.reason  # the outcome is kept: only made visible
+    assert v.evidence["dispersion"] > 50 and not any(day.get("left_out") for day in v.evidence["history"])
+    detectable = v.evidence["detectable_ratio"]
+    assert 3.0 < detectable < 3.2 and v.evidence["ratio"] == pytest.approx(7 / 3)
+    assert v.reason.endswith(f"; this history's day-to-day spread hides increases below {detectable:.3g}x")
+    assert "so few predictions" not in v.reason
+    strict_json(v)
+
+
+@pytest.mark.parametrize(("history", "events", "total"), [(WEEKLY, 2_000, 20_000), (STEADY, 150, 10_000),
+                                                          (ALTERNATING, 2, 250), (STEADY, 5, 300)])
+def test_the_detectable_ratio_is_where_the_real_judge_starts_to_fail(history: list[tuple[int, int]], events: int,
+                                                                      total: int) -> None:
+    """Seen a hair above the ratio, the same totals and history fail; a hair below, they do not."""
+    v = baseline_judge("nsfw", events, total, history)
+    history_rate = v.evidence["stable"]["rate"]
+    at = v.evidence["detectable_ratio"] * history_rate * total
+    assert baseline_judge("nsfw", at * 1.001, total, history).outcome is Outcome.FAIL
+    assert baseline_judge("nsfw", at * 0.999, total, history).outcome is not Outcome.FAIL
+
+
+def test_a_pass_that_could_see_twice_the_allowance_says_nothing_more() -> None:
+    v = baseline_judge("nsfw", 150, 10_000, STEADY)  # 1.5x, binomial noise only, 10 000 predictions
+    assert v.outcome is Outcome.PASS, v.reason
+    assert v.evidence["detectable_ratio"] < 3.0
+    assert "hide" not in v.reason
+
+
+def test_too_few_predictions_are_named_rather_than_the_spread() -> None:
+    # No spread (phi 1), 300 predictions: the counts alone hide up to ~4.4x.
+    few = baseline_judge("nsfw", 5, 300, STEADY)
+    assert few.outcome is Outcome.PASS and few.evidence["dispersion"] == 1.0, few.reason
+    assert few.reason.endswith(f"; so few predictions hide increases below {few.evidence['detectable_ratio']:.3g}x")
+    # Both: 250 predictions against a history that swings 1% / 3%.
+    both = baseline_judge("nsfw", 2, 250, ALTERNATING)
+    assert both.outcome is Outcome.PASS, both.reason
+    assert "; so few predictions and this history's day-to-day spread hide increases below" in both.reason
+
+
+def test_a_spread_that_hides_every_rate_says_any_increase() -> None:
+    # 250 predictions against a history whose days swing 2% / 8%: not even 250 of 250 would have failed.
+    v = baseline_judge("nsfw", 5, 250, SWINGING)
+    assert v.outcome is Outcome.PASS, v.reason
+    assert v.evidence["detectable_ratio"] is None
+    assert v.reason.endswith("; this history's day-to-day spread hides any increase")
+    assert baseline_judge("nsfw", 250, 250, SWINGING).outcome is Outcome.PASS  # the test can indeed not fail
+    strict_json(v)
+
+
+def test_a_failure_keeps_its_reason_and_shows_the_ratio() -> None:
+    v = baseline_judge("nsfw", 4_000, 20_000, WEEKLY)
+    assert v.outcome is Outcome.FAIL, v.reason
+    assert v.evidence["detectable_ratio"] == pytest.approx(3.08, abs=0.01)
+    assert "hide" not in v.reason
