@@ -360,7 +360,13 @@ class RolloutRuntime:
         (only failing at progressDeadline, blaming the target), or a rollback would restore stable as one. An
         explicit template is used as it is; Seldon v2 Experiments load no URI from the operator."""
         target = self.spec.target
-        if self.config.storage_uri_template or (status is not None and status.candidate is not None) \
+        # Checked before each rollout's candidate is resolved (a finished rollout's next version too), never while one
+        # is in flight (a rollback must not wait on it) or for the candidate already taken on.
+        in_flight = status is not None and status.phase not in (Phase.PENDING, Phase.SUCCEEDED, Phase.ROLLED_BACK,
+                                                                 Phase.FAILED)
+        taken_on = status is not None and status.candidate is not None and candidate is not None \
+            and status.candidate.version == candidate.version
+        if self.config.storage_uri_template or in_flight or taken_on \
                 or (target.kserve is None and target.seldon_deployment is None) \
                 or candidate is None or not candidate.source or candidate.status != "READY" \
                 or (stable is not None and stable.version == candidate.version):  # already stable: nothing staged

@@ -185,13 +185,18 @@ class ModelRegistry(ABC):
         if current == candidate_version:
             recorded = candidate.tags.get(PREVIOUS_VERSION_TAG) or None
             if not self._promotion_recorded(candidate, rollout, promoted_at):
-                # No record at all (the alias moved there by hand): the way back is unknown, left as it is.
+                # The way back is this promotion's own crash record only when it names what the caller saw on the
+                # alias: none at all (the alias moved there by hand), or an older promotion's of this version, is
+                # no way back known now, and -previous is left as it is.
+                own = PREVIOUS_VERSION_TAG in candidate.tags and (
+                    isinstance(expected, _Unchecked) or (recorded or None) == (expected or None))
                 self._record_promotion(model_name, stable_alias, candidate, recorded, aliases, rollout, promoted_at,
-                                       way_back_known=PREVIOUS_VERSION_TAG in candidate.tags)
+                                       way_back_known=own)
             self._overrule_rejection(model_name, candidate)  # a kill after the alias moved, before the flag
             return PromotionResult(alias=stable_alias, version=candidate_version, previous_version=recorded,
                                    alias_moved=False)
-        if not isinstance(expected, _Unchecked) and current != expected:
+        # An alias naming no version (removed, or its version deleted) has no one's choice to overrule: moved.
+        if not isinstance(expected, _Unchecked) and current is not None and current != expected:
             raise StableAliasMoved(
                 f"@{stable_alias} of {model_name!r} names {f'version {current}' if current else 'no version'}, not "
                 f"{f'version {expected}' if expected else 'no version'} as when the promotion was decided: moved "

@@ -358,3 +358,49 @@ def test_the_chart_passes_the_template_only_when_set() -> None:
     args = controller_pod(helm_template("--set-json", 'controller.storageUriTemplate="{download_uri}"'))[
         "containers"][0]["args"]
     assert args[args.index("--storage-uri-template") + 1] == "{download_uri}"
+
+
+# --- review s31r3reg ----------------------------------------------------------------------------------------------
+
+
+def test_an_alias_removed_since_the_rollout_read_it_is_no_move_to_respect() -> None:
+    """@production removed by hand (or its version deleted, which drops its aliases) mid-rollout: nobody's choice to
+    overrule, and the engine goes ahead; refusing it every time rolled a healthy promotion back at its deadline."""
+    registry = InMemoryRegistry()
+    three_versions(registry, stable="1")
+    del registry._models[MODEL].aliases[STABLE]
+    result = registry.promote(MODEL, STABLE, "2", ROLLOUT, promoted_at=AT, expected="1")
+    assert result.alias_moved and registry._models[MODEL].aliases[STABLE] == "2"
+
+
+def test_a_hand_move_onto_the_candidate_trusts_only_this_promotions_own_record() -> None:
+    """History 1 -> 2, then 2 -> 3; in a new rollout (stable 3) a human sets @production back on 2: version 2's
+    previous_version tag (1) is an older promotion's record, not the way back now, so -previous is left alone."""
+    registry = InMemoryRegistry()
+    three_versions(registry, stable="2", previous="1")
+    registry._set_version_tags(MODEL, "2", {PREVIOUS_VERSION_TAG: "1"})  # from the 1 -> 2 promotion
+    registry._models[MODEL].aliases[f"{STABLE}-previous"] = "2"  # from the 2 -> 3 promotion
+    registry._models[MODEL].aliases[STABLE] = "2"  # the human, mid-rollout (the rollout found 3)
+    registry.promote(MODEL, STABLE, "2", ROLLOUT, promoted_at=AT, expected="3")
+    assert registry._models[MODEL].aliases[f"{STABLE}-previous"] == "2"  # not rebuilt from the stale record
+    # This promotion's own crash record (written before its alias write failed) is still completed.
+    own = InMemoryRegistry()
+    three_versions(own, stable="1")
+    own._set_version_tags(MODEL, "2", {PREVIOUS_VERSION_TAG: "1"})
+    own._models[MODEL].aliases[STABLE] = "2"
+    own.promote(MODEL, STABLE, "2", ROLLOUT, promoted_at=AT, expected="1")
+    assert own._models[MODEL].aliases[f"{STABLE}-previous"] == "1"
+
+
+@pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, Phase.PENDING])
+def test_the_refusal_covers_the_next_rollout_of_a_finished_one(phase: Phase) -> None:
+    """spec.model.version edited on a finished rollout (status.candidate the last one's): the new candidate is
+    checked as a first rollout's is; the candidate already taken on, or a rollout in flight, is not."""
+    registry = mlflow3_registry()
+    finished_status = ModelRolloutStatus(phase=phase, candidate=VersionRef("1"), stable=VersionRef("1"))
+    observed = runtime(registry).observe_registry(finished_status)
+    assert observed.error is not None and observed.error.kind is AdapterErrorKind.INVALID
+    taken_on = ModelRolloutStatus(phase=phase, candidate=VersionRef("2"), stable=VersionRef("1"))
+    assert runtime(registry).observe_registry(taken_on).error is None
+    in_flight = ModelRolloutStatus(phase=Phase.ROLLING_BACK, candidate=VersionRef("1"), stable=VersionRef("1"))
+    assert runtime(registry).observe_registry(in_flight).error is None
