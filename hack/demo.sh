@@ -41,6 +41,9 @@ wait "$up" || up_status=$?
 up=""  # reaped: its PID may name another process now
 ((up_status == 0)) || exit "$up_status"
 env_lines=$(<"$up_out")
+# Gone now: a `kill -9` of this script runs no EXIT trap.
+rm -f "$up_out"
+up_out=""
 eval "$env_lines"
 # In the background and waited for: a signal to this script interrupts the wait, and the EXIT trap passes it on to
 # the demo (which, as a background job, ignores Ctrl-C itself) and waits for it before `dev down`.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from controller.cli.errors import CliError
+from controller.cli.program import program
 from controller.cli.shape import printable
 from controller.devstack.processes import StackError, interrupt_on_termination
 
@@ -49,7 +50,7 @@ def _dev_up(args: argparse.Namespace) -> int:
         print(f"export {key}={shlex.quote(value)}")
     timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in stack.timings.items())
     # Named whatever chose it (the flag, MODELROLLOUT_STATE_DIR): the shell that runs `dev down` may lack either.
-    down = f"modelrollout dev down --state-dir {shlex.quote(str(stack.root))}"
+    down = f"{program()} dev down --state-dir {shlex.quote(str(stack.root))}"
     print(f"# local stack up ({timings}); stop it with: {down}", file=sys.stderr)
     return 0
 
@@ -90,7 +91,7 @@ def _operator_run(args: argparse.Namespace) -> int:
     try:  # kopf would retry a login that cannot work, every minute, for ever
         load_client_config(args.kubeconfig)
     except KUBECONFIG_ERRORS as exc:
-        raise no_cluster(exc) from None
+        raise no_cluster(exc, args.kubeconfig) from None
     try:  # a typo here would fail every staging and restore
         fill_storage_uri(args.storage_uri_template or DEFAULT_STORAGE_URI_TEMPLATE, name="m", version="1",
                          source="s3://b/m", run_id="r", download_uri="s3://b/m")

@@ -20,6 +20,7 @@ import urllib3
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config import kube_config
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
@@ -123,10 +124,20 @@ class Style:
 KUBECONFIG_ERRORS = (config.ConfigException, OSError, TypeError, ValueError, yaml.YAMLError)
 
 
-def no_cluster(exc: BaseException) -> CliError:
+def no_cluster(exc: BaseException, kubeconfig: str | None = None) -> CliError:
+    """`kubeconfig`: the path given (else $KUBECONFIG's, else ~/.kube/config, as the library reads them)."""
+    # The library skips a path that does not exist, then says only "Invalid kube-config file": name each one. Only
+    # when loading failed: kubectl too merges the $KUBECONFIG entries that exist.
+    paths = [path for path in (kubeconfig or kube_config.KUBE_CONFIG_DEFAULT_LOCATION).split(
+        kube_config.ENV_KUBECONFIG_PATH_SEPARATOR) if path]
+    missing = [path for path in paths if not os.path.exists(os.path.expanduser(path))]
+    source = " (in $KUBECONFIG)" if kubeconfig is None and "KUBECONFIG" in os.environ else ""
+    absent = f"{', '.join(missing)}{source} {'does' if len(missing) == 1 else 'do'} not exist"
+    if missing and len(missing) == len(paths):
+        return CliError(f"no cluster: no kubeconfig: {absent}")
     # A YAML or base64 error may quote the file (a token in it): only its type is shown.
     detail = str(exc) if isinstance(exc, config.ConfigException | OSError) else type(exc).__name__
-    return CliError(f"no cluster: cannot load a kubeconfig ({detail})")
+    return CliError(f"no cluster: cannot load a kubeconfig ({detail}{'; ' + absent if missing else ''})")
 
 
 def _not_current(obj: dict[str, Any]) -> str | None:
@@ -191,7 +202,7 @@ class OnCall:
             config.load_kube_config(config_file=kubeconfig, context=context_name)
             contexts, context = config.list_kube_config_contexts(config_file=kubeconfig)
         except KUBECONFIG_ERRORS as exc:
-            raise no_cluster(exc) from None
+            raise no_cluster(exc, kubeconfig) from None
         if context_name is not None:  # the namespace is the chosen context's, as kubectl --context takes it
             context = next((item for item in contexts if item.get("name") == context_name), None)
         self.namespace = namespace or (context or {}).get("context", {}).get("namespace") or "default"
@@ -435,9 +446,11 @@ class OnCall:
             print(f"no history yet{'; ' + note if (note := _not_current(obj)) else ''}", file=self.out)
         # As wide as the longest event shown (ProgressDeadlineExceeded), so the actor and detail columns align.
         width = max((len(entry["event"]) for entry in obj["status"]["history"]), default=0)
+        # The times too: format_time drops a fraction's trailing zeros (20 to 27 characters).
+        time_width = max((len(entry["time"]) for entry in obj["status"]["history"]), default=0)
         for entry in obj["status"]["history"]:
-            print(f"{entry['time']}  {entry['event']:<{width}} {entry.get('actor', ''):<24} {entry['detail']}",
-                  file=self.out)
+            print(f"{entry['time']:<{time_width}}  {entry['event']:<{width}} {entry.get('actor', ''):<24} "
+                  f"{entry['detail']}", file=self.out)
 
     def explain(self, obj: dict[str, Any]) -> str:
         pending = _pending_line(obj)

@@ -23,6 +23,7 @@ from kubernetes import client
 from controller.api.serialization import parse_time
 from controller.api.status import TERMINAL_PHASES
 from controller.cli.oncall import Style
+from controller.cli.program import program
 from controller.devstack.dataplane import DataPlane, LiveTraffic, TrafficMix, start_exporter
 from controller.devstack.processes import ManagedProcess, StackError, start
 from controller.devstack.prometheus_server import PrometheusServer
@@ -87,9 +88,10 @@ def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, tim
     env = state["env"]
     # Checked before anything starts: what the demo needs of the stack, said in words.
     if "MLFLOW_TRACKING_URI" not in env:
-        raise StackError("the demo needs the stack's MLflow: run `modelrollout dev up` without --no-mlflow")
+        raise StackError(f"the demo needs the stack's MLflow: run `{program()} dev up` without --no-mlflow")
     if not state.get("prometheusRoot"):
-        raise StackError("the demo needs the stack's Prometheus: run `modelrollout dev up` without --no-prometheus")
+        raise StackError(f"the demo needs the stack's Prometheus: run `{program()} dev up` without "
+                         "--no-prometheus")
     kubeconfig = Path(env["KUBECONFIG"])
     api_client = load_client_config(str(kubeconfig))
     namespace = "moderation"

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from controller.cli.program import program
 from controller.devstack.controlplane import REPO_ROOT, ControlPlane
 from controller.devstack.mlflow_server import MlflowServer
 from controller.devstack.processes import (
@@ -141,7 +142,7 @@ class Stack:
             # Most often another demo or `dev up` still using it: `dev down` would stop that run, so only if stale.
             raise StackError(f"a stack is already running from {self.root}: another demo or `dev up` is using it; "
                              "wait for it to end, or, if it is stale, stop it with "
-                             f"`modelrollout dev down --state-dir {shlex.quote(str(self.root))}`")
+                             f"`{program()} dev down --state-dir {shlex.quote(str(self.root))}`")
         # Every directory it will empty, checked before anything starts: a refusal leaves nothing half started.
         _claim(self.root, "controlplane", *(["mlflow"] * with_mlflow), *(["prometheus"] * with_prometheus))
         try:
@@ -251,6 +252,10 @@ def _claim(root: Path, *names: str) -> None:
 
     Anything else is refused, naming it, before any is claimed: a directory of the user's that has the same name,
     or a link (emptying it would follow the link, or fail with no useful message)."""
+    # mkdir below would fail with only "File exists", naming nothing.
+    if root.exists() and not root.is_dir():
+        kind = "a file, not a directory" if root.is_file() else "not a directory"
+        raise StackError(f"the state dir {root} is {kind}: choose another --state-dir (or $MODELROLLOUT_STATE_DIR)")
     mark = root / OWNED_MARK
     # None: no mark (new, or an earlier version). Not text: its names are not ours, so nothing is owned by it.
     owned = set(mark.read_text(errors="replace").split()) if mark.exists() else None
@@ -270,7 +275,10 @@ def _claim(root: Path, *names: str) -> None:
             raise StackError(f"{directory} holds files `dev up` did not create (it empties this directory at every "
                              "start); it was left alone: choose another --state-dir, or move it away")
     if owned is None or not owned.issuperset(names):
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where a parent directory should be, no permission
+            raise StackError(f"cannot create the state dir {root}: {exc.strerror or type(exc).__name__}") from None
         _write_atomic(mark, "\n".join(sorted((owned or set()) | set(names))) + "\n")
 
 
@@ -328,7 +336,7 @@ def record_process(state_dir: Path, process: ManagedProcess) -> None:
 def load_state(root: Path | None = None) -> dict[str, Any]:
     state_file = (root or default_state_dir()) / "state.json"
     if not state_file.exists():
-        raise StackError(f"no local stack is running (no {state_file}): run `modelrollout dev up`")
+        raise StackError(f"no local stack is running (no {state_file}): run `{program()} dev up`")
     try:
         state: dict[str, Any] = json.loads(state_file.read_text())
     except (OSError, ValueError) as exc:

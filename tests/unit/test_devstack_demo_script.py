@@ -110,3 +110,14 @@ def test_the_demo_s_exit_code_is_the_script_s(checkout: Path, code: str) -> None
     script, log = run_demo_script(checkout, FAKE_DEMO_SECONDS="0.2", FAKE_DEMO_EXIT=code)
     assert finish(script) == int(code)
     assert log.read_text().splitlines() == ["demo running", "down started", "down done"]
+
+
+def test_a_kill_9_of_the_script_leaves_no_temporary_file(checkout: Path, tmp_path: Path) -> None:
+    """Review s31demo: `dev up`'s exports were in a mktemp file only the EXIT trap removed, which SIGKILL skips."""
+    temporary = tmp_path / "tmpdir"
+    temporary.mkdir()
+    script, log = run_demo_script(checkout, TMPDIR=str(temporary))
+    wait_line(log, "demo running")  # past `dev up`, whose output it has read
+    os.killpg(script.pid, signal.SIGKILL)  # the script and the demo, with no trap run
+    script.wait(timeout=15)
+    assert list(temporary.iterdir()) == []
