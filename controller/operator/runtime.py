@@ -374,12 +374,13 @@ class RolloutRuntime:
         for role, found in (("candidate", candidate), ("stable", stable)):
             scheme = (found.source or "").split(":", 1)[0].lower() if found is not None else ""
             if found is not None and ":" in (found.source or "") and scheme in MLFLOW_ONLY_SCHEMES:
-                return (f"{role} version {found.version}'s source is a {scheme}: URI, which no KServe or Seldon "
-                        f"storage initializer loads (MLflow 3 registers models:/m-<id>), and the operator's "
+                return (f"{role} version {found.version}'s source is a {scheme}: URI, which no built-in KServe or "
+                        f"Seldon storage initializer loads (MLflow 3 registers models:/m-<id>), and the operator's "
                         f"--storage-uri-template (chart value controller.storageUriTemplate) is not set, so "
                         f"{DEFAULT_STORAGE_URI_TEMPLATE} would give it to {target.description} as it is: set it to "
                         "where the model's files are, e.g. {download_uri} (MLflow's get-download-uri: s3://... when "
-                        "the artifact root is an object store) or s3://<bucket>/{name}/{version}")
+                        "the artifact root is an object store) or s3://<bucket>/{name}/{version} ({source} set "
+                        "explicitly, if your cluster registers a storage container for the scheme)")
         return None
 
     # --- observing -----------------------------------------------------------------------------------
