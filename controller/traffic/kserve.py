@@ -23,11 +23,13 @@ Knative mode (KServe's documented canary rollout):
             KServe only moves latestRolledoutRevision back when the latest revision is the rolled-out one.
             Taken only while previousRolledoutRevision is stable's recorded revision: a revision rolled out
             since the promotion (a model synced in, a resources edit) makes the candidate's the previous one,
-            so the pin would send all traffic to the rejected model; then stable is written as a new revision
-            at once (the spec's model serves until it is ready). Stable is known by its recorded storageUri or
-            its recorded version (a manifest's form of the URI other than the operator's template); the
-            recorded storageUri, which served, is what goes back. A third model in the spec is written over,
-            unlike rollback()'s refusal: the rollout is past promotion, with no stable share to fall back on.
+            so the pin would send all traffic to the rejected model (checked again on the object the pin is
+            applied to); then stable is written as a new revision at once, the template's storageUri (the
+            spec's model serves until it is ready). Stable is known by its recorded storageUri, or by its
+            recorded version where that was checked against the URI (the object's own record, not the engine's
+            hint: the template's form changed since); the pin's write puts the recorded storageUri, which
+            served, back. A third model in the spec is written over, unlike rollback()'s refusal: the rollout
+            is past promotion, with no stable share to fall back on.
   unpin     after either, a third write, by later rollback()/restore() calls (the operator keeps calling while
             observe() says `pinned`): once KServe has processed the spec and the copy of stable is the latest
             ready revision, canaryTrafficPercent is removed, so that revision (the same model) takes 100% and
@@ -110,6 +112,10 @@ ANN_VERSION = ANNOTATION_PREFIX + "model-version"  # registry version of the mod
 ANN_VERSION_URI = ANNOTATION_PREFIX + "model-storage-uri"
 ANN_STABLE_VERSION = ANNOTATION_PREFIX + "stable-version"  # what served all traffic when staging began
 ANN_STABLE_URI = ANNOTATION_PREFIX + "stable-storage-uri"
+# Knative: "true" when stable-version is known to be the version at stable-storage-uri (the object's own record for it,
+# or the engine's version for exactly that URI), not the engine's hint alone, never checked against the URI: the object
+# may have served another registered model's version of that number.
+ANN_STABLE_VERSION_CHECKED = ANNOTATION_PREFIX + "stable-version-checked"
 ANN_STABLE_REVISION = ANNOTATION_PREFIX + "stable-revision"  # Knative: latestRolledoutRevision at staging
 ANN_STABLE_PREDICTOR = ANNOTATION_PREFIX + "stable-predictor-name"  # Standard: spec.predictor.name at staging
 # Knative: the candidate's revision (latestCreatedRevision) when a rollback or restore wrote stable's storageUri
@@ -119,7 +125,7 @@ ANN_WITHDRAWN_REVISION = ANNOTATION_PREFIX + "withdrawn-revision"
 # Knative: serving.kserve.io/enable-tag-routing before staging set it to "true" ("": absent), to give it back.
 ANN_TAG_ROUTING_BEFORE = ANNOTATION_PREFIX + "tag-routing-before"
 OWNED_ANNOTATIONS = (ANN_VERSION, ANN_VERSION_URI, ANN_STABLE_VERSION, ANN_STABLE_URI, ANN_STABLE_REVISION,
-                     ANN_STABLE_PREDICTOR, ANN_WITHDRAWN_REVISION, ANN_TAG_ROUTING_BEFORE)
+                     ANN_STABLE_PREDICTOR, ANN_WITHDRAWN_REVISION, ANN_TAG_ROUTING_BEFORE, ANN_STABLE_VERSION_CHECKED)
 
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 TAG_ROUTING_PATH = ("metadata", "annotations", TAG_ROUTING)
@@ -512,10 +518,14 @@ def _release_due(view: KnativeView) -> bool:
 
 
 def _recorded_as(view: KnativeView, stable: CandidateModel) -> bool:
-    """The stable recorded at staging is `stable`: its storageUri as asked, or its version (a manifest names the
-    same model in another form than the operator's storage-URI template gives, a first rollout's usual case)."""
-    return view.stable_uri is not None and (view.stable_uri == stable.storage_uri
-                                            or view.annotations.get(ANN_STABLE_VERSION) == stable.version)
+    """The stable recorded at staging is `stable`: its storageUri as asked, or its version where that is the
+    object's own record for the URI (the operator's storage-URI template changed since). A version taken from the
+    engine's hint was never checked against the URI: another registered model's version of that number may have
+    served there, and the restore would put it back as this model's."""
+    ann = view.annotations
+    return view.stable_uri is not None and (
+        view.stable_uri == stable.storage_uri
+        or (ann.get(ANN_STABLE_VERSION) == stable.version and ann.get(ANN_STABLE_VERSION_CHECKED) == "true"))
 
 
 def _names_stable(view: KnativeView, stable: CandidateModel) -> bool:
@@ -533,7 +543,9 @@ def _pin_reaches_stable(view: KnativeView) -> bool:
     if not (recorded and view.synced):
         return False
     if view.rolled_out == view.latest_created:
-        return view.previous_rolled_out == recorded
+        # PredictorConfigurationReady Unknown: a revision of a newer spec may still be coming (a status that only
+        # looks caught up, see ANN_WITHDRAWN_REVISION); once made, the pin would hold the rejected one rolled out.
+        return view.previous_rolled_out == recorded and _configured(view.obj)
     return view.rolled_out == recorded
 
 
@@ -834,14 +846,18 @@ class KServeRouter:
         view = knative_view(obj, self.target)
         if not view.synced:  # where a pin sends traffic is read from status: only a caught-up one says
             view = self._wait_for(lambda v: v.synced, "KServe to process the latest generation")
-        if view.candidate_in_spec and _recorded_as(view, stable) and _pin_reaches_stable(view):
+        def pin_goes_to_stable(v: KnativeView) -> bool:
+            return v.candidate_in_spec and _recorded_as(v, stable) and _pin_reaches_stable(v)
+        if pin_goes_to_stable(view):
             # The stable this candidate was staged against, its revision the one a pin goes back to: KServe's
             # documented rollback, canaryTrafficPercent 0, sends all traffic there at once. (Once another revision
-            # was rolled out after the promotion, the pin would go to the rejected candidate's: not taken.)
-            if not self._pin_previous():
+            # was rolled out after the promotion, the pin would go to the rejected candidate's: not taken.) Checked
+            # again on the object the pin is applied to: a sync landing since (the apply's 409) may have moved it.
+            pinned = self._pin_previous(only_if=pin_goes_to_stable)
+            if pinned is False:
                 return  # traffic moves as soon as KServe acts; call again to restore the storageUri
             view = knative_view(self.client.get(), self.target)
-            if view.rolled_out == view.annotations.get(ANN_STABLE_REVISION):
+            if pinned and view.rolled_out == view.annotations.get(ANN_STABLE_REVISION):
                 self._apply_with(lambda o, _: self._knative_restore(knative_view(o, self.target), stable),
                                  "restoring")
                 return
@@ -854,21 +870,22 @@ class KServeRouter:
                 and _version_for(view.annotations, view.spec_uri, "spec.predictor")[0] == stable.version):
             return  # stable's model, recorded as that version, rolled out (e.g. a copy of stable, unpinned)
         changed = _version_for(view.annotations, view.spec_uri, "spec.predictor")[1]
-        if changed and not _names_stable(view, stable):
+        if changed and not _names_stable(view, stable) and view.spec_uri != view.stable_uri:
             # Not refused, as rollback() refuses a third model: after a promotion no stable share is left to fall
             # back on, and the bake that failed judged what served under the promoted version's label.
             log.warning("%s: restoring version %s over a model put there outside ModelRollout: %s", self.target,
                         stable.version, changed)
         # No revision known to hold this model (or none a pin reaches): roll it out as a new revision. Traffic
         # stays where it is until that revision is ready (no restore is instant without a revision to go back to).
+        # The template's storageUri: a new revision gains nothing from the form recorded at staging, which may be
+        # why the template changed (it no longer loads); only the pin's write needs that form (see _knative_restore).
         def build(o: Obj, _: DeploymentMode) -> Obj:
             v = knative_view(o, self.target)
-            # The storageUri recorded for this version at staging served it here: kept over the template's form.
-            uri = v.stable_uri if v.stable_uri and v.annotations.get(ANN_STABLE_VERSION) == stable.version \
-                else stable.storage_uri
+            uri = stable.storage_uri
             annotations = _released_annotations(v)
             annotations.update({ANN_VERSION: stable.version, ANN_VERSION_URI: uri,
                                 ANN_STABLE_VERSION: stable.version, ANN_STABLE_URI: uri,
+                                ANN_STABLE_VERSION_CHECKED: "true",  # the engine's version for exactly this URI
                                 ANN_STABLE_REVISION: None, ANN_WITHDRAWN_REVISION: None})
             return _knative_body(self.client, v, uri=uri, annotations=annotations, canary_percent=None,
                                  logger_url=_relabelled(v.logger_url, stable.version))
@@ -877,14 +894,15 @@ class KServeRouter:
 
     # -- plumbing --
 
-    def _apply_with(self, build: Callable[[Obj, DeploymentMode], Obj | None], what: str) -> None:
-        """Read, build the body from what was read (None: nothing to do), apply; again on a 409."""
-        def once() -> None:
+    def _apply_with(self, build: Callable[[Obj, DeploymentMode], Obj | None], what: str) -> bool:
+        """Read, build the body from what was read (None: nothing to do), apply; again on a 409. Whether applied."""
+        def once() -> bool:
             obj = self.client.get()
             body = build(obj, deployment_mode(obj, self.default_mode))
             if body is not None:
                 self.client.apply(body)
-        retry_on_conflict(once, f"{what} on {self.target}")
+            return body is not None
+        return retry_on_conflict(once, f"{what} on {self.target}")
 
     def _wait_for(self, done: Callable[[KnativeView], bool], what: str) -> KnativeView:
         deadline = time.monotonic() + self.settle_timeout
@@ -897,15 +915,19 @@ class KServeRouter:
                                        reason="Unavailable")
             time.sleep(self.poll_interval)
 
-    def _pin_previous(self, wait: bool = True) -> bool:
+    def _pin_previous(self, wait: bool = True, only_if: Callable[[KnativeView], bool] | None = None) -> bool | None:
         """canaryTrafficPercent 0: all traffic to latestRolledoutRevision, or, when the latest revision is
         the rolled-out one, to previousRolledoutRevision. True once KServe reports the latest revision
-        no longer rolled out (wait=False: not waited for, False)."""
-        def build(obj: Obj, _: DeploymentMode) -> Obj:
+        no longer rolled out (wait=False: not waited for, False). only_if: checked on the object the pin is
+        applied to (read again on a 409); when it fails, nothing is written (None)."""
+        def build(obj: Obj, _: DeploymentMode) -> Obj | None:
             view = knative_view(obj, self.target)
+            if only_if is not None and not only_if(view):
+                return None
             return _knative_body(self.client, view, uri=view.spec_uri, annotations=_owned_annotations(view),
                                  canary_percent=0)
-        self._apply_with(build, "pinning the previous revision")
+        if not self._apply_with(build, "pinning the previous revision"):
+            return None
         if not wait:
             return False
         try:
@@ -969,15 +991,21 @@ class KServeRouter:
         if view.rolled_out == view.latest_created:  # the spec's own model is what serves
             # A version recorded for another storageUri is unknown: the engine's hint is better than it.
             stable_uri, stable_version = view.spec_uri, _version_for(ann, view.spec_uri, "spec.predictor")[0]
+            # Our write-back of an earlier staging's stable record (a rollback, a restore) is as checked as it was.
+            written_back = ann.get(ANN_STABLE_URI) == stable_uri and ann.get(ANN_STABLE_VERSION) == stable_version
+            checked = stable_version is not None and (
+                not written_back or ann.get(ANN_STABLE_VERSION_CHECKED) == "true")
         elif view.rolled_out == ann.get(ANN_STABLE_REVISION):  # staged already, or rolled back: recorded stable
-            stable_uri, stable_version = view.stable_uri, ann.get(ANN_STABLE_VERSION)
+            stable_uri, stable_version = view.stable_uri, _none_if_empty(ann.get(ANN_STABLE_VERSION))
+            checked = ann.get(ANN_STABLE_VERSION_CHECKED) == "true"
         else:
             raise TargetStateError(f"{self.target} is in the middle of a canary ModelRollout did not start "
                                    f"(revision {view.latest_created} beside {view.rolled_out})")
         _check_stable_uri(self.target, stable_uri, candidate)
+        stable_record = _stable_record(stable_version, stable_hint, stable_uri, candidate)
         annotations = {ANN_VERSION: candidate.version, ANN_VERSION_URI: candidate.storage_uri,
-                       ANN_STABLE_VERSION: _stable_record(stable_version, stable_hint, stable_uri, candidate),
-                       ANN_STABLE_URI: stable_uri,
+                       ANN_STABLE_VERSION: stable_record, ANN_STABLE_URI: stable_uri,
+                       ANN_STABLE_VERSION_CHECKED: "true" if checked and stable_record == stable_version else None,
                        ANN_STABLE_REVISION: view.rolled_out, ANN_TAG_ROUTING_BEFORE: _tag_routing_before(view),
                        TAG_ROUTING: "true"}
         return _knative_body(self.client, view, uri=candidate.storage_uri, annotations=annotations,
@@ -999,6 +1027,8 @@ class KServeRouter:
         uri = view.stable_uri
         # This write makes a revision anyway: the rollout has ended.
         annotations = _withdrawn_annotations(view, stable.version if stable else None, uri)
+        if stable is not None and stable.storage_uri == uri:
+            annotations[ANN_STABLE_VERSION_CHECKED] = "true"  # the engine's version for exactly this URI
         # The copy of stable reports stable's version, or none when it is not known (a first rollout): never
         # the rejected candidate's, which the URL still names.
         return _knative_body(self.client, view, uri=uri, annotations=annotations, canary_percent=0,

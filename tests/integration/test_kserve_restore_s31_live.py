@@ -29,6 +29,7 @@ from controller.operator.kubeapi import APPLY_PATCH, load_client_config
 from controller.operator.runtime import OperatorConfig, RolloutRuntime
 from controller.traffic import CandidateModel, KServeRouter
 from controller.traffic.kserve import ANN_STABLE_URI, ANN_VERSION, ANN_VERSION_URI, TAG_ROUTING
+from controller.traffic.kube import ConflictError
 from tests.conftest import run_kubectl
 from tests.integration.test_traffic_kserve import (
     CANDIDATE_7,
@@ -81,11 +82,12 @@ def splits_since(api: client.ApiClient, namespace: str, resource_version: str, u
     raise AssertionError(f"revision {until} never took all traffic: {seen}")
 
 
-def promoted_7(api: client.ApiClient, namespace: str, uri_6: str = STABLE_6.storage_uri) -> KServeRouter:
+def promoted_7(api: client.ApiClient, namespace: str, uri_6: str = STABLE_6.storage_uri,
+               annotations: dict[str, str] | None = None) -> KServeRouter:
     """Stable 6 (rev 1, its storageUri as the manifest writes it), candidate 7 staged and promoted (rev 2)."""
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
             "metadata": {"name": NAME, "namespace": namespace,
-                         "annotations": {"serving.kserve.io/deploymentMode": "Serverless"}},
+                         "annotations": {"serving.kserve.io/deploymentMode": "Serverless", **(annotations or {})}},
             "spec": {"predictor": {"minReplicas": 1, "model": {"modelFormat": {"name": "sklearn"}, "storageUri": uri_6,
                                                                "resources": {"requests": {"cpu": "100m"}}}}}}
     client.CustomObjectsApi(api).patch_namespaced_custom_object(
@@ -129,11 +131,14 @@ def test_a_bake_rollback_after_a_model_was_synced_in_never_sends_traffic_back_to
     assert get(api, namespace)["metadata"]["generation"] == generation
 
 
-def test_a_bake_rollback_is_instant_when_the_manifest_names_stable_in_another_uri_form(
+def test_a_bake_rollback_is_instant_when_the_object_recorded_stable_in_another_uri_form(
         api: client.ApiClient, namespace: str, slow_standin: KServeStandIn) -> None:
-    manifest_6 = "s3://models/nsfw/6/"  # Git's form; the operator's template gives it without the slash
+    # 6 in the form an earlier rollout wrote and recorded (the operator's template had the slash then); the template
+    # gives it without the slash now. The object's own record of version 6 for that URI is what the match trusts.
+    manifest_6 = "s3://models/nsfw/6/"
     stable = CandidateModel(STABLE_6.name, "6", "s3://models/nsfw/6")
-    router = promoted_7(api, namespace, uri_6=manifest_6)
+    router = promoted_7(api, namespace, uri_6=manifest_6,
+                        annotations={ANN_VERSION: "6", ANN_VERSION_URI: manifest_6})
     assert get(api, namespace)["metadata"]["annotations"][ANN_STABLE_URI] == manifest_6
 
     started = time.monotonic()
@@ -185,3 +190,84 @@ def test_a_candidate_whose_tag_routing_was_removed_by_hand_says_why_it_has_no_ur
         judged = asyncio.run(runtime.measure_gate(gate, state))
         assert judged.error is not None and "the staged candidate has no inference URL yet" in judged.error.message
         assert TAG_ROUTING in judged.error.message
+
+
+# --- review s31r3kserve ---------------------------------------------------------------------------------------------
+
+
+def sync_8(api: client.ApiClient, namespace: str, router: KServeRouter) -> str:
+    """A forced Argo CD sync of a newer manifest: model 8 replaces the promoted 7 and KServe rolls it out, which
+    makes the rejected 7 previousRolledoutRevision. The resourceVersion then."""
+    manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
+                "metadata": {"name": NAME, "namespace": namespace},
+                "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": V8}}}}
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, NAME, manifest, field_manager=GITOPS, force=True,
+        _content_type=APPLY_PATCH)
+    wait_state(router, lambda s: s.stable_name == f"{REV}00003" and split(get(api, namespace)) == {f"{REV}00003": 100},
+               timeout=15)
+    obj = get(api, namespace)
+    assert obj["status"]["components"]["predictor"]["previousRolledoutRevision"] == f"{REV}00002"
+    return str(obj["metadata"]["resourceVersion"])
+
+
+def test_a_sync_landing_just_before_the_pin_never_sends_traffic_back_to_the_rejected_version(
+        api: client.ApiClient, namespace: str, slow_standin: KServeStandIn) -> None:
+    # restore() decides to pin on the status it read (7 rolled out, 6 previous); the sync of 8 lands before the pin's
+    # apply, which gets a 409. Re-checked on the object read again, the pin would now reach 7: not written.
+    router = promoted_7(api, namespace)
+    apply = router.client.apply
+    landed: list[str] = []
+    conflicts: list[ConflictError] = []
+
+    def sync_lands_first(body: dict[str, Any], force: bool = True) -> dict[str, Any]:
+        if not landed:
+            landed.append(sync_8(api, namespace, router))
+        try:
+            return apply(body, force)
+        except ConflictError as exc:
+            conflicts.append(exc)
+            raise
+    router.client.apply = sync_lands_first  # type: ignore[method-assign]
+    router.restore(STABLE_6)
+    assert len(conflicts) == 1  # the pin's first apply, refused: the object changed since restore() read it
+    seen = splits_since(api, namespace, landed[0], until=f"{REV}00004")
+    assert all(f"{REV}00002" not in shares for shares in seen), seen  # the rejected 7 never serves again
+    state = wait_state(router, lambda s: s.stable_version == "6")
+    assert state.stable_name == f"{REV}00004" and not state.pinned
+
+
+def test_with_no_pin_stable_goes_back_in_the_templates_form_which_loads(
+        api: client.ApiClient, namespace: str, slow_standin: KServeStandIn) -> None:
+    # The bucket that held 6 moved: the operator's template now gives s3://new-bucket/nsfw/6, and the URI recorded at
+    # staging no longer starts a new revision. With 8 rolled out since, no pin reaches 6's revision: the new revision
+    # must be made from the template's URI, or 8 serves for good.
+    router = promoted_7(api, namespace)
+    sync_8(api, namespace, router)
+    slow_standin.never_ready_marker = "m-6"  # the recorded mlflow-artifacts:/1/models/m-6/... no longer loads
+    moved = CandidateModel(STABLE_6.name, "6", "s3://new-bucket/nsfw/6")
+    router.restore(moved)
+    state = wait_state(router, lambda s: s.stable_name == f"{REV}00004", timeout=15)
+    assert state.stable_version == "6" and split(get(api, namespace)) == {f"{REV}00004": 100}
+    obj = get(api, namespace)
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == moved.storage_uri
+    assert (obj["metadata"]["annotations"][ANN_VERSION_URI], obj["metadata"]["annotations"][ANN_STABLE_URI]) == \
+        (moved.storage_uri, moved.storage_uri)
+    generation = obj["metadata"]["generation"]
+    router.restore(moved)  # restored: nothing more
+    assert get(api, namespace)["metadata"]["generation"] == generation
+
+
+def test_a_stable_version_from_the_engines_hint_alone_never_puts_another_models_uri_back(
+        api: client.ApiClient, namespace: str, slow_standin: KServeStandIn) -> None:
+    # The InferenceService served another registered model's 6; staging took "6" from the engine's hint. The bake's
+    # restore(6) must not pin back to that model and confirm it as this one's 6: this model's 6 is written.
+    router = promoted_7(api, namespace, uri_6="s3://other-model/6")
+    before = get(api, namespace)["metadata"]["resourceVersion"]
+    router.restore(STABLE_6)
+    seen = splits_since(api, namespace, before, until=f"{REV}00003")
+    assert all(f"{REV}00001" not in shares for shares in seen), seen  # the other model never serves again
+    obj = get(api, namespace)
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == STABLE_6.storage_uri
+    state = wait_state(router, lambda s: s.stable_version == "6")
+    assert state.stable_name == f"{REV}00003" and not state.pinned
