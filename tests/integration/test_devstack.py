@@ -51,7 +51,9 @@ def test_dev_up_then_kubectl_get_mro_then_dev_down_leaves_nothing(tmp_path: Path
     try:
         assert up.returncode == 0, up.stderr
         # The stop command it prints is the one below: without --state-dir it would find no stack to stop.
-        assert f"stop it with: modelrollout dev down --state-dir {shlex.quote(str(state_dir))}\n" in up.stderr
+        # (Named as it was run: `python -m controller.cli.main` here, see controller/cli/program.py.)
+        ran = f"{shlex.quote(sys.executable)} -m controller.cli.main"
+        assert f"stop it with: {ran} dev down --state-dir {shlex.quote(str(state_dir))}\n" in up.stderr
         exports = dict(line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines())
         assert set(exports) == {"KUBECONFIG", "MLFLOW_TRACKING_URI", "PROMETHEUS_URL"}
         kubeconfig = shlex.split(exports["KUBECONFIG"])[0]
