@@ -72,15 +72,21 @@ class InMemoryRegistry(ModelRegistry):
         with self._lock:
             return dict(self._model(model_name).aliases)
 
+    def _stored(self, model_name: str, version: str) -> tuple[_Model, VersionRecord] | None:
+        """The model and its stored version, or None for either missing (the caller holds the lock)."""
+        try:
+            model = self._model(model_name)
+        except VersionNotFound:
+            return None
+        record = model.versions.get(version)
+        return None if record is None else (model, record)
+
     def _version(self, model_name: str, version: str) -> VersionRecord | None:
         with self._lock:
-            try:
-                model = self._model(model_name)
-            except VersionNotFound:
+            found = self._stored(model_name, version)
+            if found is None:
                 return None
-            record = model.versions.get(version)
-            if record is None:
-                return None
+            model, record = found
             aliases = tuple(sorted(alias for alias, target in model.aliases.items() if target == version))
             return VersionRecord(name=record.name, version=record.version, run_id=record.run_id,
                                  source=record.source, status=record.status, tags=dict(record.tags),
@@ -88,12 +94,8 @@ class InMemoryRegistry(ModelRegistry):
 
     def _download_uri(self, model_name: str, version: str) -> str | None:
         with self._lock:
-            try:
-                model = self._model(model_name)
-            except VersionNotFound:
-                return None
-            record = model.versions.get(version)
-            return None if record is None else model.download_uris.get(version, record.source)
+            found = self._stored(model_name, version)
+            return None if found is None else found[0].download_uris.get(version, found[1].source)
 
     def _run(self, run_id: str) -> RunRecord | None:
         with self._lock:
