@@ -28,6 +28,7 @@ from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, 
 from controller.api.serialization import parse_time
 from controller.api.status import STATUS_REFUSALS, STATUS_REJECTED, STATUS_UNREADABLE, step_fraction
 from controller.cli.errors import CliError
+from controller.cli.program import program
 from controller.cli.report import deciding_test
 from controller.cli.shape import mapping, objects, printable, text, well_formed
 from controller.http_deadline import transport_cause
@@ -316,7 +317,7 @@ class OnCall:
         if (pending is not None and pending.id == command.id) or (isinstance(handled, list) and command.id in handled):
             return
         raise CliError(printable(f"{failure}; {command.label} (id {command.id}) may have been written all the same: "
-                                 f"check `modelrollout history -n {self.namespace} {name}` (and the annotation) "
+                                 f"check `{program()} history -n {self.namespace} {name}` (and the annotation) "
                                  "before sending it again"))
 
     def await_handled(self, name: str, command: Command, uid: Any, wait: float) -> None:
@@ -354,7 +355,7 @@ class OnCall:
                          "command waits for it to start)"
                          if seen is not None and seen <= wait + OPERATOR_SEEN_MARGIN else " (is the operator running?)")
         print(self.style.warn(f"{sent} is not known to be handled yet{why}; it stays pending: follow it with "
-                              f"`modelrollout history -n {self.namespace} {name}`"), file=self.out)
+                              f"`{program()} history -n {self.namespace} {name}`"), file=self.out)
 
     def _print_handled(self, name: str, command: Command, status: dict[str, Any]) -> None:
         """What the operator's history says it did with `command`; a refusal is a CliError."""
@@ -365,7 +366,7 @@ class OnCall:
             raise CliError(f"{sent} refused by the operator: {text(refused[0].get('detail'))} (phase now "
                            f"{text(printable(status.get('phase')), '?')})")
         if not entries:  # handled, but its entry is past the kept history (or the status was rewritten)
-            print(f"{sent} handled by the operator; its history has no entry for it: see `modelrollout history -n "
+            print(f"{sent} handled by the operator; its history has no entry for it: see `{program()} history -n "
                   f"{self.namespace} {name}`", file=self.out)
             return
         print(f"{sent} applied: {text(entries[0].get('event'))}: {text(entries[0].get('detail'))}", file=self.out)
@@ -488,7 +489,7 @@ class OnCall:
             # The reason names one check: every one that did not pass is listed (a backdoor fails many slices).
             if text(gate["outcome"]) != "pass":
                 lines += _gate_verdict_lines([v for v in gate.get("verdicts", []) if v["outcome"] != "pass"], str,
-                                             "`modelrollout get -o yaml`")
+                                             f"`{program()} get -o yaml`")
         for verdict in analysis_verdicts(status):
             evidence = verdict["evidence"]
             counts = {k: v for k, v in evidence.items() if k in ("canary", "stable", "value", "min", "max")}
@@ -596,7 +597,7 @@ class OnCall:
             if isinstance(failed, str) and failed in FAILED_PAUSES and current and pending is None:
                 # Nothing moves until someone decides: waiting would hang a CI job.
                 print(f"  stopped: paused for a human after the {failed} check; run {FAILED_PAUSES[failed]} "
-                      f"(`modelrollout <command> -n {self.namespace} {name}`)", file=self.out, flush=True)
+                      f"(`{program()} <command> -n {self.namespace} {name}`)", file=self.out, flush=True)
                 return "Paused"
             stuck = _stuck(obj) if current and pending is None else None
             if stuck is not None:
@@ -748,7 +749,7 @@ def _ended_hold_detail(entry: dict[str, Any]) -> str:
     if isinstance(advice, str) and advice and detail.endswith(advice):
         return f"{detail[:-len(advice)].rstrip(': ')} (the promotion was held; that hold has ended)"
     if _numbered(entry) is None:  # an older operator's entry: any advice is not kept apart, so none is shown
-        return "(recorded by an older operator: `modelrollout history` shows its detail, which may advise on a hold " \
+        return f"(recorded by an older operator: `{program()} history` shows its detail, which may advise on a hold " \
                "that has ended)"
     return detail
 
@@ -762,7 +763,7 @@ def _warnings(status: dict[str, Any], holding: bool = False) -> list[str]:
         return []
     lines = ["Warnings in this attempt:"]
     if len(found) > WARNINGS_SHOWN:
-        lines.append(f"  … {len(found) - WARNINGS_SHOWN} earlier (`modelrollout history` shows them)")
+        lines.append(f"  … {len(found) - WARNINGS_SHOWN} earlier (`{program()} history` shows them)")
     for e in found[-WARNINGS_SHOWN:]:
         lines.append(f"  {e['event']} at {e['time']}: {_told_detail(e, holding)}")
     return lines

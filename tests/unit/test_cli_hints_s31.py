@@ -112,6 +112,21 @@ def test_dev_up_names_the_dev_down_to_run_as_the_program_was_run(tmp_path: Path)
         assert run([str(SCRIPT), "dev", "down", "--state-dir", str(root)], timeout=120).returncode == 0
 
 
+def test_the_on_call_views_hints_name_the_program_as_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`explain`, `get --watch` and the commands print hints too (session 32: they still named the bare program)."""
+    from controller.cli import oncall
+
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "explain"])
+    monkeypatch.setenv("PATH", SYSTEM_PATH)
+    older = oncall._ended_hold_detail({"event": "StableMismatch", "detail": "held"})  # no number: an older operator
+    assert f"`{SCRIPT} history` shows its detail" in older, older
+    history = [{"event": "RolloutStarted", "time": "t0", "detail": "", "attempt": 1, "number": 1}]
+    history += [{"event": "AnalysisInconclusive", "time": f"t{i}", "detail": "d", "attempt": 1, "number": i}
+                for i in range(2, 3 + oncall.WARNINGS_SHOWN + 2)]
+    lines = oncall._warnings({"history": history, "attempt": 1})
+    assert any(f"(`{SCRIPT} history` shows them)" in line for line in lines), lines
+
+
 # --- 3. a kubeconfig that is not there ----------------------------------------------------------------------------
 
 def test_a_kubeconfig_flag_naming_no_file_is_named(tmp_path: Path) -> None:
