@@ -5,6 +5,7 @@ off by it.
 Shared by the Prometheus provider and both MLflow clients (the registry adapter and the gate's): each runs its
 exchange inside `Exchange(seconds)` over a session whose adapters are watched (`WatchedAdapter`, `watch_session`).
 `transport_cause` names why an exchange failed without quoting it (the CLI uses it for the API server too).
+`only_explicit_auth` keeps the operator host's ~/.netrc out of their requests.
 """
 
 from __future__ import annotations
@@ -178,6 +179,21 @@ def watch_session(session: requests.Session) -> None:
         if isinstance(adapter, HTTPAdapter) and not isinstance(adapter, WatchedAdapter):
             adapter.__class__ = _watched_adapter(type(adapter))
             _watch_pools(adapter.poolmanager)  # made already; a proxy's is watched as proxy_manager_for hands it
+
+
+class _ExplicitAuthOnly(requests.auth.AuthBase):
+    """A session's auth that changes nothing: a request's own auth (or Authorization header) stands."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+def only_explicit_auth(session: requests.Session) -> None:
+    """Sends a rollout's own credentials only. A session without auth takes ~/.netrc's (or $NETRC's) for the host,
+    replacing the Authorization header a rollout's Secret gave, and a `default` entry goes to any host a spec names.
+    Not trust_env=False: proxies and CA bundles from the environment still apply. Redirects, where requests would
+    look in netrc again, are never followed by these clients."""
+    session.auth = _ExplicitAuthOnly()
 
 
 def transport_cause(error: BaseException, timeout_seconds: float | None = None) -> str:

@@ -19,7 +19,7 @@ from prometheus_api_client import PrometheusApiClientException, PrometheusConnec
 from urllib3.exceptions import HTTPError, LocationValueError
 from urllib3.util.retry import Retry
 
-from controller.http_deadline import AnswerTooSlow, Exchange, WatchedAdapter
+from controller.http_deadline import AnswerTooSlow, Exchange, WatchedAdapter, only_explicit_auth
 from controller.redaction import redact_credentials, without_userinfo
 from controller.registry.mlflow_rest import AnswerTooLarge, bounded_text
 from controller.verdict import DATA_LOST
@@ -138,6 +138,7 @@ class PrometheusProvider:
         # Prometheus' API never redirects: _refuse_redirect says so before requests would follow one.
         session = requests.Session()
         session.stream, session.max_redirects = True, 0
+        only_explicit_auth(session)
         session.hooks["response"].extend([_refuse_redirect, self._read_body, _require_success])
         self._client = PrometheusConnect(url=address.rstrip("/"), headers=headers, retry=no_retry,
                                          timeout=timeout_seconds, method="POST", session=session)

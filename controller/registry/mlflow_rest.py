@@ -27,7 +27,7 @@ from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
 from controller.api.reach import short_service_refusal
 from controller.api.spec import PREVIOUS_ALIAS_SUFFIX
-from controller.http_deadline import AnswerTooSlow, Exchange, transport_cause, watch_session
+from controller.http_deadline import AnswerTooSlow, Exchange, only_explicit_auth, transport_cause, watch_session
 from controller.redaction import redact_credentials, redacted_url
 from controller.registry.base import VERSION_NUMBER, DatasetInput, ModelRegistry, RunRecord, VersionRecord, bounded
 from controller.registry.errors import (
@@ -378,6 +378,7 @@ def mlflow_request(host_creds: MlflowHostCreds, endpoint: str, method: str, *, m
     # http_request takes no session: it uses the one mlflow keeps per retry policy (the same arguments find it).
     session = _get_request_session(**policy)
     session.cookies.set_policy(_NO_COOKIES)
+    only_explicit_auth(session)
     watch_session(session)
     return http_request(host_creds, endpoint, method, timeout=timeout, **policy, **kwargs)
 
