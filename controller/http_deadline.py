@@ -182,9 +182,13 @@ def watch_session(session: requests.Session) -> None:
 
 
 class _ExplicitAuthOnly(requests.auth.AuthBase):
-    """A session's auth that changes nothing: a request's own auth (or Authorization header) stands."""
+    """A session's auth that adds nothing from the environment: a request's own auth or Authorization header stands,
+    and a URL's user:password@ is sent as basic auth, as requests does without a session auth."""
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        username, password = requests.utils.get_auth_from_url(request.url or "")
+        if username or password:
+            return requests.auth.HTTPBasicAuth(username, password)(request)
         return request
 
 

@@ -236,8 +236,14 @@ class JsonLinesReader:
                         return 0
                     return line_number if self._read_header(first) else 0
         except (OSError, EOFError, zlib.error) as exc:  # e.g. a truncated gzip stream
-            raise DatasetFormatError(f"dataset unreadable: {exc}") from None
+            raise DatasetFormatError(self._read_failed(exc)) from None
         return 0
+
+    def _read_failed(self, exc: BaseException, where: str = "") -> str:
+        """Why reading failed (the gate says "dataset unreadable: " before it). A file is read as gzip by its first
+        bytes only: one that merely starts like gzip gets zlib's words, so which way it was read is said."""
+        how = f"read as gzip (it starts with {_GZIP_MAGIC.hex(' ')}): " if self.gzipped else ""
+        return f"{where}{how}{exc}"
 
     def _open(self) -> IO[bytes]:
         return gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")
@@ -289,7 +295,7 @@ class JsonLinesReader:
                         yield _pause()
                     paused = time.monotonic()
         except (OSError, EOFError, zlib.error) as exc:  # e.g. a gzip stream cut short
-            raise DatasetFormatError(f"dataset unreadable after {self.records} samples: {exc}") from None
+            raise DatasetFormatError(self._read_failed(exc, f"after {self.records} samples: ")) from None
 
     def _clean_chunk(self, chunk: list[str], first: int) -> Batch | object | None:
         """A chunk whose every line is a well-formed sample, parsed by orjson and checked with C-level loops.

@@ -316,7 +316,7 @@ def test_truncated_compressed_files_are_format_errors_not_crashes(tmp_path: Path
     packed = gzip.compress((tmp_path / "d.jsonl").read_bytes())
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(packed[: len(packed) // 2])
-    with pytest.raises(DatasetFormatError, match="unreadable"):
+    with pytest.raises(DatasetFormatError, match=r"^after \d+ samples: read as gzip \(it starts with 1f 8b\): "):
         list(open_dataset(cut, 100).batches())
     npz = tmp_path / "d.npz"
     np.savez_compressed(npz, X=np.random.default_rng(0).normal(size=(5000, 3)), y=np.zeros(5000, dtype=np.int64),

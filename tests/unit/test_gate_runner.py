@@ -117,6 +117,21 @@ def test_empty_and_unreadable_datasets_are_inconclusive(tmp_path: Path) -> None:
     assert report.outcome is Outcome.INCONCLUSIVE and "dataset unreadable: no class list" in report.reason
 
 
+def test_a_file_that_only_starts_like_gzip_says_it_was_read_as_gzip_once(tmp_path: Path) -> None:
+    """Review s32gate: the reason read "dataset unreadable: dataset unreadable: Error -3 while decompressing data"."""
+    path = tmp_path / "golden.jsonl"
+    path.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 4)
+
+    async def scenario() -> GateReport:
+        async with model_server(identity_model()) as candidate:
+            return await evaluate_dataset_file(path, spec(sha256_file(path)), endpoint(candidate.url), None)
+
+    report = run(scenario())
+    assert report.outcome is Outcome.INCONCLUSIVE
+    assert report.reason.startswith("dataset: dataset unreadable: read as gzip (it starts with 1f 8b): "), report.reason
+    assert report.reason.count("dataset unreadable") == 1, report.reason
+
+
 def test_an_html_page_for_some_batches_never_reached_the_model_and_is_retried(tmp_path: Path) -> None:
     path, sha = dataset(tmp_path, count=128)  # the devstack's "not-json" fault: a 200 text/html page, every 4th
     report = gate_with_servers(path, spec(sha), {"faults": FaultPlan(every=4, kind="not-json")},

@@ -5,6 +5,7 @@ Prometheus a spec named. Real HTTP servers on 127.0.0.1 record what they are sen
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -90,3 +91,11 @@ def test_prometheus_gets_only_the_headers_the_rollout_gave(server: tuple[str, li
     assert PrometheusProvider(url, headers={"Authorization": "Bearer prom-token"}).scalar(
         "vector(1)", check_stale=False).value == 1.0
     assert seen == [None, "Bearer prom-token"], seen
+
+
+def test_an_address_s_user_info_is_still_sent_as_basic_auth_and_not_the_netrc_s(
+        server: tuple[str, list[str | None]]) -> None:
+    url, seen = server
+    assert PrometheusProvider(url.replace("http://", "http://team:team-pw@")).scalar(
+        "vector(1)", check_stale=False).value == 1.0
+    assert seen == ["Basic " + base64.b64encode(b"team:team-pw").decode()], seen
