@@ -241,8 +241,12 @@ async def serve(app: web.Application, host: str, port: int, *, max_connections: 
     for)."""
     cap = ConnectionCap(max_connections)
     app.middlewares.append(cap.middleware)
+    # auto_decompress off: aiohttp inflated a Content-Encoding on the event loop, a request event's payload too while it
+    # was drained unread (four senders of a 4 GiB gzip bomb made scrapes time out), and answered a body that does not
+    # decode 500, with tracebacks and uncounted. The exporter inflates a gzip or zlib body itself, whether or not a
+    # Content-Encoding says so (events._inflated: bounded, in a worker thread; one that does not inflate is NotJSON).
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_seconds,
-                           shutdown_timeout=shutdown_seconds, **HEADER_LIMITS)
+                           shutdown_timeout=shutdown_seconds, auto_decompress=False, **HEADER_LIMITS)
     await runner.setup()
     loop = asyncio.get_running_loop()
     if stop is None:

@@ -200,10 +200,10 @@ def parse_cloudevent(headers: Mapping[str, str], body: bytes, *, max_bytes: int)
                       if k not in ("data", "data_base64") and v is not None}
         data = payload.get("data")
         if "data" not in payload and attributes.get("type") in RESPONSE_TYPES:  # a request's payload is never read
-            data = _base64_data(payload.get("data_base64"), max_bytes)
+            data = _base64_data(payload.get("data_base64"), max_bytes, attributes["type"])
     else:
         attributes = {k[3:]: v for k, v in lowered.items() if k.startswith("ce-")}
-        data = payload = _payload(body, max_bytes, lowered.get(HEADER_LENGTH))
+        data = payload = _answer(body, max_bytes, lowered.get(HEADER_LENGTH), attributes.get("type"))
         if isinstance(payload, dict) and "specversion" in payload and "data" in payload:
             data = payload["data"]  # the model answered a CloudEvent of its own: the logger's headers say who
     for required in ("id", "type", "specversion"):
@@ -223,7 +223,7 @@ def _json(body: bytes) -> Any:
         raise MalformedEvent("NotJSON", f"body is not JSON ({exc.__class__.__name__})") from None
 
 
-def _base64_data(encoded: Any, max_bytes: int) -> Any:
+def _base64_data(encoded: Any, max_bytes: int, event_type: str) -> Any:
     """A structured event's data_base64: the body a binary event would carry (within the event, so within its size)."""
     if encoded is None:
         return None
@@ -233,7 +233,19 @@ def _base64_data(encoded: Any, max_bytes: int) -> Any:
         body = None
     if body is None:
         raise MalformedEvent("NotCloudEvent", "data_base64 is not a base64 string")
-    return _payload(body, max_bytes)
+    return _answer(body, max_bytes, None, event_type)
+
+
+def _answer(body: bytes, max_bytes: int, header_length: str | None, event_type: str | None) -> Any:
+    """_payload, except that a response whose binary tensor framing is wrong is the model server's unreadable answer:
+    its error is kept as its data (read_classes raises it), so that it is counted against its model version, which
+    is known only later (from the query, the event or its request), as a BadTensor read from the JSON is."""
+    try:
+        return _payload(body, max_bytes, header_length)
+    except MalformedEvent as exc:
+        if exc.reason != "BadTensor" or event_type not in RESPONSE_TYPES:
+            raise
+        return exc
 
 
 def _payload(body: bytes, max_bytes: int, header_length: str | None = None) -> Any:
@@ -315,6 +327,8 @@ def read_classes(data: Any, options: DecodeOptions) -> RowClasses:
     """Classes predicted in a V1, V2 (Open Inference Protocol) or Seldon v1 response body, row by row: a bad row
     (NaN, an unknown label, a short score row) is that row's loss, as the golden gate loses only that sample. A body
     that is not a readable tensor or list of rows raises."""
+    if isinstance(data, MalformedEvent):  # a body parse_cloudevent could not frame (see _answer)
+        raise data
     if not isinstance(data, dict):
         raise MalformedEvent("UnknownPayload", "response body is not a JSON object")
     if "predictions" in data:

@@ -51,8 +51,9 @@ UNREADABLE_METRIC = "modelrollout_unreadable_predictions"
 INTERNAL_REASON = "Internal"  # an event the exporter failed on for a reason of its own: a bug, not the sender's
 # Every body-read slot taken for BODY_WAIT_SECONDS: answered 503, and lost (KServe's logger does not retry).
 BUSY_REASON = "Busy"
-# A declared body this small is read without a slot (aiohttp's read buffer), unless it has a Content-Encoding: aiohttp
-# inflates that itself, up to MAX_EVENT_BYTES (a 4 KiB gzip body is 4 MiB read).
+# A declared body this small is read without a slot (aiohttp's read buffer), unless it has a Content-Encoding: it is
+# inflated (by events._inflated: aiohttp's decoding is off, see connections.serve) up to MAX_EVENT_BYTES (a 4 KiB
+# gzip body is 4 MiB).
 SMALL_BODY_BYTES = 64 * 1024
 TOO_SLOW_REASON = "TooSlow"  # a body not read whole in BODY_READ_SECONDS: answered 408
 # A JSON body decodes to about 13x its size in Python objects: one event past this would take the exporter (256Mi)
@@ -576,7 +577,9 @@ class PredictionExporter:
         async def count(request: web.Request) -> web.Response:
             headers = dict(request.headers)
             if payload_unused(headers):
-                try:  # drained unread: a request's image or tensor may pass any size limit, but not any time
+                # Drained unread, as sent (never inflated: see connections.serve): a request's image or tensor
+                # may pass any size limit, but not any time.
+                try:
                     async with asyncio.timeout(self._body_read_seconds):
                         await request.release()
                 except TimeoutError:
