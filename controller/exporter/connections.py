@@ -244,7 +244,7 @@ async def serve(app: web.Application, host: str, port: int, *, max_connections: 
     # auto_decompress off: aiohttp inflated a Content-Encoding on the event loop, a request event's payload too while it
     # was drained unread (four senders of a 4 GiB gzip bomb made scrapes time out), and answered a body that does not
     # decode 500, with tracebacks and uncounted. The exporter inflates a gzip or zlib body itself, whether or not a
-    # Content-Encoding says so (events._inflated: bounded, in a worker thread; one that does not inflate is NotJSON).
+    # Content-Encoding says so (events.inflated: bounded, in a worker thread; one that does not inflate is NotJSON).
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_seconds,
                            shutdown_timeout=shutdown_seconds, auto_decompress=False, **HEADER_LIMITS)
     await runner.setup()

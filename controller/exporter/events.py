@@ -192,7 +192,7 @@ def parse_cloudevent(headers: Mapping[str, str], body: bytes, *, max_bytes: int)
     if payload_unused(headers):
         body = b""
     if structured:
-        payload = _json(body)
+        payload = _json(inflated(body, max_bytes))
         if not isinstance(payload, dict):
             raise MalformedEvent("NotCloudEvent", "structured event is not a JSON object")
         # A null attribute is an absent one (str(None) would make "None" an id).
@@ -251,7 +251,7 @@ def _answer(body: bytes, max_bytes: int, header_length: str | None, event_type: 
 def _payload(body: bytes, max_bytes: int, header_length: str | None = None) -> Any:
     """What a logged body holds: JSON, after inflating it if compressed, with the binary tensor data extension's
     outputs placed in its header's outputs as BinaryData."""
-    body = _inflated(body, max_bytes)
+    body = inflated(body, max_bytes)
     if header_length is None:
         try:
             return _json(body)
@@ -288,25 +288,36 @@ def _with_binary_outputs(header: Any, raw: memoryview) -> Any:
     return header
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _compressed(body: bytes) -> bool:
     """gzip, or zlib (RFC 1950: deflate with a 32K window); JSON starts with neither."""
-    return body[:2] == b"\x1f\x8b" or (body[:1] == b"\x78" and int.from_bytes(body[:2], "big") % 31 == 0)
+    return body[:2] == _GZIP_MAGIC or (body[:1] == b"\x78" and int.from_bytes(body[:2], "big") % 31 == 0)
 
 
-def _inflated(body: bytes, max_bytes: int) -> bytes:
-    """A body as it is, or inflated to at most max_bytes if compressed: a few KiB must not become gigabytes."""
+def inflated(body: bytes, max_bytes: int) -> bytes:
+    """A body as it is, or inflated to at most max_bytes if compressed: a few KiB must not become gigabytes. A gzip
+    body of several members (RFC 1952; a compressor writing as it goes makes one) is inflated whole."""
     if not _compressed(body):
         return body
-    inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # either header
-    try:
-        inflated = inflater.decompress(body, max_bytes + 1)
-    except zlib.error:
-        raise MalformedEvent("NotJSON", "body is neither JSON nor valid gzip or zlib data") from None
-    if len(inflated) > max_bytes:
-        raise MalformedEvent(TOO_LARGE_REASON, f"body inflates past {max_bytes} bytes")
-    if not inflater.eof or inflater.unused_data:
-        raise MalformedEvent("NotJSON", "compressed body is cut short or has data after its end")
-    return inflated
+    parts: list[bytes] = []
+    size, rest = 0, body
+    while True:
+        inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # either header
+        try:
+            part = inflater.decompress(rest, max_bytes + 1 - size)
+        except zlib.error:
+            raise MalformedEvent("NotJSON", "body is neither JSON nor valid gzip or zlib data") from None
+        size += len(part)
+        parts.append(part)
+        if size > max_bytes:
+            raise MalformedEvent(TOO_LARGE_REASON, f"body inflates past {max_bytes} bytes")
+        rest = inflater.unused_data
+        if not inflater.eof or (rest and not rest.startswith(_GZIP_MAGIC)):
+            raise MalformedEvent("NotJSON", "compressed body is cut short or has data after its end")
+        if not rest:
+            return b"".join(parts)
 
 
 def _datatype(output: Mapping[str, Any]) -> str:

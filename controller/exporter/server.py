@@ -31,6 +31,7 @@ from controller.exporter.events import (
     MalformedEvent,
     Prediction,
     check_label,
+    inflated,
     may_inflate,
     parse_cloudevent,
     payload_unused,
@@ -52,7 +53,7 @@ INTERNAL_REASON = "Internal"  # an event the exporter failed on for a reason of 
 # Every body-read slot taken for BODY_WAIT_SECONDS: answered 503, and lost (KServe's logger does not retry).
 BUSY_REASON = "Busy"
 # A declared body this small is read without a slot (aiohttp's read buffer), unless it has a Content-Encoding: it is
-# inflated (by events._inflated: aiohttp's decoding is off, see connections.serve) up to MAX_EVENT_BYTES (a 4 KiB
+# inflated (by events.inflated: aiohttp's decoding is off, see connections.serve) up to MAX_EVENT_BYTES (a 4 KiB
 # gzip body is 4 MiB).
 SMALL_BODY_BYTES = 64 * 1024
 TOO_SLOW_REASON = "TooSlow"  # a body not read whole in BODY_READ_SECONDS: answered 408
@@ -145,6 +146,10 @@ Runner = Callable[..., Awaitable[Any]]
 def _pending_key(event: CloudEvent) -> PendingKey:
     attributes = event.attributes
     return (attributes.get("source", ""), event.id, attributes.get("namespace", ""), attributes.get("component", ""))
+
+
+def _answer_digest(body: bytes, max_bytes: int) -> bytes:
+    return _digest(inflated(body, max_bytes))
 
 
 def _digest(*parts: bytes) -> bytes:
@@ -282,7 +287,9 @@ class PredictionExporter:
 
     async def _count(self, run: Runner, headers: dict[str, str], body: bytes, query: str) -> str:
         event: CloudEvent = await run(parse_cloudevent, headers, body, max_bytes=self.max_event_bytes)
-        body_digest: bytes = await run(_digest, body) if event.type in RESPONSE_TYPES else b""
+        # Of the answer as the model server wrote it: a redelivery compressed anew (or not) is the same answer.
+        body_digest: bytes = await run(_answer_digest, body, self.max_event_bytes) \
+            if event.type in RESPONSE_TYPES else b""
         if event.type in REQUEST_TYPES:
             self._remember(event)
             self.metrics.events.labels("request").inc()

@@ -249,3 +249,60 @@ def test_a_framing_error_without_a_model_identity_is_still_dropped_uncounted() -
     assert exporter.handle(anonymous, framed(b"\0"), "") == "malformed"
     assert sample(exporter, MALFORMED, reason="MissingIdentity") == 1
     assert sample(exporter, MALFORMED, reason="BadTensor") is None
+
+
+# Review s32r2a of the change above: what aiohttp decoded before must still be read.
+
+def structured(event_id: str, data: dict[str, Any]) -> bytes:
+    return json.dumps({"specversion": "1.0", "id": event_id, "type": RESPONSE, "source": "http://localhost:9081/",
+                       "namespace": "moderation", "inferenceservicename": "nsfw", "data": data}).encode()
+
+
+def test_a_structured_event_compressed_with_a_content_encoding_is_counted() -> None:
+    exporter = PredictionExporter(TWO)
+    ce_json = {"Content-Type": "application/cloudevents+json"}
+
+    async def steps(port: int) -> list[Any]:
+        return [await exchange(port, {**ce_json, "Content-Encoding": "gzip"},
+                               gzip.compress(structured("s1", {"predictions": ["nsfw", "safe"]}))),
+                await exchange(port, {**ce_json, "Content-Encoding": "deflate"},
+                               zlib.compress(structured("s2", {"predictions": ["nsfw"]})))]
+
+    answers = served(exporter, steps)
+    assert [a[:2] for a in answers] == [(202, {"outcome": "counted"})] * 2, answers  # was 400 NotJSON
+    assert sample(exporter, "modelrollout_predictions_total", **IDENTITY, **{"class": "nsfw"}) == 2
+
+
+def test_a_redelivery_compressed_anew_counts_once() -> None:
+    """gzip writes the time into its header: a sender compressing each try sends other bytes for the same answer."""
+    exporter = PredictionExporter(TWO)
+    answer = b'{"predictions": ["nsfw", NaN]}'
+    unreadable = b'{"predictions": [[NaN, 1.0]]}'
+
+    async def steps(port: int) -> list[Any]:
+        sent = []
+        for event_id, body in (("d1", answer), ("d2", unreadable)):
+            for attempt in range(3):
+                copy = body if attempt == 0 else gzip.compress(body, mtime=attempt)
+                head = headers(RESPONSE, event_id, **({"Content-Encoding": "gzip"} if attempt else {}))
+                sent.append((await exchange(port, head, copy))[:2])
+        return sent
+
+    answers = served(exporter, steps)
+    # An all-unreadable answer is 400 (malformed), its redeliveries duplicates.
+    assert [a[1]["outcome"] for a in answers] == ["counted", "duplicate", "duplicate", "malformed", "duplicate",
+                                                  "duplicate"], answers
+    assert sample(exporter, "modelrollout_predictions_total", **IDENTITY, **{"class": "nsfw"}) == 1  # was 3
+    assert sample(exporter, UNREADABLE, **IDENTITY) == 2  # one per answer (was 5)
+
+
+def test_a_gzip_body_of_several_members_is_read_whole() -> None:
+    exporter = PredictionExporter(TWO)
+    body = b'{"predictions": ["nsfw", "safe", "nsfw"]}'
+    members = gzip.compress(body[:10]) + gzip.compress(body[10:])
+
+    async def steps(port: int) -> Any:
+        return await exchange(port, {**headers(RESPONSE, "m1"), "Content-Encoding": "gzip"}, members)
+
+    assert served(exporter, steps)[:2] == (202, {"outcome": "counted"})
+    assert sample(exporter, "modelrollout_predictions_total", **IDENTITY, **{"class": "nsfw"}) == 2
