@@ -1040,9 +1040,10 @@ class _Decider:
     def _resolve(self) -> None:
         model = self.spec.model
         registry = self._registry()
+        waiting = f"Waiting for the registry to resolve {model.name} {model.candidate_ref}"
         if registry is None:
-            why = self.obs.registry.error.message if self.obs.registry and self.obs.registry.error else "no answer"
-            self._wait(f"Waiting for the registry to resolve {model.name} {model.candidate_ref} ({why})")
+            # The registry's error is said by the retry note (once): only "no answer" is said here.
+            self._wait(waiting if self.obs.registry and self.obs.registry.error else f"{waiting} (no answer)")
             return
         if registry.candidate is None:
             self._fail(f"{model.name} {model.candidate_ref} does not exist in the registry")
@@ -1057,6 +1058,14 @@ class _Decider:
             # only fail at the progress deadline, blaming the target.
             why = f"its registration status is {found.status}" if found.status != READY else "it has no source"
             self._fail(f"{model.name} version {found.version} cannot be served: {why}")
+            return
+        if registry.unloadable is not None:
+            # Staged, it would never get ready (failing only at progressDeadline, blaming the target). Refused here,
+            # not as a registry error, so that the rollback of the candidate it replaces never waited on it.
+            self._set_condition(ConditionType.REGISTRY_AVAILABLE, ConditionStatus.FALSE,
+                                f"Registry{AdapterErrorKind.INVALID}", registry.unloadable)
+            self._error(f"registry: {registry.unloadable}")
+            self._wait(waiting)
             return
         candidate = _version_ref(found)
         stable = None if registry.stable_alias_version is None else _version_ref(registry.stable_alias_version)
@@ -1758,6 +1767,7 @@ class _Decider:
         if observed is not None and observed.error is not None and observed.error.kind is AdapterErrorKind.NOT_FOUND:
             # The serving object is gone, so no user reaches the candidate through it.
             self._record("TrafficRestored", f"{self.spec.target.description} no longer exists")
+            self._update(canary_weight=0)  # no object, no traffic to the candidate: as a confirmed withdrawal
             return dataclasses.replace(rollback, traffic_confirmed_at=self.now)
         action: Action
         uncleared = ""  # the withdrawal's last error, when the router's record of the candidate stays (below)

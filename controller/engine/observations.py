@@ -66,6 +66,9 @@ class RegistryObservation:
         resolves to it, so that its rejection tags are observed too; rolled_back_gone: it no longer exists.
     candidate_gone: status.candidate no longer exists, checked while paused, promoting or rolling back when the
         spec no longer resolves to it (an alias-named candidate whose alias was removed).
+    unloadable: why candidate cannot be staged as the operator is configured (its source, or stable's, a URI only
+        MLflow resolves, with no --storage-uri-template); it waits in Pending, refused only when resolved, so that a
+        rollback in flight (of the candidate it replaces) is never held by it.
     """
 
     candidate: ResolvedVersion | None = None
@@ -74,6 +77,7 @@ class RegistryObservation:
     rolled_back: ResolvedVersion | None = None
     rolled_back_gone: bool = False
     candidate_gone: bool = False
+    unloadable: str | None = None
 
 
 @dataclass(frozen=True)

@@ -360,13 +360,11 @@ class RolloutRuntime:
         (only failing at progressDeadline, blaming the target), or a rollback would restore stable as one. An
         explicit template is used as it is; Seldon v2 Experiments load no URI from the operator."""
         target = self.spec.target
-        # Checked before each rollout's candidate is resolved (a finished rollout's next version too), never while one
-        # is in flight (a rollback must not wait on it) or for the candidate already taken on.
-        in_flight = status is not None and status.phase not in (Phase.PENDING, Phase.SUCCEEDED, Phase.ROLLED_BACK,
-                                                                 Phase.FAILED)
+        # Not for the candidate already taken on; in any phase for another (the one a rollback in flight makes way
+        # for, or a finished rollout's next version), which the engine refuses only when it comes to resolve it.
         taken_on = status is not None and status.candidate is not None and candidate is not None \
             and status.candidate.version == candidate.version
-        if self.config.storage_uri_template or in_flight or taken_on \
+        if self.config.storage_uri_template or taken_on \
                 or (target.kserve is None and target.seldon_deployment is None) \
                 or candidate is None or not candidate.source or candidate.status != "READY" \
                 or (stable is not None and stable.version == candidate.version):  # already stable: nothing staged
@@ -417,13 +415,14 @@ class RolloutRuntime:
                     rolled_back, rolled_back_gone = seen, candidate_gone
         except _CREDENTIALS_ERRORS as exc:
             return RegistryObservation(error=_credentials_error(exc, self.credentials_secret))
-        refusal = self._unloadable_source(status, candidate, _engine_version(stable) if stable else None)
-        if refusal is not None:  # waits in Pending, RegistryAvailable False (RegistryInvalid) saying what to set
-            return RegistryObservation(error=AdapterError(AdapterErrorKind.INVALID, refusal))
+        # Not an error: a rollback under way (the old candidate's, which the new one supersedes) still needs the
+        # registry's answer; the engine refuses the candidate only when resolving it (Pending, RegistryInvalid).
         return RegistryObservation(candidate=candidate,
                                    stable_alias_version=_engine_version(stable) if stable else None,
                                    rolled_back=rolled_back, rolled_back_gone=rolled_back_gone,
-                                   candidate_gone=candidate_gone)
+                                   candidate_gone=candidate_gone,
+                                   unloadable=self._unloadable_source(status, candidate,
+                                                                      _engine_version(stable) if stable else None))
 
     def observe_target(self) -> tuple[TargetObservation | None, TargetState | None]:
         try:

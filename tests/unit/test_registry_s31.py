@@ -277,8 +277,8 @@ def test_a_source_only_mlflow_resolves_is_refused_at_resolve_time_saying_what_to
     registry._models[MODEL].versions["2"] = registry._models[MODEL].versions["2"].__class__(
         name=MODEL, version="2", source=source)
     observed = runtime(registry).observe_registry(ModelRolloutStatus())
-    assert observed.error is not None and observed.error.kind is AdapterErrorKind.INVALID
-    message = observed.error.message
+    assert observed.error is None and observed.unloadable is not None  # refused by the engine, at resolution
+    message = observed.unloadable
     assert message.startswith(f"candidate version 2's source is a {source.split(':')[0].lower()}: URI"), message
     assert "--storage-uri-template (chart value controller.storageUriTemplate) is not set" in message
     assert "{download_uri}" in message and "0123" not in message
@@ -297,8 +297,8 @@ def test_a_stable_source_only_mlflow_resolves_is_refused_too_a_rollback_would_re
     registry._models[MODEL].versions["2"] = registry._models[MODEL].versions["2"].__class__(
         name=MODEL, version="2", source="s3://models/m/2")
     observed = runtime(registry).observe_registry(None)
-    assert observed.error is not None and "stable version 1's source is a mlflow-artifacts: URI" in \
-        observed.error.message
+    assert observed.unloadable is not None and "stable version 1's source is a mlflow-artifacts: URI" in \
+        observed.unloadable
 
 
 @pytest.mark.parametrize("case", ["template set", "seldon v2", "already resolved", "already stable", "s3 source"])
@@ -320,7 +320,8 @@ def test_the_refusal_is_only_for_the_default_template_on_targets_given_a_uri_bef
         registry._models[MODEL].versions["2"] = registry._models[MODEL].versions["2"].__class__(
             name=MODEL, version="2", source="s3://models/m/2")
     observed = made.observe_registry(status)
-    assert observed.error is None and observed.candidate is not None and observed.candidate.version == "2"
+    assert observed.error is None and observed.unloadable is None
+    assert observed.candidate is not None and observed.candidate.version == "2"
 
 
 def test_download_uri_fills_the_template_read_only_when_named() -> None:
@@ -395,12 +396,14 @@ def test_a_hand_move_onto_the_candidate_trusts_only_this_promotions_own_record()
 @pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, Phase.PENDING])
 def test_the_refusal_covers_the_next_rollout_of_a_finished_one(phase: Phase) -> None:
     """spec.model.version edited on a finished rollout (status.candidate the last one's): the new candidate is
-    checked as a first rollout's is; the candidate already taken on, or a rollout in flight, is not."""
+    checked as a first rollout's is; the candidate already taken on is not. (s32: a rollout in flight carries it
+    too, never as an error: its rollback goes on, and the engine refuses the new candidate once it resolves it.)"""
     registry = mlflow3_registry()
     finished_status = ModelRolloutStatus(phase=phase, candidate=VersionRef("1"), stable=VersionRef("1"))
     observed = runtime(registry).observe_registry(finished_status)
-    assert observed.error is not None and observed.error.kind is AdapterErrorKind.INVALID
+    assert observed.error is None and observed.unloadable is not None
     taken_on = ModelRolloutStatus(phase=phase, candidate=VersionRef("2"), stable=VersionRef("1"))
-    assert runtime(registry).observe_registry(taken_on).error is None
+    assert runtime(registry).observe_registry(taken_on).unloadable is None
     in_flight = ModelRolloutStatus(phase=Phase.ROLLING_BACK, candidate=VersionRef("1"), stable=VersionRef("1"))
-    assert runtime(registry).observe_registry(in_flight).error is None
+    observed = runtime(registry).observe_registry(in_flight)
+    assert observed.error is None and observed.unloadable is not None and observed.candidate is not None
