@@ -2552,7 +2552,10 @@ class _Decider:
         elif phase is Phase.SUCCEEDED:
             self._set_condition(ConditionType.READY, ConditionStatus.TRUE, "RolloutSucceeded", message)
         else:
-            self._set_condition(ConditionType.READY, ConditionStatus.FALSE, str(phase), message)
+            # A held promotion waits for a human or its deadline: `kubectl get`'s Reason column says so.
+            hold = status.promotion.hold if phase is Phase.PROMOTING and status.promotion else None
+            self._set_condition(ConditionType.READY, ConditionStatus.FALSE,
+                                str(hold.reason) if hold else str(phase), message)
         if phase in TERMINAL_PHASES:
             reason = {Phase.SUCCEEDED: "RolloutSucceeded", Phase.ROLLED_BACK: "RolledBack",
                       Phase.FAILED: "RolloutFailed"}[phase]

@@ -19,7 +19,7 @@ from test_engine_support import World, spec_dict
 
 from controller.api.commands import CommandAction
 from controller.api.spec import SpecError
-from controller.api.status import HISTORY_LIMIT, HoldReason, ModelRolloutStatus, Phase
+from controller.api.status import HISTORY_LIMIT, ConditionType, HoldReason, ModelRolloutStatus, Phase
 from controller.cli.oncall import OnCall
 from controller.engine import reject_spec
 
@@ -89,9 +89,14 @@ def test_a_hold_keeps_its_start_when_the_alias_moves_again_and_is_cleared_when_i
     hold = world.status.promotion.hold if world.status.promotion else None
     assert hold is not None and hold.advice == ADVICE and world.status.to_dict()["promotion"]["hold"]["since"] == \
         HELD_SINCE
+    ready = world.status.condition(ConditionType.READY)
+    # `kubectl get`'s Reason column (Ready's reason) tells a held promotion from a moving one (review s32crd).
+    assert ready is not None and ready.reason == "StableAliasMoved", ready
     world.registry.aliases["production"] = "6"  # put back: the promotion goes on
     world.reconcile()
     assert world.status.promotion is not None and world.status.promotion.hold is None
+    ready = world.status.condition(ConditionType.READY)
+    assert ready is not None and ready.reason != "StableAliasMoved", ready
 
 
 def test_a_hold_past_its_deadline_leaves_no_hold_behind() -> None:
