@@ -1385,6 +1385,14 @@ class _Decider:
         analysis = self.status.analysis
         if analysis is None or analysis.mode is not AnalysisMode.CANARY or analysis.step_index != index \
                 or analysis.ends_at is None:
+            settled = self._gate_predictions_scraped_by()
+            if settled is not None and self.now < settled:
+                # No weight step held it (an analysis first, or after a 0% step): a window opened now would count
+                # the gate's golden set as the canary's traffic (review s32crdfix).
+                self.requeue.append(settled - self.now)
+                self._wait(f"Holding {self._step_label(index)} until {format_time(settled)}: the gate's own "
+                           "predictions must be scraped before live traffic is judged")
+                return
             self._update(analysis=AnalysisStatus(mode=AnalysisMode.CANARY, window_start=self.now,
                                                  step_index=index, ends_at=self.now + step.duration))
             self._record("AnalysisStarted", f"{self._step_label(index)}: judging for "

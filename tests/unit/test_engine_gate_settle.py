@@ -186,3 +186,22 @@ def test_a_full_promote_right_after_the_gate_opens_the_bake_once_its_predictions
     world.run_until(lambda w: any(isinstance(a, RunAnalysis) for a in w.executed), step=timedelta(seconds=5))
     bake = next(a for a in world.executed if isinstance(a, RunAnalysis))
     assert bake.mode == "bake" and bake.window_start >= gate_predictions_scraped_by(gate_completed(world), SCRAPE)
+
+
+@pytest.mark.parametrize("steps", [
+    [{"analysis": {"duration": "10m"}}, {"setWeight": 10}, {"pause": {}}],
+    [{"setWeight": 0}, {"analysis": {"duration": "10m"}}, {"setWeight": 10}, {"pause": {}}],
+], ids=["analysis-first", "after-a-0%-step"])
+def test_an_analysis_with_no_weight_step_before_it_still_opens_after_the_gates_predictions_are_scraped(
+        steps: list[dict[str, Any]]) -> None:
+    """Review s32crdfix: the hold was on a weight step above 0 only, so a window opened at once counted the gate's
+    golden set (rich in positives) as the canary's live traffic."""
+    world = ScrapedWorld(spec=spec_dict(canary={"steps": steps}))
+    world.reconcile()  # staged, gated and passed at T0
+    world.advance(timedelta(seconds=1))
+    world.reconcile()
+    assert world.status.analysis is None, world.status.analysis
+    assert "the gate's own predictions must be scraped before live traffic is judged" in world.status.message
+    world.run_until(lambda w: w.status.analysis is not None, step=timedelta(seconds=5))
+    analysis = world.status.analysis
+    assert analysis is not None and analysis.window_start >= gate_completed(world) + 2 * SCRAPE + GATE_SETTLE_MARGIN
