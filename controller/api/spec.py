@@ -49,6 +49,12 @@ MAX_DURATION = timedelta(days=3650)
 
 # maxRate's range (as the CRD says): the sequential test's null odds must stay finite and calibratable.
 MAX_RATE_RANGE = (0.000001, 0.999999)
+# A PromQL query read as its lexer reads it: string literals ("..." and '...' with backslash escapes, `...` raw), `#`
+# comments to a line break, and single characters between them; whitespace outside them matches nothing. The CRD's
+# rule on spec.analysis.metrics[].proportion holds this same expression (RE2 reads it as `re` does).
+PROMQL_TOKEN = re.compile(r"\x22(?:[^\x22\\]|\\[\s\S])*\x22?|\x27(?:[^\x27\\]|\\[\s\S])*\x27?"
+                          r"|\x60[^\x60]*\x60?|#[^\n\r]*|[^ \t\n\r\x22\x27\x60#]")
+
 
 class SpecError(ValueError):
     """A spec the engine cannot run; `path` names the field, e.g. spec.canary.steps[2].setWeight."""
@@ -540,6 +546,9 @@ def _parse_metric(raw: Mapping[str, Any], path: str) -> MetricSpec:
                 raise SpecError(f"{where}.{key}", "must use {{selector}} (or {{variant}}) outside a `#` comment, "
                                 "or canary and stable would be the same query and the canary would be compared with "
                                 "itself")
+        if PROMQL_TOKEN.findall(events) == PROMQL_TOKEN.findall(total):
+            raise SpecError(f"{where}.events", "must be another query than total (whitespace aside), or every sample "
+                            "counts as an event: canary and stable both read 100% and the metric can never fail")
         return MetricSpec(name=name, proportion=ProportionMetric(
             events=events, total=total,
             max_relative_increase=increase, max_rate=max_rate, confidence=confidence, min_samples=min_samples))

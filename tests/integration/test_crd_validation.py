@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.api.spec import parse_spec
+from controller.api.reach import short_service_refusal
+from controller.api.spec import SpecError, parse_spec
 from tests.conftest import run_kubectl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -232,6 +234,20 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
      "spec.goldenDataset.thresholds.classes keys (class labels) must be at most 253 characters"),
     # A bare `pause:` (YAML null) is dropped before the step's rule runs.
     ("bare-pause", _set("canary.steps.5", {"pause": None}), "spec.canary.steps[5]"),
+    # events the same query as total: canary and stable both read 100%, the metric could never fail (review s32crd).
+    ("proportion-events-same-as-total",
+     _set("analysis.metrics.0.proportion", dict(PROPORTION, events=PROPORTION["total"])),
+     "spec.analysis.metrics[0].proportion.events"),
+    ("proportion-events-same-as-total-but-whitespace",
+     _set("analysis.metrics.0.proportion",
+          {"events": "sum (y{\t{{selector}}\r\n})\n", "total": "sum(y{ {{selector}} })"}),
+     "spec.analysis.metrics[0].proportion.events"),
+    # Short Service names the operator refuses at run time whatever its settings (review s32crd).
+    ("tracking-uri-short-service-name", _set("registry", {"trackingUri": "http://mlflow.mlflow.svc:5000"}),
+     "spec.registry.trackingUri"),
+    ("prometheus-short-service-name-upper-case-trailing-dot-path",
+     _set("analysis.prometheus.address", "https://Prometheus.Monitoring.SVC./thanos"),
+     "spec.analysis.prometheus.address"),
 ]
 
 
@@ -305,6 +321,13 @@ ACCEPTED: list[tuple[str, Callable[[Spec], None]]] = [
     ("thresholds-one-class-limit", _set("goldenDataset.thresholds", {"classes": {"nsfw": {"minPrecision": 0.9}}})),
     ("thresholds-left-out", _delete("goldenDataset.thresholds")),
     ("class-label-longest", _set("goldenDataset.thresholds.classes", {"n" * 253: {"minRecall": 0.9}})),
+    # Queries that differ only inside a string literal (whitespace there counts) or in a comment are two queries.
+    ("proportion-differs-in-a-literal",
+     _set("analysis.metrics.0.proportion", {"events": 'x{a="b c", {{selector}}}', "total": 'x{a="bc", {{selector}}}'})),
+    ("proportion-differs-in-a-comment", _set("analysis.metrics.0.proportion",
+                                              {"events": "x{ {{selector}} } # e", "total": "x{ {{selector}} } # t"})),
+    ("prometheus-full-service-name", _set("analysis.prometheus.address", "http://prometheus.monitoring.svc.cluster.local:9090")),
+    ("tracking-uri-full-service-name", _set("registry", {"trackingUri": "http://mlflow.mlflow.svc.cluster.local.:5000/"})),
 ]
 
 
@@ -318,6 +341,91 @@ def test_edges_the_operator_takes_are_accepted(kubeconfig: Path, namespace: str,
     parse_spec(manifest["spec"])
     code, output = apply(kubeconfig, namespace, manifest)
     assert code == 0, f"{case} was refused:\n{output}"
+
+
+# Every form of host api.reach.short_service_refusal reads (case, trailing dots, a port, a path) and hosts around it.
+SHORT_SERVICE_URLS = [
+    "http://prometheus.monitoring.svc", "http://prometheus.monitoring.svc:9090", "https://Prometheus.Monitoring.SVC",
+    "http://prometheus.monitoring.svc.", "http://prometheus.monitoring.svc..:9090/", "http://p.m.Svc/api/v1",
+    "http://p.m.svc:9090/prefix/x.svc", "http://.svc", "http://svc.svc", "http://a.svc.svc.", "http://a-b_c.d.svc:0",
+    "http://prometheus.monitoring.svc.cluster.local", "http://prometheus.monitoring.svc.cluster.local.:9090/x",
+    "http://svc", "http://svc.", "http://svc:9090", "http://mysvc.monitoring:9090", "http://a.svcx", "http://a.svc-1",
+    "http://a.xsvc", "http://prom.example.com/x.svc", "http://10.0.0.1:9090/.svc", "http://[::1]:9090",
+    "http://prometheus.monitoring:9090", "https://a.svc.example",
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("field", ["registry.trackingUri", "analysis.prometheus.address"])
+def test_a_short_service_name_is_refused_at_apply_as_the_operator_refuses_it(kubeconfig: Path, namespace: str,
+                                                                             field: str) -> None:
+    """Refused exactly when the operator's run-time check refuses it, with its message (review s32crd)."""
+    path = f"spec.{field}"
+    wrong = []
+    for index, url in enumerate(SHORT_SERVICE_URLS):
+        manifest = sample()
+        _set(field, url)(manifest["spec"])
+        manifest["metadata"]["name"] = f"short-{index}"
+        refusal = short_service_refusal(url)
+        code, output = apply(kubeconfig, namespace, manifest)
+        if refusal is None and code != 0:
+            wrong.append(f"{url}: refused:\n{output}")
+        elif refusal is not None and (code == 0 or f"{path}: Invalid value: \"string\": {refusal}" not in output):
+            wrong.append(f"{url}: not refused with {refusal!r}:\n{output}")
+    assert sum(short_service_refusal(url) is not None for url in SHORT_SERVICE_URLS) == 11
+    assert wrong == []
+
+
+def _random_query(rng: random.Random) -> str:
+    """A selector outside any literal or comment (the CRD's other rule), then quotes, escapes, comments, whitespace."""
+    parts = ["#", '"', "'", "`", "\\", "\n", "\r", " ", "\t", "a", "b", "(", "{", ")"]
+    return "x{{selector}}" + "".join(rng.choice(parts) for _ in range(rng.randint(0, 8)))
+
+
+def _respaced(rng: random.Random, query: str) -> str:
+    """`query` with whitespace added or removed at random places (inside literals and comments too), not inside its
+    {{selector}}."""
+    head = "x{{selector}}"
+    chars = list(query.removeprefix(head))
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(chars) + 1)
+        if rng.random() < 0.5 and at < len(chars) and chars[at] in " \t\n\r":
+            del chars[at]
+        else:
+            chars.insert(at, rng.choice(" \t\n\r"))
+    return rng.choice(["", " ", "\n"]) + head + "".join(chars)
+
+
+@pytest.mark.integration
+def test_the_api_server_and_parse_spec_agree_on_which_queries_are_the_same(kubeconfig: Path, namespace: str) -> None:
+    """RE2 in the CRD's rule and `re` in parse_spec tokenize alike: 200 pairs, 20 metrics to a manifest."""
+    rng = random.Random(32)
+    disagreements, same = [], 0
+    for batch in range(10):
+        pairs = []
+        for _ in range(20):
+            events = _random_query(rng)
+            pairs.append((events, _respaced(rng, events) if rng.random() < 0.7 else _random_query(rng)))
+        manifest = sample()
+        manifest["metadata"]["name"] = f"same-{batch}"
+        manifest["spec"]["analysis"]["metrics"] = [{"name": f"m{i}", "proportion": {"events": e, "total": t}}
+                                                   for i, (e, t) in enumerate(pairs)]
+        _, output = apply(kubeconfig, namespace, manifest)
+        for i, (events, total) in enumerate(pairs):
+            crd_same = f"spec.analysis.metrics[{i}].proportion.events: Invalid value: \"object\"" in output
+            raw = sample()["spec"]
+            raw["analysis"]["metrics"] = [{"name": "m", "proportion": {"events": events, "total": total}}]
+            try:
+                parse_spec(raw)
+                parser_same = False
+            except SpecError as error:
+                assert error.path == "spec.analysis.metrics[0].proportion.events", error
+                parser_same = "another query than total" in error.problem
+            same += parser_same
+            if crd_same != parser_same:
+                disagreements.append((events, total, crd_same))
+    assert disagreements == []
+    assert 40 < same < 160  # both answers are exercised
 
 
 @pytest.mark.integration
