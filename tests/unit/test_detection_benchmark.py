@@ -283,3 +283,19 @@ def test_threshold_per_rate_summary_counts_the_cells_ours_misses_and_it_catches(
     s = detection.threshold_per_rate_summary(cells, [])
     assert s["threshold_per_rate_over_ours_geomean"] is None  # it catches the 2x cell, ours does not
     assert s["ours_missed_cells"] == {"threshold_per_rate": 1, "threshold": 0, "oracle": 0}
+
+
+def test_ours_is_judged_with_the_operators_defaults_for_the_issue_s_metric(detection: ModuleType) -> None:
+    """Review s32bench: the benchmark's settings were copied from the parser's defaults, so a change of a default
+    (confidence, minSamples) left it measuring another judge with every test passing."""
+    from controller.analysis.judges import ProportionCriteria
+    from controller.api.spec import parse_spec
+    from tests.unit.test_engine_support import spec_dict
+
+    metric = {"name": "nsfw-rate", "proportion": {"events": "e{{selector}}", "total": "t{{selector}}",
+                                                  "maxRelativeIncrease": detection.MARGIN}}
+    spec = spec_dict()
+    parsed = parse_spec({**spec, "analysis": {**spec["analysis"], "metrics": [metric]}})
+    (as_run,) = parsed.analysis.metrics
+    assert as_run.proportion is not None
+    assert ProportionCriteria.from_spec(as_run.proportion) == detection.CRITERIA
