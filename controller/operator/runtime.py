@@ -353,18 +353,15 @@ class RolloutRuntime:
         return fill_storage_uri(template, name=self.spec.model.name, version=version.version, source=source,
                                 run_id=version.run_id or "", download_uri=download_uri)
 
-    def _unloadable_source(self, status: ModelRolloutStatus | None, candidate: ResolvedVersion | None,
-                           stable: ResolvedVersion | None) -> str | None:
+    def _unloadable_source(self, candidate: ResolvedVersion | None, stable: ResolvedVersion | None) -> str | None:
         """Why the rollout about to be resolved cannot start: with the template not set, the default {source} would
         give KServe or a SeldonDeployment a URI that only MLflow resolves, and the candidate would never get ready
         (only failing at progressDeadline, blaming the target), or a rollback would restore stable as one. An
         explicit template is used as it is; Seldon v2 Experiments load no URI from the operator."""
         target = self.spec.target
-        # Not for the candidate already taken on; in any phase for another (the one a rollback in flight makes way
-        # for, or a finished rollout's next version), which the engine refuses only when it comes to resolve it.
-        taken_on = status is not None and status.candidate is not None and candidate is not None \
-            and status.candidate.version == candidate.version
-        if self.config.storage_uri_template or taken_on \
+        # In any phase, for the candidate already taken on too: the engine refuses it only when it comes to resolve
+        # one (a new rollout, the one a rollback in flight makes way for, a retry: review s32r2b), never in flight.
+        if self.config.storage_uri_template \
                 or (target.kserve is None and target.seldon_deployment is None) \
                 or candidate is None or not candidate.source or candidate.status != "READY" \
                 or (stable is not None and stable.version == candidate.version):  # already stable: nothing staged
@@ -421,7 +418,7 @@ class RolloutRuntime:
                                    stable_alias_version=_engine_version(stable) if stable else None,
                                    rolled_back=rolled_back, rolled_back_gone=rolled_back_gone,
                                    candidate_gone=candidate_gone,
-                                   unloadable=self._unloadable_source(status, candidate,
+                                   unloadable=self._unloadable_source(candidate,
                                                                       _engine_version(stable) if stable else None))
 
     def observe_target(self) -> tuple[TargetObservation | None, TargetState | None]:

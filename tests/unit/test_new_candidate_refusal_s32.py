@@ -150,3 +150,39 @@ def test_a_first_rollout_refused_or_a_registry_down_says_why_once() -> None:
     down.registry.down = True
     down.reconcile()
     assert down.status.message.count("connection refused") == 1, down.status.message
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_retry_after_the_stable_alias_moved_to_an_unloadable_version_waits_in_pending(target: str) -> None:
+    """Review s32r2b: the candidate already taken on was never checked, so `retry` of it took a stable alias moved
+    meanwhile to a models:/m-... version as status.stable, staged, and a later rollback restored that URI."""
+    world = make_world(target)
+    world.target.ready_delay = timedelta(hours=3)  # never ready: ends at progressDeadline, not tagged rejected
+    world.run_until(lambda w: w.status.phase in (Phase.ROLLED_BACK, Phase.FAILED))
+    world.memory._models[MODEL].aliases["production"] = "3"  # moved to an MLflow 3 version by other means
+    world.registry.aliases["production"] = "3"
+    world.target.stable_version = "3"
+    world.target.ready_delay = timedelta(0)
+    world.executed.clear()
+    world.advance(timedelta(minutes=5))
+    world.send(CommandAction.RETRY)
+    for _ in range(3):
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    assert world.status.phase is Phase.PENDING and world.status.candidate is None, world.status.message
+    assert staged(world) == [], world.executed
+    condition = next(c for c in world.status.conditions if c.type == "RegistryAvailable")
+    assert (condition.status, condition.reason) == ("False", "RegistryInvalid"), condition
+    assert condition.message.startswith("stable version 3's source is a models: URI"), condition.message
+
+
+def test_a_rollout_in_flight_is_not_held_by_the_refusal_of_its_own_candidate() -> None:
+    """What `taken_on` kept out before: the refusal is read only when a candidate is resolved (an operator upgraded
+    mid-rollout, with the candidate's source MLflow-only, goes on as it started)."""
+    world = make_world("kserve")
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING and bool(w.target.canary_weight))
+    record = world.memory._models[MODEL].versions["2"]
+    world.memory._models[MODEL].versions["2"] = type(record)(name=MODEL, version="2", source=MLFLOW3_SOURCE)
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)  # the last step, `pause: {}`
+    assert world.status.candidate is not None and world.status.candidate.version == "2"
+    assert staged(world) == ["2"] and world.target.canary_weight == 50
