@@ -250,9 +250,14 @@ class OnCall:
     def get(self, name: str, deadline: float | None = None) -> dict[str, Any]:
         """The rollout; `deadline` (time.monotonic()) bounds the request, for --timeout and --wait."""
         what = f"ModelRollout {self.namespace}/{name}"
-        return _kubernetes_answer(what, self._call(what, self.custom.get_namespaced_custom_object,
-                                                   GROUP, VERSION, self.namespace, PLURAL, name,
-                                                   _request_timeout=_request_timeout(deadline)), "ModelRollout")
+        try:
+            found = self._call(what, self.custom.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                               name, _request_timeout=_request_timeout(deadline))
+        except NotFound as exc:
+            # A deleted rollout's account (a revertOnDeletion rollback's end among it) outlives it in its Events.
+            raise NotFound(f"{exc}; if it was deleted, its Events tell how it ended (while the API server keeps "
+                           f"them): `{_events_command(self.namespace, name)}`") from None
+        return _kubernetes_answer(what, found, "ModelRollout")
 
     def list(self, all_namespaces: bool) -> list[dict[str, Any]]:
         if all_namespaces:
@@ -473,6 +478,14 @@ class OnCall:
         if stuck := _stuck(obj):
             lines.append(f"No progress within progressDeadline (ProgressDeadlineExceeded): {stuck.rstrip('. ')}; the "
                          "operator keeps trying.")
+            if phase == "RollingBack" and (check := _target_check(obj)):
+                # What the rollback waits on is the target's: what it serves now is read there.
+                lines.append(f"Next: check what the target serves: `{check}`.")
+        if phase == "Paused" and mapping(status.get("pause")).get("reason") == "PauseStep" \
+                and not mapping(status.get("pause")).get("until"):
+            # A pause step waits for a human: the command, as a failed check's pause names it (watch).
+            where = f"-n {obj['metadata']['namespace']} {obj['metadata']['name']}"
+            lines.append(f"Next: `{program()} promote {where}` to go on (or `{program()} abort {where}`).")
         candidate = _version(status, "candidate")
         stable = _version(status, "stable")
         model = text(obj["spec"]["model"].get("name"), "?")
@@ -524,9 +537,21 @@ class OnCall:
         uid = None  # the object watched: one deleted and created again under its name is another rollout
         failures = 0  # reads in a row that failed for a reason that may pass (an API server restarting)
         outage_seen = 0.0  # when a read last failed for a reason other than a 401/403 (time.monotonic())
+        seen_status: dict[str, Any] = {}  # the status last read: what the rollout was doing when deleted
         while True:
             try:
                 raw = self.get(name, deadline)
+            except NotFound:
+                if last is None:  # never read: a wrong name, not an outcome
+                    raise
+                # Deleted while watched: its outcome cannot be read here (exit 2, as README says), but its Events
+                # tell it (a revertOnDeletion rollback's RolledBack or Failed), not a bare "not found".
+                rolling_back = mapping(seen_status.get("rollback")).get("cause") == "Deleted" \
+                    and seen_status.get("phase") == "RollingBack"
+                how = " while rolling back (spec.rollback.revertOnDeletion)" if rolling_back else ""
+                raise CliError(f"ModelRollout {self.namespace}/{name}: not found any more: it was deleted{how} while "
+                               f"watched; its end is in its Events: `{_events_command(self.namespace, name)}`") \
+                    from None
             except (Transient, Denied) as exc:
                 # As `kubectl rollout status`: an API server restarting does not end the watch; --timeout does. Right
                 # after an outage a 401/403 passes too (RBAC synced again after the restart); else it is final.
@@ -558,6 +583,7 @@ class OnCall:
             pending = pending_command(raw)
             obj = printable(raw)
             status = obj.get("status") or {}
+            seen_status = mapping(status)
             line = (status.get("phase"), status.get("currentStep"), status.get("canaryWeight"), status.get("message"),
                     pending)
             if line != last:
@@ -674,6 +700,25 @@ def _stuck(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def _events_command(namespace: str | None, name: str) -> str:
+    """The kubectl command listing a rollout's Events, which outlive it."""
+    return (f"kubectl get events -n {namespace} --field-selector involvedObject.kind=ModelRollout,"
+            f"involvedObject.name={name}")
+
+
+def _target_check(obj: dict[str, Any]) -> str | None:
+    """The kubectl command that shows the rollout's target (always in the rollout's namespace), or None."""
+    target = mapping(mapping(obj.get("spec")).get("target"))
+    namespace = text(mapping(obj.get("metadata")).get("namespace"), "?")
+    for key, resource, field in (("kserve", "inferenceservice", "inferenceService"),
+                                 ("seldonDeployment", "seldondeployment", "name"),
+                                 ("seldonExperiment", "experiments.mlops.seldon.io", "name")):
+        name = mapping(target.get(key)).get(field)
+        if isinstance(name, str) and name:
+            return f"kubectl get {resource} -n {namespace} {name} -o yaml"
+    return None
+
+
 def _seconds_since_written(status: dict[str, Any]) -> float | None:
     """Seconds since the operator last wrote to the status: its newest history entry or condition transition."""
     stamps = [e.get("time") for e in objects(status.get("history"))[-1:]]
@@ -743,11 +788,13 @@ def _hold(status: Any) -> dict[str, Any]:
 
 
 def _ended_hold_detail(entry: dict[str, Any]) -> str:
-    """A StableMismatch entry told once its hold has ended: without the advice, the way out of a hold that is no
-    more (following it would undo what happened since)."""
+    """An entry quoting a hold (StableMismatch, a command refused during it) told once the hold has ended: without
+    the advice, the way out of a hold that is no more (following it would undo what happened since)."""
     detail, advice = text(entry.get("detail")), entry.get("advice")
     if isinstance(advice, str) and advice and detail.endswith(advice):
-        return f"{detail[:-len(advice)].rstrip(': ')} (the promotion was held; that hold has ended)"
+        ended = "the promotion was held; that hold has ended" if entry.get("event") == "StableMismatch" \
+            else "that hold has ended"
+        return f"{detail[:-len(advice)].rstrip(': ')} ({ended})"
     if _numbered(entry) is None:  # an older operator's entry: any advice is not kept apart, so none is shown
         return f"(recorded by an older operator: `{program()} history` shows its detail, which may advise on a hold " \
                "that has ended)"
@@ -770,8 +817,11 @@ def _warnings(status: dict[str, Any], holding: bool = False) -> list[str]:
 
 
 def _told_detail(entry: dict[str, Any], holding: bool) -> str:
-    """An entry's detail as explain tells it: a StableMismatch hold's advice only while the promotion is `holding`."""
-    return entry["detail"] if holding or entry["event"] != "StableMismatch" else _ended_hold_detail(entry)
+    """An entry's detail as explain tells it: a hold's advice (a StableMismatch entry's, or any entry's that keeps
+    one apart) only while the promotion is `holding`."""
+    if holding or (entry["event"] != "StableMismatch" and not entry.get("advice")):
+        return entry["detail"]
+    return _ended_hold_detail(entry)
 
 
 def _withdraw(namespace: str, name: str) -> str:

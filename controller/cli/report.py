@@ -143,8 +143,11 @@ def _percent(value: float) -> float | None:
 
 
 def _num(value: Any) -> str:
+    """A count for a chart label: a float (a count scaled by traffic share) to 3 significant figures."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"  # no exponent in a label
     return str(value) if value is not None else "?"
 
 
@@ -419,8 +422,10 @@ def _completed(status: Mapping[str, Any]) -> Any:
 
 
 def _rollback_state(rollback: Mapping[str, Any], phase: Any, stable: Any) -> str:
-    """Each step as confirmed: the alias may be back while traffic is not, or the other way round."""
-    if rollback.get("recoveredAt"):
+    """Each step as confirmed: the alias may be back while traffic is not, or the other way round. "Rolled back"
+    only when both are back: traffic reported on stable, the alias not left elsewhere (explain says the same)."""
+    if rollback.get("recoveredAt") and not rollback.get("aliasLeftOn") and stable \
+            and rollback.get("servingWhenConfirmed") == stable:
         return "rolled back"
     unconfirmed = "not confirmed" if phase in TERMINAL_PHASES else "not yet confirmed"
     # Back on stable only as the target reported it; a withdrawal at 0% beside another version is the candidate off.

@@ -191,13 +191,20 @@ def _entry_attempt(status: ModelRolloutStatus) -> int:
 
 
 def ignore_command(status: ModelRolloutStatus, key: str, detail: str, now: datetime, actor: str = CONTROLLER_ACTOR,
-                   command_id: str | None = None) -> ModelRolloutStatus:
+                   command_id: str | None = None, advice: str | None = None) -> ModelRolloutStatus:
     """`status` with a command that will not be carried out recorded once: its key in handledCommands, so it is
-    never carried out later, and a CommandIgnored history entry saying why."""
+    never carried out later, and a CommandIgnored history entry saying why. `advice`, how `detail` ends (a held
+    promotion's way out), is kept apart too (HistoryEntry.advice) and whole when the detail is cut."""
     if key in status.handled_commands:
         return status
-    entry = HistoryEntry(time=now, event="CommandIgnored", detail=_one_line(detail)[:COMMAND_REFUSAL_MAX],
-                         actor=actor, command_id=command_id, attempt=_entry_attempt(status))
+    detail = _one_line(detail)
+    advice = _one_line(advice) if advice else None
+    if advice is None or not detail.endswith(advice) or len(advice) > COMMAND_REFUSAL_MAX // 2:
+        detail, advice = detail[:COMMAND_REFUSAL_MAX], None
+    elif len(detail) > COMMAND_REFUSAL_MAX:
+        detail = detail[:COMMAND_REFUSAL_MAX - len(advice)] + advice
+    entry = HistoryEntry(time=now, event="CommandIgnored", detail=detail, actor=actor, command_id=command_id,
+                         attempt=_entry_attempt(status), advice=advice)
     return dataclasses.replace(status, handled_commands=_handled(status, key),
                                history=append_history(status.history, entry, status.events_posted_through))
 
@@ -865,8 +872,12 @@ class _Decider:
         if refusal is None:
             self._update(handled_commands=_handled(self.status, command.id))
             return
+        # A refusal that quotes a hold's way out keeps it apart, as StableMismatch does: told without it once the
+        # hold has ended (following it then would move the alias for nothing).
+        hold = self.status.promotion.hold if self.status.promotion is not None else None
+        advice = hold.advice if hold is not None and hold.advice and refusal.endswith(hold.advice) else None
         self.status = ignore_command(self.status, command.id, f"{command.label}: {refusal}", self.now,
-                                     actor=command.actor, command_id=command.id)
+                                     actor=command.actor, command_id=command.id, advice=advice)
         self.new_history.append(self.status.history[-1])
 
     def _run_command(self, command: Command) -> str | None:
@@ -2578,7 +2589,8 @@ class _Decider:
         elif unconfirmed := self._rollback_stuck():
             # Still trying, and the rejected candidate may still serve: loud (Argo CD: Degraded), not "progressing".
             self._deadline_exceeded(f"rollback unconfirmed for more than progressDeadline "
-                                    f"{format_duration(self.spec.progress_deadline)} ({unconfirmed}): {message}")
+                                    f"{format_duration(self.spec.progress_deadline)} (not confirmed: {unconfirmed}): "
+                                    f"{message}")
         else:
             self._set_condition(ConditionType.PROGRESSING, ConditionStatus.TRUE, _progress_reason(status), message)
         gate = status.gate

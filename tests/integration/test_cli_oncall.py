@@ -155,7 +155,12 @@ def test_commands_set_the_annotation_with_the_callers_identity(kubeconfig: Path,
 def test_clear_errors(kubeconfig: Path, namespace: str, control_plane: ControlPlane, tmp_path: Path) -> None:
     missing = cli(kubeconfig, "get", "nothing-here", "-n", namespace)
     assert missing.returncode == 1
-    assert missing.stderr.strip() == f"error: ModelRollout {namespace}/nothing-here: not found"
+    events = (f"kubectl get events -n {namespace} --field-selector involvedObject.kind=ModelRollout,"
+              "involvedObject.name=nothing-here")
+    assert missing.stderr.strip() == (f"error: ModelRollout {namespace}/nothing-here: not found; if it was deleted, "
+                                      f"its Events tell how it ended (while the API server keeps them): `{events}`")
+    listed = run_kubectl(kubeconfig, *events.split()[1:])  # the hint as printed: the API server takes its selector
+    assert listed.returncode == 0, listed.stderr
     alice = control_plane.write_kubeconfig(tmp_path / "alice", "alice", control_plane.tokens["alice"], namespace)
     denied = cli(alice, "abort", "nsfw-classifier", "-n", namespace)
     assert denied.returncode == 1 and "no permission" in denied.stderr and "Traceback" not in denied.stderr

@@ -1160,7 +1160,8 @@ def test_a_rollback_stuck_past_the_progress_deadline_says_so_in_its_progressing_
     status, reason = condition(world, "Progressing")
     message = world.status.condition("Progressing").message  # type: ignore[union-attr]
     assert (status, reason) == ("False", "ProgressDeadlineExceeded"), message
-    assert message.startswith("rollback unconfirmed for more than progressDeadline 30m (traffic back on stable")
+    assert message.startswith("rollback unconfirmed for more than progressDeadline 30m (not confirmed: traffic back on "
+                              "stable")
     world.advance(timedelta(minutes=5))
     world.reconcile()
     assert events(world).count("ProgressDeadlineExceeded") == 1  # one Warning Event, not one per look

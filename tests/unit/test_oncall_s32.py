@@ -1,0 +1,193 @@
+"""The on-call trail's wording (review s32oncall F1-F3, F5, F6): a refused promote's hold advice only while the hold
+holds, the HTML Rollback line as confirmed, a stuck rollback's missing steps said as missing with the target to
+check, a pause step's command, and chart labels to 3 significant figures.
+
+The statuses come from the real engine (the engine tests' World); explain reads them offline."""
+
+from __future__ import annotations
+
+import io
+import time
+import types
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from test_cli_commands import FakeApi, engine_rollout, rollout
+from test_cli_oncall_hold_s29 import held
+from test_engine import fail_from, finished
+from test_engine_support import World, spec_dict
+
+from controller.api.commands import CommandAction
+from controller.api.status import Phase
+from controller.cli import oncall as oncall_module
+from controller.cli.main import main
+from controller.cli.oncall import OnCall
+from controller.cli.report import _facts, _rate
+from tests.http_stub import serving
+
+ADVICE = "point @production back at version 6 to promote candidate 7, or roll back"
+
+
+@pytest.fixture()
+def oncall(offline_kubeconfig: Path) -> OnCall:
+    return OnCall(str(offline_kubeconfig), None, out=io.StringIO())
+
+
+def refused_during_hold() -> World:
+    """Held on @production moved to 5 by hand, and a second promote refused meanwhile."""
+    world = held()
+    world.send(CommandAction.PROMOTE, command_id="second")
+    world.reconcile()
+    return world
+
+
+# --- F1: a refused promote's advice only while the hold holds -------------------------------------------------
+
+
+def test_a_promote_refused_during_a_hold_keeps_the_holds_advice_apart() -> None:
+    world = refused_during_hold()
+    (entry,) = [e for e in world.status.history if e.event == "CommandIgnored"]
+    assert entry.detail.endswith(f": {ADVICE}") and entry.advice == ADVICE
+
+
+@pytest.mark.parametrize("end", ["deadline", "rollback"])
+def test_a_promote_refused_during_a_hold_that_ended_is_told_without_the_advice(oncall: OnCall, end: str) -> None:
+    world = refused_during_hold()
+    holding = [line for line in oncall.explain(engine_rollout(world)).splitlines() if "CommandIgnored" in line]
+    assert len(holding) == 1 and holding[0].endswith(f": {ADVICE}"), holding  # told whole while it holds
+    if end == "rollback":
+        world.send(CommandAction.ROLLBACK, command_id="back")
+    world.run_until(finished)
+    assert world.status.phase is Phase.ROLLED_BACK
+    text = oncall.explain(engine_rollout(world))
+    assert ADVICE not in text and "or roll back" not in text, text
+    assert ("promote: the promotion is held: @production names version 5, set outside this rollout (it named version "
+            "6 when the rollout started) (that hold has ended)") in text
+
+
+# --- F2: the HTML Rollback line says "rolled back" only when both are back ------------------------------------
+
+
+def test_the_html_rollback_line_says_where_the_alias_was_left() -> None:
+    world = held()
+    world.run_until(finished)  # the hold's deadline: rolled back, @production left on 5
+    obj = engine_rollout(world)
+    assert obj["status"]["rollback"]["aliasLeftOn"] == "5"
+    rollback = dict(_facts(obj, obj["status"]))["Rollback"]
+    assert "rolled back" not in rollback
+    assert "stopped, traffic back on stable, alias left on version 5 (moved outside this rollout)" in rollback
+
+
+def test_the_html_rollback_line_says_rolled_back_only_with_stable_reported_serving() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.target.stable_version = None  # traffic off the candidate, no version reported serving
+    world.send(CommandAction.ABORT, command_id="a")
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=5))
+    obj = engine_rollout(world)
+    rollback = dict(_facts(obj, obj["status"]))["Rollback"]
+    assert "rolled back" not in rollback and "traffic off the candidate" in rollback, rollback
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.send(CommandAction.ABORT, command_id="a")
+    world.run_until(lambda w: w.status.phase is Phase.ROLLED_BACK, step=timedelta(seconds=5))
+    obj = engine_rollout(world)
+    assert dict(_facts(obj, obj["status"]))["Rollback"].startswith("Aborted by alice, rolled back, recovered in ")
+
+
+# --- F3: a stuck rollback says what is not confirmed, and where to look ---------------------------------------
+
+
+def test_a_stuck_rollback_says_not_confirmed_and_names_the_target_to_check(oncall: OnCall) -> None:
+    world = World()
+    fail_from(world, step_index=1)
+    world.run_until(lambda w: w.status.current_step == 1)
+    world.target.frozen = True  # the weight-0 write never takes effect
+    world.run_until(lambda w: w.status.phase is Phase.ROLLING_BACK)
+    world.advance(timedelta(minutes=31))
+    world.reconcile()
+    message = world.status.condition("Progressing").message  # type: ignore[union-attr]
+    assert message.startswith("rollback unconfirmed for more than progressDeadline 30m (not confirmed: traffic back "
+                              "on stable"), message
+    (entry,) = [e for e in world.status.history if e.event == "ProgressDeadlineExceeded"]
+    assert entry.detail == message
+    text = oncall.explain(engine_rollout(world))
+    assert "(not confirmed: traffic back on stable" in text
+    assert "Next: check what the target serves: `kubectl get inferenceservice -n ns nsfw-classifier -o yaml`." in text
+
+
+# --- F5: a pause step names the command that ends it ------------------------------------------------------------
+
+
+def test_a_pause_step_names_the_command_to_run(oncall: OnCall) -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}, bake=None))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    assert world.status.pause is not None and str(world.status.pause.reason) == "PauseStep"
+    text = oncall.explain(engine_rollout(world))
+    assert "Next: `modelrollout promote -n ns r` to go on (or `modelrollout abort -n ns r`)." in text
+    timed = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {"duration": "1h"}}]}, bake=None))
+    timed.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    assert "Next: `modelrollout promote" not in oncall.explain(engine_rollout(timed))  # it resumes by itself
+
+
+# --- F6: chart labels to 3 significant figures ------------------------------------------------------------------
+
+
+def test_chart_labels_round_scaled_counts_to_3_significant_figures() -> None:
+    rate, counts = _rate({"rate": 0.147, "events": 20.82352380952381, "total": 141.9785714285714})
+    assert counts == "20.8/142" and rate == pytest.approx(14.7)
+    assert _rate({"rate": 0.0378, "events": 68, "total": 1800.0})[1] == "68/1800"
+    assert _rate({"rate": 0.5, "events": 0.123456, "total": 12345.678})[1] == "0.123/12346"
+
+
+def test_the_html_rollback_line_of_a_first_rollout_does_not_say_rolled_back() -> None:
+    """No earlier version (oc-first in the review): the candidate is off, nothing is confirmed back."""
+    status = {"phase": "RolledBack", "rollback": {"cause": "GateFailed", "recoveredAt": "2026-12-06T18:14:25Z",
+                                                  "trafficConfirmedAt": "2026-12-06T18:14:25Z",
+                                                  "aliasConfirmedAt": "2026-12-06T18:14:25Z",
+                                                  "timeToRecoverSeconds": 0.0}}
+    rollback = dict(_facts({"metadata": {}, "spec": {}}, status))["Rollback"]
+    assert rollback == ("GateFailed by modelrollout-controller, stopped, traffic off the candidate, alias confirmed, "
+                        "recovered in 0.00 s"), rollback
+
+
+# --- F4: a rollout deleted while watched ends the watch with where its end is -----------------------------------
+
+
+@pytest.fixture()
+def api() -> Iterator[FakeApi]:
+    fake = FakeApi()
+    with serving(fake.server):
+        yield fake
+
+
+@pytest.fixture()
+def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`get --watch` polls every second: not in a unit test (as test_cli_commands)."""
+    monkeypatch.setattr(oncall_module, "time", types.SimpleNamespace(
+        sleep=lambda _s: None, monotonic=time.monotonic, strftime=time.strftime))
+
+
+EVENTS = "kubectl get events -n ns --field-selector involvedObject.kind=ModelRollout,involvedObject.name=r"
+
+
+def test_a_watch_of_a_rollout_deleted_while_rolling_back_says_where_its_end_is(
+        api: FakeApi, tmp_path: Path, no_wait: None, capsys: pytest.CaptureFixture[str]) -> None:
+    deleting = rollout("RollingBack")
+    deleting["status"].update(message="Rolling back: the ModelRollout was deleted (spec.rollback.revertOnDeletion); "
+                                      "returning traffic to stable.", rollback={"cause": "Deleted"})
+    api.script = [rollout("Paused"), deleting, None]
+    assert main(["get", "r", "--watch", "--kubeconfig", api.kubeconfig(tmp_path)]) == 2  # cannot be read (README)
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: ModelRollout ns/r: not found any more: it was deleted while rolling back "
+                           f"(spec.rollback.revertOnDeletion) while watched; its end is in its Events: `{EVENTS}`"), err
+
+
+def test_a_rollout_not_found_names_its_events(api: FakeApi, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    api.script = [None]
+    assert main(["get", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "ModelRollout ns/r: not found; if it was deleted, its Events tell how it ended" in err and EVENTS in err
