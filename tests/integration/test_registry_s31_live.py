@@ -26,7 +26,6 @@ from mlflow import MlflowClient
 from controller.api.spec import parse_spec
 from controller.api.status import ModelRolloutStatus, VersionRef
 from controller.devstack.mlflow_server import MlflowServer
-from controller.engine import AdapterErrorKind
 from controller.gate import MlflowAccess, record_gate_evidence
 from controller.gate.errors import SourceError
 from controller.gate.evidence import EXPERIMENT_NAME
@@ -93,14 +92,16 @@ def test_an_mlflow3_logged_model_is_refused_with_the_default_template_and_downlo
     source = client.get_model_version(name, "2").source
     assert source.startswith("models:/m-")
     observed = runtime(mlflow_server.url, name).observe_registry(ModelRolloutStatus())
-    assert observed.error is not None and observed.error.kind is AdapterErrorKind.INVALID
-    assert observed.error.message.startswith("candidate version 2's source is a models: URI"), observed.error.message
-    assert "--storage-uri-template (chart value controller.storageUriTemplate) is not set" in observed.error.message
+    # An observation the engine applies when it resolves the candidate (Pending, RegistryInvalid), not an error.
+    assert observed.error is None and observed.unloadable is not None
+    assert observed.unloadable.startswith("candidate version 2's source is a models: URI"), observed.unloadable
+    assert "--storage-uri-template (chart value controller.storageUriTemplate) is not set" in observed.unloadable
 
     # Set to {download_uri}: resolved, and staged with where MLflow keeps the logged model's files.
     chosen = runtime(mlflow_server.url, name, "{download_uri}")
     observed = chosen.observe_registry(ModelRolloutStatus())
-    assert observed.error is None and observed.candidate is not None and observed.candidate.source == source
+    assert observed.error is None and observed.unloadable is None
+    assert observed.candidate is not None and observed.candidate.source == source
     answer = requests.get(f"{mlflow_server.url}/api/2.0/mlflow/model-versions/get-download-uri",
                           params={"name": name, "version": "2"}, timeout=10).json()["artifact_uri"]
     model_id = source.removeprefix("models:/")
