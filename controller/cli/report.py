@@ -147,7 +147,9 @@ def _num(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     if isinstance(value, float) and math.isfinite(value):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"  # no exponent in a label
+        if abs(value) >= 999.5:  # .3g would round it to 1e+03
+            return f"{value:.0f}"
+        return f"{float(f'{value:.3g}'):f}".rstrip("0").rstrip(".")  # 3 significant figures, no exponent
     return str(value) if value is not None else "?"
 
 

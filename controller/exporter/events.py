@@ -289,6 +289,9 @@ def _with_binary_outputs(header: Any, raw: memoryview) -> Any:
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# A compressor writing as it goes makes a few members; each further one costs a copy of the rest of the body
+# (unused_data), so 4 MiB of empty members would take seconds and hold the decoding worker from everyone else.
+MAX_GZIP_MEMBERS = 64
 
 
 def _compressed(body: bytes) -> bool:
@@ -298,12 +301,13 @@ def _compressed(body: bytes) -> bool:
 
 def inflated(body: bytes, max_bytes: int) -> bytes:
     """A body as it is, or inflated to at most max_bytes if compressed: a few KiB must not become gigabytes. A gzip
-    body of several members (RFC 1952; a compressor writing as it goes makes one) is inflated whole."""
+    body of several members (RFC 1952; a compressor writing as it goes makes one) is inflated whole, up to
+    MAX_GZIP_MEMBERS."""
     if not _compressed(body):
         return body
     parts: list[bytes] = []
     size, rest = 0, body
-    while True:
+    while len(parts) < MAX_GZIP_MEMBERS:
         inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # either header
         try:
             part = inflater.decompress(rest, max_bytes + 1 - size)
@@ -318,6 +322,7 @@ def inflated(body: bytes, max_bytes: int) -> bytes:
             raise MalformedEvent("NotJSON", "compressed body is cut short or has data after its end")
         if not rest:
             return b"".join(parts)
+    raise MalformedEvent("NotJSON", f"compressed body has more than {MAX_GZIP_MEMBERS} gzip members")
 
 
 def _datatype(output: Mapping[str, Any]) -> str:

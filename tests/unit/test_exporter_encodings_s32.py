@@ -306,3 +306,25 @@ def test_a_gzip_body_of_several_members_is_read_whole() -> None:
 
     assert served(exporter, steps)[:2] == (202, {"outcome": "counted"})
     assert sample(exporter, "modelrollout_predictions_total", **IDENTITY, **{"class": "nsfw"}) == 2
+
+
+def test_a_gzip_body_of_many_members_is_not_json_at_once() -> None:
+    """Review s32final: each member costs a copy of the rest of the body, so 4 MiB of empty members took 16 s of the
+    decoding worker and held every other sender's compressed events behind it."""
+    from controller.exporter.events import MAX_GZIP_MEMBERS
+
+    exporter = PredictionExporter(TWO)
+    body = b'{"predictions": ["nsfw"]}'
+    empty = gzip.compress(b"", mtime=0)
+    many = gzip.compress(body) + empty * 200_000  # about 4 MiB
+    few = gzip.compress(body) + empty * (MAX_GZIP_MEMBERS - 1)
+
+    async def steps(port: int) -> list[Any]:
+        return [await exchange(port, {**headers(RESPONSE, "many"), "Content-Encoding": "gzip"}, many),
+                await exchange(port, {**headers(RESPONSE, "few"), "Content-Encoding": "gzip"}, few)]
+
+    (many_answer, few_answer) = served(exporter, steps)
+    assert many_answer[:2] == (400, {"outcome": "malformed"}), many_answer  # was counted, after 16 s
+    assert sample(exporter, MALFORMED, reason="NotJSON") == 1
+    assert few_answer[:2] == (202, {"outcome": "counted"}), few_answer
+    assert sample(exporter, "modelrollout_predictions_total", **IDENTITY, **{"class": "nsfw"}) == 1

@@ -140,6 +140,9 @@ def test_chart_labels_round_scaled_counts_to_3_significant_figures() -> None:
     assert counts == "20.8/142" and rate == pytest.approx(14.7)
     assert _rate({"rate": 0.0378, "events": 68, "total": 1800.0})[1] == "68/1800"
     assert _rate({"rate": 0.5, "events": 0.123456, "total": 12345.678})[1] == "0.123/12346"
+    # No exponent either side of the cut (review s32final: 999.5 read 1e+03, 4e-05 stayed 4e-05).
+    assert _rate({"rate": 0.1, "events": 0.00004, "total": 999.5})[1] == "0.00004/1000"
+    assert _rate({"rate": 0.1, "events": 99.96, "total": 999.4})[1] == "100/999"
 
 
 def test_the_html_rollback_line_of_a_first_rollout_does_not_say_rolled_back() -> None:
