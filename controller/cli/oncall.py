@@ -478,9 +478,14 @@ class OnCall:
         if stuck := _stuck(obj):
             lines.append(f"No progress within progressDeadline (ProgressDeadlineExceeded): {stuck.rstrip('. ')}; the "
                          "operator keeps trying.")
-            if phase == "RollingBack" and (check := _target_check(obj)):
+            traffic_back = mapping(status.get("rollback")).get("trafficConfirmedAt")
+            if phase == "RollingBack" and not traffic_back and (check := _target_check(obj)):
                 # What the rollback waits on is the target's: what it serves now is read there.
                 lines.append(f"Next: check what the target serves: `{check}`.")
+            elif phase == "RollingBack" and traffic_back:  # only the registry's part is left (review s32r3)
+                lines.append(f"Next: check the registry: the RegistryAvailable condition (`kubectl get modelrollout "
+                             f"-n {obj['metadata']['namespace']} {obj['metadata']['name']} -o yaml`) says why it "
+                             "cannot be written.")
         if phase == "Paused" and mapping(status.get("pause")).get("reason") == "PauseStep" \
                 and not mapping(status.get("pause")).get("until"):
             # A pause step waits for a human: the command, as a failed check's pause names it (watch).
@@ -814,6 +819,12 @@ def _warnings(status: dict[str, Any], holding: bool = False) -> list[str]:
     for e in found[-WARNINGS_SHOWN:]:
         lines.append(f"  {e['event']} at {e['time']}: {_told_detail(e, holding)}")
     return lines
+
+
+def told_detail(entry: dict[str, Any], status: Any) -> str:
+    """An entry's detail as explain tells it in this status (the HTML page's table too): a hold's advice only while
+    the promotion is held."""
+    return _told_detail(entry, bool(_hold(status)))
 
 
 def _told_detail(entry: dict[str, Any], holding: bool) -> str:

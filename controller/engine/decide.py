@@ -199,10 +199,10 @@ def ignore_command(status: ModelRolloutStatus, key: str, detail: str, now: datet
         return status
     detail = _one_line(detail)
     advice = _one_line(advice) if advice else None
-    if advice is None or not detail.endswith(advice) or len(advice) > COMMAND_REFUSAL_MAX // 2:
+    if advice is None or not detail.endswith(advice) or len(advice) > COMMAND_REFUSAL_MAX - 40:
         detail, advice = detail[:COMMAND_REFUSAL_MAX], None
-    elif len(detail) > COMMAND_REFUSAL_MAX:
-        detail = detail[:COMMAND_REFUSAL_MAX - len(advice)] + advice
+    elif len(detail) > COMMAND_REFUSAL_MAX:  # the cut marked, and the advice after it as it was (review s32r3)
+        detail = detail[:COMMAND_REFUSAL_MAX - len(advice) - 3] + "…: " + advice
     entry = HistoryEntry(time=now, event="CommandIgnored", detail=detail, actor=actor, command_id=command_id,
                          attempt=_entry_attempt(status), advice=advice)
     return dataclasses.replace(status, handled_commands=_handled(status, key),
@@ -1014,6 +1014,9 @@ class _Decider:
                 where = "spec.model.version" if model.version is not None else f"@{model.alias} (or spec.model)"
                 return (f"{model.name} {model.candidate_ref} no longer exists in the registry: point {where} at a "
                         "version that exists")
+            if registry is not None and registry.unloadable is not None:
+                # As above: it would wait in Pending on resolving, this attempt's account gone (review s32r3).
+                return f"the new attempt could not start: {registry.unloadable}"
             # Restarted first: the command's entry is the new attempt's first (HistoryEntry.attempt).
             self._restart(f"retry by {command.actor}")
             self._record("CommandApplied", f"{command.label}: starting a new attempt", actor=command.actor,

@@ -153,12 +153,14 @@ def test_a_first_rollout_refused_or_a_registry_down_says_why_once() -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_a_retry_after_the_stable_alias_moved_to_an_unloadable_version_waits_in_pending(target: str) -> None:
+def test_a_retry_after_the_stable_alias_moved_to_an_unloadable_version_is_refused(target: str) -> None:
     """Review s32r2b: the candidate already taken on was never checked, so `retry` of it took a stable alias moved
-    meanwhile to a models:/m-... version as status.stable, staged, and a later rollback restored that URI."""
+    meanwhile to a models:/m-... version as status.stable, staged, and a later rollback restored that URI. Review
+    s32r3: refused, as a retry of a candidate gone is, so that the ended attempt's account is kept."""
     world = make_world(target)
     world.target.ready_delay = timedelta(hours=3)  # never ready: ends at progressDeadline, not tagged rejected
     world.run_until(lambda w: w.status.phase in (Phase.ROLLED_BACK, Phase.FAILED))
+    ended = world.status.phase
     world.memory._models[MODEL].aliases["production"] = "3"  # moved to an MLflow 3 version by other means
     world.registry.aliases["production"] = "3"
     world.target.stable_version = "3"
@@ -169,11 +171,13 @@ def test_a_retry_after_the_stable_alias_moved_to_an_unloadable_version_waits_in_
     for _ in range(3):
         world.advance(timedelta(minutes=1))
         world.reconcile()
-    assert world.status.phase is Phase.PENDING and world.status.candidate is None, world.status.message
+    assert world.status.phase is ended, world.status.message
+    assert world.status.candidate is not None and world.status.rollback is not None  # the account is kept
     assert staged(world) == [], world.executed
-    condition = next(c for c in world.status.conditions if c.type == "RegistryAvailable")
-    assert (condition.status, condition.reason) == ("False", "RegistryInvalid"), condition
-    assert condition.message.startswith("stable version 3's source is a models: URI"), condition.message
+    refused = world.status.history[-1]
+    assert refused.event == "CommandIgnored", refused
+    assert refused.detail.startswith("retry: the new attempt could not start: stable version 3's source is a "
+                                     "models: URI"), refused.detail
 
 
 def test_a_rollout_in_flight_is_not_held_by_the_refusal_of_its_own_candidate() -> None:

@@ -17,14 +17,14 @@ import pytest
 from test_cli_commands import FakeApi, engine_rollout, rollout
 from test_cli_oncall_hold_s29 import held
 from test_engine import fail_from, finished
-from test_engine_support import World, spec_dict
+from test_engine_support import T0, World, spec_dict
 
 from controller.api.commands import CommandAction
 from controller.api.status import Phase
 from controller.cli import oncall as oncall_module
 from controller.cli.main import main
 from controller.cli.oncall import OnCall
-from controller.cli.report import _facts, _rate
+from controller.cli.report import _facts, _rate, render_html
 from tests.http_stub import serving
 
 ADVICE = "point @production back at version 6 to promote candidate 7, or roll back"
@@ -65,6 +65,10 @@ def test_a_promote_refused_during_a_hold_that_ended_is_told_without_the_advice(o
     assert ADVICE not in text and "or roll back" not in text, text
     assert ("promote: the promotion is held: @production names version 5, set outside this rollout (it named version "
             "6 when the rollout started) (that hold has ended)") in text
+    # The HTML page's decision table and chart tooltips too (review s32r3: they printed the raw detail).
+    obj = engine_rollout(world)
+    page = render_html(obj, text)
+    assert ADVICE not in page and "(that hold has ended)" in page.split("<h2>Decision points</h2>")[1]
 
 
 # --- F2: the HTML Rollback line says "rolled back" only when both are back ------------------------------------
@@ -116,6 +120,23 @@ def test_a_stuck_rollback_says_not_confirmed_and_names_the_target_to_check(oncal
     text = oncall.explain(engine_rollout(world))
     assert "(not confirmed: traffic back on stable" in text
     assert "Next: check what the target serves: `kubectl get inferenceservice -n ns nsfw-classifier -o yaml`." in text
+
+
+def test_a_rollback_stuck_on_the_registry_only_is_not_told_to_check_the_target(oncall: OnCall) -> None:
+    """Review s32r3: traffic was confirmed back, yet explain said to check what the target serves."""
+    world = World()
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING and bool(w.target.canary_weight))
+    world.registry.down = True
+    world.send(CommandAction.ABORT)
+    for _ in range(15):
+        world.advance(timedelta(minutes=3))
+        world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK
+    assert world.status.rollback is not None and world.status.rollback.traffic_confirmed_at is not None
+    text = oncall.explain(engine_rollout(world))
+    assert "Next: check what the target serves" not in text, text
+    assert "Next: check the registry: the RegistryAvailable condition (`kubectl get modelrollout -n ns r -o yaml`)" \
+        in text, text
 
 
 # --- F5: a pause step names the command that ends it ------------------------------------------------------------
@@ -194,3 +215,18 @@ def test_a_rollout_not_found_names_its_events(api: FakeApi, tmp_path: Path,
     assert main(["get", "r", "--kubeconfig", api.kubeconfig(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "ModelRollout ns/r: not found; if it was deleted, its Events tell how it ended" in err and EVENTS in err
+
+
+@pytest.mark.parametrize("advice_chars", [180, 250])
+def test_a_long_refusal_keeps_its_advice_whole_after_a_marked_cut(advice_chars: int) -> None:
+    """Review s32r3: a long stableAlias glued the cut detail to the advice ("...it named verspoint @aaa..."), or, past
+    half the limit, cut the advice itself and kept it nowhere apart."""
+    from controller.api.status import ModelRolloutStatus
+    from controller.engine.decide import COMMAND_REFUSAL_MAX, ignore_command
+
+    advice = "point @" + "a" * advice_chars + " back at version 6 to promote candidate 7, or roll back"
+    detail = "promote: the promotion is held: " + "x" * 600 + ": " + advice
+    status = ignore_command(ModelRolloutStatus(), "cmd", detail, T0, advice=advice)
+    entry = status.history[-1]
+    assert entry.advice == advice
+    assert len(entry.detail) == COMMAND_REFUSAL_MAX and entry.detail.endswith("…: " + advice), entry.detail
