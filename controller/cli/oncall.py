@@ -478,11 +478,14 @@ class OnCall:
         if stuck := _stuck(obj):
             lines.append(f"No progress within progressDeadline (ProgressDeadlineExceeded): {stuck.rstrip('. ')}; the "
                          "operator keeps trying.")
-            traffic_back = mapping(status.get("rollback")).get("trafficConfirmedAt")
-            if phase == "RollingBack" and not traffic_back and (check := _target_check(obj)):
+            rollback = mapping(status.get("rollback"))
+            traffic_back = rollback.get("trafficConfirmedAt")
+            registry_left = not rollback.get("aliasConfirmedAt") or (
+                rollback.get("rejectCandidate", True) and not rollback.get("tagConfirmedAt"))
+            if phase == "RollingBack" and not (traffic_back and registry_left) and (check := _target_check(obj)):
                 # What the rollback waits on is the target's: what it serves now is read there.
                 lines.append(f"Next: check what the target serves: `{check}`.")
-            elif phase == "RollingBack" and traffic_back:  # only the registry's part is left (review s32r3)
+            elif phase == "RollingBack" and traffic_back and registry_left:  # only the registry's part (review s32r3)
                 lines.append(f"Next: check the registry: the RegistryAvailable condition (`kubectl get modelrollout "
                              f"-n {obj['metadata']['namespace']} {obj['metadata']['name']} -o yaml`) says why it "
                              "cannot be written.")
@@ -824,7 +827,8 @@ def _warnings(status: dict[str, Any], holding: bool = False) -> list[str]:
 def told_detail(entry: dict[str, Any], status: Any) -> str:
     """An entry's detail as explain tells it in this status (the HTML page's table too): a hold's advice only while
     the promotion is held."""
-    return _told_detail(entry, bool(_hold(status)))
+    current = _numbered(entry) is None or _numbered(entry) == mapping(status).get("attempt")
+    return _told_detail(entry, bool(_hold(status)) and current)
 
 
 def _told_detail(entry: dict[str, Any], holding: bool) -> str:

@@ -200,7 +200,9 @@ def ignore_command(status: ModelRolloutStatus, key: str, detail: str, now: datet
     detail = _one_line(detail)
     advice = _one_line(advice) if advice else None
     if advice is None or not detail.endswith(advice) or len(advice) > COMMAND_REFUSAL_MAX - 40:
-        detail, advice = detail[:COMMAND_REFUSAL_MAX], None
+        advice = None
+        if len(detail) > COMMAND_REFUSAL_MAX:  # the cut marked (review s32r4)
+            detail = detail[:COMMAND_REFUSAL_MAX - 1] + "…"
     elif len(detail) > COMMAND_REFUSAL_MAX:  # the cut marked, and the advice after it as it was (review s32r3)
         detail = detail[:COMMAND_REFUSAL_MAX - len(advice) - 3] + "…: " + advice
     entry = HistoryEntry(time=now, event="CommandIgnored", detail=detail, actor=actor, command_id=command_id,

@@ -12,6 +12,7 @@ import types
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_cli_commands import FakeApi, engine_rollout, rollout
@@ -230,3 +231,60 @@ def test_a_long_refusal_keeps_its_advice_whole_after_a_marked_cut(advice_chars: 
     entry = status.history[-1]
     assert entry.advice == advice
     assert len(entry.detail) == COMMAND_REFUSAL_MAX and entry.detail.endswith("…: " + advice), entry.detail
+
+
+def test_a_rollback_stuck_on_unstaging_a_superseded_candidate_points_at_the_target(oncall: OnCall) -> None:
+    """Review s32r4: traffic and alias confirmed, the old candidate still on the target (a sync puts it back): the
+    registry was named, though the wait is the target's."""
+    from controller.engine import UnstageCandidate
+
+    world = World()
+    world.run_until(lambda w: w.status.phase is Phase.PROGRESSING and bool(w.target.canary_weight))
+    execute = world.execute
+
+    def never_unstaged(action: Any) -> Any:
+        if isinstance(action, UnstageCandidate):
+            world.executed.append(action)
+            return None, None, None
+        return execute(action)
+
+    world.execute = never_unstaged  # type: ignore[method-assign]
+    world.registry.versions["8"] = {}
+    world.spec = {**world.spec, "model": {**world.spec["model"], "version": "8"}}
+    world.generation += 1
+    for _ in range(20):
+        world.advance(timedelta(minutes=3))
+        world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK
+    text = oncall.explain(engine_rollout(world))
+    assert "Next: check the registry" not in text, text
+    assert "Next: check what the target serves: `kubectl get inferenceservice -n ns nsfw-classifier -o yaml`." in text
+
+
+def test_an_earlier_attempt_s_hold_advice_is_not_offered_during_a_later_hold() -> None:
+    """Review s32r4: the HTML table told every attempt's entries with the current hold's "holding"."""
+    world = held()
+    world.send(CommandAction.ROLLBACK, command_id="back")
+    world.run_until(finished)
+    world.registry.aliases["production"] = "6"
+    world.send(CommandAction.RETRY, command_id="retry")
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED, step=timedelta(minutes=3))
+    world.send(CommandAction.PROMOTE, command_id="p2")
+    world.registry.down = True  # attempt 2 held, on the registry
+    for _ in range(3):
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    assert world.status.promotion is not None and world.status.promotion.hold is not None
+    page = render_html(engine_rollout(world), "")
+    assert ADVICE not in page.split("<h2>Decision points</h2>")[1]
+
+
+def test_a_long_refusal_without_advice_marks_its_cut() -> None:
+    """Review s32r4: a retry refused for an MLflow-only source ended mid-word ("... s3://<bucket>/{nam")."""
+    from controller.api.status import ModelRolloutStatus
+    from controller.engine.decide import COMMAND_REFUSAL_MAX, ignore_command
+
+    entry = ignore_command(ModelRolloutStatus(), "cmd", "retry: " + "y" * 600, T0).history[-1]
+    assert len(entry.detail) == COMMAND_REFUSAL_MAX and entry.detail.endswith("y…") and entry.advice is None
+    short = ignore_command(ModelRolloutStatus(), "cmd", "retry: nothing to retry", T0).history[-1]
+    assert short.detail == "retry: nothing to retry"
