@@ -827,7 +827,8 @@ def _warnings(status: dict[str, Any], holding: bool = False) -> list[str]:
 def told_detail(entry: dict[str, Any], status: Any) -> str:
     """An entry's detail as explain tells it in this status (the HTML page's table too): a hold's advice only while
     the promotion is held."""
-    current = _numbered(entry) is None or _numbered(entry) == mapping(status).get("attempt")
+    # An unnumbered entry is an older operator's, so of no hold this operator records (review s32r5).
+    current = _numbered(entry) is not None and _numbered(entry) == mapping(status).get("attempt")
     return _told_detail(entry, bool(_hold(status)) and current)
 
 

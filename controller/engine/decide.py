@@ -2502,6 +2502,9 @@ class _Decider:
                 left = f"taking version {candidate} off {self.spec.target.description} before the new candidate starts"
             elif rollback.recovered_at is not None:
                 left = "waiting for the registry to tag the candidate rejected"
+            elif rollback.traffic_confirmed_at is not None and rollback.traffic_kept:
+                # A first rollout: nothing to put back (review s32r5: this said "back on stable").
+                left = f"version {candidate} keeps all traffic (no earlier version to put back), taking @{alias} off it"
             elif rollback.traffic_confirmed_at is not None:
                 left = f"traffic is back on stable, restoring @{alias}"
             else:

@@ -288,3 +288,45 @@ def test_a_long_refusal_without_advice_marks_its_cut() -> None:
     assert len(entry.detail) == COMMAND_REFUSAL_MAX and entry.detail.endswith("y…") and entry.advice is None
     short = ignore_command(ModelRolloutStatus(), "cmd", "retry: nothing to retry", T0).history[-1]
     assert short.detail == "retry: nothing to retry"
+
+
+def test_an_older_operator_s_earlier_attempt_keeps_no_advice_in_the_html_table() -> None:
+    """Review s32r5: attempt 1 recorded by an operator that numbered no entries (upgraded during attempt 2) was told
+    with the current hold's "holding", its raw advice offered as live."""
+    world = held()
+    world.send(CommandAction.ROLLBACK, command_id="back")
+    world.run_until(finished)
+    world.registry.aliases["production"] = "6"
+    world.send(CommandAction.RETRY, command_id="retry")
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED, step=timedelta(minutes=3))
+    world.send(CommandAction.PROMOTE, command_id="p2")
+    world.registry.down = True  # attempt 2 held, on the registry
+    for _ in range(3):
+        world.advance(timedelta(minutes=1))
+        world.reconcile()
+    obj = engine_rollout(world)
+    for entry in obj["status"]["history"]:
+        if entry.get("attempt") == 1:  # as an older operator wrote them
+            entry.pop("attempt")
+            entry.pop("advice", None)
+    assert ADVICE not in render_html(obj, "").split("<h2>Decision points</h2>")[1]
+
+
+def test_a_first_rollout_that_keeps_its_traffic_is_not_said_to_be_back_on_stable() -> None:
+    """Review s32r5: a first rollout rolled back with the registry down said "traffic is back on stable, restoring
+    @production": there is no stable, and the candidate keeps all traffic."""
+    world = World()
+    world.registry.aliases = {}
+    world.target.stable_version = None
+    world.registry.slow_promotion = True
+    world.run_until(lambda w: w.status.phase is Phase.PROMOTING and w.target.stable_version == "7")
+    world.registry.down = True
+    world.send(CommandAction.ROLLBACK, command_id="b")
+    for _ in range(5):
+        world.advance(timedelta(minutes=3))
+        world.reconcile()
+    assert world.status.phase is Phase.ROLLING_BACK
+    assert world.status.rollback is not None and world.status.rollback.traffic_kept
+    message = world.status.message
+    assert "back on stable" not in message, message
+    assert "version 7 keeps all traffic (no earlier version to put back), taking @production off it" in message
