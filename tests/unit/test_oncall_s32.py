@@ -261,8 +261,8 @@ def test_a_rollback_stuck_on_unstaging_a_superseded_candidate_points_at_the_targ
     assert "Next: check what the target serves: `kubectl get inferenceservice -n ns nsfw-classifier -o yaml`." in text
 
 
-def test_an_earlier_attempt_s_hold_advice_is_not_offered_during_a_later_hold() -> None:
-    """Review s32r4: the HTML table told every attempt's entries with the current hold's "holding"."""
+def held_again_on_the_registry() -> World:
+    """Attempt 1 held on the hand-moved alias and rolled back; attempt 2, retried, held on the registry."""
     world = held()
     world.send(CommandAction.ROLLBACK, command_id="back")
     world.run_until(finished)
@@ -270,10 +270,16 @@ def test_an_earlier_attempt_s_hold_advice_is_not_offered_during_a_later_hold() -
     world.send(CommandAction.RETRY, command_id="retry")
     world.run_until(lambda w: w.status.phase is Phase.PAUSED, step=timedelta(minutes=3))
     world.send(CommandAction.PROMOTE, command_id="p2")
-    world.registry.down = True  # attempt 2 held, on the registry
+    world.registry.down = True
     for _ in range(3):
         world.advance(timedelta(minutes=1))
         world.reconcile()
+    return world
+
+
+def test_an_earlier_attempt_s_hold_advice_is_not_offered_during_a_later_hold() -> None:
+    """Review s32r4: the HTML table told every attempt's entries with the current hold's "holding"."""
+    world = held_again_on_the_registry()
     assert world.status.promotion is not None and world.status.promotion.hold is not None
     page = render_html(engine_rollout(world), "")
     assert ADVICE not in page.split("<h2>Decision points</h2>")[1]
@@ -293,17 +299,7 @@ def test_a_long_refusal_without_advice_marks_its_cut() -> None:
 def test_an_older_operator_s_earlier_attempt_keeps_no_advice_in_the_html_table() -> None:
     """Review s32r5: attempt 1 recorded by an operator that numbered no entries (upgraded during attempt 2) was told
     with the current hold's "holding", its raw advice offered as live."""
-    world = held()
-    world.send(CommandAction.ROLLBACK, command_id="back")
-    world.run_until(finished)
-    world.registry.aliases["production"] = "6"
-    world.send(CommandAction.RETRY, command_id="retry")
-    world.run_until(lambda w: w.status.phase is Phase.PAUSED, step=timedelta(minutes=3))
-    world.send(CommandAction.PROMOTE, command_id="p2")
-    world.registry.down = True  # attempt 2 held, on the registry
-    for _ in range(3):
-        world.advance(timedelta(minutes=1))
-        world.reconcile()
+    world = held_again_on_the_registry()
     obj = engine_rollout(world)
     for entry in obj["status"]["history"]:
         if entry.get("attempt") == 1:  # as an older operator wrote them
