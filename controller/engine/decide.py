@@ -900,7 +900,7 @@ class _Decider:
             if phase is Phase.SUCCEEDED and command.action is CommandAction.ABORT:
                 return "the rollout is finished; use rollback to return to the previous version"
             if phase is Phase.SUCCEEDED and (self.status.stable is None or self.status.promotion is None):
-                return "there is no previous version to return to"
+                return self._nothing_to_return_to()
             if phase is Phase.SUCCEEDED and (refusal := self._not_ours_to_roll_back()) is not None:
                 return refusal
             if phase is Phase.PENDING and self.status.candidate is None:
@@ -917,6 +917,16 @@ class _Decider:
         if command.action is CommandAction.PROMOTE:
             return self._promote_command(command, pause)
         return self._retry_command(command, pause)
+
+    def _nothing_to_return_to(self) -> str:
+        """Why a finished rollout has no previous version, and the way out that is left (on-call at 3 a.m.)."""
+        candidate = self.status.candidate
+        version = f"version {candidate.version}" if candidate is not None else "the candidate"
+        if self.status.promotion is None:  # the alias named the candidate already: nothing was rolled out
+            return (f"there is no previous version to return to: {version} was @{self.spec.model.stable_alias} "
+                    "already, and this rollout changed nothing")
+        return (f"there is no previous version to return to: {version} was the model's first; to replace it, "
+                "roll out a known-good version (spec.model.version)")
 
     def _not_ours_to_roll_back(self) -> str | None:
         """Why a finished rollout may not roll back now: a later release (another ModelRollout) may serve on the

@@ -48,7 +48,8 @@ def test_rollback_after_an_already_stable_success_is_refused() -> None:
     world.send(CommandAction.ROLLBACK, command_id="rb-2")
     world.run_until(finished)
     assert world.status.phase is Phase.SUCCEEDED
-    assert ignored(world, "rb-2") == ["rollback: there is no previous version to return to"]
+    assert ignored(world, "rb-2") == ["rollback: there is no previous version to return to: version 7 was @production "
+                                      "already, and this rollout changed nothing"]
     assert "RollbackStarted" not in events(world)
 
 
@@ -418,3 +419,17 @@ def test_a_new_version_on_a_rejected_failed_rollout_is_not_said_not_restarted() 
     world.reconcile()
     (changed,) = [h.detail for h in world.status.history if h.event == "SpecChanged"]
     assert "not restarted" not in changed and world.status.attempt == 2
+
+
+# A refused rollback of a Succeeded first rollout names the way out left (review s32: it named none).
+def test_rollback_after_a_first_rollout_names_the_way_forward() -> None:
+    world = World(registry=Registry(aliases={}), target=Target(stable_version=None))
+    world.run_until(finished)
+    assert world.status.phase is Phase.SUCCEEDED and world.status.stable is None
+    world.send(CommandAction.ROLLBACK, command_id="rb-3")
+    world.run_until(finished)
+    assert world.status.phase is Phase.SUCCEEDED
+    assert ignored(world, "rb-3") == [
+        "rollback: there is no previous version to return to: version 7 was the model's first; to replace it, "
+        "roll out a known-good version (spec.model.version)"]
+    assert "RollbackStarted" not in events(world)
