@@ -925,8 +925,8 @@ class _Decider:
         if self.status.promotion is None:  # the alias named the candidate already: nothing was rolled out
             return (f"there is no previous version to return to: {version} was @{self.spec.model.stable_alias} "
                     "already, and this rollout changed nothing")
-        return (f"there is no previous version to return to: {version} was the model's first; to replace it, "
-                "roll out a known-good version (spec.model.version)")
+        return (f"there is no previous version to return to: @{self.spec.model.stable_alias} named no version "
+                f"before {version}; to replace it, roll out a known-good version (spec.model.version)")
 
     def _not_ours_to_roll_back(self) -> str | None:
         """Why a finished rollout may not roll back now: a later release (another ModelRollout) may serve on the

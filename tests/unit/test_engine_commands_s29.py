@@ -430,6 +430,6 @@ def test_rollback_after_a_first_rollout_names_the_way_forward() -> None:
     world.run_until(finished)
     assert world.status.phase is Phase.SUCCEEDED
     assert ignored(world, "rb-3") == [
-        "rollback: there is no previous version to return to: version 7 was the model's first; to replace it, "
-        "roll out a known-good version (spec.model.version)"]
+        "rollback: there is no previous version to return to: @production named no version before version 7; "
+        "to replace it, roll out a known-good version (spec.model.version)"]
     assert "RollbackStarted" not in events(world)
