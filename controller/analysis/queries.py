@@ -81,11 +81,22 @@ class QueryScope:
         return ", ".join(f"{name}{op}{promql_string(value)}" for name, op, value in matchers)
 
 
+# Series a rule writes, not a scrape: recording rules (named level:metric:operations, Prometheus's convention) and
+# alerts. Evaluated from the range they read, they go on for minutes (a day, for an avg_over_time[1d]) after the
+# series they aggregate stop, so they never tell that an arm is still reported (review s33judges).
+RULE_SERIES = "ALERTS|ALERTS_FOR_STATE|.*:.*"
+
+
 def recent_samples_query(scope: QueryScope, seconds: float) -> str:
     """How many of the scope's series have a sample within `seconds` of the evaluation time: whether an arm is
     still reported, apart from its counts. Built from the escaped selector alone, so no template text reaches
-    it; last_over_time keeps the metric name, so a counter and its _created sibling stay apart."""
-    return f"count(last_over_time({{{scope.selector()}}}[{promql_duration(seconds)}]))"
+    it; last_over_time keeps the metric name, so a counter and its _created sibling stay apart. Rules' series
+    (RULE_SERIES) are left out, and an arm named by the versions it is not must carry a version: a negated
+    matcher also matches a series with no version label (the shipped rules aggregate it away)."""
+    matchers = [scope.selector(), f"__name__!~{promql_string(RULE_SERIES)}"]
+    if scope.versions and scope.other_versions:
+        matchers.append(f'{scope.version_label}!=""')
+    return f"count(last_over_time({{{', '.join(matchers)}}}[{promql_duration(seconds)}]))"
 
 
 def prediction_series_queries(scope: QueryScope) -> tuple[str, str]:

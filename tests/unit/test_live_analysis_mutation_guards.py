@@ -76,7 +76,7 @@ def test_a_dropped_connection_is_retried(monkeypatch: pytest.MonkeyPatch) -> Non
 # R25: the stable arm's freshness is checked too: a stable whose series stopped reporting is not judged.
 def test_a_stable_arm_that_stopped_reporting_is_stale(garbage: Garbage) -> None:  # noqa: F811
     garbage.answer(200, vector(500))
-    garbage.routes[("/api/v1/query", 'model_version!="7"}[60s]')] = EMPTY_VECTOR  # stable's freshness check
+    garbage.routes[("/api/v1/query", 'model_version!=""}[60s]')] = EMPTY_VECTOR  # stable's freshness check
     garbage.routes[("/api/v1/query", FRESHNESS)] = vector(2)  # canary's
     garbage.bodies["/api/v1/query_range"] = matrix(NOW - timedelta(seconds=90))
     request = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NOW, candidate_version="7")

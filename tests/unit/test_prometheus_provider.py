@@ -409,7 +409,7 @@ def test_a_count_whose_source_stopped_reporting_is_stale_not_a_pass(garbage: Gar
     assert "no sample within 60s (twice the assumed scrape interval of 30s)" in verdict.reason
     assert verdict.evidence["failedQuery"] == verdict.evidence["queries"]["canary_freshness"]
     assert verdict.evidence["failedQuery"] == ('count(last_over_time({namespace="ns", inference_service="svc", '
-                                               'model_version="7"}[60s]))')
+                                               'model_version="7", __name__!~"ALERTS|ALERTS_FOR_STATE|.*:.*"}[60s]))')
     range_query = next(a for a in garbage.asked if a["path"] == "/api/v1/query_range")
     assert range_query["step"] == "30s" and float(range_query["end"]) == NOW.timestamp()
 

@@ -155,7 +155,13 @@ def test_a_version_selects_its_own_predictions_or_every_other_versions() -> None
 def test_the_freshness_query_is_built_from_the_escaped_selector_alone() -> None:
     evil = QueryScope(namespace='a"} or vector(1) #', target="t", variant="v", window="5m", versions=('7"})',))
     assert recent_samples_query(evil, 59.5) == ('count(last_over_time({namespace="a\\"} or vector(1) #", '
-                                                'inference_service="t", model_version="7\\"})"}[60s]))')
+                                                'inference_service="t", model_version="7\\"})", '
+                                                '__name__!~"ALERTS|ALERTS_FOR_STATE|.*:.*"}[60s]))')
+    # An arm named by the versions it is not must carry one: `!=` also matches a series without the label.
+    others = QueryScope("moderation", "nsfw", "stable", "5m", versions=("7",), other_versions=True)
+    assert recent_samples_query(others, 2).endswith('model_version!="7", '
+                                                    '__name__!~"ALERTS|ALERTS_FOR_STATE|.*:.*", '
+                                                    'model_version!=""}[2s]))')
 
 
 @pytest.mark.parametrize(("query", "code"), [
