@@ -336,6 +336,8 @@ class _Decider:
             self._follow_candidate_changes()
             self._follow_dataset_changes()
             self._follow_step_changes()
+        elif not self._a_step_runs():
+            self._steps_over_within_the_list()
         for command in self.obs.commands:
             if command.action not in rollbacks:
                 self._apply_command(command)
@@ -587,6 +589,19 @@ class _Decider:
                 self._restart("spec changed after failure")
         self._update(observed_generation=generation)
 
+    def _a_step_runs(self) -> bool:
+        pause = self.status.pause
+        return self.status.current_step is not None and self.status.phase in (Phase.PROGRESSING, Phase.PAUSED) \
+            and self.status.promotion is None \
+            and (pause is None or pause.resume_phase in (None, Phase.PROGRESSING))
+
+    def _steps_over_within_the_list(self) -> None:
+        """No step is running (the steps are over, or not begun): over, in a shorter list, they are over at its end
+        (never a step past it). Also for a rollout being deleted, which follows no edit otherwise (review s33)."""
+        index = self.status.current_step
+        if index is not None and index > len(self.spec.canary.steps):
+            self._update(current_step=len(self.spec.canary.steps))
+
     def _follow_step_changes(self) -> None:
         """The step index means nothing in another list of steps: a changed list starts again from its first
         step, as Argo Rollouts does (never "past the end, so promote", never judge one weight as another)."""
@@ -597,13 +612,8 @@ class _Decider:
         self._update(steps_signature=signature)
         index = self.status.current_step
         pause = self.status.pause
-        if previous is None or index is None or self.status.phase not in (Phase.PROGRESSING, Phase.PAUSED) \
-                or self.status.promotion is not None \
-                or (pause is not None and pause.resume_phase not in (None, Phase.PROGRESSING)):
-            # No step is running (the steps are over, or not begun): nothing to start again. Over, in a shorter
-            # list, they are over at its end (never a step past it).
-            if index is not None and index > len(self.spec.canary.steps):
-                self._update(current_step=len(self.spec.canary.steps))
+        if previous is None or index is None or not self._a_step_runs():
+            self._steps_over_within_the_list()
             return
         first = step_fraction(0, len(self.spec.canary.steps))
         for record in self.status.actions:  # the new steps' weights are sent again, even one set before
@@ -2100,7 +2110,11 @@ class _Decider:
         target = self._target()
         if promotion.target_confirmed_at is None:
             action_id = f"{self._attempt}:promote:target"
-            if target is not None and target.stable_version == candidate.version and target.canary_version is None:
+            serves_all = target is not None and target.stable_version == candidate.version \
+                and target.canary_version is None
+            # Confirmed only on a target that says it is ready: Seldon v2's router reads the version from the spec
+            # it wrote, so readiness is the one word from Seldon that the promotion took (review s33seldon).
+            if serves_all and target.ready:
                 self._confirm(action_id)
                 self._record("Promoted", f"candidate {candidate.version} serves all traffic")
                 promotion = dataclasses.replace(promotion, target_confirmed_at=self.now)
@@ -2155,6 +2169,10 @@ class _Decider:
                                reject=rejects)
                 elif rolling_out:
                     self._wait(f"Promoting candidate {candidate.version}: {reason}", poll=True)
+                elif serves_all:
+                    where = self.spec.target.description
+                    self._wait(f"Promoting candidate {candidate.version}: {where} names it as serving all traffic "
+                               f"but is not ready" + (f": {target.detail}" if target.detail else ""), poll=True)
                 elif vanished:
                     self._hold(HoldReason.CANDIDATE_NOT_STAGED, f": {reason}", action_id, poll=True,
                                reject=rejects)
