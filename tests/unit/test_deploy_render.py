@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import re
 import subprocess
 from pathlib import Path
+from string import Formatter
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ import yaml
 from controller.api.reach import parse_host_patterns
 from controller.cli.main import build_parser
 from controller.gate.sources import check_https_uri
+from controller.operator.runtime import fill_storage_uri
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "modelrollout"
@@ -254,6 +257,8 @@ def test_chart_values_change_what_they_say() -> None:
     (("--set-json", 'networkPolicy.controllerEgress=[{"to":[{"namespaceSelector":{"matchExpressions":'
                     '[{"key":"team","operator":"In"}]}}]}]'),
      "missing property 'values'"),
+    (("--set-json", 'controller.storageUriTemplate="s3://models/{model}/{version}"'),
+     "'/controller/storageUriTemplate'"),
     (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":"8080"}]}]'),
      "/networkPolicy/controllerEgress/0/ports/0/port'"),
     (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":"a--b"}]}]'),
@@ -403,6 +408,48 @@ def test_the_scrape_interval_schema_admits_only_what_the_controller_accepts() ->
     assert [c for c, (schema, _) in verdicts.items() if schema] == ["1s", "15s", "30s", "600s"]
     controller = controller_pod(helm_template("--set", "controller.scrapeInterval=15s"))
     assert build_parser().parse_args(controller["containers"][0]["args"]).scrape_interval.total_seconds() == 15
+
+
+# Pieces of --storage-uri-template values: every sequence of up to three of them is a candidate.
+STORAGE_URI_PIECES = ["s3://b/", "/", "{name}", "{version}", "{source}", "{run_id}", "{download_uri}", "{model}",
+                      "{}", "{0}", "{", "}", "{{", "}}", "{name!r}", "{name:>4}", "{name.upper}", "{name.real}",
+                      "{version[9]}", "\n"]
+
+
+def _is_bare_placeholder_template(template: str) -> bool:
+    """Placeholders as names only: no conversion, format spec, attribute or index (the schema need not take those)."""
+    try:
+        return all(conversion is None and not spec and (field is None or field.isidentifier())
+                   for _, field, spec, conversion in Formatter().parse(template))
+    except ValueError:
+        return True
+
+
+def test_the_storage_uri_template_schema_admits_only_what_the_operator_accepts() -> None:
+    """Else helm installs a template the operator refuses at start-up, and the controller crash-loops."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    pattern = re.compile(schema["properties"]["controller"]["properties"]["storageUriTemplate"]["pattern"])
+
+    def operator_accepts(candidate: str) -> bool:
+        try:  # the check `operator run` makes before it starts (controller/cli/main.py _operator_run)
+            fill_storage_uri(candidate, name="m", version="1", source="s3://b/m", run_id="r", download_uri="s3://b/m")
+            return True
+        except Exception:  # whatever it raises ({name.real}: AttributeError), the operator exits on it
+            return False
+
+    candidates = ["", "s3://models/{name}/{version}", "s3://models/{model}/{version}", "{download_uri}",
+                  "gs://b/{{literal}}/{run_id}"]
+    candidates += ["".join(parts) for n in (1, 2, 3) for parts in itertools.product(STORAGE_URI_PIECES, repeat=n)]
+    verdicts = {c: (pattern.search(c) is not None, operator_accepts(c)) for c in candidates}
+    assert not [c for c, (schema, operator) in verdicts.items() if schema and not operator]
+    # The schema refuses only the operator's exotic forms ("{name!r}", "{name.upper}"), never a plain template.
+    assert not [c for c, (schema, operator) in verdicts.items()
+                if operator and not schema and _is_bare_placeholder_template(c) and "\n" not in c]
+    assert verdicts["s3://models/{name}/{version}"] == (True, True)
+    assert verdicts["s3://models/{model}/{version}"] == (False, False)
+    template = "s3://b/{{x}}/{name}/{version}"
+    controller = controller_pod(helm_template("--set-json", f"controller.storageUriTemplate={json.dumps(template)}"))
+    assert build_parser().parse_args(controller["containers"][0]["args"]).storage_uri_template == template
 
 
 def test_the_exporter_is_scraped_as_often_as_the_controller_is_told() -> None:
