@@ -424,9 +424,7 @@ class OnCall:
         if pending is not None:
             print(f"Pending:    {s.warn(pending)}", file=self.out)
         print(f"Step:       {_step(obj)}", file=self.out)
-        by_step = _set_weight(spec, status)
-        print(f"Weight:     {_percent(status.get('canaryWeight'))}"
-              + (f" (set by the last step: {by_step})" if by_step is not None else ""), file=self.out)
+        print(f"Weight:     {_percent(status.get('canaryWeight'))}{_weight_note(spec, status)}", file=self.out)
         print(f"Candidate:  {(status.get('candidate') or {}).get('version', '-')}    "
               f"Stable: {(status.get('stable') or {}).get('version', '-')}", file=self.out)
         gate = status.get("gate") or {}
@@ -978,6 +976,15 @@ def _step(obj: dict[str, Any]) -> str:
 
 def _percent(value: Any) -> str:
     return f"{value}%" if isinstance(value, int) else "-"
+
+
+def _weight_note(spec: dict[str, Any], status: dict[str, Any]) -> str:
+    """What set the weight shown: once the promotion has sent the candidate all traffic (promotion.targetConfirmedAt)
+    the promotion did, not the last step; a rollback after it took that traffic away again, so neither did."""
+    if mapping(status.get("promotion")).get("targetConfirmedAt"):
+        return " (promoted)" if status.get("canaryWeight") == 100 else ""
+    by_step = _set_weight(spec, status)
+    return f" (set by the last step: {by_step})" if by_step is not None else ""
 
 
 def _set_weight(spec: dict[str, Any], status: dict[str, Any]) -> str | None:

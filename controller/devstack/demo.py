@@ -27,8 +27,8 @@ from controller.cli.program import program
 from controller.devstack.dataplane import DataPlane, LiveTraffic, TrafficMix, start_exporter
 from controller.devstack.processes import ManagedProcess, StackError, start
 from controller.devstack.prometheus_server import PrometheusServer
-from controller.devstack.scenario import STORAGE_URI_TEMPLATE, Scenario
-from controller.devstack.stack import kubectl, record_process
+from controller.devstack.scenario import STORAGE_URI_TEMPLATE, Scenario, golden_config_map_name
+from controller.devstack.stack import kubectl, record_process, state_dir_option
 from controller.operator.kubeapi import GROUP, PLURAL, VERSION, load_client_config
 
 
@@ -84,6 +84,21 @@ ROLLOUTS = (
 )
 
 
+def left_by_a_run(api_client: client.ApiClient, namespace: str) -> list[str]:
+    """The objects an earlier demo run left in `namespace` (finished, or killed part way): its ModelRollouts,
+    InferenceServices and golden-dataset ConfigMaps, as kind/name."""
+    names = {rollout.name for rollout in ROLLOUTS}
+    custom = client.CustomObjectsApi(api_client)
+    rollouts = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    services = custom.list_namespaced_custom_object("serving.kserve.io", "v1beta1", namespace,
+                                                    "inferenceservices")["items"]
+    config_maps = client.CoreV1Api(api_client).list_namespaced_config_map(namespace).items
+    return ([f"modelrollout/{o['metadata']['name']}" for o in rollouts if o["metadata"]["name"] in names]
+            + [f"inferenceservice/{o['metadata']['name']}" for o in services if o["metadata"]["name"] in names]
+            + [f"configmap/{o.metadata.name}" for o in config_maps
+               if o.metadata.name in {golden_config_map_name(name) for name in names}])
+
+
 def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, timeout: float = 300) -> int:
     env = state["env"]
     # Checked before anything starts: what the demo needs of the stack, said in words.
@@ -95,6 +110,13 @@ def run_demo(state: dict[str, Any], workdir: Path, out: TextIO = sys.stdout, tim
     kubeconfig = Path(env["KUBECONFIG"])
     api_client = load_client_config(str(kubeconfig))
     namespace = "moderation"
+    # Refused before anything starts: the demo creates its objects under fixed names, and a re-applied ModelRollout
+    # would still show the earlier run's final phase, which the watch below would report as this run's outcome.
+    if left := left_by_a_run(api_client, namespace):
+        option = state_dir_option(state.get("stateDir"))
+        raise StackError(f"the demo has already run on this stack (it left {', '.join(left)} in namespace "
+                         f"{namespace}) and runs once per stack: start a fresh one with `{program()} dev down{option}` "
+                         f"then `{program()} dev up{option}`, and run the demo again")
     kubectl(kubeconfig, "create", "namespace", namespace, check=False)
     custom = client.CustomObjectsApi(api_client)
     # Each process the demo starts joins the stack's record, so `dev down` stops it even after a `kill -9` of the demo.

@@ -57,6 +57,11 @@ NSFW_PREDICTIONS = 'sum(increase(modelrollout_predictions_total{class="nsfw", {{
 ALL_PREDICTIONS = "sum(increase(modelrollout_predictions_total{{{selector}}}[{{window}}]))"
 
 
+def golden_config_map_name(model_name: str) -> str:
+    """The ConfigMap that pins a scenario's golden dataset."""
+    return f"{model_name}-golden"
+
+
 @dataclass
 class Scenario:
     """One model on one serving object in one namespace; `candidate_kind` picks the demo model,
@@ -90,7 +95,7 @@ class Scenario:
 
     @property
     def golden_config_map(self) -> str:
-        return f"{self.model_name}-golden"
+        return golden_config_map_name(self.model_name)
 
     def storage_uri(self, version: str) -> str:
         return STORAGE_URI_TEMPLATE.format(name=self.model_name, version=version)

@@ -333,10 +333,19 @@ def record_process(state_dir: Path, process: ManagedProcess) -> None:
     _write_state(state_file, state)
 
 
+def state_dir_option(root: Path | str | None) -> str:
+    """` --state-dir <root>` for a printed `dev up`/`dev down` hint, empty for the default one: without it the hint
+    would act on the default state dir, not the one the user named."""
+    if root is None or Path(root).resolve() == default_state_dir().resolve():
+        return ""
+    return f" --state-dir {shlex.quote(str(root))}"
+
+
 def load_state(root: Path | None = None) -> dict[str, Any]:
     state_file = (root or default_state_dir()) / "state.json"
     if not state_file.exists():
-        raise StackError(f"no local stack is running (no {state_file}): run `{program()} dev up`")
+        raise StackError(f"no local stack is running (no {state_file}): "
+                         f"run `{program()} dev up{state_dir_option(root)}`")
     try:
         state: dict[str, Any] = json.loads(state_file.read_text())
     except (OSError, ValueError) as exc:
