@@ -211,10 +211,20 @@ def template_fields(template: str) -> set[str]:
         return set()
 
 
+STORAGE_URI_FIELDS = frozenset({"name", "version", "source", "run_id", "download_uri"})
+
+
 def fill_storage_uri(template: str, **fields: str) -> str:
     """What the serving system loads, from --storage-uri-template ({name} {version} {source} {run_id}
     {download_uri})."""
     try:
+        # Plain placeholders only, as the chart's schema admits: "{name.real}", "{name[x]}" or a format spec
+        # ("{version:>9999999999}" fills gigabytes) would fail, or worse, at every version instead of at start-up.
+        odd = next((f"{{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+                    for _, field, spec, conversion in Formatter().parse(template)
+                    if field is not None and (field not in STORAGE_URI_FIELDS or spec or conversion)), None)
+        if odd is not None:
+            raise KeyError(odd)
         filled = template.format(**{"download_uri": "", **fields})
     except (KeyError, IndexError, ValueError) as exc:  # an unknown placeholder, "{0}", a stray brace
         raise ValueError(f"the operator's --storage-uri-template {template!r} cannot be filled "

@@ -256,7 +256,9 @@ def test_a_credentials_secret_that_cannot_be_read_is_an_unavailable_registry_and
 def test_a_storage_uri_template_that_cannot_be_filled_says_so() -> None:
     assert fill_storage_uri("s3://models/{name}/{version}", name="nsfw", version="2", source="", run_id="") \
         == "s3://models/nsfw/2"
-    for template in ("s3://models/{model}/{version}", "s3://models/{0}", "s3://models/{name"):
+    for template in ("s3://models/{model}/{version}", "s3://models/{0}", "s3://models/{name",
+                     "s3://models/{name.real}", "s3://models/{name[x]}", "s3://models/{version:>9999999999}",
+                     "s3://models/{name!r}", "s3://models/{name[0]}"):
         with pytest.raises(ValueError, match=r"--storage-uri-template .* cannot be filled"):
             fill_storage_uri(template, name="nsfw", version="2", source="", run_id="")
 
