@@ -87,13 +87,14 @@ class QueryScope:
 RULE_SERIES = "ALERTS|ALERTS_FOR_STATE|.*:.*"
 
 
-def recent_samples_query(scope: QueryScope, seconds: float) -> str:
+def recent_samples_query(scope: QueryScope, seconds: float, *, rules_count: bool = False) -> str:
     """How many of the scope's series have a sample within `seconds` of the evaluation time: whether an arm is
     still reported, apart from its counts. Built from the escaped selector alone, so no template text reaches
     it; last_over_time keeps the metric name, so a counter and its _created sibling stay apart. Rules' series
-    (RULE_SERIES) are left out, and an arm named by the versions it is not must carry a version: a negated
+    (RULE_SERIES) are left out unless `rules_count` (a threshold may judge a recording rule's value: its own
+    series is then its source), and an arm named by the versions it is not must carry a version: a negated
     matcher also matches a series with no version label (the shipped rules aggregate it away)."""
-    matchers = [scope.selector(), f"__name__!~{promql_string(RULE_SERIES)}"]
+    matchers = [scope.selector()] if rules_count else [scope.selector(), f"__name__!~{promql_string(RULE_SERIES)}"]
     if scope.versions and scope.other_versions:
         matchers.append(f'{scope.version_label}!=""')
     return f"count(last_over_time({{{', '.join(matchers)}}}[{promql_duration(seconds)}]))"

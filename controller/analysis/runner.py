@@ -124,8 +124,8 @@ def _window_evidence(request: AnalysisRequest, window: str,
 
 
 def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request: AnalysisRequest,
-               provider: PrometheusProvider,
-               queries: dict[str, str]) -> tuple[dict[str, Any] | None, Measurement | None]:
+               provider: PrometheusProvider, queries: dict[str, str], *,
+               rules_count: bool = False) -> tuple[dict[str, Any] | None, Measurement | None]:
     """The freshness evidence (the rule, how many of each arm's series were sampled within it, how many prediction
     series and label sets it has; None: not checked), and the first arm whose series stopped reporting or whose
     check failed, else the first whose series are read twice (_read_twice). Every arm is checked past one read
@@ -141,7 +141,8 @@ def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request
     evidence = {"freshWithin": provider.fresh_within, "freshSeries": sampled, "predictionSeries": copies}
     duplicate = None
     for arm, scope in arms.items():
-        queries[f"{arm}_freshness"] = query = recent_samples_query(scope, provider.fresh_seconds)
+        queries[f"{arm}_freshness"] = query = recent_samples_query(scope, provider.fresh_seconds,
+                                                                   rules_count=rules_count)
         fresh = provider.freshness(query, request.now)
         if not fresh.ok:
             return evidence, dataclasses.replace(fresh, detail=f"the {arm} arm: {fresh.detail}")
@@ -239,7 +240,8 @@ def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
         if not value.ok:
             return _unmeasured(metric.name, value, {"value": query}, _window_evidence(request, window))
         queries = {"value": query}
-        fresh, stale = _stale_arm({variant: scope}, [metric.threshold.query], request, provider, queries)
+        fresh, stale = _stale_arm({variant: scope}, [metric.threshold.query], request, provider, queries,
+                                  rules_count=True)
         if stale:
             # DuplicateSeries too, whatever the value: the user's query may read the doubled scrape as well (a count
             # of errors doubled fails a max it meets), and how to undo that depends on the query (a ratio is not

@@ -4,6 +4,7 @@ reporting was judged on a window cut short, and a canary with twice stable's nsf
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from controller.analysis.prometheus import PrometheusProvider
 from controller.analysis.runner import AnalysisRequest, run_analysis
-from controller.api.spec import MetricSpec, ProportionMetric
+from controller.api.spec import MetricSpec, ProportionMetric, ThresholdMetric
 from controller.devstack.prometheus_server import PrometheusServer
 from controller.devstack.scenario import ALL_PREDICTIONS, NSFW_PREDICTIONS
 from controller.verdict import Outcome
@@ -40,6 +41,11 @@ def _history(start: float) -> str:
             lines += _series("modelrollout_predictions_total", labels, start, seconds, per_second)
     lines += _series("inference_service_class:modelrollout_predictions:rate5m", {**exporter, "class": "nsfw"},
                      start, WINDOW_SECONDS, 1.0)
+    # A user's recording rule that keeps the version (label_replace), for a service with no exporter series, judged
+    # by a threshold (review s33r2).
+    lines += _series("inference_service:app_latency_seconds:max",
+                     {"namespace": "moderation", "inference_service": "latency-only", "model_version": "2"}, start,
+                     WINDOW_SECONDS, 0.0)
     lines += _series("ALERTS", {**exporter, "alertname": "ModelRolloutUnreadableAnswers", "alertstate": "pending",
                                 "model_version": "1"}, start, WINDOW_SECONDS, 0.0)
     return "\n".join([*lines, "# EOF", ""])
@@ -57,9 +63,14 @@ def test_a_stable_arm_that_stopped_reporting_is_stale_whatever_rules_write(tmp_p
                                   now=datetime.fromtimestamp(start + WINDOW_SECONDS - 1, UTC),
                                   candidate_version="2")
         provider = PrometheusProvider(server.url, scrape_interval=timedelta(seconds=1))
+        latency = MetricSpec("latency", threshold=ThresholdMetric(
+            query="max(max_over_time(inference_service:app_latency_seconds:max{{{selector}}}[{{window}}]))", max=0.5))
         (verdict,) = run_analysis([metric], request, provider)
         assert verdict.outcome is Outcome.INCONCLUSIVE, verdict
         assert verdict.reason.startswith("StaleSeries: the stable arm:"), verdict.reason
         assert verdict.evidence["window"]["freshSeries"] == {"canary": 2.0}, verdict.evidence["window"]
+        # A threshold's source may be a rule: its own live series keeps it fresh.
+        (judged,) = run_analysis([latency], dataclasses.replace(request, target="latency-only"), provider)
+        assert judged.outcome is Outcome.PASS, judged
     finally:
         server.stop()
