@@ -119,8 +119,9 @@ ANN_STABLE_VERSION_CHECKED = ANNOTATION_PREFIX + "stable-version-checked"
 ANN_STABLE_REVISION = ANNOTATION_PREFIX + "stable-revision"  # Knative: latestRolledoutRevision at staging
 ANN_STABLE_PREDICTOR = ANNOTATION_PREFIX + "stable-predictor-name"  # Standard: spec.predictor.name at staging
 # Knative: the candidate's revision (latestCreatedRevision) when a rollback or restore wrote stable's storageUri
-# back. KServe's status.observedGeneration is its Knative Service's counter, not the InferenceService's generation
-# (kserve/kserve#6081), so it can read as caught up while latestCreated/Ready still name that revision.
+# back, or the revision latest when staging wrote the candidate's (a rollback's copy of stable): never the revision of
+# the spec's model. KServe's status.observedGeneration is its Knative Service's counter, not the InferenceService's
+# generation (kserve/kserve#6081), so it can read as caught up while latestCreated/Ready still name that revision.
 ANN_WITHDRAWN_REVISION = ANNOTATION_PREFIX + "withdrawn-revision"
 # Knative: serving.kserve.io/enable-tag-routing before staging set it to "true" ("": absent), to give it back.
 ANN_TAG_ROUTING_BEFORE = ANNOTATION_PREFIX + "tag-routing-before"
@@ -313,7 +314,7 @@ class KnativeView:
 def _configured(obj: Obj) -> bool:
     """KServe's PredictorConfigurationReady: Unknown while Knative has not made (or readied) the revision of the
     current spec, when latestCreated/Ready may still name the previous one."""
-    return (condition(obj.get("status") or {}, "PredictorConfigurationReady") or {}).get("status", "True") == "True"
+    return condition_true(obj.get("status") or {}, "PredictorConfigurationReady") is True  # absent: no evidence
 
 
 PERCENT_PATH = ("spec", "predictor", "canaryTrafficPercent")
@@ -399,15 +400,25 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
     canary = view.latest_created if view.latest_created and view.latest_created != stable else ""
     if canary and view.stable_uri is not None and view.spec_uri == view.stable_uri and view.synced:
         canary = ""  # the latest revision is a copy of stable made by a rollback: not a candidate
+    if canary and canary == ann.get(ANN_WITHDRAWN_REVISION):
+        # Latest before the write that put this model in the spec (a staging over a rollback's copy of stable): a
+        # status that only looks caught up (kserve#6081) still names it, but it is never the candidate's.
+        canary = ""
     # observedGeneration comes from the Knative Service, which moves before its Configuration has made the new
     # revision: until then latestCreated/Ready still name the previous one (after a rollback, a copy of stable)
     # and KServe says PredictorConfigurationReady Unknown. That revision is not the candidate.
     canary_ready = bool(canary) and view.synced and _configured(view.obj) and canary == view.latest_ready
     canary_weight: int | None = percent_on(canary) if canary else None
-    # No traffic in status says nothing about the split: not a 0% canary (that would confirm a withdrawal).
-    synced = view.synced and not (canary and not view.traffic)
-    if view.synced and not synced:
+    # No traffic in status says nothing about the split: not a 0% canary, nor all of it on stable (either would
+    # confirm a withdrawal), with or without a candidate in the spec. Knative's route always splits 100%: a split
+    # summing to anything else (0% everywhere) is not one to read stable's share from.
+    total = sum(int(t.get("percent") or 0) for t in view.traffic)
+    synced = view.synced and bool(view.traffic) and total == 100
+    if view.synced and not view.traffic:
         problems.append("KServe reports no traffic for the predictor (status.components.predictor.traffic)")
+    elif view.synced and not synced:
+        problems.append(f"KServe's traffic split for the predictor sums to {total}%, not 100% "
+                        f"(stable {stable or 'none'} has {percent_on(stable) if stable else 0}%)")
     elsewhere = sum(int(t.get("percent") or 0) for t in view.traffic
                     if t.get("revisionName") not in (stable, canary))
     if elsewhere:
@@ -418,8 +429,12 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
         problems.append(f"candidate revision {canary} is not ready"
                         + (f": {found['message']}" if found.get("message") else ""))
     # Ready means stable serves: a failing candidate turns KServe's Ready False while stable still serves.
-    ready = bool(stable) and condition_true(status, "PredictorRouteReady") is not False \
-        and condition_true(status, "IngressReady") is not False
+    # An absent condition is no evidence that the route serves: only Unknown (a route being updated) is let pass.
+    missing = [kind for kind in ("PredictorRouteReady", "IngressReady") if condition(status, kind) is None]
+    ready = bool(stable) and not missing and all(condition_true(status, kind) is not False
+                                                 for kind in ("PredictorRouteReady", "IngressReady"))
+    if stable and missing:
+        problems.append(f"KServe reports no {' or '.join(missing)} condition")
     # With a candidate beside it, stable is reached alone through its `prev` tag URL; otherwise the
     # predictor's own URL sends everything to stable.
     stable_url = url_of(stable, "prev") if canary else \
@@ -640,11 +655,21 @@ def standard_state(target: str, view: StandardView) -> TargetState:
                             + (f": {found['message']}" if found.get("message") else ""))
     if view.foreign:
         problems.append(f"spec.canary holds {len(view.foreign)} entries ModelRollout did not create")
-        foreign_names = {(e.get("predictor") or {}).get("name") for e in view.foreign}
-        stray = sum(int(c.get("trafficPercent") or 0) for c in status.get("canaryStatuses") or []
-                    if c.get("name") in foreign_names)
-        if stray:
-            canary_weight = (canary_weight or 0) + stray
+    # Traffic KServe reports for any canary but ours and stable's is not stable's: someone else's entry, or one the
+    # spec no longer holds (a status not yet caught up with a rollback's `canary: []`, though observedGeneration
+    # says so). Never let it read as "back on stable".
+    in_spec = {(e.get("predictor") or {}).get("name") for e in view.foreign}
+    stray_names: dict[str, int] = {}
+    for entry in status.get("canaryStatuses") or []:
+        name = entry.get("name")
+        if name not in (canary_name, view.predictor.get("name")) and int(entry.get("trafficPercent") or 0):
+            stray_names[str(name)] = stray_names.get(str(name), 0) + int(entry["trafficPercent"])
+    if stray_names:
+        canary_weight = (canary_weight or 0) + sum(stray_names.values())
+        gone = sorted(n for n in stray_names if n not in in_spec)
+        if gone:
+            problems.append("KServe still reports traffic for canary predictors spec.canary no longer holds: "
+                            + ", ".join(f"{n} ({stray_names[n]}%)" for n in gone))
     component = (status.get("components") or {}).get("predictor") or {}
     return TargetState(
         target=target, exists=True, mode=DeploymentMode.STANDARD, synced=synced, ready=ready,
@@ -1007,6 +1032,10 @@ class KServeRouter:
                        ANN_STABLE_VERSION: stable_record, ANN_STABLE_URI: stable_uri,
                        ANN_STABLE_VERSION_CHECKED: "true" if checked and stable_record == stable_version else None,
                        ANN_STABLE_REVISION: view.rolled_out, ANN_TAG_ROUTING_BEFORE: _tag_routing_before(view),
+                       # The revision latest before this write is never the candidate's (after a rollback: the copy
+                       # of stable); a restage of the same model makes none, so its record stays.
+                       ANN_WITHDRAWN_REVISION: (view.latest_created or None) if view.spec_uri != candidate.storage_uri
+                       else ann.get(ANN_WITHDRAWN_REVISION),
                        TAG_ROUTING: "true"}
         return _knative_body(self.client, view, uri=candidate.storage_uri, annotations=annotations,
                              canary_percent=0,
