@@ -53,6 +53,18 @@ class ConditionType(StrEnum):
     ANALYSIS_HEALTHY = "AnalysisHealthy"
 
 
+def owned_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """`status` as the controller applies it: with only its own condition types. Another field manager's condition
+    (status.conditions is a list keyed by type) is read and kept in memory, but left out of the apply, so
+    server-side apply leaves it to its owner, and an entry the controller co-owned before is released."""
+    conditions = status.get("conditions")
+    if not isinstance(conditions, list):
+        return dict(status)
+    own = {str(item) for item in ConditionType}
+    return {**status, "conditions": [item for item in conditions
+                                     if isinstance(item, Mapping) and item.get("type") in own]}
+
+
 # Ready reasons the operator's runtime sets when the stored status cannot move on: the API server refused the decided
 # status (the stored one is kept, saying so), or the stored one cannot be read back. A watch returns on either.
 STATUS_REJECTED = "StatusRejected"

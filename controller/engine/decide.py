@@ -2632,10 +2632,9 @@ class _Decider:
         gate = status.gate
         ended = phase in TERMINAL_PHASES
         if gate is None:
-            if self._no_verdict_held(ConditionType.GATE_PASSED, ended):
-                self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.UNKNOWN, "GateNotRun",
-                                    "The golden gate did not run in this attempt." if ended
-                                    else "The golden gate has not run yet.")
+            self._not_run_unless_held(ConditionType.GATE_PASSED, "GateNotRun",
+                                      "The golden gate did not run in this attempt." if ended
+                                      else "The golden gate has not run yet.", ended)
         elif gate.skipped:
             self._set_condition(ConditionType.GATE_PASSED, ConditionStatus.TRUE, "GateSkipped",
                                 "No goldenDataset in spec; the gate was skipped.")
@@ -2663,9 +2662,9 @@ class _Decider:
                                 f"{pause.detail}{watched}")
         elif analysis is None or analysis.outcome is None:
             # A new step's judges have not answered yet: the last verdict stands until they do.
-            if self._no_verdict_held(ConditionType.ANALYSIS_HEALTHY, ended):
-                self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "AnalysisNotRun",
-                                    "No analysis ran in this attempt." if ended else "No analysis verdict yet.")
+            self._not_run_unless_held(ConditionType.ANALYSIS_HEALTHY, "AnalysisNotRun",
+                                      "No analysis ran in this attempt." if ended else "No analysis verdict yet.",
+                                      ended)
         elif analysis.outcome is Outcome.PASS:
             self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.TRUE, "AnalysisPassed",
                                 self._analysis_summary())
@@ -2676,11 +2675,21 @@ class _Decider:
             self._set_condition(ConditionType.ANALYSIS_HEALTHY, ConditionStatus.UNKNOWN, "NotEnoughEvidence",
                                 self._analysis_summary())
 
-    def _no_verdict_held(self, condition_type: str, ended: bool) -> bool:
-        """No condition yet, or a restart's "Starting over" on an attempt that has ended without this judge (e.g.
-        sent back to the version already stable): that attempt is not starting over any more."""
+    def _not_run_unless_held(self, condition_type: str, reason: str, message: str, ended: bool) -> None:
+        """`condition_type` Unknown with `reason` (the judge has not run) unless a verdict is held: that one stands,
+        said again as it is, so that its observedGeneration follows the spec as every condition's does."""
         held = self.status.condition(condition_type)
-        return held is None or (ended and held.reason == "NewAttempt")
+        if held is None or self._no_verdict_held(held, reason, ended):
+            self._set_condition(condition_type, ConditionStatus.UNKNOWN, reason, message)
+        else:
+            self._set_condition(condition_type, held.status, held.reason, held.message)
+
+    @staticmethod
+    def _no_verdict_held(held: Condition, not_run: str, ended: bool) -> bool:
+        """`held` says the judge has not run (said again: its message follows the phase, "not yet" becoming "did
+        not run in this attempt" once it ends), or is a restart's "Starting over" on an attempt that has ended
+        without this judge (e.g. sent back to the version already stable): not starting over any more."""
+        return held.reason == not_run or (ended and held.reason == "NewAttempt")
 
     def _ordered_actions(self) -> list[Action]:
         # Traffic first (fastest way to safety), then registry, then measurements; no duplicates. An action handed

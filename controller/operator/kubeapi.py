@@ -18,6 +18,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from controller.api.commands import COMMAND_ANNOTATION
+from controller.api.status import owned_status
 from controller.operator.events import PostResult, entry_time, event_name, event_reason, is_warning
 from controller.redaction import basic_auth_pairs, redact_credentials, redact_urls
 
@@ -209,7 +210,7 @@ class RolloutStore:
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"],
                              "resourceVersion": meta["resourceVersion"]},
-                "status": status}
+                "status": owned_status(status)}
         size = len(apply_body(body).encode())
         if size > MAX_REQUEST_BYTES:
             raise StatusWriteRefused(413, f"too large (not sent: the API server reads at most {MAX_REQUEST_BYTES:,} "

@@ -376,6 +376,29 @@ def test_a_short_service_name_is_refused_at_apply_as_the_operator_refuses_it(kub
     assert wrong == []
 
 
+# A URL with user:password@ is refused with a message of its own that names the field and says why, never quoting the
+# value: the API server reports every failing rule, and an OpenAPI pattern's failure echoes the value (review s33conv).
+CREDENTIAL_URLS = ["http://alice:pw-SECRET1@127.0.0.1:1", "https://alice:pw-SECRET1@mlflow.example/api",
+                   "http://:pw-SECRET1@[::1]:9090", "http://alice:pw-SECRET1@bad host/"]
+URL_FIELDS = ["registry.trackingUri", "analysis.prometheus.address", "target.kserve.candidateUrl",
+              "target.kserve.stableUrl"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("field", URL_FIELDS)
+def test_a_url_with_credentials_is_refused_without_quoting_them(kubeconfig: Path, namespace: str, field: str) -> None:
+    wrong = []
+    for index, url in enumerate(CREDENTIAL_URLS):
+        manifest = sample()
+        _set(field, url)(manifest["spec"])
+        manifest["metadata"]["name"] = f"creds-{index}"
+        code, output = apply(kubeconfig, namespace, manifest)
+        if code == 0 or f"spec.{field}: Invalid value: \"string\": spec.{field} must not carry user:password@" \
+                not in output or "pw-SECRET1" in output:
+            wrong.append(f"{url}:\n{output}")
+    assert wrong == []
+
+
 def _random_query(rng: random.Random) -> str:
     """A selector outside any literal or comment (the CRD's other rule), then quotes, escapes, comments, whitespace."""
     parts = ["#", '"', "'", "`", "\\", "\n", "\r", " ", "\t", "a", "b", "(", "{", ")"]
