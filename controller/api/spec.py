@@ -637,7 +637,10 @@ def _recorded_url(url: str | None, path: str) -> str | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
     except ValueError as exc:
-        raise SpecError(path, f"is not a valid URL: {exc}") from None
+        # urlsplit quotes what it could not read as a port: with an "@" in the URL, part of a password that holds
+        # a "/", "?" or "#" (review s33r4). Said without it then.
+        raise SpecError(path, "is not a valid URL (it holds an '@': credentials belong in a Secret)" if "@" in url
+                        else f"is not a valid URL: {exc}") from None
     if "@" in parts.netloc:
         raise SpecError(path, "must not carry user:password@ (it is recorded in status and in MLflow)")
     if parts.query or parts.fragment or url.endswith(("?", "#")):

@@ -65,6 +65,13 @@ def owned_status(status: Mapping[str, Any]) -> dict[str, Any]:
                                      if isinstance(item, Mapping) and item.get("type") in own]}
 
 
+def same_owned_status(decided: Mapping[str, Any], stored: Mapping[str, Any]) -> bool:
+    """Whether applying `decided` would change nothing of the controller's own: another manager's condition is
+    never applied (owned_status), and where it sits in the stored list is the API server's doing (review s33r4: a
+    foreign condition stored first made every decision differ in order alone, one idle write after each)."""
+    return owned_status(decided) == owned_status(stored)
+
+
 # Ready reasons the operator's runtime sets when the stored status cannot move on: the API server refused the decided
 # status (the stored one is kept, saying so), or the stored one cannot be read back. A watch returns on either.
 STATUS_REJECTED = "StatusRejected"

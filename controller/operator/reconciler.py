@@ -11,6 +11,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from controller.api.status import same_owned_status
 from controller.operator.event_poster import EventPoster
 from controller.operator.events import POSTED_THROUGH
 from controller.operator.kubeapi import ObjectRef, RolloutStore, StatusWriteRefused, apply_decided_status
@@ -58,7 +59,7 @@ class Reconciler:
         self.metrics.count_actions(result.actions_taken)  # taken whether or not the status write below wins
         stored, status, refused = obj, result.status, result.refused  # refused: a write of the stepper's on the way
         decided_on = result.stored_status if result.stored_status is not None else obj.get("status") or {}
-        if refused is None and status != (obj.get("status") or {}):
+        if refused is None and not same_owned_status(status, obj.get("status") or {}):
             try:
                 stored = await asyncio.to_thread(apply_decided_status, self.store, obj, status, decided_on)
             except StatusWriteRefused as exc:

@@ -51,6 +51,7 @@ from controller.api.status import (
     ModelRolloutStatus,
     Phase,
     VersionRef,
+    same_owned_status,
 )
 from controller.engine import (
     Action,
@@ -1092,7 +1093,7 @@ class RolloutStepper:
                 await self._store_start(obj, outcome, stored, gate_keeper)
                 outcome.requeue_after = await self._apply_finalizer(obj, hold=True)
                 return outcome
-            if self.store is not None and outcome.status != stored:
+            if self.store is not None and not same_owned_status(outcome.status, stored):
                 decided_on = outcome.stored_status if outcome.stored_status is not None else obj.get("status") or {}
                 try:
                     written = await asyncio.to_thread(apply_decided_status, self.store, obj, outcome.status,
@@ -1373,7 +1374,7 @@ class RolloutStepper:
         """A start decided but not stored (no action to write ahead of, or a finalizer first) is stored now, while
         the start gate is held: the caller's own write comes after the gate opens, when another rollout of the
         target could look, find no start and start too."""
-        if self.store is None or not gate_keeper.held or outcome.status == stored or not in_flight(
+        if self.store is None or not gate_keeper.held or same_owned_status(outcome.status, stored) or not in_flight(
                 {"status": outcome.status}):
             return
         decided_on = outcome.stored_status if outcome.stored_status is not None else obj.get("status") or {}

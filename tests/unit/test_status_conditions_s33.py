@@ -15,7 +15,7 @@ from kubernetes import client
 from test_engine_support import World, spec_dict
 
 from controller.api import CommandAction, ConditionStatus, ConditionType, Phase
-from controller.api.status import Condition, ModelRolloutStatus
+from controller.api.status import Condition, ModelRolloutStatus, same_owned_status
 from controller.operator.kubeapi import RolloutStore
 
 FOREIGN = {"type": "ExternalCheck", "status": "True", "reason": "Fine", "message": "ok",
@@ -123,3 +123,21 @@ def test_gate_not_run_follows_the_generation_and_says_so_once_the_rollout_ended(
     assert (ended.status, ended.reason, ended.message, ended.observed_generation) == (
         ConditionStatus.UNKNOWN, "GateNotRun", "The golden gate did not run in this attempt.", 2)
     assert ended.last_transition_time == first.last_transition_time
+
+
+# Review s33r4: the API server keeps another manager's condition where it was; stored first, every decision on an
+# unchanged status differed from it in order alone, and the runtime wrote after each real write for nothing.
+def test_a_foreign_condition_stored_first_is_no_change_to_write() -> None:
+    foreign = {"type": "ExternalCheck", "status": "True", "reason": "Fine", "message": "ok",
+               "lastTransitionTime": "2026-01-05T08:00:00Z"}
+    world = World()
+    world.registry.down = True
+    world.reconcile()
+    for stored_conditions in ([foreign, *world.status.to_dict()["conditions"]],
+                              [*world.status.to_dict()["conditions"], foreign]):
+        stored = {**world.status.to_dict(), "conditions": stored_conditions}
+        world.status = ModelRolloutStatus.from_dict(stored)
+        decided = world.reconcile(rounds=1).status.to_dict()
+        assert same_owned_status(decided, stored)
+    changed = {**stored, "conditions": [{**stored_conditions[0], "reason": "Other"}, *stored_conditions[1:]]}
+    assert not same_owned_status(decided, changed)
