@@ -6,22 +6,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from test_engine_support import World
+from test_engine_support import World, promotion_sent_to_a_frozen_target
 
-from controller.api.commands import CommandAction
 from controller.api.status import Phase
-from controller.engine import ActionType
 
 
 def _promoted_onto_a_target_that_is_not_ready() -> World:
-    world = World()
-    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
-    world.target.frozen = True
-    world.send(CommandAction.PROMOTE)
-    sent = len(world.executed)
-    world.advance(timedelta(seconds=5))
-    world.reconcile()
-    assert [a for a in world.executed[sent:] if a.type is ActionType.PROMOTE_CANDIDATE]
+    world = promotion_sent_to_a_frozen_target()
     # What the Seldon routers report after the promotion's write when Seldon says it failed.
     world.target.stable_version, world.target.canary_version, world.target.canary_weight = "7", None, None
     world.target.ready = False

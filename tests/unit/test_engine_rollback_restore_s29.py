@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from test_engine import events, finished
-from test_engine_support import World, spec_dict
+from test_engine_support import World, promotion_sent_to_a_frozen_target, spec_dict
 
 from controller.api import CommandAction, Phase
 from controller.engine import ActionType, RestoreStable, UnstageCandidate
@@ -74,13 +74,7 @@ def test_an_unstage_is_not_confirmed_while_the_candidate_keeps_traffic_under_ano
 
 
 def test_a_promotion_still_rolling_out_is_not_called_no_longer_staged() -> None:
-    world = World()
-    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
-    world.target.frozen = True
-    world.send(CommandAction.PROMOTE)
-    sent_before = len(world.executed)
-    _reconcile(world, 1)
-    assert [a for a in world.executed[sent_before:] if a.type is ActionType.PROMOTE_CANDIDATE]
+    world = promotion_sent_to_a_frozen_target()
     # Seldon took the promotion: the canary predictor is gone, stable's new Deployments are not available yet.
     world.target.stable_version, world.target.canary_version, world.target.canary_weight = None, None, None
     world.target.ready = False

@@ -327,3 +327,16 @@ class World:
             self.advance(step)
             decision = self.reconcile()
         raise AssertionError(f"not done after {limit} reconciles; phase {self.status.phase}: {self.status.message}")
+
+
+def promotion_sent_to_a_frozen_target() -> World:
+    """A rollout paused before promotion, `promote` sent to a target frozen so that it has not taken it yet."""
+    world = World()
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.target.frozen = True
+    world.send(CommandAction.PROMOTE)
+    sent = len(world.executed)
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    assert [a for a in world.executed[sent:] if isinstance(a, PromoteCandidate)]
+    return world
