@@ -51,25 +51,26 @@ def test_a_hint_names_the_entry_point_by_its_path_when_path_does_not_find_it(tmp
     result = run([str(SCRIPT), "dev", "env", "--state-dir", str(tmp_path / "none")])
     assert result.returncode == 1
     # Was: "run `modelrollout dev up`", and that is "command not found" in README's shell.
-    assert result.stderr.strip().endswith(f"run `{SCRIPT} dev up`"), result.stderr
+    assert result.stderr.strip().endswith(f"run `{SCRIPT} dev up --state-dir {tmp_path / 'none'}`"), result.stderr
 
 
 def test_a_relative_path_is_made_absolute(tmp_path: Path) -> None:
     """hack/demo.sh changes directory to the checkout before it runs `.venv/bin/modelrollout`."""
     relative = os.path.relpath(SCRIPT, SCRIPT.parent.parent)
     result = run([relative, "dev", "env", "--state-dir", str(tmp_path / "none")], cwd=SCRIPT.parent.parent)
-    assert result.stderr.strip().endswith(f"run `{SCRIPT} dev up`"), result.stderr
+    assert result.stderr.strip().endswith(f"run `{SCRIPT} dev up --state-dir {tmp_path / 'none'}`"), result.stderr
 
 
 def test_on_path_the_hint_is_the_bare_name(tmp_path: Path) -> None:
     result = run(["modelrollout", "dev", "env", "--state-dir", str(tmp_path / "none")],
                  path=f"{SCRIPT.parent}:{SYSTEM_PATH}")
-    assert result.stderr.strip().endswith("run `modelrollout dev up`"), result.stderr
+    assert result.stderr.strip().endswith(f"run `modelrollout dev up --state-dir {tmp_path / 'none'}`"), result.stderr
 
 
 def test_run_as_a_module_the_hint_is_the_module(tmp_path: Path) -> None:
     result = run([sys.executable, "-m", "controller.cli.main", "dev", "env", "--state-dir", str(tmp_path / "none")])
-    assert result.stderr.strip().endswith(f"run `{sys.executable} -m controller.cli.main dev up`"), result.stderr
+    assert result.stderr.strip().endswith(
+        f"run `{sys.executable} -m controller.cli.main dev up --state-dir {tmp_path / 'none'}`"), result.stderr
 
 
 def test_the_demo_s_refusals_name_the_program_as_run(tmp_path: Path) -> None:
