@@ -399,6 +399,32 @@ def test_a_url_with_credentials_is_refused_without_quoting_them(kubeconfig: Path
     assert wrong == []
 
 
+
+# A password holding an unencoded / ? or # ends the authority early, so the URL is no user:password@ to the rule
+# above and fails the shape, which is a rule quoting nothing (an OpenAPI pattern's refusal quoted it, review s33r4). A
+# user name ending in .svc is no short Service name to quote.
+SHAPELESS_CREDENTIAL_URLS = ["http://alice:pw/SECRET1@mlflow.example:5000", "https://alice:pw?SECRET1@127.0.0.1/",
+                             "http://alice:pw#SECRET1@[::1]:9090", "http://alice-user.svc:pw/SECRET1@prom.example/",
+                             "http://alice-user.svc:pw-SECRET1@prom.example/"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("field", URL_FIELDS)
+def test_a_url_with_a_password_that_breaks_its_shape_is_refused_without_quoting_it(
+        kubeconfig: Path, namespace: str, field: str) -> None:
+    refusals = (f"spec.{field}: Invalid value: \"string\": spec.{field} must be http:// or https://host[:port][/path]",
+                f"spec.{field}: Invalid value: \"string\": spec.{field} must not carry user:password@")
+    wrong = []
+    for index, url in enumerate(SHAPELESS_CREDENTIAL_URLS):
+        manifest = sample()
+        _set(field, url)(manifest["spec"])
+        manifest["metadata"]["name"] = f"shape-{index}"
+        code, output = apply(kubeconfig, namespace, manifest)
+        if code == 0 or not any(refusal in output for refusal in refusals) or "SECRET1" in output \
+                or "alice" in output:
+            wrong.append(f"{url}:\n{output}")
+    assert wrong == []
+
 def _random_query(rng: random.Random) -> str:
     """A selector outside any literal or comment (the CRD's other rule), then quotes, escapes, comments, whitespace."""
     parts = ["#", '"', "'", "`", "\\", "\n", "\r", " ", "\t", "a", "b", "(", "{", ")"]
