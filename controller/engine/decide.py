@@ -2263,6 +2263,9 @@ class _Decider:
         registry = self._registry()
         current = registry.stable_alias_version if registry is not None else None
         stable = self.status.stable
+        if self._alias_put_back_after_promotion():
+            return (f"@{self.spec.model.stable_alias} names version {current.version} again: this promotion had moved "
+                    f"it to version {self._candidate.version}, and it was pointed back outside this rollout")
         if current is None or current.version in (stable.version if stable else None, self._candidate.version):
             return None
         found = f"version {stable.version}" if stable else "no version"
@@ -2277,9 +2280,34 @@ class _Decider:
         self.holding = HoldStatus(reason=reason, deadline=self._pending_since(action_id) + self.spec.progress_deadline,
                                   rolls_back=self.spec.rollback.automatic, reject_candidate=reject, advice=advice)
 
+    def _alias_put_back_after_promotion(self) -> bool:
+        """The stable alias names the version this rollout found there, while the candidate carries this promotion's
+        own promoted.time, written only once its move was done: someone pointed the alias back since (a kill can hide
+        the move from every reconcile), and sending the promotion again would overrule them unseen."""
+        registry, stable, promotion = self._registry(), self.status.stable, self.status.promotion
+        current = registry.stable_alias_version if registry is not None else None
+        candidate = registry.candidate if registry is not None else None
+        return current is not None and stable is not None and current.version == stable.version \
+            and promotion is not None and candidate is not None and candidate.version == self._candidate.version \
+            and candidate.tags.get(PROMOTED_TIME_TAG) == rejection_time(promotion.started_at)
+
+    def _alias_left_promoted_version(self) -> str | None:
+        """What the stable alias names, when it no longer names the version this rollout promoted (moved after the
+        promotion, outside this rollout); None when it does, or when the registry did not answer."""
+        registry, promotion = self._registry(), self.status.promotion
+        if registry is None or promotion is None or promotion.alias_confirmed_at is None:
+            return None
+        current = registry.stable_alias_version
+        if current is not None and current.version == self._candidate.version:
+            return None
+        named = f"version {current.version}" if current is not None else "no version"
+        return (f"@{self.spec.model.stable_alias} names {named}, not the promoted version {self._candidate.version}: "
+                "moved outside this rollout after the promotion")
+
     def _hold_for_alias(self, held: str, action_id: str) -> None:
         alias, stable = self.spec.model.stable_alias, self.status.stable
-        undo = f"point @{alias} back at version {stable.version}" if stable else f"remove @{alias}"
+        undo = (f"point @{alias} at version {self._candidate.version} again" if self._alias_put_back_after_promotion()
+                else f"point @{alias} back at version {stable.version}" if stable else f"remove @{alias}")
         advice = f"{undo} to promote candidate {self._candidate.version}, or roll back"
         said = f"{held}: {advice}"
         # Said once per hold, not at every reconcile (nor after a read that failed meanwhile): a hold is new when the
@@ -2362,6 +2390,9 @@ class _Decider:
                                        if since != self.now else ""))
 
     def _succeed(self, why: str) -> None:
+        moved = self._alias_left_promoted_version()
+        if moved is not None:
+            self._record("StableMismatch", moved)
         self._record("Succeeded", why)
         self._move(Phase.SUCCEEDED, completed_at=self.now, pause=None)
 
@@ -2517,6 +2548,9 @@ class _Decider:
             if rejected:
                 return _sentence(f"Version {candidate} serves all traffic as @{alias}, though it carries "
                                  f"{REJECTED_TAG}=true: a verdict rejected it and the alias was moved onto it by hand")
+            moved = self._alias_left_promoted_version()
+            if moved is not None:
+                return _sentence(f"Version {candidate} serves all traffic, but {moved}")
             return _sentence(f"Version {candidate} serves all traffic as @{alias}")
         if phase is Phase.FAILED:
             reason = status.rollback.reason if status.rollback else self._last_event_detail("Failed")

@@ -195,6 +195,13 @@ class ModelRegistry(ABC):
             self._overrule_rejection(model_name, candidate)  # a kill after the alias moved, before the flag
             return PromotionResult(alias=stable_alias, version=candidate_version, previous_version=recorded,
                                    alias_moved=False)
+        if promoted_at is not None and self._promotion_recorded(candidate, rollout, promoted_at):
+            # This promotion's tags are written only after its move: the alias was pointed back since (the caller may
+            # not have seen the move, killed in between), and moving it again would overrule that unseen.
+            raise StableAliasMoved(
+                f"@{stable_alias} of {model_name!r} names {f'version {current}' if current else 'no version'} again "
+                f"after this promotion moved it to {candidate_version}: pointed back outside this rollout, so it is "
+                "not moved again", found=current)
         # An alias naming no version (removed, or its version deleted) has no one's choice to overrule: moved.
         if not isinstance(expected, _Unchecked) and current is not None and current != expected:
             raise StableAliasMoved(

@@ -254,3 +254,24 @@ def test_a_model_name_with_a_quote_or_a_trailing_backslash_keeps_its_gate_eviden
     version_tags = rest.call("GET", "/api/2.0/mlflow/model-versions/get",
                              params={"name": name, "version": "2"})["model_version"].get("tags", [])
     assert any(tag["key"].startswith("modelrollout.gate") for tag in version_tags), version_tags
+
+
+# --- s34: the alias pointed back after this promotion moved it (review s34registry) ------------------------------
+
+
+def test_a_promotion_sent_again_after_its_alias_was_pointed_back_does_not_move_it_again(
+        mlflow_server: MlflowServer, client: MlflowClient) -> None:
+    name = new_model(client)
+    client.set_registered_model_alias(name, STABLE, "1")
+    MlflowRegistry(mlflow_server.url).promote(name, STABLE, "2", ROLLOUT, promoted_at=AT, expected="1")
+    client.set_registered_model_alias(name, STABLE, "1")  # on-call, before the killed operator saw the move
+    before = state(client, name)
+    with pytest.raises(registry_errors.StableAliasMoved,
+                       match="names version 1 again after this promotion moved it to 2") as caught:
+        MlflowRegistry(mlflow_server.url).promote(name, STABLE, "2", ROLLOUT, promoted_at=AT, expected="1")
+    assert caught.value.kind == "Conflict"
+    assert state(client, name) == before
+    # Another promotion (a retry's new start) is a new decision, and moves it.
+    MlflowRegistry(mlflow_server.url).promote(name, STABLE, "2", ROLLOUT, promoted_at=AT.replace(hour=11),
+                                              expected="1")
+    assert state(client, name)[0][STABLE] == "2"
