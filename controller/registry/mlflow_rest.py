@@ -162,7 +162,7 @@ class MlflowRegistry(ModelRegistry):
     def _check_alias_api(self, model_name: str) -> None:
         """Raises RegistryRequestError unless the server answers MLflow's alias endpoint (one request)."""
         try:
-            self._call("GET", "registered-models/alias", {"name": model_name, "alias": _PROBE_ALIAS})
+            body = self._call("GET", "registered-models/alias", {"name": model_name, "alias": _PROBE_ALIAS})
         except _Missing:
             return  # how a registry may say the alias is not set
         except _Refused as error:
@@ -173,6 +173,9 @@ class MlflowRegistry(ModelRegistry):
                 raise RegistryRequestError(f"MLflow at {self.tracking_uri} has no model-alias API (MLflow >= 2.3 is "
                                            f"needed): GET registered-models/alias answered HTTP 404 {answer}") from None
             raise
+        # A success is MLflow's only as the alias's version (the probe set since the model was read); any other body
+        # taken for "no stable alias" would roll the candidate out as a first rollout (review s34registry).
+        self._asked(_object(body, "model_version"), "name", model_name, "alias probe's model_version")
 
     def _version(self, model_name: str, version: str) -> VersionRecord | None:
         try:

@@ -377,7 +377,7 @@ def test_an_mlflow_without_the_alias_api_is_an_error_not_a_first_rollout(mlflow:
 @pytest.mark.parametrize(("status", "body"), [
     (400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "Registered model alias x not found."}),  # MLflow's
     (404, NOT_FOUND),
-    (200, {"model_version": GOOD_VERSION}),  # an alias set since the model was read: the read stands
+    (200, {"model_version": {**GOOD_VERSION, "name": NAME_TO_ESCAPE}}),  # an alias set since the model was read
 ], ids=["mlflow", "resource-does-not-exist", "set-since"])
 def test_a_model_listing_no_alias_on_an_mlflow_with_the_alias_api_has_no_stable_version(
         mlflow: FakeMlflow, status: int, body: Any) -> None:
@@ -489,3 +489,16 @@ def test_a_charset_python_does_not_know_is_read_as_utf8(mlflow: FakeMlflow) -> N
     finally:
         thread.join(timeout=5)
         listener.close()
+
+
+# A success to the probe with no version in it is no MLflow's answer: read as "no stable alias", the candidate took
+# the first-rollout path, all traffic at once (review s34registry).
+@pytest.mark.parametrize("body", [{}, {"model_version": "7"}, {"model_version": {"name": "another", "version": "1"}}],
+                         ids=["empty", "not-an-object", "another-model"])
+def test_a_success_to_the_alias_probe_that_is_no_alias_version_is_an_error_not_a_first_rollout(
+        mlflow: FakeMlflow, body: Any) -> None:
+    registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
+    mlflow.answer(f"{API}/registered-models/get", 200, {"registered_model": {"name": NAME_TO_ESCAPE}})
+    mlflow.answer(f"{API}/registered-models/alias", 200, body)
+    with pytest.raises(RegistryRequestError, match="is this an MLflow tracking server"):
+        registry.resolve_stable(NAME_TO_ESCAPE, "production")
