@@ -183,7 +183,7 @@ def _exporter_run(args: argparse.Namespace) -> int:
     import logging
 
     from controller.exporter.events import DecodeOptions
-    from controller.exporter.server import MAX_TOTAL_SERIES, run
+    from controller.exporter.server import MAX_TOTAL_SERIES, class_names_problem, run
 
     total = args.max_series or MAX_TOTAL_SERIES
     if args.max_namespace_series is not None and args.max_namespace_series > total:
@@ -196,9 +196,8 @@ def _exporter_run(args: argparse.Namespace) -> int:
         ("max_connections", args.max_connections)) if value is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else ()
-    if "" in names:  # dropped, it would shift every later class index: a model's class 1 counted as class 2
-        args.usage_error(f"argument --class-names: entry {names.index('') + 1} is empty (or only whitespace): "
-                         "list each class once, in the model's output order")
+    if (problem := class_names_problem(names)) is not None:  # (the one check run() makes too)
+        args.usage_error(f"argument --class-names: {problem}")
     try:
         run(args.host, args.port, DecodeOptions(class_names=names, v2_output=args.v2_output),
             drain_seconds=args.drain.total_seconds(), **bounds)

@@ -20,8 +20,8 @@ import math
 import re
 import struct
 import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
 from urllib.parse import parse_qs
@@ -85,6 +85,9 @@ class DecodeOptions:
 
     class_names: tuple[str, ...] = ()
     v2_output: str | None = None  # default: the first output
+    # A Seldon response's one column, named neither the second class nor a placeholder: a score in it may be either
+    # class's probability, so only its labels and class indexes are read (see _with_names).
+    ambiguous_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -248,20 +251,30 @@ def _answer(body: bytes, max_bytes: int, header_length: str | None, event_type: 
         return exc
 
 
+_JSON_WHITESPACE = b" \t\n\r"  # RFC 8259's, and all json.loads skips
+
+
 def _payload(body: bytes, max_bytes: int, header_length: str | None = None) -> Any:
     """What a logged body holds: JSON, after inflating it if compressed, with the binary tensor data extension's
     outputs placed in its header's outputs as BinaryData."""
     body = inflated(body, max_bytes)
     if header_length is None:
         try:
-            return _json(body)
+            whole = _json(body)
         except MalformedEvent as exc:
             if exc.reason != "NotJSON" or not body.startswith(b"{"):  # (TooLarge: not parsed again below)
                 raise
-            try:  # the JSON header's end: Latin-1 maps each byte to one character, so its index is the byte's
-                end = json.JSONDecoder().raw_decode(body.decode("latin-1"))[1]
-            except (ValueError, RecursionError):
-                raise MalformedEvent("NotJSON", "body is not JSON, nor a JSON header and binary data") from None
+        else:
+            # Binary data of JSON whitespace bytes alone (a UINT8 class 10) is JSON whole, as trailing whitespace:
+            # outputs of binary_data_size say it is theirs. A JSON value never ends in whitespace: it ends there.
+            if not _declares_binary_data(whole):
+                return whole
+            end = len(body.rstrip(_JSON_WHITESPACE))
+            return _with_binary_outputs(whole, memoryview(body)[end:])
+        try:  # the JSON header's end: Latin-1 maps each byte to one character, so its index is the byte's
+            end = json.JSONDecoder().raw_decode(body.decode("latin-1"))[1]
+        except (ValueError, RecursionError):
+            raise MalformedEvent("NotJSON", "body is not JSON, nor a JSON header and binary data") from None
     elif header_length.isascii() and header_length.isdigit() and 0 < int(header_length) <= len(body):
         end = int(header_length)
     else:  # (isascii: "²" is a digit that int() refuses)
@@ -269,15 +282,23 @@ def _payload(body: bytes, max_bytes: int, header_length: str | None = None) -> A
     return _with_binary_outputs(_json(body[:end]), memoryview(body)[end:])
 
 
-def _with_binary_outputs(header: Any, raw: memoryview) -> Any:
-    """Each output with a binary_data_size takes that many bytes of the binary part, in the outputs' order."""
+def _binary_data_sizes(header: Any) -> Iterator[Any]:
+    """Each output's binary_data_size, in the outputs' order, for those that have one."""
     outputs = header.get("outputs") if isinstance(header, dict) else None
-    at = 0
     for output in outputs if isinstance(outputs, list) else ():
         parameters = output.get("parameters") if isinstance(output, dict) else None
-        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
-        if size is None:
-            continue
+        if isinstance(parameters, dict) and parameters.get("binary_data_size") is not None:
+            yield output, parameters["binary_data_size"]
+
+
+def _declares_binary_data(header: Any) -> bool:
+    return next(_binary_data_sizes(header), None) is not None
+
+
+def _with_binary_outputs(header: Any, raw: memoryview) -> Any:
+    """Each output with a binary_data_size takes that many bytes of the binary part, in the outputs' order."""
+    at = 0
+    for output, size in _binary_data_sizes(header):
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(raw) - at:
             raise MalformedEvent("BadTensor", "an output's binary_data_size is not a size within the binary data")
         output["data"] = BinaryData(_datatype(output), raw[at:at + size])
@@ -395,9 +416,9 @@ def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
     if options.class_names and len(names) == 1 and names[0] not in options.class_names[1:2] \
             and not _SELDON_PLACEHOLDER.fullmatch(names[0]):
         # One score is read as the second class's probability: a column named anything else (the first class,
-        # "p_safe") could be the other one's and would count inverted.
-        raise MalformedEvent("AmbiguousScore", f"one score per row named {names[0][:32]!r}, not the second class "
-                                               "name: it is read as the second's probability")
+        # "p_safe") could be the other one's and would count inverted. Its labels and indexes ("label",
+        # "class_id") name their class whatever the column is called: read row by row (_row_to_class).
+        return replace(options, ambiguous_column=names[0])
     if len(names) == 1 or all(_SELDON_PLACEHOLDER.fullmatch(n) for n in names):
         return options  # without --class-names, dropped as NoClassNames: "t:1" would be an index as a class
     unknown = [name for name in names if name not in options.class_names]
@@ -503,6 +524,10 @@ def _row_to_class(row: Any, options: DecodeOptions, scores: bool = False) -> str
         return row
     if isinstance(row, bool):
         raise MalformedEvent("BadPredictions", "a boolean is not a class")
+    if options.ambiguous_column is not None and (isinstance(row, float) or is_score_row(row)):
+        # Any float, 1.0 too: a first class's probability of 1.0 read as index 1 would count inverted.
+        raise MalformedEvent("AmbiguousScore", f"one score per row named {options.ambiguous_column[:32]!r}, not the "
+                                               "second class name: it is read as the second's probability")
     if scores and isinstance(row, int | float):  # an FP* value written as 1 by some JSON encoders is a score too
         try:
             return _single_score_class(float(row), options)

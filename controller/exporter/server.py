@@ -104,6 +104,22 @@ MAX_NAMESPACE_SERIES = namespace_share(MAX_TOTAL_SERIES)
 ROLLOUT_IDENTITIES = 5
 
 
+LIST_EACH_CLASS_ONCE = "list each class once, in the model's output order"
+
+
+def class_names_problem(class_names: tuple[str, ...]) -> str | None:
+    """Why --class-names cannot be the model's classes in its output order, or None: an empty entry dropped would
+    shift every later index (a model's class 1 counted as class 2), a repeated one would merge two classes."""
+    first_at: dict[str, int] = {}
+    for entry, name in enumerate(class_names, start=1):
+        if not name.strip():
+            return f"entry {entry} is empty (or only whitespace): {LIST_EACH_CLASS_ONCE}"
+        if name in first_at:
+            return f"entry {entry} ({name[:64]!r}) repeats entry {first_at[name]}: {LIST_EACH_CLASS_ONCE}"
+        first_at[name] = entry
+    return None
+
+
 def class_budget_problem(class_names: tuple[str, ...], max_total_series: int,
                          max_namespace_series: int | None) -> str | None:
     """Why the series bounds cannot hold two back-to-back rollouts' identities with a series for each configured
@@ -655,6 +671,8 @@ def run(host: str, port: int, options: DecodeOptions, *, max_total_series: int =
         drain_seconds: float = 0.0) -> None:
     """max_namespace_series None: namespace_share(max_total_series). Serves until SIGTERM or SIGINT, then drains for
     at most drain_seconds (see Drain)."""
+    if (listed := class_names_problem(options.class_names)) is not None:
+        raise SystemExit(f"error: --class-names: {listed}")
     problem = class_budget_problem(options.class_names, max_total_series, max_namespace_series)
     if problem is not None:  # refused now: counting stable alone and dropping every canary would look like it works
         raise SystemExit(f"error: {problem}")
