@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from controller.exporter.events import is_score_row, rectangular_values
+from controller.gate.bodies import is_framed
 from controller.single_score import SCORE_DATATYPES, single_score_position
 
 # Transient statuses: retried, and reported as "unavailable" when retries run out.
@@ -53,6 +54,9 @@ _SETUP_STATUSES = {
 }
 # An inference server answers JSON; an HTML page comes from whatever stands in front of it.
 _HTML_PAGE = "an HTML page, not a model's answer: a sign-in gateway or proxy? check the URL"
+# An answer without Content-Length or chunking ends where the connection closes, so one cut short (a server or proxy
+# dying mid-answer) looks whole: one that does not decode is the transport's failure, never the model's answer.
+CUT_ANSWER = "unavailable: answer cut short (only the connection's close ended it, and it is not JSON)"
 _V1_PATH = re.compile(r"^(?P<base>.*)/v1/models/(?P<model>[^/:]+):predict/?$")
 _V2_PATH = re.compile(r"^(?P<base>.*)/v2/models/(?P<model>[^/]+)(/versions/(?P<version>[^/]+))?/infer/?$")
 # Digits to "0", "." kept, every other byte to " ": " " + 19 zeros marks 19 digits in a row that are not a
@@ -217,17 +221,19 @@ class InferenceClient:
 
     def _html_page(self, payload: bytes, count: int) -> bool:
         """A text/html answer is a web page unless its body is JSON: a model server may label its JSON so (Flask's
-        `return json.dumps(...)`). One over the answer's caps is left to read_answer, which refuses it for that."""
-        if payload.lstrip()[:1] not in (b"{", b"["):
-            return True
+        `return json.dumps(...)`)."""
+        return payload.lstrip()[:1] not in (b"{", b"[") or not self._decodes(payload, count)
+
+    def _decodes(self, payload: bytes, count: int) -> bool:
+        """The answer is JSON. One over the answer's caps counts as JSON, unread: read_answer refuses it for that."""
         if (payload.count(b"[") + payload.count(b"{") > self.container_cap(count)
                 or payload.count(b",") > self.value_cap(count)):
-            return False
+            return True
         try:
             decode_json(payload)
         except (ValueError, RecursionError):
-            return True
-        return False
+            return False
+        return True
 
     def read_answer(self, payload: bytes, count: int) -> BatchAnswer:
         containers, allowed = payload.count(b"[") + payload.count(b"{"), self.container_cap(count)
@@ -291,6 +297,9 @@ class InferenceClient:
                             self._html_page, payload, count):
                         # A web page (a sign-in gateway's, as its 302 or 401 would be): the model was not reached.
                         failure = f"unavailable: HTTP 200 ({_HTML_PAGE})"
+                        continue
+                    if not is_framed(response.headers) and not await asyncio.to_thread(self._decodes, payload, count):
+                        failure = CUT_ANSWER  # retried like a connection reset
                         continue
                     return None, False, payload
             except TimeoutError:

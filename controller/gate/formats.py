@@ -142,6 +142,12 @@ MAX_CLASS_ARRAY_BYTES = 1 << 20  # a class list is names; a compressed member mu
 # entry before anything can be checked: a 150 MiB file of entries took 1 GiB and blocked for 15 s. Refused first.
 MAX_NPZ_MEMBERS = 64
 MAX_NPZ_DIRECTORY_BYTES = 64 << 10
+# What zipfile and numpy raise for an .npz or member they cannot read: a bad CRC or header (BadZipFile, ValueError),
+# a corrupt deflate stream (zlib.error), a cut (EOFError, OSError), an encrypted member (RuntimeError), a zip feature
+# zipfile lacks (NotImplementedError, a RuntimeError too). Each becomes a DatasetFormatError: a verdict, not a crash.
+_NPZ_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, ValueError)
+_NPZ_ARRAYS = ("X.npy", "y.npy", "classes.npy", "slices.npy")
+_ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 
 
 def _small_array(member: IO[bytes], what: str) -> np.ndarray:
@@ -513,19 +519,28 @@ def _pause() -> Batch:
 # --- .npz --------------------------------------------------------------------------------------------
 
 
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # EOFError says nothing of itself
+
+
 class _NpyStream:
     """Rows of one .npy member of a zip, read a block at a time."""
 
     def __init__(self, archive: zipfile.ZipFile, member: str) -> None:
         self.member = member
-        self.stream = archive.open(member)
-        version = np.lib.format.read_magic(self.stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(self.stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(self.stream)
-        else:
-            raise DatasetFormatError(f"{member}: unsupported .npy version {version}")
+        try:
+            self.stream = archive.open(member)
+            version = np.lib.format.read_magic(self.stream)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(self.stream)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(self.stream)
+            else:
+                raise DatasetFormatError(f"{member}: unsupported .npy version {version}")
+        except DatasetFormatError:
+            raise
+        except _NPZ_READ_ERRORS as exc:
+            raise DatasetFormatError(f"{member} unreadable: {_why(exc)}") from None
         if dtype.hasobject:
             raise DatasetFormatError(f"{member}: object arrays (pickles) are refused")
         if fortran_order and len(shape) > 1:
@@ -550,7 +565,11 @@ class _NpyStream:
         view = memoryview(data)
         filled = 0
         while filled < len(data):
-            got = self.stream.readinto(view[filled:filled + (1 << 20)])  # the zip reader copies through a temporary
+            try:
+                got = self.stream.readinto(view[filled:filled + (1 << 20)])  # the zip reader copies via a temporary
+            except _NPZ_READ_ERRORS as exc:
+                raise DatasetFormatError(f"{self.member} unreadable after {self.shape[0] - self.rows_left} rows: "
+                                         f"{_why(exc)}") from None
             if not got:
                 raise DatasetFormatError(f"{self.member}: file ends early")
             filled += got
@@ -578,6 +597,17 @@ def _npz_archive(path: Path) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
+def _check_member(info: zipfile.ZipInfo) -> None:
+    """Refuses a member zipfile could not read, naming why (its own words are "That compression method is not
+    supported", or a password asked for)."""
+    if info.flag_bits & 0x1:
+        raise DatasetFormatError(f"{info.filename} is encrypted: write the .npz without a password (np.savez)")
+    if info.compress_type not in _ZIP_METHODS:
+        method = zipfile.compressor_names.get(info.compress_type, "unknown")
+        raise DatasetFormatError(f"{info.filename} uses zip compression method {info.compress_type} ({method}), "
+                                 "which the gate cannot read: write it with np.savez or np.savez_compressed")
+
+
 class NpzReader:
     format = "npz"
 
@@ -593,17 +623,23 @@ class NpzReader:
                     if required not in members:
                         raise DatasetFormatError(f".npz has no {required[:-4]!r} array (has: "
                                                  f"{', '.join(sorted(m[:-4] for m in members)) or 'nothing'})")
+                for info in archive.infolist():
+                    if info.filename in _NPZ_ARRAYS:
+                        _check_member(info)
                 declared = None
                 if "classes.npy" in members:
-                    with archive.open("classes.npy") as member:
-                        declared = [str(c) for c in _small_array(member, "classes array").tolist()]
+                    try:
+                        with archive.open("classes.npy") as member:
+                            declared = [str(c) for c in _small_array(member, "classes array").tolist()]
+                    except DatasetFormatError:
+                        raise
+                    except _NPZ_READ_ERRORS as exc:
+                        raise DatasetFormatError(f"classes array (classes.npy) unreadable: {_why(exc)}") from None
                 self.has_slices = "slices.npy" in members
-        except zipfile.BadZipFile as exc:
-            raise DatasetFormatError(f"not a readable .npz: {exc}") from None
-        except ValueError as exc:
-            if isinstance(exc, DatasetFormatError):
-                raise
-            raise DatasetFormatError(f"classes array unreadable: {exc}") from None
+        except DatasetFormatError:
+            raise
+        except _NPZ_READ_ERRORS as exc:
+            raise DatasetFormatError(f"not a readable .npz: {_why(exc)}") from None
         if declared is not None:
             classes = _check_classes(declared, "classes array")
             if class_names and tuple(class_names) != classes:
@@ -631,8 +667,8 @@ class NpzReader:
                         stream.close()
         except DatasetFormatError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as exc:  # a bad CRC, a bad header, ...
-            raise DatasetFormatError(f".npz unreadable after {self.records} rows: {exc}") from None
+        except _NPZ_READ_ERRORS as exc:  # a bad CRC, a bad header, ...
+            raise DatasetFormatError(f".npz unreadable after {self.records} rows: {_why(exc)}") from None
 
     def _batches(self, features: _NpyStream, labels: _NpyStream,
                  slices: _NpyStream | None = None) -> Iterator[Batch]:

@@ -26,6 +26,15 @@ from urllib.parse import quote, urlparse
 import requests
 import urllib3
 
+from controller.gate.bodies import (
+    ACCEPTED_ENCODINGS,
+    BodyDecoder,
+    BodyRead,
+    content_encoding,
+    is_framed,
+    needs_second_read,
+    settled,
+)
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
 from controller.http_deadline import Exchange, transport_cause
 from controller.redaction import redact_credentials, redacted_url, without_userinfo
@@ -34,7 +43,6 @@ from controller.registry.mlflow_rest import (
     MAX_ANSWER_BYTES,
     AnswerTooLarge,
     AnswerTooSlow,
-    body_chunks,
     bounded_text,
     json_type,
     mlflow_request,
@@ -177,6 +185,13 @@ class MlflowRest:
 
     def stream_to(self, endpoint: str, sink: IO[bytes], max_bytes: int) -> tuple[str, int]:
         """GET endpoint into sink, hashing as it goes; returns (sha256 hex, size in bytes)."""
+        read = self.read_to(endpoint, sink, max_bytes)
+        return read.sha256, read.size
+
+    def read_to(self, endpoint: str, sink: IO[bytes], max_bytes: int) -> BodyRead:
+        """stream_to, saying also whether only the connection's close ended the body (then a cut looks whole).
+        A compressed body is decoded here, as the https source does: urllib3's decoder takes a gzip stream cut
+        mid-way for the whole body, and the hash of a cut file for a changed dataset."""
         def broke_off(exc: BaseException) -> SourceError:
             # The body broke off (closed early, reset, stalled): retry on a later reconcile. Raised `from None`:
             # requests' exceptions carry the prepared request, Authorization header and all.
@@ -184,34 +199,38 @@ class MlflowRest:
                                f"{transport_cause(exc, self.access.timeout_seconds)}")
 
         started = time.monotonic()
+        deadline = started + self.access.download_timeout_seconds
         took_too_long = f"MLflow GET {endpoint}: the download took over {self.access.download_timeout_seconds:g}s"
         with self._within(self.access.download_timeout_seconds, took_too_long), \
-                self._request("GET", endpoint, stream=True) as response:
+                self._request("GET", endpoint, stream=True,
+                              extra_headers={"Accept-Encoding": ACCEPTED_ENCODINGS}) as response:
             if response.status_code != 200:
                 text = self._read_answer(response, started + self._call_seconds(), f"GET {endpoint}",
                                          self._call_seconds())
                 raise SourceError(kind_for_http_status(response.status_code), f"MLflow GET {endpoint}: "
                                   f"HTTP {response.status_code}: {_error_text(text, response.reason, self.access)}")
+            encoding = content_encoding(response.headers)
+            decoder = BodyDecoder(encoding, f"MLflow GET {endpoint}")
             declare = getattr(sink, "declare", None)  # the scratch sink: a size past the limit is refused now
             length = response.headers.get("Content-Length", "")
-            # requests decodes a Content-Encoding: then the length sent is not the dataset's size.
-            if declare is not None and length.isdigit() and \
-                    response.headers.get("Content-Encoding", "identity").lower() == "identity":
+            # An encoded body's length is not the dataset's size.
+            if declare is not None and length.isdigit() and encoding == "identity":
                 declare(int(length))
             writer = HashingWriter(sink, max_bytes, endpoint)
-            # Read as it arrives (iter_content would wait for a whole chunk), against the download's deadline.
-            chunks = body_chunks(response, started + self.access.download_timeout_seconds, _CHUNK_BYTES)
             while True:
                 try:  # only reading is guarded: a sink that fails to write is not the server's fault
-                    chunk = next(chunks, None)
-                except AnswerTooSlow:
-                    raise SourceError(ErrorKind.UNAVAILABLE, took_too_long) from None
+                    # Read as it arrives (iter_content would wait for a whole chunk), undecoded: decoded below.
+                    chunk = response.raw.read1(_CHUNK_BYTES, decode_content=False)
                 except _BODY_FAILURES as exc:
                     raise broke_off(exc) from None
-                if chunk is None:
-                    return writer.result()
-                if chunk:
-                    writer.write(chunk)
+                if not chunk:
+                    decoder.finish()
+                    sha256, size = writer.result()
+                    return BodyRead(sha256, size, unframed=not is_framed(response.headers))
+                for piece in decoder.feed(chunk):
+                    writer.write(piece)
+                if time.monotonic() > deadline:
+                    raise SourceError(ErrorKind.UNAVAILABLE, took_too_long)
 
     def upload(self, endpoint: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         deadline = time.monotonic() + self._call_seconds()
@@ -384,10 +403,21 @@ def artifact_endpoint(access: MlflowAccess, artifact_uri: str) -> str:
     return f"{ARTIFACTS_API}{quote(clean)}"
 
 
-def download_artifact(access: MlflowAccess, uri: str, sink: IO[bytes], max_bytes: int) -> tuple[str, int]:
-    """Download the file named by uri (any MLflow artifact form) into sink; returns (sha256, size)."""
+def download_artifact(access: MlflowAccess, uri: str, sink: IO[bytes], max_bytes: int,
+                      expected_sha256: str | None = None) -> tuple[str, int]:
+    """Download the file named by uri (any MLflow artifact form) into sink; returns (sha256, size).
+
+    expected_sha256 (the pin): a body only the connection's close ended that does not match it is read once more
+    into a sink that can `restart()` (the gate's scratch file), as an https one is: two different reads are a
+    connection cut short (SourceError UNAVAILABLE), the same bytes twice are what the server holds."""
     rest = MlflowRest(access)
-    return rest.stream_to(artifact_endpoint(access, resolve_artifact_uri(rest, uri)), sink, max_bytes)
+    endpoint = artifact_endpoint(access, resolve_artifact_uri(rest, uri))
+    first = rest.read_to(endpoint, sink, max_bytes)
+    restart = getattr(sink, "restart", None)
+    if restart is None or not needs_second_read(first, expected_sha256, getattr(sink, "crowded", None) is not None):
+        return first.sha256, first.size
+    restart()
+    return settled(first, rest.read_to(endpoint, sink, max_bytes), expected_sha256, f"MLflow GET {endpoint}")
 
 
 def upload_artifact(access: MlflowAccess, artifact_uri: str, data: bytes,

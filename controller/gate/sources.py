@@ -29,8 +29,7 @@ import re
 import shutil
 import ssl
 import threading
-import zlib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -40,6 +39,9 @@ import aiohttp
 from yarl import URL
 
 from controller.api.reach import is_dns_name
+from controller.gate.bodies import ACCEPTED_ENCODINGS, BodyRead, content_encoding, is_framed, needs_second_read, settled
+from controller.gate.bodies import DECODED_PIECE_BYTES as _CHUNK_BYTES
+from controller.gate.bodies import BodyDecoder as _BodyDecoder
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
 from controller.gate.mlflow_access import HashingWriter, MlflowAccess, copy_hashing, download_artifact
 from controller.redaction import redact_credentials, redacted_url
@@ -51,9 +53,6 @@ _CONFIGMAP_URI = re.compile(r"^configmap://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)/([-.
 _MLFLOW_SCHEMES = ("mlflow-artifacts:", "runs:/", "models:/")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
-# What an https body may be encoded with: decoded here (aiohttp's own decoder never checks that a stream ended).
-_ACCEPTED_ENCODINGS = "gzip, deflate"
-_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -150,8 +149,8 @@ async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, desti
                         expected_sha256: str | None = None) -> FetchedDataset:
     """Fetch uri into the file destination, hashing while writing. Raises SourceError / SourcePolicyError.
 
-    expected_sha256 (the pin): an https body whose end only the connection's close marked, and that does not
-    match it, is read once more before it is taken as the changed dataset (a cut connection looks the same)."""
+    expected_sha256 (the pin): an https or MLflow body whose end only the connection's close marked, and that does
+    not match it, is read once more before it is taken as the changed dataset (a cut connection looks the same)."""
     shown = redacted_url(uri)  # for messages: a presigned URL's query is its credential
     _check_free_space(destination.parent, 0, 0, sources, shown)  # a full disk fails before anything is fetched
     try:
@@ -163,7 +162,7 @@ async def fetch_dataset(uri: str, namespace: str, sources: DatasetSources, desti
         scratch_sink = _ScratchSink(file, destination, sources, shown)
         sink = cast(IO[bytes], scratch_sink)
         if uri.startswith(_MLFLOW_SCHEMES):
-            source, (sha256, size) = await _fetch_mlflow(uri, sources, sink)
+            source, (sha256, size) = await _fetch_mlflow(uri, sources, sink, expected_sha256)
         elif uri.startswith("configmap://"):
             source, (sha256, size) = await _fetch_config_map(uri, namespace, sources, sink)
         elif uri.startswith("https://"):
@@ -269,10 +268,11 @@ def _mib(size: int) -> str:
     return f"{size / 1024**2:.1f} MiB"
 
 
-async def _fetch_mlflow(uri: str, sources: DatasetSources, sink: IO[bytes]) -> tuple[str, tuple[str, int]]:
+async def _fetch_mlflow(uri: str, sources: DatasetSources, sink: IO[bytes],
+                        expected_sha256: str | None = None) -> tuple[str, tuple[str, int]]:
     if sources.mlflow is None:
         raise SourcePolicyError(f"{uri}: no MLflow tracking server is configured for this rollout")
-    result = await asyncio.to_thread(download_artifact, sources.mlflow, uri, sink, sources.max_bytes)
+    result = await asyncio.to_thread(download_artifact, sources.mlflow, uri, sink, sources.max_bytes, expected_sha256)
     # Status shows it: never the user info an operator's default tracking URI might carry.
     return f"{uri} via {redacted_url(sources.mlflow.tracking_uri)}", result
 
@@ -337,15 +337,6 @@ def check_https_uri(uri: str, allowed: Collection[str]) -> URL:
         raise SourcePolicyError(f"{redacted_url(uri)}: not a usable URL") from None
 
 
-@dataclass(frozen=True)
-class _Read:
-    sha256: str
-    size: int
-    # No Content-Length and no chunked framing, nor a compressed stream's own end: only the server closing the
-    # connection ended the body, so a connection cut mid-way reads as a whole, shorter body.
-    unframed: bool
-
-
 async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink,
                        expected_sha256: str | None = None) -> tuple[str, tuple[str, int]]:
     url = check_https_uri(uri, sources.https_allowed_hosts)
@@ -355,20 +346,13 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink,
     try:
         # Decoded here, not by aiohttp: its decoder takes a gzip stream cut mid-way for the whole body.
         async with aiohttp.ClientSession(timeout=timeout, trust_env=False, auto_decompress=False,
-                                         headers={"Accept-Encoding": _ACCEPTED_ENCODINGS}) as session:
+                                         headers={"Accept-Encoding": ACCEPTED_ENCODINGS}) as session:
             first = await _get_https(session, url, uri, shown, context, sources, sink)
-            if not first.unframed or expected_sha256 in (None, first.sha256) or sink.crowded is not None:
+            if not needs_second_read(first, expected_sha256, crowded=sink.crowded is not None):
                 return shown, (first.sha256, first.size)
-            # Not the pinned data, and nothing but the close said the body was whole: a cut connection, or the
-            # data changed. A second read decides; the same bytes twice are what the server holds.
             sink.restart()
             second = await _get_https(session, url, uri, shown, context, sources, sink)
-            if not second.unframed or second.sha256 == expected_sha256 or \
-                    (second.sha256, second.size) == (first.sha256, first.size):
-                return shown, (second.sha256, second.size)
-            raise SourceError(ErrorKind.UNAVAILABLE, f"GET {shown}: two reads of a body whose end only the server's "
-                              f"closing the connection marked gave different data ({first.size} and {second.size} "
-                              "bytes), neither the pinned one: a connection cut short; retrying")
+            return shown, settled(first, second, expected_sha256, f"GET {shown}")
     except TimeoutError:  # the session's total limit (its message is empty), or a read that stalled
         raise SourceError(ErrorKind.UNAVAILABLE, f"GET {shown}: the download took over "
                                                  f"{sources.https_timeout_seconds:g}s") from None
@@ -380,7 +364,7 @@ async def _fetch_https(uri: str, sources: DatasetSources, sink: _ScratchSink,
 
 
 async def _get_https(session: aiohttp.ClientSession, url: URL, uri: str, shown: str, context: ssl.SSLContext,
-                     sources: DatasetSources, sink: _ScratchSink) -> _Read:
+                     sources: DatasetSources, sink: _ScratchSink) -> BodyRead:
     """One GET, following redirects within the same scheme, host and port, into sink."""
     origin = (url.scheme, (url.host or "").lower(), url.port)
     for _ in range(_MAX_REDIRECTS + 1):
@@ -403,73 +387,14 @@ async def _get_https(session: aiohttp.ClientSession, url: URL, uri: str, shown: 
                 reason = _without(_without(response.reason or "", uri, shown), str(url), shown)
                 raise SourceError(kind_for_http_status(response.status),
                                   f"GET {shown}: HTTP {response.status} {reason}".strip())
-            # A list of codings is allowed (RFC 9110); identity changes nothing, and more than one is refused.
-            codings = [c for c in response.headers.get("Content-Encoding", "").lower().replace(" ", "").split(",")
-                       if c not in ("", "identity")]
-            encoding = ", ".join(codings) or "identity"
+            encoding = content_encoding(response.headers)
             # An encoded body's length is not the dataset's size.
             if response.content_length is not None and encoding == "identity":
                 sink.declare(response.content_length)
-            decoder = _BodyDecoder(encoding, shown)
+            decoder = _BodyDecoder(encoding, f"GET {shown}")
             sha256, size = await _copy_stream(response, decoder, cast(IO[bytes], sink), sources.max_bytes, shown)
-            framed = response.content_length is not None or \
-                "chunked" in response.headers.get("Transfer-Encoding", "").lower()
-            # A compressed stream's end is no proof either: gzip members may follow one another, and a cut at a
-            # member's end reads as a whole body.
-            return _Read(sha256, size, unframed=not framed)
+            return BodyRead(sha256, size, unframed=not is_framed(response.headers))
     raise SourceError(ErrorKind.ERROR, f"GET {shown}: more than {_MAX_REDIRECTS} redirects")
-
-
-class _BodyDecoder:
-    """Decodes a Content-Encoding (gzip, deflate or none) and checks that a compressed stream reached its end:
-    one cut mid-way is a download broken off (retried), never a shorter dataset (an integrity failure)."""
-
-    def __init__(self, encoding: str, shown: str) -> None:
-        if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
-            raise SourceError(ErrorKind.ERROR, f"GET {shown}: Content-Encoding {encoding[:40]!r} is not one the gate "
-                                               f"reads ({_ACCEPTED_ENCODINGS}, or none)")
-        self._encoding, self._shown = encoding, shown
-        self._zlib: Any = None  # made on the first bytes: deflate's wrapper is known only then
-
-    def _decompressor(self, first: bytes) -> Any:
-        if self._encoding == "deflate":  # zlib-wrapped as HTTP says, or raw as some servers send it
-            return zlib.decompressobj(zlib.MAX_WBITS if first[:1] and first[0] & 0x0F == 8 else -zlib.MAX_WBITS)
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """The decoded bytes of data, a bounded piece at a time (a small compressed chunk may expand a lot)."""
-        if self._encoding == "identity":
-            yield data
-            return
-        try:
-            while data:
-                if self._zlib is None or (self._zlib.eof and self._encoding != "deflate"):
-                    if self._zlib is not None:
-                        data = data.lstrip(b"\0")  # NUL padding after a member, which gzip(1) skips too
-                        if not data:
-                            return
-                    self._zlib = self._decompressor(data)  # gzip: members may follow one another
-                elif self._zlib.eof:
-                    raise SourceError(ErrorKind.UNAVAILABLE, f"GET {self._shown}: bytes after the end of the "
-                                                             "deflate stream; retrying")
-                out = self._zlib.decompress(data, _CHUNK_BYTES)
-                if out:
-                    yield out
-                # A full piece may leave output inside zlib with all its input taken (raw deflate has no trailer
-                # to hold back): drained now, or the body's last chunk would never reach the stream's end.
-                while len(out) == _CHUNK_BYTES and not self._zlib.eof and not self._zlib.unconsumed_tail:
-                    if out := self._zlib.decompress(b"", _CHUNK_BYTES):
-                        yield out
-                data = self._zlib.unconsumed_tail or (self._zlib.unused_data if self._zlib.eof else b"")
-        except zlib.error as exc:
-            raise SourceError(ErrorKind.UNAVAILABLE, f"GET {self._shown}: the {self._encoding} body is corrupt "
-                                                     f"({exc}); retrying") from None
-
-    def finish(self) -> None:
-        """Raises unless a compressed body ended where its stream says it ends."""
-        if self._encoding != "identity" and (self._zlib is None or not self._zlib.eof):
-            raise SourceError(ErrorKind.UNAVAILABLE, f"GET {self._shown}: the {self._encoding} body ended before its "
-                                                     "compressed stream did: the download was cut off; retrying")
 
 
 def _without(text: str, uri: str, shown: str) -> str:
