@@ -2264,8 +2264,9 @@ class _Decider:
         current = registry.stable_alias_version if registry is not None else None
         stable = self.status.stable
         if self._alias_put_back_after_promotion():
-            return (f"@{self.spec.model.stable_alias} names version {current.version} again: this promotion had moved "
-                    f"it to version {self._candidate.version}, and it was pointed back outside this rollout")
+            named = f"version {current.version}" if current is not None else "no version"
+            return (f"@{self.spec.model.stable_alias} names {named} again: this promotion had moved it to version "
+                    f"{self._candidate.version}, and it was pointed back outside this rollout")
         if current is None or current.version in (stable.version if stable else None, self._candidate.version):
             return None
         found = f"version {stable.version}" if stable else "no version"
@@ -2285,10 +2286,12 @@ class _Decider:
         own promoted.time, written only once its move was done: someone pointed the alias back since (a kill can hide
         the move from every reconcile), and sending the promotion again would overrule them unseen."""
         registry, stable, promotion = self._registry(), self.status.stable, self.status.promotion
-        current = registry.stable_alias_version if registry is not None else None
-        candidate = registry.candidate if registry is not None else None
-        return current is not None and stable is not None and current.version == stable.version \
-            and promotion is not None and candidate is not None and candidate.version == self._candidate.version \
+        if registry is None or promotion is None:
+            return False
+        current, candidate = registry.stable_alias_version, registry.candidate
+        # A first rollout's (no stable version) is put back by removing the alias.
+        return (current.version if current else None) == (stable.version if stable else None) \
+            and candidate is not None and candidate.version == self._candidate.version \
             and candidate.tags.get(PROMOTED_TIME_TAG) == rejection_time(promotion.started_at)
 
     def _alias_left_promoted_version(self) -> str | None:
@@ -2551,6 +2554,8 @@ class _Decider:
             moved = self._alias_left_promoted_version()
             if moved is not None:
                 return _sentence(f"Version {candidate} serves all traffic, but {moved}")
+            if self._registry() is None and status.message.startswith(f"Version {candidate} serves all traffic, but"):
+                return status.message  # the registry away is no evidence that the alias came back
             return _sentence(f"Version {candidate} serves all traffic as @{alias}")
         if phase is Phase.FAILED:
             reason = status.rollback.reason if status.rollback else self._last_event_detail("Failed")

@@ -175,7 +175,13 @@ class MlflowRegistry(ModelRegistry):
             raise
         # A success is MLflow's only as the alias's version (the probe set since the model was read); any other body
         # taken for "no stable alias" would roll the candidate out as a first rollout (review s34registry).
-        self._asked(_object(body, "model_version"), "name", model_name, "alias probe's model_version")
+        found = _object(body, "model_version")
+        version = found.get("version")
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)  # a JSON number, as some implementations send it
+        if found.get("name") != model_name or not isinstance(version, str) or not VERSION_NUMBER.fullmatch(version):
+            raise RegistryRequestError(f"MLflow's alias probe answered with no version of {model_name!r}: is this an "
+                                       "MLflow tracking server?")
 
     def _version(self, model_name: str, version: str) -> VersionRecord | None:
         try:

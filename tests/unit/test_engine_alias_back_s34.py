@@ -15,7 +15,7 @@ from controller.api.commands import CommandAction
 from controller.api.status import Phase
 from controller.engine import Action, ActionFailure, ActionType, JudgeResult
 from tests.unit.test_engine import events, finished
-from tests.unit.test_engine_support import World
+from tests.unit.test_engine_support import Registry, Target, World
 
 
 class Killed(Exception):
@@ -27,10 +27,11 @@ def promotion_alias_sends(world: World) -> list[str]:
             if action.type is ActionType.SET_ALIAS and getattr(action, "promotion", False)]
 
 
-def killed_after_the_alias_move() -> World:
-    world = World()
-    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
-    world.send(CommandAction.PROMOTE)
+def killed_after_the_alias_move(world: World | None = None) -> World:
+    if world is None:
+        world = World()
+        world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+        world.send(CommandAction.PROMOTE)
     execute = world.execute
 
     def dying(action: Action) -> tuple[JudgeResult | None, JudgeResult | None, ActionFailure | None]:
@@ -90,3 +91,39 @@ def test_a_bake_that_ends_with_the_alias_in_place_claims_it() -> None:  # contro
     world.run_until(finished)
     assert world.status.message == "Version 7 serves all traffic as @production."
     assert "StableMismatch" not in events(world)
+
+
+def test_a_first_rollout_whose_alias_was_removed_after_its_promotion_moved_it_holds() -> None:
+    # No stable version: putting the alias back is removing it (review s34r2).
+    world = killed_after_the_alias_move(World(registry=Registry(aliases={}), target=Target(stable_version=None)))
+    del world.registry.aliases["production"]
+    for _ in range(6):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+    assert "production" not in world.registry.aliases
+    assert promotion_alias_sends(world) == ["1:promote:alias"]
+    assert world.status.phase is Phase.PROMOTING
+    assert "@production names no version again: this promotion had moved it to version 7" in world.status.message
+    assert "point @production at version 7 again" in world.status.message
+
+
+def test_a_registry_away_after_the_bake_does_not_bring_the_alias_claim_back() -> None:
+    # Missing evidence is no evidence that the alias came back (review s34r2): the message stays, nothing written.
+    world = World()
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.send(CommandAction.PROMOTE)
+    world.run_until(lambda w: w.status.phase is Phase.BAKING)
+    world.registry.aliases["production"] = "6"
+    world.run_until(finished)
+    said = world.status.message
+    assert said.startswith("Version 7 serves all traffic, but @production names version 6")
+    for down in (True, False, True):
+        world.registry.down = down
+        world.advance(timedelta(minutes=5))
+        world.reconcile()
+        assert world.status.message == said, down
+    world.registry.down = False
+    world.registry.aliases["production"] = "7"  # put back on the promoted version: the claim holds again
+    world.advance(timedelta(minutes=5))
+    world.reconcile()
+    assert world.status.message == "Version 7 serves all traffic as @production."

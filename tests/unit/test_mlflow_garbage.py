@@ -493,8 +493,12 @@ def test_a_charset_python_does_not_know_is_read_as_utf8(mlflow: FakeMlflow) -> N
 
 # A success to the probe with no version in it is no MLflow's answer: read as "no stable alias", the candidate took
 # the first-rollout path, all traffic at once (review s34registry).
-@pytest.mark.parametrize("body", [{}, {"model_version": "7"}, {"model_version": {"name": "another", "version": "1"}}],
-                         ids=["empty", "not-an-object", "another-model"])
+@pytest.mark.parametrize("body", [
+    {}, {"model_version": "7"}, {"model_version": {"name": "another", "version": "1"}}, {"model_version": {}},
+    {"model_version": {"foo": "bar"}}, {"model_version": {"name": NAME_TO_ESCAPE, "version": "seven"}},
+    {"model_version": {"name": NAME_TO_ESCAPE, "version": None}}, {"model_version": {"version": "1"}},
+], ids=["empty", "not-an-object", "another-model", "empty-version", "no-name", "version-not-a-number",
+        "version-null", "name-left-out"])
 def test_a_success_to_the_alias_probe_that_is_no_alias_version_is_an_error_not_a_first_rollout(
         mlflow: FakeMlflow, body: Any) -> None:
     registry = MlflowRegistry(mlflow.url, policy=RequestPolicy(timeout_seconds=3, max_retries=0))
