@@ -374,10 +374,12 @@ def read_classes(data: Any, options: DecodeOptions) -> RowClasses:
         classes = _v2_classes(data["outputs"], options)
     elif isinstance(data.get("data"), dict) and "ndarray" in data["data"]:
         seldon = data["data"]
-        classes = _rows_to_classes(seldon["ndarray"], _with_names(options, seldon.get("names")))
+        named = _scores_refused(_with_names(options, seldon.get("names")), seldon["ndarray"])
+        classes = _rows_to_classes(seldon["ndarray"], named)
     elif isinstance(data.get("data"), dict) and isinstance(data["data"].get("tensor"), dict):
         seldon, tensor = data["data"], data["data"]["tensor"]
-        classes = _tensor_classes(tensor.get("values"), tensor.get("shape"), _with_names(options, seldon.get("names")))
+        named = _scores_refused(_with_names(options, seldon.get("names")), tensor.get("values"))
+        classes = _tensor_classes(tensor.get("values"), tensor.get("shape"), named)
     else:
         raise MalformedEvent("UnknownPayload", "no predictions, outputs or data in the response")
     verdicts = {name: _class_refusal(name, options) for name in {c for c in classes if isinstance(c, str)}}
@@ -405,6 +407,26 @@ def _class_refusal(name: str, options: DecodeOptions) -> MalformedEvent | None:
         return MalformedEvent("UnknownClass", f"a label of {len(name)} characters that is not among the "
                                               f"{len(options.class_names)} class names")
     return None
+
+
+def _ambiguous_score(column: str) -> MalformedEvent:
+    return MalformedEvent("AmbiguousScore", f"one score per row named {column[:32]!r}, not the second class name: it "
+                                            "is read as the second's probability")
+
+
+def _scores_refused(options: DecodeOptions, values: Any) -> DecodeOptions:
+    """options, unless the ambiguous column holds any score: then all of it is refused, its whole numbers too (a
+    p_safe of 1 read as index 1 would count inverted; review s34r3)."""
+    if options.ambiguous_column is None:
+        return options
+    pending = [values]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, float):
+            raise _ambiguous_score(options.ambiguous_column)
+    return options
 
 
 def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
@@ -526,8 +548,7 @@ def _row_to_class(row: Any, options: DecodeOptions, scores: bool = False) -> str
         raise MalformedEvent("BadPredictions", "a boolean is not a class")
     if options.ambiguous_column is not None and (isinstance(row, float) or is_score_row(row)):
         # Any float, 1.0 too: a first class's probability of 1.0 read as index 1 would count inverted.
-        raise MalformedEvent("AmbiguousScore", f"one score per row named {options.ambiguous_column[:32]!r}, not the "
-                                               "second class name: it is read as the second's probability")
+        raise _ambiguous_score(options.ambiguous_column)
     if scores and isinstance(row, int | float):  # an FP* value written as 1 by some JSON encoders is a score too
         try:
             return _single_score_class(float(row), options)

@@ -41,6 +41,7 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import math
 import time
 import zipfile
@@ -145,7 +146,8 @@ MAX_NPZ_DIRECTORY_BYTES = 64 << 10
 # What zipfile and numpy raise for an .npz or member they cannot read: a bad CRC or header (BadZipFile, ValueError),
 # a corrupt deflate stream (zlib.error), a cut (EOFError, OSError), an encrypted member (RuntimeError), a zip feature
 # zipfile lacks (NotImplementedError, a RuntimeError too). Each becomes a DatasetFormatError: a verdict, not a crash.
-_NPZ_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, ValueError)
+# lzma.LZMAError derives from Exception alone (7-Zip writes LZMA zips); bz2's are OSError.
+_NPZ_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError, RuntimeError, ValueError)
 _NPZ_ARRAYS = ("X.npy", "y.npy", "classes.npy", "slices.npy")
 _ZIP_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 

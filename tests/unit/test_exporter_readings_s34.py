@@ -60,8 +60,14 @@ def test_a_score_in_one_column_named_other_than_the_second_class_is_still_ambigu
     assert caught.value.reason == "AmbiguousScore"
 
 
-def test_labels_beside_a_score_in_one_named_column_lose_only_the_score_row() -> None:
-    assert reasons(seldon("label", ["nsfw", [0.9], 0])) == (("nsfw", "safe"), ("AmbiguousScore",))
+@pytest.mark.parametrize("rows", [["nsfw", [0.9], 0], [[0.02], [1], [0.97], [0.01]], [[1], [0.5]]],
+                         ids=["labels-beside-a-score", "whole-p-safe", "index-then-score"])
+def test_a_named_column_holding_any_score_is_refused_whole(rows: list[Any]) -> None:
+    """Any score in the column makes its whole numbers scores too: p_safe's 1 read as index 1 counted nsfw
+    (review s34r3)."""
+    with pytest.raises(MalformedEvent, match="not the second class name") as caught:
+        read_classes(seldon("p_safe", rows), TWO)  # the whole event: no row of it read as a class
+    assert caught.value.reason == "AmbiguousScore"
 
 
 def test_one_named_label_column_is_counted_not_unreadable() -> None:
