@@ -71,13 +71,18 @@ def test_a_promotion_killed_after_its_alias_move_and_left_alone_completes() -> N
     assert "StableMismatch" not in events(world)
 
 
-def test_a_bake_that_ends_with_the_alias_pointed_back_does_not_claim_the_alias() -> None:
+def succeeded_with_the_alias_pointed_back_during_the_bake() -> World:
     world = World()
     world.run_until(lambda w: w.status.phase is Phase.PAUSED)
     world.send(CommandAction.PROMOTE)
     world.run_until(lambda w: w.status.phase is Phase.BAKING)
     world.registry.aliases["production"] = "6"
     world.run_until(finished)
+    return world
+
+
+def test_a_bake_that_ends_with_the_alias_pointed_back_does_not_claim_the_alias() -> None:
+    world = succeeded_with_the_alias_pointed_back_during_the_bake()
     assert world.status.phase is Phase.SUCCEEDED
     assert world.status.message == ("Version 7 serves all traffic, but @production names version 6, not the promoted "
                                     "version 7: moved outside this rollout after the promotion.")
@@ -109,12 +114,7 @@ def test_a_first_rollout_whose_alias_was_removed_after_its_promotion_moved_it_ho
 
 def test_a_registry_away_after_the_bake_does_not_bring_the_alias_claim_back() -> None:
     # Missing evidence is no evidence that the alias came back (review s34r2): the message stays, nothing written.
-    world = World()
-    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
-    world.send(CommandAction.PROMOTE)
-    world.run_until(lambda w: w.status.phase is Phase.BAKING)
-    world.registry.aliases["production"] = "6"
-    world.run_until(finished)
+    world = succeeded_with_the_alias_pointed_back_during_the_bake()
     said = world.status.message
     assert said.startswith("Version 7 serves all traffic, but @production names version 6")
     for down in (True, False, True):
