@@ -374,12 +374,10 @@ def read_classes(data: Any, options: DecodeOptions) -> RowClasses:
         classes = _v2_classes(data["outputs"], options)
     elif isinstance(data.get("data"), dict) and "ndarray" in data["data"]:
         seldon = data["data"]
-        named = _scores_refused(_with_names(options, seldon.get("names")), seldon["ndarray"])
-        classes = _rows_to_classes(seldon["ndarray"], named)
+        classes = _rows_to_classes(seldon["ndarray"], _with_names(options, seldon.get("names")))
     elif isinstance(data.get("data"), dict) and isinstance(data["data"].get("tensor"), dict):
         seldon, tensor = data["data"], data["data"]["tensor"]
-        named = _scores_refused(_with_names(options, seldon.get("names")), tensor.get("values"))
-        classes = _tensor_classes(tensor.get("values"), tensor.get("shape"), named)
+        classes = _tensor_classes(tensor.get("values"), tensor.get("shape"), _with_names(options, seldon.get("names")))
     else:
         raise MalformedEvent("UnknownPayload", "no predictions, outputs or data in the response")
     verdicts = {name: _class_refusal(name, options) for name in {c for c in classes if isinstance(c, str)}}
@@ -414,11 +412,11 @@ def _ambiguous_score(column: str) -> MalformedEvent:
                                             "is read as the second's probability")
 
 
-def _scores_refused(options: DecodeOptions, values: Any) -> DecodeOptions:
-    """options, unless the ambiguous column holds any score: then all of it is refused, its whole numbers too (a
-    p_safe of 1 read as index 1 would count inverted; review s34r3)."""
+def _refuse_scores_in_an_ambiguous_column(options: DecodeOptions, values: Any) -> None:
+    """An ambiguous column holding any score is refused whole, its whole numbers too (a p_safe of 1 read as index 1
+    would count inverted; review s34r3)."""
     if options.ambiguous_column is None:
-        return options
+        return
     pending = [values]
     while pending:
         item = pending.pop()
@@ -426,7 +424,6 @@ def _scores_refused(options: DecodeOptions, values: Any) -> DecodeOptions:
             pending.extend(item)
         elif isinstance(item, float):
             raise _ambiguous_score(options.ambiguous_column)
-    return options
 
 
 def _with_names(options: DecodeOptions, names: Any) -> DecodeOptions:
@@ -528,6 +525,7 @@ def _rows_to_classes(rows: Any, options: DecodeOptions, scores: bool = False) ->
     if not isinstance(rows, list):
         raise MalformedEvent("BadPredictions", "predictions is not a list")
     _check_predictions(len(rows))
+    _refuse_scores_in_an_ambiguous_column(options, rows)  # after the size and shape checks: those are set-up faults
     return [_row_or_refusal(row, options, scores) for row in rows]
 
 

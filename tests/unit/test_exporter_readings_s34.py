@@ -20,7 +20,14 @@ from test_exporter_flags import built  # noqa: F401 (the fixture: nothing listen
 
 from controller.cli.main import main
 from controller.exporter import server
-from controller.exporter.events import DecodeOptions, MalformedEvent, parse_cloudevent, predicted_classes, read_classes
+from controller.exporter.events import (
+    MAX_PREDICTIONS_PER_EVENT,
+    DecodeOptions,
+    MalformedEvent,
+    parse_cloudevent,
+    predicted_classes,
+    read_classes,
+)
 from controller.exporter.server import PredictionExporter
 
 TWO = DecodeOptions(("safe", "nsfw"))
@@ -68,6 +75,18 @@ def test_a_named_column_holding_any_score_is_refused_whole(rows: list[Any]) -> N
     with pytest.raises(MalformedEvent, match="not the second class name") as caught:
         read_classes(seldon("p_safe", rows), TWO)  # the whole event: no row of it read as a class
     assert caught.value.reason == "AmbiguousScore"
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (seldon("p_safe", [1] * MAX_PREDICTIONS_PER_EVENT + [0.5]), "TooLarge"),
+    ({"data": {"names": ["p_safe"], "tensor": {"shape": [2, 1], "values": [[0.5], [[1]]]}}}, "BadTensor"),
+    ({"data": {"names": ["p_safe"], "tensor": {"shape": [3, 1], "values": [0.5]}}}, "BadTensor"),
+], ids=["too-many-rows", "ragged", "shape-mismatch"])
+def test_size_and_shape_are_refused_before_a_score_in_a_named_column(body: dict[str, Any], reason: str) -> None:
+    # A set-up fault (TooLarge) never counts against the model version, as AmbiguousScore would (review s34r4).
+    with pytest.raises(MalformedEvent) as caught:
+        read_classes(body, TWO)
+    assert caught.value.reason == reason
 
 
 def test_one_named_label_column_is_counted_not_unreadable() -> None:
