@@ -30,7 +30,8 @@ Seldon Core v2, Experiment (SeldonExperimentStandIn), as its scheduler and opera
   - an experiment its scheduler refuses (validate.go: `default` not a candidate, neither candidates nor a
     mirror, a name twice among the candidates and the mirror) is not started: the one last started keeps
     serving and its conditions stay, Ready included; the error goes to a ModelReady condition, outside the
-    living set (the operator's updateStatusFromError);
+    living set (the operator's updateStatusFromError), which stays after a later spec is started (the status
+    updates keep the conditions they do not set);
   - the experiment is active when every candidate (and the mirror) is an available Model (until then the
     mesh serves its default Model alone, and "<experiment>.experiment" not at all, as the scheduler's
     IncrementalProcessor routes it, also after it was active once); conditions
@@ -555,7 +556,11 @@ class SeldonExperimentStandIn(WatchingStandIn):
                                      "Candidates ready" if not missing else "Candidates not ready"),
                           _condition("MirrorReady", mirror_ready,
                                      "Mirror ready" if mirror_ready else "Mirror not ready")]
-            status = {"conditions": _keep_transition_times(_living_set(dependents), existing.get("conditions") or [])}
+            # Its operator writes ModelReady on a refusal only, and its status updates keep the conditions they do
+            # not set: a refusal's ModelReady stays after a later spec is started.
+            refusal = [dict(c) for c in existing.get("conditions") or [] if c.get("type") == "ModelReady"]
+            status = {"conditions": _keep_transition_times([*_living_set(dependents), *refusal],
+                                                           existing.get("conditions") or [])}
             # Started, it is routed at once, active or not: while a candidate (or the mirror) cannot take traffic
             # the scheduler's envoy sends the default model's requests to that Model alone (addModel reverts to
             # it) and has no <experiment>.experiment route (addExperiment removed it, then failed).

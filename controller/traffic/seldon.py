@@ -77,11 +77,13 @@ requires the experiment's `default` model to stay among the candidates):
   stays, and observe counts only the router's models in the canary's share.
   The model-versions annotation (Model name -> version) keeps only the models in the candidates written, the
   default, and on promotion the old stable (which a restore may bring back).
-  An experiment whose mirror would be among the candidates written is refused by stage, set_weight, promote and
-  restore: Seldon refuses it and keeps serving the previous one with Ready unchanged (rollback is never refused).
+  An experiment Seldon's scheduler would refuse as written (a mirror among the candidates, a default not among
+  them) is refused by stage, set_weight, promote and restore: Seldon keeps serving the previous one with Ready
+  unchanged (rollback is never refused, and observe reports a refused one not ready).
   Only Experiments between Models are driven (spec.resourceType unset or "model"); one over pipelines, or one
   without a spec, is reported by observe and refused by every operation.
-  Readiness: the conditions Ready and CandidatesReady.
+  Readiness: the conditions Ready and CandidatesReady, and a spec the scheduler would start (its error goes to a
+  ModelReady condition Ready does not depend on, which its operator never clears: quoted, not relied on).
   Inference URLs: every Model is served through one Service, seldon-mesh, in the namespace of the
   Seldon runtime (the Experiment's own), which routes /v2/models/<model>/infer by model name (its envoy
   sets the seldon-model header from the path). The address is the Service's load balancer ingress, as
@@ -136,6 +138,12 @@ log = logging.getLogger(__name__)
 def _synced(obj: Obj) -> bool:
     generation, observed = observed_generation(obj)
     return observed is None or observed >= generation  # unknown when the controller does not report it
+
+
+def _condition_words(status: Obj, kind: str) -> str:
+    """A condition's message, else its reason (Seldon Core v2 gives a reason and no message); "" when absent."""
+    found = condition(status, kind) or {}
+    return str(found.get("message") or found.get("reason") or "")
 
 
 def _apply_with(oc: ObjectClient, build: Callable[[Obj], Obj | None], what: str) -> None:
@@ -682,6 +690,21 @@ def mesh_url(service: client.V1Service | None, namespace: str) -> str:
     return f"http://{host}" + ("" if port == MESH_PORT else f":{port}")
 
 
+def scheduler_refusal(spec: Obj) -> str:
+    """Why Seldon Core v2's scheduler would refuse to start an experiment of this spec ("" when it would not): the
+    rules of its validate.go that one experiment's spec shows (not the one against other experiments' defaults)."""
+    names = [c.get("name") for c in spec.get("candidates") or [] if isinstance(c, dict)]
+    default, mirror = spec.get("default"), spec.get("mirror")
+    if default is not None and default not in names:
+        return f"its default model {default} is not among its candidates"
+    if not names and mirror is None:
+        return "it has no candidates and no mirror"
+    named = [*names, *([mirror.get("name")] if isinstance(mirror, dict) else [])]
+    if (twice := next((n for i, n in enumerate(named) if n in named[:i]), None)) is not None:
+        return f"{twice} is named twice among its candidates and mirror"
+    return ""
+
+
 class SeldonExperimentRouter:
     def __init__(self, api_client: client.ApiClient, namespace: str, name: str) -> None:
         self.client = ObjectClient(api_client, SELDON_EXPERIMENT, namespace, name)
@@ -762,9 +785,21 @@ class SeldonExperimentRouter:
         total = sum(weights.values())
         problems = []
         if not ready:
-            found = condition(status, "Ready") or {}
-            why = found.get("message") or found.get("reason")  # Seldon Core v2 gives a reason and no message
+            why = _condition_words(status, "Ready")
             problems.append("experiment is not ready" + (f": {why}" if why else ""))
+        # Seldon keeps serving the split it last started when it refuses one, and Ready stays as it was: the spec
+        # read here is then not what users get (a rollback written beside a hand-added mirror of stable).
+        refused_now = condition_true(status, "ModelReady") is False
+        said = _condition_words(status, "ModelReady") if refused_now else ""
+        if refused := scheduler_refusal(self._spec(obj)):
+            ready = False
+            problems.append(f"Seldon refuses the experiment as written ({refused}) and keeps serving the split it "
+                            "last started" + (f" (ModelReady: {said})" if said else ""))
+        elif refused_now:
+            # Its operator writes ModelReady on a refusal only and never clears it: with no rule broken now it is
+            # likely an earlier spec's, so it is said, not taken as this spec refused.
+            problems.append("Seldon's ModelReady condition is False" + (f" ({said})" if said else "")
+                            + ", though the experiment as written breaks none of the rules its scheduler checks")
         canary_ready = bool(candidate) and synced and ready and condition_true(status, "CandidatesReady") is True
         canary_weight = None
         if candidate is not None:
@@ -832,15 +867,19 @@ class SeldonExperimentRouter:
         ann = annotations_of(obj)
         return {k: ann.get(k) for k in EXPERIMENT_ANNOTATIONS}
 
-    def _refuse_mirrored(self, obj: Obj, weights: dict[str, int], candidate: str | None) -> None:
-        """Seldon's scheduler refuses an experiment whose mirror is also a candidate (validateNoDuplicateNames) and
-        keeps serving the one it last started, the error in a condition Ready does not depend on: written, the
-        candidates would read as in effect while users stay where they were."""
-        mirror = (self._spec(obj).get("mirror") or {}).get("name")
+    def _refuse_what_seldon_refuses(self, obj: Obj, weights: dict[str, int], candidate: str | None) -> None:
+        """Seldon's scheduler refuses some experiments (a mirror that is also a candidate, a default not among the
+        candidates) and keeps serving the one it last started, with Ready unchanged: written, the candidates would
+        read as in effect while users stay where they were."""
+        spec = self._spec(obj)
+        mirror = (spec.get("mirror") or {}).get("name")
         if mirror and mirror in weights:
             whose = "the candidate's Model" if mirror == candidate else "a Model among its candidates"
             raise TargetStateError(f"{self.target} mirrors {mirror}, {whose}: remove the mirror first (Seldon refuses "
                                    "a model that is both a candidate and the mirror)")
+        if refused := scheduler_refusal({**spec, "candidates": [{"name": name} for name in weights]}):
+            raise TargetStateError(f"cannot write {self.target}: Seldon would refuse it ({refused}) and keep serving "
+                                   "the split it last started")
 
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         model = default_serving_name(candidate)
@@ -863,7 +902,7 @@ class SeldonExperimentRouter:
                 self._keep(obj, weights, previous_candidate)
             weights[stable] = 100
             weights[model] = 0
-            self._refuse_mirrored(obj, weights, model)
+            self._refuse_what_seldon_refuses(obj, weights, model)
             versions = self._versions(obj)
             if stable not in versions and stable_version:
                 versions[stable] = stable_version
@@ -892,7 +931,7 @@ class SeldonExperimentRouter:
                                        "models ModelRollout does not manage: "
                                        + ", ".join(f"{n} (weight {w})" for n, w in foreign.items()))
             weights[stable], weights[candidate] = 100 - percent, percent
-            self._refuse_mirrored(obj, weights, candidate)
+            self._refuse_what_seldon_refuses(obj, weights, candidate)
             return self._body(obj, weights, self._owned(obj))
         _apply_with(self.client, build, f"setting the weight on {self.target}")
 
@@ -906,7 +945,7 @@ class SeldonExperimentRouter:
             weights = self._weights(obj)
             weights[candidate] = 100
             self._keep(obj, weights, stable)
-            self._refuse_mirrored(obj, weights, candidate)
+            self._refuse_what_seldon_refuses(obj, weights, candidate)
             annotations = self._owned(obj)
             annotations.update({ANN_STABLE_MODEL: candidate, ANN_CANDIDATE_MODEL: None})
             return self._body(obj, weights, annotations, keep=stable)
@@ -965,7 +1004,7 @@ class SeldonExperimentRouter:
                 if name != model and name in ours:
                     self._keep(obj, weights, name)
             weights[model] = full
-            self._refuse_mirrored(obj, weights, None)
+            self._refuse_what_seldon_refuses(obj, weights, None)
             versions[model] = stable_model.version
             annotations = self._owned(obj)
             annotations.update({ANN_STABLE_MODEL: model, ANN_CANDIDATE_MODEL: None,

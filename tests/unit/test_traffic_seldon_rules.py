@@ -198,6 +198,19 @@ def test_v2_set_weight_promote_and_restore_refuse_a_mirror_among_the_candidates_
     assert fake.obj == before and len(fake.applies) == writes
 
 
+def offline_standin(obj: Obj) -> tuple[SeldonExperimentStandIn, SeldonMesh]:
+    """The v2 stand-in reconciling `obj` in memory (its status written back into it), every Model available, and
+    its mesh never started: its routes are all a test reads."""
+    def write(_: Obj, status: Obj) -> None:
+        obj["status"] = copy.deepcopy(status)
+    standin = SeldonExperimentStandIn(client.ApiClient(), models=lambda ns, m: ModelEndpoint("http://127.0.0.1:1", m))
+    mesh = SeldonMesh("ns", standin.models)
+    standin.mesh = lambda namespace: mesh  # type: ignore[method-assign]
+    standin._get = lambda namespace, name: copy.deepcopy(obj)  # type: ignore[method-assign]
+    standin._write_status = write  # type: ignore[method-assign]
+    return standin, mesh
+
+
 @pytest.mark.parametrize(("spec", "refusal"), [
     ({"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}, {"name": "nsfw-v7", "weight": 0}],
       "mirror": {"name": "nsfw-v7", "percent": 100}},
@@ -208,16 +221,7 @@ def test_v2_set_weight_promote_and_restore_refuse_a_mirror_among_the_candidates_
 def test_v2_standin_refuses_what_seldon_refuses_and_keeps_the_experiment_it_started(spec: Obj, refusal: str) -> None:
     obj: Obj = {"metadata": {"name": "nsfw", "namespace": "ns"},
                 "spec": {"default": "nsfw", "candidates": [{"name": "nsfw", "weight": 100}]}}
-    writes: list[Obj] = []
-
-    def write(_: Obj, status: Obj) -> None:
-        obj["status"] = copy.deepcopy(status)
-        writes.append(status)
-    standin = SeldonExperimentStandIn(client.ApiClient(), models=lambda ns, m: ModelEndpoint("http://127.0.0.1:1", m))
-    mesh = SeldonMesh("ns", standin.models)  # never started: its routes are all the test reads
-    standin.mesh = lambda namespace: mesh  # type: ignore[method-assign]
-    standin._get = lambda namespace, name: copy.deepcopy(obj)  # type: ignore[method-assign]
-    standin._write_status = write  # type: ignore[method-assign]
+    standin, mesh = offline_standin(obj)
     standin.reconcile("ns", "nsfw")
     started = copy.deepcopy(mesh.experiments["nsfw"])
     assert started.active and started.candidates == [("nsfw", 100)]
