@@ -39,9 +39,16 @@ import aiohttp
 from yarl import URL
 
 from controller.api.reach import is_dns_name
-from controller.gate.bodies import ACCEPTED_ENCODINGS, BodyRead, content_encoding, is_framed, needs_second_read, settled
-from controller.gate.bodies import DECODED_PIECE_BYTES as _CHUNK_BYTES
-from controller.gate.bodies import BodyDecoder as _BodyDecoder
+from controller.gate.bodies import (
+    ACCEPTED_ENCODINGS,
+    DECODED_PIECE_BYTES,
+    BodyDecoder,
+    BodyRead,
+    content_encoding,
+    is_framed,
+    needs_second_read,
+    settled,
+)
 from controller.gate.errors import ErrorKind, SourceError, SourcePolicyError, kind_for_http_status
 from controller.gate.mlflow_access import HashingWriter, MlflowAccess, copy_hashing, download_artifact
 from controller.redaction import redact_credentials, redacted_url
@@ -391,7 +398,7 @@ async def _get_https(session: aiohttp.ClientSession, url: URL, uri: str, shown: 
             # An encoded body's length is not the dataset's size.
             if response.content_length is not None and encoding == "identity":
                 sink.declare(response.content_length)
-            decoder = _BodyDecoder(encoding, f"GET {shown}")
+            decoder = BodyDecoder(encoding, f"GET {shown}")
             sha256, size = await _copy_stream(response, decoder, cast(IO[bytes], sink), sources.max_bytes, shown)
             return BodyRead(sha256, size, unframed=not is_framed(response.headers))
     raise SourceError(ErrorKind.ERROR, f"GET {shown}: more than {_MAX_REDIRECTS} redirects")
@@ -410,10 +417,10 @@ def _without(text: str, uri: str, shown: str) -> str:
     return text
 
 
-async def _copy_stream(response: aiohttp.ClientResponse, decoder: _BodyDecoder, sink: IO[bytes], max_bytes: int,
+async def _copy_stream(response: aiohttp.ClientResponse, decoder: BodyDecoder, sink: IO[bytes], max_bytes: int,
                        what: str) -> tuple[str, int]:
     writer = HashingWriter(sink, max_bytes, what)
-    async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+    async for chunk in response.content.iter_chunked(DECODED_PIECE_BYTES):
         for decoded in decoder.feed(chunk):
             writer.write(decoded)
     decoder.finish()

@@ -201,12 +201,12 @@ def test_nul_padding_after_gzip_and_a_list_of_codings_are_read(tls_files: tuple[
 def test_a_stream_decoded_in_bounded_pieces_loses_no_byte_at_any_size(wbits: int) -> None:
     # Review s29r3: a piece that filled its bound with all input taken left output inside zlib; raw deflate has no
     # trailer to bring it out, so a body ending there never reached its stream's end ("cut off", retried).
-    from controller.gate.sources import _CHUNK_BYTES, _BodyDecoder
+    from controller.gate.bodies import DECODED_PIECE_BYTES, BodyDecoder
     name = "gzip" if wbits > zlib.MAX_WBITS else "deflate"
-    for size in range(_CHUNK_BYTES - 300, _CHUNK_BYTES + 300, 7):
+    for size in range(DECODED_PIECE_BYTES - 300, DECODED_PIECE_BYTES + 300, 7):
         compressor = zlib.compressobj(6, zlib.DEFLATED, wbits)
         body = compressor.compress(bytes(size)) + compressor.flush()
-        decoder = _BodyDecoder(name, "x")
+        decoder = BodyDecoder(name, "x")
         assert sum(len(piece) for piece in decoder.feed(body)) == size
         decoder.finish()
 
@@ -214,10 +214,10 @@ def test_a_stream_decoded_in_bounded_pieces_loses_no_byte_at_any_size(wbits: int
 def test_nul_padding_between_gzip_members_reads_the_same_however_the_body_is_split() -> None:
     # Review s29r5: padding then another member read as a+b when a network chunk ended with the padding, as
     # "corrupt" when the padding and the next member came in one chunk.
-    from controller.gate.sources import _BodyDecoder
+    from controller.gate.bodies import BodyDecoder
     body = gzip.compress(b"a" * 1000) + bytes(37) + gzip.compress(b"b" * 1000)
     for cut in (len(body), len(body) - 30, len(body) - 60):
-        decoder = _BodyDecoder("gzip", "x")
+        decoder = BodyDecoder("gzip", "x")
         got = b"".join(piece for chunk in (body[:cut], body[cut:]) if chunk for piece in decoder.feed(chunk))
         decoder.finish()
         assert got == b"a" * 1000 + b"b" * 1000, cut
