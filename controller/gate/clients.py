@@ -225,13 +225,16 @@ class InferenceClient:
         return payload.lstrip()[:1] not in (b"{", b"[") or not self._decodes(payload, count)
 
     def _decodes(self, payload: bytes, count: int) -> bool:
-        """The answer is JSON. One over the answer's caps counts as JSON, unread: read_answer refuses it for that."""
+        """The answer is whole as far as its JSON tells: it decodes, or is over the answer's caps (read_answer refuses
+        it for that, unread), or nests deeper than the parser goes (no model answer does, cut or not: garbage)."""
         if (payload.count(b"[") + payload.count(b"{") > self.container_cap(count)
                 or payload.count(b",") > self.value_cap(count)):
             return True
         try:
             decode_json(payload)
-        except (ValueError, RecursionError):
+        except RecursionError:
+            return True
+        except ValueError:
             return False
         return True
 
