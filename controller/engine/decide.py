@@ -660,7 +660,8 @@ class _Decider:
             self._set_condition(ConditionType.TARGET_READY, ConditionStatus.TRUE, "TargetReady",
                                 _sentence(f"{self.spec.target.description} is ready"
                                           + (f"; {target.detail}" if target.detail else "")))
-        self._update(canary_weight=self._observed_candidate_weight(target))
+        if target.ready:  # one not ready has not shown its weights in effect (Seldon v2 refusing a split): kept
+            self._update(canary_weight=self._observed_candidate_weight(target))
 
     def _observed_candidate_weight(self, target: TargetObservation) -> int:
         candidate = self.status.candidate
@@ -1376,7 +1377,10 @@ class _Decider:
         candidate = self._candidate
         action_id = self._weight_id(index, weight)
         target = self._target()
-        if target is not None and target.canary_version == candidate.version and target.canary_weight == weight:
+        # Ready too: a target that does not report itself so has not shown its weights in effect (Seldon v2 keeps
+        # serving the split it last started when it refuses the one written).
+        if target is not None and target.canary_version == candidate.version and target.canary_weight == weight \
+                and target.ready:
             self._confirm(action_id)
             self._record("WeightChanged", f"{self._step_label(index)}: candidate {candidate.version} at {weight}%")
             self._advance_step()
@@ -1407,8 +1411,11 @@ class _Decider:
             self._wait(f"Holding {self._step_label(index)} at the current weight until the registry answers")
             return
         self._request(action, f"weight {weight}%")
+        unready = ""
+        if target is not None and target.canary_version == candidate.version and target.canary_weight == weight:
+            unready = f" ({self.spec.target.description} is not ready{': ' + target.detail if target.detail else ''})"
         self._wait(f"{self._step_label(index).capitalize()}: setting candidate {candidate.version} to "
-                   f"{weight}% of traffic", poll=True)
+                   f"{weight}% of traffic{unready}", poll=True)
 
     def _gate_predictions_scraped_by(self) -> datetime | None:
         """When this attempt's gate predictions are in Prometheus (None: no gate ran, or no scrape interval told)."""
@@ -1843,6 +1850,12 @@ class _Decider:
             done = target is not None and target.canary_version != candidate.version \
                 and (not target.canary_weight or foreign)
             detail = f"unstage {candidate.version}"
+            if done and target is not None and not foreign and not target.ready:
+                # As the withdrawal's below: a target that does not report itself ready has not shown the spec read
+                # in effect (Seldon v2 refusing it keeps serving the split it last started).
+                done = False
+                self.traffic_held = (f"{self.spec.target.description} does not report the candidate off and stable "
+                                     f"serving yet{': ' + target.detail if target.detail else ''}")
         elif (rollback.after_promotion or promoted_by_hand or restoring) and stable is not None:
             action = RestoreStable(id=self._rollback_id("restore"), stable=stable)
             # Ready too: putting a version back may need new pods (KServe Standard mode, Seldon), and until

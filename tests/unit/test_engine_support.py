@@ -121,6 +121,7 @@ class Target:
     ignore_weights: bool = False  # raising the weight or promoting is accepted but never takes effect
     frozen: bool = False  # no traffic change takes effect (a stuck controller)
     ready_delay: timedelta = timedelta(0)
+    detail: str = ""  # what the router says is wrong or pending
 
     def observe(self, now: datetime) -> TargetObservation:
         if self.unreachable:
@@ -133,7 +134,7 @@ class Target:
         return TargetObservation(ready=self.ready, stable_version=self.stable_version,
                                  canary_version=self.canary_version, canary_ready=canary_ready,
                                  canary_weight=self.canary_weight,
-                                 detail="RevisionMissing: revision failed" if self.never_ready else "")
+                                 detail="RevisionMissing: revision failed" if self.never_ready else self.detail)
 
 
 Judge = Callable[[RunAnalysis], list[Verdict]]

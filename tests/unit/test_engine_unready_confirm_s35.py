@@ -1,0 +1,65 @@
+"""A target that does not report itself ready has not shown the spec it reads in effect (review s35r1): Seldon Core v2
+refusing an experiment keeps serving the split it last started, with the refused spec's weights in the object. Neither
+an unstage (the rollback of a candidate gone from the registry) nor a traffic step is confirmed on such a read."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from test_engine import events, finished
+from test_engine_support import World, spec_dict
+
+from controller.api import CommandAction, Phase
+from controller.engine import UnstageCandidate
+
+REFUSED = "Seldon refuses the experiment as written (nsfw is named twice among its candidates and mirror)"
+
+
+def _reconcile(world: World, times: int) -> None:
+    for _ in range(times):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+
+
+def test_an_unstage_the_target_reads_but_does_not_report_ready_is_not_confirmed() -> None:
+    world = World()
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.target.frozen = True  # what users get stays as it was
+    del world.registry.versions["7"]
+    world.send(CommandAction.PROMOTE)  # the candidate is gone: CandidateNotReady, the candidate unstaged
+    before, sent_before = len(world.status.history), len(world.executed)
+    world.reconcile()
+    assert [a for a in world.executed[sent_before:] if isinstance(a, UnstageCandidate)]
+    # The unstage was written and Seldon refused it: the spec shows no candidate, the target is not ready.
+    world.target.canary_version, world.target.canary_weight, world.target.ready = None, None, False
+    world.target.detail = REFUSED
+    _reconcile(world, 6)
+    assert world.status.phase is Phase.ROLLING_BACK, events(world)[before:]
+    assert "TrafficRestored" not in events(world)[before:] and "Recovered" not in events(world)[before:]
+    assert "does not report the candidate off and stable serving yet" in world.status.message
+    assert REFUSED in world.status.message
+    world.target.ready, world.target.detail, world.target.frozen = True, "", False  # the hand edit undone
+    world.run_until(finished)
+    assert world.status.phase is Phase.FAILED
+    assert "TrafficRestored" in events(world)[before:]
+
+
+def test_a_traffic_step_the_target_reads_but_does_not_report_ready_is_not_confirmed() -> None:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {"duration": "5m"}},
+                                                   {"setWeight": 50}, {"pause": {}}]},
+                                 bake=None, progressDeadline="10m"))
+    world.run_until(lambda w: w.status.canary_weight == 10 and w.status.current_step == 1)
+    world.target.frozen = True
+    before = len(world.status.history)
+    world.run_until(lambda w: w.status.current_step == 2)
+    # The 50% was written and refused: the object reads 50%, the target is not ready (users stay at 10%).
+    world.target.canary_weight, world.target.ready, world.target.detail = 50, False, REFUSED
+    _reconcile(world, 6)
+    assert world.status.phase is Phase.PROGRESSING and world.status.current_step == 2, world.status.message
+    assert world.status.canary_weight == 10
+    assert not [e for e in world.status.history[before:] if e.event == "WeightChanged"]
+    assert f"is not ready: {REFUSED}" in world.status.message
+    world.target.ready, world.target.detail, world.target.frozen = True, "", False
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    assert [e.detail for e in world.status.history[before:] if e.event == "WeightChanged"] == [
+        "step 3/4: candidate 7 at 50%"]
