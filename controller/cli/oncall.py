@@ -67,6 +67,15 @@ PREVIOUSLY_REJECTED = "PreviouslyRejected"
 FAILED_PAUSES = {"GateFailed": "promote, retry or rollback", "AnalysisFailed": "promote, retry or rollback",
                  "BakeFailed": "promote, retry or rollback", "ProgressDeadlineExceeded": "retry or rollback",
                  "GateInconclusive": "promote, retry or rollback"}
+# Paused on an inconclusive verdict while the candidate still serves: the engine judges it on (decide.py
+# _WATCHED_PAUSES), so a watch waits on; explain still names the commands a human may run meanwhile.
+WATCHED_PAUSES = {"AnalysisInconclusive": "promote, retry or rollback",
+                  "BakeInconclusive": "promote, retry or rollback"}
+# What promote and retry do from a pause after each check (engine _promote_command, _retry_command), for explain.
+PROMOTE_WORDS = {"Gate": "goes on to the steps despite the gate", "Analysis": "skips this check and goes on",
+                 "Bake": "ends the bake early and succeeds"}
+RETRY_WORDS = {"Gate": "runs the gate again", "Analysis": "judges this step again", "Bake": "bakes again",
+               "ProgressDeadline": "sends the last change to the target again"}
 # What explain says of each STATUS_REFUSALS reason: only an unreadable status stops the operator on the spec.
 REFUSAL_WORDS = {STATUS_REJECTED: "could not store its last decision", STATUS_UNREADABLE: "has stopped on this spec"}
 # The history entries a resolved attempt begins with: where it starts in a status whose entries carry no attempt
@@ -487,11 +496,14 @@ class OnCall:
                 lines.append(f"Next: check the registry: the RegistryAvailable condition (`kubectl get modelrollout "
                              f"-n {obj['metadata']['namespace']} {obj['metadata']['name']} -o yaml`) says why it "
                              "cannot be written.")
-        if phase == "Paused" and mapping(status.get("pause")).get("reason") == "PauseStep" \
-                and not mapping(status.get("pause")).get("until"):
+        pause = mapping(status.get("pause"))
+        where = f"-n {obj['metadata']['namespace']} {obj['metadata']['name']}"
+        if phase == "Paused" and pause.get("reason") == "PauseStep" and not pause.get("until"):
             # A pause step waits for a human: the command, as a failed check's pause names it (watch).
-            where = f"-n {obj['metadata']['namespace']} {obj['metadata']['name']}"
             lines.append(f"Next: `{program()} promote {where}` to go on (or `{program()} abort {where}`).")
+        elif phase == "Paused" and (next_line := _failed_pause_next(text(pause.get("reason")), where,
+                                                                     _version(status, "stable"))):
+            lines.append(next_line)
         candidate = _version(status, "candidate")
         stable = _version(status, "stable")
         model = text(obj["spec"]["model"].get("name"), "?")
@@ -706,6 +718,21 @@ def _stuck(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def _older_operator(status: dict[str, Any]) -> bool:
+    """Whether an operator older than attempt numbers (HistoryEntry.attempt) wrote the status: its newest entry
+    that is not the runtime's carries none."""
+    decided = [e for e in objects(status.get("history")) if e.get("event") not in STATUS_REFUSALS]
+    return not decided or _numbered(decided[-1]) is None
+
+
+def _target_unready(status: dict[str, Any]) -> str | None:
+    """TargetReady's message when that condition is False (the target does not report itself ready), else None."""
+    for condition in objects(status.get("conditions")):
+        if condition.get("type") == "TargetReady" and condition.get("status") == "False":
+            return text(condition.get("message"), "(no message)")
+    return None
+
+
 def _events_command(namespace: str | None, name: str) -> str:
     """The kubectl command listing a rollout's Events, which outlive it."""
     return (f"kubectl get events -n {namespace} --field-selector involvedObject.kind=ModelRollout,"
@@ -838,6 +865,23 @@ def _told_detail(entry: dict[str, Any], holding: bool) -> str:
     return _ended_hold_detail(entry)
 
 
+def _failed_pause_next(reason: str, where: str, stable: str | None) -> str | None:
+    """The `Next:` of a rollout paused after a failed or inconclusive check (automatic rollback off, or
+    onInconclusive pause): the commands `get --watch` names (FAILED_PAUSES), each with what it does here (engine
+    _promote_command, _retry_command), pasteable. None for a pause that is no check's."""
+    commands = FAILED_PAUSES.get(reason) or WATCHED_PAUSES.get(reason)
+    if commands is None:
+        return None
+    check = reason.removesuffix("Failed").removesuffix("Inconclusive").removesuffix("Exceeded")
+    said = {"promote": PROMOTE_WORDS.get(check, "goes on despite it"),
+            "retry": RETRY_WORDS.get(check, "tries it again"),
+            "rollback": f"puts traffic back on {f'version {stable}' if stable else 'stable'}"}
+    chosen = [f"`{program()} {command} {where}` {said[command]}" for command in said if command in commands]
+    offered = ", ".join(chosen[:-1]) + f", or {chosen[-1]}" if len(chosen) > 1 else chosen[0]
+    judged = " (the operator keeps judging it meanwhile)" if reason in WATCHED_PAUSES else ""
+    return f"Next: paused for a human after the {reason} check{judged}: {offered}."
+
+
 def _withdraw(namespace: str, name: str) -> str:
     """How to take back a command the operator has not handled: its annotation removed."""
     return f"withdraw it: `kubectl annotate modelrollout -n {namespace} {name} {COMMAND_ANNOTATION}-`"
@@ -921,17 +965,43 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
             # All of it once promoted, by this rollout or by hand (the engine's message says which it restores).
             promoted = (rollback.get("afterPromotion") is True or status.get("canaryWeight") == 100
                         or rollback.get("candidateServedAsStable") is True)
-            lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve "
-                         f"{'all' if promoted else 'some'} of it.")
+            unready = _target_unready(status)
+            if unready is None:
+                lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve "
+                             f"{'all' if promoted else 'some'} of it.")
+            elif not promoted and status.get("canaryWeight") == 0 and not _older_operator(status):
+                # The engine holds the confirmation until stable is reported serving and ready (traffic_held):
+                # the candidate is off, and what is wrong is stable, not the candidate. An older operator's status
+                # does not record a candidate serving as stable (candidateServedAsStable): 0% proves nothing there.
+                lines.append(f"The target reports version {candidate or '?'} off (0%) but does not report {back_to} "
+                             f"serving and ready: users may be getting errors. TargetReady says: {unready}")
+            else:  # a target not ready has not shown the weights in effect (the weight shown is its last ready read)
+                lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve "
+                             f"{'all' if promoted else 'some'} of it. The target does not report itself ready, so "
+                             f"users may be getting errors. TargetReady says: {unready}")
+            if unready is not None and not _stuck(obj) and (check := _target_check(obj)):
+                # Past progressDeadline explain names the target already.
+                lines.append(f"Next: check the target: `{check}`; the rollback is confirmed once it reports "
+                             f"{back_to} serving and ready.")
     alias = text(obj["spec"]["model"].get("stableAlias"), "the stable alias")
     alias = f"@{alias}" if obj["spec"]["model"].get("stableAlias") else alias
     if rollback.get("aliasLeftOn"):
         left = text(rollback["aliasLeftOn"])
         lines.append(f"{alias} was left on version {left}, where it was moved outside this rollout while it ran.")
+        serving = rollback.get("servingWhenConfirmed")
+        serving = text(serving) if serving not in (None, "") else None
         if rollback.get("trafficConfirmedAt") and not rollback.get("trafficKept") and stable and stable != left:
-            # A retry would take the alias's version as stable, not the one traffic is on.
-            lines.append(f"Next: the registry names version {left} while traffic is on version {stable}: point "
-                         f"{alias} at the version you mean before a retry.")
+            # A retry would take the alias's version as stable, not the one traffic is on. Traffic is said to be
+            # on a version only as the target reported it when the rollback confirmed it (servingWhenConfirmed).
+            if serving == stable:
+                lines.append(f"Next: the registry names version {left} while traffic is on version {stable}: "
+                             f"point {alias} at the version you mean before a retry.")
+            elif serving is None:
+                lines.append(f"Next: the registry names version {left} and no version is confirmed serving: check "
+                             f"the target, then point {alias} at the version you mean before a retry.")
+            elif serving != left:
+                lines.append(f"Next: the registry names version {left} while the target reported version {serving} "
+                             f"serving: point {alias} at the version you mean before a retry.")
     elif "AliasNotRestored" in said:
         lines.append(f"{alias} could NOT be put back on {back_to}: it no longer exists in the registry "
                      "(AliasNotRestored says where the alias is).")
@@ -980,7 +1050,9 @@ def _percent(value: Any) -> str:
 
 def _weight_note(spec: dict[str, Any], status: dict[str, Any]) -> str:
     """What set the weight shown: once the promotion has sent the candidate all traffic (promotion.targetConfirmedAt)
-    the promotion did, not the last step; a rollback after it took that traffic away again, so neither did."""
+    the promotion did, not the last step; once a rollback started (status.rollback), neither did."""
+    if mapping(status.get("rollback")):  # RollingBack or RolledBack: no step set it (explain tells the rollback's)
+        return ""
     if mapping(status.get("promotion")).get("targetConfirmedAt"):
         return " (promoted)" if status.get("canaryWeight") == 100 else ""
     by_step = _set_weight(spec, status)
