@@ -339,7 +339,7 @@ class ModelRolloutStatus:
     current_step: int | None = None  # 0-based index into spec.canary.steps
     steps_signature: str | None = None  # of the spec.canary.steps current_step indexes (Argo's currentStepHash)
     step: str | None = None  # "n/m", 1-based as every message says it (the printer column)
-    canary_weight: int | None = None  # share of traffic on the candidate, as observed on a ready target
+    canary_weight: int | None = None  # share of traffic on the candidate, as observed on the target
     gate: GateStatus | None = None
     analysis: AnalysisStatus | None = None
     pause: PauseStatus | None = None

@@ -660,8 +660,7 @@ class _Decider:
             self._set_condition(ConditionType.TARGET_READY, ConditionStatus.TRUE, "TargetReady",
                                 _sentence(f"{self.spec.target.description} is ready"
                                           + (f"; {target.detail}" if target.detail else "")))
-        if target.ready:  # one not ready has not shown its weights in effect (Seldon v2 refusing a split): kept
-            self._update(canary_weight=self._observed_candidate_weight(target))
+        self._update(canary_weight=self._observed_candidate_weight(target))
 
     def _observed_candidate_weight(self, target: TargetObservation) -> int:
         candidate = self.status.candidate
@@ -1377,10 +1376,10 @@ class _Decider:
         candidate = self._candidate
         action_id = self._weight_id(index, weight)
         target = self._target()
-        # Ready too: a target that does not report itself so has not shown its weights in effect (Seldon v2 keeps
-        # serving the split it last started when it refuses the one written).
-        if target is not None and target.canary_version == candidate.version and target.canary_weight == weight \
-                and target.ready:
+        # Not `ready` too (review s35r2): it means stable serves, and a stable gone unready for a while would fail a
+        # step that took effect, against the candidate. Seldon v2's router refuses a split its scheduler would not
+        # start, so what it reads is what was started (a hand edit after the write aside).
+        if target is not None and target.canary_version == candidate.version and target.canary_weight == weight:
             self._confirm(action_id)
             self._record("WeightChanged", f"{self._step_label(index)}: candidate {candidate.version} at {weight}%")
             self._advance_step()
@@ -1411,11 +1410,8 @@ class _Decider:
             self._wait(f"Holding {self._step_label(index)} at the current weight until the registry answers")
             return
         self._request(action, f"weight {weight}%")
-        unready = ""
-        if target is not None and target.canary_version == candidate.version and target.canary_weight == weight:
-            unready = f" ({self.spec.target.description} is not ready{': ' + target.detail if target.detail else ''})"
         self._wait(f"{self._step_label(index).capitalize()}: setting candidate {candidate.version} to "
-                   f"{weight}% of traffic{unready}", poll=True)
+                   f"{weight}% of traffic", poll=True)
 
     def _gate_predictions_scraped_by(self) -> datetime | None:
         """When this attempt's gate predictions are in Prometheus (None: no gate ran, or no scrape interval told)."""

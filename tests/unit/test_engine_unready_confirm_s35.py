@@ -1,6 +1,7 @@
-"""A target that does not report itself ready has not shown the spec it reads in effect (review s35r1): Seldon Core v2
-refusing an experiment keeps serving the split it last started, with the refused spec's weights in the object. Neither
-an unstage (the rollback of a candidate gone from the registry) nor a traffic step is confirmed on such a read."""
+"""A rollback's unstage (the candidate gone from the registry) is confirmed only once the target reports itself ready,
+as its withdrawal already was (review s35r1): Seldon Core v2 refusing the experiment written keeps serving the split it
+last started, with the refused spec's weights in the object. A traffic step still is confirmed on a target whose
+stable is not ready (review s35r2): its weight took effect, and holding it failed the candidate at the deadline."""
 
 from __future__ import annotations
 
@@ -44,22 +45,16 @@ def test_an_unstage_the_target_reads_but_does_not_report_ready_is_not_confirmed(
     assert "TrafficRestored" in events(world)[before:]
 
 
-def test_a_traffic_step_the_target_reads_but_does_not_report_ready_is_not_confirmed() -> None:
+def test_a_traffic_step_that_took_effect_is_confirmed_though_stable_is_not_ready() -> None:
+    """Review s35r2: `ready` means stable serves. A step held on it failed at progressDeadline against the candidate
+    (tagged rejected) though its weight was in effect: only the unstage, whose point is stable serving, waits."""
     world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {"duration": "5m"}},
                                                    {"setWeight": 50}, {"pause": {}}]},
                                  bake=None, progressDeadline="10m"))
     world.run_until(lambda w: w.status.canary_weight == 10 and w.status.current_step == 1)
-    world.target.frozen = True
+    world.target.ready, world.target.detail = False, "state Creating: stable predictor main is not available"
     before = len(world.status.history)
-    world.run_until(lambda w: w.status.current_step == 2)
-    # The 50% was written and refused: the object reads 50%, the target is not ready (users stay at 10%).
-    world.target.canary_weight, world.target.ready, world.target.detail = 50, False, REFUSED
-    _reconcile(world, 6)
-    assert world.status.phase is Phase.PROGRESSING and world.status.current_step == 2, world.status.message
-    assert world.status.canary_weight == 10
-    assert not [e for e in world.status.history[before:] if e.event == "WeightChanged"]
-    assert f"is not ready: {REFUSED}" in world.status.message
-    world.target.ready, world.target.detail, world.target.frozen = True, "", False
-    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED and w.status.current_step == 3)
     assert [e.detail for e in world.status.history[before:] if e.event == "WeightChanged"] == [
         "step 3/4: candidate 7 at 50%"]
+    assert world.status.rollback is None and not world.registry.versions["7"]
