@@ -19,6 +19,9 @@ Knative (Serverless) mode
 Standard mode (spec.canary[], KServe after v0.20)
   - status.canaryStatuses[{name, ready, trafficPercent}] and the CanaryPredictorReady condition; a canary
     that is not ready gets no traffic (KServe gates canary traffic on readiness).
+  - IngressReady True (KServe's raw-deployment controller: its Ingress/HTTPRoute is programmed, or none is made),
+    or False as a Gateway that has not programmed the HTTPRoute yet leaves it (set_ingress_not_ready); Ready
+    follows PredictorReady and IngressReady.
 
 A revision never becomes ready when its storage URI contains "never-ready" (never_ready_marker), which
 is how tests stage a candidate that hangs. ready_delay makes every revision take that long to become
@@ -195,6 +198,19 @@ class KServeStandIn(WatchingStandIn):
         self.ready_delay = ready_delay
         self.default_mode = default_mode
         # _pending: revisions waiting out ready_delay
+        # Standard mode: (namespace, name) -> (reason, message) of an IngressReady False to report
+        self._ingress_not_ready: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def set_ingress_not_ready(self, namespace: str, name: str, reason: str | None = "ParentStatusNotAvailable",
+                              message: str = "Predictor HttpRouteNotReady") -> Obj | None:
+        """Standard mode: report IngressReady False with KServe's reason and message (the defaults are what it
+        writes while the Gateway has not reported on the HTTPRoute), or True again (reason None); the status
+        written, as reconcile() gives it."""
+        if reason is None:
+            self._ingress_not_ready.pop((namespace, name), None)
+        else:
+            self._ingress_not_ready[(namespace, name)] = (reason, message)
+        return self.reconcile(namespace, name)
 
     # -- one pass --
 
@@ -334,8 +350,10 @@ class KServeStandIn(WatchingStandIn):
         predictor = _condition("PredictorReady", "True") if stable_ready else \
             _condition("PredictorReady", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum "
                        f"availability (storage URI contains {self.never_ready_marker!r})")
-        ingress = _condition("IngressReady", "True")
-        overall = _condition("Ready", predictor["status"], predictor.get("reason", ""), predictor.get("message", ""))
+        not_ready = self._ingress_not_ready.get((meta["namespace"], meta["name"]))
+        ingress = _condition("IngressReady", "False", *not_ready) if not_ready else _condition("IngressReady", "True")
+        failing = predictor if predictor["status"] != "True" else ingress
+        overall = _condition("Ready", failing["status"], failing.get("reason", ""), failing.get("message", ""))
         conditions = [predictor, ingress, overall]
         canaries = []
         for index, entry in enumerate(spec.get("canary") or []):

@@ -259,6 +259,14 @@ def _version_for(annotations: Mapping[str, str], uri: str | None, where: str, ve
                   f"{redacted_url(recorded)} (version {version}), so the version it serves is unknown")
 
 
+def _condition_said(found: Obj) -> str:
+    """A condition as KServe wrote it: type, status, reason and message (for a message of ours)."""
+    said = f"{found.get('type')} {found.get('status')}"
+    if found.get("reason"):
+        said += f" ({found['reason']})"
+    return said + (f": {found['message']}" if found.get("message") else "")
+
+
 # --- Knative mode ------------------------------------------------------------------------------------
 
 
@@ -398,8 +406,10 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
     if not stable:
         problems.append("no revision has been rolled out yet")
     canary = view.latest_created if view.latest_created and view.latest_created != stable else ""
+    stable_copy = ""
     if canary and view.stable_uri is not None and view.spec_uri == view.stable_uri and view.synced:
-        canary = ""  # the latest revision is a copy of stable made by a rollback: not a candidate
+        # The latest revision is a copy of stable made by a rollback or a restore: not a candidate.
+        canary, stable_copy = "", canary
     if canary and canary == ann.get(ANN_WITHDRAWN_REVISION):
         # Latest before the write that put this model in the spec (a staging over a rollback's copy of stable): a
         # status that only looks caught up (kserve#6081) still names it, but it is never the candidate's.
@@ -428,6 +438,15 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
         found = condition(status, "PredictorConfigurationReady") or condition(status, "PredictorReady") or {}
         problems.append(f"candidate revision {canary} is not ready"
                         + (f": {found['message']}" if found.get("message") else ""))
+    if (stable_copy and stable and stable != ann.get(ANN_STABLE_REVISION)
+            and not (_configured(view.obj) and view.latest_ready == stable_copy)):
+        # A restore's new revision of stable (no pin reached stable's old one), or stable put back after a promotion
+        # another way: until it is ready the revision rolled out, the rejected model's, keeps the traffic. (A
+        # rollback's copy of stable starting beside the recorded stable revision, which serves, is no problem.)
+        found = condition(status, "PredictorConfigurationReady") or condition(status, "PredictorReady") or {}
+        version = f" (version {latest_version})" if latest_version else ""
+        problems.append(f"revision {stable_copy} of the spec's model{version} is not ready, so {stable} keeps "
+                        f"{percent_on(stable)}% of traffic" + (f": {found['message']}" if found.get("message") else ""))
     # Ready means stable serves: a failing candidate turns KServe's Ready False while stable still serves.
     # An absent condition is no evidence that the route serves: only Unknown (a route being updated) is let pass.
     missing = [kind for kind in ("PredictorRouteReady", "IngressReady") if condition(status, kind) is None]
@@ -435,6 +454,9 @@ def knative_state(target: str, view: KnativeView) -> TargetState:
                                                  for kind in ("PredictorRouteReady", "IngressReady"))
     if stable and missing:
         problems.append(f"KServe reports no {' or '.join(missing)} condition")
+    problems += [f"KServe's route is not ready: {_condition_said(found)}"
+                 for kind in ("PredictorRouteReady", "IngressReady")
+                 if (found := condition(status, kind)) is not None and condition_true(status, kind) is False]
     # With a candidate beside it, stable is reached alone through its `prev` tag URL; otherwise the
     # predictor's own URL sends everything to stable.
     stable_url = url_of(stable, "prev") if canary else \
@@ -616,6 +638,14 @@ def standard_state(target: str, view: StandardView) -> TargetState:
     if not ready:
         found = condition(status, "PredictorReady") or {}
         problems.append("stable predictor is not ready" + (f": {found['message']}" if found.get("message") else ""))
+    # KServe's raw-deployment controller reports the Ingress/HTTPRoute that carries the split as IngressReady: True,
+    # also where it makes none (ingress creation disabled, cluster-local), else False with its reason. Until it is
+    # True the split programmed before (a rollback's `canary: []` not yet applied) may still serve. A status without
+    # it (written by hand, or by a controller that reports none) is read on PredictorReady alone, as before.
+    ingress = condition(status, "IngressReady")
+    if ingress is not None and condition_true(status, "IngressReady") is not True:
+        ready = False
+        problems.append(f"KServe's ingress is not ready: {_condition_said(ingress)}")
     stable_uri = view.predictor[view.key].get("storageUri")
     stable_version, changed = _version_for(view.stable_annotations, stable_uri, "spec.predictor")
     if stable_version is None and changed is None:  # none on stable (a first rollout): the one recorded at staging
@@ -698,6 +728,20 @@ def _deployment_name(isvc: str, predictor_name: str | None) -> str:
     return f"{isvc}-{predictor_name}-predictor" if predictor_name else f"{isvc}-predictor"
 
 
+def _foreign_names(view: StandardView) -> str:
+    return ", ".join(str((e.get("predictor") or {}).get("name") or "(unnamed)") for e in view.foreign)
+
+
+def _refuse_foreign(target: str, view: StandardView, outcome: str) -> None:
+    """spec.canary is one atomic list: a write of ours replaces it whole, so entries someone else added after staging
+    (an on-call's shadow canary) would go with their Deployments. Refused, naming them, as staging refuses; a
+    rollback alone removes them (see _standard_body)."""
+    if view.foreign:
+        raise TargetStateError(f"{target}: spec.canary holds entries ModelRollout did not create "
+                               f"({_foreign_names(view)}), so {outcome}: writing spec.canary would delete them; "
+                               "remove them, or roll back (which removes them with the candidate)")
+
+
 def _standard_body(oc: ObjectClient, view: StandardView, *, predictor_name: str | None, uri: str | None,
                    annotations: dict[str, str], canary: list[Obj], logger_url: str | None = None) -> Obj:
     """Every field the router owns: the stable predictor's name, storageUri and logger URL (shared with whoever
@@ -705,6 +749,11 @@ def _standard_body(oc: ObjectClient, view: StandardView, *, predictor_name: str 
 
     canary=[] removes the canary: written, never left out, for leaving out the list only removes it while this
     manager alone owns it, and an Update (`kubectl edit` of the canary) makes its manager an owner too."""
+    if not canary and view.foreign:
+        # Only a rollback or restore gets here (staging, a weight and a promotion refuse): all traffic goes back to
+        # stable, so every canary goes, as the engine confirms a withdrawal only with no canary share left.
+        log.warning("%s: removing spec.canary entries ModelRollout did not create with the candidate: %s",
+                    oc.description, _foreign_names(view))
     body = oc.skeleton(view.obj["metadata"]["resourceVersion"])
     predictor: Obj = {view.key: {"storageUri": uri}}
     if predictor_name:
@@ -798,6 +847,7 @@ class KServeRouter:
                                                (sview.ours["predictor"].get(sview.key) or {}).get("storageUri"),
                                                f"canary predictor {sview.ours['predictor'].get('name')}")
             check_candidate_version(self.target, staged, candidate_version, unknown_why or "")
+            _refuse_foreign(self.target, sview, "its weight is not changed")
             entry = copy.deepcopy(sview.ours)
             entry["trafficPercent"] = percent
             return _standard_body(self.client, sview, **_stable_owned(sview), canary=[entry])
@@ -1095,6 +1145,7 @@ class KServeRouter:
             if ANN_VERSION in view.stable_annotations:
                 return None  # promoted already
             raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
+        _refuse_foreign(self.target, view, "the candidate is not promoted")
         promoted = view.ours["predictor"]
         annotations = {k: v for k, v in (promoted.get("annotations") or {}).items() if k in OWNED_ANNOTATIONS}
         return _standard_body(self.client, view, predictor_name=promoted["name"],
