@@ -619,10 +619,20 @@ class StandardView:
 def standard_view(obj: Obj, what: str) -> StandardView:
     predictor = obj["spec"]["predictor"]
     entries = list(obj["spec"].get("canary") or [])
-    ours = [e for e in entries if ANN_VERSION in ((e.get("predictor") or {}).get("annotations") or {})]
+    key = model_key(predictor, what)
+
+    def annotations(entry: Obj) -> dict[str, str]:
+        return (entry.get("predictor") or {}).get("annotations") or {}
+
+    annotated = [e for e in entries if ANN_VERSION in annotations(e)]
+    # Several entries carrying our annotations: the others are copies someone made of ours (a shadow canary added by
+    # editing a copy), so ours is the one loading the model recorded on it (review s35r3); one alone stays ours.
+    loading = [e for e in annotated
+               if ((e.get("predictor") or {}).get(key) or {}).get("storageUri") == annotations(e).get(ANN_VERSION_URI)]
+    ours = (loading or annotated)[0] if annotated else None
     generation, observed = observed_generation(obj)
-    return StandardView(obj=obj, key=model_key(predictor, what), predictor=predictor,
-                        ours=ours[0] if ours else None, foreign=[e for e in entries if e not in ours],
+    return StandardView(obj=obj, key=key, predictor=predictor, ours=ours,
+                        foreign=[e for e in entries if e is not ours],
                         synced=observed is not None and observed >= generation)
 
 

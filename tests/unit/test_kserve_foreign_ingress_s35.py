@@ -58,6 +58,25 @@ def test_standard_weight_and_promotion_refuse_to_delete_a_canary_entry_someone_e
     assert applied == []
 
 
+@pytest.mark.parametrize("where", ["appended", "in-front"])
+@pytest.mark.parametrize("operation", ["set_weight", "promote"])
+def test_a_copy_of_our_entry_loading_another_model_is_no_entry_of_ours(where: str, operation: str) -> None:
+    """Review s35r3: an on-call's shadow canary made by copying ours (our annotations kept, renamed, another
+    storageUri) was taken for ours: deleted by a step, or promoted in the candidate's place when put first."""
+    obj = staged_standard()
+    shadow = copy.deepcopy(obj["spec"]["canary"][0])
+    shadow["predictor"]["name"], shadow["trafficPercent"] = "shadow", 5
+    shadow["predictor"]["model"]["storageUri"] = "s3://other/1"
+    obj["spec"]["canary"].insert(0 if where == "in-front" else 1, shadow)
+    view = standard_view(obj, "m")
+    assert view.ours is not None and view.ours["predictor"]["name"] != "shadow"
+    assert [e["predictor"]["name"] for e in view.foreign] == ["shadow"]
+    router, applied = router_on(obj)
+    with pytest.raises(TargetStateError, match=r"did not create \(shadow\)"):
+        router.set_weight(20, candidate_version="7") if operation == "set_weight" else router.promote()
+    assert applied == []
+
+
 def test_standard_weight_without_foreign_entries_is_still_written() -> None:
     router, applied = router_on(staged_standard())
     router.set_weight(20, candidate_version="7")
