@@ -1282,7 +1282,9 @@ class RolloutStepper:
         async with reconcile_slot_lent():
             share = self._registry_shares.join(namespace)
             try:
-                await asyncio.wait_for(share.acquire(), None if ends is None else max(ends - loop.time(), 0.0))
+                # Not asyncio.wait_for: on 3.11 it swallows a cancel that arrives as the share comes free.
+                async with asyncio.timeout(None if ends is None else max(ends - loop.time(), 0.0)):
+                    await share.acquire()
             except BaseException:
                 self._registry_call_ended(namespace, released=False)
                 raise

@@ -165,8 +165,10 @@ class WakeupQueue:
             else:
                 wait = None
             self._changed.clear()
+            # Not asyncio.wait_for: on 3.11 a cancel arriving as the event is set is swallowed (the queue never stops).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._changed.wait()
 
     async def _run_one(self, ref: ObjectRef, workers: asyncio.Semaphore) -> None:
         slot = _Slot(workers)
