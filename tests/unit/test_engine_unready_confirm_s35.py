@@ -5,21 +5,14 @@ stable is not ready (review s35r2): its weight took effect, and holding it faile
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from test_engine import events, finished
+from test_engine_rollback_restore_s29 import _reconcile
 from test_engine_support import World, spec_dict
 
 from controller.api import CommandAction, Phase
 from controller.engine import UnstageCandidate
 
 REFUSED = "Seldon refuses the experiment as written (nsfw is named twice among its candidates and mirror)"
-
-
-def _reconcile(world: World, times: int) -> None:
-    for _ in range(times):
-        world.advance(timedelta(seconds=30))
-        world.reconcile()
 
 
 def test_an_unstage_the_target_reads_but_does_not_report_ready_is_not_confirmed() -> None:
