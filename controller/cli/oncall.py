@@ -973,8 +973,10 @@ def _rollback_account(obj: dict[str, Any], candidate: str | None, stable: str | 
                 # The engine holds the confirmation until stable is reported serving and ready (traffic_held):
                 # the candidate is off, and what is wrong is stable, not the candidate. An older operator's status
                 # does not record a candidate serving as stable (candidateServedAsStable): 0% proves nothing there.
-                lines.append(f"The target reports version {candidate or '?'} off (0%) but does not report {back_to} "
-                             f"serving and ready: users may be getting errors. TargetReady says: {unready}")
+                # 0% is what the target shows written; a target refusing the write (Seldon v2) serves its last split.
+                lines.append(f"The target shows version {candidate or '?'} at 0% but does not report {back_to} "
+                             "serving and ready: users may be getting errors, or may still be on the split it last "
+                             f"put in effect. TargetReady says: {unready}")
             else:  # a target not ready has not shown the weights in effect (the weight shown is its last ready read)
                 lines.append(f"Traffic is NOT yet confirmed back on {back_to}: the candidate may still serve "
                              f"{'all' if promoted else 'some'} of it. The target does not report itself ready, so "

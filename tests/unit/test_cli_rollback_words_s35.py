@@ -159,8 +159,9 @@ def test_a_withdrawal_held_on_stable_not_ready_says_the_candidate_is_off_and_sta
     assert not status["rollback"].get("trafficConfirmedAt")
     text = oncall.explain(obj)
     assert "the candidate may still serve" not in text
-    assert ("The target reports version 7 off (0%) but does not report version 6 serving and ready: users may be "
-            "getting errors. TargetReady says: InferenceService nsfw-classifier is not ready.") in text
+    assert ("The target shows version 7 at 0% but does not report version 6 serving and ready: users may be "
+            "getting errors, or may still be on the split it last put in effect. TargetReady says: InferenceService "
+            "nsfw-classifier is not ready.") in text
     assert NEXT in text
     assert "Weight:     0%\n" in _get(oncall, obj)
 
