@@ -12,14 +12,14 @@ _UNITS: dict[str, timedelta] = {
     "h": timedelta(hours=1),
     "d": timedelta(days=1),
 }
-# Same grammar as the CRD's pattern: one or more <integer><unit> parts, no spaces, no sign.
-_WHOLE = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d))+$")
+# Same grammar as the CRD's rule: one or more <integer><unit> parts, no spaces, no sign.
+_WHOLE = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d))+")
 _PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 
 
 def parse_duration(text: str) -> timedelta:
     """Parse a duration string; raise ValueError with the offending text when it does not match."""
-    if not isinstance(text, str) or not _WHOLE.match(text):
+    if not isinstance(text, str) or not _WHOLE.fullmatch(text):
         raise ValueError(f"{text!r} is not a duration like 30s, 10m, 24h or 7d")
     try:
         return sum((int(amount) * _UNITS[unit] for amount, unit in _PART.findall(text)), timedelta())

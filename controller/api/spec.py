@@ -30,7 +30,7 @@ DEFAULT_ANALYSIS_INTERVAL = timedelta(seconds=30)
 DEFAULT_PROGRESS_DEADLINE = timedelta(minutes=30)
 DEFAULT_BAKE_BASELINE = timedelta(days=7)
 MIN_BAKE_BASELINE_DAYS = 3  # the baseline judge needs this many days of history (see analysis.judges)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # The CRD's patterns: a registry version number, and an alias MLflow takes (its own rule, ASCII only).
 _VERSION = re.compile(r"[1-9][0-9]{0,9}")
 _ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
@@ -401,7 +401,7 @@ def _parse_target(raw: Mapping[str, Any]) -> TargetSpec:
 def _parse_golden(raw: Mapping[str, Any]) -> GoldenDatasetSpec:
     path = "spec.goldenDataset"
     sha256 = _required_str(raw, "sha256", path)
-    if not _SHA256.match(sha256):
+    if not _SHA256.fullmatch(sha256):
         raise SpecError(f"{path}.sha256", "must be 64 lowercase hex characters")
     written = _optional_mapping(raw, "thresholds", path)
     thresholds_raw = written or {}

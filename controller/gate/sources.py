@@ -56,7 +56,7 @@ from controller.redaction import redact_credentials, redacted_url
 DEFAULT_MAX_DATASET_BYTES = 4 * 1024**3
 # Left free on the scratch filesystem: the operator and its libraries write a little there too.
 DEFAULT_MIN_FREE_BYTES = 16 * 1024**2
-_CONFIGMAP_URI = re.compile(r"^configmap://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)/([-._a-zA-Z0-9]+)$")
+_CONFIGMAP_URI = re.compile(r"configmap://([a-z0-9]([-a-z0-9.]*[a-z0-9])?)/([-._a-zA-Z0-9]+)")
 _MLFLOW_SCHEMES = ("mlflow-artifacts:", "runs:/", "models:/")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
@@ -285,7 +285,7 @@ async def _fetch_mlflow(uri: str, sources: DatasetSources, sink: IO[bytes],
 
 
 def parse_config_map_uri(uri: str) -> tuple[str, str]:
-    match = _CONFIGMAP_URI.match(uri)
+    match = _CONFIGMAP_URI.fullmatch(uri)
     if not match:
         raise SourcePolicyError(f"{uri}: expected configmap://<name>/<key> (a ConfigMap in the rollout's namespace)")
     return match.group(1), match.group(3)

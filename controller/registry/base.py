@@ -63,7 +63,7 @@ LINEAGE_TAG_KEYS = frozenset({"mlflow.source.name", "mlflow.source.git.commit", 
                               "mlflow.source.git.branch"})
 
 # MLflow's own rules, checked before any write so a bad name fails with a clear message and no side effect.
-_ALIAS_PATTERN = re.compile(r"^[\w\-]{1,255}$")
+_ALIAS_PATTERN = re.compile(r"[\w\-]{1,255}")
 # Versions are numbered 1, 2, ... and sent as strings: ASCII digits, no leading zero (fullmatch: no newline).
 VERSION_NUMBER = re.compile(r"[1-9][0-9]*")
 
@@ -367,7 +367,7 @@ class ModelRegistry(ABC):
         if not self.previous_alias_suffix:
             return None
         name = f"{stable_alias}{self.previous_alias_suffix}"
-        return name if _ALIAS_PATTERN.match(name) else None
+        return name if _ALIAS_PATTERN.fullmatch(name) else None
 
     # --- primitives --------------------------------------------------------------------------------
 
@@ -460,7 +460,7 @@ def _timestamp(moment: datetime | None) -> str:
 
 
 def _check_alias(alias: str) -> None:
-    if not _ALIAS_PATTERN.match(alias or ""):
+    if not _ALIAS_PATTERN.fullmatch(alias or ""):
         raise RegistryConfigError(f"invalid alias name {alias!r}: MLflow allows 1-255 letters, digits, '_' and '-'")
     if RESERVED_ALIAS.match(alias):
         raise RegistryConfigError(f"alias name {alias!r} is reserved by MLflow ('latest' and v<number>)")
