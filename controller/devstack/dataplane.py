@@ -44,6 +44,7 @@ class DataPlane:
     routes: list[Route] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     first_canary_at: float | None = None
+    upstream_errors: int = 0  # requests a model server did not answer (502)
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
     _refresher: asyncio.Task[None] | None = None
@@ -107,10 +108,16 @@ class DataPlane:
             self.first_canary_at = time.time()
         body = await request.read()
         assert self._session is not None
-        async with self._session.post(f"{server}{request.path}", data=body,
-                                      headers={"Content-Type": "application/json"}) as upstream:
-            answer = await upstream.read()
-            status = upstream.status
+        try:
+            async with self._session.post(f"{server}{request.path}", data=body,
+                                          headers={"Content-Type": "application/json"}) as upstream:
+                answer = await upstream.read()
+                status = upstream.status
+        except aiohttp.ClientError as exc:
+            # As an ingress answers a revision that is gone: a 502 naming it, not a traceback per request.
+            self.upstream_errors += 1
+            return web.json_response({"error": f"{variant} revision at {server} did not answer: "
+                                               f"{type(exc).__name__}"}, status=502)
         self.counts[variant] = self.counts.get(variant, 0) + 1
         if status == 200 and logger_url:
             event_id = uuid.uuid4().hex
