@@ -304,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      ("env", _dev_env, "print the shell exports of the running stack"),
                                      ("demo", _dev_demo, "run the content-moderation rollouts on the stack")):
         sub = dev_commands.add_parser(name, help=help_text)
-        sub.add_argument("--state-dir", type=Path, default=None, help="where the stack keeps its files")
+        # Absolute: the exports and the `dev down` hint it is printed in are used from other directories.
+        sub.add_argument("--state-dir", type=lambda text: Path(os.path.abspath(text)), default=None,
+                         help="where the stack keeps its files")
         sub.set_defaults(handler=handler)
         if name == "up":
             sub.add_argument("--no-mlflow", action="store_true", help="skip the MLflow server")

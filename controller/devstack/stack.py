@@ -55,7 +55,8 @@ LOG_BY_DEV_UP = {"controlplane": "kube-apiserver.log", "mlflow": "mlflow.log", "
 
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(os.environ.get("MODELROLLOUT_STATE_DIR", Path(base) / "modelrollout" / "devstack"))
+    # Absolute: the exports and hints that name it are used from other directories.
+    return Path(os.path.abspath(os.environ.get("MODELROLLOUT_STATE_DIR", Path(base) / "modelrollout" / "devstack")))
 
 
 def crd_files(upstream_dir: Path = UPSTREAM_CRDS) -> list[Path]:
@@ -130,6 +131,9 @@ class Stack:
     mlflow: MlflowServer | None = None
     prometheus: PrometheusServer | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(os.path.abspath(self.root))  # named in exports and hints used from other directories
 
     @property
     def state_file(self) -> Path:
