@@ -10,7 +10,7 @@ import socket
 
 import aiohttp
 import pytest
-from aiohttp import web
+from test_gate_support import http_server
 
 from controller.devstack.dataplane import DataPlane
 
@@ -29,25 +29,17 @@ def test_a_model_server_that_is_gone_gets_a_502_naming_it_and_no_traceback(
         plane = DataPlane(None, "ns", "nsfw", lambda _uri: None)  # type: ignore[arg-type]
         plane.routes = [(gone, 100, "canary", None)]
         plane._session = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", plane._handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
-            async with aiohttp.ClientSession() as users:
+            async with http_server(plane._handle) as ingress, aiohttp.ClientSession() as users:
                 statuses, bodies = [], []
                 for _ in range(3):
-                    async with users.post(f"http://127.0.0.1:{port}/v1/models/nsfw:predict",
+                    async with users.post(f"{ingress}/v1/models/nsfw:predict",
                                           json={"instances": [[0.0]]}) as answer:
                         statuses.append(answer.status)
                         bodies.append(await answer.json())
             assert plane.upstream_errors == 3 and plane.counts == {}
             return statuses, bodies
         finally:
-            await runner.cleanup()
             await plane._session.close()
 
     with caplog.at_level(logging.DEBUG):
