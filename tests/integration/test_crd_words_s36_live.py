@@ -1,6 +1,8 @@
 """The commonest mistakes are refused at apply in words, not with a regex (review s36crd), and a Seldon Core v2
 rollout whose candidate's Model name cannot exist is refused at apply, as parse_spec refuses it, not only once the
-operator reads it (Ready False after the object is stored)."""
+operator reads it (Ready False after the object is stored). One known exception (review s36r2): names with the Kelvin
+sign or a dotted capital I, which Python's lower() turns into ASCII letters and CEL's lowerAscii() does not, may be
+accepted at apply and refused by the operator (InvalidSpec)."""
 
 from __future__ import annotations
 
@@ -33,12 +35,16 @@ def sample(name: str) -> dict[str, Any]:
 
 
 DURATION_WORDS = "must be a duration like 30s, 10m, 24h or 7d"
+VERSION_WORDS = "spec.model.version must be a registry version number"
 MISTAKES = [
     ("sha-upper", ("goldenDataset", "sha256"), "AB" * 32,
      "spec.goldenDataset.sha256 must be the dataset file's SHA-256 as 64 lowercase hex characters"),
-    ("sha-prefixed", ("goldenDataset", "sha256"), "sha256:" + "ab" * 28,
+    ("sha-prefixed", ("goldenDataset", "sha256"), "sha256:" + "ab" * 32,
      "spec.goldenDataset.sha256 must be the dataset file's SHA-256 as 64 lowercase hex characters"),
-    ("version-leading-zero", ("model", "version"), "07", "spec.model.version must be a registry version number"),
+    ("sha-whole-sha256sum-line", ("goldenDataset", "sha256"), "ab" * 32 + "  golden.jsonl",
+     "spec.goldenDataset.sha256 must be the dataset file's SHA-256 as 64 lowercase hex characters"),
+    ("version-eleven-digits", ("model", "version"), "12345678901", VERSION_WORDS),
+    ("version-leading-zero", ("model", "version"), "07", VERSION_WORDS),
     ("interval-bare-number", ("analysis", "interval"), "10", f"spec.analysis.interval {DURATION_WORDS}"),
     ("deadline-fraction", ("progressDeadline",), "1.5h", f"spec.progressDeadline {DURATION_WORDS}"),
     ("bake-weeks", ("bake", "duration"), "1w", f"spec.bake.duration {DURATION_WORDS}"),
@@ -60,7 +66,7 @@ def test_a_common_mistake_is_refused_in_words(kubeconfig: Path, namespace: str, 
     code, output = apply(kubeconfig, namespace, manifest)
     assert code != 0, f"{case} was accepted:\n{output}"
     assert words in output, output
-    assert "should match" not in output, output  # no bare regex left beside the words
+    assert "should match" not in output and "Too long" not in output, output  # the words, not a regex or a length
 
 
 # Names around the limit, with characters the DNS-label form drops, lowers or joins (a run of them is one '-'); the
