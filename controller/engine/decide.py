@@ -1934,9 +1934,9 @@ class _Decider:
         gone = observed is not None and observed.error is not None and observed.error.kind is AdapterErrorKind.NOT_FOUND
         # A staging never seen may still land (KServe has taken it, Knative not made the revision yet): then the
         # unstage is sent once at least. And not pinned: Knative's canaryTrafficPercent 0 comes off only through
-        # the router.
+        # the router. A write-ahead read on the first decision after a restart proves nothing was sent.
         sent = record is not None and record.sent_at is not None and record.last_error is None \
-            and action.id not in self.failed_actions
+            and action.id not in self.failed_actions and not self.obs.resend_pending
         if gone or ((sent or self._stage_seen()) and target is not None
                     and target.canary_version != candidate.version and not target.pinned):
             self._confirm(action.id)

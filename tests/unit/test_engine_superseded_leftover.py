@@ -297,3 +297,31 @@ def test_knative_a_staging_the_status_does_not_show_yet_is_still_taken_off() -> 
         world.reconcile()
     assert "1:rollback:unstage" in [action.id for action in world.executed]
     assert_nothing_left(world)
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_an_unstage_written_ahead_but_killed_before_it_was_sent_is_sent_after_the_restart(killed: bool) -> None:
+    """KServe took the staging of 7 but Knative has not made its revision (the target shows no canary), and the
+    operator is killed between the unstage's write-ahead and the router call. The restarted operator must send it:
+    the revision lands later, and with the version named already stable nothing else would take it off."""
+    world = World()
+    world.target.frozen = True  # the staging is taken, but the target does not show it yet
+    world.reconcile()
+    world.advance(timedelta(seconds=5))
+    name_version(world, "6")
+    if killed:
+        world.crash_after = 1  # the write-ahead is stored, then the operator dies before acting
+    world.reconcile()
+    if killed:
+        record = next(record for record in world.status.actions if record.id == "1:rollback:unstage")
+        assert record.sent_at is not None and unstaged(world) == []
+    world.target.frozen = False
+    world.advance(timedelta(seconds=1))
+    world.reconcile()  # the restarted operator's first decision: the revision is still not made
+    if not unstaged(world):
+        # nothing took 7 out of the spec: its revision now shows, at 0%
+        world.target.canary_version, world.target.canary_weight, world.target.canary_ready_at = "7", 0, world.now
+    run(world, 20)
+    assert unstaged(world) == ["1:rollback:unstage"]
+    assert world.status.phase is Phase.SUCCEEDED
+    assert world.target.canary_version is None and not world.target.canary_weight
