@@ -250,8 +250,10 @@ def test_chart_values_change_what_they_say() -> None:
      "/networkPolicy/controllerEgress/0/ports/0/port': maximum"),
     (("--set-json", 'networkPolicy.controllerEgress=[{"ports":[{"port":"HTTPS_port"}]}]'),
      "/networkPolicy/controllerEgress/0/ports/0/port'"),
-    (("--set-json", 'controller.nodeSelector={"bad key":"x"}'), "'bad key' does not match pattern"),
-    (("--set-json", 'exporter.podAnnotations={"a/b/c":"x"}'), "'a/b/c' does not match pattern"),
+    (("--set-json", 'controller.nodeSelector={"bad key":"x"}'),
+     "at '/controller/nodeSelector': additional properties 'bad key' not allowed"),
+    (("--set-json", 'exporter.podAnnotations={"a/b/c":"x"}'),
+     "at '/exporter/podAnnotations': additional properties 'a/b/c' not allowed"),
     (("--set-json", 'networkPolicy.controllerEgress=[{"to":[{"ipBlock":{"cidr":"x"}}]}]'),
      "/networkPolicy/controllerEgress/0/to/0/ipBlock/cidr'"),
     (("--set-json", 'networkPolicy.controllerEgress=[{"to":[{"namespaceSelector":{"matchExpressions":'
