@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -196,6 +197,9 @@ def _kind(error: Exception) -> AdapterErrorKind:
 # logged model "fraud", another object (MLflow itself refuses only '/' and ':' in a name).
 # ('#' does not: MLflow parses models:/ URIs without fragments.)
 _MODELS_URI_BREAKERS = {"?": "starts the URI's query", "/": "splits the URI's path"}
+# In any other URI ('/' is refused at apply: in a path it is only a path).
+_URI_BREAKERS = {"?": "starts the URI's query", "#": "starts the URI's fragment"}
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 DEFAULT_STORAGE_URI_TEMPLATE = "{source}"
@@ -232,14 +236,19 @@ def fill_storage_uri(template: str, **fields: str) -> str:
                          f"({type(exc).__name__}: {exc}); it may use {{name}} {{version}} {{source}} "
                          "{run_id} {download_uri}") from None
     name = fields.get("name", "")
-    breaker = next((char for char in _MODELS_URI_BREAKERS if char in name), None)
-    # Only where the template puts the name in: a version's source may be a models:/ URI of its own.
-    if breaker and filled.lower().startswith("models:") \
-            and any(field == "name" for _, field, _, _ in Formatter().parse(template)):
-        raise ValueError(f"spec.model.name {name!r} cannot go into the models:/ URI of the operator's "
-                         f"--storage-uri-template {template!r}: its {breaker!r} {_MODELS_URI_BREAKERS[breaker]}, so "
-                         "the serving system would load another model; register the model under a name without "
-                         "'?' or '/'")
+    # Only where the template puts the name in: a version's source may be a URI of its own.
+    if name and any(field == "name" for _, field, _, _ in Formatter().parse(template)):
+        models = filled.lower().startswith("models:")
+        # MLflow reads models:/ URIs without fragments, so '#' is only text there; a storage initializer's URL
+        # parser (s3://, gs://, https://) cuts the path at '?' or '#' and would load another object.
+        breakers = _MODELS_URI_BREAKERS if models else _URI_BREAKERS if _URI_SCHEME.match(filled) else {}
+        breaker = next((char for char in breakers if char in name), None)
+        if breaker:
+            where = "models:/ URI" if models else "URI"
+            raise ValueError(f"spec.model.name {name!r} cannot go into the {where} of the operator's "
+                             f"--storage-uri-template {template!r}: its {breaker!r} {breakers[breaker]}, so the "
+                             f"serving system would load another model; register the model under a name without "
+                             f"{' or '.join(map(repr, breakers))}")
     return filled
 
 

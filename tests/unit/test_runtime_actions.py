@@ -251,10 +251,33 @@ def test_a_name_that_changes_how_a_models_uri_parses_is_refused_naming_it(name: 
     message = str(caught.value)
     assert message.startswith(f"spec.model.name {name!r} cannot go into the models:/ URI of the operator's "
                               f"--storage-uri-template {MODELS_URI!r}: its {breaker!r} "), message
-    # Elsewhere the name is only text: another scheme, or a template that leaves the name out.
+    # A template that leaves the name out: a version's source may be a models:/ URI of its own.
+    assert fill_storage_uri("{source}", name=name, version="7", source="models:/m-0123", run_id="") == "models:/m-0123"
+
+
+@pytest.mark.parametrize("template", ["s3://models/{name}/{version}", "GS://b/{name}/{version}",
+                                      "https://models.example.com/{name}/{version}/model.joblib"])
+@pytest.mark.parametrize(("name", "breaker", "meaning"), [("fraud?v2", "?", "starts the URI's query"),
+                                                          ("fraud#v2", "#", "starts the URI's fragment")])
+def test_a_name_that_cuts_the_path_of_another_uri_is_refused_naming_it(template: str, name: str, breaker: str,
+                                                                        meaning: str) -> None:
+    """A storage initializer's URL parser ends the path at '?' or '#': s3://models/fraud?v2/7 is the prefix
+    models/fraud, another model's objects."""
+    with pytest.raises(ValueError) as caught:
+        fill_storage_uri(template, name=name, version="7", source="", run_id="")
+    assert str(caught.value) == (
+        f"spec.model.name {name!r} cannot go into the URI of the operator's --storage-uri-template {template!r}: "
+        f"its {breaker!r} {meaning}, so the serving system would load another model; register the model under a "
+        "name without '?' or '#'")
+
+
+@pytest.mark.parametrize("name", ["fraud v2", "Betrugserkennung-üß", "fr@ud_v2.1", "fraud%3Fv2"])
+def test_an_ordinary_name_fills_another_uri_unchanged(name: str) -> None:
     assert fill_storage_uri("s3://models/{name}/{version}", name=name, version="7", source="", run_id="") \
         == f"s3://models/{name}/7"
-    assert fill_storage_uri("{source}", name=name, version="7", source="models:/m-0123", run_id="") == "models:/m-0123"
+    # Not a URI: a name is only text in it.
+    assert fill_storage_uri("/mnt/models/{name}/{version}", name="fraud?v2", version="7", source="", run_id="") \
+        == "/mnt/models/fraud?v2/7"
 
 
 @pytest.mark.parametrize("name", ["fraud v2", "Betrugserkennung-üß", "欺诈", "fraud%3Fv2", "fr@ud_v2.1", "fraud#v2"])
