@@ -16,11 +16,13 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
             seldon.io/svc-name annotation stable chose (both would share one Service), its component specs'
             metadata.name set after the candidate's version ("<containers>-v<version>"; a prepackaged server
             gets a component spec for it), so each candidate has Deployments of its own: under one name a
-            rolling update keeps the previous candidate's pods available, read as the new candidate's.
+            rolling update keeps the previous candidate's pods available, read as the new candidate's. The
+            candidate goes into the copy of stable's node loading the stable modelUri recorded (else the first).
   set_weight  stable 100-N, canary N; refused while another non-shadow predictor carries traffic (as stage is).
   promote   the stable predictor takes the model the canary served (its model node's modelUri, the request logger's
-            version) and keeps the rest of its own as it is now (its graph and component specs with edits made
-            during the canary, explainer, replicas, annotations),
+            version) into the node loading the stable modelUri recorded (else the first, if it is the canary's)
+            and keeps the rest of its own as it is now (its graph and component specs with edits made during the
+            canary, explainer, replicas, annotations),
             its component specs named after the candidate's version as the canary's are, so Seldon makes new
             Deployments for it (and deletes the old ones only once those are available); the canary predictor
             is removed: the names in the ModelRollout stay valid for the next rollout. Edits made to the
@@ -33,7 +35,13 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
             as the candidate serving as stable, which the engine undoes with a restore.
             The candidate's record goes in every case, also when no predictor changes (the canary gone).
   restore   (after a promotion) the stable predictor's modelUri set to the given version, its component specs
-            named after that version as promote names them, so every version change makes new Deployments.
+            named after that version as promote names them, so every version change makes new Deployments. The model
+            node written is the one loading the modelUri recorded for stable (or the candidate's, promoted by hand),
+            wherever it is in the graph (a model node put ahead of it since is left alone), else the only model
+            node; with several and none of them loading it, refused: which one serves users is unknown.
+            observe reads stable's version from that same node.
+  A canary predictor of the router's made `shadow: true` by hand serves no user (Seldon only mirrors requests to
+  it): observe counts it 0% and says so, set_weight and promote refuse it; rollback and restore remove it.
   A predictor with the canary's name the router did not write (no candidate-version annotation; for stage also
   one whose modelUri changed since) is not the candidate: stage and set_weight refuse it and promote does not take
   it over. Its users' share still counts as the canary's weight, and rollback and restore keep it with no traffic
@@ -53,8 +61,9 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
   the path of the SeldonDeployment's protocol, as Seldon builds status.address.url for the first
   predictor: v2 (and kfserving) /v2/models/<graph root name>/infer, tensorflow /v1/models/<name>:predict.
   For the Seldon protocol (/api/v1.0/predictions), which the gate does not speak, the bare service URL.
-  The CRD has no status subresource, so whoever may edit the object writes its status too: an endpoint
-  naming the predictor's own Service gives only its port (the URL names the Service by its full cluster DNS
+  The CRD declares a status subresource (v1.17.1: subresources.status), but whoever may write
+  seldondeployments/status (Seldon's operator, and anyone granted it) sets the endpoints: an endpoint naming
+  the predictor's own Service gives only its port (the URL names the Service by its full cluster DNS
   name); any other "host:port" is used only when the gate-host rule allows the host (controller.api.reach:
   a Service of the namespace by its full name, or operator run --gate-hosts); else no URL, and observe says why.
 
@@ -168,13 +177,19 @@ def _set_model(node: Obj, uri: str, version: str) -> None:
 
 def _model_node(graph: Obj) -> Obj | None:
     """The first graph node (root first, then children depth first) that loads a model from a URI."""
-    if graph.get("modelUri"):
-        return graph
-    for child in graph.get("children") or []:
-        found = _model_node(child)
-        if found is not None:
-            return found
-    return None
+    return next(iter(_model_nodes(graph)), None)
+
+
+def _model_nodes(graph: Obj) -> list[Obj]:
+    """The graph nodes that load a model from a URI, root first, then children depth first."""
+    return [u for u in _units(graph) if u.get("modelUri")]
+
+
+def _node_loading(graph: Obj, *uris: str | None) -> Obj | None:
+    """The model node that loads the first of `uris` some node loads: the one the router wrote that URI into,
+    wherever a hand edit has moved it (a model node put ahead of it)."""
+    nodes = _model_nodes(graph)
+    return next((n for uri in uris if uri for n in nodes if n.get("modelUri") == uri), None)
 
 
 ANN_CANDIDATE_VERSION = ANNOTATION_PREFIX + "candidate-version"
@@ -236,19 +251,26 @@ def _version_for(ann: dict[str, str], predictor: Obj | None, version_key: str, u
     """The version annotation as the version `predictor` serves, and what is wrong with it: one recorded for
     another modelUri is unknown (None). KServe's rule (kserve._version_for), in Seldon's words."""
     version, recorded = ann.get(version_key) or None, ann.get(uri_key) or None
-    node = _model_node((predictor or {}).get("graph") or {}) if predictor else None
-    uri = node.get("modelUri") if node else None
-    if predictor is None or version is None or recorded is None or recorded == uri:
+    graph = (predictor or {}).get("graph") or {}
+    # The node the router wrote `recorded` into, wherever it is now: a model node put ahead of it is not it.
+    if predictor is None or version is None or recorded is None or _node_loading(graph, recorded) is not None:
         return version, ""
-    return None, (f"modelUri changed outside ModelRollout: predictor {predictor.get('name')} loads "
-                  f"{redacted_url(str(uri or ''))}, not {redacted_url(recorded)} (version {version}), so the version "
-                  "it serves is unknown")
+    nodes = _model_nodes(graph)
+    loads = redacted_url(str(nodes[0].get("modelUri"))) if len(nodes) == 1 else ", ".join(
+        f"{redacted_url(str(n.get('modelUri')))} in node {n.get('name')!r}" for n in nodes) or "no model"
+    return None, (f"modelUri changed outside ModelRollout: predictor {predictor.get('name')} loads {loads}, not "
+                  f"{redacted_url(recorded)} (version {version}), so the version it serves is unknown")
 
 
 def predictor_service(deployment: str, predictor: Obj) -> str:
     """The Service Seldon Core v1 makes for a predictor (GetPredictorKey): the key in status.serviceStatus."""
     custom = (predictor.get("annotations") or {}).get(ANN_SERVICE_NAME)
     return custom or seldon_name(f"{deployment}-{predictor['name']}")
+
+
+def _shadow_words(predictor: str, target: str) -> str:
+    return (f"predictor {predictor} of {target} is a shadow (shadow: true, set outside ModelRollout): Seldon mirrors "
+            "requests to it and serves no user from it")
 
 
 # httpEndpoint as Seldon writes it, "host:port" and nothing else: no userinfo, path, query or fragment to carry.
@@ -373,6 +395,12 @@ class SeldonDeploymentRouter:
             problems.append(f"canary predictor {self.canary_predictor} is not available yet")
         canary_version, canary_changed = _version_for(ann, canary, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)
         problems += [p for p in (changed, canary_changed) if p]
+        if canary is not None and canary.get("shadow"):
+            # Still the staged candidate (a rollback removes it), but Seldon only mirrors requests to a shadow and
+            # answers users from the other predictors: its traffic is no user's.
+            problems.append(_shadow_words(self.canary_predictor, self.target)
+                            + f", so the candidate serves 0% of users (its traffic {int(canary.get('traffic') or 0)} "
+                            "is not counted)")
         if foreign_share:
             problems.append(f"predictor {self.canary_predictor} carries {foreign_share}% of traffic and was not "
                             "written by ModelRollout (or its record was removed)")
@@ -382,7 +410,8 @@ class SeldonDeploymentRouter:
                             f"{self.canary_predictor}: its traffic counts as the canary's")
         # A canary-named predictor it did not write still counts, and so does the candidate under another name:
         # users on either are not back on stable.
-        weight = (int(canary.get("traffic") or 0) if canary else foreign_share) + sum(elsewhere.values())
+        weight = ((0 if canary.get("shadow") else int(canary.get("traffic") or 0)) if canary else foreign_share) \
+            + sum(elsewhere.values())
         canary_weight = weight if canary is not None or weight else None
         stable_url, stable_refused = self._url(obj, stable) if stable else (None, "")
         canary_url, canary_refused = self._url(obj, canary) if canary else (None, "")
@@ -399,11 +428,10 @@ class SeldonDeploymentRouter:
 
     @staticmethod
     def _loads_candidate(ann: dict[str, str], stable: Obj | None) -> bool:
-        """Whether stable's model node loads the recorded candidate's modelUri: stage refuses a candidate with
+        """Whether a model node of stable loads the recorded candidate's modelUri: stage refuses a candidate with
         stable's URI, and promote and restore clear the record, so only a hand edit makes this so."""
-        node = _model_node((stable or {}).get("graph") or {})
         uri = ann.get(ANN_CANDIDATE_URI)
-        return bool(uri and ann.get(ANN_CANDIDATE_VERSION) and node is not None and node.get("modelUri") == uri)
+        return bool(uri and ann.get(ANN_CANDIDATE_VERSION) and _node_loading((stable or {}).get("graph") or {}, uri))
 
     def _rolling_out(self, obj: Obj, stable: Obj, version: str) -> bool:
         """Stable's Deployments are named after `version` (promote names them so) and not all available yet.
@@ -504,7 +532,10 @@ class SeldonDeploymentRouter:
             if others:
                 raise TargetStateError(f"{self.target} splits traffic with predictors ModelRollout does not manage: "
                                        + ", ".join(p["name"] for p in others))
-            node = _model_node(stable["graph"])
+            # The node the router loaded stable's model into (promote or restore), wherever a hand edit moved it;
+            # else the first. A model node put ahead of the classifier must keep its own model in the canary.
+            nodes = _model_nodes(stable["graph"])
+            node = _node_loading(stable["graph"], annotations_of(obj).get(ANN_VERSION_URI)) or next(iter(nodes), None)
             if node is None:
                 raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
             if node["modelUri"] == candidate.storage_uri:
@@ -519,8 +550,8 @@ class SeldonDeploymentRouter:
             _version_components(canary, candidate.version)
             canary["name"] = self.canary_predictor
             canary["traffic"] = 0
-            canary_node = _model_node(canary["graph"])
-            assert canary_node is not None  # a copy of stable's graph, which has one
+            # The same node in the copy: the copy's model nodes are stable's, in the same order.
+            canary_node = _model_nodes(canary["graph"])[next(i for i, n in enumerate(nodes) if n is node)]
             _set_model(canary_node, candidate.storage_uri, candidate.version)
             stable["traffic"] = 100
             annotations = self._owned(obj)
@@ -562,6 +593,10 @@ class SeldonDeploymentRouter:
                 raise TargetStateError(f"no candidate is staged on {self.target}")
             staged, unknown_why = _version_for(annotations_of(obj), canary, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)
             check_candidate_version(self.target, staged, candidate_version, unknown_why)
+            if canary.get("shadow"):
+                # Its N% would be mirrored, not served, and stable's 100-N the only non-shadow traffic: users lost.
+                raise TargetStateError(f"cannot set the canary to {percent}%: " + _shadow_words(
+                    self.canary_predictor, self.target) + "; remove shadow from it, or roll back")
             # Stable 100-N and canary N beside another predictor's traffic would not sum to 100.
             if others := self._unmanaged_traffic(obj):
                 raise TargetStateError(f"cannot set the canary to {percent}%: {self.target} splits traffic with "
@@ -586,6 +621,10 @@ class SeldonDeploymentRouter:
                 if annotations[ANN_VERSION]:
                     return None  # promoted already
                 raise TargetStateError(f"cannot promote: no candidate is staged on {self.target}")
+            if canary.get("shadow"):
+                # No user was served by the candidate since (its weight was never carried): not judged on them.
+                raise TargetStateError("cannot promote: " + _shadow_words(self.canary_predictor, self.target)
+                                       + "; remove shadow from it and let the steps run, or roll back")
             # Stable keeps what is its own as it is now (its graph and component specs with the edits made during
             # the canary, explainer, replicas, annotations) and takes the model the canary served: the modelUri of
             # its model node, the one thing of the graph stage changed (with the logger's version, as restore
@@ -595,17 +634,21 @@ class SeldonDeploymentRouter:
             # waits for them); under stable's old names Seldon would roll the pods in place and report the old
             # ones available, read as the new version's.
             stable = copy.deepcopy(self._stable(obj))
-            node, served = _model_node(stable.get("graph") or {}), _model_node(canary.get("graph") or {})
+            # Each predictor's node loading the model the router recorded for it (stage wrote the candidate into
+            # the copy of stable's), else its first.
+            stable_uri = annotations.get(ANN_VERSION_URI)
+            stable_graph, canary_graph = stable.get("graph") or {}, canary.get("graph") or {}
+            node = _node_loading(stable_graph, stable_uri) or _model_node(stable_graph)
+            served = _node_loading(canary_graph, annotations.get(ANN_CANDIDATE_URI)) or _model_node(canary_graph)
             if node is None or served is None:
                 lacking = self.stable_predictor if node is None else self.canary_predictor
                 raise TargetStateError(f"cannot promote: predictor {lacking} of {self.target} has no modelUri")
-            stable_uri = annotations.get(ANN_VERSION_URI)
             if node.get("name") != served.get("name") and not (stable_uri and node.get("modelUri") == stable_uri):
                 # Stable's graph changed during the canary (a model node added ahead of it): setting the first one
                 # would load the candidate into another node and leave the classifier on the old version. The
                 # canary's node is known by its name, or, renamed in stable alone, by the stable model it loads.
                 raise TargetStateError(
-                    f"cannot promote: the first model node of predictor {self.stable_predictor} of {self.target} is "
+                    f"cannot promote: the model node of predictor {self.stable_predictor} of {self.target} is "
                     f"{node.get('name')!r}, the canary's is {served.get('name')!r} (stable's graph changed during "
                     "the canary): set the model by hand, or roll back and stage again")
             version = str(annotations[ANN_CANDIDATE_VERSION])  # set: the canary is the router's (_own_canary)
@@ -639,12 +682,32 @@ class SeldonDeploymentRouter:
             return self._body(obj, stable, self._off_foreign_canary(obj), annotations, off=elsewhere)
         _apply_with(self.client, build, f"rolling back on {self.target}")
 
+    def _managed_node(self, obj: Obj, stable: Obj, doing: str) -> Obj:
+        """Stable's model node the router manages: the one loading the modelUri it recorded for stable (promote or
+        an earlier restore wrote it there), else the recorded candidate's (promoted by hand), else the only model
+        node. The first one is not it when a model node was put ahead of it (an outlier detector): stable's model
+        written there would leave users on the model the classifier loads, with observe reading it as restored."""
+        ann = annotations_of(obj)
+        graph = stable.get("graph") or {}
+        nodes = _model_nodes(graph)
+        if not nodes:
+            raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
+        candidate_uri = ann.get(ANN_CANDIDATE_URI) if ann.get(ANN_CANDIDATE_VERSION) else None
+        found = _node_loading(graph, ann.get(ANN_VERSION_URI), candidate_uri)
+        if found is not None or len(nodes) == 1:
+            return found or nodes[0]
+        recorded = [f"{redacted_url(u)} (version {v})" for u, v in ((ann.get(ANN_VERSION_URI), ann.get(ANN_VERSION)),
+                                                                  (candidate_uri, ann.get(ANN_CANDIDATE_VERSION))) if u]
+        raise TargetStateError(
+            f"{doing}: no model node of predictor {self.stable_predictor} of {self.target} loads "
+            + (" or ".join(recorded) if recorded else "a modelUri ModelRollout recorded")
+            + f", and it has several ({', '.join(repr(n.get('name')) for n in nodes)}): stable's graph or model "
+            "changed outside ModelRollout, so which node serves users is unknown; set the model by hand")
+
     def restore(self, stable_model: CandidateModel) -> None:
         def build(obj: Obj) -> Obj:
             stable = copy.deepcopy(self._stable(obj))
-            node = _model_node(stable["graph"])
-            if node is None:
-                raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
+            node = self._managed_node(obj, stable, f"cannot restore version {stable_model.version}")
             _set_model(node, stable_model.storage_uri, stable_model.version)
             # New Deployments for the restored version, as promote makes: under the promoted version's names
             # Seldon would roll them in place, and the old pods would read as the restored (or, promoted again

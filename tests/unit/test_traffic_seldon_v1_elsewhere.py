@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from seldon_fake import FakeObjectClient
 from test_traffic_seldon_v1_promote import STABLE_6, V7, sdep, staged_at_50
 
 from controller.traffic.base import TargetStateError
@@ -35,16 +36,33 @@ def test_promotion_refused_when_stables_graph_no_longer_loads_a_model() -> None:
     assert fake.obj == before
 
 
-def test_promotion_refused_when_a_model_node_was_added_ahead_of_the_canarys_in_stable() -> None:
-    """Review s26r3: an outlier detector added ahead of the classifier during the canary took the candidate's URI,
-    the classifier stayed on the old version, and observe read the promotion as done."""
-    router, fake, _, _ = staged_at_50(sdep())
+def od_ahead(fake: FakeObjectClient, classifier_uri: str | None = None) -> None:
+    """An outlier detector (a model node of its own) added ahead of stable's classifier during the canary."""
     stable = fake.obj["spec"]["predictors"][0]
     classifier = stable["graph"]
+    if classifier_uri is not None:
+        classifier["modelUri"] = classifier_uri
     stable["graph"] = {"name": "od", "type": "TRANSFORMER", "implementation": "SKLEARN_SERVER",
                        "modelUri": "s3://models/od/1", "children": [classifier]}
+
+
+def test_promotion_loads_the_candidate_into_the_node_loading_stables_model_not_one_added_ahead() -> None:
+    """Review s26r3: an outlier detector added ahead of the classifier during the canary took the candidate's URI,
+    the classifier stayed on the old version, and observe read the promotion as done. The classifier is the node
+    loading the stable model the router recorded: it takes the candidate, the detector keeps its own."""
+    router, fake, _, _ = staged_at_50(sdep())
+    od_ahead(fake)
+    router.promote()
+    [stable] = [p for p in fake.obj["spec"]["predictors"] if p["name"] == "main"]
+    assert (stable["graph"]["modelUri"], stable["graph"]["children"][0]["modelUri"]) == ("s3://models/od/1", V7)
+
+
+def test_promotion_refused_when_a_node_was_added_ahead_and_no_node_loads_stables_model() -> None:
+    """The classifier's model changed by hand too: which node is the canary's is unknown, nothing is written."""
+    router, fake, _, _ = staged_at_50(sdep())
+    od_ahead(fake, "s3://m/6-hotfix")
     before = copy.deepcopy(fake.obj)
-    with pytest.raises(TargetStateError, match=r"cannot promote: the first model node of predictor main .* is 'od'"):
+    with pytest.raises(TargetStateError, match=r"cannot promote: the model node of predictor main .* is 'od'"):
         router.promote()
     assert fake.obj == before
 
