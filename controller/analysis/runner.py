@@ -132,15 +132,18 @@ def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request
     twice: a proportion is judged on counts divided by the copies only when each arm's are known (_whole_copies).
 
     A count over the window keeps answering from the samples before its source went away: without this, a
-    window seen only in its first minutes would be judged as if seen whole. The arm's series are known only
-    through {{selector}}: templates without it are not checked. Adds each check's query to `queries`."""
-    if not any("selector" in template_variables(template) for template in templates):
+    window seen only in its first minutes would be judged as if seen whole. The arm's series are known through
+    {{selector}}, or the variant label for templates with {{variant}} alone (_checked_scope): templates with
+    neither are not checked. Adds each check's query to `queries`."""
+    checked = {arm: _checked_scope(scope, templates) for arm, scope in arms.items()}
+    if any(scope is None for scope in checked.values()):
         return None, None
     sampled: dict[str, float] = {}
     copies: dict[str, dict[str, float]] = {}
     evidence = {"freshWithin": provider.fresh_within, "freshSeries": sampled, "predictionSeries": copies}
     duplicate = None
-    for arm, scope in arms.items():
+    for arm, scope in checked.items():
+        assert scope is not None
         queries[f"{arm}_freshness"] = query = recent_samples_query(scope, provider.fresh_seconds,
                                                                    rules_count=rules_count)
         fresh = provider.freshness(query, request.now)
@@ -152,6 +155,18 @@ def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request
             return evidence, twice
         duplicate = duplicate or twice
     return evidence, duplicate
+
+
+def _checked_scope(scope: QueryScope, templates: Sequence[str]) -> QueryScope | None:
+    """The scope an arm's freshness and copies are checked on: its own when a template uses {{selector}}; by the
+    variant label alone (as _scope builds without a candidate version) when they use {{variant}} but not
+    {{selector}}, since that is what they select; None when they use neither (the arm's series are not known)."""
+    used = {name for template in templates for name in template_variables(template)}
+    if "selector" in used:
+        return scope
+    if "variant" in used:
+        return dataclasses.replace(scope, versions=(), other_versions=False)
+    return None
 
 
 def _read_twice(arm: str, scope: QueryScope, request: AnalysisRequest, provider: PrometheusProvider,
@@ -251,11 +266,12 @@ def _judge_metric(metric: MetricSpec, request: AnalysisRequest, window: str,
                                   maximum=metric.threshold.max, query=query,
                                   window=_window_evidence(request, window, fresh))
         # Only a pass needs the canary to have served: a value beyond a bound fails whatever the traffic. The arm is
-        # known through {{selector}} (as for freshness) and has prediction series (else the query counts another
-        # metric, with no exporter to say whether it served, as _read_twice).
+        # known through {{selector}} or {{variant}} (as for freshness, _checked_scope) and has prediction series
+        # (else the query counts another metric, with no exporter to say whether it served, as _read_twice).
         if (verdict.outcome is Outcome.PASS and request.mode == CANARY and fresh is not None
                 and variant in fresh["predictionSeries"]):
-            unserved = _no_canary_traffic(metric, value.value, scope, request, window, provider, queries, fresh)
+            checked = _checked_scope(scope, [metric.threshold.query]) or scope
+            unserved = _no_canary_traffic(metric, value.value, checked, request, window, provider, queries, fresh)
             if unserved:
                 return unserved
         return verdict
@@ -387,7 +403,8 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
             return _unmeasured(name, broken, queries, evidence)
         divisor: int | None = 1
         if checked and (total.value or 0.0) > 0:
-            counts, problem = _count_copies("history", before, min(at, promotion), provider, queries)
+            counts, problem = _count_copies("history", _checked_scope(before, [spec.events, spec.total]) or before,
+                                            min(at, promotion), provider, queries)
             if problem is not None:
                 detail = f"the history day ending {format_time(at)}: {problem.detail}"
                 return _unmeasured(name, dataclasses.replace(problem, detail=detail), queries, evidence)
