@@ -197,9 +197,10 @@ def _kind(error: Exception) -> AdapterErrorKind:
 # logged model "fraud", another object (MLflow itself refuses only '/' and ':' in a name).
 # ('#' does not: MLflow parses models:/ URIs without fragments.)
 _MODELS_URI_BREAKERS = {"?": "starts the URI's query", "/": "splits the URI's path"}
-# In any other URI ('/' is refused at apply: in a path it is only a path).
+# In a URI the storage initializer reads with a URL parser: KServe's s3:// reader, an http(s) download. gs://,
+# pvc:// and file:// are split as strings, so '?' and '#' are only text there. ('/' is refused at apply.)
 _URI_BREAKERS = {"?": "starts the URI's query", "#": "starts the URI's fragment"}
-_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_URL_PARSED = re.compile(r"(s3|https?)://", re.IGNORECASE)
 
 
 DEFAULT_STORAGE_URI_TEMPLATE = "{source}"
@@ -240,8 +241,8 @@ def fill_storage_uri(template: str, **fields: str) -> str:
     if name and any(field == "name" for _, field, _, _ in Formatter().parse(template)):
         models = filled.lower().startswith("models:")
         # MLflow reads models:/ URIs without fragments, so '#' is only text there; a storage initializer's URL
-        # parser (s3://, gs://, https://) cuts the path at '?' or '#' and would load another object.
-        breakers = _MODELS_URI_BREAKERS if models else _URI_BREAKERS if _URI_SCHEME.match(filled) else {}
+        # parser cuts the path at '?' or '#' and would load another object.
+        breakers = _MODELS_URI_BREAKERS if models else _URI_BREAKERS if _URL_PARSED.match(filled) else {}
         breaker = next((char for char in breakers if char in name), None)
         if breaker:
             where = "models:/ URI" if models else "URI"

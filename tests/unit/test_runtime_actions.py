@@ -255,7 +255,8 @@ def test_a_name_that_changes_how_a_models_uri_parses_is_refused_naming_it(name: 
     assert fill_storage_uri("{source}", name=name, version="7", source="models:/m-0123", run_id="") == "models:/m-0123"
 
 
-@pytest.mark.parametrize("template", ["s3://models/{name}/{version}", "GS://b/{name}/{version}",
+@pytest.mark.parametrize("template", ["s3://models/{name}/{version}", "S3://b/{name}/{version}",
+                                      "http://models:8080/{name}/{version}",
                                       "https://models.example.com/{name}/{version}/model.joblib"])
 @pytest.mark.parametrize(("name", "breaker", "meaning"), [("fraud?v2", "?", "starts the URI's query"),
                                                           ("fraud#v2", "#", "starts the URI's fragment")])
@@ -275,9 +276,16 @@ def test_a_name_that_cuts_the_path_of_another_uri_is_refused_naming_it(template:
 def test_an_ordinary_name_fills_another_uri_unchanged(name: str) -> None:
     assert fill_storage_uri("s3://models/{name}/{version}", name=name, version="7", source="", run_id="") \
         == f"s3://models/{name}/7"
-    # Not a URI: a name is only text in it.
-    assert fill_storage_uri("/mnt/models/{name}/{version}", name="fraud?v2", version="7", source="", run_id="") \
-        == "/mnt/models/fraud?v2/7"
+
+
+@pytest.mark.parametrize("template", ["/mnt/models/{name}/{version}", "pvc://models/{name}/{version}",
+                                      "file:///models/{name}/{version}", "gs://b/{name}/{version}"])
+def test_a_name_is_only_text_where_the_uri_is_split_as_a_string(template: str) -> None:
+    """Review s37r2: KServe splits pvc://, file:// and gs:// URIs as strings (no URL parser): '?' and '#' reach the
+    path as they are, and the right model is loaded."""
+    for name in ("fraud?v2", "fraud#v2"):
+        assert fill_storage_uri(template, name=name, version="7", source="", run_id="") \
+            == template.format(name=name, version="7")
 
 
 @pytest.mark.parametrize("name", ["fraud v2", "Betrugserkennung-üß", "欺诈", "fraud%3Fv2", "fr@ud_v2.1", "fraud#v2"])
