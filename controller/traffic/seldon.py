@@ -37,8 +37,9 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
   restore   (after a promotion) the stable predictor's modelUri set to the given version, its component specs
             named after that version as promote names them, so every version change makes new Deployments. The model
             node written is the one loading the modelUri recorded for stable (or the candidate's, promoted by hand),
-            wherever it is in the graph (a model node put ahead of it since is left alone), else the only model
-            node; with several and none of them loading it, refused: which one serves users is unknown.
+            wherever it is in the graph (a model node put ahead of it since is left alone; by its name recorded in
+            ANN_MODEL_NODE when it still has it), else the only model node; with several and none of them loading
+            it, refused: which one serves users is unknown.
             observe reads stable's version from that same node.
   A canary predictor of the router's made `shadow: true` by hand serves no user (Seldon only mirrors requests to
   it): observe counts it 0% and says so, set_weight and promote refuse it; rollback and restore remove it.
@@ -185,17 +186,31 @@ def _model_nodes(graph: Obj) -> list[Obj]:
     return [u for u in _units(graph) if u.get("modelUri")]
 
 
-def _node_loading(graph: Obj, *uris: str | None) -> Obj | None:
-    """The model node that loads the first of `uris` some node loads: the one the router wrote that URI into,
-    wherever a hand edit has moved it (a model node put ahead of it)."""
+def _node_loading(graph: Obj, *uris: str | None, name: str | None = None) -> Obj | None:
+    """The model node the router wrote the first of `uris` into, wherever a hand edit has moved it (a model node put
+    ahead of it): the node of the recorded `name`, if it still loads one of them (another model there was set by
+    hand, even if a second node loads the same URI); with no node of that name (renamed, or written before names
+    were recorded), the one node loading it, or the first model node if that does."""
     nodes = _model_nodes(graph)
-    return next((n for uri in uris if uri for n in nodes if n.get("modelUri") == uri), None)
+    named = next((n for n in nodes if name and n.get("name") == name), None)
+    for uri in filter(None, uris):
+        if named is not None:
+            if named.get("modelUri") == uri:
+                return named
+            continue
+        loading = [n for n in nodes if n.get("modelUri") == uri]
+        if len(loading) == 1 or (loading and loading[0] is nodes[0]):
+            return loading[0]
+    return None
 
 
 ANN_CANDIDATE_VERSION = ANNOTATION_PREFIX + "candidate-version"
 # The modelUri each version annotation was written for (ANN_VERSION's is ANN_VERSION_URI, as for KServe): a
 # predictor edited outside the router keeps the annotation but not the model. Absent: written before this.
 ANN_CANDIDATE_URI = ANNOTATION_PREFIX + "candidate-model-uri"
+# The graph node the router loads the model into (stable's, and the canary's copy of it): a node put ahead of it, or
+# a second node loading the same URI, is not it.
+ANN_MODEL_NODE = ANNOTATION_PREFIX + "model-node"
 ANN_SERVICE_NAME = "seldon.io/svc-name"  # a predictor annotation that names its Service
 
 
@@ -253,7 +268,8 @@ def _version_for(ann: dict[str, str], predictor: Obj | None, version_key: str, u
     version, recorded = ann.get(version_key) or None, ann.get(uri_key) or None
     graph = (predictor or {}).get("graph") or {}
     # The node the router wrote `recorded` into, wherever it is now: a model node put ahead of it is not it.
-    if predictor is None or version is None or recorded is None or _node_loading(graph, recorded) is not None:
+    if predictor is None or version is None or recorded is None \
+            or _node_loading(graph, recorded, name=ann.get(ANN_MODEL_NODE)) is not None:
         return version, ""
     nodes = _model_nodes(graph)
     loads = redacted_url(str(nodes[0].get("modelUri"))) if len(nodes) == 1 else ", ".join(
@@ -431,7 +447,8 @@ class SeldonDeploymentRouter:
         """Whether a model node of stable loads the recorded candidate's modelUri: stage refuses a candidate with
         stable's URI, and promote and restore clear the record, so only a hand edit makes this so."""
         uri = ann.get(ANN_CANDIDATE_URI)
-        return bool(uri and ann.get(ANN_CANDIDATE_VERSION) and _node_loading((stable or {}).get("graph") or {}, uri))
+        return bool(uri and ann.get(ANN_CANDIDATE_VERSION)
+                    and _node_loading((stable or {}).get("graph") or {}, uri, name=ann.get(ANN_MODEL_NODE)))
 
     def _rolling_out(self, obj: Obj, stable: Obj, version: str) -> bool:
         """Stable's Deployments are named after `version` (promote names them so) and not all available yet.
@@ -520,7 +537,8 @@ class SeldonDeploymentRouter:
     @staticmethod
     def _owned(obj: Obj) -> dict[str, str | None]:
         ann = annotations_of(obj)
-        return {k: ann.get(k) for k in (ANN_VERSION, ANN_VERSION_URI, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI)}
+        return {k: ann.get(k) for k in (ANN_VERSION, ANN_VERSION_URI, ANN_CANDIDATE_VERSION, ANN_CANDIDATE_URI,
+                                        ANN_MODEL_NODE)}
 
     def stage(self, candidate: CandidateModel, stable_version: str | None = None) -> None:
         def build(obj: Obj) -> Obj:
@@ -535,7 +553,9 @@ class SeldonDeploymentRouter:
             # The node the router loaded stable's model into (promote or restore), wherever a hand edit moved it;
             # else the first. A model node put ahead of the classifier must keep its own model in the canary.
             nodes = _model_nodes(stable["graph"])
-            node = _node_loading(stable["graph"], annotations_of(obj).get(ANN_VERSION_URI)) or next(iter(nodes), None)
+            ann = annotations_of(obj)
+            node = _node_loading(stable["graph"], ann.get(ANN_VERSION_URI), name=ann.get(ANN_MODEL_NODE)) \
+                or next(iter(nodes), None)
             if node is None:
                 raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
             if node["modelUri"] == candidate.storage_uri:
@@ -561,6 +581,7 @@ class SeldonDeploymentRouter:
             annotations[ANN_VERSION_URI] = node["modelUri"] if annotations[ANN_VERSION] else None
             annotations[ANN_CANDIDATE_VERSION] = candidate.version
             annotations[ANN_CANDIDATE_URI] = candidate.storage_uri
+            annotations[ANN_MODEL_NODE] = node.get("name")
             return self._body(obj, stable, canary, annotations)
         _apply_with(self.client, build, f"staging on {self.target}")
 
@@ -638,8 +659,10 @@ class SeldonDeploymentRouter:
             # the copy of stable's), else its first.
             stable_uri = annotations.get(ANN_VERSION_URI)
             stable_graph, canary_graph = stable.get("graph") or {}, canary.get("graph") or {}
-            node = _node_loading(stable_graph, stable_uri) or _model_node(stable_graph)
-            served = _node_loading(canary_graph, annotations.get(ANN_CANDIDATE_URI)) or _model_node(canary_graph)
+            name = annotations.get(ANN_MODEL_NODE)
+            node = _node_loading(stable_graph, stable_uri, name=name) or _model_node(stable_graph)
+            served = _node_loading(canary_graph, annotations.get(ANN_CANDIDATE_URI), name=name) \
+                or _model_node(canary_graph)
             if node is None or served is None:
                 lacking = self.stable_predictor if node is None else self.canary_predictor
                 raise TargetStateError(f"cannot promote: predictor {lacking} of {self.target} has no modelUri")
@@ -658,7 +681,7 @@ class SeldonDeploymentRouter:
             _version_components(stable, version)  # as stage named the canary's
             annotations.update({ANN_VERSION: annotations[ANN_CANDIDATE_VERSION],
                                 ANN_VERSION_URI: annotations[ANN_CANDIDATE_URI], ANN_CANDIDATE_VERSION: None,
-                                ANN_CANDIDATE_URI: None})
+                                ANN_CANDIDATE_URI: None, ANN_MODEL_NODE: node.get("name")})
             return self._body(obj, stable, None, annotations)
         _apply_with(self.client, build, f"promoting on {self.target}")
 
@@ -693,7 +716,7 @@ class SeldonDeploymentRouter:
         if not nodes:
             raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
         candidate_uri = ann.get(ANN_CANDIDATE_URI) if ann.get(ANN_CANDIDATE_VERSION) else None
-        found = _node_loading(graph, ann.get(ANN_VERSION_URI), candidate_uri)
+        found = _node_loading(graph, ann.get(ANN_VERSION_URI), candidate_uri, name=ann.get(ANN_MODEL_NODE))
         if found is not None or len(nodes) == 1:
             return found or nodes[0]
         recorded = [f"{redacted_url(u)} (version {v})" for u, v in ((ann.get(ANN_VERSION_URI), ann.get(ANN_VERSION)),
@@ -715,8 +738,9 @@ class SeldonDeploymentRouter:
             _version_components(stable, stable_model.version)
             elsewhere = self._candidate_elsewhere(obj)  # a staged candidate under another name: off it, as rollback
             stable["traffic"] = self._stable_share(obj, "restore", "stable keeps the model it serves", off=elsewhere)
-            return self._body(obj, stable, self._off_foreign_canary(obj), {ANN_VERSION: stable_model.version,
-                                                  ANN_VERSION_URI: stable_model.storage_uri}, off=elsewhere)
+            return self._body(obj, stable, self._off_foreign_canary(obj), {
+                ANN_VERSION: stable_model.version, ANN_VERSION_URI: stable_model.storage_uri,
+                ANN_MODEL_NODE: node.get("name")}, off=elsewhere)
         _apply_with(self.client, build, f"restoring on {self.target}")
 
 

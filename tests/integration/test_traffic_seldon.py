@@ -242,9 +242,10 @@ def test_seldon_deployment_idempotence_and_ownership(api: client.ApiClient, name
     ours = managed_by(obj, FIELD_MANAGER)["fieldsV1"]
     # spec.predictors is an atomic list in Seldon's schema: owning it whole is the only way to change it.
     assert ours["f:spec"] == {"f:predictors": {}}
-    # The version, and the modelUri it was written for (a model replaced by hand reads as unknown).
+    # The version, the modelUri it was written for (a model replaced by hand reads as unknown) and its graph node.
     assert set(ours["f:metadata"]["f:annotations"]) == {"f:modelrollout.io/model-version",
-                                                         "f:modelrollout.io/model-storage-uri"}
+                                                         "f:modelrollout.io/model-storage-uri",
+                                                         "f:modelrollout.io/model-node"}
     theirs = managed_by(obj, CREATOR)["fieldsV1"]
     assert "f:protocol" in theirs["f:spec"] and "f:labels" in theirs["f:metadata"]
     assert obj["spec"]["protocol"] == "v2" and obj["metadata"]["labels"] == {"team": "moderation"}
@@ -449,7 +450,8 @@ def test_seldon_deployment_rollback_clears_the_record_of_a_canary_gone(api: clie
     obj = get(api, SELDON_DEPLOYMENT, namespace)
     assert obj["spec"]["predictors"] == before["spec"]["predictors"]  # only the record changed
     assert {k: v for k, v in obj["metadata"]["annotations"].items() if k.startswith("modelrollout.io/")} == {
-        "modelrollout.io/model-version": "6", "modelrollout.io/model-storage-uri": V6}
+        "modelrollout.io/model-version": "6", "modelrollout.io/model-storage-uri": V6,
+        "modelrollout.io/model-node": "classifier"}
 
     def team_tests_version_7(predictors: list[Obj]) -> None:
         predictors[0]["traffic"] = 90

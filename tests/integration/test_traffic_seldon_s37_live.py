@@ -159,3 +159,29 @@ def test_stage_and_promote_load_the_candidate_into_the_classifier_not_a_node_ahe
     assert stable_uris(api, namespace) == {"detector": DETECTOR, "classifier": V8}
     sv1.seldon_v1_reports(api, namespace)
     assert router.observe().stable_version == "8"
+
+
+def test_a_hand_edit_of_the_managed_node_is_seen_though_another_node_loads_the_same_model(
+        api: client.ApiClient, namespace: str) -> None:
+    """Review s37r2: stable's two model nodes both load 6; stage writes 7 into the first (its name is recorded).
+    Pointed at another model by hand, that node is not stood in for by the other one loading 6: the version stable
+    serves is unknown, before and after a rollback."""
+    predictor = {**PREDICTOR, "graph": {**PREDICTOR["graph"], "children": [
+        {"name": "copy", "implementation": "SKLEARN_SERVER", "modelUri": V6}]}}
+    sv1.create(api, SELDON_DEPLOYMENT, namespace, {"protocol": "v2", "predictors": [predictor]})
+    sv1.seldon_v1_reports(api, namespace)
+    router = SeldonDeploymentRouter(api, namespace, NAME, "main", "canary")
+    router.stage(CANDIDATE_7, "6")
+    router.set_weight(20, "7")
+    [canary] = [p for p in sv1.get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"] if p["name"] == "canary"]
+    assert model_uris(canary["graph"]) == {"classifier": V7, "copy": V6}
+
+    def point_classifier_at_8(predictors: list[Obj]) -> None:
+        predictors[0]["graph"]["modelUri"] = V8
+    sv1.edit_predictors(api, namespace, point_classifier_at_8)
+    sv1.seldon_v1_reports(api, namespace)
+    for done in ((), (router.rollback,)):
+        for action in done:
+            action()
+        state = router.observe()
+        assert state.stable_version is None and "modelUri changed outside ModelRollout" in state.message, state
