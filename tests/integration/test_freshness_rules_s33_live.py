@@ -4,8 +4,10 @@ reporting was judged on a window cut short, and a canary with twice stable's nsf
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,18 +53,26 @@ def _history(start: float) -> str:
     return "\n".join([*lines, "# EOF", ""])
 
 
-def test_a_stable_arm_that_stopped_reporting_is_stale_whatever_rules_write(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def judging_history(tmp_path: Path) -> Iterator[tuple[AnalysisRequest, PrometheusProvider]]:
+    """Prometheus with _history backfilled, and a canary request over its window (last second included)."""
     start = float(int(time.time()) - 7200)
     server = PrometheusServer(tmp_path)
     server.backfill(_history(start))
     server.start()
     try:
-        metric = MetricSpec("nsfw", ProportionMetric(events=NSFW_PREDICTIONS, total=ALL_PREDICTIONS, min_samples=30))
         request = AnalysisRequest(namespace="moderation", target="nsfw", mode="canary",
                                   window_start=datetime.fromtimestamp(start, UTC),
                                   now=datetime.fromtimestamp(start + WINDOW_SECONDS - 1, UTC),
                                   candidate_version="2")
-        provider = PrometheusProvider(server.url, scrape_interval=timedelta(seconds=1))
+        yield request, PrometheusProvider(server.url, scrape_interval=timedelta(seconds=1))
+    finally:
+        server.stop()
+
+
+def test_a_stable_arm_that_stopped_reporting_is_stale_whatever_rules_write(tmp_path: Path) -> None:
+    with judging_history(tmp_path) as (request, provider):
+        metric = MetricSpec("nsfw", ProportionMetric(events=NSFW_PREDICTIONS, total=ALL_PREDICTIONS, min_samples=30))
         latency = MetricSpec("latency", threshold=ThresholdMetric(
             query="max(max_over_time(inference_service:app_latency_seconds:max{{{selector}}}[{{window}}]))", max=0.5))
         (verdict,) = run_analysis([metric], request, provider)
@@ -72,5 +82,3 @@ def test_a_stable_arm_that_stopped_reporting_is_stale_whatever_rules_write(tmp_p
         # A threshold's source may be a rule: its own live series keeps it fresh.
         (judged,) = run_analysis([latency], dataclasses.replace(request, target="latency-only"), provider)
         assert judged.outcome is Outcome.PASS, judged
-    finally:
-        server.stop()

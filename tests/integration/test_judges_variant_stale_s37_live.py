@@ -4,17 +4,13 @@ a canary with twice stable's nsfw rate passed. Real Prometheus (Debian's), histo
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from test_freshness_rules_s33_live import STABLE_STOPS_AFTER, WINDOW_SECONDS, _history
+from test_freshness_rules_s33_live import STABLE_STOPS_AFTER, WINDOW_SECONDS, judging_history
 
-from controller.analysis.prometheus import PrometheusProvider
-from controller.analysis.runner import AnalysisRequest, run_analysis
+from controller.analysis.runner import run_analysis
 from controller.api.spec import MetricSpec, ProportionMetric
-from controller.devstack.prometheus_server import PrometheusServer
 from controller.verdict import Outcome
 
 pytestmark = pytest.mark.integration
@@ -25,17 +21,8 @@ TOTAL = f"sum(increase(modelrollout_predictions_total{{{BY_VARIANT}}}[{{{{window
 
 def test_a_variant_proportion_with_a_stale_stable_arm_is_stale(tmp_path: Path) -> None:
     assert STABLE_STOPS_AFTER < WINDOW_SECONDS  # the fixture's stable arm stops well inside the window
-    start = float(int(time.time()) - 7200)
-    server = PrometheusServer(tmp_path)
-    server.backfill(_history(start))
-    server.start()
-    try:
+    with judging_history(tmp_path) as (request, provider):
         metric = MetricSpec("nsfw", ProportionMetric(events=EVENTS, total=TOTAL, min_samples=30))
-        request = AnalysisRequest(namespace="moderation", target="nsfw", mode="canary",
-                                  window_start=datetime.fromtimestamp(start, UTC),
-                                  now=datetime.fromtimestamp(start + WINDOW_SECONDS - 1, UTC),
-                                  candidate_version="2")
-        provider = PrometheusProvider(server.url, scrape_interval=timedelta(seconds=1))
         (verdict,) = run_analysis([metric], request, provider)
         assert verdict.outcome is Outcome.INCONCLUSIVE, verdict
         assert verdict.reason.startswith("StaleSeries: the stable arm:"), verdict.reason
@@ -43,5 +30,3 @@ def test_a_variant_proportion_with_a_stale_stable_arm_is_stale(tmp_path: Path) -
         assert 'variant="stable"' in verdict.evidence["queries"]["stable_freshness"], verdict.evidence["queries"]
         assert "model_version" not in verdict.evidence["queries"]["stable_freshness"], verdict.evidence["queries"]
         assert verdict.evidence["window"]["freshSeries"] == {"canary": 2.0}, verdict.evidence["window"]
-    finally:
-        server.stop()
