@@ -17,10 +17,12 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
             metadata.name set after the candidate's version ("<containers>-v<version>"; a prepackaged server
             gets a component spec for it), so each candidate has Deployments of its own: under one name a
             rolling update keeps the previous candidate's pods available, read as the new candidate's. The
-            candidate goes into the copy of stable's node loading the stable modelUri recorded (else the first).
+            candidate goes into the copy of stable's managed model node (as restore finds it; the first of a graph
+            the router never wrote); refused, as restore is, when several model nodes and none can be told.
   set_weight  stable 100-N, canary N; refused while another non-shadow predictor carries traffic (as stage is).
   promote   the stable predictor takes the model the canary served (its model node's modelUri, the request logger's
-            version) into the node loading the stable modelUri recorded (else the first, if it is the canary's)
+            version) into the node of the name recorded in ANN_MODEL_NODE, else the node loading the stable
+            modelUri recorded (else the first, if it is the canary's)
             and keeps the rest of its own as it is now (its graph and component specs with edits made during the
             canary, explainer, replicas, annotations),
             its component specs named after the candidate's version as the canary's are, so Seldon makes new
@@ -36,10 +38,10 @@ Seldon Core v1 (traffic of the non-shadow predictors sums to 100, at most one sh
             The candidate's record goes in every case, also when no predictor changes (the canary gone).
   restore   (after a promotion) the stable predictor's modelUri set to the given version, its component specs
             named after that version as promote names them, so every version change makes new Deployments. The model
-            node written is the one loading the modelUri recorded for stable (or the candidate's, promoted by hand),
-            wherever it is in the graph (a model node put ahead of it since is left alone; by its name recorded in
-            ANN_MODEL_NODE when it still has it), else the only model node; with several and none of them loading
-            it, refused: which one serves users is unknown.
+            node written is the one of the name recorded in ANN_MODEL_NODE (also when its model was changed by
+            hand), else the one loading the modelUri recorded for stable (or the candidate's, promoted by hand),
+            wherever it is in the graph (a model node put ahead of it since is left alone), else the only model
+            node; with several and none of them told by name or URI, refused: which one serves users is unknown.
             observe reads stable's version from that same node.
   A canary predictor of the router's made `shadow: true` by hand serves no user (Seldon only mirrors requests to
   it): observe counts it 0% and says so, set_weight and promote refuse it; rollback and restore remove it.
@@ -202,6 +204,14 @@ def _node_loading(graph: Obj, *uris: str | None, name: str | None = None) -> Obj
         if len(loading) == 1 or (loading and loading[0] is nodes[0]):
             return loading[0]
     return None
+
+
+def _node_to_write(graph: Obj, *uris: str | None, name: str | None = None) -> Obj | None:
+    """The model node the router writes a model into: the one of the recorded `name`, even when pointed at another
+    model by hand (it is still the node users reach through; observe reads that edit as an unknown version), else
+    the one loading a recorded URI (`_node_loading`)."""
+    named = next((n for n in _model_nodes(graph) if name and n.get("name") == name), None)
+    return named or _node_loading(graph, *uris, name=name)
 
 
 ANN_CANDIDATE_VERSION = ANNOTATION_PREFIX + "candidate-version"
@@ -551,13 +561,10 @@ class SeldonDeploymentRouter:
                 raise TargetStateError(f"{self.target} splits traffic with predictors ModelRollout does not manage: "
                                        + ", ".join(p["name"] for p in others))
             # The node the router loaded stable's model into (promote or restore), wherever a hand edit moved it;
-            # else the first. A model node put ahead of the classifier must keep its own model in the canary.
+            # the first of a graph it never wrote. A model node put ahead of the classifier keeps its own model.
             nodes = _model_nodes(stable["graph"])
-            ann = annotations_of(obj)
-            node = _node_loading(stable["graph"], ann.get(ANN_VERSION_URI), name=ann.get(ANN_MODEL_NODE)) \
-                or next(iter(nodes), None)
-            if node is None:
-                raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
+            node = self._managed_node(obj, stable, f"cannot stage version {candidate.version}",
+                                      unrecorded_first=True)
             if node["modelUri"] == candidate.storage_uri:
                 raise TargetStateError(f"candidate {candidate.version} has the stable model's URI "
                                        f"{redacted_url(str(node['modelUri']))}")
@@ -660,8 +667,8 @@ class SeldonDeploymentRouter:
             stable_uri = annotations.get(ANN_VERSION_URI)
             stable_graph, canary_graph = stable.get("graph") or {}, canary.get("graph") or {}
             name = annotations.get(ANN_MODEL_NODE)
-            node = _node_loading(stable_graph, stable_uri, name=name) or _model_node(stable_graph)
-            served = _node_loading(canary_graph, annotations.get(ANN_CANDIDATE_URI), name=name) \
+            node = _node_to_write(stable_graph, stable_uri, name=name) or _model_node(stable_graph)
+            served = _node_to_write(canary_graph, annotations.get(ANN_CANDIDATE_URI), name=name) \
                 or _model_node(canary_graph)
             if node is None or served is None:
                 lacking = self.stable_predictor if node is None else self.canary_predictor
@@ -705,19 +712,21 @@ class SeldonDeploymentRouter:
             return self._body(obj, stable, self._off_foreign_canary(obj), annotations, off=elsewhere)
         _apply_with(self.client, build, f"rolling back on {self.target}")
 
-    def _managed_node(self, obj: Obj, stable: Obj, doing: str) -> Obj:
-        """Stable's model node the router manages: the one loading the modelUri it recorded for stable (promote or
-        an earlier restore wrote it there), else the recorded candidate's (promoted by hand), else the only model
-        node. The first one is not it when a model node was put ahead of it (an outlier detector): stable's model
-        written there would leave users on the model the classifier loads, with observe reading it as restored."""
+    def _managed_node(self, obj: Obj, stable: Obj, doing: str, unrecorded_first: bool = False) -> Obj:
+        """Stable's model node the router manages: the one of the name it recorded, else the one loading the
+        modelUri it recorded for stable (promote or an earlier restore wrote it there), else the recorded
+        candidate's (promoted by hand), else the only model node, or (`unrecorded_first`) the first when the router
+        recorded neither. The first one is not it when a model node was put ahead of it (an outlier detector):
+        a model written there would leave users on the model the classifier loads."""
         ann = annotations_of(obj)
         graph = stable.get("graph") or {}
         nodes = _model_nodes(graph)
         if not nodes:
             raise TargetStateError(f"predictor {self.stable_predictor} of {self.target} has no modelUri")
         candidate_uri = ann.get(ANN_CANDIDATE_URI) if ann.get(ANN_CANDIDATE_VERSION) else None
-        found = _node_loading(graph, ann.get(ANN_VERSION_URI), candidate_uri, name=ann.get(ANN_MODEL_NODE))
-        if found is not None or len(nodes) == 1:
+        found = _node_to_write(graph, ann.get(ANN_VERSION_URI), candidate_uri, name=ann.get(ANN_MODEL_NODE))
+        unrecorded = not (ann.get(ANN_VERSION_URI) or candidate_uri or ann.get(ANN_MODEL_NODE))
+        if found is not None or len(nodes) == 1 or (unrecorded_first and unrecorded):
             return found or nodes[0]
         recorded = [f"{redacted_url(u)} (version {v})" for u, v in ((ann.get(ANN_VERSION_URI), ann.get(ANN_VERSION)),
                                                                   (candidate_uri, ann.get(ANN_CANDIDATE_VERSION))) if u]

@@ -1,8 +1,9 @@
 """Review s36seldon1, on the real API server with the real Seldon Core v1.17.1 CRD: a restore after a promotion
 loads stable's model into the model node the router manages (found by the modelUri it recorded), not into a node
-put ahead of it since, and is refused when that node cannot be told; observe reads that node. A canary predictor
-of the router's set `shadow: true` by hand carries no user: observe says 0% and why, a step and a promotion are
-refused, a rollback and a restore remove it."""
+put ahead of it since, and is refused when that node cannot be told; observe reads that node. Session 38: its
+recorded name tells it even when its model was changed by hand, for a restore and for the next stage. A canary
+predictor of the router's set `shadow: true` by hand carries no user: observe says 0% and why, a step and a
+promotion are refused, a rollback and a restore remove it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from controller.traffic import SeldonDeploymentRouter, TargetStateError
+from controller.traffic import CandidateModel, SeldonDeploymentRouter, TargetStateError
 from controller.traffic.kube import SELDON_DEPLOYMENT
 from tests.integration import test_traffic_seldon as sv1
 from tests.integration.test_traffic_seldon import CANDIDATE_7, CANDIDATE_8, NAME, PREDICTOR, STABLE_6, V6, V7, V8
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.integration
 api = sv1.api  # its fixture, shared
 Obj = dict[str, Any]
 DETECTOR = "s3://models/detector/1"
+CANDIDATE_9 = CandidateModel("nsfw", "9", "s3://models/nsfw/9")
 
 
 def model_uris(graph: Obj) -> dict[str, Any]:
@@ -88,20 +90,67 @@ def test_restore_after_a_hand_promotion_finds_the_node_loading_the_candidate(api
     assert [p["name"] for p in sv1.get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"]] == ["main"]
 
 
+def renamed_and_pointed_at(uri: str) -> Any:
+    """A detector put ahead, and the classifier renamed and pointed at `uri` by hand: neither its recorded name nor
+    a recorded modelUri tells it."""
+    def edit(predictors: list[Obj]) -> None:
+        predictors[0]["graph"]["name"] = "classifier2"
+        detector_ahead(predictors, uri)
+    return edit
+
+
+def refused_without_a_write(api: client.ApiClient, namespace: str, action: Any, match: str) -> None:
+    before = sv1.get(api, SELDON_DEPLOYMENT, namespace)
+    with pytest.raises(TargetStateError, match=match) as refused:
+        action()
+    assert refused.value.reason == "Invalid"
+    after = sv1.get(api, SELDON_DEPLOYMENT, namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
 def test_restore_refused_when_the_promoted_node_cannot_be_told(api: client.ApiClient, namespace: str) -> None:
-    """A node put ahead and the classifier's model changed by hand too: no node loads what the router wrote."""
+    """A node put ahead and the classifier renamed and its model changed by hand too: no node has the recorded name
+    or loads what the router wrote."""
+    router = promoted_to_7(api, namespace)
+    sv1.edit_predictors(api, namespace, renamed_and_pointed_at(V8))
+    sv1.seldon_v1_reports(api, namespace)
+    state = router.observe()
+    assert state.stable_version is None and "detector" in state.message and "classifier2" in state.message, state
+    refused_without_a_write(api, namespace, lambda: router.restore(STABLE_6),
+                            r"cannot restore version 6: no model node of predictor main .* "
+                            r"loads .*nsfw/7.*'detector', 'classifier2'")
+
+
+def test_restore_and_stage_write_into_the_named_classifier_pointed_at_another_model_by_hand(
+        api: client.ApiClient, namespace: str) -> None:
+    """Session 38: after a promotion, a detector put ahead and the classifier pointed at another model by hand. The
+    recorded name still tells the classifier: observe reads its version as unknown, a restore loads stable's model
+    into it, and a next rollout stages the candidate into the canary's copy of it (before, into the detector's)."""
     router = promoted_to_7(api, namespace)
     sv1.edit_predictors(api, namespace, lambda predictors: detector_ahead(predictors, V8))
     sv1.seldon_v1_reports(api, namespace)
     state = router.observe()
-    assert state.stable_version is None and "detector" in state.message and "classifier" in state.message, state
-    before = sv1.get(api, SELDON_DEPLOYMENT, namespace)
-    with pytest.raises(TargetStateError, match=r"cannot restore version 6: no model node of predictor main .* "
-                                               r"loads .*nsfw/7.*'detector', 'classifier'") as refused:
-        router.restore(STABLE_6)
-    assert refused.value.reason == "Invalid"
-    after = sv1.get(api, SELDON_DEPLOYMENT, namespace)
-    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert state.stable_version is None and "classifier" in state.message, state
+    sv1.twice_is_once(api, SELDON_DEPLOYMENT, namespace, lambda: router.stage(CANDIDATE_9, "7"))
+    [canary] = [p for p in sv1.get(api, SELDON_DEPLOYMENT, namespace)["spec"]["predictors"] if p["name"] == "canary"]
+    assert model_uris(canary["graph"]) == {"detector": DETECTOR, "classifier": CANDIDATE_9.storage_uri}
+    assert stable_uris(api, namespace) == {"detector": DETECTOR, "classifier": V8}
+    router.rollback()
+    sv1.twice_is_once(api, SELDON_DEPLOYMENT, namespace, lambda: router.restore(STABLE_6))
+    assert stable_uris(api, namespace) == {"detector": DETECTOR, "classifier": V6}
+    sv1.seldon_v1_reports(api, namespace)
+    assert router.observe().stable_version == "6"
+
+
+def test_stage_refused_when_stables_model_node_cannot_be_told(api: client.ApiClient, namespace: str) -> None:
+    """Session 38: a rollout after the promoted classifier was renamed and pointed at another model by hand, with a
+    detector put ahead of it: the candidate is not staged into the detector's copy."""
+    router = promoted_to_7(api, namespace)
+    sv1.edit_predictors(api, namespace, renamed_and_pointed_at(V6))
+    sv1.seldon_v1_reports(api, namespace)
+    refused_without_a_write(api, namespace, lambda: router.stage(CANDIDATE_8, "7"),
+                            r"cannot stage version 8: no model node of predictor main .* "
+                            r"loads .*nsfw/7.*'detector', 'classifier2'")
 
 
 def canary_made_shadow(api: client.ApiClient, namespace: str) -> SeldonDeploymentRouter:

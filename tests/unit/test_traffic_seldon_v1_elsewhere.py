@@ -11,6 +11,7 @@ from seldon_fake import FakeObjectClient
 from test_traffic_seldon_v1_promote import STABLE_6, V7, sdep, staged_at_50
 
 from controller.traffic.base import TargetStateError
+from controller.traffic.seldon import ANN_MODEL_NODE
 
 
 def test_restore_takes_users_off_the_candidate_under_another_name() -> None:
@@ -58,13 +59,25 @@ def test_promotion_loads_the_candidate_into_the_node_loading_stables_model_not_o
 
 
 def test_promotion_refused_when_a_node_was_added_ahead_and_no_node_loads_stables_model() -> None:
-    """The classifier's model changed by hand too: which node is the canary's is unknown, nothing is written."""
+    """The classifier's model changed by hand too, and its name not recorded (staged before names were): which
+    node is the canary's is unknown, nothing is written."""
     router, fake, _, _ = staged_at_50(sdep())
     od_ahead(fake, "s3://m/6-hotfix")
+    del fake.obj["metadata"]["annotations"][ANN_MODEL_NODE]
     before = copy.deepcopy(fake.obj)
     with pytest.raises(TargetStateError, match=r"cannot promote: the model node of predictor main .* is 'od'"):
         router.promote()
     assert fake.obj == before
+
+
+def test_promotion_loads_the_candidate_into_the_named_classifier_whose_model_was_changed_by_hand() -> None:
+    """Session 38: the recorded name tells the classifier from a node added ahead even when its model was changed
+    by hand during the canary: the promotion replaces that model, the detector keeps its own."""
+    router, fake, _, _ = staged_at_50(sdep())
+    od_ahead(fake, "s3://m/6-hotfix")
+    router.promote()
+    [stable] = [p for p in fake.obj["spec"]["predictors"] if p["name"] == "main"]
+    assert (stable["graph"]["modelUri"], stable["graph"]["children"][0]["modelUri"]) == ("s3://models/od/1", V7)
 
 
 def test_promotion_goes_on_when_stables_model_node_was_only_renamed() -> None:
