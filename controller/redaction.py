@@ -60,8 +60,12 @@ def redact_credentials(text: str, *, token: str | None = None, username: str | N
 
 def _escaped_forms(secret: str) -> set[str]:
     """secret as a server echoing a header may show it: as it is, URL-encoded (with "/" kept or not, a space as
-    %20 or "+", hex upper or lower case) and HTML-escaped."""
+    %20 or "+", hex upper or lower case), HTML-escaped, and inside a JSON string (non-ASCII as \\uXXXX or not,
+    "/" as "\\/" or not: PHP's json_encode escapes it)."""
     forms = {secret, html.escape(secret)}
+    for ascii_only in (True, False):
+        in_json = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
+        forms.update((in_json, in_json.replace("/", "\\/")))
     for safe in ("", "/"):
         for encoded in (quote(secret, safe=safe), quote_plus(secret, safe=safe)):
             forms.update((encoded, re.sub(r"%[0-9A-F]{2}", lambda found: found[0].lower(), encoded)))
@@ -69,14 +73,28 @@ def _escaped_forms(secret: str) -> set[str]:
 
 
 def _unescaped(text: str) -> set[str]:
-    """text with URL and HTML escapes undone, each way and in each order, two layers deep (a proxy's page quoting
-    an encoded header is both); linear in the text, unlike a pattern allowing every escape of every character."""
+    """text with URL, HTML and JSON string escapes undone, each way and in each order, two layers deep (a proxy's
+    page quoting an encoded header is both); linear in the text, unlike a pattern allowing every escape of every
+    character."""
     found = {text}
     layer = {text}
     for _ in range(2):
-        layer = {undo(item) for item in layer for undo in (unquote, unquote_plus, html.unescape)} - found
+        layer = {undo(item) for item in layer
+                 for undo in (unquote, unquote_plus, html.unescape, _json_unescaped)} - found
         found |= layer
     return found
+
+
+_JSON_ESCAPE = re.compile(r'\\(?:u([0-9A-Fa-f]{4})|(["\\/bfnrt]))')
+_JSON_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _json_unescaped(text: str) -> str:
+    """text with JSON string escapes undone wherever they are (an error body quoted whole, or in part), a
+    surrogate pair (\\ud83d\\ude00) as its one character."""
+    undone = _JSON_ESCAPE.sub(lambda found: chr(int(found[1], 16)) if found[1] else _JSON_SHORT_ESCAPES[found[2]],
+                              text)
+    return undone.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def basic_auth_pairs(username: str, password: str) -> list[str]:
