@@ -135,15 +135,15 @@ def _stale_arm(arms: Mapping[str, QueryScope], templates: Sequence[str], request
     window seen only in its first minutes would be judged as if seen whole. The arm's series are known through
     {{selector}}, or the variant label for templates with {{variant}} alone (_checked_scope): templates with
     neither are not checked. Adds each check's query to `queries`."""
-    checked = {arm: _checked_scope(scope, templates) for arm, scope in arms.items()}
-    if any(scope is None for scope in checked.values()):
+    scopes = {arm: _checked_scope(scope, templates) for arm, scope in arms.items()}
+    checked = {arm: scope for arm, scope in scopes.items() if scope is not None}
+    if len(checked) < len(scopes):
         return None, None
     sampled: dict[str, float] = {}
     copies: dict[str, dict[str, float]] = {}
     evidence = {"freshWithin": provider.fresh_within, "freshSeries": sampled, "predictionSeries": copies}
     duplicate = None
     for arm, scope in checked.items():
-        assert scope is not None
         queries[f"{arm}_freshness"] = query = recent_samples_query(scope, provider.fresh_seconds,
                                                                    rules_count=rules_count)
         fresh = provider.freshness(query, request.now)
@@ -392,6 +392,7 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
     # A past day's copies are counted while the previous version still served: a window ending after the
     # promotion (a late run, by up to the slack) finds no series once its exporter restarted or dropped it.
     promotion = request.promoted_at or request.window_start
+    history_scope = _checked_scope(before, [spec.events, spec.total]) or before
     history: list[tuple[float, float]] = []
     divisors: list[int | None] = []
     left_out: dict[int, dict[str, Any]] = {}  # each day left out for its copies: why, and its undivided counts
@@ -403,8 +404,7 @@ def _bake_proportion(name: str, spec: ProportionMetric, request: AnalysisRequest
             return _unmeasured(name, broken, queries, evidence)
         divisor: int | None = 1
         if checked and (total.value or 0.0) > 0:
-            counts, problem = _count_copies("history", _checked_scope(before, [spec.events, spec.total]) or before,
-                                            min(at, promotion), provider, queries)
+            counts, problem = _count_copies("history", history_scope, min(at, promotion), provider, queries)
             if problem is not None:
                 detail = f"the history day ending {format_time(at)}: {problem.detail}"
                 return _unmeasured(name, dataclasses.replace(problem, detail=detail), queries, evidence)
