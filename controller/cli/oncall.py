@@ -25,7 +25,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, CommandError, parse_command
-from controller.api.serialization import parse_time
+from controller.api.serialization import format_time, parse_time
 from controller.api.status import STATUS_REFUSALS, STATUS_REJECTED, STATUS_UNREADABLE, step_fraction
 from controller.cli.errors import CliError
 from controller.cli.program import program
@@ -608,7 +608,7 @@ class OnCall:
                 waiting = printable(f"  (waiting for the operator to take {pending.label} by {pending.actor}, id "
                                     f"{pending.id})") if pending else ""
                 # The placeholders `get` shows for a status not written yet, not "None".
-                print(f"{time.strftime('%H:%M:%S')}  {self.style.phase(text(line[0], 'Pending'), status)}"
+                print(f"{_watch_stamp()}  {self.style.phase(text(line[0], 'Pending'), status)}"
                       f"  step {_step(obj)}"
                       f"  weight {_percent(line[2])}  {text(line[3])}{waiting}", file=self.out, flush=True)
                 last = line
@@ -1046,6 +1046,16 @@ def _step(obj: dict[str, Any]) -> str:
     return step_fraction(current, total) if isinstance(current, int) else f"-/{total}"
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _watch_stamp() -> str:
+    """When the watch read this, in UTC as history, explain and Events print their times (whole seconds): a local
+    time without date or zone could not be compared with them."""
+    return format_time(_utc_now().replace(microsecond=0))
+
+
 def _percent(value: Any) -> str:
     return f"{value}%" if isinstance(value, int) else "-"
 
@@ -1057,18 +1067,20 @@ def _weight_note(spec: dict[str, Any], status: dict[str, Any]) -> str:
         return ""
     if mapping(status.get("promotion")).get("targetConfirmedAt"):
         return " (promoted)" if status.get("canaryWeight") == 100 else ""
-    by_step = _set_weight(spec, status)
-    return f" (set by the last step: {by_step})" if by_step is not None else ""
-
-
-def _set_weight(spec: dict[str, Any], status: dict[str, Any]) -> str | None:
-    """The weight the steps up to the current one set; None with no step (nothing to claim one set the weight)."""
     steps = (spec.get("canary") or {}).get("steps") or []
     current = status.get("currentStep")
-    if not isinstance(current, int):
-        return None
-    weights = [s["setWeight"] for s in steps[: current + 1] if "setWeight" in s]
-    return f"{weights[-1]}%" if weights else "0%"
+    if not isinstance(current, int):  # no step yet: nothing to claim one set the weight
+        return ""
+    weights = [s["setWeight"] for s in steps[:current] if "setWeight" in s]
+    before = f"{weights[-1]}%" if weights else None
+    # The engine moves currentStep past a setWeight step only once the target has taken its weight: the step at
+    # currentStep has set nothing yet (held, waiting for the target, or past its progressDeadline).
+    waiting = steps[current] if 0 <= current < len(steps) else None
+    if isinstance(waiting, dict) and "setWeight" in waiting:
+        label = _step({"spec": spec, "status": status})
+        set_before = f"the steps before it set {before}" if before else "no step before it set a weight"
+        return f" (step {label} waits for {waiting['setWeight']}%; {set_before})"
+    return f" (set by the last step: {before or '0%'})"
 
 
 def dump(obj: Any, fmt: str, out: TextIO) -> None:
