@@ -758,7 +758,9 @@ class SeldonDeploymentRouter:
 ANN_STABLE_MODEL = ANNOTATION_PREFIX + "stable-model"
 ANN_CANDIDATE_MODEL = ANNOTATION_PREFIX + "candidate-model"
 ANN_MODEL_VERSIONS = ANNOTATION_PREFIX + "model-versions"  # JSON: Seldon Model name -> registry version
-EXPERIMENT_ANNOTATIONS = (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL, ANN_MODEL_VERSIONS)
+# The stable Model staging found recorded with the candidate's version number (another registered model's).
+ANN_STABLE_OTHER_MODEL = ANNOTATION_PREFIX + "stable-other-registered-model"
+EXPERIMENT_ANNOTATIONS = (ANN_STABLE_MODEL, ANN_CANDIDATE_MODEL, ANN_MODEL_VERSIONS, ANN_STABLE_OTHER_MODEL)
 
 
 def default_serving_name(candidate: CandidateModel) -> str:
@@ -799,6 +801,14 @@ def scheduler_refusal(spec: Obj) -> str:
     if (twice := next((n for i, n in enumerate(named) if n in named[:i]), None)) is not None:
         return f"{twice} is named twice among its candidates and mirror"
     return ""
+
+
+def _percent(weight: int, total: int) -> int:
+    """weight's share of total in whole percent, never 0 for a share users get nor 100 for one they do not all get
+    (a weight of 4 beside 1000 is 0.4% of users on the candidate, not none)."""
+    if weight <= 0 or total <= 0:
+        return 0
+    return min(max(round(100 * weight / total), 1), 100 if weight >= total else 99)
 
 
 class SeldonExperimentRouter:
@@ -896,10 +906,22 @@ class SeldonExperimentRouter:
             # likely an earlier spec's, so it is said, not taken as this spec refused.
             problems.append("Seldon's ModelReady condition is False" + (f" ({said})" if said else "")
                             + ", though the experiment as written breaks none of the rules its scheduler checks")
+        if negative := {n: w for n, w in weights.items() if w < 0}:
+            # The CRD takes any int32: what Seldon makes of a negative weight is not a share of users.
+            ready = False
+            problems.append("negative weights, set outside ModelRollout: "
+                            + ", ".join(f"{n} {w}" for n, w in negative.items()))
+            weights = {n: max(w, 0) for n, w in weights.items()}
+            total = sum(weights.values())
         canary_ready = bool(candidate) and synced and ready and condition_true(status, "CandidatesReady") is True
         canary_weight = None
         if candidate is not None:
-            canary_weight = round(100 * weights[candidate] / total) if total else 0
+            canary_weight = _percent(weights[candidate], total)
+        stable_version = versions.get(stable)
+        if stable_version is not None and annotations_of(obj).get(ANN_STABLE_OTHER_MODEL) == stable:
+            problems.append(f"stable model {stable} is recorded as version {stable_version} of another registered "
+                            "model than the candidate's, which numbers its versions apart: not reported as one")
+            stable_version = None
         # A model this router wrote that still has weight counts as the canary's (rollback takes it out); one it
         # never wrote is another team's split, which no operation here moves: counting it, no rollback would
         # ever read as done.
@@ -908,13 +930,13 @@ class SeldonExperimentRouter:
         stray = sum(w for n, w in others.items() if n in ours)
         if stray:
             problems.append(f"models other than stable and the candidate carry weight {stray}")
-            canary_weight = (canary_weight or 0) + (round(100 * stray / total) if total else 0)
+            canary_weight = (canary_weight or 0) + _percent(stray, total)
         if foreign := [n for n in others if n not in ours]:
             problems.append("models ModelRollout does not manage carry weight: " + ", ".join(foreign))
         mesh = self._mesh_url() if candidate is not None else None  # the URLs matter to the gate only
         return TargetState(
             target=self.target, exists=True, mode=DeploymentMode.SELDON_EXPERIMENT, synced=synced, ready=ready,
-            stable_version=versions.get(stable), stable_name=stable,
+            stable_version=stable_version, stable_name=stable,
             stable_url=self._infer_url(mesh, stable) if mesh else None,
             canary_version=versions.get(candidate or ""), canary_name=candidate, canary_ready=canary_ready,
             canary_weight=canary_weight, canary_url=self._infer_url(mesh, candidate) if mesh and candidate else None,
@@ -1004,8 +1026,13 @@ class SeldonExperimentRouter:
                 versions[stable] = stable_version
             versions[model] = candidate.version
             annotations = self._owned(obj)
+            # Stable recorded with the candidate's number is another registered model's version (MLflow numbers
+            # versions per model): read as the candidate's, stable would look promoted by hand, and a rollback
+            # would restore instead of taking the candidate out. Marked until stable changes (observe: unknown).
+            clash = versions.get(stable) == candidate.version
             annotations.update({ANN_STABLE_MODEL: stable, ANN_CANDIDATE_MODEL: model,
-                                ANN_MODEL_VERSIONS: json.dumps(versions, sort_keys=True)})
+                                ANN_MODEL_VERSIONS: json.dumps(versions, sort_keys=True),
+                                ANN_STABLE_OTHER_MODEL: stable if clash else None})
             return self._body(obj, weights, annotations)
         _apply_with(self.client, build, f"staging on {self.target}")
 
@@ -1043,7 +1070,7 @@ class SeldonExperimentRouter:
             self._keep(obj, weights, stable)
             self._refuse_what_seldon_refuses(obj, weights, candidate)
             annotations = self._owned(obj)
-            annotations.update({ANN_STABLE_MODEL: candidate, ANN_CANDIDATE_MODEL: None})
+            annotations.update({ANN_STABLE_MODEL: candidate, ANN_CANDIDATE_MODEL: None, ANN_STABLE_OTHER_MODEL: None})
             return self._body(obj, weights, annotations, keep=stable)
         _apply_with(self.client, build, f"promoting on {self.target}")
 
@@ -1088,11 +1115,12 @@ class SeldonExperimentRouter:
 
     def restore(self, stable_model: CandidateModel) -> None:
         def build(obj: Obj) -> Obj:
-            versions = self._versions(obj)
-            model = stable_model.serving_name or next(
-                (name for name, version in versions.items() if version == stable_model.version),
-                default_serving_name(stable_model))
-            weights = self._weights(obj)
+            versions, weights = self._versions(obj), self._weights(obj)
+            # By version number only when no Model of the version's own name is there: another registered model's
+            # may have the same number (MLflow numbers versions per model).
+            named = default_serving_name(stable_model)
+            model = stable_model.serving_name or (named if named in weights or named in versions else next(
+                (name for name, version in versions.items() if version == stable_model.version), named))
             # Only our models move: one this router never wrote keeps its weight and share (see rollback).
             ours = self._ours(obj) | {model}
             full = self._full_weight(weights, ours)
@@ -1103,7 +1131,7 @@ class SeldonExperimentRouter:
             self._refuse_what_seldon_refuses(obj, weights, None)
             versions[model] = stable_model.version
             annotations = self._owned(obj)
-            annotations.update({ANN_STABLE_MODEL: model, ANN_CANDIDATE_MODEL: None,
+            annotations.update({ANN_STABLE_MODEL: model, ANN_CANDIDATE_MODEL: None, ANN_STABLE_OTHER_MODEL: None,
                                 ANN_MODEL_VERSIONS: json.dumps(versions, sort_keys=True)})
             return self._body(obj, weights, annotations)
         _apply_with(self.client, build, f"restoring on {self.target}")
