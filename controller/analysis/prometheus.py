@@ -32,6 +32,9 @@ STALE_STEP = "60s"
 # ServiceMonitor scrapes the exporter every 30s). A series with no sample within twice that of the evaluation
 # time has stopped being scraped, whatever a count over the window still says.
 SCRAPE_INTERVAL = timedelta(seconds=30)
+# How far an instant answer's sample time may be from the evaluation time asked for: Prometheus stamps its answer
+# with that time, which is sent to the millisecond.
+SAMPLE_TIME_TOLERANCE_SECONDS = 1.0
 LATEST_TIME = datetime(9999, 12, 31, tzinfo=UTC).timestamp()  # a sample time beyond is none (datetime ends there)
 UNAVAILABLE = (429, 502, 503, 504)  # retried (429: a proxy's rate limit), as is a failed connection
 # Prometheus' errorTypes for a query it could not run in time ("timeout": its --query.timeout, its queue) or at all
@@ -459,7 +462,24 @@ def _one_number(query: str, result: Any, at: datetime | None, redacted: Callable
                            f"unreadable sample {_cut(redacted(str(samples[0])), 200)}", at)
     if not math.isfinite(value):
         return Measurement(query, None, QueryProblem.NOT_A_NUMBER, f"value is {value}", at)
+    # Prometheus stamps an instant answer with the evaluation time asked for: one stamped otherwise (a cache or a
+    # proxy in between) is a number for another moment, not this window's. Compared only once it is a time (a NaN
+    # is not; an int too large for a float would raise).
+    stamp = sample[0]
+    if at is not None and not (0 <= stamp <= LATEST_TIME
+                               and abs(stamp - at.timestamp()) <= SAMPLE_TIME_TOLERANCE_SECONDS):
+        return Measurement(query, None, QueryProblem.MALFORMED,
+                           f"the answer's sample time {_stamp(stamp)} is not the evaluation time asked for, "
+                           f"{_stamp(at.timestamp())}: a number for another moment (a cache or proxy in between?)",
+                           at)
     return Measurement(query, value, None, "", at)
+
+
+def _stamp(seconds: float) -> str:
+    """A sample time as Prometheus sends it, and as a date when it is one."""
+    if not 0 <= seconds <= LATEST_TIME:  # false for NaN too
+        return f"{_cut(repr(seconds), 40)} (not a time)"
+    return f"{seconds:.3f} ({datetime.fromtimestamp(seconds, UTC).isoformat()})"
 
 
 def _cut(text: str, limit: int) -> str:

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qs, unquote_plus
 
 import pytest
 
@@ -22,8 +22,10 @@ from controller.analysis.runner import AnalysisRequest, run_analysis
 from controller.api.spec import MetricSpec, ProportionMetric
 from controller.verdict import Outcome
 from tests.http_stub import serving
+from tests.unit.test_prometheus_provider import stamped, vector
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
+# A whole answer for the raw servers below, which are cut off before it is read (Stub stamps its own: `vector`).
 ONE = json.dumps({"status": "success", "data": {"resultType": "vector",
                                                 "result": [{"metric": {}, "value": [1, "1"]}]}}).encode()
 METRIC = MetricSpec("nsfw", ProportionMetric(events='sum(increase(p{ {{selector}}, c="nsfw"}[{{window}}]))',
@@ -33,10 +35,10 @@ REQUEST = AnalysisRequest("ns", "svc", "canary", NOW - timedelta(minutes=10), NO
 
 class Stub:
     """Answers every POST with `status`, `headers` and `body` (or routes[a text its query holds]), after `delay`
-    seconds; counts the requests."""
+    seconds, stamped with the evaluation time asked for as Prometheus does (see `stamped`); counts the requests."""
 
     def __init__(self) -> None:
-        self.status, self.headers, self.body, self.delay, self.requests = 200, {}, ONE, 0.0, 0
+        self.status, self.headers, self.body, self.delay, self.requests = 200, {}, vector(1), 0.0, 0
         self.routes: dict[str, bytes] = {}
         owner = self
 
@@ -47,6 +49,8 @@ class Stub:
                 time.sleep(owner.delay)
                 body = next((body for text, body in owner.routes.items() if text in unquote_plus(self.path)),
                             owner.body)
+                params = {name: values[0] for name, values in parse_qs(self.path.partition("?")[2]).items()}
+                body = stamped(body, params)
                 self.send_response(owner.status)
                 for name, value in owner.headers.items():
                     self.send_header(name, value)
@@ -186,8 +190,8 @@ def test_a_long_bake_at_a_normal_speed_is_judged_not_too_slow(stub: tuple[Stub, 
     60 s budget for them all left the last metrics inconclusive every time. Each metric's budget grows with its
     queries."""
     server, url = stub
-    server.body = ONE.replace(b'"1"]', b'"10000"]')
-    server.routes['c="nsfw"'] = ONE.replace(b'"1"]', b'"50"]')
+    server.body = vector(10000)
+    server.routes['c="nsfw"'] = vector(50)
     real = time.monotonic
     monkeypatch.setattr(time, "monotonic", lambda: real() + 0.3 * server.requests)
     request = AnalysisRequest("ns", "svc", "bake", NOW - timedelta(hours=6), NOW, baseline_window=timedelta(days=28),

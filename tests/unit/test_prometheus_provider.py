@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,9 +22,20 @@ from controller.api.spec import MetricSpec, ProportionMetric, ThresholdMetric
 from controller.verdict import Outcome
 from tests.http_stub import serving
 
+# Real Prometheus stamps an instant answer with the evaluation time it was asked for (`time`), or with its own
+# clock's when none was sent: where a fake's body holds ASKED_TIME, it is sent stamped so.
+ASKED_TIME = b"ASKED_TIME"
+
+
+def stamped(body: bytes, params: dict[str, str]) -> bytes:
+    """`body` with ASKED_TIME replaced by the evaluation time `params` ask for (now when they ask for none)."""
+    asked = params.get("time")
+    return body.replace(ASKED_TIME, f"{float(asked) if asked else time.time():.3f}".encode())
+
 
 class Garbage:
-    """A local HTTP server that answers every request with the status and body it is set to."""
+    """A local HTTP server that answers every request with the status and body it is set to (ASKED_TIME in it
+    stamped with the evaluation time asked for)."""
 
     def __init__(self) -> None:
         self.status, self.body, self.requests = 200, b"", 0
@@ -42,6 +54,7 @@ class Garbage:
                 body = next((body for (where, text), body in owner.routes.items()
                              if where == path and text in params.get("query", "")),
                             owner.bodies.get(path, owner.body))
+                body = stamped(body, params)
                 self.send_response(owner.status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -217,8 +230,7 @@ def test_queries_that_cannot_tell_canary_from_stable_are_inconclusive_not_a_pass
 
 def test_the_bake_reads_the_promoted_version_against_the_previous_versions_history(garbage: Garbage) -> None:
     """Not every other version's: a canary rejected on one of the past days is not the reference."""
-    garbage.answer(200, b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},'
-                        b'"value":[1767225600,"40"]}]}}')
+    garbage.answer(200, vector(40))
     metric = MetricSpec("nsfw-rate", ProportionMetric(events='sum(increase(p{ {{selector}}, c="nsfw"}[{{window}}]))',
                                                       total="sum(increase(p{ {{selector}} }[{{window}}]))"))
     now = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -294,7 +306,7 @@ def test_a_failed_query_verdict_carries_its_window(garbage: Garbage) -> None:
                                           "range": "300s", "mode": "canary"}
 
 
-VECTOR_ZERO = b'"data":{"resultType":"vector","result":[{"metric":{},"value":[1767225600,"0"]}]}'
+VECTOR_ZERO = b'"data":{"resultType":"vector","result":[{"metric":{},"value":[' + ASKED_TIME + b',"0"]}]}'
 
 
 @pytest.mark.parametrize(("extra", "text"), [
@@ -374,8 +386,9 @@ def test_a_refused_template_verdict_shows_the_templates(garbage: Garbage) -> Non
 
 
 def vector(value: float) -> bytes:
-    return b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1767225600,"%s"]}]}}' % (
-        repr(value).encode())
+    """One number, stamped (by the fake serving it) with the evaluation time asked for, as Prometheus does."""
+    return b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[%s,"%s"]}]}}' % (
+        ASKED_TIME, repr(value).encode())
 
 
 EMPTY_VECTOR = b'{"status":"success","data":{"resultType":"vector","result":[]}}'
