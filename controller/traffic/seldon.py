@@ -681,6 +681,14 @@ class SeldonDeploymentRouter:
                     f"cannot promote: the model node of predictor {self.stable_predictor} of {self.target} is "
                     f"{node.get('name')!r}, the canary's is {served.get('name')!r} (stable's graph changed during "
                     "the canary): set the model by hand, or roll back and stage again")
+            candidate_uri = annotations.get(ANN_CANDIDATE_URI)
+            if candidate_uri and served.get("modelUri") != candidate_uri:
+                # Pointed at another model by hand since staging: stable would take a model nothing judged, recorded
+                # as the candidate's version.
+                raise TargetStateError(
+                    f"cannot promote: the canary's model node {served.get('name')!r} of {self.target} loads "
+                    f"{redacted_url(str(served.get('modelUri')))}, not the staged candidate's "
+                    f"{redacted_url(candidate_uri)} (changed outside ModelRollout): roll back and stage again")
             version = str(annotations[ANN_CANDIDATE_VERSION])  # set: the canary is the router's (_own_canary)
             _set_model(node, str(served["modelUri"]), version)
             stable["traffic"] = self._stable_share(obj, "promote", f"the canary predictor {self.canary_predictor} "
@@ -734,7 +742,8 @@ class SeldonDeploymentRouter:
             f"{doing}: no model node of predictor {self.stable_predictor} of {self.target} loads "
             + (" or ".join(recorded) if recorded else "a modelUri ModelRollout recorded")
             + f", and it has several ({', '.join(repr(n.get('name')) for n in nodes)}): stable's graph or model "
-            "changed outside ModelRollout, so which node serves users is unknown; set the model by hand")
+            "changed outside ModelRollout, so which node serves users is unknown; set the annotation "
+            f"{ANN_MODEL_NODE} to the name of the node that loads the model, or set the model by hand")
 
     def restore(self, stable_model: CandidateModel) -> None:
         def build(obj: Obj) -> Obj:

@@ -87,3 +87,19 @@ def test_promotion_goes_on_when_stables_model_node_was_only_renamed() -> None:
     router.promote()
     [stable] = [p for p in fake.obj["spec"]["predictors"] if p["name"] == "main"]
     assert stable["graph"]["name"] == "classifier2" and stable["graph"]["modelUri"] == V7
+
+
+def test_promotion_refused_when_the_canarys_model_was_changed_by_hand() -> None:
+    """Review s38r2: the canary's classifier pointed at another model by hand (a detector put ahead of it too):
+    stable would take a model nothing judged, recorded as version 7. Refused, nothing written."""
+    router, fake, _, _ = staged_at_50(sdep())
+    canary = fake.obj["spec"]["predictors"][1]
+    classifier = canary["graph"]
+    classifier["modelUri"] = "s3://m/hotfix"
+    canary["graph"] = {"name": "od", "implementation": "SKLEARN_SERVER", "modelUri": "s3://models/od/1",
+                       "children": [classifier]}
+    before = copy.deepcopy(fake.obj)
+    with pytest.raises(TargetStateError, match=r"cannot promote: the canary's model node 'clf' of .* loads "
+                                               r"s3://m/hotfix, not the staged candidate's " + V7):
+        router.promote()
+    assert fake.obj == before
