@@ -122,9 +122,13 @@ def test_version_is_unknown_when_the_predictor_loads_another_model_uri(api: clie
     assert "predictor main loads s3://models/nsfw/5, not s3://models/nsfw/6 (version 6)" in state.message
     assert "predictor canary loads s3://models/nsfw/99, not s3://models/nsfw/7 (version 7)" in state.message
 
-    router.promote()  # stable takes the canary's model, which is not 7's
-    state = router.observe()
-    assert state.stable_version is None and "not s3://models/nsfw/7 (version 7)" in state.message
+    # Review s38r2: stable would take a model nothing judged, recorded as version 7. Refused, nothing written.
+    before = get(api, SELDON_DEPLOYMENT, namespace)
+    with pytest.raises(TargetStateError, match=r"cannot promote: the canary's model node .* loads "
+                                               r"s3://models/nsfw/99, not the staged candidate's s3://models/nsfw/7"):
+        router.promote()
+    after = get(api, SELDON_DEPLOYMENT, namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
 
     router.restore(STABLE_6)  # the router's own write: its version holds again
     seldon_v1_reports(api, namespace)  # once Seldon reports 6's own (new) Deployments
