@@ -15,7 +15,9 @@ cleanup() {
     # Still starting: `dev up` stops what it started on SIGTERM (as a background job it ignores Ctrl-C itself).
     kill -TERM "$up" 2>/dev/null || true
     # It exits 0 only with the stack up: it had got that far (once up, it ignores the kill), so stop the stack too.
-    if wait "$up"; then stack_up=1; fi
+    # Its environment lines, written only then, tell it as well: when the signal came as the wait below returned,
+    # this wait can fail though `dev up` exited 0 (bash 5.2 gives -1 for a child the other wait reaped).
+    if wait "$up" || [[ -s $up_out ]]; then stack_up=1; fi
   fi
   if [[ -n $up_out ]]; then rm -f "$up_out"; fi
   if [[ -n $demo ]]; then
