@@ -1941,6 +1941,19 @@ class _Decider:
                     and target.canary_version != candidate.version and not target.pinned):
             self._confirm(action.id)
             return True
+        error = _ledger_error(record)
+        if record is not None and error is not None and error.kind is not AdapterErrorKind.UNAVAILABLE \
+                and action.id in self.failed_actions and record.refused_since is not None \
+                and self._deadline_passed(record.refused_since):
+            # Refused again past progressDeadline of refusals in a row (a router that can no longer drive the
+            # target): no user is on the candidate (its traffic is confirmed off), so holding the new attempt for
+            # ever helps no one. It starts, and on-call is told what was left. An unreachable target is waited for.
+            self._record("CandidateNotUnstaged", f"candidate {candidate.version} could not be taken off "
+                                                 f"{self.spec.target.description} within {self._deadline} (no "
+                                                 f"user is on it){self._last_error_note(action.id)}: clear it by "
+                                                 "hand, else a later model of that name may be taken for it")
+            self._abandon_pending(action.id)
+            return True
         self._request(action, f"unstage {candidate.version}")
         return False
 

@@ -26,8 +26,8 @@ POSTED_THROUGH = "eventsPostedThrough"
 WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", "Error", "Invalid")
 WARNING_REASONS = frozenset({"RollbackStarted", "TrafficNotRestored", "GateOverridden", "CommandIgnored",
                              "CandidateRejected", "PreviouslyRejected", "AwaitingDecision", "StatusReset", "AliasLeft",
-                             "AliasNotRestored", "CandidateNotTagged", "StableMismatch", "TargetConflict",
-                             "ProgressDeadlineExceeded", STATUS_REJECTED})
+                             "AliasNotRestored", "CandidateNotTagged", "CandidateNotUnstaged", "StableMismatch",
+                             "TargetConflict", "ProgressDeadlineExceeded", STATUS_REJECTED})
 # The API server's default --event-ttl. An Event posted for an entry this old may have expired since, so
 # posting it again could not be told apart from a duplicate: such entries are not posted.
 EVENT_TTL = timedelta(hours=1)
