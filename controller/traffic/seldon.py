@@ -194,7 +194,7 @@ def _node_loading(graph: Obj, *uris: str | None, name: str | None = None) -> Obj
     hand, even if a second node loads the same URI); with no node of that name (renamed, or written before names
     were recorded), the one node loading it, or the first model node if that does."""
     nodes = _model_nodes(graph)
-    named = next((n for n in nodes if name and n.get("name") == name), None)
+    named = _named_node(nodes, name)
     for uri in filter(None, uris):
         if named is not None:
             if named.get("modelUri") == uri:
@@ -210,8 +210,11 @@ def _node_to_write(graph: Obj, *uris: str | None, name: str | None = None) -> Ob
     """The model node the router writes a model into: the one of the recorded `name`, even when pointed at another
     model by hand (it is still the node users reach through; observe reads that edit as an unknown version), else
     the one loading a recorded URI (`_node_loading`)."""
-    named = next((n for n in _model_nodes(graph) if name and n.get("name") == name), None)
-    return named or _node_loading(graph, *uris, name=name)
+    return _named_node(_model_nodes(graph), name) or _node_loading(graph, *uris, name=name)
+
+
+def _named_node(nodes: list[Obj], name: str | None) -> Obj | None:
+    return next((n for n in nodes if name and n.get("name") == name), None)
 
 
 ANN_CANDIDATE_VERSION = ANNOTATION_PREFIX + "candidate-version"
