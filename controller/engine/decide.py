@@ -1944,10 +1944,11 @@ class _Decider:
         error = _ledger_error(record)
         if record is not None and error is not None and error.kind is not AdapterErrorKind.UNAVAILABLE \
                 and action.id in self.failed_actions and record.refused_since is not None \
-                and self._deadline_passed(record.refused_since):
+                and self._deadline_passed(record.refused_since) and target is not None and not target.canary_weight:
             # Refused again past progressDeadline of refusals in a row (a router that can no longer drive the
-            # target): no user is on the candidate (its traffic is confirmed off), so holding the new attempt for
-            # ever helps no one. It starts, and on-call is told what was left. An unreachable target is waited for.
+            # target), and the target, read now, shows no user on a canary: holding the new attempt for ever helps
+            # no one. It starts, and on-call is told what was left. An unreachable or unreadable target, or traffic
+            # put back on a canary since the withdrawal (an Argo CD sync), is waited for.
             self._record("CandidateNotUnstaged", f"candidate {candidate.version} could not be taken off "
                                                  f"{self.spec.target.description} within {self._deadline} (no "
                                                  f"user is on it){self._last_error_note(action.id)}: clear it by "

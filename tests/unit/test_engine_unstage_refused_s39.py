@@ -14,7 +14,7 @@ from test_engine_superseded_leftover import in_canary, name_version, run, unstag
 from test_engine_support import World, spec_dict
 
 from controller.api import Phase
-from controller.engine import ActionFailure, AdapterError, AdapterErrorKind, UnstageCandidate
+from controller.engine import ActionFailure, AdapterError, AdapterErrorKind, TargetObservation, UnstageCandidate
 from controller.operator.events import is_warning
 
 _INVALID = "Seldon graph of iris: several model nodes, none recorded; set modelrollout.io/model-node"
@@ -85,3 +85,20 @@ def test_an_unreachable_target_is_waited_for_however_long_it_takes() -> None:
     run(world, 90, timedelta(minutes=1))
     assert world.status.phase is Phase.ROLLING_BACK and world.status.attempt == 1
     assert "CandidateNotUnstaged" not in [entry.event for entry in world.status.history]
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_no_give_up_while_the_target_shows_users_on_a_canary_or_cannot_be_read(readable: bool) -> None:
+    """Traffic put back on the old candidate after its withdrawal was confirmed (an Argo CD sync, the hand edit that
+    makes the router refuse), or a target the router cannot read: "no user is on it" is not known (review s39engine)."""
+    world = _superseded_mid_canary(AdapterErrorKind.INVALID, _INVALID, [True], version="6")
+    run(world, 2, timedelta(minutes=1))
+    assert world.status.rollback is not None and world.status.rollback.traffic_confirmed_at is not None
+    world.target.canary_version, world.target.canary_weight = "7", 20
+    if not readable:
+        world.target.observe = lambda _now: TargetObservation(  # type: ignore[method-assign]
+            error=AdapterError(AdapterErrorKind.INVALID, _INVALID))
+    run(world, 60, timedelta(minutes=1))
+    assert world.status.phase is Phase.ROLLING_BACK and world.status.attempt == 1
+    assert "CandidateNotUnstaged" not in [entry.event for entry in world.status.history]
+    assert "taking version 7 off" in world.status.message
