@@ -152,7 +152,15 @@ def parse_mode(value: str | DeploymentMode | None) -> DeploymentMode | None:
 def deployment_mode(obj: Obj, default: DeploymentMode | None = None) -> DeploymentMode:
     """KServe's own precedence: status, then annotation, then the configured default."""
     status = obj.get("status") or {}
-    mode = parse_mode(status.get("deploymentMode")) or parse_mode(annotations_of(obj).get(DEPLOYMENT_MODE_ANNOTATION))
+    reported = status.get("deploymentMode")
+    mode = parse_mode(reported)
+    if reported and mode is None:
+        # KServe reports the mode it runs: a value this router does not know (a newer KServe's) is not guessed at
+        # from the annotation or the default, which could write the other mode's canary shape.
+        raise TargetStateError(f"InferenceService {obj['metadata']['name']} reports status.deploymentMode "
+                               f"{str(reported)[:64]!r}, which ModelRollout cannot drive (it drives "
+                               "Knative/Serverless and Standard/RawDeployment)")
+    mode = mode or parse_mode(annotations_of(obj).get(DEPLOYMENT_MODE_ANNOTATION))
     if mode is None:
         mode = default
     if mode is None and (status.get("components") or {}).get("predictor", {}).get("latestCreatedRevision"):
