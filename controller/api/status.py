@@ -73,10 +73,12 @@ def same_owned_status(decided: Mapping[str, Any], stored: Mapping[str, Any]) -> 
 
 
 # Ready reasons the operator's runtime sets when the stored status cannot move on: the API server refused the decided
-# status (the stored one is kept, saying so), or the stored one cannot be read back. A watch returns on either.
+# status (the stored one is kept, saying so), the stored one cannot be read back, or the API server refused the
+# revertOnDeletion finalizer (added before anything is done, removed once the rollout ended). A watch returns on each.
 STATUS_REJECTED = "StatusRejected"
 STATUS_UNREADABLE = "StatusUnreadable"
-STATUS_REFUSALS = (STATUS_REJECTED, STATUS_UNREADABLE)
+FINALIZER_REFUSED = "FinalizerRefused"
+STATUS_REFUSALS = (STATUS_REJECTED, STATUS_UNREADABLE, FINALIZER_REFUSED)
 
 
 @dataclass(frozen=True)

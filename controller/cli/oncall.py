@@ -26,7 +26,13 @@ from urllib3.exceptions import ReadTimeoutError
 
 from controller.api.commands import COMMAND_ANNOTATION, Command, CommandAction, CommandError, parse_command
 from controller.api.serialization import format_time, parse_time
-from controller.api.status import STATUS_REFUSALS, STATUS_REJECTED, STATUS_UNREADABLE, step_fraction
+from controller.api.status import (
+    FINALIZER_REFUSED,
+    STATUS_REFUSALS,
+    STATUS_REJECTED,
+    STATUS_UNREADABLE,
+    step_fraction,
+)
 from controller.cli.errors import CliError
 from controller.cli.program import program
 from controller.cli.report import deciding_test
@@ -77,7 +83,8 @@ PROMOTE_WORDS = {"Gate": "goes on to the steps despite the gate", "Analysis": "s
 RETRY_WORDS = {"Gate": "runs the gate again", "Analysis": "judges this step again", "Bake": "bakes again",
                "ProgressDeadline": "sends the last change to the target again"}
 # What explain says of each STATUS_REFUSALS reason: only an unreadable status stops the operator on the spec.
-REFUSAL_WORDS = {STATUS_REJECTED: "could not store its last decision", STATUS_UNREADABLE: "has stopped on this spec"}
+REFUSAL_WORDS = {STATUS_REJECTED: "could not store its last decision", STATUS_UNREADABLE: "has stopped on this spec",
+                 FINALIZER_REFUSED: "cannot hold or release this rollout's deletion"}
 # The history entries a resolved attempt begins with: where it starts in a status whose entries carry no attempt
 # number (written by an older operator).
 ATTEMPT_STARTS = ("Resolved", "AlreadyStable")
@@ -625,6 +632,8 @@ class OnCall:
                       f"for {HELD_REASONS[held]}", file=self.out, flush=True)
             told = held
             refused = _status_refused(obj) if pending is None else None
+            if refused is not None and refused[0] == FINALIZER_REFUSED and status.get("phase") in TERMINAL:
+                refused = None  # a release refused holds up a later delete, not this outcome
             if refused is not None:
                 # The stored status (even a final phase) is not what the operator decided, and it cannot move on
                 # until the spec or the operator changes: waiting would hang a CI job.

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from controller.api.serialization import parse_time
-from controller.api.status import STATUS_REJECTED
+from controller.api.status import FINALIZER_REFUSED, STATUS_REJECTED
 
 POSTED_THROUGH = "eventsPostedThrough"
 # Entries whose event name contains one of these are Warning Events, and so are WARNING_REASONS; the rest
@@ -27,7 +27,8 @@ WARNING_EVENTS = ("Fail", "RollingBack", "RolledBack", "Abort", "Inconclusive", 
 WARNING_REASONS = frozenset({"RollbackStarted", "TrafficNotRestored", "GateOverridden", "CommandIgnored",
                              "CandidateRejected", "PreviouslyRejected", "AwaitingDecision", "StatusReset", "AliasLeft",
                              "AliasNotRestored", "CandidateNotTagged", "CandidateNotUnstaged", "StableMismatch",
-                             "TargetConflict", "ProgressDeadlineExceeded", STATUS_REJECTED})
+                             "TargetConflict", "ProgressDeadlineExceeded", STATUS_REJECTED,
+                             FINALIZER_REFUSED})
 # The API server's default --event-ttl. An Event posted for an entry this old may have expired since, so
 # posting it again could not be told apart from a duplicate: such entries are not posted.
 EVENT_TTL = timedelta(hours=1)

@@ -16,7 +16,7 @@ from controller.operator.event_poster import EventPoster
 from controller.operator.events import POSTED_THROUGH
 from controller.operator.kubeapi import ObjectRef, RolloutStore, StatusWriteRefused, apply_decided_status
 from controller.operator.metrics import OperatorMetrics
-from controller.operator.runtime import ReconcileOutcome, refused_status
+from controller.operator.runtime import FinalizerRefused, ReconcileOutcome, finalizer_refused_status, refused_status
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,19 @@ class Reconciler:
         return 0.0
 
     async def _say_refused(self, obj: dict[str, Any], stored_status: dict[str, Any],
-                           refused: StatusWriteRefused) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Store `stored_status` (what the API server holds) saying why the status decided on it was refused; the
-        object and status stored then, or None when the rollout changed underneath."""
+                           refused: StatusWriteRefused | FinalizerRefused,
+                           ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Store `stored_status` (what the API server holds) saying why the status decided on it, or the finalizer,
+        was refused; the object and status stored then, or None when the rollout changed underneath."""
         meta = obj["metadata"]
-        self.metrics.status_writes_refused.inc()
-        log.warning("%s/%s: the API server refused the decided status (%s); the stored status is kept and says so",
-                    meta["namespace"], meta["name"], refused.problem)
-        status = refused_status(stored_status, refused.problem, int(meta.get("generation") or 0), self.clock())
+        generation = int(meta.get("generation") or 0)
+        if isinstance(refused, FinalizerRefused):  # logged where it was refused
+            status = finalizer_refused_status(stored_status, refused, generation, self.clock())
+        else:
+            self.metrics.status_writes_refused.inc()
+            log.warning("%s/%s: the API server refused the decided status (%s); the stored status is kept and says "
+                        "so", meta["namespace"], meta["name"], refused.problem)
+            status = refused_status(stored_status, refused.problem, generation, self.clock())
         if status == stored_status:
             return obj, status  # it says so already: nothing to write, nothing to wake
         try:

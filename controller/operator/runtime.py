@@ -41,6 +41,7 @@ from controller.api.serialization import from_json, parse_time, to_json
 from controller.api.spec import ModelRolloutSpec, SpecError, parse_spec
 from controller.api.status import (
     CONTROLLER_ACTOR,
+    FINALIZER_REFUSED,
     HISTORY_LIMIT,
     STATUS_REJECTED,
     STATUS_UNREADABLE,
@@ -181,8 +182,20 @@ class ReconcileOutcome:
     # Called when `status` is not stored after all (a 409): the action answers its decision read are read again.
     put_back: Callable[[], None] | None = None
     # A status this step decided that the API server refused for what it holds: `status` is then what was stored
-    # before it, and the caller stores that saying why (refused_status).
-    refused: StatusWriteRefused | None = None
+    # before it, and the caller stores that saying why (refused_status). Or the finalizer refused: the same, with
+    # finalizer_refused_status.
+    refused: StatusWriteRefused | FinalizerRefused | None = None
+
+
+class FinalizerRefused(ApiException):
+    """The API server refused to add (`hold`) or remove the revertOnDeletion finalizer on the rollout still there
+    (an admission policy, a tightened CRD rule): it answers the same next time. `problem` gives the HTTP status and
+    reason only, never the body (it may quote the object)."""
+
+    def __init__(self, status: int, reason: str | None, hold: bool) -> None:
+        super().__init__(status=status, reason=reason)
+        self.hold = hold
+        self.problem = f"HTTP {status} {reason or ''}".rstrip()
 
 
 def _kind(error: Exception) -> AdapterErrorKind:
@@ -756,24 +769,44 @@ def refused_status(raw: Any, problem: str, generation: int, now: dt.datetime) ->
     (so it writes nothing and wakes nothing); one after a spec edit says the edit did not help. A restart's write
     (the gate handed out again) replaces Ready but records nothing: the newest history entry still says it for this
     generation (matched on that, not on the words: the byte count differs each time), so only Ready says it again."""
-    status = dict(raw) if isinstance(raw, Mapping) else {}
-    conditions = status.get("conditions") if isinstance(status.get("conditions"), list) else []
-    if any(isinstance(item, Mapping) and item.get("type") == ConditionType.READY and item.get("reason") ==
-           STATUS_REJECTED and item.get("observedGeneration") == generation for item in conditions):
-        return status
     hint = (" Names from the golden dataset and the thresholds (classes, slice tags) are repeated in status: very long "
             "ones make it this large." if problem.startswith("too large") else "")
     said = f"The API server refused to store the status decided for generation {generation} of this rollout:"
     message = (f"{said} {problem}.{hint} The status stored before is kept and the rollout does not move on; it is "
                "decided again after a while, and at once when its spec changes or a command comes.")
-    status = _not_ready(status, STATUS_REJECTED, message, generation, now)
+    return _say_refused_once(raw, STATUS_REJECTED, said, message, generation, now)
+
+
+def finalizer_refused_status(raw: Any, refused: FinalizerRefused, generation: int, now: dt.datetime) -> dict[str, Any]:
+    """The stored status `raw`, kept as it is but for saying that the API server refused the finalizer: added, the
+    rollout does not act (revertOnDeletion could not be honoured); removed, a delete of it waits. As refused_status."""
+    if refused.hold:
+        said = f"The API server refused to add the controller's finalizer {FINALIZER} ({refused.problem}):"
+        message = (f"{said} spec.rollback.revertOnDeletion cannot be honoured, so the rollout does nothing. Allow the "
+                   "finalizer (an admission policy or webhook refusing it), or set revertOnDeletion to false.")
+    else:
+        said = f"The API server refused to remove the controller's finalizer {FINALIZER} ({refused.problem}):"
+        message = (f"{said} the rollout has ended, and a delete of it waits until the finalizer is removed; allow the "
+                   "change, or remove it by hand.")
+    return _say_refused_once(raw, FINALIZER_REFUSED, said, message, generation, now)
+
+
+def _say_refused_once(raw: Any, reason: str, said: str, message: str, generation: int,
+                      now: dt.datetime) -> dict[str, Any]:
+    """`raw` with Ready False (`reason`) and a history entry saying `message`, once per generation."""
+    status = dict(raw) if isinstance(raw, Mapping) else {}
+    conditions = status.get("conditions") if isinstance(status.get("conditions"), list) else []
+    if any(isinstance(item, Mapping) and item.get("type") == ConditionType.READY and item.get("reason") ==
+           reason and item.get("observedGeneration") == generation for item in conditions):
+        return status
+    status = _not_ready(status, reason, message, generation, now)
     history = status.get("history") if isinstance(status.get("history"), list) else []
     newest = history[-1] if history and isinstance(history[-1], Mapping) else {}
-    if newest.get("event") == STATUS_REJECTED and str(newest.get("detail") or "").startswith(said):
+    if newest.get("event") == reason and str(newest.get("detail") or "").startswith(said):
         return status
     numbers = [item["seq"] for item in history if isinstance(item, Mapping) and isinstance(item.get("seq"), int)]
     floor = status.get(POSTED_THROUGH) if isinstance(status.get(POSTED_THROUGH), int) else 0
-    entry = HistoryEntry(now.replace(microsecond=0), STATUS_REJECTED, message, seq=max([*numbers, floor]) + 1)
+    entry = HistoryEntry(now.replace(microsecond=0), reason, message, seq=max([*numbers, floor]) + 1)
     status["history"] = [*history, to_json(entry)][-HISTORY_LIMIT:]  # numbered as append_history numbers
     return status
 
@@ -1101,7 +1134,7 @@ class RolloutStepper:
                 # carried out: the next reconcile sends them at once, on a fresh read.
                 self._seen.discard(key)
                 await self._store_start(obj, outcome, stored, gate_keeper)
-                outcome.requeue_after = await self._apply_finalizer(obj, hold=True)
+                await self._finalizer(obj, outcome, hold=True)
                 return outcome
             if self.store is not None and not same_owned_status(outcome.status, stored):
                 decided_on = outcome.stored_status if outcome.stored_status is not None else obj.get("status") or {}
@@ -1438,8 +1471,9 @@ class RolloutStepper:
     async def _hold(self, obj: dict[str, Any]) -> ReconcileOutcome:
         """Put the finalizer on before anything is done (never on a rollout being deleted: the API server
         refuses a new finalizer then, and one deleted before the operator first saw it had nothing running)."""
-        requeue = await self._apply_finalizer(obj, hold=True)
-        return ReconcileOutcome(status=dict(obj.get("status") or {}), requeue_after=requeue)  # nothing to write
+        outcome = ReconcileOutcome(status=dict(obj.get("status") or {}))  # nothing to write, unless refused
+        await self._finalizer(obj, outcome, hold=True)
+        return outcome
 
     async def _unreadable(self, obj: dict[str, Any], error: Exception, deleted_at: dt.datetime | None,
                           ours: bool) -> ReconcileOutcome:
@@ -1480,8 +1514,17 @@ class RolloutStepper:
             log.warning("%s/%s: the candidate is still in the spec of %s after the rollback; letting the delete "
                         "complete", obj["metadata"]["namespace"], obj["metadata"]["name"],
                         runtime.spec.target.description)
-        outcome.requeue_after = await self._apply_finalizer(obj, hold=False)
+        await self._finalizer(obj, outcome, hold=False)
         return outcome
+
+    async def _finalizer(self, obj: dict[str, Any], outcome: ReconcileOutcome, hold: bool) -> None:
+        """Apply, then look again at once, on a fresh read. Refused: the caller stores the status saying so (once
+        per generation, with a Warning Event) and it is a reconcile error, retried on the queue's backoff."""
+        try:
+            outcome.requeue_after = await self._apply_finalizer(obj, hold)
+        except FinalizerRefused as exc:
+            if outcome.refused is None:  # a refused status write of this reconcile is said first
+                outcome.refused = exc
 
     async def _apply_finalizer(self, obj: dict[str, Any], hold: bool) -> float:
         """Apply; look again at once, on a fresh read."""
@@ -1503,7 +1546,7 @@ class RolloutStepper:
             # error, retried on the queue's backoff. Status and reason only: the body may quote the object.
             log.warning("%s/%s: finalizer not %s: HTTP %s %s", meta["namespace"], meta["name"],
                         "added" if hold else "removed", exc.status, exc.reason)
-            raise ApiException(status=exc.status, reason=exc.reason) from None
+            raise FinalizerRefused(exc.status, exc.reason, hold) from None
         if not hold and written is not None and FINALIZER in (written["metadata"].get("finalizers") or ()):
             # Another field manager owns the entry too (a dumped object applied server-side, kubectl edit):
             # from now on it is theirs, and reconciles go on as if it were not there.

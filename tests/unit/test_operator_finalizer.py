@@ -15,7 +15,13 @@ from kubernetes.client.exceptions import ApiException
 from controller.api.status import ModelRolloutStatus, Phase, VersionRef
 from controller.engine import RegistryObservation, ResolvedVersion, TargetObservation
 from controller.operator.kubeapi import FIELD_MANAGER, FINALIZER, ObjectRef
-from controller.operator.runtime import OperatorConfig, ReconcileOutcome, RolloutRuntime, RolloutStepper
+from controller.operator.runtime import (
+    FinalizerRefused,
+    OperatorConfig,
+    ReconcileOutcome,
+    RolloutRuntime,
+    RolloutStepper,
+)
 
 RAW: dict[str, Any] = {
     "model": {"name": "nsfw", "version": "8", "stableAlias": "production"},
@@ -183,18 +189,22 @@ def test_a_finalizer_apply_refused_for_a_gone_or_deleted_object_means_read_again
 def test_a_finalizer_apply_refused_for_an_object_still_there_is_a_reconcile_error_without_the_body(
         error: int, deleting: bool, caplog: pytest.LogCaptureFixture) -> None:
     """An admission policy on UPDATE, a tightened CRD rule: refused the same way every time, so retried on the
-    queue's error backoff (and counted as an error), not looked at again at once for ever. A deletion does not
-    explain a refused release: the API server lets a finalizer go from an object being deleted."""
+    queue's error backoff (and counted as an error), not looked at again at once for ever: the step hands the
+    refusal to the reconciler, which stores the status saying so and raises it (test_operator_finalizer_refused_s39).
+    A deletion does not explain a refused release: the API server lets a finalizer go from an object being deleted."""
     status = SUCCEEDED if deleting else None
     obj = rollout(status, held=deleting, deleting=deleting)
     store = Store(error=error, fresh=copy.deepcopy(obj))
-    with caplog.at_level(logging.INFO), pytest.raises(ApiException) as raised:
-        step(obj, store)
-    assert store.applied == [not deleting] and raised.value.status == error and raised.value.body is None
+    with caplog.at_level(logging.INFO):
+        outcome = step(obj, store)
+    refused = outcome.refused
+    assert isinstance(refused, FinalizerRefused) and refused.hold is not deleting
+    assert store.applied == [not deleting] and refused.status == error and refused.body is None
+    assert outcome.status == (status or {}) and outcome.actions_taken == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"team-a/nsfw: finalizer not {'removed' if deleting else 'added'}: HTTP {error} "
                         f"{REASONS[error]}"]
-    assert "s3cr3t" not in caplog.text and "s3cr3t" not in str(raised.value)
+    assert "s3cr3t" not in caplog.text and "s3cr3t" not in str(refused)
 
 
 def test_any_other_refusal_is_a_reconcile_error() -> None:
