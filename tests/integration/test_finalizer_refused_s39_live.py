@@ -22,7 +22,7 @@ from controller.operator.kubeapi import FINALIZER, GROUP, PLURAL, VERSION, Objec
 from controller.operator.metrics import OperatorMetrics
 from controller.operator.reconciler import Reconciler
 from controller.operator.runtime import FinalizerRefused, OperatorConfig, RolloutStepper
-from tests.conftest import run_kubectl
+from tests.integration.test_status_refused import admission_policy
 from tests.unit.test_operator_finalizer import RAW
 
 pytestmark = pytest.mark.integration
@@ -30,25 +30,10 @@ POLICY_WORDS = "finalizers-need-a-ticket-q7zx"  # the policy's message: never re
 
 
 def refuse_finalizer(kubeconfig: Path, name: str, present: bool) -> None:
-    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-              "metadata": {"name": f"no-finalizer-{name}"},
-              "spec": {"failurePolicy": "Fail",
-                       "matchConstraints": {"resourceRules": [{"apiGroups": [GROUP], "apiVersions": ["*"],
-                                                               "operations": ["UPDATE"], "resources": [PLURAL]}]},
-                       "validations": [{"expression": f"object.metadata.name != '{name}' || "
-                                                      "!has(object.metadata.finalizers) || "
-                                                      f"!('{FINALIZER}' in object.metadata.finalizers)",
-                                        "message": POLICY_WORDS, "reason": "Invalid"}]}}
-    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-               "metadata": {"name": f"no-finalizer-{name}"},
-               "spec": {"policyName": f"no-finalizer-{name}", "validationActions": ["Deny"]}}
-    if present:
-        for obj in (policy, binding):
-            result = run_kubectl(kubeconfig, "apply", "-f", "-", input_text=json.dumps(obj))
-            assert result.returncode == 0, result.stderr
-    else:
-        for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
-            run_kubectl(kubeconfig, "delete", kind, f"no-finalizer-{name}", "--ignore-not-found")
+    """A ValidatingAdmissionPolicy refusing the controller's finalizer on this rollout (the API server's 422)."""
+    expression = (f"object.metadata.name != '{name}' || !has(object.metadata.finalizers) || "
+                  f"!('{FINALIZER}' in object.metadata.finalizers)")
+    admission_policy(kubeconfig, f"no-finalizer-{name}", PLURAL, expression, POLICY_WORDS, present)
 
 
 def test_a_refused_finalizer_is_said_in_ready_and_one_warning_event_then_the_rollout_starts(

@@ -113,25 +113,30 @@ def test_a_refused_status_is_said_in_ready_and_one_warning_event(kubeconfig: Pat
 
 def refuse_progressing(kubeconfig: Path, name: str, present: bool) -> None:
     """A ValidatingAdmissionPolicy refusing this rollout's status in phase Progressing (the API server's 422)."""
+    expression = (f"object.metadata.name != '{name}' || !has(object.status.phase) || "
+                  "object.status.phase != 'Progressing'")
+    admission_policy(kubeconfig, f"refuse-{name}", f"{PLURAL}/status", expression, "Progressing refused", present)
+
+
+def admission_policy(kubeconfig: Path, name: str, resource: str, expression: str, message: str,
+                     present: bool) -> None:
+    """A ValidatingAdmissionPolicy `name` denying UPDATEs of ModelRollout `resource` where `expression` is false, with
+    its binding; removed when not `present`."""
     policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-              "metadata": {"name": f"refuse-{name}"},
+              "metadata": {"name": name},
               "spec": {"failurePolicy": "Fail",
                        "matchConstraints": {"resourceRules": [{"apiGroups": [GROUP], "apiVersions": ["*"],
-                                                               "operations": ["UPDATE"],
-                                                               "resources": [f"{PLURAL}/status"]}]},
-                       "validations": [{"expression": f"object.metadata.name != '{name}' || !has(object.status.phase)"
-                                                      " || object.status.phase != 'Progressing'",
-                                        "message": "Progressing refused", "reason": "Invalid"}]}}
+                                                               "operations": ["UPDATE"], "resources": [resource]}]},
+                       "validations": [{"expression": expression, "message": message, "reason": "Invalid"}]}}
     binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-               "metadata": {"name": f"refuse-{name}"},
-               "spec": {"policyName": f"refuse-{name}", "validationActions": ["Deny"]}}
+               "metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}}
     if present:
         for obj in (policy, binding):
             result = run_kubectl(kubeconfig, "apply", "-f", "-", input_text=json.dumps(obj))
             assert result.returncode == 0, result.stderr
     else:
         for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
-            run_kubectl(kubeconfig, "delete", kind, f"refuse-{name}", "--ignore-not-found")
+            run_kubectl(kubeconfig, "delete", kind, name, "--ignore-not-found")
 
 
 def said_rejected(status: dict[str, Any]) -> bool:
