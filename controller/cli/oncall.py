@@ -632,8 +632,6 @@ class OnCall:
                       f"for {HELD_REASONS[held]}", file=self.out, flush=True)
             told = held
             refused = _status_refused(obj) if pending is None else None
-            if refused is not None and refused[0] == FINALIZER_REFUSED and status.get("phase") in TERMINAL:
-                refused = None  # a release refused holds up a later delete, not this outcome
             if refused is not None:
                 # The stored status (even a final phase) is not what the operator decided, and it cannot move on
                 # until the spec or the operator changes: waiting would hang a CI job.

@@ -778,28 +778,36 @@ def refused_status(raw: Any, problem: str, generation: int, now: dt.datetime) ->
 
 
 def finalizer_refused_status(raw: Any, refused: FinalizerRefused, generation: int, now: dt.datetime) -> dict[str, Any]:
-    """The stored status `raw`, kept as it is but for saying that the API server refused the finalizer: added, the
-    rollout does not act (revertOnDeletion could not be honoured); removed, a delete of it waits. As refused_status."""
+    """The stored status `raw`, kept as it is but for saying that the API server refused the finalizer: added, or
+    removed from a rollout in flight (revertOnDeletion turned off), the rollout does not act: Ready False, as
+    refused_status. Removed from an ended rollout, only a later delete waits: a history entry (a Warning Event) only,
+    since its outcome and Ready stand, and nothing decided later would set Ready back."""
+    ended = isinstance(raw, Mapping) and raw.get("phase") in {str(phase) for phase in TERMINAL_PHASES}
+    verb = "add" if refused.hold else "remove"
+    said = f"The API server refused to {verb} the controller's finalizer {FINALIZER} ({refused.problem}):"
     if refused.hold:
-        said = f"The API server refused to add the controller's finalizer {FINALIZER} ({refused.problem}):"
         message = (f"{said} spec.rollback.revertOnDeletion cannot be honoured, so the rollout does nothing. Allow the "
                    "finalizer (an admission policy or webhook refusing it), or set revertOnDeletion to false.")
-    else:
-        said = f"The API server refused to remove the controller's finalizer {FINALIZER} ({refused.problem}):"
+    elif ended:
         message = (f"{said} the rollout has ended, and a delete of it waits until the finalizer is removed; allow the "
                    "change, or remove it by hand.")
-    return _say_refused_once(raw, FINALIZER_REFUSED, said, message, generation, now)
+    else:
+        message = (f"{said} revertOnDeletion is off, and the rollout does nothing until the finalizer is removed; "
+                   "allow the change, or remove it by hand.")
+    return _say_refused_once(raw, FINALIZER_REFUSED, said, message, generation, now, ready=refused.hold or not ended)
 
 
-def _say_refused_once(raw: Any, reason: str, said: str, message: str, generation: int,
-                      now: dt.datetime) -> dict[str, Any]:
-    """`raw` with Ready False (`reason`) and a history entry saying `message`, once per generation."""
+def _say_refused_once(raw: Any, reason: str, said: str, message: str, generation: int, now: dt.datetime,
+                      ready: bool = True) -> dict[str, Any]:
+    """`raw` with Ready False (`reason`; unless not `ready`) and a history entry saying `message`, once per generation
+    (without Ready: while the newest entry says it)."""
     status = dict(raw) if isinstance(raw, Mapping) else {}
     conditions = status.get("conditions") if isinstance(status.get("conditions"), list) else []
-    if any(isinstance(item, Mapping) and item.get("type") == ConditionType.READY and item.get("reason") ==
-           reason and item.get("observedGeneration") == generation for item in conditions):
+    if ready and any(isinstance(item, Mapping) and item.get("type") == ConditionType.READY and item.get("reason") ==
+                     reason and item.get("observedGeneration") == generation for item in conditions):
         return status
-    status = _not_ready(status, reason, message, generation, now)
+    if ready:
+        status = _not_ready(status, reason, message, generation, now)
     history = status.get("history") if isinstance(status.get("history"), list) else []
     newest = history[-1] if history and isinstance(history[-1], Mapping) else {}
     if newest.get("event") == reason and str(newest.get("detail") or "").startswith(said):

@@ -16,7 +16,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from test_cli_commands import FakeApi, api, no_wait  # noqa: F401 (fixtures)
 from test_cli_commands import rollout as cli_rollout
-from test_operator_finalizer import REASONS, SUCCEEDED, observed, rollout
+from test_operator_finalizer import RAW, REASONS, SUCCEEDED, observed, rollout
 
 from controller.api.status import FINALIZER_REFUSED
 from controller.cli.main import main
@@ -143,15 +143,36 @@ def test_a_new_attempt_whose_finalizer_is_refused_is_stored_saying_so_and_acts_o
     assert len(said(cluster)) == 1
 
 
-def test_an_ended_deleted_rollout_whose_finalizer_release_is_refused_says_the_delete_waits() -> None:
-    cluster = Cluster(rollout({**SUCCEEDED, "eventsPostedThrough": 0}, held=True, deleting=True))
+@pytest.mark.parametrize("deleting", [False, True])
+def test_an_ended_rollout_whose_release_is_refused_says_a_delete_waits_and_keeps_its_outcome(deleting: bool) -> None:
+    """Its outcome and Ready stand (nothing decided later would set Ready back): a Warning entry only, once."""
+    ended = {**SUCCEEDED, "eventsPostedThrough": 0,
+             "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "done",
+                             "lastTransitionTime": "2026-12-03T02:00:00Z", "observedGeneration": 1}]}
+    cluster = Cluster(rollout(ended, held=True, deleting=deleting))
     refused = reconcile(cluster)
     assert refused is not None and refused.status == 422
     assert cluster.applied == [False]
-    message = ready(cluster)["message"]
-    assert message.startswith(f"The API server refused to remove the controller's finalizer {FINALIZER} (HTTP 422 "
-                              "Unprocessable Entity): the rollout has ended, and a delete of it waits")
-    assert cluster.obj["status"]["phase"] == "Succeeded"  # kept as it was
+    status = cluster.obj["status"]
+    assert status["phase"] == "Succeeded" and status["conditions"] == ended["conditions"]  # kept as they were
+    (entry,) = said(cluster)
+    assert entry["detail"].startswith(f"The API server refused to remove the controller's finalizer {FINALIZER} "
+                                      "(HTTP 422 Unprocessable Entity): the rollout has ended, and a delete of it "
+                                      "waits")
+    assert [e["event"] for e in cluster.events] == [FINALIZER_REFUSED]
+    writes = len(cluster.status_writes)
+    assert reconcile(cluster) is not None
+    assert len(said(cluster)) == 1 and len(cluster.status_writes) == writes and len(cluster.events) == 1
+    assert _status_refused(cluster.obj) is None  # get --watch reads the outcome
+
+
+def test_a_rollout_in_flight_whose_release_is_refused_after_revert_on_deletion_is_turned_off_says_it_waits() -> None:
+    raw = {**RAW, "rollback": {"revertOnDeletion": False}}
+    cluster = Cluster(rollout({**SUCCEEDED, "phase": "Paused"}, held=True, raw=raw))
+    assert reconcile(cluster) is not None
+    condition = ready(cluster)
+    assert (condition["status"], condition["reason"]) == ("False", FINALIZER_REFUSED)
+    assert "revertOnDeletion is off, and the rollout does nothing until the finalizer is" in condition["message"]
 
 
 # --- what `get --watch` makes of it ---------------------------------------------------------------------------
