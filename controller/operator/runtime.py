@@ -144,6 +144,8 @@ WITHDRAWAL_GRACE = dt.timedelta(minutes=2)
 # a new revision's pods, which may take minutes or never come, so it is looked at less often.
 WITHDRAWAL_RECHECK_SECONDS = 1.0
 PIN_RECHECK_SECONDS = 15.0
+# How soon a finalizer the API server refused is asked for (or let go) again while the rollout goes on without it.
+FINALIZER_RETRY_SECONDS = 60.0
 
 
 # A rollout's gate URL overrides, spec.target.kserve candidateUrl and stableUrl (None: the router's URL).
@@ -732,6 +734,13 @@ def _rollback_asked(obj: Mapping[str, Any], status: ModelRolloutStatus) -> bool:
         and command.action in (CommandAction.ABORT, CommandAction.ROLLBACK))
 
 
+def _start_held(status: ModelRolloutStatus) -> bool:
+    """Whether the attempt in flight is a start stored and then held unacted, its finalizer refused (Ready says so
+    until a decision is taken), not one running when revertOnDeletion was turned on."""
+    ready = status.condition(ConditionType.READY)
+    return ready is not None and ready.reason == FINALIZER_REFUSED
+
+
 def _nothing_new(obj: Mapping[str, Any], status: ModelRolloutStatus) -> bool:
     """Ended, its spec seen and no command waiting: nothing asked of it that waiting would hold back."""
     command = read_command(obj)
@@ -777,30 +786,31 @@ def refused_status(raw: Any, problem: str, generation: int, now: dt.datetime) ->
     return _say_refused_once(raw, STATUS_REJECTED, said, message, generation, now)
 
 
-def finalizer_refused_status(raw: Any, refused: FinalizerRefused, generation: int, now: dt.datetime) -> dict[str, Any]:
-    """The stored status `raw`, kept as it is but for saying that the API server refused the finalizer: added, or
-    removed from a rollout in flight (revertOnDeletion turned off), the rollout does not act: Ready False, as
-    refused_status. Removed from an ended rollout, only a later delete waits: a history entry (a Warning Event) only,
-    since its outcome and Ready stand, and nothing decided later would set Ready back."""
-    ended = isinstance(raw, Mapping) and raw.get("phase") in {str(phase) for phase in TERMINAL_PHASES}
+def finalizer_refused_status(raw: Any, refused: FinalizerRefused, generation: int, now: dt.datetime,
+                             going_on: bool = False) -> dict[str, Any]:
+    """The status `raw`, kept as it is but for saying that the API server refused the finalizer. Added before a
+    start, nothing starts: Ready False, as refused_status. Otherwise (a rollout running goes on, `going_on`; an ended
+    one keeps its outcome, and follows a new spec held by the finalizer left on) a history entry (a Warning Event)
+    only, once, since Ready is the decisions' own."""
     verb = "add" if refused.hold else "remove"
     said = f"The API server refused to {verb} the controller's finalizer {FINALIZER} ({refused.problem}):"
-    if refused.hold:
-        message = (f"{said} spec.rollback.revertOnDeletion cannot be honoured, so the rollout does nothing. Allow the "
-                   "finalizer (an admission policy or webhook refusing it), or set revertOnDeletion to false.")
-    elif ended:
-        message = (f"{said} the rollout has ended, and a delete of it waits until the finalizer is removed; allow the "
-                   "change, or remove it by hand.")
+    starting = refused.hold and not going_on
+    if starting:
+        message = (f"{said} spec.rollback.revertOnDeletion cannot be honoured, so the rollout does not start. Allow "
+                   "the finalizer (an admission policy or webhook refusing it), or set revertOnDeletion to false.")
+    elif refused.hold:
+        message = (f"{said} a delete of this rollout would not roll it back (revertOnDeletion). It goes on, and the "
+                   "finalizer is asked for again.")
     else:
-        message = (f"{said} revertOnDeletion is off, and the rollout does nothing until the finalizer is removed; "
-                   "allow the change, or remove it by hand.")
-    return _say_refused_once(raw, FINALIZER_REFUSED, said, message, generation, now, ready=refused.hold or not ended)
+        message = (f"{said} a delete of this rollout waits until the finalizer is removed. It is tried again; or allow "
+                   "the change, or remove it by hand.")
+    return _say_refused_once(raw, FINALIZER_REFUSED, said, message, generation, now, ready=starting)
 
 
 def _say_refused_once(raw: Any, reason: str, said: str, message: str, generation: int, now: dt.datetime,
                       ready: bool = True) -> dict[str, Any]:
     """`raw` with Ready False (`reason`; unless not `ready`) and a history entry saying `message`, once per generation
-    (without Ready: while the newest entry says it)."""
+    (without Ready: while the history holds it)."""
     status = dict(raw) if isinstance(raw, Mapping) else {}
     conditions = status.get("conditions") if isinstance(status.get("conditions"), list) else []
     if ready and any(isinstance(item, Mapping) and item.get("type") == ConditionType.READY and item.get("reason") ==
@@ -812,6 +822,8 @@ def _say_refused_once(raw: Any, reason: str, said: str, message: str, generation
     newest = history[-1] if history and isinstance(history[-1], Mapping) else {}
     if newest.get("event") == reason and str(newest.get("detail") or "").startswith(said):
         return status
+    if not ready and any(isinstance(item, Mapping) and item.get("detail") == message for item in history):
+        return status  # a rollout going on: said once, however many entries its decisions add after it
     numbers = [item["seq"] for item in history if isinstance(item, Mapping) and isinstance(item.get("seq"), int)]
     floor = status.get(POSTED_THROUGH) if isinstance(status.get(POSTED_THROUGH), int) else 0
     entry = HistoryEntry(now.replace(microsecond=0), reason, message, seq=max([*numbers, floor]) + 1)
@@ -1060,15 +1072,30 @@ class RolloutStepper:
                                     .to_dict())
         assert spec is not None
         runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
+        finalizer: FinalizerRefused | None = None
         if self.store is not None and ours and not holds_deletion(spec, status):
-            return await self._let_go(obj, status, runtime, deleting)
-        if self.store is not None and not held and not deleting and holds_deletion(spec, status):
-            return await self._hold(obj)
+            released = await self._let_go(obj, status, runtime, deleting)
+            if deleting or not isinstance(released.refused, FinalizerRefused):
+                return released
+            finalizer = released.refused  # still on: a new spec or command is followed all the same, held by it
+        elif self.store is not None and not held and not deleting and holds_deletion(spec, status):
+            holding = await self._hold(obj)
+            if not isinstance(holding.refused, FinalizerRefused) or not in_flight(obj) or (
+                    _start_held(status) and not _rollback_asked(obj, status)):
+                return holding  # nothing starts unheld
+            finalizer = holding.refused  # a rollout running (its analysis, rollback, an abort) is never held back
         # One start at a time per target (the operator runs as one replica): a rollout about to start looks at the
         # others only once any start before it is stored, and lets the next one look once its own start is.
         gate_keeper = self._start_gate(obj)
         async with gate_keeper:
-            return await self._go_on(obj, status, spec, refused, runtime, deleted_at, held, gate_keeper)
+            outcome = await self._go_on(obj, status, spec, refused, runtime, deleted_at, held or finalizer is not None,
+                                        gate_keeper)
+        if finalizer is not None and outcome.refused is None:
+            # Said in the history (a Warning Event), not Ready: the rollout goes on. Asked again on the next reconcile.
+            outcome.status = finalizer_refused_status(outcome.status, finalizer, int(meta.get("generation") or 0),
+                                                      self.clock(), going_on=True)
+            outcome.requeue_after = min(outcome.requeue_after or FINALIZER_RETRY_SECONDS, FINALIZER_RETRY_SECONDS)
+        return outcome
 
     async def _go_on(self, obj: dict[str, Any], status: ModelRolloutStatus, spec: ModelRolloutSpec,
                      refused: SpecError | None, runtime: RolloutRuntime, deleted_at: dt.datetime | None, held: bool,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from test_cli_commands import FakeApi, api, no_wait  # noqa: F401 (fixtures)
 from test_cli_commands import rollout as cli_rollout
 from test_operator_finalizer import RAW, REASONS, SUCCEEDED, observed, rollout
 
+from controller.api.commands import COMMAND_ANNOTATION
 from controller.api.status import FINALIZER_REFUSED
 from controller.cli.main import main
 from controller.cli.oncall import _status_refused
@@ -143,36 +145,74 @@ def test_a_new_attempt_whose_finalizer_is_refused_is_stored_saying_so_and_acts_o
     assert len(said(cluster)) == 1
 
 
+READY_SUCCEEDED = [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "done",
+                    "lastTransitionTime": "2026-12-03T02:00:00Z", "observedGeneration": 1}]
+
+
 @pytest.mark.parametrize("deleting", [False, True])
-def test_an_ended_rollout_whose_release_is_refused_says_a_delete_waits_and_keeps_its_outcome(deleting: bool) -> None:
-    """Its outcome and Ready stand (nothing decided later would set Ready back): a Warning entry only, once."""
-    ended = {**SUCCEEDED, "eventsPostedThrough": 0,
-             "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "done",
-                             "lastTransitionTime": "2026-12-03T02:00:00Z", "observedGeneration": 1}]}
-    cluster = Cluster(rollout(ended, held=True, deleting=deleting))
+def test_an_ended_rollout_whose_release_is_refused_says_a_delete_waits_and_keeps_its_outcome(
+        monkeypatch: pytest.MonkeyPatch, deleting: bool) -> None:
+    """Its outcome and Ready stand (nothing decided later would set Ready back): a Warning entry only, once. Deleted,
+    it is a reconcile error (the delete waits on it); else the rollout goes on, and the release is tried again."""
+    acted = observed(monkeypatch, candidate="7", stable="7")
+    ended = {**SUCCEEDED, "eventsPostedThrough": 0, "conditions": READY_SUCCEEDED}
+    raw = {**RAW, "model": {**RAW["model"], "version": "7"}}  # the version it promoted: nothing new
+    cluster = Cluster(rollout(ended, held=True, deleting=deleting, raw=raw))
     refused = reconcile(cluster)
-    assert refused is not None and refused.status == 422
+    assert (refused is not None and refused.status == 422) is deleting
     assert cluster.applied == [False]
     status = cluster.obj["status"]
-    assert status["phase"] == "Succeeded" and status["conditions"] == ended["conditions"]  # kept as they were
+    assert status["phase"] == "Succeeded" and ready(cluster)["status"] == "True"  # the outcome stands
     (entry,) = said(cluster)
     assert entry["detail"].startswith(f"The API server refused to remove the controller's finalizer {FINALIZER} "
-                                      "(HTTP 422 Unprocessable Entity): the rollout has ended, and a delete of it "
-                                      "waits")
+                                      "(HTTP 422 Unprocessable Entity): a delete of this rollout waits until the "
+                                      "finalizer is removed")
     assert [e["event"] for e in cluster.events] == [FINALIZER_REFUSED]
+    reconcile(cluster)
     writes = len(cluster.status_writes)
-    assert reconcile(cluster) is not None
+    reconcile(cluster)
+    assert cluster.applied == [False, False, False]  # tried again
     assert len(said(cluster)) == 1 and len(cluster.status_writes) == writes and len(cluster.events) == 1
-    assert _status_refused(cluster.obj) is None  # get --watch reads the outcome
+    assert _status_refused(cluster.obj) is None and acted == []  # get --watch reads the outcome
 
 
-def test_a_rollout_in_flight_whose_release_is_refused_after_revert_on_deletion_is_turned_off_says_it_waits() -> None:
-    raw = {**RAW, "rollback": {"revertOnDeletion": False}}
-    cluster = Cluster(rollout({**SUCCEEDED, "phase": "Paused"}, held=True, raw=raw))
-    assert reconcile(cluster) is not None
-    condition = ready(cluster)
-    assert (condition["status"], condition["reason"]) == ("False", FINALIZER_REFUSED)
-    assert "revertOnDeletion is off, and the rollout does nothing until the finalizer is" in condition["message"]
+def test_an_ended_rollout_whose_release_is_refused_still_follows_a_new_version(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s39r2 F1: every reconcile ended at the refused release, so a new version was never acted on."""
+    acted = observed(monkeypatch, candidate="8", stable="7")
+    obj = rollout({**SUCCEEDED, "conditions": READY_SUCCEEDED}, held=True)
+    obj["metadata"]["generation"] = 2  # the spec names version 8 now
+    cluster = Cluster(obj)
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    assert reconcile(cluster, stepper) is None
+    assert any(action.endswith(":stage:8") for action in acted), acted  # held by the finalizer still on
+    assert cluster.obj["status"]["candidate"]["version"] == "8" and cluster.obj["status"]["phase"] != "Succeeded"
+    assert cluster.obj["metadata"]["finalizers"] == [FINALIZER]
+    assert [e["event"] for e in said(cluster)] == [FINALIZER_REFUSED]
+
+
+def test_a_running_rollout_whose_finalizer_is_refused_goes_on_and_takes_an_abort(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s39r2 F4: revertOnDeletion turned on mid-flight under a policy refusing the finalizer froze the rollout,
+    an on-call abort included, with users on the canary."""
+    observed(monkeypatch, candidate="8", stable="7")
+    cluster = Cluster(rollout(None, held=False), error=None)
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    for _ in range(3):
+        reconcile(cluster, stepper)
+    assert cluster.obj["status"]["phase"] not in (None, "Succeeded", "RolledBack")  # under way, held
+    cluster.obj["metadata"]["finalizers"], cluster.obj["metadata"]["managedFields"] = [], []  # taken off by hand
+    cluster.error = 422  # and a policy now refuses it
+    cluster.obj["metadata"].setdefault("annotations", {})[COMMAND_ANNOTATION] = json.dumps(
+        {"action": "abort", "id": "oncall-1", "actor": "bob"})
+    for _ in range(4):
+        assert reconcile(cluster, stepper) is None
+    status = cluster.obj["status"]
+    assert "oncall-1" in status["handledCommands"]
+    assert status["phase"] in ("RollingBack", "RolledBack", "Failed"), status["phase"]
+    (entry,) = said(cluster)
+    assert "a delete of this rollout would not roll it back (revertOnDeletion). It goes on" in entry["detail"]
+    assert ready(cluster)["reason"] != FINALIZER_REFUSED
 
 
 # --- what `get --watch` makes of it ---------------------------------------------------------------------------
