@@ -1073,6 +1073,7 @@ class RolloutStepper:
         assert spec is not None
         runtime = RolloutRuntime(obj, spec, self.api_client, self.config)
         finalizer: FinalizerRefused | None = None
+        unheld: int | None = None  # the attempt that goes on without the finalizer (no later one starts so)
         if self.store is not None and ours and not holds_deletion(spec, status):
             released = await self._let_go(obj, status, runtime, deleting)
             if deleting or not isinstance(released.refused, FinalizerRefused):
@@ -1084,12 +1085,12 @@ class RolloutStepper:
                     _start_held(status) and not _rollback_asked(obj, status)):
                 return holding  # nothing starts unheld
             finalizer = holding.refused  # a rollout running (its analysis, rollback, an abort) is never held back
+            unheld = status.attempt
         # One start at a time per target (the operator runs as one replica): a rollout about to start looks at the
         # others only once any start before it is stored, and lets the next one look once its own start is.
         gate_keeper = self._start_gate(obj)
         async with gate_keeper:
-            outcome = await self._go_on(obj, status, spec, refused, runtime, deleted_at, held or finalizer is not None,
-                                        gate_keeper)
+            outcome = await self._go_on(obj, status, spec, refused, runtime, deleted_at, held, gate_keeper, unheld)
         if finalizer is not None and outcome.refused is None:
             # Said in the history (a Warning Event), not Ready: the rollout goes on. Asked again on the next reconcile.
             outcome.status = finalizer_refused_status(outcome.status, finalizer, int(meta.get("generation") or 0),
@@ -1099,8 +1100,9 @@ class RolloutStepper:
 
     async def _go_on(self, obj: dict[str, Any], status: ModelRolloutStatus, spec: ModelRolloutSpec,
                      refused: SpecError | None, runtime: RolloutRuntime, deleted_at: dt.datetime | None, held: bool,
-                     gate_keeper: _StartGate) -> ReconcileOutcome:
-        """The step past its spec and finalizer checks: wait for the target, or (observe, decide, act)*."""
+                     gate_keeper: _StartGate, unheld: int | None = None) -> ReconcileOutcome:
+        """The step past its spec and finalizer checks: wait for the target, or (observe, decide, act)*. `unheld`: the
+        attempt let go on without the finalizer (refused); any other one it decides to start is held first."""
         meta = obj["metadata"]
         key = (meta["namespace"], meta["name"])
         deleting = deleted_at is not None
@@ -1163,7 +1165,8 @@ class RolloutStepper:
                 self._seen.discard(key)
                 self._drop(key)
                 break
-            if self.store is not None and not held and not deleting and holds_deletion(spec, status):
+            if self.store is not None and not held and not deleting and holds_deletion(spec, status) \
+                    and status.attempt != unheld:
                 # A new attempt after an ended one (which held nothing): held before it acts. This decision's
                 # status is written (by the caller, on a fresh resourceVersion) but none of its actions are
                 # carried out: the next reconcile sends them at once, on a fresh read.

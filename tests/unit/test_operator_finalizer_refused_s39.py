@@ -23,11 +23,18 @@ from controller.api.commands import COMMAND_ANNOTATION
 from controller.api.status import FINALIZER_REFUSED
 from controller.cli.main import main
 from controller.cli.oncall import _status_refused
+from controller.engine import RegistryObservation, ResolvedVersion
 from controller.operator.events import PostResult, is_warning
 from controller.operator.kubeapi import FINALIZER, ObjectRef
 from controller.operator.metrics import OperatorMetrics
 from controller.operator.reconciler import Reconciler
-from controller.operator.runtime import FinalizerRefused, OperatorConfig, RolloutStepper, finalizer_refused_status
+from controller.operator.runtime import (
+    FinalizerRefused,
+    OperatorConfig,
+    RolloutRuntime,
+    RolloutStepper,
+    finalizer_refused_status,
+)
 
 SECRET = "s3cr3t"
 REF = ObjectRef("team-a", "nsfw")
@@ -213,6 +220,41 @@ def test_a_running_rollout_whose_finalizer_is_refused_goes_on_and_takes_an_abort
     (entry,) = said(cluster)
     assert "a delete of this rollout would not roll it back (revertOnDeletion). It goes on" in entry["detail"]
     assert ready(cluster)["reason"] != FINALIZER_REFUSED
+
+
+def test_a_rollout_going_on_without_its_finalizer_holds_a_new_version_it_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s39r3: the attempt let go on unheld is the running one only; a new version it would start next is a
+    start, held until the finalizer is on (before, version 9 was staged without it)."""
+    versions = {"candidate": "8"}
+
+    def registry(self: RolloutRuntime, status: object = None) -> RegistryObservation:
+        return RegistryObservation(
+            candidate=ResolvedVersion(versions["candidate"], source=f"s3://m/{versions['candidate']}"),
+            stable_alias_version=ResolvedVersion("7", source="s3://m/7"))
+
+    acted = observed(monkeypatch, candidate="8", stable="7")
+    monkeypatch.setattr(RolloutRuntime, "observe_registry", registry)
+    cluster = Cluster(rollout(None, held=False), error=None)
+    stepper = RolloutStepper(None, OperatorConfig(), write_ahead=False)  # type: ignore[arg-type]
+    for _ in range(3):
+        reconcile(cluster, stepper)
+    cluster.obj["metadata"]["finalizers"], cluster.obj["metadata"]["managedFields"] = [], []  # taken off by hand
+    cluster.error = 422  # and a policy now refuses it
+    cluster.obj["spec"]["model"]["version"] = versions["candidate"] = "9"
+    cluster.obj["metadata"]["generation"] = 2
+    acted.clear()
+    for _ in range(4):
+        refused = reconcile(cluster, stepper)
+        assert refused is not None and refused.status == 422
+    assert not any(":stage:9" in action for action in acted), acted
+    assert (ready(cluster)["status"], ready(cluster)["reason"]) == ("False", FINALIZER_REFUSED)
+    assert "so the rollout does not start" in ready(cluster)["message"]
+    cluster.error = None  # allowed again: version 9 starts, held
+    for _ in range(4):
+        reconcile(cluster, stepper)
+    assert any(action.endswith(":stage:9") for action in acted), acted
+    assert cluster.obj["metadata"]["finalizers"] == [FINALIZER]
 
 
 # --- what `get --watch` makes of it ---------------------------------------------------------------------------
