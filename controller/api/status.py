@@ -74,7 +74,7 @@ def same_owned_status(decided: Mapping[str, Any], stored: Mapping[str, Any]) -> 
 
 # Ready reasons the operator's runtime sets when the stored status cannot move on: the API server refused the decided
 # status (the stored one is kept, saying so), the stored one cannot be read back, or the API server refused the
-# revertOnDeletion finalizer (added before anything is done, removed once the rollout ended). A watch returns on each.
+# revertOnDeletion finalizer a start needs (the start is held). A watch returns on each.
 STATUS_REJECTED = "StatusRejected"
 STATUS_UNREADABLE = "StatusUnreadable"
 FINALIZER_REFUSED = "FinalizerRefused"

@@ -84,7 +84,7 @@ RETRY_WORDS = {"Gate": "runs the gate again", "Analysis": "judges this step agai
                "ProgressDeadline": "sends the last change to the target again"}
 # What explain says of each STATUS_REFUSALS reason: only an unreadable status stops the operator on the spec.
 REFUSAL_WORDS = {STATUS_REJECTED: "could not store its last decision", STATUS_UNREADABLE: "has stopped on this spec",
-                 FINALIZER_REFUSED: "cannot hold or release this rollout's deletion"}
+                 FINALIZER_REFUSED: "holds this start: its finalizer is refused"}
 # The history entries a resolved attempt begins with: where it starts in a status whose entries carry no attempt
 # number (written by an older operator).
 ATTEMPT_STARTS = ("Resolved", "AlreadyStable")
