@@ -643,6 +643,8 @@ def _recorded_url(url: str | None, path: str) -> str | None:
                         else f"is not a valid URL: {exc}") from None
     if "@" in parts.netloc:
         raise SpecError(path, "must not carry user:password@ (it is recorded in status and in MLflow)")
+    if parts.scheme in ("http", "https") and parts.port == 0:
+        raise SpecError(path, "must have a port from 1 to 65535 (nothing answers on port 0)")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise SpecError(path, "must not carry a query or a fragment (it is recorded in status and in MLflow, and a "
                         "query may hold a token; credentials belong in a Secret)")

@@ -431,13 +431,15 @@ def validated_tracking_uri(uri: str) -> str:
     """An http(s) URI with a host and nothing that could carry a secret (no user info, query or fragment)."""
     try:
         parts = urlsplit(uri.strip())
-        port_ok = parts.port is None or parts.port > 0
+        port = parts.port
     except ValueError:
         raise RegistryConfigError("the registry tracking URI is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         # Echo only the scheme: a malformed URI may still embed a password.
         raise RegistryConfigError(f"the registry tracking URI must be http:// or https:// with a host "
                                   f"(got scheme {parts.scheme or 'none'!r})")
+    if port == 0:
+        raise RegistryConfigError("the registry tracking URI must have a port from 1 to 65535")
     if parts.username is not None or parts.password is not None:
         raise RegistryConfigError("the registry tracking URI must not contain credentials: "
                                   "put them in the credentials Secret")

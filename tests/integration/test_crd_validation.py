@@ -179,6 +179,14 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
      "spec.goldenDataset.uri"),
     ("dataset-port-out-of-range", _set("goldenDataset.uri", "https://data.example:99999/golden.jsonl"),
      "spec.goldenDataset.uri"),
+    # Port 0: nothing ever answers there, so the rollout waited in Pending for ever (review s40crd F1).
+    ("tracking-uri-port-zero", _set("registry", {"trackingUri": "http://mlflow.ml.svc.cluster.local:0"}),
+     "spec.registry.trackingUri"),
+    ("prometheus-port-zero", _set("analysis.prometheus.address", "http://prometheus.monitoring:0000"),
+     "spec.analysis.prometheus.address"),
+    ("gate-url-port-zero", _set("target.kserve.candidateUrl", "http://gate:0/v2"), "spec.target.kserve.candidateUrl"),
+    ("dataset-https-port-zero", _set("goldenDataset.uri", "https://data.example:0/golden.jsonl"),
+     "spec.goldenDataset.uri"),
     ("dataset-broken-ipv6", _set("goldenDataset.uri", "https://[::1/golden.jsonl"), "spec.goldenDataset.uri"),
     # MLflow reserves "latest" in any case: the registry would refuse it for ever, with the rollout Pending.
     ("alias-latest-capitalised", _both(_delete("model.version"), _set("model.alias", "Latest")), "spec.model.alias"),

@@ -97,6 +97,12 @@ def test_a_tracking_uri_without_a_host_is_refused(uri: str) -> None:
         validated_tracking_uri(uri)
 
 
+def test_a_tracking_uri_on_port_zero_is_refused_saying_so() -> None:
+    """s40crd F1: port 0 was refused as a wrong scheme, though the scheme was http."""
+    with pytest.raises(RegistryConfigError, match="port from 1 to 65535"):
+        validated_tracking_uri("http://mlflow.ml.svc.cluster.local:0")
+
+
 def test_the_rejection_flag_is_written_last_just_after_its_time() -> None:
     """R12: a tag set to true means all the others are there (a crash between the writes leaves it unset)."""
     registry = registry_with_versions(1)

@@ -124,6 +124,15 @@ REFUSED: list[tuple[str, Callable[[Spec], None], str]] = [
     ("model-name-starting-with-dot-dot", _set("model", "name", value="..nsfw"), "spec.model.name"),
     ("model-name-blank", _set("model", "name", value=" \t"), "spec.model.name"),
     ("model-name-too-long", _set("model", "name", value="m" * 257), "spec.model.name"),
+    # Port 0: nothing ever answers there, so the rollout waited in Pending for ever (review s40crd F1).
+    ("tracking-uri-port-zero", _set("registry", value={"trackingUri": "http://mlflow.ml.svc.cluster.local:0"}),
+     "spec.registry.trackingUri"),
+    ("prometheus-port-zero", _set("analysis", "prometheus", value={"address": "http://prometheus.monitoring:0"}),
+     "spec.analysis.prometheus.address"),
+    ("gate-url-port-zero", _set("target", "kserve", "candidateUrl", value="http://gate.team-a.svc.cluster.local:0/v2"),
+     "spec.target.kserve.candidateUrl"),
+    ("dataset-https-port-zero", _set("goldenDataset", "uri", value="https://data.example:00/golden.jsonl"),
+     "spec.goldenDataset.uri"),
 ]
 
 
