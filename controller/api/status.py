@@ -233,7 +233,7 @@ class HoldReason(StrEnum):
 
     TARGET_UNAVAILABLE = "TargetUnavailable"  # the target cannot be read
     REGISTRY_UNAVAILABLE = "RegistryUnavailable"  # the registry does not answer
-    CANDIDATE_NOT_STAGED = "CandidateNotStaged"  # the staged candidate is gone (or not ready) on the target
+    CANDIDATE_NOT_STAGED = "CandidateNotStaged"  # gone or not ready on the target; or put back after promotion
     STABLE_ALIAS_MOVED = "StableAliasMoved"  # the stable alias was pointed at another version outside this rollout
 
 

@@ -1399,9 +1399,10 @@ class _Decider:
         if self._deadline_passed(self._pending_since(action_id)):
             observed = ("unknown" if target is None else "no candidate staged" if target.canary_weight is None
                         else f"{target.canary_weight}%")
+            # Unread all along the deadline says nothing of the model: rolled back, not tagged (review s40promote).
             self._deadline_failure(f"the target did not take weight {weight}%", action_id,
                                    f" (observed {observed}), at {self._step_label(index)}",
-                                   {"step": index, "weight": weight})
+                                   {"step": index, "weight": weight}, judged=target is not None)
             return
         if self.obs.target is not None and self.obs.target.error is not None:
             self._wait(f"Holding {self._step_label(index)} until {self.spec.target.description} answers")
@@ -2181,6 +2182,10 @@ class _Decider:
                     elif vanished:
                         self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{reason} (waited {self._deadline})",
                                       {}, reject_candidate=rejects)
+                    elif target is None:
+                        # Unread, the target said nothing of the model: rolled back, not tagged (review s40promote).
+                        self._deadline_failure(f"{self.spec.target.description} could not be read to confirm the "
+                                               f"promotion of {candidate.version}", action_id, judged=False)
                     else:
                         self._deadline_failure(f"the target did not take the promotion of {candidate.version}",
                                                action_id)
@@ -2207,6 +2212,9 @@ class _Decider:
                 return
         registry = self._registry()
         action_id = f"{self._attempt}:promote:alias"
+        if target is None or target.stable_version != candidate.version or target.canary_version is not None:
+            self._held_off_target(action_id, target)
+            return
         current = registry.stable_alias_version if registry is not None else None
         moved = current is not None and current.version == candidate.version
         # promote() overrules an earlier rejection, and records the promotion (the way back, then promoted.time),
@@ -2269,6 +2277,30 @@ class _Decider:
         else:
             self._succeed("promoted")
 
+    def _held_off_target(self, action_id: str, target: TargetObservation | None) -> None:
+        """The promotion's alias step, while the target read now does not show the candidate serving all traffic
+        (put back since its confirmation: a GitOps sync, a hand edit; or unread): the alias stays, or it would name
+        a version that serves nobody, and the promotion is not over. Rolled back at progressDeadline, untagged:
+        nothing judged the model."""
+        candidate, alias, where = self._candidate, self.spec.model.stable_alias, self.spec.target.description
+        self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
+                      f"@{alias} -> {candidate.version}", send=False)
+        serving = None if target is None else (
+            f"stable {target.stable_version or 'unknown'}"
+            + (f", canary {target.canary_version} at {target.canary_weight or 0}%" if target.canary_version else ""))
+        why = (f"{where} could not be read to confirm candidate {candidate.version} still serves all traffic"
+               if serving is None else
+               f"{where} no longer serves candidate {candidate.version} alone (it serves {serving})")
+        if self._deadline_passed(self._pending_since(action_id)):
+            self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{why} (waited {self._deadline})", {},
+                          reject_candidate=False)
+        elif target is None:
+            self._hold(HoldReason.TARGET_UNAVAILABLE, f": @{alias} moves to version {candidate.version} once {where} "
+                       "answers", action_id, reject=False)
+        else:
+            self._hold(HoldReason.CANDIDATE_NOT_STAGED, f": {why}, so @{alias} stays", action_id, reject=False,
+                       poll=True)
+
     def _promotion_deadline_rejects(self, action_id: str, held: str | None, vanished: bool) -> bool:
         """Whether the promotion's target step, past its deadline, tags the candidate rejected as things stand now
         (`held`: _alias_set_elsewhere; `vanished`: the staged candidate is gone or not ready). Gone from the target,
@@ -2277,7 +2309,7 @@ class _Decider:
         target = self._target()
         if vanished:
             return target is not None and target.canary_version == self._candidate.version
-        return held is None and self._deadline_rejects(action_id)
+        return held is None and self._deadline_rejects(action_id, judged=target is not None)
 
     def _alias_set_elsewhere(self) -> str | None:
         """Why the promotion must not move the stable alias now: it names a version that is neither the one this

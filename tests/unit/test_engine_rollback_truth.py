@@ -140,7 +140,8 @@ def test_a_promotion_held_before_its_first_send_meets_the_progress_deadline() ->
     world.run_until(lambda w: w.status.phase is not Phase.PROMOTING, step=timedelta(minutes=1), limit=40)
     rollback = world.status.rollback
     assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
-    assert "did not take the promotion of 7 within progressDeadline 30m" in rollback.reason
+    assert "could not be read to confirm the promotion of 7 within progressDeadline 30m" in rollback.reason
+    assert not rollback.reject_candidate  # nothing was read of the model
 
 
 def test_retry_gives_a_promotion_whose_candidate_vanished_a_fresh_deadline() -> None:
