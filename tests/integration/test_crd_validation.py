@@ -187,6 +187,11 @@ INVALID: list[tuple[str, Callable[[Spec], None], str]] = [
     ("gate-url-port-zero", _set("target.kserve.candidateUrl", "http://gate:0/v2"), "spec.target.kserve.candidateUrl"),
     ("dataset-https-port-zero", _set("goldenDataset.uri", "https://data.example:0/golden.jsonl"),
      "spec.goldenDataset.uri"),
+    # Spaces are taken inside an MLflow path only (review s40crd F2).
+    ("dataset-trailing-space", _set("goldenDataset.uri", "runs:/0123abcd/golden.jsonl "), "spec.goldenDataset.uri"),
+    ("dataset-line-break-in-path", _set("goldenDataset.uri", "runs:/0123abcd/golden\n.jsonl"),
+     "spec.goldenDataset.uri"),
+    ("dataset-tab-in-path", _set("goldenDataset.uri", "models:/nsfw\t/3/golden.jsonl"), "spec.goldenDataset.uri"),
     ("dataset-broken-ipv6", _set("goldenDataset.uri", "https://[::1/golden.jsonl"), "spec.goldenDataset.uri"),
     # MLflow reserves "latest" in any case: the registry would refuse it for ever, with the rollout Pending.
     ("alias-latest-capitalised", _both(_delete("model.version"), _set("model.alias", "Latest")), "spec.model.alias"),
@@ -319,6 +324,10 @@ ACCEPTED: list[tuple[str, Callable[[Spec], None]]] = [
     ("dataset-mlflow-artifacts-host-and-port", _set("goldenDataset.uri", "mlflow-artifacts://mlflow:5000/g.jsonl")),
     ("dataset-mlflow-artifacts-ipv6", _set("goldenDataset.uri", "mlflow-artifacts://[::1]:65535/g.jsonl")),
     ("dataset-https-ipv6", _set("goldenDataset.uri", "https://[2001:db8::7]:8443/golden.jsonl")),
+    # MLflow takes spaces in a model name and an artifact path (review s40crd F2: refused at apply).
+    ("dataset-runs-path-with-a-space", _set("goldenDataset.uri", "runs:/0123abcd/golden set/nsfw v3.jsonl")),
+    ("dataset-models-name-with-a-space", _set("goldenDataset.uri", "models:/fraud detector/3/golden.jsonl")),
+    ("dataset-mlflow-artifacts-path-with-a-space", _set("goldenDataset.uri", "mlflow-artifacts:/golden/nsfw v3.jsonl")),
     ("tracking-uri-ipv4-mapped-ipv6", _set("registry", {"trackingUri": "http://[::ffff:10.0.0.1]:5000"})),
     ("gate-url-full-ipv6", _set("target.kserve.candidateUrl", "http://[fd00:1:2:3:4:5:6:7]/v2")),
     ("prometheus-link-local-ipv6", _set("analysis.prometheus.address", "http://[FE80::1]:9090")),

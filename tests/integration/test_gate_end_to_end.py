@@ -156,6 +156,24 @@ def test_lower_accuracy_candidate_fails(world: World) -> None:
     assert report.reason.startswith("minAccuracy: candidate accuracy")
 
 
+def test_a_dataset_under_a_path_and_a_model_name_with_spaces_is_read(world: World) -> None:
+    """MLflow takes spaces in both, so the CRD admits them inside the URI (review s40crd F2): the gate must read
+    the very bytes pinned, through runs:/ and models:/ alike."""
+    rest = MlflowRest(world.access)
+    experiment = experiment_id_for(rest, f"golden-sets-{world.uid}")
+    run = rest.call("POST", "/api/2.0/mlflow/runs/create", body={"experiment_id": experiment})["run"]["info"]
+    upload_artifact(world.access, f"{run['artifact_uri']}/golden set/nsfw v3.jsonl", world.dataset.read_bytes())
+    sets = f"golden sets {world.uid}"
+    rest.call("POST", "/api/2.0/mlflow/registered-models/create", body={"name": sets})
+    created = rest.call("POST", "/api/2.0/mlflow/model-versions/create", body={
+        "name": sets, "source": f"{run['artifact_uri']}/golden set", "run_id": run["run_id"]})
+    version = created["model_version"]["version"]
+    for uri in (f"runs:/{run['run_id']}/golden set/nsfw v3.jsonl", f"models:/{sets}/{version}/nsfw v3.jsonl"):
+        report = world.gate(uri, "clean")
+        assert report.outcome is Outcome.PASS, (uri, report.reason)
+        assert report.dataset_sha256 == world.sha256
+
+
 def test_backdoored_candidate_fails_on_disagreement_and_fpr_while_accuracy_barely_moves(world: World) -> None:
     # the dataset as an artifact of a registered "golden-sets" version, read through models:/<name>/<v>/<path>
     rest = MlflowRest(world.access)
