@@ -50,7 +50,7 @@ def bounded_evidence(evidence: Mapping[str, Any], budget: int) -> dict[str, Any]
         if (more := _json_bytes({key: value})) <= room:  # what the entry adds: its own JSON less "{}", plus ", "
             kept[key], room = value, room - more
         else:
-            left.append(_cut_text(key, 64))
+            left.append(cut_text(key, 64))
     # A copy cut before (the rollback's, of status.analysis) also counts and names what that cut left out.
     earlier = before.get("keysLeftOut") if isinstance(before, dict) else None
     earlier_names = before.get("keysLeftOutNames") if isinstance(before, dict) else None
@@ -68,9 +68,9 @@ _ENTRIES_CUT = re.compile(r"\[(\d+) entries cut\]")
 
 def _cut(value: Any, chars: int, ends: int) -> Any:
     if isinstance(value, str):
-        return _cut_text(value, chars)
+        return cut_text(value, chars)
     if isinstance(value, dict):
-        return {_cut_text(key, chars): _cut(item, chars, ends) for key, item in value.items()}
+        return {cut_text(key, chars): _cut(item, chars, ends) for key, item in value.items()}
     if isinstance(value, list):
         if len(value) > 2 * ends + 1:
             gone = sum(int(m.group(1)) if isinstance(item, str) and (m := _ENTRIES_CUT.fullmatch(item)) else 1
@@ -80,7 +80,8 @@ def _cut(value: Any, chars: int, ends: int) -> Any:
     return value
 
 
-def _cut_text(text: str, chars: int) -> str:
+def cut_text(text: str, chars: int) -> str:
+    """`text` in at most `chars` characters and a marker saying how many were cut, with the whole one's sha256."""
     if len(text) <= chars:
         return text
     length, digest = len(text), ""
