@@ -42,6 +42,21 @@ def _run_to_the_end(world: World, limit: int = 200) -> None:
     raise AssertionError(f"still {world.status.phase}: {world.status.message}")
 
 
+def _run_while(world: World, phase: Phase, limit: int = 80) -> None:
+    for _ in range(limit):
+        world.advance(timedelta(seconds=30))
+        world.reconcile()
+        if world.status.phase is not phase:
+            return
+
+
+def _weight_sent_to_a_target_that_ignores_it() -> World:
+    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}))
+    world.target.ignore_weights = True
+    world.run_until(lambda w: any(":step-0:" in r.id and r.sent_at for r in w.status.actions))
+    return world
+
+
 def test_a_target_put_back_on_stable_holds_the_alias_and_rolls_back_untagged_at_the_deadline() -> None:
     world = _confirmed_with_the_alias_waiting()
     world.target.stable_version = "6"  # a sync reapplied the InferenceService
@@ -100,11 +115,7 @@ def test_a_promotion_taken_by_a_target_unread_until_the_deadline_is_rolled_back_
     promotion = world.status.promotion
     assert promotion is not None and promotion.hold is not None
     assert promotion.hold.reason is HoldReason.TARGET_UNAVAILABLE and not promotion.hold.reject_candidate
-    for _ in range(80):
-        world.advance(timedelta(seconds=30))
-        world.reconcile()
-        if world.status.phase is not Phase.PROMOTING:
-            break
+    _run_while(world, Phase.PROMOTING)
     rollback = world.status.rollback
     assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
     assert not rollback.reject_candidate and "could not be read to confirm the promotion of 7" in rollback.reason
@@ -114,29 +125,17 @@ def test_a_promotion_taken_by_a_target_unread_until_the_deadline_is_rolled_back_
 
 
 def test_a_weight_sent_to_a_target_unread_until_the_deadline_is_rolled_back_untagged() -> None:
-    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}))
-    world.target.ignore_weights = True
-    world.run_until(lambda w: any(":step-0:" in r.id and r.sent_at for r in w.status.actions))
+    world = _weight_sent_to_a_target_that_ignores_it()
     world.target.unreachable = True
-    for _ in range(80):
-        world.advance(timedelta(seconds=30))
-        world.reconcile()
-        if world.status.phase is not Phase.PROGRESSING:
-            break
+    _run_while(world, Phase.PROGRESSING)
     rollback = world.status.rollback
     assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
     assert not rollback.reject_candidate and "(observed unknown)" in rollback.reason
 
 
 def test_a_weight_a_readable_target_never_took_still_tags_the_candidate() -> None:
-    world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}))
-    world.target.ignore_weights = True
-    world.run_until(lambda w: any(":step-0:" in r.id and r.sent_at for r in w.status.actions))
-    for _ in range(80):
-        world.advance(timedelta(seconds=30))
-        world.reconcile()
-        if world.status.phase is not Phase.PROGRESSING:
-            break
+    world = _weight_sent_to_a_target_that_ignores_it()
+    _run_while(world, Phase.PROGRESSING)
     rollback = world.status.rollback
     assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
     assert rollback.reject_candidate
