@@ -2279,27 +2279,37 @@ class _Decider:
 
     def _held_off_target(self, action_id: str, target: TargetObservation | None) -> None:
         """The promotion's alias step, while the target read now does not show the candidate serving all traffic
-        (put back since its confirmation: a GitOps sync, a hand edit; or unread): the alias stays, or it would name
-        a version that serves nobody, and the promotion is not over. Rolled back at progressDeadline, untagged:
-        nothing judged the model."""
+        (put back since its confirmation: a GitOps sync, a hand edit; unread; or not saying which version serves,
+        as Seldon v1 while a Deployment scales up): the alias stays, or it could name a version that serves nobody,
+        and the promotion is not over. Rolled back at progressDeadline, untagged: nothing judged the model."""
         candidate, alias, where = self._candidate, self.spec.model.stable_alias, self.spec.target.description
         self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
                       f"@{alias} -> {candidate.version}", send=False)
-        serving = None if target is None else (
-            f"stable {target.stable_version or 'unknown'}"
-            + (f", canary {target.canary_version} at {target.canary_weight or 0}%" if target.canary_version else ""))
-        why = (f"{where} could not be read to confirm candidate {candidate.version} still serves all traffic"
-               if serving is None else
-               f"{where} no longer serves candidate {candidate.version} alone (it serves {serving})")
+        unknown = target is not None and target.stable_version is None and target.canary_version is None
+        if target is None:
+            why = f"{where} could not be read to confirm candidate {candidate.version} still serves all traffic"
+        elif unknown:
+            why = (f"{where} does not say which version serves (candidate {candidate.version} did)"
+                   + (f": {target.detail}" if target.detail else ""))
+        else:
+            canary = (f", canary {target.canary_version} at {target.canary_weight or 0}%" if target.canary_version
+                      else "")
+            why = (f"{where} no longer serves candidate {candidate.version} alone (it serves stable "
+                   f"{target.stable_version or 'unknown'}{canary})")
+        registry = self._registry()
+        current = registry.stable_alias_version if registry is not None else None
+        # Moved already (its confirmation not yet stored, as after a kill): put back by the rollback at the deadline.
+        left = (f"@{alias} already names {candidate.version}; it is put back unless the target serves "
+                f"{candidate.version} again" if current is not None and current.version == candidate.version
+                else f"@{alias} stays")
         if self._deadline_passed(self._pending_since(action_id)):
             self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{why} (waited {self._deadline})", {},
                           reject_candidate=False)
-        elif target is None:
-            self._hold(HoldReason.TARGET_UNAVAILABLE, f": @{alias} moves to version {candidate.version} once {where} "
-                       "answers", action_id, reject=False)
+        elif target is None or unknown:
+            self._hold(HoldReason.TARGET_UNAVAILABLE, f" until {where} shows version {candidate.version} serving "
+                       f"all traffic: {why}; {left}", action_id, reject=False, poll=target is not None)
         else:
-            self._hold(HoldReason.CANDIDATE_NOT_STAGED, f": {why}, so @{alias} stays", action_id, reject=False,
-                       poll=True)
+            self._hold(HoldReason.CANDIDATE_NOT_STAGED, f": {why}; {left}", action_id, reject=False, poll=True)
 
     def _promotion_deadline_rejects(self, action_id: str, held: str | None, vanished: bool) -> bool:
         """Whether the promotion's target step, past its deadline, tags the candidate rejected as things stand now

@@ -139,3 +139,42 @@ def test_a_weight_a_readable_target_never_took_still_tags_the_candidate() -> Non
     rollback = world.status.rollback
     assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
     assert rollback.reject_candidate
+
+
+def test_a_target_that_does_not_say_what_serves_holds_the_alias_quoting_it_and_goes_on_once_it_does() -> None:
+    """Seldon v1's router reports no stable version while the promoted Deployments scale up (review s40r2): not a
+    target put back, and said in the router's own words."""
+    world = _confirmed_with_the_alias_waiting()
+    world.target.stable_version, world.target.ready = None, False
+    world.target.detail = "the Deployments of version 7 are not available yet"
+    world.registry.slow_promotion = False
+    world.advance(timedelta(minutes=1))
+    world.reconcile()
+    promotion = world.status.promotion
+    assert promotion is not None and promotion.hold is not None
+    assert promotion.hold.reason is HoldReason.TARGET_UNAVAILABLE and not promotion.hold.reject_candidate
+    assert "does not say which version serves" in world.status.message
+    assert "the Deployments of version 7 are not available yet" in world.status.message
+    assert "no longer serves" not in world.status.message
+    assert world.registry.aliases.get("production") == "6"
+    world.target.stable_version, world.target.ready, world.target.detail = "7", True, ""
+    _run_to_the_end(world)
+    assert world.status.phase is Phase.SUCCEEDED and world.registry.aliases.get("production") == "7"
+
+
+def test_an_alias_moved_before_a_kill_and_a_target_put_back_is_said_and_put_back_at_the_deadline() -> None:
+    world = World(spec=spec_dict(bake=None))
+    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
+    world.send(CommandAction.PROMOTE)
+    world.advance(timedelta(seconds=30))
+    world.crash_after = 4  # killed once the alias moved, before its confirmation is stored
+    world.reconcile()
+    promotion = world.status.promotion
+    assert promotion is not None and promotion.target_confirmed_at is not None
+    assert promotion.alias_confirmed_at is None and world.registry.aliases.get("production") == "7"
+    world.target.stable_version = "6"
+    world.advance(timedelta(seconds=30))
+    world.reconcile()
+    assert "@production already names 7; it is put back unless the target serves 7 again" in world.status.message
+    _run_to_the_end(world)
+    assert world.status.phase is Phase.ROLLED_BACK and world.registry.aliases.get("production") == "6"
