@@ -2212,8 +2212,9 @@ class _Decider:
                 return
         registry = self._registry()
         action_id = f"{self._attempt}:promote:alias"
-        if target is None or target.stable_version != candidate.version or target.canary_version is not None:
-            self._held_off_target(action_id, target)
+        doubt = self._serving_doubt(target)
+        if doubt is not None:
+            self._held_off_target(action_id, *doubt)
             return
         current = registry.stable_alias_version if registry is not None else None
         moved = current is not None and current.version == candidate.version
@@ -2277,25 +2278,32 @@ class _Decider:
         else:
             self._succeed("promoted")
 
-    def _held_off_target(self, action_id: str, target: TargetObservation | None) -> None:
-        """The promotion's alias step, while the target read now does not show the candidate serving all traffic
-        (put back since its confirmation: a GitOps sync, a hand edit; unread; or not saying which version serves,
-        as Seldon v1 while a Deployment scales up): the alias stays, or it could name a version that serves nobody,
-        and the promotion is not over. Rolled back at progressDeadline, untagged: nothing judged the model."""
+    def _serving_doubt(self, target: TargetObservation | None) -> tuple[HoldReason, str] | None:
+        """None when the target read now shows the candidate serving all traffic; else why not, and the hold it
+        makes: put back since it took the promotion (a GitOps sync, a hand edit), unread, or not saying which
+        version serves (Seldon v1 while the promoted Deployments scale up)."""
+        candidate, where = self._candidate, self.spec.target.description
+        if target is None:
+            return HoldReason.TARGET_UNAVAILABLE, (f"{where} could not be read to confirm candidate "
+                                                   f"{candidate.version} still serves all traffic")
+        if target.stable_version == candidate.version and target.canary_version is None:
+            return None
+        if target.stable_version is None and target.canary_version is None:
+            return HoldReason.TARGET_UNAVAILABLE, (f"{where} does not say which version serves (candidate "
+                                                   f"{candidate.version} did)"
+                                                   + (f": {target.detail}" if target.detail else ""))
+        canary = (f", canary {target.canary_version} at {target.canary_weight or 0}%" if target.canary_version
+                  else "")
+        return HoldReason.CANDIDATE_NOT_STAGED, (f"{where} no longer serves candidate {candidate.version} alone (it "
+                                                 f"serves stable {target.stable_version or 'unknown'}{canary})")
+
+    def _held_off_target(self, action_id: str, reason: HoldReason, why: str) -> None:
+        """The promotion's alias step, while the target does not show the candidate serving all traffic
+        (_serving_doubt): the alias stays, or it could name a version that serves nobody, and the promotion is not
+        over. Rolled back at progressDeadline, untagged: nothing judged the model."""
         candidate, alias, where = self._candidate, self.spec.model.stable_alias, self.spec.target.description
         self._request(SetAlias(id=action_id, alias=alias, version=candidate.version, promotion=True),
                       f"@{alias} -> {candidate.version}", send=False)
-        unknown = target is not None and target.stable_version is None and target.canary_version is None
-        if target is None:
-            why = f"{where} could not be read to confirm candidate {candidate.version} still serves all traffic"
-        elif unknown:
-            why = (f"{where} does not say which version serves (candidate {candidate.version} did)"
-                   + (f": {target.detail}" if target.detail else ""))
-        else:
-            canary = (f", canary {target.canary_version} at {target.canary_weight or 0}%" if target.canary_version
-                      else "")
-            why = (f"{where} no longer serves candidate {candidate.version} alone (it serves stable "
-                   f"{target.stable_version or 'unknown'}{canary})")
         registry = self._registry()
         current = registry.stable_alias_version if registry is not None else None
         # Moved already (its confirmation not yet stored, as after a kill): put back by the rollback at the deadline.
@@ -2305,11 +2313,11 @@ class _Decider:
         if self._deadline_passed(self._pending_since(action_id)):
             self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"{why} (waited {self._deadline})", {},
                           reject_candidate=False)
-        elif target is None or unknown:
-            self._hold(HoldReason.TARGET_UNAVAILABLE, f" until {where} shows version {candidate.version} serving "
-                       f"all traffic: {why}; {left}", action_id, reject=False, poll=target is not None)
+        elif reason is HoldReason.TARGET_UNAVAILABLE:
+            self._hold(reason, f" until {where} shows version {candidate.version} serving all traffic: {why}; "
+                       f"{left}", action_id, reject=False, poll=self._target() is not None)
         else:
-            self._hold(HoldReason.CANDIDATE_NOT_STAGED, f": {why}; {left}", action_id, reject=False, poll=True)
+            self._hold(reason, f": {why}; {left}", action_id, reject=False, poll=True)
 
     def _promotion_deadline_rejects(self, action_id: str, held: str | None, vanished: bool) -> bool:
         """Whether the promotion's target step, past its deadline, tags the candidate rejected as things stand now
@@ -2423,11 +2431,28 @@ class _Decider:
         if outcome is Outcome.FAIL:
             self._judged_failure(RollbackCause.BAKE_FAILED)
         elif outcome is Outcome.PASS:
+            doubt = self._serving_doubt(self._target())
+            if doubt is not None:
+                self._bake_passed_off_target(doubt[1])
+                return
             self._record("BakePassed", self._analysis_summary())
             self._succeed("bake passed")
         elif outcome is Outcome.INCONCLUSIVE:
             self._inconclusive(RollbackCause.BAKE_INCONCLUSIVE, self._analysis_reason(Outcome.INCONCLUSIVE),
                                self._analysis_evidence())
+
+    def _bake_passed_off_target(self, why: str) -> None:
+        """A bake that passed while the target does not show the promoted version serving all traffic (put back
+        since, as a GitOps sync does; or unread): not a success, which would say the version serves. Waited on until
+        progressDeadline past the bake's end, then rolled back untagged (the judges passed it)."""
+        analysis = self.status.analysis
+        ended = analysis.ends_at if analysis is not None and analysis.ends_at is not None else self.now
+        if self._deadline_passed(ended):
+            self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"the bake passed, but {why} (waited "
+                          f"{self._deadline} past the bake's end)", {}, reject_candidate=False)
+        else:
+            self._wait(f"The bake passed; succeeding once {self.spec.target.description} shows version "
+                       f"{self._candidate.version} serving all traffic: {why}", poll=True)
 
     def _start_bake(self, since: datetime) -> None:
         bake = self.spec.bake
