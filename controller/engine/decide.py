@@ -93,6 +93,7 @@ from controller.engine.observations import (
     rejection_time,
 )
 from controller.redaction import redacted_url
+from controller.text_bounds import WORDS_MAX, cut_text
 from controller.verdict import DATA_LOST, DATASET_INTEGRITY, MEASUREMENT_OUTAGES, Outcome, Verdict, combine
 
 # How soon to look again while waiting for an effect to show up on the target or in the registry.
@@ -2868,7 +2869,8 @@ def _without_recorded_secrets(status: ModelRolloutStatus) -> ModelRolloutStatus:
 
 def _clean_verdict(verdict: Verdict) -> Verdict:
     """A copy whose evidence is plain JSON, so the status round-trips exactly, and at most VERDICT_EVIDENCE_BYTES."""
-    return Verdict(name=verdict.name, outcome=Outcome(verdict.outcome), reason=_one_line(verdict.reason),
+    return Verdict(name=verdict.name, outcome=Outcome(verdict.outcome),
+                   reason=cut_text(_one_line(verdict.reason), WORDS_MAX),
                    evidence=bounded_evidence(verdict.evidence, VERDICT_EVIDENCE_BYTES))
 
 

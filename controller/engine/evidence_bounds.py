@@ -3,13 +3,13 @@ engine decided, a rollback included. Pure: no I/O."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from controller.api.serialization import to_json
+from controller.text_bounds import cut_text
 
 # What one verdict's evidence may take in status (as JSON): etcd refuses a write over 1.5 MiB by default, and a refused
 # status does nothing it decided, a rollback included. The spec allows 20 metrics, 4096-character templates and a
@@ -62,7 +62,6 @@ def bounded_evidence(evidence: Mapping[str, Any], budget: int) -> dict[str, Any]
     return kept
 
 
-_TEXT_CUT = re.compile(r"\.\.\.\[\d+ of (\d+) characters cut; sha256 ([0-9a-f]{16})\]\Z")
 _ENTRIES_CUT = re.compile(r"\[(\d+) entries cut\]")
 
 
@@ -78,17 +77,6 @@ def _cut(value: Any, chars: int, ends: int) -> Any:
             value = [*value[:ends], f"[{gone} entries cut]", *value[len(value) - ends:]]
         return [_cut(item, chars, ends) for item in value]
     return value
-
-
-def cut_text(text: str, chars: int) -> str:
-    """`text` in at most `chars` characters and a marker saying how many were cut, with the whole one's sha256."""
-    if len(text) <= chars:
-        return text
-    length, digest = len(text), ""
-    if earlier := _TEXT_CUT.search(text):  # cut before: its marker counts the whole string
-        text, length, digest = text[:earlier.start()], int(earlier.group(1)), earlier.group(2)
-    digest = digest or hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f"{text[:chars]}...[{length - min(chars, len(text))} of {length} characters cut; sha256 {digest}]"
 
 
 def _json_bytes(value: Any) -> int:

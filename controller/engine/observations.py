@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from controller.api.commands import Command
-from controller.engine.evidence_bounds import cut_text
+from controller.text_bounds import WORDS_MAX, cut_text
 from controller.verdict import Verdict
 
 
@@ -26,19 +26,13 @@ class AdapterErrorKind(StrEnum):
     ERROR = "Error"  # anything else
 
 
-# Characters an adapter's words keep: status copies them several times (message, retry, the action's ledger, history,
-# a rollback's reason), and a status over etcd's 1.5 MiB is refused with everything decided, a rollback included. A
-# webhook's refusal or a proxy's HTML page may take megabytes.
-ADAPTER_WORDS_MAX = 2048
-
-
 @dataclass(frozen=True)
 class AdapterError:
     kind: AdapterErrorKind
     message: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "message", cut_text(self.message, ADAPTER_WORDS_MAX))
+        object.__setattr__(self, "message", cut_text(self.message, WORDS_MAX))
 
 
 @dataclass(frozen=True)
@@ -112,7 +106,7 @@ class TargetObservation:
     pinned: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "detail", cut_text(self.detail, ADAPTER_WORDS_MAX))
+        object.__setattr__(self, "detail", cut_text(self.detail, WORDS_MAX))
 
 
 @dataclass(frozen=True)

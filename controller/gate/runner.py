@@ -48,6 +48,7 @@ from controller.gate.judge import (
 from controller.gate.metrics import PairedCounts, accuracy, matrix_json, summarize
 from controller.gate.sources import DatasetSources, fetch_dataset
 from controller.redaction import redact_urls, redacted_url
+from controller.text_bounds import WORDS_MAX, cut_text
 from controller.verdict import DATASET_INTEGRITY, Outcome, Verdict, combine
 
 if TYPE_CHECKING:
@@ -150,8 +151,9 @@ async def run_gate(dataset: GoldenDatasetSpec | Mapping[str, Any], candidate: In
             fetched = await fetch_dataset(spec.uri, namespace, sources, Path(scratch) / "dataset",
                                           expected_sha256=spec.sha256)
         except SourcePolicyError as exc:
-            # A message may quote a location MLflow returned (a version's source): never with its secret.
-            verdict = Verdict("dataset.source", Outcome.INCONCLUSIVE, redact_urls(exc.message),
+            # A message may quote a location MLflow returned (a version's source): never with its secret, nor
+            # whole (any length; status keeps it twice, in the verdict and the report).
+            verdict = Verdict("dataset.source", Outcome.INCONCLUSIVE, cut_text(redact_urls(exc.message), WORDS_MAX),
                               {"uri": redacted_url(spec.uri)})
             return _report_without_data(spec, (verdict,))
         except SourceError as exc:

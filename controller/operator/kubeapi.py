@@ -19,10 +19,9 @@ from kubernetes.client.exceptions import ApiException
 
 from controller.api.commands import COMMAND_ANNOTATION
 from controller.api.status import owned_status
-from controller.engine.evidence_bounds import cut_text
-from controller.engine.observations import ADAPTER_WORDS_MAX
 from controller.operator.events import PostResult, entry_time, event_name, event_reason, is_warning
 from controller.redaction import basic_auth_pairs, redact_credentials, redact_urls
+from controller.text_bounds import WORDS_MAX, cut_text
 
 GROUP = "modelrollout.io"
 VERSION = "v1alpha1"
@@ -345,7 +344,7 @@ def api_message(exc: ApiException, configuration: client.Configuration) -> str:
     except (ValueError, AttributeError):
         text = str(exc.body or exc.reason)
     # Cut after redaction, so that no secret is cut short of what the redaction recognises.
-    return cut_text(redact_urls(without_kube_credentials(text, configuration)), ADAPTER_WORDS_MAX)
+    return cut_text(redact_urls(without_kube_credentials(text, configuration)), WORDS_MAX)
 
 
 def without_kube_credentials(text: str, configuration: client.Configuration) -> str:

@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from test_engine_support import World
+from test_gate_runner import dataset, gate_with_servers, spec
 
 from controller.api.status import Phase, RollbackCause
 from controller.engine.actions import Action, SetCanaryWeight
+from controller.engine.decide import _clean_verdict
 from controller.engine.observations import (
-    ADAPTER_WORDS_MAX,
     ActionFailure,
     AdapterError,
     AdapterErrorKind,
     JudgeResult,
     TargetObservation,
 )
+from controller.gate.errors import SourcePolicyError
 from controller.operator import kubeapi
+from controller.text_bounds import WORDS_MAX
+from controller.verdict import Outcome, Verdict
 
 ETCD_LIMIT = int(1.5 * 1024 * 1024)
 REFUSAL = ('admission webhook "policy.example" denied the request: ' + "violation; " * 100_000)  # ~1.1 MB
@@ -57,12 +63,12 @@ def test_a_megabyte_refusal_leaves_every_decided_status_small_and_the_rollback_s
 
 def test_adapter_words_are_cut_saying_how_much() -> None:
     error = AdapterError(AdapterErrorKind.INVALID, REFUSAL)
-    assert len(error.message) < ADAPTER_WORDS_MAX + 80
-    assert error.message.startswith(REFUSAL[:ADAPTER_WORDS_MAX])
+    assert len(error.message) < WORDS_MAX + 80
+    assert error.message.startswith(REFUSAL[:WORDS_MAX])
     assert f"of {len(REFUSAL)} characters cut" in error.message
     assert AdapterError(AdapterErrorKind.INVALID, "refused").message == "refused"
     detail = TargetObservation(detail="<html>" + "x" * 10_000).detail
-    assert len(detail) < ADAPTER_WORDS_MAX + 80 and "characters cut" in detail
+    assert len(detail) < WORDS_MAX + 80 and "characters cut" in detail
 
 
 def test_an_api_servers_long_answer_is_cut_after_its_credentials_are_redacted() -> None:
@@ -73,5 +79,30 @@ def test_an_api_servers_long_answer_is_cut_after_its_credentials_are_redacted() 
     refused = ApiException(status=502, reason="Bad Gateway")
     refused.body = page
     text = kubeapi.api_message(refused, configuration)
-    assert len(text) < ADAPTER_WORDS_MAX + 80 and "characters cut" in text
+    assert len(text) < WORDS_MAX + 80 and "characters cut" in text
     assert token not in text and "bad gateway for" in text
+
+
+def test_a_gate_refusing_a_huge_location_keeps_its_verdict_and_report_small(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """s40r3: the gate's dataset.source verdict quoted MLflow's download URI whole (any length), in the verdict and
+    in the report status keeps: no AdapterError, so no cut, and status went past etcd's limit again."""
+    from controller.gate import runner
+
+    location = "s3://models-bucket/nsfw/" + "a/" * 300_000 + "model"
+
+    async def refuse(*_args: object, **_kwargs: object) -> None:
+        raise SourcePolicyError(f"{location}: not served by the tracking server's artifact proxy")
+
+    monkeypatch.setattr(runner, "fetch_dataset", refuse)
+    path, sha = dataset(tmp_path)
+    report = gate_with_servers(path, spec(sha, uri="models:/golden/1/nsfw.jsonl"))
+    assert report.outcome is Outcome.INCONCLUSIVE and report.verdicts[0].name == "dataset.source"
+    assert len(report.verdicts[0].reason) < WORDS_MAX + 80 and "characters cut" in report.verdicts[0].reason
+    assert len(json.dumps(report.status)) < 20_000
+
+
+def test_the_engine_cuts_a_huge_verdict_reason_whoever_made_it() -> None:
+    huge = Verdict("nsfw", Outcome.FAIL, "rate above the margin: " + "x" * 1_000_000, {"value": 1})
+    kept = _clean_verdict(huge)
+    assert len(kept.reason) < WORDS_MAX + 80 and kept.reason.startswith("rate above the margin: x")
