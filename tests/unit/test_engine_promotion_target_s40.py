@@ -50,6 +50,23 @@ def _run_while(world: World, phase: Phase, limit: int = 80) -> None:
             return
 
 
+def _assert_held_untagged(world: World, reason: HoldReason, after: timedelta) -> None:
+    world.advance(after)
+    world.reconcile()
+    promotion = world.status.promotion
+    assert world.status.phase is Phase.PROMOTING and promotion is not None and promotion.hold is not None
+    assert promotion.hold.reason is reason and not promotion.hold.reject_candidate
+
+
+def _assert_rolled_back_untagged(world: World, why: str) -> None:
+    rollback = world.status.rollback
+    assert world.status.phase is Phase.ROLLED_BACK and rollback is not None
+    assert rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED and not rollback.reject_candidate
+    assert why in rollback.reason
+    assert world.registry.aliases.get("production") == "6"
+    assert world.registry.versions["7"].get(REJECTED_TAG) != "true"
+
+
 def _weight_sent_to_a_target_that_ignores_it() -> World:
     world = World(spec=spec_dict(canary={"steps": [{"setWeight": 10}, {"pause": {}}]}))
     world.target.ignore_weights = True
@@ -69,12 +86,7 @@ def test_a_target_put_back_on_stable_holds_the_alias_and_rolls_back_untagged_at_
     assert "no longer serves candidate 7 alone (it serves stable 6)" in world.status.message
     assert world.registry.aliases.get("production") == "6"
     _run_to_the_end(world)
-    rollback = world.status.rollback
-    assert world.status.phase is Phase.ROLLED_BACK and rollback is not None
-    assert rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED and not rollback.reject_candidate
-    assert "no longer serves candidate 7 alone" in rollback.reason
-    assert world.registry.aliases.get("production") == "6"
-    assert world.registry.versions["7"].get(REJECTED_TAG) != "true"
+    _assert_rolled_back_untagged(world, "no longer serves candidate 7 alone")
 
 
 def test_a_target_put_back_only_for_a_while_lets_the_promotion_finish() -> None:
@@ -94,11 +106,7 @@ def test_an_unread_target_in_the_alias_step_holds_the_alias_until_it_answers() -
     world = _confirmed_with_the_alias_waiting()
     world.target.unreachable = True
     world.registry.slow_promotion = False
-    world.advance(timedelta(minutes=1))
-    world.reconcile()
-    promotion = world.status.promotion
-    assert promotion is not None and promotion.hold is not None
-    assert promotion.hold.reason is HoldReason.TARGET_UNAVAILABLE and not promotion.hold.reject_candidate
+    _assert_held_untagged(world, HoldReason.TARGET_UNAVAILABLE, timedelta(minutes=1))
     assert world.registry.aliases.get("production") == "6"
     world.target.unreachable = False
     _run_to_the_end(world)
@@ -110,11 +118,7 @@ def test_a_promotion_taken_by_a_target_unread_until_the_deadline_is_rolled_back_
     world.target.frozen = False  # it took the promotion; reads of it fail (an API server outage, RBAC trouble)
     world.target.stable_version, world.target.canary_version, world.target.canary_weight = "7", None, None
     world.target.unreachable = True
-    world.advance(timedelta(seconds=30))
-    world.reconcile()
-    promotion = world.status.promotion
-    assert promotion is not None and promotion.hold is not None
-    assert promotion.hold.reason is HoldReason.TARGET_UNAVAILABLE and not promotion.hold.reject_candidate
+    _assert_held_untagged(world, HoldReason.TARGET_UNAVAILABLE, timedelta(seconds=30))
     _run_while(world, Phase.PROMOTING)
     rollback = world.status.rollback
     assert rollback is not None and rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED
@@ -148,11 +152,7 @@ def test_a_target_that_does_not_say_what_serves_holds_the_alias_quoting_it_and_g
     world.target.stable_version, world.target.ready = None, False
     world.target.detail = "the Deployments of version 7 are not available yet"
     world.registry.slow_promotion = False
-    world.advance(timedelta(minutes=1))
-    world.reconcile()
-    promotion = world.status.promotion
-    assert promotion is not None and promotion.hold is not None
-    assert promotion.hold.reason is HoldReason.TARGET_UNAVAILABLE and not promotion.hold.reject_candidate
+    _assert_held_untagged(world, HoldReason.TARGET_UNAVAILABLE, timedelta(minutes=1))
     assert "does not say which version serves" in world.status.message
     assert "the Deployments of version 7 are not available yet" in world.status.message
     assert "no longer serves" not in world.status.message
@@ -199,12 +199,7 @@ def test_a_bake_that_passes_on_a_target_put_back_is_no_success_and_is_rolled_bac
     assert world.status.phase is Phase.BAKING
     assert "no longer serves candidate 7 alone (it serves stable 6)" in world.status.message
     world.run_until(lambda w: w.status.phase in ENDED, step=timedelta(minutes=1), limit=200)
-    rollback = world.status.rollback
-    assert world.status.phase is Phase.ROLLED_BACK and rollback is not None
-    assert rollback.cause is RollbackCause.PROGRESS_DEADLINE_EXCEEDED and not rollback.reject_candidate
-    assert "the bake passed, but" in rollback.reason
-    assert world.registry.aliases.get("production") == "6"
-    assert world.registry.versions["7"].get(REJECTED_TAG) != "true"
+    _assert_rolled_back_untagged(world, "the bake passed, but")
 
 
 def test_a_bake_that_passes_while_the_target_is_unread_succeeds_once_it_answers() -> None:
