@@ -2432,28 +2432,11 @@ class _Decider:
         if outcome is Outcome.FAIL:
             self._judged_failure(RollbackCause.BAKE_FAILED)
         elif outcome is Outcome.PASS:
-            doubt = self._serving_doubt(self._target())
-            if doubt is not None:
-                self._bake_passed_off_target(doubt[1])
-                return
             self._record("BakePassed", self._analysis_summary())
             self._succeed("bake passed")
         elif outcome is Outcome.INCONCLUSIVE:
             self._inconclusive(RollbackCause.BAKE_INCONCLUSIVE, self._analysis_reason(Outcome.INCONCLUSIVE),
                                self._analysis_evidence())
-
-    def _bake_passed_off_target(self, why: str) -> None:
-        """A bake that passed while the target does not show the promoted version serving all traffic (put back
-        since, as a GitOps sync does; or unread): not a success, which would say the version serves. Waited on until
-        progressDeadline past the bake's end, then rolled back untagged (the judges passed it)."""
-        analysis = self.status.analysis
-        ended = analysis.ends_at if analysis is not None and analysis.ends_at is not None else self.now
-        if self._deadline_passed(ended):
-            self._failure(RollbackCause.PROGRESS_DEADLINE_EXCEEDED, f"the bake passed, but {why} (waited "
-                          f"{self._deadline} past the bake's end)", {}, reject_candidate=False)
-        else:
-            self._wait(f"The bake passed; succeeding once {self.spec.target.description} shows version "
-                       f"{self._candidate.version} serving all traffic: {why}", poll=True)
 
     def _start_bake(self, since: datetime) -> None:
         bake = self.spec.bake

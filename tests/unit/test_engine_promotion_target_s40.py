@@ -178,35 +178,3 @@ def test_an_alias_moved_before_a_kill_and_a_target_put_back_is_said_and_put_back
     assert "@production already names 7; it is put back unless the target serves 7 again" in world.status.message
     _run_to_the_end(world)
     assert world.status.phase is Phase.ROLLED_BACK and world.registry.aliases.get("production") == "6"
-
-
-def _baking() -> World:
-    world = World()
-    world.run_until(lambda w: w.status.phase is Phase.PAUSED)
-    world.send(CommandAction.PROMOTE)
-    world.run_until(lambda w: w.status.phase is Phase.BAKING)
-    return world
-
-
-def test_a_bake_that_passes_on_a_target_put_back_is_no_success_and_is_rolled_back_untagged() -> None:
-    """s40r2 4: the bake never read the target, so a sync putting version 6 back mid-bake ended Succeeded with
-    "Version 7 serves all traffic" and @production on 7, which served nobody."""
-    world = _baking()
-    world.advance(timedelta(minutes=5))
-    world.target.stable_version = "6"  # Argo CD reapplied the old InferenceService
-    world.run_until(lambda w: w.status.phase is not Phase.BAKING or "The bake passed" in w.status.message,
-                    step=timedelta(minutes=1), limit=200)
-    assert world.status.phase is Phase.BAKING
-    assert "no longer serves candidate 7 alone (it serves stable 6)" in world.status.message
-    world.run_until(lambda w: w.status.phase in ENDED, step=timedelta(minutes=1), limit=200)
-    _assert_rolled_back_untagged(world, "the bake passed, but")
-
-
-def test_a_bake_that_passes_while_the_target_is_unread_succeeds_once_it_answers() -> None:
-    world = _baking()
-    world.target.unreachable = True
-    world.run_until(lambda w: "The bake passed" in w.status.message, step=timedelta(minutes=1), limit=200)
-    assert world.status.phase is Phase.BAKING
-    world.target.unreachable = False
-    world.run_until(lambda w: w.status.phase in ENDED, limit=50)
-    assert world.status.phase is Phase.SUCCEEDED and world.registry.aliases.get("production") == "7"
