@@ -1400,7 +1400,7 @@ class _Decider:
         if self._deadline_passed(self._pending_since(action_id)):
             observed = ("unknown" if target is None else "no candidate staged" if target.canary_weight is None
                         else f"{target.canary_weight}%")
-            # Unread all along the deadline says nothing of the model: rolled back, not tagged (review s40promote).
+            # Unread when the deadline is judged, it says nothing of the model: rolled back, not tagged (s40promote).
             self._deadline_failure(f"the target did not take weight {weight}%", action_id,
                                    f" (observed {observed}), at {self._step_label(index)}",
                                    {"step": index, "weight": weight}, judged=target is not None)
