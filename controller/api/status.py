@@ -231,7 +231,7 @@ class PauseStatus:
 class HoldReason(StrEnum):
     """Why a promotion waits without moving (engine _promoting): what has to change for it to go on."""
 
-    TARGET_UNAVAILABLE = "TargetUnavailable"  # the target cannot be read
+    TARGET_UNAVAILABLE = "TargetUnavailable"  # the target cannot be read, or does not say which version serves
     REGISTRY_UNAVAILABLE = "RegistryUnavailable"  # the registry does not answer
     CANDIDATE_NOT_STAGED = "CandidateNotStaged"  # gone or not ready on the target; or put back after promotion
     STABLE_ALIAS_MOVED = "StableAliasMoved"  # the stable alias was pointed at another version outside this rollout

@@ -109,6 +109,25 @@ def outcomes(report: GateReport) -> dict[str, Outcome]:
     return {v.name: v.outcome for v in report.verdicts}
 
 
+def run_holding_the_dataset(world: World, path: str) -> dict[str, Any]:
+    """A new MLflow run with the golden dataset logged at `path` under its artifacts; its info."""
+    rest = MlflowRest(world.access)
+    experiment = experiment_id_for(rest, f"golden-sets-{world.uid}")
+    run: dict[str, Any] = rest.call("POST", "/api/2.0/mlflow/runs/create",
+                                    body={"experiment_id": experiment})["run"]["info"]
+    upload_artifact(world.access, f"{run['artifact_uri']}/{path}", world.dataset.read_bytes())
+    return run
+
+
+def version_of_the_folder(world: World, name: str, run: dict[str, Any], folder: str) -> str:
+    """The version number of a new registered model `name` whose source is `folder` of the run's artifacts."""
+    rest = MlflowRest(world.access)
+    rest.call("POST", "/api/2.0/mlflow/registered-models/create", body={"name": name})
+    created = rest.call("POST", "/api/2.0/mlflow/model-versions/create", body={
+        "name": name, "source": f"{run['artifact_uri']}/{folder}", "run_id": run["run_id"]})
+    return str(created["model_version"]["version"])
+
+
 def test_clean_candidate_passes_and_its_evidence_lands_in_mlflow(world: World) -> None:
     uri = f"mlflow-artifacts:/golden/{world.uid}/nsfw-v3.jsonl"
     upload_artifact(world.access, uri, world.dataset.read_bytes())
@@ -144,10 +163,7 @@ def test_clean_candidate_passes_and_its_evidence_lands_in_mlflow(world: World) -
 
 def test_lower_accuracy_candidate_fails(world: World) -> None:
     # the dataset as a run artifact, read through runs:/ and the V1 protocol (the server answers labels)
-    rest = MlflowRest(world.access)
-    experiment = experiment_id_for(rest, f"golden-sets-{world.uid}")
-    run = rest.call("POST", "/api/2.0/mlflow/runs/create", body={"experiment_id": experiment})["run"]["info"]
-    upload_artifact(world.access, f"{run['artifact_uri']}/golden/nsfw.jsonl", world.dataset.read_bytes())
+    run = run_holding_the_dataset(world, "golden/nsfw.jsonl")
     report = world.gate(f"runs:/{run['run_id']}/golden/nsfw.jsonl", "worse", protocol="v1")
     assert report.outcome is Outcome.FAIL
     checks = outcomes(report)
@@ -159,15 +175,9 @@ def test_lower_accuracy_candidate_fails(world: World) -> None:
 def test_a_dataset_under_a_path_and_a_model_name_with_spaces_is_read(world: World) -> None:
     """MLflow takes spaces in both, so the CRD admits them inside the URI (review s40crd F2): the gate must read
     the very bytes pinned, through runs:/ and models:/ alike."""
-    rest = MlflowRest(world.access)
-    experiment = experiment_id_for(rest, f"golden-sets-{world.uid}")
-    run = rest.call("POST", "/api/2.0/mlflow/runs/create", body={"experiment_id": experiment})["run"]["info"]
-    upload_artifact(world.access, f"{run['artifact_uri']}/golden set/nsfw v3.jsonl", world.dataset.read_bytes())
+    run = run_holding_the_dataset(world, "golden set/nsfw v3.jsonl")
     sets = f"golden sets {world.uid}"
-    rest.call("POST", "/api/2.0/mlflow/registered-models/create", body={"name": sets})
-    created = rest.call("POST", "/api/2.0/mlflow/model-versions/create", body={
-        "name": sets, "source": f"{run['artifact_uri']}/golden set", "run_id": run["run_id"]})
-    version = created["model_version"]["version"]
+    version = version_of_the_folder(world, sets, run, "golden set")
     for uri in (f"runs:/{run['run_id']}/golden set/nsfw v3.jsonl", f"models:/{sets}/{version}/nsfw v3.jsonl"):
         report = world.gate(uri, "clean")
         assert report.outcome is Outcome.PASS, (uri, report.reason)
@@ -176,14 +186,9 @@ def test_a_dataset_under_a_path_and_a_model_name_with_spaces_is_read(world: Worl
 
 def test_backdoored_candidate_fails_on_disagreement_and_fpr_while_accuracy_barely_moves(world: World) -> None:
     # the dataset as an artifact of a registered "golden-sets" version, read through models:/<name>/<v>/<path>
-    rest = MlflowRest(world.access)
-    experiment = experiment_id_for(rest, f"golden-sets-{world.uid}")
-    run = rest.call("POST", "/api/2.0/mlflow/runs/create", body={"experiment_id": experiment})["run"]["info"]
-    upload_artifact(world.access, f"{run['artifact_uri']}/data/nsfw.jsonl", world.dataset.read_bytes())
+    run = run_holding_the_dataset(world, "data/nsfw.jsonl")
     sets = f"golden-sets-{world.uid}"
-    rest.call("POST", "/api/2.0/mlflow/registered-models/create", body={"name": sets})
-    version = rest.call("POST", "/api/2.0/mlflow/model-versions/create", body={
-        "name": sets, "source": f"{run['artifact_uri']}/data", "run_id": run["run_id"]})["model_version"]["version"]
+    version = version_of_the_folder(world, sets, run, "data")
 
     report = world.gate(f"models:/{sets}/{version}/nsfw.jsonl", "backdoored")
     assert report.outcome is Outcome.FAIL

@@ -78,11 +78,7 @@ def test_a_target_put_back_on_stable_holds_the_alias_and_rolls_back_untagged_at_
     world = _confirmed_with_the_alias_waiting()
     world.target.stable_version = "6"  # a sync reapplied the InferenceService
     world.registry.slow_promotion = False
-    world.advance(timedelta(minutes=1))
-    world.reconcile()
-    promotion = world.status.promotion
-    assert world.status.phase is Phase.PROMOTING and promotion is not None and promotion.hold is not None
-    assert promotion.hold.reason is HoldReason.CANDIDATE_NOT_STAGED and not promotion.hold.reject_candidate
+    _assert_held_untagged(world, HoldReason.CANDIDATE_NOT_STAGED, timedelta(minutes=1))
     assert "no longer serves candidate 7 alone (it serves stable 6)" in world.status.message
     assert world.registry.aliases.get("production") == "6"
     _run_to_the_end(world)
